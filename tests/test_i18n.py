@@ -1,0 +1,250 @@
+"""Tests for the message catalogs: complete in every language, and t()'s fallback rules."""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from core import i18n
+
+OTHER_LANGUAGES = [lang for lang in i18n.LANGUAGES if lang != i18n.FALLBACK_LANGUAGE]
+
+BOOKING_STATES = (
+    "draft quoted awaiting_payment paid dispatching assigned picked_up in_transit delivered"
+    " cancelled expired refunded failed"
+).split()
+
+# Keys other code relies on; spelled out here so deleting one from en.toml fails a test.
+REQUIRED_KEYS = (
+    {
+        "lang.menu",
+        "lang.saved",
+        "menu.main",
+        "menu.help",
+        "common.not_understood",
+        "common.coming_soon",
+        "common.too_many_messages",
+        "common.error_try_later",
+        "common.unsupported_media",
+        "booking.created",
+        "pay.link",
+        "quote.summary",
+        "address.unknown_pincode",
+        "address.bad_pincode",
+        "sms.not_partner",
+        "sms.help",
+        "auth.otp",
+    }
+    | {f"booking.status.{s}" for s in BOOKING_STATES}
+    | {f"vehicle.{v}" for v in "bicycle motorcycle e_rickshaw auto pickup cart".split()}
+    | {f"size.{s}" for s in "bag box sack vehicle".split()}
+    | {f"tier.{s}" for s in "express standard economy".split()}
+    | {f"fare.{s}" for s in "base distance size weight fragile tier surge minimum total".split()}
+)
+
+LANGUAGE_LIST = "1. हिंदी\n2. English\n3. বাংলা\n4. मराठी\n5. தமிழ்\n6. తెలుగు\n7. ગુજરાતી\n8. ಕನ್ನಡ"
+
+
+@pytest.fixture
+def tmp_catalogs(tmp_path: Path) -> Iterator[Path]:
+    """Point i18n at a scratch catalog dir holding a tiny en.toml and hi.toml; restore after."""
+    (tmp_path / "en.toml").write_text(
+        '[greet]\nhello = "Hello {name}"\nbye = "Bye"\n[pay]\ntotal = "Pay {total}"\n',
+        encoding="utf-8",
+    )
+    (tmp_path / "hi.toml").write_text('[greet]\nhello = "नमस्ते {name}"\n', encoding="utf-8")
+    i18n.set_catalog_dir(tmp_path)
+    try:
+        yield tmp_path
+    finally:
+        i18n.set_catalog_dir(None)
+
+
+# --- the real catalogs -----------------------------------------------------------------
+
+
+def test_english_has_required_keys() -> None:
+    missing = REQUIRED_KEYS - i18n.keys("en")
+    assert not missing, f"en.toml lacks {sorted(missing)}"
+
+
+@pytest.mark.parametrize("lang", OTHER_LANGUAGES)
+def test_catalog_has_exactly_english_keys(lang: str) -> None:
+    english, other = i18n.keys("en"), i18n.keys(lang)
+    missing, extra = sorted(english - other), sorted(other - english)
+    assert not missing and not extra, f"{lang}.toml missing {missing}, extra {extra}"
+
+
+@pytest.mark.parametrize("lang", OTHER_LANGUAGES)
+def test_placeholders_match_english(lang: str) -> None:
+    wrong = {
+        key: (i18n.placeholders(i18n.raw(key, lang)), i18n.placeholders(i18n.raw(key, "en")))
+        for key in i18n.keys(lang) & i18n.keys("en")
+        if i18n.placeholders(i18n.raw(key, lang)) != i18n.placeholders(i18n.raw(key, "en"))
+    }
+    assert not wrong, f"{lang}: (this language, English) placeholders differ: {wrong}"
+
+
+@pytest.mark.parametrize("lang", i18n.LANGUAGES)
+def test_values_are_not_blank(lang: str) -> None:
+    blank = sorted(k for k in i18n.keys(lang) if not i18n.raw(k, lang).strip())
+    assert not blank, f"{lang}: empty texts for {blank}"
+
+
+@pytest.mark.parametrize("lang", i18n.LANGUAGES)
+def test_language_menu_lists_every_language(lang: str) -> None:
+    menu = i18n.t("lang.menu", lang)
+    for code, name in i18n.LANGUAGE_NAMES.items():
+        assert name in menu, f"{lang}: lang.menu does not offer {code} ({name})"
+    greeting, _, choices = menu.partition("\n")
+    assert greeting.strip(), f"{lang}: lang.menu has no greeting line"
+    assert choices == LANGUAGE_LIST, f"{lang}: language list differs from the shared one"
+
+
+def test_language_tables_cover_every_language() -> None:
+    assert i18n.LANGUAGES[0] == i18n.DEFAULT_LANGUAGE == "hi"
+    assert set(i18n.LANGUAGE_NAMES) == set(i18n.LANGUAGES)
+    assert set(i18n.SAY_LOCALES) == set(i18n.LANGUAGES)
+    assert all(i18n.SAY_LOCALES[lang] == f"{lang}-IN" for lang in i18n.LANGUAGES)
+
+
+@pytest.mark.parametrize("lang", i18n.LANGUAGES)
+def test_language_saved_names_the_language(lang: str) -> None:
+    name = i18n.LANGUAGE_NAMES[lang]
+    assert name in i18n.t("lang.saved", lang, language=name)
+
+
+@pytest.mark.parametrize("lang", i18n.LANGUAGES)
+def test_not_partner_sms_fits_one_unicode_sms(lang: str) -> None:
+    # A single SMS in an Indic script (UCS-2) holds 70 characters.
+    text = i18n.t("sms.not_partner", lang, ops_phone="+919876543210")
+    assert len(text) <= 70, f"{lang}: {len(text)} characters"
+
+
+@pytest.mark.parametrize("lang", i18n.LANGUAGES)
+def test_partner_sms_help_keeps_latin_command_words(lang: str) -> None:
+    words = set(re.findall(r"[A-Z]+", i18n.t("sms.help", lang)))
+    assert {"ON", "OFF", "YES", "NO", "PICK", "DROP", "STATUS", "OTP"} <= words
+
+
+@pytest.mark.parametrize("lang", i18n.LANGUAGES)
+def test_main_menu_is_numbered_one_to_five(lang: str) -> None:
+    lines = i18n.t("menu.main", lang).splitlines()
+    numbers = [line.split(".", 1)[0] for line in lines if re.match(r"\d\. ", line)]
+    assert numbers == ["1", "2", "3", "4", "5"]
+    assert "0" in lines[-1]
+
+
+def test_total_paise_is_shown_in_rupees_in_hindi() -> None:
+    text = i18n.t("booking.created", "hi", ref="4821", total_paise=125000)
+    expected = i18n.raw("booking.created", "hi").format(ref="4821", total="₹1,250")
+    assert text == expected
+    assert "₹1,250" in text and "बुकिंग" in text
+
+
+def test_quote_summary_renders_in_every_language() -> None:
+    for lang in i18n.LANGUAGES:
+        text = i18n.t(
+            "quote.summary",
+            lang,
+            km="12.5",
+            vehicle=i18n.t("vehicle.auto", lang),
+            total_paise=12_345_678_950,
+        )
+        assert "12.5" in text and "₹12,34,56,789.50" in text, lang
+
+
+# --- t() behaviour, on scratch catalogs ------------------------------------------------
+
+
+def test_missing_key_falls_back_to_english_with_warning(
+    tmp_catalogs: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.WARNING, logger="core.i18n"):
+        assert i18n.t("greet.bye", "hi", otp="918273") == "Bye"
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1
+    message = warnings[0].getMessage()
+    assert "greet.bye" in message and "'hi'" in message
+    assert "918273" not in caplog.text  # params may be OTPs or phone numbers
+
+
+def test_present_key_does_not_warn(tmp_catalogs: Path, caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING, logger="core.i18n"):
+        assert i18n.t("greet.hello", "hi", name="Sita") == "नमस्ते Sita"
+    assert not caplog.records
+
+
+def test_unknown_language_falls_back_to_english(
+    tmp_catalogs: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.WARNING, logger="core.i18n"):
+        assert i18n.t("greet.hello", "xx", name="Sita") == "Hello Sita"
+    assert "'xx'" in caplog.text
+
+
+def test_unknown_language_falls_back_on_real_catalogs() -> None:
+    assert i18n.t("common.coming_soon", "fr") == i18n.t("common.coming_soon", "en")
+
+
+def test_key_missing_from_english_raises(tmp_catalogs: Path) -> None:
+    with pytest.raises(KeyError, match="greet.nope"):
+        i18n.t("greet.nope", "hi")
+
+
+def test_missing_param_raises_naming_it(tmp_catalogs: Path) -> None:
+    with pytest.raises(KeyError, match="'name'"):
+        i18n.t("greet.hello", "hi")
+
+
+def test_paise_param_offers_formatted_amount(tmp_catalogs: Path) -> None:
+    assert i18n.t("pay.total", "en", total_paise=5) == "Pay ₹0.05"
+    # An explicit value wins over the derived one.
+    assert i18n.t("pay.total", "en", total_paise=5, total="free") == "Pay free"
+
+
+def test_bool_paise_param_is_not_treated_as_money(tmp_catalogs: Path) -> None:
+    with pytest.raises(KeyError, match="'total'"):
+        i18n.t("pay.total", "en", total_paise=True)
+
+
+def test_keys_are_flattened_and_dotted(tmp_catalogs: Path) -> None:
+    assert i18n.keys("en") == {"greet.hello", "greet.bye", "pay.total"}
+    assert i18n.keys("hi") == {"greet.hello"}
+
+
+def test_catalogs_are_cached_until_reload(tmp_catalogs: Path) -> None:
+    assert i18n.t("greet.bye", "en") == "Bye"
+    (tmp_catalogs / "en.toml").write_text('[greet]\nbye = "Later"\n', encoding="utf-8")
+    assert i18n.t("greet.bye", "en") == "Bye"
+    i18n.reload()
+    assert i18n.t("greet.bye", "en") == "Later"
+
+
+def test_non_text_value_is_rejected(tmp_catalogs: Path) -> None:
+    (tmp_catalogs / "en.toml").write_text("[greet]\ncount = 3\n", encoding="utf-8")
+    i18n.reload()
+    with pytest.raises(ValueError, match="greet.count"):
+        i18n.keys("en")
+
+
+def test_i18n_dir_env_var(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "en.toml").write_text('only = "from env dir"\n', encoding="utf-8")
+    monkeypatch.setenv("I18N_DIR", str(tmp_path))
+    i18n.reload()
+    try:
+        assert i18n.catalog_dir() == tmp_path
+        assert i18n.t("only", "en") == "from env dir"
+    finally:
+        monkeypatch.delenv("I18N_DIR")
+        i18n.reload()
+    assert "menu.main" in i18n.keys("en")
+
+
+def test_placeholders_helper() -> None:
+    assert i18n.placeholders("Pay {total} for {ref}, {{not}} {ref}") == {"total", "ref"}
+    assert i18n.placeholders("no fields") == set()
