@@ -1,0 +1,1 @@
+"""Channel code for chat and SMS: parse Twilio's request, call the core, render TwiML."""

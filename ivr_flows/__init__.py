@@ -1,0 +1,1 @@
+"""Voice channel: Twilio Voice webhooks in, TwiML out; prompt audio cache."""

@@ -1,0 +1,1 @@
+"""Local HTTP emulators of Twilio and Razorpay (sandbox mode and tests only)."""

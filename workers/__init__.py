@@ -1,0 +1,1 @@
+"""RQ job functions: thin, module-level, take ids and plain values, call one service."""

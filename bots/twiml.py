@@ -1,0 +1,14 @@
+"""TwiML rendering for message replies."""
+
+from __future__ import annotations
+
+from flask import Response
+from twilio.twiml.messaging_response import MessagingResponse
+
+
+def messages(replies: list[str]) -> Response:
+    """A <Response> with one <Message> per reply (empty <Response/> for none)."""
+    twiml = MessagingResponse()
+    for text in replies:
+        twiml.message(text)
+    return Response(str(twiml), mimetype="application/xml")

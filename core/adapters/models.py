@@ -1,0 +1,390 @@
+"""The relational model (SQLAlchemy 2 typed ORM). Alembic migrations mirror this file.
+
+Statuses are stored as short strings with CHECK constraints generated from the domain
+enums, so the database refuses a value the state machines do not know.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    CheckConstraint,
+    DateTime,
+    Float,
+    ForeignKey,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+    func,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+from core.domain.booking import BookingStatus, LegStatus
+from core.domain.pricing import ParcelCategory, SizeBucket, SpeedTier, VehicleType, WeightBucket
+
+NAMING = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+ROLES = ("customer", "partner", "ops")
+CHANNELS = ("whatsapp", "sms", "voice", "app")
+OUTBOX_STATUSES = (
+    "pending", "sending", "queued", "sent", "delivered", "read", "undelivered", "failed",
+)
+
+
+def one_of(column: str, values: Any) -> str:
+    """SQL for `column IN (...)` from an enum class or a tuple of strings."""
+    items = [v.value if isinstance(v, StrEnum) else v for v in values]
+    return f"{column} IN ({', '.join(repr(str(i)) for i in items)})"
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING)
+
+
+def created_col() -> Mapped[datetime]:
+    return mapped_column(DateTime(timezone=True), server_default=func.now(), nullable=False)
+
+
+class Person(Base):
+    """Anyone we talk to: customer, partner or operator. Phone is E.164 when known."""
+
+    __tablename__ = "people"
+    __table_args__ = (CheckConstraint(one_of("role", ROLES), name="role"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    phone: Mapped[str | None] = mapped_column(String(16), unique=True)
+    # WhatsApp may give a business-scoped user id without a phone number: key on it.
+    wa_id: Mapped[str | None] = mapped_column(String(64), unique=True)
+    name: Mapped[str | None] = mapped_column(String(120))
+    preferred_language: Mapped[str | None] = mapped_column(String(5))
+    role: Mapped[str] = mapped_column(String(10), default="customer")
+    opted_out: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[datetime] = created_col()
+
+    partner: Mapped[PartnerProfile | None] = relationship(back_populates="person")
+
+
+class Point(Base):
+    """A village hub where parcels can change hands between relay legs."""
+
+    __tablename__ = "points"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(120))
+    lat: Mapped[float] = mapped_column(Float)
+    lng: Mapped[float] = mapped_column(Float)
+    pincode: Mapped[str] = mapped_column(String(6), index=True)
+    post_office: Mapped[str | None] = mapped_column(String(120))
+    district: Mapped[str | None] = mapped_column(String(80))
+    state: Mapped[str | None] = mapped_column(String(80))
+    active: Mapped[bool] = mapped_column(Boolean, default=True)
+    created_at: Mapped[datetime] = created_col()
+
+
+class PartnerProfile(Base):
+    """What makes a person a partner: duty, home Point, track record, payout account."""
+
+    __tablename__ = "partner_profiles"
+    __table_args__ = (
+        CheckConstraint("rating_x100 BETWEEN 0 AND 500", name="rating"),
+        CheckConstraint("trust_tier BETWEEN 0 AND 3", name="trust_tier"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    person_id: Mapped[int] = mapped_column(ForeignKey("people.id"), unique=True)
+    first_name: Mapped[str] = mapped_column(String(60))
+    home_point_id: Mapped[int | None] = mapped_column(ForeignKey("points.id"))
+    on_duty: Mapped[bool] = mapped_column(Boolean, default=False)
+    has_app: Mapped[bool] = mapped_column(Boolean, default=False)
+    rating_x100: Mapped[int] = mapped_column(Integer, default=450)
+    offers_received: Mapped[int] = mapped_column(Integer, default=0)
+    offers_accepted: Mapped[int] = mapped_column(Integer, default=0)
+    trust_tier: Mapped[int] = mapped_column(Integer, default=1)
+    max_active_legs: Mapped[int] = mapped_column(Integer, default=2)
+    payout_account_id: Mapped[str | None] = mapped_column(String(40))
+    kyc_status: Mapped[str] = mapped_column(String(20), default="pending")
+    created_at: Mapped[datetime] = created_col()
+
+    person: Mapped[Person] = relationship(back_populates="partner")
+    vehicles: Mapped[list[Vehicle]] = relationship(back_populates="partner")
+    points: Mapped[list[Point]] = relationship(secondary="partner_points")
+
+
+class PartnerPoint(Base):
+    """Which Points a partner serves (SMS-only partners are placed at these)."""
+
+    __tablename__ = "partner_points"
+
+    partner_id: Mapped[int] = mapped_column(ForeignKey("partner_profiles.id"), primary_key=True)
+    point_id: Mapped[int] = mapped_column(ForeignKey("points.id"), primary_key=True)
+
+
+class Vehicle(Base):
+    __tablename__ = "vehicles"
+    __table_args__ = (
+        CheckConstraint(one_of("type", VehicleType), name="type"),
+        CheckConstraint(one_of("max_size", SizeBucket), name="max_size"),
+        CheckConstraint("payload_kg > 0", name="payload"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    partner_id: Mapped[int] = mapped_column(ForeignKey("partner_profiles.id"), index=True)
+    type: Mapped[str] = mapped_column(String(12))
+    payload_kg: Mapped[int] = mapped_column(Integer)
+    max_size: Mapped[str] = mapped_column(String(10))
+    registration: Mapped[str | None] = mapped_column(String(20))
+    active: Mapped[bool] = mapped_column(Boolean, default=True)
+
+    partner: Mapped[PartnerProfile] = relationship(back_populates="vehicles")
+
+
+class RateCardRow(Base):
+    """A rate card version (JSON of core.domain.pricing.RateCard); the newest active wins."""
+
+    __tablename__ = "rate_cards"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(60), unique=True)
+    card: Mapped[dict[str, Any]] = mapped_column(JSONB)
+    active: Mapped[bool] = mapped_column(Boolean, default=True)
+    created_at: Mapped[datetime] = created_col()
+
+
+class Booking(Base):
+    __tablename__ = "bookings"
+    __table_args__ = (
+        CheckConstraint(one_of("status", BookingStatus), name="status"),
+        CheckConstraint(one_of("speed_tier", SpeedTier), name="speed_tier"),
+        CheckConstraint(one_of("channel", CHANNELS), name="channel"),
+        CheckConstraint("total_paise >= 0", name="total"),
+        CheckConstraint("commission_paise + partner_share_paise = total_paise", name="split"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    reference: Mapped[str] = mapped_column(String(8), unique=True)
+    customer_id: Mapped[int] = mapped_column(ForeignKey("people.id"), index=True)
+    channel: Mapped[str] = mapped_column(String(10))
+    status: Mapped[str] = mapped_column(String(20), index=True)
+    pickup_lat: Mapped[float] = mapped_column(Float)
+    pickup_lng: Mapped[float] = mapped_column(Float)
+    pickup_pincode: Mapped[str | None] = mapped_column(String(6))
+    pickup_post_office: Mapped[str | None] = mapped_column(String(120))
+    pickup_landmark: Mapped[str | None] = mapped_column(String(200))
+    drop_lat: Mapped[float] = mapped_column(Float)
+    drop_lng: Mapped[float] = mapped_column(Float)
+    drop_pincode: Mapped[str | None] = mapped_column(String(6))
+    drop_post_office: Mapped[str | None] = mapped_column(String(120))
+    drop_landmark: Mapped[str | None] = mapped_column(String(200))
+    recipient_name: Mapped[str | None] = mapped_column(String(120))
+    recipient_phone: Mapped[str | None] = mapped_column(String(16))
+    speed_tier: Mapped[str] = mapped_column(String(10))
+    vehicle_type: Mapped[str] = mapped_column(String(12))
+    distance_m: Mapped[int] = mapped_column(Integer)
+    fare: Mapped[dict[str, Any]] = mapped_column(JSONB)
+    total_paise: Mapped[int] = mapped_column(BigInteger)
+    commission_paise: Mapped[int] = mapped_column(BigInteger)
+    partner_share_paise: Mapped[int] = mapped_column(BigInteger)
+    expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    version: Mapped[int] = mapped_column(Integer, default=1)
+    created_at: Mapped[datetime] = created_col()
+    updated_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), server_default=func.now(), onupdate=func.now()
+    )
+
+    __mapper_args__ = {"version_id_col": version}
+
+    parcels: Mapped[list[Parcel]] = relationship(back_populates="booking", order_by="Parcel.id")
+    legs: Mapped[list[Leg]] = relationship(back_populates="booking", order_by="Leg.sequence")
+    customer: Mapped[Person] = relationship()
+
+
+class Parcel(Base):
+    __tablename__ = "parcels"
+    __table_args__ = (
+        CheckConstraint(one_of("category", ParcelCategory), name="category"),
+        CheckConstraint(one_of("size_bucket", SizeBucket), name="size_bucket"),
+        CheckConstraint(one_of("weight_bucket", WeightBucket), name="weight_bucket"),
+        CheckConstraint("declared_value_paise >= 0", name="declared_value"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    booking_id: Mapped[int] = mapped_column(ForeignKey("bookings.id"), index=True)
+    category: Mapped[str] = mapped_column(String(20))
+    size_bucket: Mapped[str] = mapped_column(String(10))
+    weight_bucket: Mapped[str] = mapped_column(String(10))
+    declared_value_paise: Mapped[int] = mapped_column(BigInteger, default=0)
+    fragile: Mapped[bool] = mapped_column(Boolean, default=False)
+    description: Mapped[str | None] = mapped_column(String(200))
+
+    booking: Mapped[Booking] = relationship(back_populates="parcels")
+
+
+class Leg(Base):
+    """One partner's part of a booking: from a place or Point to the next."""
+
+    __tablename__ = "legs"
+    __table_args__ = (
+        UniqueConstraint("booking_id", "sequence", name="uq_legs_booking_sequence"),
+        CheckConstraint(one_of("status", LegStatus), name="status"),
+        CheckConstraint("payout_paise >= 0", name="payout"),
+        CheckConstraint("sequence >= 1", name="sequence"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    booking_id: Mapped[int] = mapped_column(ForeignKey("bookings.id"), index=True)
+    sequence: Mapped[int] = mapped_column(Integer)
+    status: Mapped[str] = mapped_column(String(12), index=True)
+    from_point_id: Mapped[int | None] = mapped_column(ForeignKey("points.id"))
+    to_point_id: Mapped[int | None] = mapped_column(ForeignKey("points.id"))
+    from_lat: Mapped[float] = mapped_column(Float)
+    from_lng: Mapped[float] = mapped_column(Float)
+    to_lat: Mapped[float] = mapped_column(Float)
+    to_lng: Mapped[float] = mapped_column(Float)
+    distance_m: Mapped[int] = mapped_column(Integer)
+    partner_id: Mapped[int | None] = mapped_column(ForeignKey("partner_profiles.id"), index=True)
+    # OTPs are keyed hashes only (core.domain.otp), set when the leg is assigned; the plain
+    # codes go out once, in the messages to the sender and the recipient.
+    pickup_otp_hash: Mapped[str | None] = mapped_column(String(64))
+    drop_otp_hash: Mapped[str | None] = mapped_column(String(64))
+    otp_failures: Mapped[int] = mapped_column(Integer, default=0)
+    payout_paise: Mapped[int] = mapped_column(BigInteger)
+    pod_photo_url: Mapped[str | None] = mapped_column(Text)
+    version: Mapped[int] = mapped_column(Integer, default=1)
+    created_at: Mapped[datetime] = created_col()
+    updated_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), server_default=func.now(), onupdate=func.now()
+    )
+
+    __mapper_args__ = {"version_id_col": version}
+
+    booking: Mapped[Booking] = relationship(back_populates="legs")
+
+
+class TransitionLog(Base):
+    """Every state change of a booking or leg: who, when, why. Append-only."""
+
+    __tablename__ = "transitions"
+    __table_args__ = (CheckConstraint("entity IN ('booking', 'leg')", name="entity"),)
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    entity: Mapped[str] = mapped_column(String(10))
+    entity_id: Mapped[int] = mapped_column(BigInteger)
+    from_status: Mapped[str | None] = mapped_column(String(20))
+    to_status: Mapped[str] = mapped_column(String(20))
+    actor: Mapped[str] = mapped_column(String(40))
+    reason: Mapped[str] = mapped_column(String(200))
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class OutboxMessage(Base):
+    """A message we will send (written in the same transaction as its cause)."""
+
+    __tablename__ = "outbox_messages"
+    __table_args__ = (
+        CheckConstraint(one_of("channel", ("whatsapp", "sms")), name="channel"),
+        CheckConstraint(one_of("status", OUTBOX_STATUSES), name="status"),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    channel: Mapped[str] = mapped_column(String(10))
+    to_addr: Mapped[str] = mapped_column(String(80))
+    from_addr: Mapped[str] = mapped_column(String(80))
+    body: Mapped[str] = mapped_column(Text)
+    media_url: Mapped[str | None] = mapped_column(Text)
+    # A natural key from the cause ("booking-123-created") so a retried cause adds no twin.
+    dedupe_key: Mapped[str | None] = mapped_column(String(120), unique=True)
+    booking_id: Mapped[int | None] = mapped_column(ForeignKey("bookings.id"), index=True)
+    status: Mapped[str] = mapped_column(String(12), default="pending", index=True)
+    provider_sid: Mapped[str | None] = mapped_column(String(64), unique=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    error_code: Mapped[str | None] = mapped_column(String(16))
+    last_error: Mapped[str | None] = mapped_column(String(300))
+    created_at: Mapped[datetime] = created_col()
+    sent_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    updated_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), server_default=func.now(), onupdate=func.now()
+    )
+
+
+class MessageStatusEvent(Base):
+    """Twilio's status callbacks as received (status history of an outbound message)."""
+
+    __tablename__ = "message_status_events"
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    outbox_id: Mapped[int | None] = mapped_column(ForeignKey("outbox_messages.id"), index=True)
+    provider_sid: Mapped[str] = mapped_column(String(64), index=True)
+    status: Mapped[str] = mapped_column(String(20))
+    error_code: Mapped[str | None] = mapped_column(String(16))
+    received_at: Mapped[datetime] = created_col()
+
+
+class InboundEvent(Base):
+    """Every webhook we processed, by the provider's id: a retry is answered, not redone."""
+
+    __tablename__ = "inbound_events"
+    __table_args__ = (
+        UniqueConstraint("provider", "external_id", name="uq_inbound_events_provider_external"),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    provider: Mapped[str] = mapped_column(String(20))
+    external_id: Mapped[str] = mapped_column(String(80))
+    channel: Mapped[str] = mapped_column(String(20))
+    response_body: Mapped[str | None] = mapped_column(Text)
+    received_at: Mapped[datetime] = created_col()
+
+
+class Conversation(Base):
+    """Where a contact is in a dialog on one channel; survives restarts."""
+
+    __tablename__ = "conversations"
+    __table_args__ = (
+        UniqueConstraint("channel", "contact", name="uq_conversations_channel_contact"),
+        CheckConstraint(one_of("channel", CHANNELS), name="channel"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    channel: Mapped[str] = mapped_column(String(10))
+    contact: Mapped[str] = mapped_column(String(80))
+    person_id: Mapped[int | None] = mapped_column(ForeignKey("people.id"), index=True)
+    step: Mapped[str] = mapped_column(String(40), default="start")
+    state: Mapped[dict[str, Any]] = mapped_column(JSONB, default=dict)
+    misses: Mapped[int] = mapped_column(Integer, default=0)
+    handoff: Mapped[bool] = mapped_column(Boolean, default=False)
+    last_inbound_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    updated_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), server_default=func.now(), onupdate=func.now()
+    )
+
+
+class SandboxMessage(Base):
+    """What the sandbox Twilio emulator accepted (sandbox mode only; empty in production)."""
+
+    __tablename__ = "sandbox_messages"
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    sid: Mapped[str] = mapped_column(String(34), unique=True)
+    account_sid: Mapped[str] = mapped_column(String(34))
+    to_addr: Mapped[str] = mapped_column(String(80), index=True)
+    from_addr: Mapped[str] = mapped_column(String(80))
+    body: Mapped[str] = mapped_column(Text)
+    media_url: Mapped[str | None] = mapped_column(Text)
+    channel: Mapped[str] = mapped_column(String(10))
+    status: Mapped[str] = mapped_column(String(12))
+    status_callback: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = created_col()

@@ -1,0 +1,63 @@
+"""RQ queues, and enqueueing that waits for the database commit (outbox discipline)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from rq import Queue, Retry
+from rq.serializers import JSONSerializer
+from sqlalchemy import event
+from sqlalchemy.orm import Session
+
+from core.adapters.redis_conn import redis_client
+
+log = logging.getLogger(__name__)
+
+QUEUES = ("default", "outbox")
+
+
+def queue(name: str = "default") -> Queue:
+    """An RQ queue on the shared Redis, JSON-serialised (jobs take ids and plain values)."""
+    return Queue(name, connection=redis_client(), serializer=JSONSerializer)
+
+
+def enqueue(
+    func: str,
+    *args: Any,
+    queue_name: str = "default",
+    job_id: str | None = None,
+    retry: Retry | None = None,
+    at_front: bool = False,
+) -> None:
+    """Enqueue ``func`` (dotted path) now; a natural-key job_id makes repeats harmless."""
+    q = queue(queue_name)
+    if job_id is not None:
+        existing = q.fetch_job(job_id)
+        if existing is not None and existing.get_status(refresh=True) in (
+            "queued", "started", "scheduled", "deferred",
+        ):
+            return
+    q.enqueue(func, *args, job_id=job_id, retry=retry, at_front=at_front,
+              result_ttl=3600, failure_ttl=7 * 86400)
+
+
+def after_commit(session: Session, action: Callable[[], None]) -> None:
+    """Run ``action`` once this session's transaction commits (never if it rolls back)."""
+    session.info.setdefault("after_commit", []).append(action)
+
+
+@event.listens_for(Session, "after_commit")
+def _run_after_commit(session: Session) -> None:
+    actions = session.info.pop("after_commit", [])
+    for action in actions:
+        try:
+            action()
+        except Exception:  # the row is saved; the sweeper will pick it up later
+            log.exception("after-commit action failed; the periodic sweep will retry it")
+
+
+@event.listens_for(Session, "after_rollback")
+def _drop_after_commit(session: Session) -> None:
+    session.info.pop("after_commit", None)

@@ -1,0 +1,42 @@
+"""Redis connections and the small Redis-backed primitives (rate limits)."""
+
+from __future__ import annotations
+
+import threading
+
+import redis
+
+from core.config import get_settings
+
+_lock = threading.Lock()
+_clients: dict[str, redis.Redis] = {}
+
+
+def redis_client() -> redis.Redis:
+    """The shared Redis client for REDIS_URL (bytes in, bytes out; RQ needs that)."""
+    url = get_settings().redis_url
+    with _lock:
+        if url not in _clients:
+            _clients[url] = redis.Redis.from_url(
+                url, socket_connect_timeout=2, socket_timeout=5, health_check_interval=30
+            )
+        return _clients[url]
+
+
+def reset_clients() -> None:
+    """Drop cached clients (after a fork, and when tests switch Redis databases)."""
+    with _lock:
+        for client in _clients.values():
+            client.close()
+        _clients.clear()
+
+
+def hit_rate_limit(key: str, limit: int, window_s: int) -> tuple[bool, int]:
+    """Count one event in a fixed window; return (over_limit, count_so_far)."""
+    client = redis_client()
+    pipe = client.pipeline()
+    full = f"ratelimit:{key}"
+    pipe.incr(full)
+    pipe.expire(full, window_s, nx=True)
+    count = int(pipe.execute()[0])
+    return count > limit, count

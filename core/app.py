@@ -1,0 +1,57 @@
+"""create_app(): the composition root.
+
+This is the one place in core/ that names the channel packages (bots/, ivr_flows/) and
+the sandbox: it wires them to the core; the core itself never calls a channel.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import uuid
+
+from flask import Flask, g, request
+
+from core import logs
+from core.config import Settings, get_settings
+from core.web import errors, ops
+
+log = logging.getLogger(__name__)
+
+CHANNEL_BLUEPRINTS = ("bots.whatsapp", "bots.sms", "bots.status", "ivr_flows.voice")
+SANDBOX_BLUEPRINTS = ("sandbox.twilio",)
+
+
+def create_app(settings: Settings | None = None) -> Flask:
+    """Build the Flask app for the configured environment."""
+    settings = settings or get_settings()
+    logs.configure(settings.log_level)
+    app = Flask(__name__)
+    app.config.update(
+        MAX_CONTENT_LENGTH=max(settings.max_webhook_bytes, 1024 * 1024),
+        JSON_SORT_KEYS=False,
+        SECRET_KEY=settings.secret_key,
+    )
+    app.json.ensure_ascii = False  # type: ignore[attr-defined]
+
+    @app.before_request
+    def _bind_request_id() -> None:
+        rid = request.headers.get("X-Request-Id") or uuid.uuid4().hex[:16]
+        g.request_id = rid[:64]
+        logs.request_id.set(g.request_id)
+
+    @app.after_request
+    def _echo_request_id(response):
+        response.headers["X-Request-Id"] = g.get("request_id", "")
+        return response
+
+    errors.register(app)
+    ops.instrument(app)
+    app.register_blueprint(ops.bp)
+    for module in CHANNEL_BLUEPRINTS:
+        app.register_blueprint(importlib.import_module(module).bp)
+    if settings.is_sandbox:
+        for module in SANDBOX_BLUEPRINTS:
+            app.register_blueprint(importlib.import_module(module).bp)
+    log.info("app ready", extra={"app_env": settings.app_env})
+    return app

@@ -1,0 +1,95 @@
+"""Operator commands: `python -m core.cli migrate|seed|release|worker|sweep`."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
+
+from core import logs
+from core.config import ROOT, get_settings
+
+log = logging.getLogger("core.cli")
+
+
+def ensure_database(url: str) -> bool:
+    """Create the database named in ``url`` if the server lacks it; True if created."""
+    target = make_url(url)
+    name = target.database
+    if not name:
+        raise SystemExit("DATABASE_URL names no database")
+    admin = create_engine(target.set(database="postgres"), isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            exists = conn.scalar(text("SELECT 1 FROM pg_database WHERE datname = :n"), {"n": name})
+            if exists:
+                return False
+            conn.execute(text(f'CREATE DATABASE "{name}"'))
+            return True
+    finally:
+        admin.dispose()
+
+
+def migrate(url: str | None = None) -> None:
+    """Bring the schema to the newest Alembic revision."""
+    from alembic import command
+    from alembic.config import Config
+
+    url = url or get_settings().database_url
+    if ensure_database(url):
+        log.info("created database", extra={"database": make_url(url).database})
+    cfg = Config(str(ROOT / "alembic.ini"))
+    cfg.attributes["url"] = url
+    command.upgrade(cfg, "head")
+
+
+def seed() -> None:
+    from core.services.seed import seed_demo
+
+    summary = seed_demo()
+    log.info("seed done", extra=summary)
+
+
+def worker(burst: bool = False) -> None:
+    """Run an RQ worker with its scheduler on every queue (the Procfile's `worker`)."""
+    from rq import Worker
+    from rq.serializers import JSONSerializer
+
+    from core.adapters.queue import QUEUES, queue
+    from core.adapters.redis_conn import redis_client
+
+    conn = redis_client()
+    # Start the periodic outbox sweep (fixed job id: starting twice schedules it once).
+    queue("outbox").enqueue("workers.outbox.sweep", job_id="outbox-sweep")
+    w = Worker([queue(n) for n in QUEUES], connection=conn, serializer=JSONSerializer)
+    w.work(with_scheduler=True, burst=burst, logging_level=get_settings().log_level)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m core.cli")
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    sub.add_parser("migrate", help="apply Alembic migrations (creates the database)")
+    sub.add_parser("seed", help="load demo data once (idempotent)")
+    sub.add_parser("release", help="migrate, then seed (the Procfile's release step)")
+    w = sub.add_parser("worker", help="RQ worker with scheduler")
+    w.add_argument("--burst", action="store_true")
+    args = parser.parse_args(argv)
+    logs.configure(get_settings().log_level)
+    if args.cmd == "migrate":
+        migrate()
+    elif args.cmd == "seed":
+        seed()
+    elif args.cmd == "release":
+        migrate()
+        if get_settings().is_sandbox:
+            seed()
+    elif args.cmd == "worker":
+        worker(burst=args.burst)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,200 @@
+"""Configuration from environment variables, parsed and validated once at start.
+
+Sandbox mode (the default) has working defaults for every secret so that `./run serve`
+needs nothing; production refuses to start without real secrets and never mounts the
+sandbox emulators.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from urllib.parse import urlsplit
+
+ROOT = Path(__file__).resolve().parent.parent
+
+SANDBOX_TWILIO_ACCOUNT_SID = "ACsandbox00000000000000000000000000"
+SANDBOX_TWILIO_AUTH_TOKEN = "sandbox-twilio-auth-token"
+SANDBOX_RAZORPAY_KEY_ID = "rzp_test_sandbox"
+SANDBOX_RAZORPAY_KEY_SECRET = "sandbox-razorpay-key-secret"
+SANDBOX_RAZORPAY_WEBHOOK_SECRET = "sandbox-razorpay-webhook-secret"
+SANDBOX_SECRET_KEY = "sandbox-secret-key-not-for-production"
+
+
+class ConfigError(RuntimeError):
+    """The environment does not describe a runnable service."""
+
+
+def _int(env: dict[str, str], name: str, default: int, *, minimum: int = 0) -> int:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be an integer, got {raw!r}") from None
+    if value < minimum:
+        raise ConfigError(f"{name} must be >= {minimum}, got {value}")
+    return value
+
+
+def sqlalchemy_url(url: str) -> str:
+    """Point plain postgres URLs at the psycopg 3 driver (the one we ship)."""
+    for prefix in ("postgres://", "postgresql://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix) :]
+    return url
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the service reads from its environment, validated."""
+
+    app_env: str
+    database_url: str
+    redis_url: str
+    port: int
+    public_base_url: str
+    secret_key: str
+    otp_key: bytes
+    twilio_account_sid: str
+    twilio_auth_token: str
+    twilio_api_base: str | None
+    twilio_whatsapp_from: str
+    twilio_sms_from: str
+    twilio_voice_number: str
+    razorpay_key_id: str
+    razorpay_key_secret: str
+    razorpay_webhook_secret: str
+    razorpay_api_base: str | None
+    ops_phone: str
+    osrm_url: str | None
+    data_dir: Path
+    detour_factor_bp: int
+    inbound_rate_limit: int
+    inbound_rate_window_s: int
+    max_webhook_bytes: int
+    outbox_max_retries: int
+    outbox_retry_intervals: tuple[int, ...] = field(default=(10, 30, 120, 600, 1800))
+    log_level: str = "INFO"
+
+    @property
+    def is_production(self) -> bool:
+        return self.app_env == "production"
+
+    @property
+    def is_sandbox(self) -> bool:
+        return self.app_env == "sandbox"
+
+
+def load_settings(environ: dict[str, str] | None = None) -> Settings:
+    """Read and validate the environment; raise ConfigError with every problem at once."""
+    env = dict(os.environ if environ is None else environ)
+    app_env = env.get("APP_ENV", "sandbox").strip().lower()
+    if app_env not in ("sandbox", "production"):
+        raise ConfigError(f"APP_ENV must be 'sandbox' or 'production', got {app_env!r}")
+    production = app_env == "production"
+    problems: list[str] = []
+
+    def secret(name: str, sandbox_default: str) -> str:
+        value = env.get(name, "")
+        if value:
+            if production and value == sandbox_default:
+                problems.append(f"{name} is the sandbox default; set a real secret")
+            return value
+        if production:
+            problems.append(f"{name} is required in production")
+            return ""
+        return sandbox_default
+
+    port = _int(env, "PORT", 8000, minimum=1)
+    public_base_url = env.get("PUBLIC_BASE_URL") or f"http://127.0.0.1:{port}"
+    public_base_url = public_base_url.rstrip("/")
+    if urlsplit(public_base_url).scheme not in ("http", "https"):
+        problems.append("PUBLIC_BASE_URL must be an http(s) URL")
+
+    database_url = env.get("DATABASE_URL", "")
+    redis_url = env.get("REDIS_URL", "")
+    if not database_url:
+        problems.append("DATABASE_URL is required (./run serve sets it for the embedded server)")
+    if not redis_url:
+        problems.append("REDIS_URL is required (./run serve sets it for the embedded server)")
+
+    secret_key = secret("SECRET_KEY", SANDBOX_SECRET_KEY)
+    otp_key = secret("OTP_KEY", SANDBOX_SECRET_KEY + "-otp")
+    twilio_sid = secret("TWILIO_ACCOUNT_SID", SANDBOX_TWILIO_ACCOUNT_SID)
+    twilio_token = secret("TWILIO_AUTH_TOKEN", SANDBOX_TWILIO_AUTH_TOKEN)
+    rzp_id = secret("RAZORPAY_KEY_ID", SANDBOX_RAZORPAY_KEY_ID)
+    rzp_secret = secret("RAZORPAY_KEY_SECRET", SANDBOX_RAZORPAY_KEY_SECRET)
+    rzp_hook = secret("RAZORPAY_WEBHOOK_SECRET", SANDBOX_RAZORPAY_WEBHOOK_SECRET)
+
+    # In sandbox mode the real clients talk to our emulators mounted under /sandbox.
+    twilio_api_base = env.get("TWILIO_API_BASE") or None
+    razorpay_api_base = env.get("RAZORPAY_API_BASE") or None
+    if production:
+        for name, value in (("TWILIO_API_BASE", twilio_api_base),
+                            ("RAZORPAY_API_BASE", razorpay_api_base)):
+            if value and "/sandbox" in value:
+                problems.append(f"{name} points at a sandbox emulator in production")
+    else:
+        twilio_api_base = twilio_api_base or f"{public_base_url}/sandbox/twilio"
+        razorpay_api_base = razorpay_api_base or f"{public_base_url}/sandbox/razorpay"
+
+    intervals_raw = env.get("OUTBOX_RETRY_INTERVALS", "10,30,120,600,1800")
+    try:
+        intervals = tuple(int(x) for x in intervals_raw.split(",") if x.strip())
+    except ValueError:
+        problems.append("OUTBOX_RETRY_INTERVALS must be comma-separated seconds")
+        intervals = (10,)
+    if not intervals or any(i < 0 for i in intervals):
+        problems.append("OUTBOX_RETRY_INTERVALS needs at least one non-negative value")
+        intervals = (10,)
+
+    settings = Settings(
+        app_env=app_env,
+        database_url=sqlalchemy_url(database_url),
+        redis_url=redis_url,
+        port=port,
+        public_base_url=public_base_url,
+        secret_key=secret_key,
+        otp_key=otp_key.encode(),
+        twilio_account_sid=twilio_sid,
+        twilio_auth_token=twilio_token,
+        twilio_api_base=twilio_api_base,
+        twilio_whatsapp_from=env.get("TWILIO_WHATSAPP_FROM", "whatsapp:+14155238886"),
+        twilio_sms_from=env.get("TWILIO_SMS_FROM", "+15005550006"),
+        twilio_voice_number=env.get("TWILIO_VOICE_NUMBER", "+15005550006"),
+        razorpay_key_id=rzp_id,
+        razorpay_key_secret=rzp_secret,
+        razorpay_webhook_secret=rzp_hook,
+        razorpay_api_base=razorpay_api_base,
+        ops_phone=env.get("OPS_PHONE", "+911800000000"),
+        osrm_url=env.get("OSRM_URL") or None,
+        data_dir=Path(env.get("DATA_DIR") or ROOT / "var"),
+        detour_factor_bp=_int(env, "DETOUR_FACTOR_BP", 13500, minimum=10000),
+        inbound_rate_limit=_int(env, "INBOUND_RATE_LIMIT", 30, minimum=1),
+        inbound_rate_window_s=_int(env, "INBOUND_RATE_WINDOW_S", 60, minimum=1),
+        max_webhook_bytes=_int(env, "MAX_WEBHOOK_BYTES", 64 * 1024, minimum=1024),
+        outbox_max_retries=_int(env, "OUTBOX_MAX_RETRIES", len(intervals), minimum=1),
+        outbox_retry_intervals=intervals,
+        log_level=env.get("LOG_LEVEL", "INFO").upper(),
+    )
+    if problems:
+        raise ConfigError("; ".join(problems))
+    return settings
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings (read once)."""
+    return load_settings()
+
+
+def reset_settings() -> None:
+    """Forget cached settings (tests change the environment)."""
+    get_settings.cache_clear()
+
+
+__all__ = ["ConfigError", "Settings", "get_settings", "load_settings", "reset_settings"]

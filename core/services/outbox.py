@@ -1,0 +1,242 @@
+"""Outbound messages: written as outbox rows with their cause, delivered by an RQ job.
+
+Delivery guarantees, and why:
+- A row is written in the caller's transaction; the delivery job is enqueued only after
+  that commit (and a periodic sweep re-enqueues rows whose enqueue was lost).
+- Nothing is sent twice for one row. A row is claimed (``pending`` -> ``sending``) under a
+  row lock before Twilio is called. If Twilio definitely did not accept it (an HTTP error
+  answer, or no connection at all) the row goes back to ``pending`` and RQ retries with
+  backoff. If the outcome is unknown (a read timeout, a worker killed mid-call) the row
+  stays ``sending``: the status callback URL carries our row id, so if Twilio did accept
+  it, its callback links the row; only when no callback came for a long time does the
+  sweep give the row back to ``pending``.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import timedelta
+
+import requests
+from rq import Retry
+from sqlalchemy import select, update
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.orm import Session
+
+from core import clock
+from core.adapters import twilio_gateway
+from core.adapters.db import transaction
+from core.adapters.models import MessageStatusEvent, OutboxMessage, Person
+from core.adapters.queue import after_commit, enqueue
+from core.config import get_settings
+from core.domain.errors import ValidationError
+from core.domain.phone import normalize_phone
+
+log = logging.getLogger(__name__)
+
+DELIVER_JOB = "workers.outbox.deliver"
+# Twilio's order of progress; a late "sent" must not overwrite "delivered".
+_RANK = {"pending": 0, "sending": 1, "queued": 2, "sent": 3, "delivered": 4, "read": 5}
+_FINAL_FAILURES = {"failed", "undelivered"}
+STOP_ERROR_CODE = "21610"  # the recipient replied STOP: never message them again
+STALE_SENDING = timedelta(minutes=15)
+
+
+def address(channel: str, to: str) -> str:
+    """Twilio address for a channel: ``whatsapp:+91...`` or ``+91...``.
+
+    A WhatsApp business-scoped id (no phone number) is passed through as given.
+    """
+    raw = to.removeprefix("whatsapp:")
+    if channel == "whatsapp":
+        try:
+            return "whatsapp:" + normalize_phone(raw)
+        except ValidationError:
+            if raw and raw.replace("-", "").replace(".", "").isalnum():
+                return "whatsapp:" + raw
+            raise
+    if channel == "sms":
+        return normalize_phone(raw)
+    raise ValidationError(f"unknown outbound channel {channel!r}", code="bad_channel")
+
+
+def queue_message(
+    session: Session,
+    *,
+    channel: str,
+    to: str,
+    body: str,
+    media_url: str | None = None,
+    dedupe_key: str | None = None,
+    booking_id: int | None = None,
+) -> int | None:
+    """Add a message to the outbox in the caller's transaction; deliver after commit.
+
+    Returns the row id, or None when ``dedupe_key`` was already used (the cause was
+    retried) or the recipient opted out.
+    """
+    if not body.strip() and not media_url:
+        raise ValidationError("a message needs a body or media", code="empty_message")
+    settings = get_settings()
+    to_addr = address(channel, to)
+    phone = to_addr.removeprefix("whatsapp:")
+    opted_out = session.scalar(select(Person.opted_out).where(Person.phone == phone))
+    if opted_out:
+        log.info("recipient opted out; message dropped", extra={"channel": channel})
+        return None
+    from_addr = settings.twilio_whatsapp_from if channel == "whatsapp" else settings.twilio_sms_from
+    stmt = (
+        insert(OutboxMessage)
+        .values(channel=channel, to_addr=to_addr, from_addr=from_addr, body=body,
+                media_url=media_url, dedupe_key=dedupe_key, booking_id=booking_id,
+                status="pending", attempts=0)
+        .on_conflict_do_nothing(index_elements=["dedupe_key"])
+        .returning(OutboxMessage.id)
+    )
+    row_id = session.scalar(stmt)
+    if row_id is None:
+        return None
+    after_commit(session, lambda: schedule_delivery(row_id))
+    return row_id
+
+
+def schedule_delivery(outbox_id: int) -> None:
+    """Enqueue the delivery job for one row (job id from the row id: never twice)."""
+    s = get_settings()
+    enqueue(DELIVER_JOB, outbox_id, queue_name="outbox", job_id=f"outbox-{outbox_id}",
+            retry=Retry(max=s.outbox_max_retries, interval=list(s.outbox_retry_intervals)))
+
+
+class TransientSendError(RuntimeError):
+    """Twilio did not take the message this time; RQ retries the job."""
+
+
+def deliver(outbox_id: int) -> str:
+    """Send one outbox row through Twilio; return what happened (for logs and tests)."""
+    settings = get_settings()
+    with transaction() as session:
+        row = session.get(OutboxMessage, outbox_id, with_for_update=True)
+        if row is None:
+            return "missing"
+        if row.status != "pending":
+            return "already-" + row.status
+        row.status = "sending"
+        row.attempts += 1
+        row.updated_at = clock.now()
+        to, from_, body, media = row.to_addr, row.from_addr, row.body, row.media_url
+        attempts = row.attempts
+
+    callback = f"{settings.public_base_url}/webhooks/twilio/status?outbox_id={outbox_id}"
+    try:
+        result = twilio_gateway.send_message(to=to, from_=from_, body=body, media_url=media,
+                                             status_callback=callback)
+    except twilio_gateway.SendRejected as exc:
+        final = exc.permanent or attempts > settings.outbox_max_retries
+        _record_failure(outbox_id, code=exc.code, error=str(exc), final=final)
+        if exc.code == STOP_ERROR_CODE:
+            _mark_opted_out(to)
+        if final:
+            log.warning("message refused", extra={"outbox_id": outbox_id, "code": exc.code})
+            return "failed"
+        raise TransientSendError(str(exc)) from None
+    except requests.exceptions.ConnectionError as exc:
+        if isinstance(exc, requests.exceptions.ReadTimeout):
+            # Outcome unknown: keep "sending"; a status callback or the sweep settles it.
+            log.warning("send outcome unknown (timeout)", extra={"outbox_id": outbox_id})
+            return "unknown"
+        final = attempts > settings.outbox_max_retries
+        _record_failure(outbox_id, code=None, error=f"connection: {type(exc).__name__}",
+                        final=final)
+        if final:
+            return "failed"
+        raise TransientSendError("no connection to Twilio") from None
+    except requests.exceptions.Timeout:
+        log.warning("send outcome unknown (timeout)", extra={"outbox_id": outbox_id})
+        return "unknown"
+
+    with transaction() as session:
+        row = session.get(OutboxMessage, outbox_id, with_for_update=True)
+        assert row is not None
+        row.provider_sid = result.sid
+        row.sent_at = clock.now()
+        if row.status == "sending":
+            row.status = "queued"
+        row.last_error = None
+    log.info("message handed to twilio", extra={"outbox_id": outbox_id})
+    return "sent"
+
+
+def _record_failure(outbox_id: int, *, code: str | None, error: str, final: bool) -> None:
+    with transaction() as session:
+        row = session.get(OutboxMessage, outbox_id, with_for_update=True)
+        if row is None:
+            return
+        row.status = "failed" if final else "pending"
+        row.error_code = code
+        row.last_error = error[:300]
+
+
+def _mark_opted_out(to_addr: str) -> None:
+    phone = to_addr.removeprefix("whatsapp:")
+    with transaction() as session:
+        session.execute(update(Person).where(Person.phone == phone).values(opted_out=True))
+
+
+def record_status(*, outbox_id: int | None, message_sid: str, status: str,
+                  error_code: str | None) -> bool:
+    """Apply a Twilio status callback; return False if it names no message of ours."""
+    status = status.lower()
+    with transaction() as session:
+        row = None
+        if outbox_id is not None:
+            row = session.get(OutboxMessage, outbox_id, with_for_update=True)
+            if row is not None and row.provider_sid not in (None, message_sid):
+                row = None  # the id in the URL and the sid disagree: trust neither
+        if row is None:
+            row = session.scalar(
+                select(OutboxMessage).where(OutboxMessage.provider_sid == message_sid)
+                .with_for_update()
+            )
+        session.add(MessageStatusEvent(outbox_id=row.id if row else None,
+                                       provider_sid=message_sid, status=status,
+                                       error_code=error_code))
+        if row is None:
+            return False
+        if row.provider_sid is None:
+            row.provider_sid = message_sid  # the send outcome was unknown: now it is known
+        if status in _FINAL_FAILURES:
+            row.status = status
+            row.error_code = error_code
+        elif row.status not in _FINAL_FAILURES and _RANK.get(status, -1) > _RANK.get(
+            row.status, -1
+        ):
+            row.status = status
+        to_addr = row.to_addr
+    if error_code == STOP_ERROR_CODE:
+        _mark_opted_out(to_addr)
+    return True
+
+
+def sweep(now_age: timedelta = timedelta(seconds=60)) -> int:
+    """Re-enqueue rows whose delivery job was lost; return how many were scheduled.
+
+    ``pending`` rows older than ``now_age`` are re-enqueued (the job id dedupes), and
+    ``sending`` rows without a provider sid and silent for STALE_SENDING are given back.
+    """
+    cutoff = clock.now() - now_age
+    stale = clock.now() - STALE_SENDING
+    with transaction() as session:
+        session.execute(
+            update(OutboxMessage)
+            .where(OutboxMessage.status == "sending", OutboxMessage.provider_sid.is_(None),
+                   OutboxMessage.updated_at < stale)
+            .values(status="pending", last_error="outcome unknown; retrying")
+        )
+        ids = list(session.scalars(
+            select(OutboxMessage.id).where(OutboxMessage.status == "pending",
+                                           OutboxMessage.created_at < cutoff)
+            .order_by(OutboxMessage.id).limit(500)
+        ))
+    for row_id in ids:
+        schedule_delivery(row_id)
+    return len(ids)

@@ -1,0 +1,82 @@
+"""Demo data for sandbox mode: a rate card, Points and partners in two rural districts.
+
+Places are real post offices from the India Post directory: around Bettiah (West
+Champaran, Bihar, 845438) and Shrirampur (Ahmednagar, Maharashtra, 413709). Phone numbers
+are in the +91 90000 000xx block, which the sandbox never delivers to a real phone.
+Runs once: a second call finds the demo rate card and changes nothing.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import select
+
+from core.adapters.db import transaction
+from core.adapters.models import PartnerProfile, Person, Point, RateCardRow, Vehicle
+from core.adapters.pincode import post_offices
+from core.domain.pricing import DEFAULT_RATE_CARD, VEHICLE_CAPACITY, VehicleType
+
+RATE_CARD_NAME = "rural-default-v1"
+
+# (pincode, office name as the directory spells it)
+DEMO_POINTS = (
+    ("845438", "Bettiah HO"),
+    ("845450", "Laxmipur BO"),
+    ("845450", "Jado Chhapar BO"),
+    ("845453", "Baswariya BO"),
+    ("413709", "Shrirampur H.O"),
+    ("413739", "Shirasgaon B.O"),
+    ("413720", "Subhashwadi B.O"),
+    ("413718", "Undirgaon B.O"),
+)
+
+# (first name, phone, language, vehicle, payload kg, home point index, has app)
+DEMO_PARTNERS = (
+    ("Ramesh", "+919000000001", "hi", VehicleType.BICYCLE, 20, 1, False),
+    ("Sunita", "+919000000002", "hi", VehicleType.E_RICKSHAW, 150, 0, True),
+    ("Mukesh", "+919000000003", "hi", VehicleType.MOTORCYCLE, 20, 2, False),
+    ("Rafiq", "+919000000004", "hi", VehicleType.PICKUP, 700, 3, True),
+    ("Sachin", "+919000000011", "mr", VehicleType.MOTORCYCLE, 20, 4, True),
+    ("Lata", "+919000000012", "mr", VehicleType.BICYCLE, 15, 5, False),
+    ("Ganesh", "+919000000013", "mr", VehicleType.CART, 300, 6, False),
+    ("Anil", "+919000000014", "mr", VehicleType.AUTO, 180, 7, False),
+)
+
+OPS_PERSON = ("RideChain ops", "+919000000099")
+
+
+def seed_demo() -> dict[str, int]:
+    """Insert the demo data unless it is already there; return what was added."""
+    with transaction() as session:
+        if session.scalar(select(RateCardRow.id).where(RateCardRow.name == RATE_CARD_NAME)):
+            return {"rate_cards": 0, "points": 0, "partners": 0}
+        session.add(RateCardRow(name=RATE_CARD_NAME, card=DEFAULT_RATE_CARD.to_dict(),
+                                active=True))
+        points: list[Point] = []
+        for pin, office_name in DEMO_POINTS:
+            office = next(o for o in post_offices(pin) if o.office_name == office_name)
+            if office.lat is None or office.lng is None:
+                raise RuntimeError(f"demo point {office_name} has no coordinates")
+            point = Point(name=office.name, lat=office.lat, lng=office.lng, pincode=pin,
+                          post_office=office.office_name, district=office.district,
+                          state=office.state, active=True)
+            session.add(point)
+            points.append(point)
+        session.flush()
+        for first, phone, lang, vtype, payload, home, has_app in DEMO_PARTNERS:
+            person = Person(phone=phone, name=first, preferred_language=lang, role="partner")
+            session.add(person)
+            session.flush()
+            profile = PartnerProfile(person_id=person.id, first_name=first,
+                                     home_point_id=points[home].id, has_app=has_app,
+                                     on_duty=True)
+            profile.points = [points[home]]
+            session.add(profile)
+            session.flush()
+            session.add(Vehicle(partner_id=profile.id, type=vtype.value, payload_kg=payload,
+                                max_size=VEHICLE_CAPACITY[vtype].max_size.value))
+        session.add(Person(name=OPS_PERSON[0], phone=OPS_PERSON[1], role="ops",
+                           preferred_language="hi"))
+        return {"rate_cards": 1, "points": len(points), "partners": len(DEMO_PARTNERS)}
+
+
+__all__ = ["seed_demo"]

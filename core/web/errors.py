@@ -1,0 +1,74 @@
+"""Every error leaves as JSON ({"error": {"code", "message"}}), never an HTML traceback."""
+
+from __future__ import annotations
+
+import logging
+
+from flask import Flask, jsonify
+from sqlalchemy.exc import DBAPIError, OperationalError
+from werkzeug.exceptions import HTTPException
+
+from core.domain.errors import (
+    Conflict,
+    DomainError,
+    InvalidTransition,
+    NotFound,
+    Unavailable,
+    ValidationError,
+)
+
+log = logging.getLogger(__name__)
+
+STATUS_FOR = [
+    (InvalidTransition, 409),
+    (Conflict, 409),
+    (NotFound, 404),
+    (ValidationError, 422),
+    (Unavailable, 503),
+]
+
+
+def error_response(status: int, code: str, message: str, field: str | None = None):
+    body: dict[str, object] = {"code": code, "message": message}
+    if field:
+        body["field"] = field
+    resp = jsonify({"error": body})
+    resp.status_code = status
+    if status == 503:
+        resp.headers["Retry-After"] = "5"
+    return resp
+
+
+def register(app: Flask) -> None:
+    @app.errorhandler(HTTPException)
+    def http_error(exc: HTTPException):
+        code = (exc.name or "error").lower().replace(" ", "_")
+        return error_response(exc.code or 500, code, exc.description or exc.name or "error")
+
+    @app.errorhandler(DomainError)
+    def domain_error(exc: DomainError):
+        status = next((s for cls, s in STATUS_FOR if isinstance(exc, cls)), 400)
+        return error_response(status, exc.code, exc.message, exc.field)
+
+    @app.errorhandler(OperationalError)
+    @app.errorhandler(DBAPIError)
+    def database_down(exc: Exception):
+        # Twilio and Razorpay retry on 5xx; the transaction was rolled back, nothing half-saved.
+        log.error("database unavailable: %s", type(exc).__name__)
+        return error_response(503, "database_unavailable",
+                              "The service is briefly unavailable; please retry.")
+
+    @app.errorhandler(Exception)
+    def unexpected(exc: Exception):
+        if _is_redis_down(exc):
+            log.error("redis unavailable: %s", type(exc).__name__)
+            return error_response(503, "cache_unavailable",
+                                  "The service is briefly unavailable; please retry.")
+        log.exception("unhandled error")
+        return error_response(500, "internal_error", "Something went wrong on our side.")
+
+
+def _is_redis_down(exc: Exception) -> bool:
+    import redis.exceptions
+
+    return isinstance(exc, redis.exceptions.ConnectionError | redis.exceptions.TimeoutError)

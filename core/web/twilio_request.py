@@ -1,0 +1,105 @@
+"""Turn a Twilio webhook request into a checked, parsed value (or a clean 4xx)."""
+
+from __future__ import annotations
+
+import logging
+from functools import wraps
+from typing import Any
+
+from flask import abort, request
+from twilio.request_validator import RequestValidator
+
+from core.config import get_settings
+from core.domain.errors import ValidationError
+from core.domain.phone import normalize_phone
+from core.services.inbound import InboundMessage
+
+log = logging.getLogger(__name__)
+
+
+def public_url() -> str:
+    """The URL Twilio signed: PUBLIC_BASE_URL + path + query (we sit behind proxies)."""
+    base = get_settings().public_base_url
+    qs = request.query_string.decode("latin-1")
+    return f"{base}{request.path}" + (f"?{qs}" if qs else "")
+
+
+def signed(view):
+    """Reject (403) a request whose X-Twilio-Signature does not match; 4xx on bad bodies."""
+
+    @wraps(view)
+    def wrapper(*args: Any, **kwargs: Any):
+        settings = get_settings()
+        length = request.content_length
+        if length is not None and length > settings.max_webhook_bytes:
+            abort(413, "request body too large")
+        raw = request.get_data(cache=True)
+        if len(raw) > settings.max_webhook_bytes:
+            abort(413, "request body too large")
+        try:
+            raw.decode("utf-8")
+        except UnicodeDecodeError:
+            log.warning("webhook body is not valid UTF-8", extra={"path": request.path})
+            abort(400, "request body is not valid UTF-8")
+        signature = request.headers.get("X-Twilio-Signature", "")
+        validator = RequestValidator(settings.twilio_auth_token)
+        params = request.form.to_dict(flat=True)
+        if not signature or not validator.validate(public_url(), params, signature):
+            log.warning("bad twilio signature", extra={"path": request.path})
+            abort(403, "invalid Twilio signature")
+        return view(*args, **kwargs)
+
+    return wrapper
+
+
+def _float_or_none(value: str | None) -> float | None:
+    try:
+        return float(value) if value not in (None, "") else None
+    except ValueError:
+        return None
+
+
+def parse_message(channel: str) -> InboundMessage:
+    """Read Twilio's message parameters (ignoring any we do not know)."""
+    form = request.form
+    sid = form.get("MessageSid") or form.get("SmsMessageSid") or ""
+    from_addr = form.get("From", "")
+    if not sid:
+        abort(400, "MessageSid is required")
+    if not from_addr:
+        abort(400, "From is required")
+    raw_from = from_addr.removeprefix("whatsapp:")
+    try:
+        phone: str | None = normalize_phone(raw_from)
+    except ValidationError:
+        phone = None
+    if channel == "whatsapp":
+        contact = form.get("WaId") or raw_from
+        if not phone and form.get("WaId", "").isdigit():
+            try:
+                phone = normalize_phone("+" + form["WaId"])
+            except ValidationError:
+                phone = None
+    else:
+        if phone is None:
+            abort(400, "From is not a phone number")
+        contact = phone
+    try:
+        num_media = max(0, int(form.get("NumMedia", "0") or 0))
+    except ValueError:
+        num_media = 0
+    return InboundMessage(
+        channel=channel,
+        sid=sid[:80],
+        from_addr=from_addr,
+        to_addr=form.get("To", ""),
+        body=(form.get("Body") or "")[:1600],
+        contact=contact[:80],
+        phone=phone,
+        profile_name=(form.get("ProfileName") or None),
+        num_media=num_media,
+        media_types=tuple(form.get(f"MediaContentType{i}", "") for i in range(min(num_media, 10))),
+        latitude=_float_or_none(form.get("Latitude")),
+        longitude=_float_or_none(form.get("Longitude")),
+        button_payload=form.get("ButtonPayload") or None,
+    )

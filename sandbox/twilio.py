@@ -1,0 +1,162 @@
+"""Sandbox emulator of the Twilio Messages API subset we use, plus the outbox viewer.
+
+Mounted under /sandbox only when APP_ENV=sandbox. The product's real `twilio` client
+talks to it over HTTP (its base URL is `{PUBLIC_BASE_URL}/sandbox/twilio`), so the
+production code path is exercised end to end. Behaviour copied from Twilio's docs:
+Basic auth with the account SID and auth token, form-encoded create, 201 with a JSON
+message resource, error bodies {code, message, more_info, status}, and Twilio's magic
+test numbers (+15005550001 invalid, +15005550009 cannot receive).
+Failure injection for tests and demos: `sandbox:twilio:fail_next` in Redis holds how
+many upcoming creates answer 503.
+"""
+
+from __future__ import annotations
+
+import base64
+import secrets
+from datetime import UTC
+
+from flask import Blueprint, jsonify, request
+from sqlalchemy import select
+
+from core import clock
+from core.adapters.db import transaction
+from core.adapters.models import SandboxMessage
+from core.adapters.queue import enqueue
+from core.adapters.redis_conn import redis_client
+from core.config import get_settings
+from core.domain.errors import ValidationError
+from core.domain.phone import normalize_phone
+
+bp = Blueprint("sandbox_twilio", __name__, url_prefix="/sandbox")
+
+FAIL_NEXT_KEY = "sandbox:twilio:fail_next"
+MAGIC_INVALID = "+15005550001"
+MAGIC_UNREACHABLE = "+15005550009"
+
+
+def _twilio_error(status: int, code: int, message: str):
+    resp = jsonify({"code": code, "message": message, "status": status,
+                    "more_info": f"https://www.twilio.com/docs/errors/{code}"})
+    resp.status_code = status
+    return resp
+
+
+def _authorised(account_sid: str) -> bool:
+    s = get_settings()
+    header = request.headers.get("Authorization", "")
+    if not header.startswith("Basic "):
+        return False
+    try:
+        user, _, password = base64.b64decode(header[6:]).decode().partition(":")
+    except (ValueError, UnicodeDecodeError):
+        return False
+    return (secrets.compare_digest(user, s.twilio_account_sid)
+            and secrets.compare_digest(password, s.twilio_auth_token)
+            and account_sid == s.twilio_account_sid)
+
+
+def _rfc2822(dt) -> str:
+    return dt.astimezone(UTC).strftime("%a, %d %b %Y %H:%M:%S +0000")
+
+
+def _resource(m: SandboxMessage) -> dict:
+    return {
+        "sid": m.sid, "account_sid": m.account_sid, "to": m.to_addr, "from": m.from_addr,
+        "body": m.body, "status": m.status, "num_media": "1" if m.media_url else "0",
+        "num_segments": "1", "direction": "outbound-api", "api_version": "2010-04-01",
+        "date_created": _rfc2822(m.created_at), "date_updated": _rfc2822(m.created_at),
+        "date_sent": None, "price": None, "price_unit": "USD", "error_code": None,
+        "error_message": None, "messaging_service_sid": None,
+        "uri": f"/2010-04-01/Accounts/{m.account_sid}/Messages/{m.sid}.json",
+        "subresource_uris": {},
+    }
+
+
+@bp.post("/twilio/2010-04-01/Accounts/<account_sid>/Messages.json")
+def create_message(account_sid: str):
+    if not _authorised(account_sid):
+        return _twilio_error(401, 20003, "Authenticate")
+    r = redis_client()
+    if int(r.get(FAIL_NEXT_KEY) or 0) > 0:
+        r.decr(FAIL_NEXT_KEY)
+        return _twilio_error(503, 20500, "Service unavailable (sandbox failure injection)")
+    to = request.form.get("To", "")
+    from_ = request.form.get("From", "")
+    body = request.form.get("Body", "")
+    media = request.form.get("MediaUrl")
+    if not to:
+        return _twilio_error(400, 21604, "A 'To' phone number is required.")
+    if not from_:
+        return _twilio_error(400, 21603, "A 'From' phone number is required.")
+    if not body and not media:
+        return _twilio_error(400, 21602, "Message body is required.")
+    channel = "whatsapp" if to.startswith("whatsapp:") else "sms"
+    number = to.removeprefix("whatsapp:")
+    if number == MAGIC_INVALID:
+        return _twilio_error(400, 21211, f"The 'To' number {to} is not a valid phone number.")
+    if number == MAGIC_UNREACHABLE:
+        return _twilio_error(400, 21614, f"'To' number {to} is not a valid mobile number")
+    if not (channel == "whatsapp" and not number.startswith("+")):
+        try:
+            normalize_phone(number)
+        except ValidationError:
+            return _twilio_error(400, 21211, f"The 'To' number {to} is not a valid phone number.")
+    if len(body) > 1600:
+        return _twilio_error(400, 21617, "The concatenated message body exceeds the 1600 "
+                                         "character limit.")
+    callback = request.form.get("StatusCallback")
+    with transaction() as session:
+        msg = SandboxMessage(sid="SM" + secrets.token_hex(16), account_sid=account_sid,
+                             to_addr=to, from_addr=from_, body=body, media_url=media,
+                             channel=channel, status="queued", status_callback=callback,
+                             created_at=clock.now())
+        session.add(msg)
+        session.flush()
+        resource = _resource(msg)
+        sid = msg.sid
+    if callback:
+        enqueue("sandbox.jobs.report_status", sid, job_id=f"sandbox-status-{sid}")
+    return jsonify(resource), 201
+
+
+@bp.get("/twilio/2010-04-01/Accounts/<account_sid>/Messages/<sid>.json")
+def fetch_message(account_sid: str, sid: str):
+    if not _authorised(account_sid):
+        return _twilio_error(401, 20003, "Authenticate")
+    with transaction() as session:
+        msg = session.scalar(select(SandboxMessage).where(SandboxMessage.sid == sid))
+        if msg is None:
+            return _twilio_error(404, 20404, f"The requested resource {request.path} was not "
+                                             "found")
+        return jsonify(_resource(msg))
+
+
+@bp.get("/outbox")
+def outbox():
+    """What the service sent, oldest first; ?to= filters (with or without whatsapp:)."""
+    to = request.args.get("to", "").strip().replace(" ", "+")
+    since = request.args.get("since", "")
+    if since and not since.isdigit():
+        return jsonify({"error": {"code": "bad_since", "message": "since must be a message id",
+                                  "field": "since"}}), 400
+    try:
+        limit = min(max(int(request.args.get("limit", "200")), 1), 1000)
+    except ValueError:
+        limit = 200
+    stmt = select(SandboxMessage).order_by(SandboxMessage.id).limit(limit)
+    if to:
+        bare = to.removeprefix("whatsapp:")
+        stmt = stmt.where(SandboxMessage.to_addr.in_([bare, "whatsapp:" + bare])
+                          if not to.startswith("whatsapp:")
+                          else SandboxMessage.to_addr == to)
+    if since:
+        stmt = stmt.where(SandboxMessage.id > int(since))
+    with transaction() as session:
+        rows = session.scalars(stmt).all()
+        return jsonify([
+            {"id": m.id, "sid": m.sid, "to": m.to_addr, "from": m.from_addr, "body": m.body,
+             "media": [m.media_url] if m.media_url else [], "channel": m.channel,
+             "status": m.status, "created_at": m.created_at.isoformat()}
+            for m in rows
+        ])

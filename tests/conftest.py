@@ -1,0 +1,193 @@
+"""Shared fixtures: real PostgreSQL and Redis, the app, a live HTTP server for emulators.
+
+The environment is fixed here, before any settings are read: tests use their own
+database (`<name>_test` on the DATABASE_URL server, dropped and re-created per run) and
+Redis database 15, asserted empty before each test and flushed after. Pure domain tests
+use none of these fixtures and need no server.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from urllib.parse import urlencode, urlsplit, urlunsplit
+
+import pytest
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _configure_env() -> None:
+    base_db = os.environ.get("DATABASE_URL") or "postgresql://postgres@127.0.0.1:5432/ridechain"
+    url = make_url(base_db.replace("postgres://", "postgresql://", 1))
+    test_db = url.set(database=f"{url.database or 'ridechain'}_test")
+    os.environ["DATABASE_URL"] = test_db.render_as_string(hide_password=False)
+    redis_url = os.environ.get("REDIS_URL") or "redis://127.0.0.1:6379/0"
+    parts = urlsplit(redis_url)
+    if parts.scheme == "unix":
+        os.environ["REDIS_URL"] = urlunsplit(parts._replace(query="db=15"))
+    else:
+        os.environ["REDIS_URL"] = urlunsplit(parts._replace(path="/15", query=""))
+    port = _free_port()
+    os.environ["PORT"] = str(port)
+    os.environ["PUBLIC_BASE_URL"] = f"http://127.0.0.1:{port}"
+    os.environ["APP_ENV"] = "sandbox"
+    os.environ.setdefault("LOG_LEVEL", "WARNING")
+    # Fast, deterministic retry schedule for the outbox (the clock is controlled anyway).
+    os.environ["OUTBOX_RETRY_INTERVALS"] = "10,30"
+    for name in ("TWILIO_API_BASE", "RAZORPAY_API_BASE", "OSRM_URL"):
+        os.environ.pop(name, None)
+
+
+_configure_env()
+
+from core import clock  # noqa: E402
+from core.adapters import db as db_adapter  # noqa: E402
+from core.adapters.redis_conn import redis_client, reset_clients  # noqa: E402
+from core.config import get_settings, reset_settings  # noqa: E402
+
+reset_settings()
+
+
+@pytest.fixture(scope="session")
+def database() -> Iterator[str]:
+    """A freshly migrated test database for this run."""
+    from core.cli import migrate
+
+    url = get_settings().database_url
+    target = make_url(url)
+    admin = create_engine(target.set(database="postgres"), isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{target.database}" WITH (FORCE)'))
+    admin.dispose()
+    migrate(url)
+    yield url
+    db_adapter.dispose_all()
+
+
+@pytest.fixture
+def clean_db(database: str) -> Iterator[None]:
+    """Real PostgreSQL and Redis, emptied after the test (Redis asserted empty before)."""
+    r = redis_client()
+    assert r.dbsize() == 0, "test Redis database 15 is not empty: another run is using it?"
+    yield
+    clock.freeze(None)
+    from core.adapters.models import Base
+
+    names = ", ".join(f'"{t.name}"' for t in Base.metadata.sorted_tables)
+    with db_adapter.engine().begin() as conn:
+        conn.execute(text(f"TRUNCATE {names} RESTART IDENTITY CASCADE"))
+    r.flushdb()
+
+
+@pytest.fixture
+def app(clean_db: None):
+    from core.app import create_app
+
+    application = create_app()
+    application.config["TESTING"] = True
+    return application
+
+
+@pytest.fixture
+def client(app):
+    return app.test_client()
+
+
+class LiveServer:
+    def __init__(self, base_url: str):
+        self.base_url = base_url
+
+
+@pytest.fixture(scope="session")
+def live_server(database: str) -> Iterator[LiveServer]:
+    """The app on a real port (PUBLIC_BASE_URL), so the twilio/razorpay clients reach the
+    sandbox emulators over HTTP exactly as in production."""
+    from werkzeug.serving import make_server
+
+    from core.app import create_app
+
+    settings = get_settings()
+    server = make_server("127.0.0.1", settings.port, create_app(), threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield LiveServer(settings.public_base_url)
+    server.shutdown()
+    thread.join(timeout=5)
+
+
+@pytest.fixture
+def live(live_server: LiveServer, clean_db: None) -> LiveServer:
+    return live_server
+
+
+def twilio_signature(path: str, params: dict[str, str]) -> str:
+    from twilio.request_validator import RequestValidator
+
+    s = get_settings()
+    return RequestValidator(s.twilio_auth_token).compute_signature(
+        s.public_base_url + path, params
+    )
+
+
+def post_twilio(client, path: str, params: dict[str, str], *, signature: str | None = None,
+                headers: dict[str, str] | None = None):
+    """POST a form-encoded Twilio webhook, signed like Twilio would sign it."""
+    sig = twilio_signature(path, params) if signature is None else signature
+    return client.post(path, data=urlencode(params), headers={
+        "X-Twilio-Signature": sig, **(headers or {}),
+        "Content-Type": "application/x-www-form-urlencoded",
+    })
+
+
+def run_jobs() -> int:
+    """Run every queued RQ job in-process through RQ itself; return how many ran."""
+    from rq import SimpleWorker
+    from rq.serializers import JSONSerializer
+
+    from core.adapters.queue import QUEUES, queue
+
+    worker = SimpleWorker([queue(n) for n in QUEUES], connection=redis_client(),
+                          serializer=JSONSerializer)
+    before = worker.successful_job_count + worker.failed_job_count
+    worker.work(burst=True, with_scheduler=False, logging_level="WARNING")
+    return worker.successful_job_count + worker.failed_job_count - before
+
+
+def release_scheduled(after: timedelta) -> int:
+    """Move RQ jobs scheduled to run within ``after`` from now into their queues.
+
+    This is what RQ's scheduler does when that much time has passed; the tests control
+    the clock instead of sleeping.
+    """
+    from rq.registry import ScheduledJobRegistry
+
+    from core.adapters.queue import QUEUES, queue
+
+    moved = 0
+    until = int((datetime.now(UTC) + after).timestamp())
+    for name in QUEUES:
+        q = queue(name)
+        registry = ScheduledJobRegistry(queue=q)
+        for job_id in registry.get_jobs_to_schedule(until):
+            job = q.fetch_job(job_id)
+            registry.remove(job_id)
+            if job is not None:
+                q._enqueue_job(job)
+                moved += 1
+    return moved
+
+
+@pytest.fixture(autouse=True)
+def _fresh_clients() -> Iterator[None]:
+    yield
+    reset_clients()
