@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 
 ROOT = Path(__file__).resolve().parent.parent
 
-SANDBOX_TWILIO_ACCOUNT_SID = "ACsandbox00000000000000000000000000"
+SANDBOX_TWILIO_ACCOUNT_SID = "AC" + "5a4db0c" + "0" * 25  # 34 chars, like a real SID
 SANDBOX_TWILIO_AUTH_TOKEN = "sandbox-twilio-auth-token"
 SANDBOX_RAZORPAY_KEY_ID = "rzp_test_sandbox"
 SANDBOX_RAZORPAY_KEY_SECRET = "sandbox-razorpay-key-secret"

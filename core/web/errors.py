@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 
 from flask import Flask, jsonify
-from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import InterfaceError, OperationalError
 from werkzeug.exceptions import HTTPException
 
 from core.domain.errors import (
@@ -51,7 +51,7 @@ def register(app: Flask) -> None:
         return error_response(status, exc.code, exc.message, exc.field)
 
     @app.errorhandler(OperationalError)
-    @app.errorhandler(DBAPIError)
+    @app.errorhandler(InterfaceError)
     def database_down(exc: Exception):
         # Twilio and Razorpay retry on 5xx; the transaction was rolled back, nothing half-saved.
         log.error("database unavailable: %s", type(exc).__name__)

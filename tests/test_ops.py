@@ -1,0 +1,91 @@
+"""Health, readiness, metrics, migrations, and behaviour when PostgreSQL is down."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import replace
+
+from alembic.config import Config
+from alembic.script import ScriptDirectory
+from sqlalchemy import func, select
+
+from core.adapters import db
+from core.adapters.db import transaction
+from core.adapters.models import InboundEvent, Person
+from core.config import ROOT, get_settings
+from tests.conftest import post_twilio
+
+
+def test_healthz_and_readyz(client):
+    assert client.get("/healthz").get_json() == {"status": "ok"}
+    r = client.get("/readyz")
+    assert r.status_code == 200
+    assert r.get_json()["checks"] == {"postgres": "ok", "redis": "ok"}
+
+
+def test_readyz_reports_a_dead_database(client, monkeypatch):
+    def down() -> None:
+        raise ConnectionRefusedError
+
+    monkeypatch.setattr(db, "ping", down)
+    r = client.get("/readyz")
+    assert r.status_code == 503
+    assert r.get_json()["checks"]["postgres"].startswith("down")
+
+
+def test_metrics_expose_requests_queue_depth_and_outbox(client):
+    client.get("/healthz")
+    text = client.get("/metrics").get_data(as_text=True)
+    assert 'http_requests_total{endpoint="/healthz",method="GET",status="200"}' in text
+    assert 'rq_queue_depth{queue="outbox"}' in text
+    assert "http_request_duration_seconds_bucket" in text
+
+
+def test_migrations_have_a_single_head():
+    script = ScriptDirectory.from_config(Config(str(ROOT / "alembic.ini")))
+    assert len(script.get_heads()) == 1
+
+
+def test_migrations_match_the_models(database):
+    from alembic.autogenerate import compare_metadata
+    from alembic.runtime.migration import MigrationContext
+
+    from core.adapters.models import Base
+
+    with db.engine().connect() as conn:
+        diff = compare_metadata(MigrationContext.configure(conn), Base.metadata)
+    assert diff == []
+
+
+def test_webhook_answers_503_when_postgres_is_down_and_saves_nothing(app, monkeypatch):
+    from core import config
+
+    dead = replace(get_settings(),
+                   database_url="postgresql+psycopg://postgres@127.0.0.1:1/nowhere")
+    monkeypatch.setattr(config, "get_settings", lambda: dead)
+    for module in ("core.adapters.db", "core.services.inbound", "core.web.twilio_request"):
+        monkeypatch.setattr(f"{module}.get_settings", lambda: dead)
+    params = {"MessageSid": "SMdown", "From": "whatsapp:+919812345678", "Body": "hi",
+              "WaId": "919812345678"}
+    r = post_twilio(app.test_client(), "/webhooks/whatsapp", params)
+    assert r.status_code == 503
+    assert r.get_json()["error"]["code"] == "database_unavailable"
+    assert r.headers["Retry-After"]
+    monkeypatch.undo()
+    with transaction() as s:
+        assert s.scalar(select(func.count()).select_from(InboundEvent)) == 0
+        assert s.scalar(select(func.count()).select_from(Person)) == 0
+    # Twilio retries the same message once PostgreSQL is back: it is processed then.
+    r = post_twilio(app.test_client(), "/webhooks/whatsapp", params)
+    assert r.status_code == 200 and "<Message>" in r.get_data(as_text=True)
+
+
+def test_request_id_is_echoed(client):
+    r = client.get("/healthz", headers={"X-Request-Id": "abc123"})
+    assert r.headers["X-Request-Id"] == "abc123"
+    assert client.get("/healthz").headers["X-Request-Id"]
+
+
+def test_env_points_tests_at_their_own_databases():
+    assert get_settings().database_url.endswith("_test")
+    assert os.environ["REDIS_URL"].endswith("15")
