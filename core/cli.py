@@ -55,16 +55,16 @@ def seed() -> None:
 
 def worker(burst: bool = False) -> None:
     """Run an RQ worker with its scheduler on every queue (the Procfile's `worker`)."""
-    from rq import Worker
     from rq.serializers import JSONSerializer
 
-    from core.adapters.queue import QUEUES, queue
+    from core.adapters.queue import QUEUES, JobLoggingWorker, queue
     from core.adapters.redis_conn import redis_client
 
     conn = redis_client()
-    # Start the periodic outbox sweep (fixed job id: starting twice schedules it once).
-    queue("outbox").enqueue("workers.outbox.sweep", job_id="outbox-sweep")
-    w = Worker([queue(n) for n in QUEUES], connection=conn, serializer=JSONSerializer)
+    from workers.outbox import schedule_sweep
+
+    schedule_sweep()  # joins the periodic outbox sweep chain (idempotent)
+    w = JobLoggingWorker([queue(n) for n in QUEUES], connection=conn, serializer=JSONSerializer)
     w.work(with_scheduler=True, burst=burst, logging_level=get_settings().log_level)
 
 

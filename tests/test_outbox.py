@@ -212,3 +212,18 @@ def test_sweep_requeues_rows_whose_enqueue_was_lost(live):
     clock.freeze(None)
     run_jobs()
     assert row(oid).status == "delivered"
+
+
+def test_sweep_chain_is_scheduled_once_per_minute(clean_db):
+    from datetime import UTC, datetime
+
+    from rq.registry import ScheduledJobRegistry
+
+    from workers.outbox import schedule_sweep
+
+    t = datetime(2026, 11, 24, 10, 0, 30, tzinfo=UTC)
+    first = schedule_sweep(t)
+    second = schedule_sweep(t.replace(second=59))  # a second worker starting
+    assert first == second == f"outbox-sweep-{int(t.replace(minute=1, second=0).timestamp())}"
+    registry = ScheduledJobRegistry(queue=queue("outbox"))
+    assert registry.get_job_ids() == [first]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import UTC, datetime
 
 from core.services import outbox
 
@@ -16,9 +16,24 @@ def deliver(outbox_id: int) -> str:
 
 def sweep() -> int:
     """Re-enqueue outbox rows whose delivery job was lost, then schedule the next sweep."""
+    count = outbox.sweep()
+    schedule_sweep()
+    return count
+
+
+def schedule_sweep(now: datetime | None = None) -> str:
+    """Schedule the sweep at the next whole minute, once.
+
+    The job id names that minute, so a restarted worker (or two workers) joining the chain
+    schedules the same job instead of starting a second chain.
+    """
     from core.adapters.queue import queue
 
-    count = outbox.sweep()
-    queue("outbox").enqueue_in(timedelta(seconds=SWEEP_EVERY_S), "workers.outbox.sweep",
-                               job_id="outbox-sweep")
-    return count
+    now = now or datetime.now(UTC)
+    next_at = (int(now.timestamp()) // SWEEP_EVERY_S + 1) * SWEEP_EVERY_S
+    job_id = f"outbox-sweep-{next_at}"
+    q = queue("outbox")
+    if q.fetch_job(job_id) is None:
+        q.enqueue_at(datetime.fromtimestamp(next_at, UTC), "workers.outbox.sweep",
+                     job_id=job_id, result_ttl=600, failure_ttl=86400)
+    return job_id

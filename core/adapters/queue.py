@@ -6,7 +6,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from rq import Queue, Retry
+from rq import Queue, Retry, Worker
 from rq.serializers import JSONSerializer
 from sqlalchemy import event
 from sqlalchemy.orm import Session
@@ -21,6 +21,19 @@ QUEUES = ("default", "outbox")
 def queue(name: str = "default") -> Queue:
     """An RQ queue on the shared Redis, JSON-serialised (jobs take ids and plain values)."""
     return Queue(name, connection=redis_client(), serializer=JSONSerializer)
+
+
+class JobLoggingWorker(Worker):
+    """An RQ worker that binds the job id to every log line the job writes."""
+
+    def perform_job(self, job, queue, execution):  # type: ignore[override]
+        from core import logs
+
+        token = logs.job_id.set(job.id)
+        try:
+            return super().perform_job(job, queue, execution)
+        finally:
+            logs.job_id.reset(token)
 
 
 def enqueue(
