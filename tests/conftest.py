@@ -34,7 +34,7 @@ def _configure_env() -> None:
     redis_url = os.environ.get("REDIS_URL") or "redis://127.0.0.1:6379/0"
     parts = urlsplit(redis_url)
     if parts.scheme == "unix":
-        os.environ["REDIS_URL"] = urlunsplit(parts._replace(query="db=15"))
+        os.environ["REDIS_URL"] = f"unix://{parts.path}?db=15"
     else:
         os.environ["REDIS_URL"] = urlunsplit(parts._replace(path="/15", query=""))
     port = _free_port()

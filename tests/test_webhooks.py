@@ -156,3 +156,42 @@ def test_voice_greets_with_every_language_and_never_loops(client):
     body = r.get_data(as_text=True)
     assert r.status_code == 200 and "<Gather" in body and 'language="ta-IN"' in body
     assert "<Hangup" in body and "<Redirect" not in body
+
+
+def test_conversation_survives_a_restart_of_every_process(client):
+    from core.adapters.db import dispose_all
+    from core.adapters.redis_conn import reset_clients
+    from core.app import create_app
+
+    post_twilio(client, "/webhooks/whatsapp", wa("hi", "SMx1"))
+    post_twilio(client, "/webhooks/whatsapp", wa("3", "SMx2"))  # Bengali
+    dispose_all()  # every pooled connection gone, as after a restart
+    reset_clients()
+    fresh = create_app().test_client()
+    r = post_twilio(fresh, "/webhooks/whatsapp", wa("menu", "SMx3"))
+    assert i18n.t("menu.main", "bn").splitlines()[1] in r.get_data(as_text=True)
+
+
+def test_concurrent_retries_of_one_message_are_processed_once(app):
+    from concurrent.futures import ThreadPoolExecutor
+
+    def send(_: int) -> bytes:
+        return post_twilio(app.test_client(), "/webhooks/whatsapp", wa("hi", "SMrace")).data
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        replies = list(pool.map(send, range(4)))
+    assert len(set(replies)) == 1
+    assert counts() == (1, 1, 1)
+
+
+def test_first_messages_racing_from_a_new_contact_all_get_answers(app):
+    from concurrent.futures import ThreadPoolExecutor
+
+    def send(i: int) -> int:
+        return post_twilio(app.test_client(), "/webhooks/whatsapp", wa("hi", f"SMnew{i}")
+                           ).status_code
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        codes = list(pool.map(send, range(4)))
+    assert codes == [200] * 4
+    assert counts() == (4, 1, 1)

@@ -36,7 +36,9 @@ def hit_rate_limit(key: str, limit: int, window_s: int) -> tuple[bool, int]:
     client = redis_client()
     pipe = client.pipeline()
     full = f"ratelimit:{key}"
+    # SET NX EX then INCR: the window starts with the first event (Redis 6.2 has no
+    # EXPIRE NX, and the embedded server is 6.2).
+    pipe.set(full, 0, ex=window_s, nx=True)
     pipe.incr(full)
-    pipe.expire(full, window_s, nx=True)
-    count = int(pipe.execute()[0])
+    count = int(pipe.execute()[1])
     return count > limit, count

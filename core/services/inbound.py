@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 from sqlalchemy import select
 from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from core import i18n
@@ -65,6 +66,19 @@ def process(msg: InboundMessage, handler: Handler) -> Outcome:
             return Outcome([i18n.t("common.too_many_messages", lang)], rate_limited=True)
         return Outcome(rate_limited=True)
 
+    for attempt in (1, 2):
+        try:
+            return _process_once(msg, handler)
+        except IntegrityError:
+            # Two first messages from one new contact raced to create it; the loser's
+            # transaction rolled back whole, and on the second try it finds the contact.
+            if attempt == 2:
+                raise
+            log.info("retrying inbound message after a creation race")
+    raise AssertionError("unreachable")
+
+
+def _process_once(msg: InboundMessage, handler: Handler) -> Outcome:
     with transaction() as session:
         claimed = session.scalar(
             insert(InboundEvent)

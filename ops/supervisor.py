@@ -1,0 +1,361 @@
+"""The commands behind `./run`: serve the Procfile's processes, run tests, migrate, seed.
+
+`python -m ops.supervisor serve` starts what is missing (embedded PostgreSQL / Redis, see
+ops.embedded), runs the Procfile's `release` and waits for it, then starts every other
+process type except `actions` (each in its own process group, output prefixed with its
+name, like honcho / foreman) and stops everything cleanly on Ctrl-C / SIGTERM or when one
+of them dies.
+"""
+
+from __future__ import annotations
+
+import http.client
+import itertools
+import os
+import re
+import shlex
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ops import embedded
+from ops.embedded import REPO_DIR, EmbeddedError, Services, services_for
+
+# Process types that `serve` does not start: `release` runs once before the others, and
+# `actions` (the Rasa action server) is only needed where the lead deploys it.
+NOT_SERVED = {"release", "actions"}
+STOP_TIMEOUT = 10.0
+_PROCFILE_LINE = re.compile(r"^([A-Za-z0-9_-]+):\s*(.+)$")
+_COLORS = ["36", "33", "32", "35", "34", "31"]
+
+USAGE = """\
+usage: ./run <command> [args]
+
+  serve           start RideChain (embedded PostgreSQL/Redis unless DATABASE_URL/REDIS_URL
+                  are set), migrate + seed, then web and worker from the Procfile
+  test [args]     run the test suite (pytest args are passed through)
+  migrate         apply database migrations (python -m core.cli migrate)
+  seed            load the demo data (python -m core.cli seed)
+  worker          run only the RQ worker
+  lint [args]     ruff check .
+"""
+
+
+class Interrupted(Exception):
+    """SIGINT / SIGTERM arrived while starting up."""
+
+
+def parse_procfile(path: Path) -> dict[str, str]:
+    """Process types of a Heroku-style Procfile, in file order (`name: command` lines)."""
+    processes: dict[str, str] = {}
+    for number, raw in enumerate(path.read_text().splitlines(), start=1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        match = _PROCFILE_LINE.match(line)
+        if match is None:
+            raise ValueError(f"{path}:{number}: expected `name: command`, got {raw!r}")
+        processes[match.group(1)] = match.group(2)
+    return processes
+
+
+class Output:
+    """Writes lines as `name | text`, padded and coloured per name, one line at a time."""
+
+    def __init__(self, names: Sequence[str] = ()) -> None:
+        self._lock = threading.Lock()
+        self._width = max([len(n) for n in names] + [len("system")])
+        self._tty = sys.stdout.isatty()
+        self._colors: dict[str, str] = {}
+        self._palette = itertools.cycle(_COLORS)
+
+    def line(self, name: str, text: str) -> None:
+        prefix = f"{time.strftime('%H:%M:%S')} {name.ljust(self._width)} |"
+        if self._tty:
+            color = self._colors.setdefault(name, next(self._palette))
+            prefix = f"\033[{color}m{prefix}\033[0m"
+        with self._lock:
+            sys.stdout.write(f"{prefix} {text}\n")
+            sys.stdout.flush()
+
+    def system(self, text: str) -> None:
+        self.line("system", text)
+
+
+@dataclass
+class Child:
+    """One Procfile process running in its own process group, its output pumped to Output."""
+
+    name: str
+    command: str
+    process: subprocess.Popen
+    pump: threading.Thread = field(init=False)
+
+    @classmethod
+    def start(cls, name: str, command: str, env: dict[str, str], output: Output) -> Child:
+        process = subprocess.Popen(
+            ["/bin/sh", "-c", command],
+            cwd=REPO_DIR,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            process_group=0,
+        )
+        child = cls(name, command, process)
+        child.pump = threading.Thread(target=child._pump, args=(output,), daemon=True)
+        child.pump.start()
+        return child
+
+    def _pump(self, output: Output) -> None:
+        assert self.process.stdout is not None
+        for raw in self.process.stdout:
+            output.line(self.name, raw.decode("utf-8", "replace").rstrip("\r\n"))
+
+    def poll(self) -> int | None:
+        return self.process.poll()
+
+    def terminate(self) -> None:
+        """SIGTERM the child's whole group (gunicorn's workers, sh and what it started)."""
+        try:
+            os.killpg(self.process.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+
+    def kill(self) -> None:
+        try:
+            os.killpg(self.process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+    def group_alive(self) -> bool:
+        if self.process.poll() is None:
+            return True
+        try:
+            os.killpg(self.process.pid, 0)
+        except ProcessLookupError:
+            return False
+        return True
+
+
+def child_env(services: Services) -> dict[str, str]:
+    """The environment of every child: ours, the service URLs, PORT, DATA_DIR, venv PATH."""
+    env = dict(os.environ)
+    env.update(services.env)
+    env.setdefault("PORT", "8000")
+    env.setdefault("DATA_DIR", str(embedded.data_dir()))
+    venv_bin = str(Path(sys.executable).parent)
+    env["PATH"] = os.pathsep.join([venv_bin, env.get("PATH", "")])
+    env["PYTHONUNBUFFERED"] = "1"
+    if "GUNICORN_CMD_ARGS" not in env:
+        # gunicorn's control socket defaults to ~/.gunicorn/gunicorn.ctl: a second RideChain
+        # (another data folder, the CI smoke test) would take it over and delete it.
+        ctl = Path(env["DATA_DIR"]) / "gunicorn.ctl"
+        env["GUNICORN_CMD_ARGS"] = (
+            f"--control-socket {shlex.quote(str(ctl))}"
+            if len(str(ctl)) <= embedded.MAX_SOCKET_PATH
+            else "--no-control-socket"
+        )
+    return env
+
+
+def describe_exit(code: int) -> str:
+    """'exit code 3' or 'killed by SIGKILL' for a Popen return code."""
+    if code < 0:
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exit code {code}"
+
+
+def _answers(port: int) -> bool:
+    """True once something answers HTTP on 127.0.0.1:port (any status)."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=1.0)
+    try:
+        conn.request("GET", "/healthz")
+        conn.getresponse().read()
+        return True
+    except (OSError, http.client.HTTPException):
+        return False
+    finally:
+        conn.close()
+
+
+class Server:
+    """`./run serve`: the supervisor's state machine (starting -> running -> stopping)."""
+
+    def __init__(self, procfile: Path) -> None:
+        self.procfile = procfile
+        self.children: list[Child] = []
+        self.stop_requested = False
+        # While starting up, a signal aborts the current step (raise Interrupted); later it
+        # only sets stop_requested, which the watch loop and the shutdown code look at.
+        self.raise_on_signal = True
+        self.signals = 0
+        self.output = Output()
+
+    def _on_signal(self, signum: int, _frame: object) -> None:
+        self.signals += 1
+        if self.signals == 1:
+            self.output.system(f"{signal.Signals(signum).name} received, stopping")
+        elif self.children:
+            self.output.system("second signal: killing the processes now")
+            for child in self.children:
+                child.kill()
+        self.stop_requested = True
+        if self.raise_on_signal:
+            raise Interrupted
+
+    def run(self) -> int:
+        """Serve until asked to stop (exit 0) or until a process dies (exit 1)."""
+        try:
+            processes = parse_procfile(self.procfile)
+        except (OSError, ValueError) as err:
+            print(f"./run serve: cannot read the Procfile: {err}", file=sys.stderr)
+            return 1
+        served = {n: c for n, c in processes.items() if n not in NOT_SERVED}
+        if not served:
+            print(f"./run serve: {self.procfile} has no process to serve", file=sys.stderr)
+            return 1
+        self.output = Output(list(processes))
+        embedded.log = self.output.system
+        signal.signal(signal.SIGINT, self._on_signal)
+        signal.signal(signal.SIGTERM, self._on_signal)
+        try:
+            services = embedded.start_services("serve", exclusive=True)
+        except embedded.AlreadyRunning as err:
+            print(str(err), file=sys.stderr)
+            return 1
+        except Interrupted:
+            return 0
+        except EmbeddedError as err:
+            print(f"./run serve: {err}", file=sys.stderr)
+            return 1
+        try:
+            return self._serve(services, processes, served)
+        except Interrupted:
+            return 0
+        finally:
+            self.raise_on_signal = False  # shutdown is under way: signals only count now
+            self._stop_children()
+            services.stop()
+            self.output.system("stopped")
+
+    def _serve(self, services: Services, processes: dict[str, str], served: dict[str, str]) -> int:
+        env = child_env(services)
+        if "release" in processes:
+            self.output.system("running release (migrate + seed)")
+            release = Child.start("release", processes["release"], env, self.output)
+            self.children.append(release)
+            code = release.process.wait()
+            release.pump.join(timeout=2)
+            self.children.remove(release)
+            if code != 0:
+                self.output.system(f"release failed ({describe_exit(code)}); not starting")
+                return 1
+        for name, command in served.items():
+            child = Child.start(name, command, env, self.output)
+            self.children.append(child)
+            self.output.system(f"started {name} (pid {child.process.pid})")
+        services.record_children([embedded.record(c.process, c.name) for c in self.children])
+        self.raise_on_signal = False
+        if self.stop_requested:  # a signal that landed between two statements above
+            return 0
+        return self._watch(services, int(env["PORT"]), "web" in served)
+
+    def _watch(self, services: Services, port: int, has_web: bool) -> int:
+        announced = not has_web
+        app_env = os.environ.get("APP_ENV", "sandbox")
+        while not self.stop_requested:
+            for child in self.children:
+                code = child.poll()
+                if code is not None:
+                    self.output.system(
+                        f"{child.name} stopped unexpectedly ({describe_exit(code)}); stopping all"
+                    )
+                    return 1
+            redis = services.redis
+            if redis is not None and redis.process is not None and redis.process.poll() is not None:
+                self.output.system(f"embedded Redis died (see {redis.log_path}); stopping")
+                return 1
+            if not announced and _answers(port):
+                announced = True
+                print(
+                    f"RideChain is serving at http://127.0.0.1:{port} (APP_ENV={app_env})",
+                    flush=True,
+                )
+            time.sleep(0.25 if announced else 0.5)
+        return 0
+
+    def _stop_children(self) -> None:
+        """SIGTERM every child group, SIGKILL those still alive after STOP_TIMEOUT."""
+        for child in self.children:
+            child.terminate()
+        deadline = time.monotonic() + STOP_TIMEOUT
+        while any(c.group_alive() for c in self.children) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        for child in self.children:
+            if child.group_alive():
+                self.output.system(f"{child.name} did not stop in {STOP_TIMEOUT:.0f} s: SIGKILL")
+                child.kill()
+        for child in self.children:
+            child.process.wait()
+            child.pump.join(timeout=2)
+            self.output.system(f"{child.name} stopped ({describe_exit(child.process.returncode)})")
+
+
+def run_foreground(command: str, argv: list[str]) -> int:
+    """Run argv with the service URLs exported; return its exit code; stop what we started.
+
+    The child stays in our process group so that it gets the terminal's Ctrl-C itself
+    (pytest prints its summary); we ignore SIGINT and forward SIGTERM.
+    """
+
+    def interrupted(_signum: int, _frame: object) -> None:
+        raise Interrupted
+
+    signal.signal(signal.SIGTERM, interrupted)
+    signal.signal(signal.SIGINT, interrupted)
+    try:
+        with services_for(command) as services:
+            env = child_env(services)
+            process = subprocess.Popen(argv, cwd=REPO_DIR, env=env)
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+            signal.signal(signal.SIGTERM, lambda *_: process.terminate())
+            code = process.wait()
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)  # let the cleanup finish
+            return code
+    except Interrupted:
+        return 130
+    except EmbeddedError as err:
+        print(f"./run {command}: {err}", file=sys.stderr)
+        return 1
+
+
+def main(args: list[str]) -> int:
+    """Dispatch `./run <command> [args]` (the venv is ready by now)."""
+    if not args or args[0] in {"-h", "--help", "help"}:
+        print(USAGE, end="", file=sys.stdout if args else sys.stderr)
+        return 0 if args else 2
+    command, rest = args[0], args[1:]
+    python = sys.executable
+    if command == "serve":
+        return Server(REPO_DIR / "Procfile").run()
+    if command == "test":
+        return run_foreground("test", [python, "-m", "pytest", *rest])
+    if command in {"migrate", "seed", "worker"}:
+        return run_foreground(command, [python, "-m", "core.cli", command, *rest])
+    if command == "lint":
+        return subprocess.call([python, "-m", "ruff", "check", ".", *rest], cwd=REPO_DIR)
+    print(f"./run: unknown command {command!r}\n\n{USAGE}", end="", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
