@@ -18,8 +18,11 @@ from core.web import errors, ops
 
 log = logging.getLogger(__name__)
 
-CHANNEL_BLUEPRINTS = ("bots.whatsapp", "bots.sms", "bots.status", "ivr_flows.voice")
-SANDBOX_BLUEPRINTS = ("sandbox.twilio",)
+CHANNEL_BLUEPRINTS = (
+    "bots.whatsapp", "bots.sms", "bots.status", "ivr_flows.voice", "core.web.razorpay",
+    "core.api",
+)
+SANDBOX_BLUEPRINTS = ("sandbox.twilio", "sandbox.razorpay")
 
 
 def create_app(settings: Settings | None = None) -> Flask:

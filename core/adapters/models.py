@@ -388,3 +388,8 @@ class SandboxMessage(Base):
     status: Mapped[str] = mapped_column(String(12))
     status_callback: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = created_col()
+
+
+# Each area keeps its tables in its own module; importing them here puts every table in
+# Base.metadata for Alembic and the tests.
+from core.adapters import dialog_models, dispatch_models, payment_models  # noqa: E402,F401
