@@ -43,7 +43,7 @@ def migrate(url: str | None = None) -> None:
         log.info("created database", extra={"database": make_url(url).database})
     cfg = Config(str(ROOT / "alembic.ini"))
     cfg.attributes["url"] = url
-    command.upgrade(cfg, "head")
+    command.upgrade(cfg, "heads")
 
 
 def seed() -> None:

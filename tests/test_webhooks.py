@@ -142,14 +142,6 @@ def test_per_phone_rate_limit(client, monkeypatch):
     assert counts()[0] == limit  # the flood beyond the limit was not processed
 
 
-def test_sms_from_stranger_gets_one_line_on_joining(client):
-    params = {"MessageSid": "SMs1", "From": "+919811111111", "To": "+15005550006",
-              "Body": "ON"}
-    r = post_twilio(client, "/webhooks/sms", params)
-    assert r.status_code == 200
-    assert r.get_data(as_text=True).count("<Message>") == 1
-
-
 def test_voice_greets_with_every_language_and_never_loops(client):
     params = {"CallSid": "CA1", "From": "+919811111111", "To": "+15005550006"}
     r = post_twilio(client, "/webhooks/voice", params)
