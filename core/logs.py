@@ -33,6 +33,22 @@ def mask_phones(text: str) -> str:
     return _PHONE.sub(repl, text)
 
 
+def _masked(value: object) -> object:
+    """Mask phone numbers anywhere in a log value: strings, numbers, lists and dicts."""
+    if isinstance(value, str):
+        return mask_phones(value)
+    if isinstance(value, bool) or value is None or isinstance(value, float):
+        return value
+    if isinstance(value, int):
+        masked = mask_phones(str(value))
+        return value if masked == str(value) else masked
+    if isinstance(value, dict):
+        return {k: _masked(v) for k, v in value.items()}
+    if isinstance(value, list | tuple | set):
+        return [_masked(v) for v in value]
+    return mask_phones(str(value))
+
+
 class JsonFormatter(logging.Formatter):
     """One JSON object per line: time, level, logger, message, ids, extra fields."""
 
@@ -52,10 +68,12 @@ class JsonFormatter(logging.Formatter):
             payload["job_id"] = jid
         for key, value in record.__dict__.items():
             if key not in self.RESERVED and not key.startswith("_"):
-                payload[key] = mask_phones(value) if isinstance(value, str) else value
+                payload[key] = value
         if record.exc_info:
-            payload["exc"] = mask_phones(self.formatException(record.exc_info))
-        return json.dumps(payload, ensure_ascii=False, default=str)
+            payload["exc"] = self.formatException(record.exc_info)
+        if record.stack_info:
+            payload["stack"] = record.stack_info
+        return json.dumps(_masked(payload), ensure_ascii=False, default=str)
 
 
 def configure(level: str = "INFO") -> None:

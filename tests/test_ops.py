@@ -91,3 +91,23 @@ def test_env_points_tests_at_their_own_databases():
 
     assert make_url(get_settings().database_url).database.endswith("_test")
     assert os.environ["REDIS_URL"].endswith("15")
+
+
+def test_a_lost_race_is_a_409_not_a_500(app):
+    from sqlalchemy.orm.exc import StaleDataError
+
+    from core.domain.errors import InvalidTransition
+
+    @app.get("/_test/race")
+    def race():
+        raise StaleDataError("version mismatch")
+
+    @app.get("/_test/transition")
+    def bad_transition():
+        raise InvalidTransition("booking cannot go from delivered to cancelled")
+
+    c = app.test_client()
+    r = c.get("/_test/race")
+    assert r.status_code == 409 and r.get_json()["error"]["code"] == "concurrent_update"
+    r = c.get("/_test/transition")
+    assert r.status_code == 409 and r.get_json()["error"]["code"] == "invalid_transition"

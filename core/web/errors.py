@@ -6,6 +6,7 @@ import logging
 
 from flask import Flask, jsonify
 from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.orm.exc import StaleDataError
 from werkzeug.exceptions import HTTPException
 
 from core.domain.errors import (
@@ -49,6 +50,12 @@ def register(app: Flask) -> None:
     def domain_error(exc: DomainError):
         status = next((s for cls, s in STATUS_FOR if isinstance(exc, cls)), 400)
         return error_response(status, exc.code, exc.message, exc.field)
+
+    @app.errorhandler(StaleDataError)
+    def lost_race(exc: Exception):
+        # Someone changed the same booking or leg a moment earlier; nothing was saved.
+        return error_response(409, "concurrent_update",
+                              "This was changed by someone else just now; please retry.")
 
     @app.errorhandler(OperationalError)
     @app.errorhandler(InterfaceError)
