@@ -89,8 +89,8 @@ def test_request_id_is_echoed(client):
 def test_env_points_tests_at_their_own_databases():
     from sqlalchemy.engine import make_url
 
-    assert make_url(get_settings().database_url).database.endswith("_test")
-    assert os.environ["REDIS_URL"].endswith("15")
+    assert "_test" in make_url(get_settings().database_url).database
+    assert not os.environ["REDIS_URL"].endswith(("/0", "db=0"))
 
 
 def test_a_lost_race_is_a_409_not_a_500(app):
