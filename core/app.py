@@ -48,6 +48,10 @@ def create_app(settings: Settings | None = None) -> Flask:
         response.headers["X-Request-Id"] = g.get("request_id", "")
         return response
 
+    @app.teardown_request
+    def _unbind_request_id(_exc: BaseException | None) -> None:
+        logs.request_id.set(None)  # the thread serves other requests next
+
     errors.register(app)
     ops.instrument(app)
     app.register_blueprint(ops.bp)
