@@ -392,4 +392,9 @@ class SandboxMessage(Base):
 
 # Each area keeps its tables in its own module; importing them here puts every table in
 # Base.metadata for Alembic and the tests.
-from core.adapters import dialog_models, dispatch_models, payment_models  # noqa: E402,F401
+from core.adapters import (  # noqa: E402,F401
+    api_models,
+    dialog_models,
+    dispatch_models,
+    payment_models,
+)

@@ -48,7 +48,8 @@ def register(app: Flask) -> None:
 
     @app.errorhandler(DomainError)
     def domain_error(exc: DomainError):
-        status = next((s for cls, s in STATUS_FOR if isinstance(exc, cls)), 400)
+        status = getattr(exc, "status", None) or next(
+            (s for cls, s in STATUS_FOR if isinstance(exc, cls)), 400)
         return error_response(status, exc.code, exc.message, exc.field)
 
     @app.errorhandler(StaleDataError)

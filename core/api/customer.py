@@ -1,0 +1,324 @@
+"""Customer endpoints: quotes, bookings (idempotent create), tracking, cancel, rating."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+from flask import Response, request
+from pydantic import BaseModel, Field
+from sqlalchemy import func, select
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.orm import Session
+
+from core.adapters.api_models import BookingRating, IdempotencyRecord
+from core.adapters.db import transaction
+from core.adapters.models import Booking, PartnerProfile
+from core.adapters.pincode import nearest, normalize_pincode, pincode_centroid, post_offices
+from core.api import bp
+from core.api.auth_guard import principal
+from core.api.schemas import (
+    BookingOut,
+    FareLineOut,
+    FareOut,
+    LegOut,
+    Page,
+    PageQuery,
+    ParcelIn,
+    PlaceIn,
+    PlaceOut,
+    RecipientIn,
+)
+from core.api.spec import ApiError, Strict, endpoint
+from core.domain.booking import Actor, BookingStatus
+from core.domain.errors import Conflict, NotFound, ValidationError
+from core.domain.geo import in_india
+from core.domain.phone import mask_phone
+from core.domain.pricing import SpeedTier
+from core.services import booking as booking_service
+from core.services import payments
+
+CUSTOMER = ("customer",)
+CUSTOMER_OR_OPS = ("customer", "ops")
+
+
+class QuoteRequest(Strict):
+    pickup: PlaceIn
+    drop: PlaceIn
+    parcel: ParcelIn
+
+
+class QuoteOut(BaseModel):
+    distance_m: int
+    vehicle: str
+    fares: list[FareOut]
+
+
+class BookingRequest(Strict):
+    pickup: PlaceIn
+    drop: PlaceIn
+    parcel: ParcelIn
+    tier: SpeedTier = SpeedTier.STANDARD
+    recipient: RecipientIn
+
+
+class CancelQuery(Strict):
+    dry_run: bool = False
+
+
+class CancellationOut(BaseModel):
+    allowed: bool
+    refund_paise: int
+    fee_paise: int
+    reason_code: str
+    status: BookingStatus
+    cancelled: bool
+
+
+class RatingIn(Strict):
+    stars: int = Field(ge=1, le=5)
+    comment: str | None = Field(default=None, max_length=500)
+
+
+class RatingOut(BaseModel):
+    reference: str
+    stars: int
+
+
+class TrackOut(BaseModel):
+    reference: str
+    status: BookingStatus
+    legs: list[LegOut]
+    partner_first_name: str | None
+    last_position: dict[str, float] | None
+    eta_minutes: int | None
+
+
+def resolve_place(p: PlaceIn, fld: str) -> booking_service.Place:
+    """Turn what the app sent into a concrete place (position + pincode + post office)."""
+    if p.lat is not None and p.lng is not None:
+        if not in_india(p.lat, p.lng):
+            raise ValidationError("that position is outside India", code="outside_india",
+                                  field=f"{fld}.lat")
+        office = nearest(p.lat, p.lng)
+        return booking_service.Place(p.lat, p.lng, office.pincode, office.office_name,
+                                     p.landmark)
+    assert p.pincode is not None
+    try:
+        pin = normalize_pincode(p.pincode)
+        offices = post_offices(pin)
+    except (ValidationError, NotFound) as exc:
+        exc.field = f"{fld}.pincode"
+        raise
+    if p.post_office:
+        wanted = p.post_office.casefold()
+        match = [o for o in offices if wanted in (o.name.casefold(), o.office_name.casefold())]
+        if not match:
+            raise NotFound(f"no post office called {p.post_office!r} in {pin}",
+                           code="unknown_post_office", field=f"{fld}.post_office")
+        office = match[0]
+    else:
+        office = offices[0]
+    if office.lat is None or office.lng is None:
+        lat, lng = pincode_centroid(pin)
+    else:
+        lat, lng = office.lat, office.lng
+    return booking_service.Place(lat, lng, pin, office.office_name, p.landmark)
+
+
+def _spec(parcel: ParcelIn) -> booking_service.ParcelSpec:
+    return booking_service.ParcelSpec(
+        category=parcel.category, size=parcel.size, weight=parcel.weight,
+        declared_value_paise=parcel.declared_value_paise, fragile=parcel.fragile,
+        description=parcel.description)
+
+
+def _fare_out(tier: SpeedTier, fare) -> FareOut:
+    return FareOut(tier=tier, total_paise=fare.total_paise,
+                   lines=[FareLineOut(code=line.code, amount_paise=line.amount_paise)
+                          for line in fare.lines])
+
+
+def booking_out(session: Session, b: Booking) -> BookingOut:
+    names = dict(session.execute(
+        select(PartnerProfile.id, PartnerProfile.first_name)
+        .where(PartnerProfile.id.in_([leg.partner_id for leg in b.legs if leg.partner_id]))
+    ).all())
+    payment_url = getattr(payments, "payment_url", lambda _s, _b: None)(session, b)
+    return BookingOut(
+        reference=b.reference, status=BookingStatus(b.status), channel=b.channel,
+        speed_tier=SpeedTier(b.speed_tier), vehicle_type=b.vehicle_type,
+        distance_m=b.distance_m, total_paise=b.total_paise,
+        fare_lines=[FareLineOut(code=x["code"], amount_paise=x["amount_paise"])
+                    for x in b.fare.get("lines", [])],
+        pickup=PlaceOut(lat=b.pickup_lat, lng=b.pickup_lng, pincode=b.pickup_pincode,
+                        post_office=b.pickup_post_office, landmark=b.pickup_landmark),
+        drop=PlaceOut(lat=b.drop_lat, lng=b.drop_lng, pincode=b.drop_pincode,
+                      post_office=b.drop_post_office, landmark=b.drop_landmark),
+        recipient_name=b.recipient_name,
+        recipient_phone_masked=mask_phone(b.recipient_phone) if b.recipient_phone else None,
+        payment_url=payment_url, created_at=b.created_at,
+        legs=[LegOut(id=leg.id, sequence=leg.sequence, status=leg.status,
+                     partner_first_name=names.get(leg.partner_id), distance_m=leg.distance_m)
+              for leg in b.legs],
+    )
+
+
+def visible_booking(session: Session, ref: str, *, for_update: bool = False) -> Booking:
+    """A booking the caller may see; other people's bookings are simply not found."""
+    who = principal()
+    try:
+        b = booking_service.get_booking(session, ref, for_update=for_update)
+    except NotFound:
+        raise NotFound("no such booking", code="not_found") from None
+    if who.role != "ops" and b.customer_id != who.person_id:
+        raise NotFound("no such booking", code="not_found")
+    return b
+
+
+@endpoint(bp, "POST", "/quotes", summary="Fares for every speed tier", roles=CUSTOMER,
+          body=QuoteRequest, response=QuoteOut, tags=("customer",), errors=(404,))
+def create_quote(body: QuoteRequest) -> QuoteOut:
+    with transaction() as session:
+        q = booking_service.quote_trip(session, resolve_place(body.pickup, "pickup"),
+                                       resolve_place(body.drop, "drop"), _spec(body.parcel))
+    return QuoteOut(distance_m=q.distance_m, vehicle=q.vehicle,
+                    fares=[_fare_out(t, f) for t, f in q.fares.items()])
+
+
+def _request_hash(body: BookingRequest) -> str:
+    canonical = json.dumps(body.model_dump(mode="json"), sort_keys=True)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+@endpoint(bp, "POST", "/bookings", summary="Book (send Idempotency-Key to retry safely)",
+          roles=CUSTOMER, body=BookingRequest, response=BookingOut, status=201,
+          tags=("customer",), errors=(404, 409))
+def create_booking(body: BookingRequest) -> BookingOut | Response:
+    who = principal()
+    key = request.headers.get("Idempotency-Key", "").strip()
+    if key and (len(key) > 100 or not key.isprintable()):
+        raise ApiError(422, "validation_error", "Idempotency-Key: at most 100 printable "
+                       "characters", "Idempotency-Key")
+    digest = _request_hash(body)
+    pickup = resolve_place(body.pickup, "pickup")
+    drop = resolve_place(body.drop, "drop")
+    with transaction() as session:
+        if key:
+            # Claim the key first: a concurrent retry waits here, then replays our answer.
+            claimed = session.scalar(
+                insert(IdempotencyRecord)
+                .values(person_id=who.person_id, key=key, request_hash=digest, status=0,
+                        response={})
+                .on_conflict_do_nothing(constraint="uq_idempotency_person_key")
+                .returning(IdempotencyRecord.id))
+            if claimed is None:
+                rec = session.scalar(select(IdempotencyRecord).where(
+                    IdempotencyRecord.person_id == who.person_id, IdempotencyRecord.key == key))
+                assert rec is not None
+                if rec.request_hash != digest:
+                    raise ApiError(422, "idempotency_key_reused",
+                                   "this Idempotency-Key was used for a different request",
+                                   "Idempotency-Key")
+                return Response(json.dumps(rec.response, ensure_ascii=False),
+                                status=rec.status, mimetype="application/json")
+        actor = Actor("customer", str(who.person_id))
+        b = booking_service.create_booking(
+            session, customer_id=who.person_id, channel="app", pickup=pickup, drop=drop,
+            parcel=_spec(body.parcel), tier=body.tier, recipient_name=body.recipient.name,
+            recipient_phone=body.recipient.phone, actor=actor)
+        payments.request_payment_link(session, b, actor)
+        session.flush()
+        session.refresh(b)
+        out = booking_out(session, b)
+        if key:
+            rec = session.get(IdempotencyRecord, claimed)
+            assert rec is not None
+            rec.status = 201
+            rec.response = out.model_dump(mode="json")
+    return out
+
+
+@endpoint(bp, "GET", "/bookings", summary="My bookings, newest first", roles=CUSTOMER,
+          query=PageQuery, response=Page[BookingOut], tags=("customer",))
+def list_bookings(query: PageQuery) -> Page[BookingOut]:
+    who = principal()
+    with transaction() as session:
+        rows = list(session.scalars(
+            select(Booking).where(Booking.customer_id == who.person_id)
+            .order_by(Booking.id.desc()).offset(query.offset).limit(query.limit + 1)))
+        items = [booking_out(session, b) for b in rows[: query.limit]]
+    more = len(rows) > query.limit
+    return Page[BookingOut](items=items, next_offset=query.offset + query.limit if more else None)
+
+
+@endpoint(bp, "GET", "/bookings/<ref>", summary="One booking", roles=CUSTOMER_OR_OPS,
+          response=BookingOut, tags=("customer",), errors=(404,))
+def get_booking(ref: str) -> BookingOut:
+    with transaction() as session:
+        return booking_out(session, visible_booking(session, ref))
+
+
+@endpoint(bp, "GET", "/bookings/<ref>/track", summary="Where is my parcel",
+          roles=CUSTOMER_OR_OPS, response=TrackOut, tags=("customer",), errors=(404,))
+def track_booking(ref: str) -> TrackOut:
+    from core.services import tracking
+
+    with transaction() as session:
+        b = visible_booking(session, ref)
+        out = booking_out(session, b)
+        where = tracking.position_and_eta(session, b)
+    active = next((leg for leg in out.legs if leg.partner_first_name
+                   and leg.status in ("assigned", "picked_up")), None)
+    return TrackOut(reference=out.reference, status=out.status, legs=out.legs,
+                    partner_first_name=active.partner_first_name if active else None,
+                    last_position=where.position, eta_minutes=where.eta_minutes)
+
+
+@endpoint(bp, "POST", "/bookings/<ref>/cancel",
+          summary="Cancel (with ?dry_run=1: only show what would be refunded)",
+          roles=CUSTOMER_OR_OPS, query=CancelQuery, response=CancellationOut,
+          tags=("customer",), errors=(404, 409))
+def cancel_booking(ref: str, query: CancelQuery) -> CancellationOut:
+    who = principal()
+    with transaction() as session:
+        b = visible_booking(session, ref, for_update=True)
+        if query.dry_run:
+            q = payments.cancellation_preview(session, b)
+            cancelled = False
+        else:
+            q = payments.cancel_booking(session, b, Actor(who.role, str(who.person_id)),
+                                        "cancelled in the app")
+            cancelled = True
+        return CancellationOut(allowed=q.allowed, refund_paise=q.refund_paise,
+                               fee_paise=q.fee_paise, reason_code=q.reason_code,
+                               status=BookingStatus(b.status), cancelled=cancelled)
+
+
+@endpoint(bp, "POST", "/bookings/<ref>/rating", summary="Rate a delivered booking",
+          roles=CUSTOMER, body=RatingIn, response=RatingOut, status=201, tags=("customer",),
+          errors=(404, 409))
+def rate_booking(ref: str, body: RatingIn) -> RatingOut:
+    with transaction() as session:
+        b = visible_booking(session, ref, for_update=True)
+        if b.status != BookingStatus.DELIVERED:
+            raise Conflict("only a delivered booking can be rated", code="not_delivered")
+        if session.scalar(select(func.count()).select_from(BookingRating)
+                          .where(BookingRating.booking_id == b.id)):
+            raise Conflict("this booking is already rated", code="already_rated")
+        session.add(BookingRating(booking_id=b.id, stars=body.stars, comment=body.comment))
+        _update_partner_ratings(session, b, body.stars)
+        return RatingOut(reference=b.reference, stars=body.stars)
+
+
+def _update_partner_ratings(session: Session, b: Booking, stars: int) -> None:
+    """Fold the new rating into each partner's running average (x100, kept in 0..500)."""
+    for leg in b.legs:
+        if leg.partner_id is None:
+            continue
+        p = session.get(PartnerProfile, leg.partner_id, with_for_update=True)
+        if p is None:
+            continue
+        # An exponential average: recent trips count more, one bad day does not ruin anyone.
+        p.rating_x100 = max(0, min(500, round(p.rating_x100 * 0.9 + stars * 100 * 0.1)))
+

@@ -1,0 +1,241 @@
+"""A small declarative layer over Flask for the REST API.
+
+Every endpoint is declared once with its method, path, roles, query/body models and
+response model; the same declaration validates requests, checks roles and produces the
+OpenAPI document, so the document cannot drift from the routes.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import wraps
+from typing import Any
+
+from flask import Blueprint, Response, g, request
+from pydantic import BaseModel, ConfigDict, TypeAdapter
+from pydantic import ValidationError as PydanticError
+
+from core.domain.errors import DomainError
+
+
+class ApiError(DomainError):
+    """An error with an explicit HTTP status (auth, idempotency, payload problems)."""
+
+    def __init__(self, status: int, code: str, message: str, field: str | None = None):
+        super().__init__(message, code=code, field=field)
+        self.status = status
+
+
+class Strict(BaseModel):
+    """Base of request models: unknown fields are refused, not silently dropped."""
+
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+
+class ErrorBody(BaseModel):
+    code: str
+    message: str
+    field: str | None = None
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorBody
+
+
+@dataclass
+class Endpoint:
+    method: str
+    path: str  # Flask syntax: /bookings/<ref>
+    func: Callable[..., Any]
+    summary: str
+    roles: tuple[str, ...] | None  # None: no sign-in needed
+    body: type[BaseModel] | None
+    query: type[BaseModel] | None
+    response: Any  # a pydantic model, list[...] of one, or None for 204
+    status: int
+    tags: tuple[str, ...]
+    errors: tuple[int, ...] = field(default_factory=tuple)
+
+    @property
+    def openapi_path(self) -> str:
+        out = self.path
+        while "<" in out:
+            start = out.index("<")
+            end = out.index(">", start)
+            name = out[start + 1 : end].split(":")[-1]
+            out = out[:start] + "{" + name + "}" + out[end + 1 :]
+        return out
+
+    @property
+    def path_params(self) -> list[tuple[str, str]]:
+        params = []
+        for part in self.path.split("/"):
+            if part.startswith("<"):
+                conv, _, name = part[1:-1].rpartition(":")
+                params.append((name, "integer" if conv == "int" else "string"))
+        return params
+
+
+REGISTRY: list[Endpoint] = []
+
+
+def _field_of(err: dict[str, Any]) -> str | None:
+    loc = [str(p) for p in err.get("loc", ()) if p not in ("body", "query")]
+    return ".".join(loc) or None
+
+
+def _validation_error(exc: PydanticError) -> ApiError:
+    first = exc.errors(include_url=False)[0]
+    fld = _field_of(first)
+    msg = first.get("msg", "invalid value")
+    return ApiError(422, "validation_error", f"{fld}: {msg}" if fld else msg, fld)
+
+
+def parse_body(model: type[BaseModel]) -> BaseModel:
+    if not request.is_json:
+        raise ApiError(415, "unsupported_media_type", "send the body as application/json")
+    raw = request.get_data(cache=True)
+    try:
+        data = json.loads(raw.decode("utf-8")) if raw else None
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise ApiError(400, "bad_json", "the body is not valid JSON") from None
+    if not isinstance(data, dict):
+        raise ApiError(400, "bad_json", "the body must be a JSON object")
+    try:
+        return model.model_validate(data)
+    except PydanticError as exc:
+        raise _validation_error(exc) from None
+
+
+def parse_query(model: type[BaseModel]) -> BaseModel:
+    try:
+        return model.model_validate(request.args.to_dict(flat=True))
+    except PydanticError as exc:
+        raise _validation_error(exc) from None
+
+
+def _dump(response_model: Any, value: Any) -> Any:
+    if value is None:
+        return None
+    return TypeAdapter(response_model).dump_python(value, mode="json")
+
+
+def endpoint(
+    bp: Blueprint,
+    method: str,
+    path: str,
+    *,
+    summary: str,
+    roles: tuple[str, ...] | None,
+    response: Any,
+    body: type[BaseModel] | None = None,
+    query: type[BaseModel] | None = None,
+    status: int = 200,
+    tags: tuple[str, ...] = (),
+    errors: tuple[int, ...] = (),
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Declare an API endpoint: route, auth, validation, serialisation, and its docs."""
+
+    def decorate(func: Callable[..., Any]) -> Callable[..., Any]:
+        @wraps(func)
+        def view(**path_args: Any) -> Response:
+            from core.api import auth_guard
+
+            if roles is not None:
+                g.principal = auth_guard.require(roles)
+            kwargs = dict(path_args)
+            if query is not None:
+                kwargs["query"] = parse_query(query)
+            if body is not None:
+                kwargs["body"] = parse_body(body)
+            result = func(**kwargs)
+            if isinstance(result, Response):
+                return result
+            if status == 204:
+                return Response(status=204)
+            return Response(json.dumps(_dump(response, result), ensure_ascii=False),
+                            status=status, mimetype="application/json")
+
+        view_name = f"{method.lower()}_{func.__name__}"
+        bp.add_url_rule(path, endpoint=view_name, view_func=view, methods=[method])
+        REGISTRY.append(Endpoint(method.upper(), path, func, summary, roles, body, query,
+                                 response, status, tags, errors))
+        return view
+
+    return decorate
+
+
+def openapi_document(prefix: str) -> dict[str, Any]:
+    """The OpenAPI 3.1 document of every declared endpoint."""
+    components: dict[str, Any] = {}
+
+    def schema_of(model: Any) -> dict[str, Any]:
+        adapter = TypeAdapter(model)
+        schema = adapter.json_schema(ref_template="#/components/schemas/{model}",
+                                     mode="serialization")
+        for name, sub in schema.pop("$defs", {}).items():
+            components[name] = sub
+        return schema
+
+    def request_schema(model: type[BaseModel]) -> dict[str, Any]:
+        schema = model.model_json_schema(ref_template="#/components/schemas/{model}",
+                                         mode="validation")
+        for name, sub in schema.pop("$defs", {}).items():
+            components[name] = sub
+        components[model.__name__] = schema
+        return {"$ref": f"#/components/schemas/{model.__name__}"}
+
+    error_ref = schema_of(ErrorResponse)
+    components["ErrorResponse"] = error_ref
+    error_content = {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorResponse"}}}
+    paths: dict[str, Any] = {}
+    for ep in REGISTRY:
+        op: dict[str, Any] = {
+            "operationId": f"{ep.method.lower()}_{ep.func.__name__}",
+            "summary": ep.summary,
+            "tags": list(ep.tags),
+            "parameters": [],
+            "responses": {},
+        }
+        for name, typ in ep.path_params:
+            op["parameters"].append({"name": name, "in": "path", "required": True,
+                                     "schema": {"type": typ}})
+        if ep.query is not None:
+            qschema = ep.query.model_json_schema(mode="validation")
+            required = set(qschema.get("required", []))
+            for name, prop in qschema.get("properties", {}).items():
+                op["parameters"].append({"name": name, "in": "query",
+                                         "required": name in required, "schema": prop})
+        if ep.body is not None:
+            op["requestBody"] = {"required": True, "content": {
+                "application/json": {"schema": request_schema(ep.body)}}}
+        if ep.status == 204:
+            op["responses"]["204"] = {"description": "done"}
+        else:
+            op["responses"][str(ep.status)] = {
+                "description": "success",
+                "content": {"application/json": {"schema": schema_of(ep.response)}},
+            }
+        codes = set(ep.errors)
+        if ep.body is not None or ep.query is not None:
+            codes |= {400, 422}
+        if ep.body is not None:
+            codes |= {413, 415}
+        if ep.roles is not None:
+            codes |= {401, 403}
+            op["security"] = [{"bearer": []}]
+        codes |= {429} if ep.path.startswith("/auth") else set()
+        for code in sorted(codes):
+            op["responses"][str(code)] = {"description": "error", "content": error_content}
+        paths.setdefault(prefix + ep.openapi_path, {})[ep.method.lower()] = op
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "RideChain API", "version": "1.0.0",
+                 "description": "Book, track and carry parcels between villages."},
+        "servers": [{"url": "/"}],
+        "paths": paths,
+        "components": {"schemas": components, "securitySchemes": {
+            "bearer": {"type": "http", "scheme": "bearer"}}},
+    }
