@@ -19,7 +19,8 @@ from core.web import errors, ops
 log = logging.getLogger(__name__)
 
 CHANNEL_BLUEPRINTS = (
-    "bots.whatsapp", "bots.sms", "bots.status", "ivr_flows.voice", "core.web.razorpay",
+    "bots.whatsapp", "bots.sms", "bots.status", "ivr_flows.voice", "ivr_flows.audio",
+    "core.web.razorpay",
     "core.api",
 )
 SANDBOX_BLUEPRINTS = ("sandbox.twilio", "sandbox.razorpay")

@@ -1,0 +1,136 @@
+"""Prompt audio for the IVR: gTTS renders ahead of time into a cache served at stable URLs.
+
+A call never waits on gTTS: ``audio_url`` answers from the cache or returns None (the
+flow then speaks the text with Twilio's <Say> in that language) and queues the render in
+RQ. Files are named by a hash of language + text, so a changed catalog text gets new
+audio, and dynamic texts (village names, amounts) are cached the same way.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import re
+import tempfile
+from pathlib import Path
+
+from flask import Blueprint, abort, send_file
+from rq import Retry
+
+from core import i18n
+from core.adapters.queue import enqueue
+from core.config import get_settings
+
+log = logging.getLogger(__name__)
+
+bp = Blueprint("ivr_audio", __name__)
+
+# gTTS language and Google domain per catalog language (co.in gives Indian English).
+GTTS_VOICES: dict[str, tuple[str, str]] = {
+    "hi": ("hi", "co.in"), "en": ("en", "co.in"), "bn": ("bn", "co.in"),
+    "mr": ("mr", "co.in"), "ta": ("ta", "co.in"), "te": ("te", "co.in"),
+    "gu": ("gu", "co.in"), "kn": ("kn", "co.in"),
+}
+_NAME = re.compile(r"^[0-9a-f]{20}$")
+RENDER_JOB = "ivr_flows.audio.render_job"
+
+
+def cache_dir() -> Path:
+    return get_settings().data_dir / "prompts"
+
+
+def audio_name(lang: str, text: str) -> str:
+    """The cache file's name (without .mp3) for a text in a language."""
+    return hashlib.sha256(f"{lang}\n{text}".encode()).hexdigest()[:20]
+
+
+def audio_path(lang: str, text: str) -> Path:
+    return cache_dir() / lang / f"{audio_name(lang, text)}.mp3"
+
+
+def audio_url(lang: str, text: str, *, queue_missing: bool = True) -> str | None:
+    """The public URL of the text's audio if rendered; else None (and queue the render)."""
+    if lang not in GTTS_VOICES or not text.strip():
+        return None
+    path = audio_path(lang, text)
+    if path.is_file():
+        base = get_settings().public_base_url
+        return f"{base}/ivr/audio/{lang}/{path.stem}.mp3"
+    if queue_missing:
+        try:
+            enqueue(RENDER_JOB, lang, text, job_id=f"tts-{lang}-{path.stem}",
+                    retry=Retry(max=2, interval=[300, 3600]))
+        except Exception:  # the call goes on with <Say>; the next call queues it again
+            log.warning("could not queue prompt rendering")
+    return None
+
+
+def render(lang: str, text: str) -> bool:
+    """Render one text with gTTS into the cache; False (logged) if it cannot right now."""
+    from gtts import gTTS
+    from gtts.tts import gTTSError
+
+    path = audio_path(lang, text)
+    if path.is_file():
+        return True
+    voice, tld = GTTS_VOICES[lang]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".part")
+    try:
+        with os.fdopen(fd, "wb") as out:
+            gTTS(text, lang=voice, tld=tld, timeout=15).write_to_fp(out)
+        if os.path.getsize(tmp) == 0:
+            raise gTTSError("empty audio")
+        os.replace(tmp, path)  # atomic: a half-written file is never served
+        return True
+    except (gTTSError, OSError, AssertionError) as exc:
+        log.warning("prompt rendering failed", extra={"lang": lang, "reason": type(exc).__name__})
+        return False
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def render_job(lang: str, text: str) -> bool:
+    """RQ job: render one prompt; raising lets RQ retry later (e.g. internet is back)."""
+    if not render(lang, text):
+        raise RuntimeError("prompt rendering failed; will retry")
+    return True
+
+
+def catalog_prompts(prefixes: tuple[str, ...] = ("ivr.", "voice.")) -> list[tuple[str, str]]:
+    """Every (language, text) of the catalog keys the IVR speaks."""
+    pairs = []
+    for lang in i18n.LANGUAGES:
+        for key in sorted(i18n.keys(lang)):
+            if key.startswith(prefixes):
+                text = i18n.raw(key, lang)
+                if "{" not in text:  # texts with parameters are rendered when used
+                    pairs.append((lang, text))
+    return pairs
+
+
+def render_missing(prefixes: tuple[str, ...] = ("ivr.", "voice.")) -> tuple[int, int, int]:
+    """Render every missing catalog prompt: (already cached, rendered now, failed)."""
+    cached = rendered = failed = 0
+    for lang, text in catalog_prompts(prefixes):
+        if audio_path(lang, text).is_file():
+            cached += 1
+        elif render(lang, text):
+            rendered += 1
+        else:
+            failed += 1
+    return cached, rendered, failed
+
+
+@bp.get("/ivr/audio/<lang>/<name>.mp3")
+def serve_audio(lang: str, name: str):
+    """Serve a cached prompt (public: Twilio fetches it without signing)."""
+    if lang not in GTTS_VOICES or not _NAME.match(name):
+        abort(404)
+    path = cache_dir() / lang / f"{name}.mp3"
+    if not path.is_file():
+        abort(404)
+    response = send_file(path, mimetype="audio/mpeg", max_age=7 * 86400)
+    return response
