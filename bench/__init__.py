@@ -1,0 +1,1 @@
+"""RideChain's benchmark suite (`./run bench [--quick]`): ratios measured side by side."""

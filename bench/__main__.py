@@ -1,0 +1,26 @@
+"""`python -m bench [--quick] [--only NAME ...]`: run the benchmarks, print tables, save JSON."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+import time
+
+BENCHMARKS = ("webhooks", "outbox")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="./run bench")
+    parser.add_argument("--quick", action="store_true", help="small smoke run (< 2 minutes)")
+    parser.add_argument("--only", nargs="+", choices=BENCHMARKS, help="run only these")
+    args = parser.parse_args(argv)
+    t0 = time.perf_counter()
+    for name in args.only or BENCHMARKS:
+        importlib.import_module(f"bench.{name}").measure(args.quick)
+    print(f"\nbench finished in {time.perf_counter() - t0:.0f} s; JSON in bench/results/")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,166 @@
+"""Shared plumbing for benchmarks: databases, processes, percentiles, result files."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import psutil
+import requests
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "bench" / "results"
+BENCH_REDIS_DB = 13
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def bench_env(port: int) -> dict[str, str]:
+    """Environment for the service under test: its own database and Redis db, sandbox."""
+    base_db = os.environ.get("DATABASE_URL") or "postgresql://postgres@127.0.0.1:5432/ridechain"
+    url = make_url(base_db.replace("postgres://", "postgresql://", 1))
+    db_url = url.set(database=f"{url.database or 'ridechain'}_bench")
+    redis_url = os.environ.get("REDIS_URL") or "redis://127.0.0.1:6379/0"
+    parts = urlsplit(redis_url)
+    if parts.scheme == "unix":
+        redis_bench = f"unix://{parts.path}?db={BENCH_REDIS_DB}"
+    else:
+        redis_bench = urlunsplit(parts._replace(path=f"/{BENCH_REDIS_DB}", query=""))
+    env = dict(os.environ)
+    env.update({
+        "DATABASE_URL": db_url.render_as_string(hide_password=False),
+        "REDIS_URL": redis_bench,
+        "APP_ENV": "sandbox",
+        "PORT": str(port),
+        "PUBLIC_BASE_URL": f"http://127.0.0.1:{port}",
+        "LOG_LEVEL": "WARNING",
+        # A load generator is one "contact" per virtual user; keep the flood guard out of
+        # the way of the measurement (it is measured by its own tests).
+        "INBOUND_RATE_LIMIT": "100000",
+    })
+    return env
+
+
+def reset_database(env: dict[str, str]) -> None:
+    """Drop and re-create the bench database, migrate and seed it."""
+    url = make_url(env["DATABASE_URL"])
+    admin = create_engine(url.set(database="postgres"), isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{url.database}" WITH (FORCE)'))
+    admin.dispose()
+    subprocess.run([sys.executable, "-m", "core.cli", "release"], cwd=ROOT, env=env,
+                   check=True, stdout=subprocess.DEVNULL)
+    import redis
+
+    redis.Redis.from_url(env["REDIS_URL"]).flushdb()
+
+
+@contextmanager
+def processes(commands: Sequence[tuple[str, list[str]]], env: dict[str, str]):
+    """Start named processes (own process groups); stop them all at the end."""
+    started: dict[str, subprocess.Popen] = {}
+    try:
+        for name, argv in commands:
+            started[name] = subprocess.Popen(argv, cwd=ROOT, env=env, start_new_session=True,
+                                             stdout=subprocess.DEVNULL,
+                                             stderr=subprocess.DEVNULL)
+        yield started
+    finally:
+        for proc in started.values():
+            try:
+                os.killpg(proc.pid, 15)
+            except ProcessLookupError:
+                pass
+        for proc in started.values():
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, 9)
+
+
+def gunicorn(app: str, port: int, workers: int = 2, threads: int = 4) -> list[str]:
+    return [sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{port}", "--workers",
+            str(workers), "--threads", str(threads), "--worker-class", "gthread",
+            "--timeout", "30", "--log-level", "warning", app]
+
+
+def wait_ready(url: str, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if requests.get(url, timeout=1).status_code == 200:
+                return
+        except requests.RequestException:
+            pass
+        time.sleep(0.2)  # waiting for a real server to start, not for time to pass
+    raise RuntimeError(f"{url} did not become ready in {timeout:.0f} s")
+
+
+def rss_mb(pid: int, *, children: bool = True) -> dict[str, float]:
+    """Resident memory of a process (and, separately, each of its children) in MB."""
+    proc = psutil.Process(pid)
+    out = {f"{proc.name()}:{pid}": proc.memory_info().rss / 2**20}
+    if children:
+        for child in proc.children(recursive=True):
+            try:
+                out[f"{child.name()}:{child.pid}"] = child.memory_info().rss / 2**20
+            except psutil.NoSuchProcess:
+                pass
+    return out
+
+
+def percentile(values: Sequence[float], p: float) -> float:
+    """The p-th percentile (nearest-rank) of values; 0 for none."""
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    rank = max(1, min(len(ordered), round(p / 100 * len(ordered) + 0.5)))
+    return ordered[rank - 1]
+
+
+def machine() -> dict[str, object]:
+    return {"python": platform.python_version(), "cpus": os.cpu_count(),
+            "platform": platform.platform(), "memory_gb": round(psutil.virtual_memory().total
+                                                                 / 2**30, 1)}
+
+
+def save(name: str, data: dict[str, object]) -> Path:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    path = RESULTS / f"{name}-{stamp}.json"
+    payload = {"benchmark": name, "at": stamp, "machine": machine(), **data}
+    path.write_text(json.dumps(payload, indent=2, ensure_ascii=False))
+    (RESULTS / f"{name}-latest.json").write_text(json.dumps(payload, indent=2,
+                                                            ensure_ascii=False))
+    return path
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    """A plain-text table for the terminal."""
+    cells = [[str(h) for h in headers]] + [[_fmt(c) for c in r] for r in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    lines = ["  ".join(c.rjust(w) for c, w in zip(r, widths, strict=True)) for r in cells]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def _fmt(value: object) -> str:
+    if isinstance(value, float):
+        return f"{value:,.1f}" if value >= 10 else f"{value:.2f}"
+    return str(value)

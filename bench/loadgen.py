@@ -1,0 +1,124 @@
+"""A small loopback load generator for signed Twilio webhooks (asyncio + aiohttp).
+
+Closed loop: N virtual users, each a distinct phone walking its own conversation script,
+send as fast as answers come back (throughput at a concurrency). Open loop: requests are
+released at a fixed rate and latency is measured from the scheduled send time, so a slow
+server cannot hide its queueing (no coordinated omission).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from urllib.parse import urlencode
+
+import aiohttp
+from twilio.request_validator import RequestValidator
+
+from bench.common import percentile
+
+# A script step: form parameters for one webhook, given the virtual user's number.
+Step = Callable[[int, int], dict[str, str]]  # (user, turn) -> params
+
+
+@dataclass
+class Run:
+    label: str
+    concurrency: int
+    latencies_ms: list[float] = field(default_factory=list)
+    statuses: dict[int, int] = field(default_factory=dict)
+    errors: int = 0
+    seconds: float = 0.0
+
+    @property
+    def count(self) -> int:
+        return len(self.latencies_ms)
+
+    def summary(self) -> dict[str, float | int | str]:
+        return {
+            "label": self.label, "concurrency": self.concurrency, "requests": self.count,
+            "seconds": round(self.seconds, 3),
+            "per_second": round(self.count / self.seconds, 1) if self.seconds else 0.0,
+            "p50_ms": round(percentile(self.latencies_ms, 50), 2),
+            "p95_ms": round(percentile(self.latencies_ms, 95), 2),
+            "p99_ms": round(percentile(self.latencies_ms, 99), 2),
+            "errors": self.errors,
+            "statuses": {str(k): v for k, v in sorted(self.statuses.items())},
+        }
+
+
+class Signer:
+    def __init__(self, token: str, public_base: str):
+        self.validator = RequestValidator(token)
+        self.base = public_base.rstrip("/")
+
+    def sign(self, path: str, params: dict[str, str]) -> str:
+        return self.validator.compute_signature(self.base + path, params)
+
+
+async def _send(session: aiohttp.ClientSession, target: str, path: str, params: dict[str, str],
+                signer: Signer, run: Run, started: float) -> None:
+    headers = {"X-Twilio-Signature": signer.sign(path, params),
+               "Content-Type": "application/x-www-form-urlencoded"}
+    try:
+        async with session.post(target + path, data=urlencode(params), headers=headers) as r:
+            await r.read()
+            run.statuses[r.status] = run.statuses.get(r.status, 0) + 1
+    except (TimeoutError, aiohttp.ClientError):
+        run.errors += 1
+        return
+    run.latencies_ms.append((time.perf_counter() - started) * 1000)
+
+
+async def closed_loop(target: str, path: str, script: Sequence[Step], signer: Signer, *,
+                      concurrency: int, max_requests: int, max_seconds: float,
+                      label: str, user_offset: int = 0) -> Run:
+    """Each of ``concurrency`` users sends its script in a loop until a bound is hit."""
+    run = Run(label, concurrency)
+    budget = itertools.count()
+    deadline = time.perf_counter() + max_seconds
+    conn = aiohttp.TCPConnector(limit=concurrency, force_close=False)
+    timeout = aiohttp.ClientTimeout(total=15)
+
+    async def user(u: int, session: aiohttp.ClientSession) -> None:
+        turn = 0
+        while time.perf_counter() < deadline and next(budget) < max_requests:
+            params = script[turn % len(script)](user_offset + u, turn)
+            await _send(session, target, path, params, signer, run, time.perf_counter())
+            turn += 1
+
+    async with aiohttp.ClientSession(connector=conn, timeout=timeout) as session:
+        t0 = time.perf_counter()
+        await asyncio.gather(*(user(u, session) for u in range(concurrency)))
+        run.seconds = time.perf_counter() - t0
+    return run
+
+
+async def open_loop(target: str, path: str, script: Sequence[Step], signer: Signer, *,
+                    rate: float, seconds: float, users: int, label: str,
+                    user_offset: int = 0) -> Run:
+    """Release requests at ``rate`` per second for ``seconds`` from ``users`` phones."""
+    run = Run(label, users)
+    total = int(rate * seconds)
+    turns = [0] * users
+    timeout = aiohttp.ClientTimeout(total=15)
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0),
+                                     timeout=timeout) as session:
+        t0 = time.perf_counter()
+        tasks = []
+        for i in range(total):
+            scheduled = t0 + i / rate
+            delay = scheduled - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)  # pacing the generator, not waiting on the SUT
+            u = i % users
+            params = script[turns[u] % len(script)](user_offset + u, turns[u])
+            turns[u] += 1
+            tasks.append(asyncio.create_task(
+                _send(session, target, path, params, signer, run, scheduled)))
+        await asyncio.gather(*tasks)
+        run.seconds = time.perf_counter() - t0
+    return run

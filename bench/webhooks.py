@@ -1,0 +1,101 @@
+"""Webhook throughput and latency: the service vs a bare signed endpoint, same gunicorn.
+
+Both run as the production process model (gunicorn gthread workers; the service also with
+PostgreSQL, Redis and an RQ worker). The load generator walks many distinct phones through
+realistic conversations; the headline is service/bare throughput at each concurrency, plus
+latency at a fixed 200 messages/s.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+
+from bench import common
+from bench.loadgen import Signer, closed_loop, open_loop
+
+WA_FROM = "whatsapp:+14155238886"
+# A customer's booking conversation, one message per turn (the bot's own flow).
+WA_TEXTS = ("hi", "1", "1", "845450", "1", "near the well", "845438", "1", "0", "menu")
+IVR_DIGITS = ("", "1", "1", "845450#", "1", "1", "413709#", "*", "0", "2")
+
+
+def wa_step(turn_text: str):
+    def step(user: int, turn: int) -> dict[str, str]:
+        phone = f"+9170{user:08d}"
+        return {"MessageSid": f"SMb{user:08d}{turn:06d}", "AccountSid": "ACbench",
+                "From": f"whatsapp:{phone}", "To": WA_FROM, "Body": turn_text,
+                "NumMedia": "0", "WaId": phone[1:], "ProfileName": "Bench"}
+    return step
+
+
+def ivr_step(digits: str):
+    def step(user: int, turn: int) -> dict[str, str]:
+        params = {"CallSid": f"CAb{user:08d}{turn // len(IVR_DIGITS):04d}",
+                  "AccountSid": "ACbench", "From": f"+9170{user:08d}", "To": "+15005550006",
+                  "CallStatus": "in-progress"}
+        if digits:
+            params["Digits"] = digits
+        return params
+    return step
+
+
+WA_SCRIPT = [wa_step(t) for t in WA_TEXTS]
+IVR_SCRIPT = [ivr_step(d) for d in IVR_DIGITS]
+
+
+def measure(quick: bool) -> dict[str, object]:
+    levels = (8, 32) if quick else (8, 32, 64)
+    max_requests = 400 if quick else 3000
+    max_seconds = 8.0 if quick else 25.0
+    svc_port, bare_port = common.free_port(), common.free_port()
+    env = common.bench_env(svc_port)
+    common.reset_database(env)
+    bare_env = dict(env, PUBLIC_BASE_URL=f"http://127.0.0.1:{bare_port}")
+    token = env.get("TWILIO_AUTH_TOKEN", "sandbox-twilio-auth-token")
+    svc = f"http://127.0.0.1:{svc_port}"
+    bare = f"http://127.0.0.1:{bare_port}"
+    rows: list[dict[str, object]] = []
+    with common.processes([
+        ("web", common.gunicorn("core.app:create_app()", svc_port)),
+        ("worker", [sys.executable, "-m", "core.cli", "worker"]),
+    ], env) as procs, common.processes([
+        ("bare", common.gunicorn("bench.bare_app:create_app()", bare_port)),
+    ], bare_env):
+        common.wait_ready(f"{svc}/readyz")
+        common.wait_ready(f"{bare}/healthz")
+        user_base = 0
+        for channel, path, script in (("whatsapp", "/webhooks/whatsapp", WA_SCRIPT),
+                                      ("voice", "/webhooks/voice", IVR_SCRIPT)):
+            for c in levels:
+                s = asyncio.run(closed_loop(svc, path, script, Signer(token, svc),
+                                            concurrency=c, max_requests=max_requests,
+                                            max_seconds=max_seconds, label="service",
+                                            user_offset=user_base))
+                user_base += c
+                b = asyncio.run(closed_loop(bare, path, script, Signer(token, bare),
+                                            concurrency=c, max_requests=max_requests,
+                                            max_seconds=max_seconds, label="bare"))
+                ss, bs = s.summary(), b.summary()
+                rows.append({"channel": channel, "concurrency": c, "service": ss, "bare": bs,
+                             "ratio": round(ss["per_second"] / bs["per_second"], 3)
+                             if bs["per_second"] else None})
+        fixed = asyncio.run(open_loop(svc, "/webhooks/whatsapp", WA_SCRIPT, Signer(token, svc),
+                                      rate=200, seconds=5 if quick else 20, users=400,
+                                      label="service@200/s", user_offset=user_base))
+        memory = common.rss_mb(procs["web"].pid)
+    result = {"levels": rows, "fixed_rate_200": fixed.summary(), "web_rss_mb": memory,
+              "quick": quick}
+    print("\nWebhooks: service vs bare signed endpoint (same gunicorn, 2 workers x 4 threads)")
+    print(common.table(
+        ["channel", "conc", "svc msg/s", "bare msg/s", "ratio", "svc p50", "svc p95",
+         "svc p99", "bare p99", "errors"],
+        [[r["channel"], r["concurrency"], r["service"]["per_second"], r["bare"]["per_second"],
+          r["ratio"], r["service"]["p50_ms"], r["service"]["p95_ms"], r["service"]["p99_ms"],
+          r["bare"]["p99_ms"], r["service"]["errors"]] for r in rows]))
+    f = fixed.summary()
+    print(f"\nOpen loop at 200 msg/s: p50 {f['p50_ms']} ms, p95 {f['p95_ms']} ms, "
+          f"p99 {f['p99_ms']} ms, {f['requests']} requests, statuses {f['statuses']}")
+    print("web RSS (MB): " + ", ".join(f"{k} {v:.0f}" for k, v in memory.items()))
+    common.save("webhooks", result)
+    return result
