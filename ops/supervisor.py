@@ -43,6 +43,8 @@ usage: ./run <command> [args]
   seed            load the demo data (python -m core.cli seed)
   worker          run only the RQ worker
   lint [args]     ruff check .
+  chat [args]     chat with a running `./run serve` as a WhatsApp customer (signed webhooks;
+                  /loc <lat> <lng> shares a location; --phone +91... picks your number)
 """
 
 
@@ -351,6 +353,8 @@ def main(args: list[str]) -> int:
         return run_foreground("test", [python, "-m", "pytest", *rest])
     if command in {"migrate", "seed", "worker"}:
         return run_foreground(command, [python, "-m", "core.cli", command, *rest])
+    if command == "chat":
+        return subprocess.call([python, "-m", "ops.chat", *rest], cwd=REPO_DIR)
     if command == "lint":
         return subprocess.call([python, "-m", "ruff", "check", ".", *rest], cwd=REPO_DIR)
     print(f"./run: unknown command {command!r}\n\n{USAGE}", end="", file=sys.stderr)

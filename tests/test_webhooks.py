@@ -126,7 +126,9 @@ def test_photo_without_text_gets_a_clear_answer(client):
     r = post_twilio(client, "/webhooks/whatsapp", wa("", "SMp3", NumMedia="1",
                                                      MediaContentType0="image/jpeg",
                                                      MediaUrl0="https://example.invalid/m"))
-    assert i18n.t("common.unsupported_media", "en") in r.get_data(as_text=True)
+    body = r.get_data(as_text=True)
+    assert i18n.t("bot.media.photo", "en") in body
+    assert i18n.t("menu.main", "en").splitlines()[1] in body  # and the same question again
 
 
 def test_per_phone_rate_limit(client, monkeypatch):

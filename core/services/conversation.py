@@ -1,22 +1,61 @@
-"""Contacts and the first steps of a WhatsApp conversation (language, main menu).
+"""Conversations: who is talking to us, and one turn of the booking dialog per message.
 
-The full booking dialog (issue 3) grows from here; this module already keeps the
-contact, its language and its place in the conversation in PostgreSQL, so a restart
-loses nothing.
+The dialog itself (steps, validation, next step) is data in core.dialog.booking, run by
+core.dialog.engine. This module keeps the contact, its language and its place in the
+dialog in PostgreSQL (``conversations``: step, state JSONB, misses, handoff), so a
+restart of every process loses nothing, and implements the dialog's ports (addresses,
+service area, fares, bookings, people) on a database session. No network call happens
+here: the payment link is made by an RQ job and arrives as a follow-up message.
 """
 
 from __future__ import annotations
+
+import copy
+import logging
+import os
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from core import clock, i18n
-from core.adapters.models import Conversation, PartnerProfile, Person
+from core.adapters import pincode
+from core.adapters.models import Booking, Conversation, PartnerProfile, Person, Point
 from core.config import get_settings
+from core.dialog import engine, words
+from core.dialog.booking import BOOKING, BOOKING_DIALOG, MENU
+from core.dialog.engine import Ctx, DialogState, Out, Say, UserInput
+from core.dialog.ports import Place, PlaceResult
+from core.domain.booking import BOOKING as BOOKING_MACHINE
+from core.domain.booking import Actor
+from core.domain.errors import DomainError
+from core.domain.geo import haversine_m
+from core.domain.pricing import ParcelCategory, SizeBucket, SpeedTier, WeightBucket
+from core.services import booking as booking_service
+from core.services import handoff, payments
 from core.services.inbound import InboundMessage
 
-MENU_WORDS = {"0", "menu", "मेनू", "मेन्यू", "main menu"}
-LANGUAGE_WORDS = {"language", "bhasha", "भाषा", "lang"}
+log = logging.getLogger(__name__)
+
+IDLE_RESUME = timedelta(hours=24)
+DEFAULT_SERVICE_RADIUS_KM = 25
+
+
+def service_radius_m() -> int:
+    """Farthest a pickup or drop may be from an active Point (SERVICE_RADIUS_KM, km)."""
+    raw = os.environ.get("SERVICE_RADIUS_KM", "")
+    km = int(raw) if raw.isdigit() and int(raw) > 0 else DEFAULT_SERVICE_RADIUS_KM
+    return km * 1000
+
+
+@dataclass
+class Turn:
+    """What to answer, as channel-neutral outputs, and the language to render them in."""
+
+    lang: str
+    outs: list[Out] = field(default_factory=list)
 
 
 def contact_for(session: Session, msg: InboundMessage) -> tuple[Person, Conversation]:
@@ -41,60 +80,230 @@ def contact_for(session: Session, msg: InboundMessage) -> tuple[Person, Conversa
             session.flush()
     if conv is None:
         conv = Conversation(channel=msg.channel, contact=msg.contact, person_id=person.id,
-                            step="start", state={}, misses=0)
+                            step="start", state={}, misses=0, handoff=False)
         session.add(conv)
+        session.flush()
     conv.person_id = person.id
-    conv.last_inbound_at = clock.now()
     return person, conv
 
 
-def _language_choice(text: str) -> str | None:
-    text = text.strip().lower()
-    if text.isdigit() and 1 <= int(text) <= len(i18n.LANGUAGES):
-        return i18n.LANGUAGES[int(text) - 1]
-    for code, name in i18n.LANGUAGE_NAMES.items():
-        if text in (code, name.lower()):
-            return code
-    return None
+# --- the dialog's ports on a database session ------------------------------------------
+
+def _km(metres: int) -> str:
+    return f"{metres / 1000:.1f}"
 
 
-def whatsapp_turn(session: Session, msg: InboundMessage) -> list[str]:
-    """Answer one WhatsApp message: choose a language, then the numbered main menu."""
+def _place(office: pincode.PostOffice, lat: float | None = None,
+           lng: float | None = None) -> Place:
+    return {"lat": office.lat if lat is None else lat, "lng": office.lng if lng is None else lng,
+            "pincode": office.pincode, "post_office": office.office_name, "name": office.name,
+            "district": office.district, "landmark": None}
+
+
+class SessionPorts:
+    """core.dialog.ports.Ports for one person and conversation, inside one transaction."""
+
+    def __init__(self, session: Session, person: Person, conv: Conversation) -> None:
+        self.session, self.person, self.conv = session, person, conv
+
+    def set_language(self, lang: str) -> None:
+        self.person.preferred_language = lang
+
+    # addresses and the service area
+    def _nearest_point(self, lat: float, lng: float) -> tuple[Point | None, int]:
+        points = self.session.scalars(select(Point).where(Point.active.is_(True))).all()
+        best, best_m = None, -1
+        for p in points:
+            d = haversine_m(lat, lng, p.lat, p.lng)
+            if best is None or d < best_m:
+                best, best_m = p, d
+        return best, best_m
+
+    def check_area(self, place: Place) -> PlaceResult:
+        if place.get("lat") is None or place.get("lng") is None:
+            return PlaceResult("error", code="pincode_not_located")
+        point, dist = self._nearest_point(place["lat"], place["lng"])
+        if point is not None and dist <= service_radius_m():
+            return PlaceResult("ok", place=place)
+        return PlaceResult("outside", place=place, point=point.name if point else None,
+                           km=_km(dist) if point else None)
+
+    def locate(self, lat: float, lng: float) -> PlaceResult:
+        try:
+            office = pincode.nearest(lat, lng)
+        except DomainError as exc:
+            return PlaceResult("error", code=exc.code)
+        return self.check_area(_place(office, float(lat), float(lng)))
+
+    def offices(self, pincode_text: str) -> PlaceResult:
+        try:
+            found = pincode.post_offices(words.ascii_digits(pincode_text))
+        except DomainError as exc:
+            return PlaceResult("error", code=exc.code)
+        places = [_place(o) for o in found if o.lat is not None and o.lng is not None]
+        if not places:
+            return PlaceResult("error", code="pincode_not_located")
+        served = [p for p in places if self.check_area(p).kind == "ok"]
+        if not served:
+            return self.check_area(places[0])
+        return PlaceResult("list", offices=served)
+
+    # fares and bookings
+    @staticmethod
+    def _trip(slots: dict[str, Any]) -> tuple[booking_service.Place, booking_service.Place,
+                                               booking_service.ParcelSpec]:
+        def place(p: Place) -> booking_service.Place:
+            return booking_service.Place(lat=p["lat"], lng=p["lng"], pincode=p.get("pincode"),
+                                         post_office=p.get("name"), landmark=p.get("landmark"))
+
+        parcel = booking_service.ParcelSpec(
+            category=ParcelCategory(slots["category"]), size=SizeBucket(slots["size"]),
+            weight=WeightBucket(slots["weight"]),
+            declared_value_paise=int(slots.get("value_paise") or 0),
+            fragile=bool(slots.get("fragile")))
+        return place(slots["pickup"]), place(slots["drop"]), parcel
+
+    def quote(self, slots: dict[str, Any]) -> dict[str, Any]:
+        pickup, drop, parcel = self._trip(slots)
+        q = booking_service.quote_trip(self.session, pickup, drop, parcel)
+        return {"km": _km(q.distance_m), "vehicle": q.vehicle,
+                "tiers": {str(t): f.to_dict() for t, f in q.fares.items()}}
+
+    def confirm(self, slots: dict[str, Any]) -> dict[str, Any]:
+        pickup, drop, parcel = self._trip(slots)
+        actor = Actor("customer", str(self.person.id))
+        booking = booking_service.create_booking(
+            self.session, customer_id=self.person.id, channel=self.conv.channel,
+            pickup=pickup, drop=drop, parcel=parcel, tier=SpeedTier(slots["tier"]),
+            recipient_name=slots.get("recipient_name"),
+            recipient_phone=slots.get("recipient_phone"), actor=actor)
+        payments.request_payment_link(self.session, booking, actor)
+        return {"ref": booking.reference, "total_paise": booking.total_paise}
+
+    def _mine(self, reference: str) -> Booking | None:
+        try:
+            booking = booking_service.get_booking(self.session, reference)
+        except DomainError:
+            return None
+        return booking if booking.customer_id == self.person.id else None
+
+    def my_bookings(self, open_only: bool = False) -> list[tuple[str, str]]:
+        rows = self.session.execute(
+            select(Booking.reference, Booking.status).where(Booking.customer_id == self.person.id)
+            .order_by(Booking.created_at.desc(), Booking.id.desc()).limit(20)
+        ).all()
+        out = [(r, s) for r, s in rows if not (open_only and BOOKING_MACHINE.terminal(s))]
+        return out[:8]
+
+    def booking_status(self, reference: str) -> str | None:
+        booking = self._mine(reference)
+        return booking.status if booking else None
+
+    def cancel_preview(self, reference: str) -> dict[str, Any] | None:
+        booking = self._mine(reference)
+        if booking is None:
+            return None
+        q = payments.cancellation_preview(self.session, booking)
+        return {"allowed": q.allowed, "refund_paise": q.refund_paise, "fee_paise": q.fee_paise,
+                "reason_code": q.reason_code}
+
+    def cancel(self, reference: str) -> dict[str, Any]:
+        booking = self._mine(reference)
+        if booking is None:
+            raise DomainError("no such booking", code="unknown_booking")
+        q = payments.cancel_booking(self.session, booking, Actor("customer", str(self.person.id)),
+                                    "customer cancelled on " + self.conv.channel)
+        return {"refund_paise": q.refund_paise, "fee_paise": q.fee_paise}
+
+    def talk_to_person(self, reason: str) -> dict[str, Any]:
+        return handoff.request(self.session, self.conv, reason)
+
+
+# --- one turn --------------------------------------------------------------------------
+
+def _media_kind(msg: InboundMessage) -> str | None:
+    if not msg.num_media:
+        return None
+    kinds = [t.split("/", 1)[0] for t in msg.media_types if t]
+    return "voice" if "audio" in kinds else "photo"
+
+
+def _load_state(conv: Conversation) -> DialogState:
+    return DialogState(conv.step or "start", copy.deepcopy(conv.state or {}), conv.misses or 0)
+
+
+def _save_state(conv: Conversation, state: DialogState) -> None:
+    conv.step = state.step
+    conv.state = copy.deepcopy(state.data)  # a new object, so the JSONB change is saved
+    conv.misses = state.misses
+
+
+def dialog_turn(session: Session, person: Person, conv: Conversation, inp: UserInput,
+                idle: timedelta | None) -> list[Out]:
+    """One turn of the booking dialog for any channel; state saved on ``conv``."""
+    dialog = BOOKING_DIALOG
+    state = _load_state(conv)
+    ports = SessionPorts(session, person, conv)
+    lang = person.preferred_language or state.data.get("lang_guess") or i18n.DEFAULT_LANGUAGE
+    ctx = Ctx(state, ports, lang)
+    if person.preferred_language is None and state.step not in ("language", "language_guess"):
+        guess = words.guess_language(inp.text)
+        if guess:
+            state.data["lang_guess"] = guess
+            outs = engine.enter(dialog, ctx, "language_guess")
+        else:
+            outs = engine.enter(dialog, ctx, "language")
+    elif state.step not in dialog.steps:
+        outs = engine.enter(dialog, ctx, MENU)
+    elif idle is not None and idle > IDLE_RESUME and state.step != MENU:
+        step = dialog.step(state.step)
+        if step.group == BOOKING and state.slots:
+            state.data["draft_step"] = state.step
+            outs = engine.enter(dialog, ctx, "resume")
+        else:
+            outs = engine.enter(dialog, ctx, MENU)
+    else:
+        outs = engine.turn(dialog, state, inp, ports, lang)
+    _save_state(conv, state)
+    return outs
+
+
+def whatsapp_turn(session: Session, msg: InboundMessage) -> Turn:
+    """Answer one WhatsApp message: opt-out words, handoff silence, then the dialog."""
     person, conv = contact_for(session, msg)
-    lang = person.preferred_language or i18n.DEFAULT_LANGUAGE
+    previous = conv.last_inbound_at
+    conv.last_inbound_at = clock.now()
+    idle = clock.now() - previous if previous is not None else None
     text = msg.body.strip()
+
+    def lang() -> str:
+        return (person.preferred_language or (conv.state or {}).get("lang_guess")
+                or words.guess_language(text) or i18n.DEFAULT_LANGUAGE)
+
+    cmd = words.command(text)
+    if cmd == "stop":
+        person.opted_out = True
+        return Turn(lang(), [Say("bot.optout.stopped")])
+    if person.opted_out:
+        if cmd == "start":
+            person.opted_out = False
+            conv.step, conv.misses = MENU, 0
+            return Turn(lang(), [Say("bot.optout.started"), Say("menu.main")])
+        return Turn(lang(), [Say("bot.optout.hint")])
     if conv.handoff:
-        return []  # an operator owns this conversation; the bot stays quiet
-    if msg.num_media and not text:
-        return [i18n.t("common.unsupported_media", lang)]
+        handoff.record_inbound(session, conv, text)
+        return Turn(lang(), [])  # an operator owns this conversation; the bot stays quiet
 
-    if person.preferred_language is None or conv.step == "choose_language":
-        choice = _language_choice(text) if conv.step == "choose_language" else None
-        if choice is None:
-            conv.step = "choose_language"
-            return [i18n.t("lang.menu", lang)]
-        person.preferred_language = choice
-        conv.step = "main_menu"
-        conv.misses = 0
-        return [
-            i18n.t("lang.saved", choice, language=i18n.LANGUAGE_NAMES[choice]),
-            i18n.t("menu.main", choice),
-        ]
-
-    lowered = text.lower()
-    if lowered in LANGUAGE_WORDS:
-        conv.step = "choose_language"
-        return [i18n.t("lang.menu", lang)]
-    if lowered in MENU_WORDS or conv.step != "main_menu":
-        conv.step = "main_menu"
-        conv.misses = 0
-        return [i18n.t("menu.main", lang)]
-    if lowered == "5" or lowered in {"help", "madad", "मदद"}:
-        return [i18n.t("menu.help", lang)]
-    if lowered in {"1", "2", "3", "4"}:
-        return [i18n.t("common.coming_soon", lang), i18n.t("menu.main", lang)]
-    conv.misses += 1
-    return [i18n.t("common.not_understood", lang), i18n.t("menu.main", lang)]
+    inp = UserInput(text=text, latitude=msg.latitude, longitude=msg.longitude,
+                    media=_media_kind(msg))
+    try:
+        with session.begin_nested():
+            outs = dialog_turn(session, person, conv, inp, idle)
+    except Exception:
+        # Nothing of this turn is kept (the savepoint rolled back); the user may retry.
+        log.exception("dialog turn failed", extra={"step": conv.step})
+        outs = [Say("common.error_try_later")]
+    return Turn(lang(), outs)
 
 
 def partner_sms_turn(session: Session, msg: InboundMessage) -> list[str]:

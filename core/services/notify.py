@@ -2,33 +2,103 @@
 
 Customers who wrote to us on WhatsApp get WhatsApp messages; everyone else (IVR callers,
 partners, recipients) gets SMS. Messages go through the outbox in the caller's transaction.
+
+WhatsApp's 24-hour rule: a free-form message is allowed only within 24 hours of the
+user's last message to us. Outside that window we send the approved template configured
+for the user's language (``WHATSAPP_TEMPLATE_<LANG>=<ContentSid>``, one generic "update"
+template per language whose variable ``{{1}}`` carries our text), and without one we fall
+back to SMS.
 """
 
 from __future__ import annotations
 
+import functools
+import logging
+import os
+from datetime import timedelta
+
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from core import i18n
+from core import clock, i18n
+from core.adapters.dialog_models import WhatsappTemplateSend
 from core.adapters.models import Booking, Conversation, Person
 from core.services import outbox
+
+log = logging.getLogger(__name__)
+
+WHATSAPP_WINDOW = timedelta(hours=24)
+
+
+@functools.cache
+def whatsapp_templates() -> dict[str, str]:
+    """ContentSid of the "update" template per language, from WHATSAPP_TEMPLATE_<LANG>."""
+    found: dict[str, str] = {}
+    for lang in i18n.LANGUAGES:
+        sid = os.environ.get(f"WHATSAPP_TEMPLATE_{lang.upper()}", "").strip()
+        if sid:
+            found[lang] = sid
+    return found
+
+
+def reset_templates() -> None:
+    """Forget the template configuration (tests change the environment)."""
+    whatsapp_templates.cache_clear()
 
 
 def language_of(person: Person | None) -> str:
     return (person.preferred_language if person else None) or i18n.DEFAULT_LANGUAGE
 
 
+def _whatsapp_conversation(session: Session, person: Person) -> Conversation | None:
+    return session.scalar(
+        select(Conversation).where(Conversation.person_id == person.id,
+                                   Conversation.channel == "whatsapp")
+        .order_by(Conversation.last_inbound_at.desc().nulls_last()).limit(1)
+    )
+
+
 def customer_channel(session: Session, person: Person) -> tuple[str, str]:
     """(channel, address) for a customer: WhatsApp if they chat with us, else SMS."""
-    wa_contact = session.scalar(
-        select(Conversation.contact).where(Conversation.person_id == person.id,
-                                           Conversation.channel == "whatsapp")
-    )
-    if wa_contact is not None:
-        return "whatsapp", person.phone or wa_contact
+    conv = _whatsapp_conversation(session, person)
+    if conv is not None:
+        return "whatsapp", person.phone or conv.contact
     if person.phone is None:
         raise ValueError("customer has neither WhatsApp nor a phone number")
     return "sms", person.phone
+
+
+def in_whatsapp_window(conv: Conversation | None) -> bool:
+    """True if a free-form WhatsApp message may go to this conversation now."""
+    return (conv is not None and conv.last_inbound_at is not None
+            and clock.now() - conv.last_inbound_at < WHATSAPP_WINDOW)
+
+
+def send_to_person(session: Session, person: Person, body: str, *,
+                   dedupe_key: str | None = None, booking_id: int | None = None) -> int | None:
+    """Queue ``body`` to a customer on the right channel for now; the outbox row id.
+
+    WhatsApp free-form inside the 24-hour window, else the language's approved template,
+    else SMS. None if nothing can be sent (opted out, retried cause, no address)."""
+    conv = _whatsapp_conversation(session, person)
+    if conv is not None:
+        to = person.phone or conv.contact
+        if in_whatsapp_window(conv):
+            return outbox.queue_message(session, channel="whatsapp", to=to, body=body,
+                                        dedupe_key=dedupe_key, booking_id=booking_id)
+        sid = whatsapp_templates().get(language_of(person))
+        if sid:
+            row_id = outbox.queue_message(session, channel="whatsapp", to=to, body=body,
+                                          dedupe_key=dedupe_key, booking_id=booking_id)
+            if row_id is not None:
+                session.add(WhatsappTemplateSend(outbox_id=row_id, content_sid=sid,
+                                                 content_variables={"1": body}))
+            return row_id
+    if person.phone is None:
+        log.warning("no channel to reach the customer outside the WhatsApp window")
+        return None
+    return outbox.queue_message(session, channel="sms", to=person.phone, body=body,
+                                dedupe_key=dedupe_key, booking_id=booking_id)
 
 
 def notify_customer(session: Session, booking: Booking, key: str, *,
@@ -36,10 +106,8 @@ def notify_customer(session: Session, booking: Booking, key: str, *,
     """Queue catalog message ``key`` to the booking's customer (``ref`` is filled in)."""
     person = session.get(Person, booking.customer_id)
     assert person is not None
-    channel, to = customer_channel(session, person)
     body = i18n.t(key, language_of(person), ref=booking.reference, **params)
-    return outbox.queue_message(session, channel=channel, to=to, body=body,
-                                dedupe_key=dedupe_key, booking_id=booking.id)
+    return send_to_person(session, person, body, dedupe_key=dedupe_key, booking_id=booking.id)
 
 
 def notify_phone(session: Session, phone: str, key: str, *, lang: str | None = None,

@@ -1,0 +1,639 @@
+"""The booking dialog as data: every question, its choices, where each answer leads.
+
+Steps are built from a few reusable kinds (a numbered choice, a place by pin or pincode,
+free text) so the IVR walks the very same steps with keypad digits. Slots collected:
+
+    pickup, drop          places (lat, lng, pincode, post_office, name, landmark)
+    recipient_name, recipient_phone
+    category, size, weight, fragile, value_paise
+    tier
+
+Groups (for "change one detail" before confirming): pickup, drop, recipient, parcel,
+speed. After changing a group the dialog goes straight back to the confirmation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from core.dialog import words
+from core.dialog.engine import (
+    Choices,
+    Ctx,
+    Dialog,
+    Goto,
+    Out,
+    Result,
+    Retry,
+    Say,
+    Stay,
+    Step,
+    UserInput,
+)
+from core.domain.errors import ValidationError
+from core.domain.phone import is_indian_mobile, normalize_phone
+from core.domain.reference import is_valid_reference, normalize_reference
+from core.i18n import LANGUAGE_NAMES, LANGUAGES
+
+MENU = "menu"
+BOOKING = "booking"  # group of the steps that fill a draft
+PAGE_SIZE = 8  # offices per page; 9 = more
+MORE = 9
+MAX_VALUE_RUPEES = 10_00_000
+CATEGORIES = ("documents", "food", "clothes", "medicine", "grain_produce", "electronics",
+              "household", "other")
+SIZES = ("bag", "box", "sack", "vehicle")
+WEIGHTS = ("w5", "w20", "w50", "w200", "w750")
+TIERS = ("express", "standard", "economy")
+VALUE_BUCKETS = (("up_to_500", 500), ("up_to_2000", 2000), ("up_to_10000", 10000),
+                 ("up_to_50000", 50000))
+GREETINGS = frozenset({"hi", "hello", "helo", "hii", "hey", "namaste", "namaskar", "नमस्ते",
+                       "नमस्कार", "राम राम", "ram ram", "start"})
+
+
+# --- helpers ---------------------------------------------------------------------------
+
+def choice(inp: UserInput, n: int, aliases: Sequence[frozenset[str]] = ()) -> int | None:
+    """1-based option picked by a digit/number word, or by an alias word of an option."""
+    if inp.has_location:
+        return None
+    num = words.number(inp.text)
+    if num is not None:
+        return num if 1 <= num <= n else None
+    text = words.clean(inp.text)
+    for i, names in enumerate(aliases, start=1):
+        if text in names:
+            return i
+    return None
+
+
+YES_NO = (words.YES_WORDS, words.NO_WORDS)
+
+
+def place_label(place: dict[str, Any]) -> str:
+    """"Laxmipur, West Champaran (845450)" — how a place is read back to the user."""
+    name = place.get("name") or place.get("post_office") or ""
+    district = place.get("district")
+    pin = place.get("pincode")
+    text = f"{name}, {district}" if district and district != name else name
+    return f"{text} ({pin})" if pin else text
+
+
+def _clear_draft(ctx: Ctx) -> None:
+    for key in ("slots", "return_to", "draft_step", "offices", "page", "cancel_ref"):
+        ctx.state.data.pop(key, None)
+
+
+def next_hint() -> Say:
+    return Say("bot.next_hint")
+
+
+# --- language --------------------------------------------------------------------------
+
+def _language_prompt(ctx: Ctx) -> list[Out]:
+    return [Say("lang.menu")]
+
+
+def _language_handle(ctx: Ctx, inp: UserInput) -> Result:
+    num = words.number(inp.text)
+    text = words.clean(inp.text)
+    lang = None
+    if num is not None and 1 <= num <= len(LANGUAGES):
+        lang = LANGUAGES[num - 1]
+    else:
+        for code, name in LANGUAGE_NAMES.items():
+            if text in (code, name.lower(), _ENGLISH_NAMES[code]):
+                lang = code
+    if lang is None:
+        return Retry()
+    return _language_chosen(ctx, lang)
+
+
+_ENGLISH_NAMES = {"hi": "hindi", "en": "english", "bn": "bangla", "mr": "marathi",
+                  "ta": "tamil", "te": "telugu", "gu": "gujarati", "kn": "kannada"}
+
+
+def _language_chosen(ctx: Ctx, lang: str) -> Result:
+    ctx.ports.set_language(lang)
+    ctx.lang = lang
+    ctx.state.data.pop("lang_guess", None)
+    return Goto(MENU, [Say("lang.saved", {"language": LANGUAGE_NAMES[lang]})])
+
+
+def _guess_prompt(ctx: Ctx) -> list[Out]:
+    guess = ctx.state.data.get("lang_guess", "hi")
+    return [Say("bot.lang_guess", {"language": LANGUAGE_NAMES.get(guess, guess)}),
+            Choices((Say("bot.yes"), Say("bot.lang_other")))]
+
+
+def _guess_handle(ctx: Ctx, inp: UserInput) -> Result:
+    picked = choice(inp, 2, YES_NO)
+    if picked == 1:
+        return _language_chosen(ctx, ctx.state.data.get("lang_guess", "hi"))
+    if picked == 2:
+        return Goto("language")
+    return Retry()
+
+
+# --- main menu -------------------------------------------------------------------------
+
+def _menu_prompt(ctx: Ctx) -> list[Out]:
+    return [Say("menu.main")]
+
+
+def _menu_handle(ctx: Ctx, inp: UserInput) -> Result:
+    picked = choice(inp, 5)
+    if picked == 1:
+        if ctx.slots and ctx.state.data.get("draft_step"):
+            return Goto("resume")
+        _clear_draft(ctx)
+        return Goto("pickup")
+    if picked == 2:
+        if not ctx.ports.my_bookings():
+            return Stay([Say("bot.track.none")])
+        return Goto("track")
+    if picked == 3:
+        if not ctx.ports.my_bookings(open_only=True):
+            return Stay([Say("bot.cancel.none")])
+        return Goto("cancel_pick")
+    if picked == 4:
+        info = ctx.ports.talk_to_person("asked")
+        return Goto(MENU, [Say("bot.handoff.waiting", info)], prompt=False)
+    if picked == 5:
+        return Stay([Say("menu.help")])
+    if words.clean(inp.text) in GREETINGS:
+        return Stay()
+    return Retry()
+
+
+def _resume_prompt(ctx: Ctx) -> list[Out]:
+    trip = draft_summary(ctx.slots) or "…"
+    return [Say("bot.resume.ask", {"trip": trip}),
+            Choices((Say("bot.resume.continue"), Say("bot.resume.fresh")))]
+
+
+def _resume_handle(ctx: Ctx, inp: UserInput) -> Result:
+    picked = choice(inp, 2, YES_NO)
+    if picked == 1:
+        target = ctx.state.data.pop("draft_step", None) or "pickup"
+        return Goto(target)
+    if picked == 2:
+        _clear_draft(ctx)
+        return Goto("pickup")
+    return Retry()
+
+
+# --- places: pin or pincode, then the village post office, then a landmark -------------
+
+def _place_steps(kind: str, default_next: str) -> list[Step]:
+    """Three steps for ``kind`` ("pickup"/"drop"): where, which office, landmark."""
+    where, office, landmark = kind, f"{kind}_office", f"{kind}_landmark"
+
+    def where_prompt(ctx: Ctx) -> list[Out]:
+        return [Say(f"bot.{kind}.ask")]
+
+    def accept(ctx: Ctx, place: dict[str, Any], found: bool) -> Result:
+        ctx.slots[kind] = place
+        say: list[Out] = [Say("bot.place.found", {"place": place_label(place)})] if found else []
+        return Goto(landmark, say)
+
+    def outside(res: Any) -> Result:
+        label = place_label(res.place) if res.place else ""
+        if res.point:
+            return Stay([Say("bot.area.outside", {"place": label, "point": res.point,
+                                                   "km": res.km})])
+        return Stay([Say("bot.area.none", {"place": label})])
+
+    def where_handle(ctx: Ctx, inp: UserInput) -> Result:
+        if inp.has_location:
+            res = ctx.ports.locate(inp.latitude, inp.longitude)
+        elif words.only_digits(inp.text):
+            res = ctx.ports.offices(inp.text)
+        else:
+            return Retry([Say("bot.place.bad")])
+        if res.kind == "error":
+            pincode = words.only_digits(inp.text) or ""
+            return Retry([Say(_PLACE_ERRORS.get(res.code, "bot.place.bad"),
+                              {"pincode": pincode})])
+        if res.kind == "outside":
+            return outside(res)
+        if res.kind == "ok":
+            return accept(ctx, res.place, True)
+        ctx.state.data["offices"] = res.offices
+        ctx.state.data["page"] = 0
+        if len(res.offices) == 1:
+            return accept(ctx, res.offices[0], True)
+        return Goto(office)
+
+    def office_prompt(ctx: Ctx) -> list[Out]:
+        offices = ctx.state.data.get("offices") or []
+        page = ctx.state.data.get("page", 0)
+        shown = offices[page * PAGE_SIZE:(page + 1) * PAGE_SIZE]
+        pin = offices[0]["pincode"] if offices else ""
+        return [Say("bot.place.office", {"pincode": pin}),
+                Choices(tuple(o["name"] for o in shown), more=len(offices) > PAGE_SIZE)]
+
+    def office_handle(ctx: Ctx, inp: UserInput) -> Result:
+        offices = ctx.state.data.get("offices") or []
+        page = ctx.state.data.get("page", 0)
+        shown = offices[page * PAGE_SIZE:(page + 1) * PAGE_SIZE]
+        if not offices:
+            return Goto(where)
+        num = words.number(inp.text) if not inp.has_location else None
+        if num == MORE and len(offices) > PAGE_SIZE:
+            pages = (len(offices) + PAGE_SIZE - 1) // PAGE_SIZE
+            ctx.state.data["page"] = (page + 1) % pages
+            return Stay()
+        picked: dict[str, Any] | None = None
+        if num is not None and 1 <= num <= len(shown):
+            picked = shown[num - 1]
+        elif num is None and not inp.has_location:
+            typed = words.clean(inp.text)
+            hits = [o for o in offices if typed and o["name"].lower().startswith(typed)]
+            picked = hits[0] if len(hits) == 1 else None
+        elif inp.has_location:
+            return where_handle(ctx, inp)
+        if picked is None:
+            return Retry()
+        res = ctx.ports.check_area(picked)
+        if res.kind == "outside":
+            ctx.state.data.pop("offices", None)
+            return Goto(where, [_outside_say(res)])
+        return accept(ctx, picked, False)
+
+    def landmark_prompt(ctx: Ctx) -> list[Out]:
+        return [Say(f"bot.{kind}.landmark")]
+
+    def landmark_handle(ctx: Ctx, inp: UserInput) -> Result:
+        if inp.has_location:
+            return Retry()
+        text = " ".join(inp.text.split())
+        place = ctx.slots.get(kind)
+        if place is None:
+            return Goto(where)
+        if words.number(text) == 1 or words.clean(text) in words.SKIP_WORDS:
+            place["landmark"] = None
+        elif len(text) >= 2 and not (words.only_digits(text) and len(text) < 6):
+            place["landmark"] = text[:120]
+        else:
+            return Retry()
+        ctx.state.data.pop("offices", None)
+        return Goto(ctx.after(default_next))
+
+    return [
+        Step(where, where_prompt, where_handle, "bot.help.place", BOOKING, location=True),
+        Step(office, office_prompt, office_handle, "bot.help.office", BOOKING, location=True),
+        Step(landmark, landmark_prompt, landmark_handle, "bot.help.landmark", BOOKING),
+    ]
+
+
+def _outside_say(res: Any) -> Say:
+    label = place_label(res.place) if res.place else ""
+    if res.point:
+        return Say("bot.area.outside", {"place": label, "point": res.point, "km": res.km})
+    return Say("bot.area.none", {"place": label})
+
+
+_PLACE_ERRORS = {
+    "bad_pincode": "address.bad_pincode",
+    "unknown_pincode": "address.unknown_pincode",
+    "bad_location": "bot.place.bad_location",
+    "outside_india": "bot.place.outside_india",
+    "no_post_office_near": "bot.place.none_near",
+    "pincode_not_located": "address.unknown_pincode",
+}
+
+
+# --- recipient -------------------------------------------------------------------------
+
+def _name_handle(ctx: Ctx, inp: UserInput) -> Result:
+    text = " ".join(inp.text.split())
+    letters = sum(ch.isalpha() for ch in text)
+    if inp.has_location or letters < 2 or words.only_digits(text):
+        return Retry([Say("bot.recipient.bad_name")])
+    ctx.slots["recipient_name"] = text[:80]
+    return Goto("recipient_phone")
+
+
+def _phone_prompt(ctx: Ctx) -> list[Out]:
+    return [Say("bot.recipient.phone", {"name": ctx.slots.get("recipient_name", "")})]
+
+
+def _phone_handle(ctx: Ctx, inp: UserInput) -> Result:
+    digits = words.only_digits(inp.text) if not inp.has_location else None
+    try:
+        if not digits:
+            raise ValidationError("no digits", code="bad_phone")
+        phone = normalize_phone(("+" if inp.text.strip().startswith("+") else "") + digits)
+        if not is_indian_mobile(phone):
+            raise ValidationError("not an Indian mobile", code="bad_phone")
+    except ValidationError:
+        return Retry([Say("bot.recipient.bad_phone")])
+    ctx.slots["recipient_phone"] = phone
+    return Goto(ctx.after("category"))
+
+
+# --- parcel: numbered choices ----------------------------------------------------------
+
+def _choice_step(name: str, question: str, labels: Sequence[str], slot: str,
+                 values: Sequence[Any], next_step: str | Callable[[Ctx], str],
+                 aliases: Sequence[frozenset[str]] = (), help_key: str = "bot.help.choice",
+                 group: str | None = BOOKING) -> Step:
+    """A question answered by picking one of ``labels`` (catalog keys); stores the value."""
+
+    def prompt(ctx: Ctx) -> list[Out]:
+        return [Say(question), Choices(tuple(Say(k) for k in labels))]
+
+    def handle(ctx: Ctx, inp: UserInput) -> Result:
+        picked = choice(inp, len(labels), aliases)
+        if picked is None:
+            return Retry()
+        ctx.slots[slot] = values[picked - 1]
+        nxt = next_step(ctx) if callable(next_step) else next_step
+        return Goto(nxt)
+
+    return Step(name, prompt, handle, help_key, group)
+
+
+def _value_prompt(ctx: Ctx) -> list[Out]:
+    return [Say("bot.parcel.value"),
+            Choices(tuple(Say(f"bot.value.{k}") for k, _ in VALUE_BUCKETS))]
+
+
+def _value_handle(ctx: Ctx, inp: UserInput) -> Result:
+    picked = choice(inp, len(VALUE_BUCKETS))
+    if picked is not None:
+        rupees = VALUE_BUCKETS[picked - 1][1]
+    else:
+        rupees = words.amount_rupees(inp.text) if not inp.has_location else None
+        if rupees is None or rupees < 10 or rupees > MAX_VALUE_RUPEES:
+            return Retry([Say("bot.parcel.value_bad")])
+    ctx.slots["value_paise"] = rupees * 100
+    return Goto(ctx.after("speed"))
+
+
+# --- speed, quote, confirm, change -----------------------------------------------------
+
+def _quote(ctx: Ctx) -> dict[str, Any]:
+    return ctx.ports.quote(ctx.slots)
+
+
+def _speed_prompt(ctx: Ctx) -> list[Out]:
+    q = _quote(ctx)
+    options = tuple(
+        Say("bot.speed.option", {"tier": Say(f"tier.{t}"),
+                                 "total_paise": q["tiers"][t]["total_paise"]})
+        for t in TIERS
+    )
+    return [Say("bot.speed.ask", {"km": q["km"]}), Choices(options)]
+
+
+def _speed_handle(ctx: Ctx, inp: UserInput) -> Result:
+    picked = choice(inp, len(TIERS))
+    if picked is None:
+        return Retry()
+    ctx.slots["tier"] = TIERS[picked - 1]
+    return Goto("confirm")
+
+
+def _confirm_prompt(ctx: Ctx) -> list[Out]:
+    ctx.state.data.pop("return_to", None)
+    s = ctx.slots
+    q = _quote(ctx)
+    fare = q["tiers"][s["tier"]]
+    out: list[Out] = [Say("bot.confirm.summary", {
+        "pickup": place_label(s["pickup"]), "drop": place_label(s["drop"]),
+        "name": s["recipient_name"], "phone": s["recipient_phone"],
+        "size": Say(f"size.{s['size']}"), "weight": Say(f"bot.weight.{s['weight']}"),
+        "tier": Say(f"tier.{s['tier']}"), "km": q["km"],
+        "vehicle": Say(f"vehicle.{q['vehicle']}"),
+    })]
+    for line in fare["lines"]:
+        if line["code"] in _FARE_LINES and line["amount_paise"]:
+            out.append(Say("bot.confirm.line", {"label": Say(f"fare.{line['code']}"),
+                                                "amount_paise": line["amount_paise"]},
+                           joined=len(out) > 1))
+    out.append(Say("bot.confirm.total", {"total_paise": fare["total_paise"]}, joined=True))
+    out.append(Choices((Say("bot.confirm.yes"), Say("bot.confirm.change"),
+                        Say("bot.confirm.cancel"))))
+    return out
+
+
+_FARE_LINES = ("base", "distance", "size", "weight", "fragile", "tier", "surge", "minimum")
+
+
+def _confirm_handle(ctx: Ctx, inp: UserInput) -> Result:
+    picked = choice(inp, 3, (words.YES_WORDS, frozenset({"change", "badlo", "बदलो"}),
+                             words.NO_WORDS))
+    if picked == 1:
+        done = ctx.ports.confirm(ctx.slots)
+        _clear_draft(ctx)
+        return Goto(MENU, [Say("bot.confirm.done", done), next_hint()], prompt=False)
+    if picked == 2:
+        return Goto("change")
+    if picked == 3:
+        _clear_draft(ctx)
+        return Goto(MENU, [Say("bot.confirm.dropped"), next_hint()], prompt=False)
+    return Retry()
+
+
+_CHANGE = (("pickup", "pickup"), ("drop", "drop"), ("recipient", "recipient_name"),
+           ("parcel", "category"), ("speed", "speed"))
+
+
+def _change_prompt(ctx: Ctx) -> list[Out]:
+    return [Say("bot.change.ask"), Choices(tuple(Say(f"bot.change.{k}") for k, _ in _CHANGE))]
+
+
+def _change_handle(ctx: Ctx, inp: UserInput) -> Result:
+    picked = choice(inp, len(_CHANGE))
+    if picked is None:
+        return Retry()
+    ctx.state.data["return_to"] = "confirm"
+    return Goto(_CHANGE[picked - 1][1])
+
+
+# --- track and cancel ------------------------------------------------------------------
+
+def _status_say(ref: str, status: str) -> Say:
+    return Say(f"booking.status.{status}", {"ref": ref})
+
+
+def _track_prompt(ctx: Ctx) -> list[Out]:
+    bookings = ctx.ports.my_bookings()[:8]
+    ctx.scratch["refs"] = [ref for ref, _ in bookings]
+    return [Say("bot.track.ask"),
+            Choices(tuple(_status_say(ref, status) for ref, status in bookings))]
+
+
+def _picked_reference(ctx: Ctx, inp: UserInput) -> tuple[str | None, Result | None]:
+    """A reference chosen from the shown list or typed in full; or the Result to return."""
+    refs = ctx.scratch.get("refs") or []
+    num = words.number(inp.text) if not inp.has_location else None
+    if num is not None and 1 <= num <= len(refs):
+        return refs[num - 1], None
+    digits = words.only_digits(inp.text) if not inp.has_location else None
+    if digits and len(digits) >= 6:
+        ref = normalize_reference(digits)
+        if ref is None or not is_valid_reference(ref):
+            return None, Retry([Say("bot.track.bad_ref", {"ref": digits})])
+        return ref, None
+    return None, Retry()
+
+
+def _track_handle(ctx: Ctx, inp: UserInput) -> Result:
+    ref, problem = _picked_reference(ctx, inp)
+    if problem is not None:
+        return problem
+    assert ref is not None
+    status = ctx.ports.booking_status(ref)
+    if status is None:
+        return Retry([Say("bot.track.not_found", {"ref": ref})])
+    return Goto(MENU, [_status_say(ref, status), next_hint()], prompt=False)
+
+
+def _cancel_pick_prompt(ctx: Ctx) -> list[Out]:
+    bookings = ctx.ports.my_bookings(open_only=True)[:8]
+    ctx.scratch["refs"] = [ref for ref, _ in bookings]
+    return [Say("bot.cancel.ask"),
+            Choices(tuple(_status_say(ref, status) for ref, status in bookings))]
+
+
+def _cancel_pick_handle(ctx: Ctx, inp: UserInput) -> Result:
+    ref, problem = _picked_reference(ctx, inp)
+    if problem is not None:
+        return problem
+    assert ref is not None
+    preview = ctx.ports.cancel_preview(ref)
+    if preview is None:
+        return Retry([Say("bot.track.not_found", {"ref": ref})])
+    if not preview["allowed"]:
+        return Goto(MENU, [Say("bot.cancel.not_allowed", {"ref": ref}), next_hint()],
+                    prompt=False)
+    ctx.state.data["cancel_ref"] = ref
+    return Goto("cancel_confirm")
+
+
+def _cancel_confirm_prompt(ctx: Ctx) -> list[Out]:
+    ref = ctx.state.data.get("cancel_ref", "")
+    preview = ctx.ports.cancel_preview(ref) or {"refund_paise": 0, "fee_paise": 0}
+    if preview["fee_paise"]:
+        key = "bot.cancel.fee"
+    elif preview["refund_paise"]:
+        key = "bot.cancel.refund"
+    else:
+        key = "bot.cancel.free"
+    return [Say(key, {"ref": ref, "refund_paise": preview["refund_paise"],
+                      "fee_paise": preview["fee_paise"]}),
+            Choices((Say("bot.cancel.yes"), Say("bot.cancel.no")))]
+
+
+def _cancel_confirm_handle(ctx: Ctx, inp: UserInput) -> Result:
+    picked = choice(inp, 2, YES_NO)
+    ref = ctx.state.data.get("cancel_ref")
+    if ref is None:
+        return Goto(MENU)
+    if picked == 1:
+        ctx.state.data.pop("cancel_ref", None)
+        result = ctx.ports.cancel(ref)
+        key = "bot.cancel.done_refund" if result.get("refund_paise") else "bot.cancel.done"
+        return Goto(MENU, [Say(key, {"ref": ref, "refund_paise": result.get("refund_paise", 0)}),
+                           next_hint()], prompt=False)
+    if picked == 2:
+        ctx.state.data.pop("cancel_ref", None)
+        return Goto(MENU, [Say("bot.cancel.kept", {"ref": ref}), next_hint()], prompt=False)
+    return Retry()
+
+
+# --- a person, voice notes -------------------------------------------------------------
+
+def _offer_prompt(ctx: Ctx) -> list[Out]:
+    return [Say("bot.handoff.offer"), Choices((Say("bot.handoff.yes"), Say("bot.handoff.retry")))]
+
+
+def _offer_handle(ctx: Ctx, inp: UserInput) -> Result:
+    picked = choice(inp, 2, YES_NO)
+    back = ctx.state.data.pop("after_offer", None) or MENU
+    if picked == 1:
+        info = ctx.ports.talk_to_person("not_understood")
+        return Goto(MENU, [Say("bot.handoff.waiting", info)], prompt=False)
+    if picked == 2:
+        return Goto(back)
+    ctx.state.data["after_offer"] = back
+    return Retry()
+
+
+def _voice_prompt(ctx: Ctx) -> list[Out]:
+    return [Say("bot.media.voice"), Choices((Say("bot.media.call_me"), Say("bot.media.no_call")))]
+
+
+def _voice_handle(ctx: Ctx, inp: UserInput) -> Result:
+    picked = choice(inp, 2, YES_NO)
+    back = ctx.state.data.pop("after_offer", None) or MENU
+    if picked == 1:
+        info = ctx.ports.talk_to_person("callback")
+        return Goto(MENU, [Say("bot.media.callback", info)], prompt=False)
+    if picked == 2:
+        return Goto(back)
+    ctx.state.data["after_offer"] = back
+    return Retry()
+
+
+# --- the dialog ------------------------------------------------------------------------
+
+def _steps() -> list[Step]:
+    steps = [
+        Step("language", _language_prompt, _language_handle, "bot.help.language"),
+        Step("language_guess", _guess_prompt, _guess_handle, "bot.help.choice"),
+        Step(MENU, _menu_prompt, _menu_handle, "menu.help"),
+        Step("resume", _resume_prompt, _resume_handle, "bot.help.choice"),
+        *_place_steps("pickup", "drop"),
+        *_place_steps("drop", "recipient_name"),
+        Step("recipient_name", lambda ctx: [Say("bot.recipient.name")], _name_handle,
+             "bot.help.name", BOOKING),
+        Step("recipient_phone", _phone_prompt, _phone_handle, "bot.help.phone", BOOKING),
+        _choice_step("category", "bot.parcel.category",
+                     [f"bot.category.{c}" for c in CATEGORIES], "category", CATEGORIES,
+                     "size"),
+        _choice_step("size", "bot.parcel.size", [f"size.{s}" for s in SIZES], "size", SIZES,
+                     "weight"),
+        _choice_step("weight", "bot.parcel.weight", [f"bot.weight.{w}" for w in WEIGHTS],
+                     "weight", WEIGHTS, "fragile"),
+        _choice_step("fragile", "bot.parcel.fragile", ["bot.yes", "bot.no"], "fragile",
+                     (True, False), "value", aliases=YES_NO),
+        Step("value", _value_prompt, _value_handle, "bot.help.value", BOOKING),
+        Step("speed", _speed_prompt, _speed_handle, "bot.help.speed", BOOKING),
+        Step("confirm", _confirm_prompt, _confirm_handle, "bot.help.confirm", BOOKING),
+        Step("change", _change_prompt, _change_handle, "bot.help.choice", BOOKING),
+        Step("track", _track_prompt, _track_handle, "bot.help.track"),
+        Step("cancel_pick", _cancel_pick_prompt, _cancel_pick_handle, "bot.help.track"),
+        Step("cancel_confirm", _cancel_confirm_prompt, _cancel_confirm_handle,
+             "bot.help.choice"),
+        Step("offer_person", _offer_prompt, _offer_handle, "bot.help.choice"),
+        Step("voice_callback", _voice_prompt, _voice_handle, "bot.help.choice"),
+    ]
+    return steps
+
+
+BOOKING_DIALOG = Dialog(
+    steps={s.name: s for s in _steps()},
+    menu=MENU,
+    language="language",
+    offer_person="offer_person",
+    voice_callback="voice_callback",
+    not_understood="bot.retry",
+)
+
+# Keys every step uses, listed for the catalog tests.
+REQUIRED_SLOTS = ("pickup", "drop", "recipient_name", "recipient_phone", "category", "size",
+                  "weight", "fragile", "value_paise", "tier")
+
+
+def draft_summary(slots: dict[str, Any]) -> str | None:
+    """"from -> to" of a half-finished booking, for the resume question (None if empty)."""
+    if not slots.get("pickup"):
+        return None
+    frm = place_label(slots["pickup"])
+    to = place_label(slots["drop"]) if slots.get("drop") else "?"
+    return f"{frm} → {to}"

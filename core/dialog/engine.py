@@ -1,0 +1,218 @@
+"""A small dialog engine: steps with a prompt, a parser and a next step, over plain state.
+
+The engine knows nothing of WhatsApp or TwiML. It takes a ``UserInput`` (text or keypad
+digits, a location, a media kind), the conversation's ``DialogState`` (JSON-safe, stored in
+PostgreSQL by the caller) and the ``ports`` (the outside world), and returns what to say as
+``Say``/``Choices`` values that each channel renders in its own way.
+
+Rules every step gets for free:
+- global commands: "0"/"menu" -> main menu (a draft booking is kept), "help" -> the
+  step's help and its prompt again, "language" -> the language list;
+- an answer a step cannot use is a *miss*: a short re-ask with the same choices; the
+  third miss in a row offers a person instead;
+- a photo is acknowledged and the step asked again; a voice note offers a call back;
+- ``return_to``: while changing one detail before confirming, a group's last step goes
+  back to the confirmation instead of onwards.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from core.dialog import words
+
+MAX_MISSES = 3
+
+
+@dataclass(frozen=True)
+class Say:
+    """One catalog message (``key`` in templates_i18n) with its parameters."""
+
+    key: str
+    params: Mapping[str, Any] = field(default_factory=dict)
+    joined: bool = False  # continue the previous line (a fare breakdown), not a new paragraph
+
+
+@dataclass(frozen=True)
+class Choices:
+    """A numbered list, 1..n; labels are catalog messages or literal names (villages).
+
+    ``more`` adds "9 = more" (a paged list)."""
+
+    options: tuple[Say | str, ...]
+    more: bool = False
+
+
+Out = Say | Choices
+
+
+@dataclass(frozen=True)
+class UserInput:
+    """What the user did, whatever the channel: typed/keyed text, a location, a media kind."""
+
+    text: str = ""
+    latitude: float | None = None
+    longitude: float | None = None
+    media: str | None = None  # "photo", "voice", "other" (only when no text came with it)
+
+    @property
+    def has_location(self) -> bool:
+        return self.latitude is not None and self.longitude is not None
+
+
+@dataclass
+class DialogState:
+    """Where a conversation is: the step, free data (slots and step scratch), misses."""
+
+    step: str
+    data: dict[str, Any] = field(default_factory=dict)
+    misses: int = 0
+
+    @property
+    def slots(self) -> dict[str, Any]:
+        return self.data.setdefault("slots", {})
+
+
+@dataclass(frozen=True)
+class Goto:
+    """Valid answer: say ``say``, then go to ``step`` (and ask its prompt)."""
+
+    step: str
+    say: Sequence[Out] = ()
+    prompt: bool = True
+
+
+@dataclass(frozen=True)
+class Retry:
+    """An answer the step cannot use (a miss): say why, then ask the same step again."""
+
+    say: Sequence[Out] = ()
+
+
+@dataclass(frozen=True)
+class Stay:
+    """A valid answer that leaves us on this step (e.g. outside the service area)."""
+
+    say: Sequence[Out] = ()
+
+
+Result = Goto | Retry | Stay
+
+
+@dataclass
+class Ctx:
+    """What a step's functions see: the state, the ports and the language."""
+
+    state: DialogState
+    ports: Any
+    lang: str
+
+    @property
+    def slots(self) -> dict[str, Any]:
+        return self.state.slots
+
+    @property
+    def scratch(self) -> dict[str, Any]:
+        """Per-step temporary data (lists shown, page), dropped when the step changes."""
+        return self.state.data.setdefault("scratch", {})
+
+    def after(self, default: str) -> str:
+        """Next step at the end of a group: back to the confirmation while changing one
+        detail, else ``default``."""
+        target = self.state.data.get("return_to")
+        return target if target else default
+
+
+@dataclass(frozen=True)
+class Step:
+    """One question. ``prompt`` says it; ``handle`` parses an answer into a Result.
+
+    ``help`` is the catalog key explaining the step; ``group`` marks steps that fill a
+    booking draft (a draft is offered again after a break); ``location`` says the step
+    takes a shared location."""
+
+    name: str
+    prompt: Callable[[Ctx], list[Out]]
+    handle: Callable[[Ctx, UserInput], Result]
+    help: str
+    group: str | None = None
+    location: bool = False
+
+
+@dataclass(frozen=True)
+class Dialog:
+    steps: Mapping[str, Step]
+    menu: str  # the main menu step
+    language: str  # the language-choice step
+    offer_person: str  # offered after MAX_MISSES misses
+    voice_callback: str  # offered when a voice note arrives
+    not_understood: str  # catalog key said before a re-ask
+
+    def __post_init__(self) -> None:
+        for name in (self.menu, self.language, self.offer_person, self.voice_callback):
+            if name not in self.steps:
+                raise ValueError(f"dialog has no step {name!r}")
+
+    def step(self, name: str) -> Step:
+        return self.steps.get(name) or self.steps[self.menu]
+
+
+def enter(dialog: Dialog, ctx: Ctx, name: str, say: Sequence[Out] = (),
+          prompt: bool = True) -> list[Out]:
+    """Move to step ``name`` (fresh scratch, no misses) and return what to say."""
+    state = ctx.state
+    if name != state.step:
+        state.data.pop("scratch", None)
+    state.step = name if name in dialog.steps else dialog.menu
+    state.misses = 0
+    out = list(say)
+    if prompt:
+        out += dialog.step(state.step).prompt(ctx)
+    return out
+
+
+def turn(dialog: Dialog, state: DialogState, inp: UserInput, ports: Any,
+         lang: str) -> list[Out]:
+    """Answer one user input: apply global rules, then the current step; mutate ``state``."""
+    ctx = Ctx(state, ports, lang)
+    step = dialog.step(state.step)
+    if state.step not in dialog.steps:
+        return enter(dialog, ctx, dialog.menu)
+
+    if inp.media and not inp.text.strip() and not inp.has_location:
+        if inp.media == "voice":
+            state.data["after_offer"] = step.name
+            if step.group is not None:
+                state.data["draft_step"] = step.name
+            return enter(dialog, ctx, dialog.voice_callback)
+        return [Say("bot.media.photo")] + step.prompt(ctx)
+
+    cmd = words.command(inp.text) if not inp.has_location else None
+    if cmd == "menu":
+        state.data.pop("return_to", None)
+        if step.group is not None:
+            state.data["draft_step"] = step.name  # keep the draft: offered again later
+        return enter(dialog, ctx, dialog.menu)
+    if cmd == "help":
+        return [Say(step.help)] + step.prompt(ctx)
+    if cmd == "language":
+        if step.group is not None:
+            state.data["draft_step"] = step.name
+        return enter(dialog, ctx, dialog.language)
+
+    result = step.handle(ctx, inp)
+    if isinstance(result, Goto):
+        return enter(dialog, ctx, result.step, result.say, result.prompt)
+    if isinstance(result, Stay):
+        state.misses = 0
+        return list(result.say) + step.prompt(ctx)
+    state.misses += 1
+    if state.misses >= MAX_MISSES and step.name != dialog.offer_person:
+        state.data["after_offer"] = step.name
+        if step.group is not None:
+            state.data["draft_step"] = step.name
+        return enter(dialog, ctx, dialog.offer_person)
+    reason = list(result.say) or [Say(dialog.not_understood)]
+    return reason + step.prompt(ctx)

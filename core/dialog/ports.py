@@ -1,0 +1,40 @@
+"""What the booking dialog asks of the outside world. core.services implements it with a
+database session; tests of the engine can pass a small fake. Values are plain and
+JSON-safe so they can live in the conversation state."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+# A place: {"lat", "lng", "pincode", "post_office", "name", "district", "landmark"}
+Place = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class PlaceResult:
+    """Outcome of looking up a pin or a pincode.
+
+    kind: "ok" (``place``), "list" (``offices`` to choose from), "outside" (not served:
+    ``place`` and the nearest served ``point`` with ``km``), "error" (``code``)."""
+
+    kind: str
+    place: Place | None = None
+    offices: list[Place] = field(default_factory=list)
+    point: str | None = None
+    km: str | None = None
+    code: str | None = None
+
+
+class Ports(Protocol):
+    def set_language(self, lang: str) -> None: ...
+    def locate(self, lat: float, lng: float) -> PlaceResult: ...
+    def offices(self, pincode_text: str) -> PlaceResult: ...
+    def check_area(self, place: Place) -> PlaceResult: ...
+    def quote(self, slots: dict[str, Any]) -> dict[str, Any]: ...
+    def confirm(self, slots: dict[str, Any]) -> dict[str, Any]: ...
+    def my_bookings(self, open_only: bool = False) -> list[tuple[str, str]]: ...
+    def booking_status(self, reference: str) -> str | None: ...
+    def cancel_preview(self, reference: str) -> dict[str, Any] | None: ...
+    def cancel(self, reference: str) -> dict[str, Any]: ...
+    def talk_to_person(self, reason: str) -> dict[str, Any]: ...

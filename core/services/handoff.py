@@ -1,0 +1,98 @@
+"""Talk to a person: a conversation handed to an operator, the waiting list, replies, close.
+
+While a handoff is open the bot stays quiet on that conversation (the user's messages are
+kept for the operator); the operator's replies go out through the outbox; closing gives
+the conversation back to the bot at its main menu. The ops REST endpoint over these
+functions comes with the REST API issue.
+"""
+
+from __future__ import annotations
+
+import os
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from core import clock, i18n
+from core.adapters.dialog_models import Handoff, HandoffMessage
+from core.adapters.models import Conversation, Person
+from core.config import get_settings
+from core.domain.errors import Conflict, NotFound
+from core.services import notify
+
+DEFAULT_REPLY_MINUTES = 15
+
+
+def reply_minutes() -> int:
+    """How soon we promise an operator's answer (HANDOFF_REPLY_MINUTES, default 15)."""
+    raw = os.environ.get("HANDOFF_REPLY_MINUTES", "")
+    return int(raw) if raw.isdigit() and int(raw) > 0 else DEFAULT_REPLY_MINUTES
+
+
+def open_handoff(session: Session, conv: Conversation) -> Handoff | None:
+    return session.scalar(select(Handoff).where(Handoff.conversation_id == conv.id,
+                                                Handoff.status == "waiting"))
+
+
+def request(session: Session, conv: Conversation, reason: str) -> dict[str, object]:
+    """Put the conversation on the waiting list (once); what to tell the user."""
+    if conv.id is None:
+        session.flush()
+    if open_handoff(session, conv) is None:
+        session.add(Handoff(conversation_id=conv.id, person_id=conv.person_id,
+                            channel=conv.channel, reason=reason, status="waiting",
+                            step=conv.step))
+    conv.handoff = True
+    return {"minutes": reply_minutes(), "ops_phone": get_settings().ops_phone}
+
+
+def record_inbound(session: Session, conv: Conversation, body: str) -> None:
+    """Keep what the user wrote while waiting, for the operator."""
+    handoff = open_handoff(session, conv)
+    if handoff is not None and body.strip():
+        session.add(HandoffMessage(handoff_id=handoff.id, direction="in", body=body[:1600]))
+
+
+def waiting_list(session: Session) -> list[Handoff]:
+    """Open handoffs, oldest first (the operators' queue)."""
+    return list(session.scalars(select(Handoff).where(Handoff.status == "waiting")
+                                .order_by(Handoff.created_at, Handoff.id)))
+
+
+def _get_open(session: Session, handoff_id: int) -> tuple[Handoff, Conversation, Person]:
+    handoff = session.get(Handoff, handoff_id, with_for_update=True)
+    if handoff is None:
+        raise NotFound("no such handoff", code="unknown_handoff")
+    if handoff.status != "waiting":
+        raise Conflict("this handoff is closed", code="handoff_closed")
+    conv = session.get(Conversation, handoff.conversation_id)
+    person = session.get(Person, handoff.person_id) if handoff.person_id else None
+    if conv is None or person is None:
+        raise NotFound("the conversation is gone", code="unknown_handoff")
+    return handoff, conv, person
+
+
+def reply(session: Session, handoff_id: int, operator: str, body: str) -> int | None:
+    """An operator's answer to the user, sent through the outbox; the outbox row id."""
+    if not body.strip():
+        raise Conflict("empty reply", code="empty_message")
+    handoff, _conv, person = _get_open(session, handoff_id)
+    handoff.operator = handoff.operator or operator
+    row_id = notify.send_to_person(session, person, body.strip())
+    session.add(HandoffMessage(handoff_id=handoff.id, direction="out", body=body.strip(),
+                               operator=operator, outbox_id=row_id))
+    return row_id
+
+
+def close(session: Session, handoff_id: int, operator: str) -> None:
+    """Give the conversation back to the bot (main menu) and tell the user."""
+    handoff, conv, person = _get_open(session, handoff_id)
+    handoff.status = "closed"
+    handoff.operator = handoff.operator or operator
+    handoff.closed_at = clock.now()
+    conv.handoff = False
+    conv.step = "menu"
+    conv.misses = 0
+    lang = notify.language_of(person)
+    notify.send_to_person(session, person, i18n.t("bot.handoff.closed", lang),
+                          dedupe_key=f"handoff-{handoff.id}-closed")

@@ -1,0 +1,145 @@
+"""`./run chat`: talk to a running `./run serve` as a WhatsApp customer would.
+
+Every line you type is sent to POST /webhooks/whatsapp with Twilio's parameters and a
+valid X-Twilio-Signature (TWILIO_AUTH_TOKEN, PUBLIC_BASE_URL), exactly as Twilio would.
+The bot's TwiML reply is printed, then any follow-up messages the service sent to you
+(payment links, status updates), read from GET /sandbox/outbox?to=...&since=....
+
+Commands: /loc <lat> <lng> shares a location; /photo and /voice send media; /wait polls
+the outbox for follow-ups; /quit (or Ctrl-D) ends.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import secrets
+import sys
+import time
+import xml.etree.ElementTree as ET
+
+import requests
+from twilio.request_validator import RequestValidator
+
+SANDBOX_TOKEN = "sandbox-twilio-auth-token"
+HELP = ("type a message and press Enter · /loc 26.80 84.51 shares a location · /photo · "
+        "/voice · /wait (follow-up messages) · /quit")
+
+
+class Chat:
+    def __init__(self, base_url: str, phone: str, token: str, name: str) -> None:
+        self.base = base_url.rstrip("/")
+        self.phone, self.token, self.name = phone, token, name
+        self.since = 0
+        self.http = requests.Session()
+
+    def _outbox(self) -> list[dict]:
+        r = self.http.get(f"{self.base}/sandbox/outbox",
+                          params={"to": f"whatsapp:{self.phone}", "since": str(self.since)},
+                          timeout=5)
+        r.raise_for_status()
+        return r.json()
+
+    def skip_old_messages(self) -> None:
+        for m in self._outbox():
+            self.since = max(self.since, int(m["id"]))
+
+    def send(self, body: str = "", **extra: str) -> list[str]:
+        url = f"{self.base}/webhooks/whatsapp"
+        form = {"MessageSid": "SM" + secrets.token_hex(16), "AccountSid": "ACchat",
+                "From": f"whatsapp:{self.phone}", "To": "whatsapp:+14155238886",
+                "WaId": self.phone.lstrip("+"), "ProfileName": self.name, "Body": body,
+                "NumMedia": "0", **extra}
+        signature = RequestValidator(self.token).compute_signature(url, form)
+        r = self.http.post(url, data=form, headers={"X-Twilio-Signature": signature},
+                           timeout=15)
+        if r.status_code != 200:
+            return [f"[HTTP {r.status_code}] {r.text[:300]}"]
+        return [m.text or "" for m in ET.fromstring(r.text).iter("Message")]
+
+    def follow_ups(self) -> list[str]:
+        out = []
+        for m in self._outbox():
+            self.since = max(self.since, int(m["id"]))
+            out.append(m["body"])
+        return out
+
+
+def _show(who: str, texts: list[str]) -> None:
+    for text in texts:
+        print(f"\n{who}:")
+        for line in text.splitlines():
+            print(f"  {line}")
+    sys.stdout.flush()
+
+
+def parse(line: str) -> tuple[str, dict[str, str]] | None:
+    """(Body, extra Twilio parameters) for a typed line; None for /quit."""
+    if line.startswith("/loc"):
+        parts = line.split()
+        if len(parts) != 3:
+            raise ValueError("usage: /loc <latitude> <longitude>, e.g. /loc 26.80 84.51")
+        float(parts[1]), float(parts[2])
+        return "", {"Latitude": parts[1], "Longitude": parts[2]}
+    if line == "/photo":
+        return "", {"NumMedia": "1", "MediaContentType0": "image/jpeg",
+                    "MediaUrl0": "https://example.invalid/photo.jpg"}
+    if line == "/voice":
+        return "", {"NumMedia": "1", "MediaContentType0": "audio/ogg",
+                    "MediaUrl0": "https://example.invalid/voice.ogg"}
+    if line in {"/quit", "/exit"}:
+        return None
+    return line, {}
+
+
+def main(argv: list[str] | None = None) -> int:
+    port = os.environ.get("PORT", "8000")
+    ap = argparse.ArgumentParser(prog="./run chat", description=__doc__.splitlines()[0])
+    ap.add_argument("--url", default=os.environ.get("PUBLIC_BASE_URL")
+                    or f"http://127.0.0.1:{port}")
+    ap.add_argument("--phone", default="+919812399999", help="your WhatsApp number (E.164)")
+    ap.add_argument("--name", default="Chat User")
+    args = ap.parse_args(argv)
+    chat = Chat(args.url, args.phone, os.environ.get("TWILIO_AUTH_TOKEN") or SANDBOX_TOKEN,
+                args.name)
+    try:
+        chat.skip_old_messages()
+    except requests.RequestException as exc:
+        print(f"./run chat: cannot reach {args.url} ({type(exc).__name__}); is `./run serve` "
+              "running?", file=sys.stderr)
+        return 1
+    print(f"Chatting as whatsapp:{args.phone} with {args.url}\n{HELP}")
+    while True:
+        try:
+            line = input("\nyou> ").strip()
+        except (EOFError, KeyboardInterrupt):
+            print()
+            return 0
+        if not line:
+            continue
+        try:
+            parsed = parse(line)
+        except ValueError as exc:
+            print(exc)
+            continue
+        if parsed is None:
+            return 0
+        try:
+            if line == "/wait":
+                for _ in range(10):
+                    texts = chat.follow_ups()
+                    if texts:
+                        break
+                    time.sleep(0.5)
+                _show("RideChain (message)", texts or ["(nothing new)"])
+                continue
+            body, extra = parsed
+            _show("RideChain", chat.send(body, **extra))
+            time.sleep(0.8)  # give the worker a moment to send follow-ups
+            _show("RideChain (message)", chat.follow_ups())
+        except requests.RequestException as exc:
+            print(f"(the service did not answer: {type(exc).__name__})")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
