@@ -85,6 +85,10 @@ def create_message(account_sid: str):
     from_ = request.form.get("From", "")
     body = request.form.get("Body", "")
     media = request.form.get("MediaUrl")
+    content_sid = request.form.get("ContentSid")
+    if content_sid:
+        # Twilio renders the approved template; we keep what would be shown.
+        body = f"[template {content_sid}] {request.form.get('ContentVariables', '{}')}"
     if not to:
         return _twilio_error(400, 21604, "A 'To' phone number is required.")
     if not from_:

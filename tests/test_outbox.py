@@ -227,3 +227,18 @@ def test_sweep_chain_is_scheduled_once_per_minute(clean_db):
     assert first == second == f"outbox-sweep-{int(t.replace(minute=1, second=0).timestamp())}"
     registry = ScheduledJobRegistry(queue=queue("outbox"))
     assert registry.get_job_ids() == [first]
+
+
+def test_template_rows_go_out_as_content_sid_with_variables(live):
+    from core.adapters.dialog_models import WhatsappTemplateSend
+
+    with transaction() as s:
+        oid = outbox.queue_message(s, channel="whatsapp", to=TO, body="Booking 12345678 ...")
+        s.add(WhatsappTemplateSend(outbox_id=oid, content_sid="HXabc123",
+                                   content_variables={"1": "बुकिंग 12345678"}))
+    run_jobs()
+    assert row(oid).status == "delivered"
+    with transaction() as s:
+        sent = s.scalar(select(SandboxMessage.body))
+    assert sent.startswith("[template HXabc123]")
+    assert "बुकिंग 12345678" in sent and "Booking 12345678 ..." not in sent

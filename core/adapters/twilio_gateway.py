@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 
 from twilio.base.exceptions import TwilioRestException
@@ -38,14 +39,20 @@ def client() -> Client:
 
 
 def send_message(*, to: str, from_: str, body: str, media_url: str | None,
-                 status_callback: str) -> SendResult:
+                 status_callback: str, content_sid: str | None = None,
+                 content_variables: dict[str, str] | None = None) -> SendResult:
     """Create one message through the Messages API; raise SendRejected on a refusal.
 
     Network errors (connection refused, timeouts) propagate as requests exceptions:
     the caller decides whether the outcome is known.
     """
-    kwargs: dict[str, object] = {"to": to, "from_": from_, "body": body,
-                                 "status_callback": status_callback}
+    kwargs: dict[str, object] = {"to": to, "from_": from_, "status_callback": status_callback}
+    if content_sid:
+        # An approved template (outside WhatsApp's 24-hour window): no free-form body.
+        kwargs["content_sid"] = content_sid
+        kwargs["content_variables"] = json.dumps(content_variables or {}, ensure_ascii=False)
+    else:
+        kwargs["body"] = body
     if media_url:
         kwargs["media_url"] = [media_url]
     try:

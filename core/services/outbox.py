@@ -26,6 +26,7 @@ from sqlalchemy.orm import Session
 from core import clock
 from core.adapters import twilio_gateway
 from core.adapters.db import transaction
+from core.adapters.dialog_models import WhatsappTemplateSend
 from core.adapters.models import MessageStatusEvent, OutboxMessage, Person
 from core.adapters.queue import after_commit, enqueue
 from core.config import get_settings
@@ -125,11 +126,15 @@ def deliver(outbox_id: int) -> str:
         row.updated_at = clock.now()
         to, from_, body, media = row.to_addr, row.from_addr, row.body, row.media_url
         attempts = row.attempts
+        template = session.get(WhatsappTemplateSend, outbox_id)
+        content_sid = template.content_sid if template else None
+        content_variables = dict(template.content_variables) if template else None
 
     callback = f"{settings.public_base_url}/webhooks/twilio/status?outbox_id={outbox_id}"
     try:
         result = twilio_gateway.send_message(to=to, from_=from_, body=body, media_url=media,
-                                             status_callback=callback)
+                                             status_callback=callback, content_sid=content_sid,
+                                             content_variables=content_variables)
     except twilio_gateway.SendRejected as exc:
         final = exc.permanent or attempts > settings.outbox_max_retries
         _record_failure(outbox_id, code=exc.code, error=str(exc), final=final)
