@@ -5,7 +5,7 @@ from __future__ import annotations
 from flask import Blueprint
 
 from bots.twiml import messages
-from core.services import conversation, inbound
+from core.services import inbound, partner_sms
 from core.web.twilio_request import parse_message, signed
 
 bp = Blueprint("sms", __name__)
@@ -15,5 +15,5 @@ bp = Blueprint("sms", __name__)
 @signed
 def sms_webhook():
     msg = parse_message("sms")
-    outcome = inbound.process(msg, conversation.partner_sms_turn)
+    outcome = inbound.process(msg, partner_sms.handle)
     return messages(outcome.replies)

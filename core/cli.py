@@ -61,9 +61,12 @@ def worker(burst: bool = False) -> None:
     from core.adapters.redis_conn import redis_client
 
     conn = redis_client()
-    from workers.outbox import schedule_sweep
+    from workers import dispatch as dispatch_jobs
+    from workers import outbox as outbox_jobs
 
-    schedule_sweep()  # joins the periodic outbox sweep chain (idempotent)
+    # Join the periodic sweeps (idempotent: job ids name the minute they run).
+    outbox_jobs.schedule_sweep()
+    dispatch_jobs.schedule_sweep()
     w = JobLoggingWorker([queue(n) for n in QUEUES], connection=conn, serializer=JSONSerializer)
     w.work(with_scheduler=True, burst=burst, logging_level=get_settings().log_level)
 

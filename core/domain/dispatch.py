@@ -1,0 +1,467 @@
+"""Dispatch rules: who may carry a parcel, how candidates rank, how offers cascade, and
+what a partner's SMS means. Pure: no Flask, SQLAlchemy or Redis.
+
+Eligibility (every condition must hold; ``ineligible_reason`` names the first that fails):
+
+* on duty;
+* fewer active legs (assigned, picked up, locked) than the partner's ``max_active_legs``;
+* trust tier allowed for the parcel's declared value (``TRUST_LIMIT_PAISE``);
+* one active vehicle that can carry it: the vehicle type's capacity
+  (``core.domain.pricing.VEHICLE_CAPACITY``: a bicycle takes up to a box of 20 kg, a pickup
+  a 750 kg load), the vehicle's own largest size, and its payload at least the heaviest
+  parcel the weight bucket allows (a 15 kg bicycle never gets a "up to 20 kg" parcel);
+* serving the area: found near the pickup in the geo index (live position or home Point).
+
+Score (lower is better, 0..1), each term normalised to 0..1 and weighted by
+``DISPATCH_WEIGHT_*`` (defaults 50/20/15/15):
+
+* distance: metres to the pickup / current search radius (capped at 1);
+* rating: 1 - rating/5;
+* acceptance: 1 - (accepted + 1) / (offered + 2) (a new partner starts at 50 %);
+* fairness: today's earnings / the highest earnings among the candidates.
+
+Ties break on lower earnings today, then distance, then partner id, so at equal distance
+the partner who earned least today comes first.
+"""
+
+from __future__ import annotations
+
+import unicodedata
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+from core.domain.pricing import SizeBucket, SpeedTier, VehicleType, WeightBucket, can_carry
+
+
+class DispatchConfigError(ValueError):
+    """A DISPATCH_* environment variable is malformed."""
+
+
+# --- configuration --------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Weights:
+    """Score weights (non-negative integers, not all zero)."""
+
+    distance: int = 50
+    rating: int = 20
+    acceptance: int = 15
+    fairness: int = 15
+
+    @property
+    def total(self) -> int:
+        return self.distance + self.rating + self.acceptance + self.fairness
+
+
+@dataclass(frozen=True)
+class DispatchConfig:
+    """Everything dispatch reads from the environment (see ``from_env`` for the names)."""
+
+    batch_sizes: tuple[int, ...] = (1, 3)
+    offer_timeout_s: int = 90
+    offer_grace_s: int = 30
+    radii_km: tuple[float, ...] = (3.0, 6.0, 10.0, 20.0)
+    location_max_age_s: int = 900
+    retry_s: int = 120
+    search_deadline_s: Mapping[SpeedTier, int] = field(default_factory=lambda: {
+        SpeedTier.EXPRESS: 20 * 60, SpeedTier.STANDARD: 60 * 60, SpeedTier.ECONOMY: 180 * 60,
+    })
+    delivery_hours: Mapping[SpeedTier, int] = field(default_factory=lambda: {
+        SpeedTier.EXPRESS: 3, SpeedTier.STANDARD: 8, SpeedTier.ECONOMY: 24,
+    })
+    weights: Weights = Weights()
+    max_candidates: int = 20
+    otp_max_failures: int = 5
+
+    def batch_size(self, batch_no: int) -> int:
+        """Offers in batch ``batch_no`` (0-based): the last configured size repeats."""
+        return self.batch_sizes[min(batch_no, len(self.batch_sizes) - 1)]
+
+
+def _int(env: Mapping[str, str], name: str, default: int, minimum: int) -> int:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise DispatchConfigError(f"{name} must be an integer, got {raw!r}") from None
+    if value < minimum:
+        raise DispatchConfigError(f"{name} must be >= {minimum}, got {value}")
+    return value
+
+
+def _list(env: Mapping[str, str], name: str, default: tuple, cast) -> tuple:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        values = tuple(cast(x.strip()) for x in raw.split(",") if x.strip())
+    except ValueError:
+        raise DispatchConfigError(f"{name} must be a comma-separated list, got {raw!r}") from None
+    if not values or any(v <= 0 for v in values):
+        raise DispatchConfigError(f"{name} needs positive values, got {raw!r}")
+    return values
+
+
+def _per_tier(env: Mapping[str, str], name: str, default: Mapping[SpeedTier, int],
+              scale: int) -> dict[SpeedTier, int]:
+    raw = env.get(name, "").strip()
+    out = dict(default)
+    if not raw:
+        return out
+    for item in raw.split(","):
+        key, sep, value = item.partition("=")
+        try:
+            tier = SpeedTier(key.strip().lower())
+            number = int(value.strip())
+        except ValueError:
+            raise DispatchConfigError(
+                f"{name} must look like express=20,standard=60; got {raw!r}") from None
+        if not sep or number <= 0:
+            raise DispatchConfigError(f"{name}: {item!r} needs a positive number")
+        out[tier] = number * scale
+    return out
+
+
+def from_env(env: Mapping[str, str]) -> DispatchConfig:
+    """Parse and validate the DISPATCH_* variables (defaults in ``DispatchConfig``).
+
+    DISPATCH_BATCH_SIZES (1,3), DISPATCH_OFFER_TIMEOUT_S (90), DISPATCH_OFFER_GRACE_S (30),
+    DISPATCH_RADII_KM (3,6,10,20), DISPATCH_LOCATION_MAX_AGE_S (900), DISPATCH_RETRY_S (120),
+    DISPATCH_SEARCH_DEADLINE_MIN (express=20,standard=60,economy=180),
+    DISPATCH_DELIVERY_HOURS (express=3,standard=8,economy=24), DISPATCH_WEIGHT_DISTANCE (50),
+    DISPATCH_WEIGHT_RATING (20), DISPATCH_WEIGHT_ACCEPTANCE (15), DISPATCH_WEIGHT_FAIRNESS
+    (15), DISPATCH_MAX_CANDIDATES (20), DISPATCH_OTP_MAX_FAILURES (5).
+    """
+    d = DispatchConfig()
+    weights = Weights(
+        distance=_int(env, "DISPATCH_WEIGHT_DISTANCE", d.weights.distance, 0),
+        rating=_int(env, "DISPATCH_WEIGHT_RATING", d.weights.rating, 0),
+        acceptance=_int(env, "DISPATCH_WEIGHT_ACCEPTANCE", d.weights.acceptance, 0),
+        fairness=_int(env, "DISPATCH_WEIGHT_FAIRNESS", d.weights.fairness, 0),
+    )
+    if weights.total == 0:
+        raise DispatchConfigError("DISPATCH_WEIGHT_*: at least one weight must be positive")
+    radii = tuple(sorted(_list(env, "DISPATCH_RADII_KM", d.radii_km, float)))
+    return DispatchConfig(
+        batch_sizes=_list(env, "DISPATCH_BATCH_SIZES", d.batch_sizes, int),
+        offer_timeout_s=_int(env, "DISPATCH_OFFER_TIMEOUT_S", d.offer_timeout_s, 5),
+        offer_grace_s=_int(env, "DISPATCH_OFFER_GRACE_S", d.offer_grace_s, 0),
+        radii_km=radii,
+        location_max_age_s=_int(env, "DISPATCH_LOCATION_MAX_AGE_S", d.location_max_age_s, 1),
+        retry_s=_int(env, "DISPATCH_RETRY_S", d.retry_s, 1),
+        search_deadline_s=_per_tier(env, "DISPATCH_SEARCH_DEADLINE_MIN", d.search_deadline_s,
+                                    60),
+        delivery_hours=_per_tier(env, "DISPATCH_DELIVERY_HOURS", d.delivery_hours, 1),
+        weights=weights,
+        max_candidates=_int(env, "DISPATCH_MAX_CANDIDATES", d.max_candidates, 1),
+        otp_max_failures=_int(env, "DISPATCH_OTP_MAX_FAILURES", d.otp_max_failures, 1),
+    )
+
+
+# --- eligibility ----------------------------------------------------------------------
+
+# Highest declared value (paise) each trust tier may carry; tier 3 is unlimited.
+TRUST_LIMIT_PAISE: Mapping[int, int | None] = {0: 1_000_00, 1: 5_000_00, 2: 25_000_00, 3: None}
+
+# Average rural speed (km/h) and the longest single leg (km) a vehicle type is asked to do.
+VEHICLE_SPEED_KMH: Mapping[VehicleType, int] = {
+    VehicleType.BICYCLE: 12, VehicleType.MOTORCYCLE: 30, VehicleType.E_RICKSHAW: 15,
+    VehicleType.AUTO: 25, VehicleType.PICKUP: 35, VehicleType.CART: 6,
+}
+VEHICLE_RANGE_KM: Mapping[VehicleType, int] = {
+    VehicleType.BICYCLE: 15, VehicleType.MOTORCYCLE: 60, VehicleType.E_RICKSHAW: 25,
+    VehicleType.AUTO: 40, VehicleType.PICKUP: 150, VehicleType.CART: 10,
+}
+
+
+@dataclass(frozen=True)
+class VehicleFacts:
+    type: VehicleType | str
+    payload_kg: int
+    max_size: SizeBucket | str
+    active: bool = True
+
+
+@dataclass(frozen=True)
+class PartnerFacts:
+    """What eligibility needs to know about one partner."""
+
+    partner_id: int
+    on_duty: bool
+    active_legs: int
+    max_active_legs: int
+    trust_tier: int
+    vehicles: tuple[VehicleFacts, ...]
+
+
+@dataclass(frozen=True)
+class Load:
+    """The parcel(s) of a leg as dispatch sees them."""
+
+    size: SizeBucket | str
+    weight: WeightBucket | str
+    declared_value_paise: int = 0
+
+
+def vehicle_fits(v: VehicleFacts, load: Load) -> bool:
+    """True if this vehicle may carry the load (type capacity, own size and payload)."""
+    if not v.active:
+        return False
+    size, weight = SizeBucket(load.size), WeightBucket(load.weight)
+    return (
+        can_carry(v.type, size, weight)
+        and size.rank <= SizeBucket(v.max_size).rank
+        and weight.max_grams <= v.payload_kg * 1000
+    )
+
+
+def trust_allows(tier: int, declared_value_paise: int) -> bool:
+    limit = TRUST_LIMIT_PAISE.get(tier, 0)
+    return limit is None or declared_value_paise <= limit
+
+
+def ineligible_reason(p: PartnerFacts, load: Load) -> str | None:
+    """None if the partner may be offered the load, else why not (a stable code)."""
+    if not p.on_duty:
+        return "off_duty"
+    if p.active_legs >= p.max_active_legs:
+        return "at_capacity"
+    if not trust_allows(p.trust_tier, load.declared_value_paise):
+        return "trust_tier"
+    if not any(vehicle_fits(v, load) for v in p.vehicles):
+        return "vehicle"
+    return None
+
+
+def can_do_direct(vehicle: VehicleType | str, distance_m: int, delivery_hours: int) -> bool:
+    """True if one ride on this vehicle type covers ``distance_m`` within the tier's time."""
+    vt = VehicleType(vehicle)
+    if distance_m > VEHICLE_RANGE_KM[vt] * 1000:
+        return False
+    return distance_m * 3600 <= VEHICLE_SPEED_KMH[vt] * 1000 * delivery_hours * 3600
+
+
+# --- ranking --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Candidate:
+    partner_id: int
+    distance_m: int
+    rating_x100: int = 450
+    offers_received: int = 0
+    offers_accepted: int = 0
+    earned_today_paise: int = 0
+
+
+def acceptance_rate(received: int, accepted: int) -> float:
+    """Smoothed acceptance rate (Laplace): a new partner counts as 50 %."""
+    return (max(accepted, 0) + 1) / (max(received, 0) + 2)
+
+
+def score(c: Candidate, w: Weights, radius_m: int, max_earned_paise: int) -> float:
+    """The documented score (module docstring); lower is better, between 0 and 1."""
+    d = min(c.distance_m / radius_m, 1.0) if radius_m > 0 else 0.0
+    r = 1.0 - min(max(c.rating_x100, 0), 500) / 500
+    a = 1.0 - acceptance_rate(c.offers_received, c.offers_accepted)
+    f = c.earned_today_paise / max_earned_paise if max_earned_paise > 0 else 0.0
+    total = (w.distance * d + w.rating * r + w.acceptance * a + w.fairness * f) / w.total
+    return round(total, 9)
+
+
+def rank(cands: Iterable[Candidate], w: Weights, radius_m: int) -> list[Candidate]:
+    """Candidates best first (score, then earned today, distance, partner id)."""
+    items = list(cands)
+    top = max((c.earned_today_paise for c in items), default=0)
+    return sorted(items, key=lambda c: (score(c, w, radius_m, top), c.earned_today_paise,
+                                        c.distance_m, c.partner_id))
+
+
+# --- relay planning -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Stop:
+    lat: float
+    lng: float
+    point_id: int | None = None
+
+
+def plan_relay(pickup: Stop, drop: Stop, points: Sequence[Stop], dist) -> list[Stop] | None:
+    """Stops of a relay pickup -> Point A -> Point B -> drop, or None if no useful relay.
+
+    A is the Point nearest the pickup, B the one nearest the drop (the same Point gives a
+    two-leg relay). ``dist(a, b)`` returns metres. A relay is only useful if every leg is
+    shorter than the direct trip.
+    """
+    if not points:
+        return None
+    a = min(points, key=lambda p: (dist(pickup, p), p.point_id or 0))
+    b = min(points, key=lambda p: (dist(drop, p), p.point_id or 0))
+    stops = [pickup, a] + ([b] if b.point_id != a.point_id else []) + [drop]
+    direct = dist(pickup, drop)
+    legs = [dist(x, y) for x, y in zip(stops, stops[1:], strict=False)]
+    if any(m >= direct for m in legs) or any(m == 0 for m in legs):
+        return None
+    return stops
+
+
+# --- offers ---------------------------------------------------------------------------
+
+
+class OfferStatus(StrEnum):
+    OPEN = "open"
+    ACCEPTED = "accepted"
+    DECLINED = "declined"
+    EXPIRED = "expired"
+    WITHDRAWN = "withdrawn"
+    CANCELLED = "cancelled"  # the partner accepted, then gave the job back
+
+
+class SearchStatus(StrEnum):
+    ACTIVE = "active"
+    DONE = "done"
+    FAILED = "failed"
+    PAUSED = "paused"
+
+
+# --- partner SMS commands -------------------------------------------------------------
+
+
+class Kind(StrEnum):
+    ON = "on"
+    OFF = "off"
+    ACCEPT = "accept"
+    DECLINE = "decline"
+    PICK = "pick"
+    DROP = "drop"
+    STATUS = "status"
+    HELP = "help"
+    CANCEL = "cancel"
+    UNKNOWN = "unknown"
+
+
+@dataclass(frozen=True)
+class Command:
+    """A parsed partner SMS: the command and the numbers that followed it, in order."""
+
+    kind: Kind
+    numbers: tuple[str, ...] = ()
+    words: tuple[str, ...] = ()
+
+
+# Words in English, Hindi (Devanagari) and Hinglish (Latin). Matched after casefold/NFC.
+WORDS: Mapping[Kind, frozenset[str]] = {
+    Kind.ON: frozenset({"on", "chalu", "chaalu", "chalo", "shuru", "start", "चालू", "चालु",
+                        "शुरू", "शुरु", "ऑन", "ओन"}),
+    Kind.OFF: frozenset({"off", "band", "bandh", "bund", "बंद", "बन्द", "ऑफ", "ओफ"}),
+    Kind.ACCEPT: frozenset({"yes", "y", "haan", "han", "ha", "haa", "haan ji", "ji", "ok",
+                            "okay", "accept", "hn", "हाँ", "हां", "हा", "जी", "ठीक", "यस",
+                            "ओके"}),
+    Kind.DECLINE: frozenset({"no", "n", "nahi", "nahin", "nai", "na", "nhi", "decline",
+                             "reject", "नहीं", "नही", "ना", "नो"}),
+    Kind.PICK: frozenset({"pick", "pickup", "picked", "pik", "uthaya", "uthaa", "utha",
+                          "पिक", "उठाया", "उठा", "लिया"}),
+    Kind.DROP: frozenset({"drop", "deliver", "delivered", "done", "pahucha", "pahuncha",
+                          "pahuchaya", "pahunchaya", "diya", "ड्रॉप", "ड्रोप", "पहुँचा",
+                          "पहुंचा", "पहुँचाया", "पहुंचाया", "दिया"}),
+    Kind.STATUS: frozenset({"status", "sthiti", "kaam", "job", "jobs", "स्थिति", "स्टेटस",
+                            "काम"}),
+    Kind.HELP: frozenset({"help", "madad", "sahayata", "?", "मदद", "सहायता", "हेल्प"}),
+    Kind.CANCEL: frozenset({"cancel", "radd", "rad", "chhod", "chod", "रद्द", "रद", "कैंसल",
+                            "छोड़", "छोड"}),
+}
+_LOOKUP: dict[str, Kind] = {}
+
+
+def normalize_text(raw: str) -> str:
+    """NFC, casefolded, any script's decimal digits turned into ASCII (१२३ -> 123)."""
+    text = unicodedata.normalize("NFC", raw or "")
+    out = []
+    for ch in text:
+        value = unicodedata.decimal(ch, None)
+        out.append(str(value) if value is not None else ch)
+    return "".join(out).casefold()
+
+
+def _class(ch: str) -> str:
+    if ch in "0123456789":
+        return "d"
+    cat = unicodedata.category(ch)
+    # Letters and combining marks: Devanagari vowel signs and viramas (Mn/Mc) are part of
+    # the word, which a plain \\w regex would split ("नहीं" -> "नह").
+    if cat[0] in "LM" or ch == "\u200d" or ch == "\u200c":
+        return "w"
+    return "?" if ch == "?" else " "
+
+
+def tokens(raw: str) -> list[str]:
+    """Words and digit runs ("YES57" -> yes, 57); punctuation and extra spaces dropped."""
+    out: list[str] = []
+    current, kind = "", " "
+    for ch in normalize_text(raw):
+        c = _class(ch)
+        if c != kind or c == "?":
+            if kind != " " and current:
+                out.append(current.replace("\u200d", "").replace("\u200c", ""))
+            current, kind = "", c
+        if c != " ":
+            current += ch
+    if kind != " " and current:
+        out.append(current.replace("\u200d", "").replace("\u200c", ""))
+    return [t for t in out if t]
+
+
+def _build_lookup() -> None:
+    for kind, words in WORDS.items():
+        for word in words:
+            # Same normalisation as the input, so "छोड़" typed either way matches.
+            _LOOKUP[" ".join(tokens(word))] = kind
+
+
+def parse_command(raw: str) -> Command:
+    """What a partner's SMS asks for. ``1``/``2`` alone are accept/decline."""
+    toks = tokens(raw)
+    if not toks:
+        return Command(Kind.UNKNOWN)
+    numbers = tuple(t for t in toks if t.isdigit())
+    words = tuple(t for t in toks if not t.isdigit())
+    if not words:
+        if numbers[0] == "1":
+            return Command(Kind.ACCEPT, numbers[1:])
+        if numbers[0] == "2":
+            return Command(Kind.DECLINE, numbers[1:])
+        return Command(Kind.UNKNOWN, numbers)
+    kinds = {_LOOKUP[w] for w in words if w in _LOOKUP}
+    kind = _LOOKUP.get(words[0])
+    if kind is None and len(words) >= 2:
+        kind = _LOOKUP.get(f"{words[0]} {words[1]}")
+    if Kind.STATUS in kinds and len(kinds) == 2 and kinds & {Kind.ON, Kind.OFF}:
+        kind = (kinds - {Kind.STATUS}).pop()  # "kaam band", "kaam chalu", "job off"
+    elif kind is None and len(kinds) == 1 and len(words) <= 3:
+        kind = next(iter(kinds))  # "duty on", "ok yes": a known word in a short message
+    if kind is None:
+        return Command(Kind.UNKNOWN, numbers, words)
+    return Command(kind, numbers, words)
+
+
+def split_otp_and_job(numbers: Sequence[str], job_codes: Iterable[str]) -> tuple[str | None,
+                                                                                str | None]:
+    """(otp, job) from the numbers after PICK/DROP: the OTP comes first, the job code second,
+    but a number that is one of the partner's job codes is taken as the job either way."""
+    codes = set(job_codes)
+    if not numbers:
+        return None, None
+    if len(numbers) == 1:
+        return numbers[0], None
+    a, b = numbers[0], numbers[1]
+    if a in codes and b not in codes:
+        return b, a
+    return a, b
+
+
+_build_lookup()

@@ -1,0 +1,1043 @@
+"""Dispatch use cases: plan legs, find partners, cascade offers, accept, pick up, deliver.
+
+How a leg finds its partner:
+
+1. ``start_dispatch`` (job, once the booking is paid) plans the legs (direct, or a relay
+   through Points when no eligible vehicle can do the whole trip in the tier's time),
+   moves the booking to ``dispatching`` and starts the search on leg 1.
+2. A search offers the best candidates near the leg's start in batches
+   (``DISPATCH_BATCH_SIZES``); each offer has a timeout job ``offer-timeout-<offer id>``.
+   When nobody is left at the current radius the radius widens; when the widest radius is
+   exhausted ops and the customer are told and the search starts over after
+   ``DISPATCH_RETRY_S``, until the tier's deadline (job ``dispatch-deadline-<leg>-<round>``)
+   fails the booking and asks payments for a refund.
+3. The first acceptance wins under a row lock on the leg (and a partial unique index allows
+   one accepted offer per leg); everyone else's offer is withdrawn by SMS.
+4. OTPs: pickup code to the sender (or, on a relay leg, to the partner handing over at the
+   Point), drop code to the recipient (or to the next leg's partner at the Point).
+   ``DISPATCH_OTP_MAX_FAILURES`` wrong codes lock the leg and alert ops.
+5. A delivered leg asks payments to release its payout (``release-<leg id>``); a relay's
+   next leg is dispatched as soon as the previous one is picked up, so its partner is
+   waiting at the Point.
+
+Every function that takes a Session works in the caller's transaction; job entry points
+open their own. Lock order is always leg, then offers, to rule out deadlocks.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import timedelta
+from functools import lru_cache
+from zoneinfo import ZoneInfo
+
+from sqlalchemy import func, select, update
+from sqlalchemy.orm import Session
+
+from core import clock, i18n
+from core.adapters import geo_index, storage
+from core.adapters.db import transaction
+from core.adapters.dispatch_models import (
+    DispatchOffer,
+    DispatchSearch,
+    OtpAttempt,
+    PartnerEvent,
+    PodPhoto,
+)
+from core.adapters.distance import road_distance_m
+from core.adapters.models import Booking, Leg, PartnerProfile, Person, Point, Vehicle
+from core.adapters.pincode import display_name
+from core.adapters.queue import after_commit, enqueue, queue
+from core.config import get_settings
+from core.domain import dispatch as rules
+from core.domain.booking import Actor, BookingStatus, LegStatus
+from core.domain.errors import NotFound, ValidationError
+from core.domain.geo import validate_lat_lng
+from core.domain.phone import normalize_phone
+from core.domain.pricing import SizeBucket, SpeedTier, WeightBucket, split_by_weights
+from core.services import notify
+from core.services.booking import active_rate_card, issue_leg_otps, move_booking, move_leg
+
+log = logging.getLogger(__name__)
+
+IST = ZoneInfo("Asia/Kolkata")
+ACTIVE_LEG_STATES = (LegStatus.ASSIGNED.value, LegStatus.PICKED_UP.value,
+                     LegStatus.LOCKED.value)
+# A timer that fires this early (clock skew between machines) still counts as due.
+DUE_TOLERANCE = timedelta(seconds=5)
+SYSTEM = Actor.system()
+CLOSED_BOOKING = frozenset({BookingStatus.CANCELLED.value, BookingStatus.FAILED.value,
+                            BookingStatus.REFUNDED.value, BookingStatus.EXPIRED.value})
+
+
+@lru_cache(maxsize=1)
+def config() -> rules.DispatchConfig:
+    """DISPATCH_* settings, parsed and validated once (see core.domain.dispatch.from_env)."""
+    return rules.from_env(os.environ)
+
+
+def reset_config() -> None:
+    config.cache_clear()
+
+
+# --- jobs and small helpers -----------------------------------------------------------
+
+
+def _schedule_in(session: Session, seconds: float, func_path: str, *args: object,
+                 job_id: str) -> None:
+    """Schedule an RQ job ``seconds`` from now, once this transaction commits."""
+
+    def go() -> None:
+        q = queue("default")
+        if q.fetch_job(job_id) is not None:
+            return  # natural job id: already scheduled (or ran) for this cause
+        q.enqueue_in(timedelta(seconds=max(seconds, 0)), func_path, *args, job_id=job_id,
+                     result_ttl=3600, failure_ttl=7 * 86400)
+
+    after_commit(session, go)
+
+
+def _enqueue_after_commit(session: Session, func_path: str, *args: object, job_id: str) -> None:
+    after_commit(session, lambda: enqueue(func_path, *args, job_id=job_id))
+
+
+def _partner_actor(partner: PartnerProfile) -> Actor:
+    return Actor("partner", str(partner.id))
+
+
+def _person(session: Session, partner: PartnerProfile) -> Person:
+    person = session.get(Person, partner.person_id)
+    assert person is not None
+    return person
+
+
+def _lang(person: Person | None) -> str:
+    return (person.preferred_language if person else None) or i18n.DEFAULT_LANGUAGE
+
+
+def _sms_partner(session: Session, partner: PartnerProfile, key: str, *, dedupe_key: str,
+                 booking_id: int | None = None, **params: object) -> None:
+    person = _person(session, partner)
+    if person.phone:
+        notify.notify_phone(session, person.phone, key, lang=_lang(person),
+                            dedupe_key=dedupe_key, booking_id=booking_id, **params)
+
+
+def alert_ops(session: Session, key: str, *, dedupe_key: str, booking_id: int | None = None,
+              **params: object) -> int:
+    """An SMS to every operator (people with role ``ops``) and to OPS_PHONE when it can take
+    SMS (the default 1800 number cannot); each in their language. Returns how many."""
+    phones = list(session.scalars(select(Person.phone).where(
+        Person.role == "ops", Person.phone.is_not(None)).order_by(Person.id)))
+    try:
+        phones.append(normalize_phone(get_settings().ops_phone))
+    except ValidationError:
+        pass
+    sent = 0
+    for phone in dict.fromkeys(phones):
+        try:
+            if notify.notify_phone(session, phone, key, booking_id=booking_id,
+                                   dedupe_key=f"{dedupe_key}-{phone}"[:120], **params):
+                sent += 1
+        except ValidationError:
+            log.warning("ops phone cannot take SMS", extra={"key": key})
+    if not sent:
+        log.warning("ops alert reached nobody", extra={"key": key, "booking_id": booking_id})
+    return sent
+
+
+def _status_to_customer(session: Session, booking: Booking, tag: object) -> None:
+    notify.notify_customer(session, booking, f"booking.status.{booking.status}",
+                           dedupe_key=f"booking-{booking.id}-{booking.status}-{tag}")
+
+
+def load_of(booking: Booking) -> rules.Load:
+    """The booking's parcels as one load: the biggest size, the heaviest bucket, the sum
+    of declared values."""
+    parcels = list(booking.parcels)
+    if not parcels:
+        return rules.Load(SizeBucket.BAG, WeightBucket.W5, 0)
+    size = max((SizeBucket(p.size_bucket) for p in parcels), key=lambda s: s.rank)
+    weight = max((WeightBucket(p.weight_bucket) for p in parcels), key=lambda w: w.rank)
+    return rules.Load(size, weight, sum(p.declared_value_paise for p in parcels))
+
+
+def _place(session: Session, booking: Booking, leg: Leg, end: str) -> str:
+    """A short name people know for a leg's start or end: the Point, else the village."""
+    point_id = leg.from_point_id if end == "from" else leg.to_point_id
+    if point_id is not None:
+        point = session.get(Point, point_id)
+        if point is not None:
+            return point.name
+    is_pickup = end == "from"
+    office = booking.pickup_post_office if is_pickup else booking.drop_post_office
+    landmark = booking.pickup_landmark if is_pickup else booking.drop_landmark
+    pincode = booking.pickup_pincode if is_pickup else booking.drop_pincode
+    name = display_name(office) if office else (pincode or "")
+    if landmark:
+        name = f"{name}, {landmark}" if name else landmark
+    return name[:60] or "-"
+
+
+def job_code(leg: Leg) -> str:
+    """What a partner types to name a job: the leg id (digits only, keyable)."""
+    return str(leg.id)
+
+
+# --- candidates -----------------------------------------------------------------------
+
+
+def _home_positions(session: Session) -> list[tuple[int, float, float, bool]]:
+    rows = session.execute(
+        select(PartnerProfile.id, Point.lat, Point.lng, PartnerProfile.has_app)
+        .join(Point, Point.id == PartnerProfile.home_point_id)
+    )
+    return [(pid, lat, lng, has_app) for pid, lat, lng, has_app in rows]
+
+
+def _active_leg_counts(session: Session, ids: Iterable[int]) -> dict[int, int]:
+    rows = session.execute(
+        select(Leg.partner_id, func.count()).where(Leg.partner_id.in_(list(ids)),
+                                                   Leg.status.in_(ACTIVE_LEG_STATES))
+        .group_by(Leg.partner_id)
+    )
+    return {pid: n for pid, n in rows}
+
+
+def _earned_today(session: Session, ids: Iterable[int]) -> dict[int, int]:
+    start = clock.now().astimezone(IST).replace(hour=0, minute=0, second=0, microsecond=0)
+    rows = session.execute(
+        select(Leg.partner_id, func.coalesce(func.sum(Leg.payout_paise), 0))
+        .where(Leg.partner_id.in_(list(ids)), Leg.status == LegStatus.DELIVERED.value,
+               Leg.updated_at >= start)
+        .group_by(Leg.partner_id)
+    )
+    return {pid: int(total) for pid, total in rows}
+
+
+def partner_facts(session: Session,
+                  profiles: list[PartnerProfile]) -> dict[int, rules.PartnerFacts]:
+    """Eligibility facts for these partners (vehicles and active legs from PostgreSQL)."""
+    ids = [p.id for p in profiles]
+    vehicles: dict[int, list[rules.VehicleFacts]] = {i: [] for i in ids}
+    for v in session.scalars(select(Vehicle).where(Vehicle.partner_id.in_(ids))):
+        vehicles[v.partner_id].append(rules.VehicleFacts(v.type, v.payload_kg, v.max_size,
+                                                         v.active))
+    active = _active_leg_counts(session, ids)
+    return {
+        p.id: rules.PartnerFacts(p.id, p.on_duty, active.get(p.id, 0), p.max_active_legs,
+                                 p.trust_tier, tuple(vehicles[p.id]))
+        for p in profiles
+    }
+
+
+@dataclass(frozen=True)
+class Ranked:
+    candidate: rules.Candidate
+    score: float
+
+
+def find_candidates(session: Session, lat: float, lng: float, load: rules.Load,
+                    radius_km: float, *, exclude: set[int] = frozenset()) -> list[Ranked]:  # type: ignore[assignment]
+    """Eligible partners within ``radius_km`` of a point, best first (documented score)."""
+    cfg = config()
+    geo_index.ensure_homes(lambda: _home_positions(session))
+    near = geo_index.nearby(lat, lng, radius_km, max_age_s=cfg.location_max_age_s,
+                            now=clock.now())
+    near = [n for n in near if n.partner_id not in exclude][: cfg.max_candidates * 3]
+    if not near:
+        return []
+    profiles = list(session.scalars(
+        select(PartnerProfile).where(PartnerProfile.id.in_([n.partner_id for n in near]))))
+    facts = partner_facts(session, profiles)
+    earned = _earned_today(session, facts)
+    by_id = {p.id: p for p in profiles}
+    cands = []
+    for n in near:
+        p = by_id.get(n.partner_id)
+        if p is None or rules.ineligible_reason(facts[p.id], load) is not None:
+            continue
+        cands.append(rules.Candidate(p.id, n.distance_m, p.rating_x100, p.offers_received,
+                                     p.offers_accepted, earned.get(p.id, 0)))
+    radius_m = int(radius_km * 1000)
+    ranked = rules.rank(cands, cfg.weights, radius_m)[: cfg.max_candidates]
+    top = max((c.earned_today_paise for c in ranked), default=0)
+    return [Ranked(c, rules.score(c, cfg.weights, radius_m, top)) for c in ranked]
+
+
+# --- planning -------------------------------------------------------------------------
+
+
+def _legs(session: Session, booking: Booking) -> list[Leg]:
+    return list(session.scalars(select(Leg).where(Leg.booking_id == booking.id)
+                                .order_by(Leg.sequence)))
+
+
+def _direct_possible(session: Session, booking: Booking, leg: Leg, load: rules.Load,
+                     hours: int) -> bool:
+    cfg = config()
+    cands = find_candidates(session, leg.from_lat, leg.from_lng, load, cfg.radii_km[-1])
+    if cands:
+        ids = [r.candidate.partner_id for r in cands]
+        for v in session.scalars(select(Vehicle).where(Vehicle.partner_id.in_(ids))):
+            facts = rules.VehicleFacts(v.type, v.payload_kg, v.max_size, v.active)
+            if rules.vehicle_fits(facts, load) and rules.can_do_direct(v.type, leg.distance_m,
+                                                                        hours):
+                return True
+        return False
+    # Nobody near right now: relay only if no vehicle type could ever do it in one ride.
+    from core.domain.pricing import VehicleType, can_carry
+
+    return any(can_carry(vt, load.size, load.weight)
+               and rules.can_do_direct(vt, leg.distance_m, hours) for vt in VehicleType)
+
+
+def plan_legs(session: Session, booking: Booking) -> list[Leg]:
+    """Keep the direct leg, or replan it into a relay through Points (payouts by distance)."""
+    legs = _legs(session, booking)
+    if len(legs) != 1:
+        return legs
+    leg = legs[0]
+    cfg = config()
+    hours = cfg.delivery_hours[SpeedTier(booking.speed_tier)]
+    if _direct_possible(session, booking, leg, load_of(booking), hours):
+        return legs
+    points = [rules.Stop(p.lat, p.lng, p.id)
+              for p in session.scalars(select(Point).where(Point.active.is_(True)))]
+    detour = active_rate_card(session).detour_factor_bp
+    osrm = get_settings().osrm_url
+    cache: dict[tuple, int] = {}
+
+    def dist(a: rules.Stop, b: rules.Stop) -> int:
+        key = (a.lat, a.lng, b.lat, b.lng)
+        if key not in cache:
+            cache[key] = road_distance_m((a.lat, a.lng), (b.lat, b.lng), detour_factor_bp=detour,
+                                         osrm_url=osrm).metres
+        return cache[key]
+
+    stops = rules.plan_relay(rules.Stop(leg.from_lat, leg.from_lng),
+                             rules.Stop(leg.to_lat, leg.to_lng), points, dist)
+    if stops is None:
+        return legs
+    distances = [dist(a, b) for a, b in zip(stops, stops[1:], strict=False)]
+    payouts = split_by_weights(booking.partner_share_paise, distances)
+    last_stop = stops[-1]
+    first_to = stops[1]
+    leg.to_point_id, leg.to_lat, leg.to_lng = first_to.point_id, first_to.lat, first_to.lng
+    leg.distance_m, leg.payout_paise = distances[0], payouts[0]
+    out = [leg]
+    for i in range(1, len(distances)):
+        a, b = stops[i], stops[i + 1]
+        new = Leg(booking_id=booking.id, sequence=i + 1, status=LegStatus.PENDING.value,
+                  from_point_id=a.point_id, to_point_id=b.point_id if b is not last_stop
+                  else None, from_lat=a.lat, from_lng=a.lng, to_lat=b.lat, to_lng=b.lng,
+                  distance_m=distances[i], payout_paise=payouts[i], otp_failures=0)
+        session.add(new)
+        session.flush()
+        from core.services.booking import record
+
+        record(session, "leg", new.id, None, LegStatus.PENDING, SYSTEM, "relay leg planned")
+        out.append(new)
+    log.info("relay planned", extra={"booking_id": booking.id, "legs": len(out)})
+    return out
+
+
+# --- the search -----------------------------------------------------------------------
+
+
+def start_dispatch(booking_id: int) -> str:
+    """Job: a paid booking gets its legs planned and its first leg offered (idempotent)."""
+    with transaction() as session:
+        booking = session.get(Booking, booking_id, with_for_update=True)
+        if booking is None:
+            return "missing"
+        if booking.status != BookingStatus.PAID.value:
+            return "already-" + booking.status
+        legs = plan_legs(session, booking)
+        move_booking(session, booking, BookingStatus.DISPATCHING, SYSTEM,
+                     "paid; looking for a partner" + (" (relay)" if len(legs) > 1 else ""))
+        _status_to_customer(session, booking, "start")
+        start_search(session, booking, legs[0])
+        return "dispatching"
+
+
+def start_search(session: Session, booking: Booking, leg: Leg, *,
+                 actor: Actor = SYSTEM) -> DispatchSearch:
+    """Begin (or begin again) looking for a partner for ``leg``; offers the first batch."""
+    cfg = config()
+    now = clock.now()
+    search = session.scalar(select(DispatchSearch).where(DispatchSearch.leg_id == leg.id)
+                            .with_for_update())
+    deadline = now + timedelta(seconds=cfg.search_deadline_s[SpeedTier(booking.speed_tier)])
+    if search is None:
+        search = DispatchSearch(leg_id=leg.id, round=1, started_at=now)
+        session.add(search)
+    else:
+        search.round += 1
+        search.started_at = now
+    search.status = rules.SearchStatus.ACTIVE.value
+    search.pass_no, search.radius_step, search.batch_no = 1, 0, 0
+    search.exhausted_pass, search.deadline_at, search.next_try_at = 0, deadline, None
+    if leg.status != LegStatus.OFFERING.value:
+        move_leg(session, leg, LegStatus.OFFERING, actor, "looking for a partner")
+    session.flush()
+    _schedule_in(session, (deadline - now).total_seconds(), "workers.dispatch.search_deadline",
+                 leg.id, search.round, job_id=f"dispatch-deadline-{leg.id}-{search.round}")
+    offer_next_batch(session, booking, leg, search)
+    return search
+
+
+def _excluded(session: Session, leg: Leg, search: DispatchSearch) -> set[int]:
+    """Partners not to offer again now: they said no, gave it back, or had it this pass."""
+    rows = session.execute(
+        select(DispatchOffer.partner_id, DispatchOffer.status, DispatchOffer.round,
+               DispatchOffer.pass_no).where(DispatchOffer.leg_id == leg.id))
+    out = set()
+    for pid, status, rnd, pass_no in rows:
+        if status in (rules.OfferStatus.DECLINED, rules.OfferStatus.CANCELLED):
+            out.add(pid)
+        elif rnd == search.round and pass_no == search.pass_no:
+            out.add(pid)
+        elif status == rules.OfferStatus.OPEN:
+            out.add(pid)
+    return out
+
+
+def offer_next_batch(session: Session, booking: Booking, leg: Leg,
+                     search: DispatchSearch) -> int:
+    """Offer the leg to the next batch of candidates, widening the radius when nobody is
+    left; when even the widest radius is exhausted, tell ops/customer and retry later."""
+    cfg = config()
+    if booking.status in CLOSED_BOOKING:
+        search.status = rules.SearchStatus.DONE.value
+        search.next_try_at = None
+        _withdraw_open(session, leg, booking)
+        return 0
+    exclude = _excluded(session, leg, search)
+    # One open offer per partner at a time, so a bare "1" always names one job.
+    exclude |= set(session.scalars(select(DispatchOffer.partner_id).where(
+        DispatchOffer.status == rules.OfferStatus.OPEN.value)))
+    load = load_of(booking)
+    while True:
+        radius = cfg.radii_km[search.radius_step]
+        ranked = find_candidates(session, leg.from_lat, leg.from_lng, load, radius,
+                                 exclude=exclude)
+        if ranked:
+            break
+        if search.radius_step + 1 < len(cfg.radii_km):
+            search.radius_step += 1
+            log.info("widening search", extra={"leg_id": leg.id,
+                                               "radius_km": cfg.radii_km[search.radius_step]})
+            continue
+        _exhausted(session, booking, leg, search)
+        return 0
+    now = clock.now()
+    batch = ranked[: cfg.batch_size(search.batch_no)]
+    expires = now + timedelta(seconds=cfg.offer_timeout_s)
+    pickup, drop = _place(session, booking, leg, "from"), _place(session, booking, leg, "to")
+    for r in batch:
+        partner = session.get(PartnerProfile, r.candidate.partner_id)
+        assert partner is not None
+        offer = DispatchOffer(leg_id=leg.id, partner_id=partner.id,
+                              status=rules.OfferStatus.OPEN.value, round=search.round,
+                              pass_no=search.pass_no, batch_no=search.batch_no,
+                              distance_m=r.candidate.distance_m, score=r.score,
+                              offered_at=now, expires_at=expires)
+        session.add(offer)
+        partner.offers_received = PartnerProfile.offers_received + 1
+        session.flush()
+        person = _person(session, partner)
+        lang = _lang(person)
+        _sms_partner(session, partner, "dispatch.offer", dedupe_key=f"offer-{offer.id}",
+                     booking_id=booking.id, job=job_code(leg), pickup=pickup, drop=drop,
+                     km=f"{leg.distance_m / 1000:.1f}",
+                     size=i18n.t(f"dispatch.size.{load.size}", lang),
+                     kg=WeightBucket(load.weight).max_grams // 1000,
+                     payout_paise=leg.payout_paise)
+        _schedule_in(session, cfg.offer_timeout_s, "workers.dispatch.offer_timeout", offer.id,
+                     job_id=f"offer-timeout-{offer.id}")
+    search.batch_no += 1
+    # If the timeout jobs are lost (worker killed before they were scheduled), the sweep
+    # finds the offers past expires_at and moves the search on.
+    search.next_try_at = expires
+    return len(batch)
+
+
+def _exhausted(session: Session, booking: Booking, leg: Leg, search: DispatchSearch) -> None:
+    cfg = config()
+    now = clock.now()
+    if search.exhausted_pass == 0:
+        # Once per round: ops can call partners, the customer knows we are still on it.
+        alert_ops(session, "dispatch.ops_no_partner", booking_id=booking.id,
+                  dedupe_key=f"leg-{leg.id}-r{search.round}-ops-nopartner",
+                  ref=booking.reference, job=job_code(leg))
+        notify.notify_customer(session, booking, "dispatch.still_searching",
+                               dedupe_key=f"leg-{leg.id}-r{search.round}-searching")
+    search.exhausted_pass = search.pass_no
+    search.pass_no += 1
+    search.radius_step, search.batch_no = 0, 0
+    retry_at = now + timedelta(seconds=cfg.retry_s)
+    if retry_at < search.deadline_at:
+        search.next_try_at = retry_at
+        _schedule_in(session, cfg.retry_s, "workers.dispatch.continue_search", leg.id,
+                     job_id=f"dispatch-retry-{leg.id}-{search.round}-{search.pass_no}")
+    else:
+        search.next_try_at = search.deadline_at
+
+
+def _open_offers(session: Session, leg_id: int) -> list[DispatchOffer]:
+    return list(session.scalars(select(DispatchOffer).where(
+        DispatchOffer.leg_id == leg_id, DispatchOffer.status == rules.OfferStatus.OPEN.value)
+        .order_by(DispatchOffer.id).with_for_update()))
+
+
+def _lock_leg(session: Session, leg_id: int) -> Leg | None:
+    return session.get(Leg, leg_id, with_for_update=True, populate_existing=True)
+
+
+def _search_of(session: Session, leg_id: int) -> DispatchSearch | None:
+    return session.scalar(select(DispatchSearch).where(DispatchSearch.leg_id == leg_id)
+                          .with_for_update())
+
+
+def _maybe_continue(session: Session, leg: Leg) -> None:
+    """After an offer closed: if nothing else is open for the leg, offer the next batch."""
+    if leg.status != LegStatus.OFFERING.value or _open_offers(session, leg.id):
+        return
+    search = _search_of(session, leg.id)
+    booking = session.get(Booking, leg.booking_id, with_for_update=True)
+    if search is None or booking is None or search.status != rules.SearchStatus.ACTIVE.value:
+        return
+    if clock.now() >= search.deadline_at and booking.status not in CLOSED_BOOKING:
+        _fail_search(session, booking, leg, search)
+        return
+    offer_next_batch(session, booking, leg, search)
+
+
+def offer_timeout(offer_id: int) -> str:
+    """Job ``offer-timeout-<id>``: expire an unanswered offer; changes nothing if it was
+    answered (accepted, declined, withdrawn) in the meantime."""
+    with transaction() as session:
+        leg_id = session.scalar(select(DispatchOffer.leg_id).where(DispatchOffer.id == offer_id))
+        if leg_id is None:
+            return "missing"
+        leg = _lock_leg(session, leg_id)
+        offer = session.get(DispatchOffer, offer_id, with_for_update=True,
+                            populate_existing=True)
+        assert leg is not None and offer is not None
+        if offer.status != rules.OfferStatus.OPEN.value:
+            return "already-" + offer.status
+        if clock.now() + DUE_TOLERANCE < offer.expires_at:
+            return "not-due"
+        _expire(session, offer)
+        _maybe_continue(session, leg)
+        return "expired"
+
+
+def _expire(session: Session, offer: DispatchOffer) -> None:
+    offer.status = rules.OfferStatus.EXPIRED.value
+    offer.responded_at = clock.now()
+
+
+def continue_search(leg_id: int) -> str:
+    """Job: search again after the candidate list ran dry (``dispatch-retry-...``)."""
+    with transaction() as session:
+        leg = _lock_leg(session, leg_id)
+        search = _search_of(session, leg_id)
+        if leg is None or search is None:
+            return "missing"
+        if search.status != rules.SearchStatus.ACTIVE.value or leg.status != "offering":
+            return "stale"
+        if _open_offers(session, leg_id):
+            return "offers-open"
+        if search.next_try_at and clock.now() + DUE_TOLERANCE < search.next_try_at:
+            return "not-due"
+        _maybe_continue(session, leg)
+        return "continued"
+
+
+def search_deadline(leg_id: int, round_no: int) -> str:
+    """Job ``dispatch-deadline-<leg>-<round>``: past the tier's deadline the search fails."""
+    with transaction() as session:
+        leg = _lock_leg(session, leg_id)
+        search = _search_of(session, leg_id)
+        if leg is None or search is None:
+            return "missing"
+        if search.round != round_no or search.status != rules.SearchStatus.ACTIVE.value:
+            return "stale"
+        if leg.status != LegStatus.OFFERING.value:
+            return "not-offering"
+        if clock.now() + DUE_TOLERANCE < search.deadline_at:
+            return "not-due"
+        booking = session.get(Booking, leg.booking_id, with_for_update=True)
+        assert booking is not None
+        _fail_search(session, booking, leg, search)
+        return search.status
+
+
+def _withdraw_open(session: Session, leg: Leg, booking: Booking, *,
+                   keep: int | None = None) -> None:
+    for other in _open_offers(session, leg.id):
+        if other.id == keep:
+            continue
+        other.status = rules.OfferStatus.WITHDRAWN.value
+        other.responded_at = clock.now()
+        partner = session.get(PartnerProfile, other.partner_id)
+        assert partner is not None
+        _sms_partner(session, partner, "dispatch.withdrawn", booking_id=booking.id,
+                     dedupe_key=f"offer-{other.id}-withdrawn", job=job_code(leg))
+
+
+def _fail_search(session: Session, booking: Booking, leg: Leg, search: DispatchSearch) -> None:
+    """No partner before the deadline. Before pickup the booking fails and is refunded; a
+    later relay leg (the parcel waits at a Point) is paused for ops instead."""
+    _withdraw_open(session, leg, booking)
+    if leg.sequence == 1 and booking.status == BookingStatus.DISPATCHING.value:
+        search.status = rules.SearchStatus.FAILED.value
+        move_leg(session, leg, LegStatus.FAILED, SYSTEM, "no partner before the deadline")
+        for other in _legs(session, booking):
+            if other.id != leg.id and other.status == LegStatus.PENDING.value:
+                move_leg(session, other, LegStatus.CANCELLED, SYSTEM, "booking failed")
+        move_booking(session, booking, BookingStatus.FAILED, SYSTEM,
+                     "no partner before the deadline")
+        _status_to_customer(session, booking, "no-partner")
+        alert_ops(session, "dispatch.ops_failed", booking_id=booking.id,
+                  dedupe_key=f"booking-{booking.id}-ops-failed", ref=booking.reference)
+        _enqueue_after_commit(session, "workers.payments.refund_booking", booking.id,
+                              "no_partner", job_id=f"refund-{booking.id}")
+        log.warning("dispatch failed: no partner", extra={"booking_id": booking.id})
+    else:
+        search.status = rules.SearchStatus.PAUSED.value
+        move_leg(session, leg, LegStatus.PENDING, SYSTEM, "no partner before the deadline")
+        alert_ops(session, "dispatch.ops_paused", booking_id=booking.id,
+                  dedupe_key=f"leg-{leg.id}-r{search.round}-ops-paused",
+                  ref=booking.reference, job=job_code(leg))
+
+
+def sweep() -> dict[str, int]:
+    """Periodic safety net: expire offers past their time (their timeout job was lost),
+    move stalled searches on, and apply deadlines whose job was lost."""
+    cfg = config()
+    now = clock.now()
+    done = {"expired": 0, "continued": 0, "deadlines": 0}
+    with transaction() as session:
+        overdue = list(session.scalars(select(DispatchOffer.id).where(
+            DispatchOffer.status == rules.OfferStatus.OPEN.value,
+            DispatchOffer.expires_at < now - timedelta(seconds=cfg.offer_grace_s))
+            .order_by(DispatchOffer.id).limit(500)))
+        stalled = list(session.execute(select(DispatchSearch.leg_id, DispatchSearch.round,
+                                              DispatchSearch.deadline_at).where(
+            DispatchSearch.status == rules.SearchStatus.ACTIVE.value,
+            DispatchSearch.next_try_at < now).limit(500)))
+    for offer_id in overdue:
+        if offer_timeout(offer_id) == "expired":
+            done["expired"] += 1
+    for leg_id, round_no, deadline_at in stalled:
+        if deadline_at <= now:
+            if search_deadline(leg_id, round_no) != "stale":
+                done["deadlines"] += 1
+        elif continue_search(leg_id) == "continued":
+            done["continued"] += 1
+    return done
+
+
+# --- partner actions ------------------------------------------------------------------
+
+
+@dataclass
+class Reply:
+    """What to answer the partner: a catalog key and its parameters."""
+
+    key: str
+    params: dict[str, object]
+
+    def render(self, lang: str) -> str:
+        return i18n.t(self.key, lang, **self.params)
+
+
+def _r(key: str, **params: object) -> Reply:
+    return Reply(key, params)
+
+
+def open_offers_of(session: Session, partner: PartnerProfile) -> list[DispatchOffer]:
+    return list(session.scalars(select(DispatchOffer).where(
+        DispatchOffer.partner_id == partner.id,
+        DispatchOffer.status == rules.OfferStatus.OPEN.value).order_by(DispatchOffer.id)))
+
+
+def active_legs_of(session: Session, partner: PartnerProfile) -> list[Leg]:
+    return list(session.scalars(select(Leg).where(Leg.partner_id == partner.id,
+                                                  Leg.status.in_(ACTIVE_LEG_STATES))
+                                .order_by(Leg.id)))
+
+
+def _pick_offer(session: Session, partner: PartnerProfile,
+                code: str | None) -> DispatchOffer | Reply:
+    offers = open_offers_of(session, partner)
+    if code is not None:
+        for o in offers:
+            if str(o.leg_id) == code:
+                return o
+        if code.isdigit() and len(code) < 10:
+            past = session.scalar(select(DispatchOffer).where(
+                DispatchOffer.partner_id == partner.id, DispatchOffer.leg_id == int(code))
+                .order_by(DispatchOffer.id.desc()))
+            if past is not None:
+                if past.status == rules.OfferStatus.ACCEPTED.value:
+                    return _r("dispatch.already_yours", job=code)
+                if past.status == rules.OfferStatus.EXPIRED.value:
+                    return _r("dispatch.offer_expired", job=code)
+                return _r("dispatch.taken", job=code)
+        return _r("dispatch.no_such_offer", job=code)
+    if not offers:
+        return _r("dispatch.no_offer")
+    if len(offers) > 1:
+        return _r("dispatch.several_offers", jobs=" ".join(str(o.leg_id) for o in offers),
+                  job=offers[0].leg_id)
+    return offers[0]
+
+
+def accept(session: Session, partner: PartnerProfile, code: str | None) -> Reply:
+    """The partner says yes. The first valid acceptance wins; later ones hear it is taken."""
+    found = _pick_offer(session, partner, code)
+    if isinstance(found, Reply):
+        return found
+    leg = _lock_leg(session, found.leg_id)  # serialises competing acceptances
+    offer = session.get(DispatchOffer, found.id, with_for_update=True, populate_existing=True)
+    assert leg is not None and offer is not None
+    booking = session.get(Booking, leg.booking_id, with_for_update=True)
+    assert booking is not None
+    job = job_code(leg)
+    if offer.status != rules.OfferStatus.OPEN.value:
+        return _r("dispatch.taken", job=job)
+    if leg.status != LegStatus.OFFERING.value or booking.status in CLOSED_BOOKING:
+        offer.status = rules.OfferStatus.WITHDRAWN.value
+        offer.responded_at = clock.now()
+        return _r("dispatch.taken", job=job)
+    cfg = config()
+    if clock.now() > offer.expires_at + timedelta(seconds=cfg.offer_grace_s):
+        _expire(session, offer)
+        _maybe_continue(session, leg)
+        return _r("dispatch.offer_expired", job=job)
+    facts = partner_facts(session, [partner])[partner.id]
+    reason = rules.ineligible_reason(
+        rules.PartnerFacts(partner.id, True, facts.active_legs, facts.max_active_legs,
+                           facts.trust_tier, facts.vehicles), load_of(booking))
+    if reason == "at_capacity":
+        return _r("dispatch.at_capacity", n=facts.active_legs)
+    now = clock.now()
+    offer.status = rules.OfferStatus.ACCEPTED.value
+    offer.responded_at = now
+    partner.offers_accepted = PartnerProfile.offers_accepted + 1
+    if not partner.on_duty:
+        partner.on_duty = True  # taking a job means working
+    leg.partner_id = partner.id
+    move_leg(session, leg, LegStatus.ASSIGNED, _partner_actor(partner), "offer accepted")
+    _withdraw_open(session, leg, booking, keep=offer.id)
+    search = _search_of(session, leg.id)
+    if search is not None:
+        search.status = rules.SearchStatus.DONE.value
+        search.next_try_at = None
+    if booking.status == BookingStatus.DISPATCHING.value:
+        move_booking(session, booking, BookingStatus.ASSIGNED, _partner_actor(partner),
+                     "partner accepted")
+        _status_to_customer(session, booking, f"offer{offer.id}")
+    giver_phone = send_leg_codes(session, booking, leg, tag=f"o{offer.id}")
+    return _r("dispatch.accepted", job=job, pickup=_place(session, booking, leg, "from"),
+              phone=giver_phone or get_settings().ops_phone)
+
+
+def send_leg_codes(session: Session, booking: Booking, leg: Leg, *, tag: str) -> str | None:
+    """Issue the leg's OTPs and send them to whoever hands over and receives the parcel.
+
+    Returns the phone of the person the partner collects from (sender, or the previous
+    leg's partner on a relay)."""
+    pickup_code, drop_code = issue_leg_otps(leg)
+    legs = _legs(session, booking)
+    is_last = leg.sequence == len(legs)
+    partner = session.get(PartnerProfile, leg.partner_id) if leg.partner_id else None
+    giver_phone: str | None
+    point = _place(session, booking, leg, "from")
+    if leg.sequence == 1:
+        notify.notify_customer(session, booking, "dispatch.pickup_otp", otp=pickup_code,
+                               dedupe_key=f"leg-{leg.id}-pickotp-{tag}")
+        customer = session.get(Person, booking.customer_id)
+        giver_phone = customer.phone if customer else None
+    else:
+        prev = legs[leg.sequence - 2]
+        prev_partner = session.get(PartnerProfile, prev.partner_id) if prev.partner_id else None
+        giver_phone = None
+        if prev_partner is not None and partner is not None:
+            giver_phone = _person(session, prev_partner).phone
+            # The rider handing over at the Point gives this code to the next rider ...
+            _sms_partner(session, prev_partner, "dispatch.handover_give", booking_id=booking.id,
+                         dedupe_key=f"leg-{leg.id}-handgive-{tag}", job=job_code(prev),
+                         point=point, otp=pickup_code)
+            # ... and keys in the code the next rider reads out: prev leg's drop OTP.
+            if prev.status in (LegStatus.ASSIGNED.value, LegStatus.PICKED_UP.value):
+                _, prev_drop = issue_leg_otps(prev)
+                _sms_partner(session, partner, "dispatch.handover_take", booking_id=booking.id,
+                             dedupe_key=f"leg-{leg.id}-handtake-{tag}", job=job_code(leg),
+                             point=point, otp=prev_drop)
+    if is_last:
+        if booking.recipient_phone:
+            notify.notify_phone(session, booking.recipient_phone, "dispatch.drop_otp",
+                                booking_id=booking.id, dedupe_key=f"leg-{leg.id}-dropotp-{tag}",
+                                ref=booking.reference, otp=drop_code)
+        else:
+            notify.notify_customer(session, booking, "dispatch.drop_otp_sender", otp=drop_code,
+                                   dedupe_key=f"leg-{leg.id}-dropotp-{tag}")
+    return giver_phone
+
+
+def decline(session: Session, partner: PartnerProfile, code: str | None) -> Reply:
+    """The partner says no: the offer closes and the cascade moves on if nothing is open."""
+    found = _pick_offer(session, partner, code)
+    if isinstance(found, Reply):
+        if found.key == "dispatch.already_yours":
+            return _r("dispatch.cancel_hint", job=found.params["job"])
+        return found
+    leg = _lock_leg(session, found.leg_id)
+    offer = session.get(DispatchOffer, found.id, with_for_update=True, populate_existing=True)
+    assert leg is not None and offer is not None
+    if offer.status != rules.OfferStatus.OPEN.value:
+        return _r("dispatch.declined", job=job_code(leg))
+    offer.status = rules.OfferStatus.DECLINED.value
+    offer.responded_at = clock.now()
+    _maybe_continue(session, leg)
+    return _r("dispatch.declined", job=job_code(leg))
+
+
+def _choose_leg(session: Session, partner: PartnerProfile, numbers: tuple[str, ...],
+                states: tuple[str, ...], *, job_only: bool = False,
+                ) -> tuple[Leg | None, str | None, Reply | None]:
+    """The leg a PICK/DROP/CANCEL is about, the OTP that came with it, or a reply."""
+    legs = active_legs_of(session, partner)
+    codes = [job_code(leg) for leg in legs]
+    if job_only:
+        otp, job = None, (numbers[0] if numbers else None)
+    else:
+        otp, job = rules.split_otp_and_job(numbers, codes)
+    if job is not None:
+        chosen = [leg for leg in legs if job_code(leg) == job]
+        if not chosen:
+            return None, otp, _r("dispatch.no_such_job", job=job)
+    else:
+        chosen = [leg for leg in legs if leg.status in states + (LegStatus.LOCKED.value,)]
+        if not chosen and len(legs) == 1:
+            chosen = legs  # one job in another state: answer about that job (e.g. PICK first)
+        if not chosen:
+            return None, otp, _r("dispatch.no_job")
+        if len(chosen) > 1:
+            return None, otp, _r("dispatch.which_job", jobs=" ".join(job_code(x) for x in chosen),
+                                 job=job_code(chosen[0]))
+    return chosen[0], otp, None
+
+
+def confirm(session: Session, partner: PartnerProfile, kind: str,
+            numbers: tuple[str, ...]) -> Reply:
+    """PICK or DROP with an OTP. Wrong codes count; too many lock the leg and alert ops."""
+    wanted = (LegStatus.ASSIGNED.value,) if kind == "pickup" else (LegStatus.PICKED_UP.value,)
+    leg, otp, problem = _choose_leg(session, partner, numbers, wanted)
+    if problem is not None:
+        return problem
+    assert leg is not None
+    leg = _lock_leg(session, leg.id)
+    assert leg is not None
+    job = job_code(leg)
+    cfg = config()
+    if leg.partner_id != partner.id:
+        return _r("dispatch.no_such_job", job=job)
+    if leg.status == LegStatus.LOCKED.value:
+        return _r("dispatch.otp_locked", job=job, ops_phone=get_settings().ops_phone)
+    if leg.status not in wanted:
+        key = "dispatch.pick_first" if kind == "drop" else "dispatch.already_picked"
+        return _r(key, job=job)
+    if otp is None or not (otp.isdigit() and len(otp) == 4):
+        return _r("dispatch.otp_format_pick" if kind == "pickup" else "dispatch.otp_format_drop")
+    from core.services.booking import check_leg_otp
+
+    ok = check_leg_otp(leg, kind, otp)
+    session.add(OtpAttempt(leg_id=leg.id, partner_id=partner.id, kind=kind, ok=ok,
+                           at=clock.now()))
+    booking = session.get(Booking, leg.booking_id, with_for_update=True)
+    assert booking is not None
+    actor = _partner_actor(partner)
+    if not ok:
+        leg.otp_failures += 1
+        if leg.otp_failures >= cfg.otp_max_failures:
+            move_leg(session, leg, LegStatus.LOCKED, actor, f"{leg.otp_failures} wrong OTPs")
+            alert_ops(session, "dispatch.ops_otp_locked", booking_id=booking.id,
+                      dedupe_key=f"leg-{leg.id}-locked-{leg.version}", ref=booking.reference,
+                      job=job)
+            return _r("dispatch.otp_locked", job=job, ops_phone=get_settings().ops_phone)
+        return _r("dispatch.otp_wrong", job=job, left=cfg.otp_max_failures - leg.otp_failures)
+    leg.otp_failures = 0
+    if kind == "pickup":
+        return _picked_up(session, booking, leg, actor)
+    return _delivered(session, booking, leg, actor)
+
+
+def _picked_up(session: Session, booking: Booking, leg: Leg, actor: Actor) -> Reply:
+    move_leg(session, leg, LegStatus.PICKED_UP, actor, "pickup OTP confirmed")
+    if booking.status == BookingStatus.ASSIGNED.value:
+        move_booking(session, booking, BookingStatus.PICKED_UP, actor, "pickup OTP confirmed")
+        _status_to_customer(session, booking, f"leg{leg.id}")
+    legs = _legs(session, booking)
+    if leg.sequence < len(legs):
+        nxt = legs[leg.sequence]
+        if nxt.status == LegStatus.PENDING.value:
+            start_search(session, booking, nxt)  # the next rider waits at the Point
+    return _r("dispatch.picked", job=job_code(leg), drop=_place(session, booking, leg, "to"))
+
+
+def _delivered(session: Session, booking: Booking, leg: Leg, actor: Actor) -> Reply:
+    move_leg(session, leg, LegStatus.DELIVERED, actor, "drop OTP confirmed")
+    _enqueue_after_commit(session, "workers.payments.release_leg", leg.id,
+                          job_id=f"release-{leg.id}")
+    legs = _legs(session, booking)
+    if leg.sequence == len(legs):
+        move_booking(session, booking, BookingStatus.DELIVERED, actor, "drop OTP confirmed")
+        _status_to_customer(session, booking, f"leg{leg.id}")
+    elif booking.status == BookingStatus.PICKED_UP.value:
+        move_booking(session, booking, BookingStatus.IN_TRANSIT, actor,
+                     "handed over at a Point")
+        _status_to_customer(session, booking, f"leg{leg.id}")
+    return _r("dispatch.delivered", job=job_code(leg), payout_paise=leg.payout_paise)
+
+
+def cancel_by_partner(session: Session, partner: PartnerProfile,
+                      numbers: tuple[str, ...]) -> Reply:
+    """The partner gives an accepted job back (before pickup): the leg goes back into
+    dispatch and it counts against their acceptance record."""
+    leg, _, problem = _choose_leg(session, partner, numbers, (LegStatus.ASSIGNED.value,),
+                                  job_only=True)
+    if problem is not None:
+        return problem
+    assert leg is not None
+    leg = _lock_leg(session, leg.id)
+    assert leg is not None
+    job = job_code(leg)
+    if leg.partner_id != partner.id:
+        return _r("dispatch.no_such_job", job=job)
+    if leg.status != LegStatus.ASSIGNED.value:
+        return _r("dispatch.cancel_too_late", job=job, ops_phone=get_settings().ops_phone)
+    booking = session.get(Booking, leg.booking_id, with_for_update=True)
+    assert booking is not None
+    actor = _partner_actor(partner)
+    session.execute(update(DispatchOffer).where(
+        DispatchOffer.leg_id == leg.id, DispatchOffer.partner_id == partner.id,
+        DispatchOffer.status == rules.OfferStatus.ACCEPTED.value)
+        .values(status=rules.OfferStatus.CANCELLED.value, responded_at=clock.now()))
+    # Counts against the record: the acceptance is taken back, as if they had said no.
+    partner.offers_accepted = func.greatest(PartnerProfile.offers_accepted - 1, 0)
+    event = PartnerEvent(partner_id=partner.id, leg_id=leg.id, kind="cancelled_after_accept",
+                         at=clock.now())
+    session.add(event)
+    session.flush()
+    leg.partner_id = None
+    leg.pickup_otp_hash = leg.drop_otp_hash = None
+    move_leg(session, leg, LegStatus.OFFERING, actor, "partner gave the job back")
+    if booking.status == BookingStatus.ASSIGNED.value:
+        move_booking(session, booking, BookingStatus.DISPATCHING, actor,
+                     "partner gave the job back")
+        _status_to_customer(session, booking, f"cancel{event.id}")
+    start_search(session, booking, leg, actor=actor)
+    return _r("dispatch.cancelled", job=job)
+
+
+def set_duty(session: Session, partner: PartnerProfile, on: bool) -> Reply:
+    """ON/OFF duty; an SMS-only partner is (re)placed at their home Point."""
+    partner.on_duty = on
+    session.add(PartnerEvent(partner_id=partner.id, kind="duty_on" if on else "duty_off",
+                             at=clock.now()))
+    home = session.get(Point, partner.home_point_id) if partner.home_point_id else None
+    if on and home is not None:
+        pid, lat, lng, app = partner.id, home.lat, home.lng, partner.has_app
+        after_commit(session, lambda: geo_index.place_at_home(pid, lat, lng, has_app=app))
+    return _r("dispatch.duty_on" if on else "dispatch.duty_off")
+
+
+def status_lines(session: Session, partner: PartnerProfile, lang: str) -> list[str]:
+    """STATUS: each current job on one line, then open offers; or that there is none."""
+    lines = []
+    for leg in active_legs_of(session, partner):
+        booking = session.get(Booking, leg.booking_id)
+        assert booking is not None
+        lines.append(i18n.t("dispatch.status_line", lang, job=job_code(leg),
+                            state=i18n.t(f"dispatch.state.{leg.status}", lang),
+                            pickup=_place(session, booking, leg, "from"),
+                            drop=_place(session, booking, leg, "to")))
+    for offer in open_offers_of(session, partner):
+        lines.append(i18n.t("dispatch.status_offer", lang, job=offer.leg_id))
+    if not lines:
+        key = "dispatch.status_none_on" if partner.on_duty else "dispatch.status_none_off"
+        return [i18n.t(key, lang)]
+    return ["\n".join(lines)]
+
+
+# --- app / ops entry points -----------------------------------------------------------
+
+
+def update_location(partner_id: int, lat: float, lng: float) -> None:
+    """A live position from the partner app (kept fresh for DISPATCH_LOCATION_MAX_AGE_S)."""
+    la, ln = validate_lat_lng(lat, lng)
+    geo_index.update_location(partner_id, la, ln, clock.now())
+
+
+def attach_pod(session: Session, partner: PartnerProfile, leg_id: int, data: bytes,
+               content_type: str | None = None) -> PodPhoto:
+    """Store a proof-of-delivery photo for the partner's leg (picked up or delivered)."""
+    leg = _lock_leg(session, leg_id)
+    if leg is None or leg.partner_id != partner.id:
+        raise NotFound("no such job", code="unknown_job")
+    if leg.status not in (LegStatus.PICKED_UP.value, LegStatus.DELIVERED.value):
+        raise ValidationError("a photo goes with the drop", code="pod_not_now")
+    booking = session.get(Booking, leg.booking_id)
+    assert booking is not None
+    stored = storage.save_photo(data, folder=f"{booking.reference}/leg-{leg.id}",
+                                declared_type=content_type)
+    photo = PodPhoto(leg_id=leg.id, partner_id=partner.id, storage_uri=stored.uri,
+                     content_type=stored.content_type, size_bytes=stored.size_bytes,
+                     sha256=stored.sha256)
+    session.add(photo)
+    leg.pod_photo_url = stored.uri
+    session.flush()
+    return photo
+
+
+def unlock_leg(session: Session, leg_id: int, actor: Actor) -> Leg:
+    """Ops put a locked leg back where it was, with fresh OTPs sent out again."""
+    leg = _lock_leg(session, leg_id)
+    if leg is None:
+        raise NotFound("no such leg", code="unknown_job")
+    picked = session.scalar(select(func.count()).select_from(OtpAttempt).where(
+        OtpAttempt.leg_id == leg.id, OtpAttempt.kind == "pickup", OtpAttempt.ok.is_(True)))
+    back = LegStatus.PICKED_UP if picked else LegStatus.ASSIGNED
+    move_leg(session, leg, back, actor, "unlocked by ops")
+    booking = session.get(Booking, leg.booking_id)
+    assert booking is not None
+    send_leg_codes(session, booking, leg, tag=f"unlock{leg.version}")
+    return leg
+
+
+def find_partner(session: Session, phone: str | None) -> tuple[Person | None,
+                                                                PartnerProfile | None]:
+    """The person and partner profile behind a phone number (either may be None)."""
+    if not phone:
+        return None, None
+    person = session.scalar(select(Person).where(Person.phone == phone))
+    if person is None:
+        return None, None
+    # No row lock here: every path locks the leg first, then touches the profile.
+    profile = session.scalar(select(PartnerProfile).where(PartnerProfile.person_id == person.id))
+    return person, profile
+
+
+__all__ = ["accept", "attach_pod", "cancel_by_partner", "config", "confirm", "continue_search",
+           "decline", "find_candidates", "offer_timeout", "plan_legs", "search_deadline",
+           "set_duty", "start_dispatch", "start_search", "status_lines", "sweep",
+           "unlock_leg", "update_location"]

@@ -1,0 +1,74 @@
+"""Partners by SMS: one inbound message -> one command -> one short answer.
+
+Runs inside core.services.inbound.process (one transaction, deduplicated by MessageSid),
+so a retried webhook never accepts an offer twice. Commands are parsed by
+core.domain.dispatch.parse_command (English, Hindi in Devanagari and in Latin letters).
+A stranger gets one line on how to join; anything we cannot act on gets a clear answer in
+the partner's language, never an error page.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from sqlalchemy.orm import Session
+
+from core import i18n
+from core.config import get_settings
+from core.domain.dispatch import Kind, parse_command
+from core.domain.errors import DomainError
+from core.services import dispatch
+from core.services.inbound import InboundMessage
+
+log = logging.getLogger(__name__)
+
+
+def handle(session: Session, msg: InboundMessage) -> list[str]:
+    """Answer one partner SMS (the handler given to inbound.process)."""
+    person, partner = dispatch.find_partner(session, msg.phone)
+    lang = (person.preferred_language if person else None) or i18n.DEFAULT_LANGUAGE
+    if partner is None:
+        return [i18n.t("sms.not_partner", lang, ops_phone=get_settings().ops_phone)]
+    cmd = parse_command(msg.body)
+    savepoint = session.begin_nested()
+    try:
+        replies = _run(session, partner, cmd, lang)
+        savepoint.commit()
+        return replies
+    except DomainError as exc:
+        savepoint.rollback()
+        log.info("partner command refused", extra={"code": exc.code, "command": cmd.kind})
+        return [i18n.t("dispatch.cannot_now", lang, ops_phone=get_settings().ops_phone)]
+    except Exception:
+        # Never a 500 to Twilio (it would retry into the same bug): undo this command's
+        # changes, keep the MessageSid claimed, tell the partner to try again.
+        savepoint.rollback()
+        log.exception("partner command failed", extra={"command": cmd.kind})
+        return [i18n.t("common.error_try_later", lang)]
+
+
+def _run(session: Session, partner, cmd, lang: str) -> list[str]:
+    if cmd.kind is Kind.ON:
+        reply = dispatch.set_duty(session, partner, True)
+    elif cmd.kind is Kind.OFF:
+        reply = dispatch.set_duty(session, partner, False)
+    elif cmd.kind is Kind.ACCEPT:
+        reply = dispatch.accept(session, partner, cmd.numbers[0] if cmd.numbers else None)
+    elif cmd.kind is Kind.DECLINE:
+        reply = dispatch.decline(session, partner, cmd.numbers[0] if cmd.numbers else None)
+    elif cmd.kind is Kind.PICK:
+        reply = dispatch.confirm(session, partner, "pickup", cmd.numbers)
+    elif cmd.kind is Kind.DROP:
+        reply = dispatch.confirm(session, partner, "drop", cmd.numbers)
+    elif cmd.kind is Kind.CANCEL:
+        reply = dispatch.cancel_by_partner(session, partner, cmd.numbers)
+    elif cmd.kind is Kind.STATUS:
+        return dispatch.status_lines(session, partner, lang)
+    elif cmd.kind is Kind.HELP:
+        return [i18n.t("sms.help", lang)]
+    else:
+        return [i18n.t("dispatch.unknown", lang)]
+    return [reply.render(lang)]
+
+
+__all__ = ["handle"]

@@ -1,0 +1,100 @@
+"""A relay booking end to end: pickup -> Point A -> Point B -> drop, one partner per leg,
+every handover confirmed by OTP, payouts split by distance, customer told each step."""
+
+from __future__ import annotations
+
+import pytest
+from sqlalchemy import select
+
+from core.adapters.db import transaction
+from core.adapters.models import Booking
+from tests.test_dispatch import (
+    CUSTOMER,
+    RECIPIENT,
+    bodies_to,
+    booking_status,
+    frozen,  # noqa: F401  (fixture)
+    last_code,
+    legs_of,
+    make_partner,
+    make_point,
+    offers,
+    paid_booking,
+    sms,
+    start,
+    take_job,
+)
+
+pytestmark = pytest.mark.db
+
+# On one parallel, 0.01 degree of longitude is ~1 km: P -A- 7 km -B- 10 km - D 7 km.
+P, A, B, D = (26.85, 84.40), (26.85, 84.47), (26.85, 84.57), (26.85, 84.64)
+
+
+def test_relay_booking_runs_leg_by_leg(client, live, frozen):  # noqa: F811
+    point_a, point_b = make_point("Point A", *A), make_point("Point B", *B)
+    # Bicycles only (15 km range): nobody can ride the 32 road km in one go.
+    ramesh, r_phone = make_partner("Ramesh", A, point_id=point_a, max_active_legs=1)
+    asha, a_phone = make_partner("Asha", A, point_id=point_a, max_active_legs=1)
+    bala, b_phone = make_partner("Bala", B, point_id=point_b, max_active_legs=1)
+    booking_id = paid_booking(pickup=P, drop=D)
+    start(booking_id)
+
+    legs = legs_of(booking_id)
+    assert [(leg.from_point_id, leg.to_point_id) for leg in legs] == [
+        (None, point_a), (point_a, point_b), (point_b, None)]
+    with transaction() as s:
+        share = s.get(Booking, booking_id).partner_share_paise
+    assert sum(leg.payout_paise for leg in legs) == share
+    assert legs[1].payout_paise > legs[0].payout_paise  # longer leg, larger share
+    assert [leg.status for leg in legs] == ["offering", "pending", "pending"]
+    leg1, leg2, leg3 = (leg.id for leg in legs)
+
+    # Leg 1: Ramesh collects from the sender.
+    assert [o.partner_id for o in offers(leg1)] == [ramesh]
+    assert "आपका है" in sms(client, r_phone, "1")[0]
+    assert "उठ गया" in sms(client, r_phone, f"PICK {last_code(CUSTOMER, 'पार्सल उठाने')}")[0]
+    assert booking_status(booking_id) == "picked_up"
+
+    # Leg 2 is offered as soon as leg 1 is on its way, so its rider waits at Point A.
+    assert [o.partner_id for o in offers(leg2)] == [asha]
+    assert "आपका है" in sms(client, a_phone, "1")[0]
+    # Handover at A: Asha reads her code to Ramesh (his DROP), Ramesh his to Asha (her PICK).
+    ramesh_drop = last_code(a_phone, "पार्सल लें")
+    asha_pick = last_code(r_phone, "अगले राइडर")
+    wrong = f"{(int(ramesh_drop) + 1) % 10000:04d}"
+    assert "गलत" in sms(client, r_phone, f"DROP {wrong}")[0]
+    assert "पहुँच गया" in sms(client, r_phone, f"DROP {ramesh_drop}")[0]
+    take_job(f"release-{leg1}", "workers.payments.release_leg", leg1)
+    assert booking_status(booking_id) == "in_transit"
+    assert "उठ गया" in sms(client, a_phone, f"PICK {asha_pick}")[0]
+
+    # Leg 3 from Point B to the recipient.
+    assert [o.partner_id for o in offers(leg3)] == [bala]
+    assert "आपका है" in sms(client, b_phone, "हाँ")[0]
+    sms(client, a_phone, f"DROP {last_code(b_phone, 'पार्सल लें')}")
+    take_job(f"release-{leg2}", "workers.payments.release_leg", leg2)
+    sms(client, b_phone, f"PICK {last_code(a_phone, 'अगले राइडर')}")
+    assert booking_status(booking_id) == "in_transit"
+    assert "पहुँच गया" in sms(client, b_phone, f"DROP {last_code(RECIPIENT)}")[0]
+    take_job(f"release-{leg3}", "workers.payments.release_leg", leg3)
+
+    assert booking_status(booking_id) == "delivered"
+    assert [leg.status for leg in legs_of(booking_id)] == ["delivered"] * 3
+    assert [leg.partner_id for leg in legs_of(booking_id)] == [ramesh, asha, bala]
+    # Only the last leg's drop code went to the recipient, once.
+    assert len(bodies_to(RECIPIENT)) == 1
+    with transaction() as s:
+        ref = s.scalar(select(Booking.reference).where(Booking.id == booking_id))
+    customer = bodies_to(CUSTOMER)
+    assert any("रास्ते" in m or "on the way" in m for m in customer)
+    assert all(ref in m for m in customer)
+
+
+def test_short_trip_stays_direct_even_with_points_around(live, frozen):  # noqa: F811
+    point_a = make_point("Point A", *A)
+    make_partner("Ramesh", P, max_active_legs=1)
+    make_partner("Asha", A, point_id=point_a)
+    booking_id = paid_booking(pickup=P, drop=A)
+    start(booking_id)
+    assert len(legs_of(booking_id)) == 1

@@ -1,0 +1,58 @@
+"""Dispatch jobs (thin: ids in, call core.services.dispatch).
+
+Job ids are natural keys: ``dispatch-<booking>``, ``offer-timeout-<offer>``,
+``dispatch-deadline-<leg>-<round>``, ``dispatch-retry-<leg>-<round>-<pass>``,
+``dispatch-sweep-<minute>``.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from core.services import dispatch
+
+SWEEP_EVERY_S = 60
+
+
+def start_dispatch(booking_id: int) -> str:
+    """A booking was paid: plan its legs and offer the first (enqueued by payments)."""
+    result = dispatch.start_dispatch(booking_id)
+    schedule_sweep()  # make sure the safety-net sweep is running
+    return result
+
+
+def offer_timeout(offer_id: int) -> str:
+    """An offer's time is up: expire it unless it was answered, then move the cascade on."""
+    return dispatch.offer_timeout(offer_id)
+
+
+def continue_search(leg_id: int) -> str:
+    """Search again after the candidate list ran dry."""
+    return dispatch.continue_search(leg_id)
+
+
+def search_deadline(leg_id: int, round_no: int) -> str:
+    """The tier's deadline for finding a partner has passed."""
+    return dispatch.search_deadline(leg_id, round_no)
+
+
+def sweep() -> dict[str, int]:
+    """Expire offers whose timeout job was lost, move stalled searches on; then reschedule."""
+    result = dispatch.sweep()
+    schedule_sweep()
+    return result
+
+
+def schedule_sweep(now: datetime | None = None) -> str:
+    """Schedule the sweep at the next whole minute, once (the job id names that minute, so
+    several workers join one chain instead of starting several)."""
+    from core.adapters.queue import queue
+
+    now = now or datetime.now(UTC)
+    next_at = (int(now.timestamp()) // SWEEP_EVERY_S + 1) * SWEEP_EVERY_S
+    job_id = f"dispatch-sweep-{next_at}"
+    q = queue("default")
+    if q.fetch_job(job_id) is None:
+        q.enqueue_at(datetime.fromtimestamp(next_at, UTC), "workers.dispatch.sweep",
+                     job_id=job_id, result_ttl=600, failure_ttl=86400)
+    return job_id
