@@ -63,10 +63,12 @@ def worker(burst: bool = False) -> None:
     conn = redis_client()
     from workers import dispatch as dispatch_jobs
     from workers import outbox as outbox_jobs
+    from workers import payments as payment_jobs
 
-    # Join the periodic sweeps (idempotent: job ids name the minute they run).
+    # Join the periodic sweeps (idempotent: job ids name the time they run).
     outbox_jobs.schedule_sweep()
     dispatch_jobs.schedule_sweep()
+    payment_jobs.schedule_periodic()
     w = JobLoggingWorker([queue(n) for n in QUEUES], connection=conn, serializer=JSONSerializer)
     w.work(with_scheduler=True, burst=burst, logging_level=get_settings().log_level)
 

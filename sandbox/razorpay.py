@@ -1,7 +1,565 @@
-"""Sandbox emulator of the Razorpay endpoints we use (issue 5)."""
+"""Sandbox emulator of the Razorpay endpoints we use (Payment Links, Payments, Route
+transfers, Refunds), plus the customer's payment page.
+
+Mounted under /sandbox only when APP_ENV=sandbox; the product's real `razorpay` client
+talks to it with ``base_url = {PUBLIC_BASE_URL}/sandbox/razorpay`` (the SDK adds /v1/...).
+Responses follow Razorpay's shapes: entities with ``id``/``entity``, collections as
+``{"entity": "collection", "count", "items"}``, errors as
+``{"error": {"code": "BAD_REQUEST_ERROR", "description", ...}}``. State lives in Redis
+(sandbox only; flushed with the test database).
+
+Paying a link (``POST /sandbox/payment_links/<id>/pay``) captures a payment and sends the
+signed webhooks ``payment.captured`` and ``payment_link.paid`` through an RQ job.
+
+Controls for tests and demos (Redis keys, or the helpers below):
+- ``sandbox:razorpay:fail_next:<op>``: the next N calls of <op> answer 503
+  (ops: create_link, refund, transfer, edit_transfer, reverse, list_transfers);
+- ``sandbox:razorpay:lose_next:create_link``: create the link, but answer 503 (the answer
+  was "lost": the retry meets "reference_id already exists");
+- ``sandbox:razorpay:webhook_order`` = ``reversed``: send a batch of webhooks backwards;
+- ``sandbox:razorpay:webhook_repeat`` = N: send every webhook N times;
+- ``sandbox:razorpay:refund_outcome`` / ``transfer_outcome`` = ``failed``.
+"""
 
 from __future__ import annotations
 
-from flask import Blueprint
+import base64
+import html
+import json
+import secrets
+from typing import Any
+
+from flask import Blueprint, Response, jsonify, request
+
+from core import clock
+from core.adapters.queue import enqueue
+from core.adapters.redis_conn import redis_client
+from core.config import get_settings
+from core.domain.money import format_inr
 
 bp = Blueprint("sandbox_razorpay", __name__, url_prefix="/sandbox")
+
+PREFIX = "sandbox:razorpay"
+KINDS = {"plink": "payment_link", "pay": "payment", "trf": "transfer", "rfnd": "refund",
+         "order": "order", "rvrsl": "reversal"}
+
+
+# --- state ------------------------------------------------------------------------------
+
+
+def _new_id(prefix: str) -> str:
+    return f"{prefix}_{secrets.token_hex(7)}"
+
+
+def get_object(obj_id: str) -> dict | None:
+    raw = redis_client().get(f"{PREFIX}:obj:{obj_id}")
+    return json.loads(raw) if raw else None
+
+
+def put_object(obj: dict) -> dict:
+    r = redis_client()
+    pipe = r.pipeline()
+    pipe.set(f"{PREFIX}:obj:{obj['id']}", json.dumps(obj))
+    pipe.zadd(f"{PREFIX}:index:{obj['entity']}", {obj["id"]: obj["created_at"]})
+    pipe.execute()
+    return obj
+
+
+def set_fields(obj_id: str, **fields: Any) -> dict:
+    """Change an object behind the service's back (reconciliation tests)."""
+    obj = get_object(obj_id)
+    assert obj is not None, obj_id
+    obj.update(fields)
+    return put_object(obj)
+
+
+def delete_object(obj_id: str) -> None:
+    """Make the gateway forget an object (reconciliation tests)."""
+    obj = get_object(obj_id)
+    if obj is not None:
+        redis_client().delete(f"{PREFIX}:obj:{obj_id}")
+        redis_client().zrem(f"{PREFIX}:index:{obj['entity']}", obj_id)
+
+
+def _all(entity: str) -> list[dict]:
+    ids = redis_client().zrange(f"{PREFIX}:index:{entity}", 0, -1)
+    return [o for o in (get_object(i.decode()) for i in ids) if o is not None]
+
+
+def _take(key: str) -> bool:
+    r = redis_client()
+    full = f"{PREFIX}:{key}"
+    if int(r.get(full) or 0) > 0:
+        r.decr(full)
+        return True
+    return False
+
+
+def fail_next(op: str, times: int = 1) -> None:
+    redis_client().set(f"{PREFIX}:fail_next:{op}", times)
+
+
+def control(name: str, value: str | int) -> None:
+    redis_client().set(f"{PREFIX}:{name}", value)
+
+
+def _control(name: str) -> str:
+    raw = redis_client().get(f"{PREFIX}:{name}")
+    return raw.decode() if raw else ""
+
+
+def _now() -> int:
+    return int(clock.now().timestamp())
+
+
+# --- HTTP helpers -----------------------------------------------------------------------
+
+
+def _error(status: int, description: str, code: str = "BAD_REQUEST_ERROR",
+           field: str | None = None):
+    resp = jsonify({"error": {"code": code, "description": description, "source": "business",
+                              "step": "payment_initiation", "reason": "input_validation_failed",
+                              "metadata": {}, "field": field}})
+    resp.status_code = status
+    return resp
+
+
+def _unavailable():
+    return _error(503, "The server is unavailable (sandbox failure injection)", "SERVER_ERROR")
+
+
+def _authorised() -> bool:
+    s = get_settings()
+    header = request.headers.get("Authorization", "")
+    if not header.startswith("Basic "):
+        return False
+    try:
+        user, _, password = base64.b64decode(header[6:]).decode().partition(":")
+    except (ValueError, UnicodeDecodeError):
+        return False
+    return (secrets.compare_digest(user, s.razorpay_key_id)
+            and secrets.compare_digest(password, s.razorpay_key_secret))
+
+
+@bp.before_request
+def _check_auth():
+    if request.path.startswith("/sandbox/razorpay/") and not _authorised():
+        return _error(401, "Authentication failed", "BAD_REQUEST_ERROR")
+    return None
+
+
+def _json() -> dict:
+    data = request.get_json(silent=True)
+    return data if isinstance(data, dict) else {}
+
+
+def _collection(items: list[dict]) -> dict:
+    return {"entity": "collection", "count": len(items), "items": items}
+
+
+def _window(items: list[dict]) -> list[dict]:
+    args = request.args
+    try:
+        frm = int(args.get("from", 0))
+        to = int(args.get("to", 2**40))
+        count = min(int(args.get("count", 10)), 100)
+        skip = int(args.get("skip", 0))
+    except ValueError:
+        return []
+    chosen = [i for i in items if frm <= int(i["created_at"]) <= to]
+    chosen.sort(key=lambda i: i["created_at"], reverse=True)
+    return chosen[skip:skip + count]
+
+
+def _not_found(obj_id: str):
+    return _error(400, f"The id provided does not exist: {obj_id}", field="id")
+
+
+def _amount(value: Any) -> int | None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 100:
+        return None
+    return value
+
+
+# --- webhooks ---------------------------------------------------------------------------
+
+
+def _event(name: str, payload: dict) -> dict:
+    return {"entity": "event", "account_id": "acc_sandboxplatform", "event": name,
+            "contains": list(payload), "payload": {k: {"entity": v} for k, v in payload.items()},
+            "created_at": _now()}
+
+
+def send_webhooks(events: list[dict]) -> None:
+    """Queue signed deliveries of ``events`` (order and repeats per the test controls)."""
+    if _control("webhook_order") == "reversed":
+        events = list(reversed(events))
+    repeat = max(1, int(_control("webhook_repeat") or 1))
+    batch = []
+    for ev in events:
+        event_id = "evt_" + secrets.token_hex(7)
+        body = json.dumps(ev, separators=(",", ":"))
+        batch.extend([[event_id, body]] * repeat)
+    enqueue("sandbox.razorpay_jobs.deliver_webhooks", batch,
+            job_id=f"sandbox-rzp-hooks-{secrets.token_hex(6)}")
+
+
+# --- payment links ----------------------------------------------------------------------
+
+
+@bp.post("/razorpay/v1/payment_links")
+def create_link():
+    if _take("fail_next:create_link"):
+        return _unavailable()
+    data = _json()
+    amount = _amount(data.get("amount"))
+    if amount is None:
+        return _error(400, "The amount must be atleast INR 1.00", field="amount")
+    ref = str(data.get("reference_id") or "")
+    if len(ref) > 40:
+        return _error(400, "reference_id may not be greater than 40 characters",
+                      field="reference_id")
+    notes = data.get("notes") or {}
+    if not isinstance(notes, dict) or len(notes) > 15:
+        return _error(400, "notes must be an object of at most 15 keys", field="notes")
+    expire_by = data.get("expire_by")
+    if expire_by is not None and (not isinstance(expire_by, int) or expire_by <= _now()):
+        return _error(400, "expire_by should be in the future", field="expire_by")
+    r = redis_client()
+    plink_id = _new_id("plink")
+    if ref and not r.set(f"{PREFIX}:ref:{ref}", plink_id, nx=True):
+        return _error(400, f"Payment Link with reference_id {ref} already exists",
+                      field="reference_id")
+    base = get_settings().public_base_url
+    link = {
+        "id": plink_id, "entity": "payment_link", "amount": amount, "amount_paid": 0,
+        "currency": data.get("currency") or "INR", "accept_partial": False,
+        "description": str(data.get("description") or ""), "reference_id": ref,
+        "customer": data.get("customer") or {}, "notify": data.get("notify") or {},
+        "notes": notes, "expire_by": expire_by or 0, "expired_at": 0, "cancelled_at": 0,
+        "status": "created", "payments": None, "order_id": "",
+        "short_url": f"{base}/sandbox/payment_links/{plink_id}",
+        "reminder_enable": bool(data.get("reminder_enable")), "upi_link": False,
+        "created_at": _now(), "updated_at": _now(), "user_id": "",
+    }
+    put_object(link)
+    if _take("lose_next:create_link"):
+        return _unavailable()
+    return jsonify(link)
+
+
+@bp.get("/razorpay/v1/payment_links")
+def list_links():
+    links = _all("payment_link")
+    if request.args.get("reference_id"):
+        links = [x for x in links if x["reference_id"] == request.args["reference_id"]]
+    if request.args.get("payment_id"):
+        pid = request.args["payment_id"]
+        links = [x for x in links if any(p["payment_id"] == pid for p in x["payments"] or [])]
+    return jsonify({"payment_links": links})
+
+
+def _link_or_error(plink_id: str) -> dict | None:
+    obj = get_object(plink_id)
+    return obj if obj is not None and obj["entity"] == "payment_link" else None
+
+
+@bp.get("/razorpay/v1/payment_links/<plink_id>")
+def fetch_link(plink_id: str):
+    link = _link_or_error(plink_id)
+    return jsonify(link) if link else _not_found(plink_id)
+
+
+@bp.post("/razorpay/v1/payment_links/<plink_id>/cancel")
+def cancel_link(plink_id: str):
+    link = _link_or_error(plink_id)
+    if link is None:
+        return _not_found(plink_id)
+    if link["status"] != "created":
+        return _error(400, f"Payment Link cannot be cancelled in {link['status']} state")
+    link.update(status="cancelled", cancelled_at=_now(), updated_at=_now())
+    put_object(link)
+    send_webhooks([_event("payment_link.cancelled", {"payment_link": link})])
+    return jsonify(link)
+
+
+def expire_link(plink_id: str) -> dict:
+    """What Razorpay does at expire_by: the link expires and says so by webhook."""
+    link = _link_or_error(plink_id)
+    assert link is not None and link["status"] == "created"
+    link.update(status="expired", expired_at=_now(), updated_at=_now())
+    put_object(link)
+    send_webhooks([_event("payment_link.expired", {"payment_link": link})])
+    return link
+
+
+def _is_expired(link: dict) -> bool:
+    return bool(link["expire_by"]) and link["expire_by"] <= _now()
+
+
+@bp.get("/payment_links/<plink_id>")
+def payment_page(plink_id: str):
+    link = _link_or_error(plink_id)
+    if link is None:
+        return Response("<h1>Payment link not found</h1>", status=404, mimetype="text/html")
+    status = "expired" if link["status"] == "created" and _is_expired(link) else link["status"]
+    amount = html.escape(format_inr(link["amount"]))
+    desc = html.escape(link["description"])
+    button = (f'<form method="post" action="/sandbox/payment_links/{html.escape(plink_id)}/pay">'
+              f'<button type="submit">Pay {amount}</button></form>'
+              if status == "created" else f"<p>This link is {html.escape(status)}.</p>")
+    page = (f"<!doctype html><html><head><meta charset='utf-8'><title>Pay {amount}</title>"
+            f"</head><body><h1>{amount}</h1><p>{desc}</p>{button}</body></html>")
+    return Response(page, mimetype="text/html")
+
+
+def _payment(link: dict, status: str) -> dict:
+    order_id = link["order_id"] or _new_id("order")
+    return {
+        "id": _new_id("pay"), "entity": "payment", "amount": link["amount"],
+        "currency": link["currency"], "status": status, "order_id": order_id,
+        "invoice_id": None, "international": False, "method": "upi",
+        "amount_refunded": 0, "amount_transferred": 0, "refund_status": None,
+        "captured": status == "captured", "description": link["description"],
+        "email": "void@razorpay.com", "contact": (link["customer"] or {}).get("contact", ""),
+        "notes": {**link["notes"], "plink_id": link["id"]}, "fee": 0, "tax": 0,
+        "error_code": None if status == "captured" else "BAD_REQUEST_ERROR",
+        "error_description": None if status == "captured" else "Payment failed",
+        "created_at": _now(),
+    }
+
+
+@bp.post("/payment_links/<plink_id>/pay")
+def pay(plink_id: str):
+    """The customer pays (``fail=1``: the payment fails and the link stays payable)."""
+    link = _link_or_error(plink_id)
+    if link is None:
+        return _not_found(plink_id)
+    if link["status"] != "created" or _is_expired(link):
+        return _error(400, f"Payment Link is {'expired' if _is_expired(link) else link['status']}")
+    if request.values.get("fail") == "1":
+        failed = put_object(_payment(link, "failed"))
+        send_webhooks([_event("payment.failed", {"payment": failed})])
+        return jsonify({"status": "failed", "payment_id": failed["id"]}), 200
+    payment = put_object(_payment(link, "captured"))
+    link.update(status="paid", amount_paid=link["amount"], order_id=payment["order_id"],
+                updated_at=_now(),
+                payments=[{"amount": payment["amount"], "created_at": payment["created_at"],
+                           "method": "upi", "payment_id": payment["id"], "status": "captured"}])
+    put_object(link)
+    order = {"id": payment["order_id"], "entity": "order", "amount": link["amount"],
+             "amount_paid": link["amount"], "status": "paid", "receipt": link["reference_id"]}
+    send_webhooks([
+        _event("payment.captured", {"payment": payment}),
+        _event("payment_link.paid", {"payment_link": link, "payment": payment, "order": order}),
+    ])
+    return jsonify({"status": "paid", "payment_id": payment["id"]}), 200
+
+
+def create_payment(amount: int, notes: dict | None = None) -> dict:
+    """A captured payment the service never heard of (reconciliation tests)."""
+    fake = {"id": "plink_none", "amount": amount, "currency": "INR", "description": "stray",
+            "customer": {}, "notes": notes or {}, "order_id": ""}
+    return put_object(_payment(fake, "captured"))
+
+
+# --- payments -----------------------------------------------------------------------------
+
+
+@bp.get("/razorpay/v1/payments")
+def list_payments():
+    return jsonify(_collection(_window(_all("payment"))))
+
+
+def _payment_or_none(payment_id: str) -> dict | None:
+    obj = get_object(payment_id)
+    return obj if obj is not None and obj["entity"] == "payment" else None
+
+
+@bp.get("/razorpay/v1/payments/<payment_id>")
+def fetch_payment(payment_id: str):
+    p = _payment_or_none(payment_id)
+    return jsonify(p) if p else _not_found(payment_id)
+
+
+@bp.post("/razorpay/v1/payments/<payment_id>/refund")
+def refund_payment(payment_id: str):
+    if _take("fail_next:refund"):
+        return _unavailable()
+    p = _payment_or_none(payment_id)
+    if p is None:
+        return _not_found(payment_id)
+    key = request.headers.get("X-Refund-Idempotency", "")
+    r = redis_client()
+    if key:
+        if len(key) < 10:
+            return _error(400, "X-Refund-Idempotency must be at least 10 characters")
+        known = r.get(f"{PREFIX}:idem:{key}")
+        if known:
+            return jsonify(get_object(known.decode()))
+    data = _json()
+    amount = data.get("amount", p["amount"] - p["amount_refunded"])
+    if isinstance(amount, bool) or not isinstance(amount, int) or amount <= 0:
+        return _error(400, "The amount must be a positive integer", field="amount")
+    if not p["captured"]:
+        return _error(400, "Only captured payments can be refunded")
+    if amount > p["amount"] - p["amount_refunded"]:
+        return _error(400, "The refund amount provided is greater than amount captured",
+                      field="amount")
+    refund = {"id": _new_id("rfnd"), "entity": "refund", "amount": amount,
+              "currency": "INR", "payment_id": payment_id, "notes": data.get("notes") or {},
+              "receipt": None, "status": "pending", "speed_requested": data.get("speed",
+                                                                                  "normal"),
+              "speed_processed": "normal", "created_at": _now()}
+    put_object(refund)
+    if key:
+        r.set(f"{PREFIX}:idem:{key}", refund["id"])
+    p["amount_refunded"] += amount
+    p["refund_status"] = "full" if p["amount_refunded"] == p["amount"] else "partial"
+    if p["refund_status"] == "full":
+        p["status"] = "refunded"
+    put_object(p)
+    enqueue("sandbox.razorpay_jobs.settle_refund", refund["id"],
+            job_id=f"sandbox-rzp-refund-{refund['id']}")
+    return jsonify(refund)
+
+
+def settle_refund(refund_id: str) -> dict:
+    """The bank answers: the refund is processed (or fails, per the test control)."""
+    refund = get_object(refund_id)
+    assert refund is not None
+    failed = _control("refund_outcome") == "failed"
+    refund["status"] = "failed" if failed else "processed"
+    put_object(refund)
+    if failed:
+        p = get_object(refund["payment_id"])
+        if p is not None:
+            p["amount_refunded"] -= refund["amount"]
+            p["status"], p["refund_status"] = "captured", None
+            put_object(p)
+    send_webhooks([_event("refund.failed" if failed else "refund.processed",
+                          {"refund": refund})])
+    return refund
+
+
+@bp.get("/razorpay/v1/refunds")
+def list_refunds():
+    return jsonify(_collection(_window(_all("refund"))))
+
+
+@bp.get("/razorpay/v1/refunds/<refund_id>")
+def fetch_refund(refund_id: str):
+    obj = get_object(refund_id)
+    return jsonify(obj) if obj and obj["entity"] == "refund" else _not_found(refund_id)
+
+
+# --- Route transfers ------------------------------------------------------------------------
+
+
+@bp.post("/razorpay/v1/payments/<payment_id>/transfers")
+def create_transfers(payment_id: str):
+    if _take("fail_next:transfer"):
+        return _unavailable()
+    p = _payment_or_none(payment_id)
+    if p is None:
+        return _not_found(payment_id)
+    if not p["captured"]:
+        return _error(400, "Transfers can be created only for captured payments")
+    wanted = _json().get("transfers")
+    if not isinstance(wanted, list) or not wanted:
+        return _error(400, "The transfers field is required", field="transfers")
+    total = 0
+    for t in wanted:
+        if not isinstance(t, dict) or not str(t.get("account", "")).startswith("acc_"):
+            return _error(400, "The account id is invalid", field="account")
+        if _amount(t.get("amount")) is None:
+            return _error(400, "The amount must be at least 100 paise", field="amount")
+        total += t["amount"]
+    if total > p["amount"] - p["amount_transferred"] - p["amount_refunded"]:
+        return _error(400, "Transfer amount exceeds the captured amount", field="amount")
+    failed = _control("transfer_outcome") == "failed"
+    items, events = [], []
+    for t in wanted:
+        trf = {"id": _new_id("trf"), "entity": "transfer", "status":
+               "failed" if failed else "processed", "source": payment_id,
+               "recipient": t["account"], "amount": t["amount"], "currency": "INR",
+               "amount_reversed": 0, "notes": t.get("notes") or {}, "fees": 0, "tax": 0,
+               "on_hold": bool(t.get("on_hold")), "on_hold_until": t.get("on_hold_until"),
+               "recipient_settlement_id": None, "linked_account_notes": [],
+               "processed_at": None if failed else _now(), "created_at": _now()}
+        put_object(trf)
+        redis_client().rpush(f"{PREFIX}:payment_transfers:{payment_id}", trf["id"])
+        if not failed:
+            p["amount_transferred"] += t["amount"]
+        items.append(trf)
+        events.append(_event("transfer.failed" if failed else "transfer.processed",
+                             {"transfer": trf}))
+    put_object(p)
+    send_webhooks(events)
+    return jsonify(_collection(items))
+
+
+@bp.get("/razorpay/v1/payments/<payment_id>/transfers")
+def payment_transfers(payment_id: str):
+    if _take("fail_next:list_transfers"):
+        return _unavailable()
+    if _payment_or_none(payment_id) is None:
+        return _not_found(payment_id)
+    ids = redis_client().lrange(f"{PREFIX}:payment_transfers:{payment_id}", 0, -1)
+    return jsonify(_collection([o for o in (get_object(i.decode()) for i in ids) if o]))
+
+
+@bp.get("/razorpay/v1/transfers")
+def list_transfers():
+    return jsonify(_collection(_window(_all("transfer"))))
+
+
+def _transfer_or_none(transfer_id: str) -> dict | None:
+    obj = get_object(transfer_id)
+    return obj if obj is not None and obj["entity"] == "transfer" else None
+
+
+@bp.get("/razorpay/v1/transfers/<transfer_id>")
+def fetch_transfer(transfer_id: str):
+    t = _transfer_or_none(transfer_id)
+    return jsonify(t) if t else _not_found(transfer_id)
+
+
+@bp.patch("/razorpay/v1/transfers/<transfer_id>")
+def edit_transfer(transfer_id: str):
+    if _take("fail_next:edit_transfer"):
+        return _unavailable()
+    t = _transfer_or_none(transfer_id)
+    if t is None:
+        return _not_found(transfer_id)
+    data = _json()
+    if "on_hold" in data:
+        t["on_hold"] = bool(data["on_hold"])
+    if "on_hold_until" in data:
+        t["on_hold_until"] = data["on_hold_until"]
+    return jsonify(put_object(t))
+
+
+@bp.post("/razorpay/v1/transfers/<transfer_id>/reversals")
+def reverse_transfer(transfer_id: str):
+    if _take("fail_next:reverse"):
+        return _unavailable()
+    t = _transfer_or_none(transfer_id)
+    if t is None:
+        return _not_found(transfer_id)
+    left = t["amount"] - t["amount_reversed"]
+    amount = _json().get("amount", left)
+    if isinstance(amount, bool) or not isinstance(amount, int) or not 0 < amount <= left:
+        return _error(400, "The reversal amount is invalid", field="amount")
+    t["amount_reversed"] += amount
+    if t["amount_reversed"] == t["amount"]:
+        t["status"] = "reversed"
+    put_object(t)
+    p = get_object(t["source"])
+    if p is not None:
+        p["amount_transferred"] -= amount
+        put_object(p)
+    reversal = {"id": _new_id("rvrsl"), "entity": "reversal", "transfer_id": transfer_id,
+                "amount": amount, "currency": "INR", "fee": 0, "tax": 0, "notes": {},
+                "created_at": _now()}
+    return jsonify(put_object(reversal))

@@ -1,5 +1,184 @@
-"""Tables owned by the payment area (added to the shared metadata by core.adapters.models)."""
+"""Tables owned by the payment area (added to the shared metadata by core.adapters.models).
+
+The two ledger tables are append-only in the database (migration 0002 adds triggers that
+refuse UPDATE and DELETE); every other table here tracks the gateway's side of things and
+may change as the gateway reports progress.
+"""
 
 from __future__ import annotations
 
-from core.adapters.models import Base  # noqa: F401
+from datetime import datetime
+
+from sqlalchemy import (
+    BigInteger,
+    CheckConstraint,
+    DateTime,
+    ForeignKey,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+    func,
+)
+from sqlalchemy.orm import Mapped, mapped_column
+
+from core.adapters.models import Base, one_of
+from core.domain.ledger import AccountKind, EntryKind
+
+LINK_STATUSES = ("created", "partially_paid", "paid", "cancelled", "expired")
+TRANSFER_STATUSES = ("pending", "on_hold", "released", "processed", "failed", "reversed")
+REFUND_STATUSES = ("requested", "pending", "processed", "failed")
+MISMATCH_KINDS = ("missing_in_ledger", "missing_at_gateway", "amount_differs")
+MISMATCH_ENTITIES = ("payment", "refund", "transfer")
+
+
+def _now_col() -> Mapped[datetime]:
+    return mapped_column(DateTime(timezone=True), server_default=func.now(), nullable=False)
+
+
+class LedgerTransaction(Base):
+    """One journal entry; its postings sum to zero. Append-only."""
+
+    __tablename__ = "ledger_transactions"
+    __table_args__ = (CheckConstraint(one_of("kind", EntryKind), name="kind"),)
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    idempotency_key: Mapped[str] = mapped_column(String(120), unique=True)
+    kind: Mapped[str] = mapped_column(String(24))
+    booking_id: Mapped[int | None] = mapped_column(ForeignKey("bookings.id"), index=True)
+    gateway_ref: Mapped[str | None] = mapped_column(String(40), index=True)
+    actor: Mapped[str] = mapped_column(String(60))  # who or what caused it (audit trail)
+    cause: Mapped[str | None] = mapped_column(String(120))  # e.g. the webhook's event id
+    memo: Mapped[str] = mapped_column(String(200))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class LedgerPosting(Base):
+    """One line of a journal entry: signed integer paise into or out of an account."""
+
+    __tablename__ = "ledger_postings"
+    __table_args__ = (
+        CheckConstraint(one_of("account_kind", AccountKind), name="account_kind"),
+        CheckConstraint("amount_paise <> 0", name="nonzero"),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    transaction_id: Mapped[int] = mapped_column(ForeignKey("ledger_transactions.id"),
+                                                index=True)
+    account: Mapped[str] = mapped_column(String(60), index=True)
+    account_kind: Mapped[str] = mapped_column(String(24))
+    booking_id: Mapped[int | None] = mapped_column(ForeignKey("bookings.id"), index=True)
+    partner_id: Mapped[int | None] = mapped_column(ForeignKey("partner_profiles.id"), index=True)
+    leg_id: Mapped[int | None] = mapped_column(ForeignKey("legs.id"), index=True)
+    amount_paise: Mapped[int] = mapped_column(BigInteger)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class PaymentLink(Base):
+    """The gateway payment link of a booking (one per booking: reference_id is unique)."""
+
+    __tablename__ = "payment_links"
+    __table_args__ = (CheckConstraint(one_of("status", LINK_STATUSES), name="status"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    booking_id: Mapped[int] = mapped_column(ForeignKey("bookings.id"), unique=True)
+    gateway_id: Mapped[str] = mapped_column(String(40), unique=True)
+    reference_id: Mapped[str] = mapped_column(String(40))
+    short_url: Mapped[str] = mapped_column(Text)
+    amount_paise: Mapped[int] = mapped_column(BigInteger)
+    status: Mapped[str] = mapped_column(String(16))
+    payment_id: Mapped[str | None] = mapped_column(String(40), unique=True)
+    expire_by: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[datetime] = _now_col()
+    updated_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), server_default=func.now(), onupdate=func.now()
+    )
+
+
+class GatewayEvent(Base):
+    """Every verified Razorpay webhook, stored raw, keyed by X-Razorpay-Event-Id."""
+
+    __tablename__ = "razorpay_events"
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    event_id: Mapped[str] = mapped_column(String(64), unique=True)
+    event: Mapped[str] = mapped_column(String(40))
+    payload: Mapped[str] = mapped_column(Text)  # the raw body exactly as signed
+    received_at: Mapped[datetime] = _now_col()
+    processed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    outcome: Mapped[str | None] = mapped_column(String(80))
+
+
+class LegTransfer(Base):
+    """The Route transfer paying one leg's partner out of the booking's payment."""
+
+    __tablename__ = "payment_transfers"
+    __table_args__ = (
+        CheckConstraint(one_of("status", TRANSFER_STATUSES), name="status"),
+        CheckConstraint("amount_paise > 0", name="amount"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    leg_id: Mapped[int] = mapped_column(ForeignKey("legs.id"), unique=True)
+    booking_id: Mapped[int] = mapped_column(ForeignKey("bookings.id"), index=True)
+    partner_id: Mapped[int] = mapped_column(ForeignKey("partner_profiles.id"), index=True)
+    payment_id: Mapped[str] = mapped_column(String(40))
+    account: Mapped[str | None] = mapped_column(String(40))
+    transfer_id: Mapped[str | None] = mapped_column(String(40), unique=True)
+    amount_paise: Mapped[int] = mapped_column(BigInteger)
+    status: Mapped[str] = mapped_column(String(10))
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    last_error: Mapped[str | None] = mapped_column(String(200))
+    created_at: Mapped[datetime] = _now_col()
+    updated_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), server_default=func.now(), onupdate=func.now()
+    )
+
+
+class Refund(Base):
+    """A refund of a booking's payment (our id goes to the gateway as the idempotency key)."""
+
+    __tablename__ = "payment_refunds"
+    __table_args__ = (
+        CheckConstraint(one_of("status", REFUND_STATUSES), name="status"),
+        CheckConstraint("amount_paise > 0", name="amount"),
+        CheckConstraint("fee_paise >= 0", name="fee"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    booking_id: Mapped[int] = mapped_column(ForeignKey("bookings.id"), unique=True)
+    payment_id: Mapped[str] = mapped_column(String(40))
+    amount_paise: Mapped[int] = mapped_column(BigInteger)
+    fee_paise: Mapped[int] = mapped_column(BigInteger, default=0)
+    reason: Mapped[str] = mapped_column(String(20))
+    actor: Mapped[str] = mapped_column(String(60))
+    status: Mapped[str] = mapped_column(String(10))
+    gateway_refund_id: Mapped[str | None] = mapped_column(String(40), unique=True)
+    last_error: Mapped[str | None] = mapped_column(String(200))
+    created_at: Mapped[datetime] = _now_col()
+    updated_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), server_default=func.now(), onupdate=func.now()
+    )
+
+
+class ReconciliationMismatch(Base):
+    """A difference between the ledger and the gateway, for operators to look at."""
+
+    __tablename__ = "reconciliation_mismatches"
+    __table_args__ = (
+        CheckConstraint(one_of("kind", MISMATCH_KINDS), name="kind"),
+        CheckConstraint(one_of("entity", MISMATCH_ENTITIES), name="entity"),
+        UniqueConstraint("kind", "entity", "gateway_id", name="uq_reconciliation_mismatches_key"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    kind: Mapped[str] = mapped_column(String(20))
+    entity: Mapped[str] = mapped_column(String(10))
+    gateway_id: Mapped[str] = mapped_column(String(60))
+    booking_id: Mapped[int | None] = mapped_column(ForeignKey("bookings.id"), index=True)
+    ledger_amount_paise: Mapped[int | None] = mapped_column(BigInteger)
+    gateway_amount_paise: Mapped[int | None] = mapped_column(BigInteger)
+    detail: Mapped[str] = mapped_column(String(200))
+    first_seen_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    last_seen_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    resolved_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))

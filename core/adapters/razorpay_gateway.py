@@ -1,0 +1,60 @@
+"""The real `razorpay` client, pointed at Razorpay or (sandbox) at our emulator.
+
+Calls are thin wrappers that return Razorpay's JSON dicts. The SDK's own retry
+(``enable_retry``) is left off: it would repeat POSTs (creates, refunds, transfers) whose
+outcome we cannot know; RQ retries our jobs instead, and each job looks before it creates.
+Payloads are never logged (they carry customer contacts).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import razorpay
+import requests
+from razorpay.errors import BadRequestError, GatewayError, ServerError, SignatureVerificationError
+from razorpay.utility.utility import Utility
+
+from core.config import get_settings
+
+__all__ = ["BadRequestError", "GatewayError", "ServerError", "client", "verify_webhook"]
+
+TIMEOUT_S = 15
+
+
+class _TimeoutSession(requests.Session):
+    """A requests session with a default timeout (the SDK sets none)."""
+
+    def request(self, *args: Any, **kwargs: Any):  # type: ignore[override]
+        kwargs.setdefault("timeout", TIMEOUT_S)
+        return super().request(*args, **kwargs)
+
+
+def client() -> razorpay.Client:
+    """A razorpay Client for the configured keys (and the emulator's base URL in sandbox)."""
+    s = get_settings()
+    options: dict[str, Any] = {}
+    if s.razorpay_api_base:
+        options["base_url"] = s.razorpay_api_base  # host (+ mount prefix); paths carry /v1
+    c = razorpay.Client(session=_TimeoutSession(),
+                        auth=(s.razorpay_key_id, s.razorpay_key_secret), **options)
+    c.enable_retry(False)
+    c.set_app_details({"title": "ridechain", "version": "1"})
+    return c
+
+
+def verify_webhook(body: str, signature: str) -> bool:
+    """True if ``signature`` is the HMAC-SHA256 hex of the raw ``body`` with the webhook secret."""
+    if not signature:
+        return False
+    try:
+        return bool(Utility(None).verify_webhook_signature(
+            body, signature, get_settings().razorpay_webhook_secret))
+    except SignatureVerificationError:
+        return False
+
+
+def is_duplicate_reference(exc: Exception) -> bool:
+    """Razorpay's refusal of a second payment link with the same reference_id."""
+    return isinstance(exc, BadRequestError) and "reference_id" in str(exc).lower() and (
+        "already" in str(exc).lower())

@@ -1,0 +1,246 @@
+"""Ledger postings: the money rules as pure data (no database, no gateway).
+
+A journal entry is a set of postings that sum to zero. A posting's amount is signed from
+the account's point of view: positive puts money in the account's bucket, negative takes
+it out. ``gateway_clearing`` is the outside world as the gateway sees it (it goes negative
+when a customer pays us and comes back when a refund or a partner transfer leaves), so the
+sum over every account is always zero and every other balance reads naturally:
+
+* ``escrow`` per booking: what the customer paid and is not yet earned or refunded (>= 0);
+* ``partner_payable`` per partner: earned by delivered legs, not yet transferred;
+* ``platform_commission``: the platform's share of delivered legs;
+* ``refunds_pending`` per booking: refunds asked of the gateway, not yet settled.
+
+Every entry has an idempotency key derived from what caused it (a gateway payment id, a
+leg id, our refund id), so recording the same cause twice is a no-op in the database.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+from core.domain.errors import Conflict, ValidationError
+
+
+class AccountKind(StrEnum):
+    GATEWAY_CLEARING = "gateway_clearing"
+    ESCROW = "escrow"
+    PARTNER_PAYABLE = "partner_payable"
+    PLATFORM_COMMISSION = "platform_commission"
+    REFUNDS_PENDING = "refunds_pending"
+
+
+class EntryKind(StrEnum):
+    CAPTURE = "capture"
+    RELEASE = "release"
+    CANCELLATION_FEE = "cancellation_fee"
+    REFUND_REQUESTED = "refund_requested"
+    REFUND_PROCESSED = "refund_processed"
+    REFUND_FAILED = "refund_failed"
+    TRANSFER_PROCESSED = "transfer_processed"
+
+
+# Accounts whose balance may never go below zero (checked at write time, under a lock).
+NON_NEGATIVE = frozenset({AccountKind.ESCROW, AccountKind.REFUNDS_PENDING})
+
+
+class InsufficientEscrow(Conflict):
+    """A release or refund would take more out of a booking than is left in escrow."""
+
+    code = "insufficient_escrow"
+
+
+@dataclass(frozen=True)
+class Account:
+    kind: AccountKind
+    booking_id: int | None = None
+    partner_id: int | None = None
+
+    def __post_init__(self) -> None:
+        per_booking = self.kind in (AccountKind.ESCROW, AccountKind.REFUNDS_PENDING)
+        if per_booking != (self.booking_id is not None):
+            raise ValueError(f"{self.kind} account needs a booking id exactly when per booking")
+        if (self.kind is AccountKind.PARTNER_PAYABLE) != (self.partner_id is not None):
+            raise ValueError("partner_payable accounts (only) carry a partner id")
+
+    @property
+    def key(self) -> str:
+        """Stable account name stored on every posting (``escrow:b12``, ``partner_payable:p3``)."""
+        if self.booking_id is not None:
+            return f"{self.kind}:b{self.booking_id}"
+        if self.partner_id is not None:
+            return f"{self.kind}:p{self.partner_id}"
+        return str(self.kind)
+
+
+GATEWAY = Account(AccountKind.GATEWAY_CLEARING)
+COMMISSION = Account(AccountKind.PLATFORM_COMMISSION)
+
+
+def escrow(booking_id: int) -> Account:
+    return Account(AccountKind.ESCROW, booking_id=booking_id)
+
+
+def refunds_pending(booking_id: int) -> Account:
+    return Account(AccountKind.REFUNDS_PENDING, booking_id=booking_id)
+
+
+def payable(partner_id: int) -> Account:
+    return Account(AccountKind.PARTNER_PAYABLE, partner_id=partner_id)
+
+
+@dataclass(frozen=True)
+class Posting:
+    account: Account
+    amount_paise: int
+    leg_id: int | None = None
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One journal transaction: balanced postings plus why and for which booking."""
+
+    kind: EntryKind
+    idempotency_key: str
+    booking_id: int | None
+    postings: tuple[Posting, ...]
+    memo: str = ""
+    gateway_ref: str | None = field(default=None)
+
+    def __post_init__(self) -> None:
+        if not self.idempotency_key or len(self.idempotency_key) > 120:
+            raise ValueError("an entry needs an idempotency key of at most 120 chars")
+        if len(self.postings) < 2:
+            raise ValueError("an entry needs at least two postings")
+        for p in self.postings:
+            if isinstance(p.amount_paise, bool) or not isinstance(p.amount_paise, int):
+                raise ValueError("posting amounts are integer paise")
+            if p.amount_paise == 0:
+                raise ValueError("a posting of zero paise means nothing; leave it out")
+        if sum(p.amount_paise for p in self.postings) != 0:
+            raise ValueError("postings of an entry must sum to zero")
+
+    def delta(self, account: Account) -> int:
+        """How this entry changes ``account``'s balance."""
+        return sum(p.amount_paise for p in self.postings if p.account == account)
+
+
+def _amount(name: str, value: int, *, allow_zero: bool = False) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0 or (
+        value == 0 and not allow_zero
+    ):
+        raise ValidationError(f"{name} must be a positive integer number of paise", field=name)
+    return value
+
+
+def _move(frm: Account, to: Account, amount: int, leg_id: int | None = None) -> list[Posting]:
+    return [Posting(frm, -amount, leg_id), Posting(to, amount, leg_id)]
+
+
+def capture(booking_id: int, payment_id: str, amount_paise: int) -> Entry:
+    """The gateway captured a customer's payment: it waits in the booking's escrow."""
+    _amount("amount_paise", amount_paise)
+    return Entry(EntryKind.CAPTURE, f"capture:{payment_id}", booking_id,
+                 tuple(_move(GATEWAY, escrow(booking_id), amount_paise)),
+                 memo="payment captured", gateway_ref=payment_id)
+
+
+def leg_commission(commission_total: int, partner_share_total: int, leg_payout: int,
+                   already_recognised: int, last_leg: bool) -> int:
+    """The commission a delivered leg earns: proportional to its payout, the last leg takes
+    the remainder so the legs' commissions add up to the booking's exactly."""
+    for name, v in (("commission_total", commission_total),
+                    ("partner_share_total", partner_share_total), ("leg_payout", leg_payout),
+                    ("already_recognised", already_recognised)):
+        _amount(name, v, allow_zero=True)
+    remaining = commission_total - already_recognised
+    if remaining < 0:
+        raise ValueError("more commission recognised than the booking carries")
+    if last_leg or partner_share_total == 0:
+        return remaining
+    share = (commission_total * leg_payout * 2 + partner_share_total) // (2 * partner_share_total)
+    return min(share, remaining)
+
+
+def release(booking_id: int, leg_id: int, partner_id: int, payout_paise: int,
+            commission_paise: int) -> Entry:
+    """A leg was delivered: its payout becomes the partner's, its commission the platform's."""
+    _amount("payout_paise", payout_paise, allow_zero=True)
+    _amount("commission_paise", commission_paise, allow_zero=True)
+    total = payout_paise + commission_paise
+    _amount("release total", total)
+    postings = [Posting(escrow(booking_id), -total, leg_id)]
+    if payout_paise:
+        postings.append(Posting(payable(partner_id), payout_paise, leg_id))
+    if commission_paise:
+        postings.append(Posting(COMMISSION, commission_paise, leg_id))
+    return Entry(EntryKind.RELEASE, f"release:leg:{leg_id}", booking_id, tuple(postings),
+                 memo="leg delivered")
+
+
+def cancellation_fee(booking_id: int, leg_id: int, partner_id: int, fee_paise: int) -> Entry:
+    """A cancellation after assignment: the fee pays the assigned partner's wasted trip."""
+    _amount("fee_paise", fee_paise)
+    return Entry(EntryKind.CANCELLATION_FEE, f"fee:booking:{booking_id}", booking_id,
+                 tuple(_move(escrow(booking_id), payable(partner_id), fee_paise, leg_id)),
+                 memo="cancellation fee to the assigned partner")
+
+
+def refund_requested(booking_id: int, refund_id: int, amount_paise: int) -> Entry:
+    """A refund is asked of the gateway: reserve it out of escrow (pending)."""
+    _amount("amount_paise", amount_paise)
+    return Entry(EntryKind.REFUND_REQUESTED, f"refund:{refund_id}:requested", booking_id,
+                 tuple(_move(escrow(booking_id), refunds_pending(booking_id), amount_paise)),
+                 memo="refund requested")
+
+
+def refund_processed(booking_id: int, refund_id: int, amount_paise: int,
+                     gateway_refund_id: str | None) -> Entry:
+    """The gateway paid the refund back to the customer: the pending amount leaves."""
+    _amount("amount_paise", amount_paise)
+    return Entry(EntryKind.REFUND_PROCESSED, f"refund:{refund_id}:settled", booking_id,
+                 tuple(_move(refunds_pending(booking_id), GATEWAY, amount_paise)),
+                 memo="refund processed", gateway_ref=gateway_refund_id)
+
+
+def refund_failed(booking_id: int, refund_id: int, amount_paise: int,
+                  gateway_refund_id: str | None) -> Entry:
+    """The gateway could not refund: the pending amount goes back to escrow (void).
+
+    Same idempotency key as ``refund_processed``: a refund settles one way only."""
+    _amount("amount_paise", amount_paise)
+    return Entry(EntryKind.REFUND_FAILED, f"refund:{refund_id}:settled", booking_id,
+                 tuple(_move(refunds_pending(booking_id), escrow(booking_id), amount_paise)),
+                 memo="refund failed; back in escrow", gateway_ref=gateway_refund_id)
+
+
+def transfer_processed(booking_id: int, leg_id: int, partner_id: int, transfer_id: str,
+                       amount_paise: int) -> Entry:
+    """The gateway settled a leg's transfer to the partner: payable paid out."""
+    _amount("amount_paise", amount_paise)
+    return Entry(EntryKind.TRANSFER_PROCESSED, f"transfer:{transfer_id}:processed", booking_id,
+                 tuple(_move(payable(partner_id), GATEWAY, amount_paise, leg_id)),
+                 memo="transfer to partner processed", gateway_ref=transfer_id)
+
+
+def check_balances(entry: Entry, balances: dict[Account, int]) -> None:
+    """Raise InsufficientEscrow if ``entry`` would leave a non-negative account below zero.
+
+    ``balances`` holds the current balance of each account the entry touches."""
+    for p in entry.postings:
+        if p.account.kind in NON_NEGATIVE:
+            after = balances.get(p.account, 0) + entry.delta(p.account)
+            if after < 0:
+                raise InsufficientEscrow(
+                    f"{p.account.key} would go to {after} paise", field="amount_paise")
+
+
+def apply(balances: dict[Account, int], entries: Iterable[Entry]) -> dict[Account, int]:
+    """Balances after ``entries`` (a model for tests and projections)."""
+    out = dict(balances)
+    for e in entries:
+        for p in e.postings:
+            out[p.account] = out.get(p.account, 0) + p.amount_paise
+    return out

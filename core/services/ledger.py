@@ -1,0 +1,142 @@
+"""The ledger in PostgreSQL: record entries once, read balances as projections.
+
+Writers must hold the booking's row lock (``lock_booking``) before posting an entry that
+touches the booking's escrow: that serializes concurrent releases and refunds of one
+booking, so the balance check below sees every earlier entry. The database backs this up
+(append-only triggers, a unique idempotency key, and a commit-time check that entries
+balance and escrow stays non-negative).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import func, select
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.orm import Session
+
+from core import clock
+from core.adapters.models import Booking
+from core.adapters.payment_models import LedgerPosting, LedgerTransaction
+from core.domain import ledger as rules
+from core.domain.errors import NotFound
+
+
+def lock_booking(session: Session, booking_id: int) -> Booking:
+    """The booking, freshly read under a row lock held until the transaction ends."""
+    booking = session.scalar(
+        select(Booking).where(Booking.id == booking_id).with_for_update()
+        .execution_options(populate_existing=True)
+    )
+    if booking is None:
+        raise NotFound("no such booking", code="unknown_booking")
+    return booking
+
+
+def post(session: Session, entry: rules.Entry, *, actor: str, cause: str | None = None) -> bool:
+    """Record ``entry`` once; False if its idempotency key is already in the ledger.
+
+    Raises InsufficientEscrow when the entry would overdraw escrow or pending refunds."""
+    if session.scalar(select(LedgerTransaction.id).where(
+            LedgerTransaction.idempotency_key == entry.idempotency_key)) is not None:
+        return False
+    guarded = {p.account for p in entry.postings if p.account.kind in rules.NON_NEGATIVE}
+    rules.check_balances(entry, {a: balance(session, a) for a in guarded})
+    now = clock.now()
+    tx_id = session.scalar(
+        insert(LedgerTransaction)
+        .values(idempotency_key=entry.idempotency_key, kind=entry.kind.value,
+                booking_id=entry.booking_id, gateway_ref=entry.gateway_ref,
+                actor=actor[:60], cause=(cause or None) and cause[:120],
+                memo=entry.memo[:200], created_at=now)
+        .on_conflict_do_nothing(index_elements=["idempotency_key"])
+        .returning(LedgerTransaction.id)
+    )
+    if tx_id is None:  # a concurrent writer recorded the same cause first
+        return False
+    session.execute(insert(LedgerPosting), [
+        {"transaction_id": tx_id, "account": p.account.key, "account_kind": p.account.kind.value,
+         "booking_id": p.account.booking_id or entry.booking_id,
+         "partner_id": p.account.partner_id, "leg_id": p.leg_id,
+         "amount_paise": p.amount_paise, "created_at": now}
+        for p in entry.postings
+    ])
+    return True
+
+
+def recorded(session: Session, idempotency_key: str) -> bool:
+    return session.scalar(select(LedgerTransaction.id).where(
+        LedgerTransaction.idempotency_key == idempotency_key)) is not None
+
+
+def balance(session: Session, account: rules.Account, at: datetime | None = None) -> int:
+    """An account's balance (optionally as it was at ``at``): the sum of its postings."""
+    stmt = select(func.coalesce(func.sum(LedgerPosting.amount_paise), 0)).where(
+        LedgerPosting.account == account.key)
+    if at is not None:
+        stmt = stmt.where(LedgerPosting.created_at <= at)
+    return int(session.scalar(stmt) or 0)
+
+
+def account_balances(session: Session, at: datetime | None = None) -> dict[str, int]:
+    """Every account's balance, by account name (``escrow:b12`` ...)."""
+    stmt = select(LedgerPosting.account, func.sum(LedgerPosting.amount_paise)).group_by(
+        LedgerPosting.account)
+    if at is not None:
+        stmt = stmt.where(LedgerPosting.created_at <= at)
+    return {a: int(v) for a, v in session.execute(stmt)}
+
+
+def total(session: Session) -> int:
+    """The sum of every posting ever made: zero, or the ledger is broken."""
+    return int(session.scalar(select(func.coalesce(func.sum(LedgerPosting.amount_paise), 0)))
+               or 0)
+
+
+def _kind_sum(session: Session, booking_id: int, kind: rules.EntryKind,
+              account_kind: rules.AccountKind | None = None, *, positive: bool = True) -> int:
+    stmt = (select(func.coalesce(func.sum(LedgerPosting.amount_paise), 0))
+            .join(LedgerTransaction, LedgerTransaction.id == LedgerPosting.transaction_id)
+            .where(LedgerTransaction.booking_id == booking_id,
+                   LedgerTransaction.kind == kind.value))
+    if account_kind is not None:
+        stmt = stmt.where(LedgerPosting.account_kind == account_kind.value)
+    sign = LedgerPosting.amount_paise > 0 if positive else LedgerPosting.amount_paise < 0
+    stmt = stmt.where(sign)
+    return abs(int(session.scalar(stmt) or 0))
+
+
+def booking_summary(session: Session, booking_id: int) -> dict[str, int]:
+    """Money of one booking: captured, released (payouts + commission), fees, refunds."""
+    return {
+        "captured_paise": _kind_sum(session, booking_id, rules.EntryKind.CAPTURE,
+                                    rules.AccountKind.ESCROW),
+        "released_paise": _kind_sum(session, booking_id, rules.EntryKind.RELEASE,
+                                    rules.AccountKind.ESCROW, positive=False),
+        "commission_paise": _kind_sum(session, booking_id, rules.EntryKind.RELEASE,
+                                      rules.AccountKind.PLATFORM_COMMISSION),
+        "fee_paise": _kind_sum(session, booking_id, rules.EntryKind.CANCELLATION_FEE,
+                               rules.AccountKind.PARTNER_PAYABLE),
+        "refunded_paise": _kind_sum(session, booking_id, rules.EntryKind.REFUND_PROCESSED,
+                                    rules.AccountKind.GATEWAY_CLEARING),
+        "escrow_paise": balance(session, rules.escrow(booking_id)),
+        "refunds_pending_paise": balance(session, rules.refunds_pending(booking_id)),
+    }
+
+
+def leg_payable(session: Session, leg_id: int) -> int:
+    """What a leg earned its partner (payout on delivery, or a cancellation fee)."""
+    return int(session.scalar(
+        select(func.coalesce(func.sum(LedgerPosting.amount_paise), 0)).where(
+            LedgerPosting.leg_id == leg_id,
+            LedgerPosting.account_kind == rules.AccountKind.PARTNER_PAYABLE.value,
+            LedgerPosting.amount_paise > 0)) or 0)
+
+
+def partner_balance(session: Session, partner_id: int, at: datetime | None = None) -> int:
+    """What the platform still owes a partner (earned, not yet transferred)."""
+    return balance(session, rules.payable(partner_id), at)
+
+
+__all__ = ["account_balances", "balance", "booking_summary", "leg_payable", "lock_booking",
+           "partner_balance", "post", "recorded", "total"]

@@ -1,0 +1,215 @@
+"""Reconciliation: compare the ledger with what the gateway says, record every mismatch.
+
+For a time window, the gateway's captured payments, processed refunds and live transfers
+(fetched through the client) are matched with the ledger's captures, settled refunds and
+partner payables by gateway id. Each difference (missing on either side, amount differs)
+is recorded once per (kind, entity, gateway id) and marked resolved when a later run finds
+it matching. Operators read them with ``list_mismatches`` (the ops REST endpoint comes
+with the REST API).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import select
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.orm import Session
+
+from core import clock
+from core.adapters import razorpay_gateway as gw
+from core.adapters.db import transaction
+from core.adapters.payment_models import (
+    LedgerPosting,
+    LedgerTransaction,
+    LegTransfer,
+    ReconciliationMismatch,
+)
+from core.domain.ledger import AccountKind, EntryKind
+from core.services import ledger
+
+log = logging.getLogger(__name__)
+
+WINDOW = timedelta(days=1)
+PAGE = 100
+
+
+@dataclass(frozen=True)
+class Finding:
+    kind: str  # missing_in_ledger | missing_at_gateway | amount_differs
+    entity: str  # payment | refund | transfer
+    gateway_id: str
+    booking_id: int | None
+    ledger_amount: int | None
+    gateway_amount: int | None
+    detail: str
+
+
+def _pages(fetch, since: datetime, until: datetime) -> Iterator[dict]:
+    skip = 0
+    while True:
+        page = fetch({"from": int(since.timestamp()), "to": int(until.timestamp()),
+                      "count": PAGE, "skip": skip})
+        items = page.get("items") or []
+        yield from items
+        if len(items) < PAGE:
+            return
+        skip += PAGE
+
+
+def _fetch_one(fetch, gateway_id: str) -> dict | None:
+    try:
+        return fetch(gateway_id)
+    except gw.BadRequestError:
+        return None
+
+
+def _ledger_amounts(session: Session, kind: EntryKind, account_kind: AccountKind,
+                    since: datetime, until: datetime | None,
+                    refs: set[str] | None = None) -> dict[str, tuple[int, int | None]]:
+    """gateway_ref -> (amount, booking_id) for entries of ``kind`` (in the window or refs)."""
+    stmt = (select(LedgerTransaction.gateway_ref, LedgerPosting.amount_paise,
+                   LedgerTransaction.booking_id)
+            .join(LedgerPosting, LedgerPosting.transaction_id == LedgerTransaction.id)
+            .where(LedgerTransaction.kind == kind.value,
+                   LedgerPosting.account_kind == account_kind.value,
+                   LedgerTransaction.gateway_ref.is_not(None)))
+    if refs is not None:
+        stmt = stmt.where(LedgerTransaction.gateway_ref.in_(refs or {""}))
+    else:
+        stmt = stmt.where(LedgerTransaction.created_at >= since)
+        if until is not None:
+            stmt = stmt.where(LedgerTransaction.created_at <= until)
+    out: dict[str, tuple[int, int | None]] = {}
+    for ref, amount, booking_id in session.execute(stmt):
+        prev = out.get(ref, (0, booking_id))[0]
+        out[ref] = (prev + abs(int(amount)), booking_id)
+    return out
+
+
+def _compare(entity: str, gateway: dict[str, int], ledger_side: dict[str, tuple[int, int | None]],
+             fetch_one, booking_of: dict[str, int | None]) -> tuple[list[Finding], set[str]]:
+    findings: list[Finding] = []
+    for gid, amount in gateway.items():
+        if gid not in ledger_side:
+            findings.append(Finding("missing_in_ledger", entity, gid, booking_of.get(gid), None,
+                                    amount, f"{entity} at the gateway has no ledger entry"))
+        elif ledger_side[gid][0] != amount:
+            findings.append(Finding("amount_differs", entity, gid, ledger_side[gid][1],
+                                    ledger_side[gid][0], amount,
+                                    f"{entity} amount differs between ledger and gateway"))
+    for gid, (amount, booking_id) in ledger_side.items():
+        if gid in gateway:
+            continue
+        entity_at_gw = fetch_one(gid)
+        gw_amount = _gateway_amount(entity, entity_at_gw)
+        if gw_amount is None:
+            findings.append(Finding("missing_at_gateway", entity, gid, booking_id, amount, None,
+                                    f"ledger {entity} unknown to the gateway"))
+        elif gw_amount != amount:
+            findings.append(Finding("amount_differs", entity, gid, booking_id, amount, gw_amount,
+                                    f"{entity} amount differs between ledger and gateway"))
+    return findings, set(gateway) | set(ledger_side)
+
+
+def _gateway_amount(entity: str, item: dict | None) -> int | None:
+    if not item:
+        return None
+    if entity == "payment":
+        return int(item["amount"]) if item.get("captured") else None
+    if entity == "refund":
+        return int(item["amount"]) if item.get("status") == "processed" else None
+    if item.get("status") in ("failed", "reversed"):
+        return None
+    return int(item["amount"]) - int(item.get("amount_reversed") or 0)
+
+
+def _notes_int(item: dict, name: str) -> int | None:
+    raw = str((item.get("notes") or {}).get(name) or "")
+    return int(raw) if raw.isdigit() else None
+
+
+def run(since: datetime | None = None, until: datetime | None = None) -> dict[str, int]:
+    """Compare one window (default: the last day) and record what differs."""
+    until = until or clock.now()
+    since = since or until - WINDOW
+    c = gw.client()
+    payments = {p["id"]: p for p in _pages(c.payment.all, since, until) if p.get("captured")}
+    refunds = {r["id"]: r for r in _pages(c.refund.all, since, until)
+               if r.get("status") == "processed"}
+    transfers = {t["id"]: t for t in _pages(c.transfer.all, since, until)
+                 if t.get("status") not in ("failed", "reversed")}
+    # Widen the ledger side by what the gateway listed (entries recorded just after the
+    # window), and the gateway side by single fetches (objects just outside it).
+    with transaction() as session:
+        led_pay = _ledger_amounts(session, EntryKind.CAPTURE, AccountKind.ESCROW, since, until)
+        led_pay.update(_ledger_amounts(session, EntryKind.CAPTURE, AccountKind.ESCROW, since,
+                                       None, set(payments)))
+        led_ref = _ledger_amounts(session, EntryKind.REFUND_PROCESSED,
+                                  AccountKind.GATEWAY_CLEARING, since, until)
+        led_ref.update(_ledger_amounts(session, EntryKind.REFUND_PROCESSED,
+                                       AccountKind.GATEWAY_CLEARING, since, None, set(refunds)))
+        rows = session.scalars(select(LegTransfer).where(
+            LegTransfer.transfer_id.is_not(None),
+            (LegTransfer.updated_at >= since) | LegTransfer.transfer_id.in_(
+                set(transfers) or {""}))).all()
+        led_trf = {r.transfer_id: (ledger.leg_payable(session, r.leg_id), r.booking_id)
+                   for r in rows if r.status != "reversed" and r.transfer_id}
+    findings: list[Finding] = []
+    checked: dict[str, set[str]] = {}
+    for entity, gateway_items, led, fetch in (
+        ("payment", payments, led_pay, c.payment.fetch),
+        ("refund", refunds, led_ref, c.refund.fetch),
+        ("transfer", transfers, led_trf, c.transfer.fetch),
+    ):
+        amounts = {gid: _gateway_amount(entity, item) or 0 for gid, item in gateway_items.items()}
+        bookings = {gid: _notes_int(item, "booking_id") for gid, item in gateway_items.items()}
+        found, seen = _compare(entity, amounts, led, lambda gid, f=fetch: _fetch_one(f, gid),
+                               bookings)
+        findings += found
+        checked[entity] = seen
+    _record(findings, checked)
+    if findings:
+        log.warning("reconciliation found mismatches", extra={"count": len(findings)})
+    return {"mismatches": len(findings), "payments": len(payments), "refunds": len(refunds),
+            "transfers": len(transfers)}
+
+
+def _record(findings: list[Finding], checked: dict[str, set[str]]) -> None:
+    now = clock.now()
+    with transaction() as session:
+        keys = set()
+        for f in findings:
+            keys.add((f.kind, f.entity, f.gateway_id))
+            values = {"booking_id": f.booking_id, "ledger_amount_paise": f.ledger_amount,
+                      "gateway_amount_paise": f.gateway_amount, "detail": f.detail[:200],
+                      "last_seen_at": now, "resolved_at": None}
+            session.execute(
+                insert(ReconciliationMismatch)
+                .values(kind=f.kind, entity=f.entity, gateway_id=f.gateway_id,
+                        first_seen_at=now, **values)
+                .on_conflict_do_update(constraint="uq_reconciliation_mismatches_key", set_=values))
+        for row in session.scalars(select(ReconciliationMismatch).where(
+                ReconciliationMismatch.resolved_at.is_(None))):
+            if (row.kind, row.entity, row.gateway_id) not in keys and (
+                    row.gateway_id in checked.get(row.entity, set())):
+                row.resolved_at = now
+
+
+def list_mismatches(session: Session, *, include_resolved: bool = False) -> list[dict]:
+    """Mismatches for operators, newest first (open ones only unless asked)."""
+    stmt = select(ReconciliationMismatch).order_by(ReconciliationMismatch.last_seen_at.desc(),
+                                                   ReconciliationMismatch.id.desc())
+    if not include_resolved:
+        stmt = stmt.where(ReconciliationMismatch.resolved_at.is_(None))
+    return [
+        {"id": m.id, "kind": m.kind, "entity": m.entity, "gateway_id": m.gateway_id,
+         "booking_id": m.booking_id, "ledger_amount_paise": m.ledger_amount_paise,
+         "gateway_amount_paise": m.gateway_amount_paise, "detail": m.detail,
+         "first_seen_at": m.first_seen_at.isoformat(), "last_seen_at": m.last_seen_at.isoformat(),
+         "resolved_at": m.resolved_at.isoformat() if m.resolved_at else None}
+        for m in session.scalars(stmt)
+    ]

@@ -1,0 +1,88 @@
+"""Reconciliation: each kind of mismatch, made through the sandbox gateway, is reported."""
+
+from __future__ import annotations
+
+import pytest
+
+from core.adapters import razorpay_gateway
+from core.adapters.db import transaction
+from core.services import ledger, payments, reconciliation
+from sandbox import razorpay as emu
+from tests.test_payments_support import (
+    CUSTOMER,
+    advance,
+    ledger_checked,
+    new_partner,
+    paid_booking,
+    run,
+)
+
+pytestmark = pytest.mark.db
+
+
+@pytest.fixture(autouse=True)
+def ledger_balanced(clean_db):
+    yield from ledger_checked()
+
+
+def mismatches() -> set[tuple[str, str]]:
+    with transaction() as s:
+        return {(m["kind"], m["entity"]) for m in reconciliation.list_mismatches(s)}
+
+
+def payment_of(booking_id: int) -> str:
+    with transaction() as s:
+        pid = payments._capture_payment_id(s, booking_id)
+    assert pid is not None
+    return pid
+
+
+def test_a_clean_day_reports_nothing(live):
+    partner = new_partner()
+    delivered = paid_booking("+919812340001")
+    leg_id = advance(delivered, partner, to="delivered")
+    payments.release_leg(leg_id)
+    cancelled = paid_booking("+919812340002")
+    with transaction() as s:
+        payments.cancel_booking(s, ledger.lock_booking(s, cancelled), CUSTOMER, "no")
+    run()
+    result = reconciliation.run()
+    assert result["payments"] == 2 and result["refunds"] == 1 and result["transfers"] == 1
+    assert result["mismatches"] == 0
+    assert mismatches() == set()
+
+
+def test_every_kind_of_mismatch_is_recorded_and_listed(live):
+    stray = emu.create_payment(12_300)  # paid at the gateway, unknown to the ledger
+    differs = paid_booking("+919812340001")
+    emu.set_fields(payment_of(differs), amount=1)
+    missing = paid_booking("+919812340002")
+    emu.delete_object(payment_of(missing))
+    refunded = paid_booking("+919812340003")
+    with transaction() as s:
+        payments.cancel_booking(s, ledger.lock_booking(s, refunded), CUSTOMER, "no")
+    run()
+    refund_id = emu._all("refund")[0]["id"]
+    emu.set_fields(refund_id, amount=99)
+    # A transfer someone made at the gateway outside our flow.
+    other = paid_booking("+919812340004")
+    razorpay_gateway.client().payment.transfer(payment_of(other), {"transfers": [
+        {"account": "acc_stranger01", "amount": 500, "currency": "INR"}]})
+    run()
+    reconciliation.run()
+    assert mismatches() == {
+        ("missing_in_ledger", "payment"), ("amount_differs", "payment"),
+        ("missing_at_gateway", "payment"), ("amount_differs", "refund"),
+        ("missing_in_ledger", "transfer"),
+    }
+    with transaction() as s:
+        rows = {m["gateway_id"]: m for m in reconciliation.list_mismatches(s)}
+    assert rows[stray["id"]]["gateway_amount_paise"] == 12_300
+    assert rows[refund_id]["gateway_amount_paise"] == 99
+    # Running again records nothing new; fixing the gateway side resolves the entry.
+    reconciliation.run()
+    emu.set_fields(refund_id, amount=rows[refund_id]["ledger_amount_paise"])
+    reconciliation.run()
+    with transaction() as s:
+        assert len(reconciliation.list_mismatches(s)) == 4
+        assert len(reconciliation.list_mismatches(s, include_resolved=True)) == 5

@@ -1,0 +1,83 @@
+"""Payment jobs (thin: ids in, call core.services.payments / reconciliation).
+
+Job ids are natural keys: ``paylink-<booking>``, ``rzp-event-<event id>``,
+``release-<leg>``, ``transfer-<leg>``, ``refund-<booking>``, ``paylink-cancel-<booking>``,
+``payments-sweep-<minute>``, ``reconcile-<hour>``.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from core.services import payments, reconciliation
+
+SWEEP_EVERY_S = 60
+RECONCILE_EVERY_S = 3600
+
+
+def create_payment_link(booking_id: int) -> str:
+    """Create the booking's payment link at the gateway and send it to the customer."""
+    return payments.create_payment_link(booking_id)
+
+
+def process_event(event_row_id: int) -> str:
+    """Apply one stored Razorpay webhook event."""
+    return payments.process_event(event_row_id)
+
+
+def release_leg(leg_id: int) -> str:
+    """A leg was delivered: release its payout from escrow (enqueued by dispatch)."""
+    return payments.release_leg(leg_id)
+
+
+def settle_leg_transfer(leg_id: int) -> str:
+    """Make the leg's Route transfer match what the ledger says the partner earned."""
+    return payments.settle_leg_transfer(leg_id)
+
+
+def refund_booking(booking_id: int, reason: str) -> str:
+    """Refund a booking by policy (``cancelled``, ``no_partner``, ``late_payment``)."""
+    return payments.refund_booking(booking_id, reason)
+
+
+def cancel_payment_link(booking_id: int) -> str:
+    """Cancel the link of a booking cancelled or expired before payment."""
+    return payments.cancel_payment_link(booking_id)
+
+
+def sweep() -> dict[str, int]:
+    """Expire unpaid bookings, re-enqueue lost events; then schedule the next sweep."""
+    result = payments.sweep()
+    schedule_periodic()
+    return result
+
+
+def reconcile() -> dict[str, int]:
+    """Compare the ledger with the gateway for the last day; then schedule the next run."""
+    result = reconciliation.run()
+    schedule_periodic()
+    return result
+
+
+def _schedule_once(func: str, every_s: int, prefix: str, now: datetime) -> str:
+    from core.adapters.queue import queue
+
+    next_at = (int(now.timestamp()) // every_s + 1) * every_s
+    job_id = f"{prefix}-{next_at}"
+    q = queue("default")
+    if q.fetch_job(job_id) is None:
+        q.enqueue_at(datetime.fromtimestamp(next_at, UTC), func, job_id=job_id,
+                     result_ttl=600, failure_ttl=86400)
+    return job_id
+
+
+def schedule_periodic(now: datetime | None = None) -> list[str]:
+    """Schedule the next sweep (every minute) and reconciliation (every hour), once each.
+
+    The job ids name the slot, so several workers join one chain instead of starting many.
+    """
+    now = now or datetime.now(UTC)
+    return [
+        _schedule_once("workers.payments.sweep", SWEEP_EVERY_S, "payments-sweep", now),
+        _schedule_once("workers.payments.reconcile", RECONCILE_EVERY_S, "reconcile", now),
+    ]
