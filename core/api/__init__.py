@@ -11,7 +11,7 @@ bp = Blueprint("api_v1", __name__, url_prefix="/api/v1")
 PREFIX = "/api/v1"
 
 # Importing the route modules declares their endpoints on bp (and in the OpenAPI registry).
-from core.api import addressing, auth, customer  # noqa: E402,F401
+from core.api import addressing, auth, customer, ops, partner  # noqa: E402,F401
 
 
 @bp.get("/openapi.json")

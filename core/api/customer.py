@@ -290,6 +290,11 @@ def cancel_booking(ref: str, query: CancelQuery) -> CancellationOut:
             q = payments.cancel_booking(session, b, Actor(who.role, str(who.person_id)),
                                         "cancelled in the app")
             cancelled = True
+            if who.role == "ops":  # money moves on an operator's word: keep the record
+                from core.api.ops import audit
+
+                audit(session, "booking.cancel", f"booking:{b.reference}",
+                      refund_paise=q.refund_paise, fee_paise=q.fee_paise)
         return CancellationOut(allowed=q.allowed, refund_paise=q.refund_paise,
                                fee_paise=q.fee_paise, reason_code=q.reason_code,
                                status=BookingStatus(b.status), cancelled=cancelled)

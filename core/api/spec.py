@@ -57,6 +57,7 @@ class Endpoint:
     status: int
     tags: tuple[str, ...]
     errors: tuple[int, ...] = field(default_factory=tuple)
+    raw_body: tuple[str, ...] = ()  # media types of a binary body (photo uploads)
 
     @property
     def openapi_path(self) -> str:
@@ -135,6 +136,7 @@ def endpoint(
     status: int = 200,
     tags: tuple[str, ...] = (),
     errors: tuple[int, ...] = (),
+    raw_body: tuple[str, ...] = (),
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Declare an API endpoint: route, auth, validation, serialisation, and its docs."""
 
@@ -150,6 +152,11 @@ def endpoint(
                 kwargs["query"] = parse_query(query)
             if body is not None:
                 kwargs["body"] = parse_body(body)
+            if raw_body:
+                if request.mimetype not in raw_body:
+                    raise ApiError(415, "unsupported_media_type",
+                                   f"send the body as one of: {', '.join(raw_body)}")
+                kwargs["raw"] = request.get_data(cache=False)
             result = func(**kwargs)
             if isinstance(result, Response):
                 return result
@@ -161,7 +168,7 @@ def endpoint(
         view_name = f"{method.lower()}_{func.__name__}"
         bp.add_url_rule(path, endpoint=view_name, view_func=view, methods=[method])
         REGISTRY.append(Endpoint(method.upper(), path, func, summary, roles, body, query,
-                                 response, status, tags, errors))
+                                 response, status, tags, errors, raw_body))
         return view
 
     return decorate
@@ -211,6 +218,9 @@ def openapi_document(prefix: str) -> dict[str, Any]:
         if ep.body is not None:
             op["requestBody"] = {"required": True, "content": {
                 "application/json": {"schema": request_schema(ep.body)}}}
+        if ep.raw_body:
+            op["requestBody"] = {"required": True, "content": {
+                t: {"schema": {"type": "string", "format": "binary"}} for t in ep.raw_body}}
         if ep.status == 204:
             op["responses"]["204"] = {"description": "done"}
         else:
@@ -221,8 +231,8 @@ def openapi_document(prefix: str) -> dict[str, Any]:
         codes = set(ep.errors)
         if ep.body is not None or ep.query is not None:
             codes |= {400, 422}
-        if ep.body is not None:
-            codes |= {413, 415}
+        if ep.body is not None or ep.raw_body:
+            codes |= {400, 413, 415}
         if ep.roles is not None:
             codes |= {401, 403}
             op["security"] = [{"bearer": []}]

@@ -1,0 +1,224 @@
+"""Operator (Dispatch console) endpoints: lists, people waiting for a person, unlocks, KYC.
+
+Every money or KYC action an operator takes is written to the append-only audit log in
+the same transaction as the action.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from pydantic import BaseModel, Field
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from core.adapters.api_models import AuditEntry
+from core.adapters.db import transaction
+from core.adapters.dialog_models import HandoffMessage
+from core.adapters.models import Booking, Leg, PartnerProfile, Person
+from core.api import bp
+from core.api.auth_guard import principal
+from core.api.customer import booking_out
+from core.api.schemas import BookingOut, Page, PageQuery
+from core.api.spec import Strict, endpoint
+from core.domain.booking import Actor, BookingStatus, LegStatus
+from core.domain.errors import NotFound
+from core.domain.phone import mask_phone
+from core.services import dispatch, handoff
+
+OPS = ("ops",)
+
+
+def audit(session: Session, action: str, target: str, **details: object) -> None:
+    """Append who did what to which thing (same transaction as the action itself)."""
+    who = principal()
+    session.add(AuditEntry(actor=f"ops:{who.person_id}", action=action, target=target,
+                           details=details))
+
+
+def ops_actor() -> Actor:
+    return Actor("ops", str(principal().person_id))
+
+
+class BookingFilter(PageQuery):
+    status: BookingStatus | None = None
+
+
+class LegFilter(PageQuery):
+    status: LegStatus | None = None
+
+
+class PartnerFilter(PageQuery):
+    on_duty: bool | None = None
+
+
+class LegRow(BaseModel):
+    id: int
+    booking_reference: str
+    sequence: int
+    status: LegStatus
+    partner_id: int | None
+    payout_paise: int
+    otp_failures: int
+    updated_at: datetime
+
+
+class PartnerRow(BaseModel):
+    id: int
+    first_name: str
+    phone_masked: str | None
+    on_duty: bool
+    has_app: bool
+    rating_x100: int
+    offers_received: int
+    offers_accepted: int
+    trust_tier: int
+    kyc_status: str
+    vehicles: list[str]
+
+
+class HandoffRow(BaseModel):
+    id: int
+    channel: str
+    reason: str
+    waiting_since: datetime
+    person_name: str | None
+    phone_masked: str | None
+    messages: list[dict[str, str]]
+
+
+class ReplyIn(Strict):
+    body: str = Field(min_length=1, max_length=1000)
+
+
+class Done(BaseModel):
+    ok: bool = True
+
+
+class KycIn(Strict):
+    status: str = Field(pattern="^(pending|verified|rejected|suspended)$")
+    note: str = Field(min_length=3, max_length=300)
+
+
+def _page(rows: list, query: PageQuery) -> tuple[list, int | None]:
+    more = len(rows) > query.limit
+    return rows[: query.limit], (query.offset + query.limit if more else None)
+
+
+@endpoint(bp, "GET", "/ops/bookings", summary="All bookings, newest first (filter by status)",
+          roles=OPS, query=BookingFilter, response=Page[BookingOut], tags=("ops",))
+def ops_bookings(query: BookingFilter) -> Page[BookingOut]:
+    with transaction() as session:
+        stmt = select(Booking).order_by(Booking.id.desc())
+        if query.status is not None:
+            stmt = stmt.where(Booking.status == query.status.value)
+        rows, nxt = _page(list(session.scalars(stmt.offset(query.offset)
+                                               .limit(query.limit + 1))), query)
+        return Page[BookingOut](items=[booking_out(session, b) for b in rows], next_offset=nxt)
+
+
+@endpoint(bp, "GET", "/ops/legs", summary="Legs (filter by status, e.g. locked)", roles=OPS,
+          query=LegFilter, response=Page[LegRow], tags=("ops",))
+def ops_legs(query: LegFilter) -> Page[LegRow]:
+    with transaction() as session:
+        stmt = select(Leg, Booking.reference).join(Booking, Booking.id == Leg.booking_id) \
+            .order_by(Leg.id.desc())
+        if query.status is not None:
+            stmt = stmt.where(Leg.status == query.status.value)
+        rows, nxt = _page(list(session.execute(stmt.offset(query.offset)
+                                               .limit(query.limit + 1)).all()), query)
+        return Page[LegRow](items=[LegRow(
+            id=leg.id, booking_reference=ref, sequence=leg.sequence, status=leg.status,
+            partner_id=leg.partner_id, payout_paise=leg.payout_paise,
+            otp_failures=leg.otp_failures, updated_at=leg.updated_at) for leg, ref in rows],
+            next_offset=nxt)
+
+
+@endpoint(bp, "GET", "/ops/partners", summary="Partners (filter by duty)", roles=OPS,
+          query=PartnerFilter, response=Page[PartnerRow], tags=("ops",))
+def ops_partners(query: PartnerFilter) -> Page[PartnerRow]:
+    with transaction() as session:
+        stmt = select(PartnerProfile, Person.phone).join(
+            Person, Person.id == PartnerProfile.person_id).order_by(PartnerProfile.id)
+        if query.on_duty is not None:
+            stmt = stmt.where(PartnerProfile.on_duty.is_(query.on_duty))
+        rows, nxt = _page(list(session.execute(stmt.offset(query.offset)
+                                               .limit(query.limit + 1)).all()), query)
+        return Page[PartnerRow](items=[PartnerRow(
+            id=p.id, first_name=p.first_name, phone_masked=mask_phone(phone) if phone else None,
+            on_duty=p.on_duty, has_app=p.has_app, rating_x100=p.rating_x100,
+            offers_received=p.offers_received, offers_accepted=p.offers_accepted,
+            trust_tier=p.trust_tier, kyc_status=p.kyc_status,
+            vehicles=[v.type for v in p.vehicles if v.active]) for p, phone in rows],
+            next_offset=nxt)
+
+
+@endpoint(bp, "GET", "/ops/handoffs", summary="Conversations waiting for a person", roles=OPS,
+          response=list[HandoffRow], tags=("ops",))
+def ops_handoffs() -> list[HandoffRow]:
+    with transaction() as session:
+        out = []
+        for h in handoff.waiting_list(session):
+            person = session.get(Person, h.person_id) if h.person_id else None
+            msgs = session.scalars(select(HandoffMessage).where(
+                HandoffMessage.handoff_id == h.id).order_by(HandoffMessage.id)).all()
+            out.append(HandoffRow(
+                id=h.id, channel=h.channel, reason=h.reason, waiting_since=h.created_at,
+                person_name=person.name if person else None,
+                phone_masked=mask_phone(person.phone) if person and person.phone else None,
+                messages=[{"direction": m.direction, "body": m.body} for m in msgs]))
+        return out
+
+
+@endpoint(bp, "POST", "/ops/handoffs/<int:handoff_id>/reply", summary="Answer the person",
+          roles=OPS, body=ReplyIn, response=Done, tags=("ops",), errors=(404, 409))
+def ops_handoff_reply(handoff_id: int, body: ReplyIn) -> Done:
+    with transaction() as session:
+        handoff.reply(session, handoff_id, f"ops:{principal().person_id}", body.body)
+    return Done()
+
+
+@endpoint(bp, "POST", "/ops/handoffs/<int:handoff_id>/close",
+          summary="Give the conversation back to the bot", roles=OPS, response=Done,
+          tags=("ops",), errors=(404, 409))
+def ops_handoff_close(handoff_id: int) -> Done:
+    with transaction() as session:
+        handoff.close(session, handoff_id, f"ops:{principal().person_id}")
+    return Done()
+
+
+@endpoint(bp, "POST", "/ops/legs/<int:leg_id>/unlock",
+          summary="Unlock a leg locked by wrong OTPs (new codes are sent)", roles=OPS,
+          response=LegRow, tags=("ops",), errors=(404, 409))
+def ops_unlock_leg(leg_id: int) -> LegRow:
+    with transaction() as session:
+        leg = dispatch.unlock_leg(session, leg_id, ops_actor())
+        booking = session.get(Booking, leg.booking_id)
+        assert booking is not None
+        audit(session, "leg.unlock", f"leg:{leg.id}", booking=booking.reference)
+        return LegRow(id=leg.id, booking_reference=booking.reference, sequence=leg.sequence,
+                      status=leg.status, partner_id=leg.partner_id,
+                      payout_paise=leg.payout_paise, otp_failures=leg.otp_failures,
+                      updated_at=leg.updated_at)
+
+
+@endpoint(bp, "PUT", "/ops/partners/<int:partner_id>/kyc", summary="Set a partner's KYC status",
+          roles=OPS, body=KycIn, response=PartnerRow, tags=("ops",), errors=(404,))
+def ops_partner_kyc(partner_id: int, body: KycIn) -> PartnerRow:
+    with transaction() as session:
+        p = session.get(PartnerProfile, partner_id, with_for_update=True)
+        if p is None:
+            raise NotFound("no such partner", code="not_found")
+        before = p.kyc_status
+        p.kyc_status = body.status
+        if body.status in ("rejected", "suspended"):
+            p.on_duty = False
+        audit(session, "partner.kyc", f"partner:{p.id}", before=before, after=body.status,
+              note=body.note)
+        phone = session.get(Person, p.person_id).phone  # type: ignore[union-attr]
+        return PartnerRow(
+            id=p.id, first_name=p.first_name, phone_masked=mask_phone(phone) if phone else None,
+            on_duty=p.on_duty, has_app=p.has_app, rating_x100=p.rating_x100,
+            offers_received=p.offers_received, offers_accepted=p.offers_accepted,
+            trust_tier=p.trust_tier, kyc_status=p.kyc_status,
+            vehicles=[v.type for v in p.vehicles if v.active])

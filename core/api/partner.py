@@ -1,0 +1,276 @@
+"""Partner app endpoints: duty, live location, offers, pickup/drop with OTPs, photos, earnings.
+
+The same dispatch service answers partners on SMS; here its replies (catalog keys) become
+HTTP statuses: taken or expired offers are 409, a wrong OTP 422, a locked leg 423.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from pydantic import BaseModel, Field
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from core import i18n
+from core.adapters.db import transaction
+from core.adapters.dispatch_models import DispatchOffer
+from core.adapters.models import Booking, Leg, PartnerProfile, Person
+from core.api import bp
+from core.api.auth_guard import principal
+from core.api.spec import ApiError, Strict, endpoint
+from core.domain.booking import LegStatus
+from core.domain.errors import NotFound
+from core.services import dispatch, partner_app
+
+PARTNER = ("partner",)
+
+# Dispatch replies that are not a success, as HTTP answers.
+REPLY_STATUS = {
+    "dispatch.taken": (409, "offer_taken"),
+    "dispatch.offer_expired": (409, "offer_expired"),
+    "dispatch.no_such_offer": (404, "not_found"),
+    "dispatch.no_offer": (404, "not_found"),
+    "dispatch.at_capacity": (409, "at_capacity"),
+    "dispatch.already_yours": (409, "already_accepted"),
+    "dispatch.cancel_hint": (409, "already_accepted"),
+    "dispatch.no_such_job": (404, "not_found"),
+    "dispatch.no_job": (404, "not_found"),
+    "dispatch.otp_wrong": (422, "otp_wrong"),
+    "dispatch.otp_locked": (423, "leg_locked"),
+    "dispatch.otp_format_pick": (422, "validation_error"),
+    "dispatch.otp_format_drop": (422, "validation_error"),
+    "dispatch.pick_first": (409, "invalid_transition"),
+    "dispatch.already_picked": (409, "invalid_transition"),
+    "dispatch.cancel_too_late": (409, "invalid_transition"),
+}
+
+
+class DutyIn(Strict):
+    on_duty: bool
+
+
+class DutyOut(BaseModel):
+    on_duty: bool
+
+
+class LocationIn(Strict):
+    lat: float = Field(ge=-90, le=90)
+    lng: float = Field(ge=-180, le=180)
+    accuracy_m: float = Field(default=50, ge=0, le=5000)
+    timestamp: datetime
+
+
+class LocationOut(BaseModel):
+    accepted: bool
+    lat: float
+    lng: float
+
+
+class OfferOut(BaseModel):
+    id: int
+    leg_id: int
+    booking_reference: str
+    pickup: str | None
+    drop: str | None
+    distance_m: int
+    payout_paise: int
+    size: str | None
+    weight: str | None
+    expires_at: datetime
+
+
+class ActionOut(BaseModel):
+    result: str
+    message: str
+    leg_id: int | None = None
+    leg_status: LegStatus | None = None
+
+
+class OtpIn(Strict):
+    otp: str = Field(pattern=r"^\s*\d{4}\s*$")
+
+
+class PhotoOut(BaseModel):
+    leg_id: int
+    stored: bool
+    size_bytes: int
+
+
+class EarningsOut(BaseModel):
+    today_paise: int
+    week_paise: int
+    total_paise: int
+    delivered_legs: int
+
+
+def _me(session: Session) -> tuple[Person, PartnerProfile]:
+    who = principal()
+    person = session.get(Person, who.person_id)
+    partner = session.scalar(select(PartnerProfile).where(
+        PartnerProfile.person_id == who.person_id))
+    if person is None or partner is None:
+        raise ApiError(403, "forbidden", "this account has no partner profile")
+    return person, partner
+
+
+def _lang(person: Person) -> str:
+    return person.preferred_language or i18n.DEFAULT_LANGUAGE
+
+
+def _answer(reply: dispatch.Reply, person: Person, ok_key: str, leg: Leg | None) -> ActionOut:
+    message = reply.render(_lang(person))
+    if reply.key != ok_key:
+        status, code = REPLY_STATUS.get(reply.key, (409, "conflict"))
+        raise ApiError(status, code, message)
+    return ActionOut(result=ok_key.split(".")[-1], message=message,
+                     leg_id=leg.id if leg else None,
+                     leg_status=LegStatus(leg.status) if leg else None)
+
+
+@endpoint(bp, "PUT", "/partners/me/duty", summary="Go on or off duty", roles=PARTNER,
+          body=DutyIn, response=DutyOut, tags=("partner",))
+def put_duty(body: DutyIn) -> DutyOut:
+    with transaction() as session:
+        _, partner = _me(session)
+        dispatch.set_duty(session, partner, body.on_duty)
+        return DutyOut(on_duty=partner.on_duty)
+
+
+@endpoint(bp, "PUT", "/partners/me/location", summary="Report the phone's live position",
+          roles=PARTNER, body=LocationIn, response=LocationOut, tags=("partner",))
+def put_location(body: LocationIn) -> LocationOut:
+    with transaction() as session:
+        _, partner = _me(session)
+        partner_id = partner.id
+    fix = partner_app.record_location(partner_id, body.lat, body.lng, body.accuracy_m,
+                                      body.timestamp)
+    return LocationOut(accepted=True, lat=fix.lat, lng=fix.lng)
+
+
+@endpoint(bp, "GET", "/partners/me/offers", summary="My open job offers", roles=PARTNER,
+          response=list[OfferOut], tags=("partner",))
+def get_offers() -> list[OfferOut]:
+    with transaction() as session:
+        _, partner = _me(session)
+        out = []
+        for offer in dispatch.open_offers_of(session, partner):
+            leg = session.get(Leg, offer.leg_id)
+            assert leg is not None
+            booking = session.get(Booking, leg.booking_id)
+            assert booking is not None
+            parcel = booking.parcels[0] if booking.parcels else None
+            out.append(OfferOut(
+                id=offer.id, leg_id=leg.id, booking_reference=booking.reference,
+                pickup=booking.pickup_post_office if leg.sequence == 1 else None,
+                drop=booking.drop_post_office if leg.sequence == len(booking.legs) else None,
+                distance_m=leg.distance_m, payout_paise=leg.payout_paise,
+                size=parcel.size_bucket if parcel else None,
+                weight=parcel.weight_bucket if parcel else None, expires_at=offer.expires_at))
+        return out
+
+
+def _my_offer(session: Session, partner: PartnerProfile, offer_id: int) -> DispatchOffer:
+    offer = session.get(DispatchOffer, offer_id)
+    if offer is None or offer.partner_id != partner.id:
+        raise NotFound("no such offer", code="not_found")
+    return offer
+
+
+@endpoint(bp, "POST", "/offers/<int:offer_id>/accept", summary="Accept a job offer",
+          roles=PARTNER, response=ActionOut, tags=("partner",), errors=(404, 409))
+def accept_offer(offer_id: int) -> ActionOut:
+    with transaction() as session:
+        person, partner = _me(session)
+        offer = _my_offer(session, partner, offer_id)
+        reply = dispatch.accept(session, partner, str(offer.leg_id))
+        result = _answer_or_keep(session, reply, person, "dispatch.accepted",
+                                 session.get(Leg, offer.leg_id))
+    return _raise_or_return(result)
+
+
+@endpoint(bp, "POST", "/offers/<int:offer_id>/decline", summary="Decline a job offer",
+          roles=PARTNER, response=ActionOut, tags=("partner",), errors=(404, 409))
+def decline_offer(offer_id: int) -> ActionOut:
+    with transaction() as session:
+        person, partner = _me(session)
+        offer = _my_offer(session, partner, offer_id)
+        if offer.status != "open":
+            raise ApiError(409, "offer_closed", "this offer is no longer open")
+        reply = dispatch.decline(session, partner, str(offer.leg_id))
+        result = _answer_or_keep(session, reply, person, "dispatch.declined",
+                                 session.get(Leg, offer.leg_id))
+    return _raise_or_return(result)
+
+
+def _my_leg(session: Session, partner: PartnerProfile, leg_id: int) -> Leg:
+    leg = session.get(Leg, leg_id)
+    if leg is None or leg.partner_id != partner.id:
+        raise NotFound("no such job", code="not_found")
+    return leg
+
+
+def _confirm(leg_id: int, kind: str, otp: str, ok_key: str) -> ActionOut:
+    with transaction() as session:
+        person, partner = _me(session)
+        leg = _my_leg(session, partner, leg_id)
+        reply = dispatch.confirm(session, partner, kind, (otp.strip(), dispatch.job_code(leg)))
+        result = _answer_or_keep(session, reply, person, ok_key, leg)
+    return _raise_or_return(result)
+
+
+def _raise_or_return(result: ActionOut | ApiError) -> ActionOut:
+    # Raised only after the commit: what the refusal changed (a wrong OTP counted, a lock,
+    # an expired offer closed) is kept, exactly as over SMS.
+    if isinstance(result, ApiError):
+        raise result
+    return result
+
+
+def _answer_or_keep(session: Session, reply: dispatch.Reply, person: Person, ok_key: str,
+                    leg: Leg | None) -> ActionOut | ApiError:
+    if leg is not None:
+        session.flush()
+        session.refresh(leg)
+    try:
+        return _answer(reply, person, ok_key, leg)
+    except ApiError as exc:
+        return exc
+
+
+@endpoint(bp, "POST", "/legs/<int:leg_id>/pickup", summary="Confirm pickup with the OTP",
+          roles=PARTNER, body=OtpIn, response=ActionOut, tags=("partner",),
+          errors=(404, 409, 423))
+def pickup_leg(leg_id: int, body: OtpIn) -> ActionOut:
+    return _confirm(leg_id, "pickup", body.otp, "dispatch.picked")
+
+
+@endpoint(bp, "POST", "/legs/<int:leg_id>/drop", summary="Confirm delivery with the OTP",
+          roles=PARTNER, body=OtpIn, response=ActionOut, tags=("partner",),
+          errors=(404, 409, 423))
+def drop_leg(leg_id: int, body: OtpIn) -> ActionOut:
+    return _confirm(leg_id, "drop", body.otp, "dispatch.delivered")
+
+
+@endpoint(bp, "POST", "/legs/<int:leg_id>/photo", summary="Upload a proof-of-delivery photo",
+          roles=PARTNER, response=PhotoOut, status=201, tags=("partner",), errors=(404,),
+          raw_body=("image/jpeg", "image/png", "image/webp"))
+def upload_photo(leg_id: int, raw: bytes) -> PhotoOut:
+    from flask import request
+
+    if not raw:
+        raise ApiError(400, "empty_body", "the photo is empty")
+    with transaction() as session:
+        _, partner = _me(session)
+        photo = dispatch.attach_pod(session, partner, leg_id, raw, request.mimetype)
+        return PhotoOut(leg_id=leg_id, stored=True, size_bytes=photo.size_bytes)
+
+
+@endpoint(bp, "GET", "/partners/me/earnings", summary="What I earned", roles=PARTNER,
+          response=EarningsOut, tags=("partner",))
+def get_earnings() -> EarningsOut:
+    with transaction() as session:
+        _, partner = _me(session)
+        e = partner_app.earnings(session, partner.id)
+    return EarningsOut(today_paise=e.today_paise, week_paise=e.week_paise,
+                       total_paise=e.total_paise, delivered_legs=e.delivered_legs)

@@ -1,0 +1,95 @@
+"""What the partner app adds to SMS: live positions (checked for sense) and earnings."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from core import clock
+from core.adapters.models import Leg
+from core.adapters.redis_conn import redis_client
+from core.domain.booking import LegStatus
+from core.domain.errors import ValidationError
+from core.domain.geo import haversine_m, validate_lat_lng
+from core.services import dispatch
+
+MAX_AGE = timedelta(minutes=5)  # a fix older than this says nothing about now
+MAX_AHEAD = timedelta(seconds=60)  # phones' clocks drift a little, not more
+MAX_SPEED_KMH = 150  # faster than any of our vehicles on a village road
+LAST_FIX_KEY = "partner:lastfix"
+
+
+@dataclass(frozen=True)
+class Fix:
+    lat: float
+    lng: float
+    at: datetime
+
+
+def last_fix(partner_id: int) -> Fix | None:
+    raw = redis_client().hget(LAST_FIX_KEY, str(partner_id))
+    if not raw:
+        return None
+    lat, lng, ts = raw.decode().split(",")
+    return Fix(float(lat), float(lng), datetime.fromtimestamp(float(ts), clock.now().tzinfo))
+
+
+def record_location(partner_id: int, lat: float, lng: float, accuracy_m: float,
+                    at: datetime) -> Fix:
+    """Accept a position from the app unless it is stale, from the future or impossible."""
+    lat, lng = validate_lat_lng(lat, lng)
+    now = clock.now()
+    if at.tzinfo is None:
+        raise ValidationError("timestamp needs a time zone", code="bad_timestamp",
+                              field="timestamp")
+    if at > now + MAX_AHEAD:
+        raise ValidationError("timestamp is in the future", code="future_timestamp",
+                              field="timestamp")
+    if at < now - MAX_AGE:
+        raise ValidationError("this position is too old", code="stale_location",
+                              field="timestamp")
+    prev = last_fix(partner_id)
+    if prev is not None:
+        if at <= prev.at:
+            raise ValidationError("an equal or newer position was already received",
+                                  code="out_of_order", field="timestamp")
+        metres = haversine_m(prev.lat, prev.lng, lat, lng)
+        seconds = (at - prev.at).total_seconds()
+        # Allow the reported accuracy as slack: GPS jitter is not movement.
+        moved = max(0.0, metres - accuracy_m - 100)
+        if moved / seconds * 3.6 > MAX_SPEED_KMH:
+            raise ValidationError("that jump is too far for the time", code="impossible_jump",
+                                  field="lat")
+    redis_client().hset(LAST_FIX_KEY, str(partner_id), f"{lat},{lng},{at.timestamp()}")
+    dispatch.update_location(partner_id, lat, lng)
+    return Fix(lat, lng, at)
+
+
+@dataclass(frozen=True)
+class Earnings:
+    today_paise: int
+    week_paise: int
+    total_paise: int
+    delivered_legs: int
+
+
+def earnings(session: Session, partner_id: int) -> Earnings:
+    """Payouts of the partner's delivered legs (released to them by the payments side)."""
+    now = clock.now()
+    start_today = now.replace(hour=0, minute=0, second=0, microsecond=0)
+
+    def total(since: datetime | None) -> tuple[int, int]:
+        stmt = select(func.coalesce(func.sum(Leg.payout_paise), 0), func.count()).where(
+            Leg.partner_id == partner_id, Leg.status == LegStatus.DELIVERED.value)
+        if since is not None:
+            stmt = stmt.where(Leg.updated_at >= since)
+        amount, count = session.execute(stmt).one()
+        return int(amount), int(count)
+
+    today, _ = total(start_today)
+    week, _ = total(start_today - timedelta(days=6))
+    all_time, count = total(None)
+    return Earnings(today, week, all_time, count)
