@@ -222,3 +222,54 @@ def ops_partner_kyc(partner_id: int, body: KycIn) -> PartnerRow:
             offers_received=p.offers_received, offers_accepted=p.offers_accepted,
             trust_tier=p.trust_tier, kyc_status=p.kyc_status,
             vehicles=[v.type for v in p.vehicles if v.active])
+
+
+class LedgerOut(BaseModel):
+    reference: str
+    captured_paise: int
+    released_paise: int
+    commission_paise: int
+    fee_paise: int
+    refunded_paise: int
+    escrow_paise: int
+    refunds_pending_paise: int
+
+
+class MismatchQuery(Strict):
+    include_resolved: bool = False
+
+
+class MismatchOut(BaseModel):
+    id: int
+    kind: str
+    entity: str
+    gateway_id: str | None
+    booking_id: int | None
+    ledger_amount_paise: int | None
+    gateway_amount_paise: int | None
+    detail: str | None
+    first_seen_at: datetime
+    last_seen_at: datetime
+    resolved_at: datetime | None
+
+
+@endpoint(bp, "GET", "/ops/bookings/<ref>/ledger", summary="Ledger balances of a booking",
+          roles=OPS, response=LedgerOut, tags=("ops",), errors=(404,))
+def ops_booking_ledger(ref: str) -> LedgerOut:
+    from core.services import ledger
+    from core.services.booking import get_booking
+
+    with transaction() as session:
+        b = get_booking(session, ref)
+        return LedgerOut(reference=b.reference, **ledger.booking_summary(session, b.id))
+
+
+@endpoint(bp, "GET", "/ops/reconciliation/mismatches",
+          summary="Where the ledger and the gateway disagree", roles=OPS, query=MismatchQuery,
+          response=list[MismatchOut], tags=("ops",))
+def ops_mismatches(query: MismatchQuery) -> list[MismatchOut]:
+    from core.services import reconciliation
+
+    with transaction() as session:
+        return [MismatchOut(**m) for m in reconciliation.list_mismatches(
+            session, include_resolved=query.include_resolved)]
