@@ -247,3 +247,11 @@ def test_openapi_describes_every_route_and_nothing_else(app):
         for method in rule.methods - {"HEAD", "OPTIONS"}:
             routed.add((path, method))
     assert documented == routed
+
+
+def test_ids_beyond_the_database_range_are_not_found(client):
+    partner = sign_in(client, "+919812300005", role="partner")
+    r = client.post(f"{API}/legs/43815135771/pickup", json={"otp": "1234"}, headers=partner)
+    assert r.status_code == 404 and r.get_json()["error"]["code"] == "not_found"
+    r = client.post(f"{API}/offers/{2**31}/accept", headers=partner)
+    assert r.status_code == 404

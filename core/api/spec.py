@@ -17,7 +17,7 @@ from flask import Blueprint, Response, g, request
 from pydantic import BaseModel, ConfigDict, TypeAdapter
 from pydantic import ValidationError as PydanticError
 
-from core.domain.errors import DomainError
+from core.domain.errors import DomainError, NotFound
 
 
 class ApiError(DomainError):
@@ -80,6 +80,7 @@ class Endpoint:
 
 
 REGISTRY: list[Endpoint] = []
+MAX_ID = 2**31 - 1
 
 
 def _field_of(err: dict[str, Any]) -> str | None:
@@ -147,6 +148,10 @@ def endpoint(
 
             if roles is not None:
                 g.principal = auth_guard.require(roles)
+            for value in path_args.values():
+                # Ids are PostgreSQL integers: a bigger number names nothing (not a 500).
+                if isinstance(value, int) and not 1 <= value <= MAX_ID:
+                    raise NotFound("not found", code="not_found")
             kwargs = dict(path_args)
             if query is not None:
                 kwargs["query"] = parse_query(query)
@@ -207,8 +212,11 @@ def openapi_document(prefix: str) -> dict[str, Any]:
             "responses": {},
         }
         for name, typ in ep.path_params:
+            schema: dict[str, Any] = {"type": typ}
+            if typ == "integer":
+                schema.update(minimum=1, maximum=MAX_ID)
             op["parameters"].append({"name": name, "in": "path", "required": True,
-                                     "schema": {"type": typ}})
+                                     "schema": schema})
         if ep.query is not None:
             qschema = ep.query.model_json_schema(mode="validation")
             required = set(qschema.get("required", []))
