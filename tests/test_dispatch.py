@@ -228,10 +228,13 @@ def test_paid_booking_is_offered_accepted_picked_up_and_delivered(client, live, 
         attempts = s.scalar(select(func.count()).select_from(OtpAttempt))
     assert history[-4:] == ["dispatching", "assigned", "picked_up", "delivered"]
     customer_msgs = bodies_to(CUSTOMER)
-    for status in ("dispatching", "assigned", "picked_up", "delivered"):
-        from core import i18n
+    from core import i18n
 
+    for status in ("dispatching", "picked_up", "delivered"):
         assert i18n.t(f"booking.status.{status}", "hi", ref=ref) in customer_msgs
+    # "assigned" names who is coming and on what.
+    assert i18n.t("dispatch.customer_assigned", "hi", ref=ref, name="Ramesh",
+                  vehicle=i18n.t("vehicle.bicycle", "hi")) in customer_msgs
     assert all(ref in m for m in customer_msgs)
     assert attempts == 3  # one wrong pickup, one right pickup, one right drop
     run_jobs()  # the outbox delivers everything through the Twilio emulator

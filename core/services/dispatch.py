@@ -154,6 +154,19 @@ def _status_to_customer(session: Session, booking: Booking, tag: object) -> None
                            dedupe_key=f"booking-{booking.id}-{booking.status}-{tag}")
 
 
+def _assigned_to_customer(session: Session, booking: Booking, partner: PartnerProfile,
+                          load: rules.Load, tag: object) -> None:
+    """Tell the customer who is coming and on what (first name and vehicle)."""
+    customer = session.get(Person, booking.customer_id)
+    lang = notify.language_of(customer)
+    vehicle = next((v for v in partner.vehicles if v.active and rules.vehicle_fits(
+        rules.VehicleFacts(v.type, v.payload_kg, v.max_size, v.active), load)), None)
+    vehicle_word = i18n.t(f"vehicle.{vehicle.type}", lang) if vehicle else ""
+    notify.notify_customer(session, booking, "dispatch.customer_assigned",
+                           dedupe_key=f"booking-{booking.id}-assigned-{tag}",
+                           name=partner.first_name, vehicle=vehicle_word)
+
+
 def load_of(booking: Booking) -> rules.Load:
     """The booking's parcels as one load: the biggest size, the heaviest bucket, the sum
     of declared values."""
@@ -744,7 +757,7 @@ def accept(session: Session, partner: PartnerProfile, code: str | None) -> Reply
     if booking.status == BookingStatus.DISPATCHING.value:
         move_booking(session, booking, BookingStatus.ASSIGNED, _partner_actor(partner),
                      "partner accepted")
-        _status_to_customer(session, booking, f"offer{offer.id}")
+        _assigned_to_customer(session, booking, partner, load_of(booking), f"offer{offer.id}")
     giver_phone = send_leg_codes(session, booking, leg, tag=f"o{offer.id}")
     return _r("dispatch.accepted", job=job, pickup=_place(session, booking, leg, "from"),
               phone=giver_phone or get_settings().ops_phone)
