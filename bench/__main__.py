@@ -7,7 +7,7 @@ import importlib
 import sys
 import time
 
-BENCHMARKS = ("webhooks", "outbox")
+BENCHMARKS = ("webhooks", "outbox", "ledger")
 
 
 def main(argv: list[str] | None = None) -> int:

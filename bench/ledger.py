@@ -1,0 +1,184 @@
+"""Ledger: balanced journal transactions per second (capture, release, refund mix) with 1, 4
+and 16 concurrent writers, against plain INSERTs of the same rows into an unconstrained
+table in the same database; and the time to compute every balance over 100k / 1M postings.
+
+Each writer is its own process (its own connection), posting through the product's code
+path: lock the booking row, check the guarded balances, insert the entry and its postings,
+commit (the database then checks the entry balances and escrow stays >= 0).
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import time
+
+from sqlalchemy import text
+
+from bench import common
+
+SETUP_SQL = """
+INSERT INTO people (id, phone, role, opted_out) VALUES (1, '+917000000001', 'customer', false);
+INSERT INTO people (id, phone, role, opted_out)
+  SELECT 1 + g, '+9171' || lpad(g::text, 8, '0'), 'partner', false FROM generate_series(1, 100) g;
+INSERT INTO partner_profiles (id, person_id, first_name, on_duty, has_app, rating_x100,
+    offers_received, offers_accepted, trust_tier, max_active_legs, kyc_status)
+  SELECT g, 1 + g, 'P' || g, true, false, 450, 0, 0, 1, 2, 'verified'
+  FROM generate_series(1, 100) g;
+INSERT INTO bookings (id, reference, customer_id, channel, status, pickup_lat, pickup_lng,
+    drop_lat, drop_lng, speed_tier, vehicle_type, distance_m, fare, total_paise,
+    commission_paise, partner_share_paise, version)
+  SELECT g, (10000000 + g)::text, 1, 'app', 'paid', 26.8, 84.5, 26.9, 84.6, 'standard',
+    'bicycle', 5000, '{}'::jsonb, 10000, 1000, 9000, 1
+  FROM generate_series(1, :n) g;
+INSERT INTO legs (id, booking_id, sequence, status, from_lat, from_lng, to_lat, to_lng,
+    distance_m, partner_id, otp_failures, payout_paise, version)
+  SELECT g, g, 1, 'delivered', 26.8, 84.5, 26.9, 84.6, 5000, 1 + (g % 100), 0, 9000, 1
+  FROM generate_series(1, :n) g;
+CREATE UNLOGGED TABLE IF NOT EXISTS bench_plain_tx (id bigserial, idempotency_key text,
+    kind text, booking_id bigint, actor text, memo text, created_at timestamptz);
+CREATE UNLOGGED TABLE IF NOT EXISTS bench_plain_postings (transaction_id bigint, account text,
+    account_kind text, booking_id bigint, partner_id bigint, leg_id bigint,
+    amount_paise bigint, created_at timestamptz);
+"""
+
+
+def _writer(args: tuple[str, list[int], bool]) -> int:
+    """One process: post capture, release and refund for each of its bookings."""
+    database_url, bookings, plain = args
+    os.environ["DATABASE_URL"] = database_url
+    from core.adapters import db
+    from core.config import reset_settings
+    from core.domain import ledger as rules
+    from core.services import ledger
+
+    reset_settings()
+    db.dispose_all()
+    done = 0
+    for b in bookings:
+        entries = [rules.capture(b, f"pay_{b}", 10_000),
+                   rules.release(b, b, 1 + b % 100, 8_000, 1_000),
+                   rules.refund_requested(b, b, 1_000)]
+        for entry in entries:
+            with db.transaction() as session:
+                if plain:
+                    _plain_insert(session, entry)
+                else:
+                    ledger.lock_booking(session, b)
+                    ledger.post(session, entry, actor="bench")
+            done += 1
+    return done
+
+
+def _plain_insert(session, entry) -> None:
+    tx_id = session.execute(text(
+        "INSERT INTO bench_plain_tx (idempotency_key, kind, booking_id, actor, memo, "
+        "created_at) VALUES (:k, :kind, :b, 'bench', :m, now()) RETURNING id"),
+        {"k": entry.idempotency_key, "kind": entry.kind.value, "b": entry.booking_id,
+         "m": entry.memo}).scalar_one()
+    session.execute(text(
+        "INSERT INTO bench_plain_postings VALUES (:t, :a, :ak, :b, :p, :l, :amt, now())"),
+        [{"t": tx_id, "a": p.account.key, "ak": p.account.kind.value,
+          "b": p.account.booking_id or entry.booking_id, "p": p.account.partner_id,
+          "l": p.leg_id, "amt": p.amount_paise} for p in entry.postings])
+
+
+def _run(database_url: str, bookings: list[int], writers: int, plain: bool) -> tuple[int, float]:
+    slices = [bookings[i::writers] for i in range(writers)]
+    ctx = mp.get_context("spawn")
+    with ctx.Pool(writers) as pool:
+        pool.map(_writer, [(database_url, [], plain)] * writers)  # warm: import, connect
+        t0 = time.perf_counter()
+        counts = pool.map(_writer, [(database_url, s, plain) for s in slices])
+        return sum(counts), time.perf_counter() - t0
+
+
+def _balances(engine, postings: int) -> dict[str, float]:
+    """Fill the ledger to ``postings`` rows (bulk, triggers off) and time the projections."""
+    from core.adapters import db
+    from core.services import ledger
+
+    with engine.begin() as conn:
+        have = conn.execute(text("SELECT count(*) FROM ledger_postings")).scalar_one()
+        missing = max(0, postings - have) // 2
+        if missing:
+            # Bulk fill only: replica mode skips the per-row checks that the writers above
+            # exercised; the rows are still balanced pairs.
+            conn.execute(text("SET LOCAL session_replication_role = replica"))
+            conn.execute(text(
+                "INSERT INTO ledger_transactions (idempotency_key, kind, booking_id, actor, memo,"
+                " created_at) SELECT 'bulk:' || g || ':' || :h, 'capture', 1 + g % 1000, "
+                "'bench', 'bulk', now() FROM generate_series(1, :m) g"), {"m": missing,
+                                                                          "h": have})
+            conn.execute(text(
+                "INSERT INTO ledger_postings (transaction_id, account, account_kind, booking_id,"
+                " amount_paise, created_at) SELECT t.id, a.account, a.kind, t.booking_id, "
+                "a.sign * 5000, now() FROM ledger_transactions t CROSS JOIN (VALUES "
+                "('gateway_clearing', 'gateway_clearing', -1), ('escrow', 'escrow', 1)) "
+                "AS a(account, kind, sign) WHERE t.memo = 'bulk' AND NOT EXISTS (SELECT 1 FROM "
+                "ledger_postings p WHERE p.transaction_id = t.id)"))
+        conn.execute(text("ANALYZE ledger_postings"))
+        rows = conn.execute(text("SELECT count(*) FROM ledger_postings")).scalar_one()
+    with db.transaction() as session:
+        t0 = time.perf_counter()
+        balances = ledger.account_balances(session)
+        projection = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        total = ledger.total(session)
+        plain_sum = time.perf_counter() - t0
+    assert total == 0, "the ledger does not sum to zero"
+    return {"postings": rows, "accounts": len(balances), "all_balances_s": round(projection, 3),
+            "plain_sum_s": round(plain_sum, 3),
+            "ratio": round(plain_sum / projection, 3) if projection else None}
+
+
+def measure(quick: bool) -> dict[str, object]:
+    per_level = 150 if quick else 1000
+    levels = (1, 4, 16)
+    env = common.bench_env(common.free_port())
+    common.reset_database(env)
+    os.environ["DATABASE_URL"] = env["DATABASE_URL"]
+    os.environ["REDIS_URL"] = env["REDIS_URL"]
+    from core.adapters import db
+    from core.config import reset_settings
+
+    reset_settings()
+    db.dispose_all()
+    total_bookings = per_level * len(levels) * 2
+    from core.adapters.models import Base
+
+    tables = ", ".join(f'"{t.name}"' for t in Base.metadata.sorted_tables)
+    with db.engine().begin() as conn:
+        conn.execute(text(f"TRUNCATE {tables} RESTART IDENTITY CASCADE"))
+        for stmt in SETUP_SQL.split(";\n"):
+            if stmt.strip():
+                conn.execute(text(stmt), {"n": total_bookings})
+    db.dispose_all()
+    rows, start = [], 1
+    for writers in levels:
+        ledger_ids = list(range(start, start + per_level))
+        plain_ids = list(range(start + per_level, start + 2 * per_level))
+        start += 2 * per_level
+        n_ledger, t_ledger = _run(env["DATABASE_URL"], ledger_ids, writers, plain=False)
+        n_plain, t_plain = _run(env["DATABASE_URL"], plain_ids, writers, plain=True)
+        rows.append({"writers": writers, "ledger_tx": n_ledger,
+                     "ledger_tx_per_s": round(n_ledger / t_ledger, 1),
+                     "plain_tx_per_s": round(n_plain / t_plain, 1),
+                     "ratio": round((n_ledger / t_ledger) / (n_plain / t_plain), 3)})
+    with db.engine().connect() as conn:
+        assert conn.execute(text("SELECT coalesce(sum(amount_paise), 0) FROM ledger_postings"))\
+            .scalar_one() == 0
+    sizes = (20_000, 100_000) if quick else (100_000, 1_000_000)
+    balance_rows = [_balances(db.engine(), n) for n in sizes]
+    db.dispose_all()
+    print("\nLedger: balanced transactions/s (product path) vs plain INSERTs of the same rows")
+    print(common.table(["writers", "ledger tx/s", "plain tx/s", "ratio"],
+                       [[r["writers"], r["ledger_tx_per_s"], r["plain_tx_per_s"], r["ratio"]]
+                        for r in rows]))
+    print("\nAll balances (GROUP BY account) vs one plain SUM over the same postings")
+    print(common.table(["postings", "accounts", "balances s", "plain sum s", "ratio"],
+                       [[b["postings"], b["accounts"], b["all_balances_s"], b["plain_sum_s"],
+                         b["ratio"]] for b in balance_rows]))
+    result = {"writers": rows, "balances": balance_rows, "quick": quick}
+    common.save("ledger", result)
+    return result
