@@ -7,7 +7,7 @@ import importlib
 import sys
 import time
 
-BENCHMARKS = ("webhooks", "outbox", "ledger")
+BENCHMARKS = ("webhooks", "outbox", "ledger", "matching")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,127 @@
+"""Matching: time to rank the candidates for a leg among 1k / 10k / 100k on-duty partners
+with live positions in Redis GEO, against a raw GEOSEARCH of the same radius (ratio).
+
+Partners are spread evenly over a 100 km x 100 km rural district around Bettiah; the
+pickup is in the middle; the radius is dispatch's first step. The product path is
+core.services.dispatch.find_candidates: GEOSEARCH of live and home positions, freshness,
+eligibility facts from PostgreSQL for the nearest, and the documented score.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import statistics
+import time
+
+from sqlalchemy import text
+
+from bench import common
+
+CENTRE = (26.80228, 84.51522)
+SPAN_DEG = 0.9  # about 100 km in each direction at this latitude
+
+PARTNERS_SQL = """
+INSERT INTO people (id, phone, role, opted_out)
+  SELECT 1000 + g, '+9172' || lpad(g::text, 8, '0'), 'partner', false
+  FROM generate_series(CAST(:a AS int), CAST(:b AS int)) g;
+INSERT INTO partner_profiles (id, person_id, first_name, on_duty, has_app, rating_x100,
+    offers_received, offers_accepted, trust_tier, max_active_legs, kyc_status)
+  SELECT g, 1000 + g, 'P' || g, true, true, 300 + (g * 7) % 200, 10 + g % 20, g % 10, 1 + g % 3,
+    2, 'verified' FROM generate_series(CAST(:a AS int), CAST(:b AS int)) g;
+INSERT INTO vehicles (partner_id, type, payload_kg, max_size, active)
+  SELECT g, (ARRAY['bicycle','motorcycle','e_rickshaw','auto','pickup','cart'])[1 + g % 6],
+    (ARRAY[20, 20, 150, 180, 700, 300])[1 + g % 6],
+    (ARRAY['box','box','sack','sack','vehicle','vehicle'])[1 + g % 6], true
+  FROM generate_series(CAST(:a AS int), CAST(:b AS int)) g
+"""
+
+
+def _grow(engine, redis, have: int, want: int, rng: random.Random) -> None:
+    """Add partners have+1..want: rows in PostgreSQL and live positions in Redis GEO."""
+    from core.adapters import geo_index
+
+    with engine.begin() as conn:
+        for stmt in PARTNERS_SQL.split(";\n"):
+            conn.execute(text(stmt), {"a": have + 1, "b": want})
+    now = int(time.time())
+    pipe = redis.pipeline(transaction=False)
+    for pid in range(have + 1, want + 1):
+        lat = CENTRE[0] + rng.uniform(-SPAN_DEG / 2, SPAN_DEG / 2)
+        lng = CENTRE[1] + rng.uniform(-SPAN_DEG / 2, SPAN_DEG / 2)
+        pipe.geoadd(geo_index.LIVE_KEY, (lng, lat, str(pid)))
+        pipe.hset(geo_index.SEEN_KEY, str(pid), now)
+        pipe.sadd(geo_index.APP_KEY, str(pid))
+        if pid % 5000 == 0:
+            pipe.execute()
+    pipe.execute()
+
+
+def _time(fn, repeat: int) -> float:
+    fn()  # warm caches and connections
+    samples = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        samples.append(time.perf_counter() - t0)
+    return statistics.median(samples) * 1000
+
+
+def measure(quick: bool) -> dict[str, object]:
+    env = common.bench_env(common.free_port())
+    common.reset_database(env)
+    os.environ["DATABASE_URL"] = env["DATABASE_URL"]
+    os.environ["REDIS_URL"] = env["REDIS_URL"]
+    from core.adapters import db, geo_index
+    from core.adapters.models import Base
+    from core.adapters.redis_conn import redis_client, reset_clients
+    from core.config import reset_settings
+    from core.domain import dispatch as rules
+    from core.services import dispatch
+
+    reset_settings()
+    db.dispose_all()
+    reset_clients()
+    tables = ", ".join(f'"{t.name}"' for t in Base.metadata.sorted_tables)
+    with db.engine().begin() as conn:
+        conn.execute(text(f"TRUNCATE {tables} RESTART IDENTITY CASCADE"))
+    r = redis_client()
+    r.flushdb()
+    r.set(geo_index.HOME_BUILT_KEY, 1)  # every bench partner has the app: no home set
+    cfg = dispatch.config()
+    radius = cfg.radii_km[0]
+    load = rules.Load("bag", "w5", 0)
+    repeat = 30 if quick else 200
+    rng = random.Random(7)
+    rows, have = [], 0
+    for n in (1_000, 10_000, 100_000):
+        _grow(db.engine(), r, have, n, rng)
+        have = n
+        with db.engine().connect() as conn:
+            conn.execute(text("ANALYZE"))
+
+        def rank() -> None:
+            with db.transaction() as session:
+                dispatch.find_candidates(session, CENTRE[0], CENTRE[1], load, radius)
+
+        def raw() -> None:
+            r.geosearch(geo_index.LIVE_KEY, longitude=CENTRE[1], latitude=CENTRE[0],
+                        radius=radius, unit="km", withdist=True, sort="ASC")
+
+        in_radius = len(r.geosearch(geo_index.LIVE_KEY, longitude=CENTRE[1],
+                                    latitude=CENTRE[0], radius=radius, unit="km"))
+        with db.transaction() as session:
+            ranked = dispatch.find_candidates(session, CENTRE[0], CENTRE[1], load, radius)
+        rank_ms, raw_ms = _time(rank, repeat), _time(raw, repeat)
+        rows.append({"partners": n, "in_radius": in_radius, "ranked": len(ranked),
+                     "rank_ms": round(rank_ms, 3), "geosearch_ms": round(raw_ms, 3),
+                     "ratio": round(rank_ms / raw_ms, 2) if raw_ms else None})
+    db.dispose_all()
+    print(f"\nMatching: rank candidates within {radius} km vs raw GEOSEARCH (median of "
+          f"{repeat})")
+    print(common.table(["partners", "in radius", "ranked", "rank ms", "GEOSEARCH ms", "x"],
+                       [[x["partners"], x["in_radius"], x["ranked"], x["rank_ms"],
+                         x["geosearch_ms"], x["ratio"]] for x in rows]))
+    result = {"radius_km": radius, "sizes": rows, "quick": quick}
+    common.save("matching", result)
+    return result
