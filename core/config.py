@@ -170,7 +170,7 @@ def load_settings(environ: dict[str, str] | None = None) -> Settings:
         razorpay_key_secret=rzp_secret,
         razorpay_webhook_secret=rzp_hook,
         razorpay_api_base=razorpay_api_base,
-        ops_phone=env.get("OPS_PHONE", "+911800000000"),
+        ops_phone=env.get("OPS_PHONE", "+919000000099"),  # the seeded demo operator
         osrm_url=env.get("OSRM_URL") or None,
         data_dir=Path(env.get("DATA_DIR") or ROOT / "var"),
         detour_factor_bp=_int(env, "DETOUR_FACTOR_BP", 13500, minimum=10000),
