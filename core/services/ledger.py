@@ -9,10 +9,10 @@ balance and escrow stays non-negative).
 
 from __future__ import annotations
 
+import json
 from datetime import datetime
 
-from sqlalchemy import func, select
-from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session
 
 from core import clock
@@ -33,35 +33,52 @@ def lock_booking(session: Session, booking_id: int) -> Booking:
     return booking
 
 
+_POST_ENTRY = text("""
+WITH t AS (
+    INSERT INTO ledger_transactions (idempotency_key, kind, booking_id, gateway_ref, actor,
+                                     cause, memo, created_at)
+    VALUES (:key, :kind, :booking_id, :gateway_ref, :actor, :cause, :memo, :now)
+    ON CONFLICT (idempotency_key) DO NOTHING
+    RETURNING id
+)
+INSERT INTO ledger_postings (transaction_id, account, account_kind, booking_id, partner_id,
+                             leg_id, amount_paise, created_at)
+SELECT t.id, p.account, p.account_kind, p.booking_id, p.partner_id, p.leg_id,
+       p.amount_paise, :now
+FROM t, jsonb_to_recordset(CAST(:postings AS jsonb)) AS p(account text, account_kind text,
+     booking_id bigint, partner_id bigint, leg_id bigint, amount_paise bigint)
+""")
+
+
 def post(session: Session, entry: rules.Entry, *, actor: str, cause: str | None = None) -> bool:
     """Record ``entry`` once; False if its idempotency key is already in the ledger.
 
-    Raises InsufficientEscrow when the entry would overdraw escrow or pending refunds."""
-    if session.scalar(select(LedgerTransaction.id).where(
-            LedgerTransaction.idempotency_key == entry.idempotency_key)) is not None:
+    Raises InsufficientEscrow when the entry would overdraw escrow or pending refunds.
+    Two round trips: one read (is it recorded? the guarded balances), one write (the
+    entry and its postings in a single statement; a concurrent twin makes it a no-op).
+    """
+    guarded = sorted({p.account for p in entry.postings if p.account.kind in rules.NON_NEGATIVE},
+                     key=lambda a: a.key)
+    reads = [select(LedgerTransaction.id).where(
+        LedgerTransaction.idempotency_key == entry.idempotency_key).scalar_subquery()]
+    reads += [select(func.coalesce(func.sum(LedgerPosting.amount_paise), 0)).where(
+        LedgerPosting.account == a.key).scalar_subquery() for a in guarded]
+    row = session.execute(select(*reads)).one()
+    if row[0] is not None:
         return False
-    guarded = {p.account for p in entry.postings if p.account.kind in rules.NON_NEGATIVE}
-    rules.check_balances(entry, {a: balance(session, a) for a in guarded})
-    now = clock.now()
-    tx_id = session.scalar(
-        insert(LedgerTransaction)
-        .values(idempotency_key=entry.idempotency_key, kind=entry.kind.value,
-                booking_id=entry.booking_id, gateway_ref=entry.gateway_ref,
-                actor=actor[:60], cause=(cause or None) and cause[:120],
-                memo=entry.memo[:200], created_at=now)
-        .on_conflict_do_nothing(index_elements=["idempotency_key"])
-        .returning(LedgerTransaction.id)
-    )
-    if tx_id is None:  # a concurrent writer recorded the same cause first
-        return False
-    session.execute(insert(LedgerPosting), [
-        {"transaction_id": tx_id, "account": p.account.key, "account_kind": p.account.kind.value,
+    rules.check_balances(entry, {a: int(v) for a, v in zip(guarded, row[1:], strict=True)})
+    postings = json.dumps([
+        {"account": p.account.key, "account_kind": p.account.kind.value,
          "booking_id": p.account.booking_id or entry.booking_id,
          "partner_id": p.account.partner_id, "leg_id": p.leg_id,
-         "amount_paise": p.amount_paise, "created_at": now}
-        for p in entry.postings
-    ])
-    return True
+         "amount_paise": p.amount_paise} for p in entry.postings])
+    inserted = session.execute(_POST_ENTRY, {
+        "key": entry.idempotency_key, "kind": entry.kind.value, "booking_id": entry.booking_id,
+        "gateway_ref": entry.gateway_ref, "actor": actor[:60],
+        "cause": (cause or None) and cause[:120], "memo": entry.memo[:200],
+        "now": clock.now(), "postings": postings}).rowcount
+    # Zero rows: a concurrent writer recorded the same cause first.
+    return inserted == len(entry.postings)
 
 
 def recorded(session: Session, idempotency_key: str) -> bool:
