@@ -100,15 +100,15 @@ def render_job(lang: str, text: str) -> bool:
 
 
 def catalog_prompts(prefixes: tuple[str, ...] = ("ivr.", "voice.")) -> list[tuple[str, str]]:
-    """Every (language, text) of the catalog keys the IVR speaks."""
-    pairs = []
+    """Every distinct (language, text) of the catalog keys the IVR speaks."""
+    pairs: dict[tuple[str, str], None] = {}
     for lang in i18n.LANGUAGES:
         for key in sorted(i18n.keys(lang)):
             if key.startswith(prefixes):
                 text = i18n.raw(key, lang)
                 if "{" not in text:  # texts with parameters are rendered when used
-                    pairs.append((lang, text))
-    return pairs
+                    pairs[(lang, text)] = None
+    return list(pairs)
 
 
 def render_missing(prefixes: tuple[str, ...] = ("ivr.", "voice.")) -> tuple[int, int, int]:

@@ -206,11 +206,16 @@ def run_jobs() -> int:
     return worker.successful_job_count + worker.failed_job_count - before
 
 
-def release_scheduled(after: timedelta) -> int:
+PERIODIC_PREFIXES = ("outbox-sweep-", "dispatch-sweep-", "payments-sweep-", "reconcile-")
+
+
+def release_scheduled(after: timedelta, *, periodic: bool = False) -> int:
     """Move RQ jobs scheduled to run within ``after`` from now into their queues.
 
     This is what RQ's scheduler does when that much time has passed; the tests control
-    the clock instead of sleeping.
+    the clock instead of sleeping. The periodic sweeps (scheduled on whole minutes) are
+    left alone unless ``periodic``: whether one falls inside the window depends on the
+    wall clock, and a test must not.
     """
     from rq.registry import ScheduledJobRegistry
 
@@ -222,6 +227,8 @@ def release_scheduled(after: timedelta) -> int:
         q = queue(name)
         registry = ScheduledJobRegistry(queue=q)
         for job_id in registry.get_jobs_to_schedule(until):
+            if not periodic and job_id.startswith(PERIODIC_PREFIXES):
+                continue
             job = q.fetch_job(job_id)
             registry.remove(job_id)
             if job is not None:
