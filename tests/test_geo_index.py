@@ -50,3 +50,19 @@ def test_fresh_live_position_wins_over_home(clean_db):
     assert [(h.partner_id, h.source) for h in hits] == [(7, "live")]
     geo_index.remove(7)
     assert geo_index.nearby(*PICKUP, 20, max_age_s=900, now=NOW) == []
+
+
+def test_limited_search_falls_back_when_the_nearest_are_all_stale(clean_db):
+    # Ten stale positions right at the pickup, two fresh ones a little further out.
+    for pid in range(1, 11):
+        geo_index.update_location(pid, 26.8927, 84.48813 + pid * 1e-5,
+                                  NOW - timedelta(hours=1))
+    geo_index.update_location(50, 26.8927, 84.49813, NOW)  # ~1 km
+    geo_index.update_location(51, 26.8927, 84.50813, NOW)  # ~2 km
+    hits = geo_index.nearby(*PICKUP, 3, max_age_s=900, now=NOW, limit=2)
+    assert [h.partner_id for h in hits] == [50, 51]
+    # With plenty of fresh ones near, the limited search returns the nearest.
+    for pid in range(60, 70):
+        geo_index.update_location(pid, 26.8927, 84.48813 + (pid - 59) * 1e-5, NOW)
+    near = geo_index.nearby(*PICKUP, 3, max_age_s=900, now=NOW, limit=2)
+    assert [h.partner_id for h in near][:2] == [60, 61]

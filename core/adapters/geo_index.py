@@ -86,9 +86,7 @@ def invalidate_homes() -> None:
     redis_client().delete(HOME_BUILT_KEY)
 
 
-def _search(key: str, lat: float, lng: float, radius_km: float) -> list[tuple[int, int]]:
-    rows = redis_client().geosearch(key, longitude=lng, latitude=lat, radius=radius_km,
-                                    unit="km", withdist=True, sort="ASC")
+def _parse(rows: list) -> list[tuple[int, int]]:
     out = []
     for member, dist_km in rows:
         name = member.decode() if isinstance(member, bytes) else str(member)
@@ -97,22 +95,42 @@ def _search(key: str, lat: float, lng: float, radius_km: float) -> list[tuple[in
 
 
 def nearby(lat: float, lng: float, radius_km: float, *, max_age_s: int,
-           now: datetime) -> list[Nearby]:
-    """Partners within ``radius_km`` of a point, nearest first, one entry per partner."""
+           now: datetime, limit: int | None = None) -> list[Nearby]:
+    """Partners within ``radius_km`` of a point, nearest first, one entry per partner.
+
+    Two round trips: both searches together, then freshness and app flags together. With
+    ``limit``, Redis returns only the nearest few (three times the limit, room for stale
+    positions); if that was not enough after the freshness check, search again in full.
+    """
     r = redis_client()
+    fetch = limit * 3 if limit else None
+    pipe = r.pipeline(transaction=False)
+    for key in (LIVE_KEY, HOME_KEY):
+        pipe.geosearch(key, longitude=lng, latitude=lat, radius=radius_km, unit="km",
+                       withdist=True, sort="ASC", count=fetch)
+    live_rows, home_rows = pipe.execute()
+    live, homes = _parse(live_rows), _parse(home_rows)
     found: dict[int, Nearby] = {}
-    live = _search(LIVE_KEY, lat, lng, radius_km)
+    if not live and not homes:
+        return []
+    pipe = r.pipeline(transaction=False)
     if live:
-        seen = r.hmget(SEEN_KEY, [str(pid) for pid, _ in live])
+        pipe.hmget(SEEN_KEY, [str(pid) for pid, _ in live])
+    if homes:
+        pipe.smismember(APP_KEY, [str(pid) for pid, _ in homes])
+    answers = iter(pipe.execute())
+    if live:
+        seen = next(answers)
         cutoff = now.timestamp() - max_age_s
         for (pid, dist), ts in zip(live, seen, strict=True):
             if ts is not None and float(ts) >= cutoff:
                 found[pid] = Nearby(pid, dist, "live")
-    homes = _search(HOME_KEY, lat, lng, radius_km)
     if homes:
-        pids = [pid for pid, _ in homes]
-        app_flags = r.smismember(APP_KEY, [str(p) for p in pids])
+        app_flags = next(answers)
         for (pid, dist), has_app in zip(homes, app_flags, strict=True):
             if pid not in found and not has_app:
                 found[pid] = Nearby(pid, dist, "home")
+    truncated = fetch is not None and (len(live) == fetch or len(homes) == fetch)
+    if truncated and limit is not None and len(found) < limit:
+        return nearby(lat, lng, radius_km, max_age_s=max_age_s, now=now)
     return sorted(found.values(), key=lambda n: (n.distance_m, n.partner_id))

@@ -34,7 +34,7 @@ from datetime import timedelta
 from functools import lru_cache
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import func, select, update
+from sqlalchemy import func, select, text, update
 from sqlalchemy.orm import Session
 
 from core import clock, i18n
@@ -247,6 +247,20 @@ def partner_facts(session: Session,
     }
 
 
+_CANDIDATE_FACTS = text("""
+SELECT p.id, p.on_duty, p.max_active_legs, p.trust_tier, p.rating_x100, p.offers_received,
+       p.offers_accepted,
+       COALESCE((SELECT json_agg(json_build_array(v.type, v.payload_kg, v.max_size, v.active))
+                 FROM vehicles v WHERE v.partner_id = p.id), '[]'::json) AS vehicles,
+       (SELECT count(*) FROM legs l WHERE l.partner_id = p.id
+          AND l.status = ANY(CAST(:active AS text[]))) AS active_legs,
+       (SELECT COALESCE(sum(l.payout_paise), 0) FROM legs l WHERE l.partner_id = p.id
+          AND l.status = :delivered AND l.updated_at >= :start) AS earned_today
+FROM partner_profiles p
+WHERE p.id = ANY(CAST(:ids AS int[]))
+""")
+
+
 @dataclass(frozen=True)
 class Ranked:
     candidate: rules.Candidate
@@ -259,22 +273,29 @@ def find_candidates(session: Session, lat: float, lng: float, load: rules.Load,
     cfg = config()
     geo_index.ensure_homes(lambda: _home_positions(session))
     near = geo_index.nearby(lat, lng, radius_km, max_age_s=cfg.location_max_age_s,
-                            now=clock.now())
+                            now=clock.now(), limit=cfg.max_candidates * 3 + len(exclude))
     near = [n for n in near if n.partner_id not in exclude][: cfg.max_candidates * 3]
     if not near:
         return []
-    profiles = list(session.scalars(
-        select(PartnerProfile).where(PartnerProfile.id.in_([n.partner_id for n in near]))))
-    facts = partner_facts(session, profiles)
-    earned = _earned_today(session, facts)
-    by_id = {p.id: p for p in profiles}
+    start = clock.now().astimezone(IST).replace(hour=0, minute=0, second=0, microsecond=0)
+    # One round trip for everything eligibility and ranking need about these partners.
+    rows = {row.id: row for row in session.execute(_CANDIDATE_FACTS, {
+        "ids": [n.partner_id for n in near], "active": list(ACTIVE_LEG_STATES),
+        "delivered": LegStatus.DELIVERED.value, "start": start})}
     cands = []
     for n in near:
-        p = by_id.get(n.partner_id)
-        if p is None or rules.ineligible_reason(facts[p.id], load) is not None:
+        row = rows.get(n.partner_id)
+        if row is None:
             continue
-        cands.append(rules.Candidate(p.id, n.distance_m, p.rating_x100, p.offers_received,
-                                     p.offers_accepted, earned.get(p.id, 0)))
+        facts = rules.PartnerFacts(
+            row.id, row.on_duty, row.active_legs, row.max_active_legs, row.trust_tier,
+            tuple(rules.VehicleFacts(t, kg, size, active) for t, kg, size, active
+                  in row.vehicles))
+        if rules.ineligible_reason(facts, load) is not None:
+            continue
+        cands.append(rules.Candidate(row.id, n.distance_m, row.rating_x100,
+                                     row.offers_received, row.offers_accepted,
+                                     int(row.earned_today)))
     radius_m = int(radius_km * 1000)
     ranked = rules.rank(cands, cfg.weights, radius_m)[: cfg.max_candidates]
     top = max((c.earned_today_paise for c in ranked), default=0)
