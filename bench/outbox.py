@@ -76,7 +76,8 @@ def measure(quick: bool) -> dict[str, object]:
     print(common.table(["messages", "delivered", "msg/s", "no-op jobs/s", "ratio"],
                        [[r["messages"], r["delivered"], r["outbox_per_s"],
                          r["noop_jobs_per_s"], r["ratio"]] for r in rows]))
-    result = {"sizes": rows, "quick": quick, "worker_class": os.environ.get("RQ_WORKER_CLASS",
-                                                                           "rq.Worker")}
+    fork = os.environ.get("RQ_FORK_PER_JOB", "")
+    result = {"sizes": rows, "quick": quick,
+              "worker": "forking (RQ_FORK_PER_JOB)" if fork else "simple (no fork)"}
     common.save("outbox", result)
     return result

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 
 from sqlalchemy import create_engine, text
@@ -57,7 +58,7 @@ def worker(burst: bool = False) -> None:
     """Run an RQ worker with its scheduler on every queue (the Procfile's `worker`)."""
     from rq.serializers import JSONSerializer
 
-    from core.adapters.queue import QUEUES, JobLoggingWorker, queue
+    from core.adapters.queue import QUEUES, JobLoggingSimpleWorker, JobLoggingWorker, queue
     from core.adapters.redis_conn import redis_client
 
     conn = redis_client()
@@ -69,7 +70,9 @@ def worker(burst: bool = False) -> None:
     outbox_jobs.schedule_sweep()
     dispatch_jobs.schedule_sweep()
     payment_jobs.schedule_periodic()
-    w = JobLoggingWorker([queue(n) for n in QUEUES], connection=conn, serializer=JSONSerializer)
+    fork = os.environ.get("RQ_FORK_PER_JOB", "").lower() in ("1", "true", "yes")
+    worker_class = JobLoggingWorker if fork else JobLoggingSimpleWorker
+    w = worker_class([queue(n) for n in QUEUES], connection=conn, serializer=JSONSerializer)
     w.work(with_scheduler=True, burst=burst, logging_level=get_settings().log_level)
 
 

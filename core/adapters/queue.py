@@ -6,7 +6,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from rq import Queue, Retry, Worker
+from rq import Queue, Retry, SimpleWorker, Worker
 from rq.serializers import JSONSerializer
 from sqlalchemy import event
 from sqlalchemy.orm import Session
@@ -23,17 +23,29 @@ def queue(name: str = "default") -> Queue:
     return Queue(name, connection=redis_client(), serializer=JSONSerializer)
 
 
-class JobLoggingWorker(Worker):
-    """An RQ worker that binds the job id to every log line the job writes."""
+class _JobIdLogging:
+    """Bind the job id to every log line the job writes."""
 
-    def perform_job(self, job, queue, execution):  # type: ignore[override]
+    def perform_job(self, job, queue, execution):  # type: ignore[no-untyped-def]
         from core import logs
 
         token = logs.job_id.set(job.id)
         try:
-            return super().perform_job(job, queue, execution)
+            return super().perform_job(job, queue, execution)  # type: ignore[misc]
         finally:
             logs.job_id.reset(token)
+
+
+class JobLoggingWorker(_JobIdLogging, Worker):
+    """RQ's forking worker: each job in a fresh child process (isolation, fork cost)."""
+
+
+class JobLoggingSimpleWorker(_JobIdLogging, SimpleWorker):
+    """Jobs run in the worker process itself: no fork, and connection pools live on.
+
+    Our jobs are short and I/O-bound (send a message, post a ledger entry), so a fork and
+    a new PostgreSQL connection per job would cost more than the job itself.
+    """
 
 
 def enqueue(
