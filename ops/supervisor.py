@@ -45,6 +45,9 @@ usage: ./run <command> [args]
   lint [args]     ruff check .
   chat [args]     chat with a running `./run serve` as a WhatsApp customer (signed webhooks;
                   /loc <lat> <lng> shares a location; --phone +91... picks your number)
+  call [args]     phone a running `./run serve` as a keypad caller (signed voice webhooks;
+                  type keys, Enter alone = silence, /hangup; --phone +91... picks your number)
+  prompts         render the IVR's missing prompt audio with gTTS (needs internet)
 """
 
 
@@ -355,6 +358,11 @@ def main(args: list[str]) -> int:
         return run_foreground(command, [python, "-m", "core.cli", command, *rest])
     if command == "chat":
         return subprocess.call([python, "-m", "ops.chat", *rest], cwd=REPO_DIR)
+    if command == "call":
+        return subprocess.call([python, "-m", "ops.call", *rest], cwd=REPO_DIR)
+    if command == "prompts":
+        # Same settings and prompt cache (DATA_DIR/prompts) as `./run serve`.
+        return run_foreground("prompts", [python, "-m", "ivr_flows.prompts", *rest])
     if command == "lint":
         return subprocess.call([python, "-m", "ruff", "check", ".", *rest], cwd=REPO_DIR)
     print(f"./run: unknown command {command!r}\n\n{USAGE}", end="", file=sys.stderr)

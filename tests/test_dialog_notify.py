@@ -64,3 +64,34 @@ def test_outside_the_window_uses_the_languages_template(clean_db, monkeypatch) -
     finally:
         monkeypatch.delenv("WHATSAPP_TEMPLATE_HI")
         notify.reset_templates()
+
+
+def test_a_phone_booking_is_followed_up_by_sms_even_for_a_whatsapp_user(clean_db):
+    from sqlalchemy import select
+
+    from core.adapters.db import transaction
+    from core.adapters.models import Conversation, OutboxMessage, Person
+    from core.domain.booking import Actor
+    from core.domain.pricing import ParcelCategory, SizeBucket, SpeedTier, WeightBucket
+    from core.services import notify
+    from core.services.booking import ParcelSpec, Place, create_booking
+
+    phone = "+919812300077"
+    with transaction() as s:
+        person = Person(phone=phone, role="customer", preferred_language="hi")
+        s.add(person)
+        s.flush()
+        s.add(Conversation(channel="whatsapp", contact=phone[1:], person_id=person.id,
+                           step="menu", state={}, misses=0, last_inbound_at=clock.now()))
+        parcel = ParcelSpec(ParcelCategory.OTHER, SizeBucket.BAG, WeightBucket.W5)
+        common = dict(customer_id=person.id, pickup=Place(26.8927, 84.48813, "845450"),
+                      drop=Place(26.80228, 84.51522, "845438"), parcel=parcel,
+                      tier=SpeedTier.STANDARD, recipient_name=None, recipient_phone=None,
+                      actor=Actor("customer", str(person.id)))
+        by_phone = create_booking(s, channel="voice", **common)
+        by_chat = create_booking(s, channel="whatsapp", **common)
+        notify.notify_customer(s, by_phone, "booking.status.quoted")
+        notify.notify_customer(s, by_chat, "booking.status.quoted")
+    with transaction() as s:
+        rows = s.execute(select(OutboxMessage.booking_id, OutboxMessage.channel)).all()
+    assert dict(rows) == {by_phone.id: "sms", by_chat.id: "whatsapp"}

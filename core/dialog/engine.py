@@ -33,6 +33,7 @@ class Say:
     key: str
     params: Mapping[str, Any] = field(default_factory=dict)
     joined: bool = False  # continue the previous line (a fare breakdown), not a new paragraph
+    lang: str | None = None  # always in this language (the IVR's language menu), else the user's
 
 
 @dataclass(frozen=True)

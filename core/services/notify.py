@@ -75,12 +75,14 @@ def in_whatsapp_window(conv: Conversation | None) -> bool:
 
 
 def send_to_person(session: Session, person: Person, body: str, *,
-                   dedupe_key: str | None = None, booking_id: int | None = None) -> int | None:
+                   dedupe_key: str | None = None, booking_id: int | None = None,
+                   sms_only: bool = False) -> int | None:
     """Queue ``body`` to a customer on the right channel for now; the outbox row id.
 
     WhatsApp free-form inside the 24-hour window, else the language's approved template,
-    else SMS. None if nothing can be sent (opted out, retried cause, no address)."""
-    conv = _whatsapp_conversation(session, person)
+    else SMS (always SMS with ``sms_only``). None if nothing can be sent (opted out,
+    retried cause, no address)."""
+    conv = None if sms_only else _whatsapp_conversation(session, person)
     if conv is not None:
         to = person.phone or conv.contact
         if in_whatsapp_window(conv):
@@ -103,11 +105,15 @@ def send_to_person(session: Session, person: Person, body: str, *,
 
 def notify_customer(session: Session, booking: Booking, key: str, *,
                     dedupe_key: str | None = None, **params: object) -> int | None:
-    """Queue catalog message ``key`` to the booking's customer (``ref`` is filled in)."""
+    """Queue catalog message ``key`` to the booking's customer (``ref`` is filled in).
+
+    A booking made by phone call is followed up by SMS, even for a caller who also chats
+    with us on WhatsApp: that is what the call promised ("we will send you an SMS")."""
     person = session.get(Person, booking.customer_id)
     assert person is not None
     body = i18n.t(key, language_of(person), ref=booking.reference, **params)
-    return send_to_person(session, person, body, dedupe_key=dedupe_key, booking_id=booking.id)
+    return send_to_person(session, person, body, dedupe_key=dedupe_key, booking_id=booking.id,
+                          sms_only=booking.channel == "voice")
 
 
 def notify_phone(session: Session, phone: str, key: str, *, lang: str | None = None,

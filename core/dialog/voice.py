@@ -1,0 +1,412 @@
+"""The booking dialog for the phone (IVR): the same engine, slots, ports and validation as
+the WhatsApp dialog in core.dialog.booking, with steps a caller can answer on a keypad.
+
+What differs from the chat: places are keyed in as 6-digit pincodes (finished with #),
+read back digit by digit, then the village post office is picked from a spoken list
+(9 = more, 8 = key the pincode again) and confirmed; the recipient is a 10-digit mobile
+number read back for confirmation; the parcel is its size and weight only (category
+"other", not fragile, no declared value: things a keypad cannot say well); fares are said
+in words. Names of things to say are catalog keys under ``ivr.``.
+
+Channel rules the engine does not know (silence, ``*`` to repeat, turns per call,
+``<Dial>``) live in core.services.ivr; a step asks for one with ``data["call_action"]``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from core.dialog import spoken, words
+from core.dialog.booking import BOOKING, MENU, SIZES, TIERS, WEIGHTS, _choice_step, choice
+from core.dialog.engine import (
+    Choices,
+    Ctx,
+    Dialog,
+    Goto,
+    Out,
+    Result,
+    Retry,
+    Say,
+    Stay,
+    Step,
+    UserInput,
+)
+from core.domain.errors import ValidationError
+from core.domain.phone import is_indian_mobile, normalize_phone
+from core.domain.reference import is_valid_reference, normalize_reference
+from core.i18n import LANGUAGES
+
+PAGE_SIZE = 7  # villages per page: 1..7, 8 = key the pincode again, 9 = more
+AGAIN = 8
+MORE = 9
+RECENT_BOOKINGS = 3  # offered first when tracking
+
+# Steps answered by several digits ended with '#' (the most digits expected); every other
+# step takes a single key.
+ENTRY_DIGITS: dict[str, int] = {"pickup": 6, "drop": 6, "recipient_phone": 10, "track": 8}
+# Steps where silence ends the call politely at once (the caller is done, or was already
+# offered a person).
+END_ON_SILENCE = frozenset({"done", "offer_person"})
+
+# Slots a keypad caller is not asked for, with the values their booking gets.
+VOICE_DEFAULTS: dict[str, Any] = {"category": "other", "fragile": False, "value_paise": 0,
+                                  "recipient_name": None}
+
+_DRAFT_DATA = ("slots", "return_to", "draft_step", "offices", "page", "pin", "place_pick",
+               "phone_pick")
+
+
+def clear_draft(ctx: Ctx) -> None:
+    for key in _DRAFT_DATA:
+        ctx.state.data.pop(key, None)
+
+
+def has_draft(data: dict[str, Any]) -> bool:
+    """A half-finished booking worth offering again: a place chosen and a step to go back to."""
+    slots = data.get("slots") or {}
+    return bool(slots.get("pickup") and data.get("draft_step"))
+
+
+def full_slots(slots: dict[str, Any]) -> dict[str, Any]:
+    """The slots with the values a caller is not asked for."""
+    return {**VOICE_DEFAULTS, **slots}
+
+
+def amount(paise: int, lang: str) -> Say:
+    """A fare as it is said: "बारह सौ पचास रुपये"."""
+    return Say("ivr.amount", {"rupees": spoken.number_words(spoken.rupees(paise), lang)})
+
+
+def _dial(ctx: Ctx) -> Result:
+    ctx.state.data["call_action"] = "dial"
+    return Goto(MENU, [Say("ivr.person.connecting")], prompt=False)
+
+
+# --- language and the main menu --------------------------------------------------------
+
+def _language_prompt(ctx: Ctx) -> list[Out]:
+    return [Say("voice.language_option", lang=lang) for lang in LANGUAGES]
+
+
+def _language_handle(ctx: Ctx, inp: UserInput) -> Result:
+    num = words.number(inp.text)
+    if num is None or not 1 <= num <= len(LANGUAGES):
+        return Retry()
+    lang = LANGUAGES[num - 1]
+    ctx.ports.set_language(lang)
+    ctx.lang = lang
+    return Goto(MENU, [Say("ivr.hint")])
+
+
+def _menu_prompt(ctx: Ctx) -> list[Out]:
+    return [Say("ivr.menu")]
+
+
+def _menu_handle(ctx: Ctx, inp: UserInput) -> Result:
+    picked = choice(inp, 4)
+    if picked == 1:
+        if has_draft(ctx.state.data):
+            return Goto("resume")
+        clear_draft(ctx)
+        return Goto("pickup")
+    if picked == 2:
+        return Goto("track")
+    if picked == 3:
+        return _dial(ctx)
+    if picked == 4:
+        return Goto("language")
+    return Retry()
+
+
+def _right_or_again() -> Choices:
+    return Choices((Say("ivr.choice.right"), Say("ivr.choice.again")))
+
+
+def _resume_prompt(ctx: Ctx) -> list[Out]:
+    pickup = ctx.slots.get("pickup") or {}
+    return [Say("ivr.resume.ask", {"place": pickup.get("name") or ""}),
+            Choices((Say("ivr.resume.continue"), Say("ivr.resume.fresh")))]
+
+
+def _resume_handle(ctx: Ctx, inp: UserInput) -> Result:
+    picked = choice(inp, 2)
+    if picked == 1:
+        return Goto(ctx.state.data.pop("draft_step", None) or "pickup")
+    if picked == 2:
+        clear_draft(ctx)
+        return Goto("pickup")
+    return Retry()
+
+
+# --- places: pincode, village, confirm -------------------------------------------------
+
+def _place_steps(kind: str, default_next: str) -> list[Step]:
+    """``kind`` ("pickup"/"drop"): key the pincode, pick the village, confirm it."""
+    where, office, check = kind, f"{kind}_office", f"{kind}_check"
+
+    def where_prompt(ctx: Ctx) -> list[Out]:
+        return [Say(f"ivr.{kind}.ask")]
+
+    def where_handle(ctx: Ctx, inp: UserInput) -> Result:
+        digits = words.only_digits(inp.text) or ""
+        if len(digits) != 6:
+            return Retry([Say("ivr.place.bad_pincode")])
+        res = ctx.ports.offices(digits)
+        if res.kind == "error":
+            return Retry([Say("ivr.place.unknown", {"digits": spoken.spell_digits(digits)})])
+        if res.kind == "outside":
+            return Stay([_outside(res)])
+        ctx.state.data.update(offices=res.offices, page=0, pin=digits)
+        if len(res.offices) == 1:
+            ctx.state.data["place_pick"] = res.offices[0]
+            return Goto(check)
+        return Goto(office)
+
+    def shown(ctx: Ctx) -> list[dict[str, Any]]:
+        offices = ctx.state.data.get("offices") or []
+        page = ctx.state.data.get("page", 0)
+        return offices[page * PAGE_SIZE:(page + 1) * PAGE_SIZE]
+
+    def office_prompt(ctx: Ctx) -> list[Out]:
+        offices = ctx.state.data.get("offices") or []
+        pin = ctx.state.data.get("pin", "")
+        return [Say("ivr.place.pincode", {"digits": spoken.spell_digits(pin)}),
+                Say("ivr.place.choose"),
+                Choices(tuple(o["name"] for o in shown(ctx)), more=len(offices) > PAGE_SIZE),
+                Say("ivr.place.reenter")]
+
+    def office_handle(ctx: Ctx, inp: UserInput) -> Result:
+        offices = ctx.state.data.get("offices") or []
+        if not offices:
+            return Goto(where)
+        num = words.number(inp.text)
+        if num == MORE and len(offices) > PAGE_SIZE:
+            pages = (len(offices) + PAGE_SIZE - 1) // PAGE_SIZE
+            ctx.state.data["page"] = (ctx.state.data.get("page", 0) + 1) % pages
+            return Stay()
+        if num == AGAIN:
+            return Goto(where)
+        page = shown(ctx)
+        if num is None or not 1 <= num <= len(page):
+            return Retry()
+        picked = page[num - 1]
+        res = ctx.ports.check_area(picked)
+        if res.kind == "outside":
+            return Goto(where, [_outside(res)])
+        ctx.state.data["place_pick"] = picked
+        return Goto(check)
+
+    def check_prompt(ctx: Ctx) -> list[Out]:
+        place = ctx.state.data.get("place_pick") or {}
+        return [Say("ivr.place.confirm", {
+            "place": place.get("name", ""),
+            "digits": spoken.spell_digits(place.get("pincode") or "")}), _right_or_again()]
+
+    def check_handle(ctx: Ctx, inp: UserInput) -> Result:
+        picked = choice(inp, 2)
+        place = ctx.state.data.get("place_pick")
+        if place is None or picked == 2:
+            return Goto(where)
+        if picked != 1:
+            return Retry()
+        ctx.slots[kind] = place
+        for key in ("offices", "page", "pin", "place_pick"):
+            ctx.state.data.pop(key, None)
+        return Goto(ctx.after(default_next))
+
+    return [
+        Step(where, where_prompt, where_handle, "ivr.pickup.ask", BOOKING),
+        Step(office, office_prompt, office_handle, "ivr.place.choose", BOOKING),
+        Step(check, check_prompt, check_handle, "ivr.place.choose", BOOKING),
+    ]
+
+
+def _outside(res: Any) -> Say:
+    if res.point:
+        return Say("ivr.place.outside", {"point": res.point, "km": res.km})
+    return Say("ivr.place.none")
+
+
+# --- the recipient's mobile ------------------------------------------------------------
+
+def _phone_handle(ctx: Ctx, inp: UserInput) -> Result:
+    digits = words.only_digits(inp.text) or ""
+    try:
+        phone = normalize_phone(digits)
+        if not is_indian_mobile(phone):
+            raise ValidationError("not an Indian mobile", code="bad_phone")
+    except ValidationError:
+        return Retry([Say("ivr.phone.bad")])
+    ctx.state.data["phone_pick"] = phone
+    return Goto("recipient_check")
+
+
+def _phone_check_prompt(ctx: Ctx) -> list[Out]:
+    phone = ctx.state.data.get("phone_pick") or ""
+    return [Say("ivr.phone.confirm", {"digits": spoken.spell_digits(phone[-10:])}),
+            _right_or_again()]
+
+
+def _phone_check_handle(ctx: Ctx, inp: UserInput) -> Result:
+    picked = choice(inp, 2)
+    phone = ctx.state.data.get("phone_pick")
+    if phone is None or picked == 2:
+        return Goto("recipient_phone")
+    if picked != 1:
+        return Retry()
+    ctx.slots["recipient_phone"] = ctx.state.data.pop("phone_pick")
+    return Goto(ctx.after("size"))
+
+
+# --- speed, fare, confirm --------------------------------------------------------------
+
+def _speed_prompt(ctx: Ctx) -> list[Out]:
+    q = ctx.ports.quote(full_slots(ctx.slots))
+    options = tuple(
+        Say("ivr.speed.option", {"tier": Say(f"tier.{t}"),
+                                 "amount": amount(q["tiers"][t]["total_paise"], ctx.lang)})
+        for t in TIERS
+    )
+    return [Say("ivr.speed.ask", {"km": q["km"]}), Choices(options)]
+
+
+def _speed_handle(ctx: Ctx, inp: UserInput) -> Result:
+    picked = choice(inp, len(TIERS))
+    if picked is None:
+        return Retry()
+    ctx.slots["tier"] = TIERS[picked - 1]
+    return Goto("confirm")
+
+
+def _confirm_prompt(ctx: Ctx) -> list[Out]:
+    ctx.state.data.pop("return_to", None)
+    s = ctx.slots
+    q = ctx.ports.quote(full_slots(s))
+    total = q["tiers"][s["tier"]]["total_paise"]
+    return [Say("ivr.confirm.summary", {"pickup": s["pickup"]["name"],
+                                        "drop": s["drop"]["name"],
+                                        "size": Say(f"ivr.size.{s['size']}"),
+                                        "tier": Say(f"tier.{s['tier']}")}),
+            Say("ivr.confirm.fare", {"amount": amount(total, ctx.lang)}),
+            Choices((Say("ivr.confirm.yes"), Say("ivr.confirm.change"),
+                     Say("ivr.confirm.cancel")))]
+
+
+def _confirm_handle(ctx: Ctx, inp: UserInput) -> Result:
+    picked = choice(inp, 3)
+    if picked == 1:
+        done = ctx.ports.confirm(full_slots(ctx.slots))
+        clear_draft(ctx)
+        ctx.state.data["last_ref"] = done["ref"]
+        return Goto("done", [Say("ivr.confirm.done",
+                                 {"digits": spoken.spell_digits(done["ref"])})])
+    if picked == 2:
+        return Goto("change")
+    if picked == 3:
+        clear_draft(ctx)
+        return Goto(MENU, [Say("ivr.confirm.dropped")])
+    return Retry()
+
+
+_CHANGE = (("pickup", "pickup"), ("drop", "drop"), ("phone", "recipient_phone"),
+           ("parcel", "size"), ("speed", "speed"))
+
+
+def _change_prompt(ctx: Ctx) -> list[Out]:
+    return [Say("ivr.change.ask"), Choices(tuple(Say(f"ivr.change.{k}") for k, _ in _CHANGE))]
+
+
+def _change_handle(ctx: Ctx, inp: UserInput) -> Result:
+    picked = choice(inp, len(_CHANGE))
+    if picked is None:
+        return Retry()
+    ctx.state.data["return_to"] = "confirm"
+    return Goto(_CHANGE[picked - 1][1])
+
+
+def _done_prompt(ctx: Ctx) -> list[Out]:
+    return [Say("ivr.done.prompt")]
+
+
+def _done_handle(ctx: Ctx, inp: UserInput) -> Result:
+    ref = ctx.state.data.get("last_ref")
+    if choice(inp, 1) == 1 and ref:
+        return Stay([Say("ivr.done.again", {"digits": spoken.spell_digits(ref)})])
+    return Retry()
+
+
+# --- track -----------------------------------------------------------------------------
+
+def _track_prompt(ctx: Ctx) -> list[Out]:
+    bookings = ctx.ports.my_bookings()[:RECENT_BOOKINGS]
+    ctx.scratch["refs"] = [ref for ref, _ in bookings]
+    if not bookings:
+        return [Say("ivr.track.ask")]
+    return [Say("ivr.track.recent"),
+            Choices(tuple(Say("ivr.track.option", {"digits": spoken.spell_digits(ref)})
+                          for ref, _ in bookings)),
+            Say("ivr.track.ask_other")]
+
+
+def _track_handle(ctx: Ctx, inp: UserInput) -> Result:
+    refs = ctx.scratch.get("refs") or []
+    digits = words.only_digits(inp.text) or ""
+    if len(digits) == 1 and 1 <= int(digits) <= len(refs):
+        ref: str | None = refs[int(digits) - 1]
+    else:
+        ref = normalize_reference(digits) if len(digits) >= 6 else None
+        if ref is None or not is_valid_reference(ref):
+            return Retry([Say("ivr.track.bad")])
+    status = ctx.ports.booking_status(ref)
+    if status is None:
+        return Retry([Say("ivr.track.not_found")])
+    return Goto(MENU, [Say(f"booking.status.{status}", {"ref": spoken.spell_digits(ref)})])
+
+
+# --- a person --------------------------------------------------------------------------
+
+def _offer_prompt(ctx: Ctx) -> list[Out]:
+    return [Say("ivr.offer.ask"), Choices((Say("ivr.offer.yes"), Say("ivr.offer.retry")))]
+
+
+def _offer_handle(ctx: Ctx, inp: UserInput) -> Result:
+    picked = choice(inp, 2)
+    if picked == 1:
+        ctx.state.data.pop("after_offer", None)
+        return _dial(ctx)
+    if picked == 2:
+        return Goto(ctx.state.data.pop("after_offer", None) or MENU)
+    return Retry()
+
+
+def _steps() -> list[Step]:
+    return [
+        Step("language", _language_prompt, _language_handle, "ivr.hint"),
+        Step(MENU, _menu_prompt, _menu_handle, "ivr.hint"),
+        Step("resume", _resume_prompt, _resume_handle, "ivr.hint"),
+        *_place_steps("pickup", "drop"),
+        *_place_steps("drop", "recipient_phone"),
+        Step("recipient_phone", lambda ctx: [Say("ivr.phone.ask")], _phone_handle,
+             "ivr.phone.ask", BOOKING),
+        Step("recipient_check", _phone_check_prompt, _phone_check_handle, "ivr.hint", BOOKING),
+        _choice_step("size", "ivr.size.ask", [f"ivr.size.{s}" for s in SIZES], "size", SIZES,
+                     "weight", help_key="ivr.hint"),
+        _choice_step("weight", "ivr.weight.ask", [f"ivr.weight.{w}" for w in WEIGHTS],
+                     "weight", WEIGHTS, lambda ctx: ctx.after("speed"), help_key="ivr.hint"),
+        Step("speed", _speed_prompt, _speed_handle, "ivr.hint", BOOKING),
+        Step("confirm", _confirm_prompt, _confirm_handle, "ivr.hint", BOOKING),
+        Step("change", _change_prompt, _change_handle, "ivr.hint", BOOKING),
+        Step("done", _done_prompt, _done_handle, "ivr.hint"),
+        Step("track", _track_prompt, _track_handle, "ivr.hint"),
+        Step("offer_person", _offer_prompt, _offer_handle, "ivr.hint"),
+    ]
+
+
+VOICE_DIALOG = Dialog(
+    steps={s.name: s for s in _steps()},
+    menu=MENU,
+    language="language",
+    offer_person="offer_person",
+    voice_callback="offer_person",  # a voice note cannot arrive on a call
+    not_understood="ivr.wrong_key",
+)

@@ -1,0 +1,262 @@
+"""Phone calls (IVR): one conversation per caller, one dialog turn per keypad answer.
+
+A caller's conversation lives on channel "voice", keyed by their E.164 number, so a draft
+booking survives a dropped call: calling back within a day offers "continue your booking"
+first. The state of the call in progress (its CallSid, how many turns it has taken, how
+many prompts in a row got no answer) is kept in the conversation's state under ``call``;
+Twilio's call status callback (or the next call) closes it.
+
+Every webhook of a call carries its turn number (the Gather's action URL says which turn
+it answers); ``process`` claims ``CallSid:turn`` in ``inbound_events`` (provider
+"twilio-voice") in the same transaction as the turn's effects, so a retried request is
+answered from record and acts once. Channel rules live here, not in the dialog: silence
+repeats the prompt at most twice and then offers a person (or ends the call), ``*``
+repeats, a call has at most ``MAX_TURNS`` turns. Nothing here calls the network.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from core import clock, i18n
+from core.adapters.db import transaction
+from core.adapters.models import Booking, Conversation, InboundEvent, Person
+from core.config import get_settings
+from core.dialog import engine
+from core.dialog.booking import BOOKING, MENU
+from core.dialog.engine import Ctx, DialogState, Out, Say, UserInput
+from core.dialog.voice import (
+    END_ON_SILENCE,
+    ENTRY_DIGITS,
+    VOICE_DIALOG,
+    clear_draft,
+    full_slots,
+    has_draft,
+)
+from core.services import notify
+from core.services.conversation import SessionPorts, contact_for
+from core.services.inbound import InboundMessage
+
+log = logging.getLogger(__name__)
+
+PROVIDER = "twilio-voice"
+CHANNEL = "voice"
+MAX_TURNS = 40  # answers per call; a booking takes about 15
+MAX_SILENT_REPEATS = 2  # a prompt met with silence is repeated this often, then a person
+DRAFT_KEPT = timedelta(hours=24)  # a dropped call's draft is offered again this long
+ENDED = frozenset({"completed", "busy", "failed", "no-answer", "canceled"})
+
+
+@dataclass(frozen=True)
+class CallRequest:
+    """One Twilio Voice webhook, reduced to what the core needs."""
+
+    sid: str
+    turn: int  # 0: the call just arrived; n: the answer to the prompt of turn n - 1
+    phone: str  # the caller, E.164
+    to_addr: str = ""
+    digits: str = ""  # keys pressed ("" = nothing before the timeout)
+
+
+@dataclass
+class VoiceTurn:
+    """What to do with the caller now: speak ``outs`` in ``lang``, then gather the next
+    answer (``keypad``: 1 = one key, more = digits ended with '#'), dial a person, or
+    hang up."""
+
+    lang: str
+    outs: list[Out] = field(default_factory=list)
+    action: str = "gather"  # "gather" | "dial" | "hangup"
+    keypad: int = 1
+    next_turn: int = 1
+    dial: str | None = None
+
+
+def process(call: CallRequest, handler: Callable[[Session, CallRequest], str]) -> tuple[str, bool]:
+    """Run ``handler`` (one turn rendered as TwiML) once per CallSid and turn, in one
+    transaction; (TwiML, duplicate). A retry gets the TwiML stored the first time."""
+    for attempt in (1, 2):
+        try:
+            return _process_once(call, handler)
+        except IntegrityError:
+            # A new caller's first webhook raced its own retry to create the contact.
+            if attempt == 2:
+                raise
+    raise AssertionError("unreachable")
+
+
+def _process_once(call: CallRequest, handler: Callable[[Session, CallRequest], str]
+                  ) -> tuple[str, bool]:
+    external_id = f"{call.sid}:{call.turn}"
+    with transaction() as session:
+        claimed = session.scalar(
+            insert(InboundEvent)
+            .values(provider=PROVIDER, external_id=external_id, channel=CHANNEL)
+            .on_conflict_do_nothing(constraint="uq_inbound_events_provider_external")
+            .returning(InboundEvent.id)
+        )
+        if claimed is None:
+            stored = session.scalar(select(InboundEvent.response_body).where(
+                InboundEvent.provider == PROVIDER, InboundEvent.external_id == external_id))
+            log.info("duplicate voice webhook answered from record")
+            return stored or "", True
+        twiml = handler(session, call)
+        event = session.get(InboundEvent, claimed)
+        assert event is not None
+        event.response_body = twiml
+    return twiml, False
+
+
+# --- ports: the chat's, plus the booking details by SMS ---------------------------------
+
+class VoicePorts(SessionPorts):
+    """The dialog's ports for a caller: a confirmed booking also sends its details by SMS
+    (the payment link follows from the payments job, by SMS to a caller)."""
+
+    def confirm(self, slots: dict[str, Any]) -> dict[str, Any]:
+        done = super().confirm(full_slots(slots))
+        booking = self.session.scalar(select(Booking).where(Booking.reference == done["ref"]))
+        if booking is not None and self.person.phone:
+            lang = self.person.preferred_language or i18n.DEFAULT_LANGUAGE
+            notify.notify_phone(
+                self.session, self.person.phone, "ivr.sms.details", lang=lang,
+                dedupe_key=f"ivr-details-{booking.id}", booking_id=booking.id,
+                ref=booking.reference, pickup=slots["pickup"]["name"],
+                drop=slots["drop"]["name"], tier=i18n.t(f"tier.{slots['tier']}", lang),
+                total_paise=booking.total_paise)
+        return done
+
+
+# --- one turn --------------------------------------------------------------------------
+
+def _load(conv: Conversation) -> DialogState:
+    return DialogState(conv.step or "start", copy.deepcopy(conv.state or {}), conv.misses or 0)
+
+
+def _save(conv: Conversation, state: DialogState) -> None:
+    conv.step = state.step
+    conv.state = copy.deepcopy(state.data)  # a new object, so the JSONB change is saved
+    conv.misses = state.misses
+
+
+def _close_call(state: DialogState) -> None:
+    """The call is over: forget it, keep a half-finished booking as a draft."""
+    state.data.pop("call", None)
+    state.data.pop("call_action", None)
+    step = VOICE_DIALOG.steps.get(state.step)
+    if step is not None and step.group == BOOKING and state.slots:
+        state.data["draft_step"] = state.step
+
+
+def _language(person: Person) -> str:
+    return person.preferred_language or i18n.DEFAULT_LANGUAGE
+
+
+def voice_turn(session: Session, call: CallRequest) -> VoiceTurn:
+    """Answer one webhook of a call: start it, or apply the caller's keys to the dialog."""
+    msg = InboundMessage(channel=CHANNEL, sid=call.sid, from_addr=call.phone,
+                         to_addr=call.to_addr, body="", contact=call.phone, phone=call.phone)
+    person, conv = contact_for(session, msg)
+    previous = conv.last_inbound_at
+    conv.last_inbound_at = clock.now()
+    state = _load(conv)
+    ports = VoicePorts(session, person, conv)
+    current = state.data.get("call") or {}
+    try:
+        with session.begin_nested():
+            if call.turn == 0 or current.get("sid") != call.sid:
+                outs = _start(state, ports, person, previous, call.sid)
+            else:
+                outs = _answer(state, ports, person, call)
+            action = state.data.pop("call_action", None) or "gather"
+            if action != "gather":
+                _close_call(state)
+            _save(conv, state)
+    except Exception:
+        # Nothing of this turn is kept (the savepoint rolled back); the draft stays.
+        log.exception("voice turn failed", extra={"step": conv.step})
+        return VoiceTurn(_language(person), [Say("common.error_try_later")], action="hangup")
+    turn = VoiceTurn(_language(person), outs, action=action,
+                     keypad=ENTRY_DIGITS.get(state.step, 1), next_turn=call.turn + 1)
+    if action == "dial":
+        turn.dial = get_settings().ops_phone
+    return turn
+
+
+def _start(state: DialogState, ports: VoicePorts, person: Person, previous: Any,
+           sid: str) -> list[Out]:
+    """A new call: close the last one, greet, then the language list, a draft, or the menu."""
+    if state.data.get("call"):
+        _close_call(state)
+    state.data["call"] = {"sid": sid, "turns": 0, "silences": 0}
+    ctx = Ctx(state, ports, _language(person))
+    idle = clock.now() - previous if previous is not None else None
+    if has_draft(state.data) and (idle is None or idle > DRAFT_KEPT):
+        clear_draft(ctx)
+    if person.preferred_language is None:
+        return [Say("ivr.welcome", lang=i18n.DEFAULT_LANGUAGE)] + engine.enter(
+            VOICE_DIALOG, ctx, VOICE_DIALOG.language)
+    first = "resume" if has_draft(state.data) else MENU
+    return [Say("ivr.welcome"), Say("ivr.hint")] + engine.enter(VOICE_DIALOG, ctx, first)
+
+
+def _answer(state: DialogState, ports: VoicePorts, person: Person,
+            call: CallRequest) -> list[Out]:
+    call_state = state.data["call"]
+    call_state["turns"] = call_state.get("turns", 0) + 1
+    ctx = Ctx(state, ports, _language(person))
+    step = VOICE_DIALOG.step(state.step)
+    if call_state["turns"] > MAX_TURNS:
+        state.data["call_action"] = "hangup"
+        return [Say("ivr.too_long")]
+    keys = "".join(ch for ch in call.digits if ch in "0123456789*#")
+    if not keys:
+        call_state["silences"] = call_state.get("silences", 0) + 1
+        if step.name in END_ON_SILENCE or call_state["silences"] > MAX_SILENT_REPEATS + 1:
+            state.data["call_action"] = "hangup"
+            return [Say("ivr.no_answer")]
+        if call_state["silences"] > MAX_SILENT_REPEATS:
+            state.data["after_offer"] = step.name
+            if step.group is not None:
+                state.data["draft_step"] = step.name
+            return engine.enter(VOICE_DIALOG, ctx, VOICE_DIALOG.offer_person)
+        return [Say("ivr.silence")] + step.prompt(ctx)
+    call_state["silences"] = 0
+    if set(keys) == {"*"}:
+        return step.prompt(ctx)  # repeat: not a miss, nothing changes
+    return engine.turn(VOICE_DIALOG, state, UserInput(text=keys.rstrip("#")), ports,
+                       ctx.lang)
+
+
+def call_status(phone: str, sid: str, status: str) -> bool:
+    """Twilio's call status callback, in its own transaction; True if a call was closed."""
+    if status not in ENDED:
+        return False
+    with transaction() as session:
+        return end_call(session, phone, sid, status)
+
+
+def end_call(session: Session, phone: str, sid: str, status: str) -> bool:
+    """A finished call closes its session (the draft is kept for a call back)."""
+    if status not in ENDED:
+        return False
+    conv = session.scalar(select(Conversation).where(
+        Conversation.channel == CHANNEL, Conversation.contact == phone).with_for_update())
+    if conv is None:
+        return False
+    state = _load(conv)
+    if (state.data.get("call") or {}).get("sid") != sid:
+        return False
+    _close_call(state)
+    _save(conv, state)
+    return True

@@ -1,0 +1,93 @@
+"""TwiML rendering of the dialog engine's output for a phone call.
+
+Each ``Say`` becomes one spoken segment; a ``Choices`` list becomes "label — press 1"
+pairs (and "press 9 for more"), each label and each "press N" its own segment, so the
+fixed ones are pre-rendered audio. A segment whose audio is cached is played with
+``<Play>``; otherwise it is spoken with ``<Say language="hi-IN">`` and its rendering is
+queued (ivr_flows.audio): a request never waits on gTTS.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twilio.twiml.voice_response import VoiceResponse
+
+from core import i18n
+from core.dialog.engine import Choices, Out, Say
+from core.services.ivr import VoiceTurn
+from ivr_flows import audio
+
+GATHER_PATH = "/webhooks/voice/gather"
+KEY_TIMEOUT_S = 6  # one key: seconds to wait after the prompt
+ENTRY_TIMEOUT_S = 8  # several digits: seconds to wait for the next one
+DIAL_TIMEOUT_S = 30
+
+
+def text_of(say: Say, lang: str) -> str:
+    """Catalog text of ``say`` in its own language if it has one; nested messages first."""
+    lang = say.lang or lang
+    params: dict[str, Any] = {
+        k: (text_of(v, lang) if isinstance(v, Say) else v) for k, v in say.params.items()
+    }
+    return " ".join(i18n.t(say.key, lang, **params).split())
+
+
+def segments(outs: list[Out], lang: str) -> list[tuple[str, str]]:
+    """(language, text) of every piece the caller hears, in order."""
+    out: list[tuple[str, str]] = []
+    for item in outs:
+        if isinstance(item, Choices):
+            for n, option in enumerate(item.options, start=1):
+                label = text_of(option, lang) if isinstance(option, Say) else str(option)
+                out.append((lang, label))
+                out.append((lang, i18n.t(f"ivr.press.{n}", lang)))
+            if item.more:
+                out.append((lang, i18n.t("ivr.more", lang)))
+        else:
+            out.append((item.lang or lang, text_of(item, lang)))
+    return [(seg_lang, text) for seg_lang, text in out if text.strip()]
+
+
+def _speak(verb: Any, seg_lang: str, text: str) -> None:
+    url = audio.audio_url(seg_lang, text)
+    if url:
+        verb.play(url)
+    else:
+        verb.say(text, language=i18n.SAY_LOCALES.get(seg_lang, "hi-IN"))
+
+
+def render(turn: VoiceTurn) -> str:
+    """The TwiML for one turn: prompts inside a <Gather>, or a <Dial>, or goodbye."""
+    response = VoiceResponse()
+    goodbye = i18n.t("voice.goodbye", turn.lang)
+    if turn.action == "gather":
+        options: dict[str, Any] = {"finish_on_key": "#"}
+        if turn.keypad == 1:
+            options.update(num_digits=1, timeout=KEY_TIMEOUT_S)
+        else:
+            options.update(timeout=ENTRY_TIMEOUT_S)
+        gather = response.gather(input="dtmf", action=f"{GATHER_PATH}?turn={turn.next_turn}",
+                                 method="POST", action_on_empty_result=True, **options)
+        for seg_lang, text in segments(turn.outs, turn.lang):
+            _speak(gather, seg_lang, text)
+        # Reached only if Twilio did not post the empty answer: end rather than loop.
+        _speak(response, turn.lang, goodbye)
+        response.hangup()
+    elif turn.action == "dial" and turn.dial:
+        for seg_lang, text in segments(turn.outs, turn.lang):
+            _speak(response, seg_lang, text)
+        response.dial(turn.dial, timeout=DIAL_TIMEOUT_S)
+        _speak(response, turn.lang, goodbye)
+        response.hangup()
+    else:
+        for seg_lang, text in segments(turn.outs, turn.lang):
+            _speak(response, seg_lang, text)
+        _speak(response, turn.lang, goodbye)
+        response.hangup()
+    return str(response)
+
+
+def hangup_with(key: str, lang: str = i18n.DEFAULT_LANGUAGE) -> str:
+    """A short message and goodbye (calls we cannot serve, e.g. a hidden number)."""
+    return render(VoiceTurn(lang, [Say(key)], action="hangup"))
