@@ -48,6 +48,8 @@ usage: ./run <command> [args]
   call [args]     phone a running `./run serve` as a keypad caller (signed voice webhooks;
                   type keys, Enter alone = silence, /hangup; --phone +91... picks your number)
   prompts         render the IVR's missing prompt audio with gTTS (needs internet)
+  bench [--quick] run the benchmarks (not part of test); tables on screen, JSON in
+                  bench/results/
 """
 
 
@@ -365,6 +367,9 @@ def main(args: list[str]) -> int:
         return run_foreground("prompts", [python, "-m", "ivr_flows.prompts", *rest])
     if command == "lint":
         return subprocess.call([python, "-m", "ruff", "check", ".", *rest], cwd=REPO_DIR)
+    if command == "bench":
+        # Its own database (<name>_bench) and Redis db on the same servers as `test`.
+        return run_foreground("bench", [python, "-m", "bench", *rest])
     print(f"./run: unknown command {command!r}\n\n{USAGE}", end="", file=sys.stderr)
     return 2
 
