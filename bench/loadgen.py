@@ -9,7 +9,9 @@ server cannot hide its queueing (no coordinated omission).
 from __future__ import annotations
 
 import asyncio
+import html
 import itertools
+import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -120,5 +122,55 @@ async def open_loop(target: str, path: str, script: Sequence[Step], signer: Sign
             tasks.append(asyncio.create_task(
                 _send(session, target, path, params, signer, run, scheduled)))
         await asyncio.gather(*tasks)
+        run.seconds = time.perf_counter() - t0
+    return run
+
+
+_ACTION = re.compile(r'<Gather[^>]*\baction="([^"]+)"')
+
+
+async def ivr_closed_loop(target: str, digits: Sequence[str], signer: Signer, *,
+                          concurrency: int, max_requests: int, max_seconds: float,
+                          label: str, user_offset: int = 0) -> Run:
+    """Callers walking a keypad script, each turn posted to the action URL that the
+    previous TwiML named (as Twilio does); a call that ends is dialled again."""
+    run = Run(label, concurrency)
+    budget = itertools.count()
+    deadline = time.perf_counter() + max_seconds
+    timeout = aiohttp.ClientTimeout(total=15)
+
+    async def caller(u: int, session: aiohttp.ClientSession) -> None:
+        call_no = 0
+        while time.perf_counter() < deadline:
+            call_no += 1
+            params = {"CallSid": f"CAb{user_offset + u:08d}{call_no:05d}",
+                      "AccountSid": "ACbench", "From": f"+9170{user_offset + u:08d}",
+                      "To": "+15005550006", "CallStatus": "in-progress"}
+            path = "/webhooks/voice"
+            for keys in ("", *digits):
+                if time.perf_counter() >= deadline or next(budget) >= max_requests:
+                    return
+                form = dict(params, Digits=keys) if keys else dict(params)
+                started = time.perf_counter()
+                headers = {"X-Twilio-Signature": signer.sign(path, form),
+                           "Content-Type": "application/x-www-form-urlencoded"}
+                try:
+                    async with session.post(target + path, data=urlencode(form),
+                                            headers=headers) as r:
+                        body = await r.text()
+                        run.statuses[r.status] = run.statuses.get(r.status, 0) + 1
+                except (aiohttp.ClientError, TimeoutError):
+                    run.errors += 1
+                    break
+                run.latencies_ms.append((time.perf_counter() - started) * 1000)
+                found = _ACTION.search(body)
+                if found is None:
+                    break  # the call ended
+                path = html.unescape(found.group(1))
+
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=concurrency),
+                                     timeout=timeout) as session:
+        t0 = time.perf_counter()
+        await asyncio.gather(*(caller(u, session) for u in range(concurrency)))
         run.seconds = time.perf_counter() - t0
     return run

@@ -12,12 +12,14 @@ import asyncio
 import sys
 
 from bench import common
-from bench.loadgen import Signer, closed_loop, open_loop
+from bench.loadgen import Signer, closed_loop, ivr_closed_loop, open_loop
 
 WA_FROM = "whatsapp:+14155238886"
 # A customer's booking conversation, one message per turn (the bot's own flow).
 WA_TEXTS = ("hi", "1", "1", "845450", "1", "near the well", "845438", "1", "0", "menu")
-IVR_DIGITS = ("", "1", "1", "845450#", "1", "1", "413709#", "*", "0", "2")
+# A caller booking by keypad: book, pickup pincode, a village, confirm, drop pincode, ...
+IVR_DIGITS = ("1", "845438#", "1", "1", "845450#", "7", "1", "9876543210#", "1", "1", "1",
+              "2")
 
 
 def wa_step(turn_text: str):
@@ -29,19 +31,13 @@ def wa_step(turn_text: str):
     return step
 
 
-def ivr_step(digits: str):
-    def step(user: int, turn: int) -> dict[str, str]:
-        params = {"CallSid": f"CAb{user:08d}{turn // len(IVR_DIGITS):04d}",
-                  "AccountSid": "ACbench", "From": f"+9170{user:08d}", "To": "+15005550006",
-                  "CallStatus": "in-progress"}
-        if digits:
-            params["Digits"] = digits
-        return params
-    return step
-
-
 WA_SCRIPT = [wa_step(t) for t in WA_TEXTS]
-IVR_SCRIPT = [ivr_step(d) for d in IVR_DIGITS]
+
+
+def ivr_turn(user: int, turn: int) -> dict[str, str]:
+    """The bare endpoint's voice turn: the same parameters a keypad turn carries."""
+    return {"CallSid": f"CAb{user:08d}", "AccountSid": "ACbench", "From": f"+9170{user:08d}",
+            "To": "+15005550006", "CallStatus": "in-progress", "Digits": "1"}
 
 
 def measure(quick: bool) -> dict[str, object]:
@@ -65,17 +61,23 @@ def measure(quick: bool) -> dict[str, object]:
         common.wait_ready(f"{svc}/readyz")
         common.wait_ready(f"{bare}/healthz")
         user_base = 0
-        for channel, path, script in (("whatsapp", "/webhooks/whatsapp", WA_SCRIPT),
-                                      ("voice", "/webhooks/voice", IVR_SCRIPT)):
+        for channel in ("whatsapp", "voice"):
             for c in levels:
-                s = asyncio.run(closed_loop(svc, path, script, Signer(token, svc),
-                                            concurrency=c, max_requests=max_requests,
-                                            max_seconds=max_seconds, label="service",
-                                            user_offset=user_base))
+                bounds = {"concurrency": c, "max_requests": max_requests,
+                          "max_seconds": max_seconds}
+                if channel == "whatsapp":
+                    s = asyncio.run(closed_loop(svc, "/webhooks/whatsapp", WA_SCRIPT,
+                                                Signer(token, svc), label="service",
+                                                user_offset=user_base, **bounds))
+                    b = asyncio.run(closed_loop(bare, "/webhooks/whatsapp", WA_SCRIPT,
+                                                Signer(token, bare), label="bare", **bounds))
+                else:
+                    s = asyncio.run(ivr_closed_loop(svc, IVR_DIGITS, Signer(token, svc),
+                                                    label="service", user_offset=user_base,
+                                                    **bounds))
+                    b = asyncio.run(closed_loop(bare, "/webhooks/voice", [ivr_turn],
+                                                Signer(token, bare), label="bare", **bounds))
                 user_base += c
-                b = asyncio.run(closed_loop(bare, path, script, Signer(token, bare),
-                                            concurrency=c, max_requests=max_requests,
-                                            max_seconds=max_seconds, label="bare"))
                 ss, bs = s.summary(), b.summary()
                 rows.append({"channel": channel, "concurrency": c, "service": ss, "bare": bs,
                              "ratio": round(ss["per_second"] / bs["per_second"], 3)
