@@ -11,13 +11,14 @@ from sqlalchemy import select
 
 from core import clock
 from core.adapters.db import transaction
-from core.adapters.models import OutboxMessage
+from core.adapters.models import Booking, Leg, OutboxMessage
 from core.adapters.payment_models import GatewayEvent, LegTransfer, Refund
 from core.adapters.redis_conn import redis_client
 from core.domain import ledger as rules
-from core.domain.booking import BookingStatus
+from core.domain.booking import Actor, BookingStatus, LegStatus
 from core.domain.errors import Conflict
 from core.services import ledger, payments
+from core.services.booking import move_booking, move_leg
 from sandbox import razorpay as emu
 from tests.conftest import release_scheduled
 from tests.test_payments_support import (
@@ -36,6 +37,7 @@ from tests.test_payments_support import (
 )
 
 pytestmark = pytest.mark.db
+SYSTEM = Actor.system()
 
 
 @pytest.fixture(autouse=True)
@@ -263,3 +265,41 @@ def test_paying_after_cancellation_is_refunded(live):
     assert s["captured_paise"] == s["refunded_paise"] == booking(bid).total_paise
     assert s["escrow_paise"] == 0
     assert f"dispatch-{bid}" not in SKIPPED
+
+
+def test_the_payout_is_held_for_the_assigned_partner_and_released_on_delivery(live):
+    partner = new_partner()
+    bid = paid_booking()
+    leg_id = advance(bid, partner, to="assigned")
+    assert payments.hold_leg_transfer(leg_id) == "held"
+    assert payments.hold_leg_transfer(leg_id) == "already-held"  # a retry makes no twin
+    (held,) = emu._all("transfer")
+    assert held["on_hold"] is True and held["recipient"] == "acc_partner0001"
+    with transaction() as s:
+        payout = s.get(Leg, leg_id).payout_paise
+    assert held["amount"] == payout
+    with transaction() as s:  # picked up and delivered
+        leg = s.get(Leg, leg_id)
+        b = s.get(Booking, bid)
+        for bs, ls in ((BookingStatus.PICKED_UP, LegStatus.PICKED_UP),
+                       (BookingStatus.DELIVERED, LegStatus.DELIVERED)):
+            move_leg(s, leg, ls, SYSTEM, "test")
+            move_booking(s, b, bs, SYSTEM, "test")
+    assert payments.release_leg(leg_id) == "released"
+    run()
+    (released,) = emu._all("transfer")
+    assert released["id"] == held["id"] and released["on_hold"] is False
+
+
+def test_a_partner_who_gives_the_job_back_has_the_hold_reversed(live):
+    first = new_partner()
+    second = new_partner("+919812349002", "acc_partner0002")
+    bid = paid_booking()
+    leg_id = advance(bid, first, to="assigned")
+    assert payments.hold_leg_transfer(leg_id) == "held"
+    with transaction() as s:  # the job goes to someone else
+        s.get(Leg, leg_id).partner_id = second
+    assert payments.hold_leg_transfer(leg_id) == "held"
+    transfers = {t["recipient"]: t for t in emu._all("transfer")}
+    assert transfers["acc_partner0001"]["status"] == "reversed"
+    assert transfers["acc_partner0002"]["on_hold"] is True

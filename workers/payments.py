@@ -35,6 +35,11 @@ def settle_leg_transfer(leg_id: int) -> str:
     return payments.settle_leg_transfer(leg_id)
 
 
+def hold_leg_transfer(leg_id: int) -> str:
+    """A partner was assigned: create the leg's Route transfer to them, on hold."""
+    return payments.hold_leg_transfer(leg_id)
+
+
 def refund_booking(booking_id: int, reason: str) -> str:
     """Refund a booking by policy (``cancelled``, ``no_partner``, ``late_payment``)."""
     return payments.refund_booking(booking_id, reason)

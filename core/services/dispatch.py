@@ -779,6 +779,10 @@ def accept(session: Session, partner: PartnerProfile, code: str | None) -> Reply
         move_booking(session, booking, BookingStatus.ASSIGNED, _partner_actor(partner),
                      "partner accepted")
         _assigned_to_customer(session, booking, partner, load_of(booking), f"offer{offer.id}")
+    # The payout is set aside for this partner now (Route transfer on hold), released on
+    # delivery; a different job id per offer, so a re-assignment holds for the new partner.
+    _enqueue_after_commit(session, "workers.payments.hold_leg_transfer", leg.id,
+                          job_id=f"hold-{leg.id}-{offer.id}")
     giver_phone = send_leg_codes(session, booking, leg, tag=f"o{offer.id}")
     return _r("dispatch.accepted", job=job, pickup=_place(session, booking, leg, "from"),
               phone=giver_phone or get_settings().ops_phone)

@@ -572,11 +572,63 @@ def release_leg(leg_id: int, actor: Actor = SYSTEM) -> str:
         return result
 
 
-def _live(transfers: list[dict], leg_id: int) -> dict | None:
+def _live(transfers: list[dict], leg_id: int, account: str | None = None) -> dict | None:
+    """The leg's live transfer (to ``account`` when given)."""
     for t in transfers:
-        if _note_int(t, "leg_id") == leg_id and t.get("status") not in ("failed", "reversed"):
+        if _note_int(t, "leg_id") == leg_id and t.get("status") not in ("failed", "reversed") \
+                and (account is None or t.get("recipient") == account):
             return t
     return None
+
+
+def _reverse_others(c, transfers: list[dict], leg_id: int, account: str | None) -> int:
+    """Reverse live transfers of the leg held for someone else (a partner who gave the job
+    back); return how many."""
+    n = 0
+    for t in transfers:
+        left = int(t.get("amount") or 0) - int(t.get("amount_reversed") or 0)
+        if _note_int(t, "leg_id") == leg_id and t.get("status") not in ("failed", "reversed") \
+                and t.get("recipient") != account and left > 0:
+            c.transfer.reverse(t["id"], {"amount": left})
+            n += 1
+    return n
+
+
+def hold_leg_transfer(leg_id: int) -> str:
+    """Job: once a partner is assigned, create the leg's Route transfer to them on hold.
+
+    The money moves to the partner's linked account only when the hold is released after
+    delivery (settle_leg_transfer); a partner who gives the job back has theirs reversed
+    when the next one is held. Found by our leg id in the notes, so retries never double.
+    """
+    with transaction() as session:
+        leg = session.get(Leg, leg_id)
+        if leg is None:
+            return "missing"
+        if leg.status not in (LegStatus.ASSIGNED.value, LegStatus.PICKED_UP.value) \
+                or leg.partner_id is None:
+            return "not-assigned"
+        booking_id, partner_id, amount = leg.booking_id, leg.partner_id, leg.payout_paise
+        payment_id = _capture_payment_id(session, booking_id)
+        partner = session.get(PartnerProfile, partner_id)
+        account = partner.payout_account_id if partner else None
+    if payment_id is None:
+        return "no-payment"
+    if not account or amount <= 0:
+        return "no-account" if not account else "nothing-to-hold"
+    c = gw.client()
+    transfers = c.payment.transfers(payment_id, {}).get("items") or []
+    _reverse_others(c, transfers, leg_id, account)
+    if _live(transfers, leg_id, account) is not None:
+        return "already-held"
+    created = c.payment.transfer(payment_id, {"transfers": [{
+        "account": account, "amount": amount, "currency": "INR", "on_hold": True,
+        "notes": {"leg_id": str(leg_id), "booking_id": str(booking_id)},
+    }]})
+    items = created.get("items") or [created]
+    live = _live(items, leg_id) or items[0]
+    _save_transfer(leg_id, booking_id, partner_id, payment_id, account, live, "on_hold")
+    return "held"
 
 
 def settle_leg_transfer(leg_id: int) -> str:
@@ -598,7 +650,9 @@ def settle_leg_transfer(leg_id: int) -> str:
         return "no-payment"
     c = gw.client()
     transfers = c.payment.transfers(payment_id, {}).get("items") or []
-    live = _live(transfers, leg_id)
+    if account:
+        _reverse_others(c, transfers, leg_id, account)
+    live = _live(transfers, leg_id, account) if account else _live(transfers, leg_id)
     if target <= 0:
         if live is None:
             return "nothing-to-transfer"
