@@ -105,13 +105,17 @@ class SessionPorts:
 
     def __init__(self, session: Session, person: Person, conv: Conversation) -> None:
         self.session, self.person, self.conv = session, person, conv
+        self._points: list[Point] | None = None
 
     def set_language(self, lang: str) -> None:
         self.person.preferred_language = lang
 
     # addresses and the service area
     def _nearest_point(self, lat: float, lng: float) -> tuple[Point | None, int]:
-        points = self.session.scalars(select(Point).where(Point.active.is_(True))).all()
+        if self._points is None:  # one query per turn, not one per village checked
+            self._points = list(self.session.scalars(
+                select(Point).where(Point.active.is_(True))))
+        points = self._points
         best, best_m = None, -1
         for p in points:
             d = haversine_m(lat, lng, p.lat, p.lng)

@@ -11,7 +11,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -95,9 +95,8 @@ def _process_once(msg: InboundMessage, handler: Handler) -> Outcome:
             log.info("duplicate webhook answered from record", extra={"channel": msg.channel})
             return Outcome(json.loads(stored) if stored else [], duplicate=True)
         replies = handler(session, msg)
-        event = session.get(InboundEvent, claimed)
-        assert event is not None
-        event.response_body = json.dumps(replies, ensure_ascii=False)
+        session.execute(update(InboundEvent).where(InboundEvent.id == claimed)
+                        .values(response_body=json.dumps(replies, ensure_ascii=False)))
     return Outcome(replies)
 
 

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -111,9 +111,8 @@ def _process_once(call: CallRequest, handler: Callable[[Session, CallRequest], s
             log.info("duplicate voice webhook answered from record")
             return stored or "", True
         twiml = handler(session, call)
-        event = session.get(InboundEvent, claimed)
-        assert event is not None
-        event.response_body = twiml
+        session.execute(update(InboundEvent).where(InboundEvent.id == claimed)
+                        .values(response_body=twiml))
     return twiml, False
 
 
