@@ -136,6 +136,33 @@ def fetch_message(account_sid: str, sid: str):
         return jsonify(_resource(msg))
 
 
+MEDIA_KEY = "sandbox:twilio:media:{}"
+
+
+def store_media(data: bytes, content_type: str) -> str:
+    """Keep bytes as a Twilio-hosted media file would be; return its URL (tests, ./run chat)."""
+    media_id = "ME" + secrets.token_hex(16)
+    r = redis_client()
+    r.hset(MEDIA_KEY.format(media_id), mapping={"type": content_type, "data": data})
+    r.expire(MEDIA_KEY.format(media_id), 7 * 86400)
+    s = get_settings()
+    return f"{s.public_base_url}/sandbox/twilio/2010-04-01/Accounts/{s.twilio_account_sid}" \
+           f"/Messages/MMsandbox/Media/{media_id}"
+
+
+@bp.get("/twilio/2010-04-01/Accounts/<account_sid>/Messages/<msg_sid>/Media/<media_id>")
+def media(account_sid: str, msg_sid: str, media_id: str):
+    """An inbound message's media, behind HTTP Basic like Twilio's protected media URLs."""
+    if not _authorised(account_sid):
+        return _twilio_error(401, 20003, "Authenticate")
+    found = redis_client().hgetall(MEDIA_KEY.format(media_id))
+    if not found:
+        return _twilio_error(404, 20404, "The requested resource was not found")
+    from flask import Response
+
+    return Response(found[b"data"], mimetype=found[b"type"].decode())
+
+
 @bp.get("/outbox")
 def outbox():
     """What the service sent, oldest first; ?to= filters (with or without whatsapp:)."""

@@ -560,3 +560,42 @@ def test_demo_data_paid_booking_reaches_a_demo_partner(client, live, frozen):
     assert phone == DEMO_PARTNERS[0][1]  # Ramesh, bicycle, home Point Laxmipur
     assert "आपका है" in sms(client, phone, "1")[0]
     assert booking_status(booking_id) == "assigned"
+
+
+def test_partner_photo_on_whatsapp_is_stored_as_proof_of_delivery(client, live, frozen):
+    from sandbox.twilio import store_media
+
+    ramesh, ramesh_phone = make_partner("Ramesh", LAXMIPUR)
+    booking_id = paid_booking()
+    start(booking_id)
+    sms(client, ramesh_phone, "1")
+    sms(client, ramesh_phone, f"PICK {last_code(CUSTOMER, 'पार्सल उठाने')}")
+    leg = legs_of(booking_id)[0]
+    photo = b"\xff\xd8\xff\xe0" + b"proof-jpeg" * 20
+    url = store_media(photo, "image/jpeg")
+    params = {"MessageSid": "SMpod1", "From": f"whatsapp:{ramesh_phone}", "To": "whatsapp:+1",
+              "Body": "", "NumMedia": "1", "MediaUrl0": url, "MediaContentType0": "image/jpeg",
+              "WaId": ramesh_phone[1:]}
+    r = post_twilio(client, "/webhooks/whatsapp", params)
+    assert f"जॉब {leg.id} की फ़ोटो मिल गई" in r.get_data(as_text=True)
+    assert legs_of(booking_id)[0].pod_photo_url is None  # fetched by a job, not inline
+    run_jobs()
+    stored = legs_of(booking_id)[0].pod_photo_url
+    assert stored
+    from core.adapters.dispatch_models import PodPhoto
+
+    with transaction() as s:
+        pod = s.scalar(select(PodPhoto).where(PodPhoto.leg_id == leg.id))
+        assert pod.size_bytes == len(photo) and pod.content_type == "image/jpeg"
+
+
+def test_photo_from_a_partner_without_a_parcel_is_answered(client, live, frozen):
+    from sandbox.twilio import store_media
+
+    _, phone = make_partner("Ramesh", LAXMIPUR)
+    params = {"MessageSid": "SMpod2", "From": f"whatsapp:{phone}", "To": "whatsapp:+1",
+              "Body": "", "NumMedia": "1", "MediaUrl0": store_media(b"\xff\xd8x", "image/jpeg"),
+              "MediaContentType0": "image/jpeg", "WaId": phone[1:]}
+    r = post_twilio(client, "/webhooks/whatsapp", params)
+    assert "अभी आपके पास कोई पार्सल नहीं है" in r.get_data(as_text=True)
+    assert queue("default").count == 0

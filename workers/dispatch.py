@@ -56,3 +56,8 @@ def schedule_sweep(now: datetime | None = None) -> str:
         q.enqueue_at(datetime.fromtimestamp(next_at, UTC), "workers.dispatch.sweep",
                      job_id=job_id, result_ttl=600, failure_ttl=86400)
     return job_id
+
+
+def fetch_pod_photo(leg_id: int, partner_id: int, url: str, content_type: str) -> str:
+    """Download a partner's WhatsApp photo and store it as the leg's proof of delivery."""
+    return dispatch.fetch_pod_photo(leg_id, partner_id, url, content_type)

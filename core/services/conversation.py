@@ -17,12 +17,14 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
+from rq import Retry
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from core import clock, i18n
 from core.adapters import pincode
 from core.adapters.models import Booking, Conversation, PartnerProfile, Person, Point
+from core.adapters.queue import after_commit, enqueue
 from core.config import get_settings
 from core.dialog import engine, words
 from core.dialog.booking import BOOKING, BOOKING_DIALOG, MENU
@@ -297,6 +299,9 @@ def whatsapp_turn(session: Session, msg: InboundMessage) -> Turn:
     if conv.handoff:
         handoff.record_inbound(session, conv, text)
         return Turn(lang(), [])  # an operator owns this conversation; the bot stays quiet
+    photo = _partner_photo(session, person, msg)
+    if photo is not None:
+        return Turn(lang(), [photo])
 
     inp = UserInput(text=text, latitude=msg.latitude, longitude=msg.longitude,
                     media=_media_kind(msg))
@@ -308,6 +313,33 @@ def whatsapp_turn(session: Session, msg: InboundMessage) -> Turn:
         log.exception("dialog turn failed", extra={"step": conv.step})
         outs = [Say("common.error_try_later")]
     return Turn(lang(), outs)
+
+
+def _partner_photo(session: Session, person: Person, msg: InboundMessage) -> Say | None:
+    """A partner's photo on WhatsApp is proof of delivery for their current drop.
+
+    The picture is fetched from Twilio by an RQ job (never inside the webhook) and stored
+    with the leg; the partner hears which job it was filed under.
+    """
+    images = [(url, kind) for url, kind in zip(msg.media_urls, msg.media_types, strict=False)
+              if kind.startswith("image/") and url]
+    if not images:
+        return None
+    partner = session.scalar(select(PartnerProfile).where(PartnerProfile.person_id == person.id))
+    if partner is None:
+        return None
+    from core.services import dispatch
+
+    leg = dispatch.pod_leg_of(session, partner)
+    if leg is None:
+        return Say("dispatch.pod_no_job")
+    url, kind = images[0]
+    leg_id, partner_id = leg.id, partner.id
+    after_commit(session, lambda: enqueue("workers.dispatch.fetch_pod_photo", leg_id,
+                                          partner_id, url, kind,
+                                          job_id=f"pod-{leg_id}-{msg.sid}",
+                                          retry=Retry(max=3, interval=[30, 120, 600])))
+    return Say("dispatch.pod_received", {"job": dispatch.job_code(leg)})
 
 
 def partner_sms_turn(session: Session, msg: InboundMessage) -> list[str]:

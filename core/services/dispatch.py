@@ -34,6 +34,7 @@ from datetime import timedelta
 from functools import lru_cache
 from zoneinfo import ZoneInfo
 
+import requests
 from sqlalchemy import func, select, text, update
 from sqlalchemy.orm import Session
 
@@ -1045,6 +1046,39 @@ def attach_pod(session: Session, partner: PartnerProfile, leg_id: int, data: byt
     leg.pod_photo_url = stored.uri
     session.flush()
     return photo
+
+
+def pod_leg_of(session: Session, partner: PartnerProfile) -> Leg | None:
+    """The leg a photo from this partner belongs to: the one they are carrying now, else
+    the one they delivered in the last hour."""
+    carrying = session.scalar(select(Leg).where(
+        Leg.partner_id == partner.id, Leg.status == LegStatus.PICKED_UP.value)
+        .order_by(Leg.updated_at.desc()))
+    if carrying is not None:
+        return carrying
+    return session.scalar(select(Leg).where(
+        Leg.partner_id == partner.id, Leg.status == LegStatus.DELIVERED.value,
+        Leg.updated_at >= clock.now() - timedelta(hours=1)).order_by(Leg.updated_at.desc()))
+
+
+def fetch_pod_photo(leg_id: int, partner_id: int, url: str, content_type: str) -> str:
+    """Job: download a partner's WhatsApp photo from Twilio (HTTP Basic, as Twilio's media
+    URLs require) and store it as the leg's proof of delivery."""
+    settings = get_settings()
+    limit = storage.load_config().max_bytes
+    with requests.get(url, auth=(settings.twilio_account_sid, settings.twilio_auth_token),
+                      timeout=15, stream=True) as resp:
+        resp.raise_for_status()  # RQ retries: Twilio keeps media for a while
+        data = resp.raw.read(limit + 1, decode_content=True)
+    if len(data) > limit:
+        log.warning("proof-of-delivery photo too large", extra={"leg_id": leg_id})
+        return "too-large"
+    with transaction() as session:
+        partner = session.get(PartnerProfile, partner_id)
+        if partner is None:
+            return "missing"
+        attach_pod(session, partner, leg_id, data, content_type)
+    return "stored"
 
 
 def unlock_leg(session: Session, leg_id: int, actor: Actor) -> Leg:

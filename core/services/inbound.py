@@ -39,6 +39,7 @@ class InboundMessage:
     profile_name: str | None = None
     num_media: int = 0
     media_types: tuple[str, ...] = ()
+    media_urls: tuple[str, ...] = ()  # Twilio-hosted; fetched (with auth) only in jobs
     latitude: float | None = None
     longitude: float | None = None
     button_payload: str | None = None

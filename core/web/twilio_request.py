@@ -99,6 +99,7 @@ def parse_message(channel: str) -> InboundMessage:
         profile_name=(form.get("ProfileName") or None),
         num_media=num_media,
         media_types=tuple(form.get(f"MediaContentType{i}", "") for i in range(min(num_media, 10))),
+        media_urls=tuple(form.get(f"MediaUrl{i}", "")[:500] for i in range(min(num_media, 10))),
         latitude=_float_or_none(form.get("Latitude")),
         longitude=_float_or_none(form.get("Longitude")),
         button_payload=form.get("ButtonPayload") or None,
