@@ -17,9 +17,11 @@ from bench.loadgen import Signer, closed_loop, ivr_closed_loop, open_loop
 WA_FROM = "whatsapp:+14155238886"
 # A customer's booking conversation, one message per turn (the bot's own flow).
 WA_TEXTS = ("hi", "1", "1", "845450", "1", "near the well", "845438", "1", "0", "menu")
-# A caller booking by keypad: book, pickup pincode, a village, confirm, drop pincode, ...
-IVR_DIGITS = ("1", "845438#", "1", "1", "845450#", "7", "1", "9876543210#", "1", "1", "1",
-              "2")
+# A new caller booking by keypad (the path of conversation_fixtures/ivr_hindi_booking.yaml):
+# Hindi, book, pickup pincode and village, drop pincode, a village, recipient's mobile,
+# size, weight, speed, confirm.
+IVR_DIGITS = ("1", "1", "845438#", "2", "1", "845450#", "7", "1", "9876543210#", "1", "1",
+              "2", "2", "1", "1")
 
 
 def wa_step(turn_text: str):
