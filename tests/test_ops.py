@@ -111,3 +111,18 @@ def test_a_lost_race_is_a_409_not_a_500(app):
     assert r.status_code == 409 and r.get_json()["error"]["code"] == "concurrent_update"
     r = c.get("/_test/transition")
     assert r.status_code == 409 and r.get_json()["error"]["code"] == "invalid_transition"
+
+
+def test_a_creation_race_is_retryable_not_a_500(app):
+    from sqlalchemy.exc import IntegrityError
+
+    def clash():
+        raise IntegrityError("INSERT", {}, Exception("duplicate key"))
+
+    app.add_url_rule("/webhooks/_test_clash", "clash_hook", clash, methods=["POST"])
+    app.add_url_rule("/api/v1/_test_clash", "clash_api", clash, methods=["POST"])
+    c = app.test_client()
+    r = c.post("/webhooks/_test_clash")
+    assert r.status_code == 503 and r.headers["Retry-After"]
+    r = c.post("/api/v1/_test_clash")
+    assert r.status_code == 409 and r.get_json()["error"]["code"] == "conflict"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 
 from flask import Flask, jsonify
-from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.exc import IntegrityError, InterfaceError, OperationalError
 from sqlalchemy.orm.exc import StaleDataError
 from werkzeug.exceptions import HTTPException
 
@@ -57,6 +57,17 @@ def register(app: Flask) -> None:
         # Someone changed the same booking or leg a moment earlier; nothing was saved.
         return error_response(409, "concurrent_update",
                               "This was changed by someone else just now; please retry.")
+
+    @app.errorhandler(IntegrityError)
+    def integrity(exc: Exception):
+        # Two requests raced to create the same thing; the loser's transaction rolled back
+        # whole. A provider retries a 503 (and then finds the winner's row); an app gets 409.
+        from flask import request
+
+        log.warning("integrity conflict: %s", type(getattr(exc, "orig", exc)).__name__)
+        if request.path.startswith("/webhooks/"):
+            return error_response(503, "busy_retry", "Please retry this request.")
+        return error_response(409, "conflict", "This clashed with another change; retry.")
 
     @app.errorhandler(OperationalError)
     @app.errorhandler(InterfaceError)
