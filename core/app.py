@@ -61,5 +61,8 @@ def create_app(settings: Settings | None = None) -> Flask:
     if settings.is_sandbox:
         for module in SANDBOX_BLUEPRINTS:
             app.register_blueprint(importlib.import_module(module).bp)
+    from core.adapters import pincode
+
+    pincode.warm_up()
     log.info("app ready", extra={"app_env": settings.app_env})
     return app

@@ -62,6 +62,9 @@ def worker(burst: bool = False) -> None:
     from core.adapters.redis_conn import redis_client
 
     conn = redis_client()
+    from core.adapters import pincode
+
+    pincode.warm_up()  # jobs look up post offices too; pay the index build once, up front
     from workers import dispatch as dispatch_jobs
     from workers import outbox as outbox_jobs
     from workers import payments as payment_jobs
