@@ -114,3 +114,16 @@ def test_phone_numbers_are_validated() -> None:
     assert keys(outs)[0] == "bot.recipient.bad_phone" and state.step == "recipient_phone"
     play(state, FakePorts(), "९८७६५४३२१०")
     assert state.slots["recipient_phone"] == "+919876543210" and state.step == "category"
+
+
+def test_fare_lines_are_shown_in_whole_rupees_that_add_up():
+    from core.dialog.booking import rupee_lines
+
+    fare = {"total_paise": 24900, "lines": [
+        {"code": "base", "amount_paise": 2000}, {"code": "distance", "amount_paise": 27283},
+        {"code": "tier", "amount_paise": -4392}, {"code": "rounding", "amount_paise": 9}]}
+    shown = rupee_lines(fare)
+    # 20 + 272.83 - 43.92 (+0.09 rounding) = 249: shown as 20 + 273 - 44 = 249
+    assert shown == [("base", 2000), ("distance", 27300), ("tier", -4400)]
+    assert all(a % 100 == 0 for _, a in shown)
+    assert sum(a for _, a in shown) == fare["total_paise"]

@@ -409,11 +409,9 @@ def _confirm_prompt(ctx: Ctx) -> list[Out]:
         "tier": Say(f"tier.{s['tier']}"), "km": q["km"],
         "vehicle": Say(f"vehicle.{q['vehicle']}"),
     })]
-    for line in fare["lines"]:
-        if line["code"] in _FARE_LINES and line["amount_paise"]:
-            out.append(Say("bot.confirm.line", {"label": Say(f"fare.{line['code']}"),
-                                                "amount_paise": line["amount_paise"]},
-                           joined=len(out) > 1))
+    for code, amount in rupee_lines(fare):
+        out.append(Say("bot.confirm.line", {"label": Say(f"fare.{code}"),
+                                            "amount_paise": amount}, joined=len(out) > 1))
     out.append(Say("bot.confirm.total", {"total_paise": fare["total_paise"]}, joined=True))
     out.append(Choices((Say("bot.confirm.yes"), Say("bot.confirm.change"),
                         Say("bot.confirm.cancel"))))
@@ -421,6 +419,23 @@ def _confirm_prompt(ctx: Ctx) -> list[Out]:
 
 
 _FARE_LINES = ("base", "distance", "size", "weight", "fragile", "tier", "surge", "minimum")
+
+
+def rupee_lines(fare: dict) -> list[tuple[str, int]]:
+    """The fare's lines as a customer reads them: whole rupees that add up to the total.
+
+    Each line is rounded to the nearest rupee and the few paise left over (with the
+    fare's own rounding line) go to the largest line, so "₹272.83" never shows."""
+    lines = [(x["code"], x["amount_paise"]) for x in fare["lines"]
+             if x["code"] in _FARE_LINES and x["amount_paise"]]
+    if not lines:
+        return []
+    shown = [(code, (abs(a) + 50) // 100 * 100 * (1 if a > 0 else -1)) for code, a in lines]
+    rest = fare["total_paise"] - sum(a for _, a in shown)
+    biggest = max(range(len(shown)), key=lambda i: shown[i][1])
+    code, amount = shown[biggest]
+    shown[biggest] = (code, amount + rest)
+    return [(c, a) for c, a in shown if a]
 
 
 def _confirm_handle(ctx: Ctx, inp: UserInput) -> Result:
