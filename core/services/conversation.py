@@ -25,7 +25,6 @@ from core import clock, i18n
 from core.adapters import pincode
 from core.adapters.models import Booking, Conversation, PartnerProfile, Person, Point
 from core.adapters.queue import after_commit, enqueue
-from core.config import get_settings
 from core.dialog import engine, words
 from core.dialog.booking import BOOKING, BOOKING_DIALOG, MENU
 from core.dialog.engine import Ctx, DialogState, Out, Say, UserInput
@@ -340,16 +339,3 @@ def _partner_photo(session: Session, person: Person, msg: InboundMessage) -> Say
                                           job_id=f"pod-{leg_id}-{msg.sid}",
                                           retry=Retry(max=3, interval=[30, 120, 600])))
     return Say("dispatch.pod_received", {"job": dispatch.job_code(leg)})
-
-
-def partner_sms_turn(session: Session, msg: InboundMessage) -> list[str]:
-    """Answer a partner's SMS: strangers get one line on how to join; partners the help."""
-    person = session.scalar(select(Person).where(Person.phone == msg.phone))
-    partner = (
-        session.scalar(select(PartnerProfile).where(PartnerProfile.person_id == person.id))
-        if person is not None else None
-    )
-    lang = (person.preferred_language if person else None) or i18n.DEFAULT_LANGUAGE
-    if partner is None:
-        return [i18n.t("sms.not_partner", lang, ops_phone=get_settings().ops_phone)]
-    return [i18n.t("sms.help", lang)]
