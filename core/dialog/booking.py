@@ -457,16 +457,25 @@ _CHANGE = (("pickup", "pickup"), ("drop", "drop"), ("recipient", "recipient_name
            ("parcel", "category"), ("speed", "speed"))
 
 
-def _change_prompt(ctx: Ctx) -> list[Out]:
-    return [Say("bot.change.ask"), Choices(tuple(Say(f"bot.change.{k}") for k, _ in _CHANGE))]
+def change_step(prefix: str, options: tuple[tuple[str, str], ...]):
+    """The "what do you want to change?" step of a channel: numbered ``options`` (catalog
+    key suffix, step to go to), each returning to the confirmation afterwards."""
+
+    def prompt(ctx: Ctx) -> list[Out]:
+        return [Say(f"{prefix}.change.ask"),
+                Choices(tuple(Say(f"{prefix}.change.{k}") for k, _ in options))]
+
+    def handle(ctx: Ctx, inp: UserInput) -> Result:
+        picked = choice(inp, len(options))
+        if picked is None:
+            return Retry()
+        ctx.state.data["return_to"] = "confirm"
+        return Goto(options[picked - 1][1])
+
+    return prompt, handle
 
 
-def _change_handle(ctx: Ctx, inp: UserInput) -> Result:
-    picked = choice(inp, len(_CHANGE))
-    if picked is None:
-        return Retry()
-    ctx.state.data["return_to"] = "confirm"
-    return Goto(_CHANGE[picked - 1][1])
+_change_prompt, _change_handle = change_step("bot", _CHANGE)
 
 
 # --- track and cancel ------------------------------------------------------------------

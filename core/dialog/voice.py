@@ -17,7 +17,16 @@ from __future__ import annotations
 from typing import Any
 
 from core.dialog import spoken, words
-from core.dialog.booking import BOOKING, MENU, SIZES, TIERS, WEIGHTS, _choice_step, choice
+from core.dialog.booking import (
+    BOOKING,
+    MENU,
+    SIZES,
+    TIERS,
+    WEIGHTS,
+    _choice_step,
+    change_step,
+    choice,
+)
 from core.dialog.engine import (
     Choices,
     Ctx,
@@ -312,16 +321,7 @@ _CHANGE = (("pickup", "pickup"), ("drop", "drop"), ("phone", "recipient_phone"),
            ("parcel", "size"), ("speed", "speed"))
 
 
-def _change_prompt(ctx: Ctx) -> list[Out]:
-    return [Say("ivr.change.ask"), Choices(tuple(Say(f"ivr.change.{k}") for k, _ in _CHANGE))]
-
-
-def _change_handle(ctx: Ctx, inp: UserInput) -> Result:
-    picked = choice(inp, len(_CHANGE))
-    if picked is None:
-        return Retry()
-    ctx.state.data["return_to"] = "confirm"
-    return Goto(_CHANGE[picked - 1][1])
+_change_prompt, _change_handle = change_step("ivr", _CHANGE)
 
 
 def _done_prompt(ctx: Ctx) -> list[Out]:
