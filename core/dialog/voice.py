@@ -24,6 +24,7 @@ from core.dialog.booking import (
     TIERS,
     WEIGHTS,
     _choice_step,
+    _speed_handle,
     change_step,
     choice,
 )
@@ -277,14 +278,6 @@ def _speed_prompt(ctx: Ctx) -> list[Out]:
         for t in TIERS
     )
     return [Say("ivr.speed.ask", {"km": q["km"]}), Choices(options)]
-
-
-def _speed_handle(ctx: Ctx, inp: UserInput) -> Result:
-    picked = choice(inp, len(TIERS))
-    if picked is None:
-        return Retry()
-    ctx.slots["tier"] = TIERS[picked - 1]
-    return Goto("confirm")
 
 
 def _confirm_prompt(ctx: Ctx) -> list[Out]:
