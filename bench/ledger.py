@@ -3,8 +3,9 @@ and 16 concurrent writers, against plain INSERTs of the same rows into an uncons
 table in the same database; and the time to compute every balance over 100k / 1M postings.
 
 Each writer is its own process (its own connection), posting through the product's code
-path: lock the booking row, check the guarded balances, insert the entry and its postings,
-commit (the database then checks the entry balances and escrow stays >= 0).
+path, core.services.ledger.post(): one call to ledger_post() that locks the booking row,
+checks the key and the guarded balances and inserts the entry with its postings; then the
+commit, where the database checks again that the entry balances and escrow stays >= 0.
 """
 
 from __future__ import annotations
@@ -64,7 +65,6 @@ def _writer(args: tuple[str, list[int], bool]) -> int:
                 if plain:
                     _plain_insert(session, entry)
                 else:
-                    ledger.lock_booking(session, b)
                     ledger.post(session, entry, actor="bench")
             done += 1
     return done

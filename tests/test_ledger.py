@@ -144,6 +144,34 @@ def test_two_sessions_posting_the_same_key_without_the_lock_still_post_once(clea
         assert ledger.booking_summary(s, bid)["escrow_paise"] == 15_000
 
 
+def test_concurrent_refunds_that_together_overdraw_escrow_post_one_and_refuse_the_other(
+        clean_db):
+    """post() takes the booking's row lock itself before reading balances: two different
+    refunds racing for the same escrow cannot both pass the check."""
+    bid = confirmed_booking()
+    _captured(bid, 20_000)
+    barrier = threading.Barrier(2)
+    outcomes: list[object] = []
+
+    def refund(refund_id: int) -> None:
+        try:
+            with transaction() as s:
+                barrier.wait(timeout=5)
+                outcomes.append(ledger.post(s, rules.refund_requested(bid, refund_id, 15_000),
+                                            actor="test"))
+        except rules.InsufficientEscrow as exc:
+            outcomes.append(exc.code)
+
+    threads = [threading.Thread(target=refund, args=(i,)) for i in (11, 12)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=20)
+    assert sorted(map(str, outcomes)) == ["True", "insufficient_escrow"]
+    with transaction() as s:
+        assert ledger.booking_summary(s, bid)["escrow_paise"] == 5_000
+
+
 _phones = itertools.count(1)
 
 OPS = st.lists(st.one_of(

@@ -33,52 +33,37 @@ def lock_booking(session: Session, booking_id: int) -> Booking:
     return booking
 
 
-_POST_ENTRY = text("""
-WITH t AS (
-    INSERT INTO ledger_transactions (idempotency_key, kind, booking_id, gateway_ref, actor,
-                                     cause, memo, created_at)
-    VALUES (:key, :kind, :booking_id, :gateway_ref, :actor, :cause, :memo, :now)
-    ON CONFLICT (idempotency_key) DO NOTHING
-    RETURNING id
-)
-INSERT INTO ledger_postings (transaction_id, account, account_kind, booking_id, partner_id,
-                             leg_id, amount_paise, created_at)
-SELECT t.id, p.account, p.account_kind, p.booking_id, p.partner_id, p.leg_id,
-       p.amount_paise, :now
-FROM t, jsonb_to_recordset(CAST(:postings AS jsonb)) AS p(account text, account_kind text,
-     booking_id bigint, partner_id bigint, leg_id bigint, amount_paise bigint)
-""")
+_POST_ENTRY = text(
+    "SELECT ledger_post(:booking_id, :key, :kind, :gateway_ref, :actor, :cause, :memo, :now, "
+    "CAST(:postings AS jsonb), CAST(:guarded AS jsonb))")
 
 
 def post(session: Session, entry: rules.Entry, *, actor: str, cause: str | None = None) -> bool:
     """Record ``entry`` once; False if its idempotency key is already in the ledger.
 
-    Raises InsufficientEscrow when the entry would overdraw escrow or pending refunds.
-    Two round trips: one read (is it recorded? the guarded balances), one write (the
-    entry and its postings in a single statement; a concurrent twin makes it a no-op).
+    Raises InsufficientEscrow when the entry would overdraw escrow or pending refunds. One
+    round trip: the database function ledger_post() (migration 0009) takes the booking's
+    row lock, then checks the key and the guarded balances, then inserts the entry and its
+    postings; the commit-time triggers check it all again.
     """
-    guarded = sorted({p.account for p in entry.postings if p.account.kind in rules.NON_NEGATIVE},
-                     key=lambda a: a.key)
-    reads = [select(LedgerTransaction.id).where(
-        LedgerTransaction.idempotency_key == entry.idempotency_key).scalar_subquery()]
-    reads += [select(func.coalesce(func.sum(LedgerPosting.amount_paise), 0)).where(
-        LedgerPosting.account == a.key).scalar_subquery() for a in guarded]
-    row = session.execute(select(*reads)).one()
-    if row[0] is not None:
-        return False
-    rules.check_balances(entry, {a: int(v) for a, v in zip(guarded, row[1:], strict=True)})
+    guarded = {p.account.key: entry.delta(p.account) for p in entry.postings
+               if p.account.kind in rules.NON_NEGATIVE}
     postings = json.dumps([
         {"account": p.account.key, "account_kind": p.account.kind.value,
          "booking_id": p.account.booking_id or entry.booking_id,
          "partner_id": p.account.partner_id, "leg_id": p.leg_id,
          "amount_paise": p.amount_paise} for p in entry.postings])
-    inserted = session.execute(_POST_ENTRY, {
+    outcome = session.scalar(_POST_ENTRY, {
         "key": entry.idempotency_key, "kind": entry.kind.value, "booking_id": entry.booking_id,
         "gateway_ref": entry.gateway_ref, "actor": actor[:60],
         "cause": (cause or None) and cause[:120], "memo": entry.memo[:200],
-        "now": clock.now(), "postings": postings}).rowcount
-    # Zero rows: a concurrent writer recorded the same cause first.
-    return inserted == len(entry.postings)
+        "now": clock.now(), "postings": postings, "guarded": json.dumps(guarded)})
+    if outcome == "posted":
+        return True
+    if outcome == "exists":  # recorded before (a retry), or by a concurrent twin just now
+        return False
+    _, account, after = str(outcome).split("|")
+    raise rules.InsufficientEscrow(f"{account} would go to {after} paise", field="amount_paise")
 
 
 def recorded(session: Session, idempotency_key: str) -> bool:
