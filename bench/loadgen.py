@@ -101,8 +101,12 @@ async def closed_loop(target: str, path: str, script: Sequence[Step], signer: Si
 
 async def open_loop(target: str, path: str, script: Sequence[Step], signer: Signer, *,
                     rate: float, seconds: float, users: int, label: str,
-                    user_offset: int = 0) -> Run:
-    """Release requests at ``rate`` per second for ``seconds`` from ``users`` phones."""
+                    user_offset: int = 0, sent_at: dict[str, float] | None = None) -> Run:
+    """Release requests at ``rate`` per second for ``seconds`` from ``users`` phones.
+
+    ``sent_at``, if given, receives each MessageSid's scheduled send time (Unix seconds),
+    to measure what happens after the answer (the reply leaving through the outbox).
+    """
     run = Run(label, users)
     total = int(rate * seconds)
     turns = [0] * users
@@ -119,6 +123,8 @@ async def open_loop(target: str, path: str, script: Sequence[Step], signer: Sign
             u = i % users
             params = script[turns[u] % len(script)](user_offset + u, turns[u])
             turns[u] += 1
+            if sent_at is not None and "MessageSid" in params:
+                sent_at[params["MessageSid"]] = time.time() + (scheduled - time.perf_counter())
             tasks.append(asyncio.create_task(
                 _send(session, target, path, params, signer, run, scheduled)))
         await asyncio.gather(*tasks)

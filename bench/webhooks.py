@@ -1,15 +1,26 @@
 """Webhook throughput and latency: the service vs a bare signed endpoint, same gunicorn.
 
 Both run as the production process model (gunicorn gthread workers; the service also with
-PostgreSQL, Redis and an RQ worker). The load generator walks many distinct phones through
+PostgreSQL, Redis and RQ workers). The load generator walks many distinct phones through
 realistic conversations; the headline is service/bare throughput at each concurrency, plus
 latency at a fixed 200 messages/s.
+
+WhatsApp is answered the courier way (the webhook accepts, a drain job runs the turn and
+the reply leaves through the outbox), so the webhook figures alone would flatter it. For
+every WhatsApp run this also waits until every accepted message was handled and reports
+the turns per second from the first request to the last turn committed, and at 200
+messages/s how long each message took until its reply was written (turn done) and until
+the reply was handed to the Twilio emulator (sent).
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
+import time
+
+from sqlalchemy import create_engine, text
 
 from bench import common
 from bench.loadgen import Signer, closed_loop, ivr_closed_loop, open_loop
@@ -42,6 +53,48 @@ def ivr_turn(user: int, turn: int) -> dict[str, str]:
             "To": "+15005550006", "CallStatus": "in-progress", "Digits": "1"}
 
 
+HANDLED = text("SELECT count(*) FROM inbound_events WHERE channel = 'whatsapp'")
+REPLY_TIMES = text("""
+    SELECT split_part(dedupe_key, ':', 2), extract(epoch FROM created_at),
+           extract(epoch FROM sent_at)
+    FROM outbox_messages WHERE dedupe_key LIKE 'reply:%:0'
+""")
+
+
+def wait_handled(engine, target: int, timeout: float) -> tuple[int, float]:
+    """Poll until ``target`` WhatsApp messages were handled; return (handled, seconds)."""
+    t0 = time.perf_counter()
+    handled = 0
+    while time.perf_counter() - t0 < timeout:
+        with engine.connect() as conn:
+            handled = conn.execute(HANDLED).scalar_one()
+        if handled >= target:
+            break
+        time.sleep(0.05)  # polling the system under test from outside, not a test wait
+    return handled, time.perf_counter() - t0
+
+
+def reply_latency(engine, sent_at: dict[str, float], timeout: float) -> dict[str, object]:
+    """Per message: scheduled send -> reply row written / reply handed to Twilio (ms)."""
+    deadline = time.perf_counter() + timeout
+    while True:
+        with engine.connect() as conn:
+            rows = [r for r in conn.execute(REPLY_TIMES) if r[0] in sent_at]
+        if sum(1 for r in rows if r[2] is not None) >= len(sent_at) or (
+                time.perf_counter() > deadline):
+            break
+        time.sleep(0.2)
+    written = [(float(c) - sent_at[sid]) * 1000 for sid, c, _ in rows]
+    sent = [(float(x) - sent_at[sid]) * 1000 for sid, _, x in rows if x is not None]
+
+    def stats(values: list[float]) -> dict[str, object]:
+        return {"count": len(values),
+                **{f"p{p}_ms": round(common.percentile(values, p), 1) if values else None
+                   for p in (50, 95, 99)}}
+
+    return {"messages": len(sent_at), "turn_done": stats(written), "sent": stats(sent)}
+
+
 def measure(quick: bool) -> dict[str, object]:
     levels = (8, 32) if quick else (8, 32, 64)
     max_requests = 400 if quick else 3000
@@ -54,9 +107,12 @@ def measure(quick: bool) -> dict[str, object]:
     svc = f"http://127.0.0.1:{svc_port}"
     bare = f"http://127.0.0.1:{bare_port}"
     rows: list[dict[str, object]] = []
+    workers = int(os.environ.get("BENCH_WORKERS", "2"))
+    engine = create_engine(env["DATABASE_URL"].replace("postgresql://", "postgresql+psycopg://", 1))
+    handled_before = 0
     with common.processes([
         ("web", common.gunicorn("core.app:create_app()", svc_port)),
-        ("worker", [sys.executable, "-m", "core.cli", "worker"]),
+        *[(f"worker{i}", [sys.executable, "-m", "core.cli", "worker"]) for i in range(workers)],
     ], env) as procs, common.processes([
         ("bare", common.gunicorn("bench.bare_app:create_app()", bare_port)),
     ], bare_env):
@@ -81,25 +137,45 @@ def measure(quick: bool) -> dict[str, object]:
                                                 Signer(token, bare), label="bare", **bounds))
                 user_base += c
                 ss, bs = s.summary(), b.summary()
-                rows.append({"channel": channel, "concurrency": c, "service": ss, "bare": bs,
-                             "ratio": round(ss["per_second"] / bs["per_second"], 3)
-                             if bs["per_second"] else None})
+                row = {"channel": channel, "concurrency": c, "service": ss, "bare": bs,
+                       "ratio": round(ss["per_second"] / bs["per_second"], 3)
+                       if bs["per_second"] else None}
+                if channel == "whatsapp":
+                    accepted = s.statuses.get(200, 0)
+                    handled, waited = wait_handled(engine, handled_before + accepted, 300)
+                    done = handled - handled_before
+                    handled_before = handled
+                    row["turns"] = {"accepted": accepted, "handled": done,
+                                    "drain_after_s": round(waited, 2),
+                                    "per_second": round(done / (s.seconds + waited), 1)}
+                rows.append(row)
+        sent_at: dict[str, float] = {}
         fixed = asyncio.run(open_loop(svc, "/webhooks/whatsapp", WA_SCRIPT, Signer(token, svc),
                                       rate=200, seconds=5 if quick else 20, users=400,
-                                      label="service@200/s", user_offset=user_base))
+                                      label="service@200/s", user_offset=user_base,
+                                      sent_at=sent_at))
+        replies = reply_latency(engine, sent_at, 120)
         memory = common.rss_mb(procs["web"].pid)
-    result = {"levels": rows, "fixed_rate_200": fixed.summary(), "web_rss_mb": memory,
-              "quick": quick}
+    engine.dispose()
+    result = {"levels": rows, "fixed_rate_200": fixed.summary(), "replies_at_200": replies,
+              "web_rss_mb": memory, "rq_workers": workers, "quick": quick}
     print("\nWebhooks: service vs bare signed endpoint (same gunicorn, 2 workers x 4 threads)")
     print(common.table(
         ["channel", "conc", "svc msg/s", "bare msg/s", "ratio", "svc p50", "svc p95",
-         "svc p99", "bare p99", "errors"],
+         "svc p99", "bare p99", "errors", "turns/s", "drain s"],
         [[r["channel"], r["concurrency"], r["service"]["per_second"], r["bare"]["per_second"],
           r["ratio"], r["service"]["p50_ms"], r["service"]["p95_ms"], r["service"]["p99_ms"],
-          r["bare"]["p99_ms"], r["service"]["errors"]] for r in rows]))
+          r["bare"]["p99_ms"], r["service"]["errors"],
+          r.get("turns", {}).get("per_second", "-"), r.get("turns", {}).get("drain_after_s",
+                                                                            "-")]
+         for r in rows]))
     f = fixed.summary()
     print(f"\nOpen loop at 200 msg/s: p50 {f['p50_ms']} ms, p95 {f['p95_ms']} ms, "
           f"p99 {f['p99_ms']} ms, {f['requests']} requests, statuses {f['statuses']}")
+    for what in ("turn_done", "sent"):
+        x = replies[what]
+        print(f"  reply {what.replace('_', ' ')}: {x['count']}/{replies['messages']}, "
+              f"p50 {x['p50_ms']} ms, p95 {x['p95_ms']} ms, p99 {x['p99_ms']} ms")
     print("web RSS (MB): " + ", ".join(f"{k} {v:.0f}" for k, v in memory.items()))
     common.save("webhooks", result)
     return result

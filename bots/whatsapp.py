@@ -1,4 +1,9 @@
-"""POST /webhooks/whatsapp: customers chatting with the booking bot."""
+"""POST /webhooks/whatsapp: customers chatting with the booking bot.
+
+The webhook accepts the message (signature, dedupe, rate limit, queue: one Redis round
+trip) and answers an empty TwiML at once; ``handle`` runs later in the contact's drain job
+(workers.inbound) and its replies go out through the outbox, in order.
+"""
 
 from __future__ import annotations
 
@@ -15,7 +20,7 @@ bp = Blueprint("whatsapp", __name__)
 
 
 def handle(session: Session, msg: InboundMessage) -> list[str]:
-    """One dialog turn rendered as WhatsApp text (stored with the MessageSid for retries)."""
+    """One dialog turn rendered as WhatsApp text (sent as outbox rows keyed by the sid)."""
     turn = conversation.whatsapp_turn(session, msg)
     return render(turn.outs, turn.lang)
 
@@ -23,6 +28,5 @@ def handle(session: Session, msg: InboundMessage) -> list[str]:
 @bp.post("/webhooks/whatsapp")
 @signed
 def whatsapp_webhook():
-    msg = parse_message("whatsapp")
-    outcome = inbound.process(msg, handle)
-    return messages(outcome.replies)
+    inbound.accept(parse_message("whatsapp"))
+    return messages([])

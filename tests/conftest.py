@@ -192,18 +192,48 @@ def post_twilio(client, path: str, params: dict[str, str], *, signature: str | N
     })
 
 
-def run_jobs() -> int:
-    """Run every queued RQ job in-process through RQ itself; return how many ran."""
+def run_jobs(queues: tuple[str, ...] | None = None) -> int:
+    """Run every queued RQ job (of ``queues``, default all) in-process through RQ itself;
+    return how many ran."""
     from rq import SimpleWorker
     from rq.serializers import JSONSerializer
 
     from core.adapters.queue import QUEUES, queue
 
-    worker = SimpleWorker([queue(n) for n in QUEUES], connection=redis_client(),
-                          serializer=JSONSerializer)
-    before = worker.successful_job_count + worker.failed_job_count
+    class CountingWorker(SimpleWorker):
+        ran = 0
+
+        def execute_job(self, job, queue):  # noqa: ANN001 (RQ's signature)
+            CountingWorker.ran += 1
+            return super().execute_job(job, queue)
+
+    worker = CountingWorker([queue(n) for n in (queues or QUEUES)], connection=redis_client(),
+                            serializer=JSONSerializer)
     worker.work(burst=True, with_scheduler=False, logging_level="WARNING")
-    return worker.successful_job_count + worker.failed_job_count - before
+    return CountingWorker.ran
+
+
+def replies_to(sid: str) -> list[str]:
+    """What the bot sent in answer to inbound message ``sid`` (outbox rows, in order)."""
+    from sqlalchemy import select
+
+    from core.adapters.db import transaction
+    from core.adapters.models import OutboxMessage
+
+    with transaction() as s:
+        return list(s.scalars(select(OutboxMessage.body)
+                              .where(OutboxMessage.dedupe_key.like(f"reply:{sid}:%"))
+                              .order_by(OutboxMessage.id)))
+
+
+def send_whatsapp(client, params: dict[str, str]) -> str:
+    """One customer message through the signed webhook and its drain job (as the worker
+    runs it); return the bot's reply text ("" when it stayed silent)."""
+    r = post_twilio(client, "/webhooks/whatsapp", params)
+    assert r.status_code == 200, r.get_data(as_text=True)
+    assert "<Message" not in r.get_data(as_text=True)  # replies go through the outbox
+    run_jobs(("inbound",))
+    return "\n".join(replies_to(params["MessageSid"]))
 
 
 PERIODIC_PREFIXES = ("outbox-sweep-", "dispatch-sweep-", "payments-sweep-", "reconcile-")

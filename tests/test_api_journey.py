@@ -148,7 +148,7 @@ def test_ops_kyc_change_is_audited(client, live):
 
 
 def test_ops_answer_and_close_a_conversation_waiting_for_a_person(client, live):
-    from tests.conftest import post_twilio
+    from tests.conftest import send_whatsapp
 
     seed_demo()
     phone = "+919812300021"
@@ -156,7 +156,7 @@ def test_ops_answer_and_close_a_conversation_waiting_for_a_person(client, live):
     def wa(body: str, sid: str) -> str:
         params = {"MessageSid": sid, "From": f"whatsapp:{phone}", "To": "whatsapp:+1415",
                   "Body": body, "WaId": phone[1:], "NumMedia": "0"}
-        return post_twilio(client, "/webhooks/whatsapp", params).get_data(as_text=True)
+        return send_whatsapp(client, params)
 
     wa("hello", "SMh1")
     wa("1", "SMh2")  # yes, English is fine / first language choice

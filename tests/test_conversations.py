@@ -1,5 +1,6 @@
 """Replay every scripted conversation in conversation_fixtures/ through the real, signed
-WhatsApp webhook and check what the bot answered and did (format: that folder's README)."""
+WhatsApp webhook and its drain job, and check what the bot answered (the outbox rows that
+reply to each message) and did (format: that folder's README)."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from core import clock
 from core.adapters.db import transaction
 from core.adapters.dialog_models import Handoff
 from core.adapters.models import Booking, Conversation, OutboxMessage, Person
-from tests.conftest import post_twilio
+from tests.conftest import post_twilio, replies_to, run_jobs
 
 FIXTURES = Path(__file__).resolve().parent.parent / "conversation_fixtures"
 WHATSAPP_FILES = sorted(p for p in FIXTURES.glob("*.yaml")
@@ -82,7 +83,10 @@ class Replay:
             self.params[sid] = form
         r = post_twilio(self.client, "/webhooks/whatsapp", form)
         assert r.status_code == 200, f"{where}: HTTP {r.status_code} {r.get_data(as_text=True)}"
-        text = "\n".join(_messages(r.get_data(as_text=True)))
+        assert _messages(r.get_data(as_text=True)) == [], f"{where}: answered inline"
+        run_jobs(("inbound",))  # the contact's drain job, as the worker runs it
+        replies = replies_to(sid)
+        text = "\n".join(replies)
         expect = turn.get("expect") or {}
         if "same_as" in expect:
             assert text == self.replies[expect["same_as"]], f"{where}: reply differs"

@@ -40,7 +40,7 @@ from core.domain.pricing import (
     WeightBucket,
 )
 from core.services.booking import ParcelSpec, Place, create_booking, move_booking
-from tests.conftest import post_twilio, release_scheduled, run_jobs
+from tests.conftest import post_twilio, release_scheduled, run_jobs, send_whatsapp
 
 pytestmark = pytest.mark.db
 
@@ -576,9 +576,8 @@ def test_partner_photo_on_whatsapp_is_stored_as_proof_of_delivery(client, live, 
     params = {"MessageSid": "SMpod1", "From": f"whatsapp:{ramesh_phone}", "To": "whatsapp:+1",
               "Body": "", "NumMedia": "1", "MediaUrl0": url, "MediaContentType0": "image/jpeg",
               "WaId": ramesh_phone[1:]}
-    r = post_twilio(client, "/webhooks/whatsapp", params)
-    assert f"जॉब {leg.id} की फ़ोटो मिल गई" in r.get_data(as_text=True)
-    assert legs_of(booking_id)[0].pod_photo_url is None  # fetched by a job, not inline
+    assert f"जॉब {leg.id} की फ़ोटो मिल गई" in send_whatsapp(client, params)
+    assert legs_of(booking_id)[0].pod_photo_url is None  # fetched by a job, not in the turn
     run_jobs()
     stored = legs_of(booking_id)[0].pod_photo_url
     assert stored
@@ -596,6 +595,5 @@ def test_photo_from_a_partner_without_a_parcel_is_answered(client, live, frozen)
     params = {"MessageSid": "SMpod2", "From": f"whatsapp:{phone}", "To": "whatsapp:+1",
               "Body": "", "NumMedia": "1", "MediaUrl0": store_media(b"\xff\xd8x", "image/jpeg"),
               "MediaContentType0": "image/jpeg", "WaId": phone[1:]}
-    r = post_twilio(client, "/webhooks/whatsapp", params)
-    assert "अभी आपके पास कोई पार्सल नहीं है" in r.get_data(as_text=True)
+    assert "अभी आपके पास कोई पार्सल नहीं है" in send_whatsapp(client, params)
     assert queue("default").count == 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import replace
+from datetime import timedelta
 
 from alembic.config import Config
 from alembic.script import ScriptDirectory
@@ -57,27 +58,45 @@ def test_migrations_match_the_models(database):
     assert diff == []
 
 
-def test_webhook_answers_503_when_postgres_is_down_and_saves_nothing(app, monkeypatch):
+def test_message_waits_in_its_inbox_while_postgres_is_down(app, monkeypatch):
     from core import config
+    from core.adapters import db as db_adapter
+    from core.adapters.redis_conn import redis_client
+    from tests.conftest import release_scheduled, replies_to, run_jobs
 
+    params = {"MessageSid": "SMdown", "From": "whatsapp:+919812345678", "Body": "hi",
+              "WaId": "919812345678"}
+    # The webhook needs only Redis: Twilio's message is accepted while PostgreSQL is away.
+    assert post_twilio(app.test_client(), "/webhooks/whatsapp", params).status_code == 200
     dead = replace(get_settings(),
                    database_url="postgresql+psycopg://postgres@127.0.0.1:1/nowhere")
     monkeypatch.setattr(config, "get_settings", lambda: dead)
-    for module in ("core.adapters.db", "core.services.inbound", "core.web.twilio_request"):
-        monkeypatch.setattr(f"{module}.get_settings", lambda: dead)
-    params = {"MessageSid": "SMdown", "From": "whatsapp:+919812345678", "Body": "hi",
-              "WaId": "919812345678"}
-    r = post_twilio(app.test_client(), "/webhooks/whatsapp", params)
-    assert r.status_code == 503
-    assert r.get_json()["error"]["code"] == "database_unavailable"
-    assert r.headers["Retry-After"]
+    monkeypatch.setattr("core.adapters.db.get_settings", lambda: dead)
+    db_adapter.dispose_all()
+    assert run_jobs(("inbound",)) == 1  # the drain fails on the database ...
     monkeypatch.undo()
+    db_adapter.dispose_all()
+    assert redis_client().llen("inbox:whatsapp:919812345678") == 1  # ... and keeps the message
     with transaction() as s:
         assert s.scalar(select(func.count()).select_from(InboundEvent)) == 0
         assert s.scalar(select(func.count()).select_from(Person)) == 0
-    # Twilio retries the same message once PostgreSQL is back: it is processed then.
+    # RQ retries the drain with backoff; once PostgreSQL is back the message is handled.
+    assert release_scheduled(timedelta(minutes=5)) == 1
+    assert run_jobs(("inbound",)) == 1
+    assert replies_to("SMdown") and redis_client().llen("inbox:whatsapp:919812345678") == 0
+
+
+def test_webhook_answers_503_when_redis_is_down_so_twilio_retries(app, monkeypatch):
+    from redis.exceptions import ConnectionError as RedisConnectionError
+
+    def down(*args, **kwargs):
+        raise RedisConnectionError("Error 111 connecting to 127.0.0.1:1")
+
+    monkeypatch.setattr("core.services.inbound.redis_client", down)
+    params = {"MessageSid": "SMnoredis", "From": "whatsapp:+919812345678", "Body": "hi",
+              "WaId": "919812345678"}
     r = post_twilio(app.test_client(), "/webhooks/whatsapp", params)
-    assert r.status_code == 200 and "<Message>" in r.get_data(as_text=True)
+    assert r.status_code == 503 and r.get_json()["error"]["code"] == "cache_unavailable"
 
 
 def test_request_id_is_echoed(client):

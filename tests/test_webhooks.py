@@ -1,4 +1,5 @@
-"""Inbound Twilio webhooks end to end through Flask: signature, dedupe, bad input, TwiML."""
+"""Inbound Twilio webhooks end to end through Flask: signature, dedupe, bad input, and the
+courier path (accept in the webhook, answer from the contact's drain job via the outbox)."""
 
 from __future__ import annotations
 
@@ -6,8 +7,8 @@ from sqlalchemy import func, select
 
 from core import i18n
 from core.adapters.db import transaction
-from core.adapters.models import Conversation, InboundEvent, Person
-from tests.conftest import post_twilio
+from core.adapters.models import Conversation, InboundEvent, OutboxMessage, Person
+from tests.conftest import post_twilio, replies_to, run_jobs, send_whatsapp
 
 PHONE = "+919812345678"
 
@@ -35,11 +36,16 @@ def test_first_contact_gets_language_menu_then_hindi_main_menu(client):
     r = post_twilio(client, "/webhooks/whatsapp", wa("hi", "SM1"))
     assert r.status_code == 200
     assert r.mimetype == "application/xml"
-    body = r.get_data(as_text=True)
-    assert "<Message>" in body and "हिंदी" in body and "ಕನ್ನಡ" in body
+    assert "<Message" not in r.get_data(as_text=True)  # accepted; the answer comes after
+    assert counts() == (0, 0, 0) and replies_to("SM1") == []
+    assert run_jobs(("inbound",)) == 1
+    body = "\n".join(replies_to("SM1"))
+    assert "हिंदी" in body and "ಕನ್ನಡ" in body
+    with transaction() as s:
+        row = s.scalar(select(OutboxMessage).where(OutboxMessage.dedupe_key == "reply:SM1:0"))
+        assert row.to_addr == f"whatsapp:{PHONE}" and row.channel == "whatsapp"
 
-    r = post_twilio(client, "/webhooks/whatsapp", wa("1", "SM2"))
-    body = r.get_data(as_text=True)
+    body = send_whatsapp(client, wa("1", "SM2"))
     assert i18n.t("menu.main", "hi").splitlines()[1] in body
     with transaction() as s:
         person = s.scalar(select(Person).where(Person.phone == PHONE))
@@ -65,25 +71,36 @@ def test_signature_over_other_params_is_refused(client):
     assert post_twilio(client, "/webhooks/whatsapp", params, signature=sig).status_code == 403
 
 
-def test_retried_webhook_gets_same_reply_and_changes_nothing_twice(client):
-    first = post_twilio(client, "/webhooks/whatsapp", wa("hi", "SMdup"))
+def test_retried_webhook_is_answered_once_and_changes_nothing_twice(client):
+    first = send_whatsapp(client, wa("hi", "SMdup"))
     with transaction() as s:
         step_before = s.scalar(select(Conversation.step))
     again = post_twilio(client, "/webhooks/whatsapp", wa("hi", "SMdup"))
-    assert again.status_code == 200
-    assert again.get_data() == first.get_data()
+    assert again.status_code == 200 and "<Message" not in again.get_data(as_text=True)
+    assert run_jobs(("inbound",)) == 0  # nothing queued for a retry
+    assert "\n".join(replies_to("SMdup")) == first and len(replies_to("SMdup")) == 1
     assert counts() == (1, 1, 1)
     with transaction() as s:
         assert s.scalar(select(Conversation.step)) == step_before
 
 
+def test_retry_after_the_quick_check_expired_is_still_handled_once(client):
+    from core.adapters.redis_conn import redis_client
+
+    send_whatsapp(client, wa("hi", "SMold"))
+    redis_client().delete("inbound:seen:whatsapp:SMold")  # an hour later, say
+    assert send_whatsapp(client, wa("hi", "SMold")) != ""
+    assert len(replies_to("SMold")) == 1  # the database claim held
+    assert counts() == (1, 1, 1)
+
+
 def test_language_choice_is_not_applied_twice_by_a_retry(client):
-    post_twilio(client, "/webhooks/whatsapp", wa("hi", "SMa"))
-    post_twilio(client, "/webhooks/whatsapp", wa("2", "SMb"))  # English
-    post_twilio(client, "/webhooks/whatsapp", wa("language", "SMc"))
-    post_twilio(client, "/webhooks/whatsapp", wa("4", "SMd"))  # Marathi
-    retried = post_twilio(client, "/webhooks/whatsapp", wa("2", "SMb"))
-    assert "English" in retried.get_data(as_text=True)
+    send_whatsapp(client, wa("hi", "SMa"))
+    send_whatsapp(client, wa("2", "SMb"))  # English
+    send_whatsapp(client, wa("language", "SMc"))
+    send_whatsapp(client, wa("4", "SMd"))  # Marathi
+    retried = send_whatsapp(client, wa("2", "SMb"))
+    assert "English" in retried and len(replies_to("SMb")) == 1
     with transaction() as s:
         assert s.scalar(select(Person.preferred_language)) == "mr"
 
@@ -121,12 +138,10 @@ def test_unknown_route_and_method_answer_json(client):
 
 
 def test_photo_without_text_gets_a_clear_answer(client):
-    post_twilio(client, "/webhooks/whatsapp", wa("hi", "SMp1"))
-    post_twilio(client, "/webhooks/whatsapp", wa("2", "SMp2"))
-    r = post_twilio(client, "/webhooks/whatsapp", wa("", "SMp3", NumMedia="1",
-                                                     MediaContentType0="image/jpeg",
-                                                     MediaUrl0="https://example.invalid/m"))
-    body = r.get_data(as_text=True)
+    send_whatsapp(client, wa("hi", "SMp1"))
+    send_whatsapp(client, wa("2", "SMp2"))
+    body = send_whatsapp(client, wa("", "SMp3", NumMedia="1", MediaContentType0="image/jpeg",
+                                    MediaUrl0="https://example.invalid/m"))
     assert i18n.t("bot.media.photo", "en") in body
     assert i18n.t("menu.main", "en").splitlines()[1] in body  # and the same question again
 
@@ -137,10 +152,11 @@ def test_per_phone_rate_limit(client, monkeypatch):
     limit = get_settings().inbound_rate_limit
     for i in range(limit):
         assert post_twilio(client, "/webhooks/whatsapp", wa("0", f"SMr{i}")).status_code == 200
-    over = post_twilio(client, "/webhooks/whatsapp", wa("0", "SMr-over"))
-    assert i18n.t("common.too_many_messages", "hi") in over.get_data(as_text=True)
-    silent = post_twilio(client, "/webhooks/whatsapp", wa("0", "SMr-over2"))
-    assert "<Message>" not in silent.get_data(as_text=True)
+    assert post_twilio(client, "/webhooks/whatsapp", wa("0", "SMr-over")).status_code == 200
+    assert post_twilio(client, "/webhooks/whatsapp", wa("0", "SMr-over2")).status_code == 200
+    assert run_jobs(("inbound",)) == 1  # one drain for the contact, in arrival order
+    assert replies_to("SMr-over") == [i18n.t("common.too_many_messages", "hi")]
+    assert replies_to("SMr-over2") == []
     assert counts()[0] == limit  # the flood beyond the limit was not processed
 
 
@@ -157,24 +173,26 @@ def test_conversation_survives_a_restart_of_every_process(client):
     from core.adapters.redis_conn import reset_clients
     from core.app import create_app
 
-    post_twilio(client, "/webhooks/whatsapp", wa("hi", "SMx1"))
-    post_twilio(client, "/webhooks/whatsapp", wa("3", "SMx2"))  # Bengali
+    send_whatsapp(client, wa("hi", "SMx1"))
+    send_whatsapp(client, wa("3", "SMx2"))  # Bengali
     dispose_all()  # every pooled connection gone, as after a restart
     reset_clients()
     fresh = create_app().test_client()
-    r = post_twilio(fresh, "/webhooks/whatsapp", wa("menu", "SMx3"))
-    assert i18n.t("menu.main", "bn").splitlines()[1] in r.get_data(as_text=True)
+    assert i18n.t("menu.main", "bn").splitlines()[1] in send_whatsapp(fresh, wa("menu", "SMx3"))
 
 
 def test_concurrent_retries_of_one_message_are_processed_once(app):
     from concurrent.futures import ThreadPoolExecutor
 
-    def send(_: int) -> bytes:
-        return post_twilio(app.test_client(), "/webhooks/whatsapp", wa("hi", "SMrace")).data
+    def send(_: int) -> int:
+        return post_twilio(app.test_client(), "/webhooks/whatsapp", wa("hi", "SMrace")
+                           ).status_code
 
     with ThreadPoolExecutor(max_workers=4) as pool:
-        replies = list(pool.map(send, range(4)))
-    assert len(set(replies)) == 1
+        codes = list(pool.map(send, range(4)))
+    assert codes == [200] * 4
+    assert run_jobs(("inbound",)) == 1
+    assert len(replies_to("SMrace")) == 1
     assert counts() == (1, 1, 1)
 
 
@@ -188,4 +206,6 @@ def test_first_messages_racing_from_a_new_contact_all_get_answers(app):
     with ThreadPoolExecutor(max_workers=4) as pool:
         codes = list(pool.map(send, range(4)))
     assert codes == [200] * 4
+    run_jobs(("inbound",))
     assert counts() == (4, 1, 1)
+    assert all(replies_to(f"SMnew{i}") for i in range(4))

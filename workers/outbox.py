@@ -15,8 +15,10 @@ def deliver(outbox_id: int) -> str:
 
 
 def sweep() -> int:
-    """Re-enqueue outbox rows whose delivery job was lost, then schedule the next sweep."""
-    count = outbox.sweep()
+    """Re-enqueue outbox rows (and drain inboxes) whose job was lost; schedule the next."""
+    from workers import inbound as inbound_jobs
+
+    count = outbox.sweep() + inbound_jobs.sweep()
     schedule_sweep()
     return count
 

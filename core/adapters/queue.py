@@ -15,7 +15,7 @@ from core.adapters.redis_conn import redis_client
 
 log = logging.getLogger(__name__)
 
-QUEUES = ("default", "outbox")
+QUEUES = ("outbox", "inbound", "default")
 
 
 def queue(name: str = "default") -> Queue:

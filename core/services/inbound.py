@@ -1,25 +1,38 @@
 """What every inbound Twilio message goes through: rate limit, dedupe, one transaction.
 
-A retried webhook (same MessageSid) gets the reply it got the first time and changes
-nothing; the claim on the sid and the handler's changes commit together.
+Two ways in, one way through:
+- ``process`` answers inside the webhook (partner SMS: short, and the reply is the TwiML).
+- ``accept`` + ``drain`` is the courier way (WhatsApp): the webhook only checks, counts and
+  queues the message in Redis (one round trip) and answers an empty ``<Response/>``; an RQ
+  job drains that contact's inbox in order and sends each turn's reply through the outbox.
+  A flood of messages costs the webhook almost nothing, and a slow turn never holds a
+  Twilio connection.
+
+Either way a message is handled once: the claim on its MessageSid (``inbound_events``) and
+the handler's changes, replies included, commit together; a retried webhook or a re-run
+drain changes nothing twice.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from typing import Any
 
+from redis.exceptions import RedisError
+from rq import Retry
 from sqlalchemy import select, update
 from sqlalchemy.dialects.postgresql import insert
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session
 
 from core import i18n
 from core.adapters.db import transaction
 from core.adapters.models import Conversation, InboundEvent, Person
-from core.adapters.redis_conn import hit_rate_limit
+from core.adapters.redis_conn import hit_rate_limit, redis_client
 from core.config import get_settings
 
 log = logging.getLogger(__name__)
@@ -67,9 +80,14 @@ def process(msg: InboundMessage, handler: Handler) -> Outcome:
             return Outcome([i18n.t("common.too_many_messages", lang)], rate_limited=True)
         return Outcome(rate_limited=True)
 
+    return _claimed_turn(msg, handler)
+
+
+def _claimed_turn(msg: InboundMessage, handler: Handler, *, send_replies: bool = False
+                  ) -> Outcome:
     for attempt in (1, 2):
         try:
-            return _process_once(msg, handler)
+            return _process_once(msg, handler, send_replies)
         except IntegrityError:
             # Two first messages from one new contact raced to create it; the loser's
             # transaction rolled back whole, and on the second try it finds the contact.
@@ -79,7 +97,7 @@ def process(msg: InboundMessage, handler: Handler) -> Outcome:
     raise AssertionError("unreachable")
 
 
-def _process_once(msg: InboundMessage, handler: Handler) -> Outcome:
+def _process_once(msg: InboundMessage, handler: Handler, send_replies: bool) -> Outcome:
     with transaction() as session:
         claimed = session.scalar(
             insert(InboundEvent)
@@ -98,7 +116,196 @@ def _process_once(msg: InboundMessage, handler: Handler) -> Outcome:
         replies = handler(session, msg)
         session.execute(update(InboundEvent).where(InboundEvent.id == claimed)
                         .values(response_body=json.dumps(replies, ensure_ascii=False)))
+        if send_replies:
+            _queue_replies(session, msg, replies)
     return Outcome(replies)
+
+
+def _queue_replies(session: Session, msg: InboundMessage, replies: list[str]) -> None:
+    """The turn's replies as outbox rows, in the turn's transaction (keys name the sid)."""
+    from core.services import outbox
+
+    for i, text in enumerate(replies):
+        outbox.queue_message(session, channel=msg.channel, to=msg.from_addr, body=text,
+                             dedupe_key=reply_key(msg.sid, i), reply=True)
+
+
+def reply_key(sid: str, index: int) -> str:
+    """Outbox dedupe key of the ``index``-th reply to inbound message ``sid``."""
+    return f"reply:{sid}:{index}"
+
+
+# --- the courier way: accept in the webhook, drain in a job -----------------------------
+
+SEEN_TTL_S = 3600  # Twilio retries within minutes; inbound_events is the lasting record
+INBOX_TTL_S = 7 * 86400  # an inbox nobody drained (all workers down a week) expires
+SCHEDULED_TTL_S = 300  # a drain job lost with its worker is replaced after this long
+LOCK_TTL_S = 60
+DEAD_LETTER = "inbox-dead"
+INBOXES = "inboxes"
+DRAIN_JOB = "workers.inbound.drain"
+DRAIN_RETRY_S = [2, 10, 30, 60, 120]  # while PostgreSQL or Redis is away
+
+# KEYS: seen, rate counter, inbox, scheduled flag, the set of non-empty inboxes.
+# ARGV: message, seen ttl, limit, window, scheduled ttl, inbox ttl.
+# Returns {state, schedule}: state 0 duplicate, 1 dropped (over the limit, already told),
+# 2 queued, 3 queued as the "too many messages" notice; schedule 1 when no drain is pending.
+_ACCEPT_LUA = """
+if not redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[2]) then return {0, 0} end
+redis.call('SET', KEYS[2], '0', 'NX', 'EX', ARGV[4])
+local n = redis.call('INCR', KEYS[2])
+local limit = tonumber(ARGV[3])
+if n > limit + 1 then return {1, 0} end
+local state = 2
+local item = ARGV[1]
+if n == limit + 1 then
+  state = 3
+  item = '!' .. item
+end
+redis.call('RPUSH', KEYS[3], item)
+redis.call('EXPIRE', KEYS[3], ARGV[6])
+redis.call('SADD', KEYS[5], KEYS[3])
+if redis.call('SET', KEYS[4], '1', 'NX', 'EX', ARGV[5]) then return {state, 1} end
+return {state, 0}
+"""
+
+# KEYS: inbox, scheduled flag, lock, the set of non-empty inboxes. ARGV: lock token.
+# The drain ends only when its inbox is empty, checked atomically with accept's RPUSH:
+# a message queued after this ran finds no flag and schedules a new drain.
+_FINISH_LUA = """
+if redis.call('LLEN', KEYS[1]) > 0 then return 1 end
+redis.call('DEL', KEYS[2])
+redis.call('SREM', KEYS[4], KEYS[1])
+if redis.call('GET', KEYS[3]) == ARGV[1] then redis.call('DEL', KEYS[3]) end
+return 0
+"""
+
+_RELEASE_LUA = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+
+@dataclass(frozen=True)
+class Acceptance:
+    duplicate: bool = False
+    dropped: bool = False
+    queued: bool = False
+
+
+def _keys(channel: str, contact: str) -> tuple[str, str, str]:
+    base = f"inbox:{channel}:{contact}"
+    return base, base + ":scheduled", base + ":lock"
+
+
+def encode(msg: InboundMessage) -> str:
+    return json.dumps(asdict(msg), ensure_ascii=False, separators=(",", ":"))
+
+
+def decode(raw: str | bytes) -> InboundMessage:
+    data: dict[str, Any] = json.loads(raw)
+    for name in ("media_types", "media_urls"):
+        data[name] = tuple(data.get(name) or ())
+    return InboundMessage(**data)
+
+
+def accept(msg: InboundMessage) -> Acceptance:
+    """Check, count and queue one inbound message for its contact's drain job.
+
+    One Redis round trip (a script), plus an RQ enqueue when the contact has no drain
+    pending. No database work: the drain does that, in order, per contact.
+    """
+    settings = get_settings()
+    r = redis_client()
+    inbox, scheduled, _lock = _keys(msg.channel, msg.contact)
+    state, schedule = r.register_script(_ACCEPT_LUA)(
+        keys=[f"inbound:seen:{msg.channel}:{msg.sid}", f"ratelimit:{msg.channel}:{msg.contact}",
+              inbox, scheduled, INBOXES],
+        args=[encode(msg), SEEN_TTL_S, settings.inbound_rate_limit,
+              settings.inbound_rate_window_s, SCHEDULED_TTL_S, INBOX_TTL_S],
+    )
+    if int(schedule):
+        schedule_drain(msg.channel, msg.contact)
+    state = int(state)
+    if state == 0:
+        log.info("duplicate webhook ignored", extra={"channel": msg.channel})
+    return Acceptance(duplicate=state == 0, dropped=state == 1, queued=state >= 2)
+
+
+def schedule_drain(channel: str, contact: str) -> None:
+    from core.adapters.queue import queue
+
+    queue("inbound").enqueue(DRAIN_JOB, channel, contact, result_ttl=60,
+                             failure_ttl=7 * 86400, retry=Retry(max=5, interval=DRAIN_RETRY_S))
+
+
+def drain(channel: str, contact: str, handler: Handler, *, limit: int = 500) -> int:
+    """Handle a contact's queued messages in arrival order; return how many were handled.
+
+    A message leaves the inbox only after its turn committed, so a worker killed mid-turn
+    leaves it for the next drain (and its claim makes a second run change nothing).
+    """
+    r = redis_client()
+    inbox, scheduled, lock = _keys(channel, contact)
+    token = uuid.uuid4().hex
+    if not r.set(lock, token, nx=True, ex=LOCK_TTL_S):
+        return 0  # another drain holds this contact; it empties the inbox before it ends
+    handled = 0
+    finish = r.register_script(_FINISH_LUA)
+    try:
+        while True:
+            raw = r.lindex(inbox, 0)
+            if raw is None:
+                if not int(finish(keys=[inbox, scheduled, lock, INBOXES], args=[token])):
+                    return handled
+                continue
+            try:
+                if raw.startswith(b"!"):
+                    _too_many(decode(raw[1:]))
+                else:
+                    _claimed_turn(decode(raw), handler, send_replies=True)
+            except (OperationalError, RedisError):
+                raise  # the database or Redis is away: keep the message, RQ retries the job
+            except Exception:
+                # A message this code cannot handle must not block the contact's later ones.
+                log.exception("inbound message failed; moved to the dead-letter list",
+                              extra={"channel": channel})
+                r.rpush(DEAD_LETTER, raw)
+            r.lpop(inbox)
+            r.expire(lock, LOCK_TTL_S)
+            handled += 1
+            if handled >= limit:
+                # Hand the rest to a fresh job so one chatty contact cannot hold a worker.
+                r.register_script(_RELEASE_LUA)(keys=[lock], args=[token])
+                schedule_drain(channel, contact)
+                return handled
+    except BaseException:
+        r.register_script(_RELEASE_LUA)(keys=[lock], args=[token])
+        r.delete(scheduled)  # the next message (or the sweep) schedules a new drain
+        raise
+
+
+def _too_many(msg: InboundMessage) -> None:
+    """Tell the contact once per window that they are sending too fast."""
+    lang = _language_of(msg)
+    with transaction() as session:
+        _queue_replies(session, msg, [i18n.t("common.too_many_messages", lang)])
+
+
+def sweep_inboxes() -> int:
+    """Schedule a drain for every non-empty inbox that has none pending (lost jobs)."""
+    r = redis_client()
+    count = 0
+    for key in r.smembers(INBOXES):
+        name = key.decode()
+        if not r.llen(name):
+            r.srem(INBOXES, name)  # expired with nothing drained, or emptied by a drain
+            continue
+        if r.set(name + ":scheduled", "1", nx=True, ex=SCHEDULED_TTL_S):
+            _, channel, contact = name.split(":", 2)
+            schedule_drain(channel, contact)
+            count += 1
+    return count
 
 
 def _language_of(msg: InboundMessage) -> str:

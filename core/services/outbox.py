@@ -70,18 +70,21 @@ def queue_message(
     media_url: str | None = None,
     dedupe_key: str | None = None,
     booking_id: int | None = None,
+    reply: bool = False,
 ) -> int | None:
     """Add a message to the outbox in the caller's transaction; deliver after commit.
 
     Returns the row id, or None when ``dedupe_key`` was already used (the cause was
-    retried) or the recipient opted out.
+    retried) or the recipient opted out. A ``reply`` answers a message the recipient just
+    sent (the dialog decided what an opted-out contact hears, e.g. the STOP confirmation).
     """
     if not body.strip() and not media_url:
         raise ValidationError("a message needs a body or media", code="empty_message")
     settings = get_settings()
     to_addr = address(channel, to)
     phone = to_addr.removeprefix("whatsapp:")
-    opted_out = session.scalar(select(Person.opted_out).where(Person.phone == phone))
+    opted_out = not reply and session.scalar(select(Person.opted_out)
+                                             .where(Person.phone == phone))
     if opted_out:
         log.info("recipient opted out; message dropped", extra={"channel": channel})
         return None
