@@ -4,15 +4,17 @@ from __future__ import annotations
 
 from bots.whatsapp import handle as whatsapp_turn
 from core.services import inbound
+from core.services.inbound import Handler
 
-HANDLERS = {"whatsapp": whatsapp_turn}
+HANDLERS: dict[str, Handler] = {"whatsapp": whatsapp_turn}
 
 
-def drain(channel: str, contact: str) -> int:
-    """Handle one contact's queued messages in order (RQ job on the ``inbound`` queue)."""
-    return inbound.drain(channel, contact, HANDLERS[channel])
+def drain() -> int:
+    """Handle queued messages, contact by contact, each contact's in order (RQ job on the
+    ``inbound`` queue; several may run, never two on one contact)."""
+    return inbound.drain_ready(HANDLERS.__getitem__)
 
 
 def sweep() -> int:
-    """Schedule drains for inboxes whose job was lost (run by the outbox sweep)."""
+    """Take up inboxes whose drainer was lost (run by the outbox sweep)."""
     return inbound.sweep_inboxes()

@@ -55,10 +55,14 @@ def enqueue(
     job_id: str | None = None,
     retry: Retry | None = None,
     at_front: bool = False,
+    known_new: bool = False,
 ) -> None:
-    """Enqueue ``func`` (dotted path) now; a natural-key job_id makes repeats harmless."""
+    """Enqueue ``func`` (dotted path) now; a natural-key job_id makes repeats harmless.
+
+    ``known_new``: the caller knows no job with this id exists (skips a round trip).
+    """
     q = queue(queue_name)
-    if job_id is not None:
+    if job_id is not None and not known_new:
         existing = q.fetch_job(job_id)
         if existing is not None and existing.get_status(refresh=True) in (
             "queued", "started", "scheduled", "deferred",

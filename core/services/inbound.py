@@ -127,7 +127,8 @@ def _queue_replies(session: Session, msg: InboundMessage, replies: list[str]) ->
 
     for i, text in enumerate(replies):
         outbox.queue_message(session, channel=msg.channel, to=msg.from_addr, body=text,
-                             dedupe_key=reply_key(msg.sid, i), reply=True)
+                             dedupe_key=reply_key(msg.sid, i), reply=True,
+                             send_after_commit=True)
 
 
 def reply_key(sid: str, index: int) -> str:
@@ -135,21 +136,37 @@ def reply_key(sid: str, index: int) -> str:
     return f"reply:{sid}:{index}"
 
 
-# --- the courier way: accept in the webhook, drain in a job -----------------------------
+# --- the courier way: accept in the webhook, drain in jobs --------------------------------
+#
+# Redis keys:
+#   inbox:<channel>:<contact>             the contact's messages, oldest first
+#   inbox:<channel>:<contact>:scheduled   set while the contact waits in READY or is drained
+#   inbox:<channel>:<contact>:lock        held by the drainer working on the contact
+#   inbox-ready                           contacts with messages and nobody on them, FIFO
+#   inbox-drainers                        drainer jobs queued or running (at most DRAINERS)
+#   inboxes                               every inbox with messages (for the sweep)
+# A drainer job takes contacts from READY until it is empty, so one RQ job serves many
+# messages (RQ's own bookkeeping costs several milliseconds per job).
 
 SEEN_TTL_S = 3600  # Twilio retries within minutes; inbound_events is the lasting record
 INBOX_TTL_S = 7 * 86400  # an inbox nobody drained (all workers down a week) expires
-SCHEDULED_TTL_S = 300  # a drain job lost with its worker is replaced after this long
+SCHEDULED_TTL_S = 600  # a contact lost with its worker is taken up again after this long
 LOCK_TTL_S = 60
+DRAINERS_TTL_S = 60  # refreshed while drainers work; lapses if they all died
+DRAINERS = 4  # more than the worker processes that usually run: idle ones exit at once
+DRAINER_BUDGET_S = 20.0  # then hand over to a fresh job (RQ's job timeout is 180 s)
 DEAD_LETTER = "inbox-dead"
 INBOXES = "inboxes"
+READY = "inbox-ready"
+DRAINER_COUNT = "inbox-drainers"
 DRAIN_JOB = "workers.inbound.drain"
 DRAIN_RETRY_S = [2, 10, 30, 60, 120]  # while PostgreSQL or Redis is away
 
-# KEYS: seen, rate counter, inbox, scheduled flag, the set of non-empty inboxes.
-# ARGV: message, seen ttl, limit, window, scheduled ttl, inbox ttl.
+# KEYS: seen, rate counter, inbox, scheduled flag, inboxes, ready, drainer count.
+# ARGV: message, seen ttl, limit, window, scheduled ttl, inbox ttl, contact, max drainers,
+# drainer ttl.
 # Returns {state, schedule}: state 0 duplicate, 1 dropped (over the limit, already told),
-# 2 queued, 3 queued as the "too many messages" notice; schedule 1 when no drain is pending.
+# 2 queued, 3 queued as the "too many messages" notice; schedule 1: enqueue a drainer.
 _ACCEPT_LUA = """
 if not redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[2]) then return {0, 0} end
 redis.call('SET', KEYS[2], '0', 'NX', 'EX', ARGV[4])
@@ -165,18 +182,30 @@ end
 redis.call('RPUSH', KEYS[3], item)
 redis.call('EXPIRE', KEYS[3], ARGV[6])
 redis.call('SADD', KEYS[5], KEYS[3])
-if redis.call('SET', KEYS[4], '1', 'NX', 'EX', ARGV[5]) then return {state, 1} end
-return {state, 0}
+if not redis.call('SET', KEYS[4], '1', 'NX', 'EX', ARGV[5]) then return {state, 0} end
+redis.call('RPUSH', KEYS[6], ARGV[7])
+if tonumber(redis.call('GET', KEYS[7]) or '0') >= tonumber(ARGV[8]) then return {state, 0} end
+redis.call('INCR', KEYS[7])
+redis.call('EXPIRE', KEYS[7], ARGV[9])
+return {state, 1}
 """
 
-# KEYS: inbox, scheduled flag, lock, the set of non-empty inboxes. ARGV: lock token.
-# The drain ends only when its inbox is empty, checked atomically with accept's RPUSH:
-# a message queued after this ran finds no flag and schedules a new drain.
+# KEYS: inbox, scheduled flag, lock, inboxes. ARGV: lock token.
+# A contact is let go only when its inbox is empty, checked atomically with accept's
+# RPUSH: a message queued after this ran finds no flag and puts the contact back in READY.
 _FINISH_LUA = """
 if redis.call('LLEN', KEYS[1]) > 0 then return 1 end
 redis.call('DEL', KEYS[2])
 redis.call('SREM', KEYS[4], KEYS[1])
 if redis.call('GET', KEYS[3]) == ARGV[1] then redis.call('DEL', KEYS[3]) end
+return 0
+"""
+
+# KEYS: ready, drainer count. A drainer leaves only when READY is empty (atomically with
+# accept, which then counts it gone and enqueues a new one when a contact arrives).
+_LEAVE_LUA = """
+if redis.call('LLEN', KEYS[1]) > 0 then return 1 end
+if tonumber(redis.call('GET', KEYS[2]) or '0') > 0 then redis.call('DECR', KEYS[2]) end
 return 0
 """
 
@@ -210,36 +239,71 @@ def decode(raw: str | bytes) -> InboundMessage:
 
 
 def accept(msg: InboundMessage) -> Acceptance:
-    """Check, count and queue one inbound message for its contact's drain job.
+    """Check, count and queue one inbound message for the drainers.
 
-    One Redis round trip (a script), plus an RQ enqueue when the contact has no drain
-    pending. No database work: the drain does that, in order, per contact.
+    One Redis round trip (a script), plus an RQ enqueue when fewer than DRAINERS drainer
+    jobs are about. No database work: the drainers do that, in order, per contact.
     """
     settings = get_settings()
     r = redis_client()
     inbox, scheduled, _lock = _keys(msg.channel, msg.contact)
     state, schedule = r.register_script(_ACCEPT_LUA)(
         keys=[f"inbound:seen:{msg.channel}:{msg.sid}", f"ratelimit:{msg.channel}:{msg.contact}",
-              inbox, scheduled, INBOXES],
+              inbox, scheduled, INBOXES, READY, DRAINER_COUNT],
         args=[encode(msg), SEEN_TTL_S, settings.inbound_rate_limit,
-              settings.inbound_rate_window_s, SCHEDULED_TTL_S, INBOX_TTL_S],
+              settings.inbound_rate_window_s, SCHEDULED_TTL_S, INBOX_TTL_S,
+              f"{msg.channel}:{msg.contact}", DRAINERS, DRAINERS_TTL_S],
     )
     if int(schedule):
-        schedule_drain(msg.channel, msg.contact)
+        schedule_drainer()
     state = int(state)
     if state == 0:
         log.info("duplicate webhook ignored", extra={"channel": msg.channel})
     return Acceptance(duplicate=state == 0, dropped=state == 1, queued=state >= 2)
 
 
-def schedule_drain(channel: str, contact: str) -> None:
+def schedule_drainer() -> None:
     from core.adapters.queue import queue
 
-    queue("inbound").enqueue(DRAIN_JOB, channel, contact, result_ttl=60,
-                             failure_ttl=7 * 86400, retry=Retry(max=5, interval=DRAIN_RETRY_S))
+    queue("inbound").enqueue(DRAIN_JOB, result_ttl=60, failure_ttl=7 * 86400,
+                             retry=Retry(max=5, interval=DRAIN_RETRY_S))
 
 
-def drain(channel: str, contact: str, handler: Handler, *, limit: int = 500) -> int:
+Handlers = Callable[[str], Handler]
+
+
+def drain_ready(handler_for: Handlers, *, budget_s: float | None = None) -> int:
+    """Drain contacts from READY until it is empty; return how many messages were handled.
+
+    After ``budget_s`` the job hands over to a fresh one (it stays counted as a drainer),
+    so no job runs into RQ's timeout however long the queue.
+    """
+    import time
+
+    budget = DRAINER_BUDGET_S if budget_s is None else budget_s
+    r = redis_client()
+    leave = r.register_script(_LEAVE_LUA)
+    started = time.monotonic()
+    handled = 0
+    while True:
+        entry = r.lpop(READY)
+        if entry is None:
+            if not int(leave(keys=[READY, DRAINER_COUNT])):
+                return handled
+            continue
+        r.expire(DRAINER_COUNT, DRAINERS_TTL_S)
+        channel, contact = entry.decode().split(":", 1)
+        try:
+            handled += drain(channel, contact, handler_for(channel))
+        except BaseException:
+            r.lpush(READY, entry)  # first in line again when the retry (or a peer) runs
+            raise
+        if time.monotonic() - started >= budget and r.llen(READY):
+            schedule_drainer()
+            return handled
+
+
+def drain(channel: str, contact: str, handler: Handler) -> int:
     """Handle a contact's queued messages in arrival order; return how many were handled.
 
     A message leaves the inbox only after its turn committed, so a worker killed mid-turn
@@ -249,7 +313,7 @@ def drain(channel: str, contact: str, handler: Handler, *, limit: int = 500) -> 
     inbox, scheduled, lock = _keys(channel, contact)
     token = uuid.uuid4().hex
     if not r.set(lock, token, nx=True, ex=LOCK_TTL_S):
-        return 0  # another drain holds this contact; it empties the inbox before it ends
+        return 0  # another drainer holds this contact; it empties the inbox before it ends
     handled = 0
     finish = r.register_script(_FINISH_LUA)
     try:
@@ -271,17 +335,13 @@ def drain(channel: str, contact: str, handler: Handler, *, limit: int = 500) -> 
                 log.exception("inbound message failed; moved to the dead-letter list",
                               extra={"channel": channel})
                 r.rpush(DEAD_LETTER, raw)
-            r.lpop(inbox)
-            r.expire(lock, LOCK_TTL_S)
+            pipe = r.pipeline(transaction=False)
+            pipe.lpop(inbox)
+            pipe.expire(lock, LOCK_TTL_S)
+            pipe.execute()
             handled += 1
-            if handled >= limit:
-                # Hand the rest to a fresh job so one chatty contact cannot hold a worker.
-                r.register_script(_RELEASE_LUA)(keys=[lock], args=[token])
-                schedule_drain(channel, contact)
-                return handled
     except BaseException:
         r.register_script(_RELEASE_LUA)(keys=[lock], args=[token])
-        r.delete(scheduled)  # the next message (or the sweep) schedules a new drain
         raise
 
 
@@ -293,7 +353,7 @@ def _too_many(msg: InboundMessage) -> None:
 
 
 def sweep_inboxes() -> int:
-    """Schedule a drain for every non-empty inbox that has none pending (lost jobs)."""
+    """Put back in READY every inbox with messages that nobody is on (lost jobs)."""
     r = redis_client()
     count = 0
     for key in r.smembers(INBOXES):
@@ -302,9 +362,11 @@ def sweep_inboxes() -> int:
             r.srem(INBOXES, name)  # expired with nothing drained, or emptied by a drain
             continue
         if r.set(name + ":scheduled", "1", nx=True, ex=SCHEDULED_TTL_S):
-            _, channel, contact = name.split(":", 2)
-            schedule_drain(channel, contact)
+            r.rpush(READY, name.removeprefix("inbox:"))
             count += 1
+    if r.llen(READY) and not r.exists(DRAINER_COUNT):
+        r.set(DRAINER_COUNT, 1, ex=DRAINERS_TTL_S)
+        schedule_drainer()
     return count
 
 

@@ -71,12 +71,16 @@ def queue_message(
     dedupe_key: str | None = None,
     booking_id: int | None = None,
     reply: bool = False,
+    send_after_commit: bool = False,
 ) -> int | None:
     """Add a message to the outbox in the caller's transaction; deliver after commit.
 
     Returns the row id, or None when ``dedupe_key`` was already used (the cause was
     retried) or the recipient opted out. A ``reply`` answers a message the recipient just
     sent (the dialog decided what an opted-out contact hears, e.g. the STOP confirmation).
+    ``send_after_commit`` is for callers that already run in a worker (a drain job): the
+    row is sent right after the commit, in the caller's order, and only a failed first try
+    becomes a delivery job with retries.
     """
     if not body.strip() and not media_url:
         raise ValidationError("a message needs a body or media", code="empty_message")
@@ -100,15 +104,30 @@ def queue_message(
     row_id = session.scalar(stmt)
     if row_id is None:
         return None
-    after_commit(session, lambda: schedule_delivery(row_id))
+    after_commit(session, (lambda: send_now(row_id)) if send_after_commit
+                 else (lambda: schedule_delivery(row_id, fresh=True)))
     return row_id
 
 
-def schedule_delivery(outbox_id: int) -> None:
-    """Enqueue the delivery job for one row (job id from the row id: never twice)."""
+def send_now(outbox_id: int) -> str:
+    """Deliver a row in this worker; hand it to the retrying delivery job if that fails."""
+    try:
+        return deliver(outbox_id)
+    except TransientSendError:
+        schedule_delivery(outbox_id, fresh=True)
+        return "retrying"
+
+
+def schedule_delivery(outbox_id: int, *, fresh: bool = False) -> None:
+    """Enqueue the delivery job for one row (job id from the row id: never twice).
+
+    ``fresh``: the row was just written or just failed in this worker, so no job for it
+    can exist yet; skip the look-up.
+    """
     s = get_settings()
     enqueue(DELIVER_JOB, outbox_id, queue_name="outbox", job_id=f"outbox-{outbox_id}",
-            retry=Retry(max=s.outbox_max_retries, interval=list(s.outbox_retry_intervals)))
+            retry=Retry(max=s.outbox_max_retries, interval=list(s.outbox_retry_intervals)),
+            known_new=fresh)
 
 
 class TransientSendError(RuntimeError):

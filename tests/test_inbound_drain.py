@@ -1,0 +1,99 @@
+"""The courier path's machinery: how many drainer jobs exist, order per contact, lost jobs
+taken up again by the sweep, a poison message set aside, a long queue handed over."""
+
+from __future__ import annotations
+
+from sqlalchemy import select
+
+from core.adapters.db import transaction
+from core.adapters.models import InboundEvent
+from core.adapters.queue import queue
+from core.adapters.redis_conn import redis_client
+from core.services import inbound
+from tests.conftest import post_twilio, replies_to, run_jobs
+
+
+def wa(phone: str, body: str, sid: str) -> dict[str, str]:
+    return {"MessageSid": sid, "AccountSid": "ACsandbox", "From": f"whatsapp:{phone}",
+            "To": "whatsapp:+14155238886", "Body": body, "NumMedia": "0",
+            "WaId": phone.lstrip("+"), "ProfileName": "Asha"}
+
+
+def handled_sids() -> list[str]:
+    with transaction() as s:
+        return list(s.scalars(select(InboundEvent.external_id).order_by(InboundEvent.id)))
+
+
+def test_many_contacts_share_a_few_drainer_jobs_and_each_keeps_its_order(client):
+    phones = [f"+9198123400{i:02d}" for i in range(10)]
+    for turn in range(3):
+        for p in phones:
+            body = ("hi", "2", "menu")[turn]
+            assert post_twilio(client, "/webhooks/whatsapp",
+                               wa(p, body, f"SM{p[-2:]}t{turn}")).status_code == 200
+    assert queue("inbound").count == inbound.DRAINERS  # not one job per message
+    run_jobs(("inbound",))
+    order = handled_sids()
+    assert len(order) == 30
+    for p in phones:
+        mine = [sid for sid in order if sid.startswith(f"SM{p[-2:]}t")]
+        assert mine == [f"SM{p[-2:]}t0", f"SM{p[-2:]}t1", f"SM{p[-2:]}t2"]
+        assert "English" in replies_to(f"SM{p[-2:]}t1")[0]  # "2" was read after "hi"
+    r = redis_client()
+    assert r.llen(inbound.READY) == 0 and int(r.get(inbound.DRAINER_COUNT) or 0) == 0
+    assert r.scard(inbound.INBOXES) == 0
+
+
+def test_a_drainer_lost_with_its_worker_is_replaced_by_the_sweep(client):
+    post_twilio(client, "/webhooks/whatsapp", wa("+919812340100", "hi", "SMlost1"))
+    queue("inbound").empty()  # the job vanished (a worker killed, a Redis failover)
+    r = redis_client()
+    r.delete(inbound.DRAINER_COUNT)  # ... and its count lapsed
+    assert run_jobs(("inbound",)) == 0
+    assert inbound.sweep_inboxes() == 0  # the contact is still waiting in READY
+    assert run_jobs(("inbound",)) == 1
+    assert replies_to("SMlost1")
+
+
+def test_a_contact_whose_flag_was_lost_is_put_back_by_the_sweep(client):
+    post_twilio(client, "/webhooks/whatsapp", wa("+919812340101", "hi", "SMflag1"))
+    queue("inbound").empty()
+    r = redis_client()
+    r.delete(inbound.DRAINER_COUNT, inbound.READY, "inbox:whatsapp:919812340101:scheduled")
+    assert inbound.sweep_inboxes() == 1
+    assert run_jobs(("inbound",)) == 1
+    assert replies_to("SMflag1")
+    assert inbound.sweep_inboxes() == 0 and r.scard(inbound.INBOXES) == 0
+
+
+def test_a_message_that_breaks_the_turn_is_set_aside_and_the_next_one_handled(client,
+                                                                              monkeypatch):
+    from bots import whatsapp
+
+    real = whatsapp.handle
+    calls: list[str] = []
+
+    def flaky(session, msg):
+        calls.append(msg.sid)
+        if msg.sid == "SMbad":
+            raise ValueError("a bug in a dialog step")
+        return real(session, msg)
+
+    monkeypatch.setitem(__import__("workers.inbound").inbound.HANDLERS, "whatsapp", flaky)
+    post_twilio(client, "/webhooks/whatsapp", wa("+919812340102", "hi", "SMbad"))
+    post_twilio(client, "/webhooks/whatsapp", wa("+919812340102", "hi", "SMgood"))
+    run_jobs(("inbound",))
+    assert calls == ["SMbad", "SMgood"]
+    assert handled_sids() == ["SMgood"]  # the failed turn rolled back whole
+    dead = redis_client().lrange(inbound.DEAD_LETTER, 0, -1)
+    assert [inbound.decode(d).sid for d in dead] == ["SMbad"]
+
+
+def test_a_long_queue_is_handed_over_to_fresh_jobs(client, monkeypatch):
+    monkeypatch.setattr(inbound, "DRAINER_BUDGET_S", 0.0)
+    monkeypatch.setattr(inbound, "DRAINERS", 1)
+    for i in range(3):
+        post_twilio(client, "/webhooks/whatsapp", wa(f"+91981234020{i}", "hi", f"SMh{i}"))
+    assert queue("inbound").count == 1
+    assert run_jobs(("inbound",)) == 3  # one contact per job, each job enqueued the next
+    assert len(handled_sids()) == 3
