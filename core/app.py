@@ -34,7 +34,8 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.config.update(
         MAX_CONTENT_LENGTH=max(settings.max_webhook_bytes, 1024 * 1024),
         JSON_SORT_KEYS=False,
-        SECRET_KEY=settings.secret_key,
+        # No SECRET_KEY: nothing here uses Flask's cookie session (the API signs its own
+        # tokens), and without one Flask skips building a cookie signer on every request.
     )
     app.json.ensure_ascii = False  # type: ignore[attr-defined]
 

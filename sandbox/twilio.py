@@ -120,8 +120,22 @@ def create_message(account_sid: str):
         resource = _resource(msg)
         sid = msg.sid
     if callback:
-        enqueue("sandbox.jobs.report_status", sid, job_id=f"sandbox-status-{sid}")
+        queue_status_report(sid)
     return jsonify(resource), 201
+
+
+STATUS_QUEUE = "sandbox:twilio:status-queue"
+STATUS_JOB_FLAG = "sandbox:twilio:status-job"
+
+
+def queue_status_report(sid: str) -> None:
+    """Report the message's progress later, as Twilio does; one job reports many messages
+    (a job per message would cost our RQ worker more than sending the message did)."""
+    pipe = redis_client().pipeline(transaction=False)
+    pipe.rpush(STATUS_QUEUE, sid)
+    pipe.set(STATUS_JOB_FLAG, "1", nx=True, ex=300)
+    if pipe.execute()[1]:
+        enqueue("sandbox.jobs.report_statuses")
 
 
 @bp.get("/twilio/2010-04-01/Accounts/<account_sid>/Messages/<sid>.json")

@@ -597,4 +597,4 @@ def test_photo_from_a_partner_without_a_parcel_is_answered(client, live, frozen)
               "MediaContentType0": "image/jpeg", "WaId": phone[1:]}
     assert "अभी आपके पास कोई पार्सल नहीं है" in send_whatsapp(client, params)
     # No photo fetch was queued (the emulator's own delivery report is all there is).
-    assert [j.func_name for j in queue("default").jobs] == ["sandbox.jobs.report_status"]
+    assert [j.func_name for j in queue("default").jobs] == ["sandbox.jobs.report_statuses"]

@@ -97,3 +97,27 @@ def test_a_long_queue_is_handed_over_to_fresh_jobs(client, monkeypatch):
     assert queue("inbound").count == 1
     assert run_jobs(("inbound",)) == 3  # one contact per job, each job enqueued the next
     assert len(handled_sids()) == 3
+
+
+def test_a_reply_twilio_refused_once_is_retried_after_the_backoff_and_sent_once(client, live):
+    from datetime import timedelta
+
+    from core.adapters.models import OutboxMessage, SandboxMessage
+    from sandbox.twilio import FAIL_NEXT_KEY
+    from tests.conftest import release_scheduled
+
+    redis_client().set(FAIL_NEXT_KEY, 1)  # the emulator answers 503 once
+    post_twilio(client, "/webhooks/whatsapp", wa("+919812340300", "hi", "SMretry"))
+    run_jobs(("inbound",))
+    with transaction() as s:
+        row = s.scalar(select(OutboxMessage).where(OutboxMessage.dedupe_key == "reply:SMretry:0"))
+        assert (row.status, row.attempts, row.provider_sid) == ("pending", 1, None)
+    assert run_jobs(("outbox",)) == 0  # not before the first interval
+    assert release_scheduled(timedelta(seconds=11)) == 1
+    run_jobs(("outbox",))
+    with transaction() as s:
+        row = s.scalar(select(OutboxMessage).where(OutboxMessage.dedupe_key == "reply:SMretry:0"))
+        assert row.status in ("queued", "sent", "delivered") and row.attempts == 2
+        sent = s.scalars(select(SandboxMessage.body)
+                         .where(SandboxMessage.to_addr == "whatsapp:+919812340300")).all()
+    assert sent == [row.body]

@@ -19,7 +19,7 @@ import json
 import logging
 import uuid
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 from redis.exceptions import RedisError
@@ -228,7 +228,19 @@ def _keys(channel: str, contact: str) -> tuple[str, str, str]:
 
 
 def encode(msg: InboundMessage) -> str:
-    return json.dumps(asdict(msg), ensure_ascii=False, separators=(",", ":"))
+    # vars(), not asdict(): the fields are plain values and asdict deep-copies each one.
+    return json.dumps(vars(msg), ensure_ascii=False, separators=(",", ":"))
+
+
+_scripts: dict[str, Any] = {}
+
+
+def _run(r: Any, source: str, keys: list[str], args: list[Any]) -> Any:
+    """Run a Lua script on ``r`` by its SHA (computed once per process, not per call)."""
+    script = _scripts.get(source)
+    if script is None:
+        script = _scripts[source] = r.register_script(source)
+    return script(keys=keys, args=args, client=r)
 
 
 def decode(raw: str | bytes) -> InboundMessage:
@@ -247,7 +259,8 @@ def accept(msg: InboundMessage) -> Acceptance:
     settings = get_settings()
     r = redis_client()
     inbox, scheduled, _lock = _keys(msg.channel, msg.contact)
-    state, schedule = r.register_script(_ACCEPT_LUA)(
+    state, schedule = _run(
+        r, _ACCEPT_LUA,
         keys=[f"inbound:seen:{msg.channel}:{msg.sid}", f"ratelimit:{msg.channel}:{msg.contact}",
               inbox, scheduled, INBOXES, READY, DRAINER_COUNT],
         args=[encode(msg), SEEN_TTL_S, settings.inbound_rate_limit,
@@ -282,13 +295,12 @@ def drain_ready(handler_for: Handlers, *, budget_s: float | None = None) -> int:
 
     budget = DRAINER_BUDGET_S if budget_s is None else budget_s
     r = redis_client()
-    leave = r.register_script(_LEAVE_LUA)
     started = time.monotonic()
     handled = 0
     while True:
         entry = r.lpop(READY)
         if entry is None:
-            if not int(leave(keys=[READY, DRAINER_COUNT])):
+            if not int(_run(r, _LEAVE_LUA, keys=[READY, DRAINER_COUNT], args=[])):
                 return handled
             continue
         r.expire(DRAINER_COUNT, DRAINERS_TTL_S)
@@ -315,12 +327,11 @@ def drain(channel: str, contact: str, handler: Handler) -> int:
     if not r.set(lock, token, nx=True, ex=LOCK_TTL_S):
         return 0  # another drainer holds this contact; it empties the inbox before it ends
     handled = 0
-    finish = r.register_script(_FINISH_LUA)
     try:
         while True:
             raw = r.lindex(inbox, 0)
             if raw is None:
-                if not int(finish(keys=[inbox, scheduled, lock, INBOXES], args=[token])):
+                if not int(_run(r, _FINISH_LUA, [inbox, scheduled, lock, INBOXES], [token])):
                     return handled
                 continue
             try:
@@ -341,7 +352,7 @@ def drain(channel: str, contact: str, handler: Handler) -> int:
             pipe.execute()
             handled += 1
     except BaseException:
-        r.register_script(_RELEASE_LUA)(keys=[lock], args=[token])
+        _run(r, _RELEASE_LUA, keys=[lock], args=[token])
         raise
 
 

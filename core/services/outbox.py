@@ -15,11 +15,12 @@ Delivery guarantees, and why:
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from datetime import timedelta
 
 import requests
 from rq import Retry
-from sqlalchemy import select, update
+from sqlalchemy import case, select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
@@ -28,7 +29,7 @@ from core.adapters import twilio_gateway
 from core.adapters.db import transaction
 from core.adapters.dialog_models import WhatsappTemplateSend
 from core.adapters.models import MessageStatusEvent, OutboxMessage, Person
-from core.adapters.queue import after_commit, enqueue
+from core.adapters.queue import after_commit, enqueue, queue
 from core.config import get_settings
 from core.domain.errors import ValidationError
 from core.domain.phone import normalize_phone
@@ -93,28 +94,41 @@ def queue_message(
         log.info("recipient opted out; message dropped", extra={"channel": channel})
         return None
     from_addr = settings.twilio_whatsapp_from if channel == "whatsapp" else settings.twilio_sms_from
+    # A row sent right after the commit is claimed ("sending", first attempt) as it is
+    # written: no other sender can take it, and if this worker dies before sending, the
+    # sweep gives a stale "sending" row back to "pending" as for any lost outcome.
     stmt = (
         insert(OutboxMessage)
         .values(channel=channel, to_addr=to_addr, from_addr=from_addr, body=body,
                 media_url=media_url, dedupe_key=dedupe_key, booking_id=booking_id,
-                status="pending", attempts=0)
+                status="sending" if send_after_commit else "pending",
+                attempts=1 if send_after_commit else 0)
         .on_conflict_do_nothing(index_elements=["dedupe_key"])
         .returning(OutboxMessage.id)
     )
     row_id = session.scalar(stmt)
     if row_id is None:
         return None
-    after_commit(session, (lambda: send_now(row_id)) if send_after_commit
-                 else (lambda: schedule_delivery(row_id, fresh=True)))
+    if send_after_commit:
+        claimed = _Claimed(row_id, to_addr, from_addr, body, media_url, 1, None, None)
+        after_commit(session, lambda: send_now(claimed))
+    else:
+        after_commit(session, lambda: schedule_delivery(row_id, fresh=True))
     return row_id
 
 
-def send_now(outbox_id: int) -> str:
-    """Deliver a row in this worker; hand it to the retrying delivery job if that fails."""
+def send_now(claimed: _Claimed) -> str:
+    """Send a row claimed at insert, in this worker; a failed try becomes the retrying job."""
     try:
-        return deliver(outbox_id)
+        return _send(claimed)
     except TransientSendError:
-        schedule_delivery(outbox_id, fresh=True)
+        s = get_settings()
+        intervals = list(s.outbox_retry_intervals)
+        queue("outbox").enqueue_in(
+            timedelta(seconds=intervals[0]), DELIVER_JOB, claimed.outbox_id,
+            job_id=f"outbox-{claimed.outbox_id}",
+            retry=Retry(max=max(s.outbox_max_retries - 1, 0), interval=intervals[1:] or intervals),
+            result_ttl=3600, failure_ttl=7 * 86400)
         return "retrying"
 
 
@@ -136,7 +150,6 @@ class TransientSendError(RuntimeError):
 
 def deliver(outbox_id: int) -> str:
     """Send one outbox row through Twilio; return what happened (for logs and tests)."""
-    settings = get_settings()
     with transaction() as session:
         row = session.get(OutboxMessage, outbox_id, with_for_update=True)
         if row is None:
@@ -146,17 +159,37 @@ def deliver(outbox_id: int) -> str:
         row.status = "sending"
         row.attempts += 1
         row.updated_at = clock.now()
-        to, from_, body, media = row.to_addr, row.from_addr, row.body, row.media_url
-        attempts = row.attempts
         template = session.get(WhatsappTemplateSend, outbox_id)
-        content_sid = template.content_sid if template else None
-        content_variables = dict(template.content_variables) if template else None
+        claimed = _Claimed(outbox_id, row.to_addr, row.from_addr, row.body, row.media_url,
+                           row.attempts, template.content_sid if template else None,
+                           dict(template.content_variables) if template else None)
+    return _send(claimed)
 
+
+@dataclass(frozen=True)
+class _Claimed:
+    """An outbox row this worker holds in "sending", with what Twilio needs."""
+
+    outbox_id: int
+    to: str
+    from_: str
+    body: str
+    media_url: str | None
+    attempts: int
+    content_sid: str | None
+    content_variables: dict[str, str] | None
+
+
+def _send(c: _Claimed) -> str:
+    """Hand a claimed row to Twilio and record the outcome (see the module's guarantees)."""
+    settings = get_settings()
+    outbox_id, attempts, to = c.outbox_id, c.attempts, c.to
     callback = f"{settings.public_base_url}/webhooks/twilio/status?outbox_id={outbox_id}"
     try:
-        result = twilio_gateway.send_message(to=to, from_=from_, body=body, media_url=media,
-                                             status_callback=callback, content_sid=content_sid,
-                                             content_variables=content_variables)
+        result = twilio_gateway.send_message(to=to, from_=c.from_, body=c.body,
+                                             media_url=c.media_url, status_callback=callback,
+                                             content_sid=c.content_sid,
+                                             content_variables=c.content_variables)
     except twilio_gateway.SendRejected as exc:
         final = exc.permanent or attempts > settings.outbox_max_retries
         _record_failure(outbox_id, code=exc.code, error=str(exc), final=final)
@@ -182,13 +215,12 @@ def deliver(outbox_id: int) -> str:
         return "unknown"
 
     with transaction() as session:
-        row = session.get(OutboxMessage, outbox_id, with_for_update=True)
-        assert row is not None
-        row.provider_sid = result.sid
-        row.sent_at = clock.now()
-        if row.status == "sending":
-            row.status = "queued"
-        row.last_error = None
+        # One statement; a status callback that came first ("sent", "delivered") stays.
+        session.execute(update(OutboxMessage).where(OutboxMessage.id == outbox_id).values(
+            provider_sid=result.sid, sent_at=clock.now(), last_error=None,
+            updated_at=clock.now(),
+            status=case((OutboxMessage.status == "sending", "queued"),
+                        else_=OutboxMessage.status)))
     log.info("message handed to twilio", extra={"outbox_id": outbox_id})
     return "sent"
 
