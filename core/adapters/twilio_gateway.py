@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import threading
+import urllib.request
 from dataclasses import dataclass
 
 from twilio.base.exceptions import TwilioRestException
@@ -28,13 +31,32 @@ class SendRejected(Exception):
         self.permanent = 400 <= status < 500 and status != 429
 
 
+_local = threading.local()
+
+
 def client() -> Client:
-    """A twilio Client for the configured account (and base URL in sandbox mode)."""
+    """A twilio Client for the configured account (and base URL in sandbox mode).
+
+    One per thread and configuration, so its HTTP session keeps its connections alive
+    (a new client per message meant a new TCP, and in production TLS, connection each).
+    With no proxy configured, requests is told not to scan the environment for one on
+    every request (it walks all of os.environ twice per call); the CA bundle variables it
+    would read are applied here instead.
+    """
     s = get_settings()
-    c = Client(s.twilio_account_sid, s.twilio_auth_token,
-               http_client=TwilioHttpClient(timeout=10))
+    key = (s.twilio_account_sid, s.twilio_auth_token, s.twilio_api_base)
+    cached = getattr(_local, "clients", {}).get(key)
+    if cached is not None:
+        return cached
+    http = TwilioHttpClient(timeout=10)
+    if http.session is not None and not urllib.request.getproxies():
+        http.session.trust_env = False
+        http.session.verify = (os.environ.get("REQUESTS_CA_BUNDLE")
+                               or os.environ.get("CURL_CA_BUNDLE") or True)
+    c = Client(s.twilio_account_sid, s.twilio_auth_token, http_client=http)
     if s.twilio_api_base:
         c.api.base_url = s.twilio_api_base
+    _local.clients = {key: c}  # a changed configuration (tests) replaces the old client
     return c
 
 
