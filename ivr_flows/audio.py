@@ -49,21 +49,45 @@ def audio_path(lang: str, text: str) -> Path:
     return cache_dir() / lang / f"{audio_name(lang, text)}.mp3"
 
 
-def audio_url(lang: str, text: str, *, queue_missing: bool = True) -> str | None:
-    """The public URL of the text's audio if rendered; else None (and queue the render)."""
+def audio_url(lang: str, text: str, *, queue_missing: bool = True,
+              missing: list[tuple[str, str]] | None = None) -> str | None:
+    """The public URL of the text's audio if rendered; else None (and queue the render,
+    or, given ``missing``, add it there for one ``queue_renders`` call per turn)."""
     if lang not in GTTS_VOICES or not text.strip():
         return None
     path = audio_path(lang, text)
     if path.is_file():
         base = get_settings().public_base_url
         return f"{base}/ivr/audio/{lang}/{path.stem}.mp3"
-    if queue_missing:
-        try:
-            enqueue(RENDER_JOB, lang, text, job_id=f"tts-{lang}-{path.stem}",
-                    retry=Retry(max=2, interval=[300, 3600]))
-        except Exception:  # the call goes on with <Say>; the next call queues it again
-            log.warning("could not queue prompt rendering")
+    if missing is not None:
+        missing.append((lang, text))
+    elif queue_missing:
+        queue_renders([(lang, text)])
     return None
+
+
+PENDING_TTL_S = 900  # while gTTS is unreachable, each prompt is tried at most this often
+
+
+def queue_renders(pairs: list[tuple[str, str]]) -> None:
+    """Queue the rendering of prompts not yet cached: one Redis round trip marks them
+    pending, and only prompts not already pending get a job (a turn must not pay for a
+    job look-up per prompt, nor a gTTS outage for a job per prompt per call)."""
+    if not pairs:
+        return
+    try:
+        from core.adapters.redis_conn import redis_client
+
+        pipe = redis_client().pipeline(transaction=False)
+        names = [audio_name(lang, text) for lang, text in pairs]
+        for (lang, _), name in zip(pairs, names, strict=True):
+            pipe.set(f"tts:pending:{lang}:{name}", "1", nx=True, ex=PENDING_TTL_S)
+        for (lang, text), name, new in zip(pairs, names, pipe.execute(), strict=True):
+            if new:
+                enqueue(RENDER_JOB, lang, text, job_id=f"tts-{lang}-{name}",
+                        retry=Retry(max=2, interval=[300, 3600]), known_new=True)
+    except Exception:  # the call goes on with <Say>; a later call queues it again
+        log.warning("could not queue prompt rendering")
 
 
 def render(lang: str, text: str) -> bool:

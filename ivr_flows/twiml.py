@@ -49,8 +49,8 @@ def segments(outs: list[Out], lang: str) -> list[tuple[str, str]]:
     return [(seg_lang, text) for seg_lang, text in out if text.strip()]
 
 
-def _speak(verb: Any, seg_lang: str, text: str) -> None:
-    url = audio.audio_url(seg_lang, text)
+def _speak(verb: Any, seg_lang: str, text: str, missing: list[tuple[str, str]]) -> None:
+    url = audio.audio_url(seg_lang, text, missing=missing)
     if url:
         verb.play(url)
     else:
@@ -60,6 +60,7 @@ def _speak(verb: Any, seg_lang: str, text: str) -> None:
 def render(turn: VoiceTurn) -> str:
     """The TwiML for one turn: prompts inside a <Gather>, or a <Dial>, or goodbye."""
     response = VoiceResponse()
+    missing: list[tuple[str, str]] = []  # prompts without audio yet, queued at the end
     goodbye = i18n.t("voice.goodbye", turn.lang)
     if turn.action == "gather":
         options: dict[str, Any] = {"finish_on_key": "#"}
@@ -70,21 +71,22 @@ def render(turn: VoiceTurn) -> str:
         gather = response.gather(input="dtmf", action=f"{GATHER_PATH}?turn={turn.next_turn}",
                                  method="POST", action_on_empty_result=True, **options)
         for seg_lang, text in segments(turn.outs, turn.lang):
-            _speak(gather, seg_lang, text)
+            _speak(gather, seg_lang, text, missing)
         # Reached only if Twilio did not post the empty answer: end rather than loop.
-        _speak(response, turn.lang, goodbye)
+        _speak(response, turn.lang, goodbye, missing)
         response.hangup()
     elif turn.action == "dial" and turn.dial:
         for seg_lang, text in segments(turn.outs, turn.lang):
-            _speak(response, seg_lang, text)
+            _speak(response, seg_lang, text, missing)
         response.dial(turn.dial, timeout=DIAL_TIMEOUT_S)
-        _speak(response, turn.lang, goodbye)
+        _speak(response, turn.lang, goodbye, missing)
         response.hangup()
     else:
         for seg_lang, text in segments(turn.outs, turn.lang):
-            _speak(response, seg_lang, text)
-        _speak(response, turn.lang, goodbye)
+            _speak(response, seg_lang, text, missing)
+        _speak(response, turn.lang, goodbye, missing)
         response.hangup()
+    audio.queue_renders(missing)
     return str(response)
 
 
