@@ -2,8 +2,9 @@
 
 Every line you type is sent to POST /webhooks/whatsapp with Twilio's parameters and a
 valid X-Twilio-Signature (TWILIO_AUTH_TOKEN, PUBLIC_BASE_URL), exactly as Twilio would.
-The bot's TwiML reply is printed, then any follow-up messages the service sent to you
-(payment links, status updates), read from GET /sandbox/outbox?to=...&since=....
+The service answers the webhook at once and sends its reply (and any follow-ups:
+payment links, status updates) through Twilio's API, so this prints what the sandbox
+emulator received for you: GET /sandbox/outbox?to=...&since=....
 
 Commands: /loc <lat> <lng> shares a location; /photo and /voice send media; /wait polls
 the outbox for follow-ups; /quit (or Ctrl-D) ends.
@@ -56,6 +57,19 @@ class Chat:
         if r.status_code != 200:
             return [f"[HTTP {r.status_code}] {r.text[:300]}"]
         return [m.text or "" for m in ET.fromstring(r.text).iter("Message")]
+
+    def replies(self, wait_s: float = 10.0) -> list[str]:
+        """Messages sent to us, waiting up to ``wait_s`` for the first (the worker answers
+        after the webhook), then briefly for follow-ups sent right after it."""
+        deadline = time.monotonic() + wait_s
+        texts = self.follow_ups()
+        while not texts and time.monotonic() < deadline:
+            time.sleep(0.2)
+            texts = self.follow_ups()
+        if texts:
+            time.sleep(0.6)
+            texts += self.follow_ups()
+        return texts
 
     def follow_ups(self) -> list[str]:
         out = []
@@ -134,9 +148,8 @@ def main(argv: list[str] | None = None) -> int:
                 _show("RideChain (message)", texts or ["(nothing new)"])
                 continue
             body, extra = parsed
-            _show("RideChain", chat.send(body, **extra))
-            time.sleep(0.8)  # give the worker a moment to send follow-ups
-            _show("RideChain (message)", chat.follow_ups())
+            _show("RideChain", chat.send(body, **extra))  # only errors come back inline
+            _show("RideChain", chat.replies() or ["(no answer yet; /wait looks again)"])
         except requests.RequestException as exc:
             print(f"(the service did not answer: {type(exc).__name__})")
 

@@ -57,6 +57,25 @@ class Interrupted(Exception):
     """SIGINT / SIGTERM arrived while starting up."""
 
 
+def scale(processes: dict[str, str]) -> dict[str, str]:
+    """Run WORKER_PROCESSES copies (default 2) of the `worker` type, as `worker.1`, ...
+
+    RQ workers run one job at a time and spend most of it waiting on PostgreSQL, Twilio
+    and Redis; two of them keep a second core busy (on a platform: `ps:scale worker=N`).
+    """
+    raw = os.environ.get("WORKER_PROCESSES", "2")
+    count = int(raw) if raw.isdigit() and int(raw) > 0 else 2
+    if "worker" not in processes or count == 1:
+        return processes
+    scaled: dict[str, str] = {}
+    for name, command in processes.items():
+        if name == "worker":
+            scaled.update({f"worker.{i}": command for i in range(1, count + 1)})
+        else:
+            scaled[name] = command
+    return scaled
+
+
 def parse_procfile(path: Path) -> dict[str, str]:
     """Process types of a Heroku-style Procfile, in file order (`name: command` lines)."""
     processes: dict[str, str] = {}
@@ -226,11 +245,11 @@ class Server:
         except (OSError, ValueError) as err:
             print(f"./run serve: cannot read the Procfile: {err}", file=sys.stderr)
             return 1
-        served = {n: c for n, c in processes.items() if n not in NOT_SERVED}
+        served = scale({n: c for n, c in processes.items() if n not in NOT_SERVED})
         if not served:
             print(f"./run serve: {self.procfile} has no process to serve", file=sys.stderr)
             return 1
-        self.output = Output(list(processes))
+        self.output = Output([*processes, *served])
         embedded.log = self.output.system
         signal.signal(signal.SIGINT, self._on_signal)
         signal.signal(signal.SIGTERM, self._on_signal)
