@@ -23,6 +23,8 @@ def _role(proc: psutil.Process) -> str:
         return "web"
     if "core.cli worker" in cmd:
         return "worker"
+    if "core.cli sandbox-worker" in cmd:
+        return "sandbox emulators"
     if "postgres" in proc.name() or "postgres" in cmd:
         return "postgres"
     if "redis" in proc.name():

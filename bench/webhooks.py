@@ -130,6 +130,7 @@ def measure(quick: bool) -> dict[str, object]:
     with common.processes([
         ("web", common.gunicorn("core.app:create_app()", svc_port)),
         *[(f"worker{i}", [sys.executable, "-m", "core.cli", "worker"]) for i in range(workers)],
+        ("sandbox", [sys.executable, "-m", "core.cli", "sandbox-worker"]),
     ], env) as procs, common.processes([
         ("bare", common.gunicorn("bench.bare_app:create_app()", bare_port)),
     ], bare_env):

@@ -79,6 +79,23 @@ def worker(burst: bool = False) -> None:
     w.work(with_scheduler=True, burst=burst, logging_level=get_settings().log_level)
 
 
+def sandbox_worker(burst: bool = False) -> int:
+    """Run the emulators' jobs (what Twilio and Razorpay would do on their side), apart
+    from the service's workers so that emulation never takes a worker from the service."""
+    from rq.serializers import JSONSerializer
+
+    from core.adapters.queue import SANDBOX_QUEUE, JobLoggingSimpleWorker, queue
+    from core.adapters.redis_conn import redis_client
+
+    if not get_settings().is_sandbox:
+        log.error("sandbox-worker runs only with APP_ENV=sandbox")
+        return 2
+    w = JobLoggingSimpleWorker([queue(SANDBOX_QUEUE)], connection=redis_client(),
+                               serializer=JSONSerializer)
+    w.work(burst=burst, logging_level=get_settings().log_level)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m core.cli")
     sub = parser.add_subparsers(dest="cmd", required=True)
@@ -87,6 +104,8 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("release", help="migrate, then seed (the Procfile's release step)")
     w = sub.add_parser("worker", help="RQ worker with scheduler")
     w.add_argument("--burst", action="store_true")
+    sw = sub.add_parser("sandbox-worker", help="the emulators' RQ worker (sandbox mode only)")
+    sw.add_argument("--burst", action="store_true")
     args = parser.parse_args(argv)
     logs.configure(get_settings().log_level)
     if args.cmd == "migrate":
@@ -99,6 +118,8 @@ def main(argv: list[str] | None = None) -> int:
             seed()
     elif args.cmd == "worker":
         worker(burst=args.burst)
+    elif args.cmd == "sandbox-worker":
+        return sandbox_worker(burst=args.burst)
     return 0
 
 

@@ -277,14 +277,16 @@ def _socket_path(directory: Path, name: str) -> Path:
     return short / name
 
 
-def _redis_ping(path: Path, timeout: float = 1.0) -> bool:
-    """True when a Redis server answers PING on the unix socket `path`."""
+def _redis_ping(path: Path, timeout: float = 1.0, *, loaded: bool = False) -> bool:
+    """True when a Redis server answers PING on the unix socket `path` (with ``loaded``:
+    and has finished loading its data, which for a large AOF takes a while)."""
+    answers = (b"+PONG", b"-NOAUTH") if loaded else (b"+PONG", b"-NOAUTH", b"-LOADING")
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
             sock.settimeout(timeout)
             sock.connect(str(path))
             sock.sendall(b"PING\r\n")
-            return sock.recv(64).startswith((b"+PONG", b"-NOAUTH", b"-LOADING"))
+            return sock.recv(64).startswith(answers)
     except OSError:
         return False
 
@@ -316,8 +318,9 @@ class EmbeddedRedis:
     def url(self) -> str:
         return f"unix://{self.socket_path}?db=0"
 
-    def start(self, timeout: float = 30.0) -> None:
-        """Start redis-server (after retiring a stray one on the same socket) and wait for it."""
+    def start(self, timeout: float = 120.0) -> None:
+        """Start redis-server (after retiring a stray one on the same socket) and wait until
+        it has loaded its data: a client arriving earlier gets LOADING errors."""
         self.directory.mkdir(parents=True, exist_ok=True)
         sock = self.socket_path
         if _redis_ping(sock):
@@ -347,7 +350,7 @@ class EmbeddedRedis:
             args, stdin=subprocess.DEVNULL, cwd=self.directory, process_group=0
         )
         deadline = time.monotonic() + timeout
-        while not _redis_ping(sock):
+        while not _redis_ping(sock, loaded=True):
             if self.process.poll() is not None or time.monotonic() > deadline:
                 self.stop()
                 raise EmbeddedError(f"embedded Redis failed to start:\n{_tail(self.log_path)}")

@@ -29,6 +29,7 @@ from ops.embedded import REPO_DIR, EmbeddedError, Services, services_for
 # Process types that `serve` does not start: `release` runs once before the others, and
 # `actions` (the Rasa action server) is only needed where the lead deploys it.
 NOT_SERVED = {"release", "actions"}
+SANDBOX_WORKER = "python -m core.cli sandbox-worker"
 STOP_TIMEOUT = 10.0
 _PROCFILE_LINE = re.compile(r"^([A-Za-z0-9_-]+):\s*(.+)$")
 _COLORS = ["36", "33", "32", "35", "34", "31"]
@@ -246,6 +247,10 @@ class Server:
             print(f"./run serve: cannot read the Procfile: {err}", file=sys.stderr)
             return 1
         served = scale({n: c for n, c in processes.items() if n not in NOT_SERVED})
+        if os.environ.get("APP_ENV", "sandbox").strip().lower() == "sandbox":
+            # What Twilio and Razorpay do on their side (status callbacks, webhooks) runs
+            # in its own worker, never in the service's.
+            served["sandbox"] = SANDBOX_WORKER
         if not served:
             print(f"./run serve: {self.procfile} has no process to serve", file=sys.stderr)
             return 1

@@ -32,7 +32,7 @@ from typing import Any
 from flask import Blueprint, Response, jsonify, request
 
 from core import clock
-from core.adapters.queue import enqueue
+from core.adapters.queue import SANDBOX_QUEUE, enqueue
 from core.adapters.redis_conn import redis_client
 from core.config import get_settings
 from core.domain.money import format_inr
@@ -200,7 +200,7 @@ def send_webhooks(events: list[dict]) -> None:
         event_id = "evt_" + secrets.token_hex(7)
         body = json.dumps(ev, separators=(",", ":"))
         batch.extend([[event_id, body]] * repeat)
-    enqueue("sandbox.razorpay_jobs.deliver_webhooks", batch,
+    enqueue("sandbox.razorpay_jobs.deliver_webhooks", batch, queue_name=SANDBOX_QUEUE,
             job_id=f"sandbox-rzp-hooks-{secrets.token_hex(6)}")
 
 
@@ -419,7 +419,7 @@ def refund_payment(payment_id: str):
     if p["refund_status"] == "full":
         p["status"] = "refunded"
     put_object(p)
-    enqueue("sandbox.razorpay_jobs.settle_refund", refund["id"],
+    enqueue("sandbox.razorpay_jobs.settle_refund", refund["id"], queue_name=SANDBOX_QUEUE,
             job_id=f"sandbox-rzp-refund-{refund['id']}")
     return jsonify(refund)
 

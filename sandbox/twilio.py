@@ -22,7 +22,7 @@ from sqlalchemy import select
 from core import clock
 from core.adapters.db import transaction
 from core.adapters.models import SandboxMessage
-from core.adapters.queue import enqueue
+from core.adapters.queue import SANDBOX_QUEUE, enqueue
 from core.adapters.redis_conn import redis_client
 from core.config import get_settings
 from core.domain.errors import ValidationError
@@ -135,7 +135,7 @@ def queue_status_report(sid: str) -> None:
     pipe.rpush(STATUS_QUEUE, sid)
     pipe.set(STATUS_JOB_FLAG, "1", nx=True, ex=300)
     if pipe.execute()[1]:
-        enqueue("sandbox.jobs.report_statuses")
+        enqueue("sandbox.jobs.report_statuses", queue_name=SANDBOX_QUEUE)
 
 
 @bp.get("/twilio/2010-04-01/Accounts/<account_sid>/Messages/<sid>.json")

@@ -198,7 +198,7 @@ def run_jobs(queues: tuple[str, ...] | None = None) -> int:
     from rq import SimpleWorker
     from rq.serializers import JSONSerializer
 
-    from core.adapters.queue import QUEUES, queue
+    from core.adapters.queue import QUEUES, SANDBOX_QUEUE, queue
 
     class CountingWorker(SimpleWorker):
         ran = 0
@@ -207,7 +207,8 @@ def run_jobs(queues: tuple[str, ...] | None = None) -> int:
             CountingWorker.ran += 1
             return super().execute_job(job, queue)
 
-    worker = CountingWorker([queue(n) for n in (queues or QUEUES)], connection=redis_client(),
+    names = queues or (*QUEUES, SANDBOX_QUEUE)  # the emulators' jobs too, by default
+    worker = CountingWorker([queue(n) for n in names], connection=redis_client(),
                             serializer=JSONSerializer)
     worker.work(burst=True, with_scheduler=False, logging_level="WARNING")
     return CountingWorker.ran
@@ -249,11 +250,11 @@ def release_scheduled(after: timedelta, *, periodic: bool = False) -> int:
     """
     from rq.registry import ScheduledJobRegistry
 
-    from core.adapters.queue import QUEUES, queue
+    from core.adapters.queue import QUEUES, SANDBOX_QUEUE, queue
 
     moved = 0
     until = int((datetime.now(UTC) + after).timestamp())
-    for name in QUEUES:
+    for name in (*QUEUES, SANDBOX_QUEUE):
         q = queue(name)
         registry = ScheduledJobRegistry(queue=q)
         for job_id in registry.get_jobs_to_schedule(until):

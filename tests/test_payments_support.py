@@ -16,7 +16,7 @@ from sqlalchemy import select
 from core.adapters.db import transaction
 from core.adapters.models import Booking, Leg, PartnerProfile, Person
 from core.adapters.payment_models import PaymentLink
-from core.adapters.queue import QUEUES, queue
+from core.adapters.queue import QUEUES, SANDBOX_QUEUE, queue
 from core.adapters.redis_conn import redis_client
 from core.domain.booking import Actor, BookingStatus, LegStatus
 from core.domain.pricing import ParcelCategory, SizeBucket, SpeedTier, WeightBucket
@@ -45,7 +45,7 @@ class PaymentsWorker(SimpleWorker):
 
 def run() -> int:
     """Run queued jobs (and the jobs they enqueue) through RQ, skipping dispatch's."""
-    worker = PaymentsWorker([queue(n) for n in QUEUES], connection=redis_client(),
+    worker = PaymentsWorker([queue(n) for n in (*QUEUES, SANDBOX_QUEUE)], connection=redis_client(),
                             serializer=JSONSerializer)
     before = worker.successful_job_count + worker.failed_job_count
     worker.work(burst=True, with_scheduler=False, logging_level="WARNING")
@@ -55,7 +55,8 @@ def run() -> int:
 def failed_jobs() -> list[str]:
     from rq.registry import FailedJobRegistry
 
-    return [j for n in QUEUES for j in FailedJobRegistry(queue=queue(n)).get_job_ids()]
+    return [j for n in (*QUEUES, SANDBOX_QUEUE)
+            for j in FailedJobRegistry(queue=queue(n)).get_job_ids()]
 
 
 def ledger_checked() -> Iterator[None]:

@@ -16,6 +16,9 @@ from core.adapters.redis_conn import redis_client
 log = logging.getLogger(__name__)
 
 QUEUES = ("outbox", "inbound", "default")
+# The emulators' own work (Twilio's status callbacks, Razorpay's webhooks): in production
+# Twilio and Razorpay do it, so in sandbox mode a separate worker does, not ours.
+SANDBOX_QUEUE = "sandbox"
 
 
 def queue(name: str = "default") -> Queue:
