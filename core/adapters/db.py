@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
-from sqlalchemy import Engine, create_engine, text
+from sqlalchemy import Engine, create_engine, event, exc, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from core.config import get_settings
@@ -14,19 +16,50 @@ from core.config import get_settings
 _lock = threading.Lock()
 _engines: dict[str, tuple[Engine, sessionmaker[Session]]] = {}
 
+# A pooled connection idle for longer than this is pinged before it is handed out. A busy
+# process never pays the ping (one round trip per transaction was ~9 % of a WhatsApp
+# turn); a connection that sat idle, as after a PostgreSQL restart overnight, is checked.
+# A server that goes away under load fails the statement in flight instead: SQLAlchemy
+# then invalidates the whole pool, the caller answers 503 or RQ retries, and the next
+# checkout connects afresh.
+PING_IDLE_S = 10.0
+
+
+def _ping_if_idle(dbapi_conn: Any, record: Any, proxy: Any) -> None:
+    last = record.info.get("checked_in_at")
+    if last is None or time.monotonic() - last < PING_IDLE_S:
+        return
+    try:
+        autocommit = dbapi_conn.autocommit
+        dbapi_conn.autocommit = True
+        try:
+            dbapi_conn.execute("SELECT 1")
+        finally:
+            if not dbapi_conn.closed:
+                dbapi_conn.autocommit = autocommit
+    except Exception as err:
+        # The pool discards this connection and checks out another (or a new one).
+        raise exc.DisconnectionError("stale pooled connection") from err
+
+
+def _note_checkin(dbapi_conn: Any, record: Any) -> None:
+    record.info["checked_in_at"] = time.monotonic()
+
 
 def _get(url: str) -> tuple[Engine, sessionmaker[Session]]:
     with _lock:
         if url not in _engines:
             eng = create_engine(
                 url,
-                # pre-ping: a restarted PostgreSQL is noticed and reconnected, not fatal.
-                pool_pre_ping=True,
+                # No pre-ping on every checkout: _ping_if_idle checks idle ones only.
+                pool_pre_ping=False,
                 pool_size=5,
                 max_overflow=5,
                 pool_timeout=5,
                 connect_args={"connect_timeout": 3, "application_name": "ridechain"},
             )
+            event.listen(eng, "checkout", _ping_if_idle)
+            event.listen(eng, "checkin", _note_checkin)
             _engines[url] = (eng, sessionmaker(bind=eng, expire_on_commit=False))
         return _engines[url]
 

@@ -1,0 +1,85 @@
+"""The connection pool: no ping for a busy connection, a ping for one that sat idle, and a
+server that dropped a connection costs one failed statement, not a broken process."""
+
+from __future__ import annotations
+
+import pytest
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import OperationalError
+
+from core.adapters import db
+
+pytestmark = pytest.mark.db
+
+
+def _backend_pid() -> int:
+    with db.transaction() as session:
+        return session.execute(text("SELECT pg_backend_pid()")).scalar_one()
+
+
+def _terminate(pid: int) -> None:
+    """Drop one server connection, as a PostgreSQL restart or a proxy timeout would."""
+    url = make_url(db.engine().url.render_as_string(hide_password=False))
+    admin = create_engine(url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        assert conn.execute(text("SELECT pg_terminate_backend(:p)"), {"p": pid}).scalar_one()
+        # pg_terminate_backend only signals; wait until the backend is really gone.
+        conn.execute(text(
+            "DO $$ BEGIN WHILE EXISTS (SELECT 1 FROM pg_stat_activity WHERE pid = "
+            f"{int(pid)}) LOOP PERFORM pg_sleep(0.01); END LOOP; END $$"))
+    admin.dispose()
+
+
+@pytest.fixture
+def one_connection(clean_db: None):
+    """A fresh pool: used one transaction at a time, it hands out the same connection."""
+    db.dispose_all()
+    yield
+    db.dispose_all()
+
+
+def test_an_idle_connection_is_pinged_and_replaced_when_the_server_dropped_it(
+        one_connection: None, monkeypatch: pytest.MonkeyPatch):
+    first = _backend_pid()
+    _terminate(first)
+    monkeypatch.setattr(db, "PING_IDLE_S", 0.0)  # every checked-in connection counts as idle
+
+    second = _backend_pid()  # the ping fails, the pool connects afresh: no error
+
+    assert second != first
+
+
+def test_a_busy_connection_is_not_pinged_and_a_dropped_one_fails_once(
+        one_connection: None, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setattr(db, "PING_IDLE_S", 3600.0)
+    first = _backend_pid()
+    _terminate(first)
+
+    with pytest.raises(OperationalError):  # no ping: the statement meets the dead socket
+        _backend_pid()
+    second = _backend_pid()  # the pool was invalidated; the next checkout reconnects
+
+    assert second != first
+
+
+def test_only_an_idle_connection_costs_the_ping(one_connection: None,
+                                                monkeypatch: pytest.MonkeyPatch):
+    import psycopg
+
+    pings: list[str] = []
+    real_execute = psycopg.Connection.execute
+
+    def spy(self, query, *args, **kwargs):  # SQLAlchemy runs statements on cursors, so
+        pings.append(str(query))             # a call here is the pool's ping
+        return real_execute(self, query, *args, **kwargs)
+
+    monkeypatch.setattr(psycopg.Connection, "execute", spy)
+    monkeypatch.setattr(db, "PING_IDLE_S", 3600.0)
+    for _ in range(5):
+        _backend_pid()
+    assert pings == []
+
+    monkeypatch.setattr(db, "PING_IDLE_S", 0.0)
+    _backend_pid()
+    assert pings == ["SELECT 1"]
