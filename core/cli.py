@@ -15,6 +15,8 @@ from core.config import ROOT, get_settings
 
 log = logging.getLogger("core.cli")
 
+DEFAULT_WORKER_NICE = 10
+
 
 def ensure_database(url: str) -> bool:
     """Create the database named in ``url`` if the server lacks it; True if created."""
@@ -54,9 +56,31 @@ def seed() -> None:
     log.info("seed done", extra=summary)
 
 
+def lower_priority() -> int:
+    """Run background jobs below the web processes' CPU priority (``WORKER_NICE``, default
+    10; 0 keeps it equal); return the niceness now in effect.
+
+    On a small machine the webhooks and the jobs share the cores. A webhook has a caller
+    waiting (Twilio gives up after 15 s and retries, adding load); a drained turn or a
+    delivery can wait a little. So when the cores are busy the kernel serves the webhooks
+    first and the jobs take what is left; when they are not, the jobs run at full speed.
+    """
+    raw = os.environ.get("WORKER_NICE", str(DEFAULT_WORKER_NICE)).strip()
+    try:
+        wanted = int(raw)
+    except ValueError:
+        raise SystemExit(f"WORKER_NICE must be a number from 0 to 19, not {raw!r}") from None
+    if not 0 <= wanted <= 19:
+        raise SystemExit(f"WORKER_NICE must be a number from 0 to 19, not {raw!r}")
+    current = os.nice(0)
+    return os.nice(wanted - current) if wanted > current else current
+
+
 def worker(burst: bool = False) -> None:
     """Run an RQ worker with its scheduler on every queue (the Procfile's `worker`)."""
     from rq.serializers import JSONSerializer
+
+    lower_priority()
 
     from core.adapters.queue import QUEUES, JobLoggingSimpleWorker, JobLoggingWorker, queue
     from core.adapters.redis_conn import redis_client
@@ -90,6 +114,7 @@ def sandbox_worker(burst: bool = False) -> int:
     if not get_settings().is_sandbox:
         log.error("sandbox-worker runs only with APP_ENV=sandbox")
         return 2
+    lower_priority()  # it stands in for Twilio's and Razorpay's side, not ours
     w = JobLoggingSimpleWorker([queue(SANDBOX_QUEUE)], connection=redis_client(),
                                serializer=JSONSerializer)
     w.work(burst=burst, logging_level=get_settings().log_level)

@@ -112,6 +112,9 @@ def database() -> Iterator[str]:
     with admin.connect() as conn:
         conn.execute(text(f'DROP DATABASE IF EXISTS "{target.database}" WITH (FORCE)'))
     admin.dispose()
+    # Connections pooled before the drop (to the last run's database) are dead now; the
+    # pool pings only idle ones, so let none of them be handed out.
+    db_adapter.dispose_all()
     migrate(url)
     yield url
     db_adapter.dispose_all()

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event, exc, text
+from sqlalchemy import Connection, Engine, create_engine, event, exc, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from core.config import get_settings
@@ -78,6 +78,14 @@ def transaction() -> Iterator[Session]:
     """One unit of work: commits when the block ends, rolls back if it raises."""
     with session_factory().begin() as session:
         yield session
+
+
+@contextmanager
+def autocommit() -> Iterator[Connection]:
+    """A connection for one statement that is its own transaction: no BEGIN and COMMIT
+    round trips around it (recording a send's outcome, for one)."""
+    with engine().connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        yield conn
 
 
 def ping() -> None:

@@ -61,14 +61,15 @@ class Turn:
 
 def contact_for(session: Session, msg: InboundMessage) -> tuple[Person, Conversation]:
     """The person and conversation behind an inbound message, created on first contact."""
-    conv = session.scalar(
-        select(Conversation)
+    # One round trip for both (the conversation row locked: one turn at a time per contact).
+    row = session.execute(
+        select(Conversation, Person)
+        .outerjoin(Person, Person.id == Conversation.person_id)
         .where(Conversation.channel == msg.channel, Conversation.contact == msg.contact)
-        .with_for_update()
-    )
-    person: Person | None = None
-    if conv is not None and conv.person_id is not None:
-        person = session.get(Person, conv.person_id)
+        .with_for_update(of=Conversation)
+    ).first()
+    conv: Conversation | None = row[0] if row else None
+    person: Person | None = row[1] if row else None
     if person is None:
         if msg.phone:
             person = session.scalar(select(Person).where(Person.phone == msg.phone))
@@ -277,9 +278,18 @@ def whatsapp_turn(session: Session, msg: InboundMessage) -> Turn:
     """Answer one WhatsApp message: opt-out words, handoff silence, then the dialog."""
     person, conv = contact_for(session, msg)
     previous = conv.last_inbound_at
-    conv.last_inbound_at = clock.now()
-    idle = clock.now() - previous if previous is not None else None
+    now = clock.now()
+    idle = now - previous if previous is not None else None
     text = msg.body.strip()
+    try:
+        return _whatsapp_turn(session, msg, person, conv, idle, text)
+    finally:
+        # Set last, so that the turn's changes to the row go out in one UPDATE.
+        conv.last_inbound_at = now
+
+
+def _whatsapp_turn(session: Session, msg: InboundMessage, person: Person, conv: Conversation,
+                   idle: timedelta | None, text: str) -> Turn:
 
     def lang() -> str:
         return (person.preferred_language or (conv.state or {}).get("lang_guess")

@@ -114,10 +114,13 @@ def _process_once(msg: InboundMessage, handler: Handler, send_replies: bool) -> 
             log.info("duplicate webhook answered from record", extra={"channel": msg.channel})
             return Outcome(json.loads(stored) if stored else [], duplicate=True)
         replies = handler(session, msg)
-        session.execute(update(InboundEvent).where(InboundEvent.id == claimed)
-                        .values(response_body=json.dumps(replies, ensure_ascii=False)))
         if send_replies:
+            # The outbox rows, keyed by the sid, are the record of what was answered: a
+            # drained duplicate sends nothing, so the replies need not be stored twice.
             _queue_replies(session, msg, replies)
+        else:
+            session.execute(update(InboundEvent).where(InboundEvent.id == claimed)
+                            .values(response_body=json.dumps(replies, ensure_ascii=False)))
     return Outcome(replies)
 
 

@@ -25,7 +25,7 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
 from core import clock
-from core.adapters import twilio_gateway
+from core.adapters import db, twilio_gateway
 from core.adapters.db import transaction
 from core.adapters.dialog_models import WhatsappTemplateSend
 from core.adapters.models import MessageStatusEvent, OutboxMessage, Person
@@ -214,9 +214,10 @@ def _send(c: _Claimed) -> str:
         log.warning("send outcome unknown (timeout)", extra={"outbox_id": outbox_id})
         return "unknown"
 
-    with transaction() as session:
-        # One statement; a status callback that came first ("sent", "delivered") stays.
-        session.execute(update(OutboxMessage).where(OutboxMessage.id == outbox_id).values(
+    with db.autocommit() as conn:
+        # One statement, its own transaction; a status callback that came first ("sent",
+        # "delivered") stays.
+        conn.execute(update(OutboxMessage).where(OutboxMessage.id == outbox_id).values(
             provider_sid=result.sid, sent_at=clock.now(), last_error=None,
             updated_at=clock.now(),
             status=case((OutboxMessage.status == "sending", "queued"),
