@@ -92,6 +92,7 @@ def test_a_message_that_breaks_the_turn_is_set_aside_and_the_next_one_handled(cl
 def test_a_long_queue_is_handed_over_to_fresh_jobs(client, monkeypatch):
     monkeypatch.setattr(inbound, "DRAINER_BUDGET_S", 0.0)
     monkeypatch.setattr(inbound, "DRAINERS", 1)
+    monkeypatch.setenv("DRAIN_THREADS", "1")  # one contact at a time: one per job here
     for i in range(3):
         post_twilio(client, "/webhooks/whatsapp", wa(f"+91981234020{i}", "hi", f"SMh{i}"))
     assert queue("inbound").count == 1
@@ -121,3 +122,60 @@ def test_a_reply_twilio_refused_once_is_retried_after_the_backoff_and_sent_once(
         sent = s.scalars(select(SandboxMessage.body)
                          .where(SandboxMessage.to_addr == "whatsapp:+919812340300")).all()
     assert sent == [row.body]
+
+
+def test_one_drainer_works_on_several_contacts_at_once(client, monkeypatch):
+    """While one contact's turn waits (on PostgreSQL, on Twilio), another's goes ahead."""
+    import threading
+
+    from bots import whatsapp
+
+    real = whatsapp.handle
+    second_started = threading.Event()
+
+    def slow_first(session, msg):
+        if msg.sid == "SMpar0":
+            # Finishes only once the other contact's turn has begun beside it.
+            assert second_started.wait(timeout=30), "the drainer ran the contacts one by one"
+        else:
+            second_started.set()
+        return real(session, msg)
+
+    post_twilio(client, "/webhooks/whatsapp", wa("+919812340300", "hi", "SMpar0"))
+    post_twilio(client, "/webhooks/whatsapp", wa("+919812340301", "hi", "SMpar1"))
+    handlers = {"whatsapp": slow_first}
+    assert inbound.drain_ready(handlers.__getitem__, threads=2) == 2
+    assert sorted(handled_sids()) == ["SMpar0", "SMpar1"]
+    assert replies_to("SMpar0") and replies_to("SMpar1")
+
+
+def test_an_outage_met_by_one_drain_thread_fails_the_job_and_keeps_the_message(client):
+    from sqlalchemy.exc import OperationalError
+
+    from bots import whatsapp
+
+    down = {"SMout0"}
+
+    def outage(session, msg):
+        if msg.sid in down:
+            raise OperationalError("SELECT 1", {}, Exception("server closed the connection"))
+        return whatsapp.handle(session, msg)
+
+    post_twilio(client, "/webhooks/whatsapp", wa("+919812340310", "hi", "SMout0"))
+    post_twilio(client, "/webhooks/whatsapp", wa("+919812340311", "hi", "SMout1"))
+    handlers = {"whatsapp": outage}
+    try:
+        inbound.drain_ready(handlers.__getitem__, threads=2)
+    except OperationalError:
+        pass
+    else:
+        raise AssertionError("the outage was swallowed: RQ would not retry the job")
+    r = redis_client()
+    assert r.lrange(inbound.READY, 0, -1) == [b"whatsapp:919812340310"]  # first in line
+    assert r.llen("inbox:whatsapp:919812340310") == 1  # the message is still there
+    assert "SMout0" not in handled_sids()
+
+    down.clear()  # PostgreSQL is back: RQ's retry runs the drainer again
+    inbound.drain_ready(handlers.__getitem__, threads=2)
+    assert sorted(handled_sids()) == ["SMout0", "SMout1"]
+    assert r.llen(inbound.READY) == 0 and r.scard(inbound.INBOXES) == 0
