@@ -172,6 +172,8 @@ def test_unknown_outcome_is_not_resent_blindly(live, monkeypatch):
     r = post_twilio(create_app().test_client(), f"/webhooks/twilio/status?outbox_id={oid}",
                     client_params)
     assert r.status_code == 204
+    assert row(oid).status == "sending"  # queued for the status job, not applied inline
+    assert run_jobs() == 1
     assert (row(oid).status, row(oid).provider_sid) == ("delivered", "SMlate")
 
 
@@ -184,10 +186,13 @@ def test_status_callback_never_regresses_and_stop_opts_out(client, live):
     assert row(oid).status == "delivered"
     late = post_twilio(client, f"/webhooks/twilio/status?outbox_id={oid}",
                        {"MessageSid": sid, "MessageStatus": "sent"})
-    assert late.status_code == 204 and row(oid).status == "delivered"
+    assert late.status_code == 204
+    run_jobs()
+    assert row(oid).status == "delivered"
     stop = post_twilio(client, "/webhooks/twilio/status",
                        {"MessageSid": sid, "MessageStatus": "failed", "ErrorCode": "21610"})
     assert stop.status_code == 204
+    run_jobs()
     assert row(oid).status == "failed"
     with transaction() as s:
         assert s.scalar(select(Person.opted_out).where(Person.phone == TO)) is True
@@ -199,6 +204,7 @@ def test_status_callback_needs_a_valid_signature(client, live):
     r = post_twilio(client, f"/webhooks/twilio/status?outbox_id={oid}",
                     {"MessageSid": "SMx", "MessageStatus": "delivered"}, signature="bad")
     assert r.status_code == 403
+    assert redis_client().llen(outbox.STATUS_INBOX) == 0
     assert row(oid).status == "pending"
 
 

@@ -14,11 +14,17 @@ def deliver(outbox_id: int) -> str:
     return outbox.deliver(outbox_id)
 
 
+def apply_statuses() -> int:
+    """Apply the status callbacks the webhook queued, in batches, until none are left."""
+    return outbox.apply_statuses()
+
+
 def sweep() -> int:
-    """Re-enqueue outbox rows (and drain inboxes) whose job was lost; schedule the next."""
+    """Re-enqueue outbox rows (and drain inboxes, and apply status reports) whose job was
+    lost; schedule the next."""
     from workers import inbound as inbound_jobs
 
-    count = outbox.sweep() + inbound_jobs.sweep()
+    count = outbox.sweep() + inbound_jobs.sweep() + int(outbox.kick_statuses())
     schedule_sweep()
     return count
 

@@ -14,14 +14,17 @@ Delivery guarantees, and why:
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass
 from datetime import timedelta
 
 import requests
+from redis.exceptions import RedisError
 from rq import Retry
 from sqlalchemy import case, select, update
 from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import Session
 
 from core import clock
@@ -30,6 +33,7 @@ from core.adapters.db import transaction
 from core.adapters.dialog_models import WhatsappTemplateSend
 from core.adapters.models import MessageStatusEvent, OutboxMessage, Person
 from core.adapters.queue import after_commit, enqueue, queue
+from core.adapters.redis_conn import redis_client
 from core.config import get_settings
 from core.domain.errors import ValidationError
 from core.domain.phone import normalize_phone
@@ -242,39 +246,170 @@ def _mark_opted_out(to_addr: str) -> None:
         session.execute(update(Person).where(Person.phone == phone).values(opted_out=True))
 
 
+@dataclass(frozen=True)
+class StatusReport:
+    """One Twilio status callback, as the webhook received it."""
+
+    outbox_id: int | None  # our row id from the callback URL, when it carries one
+    message_sid: str
+    status: str
+    error_code: str | None = None
+
+
+STATUS_INBOX = "outbox:status-inbox"  # callbacks accepted, not yet applied (oldest first)
+STATUS_JOB_FLAG = "outbox:status-job"  # set while an apply job is queued or running
+STATUS_JOB_TTL_S = 300
+STATUS_BATCH = 200
+APPLY_STATUSES_JOB = "workers.outbox.apply_statuses"
+
+
+def accept_status(report: StatusReport) -> None:
+    """The webhook's part of a status callback: one Redis round trip queues it, and one
+    job applies many in one transaction (two or three callbacks come for every message we
+    send, so a transaction each would cost the web more than the message did). If Redis
+    cannot take it, it is applied here and now: a callback is never dropped."""
+    item = json.dumps([report.outbox_id, report.message_sid, report.status,
+                       report.error_code])
+    try:
+        pipe = redis_client().pipeline(transaction=False)
+        pipe.rpush(STATUS_INBOX, item)
+        pipe.set(STATUS_JOB_FLAG, "1", nx=True, ex=STATUS_JOB_TTL_S)
+        first = pipe.execute()[1]
+    except RedisError:
+        log.warning("status callback applied in the webhook (Redis unavailable)")
+        apply_reports([report])
+        return
+    if first:
+        _enqueue_apply()
+
+
+def _enqueue_apply() -> None:
+    try:
+        enqueue(APPLY_STATUSES_JOB, queue_name="outbox", known_new=True)
+    except RedisError:
+        # The callback is queued; the sweep starts a job once the flag has expired.
+        log.warning("could not enqueue the status job; the sweep will")
+
+
+def apply_statuses(batch: int = STATUS_BATCH) -> int:
+    """RQ job: apply queued status callbacks, ``batch`` per transaction, until none are
+    left; return how many were applied.
+
+    A batch leaves the queue only after its transaction committed, so a job killed midway
+    leaves it for the next one (applying a report twice changes nothing but the history).
+    The flag is dropped only once the queue is empty, and taken back if a callback came
+    meanwhile, so exactly one job works the queue at a time.
+    """
+    r = redis_client()
+    applied = 0
+    while True:
+        raw = r.lrange(STATUS_INBOX, 0, batch - 1)
+        if not raw:
+            r.delete(STATUS_JOB_FLAG)
+            if r.llen(STATUS_INBOX) and r.set(STATUS_JOB_FLAG, "1", nx=True,
+                                               ex=STATUS_JOB_TTL_S):
+                continue
+            return applied
+        r.expire(STATUS_JOB_FLAG, STATUS_JOB_TTL_S)
+        reports = [report for report in map(_parse_report, raw) if report is not None]
+        _apply_or_isolate(reports)
+        r.ltrim(STATUS_INBOX, len(raw), -1)
+        applied += len(reports)
+
+
+def _apply_or_isolate(reports: list[StatusReport]) -> None:
+    """Apply a batch; if the database refuses it (not an outage), apply the reports one by
+    one and drop, logged, only those it refuses, so one bad report cannot jam the queue."""
+    try:
+        apply_reports(reports)
+    except OperationalError:
+        raise  # the database is away: the job fails, the batch stays queued
+    except DBAPIError:
+        for report in reports:
+            try:
+                apply_reports([report])
+            except OperationalError:
+                raise
+            except DBAPIError:
+                log.error("status report refused by the database; dropped",
+                          extra={"status": report.status})
+
+
+def kick_statuses() -> bool:
+    """Start an apply job if callbacks wait and none is on them (the sweep calls this, for
+    a job lost before it ran)."""
+    r = redis_client()
+    if r.llen(STATUS_INBOX) and r.set(STATUS_JOB_FLAG, "1", nx=True, ex=STATUS_JOB_TTL_S):
+        _enqueue_apply()
+        return True
+    return False
+
+
+def _parse_report(raw: bytes) -> StatusReport | None:
+    try:
+        outbox_id, sid, status, error_code = json.loads(raw)
+        return StatusReport(int(outbox_id) if outbox_id is not None else None, str(sid),
+                            str(status), None if error_code is None else str(error_code))
+    except (ValueError, TypeError):
+        log.error("unreadable status report dropped")
+        return None
+
+
 def record_status(*, outbox_id: int | None, message_sid: str, status: str,
                   error_code: str | None) -> bool:
-    """Apply a Twilio status callback; return False if it names no message of ours."""
-    status = status.lower()
+    """Apply one Twilio status callback now; return False if it names no message of ours."""
+    return apply_reports([StatusReport(outbox_id, message_sid, status, error_code)]) == 1
+
+
+def apply_reports(reports: list[StatusReport]) -> int:
+    """Apply status callbacks in one transaction, in order; return how many named a
+    message of ours. Every report is kept as history; a row's status only moves forward
+    (a late "sent" never overwrites "delivered"), except to a final failure."""
+    if not reports:
+        return 0
+    matched = 0
     with transaction() as session:
-        row = None
-        if outbox_id is not None:
-            row = session.get(OutboxMessage, outbox_id, with_for_update=True)
-            if row is not None and row.provider_sid not in (None, message_sid):
+        ids = {r.outbox_id for r in reports if r.outbox_id is not None}
+        sids = {r.message_sid for r in reports}
+        # Every row the batch touches, locked in id order (no deadlock with a sender).
+        rows = list(session.scalars(
+            select(OutboxMessage)
+            .where(OutboxMessage.id.in_(ids) | OutboxMessage.provider_sid.in_(sids))
+            .order_by(OutboxMessage.id).with_for_update()))
+        by_id = {row.id: row for row in rows}
+        by_sid = {row.provider_sid: row for row in rows if row.provider_sid}
+        events: list[dict[str, object]] = []
+        stopped: set[str] = set()
+        for report in reports:
+            status = report.status.lower()
+            row = by_id.get(report.outbox_id) if report.outbox_id is not None else None
+            if row is not None and row.provider_sid not in (None, report.message_sid):
                 row = None  # the id in the URL and the sid disagree: trust neither
-        if row is None:
-            row = session.scalar(
-                select(OutboxMessage).where(OutboxMessage.provider_sid == message_sid)
-                .with_for_update()
-            )
-        session.add(MessageStatusEvent(outbox_id=row.id if row else None,
-                                       provider_sid=message_sid, status=status,
-                                       error_code=error_code))
-        if row is None:
-            return False
-        if row.provider_sid is None:
-            row.provider_sid = message_sid  # the send outcome was unknown: now it is known
-        if status in _FINAL_FAILURES:
-            row.status = status
-            row.error_code = error_code
-        elif row.status not in _FINAL_FAILURES and _RANK.get(status, -1) > _RANK.get(
-            row.status, -1
-        ):
-            row.status = status
-        to_addr = row.to_addr
-    if error_code == STOP_ERROR_CODE:
-        _mark_opted_out(to_addr)
-    return True
+            if row is None:
+                row = by_sid.get(report.message_sid)
+            events.append({"outbox_id": row.id if row else None,
+                           "provider_sid": report.message_sid, "status": status,
+                           "error_code": report.error_code})
+            if row is None:
+                continue
+            matched += 1
+            if row.provider_sid is None:
+                row.provider_sid = report.message_sid  # the send outcome was unknown
+                by_sid[report.message_sid] = row
+            if status in _FINAL_FAILURES:
+                row.status = status
+                row.error_code = report.error_code
+            elif row.status not in _FINAL_FAILURES and _RANK.get(status, -1) > _RANK.get(
+                row.status, -1
+            ):
+                row.status = status
+            if report.error_code == STOP_ERROR_CODE:
+                stopped.add(row.to_addr.removeprefix("whatsapp:"))
+        session.execute(insert(MessageStatusEvent), events)
+        if stopped:
+            session.execute(update(Person).where(Person.phone.in_(stopped))
+                            .values(opted_out=True))
+    return matched
 
 
 def sweep(now_age: timedelta = timedelta(seconds=60)) -> int:
