@@ -28,6 +28,7 @@ def report_statuses(batch: int = 200) -> int:
     r = redis_client()
     validator = RequestValidator(get_settings().twilio_auth_token)
     http = requests.Session()
+    http.trust_env = False  # our own callback URLs: no proxy or netrc look-up per POST
     reported = 0
     while True:
         sids = [s.decode() for s in (r.lpop(STATUS_QUEUE, batch) or [])]

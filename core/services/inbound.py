@@ -28,7 +28,7 @@ from typing import Any
 
 from redis.exceptions import RedisError
 from rq import Retry
-from sqlalchemy import select, update
+from sqlalchemy import bindparam, select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session
@@ -103,18 +103,9 @@ def _claimed_turn(msg: InboundMessage, handler: Handler, *, send_replies: bool =
 
 def _process_once(msg: InboundMessage, handler: Handler, send_replies: bool) -> Outcome:
     with transaction() as session:
-        claimed = session.scalar(
-            insert(InboundEvent)
-            .values(provider="twilio", external_id=msg.sid, channel=msg.channel)
-            .on_conflict_do_nothing(constraint="uq_inbound_events_provider_external")
-            .returning(InboundEvent.id)
-        )
+        claimed = claim(session, "twilio", msg.sid, msg.channel)
         if claimed is None:
-            stored = session.scalar(
-                select(InboundEvent.response_body).where(
-                    InboundEvent.provider == "twilio", InboundEvent.external_id == msg.sid
-                )
-            )
+            stored = stored_answer(session, "twilio", msg.sid)
             log.info("duplicate webhook answered from record", extra={"channel": msg.channel})
             return Outcome(json.loads(stored) if stored else [], duplicate=True)
         replies = handler(session, msg)
@@ -123,9 +114,39 @@ def _process_once(msg: InboundMessage, handler: Handler, send_replies: bool) -> 
             # drained duplicate sends nothing, so the replies need not be stored twice.
             _queue_replies(session, msg, replies)
         else:
-            session.execute(update(InboundEvent).where(InboundEvent.id == claimed)
-                            .values(response_body=json.dumps(replies, ensure_ascii=False)))
+            save_answer(session, claimed, json.dumps(replies, ensure_ascii=False))
     return Outcome(replies)
+
+
+# Every message runs these: prebuilt Core statements (no ORM unit of work, no statement
+# built and cache-keyed per call).
+_EVENTS = InboundEvent.__table__
+_CLAIM = (insert(_EVENTS)
+          .values(provider=bindparam("provider"), external_id=bindparam("external_id"),
+                  channel=bindparam("channel"))
+          .on_conflict_do_nothing(constraint="uq_inbound_events_provider_external")
+          .returning(_EVENTS.c.id))
+_STORED = select(_EVENTS.c.response_body).where(
+    _EVENTS.c.provider == bindparam("provider"),
+    _EVENTS.c.external_id == bindparam("external_id"))
+_SAVE = (update(_EVENTS).where(_EVENTS.c.id == bindparam("event_id"))
+         .values(response_body=bindparam("body")))
+
+
+def claim(session: Session, provider: str, external_id: str, channel: str) -> int | None:
+    """Claim a webhook by the provider's id in this transaction: its row id, or None if
+    it was handled (or is being handled) already."""
+    return session.scalar(_CLAIM, {"provider": provider, "external_id": external_id,
+                                   "channel": channel})
+
+
+def stored_answer(session: Session, provider: str, external_id: str) -> str | None:
+    """What a claimed webhook was answered (None while its claim is still uncommitted)."""
+    return session.scalar(_STORED, {"provider": provider, "external_id": external_id})
+
+
+def save_answer(session: Session, event_id: int, body: str) -> None:
+    session.execute(_SAVE, {"event_id": event_id, "body": body})
 
 
 def _queue_replies(session: Session, msg: InboundMessage, replies: list[str]) -> None:

@@ -23,14 +23,13 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import select, update
-from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from core import clock, i18n
 from core.adapters.db import transaction
-from core.adapters.models import Booking, Conversation, InboundEvent, Person
+from core.adapters.models import Booking, Conversation, Person
 from core.config import get_settings
 from core.dialog import engine
 from core.dialog.booking import BOOKING, MENU
@@ -43,7 +42,7 @@ from core.dialog.voice import (
     full_slots,
     has_draft,
 )
-from core.services import notify
+from core.services import inbound, notify
 from core.services.conversation import SessionPorts, contact_for
 from core.services.inbound import InboundMessage
 
@@ -99,20 +98,13 @@ def _process_once(call: CallRequest, handler: Callable[[Session, CallRequest], s
                   ) -> tuple[str, bool]:
     external_id = f"{call.sid}:{call.turn}"
     with transaction() as session:
-        claimed = session.scalar(
-            insert(InboundEvent)
-            .values(provider=PROVIDER, external_id=external_id, channel=CHANNEL)
-            .on_conflict_do_nothing(constraint="uq_inbound_events_provider_external")
-            .returning(InboundEvent.id)
-        )
+        claimed = inbound.claim(session, PROVIDER, external_id, CHANNEL)
         if claimed is None:
-            stored = session.scalar(select(InboundEvent.response_body).where(
-                InboundEvent.provider == PROVIDER, InboundEvent.external_id == external_id))
+            stored = inbound.stored_answer(session, PROVIDER, external_id)
             log.info("duplicate voice webhook answered from record")
             return stored or "", True
         twiml = handler(session, call)
-        session.execute(update(InboundEvent).where(InboundEvent.id == claimed)
-                        .values(response_body=twiml))
+        inbound.save_answer(session, claimed, twiml)
     return twiml, False
 
 

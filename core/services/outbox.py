@@ -22,7 +22,7 @@ from datetime import timedelta
 import requests
 from redis.exceptions import RedisError
 from rq import Retry
-from sqlalchemy import case, select, update
+from sqlalchemy import bindparam, case, select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import Session
@@ -101,16 +101,11 @@ def queue_message(
     # A row sent right after the commit is claimed ("sending", first attempt) as it is
     # written: no other sender can take it, and if this worker dies before sending, the
     # sweep gives a stale "sending" row back to "pending" as for any lost outcome.
-    stmt = (
-        insert(OutboxMessage)
-        .values(channel=channel, to_addr=to_addr, from_addr=from_addr, body=body,
-                media_url=media_url, dedupe_key=dedupe_key, booking_id=booking_id,
-                status="sending" if send_after_commit else "pending",
-                attempts=1 if send_after_commit else 0)
-        .on_conflict_do_nothing(index_elements=["dedupe_key"])
-        .returning(OutboxMessage.id)
-    )
-    row_id = session.scalar(stmt)
+    params = {"channel": channel, "to_addr": to_addr, "from_addr": from_addr, "body": body,
+              "media_url": media_url, "dedupe_key": dedupe_key, "booking_id": booking_id,
+              "status": "sending" if send_after_commit else "pending",
+              "attempts": 1 if send_after_commit else 0}
+    row_id = session.scalar(_INSERT, params)
     if row_id is None:
         return None
     if send_after_commit:
@@ -119,6 +114,16 @@ def queue_message(
     else:
         after_commit(session, lambda: schedule_delivery(row_id, fresh=True))
     return row_id
+
+
+_OUTBOX = OutboxMessage.__table__
+# Prebuilt Core statement: every reply runs it (no ORM unit of work, nothing built per call).
+_INSERT = (insert(_OUTBOX)
+           .values({name: bindparam(name) for name in (
+               "channel", "to_addr", "from_addr", "body", "media_url", "dedupe_key",
+               "booking_id", "status", "attempts")})
+           .on_conflict_do_nothing(index_elements=["dedupe_key"])
+           .returning(_OUTBOX.c.id))
 
 
 def send_now(claimed: _Claimed) -> str:
