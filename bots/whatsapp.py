@@ -21,7 +21,11 @@ bp = Blueprint("whatsapp", __name__)
 
 def handle(session: Session, msg: InboundMessage) -> list[str]:
     """One dialog turn rendered as WhatsApp text (sent as outbox rows keyed by the sid)."""
-    turn = conversation.whatsapp_turn(session, msg)
+    try:
+        turn = conversation.whatsapp_turn(session, msg)
+    except inbound.TurnFailed as failed:
+        apology = failed.answer
+        raise inbound.TurnFailed(render(apology.outs, apology.lang)) from failed
     return render(turn.outs, turn.lang)
 
 

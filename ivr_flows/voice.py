@@ -18,6 +18,7 @@ from twilio.twiml.voice_response import VoiceResponse
 from core.domain.errors import ValidationError
 from core.domain.phone import normalize_phone
 from core.services import ivr
+from core.services.inbound import TurnFailed
 from core.services.ivr import CallRequest
 from core.web.twilio_request import signed
 from ivr_flows import twiml
@@ -55,7 +56,11 @@ def _turn_number() -> int:
 
 
 def _handle(session: Session, call: CallRequest) -> str:
-    return twiml.render(ivr.voice_turn(session, call))
+    try:
+        turn = ivr.voice_turn(session, call)
+    except TurnFailed as failed:
+        raise TurnFailed(twiml.render(failed.answer)) from failed
+    return twiml.render(turn)
 
 
 def _answer(turn: int) -> Response:

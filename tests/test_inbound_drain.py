@@ -3,6 +3,8 @@ taken up again by the sweep, a poison message set aside, a long queue handed ove
 
 from __future__ import annotations
 
+import threading
+
 from sqlalchemy import select
 
 from core.adapters.db import transaction
@@ -155,11 +157,17 @@ def test_an_outage_met_by_one_drain_thread_fails_the_job_and_keeps_the_message(c
     from bots import whatsapp
 
     down = {"SMout0"}
+    other_done = threading.Event()
 
     def outage(session, msg):
         if msg.sid in down:
+            # Fail only once the other thread has its contact (else it could take this
+            # contact again from READY, where the failed thread put it back first).
+            other_done.wait(timeout=10)
             raise OperationalError("SELECT 1", {}, Exception("server closed the connection"))
-        return whatsapp.handle(session, msg)
+        replies = whatsapp.handle(session, msg)
+        other_done.set()
+        return replies
 
     post_twilio(client, "/webhooks/whatsapp", wa("+919812340310", "hi", "SMout0"))
     post_twilio(client, "/webhooks/whatsapp", wa("+919812340311", "hi", "SMout1"))
@@ -179,3 +187,42 @@ def test_an_outage_met_by_one_drain_thread_fails_the_job_and_keeps_the_message(c
     inbound.drain_ready(handlers.__getitem__, threads=2)
     assert sorted(handled_sids()) == ["SMout0", "SMout1"]
     assert r.llen(inbound.READY) == 0 and r.scard(inbound.INBOXES) == 0
+
+
+def test_a_dialog_turn_that_fails_midway_keeps_nothing_and_apologises(client, monkeypatch):
+    from sqlalchemy import text
+
+    from core import i18n
+    from core.adapters.models import Conversation, Person
+    from core.services import conversation
+
+    phone = "+919812340177"
+    post_twilio(client, "/webhooks/whatsapp", wa(phone, "hi", "SMhi"))
+    run_jobs()
+    with transaction() as s:
+        step = s.scalar(select(Conversation.step).where(Conversation.contact == phone[1:]))
+    real = conversation.dialog_turn
+
+    def breaks_after_writing(session, *args, **kwargs):
+        outs = real(session, *args, **kwargs)  # the dialog moved on ...
+        session.add(Person(phone="+919812340999", role="customer"))
+        session.flush()  # ... and wrote a row ...
+        session.execute(text("SELECT 1 / 0"))  # ... then the database refused a statement
+        return outs
+
+    monkeypatch.setattr(conversation, "dialog_turn", breaks_after_writing)
+    post_twilio(client, "/webhooks/whatsapp", wa(phone, "1", "SMboom"))
+    run_jobs()
+    assert replies_to("SMboom") == [i18n.t("common.error_try_later", "hi")]
+    with transaction() as s:
+        assert s.scalar(select(Conversation.step)
+                        .where(Conversation.contact == phone[1:])) == step
+        assert s.scalar(select(Person.id).where(Person.phone == "+919812340999")) is None
+    assert "SMboom" in handled_sids()  # handled once, with the apology: not redone
+    monkeypatch.undo()
+    post_twilio(client, "/webhooks/whatsapp", wa(phone, "1", "SMagain"))
+    run_jobs()
+    assert replies_to("SMagain") and replies_to("SMagain") != replies_to("SMboom")
+    with transaction() as s:
+        assert s.scalar(select(Conversation.step)
+                        .where(Conversation.contact == phone[1:])) != step

@@ -301,6 +301,31 @@ def test_a_retried_request_is_answered_from_record_and_acts_once(phone: Caller) 
     assert f"{phone.sid}:0" in ids and len(ids) == len(set(ids))
 
 
+def test_a_turn_that_fails_midway_keeps_nothing_and_the_retry_hears_the_same(
+        phone: Caller, monkeypatch) -> None:
+    from sqlalchemy import text
+
+    real = ivr.VoicePorts.confirm
+
+    def breaks_after_booking(self, slots):
+        done = real(self, slots)  # the booking and its SMS are written ...
+        self.session.execute(text("SELECT 1 / 0"))  # ... then the database refuses
+        return done
+
+    monkeypatch.setattr(ivr.VoicePorts, "confirm", breaks_after_booking)
+    heard = book_in_hindi(phone)
+    assert heard.hangup and heard.gather is None
+    assert t("common.error_try_later") in heard.text
+    with transaction() as s:
+        assert s.scalar(select(func.count()).select_from(Booking)) == 0
+        assert s.scalar(select(func.count()).select_from(OutboxMessage)) == 0
+    assert step_of(phone.phone) == "confirm"  # the draft is as it was before the keys
+    assert phone.repeat().xml == heard.xml  # answered from record, not run again
+    monkeypatch.undo()
+    heard = phone.call()  # calling back offers the draft
+    assert t("ivr.resume.ask", place="Bettiah") in heard.text
+
+
 def test_hang_up_keeps_the_draft_and_a_call_back_offers_it_first(phone: Caller) -> None:
     phone.call()
     phone.press("1")

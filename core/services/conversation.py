@@ -36,7 +36,7 @@ from core.domain.geo import haversine_m
 from core.domain.pricing import ParcelCategory, SizeBucket, SpeedTier, WeightBucket
 from core.services import booking as booking_service
 from core.services import handoff, payments
-from core.services.inbound import InboundMessage
+from core.services.inbound import InboundMessage, TurnFailed
 
 log = logging.getLogger(__name__)
 
@@ -314,13 +314,14 @@ def _whatsapp_turn(session: Session, msg: InboundMessage, person: Person, conv: 
 
     inp = UserInput(text=text, latitude=msg.latitude, longitude=msg.longitude,
                     media=_media_kind(msg))
+    before = lang()  # known now: a failed turn may leave the session unreadable
+    step = conv.step
     try:
-        with session.begin_nested():
-            outs = dialog_turn(session, person, conv, inp, idle)
-    except Exception:
-        # Nothing of this turn is kept (the savepoint rolled back); the user may retry.
-        log.exception("dialog turn failed", extra={"step": conv.step})
-        outs = [Say("common.error_try_later")]
+        outs = dialog_turn(session, person, conv, inp, idle)
+    except Exception as exc:
+        # Nothing of this turn is kept (its transaction rolls back); the user may retry.
+        log.exception("dialog turn failed", extra={"step": step})
+        raise TurnFailed(Turn(before, [Say("common.error_try_later")])) from exc
     return Turn(lang(), outs)
 
 

@@ -72,6 +72,20 @@ class Outcome:
 Handler = Callable[[Session, InboundMessage], list[str]]
 
 
+class TurnFailed(Exception):  # noqa: N818 (an outcome, not a programming error)
+    """A turn broke midway (a bug, or the database refused a statement): nothing of it is
+    kept, its whole transaction rolls back, and ``answer`` (the apology, as the channel
+    sends it) is recorded as the message's answer in a transaction of its own.
+
+    Rolling back the whole turn instead of a savepoint around the dialog spares every
+    turn two round trips (SAVEPOINT, RELEASE) for the sake of the rare one that fails.
+    """
+
+    def __init__(self, answer: Any) -> None:
+        super().__init__("turn failed")
+        self.answer = answer
+
+
 def process(msg: InboundMessage, handler: Handler) -> Outcome:
     """Run ``handler`` once per MessageSid, inside one transaction, under a rate limit."""
     settings = get_settings()
@@ -102,20 +116,38 @@ def _claimed_turn(msg: InboundMessage, handler: Handler, *, send_replies: bool =
 
 
 def _process_once(msg: InboundMessage, handler: Handler, send_replies: bool) -> Outcome:
-    with transaction() as session:
-        claimed = claim(session, "twilio", msg.sid, msg.channel)
-        if claimed is None:
-            stored = stored_answer(session, "twilio", msg.sid)
-            log.info("duplicate webhook answered from record", extra={"channel": msg.channel})
-            return Outcome(json.loads(stored) if stored else [], duplicate=True)
-        replies = handler(session, msg)
-        if send_replies:
-            # The outbox rows, keyed by the sid, are the record of what was answered: a
-            # drained duplicate sends nothing, so the replies need not be stored twice.
-            _queue_replies(session, msg, replies)
-        else:
-            save_answer(session, claimed, json.dumps(replies, ensure_ascii=False))
+    try:
+        with transaction() as session:
+            claimed = claim(session, "twilio", msg.sid, msg.channel)
+            if claimed is None:
+                return _duplicate(session, msg)
+            replies = handler(session, msg)
+            _record_answer(session, msg, claimed, replies, send_replies)
+    except TurnFailed as failed:
+        # The turn rolled back whole; the message is still handled, with the apology.
+        with transaction() as session:
+            claimed = claim(session, "twilio", msg.sid, msg.channel)
+            if claimed is None:
+                return _duplicate(session, msg)
+            replies = failed.answer
+            _record_answer(session, msg, claimed, replies, send_replies)
     return Outcome(replies)
+
+
+def _duplicate(session: Session, msg: InboundMessage) -> Outcome:
+    stored = stored_answer(session, "twilio", msg.sid)
+    log.info("duplicate webhook answered from record", extra={"channel": msg.channel})
+    return Outcome(json.loads(stored) if stored else [], duplicate=True)
+
+
+def _record_answer(session: Session, msg: InboundMessage, claimed: int, replies: list[str],
+                   send_replies: bool) -> None:
+    if send_replies:
+        # The outbox rows, keyed by the sid, are the record of what was answered: a
+        # drained duplicate sends nothing, so the replies need not be stored twice.
+        _queue_replies(session, msg, replies)
+    else:
+        save_answer(session, claimed, json.dumps(replies, ensure_ascii=False))
 
 
 # Every message runs these: prebuilt Core statements (no ORM unit of work, no statement

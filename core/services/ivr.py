@@ -97,15 +97,27 @@ def process(call: CallRequest, handler: Callable[[Session, CallRequest], str]) -
 def _process_once(call: CallRequest, handler: Callable[[Session, CallRequest], str]
                   ) -> tuple[str, bool]:
     external_id = f"{call.sid}:{call.turn}"
-    with transaction() as session:
-        claimed = inbound.claim(session, PROVIDER, external_id, CHANNEL)
-        if claimed is None:
-            stored = inbound.stored_answer(session, PROVIDER, external_id)
-            log.info("duplicate voice webhook answered from record")
-            return stored or "", True
-        twiml = handler(session, call)
-        inbound.save_answer(session, claimed, twiml)
+    try:
+        with transaction() as session:
+            claimed = inbound.claim(session, PROVIDER, external_id, CHANNEL)
+            if claimed is None:
+                return _duplicate(session, external_id)
+            twiml = handler(session, call)
+            inbound.save_answer(session, claimed, twiml)
+    except inbound.TurnFailed as failed:
+        # The turn rolled back whole; the webhook is still answered once, with the apology.
+        with transaction() as session:
+            claimed = inbound.claim(session, PROVIDER, external_id, CHANNEL)
+            if claimed is None:
+                return _duplicate(session, external_id)
+            twiml = failed.answer
+            inbound.save_answer(session, claimed, twiml)
     return twiml, False
+
+
+def _duplicate(session: Session, external_id: str) -> tuple[str, bool]:
+    log.info("duplicate voice webhook answered from record")
+    return inbound.stored_answer(session, PROVIDER, external_id) or "", True
 
 
 # --- ports: the chat's, plus the booking details by SMS ---------------------------------
@@ -163,20 +175,21 @@ def voice_turn(session: Session, call: CallRequest) -> VoiceTurn:
     state = _load(conv)
     ports = VoicePorts(session, person, conv)
     current = state.data.get("call") or {}
+    before, step = _language(person), conv.step  # a failed turn may leave them unreadable
     try:
-        with session.begin_nested():
-            if call.turn == 0 or current.get("sid") != call.sid:
-                outs = _start(state, ports, person, previous, call.sid)
-            else:
-                outs = _answer(state, ports, person, call)
-            action = state.data.pop("call_action", None) or "gather"
-            if action != "gather":
-                _close_call(state)
-            _save(conv, state)
-    except Exception:
-        # Nothing of this turn is kept (the savepoint rolled back); the draft stays.
-        log.exception("voice turn failed", extra={"step": conv.step})
-        return VoiceTurn(_language(person), [Say("common.error_try_later")], action="hangup")
+        if call.turn == 0 or current.get("sid") != call.sid:
+            outs = _start(state, ports, person, previous, call.sid)
+        else:
+            outs = _answer(state, ports, person, call)
+        action = state.data.pop("call_action", None) or "gather"
+        if action != "gather":
+            _close_call(state)
+        _save(conv, state)
+    except Exception as exc:
+        # Nothing of this turn is kept (its transaction rolls back); the draft stays.
+        log.exception("voice turn failed", extra={"step": step})
+        raise inbound.TurnFailed(VoiceTurn(before, [Say("common.error_try_later")],
+                                           action="hangup")) from exc
     turn = VoiceTurn(_language(person), outs, action=action,
                      keypad=ENTRY_DIGITS.get(state.step, 1), next_turn=call.turn + 1)
     if action == "dial":
