@@ -16,9 +16,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", nargs="+", choices=BENCHMARKS, help="run only these")
     args = parser.parse_args(argv)
     t0 = time.perf_counter()
+    took: list[str] = []
     for name in args.only or BENCHMARKS:
+        started = time.perf_counter()
         importlib.import_module(f"bench.{name}").measure(args.quick)
-    print(f"\nbench finished in {time.perf_counter() - t0:.0f} s; JSON in bench/results/")
+        took.append(f"{name} {time.perf_counter() - started:.0f} s")
+    print(f"\nbench finished in {time.perf_counter() - t0:.0f} s ({', '.join(took)}); "
+          "JSON in bench/results/")
     return 0
 
 

@@ -133,7 +133,7 @@ def _balances(engine, postings: int) -> dict[str, float]:
 
 
 def measure(quick: bool) -> dict[str, object]:
-    per_level = 150 if quick else 1000
+    per_level = 100 if quick else 1000
     levels = (1, 4, 16)
     env = common.bench_env(common.free_port())
     common.reset_database(env)

@@ -53,7 +53,7 @@ print(done, (last - first).total_seconds() if first and last else 0)
 
 
 def measure(quick: bool) -> dict[str, object]:
-    sizes = (100, 300) if quick else (300, 1500)
+    sizes = (100, 200) if quick else (300, 1500)
     port = common.free_port()
     env = common.bench_env(port)
     rows = []

@@ -91,6 +91,47 @@ def wait_idle(redis_url: str, timeout: float = 120.0) -> float:
     return time.perf_counter() - t0
 
 
+def cpu_seconds(procs: dict[str, object]) -> dict[str, float]:
+    """CPU seconds (user + system) used so far by each part of the system under test: our
+    processes and their children by role, and PostgreSQL and Redis by process name."""
+    import psutil
+
+    out: dict[str, float] = {}
+
+    def add(role: str, proc: psutil.Process) -> None:
+        try:
+            t = proc.cpu_times()
+        except psutil.Error:
+            return
+        out[role] = out.get(role, 0.0) + t.user + t.system
+
+    for name, popen in procs.items():
+        role = "workers" if name.startswith("worker") else name
+        try:
+            parent = psutil.Process(popen.pid)  # type: ignore[attr-defined]
+            family = [parent, *parent.children(recursive=True)]
+        except psutil.Error:
+            continue
+        for proc in family:
+            add(role, proc)
+    for proc in psutil.process_iter(["name"]):
+        name = proc.info["name"] or ""
+        if name.startswith(("postgres", "redis-server")):
+            add("postgres" if name.startswith("postgres") else "redis", proc)
+    return out
+
+
+def cpu_per_message(before: dict[str, float], after: dict[str, float],
+                    messages: int) -> dict[str, float]:
+    """Milliseconds of CPU per message, by part, and the service's total (the Twilio
+    emulator and its status reporter stand in for Twilio and are counted apart)."""
+    per = {k: round((after.get(k, 0.0) - v) / messages * 1000, 2) for k, v in before.items()}
+    per["service_total"] = round(sum(v for k, v in per.items()
+                                     if k in ("web", "workers", "postgres", "redis")), 2)
+    per["emulation_total"] = round(per.get("twilio", 0.0) + per.get("sandbox", 0.0), 2)
+    return per
+
+
 def reply_latency(engine, sent_at: dict[str, float], timeout: float) -> dict[str, object]:
     """Per message: scheduled send -> reply row written / reply handed to Twilio (ms)."""
     deadline = time.perf_counter() + timeout
@@ -115,7 +156,7 @@ def reply_latency(engine, sent_at: dict[str, float], timeout: float) -> dict[str
 def measure(quick: bool) -> dict[str, object]:
     levels = (8, 32) if quick else (8, 32, 64)
     max_requests = 400 if quick else 3000
-    max_seconds = 8.0 if quick else 25.0
+    max_seconds = 5.0 if quick else 25.0
     svc_port, bare_port, twilio_port = (common.free_port() for _ in range(3))
     env = common.bench_env(svc_port)
     # The Twilio emulator stands in for Twilio's own servers: it gets its own gunicorn at
@@ -184,14 +225,17 @@ def measure(quick: bool) -> dict[str, object]:
         fixed: list[dict[str, object]] = []
         for rate in RATES:
             sent_at: dict[str, float] = {}
+            cpu_before = cpu_seconds(procs)
             run = asyncio.run(open_loop(svc, "/webhooks/whatsapp", WA_SCRIPT, Signer(token, svc),
-                                        rate=rate, seconds=5 if quick else 20, users=400,
+                                        rate=rate, seconds=3 if quick else 20, users=400,
                                         label=f"service@{rate}/s", user_offset=user_base,
                                         sent_at=sent_at))
             user_base += 400
-            fixed.append({"rate": rate, "webhook": run.summary(),
-                          "replies": reply_latency(engine, sent_at, 180)})
+            replies = reply_latency(engine, sent_at, 180)
             wait_idle(env["REDIS_URL"])
+            fixed.append({"rate": rate, "webhook": run.summary(), "replies": replies,
+                          "cpu_ms_per_message": cpu_per_message(
+                              cpu_before, cpu_seconds(procs), max(len(sent_at), 1))})
         memory = common.rss_mb(procs["web"].pid)
     engine.dispose()
     result = {"levels": rows, "fixed_rates": fixed, "web_rss_mb": memory,
@@ -218,6 +262,13 @@ def measure(quick: bool) -> dict[str, object]:
           f["replies"]["turn_done"]["p50_ms"], f["replies"]["turn_done"]["p99_ms"],
           f["replies"]["sent"]["p50_ms"], f["replies"]["sent"]["p95_ms"],
           f["replies"]["sent"]["p99_ms"], f["replies"]["sent"]["count"]] for f in fixed]))
+    print("\nCPU per WhatsApp message at the fixed rates, ms (user + system, every message "
+          "handled and its reply's status callbacks applied); the Twilio emulator and its "
+          "status reporter stand in for Twilio")
+    parts = ("web", "workers", "postgres", "redis", "service_total", "twilio", "sandbox")
+    print(common.table(["msg/s", *parts],
+                       [[f["rate"], *(f["cpu_ms_per_message"].get(k, "-") for k in parts)]
+                        for f in fixed]))
     print("web RSS (MB): " + ", ".join(f"{k} {v:.0f}" for k, v in memory.items()))
     common.save("webhooks", result)
     return result
