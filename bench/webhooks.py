@@ -91,19 +91,19 @@ def wait_idle(redis_url: str, timeout: float = 120.0) -> float:
     return time.perf_counter() - t0
 
 
-def cpu_seconds(procs: dict[str, object]) -> dict[str, float]:
-    """CPU seconds (user + system) used so far by each part of the system under test: our
-    processes and their children by role, and PostgreSQL and Redis by process name."""
+def cpu_seconds(procs: dict[str, object]) -> dict[str, dict[int, float]]:
+    """CPU seconds (user + system) used so far by each process of the system under test,
+    by role: our processes and their children, PostgreSQL and Redis by process name."""
     import psutil
 
-    out: dict[str, float] = {}
+    out: dict[str, dict[int, float]] = {}
 
     def add(role: str, proc: psutil.Process) -> None:
         try:
             t = proc.cpu_times()
         except psutil.Error:
             return
-        out[role] = out.get(role, 0.0) + t.user + t.system
+        out.setdefault(role, {})[proc.pid] = t.user + t.system
 
     for name, popen in procs.items():
         role = "workers" if name.startswith("worker") else name
@@ -121,11 +121,17 @@ def cpu_seconds(procs: dict[str, object]) -> dict[str, float]:
     return out
 
 
-def cpu_per_message(before: dict[str, float], after: dict[str, float],
+def cpu_per_message(before: dict[str, dict[int, float]], after: dict[str, dict[int, float]],
                     messages: int) -> dict[str, float]:
-    """Milliseconds of CPU per message, by part, and the service's total (the Twilio
-    emulator and its status reporter stand in for Twilio and are counted apart)."""
-    per = {k: round((after.get(k, 0.0) - v) / messages * 1000, 2) for k, v in before.items()}
+    """Milliseconds of CPU per message, by role, and the service's total (the Twilio
+    emulator and its status reporter stand in for Twilio and are counted apart). A process
+    that ended in between is not counted (PostgreSQL backends of closed connections): the
+    figures can only be low, never negative."""
+    per: dict[str, float] = {}
+    for role, pids in after.items():
+        used = sum(max(0.0, secs - before.get(role, {}).get(pid, 0.0))
+                   for pid, secs in pids.items())
+        per[role] = round(used / messages * 1000, 2)
     per["service_total"] = round(sum(v for k, v in per.items()
                                      if k in ("web", "workers", "postgres", "redis")), 2)
     per["emulation_total"] = round(per.get("twilio", 0.0) + per.get("sandbox", 0.0), 2)
