@@ -209,3 +209,17 @@ def test_first_messages_racing_from_a_new_contact_all_get_answers(app):
     run_jobs(("inbound",))
     assert counts() == (4, 1, 1)
     assert all(replies_to(f"SMnew{i}") for i in range(4))
+
+
+def test_a_first_whatsapp_message_joins_the_person_known_by_phone_before_by_wa_id(client):
+    with transaction() as s:
+        by_wa = Person(role="customer", wa_id=PHONE.lstrip("+"))
+        by_phone = Person(role="customer", phone=PHONE)
+        s.add_all([by_wa, by_phone])
+        s.flush()
+        wanted = by_phone.id
+    send_whatsapp(client, wa("hi", "SMjoin"))
+    with transaction() as s:
+        conv = s.scalar(select(Conversation).where(Conversation.channel == "whatsapp"))
+        assert conv.person_id == wanted
+        assert s.scalar(select(func.count()).select_from(Person)) == 2  # nobody new

@@ -18,7 +18,7 @@ from datetime import timedelta
 from typing import Any
 
 from rq import Retry
-from sqlalchemy import select
+from sqlalchemy import case, or_, select
 from sqlalchemy.orm import Session
 
 from core import clock, i18n
@@ -71,10 +71,18 @@ def contact_for(session: Session, msg: InboundMessage) -> tuple[Person, Conversa
     conv: Conversation | None = row[0] if row else None
     person: Person | None = row[1] if row else None
     if person is None:
+        # A first message on this channel: maybe a known person (by phone, else by their
+        # WhatsApp id), in one round trip.
+        known = []
         if msg.phone:
-            person = session.scalar(select(Person).where(Person.phone == msg.phone))
-        if person is None and msg.channel == "whatsapp":
-            person = session.scalar(select(Person).where(Person.wa_id == msg.contact))
+            known.append(Person.phone == msg.phone)
+        if msg.channel == "whatsapp":
+            known.append(Person.wa_id == msg.contact)
+        if known:
+            stmt = select(Person).where(or_(*known)).limit(1)
+            if msg.phone:
+                stmt = stmt.order_by(case((Person.phone == msg.phone, 0), else_=1))
+            person = session.scalar(stmt)
         if person is None:
             person = Person(phone=msg.phone, role="customer", name=msg.profile_name,
                             wa_id=msg.contact if msg.channel == "whatsapp" else None)
