@@ -66,3 +66,20 @@ def test_limited_search_falls_back_when_the_nearest_are_all_stale(clean_db):
         geo_index.update_location(pid, 26.8927, 84.48813 + (pid - 59) * 1e-5, NOW)
     near = geo_index.nearby(*PICKUP, 3, max_age_s=900, now=NOW, limit=2)
     assert [h.partner_id for h in near][:2] == [60, 61]
+
+
+def test_thousands_in_the_radius_keep_only_the_fresh_nearest_first(clean_db):
+    from core.adapters.redis_conn import redis_client
+
+    pipe = redis_client().pipeline(transaction=False)
+    for pid in range(1, 2501):  # more than one chunk of freshness look-ups
+        lng = PICKUP[1] + pid * 0.00001  # a line eastwards, about 1 m apart
+        pipe.geoadd(geo_index.LIVE_KEY, (lng, PICKUP[0], str(pid)))
+        seen = NOW if pid % 2 else NOW - timedelta(hours=1)  # odd ids fresh, even stale
+        pipe.hset(geo_index.SEEN_KEY, str(pid), int(seen.timestamp()))
+    pipe.execute()
+    hits = geo_index.nearby(*PICKUP, 5, max_age_s=900, now=NOW)
+    assert [h.partner_id for h in hits] == list(range(1, 2501, 2))
+    assert all(h.source == "live" for h in hits)
+    limited = geo_index.nearby(*PICKUP, 5, max_age_s=900, now=NOW, limit=10)
+    assert [h.partner_id for h in limited][:10] == list(range(1, 21, 2))

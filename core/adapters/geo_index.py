@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
 
-from core.adapters.redis_conn import redis_client
+from core.adapters.redis_conn import redis_client, run_script
 
 LIVE_KEY = "dispatch:geo:live"
 SEEN_KEY = "dispatch:geo:seen"
@@ -86,51 +86,62 @@ def invalidate_homes() -> None:
     redis_client().delete(HOME_BUILT_KEY)
 
 
-def _parse(rows: list) -> list[tuple[int, int]]:
-    out = []
-    for member, dist_km in rows:
-        name = member.decode() if isinstance(member, bytes) else str(member)
-        out.append((int(name), int(round(float(dist_km) * 1000))))
-    return out
+# Both searches, the freshness of live positions and the app flag of home ones, in one
+# round trip; answers [live found, homes found, id, metres, source, id, metres, ...] with
+# only the usable entries (fresh live positions, homes of partners without the app).
+_NEARBY_LUA = """
+local function search(key)
+  if tonumber(ARGV[4]) > 0 then
+    return redis.call('GEOSEARCH', key, 'FROMLONLAT', ARGV[1], ARGV[2], 'BYRADIUS',
+                      ARGV[3], 'km', 'ASC', 'COUNT', ARGV[4], 'WITHDIST')
+  end
+  return redis.call('GEOSEARCH', key, 'FROMLONLAT', ARGV[1], ARGV[2], 'BYRADIUS',
+                    ARGV[3], 'km', 'ASC', 'WITHDIST')
+end
+local live, homes = search(KEYS[1]), search(KEYS[3])
+local out = {#live, #homes}
+local cutoff = tonumber(ARGV[5])
+for first = 1, #live, 1000 do  -- in chunks: unpack() has a limit
+  local ids = {}
+  for i = first, math.min(first + 999, #live) do ids[#ids + 1] = live[i][1] end
+  local seen = redis.call('HMGET', KEYS[2], unpack(ids))
+  for j = 1, #ids do
+    local ts = seen[j]
+    if ts and tonumber(ts) >= cutoff then
+      local row = live[first + j - 1]
+      out[#out + 1] = row[1]; out[#out + 1] = row[2]; out[#out + 1] = 'l'
+    end
+  end
+end
+for _, row in ipairs(homes) do
+  if redis.call('SISMEMBER', KEYS[4], row[1]) == 0 then
+    out[#out + 1] = row[1]; out[#out + 1] = row[2]; out[#out + 1] = 'h'
+  end
+end
+return out
+"""
 
 
 def nearby(lat: float, lng: float, radius_km: float, *, max_age_s: int,
            now: datetime, limit: int | None = None) -> list[Nearby]:
     """Partners within ``radius_km`` of a point, nearest first, one entry per partner.
 
-    Two round trips: both searches together, then freshness and app flags together. With
+    One round trip (a script: both searches, then freshness and app flags). With
     ``limit``, Redis returns only the nearest few (three times the limit, room for stale
     positions); if that was not enough after the freshness check, search again in full.
     """
-    r = redis_client()
-    fetch = limit * 3 if limit else None
-    pipe = r.pipeline(transaction=False)
-    for key in (LIVE_KEY, HOME_KEY):
-        pipe.geosearch(key, longitude=lng, latitude=lat, radius=radius_km, unit="km",
-                       withdist=True, sort="ASC", count=fetch)
-    live_rows, home_rows = pipe.execute()
-    live, homes = _parse(live_rows), _parse(home_rows)
+    fetch = limit * 3 if limit else 0
+    answer = run_script(redis_client(), _NEARBY_LUA,
+                        [LIVE_KEY, SEEN_KEY, HOME_KEY, APP_KEY],
+                        [lng, lat, radius_km, fetch, now.timestamp() - max_age_s])
+    live_n, home_n = int(answer[0]), int(answer[1])
     found: dict[int, Nearby] = {}
-    if not live and not homes:
-        return []
-    pipe = r.pipeline(transaction=False)
-    if live:
-        pipe.hmget(SEEN_KEY, [str(pid) for pid, _ in live])
-    if homes:
-        pipe.smismember(APP_KEY, [str(pid) for pid, _ in homes])
-    answers = iter(pipe.execute())
-    if live:
-        seen = next(answers)
-        cutoff = now.timestamp() - max_age_s
-        for (pid, dist), ts in zip(live, seen, strict=True):
-            if ts is not None and float(ts) >= cutoff:
-                found[pid] = Nearby(pid, dist, "live")
-    if homes:
-        app_flags = next(answers)
-        for (pid, dist), has_app in zip(homes, app_flags, strict=True):
-            if pid not in found and not has_app:
-                found[pid] = Nearby(pid, dist, "home")
-    truncated = fetch is not None and (len(live) == fetch or len(homes) == fetch)
+    for i in range(2, len(answer), 3):
+        pid = int(answer[i])
+        if pid not in found:  # a fresh live position comes first and wins over home
+            source = "live" if answer[i + 2] in (b"l", "l") else "home"
+            found[pid] = Nearby(pid, int(round(float(answer[i + 1]) * 1000)), source)
+    truncated = fetch > 0 and (live_n == fetch or home_n == fetch)
     if truncated and limit is not None and len(found) < limit:
         return nearby(lat, lng, radius_km, max_age_s=max_age_s, now=now)
     return sorted(found.values(), key=lambda n: (n.distance_m, n.partner_id))

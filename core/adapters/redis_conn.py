@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from typing import Any
 
 import redis
 
@@ -29,6 +30,17 @@ def reset_clients() -> None:
         for client in _clients.values():
             client.close()
         _clients.clear()
+
+
+_scripts: dict[str, Any] = {}
+
+
+def run_script(r: redis.Redis, source: str, keys: list[str], args: list[Any]) -> Any:
+    """Run a Lua script on ``r`` by its SHA (computed once per process, not per call)."""
+    script = _scripts.get(source)
+    if script is None:
+        script = _scripts[source] = r.register_script(source)
+    return script(keys=keys, args=args, client=r)
 
 
 def hit_rate_limit(key: str, limit: int, window_s: int) -> tuple[bool, int]:

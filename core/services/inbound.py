@@ -36,7 +36,7 @@ from sqlalchemy.orm import Session
 from core import i18n
 from core.adapters.db import transaction
 from core.adapters.models import Conversation, InboundEvent, Person
-from core.adapters.redis_conn import hit_rate_limit, redis_client
+from core.adapters.redis_conn import hit_rate_limit, redis_client, run_script
 from core.config import get_settings
 
 log = logging.getLogger(__name__)
@@ -293,15 +293,10 @@ def encode(msg: InboundMessage) -> str:
     return json.dumps(vars(msg), ensure_ascii=False, separators=(",", ":"))
 
 
-_scripts: dict[str, Any] = {}
 
 
 def _run(r: Any, source: str, keys: list[str], args: list[Any]) -> Any:
-    """Run a Lua script on ``r`` by its SHA (computed once per process, not per call)."""
-    script = _scripts.get(source)
-    if script is None:
-        script = _scripts[source] = r.register_script(source)
-    return script(keys=keys, args=args, client=r)
+    return run_script(r, source, keys, args)
 
 
 def decode(raw: str | bytes) -> InboundMessage:
