@@ -171,7 +171,6 @@ def voice_turn(session: Session, call: CallRequest) -> VoiceTurn:
                          to_addr=call.to_addr, body="", contact=call.phone, phone=call.phone)
     person, conv = contact_for(session, msg)
     previous = conv.last_inbound_at
-    conv.last_inbound_at = clock.now()
     state = _load(conv)
     ports = VoicePorts(session, person, conv)
     current = state.data.get("call") or {}
@@ -185,6 +184,8 @@ def voice_turn(session: Session, call: CallRequest) -> VoiceTurn:
         if action != "gather":
             _close_call(state)
         _save(conv, state)
+        # Set last: a query in the dialog would otherwise flush it in an UPDATE of its own.
+        conv.last_inbound_at = clock.now()
     except Exception as exc:
         # Nothing of this turn is kept (its transaction rolls back); the draft stays.
         log.exception("voice turn failed", extra={"step": step})
