@@ -293,8 +293,6 @@ def encode(msg: InboundMessage) -> str:
     return json.dumps(vars(msg), ensure_ascii=False, separators=(",", ":"))
 
 
-
-
 def _run(r: Any, source: str, keys: list[str], args: list[Any]) -> Any:
     return run_script(r, source, keys, args)
 
