@@ -24,10 +24,18 @@ def _terminate(pid: int) -> None:
     admin = create_engine(url, isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:
         assert conn.execute(text("SELECT pg_terminate_backend(:p)"), {"p": pid}).scalar_one()
-        # pg_terminate_backend only signals; wait until the backend is really gone.
+        # pg_terminate_backend only signals; wait until the backend is really gone. A
+        # transaction sees pg_stat_activity as of its first read, so the loop must drop
+        # that snapshot each time round, or a backend still there at the first look is
+        # seen forever (this hung CI once). Bounded: a backend that never goes fails.
         conn.execute(text(
-            "DO $$ BEGIN WHILE EXISTS (SELECT 1 FROM pg_stat_activity WHERE pid = "
-            f"{int(pid)}) LOOP PERFORM pg_sleep(0.01); END LOOP; END $$"))
+            "DO $$ DECLARE deadline timestamptz := clock_timestamp() + interval '10 s'; "
+            "BEGIN WHILE EXISTS (SELECT 1 FROM pg_stat_activity WHERE pid = "
+            f"{int(pid)}) AND clock_timestamp() < deadline LOOP "
+            "PERFORM pg_sleep(0.01); PERFORM pg_stat_clear_snapshot(); END LOOP; END $$"))
+        gone = conn.execute(text("SELECT NOT EXISTS (SELECT 1 FROM pg_stat_activity "
+                                 f"WHERE pid = {int(pid)})")).scalar_one()
+        assert gone, f"backend {pid} still there 10 s after it was terminated"
     admin.dispose()
 
 
