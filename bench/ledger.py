@@ -6,6 +6,11 @@ Each writer is its own process (its own connection), posting through the product
 path, core.services.ledger.post(): one call to ledger_post() that locks the booking row,
 checks the key and the guarded balances and inserts the entry with its postings; then the
 commit, where the database checks again that the entry balances and escrow stays >= 0.
+
+Each such transaction pays for its client round trips (BEGIN, the call, COMMIT) as much
+as for the ledger's checks, so the database's own cost per entry is measured apart too:
+the same entries through ledger_post() in one statement, against the same rows through a
+function that only inserts them.
 """
 
 from __future__ import annotations
@@ -36,12 +41,56 @@ INSERT INTO legs (id, booking_id, sequence, status, from_lat, from_lng, to_lat, 
     distance_m, partner_id, otp_failures, payout_paise, version)
   SELECT g, g, 1, 'delivered', 26.8, 84.5, 26.9, 84.6, 5000, 1 + (g % 100), 0, 9000, 1
   FROM generate_series(1, :n) g;
-CREATE UNLOGGED TABLE IF NOT EXISTS bench_plain_tx (id bigserial, idempotency_key text,
+CREATE TABLE IF NOT EXISTS bench_plain_tx (id bigserial, idempotency_key text,
     kind text, booking_id bigint, actor text, memo text, created_at timestamptz);
-CREATE UNLOGGED TABLE IF NOT EXISTS bench_plain_postings (transaction_id bigint, account text,
+CREATE TABLE IF NOT EXISTS bench_plain_postings (transaction_id bigint, account text,
     account_kind text, booking_id bigint, partner_id bigint, leg_id bigint,
     amount_paise bigint, created_at timestamptz);
 """
+# The baseline tables are logged like the ledger's (an unlogged table skips the WAL and
+# its flush at commit, which would compare durability, not the ledger's checks).
+
+# The plain rows written by a server-side function called like ledger_post(): the same
+# call, the same rows, none of the checks (no lock, key, balance, foreign keys, indexes).
+PLAIN_FUNCTION = """
+CREATE OR REPLACE FUNCTION bench_plain_post(p_booking_id bigint, p_key text, p_kind text,
+    p_actor text, p_memo text, p_at timestamptz, p_postings jsonb) RETURNS text
+LANGUAGE plpgsql AS $$
+DECLARE
+    tx_id bigint;
+BEGIN
+    INSERT INTO bench_plain_tx (idempotency_key, kind, booking_id, actor, memo, created_at)
+    VALUES (p_key, p_kind, p_booking_id, p_actor, p_memo, p_at) RETURNING id INTO tx_id;
+    INSERT INTO bench_plain_postings
+    SELECT tx_id, p.account, p.account_kind, p.booking_id, p.partner_id, p.leg_id,
+           p.amount_paise, p_at
+    FROM jsonb_to_recordset(p_postings) AS p(account text, account_kind text,
+         booking_id bigint, partner_id bigint, leg_id bigint, amount_paise bigint);
+    RETURN 'posted';
+END $$
+"""
+# Many entries in one statement: each is still one ledger_post() call with all its checks,
+# and the deferred ones run at the commit; only the client round trips are gone.
+IN_DATABASE = {
+    False: text(
+        "SELECT count(*) FILTER (WHERE ledger_post((e->>'booking_id')::bigint, e->>'key', "
+        "e->>'kind', e->>'gateway_ref', e->>'actor', e->>'cause', e->>'memo', "
+        "(e->>'now')::timestamptz, e->'postings', e->'guarded') = 'posted') "
+        "FROM jsonb_array_elements(CAST(:batch AS jsonb)) AS t(e)"),
+    True: text(
+        "SELECT count(*) FILTER (WHERE bench_plain_post((e->>'booking_id')::bigint, e->>'key', "
+        "e->>'kind', e->>'actor', e->>'memo', (e->>'now')::timestamptz, e->'postings') "
+        "= 'posted') FROM jsonb_array_elements(CAST(:batch AS jsonb)) AS t(e)"),
+}
+
+
+def _entries(b: int):
+    """A booking's money story, as each writer posts it: capture, release, refund."""
+    from core.domain import ledger as rules
+
+    return [rules.capture(b, f"pay_{b}", 10_000),
+            rules.release(b, b, 1 + b % 100, 8_000, 1_000),
+            rules.refund_requested(b, b, 1_000)]
 
 
 def _writer(args: tuple[str, list[int], bool]) -> int:
@@ -50,17 +99,13 @@ def _writer(args: tuple[str, list[int], bool]) -> int:
     os.environ["DATABASE_URL"] = database_url
     from core.adapters import db
     from core.config import reset_settings
-    from core.domain import ledger as rules
     from core.services import ledger
 
     reset_settings()
     db.dispose_all()
     done = 0
     for b in bookings:
-        entries = [rules.capture(b, f"pay_{b}", 10_000),
-                   rules.release(b, b, 1 + b % 100, 8_000, 1_000),
-                   rules.refund_requested(b, b, 1_000)]
-        for entry in entries:
+        for entry in _entries(b):
             with db.transaction() as session:
                 if plain:
                     _plain_insert(session, entry)
@@ -91,6 +136,22 @@ def _run(database_url: str, bookings: list[int], writers: int, plain: bool) -> t
         t0 = time.perf_counter()
         counts = pool.map(_writer, [(database_url, s, plain) for s in slices])
         return sum(counts), time.perf_counter() - t0
+
+
+def _in_database(bookings: list[int], plain: bool) -> tuple[int, float]:
+    """Post every entry of ``bookings`` in one statement and one transaction (commit and
+    its deferred checks included): the database's own cost per entry, no client."""
+    import json
+
+    from core.adapters import db
+    from core.services import ledger
+
+    batch = json.dumps([ledger.post_arguments(e, actor="bench") for b in bookings
+                        for e in _entries(b)], default=str)
+    t0 = time.perf_counter()
+    with db.engine().begin() as conn:
+        posted = conn.execute(IN_DATABASE[plain], {"batch": batch}).scalar_one()
+    return posted, time.perf_counter() - t0
 
 
 def _balances(engine, postings: int) -> dict[str, float]:
@@ -144,7 +205,8 @@ def measure(quick: bool) -> dict[str, object]:
 
     reset_settings()
     db.dispose_all()
-    total_bookings = per_level * len(levels) * 2
+    in_db = 300 if quick else 1000  # bookings per half of the in-database comparison
+    total_bookings = per_level * len(levels) * 2 + 4 * in_db
     from core.adapters.models import Base
 
     tables = ", ".join(f'"{t.name}"' for t in Base.metadata.sorted_tables)
@@ -153,6 +215,7 @@ def measure(quick: bool) -> dict[str, object]:
         for stmt in SETUP_SQL.split(";\n"):
             if stmt.strip():
                 conn.execute(text(stmt), {"n": total_bookings})
+        conn.execute(text(PLAIN_FUNCTION))
     db.dispose_all()
     rows, start = [], 1
     for writers in levels:
@@ -165,6 +228,21 @@ def measure(quick: bool) -> dict[str, object]:
                      "ledger_tx_per_s": round(n_ledger / t_ledger, 1),
                      "plain_tx_per_s": round(n_plain / t_plain, 1),
                      "ratio": round((n_ledger / t_ledger) / (n_plain / t_plain), 3)})
+    # In the database: two rounds, alternating, so a drift of the machine hits both.
+    server = {False: [0, 0.0], True: [0, 0.0]}
+    for _ in range(2):
+        for plain in (False, True):
+            n, secs = _in_database(list(range(start, start + in_db)), plain)
+            start += in_db
+            server[plain][0] += n
+            server[plain][1] += secs
+    (n_l, t_l), (n_p, t_p) = server[False], server[True]
+    assert n_l == n_p == 3 * 2 * in_db, "an in-database entry was not posted"
+    in_database = {"entries": n_l, "ledger_us_per_entry": round(t_l / n_l * 1e6, 1),
+                   "plain_us_per_entry": round(t_p / n_p * 1e6, 1),
+                   "ledger_entries_per_s": round(n_l / t_l, 1),
+                   "plain_entries_per_s": round(n_p / t_p, 1),
+                   "ratio": round((n_l / t_l) / (n_p / t_p), 3)}
     with db.engine().connect() as conn:
         assert conn.execute(text("SELECT coalesce(sum(amount_paise), 0) FROM ledger_postings"))\
             .scalar_one() == 0
@@ -175,10 +253,18 @@ def measure(quick: bool) -> dict[str, object]:
     print(common.table(["writers", "ledger tx/s", "plain tx/s", "ratio"],
                        [[r["writers"], r["ledger_tx_per_s"], r["plain_tx_per_s"], r["ratio"]]
                         for r in rows]))
+    print("\nThe database's own cost per entry (one writer, every entry in one statement and "
+          "one transaction: all checks, no client round trips)")
+    print(common.table(["entries", "ledger us/entry", "plain us/entry", "ledger entries/s",
+                        "plain entries/s", "ratio"],
+                       [[in_database["entries"], in_database["ledger_us_per_entry"],
+                         in_database["plain_us_per_entry"], in_database["ledger_entries_per_s"],
+                         in_database["plain_entries_per_s"], in_database["ratio"]]]))
     print("\nAll balances (GROUP BY account) vs one plain SUM over the same postings")
     print(common.table(["postings", "accounts", "balances s", "plain sum s", "ratio"],
                        [[b["postings"], b["accounts"], b["all_balances_s"], b["plain_sum_s"],
                          b["ratio"]] for b in balance_rows]))
-    result = {"writers": rows, "balances": balance_rows, "quick": quick}
+    result = {"writers": rows, "in_database": in_database, "balances": balance_rows,
+              "quick": quick}
     common.save("ledger", result)
     return result

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session
@@ -46,24 +47,33 @@ def post(session: Session, entry: rules.Entry, *, actor: str, cause: str | None 
     row lock, then checks the key and the guarded balances, then inserts the entry and its
     postings; the commit-time triggers check it all again.
     """
-    guarded = {p.account.key: entry.delta(p.account) for p in entry.postings
-               if p.account.kind in rules.NON_NEGATIVE}
-    postings = json.dumps([
-        {"account": p.account.key, "account_kind": p.account.kind.value,
-         "booking_id": p.account.booking_id or entry.booking_id,
-         "partner_id": p.account.partner_id, "leg_id": p.leg_id,
-         "amount_paise": p.amount_paise} for p in entry.postings])
-    outcome = session.scalar(_POST_ENTRY, {
-        "key": entry.idempotency_key, "kind": entry.kind.value, "booking_id": entry.booking_id,
-        "gateway_ref": entry.gateway_ref, "actor": actor[:60],
-        "cause": (cause or None) and cause[:120], "memo": entry.memo[:200],
-        "now": clock.now(), "postings": postings, "guarded": json.dumps(guarded)})
+    params = post_arguments(entry, actor=actor, cause=cause)
+    outcome = session.scalar(_POST_ENTRY, dict(params, postings=json.dumps(params["postings"]),
+                                               guarded=json.dumps(params["guarded"])))
     if outcome == "posted":
         return True
     if outcome == "exists":  # recorded before (a retry), or by a concurrent twin just now
         return False
     _, account, after = str(outcome).split("|")
     raise rules.InsufficientEscrow(f"{account} would go to {after} paise", field="amount_paise")
+
+
+def post_arguments(entry: rules.Entry, *, actor: str, cause: str | None = None
+                   ) -> dict[str, Any]:
+    """The arguments of ledger_post() for ``entry`` (postings and guarded balances as
+    plain lists and dicts, for the caller to encode)."""
+    return {
+        "key": entry.idempotency_key, "kind": entry.kind.value, "booking_id": entry.booking_id,
+        "gateway_ref": entry.gateway_ref, "actor": actor[:60],
+        "cause": (cause or None) and cause[:120], "memo": entry.memo[:200],
+        "now": clock.now(),
+        "postings": [{"account": p.account.key, "account_kind": p.account.kind.value,
+                      "booking_id": p.account.booking_id or entry.booking_id,
+                      "partner_id": p.account.partner_id, "leg_id": p.leg_id,
+                      "amount_paise": p.amount_paise} for p in entry.postings],
+        "guarded": {p.account.key: entry.delta(p.account) for p in entry.postings
+                    if p.account.kind in rules.NON_NEGATIVE},
+    }
 
 
 def recorded(session: Session, idempotency_key: str) -> bool:
@@ -141,4 +151,4 @@ def partner_balance(session: Session, partner_id: int, at: datetime | None = Non
 
 
 __all__ = ["account_balances", "balance", "booking_summary", "leg_payable", "lock_booking",
-           "partner_balance", "post", "recorded", "total"]
+           "partner_balance", "post", "post_arguments", "recorded", "total"]
