@@ -107,11 +107,11 @@ def held(procs: dict[str, object], names: tuple[str, ...]):
             os.killpg(pid, signal.SIGCONT)
 
 
-def warm_up(target: str, token: str, user_offset: int) -> int:
+def warm_up(target: str, token: str, user_offset: int, requests: int) -> int:
     """A few conversations first: a new process's first requests pay for lazy imports,
     first connections and script loads, which no later request pays."""
     run = asyncio.run(closed_loop(target, "/webhooks/whatsapp", WA_SCRIPT,
-                                  Signer(token, target), concurrency=8, max_requests=300,
+                                  Signer(token, target), concurrency=8, max_requests=requests,
                                   max_seconds=10.0, label="warm-up", user_offset=user_offset))
     return run.statuses.get(200, 0)
 
@@ -224,8 +224,9 @@ def measure(quick: bool) -> dict[str, object]:
         common.wait_ready(f"{svc}/readyz")
         common.wait_ready(f"http://127.0.0.1:{twilio_port}/readyz")
         common.wait_ready(f"{bare}/healthz")
-        warm_up(bare, token, 0)
-        handled_before, _ = wait_handled(engine, warm_up(svc, token, 90_000_000), 120)
+        warm = 100 if quick else 300
+        warm_up(bare, token, 0, warm)
+        handled_before, _ = wait_handled(engine, warm_up(svc, token, 90_000_000, warm), 120)
         wait_idle(env["REDIS_URL"])
         user_base = 0
         plan = [("whatsapp", c, False) for c in levels]
