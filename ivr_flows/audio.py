@@ -13,12 +13,15 @@ import logging
 import os
 import re
 import tempfile
+import threading
+import weakref
 from pathlib import Path
+from typing import Any
 
 from flask import Blueprint, abort, send_file
 from rq import Retry
 
-from core import i18n
+from core import clock, i18n
 from core.adapters.queue import enqueue
 from core.config import get_settings
 
@@ -67,22 +70,53 @@ def audio_url(lang: str, text: str, *, queue_missing: bool = True,
 
 
 PENDING_TTL_S = 900  # while gTTS is unreachable, each prompt is tried at most this often
+MARKS_MAX = 20_000  # pending marks remembered per process (dynamic texts are many)
+
+# What this process knows to be marked pending in Redis, per Redis client (so a new client,
+# a new server, starts afresh): key -> when the mark expires (clock seconds). While gTTS is
+# unreachable every turn of every call misses the same prompts; without this each turn
+# asked Redis again about all of them, a round trip and a tenth of an IVR turn's CPU.
+_marks: weakref.WeakKeyDictionary[Any, dict[str, float]] = weakref.WeakKeyDictionary()
+_marks_lock = threading.Lock()
 
 
 def queue_renders(pairs: list[tuple[str, str]]) -> None:
     """Queue the rendering of prompts not yet cached: one Redis round trip marks them
     pending, and only prompts not already pending get a job (a turn must not pay for a
-    job look-up per prompt, nor a gTTS outage for a job per prompt per call)."""
+    job look-up per prompt, nor a gTTS outage for a job per prompt per call). Prompts this
+    process saw marked, until their mark expires, cost nothing at all."""
     if not pairs:
         return
     try:
         from core.adapters.redis_conn import redis_client
 
-        pipe = redis_client().pipeline(transaction=False)
-        names = [audio_name(lang, text) for lang, text in pairs]
-        for (lang, _), name in zip(pairs, names, strict=True):
-            pipe.set(f"tts:pending:{lang}:{name}", "1", nx=True, ex=PENDING_TTL_S)
-        for (lang, text), name, new in zip(pairs, names, pipe.execute(), strict=True):
+        r = redis_client()
+        with _marks_lock:
+            marks = _marks.setdefault(r, {})
+        now = clock.now().timestamp()
+        todo = []
+        for lang, text in pairs:
+            name = audio_name(lang, text)
+            key = f"tts:pending:{lang}:{name}"
+            if marks.get(key, 0.0) <= now:
+                todo.append((lang, text, name, key))
+        if not todo:
+            return
+        pipe = r.pipeline(transaction=False)
+        for *_, key in todo:
+            pipe.set(key, "1", nx=True, ex=PENDING_TTL_S)
+            pipe.pttl(key)  # how long the mark (ours or another process's) has left
+        replies = pipe.execute()
+        with _marks_lock:
+            if len(marks) + len(todo) > MARKS_MAX:
+                for key in [k for k, until in marks.items() if until <= now]:
+                    del marks[key]
+                if len(marks) + len(todo) > MARKS_MAX:
+                    marks.clear()
+            for (*_, key), left_ms in zip(todo, replies[1::2], strict=True):
+                if left_ms > 0:
+                    marks[key] = now + left_ms / 1000
+        for (lang, text, name, _), new in zip(todo, replies[0::2], strict=True):
             if new:
                 enqueue(RENDER_JOB, lang, text, job_id=f"tts-{lang}-{name}",
                         retry=Retry(max=2, interval=[300, 3600]), known_new=True)

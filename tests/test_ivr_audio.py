@@ -66,6 +66,29 @@ def test_missing_audio_falls_back_and_queues_one_render(clean_db, google):
     assert audio.audio_path("hi", "नमस्ते").read_bytes() == FAKE_MP3 + "नमस्ते".encode()
 
 
+def test_a_prompt_seen_pending_costs_no_redis_round_trip_until_its_mark_expires(clean_db,
+                                                                              google):
+    from datetime import UTC, datetime
+
+    from core import clock
+    from core.adapters.redis_conn import redis_client
+
+    start = datetime(2026, 12, 2, 10, 0, tzinfo=UTC)
+    clock.freeze(start)
+    key = f"tts:pending:hi:{audio.audio_name('hi', 'फिर से')}"
+    r = redis_client()
+    assert audio.audio_url("hi", "फिर से") is None
+    assert 0 < r.ttl(key) <= audio.PENDING_TTL_S
+    r.delete(key)  # gone from Redis; this process still knows it was marked
+    assert audio.audio_url("hi", "फिर से") is None
+    assert not r.exists(key), "Redis was asked about a prompt known to be pending"
+    clock.freeze(start + timedelta(seconds=audio.PENDING_TTL_S + 1))
+    assert audio.audio_url("hi", "फिर से") is None
+    assert r.exists(key), "an expired mark was not asked for again"
+    run_jobs()
+    assert google.asked == [("hi", "फिर से")]  # rendered once, all the same
+
+
 def test_cached_audio_is_served_at_its_url(client, google):
     assert audio.render("ta", "வணக்கம்")
     url = audio.audio_url("ta", "வணக்கம்", queue_missing=False)
