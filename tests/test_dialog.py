@@ -6,7 +6,7 @@ from typing import Any
 
 from core.dialog import words
 from core.dialog.booking import BOOKING_DIALOG
-from core.dialog.engine import Choices, DialogState, Say, UserInput, turn
+from core.dialog.engine import Choices, DialogState, Say, UserInput, copy_data, turn
 from core.dialog.ports import PlaceResult
 
 PLACE = {"lat": 26.8, "lng": 84.5, "pincode": "845438", "post_office": "Bettiah HO",
@@ -127,3 +127,18 @@ def test_fare_lines_are_shown_in_whole_rupees_that_add_up():
     assert shown == [("base", 2000), ("distance", 27300), ("tier", -4400)]
     assert all(a % 100 == 0 for _, a in shown)
     assert sum(a for _, a in shown) == fare["total_paise"]
+
+
+def test_dialog_data_is_copied_deep_as_json():
+    import json
+
+    data = {"slots": {"pickup": dict(PLACE), "offices": [dict(PLACE), dict(PLACE)]},
+            "pair": (1, 2), "n": 3, "none": None}
+    copied = copy_data(data)
+    assert copied == json.loads(json.dumps(data))  # tuples become lists, as in JSONB
+    copied["slots"]["pickup"]["name"] = "changed"
+    copied["slots"]["offices"][1]["pincode"] = "000000"
+    copied["slots"]["offices"].append({})
+    assert data["slots"]["pickup"]["name"] == "Bettiah"
+    assert data["slots"]["offices"][1]["pincode"] == "845438"
+    assert len(data["slots"]["offices"]) == 2

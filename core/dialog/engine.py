@@ -26,6 +26,17 @@ from core.dialog import words
 MAX_MISSES = 3
 
 
+def copy_data(value: Any) -> Any:
+    """A deep copy of dialog data, which is JSON (it is stored as JSONB): dicts and lists
+    are copied, tuples become lists as JSONB would make them, anything else is shared.
+    A turn copies its data twice; copy.deepcopy cost several times this."""
+    if isinstance(value, dict):
+        return {k: copy_data(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [copy_data(v) for v in value]
+    return value
+
+
 @dataclass(frozen=True)
 class Say:
     """One catalog message (``key`` in templates_i18n) with its parameters."""

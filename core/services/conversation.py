@@ -10,7 +10,6 @@ here: the payment link is made by an RQ job and arrives as a follow-up message.
 
 from __future__ import annotations
 
-import copy
 import logging
 import os
 from dataclasses import dataclass, field
@@ -242,13 +241,15 @@ def _media_kind(msg: InboundMessage) -> str | None:
     return "voice" if "audio" in kinds else "photo"
 
 
-def _load_state(conv: Conversation) -> DialogState:
-    return DialogState(conv.step or "start", copy.deepcopy(conv.state or {}), conv.misses or 0)
+def load_state(conv: Conversation) -> DialogState:
+    """The conversation's place in the dialog, with data the turn may change freely."""
+    return DialogState(conv.step or "start", engine.copy_data(conv.state or {}),
+                       conv.misses or 0)
 
 
-def _save_state(conv: Conversation, state: DialogState) -> None:
+def save_state(conv: Conversation, state: DialogState) -> None:
     conv.step = state.step
-    conv.state = copy.deepcopy(state.data)  # a new object, so the JSONB change is saved
+    conv.state = engine.copy_data(state.data)  # a new object, so the JSONB change is saved
     conv.misses = state.misses
 
 
@@ -256,7 +257,7 @@ def dialog_turn(session: Session, person: Person, conv: Conversation, inp: UserI
                 idle: timedelta | None) -> list[Out]:
     """One turn of the booking dialog for any channel; state saved on ``conv``."""
     dialog = BOOKING_DIALOG
-    state = _load_state(conv)
+    state = load_state(conv)
     ports = SessionPorts(session, person, conv)
     lang = person.preferred_language or state.data.get("lang_guess") or i18n.DEFAULT_LANGUAGE
     ctx = Ctx(state, ports, lang)
@@ -278,7 +279,7 @@ def dialog_turn(session: Session, person: Person, conv: Conversation, inp: UserI
             outs = engine.enter(dialog, ctx, MENU)
     else:
         outs = engine.turn(dialog, state, inp, ports, lang)
-    _save_state(conv, state)
+    save_state(conv, state)
     return outs
 
 

@@ -16,7 +16,6 @@ repeats, a call has at most ``MAX_TURNS`` turns. Nothing here calls the network.
 
 from __future__ import annotations
 
-import copy
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -43,7 +42,7 @@ from core.dialog.voice import (
     has_draft,
 )
 from core.services import inbound, notify
-from core.services.conversation import SessionPorts, contact_for
+from core.services.conversation import SessionPorts, contact_for, load_state, save_state
 from core.services.inbound import InboundMessage
 
 log = logging.getLogger(__name__)
@@ -142,16 +141,6 @@ class VoicePorts(SessionPorts):
 
 # --- one turn --------------------------------------------------------------------------
 
-def _load(conv: Conversation) -> DialogState:
-    return DialogState(conv.step or "start", copy.deepcopy(conv.state or {}), conv.misses or 0)
-
-
-def _save(conv: Conversation, state: DialogState) -> None:
-    conv.step = state.step
-    conv.state = copy.deepcopy(state.data)  # a new object, so the JSONB change is saved
-    conv.misses = state.misses
-
-
 def _close_call(state: DialogState) -> None:
     """The call is over: forget it, keep a half-finished booking as a draft."""
     state.data.pop("call", None)
@@ -171,7 +160,7 @@ def voice_turn(session: Session, call: CallRequest) -> VoiceTurn:
                          to_addr=call.to_addr, body="", contact=call.phone, phone=call.phone)
     person, conv = contact_for(session, msg)
     previous = conv.last_inbound_at
-    state = _load(conv)
+    state = load_state(conv)
     ports = VoicePorts(session, person, conv)
     current = state.data.get("call") or {}
     before, step = _language(person), conv.step  # a failed turn may leave them unreadable
@@ -183,7 +172,7 @@ def voice_turn(session: Session, call: CallRequest) -> VoiceTurn:
         action = state.data.pop("call_action", None) or "gather"
         if action != "gather":
             _close_call(state)
-        _save(conv, state)
+        save_state(conv, state)
         # Set last: a query in the dialog would otherwise flush it in an UPDATE of its own.
         conv.last_inbound_at = clock.now()
     except Exception as exc:
@@ -259,9 +248,9 @@ def end_call(session: Session, phone: str, sid: str, status: str) -> bool:
         Conversation.channel == CHANNEL, Conversation.contact == phone).with_for_update())
     if conv is None:
         return False
-    state = _load(conv)
+    state = load_state(conv)
     if (state.data.get("call") or {}).get("sid") != sid:
         return False
     _close_call(state)
-    _save(conv, state)
+    save_state(conv, state)
     return True
