@@ -11,6 +11,13 @@ every WhatsApp run this also waits until every accepted message was handled and 
 the turns per second from the first request to the last turn committed, and at the fixed
 rates how long each message took until its reply was written (turn done) and until the
 reply was handed to the Twilio emulator (sent).
+
+One WhatsApp level runs again with the RQ workers held (SIGSTOP): the webhook measured
+alone, as if the jobs ran elsewhere; the turns it accepted are drained once the workers go
+on. Where a run leaves nothing behind for the next to pay for (the held level, the IVR),
+the service and the bare endpoint are measured in alternating slices, so that a drift of
+this shared machine hits both alike. Every run opens its connections before its clock
+starts.
 """
 
 from __future__ import annotations
@@ -20,12 +27,13 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Callable
 from contextlib import contextmanager
 
 from sqlalchemy import create_engine, text
 
 from bench import common
-from bench.loadgen import Signer, closed_loop, ivr_closed_loop, open_loop
+from bench.loadgen import Run, Signer, closed_loop, ivr_closed_loop, merged, open_loop
 
 WA_FROM = "whatsapp:+14155238886"
 # A customer's booking conversation, one message per turn (the bot's own flow).
@@ -105,6 +113,20 @@ def held(procs: dict[str, object], names: tuple[str, ...]):
     finally:
         for pid in groups:
             os.killpg(pid, signal.SIGCONT)
+
+
+SLICES = 3  # alternating slices per side where the two are measured in turns
+
+
+def side_by_side(service: Callable[[int], Run], bare: Callable[[int], Run],
+                 slices: int) -> tuple[Run, Run]:
+    """Run the service's and the bare endpoint's measurement in ``slices`` alternating
+    parts, each part taking its share of the bounds; return each side as one run."""
+    runs: tuple[list[Run], list[Run]] = ([], [])
+    for i in range(slices):
+        runs[0].append(service(i))
+        runs[1].append(bare(i))
+    return merged(runs[0]), merged(runs[1])
 
 
 def warm_up(target: str, token: str, user_offset: int, requests: int) -> int:
@@ -233,14 +255,27 @@ def measure(quick: bool) -> dict[str, object]:
         plan.append(("whatsapp", levels[-1] if quick else 32, True))
         plan += [("voice", c, False) for c in levels]
         for channel, c, workers_held in plan:
-            bounds = {"concurrency": c, "max_requests": max_requests,
-                      "max_seconds": max_seconds}
+            # Where nothing is left behind for the other to pay for, the two endpoints are
+            # measured in alternating slices, so a drift of the machine hits both alike.
+            slices = 1 if channel == "whatsapp" and not workers_held else SLICES
+            part = {"concurrency": c, "max_requests": max_requests // slices,
+                    "max_seconds": max_seconds / slices}
             turns: dict[str, object] = {}
             if channel == "whatsapp":
+                def service(i: int, c: int = c, part: dict = part, base: int = user_base):
+                    return asyncio.run(closed_loop(svc, "/webhooks/whatsapp", WA_SCRIPT,
+                                                   Signer(token, svc), label="service",
+                                                   user_offset=base + i * c, **part))
+
+                def baseline(i: int, part: dict = part):
+                    return asyncio.run(closed_loop(bare, "/webhooks/whatsapp", WA_SCRIPT,
+                                                   Signer(token, bare), label="bare", **part))
+
                 with held(procs, ("worker", "sandbox") if workers_held else ()):
-                    s = asyncio.run(closed_loop(svc, "/webhooks/whatsapp", WA_SCRIPT,
-                                                Signer(token, svc), label="service",
-                                                user_offset=user_base, **bounds))
+                    if workers_held:
+                        s, b = side_by_side(service, baseline, slices)
+                    else:
+                        s = service(0)
                 # Every accepted message handled before anything else runs.
                 accepted = s.statuses.get(200, 0)
                 handled, waited = wait_handled(engine, handled_before + accepted, 300)
@@ -249,16 +284,22 @@ def measure(quick: bool) -> dict[str, object]:
                 turns = {"accepted": accepted, "handled": done,
                          "drain_after_s": round(waited, 2),
                          "per_second": round(done / (s.seconds + waited), 1)}
-                b = asyncio.run(closed_loop(bare, "/webhooks/whatsapp", WA_SCRIPT,
-                                            Signer(token, bare), label="bare", **bounds))
+                if not workers_held:
+                    b = baseline(0)
             else:
-                s = asyncio.run(ivr_closed_loop(svc, IVR_DIGITS, Signer(token, svc),
-                                                label="service", user_offset=user_base,
-                                                **bounds))
-                wait_idle(env["REDIS_URL"])
-                b = asyncio.run(closed_loop(bare, "/webhooks/voice", [ivr_turn],
-                                            Signer(token, bare), label="bare", **bounds))
-            user_base += c
+                def service(i: int, c: int = c, part: dict = part, base: int = user_base):
+                    run = asyncio.run(ivr_closed_loop(svc, IVR_DIGITS, Signer(token, svc),
+                                                      label="service",
+                                                      user_offset=base + i * c, **part))
+                    wait_idle(env["REDIS_URL"])  # its SMS and jobs, before the bare slice
+                    return run
+
+                def baseline(i: int, part: dict = part):
+                    return asyncio.run(closed_loop(bare, "/webhooks/voice", [ivr_turn],
+                                                   Signer(token, bare), label="bare", **part))
+
+                s, b = side_by_side(service, baseline, slices)
+            user_base += c * slices
             ss, bs = s.summary(), b.summary()
             row = {"channel": channel, "concurrency": c, "workers_held": workers_held,
                    "service": ss, "bare": bs,
@@ -290,7 +331,8 @@ def measure(quick: bool) -> dict[str, object]:
     print("\nWebhooks: service vs bare signed endpoint (same gunicorn, 2 workers x 4 threads; "
           f"{workers} RQ workers drain WhatsApp turns meanwhile, or are held (SIGSTOP) while "
           "the webhook is measured alone; the Twilio emulator runs in its own gunicorn at "
-          f"nice {emulator_nice}; both endpoints warmed up first)")
+          f"nice {emulator_nice}; both endpoints warmed up first; the held and voice rows "
+          f"measure service and bare in {SLICES} alternating slices each)")
     print(common.table(
         ["channel", "jobs", "conc", "svc msg/s", "bare msg/s", "ratio", "svc p50", "svc p95",
          "svc p99", "bare p99", "errors", "turns/s", "drain s"],
