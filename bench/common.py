@@ -137,7 +137,19 @@ def percentile(values: Sequence[float], p: float) -> float:
 def machine() -> dict[str, object]:
     return {"python": platform.python_version(), "cpus": os.cpu_count(),
             "platform": platform.platform(), "memory_gb": round(psutil.virtual_memory().total
-                                                                 / 2**30, 1)}
+                                                                 / 2**30, 1),
+            "speed_probe_s": speed_probe()}
+
+
+def speed_probe(steps: int = 3_000_000) -> float:
+    """Seconds one core takes for a fixed Python loop, now: a yardstick of the machine's
+    phase (on a shared host the same run can be twice as fast an hour later), saved with
+    every result so figures from different runs can be told apart."""
+    t0 = time.perf_counter()
+    total = 0
+    for i in range(steps):
+        total += i
+    return round(time.perf_counter() - t0, 3)
 
 
 def save(name: str, data: dict[str, object]) -> Path:
