@@ -301,6 +301,117 @@ def test_a_retried_request_is_answered_from_record_and_acts_once(phone: Caller) 
     assert f"{phone.sid}:0" in ids and len(ids) == len(set(ids))
 
 
+def _voice_state(phone_number: str) -> tuple[str, dict[str, Any]]:
+    with transaction() as s:
+        conv = s.scalar(select(Conversation).where(Conversation.channel == "voice",
+                                                   Conversation.contact == phone_number))
+        return conv.step, conv.state
+
+
+def _voice_events() -> list[str]:
+    with transaction() as s:
+        return list(s.scalars(select(InboundEvent.external_id)
+                              .where(InboundEvent.provider == "twilio-voice")))
+
+
+def test_a_retried_keypress_mid_call_is_answered_from_record_and_changes_nothing(
+        phone: Caller, monkeypatch) -> None:
+    phone.call()
+    phone.press("1")  # Hindi
+    first = phone.press("1")  # book: asks for the pickup pincode
+    before = _voice_state(phone.phone)
+    events = _voice_events()
+    real, runs = ivr._answer, []
+    monkeypatch.setattr(ivr, "_answer", lambda *a: runs.append(a) or real(*a))
+
+    again = phone.repeat()
+
+    assert again.xml == first.xml
+    assert runs == []  # the call's state said this turn was answered: the dialog never ran
+    assert _voice_state(phone.phone) == before  # the retry took no turn of its own
+    assert _voice_events() == events
+    heard = phone.press("845438#")  # and the call goes on from where it was
+    assert t("ivr.place.pincode", digits="8 4 5, 4 3 8") in heard.text
+
+
+def test_a_retry_after_the_call_closed_is_answered_from_record_and_starts_nothing(
+        phone: Caller) -> None:
+    phone.call()
+    phone.press("1")
+    phone.press("1")
+    first = phone.press("845438#")
+    phone.hang_up()  # the status callback closes the call; the draft stays
+    step, state = _voice_state(phone.phone)
+    assert "call" not in state
+
+    again = phone.repeat()  # Twilio's retry of the last keypress, after the hang-up
+
+    assert again.xml == first.xml
+    assert _voice_state(phone.phone) == (step, state)  # no new call was started by it
+    assert sorted(_voice_events()) == sorted(set(_voice_events()))
+
+
+def test_twin_requests_of_one_turn_at_once_take_the_turn_once(
+        phone: Caller, app, monkeypatch) -> None:
+    """Real threads: the first request holds the caller's row lock until the database
+    shows its twin waiting on it; the twin then answers from record."""
+    import threading
+
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.engine import make_url
+
+    from core.adapters import db
+    from core.services import conversation
+
+    phone.call()
+    phone.press("1")  # Hindi; the menu is next
+    assert phone.action
+    path, form = phone.action, phone.form(Digits="1")
+    url = make_url(db.engine().url.render_as_string(hide_password=False))
+    watcher = create_engine(url, isolation_level="AUTOCOMMIT")
+    real = conversation.contact_for
+    holding = threading.Event()
+    waiters: list[int] = []
+
+    def contact_for_then_wait_for_twin(session, msg):
+        found = real(session, msg)  # the conversation row is locked from here
+        if not holding.is_set():
+            holding.set()
+            with watcher.connect() as conn:  # bounded: a twin that never waits fails below
+                conn.execute(text(
+                    "DO $$ DECLARE deadline timestamptz := clock_timestamp() + "
+                    "interval '10 s'; BEGIN WHILE NOT EXISTS (SELECT 1 FROM pg_stat_activity "
+                    "WHERE datname = current_database() AND wait_event_type = 'Lock') "
+                    "AND clock_timestamp() < deadline LOOP PERFORM pg_sleep(0.01); "
+                    "PERFORM pg_stat_clear_snapshot(); END LOOP; END $$"))
+                waiters.append(conn.execute(text(
+                    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+                    " AND wait_event_type = 'Lock'")).scalar_one())
+        return found
+
+    monkeypatch.setattr(ivr, "contact_for", contact_for_then_wait_for_twin)
+    answers: list[str] = []
+
+    def post() -> None:
+        r = post_twilio(app.test_client(), path, form)
+        answers.append(f"{r.status_code} {r.get_data(as_text=True)}")
+
+    first = threading.Thread(target=post)
+    first.start()
+    assert holding.wait(10)
+    twin = threading.Thread(target=post)
+    twin.start()
+    first.join(20)
+    twin.join(20)
+    watcher.dispose()
+
+    assert waiters == [1]  # the twin really waited on the lock the first one held
+    assert len(answers) == 2 and answers[0] == answers[1] and answers[0].startswith("200 ")
+    assert t("ivr.pickup.ask") in " ".join(answers[0].split())  # the turn: book, once
+    events = _voice_events()
+    assert len(events) == len(set(events)) == 3  # the call, Hindi, and this one turn
+
+
 def test_a_turn_that_fails_midway_keeps_nothing_and_the_retry_hears_the_same(
         phone: Caller, monkeypatch) -> None:
     from sqlalchemy import text

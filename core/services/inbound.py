@@ -161,6 +161,11 @@ _CLAIM = (insert(_EVENTS)
 _STORED = select(_EVENTS.c.response_body).where(
     _EVENTS.c.provider == bindparam("provider"),
     _EVENTS.c.external_id == bindparam("external_id"))
+_RECORD = (insert(_EVENTS)
+           .values(provider=bindparam("provider"), external_id=bindparam("external_id"),
+                   channel=bindparam("channel"), response_body=bindparam("body"))
+           .on_conflict_do_nothing(constraint="uq_inbound_events_provider_external")
+           .returning(_EVENTS.c.id))
 _SAVE = (update(_EVENTS).where(_EVENTS.c.id == bindparam("event_id"))
          .values(response_body=bindparam("body")))
 
@@ -175,6 +180,15 @@ def claim(session: Session, provider: str, external_id: str, channel: str) -> in
 def stored_answer(session: Session, provider: str, external_id: str) -> str | None:
     """What a claimed webhook was answered (None while its claim is still uncommitted)."""
     return session.scalar(_STORED, {"provider": provider, "external_id": external_id})
+
+
+def record_answer(session: Session, provider: str, external_id: str, channel: str,
+                  body: str) -> int | None:
+    """Claim a webhook and store its answer in one statement, at the end of a turn that
+    ran under a lock serializing its twins: its row id, or None if it was recorded
+    already (the caller rolls the turn back and answers from record)."""
+    return session.scalar(_RECORD, {"provider": provider, "external_id": external_id,
+                                    "channel": channel, "body": body})
 
 
 def save_answer(session: Session, event_id: int, body: str) -> None:

@@ -7,11 +7,14 @@ many prompts in a row got no answer) is kept in the conversation's state under `
 Twilio's call status callback (or the next call) closes it.
 
 Every webhook of a call carries its turn number (the Gather's action URL says which turn
-it answers); ``process`` claims ``CallSid:turn`` in ``inbound_events`` (provider
-"twilio-voice") in the same transaction as the turn's effects, so a retried request is
-answered from record and acts once. Channel rules live here, not in the dialog: silence
-repeats the prompt at most twice and then offers a person (or ends the call), ``*``
-repeats, a call has at most ``MAX_TURNS`` turns. Nothing here calls the network.
+it answers). A turn runs under the conversation's row lock; the call's state records the
+last turn answered, so a retried request (or one that waited on the lock behind its
+twin) is answered from record and acts once. The answer is recorded as ``CallSid:turn``
+in ``inbound_events`` (provider "twilio-voice") in the same transaction as the turn's
+effects, in one INSERT whose unique key is the last word on a duplicate. Channel rules
+live here, not in the dialog: silence repeats the prompt at most twice and then offers a
+person (or ends the call), ``*`` repeats, a call has at most ``MAX_TURNS`` turns. Nothing
+here calls the network.
 """
 
 from __future__ import annotations
@@ -80,6 +83,10 @@ class VoiceTurn:
     dial: str | None = None
 
 
+class AlreadyAnswered(Exception):  # noqa: N818 (an outcome, not a programming error)
+    """This webhook's turn was answered before: answer it from record."""
+
+
 def process(call: CallRequest, handler: Callable[[Session, CallRequest], str]) -> tuple[str, bool]:
     """Run ``handler`` (one turn rendered as TwiML) once per CallSid and turn, in one
     transaction; (TwiML, duplicate). A retry gets the TwiML stored the first time."""
@@ -98,25 +105,26 @@ def _process_once(call: CallRequest, handler: Callable[[Session, CallRequest], s
     external_id = f"{call.sid}:{call.turn}"
     try:
         with transaction() as session:
-            claimed = inbound.claim(session, PROVIDER, external_id, CHANNEL)
-            if claimed is None:
-                return _duplicate(session, external_id)
             twiml = handler(session, call)
-            inbound.save_answer(session, claimed, twiml)
+            if inbound.record_answer(session, PROVIDER, external_id, CHANNEL, twiml) is None:
+                # Recorded already, though the call's state did not say so (the call was
+                # closed since, or a twin committed first): this turn's effects roll back.
+                raise AlreadyAnswered
+    except AlreadyAnswered:
+        return _duplicate(external_id)
     except inbound.TurnFailed as failed:
         # The turn rolled back whole; the webhook is still answered once, with the apology.
         with transaction() as session:
-            claimed = inbound.claim(session, PROVIDER, external_id, CHANNEL)
-            if claimed is None:
-                return _duplicate(session, external_id)
             twiml = failed.answer
-            inbound.save_answer(session, claimed, twiml)
+            if inbound.record_answer(session, PROVIDER, external_id, CHANNEL, twiml) is None:
+                return _duplicate(external_id)
     return twiml, False
 
 
-def _duplicate(session: Session, external_id: str) -> tuple[str, bool]:
+def _duplicate(external_id: str) -> tuple[str, bool]:
     log.info("duplicate voice webhook answered from record")
-    return inbound.stored_answer(session, PROVIDER, external_id) or "", True
+    with transaction() as session:
+        return inbound.stored_answer(session, PROVIDER, external_id) or "", True
 
 
 # --- ports: the chat's, plus the booking details by SMS ---------------------------------
@@ -163,6 +171,8 @@ def voice_turn(session: Session, call: CallRequest) -> VoiceTurn:
     state = load_state(conv)
     ports = VoicePorts(session, person, conv)
     current = state.data.get("call") or {}
+    if current.get("sid") == call.sid and current.get("answered", -1) >= call.turn:
+        raise AlreadyAnswered  # a retry, or a twin that waited for this row's lock
     before, step = _language(person), conv.step  # a failed turn may leave them unreadable
     try:
         if call.turn == 0 or current.get("sid") != call.sid:
@@ -170,6 +180,7 @@ def voice_turn(session: Session, call: CallRequest) -> VoiceTurn:
         else:
             outs = _answer(state, ports, person, call)
         action = state.data.pop("call_action", None) or "gather"
+        state.data["call"]["answered"] = call.turn
         if action != "gather":
             _close_call(state)
         save_state(conv, state)
