@@ -8,6 +8,7 @@ audio, and dynamic texts (village names, amounts) are cached the same way.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import os
@@ -43,8 +44,10 @@ def cache_dir() -> Path:
     return get_settings().data_dir / "prompts"
 
 
+@functools.lru_cache(maxsize=8192)
 def audio_name(lang: str, text: str) -> str:
-    """The cache file's name (without .mp3) for a text in a language."""
+    """The cache file's name (without .mp3) for a text in a language (remembered: every
+    turn names the same prompts twice, to look for the file and to queue its render)."""
     return hashlib.sha256(f"{lang}\n{text}".encode()).hexdigest()[:20]
 
 
@@ -58,10 +61,10 @@ def audio_url(lang: str, text: str, *, queue_missing: bool = True,
     or, given ``missing``, add it there for one ``queue_renders`` call per turn)."""
     if lang not in GTTS_VOICES or not text.strip():
         return None
-    path = audio_path(lang, text)
-    if path.is_file():
-        base = get_settings().public_base_url
-        return f"{base}/ivr/audio/{lang}/{path.stem}.mp3"
+    name = audio_name(lang, text)
+    # os.path, not pathlib: this runs for every prompt of every turn.
+    if os.path.isfile(os.path.join(cache_dir(), lang, f"{name}.mp3")):
+        return f"{get_settings().public_base_url}/ivr/audio/{lang}/{name}.mp3"
     if missing is not None:
         missing.append((lang, text))
     elif queue_missing:
