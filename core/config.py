@@ -77,6 +77,8 @@ class Settings:
     inbound_rate_window_s: int
     max_webhook_bytes: int
     outbox_max_retries: int
+    status_window_ms: int
+    drain_linger_ms: int
     outbox_retry_intervals: tuple[int, ...] = field(default=(10, 30, 120, 600, 1800))
     log_level: str = "INFO"
 
@@ -179,6 +181,8 @@ def load_settings(environ: dict[str, str] | None = None) -> Settings:
         max_webhook_bytes=_int(env, "MAX_WEBHOOK_BYTES", 64 * 1024, minimum=1024),
         outbox_max_retries=_int(env, "OUTBOX_MAX_RETRIES", len(intervals), minimum=1),
         outbox_retry_intervals=intervals,
+        status_window_ms=_int(env, "STATUS_WINDOW_MS", 1000, minimum=0),
+        drain_linger_ms=_int(env, "DRAIN_LINGER_MS", 500, minimum=0),
         log_level=env.get("LOG_LEVEL", "INFO").upper(),
     )
     if problems:

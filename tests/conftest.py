@@ -87,6 +87,11 @@ def _configure_env() -> None:
     os.environ.setdefault("LOG_LEVEL", "WARNING")
     # Fast, deterministic retry schedule for the outbox (the clock is controlled anyway).
     os.environ["OUTBOX_RETRY_INTERVALS"] = "10,30"
+    # Status callbacks are applied by the next run_jobs(), not after a batching window of
+    # real time (the window has tests of its own that set it).
+    os.environ["STATUS_WINDOW_MS"] = "0"
+    # A drainer job leaves as soon as nothing waits (its linger has tests of its own).
+    os.environ["DRAIN_LINGER_MS"] = "0"
     for name in ("TWILIO_API_BASE", "RAZORPAY_API_BASE", "OSRM_URL"):
         os.environ.pop(name, None)
 

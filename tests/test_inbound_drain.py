@@ -226,3 +226,49 @@ def test_a_dialog_turn_that_fails_midway_keeps_nothing_and_apologises(client, mo
     with transaction() as s:
         assert s.scalar(select(Conversation.step)
                         .where(Conversation.contact == phone[1:])) != step
+
+
+def test_a_drainer_waits_a_moment_for_the_next_contact_instead_of_leaving(client, app,
+                                                                          monkeypatch):
+    """Real threads: the drainer job (run by RQ here) has emptied READY and waits on it;
+    a message arriving then is drained by that same job, not by a job of its own."""
+    from core.config import reset_settings
+
+    monkeypatch.setenv("DRAIN_LINGER_MS", "10000")  # ended by the message, not by time
+    reset_settings()
+    waiting = threading.Event()
+    real_wait = inbound._next_contact_within
+    waits: list[float] = []
+
+    def wait_once(r, seconds):  # the first wait is real; after it, nobody else comes
+        waits.append(seconds)
+        if len(waits) > 1:
+            return False
+        waiting.set()  # READY was found empty: the job would have left here
+        return real_wait(r, seconds)
+
+    monkeypatch.setattr(inbound, "_next_contact_within", wait_once)
+    handled: list[int] = []
+    real_drain = inbound.drain_ready
+    monkeypatch.setattr(inbound, "drain_ready",
+                        lambda *a, **kw: handled.append(real_drain(*a, **kw)) or handled[-1])
+    post_twilio(client, "/webhooks/whatsapp", wa("+919812340300", "hi", "SMwait1"))
+
+    def second_message_once_the_drainer_waits() -> None:
+        assert waiting.wait(15)
+        post_twilio(app.test_client(), "/webhooks/whatsapp",
+                    wa("+919812340301", "hi", "SMwait2"))
+
+    sender = threading.Thread(target=second_message_once_the_drainer_waits)
+    sender.start()
+    try:
+        run_jobs(("inbound",))
+    finally:
+        sender.join(15)
+        reset_settings()
+    assert waits[0] == 10.0
+    assert handled[0] == 2  # the waiting job drained the second contact too
+    assert sum(handled) == 2  # the job its message enqueued found nothing left
+    assert replies_to("SMwait1") and replies_to("SMwait2")
+    r = redis_client()
+    assert r.llen(inbound.READY) == 0 and int(r.get(inbound.DRAINER_COUNT) or 0) == 0

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from datetime import timedelta
 
 import pytest
 import redis
@@ -13,7 +15,7 @@ from core.adapters.db import transaction
 from core.adapters.models import MessageStatusEvent, OutboxMessage
 from core.adapters.redis_conn import redis_client
 from core.services import outbox
-from tests.conftest import post_twilio, run_jobs
+from tests.conftest import post_twilio, release_scheduled, run_jobs
 
 STATUS = "/webhooks/twilio/status"
 
@@ -59,6 +61,63 @@ def test_many_callbacks_are_applied_by_one_job_in_order(client):
                          (None, "delivered")]
     assert redis_client().llen(outbox.STATUS_INBOX) == 0
     assert not redis_client().exists(outbox.STATUS_JOB_FLAG)
+
+
+@pytest.fixture
+def window(monkeypatch) -> Iterator[None]:
+    """The production batching window (tests otherwise apply callbacks at once)."""
+    from core.config import reset_settings
+
+    monkeypatch.setenv("STATUS_WINDOW_MS", "1000")
+    reset_settings()
+    yield
+    monkeypatch.undo()
+    reset_settings()
+
+
+def test_callbacks_wait_out_the_window_then_one_job_applies_them(client, window):
+    a, b = rows("SMa", "SMb")
+    for sid, status in (("SMa", "sent"), ("SMb", "sent"), ("SMa", "delivered")):
+        post_twilio(client, STATUS, {"MessageSid": sid, "MessageStatus": status})
+    assert run_jobs() == 0  # nothing to run yet: the job waits for the window to end
+    assert (status_of(a), status_of(b)) == ("queued", "queued")
+    assert release_scheduled(timedelta(seconds=2)) == 1  # one job for the three
+    assert run_jobs() == 1
+    assert (status_of(a), status_of(b)) == ("delivered", "sent")
+    assert not redis_client().exists(outbox.STATUS_JOB_FLAG)
+
+
+def test_with_a_window_a_callback_arriving_during_the_job_waits_for_the_next_one(
+        client, window, monkeypatch):
+    (a,) = rows("SMa")
+    real = outbox.apply_reports
+    calls: list[int] = []
+
+    def apply_and_meanwhile(reports):
+        calls.append(len(reports))
+        if len(calls) == 1:
+            post_twilio(client, STATUS, {"MessageSid": "SMa", "MessageStatus": "delivered"})
+        return real(reports)
+
+    monkeypatch.setattr(outbox, "apply_reports", apply_and_meanwhile)
+    post_twilio(client, STATUS, {"MessageSid": "SMa", "MessageStatus": "sent"})
+    release_scheduled(timedelta(seconds=2))
+    assert run_jobs() == 1 and calls == [1]  # the job did not loop on a trickle
+    assert status_of(a) == "sent"
+    assert release_scheduled(timedelta(seconds=2)) == 1  # the next window's job
+    assert run_jobs() == 1 and calls == [1, 1]
+    assert status_of(a) == "delivered"
+
+
+def test_a_backlog_is_worked_off_by_one_job_in_full_batches(clean_db, window):
+    a, b = rows("SMa", "SMb")
+    r = redis_client()
+    r.rpush(outbox.STATUS_INBOX, *[json.dumps([a, "SMa", "sent", None])] * 5,
+            json.dumps([b, "SMb", "delivered", None]))
+    assert outbox.apply_statuses(batch=2) == 6  # three full batches, no new job between
+    assert r.llen(outbox.STATUS_INBOX) == 0 and run_jobs() == 0
+    assert release_scheduled(timedelta(seconds=5)) == 0
+    assert (status_of(a), status_of(b)) == ("sent", "delivered")
 
 
 def test_a_callback_arriving_while_the_job_runs_is_applied_by_that_job(client, monkeypatch):

@@ -375,18 +375,38 @@ def drain_ready(handler_for: Handlers, *, budget_s: float | None = None,
     """
     budget = DRAINER_BUDGET_S if budget_s is None else budget_s
     count = drain_threads() if threads is None else threads
+    linger_s = get_settings().drain_linger_ms / 1000
     r = redis_client()
     started = time.monotonic()
     handled = 0
     while True:
         handled += _drain_at_once(handler_for, started + budget, count)
-        if time.monotonic() - started >= budget and r.llen(READY):
-            schedule_drainer()
-            return handled
+        if time.monotonic() - started >= budget:
+            if r.llen(READY):
+                schedule_drainer()
+                return handled
+        elif linger_s and _next_contact_within(r, linger_s):
+            continue
         # Leave only when READY is empty, atomically with accept (which then counts this
         # drainer gone and enqueues a new one for the next contact).
         if not int(_run(r, _LEAVE_LUA, keys=[READY, DRAINER_COUNT], args=[])):
             return handled
+
+
+def _next_contact_within(r: Any, seconds: float) -> bool:
+    """Wait up to ``seconds`` for a contact to come into READY (put back first in line);
+    True if one came.
+
+    At a steady rate READY is empty for a few milliseconds between messages, and a
+    drainer that left each time cost an RQ job per message or two (several ms of RQ's
+    own bookkeeping each, more than the turn's database work). The wait is a blocking
+    pop, no CPU; while it lasts this worker takes no other job, so it is kept short.
+    """
+    got = r.blpop([READY], timeout=seconds)
+    if got is None:
+        return False
+    r.lpush(READY, got[1])  # lost only if this process dies right here: the sweep has it
+    return True
 
 
 def _drain_at_once(handler_for: Handlers, deadline: float, count: int) -> int:

@@ -289,37 +289,54 @@ def accept_status(report: StatusReport) -> None:
 
 
 def _enqueue_apply() -> None:
+    """Start the job that applies queued callbacks, at the end of the batching window
+    (``STATUS_WINDOW_MS``): two or three callbacks come for every message sent, and one
+    job per window, one transaction per batch, costs far less than a job for the few
+    that arrived since the last one (RQ's own bookkeeping is several ms per job)."""
+    window = get_settings().status_window_ms
     try:
-        enqueue(APPLY_STATUSES_JOB, queue_name="outbox", known_new=True)
+        if window:
+            queue("outbox").enqueue_in(timedelta(milliseconds=window), APPLY_STATUSES_JOB,
+                                       result_ttl=600, failure_ttl=7 * 86400)
+        else:
+            enqueue(APPLY_STATUSES_JOB, queue_name="outbox", known_new=True)
     except RedisError:
         # The callback is queued; the sweep starts a job once the flag has expired.
         log.warning("could not enqueue the status job; the sweep will")
 
 
 def apply_statuses(batch: int = STATUS_BATCH) -> int:
-    """RQ job: apply queued status callbacks, ``batch`` per transaction, until none are
-    left; return how many were applied.
+    """RQ job: apply queued status callbacks, ``batch`` per transaction, until it has
+    caught up; return how many were applied.
 
     A batch leaves the queue only after its transaction committed, so a job killed midway
     leaves it for the next one (applying a report twice changes nothing but the history).
-    The flag is dropped only once the queue is empty, and taken back if a callback came
+    Full batches mean a backlog, worked off at once; after a short batch the job is done,
+    and callbacks that came meanwhile go to the next window's job (with no window, to this
+    one). The flag is dropped only once the job is done, and taken back if a callback came
     meanwhile, so exactly one job works the queue at a time.
     """
     r = redis_client()
     applied = 0
     while True:
         raw = r.lrange(STATUS_INBOX, 0, batch - 1)
-        if not raw:
-            r.delete(STATUS_JOB_FLAG)
-            if r.llen(STATUS_INBOX) and r.set(STATUS_JOB_FLAG, "1", nx=True,
-                                               ex=STATUS_JOB_TTL_S):
-                continue
+        if raw:
+            r.expire(STATUS_JOB_FLAG, STATUS_JOB_TTL_S)
+            reports = [report for report in map(_parse_report, raw) if report is not None]
+            _apply_or_isolate(reports)
+            r.ltrim(STATUS_INBOX, len(raw), -1)
+            applied += len(reports)
+            if len(raw) == batch:
+                continue  # a backlog: work it off now
+        # Caught up. What came meanwhile goes to the next window's job (with no window,
+        # this job carries on).
+        r.delete(STATUS_JOB_FLAG)
+        if not (r.llen(STATUS_INBOX) and r.set(STATUS_JOB_FLAG, "1", nx=True,
+                                                ex=STATUS_JOB_TTL_S)):
             return applied
-        r.expire(STATUS_JOB_FLAG, STATUS_JOB_TTL_S)
-        reports = [report for report in map(_parse_report, raw) if report is not None]
-        _apply_or_isolate(reports)
-        r.ltrim(STATUS_INBOX, len(raw), -1)
-        applied += len(reports)
+        if get_settings().status_window_ms:
+            _enqueue_apply()
+            return applied
 
 
 def _apply_or_isolate(reports: list[StatusReport]) -> None:
