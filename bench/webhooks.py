@@ -86,15 +86,20 @@ def wait_handled(engine, target: int, timeout: float) -> tuple[int, float]:
 
 
 def wait_idle(redis_url: str, timeout: float = 120.0) -> float:
-    """Wait until no RQ job is queued or running (status callbacks included), so the next
-    measurement does not share the cores with the last one's leftovers."""
+    """Wait until no RQ job is queued or running and no message or status callback waits
+    for one (callbacks wait out their batching window), so the next measurement does not
+    share the cores with the last one's leftovers, and CPU per message counts them all."""
     import redis
+
+    from core.services import inbound, outbox
+    from sandbox.twilio import STATUS_QUEUE
 
     r = redis.Redis.from_url(redis_url)
     t0 = time.perf_counter()
     while time.perf_counter() - t0 < timeout:
         busy = sum(r.llen(k) for k in r.keys("rq:queue:*"))
         busy += sum(r.zcard(k) for k in r.keys("rq:wip:*"))
+        busy += r.llen(outbox.STATUS_INBOX) + r.llen(STATUS_QUEUE) + r.scard(inbound.INBOXES)
         if not busy:
             break
         time.sleep(0.1)
