@@ -27,7 +27,8 @@ class ConfigError(RuntimeError):
     """The environment does not describe a runnable service."""
 
 
-def _int(env: dict[str, str], name: str, default: int, *, minimum: int = 0) -> int:
+def _int(env: dict[str, str], name: str, default: int, *, minimum: int = 0,
+         maximum: int | None = None) -> int:
     raw = env.get(name)
     if raw is None or raw == "":
         return default
@@ -37,6 +38,8 @@ def _int(env: dict[str, str], name: str, default: int, *, minimum: int = 0) -> i
         raise ConfigError(f"{name} must be an integer, got {raw!r}") from None
     if value < minimum:
         raise ConfigError(f"{name} must be >= {minimum}, got {value}")
+    if maximum is not None and value > maximum:
+        raise ConfigError(f"{name} must be <= {maximum}, got {value}")
     return value
 
 
@@ -182,7 +185,8 @@ def load_settings(environ: dict[str, str] | None = None) -> Settings:
         outbox_max_retries=_int(env, "OUTBOX_MAX_RETRIES", len(intervals), minimum=1),
         outbox_retry_intervals=intervals,
         status_window_ms=_int(env, "STATUS_WINDOW_MS", 1000, minimum=0),
-        drain_linger_ms=_int(env, "DRAIN_LINGER_MS", 500, minimum=0),
+        # A blocking pop must return before the Redis client's 5 s socket timeout.
+        drain_linger_ms=_int(env, "DRAIN_LINGER_MS", 500, minimum=0, maximum=4000),
         log_level=env.get("LOG_LEVEL", "INFO").upper(),
     )
     if problems:

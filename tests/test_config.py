@@ -177,3 +177,15 @@ def test_production_sandbox_outbox_is_a_json_404(production_app):
 def test_sandbox_app_does_mount_the_emulators(app):
     # The counterpart: the check above would pass vacuously if nothing were ever mounted.
     assert any(r.rule.startswith("/sandbox") for r in app.url_map.iter_rules())
+
+
+def test_drain_linger_and_status_window_have_defaults_and_bounds():
+    s = load_settings(sandbox_env())
+    assert (s.drain_linger_ms, s.status_window_ms) == (500, 1000)
+    s = load_settings(sandbox_env(DRAIN_LINGER_MS="0", STATUS_WINDOW_MS="0"))
+    assert (s.drain_linger_ms, s.status_window_ms) == (0, 0)
+    # The linger is a blocking Redis pop: it must end before the client's socket timeout.
+    with pytest.raises(ConfigError, match="DRAIN_LINGER_MS must be <= 4000"):
+        load_settings(sandbox_env(DRAIN_LINGER_MS="10000"))
+    with pytest.raises(ConfigError, match="STATUS_WINDOW_MS must be >= 0"):
+        load_settings(sandbox_env(STATUS_WINDOW_MS="-1"))

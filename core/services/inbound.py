@@ -380,22 +380,18 @@ def drain_ready(handler_for: Handlers, *, budget_s: float | None = None,
     started = time.monotonic()
     handled = 0
     while True:
-        handled += _drain_at_once(handler_for, started + budget, count)
-        if time.monotonic() - started >= budget:
-            if r.llen(READY):
-                schedule_drainer()
-                return handled
-        elif linger_s and _next_contact_within(r, linger_s):
-            continue
+        handled += _drain_at_once(handler_for, started + budget, count, linger_s)
+        if time.monotonic() - started >= budget and r.llen(READY):
+            schedule_drainer()
+            return handled
         # Leave only when READY is empty, atomically with accept (which then counts this
         # drainer gone and enqueues a new one for the next contact).
         if not int(_run(r, _LEAVE_LUA, keys=[READY, DRAINER_COUNT], args=[])):
             return handled
 
 
-def _next_contact_within(r: Any, seconds: float) -> bool:
-    """Wait up to ``seconds`` for a contact to come into READY (put back first in line);
-    True if one came.
+def _next_contact_within(r: Any, seconds: float) -> bytes | None:
+    """The next contact to come into READY within ``seconds``, or None.
 
     At a steady rate READY is empty for a few milliseconds between messages, and a
     drainer that left each time cost an RQ job per message or two (several ms of RQ's
@@ -403,23 +399,22 @@ def _next_contact_within(r: Any, seconds: float) -> bool:
     pop, no CPU; while it lasts this worker takes no other job, so it is kept short.
     """
     got = r.blpop([READY], timeout=seconds)
-    if got is None:
-        return False
-    r.lpush(READY, got[1])  # lost only if this process dies right here: the sweep has it
-    return True
+    return None if got is None else got[1]
 
 
-def _drain_at_once(handler_for: Handlers, deadline: float, count: int) -> int:
-    """Run ``count`` contact loops side by side until READY is empty or the deadline; the
-    first error (PostgreSQL or Redis away) is raised once all loops stopped."""
+def _drain_at_once(handler_for: Handlers, deadline: float, count: int,
+                   linger_s: float = 0.0) -> int:
+    """Run ``count`` contact loops side by side until READY stays empty for ``linger_s``
+    or the deadline; the first error (PostgreSQL or Redis away) is raised once all loops
+    stopped."""
     if count == 1:
-        return _drain_contacts(handler_for, deadline)
+        return _drain_contacts(handler_for, deadline, linger_s)
     results: list[int] = []
     errors: list[BaseException] = []
 
     def loop() -> None:
         try:
-            results.append(_drain_contacts(handler_for, deadline))
+            results.append(_drain_contacts(handler_for, deadline, linger_s))
         except BaseException as exc:
             errors.append(exc)
 
@@ -436,15 +431,19 @@ def _drain_at_once(handler_for: Handlers, deadline: float, count: int) -> int:
     return sum(results)
 
 
-def _drain_contacts(handler_for: Handlers, deadline: float) -> int:
-    """Take contacts from READY one by one and drain each, until READY is empty or the
-    deadline passed."""
+def _drain_contacts(handler_for: Handlers, deadline: float, linger_s: float = 0.0) -> int:
+    """Take contacts from READY one by one and drain each, until READY has stayed empty
+    for ``linger_s`` (each loop waits on its own, so a contact arriving wakes one loop and
+    costs no thread) or the deadline passed."""
     r = redis_client()
     handled = 0
     while True:  # at least one contact per call, however small the budget
         entry = r.lpop(READY)
         if entry is None:
-            return handled
+            wait = min(linger_s, deadline - time.monotonic())
+            entry = _next_contact_within(r, wait) if wait > 0 else None
+            if entry is None:
+                return handled
         r.expire(DRAINER_COUNT, DRAINERS_TTL_S)
         channel, contact = entry.decode().split(":", 1)
         try:
