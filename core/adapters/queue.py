@@ -76,20 +76,55 @@ def enqueue(
 
 
 def after_commit(session: Session, action: Callable[[], None]) -> None:
-    """Run ``action`` once this session's transaction commits (never if it rolls back)."""
+    """Run ``action`` once this session's transaction commits (never if it rolls back).
+
+    An action registered inside a savepoint waits for the outermost commit too (releasing
+    a savepoint commits nothing), and is dropped if that savepoint rolls back, without
+    the actions registered before it. Actions run once the session has given its
+    connection back to the pool.
+    """
     session.info.setdefault("after_commit", []).append(action)
 
 
-@event.listens_for(Session, "after_commit")
-def _run_after_commit(session: Session) -> None:
-    actions = session.info.pop("after_commit", [])
-    for action in actions:
-        try:
-            action()
-        except Exception:  # the row is saved; the sweeper will pick it up later
-            log.exception("after-commit action failed; the periodic sweep will retry it")
+@event.listens_for(Session, "after_transaction_create")
+def _mark_savepoint(session: Session, transaction: Any) -> None:
+    if transaction.nested:  # what was registered before it survives its rollback
+        session.info.setdefault("after_commit_marks", {})[id(transaction)] = len(
+            session.info.get("after_commit", []))
 
 
 @event.listens_for(Session, "after_rollback")
 def _drop_after_commit(session: Session) -> None:
+    savepoint = session.get_nested_transaction()
+    if savepoint is not None:  # ROLLBACK TO SAVEPOINT: only what it registered goes
+        mark = session.info.get("after_commit_marks", {}).get(id(savepoint))
+        if mark is not None:
+            del session.info.get("after_commit", [])[mark:]
+        return
     session.info.pop("after_commit", None)
+
+
+@event.listens_for(Session, "after_commit")
+def _committed(session: Session) -> None:
+    if session.in_nested_transaction():
+        return  # a savepoint released (SQLAlchemy calls that a commit too): not yet
+    # Not run yet: the session still holds its connection here. An action that opens a
+    # transaction of its own (sending a reply, then recording the outcome) would take a
+    # second connection per thread, past the pool's size with four drain threads: a new
+    # PostgreSQL backend, and its start-up, for every overflow.
+    session.info["committed"] = session.info.pop("after_commit", [])
+
+
+@event.listens_for(Session, "after_transaction_end")
+def _run_after_commit(session: Session, transaction: Any) -> None:
+    if transaction.nested:
+        session.info.get("after_commit_marks", {}).pop(id(transaction), None)
+        return
+    if transaction.parent is not None:
+        return
+    actions = session.info.pop("committed", [])
+    for action in actions:  # the connection is back in the pool by now
+        try:
+            action()
+        except Exception:  # the row is saved; the sweeper will pick it up later
+            log.exception("after-commit action failed; the periodic sweep will retry it")
