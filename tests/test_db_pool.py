@@ -91,3 +91,45 @@ def test_only_an_idle_connection_costs_the_ping(one_connection: None,
     monkeypatch.setattr(db, "PING_IDLE_S", 0.0)
     _backend_pid()
     assert pings == ["SELECT 1"]
+
+
+def test_the_pool_has_room_for_every_thread_of_the_process(monkeypatch):
+    monkeypatch.delenv("WEB_THREADS", raising=False)
+    monkeypatch.delenv("DRAIN_THREADS", raising=False)
+    assert db.pool_size() == db.POOL_MIN
+    monkeypatch.setenv("WEB_THREADS", "8")
+    assert db.pool_size() == 9  # each thread, and the process's own work
+    monkeypatch.setenv("DRAIN_THREADS", "12")
+    assert db.pool_size() == 13
+    monkeypatch.setenv("DRAIN_THREADS", "lots")
+    assert db.pool_size() == 9
+    monkeypatch.setenv("WEB_THREADS", "500")
+    assert db.pool_size() == db.POOL_MAX
+
+
+def test_threads_holding_connections_at_once_keep_their_backends(one_connection: None,
+                                                                 monkeypatch):
+    """Real threads: 8 transactions open together, twice. Past the pool's size the extra
+    connections would be closed on return and new backends started the second time."""
+    import threading
+
+    monkeypatch.setenv("WEB_THREADS", "8")
+    db.dispose_all()  # a pool sized for this process's threads
+    rounds: list[set[int]] = []
+    for _ in range(2):
+        barrier = threading.Barrier(8)
+        pids: list[int] = []
+
+        def hold(barrier: threading.Barrier, pids: list[int]) -> None:
+            with db.transaction() as s:
+                pids.append(s.scalar(text("SELECT pg_backend_pid()")))
+                barrier.wait(timeout=20)  # all eight connections checked out at once
+
+        threads = [threading.Thread(target=hold, args=(barrier, pids)) for _ in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=30)
+        assert len(set(pids)) == 8
+        rounds.append(set(pids))
+    assert rounds[1] == rounds[0]  # the same backends again: none was closed and replaced

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Iterator
@@ -46,6 +47,23 @@ def _note_checkin(dbapi_conn: Any, record: Any) -> None:
     record.info["checked_in_at"] = time.monotonic()
 
 
+POOL_MIN = 5
+POOL_MAX = 32
+
+
+def pool_size() -> int:
+    """Connections a process keeps: one per thread that may hold one at a time (gunicorn's
+    ``WEB_THREADS``, a drainer job's ``DRAIN_THREADS``), plus one for the process's own
+    work, at least POOL_MIN. A pool smaller than that opens and closes overflow
+    connections all the time, a new PostgreSQL backend each."""
+    wanted = POOL_MIN
+    for name in ("WEB_THREADS", "DRAIN_THREADS"):
+        raw = os.environ.get(name, "").strip()
+        if raw.isascii() and raw.isdigit():
+            wanted = max(wanted, int(raw) + 1)
+    return min(wanted, POOL_MAX)
+
+
 def _get(url: str) -> tuple[Engine, sessionmaker[Session]]:
     with _lock:
         if url not in _engines:
@@ -53,7 +71,7 @@ def _get(url: str) -> tuple[Engine, sessionmaker[Session]]:
                 url,
                 # No pre-ping on every checkout: _ping_if_idle checks idle ones only.
                 pool_pre_ping=False,
-                pool_size=5,
+                pool_size=pool_size(),
                 max_overflow=5,
                 pool_timeout=5,
                 connect_args={"connect_timeout": 3, "application_name": "ridechain"},
