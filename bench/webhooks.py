@@ -38,6 +38,7 @@ from bench.loadgen import Run, Signer, closed_loop, ivr_closed_loop, merged, ope
 WA_FROM = "whatsapp:+14155238886"
 # A customer's booking conversation, one message per turn (the bot's own flow).
 WA_TEXTS = ("hi", "1", "1", "845450", "1", "near the well", "845438", "1", "0", "menu")
+EMULATION_APP = "ridechain-emulation"  # the emulators' PostgreSQL application_name
 RATES = (80, 200)  # WhatsApp's default sender limit, and the target's rate
 # A new caller booking by keypad (the path of conversation_fixtures/ivr_hindi_booking.yaml):
 # Hindi, book, pickup pincode and village, drop pincode, a village, recipient's mobile,
@@ -150,12 +151,20 @@ def _jobs(row: dict[str, object]) -> str:
     return "held" if row["workers_held"] else "draining"
 
 
-def cpu_seconds(procs: dict[str, object]) -> dict[str, dict[int, float]]:
+def cpu_seconds(procs: dict[str, object], engine=None) -> dict[str, dict[int, float]]:
     """CPU seconds (user + system) used so far by each process of the system under test,
-    by role: our processes and their children, PostgreSQL and Redis by process name."""
+    by role: our processes and their children, PostgreSQL and Redis by process name.
+    Given ``engine``, the PostgreSQL backends of the emulators' connections (named by
+    PGAPPNAME) are counted apart, as "emulator_pg"."""
     import psutil
 
     out: dict[str, dict[int, float]] = {}
+    emulated: set[int] = set()
+    if engine is not None:
+        with engine.connect() as conn:
+            emulated = set(conn.scalars(text(
+                "SELECT pid FROM pg_stat_activity WHERE application_name = :app"),
+                {"app": EMULATION_APP}))
 
     def add(role: str, proc: psutil.Process) -> None:
         try:
@@ -175,8 +184,10 @@ def cpu_seconds(procs: dict[str, object]) -> dict[str, dict[int, float]]:
             add(role, proc)
     for proc in psutil.process_iter(["name"]):
         name = proc.info["name"] or ""
-        if name.startswith(("postgres", "redis-server")):
-            add("postgres" if name.startswith("postgres") else "redis", proc)
+        if name.startswith("postgres"):
+            add("emulator_pg" if proc.pid in emulated else "postgres", proc)
+        elif name.startswith("redis-server"):
+            add("redis", proc)
     return out
 
 
@@ -193,7 +204,8 @@ def cpu_per_message(before: dict[str, dict[int, float]], after: dict[str, dict[i
         per[role] = round(used / messages * 1000, 2)
     per["service_total"] = round(sum(v for k, v in per.items()
                                      if k in ("web", "workers", "postgres", "redis")), 2)
-    per["emulation_total"] = round(per.get("twilio", 0.0) + per.get("sandbox", 0.0), 2)
+    per["emulation_total"] = round(per.get("twilio", 0.0) + per.get("sandbox", 0.0)
+                                   + per.get("emulator_pg", 0.0), 2)
     return per
 
 
@@ -241,8 +253,9 @@ def measure(quick: bool) -> dict[str, object]:
     with common.processes([
         ("web", common.gunicorn("core.app:create_app()", svc_port)),
         *[(f"worker{i}", [sys.executable, "-m", "core.cli", "worker"]) for i in range(workers)],
-        ("sandbox", [sys.executable, "-m", "core.cli", "sandbox-worker"]),
-        ("twilio", ["nice", "-n", emulator_nice,
+        ("sandbox", ["env", f"PGAPPNAME={EMULATION_APP}", sys.executable, "-m", "core.cli",
+                     "sandbox-worker"]),
+        ("twilio", ["env", f"PGAPPNAME={EMULATION_APP}", "nice", "-n", emulator_nice,
                     *common.gunicorn("core.app:create_app()", twilio_port, workers=1,
                                      threads=8)]),
     ], env) as procs, common.processes([
@@ -317,7 +330,7 @@ def measure(quick: bool) -> dict[str, object]:
         fixed: list[dict[str, object]] = []
         for rate in RATES:
             sent_at: dict[str, float] = {}
-            cpu_before = cpu_seconds(procs)
+            cpu_before = cpu_seconds(procs, engine)
             run = asyncio.run(open_loop(svc, "/webhooks/whatsapp", WA_SCRIPT, Signer(token, svc),
                                         rate=rate, seconds=3 if quick else 20, users=400,
                                         label=f"service@{rate}/s", user_offset=user_base,
@@ -327,7 +340,7 @@ def measure(quick: bool) -> dict[str, object]:
             wait_idle(env["REDIS_URL"])
             fixed.append({"rate": rate, "webhook": run.summary(), "replies": replies,
                           "cpu_ms_per_message": cpu_per_message(
-                              cpu_before, cpu_seconds(procs), max(len(sent_at), 1))})
+                              cpu_before, cpu_seconds(procs, engine), max(len(sent_at), 1))})
         memory = common.rss_mb(procs["web"].pid)
     engine.dispose()
     result = {"levels": rows, "fixed_rates": fixed, "web_rss_mb": memory,
@@ -359,8 +372,9 @@ def measure(quick: bool) -> dict[str, object]:
           f["replies"]["sent"]["p99_ms"], f["replies"]["sent"]["count"]] for f in fixed]))
     print("\nCPU per WhatsApp message at the fixed rates, ms (user + system, every message "
           "handled and its reply's status callbacks applied); the Twilio emulator and its "
-          "status reporter stand in for Twilio")
-    parts = ("web", "workers", "postgres", "redis", "service_total", "twilio", "sandbox")
+          "status reporter (and their PostgreSQL backends) stand in for Twilio")
+    parts = ("web", "workers", "postgres", "redis", "service_total", "twilio", "sandbox",
+             "emulator_pg")
     print(common.table(["msg/s", *parts],
                        [[f["rate"], *(f["cpu_ms_per_message"].get(k, "-") for k in parts)]
                         for f in fixed]))

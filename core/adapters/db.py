@@ -74,7 +74,10 @@ def _get(url: str) -> tuple[Engine, sessionmaker[Session]]:
                 pool_size=pool_size(),
                 max_overflow=5,
                 pool_timeout=5,
-                connect_args={"connect_timeout": 3, "application_name": "ridechain"},
+                # PGAPPNAME (libpq's own variable) names a process's connections apart,
+                # as the benchmarks do for the emulators.
+                connect_args={"connect_timeout": 3,
+                              "application_name": os.environ.get("PGAPPNAME") or "ridechain"},
             )
             event.listen(eng, "checkout", _ping_if_idle)
             event.listen(eng, "checkin", _note_checkin)
