@@ -68,3 +68,19 @@ def test_nothing_runs_when_the_transaction_rolls_back(clean_db):
         after_commit(s, lambda: ran.append("later"))
         assert s.scalar(select(func.count()).select_from(Person)) == 0
     assert ran == ["later"]
+
+
+def test_a_rollback_with_a_savepoint_open_leaves_nothing_for_the_next_commit(clean_db):
+    ran: list[str] = []
+    session = db.session_factory()()
+    try:
+        session.begin()
+        after_commit(session, lambda: ran.append("outer"))
+        session.begin_nested()
+        after_commit(session, lambda: ran.append("inner"))
+        session.rollback()  # the whole transaction, the savepoint still open
+        with session.begin():  # the same session, a new transaction
+            after_commit(session, lambda: ran.append("next"))
+    finally:
+        session.close()
+    assert ran == ["next"]

@@ -122,6 +122,10 @@ def _run_after_commit(session: Session, transaction: Any) -> None:
         return
     if transaction.parent is not None:
         return
+    # Whatever is still registered belongs to a transaction that ended without a commit
+    # (rolled back with a savepoint open, say): it must not run at the session's next one.
+    session.info.pop("after_commit", None)
+    session.info.pop("after_commit_marks", None)
     actions = session.info.pop("committed", [])
     for action in actions:  # the connection is back in the pool by now
         try:
