@@ -64,6 +64,8 @@ def lower_priority() -> int:
     waiting (Twilio gives up after 15 s and retries, adding load); a drained turn or a
     delivery can wait a little. So when the cores are busy the kernel serves the webhooks
     first and the jobs take what is left; when they are not, the jobs run at full speed.
+    Where the worker leads a session of its own, that session's scheduling group is
+    lowered too, and its PostgreSQL backends follow it (core.adapters.priority).
     """
     raw = os.environ.get("WORKER_NICE", str(DEFAULT_WORKER_NICE)).strip()
     try:
@@ -72,8 +74,9 @@ def lower_priority() -> int:
         raise SystemExit(f"WORKER_NICE must be a number from 0 to 19, not {raw!r}") from None
     if not 0 <= wanted <= 19:
         raise SystemExit(f"WORKER_NICE must be a number from 0 to 19, not {raw!r}")
-    current = os.nice(0)
-    return os.nice(wanted - current) if wanted > current else current
+    from core.adapters import priority
+
+    return priority.lower(0, wanted)
 
 
 def worker(burst: bool = False) -> None:

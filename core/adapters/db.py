@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import time
@@ -12,7 +13,10 @@ from typing import Any
 from sqlalchemy import Connection, Engine, create_engine, event, exc, text
 from sqlalchemy.orm import Session, sessionmaker
 
+from core.adapters import priority
 from core.config import get_settings
+
+log = logging.getLogger(__name__)
 
 _lock = threading.Lock()
 _engines: dict[str, tuple[Engine, sessionmaker[Session]]] = {}
@@ -47,6 +51,37 @@ def _note_checkin(dbapi_conn: Any, record: Any) -> None:
     record.info["checked_in_at"] = time.monotonic()
 
 
+# A background process runs below the web's CPU priority (WORKER_NICE), but the work of its
+# statements is done by its PostgreSQL backends, each in a session of its own at the
+# server's priority (see core.adapters.priority). So a niced process lowers its own
+# backends to its niceness where it can: the server is on this machine (a Unix socket or
+# loopback), the backend's pid is a `postgres` process here, and the OS allows it (the same
+# user, or root). Anywhere else (a managed database) nothing changes. The kernel still runs
+# a lowered backend that holds a lock someone waits for, with a smaller share of a busy core.
+LOCAL_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
+_lowering_failed = False
+
+
+def _backend_at_client_priority(dbapi_conn: Any, record: Any) -> None:
+    global _lowering_failed
+    ours = priority.niceness(0)
+    if ours <= 0:
+        return
+    info = dbapi_conn.info
+    host = info.host or ""
+    if not (host.startswith("/") or host in LOCAL_HOSTS):
+        return
+    pid = info.backend_pid
+    try:
+        if priority.process_name(pid) == b"postgres":
+            priority.lower(pid, ours)
+    except OSError as err:  # not visible here (a container), or not ours to lower
+        if not _lowering_failed:
+            _lowering_failed = True
+            log.info("database backends keep the server's priority",
+                     extra={"reason": type(err).__name__})
+
+
 POOL_MIN = 5
 POOL_MAX = 32
 
@@ -79,6 +114,7 @@ def _get(url: str) -> tuple[Engine, sessionmaker[Session]]:
                 connect_args={"connect_timeout": 3,
                               "application_name": os.environ.get("PGAPPNAME") or "ridechain"},
             )
+            event.listen(eng, "connect", _backend_at_client_priority)
             event.listen(eng, "checkout", _ping_if_idle)
             event.listen(eng, "checkin", _note_checkin)
             _engines[url] = (eng, sessionmaker(bind=eng, expire_on_commit=False))
