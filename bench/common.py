@@ -73,11 +73,15 @@ def reset_database(env: dict[str, str]) -> None:
 
 @contextmanager
 def processes(commands: Sequence[tuple[str, list[str]]], env: dict[str, str]):
-    """Start named processes (own process groups); stop them all at the end."""
+    """Start named processes (own process groups); stop them all at the end.
+
+    Like `./run serve`'s supervisor, each gets a process group of its own but stays in
+    this session: with autogroup scheduling a new session would be a scheduling group of
+    its own, and a niced worker there would compete with the web as an equal."""
     started: dict[str, subprocess.Popen] = {}
     try:
         for name, argv in commands:
-            started[name] = subprocess.Popen(argv, cwd=ROOT, env=env, start_new_session=True,
+            started[name] = subprocess.Popen(argv, cwd=ROOT, env=env, process_group=0,
                                              stdout=subprocess.DEVNULL,
                                              stderr=subprocess.DEVNULL)
         yield started
