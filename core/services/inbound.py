@@ -408,11 +408,11 @@ def _drain_at_once(handler_for: Handlers, deadline: float, count: int,
     loop: has stayed empty for ``linger_s``) or the deadline; the first error (PostgreSQL
     or Redis away) is raised once all loops stopped.
 
-    Only the job's own loop waits. Helpers that wait too keep every drain thread busy
-    under overload, and their transactions (PostgreSQL's backends do not run at the
-    workers' lower priority) then took the web's CPU: at 200 msg/s the webhook's p99 went
-    from about 30 ms to 60-300 ms. With one loop waiting, a steady trickle is drained
-    by that loop alone, and a burst still gets all ``count``.
+    Only the job's own loop waits: a steady trickle is drained by that loop alone, and a
+    burst still gets all ``count``. Helpers that wait too kept every drain thread (and
+    its PostgreSQL connection) busy for nothing; measured while the drain's backends
+    still ran at the web's priority, that took the web's CPU under overload (at 200
+    msg/s the webhook's p99 went from about 30 ms to 60-300 ms).
     """
     if count == 1:
         return _drain_contacts(handler_for, deadline, linger_s)
