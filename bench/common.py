@@ -99,7 +99,8 @@ def processes(commands: Sequence[tuple[str, list[str]]], env: dict[str, str]):
 
 
 def gunicorn(app: str, port: int, workers: int = 2, threads: int = 4) -> list[str]:
-    return [sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{port}", "--workers",
+    return [sys.executable, "-m", "gunicorn", "--config", "python:core.web.gunicorn_conf",
+            "--bind", f"127.0.0.1:{port}", "--workers",
             str(workers), "--threads", str(threads), "--worker-class", "gthread",
             "--timeout", "30", "--log-level", "warning", app]
 

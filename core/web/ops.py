@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 
 from flask import Blueprint, Flask, Response, g, jsonify, request
@@ -11,6 +12,7 @@ from prometheus_client import (
     Counter,
     Histogram,
     generate_latest,
+    multiprocess,
 )
 from prometheus_client.core import GaugeMetricFamily
 from sqlalchemy import func, select
@@ -55,7 +57,23 @@ class StateCollector:
         yield outbox
 
 
-REGISTRY.register(StateCollector())
+STATE = StateCollector()
+REGISTRY.register(STATE)
+_combined: CollectorRegistry | None = None
+
+
+def scrape_registry() -> CollectorRegistry:
+    """What /metrics reports. Under gunicorn (core.web.gunicorn_conf) the request metrics
+    of every worker, added up from their files; in a single process, its own."""
+    global _combined
+    if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        return REGISTRY
+    if _combined is None:
+        combined = CollectorRegistry()
+        multiprocess.MultiProcessCollector(combined)
+        combined.register(STATE)
+        _combined = combined
+    return _combined
 
 
 @bp.get("/healthz")
@@ -84,7 +102,7 @@ def readyz():
 
 @bp.get("/metrics")
 def metrics():
-    return Response(generate_latest(REGISTRY), mimetype=CONTENT_TYPE_LATEST)
+    return Response(generate_latest(scrape_registry()), mimetype=CONTENT_TYPE_LATEST)
 
 
 def instrument(app: Flask) -> None:

@@ -1,0 +1,47 @@
+"""gunicorn settings the command line cannot give (`--config python:core.web.gunicorn_conf`):
+one set of request metrics for all the web workers.
+
+Each gunicorn worker is a process with its own counters, so without this a scrape of
+/metrics reports whichever worker answered it, and a counter seems to jump back and forth.
+In prometheus_client's multiprocess mode every worker writes its metrics to files in
+PROMETHEUS_MULTIPROC_DIR and a scrape adds them all up (core.web.ops).
+
+The directory: PROMETHEUS_MULTIPROC_DIR if the operator set one (emptied at start, since
+counts left from an earlier run would be added to this one's), or else a new temporary
+directory for this gunicorn, removed when it exits. It is chosen here, when the master
+loads this module and before it forks a worker, so every worker inherits it and imports
+prometheus_client with it already set. Nothing here may import prometheus_client at load
+time: a forked worker would inherit a client that decided on single-process mode.
+"""
+
+from __future__ import annotations
+
+import os as _os
+import shutil as _shutil
+import tempfile as _tempfile
+
+# Module globals named like gunicorn settings are settings; the private names are not.
+_MULTIPROC = "PROMETHEUS_MULTIPROC_DIR"
+_created: str | None = None
+if not _os.environ.get(_MULTIPROC):
+    _created = _tempfile.mkdtemp(prefix="ridechain-metrics-")
+    _os.environ[_MULTIPROC] = _created
+
+
+def on_starting(server) -> None:  # noqa: ANN001 (gunicorn's hook signature)
+    path = _os.environ[_MULTIPROC]
+    _os.makedirs(path, exist_ok=True)
+    for name in _os.listdir(path):
+        if name.endswith(".db"):
+            _os.remove(_os.path.join(path, name))
+
+
+def child_exit(server, worker) -> None:  # noqa: ANN001
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)
+
+
+def on_exit(server) -> None:  # noqa: ANN001
+    if _created:
+        _shutil.rmtree(_created, ignore_errors=True)
