@@ -76,7 +76,12 @@ def lower_priority() -> int:
         raise SystemExit(f"WORKER_NICE must be a number from 0 to 19, not {raw!r}")
     from core.adapters import priority
 
-    return priority.lower(0, wanted)
+    try:
+        return priority.lower(0, wanted)
+    except OSError as err:  # the niceness is set; only its session's group could not be
+        log.warning("worker's scheduling group keeps its priority",
+                    extra={"reason": type(err).__name__})
+        return priority.niceness(0)
 
 
 def worker(burst: bool = False) -> None:

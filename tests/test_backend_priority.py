@@ -9,6 +9,7 @@ this process reads the outcome from /proc, as the kernel sees it.
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 
@@ -73,12 +74,16 @@ def _release(child: subprocess.Popen[str]) -> None:
 
 @pytest.fixture
 def may_lower_backends(database: str) -> None:
-    """The test server's backends can be lowered from here (root, or the server's user)."""
+    """The test server's backends can be lowered from here (the server's user, or
+    CAP_SYS_NICE): setting a backend's niceness to what it is asks the same permission."""
     child = _python(HOLD_BACKEND)
     try:
         pid = _backend_of(child)
-        if os.geteuid() != 0 and os.stat(f"/proc/{pid}").st_uid != os.geteuid():
-            pytest.skip("the test PostgreSQL runs as another user; only root may lower it")
+        try:
+            os.setpriority(os.PRIO_PROCESS, pid, priority.niceness(pid))
+        except PermissionError:
+            pytest.skip("the test PostgreSQL runs as another user, and this run may not "
+                        "renice others' processes")
     finally:
         _release(child)
 
@@ -165,3 +170,118 @@ def test_a_worker_sharing_a_session_leaves_the_sessions_group_alone(autogroups: 
     assert child.returncode == 0, child.stderr
     assert child.stdout.split() == ["7", str(ours)]
     assert _autogroup_niceness(os.getpid()) == ours
+
+
+def test_only_the_servers_process_for_a_connection_is_taken_for_its_backend(database: str):
+    """What the hook checks before lowering. Over a Unix socket the pid must be a child
+    of the process that listens there (the server we talk to: not a pooler, not another
+    server); over TCP it must hold the other end of this very connection."""
+    import psycopg
+
+    from core.adapters import db
+
+    url = db.engine().url.set(drivername="postgresql").render_as_string(hide_password=False)
+    bystander = subprocess.Popen(["sleep", "60"], process_group=0)
+    try:
+        with psycopg.connect(url) as a, psycopg.connect(url) as b:
+            ours, other = a.info.backend_pid, b.info.backend_pid
+            try:
+                assert priority.serves_connection(ours, a.pgconn.socket)
+            except PermissionError:
+                pytest.skip("another user's backend: its sockets are not visible from here")
+            assert not priority.serves_connection(priority.parent(ours), a.pgconn.socket)
+            assert not priority.serves_connection(bystander.pid, a.pgconn.socket)
+            with socket.socket(fileno=os.dup(a.pgconn.socket)) as ours_dup:
+                over_tcp = ours_dup.family != socket.AF_UNIX
+            if over_tcp:
+                assert not priority.serves_connection(other, a.pgconn.socket)
+    finally:
+        bystander.kill()
+        bystander.wait()
+
+
+ACCEPT_ONE = """
+import socket, sys
+server = socket.create_server(("127.0.0.1", 0))
+print(server.getsockname()[1], flush=True)
+conn, _ = server.accept()
+print("accepted", flush=True)
+sys.stdin.readline()
+"""
+
+
+def test_a_tcp_connection_belongs_to_the_process_that_accepted_it():
+    holder = _python(ACCEPT_ONE)
+    bystander = subprocess.Popen(["sleep", "60"], process_group=0)
+    try:
+        port = int(holder.stdout.readline())
+        with socket.create_connection(("127.0.0.1", port)) as ours:
+            assert holder.stdout.readline().strip() == "accepted"  # its end is its now
+            assert priority.serves_connection(holder.pid, ours.fileno())
+            assert not priority.serves_connection(bystander.pid, ours.fileno())
+            assert not priority.serves_connection(os.getpid(), ours.fileno())
+    finally:
+        holder.communicate("go\n", timeout=30)
+        bystander.kill()
+        bystander.wait()
+
+
+class _FakeGroup:
+    """A process's autogroup file, refusing the first ``busy`` writes as the kernel does
+    within 100 ms of another change (EAGAIN)."""
+
+    def __init__(self, busy: int) -> None:
+        self.nice, self.busy, self.sleeps = 0, busy, []
+
+    def open(self, path: str, mode: str = "r"):  # noqa: ANN201
+        import io
+
+        group = self
+        if "w" not in mode:
+            return io.BytesIO(f"/autogroup-7 nice {self.nice}\n".encode())
+
+        class Writer(io.StringIO):
+            def close(self) -> None:
+                if not self.closed:
+                    value = self.getvalue()
+                    super().close()
+                    if group.busy:
+                        group.busy -= 1
+                        raise BlockingIOError(11, "Resource temporarily unavailable")
+                    group.nice = int(value)
+
+        return Writer()
+
+
+def test_a_busy_autogroup_change_is_tried_again(monkeypatch: pytest.MonkeyPatch):
+    group = _FakeGroup(busy=2)
+    monkeypatch.setattr(priority, "open", group.open, raising=False)
+    monkeypatch.setattr(priority.time, "sleep", group.sleeps.append)
+    priority._lower_group(4242, 10)
+    assert group.nice == 10
+    assert group.sleeps == [priority.GROUP_RETRY_S] * 2
+
+
+def test_an_autogroup_change_that_stays_busy_gives_up(monkeypatch: pytest.MonkeyPatch):
+    group = _FakeGroup(busy=priority.GROUP_TRIES)
+    monkeypatch.setattr(priority, "open", group.open, raising=False)
+    monkeypatch.setattr(priority.time, "sleep", group.sleeps.append)
+    with pytest.raises(BlockingIOError):
+        priority._lower_group(4242, 10)
+    assert group.nice == 0
+    assert len(group.sleeps) == priority.GROUP_TRIES - 1
+
+
+BUSY_WORKER = ("import sys; from core.adapters import priority\n"
+               "def busy(pid, nice): raise BlockingIOError(11, 'busy')\n"
+               "priority._lower_group = busy\n"
+               "from core.cli import lower_priority; print(lower_priority(), flush=True)\n")
+
+
+def test_a_worker_whose_group_stays_busy_still_starts_at_its_niceness(autogroups: None):
+    child = subprocess.run([sys.executable, "-c", BUSY_WORKER], cwd=ROOT,
+                           env=dict(os.environ, WORKER_NICE="7"), text=True,
+                           capture_output=True, timeout=60, start_new_session=True)
+    assert child.returncode == 0, child.stderr
+    assert child.stdout.split() == ["7"]
+    assert "scheduling group keeps its priority" in child.stderr

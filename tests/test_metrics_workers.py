@@ -36,12 +36,15 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _start(metrics_dir: Path) -> tuple[subprocess.Popen, str]:
+def _start(metrics_dir: Path | None, **extra: str) -> tuple[subprocess.Popen, str]:
     port = _free_port()
     env = dict(os.environ, PORT=str(port), WEB_CONCURRENCY="2", WEB_THREADS="4",
-               PROMETHEUS_MULTIPROC_DIR=str(metrics_dir),
                GUNICORN_CMD_ARGS="--no-control-socket",
-               PATH=os.pathsep.join([str(Path(sys.executable).parent), os.environ["PATH"]]))
+               PATH=os.pathsep.join([str(Path(sys.executable).parent), os.environ["PATH"]]),
+               **extra)
+    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    if metrics_dir is not None:
+        env["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
     web = subprocess.Popen(["/bin/sh", "-c", _web_command()], cwd=ROOT, env=env,
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                            process_group=0)
@@ -59,15 +62,28 @@ def _start(metrics_dir: Path) -> tuple[subprocess.Popen, str]:
         time.sleep(0.2)
 
 
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
 def _stop(web: subprocess.Popen) -> None:
+    """SIGTERM the whole group, and wait until gunicorn's master (not only the shell
+    that started it) has finished shutting down."""
     try:
         os.killpg(web.pid, signal.SIGTERM)
-        web.wait(timeout=30)
     except ProcessLookupError:
-        pass
-    except subprocess.TimeoutExpired:
-        os.killpg(web.pid, signal.SIGKILL)
-        web.wait()
+        return
+    web.wait(timeout=30)
+    deadline = time.monotonic() + 30
+    while _group_alive(web.pid):  # waiting for real processes to exit
+        if time.monotonic() > deadline:
+            os.killpg(web.pid, signal.SIGKILL)
+            break
+        time.sleep(0.05)
 
 
 @pytest.fixture
@@ -104,7 +120,7 @@ def test_every_scrape_counts_the_requests_of_all_workers(web: str, metrics_dir: 
     _hit(web, 80)
     # Both workers answered some (each writes its own file), so a scrape of one worker's
     # counters alone could not report them all.
-    assert len(list(metrics_dir.glob("counter_*.db"))) == 2
+    assert len(list(metrics_dir.glob("counter_*.db"))) >= 2
     assert [_healthz_count(web) for _ in range(8)] == [80.0] * 8
 
 
@@ -120,3 +136,18 @@ def test_counts_left_from_an_earlier_run_are_not_added(metrics_dir: Path, databa
         assert _healthz_count(base) == 5.0
     finally:
         _stop(proc)
+
+
+def test_without_a_directory_gunicorn_makes_its_own_and_removes_it(tmp_path: Path,
+                                                                   database: str):
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    proc, base = _start(None, TMPDIR=str(temp))
+    try:
+        made = list(temp.glob("ridechain-metrics-*"))
+        assert len(made) == 1
+        _hit(base, 40)
+        assert [_healthz_count(base) for _ in range(4)] == [40.0] * 4
+    finally:
+        _stop(proc)
+    assert not made[0].exists()

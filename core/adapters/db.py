@@ -55,9 +55,12 @@ def _note_checkin(dbapi_conn: Any, record: Any) -> None:
 # statements is done by its PostgreSQL backends, each in a session of its own at the
 # server's priority (see core.adapters.priority). So a niced process lowers its own
 # backends to its niceness where it can: the server is on this machine (a Unix socket or
-# loopback), the backend's pid is a `postgres` process here, and the OS allows it (the same
-# user, or root). Anywhere else (a managed database) nothing changes. The kernel still runs
-# a lowered backend that holds a lock someone waits for, with a smaller share of a busy core.
+# loopback), the pid it names for the connection is a `postgres` process whose parent is
+# one too and which holds the other end of this very connection (not a pooler's, a
+# tunnel's or a container's process of the same number), and the OS allows it (the same
+# user, or CAP_SYS_NICE). Anywhere else (a managed database) nothing changes. The kernel
+# still runs a lowered backend that holds a lock someone waits for, with a smaller share
+# of a busy core.
 LOCAL_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
 _lowering_failed = False
 
@@ -73,9 +76,11 @@ def _backend_at_client_priority(dbapi_conn: Any, record: Any) -> None:
         return
     pid = info.backend_pid
     try:
-        if priority.process_name(pid) == b"postgres":
+        if (priority.process_name(pid) == b"postgres"
+                and priority.process_name(priority.parent(pid)) == b"postgres"
+                and priority.serves_connection(pid, dbapi_conn.pgconn.socket)):
             priority.lower(pid, ours)
-    except OSError as err:  # not visible here (a container), or not ours to lower
+    except Exception as err:  # never a reason to refuse the connection
         if not _lowering_failed:
             _lowering_failed = True
             log.info("database backends keep the server's priority",

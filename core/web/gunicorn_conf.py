@@ -16,6 +16,7 @@ time: a forked worker would inherit a client that decided on single-process mode
 
 from __future__ import annotations
 
+import atexit as _atexit
 import os as _os
 import shutil as _shutil
 import tempfile as _tempfile
@@ -23,9 +24,21 @@ import tempfile as _tempfile
 # Module globals named like gunicorn settings are settings; the private names are not.
 _MULTIPROC = "PROMETHEUS_MULTIPROC_DIR"
 _created: str | None = None
+_master = _os.getpid()
+
+
+def _remove_created() -> None:
+    # Workers are forks of the master and inherit this exit handler: only the master,
+    # which made the directory, removes it.
+    if _created and _os.getpid() == _master:
+        _shutil.rmtree(_created, ignore_errors=True)
+
+
 if not _os.environ.get(_MULTIPROC):
     _created = _tempfile.mkdtemp(prefix="ridechain-metrics-")
     _os.environ[_MULTIPROC] = _created
+    # Also when the master stops before serving (a port in use) and on_exit never runs.
+    _atexit.register(_remove_created)
 
 
 def on_starting(server) -> None:  # noqa: ANN001 (gunicorn's hook signature)
@@ -43,5 +56,4 @@ def child_exit(server, worker) -> None:  # noqa: ANN001
 
 
 def on_exit(server) -> None:  # noqa: ANN001
-    if _created:
-        _shutil.rmtree(_created, ignore_errors=True)
+    _remove_created()
