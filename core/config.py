@@ -84,6 +84,9 @@ class Settings:
     drain_linger_ms: int
     outbox_retry_intervals: tuple[int, ...] = field(default=(10, 30, 120, 600, 1800))
     log_level: str = "INFO"
+    # The secret of a Twilio Webhook Setting's SharedKey, for webhooks Twilio signs with
+    # it (and names in X-Twilio-Webhooks-Signature-Settings) instead of the auth token.
+    twilio_webhook_shared_key: str | None = None
 
     @property
     def is_production(self) -> bool:
@@ -188,6 +191,7 @@ def load_settings(environ: dict[str, str] | None = None) -> Settings:
         # A blocking pop must return before the Redis client's 5 s socket timeout.
         drain_linger_ms=_int(env, "DRAIN_LINGER_MS", 500, minimum=0, maximum=4000),
         log_level=env.get("LOG_LEVEL", "INFO").upper(),
+        twilio_webhook_shared_key=env.get("TWILIO_WEBHOOK_SHARED_KEY") or None,
     )
     if problems:
         raise ConfigError("; ".join(problems))
