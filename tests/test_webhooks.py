@@ -243,3 +243,24 @@ def test_a_first_whatsapp_message_joins_the_person_known_by_phone_before_by_wa_i
         conv = s.scalar(select(Conversation).where(Conversation.channel == "whatsapp"))
         assert conv.person_id == wanted
         assert s.scalar(select(func.count()).select_from(Person)) == 2  # nobody new
+
+
+def test_a_repeated_parameter_is_signed_with_all_its_values(client):
+    """Twilio signs every value of a repeated parameter (name and value, in order)."""
+    import base64
+    import hashlib
+    import hmac
+    from urllib.parse import urlencode
+
+    from core.config import get_settings
+
+    settings = get_settings()
+    params = wa("hi", "SMrepeat")
+    pairs = [*params.items(), ("Extra", "b"), ("Extra", "a")]
+    text = settings.public_base_url + "/webhooks/whatsapp" + "".join(
+        name + value for name, value in sorted(pairs))
+    signature = base64.b64encode(hmac.new(settings.twilio_auth_token.encode(), text.encode(),
+                                          hashlib.sha1).digest()).decode()
+    r = client.post("/webhooks/whatsapp", data=urlencode(pairs), headers={
+        "X-Twilio-Signature": signature, "Content-Type": "application/x-www-form-urlencoded"})
+    assert r.status_code == 200

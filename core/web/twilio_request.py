@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hmac
 import logging
+from collections.abc import Mapping
 from functools import wraps
 from typing import Any
 
@@ -49,7 +50,7 @@ def signed(view):
             abort(400, "request body is not valid UTF-8")
         signature = request.headers.get("X-Twilio-Signature", "")
         key, algorithm = signing_key(settings)
-        params = request.form.to_dict(flat=True)
+        params = request.form  # every value of a repeated parameter is signed
         if not signature or key is None or not signature_matches(
                 RequestValidator(key), public_url(), params, signature, algorithm):
             log.warning("bad twilio signature", extra={"path": request.path})
@@ -79,7 +80,7 @@ def signing_key(settings) -> tuple[str | None, str]:  # noqa: ANN001 (core.confi
     return settings.twilio_webhook_shared_key, get_signature_algorithm(settings_header)
 
 
-def signature_matches(validator: RequestValidator, url: str, params: dict[str, str],
+def signature_matches(validator: RequestValidator, url: str, params: Mapping[str, str],
                       signature: str, algorithm: str = HMAC_SHA1) -> bool:
     """True if ``signature`` is Twilio's for this URL and these parameters.
 
