@@ -67,10 +67,46 @@ def test_the_settings_header_means_the_shared_key_and_nothing_else(client, share
 
 
 def test_an_algorithm_twilio_does_not_use_is_refused(client, shared_key: None):
+    """Whatever the signature was made with, an unknown algorithm never falls back."""
     params = wa("hi", "SMshared3")
-    r = post_twilio(client, PATH, params, signature=sign(SHARED_KEY, hashlib.md5, params),
-                    headers=header("HMAC_MD5"))
-    assert r.status_code == 403
+    for digest in (hashlib.md5, hashlib.sha1, hashlib.sha256):
+        r = post_twilio(client, PATH, params, signature=sign(SHARED_KEY, digest, params),
+                        headers=header("HMAC_MD5"))
+        assert r.status_code == 403
+
+
+@pytest.mark.parametrize("settings_header", ["key=webhooks_sharedkey_01test", "", ",,="])
+def test_settings_that_name_no_algorithm_are_not_twilios(client, shared_key: None,
+                                                         settings_header: str):
+    params = wa("hi", "SMshared7")
+    for digest in (hashlib.sha1, hashlib.sha256):
+        r = post_twilio(client, PATH, params, signature=sign(SHARED_KEY, digest, params),
+                        headers={SETTINGS_HEADER: settings_header})
+        assert r.status_code == 403
+
+
+def test_the_algorithms_name_is_read_in_any_case(client, shared_key: None):
+    params = wa("hi", "SMshared8")
+    r = post_twilio(client, PATH, params, signature=sign(SHARED_KEY, hashlib.sha256, params),
+                    headers=header("hmac_sha256"))
+    assert r.status_code == 200
+
+
+def test_while_a_key_is_rotated_either_secret_is_taken(client, monkeypatch):
+    monkeypatch.setenv("TWILIO_WEBHOOK_SHARED_KEY", f"new-secret, {SHARED_KEY}")
+    reset_settings()
+    try:
+        for secret, sid in (("new-secret", "SMrot1"), (SHARED_KEY, "SMrot2")):
+            params = wa("hi", sid)
+            r = post_twilio(client, PATH, params, headers=header(),
+                            signature=sign(secret, hashlib.sha256, params))
+            assert r.status_code == 200
+        params = wa("hi", "SMrot3")
+        assert post_twilio(client, PATH, params, headers=header(),
+                           signature=sign("old-gone", hashlib.sha256, params)).status_code == 403
+    finally:
+        monkeypatch.undo()
+        reset_settings()
 
 
 def test_a_tampered_parameter_fails_the_shared_key_check(client, shared_key: None):
@@ -92,10 +128,14 @@ def test_a_shared_key_webhook_without_a_configured_key_is_refused_and_says_why(
         client, caplog: pytest.LogCaptureFixture):
     assert get_settings().twilio_webhook_shared_key is None
     params = wa("hi", "SMshared6")
+    token = get_settings().twilio_auth_token
     with caplog.at_level(logging.WARNING):
-        r = post_twilio(client, PATH, params,
-                        signature=sign(SHARED_KEY, hashlib.sha256, params), headers=header())
-    assert r.status_code == 403
+        # Not even the auth token stands in for the missing key.
+        for secret, digest in ((token, hashlib.sha256), (token, hashlib.sha1),
+                               (SHARED_KEY, hashlib.sha256)):
+            r = post_twilio(client, PATH, params, signature=sign(secret, digest, params),
+                            headers=header())
+            assert r.status_code == 403
     assert any("TWILIO_WEBHOOK_SHARED_KEY is not set" in rec.getMessage()
                for rec in caplog.records)
 
@@ -109,3 +149,16 @@ def test_status_callbacks_take_the_shared_key_too(client, shared_key: None):
                       signature=sign(get_settings().twilio_auth_token, hashlib.sha1, params,
                                      path))
     assert (good.status_code, bad.status_code) == (204, 403)
+
+
+def test_repeated_parameters_are_signed_on_the_shared_key_path_too(client, shared_key: None):
+    from urllib.parse import urlencode
+
+    pairs = [*wa("hi", "SMshared9").items(), ("Extra", "b"), ("Extra", "a")]
+    text = get_settings().public_base_url + PATH + "".join(n + v for n, v in sorted(pairs))
+    signature = base64.b64encode(hmac.new(SHARED_KEY.encode(), text.encode(),
+                                          hashlib.sha256).digest()).decode()
+    r = client.post(PATH, data=urlencode(pairs), headers={
+        "X-Twilio-Signature": signature, **header(),
+        "Content-Type": "application/x-www-form-urlencoded"})
+    assert r.status_code == 200

@@ -246,7 +246,8 @@ def test_a_first_whatsapp_message_joins_the_person_known_by_phone_before_by_wa_i
 
 
 def test_a_repeated_parameter_is_signed_with_all_its_values(client):
-    """Twilio signs every value of a repeated parameter (name and value, in order)."""
+    """Twilio signs every distinct value of a repeated parameter (name and value, values
+    in order); a value added to a genuine request breaks the signature."""
     import base64
     import hashlib
     import hmac
@@ -264,3 +265,7 @@ def test_a_repeated_parameter_is_signed_with_all_its_values(client):
     r = client.post("/webhooks/whatsapp", data=urlencode(pairs), headers={
         "X-Twilio-Signature": signature, "Content-Type": "application/x-www-form-urlencoded"})
     assert r.status_code == 200
+    smuggled = [*pairs, ("Body", "pay now")]
+    r = client.post("/webhooks/whatsapp", data=urlencode(smuggled), headers={
+        "X-Twilio-Signature": signature, "Content-Type": "application/x-www-form-urlencoded"})
+    assert r.status_code == 403

@@ -49,10 +49,12 @@ def signed(view):
             log.warning("webhook body is not valid UTF-8", extra={"path": request.path})
             abort(400, "request body is not valid UTF-8")
         signature = request.headers.get("X-Twilio-Signature", "")
-        key, algorithm = signing_key(settings)
+        keys, algorithm = signing_keys(settings)
         params = request.form  # every value of a repeated parameter is signed
-        if not signature or key is None or not signature_matches(
-                RequestValidator(key), public_url(), params, signature, algorithm):
+        url = public_url()
+        if not signature or not any(
+                signature_matches(RequestValidator(key), url, params, signature, algorithm)
+                for key in keys):
             log.warning("bad twilio signature", extra={"path": request.path})
             abort(403, "invalid Twilio signature")
         return view(*args, **kwargs)
@@ -60,24 +62,32 @@ def signed(view):
     return wrapper
 
 
-def signing_key(settings) -> tuple[str | None, str]:  # noqa: ANN001 (core.config.Settings)
-    """The secret and algorithm this request says Twilio signed it with.
+def signing_keys(settings) -> tuple[tuple[str, ...], str]:  # noqa: ANN001 (core.config.Settings)
+    """The secrets, and the algorithm, this request says Twilio signed it with.
 
     By default Twilio signs with the auth token and HMAC-SHA1. A webhook that a Twilio
     Webhook Rule sends through a Webhook Setting with a SharedKey is signed with that
     key instead, and says so in X-Twilio-Webhooks-Signature-Settings
-    ("key=<id>,algorithm=HMAC_SHA256"). Such a request is checked against
-    TWILIO_WEBHOOK_SHARED_KEY only, never the auth token; without one configured it is
-    refused (no key: None), and the log says what is missing.
+    ("key=<id>,algorithm=HMAC_SHA256"). Such a request is checked against the secrets in
+    TWILIO_WEBHOOK_SHARED_KEY only (several, comma-separated, while a key is rotated),
+    never the auth token, and only with the algorithm the header names; a header that
+    names none is not Twilio's. Without a usable key the request is refused (no secrets),
+    and the log says what is missing.
     """
     settings_header = request.headers.get(SIGNATURE_SETTINGS_HEADER)
-    if not settings_header:
-        return settings.twilio_auth_token, HMAC_SHA1
-    if not settings.twilio_webhook_shared_key:
+    if settings_header is None:
+        return (settings.twilio_auth_token,), HMAC_SHA1
+    named = any(part.partition("=")[0].strip() == "algorithm" and part.partition("=")[2].strip()
+                for part in settings_header.split(","))
+    if not named:
+        log.warning("webhook signature settings name no algorithm", extra={"path": request.path})
+        return (), HMAC_SHA1
+    secrets = tuple(k.strip() for k in (settings.twilio_webhook_shared_key or "").split(",")
+                    if k.strip())
+    if not secrets:
         log.warning("webhook signed with a Twilio shared key, but TWILIO_WEBHOOK_SHARED_KEY "
                     "is not set", extra={"path": request.path})
-        return None, HMAC_SHA1
-    return settings.twilio_webhook_shared_key, get_signature_algorithm(settings_header)
+    return secrets, get_signature_algorithm(settings_header)
 
 
 def signature_matches(validator: RequestValidator, url: str, params: Mapping[str, str],
