@@ -24,12 +24,14 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import signal
 import sys
 import time
 from collections.abc import Callable
 from contextlib import contextmanager
 
+import requests
 from sqlalchemy import create_engine, text
 
 from bench import common
@@ -123,6 +125,16 @@ def held(procs: dict[str, object], names: tuple[str, ...]):
 
 SLICES = 3  # alternating slices per side where the two are measured in turns
 
+_STATUS_TAKEN = re.compile(r'^http_requests_total\{endpoint="/webhooks/twilio/status",'
+                           r'method="POST",status="\d+"\} (\S+)$', re.M)
+
+
+def status_callbacks_taken(base: str) -> float:
+    """Status callbacks the service's web has answered so far, all workers together (its
+    /metrics adds up every gunicorn worker's counts)."""
+    return sum(float(v) for v in _STATUS_TAKEN.findall(
+        requests.get(f"{base}/metrics", timeout=30).text))
+
 
 def side_by_side(service: Callable[[int], Run], bare: Callable[[int], Run],
                  slices: int) -> tuple[Run, Run]:
@@ -182,12 +194,23 @@ def cpu_seconds(procs: dict[str, object], engine=None) -> dict[str, dict[int, fl
             continue
         for proc in family:
             add(role, proc)
+    add("loadgen", psutil.Process())
     for proc in psutil.process_iter(["name"]):
         name = proc.info["name"] or ""
         if name.startswith("postgres"):
             add("emulator_pg" if proc.pid in emulated else "postgres", proc)
         elif name.startswith("redis-server"):
             add("redis", proc)
+    return out
+
+
+def cores_used(before: dict[str, dict[int, float]], after: dict[str, dict[int, float]],
+               seconds: float) -> dict[str, float]:
+    """CPU used by role over ``seconds`` of wall time, in cores (2.0: both cores all the
+    time); "loadgen" is this process, which runs the load generator."""
+    out = {role: round(sum(max(0.0, secs - before.get(role, {}).get(pid, 0.0))
+                           for pid, secs in pids.items()) / seconds, 2)
+           for role, pids in after.items()} if seconds else {}
     return out
 
 
@@ -289,11 +312,18 @@ def measure(quick: bool) -> dict[str, object]:
                     return asyncio.run(closed_loop(bare, "/webhooks/whatsapp", WA_SCRIPT,
                                                    Signer(token, bare), label="bare", **part))
 
+                callbacks = None
                 with held(procs, ("worker", "sandbox") if workers_held else ()):
                     if workers_held:
                         s, b = side_by_side(service, baseline, slices)
                     else:
+                        # The replies' status callbacks the web takes meanwhile, besides
+                        # the messages: Twilio's share of the web while the drain runs.
+                        before = status_callbacks_taken(svc)
+                        cpu_before = cpu_seconds(procs, engine)
                         s = service(0)
+                        cores = cores_used(cpu_before, cpu_seconds(procs, engine), s.seconds)
+                        callbacks = status_callbacks_taken(svc) - before
                 # Every accepted message handled before anything else runs.
                 accepted = s.statuses.get(200, 0)
                 handled, waited = wait_handled(engine, handled_before + accepted, 300)
@@ -302,6 +332,9 @@ def measure(quick: bool) -> dict[str, object]:
                 turns = {"accepted": accepted, "handled": done,
                          "drain_after_s": round(waited, 2),
                          "per_second": round(done / (s.seconds + waited), 1)}
+                if callbacks is not None and s.seconds:
+                    turns["status_callbacks_per_s"] = round(callbacks / s.seconds, 1)
+                    turns["cpu_cores"] = cores
                 if not workers_held:
                     b = baseline(0)
             else:
@@ -353,14 +386,28 @@ def measure(quick: bool) -> dict[str, object]:
           f"measure service and bare in {SLICES} alternating slices each)")
     print(common.table(
         ["channel", "jobs", "conc", "svc msg/s", "bare msg/s", "ratio", "svc p50", "svc p95",
-         "svc p99", "bare p99", "errors", "turns/s", "drain s"],
+         "svc p99", "bare p99", "errors", "turns/s", "drain s", "callbacks/s"],
         [[r["channel"], _jobs(r), r["concurrency"], r["service"]["per_second"],
           r["bare"]["per_second"],
           r["ratio"], r["service"]["p50_ms"], r["service"]["p95_ms"], r["service"]["p99_ms"],
           r["bare"]["p99_ms"], r["service"]["errors"],
           r.get("turns", {}).get("per_second", "-"), r.get("turns", {}).get("drain_after_s",
-                                                                            "-")]
+                                                                            "-"),
+          r.get("turns", {}).get("status_callbacks_per_s", "-")]
          for r in rows]))
+    print("(callbacks/s: the replies' status callbacks the service's web answered during a "
+          "draining level, besides the messages it was measured on)")
+    draining = [r for r in rows if r.get("turns", {}).get("cpu_cores")]
+    if draining:
+        roles = ("web", "workers", "postgres", "redis", "twilio", "sandbox", "emulator_pg",
+                 "loadgen")
+        print("\nCPU during the draining levels, in cores (of 2): who takes the cores while "
+              "the webhook is measured")
+        print(common.table(["conc", *roles, "total"],
+                           [[r["concurrency"],
+                             *(r["turns"]["cpu_cores"].get(k, "-") for k in roles),
+                             round(sum(r["turns"]["cpu_cores"].get(k, 0.0) for k in roles), 2)]
+                            for r in draining]))
     print("\nWhatsApp at fixed rates: the webhook's answer, and each message until its reply "
           "was written (turn done) and handed to Twilio (sent), ms")
     print(common.table(
