@@ -44,6 +44,7 @@ class Run:
             "label": self.label, "concurrency": self.concurrency, "requests": self.count,
             "seconds": round(self.seconds, 3),
             "per_second": round(self.count / self.seconds, 1) if self.seconds else 0.0,
+            "mean_ms": round(sum(self.latencies_ms) / self.count, 2) if self.count else 0.0,
             "p50_ms": round(percentile(self.latencies_ms, 50), 2),
             "p95_ms": round(percentile(self.latencies_ms, 95), 2),
             "p99_ms": round(percentile(self.latencies_ms, 99), 2),

@@ -136,6 +136,19 @@ def status_callbacks_taken(base: str) -> float:
         requests.get(f"{base}/metrics", timeout=30).text))
 
 
+_IN_APP = re.compile(r'^http_request_duration_seconds_(sum|count)\{endpoint="/webhooks/whatsapp"\} '
+                     r'(\S+)$', re.M)
+
+
+def whatsapp_time_in_app(base: str) -> tuple[float, float]:
+    """Seconds the service's Flask app has spent in WhatsApp webhooks so far, and how many
+    it answered (all workers): from the first line of our code to the last, without
+    gunicorn's accept and hand-off, the kernel's queues or the load generator."""
+    got = {kind: float(v) for kind, v in _IN_APP.findall(
+        requests.get(f"{base}/metrics", timeout=30).text)}
+    return got.get("sum", 0.0), got.get("count", 0.0)
+
+
 def side_by_side(service: Callable[[int], Run], bare: Callable[[int], Run],
                  slices: int) -> tuple[Run, Run]:
     """Run the service's and the bare endpoint's measurement in ``slices`` alternating
@@ -202,6 +215,32 @@ def cpu_seconds(procs: dict[str, object], engine=None) -> dict[str, dict[int, fl
         elif name.startswith("redis-server"):
             add("redis", proc)
     return out
+
+
+def runqueue_wait(pid: int, children: bool = True) -> float:
+    """Seconds the threads of ``pid`` (and of its children) have waited, runnable, for a
+    core (the scheduler's own count, /proc/<pid>/task/<tid>/schedstat)."""
+    import psutil
+
+    family = [pid]
+    if children:
+        try:
+            family += [c.pid for c in psutil.Process(pid).children(recursive=True)]
+        except psutil.Error:
+            return 0.0
+    waited = 0
+    for p in family:
+        try:
+            tids = os.listdir(f"/proc/{p}/task")
+        except OSError:
+            continue
+        for tid in tids:
+            try:
+                with open(f"/proc/{p}/task/{tid}/schedstat") as f:
+                    waited += int(f.read().split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+    return waited / 1e9
 
 
 def cores_used(before: dict[str, dict[int, float]], after: dict[str, dict[int, float]],
@@ -283,7 +322,7 @@ def measure(quick: bool) -> dict[str, object]:
                                      threads=8)]),
     ], env) as procs, common.processes([
         ("bare", common.gunicorn("bench.bare_app:create_app()", bare_port)),
-    ], bare_env):
+    ], bare_env) as bare_procs:
         common.wait_ready(f"{svc}/readyz")
         common.wait_ready(f"http://127.0.0.1:{twilio_port}/readyz")
         common.wait_ready(f"{bare}/healthz")
@@ -320,10 +359,15 @@ def measure(quick: bool) -> dict[str, object]:
                         # The replies' status callbacks the web takes meanwhile, besides
                         # the messages: Twilio's share of the web while the drain runs.
                         before = status_callbacks_taken(svc)
+                        app_before = whatsapp_time_in_app(svc)
                         cpu_before = cpu_seconds(procs, engine)
+                        waits = (runqueue_wait(procs["web"].pid), runqueue_wait(os.getpid(), children=False))
                         s = service(0)
+                        waits = (runqueue_wait(procs["web"].pid) - waits[0],
+                                 runqueue_wait(os.getpid(), children=False) - waits[1])
                         cores = cores_used(cpu_before, cpu_seconds(procs, engine), s.seconds)
                         callbacks = status_callbacks_taken(svc) - before
+                        app_after = whatsapp_time_in_app(svc)
                 # Every accepted message handled before anything else runs.
                 accepted = s.statuses.get(200, 0)
                 handled, waited = wait_handled(engine, handled_before + accepted, 300)
@@ -335,8 +379,20 @@ def measure(quick: bool) -> dict[str, object]:
                 if callbacks is not None and s.seconds:
                     turns["status_callbacks_per_s"] = round(callbacks / s.seconds, 1)
                     turns["cpu_cores"] = cores
+                    answered = app_after[1] - app_before[1]
+                    turns["in_app_mean_ms"] = round(
+                        (app_after[0] - app_before[0]) / answered * 1000, 2) if answered else None
                 if not workers_held:
+                    bare_waits = (runqueue_wait(bare_procs["bare"].pid),
+                                  runqueue_wait(os.getpid(), children=False))
                     b = baseline(0)
+                    bare_waits = (runqueue_wait(bare_procs["bare"].pid) - bare_waits[0],
+                                  runqueue_wait(os.getpid(), children=False) - bare_waits[1])
+                    turns["core_waits_ms"] = {
+                        "web": round(waits[0] / max(s.count, 1) * 1000, 2),
+                        "loadgen": round(waits[1] / max(s.count, 1) * 1000, 2),
+                        "bare_web": round(bare_waits[0] / max(b.count, 1) * 1000, 2),
+                        "bare_loadgen": round(bare_waits[1] / max(b.count, 1) * 1000, 2)}
             else:
                 def service(i: int, c: int = c, part: dict = part, base: int = user_base):
                     run = asyncio.run(ivr_closed_loop(svc, IVR_DIGITS, Signer(token, svc),
@@ -407,6 +463,20 @@ def measure(quick: bool) -> dict[str, object]:
                            [[r["concurrency"],
                              *(r["turns"]["cpu_cores"].get(k, "-") for k in roles),
                              round(sum(r["turns"]["cpu_cores"].get(k, 0.0) for k in roles), 2)]
+                            for r in draining]))
+        print("\nWhere a WhatsApp webhook's time goes while the drain runs, mean ms: in the "
+              "app (Flask, first to last line of our code) and as the load generator saw it")
+        print(common.table(["conc", "in app", "seen by client", "outside the app",
+                            "web's threads waited for a core", "load generator waited",
+                            "bare: client", "bare: web waited", "bare: load gen. waited"],
+                           [[r["concurrency"], r["turns"]["in_app_mean_ms"],
+                             r["service"]["mean_ms"],
+                             round(r["service"]["mean_ms"] - r["turns"]["in_app_mean_ms"], 2)
+                             if r["turns"]["in_app_mean_ms"] is not None else "-",
+                             r["turns"]["core_waits_ms"]["web"],
+                             r["turns"]["core_waits_ms"]["loadgen"], r["bare"]["mean_ms"],
+                             r["turns"]["core_waits_ms"]["bare_web"],
+                             r["turns"]["core_waits_ms"]["bare_loadgen"]]
                             for r in draining]))
     print("\nWhatsApp at fixed rates: the webhook's answer, and each message until its reply "
           "was written (turn done) and handed to Twilio (sent), ms")
