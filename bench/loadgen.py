@@ -13,11 +13,13 @@ import html
 import itertools
 import re
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from urllib.parse import urlencode
+from urllib.parse import urlencode, urlsplit
 
 import aiohttp
+import psutil
 from twilio.request_validator import RequestValidator
 
 from bench.common import percentile
@@ -34,6 +36,8 @@ class Run:
     statuses: dict[int, int] = field(default_factory=dict)
     errors: int = 0
     seconds: float = 0.0
+    # Per measured part: its connections as the server's processes took them (see spread).
+    splits: list[list[int]] = field(default_factory=list)
 
     @property
     def count(self) -> int:
@@ -50,6 +54,7 @@ class Run:
             "p99_ms": round(percentile(self.latencies_ms, 99), 2),
             "errors": self.errors,
             "statuses": {str(k): v for k, v in sorted(self.statuses.items())},
+            "connections_per_process": self.splits,
         }
 
 
@@ -62,6 +67,7 @@ def merged(runs: Sequence[Run]) -> Run:
             out.statuses[status] = out.statuses.get(status, 0) + count
         out.errors += run.errors
         out.seconds += run.seconds
+        out.splits += run.splits
     return out
 
 
@@ -98,14 +104,58 @@ async def open_connections(session: aiohttp.ClientSession, target: str, count: i
     await asyncio.gather(*(ping() for _ in range(count)))
 
 
+# A closed loop keeps a few connections, and the kernel gives each to whichever gunicorn
+# worker wins the accept: 8 connections landed anywhere from 4/4 to 8/0 on two workers,
+# which moved one endpoint's throughput between 1,200 and 2,100 msg/s within one run (one
+# worker, one GIL, took the load of both). Twilio's many connections over a day spread
+# evenly, so a measured part starts only once its connections do: they are opened again
+# until every worker holds its share, give or take an eighth.
+SPREAD_TRIES = 40
+
+
+def _connections(port: int) -> list[int]:
+    """This process's connections to ``port`` on loopback, counted by the server process
+    holding the other end (fewest first)."""
+    ours = {c.laddr.port for c in psutil.Process().net_connections("tcp")
+            if c.status == psutil.CONN_ESTABLISHED and c.raddr and c.raddr.port == port}
+    held = Counter(c.pid for c in psutil.net_connections("tcp")
+                   if c.pid and c.status == psutil.CONN_ESTABLISHED and c.laddr
+                   and c.laddr.port == port and c.raddr and c.raddr.port in ours)
+    return sorted(held.values())
+
+
+def even(split: list[int], processes: int) -> bool:
+    return (len(split) == processes
+            and split[-1] - split[0] <= max(1, sum(split) // (4 * processes)))
+
+
+async def spread_session(target: str, count: int, spread_over: int,
+                         timeout: aiohttp.ClientTimeout
+                         ) -> tuple[aiohttp.ClientSession, list[int]]:
+    """A session holding ``count`` open connections to ``target``, spread evenly over the
+    server's ``spread_over`` worker processes (0: as the accepts fell); and the split."""
+    port = urlsplit(target).port
+    for attempt in range(SPREAD_TRIES):
+        session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=count),
+                                        timeout=timeout)
+        await open_connections(session, target, count)
+        if not spread_over:
+            return session, []
+        split = _connections(port)
+        if even(split, spread_over) or attempt == SPREAD_TRIES - 1:
+            return session, split
+        await session.close()
+    raise AssertionError("unreachable")
+
+
 async def closed_loop(target: str, path: str, script: Sequence[Step], signer: Signer, *,
                       concurrency: int, max_requests: int, max_seconds: float,
-                      label: str, user_offset: int = 0) -> Run:
-    """Each of ``concurrency`` users sends its script in a loop until a bound is hit."""
+                      label: str, user_offset: int = 0, spread_over: int = 0,
+                      at_start: Callable[[], None] | None = None) -> Run:
+    """Each of ``concurrency`` users sends its script in a loop until a bound is hit;
+    ``at_start`` is called when the connections are open, just before the clock starts."""
     run = Run(label, concurrency)
     budget = itertools.count()
-    deadline = time.perf_counter() + max_seconds
-    conn = aiohttp.TCPConnector(limit=concurrency, force_close=False)
     timeout = aiohttp.ClientTimeout(total=15)
 
     async def user(u: int, session: aiohttp.ClientSession) -> None:
@@ -115,9 +165,13 @@ async def closed_loop(target: str, path: str, script: Sequence[Step], signer: Si
             await _send(session, target, path, params, signer, run, time.perf_counter())
             turn += 1
 
-    async with aiohttp.ClientSession(connector=conn, timeout=timeout) as session:
-        await open_connections(session, target, concurrency)
+    session, split = await spread_session(target, concurrency, spread_over, timeout)
+    run.splits.append(split)
+    async with session:
+        if at_start is not None:
+            at_start()
         t0 = time.perf_counter()
+        deadline = t0 + max_seconds
         await asyncio.gather(*(user(u, session) for u in range(concurrency)))
         run.seconds = time.perf_counter() - t0
     return run
@@ -161,12 +215,11 @@ _ACTION = re.compile(r'<Gather[^>]*\baction="([^"]+)"')
 
 async def ivr_closed_loop(target: str, digits: Sequence[str], signer: Signer, *,
                           concurrency: int, max_requests: int, max_seconds: float,
-                          label: str, user_offset: int = 0) -> Run:
+                          label: str, user_offset: int = 0, spread_over: int = 0) -> Run:
     """Callers walking a keypad script, each turn posted to the action URL that the
     previous TwiML named (as Twilio does); a call that ends is dialled again."""
     run = Run(label, concurrency)
     budget = itertools.count()
-    deadline = time.perf_counter() + max_seconds
     timeout = aiohttp.ClientTimeout(total=15)
 
     async def caller(u: int, session: aiohttp.ClientSession) -> None:
@@ -198,10 +251,11 @@ async def ivr_closed_loop(target: str, digits: Sequence[str], signer: Signer, *,
                     break  # the call ended
                 path = html.unescape(found.group(1))
 
-    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=concurrency),
-                                     timeout=timeout) as session:
-        await open_connections(session, target, concurrency)
+    session, split = await spread_session(target, concurrency, spread_over, timeout)
+    run.splits.append(split)
+    async with session:
         t0 = time.perf_counter()
+        deadline = t0 + max_seconds
         await asyncio.gather(*(caller(u, session) for u in range(concurrency)))
         run.seconds = time.perf_counter() - t0
     return run

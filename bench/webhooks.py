@@ -36,6 +36,7 @@ from sqlalchemy import create_engine, text
 
 from bench import common
 from bench.loadgen import Run, Signer, closed_loop, ivr_closed_loop, merged, open_loop
+from bench.loadgen import even as loadgen_even
 
 WA_FROM = "whatsapp:+14155238886"
 # A customer's booking conversation, one message per turn (the bot's own flow).
@@ -123,6 +124,7 @@ def held(procs: dict[str, object], names: tuple[str, ...]):
             os.killpg(pid, signal.SIGCONT)
 
 
+WEB_WORKERS = 2  # gunicorn workers of the service and of the bare endpoint, as in production
 SLICES = 3  # alternating slices per side where the two are measured in turns
 
 _STATUS_TAKEN = re.compile(r'^http_requests_total\{endpoint="/webhooks/twilio/status",'
@@ -149,7 +151,7 @@ def whatsapp_time_in_app(base: str) -> tuple[float, float]:
     return got.get("sum", 0.0), got.get("count", 0.0)
 
 
-def side_by_side(service: Callable[[int], Run], bare: Callable[[int], Run],
+def side_by_side(service: Callable[..., Run], bare: Callable[..., Run],
                  slices: int) -> tuple[Run, Run]:
     """Run the service's and the bare endpoint's measurement in ``slices`` alternating
     parts, each part taking its share of the bounds; return each side as one run."""
@@ -243,6 +245,10 @@ def runqueue_wait(pid: int, children: bool = True) -> float:
     return waited / 1e9
 
 
+def _per_request(seconds: float, run: Run) -> float:
+    return round(seconds / max(run.count, 1) * 1000, 2)
+
+
 def cores_used(before: dict[str, dict[int, float]], after: dict[str, dict[int, float]],
                seconds: float) -> dict[str, float]:
     """CPU used by role over ``seconds`` of wall time, in cores (2.0: both cores all the
@@ -313,7 +319,7 @@ def measure(quick: bool) -> dict[str, object]:
     engine = create_engine(env["DATABASE_URL"].replace("postgresql://", "postgresql+psycopg://", 1))
     handled_before = 0
     with common.processes([
-        ("web", common.gunicorn("core.app:create_app()", svc_port)),
+        ("web", common.gunicorn("core.app:create_app()", svc_port, workers=WEB_WORKERS)),
         *[(f"worker{i}", [sys.executable, "-m", "core.cli", "worker"]) for i in range(workers)],
         ("sandbox", ["env", f"PGAPPNAME={EMULATION_APP}", sys.executable, "-m", "core.cli",
                      "sandbox-worker"]),
@@ -321,7 +327,8 @@ def measure(quick: bool) -> dict[str, object]:
                     *common.gunicorn("core.app:create_app()", twilio_port, workers=1,
                                      threads=8)]),
     ], env) as procs, common.processes([
-        ("bare", common.gunicorn("bench.bare_app:create_app()", bare_port)),
+        ("bare", common.gunicorn("bench.bare_app:create_app()", bare_port,
+                                 workers=WEB_WORKERS)),
     ], bare_env) as bare_procs:
         common.wait_ready(f"{svc}/readyz")
         common.wait_ready(f"http://127.0.0.1:{twilio_port}/readyz")
@@ -339,35 +346,42 @@ def measure(quick: bool) -> dict[str, object]:
             # measured in alternating slices, so a drift of the machine hits both alike.
             slices = 1 if channel == "whatsapp" and not workers_held else SLICES
             part = {"concurrency": c, "max_requests": max_requests // slices,
-                    "max_seconds": max_seconds / slices}
+                    "max_seconds": max_seconds / slices, "spread_over": WEB_WORKERS}
             turns: dict[str, object] = {}
             if channel == "whatsapp":
-                def service(i: int, c: int = c, part: dict = part, base: int = user_base):
+                def service(i: int, c: int = c, part: dict = part, base: int = user_base,
+                            at_start: Callable[[], None] | None = None):
                     return asyncio.run(closed_loop(svc, "/webhooks/whatsapp", WA_SCRIPT,
                                                    Signer(token, svc), label="service",
-                                                   user_offset=base + i * c, **part))
+                                                   user_offset=base + i * c, at_start=at_start,
+                                                   **part))
 
-                def baseline(i: int, part: dict = part):
+                def baseline(i: int, part: dict = part,
+                             at_start: Callable[[], None] | None = None):
                     return asyncio.run(closed_loop(bare, "/webhooks/whatsapp", WA_SCRIPT,
-                                                   Signer(token, bare), label="bare", **part))
+                                                   Signer(token, bare), label="bare",
+                                                   at_start=at_start, **part))
 
-                callbacks = None
                 with held(procs, ("worker", "sandbox") if workers_held else ()):
                     if workers_held:
                         s, b = side_by_side(service, baseline, slices)
                     else:
-                        # The replies' status callbacks the web takes meanwhile, besides
-                        # the messages: Twilio's share of the web while the drain runs.
-                        before = status_callbacks_taken(svc)
-                        app_before = whatsapp_time_in_app(svc)
-                        cpu_before = cpu_seconds(procs, engine)
-                        waits = (runqueue_wait(procs["web"].pid), runqueue_wait(os.getpid(), children=False))
-                        s = service(0)
-                        waits = (runqueue_wait(procs["web"].pid) - waits[0],
-                                 runqueue_wait(os.getpid(), children=False) - waits[1])
-                        cores = cores_used(cpu_before, cpu_seconds(procs, engine), s.seconds)
-                        callbacks = status_callbacks_taken(svc) - before
-                        app_after = whatsapp_time_in_app(svc)
+                        # Counters read when the clock starts (connections open and spread)
+                        # and when it stops: the CPU each role used meanwhile, the status
+                        # callbacks the web took besides the messages (Twilio's share of
+                        # the web while the drain runs), the time the app spent on the
+                        # messages, and how long the web's and the load generator's threads
+                        # waited for a core.
+                        def sample() -> dict[str, object]:
+                            return {"callbacks": status_callbacks_taken(svc),
+                                    "app": whatsapp_time_in_app(svc),
+                                    "cpu": cpu_seconds(procs, engine),
+                                    "waits": (runqueue_wait(procs["web"].pid),
+                                              runqueue_wait(os.getpid(), children=False))}
+
+                        start: dict[str, object] = {}
+                        s = service(0, at_start=lambda into=start: into.update(sample()))
+                        end = sample()
                 # Every accepted message handled before anything else runs.
                 accepted = s.statuses.get(200, 0)
                 handled, waited = wait_handled(engine, handled_before + accepted, 300)
@@ -376,23 +390,29 @@ def measure(quick: bool) -> dict[str, object]:
                 turns = {"accepted": accepted, "handled": done,
                          "drain_after_s": round(waited, 2),
                          "per_second": round(done / (s.seconds + waited), 1)}
-                if callbacks is not None and s.seconds:
-                    turns["status_callbacks_per_s"] = round(callbacks / s.seconds, 1)
-                    turns["cpu_cores"] = cores
-                    answered = app_after[1] - app_before[1]
-                    turns["in_app_mean_ms"] = round(
-                        (app_after[0] - app_before[0]) / answered * 1000, 2) if answered else None
                 if not workers_held:
-                    bare_waits = (runqueue_wait(bare_procs["bare"].pid),
-                                  runqueue_wait(os.getpid(), children=False))
-                    b = baseline(0)
-                    bare_waits = (runqueue_wait(bare_procs["bare"].pid) - bare_waits[0],
-                                  runqueue_wait(os.getpid(), children=False) - bare_waits[1])
-                    turns["core_waits_ms"] = {
-                        "web": round(waits[0] / max(s.count, 1) * 1000, 2),
-                        "loadgen": round(waits[1] / max(s.count, 1) * 1000, 2),
-                        "bare_web": round(bare_waits[0] / max(b.count, 1) * 1000, 2),
-                        "bare_loadgen": round(bare_waits[1] / max(b.count, 1) * 1000, 2)}
+                    bare_start: list[tuple[float, float]] = []
+
+                    def bare_waits() -> tuple[float, float]:
+                        return (runqueue_wait(bare_procs["bare"].pid),
+                                runqueue_wait(os.getpid(), children=False))
+
+                    b = baseline(0, at_start=lambda into=bare_start: into.append(bare_waits()))
+                    bare_end = bare_waits()
+                    if s.seconds and b.count:
+                        answered = end["app"][1] - start["app"][1]
+                        turns.update({
+                            "status_callbacks_per_s": round(
+                                (end["callbacks"] - start["callbacks"]) / s.seconds, 1),
+                            "cpu_cores": cores_used(start["cpu"], end["cpu"], s.seconds),
+                            "in_app_mean_ms": round((end["app"][0] - start["app"][0])
+                                                    / answered * 1000, 2) if answered else None,
+                            "core_waits_ms": {
+                                "web": _per_request(end["waits"][0] - start["waits"][0], s),
+                                "loadgen": _per_request(end["waits"][1] - start["waits"][1], s),
+                                "bare_web": _per_request(bare_end[0] - bare_start[0][0], b),
+                                "bare_loadgen": _per_request(bare_end[1] - bare_start[0][1],
+                                                             b)}})
             else:
                 def service(i: int, c: int = c, part: dict = part, base: int = user_base):
                     run = asyncio.run(ivr_closed_loop(svc, IVR_DIGITS, Signer(token, svc),
@@ -453,6 +473,14 @@ def measure(quick: bool) -> dict[str, object]:
          for r in rows]))
     print("(callbacks/s: the replies' status callbacks the service's web answered during a "
           "draining level, besides the messages it was measured on)")
+    uneven = [f"{r['channel']} {r['concurrency']} {side} {'/'.join(map(str, split))}"
+              for r in rows for side in ("service", "bare")
+              for split in r[side]["connections_per_process"]
+              if not loadgen_even(split, WEB_WORKERS)]
+    print(f"(every measured part had its connections spread over the {WEB_WORKERS} gunicorn "
+          "workers evenly, give or take an eighth)" if not uneven else
+          "(connections NOT spread evenly over the gunicorn workers in: " + "; ".join(uneven)
+          + ")")
     draining = [r for r in rows if r.get("turns", {}).get("cpu_cores")]
     if draining:
         roles = ("web", "workers", "postgres", "redis", "twilio", "sandbox", "emulator_pg",
