@@ -308,7 +308,9 @@ def measure(quick: bool) -> dict[str, object]:
     # the background jobs' CPU priority, so its work is not billed to the web under test
     # (the status callbacks it sends back are, as Twilio's would be).
     env["TWILIO_API_BASE"] = f"http://127.0.0.1:{twilio_port}/sandbox/twilio"
-    emulator_nice = os.environ.get("WORKER_NICE", "10")
+    from core.cli import DEFAULT_WORKER_NICE
+
+    emulator_nice = os.environ.get("WORKER_NICE", str(DEFAULT_WORKER_NICE))
     common.reset_database(env)
     bare_env = dict(env, PUBLIC_BASE_URL=f"http://127.0.0.1:{bare_port}")
     token = env.get("TWILIO_AUTH_TOKEN", "sandbox-twilio-auth-token")
