@@ -249,6 +249,58 @@ def _per_request(seconds: float, run: Run) -> float:
     return round(seconds / max(run.count, 1) * 1000, 2)
 
 
+def draining_level(service: Callable[..., Run], bare: Callable[..., Run],
+                   drained: Callable[[Run], tuple[int, int, float]],
+                   sample: Callable[[bool], dict], bare_waits: Callable[[], tuple[float, float]],
+                   slices: int) -> tuple[Run, Run, dict[str, object]]:
+    """A WhatsApp level with the RQ workers draining meanwhile, in ``slices`` parts: a
+    service part, its turns drained, a bare part. Counters are read when each part's
+    clock starts (connections open and spread) and when it stops: the CPU each role used,
+    the status callbacks the web took besides the messages (Twilio's share of the web
+    while the drain runs), the time the app spent on the messages, and how long the web's
+    and the load generator's threads waited for a core (the bare's too)."""
+    parts: tuple[list[Run], list[Run]] = ([], [])
+    totals = {"accepted": 0, "done": 0, "drain_after_s": 0.0, "callbacks": 0.0,
+              "app_s": 0.0, "app_n": 0.0, "web": 0.0, "loadgen": 0.0, "bare_web": 0.0,
+              "bare_loadgen": 0.0}
+    cpu: dict[str, float] = {}
+    for i in range(slices):
+        start: dict[str, object] = {}
+        run = service(i, at_start=lambda into=start: into.update(sample(True)))
+        end = sample(False)
+        accepted, done, waited = drained(run)
+        bare_start: list[tuple[float, float]] = []
+        bare_run = bare(i, at_start=lambda into=bare_start: into.append(bare_waits()))
+        bare_end = bare_waits()
+        parts[0].append(run)
+        parts[1].append(bare_run)
+        for role, cores in cores_used(start["cpu"], end["cpu"], run.seconds).items():
+            cpu[role] = cpu.get(role, 0.0) + cores * run.seconds
+        totals["accepted"] += accepted
+        totals["done"] += done
+        totals["drain_after_s"] += waited
+        totals["callbacks"] += end["callbacks"] - start["callbacks"]
+        totals["app_s"] += end["app"][0] - start["app"][0]
+        totals["app_n"] += end["app"][1] - start["app"][1]
+        totals["web"] += end["waits"][0] - start["waits"][0]
+        totals["loadgen"] += end["waits"][1] - start["waits"][1]
+        totals["bare_web"] += bare_end[0] - bare_start[0][0]
+        totals["bare_loadgen"] += bare_end[1] - bare_start[0][1]
+    s, b = merged(parts[0]), merged(parts[1])
+    seconds = max(s.seconds, 1e-9)
+    return s, b, {
+        "accepted": totals["accepted"], "done": totals["done"],
+        "drain_after_s": totals["drain_after_s"],
+        "status_callbacks_per_s": round(totals["callbacks"] / seconds, 1),
+        "cpu_cores": {role: round(v / seconds, 2) for role, v in cpu.items()},
+        "in_app_mean_ms": round(totals["app_s"] / totals["app_n"] * 1000, 2)
+        if totals["app_n"] else None,
+        "core_waits_ms": {"web": _per_request(totals["web"], s),
+                          "loadgen": _per_request(totals["loadgen"], s),
+                          "bare_web": _per_request(totals["bare_web"], b),
+                          "bare_loadgen": _per_request(totals["bare_loadgen"], b)}}
+
+
 def cores_used(before: dict[str, dict[int, float]], after: dict[str, dict[int, float]],
                seconds: float) -> dict[str, float]:
     """CPU used by role over ``seconds`` of wall time, in cores (2.0: both cores all the
@@ -340,15 +392,40 @@ def measure(quick: bool) -> dict[str, object]:
         handled_before, _ = wait_handled(engine, warm_up(svc, token, 90_000_000, warm), 120)
         wait_idle(env["REDIS_URL"])
         user_base = 0
+
+        def sample(at_start: bool) -> dict[str, object]:
+            # The CPU and wait counters are read nearest the clock, so the scrapes of the
+            # web's /metrics (CPU of the web's and of this process) stay out of the window.
+            def counters() -> dict[str, object]:
+                return {"cpu": cpu_seconds(procs, engine),
+                        "waits": (runqueue_wait(procs["web"].pid),
+                                  runqueue_wait(os.getpid(), children=False))}
+
+            first = {} if at_start else counters()
+            scraped = {"callbacks": status_callbacks_taken(svc),
+                       "app": whatsapp_time_in_app(svc)}
+            return {**first, **scraped, **(counters() if at_start else {})}
+
+        def bare_waits() -> tuple[float, float]:
+            return (runqueue_wait(bare_procs["bare"].pid),
+                    runqueue_wait(os.getpid(), children=False))
+
         plan = [("whatsapp", c, False) for c in levels]
         plan.append(("whatsapp", levels[-1] if quick else 32, True))
         plan += [("voice", c, False) for c in levels]
         for channel, c, workers_held in plan:
-            # Where nothing is left behind for the other to pay for, the two endpoints are
-            # measured in alternating slices, so a drift of the machine hits both alike.
-            slices = 1 if channel == "whatsapp" and not workers_held else SLICES
-            part = {"concurrency": c, "max_requests": max_requests // slices,
-                    "max_seconds": max_seconds / slices, "spread_over": WEB_WORKERS}
+            # The two endpoints are measured in alternating parts, so a drift of the machine
+            # hits both alike. In a draining level each service part's turns are drained
+            # before the bare part runs, on quiet cores as every bare part does.
+            # In a full run a draining part is as long as a whole level: a shorter one would
+            # mostly measure the drain starting up. A smoke run measures a draining level in
+            # one part, to stay short.
+            whole = channel == "whatsapp" and not workers_held
+            slices = 1 if whole and quick else SLICES
+            part = {"concurrency": c,
+                    "max_requests": max_requests if whole else max_requests // slices,
+                    "max_seconds": max_seconds if whole else max_seconds / slices,
+                    "spread_over": WEB_WORKERS}
             turns: dict[str, object] = {}
             if channel == "whatsapp":
                 def service(i: int, c: int = c, part: dict = part, base: int = user_base,
@@ -364,57 +441,27 @@ def measure(quick: bool) -> dict[str, object]:
                                                    Signer(token, bare), label="bare",
                                                    at_start=at_start, **part))
 
-                with held(procs, ("worker", "sandbox") if workers_held else ()):
-                    if workers_held:
+                def drained(run: Run) -> tuple[int, int, float]:
+                    """Wait until every message ``run`` got accepted is handled."""
+                    nonlocal handled_before
+                    accepted = run.statuses.get(200, 0)
+                    handled, waited = wait_handled(engine, handled_before + accepted, 300)
+                    done, handled_before = handled - handled_before, handled
+                    wait_idle(env["REDIS_URL"])
+                    return accepted, done, waited
+
+                if workers_held:
+                    with held(procs, ("worker", "sandbox")):
                         s, b = side_by_side(service, baseline, slices)
-                    else:
-                        # Counters read when the clock starts (connections open and spread)
-                        # and when it stops: the CPU each role used meanwhile, the status
-                        # callbacks the web took besides the messages (Twilio's share of
-                        # the web while the drain runs), the time the app spent on the
-                        # messages, and how long the web's and the load generator's threads
-                        # waited for a core.
-                        def sample() -> dict[str, object]:
-                            return {"callbacks": status_callbacks_taken(svc),
-                                    "app": whatsapp_time_in_app(svc),
-                                    "cpu": cpu_seconds(procs, engine),
-                                    "waits": (runqueue_wait(procs["web"].pid),
-                                              runqueue_wait(os.getpid(), children=False))}
-
-                        start: dict[str, object] = {}
-                        s = service(0, at_start=lambda into=start: into.update(sample()))
-                        end = sample()
-                # Every accepted message handled before anything else runs.
-                accepted = s.statuses.get(200, 0)
-                handled, waited = wait_handled(engine, handled_before + accepted, 300)
-                done, handled_before = handled - handled_before, handled
-                wait_idle(env["REDIS_URL"])
-                turns = {"accepted": accepted, "handled": done,
-                         "drain_after_s": round(waited, 2),
-                         "per_second": round(done / (s.seconds + waited), 1)}
-                if not workers_held:
-                    bare_start: list[tuple[float, float]] = []
-
-                    def bare_waits() -> tuple[float, float]:
-                        return (runqueue_wait(bare_procs["bare"].pid),
-                                runqueue_wait(os.getpid(), children=False))
-
-                    b = baseline(0, at_start=lambda into=bare_start: into.append(bare_waits()))
-                    bare_end = bare_waits()
-                    if s.seconds and b.count:
-                        answered = end["app"][1] - start["app"][1]
-                        turns.update({
-                            "status_callbacks_per_s": round(
-                                (end["callbacks"] - start["callbacks"]) / s.seconds, 1),
-                            "cpu_cores": cores_used(start["cpu"], end["cpu"], s.seconds),
-                            "in_app_mean_ms": round((end["app"][0] - start["app"][0])
-                                                    / answered * 1000, 2) if answered else None,
-                            "core_waits_ms": {
-                                "web": _per_request(end["waits"][0] - start["waits"][0], s),
-                                "loadgen": _per_request(end["waits"][1] - start["waits"][1], s),
-                                "bare_web": _per_request(bare_end[0] - bare_start[0][0], b),
-                                "bare_loadgen": _per_request(bare_end[1] - bare_start[0][1],
-                                                             b)}})
+                    accepted, done, waited = drained(s)
+                else:
+                    s, b, draining = draining_level(service, baseline, drained, sample,
+                                                    bare_waits, slices)
+                    accepted, done, waited = (draining.pop("accepted"), draining.pop("done"),
+                                              draining.pop("drain_after_s"))
+                    turns.update(draining)
+                turns = {"accepted": accepted, "handled": done, "drain_after_s": round(waited, 2),
+                         "per_second": round(done / (s.seconds + waited), 1), **turns}
             else:
                 def service(i: int, c: int = c, part: dict = part, base: int = user_base):
                     run = asyncio.run(ivr_closed_loop(svc, IVR_DIGITS, Signer(token, svc),
