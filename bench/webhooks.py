@@ -417,15 +417,15 @@ def measure(quick: bool) -> dict[str, object]:
             # The two endpoints are measured in alternating parts, so a drift of the machine
             # hits both alike. In a draining level each service part's turns are drained
             # before the bare part runs, on quiet cores as every bare part does.
-            # In a full run a draining part is as long as a whole level: a shorter one would
-            # mostly measure the drain starting up. A smoke run measures a draining level in
+            # In a full run a draining part is half a level: a much shorter one would mostly
+            # measure the drain starting up, a longer one makes the run long (each part's
+            # turns are drained before the next). A smoke run measures a draining level in
             # one part, to stay short.
-            whole = channel == "whatsapp" and not workers_held
-            slices = 1 if whole and quick else SLICES
-            part = {"concurrency": c,
-                    "max_requests": max_requests if whole else max_requests // slices,
-                    "max_seconds": max_seconds if whole else max_seconds / slices,
-                    "spread_over": WEB_WORKERS}
+            draining = channel == "whatsapp" and not workers_held
+            slices = 1 if draining and quick else SLICES
+            share = 2 if draining else slices
+            part = {"concurrency": c, "max_requests": max_requests // share,
+                    "max_seconds": max_seconds / share, "spread_over": WEB_WORKERS}
             turns: dict[str, object] = {}
             if channel == "whatsapp":
                 def service(i: int, c: int = c, part: dict = part, base: int = user_base,
