@@ -423,7 +423,7 @@ def measure(quick: bool) -> dict[str, object]:
             # one part, to stay short.
             draining = channel == "whatsapp" and not workers_held
             slices = 1 if draining and quick else SLICES
-            share = 2 if draining else slices
+            share = (1 if quick else 2) if draining else slices
             part = {"concurrency": c, "max_requests": max_requests // share,
                     "max_seconds": max_seconds / share, "spread_over": WEB_WORKERS}
             turns: dict[str, object] = {}
