@@ -61,7 +61,7 @@ def measure(quick: bool) -> dict[str, object]:
         common.wait_ready(f"{base}/readyz", timeout=240)
         run = asyncio.run(closed_loop(base, "/webhooks/whatsapp", WA_SCRIPT,
                                       Signer("sandbox-twilio-auth-token", base),
-                                      concurrency=16, max_requests=600 if quick else 4000,
+                                      concurrency=16, max_requests=400 if quick else 4000,
                                       max_seconds=20 if quick else 60, label="serve"))
         time.sleep(1)  # let the worker drain the follow-up jobs the load queued
         rows = []

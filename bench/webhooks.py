@@ -412,7 +412,7 @@ def measure(quick: bool) -> dict[str, object]:
 
         plan = [("whatsapp", c, False) for c in levels]
         plan.append(("whatsapp", levels[-1] if quick else 32, True))
-        plan += [("voice", c, False) for c in levels]
+        plan += [("voice", c, False) for c in (levels[:1] if quick else levels)]  # smoke: one
         for channel, c, workers_held in plan:
             # The two endpoints are measured in alternating parts, so a drift of the machine
             # hits both alike. In a draining level each service part's turns are drained
@@ -490,7 +490,7 @@ def measure(quick: bool) -> dict[str, object]:
             sent_at: dict[str, float] = {}
             cpu_before = cpu_seconds(procs, engine)
             run = asyncio.run(open_loop(svc, "/webhooks/whatsapp", WA_SCRIPT, Signer(token, svc),
-                                        rate=rate, seconds=3 if quick else 20, users=400,
+                                        rate=rate, seconds=2 if quick else 20, users=400,
                                         label=f"service@{rate}/s", user_offset=user_base,
                                         sent_at=sent_at))
             user_base += 400
