@@ -16,11 +16,12 @@ from core.config import ROOT, get_settings
 log = logging.getLogger("core.cli")
 
 # As far below the web as niceness goes. Measured on 2 cores with the drain running under
-# a closed loop of webhooks, levels alternating in one run: at 10 the jobs took 0.33-0.47
-# cores and the web answered 500-745 messages/s; at 19, 0.25-0.30 cores and 613-685; with
-# SCHED_IDLE, 0.20-0.27 and 560-1,000. 19 keeps most of that gain and, unlike SCHED_IDLE,
-# a share of a busy core (weight 15 against the web's 1024), so a job holding a lock or
-# a contact still finishes while the web is saturated.
+# a closed loop of webhooks, levels alternating nice 10, 19 and SCHED_IDLE in one run: at
+# 19 the web answered 19-32% more messages/s than at 10 in each triple (613 vs 500, 643 vs
+# 541, 685 vs 519), about what SCHED_IDLE gave, and the jobs took 0.25-0.30 cores against
+# 0.35-0.39. Unlike SCHED_IDLE, 19 keeps a share of a busy core (weight 15 against the
+# web's 1024), so a job holding a lock or a contact still finishes while the web is
+# saturated.
 DEFAULT_WORKER_NICE = 19
 
 
