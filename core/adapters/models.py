@@ -391,10 +391,12 @@ class SandboxMessage(Base):
 
 
 # Each area keeps its tables in its own module; importing them here puts every table in
-# Base.metadata for Alembic and the tests.
+# Base.metadata for Alembic and the tests; facts_watch registers the Session listeners
+# that keep dispatch's cached partner facts honest, wherever these models are used.
 from core.adapters import (  # noqa: E402,F401
     api_models,
     dialog_models,
     dispatch_models,
+    facts_watch,
     payment_models,
 )

@@ -30,6 +30,7 @@ import unicodedata
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
+from functools import lru_cache
 
 from core.domain.pricing import SizeBucket, SpeedTier, VehicleType, WeightBucket, can_carry
 
@@ -209,13 +210,20 @@ class Load:
 
 def vehicle_fits(v: VehicleFacts, load: Load) -> bool:
     """True if this vehicle may carry the load (type capacity, own size and payload)."""
-    if not v.active:
-        return False
-    size, weight = SizeBucket(load.size), WeightBucket(load.weight)
+    return v.active and _fits(str(v.type), v.payload_kg, str(v.max_size), str(load.size),
+                              str(load.weight))
+
+
+@lru_cache(maxsize=4096)
+def _fits(vehicle_type: str, payload_kg: int, max_size: str, size_name: str,
+          weight_name: str) -> bool:
+    # A ranking asks this for every vehicle of some 60 partners; the answer depends on
+    # a few dozen combinations, so it is worked out once per process.
+    size, weight = SizeBucket(size_name), WeightBucket(weight_name)
     return (
-        can_carry(v.type, size, weight)
-        and size.rank <= SizeBucket(v.max_size).rank
-        and weight.max_grams <= v.payload_kg * 1000
+        can_carry(vehicle_type, size, weight)
+        and size.rank <= SizeBucket(max_size).rank
+        and weight.max_grams <= payload_kg * 1000
     )
 
 

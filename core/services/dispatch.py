@@ -30,16 +30,17 @@ import logging
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import date, datetime, time, timedelta
 from functools import lru_cache
 from zoneinfo import ZoneInfo
 
 import requests
+from redis.exceptions import RedisError
 from sqlalchemy import func, select, text, update
 from sqlalchemy.orm import Session
 
 from core import clock, i18n
-from core.adapters import geo_index, storage
+from core.adapters import facts_watch, geo_index, storage
 from core.adapters.db import transaction
 from core.adapters.dispatch_models import (
     DispatchOffer,
@@ -270,37 +271,124 @@ class Ranked:
 
 def find_candidates(session: Session, lat: float, lng: float, load: rules.Load,
                     radius_km: float, *, exclude: set[int] = frozenset()) -> list[Ranked]:  # type: ignore[assignment]
-    """Eligible partners within ``radius_km`` of a point, best first (documented score)."""
+    """Eligible partners within ``radius_km`` of a point, best first (documented score).
+
+    One Redis round trip finds the nearest partners with their cached facts; PostgreSQL
+    is asked (one round trip) only for the partners whose facts are not cached, stale,
+    or changed by this very transaction, and what it answers is cached for the next
+    search (see geo_index's "cached eligibility facts").
+    """
     cfg = config()
-    geo_index.ensure_homes(lambda: _home_positions(session))
-    near = geo_index.nearby(lat, lng, radius_km, max_age_s=cfg.location_max_age_s,
-                            now=clock.now(), limit=cfg.max_candidates * 3 + len(exclude))
+    session.flush()  # this transaction's own changes count as touched (facts_watch)
+    now = clock.now()
+    near = geo_index.nearby(lat, lng, radius_km, max_age_s=cfg.location_max_age_s, now=now,
+                            limit=cfg.max_candidates * 3 + len(exclude), with_facts=True,
+                            homes=lambda: _home_positions(session))
     near = [n for n in near if n.partner_id not in exclude][: cfg.max_candidates * 3]
     if not near:
         return []
-    start = clock.now().astimezone(IST).replace(hour=0, minute=0, second=0, microsecond=0)
-    # One round trip for everything eligibility and ranking need about these partners.
-    rows = {row.id: row for row in session.execute(_CANDIDATE_FACTS, {
-        "ids": [n.partner_id for n in near], "active": list(ACTIVE_LEG_STATES),
-        "delivered": LegStatus.DELIVERED.value, "start": start})}
+    day = now.astimezone(IST).date()
+    own = facts_watch.touched(session)
+    facts: dict[int, _Facts] = {}
+    for n in near:
+        if n.facts is not None and n.partner_id not in own:
+            cached = _unpack_facts(n.partner_id, n.facts, now, day)
+            if cached is not None:
+                facts[n.partner_id] = cached
+    missing = [n for n in near if n.partner_id not in facts]
+    if missing:
+        facts.update(_read_facts(session, missing, now, day, own))
     cands = []
     for n in near:
-        row = rows.get(n.partner_id)
-        if row is None:
+        f = facts.get(n.partner_id)
+        if f is None or rules.ineligible_reason(f.partner, load) is not None:
             continue
-        facts = rules.PartnerFacts(
-            row.id, row.on_duty, row.active_legs, row.max_active_legs, row.trust_tier,
-            tuple(rules.VehicleFacts(t, kg, size, active) for t, kg, size, active
-                  in row.vehicles))
-        if rules.ineligible_reason(facts, load) is not None:
-            continue
-        cands.append(rules.Candidate(row.id, n.distance_m, row.rating_x100,
-                                     row.offers_received, row.offers_accepted,
-                                     int(row.earned_today)))
+        cands.append(rules.Candidate(n.partner_id, n.distance_m, f.rating_x100,
+                                     f.offers_received, f.offers_accepted, f.earned_today))
     radius_m = int(radius_km * 1000)
     ranked = rules.rank(cands, cfg.weights, radius_m)[: cfg.max_candidates]
     top = max((c.earned_today_paise for c in ranked), default=0)
     return [Ranked(c, rules.score(c, cfg.weights, radius_m, top)) for c in ranked]
+
+
+@dataclass(frozen=True)
+class _Facts:
+    """What ranking knows about a partner besides where they are."""
+
+    partner: rules.PartnerFacts
+    rating_x100: int
+    offers_received: int
+    offers_accepted: int
+    earned_today: int
+
+
+FACTS_MAX_AGE_S = 300  # cached facts older than this are read again (see facts_watch)
+_FACTS_VERSION = "1"
+
+
+def _pack_facts(f: _Facts, read_at: datetime, day: date) -> str:
+    """One line: version, when read, the IST day of the earnings, then the facts."""
+    p = f.partner
+    vehicles = ",".join(f"{v.type}:{v.payload_kg}:{v.max_size}:{int(v.active)}"
+                        for v in p.vehicles)
+    return "|".join(map(str, (
+        _FACTS_VERSION, int(read_at.timestamp()), day.isoformat(), int(p.on_duty),
+        p.active_legs, p.max_active_legs, p.trust_tier, f.rating_x100, f.offers_received,
+        f.offers_accepted, f.earned_today, vehicles)))
+
+
+def _unpack_facts(partner_id: int, packed: str, now: datetime, day: date) -> _Facts | None:
+    """The cached facts, or None when they are of another version, too old, or of
+    another day's earnings (or unreadable: then the database answers)."""
+    version, read_at, fact_day, rest = (packed.split("|", 3) + ["", "", ""])[:4]
+    if version != _FACTS_VERSION or fact_day != day.isoformat():
+        return None
+    try:
+        if now.timestamp() - int(read_at) > FACTS_MAX_AGE_S:
+            return None
+        return _parse_facts(partner_id, rest)
+    except ValueError:
+        return None
+
+
+@lru_cache(maxsize=4096)
+def _parse_facts(partner_id: int, packed: str) -> _Facts:
+    # Searches near one place see the same partners' unchanged facts again and again.
+    fields = packed.split("|")
+    if len(fields) != 9:
+        raise ValueError("cached facts have the wrong number of fields")
+    on_duty, active, most, tier, rating, received, accepted, earned = map(int, fields[:8])
+    vehicles = []
+    for item in filter(None, fields[8].split(",")):
+        vtype, kg, size, active_flag = item.split(":")
+        vehicles.append(rules.VehicleFacts(vtype, int(kg), size, active_flag == "1"))
+    partner = rules.PartnerFacts(partner_id, bool(on_duty), active, most, tier,
+                                 tuple(vehicles))
+    return _Facts(partner, rating, received, accepted, earned)
+
+
+def _read_facts(session: Session, near: list[geo_index.Nearby], now: datetime, day: date,
+                own: set[int]) -> dict[int, _Facts]:
+    """These partners' facts from PostgreSQL (one round trip), cached for the next search
+    unless this transaction changed them (not committed, so not for others to see)."""
+    start = datetime.combine(day, time.min, IST)
+    rows = session.execute(_CANDIDATE_FACTS, {
+        "ids": [n.partner_id for n in near], "active": list(ACTIVE_LEG_STATES),
+        "delivered": LegStatus.DELIVERED.value, "start": start})
+    out = {}
+    for row in rows:
+        out[row.id] = _Facts(
+            rules.PartnerFacts(row.id, row.on_duty, row.active_legs, row.max_active_legs,
+                               row.trust_tier, tuple(rules.VehicleFacts(t, kg, size, active)
+                                                     for t, kg, size, active in row.vehicles)),
+            row.rating_x100, row.offers_received, row.offers_accepted, int(row.earned_today))
+    gens = {n.partner_id: n.gen for n in near}
+    try:
+        geo_index.store_facts((pid, gens[pid], _pack_facts(f, now, day))
+                              for pid, f in out.items() if pid not in own)
+    except RedisError:
+        log.warning("could not cache dispatch facts", extra={"partners": len(out)})
+    return out
 
 
 # --- planning -------------------------------------------------------------------------
