@@ -330,6 +330,35 @@ def test_decline_moves_the_cascade_to_the_next_batch(client, live, frozen, monke
     assert statuses == {near: "declined", a: "accepted", b: "withdrawn"}
 
 
+@pytest.mark.parametrize("change, key", [
+    ("vehicle", "dispatch.unfit_vehicle"),
+    ("trust", "dispatch.unfit_trust_tier"),
+])
+def test_acceptance_rechecks_the_partner_in_postgresql(client, live, frozen, change, key):
+    # Between the offer and the "1" the partner changed (ops retired the vehicle, or
+    # lowered the trust tier): the acceptance is refused by what PostgreSQL says now, and
+    # the leg goes to the next partner.
+    near, near_phone = make_partner("Near", LAXMIPUR)
+    other, _ = make_partner("Other", (26.90, 84.49))
+    booking_id = paid_booking(value_paise=2_000_00)  # tier 1 may carry it, tier 0 not
+    start(booking_id)
+    leg = legs_of(booking_id)[0]
+    assert [o.partner_id for o in offers(leg.id)] == [near]
+    with transaction() as s:
+        if change == "vehicle":
+            for v in s.scalars(select(Vehicle).where(Vehicle.partner_id == near)):
+                v.active = False
+        else:
+            s.get(PartnerProfile, near).trust_tier = 0
+    from core import i18n
+
+    assert sms(client, near_phone, "1") == [i18n.t(key, "hi", job=str(leg.id))]
+    assert booking_status(booking_id) == "dispatching"
+    assert legs_of(booking_id)[0].partner_id is None
+    assert {o.partner_id: o.status for o in offers(leg.id)} == {near: "withdrawn",
+                                                                other: "open"}
+
+
 def test_offer_expires_and_next_partner_is_offered(live, frozen):
     first, _ = make_partner("First", LAXMIPUR)
     second, _ = make_partner("Second", (26.90, 84.49))

@@ -851,6 +851,13 @@ def accept(session: Session, partner: PartnerProfile, code: str | None) -> Reply
                            facts.trust_tier, facts.vehicles), load_of(booking))
     if reason == "at_capacity":
         return _r("dispatch.at_capacity", n=facts.active_legs)
+    if reason is not None:
+        # The partner changed since the offer went out (a vehicle retired, the trust tier
+        # lowered): the ranking may have used facts cached before that, PostgreSQL decides.
+        offer.status = rules.OfferStatus.WITHDRAWN.value
+        offer.responded_at = clock.now()
+        _maybe_continue(session, leg)
+        return _r(f"dispatch.unfit_{reason}", job=job)
     now = clock.now()
     offer.status = rules.OfferStatus.ACCEPTED.value
     offer.responded_at = now
