@@ -190,3 +190,44 @@ def test_there_are_fixtures_for_every_required_story() -> None:
                 "change_before_confirm", "cancel_booking", "track_booking", "out_of_area",
                 "three_misses_then_person", "duplicate_webhook", "stop_and_start"}
     assert required <= names, f"missing fixtures: {sorted(required - names)}"
+
+
+def test_a_whatsapp_turn_writes_its_conversation_once(client) -> None:
+    # The dialog's place and the message's time go out in one UPDATE of the row (none
+    # left for a flush at the commit), and the next turn reads what this one wrote.
+    from sqlalchemy import event
+
+    from core.adapters.db import engine
+    from tests.conftest import send_whatsapp
+
+    phone = "+919812300777"
+
+    def form(sid: str, body: str) -> dict[str, str]:
+        return {"MessageSid": sid, "AccountSid": "ACtest", "From": f"whatsapp:{phone}",
+                "To": "whatsapp:+14155238886", "WaId": phone[1:], "ProfileName": "Asha",
+                "NumMedia": "0", "Body": body}
+
+    clock.freeze(START)
+    try:
+        send_whatsapp(client, form("SMonce1", "hi"))
+        send_whatsapp(client, form("SMonce2", "1"))  # Hindi
+        updates: list[str] = []
+
+        def seen(conn, cursor, statement, *args) -> None:
+            if statement.lstrip().upper().startswith("UPDATE CONVERSATIONS"):
+                updates.append(statement)
+
+        clock.freeze(START + timedelta(seconds=40))
+        event.listen(engine(), "before_cursor_execute", seen)
+        try:
+            assert send_whatsapp(client, form("SMonce3", "1"))  # book
+        finally:
+            event.remove(engine(), "before_cursor_execute", seen)
+        assert len(updates) == 1, updates
+        with transaction() as s:
+            conv = s.scalar(select(Conversation).where(Conversation.channel == "whatsapp",
+                                                       Conversation.contact.contains(phone[1:])))
+            assert conv.last_inbound_at == START + timedelta(seconds=40)
+            assert conv.step not in ("menu", "start", "language")
+    finally:
+        clock.freeze(None)

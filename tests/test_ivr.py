@@ -235,6 +235,35 @@ def test_a_complete_hindi_booking_by_keypad(phone: Caller) -> None:
     assert heard.hangup and heard.gather is None and t("ivr.no_answer") in heard.text
 
 
+def test_a_keypad_turn_writes_its_conversation_once(phone: Caller) -> None:
+    # The dialog's place and the call's time go out in one UPDATE of the row; nothing of
+    # the turn is left for a flush at the commit (a second UPDATE), and the next turn
+    # reads what this one wrote.
+    from sqlalchemy import event
+
+    from core.adapters.db import engine
+
+    phone.call()
+    phone.press("1")  # Hindi
+    updates: list[str] = []
+
+    def seen(conn, cursor, statement, *args) -> None:
+        if statement.lstrip().upper().startswith("UPDATE CONVERSATIONS"):
+            updates.append(statement)
+
+    event.listen(engine(), "before_cursor_execute", seen)
+    try:
+        clock.freeze(START + timedelta(seconds=30))
+        phone.press("1")  # book
+    finally:
+        event.remove(engine(), "before_cursor_execute", seen)
+    assert len(updates) == 1, updates
+    with transaction() as s:
+        conv = s.scalar(select(Conversation).where(Conversation.contact == phone.phone))
+        assert conv.last_inbound_at == START + timedelta(seconds=30)
+        assert conv.state["call"]["answered"] == 2 and conv.step != "menu"
+
+
 def test_star_repeats_and_zero_returns_to_the_menu_keeping_the_draft(phone: Caller) -> None:
     phone.call()
     phone.press("1")

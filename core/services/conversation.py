@@ -13,12 +13,13 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from rq import Retry
-from sqlalchemy import case, or_, select
-from sqlalchemy.orm import Session
+from sqlalchemy import bindparam, case, or_, select, update
+from sqlalchemy.orm import Session, object_session
+from sqlalchemy.orm.attributes import set_committed_value
 
 from core import clock, i18n
 from core.adapters import pincode
@@ -58,15 +59,18 @@ class Turn:
     outs: list[Out] = field(default_factory=list)
 
 
+# One round trip for both (the conversation row locked: one turn at a time per contact).
+# Every turn runs it: built once, not built and cache-keyed per call.
+_CONTACT = (select(Conversation, Person)
+            .outerjoin(Person, Person.id == Conversation.person_id)
+            .where(Conversation.channel == bindparam("channel"),
+                   Conversation.contact == bindparam("contact"))
+            .with_for_update(of=Conversation))
+
+
 def contact_for(session: Session, msg: InboundMessage) -> tuple[Person, Conversation]:
     """The person and conversation behind an inbound message, created on first contact."""
-    # One round trip for both (the conversation row locked: one turn at a time per contact).
-    row = session.execute(
-        select(Conversation, Person)
-        .outerjoin(Person, Person.id == Conversation.person_id)
-        .where(Conversation.channel == msg.channel, Conversation.contact == msg.contact)
-        .with_for_update(of=Conversation)
-    ).first()
+    row = session.execute(_CONTACT, {"channel": msg.channel, "contact": msg.contact}).first()
     conv: Conversation | None = row[0] if row else None
     person: Person | None = row[1] if row else None
     if person is None:
@@ -92,7 +96,8 @@ def contact_for(session: Session, msg: InboundMessage) -> tuple[Person, Conversa
                             step="start", state={}, misses=0, handoff=False)
         session.add(conv)
         session.flush()
-    conv.person_id = person.id
+    if conv.person_id != person.id:  # an unchanged row must not cost the commit a flush
+        conv.person_id = person.id
     return person, conv
 
 
@@ -247,15 +252,35 @@ def load_state(conv: Conversation) -> DialogState:
                        conv.misses or 0)
 
 
-def save_state(conv: Conversation, state: DialogState) -> None:
-    conv.step = state.step
-    conv.state = engine.copy_data(state.data)  # a new object, so the JSONB change is saved
-    conv.misses = state.misses
+# Every turn runs it: a prebuilt UPDATE, not the unit of work's flush of the row. With the
+# prebuilt look-up above, a turn takes about 1 ms less CPU (of 5-7 ms; session 10).
+_CONVERSATIONS = Conversation.__table__
+_SAVE_STATE = (update(_CONVERSATIONS).where(_CONVERSATIONS.c.id == bindparam("conv_id"))
+               .values(step=bindparam("step"), state=bindparam("state"),
+                       misses=bindparam("misses")))
+_SAVE_STATE_AT = _SAVE_STATE.values(last_inbound_at=bindparam("last_inbound_at"))
+
+
+def save_state(conv: Conversation, state: DialogState, *, at: datetime | None = None) -> None:
+    """Write the dialog's place (and, with ``at``, the time of the contact's message) to
+    the conversation's row now, in the caller's transaction; ``conv`` shows it as saved."""
+    session = object_session(conv)
+    assert session is not None and conv.id is not None, "a conversation of this session"
+    values: dict[str, Any] = {"step": state.step, "state": engine.copy_data(state.data),
+                              "misses": state.misses}
+    if at is not None:
+        values["last_inbound_at"] = at
+    session.execute(_SAVE_STATE if at is None else _SAVE_STATE_AT,
+                    dict(values, conv_id=conv.id))
+    for key, value in values.items():
+        set_committed_value(conv, key, value)
+    session.expire(conv, ["updated_at"])  # the UPDATE set it (onupdate)
 
 
 def dialog_turn(session: Session, person: Person, conv: Conversation, inp: UserInput,
-                idle: timedelta | None) -> list[Out]:
-    """One turn of the booking dialog for any channel; state saved on ``conv``."""
+                idle: timedelta | None, at: datetime | None = None) -> list[Out]:
+    """One turn of the booking dialog for any channel; state saved on ``conv`` (with
+    ``at``, the time of the message too)."""
     dialog = BOOKING_DIALOG
     state = load_state(conv)
     ports = SessionPorts(session, person, conv)
@@ -279,7 +304,7 @@ def dialog_turn(session: Session, person: Person, conv: Conversation, inp: UserI
             outs = engine.enter(dialog, ctx, MENU)
     else:
         outs = engine.turn(dialog, state, inp, ports, lang)
-    save_state(conv, state)
+    save_state(conv, state, at=at)
     return outs
 
 
@@ -291,14 +316,14 @@ def whatsapp_turn(session: Session, msg: InboundMessage) -> Turn:
     idle = now - previous if previous is not None else None
     text = msg.body.strip()
     try:
-        return _whatsapp_turn(session, msg, person, conv, idle, text)
+        return _whatsapp_turn(session, msg, person, conv, idle, text, now)
     finally:
-        # Set last, so that the turn's changes to the row go out in one UPDATE.
-        conv.last_inbound_at = now
+        if conv.last_inbound_at != now:  # the dialog's save_state wrote it already
+            conv.last_inbound_at = now
 
 
 def _whatsapp_turn(session: Session, msg: InboundMessage, person: Person, conv: Conversation,
-                   idle: timedelta | None, text: str) -> Turn:
+                   idle: timedelta | None, text: str, now: datetime) -> Turn:
 
     def lang() -> str:
         return (person.preferred_language or (conv.state or {}).get("lang_guess")
@@ -326,7 +351,7 @@ def _whatsapp_turn(session: Session, msg: InboundMessage, person: Person, conv: 
     before = lang()  # known now: a failed turn may leave the session unreadable
     step = conv.step
     try:
-        outs = dialog_turn(session, person, conv, inp, idle)
+        outs = dialog_turn(session, person, conv, inp, idle, at=now)
     except Exception as exc:
         # Nothing of this turn is kept (its transaction rolls back); the user may retry.
         log.exception("dialog turn failed", extra={"step": step})

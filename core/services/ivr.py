@@ -183,9 +183,7 @@ def voice_turn(session: Session, call: CallRequest) -> VoiceTurn:
         state.data["call"]["answered"] = call.turn
         if action != "gather":
             _close_call(state)
-        save_state(conv, state)
-        # Set last: a query in the dialog would otherwise flush it in an UPDATE of its own.
-        conv.last_inbound_at = clock.now()
+        save_state(conv, state, at=clock.now())
     except Exception as exc:
         # Nothing of this turn is kept (its transaction rolls back); the draft stays.
         log.exception("voice turn failed", extra={"step": step})
