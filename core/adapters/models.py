@@ -17,12 +17,14 @@ from sqlalchemy import (
     DateTime,
     Float,
     ForeignKey,
+    Index,
     Integer,
     MetaData,
     String,
     Text,
     UniqueConstraint,
     func,
+    text,
 )
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
@@ -82,6 +84,11 @@ class Point(Base):
     """A village hub where parcels can change hands between relay legs."""
 
     __tablename__ = "points"
+    __table_args__ = (
+        # Nearest active Points first (migration 0010): core.services.conversation.
+        Index("ix_points_active_position", func.point(text("lng"), text("lat")),
+              postgresql_using="gist", postgresql_where=text("active")),
+    )
 
     id: Mapped[int] = mapped_column(primary_key=True)
     name: Mapped[str] = mapped_column(String(120))
