@@ -7,7 +7,7 @@ import importlib
 import sys
 import time
 
-BENCHMARKS = ("webhooks", "outbox", "ledger", "matching", "memory")
+BENCHMARKS = ("webhooks", "turns", "outbox", "ledger", "matching", "memory")
 
 
 def main(argv: list[str] | None = None) -> int:
