@@ -98,3 +98,42 @@ def test_short_trip_stays_direct_even_with_points_around(live, frozen):  # noqa:
     booking_id = paid_booking(pickup=P, drop=A)
     start(booking_id)
     assert len(legs_of(booking_id)) == 1
+
+
+def test_relay_planning_measures_only_the_points_near_each_end(live, frozen,  # noqa: F811
+                                                               monkeypatch):
+    # Among 600 other active Points (east of the trip, up to 1,000 km away), the relay
+    # still goes through the Points nearest each end, and planning measures road distances
+    # to the few nearest each end in a straight line, not to every Point.
+    import random
+
+    from sqlalchemy import insert
+
+    from core.adapters.models import Point
+    from core.adapters.points import CANDIDATES
+    from core.services import dispatch
+
+    point_a, point_b = make_point("Point A", *A), make_point("Point B", *B)
+    rng = random.Random(3)
+    with transaction() as s:
+        s.execute(insert(Point), [
+            {"name": f"Far {i}", "lat": rng.uniform(26.0, 27.7), "lng": rng.uniform(84.9, 94.0),
+             "pincode": "845438", "active": True} for i in range(600)])
+    make_partner("Ramesh", A, point_id=point_a, max_active_legs=1)
+    measured: list[tuple] = []
+    road = dispatch.road_distance_m
+
+    def counting(a, b, **kwargs):
+        measured.append((a, b))
+        return road(a, b, **kwargs)
+
+    monkeypatch.setattr(dispatch, "road_distance_m", counting)
+    booking_id = paid_booking(pickup=P, drop=D)
+    start(booking_id)
+    legs = legs_of(booking_id)
+    assert [(leg.from_point_id, leg.to_point_id) for leg in legs] == [
+        (None, point_a), (point_a, point_b), (point_b, None)]
+    pairs = {frozenset((a, b)) for a, b in measured}
+    # Each end to the candidates found near either end (at most 2 x CANDIDATES), the
+    # direct trip and the relay's legs; the old plan measured both ends to every Point.
+    assert len(pairs) <= 4 * CANDIDATES + 4, len(pairs)

@@ -8,12 +8,13 @@ from __future__ import annotations
 import random
 
 import pytest
-from sqlalchemy import event, insert
+from sqlalchemy import event, insert, text
 
 from core.adapters.db import engine, transaction
 from core.adapters.models import Point
+from core.adapters.points import CANDIDATES
 from core.domain.geo import haversine_m
-from core.services.conversation import NEAREST_CANDIDATES, SessionPorts, service_radius_m
+from core.services.conversation import SessionPorts, service_radius_m
 
 pytestmark = pytest.mark.db
 
@@ -73,7 +74,14 @@ def test_areas_of_many_places_take_one_statement_that_reads_a_few_points(clean_d
     finally:
         event.remove(engine(), "before_cursor_execute", before)
         event.remove(engine(), "after_cursor_execute", after)
-    assert len(statements) == 1 and rows[0] <= NEAREST_CANDIDATES * 25
+    assert len(statements) == 1 and rows[0] <= CANDIDATES * 25
+    # ... and PostgreSQL reads them from the index, not by sorting every Point.
+    from core.adapters.points import _NEAREST
+
+    with transaction() as s:
+        plan = "\n".join(s.execute(text("EXPLAIN " + _NEAREST.text), {
+            "lats": [26.0], "lngs": [85.0], "k": CANDIDATES}).scalars())
+    assert "Index Scan using ix_points_active_position" in plan, plan
     radius = service_radius_m()
     for place, result in zip(places[:-1], results[:-1], strict=True):
         name, dist = _brute(points, place["lat"], place["lng"])

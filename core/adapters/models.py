@@ -85,7 +85,7 @@ class Point(Base):
 
     __tablename__ = "points"
     __table_args__ = (
-        # Nearest active Points first (migration 0010): core.services.conversation.
+        # Nearest active Points first (migration 0010): core.adapters.points.
         Index("ix_points_active_position", func.point(text("lng"), text("lat")),
               postgresql_using="gist", postgresql_where=text("active")),
     )

@@ -17,12 +17,12 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from rq import Retry
-from sqlalchemy import bindparam, case, or_, select, text, update
+from sqlalchemy import bindparam, case, or_, select, update
 from sqlalchemy.orm import Session, object_session
 from sqlalchemy.orm.attributes import set_committed_value
 
 from core import clock, i18n
-from core.adapters import pincode
+from core.adapters import pincode, points
 from core.adapters.models import Booking, Conversation, PartnerProfile, Person
 from core.adapters.queue import after_commit, enqueue
 from core.dialog import engine, words
@@ -114,24 +114,6 @@ def _place(office: pincode.PostOffice, lat: float | None = None,
             "district": office.district, "landmark": None}
 
 
-# The nearest active Points of each place, in one round trip for all the places a turn
-# checks: a nearest-neighbour scan of the GiST index of migration 0010 reads a few Points,
-# however many there are. The index orders by distance in degrees, in which a degree of
-# longitude counts as much as one of latitude; the candidates are ranked again by
-# haversine metres. The true nearest could be missed only if NEAREST_CANDIDATES Points
-# lay closer in degrees yet farther in metres (within 1/cos(latitude) of it, 1.2x in
-# India), and then one of them is answered.
-NEAREST_CANDIDATES = 16
-_NEAREST_POINTS = text("""
-    SELECT q.i, p.name, p.lat, p.lng
-    FROM unnest(CAST(:lats AS float8[]), CAST(:lngs AS float8[])) WITH ORDINALITY
-         AS q(lat, lng, i)
-    CROSS JOIN LATERAL (
-        SELECT name, lat, lng FROM points WHERE active
-        ORDER BY point(lng, lat) <-> point(q.lng, q.lat) LIMIT :k) AS p
-""")
-
-
 class SessionPorts:
     """core.dialog.ports.Ports for one person and conversation, inside one transaction."""
 
@@ -163,18 +145,12 @@ class SessionPorts:
 
     def _nearest_points(self, spots: list[tuple[float, float]]) -> list[tuple[str | None, int]]:
         """(name, metres) of the nearest active Point to each (lat, lng); (None, -1) when
-        there is no active Point."""
-        best: list[tuple[str | None, int]] = [(None, -1)] * len(spots)
-        if not spots:
-            return best
-        rows = self.session.execute(_NEAREST_POINTS, {
-            "lats": [float(lat) for lat, _ in spots], "lngs": [float(lng) for _, lng in spots],
-            "k": NEAREST_CANDIDATES})
-        for i, name, lat, lng in rows:
-            here = spots[i - 1]
-            d = haversine_m(here[0], here[1], lat, lng)
-            if best[i - 1][0] is None or d < best[i - 1][1]:
-                best[i - 1] = (name, d)
+        there is no active Point. One round trip for all of them."""
+        best: list[tuple[str | None, int]] = []
+        for (lat, lng), found in zip(spots, points.nearest(self.session, spots), strict=True):
+            ranked = [(haversine_m(lat, lng, p.lat, p.lng), p.id, p.name) for p in found]
+            d, _, name = min(ranked, default=(-1, 0, None))  # a tie: the older Point
+            best.append((name, d))
         return best
 
     def check_area(self, place: Place) -> PlaceResult:
@@ -299,6 +275,9 @@ _SAVE_STATE_AT = _SAVE_STATE.values(last_inbound_at=bindparam("last_inbound_at")
 def save_state(conv: Conversation, state: DialogState, *, at: datetime | None = None) -> None:
     """Write the dialog's place (and, with ``at``, the time of the contact's message) to
     the conversation's row now, in the caller's transaction; ``conv`` shows it as saved."""
+    # The row's other columns changed through the ORM (handoff, person_id) still go out
+    # in the flush at commit; these four are written here, so an unflushed ORM change to
+    # one of them is replaced by the turn's final value, as the ORM assignment did before.
     session = object_session(conv)
     assert session is not None and conv.id is not None, "a conversation of this session"
     values: dict[str, Any] = {"step": state.step, "state": engine.copy_data(state.data),

@@ -40,7 +40,7 @@ from sqlalchemy import func, select, text, update
 from sqlalchemy.orm import Session
 
 from core import clock, i18n
-from core.adapters import facts_watch, geo_index, storage
+from core.adapters import facts_watch, geo_index, points, storage
 from core.adapters.db import transaction
 from core.adapters.dispatch_models import (
     DispatchOffer,
@@ -428,8 +428,12 @@ def plan_legs(session: Session, booking: Booking) -> list[Leg]:
     hours = cfg.delivery_hours[SpeedTier(booking.speed_tier)]
     if _direct_possible(session, booking, leg, load_of(booking), hours):
         return legs
-    points = [rules.Stop(p.lat, p.lng, p.id)
-              for p in session.scalars(select(Point).where(Point.active.is_(True)))]
+    # The relay's Points are the nearest to the pickup and to the drop by road: ranked
+    # among the few nearest in a straight line (an index scan), not among every Point,
+    # which cost a road-distance call per Point (an OSRM request, where one is set).
+    near = points.nearest(session, [(leg.from_lat, leg.from_lng), (leg.to_lat, leg.to_lng)])
+    candidates = {p.id: rules.Stop(p.lat, p.lng, p.id) for found in near for p in found}
+    relay_points = sorted(candidates.values(), key=lambda stop: stop.point_id or 0)
     detour = active_rate_card(session).detour_factor_bp
     osrm = get_settings().osrm_url
     cache: dict[tuple, int] = {}
@@ -442,7 +446,7 @@ def plan_legs(session: Session, booking: Booking) -> list[Leg]:
         return cache[key]
 
     stops = rules.plan_relay(rules.Stop(leg.from_lat, leg.from_lng),
-                             rules.Stop(leg.to_lat, leg.to_lng), points, dist)
+                             rules.Stop(leg.to_lat, leg.to_lng), relay_points, dist)
     if stops is None:
         return legs
     distances = [dist(a, b) for a, b in zip(stops, stops[1:], strict=False)]
@@ -856,6 +860,8 @@ def accept(session: Session, partner: PartnerProfile, code: str | None) -> Reply
         # lowered): the ranking may have used facts cached before that, PostgreSQL decides.
         offer.status = rules.OfferStatus.WITHDRAWN.value
         offer.responded_at = clock.now()
+        log.info("acceptance refused: the partner no longer fits the leg",
+                 extra={"leg_id": leg.id, "partner_id": partner.id, "reason": reason})
         _maybe_continue(session, leg)
         return _r(f"dispatch.unfit_{reason}", job=job)
     now = clock.now()
