@@ -7,12 +7,16 @@ the reply is not sent), over the booking dialog that `webhooks` drives; an IVR t
 whole signed `/webhooks/voice` request through Flask's test client, over the keypad booking
 that `webhooks` drives. Extra Points lie far from the callers (Karnataka and Kerala), so
 every dialog takes the same path at every size. The sizes are measured in turns (the extra
-Points are inserted, measured, deleted), so a drift of the machine hits them alike.
+Points are inserted, measured, deleted; the order rotates from one repeat to the next), so
+a drift of the machine hits them alike. CPU is counted in the service's process and in
+the database's PostgreSQL backends (read from /proc: the server must be on this machine,
+as the embedded one is), so work moved into PostgreSQL is not hidden.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -29,12 +33,12 @@ def _child(sizes: list[int], repeats: int, conversations: int, calls: int) -> di
     import re
     import time
 
-    from sqlalchemy import delete, func, insert, select
+    from sqlalchemy import delete, func, insert, select, text
 
     from bench.loadgen import Signer
     from bench.webhooks import IVR_DIGITS, WA_TEXTS
     from bots.whatsapp import handle
-    from core.adapters.db import transaction
+    from core.adapters.db import autocommit, transaction
     from core.adapters.models import Point
     from core.app import create_app
     from core.config import get_settings
@@ -76,10 +80,30 @@ def _child(sizes: list[int], repeats: int, conversations: int, calls: int) -> di
             path = html.unescape(found.group(1))
         return turns
 
-    def cpu_ms_per_turn(run, times: int) -> float:
-        t0 = time.process_time()
+    tick = os.sysconf("SC_CLK_TCK")
+
+    def database_cpu() -> dict[int, float]:
+        """CPU seconds of this database's PostgreSQL backends (a local server)."""
+        with transaction() as s:
+            pids = list(s.scalars(text(
+                "SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
+                "AND backend_type = 'client backend'")))
+        cpu = {}
+        for pid in pids:
+            try:
+                fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue  # not on this machine, or gone
+            cpu[pid] = (int(fields[11]) + int(fields[12])) / tick
+        return cpu
+
+    def cpu_ms_per_turn(run, times: int) -> tuple[float, float]:
+        """(this process's, PostgreSQL's) CPU ms a turn."""
+        db0, t0 = database_cpu(), time.process_time()
         turns = sum(run() for _ in range(times))
-        return (time.process_time() - t0) * 1000 / turns
+        spent, db1 = time.process_time() - t0, database_cpu()
+        db = sum(v - db0.get(pid, 0.0) for pid, v in db1.items())
+        return spent * 1000 / turns, db * 1000 / turns
 
     def set_extra_points(n: int) -> int:
         with transaction() as s:
@@ -89,18 +113,28 @@ def _child(sizes: list[int], repeats: int, conversations: int, calls: int) -> di
                     {"name": FAR_NAME, "lat": rng.uniform(8.5, 15.5),
                      "lng": rng.uniform(74.5, 77.5), "pincode": "560001", "active": True}
                     for _ in range(n)])
+        # As autovacuum would soon: the deleted Points' index entries would otherwise be
+        # walked by every nearest-Point scan that needs more Points than are left near.
+        with autocommit() as conn:
+            conn.execute(text("VACUUM ANALYZE points"))
         with transaction() as s:
             return int(s.scalar(select(func.count()).where(Point.active.is_(True))) or 0)
 
     whatsapp_conversation(), call()  # warm: imports, the pincode index, prepared statements
     out: dict[str, dict[str, list[float]]] = {}
-    for _ in range(repeats):
-        for size in sizes:
+    for rep in range(repeats):
+        # The order rotates, so the growing tables (people, conversations, bookings) do
+        # not always meet the largest size last.
+        for size in sizes[rep % len(sizes):] + sizes[:rep % len(sizes)]:
             active = set_extra_points(size)
-            row = out.setdefault(str(size), {"whatsapp": [], "voice": [], "active": []})
+            row = out.setdefault(str(size), {key: [] for key in (
+                "whatsapp", "whatsapp_db", "voice", "voice_db", "active")})
             row["active"].append(active)
-            row["whatsapp"].append(cpu_ms_per_turn(whatsapp_conversation, conversations))
-            row["voice"].append(cpu_ms_per_turn(call, calls))
+            for channel, run, times in (("whatsapp", whatsapp_conversation, conversations),
+                                        ("voice", call, calls)):
+                app_ms, db_ms = cpu_ms_per_turn(run, times)
+                row[channel].append(app_ms)
+                row[f"{channel}_db"].append(db_ms)
     set_extra_points(0)
     return out
 
@@ -121,20 +155,24 @@ def measure(quick: bool) -> dict[str, object]:
     base: dict[str, float] = {}
     for size in sizes:
         s = samples[str(size)]
-        wa, voice = statistics.median(s["whatsapp"]), statistics.median(s["voice"])
+        med = {key: statistics.median(s[key]) for key in
+               ("whatsapp", "whatsapp_db", "voice", "voice_db")}
+        wa, voice = med["whatsapp"] + med["whatsapp_db"], med["voice"] + med["voice_db"]
         base.setdefault("whatsapp", wa)
         base.setdefault("voice", voice)
         result.append({"extra_points": size, "active_points": max(s["active"]),
-                       "whatsapp_cpu_ms": round(wa, 2), "voice_cpu_ms": round(voice, 2),
+                       **{f"{key}_cpu_ms": round(v, 2) for key, v in med.items()},
                        "whatsapp_vs_smallest": round(wa / base["whatsapp"], 2),
                        "voice_vs_smallest": round(voice / base["voice"], 2),
                        "samples": s})
-        rows.append([max(s["active"]), round(wa, 2), round(wa / base["whatsapp"], 2),
-                     round(voice, 2), round(voice / base["voice"], 2)])
-    print("\nConversation turns in-process: CPU ms a turn (median of "
-          f"{repeats} samples in turns) against the number of active Points")
-    print(common.table(["active Points", "WhatsApp ms", "x smallest", "IVR ms", "x smallest"],
-                       rows))
+        rows.append([max(s["active"]), round(med["whatsapp"], 2), round(med["whatsapp_db"], 2),
+                     round(wa / base["whatsapp"], 2), round(med["voice"], 2),
+                     round(med["voice_db"], 2), round(voice / base["voice"], 2)])
+    print("\nConversation turns in-process: CPU ms a turn in the service's process and in "
+          f"PostgreSQL (median of {repeats} samples in turns) against the number of active "
+          "Points; x: both together against the smallest")
+    print(common.table(["active Points", "WhatsApp ms", "+ PG ms", "x", "IVR ms", "+ PG ms",
+                        "x"], rows))
     data = {"quick": quick, "sizes": result, "conversations": conversations, "calls": calls,
             "repeats": repeats}
     common.save("turns", data)
