@@ -352,7 +352,7 @@ def reply_latency(engine, sent_at: dict[str, float], timeout: float) -> dict[str
 
 def measure(quick: bool) -> dict[str, object]:
     levels = (8, 32) if quick else (8, 32, 64)
-    max_requests = 400 if quick else 3000
+    max_requests = 200 if quick else 3000
     max_seconds = 5.0 if quick else 25.0
     svc_port, bare_port, twilio_port = (common.free_port() for _ in range(3))
     env = common.bench_env(svc_port)
@@ -490,7 +490,7 @@ def measure(quick: bool) -> dict[str, object]:
             sent_at: dict[str, float] = {}
             cpu_before = cpu_seconds(procs, engine)
             run = asyncio.run(open_loop(svc, "/webhooks/whatsapp", WA_SCRIPT, Signer(token, svc),
-                                        rate=rate, seconds=2 if quick else 20, users=400,
+                                        rate=rate, seconds=1 if quick else 20, users=400,
                                         label=f"service@{rate}/s", user_offset=user_base,
                                         sent_at=sent_at))
             user_base += 400
