@@ -137,3 +137,39 @@ def test_relay_planning_measures_only_the_points_near_each_end(live, frozen,  # 
     # Each end to the candidates found near either end (at most 2 x CANDIDATES), the
     # direct trip and the relay's legs; the old plan measured both ends to every Point.
     assert len(pairs) <= 4 * CANDIDATES + 4, len(pairs)
+
+
+def test_relay_finds_the_point_nearest_by_road_beyond_the_nearest_in_a_straight_line(
+        live, frozen, monkeypatch):  # noqa: F811
+    # Sixteen Points lie closer to each end than A and B in a straight line, but across a
+    # river (their roads are 50x longer): the relay still goes through A and B, the
+    # nearest by road, though neither is among the 16 nearest in a straight line.
+    from sqlalchemy import insert
+
+    from core.adapters.distance import DistanceResult
+    from core.adapters.models import Point
+    from core.services import dispatch
+
+    point_a, point_b = make_point("Point A", *A), make_point("Point B", *B)
+    river = [(26.85 + (-1) ** i * 0.002 * (i % 5), lng)
+             for i, lng in enumerate([84.405 + 0.002 * j for j in range(16)]
+                                     + [84.605 + 0.002 * j for j in range(16)])]
+    with transaction() as s:
+        s.execute(insert(Point), [{"name": f"Across {i}", "lat": lat, "lng": lng,
+                                   "pincode": "845438", "active": True}
+                                  for i, (lat, lng) in enumerate(river)])
+    make_partner("Ramesh", A, point_id=point_a, max_active_legs=1)
+    across = set(river)
+    road = dispatch.road_distance_m
+
+    def with_river(a, b, **kwargs):
+        found = road(a, b, **kwargs)
+        if tuple(a) in across or tuple(b) in across:
+            return DistanceResult(found.metres * 50, found.source)
+        return found
+
+    monkeypatch.setattr(dispatch, "road_distance_m", with_river)
+    booking_id = paid_booking(pickup=P, drop=D)
+    start(booking_id)
+    assert [(leg.from_point_id, leg.to_point_id) for leg in legs_of(booking_id)] == [
+        (None, point_a), (point_a, point_b), (point_b, None)]

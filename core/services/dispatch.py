@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta
 from functools import lru_cache
@@ -57,7 +57,7 @@ from core.config import get_settings
 from core.domain import dispatch as rules
 from core.domain.booking import Actor, BookingStatus, LegStatus
 from core.domain.errors import NotFound, ValidationError
-from core.domain.geo import validate_lat_lng
+from core.domain.geo import haversine_m, validate_lat_lng
 from core.domain.phone import normalize_phone
 from core.domain.pricing import SizeBucket, SpeedTier, WeightBucket, split_by_weights
 from core.services import notify
@@ -418,6 +418,27 @@ def _direct_possible(session: Session, booking: Booking, leg: Leg, load: rules.L
                and rules.can_do_direct(vt, leg.distance_m, hours) for vt in VehicleType)
 
 
+ROAD_CANDIDATES_MAX = 4096
+
+
+def _road_nearest_candidates(session: Session, end: rules.Stop,
+                             dist: Callable[[rules.Stop, rules.Stop], int]) -> list[rules.Stop]:
+    """Active Points among which the one nearest ``end`` by road surely is: the nearest
+    in a straight line (an index scan), widened until the farthest of them in a straight
+    line is at least the shortest road found, since no road is shorter than the straight
+    line (give or take OSRM snapping the ends to a road)."""
+    k = points.CANDIDATES
+    while True:
+        found = [rules.Stop(p.lat, p.lng, p.id)
+                 for p in points.nearest(session, [(end.lat, end.lng)], k)[0]]
+        if len(found) < k or k >= ROAD_CANDIDATES_MAX:
+            return found  # every active Point, or as far as it is worth looking
+        shortest_road = min(dist(end, p) for p in found)
+        if max(haversine_m(end.lat, end.lng, p.lat, p.lng) for p in found) >= shortest_road:
+            return found
+        k *= 4
+
+
 def plan_legs(session: Session, booking: Booking) -> list[Leg]:
     """Keep the direct leg, or replan it into a relay through Points (payouts by distance)."""
     legs = _legs(session, booking)
@@ -428,12 +449,6 @@ def plan_legs(session: Session, booking: Booking) -> list[Leg]:
     hours = cfg.delivery_hours[SpeedTier(booking.speed_tier)]
     if _direct_possible(session, booking, leg, load_of(booking), hours):
         return legs
-    # The relay's Points are the nearest to the pickup and to the drop by road: ranked
-    # among the few nearest in a straight line (an index scan), not among every Point,
-    # which cost a road-distance call per Point (an OSRM request, where one is set).
-    near = points.nearest(session, [(leg.from_lat, leg.from_lng), (leg.to_lat, leg.to_lng)])
-    candidates = {p.id: rules.Stop(p.lat, p.lng, p.id) for found in near for p in found}
-    relay_points = sorted(candidates.values(), key=lambda stop: stop.point_id or 0)
     detour = active_rate_card(session).detour_factor_bp
     osrm = get_settings().osrm_url
     cache: dict[tuple, int] = {}
@@ -445,8 +460,14 @@ def plan_legs(session: Session, booking: Booking) -> list[Leg]:
                                          osrm_url=osrm).metres
         return cache[key]
 
-    stops = rules.plan_relay(rules.Stop(leg.from_lat, leg.from_lng),
-                             rules.Stop(leg.to_lat, leg.to_lng), relay_points, dist)
+    # The relay's Points are the nearest to the pickup and to the drop by road. Measuring
+    # the road to every Point cost a call per Point (an OSRM request, where one is set);
+    # now only to the candidates that must hold the road-nearest one.
+    pickup, drop = rules.Stop(leg.from_lat, leg.from_lng), rules.Stop(leg.to_lat, leg.to_lng)
+    candidates = {s.point_id: s for end in (pickup, drop)
+                  for s in _road_nearest_candidates(session, end, dist)}
+    relay_points = sorted(candidates.values(), key=lambda stop: stop.point_id or 0)
+    stops = rules.plan_relay(pickup, drop, relay_points, dist)
     if stops is None:
         return legs
     distances = [dist(a, b) for a, b in zip(stops, stops[1:], strict=False)]
