@@ -328,6 +328,15 @@ def test_decline_moves_the_cascade_to_the_next_batch(client, live, frozen, monke
     assert "किसी और" in sms(client, b_phone, f"YES {leg.id}")[0]
     statuses = {o.partner_id: o.status for o in offers(leg.id)}
     assert statuses == {near: "declined", a: "accepted", b: "withdrawn"}
+    # Offers received / accepted: a decline counts against the record, an offer withdrawn
+    # because someone else was quicker does not.
+    assert acceptance_record(near, a, b) == {near: (1, 0), a: (1, 1), b: (0, 0)}
+
+
+def acceptance_record(*partner_ids: int) -> dict[int, tuple[int, int]]:
+    with transaction() as s:
+        return {pid: (p.offers_received, p.offers_accepted)
+                for pid in partner_ids for p in [s.get(PartnerProfile, pid)]}
 
 
 @pytest.mark.parametrize("change, key", [
@@ -357,6 +366,8 @@ def test_acceptance_rechecks_the_partner_in_postgresql(client, live, frozen, cha
     assert legs_of(booking_id)[0].partner_id is None
     assert {o.partner_id: o.status for o in offers(leg.id)} == {near: "withdrawn",
                                                                 other: "open"}
+    # Refused by what the platform knew late: not held against the partner's record.
+    assert acceptance_record(near, other) == {near: (0, 0), other: (1, 0)}
 
 
 def test_offer_expires_and_next_partner_is_offered(live, frozen):
@@ -376,6 +387,7 @@ def test_offer_expires_and_next_partner_is_offered(live, frozen):
     run_jobs()
     got = {o.partner_id: o.status for o in offers(leg.id)}
     assert got == {first: "expired", second: "open"}
+    assert acceptance_record(first)[first] == (1, 0)  # an offer left to expire counts
 
 
 def test_timeout_after_acceptance_changes_nothing(client, live, frozen):

@@ -17,7 +17,9 @@ Score (lower is better, 0..1), each term normalised to 0..1 and weighted by
 
 * distance: metres to the pickup / current search radius (capped at 1);
 * rating: 1 - rating/5;
-* acceptance: 1 - (accepted + 1) / (offered + 2) (a new partner starts at 50 %);
+* acceptance: 1 - (accepted + 1) / (offered + 2) (a new partner starts at 50 %); an offer
+  the platform withdrew (taken by another partner, booking closed) is not counted as
+  offered;
 * fairness: today's earnings / the highest earnings among the candidates.
 
 Ties break on lower earnings today, then distance, then partner id, so at equal distance

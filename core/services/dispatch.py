@@ -726,15 +726,24 @@ def search_deadline(leg_id: int, round_no: int) -> str:
         return search.status
 
 
+def _withdraw(offer: DispatchOffer, partner: PartnerProfile) -> None:
+    """The platform takes an open offer back: the job went to someone else, the booking
+    closed, or the partner no longer fits it. The partner had no say in that, so the offer
+    leaves their acceptance record: it counts the offers they could answer (accepted,
+    declined, or left to expire), not the ones taken away from them."""
+    offer.status = rules.OfferStatus.WITHDRAWN.value
+    offer.responded_at = clock.now()
+    partner.offers_received = func.greatest(PartnerProfile.offers_received - 1, 0)
+
+
 def _withdraw_open(session: Session, leg: Leg, booking: Booking, *,
                    keep: int | None = None) -> None:
     for other in _open_offers(session, leg.id):
         if other.id == keep:
             continue
-        other.status = rules.OfferStatus.WITHDRAWN.value
-        other.responded_at = clock.now()
         partner = session.get(PartnerProfile, other.partner_id)
         assert partner is not None
+        _withdraw(other, partner)
         _sms_partner(session, partner, "dispatch.withdrawn", booking_id=booking.id,
                      dedupe_key=f"offer-{other.id}-withdrawn", job=job_code(leg))
 
@@ -862,8 +871,7 @@ def accept(session: Session, partner: PartnerProfile, code: str | None) -> Reply
     if offer.status != rules.OfferStatus.OPEN.value:
         return _r("dispatch.taken", job=job)
     if leg.status != LegStatus.OFFERING.value or booking.status in CLOSED_BOOKING:
-        offer.status = rules.OfferStatus.WITHDRAWN.value
-        offer.responded_at = clock.now()
+        _withdraw(offer, partner)
         return _r("dispatch.taken", job=job)
     cfg = config()
     if clock.now() > offer.expires_at + timedelta(seconds=cfg.offer_grace_s):
@@ -879,8 +887,7 @@ def accept(session: Session, partner: PartnerProfile, code: str | None) -> Reply
     if reason is not None:
         # The partner changed since the offer went out (a vehicle retired, the trust tier
         # lowered): the ranking may have used facts cached before that, PostgreSQL decides.
-        offer.status = rules.OfferStatus.WITHDRAWN.value
-        offer.responded_at = clock.now()
+        _withdraw(offer, partner)
         log.info("acceptance refused: the partner no longer fits the leg",
                  extra={"leg_id": leg.id, "partner_id": partner.id, "reason": reason})
         _maybe_continue(session, leg)
