@@ -94,25 +94,27 @@ def _entries(b: int):
             rules.refund_requested(b, b, 1_000)]
 
 
-def _writer(database_url: str, warm: int, bookings: list[int], plain: bool, start, results
-             ) -> None:
-    """One process: post capture, release and refund for each of its bookings.
+def _writer(database_url: str, warm: tuple[int, int], orders, results) -> None:
+    """One process: for each order (ledger or plain, some bookings) post capture, release
+    and refund for each booking, and report how many transactions it made.
 
-    Before the clock starts it connects and posts one booking of its own (``warm``), so the
-    timed part is the steady state of a process that keeps its pooled connection, as the
-    web and the workers do: not the connection's start-up, the PL/pgSQL function's
-    compilation in a new backend, or that backend's first reads of the catalog (about
-    70 ms a writer, measured; 16 writers paid over a second of it in a 2-second level)."""
+    Before the first order it connects and posts one booking each way (``warm``), so what
+    is timed is the steady state of a process that keeps its pooled connection, as the web
+    and the workers do: not the connection's start-up, the PL/pgSQL function's compilation
+    in a new backend, or that backend's first reads of the catalog (about 70 ms a writer,
+    measured; 16 writers paid over a second of it in a 2-second level)."""
     os.environ["DATABASE_URL"] = database_url
     from core.adapters import db
     from core.config import reset_settings
 
     reset_settings()
     db.dispose_all()
-    _post(warm, plain)
-    start.wait()
-    done = sum(_post(b, plain) for b in bookings)
-    results.put(done)
+    _post(warm[0], plain=False)
+    _post(warm[1], plain=True)
+    results.put(0)
+    while (order := orders.get()) is not None:
+        plain, bookings = order
+        results.put(sum(_post(b, plain) for b in bookings))
 
 
 def _post(booking: int, plain: bool) -> int:
@@ -142,29 +144,42 @@ def _plain_insert(session, entry) -> None:
           "l": p.leg_id, "amt": p.amount_paise} for p in entry.postings])
 
 
-def _run(database_url: str, warm: list[int], bookings: list[int], plain: bool
-         ) -> tuple[int, float]:
-    """``len(warm)`` writer processes post ``bookings`` between them; the time runs from
-    the moment all of them are connected and warm to the last one's end."""
-    writers = len(warm)
+SLICES = 3  # ledger and plain alternate, so a drift of the machine hits both alike
+
+
+def _level(database_url: str, writers: int, warm: list[int], ledger_ids: list[int],
+           plain_ids: list[int]) -> dict[bool, tuple[int, float]]:
+    """``writers`` processes post ``ledger_ids`` through the ledger and ``plain_ids`` as
+    plain inserts, in SLICES alternating slices of each; each slice is timed from the
+    order to the last writer's report, with every writer connected and warm before."""
     ctx = mp.get_context("spawn")
-    start, results = ctx.Barrier(writers + 1), ctx.Queue()
-    procs = [ctx.Process(target=_writer, args=(database_url, warm[i], bookings[i::writers],
-                                               plain, start, results))
+    results = ctx.Queue()
+    orders = [ctx.Queue() for _ in range(writers)]
+    procs = [ctx.Process(target=_writer, args=(database_url, (warm[2 * i], warm[2 * i + 1]),
+                                               orders[i], results))
              for i in range(writers)]
     for proc in procs:
         proc.start()
+    totals = {False: [0, 0.0], True: [0, 0.0]}
     try:
-        start.wait(timeout=300)
-        t0 = time.perf_counter()
-        done = sum(results.get(timeout=600) for _ in procs)
-        elapsed = time.perf_counter() - t0
+        for _ in procs:
+            results.get(timeout=300)  # connected and warm
+        for k in range(SLICES):
+            for plain, ids in ((False, ledger_ids), (True, plain_ids)):
+                part = ids[k::SLICES]
+                t0 = time.perf_counter()
+                for i, queue in enumerate(orders):
+                    queue.put((plain, part[i::writers]))
+                totals[plain][0] += sum(results.get(timeout=600) for _ in procs)
+                totals[plain][1] += time.perf_counter() - t0
+        for queue in orders:
+            queue.put(None)
     finally:
         for proc in procs:
             proc.join(timeout=30)
             if proc.is_alive():
                 proc.kill()
-    return done, elapsed
+    return {plain: (n, secs) for plain, (n, secs) in totals.items()}
 
 
 def _in_database(bookings: list[int], plain: bool) -> tuple[int, float]:
@@ -250,11 +265,9 @@ def measure(quick: bool) -> dict[str, object]:
     for writers in levels:
         ids = iter(range(start, start + 2 * (per_level + writers)))
         start += 2 * (per_level + writers)
-        runs = {}
-        for plain in (False, True):
-            warm = [next(ids) for _ in range(writers)]
-            runs[plain] = _run(env["DATABASE_URL"], warm,
-                               [next(ids) for _ in range(per_level)], plain)
+        warm = [next(ids) for _ in range(2 * writers)]
+        ledger_ids = [next(ids) for _ in range(per_level)]
+        runs = _level(env["DATABASE_URL"], writers, warm, ledger_ids, list(ids))
         (n_ledger, t_ledger), (n_plain, t_plain) = runs[False], runs[True]
         rows.append({"writers": writers, "ledger_tx": n_ledger,
                      "ledger_tx_per_s": round(n_ledger / t_ledger, 1),
@@ -281,7 +294,8 @@ def measure(quick: bool) -> dict[str, object]:
     sizes = (20_000, 100_000) if quick else (100_000, 1_000_000)
     balance_rows = [_balances(db.engine(), n) for n in sizes]
     db.dispose_all()
-    print("\nLedger: balanced transactions/s (product path) vs plain INSERTs of the same rows")
+    print("\nLedger: balanced transactions/s (product path) vs plain INSERTs of the same rows "
+          f"(the same writers, {SLICES} alternating slices each)")
     print(common.table(["writers", "ledger tx/s", "plain tx/s", "ratio"],
                        [[r["writers"], r["ledger_tx_per_s"], r["plain_tx_per_s"], r["ratio"]]
                         for r in rows]))
