@@ -45,6 +45,7 @@ REQUIRED_KEYS = (
     | {f"tier.{s}" for s in "express standard economy".split()}
     | {f"fare.{s}" for s in "base distance size weight fragile tier surge minimum total".split()}
     | {f"dispatch.unfit_{r}" for r in ("vehicle", "trust_tier")}  # dispatch.accept
+    | {"dispatch.job_cancelled"}  # dispatch.booking_cancelled
 )
 
 LANGUAGE_LIST = "1. हिंदी\n2. English\n3. বাংলা\n4. मराठी\n5. தமிழ்\n6. తెలుగు\n7. ગુજરાતી\n8. ಕನ್ನಡ"

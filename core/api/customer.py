@@ -282,7 +282,8 @@ def track_booking(ref: str) -> TrackOut:
 def cancel_booking(ref: str, query: CancelQuery) -> CancellationOut:
     who = principal()
     with transaction() as session:
-        b = visible_booking(session, ref, for_update=True)
+        # No lock here: cancel_booking takes the legs' locks, then the booking's.
+        b = visible_booking(session, ref)
         if query.dry_run:
             q = payments.cancellation_preview(session, b)
             cancelled = False

@@ -726,6 +726,48 @@ def search_deadline(leg_id: int, round_no: int) -> str:
         return search.status
 
 
+def lock_legs(session: Session, booking_id: int) -> list[Leg]:
+    """A booking's legs under row locks, in sequence order. Whoever changes legs and the
+    booking together takes these before the booking's lock, as acceptance and the OTP
+    confirmations do (leg, then booking), so two of them never wait on each other."""
+    return list(session.scalars(
+        select(Leg).where(Leg.booking_id == booking_id).order_by(Leg.sequence)
+        .with_for_update().execution_options(populate_existing=True)))
+
+
+_STOPPABLE = frozenset({LegStatus.PENDING.value, LegStatus.OFFERING.value,
+                        LegStatus.ASSIGNED.value, LegStatus.LOCKED.value})
+
+
+def booking_cancelled(session: Session, booking: Booking, actor: Actor) -> int:
+    """The booking was cancelled before pickup: its legs stop; return how many.
+
+    Searches end, open offers are withdrawn (the partners hear the job is no longer open,
+    and it does not count against them), and a partner who had taken a leg is told the job
+    is off, which frees their capacity. The caller holds the legs' locks (lock_legs), then
+    the booking's, and has moved the booking to cancelled."""
+    stopped = 0
+    for leg in _legs(session, booking):
+        if leg.status not in _STOPPABLE:
+            continue
+        search = _search_of(session, leg.id)
+        if search is not None and search.status in (rules.SearchStatus.ACTIVE.value,
+                                                    rules.SearchStatus.PAUSED.value):
+            search.status = rules.SearchStatus.DONE.value
+            search.next_try_at = None
+        _withdraw_open(session, leg, booking)
+        partner = session.get(PartnerProfile, leg.partner_id) if leg.partner_id else None
+        move_leg(session, leg, LegStatus.CANCELLED, actor, "booking cancelled")
+        if partner is not None:
+            _sms_partner(session, partner, "dispatch.job_cancelled", booking_id=booking.id,
+                         dedupe_key=f"leg-{leg.id}-cancelled", job=job_code(leg))
+        stopped += 1
+    if stopped:
+        log.info("booking cancelled: legs stopped", extra={"booking_id": booking.id,
+                                                           "legs": stopped})
+    return stopped
+
+
 def _withdraw(offer: DispatchOffer, partner: PartnerProfile) -> None:
     """The platform takes an open offer back: the job went to someone else, the booking
     closed, or the partner no longer fits it. The partner had no say in that, so the offer
@@ -878,6 +920,9 @@ def accept(session: Session, partner: PartnerProfile, code: str | None) -> Reply
         _expire(session, offer)
         _maybe_continue(session, leg)
         return _r("dispatch.offer_expired", job=job)
+    # The partner's row too, so that two acceptances by one partner (offers from two
+    # searches that ran at once) count the active legs one after the other.
+    session.get(PartnerProfile, partner.id, with_for_update=True, populate_existing=True)
     facts = partner_facts(session, [partner])[partner.id]
     reason = rules.ineligible_reason(
         rules.PartnerFacts(partner.id, True, facts.active_legs, facts.max_active_legs,

@@ -114,20 +114,27 @@ def cancel_booking(session: Session, booking: Booking, actor: Actor,
     """Cancel a booking under the policy; the refund (if any) is made by an RQ job.
 
     The refund and the fee are decided and reserved in the ledger here, in the caller's
-    transaction, so a later state change cannot alter what the customer was told."""
+    transaction, so a later state change cannot alter what the customer was told. The
+    booking's legs stop with it (dispatch.booking_cancelled): a partner on the way is told,
+    open offers are withdrawn."""
+    from core.services import dispatch
+
+    dispatch.lock_legs(session, booking.id)  # legs first, then the booking: acceptance's order
     booking = ledger.lock_booking(session, booking.id)
     quote = cancellation_preview(session, booking)
     if not quote.allowed:
         raise Conflict("this booking can no longer be cancelled", code=quote.reason_code)
     was = booking.status
+    fee_leg = _assigned_leg(session, booking) if quote.fee_paise else None
     move_booking(session, booking, BookingStatus.CANCELLED, actor, reason)
+    dispatch.booking_cancelled(session, booking, actor)
     if was == BookingStatus.AWAITING_PAYMENT.value:
         _enqueue_after_commit(session, "workers.payments.cancel_payment_link", booking.id,
                               job_id=f"paylink-cancel-{booking.id}")
         return quote
     fee = quote.fee_paise
     if fee:
-        leg = _assigned_leg(session, booking)
+        leg = fee_leg
         if leg is None or leg.partner_id is None:
             fee = 0  # nobody to compensate: the customer gets everything back
         else:

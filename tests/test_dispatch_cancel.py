@@ -1,0 +1,138 @@
+"""A booking cancelled before pickup stops its legs, and one partner's two acceptances at
+once respect their capacity. Real PostgreSQL, Redis and RQ; the clock is frozen."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+from sqlalchemy import select, text
+
+from core import i18n
+from core.adapters.db import engine, transaction
+from core.adapters.dispatch_models import DispatchOffer, DispatchSearch
+from core.adapters.models import Booking, PartnerProfile
+from core.domain.booking import Actor
+from core.domain.dispatch import OfferStatus
+from core.services import dispatch, payments
+from tests.test_dispatch import (
+    CUSTOMER,
+    LAXMIPUR,
+    acceptance_record,
+    bodies_to,
+    freeze_at,
+    frozen,  # noqa: F401  (fixture)
+    last_code,
+    legs_of,
+    make_partner,
+    offers,
+    paid_booking,
+    sms,
+    start,
+)
+
+pytestmark = pytest.mark.db
+
+
+def cancel(booking_id: int) -> None:
+    """What the chat, the IVR and the app do when the customer cancels."""
+    with transaction() as s:
+        payments.cancel_booking(s, s.get(Booking, booking_id), Actor("customer", "1"),
+                                "customer cancelled on whatsapp")
+
+
+def active_legs(partner_id: int) -> int:
+    with transaction() as s:
+        partner = s.get(PartnerProfile, partner_id)
+        return dispatch.partner_facts(s, [partner])[partner_id].active_legs
+
+
+def test_cancelling_an_assigned_booking_stops_the_leg_and_frees_the_partner(client, live,
+                                                                             frozen):  # noqa: F811
+    partner, phone = make_partner("Ramesh", LAXMIPUR, lang="en", max_active_legs=1)
+    booking_id = paid_booking()
+    start(booking_id)
+    leg = legs_of(booking_id)[0]
+    assert sms(client, phone, "1")[0].startswith(f"Job {leg.id} is yours")
+    pickup_code = last_code(CUSTOMER, "पार्सल उठाने")
+    assert active_legs(partner) == 1
+    cancel(booking_id)
+    assert legs_of(booking_id)[0].status == "cancelled"
+    assert bodies_to(phone)[-1] == i18n.t("dispatch.job_cancelled", "en", job=str(leg.id))
+    assert active_legs(partner) == 0
+    # The cancelled parcel cannot be picked up any more.
+    assert sms(client, phone, f"PICK {pickup_code}") == [i18n.t("dispatch.no_job", "en")]
+    assert legs_of(booking_id)[0].status == "cancelled"
+    # The freed partner gets the next job nearby (max_active_legs=1).
+    second = paid_booking()
+    start(second)
+    assert [o.partner_id for o in offers(legs_of(second)[0].id)] == [partner]
+
+
+def test_cancelling_while_offering_withdraws_the_offers_and_ends_the_search(client, live,
+                                                                            frozen):  # noqa: F811
+    near, near_phone = make_partner("Near", LAXMIPUR)
+    booking_id = paid_booking()
+    start(booking_id)
+    leg = legs_of(booking_id)[0]
+    (offer,) = offers(leg.id)
+    cancel(booking_id)
+    assert legs_of(booking_id)[0].status == "cancelled"
+    assert [o.status for o in offers(leg.id)] == ["withdrawn"]
+    assert bodies_to(near_phone)[-1] == i18n.t("dispatch.withdrawn", "hi", job=str(leg.id))
+    with transaction() as s:
+        search = s.scalar(select(DispatchSearch).where(DispatchSearch.leg_id == leg.id))
+        assert (search.status, search.next_try_at) == ("done", None)
+    assert acceptance_record(near) == {near: (0, 0)}  # withdrawn: not held against them
+    freeze_at(200)
+    assert dispatch.offer_timeout(offer.id) == "already-withdrawn"
+    assert sms(client, near_phone, "1") == [i18n.t("dispatch.no_offer", "hi")]
+
+
+def test_one_partner_accepting_two_jobs_at_once_stays_within_capacity(client, live,
+                                                                      frozen):  # noqa: F811
+    # Two searches that ran at the same time each offered a job to the same partner, who
+    # can carry one. Their two "yes" are handled at the same time: one gets the job.
+    partner, _ = make_partner("Ramesh", LAXMIPUR, lang="en", max_active_legs=1)
+    first, second = paid_booking(), paid_booking()
+    start(first)
+    start(second)
+    leg1, leg2 = legs_of(first)[0], legs_of(second)[0]
+    assert [o.partner_id for o in offers(leg1.id)] == [partner]
+    assert offers(leg2.id) == []  # the partner had an open offer already
+    with transaction() as s:  # what the concurrent search would have written
+        s.add(DispatchOffer(leg_id=leg2.id, partner_id=partner, status=OfferStatus.OPEN.value,
+                            round=1, pass_no=1, batch_no=0, distance_m=10, score=0.1,
+                            offered_at=offers(leg1.id)[0].offered_at,
+                            expires_at=offers(leg1.id)[0].expires_at))
+    outcome: dict[str, str] = {}
+    done = threading.Event()
+
+    def second_yes() -> None:
+        try:
+            with transaction() as s:
+                me = s.get(PartnerProfile, partner)
+                outcome["second"] = dispatch.accept(s, me, str(leg2.id)).key
+        finally:
+            done.set()
+
+    with transaction() as s:
+        me = s.get(PartnerProfile, partner)
+        outcome["first"] = dispatch.accept(s, me, str(leg1.id)).key
+        worker = threading.Thread(target=second_yes)
+        worker.start()
+        # Hold the first acceptance open until the second either finished (no lock kept
+        # it out) or waits on a row lock held by this transaction.
+        while not done.is_set() and not _waiting_on_a_lock():
+            done.wait(0.01)
+    worker.join(timeout=30)
+    assert outcome["first"] == "dispatch.accepted"
+    assert outcome["second"] == "dispatch.at_capacity"
+    assert active_legs(partner) == 1
+
+
+def _waiting_on_a_lock() -> bool:
+    with engine().connect() as conn:
+        return bool(conn.execute(text(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+            "AND wait_event_type = 'Lock'")).scalar())
