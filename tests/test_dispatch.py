@@ -638,3 +638,23 @@ def test_photo_from_a_partner_without_a_parcel_is_answered(client, live, frozen)
               "MediaContentType0": "image/jpeg", "WaId": phone[1:]}
     assert "अभी आपके पास कोई पार्सल नहीं है" in send_whatsapp(client, params)
     assert queue("default").count == 0  # no photo fetch was queued
+
+
+def test_the_recipient_gets_the_delivery_code_in_the_senders_language(client, live, frozen):
+    # The recipient has never used RideChain: no language of their own. They hear the code
+    # in the sender's language (English here), not the service default (Hindi).
+    _, phone = make_partner("Ramesh", LAXMIPUR)
+    booking_id = paid_booking()
+    with transaction() as s:
+        s.scalar(select(Person).where(Person.phone == CUSTOMER)).preferred_language = "en"
+        ref = s.get(Booking, booking_id).reference
+    start(booking_id)
+    sms(client, phone, "1")
+    (body,) = bodies_to(RECIPIENT)
+    assert body == i18n_t("dispatch.drop_otp", "en", ref=ref, otp=last_code(RECIPIENT))
+
+
+def i18n_t(key: str, lang: str, **params: object) -> str:
+    from core import i18n
+
+    return i18n.t(key, lang, **params)

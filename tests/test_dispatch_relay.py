@@ -173,3 +173,55 @@ def test_relay_finds_the_point_nearest_by_road_beyond_the_nearest_in_a_straight_
     start(booking_id)
     assert [(leg.from_point_id, leg.to_point_id) for leg in legs_of(booking_id)] == [
         (None, point_a), (point_a, point_b), (point_b, None)]
+
+
+def test_a_relay_leg_nobody_took_is_searched_again_round_after_round(client, live,
+                                                                       frozen):  # noqa: F811
+    # Ramesh takes leg 1 and has the parcel; nobody can take leg 2 before the hour's
+    # deadline. The parcel cannot go back by itself, so the leg is not failed: ops and the
+    # customer hear of it, and the search starts again until someone takes it.
+    from datetime import timedelta
+
+    from core import i18n
+    from core.adapters.dispatch_models import DispatchSearch
+    from core.services import dispatch
+    from tests.conftest import release_scheduled, run_jobs
+    from tests.test_dispatch import OPS, freeze_at
+
+    point_a = make_point("Point A", *A)
+    make_point("Point B", *B)
+    _, r_phone = make_partner("Ramesh", A, point_id=point_a, max_active_legs=1)
+    booking_id = paid_booking(pickup=P, drop=D)
+    start(booking_id)
+    _, leg2, _ = (leg.id for leg in legs_of(booking_id))
+    sms(client, r_phone, "1")
+    sms(client, r_phone, f"PICK {last_code(CUSTOMER, 'पार्सल उठाने')}")
+    assert offers(leg2) == []  # Ramesh is full, nobody else is near
+    freeze_at(60 * 60 + 1)
+    release_scheduled(timedelta(minutes=61))
+    run_jobs()
+
+    def search() -> tuple[str, int]:
+        with transaction() as s:
+            row = s.scalar(select(DispatchSearch).where(DispatchSearch.leg_id == leg2))
+            return row.status, row.round
+
+    assert search() == ("paused", 1)
+    assert legs_of(booking_id)[1].status == "pending"
+    assert booking_status(booking_id) == "picked_up"
+    with transaction() as s:
+        ref = s.get(Booking, booking_id).reference
+    assert i18n.t("dispatch.ops_paused", "hi", ref=ref, job=str(leg2)) in bodies_to(OPS)
+    assert i18n.t("dispatch.still_searching", "hi", ref=ref) in bodies_to(CUSTOMER)
+    # A partner comes on duty at Point A; the next round (after retry_s) offers them.
+    asha, a_phone = make_partner("Asha", A, point_id=point_a, max_active_legs=1,
+                                 on_duty=False)
+    sms(client, a_phone, "ON")
+    freeze_at(60 * 60 + 1 + 121)
+    release_scheduled(timedelta(minutes=3))
+    run_jobs()
+    assert search() == ("active", 2)
+    assert [o.partner_id for o in offers(leg2)] == [asha]
+    assert "आपका है" in sms(client, a_phone, "1")[0]
+    # A lost resume job is made up for by the sweep (nothing paused is left here).
+    assert dispatch.sweep()["resumed"] == 0

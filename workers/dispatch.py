@@ -36,6 +36,11 @@ def search_deadline(leg_id: int, round_no: int) -> str:
     return dispatch.search_deadline(leg_id, round_no)
 
 
+def resume_search(leg_id: int, round_no: int) -> str:
+    """A relay leg paused for want of a partner starts a new round of its search."""
+    return dispatch.resume_search(leg_id, round_no)
+
+
 def sweep() -> dict[str, int]:
     """Expire offers whose timeout job was lost, move stalled searches on; then reschedule."""
     result = dispatch.sweep()

@@ -809,19 +809,53 @@ def _fail_search(session: Session, booking: Booking, leg: Leg, search: DispatchS
                               "no_partner", job_id=f"refund-{booking.id}")
         log.warning("dispatch failed: no partner", extra={"booking_id": booking.id})
     else:
+        # The parcel is already on its way (an earlier leg has it), so the booking can
+        # neither fail nor be refunded by itself. Ops hear of it, the customer hears we
+        # are still looking, and a new round of the search starts after retry_s, round
+        # after round, until a partner takes the leg (or ops act).
+        cfg = config()
         search.status = rules.SearchStatus.PAUSED.value
+        search.next_try_at = clock.now() + timedelta(seconds=cfg.retry_s)
         move_leg(session, leg, LegStatus.PENDING, SYSTEM, "no partner before the deadline")
         alert_ops(session, "dispatch.ops_paused", booking_id=booking.id,
                   dedupe_key=f"leg-{leg.id}-r{search.round}-ops-paused",
                   ref=booking.reference, job=job_code(leg))
+        notify.notify_customer(session, booking, "dispatch.still_searching",
+                               dedupe_key=f"leg-{leg.id}-r{search.round}-searching")
+        _schedule_in(session, cfg.retry_s, "workers.dispatch.resume_search", leg.id,
+                     search.round, job_id=f"dispatch-resume-{leg.id}-{search.round}")
+
+
+def resume_search(leg_id: int, round_no: int) -> str:
+    """Job ``dispatch-resume-<leg>-<round>``: a relay leg paused for want of a partner
+    starts a new round of its search (the sweep runs it too if the job was lost)."""
+    with transaction() as session:
+        leg = _lock_leg(session, leg_id)
+        search = _search_of(session, leg_id)
+        if leg is None or search is None:
+            return "missing"
+        if search.round != round_no or search.status != rules.SearchStatus.PAUSED.value:
+            return "stale"
+        if leg.status != LegStatus.PENDING.value:
+            return "not-pending"
+        if search.next_try_at is not None and clock.now() + DUE_TOLERANCE < search.next_try_at:
+            return "not-due"
+        booking = session.get(Booking, leg.booking_id, with_for_update=True)
+        assert booking is not None
+        if booking.status in CLOSED_BOOKING:
+            search.status, search.next_try_at = rules.SearchStatus.DONE.value, None
+            return "closed"
+        start_search(session, booking, leg)
+        return "resumed"
 
 
 def sweep() -> dict[str, int]:
     """Periodic safety net: expire offers past their time (their timeout job was lost),
-    move stalled searches on, and apply deadlines whose job was lost."""
+    move stalled searches on, apply deadlines and resume paused relay legs whose job was
+    lost."""
     cfg = config()
     now = clock.now()
-    done = {"expired": 0, "continued": 0, "deadlines": 0}
+    done = {"expired": 0, "continued": 0, "deadlines": 0, "resumed": 0}
     with transaction() as session:
         overdue = list(session.scalars(select(DispatchOffer.id).where(
             DispatchOffer.status == rules.OfferStatus.OPEN.value,
@@ -840,6 +874,13 @@ def sweep() -> dict[str, int]:
                 done["deadlines"] += 1
         elif continue_search(leg_id) == "continued":
             done["continued"] += 1
+    with transaction() as session:
+        paused = list(session.execute(select(DispatchSearch.leg_id, DispatchSearch.round).where(
+            DispatchSearch.status == rules.SearchStatus.PAUSED.value,
+            DispatchSearch.next_try_at < now).limit(500)))
+    for leg_id, round_no in paused:
+        if resume_search(leg_id, round_no) == "resumed":
+            done["resumed"] += 1
     return done
 
 
@@ -998,12 +1039,22 @@ def send_leg_codes(session: Session, booking: Booking, leg: Leg, *, tag: str) ->
     if is_last:
         if booking.recipient_phone:
             notify.notify_phone(session, booking.recipient_phone, "dispatch.drop_otp",
+                                lang=_recipient_language(session, booking),
                                 booking_id=booking.id, dedupe_key=f"leg-{leg.id}-dropotp-{tag}",
                                 ref=booking.reference, otp=drop_code)
         else:
             notify.notify_customer(session, booking, "dispatch.drop_otp_sender", otp=drop_code,
                                    dedupe_key=f"leg-{leg.id}-dropotp-{tag}")
     return giver_phone
+
+
+def _recipient_language(session: Session, booking: Booking) -> str:
+    """The recipient's own language if we know them, else the sender's: a parcel mostly
+    goes to family or a shop in the same area."""
+    recipient = session.scalar(select(Person).where(Person.phone == booking.recipient_phone))
+    if recipient is not None and recipient.preferred_language:
+        return recipient.preferred_language
+    return notify.language_of(session.get(Person, booking.customer_id))
 
 
 def decline(session: Session, partner: PartnerProfile, code: str | None) -> Reply:
