@@ -225,3 +225,38 @@ def test_a_relay_leg_nobody_took_is_searched_again_round_after_round(client, liv
     assert "आपका है" in sms(client, a_phone, "1")[0]
     # A lost resume job is made up for by the sweep (nothing paused is left here).
     assert dispatch.sweep()["resumed"] == 0
+
+
+def test_unlocking_a_relay_handover_sends_the_new_code_to_the_next_rider(client, live,
+                                                                         frozen):  # noqa: F811
+    # Ramesh (leg 1) keys in wrong codes at Point A until the leg locks. Ops unlock it: the
+    # codes are new, so Asha (leg 2), who reads hers out to him, must get the new one; the
+    # sender, whose parcel was picked up long ago, gets no new pickup code.
+    from core.domain.booking import Actor
+    from core.services import dispatch
+
+    point_a = make_point("Point A", *A)
+    make_point("Point B", *B)
+    _, r_phone = make_partner("Ramesh", A, point_id=point_a, max_active_legs=1)
+    _, a_phone = make_partner("Asha", A, point_id=point_a, max_active_legs=1)
+    booking_id = paid_booking(pickup=P, drop=D)
+    start(booking_id)
+    leg1, leg2, _ = (leg.id for leg in legs_of(booking_id))
+    sms(client, r_phone, "1")
+    sms(client, r_phone, f"PICK {last_code(CUSTOMER, 'पार्सल उठाने')}")
+    assert "आपका है" in sms(client, a_phone, "1")[0]
+    old = last_code(a_phone, "पार्सल लें")
+    wrong = f"{(int(old) + 1) % 10000:04d}"
+    for _ in range(5):
+        sms(client, r_phone, f"DROP {wrong}")
+    assert legs_of(booking_id)[0].status == "locked"
+    to_sender = len(bodies_to(CUSTOMER))
+    with transaction() as s:
+        dispatch.unlock_leg(s, leg1, Actor("ops", "1"))
+    assert legs_of(booking_id)[0].status == "picked_up"
+    new = last_code(a_phone, "पार्सल लें")
+    assert new != old or len([b for b in bodies_to(a_phone) if "पार्सल लें" in b]) == 2
+    assert len(bodies_to(CUSTOMER)) == to_sender  # no pickup code for a picked-up parcel
+    assert "पहुँच गया" in sms(client, r_phone, f"DROP {new}")[0]
+    assert legs_of(booking_id)[0].status == "delivered"
+    assert legs_of(booking_id)[1].id == leg2

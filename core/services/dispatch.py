@@ -1004,23 +1004,34 @@ def accept(session: Session, partner: PartnerProfile, code: str | None) -> Reply
               phone=giver_phone or get_settings().ops_phone)
 
 
-def send_leg_codes(session: Session, booking: Booking, leg: Leg, *, tag: str) -> str | None:
+def send_leg_codes(session: Session, booking: Booking, leg: Leg, *, tag: str,
+                   pickup: bool = True) -> str | None:
     """Issue the leg's OTPs and send them to whoever hands over and receives the parcel.
 
-    Returns the phone of the person the partner collects from (sender, or the previous
-    leg's partner on a relay)."""
+    The drop code goes to the recipient on the last leg, and on a relay to the next leg's
+    partner if that leg is taken already (they read it out at the Point): every new code
+    replaces the one they had. ``pickup=False`` (the parcel is picked up already) sends no
+    pickup code. Returns the phone of the person the partner collects from (sender, or the
+    previous leg's partner on a relay)."""
     pickup_code, drop_code = issue_leg_otps(leg)
     legs = _legs(session, booking)
     is_last = leg.sequence == len(legs)
     partner = session.get(PartnerProfile, leg.partner_id) if leg.partner_id else None
-    giver_phone: str | None
+    giver_phone: str | None = None
     point = _place(session, booking, leg, "from")
-    if leg.sequence == 1:
+    if not is_last:
+        nxt = legs[leg.sequence]
+        taker = session.get(PartnerProfile, nxt.partner_id) if nxt.partner_id else None
+        if taker is not None and nxt.status == LegStatus.ASSIGNED.value:
+            _sms_partner(session, taker, "dispatch.handover_take", booking_id=booking.id,
+                         dedupe_key=f"leg-{nxt.id}-handtake-{leg.id}-{tag}", job=job_code(nxt),
+                         point=_place(session, booking, nxt, "from"), otp=drop_code)
+    if pickup and leg.sequence == 1:
         notify.notify_customer(session, booking, "dispatch.pickup_otp", otp=pickup_code,
                                dedupe_key=f"leg-{leg.id}-pickotp-{tag}")
         customer = session.get(Person, booking.customer_id)
         giver_phone = customer.phone if customer else None
-    else:
+    elif pickup:
         prev = legs[leg.sequence - 2]
         prev_partner = session.get(PartnerProfile, prev.partner_id) if prev.partner_id else None
         giver_phone = None
@@ -1317,7 +1328,7 @@ def unlock_leg(session: Session, leg_id: int, actor: Actor) -> Leg:
     move_leg(session, leg, back, actor, "unlocked by ops")
     booking = session.get(Booking, leg.booking_id)
     assert booking is not None
-    send_leg_codes(session, booking, leg, tag=f"unlock{leg.version}")
+    send_leg_codes(session, booking, leg, tag=f"unlock{leg.version}", pickup=not picked)
     return leg
 
 
