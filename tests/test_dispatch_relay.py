@@ -260,3 +260,43 @@ def test_unlocking_a_relay_handover_sends_the_new_code_to_the_next_rider(client,
     assert "पहुँच गया" in sms(client, r_phone, f"DROP {new}")[0]
     assert legs_of(booking_id)[0].status == "delivered"
     assert legs_of(booking_id)[1].id == leg2
+
+
+def _relay_with_leg2_taken(client):
+    """Ramesh has picked the parcel up for leg 1, Asha has taken leg 2 (and got the code
+    she reads out to him at Point A)."""
+    point_a = make_point("Point A", *A)
+    make_point("Point B", *B)
+    _, r_phone = make_partner("Ramesh", A, point_id=point_a, max_active_legs=1)
+    _, a_phone = make_partner("Asha", A, point_id=point_a, max_active_legs=1)
+    booking_id = paid_booking(pickup=P, drop=D)
+    start(booking_id)
+    sms(client, r_phone, "1")
+    sms(client, r_phone, f"PICK {last_code(CUSTOMER, 'पार्सल उठाने')}")
+    assert "आपका है" in sms(client, a_phone, "1")[0]
+    return booking_id, r_phone, a_phone
+
+
+def test_a_rider_who_gives_a_relay_leg_back_cannot_collect_the_parcel(client, live,
+                                                                      frozen):  # noqa: F811
+    booking_id, r_phone, a_phone = _relay_with_leg2_taken(client)
+    code = last_code(a_phone, "पार्सल लें")
+    leg2 = legs_of(booking_id)[1].id
+    assert sms(client, a_phone, f"CANCEL {leg2}")[0]  # given back
+    assert legs_of(booking_id)[1].status == "offering"
+    # The code Asha had no longer hands the parcel over.
+    assert "गलत" in sms(client, r_phone, f"DROP {code}")[0]
+    assert legs_of(booking_id)[0].status == "picked_up"
+
+
+def test_a_rider_holding_the_relay_parcel_cannot_give_the_leg_back(client, live,
+                                                                   frozen):  # noqa: F811
+    booking_id, r_phone, a_phone = _relay_with_leg2_taken(client)
+    assert "पहुँच गया" in sms(client, r_phone, f"DROP {last_code(a_phone, 'पार्सल लें')}")[0]
+    leg2 = legs_of(booking_id)[1].id
+    from core import i18n
+    from core.config import get_settings
+
+    assert sms(client, a_phone, f"CANCEL {leg2}") == [i18n.t(
+        "dispatch.cancel_too_late", "hi", job=str(leg2), ops_phone=get_settings().ops_phone)]
+    assert legs_of(booking_id)[1].status == "assigned"

@@ -1202,6 +1202,16 @@ def cancel_by_partner(session: Session, partner: PartnerProfile,
         return _r("dispatch.cancel_too_late", job=job, ops_phone=get_settings().ops_phone)
     booking = session.get(Booking, leg.booking_id, with_for_update=True)
     assert booking is not None
+    if leg.sequence > 1:  # a relay leg: the parcel comes from the previous rider
+        prev = session.scalar(select(Leg).where(Leg.booking_id == booking.id,
+                                                Leg.sequence == leg.sequence - 1))
+        if prev is not None and prev.status == LegStatus.DELIVERED.value:
+            # The previous rider handed the parcel over to them already.
+            return _r("dispatch.cancel_too_late", job=job, ops_phone=get_settings().ops_phone)
+        if prev is not None and prev.status == LegStatus.PICKED_UP.value:
+            # They were given the code the previous rider keys in on handing over: it must
+            # not work for them any more. The next partner to take the leg gets a new one.
+            issue_leg_otps(prev)
     actor = _partner_actor(partner)
     session.execute(update(DispatchOffer).where(
         DispatchOffer.leg_id == leg.id, DispatchOffer.partner_id == partner.id,
