@@ -154,7 +154,7 @@ def test_delivering_the_leg_releases_payout_and_commission_and_transfers_once(li
         t = sess.scalar(select(LegTransfer).where(LegTransfer.leg_id == leg_id))
         assert t is not None and t.status in ("released", "processed")
         assert t.amount_paise == b.partner_share_paise
-        # transfer.processed settled the payable: nothing owed to the partner any more
+        # releasing the hold paid the payable out: nothing owed to the partner any more
         assert ledger.partner_balance(sess, partner) == 0
         assert ledger.balance(sess, rules.COMMISSION) == b.commission_paise
     gw = emu._all("transfer")

@@ -218,7 +218,8 @@ def refund_failed(booking_id: int, refund_id: int, amount_paise: int,
 
 def transfer_processed(booking_id: int, leg_id: int, partner_id: int, transfer_id: str,
                        amount_paise: int) -> Entry:
-    """The gateway settled a leg's transfer to the partner: payable paid out."""
+    """A leg's transfer reached the partner for good (released from hold, or made without
+    one; a hold can still be reversed): payable paid out, for what is left on it."""
     _amount("amount_paise", amount_paise)
     return Entry(EntryKind.TRANSFER_PROCESSED, f"transfer:{transfer_id}:processed", booking_id,
                  tuple(_move(payable(partner_id), GATEWAY, amount_paise, leg_id)),

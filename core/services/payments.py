@@ -1,7 +1,8 @@
 """Payments use cases: payment links, gateway events, escrow releases, refunds.
 
 The platform holds no money: a customer pays a Razorpay payment link, the money waits at
-the gateway, each delivered leg's payout goes to its partner by a Route transfer, and a
+the gateway, each delivered leg's payout goes to its partner by a Route transfer (made on
+hold at assignment, counted as paid out only once the hold is released), and a
 cancellation refunds by policy. Every movement is a ledger entry (core.services.ledger)
 recorded once, whatever the number of webhooks, job retries or workers.
 
@@ -502,6 +503,11 @@ def _on_refund(data: dict, cause: str) -> str:
 
 
 def _on_transfer(data: dict, cause: str) -> str:
+    """A leg's transfer was processed or failed at the gateway.
+
+    Processed on hold (how every leg transfer starts) is no payout: the hold can still be
+    reversed, so the ledger waits for the release (settle_leg_transfer). Processed without
+    a hold is paid out: the same entry the release posts, keyed by the transfer, so once."""
     entity = _entity(data, "transfer")
     tid, leg_id = entity.get("id"), _note_int(entity, "leg_id")
     processed = data.get("event") == "transfer.processed"
@@ -513,8 +519,9 @@ def _on_transfer(data: dict, cause: str) -> str:
         ledger.lock_booking(session, row.booking_id)
         row = session.get(LegTransfer, row.id, with_for_update=True, populate_existing=True)
         assert row is not None
-        if row.transfer_id not in (None, tid):
-            return "stale-transfer"
+        if row.transfer_id not in (None, tid) or (
+                row.transfer_id is None and entity.get("recipient") != row.account):
+            return "stale-transfer"  # another partner's transfer of the leg
         row.transfer_id = tid
         if not processed:
             row.status = "failed"
@@ -522,12 +529,20 @@ def _on_transfer(data: dict, cause: str) -> str:
             _enqueue_after_commit(session, "workers.payments.settle_leg_transfer", row.leg_id,
                                   job_id=f"transfer-{row.leg_id}")
             return "transfer-failed"
-        amount = int(entity.get("amount") or row.amount_paise)
+        if entity.get("on_hold"):
+            if row.status not in _SETTLED_TRANSFER:
+                row.status = "on_hold"
+            return "transfer-on-hold"
+        if row.status == "reversed":
+            return "transfer-reversed"
+        amount = int(entity.get("amount") or 0) - int(entity.get("amount_reversed") or 0)
+        if amount <= 0:
+            return "transfer-reversed"
         if ledger.post(session, rules.transfer_processed(row.booking_id, row.leg_id,
                                                          row.partner_id, tid, amount),
                        actor="gateway:razorpay", cause=cause):
             if row.status != "released":
-                row.status = "processed" if not entity.get("on_hold") else row.status
+                row.status = "processed"
             return "transfer-processed"
         return "duplicate-transfer-event"
 
@@ -579,6 +594,15 @@ def release_leg(leg_id: int, actor: Actor = SYSTEM) -> str:
         return result
 
 
+# A leg transfer's row in these states is not moved back to on_hold by a late event.
+_SETTLED_TRANSFER = ("released", "processed", "reversed")
+
+
+def _left(transfer: dict) -> int:
+    """What is still on a gateway transfer: its amount less what was reversed."""
+    return int(transfer.get("amount") or 0) - int(transfer.get("amount_reversed") or 0)
+
+
 def _live(transfers: list[dict], leg_id: int, account: str | None = None) -> dict | None:
     """The leg's live transfer (to ``account`` when given)."""
     for t in transfers:
@@ -589,13 +613,14 @@ def _live(transfers: list[dict], leg_id: int, account: str | None = None) -> dic
 
 
 def _reverse_others(c, transfers: list[dict], leg_id: int, account: str | None) -> int:
-    """Reverse live transfers of the leg held for someone else (a partner who gave the job
-    back); return how many."""
+    """Reverse the leg's transfers still on hold for someone else (a partner who gave the
+    job back); return how many. An on-hold transfer was never posted as a payout, so its
+    reversal posts nothing; a released one is paid out for good and is left alone."""
     n = 0
     for t in transfers:
-        left = int(t.get("amount") or 0) - int(t.get("amount_reversed") or 0)
+        left = _left(t)
         if _note_int(t, "leg_id") == leg_id and t.get("status") not in ("failed", "reversed") \
-                and t.get("recipient") != account and left > 0:
+                and t.get("on_hold") and t.get("recipient") != account and left > 0:
             c.transfer.reverse(t["id"], {"amount": left})
             n += 1
     return n
@@ -605,8 +630,9 @@ def hold_leg_transfer(leg_id: int) -> str:
     """Job: once a partner is assigned, create the leg's Route transfer to them on hold.
 
     The money moves to the partner's linked account only when the hold is released after
-    delivery (settle_leg_transfer); a partner who gives the job back has theirs reversed
-    when the next one is held. Found by our leg id in the notes, so retries never double.
+    delivery (settle_leg_transfer); until then it is reversible and the ledger shows no
+    payout. A partner who gives the job back has theirs reversed when the next one is
+    held. Found by our leg id in the notes, so retries never double.
     """
     with transaction() as session:
         leg = session.get(Leg, leg_id)
@@ -642,8 +668,12 @@ def settle_leg_transfer(leg_id: int) -> str:
     """Job: make the gateway's Route transfer for a leg match what the ledger says it earned.
 
     Earned > 0: find the leg's transfer among the payment's transfers (our leg id is in
-    its notes), create it on hold if missing, reverse any excess, then release the hold.
-    Earned 0 (cancelled before delivery): reverse a transfer made on hold for it, if any."""
+    its notes), create it on hold if missing, reverse any excess still on hold, then
+    release the hold. Only then is the money the partner's for good: the ledger's
+    transfer_processed entry (the amount left on the transfer, to the leg's current
+    partner) is posted with the row marked released, also when a retry finds the hold
+    already released. Earned 0 (cancelled before delivery): reverse what is left on a
+    transfer made on hold for it, if any (nothing was posted for it)."""
     with transaction() as session:
         leg = session.get(Leg, leg_id)
         if leg is None:
@@ -663,7 +693,8 @@ def settle_leg_transfer(leg_id: int) -> str:
     if target <= 0:
         if live is None:
             return "nothing-to-transfer"
-        c.transfer.reverse(live["id"], {"amount": int(live["amount"])})
+        if _left(live) > 0:
+            c.transfer.reverse(live["id"], {"amount": _left(live)})
         _save_transfer(leg_id, booking_id, partner_id, payment_id, account, live, "reversed")
         return "reversed"
     if partner_id is None or not account:
@@ -680,38 +711,65 @@ def settle_leg_transfer(leg_id: int) -> str:
         items = created.get("items") or [created]
         live = _live(items, leg_id) or items[0]
         _save_transfer(leg_id, booking_id, partner_id, payment_id, account, live, "on_hold")
-    amount = int(live["amount"])
-    if amount > target:
-        c.transfer.reverse(live["id"], {"amount": amount - target})
+    paid = _left(live)
     if live.get("on_hold", True):
-        live = c.transfer.edit(live["id"], {"on_hold": False})
+        # A retry after a failed release finds the excess already reversed: _left sees it.
+        if paid > target:
+            c.transfer.reverse(live["id"], {"amount": paid - target})
+            paid = target
+        released = c.transfer.edit(live["id"], {"on_hold": False})
+        if "amount" in released:
+            paid = _left(released)
+        live = {**live, **released}
+    if paid != target:
+        log.warning("leg transfer released with another amount than the leg earned",
+                    extra={"leg_id": leg_id, "paid_paise": paid, "earned_paise": target})
     _save_transfer(leg_id, booking_id, partner_id, payment_id, account, live, "released",
-                   amount=target)
+                   amount=paid, paid_out=paid)
     return "released"
 
 
 def _save_transfer(leg_id: int, booking_id: int, partner_id: int | None, payment_id: str,
                    account: str | None, entity: dict | None, status: str, *,
-                   error: str | None = None, amount: int | None = None) -> None:
+                   error: str | None = None, amount: int | None = None,
+                   paid_out: int | None = None) -> None:
+    """Record the leg's transfer row; with ``paid_out`` (the hold was released), post the
+    payout to ``partner_id`` in the same transaction.
+
+    The row follows the leg's latest transfer: a new transfer id brings its partner,
+    account and payment (the partner who gave the job back keeps no claim). Its status
+    does not go back from released to on hold; reversed always wins."""
     if partner_id is None:
         return
     with transaction() as session:
+        if paid_out is not None:
+            ledger.lock_booking(session, booking_id)  # the booking before the row: as events
         row = session.scalar(select(LegTransfer).where(LegTransfer.leg_id == leg_id)
                              .with_for_update())
         amt = amount if amount is not None else int((entity or {}).get("amount") or 0)
+        tid = (entity or {}).get("id") or None
         if row is None:
             row = LegTransfer(leg_id=leg_id, booking_id=booking_id, partner_id=partner_id,
                               payment_id=payment_id, account=account, amount_paise=max(amt, 1),
                               status=status, attempts=0)
             session.add(row)
+        elif tid is not None and tid != row.transfer_id:
+            row.partner_id, row.account, row.payment_id = partner_id, account, payment_id
+            row.status = status
+            if amt > 0:
+                row.amount_paise = amt
         row.attempts += 1
-        if entity is not None and entity.get("id"):
-            row.transfer_id = entity["id"]
+        if tid is not None:
+            row.transfer_id = tid
         if amount is not None and amount > 0:
             row.amount_paise = amount
-        if row.status != "processed" or status == "reversed":
+        if status in ("released", "reversed") or row.status not in ("released", "processed"):
             row.status = status
         row.last_error = error
+        if paid_out is not None and paid_out > 0 and tid is not None:
+            ledger.post(session, rules.transfer_processed(booking_id, leg_id, partner_id, tid,
+                                                          paid_out),
+                        actor=str(SYSTEM), cause=f"leg:{leg_id}:transfer-released")
 
 
 # --- refunds -------------------------------------------------------------------------------

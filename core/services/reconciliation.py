@@ -1,11 +1,13 @@
 """Reconciliation: compare the ledger with what the gateway says, record every mismatch.
 
-For a time window, the gateway's captured payments, processed refunds and live transfers
-(fetched through the client) are matched with the ledger's captures, settled refunds and
-partner payables by gateway id. Each difference (missing on either side, amount differs)
-is recorded once per (kind, entity, gateway id) and marked resolved when a later run finds
-it matching. Operators read them with ``list_mismatches`` (the ops REST endpoint comes
-with the REST API).
+For a time window, the gateway's captured payments, processed refunds and released
+transfers (fetched through the client) are matched by gateway id with the ledger's
+captures, processed refunds and transfer_processed entries. A transfer still on hold is
+reversible, so it is no payout: it is left out of the gateway side, and a ledger payout
+whose transfer is still on hold (or failed, or reversed) at the gateway is a mismatch.
+Each difference (missing on either side, amount differs) is recorded once per (kind,
+entity, gateway id) and marked resolved when a later run finds it matching. Operators
+read them with ``list_mismatches`` (the ops REST endpoint comes with the REST API).
 """
 
 from __future__ import annotations
@@ -25,11 +27,9 @@ from core.adapters.db import transaction
 from core.adapters.payment_models import (
     LedgerPosting,
     LedgerTransaction,
-    LegTransfer,
     ReconciliationMismatch,
 )
 from core.domain.ledger import AccountKind, EntryKind
-from core.services import ledger
 
 log = logging.getLogger(__name__)
 
@@ -107,8 +107,9 @@ def _compare(entity: str, gateway: dict[str, int], ledger_side: dict[str, tuple[
         entity_at_gw = fetch_one(gid)
         gw_amount = _gateway_amount(entity, entity_at_gw)
         if gw_amount is None:
+            why = "unknown to the gateway" if not entity_at_gw else "not settled at the gateway"
             findings.append(Finding("missing_at_gateway", entity, gid, booking_id, amount, None,
-                                    f"ledger {entity} unknown to the gateway"))
+                                    f"ledger {entity} {why}"))
         elif gw_amount != amount:
             findings.append(Finding("amount_differs", entity, gid, booking_id, amount, gw_amount,
                                     f"{entity} amount differs between ledger and gateway"))
@@ -122,9 +123,14 @@ def _gateway_amount(entity: str, item: dict | None) -> int | None:
         return int(item["amount"]) if item.get("captured") else None
     if entity == "refund":
         return int(item["amount"]) if item.get("status") == "processed" else None
-    if item.get("status") in ("failed", "reversed"):
+    if not _released(item):
         return None
     return int(item["amount"]) - int(item.get("amount_reversed") or 0)
+
+
+def _released(transfer: dict) -> bool:
+    """A transfer the partner has for good: processed and no longer on hold."""
+    return transfer.get("status") not in ("failed", "reversed") and not transfer.get("on_hold")
 
 
 def _notes_int(item: dict, name: str) -> int | None:
@@ -133,15 +139,17 @@ def _notes_int(item: dict, name: str) -> int | None:
 
 
 def run(since: datetime | None = None, until: datetime | None = None) -> dict[str, int]:
-    """Compare one window (default: the last day) and record what differs."""
+    """Compare one window (default: the last day) and record what differs.
+
+    Transfers: only released ones count at the gateway (amount less reversals), against
+    the ledger's transfer_processed entries; transfers on hold are payouts not yet made."""
     until = until or clock.now()
     since = since or until - WINDOW
     c = gw.client()
     payments = {p["id"]: p for p in _pages(c.payment.all, since, until) if p.get("captured")}
     refunds = {r["id"]: r for r in _pages(c.refund.all, since, until)
                if r.get("status") == "processed"}
-    transfers = {t["id"]: t for t in _pages(c.transfer.all, since, until)
-                 if t.get("status") not in ("failed", "reversed")}
+    transfers = {t["id"]: t for t in _pages(c.transfer.all, since, until) if _released(t)}
     # Widen the ledger side by what the gateway listed (entries recorded just after the
     # window), and the gateway side by single fetches (objects just outside it).
     with transaction() as session:
@@ -152,12 +160,11 @@ def run(since: datetime | None = None, until: datetime | None = None) -> dict[st
                                   AccountKind.GATEWAY_CLEARING, since, until)
         led_ref.update(_ledger_amounts(session, EntryKind.REFUND_PROCESSED,
                                        AccountKind.GATEWAY_CLEARING, since, None, set(refunds)))
-        rows = session.scalars(select(LegTransfer).where(
-            LegTransfer.transfer_id.is_not(None),
-            (LegTransfer.updated_at >= since) | LegTransfer.transfer_id.in_(
-                set(transfers) or {""}))).all()
-        led_trf = {r.transfer_id: (ledger.leg_payable(session, r.leg_id), r.booking_id)
-                   for r in rows if r.status != "reversed" and r.transfer_id}
+        led_trf = _ledger_amounts(session, EntryKind.TRANSFER_PROCESSED,
+                                  AccountKind.GATEWAY_CLEARING, since, until)
+        led_trf.update(_ledger_amounts(session, EntryKind.TRANSFER_PROCESSED,
+                                       AccountKind.GATEWAY_CLEARING, since, None,
+                                       set(transfers)))
     findings: list[Finding] = []
     checked: dict[str, set[str]] = {}
     for entity, gateway_items, led, fetch in (

@@ -1,0 +1,160 @@
+"""Route transfers held for a leg's partner: the ledger counts a payout only once the hold
+is released (a hold can still be reversed), to the partner who did the job, for what is
+left on the transfer. Through RQ, the real client, the emulator and its webhooks."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+from sqlalchemy import select
+
+from core.adapters.db import transaction
+from core.adapters.models import Booking, Leg
+from core.adapters.payment_models import LedgerPosting, LedgerTransaction, LegTransfer
+from core.adapters.queue import enqueue
+from core.domain import ledger as rules
+from core.domain.booking import Actor, BookingStatus, LegStatus
+from core.services import ledger, payments
+from core.services.booking import move_booking, move_leg
+from sandbox import razorpay as emu
+from tests.conftest import release_scheduled
+from tests.test_payments_support import (
+    CUSTOMER,
+    advance,
+    failed_jobs,
+    ledger_checked,
+    new_partner,
+    paid_booking,
+    run,
+)
+
+pytestmark = pytest.mark.db
+SYSTEM = Actor.system()
+
+
+@pytest.fixture(autouse=True)
+def ledger_balanced(clean_db):
+    yield from ledger_checked()
+
+
+def hold(leg_id: int, tag: str = "1") -> None:
+    """What dispatch does on assignment: the hold job, then its transfer.processed webhook."""
+    enqueue("workers.payments.hold_leg_transfer", leg_id, job_id=f"hold-{leg_id}-{tag}")
+    run()
+
+
+def deliver(booking_id: int, leg_id: int) -> None:
+    """Pick up and deliver the leg, then run its release job (and the transfer job after)."""
+    with transaction() as s:
+        leg, b = s.get(Leg, leg_id), s.get(Booking, booking_id)
+        for bs, ls in ((BookingStatus.PICKED_UP, LegStatus.PICKED_UP),
+                       (BookingStatus.DELIVERED, LegStatus.DELIVERED)):
+            move_leg(s, leg, ls, SYSTEM, "test")
+            move_booking(s, b, bs, SYSTEM, "test")
+    enqueue("workers.payments.release_leg", leg_id, job_id=f"release-{leg_id}")
+    run()
+
+
+def payable(partner_id: int) -> int:
+    with transaction() as s:
+        return ledger.partner_balance(s, partner_id)
+
+
+def payouts() -> list[tuple[int, int, str]]:
+    """Every transfer_processed entry: (partner, amount paid out, gateway transfer id)."""
+    with transaction() as s:
+        return sorted((int(p), -int(a), str(ref)) for p, a, ref in s.execute(
+            select(LedgerPosting.partner_id, LedgerPosting.amount_paise,
+                   LedgerTransaction.gateway_ref)
+            .join(LedgerTransaction, LedgerTransaction.id == LedgerPosting.transaction_id)
+            .where(LedgerTransaction.kind == rules.EntryKind.TRANSFER_PROCESSED.value,
+                   LedgerPosting.account_kind == rules.AccountKind.PARTNER_PAYABLE.value)))
+
+
+def row(leg_id: int) -> LegTransfer:
+    with transaction() as s:
+        r = s.scalar(select(LegTransfer).where(LegTransfer.leg_id == leg_id))
+        assert r is not None
+        return r
+
+
+def left(transfer: dict) -> int:
+    return transfer["amount"] - transfer["amount_reversed"]
+
+
+def cancel(booking_id: int) -> int:
+    """The customer cancels after assignment; return the fee kept for the partner."""
+    with transaction() as s:
+        q = payments.cancel_booking(s, ledger.lock_booking(s, booking_id), CUSTOMER, "no")
+    assert q.fee_paise > 0
+    return q.fee_paise
+
+
+def test_a_held_transfer_is_no_payout_and_a_cancellation_pays_out_only_the_fee(live):
+    partner = new_partner()
+    bid = paid_booking()
+    leg_id = advance(bid, partner, to="assigned")
+    hold(leg_id)  # transfer.processed arrived with on_hold: true
+    (held,) = emu._all("transfer")
+    assert held["on_hold"] is True
+    assert payable(partner) == 0 and payouts() == []
+    assert row(leg_id).status == "on_hold"
+    fee = cancel(bid)
+    run()
+    (t,) = emu._all("transfer")
+    assert t["id"] == held["id"] and t["on_hold"] is False and left(t) == fee
+    assert payouts() == [(partner, fee, t["id"])]
+    assert payable(partner) == 0  # earned the fee, was paid the fee
+    r = row(leg_id)
+    assert (r.status, r.amount_paise, r.partner_id) == ("released", fee, partner)
+    assert not failed_jobs()
+
+
+def test_a_reassigned_leg_pays_the_partner_who_delivered_and_nothing_to_the_first(live):
+    first = new_partner()
+    second = new_partner("+919812349002", "acc_partner0002")
+    bid = paid_booking()
+    leg_id = advance(bid, first, to="assigned")
+    hold(leg_id, "1")
+    with transaction() as s:  # the first partner gives the job back; the second takes it
+        s.get(Leg, leg_id).partner_id = second
+        payout = s.get(Leg, leg_id).payout_paise
+    hold(leg_id, "2")
+    r = row(leg_id)
+    assert (r.partner_id, r.account, r.status) == (second, "acc_partner0002", "on_hold")
+    deliver(bid, leg_id)
+    transfers = {t["recipient"]: t for t in emu._all("transfer")}
+    assert transfers["acc_partner0001"]["status"] == "reversed"
+    paid = transfers["acc_partner0002"]
+    assert paid["on_hold"] is False and left(paid) == payout
+    assert payouts() == [(second, payout, paid["id"])]
+    assert payable(first) == 0 and payable(second) == 0
+    r = row(leg_id)
+    assert (r.transfer_id, r.partner_id, r.status) == (paid["id"], second, "released")
+    assert not failed_jobs()
+
+
+def test_a_settle_retried_after_a_failed_release_releases_the_fee(live):
+    partner = new_partner()
+    bid = paid_booking()
+    leg_id = advance(bid, partner, to="assigned")
+    hold(leg_id)
+    payout = emu._all("transfer")[0]["amount"]
+    emu.fail_next("edit_transfer")
+    fee = cancel(bid)
+    run()  # the excess is reversed, then the release call fails: the job is retried later
+    (t,) = emu._all("transfer")
+    assert t["on_hold"] is True and left(t) == fee
+    assert payable(partner) == fee and payouts() == []  # earned, not yet paid out
+    assert release_scheduled(timedelta(seconds=11)) == 1
+    run()
+    (t,) = emu._all("transfer")
+    assert t["on_hold"] is False and t["amount_reversed"] == payout - fee  # reversed once
+    assert payouts() == [(partner, fee, t["id"])]
+    assert payable(partner) == 0
+    assert row(leg_id).status == "released"
+    assert not failed_jobs()
+    # The job once more (a duplicate enqueue): nothing moves, nothing is posted twice.
+    assert payments.settle_leg_transfer(leg_id) == "released"
+    assert payouts() == [(partner, fee, t["id"])] and len(emu._all("reversal")) == 1
