@@ -231,3 +231,30 @@ def test_a_whatsapp_turn_writes_its_conversation_once(client) -> None:
             assert conv.step not in ("menu", "start", "language")
     finally:
         clock.freeze(None)
+
+
+def test_a_cancel_no_longer_allowed_by_the_time_of_yes_is_explained(client) -> None:
+    # Between "Cancel booking …?" and the customer's "yes" the booking changed (here its
+    # payment link expired): the bot says it cannot be cancelled and goes to the menu,
+    # instead of an apology on every answer.
+    from core.domain.booking import Actor, BookingStatus
+    from core.i18n import t
+    from core.services.booking import move_booking
+    from core.services.seed import seed_demo
+
+    seed_demo()
+    spec = yaml.safe_load((FIXTURES / "cancel_booking.yaml").read_text(encoding="utf-8"))
+    turns = spec["turns"]
+    question = next(i for i, turn in enumerate(turns)
+                    if "Nothing was paid" in str(turn.get("expect", "")))
+    replay = Replay(client, spec, "cancel_race")
+    for index, turn in enumerate(turns[:question + 1]):
+        replay.play(index, turn)
+    ref = replay.latest_reference()
+    with transaction() as s:
+        booking = s.scalar(select(Booking).where(Booking.reference == ref))
+        move_booking(s, booking, BookingStatus.EXPIRED, Actor.system(), "link expired")
+    replay.play(question + 1, {"send": "yes", "expect": {
+        "contains": [t("bot.cancel.not_allowed", "en", ref=ref)], "step": "menu"}})
+    with transaction() as s:
+        assert s.scalar(select(Booking.status).where(Booking.reference == ref)) == "expired"

@@ -31,7 +31,7 @@ from core.dialog.engine import (
     Step,
     UserInput,
 )
-from core.domain.errors import ValidationError
+from core.domain.errors import DomainError, ValidationError
 from core.domain.phone import is_indian_mobile, normalize_phone
 from core.domain.reference import is_valid_reference, normalize_reference
 from core.i18n import LANGUAGE_NAMES, LANGUAGES
@@ -560,7 +560,13 @@ def _cancel_confirm_handle(ctx: Ctx, inp: UserInput) -> Result:
         return Goto(MENU)
     if picked == 1:
         ctx.state.data.pop("cancel_ref", None)
-        result = ctx.ports.cancel(ref)
+        try:
+            result = ctx.ports.cancel(ref)
+        except DomainError:
+            # It changed since the question (picked up, expired, cancelled elsewhere);
+            # nothing was written. Say so, not "try again later" on every answer.
+            return Goto(MENU, [Say("bot.cancel.not_allowed", {"ref": ref}), next_hint()],
+                        prompt=False)
         key = "bot.cancel.done_refund" if result.get("refund_paise") else "bot.cancel.done"
         return Goto(MENU, [Say(key, {"ref": ref, "refund_paise": result.get("refund_paise", 0)}),
                            next_hint()], prompt=False)

@@ -351,9 +351,13 @@ def _whatsapp_turn(session: Session, msg: InboundMessage, person: Person, conv: 
         if cmd == "start":
             person.opted_out = False
             conv.step, conv.misses = MENU, 0
+            if conv.handoff:  # a fresh start: nobody is still waiting for a person
+                handoff.withdraw(session, conv, engaged_too=True)
             return Turn(lang(), [Say("bot.optout.started"), Say("menu.main")])
         return Turn(lang(), [Say("bot.optout.hint")])
     if conv.handoff:
+        if cmd == "menu" and handoff.withdraw(session, conv):
+            return Turn(lang(), [Say("menu.main")])  # no operator yet: back to the bot
         handoff.record_inbound(session, conv, text)
         return Turn(lang(), [])  # an operator owns this conversation; the bot stays quiet
     photo = _partner_photo(session, person, msg)

@@ -46,6 +46,24 @@ def request(session: Session, conv: Conversation, reason: str) -> dict[str, obje
     return {"minutes": reply_minutes(), "ops_phone": get_settings().ops_phone}
 
 
+def withdraw(session: Session, conv: Conversation, *, engaged_too: bool = False) -> bool:
+    """The user leaves the waiting list (they sent MENU, or START after STOP): the open
+    handoff closes and the bot takes the conversation back at the main menu. One an
+    operator has already answered stays theirs unless ``engaged_too``. True if the bot
+    has the conversation now."""
+    handoff = open_handoff(session, conv)
+    if handoff is not None:
+        if handoff.operator is not None and not engaged_too:
+            return False
+        handoff.status = "closed"
+        handoff.operator = handoff.operator or "customer"
+        handoff.closed_at = clock.now()
+    conv.handoff = False
+    conv.step = "menu"
+    conv.misses = 0
+    return True
+
+
 def record_inbound(session: Session, conv: Conversation, body: str) -> None:
     """Keep what the user wrote while waiting, for the operator."""
     handoff = open_handoff(session, conv)
