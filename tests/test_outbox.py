@@ -248,3 +248,17 @@ def test_template_rows_go_out_as_content_sid_with_variables(live):
         sent = s.scalar(select(SandboxMessage.body))
     assert sent.startswith("[template HXabc123]")
     assert "बुकिंग 12345678" in sent and "Booking 12345678 ..." not in sent
+
+
+def test_stop_holds_for_a_whatsapp_user_known_only_by_their_whatsapp_id(clean_db):
+    # Meta's user ids without a phone number: STOP (or Twilio's 21610) marks the person,
+    # and nothing but replies reaches them afterwards.
+    wa_id = "IN.13491234abcd"
+    with transaction() as s:
+        s.add(Person(phone=None, wa_id=wa_id, role="customer"))
+    outbox._mark_opted_out(f"whatsapp:{wa_id}")  # as a 21610 status does
+    with transaction() as s:
+        assert s.scalar(select(Person.opted_out).where(Person.wa_id == wa_id)) is True
+        assert outbox.queue_message(s, channel="whatsapp", to=wa_id, body="offer") is None
+        assert outbox.queue_message(s, channel="whatsapp", to=wa_id, body="ok, stopped",
+                                    reply=True) is not None

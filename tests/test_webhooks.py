@@ -180,6 +180,24 @@ def test_per_phone_rate_limit(client, monkeypatch):
     assert counts()[0] == limit  # the flood beyond the limit was not processed
 
 
+def test_stop_gets_through_the_rate_limit(client):
+    # An annoyed user floods the bot, then sends STOP: that one must still count.
+    from sqlalchemy import select
+
+    from core.adapters.db import transaction
+    from core.adapters.models import Person
+    from core.config import get_settings
+
+    limit = get_settings().inbound_rate_limit
+    for i in range(limit + 3):
+        post_twilio(client, "/webhooks/whatsapp", wa("0", f"SMs{i}"))
+    assert post_twilio(client, "/webhooks/whatsapp", wa("STOP", "SMs-stop")).status_code == 200
+    run_jobs(("inbound",))
+    assert replies_to("SMs-stop") == [i18n.t("bot.optout.stopped", "hi")]
+    with transaction() as s:
+        assert s.scalar(select(Person.opted_out).where(Person.wa_id == wa("", "x")["WaId"]))
+
+
 def test_voice_greets_with_every_language_and_never_loops(client):
     params = {"CallSid": "CA1", "From": "+919811111111", "To": "+15005550006"}
     r = post_twilio(client, "/webhooks/voice", params)

@@ -38,6 +38,7 @@ from core.adapters.db import transaction
 from core.adapters.models import Conversation, InboundEvent, Person
 from core.adapters.redis_conn import hit_rate_limit, redis_client, run_script
 from core.config import get_settings
+from core.dialog import words
 
 log = logging.getLogger(__name__)
 
@@ -86,10 +87,20 @@ class TurnFailed(Exception):  # noqa: N818 (an outcome, not a programming error)
         self.answer = answer
 
 
+def _limit_for(msg: InboundMessage, limit: int) -> int:
+    """The rate limit for this message: none for STOP, which must always get through (an
+    annoyed user sends it many times)."""
+    return NO_LIMIT if words.command(msg.body) == "stop" else limit
+
+
+NO_LIMIT = 2**31 - 1
+
+
 def process(msg: InboundMessage, handler: Handler) -> Outcome:
     """Run ``handler`` once per MessageSid, inside one transaction, under a rate limit."""
     settings = get_settings()
-    over, count = hit_rate_limit(f"{msg.channel}:{msg.contact}", settings.inbound_rate_limit,
+    over, count = hit_rate_limit(f"{msg.channel}:{msg.contact}",
+                                 _limit_for(msg, settings.inbound_rate_limit),
                                  settings.inbound_rate_window_s)
     if over:
         # Say it once per window; after that stay silent so a flood costs us nothing.
@@ -331,7 +342,7 @@ def accept(msg: InboundMessage) -> Acceptance:
         r, _ACCEPT_LUA,
         keys=[f"inbound:seen:{msg.channel}:{msg.sid}", f"ratelimit:{msg.channel}:{msg.contact}",
               inbox, scheduled, INBOXES, READY, DRAINER_COUNT],
-        args=[encode(msg), SEEN_TTL_S, settings.inbound_rate_limit,
+        args=[encode(msg), SEEN_TTL_S, _limit_for(msg, settings.inbound_rate_limit),
               settings.inbound_rate_window_s, SCHEDULED_TTL_S, INBOX_TTL_S,
               f"{msg.channel}:{msg.contact}", DRAINERS, DRAINERS_TTL_S],
     )

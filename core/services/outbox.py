@@ -22,7 +22,7 @@ from datetime import timedelta
 import requests
 from redis.exceptions import RedisError
 from rq import Retry
-from sqlalchemy import bindparam, case, select, update
+from sqlalchemy import ColumnElement, bindparam, case, select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import Session
@@ -91,9 +91,8 @@ def queue_message(
         raise ValidationError("a message needs a body or media", code="empty_message")
     settings = get_settings()
     to_addr = address(channel, to)
-    phone = to_addr.removeprefix("whatsapp:")
     opted_out = not reply and session.scalar(select(Person.opted_out)
-                                             .where(Person.phone == phone))
+                                             .where(_person_at(to_addr)))
     if opted_out:
         log.info("recipient opted out; message dropped", extra={"channel": channel})
         return None
@@ -245,10 +244,16 @@ def _record_failure(outbox_id: int, *, code: str | None, error: str, final: bool
         row.last_error = error[:300]
 
 
+def _person_at(to_addr: str) -> ColumnElement[bool]:
+    """Who an address reaches: a phone number, or (WhatsApp's user ids without a number)
+    the person's WhatsApp id."""
+    who = to_addr.removeprefix("whatsapp:")
+    return Person.phone == who if who.startswith("+") else Person.wa_id == who
+
+
 def _mark_opted_out(to_addr: str) -> None:
-    phone = to_addr.removeprefix("whatsapp:")
     with transaction() as session:
-        session.execute(update(Person).where(Person.phone == phone).values(opted_out=True))
+        session.execute(update(Person).where(_person_at(to_addr)).values(opted_out=True))
 
 
 @dataclass(frozen=True)
