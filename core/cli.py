@@ -114,7 +114,10 @@ def worker(burst: bool = False) -> None:
     payment_jobs.schedule_periodic()
     fork = os.environ.get("RQ_FORK_PER_JOB", "").lower() in ("1", "true", "yes")
     worker_class = JobLoggingWorker if fork else JobLoggingSimpleWorker
-    w = worker_class([queue(n) for n in QUEUES], connection=conn, serializer=JSONSerializer)
+    # RQ logs each job's call with its arguments unless told not to: a job's arguments may
+    # carry a phone number or a spoken text with one, which must not reach the logs.
+    w = worker_class([queue(n) for n in QUEUES], connection=conn, serializer=JSONSerializer,
+                     log_job_description=False)
     w.work(with_scheduler=True, burst=burst, logging_level=get_settings().log_level)
 
 
@@ -131,7 +134,7 @@ def sandbox_worker(burst: bool = False) -> int:
         return 2
     lower_priority()  # it stands in for Twilio's and Razorpay's side, not ours
     w = JobLoggingSimpleWorker([queue(SANDBOX_QUEUE)], connection=redis_client(),
-                               serializer=JSONSerializer)
+                               serializer=JSONSerializer, log_job_description=False)
     w.work(burst=burst, logging_level=get_settings().log_level)
     return 0
 

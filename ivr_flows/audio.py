@@ -55,11 +55,21 @@ def audio_path(lang: str, text: str) -> Path:
     return cache_dir() / lang / f"{audio_name(lang, text)}.mp3"
 
 
+# A prompt with this many digits or more reads back something of the caller's own (a phone
+# number keyed in, a booking reference, a code): Twilio's <Say> speaks it. It is never sent
+# to gTTS, queued as a job, or kept as a file under a public URL.
+PERSONAL_DIGITS = 7
+
+
+def personal(text: str) -> bool:
+    return sum(ch.isdigit() for ch in text) >= PERSONAL_DIGITS
+
+
 def audio_url(lang: str, text: str, *, queue_missing: bool = True,
               missing: list[tuple[str, str]] | None = None) -> str | None:
     """The public URL of the text's audio if rendered; else None (and queue the render,
     or, given ``missing``, add it there for one ``queue_renders`` call per turn)."""
-    if lang not in GTTS_VOICES or not text.strip():
+    if lang not in GTTS_VOICES or not text.strip() or personal(text):
         return None
     name = audio_name(lang, text)
     # os.path, not pathlib: this runs for every prompt of every turn.

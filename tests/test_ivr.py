@@ -663,3 +663,16 @@ def test_the_call_simulator_books_against_a_live_server(live, prompts) -> None:
     assert "/sandbox/payment_links/" in texts  # the payment link, by SMS
     sim.hang_up()
     assert "(the call has ended" in sim.press("1")[0]
+
+
+def test_a_number_the_caller_keyed_in_is_never_rendered_or_queued(phone: Caller) -> None:
+    # The read-back of the recipient's number is the caller's own data: spoken by <Say>,
+    # never sent to gTTS, queued as a job (RQ would log its arguments) or kept as a file.
+    from core.adapters.queue import QUEUES, queue
+    from ivr_flows.audio import RENDER_JOB
+
+    book_in_hindi(phone)
+    texts = [str(job.args) for name in QUEUES for job in queue(name).get_jobs()
+             if job.func_name == RENDER_JOB]
+    assert texts, "the prompts of the call were queued for rendering"
+    assert not [text for text in texts if "9 8 7 6 5" in text or "9876543210" in text]
