@@ -300,7 +300,10 @@ def dialog_turn(session: Session, person: Person, conv: Conversation, inp: UserI
     ports = SessionPorts(session, person, conv)
     lang = person.preferred_language or state.data.get("lang_guess") or i18n.DEFAULT_LANGUAGE
     ctx = Ctx(state, ports, lang)
-    if person.preferred_language is None and state.step not in ("language", "language_guess"):
+    if person.preferred_language is None and state.step not in (
+            "language", "language_guess", dialog.offer_person, dialog.voice_callback):
+        # No language yet: every message goes to the language list, except the answer to
+        # an offer of a person (after misses there) or of a call back (a voice note).
         guess = words.guess_language(inp.text)
         if guess:
             state.data["lang_guess"] = guess
