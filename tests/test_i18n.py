@@ -46,6 +46,7 @@ REQUIRED_KEYS = (
     | {f"fare.{s}" for s in "base distance size weight fragile tier surge minimum total".split()}
     | {f"dispatch.unfit_{r}" for r in ("vehicle", "trust_tier")}  # dispatch.accept
     | {"dispatch.job_cancelled"}  # dispatch.booking_cancelled
+    | {"payment.ops_refund_retry", "payment.ops_refund_stuck"}  # payments._attempt_failed
 )
 
 LANGUAGE_LIST = "1. हिंदी\n2. English\n3. বাংলা\n4. मराठी\n5. தமிழ்\n6. తెలుగు\n7. ગુજરાતી\n8. ಕನ್ನಡ"

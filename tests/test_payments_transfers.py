@@ -158,3 +158,95 @@ def test_a_settle_retried_after_a_failed_release_releases_the_fee(live):
     # The job once more (a duplicate enqueue): nothing moves, nothing is posted twice.
     assert payments.settle_leg_transfer(leg_id) == "released"
     assert payouts() == [(partner, fee, t["id"])] and len(emu._all("reversal")) == 1
+
+
+def test_a_hold_and_a_settle_at_once_make_a_single_transfer(live, monkeypatch):
+    """The partner accepts while the customer cancels: the hold job (hold-<leg>-<offer>) has
+    listed the payment's transfers and found none when the cancellation's transfer job
+    (transfer-<leg>) runs on another worker. Each used to create a transfer: the hold's was
+    left on hold with nothing to reverse it."""
+    from razorpay.resources.payment import Payment
+
+    monkeypatch.setattr(payments, "LEG_LOCK_WAIT_S", 0)  # the other worker gives way at once
+    partner = new_partner()
+    bid = paid_booking()
+    leg_id = advance(bid, partner, to="assigned")
+    real_list = Payment.transfers
+    fee: list[int] = []
+
+    def list_then_cancel(self, payment_id, data=None, **kwargs):
+        found = real_list(self, payment_id, data or {}, **kwargs)
+        if not fee:  # the hold job's list: now the customer cancels; its jobs run meanwhile
+            fee.append(cancel(bid))
+            emu.fail_next("refund")  # (the refund comes later: it does not touch the leg)
+            run()
+        return found
+
+    monkeypatch.setattr(Payment, "transfers", list_then_cancel)
+    assert payments.hold_leg_transfer(leg_id) == "held"
+    assert len(emu._all("transfer")) == 1  # the cancellation's transfer job waits its turn
+    assert release_scheduled(timedelta(seconds=11)) == 2  # it, and the refund
+    run()
+    (t,) = emu._all("transfer")
+    assert t["on_hold"] is False and left(t) == fee[0]
+    assert payouts() == [(partner, fee[0], t["id"])] and payable(partner) == 0
+    assert row(leg_id).status == "released"
+    assert not failed_jobs()
+
+
+def test_a_job_that_finds_the_leg_busy_runs_again_later_even_without_a_retry(live, monkeypatch):
+    from core.adapters.redis_conn import redis_client
+
+    monkeypatch.setattr(payments, "LEG_LOCK_WAIT_S", 0)
+    partner = new_partner()
+    bid = paid_booking()
+    leg_id = advance(bid, partner, to="assigned")
+    busy = redis_client().lock(f"lock:leg-transfer:{leg_id}", timeout=60)
+    assert busy.acquire(blocking=False)  # another worker is working on the leg
+    hold(leg_id)  # enqueued as dispatch does it: without a Retry
+    assert emu._all("transfer") == [] and not failed_jobs()
+    busy.release()
+    assert release_scheduled(timedelta(seconds=6)) == 1
+    run()
+    (t,) = emu._all("transfer")
+    assert t["on_hold"] is True and row(leg_id).status == "on_hold"
+    assert not failed_jobs()
+
+
+def test_a_failed_transfer_whose_row_was_not_saved_is_made_again(live, monkeypatch):
+    """transfer.failed for a transfer the job that made it has not saved (it died, or the
+    webhook came first): the leg is re-derived from the gateway at once."""
+    from core.adapters.payment_models import GatewayEvent
+
+    partner = new_partner()
+    bid = paid_booking()
+    leg_id = advance(bid, partner, to="delivered")
+    save = payments._save_transfer
+
+    def died(*args, **kwargs):
+        raise RuntimeError("the worker died before saving the transfer")
+
+    monkeypatch.setattr(payments, "_save_transfer", died)
+    enqueue("workers.payments.release_leg", leg_id, job_id=f"release-{leg_id}")
+    run()  # released in the ledger; the transfer job made the transfer and died
+    monkeypatch.setattr(payments, "_save_transfer", save)
+    (lost,) = emu._all("transfer")
+    with transaction() as s:
+        assert s.scalar(select(LegTransfer)) is None
+        payout = s.get(Leg, leg_id).payout_paise
+    # The gateway fails that transfer (and gives the payment's amount back).
+    lost = emu.set_fields(lost["id"], status="failed")
+    emu.set_fields(lost["source"], amount_transferred=0)
+    emu.send_webhooks([emu._event("transfer.failed", {"transfer": lost})])
+    run()
+    with transaction() as s:
+        assert s.scalar(select(GatewayEvent.outcome).where(
+            GatewayEvent.event == "transfer.failed")) == "unknown-transfer-failed"
+    made = [t for t in emu._all("transfer") if t["id"] != lost["id"]]
+    assert len(made) == 1 and made[0]["on_hold"] is False and left(made[0]) == payout
+    assert payouts() == [(partner, payout, made[0]["id"])] and payable(partner) == 0
+    assert (row(leg_id).transfer_id, row(leg_id).status) == (made[0]["id"], "released")
+    # The dead job's own retry later finds the leg settled: nothing more is made or posted.
+    assert release_scheduled(timedelta(seconds=11)) == 1
+    run()
+    assert len(emu._all("transfer")) == 2 and len(payouts()) == 1

@@ -123,3 +123,22 @@ def test_a_payout_in_the_ledger_whose_transfer_is_on_hold_is_a_mismatch(live):
     assert (m["kind"], m["entity"], m["gateway_id"]) == ("missing_at_gateway", "transfer",
                                                            paid["id"])
     assert m["ledger_amount_paise"] == paid["amount"] and m["gateway_amount_paise"] is None
+
+
+def test_a_refund_made_on_its_second_attempt_reconciles_clean(live):
+    from datetime import timedelta
+
+    from tests.conftest import release_scheduled
+
+    emu.control("refund_outcome", "failed")
+    bid = paid_booking()
+    with transaction() as s:
+        payments.cancel_booking(s, ledger.lock_booking(s, bid), CUSTOMER, "no")
+    run()
+    emu.control("refund_outcome", "processed")
+    assert release_scheduled(payments.refund_retry_delay() + timedelta(seconds=30)) == 1
+    run()
+    assert sorted(r["status"] for r in emu._all("refund")) == ["failed", "processed"]
+    result = reconciliation.run()
+    assert result["refunds"] == 1 and result["mismatches"] == 0
+    assert mismatches() == set()

@@ -1,7 +1,9 @@
 """Payment jobs (thin: ids in, call core.services.payments / reconciliation).
 
 Job ids are natural keys: ``paylink-<booking>``, ``rzp-event-<event id>``,
-``release-<leg>``, ``transfer-<leg>``, ``refund-<booking>``, ``paylink-cancel-<booking>``,
+``release-<leg>``, ``transfer-<leg>`` (``transfer-<leg>-failed-<transfer>`` after a
+transfer.failed), ``hold-<leg>-<offer>``, ``refund-<booking>`` (``refund-<booking>-<attempt>``
+from the second attempt), ``refund-retry-<booking>-<attempt>``, ``paylink-cancel-<booking>``,
 ``payments-sweep-<minute>``, ``reconcile-<hour>``.
 """
 
@@ -45,13 +47,19 @@ def refund_booking(booking_id: int, reason: str) -> str:
     return payments.refund_booking(booking_id, reason)
 
 
+def retry_refund(booking_id: int, attempt: int) -> str:
+    """Make the next attempt of a booking's failed refund, once its delay has passed."""
+    return payments.retry_refund(booking_id, attempt)
+
+
 def cancel_payment_link(booking_id: int) -> str:
     """Cancel the link of a booking cancelled or expired before payment."""
     return payments.cancel_payment_link(booking_id)
 
 
 def sweep() -> dict[str, int]:
-    """Expire unpaid bookings, re-enqueue lost events; then schedule the next sweep."""
+    """Expire unpaid bookings, re-enqueue lost events and refunds, make due refund
+    attempts; then schedule the next sweep."""
     result = payments.sweep()
     schedule_periodic()
     return result

@@ -14,11 +14,13 @@ from sqlalchemy import (
     CheckConstraint,
     DateTime,
     ForeignKey,
+    Index,
     Integer,
     String,
     Text,
     UniqueConstraint,
     func,
+    text,
 )
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -136,17 +138,27 @@ class LegTransfer(Base):
 
 
 class Refund(Base):
-    """A refund of a booking's payment (our id goes to the gateway as the idempotency key)."""
+    """One attempt at refunding a booking's payment; our row id goes to the gateway as the
+    idempotency key, so retries of an attempt are one refund and each attempt a new one.
+
+    A failed attempt is never reopened: the next one is a new row (``attempt`` + 1), made
+    ``retry_at`` (core.services.payments). At most one attempt of a booking is open
+    (requested or pending) at a time."""
 
     __tablename__ = "payment_refunds"
     __table_args__ = (
         CheckConstraint(one_of("status", REFUND_STATUSES), name="status"),
         CheckConstraint("amount_paise > 0", name="amount"),
         CheckConstraint("fee_paise >= 0", name="fee"),
+        CheckConstraint("attempt >= 1", name="attempt"),
+        UniqueConstraint("booking_id", "attempt", name="uq_payment_refunds_booking_attempt"),
+        Index("uq_payment_refunds_booking_open", "booking_id", unique=True,
+              postgresql_where=text("status IN ('requested', 'pending')")),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
-    booking_id: Mapped[int] = mapped_column(ForeignKey("bookings.id"), unique=True)
+    booking_id: Mapped[int] = mapped_column(ForeignKey("bookings.id"))
+    attempt: Mapped[int] = mapped_column(Integer, default=1)
     payment_id: Mapped[str] = mapped_column(String(40))
     amount_paise: Mapped[int] = mapped_column(BigInteger)
     fee_paise: Mapped[int] = mapped_column(BigInteger, default=0)
@@ -155,6 +167,8 @@ class Refund(Base):
     status: Mapped[str] = mapped_column(String(10))
     gateway_refund_id: Mapped[str | None] = mapped_column(String(40), unique=True)
     last_error: Mapped[str | None] = mapped_column(String(200))
+    # A failed attempt with attempts left: when the next one is due (cleared once made).
+    retry_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     created_at: Mapped[datetime] = _now_col()
     updated_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), server_default=func.now(), onupdate=func.now()

@@ -1,4 +1,5 @@
-"""Operator (Dispatch console) endpoints: lists, people waiting for a person, unlocks, KYC.
+"""Operator (Dispatch console) endpoints: lists, people waiting for a person, unlocks, KYC,
+refunds to try again.
 
 Every money or KYC action an operator takes is written to the append-only audit log in
 the same transaction as the action.
@@ -262,6 +263,29 @@ def ops_booking_ledger(ref: str) -> LedgerOut:
     with transaction() as session:
         b = get_booking(session, ref)
         return LedgerOut(reference=b.reference, **ledger.booking_summary(session, b.id))
+
+
+class RefundOut(BaseModel):
+    reference: str
+    attempt: int
+    amount_paise: int
+    status: str
+
+
+@endpoint(bp, "POST", "/ops/bookings/<ref>/refund/retry",
+          summary="Try a booking's failed refund again now (a new attempt)", roles=OPS,
+          response=RefundOut, tags=("ops",), errors=(404, 409))
+def ops_retry_refund(ref: str) -> RefundOut:
+    from core.services import payments
+    from core.services.booking import get_booking
+
+    with transaction() as session:
+        b = get_booking(session, ref)
+        refund = payments.retry_refund_now(session, b, ops_actor())
+        audit(session, "refund.retry", f"booking:{b.reference}", attempt=refund.attempt,
+              amount_paise=refund.amount_paise)
+        return RefundOut(reference=b.reference, attempt=refund.attempt,
+                         amount_paise=refund.amount_paise, status=refund.status)
 
 
 @endpoint(bp, "GET", "/ops/reconciliation/mismatches",

@@ -10,8 +10,12 @@ Jobs (enqueued after commit, natural job ids):
 - ``workers.payments.create_payment_link(booking_id)``   ``paylink-<booking>``
 - ``workers.payments.process_event(event_row_id)``         ``rzp-event-<event id>``
 - ``workers.payments.release_leg(leg_id)``                 ``release-<leg>`` (dispatch)
-- ``workers.payments.settle_leg_transfer(leg_id)``         ``transfer-<leg>``
-- ``workers.payments.refund_booking(booking_id, reason)``  ``refund-<booking>``
+- ``workers.payments.hold_leg_transfer(leg_id)``           ``hold-<leg>-<offer>`` (dispatch)
+- ``workers.payments.settle_leg_transfer(leg_id)``         ``transfer-<leg>``, after a failed
+                                                            transfer ``transfer-<leg>-failed-<id>``
+- ``workers.payments.refund_booking(booking_id, reason)``  ``refund-<booking>`` (attempt 1),
+                                                            ``refund-<booking>-<attempt>``
+- ``workers.payments.retry_refund(booking_id, attempt)``   ``refund-retry-<booking>-<attempt>``
 - ``workers.payments.cancel_payment_link(booking_id)``     ``paylink-cancel-<booking>``
 Network calls never happen inside a database transaction or inside a webhook request.
 """
@@ -21,12 +25,14 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import requests
-from rq import Retry
+from redis.exceptions import LockError
+from rq import Retry, get_current_job
 from sqlalchemy import func, select
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
@@ -36,7 +42,8 @@ from core.adapters import razorpay_gateway as gw
 from core.adapters.db import transaction
 from core.adapters.models import Booking, Leg, PartnerProfile, Person
 from core.adapters.payment_models import GatewayEvent, LegTransfer, PaymentLink, Refund
-from core.adapters.queue import after_commit, enqueue
+from core.adapters.queue import after_commit, enqueue, queue
+from core.adapters.redis_conn import redis_client
 from core.domain import ledger as rules
 from core.domain.booking import (
     Actor,
@@ -71,6 +78,26 @@ def payment_link_ttl() -> timedelta:
 
 
 PAYMENT_LINK_TTL = payment_link_ttl()
+
+
+def _env_int(name: str, default: int) -> int:
+    raw = os.environ.get(name, "").strip()
+    return int(raw) if raw.isdigit() and int(raw) > 0 else default
+
+
+def refund_retry_delay() -> timedelta:
+    """How long after a failed refund attempt the next one is made (``REFUND_RETRY_MIN``;
+    default 60, or 2 in the sandbox so that a demo sees the retry). A refusal for want of
+    balance needs time: payouts settle, someone tops the account up."""
+    from core.config import get_settings
+
+    return timedelta(minutes=_env_int("REFUND_RETRY_MIN",
+                                      2 if get_settings().is_sandbox else 60))
+
+
+def refund_attempts() -> int:
+    """How many refund attempts are made before ops must step in (``REFUND_ATTEMPTS``, 3)."""
+    return _env_int("REFUND_ATTEMPTS", 3)
 
 
 def _enqueue_after_commit(session: Session, func_name: str, *args: Any, job_id: str,
@@ -168,21 +195,39 @@ def _capture_payment_id(session: Session, booking_id: int) -> str | None:
 
 def _open_refund(session: Session, booking: Booking, amount: int, fee: int, reason: str,
                  actor: str) -> Refund | None:
-    """Reserve a refund out of escrow and enqueue the gateway call (once per booking)."""
-    existing = session.scalar(select(Refund).where(Refund.booking_id == booking.id))
+    """Reserve a refund out of escrow and enqueue the gateway call (once per booking: a
+    later attempt only follows a failed one, see _next_attempt)."""
+    existing = _latest_refund(session, booking.id)
     if existing is not None:
         return existing
     payment_id = _capture_payment_id(session, booking.id)
     if payment_id is None or amount <= 0:
         return None
-    refund = Refund(booking_id=booking.id, payment_id=payment_id, amount_paise=amount,
-                    fee_paise=fee, reason=reason, actor=actor[:60], status="requested")
+    return _reserve_attempt(session, booking, payment_id=payment_id, amount=amount, fee=fee,
+                            reason=reason, actor=actor, attempt=1)
+
+
+def _latest_refund(session: Session, booking_id: int) -> Refund | None:
+    """The booking's refund: its latest attempt (earlier ones failed)."""
+    return session.scalar(select(Refund).where(Refund.booking_id == booking_id)
+                          .order_by(Refund.attempt.desc()).limit(1))
+
+
+def _refund_job_id(booking_id: int, attempt: int) -> str:
+    return f"refund-{booking_id}" if attempt == 1 else f"refund-{booking_id}-{attempt}"
+
+
+def _reserve_attempt(session: Session, booking: Booking, *, payment_id: str, amount: int,
+                     fee: int, reason: str, actor: str, attempt: int) -> Refund:
+    refund = Refund(booking_id=booking.id, attempt=attempt, payment_id=payment_id,
+                    amount_paise=amount, fee_paise=fee, reason=reason, actor=actor[:60],
+                    status="requested")
     session.add(refund)
     session.flush()
     ledger.post(session, rules.refund_requested(booking.id, refund.id, amount), actor=actor,
-                cause=f"refund:{reason}")
+                cause=f"refund:{reason}" + (f":attempt-{attempt}" if attempt > 1 else ""))
     _enqueue_after_commit(session, "workers.payments.refund_booking", booking.id, reason,
-                          job_id=f"refund-{booking.id}")
+                          job_id=_refund_job_id(booking.id, attempt))
     return refund
 
 
@@ -487,6 +532,11 @@ def _on_refund(data: dict, cause: str) -> str:
         entry = (rules.refund_processed if processed else rules.refund_failed)(
             booking.id, refund.id, refund.amount_paise, rid)
         if not ledger.post(session, entry, actor="gateway:razorpay", cause=cause):
+            if processed and refund.status == "failed":
+                # Settled as failed before (refused, given up): the reconciliation reports
+                # the refund the ledger does not show; a person must look at the booking.
+                log.error("refund processed after its attempt failed",
+                          extra={"booking_id": booking.id, "attempt": refund.attempt})
             return "duplicate-refund-event"
         if processed:
             refund.status = "processed"
@@ -498,7 +548,7 @@ def _on_refund(data: dict, cause: str) -> str:
             return "refunded"
         refund.status = "failed"
         refund.last_error = "gateway reported refund.failed"
-        log.error("refund failed at the gateway", extra={"booking_id": booking.id})
+        _attempt_failed(session, booking, refund)
         return "refund-failed"
 
 
@@ -515,6 +565,11 @@ def _on_transfer(data: dict, cause: str) -> str:
         row = session.scalar(select(LegTransfer).where(
             (LegTransfer.transfer_id == tid) | (LegTransfer.leg_id == (leg_id or -1))))
         if row is None:
+            if not processed and leg_id is not None and session.get(Leg, leg_id) is not None:
+                # Failed before the job that made it saved it (or that job died): without
+                # its row nothing else would hear of it, so ask the gateway about the leg.
+                _resettle_after_failure(session, leg_id, tid)
+                return "unknown-transfer-failed"
             return "unknown-transfer"
         ledger.lock_booking(session, row.booking_id)
         row = session.get(LegTransfer, row.id, with_for_update=True, populate_existing=True)
@@ -526,8 +581,7 @@ def _on_transfer(data: dict, cause: str) -> str:
         if not processed:
             row.status = "failed"
             row.last_error = "gateway reported transfer.failed"
-            _enqueue_after_commit(session, "workers.payments.settle_leg_transfer", row.leg_id,
-                                  job_id=f"transfer-{row.leg_id}")
+            _resettle_after_failure(session, row.leg_id, tid)
             return "transfer-failed"
         if entity.get("on_hold"):
             if row.status not in _SETTLED_TRANSFER:
@@ -545,6 +599,14 @@ def _on_transfer(data: dict, cause: str) -> str:
                 row.status = "processed"
             return "transfer-processed"
         return "duplicate-transfer-event"
+
+
+def _resettle_after_failure(session: Session, leg_id: int, transfer_id: object) -> None:
+    """Re-derive a leg's transfer from the gateway after one of its transfers failed. Its
+    own job id: ``transfer-<leg>`` may be the very job still making that transfer, and an
+    enqueue under a running job's id is dropped; the leg's lock puts this one after it."""
+    _enqueue_after_commit(session, "workers.payments.settle_leg_transfer", leg_id,
+                          job_id=f"transfer-{leg_id}-failed-{str(transfer_id)[:40]}")
 
 
 _HANDLERS = {
@@ -626,14 +688,56 @@ def _reverse_others(c, transfers: list[dict], leg_id: int, account: str | None) 
     return n
 
 
+class LegBusy(RuntimeError):
+    """Another job is working on this leg's transfers; RQ runs this one again later."""
+
+
+# The lock outlives the few gateway calls made under it (15 s timeout each), and a job
+# waits that long for it before giving way to RQ's retry.
+LEG_LOCK_TTL_S = 300
+LEG_LOCK_WAIT_S = 30
+BUSY_RETRY_INTERVALS = (5, 30, 120)
+
+
+@contextmanager
+def _leg_transfer_lock(leg_id: int) -> Iterator[None]:
+    """Serialise the jobs that read a leg and list its transfers before creating one
+    (hold_leg_transfer, settle_leg_transfer): two at once would each find none and each
+    create one. Raises LegBusy when another job keeps it past LEG_LOCK_WAIT_S."""
+    lock = redis_client().lock(f"lock:leg-transfer:{leg_id}", timeout=LEG_LOCK_TTL_S,
+                               blocking_timeout=LEG_LOCK_WAIT_S)
+    if not lock.acquire():
+        job = get_current_job()
+        if job is not None and job.retries_left is None:
+            # Enqueued without a Retry (dispatch's hold-<leg>-<offer>): give it one, or
+            # this raise would end it for good.
+            job.retries_left = len(BUSY_RETRY_INTERVALS)
+            job.retry_intervals = list(BUSY_RETRY_INTERVALS)
+        raise LegBusy(f"leg {leg_id}: another job is working on its transfer")
+    try:
+        yield
+    finally:
+        try:
+            lock.release()
+        except LockError:
+            log.warning("leg transfer lock expired before its job ended",
+                        extra={"leg_id": leg_id})
+
+
 def hold_leg_transfer(leg_id: int) -> str:
     """Job: once a partner is assigned, create the leg's Route transfer to them on hold.
 
     The money moves to the partner's linked account only when the hold is released after
     delivery (settle_leg_transfer); until then it is reversible and the ledger shows no
     payout. A partner who gives the job back has theirs reversed when the next one is
-    held. Found by our leg id in the notes, so retries never double.
+    held. Found by our leg id in the notes, so retries never double; under the leg's lock,
+    so neither does a settle_leg_transfer running at the same time.
     """
+    with _leg_transfer_lock(leg_id):
+        return _hold_leg_transfer(leg_id)
+
+
+def _hold_leg_transfer(leg_id: int) -> str:
     with transaction() as session:
         leg = session.get(Leg, leg_id)
         if leg is None:
@@ -673,7 +777,13 @@ def settle_leg_transfer(leg_id: int) -> str:
     transfer_processed entry (the amount left on the transfer, to the leg's current
     partner) is posted with the row marked released, also when a retry finds the hold
     already released. Earned 0 (cancelled before delivery): reverse what is left on a
-    transfer made on hold for it, if any (nothing was posted for it)."""
+    transfer made on hold for it, if any (nothing was posted for it). Under the leg's lock
+    (see hold_leg_transfer)."""
+    with _leg_transfer_lock(leg_id):
+        return _settle_leg_transfer(leg_id)
+
+
+def _settle_leg_transfer(leg_id: int) -> str:
     with transaction() as session:
         leg = session.get(Leg, leg_id)
         if leg is None:
@@ -776,16 +886,22 @@ def _save_transfer(leg_id: int, booking_id: int, partner_id: int | None, payment
 
 
 def refund_booking(booking_id: int, reason: str) -> str:
-    """Job: refund a booking by policy through the gateway (once, idempotency key = our id).
+    """Job: ask the gateway for the booking's open refund attempt.
 
     ``cancelled``: the amount was fixed by cancel_booking. ``no_partner`` / other reasons:
     whatever is still in escrow goes back. Transfers made for legs that earned nothing are
-    reversed first, so the platform's balance covers the refund."""
+    reversed first, so the platform's balance covers the refund. X-Refund-Idempotency is
+    the attempt's row id: the same for every retry of an attempt, new for the next one.
+
+    A refusal (4xx: the refund does not exist, e.g. the balance is too low after payouts)
+    is raised for RQ to try again; on the job's last try it ends the attempt instead (the
+    money goes back to escrow, the next attempt follows later: _attempt_failed). Any other
+    error may have reached the gateway, so it only ever repeats this attempt."""
     if reason not in REFUND_REASONS:
         raise ValidationError(f"unknown refund reason {reason!r}", field="reason")
     with transaction() as session:
         booking = ledger.lock_booking(session, booking_id)
-        refund = session.scalar(select(Refund).where(Refund.booking_id == booking_id))
+        refund = _latest_refund(session, booking_id)
         if refund is None:
             escrow = ledger.balance(session, rules.escrow(booking_id))
             refund = _open_refund(session, booking, escrow, 0, reason, "system")
@@ -804,15 +920,123 @@ def refund_booking(booking_id: int, reason: str) -> str:
             "amount": amount, "speed": "normal",
             "notes": {"refund_id": str(refund_id), "booking_id": str(booking_id)},
         }, headers={"X-Refund-Idempotency": f"ridechain-refund-{refund_id}"})
-    except (gw.GatewayError, gw.ServerError, requests.exceptions.ConnectionError):
-        raise  # outcome known-unsent or unknown: the idempotency header makes a retry safe
+    except gw.BadRequestError as exc:
+        job = get_current_job()
+        if job is None or not job.should_retry:
+            _end_refused_attempt(refund_id, str(exc))
+            return "refused"
+        _note_refund_error(refund_id, f"refused: {exc}")
+        raise
+    except Exception as exc:  # outcome unknown: the idempotency header makes a retry safe
+        _note_refund_error(refund_id, f"no answer: {type(exc).__name__}")
+        raise
     with transaction() as session:
         refund = session.get(Refund, refund_id, with_for_update=True)
         assert refund is not None
         refund.gateway_refund_id = refund.gateway_refund_id or entity.get("id")
+        refund.last_error = None
         if refund.status == "requested":
             refund.status = "pending"
     return "requested"
+
+
+def _note_refund_error(refund_id: int, error: str) -> None:
+    with transaction() as session:
+        refund = session.get(Refund, refund_id, with_for_update=True)
+        if refund is not None and refund.status == "requested":
+            refund.last_error = error[:200]
+
+
+def _end_refused_attempt(refund_id: int, error: str) -> None:
+    """The gateway refused the attempt to the last try: nothing was refunded, so its
+    reservation goes back to escrow (the same entry as refund.failed) and the next
+    attempt is planned."""
+    with transaction() as session:
+        row = session.get(Refund, refund_id)
+        assert row is not None
+        booking = ledger.lock_booking(session, row.booking_id)
+        refund = session.get(Refund, refund_id, with_for_update=True, populate_existing=True)
+        assert refund is not None
+        if refund.status != "requested":
+            return  # settled meanwhile (a webhook of a twin request): nothing to undo
+        ledger.post(session, rules.refund_failed(booking.id, refund.id, refund.amount_paise,
+                                                 None),
+                    actor="gateway:razorpay", cause=f"refund:{refund.id}:refused")
+        refund.status = "failed"
+        refund.last_error = f"refused: {error}"[:200]
+        _attempt_failed(session, booking, refund)
+
+
+def _attempt_failed(session: Session, booking: Booking, refund: Refund) -> None:
+    """A refund attempt failed and its money is back in escrow: ops hear of it, and the
+    next attempt is planned after refund_retry_delay(); after the last, a person must act
+    (ops action POST /ops/bookings/<ref>/refund/retry)."""
+    from core.services.dispatch import alert_ops  # dispatch imports payments
+
+    log.error("refund attempt failed", extra={"booking_id": booking.id,
+                                              "attempt": refund.attempt})
+    if refund.attempt >= refund_attempts():
+        alert_ops(session, "payment.ops_refund_stuck", booking_id=booking.id,
+                  dedupe_key=f"refund-{refund.id}-stuck", ref=booking.reference,
+                  refund_paise=refund.amount_paise, attempts=refund.attempt)
+        return
+    delay = refund_retry_delay()
+    refund.retry_at = clock.now() + delay
+    alert_ops(session, "payment.ops_refund_retry", booking_id=booking.id,
+              dedupe_key=f"refund-{refund.id}-retry", ref=booking.reference,
+              refund_paise=refund.amount_paise, attempt=refund.attempt,
+              minutes=int(delay.total_seconds() // 60))
+    job_id = f"refund-retry-{booking.id}-{refund.attempt + 1}"
+    args = (booking.id, refund.attempt + 1)
+
+    def schedule() -> None:
+        q = queue("default")
+        if q.fetch_job(job_id) is None:
+            q.enqueue_in(delay, "workers.payments.retry_refund", *args, job_id=job_id,
+                         result_ttl=3600, failure_ttl=7 * 86400)
+
+    after_commit(session, schedule)  # the sweep makes it too, should this job be lost
+
+
+def retry_refund(booking_id: int, attempt: int) -> str:
+    """Job: make refund attempt ``attempt`` of a booking whose previous attempt failed and
+    is due for another (once: a second call finds it made)."""
+    with transaction() as session:
+        booking = ledger.lock_booking(session, booking_id)
+        last = _latest_refund(session, booking_id)
+        if last is None or last.attempt != attempt - 1 or last.status != "failed" or (
+                last.retry_at is None):
+            return "not-due"
+        return "retried" if _next_attempt(session, booking, last, str(SYSTEM)) else (
+            "nothing-to-refund")
+
+
+def retry_refund_now(session: Session, booking: Booking, actor: Actor) -> Refund:
+    """Ops: try the failed refund of a booking again now (also after the last attempt,
+    once the cause, such as the balance, is fixed). The caller's transaction."""
+    booking = ledger.lock_booking(session, booking.id)
+    last = _latest_refund(session, booking.id)
+    if last is None or last.status != "failed":
+        raise Conflict("this booking has no failed refund to try again",
+                       code="no_failed_refund")
+    refund = _next_attempt(session, booking, last, str(actor))
+    if refund is None:
+        raise Conflict("nothing is left in escrow to refund", code="nothing_to_refund")
+    return refund
+
+
+def _next_attempt(session: Session, booking: Booking, last: Refund, actor: str
+                  ) -> Refund | None:
+    """The attempt after ``last`` (failed): the same refund, for what is back in escrow.
+    The caller holds the booking's lock."""
+    last.retry_at = None
+    amount = min(last.amount_paise, ledger.balance(session, rules.escrow(booking.id)))
+    if amount <= 0:
+        log.error("failed refund has nothing left in escrow", extra={"booking_id": booking.id})
+        return None
+    return _reserve_attempt(session, booking, payment_id=last.payment_id, amount=amount,
+                            fee=last.fee_paise, reason=last.reason, actor=actor,
+                            attempt=last.attempt + 1)
 
 
 # --- periodic ------------------------------------------------------------------------------
@@ -859,17 +1083,62 @@ def unprocessed_events(session: Session, older_than: timedelta = timedelta(minut
         .order_by(GatewayEvent.id).limit(200)))
 
 
+def due_refund_retries(session: Session) -> list[tuple[int, int]]:
+    """(booking, next attempt) of failed refund attempts whose retry is due."""
+    return [(b, a + 1) for b, a in session.execute(
+        select(Refund.booking_id, Refund.attempt).where(
+            Refund.status == "failed", Refund.retry_at <= clock.now())
+        .order_by(Refund.id).limit(200)).tuples()]
+
+
+def stale_refund_requests(session: Session, older_than: timedelta = timedelta(minutes=5)
+                          ) -> list[tuple[int, int, str]]:
+    """(booking, attempt, reason) of refund attempts still not answered by the gateway."""
+    cutoff = clock.now() - older_than
+    return list(session.execute(
+        select(Refund.booking_id, Refund.attempt, Refund.reason).where(
+            Refund.status == "requested", Refund.updated_at < cutoff)
+        .order_by(Refund.id).limit(200)).tuples())
+
+
+def _job_alive(job_id: str) -> bool:
+    job = queue("default").fetch_job(job_id)
+    return job is not None and job.get_status(refresh=False) in (
+        "queued", "started", "scheduled", "deferred")
+
+
 def sweep() -> dict[str, int]:
-    """Expire unpaid bookings and re-enqueue events whose job was lost."""
+    """Expire unpaid bookings, re-enqueue events whose job was lost, make refund attempts
+    that are due (should their scheduled job be lost) and re-enqueue refund requests
+    whose job died (a worker killed, RQ's retries spent without an answer: the same
+    attempt again, whose idempotency key makes that safe)."""
     expired = expire_unpaid()
     with transaction() as session:
         ids = unprocessed_events(session)
         event_ids = dict(session.execute(select(GatewayEvent.id, GatewayEvent.event_id)
                                          .where(GatewayEvent.id.in_(ids))).all())
+        due = due_refund_retries(session)
+        stale = stale_refund_requests(session)
     for row_id, event_id in event_ids.items():
         enqueue("workers.payments.process_event", row_id, job_id=f"rzp-event-{event_id}",
                 retry=GATEWAY_RETRY)
-    return {"expired": expired, "events": len(event_ids)}
+    retried = 0
+    for booking_id, attempt in due:
+        try:
+            retried += retry_refund(booking_id, attempt) == "retried"
+        except Exception:  # one booking's trouble must not stop the sweep for the others
+            log.exception("could not make a due refund attempt", extra={"booking_id": booking_id})
+    requeued = 0
+    for booking_id, attempt, reason in stale:
+        job_id = _refund_job_id(booking_id, attempt)
+        if not _job_alive(job_id):
+            log.warning("refund request lost its job; enqueued again",
+                        extra={"booking_id": booking_id, "attempt": attempt})
+            enqueue("workers.payments.refund_booking", booking_id, reason, job_id=job_id,
+                    retry=GATEWAY_RETRY)
+            requeued += 1
+    return {"expired": expired, "events": len(event_ids), "refund_retries": retried,
+            "refunds_requeued": requeued}
 
 
 def count_events(session: Session) -> int:
@@ -877,5 +1146,6 @@ def count_events(session: Session) -> int:
 
 
 __all__ = ["PAYMENT_LINK_TTL", "cancel_booking", "cancellation_preview", "create_payment_link",
-           "payment_url", "process_event", "receive_webhook", "record_capture",
-           "refund_booking", "release_leg", "request_payment_link", "settle_leg_transfer"]
+           "hold_leg_transfer", "payment_url", "process_event", "receive_webhook",
+           "record_capture", "refund_booking", "release_leg", "request_payment_link",
+           "retry_refund", "retry_refund_now", "settle_leg_transfer"]
