@@ -262,3 +262,39 @@ def test_stop_holds_for_a_whatsapp_user_known_only_by_their_whatsapp_id(clean_db
         assert outbox.queue_message(s, channel="whatsapp", to=wa_id, body="offer") is None
         assert outbox.queue_message(s, channel="whatsapp", to=wa_id, body="ok, stopped",
                                     reply=True) is not None
+
+
+def test_a_whatsapp_message_refused_for_the_closed_window_goes_by_sms(client, live):
+    # The message was queued as free-form inside the 24 hours, but a retry sent it after
+    # they ended: WhatsApp refuses it (63016). The same text goes by SMS, once.
+    with transaction() as s:
+        s.add(Person(phone=TO, role="customer"))
+    oid = queue_one(body="Booking 12345678: pay with this link")
+    run_jobs()
+    sid = row(oid).provider_sid
+    for _ in range(2):  # Twilio may report it twice
+        r = post_twilio(client, "/webhooks/twilio/status",
+                        {"MessageSid": sid, "MessageStatus": "failed", "ErrorCode": "63016"})
+        assert r.status_code == 204
+        run_jobs()
+    assert row(oid).status == "failed"
+    with transaction() as s:
+        sms = s.scalars(select(OutboxMessage).where(OutboxMessage.channel == "sms",
+                                                    OutboxMessage.to_addr == TO)).all()
+    assert [(m.body, m.status) for m in sms] == [
+        ("Booking 12345678: pay with this link", "delivered")]
+
+
+def test_stop_reported_by_twilio_holds_for_a_whatsapp_id_without_a_number(client, live):
+    wa_id = "IN.13499876wxyz"
+    with transaction() as s:
+        s.add(Person(phone=None, wa_id=wa_id, role="customer"))
+    oid = queue_one(to=wa_id, body="Namaste")
+    run_jobs()
+    r = post_twilio(client, "/webhooks/twilio/status",
+                    {"MessageSid": row(oid).provider_sid, "MessageStatus": "failed",
+                     "ErrorCode": "21610"})
+    assert r.status_code == 204
+    run_jobs()
+    with transaction() as s:
+        assert s.scalar(select(Person.opted_out).where(Person.wa_id == wa_id)) is True

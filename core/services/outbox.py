@@ -45,6 +45,9 @@ DELIVER_JOB = "workers.outbox.deliver"
 _RANK = {"pending": 0, "sending": 1, "queued": 2, "sent": 3, "delivered": 4, "read": 5}
 _FINAL_FAILURES = {"failed", "undelivered"}
 STOP_ERROR_CODE = "21610"  # the recipient replied STOP: never message them again
+# WhatsApp refused a free-form message: the user's last message is over 24 hours old. The
+# choice was made when the message was queued; a retry or a late drain can cross the line.
+WINDOW_CLOSED_CODE = "63016"
 STALE_SENDING = timedelta(minutes=15)
 
 
@@ -203,6 +206,11 @@ def _send(c: _Claimed) -> str:
         _record_failure(outbox_id, code=exc.code, error=str(exc), final=final)
         if exc.code == STOP_ERROR_CODE:
             _mark_opted_out(to)
+        elif exc.code == WINDOW_CLOSED_CODE and final:
+            with transaction() as session:
+                refused = session.get(OutboxMessage, outbox_id)
+                if refused is not None:
+                    _by_sms_instead(session, refused)
         if final:
             log.warning("message refused", extra={"outbox_id": outbox_id, "code": exc.code})
             return "failed"
@@ -407,6 +415,7 @@ def apply_reports(reports: list[StatusReport]) -> int:
         by_sid = {row.provider_sid: row for row in rows if row.provider_sid}
         events: list[dict[str, object]] = []
         stopped: set[str] = set()
+        closed: list[OutboxMessage] = []
         for report in reports:
             status = report.status.lower()
             row = by_id.get(report.outbox_id) if report.outbox_id is not None else None
@@ -431,12 +440,28 @@ def apply_reports(reports: list[StatusReport]) -> int:
             ):
                 row.status = status
             if report.error_code == STOP_ERROR_CODE:
-                stopped.add(row.to_addr.removeprefix("whatsapp:"))
+                stopped.add(row.to_addr)
+            elif report.error_code == WINDOW_CLOSED_CODE and status in _FINAL_FAILURES:
+                closed.append(row)
         session.execute(insert(MessageStatusEvent), events)
-        if stopped:
-            session.execute(update(Person).where(Person.phone.in_(stopped))
-                            .values(opted_out=True))
+        for to_addr in sorted(stopped):
+            session.execute(update(Person).where(_person_at(to_addr)).values(opted_out=True))
+        for row in closed:
+            _by_sms_instead(session, row)
     return matched
+
+
+def _by_sms_instead(session: Session, row: OutboxMessage) -> int | None:
+    """A WhatsApp message refused because the 24-hour window had closed goes by SMS, as
+    notify does outside the window without a template (once: its own dedupe key). A
+    WhatsApp user known only by their WhatsApp id has no number to text."""
+    phone = row.to_addr.removeprefix("whatsapp:")
+    if row.channel != "whatsapp" or not phone.startswith("+"):
+        log.warning("whatsapp window closed; no number for an SMS", extra={"outbox_id": row.id})
+        return None
+    log.info("whatsapp window closed; sent by SMS instead", extra={"outbox_id": row.id})
+    return queue_message(session, channel="sms", to=phone, body=row.body,
+                         dedupe_key=f"sms-for-{row.id}", booking_id=row.booking_id)
 
 
 def sweep(now_age: timedelta = timedelta(seconds=60)) -> int:
