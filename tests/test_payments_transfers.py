@@ -156,7 +156,7 @@ def test_a_settle_retried_after_a_failed_release_releases_the_fee(live):
     assert row(leg_id).status == "released"
     assert not failed_jobs()
     # The job once more (a duplicate enqueue): nothing moves, nothing is posted twice.
-    assert payments.settle_leg_transfer(leg_id) == "released"
+    assert payments.settle_leg_transfer(leg_id) == "already-paid"
     assert payouts() == [(partner, fee, t["id"])] and len(emu._all("reversal")) == 1
 
 
@@ -250,3 +250,23 @@ def test_a_failed_transfer_whose_row_was_not_saved_is_made_again(live, monkeypat
     assert release_scheduled(timedelta(seconds=11)) == 1
     run()
     assert len(emu._all("transfer")) == 2 and len(payouts()) == 1
+
+
+def test_a_paid_leg_is_not_paid_again_after_the_partner_changes_account(live):
+    # Delivered and paid out; later the partner's linked account changes (a new bank),
+    # and the leg's settle job runs again (a retry, ops): nothing more is paid.
+    from core.adapters.models import PartnerProfile
+
+    partner = new_partner()
+    bid = paid_booking()
+    leg_id = advance(bid, partner, to="assigned")
+    hold(leg_id)
+    deliver(bid, leg_id)
+    (paid,) = emu._all("transfer")
+    assert paid["on_hold"] is False
+    with transaction() as s:
+        s.get(PartnerProfile, partner).payout_account_id = "acc_partner0009"
+    assert payments.settle_leg_transfer(leg_id) == "already-paid"
+    assert [t["id"] for t in emu._all("transfer")] == [paid["id"]]
+    assert payouts() == [(partner, left(paid), paid["id"])]
+    assert payable(partner) == 0

@@ -145,10 +145,21 @@ def leg_payable(session: Session, leg_id: int) -> int:
             LedgerPosting.amount_paise > 0)) or 0)
 
 
+def leg_paid_out(session: Session, leg_id: int) -> int:
+    """What the ledger shows paid out to partners for a leg (released Route transfers)."""
+    return -int(session.scalar(
+        select(func.coalesce(func.sum(LedgerPosting.amount_paise), 0))
+        .join(LedgerTransaction, LedgerTransaction.id == LedgerPosting.transaction_id)
+        .where(LedgerPosting.leg_id == leg_id,
+               LedgerPosting.account_kind == rules.AccountKind.PARTNER_PAYABLE.value,
+               LedgerTransaction.kind == rules.EntryKind.TRANSFER_PROCESSED.value)) or 0)
+
+
 def partner_balance(session: Session, partner_id: int, at: datetime | None = None) -> int:
     """What the platform still owes a partner (earned, not yet transferred)."""
     return balance(session, rules.payable(partner_id), at)
 
 
-__all__ = ["account_balances", "balance", "booking_summary", "leg_payable", "lock_booking",
+__all__ = ["account_balances", "balance", "booking_summary", "leg_paid_out", "leg_payable",
+           "lock_booking",
            "partner_balance", "post", "post_arguments", "recorded", "total"]

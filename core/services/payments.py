@@ -791,10 +791,15 @@ def _settle_leg_transfer(leg_id: int) -> str:
         booking_id, partner_id = leg.booking_id, leg.partner_id
         payment_id = _capture_payment_id(session, booking_id)
         target = ledger.leg_payable(session, leg_id)
+        paid_out = ledger.leg_paid_out(session, leg_id)
         partner = session.get(PartnerProfile, partner_id) if partner_id else None
         account = partner.payout_account_id if partner else None
     if payment_id is None:
         return "no-payment"
+    if target > 0 and paid_out >= target:
+        # Released and recorded already. Looking again by account would miss that payout
+        # if the partner's linked account changed since, and pay the leg a second time.
+        return "already-paid"
     c = gw.client()
     transfers = c.payment.transfers(payment_id, {}).get("items") or []
     if account:
