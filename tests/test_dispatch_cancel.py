@@ -136,3 +136,28 @@ def _waiting_on_a_lock() -> bool:
         return bool(conn.execute(text(
             "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
             "AND wait_event_type = 'Lock'")).scalar())
+
+
+def test_a_suspended_partner_cannot_go_on_duty_or_take_an_open_offer(client, live,
+                                                                      frozen):  # noqa: F811
+    # Ops suspend a partner who has an open offer: their "1" is refused (the offer moves
+    # on, not held against them), and ON by SMS does not put them back on duty.
+    from core.config import get_settings
+
+    partner, phone = make_partner("Ramesh", LAXMIPUR, lang="en")
+    other, _ = make_partner("Other", (26.90, 84.49))
+    booking_id = paid_booking()
+    start(booking_id)
+    leg = legs_of(booking_id)[0]
+    assert [o.partner_id for o in offers(leg.id)] == [partner]
+    with transaction() as s:  # what PUT /ops/partners/<id>/kyc does
+        p = s.get(PartnerProfile, partner)
+        p.kyc_status, p.on_duty = "suspended", False
+    blocked = i18n.t("dispatch.duty_blocked", "en", ops_phone=get_settings().ops_phone)
+    assert sms(client, phone, "1") == [blocked]
+    assert {o.partner_id: o.status for o in offers(leg.id)} == {partner: "withdrawn",
+                                                                other: "open"}
+    assert legs_of(booking_id)[0].partner_id is None
+    assert sms(client, phone, "ON") == [blocked]
+    with transaction() as s:
+        assert s.get(PartnerProfile, partner).on_duty is False

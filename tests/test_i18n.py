@@ -45,7 +45,7 @@ REQUIRED_KEYS = (
     | {f"tier.{s}" for s in "express standard economy".split()}
     | {f"fare.{s}" for s in "base distance size weight fragile tier surge minimum total".split()}
     | {f"dispatch.unfit_{r}" for r in ("vehicle", "trust_tier")}  # dispatch.accept
-    | {"dispatch.job_cancelled"}  # dispatch.booking_cancelled
+    | {"dispatch.job_cancelled", "dispatch.duty_blocked"}  # booking_cancelled, set_duty
     | {"payment.ops_refund_retry", "payment.ops_refund_stuck"}  # payments._attempt_failed
 )
 

@@ -964,6 +964,10 @@ def accept(session: Session, partner: PartnerProfile, code: str | None) -> Reply
     # The partner's row too, so that two acceptances by one partner (offers from two
     # searches that ran at once) count the active legs one after the other.
     session.get(PartnerProfile, partner.id, with_for_update=True, populate_existing=True)
+    if partner.kyc_status in BLOCKED_KYC:  # suspended since the offer went out
+        _withdraw(offer, partner)
+        _maybe_continue(session, leg)
+        return _r("dispatch.duty_blocked", ops_phone=get_settings().ops_phone)
     facts = partner_facts(session, [partner])[partner.id]
     reason = rules.ineligible_reason(
         rules.PartnerFacts(partner.id, True, facts.active_legs, facts.max_active_legs,
@@ -1234,8 +1238,16 @@ def cancel_by_partner(session: Session, partner: PartnerProfile,
     return _r("dispatch.cancelled", job=job)
 
 
+# KYC states in which a partner takes no jobs (ops set them; the ops endpoint also takes
+# the partner off duty). Pending partners work, as before.
+BLOCKED_KYC = frozenset({"rejected", "suspended"})
+
+
 def set_duty(session: Session, partner: PartnerProfile, on: bool) -> Reply:
-    """ON/OFF duty; an SMS-only partner is (re)placed at their home Point."""
+    """ON/OFF duty; an SMS-only partner is (re)placed at their home Point. A suspended or
+    rejected partner cannot go on duty."""
+    if on and partner.kyc_status in BLOCKED_KYC:
+        return _r("dispatch.duty_blocked", ops_phone=get_settings().ops_phone)
     partner.on_duty = on
     session.add(PartnerEvent(partner_id=partner.id, kind="duty_on" if on else "duty_off",
                              at=clock.now()))
