@@ -378,11 +378,12 @@ def test_offer_expires_and_next_partner_is_offered(live, frozen):
     leg = legs_of(booking_id)[0]
     assert [o.partner_id for o in offers(leg.id)] == [first]
     timeout_job = f"offer-timeout-{offers(leg.id)[0].id}"
-    # Nothing happens before the offer's time is up (90 s).
-    release_scheduled(timedelta(seconds=30))
+    # Nothing happens before the offer's time (90 s) and its grace for late replies (30 s)
+    # are up: until then "1" still takes it, so the partner gets no other offer meanwhile.
+    release_scheduled(timedelta(seconds=100))
     assert queue("default").fetch_job(timeout_job).get_status() == "scheduled"
-    freeze_at(91)
-    release_scheduled(timedelta(seconds=91))
+    freeze_at(121)
+    release_scheduled(timedelta(seconds=121))
     assert queue("default").fetch_job(timeout_job).get_status() == "queued"
     run_jobs()
     got = {o.partner_id: o.status for o in offers(leg.id)}
@@ -658,3 +659,18 @@ def i18n_t(key: str, lang: str, **params: object) -> str:
     from core import i18n
 
     return i18n.t(key, lang, **params)
+
+
+def test_a_late_yes_within_the_grace_takes_the_offer_it_answers(client, live, frozen):
+    # The offer's 90 s are over but its 30 s of grace are not: the partner's "1" takes
+    # this job (not another one offered meanwhile: none is).
+    first, phone = make_partner("First", LAXMIPUR, lang="en")
+    make_partner("Second", (26.90, 84.49))
+    booking_id = paid_booking()
+    start(booking_id)
+    leg = legs_of(booking_id)[0]
+    freeze_at(95)
+    release_scheduled(timedelta(seconds=95))
+    run_jobs()
+    assert {o.partner_id: o.status for o in offers(leg.id)}[first] == "open"
+    assert sms(client, phone, "1")[0].startswith(f"Job {leg.id} is yours")

@@ -161,3 +161,18 @@ def test_a_suspended_partner_cannot_go_on_duty_or_take_an_open_offer(client, liv
     assert sms(client, phone, "ON") == [blocked]
     with transaction() as s:
         assert s.get(PartnerProfile, partner).on_duty is False
+
+
+def test_a_pickup_code_in_devanagari_digits_is_the_same_code(client, live,
+                                                              frozen):  # noqa: F811
+    # The partner app passes the code as typed; ४८२१ is 4821, not a wrong try.
+    partner, phone = make_partner("Ramesh", LAXMIPUR, lang="en")
+    booking_id = paid_booking()
+    start(booking_id)
+    sms(client, phone, "1")
+    code = last_code(CUSTOMER, "पार्सल उठाने")
+    devanagari = "".join(chr(0x0966 + int(d)) for d in code)
+    with transaction() as s:
+        reply = dispatch.confirm(s, s.get(PartnerProfile, partner), "pickup", (devanagari,))
+    assert reply.key == "dispatch.picked"
+    assert legs_of(booking_id)[0].status == "picked_up"

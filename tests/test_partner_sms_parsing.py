@@ -25,6 +25,14 @@ CASES = [
     ("chalu", Kind.ON, ()), ("kaam band", Kind.OFF, ()), ("haan", Kind.ACCEPT, ()),
     ("Haan 57", Kind.ACCEPT, ("57",)), ("nahi", Kind.DECLINE, ()), ("nahin", Kind.DECLINE, ()),
     ("madad", Kind.HELP, ()), ("radd 57", Kind.CANCEL, ("57",)),
+    # A refusal is never read as yes; a negated command is asked again
+    ("जी नहीं", Kind.DECLINE, ()), ("ji nahi", Kind.DECLINE, ()),
+    ("Ji nahin 57", Kind.DECLINE, ("57",)),
+    ("ठीक नहीं 57", Kind.UNKNOWN, ("57",)), ("ok nahi 57", Kind.UNKNOWN, ("57",)),
+    ("accept nahi 57", Kind.UNKNOWN, ("57",)), ("not ok 57", Kind.UNKNOWN, ("57",)),
+    ("cannot accept 57", Kind.UNKNOWN, ("57",)), ("can't accept 57", Kind.UNKNOWN, ("57",)),
+    ("cancel mat karo 57", Kind.UNKNOWN, ("57",)), ("cancel nahi karna", Kind.UNKNOWN, ()),
+    ("haan ji", Kind.ACCEPT, ()), ("जी", Kind.ACCEPT, ()),
     # nonsense
     ("", Kind.UNKNOWN, ()), ("hello there", Kind.UNKNOWN, ()), ("4821", Kind.UNKNOWN, ("4821",)),
     ("🙂", Kind.UNKNOWN, ()),

@@ -373,7 +373,8 @@ WORDS: Mapping[Kind, frozenset[str]] = {
                             "okay", "accept", "hn", "हाँ", "हां", "हा", "जी", "ठीक", "यस",
                             "ओके"}),
     Kind.DECLINE: frozenset({"no", "n", "nahi", "nahin", "nai", "na", "nhi", "decline",
-                             "reject", "नहीं", "नही", "ना", "नो"}),
+                             "reject", "नहीं", "नही", "ना", "नो", "ji nahi", "ji nahin",
+                             "जी नहीं", "जी नही"}),
     Kind.PICK: frozenset({"pick", "pickup", "picked", "pik", "uthaya", "uthaa", "utha",
                           "पिक", "उठाया", "उठा", "लिया"}),
     Kind.DROP: frozenset({"drop", "deliver", "delivered", "done", "pahucha", "pahuncha",
@@ -386,6 +387,11 @@ WORDS: Mapping[Kind, frozenset[str]] = {
                             "छोड़", "छोड"}),
 }
 _LOOKUP: dict[str, Kind] = {}
+# A word that turns a command around ("ok nahi", "cancel mat karo", "can't accept"): with
+# one of these, anything but a refusal is not taken as said; the partner is asked again.
+NEGATORS = frozenset({"no", "not", "nahi", "nahin", "nai", "nhi", "na", "mat", "never",
+                      "cannot", "cant", "dont", "wont", "नहीं", "नही", "ना", "मत", "मना"})
+_NEGATED_PAIRS = frozenset({("can", "t"), ("don", "t"), ("won", "t")})  # can't -> can, t
 
 
 def normalize_text(raw: str) -> str:
@@ -447,16 +453,21 @@ def parse_command(raw: str) -> Command:
             return Command(Kind.DECLINE, numbers[1:])
         return Command(Kind.UNKNOWN, numbers)
     kinds = {_LOOKUP[w] for w in words if w in _LOOKUP}
-    kind = _LOOKUP.get(words[0])
-    if kind is None and len(words) >= 2:
-        kind = _LOOKUP.get(f"{words[0]} {words[1]}")
+    kind = _LOOKUP.get(f"{words[0]} {words[1]}") if len(words) >= 2 else None
+    if kind is None:
+        kind = _LOOKUP.get(words[0])
     if Kind.STATUS in kinds and len(kinds) == 2 and kinds & {Kind.ON, Kind.OFF}:
         kind = (kinds - {Kind.STATUS}).pop()  # "kaam band", "kaam chalu", "job off"
     elif kind is None and len(kinds) == 1 and len(words) <= 3:
         kind = next(iter(kinds))  # "duty on", "ok yes": a known word in a short message
-    if kind is None:
+    if kind is None or (kind is not Kind.DECLINE and _negated(words)):
         return Command(Kind.UNKNOWN, numbers, words)
     return Command(kind, numbers, words)
+
+
+def _negated(words: Sequence[str]) -> bool:
+    return any(w in NEGATORS for w in words) or any(
+        pair in _NEGATED_PAIRS for pair in zip(words, words[1:], strict=False))
 
 
 def split_otp_and_job(numbers: Sequence[str], job_codes: Iterable[str]) -> tuple[str | None,

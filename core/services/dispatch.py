@@ -605,7 +605,10 @@ def offer_next_batch(session: Session, booking: Booking, leg: Leg,
                      size=i18n.t(f"dispatch.size.{load.size}", lang),
                      kg=WeightBucket(load.weight).max_grams // 1000,
                      payout_paise=leg.payout_paise)
-        _schedule_in(session, cfg.offer_timeout_s, "workers.dispatch.offer_timeout", offer.id,
+        # The offer closes when its grace ends too: until then a late "1" may still take
+        # it, so no other offer may reach this partner (a bare "1" would take that one).
+        _schedule_in(session, cfg.offer_timeout_s + cfg.offer_grace_s,
+                     "workers.dispatch.offer_timeout", offer.id,
                      job_id=f"offer-timeout-{offer.id}")
     search.batch_no += 1
     # If the timeout jobs are lost (worker killed before they were scheduled), the sweep
@@ -678,8 +681,9 @@ def offer_timeout(offer_id: int) -> str:
         assert leg is not None and offer is not None
         if offer.status != rules.OfferStatus.OPEN.value:
             return "already-" + offer.status
-        if clock.now() + DUE_TOLERANCE < offer.expires_at:
-            return "not-due"
+        if clock.now() + DUE_TOLERANCE < offer.expires_at + timedelta(
+                seconds=config().offer_grace_s):
+            return "not-due"  # late replies are still taken until the grace ends
         _expire(session, offer)
         _maybe_continue(session, leg)
         return "expired"
@@ -1120,6 +1124,9 @@ def confirm(session: Session, partner: PartnerProfile, kind: str,
             numbers: tuple[str, ...]) -> Reply:
     """PICK or DROP with an OTP. Wrong codes count; too many lock the leg and alert ops."""
     wanted = (LegStatus.ASSIGNED.value,) if kind == "pickup" else (LegStatus.PICKED_UP.value,)
+    # The app may pass a code as typed, in any script's digits (१२३४); the SMS path has
+    # converted them already.
+    numbers = tuple(rules.normalize_text(n) for n in numbers)
     leg, otp, problem = _choose_leg(session, partner, numbers, wanted)
     if problem is not None:
         return problem
@@ -1135,7 +1142,7 @@ def confirm(session: Session, partner: PartnerProfile, kind: str,
     if leg.status not in wanted:
         key = "dispatch.pick_first" if kind == "drop" else "dispatch.already_picked"
         return _r(key, job=job)
-    if otp is None or not (otp.isdigit() and len(otp) == 4):
+    if otp is None or not (otp.isascii() and otp.isdigit() and len(otp) == 4):
         return _r("dispatch.otp_format_pick" if kind == "pickup" else "dispatch.otp_format_drop")
     from core.services.booking import check_leg_otp
 
