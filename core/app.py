@@ -11,6 +11,7 @@ import logging
 import uuid
 
 from flask import Flask, g, request
+from werkzeug.middleware.proxy_fix import ProxyFix
 
 from core import logs
 from core.config import Settings, get_settings
@@ -32,12 +33,20 @@ def create_app(settings: Settings | None = None) -> Flask:
     logs.configure(settings.log_level)
     app = Flask(__name__)
     app.config.update(
+        # Webhooks and JSON; the photo upload reads up to POD_MAX_BYTES (core/api/spec.py).
         MAX_CONTENT_LENGTH=max(settings.max_webhook_bytes, 1024 * 1024),
         JSON_SORT_KEYS=False,
         # No SECRET_KEY: nothing here uses Flask's cookie session (the API signs its own
         # tokens), and without one Flask skips building a cookie signer on every request.
     )
     app.json.ensure_ascii = False  # type: ignore[attr-defined]
+    if settings.proxy_hops:
+        # Behind our proxies, the client's address (per-IP limits) is the one the last
+        # proxy_hops of them forwarded. Twilio's signatures do not depend on this: they
+        # are checked against PUBLIC_BASE_URL, not the forwarded host and scheme.
+        hops = settings.proxy_hops
+        app.wsgi_app = ProxyFix(  # type: ignore[method-assign]
+            app.wsgi_app, x_for=hops, x_proto=hops, x_host=hops)
 
     @app.before_request
     def _bind_request_id() -> None:

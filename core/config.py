@@ -87,6 +87,11 @@ class Settings:
     # The secret of a Twilio Webhook Setting's SharedKey, for webhooks Twilio signs with
     # it (and names in X-Twilio-Webhooks-Signature-Settings) instead of the auth token.
     twilio_webhook_shared_key: str | None = None
+    # How many proxies in front of us set X-Forwarded-For/-Proto/-Host (0: none; the
+    # headers are then anybody's and ignored).
+    proxy_hops: int = 0
+    # Wrong sign-in codes a phone may send in a day, however many new codes it asks for.
+    otp_failures_per_day: int = 10
 
     @property
     def is_production(self) -> bool:
@@ -192,6 +197,8 @@ def load_settings(environ: dict[str, str] | None = None) -> Settings:
         drain_linger_ms=_int(env, "DRAIN_LINGER_MS", 500, minimum=0, maximum=4000),
         log_level=env.get("LOG_LEVEL", "INFO").upper(),
         twilio_webhook_shared_key=env.get("TWILIO_WEBHOOK_SHARED_KEY") or None,
+        proxy_hops=_int(env, "PROXY_HOPS", 0, minimum=0, maximum=5),
+        otp_failures_per_day=_int(env, "OTP_FAILURES_PER_DAY", 10, minimum=1),
     )
     if problems:
         raise ConfigError("; ".join(problems))

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import re
+from datetime import UTC, datetime
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, update
 
+from core import clock
 from core.adapters.db import transaction
-from core.adapters.models import Booking, OutboxMessage, Person
+from core.adapters.models import Booking, Leg, OutboxMessage, Person
+from core.domain.booking import Actor, LegStatus
 from core.domain.reference import is_valid_reference
+from core.services.booking import move_leg
 
 API = "/api/v1"
 PHONE = "+919812300001"
@@ -48,6 +52,25 @@ def book(client, headers, key: str | None = None, **overrides):
     if key:
         h["Idempotency-Key"] = key
     return client.post(f"{API}/bookings", json=body, headers=h)
+
+
+def carrying_partner(client, legs: int = 1) -> tuple[dict[str, str], list[int]]:
+    """A signed-in partner carrying ``legs`` paid bookings' legs (assigned and picked up,
+    as dispatch would have done it)."""
+    from tests.test_dispatch import LAXMIPUR as AT
+    from tests.test_dispatch import make_partner, paid_booking
+
+    partner_id, phone = make_partner("Ramesh", AT)
+    leg_ids = []
+    for _ in range(legs):
+        booking_id = paid_booking()
+        with transaction() as s:
+            leg = s.scalar(select(Leg).where(Leg.booking_id == booking_id))
+            leg.partner_id = partner_id
+            for to in (LegStatus.OFFERING, LegStatus.ASSIGNED, LegStatus.PICKED_UP):
+                move_leg(s, leg, to, Actor.system(), "as dispatch does")
+            leg_ids.append(leg.id)
+    return sign_in(client, phone), leg_ids
 
 
 def test_sign_in_with_an_sms_code(client):
@@ -255,3 +278,31 @@ def test_ids_beyond_the_database_range_are_not_found(client):
     assert r.status_code == 404 and r.get_json()["error"]["code"] == "not_found"
     r = client.post(f"{API}/offers/{2**31}/accept", headers=partner)
     assert r.status_code == 404
+
+
+def test_earnings_count_each_delivery_on_its_indian_day(client):
+    """Today starts at midnight in India (18:30 UTC), and a delivery belongs to the moment
+    it was delivered, not to the leg's last change (a photo sent days later)."""
+    now = datetime(2026, 11, 24, 20, 0, tzinfo=UTC)  # 25 Nov, 01:30 in India
+    clock.freeze(now)
+    partner, legs = carrying_partner(client, legs=4)
+    delivered_at = [
+        datetime(2026, 11, 24, 19, 0, tzinfo=UTC),  # 25 Nov 00:30 IST: today
+        datetime(2026, 11, 24, 10, 0, tzinfo=UTC),  # 24 Nov 15:30 IST: yesterday (UTC: today)
+        datetime(2026, 11, 20, 9, 0, tzinfo=UTC),  # this week; its photo came just now
+        datetime(2026, 11, 2, 9, 0, tzinfo=UTC),  # weeks ago; touched again just now
+    ]
+    last_change = [delivered_at[0], delivered_at[1], now, now]
+    with transaction() as s:
+        for leg_id, at, changed in zip(legs, delivered_at, last_change, strict=True):
+            clock.freeze(at)
+            leg = s.get(Leg, leg_id)
+            move_leg(s, leg, LegStatus.DELIVERED, Actor.system(), "dropped")
+            s.flush()
+            s.execute(update(Leg).where(Leg.id == leg_id).values(updated_at=changed))
+        payouts = [s.get(Leg, leg_id).payout_paise for leg_id in legs]
+    clock.freeze(now)
+    r = client.get(f"{API}/partners/me/earnings", headers=partner)
+    assert r.status_code == 200, r.get_json()
+    assert r.get_json() == {"today_paise": payouts[0], "week_paise": sum(payouts[:3]),
+                            "total_paise": sum(payouts), "delivered_legs": 4}

@@ -13,12 +13,13 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from core import i18n
+from core.adapters import storage
 from core.adapters.db import transaction
 from core.adapters.dispatch_models import DispatchOffer
 from core.adapters.models import Booking, Leg, PartnerProfile, Person
 from core.api import bp
 from core.api.auth_guard import principal
-from core.api.spec import ApiError, Strict, endpoint
+from core.api.spec import ApiError, BodyLimit, Strict, endpoint
 from core.domain.booking import LegStatus
 from core.domain.errors import NotFound
 from core.services import dispatch, partner_app
@@ -254,7 +255,9 @@ def drop_leg(leg_id: int, body: OtpIn) -> ActionOut:
 
 @endpoint(bp, "POST", "/legs/<int:leg_id>/photo", summary="Upload a proof-of-delivery photo",
           roles=PARTNER, response=PhotoOut, status=201, tags=("partner",), errors=(404,),
-          raw_body=("image/jpeg", "image/png", "image/webp"))
+          raw_body=("image/jpeg", "image/png", "image/webp"),
+          raw_limit=BodyLimit(lambda: storage.load_config().max_bytes, "photo_too_large",
+                              "the photo"))
 def upload_photo(leg_id: int, raw: bytes) -> PhotoOut:
     from flask import request
 

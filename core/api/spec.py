@@ -16,6 +16,7 @@ from typing import Any
 from flask import Blueprint, Response, g, request
 from pydantic import BaseModel, ConfigDict, TypeAdapter
 from pydantic import ValidationError as PydanticError
+from werkzeug.exceptions import RequestEntityTooLarge
 
 from core.domain.errors import DomainError, NotFound
 
@@ -32,6 +33,16 @@ class Strict(BaseModel):
     """Base of request models: unknown fields are refused, not silently dropped."""
 
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+
+@dataclass(frozen=True)
+class BodyLimit:
+    """The largest binary body a route reads (the app's MAX_CONTENT_LENGTH is for the
+    rest), asked for per request, and the error code for a body beyond it."""
+
+    max_bytes: Callable[[], int]
+    code: str
+    what: str  # "the photo"
 
 
 class ErrorBody(BaseModel):
@@ -58,6 +69,7 @@ class Endpoint:
     tags: tuple[str, ...]
     errors: tuple[int, ...] = field(default_factory=tuple)
     raw_body: tuple[str, ...] = ()  # media types of a binary body (photo uploads)
+    raw_limit: BodyLimit | None = None
 
     @property
     def openapi_path(self) -> str:
@@ -95,16 +107,47 @@ def _validation_error(exc: PydanticError) -> ApiError:
     return ApiError(422, "validation_error", f"{fld}: {msg}" if fld else msg, fld)
 
 
+_NUL = "must not contain a NUL character"
+
+
+def _reject_nul(data: dict[str, Any]) -> None:
+    """Refuse (422, naming the field) a NUL in any string, key or value: no PostgreSQL text
+    column takes one, and it would fail there as a 500. Pydantic lets it through (a lone
+    surrogate it refuses itself). Iterative: a deeply nested body must not overflow."""
+    stack: list[tuple[tuple[Any, ...], Any]] = [((), data)]
+    while stack:
+        loc, item = stack.pop()
+        children: list[tuple[tuple[Any, ...], Any]] = []
+        if isinstance(item, dict):
+            for key, value in item.items():
+                if "\x00" in key:
+                    raise _field_error(loc, f"a field name {_NUL}")
+                children.append(((*loc, key), value))
+        elif isinstance(item, list):
+            children = [((*loc, i), value) for i, value in enumerate(item)]
+        elif isinstance(item, str) and "\x00" in item:
+            raise _field_error(loc, _NUL)
+        stack.extend(reversed(children))  # report the first bad field in document order
+
+
+def _field_error(loc: tuple[Any, ...], problem: str) -> ApiError:
+    fld = ".".join(map(str, loc)) or None  # as pydantic's errors name fields
+    return ApiError(422, "validation_error", f"{fld}: {problem}" if fld else problem, fld)
+
+
 def parse_body(model: type[BaseModel]) -> BaseModel:
     if not request.is_json:
         raise ApiError(415, "unsupported_media_type", "send the body as application/json")
     raw = request.get_data(cache=True)
     try:
         data = json.loads(raw.decode("utf-8")) if raw else None
-    except (UnicodeDecodeError, json.JSONDecodeError):
+    except (ValueError, RecursionError):
+        # ValueError: bad UTF-8, bad JSON, or an integer past Python's 4300-digit limit;
+        # RecursionError: arrays or objects nested deeper than the parser goes.
         raise ApiError(400, "bad_json", "the body is not valid JSON") from None
     if not isinstance(data, dict):
         raise ApiError(400, "bad_json", "the body must be a JSON object")
+    _reject_nul(data)
     try:
         return model.model_validate(data)
     except PydanticError as exc:
@@ -112,10 +155,26 @@ def parse_body(model: type[BaseModel]) -> BaseModel:
 
 
 def parse_query(model: type[BaseModel]) -> BaseModel:
+    args = request.args.to_dict(flat=True)
+    _reject_nul(args)
     try:
-        return model.model_validate(request.args.to_dict(flat=True))
+        return model.model_validate(args)
     except PydanticError as exc:
         raise _validation_error(exc) from None
+
+
+def read_raw_body(limit: BodyLimit | None) -> bytes:
+    """The request's binary body, up to ``limit`` (checked before reading when the size is
+    declared, while reading when it is not); 413 naming the limit beyond it."""
+    if limit is None:
+        return request.get_data(cache=False)
+    max_bytes = limit.max_bytes()
+    request.max_content_length = max_bytes
+    try:
+        return request.get_data(cache=False)
+    except RequestEntityTooLarge:
+        raise ApiError(413, limit.code, f"{limit.what} is larger than the limit of "
+                       f"{max_bytes} bytes") from None
 
 
 def _dump(response_model: Any, value: Any) -> Any:
@@ -138,6 +197,7 @@ def endpoint(
     tags: tuple[str, ...] = (),
     errors: tuple[int, ...] = (),
     raw_body: tuple[str, ...] = (),
+    raw_limit: BodyLimit | None = None,
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Declare an API endpoint: route, auth, validation, serialisation, and its docs."""
 
@@ -161,7 +221,7 @@ def endpoint(
                 if request.mimetype not in raw_body:
                     raise ApiError(415, "unsupported_media_type",
                                    f"send the body as one of: {', '.join(raw_body)}")
-                kwargs["raw"] = request.get_data(cache=False)
+                kwargs["raw"] = read_raw_body(raw_limit)
             result = func(**kwargs)
             if isinstance(result, Response):
                 return result
@@ -173,7 +233,7 @@ def endpoint(
         view_name = f"{method.lower()}_{func.__name__}"
         bp.add_url_rule(path, endpoint=view_name, view_func=view, methods=[method])
         REGISTRY.append(Endpoint(method.upper(), path, func, summary, roles, body, query,
-                                 response, status, tags, errors, raw_body))
+                                 response, status, tags, errors, raw_body, raw_limit))
         return view
 
     return decorate

@@ -1,14 +1,17 @@
 """Phone sign-in for the apps: a 6-digit OTP by SMS, then a signed, expiring bearer token.
 
 OTPs are kept hashed in Redis with a short life and an attempt budget; sends and
-attempts are rate limited per phone and per IP. A token names a session row, so signing
-out (or an operator) revokes it at once. Neither OTPs nor tokens are ever logged.
+attempts are rate limited per phone and per IP, and a phone's wrong codes are counted
+over a day across all its codes (a fresh code must not buy a fresh set of guesses). A
+token names a session row, so signing out (or an operator) revokes it at once. Neither
+OTPs nor tokens are ever logged.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import logging
 import secrets
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -20,15 +23,18 @@ from core import clock
 from core.adapters.api_models import ApiSession
 from core.adapters.db import transaction
 from core.adapters.models import Person
-from core.adapters.redis_conn import hit_rate_limit, redis_client
+from core.adapters.redis_conn import hit_rate_limit, redis_client, run_script
 from core.config import get_settings
 from core.domain.errors import DomainError
 from core.domain.otp import generate_otp
-from core.domain.phone import normalize_phone
+from core.domain.phone import mask_phone, normalize_phone
 from core.services import notify
 
+log = logging.getLogger(__name__)
+
 OTP_TTL = timedelta(minutes=5)
-OTP_MAX_ATTEMPTS = 5
+OTP_MAX_ATTEMPTS = 5  # wrong tries per code; the day's budget is OTP_FAILURES_PER_DAY
+OTP_FAILURE_WINDOW = timedelta(days=1)
 SESSION_TTL = timedelta(days=30)
 SENDS_PER_PHONE = (3, 600)  # 3 codes per 10 minutes
 SENDS_PER_IP = (20, 3600)
@@ -54,6 +60,51 @@ def _otp_key(phone: str) -> str:
     return f"auth:otp:{phone}"
 
 
+def _failures_key(phone: str) -> str:
+    return f"auth:otp-failures:{phone}"
+
+
+# One step, so that nothing can change between the check and the count: a code that
+# expired or was used meanwhile is simply missing (never re-created without its TTL by
+# HINCRBY), and concurrent guesses cannot overrun either budget. Every try is counted as
+# a failure of the day until the code is found right (_USE_CODE gives it back).
+# KEYS: the code's hash {hash, attempts}, the phone's failure count.
+# ARGV: tries per code, failures per day, the day in seconds.
+# Returns {"spent"} | {"missing"} | {"locked"} | {"check", stored hash}.
+_CHECK_AND_COUNT = """
+local failures = tonumber(redis.call('GET', KEYS[2]) or '0')
+if failures >= tonumber(ARGV[2]) then return {'spent'} end
+local stored = redis.call('HGET', KEYS[1], 'hash')
+if not stored then
+  redis.call('DEL', KEYS[1])
+  return {'missing'}
+end
+if redis.call('HINCRBY', KEYS[1], 'attempts', 1) > tonumber(ARGV[1]) then
+  redis.call('DEL', KEYS[1])
+  return {'locked'}
+end
+redis.call('SET', KEYS[2], 0, 'EX', ARGV[3], 'NX')
+redis.call('INCR', KEYS[2])
+return {'check', stored}
+"""
+
+# The code was right: use it up (1), unless a concurrent verify did first (0), and take
+# back the failure counted for this try.
+_USE_CODE = """
+if redis.call('DEL', KEYS[1]) == 0 then return 0 end
+if redis.call('EXISTS', KEYS[2]) == 1 then redis.call('DECR', KEYS[2]) end
+return 1
+"""
+
+_INVALID = ("otp_invalid", "the code is wrong or has expired")
+_SPENT = ("rate_limited", "too many wrong codes for this phone; please try again tomorrow")
+
+
+def _failures_spent(phone: str) -> bool:
+    spent = redis_client().get(_failures_key(phone))
+    return spent is not None and int(spent) >= get_settings().otp_failures_per_day
+
+
 def _hash(phone: str, otp: str) -> str:
     key = get_settings().otp_key
     return hmac.new(key, f"login:{phone}:{otp}".encode(), hashlib.sha256).hexdigest()
@@ -69,6 +120,8 @@ def request_otp(raw_phone: str, ip: str) -> str:
     """Send a sign-in code to a phone by SMS; return the E.164 phone."""
     phone = normalize_phone(raw_phone)
     _limit(f"otp-send-ip:{ip}", SENDS_PER_IP)
+    if _failures_spent(phone):  # a code it could not use would only cost an SMS
+        raise AuthError(429, *_SPENT)
     _limit(f"otp-send-phone:{phone}", SENDS_PER_PHONE)
     otp = generate_otp(6)
     r = redis_client()
@@ -87,18 +140,22 @@ def verify_otp(raw_phone: str, otp: str, ip: str) -> tuple[str, Principal, datet
     phone = normalize_phone(raw_phone)
     _limit(f"otp-verify-ip:{ip}", VERIFY_PER_IP)
     r = redis_client()
-    key = _otp_key(phone)
-    stored = r.hgetall(key)
-    if not stored:
-        raise AuthError(401, "otp_invalid", "the code is wrong or has expired", "otp")
-    attempts = r.hincrby(key, "attempts", 1)
-    if attempts > OTP_MAX_ATTEMPTS:
-        r.delete(key)
+    keys = [_otp_key(phone), _failures_key(phone)]
+    budget = get_settings().otp_failures_per_day
+    verdict, *stored = run_script(r, _CHECK_AND_COUNT, keys, [
+        OTP_MAX_ATTEMPTS, budget, int(OTP_FAILURE_WINDOW.total_seconds())])
+    if verdict == b"spent":
+        log.warning("sign-in refused: the phone's wrong codes for the day are spent",
+                    extra={"phone": mask_phone(phone)})
+        raise AuthError(429, *_SPENT, "otp")
+    if verdict == b"missing":
+        raise AuthError(401, *_INVALID, "otp")
+    if verdict == b"locked":
         raise AuthError(429, "otp_locked", "too many wrong codes; ask for a new one", "otp")
-    if not hmac.compare_digest(stored[b"hash"].decode(), _hash(phone, otp.strip())):
-        raise AuthError(401, "otp_invalid", "the code is wrong or has expired", "otp")
-    if r.delete(key) != 1:  # a concurrent verify used this code first
-        raise AuthError(401, "otp_invalid", "the code is wrong or has expired", "otp")
+    if not hmac.compare_digest(stored[0], _hash(phone, otp.strip()).encode()):
+        raise AuthError(401, *_INVALID, "otp")
+    if run_script(r, _USE_CODE, keys, []) != 1:  # a concurrent verify used this code first
+        raise AuthError(401, *_INVALID, "otp")
     now = clock.now()
     with transaction() as session:
         person = session.scalar(select(Person).where(Person.phone == phone))

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from zoneinfo import ZoneInfo
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from core import clock
-from core.adapters.models import Leg
+from core.adapters.models import Leg, TransitionLog
 from core.adapters.redis_conn import redis_client
 from core.domain.booking import LegStatus
 from core.domain.errors import ValidationError
@@ -20,6 +21,7 @@ MAX_AGE = timedelta(minutes=5)  # a fix older than this says nothing about now
 MAX_AHEAD = timedelta(seconds=60)  # phones' clocks drift a little, not more
 MAX_SPEED_KMH = 150  # faster than any of our vehicles on a village road
 LAST_FIX_KEY = "partner:lastfix"
+INDIA = ZoneInfo("Asia/Kolkata")  # a partner's "today" is India's day, not UTC's
 
 
 @dataclass(frozen=True)
@@ -77,15 +79,21 @@ class Earnings:
 
 
 def earnings(session: Session, partner_id: int) -> Earnings:
-    """Payouts of the partner's delivered legs (released to them by the payments side)."""
-    now = clock.now()
+    """Payouts of the partner's delivered legs (released to them by the payments side),
+    each counted on the Indian day it was delivered (its transition to delivered: a leg's
+    updated_at moves with later changes, such as a photo sent after the drop)."""
+    now = clock.now().astimezone(INDIA)
     start_today = now.replace(hour=0, minute=0, second=0, microsecond=0)
 
     def total(since: datetime | None) -> tuple[int, int]:
-        stmt = select(func.coalesce(func.sum(Leg.payout_paise), 0), func.count()).where(
-            Leg.partner_id == partner_id, Leg.status == LegStatus.DELIVERED.value)
+        stmt = select(func.coalesce(func.sum(Leg.payout_paise), 0), func.count()).select_from(
+            Leg).where(Leg.partner_id == partner_id, Leg.status == LegStatus.DELIVERED.value)
         if since is not None:
-            stmt = stmt.where(Leg.updated_at >= since)
+            # Delivered is final: a leg has one transition into it.
+            stmt = stmt.join(TransitionLog, (TransitionLog.entity == "leg")
+                             & (TransitionLog.entity_id == Leg.id)
+                             & (TransitionLog.to_status == LegStatus.DELIVERED.value)
+                             ).where(TransitionLog.at >= since)
         amount, count = session.execute(stmt).one()
         return int(amount), int(count)
 
