@@ -18,6 +18,11 @@ def test_entries_balance_and_are_keyed_by_their_cause():
     # A refund settles one way only: processed and failed share their key.
     assert (rules.refund_processed(1, 2, 5, None).idempotency_key
             == rules.refund_failed(1, 2, 5, None).idempotency_key)
+    # A failed transfer gives back to the partner exactly what its payout took.
+    paid = rules.transfer_processed(1, 7, 3, "trf_1", 900)
+    void = rules.transfer_failed(1, 7, 3, "trf_1", 900)
+    assert void.delta(rules.payable(3)) == -paid.delta(rules.payable(3)) == 900
+    assert void.idempotency_key == "transfer:trf_1:failed" != paid.idempotency_key
 
 
 def test_unbalanced_or_zero_postings_are_refused():

@@ -252,17 +252,23 @@ def test_a_failed_transfer_whose_row_was_not_saved_is_made_again(live, monkeypat
     assert len(emu._all("transfer")) == 2 and len(payouts()) == 1
 
 
-def test_a_paid_leg_is_not_paid_again_after_the_partner_changes_account(live):
-    # Delivered and paid out; later the partner's linked account changes (a new bank),
-    # and the leg's settle job runs again (a retry, ops): nothing more is paid.
-    from core.adapters.models import PartnerProfile
-
+def paid_out_leg() -> tuple[int, int, dict]:
+    """A leg held, delivered and paid out: (partner, leg id, its released transfer)."""
     partner = new_partner()
     bid = paid_booking()
     leg_id = advance(bid, partner, to="assigned")
     hold(leg_id)
     deliver(bid, leg_id)
     (paid,) = emu._all("transfer")
+    return partner, leg_id, paid
+
+
+def test_a_paid_leg_is_not_paid_again_after_the_partner_changes_account(live):
+    # Delivered and paid out; later the partner's linked account changes (a new bank),
+    # and the leg's settle job runs again (a retry, ops): nothing more is paid.
+    from core.adapters.models import PartnerProfile
+
+    partner, leg_id, paid = paid_out_leg()
     assert paid["on_hold"] is False
     with transaction() as s:
         s.get(PartnerProfile, partner).payout_account_id = "acc_partner0009"
@@ -270,3 +276,68 @@ def test_a_paid_leg_is_not_paid_again_after_the_partner_changes_account(live):
     assert [t["id"] for t in emu._all("transfer")] == [paid["id"]]
     assert payouts() == [(partner, left(paid), paid["id"])]
     assert payable(partner) == 0
+
+
+def fail_released(transfer: dict, *, webhook: bool = True) -> dict:
+    """The gateway fails a transfer after its hold was released (the linked account could
+    not take it), giving the payment its amount back; optionally tells us by webhook."""
+    failed = emu.set_fields(transfer["id"], status="failed")
+    payment = emu.set_fields(transfer["source"], amount_transferred=0)
+    assert payment["amount_transferred"] == 0
+    if webhook:
+        emu.send_webhooks([emu._event("transfer.failed", {"transfer": failed})])
+    return failed
+
+
+def voided() -> list[tuple[int, int, str]]:
+    """Every transfer_failed entry: (partner, amount owed again, gateway transfer id)."""
+    with transaction() as s:
+        return sorted((int(p), int(a), str(ref)) for p, a, ref in s.execute(
+            select(LedgerPosting.partner_id, LedgerPosting.amount_paise,
+                   LedgerTransaction.gateway_ref)
+            .join(LedgerTransaction, LedgerTransaction.id == LedgerPosting.transaction_id)
+            .where(LedgerTransaction.kind == rules.EntryKind.TRANSFER_FAILED.value,
+                   LedgerPosting.account_kind == rules.AccountKind.PARTNER_PAYABLE.value)))
+
+
+def test_a_released_transfer_that_fails_later_is_voided_and_made_again(live):
+    # Paid out at delivery; then the gateway fails that transfer. The partner never got the
+    # money: the payout is voided (owed again) and a new transfer pays it, once.
+    from core.services import reconciliation
+
+    partner, leg_id, first = paid_out_leg()
+    earned = left(first)
+    assert payouts() == [(partner, earned, first["id"])] and payable(partner) == 0
+    fail_released(first)
+    run()
+    assert voided() == [(partner, earned, first["id"])]
+    second = [t for t in emu._all("transfer") if t["id"] != first["id"]]
+    assert len(second) == 1 and second[0]["on_hold"] is False and left(second[0]) == earned
+    assert payouts() == sorted([(partner, earned, first["id"]),
+                                (partner, earned, second[0]["id"])])
+    assert payable(partner) == 0
+    with transaction() as s:
+        assert ledger.leg_paid_out(s, leg_id) == earned
+    assert (row(leg_id).transfer_id, row(leg_id).status) == (second[0]["id"], "released")
+    # The same failure told again, and the leg settled again: nothing more moves.
+    emu.send_webhooks([emu._event("transfer.failed", {"transfer": emu.get_object(first["id"])})])
+    run()
+    assert payments.settle_leg_transfer(leg_id) == "already-paid"
+    assert len(emu._all("transfer")) == 2 and len(voided()) == 1 and len(payouts()) == 2
+    # The books match the gateway: the failed transfer's voided payout is no mismatch.
+    assert reconciliation.run()["mismatches"] == 0
+    assert not failed_jobs()
+
+
+def test_a_lost_failure_of_a_released_transfer_is_found_when_the_leg_is_settled(live):
+    # transfer.failed never arrives; the next settle of the leg (ops, a retry) reads the
+    # failure at the gateway, voids the payout and pays the partner again.
+    partner, leg_id, first = paid_out_leg()
+    fail_released(first, webhook=False)
+    assert payments.settle_leg_transfer(leg_id) == "released"
+    run()
+    assert voided() == [(partner, left(first), first["id"])]
+    assert len(emu._all("transfer")) == 2 and payable(partner) == 0
+    with transaction() as s:
+        assert ledger.leg_paid_out(s, leg_id) == left(first)
+    assert not failed_jobs()

@@ -40,6 +40,7 @@ class EntryKind(StrEnum):
     REFUND_PROCESSED = "refund_processed"
     REFUND_FAILED = "refund_failed"
     TRANSFER_PROCESSED = "transfer_processed"
+    TRANSFER_FAILED = "transfer_failed"
 
 
 # Accounts whose balance may never go below zero (checked at write time, under a lock).
@@ -224,6 +225,17 @@ def transfer_processed(booking_id: int, leg_id: int, partner_id: int, transfer_i
     return Entry(EntryKind.TRANSFER_PROCESSED, f"transfer:{transfer_id}:processed", booking_id,
                  tuple(_move(payable(partner_id), GATEWAY, amount_paise, leg_id)),
                  memo="transfer to partner processed", gateway_ref=transfer_id)
+
+
+def transfer_failed(booking_id: int, leg_id: int, partner_id: int, transfer_id: str,
+                    amount_paise: int) -> Entry:
+    """A transfer posted as paid out failed at the gateway after all: the payout is voided
+    and the partner is owed it again (the leg's transfer is made anew). Posted at most once
+    per transfer, for what its ``transfer_processed`` entry paid out."""
+    _amount("amount_paise", amount_paise)
+    return Entry(EntryKind.TRANSFER_FAILED, f"transfer:{transfer_id}:failed", booking_id,
+                 tuple(_move(GATEWAY, payable(partner_id), amount_paise, leg_id)),
+                 memo="transfer to partner failed; owed again", gateway_ref=transfer_id)
 
 
 def check_balances(entry: Entry, balances: dict[Account, int]) -> None:

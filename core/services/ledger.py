@@ -136,23 +136,49 @@ def booking_summary(session: Session, booking_id: int) -> dict[str, int]:
     }
 
 
+# A leg's earnings, and what was paid out for it (less payouts voided by a failure).
+_EARNING_KINDS = (rules.EntryKind.RELEASE.value, rules.EntryKind.CANCELLATION_FEE.value)
+_PAYOUT_KINDS = (rules.EntryKind.TRANSFER_PROCESSED.value,
+                 rules.EntryKind.TRANSFER_FAILED.value)
+
+
 def leg_payable(session: Session, leg_id: int) -> int:
     """What a leg earned its partner (payout on delivery, or a cancellation fee)."""
     return int(session.scalar(
-        select(func.coalesce(func.sum(LedgerPosting.amount_paise), 0)).where(
-            LedgerPosting.leg_id == leg_id,
-            LedgerPosting.account_kind == rules.AccountKind.PARTNER_PAYABLE.value,
-            LedgerPosting.amount_paise > 0)) or 0)
+        select(func.coalesce(func.sum(LedgerPosting.amount_paise), 0))
+        .join(LedgerTransaction, LedgerTransaction.id == LedgerPosting.transaction_id)
+        .where(LedgerPosting.leg_id == leg_id,
+               LedgerPosting.account_kind == rules.AccountKind.PARTNER_PAYABLE.value,
+               LedgerTransaction.kind.in_(_EARNING_KINDS))) or 0)
 
 
 def leg_paid_out(session: Session, leg_id: int) -> int:
-    """What the ledger shows paid out to partners for a leg (released Route transfers)."""
+    """What the ledger shows paid out to partners for a leg: released Route transfers,
+    less those that failed afterwards."""
     return -int(session.scalar(
         select(func.coalesce(func.sum(LedgerPosting.amount_paise), 0))
         .join(LedgerTransaction, LedgerTransaction.id == LedgerPosting.transaction_id)
         .where(LedgerPosting.leg_id == leg_id,
                LedgerPosting.account_kind == rules.AccountKind.PARTNER_PAYABLE.value,
-               LedgerTransaction.kind == rules.EntryKind.TRANSFER_PROCESSED.value)) or 0)
+               LedgerTransaction.kind.in_(_PAYOUT_KINDS))) or 0)
+
+
+def transfer_payout(session: Session, transfer_id: str) -> rules.Entry | None:
+    """The ``transfer_failed`` entry that would void the payout posted for a gateway
+    transfer: None when none was posted for it, or it is voided already."""
+    if recorded(session, f"transfer:{transfer_id}:failed"):
+        return None
+    row = session.execute(
+        select(LedgerTransaction.booking_id, LedgerPosting.leg_id, LedgerPosting.partner_id,
+               LedgerPosting.amount_paise)
+        .join(LedgerPosting, LedgerPosting.transaction_id == LedgerTransaction.id)
+        .where(LedgerTransaction.idempotency_key == f"transfer:{transfer_id}:processed",
+               LedgerPosting.account_kind == rules.AccountKind.PARTNER_PAYABLE.value)
+    ).first()
+    if row is None:
+        return None
+    booking_id, leg_id, partner_id, amount = row
+    return rules.transfer_failed(booking_id, leg_id, partner_id, transfer_id, -int(amount))
 
 
 def partner_balance(session: Session, partner_id: int, at: datetime | None = None) -> int:
@@ -162,4 +188,4 @@ def partner_balance(session: Session, partner_id: int, at: datetime | None = Non
 
 __all__ = ["account_balances", "balance", "booking_summary", "leg_paid_out", "leg_payable",
            "lock_booking",
-           "partner_balance", "post", "post_arguments", "recorded", "total"]
+           "partner_balance", "post", "post_arguments", "recorded", "total", "transfer_payout"]

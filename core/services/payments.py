@@ -574,15 +574,29 @@ def _on_transfer(data: dict, cause: str) -> str:
         ledger.lock_booking(session, row.booking_id)
         row = session.get(LegTransfer, row.id, with_for_update=True, populate_existing=True)
         assert row is not None
-        if row.transfer_id not in (None, tid) or (
-                row.transfer_id is None and entity.get("recipient") != row.account):
+        stale = row.transfer_id not in (None, tid) or (
+            row.transfer_id is None and entity.get("recipient") != row.account)
+        if not processed and stale:
+            # Another transfer of the leg than the row names (a replacement whose row is
+            # not saved yet, or an old one). Posted as paid out: owed again. Either way an
+            # earning leg is re-derived from the gateway; a leg still on its way is not
+            # (that would reverse its current partner's hold).
+            voided = _void_payout(session, str(tid), cause)
+            if voided or ledger.leg_payable(session, row.leg_id) > 0:
+                _resettle_after_failure(session, row.leg_id, tid)
+                return "paid-transfer-failed" if voided else "stale-transfer-failed"
+        if stale:
             return "stale-transfer"  # another partner's transfer of the leg
         row.transfer_id = tid
         if not processed:
             row.status = "failed"
             row.last_error = "gateway reported transfer.failed"
+            # Released and posted as paid out already: the partner is owed it again.
+            _void_payout(session, str(tid), cause)
             _resettle_after_failure(session, row.leg_id, tid)
             return "transfer-failed"
+        if row.status == "failed" or ledger.recorded(session, f"transfer:{tid}:failed"):
+            return "transfer-failed-before"  # a late processed event of a failed transfer
         if entity.get("on_hold"):
             if row.status not in _SETTLED_TRANSFER:
                 row.status = "on_hold"
@@ -599,6 +613,18 @@ def _on_transfer(data: dict, cause: str) -> str:
                 row.status = "processed"
             return "transfer-processed"
         return "duplicate-transfer-event"
+
+
+def _void_payout(session: Session, transfer_id: str, cause: str) -> int:
+    """A transfer failed: if its payout was posted (its hold was released), void it once, so
+    the partner is owed it again. Return the amount voided (0 if nothing was posted)."""
+    entry = ledger.transfer_payout(session, transfer_id)
+    if entry is None:
+        return 0
+    ledger.post(session, entry, actor="gateway:razorpay", cause=cause)
+    log.warning("a released leg transfer failed; its payout is owed again",
+                extra={"leg_id": entry.postings[0].leg_id})
+    return -entry.delta(rules.GATEWAY)
 
 
 def _resettle_after_failure(session: Session, leg_id: int, transfer_id: object) -> None:
@@ -796,12 +822,20 @@ def _settle_leg_transfer(leg_id: int) -> str:
         account = partner.payout_account_id if partner else None
     if payment_id is None:
         return "no-payment"
+    c = gw.client()
+    transfers = c.payment.transfers(payment_id, {}).get("items") or []
+    failed = [str(t["id"]) for t in transfers
+              if _note_int(t, "leg_id") == leg_id and t.get("status") == "failed"]
+    if failed:
+        # A payout posted for a transfer that failed since (its webhook lost or not yet
+        # here) is owed again before anything is compared.
+        with transaction() as session:
+            paid_out -= sum(_void_payout(session, tid, f"leg:{leg_id}:transfer-failed")
+                            for tid in failed)
     if target > 0 and paid_out >= target:
         # Released and recorded already. Looking again by account would miss that payout
         # if the partner's linked account changed since, and pay the leg a second time.
         return "already-paid"
-    c = gw.client()
-    transfers = c.payment.transfers(payment_id, {}).get("items") or []
     if account:
         _reverse_others(c, transfers, leg_id, account)
     live = _live(transfers, leg_id, account) if account else _live(transfers, leg_id)

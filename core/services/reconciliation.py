@@ -2,9 +2,10 @@
 
 For a time window, the gateway's captured payments, processed refunds and released
 transfers (fetched through the client) are matched by gateway id with the ledger's
-captures, processed refunds and transfer_processed entries. A transfer still on hold is
-reversible, so it is no payout: it is left out of the gateway side, and a ledger payout
-whose transfer is still on hold (or failed, or reversed) at the gateway is a mismatch.
+captures, processed refunds and transfer_processed entries (less any transfer_failed
+entry that voided one). A transfer still on hold is reversible, so it is no payout: it is
+left out of the gateway side, and a ledger payout whose transfer is still on hold (or
+failed, or reversed) at the gateway is a mismatch.
 Each difference (missing on either side, amount differs) is recorded once per (kind,
 entity, gateway id) and marked resolved when a later run finds it matching. Operators
 read them with ``list_mismatches`` (the ops REST endpoint comes with the REST API).
@@ -165,6 +166,15 @@ def run(since: datetime | None = None, until: datetime | None = None) -> dict[st
         led_trf.update(_ledger_amounts(session, EntryKind.TRANSFER_PROCESSED,
                                        AccountKind.GATEWAY_CLEARING, since, None,
                                        set(transfers)))
+        # A payout voided because its transfer failed afterwards is no payout.
+        for ref, (voided, _) in _ledger_amounts(session, EntryKind.TRANSFER_FAILED,
+                                                AccountKind.GATEWAY_CLEARING, since, None,
+                                                set(led_trf)).items():
+            amount, booking_id = led_trf[ref]
+            if amount - voided > 0:
+                led_trf[ref] = (amount - voided, booking_id)
+            else:
+                del led_trf[ref]
     findings: list[Finding] = []
     checked: dict[str, set[str]] = {}
     for entity, gateway_items, led, fetch in (
