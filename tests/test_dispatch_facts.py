@@ -21,9 +21,10 @@ from core.adapters.db import transaction
 from core.adapters.models import Leg, PartnerProfile, Vehicle
 from core.adapters.redis_conn import redis_client
 from core.domain import dispatch as rules
-from core.domain.booking import LegStatus
+from core.domain.booking import Actor, LegStatus
 from core.domain.pricing import SizeBucket, WeightBucket
 from core.services import dispatch
+from core.services.booking import move_leg
 from tests.test_dispatch import LAXMIPUR, T0, make_partner, paid_booking
 
 pytestmark = pytest.mark.db
@@ -107,6 +108,28 @@ def _leg_assigned(s, pid: int) -> None:
     leg.partner_id, leg.status = pid, LegStatus.ASSIGNED.value
 
 
+def test_legs_delivered_before_migration_0013_take_their_delivery_time(frozen):
+    import importlib.util
+
+    from sqlalchemy import text
+
+    spec = importlib.util.spec_from_file_location(
+        "m0013", ROOT / "migrations" / "versions" / "0013_legs_delivered_at.py")
+    assert spec is not None and spec.loader is not None
+    migration = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(migration)
+    a = partner_near("Ramesh", 100)
+    deliver_for(a, T0 - timedelta(days=1))
+    with transaction() as s:  # as the leg was before the column existed
+        leg = s.scalar(select(Leg).where(Leg.partner_id == a))
+        leg.delivered_at, leg.pod_photo_url = None, "https://example.test/pod.jpg"
+    with transaction() as s:
+        s.execute(text(migration.BACKFILL))
+    with transaction() as s:
+        assert s.scalar(select(Leg.delivered_at).where(Leg.partner_id == a)) == \
+            T0 - timedelta(days=1)
+
+
 @pytest.mark.parametrize("change", [_off_duty, _vehicle_retired, _vehicle_deleted,
                                     _leg_assigned])
 def test_a_committed_change_reaches_the_next_search(frozen, change):
@@ -121,15 +144,32 @@ def test_a_committed_change_reaches_the_next_search(frozen, change):
     assert len(seen) == 1  # only the changed partner's facts were read again
 
 
+def deliver_for(partner_id: int, at) -> int:  # noqa: ANN001
+    """A leg of a new booking delivered by ``partner_id`` at ``at``; its payout."""
+    booking_id = paid_booking()
+    clock.freeze(at)
+    with transaction() as s:
+        leg = s.scalar(select(Leg).where(Leg.booking_id == booking_id))
+        leg.partner_id = partner_id
+        for to in (LegStatus.OFFERING, LegStatus.ASSIGNED, LegStatus.PICKED_UP,
+                   LegStatus.DELIVERED):
+            move_leg(s, leg, to, Actor.system(), "test")
+        payout = leg.payout_paise
+    clock.freeze(T0)
+    assert payout > 0
+    return payout
+
+
 def test_earnings_today_and_offers_made_reach_the_ranking(frozen):
     a = partner_near("Ramesh", 100)
     assert search()[0].candidate.earned_today_paise == 0
-    booking_id = paid_booking()
+    # Delivered yesterday (India's day), its photo sent just now: not today's earnings.
+    deliver_for(a, T0 - timedelta(days=1))
     with transaction() as s:
-        leg = s.scalar(select(Leg).where(Leg.booking_id == booking_id))
-        leg.partner_id, leg.status = a, LegStatus.DELIVERED.value
-        payout = leg.payout_paise
-    assert payout > 0
+        leg = s.scalar(select(Leg).where(Leg.partner_id == a))
+        leg.pod_photo_url = "https://example.test/pod.jpg"
+    assert search()[0].candidate.earned_today_paise == 0
+    payout = deliver_for(a, T0 - timedelta(minutes=5))
     assert search()[0].candidate.earned_today_paise == payout
     with transaction() as s:
         s.get(PartnerProfile, a).offers_received = PartnerProfile.offers_received + 3

@@ -249,6 +249,9 @@ class Leg(Base):
         CheckConstraint(one_of("status", LegStatus), name="status"),
         CheckConstraint("payout_paise >= 0", name="payout"),
         CheckConstraint("sequence >= 1", name="sequence"),
+        # A partner's deliveries by day: earnings and dispatch's fairness term.
+        Index("ix_legs_partner_delivered_at", "partner_id", "delivered_at",
+              postgresql_where=text("delivered_at IS NOT NULL")),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -270,6 +273,9 @@ class Leg(Base):
     otp_failures: Mapped[int] = mapped_column(Integer, default=0)
     payout_paise: Mapped[int] = mapped_column(BigInteger)
     pod_photo_url: Mapped[str | None] = mapped_column(Text)
+    # When the drop was confirmed (set with the move to delivered, never after): what a
+    # day's earnings count by. updated_at moves with later changes, such as a late photo.
+    delivered_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     version: Mapped[int] = mapped_column(Integer, default=1)
     created_at: Mapped[datetime] = created_col()
     updated_at: Mapped[datetime] = mapped_column(

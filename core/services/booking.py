@@ -184,6 +184,8 @@ def move_leg(session: Session, leg: Leg, to: LegStatus, actor: Actor, reason: st
     """Move a leg to ``to`` (InvalidTransition if the state machine forbids it)."""
     record(session, "leg", leg.id, leg.status, to, actor, reason)
     leg.status = LegStatus(to).value
+    if leg.status == LegStatus.DELIVERED.value:
+        leg.delivered_at = clock.now()
 
 
 def issue_leg_otps(leg: Leg) -> tuple[str, str]:

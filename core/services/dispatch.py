@@ -222,17 +222,6 @@ def _active_leg_counts(session: Session, ids: Iterable[int]) -> dict[int, int]:
     return {pid: n for pid, n in rows}
 
 
-def _earned_today(session: Session, ids: Iterable[int]) -> dict[int, int]:
-    start = clock.now().astimezone(IST).replace(hour=0, minute=0, second=0, microsecond=0)
-    rows = session.execute(
-        select(Leg.partner_id, func.coalesce(func.sum(Leg.payout_paise), 0))
-        .where(Leg.partner_id.in_(list(ids)), Leg.status == LegStatus.DELIVERED.value,
-               Leg.updated_at >= start)
-        .group_by(Leg.partner_id)
-    )
-    return {pid: int(total) for pid, total in rows}
-
-
 def partner_facts(session: Session,
                   profiles: list[PartnerProfile]) -> dict[int, rules.PartnerFacts]:
     """Eligibility facts for these partners (vehicles and active legs from PostgreSQL)."""
@@ -257,7 +246,7 @@ SELECT p.id, p.on_duty, p.max_active_legs, p.trust_tier, p.rating_x100, p.offers
        (SELECT count(*) FROM legs l WHERE l.partner_id = p.id
           AND l.status = ANY(CAST(:active AS text[]))) AS active_legs,
        (SELECT COALESCE(sum(l.payout_paise), 0) FROM legs l WHERE l.partner_id = p.id
-          AND l.status = :delivered AND l.updated_at >= :start) AS earned_today
+          AND l.delivered_at >= :start) AS earned_today
 FROM partner_profiles p
 WHERE p.id = ANY(CAST(:ids AS int[]))
 """)
@@ -374,7 +363,7 @@ def _read_facts(session: Session, near: list[geo_index.Nearby], now: datetime, d
     start = datetime.combine(day, time.min, IST)
     rows = session.execute(_CANDIDATE_FACTS, {
         "ids": [n.partner_id for n in near], "active": list(ACTIVE_LEG_STATES),
-        "delivered": LegStatus.DELIVERED.value, "start": start})
+        "start": start})
     out = {}
     for row in rows:
         out[row.id] = _Facts(

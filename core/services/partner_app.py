@@ -10,7 +10,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from core import clock
-from core.adapters.models import Leg, TransitionLog
+from core.adapters.models import Leg
 from core.adapters.redis_conn import redis_client
 from core.domain.booking import LegStatus
 from core.domain.errors import ValidationError
@@ -80,8 +80,8 @@ class Earnings:
 
 def earnings(session: Session, partner_id: int) -> Earnings:
     """Payouts of the partner's delivered legs (released to them by the payments side),
-    each counted on the Indian day it was delivered (its transition to delivered: a leg's
-    updated_at moves with later changes, such as a photo sent after the drop)."""
+    each counted on the Indian day it was delivered (delivered_at: a leg's updated_at moves
+    with later changes, such as a photo sent after the drop)."""
     now = clock.now().astimezone(INDIA)
     start_today = now.replace(hour=0, minute=0, second=0, microsecond=0)
 
@@ -89,11 +89,7 @@ def earnings(session: Session, partner_id: int) -> Earnings:
         stmt = select(func.coalesce(func.sum(Leg.payout_paise), 0), func.count()).select_from(
             Leg).where(Leg.partner_id == partner_id, Leg.status == LegStatus.DELIVERED.value)
         if since is not None:
-            # Delivered is final: a leg has one transition into it.
-            stmt = stmt.join(TransitionLog, (TransitionLog.entity == "leg")
-                             & (TransitionLog.entity_id == Leg.id)
-                             & (TransitionLog.to_status == LegStatus.DELIVERED.value)
-                             ).where(TransitionLog.at >= since)
+            stmt = stmt.where(Leg.delivered_at >= since)
         amount, count = session.execute(stmt).one()
         return int(amount), int(count)
 
