@@ -47,6 +47,7 @@ REQUIRED_KEYS = (
     | {f"dispatch.unfit_{r}" for r in ("vehicle", "trust_tier")}  # dispatch.accept
     | {"dispatch.job_cancelled", "dispatch.duty_blocked"}  # booking_cancelled, set_duty
     | {"payment.ops_refund_retry", "payment.ops_refund_stuck"}  # payments._attempt_failed
+    | {"bot.handoff.closed", "bot.handoff.expired"}  # handoff.close, handoff.expire_idle
 )
 
 LANGUAGE_LIST = "1. हिंदी\n2. English\n3. বাংলা\n4. मराठी\n5. தமிழ்\n6. తెలుగు\n7. ગુજરાતી\n8. ಕನ್ನಡ"

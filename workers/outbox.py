@@ -21,10 +21,12 @@ def apply_statuses() -> int:
 
 def sweep() -> int:
     """Re-enqueue outbox rows (and drain inboxes, and apply status reports) whose job was
-    lost; schedule the next."""
+    lost, close handoffs idle too long; schedule the next."""
+    from core.services import handoff
     from workers import inbound as inbound_jobs
 
     count = outbox.sweep() + inbound_jobs.sweep() + int(outbox.kick_statuses())
+    count += handoff.expire_idle()
     schedule_sweep()
     return count
 

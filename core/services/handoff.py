@@ -8,25 +8,38 @@ functions comes with the REST API issue.
 
 from __future__ import annotations
 
+import logging
 import os
+from datetime import datetime, timedelta
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from core import clock, i18n
+from core.adapters.db import transaction
 from core.adapters.dialog_models import Handoff, HandoffMessage
 from core.adapters.models import Conversation, Person
 from core.config import get_settings
 from core.domain.errors import Conflict, NotFound
 from core.services import notify
 
+log = logging.getLogger(__name__)
+
 DEFAULT_REPLY_MINUTES = 15
+DEFAULT_IDLE_HOURS = 12
 
 
 def reply_minutes() -> int:
     """How soon we promise an operator's answer (HANDOFF_REPLY_MINUTES, default 15)."""
     raw = os.environ.get("HANDOFF_REPLY_MINUTES", "")
     return int(raw) if raw.isdigit() and int(raw) > 0 else DEFAULT_REPLY_MINUTES
+
+
+def idle_hours() -> int:
+    """How long a handoff may sit with no message either way before it closes by itself
+    (HANDOFF_IDLE_HOURS, default 12)."""
+    raw = os.environ.get("HANDOFF_IDLE_HOURS", "")
+    return int(raw) if raw.isdigit() and int(raw) > 0 else DEFAULT_IDLE_HOURS
 
 
 def open_handoff(session: Session, conv: Conversation) -> Handoff | None:
@@ -41,7 +54,7 @@ def request(session: Session, conv: Conversation, reason: str) -> dict[str, obje
     if open_handoff(session, conv) is None:
         session.add(Handoff(conversation_id=conv.id, person_id=conv.person_id,
                             channel=conv.channel, reason=reason, status="waiting",
-                            step=conv.step))
+                            step=conv.step, created_at=clock.now()))
     conv.handoff = True
     return {"minutes": reply_minutes(), "ops_phone": get_settings().ops_phone}
 
@@ -68,7 +81,8 @@ def record_inbound(session: Session, conv: Conversation, body: str) -> None:
     """Keep what the user wrote while waiting, for the operator."""
     handoff = open_handoff(session, conv)
     if handoff is not None and body.strip():
-        session.add(HandoffMessage(handoff_id=handoff.id, direction="in", body=body[:1600]))
+        session.add(HandoffMessage(handoff_id=handoff.id, direction="in", body=body[:1600],
+                                   created_at=clock.now()))
 
 
 def waiting_list(session: Session) -> list[Handoff]:
@@ -98,13 +112,18 @@ def reply(session: Session, handoff_id: int, operator: str, body: str) -> int | 
     handoff.operator = handoff.operator or operator
     row_id = notify.send_to_person(session, person, body.strip())
     session.add(HandoffMessage(handoff_id=handoff.id, direction="out", body=body.strip(),
-                               operator=operator, outbox_id=row_id))
+                               operator=operator, outbox_id=row_id, created_at=clock.now()))
     return row_id
 
 
 def close(session: Session, handoff_id: int, operator: str) -> None:
     """Give the conversation back to the bot (main menu) and tell the user."""
     handoff, conv, person = _get_open(session, handoff_id)
+    _finish(session, handoff, conv, person, operator, "bot.handoff.closed")
+
+
+def _finish(session: Session, handoff: Handoff, conv: Conversation, person: Person,
+            operator: str, message: str, **values: object) -> None:
     handoff.status = "closed"
     handoff.operator = handoff.operator or operator
     handoff.closed_at = clock.now()
@@ -112,5 +131,47 @@ def close(session: Session, handoff_id: int, operator: str) -> None:
     conv.step = "menu"
     conv.misses = 0
     lang = notify.language_of(person)
-    notify.send_to_person(session, person, i18n.t("bot.handoff.closed", lang),
+    notify.send_to_person(session, person, i18n.t(message, lang, **values),
                           dedupe_key=f"handoff-{handoff.id}-closed")
+
+
+def _last_activity() -> object:
+    """SQL: when a handoff last saw a message either way (or was asked for)."""
+    last = (select(func.max(HandoffMessage.created_at))
+            .where(HandoffMessage.handoff_id == Handoff.id).scalar_subquery())
+    return func.greatest(Handoff.created_at, func.coalesce(last, Handoff.created_at))
+
+
+def expire_idle(now: datetime | None = None) -> int:
+    """Close the handoffs with no message either way for ``idle_hours()`` (run by the
+    sweep): nothing else would give the conversation back to the bot, which stays quiet
+    meanwhile. Nobody answered: the user hears we are sorry and gets the ops phone; an
+    operator who answered and forgot to close: the usual closing words. Returns how many."""
+    cutoff = (now or clock.now()) - timedelta(hours=idle_hours())
+    with transaction() as session:
+        ids = list(session.scalars(select(Handoff.id).where(
+            Handoff.status == "waiting", _last_activity() < cutoff).order_by(Handoff.id)))
+    closed = 0
+    for handoff_id in ids:
+        with transaction() as session:
+            # Locked and checked again: an operator or a message may have come since, or
+            # another sweep closed it.
+            handoff = session.scalar(select(Handoff).where(
+                Handoff.id == handoff_id, Handoff.status == "waiting",
+                _last_activity() < cutoff).with_for_update(skip_locked=True))
+            if handoff is None:
+                continue
+            conv = session.get(Conversation, handoff.conversation_id)
+            person = session.get(Person, handoff.person_id) if handoff.person_id else None
+            if conv is None or person is None:
+                handoff.status, handoff.closed_at = "closed", clock.now()
+                continue
+            if handoff.operator is None:
+                _finish(session, handoff, conv, person, "system:idle", "bot.handoff.expired",
+                        ops_phone=get_settings().ops_phone)
+            else:
+                _finish(session, handoff, conv, person, "system:idle", "bot.handoff.closed")
+            closed += 1
+    if closed:
+        log.warning("handoffs closed after waiting too long", extra={"count": closed})
+    return closed
