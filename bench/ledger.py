@@ -251,11 +251,8 @@ def measure(quick: bool) -> dict[str, object]:
     db.dispose_all()
     in_db = 300 if quick else 1000  # bookings per half of the in-database comparison
     total_bookings = (per_level + max(levels)) * len(levels) * 2 + 4 * in_db
-    from core.adapters.models import Base
-
-    tables = ", ".join(f'"{t.name}"' for t in Base.metadata.sorted_tables)
+    db.wipe_all_tables()
     with db.engine().begin() as conn:
-        conn.execute(text(f"TRUNCATE {tables} RESTART IDENTITY CASCADE"))
         for stmt in SETUP_SQL.split(";\n"):
             if stmt.strip():
                 conn.execute(text(stmt), {"n": total_bookings})

@@ -85,7 +85,6 @@ def measure(quick: bool) -> dict[str, object]:
     os.environ["DATABASE_URL"] = env["DATABASE_URL"]
     os.environ["REDIS_URL"] = env["REDIS_URL"]
     from core.adapters import db, geo_index
-    from core.adapters.models import Base
     from core.adapters.redis_conn import redis_client, reset_clients
     from core.config import reset_settings
     from core.domain import dispatch as rules
@@ -94,9 +93,7 @@ def measure(quick: bool) -> dict[str, object]:
     reset_settings()
     db.dispose_all()
     reset_clients()
-    tables = ", ".join(f'"{t.name}"' for t in Base.metadata.sorted_tables)
-    with db.engine().begin() as conn:
-        conn.execute(text(f"TRUNCATE {tables} RESTART IDENTITY CASCADE"))
+    db.wipe_all_tables()
     r = redis_client()
     r.flushdb()
     r.set(geo_index.HOME_BUILT_KEY, 1)  # every bench partner has the app: no home set

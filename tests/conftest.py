@@ -132,11 +132,7 @@ def clean_db(database: str) -> Iterator[None]:
     assert r.dbsize() == 0, "the test Redis database is not empty at the start of a test"
     yield
     clock.freeze(None)
-    from core.adapters.models import Base
-
-    names = ", ".join(f'"{t.name}"' for t in Base.metadata.sorted_tables)
-    with db_adapter.engine().begin() as conn:
-        conn.execute(text(f"TRUNCATE {names} RESTART IDENTITY CASCADE"))
+    db_adapter.wipe_all_tables()
     r.flushdb()
 
 

@@ -53,6 +53,25 @@ def test_the_database_refuses_update_and_delete_on_postings(clean_db):
             LedgerPosting.account_kind == "escrow")) == 50_000
 
 
+def test_the_history_tables_refuse_truncate_and_an_entry_takes_no_later_postings(clean_db):
+    bid = confirmed_booking()
+    _captured(bid)
+    for table in ("ledger_postings", "ledger_transactions", "transitions"):
+        with pytest.raises(DBAPIError, match="append-only"), engine().begin() as conn:
+            conn.execute(text(f"TRUNCATE {table} CASCADE"))
+    # Balanced postings added to the committed capture in a later transaction: refused.
+    with pytest.raises(DBAPIError, match="written already"), engine().begin() as conn:
+        conn.execute(text(
+            "INSERT INTO ledger_postings (transaction_id, account, account_kind, booking_id, "
+            "amount_paise, created_at) SELECT id, a, k, :b, v, now() FROM ledger_transactions, "
+            "(VALUES "
+            "('gateway_clearing', 'gateway_clearing', -4000000), "
+            "('escrow:b' || :b, 'escrow', 4000000)) AS p(a, k, v)"), {"b": bid})
+    with transaction() as s:
+        assert ledger.balance(s, rules.escrow(bid)) == 50_000
+        assert s.scalar(select(func.count()).select_from(LedgerPosting)) == 2
+
+
 def test_the_database_refuses_an_unbalanced_entry_and_negative_escrow(clean_db):
     bid = confirmed_booking()
     with pytest.raises(DBAPIError, match="does not balance"), engine().begin() as conn:

@@ -162,3 +162,15 @@ def dispose_all() -> None:
         for eng, _ in _engines.values():
             eng.dispose()
         _engines.clear()
+
+
+def wipe_all_tables() -> None:
+    """Empty every table (test and benchmark set-up only; needs a superuser). The
+    append-only tables refuse TRUNCATE through ordinary triggers; the replica role, for
+    this transaction only, skips them as a restore would."""
+    from core.adapters.models import Base
+
+    names = ", ".join(f'"{t.name}"' for t in Base.metadata.sorted_tables)
+    with engine().begin() as conn:
+        conn.execute(text("SET LOCAL session_replication_role = replica"))
+        conn.execute(text(f"TRUNCATE {names} RESTART IDENTITY CASCADE"))
