@@ -163,14 +163,25 @@ def test_ops_answer_and_close_a_conversation_waiting_for_a_person(client, live):
     wa("4", "SMh3")  # talk to a person
     wa("is anyone there?", "SMh4")
     ops = sign_in(client, "+919000000099")
-    waiting = client.get(f"{API}/ops/handoffs", headers=ops).get_json()
-    assert len(waiting) == 1
+    page = client.get(f"{API}/ops/handoffs", headers=ops).get_json()
+    assert page["next_offset"] is None
+    waiting = page["items"]
+    assert len(waiting) == 1 and waiting[0]["phone_masked"] != phone
     assert any(m["body"] == "is anyone there?" for m in waiting[0]["messages"])
     hid = waiting[0]["id"]
+    # To call them back, an operator may see the full number; that look is audited.
+    r = client.get(f"{API}/ops/handoffs/{hid}/phone", headers=ops)
+    assert r.status_code == 200 and r.get_json() == {"phone": phone}
+    with transaction() as s:
+        assert s.scalar(select(AuditEntry.action).where(
+            AuditEntry.target == f"handoff:{hid}")) == "handoff.phone"
+    customer = sign_in(client, phone)
+    assert client.get(f"{API}/ops/handoffs/{hid}/phone", headers=customer).status_code == 403
     assert client.post(f"{API}/ops/handoffs/{hid}/reply", json={"body": "Yes, how can I help?"},
                        headers=ops).status_code == 200
     assert client.post(f"{API}/ops/handoffs/{hid}/close", headers=ops).status_code == 200
-    assert client.get(f"{API}/ops/handoffs", headers=ops).get_json() == []
+    assert client.get(f"{API}/ops/handoffs", headers=ops).get_json()["items"] == []
+    assert client.get(f"{API}/ops/handoffs/{hid}/phone", headers=ops).status_code == 409
     assert client.post(f"{API}/ops/handoffs/{hid}/close", headers=ops).status_code == 409
     with transaction() as s:
         bodies = s.scalars(select(OutboxMessage.body).where(

@@ -154,12 +154,13 @@ def ops_partners(query: PartnerFilter) -> Page[PartnerRow]:
             next_offset=nxt)
 
 
-@endpoint(bp, "GET", "/ops/handoffs", summary="Conversations waiting for a person", roles=OPS,
-          response=list[HandoffRow], tags=("ops",))
-def ops_handoffs() -> list[HandoffRow]:
+@endpoint(bp, "GET", "/ops/handoffs", summary="Conversations waiting for a person, oldest first",
+          roles=OPS, query=PageQuery, response=Page[HandoffRow], tags=("ops",))
+def ops_handoffs(query: PageQuery) -> Page[HandoffRow]:
     with transaction() as session:
         out = []
-        for h in handoff.waiting_list(session):
+        rows, nxt = _page(handoff.waiting_list(session, query.offset, query.limit + 1), query)
+        for h in rows:
             person = session.get(Person, h.person_id) if h.person_id else None
             msgs = session.scalars(select(HandoffMessage).where(
                 HandoffMessage.handoff_id == h.id).order_by(HandoffMessage.id)).all()
@@ -168,7 +169,21 @@ def ops_handoffs() -> list[HandoffRow]:
                 person_name=person.name if person else None,
                 phone_masked=mask_phone(person.phone) if person and person.phone else None,
                 messages=[{"direction": m.direction, "body": m.body} for m in msgs]))
-        return out
+        return Page[HandoffRow](items=out, next_offset=nxt)
+
+
+class PhoneOut(BaseModel):
+    phone: str
+
+
+@endpoint(bp, "GET", "/ops/handoffs/<int:handoff_id>/phone",
+          summary="The full number of a person waiting, to call them back (audited)",
+          roles=OPS, response=PhoneOut, tags=("ops",), errors=(404, 409))
+def ops_handoff_phone(handoff_id: int) -> PhoneOut:
+    with transaction() as session:
+        phone = handoff.phone_to_call(session, handoff_id)
+        audit(session, "handoff.phone", f"handoff:{handoff_id}")
+        return PhoneOut(phone=phone)
 
 
 @endpoint(bp, "POST", "/ops/handoffs/<int:handoff_id>/reply", summary="Answer the person",

@@ -85,10 +85,21 @@ def record_inbound(session: Session, conv: Conversation, body: str) -> None:
                                    created_at=clock.now()))
 
 
-def waiting_list(session: Session) -> list[Handoff]:
-    """Open handoffs, oldest first (the operators' queue)."""
+def waiting_list(session: Session, offset: int = 0, limit: int | None = None
+                 ) -> list[Handoff]:
+    """Open handoffs, oldest first (the operators' queue), a page of it if asked."""
     return list(session.scalars(select(Handoff).where(Handoff.status == "waiting")
-                                .order_by(Handoff.created_at, Handoff.id)))
+                                .order_by(Handoff.created_at, Handoff.id)
+                                .offset(offset).limit(limit)))
+
+
+def phone_to_call(session: Session, handoff_id: int) -> str:
+    """The full number of the person waiting, for an operator who must call them back
+    (the lists show it masked)."""
+    _handoff, _conv, person = _get_open(session, handoff_id)
+    if not person.phone:
+        raise NotFound("this person has no phone number", code="no_phone")
+    return person.phone
 
 
 def _get_open(session: Session, handoff_id: int) -> tuple[Handoff, Conversation, Person]:
