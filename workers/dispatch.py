@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
+from core import clock
 from core.services import dispatch
 
 SWEEP_EVERY_S = 60
@@ -43,9 +44,10 @@ def resume_search(leg_id: int, round_no: int) -> str:
 
 def sweep() -> dict[str, int]:
     """Expire offers whose timeout job was lost, move stalled searches on; then reschedule."""
-    result = dispatch.sweep()
-    schedule_sweep()
-    return result
+    try:
+        return dispatch.sweep()
+    finally:
+        schedule_sweep()  # one failed run (the database restarting) must not end the chain
 
 
 def schedule_sweep(now: datetime | None = None) -> str:
@@ -53,7 +55,7 @@ def schedule_sweep(now: datetime | None = None) -> str:
     several workers join one chain instead of starting several)."""
     from core.adapters.queue import queue
 
-    now = now or datetime.now(UTC)
+    now = now or clock.now()
     next_at = (int(now.timestamp()) // SWEEP_EVERY_S + 1) * SWEEP_EVERY_S
     job_id = f"dispatch-sweep-{next_at}"
     q = queue("default")

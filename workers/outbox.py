@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
+from core import clock
 from core.services import outbox
 
 SWEEP_EVERY_S = 60
@@ -25,10 +26,11 @@ def sweep() -> int:
     from core.services import handoff
     from workers import inbound as inbound_jobs
 
-    count = outbox.sweep() + inbound_jobs.sweep() + int(outbox.kick_statuses())
-    count += handoff.expire_idle()
-    schedule_sweep()
-    return count
+    try:
+        count = outbox.sweep() + inbound_jobs.sweep() + int(outbox.kick_statuses())
+        return count + handoff.expire_idle()
+    finally:
+        schedule_sweep()  # one failed run (the database restarting) must not end the chain
 
 
 def schedule_sweep(now: datetime | None = None) -> str:
@@ -39,7 +41,7 @@ def schedule_sweep(now: datetime | None = None) -> str:
     """
     from core.adapters.queue import queue
 
-    now = now or datetime.now(UTC)
+    now = now or clock.now()
     next_at = (int(now.timestamp()) // SWEEP_EVERY_S + 1) * SWEEP_EVERY_S
     job_id = f"outbox-sweep-{next_at}"
     q = queue("outbox")
