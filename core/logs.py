@@ -16,8 +16,10 @@ from datetime import UTC, datetime
 request_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("request_id", default=None)
 job_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("job_id", default=None)
 
-# +E.164 (optionally after "whatsapp:") and bare 10-digit Indian mobiles.
-_PHONE = re.compile(r"(?<![\w])\+(\d{8,15})(?!\d)|(?<!\d)([6-9]\d{5})(\d{4})(?!\d)")
+# +E.164 (optionally after "whatsapp:", or URL-encoded as %2B), Indian mobiles with their
+# country code and no "+" (a WhatsApp id), and bare 10-digit Indian mobiles.
+_PHONE = re.compile(r"(?:(?<![\w])\+|%2B)(\d{8,15})(?!\d)"
+                    r"|(?<!\d)(91)?([6-9]\d{5})(\d{4})(?!\d)", re.IGNORECASE)
 
 
 def mask_phones(text: str) -> str:
@@ -28,7 +30,7 @@ def mask_phones(text: str) -> str:
             digits = m.group(1)
             cc_len = max(1, len(digits) - 10)  # national numbers are 10 digits in India/NANP
             return f"+{digits[:cc_len]}{'*' * (len(digits) - cc_len - 4)}{digits[-4:]}"
-        return f"{'*' * len(m.group(2))}{m.group(3)}"
+        return f"{m.group(2) or ''}{'*' * len(m.group(3))}{m.group(4)}"
 
     return _PHONE.sub(repl, text)
 

@@ -133,6 +133,9 @@ def test_references_pincodes_and_amounts_are_not_masked(captured):
         ("ref 4821 7730", "ref 4821 7730"),
         ("otp 4821", "otp 4821"),
         ("landline 5123456789", "landline 5123456789"),  # not a mobile: first digit below 6
+        ("wa_id=919812345678", "wa_id=91******5678"),  # a WhatsApp id: no "+"
+        ("From=whatsapp%3A%2B919812345678", "From=whatsapp%3A+91******5678"),  # URL-encoded
+        ("order 12345678901234", "order 12345678901234"),
     ],
 )
 def test_mask_phones_by_hand(text, expected):
@@ -150,3 +153,21 @@ def test_phone_numbers_nested_in_extra_values_are_masked():
     line = JsonFormatter().format(record)
     assert "9876543210" not in line.replace("******3210", "")
     assert json.loads(line)["to"][0] == "+91******3210"
+
+
+def test_a_failed_statement_is_logged_without_its_values(clean_db, captured):
+    """The engine hides statement parameters: a logged database error would otherwise
+    carry phone numbers, names and message bodies with codes in them."""
+    from sqlalchemy import text
+    from sqlalchemy.exc import DBAPIError
+
+    from core.adapters.db import engine
+
+    log, lines = captured
+    secret = "OTP 482177 for Sita"
+    with pytest.raises(DBAPIError) as caught, engine().begin() as conn:
+        conn.execute(text("SELECT CAST(:v AS text), 1 / 0"), {"v": secret})
+    log.error("statement failed: %s", caught.value)
+    (line,) = lines
+    assert "statement failed" in line and "division by zero" in line
+    assert "482177" not in line

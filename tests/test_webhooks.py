@@ -287,3 +287,14 @@ def test_a_repeated_parameter_is_signed_with_all_its_values(client):
     r = client.post("/webhooks/whatsapp", data=urlencode(smuggled), headers={
         "X-Twilio-Signature": signature, "Content-Type": "application/x-www-form-urlencoded"})
     assert r.status_code == 403
+
+
+def test_nul_characters_in_a_message_do_not_stop_the_contact(client):
+    """PostgreSQL cannot store NUL: a profile name or body carrying one must not make every
+    turn of that contact fail (the drain would dead-letter each message)."""
+    params = {"MessageSid": "SMnul1", "From": "whatsapp:+919812300077",
+              "To": "whatsapp:+14155238886", "WaId": "919812300077", "Body": "hi\x00",
+              "ProfileName": "Sita\x00", "Latitude": "nan"}
+    assert send_whatsapp(client, params)  # answered: the language menu
+    with transaction() as s:
+        assert s.scalar(select(Person.name).where(Person.phone == "+919812300077")) == "Sita"

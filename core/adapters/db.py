@@ -114,6 +114,9 @@ def _get(url: str) -> tuple[Engine, sessionmaker[Session]]:
                 pool_size=pool_size(),
                 max_overflow=5,
                 pool_timeout=5,
+                # A logged database error must not carry its statement's values: phone
+                # numbers, names, message bodies with codes in them.
+                hide_parameters=True,
                 # PGAPPNAME (libpq's own variable) names a process's connections apart,
                 # as the benchmarks do for the emulators.
                 connect_args={"connect_timeout": 3,

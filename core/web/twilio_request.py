@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hmac
 import logging
+import math
 from collections.abc import Mapping
 from functools import wraps
 from typing import Any
@@ -110,9 +111,15 @@ def signature_matches(validator: RequestValidator, url: str, params: Mapping[str
 
 def _float_or_none(value: str | None) -> float | None:
     try:
-        return float(value) if value not in (None, "") else None
+        number = float(value) if value not in (None, "") else None
     except ValueError:
         return None
+    return number if number is not None and math.isfinite(number) else None
+
+
+def _text(value: str | None, limit: int) -> str:
+    """A form value as PostgreSQL can store it: no NUL characters, at most ``limit``."""
+    return (value or "").replace("\x00", "")[:limit]
 
 
 def parse_message(channel: str) -> InboundMessage:
@@ -148,15 +155,15 @@ def parse_message(channel: str) -> InboundMessage:
         channel=channel,
         sid=sid[:80],
         from_addr=from_addr,
-        to_addr=form.get("To", ""),
-        body=(form.get("Body") or "")[:1600],
-        contact=contact[:80],
+        to_addr=_text(form.get("To"), 80),
+        body=_text(form.get("Body"), 1600),
+        contact=_text(contact, 80),
         phone=phone,
-        profile_name=(form.get("ProfileName") or None),
+        profile_name=_text(form.get("ProfileName"), 120).strip() or None,
         num_media=num_media,
         media_types=tuple(form.get(f"MediaContentType{i}", "") for i in range(min(num_media, 10))),
         media_urls=tuple(form.get(f"MediaUrl{i}", "")[:500] for i in range(min(num_media, 10))),
         latitude=_float_or_none(form.get("Latitude")),
         longitude=_float_or_none(form.get("Longitude")),
-        button_payload=form.get("ButtonPayload") or None,
+        button_payload=_text(form.get("ButtonPayload"), 200) or None,
     )
