@@ -8,6 +8,7 @@ sandbox emulators.
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -102,6 +103,10 @@ class Settings:
         return self.app_env == "sandbox"
 
 
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1", "0.0.0.0")
+E164 = re.compile(r"\+[1-9]\d{7,14}")
+
+
 def load_settings(environ: dict[str, str] | None = None) -> Settings:
     """Read and validate the environment; raise ConfigError with every problem at once."""
     env = dict(os.environ if environ is None else environ)
@@ -122,11 +127,26 @@ def load_settings(environ: dict[str, str] | None = None) -> Settings:
             return ""
         return sandbox_default
 
+    def own(name: str, sandbox_value: str) -> str:
+        """A setting production must give its own value (the sandbox has a demo one)."""
+        value = env.get(name, "").strip()
+        if production and not value:
+            problems.append(f"{name} is required in production")
+        elif production and value == sandbox_value:
+            problems.append(f"{name} is the sandbox's {sandbox_value}; set the real one")
+        return value or sandbox_value
+
     port = _int(env, "PORT", 8000, minimum=1)
     public_base_url = env.get("PUBLIC_BASE_URL") or f"http://127.0.0.1:{port}"
     public_base_url = public_base_url.rstrip("/")
-    if urlsplit(public_base_url).scheme not in ("http", "https"):
+    parts = urlsplit(public_base_url)
+    if parts.scheme not in ("http", "https"):
         problems.append("PUBLIC_BASE_URL must be an http(s) URL")
+    elif production and (not env.get("PUBLIC_BASE_URL") or parts.scheme != "https"
+                         or (parts.hostname or "") in LOOPBACK_HOSTS):
+        # Twilio signs the URL it calls, and every link and callback we hand out is built
+        # on this: a default here fails every signature and sends callbacks nowhere.
+        problems.append("PUBLIC_BASE_URL must be the service's public https URL in production")
 
     database_url = env.get("DATABASE_URL", "")
     redis_url = env.get("REDIS_URL", "")
@@ -165,6 +185,11 @@ def load_settings(environ: dict[str, str] | None = None) -> Settings:
         problems.append("OUTBOX_RETRY_INTERVALS needs at least one non-negative value")
         intervals = (10,)
 
+    # Customers are told to call it and ops alerts go to it: never the demo operator's.
+    ops_phone = own("OPS_PHONE", "+919000000099")
+    if not E164.fullmatch(ops_phone):
+        problems.append("OPS_PHONE must be an E.164 number (+91XXXXXXXXXX)")
+
     settings = Settings(
         app_env=app_env,
         database_url=sqlalchemy_url(database_url),
@@ -176,14 +201,14 @@ def load_settings(environ: dict[str, str] | None = None) -> Settings:
         twilio_account_sid=twilio_sid,
         twilio_auth_token=twilio_token,
         twilio_api_base=twilio_api_base,
-        twilio_whatsapp_from=env.get("TWILIO_WHATSAPP_FROM", "whatsapp:+14155238886"),
-        twilio_sms_from=env.get("TWILIO_SMS_FROM", "+15005550006"),
-        twilio_voice_number=env.get("TWILIO_VOICE_NUMBER", "+15005550006"),
+        twilio_whatsapp_from=own("TWILIO_WHATSAPP_FROM", "whatsapp:+14155238886"),
+        twilio_sms_from=own("TWILIO_SMS_FROM", "+15005550006"),
+        twilio_voice_number=own("TWILIO_VOICE_NUMBER", "+15005550006"),
         razorpay_key_id=rzp_id,
         razorpay_key_secret=rzp_secret,
         razorpay_webhook_secret=rzp_hook,
         razorpay_api_base=razorpay_api_base,
-        ops_phone=env.get("OPS_PHONE", "+919000000099"),  # the seeded demo operator
+        ops_phone=ops_phone,
         osrm_url=env.get("OSRM_URL") or None,
         data_dir=Path(env.get("DATA_DIR") or ROOT / "var"),
         detour_factor_bp=_int(env, "DETOUR_FACTOR_BP", 13500, minimum=10000),

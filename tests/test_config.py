@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 
 import pytest
 
@@ -42,6 +43,10 @@ def production_env(**extra: str) -> dict[str, str]:
         "RAZORPAY_KEY_ID": "rzp_live_AbCdEf123456",
         "RAZORPAY_KEY_SECRET": "live-razorpay-secret-xyz",
         "RAZORPAY_WEBHOOK_SECRET": "live-webhook-secret-xyz",
+        "OPS_PHONE": "+919812300999",
+        "TWILIO_WHATSAPP_FROM": "whatsapp:+919812300998",
+        "TWILIO_SMS_FROM": "+919812300998",
+        "TWILIO_VOICE_NUMBER": "+918012300998",
     }
     env.update(extra)
     return env
@@ -189,3 +194,24 @@ def test_drain_linger_and_status_window_have_defaults_and_bounds():
         load_settings(sandbox_env(DRAIN_LINGER_MS="10000"))
     with pytest.raises(ConfigError, match="STATUS_WINDOW_MS must be >= 0"):
         load_settings(sandbox_env(STATUS_WINDOW_MS="-1"))
+
+
+@pytest.mark.parametrize(("name", "value", "says"), [
+    ("PUBLIC_BASE_URL", "", "public https URL"),
+    ("PUBLIC_BASE_URL", "http://ridechain.example.in", "public https URL"),
+    ("PUBLIC_BASE_URL", "https://127.0.0.1:8000", "public https URL"),
+    ("OPS_PHONE", "", "OPS_PHONE is required"),
+    ("OPS_PHONE", "+919000000099", "sandbox's +919000000099"),
+    ("OPS_PHONE", "9812300999", "E.164"),
+    ("TWILIO_SMS_FROM", "+15005550006", "sandbox's +15005550006"),
+    ("TWILIO_WHATSAPP_FROM", "", "TWILIO_WHATSAPP_FROM is required"),
+    ("TWILIO_VOICE_NUMBER", "+15005550006", "sandbox's"),
+])
+def test_production_refuses_demo_urls_numbers_and_phones(name, value, says):
+    env = production_env()
+    if value:
+        env[name] = value
+    else:
+        del env[name]
+    with pytest.raises(ConfigError, match=re.escape(says)):
+        load_settings(env)
