@@ -42,6 +42,15 @@ def test_metrics_expose_requests_queue_depth_and_outbox(client):
     assert "http_request_duration_seconds_bucket" in text
 
 
+def test_made_up_http_methods_share_one_metrics_label(client):
+    """Anyone can send a method gunicorn passes on; each must not become a series."""
+    for method in ("BREW", "PROPFIND", "XYZZY"):
+        client.open("/healthz", method=method)
+    text = client.get("/metrics").get_data(as_text=True)
+    assert 'method="other"' in text
+    assert not any(m in text for m in ("BREW", "PROPFIND", "XYZZY"))
+
+
 def test_migrations_have_a_single_head():
     script = ScriptDirectory.from_config(Config(str(ROOT / "alembic.ini")))
     assert len(script.get_heads()) == 1

@@ -105,6 +105,9 @@ def metrics():
     return Response(generate_latest(scrape_registry()), mimetype=CONTENT_TYPE_LATEST)
 
 
+HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
+
 def instrument(app: Flask) -> None:
     """Count and time every request by its route (not its raw path: bounded labels)."""
 
@@ -115,7 +118,9 @@ def instrument(app: Flask) -> None:
     @app.after_request
     def _stop(response):
         endpoint = request.url_rule.rule if request.url_rule else "unmatched"
-        REQUESTS.labels(request.method, endpoint, str(response.status_code)).inc()
+        # gunicorn passes any upper-case token as a method: made-up ones share one label.
+        method = request.method if request.method in HTTP_METHODS else "other"
+        REQUESTS.labels(method, endpoint, str(response.status_code)).inc()
         if hasattr(g, "_t0"):
             LATENCY.labels(endpoint).observe(time.perf_counter() - g._t0)
         return response
