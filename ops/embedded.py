@@ -117,6 +117,7 @@ class EmbeddedPostgres:
         self.pgdata = pgdata
         self.socket_dir: Path | None = None
         self.port = 5432
+        self._watched: psutil.Process | None = None
 
     def _postmaster_lines(self) -> list[str] | None:
         try:
@@ -143,6 +144,18 @@ class EmbeddedPostgres:
         except (ValueError, psutil.Error):
             return None
         return proc
+
+    def alive(self) -> bool:
+        """Is this pgdata's postmaster still running? Cheap enough to ask every loop: the
+        process found first is remembered (psutil checks its pid was not reused)."""
+        proc = self._watched
+        if proc is None:
+            proc = self._watched = self._live_postmaster()
+        try:
+            return proc is not None and proc.is_running() \
+                and proc.status() != psutil.STATUS_ZOMBIE
+        except psutil.Error:
+            return False
 
     def _clear_stale_files(self) -> None:
         """Remove postmaster.pid / socket lock files left by a killed postmaster.

@@ -315,6 +315,10 @@ class Server:
             if redis is not None and redis.process is not None and redis.process.poll() is not None:
                 self.output.system(f"embedded Redis died (see {redis.log_path}); stopping")
                 return 1
+            if services.postgres is not None and not services.postgres.alive():
+                self.output.system(
+                    f"embedded PostgreSQL died (see {services.postgres.pgdata}/log); stopping")
+                return 1
             if not announced and _answers(port):
                 announced = True
                 print(

@@ -1,0 +1,54 @@
+"""./run serve stops everything (exit 1) when something it runs dies: a child, the
+embedded Redis, or the embedded PostgreSQL (else the web answers 503s with no word on the
+console)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import threading
+from pathlib import Path
+
+from ops import embedded
+from ops.supervisor import Child, Output, Server
+
+
+def watch(services: embedded.Services, limit_s: float = 10.0) -> list[int]:
+    """Run the supervisor's watch loop over a live web child; what it returned, if it did
+    within ``limit_s`` (it checks every quarter second)."""
+    server = Server(Path("Procfile"))
+    server.raise_on_signal = False
+    server.output = Output(["web"])
+    child = Child.start("web", "sleep 60", dict(os.environ), server.output)
+    server.children.append(child)
+    out: list[int] = []
+    t = threading.Thread(target=lambda: out.append(server._watch(services, 1, False)),
+                         daemon=True)
+    try:
+        t.start()
+        t.join(limit_s)
+    finally:
+        server.stop_requested = True
+        t.join(5)
+        child.kill()
+        child.process.wait()
+    return out
+
+
+def test_a_dead_embedded_postgres_stops_serve(tmp_path: Path):
+    pgdata = tmp_path / "pg"  # started once, its postmaster gone: no live pid file
+    pgdata.mkdir()
+    (pgdata / "postmaster.pid").write_text("999999999\n")
+    pg = embedded.EmbeddedPostgres(pgdata)
+    assert watch(embedded.Services(env={}, postgres=pg)) == [1]
+
+
+def test_a_dead_embedded_redis_stops_serve(tmp_path: Path):
+    redis = embedded.EmbeddedRedis(tmp_path / "redis")
+    redis.process = subprocess.Popen(["true"])
+    redis.process.wait()
+    assert watch(embedded.Services(env={}, redis=redis)) == [1]
+
+
+def test_serve_keeps_running_while_everything_lives(tmp_path: Path):
+    assert watch(embedded.Services(env={}), limit_s=1.0) == [0]  # stopped by the test
