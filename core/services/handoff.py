@@ -122,6 +122,9 @@ def reply(session: Session, handoff_id: int, operator: str, body: str) -> int | 
     handoff, _conv, person = _get_open(session, handoff_id)
     handoff.operator = handoff.operator or operator
     row_id = notify.send_to_person(session, person, body.strip())
+    if row_id is None:  # opted out (STOP), or no number to reach them on
+        raise Conflict("this person cannot be messaged (they sent STOP, or have no number)",
+                       code="recipient_unreachable")
     session.add(HandoffMessage(handoff_id=handoff.id, direction="out", body=body.strip(),
                                operator=operator, outbox_id=row_id, created_at=clock.now()))
     return row_id

@@ -1,5 +1,6 @@
-"""A handoff nobody touches closes by itself: the bot would otherwise stay quiet on that
-conversation for good. Through the signed webhook, the drain job and the outbox sweep."""
+"""Talk to a person: a handoff nobody touches closes by itself (the bot would otherwise
+stay quiet on that conversation for good), and an operator is told when a reply cannot
+reach the person. Through the signed webhook, the drain job and the outbox sweep."""
 
 from __future__ import annotations
 
@@ -95,3 +96,20 @@ def test_an_answered_handoff_left_open_closes_with_the_usual_words(client, live)
     assert sweep_at(timedelta(hours=handoff.idle_hours(), minutes=5)) == "closed"
     (closing,) = outbox_bodies()[before:]
     assert "Our team has finished helping you" in closing
+
+
+def test_a_reply_to_someone_who_cannot_be_messaged_is_refused_not_reported_sent(client, live):
+    from core.adapters.dialog_models import HandoffMessage
+    from core.adapters.models import Person
+    from core.domain.errors import Conflict
+
+    handoff_id = asks_for_a_person(client)
+    with transaction() as s:  # they sent STOP meanwhile
+        s.scalar(select(Person).where(Person.phone == PHONE)).opted_out = True
+    before = len(outbox_bodies())
+    with pytest.raises(Conflict) as refused, transaction() as s:
+        handoff.reply(s, handoff_id, "ops:7", "Hello, Ravi here.")
+    assert refused.value.code == "recipient_unreachable"
+    assert len(outbox_bodies()) == before
+    with transaction() as s:
+        assert s.scalar(select(HandoffMessage).where(HandoffMessage.direction == "out")) is None
