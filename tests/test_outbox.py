@@ -264,9 +264,11 @@ def test_stop_holds_for_a_whatsapp_user_known_only_by_their_whatsapp_id(clean_db
                                     reply=True) is not None
 
 
-def test_a_whatsapp_message_refused_for_the_closed_window_goes_by_sms(client, live):
-    # The message was queued as free-form inside the 24 hours, but a retry sent it after
-    # they ended: WhatsApp refuses it (63016). The same text goes by SMS, once.
+@pytest.mark.parametrize("code", ["63016", "63018"])
+def test_a_whatsapp_message_refused_for_the_window_or_the_limit_goes_by_sms(client, live, code):
+    # 63016: queued as free-form inside the 24 hours, but a retry sent it after they
+    # ended. 63018: our sender's WhatsApp messaging limit (it resets within a day). The
+    # same text goes by SMS, once.
     with transaction() as s:
         s.add(Person(phone=TO, role="customer"))
     oid = queue_one(body="Booking 12345678: pay with this link")
@@ -274,7 +276,7 @@ def test_a_whatsapp_message_refused_for_the_closed_window_goes_by_sms(client, li
     sid = row(oid).provider_sid
     for _ in range(2):  # Twilio may report it twice
         r = post_twilio(client, "/webhooks/twilio/status",
-                        {"MessageSid": sid, "MessageStatus": "failed", "ErrorCode": "63016"})
+                        {"MessageSid": sid, "MessageStatus": "failed", "ErrorCode": code})
         assert r.status_code == 204
         run_jobs()
     assert row(oid).status == "failed"

@@ -48,6 +48,11 @@ STOP_ERROR_CODE = "21610"  # the recipient replied STOP: never message them agai
 # WhatsApp refused a free-form message: the user's last message is over 24 hours old. The
 # choice was made when the message was queued; a retry or a late drain can cross the line.
 WINDOW_CLOSED_CODE = "63016"
+# WhatsApp's messaging limit for our sender (it resets within a day): a payment link or a
+# code cannot wait that long.
+RATE_LIMITED_CODE = "63018"
+# WhatsApp refusals whose text goes by SMS instead (once).
+BY_SMS_CODES = frozenset({WINDOW_CLOSED_CODE, RATE_LIMITED_CODE})
 STALE_SENDING = timedelta(minutes=15)
 
 
@@ -206,7 +211,7 @@ def _send(c: _Claimed) -> str:
         _record_failure(outbox_id, code=exc.code, error=str(exc), final=final)
         if exc.code == STOP_ERROR_CODE:
             _mark_opted_out(to)
-        elif exc.code == WINDOW_CLOSED_CODE and final:
+        elif exc.code in BY_SMS_CODES and final:
             with transaction() as session:
                 refused = session.get(OutboxMessage, outbox_id)
                 if refused is not None:
@@ -441,7 +446,7 @@ def apply_reports(reports: list[StatusReport]) -> int:
                 row.status = status
             if report.error_code == STOP_ERROR_CODE:
                 stopped.add(row.to_addr)
-            elif report.error_code == WINDOW_CLOSED_CODE and status in _FINAL_FAILURES:
+            elif report.error_code in BY_SMS_CODES and status in _FINAL_FAILURES:
                 closed.append(row)
         session.execute(insert(MessageStatusEvent), events)
         for to_addr in sorted(stopped):
@@ -452,14 +457,15 @@ def apply_reports(reports: list[StatusReport]) -> int:
 
 
 def _by_sms_instead(session: Session, row: OutboxMessage) -> int | None:
-    """A WhatsApp message refused because the 24-hour window had closed goes by SMS, as
-    notify does outside the window without a template (once: its own dedupe key). A
-    WhatsApp user known only by their WhatsApp id has no number to text."""
+    """A WhatsApp message refused because the 24-hour window had closed, or our sender hit
+    its messaging limit, goes by SMS, as notify does outside the window without a template
+    (once: its own dedupe key). A WhatsApp user known only by their WhatsApp id has no
+    number to text."""
     phone = row.to_addr.removeprefix("whatsapp:")
     if row.channel != "whatsapp" or not phone.startswith("+"):
-        log.warning("whatsapp window closed; no number for an SMS", extra={"outbox_id": row.id})
+        log.warning("whatsapp refused; no number for an SMS", extra={"outbox_id": row.id})
         return None
-    log.info("whatsapp window closed; sent by SMS instead", extra={"outbox_id": row.id})
+    log.info("whatsapp refused; sent by SMS instead", extra={"outbox_id": row.id})
     return queue_message(session, channel="sms", to=phone, body=row.body,
                          dedupe_key=f"sms-for-{row.id}", booking_id=row.booking_id)
 
