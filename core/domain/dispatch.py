@@ -34,7 +34,14 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from functools import lru_cache
 
-from core.domain.pricing import SizeBucket, SpeedTier, VehicleType, WeightBucket, can_carry
+from core.domain.pricing import (
+    SizeBucket,
+    SpeedTier,
+    VehicleType,
+    WeightBucket,
+    can_carry,
+    split_by_weights,
+)
 
 
 class DispatchConfigError(ValueError):
@@ -294,6 +301,21 @@ def rank(cands: Iterable[Candidate], w: Weights, radius_m: int) -> list[Candidat
 # --- relay planning -------------------------------------------------------------------
 
 
+# A customer's place this close (by road) to the relay's first or last Point is served from
+# there: the rider of the next leg rides it in a minute or two, far less than a rider of
+# its own, an OTP handover and a payout would cost. Pincode and post-office pickups sit
+# exactly on a Point (both use the post office's coordinates), so without this the relay
+# would start with a 0 m leg.
+RELAY_MERGE_RADIUS_M = 300
+# The longest a relay may be, in percent of the direct trip. A Point a few km off the road
+# adds less; more means the parcel goes the long way round, late, and the riders share a
+# partner share priced on the direct distance over that many more km.
+RELAY_MAX_LENGTH_PCT = 130
+# The least a relay leg is paid: Razorpay refuses Route transfers under 100 paise, so a
+# leg paid less could never be settled to its rider.
+MIN_LEG_PAYOUT_PAISE = 100
+
+
 @dataclass(frozen=True)
 class Stop:
     lat: float
@@ -301,23 +323,58 @@ class Stop:
     point_id: int | None = None
 
 
-def plan_relay(pickup: Stop, drop: Stop, points: Sequence[Stop], dist) -> list[Stop] | None:
+def plan_relay(pickup: Stop, drop: Stop, points: Sequence[Stop], dist,
+               max_leg_m: int | None = None) -> list[Stop] | None:
     """Stops of a relay pickup -> Point A -> Point B -> drop, or None if no useful relay.
 
     A is the Point nearest the pickup, B the one nearest the drop (the same Point gives a
-    two-leg relay). ``dist(a, b)`` returns metres. A relay is only useful if every leg is
-    shorter than the direct trip.
+    two-leg relay). ``dist(a, b)`` returns metres. A Point within ``RELAY_MERGE_RADIUS_M``
+    of the stop before it, or of the drop, is left out rather than given a leg that short:
+    the neighbouring leg starts (ends) at the customer's own place, where the parcel
+    really changes hands. A relay is only useful if every leg is shorter than the direct
+    trip and within ``max_leg_m`` (the range of the vehicles that would ride it, when
+    known), and the whole is at most ``RELAY_MAX_LENGTH_PCT`` of the direct trip.
     """
     if not points:
         return None
     a = min(points, key=lambda p: (dist(pickup, p), p.point_id or 0))
     b = min(points, key=lambda p: (dist(drop, p), p.point_id or 0))
-    stops = [pickup, a] + ([b] if b.point_id != a.point_id else []) + [drop]
+    route = [pickup]
+    for point in [a] + ([b] if b.point_id != a.point_id else []):
+        if dist(route[-1], point) > RELAY_MERGE_RADIUS_M:
+            route.append(point)
+    if len(route) > 1 and dist(route[-1], drop) <= RELAY_MERGE_RADIUS_M:
+        route.pop()
+    if len(route) == 1:
+        return None
+    stops = route + [drop]
     direct = dist(pickup, drop)
     legs = [dist(x, y) for x, y in zip(stops, stops[1:], strict=False)]
-    if any(m >= direct for m in legs) or any(m == 0 for m in legs):
+    longest = direct - 1 if max_leg_m is None else min(direct - 1, max_leg_m)
+    if max(legs) > longest or sum(legs) * 100 > direct * RELAY_MAX_LENGTH_PCT:
         return None
     return stops
+
+
+def relay_payouts(share_paise: int, distances: Sequence[int]) -> list[int] | None:
+    """The partner share split over relay legs by distance, every leg paid at least
+    ``MIN_LEG_PAYOUT_PAISE``; None if the share cannot pay every leg that much.
+
+    A leg under the minimum gets exactly the minimum and the other legs split the rest by
+    distance, so the longest leg gives up most of it and the payouts still sum to the share.
+    """
+    if share_paise < MIN_LEG_PAYOUT_PAISE * len(distances):
+        return None
+    floored: set[int] = set()
+    while True:
+        rest = [i for i in range(len(distances)) if i not in floored]
+        shares = split_by_weights(share_paise - MIN_LEG_PAYOUT_PAISE * len(floored),
+                                  [distances[i] for i in rest])
+        short = {i for i, paid in zip(rest, shares, strict=True) if paid < MIN_LEG_PAYOUT_PAISE}
+        if not short:
+            paid_by_leg = dict(zip(rest, shares, strict=True))
+            return [paid_by_leg.get(i, MIN_LEG_PAYOUT_PAISE) for i in range(len(distances))]
+        floored |= short
 
 
 # --- offers ---------------------------------------------------------------------------

@@ -36,6 +36,7 @@ from zoneinfo import ZoneInfo
 
 import requests
 from redis.exceptions import RedisError
+from rq import Retry
 from sqlalchemy import func, select, text, update
 from sqlalchemy.orm import Session
 
@@ -59,9 +60,10 @@ from core.domain.booking import Actor, BookingStatus, LegStatus
 from core.domain.errors import NotFound, ValidationError
 from core.domain.geo import haversine_m, validate_lat_lng
 from core.domain.phone import normalize_phone
-from core.domain.pricing import SizeBucket, SpeedTier, WeightBucket, split_by_weights
+from core.domain.pricing import SizeBucket, SpeedTier, VehicleType, WeightBucket, can_carry
 from core.services import notify
 from core.services.booking import active_rate_card, issue_leg_otps, move_booking, move_leg
+from core.services.payments import GATEWAY_RETRY
 
 log = logging.getLogger(__name__)
 
@@ -102,8 +104,9 @@ def _schedule_in(session: Session, seconds: float, func_path: str, *args: object
     after_commit(session, go)
 
 
-def _enqueue_after_commit(session: Session, func_path: str, *args: object, job_id: str) -> None:
-    after_commit(session, lambda: enqueue(func_path, *args, job_id=job_id))
+def _enqueue_after_commit(session: Session, func_path: str, *args: object, job_id: str,
+                          retry: Retry | None = None) -> None:
+    after_commit(session, lambda: enqueue(func_path, *args, job_id=job_id, retry=retry))
 
 
 def _partner_actor(partner: PartnerProfile) -> Actor:
@@ -388,23 +391,17 @@ def _legs(session: Session, booking: Booking) -> list[Leg]:
                                 .order_by(Leg.sequence)))
 
 
-def _direct_possible(session: Session, booking: Booking, leg: Leg, load: rules.Load,
-                     hours: int) -> bool:
-    cfg = config()
-    cands = find_candidates(session, leg.from_lat, leg.from_lng, load, cfg.radii_km[-1])
-    if cands:
-        ids = [r.candidate.partner_id for r in cands]
-        for v in session.scalars(select(Vehicle).where(Vehicle.partner_id.in_(ids))):
-            facts = rules.VehicleFacts(v.type, v.payload_kg, v.max_size, v.active)
-            if rules.vehicle_fits(facts, load) and rules.can_do_direct(v.type, leg.distance_m,
-                                                                        hours):
-                return True
-        return False
-    # Nobody near right now: relay only if no vehicle type could ever do it in one ride.
-    from core.domain.pricing import VehicleType, can_carry
-
-    return any(can_carry(vt, load.size, load.weight)
-               and rules.can_do_direct(vt, leg.distance_m, hours) for vt in VehicleType)
+def _fleet(session: Session, leg: Leg, load: rules.Load) -> set[VehicleType]:
+    """Vehicle types that may carry the load from the leg's start: those of the eligible
+    partners near it or, with nobody near right now, every type able to carry it."""
+    cands = find_candidates(session, leg.from_lat, leg.from_lng, load, config().radii_km[-1])
+    if not cands:
+        return {vt for vt in VehicleType if can_carry(vt, load.size, load.weight)}
+    ids = [r.candidate.partner_id for r in cands]
+    return {VehicleType(v.type)
+            for v in session.scalars(select(Vehicle).where(Vehicle.partner_id.in_(ids)))
+            if rules.vehicle_fits(rules.VehicleFacts(v.type, v.payload_kg, v.max_size,
+                                                     v.active), load)}
 
 
 ROAD_CANDIDATES_MAX = 4096
@@ -429,14 +426,15 @@ def _road_nearest_candidates(session: Session, end: rules.Stop,
 
 
 def plan_legs(session: Session, booking: Booking) -> list[Leg]:
-    """Keep the direct leg, or replan it into a relay through Points (payouts by distance)."""
+    """Keep the direct leg, or replan it into a relay through Points (payouts by distance,
+    at least ``MIN_LEG_PAYOUT_PAISE`` a leg)."""
     legs = _legs(session, booking)
     if len(legs) != 1:
         return legs
     leg = legs[0]
-    cfg = config()
-    hours = cfg.delivery_hours[SpeedTier(booking.speed_tier)]
-    if _direct_possible(session, booking, leg, load_of(booking), hours):
+    hours = config().delivery_hours[SpeedTier(booking.speed_tier)]
+    fleet = _fleet(session, leg, load_of(booking))
+    if any(rules.can_do_direct(vt, leg.distance_m, hours) for vt in fleet):
         return legs
     detour = active_rate_card(session).detour_factor_bp
     osrm = get_settings().osrm_url
@@ -456,11 +454,18 @@ def plan_legs(session: Session, booking: Booking) -> list[Leg]:
     candidates = {s.point_id: s for end in (pickup, drop)
                   for s in _road_nearest_candidates(session, end, dist)}
     relay_points = sorted(candidates.values(), key=lambda stop: stop.point_id or 0)
-    stops = rules.plan_relay(pickup, drop, relay_points, dist)
+    # Each leg within the range of the vehicles around: a leg none of them can ride would
+    # strand the parcel at a Point halfway, while a booking nobody takes before pickup is
+    # refunded.
+    max_leg_m = max((rules.VEHICLE_RANGE_KM[vt] * 1000 for vt in fleet), default=None)
+    stops = rules.plan_relay(pickup, drop, relay_points, dist, max_leg_m)
     if stops is None:
         return legs
     distances = [dist(a, b) for a, b in zip(stops, stops[1:], strict=False)]
-    payouts = split_by_weights(booking.partner_share_paise, distances)
+    payouts = rules.relay_payouts(booking.partner_share_paise, distances)
+    if payouts is None:
+        log.warning("share too small to relay", extra={"booking_id": booking.id})
+        return legs
     last_stop = stops[-1]
     first_to = stops[1]
     leg.to_point_id, leg.to_lat, leg.to_lng = first_to.point_id, first_to.lat, first_to.lng
@@ -799,7 +804,7 @@ def _fail_search(session: Session, booking: Booking, leg: Leg, search: DispatchS
         alert_ops(session, "dispatch.ops_failed", booking_id=booking.id,
                   dedupe_key=f"booking-{booking.id}-ops-failed", ref=booking.reference)
         _enqueue_after_commit(session, "workers.payments.refund_booking", booking.id,
-                              "no_partner", job_id=f"refund-{booking.id}")
+                              "no_partner", job_id=f"refund-{booking.id}", retry=GATEWAY_RETRY)
         log.warning("dispatch failed: no partner", extra={"booking_id": booking.id})
     else:
         # The parcel is already on its way (an earlier leg has it), so the booking can
@@ -995,7 +1000,7 @@ def accept(session: Session, partner: PartnerProfile, code: str | None) -> Reply
     # The payout is set aside for this partner now (Route transfer on hold), released on
     # delivery; a different job id per offer, so a re-assignment holds for the new partner.
     _enqueue_after_commit(session, "workers.payments.hold_leg_transfer", leg.id,
-                          job_id=f"hold-{leg.id}-{offer.id}")
+                          job_id=f"hold-{leg.id}-{offer.id}", retry=GATEWAY_RETRY)
     giver_phone = send_leg_codes(session, booking, leg, tag=f"o{offer.id}")
     return _r("dispatch.accepted", job=job, pickup=_place(session, booking, leg, "from"),
               phone=giver_phone or get_settings().ops_phone)
@@ -1171,8 +1176,9 @@ def _picked_up(session: Session, booking: Booking, leg: Leg, actor: Actor) -> Re
 
 def _delivered(session: Session, booking: Booking, leg: Leg, actor: Actor) -> Reply:
     move_leg(session, leg, LegStatus.DELIVERED, actor, "drop OTP confirmed")
+    # Retried like every gateway job: a lost release would leave the rider unpaid for good.
     _enqueue_after_commit(session, "workers.payments.release_leg", leg.id,
-                          job_id=f"release-{leg.id}")
+                          job_id=f"release-{leg.id}", retry=GATEWAY_RETRY)
     legs = _legs(session, booking)
     if leg.sequence == len(legs):
         move_booking(session, booking, BookingStatus.DELIVERED, actor, "drop OTP confirmed")
