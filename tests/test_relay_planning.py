@@ -13,7 +13,7 @@ from core.adapters.models import Booking
 from core.adapters.queue import queue
 from core.domain import dispatch as d
 from core.domain.geo import haversine_m
-from core.domain.pricing import split_by_weights
+from core.domain.pricing import VehicleType, split_by_weights
 from core.services.payments import GATEWAY_RETRY
 from tests.test_dispatch import (
     CUSTOMER,
@@ -242,3 +242,19 @@ def test_a_delivered_legs_release_is_retried_like_every_gateway_job(client, live
                                                        GATEWAY_RETRY.intervals)
     assert job.retries_left >= 1
     take_job(f"release-{leg_id}", "workers.payments.release_leg", leg_id)
+
+
+def test_a_leg_is_offered_only_to_partners_whose_vehicle_can_ride_all_of_it(
+        live, frozen):  # noqa: F811
+    # 21 km direct: within a motorcycle's range (60 km), beyond a bicycle's (15 km). The
+    # cyclist next door is not offered it; the motorcyclist a little farther is.
+    far_drop = (26.70, 84.52)
+    cyclist, _ = make_partner("Ramesh", LAXMIPUR)
+    rider, _ = make_partner("Suresh", (LAXMIPUR[0] + 0.01, LAXMIPUR[1]), VehicleType.MOTORCYCLE)
+    booking_id = paid_booking(drop=far_drop)
+    start(booking_id)
+    (leg,) = legs_of(booking_id)
+    assert 15_000 < leg.distance_m <= 60_000
+    with transaction() as s:
+        offered = set(s.scalars(select(Offer.partner_id).where(Offer.leg_id == leg.id)))
+    assert offered == {rider} and cyclist not in offered

@@ -188,6 +188,9 @@ VEHICLE_RANGE_KM: Mapping[VehicleType, int] = {
 }
 
 
+_RANGE_M = {str(vt): km * 1000 for vt, km in VEHICLE_RANGE_KM.items()}
+
+
 @dataclass(frozen=True)
 class VehicleFacts:
     type: VehicleType | str
@@ -215,12 +218,15 @@ class Load:
     size: SizeBucket | str
     weight: WeightBucket | str
     declared_value_paise: int = 0
+    ride_m: int = 0  # the leg to ride, when known: a vehicle must have the range for it
 
 
 def vehicle_fits(v: VehicleFacts, load: Load) -> bool:
-    """True if this vehicle may carry the load (type capacity, own size and payload)."""
+    """True if this vehicle may carry the load (type capacity, own size and payload) as
+    far as the leg goes (its type's range)."""
     return v.active and _fits(str(v.type), v.payload_kg, str(v.max_size), str(load.size),
-                              str(load.weight))
+                              str(load.weight)) \
+        and load.ride_m <= _RANGE_M[str(v.type)]
 
 
 @lru_cache(maxsize=4096)

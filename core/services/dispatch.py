@@ -172,15 +172,16 @@ def _assigned_to_customer(session: Session, booking: Booking, partner: PartnerPr
                            name=partner.first_name, vehicle=vehicle_word)
 
 
-def load_of(booking: Booking) -> rules.Load:
+def load_of(booking: Booking, leg: Leg | None = None) -> rules.Load:
     """The booking's parcels as one load: the biggest size, the heaviest bucket, the sum
-    of declared values."""
+    of declared values; with ``leg``, the ride a vehicle must have the range for."""
+    ride_m = leg.distance_m if leg is not None else 0
     parcels = list(booking.parcels)
     if not parcels:
-        return rules.Load(SizeBucket.BAG, WeightBucket.W5, 0)
+        return rules.Load(SizeBucket.BAG, WeightBucket.W5, 0, ride_m)
     size = max((SizeBucket(p.size_bucket) for p in parcels), key=lambda s: s.rank)
     weight = max((WeightBucket(p.weight_bucket) for p in parcels), key=lambda w: w.rank)
-    return rules.Load(size, weight, sum(p.declared_value_paise for p in parcels))
+    return rules.Load(size, weight, sum(p.declared_value_paise for p in parcels), ride_m)
 
 
 def _place(session: Session, booking: Booking, leg: Leg, end: str) -> str:
@@ -562,7 +563,7 @@ def offer_next_batch(session: Session, booking: Booking, leg: Leg,
     # One open offer per partner at a time, so a bare "1" always names one job.
     exclude |= set(session.scalars(select(DispatchOffer.partner_id).where(
         DispatchOffer.status == rules.OfferStatus.OPEN.value)))
-    load = load_of(booking)
+    load = load_of(booking, leg)  # only partners whose vehicle can ride the whole leg
     while True:
         radius = cfg.radii_km[search.radius_step]
         ranked = find_candidates(session, leg.from_lat, leg.from_lng, load, radius,
@@ -969,7 +970,7 @@ def accept(session: Session, partner: PartnerProfile, code: str | None) -> Reply
     facts = partner_facts(session, [partner])[partner.id]
     reason = rules.ineligible_reason(
         rules.PartnerFacts(partner.id, True, facts.active_legs, facts.max_active_legs,
-                           facts.trust_tier, facts.vehicles), load_of(booking))
+                           facts.trust_tier, facts.vehicles), load_of(booking, leg))
     if reason == "at_capacity":
         return _r("dispatch.at_capacity", n=facts.active_legs)
     if reason is not None:
