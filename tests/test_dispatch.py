@@ -429,6 +429,20 @@ def test_sweep_expires_offers_whose_timeout_job_was_lost(live, frozen):
                                                                 second: "open"}
 
 
+def test_sweep_starts_a_paid_booking_whose_dispatch_job_was_lost(live, frozen):
+    make_partner("First", LAXMIPUR)
+    booking_id = paid_booking()  # paid at T0; its start_dispatch job never ran
+    from core.services import dispatch
+
+    freeze_at(60)
+    assert dispatch.sweep()["started"] == 0  # the job may still be on its way
+    assert booking_status(booking_id) == "paid"
+    freeze_at(180)
+    assert dispatch.sweep()["started"] == 1
+    assert booking_status(booking_id) == "dispatching" and offers(legs_of(booking_id)[0].id)
+    assert dispatch.sweep()["started"] == 0  # once
+
+
 def test_search_widens_then_tells_ops_and_customer_then_fails_and_refunds(client, live, frozen):
     # Only partner is 8 km away: outside the first radius (3 km) and the second (6 km).
     far, far_phone = make_partner("Far", (26.96, 84.48813))

@@ -291,7 +291,11 @@ class TransitionLog(Base):
     """Every state change of a booking or leg: who, when, why. Append-only."""
 
     __tablename__ = "transitions"
-    __table_args__ = (CheckConstraint("entity IN ('booking', 'leg')", name="entity"),)
+    __table_args__ = (
+        CheckConstraint("entity IN ('booking', 'leg')", name="entity"),
+        # A booking's or leg's history, and the sweeps that ask when a state was entered.
+        Index("ix_transitions_entity_entity_id", "entity", "entity_id"),
+    )
 
     id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
     entity: Mapped[str] = mapped_column(String(10))

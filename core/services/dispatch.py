@@ -51,7 +51,15 @@ from core.adapters.dispatch_models import (
     PodPhoto,
 )
 from core.adapters.distance import road_distance_m
-from core.adapters.models import Booking, Leg, PartnerProfile, Person, Point, Vehicle
+from core.adapters.models import (
+    Booking,
+    Leg,
+    PartnerProfile,
+    Person,
+    Point,
+    TransitionLog,
+    Vehicle,
+)
 from core.adapters.pincode import display_name
 from core.adapters.queue import after_commit, enqueue, queue
 from core.config import get_settings
@@ -850,8 +858,8 @@ def resume_search(leg_id: int, round_no: int) -> str:
 
 def sweep() -> dict[str, int]:
     """Periodic safety net: expire offers past their time (their timeout job was lost),
-    move stalled searches on, apply deadlines and resume paused relay legs whose job was
-    lost."""
+    move stalled searches on, apply deadlines, resume paused relay legs whose job was
+    lost, and start paid bookings whose start_dispatch job was lost."""
     cfg = config()
     now = clock.now()
     done = {"expired": 0, "continued": 0, "deadlines": 0, "resumed": 0}
@@ -880,7 +888,25 @@ def sweep() -> dict[str, int]:
     for leg_id, round_no in paused:
         if resume_search(leg_id, round_no) == "resumed":
             done["resumed"] += 1
+    done["started"] = sum(start_dispatch(booking_id) == "dispatching"
+                          for booking_id in _paid_not_dispatched(now))
     return done
+
+
+# A booking paid this long ago and not yet dispatching lost its start_dispatch job.
+START_GRACE = timedelta(minutes=2)
+
+
+def _paid_not_dispatched(now: datetime) -> list[int]:
+    """Bookings still ``paid`` START_GRACE after their payment was recorded."""
+    with transaction() as session:
+        return list(session.scalars(
+            select(Booking.id).join(TransitionLog, (TransitionLog.entity == "booking")
+                                    & (TransitionLog.entity_id == Booking.id)
+                                    & (TransitionLog.to_status == BookingStatus.PAID.value))
+            .where(Booking.status == BookingStatus.PAID.value,
+                   TransitionLog.at < now - START_GRACE)
+            .order_by(Booking.id).limit(100)))
 
 
 # --- partner actions ------------------------------------------------------------------
