@@ -54,3 +54,6 @@ def test_otp_and_job_code_order():
     assert split_otp_and_job(("4821", "57"), ["57", "58"]) == ("4821", "57")
     assert split_otp_and_job(("57", "4821"), ["57", "58"]) == ("4821", "57")  # job first
     assert split_otp_and_job((), ["57"]) == (None, None)
+    # A job code alone names the job (the OTP is asked for); it is no wrong OTP.
+    assert split_otp_and_job(("57",), ["57", "58"]) == (None, "57")
+    assert split_otp_and_job(("1057", "1057"), ["1057"]) == ("1057", "1057")

@@ -536,12 +536,13 @@ def _negated(words: Sequence[str]) -> bool:
 def split_otp_and_job(numbers: Sequence[str], job_codes: Iterable[str]) -> tuple[str | None,
                                                                                 str | None]:
     """(otp, job) from the numbers after PICK/DROP: the OTP comes first, the job code second,
-    but a number that is one of the partner's job codes is taken as the job either way."""
+    but a number that is one of the partner's job codes is taken as the job either way
+    (alone too: "PICK 57" names the job, and is not a wrong code that costs a try)."""
     codes = set(job_codes)
     if not numbers:
         return None, None
     if len(numbers) == 1:
-        return numbers[0], None
+        return (None, numbers[0]) if numbers[0] in codes else (numbers[0], None)
     a, b = numbers[0], numbers[1]
     if a in codes and b not in codes:
         return b, a
