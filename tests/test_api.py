@@ -10,7 +10,7 @@ from sqlalchemy import select, update
 
 from core import clock
 from core.adapters.db import transaction
-from core.adapters.models import Booking, Leg, OutboxMessage, Person
+from core.adapters.models import Booking, Leg, OutboxMessage, Person, Point
 from core.domain.booking import Actor, LegStatus
 from core.domain.reference import is_valid_reference
 from core.services.booking import move_leg
@@ -21,6 +21,13 @@ PHONE = "+919812300001"
 LAXMIPUR = {"pincode": "845450", "post_office": "Laxmipur"}
 BETTIAH = {"lat": 26.80228, "lng": 84.51522, "landmark": "near the HO"}
 PARCEL = {"category": "documents", "size": "bag", "weight": "w5"}
+
+
+@pytest.fixture(autouse=True)
+def _bettiah_point(clean_db) -> None:
+    """An active Point at Bettiah: the API quotes and books only inside the service area."""
+    with transaction() as s:
+        s.add(Point(name="Bettiah", lat=26.80228, lng=84.51522, pincode="845438", active=True))
 
 
 def last_otp(phone: str) -> str:

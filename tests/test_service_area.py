@@ -14,7 +14,8 @@ from core.adapters.db import engine, transaction
 from core.adapters.models import Point
 from core.adapters.points import CANDIDATES
 from core.domain.geo import haversine_m
-from core.services.conversation import SessionPorts, service_radius_m
+from core.services.booking import service_areas, service_radius_m
+from core.services.conversation import SessionPorts
 
 pytestmark = pytest.mark.db
 
@@ -46,7 +47,7 @@ def test_nearest_point_matches_a_full_scan_with_many_points(clean_db):
         s.execute(insert(Point), points)
     spots = [(rng.uniform(23.5, 28.5), rng.uniform(81.5, 88.5)) for _ in range(300)]
     with transaction() as s:
-        got = _ports(s)._nearest_points(spots)
+        got = [(a.point, a.distance_m) for a in service_areas(s, spots)]
     assert got == [_brute(points, lat, lng) for lat, lng in spots]
 
 

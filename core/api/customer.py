@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 
-from flask import Response, request
+from flask import Response, jsonify, request
 from pydantic import BaseModel, Field
 from sqlalchemy import func, select
 from sqlalchemy.dialects.postgresql import insert
@@ -31,8 +31,7 @@ from core.api.schemas import (
 )
 from core.api.spec import ApiError, Strict, endpoint
 from core.domain.booking import Actor, BookingStatus
-from core.domain.errors import Conflict, NotFound, ValidationError
-from core.domain.geo import in_india
+from core.domain.errors import Conflict, DomainError, NotFound, ValidationError
 from core.domain.phone import mask_phone
 from core.domain.pricing import SpeedTier
 from core.services import booking as booking_service
@@ -94,29 +93,58 @@ class TrackOut(BaseModel):
     eta_minutes: int | None
 
 
+class AmbiguousPincode(ValidationError):
+    """A pincode of several post offices, none named: the offices lie kilometres apart, so
+    the app asks which one (as the chat does) instead of us guessing."""
+
+    code = "ambiguous_pincode"
+
+    def __init__(self, pin: str, offices: list[str]):
+        super().__init__(f"pincode {pin} has {len(offices)} post offices; send post_office "
+                         f"as one of: {', '.join(offices)}", field="post_office")
+        self.offices = offices
+
+
+@bp.errorhandler(AmbiguousPincode)
+def _ambiguous_pincode(exc: AmbiguousPincode) -> tuple[Response, int]:
+    """The usual error body, plus the offices to choose from."""
+    return jsonify({"error": {"code": exc.code, "message": exc.message, "field": exc.field,
+                              "offices": exc.offices}}), 422
+
+
+# A place's errors name their part of it; a position's name its lat, as the request
+# checks name a bad position (the directory says "location").
+_PART_NAMES = {"location": "lat"}
+
+
 def resolve_place(p: PlaceIn, fld: str) -> booking_service.Place:
-    """Turn what the app sent into a concrete place (position + pincode + post office)."""
+    """Turn what the app sent into a concrete place (position + pincode + post office); an
+    error names the field at fault within ``fld`` ("drop.pincode")."""
+    try:
+        return _place(p)
+    except DomainError as exc:
+        part = _PART_NAMES.get(exc.field or "", exc.field)
+        exc.field = f"{fld}.{part}" if part else fld
+        raise
+
+
+def _place(p: PlaceIn) -> booking_service.Place:
     if p.lat is not None and p.lng is not None:
-        if not in_india(p.lat, p.lng):
-            raise ValidationError("that position is outside India", code="outside_india",
-                                  field=f"{fld}.lat")
         office = nearest(p.lat, p.lng)
         return booking_service.Place(p.lat, p.lng, office.pincode, office.office_name,
                                      p.landmark)
     assert p.pincode is not None
-    try:
-        pin = normalize_pincode(p.pincode)
-        offices = post_offices(pin)
-    except (ValidationError, NotFound) as exc:
-        exc.field = f"{fld}.pincode"
-        raise
+    pin = normalize_pincode(p.pincode)
+    offices = post_offices(pin)
     if p.post_office:
         wanted = p.post_office.casefold()
         match = [o for o in offices if wanted in (o.name.casefold(), o.office_name.casefold())]
         if not match:
             raise NotFound(f"no post office called {p.post_office!r} in {pin}",
-                           code="unknown_post_office", field=f"{fld}.post_office")
+                           code="unknown_post_office", field="post_office")
         office = match[0]
+    elif len(offices) > 1:
+        raise AmbiguousPincode(pin, [o.name for o in offices])
     else:
         office = offices[0]
     if office.lat is None or office.lng is None:
@@ -179,9 +207,11 @@ def visible_booking(session: Session, ref: str, *, for_update: bool = False) -> 
 @endpoint(bp, "POST", "/quotes", summary="Fares for every speed tier", roles=CUSTOMER,
           body=QuoteRequest, response=QuoteOut, tags=("customer",), errors=(404,))
 def create_quote(body: QuoteRequest) -> QuoteOut:
+    pickup = resolve_place(body.pickup, "pickup")
+    drop = resolve_place(body.drop, "drop")
     with transaction() as session:
-        q = booking_service.quote_trip(session, resolve_place(body.pickup, "pickup"),
-                                       resolve_place(body.drop, "drop"), _spec(body.parcel))
+        booking_service.check_service_area(session, pickup, drop)
+        q = booking_service.quote_trip(session, pickup, drop, _spec(body.parcel))
     return QuoteOut(distance_m=q.distance_m, vehicle=q.vehicle,
                     fares=[_fare_out(t, f) for t, f in q.fares.items()])
 
@@ -222,6 +252,7 @@ def create_booking(body: BookingRequest) -> BookingOut | Response:
                                    "Idempotency-Key")
                 return Response(json.dumps(rec.response, ensure_ascii=False),
                                 status=rec.status, mimetype="application/json")
+        booking_service.check_service_area(session, pickup, drop)
         actor = Actor("customer", str(who.person_id))
         b = booking_service.create_booking(
             session, customer_id=who.person_id, channel="app", pickup=pickup, drop=drop,

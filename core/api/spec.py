@@ -49,6 +49,7 @@ class ErrorBody(BaseModel):
     code: str
     message: str
     field: str | None = None
+    offices: list[str] | None = None  # ambiguous_pincode: the post offices to choose from
 
 
 class ErrorResponse(BaseModel):

@@ -32,6 +32,7 @@ from core.dialog.engine import (
     UserInput,
 )
 from core.domain.errors import DomainError, ValidationError
+from core.domain.geo import same_place
 from core.domain.phone import is_indian_mobile, normalize_phone
 from core.domain.reference import is_valid_reference, normalize_reference
 from core.i18n import LANGUAGE_NAMES, LANGUAGES
@@ -78,6 +79,13 @@ def place_label(place: dict[str, Any]) -> str:
     pin = place.get("pincode")
     text = f"{name}, {district}" if district and district != name else name
     return f"{text} ({pin})" if pin else text
+
+
+def is_the_other_end(ctx: Ctx, kind: str, place: dict[str, Any]) -> bool:
+    """``place`` as the ``kind`` ("pickup"/"drop") is where the other end of the trip is
+    (while changing the pickup, the drop is already known)."""
+    other = ctx.slots.get("drop" if kind == "pickup" else "pickup")
+    return bool(other) and same_place((place["lat"], place["lng"]), (other["lat"], other["lng"]))
 
 
 def _clear_draft(ctx: Ctx) -> None:
@@ -194,6 +202,9 @@ def _place_steps(kind: str, default_next: str) -> list[Step]:
         return [Say(f"bot.{kind}.ask")]
 
     def accept(ctx: Ctx, place: dict[str, Any], found: bool) -> Result:
+        if is_the_other_end(ctx, kind, place):
+            ctx.state.data.pop("offices", None)
+            return Goto(where, [Say("address.same_place")])
         ctx.slots[kind] = place
         say: list[Out] = [Say("bot.place.found", {"place": place_label(place)})] if found else []
         return Goto(landmark, say)

@@ -27,6 +27,7 @@ from core.dialog.booking import (
     _speed_handle,
     change_step,
     choice,
+    is_the_other_end,
 )
 from core.dialog.engine import (
     Choices,
@@ -87,7 +88,10 @@ def amount(paise: int, lang: str) -> Say:
     return Say("ivr.amount", {"rupees": spoken.number_words(spoken.rupees(paise), lang)})
 
 
-def _dial(ctx: Ctx) -> Result:
+def _dial(ctx: Ctx, reason: str) -> Result:
+    """Put the caller through to ops, on the waiting list first (as a chat's "talk to a
+    person" is): if nobody answers, ops still have someone to call back."""
+    ctx.ports.talk_to_person(reason)
     ctx.state.data["call_action"] = "dial"
     return Goto(MENU, [Say("ivr.person.connecting")], prompt=False)
 
@@ -122,7 +126,7 @@ def _menu_handle(ctx: Ctx, inp: UserInput) -> Result:
     if picked == 2:
         return Goto("track")
     if picked == 3:
-        return _dial(ctx)
+        return _dial(ctx, "asked")
     if picked == 4:
         return Goto("language")
     return Retry()
@@ -219,9 +223,11 @@ def _place_steps(kind: str, default_next: str) -> list[Step]:
             return Goto(where)
         if picked != 1:
             return Retry()
-        ctx.slots[kind] = place
         for key in ("offices", "page", "pin", "place_pick"):
             ctx.state.data.pop(key, None)
+        if is_the_other_end(ctx, kind, place):  # nothing to carry: ask for this end again
+            return Goto(where, [Say("ivr.place.same")])
+        ctx.slots[kind] = place
         return Goto(ctx.after(default_next))
 
     return [
@@ -366,7 +372,7 @@ def _offer_handle(ctx: Ctx, inp: UserInput) -> Result:
     picked = choice(inp, 2)
     if picked == 1:
         ctx.state.data.pop("after_offer", None)
-        return _dial(ctx)
+        return _dial(ctx, "not_understood")
     if picked == 2:
         return Goto(ctx.state.data.pop("after_offer", None) or MENU)
     return Retry()

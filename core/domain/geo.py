@@ -52,3 +52,12 @@ def in_india(lat: float, lng: float) -> bool:
     except ValidationError:
         return False
     return INDIA_LAT[0] <= la <= INDIA_LAT[1] and INDIA_LNG[0] <= ln <= INDIA_LNG[1]
+
+
+SAME_PLACE_M = 100  # pickup and drop nearer than this are one place: nothing to carry
+
+
+def same_place(a: tuple[float, float], b: tuple[float, float]) -> bool:
+    """True if two (lat, lng) are one place: a trip between them would cost the minimum
+    fare for carrying nothing (the dialog and the booking service refuse it alike)."""
+    return haversine_m(a[0], a[1], b[0], b[1]) < SAME_PLACE_M

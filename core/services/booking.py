@@ -7,6 +7,7 @@ version columns on bookings and legs.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 from sqlalchemy import select
@@ -14,14 +15,14 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from core import clock
-from core.adapters import distance, surge
+from core.adapters import distance, points, surge
 from core.adapters.models import Booking, Leg, Parcel, RateCardRow, TransitionLog
 from core.config import get_settings
 from core.domain import otp as otp_rules
 from core.domain.booking import BOOKING, LEG, Actor, BookingStatus, LegStatus, transition
 from core.domain.errors import NotFound, ValidationError
-from core.domain.geo import validate_lat_lng
-from core.domain.phone import normalize_phone
+from core.domain.geo import haversine_m, same_place, validate_lat_lng
+from core.domain.phone import is_indian_mobile, normalize_phone
 from core.domain.pricing import (
     DEFAULT_RATE_CARD,
     FareBreakdown,
@@ -34,6 +35,8 @@ from core.domain.pricing import (
     quote_tiers,
 )
 from core.domain.reference import new_reference, normalize_reference
+
+DEFAULT_SERVICE_RADIUS_KM = 25
 
 
 @dataclass(frozen=True)
@@ -65,6 +68,52 @@ class Quote:
     fares: dict[SpeedTier, FareBreakdown]
 
 
+@dataclass(frozen=True)
+class Area:
+    """A position against the service area: its nearest active Point (None when no Point
+    is active), how far that is (-1 then), and whether a partner there would carry it."""
+
+    point: str | None
+    distance_m: int
+    served: bool
+
+
+def service_radius_m() -> int:
+    """Farthest a pickup or drop may be from an active Point (SERVICE_RADIUS_KM, km)."""
+    raw = os.environ.get("SERVICE_RADIUS_KM", "")
+    km = int(raw) if raw.isdigit() and int(raw) > 0 else DEFAULT_SERVICE_RADIUS_KM
+    return km * 1000
+
+
+def service_areas(session: Session, spots: list[tuple[float, float]]) -> list[Area]:
+    """Each (lat, lng) inside the service area (near enough to an active Point) or not, in
+    one round trip for all of them: every channel refuses what no partner would carry."""
+    radius = service_radius_m()
+    areas = []
+    for (lat, lng), found in zip(spots, points.nearest(session, spots), strict=True):
+        ranked = [(haversine_m(lat, lng, p.lat, p.lng), p.id, p.name) for p in found]
+        d, _, name = min(ranked, default=(-1, 0, None))  # a tie: the older Point
+        areas.append(Area(name, d, name is not None and d <= radius))
+    return areas
+
+
+def check_service_area(session: Session, pickup: Place, drop: Place) -> None:
+    """ValidationError ``outside_service_area`` (naming the place, its nearest Point and
+    how far it is) unless both places lie inside the service area."""
+    places = {"pickup": pickup, "drop": drop}
+    areas = service_areas(session, [(p.lat, p.lng) for p in places.values()])
+    for name, area in zip(places, areas, strict=True):
+        if area.served:
+            continue
+        if area.point is None:
+            message = f"we do not serve the {name} place yet: no Point is open"
+        else:
+            message = (f"we do not serve the {name} place yet: the nearest Point, "
+                       f"{area.point}, is {area.distance_m / 1000:.1f} km away (we go up "
+                       f"to {service_radius_m() // 1000} km from one)")
+        raise ValidationError(message, code="outside_service_area", field=name)
+
+
 def active_rate_card(session: Session) -> RateCard:
     """The newest active rate card in the database (the built-in default if none)."""
     row = session.scalar(
@@ -74,9 +123,13 @@ def active_rate_card(session: Session) -> RateCard:
 
 
 def quote_trip(session: Session, pickup: Place, drop: Place, parcel: ParcelSpec) -> Quote:
-    """Fares for every speed tier between two places for one parcel."""
+    """Fares for every speed tier between two places for one parcel (ValidationError
+    ``same_place`` if they are one place: the minimum fare for carrying nothing)."""
     validate_lat_lng(pickup.lat, pickup.lng)
     validate_lat_lng(drop.lat, drop.lng)
+    if same_place((pickup.lat, pickup.lng), (drop.lat, drop.lng)):
+        raise ValidationError("pickup and drop are the same place: there is nothing to carry",
+                              code="same_place", field="drop")
     card = active_rate_card(session)
     settings = get_settings()
     dist = distance.road_distance_m((pickup.lat, pickup.lng), (drop.lat, drop.lng),
@@ -116,7 +169,7 @@ def create_booking(
     if parcel.declared_value_paise < 0:
         raise ValidationError("declared value cannot be negative", code="bad_value",
                               field="declared_value_paise")
-    phone = normalize_phone(recipient_phone) if recipient_phone else None
+    phone = recipient_mobile(recipient_phone) if recipient_phone else None
     q = quote_trip(session, pickup, drop, parcel)
     fare = q.fares[SpeedTier(tier)]
     booking = Booking(
@@ -147,6 +200,20 @@ def create_booking(
     record(session, "leg", leg.id, None, LegStatus.PENDING, actor, "leg planned")
     move_booking(session, booking, BookingStatus.QUOTED, actor, "fare quoted")
     return booking
+
+
+def recipient_mobile(raw: str) -> str:
+    """The recipient's number in E.164, only an Indian mobile (ValidationError ``bad_phone``
+    otherwise): their drop OTP goes by SMS, which we send only to Indian mobiles."""
+    try:
+        phone = normalize_phone(raw)
+    except ValidationError as exc:
+        exc.field = "recipient.phone"
+        raise
+    if not is_indian_mobile(phone):
+        raise ValidationError("the recipient needs an Indian mobile number", code="bad_phone",
+                              field="recipient.phone")
+    return phone
 
 
 def _unused_reference(session: Session, attempts: int = 20) -> str:
@@ -207,5 +274,6 @@ def check_leg_otp(leg: Leg, kind: str, code: str) -> bool:
                                 context=f"leg:{leg.id}:{kind}")
 
 
-__all__ = ["IntegrityError", "Place", "ParcelSpec", "Quote", "create_booking", "get_booking",
-           "move_booking", "move_leg", "issue_leg_otps", "check_leg_otp", "quote_trip"]
+__all__ = ["IntegrityError", "Area", "Place", "ParcelSpec", "Quote", "check_service_area",
+           "create_booking", "get_booking", "move_booking", "move_leg", "issue_leg_otps",
+           "check_leg_otp", "quote_trip", "service_areas", "service_radius_m"]

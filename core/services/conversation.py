@@ -11,7 +11,6 @@ here: the payment link is made by an RQ job and arrives as a follow-up message.
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -22,7 +21,7 @@ from sqlalchemy.orm import Session, object_session
 from sqlalchemy.orm.attributes import set_committed_value
 
 from core import clock, i18n
-from core.adapters import pincode, points
+from core.adapters import pincode
 from core.adapters.models import Booking, Conversation, PartnerProfile, Person
 from core.adapters.queue import after_commit, enqueue
 from core.dialog import engine, words
@@ -32,7 +31,6 @@ from core.dialog.ports import Place, PlaceResult
 from core.domain.booking import BOOKING as BOOKING_MACHINE
 from core.domain.booking import Actor
 from core.domain.errors import DomainError
-from core.domain.geo import haversine_m
 from core.domain.pricing import ParcelCategory, SizeBucket, SpeedTier, WeightBucket
 from core.services import booking as booking_service
 from core.services import handoff, payments
@@ -41,14 +39,6 @@ from core.services.inbound import InboundMessage, TurnFailed
 log = logging.getLogger(__name__)
 
 IDLE_RESUME = timedelta(hours=24)
-DEFAULT_SERVICE_RADIUS_KM = 25
-
-
-def service_radius_m() -> int:
-    """Farthest a pickup or drop may be from an active Point (SERVICE_RADIUS_KM, km)."""
-    raw = os.environ.get("SERVICE_RADIUS_KM", "")
-    km = int(raw) if raw.isdigit() and int(raw) > 0 else DEFAULT_SERVICE_RADIUS_KM
-    return km * 1000
 
 
 @dataclass
@@ -128,30 +118,21 @@ class SessionPorts:
         """Each place inside the service area (near enough to an active Point) or not, in
         one round trip for all of them."""
         located = [p for p in places if p.get("lat") is not None and p.get("lng") is not None]
-        nearest = iter(self._nearest_points([(p["lat"], p["lng"]) for p in located]))
-        radius = service_radius_m()
+        areas = iter(booking_service.service_areas(
+            self.session, [(p["lat"], p["lng"]) for p in located]))
         results = []
         for place in places:
             if place.get("lat") is None or place.get("lng") is None:
                 results.append(PlaceResult("error", code="pincode_not_located"))
                 continue
-            name, dist = next(nearest)
-            if name is not None and dist <= radius:
+            area = next(areas)
+            if area.served:
                 results.append(PlaceResult("ok", place=place))
             else:
-                results.append(PlaceResult("outside", place=place, point=name,
-                                           km=_km(dist) if name is not None else None))
+                results.append(PlaceResult(
+                    "outside", place=place, point=area.point,
+                    km=_km(area.distance_m) if area.point is not None else None))
         return results
-
-    def _nearest_points(self, spots: list[tuple[float, float]]) -> list[tuple[str | None, int]]:
-        """(name, metres) of the nearest active Point to each (lat, lng); (None, -1) when
-        there is no active Point. One round trip for all of them."""
-        best: list[tuple[str | None, int]] = []
-        for (lat, lng), found in zip(spots, points.nearest(self.session, spots), strict=True):
-            ranked = [(haversine_m(lat, lng, p.lat, p.lng), p.id, p.name) for p in found]
-            d, _, name = min(ranked, default=(-1, 0, None))  # a tie: the older Point
-            best.append((name, d))
-        return best
 
     def check_area(self, place: Place) -> PlaceResult:
         return self._check_areas([place])[0]
