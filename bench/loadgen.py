@@ -249,7 +249,7 @@ async def ivr_closed_loop(target: str, digits: Sequence[str], signer: Signer, *,
                 found = _ACTION.search(body)
                 if found is None:
                     break  # the call ended
-                path = html.unescape(found.group(1))
+                path = html.unescape(found.group(1)).removeprefix(signer.base)
 
     session, split = await spread_session(target, concurrency, spread_over, timeout)
     run.splits.append(split)

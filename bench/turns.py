@@ -77,7 +77,7 @@ def _child(sizes: list[int], repeats: int, conversations: int, calls: int) -> di
             found = action.search(r.get_data(as_text=True))
             if found is None:
                 break
-            path = html.unescape(found.group(1))
+            path = html.unescape(found.group(1)).removeprefix(base)
         return turns
 
     tick = os.sysconf("SC_CLK_TCK")

@@ -10,18 +10,27 @@ queued (ivr_flows.audio): a request never waits on gTTS.
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import urlencode
 
 from twilio.twiml.voice_response import VoiceResponse
 
 from core import i18n
+from core.config import get_settings
 from core.dialog.engine import Choices, Out, Say
 from core.services.ivr import VoiceTurn
 from ivr_flows import audio
 
 GATHER_PATH = "/webhooks/voice/gather"
+DIAL_PATH = "/webhooks/voice/dial"
 KEY_TIMEOUT_S = 6  # one key: seconds to wait after the prompt
 ENTRY_TIMEOUT_S = 8  # several digits: seconds to wait for the next one
 DIAL_TIMEOUT_S = 30
+
+
+def webhook_url(path: str, **query: object) -> str:
+    """A URL of ours for Twilio to call next, absolute on PUBLIC_BASE_URL: Twilio resolves
+    a relative one against the host, outside an app mounted under a path."""
+    return f"{get_settings().public_base_url}{path}?{urlencode(query)}"
 
 
 def text_of(say: Say, lang: str) -> str:
@@ -68,8 +77,9 @@ def render(turn: VoiceTurn) -> str:
             options.update(num_digits=1, timeout=KEY_TIMEOUT_S)
         else:
             options.update(timeout=ENTRY_TIMEOUT_S)
-        gather = response.gather(input="dtmf", action=f"{GATHER_PATH}?turn={turn.next_turn}",
-                                 method="POST", action_on_empty_result=True, **options)
+        action = webhook_url(GATHER_PATH, turn=turn.next_turn, lang=turn.lang)
+        gather = response.gather(input="dtmf", action=action, method="POST",
+                                 action_on_empty_result=True, **options)
         for seg_lang, text in segments(turn.outs, turn.lang):
             _speak(gather, seg_lang, text, missing)
         # Reached only if Twilio did not post the empty answer: end rather than loop.
@@ -78,7 +88,9 @@ def render(turn: VoiceTurn) -> str:
     elif turn.action == "dial" and turn.dial:
         for seg_lang, text in segments(turn.outs, turn.lang):
             _speak(response, seg_lang, text, missing)
-        response.dial(turn.dial, timeout=DIAL_TIMEOUT_S)
+        response.dial(turn.dial, timeout=DIAL_TIMEOUT_S, method="POST",
+                      action=webhook_url(DIAL_PATH, lang=turn.lang))
+        # Reached only if Twilio did not request the action: end politely.
         _speak(response, turn.lang, goodbye, missing)
         response.hangup()
     else:

@@ -2,26 +2,41 @@
 
 ``/webhooks/voice`` answers a new call; every prompt's ``<Gather>`` posts the keys to
 ``/webhooks/voice/gather?turn=N`` (the turn number makes a retried request recognisable);
+``/webhooks/voice/dial`` is told how a call put through to ops ended;
 ``/webhooks/voice/status`` takes Twilio's call status callbacks (set it as the number's
-"call status changes" URL) and closes the call's session. The flow itself is
-core.dialog.voice driven by core.services.ivr; this module only parses and renders.
+"call status changes" URL) and closes the call's session; ``/webhooks/voice/fallback`` is
+the number's Fallback URL. The flow itself is core.dialog.voice driven by
+core.services.ivr; this module only parses and renders.
+
+Every answer is TwiML, even when something fails (the database, a bug): Twilio cannot
+play a JSON error and would speak its own, in English. The apology is in the language of
+the call's last prompt, which each action URL we hand Twilio carries (``lang=``), so
+saying it needs no database.
 """
 
 from __future__ import annotations
 
+import logging
 import re
+from functools import wraps
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 from flask import Blueprint, Response, abort, request
 from sqlalchemy.orm import Session
 from twilio.twiml.voice_response import VoiceResponse
+from werkzeug.exceptions import HTTPException
 
+from core import i18n
 from core.domain.errors import ValidationError
-from core.domain.phone import normalize_phone
+from core.domain.phone import is_hidden_number, normalize_phone
 from core.services import ivr
 from core.services.inbound import TurnFailed
 from core.services.ivr import CallRequest
 from core.web.twilio_request import signed
 from ivr_flows import twiml
+
+log = logging.getLogger(__name__)
 
 bp = Blueprint("voice", __name__)
 
@@ -33,8 +48,40 @@ def _xml(body: str) -> Response:
     return Response(body, mimetype="application/xml")
 
 
+def _call_language() -> str:
+    """The language of the call's last prompt, from the URL Twilio called (at the Fallback
+    URL: the one that failed, ErrorUrl); Hindi when no URL says."""
+    lang = request.args.get("lang")
+    if lang is None:
+        failed = urlsplit(request.form.get("ErrorUrl", ""))
+        lang = (parse_qs(failed.query).get("lang") or [""])[0]
+    return lang if lang in i18n.LANGUAGES else i18n.DEFAULT_LANGUAGE
+
+
+def _apology() -> Response:
+    return _xml(twiml.hangup_with("common.error_try_later", _call_language()))
+
+
+def _twiml_even_on_failure(view):
+    """Answer any failure of ``view`` with the apology and a hang-up; a refused request
+    (bad signature, malformed form: 4xx) stays refused."""
+
+    @wraps(view)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return view(*args, **kwargs)
+        except HTTPException:
+            raise
+        except Exception:
+            log.exception("voice webhook failed; answered with an apology",
+                          extra={"path": request.path})
+            return _apology()
+
+    return wrapper
+
+
 def _caller() -> tuple[str, str | None]:
-    """(CallSid, caller's E.164 number or None when hidden / not a phone number)."""
+    """(CallSid, caller's E.164 number; None when hidden or not a number we can serve)."""
     form = request.form
     sid = form.get("CallSid", "")
     if not _SID.match(sid):
@@ -42,6 +89,8 @@ def _caller() -> tuple[str, str | None]:
     from_addr = form.get("From", "")
     if not from_addr:
         abort(400, "From is required")
+    if is_hidden_number(from_addr):
+        return sid, None
     try:
         return sid, normalize_phone(from_addr)
     except ValidationError:
@@ -65,8 +114,9 @@ def _handle(session: Session, call: CallRequest) -> str:
 
 def _answer(turn: int) -> Response:
     sid, phone = _caller()
-    if phone is None:
-        return _xml(twiml.hangup_with("ivr.hidden_number"))
+    if phone is None:  # hidden, or shown but not a mobile (SMS could not reach it)
+        hidden = is_hidden_number(request.form["From"])
+        return _xml(twiml.hangup_with("ivr.hidden_number" if hidden else "ivr.not_mobile"))
     digits = request.form.get("Digits", "")[:32]
     call = CallRequest(sid=sid, turn=turn, phone=phone, to_addr=request.form.get("To", ""),
                        digits=digits)
@@ -75,6 +125,7 @@ def _answer(turn: int) -> Response:
 
 
 @bp.post("/webhooks/voice")
+@_twiml_even_on_failure
 @signed
 def voice_webhook():
     """A call arrives: greet, then the language list, a draft to continue, or the menu."""
@@ -82,6 +133,7 @@ def voice_webhook():
 
 
 @bp.post("/webhooks/voice/gather")
+@_twiml_even_on_failure
 @signed
 def voice_gather():
     """The caller's keys (or silence) for the prompt of the previous turn."""
@@ -89,6 +141,7 @@ def voice_gather():
 
 
 @bp.post("/webhooks/voice/status")
+@_twiml_even_on_failure
 @signed
 def voice_status():
     """Call status callback: a completed / failed call closes its session."""
@@ -97,3 +150,24 @@ def voice_status():
     if phone is not None:
         ivr.call_status(phone, sid, status)
     return _xml(str(VoiceResponse()))
+
+
+@bp.post("/webhooks/voice/dial")
+@_twiml_even_on_failure
+@signed
+def voice_dial():
+    """The <Dial> to ops ended: goodbye if someone answered, else when we will call back."""
+    _sid, phone = _caller()
+    status = request.form.get("DialCallStatus", "")
+    return _xml(twiml.render(ivr.dial_ended(phone, status, _call_language())))
+
+
+@bp.post("/webhooks/voice/fallback")
+@_twiml_even_on_failure
+@signed
+def voice_fallback():
+    """The number's Fallback URL: Twilio could not fetch or play our answer. Apologise and
+    hang up; never the flow again (it is what just failed)."""
+    log.warning("voice fallback called",
+                extra={"error_code": request.form.get("ErrorCode", "")[:8]})
+    return _apology()

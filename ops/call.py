@@ -51,7 +51,7 @@ class Phone:
         self.prompts = known_prompts()
 
     def _post(self, path: str, form: dict[str, str]) -> str:
-        url = self.base + path
+        url = path if "://" in path else self.base + path  # actions are absolute URLs
         signature = RequestValidator(self.token).compute_signature(url, form)
         r = self.http.post(url, data=form, headers={"X-Twilio-Signature": signature},
                            timeout=15)

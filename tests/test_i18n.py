@@ -48,6 +48,10 @@ REQUIRED_KEYS = (
     | {"dispatch.job_cancelled", "dispatch.duty_blocked"}  # booking_cancelled, set_duty
     | {"payment.ops_refund_retry", "payment.ops_refund_stuck"}  # payments._attempt_failed
     | {"bot.handoff.closed", "bot.handoff.expired"}  # handoff.close, handoff.expire_idle
+    | {"address.same_place", "ivr.place.same"}  # the dialogs, when drop == pickup
+    | {"ivr.person.busy", "ivr.not_mobile"}  # ivr.dial_ended, the voice webhook
+    | {"payment.link_failed", "payment.ops_link_refused",  # payments._link_refused
+       "payment.ops_transfer_refused"}  # payments._transfer_refused
 )
 
 LANGUAGE_LIST = "1. हिंदी\n2. English\n3. বাংলা\n4. मराठी\n5. தமிழ்\n6. తెలుగు\n7. ગુજરાતી\n8. ಕನ್ನಡ"

@@ -21,6 +21,23 @@ _CC2 = frozenset(
 )
 
 
+# What Twilio puts in ``From`` when a caller withholds their number: a word (any case), or
+# for the words ANONYMOUS, RESTRICTED and UNAVAILABLE a placeholder that looks like a real
+# number. Never a person: every hidden caller would share one contact and its bookings.
+HIDDEN_CALLER_IDS = frozenset({
+    "anonymous", "restricted", "unknown", "private", "unavailable",
+    "+266696687", "+7378742833", "+86282452253",
+})
+
+
+def is_hidden_number(raw: str) -> bool:
+    """True if ``raw`` is what Twilio sends for a withheld caller ID, not a number."""
+    s = raw.strip().lower()
+    for scheme in _SCHEMES:
+        s = s.removeprefix(scheme)
+    return _NOISE.sub("", s) in HIDDEN_CALLER_IDS
+
+
 def _bad(raw: object) -> ValidationError:
     return ValidationError(
         f"not a phone number we can use: {raw!r}", code="bad_phone", field="phone"

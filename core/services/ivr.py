@@ -44,7 +44,7 @@ from core.dialog.voice import (
     full_slots,
     has_draft,
 )
-from core.services import inbound, notify
+from core.services import handoff, inbound, notify
 from core.services.conversation import SessionPorts, contact_for, load_state, save_state
 from core.services.inbound import InboundMessage
 
@@ -56,6 +56,8 @@ MAX_TURNS = 40  # answers per call; a booking takes about 15
 MAX_SILENT_REPEATS = 2  # a prompt met with silence is repeated this often, then a person
 DRAFT_KEPT = timedelta(hours=24)  # a dropped call's draft is offered again this long
 ENDED = frozenset({"completed", "busy", "failed", "no-answer", "canceled"})
+PUT_THROUGH = frozenset({"completed", "answered"})  # DialCallStatus: an operator answered
+ANSWERED_BY_PHONE = "phone"  # the handoff's operator when one took the caller's call
 
 
 @dataclass(frozen=True)
@@ -263,3 +265,22 @@ def end_call(session: Session, phone: str, sid: str, status: str) -> bool:
     _close_call(state)
     save_state(conv, state)
     return True
+
+
+def dial_ended(phone: str | None, status: str, lang: str) -> VoiceTurn:
+    """The caller's <Dial> to ops ended (Twilio's DialCallStatus). Nobody answered: say
+    so and when we call back (the handoff opened before dialling is ops' call-back list).
+    An operator answered: goodbye; the handoff stays open for ops to close (a call back
+    may have been promised), marked answered so that the idle sweep, if ops forget it,
+    closes it with the usual words and not "nobody could reply in time"."""
+    if status not in PUT_THROUGH:
+        return VoiceTurn(lang, [Say("ivr.person.busy", {"minutes": handoff.reply_minutes()})],
+                         action="hangup")
+    if phone is not None:
+        with transaction() as session:
+            conv = session.scalar(select(Conversation).where(
+                Conversation.channel == CHANNEL, Conversation.contact == phone))
+            waiting = handoff.open_handoff(session, conv) if conv is not None else None
+            if waiting is not None and waiting.operator is None:
+                waiting.operator = ANSWERED_BY_PHONE
+    return VoiceTurn(lang, action="hangup")
