@@ -18,7 +18,9 @@ Controls for tests and demos (Redis keys, or the helpers below):
   was "lost": the retry meets "reference_id already exists");
 - ``sandbox:razorpay:webhook_order`` = ``reversed``: send a batch of webhooks backwards;
 - ``sandbox:razorpay:webhook_repeat`` = N: send every webhook N times;
-- ``sandbox:razorpay:refund_outcome`` / ``transfer_outcome`` = ``failed``.
+- ``sandbox:razorpay:refund_outcome`` / ``transfer_outcome`` = ``failed``;
+- ``sandbox:razorpay:refused_accounts`` (a set; ``refuse_account``): linked accounts that
+  cannot take transfers (not activated, suspended): a transfer to one gets a 400.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ from core.domain.money import format_inr
 bp = Blueprint("sandbox_razorpay", __name__, url_prefix="/sandbox")
 
 PREFIX = "sandbox:razorpay"
+LINK_MIN_EXPIRY_S = 900  # Razorpay refuses a payment link expiring sooner than this
 KINDS = {"plink": "payment_link", "pay": "payment", "trf": "transfer", "rfnd": "refund",
          "order": "order", "rvrsl": "reversal"}
 
@@ -97,6 +100,15 @@ def _take(key: str) -> bool:
 
 def fail_next(op: str, times: int = 1) -> None:
     redis_client().set(f"{PREFIX}:fail_next:{op}", times)
+
+
+def refuse_account(account: str, refused: bool = True) -> None:
+    """Make a linked account refuse transfers (or take them again)."""
+    key = f"{PREFIX}:refused_accounts"
+    if refused:
+        redis_client().sadd(key, account)
+    else:
+        redis_client().srem(key, account)
 
 
 def control(name: str, value: str | int) -> None:
@@ -223,8 +235,10 @@ def create_link():
     if not isinstance(notes, dict) or len(notes) > 15:
         return _error(400, "notes must be an object of at most 15 keys", field="notes")
     expire_by = data.get("expire_by")
-    if expire_by is not None and (not isinstance(expire_by, int) or expire_by <= _now()):
-        return _error(400, "expire_by should be in the future", field="expire_by")
+    if expire_by is not None and (not isinstance(expire_by, int)
+                                  or expire_by < _now() + LINK_MIN_EXPIRY_S):
+        return _error(400, "expire_by should be at least 15 minutes after current time",
+                      field="expire_by")
     r = redis_client()
     plink_id = _new_id("plink")
     if ref and not r.set(f"{PREFIX}:ref:{ref}", plink_id, nx=True):
@@ -412,6 +426,7 @@ def refund_payment(payment_id: str):
                                                                                   "normal"),
               "speed_processed": "normal", "created_at": _now()}
     put_object(refund)
+    r.sadd(f"{PREFIX}:refund_initiated", payment_id)  # no new transfers on it from now on
     if key:
         r.set(f"{PREFIX}:idem:{key}", refund["id"])
     p["amount_refunded"] += amount
@@ -472,9 +487,15 @@ def create_transfers(payment_id: str):
     for t in wanted:
         if not isinstance(t, dict) or not str(t.get("account", "")).startswith("acc_"):
             return _error(400, "The account id is invalid", field="account")
+        if redis_client().sismember(f"{PREFIX}:refused_accounts", t["account"]):
+            return _error(400, f"Linked account {t['account']} is not activated",
+                          field="account")
         if _amount(t.get("amount")) is None:
             return _error(400, "The amount must be at least 100 paise", field="amount")
         total += t["amount"]
+    if redis_client().sismember(f"{PREFIX}:refund_initiated", payment_id):
+        return _error(400, "Transfers are not allowed on a payment that has a refund",
+                      field="payment_id")
     if total > p["amount"] - p["amount_transferred"] - p["amount_refunded"]:
         return _error(400, "Transfer amount exceeds the captured amount", field="amount")
     failed = _control("transfer_outcome") == "failed"

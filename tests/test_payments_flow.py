@@ -34,6 +34,7 @@ from tests.test_payments_support import (
     paid_booking,
     pay,
     run,
+    summary,
 )
 
 pytestmark = pytest.mark.db
@@ -43,11 +44,6 @@ SYSTEM = Actor.system()
 @pytest.fixture(autouse=True)
 def ledger_balanced(clean_db):
     yield from ledger_checked()
-
-
-def summary(booking_id: int) -> dict[str, int]:
-    with transaction() as s:
-        return ledger.booking_summary(s, booking_id)
 
 
 def messages(booking_id: int) -> list[str]:

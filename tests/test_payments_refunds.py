@@ -36,6 +36,7 @@ from tests.test_payments_support import (
     ledger_checked,
     paid_booking,
     run,
+    summary,
 )
 
 pytestmark = pytest.mark.db
@@ -107,11 +108,6 @@ def refund_ids(booking_id: int) -> list[int]:
     with transaction() as s:
         return list(s.scalars(select(Refund.id).where(Refund.booking_id == booking_id)
                               .order_by(Refund.attempt)))
-
-
-def summary(booking_id: int) -> dict[str, int]:
-    with transaction() as s:
-        return ledger.booking_summary(s, booking_id)
 
 
 def requested_entries(booking_id: int) -> list[str]:

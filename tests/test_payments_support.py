@@ -59,6 +59,12 @@ def failed_jobs() -> list[str]:
             for j in FailedJobRegistry(queue=queue(n)).get_job_ids()]
 
 
+def summary(booking_id: int) -> dict[str, int]:
+    """The booking's money as the ledger has it (captured, released, refunded ...)."""
+    with transaction() as s:
+        return ledger.booking_summary(s, booking_id)
+
+
 def ledger_checked() -> Iterator[None]:
     """Body of each payment test module's autouse fixture (which takes clean_db, so this
     runs before the tables are truncated): the sum of all postings is zero afterwards."""

@@ -64,3 +64,18 @@ def test_the_dispatch_sweep_chain_survives_a_failed_run(clean_db, monkeypatch):
     assert run_jobs(("default",)) == 1
     monkeypatch.undo()
     assert scheduled("default", "dispatch-sweep-") == [next_minute(first)], "the chain ended"
+
+
+def test_the_payments_sweep_chain_survives_a_failed_run(clean_db, monkeypatch):
+    from core.services import payments
+    from workers.payments import schedule_periodic
+
+    def blip() -> dict[str, int]:
+        raise OperationalError("SELECT 1", {}, Exception("the database system is starting up"))
+
+    first = schedule_periodic()[0]
+    run_at_its_minute(first)
+    monkeypatch.setattr(payments, "sweep", blip)
+    assert run_jobs(("default",)) == 1
+    monkeypatch.undo()
+    assert next_minute(first) in scheduled("default", "payments-sweep-"), "the chain ended"

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
+from core import clock
 from core.services import payments, reconciliation
 
 SWEEP_EVERY_S = 60
@@ -59,17 +60,22 @@ def cancel_payment_link(booking_id: int) -> str:
 
 def sweep() -> dict[str, int]:
     """Expire unpaid bookings, re-enqueue lost events and refunds, make due refund
-    attempts; then schedule the next sweep."""
-    result = payments.sweep()
-    schedule_periodic()
-    return result
+    attempts and waiting refunds, release and pay legs left unpaid; then schedule the
+    next sweep."""
+    try:
+        return payments.sweep()
+    finally:
+        schedule_periodic()  # one failed run (the database restarting) must not end the chain
 
 
 def reconcile() -> dict[str, int]:
-    """Compare the ledger with the gateway for the last day; then schedule the next run."""
-    result = reconciliation.run()
-    schedule_periodic()
-    return result
+    """Apply refunds the gateway settled whose webhook never came, compare the ledger
+    with the gateway (the last day, and what is still open); then schedule the next run."""
+    try:
+        payments.poll_refunds()
+        return reconciliation.run()
+    finally:
+        schedule_periodic()
 
 
 def _schedule_once(func: str, every_s: int, prefix: str, now: datetime) -> str:
@@ -89,7 +95,7 @@ def schedule_periodic(now: datetime | None = None) -> list[str]:
 
     The job ids name the slot, so several workers join one chain instead of starting many.
     """
-    now = now or datetime.now(UTC)
+    now = now or clock.now()
     return [
         _schedule_once("workers.payments.sweep", SWEEP_EVERY_S, "payments-sweep", now),
         _schedule_once("workers.payments.reconcile", RECONCILE_EVERY_S, "reconcile", now),

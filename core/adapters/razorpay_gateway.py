@@ -8,6 +8,7 @@ Payloads are never logged (they carry customer contacts).
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import razorpay
@@ -20,6 +21,7 @@ from core.config import get_settings
 __all__ = ["BadRequestError", "GatewayError", "ServerError", "client", "verify_webhook"]
 
 TIMEOUT_S = 15
+_HEX_SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
 class _TimeoutSession(requests.Session):
@@ -44,8 +46,11 @@ def client() -> razorpay.Client:
 
 
 def verify_webhook(body: str, signature: str) -> bool:
-    """True if ``signature`` is the HMAC-SHA256 hex of the raw ``body`` with the webhook secret."""
-    if not signature:
+    """True if ``signature`` is the HMAC-SHA256 hex of the raw ``body`` with the webhook secret.
+
+    Anything but 64 hex digits is refused first: the SDK's compare_digest raises on a
+    non-ASCII str (a 500 where a bad signature gets a 403)."""
+    if not _HEX_SHA256.fullmatch(signature or ""):
         return False
     try:
         return bool(Utility(None).verify_webhook_signature(

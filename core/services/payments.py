@@ -44,6 +44,7 @@ from core.adapters.models import Booking, Leg, PartnerProfile, Person
 from core.adapters.payment_models import GatewayEvent, LegTransfer, PaymentLink, Refund
 from core.adapters.queue import after_commit, enqueue, queue
 from core.adapters.redis_conn import redis_client
+from core.config import ConfigError
 from core.domain import ledger as rules
 from core.domain.booking import (
     Actor,
@@ -70,10 +71,18 @@ HANDLED_EVENTS = (
 )
 
 
+# Razorpay refuses a link whose expire_by is less than 15 minutes away; one more minute
+# covers the time the request takes.
+LINK_MIN_LEAD = timedelta(minutes=16)
+
+
 def payment_link_ttl() -> timedelta:
-    """How long a payment link stays payable (``PAYMENT_LINK_TTL_MIN``, default 30)."""
+    """How long a payment link stays payable (``PAYMENT_LINK_TTL_MIN``, default 30; less
+    than 16 is refused: Razorpay would refuse every link)."""
     raw = os.environ.get("PAYMENT_LINK_TTL_MIN", "").strip()
-    minutes = int(raw) if raw.isdigit() and int(raw) > 0 else 30
+    minutes = int(raw) if raw.lstrip("-").isdigit() else 30
+    if minutes < LINK_MIN_LEAD.total_seconds() // 60:
+        raise ConfigError(f"PAYMENT_LINK_TTL_MIN must be >= 16, got {minutes}")
     return timedelta(minutes=minutes)
 
 
@@ -125,10 +134,13 @@ def payment_url(session: Session, booking: Booking) -> str | None:
 
 
 def _paid_and_earned(session: Session, booking: Booking) -> tuple[int, int]:
+    """What the customer paid for the booking (its paying payment: an extra payment is
+    given back on its own) and what delivered legs earned out of it."""
     if BookingStatus(booking.status) not in PAID_STATES:
         return 0, 0
-    s = ledger.booking_summary(session, booking.id)
-    return s["captured_paise"], s["released_paise"]
+    paying = _capture_payment_id(session, booking.id)
+    paid = sum(amount for pid, amount in _captures(session, booking.id) if pid == paying)
+    return paid, ledger.booking_summary(session, booking.id)["released_paise"]
 
 
 def cancellation_preview(session: Session, booking: Booking) -> CancellationQuote:
@@ -184,33 +196,131 @@ def _assigned_leg(session: Session, booking: Booking) -> Leg | None:
         Leg.partner_id.is_not(None)).order_by(Leg.sequence))
 
 
-def _capture_payment_id(session: Session, booking_id: int) -> str | None:
-    from core.adapters.payment_models import LedgerTransaction
+def _captures(session: Session, booking_id: int) -> list[tuple[str, int]]:
+    """(payment id, amount) of each payment captured for the booking, oldest first."""
+    from core.adapters.payment_models import LedgerPosting, LedgerTransaction
 
-    return session.scalar(select(LedgerTransaction.gateway_ref).where(
-        LedgerTransaction.booking_id == booking_id,
-        LedgerTransaction.kind == rules.EntryKind.CAPTURE.value)
-        .order_by(LedgerTransaction.id))
+    return [(str(pid), int(amount)) for pid, amount in session.execute(
+        select(LedgerTransaction.gateway_ref, LedgerPosting.amount_paise)
+        .join(LedgerPosting, LedgerPosting.transaction_id == LedgerTransaction.id)
+        .where(LedgerTransaction.booking_id == booking_id,
+               LedgerTransaction.kind == rules.EntryKind.CAPTURE.value,
+               LedgerPosting.account_kind == rules.AccountKind.ESCROW.value)
+        .order_by(LedgerTransaction.id))]
+
+
+def _capture_payment_id(session: Session, booking_id: int) -> str | None:
+    """The payment the booking is settled on: its partners' transfers and its refund come
+    out of it. The one that paid the link (none: the link was never paid in time), else,
+    without a link, the first capture not given back as an extra payment."""
+    link = session.scalar(select(PaymentLink).where(PaymentLink.booking_id == booking_id))
+    if link is not None:
+        return link.payment_id
+    extra = set(session.scalars(select(Refund.payment_id).where(
+        Refund.booking_id == booking_id, Refund.reason == EXTRA_PAYMENT)))
+    return next((pid for pid, _ in _captures(session, booking_id) if pid not in extra), None)
+
+
+# The refund of a payment the booking was not settled on: it goes back against its own id.
+EXTRA_PAYMENT = "late_payment"
+OPEN_REFUND = ("requested", "pending")
 
 
 def _open_refund(session: Session, booking: Booking, amount: int, fee: int, reason: str,
-                 actor: str) -> Refund | None:
-    """Reserve a refund out of escrow and enqueue the gateway call (once per booking: a
-    later attempt only follows a failed one, see _next_attempt)."""
-    existing = _latest_refund(session, booking.id)
+                 actor: str, payment_id: str | None = None) -> Refund | None:
+    """Reserve a refund of ``payment_id`` (default: the paying payment) out of escrow and
+    enqueue the gateway call: once per payment and kind (an extra payment's refund never
+    stands in for the cancellation's). A booking has one open refund at a time: while
+    another is open this one waits, and _open_due_refund makes it once that one settles."""
+    payment_id = payment_id or _capture_payment_id(session, booking.id)
+    if payment_id is None:
+        return None
+    existing = _chain_latest(session, booking.id, payment_id, reason)
     if existing is not None:
         return existing
-    payment_id = _capture_payment_id(session, booking.id)
-    if payment_id is None or amount <= 0:
+    if amount <= 0:
+        return None
+    if _open_row(session, booking.id) is not None:
+        log.info("refund waits for the booking's open refund",
+                 extra={"booking_id": booking.id, "reason": reason})
         return None
     return _reserve_attempt(session, booking, payment_id=payment_id, amount=amount, fee=fee,
-                            reason=reason, actor=actor, attempt=1)
+                            reason=reason, actor=actor)
+
+
+def _chain(reason: str) -> Any:
+    """Refund rows of the same refund as ``reason`` (an extra payment's, or the booking's)."""
+    return (Refund.reason == EXTRA_PAYMENT) if reason == EXTRA_PAYMENT else (
+        Refund.reason != EXTRA_PAYMENT)
+
+
+def _chain_latest(session: Session, booking_id: int, payment_id: str, reason: str
+                  ) -> Refund | None:
+    """The latest attempt of one refund (of ``payment_id``, of the kind of ``reason``)."""
+    return session.scalar(select(Refund).where(
+        Refund.booking_id == booking_id, Refund.payment_id == payment_id, _chain(reason))
+        .order_by(Refund.attempt.desc()).limit(1))
+
+
+def _tries(session: Session, refund: Refund) -> int:
+    """How many attempts the refund ``refund`` belongs to has had."""
+    return int(session.scalar(select(func.count()).select_from(Refund).where(
+        Refund.booking_id == refund.booking_id, Refund.payment_id == refund.payment_id,
+        _chain(refund.reason), Refund.attempt <= refund.attempt)) or 0)
+
+
+def _open_row(session: Session, booking_id: int) -> Refund | None:
+    """The booking's open refund attempt (at most one: uq_payment_refunds_booking_open)."""
+    return session.scalar(select(Refund).where(Refund.booking_id == booking_id,
+                                               Refund.status.in_(OPEN_REFUND)))
 
 
 def _latest_refund(session: Session, booking_id: int) -> Refund | None:
-    """The booking's refund: its latest attempt (earlier ones failed)."""
+    """The booking's latest refund attempt."""
     return session.scalar(select(Refund).where(Refund.booking_id == booking_id)
                           .order_by(Refund.attempt.desc()).limit(1))
+
+
+def _extra_unrefunded(session: Session, booking_id: int, paying: str | None
+                      ) -> dict[str, int]:
+    """Extra payments (not the paying one) whose money is still in escrow: no refund of
+    theirs is open or processed. Payment id -> amount."""
+    gone = dict(session.execute(
+        select(Refund.payment_id, func.sum(Refund.amount_paise)).where(
+            Refund.booking_id == booking_id, Refund.reason == EXTRA_PAYMENT,
+            Refund.status.in_((*OPEN_REFUND, "processed"))).group_by(Refund.payment_id)).all())
+    return {pid: amount - int(gone.get(pid) or 0)
+            for pid, amount in _captures(session, booking_id)
+            if pid != paying and amount > int(gone.get(pid) or 0)}
+
+
+def _open_main_refund(session: Session, booking: Booking, reason: str, actor: str
+                      ) -> Refund | None:
+    """The booking's own refund (cancelled, no partner): what is left in escrow of its
+    paying payment (extra payments go back on their own)."""
+    paying = _capture_payment_id(session, booking.id)
+    amount = ledger.balance(session, rules.escrow(booking.id)) - sum(
+        _extra_unrefunded(session, booking.id, paying).values())
+    fee = ledger.booking_summary(session, booking.id)["fee_paise"]
+    return _open_refund(session, booking, amount, fee, reason, actor, payment_id=paying)
+
+
+def _open_due_refund(session: Session, booking: Booking) -> Refund | None:
+    """Once no refund of the booking is open, start the next that waits (see _open_refund):
+    an extra payment not given back yet, else the refund of a cancelled or failed booking.
+    The caller holds the booking's lock."""
+    if _open_row(session, booking.id) is not None:
+        return None
+    paying = _capture_payment_id(session, booking.id)
+    for pid, amount in _extra_unrefunded(session, booking.id, paying).items():
+        if _chain_latest(session, booking.id, pid, EXTRA_PAYMENT) is None:
+            return _open_refund(session, booking, amount, 0, EXTRA_PAYMENT, "system",
+                                payment_id=pid)
+    reason = {BookingStatus.CANCELLED.value: "cancelled",
+              BookingStatus.FAILED.value: "no_partner"}.get(booking.status)
+    if reason is None or paying is None:
+        return None
+    return _open_main_refund(session, booking, reason, "system")
 
 
 def _refund_job_id(booking_id: int, attempt: int) -> str:
@@ -218,7 +328,11 @@ def _refund_job_id(booking_id: int, attempt: int) -> str:
 
 
 def _reserve_attempt(session: Session, booking: Booking, *, payment_id: str, amount: int,
-                     fee: int, reason: str, actor: str, attempt: int) -> Refund:
+                     fee: int, reason: str, actor: str) -> Refund:
+    """A new attempt row (numbered across all the booking's refunds), its reservation out
+    of escrow, and its gateway call after commit."""
+    last = _latest_refund(session, booking.id)
+    attempt = last.attempt + 1 if last is not None else 1
     refund = Refund(booking_id=booking.id, attempt=attempt, payment_id=payment_id,
                     amount_paise=amount, fee_paise=fee, reason=reason, actor=actor[:60],
                     status="requested")
@@ -274,6 +388,10 @@ def create_payment_link(booking_id: int) -> str:
             move_booking(session, booking, BookingStatus.EXPIRED, SYSTEM,
                          "payment time ran out before the link was made")
             return "expired"
+        if expire_by < now + LINK_MIN_LEAD:
+            # The job ran late: the customer still gets a link they have time to pay (and
+            # one Razorpay accepts).
+            expire_by = booking.expires_at = now + LINK_MIN_LEAD
         person = session.get(Person, booking.customer_id)
         payload = _link_payload(booking, person, expire_by)
         reference = booking.reference
@@ -283,7 +401,7 @@ def create_payment_link(booking_id: int) -> str:
         entity = c.payment_link.create(payload)
     except gw.BadRequestError as exc:
         if not gw.is_duplicate_reference(exc):
-            log.warning("payment link refused", extra={"booking_id": booking_id})
+            _link_refused(booking_id, str(exc))
             return "refused"
         # A previous attempt created it (our answer was lost): fetch it instead.
         found = c.payment_link.all({"reference_id": reference}).get("payment_links") or []
@@ -310,6 +428,25 @@ def create_payment_link(booking_id: int) -> str:
     _ensure_periodic_jobs()
     log.info("payment link ready", extra={"booking_id": booking_id})
     return "created"
+
+
+def _link_refused(booking_id: int, error: str) -> None:
+    """The gateway refused the booking's link (no retry changes a 400): the booking cannot
+    be paid, so it closes; the customer is told to book again or call, and ops hear why."""
+    from core.services.dispatch import alert_ops  # dispatch imports payments
+
+    log.error("payment link refused", extra={"booking_id": booking_id})
+    with transaction() as session:
+        booking = ledger.lock_booking(session, booking_id)
+        if booking.status != BookingStatus.AWAITING_PAYMENT.value:
+            return
+        move_booking(session, booking, BookingStatus.EXPIRED, SYSTEM,
+                     "the gateway refused the payment link")
+        notify.notify_customer(session, booking, "payment.link_failed",
+                               dedupe_key=f"paylink-{booking_id}-failed")
+        alert_ops(session, "payment.ops_link_refused", booking_id=booking_id,
+                  dedupe_key=f"paylink-{booking_id}-refused", ref=booking.reference,
+                  error=error[:80])
 
 
 def _send_link(session: Session, booking: Booking, link: PaymentLink) -> None:
@@ -455,22 +592,24 @@ def record_capture(booking_id: int, payment_id: str, amount: int, *, cause: str,
         new = ledger.post(session, rules.capture(booking_id, payment_id, amount),
                           actor="gateway:razorpay", cause=cause)
         link = session.scalar(select(PaymentLink).where(PaymentLink.booking_id == booking_id))
-        if link is not None:
-            link.payment_id = link.payment_id or payment_id
-            if link_status == "paid" or link.status == "created":
-                link.status = "paid"
+        if link is not None and (link_status == "paid" or link.status == "created"):
+            link.status = "paid"
         if not new:
             return "duplicate-capture"
         status = booking.status
         if status == BookingStatus.AWAITING_PAYMENT.value and amount == booking.total_paise:
+            if link is not None:
+                link.payment_id = payment_id  # the paying payment (_capture_payment_id)
             move_booking(session, booking, BookingStatus.PAID, SYSTEM, "payment captured")
             notify.notify_customer(session, booking, "payment.received",
                                    total_paise=amount, dedupe_key=f"paid-{booking.id}")
             _enqueue_after_commit(session, "workers.dispatch.start_dispatch", booking.id,
                                   job_id=f"dispatch-{booking.id}", retry=None)
             return "paid"
-        # Paid too late (expired, cancelled) or the wrong amount: give it all back.
-        _open_refund(session, booking, amount, 0, "late_payment", "system")
+        # Paid too late (expired, cancelled), twice or the wrong amount: give it all back,
+        # out of this very payment.
+        _open_refund(session, booking, amount, 0, EXTRA_PAYMENT, "system",
+                     payment_id=payment_id)
         log.warning("payment on a booking that cannot take it; refunding",
                     extra={"booking_id": booking_id, "status": status})
         return "refund-late-payment"
@@ -540,15 +679,18 @@ def _on_refund(data: dict, cause: str) -> str:
             return "duplicate-refund-event"
         if processed:
             refund.status = "processed"
-            if booking.status in (BookingStatus.CANCELLED.value, BookingStatus.FAILED.value):
+            if refund.reason != EXTRA_PAYMENT and booking.status in (
+                    BookingStatus.CANCELLED.value, BookingStatus.FAILED.value):
                 move_booking(session, booking, BookingStatus.REFUNDED, SYSTEM, "refund processed")
             notify.notify_customer(session, booking, "payment.refunded",
                                    refund_paise=refund.amount_paise,
-                                   dedupe_key=f"refunded-{booking.id}")
+                                   dedupe_key=f"refund-{refund.id}-processed")
+            _open_due_refund(session, booking)
             return "refunded"
         refund.status = "failed"
         refund.last_error = "gateway reported refund.failed"
         _attempt_failed(session, booking, refund)
+        _open_due_refund(session, booking)
         return "refund-failed"
 
 
@@ -852,11 +994,21 @@ def _settle_leg_transfer(leg_id: int) -> str:
         log.warning("leg transfer waits: partner has no linked account",
                     extra={"leg_id": leg_id})
         return "no-account"
+    if live is not None and live.get("on_hold", True) and _left(live) < target:
+        # Held for less than the leg earned (a cancellation fee above the leg's payout): a
+        # transfer cannot grow, so the hold goes back and one for the target is made.
+        c.transfer.reverse(live["id"], {"amount": _left(live)})
+        live = None
     if live is None:
-        created = c.payment.transfer(payment_id, {"transfers": [{
-            "account": account, "amount": target, "currency": "INR", "on_hold": True,
-            "notes": {"leg_id": str(leg_id), "booking_id": str(booking_id)},
-        }]})
+        try:
+            created = c.payment.transfer(payment_id, {"transfers": [{
+                "account": account, "amount": target, "currency": "INR", "on_hold": True,
+                "notes": {"leg_id": str(leg_id), "booking_id": str(booking_id)},
+            }]})
+        except gw.BadRequestError as exc:  # no retry will change it: a person must act
+            _transfer_refused(leg_id, booking_id, partner_id, payment_id, account, target,
+                              str(exc))
+            return "refused"
         items = created.get("items") or [created]
         live = _live(items, leg_id) or items[0]
         _save_transfer(leg_id, booking_id, partner_id, payment_id, account, live, "on_hold")
@@ -876,6 +1028,23 @@ def _settle_leg_transfer(leg_id: int) -> str:
     _save_transfer(leg_id, booking_id, partner_id, payment_id, account, live, "released",
                    amount=paid, paid_out=paid)
     return "released"
+
+
+def _transfer_refused(leg_id: int, booking_id: int, partner_id: int, payment_id: str,
+                      account: str, amount: int, error: str) -> None:
+    """The gateway refused a leg's transfer (a linked account not activated, say): the
+    row says so and ops hear of it once; the sweep tries again, less and less often."""
+    from core.services.dispatch import alert_ops  # dispatch imports payments
+
+    log.error("leg transfer refused by the gateway", extra={"leg_id": leg_id})
+    _save_transfer(leg_id, booking_id, partner_id, payment_id, account, None, "failed",
+                   error=f"refused: {error}"[:200], amount=amount)
+    with transaction() as session:
+        booking = session.get(Booking, booking_id)
+        assert booking is not None
+        alert_ops(session, "payment.ops_transfer_refused", booking_id=booking_id,
+                  dedupe_key=f"transfer-{leg_id}-refused", ref=booking.reference,
+                  leg=leg_id, payout_paise=amount, error=error[:80])
 
 
 def _save_transfer(leg_id: int, booking_id: int, partner_id: int | None, payment_id: str,
@@ -929,7 +1098,9 @@ def refund_booking(booking_id: int, reason: str) -> str:
 
     ``cancelled``: the amount was fixed by cancel_booking. ``no_partner`` / other reasons:
     whatever is still in escrow goes back. Transfers made for legs that earned nothing are
-    reversed first, so the platform's balance covers the refund. X-Refund-Idempotency is
+    reversed first, so the platform's balance covers the refund, and legs owed a payout
+    (a cancellation fee) are paid first: Razorpay refuses new transfers on a payment once
+    a refund of it was asked for. X-Refund-Idempotency is
     the attempt's row id: the same for every retry of an attempt, new for the next one.
 
     A refusal (4xx: the refund does not exist, e.g. the balance is too low after payouts)
@@ -940,19 +1111,20 @@ def refund_booking(booking_id: int, reason: str) -> str:
         raise ValidationError(f"unknown refund reason {reason!r}", field="reason")
     with transaction() as session:
         booking = ledger.lock_booking(session, booking_id)
-        refund = _latest_refund(session, booking_id)
+        refund = _open_row(session, booking_id)
+        if refund is None and reason != EXTRA_PAYMENT:
+            refund = _open_main_refund(session, booking, reason, "system")
+        refund = refund or _latest_refund(session, booking_id)
         if refund is None:
-            escrow = ledger.balance(session, rules.escrow(booking_id))
-            refund = _open_refund(session, booking, escrow, 0, reason, "system")
-            if refund is None:
-                return "nothing-to-refund"
+            return "nothing-to-refund"
         if refund.status not in ("requested",):
             return "already-" + refund.status
         refund_id, payment_id, amount = refund.id, refund.payment_id, refund.amount_paise
-        legs = [leg.id for leg in session.scalars(select(Leg).where(
-            Leg.booking_id == booking_id)) if ledger.leg_payable(session, leg.id) == 0]
+        legs = [] if refund.reason == EXTRA_PAYMENT else [
+            leg.id for leg in session.scalars(select(Leg).where(Leg.booking_id == booking_id))
+            if _settle_before_refund(session, leg.id)]
     for leg_id in legs:
-        settle_leg_transfer(leg_id)  # reverse a held transfer of an unearned leg, if any
+        settle_leg_transfer(leg_id)
     c = gw.client()
     try:
         entity = c.payment.refund(payment_id, {
@@ -977,6 +1149,20 @@ def refund_booking(booking_id: int, reason: str) -> str:
         if refund.status == "requested":
             refund.status = "pending"
     return "requested"
+
+
+def _settle_before_refund(session: Session, leg_id: int) -> bool:
+    """Whether a leg's transfer is settled before its booking's refund is asked: an
+    unearned leg's hold goes back (the balance must cover the refund), and an earning leg
+    (a cancellation fee) that no hold covers needs a new transfer, which Razorpay refuses
+    on a payment once a refund of it was asked. A hold that covers it is released later."""
+    target = ledger.leg_payable(session, leg_id)
+    if target == 0:
+        return True
+    if target <= ledger.leg_paid_out(session, leg_id):
+        return False
+    row = session.scalar(select(LegTransfer).where(LegTransfer.leg_id == leg_id))
+    return row is None or row.status != "on_hold" or row.amount_paise < target
 
 
 def _note_refund_error(refund_id: int, error: str) -> None:
@@ -1004,6 +1190,7 @@ def _end_refused_attempt(refund_id: int, error: str) -> None:
         refund.status = "failed"
         refund.last_error = f"refused: {error}"[:200]
         _attempt_failed(session, booking, refund)
+        _open_due_refund(session, booking)
 
 
 def _attempt_failed(session: Session, booking: Booking, refund: Refund) -> None:
@@ -1012,18 +1199,18 @@ def _attempt_failed(session: Session, booking: Booking, refund: Refund) -> None:
     (ops action POST /ops/bookings/<ref>/refund/retry)."""
     from core.services.dispatch import alert_ops  # dispatch imports payments
 
-    log.error("refund attempt failed", extra={"booking_id": booking.id,
-                                              "attempt": refund.attempt})
-    if refund.attempt >= refund_attempts():
+    tries = _tries(session, refund)
+    log.error("refund attempt failed", extra={"booking_id": booking.id, "attempt": tries})
+    if tries >= refund_attempts():
         alert_ops(session, "payment.ops_refund_stuck", booking_id=booking.id,
                   dedupe_key=f"refund-{refund.id}-stuck", ref=booking.reference,
-                  refund_paise=refund.amount_paise, attempts=refund.attempt)
+                  refund_paise=refund.amount_paise, attempts=tries)
         return
     delay = refund_retry_delay()
     refund.retry_at = clock.now() + delay
     alert_ops(session, "payment.ops_refund_retry", booking_id=booking.id,
               dedupe_key=f"refund-{refund.id}-retry", ref=booking.reference,
-              refund_paise=refund.amount_paise, attempt=refund.attempt,
+              refund_paise=refund.amount_paise, attempt=tries,
               minutes=int(delay.total_seconds() // 60))
     job_id = f"refund-retry-{booking.id}-{refund.attempt + 1}"
     args = (booking.id, refund.attempt + 1)
@@ -1038,14 +1225,17 @@ def _attempt_failed(session: Session, booking: Booking, refund: Refund) -> None:
 
 
 def retry_refund(booking_id: int, attempt: int) -> str:
-    """Job: make refund attempt ``attempt`` of a booking whose previous attempt failed and
-    is due for another (once: a second call finds it made)."""
+    """Job: make the attempt after the booking's failed attempt ``attempt - 1``, once it is
+    due (once: a second call finds it made). While another refund of the booking is open
+    it stays due, and the sweep tries again."""
     with transaction() as session:
         booking = ledger.lock_booking(session, booking_id)
-        last = _latest_refund(session, booking_id)
-        if last is None or last.attempt != attempt - 1 or last.status != "failed" or (
-                last.retry_at is None):
+        last = session.scalar(select(Refund).where(Refund.booking_id == booking_id,
+                                                   Refund.attempt == attempt - 1))
+        if last is None or last.status != "failed" or last.retry_at is None:
             return "not-due"
+        if _open_row(session, booking_id) is not None:
+            return "waits-for-open-refund"
         return "retried" if _next_attempt(session, booking, last, str(SYSTEM)) else (
             "nothing-to-refund")
 
@@ -1054,10 +1244,16 @@ def retry_refund_now(session: Session, booking: Booking, actor: Actor) -> Refund
     """Ops: try the failed refund of a booking again now (also after the last attempt,
     once the cause, such as the balance, is fixed). The caller's transaction."""
     booking = ledger.lock_booking(session, booking.id)
-    last = _latest_refund(session, booking.id)
-    if last is None or last.status != "failed":
+    last = next((r for r in session.scalars(
+        select(Refund).where(Refund.booking_id == booking.id, Refund.status == "failed")
+        .order_by(Refund.attempt.desc()))
+        if _chain_latest(session, booking.id, r.payment_id, r.reason) is r), None)
+    if last is None:
         raise Conflict("this booking has no failed refund to try again",
                        code="no_failed_refund")
+    if _open_row(session, booking.id) is not None:
+        raise Conflict("another refund of this booking is still under way",
+                       code="refund_open")
     refund = _next_attempt(session, booking, last, str(actor))
     if refund is None:
         raise Conflict("nothing is left in escrow to refund", code="nothing_to_refund")
@@ -1067,15 +1263,14 @@ def retry_refund_now(session: Session, booking: Booking, actor: Actor) -> Refund
 def _next_attempt(session: Session, booking: Booking, last: Refund, actor: str
                   ) -> Refund | None:
     """The attempt after ``last`` (failed): the same refund, for what is back in escrow.
-    The caller holds the booking's lock."""
+    The caller holds the booking's lock and has seen no refund of it open."""
     last.retry_at = None
     amount = min(last.amount_paise, ledger.balance(session, rules.escrow(booking.id)))
     if amount <= 0:
         log.error("failed refund has nothing left in escrow", extra={"booking_id": booking.id})
         return None
     return _reserve_attempt(session, booking, payment_id=last.payment_id, amount=amount,
-                            fee=last.fee_paise, reason=last.reason, actor=actor,
-                            attempt=last.attempt + 1)
+                            fee=last.fee_paise, reason=last.reason, actor=actor)
 
 
 # --- periodic ------------------------------------------------------------------------------
@@ -1140,6 +1335,135 @@ def stale_refund_requests(session: Session, older_than: timedelta = timedelta(mi
         .order_by(Refund.id).limit(200)).tuples())
 
 
+def waiting_refunds(session: Session, within: timedelta = timedelta(days=30)) -> list[int]:
+    """Bookings whose next refund may wait for an earlier one to settle (_open_refund): a
+    refund of theirs settled lately, none is open, and escrow still holds money."""
+    from core.adapters.payment_models import LedgerPosting
+
+    open_now = select(Refund.booking_id).where(Refund.status.in_(OPEN_REFUND))
+    ids = select(Refund.booking_id).where(
+        Refund.updated_at > clock.now() - within, Refund.booking_id.not_in(open_now))
+    return list(session.scalars(
+        select(LedgerPosting.booking_id).where(
+            LedgerPosting.booking_id.in_(ids),
+            LedgerPosting.account_kind == rules.AccountKind.ESCROW.value)
+        .group_by(LedgerPosting.booking_id)
+        .having(func.sum(LedgerPosting.amount_paise) > 0)
+        .order_by(LedgerPosting.booking_id).limit(100)))
+
+
+def _start_waiting_refunds(ids: list[int]) -> int:
+    started = 0
+    for booking_id in ids:
+        try:
+            with transaction() as session:
+                started += _open_due_refund(
+                    session, ledger.lock_booking(session, booking_id)) is not None
+        except Exception:  # one booking's trouble must not stop the sweep for the others
+            log.exception("could not start a waiting refund", extra={"booking_id": booking_id})
+    return started
+
+
+def unreleased_legs(session: Session) -> list[int]:
+    """Delivered legs whose release is not in the ledger (its job lost or failed)."""
+    from core.adapters.payment_models import LedgerTransaction
+
+    released = select(LedgerTransaction.id).where(
+        LedgerTransaction.idempotency_key == func.concat("release:leg:", Leg.id))
+    return list(session.scalars(select(Leg.id).where(
+        Leg.status == LegStatus.DELIVERED.value, Leg.partner_id.is_not(None),
+        Leg.delivered_at > clock.now() - timedelta(days=30),
+        ~released.exists()).order_by(Leg.id).limit(100)))
+
+
+_PAYABLE_KINDS = (rules.EntryKind.RELEASE.value, rules.EntryKind.CANCELLATION_FEE.value,
+                  rules.EntryKind.TRANSFER_PROCESSED.value,
+                  rules.EntryKind.TRANSFER_FAILED.value)
+
+
+def unpaid_legs(session: Session, within: timedelta = timedelta(days=30)) -> list[int]:
+    """Legs whose partner earned more than was paid out to them (ledger_payable above
+    leg_paid_out), with a payable entry in the last ``within``."""
+    from core.adapters.payment_models import LedgerPosting, LedgerTransaction
+
+    payable = (LedgerPosting.account_kind == rules.AccountKind.PARTNER_PAYABLE.value) & (
+        LedgerPosting.leg_id.is_not(None))
+    recent = select(LedgerPosting.leg_id).where(
+        payable, LedgerPosting.created_at > clock.now() - within)
+    return list(session.scalars(
+        select(LedgerPosting.leg_id)
+        .join(LedgerTransaction, LedgerTransaction.id == LedgerPosting.transaction_id)
+        .where(payable, LedgerPosting.leg_id.in_(recent),
+               LedgerTransaction.kind.in_(_PAYABLE_KINDS))
+        .group_by(LedgerPosting.leg_id).having(func.sum(LedgerPosting.amount_paise) > 0)
+        .order_by(LedgerPosting.leg_id).limit(200)))
+
+
+SETTLE_BATCH = 20
+SETTLE_BACKOFF_MIN = (5, 360)  # first wait, longest wait (doubling in between)
+
+
+def _settle_due(leg_id: int) -> bool:
+    """Whether the sweep may try an unpaid leg's transfer now; if so, the next try is
+    pushed back (5 min, 10, 20 ... up to 6 h), so a leg the gateway refuses for good is
+    not asked for every minute."""
+    key = f"payments:settle-backoff:{leg_id}"
+    r = redis_client()
+    raw = r.get(key)
+    state = json.loads(raw) if raw else {"n": 0, "next": 0}
+    now = clock.now().timestamp()
+    if state["next"] > now:
+        return False
+    first, longest = SETTLE_BACKOFF_MIN
+    wait = min(first * 2 ** state["n"], longest) * 60
+    r.set(key, json.dumps({"n": state["n"] + 1, "next": now + wait}), ex=7 * 86400)
+    return True
+
+
+def _resettle_unpaid(leg_ids: list[int]) -> int:
+    """Enqueue the transfer of unpaid legs that no job is working on and that are due."""
+    enqueued = 0
+    for leg_id in leg_ids:
+        if enqueued >= SETTLE_BATCH:
+            break
+        job_id = f"transfer-{leg_id}"
+        if _job_alive(job_id) or not _settle_due(leg_id):
+            continue
+        log.warning("unpaid leg: its transfer is made again", extra={"leg_id": leg_id})
+        enqueue("workers.payments.settle_leg_transfer", leg_id, job_id=job_id,
+                retry=GATEWAY_RETRY)
+        enqueued += 1
+    return enqueued
+
+
+REFUND_POLL_AFTER = timedelta(hours=6)
+
+
+def poll_refunds(older_than: timedelta = REFUND_POLL_AFTER) -> dict[str, int]:
+    """Ask the gateway about refunds still pending here after ``older_than`` and apply
+    the settled ones as their webhook would (_on_refund: idempotent). A normal refund
+    settles days later; its refund.processed may be lost, and nothing else would see it."""
+    with transaction() as session:
+        pending = list(session.scalars(select(Refund.gateway_refund_id).where(
+            Refund.status == "pending", Refund.gateway_refund_id.is_not(None),
+            Refund.created_at < clock.now() - older_than).order_by(Refund.id).limit(200)))
+    c = gw.client()
+    outcomes: dict[str, int] = {}
+    for rid in pending:
+        try:
+            entity = c.refund.fetch(rid)
+        except gw.BadRequestError:
+            log.error("a pending refund is unknown to the gateway", extra={"refund": rid})
+            continue
+        status = entity.get("status")
+        if status in ("processed", "failed"):
+            outcome = _on_refund({"event": f"refund.{status}",
+                                  "payload": {"refund": {"entity": entity}}},
+                                 f"poll:{rid}")
+            outcomes[outcome] = outcomes.get(outcome, 0) + 1
+    return outcomes
+
+
 def _job_alive(job_id: str) -> bool:
     job = queue("default").fetch_job(job_id)
     return job is not None and job.get_status(refresh=False) in (
@@ -1148,9 +1472,12 @@ def _job_alive(job_id: str) -> bool:
 
 def sweep() -> dict[str, int]:
     """Expire unpaid bookings, re-enqueue events whose job was lost, make refund attempts
-    that are due (should their scheduled job be lost) and re-enqueue refund requests
+    that are due (should their scheduled job be lost), re-enqueue refund requests
     whose job died (a worker killed, RQ's retries spent without an answer: the same
-    attempt again, whose idempotency key makes that safe)."""
+    attempt again, whose idempotency key makes that safe), start refunds that waited
+    for another of their booking (should the settling event not have started them),
+    release delivered legs whose release was lost and make again the transfers of legs
+    still owed to their partner (a job out of retries, a refusal: with a back-off)."""
     expired = expire_unpaid()
     with transaction() as session:
         ids = unprocessed_events(session)
@@ -1158,6 +1485,12 @@ def sweep() -> dict[str, int]:
                                          .where(GatewayEvent.id.in_(ids))).all())
         due = due_refund_retries(session)
         stale = stale_refund_requests(session)
+        waiting = waiting_refunds(session)
+        unreleased = unreleased_legs(session)
+        unpaid = unpaid_legs(session)
+    for leg_id in unreleased:
+        enqueue("workers.payments.release_leg", leg_id, job_id=f"release-{leg_id}",
+                retry=GATEWAY_RETRY)
     for row_id, event_id in event_ids.items():
         enqueue("workers.payments.process_event", row_id, job_id=f"rzp-event-{event_id}",
                 retry=GATEWAY_RETRY)
@@ -1177,7 +1510,8 @@ def sweep() -> dict[str, int]:
                     retry=GATEWAY_RETRY)
             requeued += 1
     return {"expired": expired, "events": len(event_ids), "refund_retries": retried,
-            "refunds_requeued": requeued}
+            "refunds_requeued": requeued, "refunds_started": _start_waiting_refunds(waiting),
+            "releases": len(unreleased), "transfers": _resettle_unpaid(unpaid)}
 
 
 def count_events(session: Session) -> int:

@@ -1,7 +1,8 @@
 """Reconciliation: compare the ledger with what the gateway says, record every mismatch.
 
 For a time window, the gateway's captured payments, processed refunds and released
-transfers (fetched through the client) are matched by gateway id with the ledger's
+transfers (fetched through the client; plus, fetched one by one, the refunds and transfers
+our rows still show open, whenever they were created) are matched by gateway id with the ledger's
 captures, processed refunds and transfer_processed entries (less any transfer_failed
 entry that voided one). A transfer still on hold is reversible, so it is no payout: it is
 left out of the gateway side, and a ledger payout whose transfer is still on hold (or
@@ -28,7 +29,9 @@ from core.adapters.db import transaction
 from core.adapters.payment_models import (
     LedgerPosting,
     LedgerTransaction,
+    LegTransfer,
     ReconciliationMismatch,
+    Refund,
 )
 from core.domain.ledger import AccountKind, EntryKind
 
@@ -36,6 +39,7 @@ log = logging.getLogger(__name__)
 
 WINDOW = timedelta(days=1)
 PAGE = 100
+OPEN_ITEMS = 500  # open rows fetched one by one per run
 
 
 @dataclass(frozen=True)
@@ -139,8 +143,30 @@ def _notes_int(item: dict, name: str) -> int | None:
     return int(raw) if raw.isdigit() else None
 
 
+def _add_open_items(c, refunds: dict[str, dict], transfers: dict[str, dict]) -> None:
+    """Add what our rows still show open (refunds pending, transfers on hold or pending),
+    fetched one by one, when the gateway settled them: a refund processed or a transfer
+    released days after it was created falls outside every later window."""
+    with transaction() as session:
+        refund_ids = set(session.scalars(select(Refund.gateway_refund_id).where(
+            Refund.status == "pending", Refund.gateway_refund_id.is_not(None))
+            .limit(OPEN_ITEMS)))
+        transfer_ids = set(session.scalars(select(LegTransfer.transfer_id).where(
+            LegTransfer.status.in_(("on_hold", "pending")),
+            LegTransfer.transfer_id.is_not(None)).limit(OPEN_ITEMS)))
+    for rid in refund_ids - set(refunds):
+        item = _fetch_one(c.refund.fetch, rid)
+        if item and item.get("status") == "processed":
+            refunds[rid] = item
+    for tid in transfer_ids - set(transfers):
+        item = _fetch_one(c.transfer.fetch, tid)
+        if item and _released(item):
+            transfers[tid] = item
+
+
 def run(since: datetime | None = None, until: datetime | None = None) -> dict[str, int]:
-    """Compare one window (default: the last day) and record what differs.
+    """Compare one window (default: the last day), and what our rows still show open,
+    and record what differs.
 
     Transfers: only released ones count at the gateway (amount less reversals), against
     the ledger's transfer_processed entries; transfers on hold are payouts not yet made."""
@@ -151,6 +177,7 @@ def run(since: datetime | None = None, until: datetime | None = None) -> dict[st
     refunds = {r["id"]: r for r in _pages(c.refund.all, since, until)
                if r.get("status") == "processed"}
     transfers = {t["id"]: t for t in _pages(c.transfer.all, since, until) if _released(t)}
+    _add_open_items(c, refunds, transfers)
     # Widen the ledger side by what the gateway listed (entries recorded just after the
     # window), and the gateway side by single fetches (objects just outside it).
     with transaction() as session:
