@@ -103,7 +103,8 @@ def test_quote_book_pay_accept_pickup_drop_rate(client, live):
     ledger = client.get(f"{API}/ops/bookings/{ref}/ledger", headers=ops)
     assert ledger.status_code == 200
     assert ledger.get_json()["escrow_paise"] == 0
-    assert client.get(f"{API}/ops/reconciliation/mismatches", headers=ops).get_json() == []
+    assert client.get(f"{API}/ops/reconciliation/mismatches", headers=ops).get_json() == {
+        "items": [], "next_offset": None}
     assert client.get(f"{API}/ops/bookings", headers=customer).status_code == 403
 
 

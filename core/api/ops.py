@@ -251,7 +251,7 @@ class LedgerOut(BaseModel):
     refunds_pending_paise: int
 
 
-class MismatchQuery(Strict):
+class MismatchQuery(PageQuery):
     include_resolved: bool = False
 
 
@@ -304,11 +304,13 @@ def ops_retry_refund(ref: str) -> RefundOut:
 
 
 @endpoint(bp, "GET", "/ops/reconciliation/mismatches",
-          summary="Where the ledger and the gateway disagree", roles=OPS, query=MismatchQuery,
-          response=list[MismatchOut], tags=("ops",))
-def ops_mismatches(query: MismatchQuery) -> list[MismatchOut]:
+          summary="Where the ledger and the gateway disagree, newest first", roles=OPS,
+          query=MismatchQuery, response=Page[MismatchOut], tags=("ops",))
+def ops_mismatches(query: MismatchQuery) -> Page[MismatchOut]:
     from core.services import reconciliation
 
     with transaction() as session:
-        return [MismatchOut(**m) for m in reconciliation.list_mismatches(
-            session, include_resolved=query.include_resolved)]
+        rows, nxt = _page(reconciliation.list_mismatches(
+            session, include_resolved=query.include_resolved, offset=query.offset,
+            limit=query.limit + 1), query)
+        return Page[MismatchOut](items=[MismatchOut(**m) for m in rows], next_offset=nxt)

@@ -243,10 +243,13 @@ def _record(findings: list[Finding], checked: dict[str, set[str]]) -> None:
                 row.resolved_at = now
 
 
-def list_mismatches(session: Session, *, include_resolved: bool = False) -> list[dict]:
-    """Mismatches for operators, newest first (open ones only unless asked)."""
+def list_mismatches(session: Session, *, include_resolved: bool = False, offset: int = 0,
+                    limit: int | None = None) -> list[dict]:
+    """Mismatches for operators, newest first (open ones only unless asked), a page of
+    them if asked."""
     stmt = select(ReconciliationMismatch).order_by(ReconciliationMismatch.last_seen_at.desc(),
                                                    ReconciliationMismatch.id.desc())
+    stmt = stmt.offset(offset).limit(limit)
     if not include_resolved:
         stmt = stmt.where(ReconciliationMismatch.resolved_at.is_(None))
     return [
