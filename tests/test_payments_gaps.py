@@ -175,6 +175,22 @@ def test_a_no_partner_refund_is_made_after_an_extra_payment_was_refunded(live):
     assert booking(bid).status == BookingStatus.REFUNDED.value
 
 
+def test_the_sweep_refunds_a_failed_booking_whose_refund_job_was_lost(live):
+    bid = paid_booking()
+    total = booking(bid).total_paise
+    with transaction() as s:  # dispatch finds nobody; its refund job never runs
+        b = ledger.lock_booking(s, bid)
+        move_booking(s, b, BookingStatus.DISPATCHING, CUSTOMER, "test")
+        move_booking(s, b, BookingStatus.FAILED, CUSTOMER, "no partner")
+    assert payments.sweep()["refunds_started"] == 1
+    assert payments.sweep()["refunds_started"] == 0  # open now: once
+    run()
+    assert refunds(bid) == [("no_partner", first_payment_of(bid), total, "processed")]
+    assert summary(bid)["escrow_paise"] == 0
+    assert booking(bid).status == BookingStatus.REFUNDED.value
+    assert payments.sweep()["refunds_started"] == 0
+
+
 # --- legs left unpaid ----------------------------------------------------------------------
 
 

@@ -1336,16 +1336,22 @@ def stale_refund_requests(session: Session, older_than: timedelta = timedelta(mi
 
 
 def waiting_refunds(session: Session, within: timedelta = timedelta(days=30)) -> list[int]:
-    """Bookings whose next refund may wait for an earlier one to settle (_open_refund): a
-    refund of theirs settled lately, none is open, and escrow still holds money."""
+    """Bookings whose next refund may wait for an earlier one to settle (_open_refund), or
+    whose refund was never started (a failed booking's refund job lost): a refund of theirs
+    settled lately, or they failed or were cancelled lately; none is open, and escrow
+    still holds money."""
     from core.adapters.payment_models import LedgerPosting
 
+    since = clock.now() - within
     open_now = select(Refund.booking_id).where(Refund.status.in_(OPEN_REFUND))
-    ids = select(Refund.booking_id).where(
-        Refund.updated_at > clock.now() - within, Refund.booking_id.not_in(open_now))
+    settled = select(Refund.booking_id).where(Refund.updated_at > since)
+    closed = select(Booking.id).where(
+        Booking.status.in_((BookingStatus.FAILED.value, BookingStatus.CANCELLED.value)),
+        Booking.updated_at > since)
     return list(session.scalars(
         select(LedgerPosting.booking_id).where(
-            LedgerPosting.booking_id.in_(ids),
+            LedgerPosting.booking_id.in_(settled) | LedgerPosting.booking_id.in_(closed),
+            LedgerPosting.booking_id.not_in(open_now),
             LedgerPosting.account_kind == rules.AccountKind.ESCROW.value)
         .group_by(LedgerPosting.booking_id)
         .having(func.sum(LedgerPosting.amount_paise) > 0)
