@@ -72,7 +72,8 @@ def make_partner(name: str, at: tuple[float, float], vehicle: VehicleType = Vehi
                  phone: str | None = None, point_id: int | None = None,
                  max_active_legs: int = 2) -> tuple[int, str]:
     """A partner whose home Point is at ``at``; returns (partner id, phone)."""
-    phone = phone or f"+9190000{next(_phones):05d}"
+    # Not +9190000000xx: the ops numbers (OPS, the demo operator) live there.
+    phone = phone or f"+9180000{next(_phones):05d}"
     home = point_id or make_point(f"{name} Point", *at)
     with transaction() as s:
         person = Person(phone=phone, name=name, preferred_language=lang, role="partner")
