@@ -176,3 +176,26 @@ def test_a_pickup_code_in_devanagari_digits_is_the_same_code(client, live,
         reply = dispatch.confirm(s, s.get(PartnerProfile, partner), "pickup", (devanagari,))
     assert reply.key == "dispatch.picked"
     assert legs_of(booking_id)[0].status == "picked_up"
+
+
+def test_starting_a_dispatch_locks_the_legs_before_the_booking(live):
+    """Cancelling takes the legs' locks, then the booking's: a dispatch starting at the
+    same moment must take them in the same order, or each waits on the other."""
+    from sqlalchemy import event
+
+    from core.adapters import db
+
+    booking_id = paid_booking()
+    locks: list[str] = []
+
+    def seen(conn, cursor, statement, parameters, context, executemany):  # noqa: ANN001
+        if "FOR UPDATE" in statement:
+            locks.append("legs" if "FROM legs" in statement else
+                         "bookings" if "FROM bookings" in statement else "other")
+
+    event.listen(db.engine(), "before_cursor_execute", seen)
+    try:
+        assert dispatch.start_dispatch(booking_id) == "dispatching"
+    finally:
+        event.remove(db.engine(), "before_cursor_execute", seen)
+    assert locks[:2] == ["legs", "bookings"]

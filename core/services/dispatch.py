@@ -502,6 +502,7 @@ def plan_legs(session: Session, booking: Booking) -> list[Leg]:
 def start_dispatch(booking_id: int) -> str:
     """Job: a paid booking gets its legs planned and its first leg offered (idempotent)."""
     with transaction() as session:
+        lock_legs(session, booking_id)  # the legs before the booking, as everywhere
         booking = session.get(Booking, booking_id, with_for_update=True)
         if booking is None:
             return "missing"
