@@ -43,7 +43,7 @@ usage: ./run <command> [args]
   migrate         apply database migrations (python -m core.cli migrate)
   seed            load the demo data (python -m core.cli seed)
   worker          run only the RQ worker
-  lint [args]     ruff check .
+  lint [args]     ruff check . (args are passed to ruff), then mypy on core/
   chat [args]     chat with a running `./run serve` as a WhatsApp customer (signed webhooks;
                   /loc <lat> <lng> shares a location; --phone +91... picks your number)
   call [args]     phone a running `./run serve` as a keypad caller (signed voice webhooks;
@@ -373,6 +373,16 @@ def run_foreground(command: str, argv: list[str]) -> int:
         return 1
 
 
+def lint(python: str, ruff_args: list[str]) -> int:
+    """ruff, then mypy (its files and settings are in pyproject.toml); both must pass.
+
+    mypy runs even when ruff fails, so that one run shows every problem.
+    """
+    ruff = subprocess.call([python, "-m", "ruff", "check", ".", *ruff_args], cwd=REPO_DIR)
+    mypy = subprocess.call([python, "-m", "mypy"], cwd=REPO_DIR)
+    return ruff or mypy
+
+
 def main(args: list[str]) -> int:
     """Dispatch `./run <command> [args]` (the venv is ready by now)."""
     if not args or args[0] in {"-h", "--help", "help"}:
@@ -394,7 +404,7 @@ def main(args: list[str]) -> int:
         # Same settings and prompt cache (DATA_DIR/prompts) as `./run serve`.
         return run_foreground("prompts", [python, "-m", "ivr_flows.prompts", *rest])
     if command == "lint":
-        return subprocess.call([python, "-m", "ruff", "check", ".", *rest], cwd=REPO_DIR)
+        return lint(python, rest)
     if command == "bench":
         # Its own database (<name>_bench) and Redis db on the same servers as `test`.
         return run_foreground("bench", [python, "-m", "bench", *rest])

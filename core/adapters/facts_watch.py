@@ -21,7 +21,7 @@ from typing import Any
 
 from redis.exceptions import RedisError
 from sqlalchemy import event, inspect
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import InstanceState, Session
 
 from core.adapters import geo_index
 from core.adapters.models import Leg, PartnerProfile, Vehicle
@@ -40,7 +40,9 @@ def _partner_ids(obj: object) -> tuple[Any, ...]:
     if isinstance(obj, PartnerProfile):
         return (obj.id,)
     if isinstance(obj, Vehicle | Leg):
-        history = inspect(obj).attrs.partner_id.history
+        # Annotated: mypy joins inspect()'s per-class overloads on a union to object.
+        state: InstanceState[Vehicle | Leg] = inspect(obj)
+        history = state.attrs.partner_id.history
         return (obj.partner_id, *history.deleted)
     return ()
 

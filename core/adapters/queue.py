@@ -29,7 +29,7 @@ def queue(name: str = "default") -> Queue:
 class _JobIdLogging:
     """Bind the job id to every log line the job writes."""
 
-    def perform_job(self, job, queue, execution):  # type: ignore[no-untyped-def]
+    def perform_job(self, job, queue, execution):
         from core import logs
 
         token = logs.job_id.set(job.id)
@@ -75,7 +75,7 @@ def enqueue(
               result_ttl=3600, failure_ttl=7 * 86400)
 
 
-def after_commit(session: Session, action: Callable[[], None]) -> None:
+def after_commit(session: Session, action: Callable[[], object]) -> None:
     """Run ``action`` once this session's transaction commits (never if it rolls back).
 
     An action registered inside a savepoint waits for the outermost commit too (releasing

@@ -27,7 +27,7 @@ _HEX_SHA256 = re.compile(r"[0-9a-f]{64}")
 class _TimeoutSession(requests.Session):
     """A requests session with a default timeout (the SDK sets none)."""
 
-    def request(self, *args: Any, **kwargs: Any):  # type: ignore[override]
+    def request(self, *args: Any, **kwargs: Any) -> requests.Response:
         kwargs.setdefault("timeout", TIMEOUT_S)
         return super().request(*args, **kwargs)
 

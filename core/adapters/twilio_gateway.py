@@ -78,7 +78,7 @@ def send_message(*, to: str, from_: str, body: str, media_url: str | None,
     if media_url:
         kwargs["media_url"] = [media_url]
     try:
-        msg = client().messages.create(**kwargs)  # type: ignore[arg-type]
+        msg = client().messages.create(**kwargs)
     except TwilioRestException as exc:
         raise SendRejected(exc.status, str(exc.code) if exc.code else None, exc.msg) from None
     return SendResult(sid=msg.sid or "", status=msg.status or "queued")

@@ -30,7 +30,7 @@ from core.api.schemas import (
     RecipientIn,
 )
 from core.api.spec import ApiError, Strict, endpoint
-from core.domain.booking import Actor, BookingStatus
+from core.domain.booking import Actor, ActorKind, BookingStatus, LegStatus
 from core.domain.errors import Conflict, DomainError, NotFound, ValidationError
 from core.domain.phone import mask_phone
 from core.domain.pricing import SpeedTier
@@ -168,7 +168,7 @@ def _fare_out(tier: SpeedTier, fare) -> FareOut:
 
 
 def booking_out(session: Session, b: Booking) -> BookingOut:
-    names = dict(session.execute(
+    names: dict[int | None, str] = dict(session.execute(  # a leg with no partner: no name
         select(PartnerProfile.id, PartnerProfile.first_name)
         .where(PartnerProfile.id.in_([leg.partner_id for leg in b.legs if leg.partner_id]))
     ).all())
@@ -186,7 +186,7 @@ def booking_out(session: Session, b: Booking) -> BookingOut:
         recipient_name=b.recipient_name,
         recipient_phone_masked=mask_phone(b.recipient_phone) if b.recipient_phone else None,
         payment_url=payment_url, created_at=b.created_at,
-        legs=[LegOut(id=leg.id, sequence=leg.sequence, status=leg.status,
+        legs=[LegOut(id=leg.id, sequence=leg.sequence, status=LegStatus(leg.status),
                      partner_first_name=names.get(leg.partner_id), distance_m=leg.distance_m)
               for leg in b.legs],
     )
@@ -319,7 +319,8 @@ def cancel_booking(ref: str, query: CancelQuery) -> CancellationOut:
             q = payments.cancellation_preview(session, b)
             cancelled = False
         else:
-            q = payments.cancel_booking(session, b, Actor(who.role, str(who.person_id)),
+            kind: ActorKind = "ops" if who.role == "ops" else "customer"  # CUSTOMER_OR_OPS
+            q = payments.cancel_booking(session, b, Actor(kind, str(who.person_id)),
                                         "cancelled in the app")
             cancelled = True
             if who.role == "ops":  # money moves on an operator's word: keep the record

@@ -213,7 +213,7 @@ def ops_unlock_leg(leg_id: int) -> LegRow:
         assert booking is not None
         audit(session, "leg.unlock", f"leg:{leg.id}", booking=booking.reference)
         return LegRow(id=leg.id, booking_reference=booking.reference, sequence=leg.sequence,
-                      status=leg.status, partner_id=leg.partner_id,
+                      status=LegStatus(leg.status), partner_id=leg.partner_id,
                       payout_paise=leg.payout_paise, otp_failures=leg.otp_failures,
                       updated_at=leg.updated_at)
 

@@ -16,6 +16,7 @@ from typing import Any
 from flask import Blueprint, Response, g, request
 from pydantic import BaseModel, ConfigDict, TypeAdapter
 from pydantic import ValidationError as PydanticError
+from pydantic_core import ErrorDetails
 from werkzeug.exceptions import RequestEntityTooLarge
 
 from core.domain.errors import DomainError, NotFound
@@ -96,7 +97,7 @@ REGISTRY: list[Endpoint] = []
 MAX_ID = 2**31 - 1
 
 
-def _field_of(err: dict[str, Any]) -> str | None:
+def _field_of(err: ErrorDetails) -> str | None:
     loc = [str(p) for p in err.get("loc", ()) if p not in ("body", "query")]
     return ".".join(loc) or None
 

@@ -351,11 +351,12 @@ def _track_handle(ctx: Ctx, inp: UserInput) -> Result:
     refs = ctx.scratch.get("refs") or []
     digits = words.only_digits(inp.text) or ""
     if len(digits) == 1 and 1 <= int(digits) <= len(refs):
-        ref: str | None = refs[int(digits) - 1]
+        ref: str = refs[int(digits) - 1]
     else:
-        ref = normalize_reference(digits) if len(digits) >= 6 else None
-        if ref is None or not is_valid_reference(ref):
+        typed = normalize_reference(digits) if len(digits) >= 6 else None
+        if typed is None or not is_valid_reference(typed):
             return Retry([Say("ivr.track.bad")])
+        ref = typed
     status = ctx.ports.booking_status(ref)
     if status is None:
         return Retry([Say("ivr.track.not_found")])

@@ -157,7 +157,8 @@ class VehicleRate:
             _check_int(name, getattr(self, name), code="bad_rate_card")
 
 
-def _frozen_map(enum_type: type, raw: Mapping[Any, Any], name: str, *, complete: bool) -> Any:
+def _frozen_map(enum_type: type[StrEnum], raw: Mapping[Any, Any], name: str, *,
+                complete: bool) -> Any:
     try:
         out = {enum_type(k): v for k, v in raw.items()}
     except (ValueError, AttributeError, TypeError) as exc:

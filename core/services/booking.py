@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
@@ -19,7 +20,15 @@ from core.adapters import distance, points, surge
 from core.adapters.models import Booking, Leg, Parcel, RateCardRow, TransitionLog
 from core.config import get_settings
 from core.domain import otp as otp_rules
-from core.domain.booking import BOOKING, LEG, Actor, BookingStatus, LegStatus, transition
+from core.domain.booking import (
+    BOOKING,
+    LEG,
+    Actor,
+    BookingStatus,
+    LegStatus,
+    StateMachine,
+    transition,
+)
 from core.domain.errors import NotFound, ValidationError
 from core.domain.geo import haversine_m, same_place, validate_lat_lng
 from core.domain.phone import is_indian_mobile, normalize_phone
@@ -145,7 +154,8 @@ def quote_trip(session: Session, pickup: Place, drop: Place, parcel: ParcelSpec)
 def record(session: Session, entity: str, entity_id: int, frm: str | None, to: str,
            actor: Actor, reason: str) -> None:
     """Check a transition on its state machine and append it to the history."""
-    machine = BOOKING if entity == "booking" else LEG
+    # Statuses come as plain text here: the machine picked at run time checks them.
+    machine: StateMachine[Any] = BOOKING if entity == "booking" else LEG
     t = transition(machine, entity_id, frm, to, actor, reason, clock.now())
     session.add(TransitionLog(entity=entity, entity_id=entity_id, from_status=t.from_status,
                               to_status=t.to_status, actor=str(actor)[:40],

@@ -151,8 +151,10 @@ def alert_ops(session: Session, key: str, *, dedupe_key: str, booking_id: int | 
         pass
     sent = 0
     for phone in dict.fromkeys(phones):
+        assert phone is not None, "the query keeps only operators with a phone"
         try:
-            if notify.notify_phone(session, phone, key, booking_id=booking_id,
+            # lang=None: each operator's own language, looked up by the phone.
+            if notify.notify_phone(session, phone, key, lang=None, booking_id=booking_id,
                                    dedupe_key=f"{dedupe_key}-{phone}"[:120], **params):
                 sent += 1
         except ValidationError:
@@ -231,7 +233,11 @@ def _active_leg_counts(session: Session, ids: Iterable[int]) -> dict[int, int]:
                                                    Leg.status.in_(ACTIVE_LEG_STATES))
         .group_by(Leg.partner_id)
     )
-    return {pid: n for pid, n in rows}
+    counts: dict[int, int] = {}
+    for pid, n in rows:
+        assert pid is not None, "partner_id IN (...) matches no NULL"
+        counts[pid] = n
+    return counts
 
 
 def partner_facts(session: Session,

@@ -24,11 +24,11 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from redis.exceptions import RedisError
 from rq import Retry
-from sqlalchemy import bindparam, select, update
+from sqlalchemy import Table, bindparam, select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session
@@ -163,7 +163,8 @@ def _record_answer(session: Session, msg: InboundMessage, claimed: int, replies:
 
 # Every message runs these: prebuilt Core statements (no ORM unit of work, no statement
 # built and cache-keyed per call).
-_EVENTS = InboundEvent.__table__
+# A mapped class's __table__ is its Table, though typed as any FromClause.
+_EVENTS = cast(Table, InboundEvent.__table__)
 _CLAIM = (insert(_EVENTS)
           .values(provider=bindparam("provider"), external_id=bindparam("external_id"),
                   channel=bindparam("channel"))
@@ -455,7 +456,8 @@ def _drain_contacts(handler_for: Handlers, deadline: float, linger_s: float = 0.
     r = redis_client()
     handled = 0
     while True:  # at least one contact per call, however small the budget
-        entry = r.lpop(READY)
+        # Our client does not decode replies: bytes, not the bytes | str redis-py types.
+        entry = cast(bytes | None, r.lpop(READY))
         if entry is None:
             wait = min(linger_s, deadline - time.monotonic())
             entry = _next_contact_within(r, wait) if wait > 0 else None
@@ -486,7 +488,7 @@ def drain(channel: str, contact: str, handler: Handler) -> int:
     handled = 0
     try:
         while True:
-            raw = r.lindex(inbox, 0)
+            raw = cast(bytes | None, r.lindex(inbox, 0))  # bytes: our client does not decode
             if raw is None:
                 if not int(_run(r, _FINISH_LUA, [inbox, scheduled, lock, INBOXES], [token])):
                     return handled
@@ -524,7 +526,7 @@ def sweep_inboxes() -> int:
     """Put back in READY every inbox with messages that nobody is on (lost jobs)."""
     r = redis_client()
     count = 0
-    for key in r.smembers(INBOXES):
+    for key in cast(set[bytes], r.smembers(INBOXES)):  # bytes: our client does not decode
         name = key.decode()
         if not r.llen(name):
             r.srem(INBOXES, name)  # expired with nothing drained, or emptied by a drain

@@ -178,6 +178,8 @@ def transfer_payout(session: Session, transfer_id: str) -> rules.Entry | None:
     if row is None:
         return None
     booking_id, leg_id, partner_id, amount = row
+    assert booking_id is not None and leg_id is not None and partner_id is not None, (
+        f"transfer {transfer_id}: its payout posting has no booking, leg or partner")
     return rules.transfer_failed(booking_id, leg_id, partner_id, transfer_id, -int(amount))
 
 

@@ -18,11 +18,12 @@ import json
 import logging
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import cast
 
 import requests
 from redis.exceptions import RedisError
 from rq import Retry
-from sqlalchemy import ColumnElement, bindparam, case, select, update
+from sqlalchemy import ColumnElement, Table, bindparam, case, select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import Session
@@ -123,7 +124,8 @@ def queue_message(
     return row_id
 
 
-_OUTBOX = OutboxMessage.__table__
+# A mapped class's __table__ is its Table, though typed as any FromClause.
+_OUTBOX = cast(Table, OutboxMessage.__table__)
 # Prebuilt Core statement: every reply runs it (no ORM unit of work, nothing built per call).
 _INSERT = (insert(_OUTBOX)
            .values({name: bindparam(name) for name in (
@@ -385,7 +387,7 @@ def kick_statuses() -> bool:
     return False
 
 
-def _parse_report(raw: bytes) -> StatusReport | None:
+def _parse_report(raw: bytes | str) -> StatusReport | None:
     try:
         outbox_id, sid, status, error_code = json.loads(raw)
         return StatusReport(int(outbox_id) if outbox_id is not None else None, str(sid),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import cast
 from zoneinfo import ZoneInfo
 
 from sqlalchemy import func, select
@@ -32,7 +33,8 @@ class Fix:
 
 
 def last_fix(partner_id: int) -> Fix | None:
-    raw = redis_client().hget(LAST_FIX_KEY, str(partner_id))
+    # Our client does not decode replies: bytes, not the bytes | str redis-py types.
+    raw = cast(bytes | None, redis_client().hget(LAST_FIX_KEY, str(partner_id)))
     if not raw:
         return None
     lat, lng, ts = raw.decode().split(",")

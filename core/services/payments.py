@@ -749,7 +749,7 @@ def _on_transfer(data: dict, cause: str) -> str:
         if amount <= 0:
             return "transfer-reversed"
         if ledger.post(session, rules.transfer_processed(row.booking_id, row.leg_id,
-                                                         row.partner_id, tid, amount),
+                                                         row.partner_id, str(tid), amount),
                        actor="gateway:razorpay", cause=cause):
             if row.status != "released":
                 row.status = "processed"

@@ -90,6 +90,7 @@ def _ledger_amounts(session: Session, kind: EntryKind, account_kind: AccountKind
             stmt = stmt.where(LedgerTransaction.created_at <= until)
     out: dict[str, tuple[int, int | None]] = {}
     for ref, amount, booking_id in session.execute(stmt):
+        assert ref is not None, "the query keeps only entries with a gateway_ref"
         prev = out.get(ref, (0, booking_id))[0]
         out[ref] = (prev + abs(int(amount)), booking_id)
     return out
@@ -155,10 +156,12 @@ def _add_open_items(c, refunds: dict[str, dict], transfers: dict[str, dict]) -> 
             LegTransfer.status.in_(("on_hold", "pending")),
             LegTransfer.transfer_id.is_not(None)).limit(OPEN_ITEMS)))
     for rid in refund_ids - set(refunds):
+        assert rid is not None, "the query keeps only refunds with a gateway id"
         item = _fetch_one(c.refund.fetch, rid)
         if item and item.get("status") == "processed":
             refunds[rid] = item
     for tid in transfer_ids - set(transfers):
+        assert tid is not None, "the query keeps only transfers with a gateway id"
         item = _fetch_one(c.transfer.fetch, tid)
         if item and _released(item):
             transfers[tid] = item
