@@ -2,7 +2,7 @@
 
 Each ``Say`` becomes a paragraph; a ``Choices`` list follows its question as "1. ..."
 lines (and "9. More" for a paged list). One turn is one WhatsApp message, split only if it
-would exceed WhatsApp's 1,600 characters.
+would exceed WhatsApp's 1,600 characters (between paragraphs, else inside one).
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ def render(outs: list[Out], lang: str) -> list[str]:
             paragraphs.append(text_of(out, lang).strip("\n"))
     messages: list[str] = []
     current = ""
-    for p in paragraphs:
+    for p in (piece for paragraph in paragraphs for piece in _pieces(paragraph)):
         candidate = f"{current}\n\n{p}" if current else p
         if current and len(candidate) > MAX_CHARS:
             messages.append(current)
@@ -59,3 +59,18 @@ def render(outs: list[Out], lang: str) -> list[str]:
     if current:
         messages.append(current)
     return messages
+
+
+def _pieces(paragraph: str) -> list[str]:
+    """``paragraph`` in pieces of at most MAX_CHARS, cut at a line break or a space where
+    there is one: a longer message is refused by WhatsApp (Twilio error 21617)."""
+    pieces = []
+    while len(paragraph) > MAX_CHARS:
+        cut = paragraph.rfind("\n", 0, MAX_CHARS + 1)
+        if cut <= 0:
+            cut = paragraph.rfind(" ", 0, MAX_CHARS + 1)
+        if cut <= 0:
+            cut = MAX_CHARS
+        pieces.append(paragraph[:cut].rstrip())
+        paragraph = paragraph[cut:].lstrip()
+    return [*pieces, paragraph]

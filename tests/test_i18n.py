@@ -52,6 +52,8 @@ REQUIRED_KEYS = (
     | {"ivr.person.busy", "ivr.not_mobile"}  # ivr.dial_ended, the voice webhook
     | {"payment.link_failed", "payment.ops_link_refused",  # payments._link_refused
        "payment.ops_transfer_refused"}  # payments._transfer_refused
+    | {"bot.cancel.picked_up", "bot.cancel.not_allowed"}  # booking._not_allowed
+    | {"bot.place.landmark_bad"}  # booking's landmark step
 )
 
 LANGUAGE_LIST = "1. हिंदी\n2. English\n3. বাংলা\n4. मराठी\n5. தமிழ்\n6. తెలుగు\n7. ગુજરાતી\n8. ಕನ್ನಡ"
@@ -164,6 +166,15 @@ def test_quote_summary_renders_in_every_language() -> None:
             total_paise=12_345_678_950,
         )
         assert "12.5" in text and "₹12,34,56,789.50" in text, lang
+
+
+def test_english_counts_read_right_when_the_count_is_one() -> None:
+    # "1 tries left": English texts put a count in a label ("Tries left: 1") instead.
+    assert "1 tries" not in i18n.t("dispatch.otp_wrong", "en", job="12", left=1)
+    assert "1 jobs" not in i18n.t("dispatch.at_capacity", "en", n=1)
+    plural_after_count = re.compile(r"\{(?:n|left)\} [a-z]+s\b")
+    wrong = sorted(k for k in i18n.keys("en") if plural_after_count.search(i18n.raw(k, "en")))
+    assert not wrong, wrong
 
 
 # --- t() behaviour, on scratch catalogs ------------------------------------------------

@@ -42,6 +42,7 @@ BOOKING = "booking"  # group of the steps that fill a draft
 PAGE_SIZE = 8  # offices per page; 9 = more
 MORE = 9
 MAX_VALUE_RUPEES = 10_00_000
+ECHO_CHARS = 12  # of an answer said back ("The booking number 123456789012… is not right")
 CATEGORIES = ("documents", "food", "clothes", "medicine", "grain_produce", "electronics",
               "household", "other")
 SIZES = ("bag", "box", "sack", "vehicle")
@@ -85,12 +86,21 @@ def is_the_other_end(ctx: Ctx, kind: str, place: dict[str, Any]) -> bool:
     """``place`` as the ``kind`` ("pickup"/"drop") is where the other end of the trip is
     (while changing the pickup, the drop is already known)."""
     other = ctx.slots.get("drop" if kind == "pickup" else "pickup")
-    return bool(other) and same_place((place["lat"], place["lng"]), (other["lat"], other["lng"]))
+    if not other:
+        return False
+    return same_place((place["lat"], place["lng"]), (other["lat"], other["lng"]))
 
 
 def _clear_draft(ctx: Ctx) -> None:
-    for key in ("slots", "return_to", "draft_step", "offices", "page", "cancel_ref"):
+    for key in ("slots", "return_to", "draft_step", "offices", "page", "cancel_ref",
+                "cancel_shown"):
         ctx.state.data.pop(key, None)
+
+
+def echo(typed: str) -> str:
+    """What the user typed, said back: its start only, so a long paste cannot make the
+    reply too long to send."""
+    return typed if len(typed) <= ECHO_CHARS else typed[:ECHO_CHARS] + "…"
 
 
 def next_hint() -> Say:
@@ -105,21 +115,10 @@ def _language_prompt(ctx: Ctx) -> list[Out]:
 
 def _language_handle(ctx: Ctx, inp: UserInput) -> Result:
     num = words.number(inp.text)
-    text = words.clean(inp.text)
-    lang = None
     if num is not None and 1 <= num <= len(LANGUAGES):
-        lang = LANGUAGES[num - 1]
-    else:
-        for code, name in LANGUAGE_NAMES.items():
-            if text in (code, name.lower(), _ENGLISH_NAMES[code]):
-                lang = code
-    if lang is None:
-        return Retry()
-    return _language_chosen(ctx, lang)
-
-
-_ENGLISH_NAMES = {"hi": "hindi", "en": "english", "bn": "bangla", "mr": "marathi",
-                  "ta": "tamil", "te": "telugu", "gu": "gujarati", "kn": "kannada"}
+        return _language_chosen(ctx, LANGUAGES[num - 1])
+    lang = words.language_named(inp.text)
+    return _language_chosen(ctx, lang) if lang else Retry()
 
 
 def _language_chosen(ctx: Ctx, lang: str) -> Result:
@@ -217,16 +216,16 @@ def _place_steps(kind: str, default_next: str) -> list[Step]:
         return Stay([Say("bot.area.none", {"place": label})])
 
     def where_handle(ctx: Ctx, inp: UserInput) -> Result:
+        digits = words.only_digits(inp.text) if not inp.has_location else None
         if inp.has_location:
             res = ctx.ports.locate(inp.latitude, inp.longitude)
-        elif words.only_digits(inp.text):
-            res = ctx.ports.offices(inp.text)
+        elif digits:
+            res = ctx.ports.offices(digits)  # "845-438" and "845438." are 845438
         else:
             return Retry([Say("bot.place.bad")])
         if res.kind == "error":
-            pincode = words.only_digits(inp.text) or ""
             return Retry([Say(_PLACE_ERRORS.get(res.code, "bot.place.bad"),
-                              {"pincode": pincode})])
+                              {"pincode": echo(digits or "")})])
         if res.kind == "outside":
             return outside(res)
         if res.kind == "ok":
@@ -278,7 +277,7 @@ def _place_steps(kind: str, default_next: str) -> list[Step]:
 
     def landmark_handle(ctx: Ctx, inp: UserInput) -> Result:
         if inp.has_location:
-            return Retry()
+            return Retry([Say("bot.place.landmark_bad")])
         text = " ".join(inp.text.split())
         place = ctx.slots.get(kind)
         if place is None:
@@ -288,7 +287,7 @@ def _place_steps(kind: str, default_next: str) -> list[Step]:
         elif len(text) >= 2 and not (words.only_digits(text) and len(text) < 6):
             place["landmark"] = text[:120]
         else:
-            return Retry()
+            return Retry([Say("bot.place.landmark_bad")])
         ctx.state.data.pop("offices", None)
         return Goto(ctx.after(default_next))
 
@@ -374,6 +373,7 @@ def _value_prompt(ctx: Ctx) -> list[Out]:
 
 def _value_handle(ctx: Ctx, inp: UserInput) -> Result:
     picked = choice(inp, len(VALUE_BUCKETS))
+    rupees: int | None
     if picked is not None:
         rupees = VALUE_BUCKETS[picked - 1][1]
     else:
@@ -512,7 +512,7 @@ def _picked_reference(ctx: Ctx, inp: UserInput) -> tuple[str | None, Result | No
     if digits and len(digits) >= 6:
         ref = normalize_reference(digits)
         if ref is None or not is_valid_reference(ref):
-            return None, Retry([Say("bot.track.bad_ref", {"ref": digits})])
+            return None, Retry([Say("bot.track.bad_ref", {"ref": echo(digits)})])
         return ref, None
     return None, Retry()
 
@@ -526,6 +526,17 @@ def _track_handle(ctx: Ctx, inp: UserInput) -> Result:
     if status is None:
         return Retry([Say("bot.track.not_found", {"ref": ref})])
     return Goto(MENU, [_status_say(ref, status), next_hint()], prompt=False)
+
+
+_ON_THE_WAY = frozenset({"picked_up", "in_transit"})
+
+
+def _not_allowed(ref: str, quote: dict[str, Any]) -> Say:
+    """Why a booking cannot be cancelled: its parcel is with a rider, or it is over
+    (delivered, cancelled, expired, refunded, failed)."""
+    on_the_way = (quote.get("reason_code") == "already_picked_up"
+                  and quote.get("status") in _ON_THE_WAY)
+    return Say("bot.cancel.picked_up" if on_the_way else "bot.cancel.not_allowed", {"ref": ref})
 
 
 def _cancel_pick_prompt(ctx: Ctx) -> list[Out]:
@@ -544,8 +555,7 @@ def _cancel_pick_handle(ctx: Ctx, inp: UserInput) -> Result:
     if preview is None:
         return Retry([Say("bot.track.not_found", {"ref": ref})])
     if not preview["allowed"]:
-        return Goto(MENU, [Say("bot.cancel.not_allowed", {"ref": ref}), next_hint()],
-                    prompt=False)
+        return Goto(MENU, [_not_allowed(ref, preview), next_hint()], prompt=False)
     ctx.state.data["cancel_ref"] = ref
     return Goto("cancel_confirm")
 
@@ -553,6 +563,9 @@ def _cancel_pick_handle(ctx: Ctx, inp: UserInput) -> Result:
 def _cancel_confirm_prompt(ctx: Ctx) -> list[Out]:
     ref = ctx.state.data.get("cancel_ref", "")
     preview = ctx.ports.cancel_preview(ref) or {"refund_paise": 0, "fee_paise": 0}
+    # What the customer is told is what a "yes" may do: the cancel checks it again.
+    ctx.state.data["cancel_shown"] = {"refund_paise": preview["refund_paise"],
+                                      "fee_paise": preview["fee_paise"]}
     if preview["fee_paise"]:
         key = "bot.cancel.fee"
     elif preview["refund_paise"]:
@@ -570,21 +583,33 @@ def _cancel_confirm_handle(ctx: Ctx, inp: UserInput) -> Result:
     if ref is None:
         return Goto(MENU)
     if picked == 1:
-        ctx.state.data.pop("cancel_ref", None)
+        shown = ctx.state.data.get("cancel_shown")
+        if shown is None:
+            return Goto("cancel_confirm")  # asked before the shown amounts were kept
         try:
-            result = ctx.ports.cancel(ref)
+            result = ctx.ports.cancel(ref, shown)
         except DomainError:
-            # It changed since the question (picked up, expired, cancelled elsewhere);
-            # nothing was written. Say so, not "try again later" on every answer.
-            return Goto(MENU, [Say("bot.cancel.not_allowed", {"ref": ref}), next_hint()],
-                        prompt=False)
+            # Nothing was written (the booking is not this number's any more): say so,
+            # not "try again later" on every answer.
+            return _cancel_finished(ctx, [Say("bot.cancel.not_allowed", {"ref": ref})])
+        if not result["done"]:
+            if not result["allowed"]:  # picked up, expired, cancelled since the question
+                return _cancel_finished(ctx, [_not_allowed(ref, result)])
+            # The refund or the fee is not what was shown (a rider took the job
+            # meanwhile): nothing was cancelled; ask again with the new amounts.
+            return Goto("cancel_confirm")
         key = "bot.cancel.done_refund" if result.get("refund_paise") else "bot.cancel.done"
-        return Goto(MENU, [Say(key, {"ref": ref, "refund_paise": result.get("refund_paise", 0)}),
-                           next_hint()], prompt=False)
+        return _cancel_finished(ctx, [Say(key, {"ref": ref,
+                                                "refund_paise": result.get("refund_paise", 0)})])
     if picked == 2:
-        ctx.state.data.pop("cancel_ref", None)
-        return Goto(MENU, [Say("bot.cancel.kept", {"ref": ref}), next_hint()], prompt=False)
+        return _cancel_finished(ctx, [Say("bot.cancel.kept", {"ref": ref})])
     return Retry()
+
+
+def _cancel_finished(ctx: Ctx, say: list[Out]) -> Result:
+    ctx.state.data.pop("cancel_ref", None)
+    ctx.state.data.pop("cancel_shown", None)
+    return Goto(MENU, [*say, next_hint()], prompt=False)
 
 
 # --- a person, voice notes -------------------------------------------------------------

@@ -195,9 +195,7 @@ def turn(dialog: Dialog, state: DialogState, inp: UserInput, ports: Any,
 
     if inp.media and not inp.text.strip() and not inp.has_location:
         if inp.media == "voice":
-            state.data["after_offer"] = step.name
-            if step.group is not None:
-                state.data["draft_step"] = step.name
+            _come_back_to(dialog, state, step)
             return enter(dialog, ctx, dialog.voice_callback)
         return [Say("bot.media.photo")] + step.prompt(ctx)
 
@@ -222,9 +220,18 @@ def turn(dialog: Dialog, state: DialogState, inp: UserInput, ports: Any,
         return list(result.say) + step.prompt(ctx)
     state.misses += 1
     if state.misses >= MAX_MISSES and step.name != dialog.offer_person:
-        state.data["after_offer"] = step.name
-        if step.group is not None:
-            state.data["draft_step"] = step.name
+        _come_back_to(dialog, state, step)
         return enter(dialog, ctx, dialog.offer_person)
     reason = list(result.say) or [Say(dialog.not_understood)]
     return reason + step.prompt(ctx)
+
+
+def _come_back_to(dialog: Dialog, state: DialogState, step: Step) -> None:
+    """Remember ``step`` as where to go back to after an offer (a person, a call back);
+    on an offer step itself keep the step from before it, or "No" would lead back to
+    the offer again."""
+    if step.name in (dialog.offer_person, dialog.voice_callback):
+        return
+    state.data["after_offer"] = step.name
+    if step.group is not None:
+        state.data["draft_step"] = step.name

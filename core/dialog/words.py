@@ -18,45 +18,129 @@ _SCRIPTS: tuple[tuple[int, int, str], ...] = (
     (0x0C80, 0x0CFF, "kn"),
 )
 
+# Number words, per language: romanized as typed on phones, then the language's script.
+# A word found in two languages must mean the same number (a test checks).
+NUMBERS_BY_LANGUAGE: dict[str, dict[str, int]] = {
+    "hi": {"ek": 1, "do": 2, "doo": 2, "teen": 3, "tin": 3, "char": 4, "chaar": 4, "panch": 5,
+           "paanch": 5, "pach": 5, "chhe": 6, "che": 6, "chah": 6, "saat": 7, "sat": 7,
+           "aath": 8, "ath": 8, "nau": 9,
+           "शून्य": 0, "एक": 1, "दो": 2, "तीन": 3, "चार": 4, "पांच": 5, "पाँच": 5, "छह": 6,
+           "छः": 6, "सात": 7, "आठ": 8, "नौ": 9},
+    "en": {"zero": 0, "one": 1, "two": 2, "three": 3, "four": 4, "five": 5, "six": 6,
+           "seven": 7, "eight": 8, "nine": 9},
+    "bn": {"ek": 1, "dui": 2, "tin": 3, "char": 4, "panch": 5, "chhoy": 6, "choy": 6,
+           "sat": 7, "aat": 8, "noy": 9,
+           "শূন্য": 0, "এক": 1, "দুই": 2, "তিন": 3, "চার": 4, "পাঁচ": 5, "ছয়": 6,
+           "সাত": 7, "আট": 8, "নয়": 9},
+    "mr": {"ek": 1, "don": 2, "teen": 3, "char": 4, "pach": 5, "paach": 5, "saha": 6,
+           "saat": 7, "aath": 8, "nau": 9,
+           "शून्य": 0, "एक": 1, "दोन": 2, "तीन": 3, "चार": 4, "पाच": 5, "सहा": 6, "सात": 7,
+           "आठ": 8, "नऊ": 9},
+    "ta": {"onnu": 1, "ondru": 1, "onru": 1, "rendu": 2, "irandu": 2, "moonu": 3,
+           "moondru": 3, "naalu": 4, "nalu": 4, "naangu": 4, "anju": 5, "ainthu": 5,
+           "aaru": 6, "ezhu": 7, "ettu": 8, "onbathu": 9, "onbadhu": 9,
+           "பூஜ்யம்": 0, "ஒன்று": 1, "ஒன்னு": 1, "இரண்டு": 2, "ரெண்டு": 2, "மூன்று": 3,
+           "மூணு": 3, "நான்கு": 4, "நாலு": 4, "ஐந்து": 5, "அஞ்சு": 5, "ஆறு": 6, "ஏழு": 7,
+           "எட்டு": 8, "ஒன்பது": 9},
+    "te": {"okati": 1, "rendu": 2, "moodu": 3, "mudu": 3, "naalugu": 4, "nalugu": 4,
+           "aidu": 5, "aaru": 6, "edu": 7, "enimidi": 8, "tommidi": 9, "thommidi": 9,
+           "సున్నా": 0, "ఒకటి": 1, "రెండు": 2, "మూడు": 3, "నాలుగు": 4, "ఐదు": 5, "ఆరు": 6,
+           "ఏడు": 7, "ఎనిమిది": 8, "తొమ్మిది": 9},
+    "gu": {"ek": 1, "be": 2, "tran": 3, "char": 4, "panch": 5, "chha": 6, "saat": 7,
+           "aath": 8, "nav": 9,
+           "શૂન્ય": 0, "એક": 1, "બે": 2, "ત્રણ": 3, "ચાર": 4, "પાંચ": 5, "છ": 6, "સાત": 7,
+           "આઠ": 8, "નવ": 9},
+    "kn": {"ondu": 1, "eradu": 2, "mooru": 3, "muru": 3, "naalku": 4, "nalku": 4,
+           "aidu": 5, "aaru": 6, "elu": 7, "entu": 8, "ombattu": 9, "ombhattu": 9,
+           "ಸೊನ್ನೆ": 0, "ಒಂದು": 1, "ಎರಡು": 2, "ಮೂರು": 3, "ನಾಲ್ಕು": 4, "ಐದು": 5, "ಆರು": 6,
+           "ಏಳು": 7, "ಎಂಟು": 8, "ಒಂಬತ್ತು": 9},
+}
 NUMBER_WORDS: dict[str, int] = {
-    # romanized Hindi, as typed on phones
-    "ek": 1, "do": 2, "doo": 2, "teen": 3, "tin": 3, "char": 4, "chaar": 4, "panch": 5,
-    "paanch": 5, "pach": 5, "chhe": 6, "che": 6, "chah": 6, "saat": 7, "sat": 7, "aath": 8,
-    "ath": 8, "nau": 9,
-    # Devanagari
-    "एक": 1, "दो": 2, "तीन": 3, "चार": 4, "पांच": 5, "पाँच": 5, "छह": 6, "छः": 6, "सात": 7,
-    "आठ": 8, "नौ": 9, "शून्य": 0,
-    # English
-    "zero": 0, "one": 1, "two": 2, "three": 3, "four": 4, "five": 5, "six": 6, "seven": 7,
-    "eight": 8, "nine": 9,
+    word: n for table in NUMBERS_BY_LANGUAGE.values() for word, n in table.items()
 }
 
+# Each line: one language, romanized then its script (Hindi and English first).
 YES_WORDS = frozenset({
     "yes", "y", "yeah", "yep", "ok", "okay", "haan", "haa", "han", "ha", "hn", "haanji", "ji",
     "theek", "thik", "sahi", "हाँ", "हां", "हा", "जी", "हाँ जी", "ठीक", "ठीक है", "ओके",
-    "হ্যাঁ", "হা", "होय", "हो", "ஆம்", "ஆமா", "சரி", "అవును", "సరే", "હા", "ಹೌದು", "ಸರಿ",
+    "hya", "hyan", "হ্যাঁ", "হ্যা", "হাঁ", "হা", "ঠিক আছে",  # bn
+    "hoy", "ho", "होय", "हो",  # mr
+    "aama", "aamam", "amam", "sari", "ஆம்", "ஆமா", "ஆமாம்", "சரி",  # ta
+    "avunu", "avnu", "sare", "అవును", "ఔను", "సరే",  # te
+    "haji", "હા", "હાજી", "બરાબર",  # gu
+    "houdu", "haudu", "hawdu", "ಹೌದು", "ಸರಿ",  # kn
 })
 NO_WORDS = frozenset({
-    "no", "n", "nope", "nahi", "nahin", "nai", "na", "naa", "नहीं", "नही", "ना", "না", "नाही",
-    "இல்லை", "వద్దు", "కాదు", "ના", "ಇಲ್ಲ", "ಬೇಡ",
+    "no", "n", "nope", "nahi", "nahin", "nai", "na", "naa", "नहीं", "नही", "ना",
+    "না", "নাহ", "নাই",  # bn
+    "nako", "नको", "नाही",  # mr
+    "illa", "illai", "vendam", "இல்லை", "இல்ல", "வேண்டாம்",  # ta
+    "ledu", "vaddu", "kaadu", "kadu", "లేదు", "వద్దు", "కాదు",  # te
+    "nathi", "ના", "નથી", "નહીં",  # gu
+    "beda", "bedaa", "ಇಲ್ಲ", "ಬೇಡ", "ಬೇಡಾ",  # kn (illa: as in Tamil)
 })
-MENU_WORDS = frozenset({"0", "menu", "main menu", "menyu", "मेनू", "मेन्यू", "मेन्यु", "मेनु"})
-HELP_WORDS = frozenset({"help", "madad", "sahayata", "?", "मदद", "सहायता", "help me"})
+MENU_WORDS = frozenset({
+    "0", "menu", "main menu", "menyu", "मेनू", "मेन्यू", "मेन्यु", "मेनु",  # hi, mr
+    "মেনু", "মেন্যু", "மெனு", "மெனூ", "మెనూ", "మెను", "મેનુ", "મેનૂ", "ಮೆನು", "ಮೆನ್ಯು",
+})
+HELP_WORDS = frozenset({
+    "help", "help me", "?", "madad", "sahayata", "मदद", "सहायता",
+    "সাহায্য",  # bn
+    "madat", "मदत",  # mr
+    "udhavi", "uthavi", "உதவி",  # ta
+    "sahayam", "sayam", "సహాయం", "సాయం",  # te
+    "મદદ",  # gu
+    "sahaya", "ಸಹಾಯ",  # kn
+})
 LANGUAGE_WORDS = frozenset({"language", "lang", "bhasha", "bhasa", "भाषा", "ভাষা", "மொழி",
                             "భాష", "ભાષા", "ಭಾಷೆ"})
-STOP_WORDS = frozenset({"stop", "stopall", "unsubscribe", "cancel messages", "बंद", "band",
-                        "bandh", "बन्द"})
-START_WORDS = frozenset({"start", "unstop", "शुरू", "shuru", "chalu", "चालू"})
-SKIP_WORDS = frozenset({"skip", "no", "nahi", "nahin", "na", "नहीं", "नही", "कुछ नहीं",
-                        "kuch nahi", "-"})
+# STOP opts the user out of every message: only words that mean "stop (the messages)",
+# never a bare no (na, nahi, illa...), which answers questions.
+STOP_WORDS = frozenset({
+    "stop", "stopall", "unsubscribe", "cancel messages",
+    "बंद", "band", "bandh", "बन्द", "बंद करो", "band karo", "bandh karo", "मैसेज बंद करो",
+    "message band karo", "messages band karo",  # hi
+    "বন্ধ", "বন্ধ করো", "বন্ধ করুন", "bondho", "bondho koro",  # bn
+    "थांबवा", "बंद करा", "thambva", "band kara",  # mr
+    "நிறுத்து", "நிறுத்துங்கள்", "niruthu", "nirutthu",  # ta
+    "ఆపు", "ఆపండి", "aapu", "aapandi",  # te
+    "બંધ", "બંધ કરો",  # gu
+    "ನಿಲ್ಲಿಸಿ", "ನಿಲ್ಲಿಸು", "nillisi",  # kn
+})
+START_WORDS = frozenset({
+    "start", "unstop", "शुरू", "shuru", "chalu", "चालू",
+    "শুরু", "shuru koro",  # bn
+    "सुरू", "suru",  # mr
+    "தொடங்கு", "thodangu",  # ta
+    "మొదలు", "ప్రారంభం", "modalu",  # te
+    "શરૂ", "ચાલુ",  # gu
+    "ಶುರು", "ಪ್ರಾರಂಭ",  # kn
+})
+SKIP_WORDS = NO_WORDS | {"skip", "-", "कुछ नहीं", "kuch nahi"}
+
+# Language names as people type them (in Latin letters, their script or Hindi's).
+LANGUAGE_BY_NAME: dict[str, str] = {
+    **{code: code for code in ("hi", "en", "bn", "mr", "ta", "te", "gu", "kn")},
+    "hindi": "hi", "हिंदी": "hi", "हिन्दी": "hi",
+    "english": "en", "angrezi": "en", "angreji": "en", "अंग्रेजी": "en", "अंग्रेज़ी": "en",
+    "bangla": "bn", "bengali": "bn", "bangali": "bn", "বাংলা": "bn", "বাঙলা": "bn",
+    "बांग्ला": "bn", "बंगाली": "bn",
+    "marathi": "mr", "मराठी": "mr",
+    "tamil": "ta", "tamizh": "ta", "thamizh": "ta", "தமிழ்": "ta", "तमिल": "ta",
+    "telugu": "te", "తెలుగు": "te", "तेलुगु": "te",
+    "gujarati": "gu", "gujrati": "gu", "ગુજરાતી": "gu", "गुजराती": "gu",
+    "kannada": "kn", "kannad": "kn", "ಕನ್ನಡ": "kn", "कन्नड़": "kn", "कन्नड": "kn",
+}
 
 _SPACES = re.compile(r"\s+")
 _TRIM = ".,!?।॥;:'\"()[]"
+_KEYCAP = {0xFE0F: None, 0x20E3: None}  # emoji presentation selector, combining keycap
 
 
 def clean(text: str) -> str:
-    """Lower-cased, NFC, single-spaced, without surrounding punctuation."""
-    t = unicodedata.normalize("NFC", text or "").strip().lower()
+    """Lower-cased, NFC, single-spaced, without surrounding punctuation; a keycap emoji
+    digit ("1️⃣") is its plain digit."""
+    t = unicodedata.normalize("NFC", text or "").translate(_KEYCAP).strip().lower()
     t = _SPACES.sub(" ", t)
     return t.strip(_TRIM + " ")
 
@@ -114,9 +198,14 @@ def guess_language(text: str) -> str | None:
     return max(counts, key=lambda k: counts[k])
 
 
+def language_named(text: str) -> str | None:
+    """The language code of a typed language name ("Bengali", "हिन्दी", "tamil")."""
+    return LANGUAGE_BY_NAME.get(clean(text))
+
+
 def command(text: str) -> str | None:
     """A global command word: "menu", "help", "language", "stop" or "start" (else None)."""
-    t = clean(text)
+    t = clean(text) or (text or "").strip()  # "?" alone is all punctuation
     if not t:
         return None
     if t in MENU_WORDS or text.strip() in {"0", "०"} or ascii_digits(text.strip()) == "0":

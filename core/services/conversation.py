@@ -13,10 +13,10 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
 from rq import Retry
-from sqlalchemy import bindparam, case, or_, select, update
+from sqlalchemy import Table, bindparam, case, or_, select, update
 from sqlalchemy.orm import Session, object_session
 from sqlalchemy.orm.attributes import set_committed_value
 
@@ -33,7 +33,7 @@ from core.domain.booking import Actor
 from core.domain.errors import DomainError
 from core.domain.pricing import ParcelCategory, SizeBucket, SpeedTier, WeightBucket
 from core.services import booking as booking_service
-from core.services import handoff, payments
+from core.services import handoff, ledger, payments
 from core.services.inbound import InboundMessage, TurnFailed
 
 log = logging.getLogger(__name__)
@@ -211,19 +211,32 @@ class SessionPorts:
 
     def cancel_preview(self, reference: str) -> dict[str, Any] | None:
         booking = self._mine(reference)
-        if booking is None:
-            return None
+        return self._cancel_quote(booking) if booking is not None else None
+
+    def _cancel_quote(self, booking: Booking) -> dict[str, Any]:
         q = payments.cancellation_preview(self.session, booking)
         return {"allowed": q.allowed, "refund_paise": q.refund_paise, "fee_paise": q.fee_paise,
-                "reason_code": q.reason_code}
+                "reason_code": q.reason_code, "status": booking.status}
 
-    def cancel(self, reference: str) -> dict[str, Any]:
+    def cancel(self, reference: str, shown: dict[str, Any]) -> dict[str, Any]:
+        """Cancel only if the refund and fee are still those ``shown`` to the customer
+        (``done``); else nothing changes and the fresh quote comes back to ask again."""
         booking = self._mine(reference)
         if booking is None:
             raise DomainError("no such booking", code="unknown_booking")
+        from core.services import dispatch
+
+        # Locked in cancel_booking's order (legs, then booking): nobody can assign a rider
+        # between this comparison and the cancel, which happen in this transaction.
+        dispatch.lock_legs(self.session, booking.id)
+        booking = ledger.lock_booking(self.session, booking.id)
+        fresh = self._cancel_quote(booking)
+        if not fresh["allowed"] or (fresh["refund_paise"], fresh["fee_paise"]) != (
+                shown.get("refund_paise"), shown.get("fee_paise")):
+            return {**fresh, "done": False}
         q = payments.cancel_booking(self.session, booking, Actor("customer", str(self.person.id)),
                                     "customer cancelled on " + self.conv.channel)
-        return {"refund_paise": q.refund_paise, "fee_paise": q.fee_paise}
+        return {"done": True, "refund_paise": q.refund_paise, "fee_paise": q.fee_paise}
 
     def talk_to_person(self, reason: str) -> dict[str, Any]:
         return handoff.request(self.session, self.conv, reason)
@@ -246,7 +259,7 @@ def load_state(conv: Conversation) -> DialogState:
 
 # Every turn runs it: a prebuilt UPDATE, not the unit of work's flush of the row. With the
 # prebuilt look-up above, a turn takes about 1 ms less CPU (of 5-7 ms; session 10).
-_CONVERSATIONS = Conversation.__table__
+_CONVERSATIONS = cast(Table, Conversation.__table__)
 _SAVE_STATE = (update(_CONVERSATIONS).where(_CONVERSATIONS.c.id == bindparam("conv_id"))
                .values(step=bindparam("step"), state=bindparam("state"),
                        misses=bindparam("misses")))
@@ -293,7 +306,10 @@ def dialog_turn(session: Session, person: Person, conv: Conversation, inp: UserI
             outs = engine.enter(dialog, ctx, "language")
     elif state.step not in dialog.steps:
         outs = engine.enter(dialog, ctx, MENU)
-    elif idle is not None and idle > IDLE_RESUME and state.step != MENU:
+    elif (idle is not None and idle > IDLE_RESUME and person.preferred_language is not None
+          and state.step not in (MENU, "language", "language_guess")):
+        # Back after a day: the menu (or the draft), not an answer to an old question;
+        # except the language question, whose answer is the one thing still missing.
         step = dialog.step(state.step)
         if step.group == BOOKING and state.slots:
             state.data["draft_step"] = state.step
@@ -330,6 +346,8 @@ def _whatsapp_turn(session: Session, msg: InboundMessage, person: Person, conv: 
     cmd = words.command(text)
     if cmd == "stop":
         person.opted_out = True
+        if conv.handoff:  # no operator can answer them now: off the waiting list
+            handoff.withdraw(session, conv, engaged_too=True)
         return Turn(lang(), [Say("bot.optout.stopped")])
     if person.opted_out:
         if cmd == "start":
@@ -342,7 +360,11 @@ def _whatsapp_turn(session: Session, msg: InboundMessage, person: Person, conv: 
     if conv.handoff:
         if cmd == "menu" and handoff.withdraw(session, conv):
             return Turn(lang(), [Say("menu.main")])  # no operator yet: back to the bot
-        handoff.record_inbound(session, conv, text)
+        location = (msg.latitude, msg.longitude) if (
+            msg.latitude is not None and msg.longitude is not None) else None
+        handoff.record_inbound(session, conv, text,
+                               list(zip(msg.media_types, msg.media_urls, strict=False)),
+                               location)
         return Turn(lang(), [])  # an operator owns this conversation; the bot stays quiet
     photo = _partner_photo(session, person, msg)
     if photo is not None:

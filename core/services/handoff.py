@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Sequence
 from datetime import datetime, timedelta
 
-from sqlalchemy import func, select
+from sqlalchemy import ColumnElement, func, select
 from sqlalchemy.orm import Session
 
 from core import clock, i18n
@@ -77,12 +78,29 @@ def withdraw(session: Session, conv: Conversation, *, engaged_too: bool = False)
     return True
 
 
-def record_inbound(session: Session, conv: Conversation, body: str) -> None:
-    """Keep what the user wrote while waiting, for the operator."""
+def record_inbound(session: Session, conv: Conversation, body: str,
+                   media: Sequence[tuple[str, str]] = (),
+                   location: tuple[float, float] | None = None) -> None:
+    """Keep what the user sent while waiting, for the operator: the text, each media as
+    its kind and Twilio URL (fetching it needs our Twilio credentials), a shared pin."""
     handoff = open_handoff(session, conv)
-    if handoff is not None and body.strip():
-        session.add(HandoffMessage(handoff_id=handoff.id, direction="in", body=body[:1600],
-                                   created_at=clock.now()))
+    if handoff is None:
+        return
+    lines = [body.strip()[:1600]] if body.strip() else []
+    lines += [f"[{_media_label(kind)}] {url}".rstrip() for kind, url in media]
+    if location is not None:
+        lines.append(f"[location] {location[0]:.5f},{location[1]:.5f}")
+    if lines:
+        session.add(HandoffMessage(handoff_id=handoff.id, direction="in",
+                                   body="\n".join(lines), created_at=clock.now()))
+
+
+_MEDIA_LABELS = {"audio": "voice note", "image": "photo", "video": "video"}
+
+
+def _media_label(content_type: str) -> str:
+    """"voice note" for audio/ogg, "photo" for image/jpeg...; "file" for anything else."""
+    return _MEDIA_LABELS.get(content_type.split("/", 1)[0], "file")
 
 
 def waiting_list(session: Session, offset: int = 0, limit: int | None = None
@@ -149,7 +167,7 @@ def _finish(session: Session, handoff: Handoff, conv: Conversation, person: Pers
                           dedupe_key=f"handoff-{handoff.id}-closed")
 
 
-def _last_activity() -> object:
+def _last_activity() -> ColumnElement[datetime]:
     """SQL: when a handoff last saw a message either way (or was asked for)."""
     last = (select(func.max(HandoffMessage.created_at))
             .where(HandoffMessage.handoff_id == Handoff.id).scalar_subquery())
