@@ -258,3 +258,30 @@ def test_a_leg_is_offered_only_to_partners_whose_vehicle_can_ride_all_of_it(
     with transaction() as s:
         offered = set(s.scalars(select(Offer.partner_id).where(Offer.leg_id == leg.id)))
     assert offered == {rider} and cyclist not in offered
+
+
+def test_the_customer_is_told_the_vehicle_that_can_ride_the_leg(client, live,
+                                                                 frozen):  # noqa: F811
+    # A partner with a bicycle (first) and a motorcycle takes a 21 km leg: only the
+    # motorcycle has the range, so that is the vehicle the customer hears of.
+    from core import i18n
+    from core.adapters.models import Vehicle
+    from core.domain.pricing import VEHICLE_CAPACITY
+    from tests.test_dispatch import bodies_to
+
+    pid, phone = make_partner("Suresh", LAXMIPUR)
+    with transaction() as s:
+        s.add(Vehicle(partner_id=pid, type=VehicleType.MOTORCYCLE.value, payload_kg=20,
+                      max_size=VEHICLE_CAPACITY[VehicleType.MOTORCYCLE].max_size.value))
+    booking_id = paid_booking(drop=(26.70, 84.52))
+    start(booking_id)
+    (leg,) = legs_of(booking_id)
+    assert 15_000 < leg.distance_m <= 60_000
+    sms(client, phone, "1")
+    with transaction() as s:
+        ref = s.get(Booking, booking_id).reference
+    told = {vt: i18n.t("dispatch.customer_assigned", "hi", ref=ref, name="Suresh",
+                       vehicle=i18n.t(f"vehicle.{vt}", "hi"))
+            for vt in ("motorcycle", "bicycle")}
+    sent = bodies_to(CUSTOMER)
+    assert told["motorcycle"] in sent and told["bicycle"] not in sent

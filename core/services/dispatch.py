@@ -1030,7 +1030,8 @@ def accept(session: Session, partner: PartnerProfile, code: str | None) -> Reply
     if booking.status == BookingStatus.DISPATCHING.value:
         move_booking(session, booking, BookingStatus.ASSIGNED, _partner_actor(partner),
                      "partner accepted")
-        _assigned_to_customer(session, booking, partner, load_of(booking), f"offer{offer.id}")
+        _assigned_to_customer(session, booking, partner, load_of(booking, leg),
+                              f"offer{offer.id}")
     # The payout is set aside for this partner now (Route transfer on hold), released on
     # delivery; a different job id per offer, so a re-assignment holds for the new partner.
     _enqueue_after_commit(session, "workers.payments.hold_leg_transfer", leg.id,
