@@ -217,6 +217,35 @@ def test_a_language_picked_a_day_after_the_question_is_taken(client) -> None:
     assert i18n.t("menu.main", "ta").strip() in reply, reply
 
 
+def test_a_greeting_is_never_taken_for_a_language(client) -> None:
+    """"Hi", the commonest greeting, is also Hindi's code: at the language list it shows
+    the list again, and a person who chose a language and left the list keeps it."""
+    from datetime import timedelta
+
+    from core import clock
+    from core.adapters.models import Person
+
+    def saved(phone: str) -> str | None:
+        with transaction() as s:
+            return s.scalar(select(Person.preferred_language).where(Person.phone == phone))
+
+    new, tamil = Chat(client, "+919812377202"), Chat(client, "+919812377203")
+    now = clock.now()
+    clock.freeze(now)
+    try:
+        new.send("hi")
+        assert "1. हिंदी" in new.send("Hi") and saved(new.phone) is None
+        tamil.send("hi")
+        tamil.send("5")  # தமிழ்
+        tamil.send("language")  # opens the list, then leaves it for the day
+        clock.freeze(now + timedelta(hours=25))
+        reply = tamil.send("Hi")
+    finally:
+        clock.freeze(None)
+    assert saved(tamil.phone) == "ta", reply
+    assert i18n.t("menu.main", "ta").strip() in reply, reply
+
+
 # --- typed input as people type it ----------------------------------------------------
 
 

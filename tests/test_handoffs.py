@@ -113,3 +113,18 @@ def test_a_reply_to_someone_who_cannot_be_messaged_is_refused_not_reported_sent(
     assert len(outbox_bodies()) == before
     with transaction() as s:
         assert s.scalar(select(HandoffMessage).where(HandoffMessage.direction == "out")) is None
+
+
+def test_an_operator_calling_the_person_keeps_the_handoff_and_it_ends_with_the_usual_words(
+        client, live):
+    """Taking the number to call back is the operator's answer: the idle time starts
+    again, and when it runs out the person is not told that nobody could reply."""
+    handoff_id = asks_for_a_person(client)
+    clock.freeze(datetime.now(UTC) + timedelta(hours=handoff.idle_hours() - 1))
+    with transaction() as s:
+        assert handoff.phone_to_call(s, handoff_id, "ops:7") == PHONE
+    before = len(outbox_bodies())
+    assert sweep_at(timedelta(hours=handoff.idle_hours() + 0.5)) == "waiting"
+    assert sweep_at(timedelta(hours=2 * handoff.idle_hours())) == "closed"
+    (closing,) = outbox_bodies()[before:]
+    assert "Our team has finished helping you" in closing

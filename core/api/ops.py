@@ -181,7 +181,7 @@ class PhoneOut(BaseModel):
           roles=OPS, response=PhoneOut, tags=("ops",), errors=(404, 409))
 def ops_handoff_phone(handoff_id: int) -> PhoneOut:
     with transaction() as session:
-        phone = handoff.phone_to_call(session, handoff_id)
+        phone = handoff.phone_to_call(session, handoff_id, f"ops:{principal().person_id}")
         audit(session, "handoff.phone", f"handoff:{handoff_id}")
         return PhoneOut(phone=phone)
 

@@ -119,8 +119,8 @@ START_WORDS = frozenset({
 SKIP_WORDS = NO_WORDS | {"skip", "-", "कुछ नहीं", "kuch nahi"}
 
 # Language names as people type them (in Latin letters, their script or Hindi's).
+# Names only: not the two-letter codes ("hi" is the commonest greeting).
 LANGUAGE_BY_NAME: dict[str, str] = {
-    **{code: code for code in ("hi", "en", "bn", "mr", "ta", "te", "gu", "kn")},
     "hindi": "hi", "हिंदी": "hi", "हिन्दी": "hi",
     "english": "en", "angrezi": "en", "angreji": "en", "अंग्रेजी": "en", "अंग्रेज़ी": "en",
     "bangla": "bn", "bengali": "bn", "bangali": "bn", "বাংলা": "bn", "বাঙলা": "bn",

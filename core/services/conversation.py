@@ -307,9 +307,10 @@ def dialog_turn(session: Session, person: Person, conv: Conversation, inp: UserI
     elif state.step not in dialog.steps:
         outs = engine.enter(dialog, ctx, MENU)
     elif (idle is not None and idle > IDLE_RESUME and person.preferred_language is not None
-          and state.step not in (MENU, "language", "language_guess")):
-        # Back after a day: the menu (or the draft), not an answer to an old question;
-        # except the language question, whose answer is the one thing still missing.
+          and state.step != MENU):
+        # Back after a day: the menu (or the draft), not an answer to an old question. (A
+        # person with no language yet is at the language list above, whose answer is the
+        # one thing still missing; one who has a language left the list on purpose.)
         step = dialog.step(state.step)
         if step.group == BOOKING and state.slots:
             state.data["draft_step"] = state.step

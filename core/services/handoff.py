@@ -111,12 +111,17 @@ def waiting_list(session: Session, offset: int = 0, limit: int | None = None
                                 .offset(offset).limit(limit)))
 
 
-def phone_to_call(session: Session, handoff_id: int) -> str:
+def phone_to_call(session: Session, handoff_id: int, operator: str) -> str:
     """The full number of the person waiting, for an operator who must call them back
-    (the lists show it masked)."""
-    _handoff, _conv, person = _get_open(session, handoff_id)
+    (the lists show it masked). The operator takes the handoff, and the call is noted on
+    it: activity, so the idle close neither apologises that nobody answered nor cuts in
+    while they talk."""
+    handoff, _conv, person = _get_open(session, handoff_id)
     if not person.phone:
         raise NotFound("this person has no phone number", code="no_phone")
+    handoff.operator = handoff.operator or operator
+    session.add(HandoffMessage(handoff_id=handoff.id, direction="out", body="[phone call]",
+                               operator=operator, created_at=clock.now()))
     return person.phone
 
 
