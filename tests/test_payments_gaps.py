@@ -448,3 +448,81 @@ def test_a_well_signed_razorpay_webhook_still_passes():
     body = json.dumps({"event": "payment.captured", "payload": {}})
     assert gw.verify_webhook(body, sign(body))
     assert not gw.verify_webhook(body, sign(body + " "))
+
+
+# --- the sweep's passes are not crowded out by what cannot progress ------------------------
+
+
+def released_leg(n: int, partner: int) -> int:
+    """A leg delivered for ``partner``, its payout in their payable (release posted)."""
+    bid = confirmed_booking(f"+9198123{n:05d}")
+    with transaction() as s:
+        b = ledger.lock_booking(s, bid)
+        leg = s.scalar(select(Leg).where(Leg.booking_id == bid))
+        ledger.post(s, rules.capture(bid, f"pay_u{bid:06d}", b.total_paise),
+                    actor="test", cause="test")
+        ledger.post(s, rules.release(bid, leg.id, partner, leg.payout_paise, 0),
+                    actor="test", cause="test")
+        return leg.id
+
+
+def test_legs_waiting_for_a_linked_account_do_not_hide_a_leg_that_can_be_paid(live):
+    unlinked = new_partner("+919812349002", account=None)
+    for n in range(3):
+        released_leg(n, unlinked)
+    linked = new_partner("+919812349003", account="acc_partner0003")
+    owed = released_leg(900, linked)  # its transfer job ran out of retries
+    with transaction() as s:
+        assert payments.unpaid_legs(s) == [owed]
+    assert payments.sweep()["transfers"] == 1
+
+
+def failed_booking_paid(n: int) -> int:
+    bid = confirmed_booking(f"+9198124{n:05d}")
+    with transaction() as s:
+        b = ledger.lock_booking(s, bid)
+        ledger.post(s, rules.capture(bid, f"pay_f{bid:06d}", b.total_paise),
+                    actor="test", cause="test")
+        for status in (BookingStatus.PAID, BookingStatus.DISPATCHING, BookingStatus.FAILED):
+            move_booking(s, b, status, CUSTOMER, "test")
+    return bid
+
+
+def test_bookings_whose_refund_failed_for_good_do_not_crowd_out_a_lost_refund(live):
+    for n in range(3):  # each refund failed three times: ops must act
+        bid = failed_booking_paid(n)
+        with transaction() as s:
+            for attempt in (1, 2, 3):
+                s.add(Refund(booking_id=bid, attempt=attempt, payment_id=f"pay_f{bid:06d}",
+                             amount_paise=100, fee_paise=0, reason="no_partner",
+                             actor="system", status="failed", last_error="refused"))
+    lost = failed_booking_paid(500)  # failed just now; its refund job was lost
+    with transaction() as s:
+        assert payments.waiting_refunds(s) == [lost]
+    assert [payments.sweep()["refunds_started"] for _ in range(2)] == [1, 0]
+    with transaction() as s:
+        assert s.scalar(select(Refund.reason).where(Refund.booking_id == lost)) == "no_partner"
+
+
+def test_the_ops_retry_takes_the_refund_that_gave_up_not_one_retrying_by_itself(live, client):
+    from tests.test_api import API, sign_in
+
+    bid = paid_booking()
+    ref = booking(bid).reference
+    emu.control("refund_outcome", "failed")
+    pay_again(bid)  # the extra payment's refund fails three times: ops must act
+    for _ in range(2):
+        release_scheduled(timedelta(minutes=2, seconds=30))
+        run()
+    cancel(bid)  # the cancellation's refund fails once; its own retry is scheduled
+    run()
+    emu.control("refund_outcome", "processed")  # ops fixed the balance
+    ops = sign_in(client, "+919812300004", role="ops")
+    r = client.post(f"{API}/ops/bookings/{ref}/refund/retry", headers=ops)
+    assert r.status_code == 200 and r.get_json()["reason"] == "late_payment", r.get_json()
+    run()
+    with transaction() as s:
+        extra = s.scalar(select(Refund.status).where(
+            Refund.booking_id == bid, Refund.reason == "late_payment")
+            .order_by(Refund.attempt.desc()).limit(1))
+    assert extra == "processed"

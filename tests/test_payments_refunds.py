@@ -221,7 +221,8 @@ def test_after_the_last_attempt_a_person_is_asked_and_can_try_again(live, gatewa
     r = client.post(f"{API}/ops/bookings/{ref}/refund/retry", headers=ops)
     assert r.status_code == 200, r.get_json()
     assert r.get_json() == {"reference": ref, "attempt": 4, "amount_paise": total,
-                            "status": "requested"}
+                            "status": "requested", "reason": "no_partner",
+                            "payment_id": emu._all("payment")[0]["id"]}
     assert client.post(f"{API}/ops/bookings/{ref}/refund/retry", headers=ops).status_code == 409
     run()
     assert attempts(bid)[-1] == (4, "processed", total)

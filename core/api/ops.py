@@ -285,6 +285,8 @@ class RefundOut(BaseModel):
     attempt: int
     amount_paise: int
     status: str
+    reason: str  # cancelled, no_partner, late_payment (an extra payment given back)
+    payment_id: str
 
 
 @endpoint(bp, "POST", "/ops/bookings/<ref>/refund/retry",
@@ -300,7 +302,8 @@ def ops_retry_refund(ref: str) -> RefundOut:
         audit(session, "refund.retry", f"booking:{b.reference}", attempt=refund.attempt,
               amount_paise=refund.amount_paise)
         return RefundOut(reference=b.reference, attempt=refund.attempt,
-                         amount_paise=refund.amount_paise, status=refund.status)
+                         amount_paise=refund.amount_paise, status=refund.status,
+                         reason=refund.reason, payment_id=refund.payment_id)
 
 
 @endpoint(bp, "GET", "/ops/reconciliation/mismatches",

@@ -1244,9 +1244,10 @@ def retry_refund_now(session: Session, booking: Booking, actor: Actor) -> Refund
     """Ops: try the failed refund of a booking again now (also after the last attempt,
     once the cause, such as the balance, is fixed). The caller's transaction."""
     booking = ledger.lock_booking(session, booking.id)
+    # A refund that gave up (no retry scheduled) before one that will retry by itself.
     last = next((r for r in session.scalars(
         select(Refund).where(Refund.booking_id == booking.id, Refund.status == "failed")
-        .order_by(Refund.attempt.desc()))
+        .order_by(Refund.retry_at.is_not(None), Refund.attempt.desc()))
         if _chain_latest(session, booking.id, r.payment_id, r.reason) is r), None)
     if last is None:
         raise Conflict("this booking has no failed refund to try again",
@@ -1348,10 +1349,18 @@ def waiting_refunds(session: Session, within: timedelta = timedelta(days=30)) ->
     closed = select(Booking.id).where(
         Booking.status.in_((BookingStatus.FAILED.value, BookingStatus.CANCELLED.value)),
         Booking.updated_at > since)
+    # A booking whose latest refund attempt failed is the retries' and ops' (it would only
+    # find that refund again): left out, so such bookings never crowd out the others.
+    latest = select(Refund.booking_id, func.max(Refund.attempt).label("attempt")).group_by(
+        Refund.booking_id).subquery()
+    failed_last = select(Refund.booking_id).join(
+        latest, (latest.c.booking_id == Refund.booking_id)
+        & (latest.c.attempt == Refund.attempt)).where(Refund.status == "failed")
     return list(session.scalars(
         select(LedgerPosting.booking_id).where(
             LedgerPosting.booking_id.in_(settled) | LedgerPosting.booking_id.in_(closed),
             LedgerPosting.booking_id.not_in(open_now),
+            LedgerPosting.booking_id.not_in(failed_last),
             LedgerPosting.account_kind == rules.AccountKind.ESCROW.value)
         .group_by(LedgerPosting.booking_id)
         .having(func.sum(LedgerPosting.amount_paise) > 0)
@@ -1359,12 +1368,16 @@ def waiting_refunds(session: Session, within: timedelta = timedelta(days=30)) ->
 
 
 def _start_waiting_refunds(ids: list[int]) -> int:
+    """Start the refunds waiting in these bookings; how many new attempts were made."""
     started = 0
     for booking_id in ids:
         try:
             with transaction() as session:
-                started += _open_due_refund(
-                    session, ledger.lock_booking(session, booking_id)) is not None
+                booking = ledger.lock_booking(session, booking_id)
+                last = _latest_refund(session, booking_id)
+                refund = _open_due_refund(session, booking)
+                started += refund is not None and (
+                    last is None or refund.attempt > last.attempt)
         except Exception:  # one booking's trouble must not stop the sweep for the others
             log.exception("could not start a waiting refund", extra={"booking_id": booking_id})
     return started
@@ -1396,16 +1409,21 @@ def unpaid_legs(session: Session, within: timedelta = timedelta(days=30)) -> lis
         LedgerPosting.leg_id.is_not(None))
     recent = select(LedgerPosting.leg_id).where(
         payable, LedgerPosting.created_at > clock.now() - within)
+    # Only partners with a linked account: a leg waiting for one cannot be paid, and many
+    # such would fill the batch ahead of legs that can (the back-off is per leg, later).
+    can_be_paid = select(PartnerProfile.id).where(PartnerProfile.payout_account_id.is_not(None))
     return list(session.scalars(
         select(LedgerPosting.leg_id)
         .join(LedgerTransaction, LedgerTransaction.id == LedgerPosting.transaction_id)
         .where(payable, LedgerPosting.leg_id.in_(recent),
+               LedgerPosting.partner_id.in_(can_be_paid),
                LedgerTransaction.kind.in_(_PAYABLE_KINDS))
         .group_by(LedgerPosting.leg_id).having(func.sum(LedgerPosting.amount_paise) > 0)
-        .order_by(LedgerPosting.leg_id).limit(200)))
+        .order_by(LedgerPosting.leg_id).limit(UNPAID_SCAN)))
 
 
 SETTLE_BATCH = 20
+UNPAID_SCAN = 5000  # legs looked at per sweep; those backing off are skipped in Redis
 SETTLE_BACKOFF_MIN = (5, 360)  # first wait, longest wait (doubling in between)
 
 
