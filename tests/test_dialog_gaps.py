@@ -323,3 +323,30 @@ def test_stop_while_waiting_for_a_person_leaves_the_waiting_list(client) -> None
         assert s.scalar(select(Handoff.status)) == "closed"
         assert s.scalar(select(Conversation.handoff)) is False
     assert "1. Send a parcel" in chat.send("START")
+
+
+# --- "yes" books at the price the customer saw ----------------------------------------
+
+
+def test_a_price_that_changed_after_the_confirmation_is_shown_again(client) -> None:
+    from core.adapters import surge
+    from core.services.seed import seed_demo
+
+    seed_demo()
+    chat = Chat(client, "+919812377301")
+    for body in ("hi", "2", "1", "413739", "2", "Near the Hanuman temple", "413720", "1",
+                 "skip", "Sunita Patil", "98220 12345", "4", "1", "1", "no", "1"):
+        chat.send(body)
+    shown = chat.send("2")  # Normal: the confirmation with its total
+    assert "Total: ₹" in shown and chat.step() == "confirm"
+    surge.set_surge_bp("413739", 15_000)  # demand rises while they read it
+    again = chat.send("1")
+    assert i18n.t("bot.confirm.new_price", "en") in again and "Total: ₹" in again
+    assert chat.step() == "confirm"
+    with transaction() as s:
+        assert s.scalar(select(Booking)) is None  # nothing booked at a price not seen
+    new_total = int(again.split("Total: ₹")[1].split()[0].replace(",", "")) * 100
+    done = chat.send("1")  # yes, to the new price
+    assert "Booked!" in done
+    with transaction() as s:
+        assert s.scalar(select(Booking.total_paise)) == new_total

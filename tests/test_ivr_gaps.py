@@ -263,3 +263,28 @@ def test_a_hidden_caller_still_hears_that_the_number_is_hidden(caller: Caller,
                                                                client) -> None:
     heard = AbsoluteCaller(client, "+266696687").call()
     assert t("ivr.hidden_number") in heard.text and t("ivr.not_mobile") not in heard.text
+
+
+# --- "book it" books at the fare the caller heard -------------------------------------------
+
+
+def test_a_fare_that_changed_after_it_was_read_out_is_read_again(caller: Caller) -> None:
+    from core.adapters import surge
+    from core.adapters.models import Booking
+    from core.i18n import t as text
+
+    caller.call()
+    for keys in ("1", "1", "845438#", "2", "1", "845450#", "9", "9", "7", "1",
+                 "9876543210#", "1", "1", "1"):
+        caller.press(keys)
+    heard = caller.press("2")  # Normal: the summary and its fare
+    assert text("ivr.confirm.yes", "hi") in heard.text
+    surge.set_surge_bp("845438", 15_000)  # demand rises while the caller listens
+    again = caller.press("1")
+    assert text("ivr.confirm.new_price", "hi") in again.text
+    assert text("ivr.confirm.yes", "hi") in again.text
+    with transaction() as s:
+        assert s.scalar(select(Booking)) is None
+    caller.press("1")  # book it, at the fare just heard
+    with transaction() as s:
+        assert s.scalar(select(func.count()).select_from(Booking)) == 1

@@ -93,7 +93,7 @@ def is_the_other_end(ctx: Ctx, kind: str, place: dict[str, Any]) -> bool:
 
 def _clear_draft(ctx: Ctx) -> None:
     for key in ("slots", "return_to", "draft_step", "offices", "page", "cancel_ref",
-                "cancel_shown"):
+                "cancel_shown", "shown_total"):
         ctx.state.data.pop(key, None)
 
 
@@ -413,6 +413,7 @@ def _confirm_prompt(ctx: Ctx) -> list[Out]:
     s = ctx.slots
     q = _quote(ctx)
     fare = q["tiers"][s["tier"]]
+    ctx.state.data["shown_total"] = fare["total_paise"]
     out: list[Out] = [Say("bot.confirm.summary", {
         "pickup": place_label(s["pickup"]), "drop": place_label(s["drop"]),
         "name": s["recipient_name"], "phone": s["recipient_phone"],
@@ -427,6 +428,13 @@ def _confirm_prompt(ctx: Ctx) -> list[Out]:
     out.append(Choices((Say("bot.confirm.yes"), Say("bot.confirm.change"),
                         Say("bot.confirm.cancel"))))
     return out
+
+
+def price_changed(ctx: Ctx, quote: dict[str, Any]) -> bool:
+    """Whether the fare of the chosen tier differs from the one the confirmation showed
+    (the rate card or surge moved meanwhile): "yes" agreed to that price, not another."""
+    shown = ctx.state.data.pop("shown_total", None)
+    return shown is not None and quote["tiers"][ctx.slots["tier"]]["total_paise"] != shown
 
 
 _FARE_LINES = ("base", "distance", "size", "weight", "fragile", "tier", "surge", "minimum")
@@ -453,6 +461,8 @@ def _confirm_handle(ctx: Ctx, inp: UserInput) -> Result:
     picked = choice(inp, 3, (words.YES_WORDS, frozenset({"change", "badlo", "बदलो"}),
                              words.NO_WORDS))
     if picked == 1:
+        if price_changed(ctx, _quote(ctx)):
+            return Goto("confirm", [Say("bot.confirm.new_price")])
         done = ctx.ports.confirm(ctx.slots)
         _clear_draft(ctx)
         return Goto(MENU, [Say("bot.confirm.done", done), next_hint()], prompt=False)

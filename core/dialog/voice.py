@@ -28,6 +28,7 @@ from core.dialog.booking import (
     change_step,
     choice,
     is_the_other_end,
+    price_changed,
 )
 from core.dialog.engine import (
     Choices,
@@ -64,7 +65,7 @@ VOICE_DEFAULTS: dict[str, Any] = {"category": "other", "fragile": False, "value_
                                   "recipient_name": None}
 
 _DRAFT_DATA = ("slots", "return_to", "draft_step", "offices", "page", "pin", "place_pick",
-               "phone_pick")
+               "phone_pick", "shown_total")
 
 
 def clear_draft(ctx: Ctx) -> None:
@@ -291,6 +292,7 @@ def _confirm_prompt(ctx: Ctx) -> list[Out]:
     s = ctx.slots
     q = ctx.ports.quote(full_slots(s))
     total = q["tiers"][s["tier"]]["total_paise"]
+    ctx.state.data["shown_total"] = total
     return [Say("ivr.confirm.summary", {"pickup": s["pickup"]["name"],
                                         "drop": s["drop"]["name"],
                                         "size": Say(f"ivr.size.{s['size']}"),
@@ -303,6 +305,8 @@ def _confirm_prompt(ctx: Ctx) -> list[Out]:
 def _confirm_handle(ctx: Ctx, inp: UserInput) -> Result:
     picked = choice(inp, 3)
     if picked == 1:
+        if price_changed(ctx, ctx.ports.quote(full_slots(ctx.slots))):
+            return Goto("confirm", [Say("ivr.confirm.new_price")])
         done = ctx.ports.confirm(full_slots(ctx.slots))
         clear_draft(ctx)
         ctx.state.data["last_ref"] = done["ref"]
