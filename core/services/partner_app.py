@@ -15,7 +15,7 @@ from core.adapters.models import Leg
 from core.adapters.redis_conn import redis_client
 from core.domain.booking import LegStatus
 from core.domain.errors import ValidationError
-from core.domain.geo import haversine_m, validate_lat_lng
+from core.domain.geo import haversine_m, in_india, validate_lat_lng
 from core.services import dispatch
 
 MAX_AGE = timedelta(minutes=5)  # a fix older than this says nothing about now
@@ -45,6 +45,9 @@ def record_location(partner_id: int, lat: float, lng: float, accuracy_m: float,
                     at: datetime) -> Fix:
     """Accept a position from the app unless it is stale, from the future or impossible."""
     lat, lng = validate_lat_lng(lat, lng)
+    if not in_india(lat, lng):  # a GPS glitch (0, 0) would hide them from dispatch
+        raise ValidationError("that position is outside India", code="bad_location",
+                              field="lat")
     now = clock.now()
     if at.tzinfo is None:
         raise ValidationError("timestamp needs a time zone", code="bad_timestamp",
@@ -62,9 +65,10 @@ def record_location(partner_id: int, lat: float, lng: float, accuracy_m: float,
                                   code="out_of_order", field="timestamp")
         metres = haversine_m(prev.lat, prev.lng, lat, lng)
         seconds = (at - prev.at).total_seconds()
-        # Allow the reported accuracy as slack: GPS jitter is not movement.
+        # Allow the reported accuracy as slack: GPS jitter is not movement. Only a recent
+        # fix says where they can be now: an old one is no reason to refuse this one.
         moved = max(0.0, metres - accuracy_m - 100)
-        if moved / seconds * 3.6 > MAX_SPEED_KMH:
+        if prev.at >= now - MAX_AGE and moved / seconds * 3.6 > MAX_SPEED_KMH:
             raise ValidationError("that jump is too far for the time", code="impossible_jump",
                                   field="lat")
     redis_client().hset(LAST_FIX_KEY, str(partner_id), f"{lat},{lng},{at.timestamp()}")

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import timedelta
 
 from sqlalchemy.orm import Session
 
+from core import clock
 from core.adapters.models import Booking, Leg
 from core.domain.booking import LegStatus
 from core.domain.dispatch import VEHICLE_SPEED_KMH
@@ -22,9 +24,11 @@ class Whereabouts:
 def position_and_eta(session: Session, booking: Booking) -> Whereabouts:
     """Last known position of the partner carrying the parcel, and an ETA if we have one.
 
-    The ETA is the straight distance still to go (to the pickup, then to the drop) at
-    the vehicle's rural average speed: rough, and said so in the app.
+    The ETA is the straight distance still to go (to the pickup, then to the drop, and
+    any relay legs after) at the vehicle's rural average speed: rough, and said so in
+    the app. A position older than the dispatch's location max age is not shown.
     """
+    from core.services.dispatch import config as dispatch_config
     from core.services.partner_app import last_fix
 
     leg: Leg | None = next((x for x in booking.legs if x.partner_id is not None and x.status
@@ -32,12 +36,18 @@ def position_and_eta(session: Session, booking: Booking) -> Whereabouts:
     if leg is None or leg.partner_id is None:
         return Whereabouts(position=None, eta_minutes=None)
     fix = last_fix(leg.partner_id)
-    if fix is None:
+    max_age = timedelta(seconds=dispatch_config().location_max_age_s)
+    if fix is None or fix.at < clock.now() - max_age:
+        # No position, or one too old to say where they are now: none rather than a
+        # confident pin and ETA from hours ago.
         return Whereabouts(position=None, eta_minutes=None)
     if leg.status == LegStatus.ASSIGNED.value:
         to_go = haversine_m(fix.lat, fix.lng, leg.from_lat, leg.from_lng) + leg.distance_m
     else:
         to_go = haversine_m(fix.lat, fix.lng, leg.to_lat, leg.to_lng)
+    # A relay: the legs after this one are still to ride too.
+    to_go += sum(x.distance_m for x in booking.legs if x.sequence > leg.sequence
+                 and x.status not in (LegStatus.CANCELLED.value, LegStatus.FAILED.value))
     speed = VEHICLE_SPEED_KMH.get(VehicleType(booking.vehicle_type), 15)
     eta = max(1, round(to_go / 1000 / speed * 60))
     return Whereabouts(position={"lat": fix.lat, "lng": fix.lng}, eta_minutes=eta)
