@@ -199,3 +199,19 @@ def test_starting_a_dispatch_locks_the_legs_before_the_booking(live):
     finally:
         event.remove(db.engine(), "before_cursor_execute", seen)
     assert locks[:2] == ["legs", "bookings"]
+
+
+def test_going_off_duty_answers_the_offer_in_hand_and_the_next_partner_gets_it(client, live):
+    from tests.test_dispatch import make_partner, offers, sms, start
+
+    first, first_phone = make_partner("Ramesh", LAXMIPUR, lang="en", rating_x100=500)
+    second, _ = make_partner("Suresh", (LAXMIPUR[0] + 0.01, LAXMIPUR[1]), lang="en",
+                             rating_x100=100)
+    booking_id = paid_booking()
+    start(booking_id)
+    leg = legs_of(booking_id)[0]
+    assert [(o.partner_id, o.status) for o in offers(leg.id)] == [(first, "open")]
+    assert any("Job" in b for b in bodies_to(first_phone))
+    assert "OFF duty" in sms(client, first_phone, "OFF")[0]
+    assert {o.partner_id: o.status for o in offers(leg.id)} == {first: "declined",
+                                                                second: "open"}

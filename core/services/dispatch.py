@@ -1288,6 +1288,18 @@ def set_duty(session: Session, partner: PartnerProfile, on: bool) -> Reply:
     partner.on_duty = on
     session.add(PartnerEvent(partner_id=partner.id, kind="duty_on" if on else "duty_off",
                              at=clock.now()))
+    if not on:
+        # Stopping work answers the offers in hand: no, so the next partner need not
+        # wait out their timeout (and a late "1" cannot put them back on duty by itself).
+        for offered in open_offers_of(session, partner):
+            leg = _lock_leg(session, offered.leg_id)
+            offer = session.get(DispatchOffer, offered.id, with_for_update=True,
+                                populate_existing=True)
+            if leg is not None and offer is not None \
+                    and offer.status == rules.OfferStatus.OPEN.value:
+                offer.status = rules.OfferStatus.DECLINED.value
+                offer.responded_at = clock.now()
+                _maybe_continue(session, leg)
     home = session.get(Point, partner.home_point_id) if partner.home_point_id else None
     if on and home is not None:
         pid, lat, lng, app = partner.id, home.lat, home.lng, partner.has_app
