@@ -57,3 +57,26 @@ def test_otp_and_job_code_order():
     # A job code alone names the job (the OTP is asked for); it is no wrong OTP.
     assert split_otp_and_job(("57",), ["57", "58"]) == (None, "57")
     assert split_otp_and_job(("1057", "1057"), ["1057"]) == ("1057", "1057")
+
+
+@pytest.mark.parametrize(("text", "kind"), [
+    ("हो", Kind.ACCEPT), ("नाही", Kind.DECLINE), ("नको", Kind.DECLINE),  # mr
+    ("হ্যাঁ", Kind.ACCEPT), ("না", Kind.DECLINE),  # bn
+    ("ஆம்", Kind.ACCEPT), ("இல்லை", Kind.DECLINE), ("வேண்டாம்", Kind.DECLINE),  # ta
+    ("అవును", Kind.ACCEPT), ("వద్దు", Kind.DECLINE), ("avunu", Kind.ACCEPT),  # te
+    ("હા", Kind.ACCEPT), ("ના", Kind.DECLINE),  # gu
+    ("ಹೌದು", Kind.ACCEPT), ("ಬೇಡ", Kind.DECLINE), ("houdu 57", Kind.ACCEPT),  # kn
+    ("ok illa", Kind.UNKNOWN), ("ஆம் வேண்டாம்", Kind.UNKNOWN),  # yes with a no: asked again
+])
+def test_yes_and_no_in_every_offer_language(text, kind):
+    """Partners are offered jobs in their own language and answer in it."""
+    assert parse_command(text).kind is kind
+
+
+def test_no_reply_word_means_two_things():
+    from core.domain.dispatch import WORDS
+
+    seen: dict[str, object] = {}
+    for kind, words in WORDS.items():
+        for word in words:
+            assert seen.setdefault(word, kind) is kind, (word, seen[word], kind)

@@ -427,17 +427,37 @@ class Command:
     words: tuple[str, ...] = ()
 
 
-# Words in English, Hindi (Devanagari) and Hinglish (Latin). Matched after casefold/NFC.
+# Yes and no in the other catalog languages, in their scripts and as typed in Latin
+# letters: partners are offered jobs in their language and answer in it.
+_YES_ELSEWHERE = frozenset({
+    "हो",  # mr
+    "হ্যাঁ", "হাঁ", "হ্যা",  # bn
+    "ஆம்", "ஆமா", "aama", "aam",  # ta
+    "అవును", "avunu",  # te
+    "હા", "હાં",  # gu
+    "ಹೌದು", "houdu", "haudu",  # kn
+})
+_NO_ELSEWHERE = frozenset({
+    "नाही", "नको", "nako", "naahi",  # mr
+    "না",  # bn
+    "இல்லை", "வேண்டாம்", "illai", "vendam",  # ta
+    "కాదు", "వద్దు", "లేదు", "vaddu", "ledu", "kaadu",  # te
+    "ના",  # gu
+    "ಇಲ್ಲ", "ಬೇಡ", "illa", "beda",  # kn
+})
+
+# Words in English, Hindi (Devanagari) and Hinglish (Latin), and yes/no in the other
+# languages. Matched after casefold/NFC.
 WORDS: Mapping[Kind, frozenset[str]] = {
     Kind.ON: frozenset({"on", "chalu", "chaalu", "chalo", "shuru", "start", "चालू", "चालु",
                         "शुरू", "शुरु", "ऑन", "ओन"}),
     Kind.OFF: frozenset({"off", "band", "bandh", "bund", "बंद", "बन्द", "ऑफ", "ओफ"}),
     Kind.ACCEPT: frozenset({"yes", "y", "haan", "han", "ha", "haa", "haan ji", "ji", "ok",
                             "okay", "accept", "hn", "हाँ", "हां", "हा", "जी", "ठीक", "यस",
-                            "ओके"}),
+                            "ओके"}) | _YES_ELSEWHERE,
     Kind.DECLINE: frozenset({"no", "n", "nahi", "nahin", "nai", "na", "nhi", "decline",
                              "reject", "नहीं", "नही", "ना", "नो", "ji nahi", "ji nahin",
-                             "जी नहीं", "जी नही"}),
+                             "जी नहीं", "जी नही"}) | _NO_ELSEWHERE,
     Kind.PICK: frozenset({"pick", "pickup", "picked", "pik", "uthaya", "uthaa", "utha",
                           "पिक", "उठाया", "उठा", "लिया"}),
     Kind.DROP: frozenset({"drop", "deliver", "delivered", "done", "pahucha", "pahuncha",
@@ -453,7 +473,8 @@ _LOOKUP: dict[str, Kind] = {}
 # A word that turns a command around ("ok nahi", "cancel mat karo", "can't accept"): with
 # one of these, anything but a refusal is not taken as said; the partner is asked again.
 NEGATORS = frozenset({"no", "not", "nahi", "nahin", "nai", "nhi", "na", "mat", "never",
-                      "cannot", "cant", "dont", "wont", "नहीं", "नही", "ना", "मत", "मना"})
+                      "cannot", "cant", "dont", "wont", "नहीं", "नही", "ना", "मत", "मना"}
+                     ) | _NO_ELSEWHERE
 _NEGATED_PAIRS = frozenset({("can", "t"), ("don", "t"), ("won", "t")})  # can't -> can, t
 
 
