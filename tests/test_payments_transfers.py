@@ -341,3 +341,18 @@ def test_a_lost_failure_of_a_released_transfer_is_found_when_the_leg_is_settled(
     with transaction() as s:
         assert ledger.leg_paid_out(s, leg_id) == left(first)
     assert not failed_jobs()
+
+
+def test_a_transfer_event_without_an_id_changes_nothing(live):
+    from core.adapters.payment_models import GatewayEvent
+
+    partner, leg_id, paid = paid_out_leg()
+    before = payouts()
+    nameless = {k: v for k, v in paid.items() if k != "id"} | {"on_hold": False}
+    emu.send_webhooks([emu._event("transfer.processed", {"transfer": nameless})])
+    run()
+    with transaction() as s:
+        assert s.scalar(select(GatewayEvent.outcome).where(
+            GatewayEvent.event == "transfer.processed")
+            .order_by(GatewayEvent.id.desc()).limit(1)) == "transfer-without-id"
+    assert payouts() == before and payable(partner) == 0

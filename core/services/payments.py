@@ -703,6 +703,10 @@ def _on_transfer(data: dict, cause: str) -> str:
     entity = _entity(data, "transfer")
     tid, leg_id = entity.get("id"), _note_int(entity, "leg_id")
     processed = data.get("event") == "transfer.processed"
+    if not isinstance(tid, str) or not tid:
+        # Nothing to key a payout or a failure on: a malformed event, not a transfer.
+        log.warning("transfer event without an id", extra={"leg_id": leg_id})
+        return "transfer-without-id"
     with transaction() as session:
         row = session.scalar(select(LegTransfer).where(
             (LegTransfer.transfer_id == tid) | (LegTransfer.leg_id == (leg_id or -1))))
