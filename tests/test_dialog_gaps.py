@@ -146,15 +146,18 @@ def test_voice_notes_photos_and_pins_sent_while_waiting_reach_the_operator(clien
     replies = [
         chat.send("", NumMedia="1", MediaContentType0="audio/ogg", MediaUrl0=VOICE_URL),
         chat.send("", Latitude="26.8927", Longitude="84.48813"),
+        chat.send("", Latitude="26.80228", Longitude="84.51522", Label="Bettiah HO",
+                  Address="Station Road, Bettiah"),
         chat.send("my parcel", NumMedia="1", MediaContentType0="image/jpeg",
                   MediaUrl0=PHOTO_URL),
     ]
-    assert replies == ["", "", ""]  # the bot stays quiet while a person has it
+    assert replies == ["", "", "", ""]  # the bot stays quiet while a person has it
     with transaction() as s:
         (waiting,) = handoff.waiting_list(s)
         bodies = list(s.scalars(select(HandoffMessage.body).where(
             HandoffMessage.handoff_id == waiting.id).order_by(HandoffMessage.id)))
     assert bodies == [f"[voice note] {VOICE_URL}", "[location] 26.89270,84.48813",
+                      "[location] 26.80228,84.51522 Bettiah HO, Station Road, Bettiah",
                       f"my parcel\n[photo] {PHOTO_URL}"]
 
 

@@ -365,7 +365,7 @@ def _whatsapp_turn(session: Session, msg: InboundMessage, person: Person, conv: 
             msg.latitude is not None and msg.longitude is not None) else None
         handoff.record_inbound(session, conv, text,
                                list(zip(msg.media_types, msg.media_urls, strict=False)),
-                               location)
+                               location, msg.place)
         return Turn(lang(), [])  # an operator owns this conversation; the bot stays quiet
     photo = _partner_photo(session, person, msg)
     if photo is not None:

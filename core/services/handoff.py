@@ -80,16 +80,19 @@ def withdraw(session: Session, conv: Conversation, *, engaged_too: bool = False)
 
 def record_inbound(session: Session, conv: Conversation, body: str,
                    media: Sequence[tuple[str, str]] = (),
-                   location: tuple[float, float] | None = None) -> None:
+                   location: tuple[float, float] | None = None,
+                   place: str | None = None) -> None:
     """Keep what the user sent while waiting, for the operator: the text, each media as
-    its kind and Twilio URL (fetching it needs our Twilio credentials), a shared pin."""
+    its kind and Twilio URL (fetching it needs our Twilio credentials), a shared pin
+    with its name and address when WhatsApp gave them."""
     handoff = open_handoff(session, conv)
     if handoff is None:
         return
     lines = [body.strip()[:1600]] if body.strip() else []
     lines += [f"[{_media_label(kind)}] {url}".rstrip() for kind, url in media]
     if location is not None:
-        lines.append(f"[location] {location[0]:.5f},{location[1]:.5f}")
+        pin = f"[location] {location[0]:.5f},{location[1]:.5f}"
+        lines.append(f"{pin} {place}" if place else pin)
     if lines:
         session.add(HandoffMessage(handoff_id=handoff.id, direction="in",
                                    body="\n".join(lines), created_at=clock.now()))

@@ -60,6 +60,7 @@ class InboundMessage:
     media_urls: tuple[str, ...] = ()  # Twilio-hosted; fetched (with auth) only in jobs
     latitude: float | None = None
     longitude: float | None = None
+    place: str | None = None  # a shared location's Label and Address, as Twilio gave them
     button_payload: str | None = None
 
 

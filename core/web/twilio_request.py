@@ -165,5 +165,7 @@ def parse_message(channel: str) -> InboundMessage:
         media_urls=tuple(form.get(f"MediaUrl{i}", "")[:500] for i in range(min(num_media, 10))),
         latitude=_float_or_none(form.get("Latitude")),
         longitude=_float_or_none(form.get("Longitude")),
+        place=", ".join(v for v in (_text(form.get("Label"), 200).strip(),
+                                    _text(form.get("Address"), 300).strip()) if v) or None,
         button_payload=_text(form.get("ButtonPayload"), 200) or None,
     )
