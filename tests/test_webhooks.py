@@ -298,3 +298,26 @@ def test_nul_characters_in_a_message_do_not_stop_the_contact(client):
     assert send_whatsapp(client, params)  # answered: the language menu
     with transaction() as s:
         assert s.scalar(select(Person.name).where(Person.phone == "+919812300077")) == "Sita"
+
+
+def test_a_message_drained_late_counts_from_when_it_was_written(client):
+    """WhatsApp's 24-hour window runs from the user's message: a backlog that delays its
+    turn by minutes must not stretch the window by as much."""
+    from datetime import UTC, datetime, timedelta
+
+    from core import clock
+
+    written = datetime(2026, 12, 1, 6, 0, tzinfo=UTC)
+    clock.freeze(written)
+    try:
+        r = post_twilio(client, "/webhooks/whatsapp", {
+            "MessageSid": "SMlate1", "From": "whatsapp:+919812300078",
+            "To": "whatsapp:+14155238886", "WaId": "919812300078", "Body": "hi"})
+        assert r.status_code == 200
+        clock.freeze(written + timedelta(minutes=20))  # the drainers were behind
+        run_jobs(("inbound",))
+    finally:
+        clock.freeze(None)
+    with transaction() as s:
+        assert s.scalar(select(Conversation.last_inbound_at).where(
+            Conversation.contact == "919812300078")) == written

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
 from rq import Retry
@@ -327,7 +327,11 @@ def whatsapp_turn(session: Session, msg: InboundMessage) -> Turn:
     """Answer one WhatsApp message: opt-out words, handoff silence, then the dialog."""
     person, conv = contact_for(session, msg)
     previous = conv.last_inbound_at
+    # The turn happens when they wrote: WhatsApp's 24-hour window and "back after a day"
+    # count from then, not from when a drainer got to it after a backlog.
     now = clock.now()
+    if msg.received_at is not None:
+        now = min(now, datetime.fromtimestamp(msg.received_at, UTC))
     idle = now - previous if previous is not None else None
     text = msg.body.strip()
     try:

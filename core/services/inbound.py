@@ -23,7 +23,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, cast
 
 from redis.exceptions import RedisError
@@ -33,7 +33,7 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session
 
-from core import i18n
+from core import clock, i18n
 from core.adapters.db import transaction
 from core.adapters.models import Conversation, InboundEvent, Person
 from core.adapters.redis_conn import hit_rate_limit, redis_client, run_script
@@ -62,6 +62,7 @@ class InboundMessage:
     longitude: float | None = None
     place: str | None = None  # a shared location's Label and Address, as Twilio gave them
     button_payload: str | None = None
+    received_at: float | None = None  # when the webhook took it (epoch s); set by accept
 
 
 @dataclass
@@ -339,6 +340,8 @@ def accept(msg: InboundMessage) -> Acceptance:
     """
     settings = get_settings()
     r = redis_client()
+    if msg.received_at is None:  # the time the user wrote, not when a drainer gets to it
+        msg = replace(msg, received_at=clock.now().timestamp())
     inbox, scheduled, _lock = _keys(msg.channel, msg.contact)
     state, schedule = _run(
         r, _ACCEPT_LUA,
