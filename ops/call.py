@@ -112,6 +112,11 @@ class Phone:
             return f"  ▶ (audio {key}.mp3) {text}" if text else f"  ▶ (audio) {url}"
         return f"  [{el.tag}]"
 
+    def skip_old_messages(self) -> None:
+        # The outbox answers a page at a time (oldest first): skip until nothing is left.
+        while self.sms():
+            pass
+
     def sms(self) -> list[str]:
         r = self.http.get(f"{self.base}/sandbox/outbox",
                           params={"to": self.phone, "since": str(self.since)}, timeout=5)
@@ -136,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     phone = Phone(args.url, args.phone, os.environ.get("TWILIO_AUTH_TOKEN") or SANDBOX_TOKEN)
     try:
-        phone.sms()  # skip messages sent to this number before
+        phone.skip_old_messages()
         print(f"Calling {args.url} from {args.phone}\n{HELP}\n")
         _show(phone.call())
     except (requests.RequestException, RuntimeError) as exc:

@@ -42,8 +42,9 @@ class Chat:
         return r.json()
 
     def skip_old_messages(self) -> None:
-        for m in self._outbox():
-            self.since = max(self.since, int(m["id"]))
+        # The outbox answers a page at a time (oldest first): skip until nothing is left.
+        while page := self._outbox():
+            self.since = max(self.since, *(int(m["id"]) for m in page))
 
     def send(self, body: str = "", **extra: str) -> list[str]:
         url = f"{self.base}/webhooks/whatsapp"

@@ -107,8 +107,11 @@ class Output:
             color = self._colors.setdefault(name, next(self._palette))
             prefix = f"\033[{color}m{prefix}\033[0m"
         with self._lock:
-            sys.stdout.write(f"{prefix} {text}\n")
-            sys.stdout.flush()
+            try:
+                sys.stdout.write(f"{prefix} {text}\n")
+                sys.stdout.flush()
+            except OSError:  # the terminal is gone (a hang-up): stopping must go on
+                pass
 
     def system(self, text: str) -> None:
         self.line("system", text)
@@ -258,6 +261,9 @@ class Server:
         embedded.log = self.output.system
         signal.signal(signal.SIGINT, self._on_signal)
         signal.signal(signal.SIGTERM, self._on_signal)
+        # A closed terminal: the children are in process groups of their own, so they
+        # would outlive a supervisor killed by SIGHUP, holding the port.
+        signal.signal(signal.SIGHUP, self._on_signal)
         try:
             services = embedded.start_services("serve", exclusive=True)
         except embedded.AlreadyRunning as err:

@@ -319,7 +319,8 @@ def payment_page(plink_id: str):
     status = "expired" if link["status"] == "created" and _is_expired(link) else link["status"]
     amount = html.escape(format_inr(link["amount"]))
     desc = html.escape(link["description"])
-    button = (f'<form method="post" action="/sandbox/payment_links/{html.escape(plink_id)}/pay">'
+    # Relative to this page, so that it works under a PUBLIC_BASE_URL with a path too.
+    button = (f'<form method="post" action="{html.escape(plink_id)}/pay">'
               f'<button type="submit">Pay {amount}</button></form>'
               if status == "created" else f"<p>This link is {html.escape(status)}.</p>")
     page = (f"<!doctype html><html><head><meta charset='utf-8'><title>Pay {amount}</title>"

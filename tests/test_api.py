@@ -279,6 +279,17 @@ def test_openapi_describes_every_route_and_nothing_else(app):
     assert documented == routed
 
 
+def test_openapi_declares_the_wrong_code_answer_of_verify(client):
+    """A wrong or expired sign-in code, the commonest error of /auth/verify, is a 401:
+    the document says so, as for the endpoints that need a token."""
+    assert client.post(f"{API}/auth/otp", json={"phone": PHONE}).status_code == 202
+    r = client.post(f"{API}/auth/verify", json={"phone": PHONE, "otp": "000000"
+                                                if last_otp(PHONE) != "000000" else "111111"})
+    assert r.status_code == 401
+    doc = client.get(f"{API}/openapi.json").get_json()
+    assert "401" in doc["paths"][f"{API}/auth/verify"]["post"]["responses"]
+
+
 def test_ids_beyond_the_database_range_are_not_found(client):
     partner = sign_in(client, "+919812300005", role="partner")
     r = client.post(f"{API}/legs/43815135771/pickup", json={"otp": "1234"}, headers=partner)

@@ -49,7 +49,7 @@ def send_otp(body: OtpRequest) -> OtpSent:
 
 
 @endpoint(bp, "POST", "/auth/verify", summary="Exchange the code for a bearer token",
-          roles=None, body=VerifyRequest, response=TokenOut, tags=("auth",))
+          roles=None, body=VerifyRequest, response=TokenOut, tags=("auth",), errors=(401,))
 def verify(body: VerifyRequest) -> TokenOut:
     token, who, expires = auth.verify_otp(body.phone, body.otp, _ip())
     return TokenOut(token=token, expires_at=expires, person_id=who.person_id, role=who.role)
