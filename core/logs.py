@@ -11,34 +11,79 @@ import json
 import logging
 import re
 import sys
+import unicodedata
 from datetime import UTC, datetime
 
 request_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("request_id", default=None)
 job_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("job_id", default=None)
 
-# +E.164 (optionally after "whatsapp:", or URL-encoded as %2B), Indian mobiles with their
-# country code and no "+" (a WhatsApp id), and bare 10-digit Indian mobiles.
-_PHONE = re.compile(r"(?:(?<![\w])\+|%2B)(\d{8,15})(?!\d)"
-                    r"|(?<!\d)(91)?([6-9]\d{5})(\d{4})(?!\d)", re.IGNORECASE)
+# +E.164 (optionally after "whatsapp:", or URL-encoded as %2B) with its digits together.
+_E164 = r"(?:(?<![\w])\+|%2B)(\d{8,15})(?!\d)"
+# An Indian mobile the way people write it: with or without +91 / 0091 / 91 / a trunk 0,
+# digits grouped by spaces or hyphens ("98220 12345", "+91-98220-12345"), in any script's
+# digits (a Hindi keyboard types ९८२२०...: see _DIGITS). Only a number whose ten digits
+# start with 6-9 is masked (checked in _mask_mobile).
+_SEP = r"[ \-]"
+_MOBILE = (rf"(?<!\d)((?:\+|%2B|00)?(?:\s?91{_SEP}*)?)(\d?)"
+           rf"(\d(?:{_SEP}?\d){{5}})({_SEP}?\d(?:{_SEP}?\d){{3}})(?!\d)")
+_PHONE = re.compile(f"{_E164}|{_MOBILE}", re.IGNORECASE | re.ASCII)
+
+
+# Every script's decimal digits as ASCII ones, one character for one: a number typed in
+# Devanagari (९८२२०...) is found at the same place in the translated text.
+_DIGITS = {cp: str(unicodedata.decimal(chr(cp))) for cp in range(0x80, 0x20000)
+           if unicodedata.decimal(chr(cp), None) is not None}
+
+
+def _mask_mobile(m: re.Match[str]) -> str:
+    prefix, trunk, head, tail = m.group(2), m.group(3), m.group(4), m.group(5)
+    if trunk not in ("", "0") or head[0] not in "6789":
+        return m.group(0)  # not a mobile: a trunk other than 0, or a first digit below 6
+    last4 = "".join(c for c in tail if c.isdigit())
+    bare = prefix.strip(" -")
+    country = "" if "91" not in bare else "91" if bare == "91" else "+91"
+    return f"{country}{'*' * 6}{last4}"
+
+
+def _mask(m: re.Match[str]) -> str:
+    if m.group(1):
+        digits = m.group(1)
+        cc_len = max(1, len(digits) - 10)  # national numbers are 10 digits in India/NANP
+        return f"+{digits[:cc_len]}{'*' * (len(digits) - cc_len - 4)}{digits[-4:]}"
+    return _mask_mobile(m)
 
 
 def mask_phones(text: str) -> str:
     """Replace phone numbers in free text by their masked form (+91******3210)."""
+    if text.isascii():
+        return _PHONE.sub(_mask, text)
+    ascii_digits = text.translate(_DIGITS)
+    out, at = [], 0
+    for m in _PHONE.finditer(ascii_digits):
+        masked = _mask(m)
+        if masked != m.group(0):
+            out += [text[at:m.start()], masked]
+            at = m.end()
+    return "".join([*out, text[at:]])
 
-    def repl(m: re.Match[str]) -> str:
-        if m.group(1):
-            digits = m.group(1)
-            cc_len = max(1, len(digits) - 10)  # national numbers are 10 digits in India/NANP
-            return f"+{digits[:cc_len]}{'*' * (len(digits) - cc_len - 4)}{digits[-4:]}"
-        return f"{m.group(2) or ''}{'*' * len(m.group(3))}{m.group(4)}"
 
-    return _PHONE.sub(repl, text)
+# A database error's DETAIL repeats the values of the row or key that failed ("Failing
+# row contains (...)", "Key (phone)=(...)"): message bodies, codes, numbers. It is cut
+# up to the next part of the error or traceback.
+_DB_DETAIL = re.compile(r"DETAIL:.*?(?=\n\[SQL: |\nHINT: |\n\(Background on this error"
+                        r"|\n\nThe above exception|\n\nDuring handling|\nTraceback |\Z)",
+                        re.S)
+
+
+def scrub(text: str) -> str:
+    """A log text without database row values and with phone numbers masked."""
+    return mask_phones(_DB_DETAIL.sub("DETAIL: (values hidden)", text))
 
 
 def _masked(value: object) -> object:
     """Mask phone numbers anywhere in a log value: strings, numbers, lists and dicts."""
     if isinstance(value, str):
-        return mask_phones(value)
+        return scrub(value)
     if isinstance(value, bool) or value is None or isinstance(value, float):
         return value
     if isinstance(value, int):
@@ -61,7 +106,7 @@ class JsonFormatter(logging.Formatter):
             "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
             "level": record.levelname.lower(),
             "logger": record.name,
-            "msg": mask_phones(record.getMessage()),
+            "msg": scrub(record.getMessage()),
         }
         rid, jid = request_id.get(), job_id.get()
         if rid:

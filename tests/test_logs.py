@@ -136,6 +136,18 @@ def test_references_pincodes_and_amounts_are_not_masked(captured):
         ("wa_id=919812345678", "wa_id=91******5678"),  # a WhatsApp id: no "+"
         ("From=whatsapp%3A%2B919812345678", "From=whatsapp%3A+91******5678"),  # URL-encoded
         ("order 12345678901234", "order 12345678901234"),
+        # the ways people write a mobile: grouped, with +91 / 0091 / a trunk 0, in
+        # Devanagari digits
+        ("to 98220 12345.", "to ******2345."),
+        ("to +91 98220 12345", "to +91******2345"),
+        ("to +91-98220-12345", "to +91******2345"),
+        ("to 098220 12345", "to ******2345"),
+        ("to 09822012345", "to ******2345"),
+        ("to 00919822012345", "to +91******2345"),
+        ("को ९८२२० १२३४५ पर", "को ******2345 पर"),
+        ("को ००९१९८२२०१२३४५", "को +91******2345"),
+        ("on 2026-12-03 18:10, lat 26.89271234", "on 2026-12-03 18:10, lat 26.89271234"),
+        ("trunk 1 19822012345", "trunk 1 19822012345"),
     ],
 )
 def test_mask_phones_by_hand(text, expected):
@@ -171,3 +183,28 @@ def test_a_failed_statement_is_logged_without_its_values(clean_db, captured):
     (line,) = lines
     assert "statement failed" in line and "division by zero" in line
     assert "482177" not in line
+
+
+def test_a_database_errors_detail_is_logged_without_the_rows_values(clean_db, captured):
+    """PostgreSQL's DETAIL repeats the failing row ("Failing row contains (...)") or key:
+    bound parameters are hidden, that line is not, so the formatter cuts it."""
+    from sqlalchemy import text
+    from sqlalchemy.exc import DBAPIError
+
+    from core.adapters.db import engine
+
+    log, lines = captured
+    code, name = str(4000 + 821), "Si" + "ta"  # not in this file's text (the traceback)
+    with pytest.raises(DBAPIError) as caught, engine().begin() as conn:
+        conn.execute(text("CREATE TEMP TABLE t (body text, status text "
+                          "CHECK (status IN ('queued', 'sent')))"))
+        conn.execute(text("INSERT INTO t VALUES (:body, :status)"),
+                     {"body": f"Your pickup code is {code}.\nCall {name}", "status": "x"})
+    try:
+        raise RuntimeError("the job failed") from caught.value
+    except RuntimeError:
+        log.exception("statement failed: %s", caught.value)
+    (line,) = lines
+    out = json.loads(line)
+    assert "check constraint" in out["msg"] and "DETAIL: (values hidden)" in out["exc"]
+    assert code not in line and name not in line
