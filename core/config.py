@@ -44,6 +44,13 @@ def _int(env: dict[str, str], name: str, default: int, *, minimum: int = 0,
     return value
 
 
+def int_setting(name: str, default: int, *, minimum: int = 0,
+                maximum: int | None = None) -> int:
+    """An integer setting an area reads when it needs it: ConfigError names a bad value
+    instead of the default silently standing in for it."""
+    return _int(dict(os.environ), name, default, minimum=minimum, maximum=maximum)
+
+
 def sqlalchemy_url(url: str) -> str:
     """Point plain postgres URLs at the psycopg 3 driver (the one we ship)."""
     for prefix in ("postgres://", "postgresql://"):
@@ -190,6 +197,18 @@ def load_settings(environ: dict[str, str] | None = None) -> Settings:
     if not E164.fullmatch(ops_phone):
         problems.append("OPS_PHONE must be an E.164 number (+91XXXXXXXXXX)")
 
+    # Partners answer offers by SMS, so the SMS sender must be a number (not a sender id);
+    # a WhatsApp sender without "whatsapp:" would send WhatsApp replies as SMS addresses.
+    whatsapp_from = own("TWILIO_WHATSAPP_FROM", "whatsapp:+14155238886")
+    sms_from = own("TWILIO_SMS_FROM", "+15005550006")
+    voice_number = own("TWILIO_VOICE_NUMBER", "+15005550006")
+    if not (whatsapp_from.startswith("whatsapp:")
+            and E164.fullmatch(whatsapp_from.removeprefix("whatsapp:"))):
+        problems.append("TWILIO_WHATSAPP_FROM must be whatsapp:+<E.164 number>")
+    for name, number in (("TWILIO_SMS_FROM", sms_from), ("TWILIO_VOICE_NUMBER", voice_number)):
+        if not E164.fullmatch(number):
+            problems.append(f"{name} must be an E.164 number (+91XXXXXXXXXX)")
+
     settings = Settings(
         app_env=app_env,
         database_url=sqlalchemy_url(database_url),
@@ -201,9 +220,9 @@ def load_settings(environ: dict[str, str] | None = None) -> Settings:
         twilio_account_sid=twilio_sid,
         twilio_auth_token=twilio_token,
         twilio_api_base=twilio_api_base,
-        twilio_whatsapp_from=own("TWILIO_WHATSAPP_FROM", "whatsapp:+14155238886"),
-        twilio_sms_from=own("TWILIO_SMS_FROM", "+15005550006"),
-        twilio_voice_number=own("TWILIO_VOICE_NUMBER", "+15005550006"),
+        twilio_whatsapp_from=whatsapp_from,
+        twilio_sms_from=sms_from,
+        twilio_voice_number=voice_number,
         razorpay_key_id=rzp_id,
         razorpay_key_secret=rzp_secret,
         razorpay_webhook_secret=rzp_hook,

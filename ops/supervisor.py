@@ -64,8 +64,11 @@ def scale(processes: dict[str, str]) -> dict[str, str]:
     RQ workers run one job at a time and spend most of it waiting on PostgreSQL, Twilio
     and Redis; two of them keep a second core busy (on a platform: `ps:scale worker=N`).
     """
-    raw = os.environ.get("WORKER_PROCESSES", "2")
-    count = int(raw) if raw.isdigit() and int(raw) > 0 else 2
+    raw = os.environ.get("WORKER_PROCESSES", "").strip() or "2"
+    if not (raw.isascii() and raw.isdigit() and int(raw) > 0):
+        # Not a silent 2: an operator who wrote 0 or "lots" meant something else.
+        raise ValueError(f"WORKER_PROCESSES must be a whole number >= 1, got {raw!r}")
+    count = int(raw)
     if "worker" not in processes or count == 1:
         return processes
     scaled: dict[str, str] = {}
@@ -249,7 +252,11 @@ class Server:
         except (OSError, ValueError) as err:
             print(f"./run serve: cannot read the Procfile: {err}", file=sys.stderr)
             return 1
-        served = scale({n: c for n, c in processes.items() if n not in NOT_SERVED})
+        try:
+            served = scale({n: c for n, c in processes.items() if n not in NOT_SERVED})
+        except ValueError as err:
+            print(f"./run serve: {err}", file=sys.stderr)
+            return 1
         if os.environ.get("APP_ENV", "sandbox").strip().lower() == "sandbox":
             # What Twilio and Razorpay do on their side (status callbacks, webhooks) runs
             # in its own worker, never in the service's.

@@ -206,6 +206,11 @@ def test_drain_linger_and_status_window_have_defaults_and_bounds():
     ("TWILIO_SMS_FROM", "+15005550006", "sandbox's +15005550006"),
     ("TWILIO_WHATSAPP_FROM", "", "TWILIO_WHATSAPP_FROM is required"),
     ("TWILIO_VOICE_NUMBER", "+15005550006", "sandbox's"),
+    # a sender Twilio would refuse, or use for the wrong channel
+    ("TWILIO_WHATSAPP_FROM", "+918069451234", "whatsapp:+<E.164 number>"),
+    ("TWILIO_WHATSAPP_FROM", "whatsapp:08069451234", "whatsapp:+<E.164 number>"),
+    ("TWILIO_SMS_FROM", "RIDECH", "TWILIO_SMS_FROM must be an E.164 number"),
+    ("TWILIO_VOICE_NUMBER", "080 6945 1234", "TWILIO_VOICE_NUMBER must be an E.164 number"),
 ])
 def test_production_refuses_demo_urls_numbers_and_phones(name, value, says):
     env = production_env()
@@ -215,3 +220,21 @@ def test_production_refuses_demo_urls_numbers_and_phones(name, value, says):
         del env[name]
     with pytest.raises(ConfigError, match=re.escape(says)):
         load_settings(env)
+
+
+@pytest.mark.parametrize(("name", "value", "read"), [
+    ("SERVICE_RADIUS_KM", "7.5", "core.services.booking:service_radius_m"),
+    ("SERVICE_RADIUS_KM", "0", "core.services.booking:service_radius_m"),
+    ("HANDOFF_REPLY_MINUTES", "5m", "core.services.handoff:reply_minutes"),
+    ("HANDOFF_IDLE_HOURS", "-3", "core.services.handoff:idle_hours"),
+])
+def test_an_area_setting_with_a_bad_value_is_an_error_not_its_default(
+        monkeypatch, name, value, read):
+    import importlib
+
+    module, function = read.split(":")
+    monkeypatch.setenv(name, value)
+    with pytest.raises(ConfigError, match=name):
+        getattr(importlib.import_module(module), function)()
+    monkeypatch.setenv(name, "3")
+    assert getattr(importlib.import_module(module), function)() in (3, 3000)

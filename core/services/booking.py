@@ -7,7 +7,6 @@ version columns on bookings and legs.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,7 +17,7 @@ from sqlalchemy.orm import Session
 from core import clock
 from core.adapters import distance, points, surge
 from core.adapters.models import Booking, Leg, Parcel, RateCardRow, TransitionLog
-from core.config import get_settings
+from core.config import get_settings, int_setting
 from core.domain import otp as otp_rules
 from core.domain.booking import (
     BOOKING,
@@ -89,9 +88,7 @@ class Area:
 
 def service_radius_m() -> int:
     """Farthest a pickup or drop may be from an active Point (SERVICE_RADIUS_KM, km)."""
-    raw = os.environ.get("SERVICE_RADIUS_KM", "")
-    km = int(raw) if raw.isdigit() and int(raw) > 0 else DEFAULT_SERVICE_RADIUS_KM
-    return km * 1000
+    return int_setting("SERVICE_RADIUS_KM", DEFAULT_SERVICE_RADIUS_KM, minimum=1) * 1000
 
 
 def service_areas(session: Session, spots: list[tuple[float, float]]) -> list[Area]:

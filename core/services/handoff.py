@@ -9,7 +9,6 @@ functions comes with the REST API issue.
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 
@@ -20,7 +19,7 @@ from core import clock, i18n
 from core.adapters.db import transaction
 from core.adapters.dialog_models import Handoff, HandoffMessage
 from core.adapters.models import Conversation, Person
-from core.config import get_settings
+from core.config import get_settings, int_setting
 from core.domain.errors import Conflict, NotFound
 from core.services import notify
 
@@ -32,15 +31,13 @@ DEFAULT_IDLE_HOURS = 12
 
 def reply_minutes() -> int:
     """How soon we promise an operator's answer (HANDOFF_REPLY_MINUTES, default 15)."""
-    raw = os.environ.get("HANDOFF_REPLY_MINUTES", "")
-    return int(raw) if raw.isdigit() and int(raw) > 0 else DEFAULT_REPLY_MINUTES
+    return int_setting("HANDOFF_REPLY_MINUTES", DEFAULT_REPLY_MINUTES, minimum=1)
 
 
 def idle_hours() -> int:
     """How long a handoff may sit with no message either way before it closes by itself
     (HANDOFF_IDLE_HOURS, default 12)."""
-    raw = os.environ.get("HANDOFF_IDLE_HOURS", "")
-    return int(raw) if raw.isdigit() and int(raw) > 0 else DEFAULT_IDLE_HOURS
+    return int_setting("HANDOFF_IDLE_HOURS", DEFAULT_IDLE_HOURS, minimum=1)
 
 
 def open_handoff(session: Session, conv: Conversation) -> Handoff | None:
