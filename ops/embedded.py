@@ -105,8 +105,25 @@ def _pgserver():
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         import pgserver
-        from pgserver import _commands
+        from pgserver import _commands, postgres_server
 
+    # pgserver hands pg_ctl the socket directory as "-o '-k <dir>'", unquoted, and picks
+    # the data directory itself when its path is short enough: a clone in
+    # "~/My Projects/..." fails ('postgres: invalid argument: "Projects/..."'). Such a
+    # directory gets a socket directory of its own without the space.
+    chooser = postgres_server.find_suitable_socket_dir
+    if not getattr(chooser, "ridechain", False):
+        def spaceless(pgdata: Path, runtime_path: Path) -> Path:
+            chosen = chooser(pgdata, runtime_path)
+            if not any(c.isspace() for c in str(chosen)):
+                return chosen
+            digest = hashlib.sha256(str(pgdata).encode()).hexdigest()[:12]
+            short = Path(tempfile.gettempdir()) / f"ridechain-pg-{digest}"
+            short.mkdir(exist_ok=True)
+            return short
+
+        spaceless.ridechain = True  # type: ignore[attr-defined]
+        postgres_server.find_suitable_socket_dir = spaceless
     return pgserver, _commands
 
 

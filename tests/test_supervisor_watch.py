@@ -100,3 +100,19 @@ def test_a_hang_up_stops_serve_and_what_it_runs(tmp_path: Path):
                 pass
         if sup.poll() is None:
             sup.kill()
+
+
+def test_the_embedded_postgres_starts_in_a_path_with_a_space(tmp_path: Path):
+    """A clone in "~/My Projects/ridechain": pgserver gives pg_ctl the socket directory
+    unquoted, so the data directory is reached through a link without the space."""
+    import psycopg
+
+    pg = embedded.EmbeddedPostgres(tmp_path / "My Projects" / "var" / "pg")
+    try:
+        pg.start()
+        with psycopg.connect(pg.url()) as conn:
+            assert conn.execute("SELECT 1").fetchone() == (1,)
+        assert pg.alive()
+    finally:
+        pg.stop()
+    assert not pg.alive() and pg._live_postmaster() is None
