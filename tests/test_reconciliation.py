@@ -148,3 +148,20 @@ def test_a_refund_made_on_its_second_attempt_reconciles_clean(live):
     result = reconciliation.run()
     assert result["refunds"] == 1 and result["mismatches"] == 0
     assert mismatches() == set()
+
+
+def test_a_run_after_days_without_one_covers_the_gap(live):
+    """The workers were down three days: the next run starts where the last one ended,
+    not a day back, so a payment of the gap unknown to the ledger is still found."""
+    from datetime import timedelta
+
+    from core import clock
+
+    start = clock.now()
+    assert reconciliation.run()["mismatches"] == 0  # the last run before the outage
+    clock.freeze(start + timedelta(hours=12))
+    emu.create_payment(12_300)  # paid at the gateway, unknown to the ledger
+    clock.freeze(start + timedelta(days=3))
+    result = reconciliation.run()
+    assert result["payments"] == 1 and result["mismatches"] == 1
+    assert mismatches() == {("missing_in_ledger", "payment")}

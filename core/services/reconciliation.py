@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import select
 from sqlalchemy.dialects.postgresql import insert
@@ -33,11 +33,16 @@ from core.adapters.payment_models import (
     ReconciliationMismatch,
     Refund,
 )
+from core.adapters.redis_conn import redis_client
 from core.domain.ledger import AccountKind, EntryKind
 
 log = logging.getLogger(__name__)
 
 WINDOW = timedelta(days=1)
+# After an outage of the workers, the next run starts where the last one ended (no more
+# than CATCH_UP back): gateway items of the gap would otherwise never be compared.
+LAST_UNTIL_KEY = "reconciliation:last-until"
+CATCH_UP = timedelta(days=30)
 PAGE = 100
 OPEN_ITEMS = 500  # open rows fetched one by one per run
 
@@ -173,8 +178,9 @@ def run(since: datetime | None = None, until: datetime | None = None) -> dict[st
 
     Transfers: only released ones count at the gateway (amount less reversals), against
     the ledger's transfer_processed entries; transfers on hold are payouts not yet made."""
+    default_window = since is None and until is None
     until = until or clock.now()
-    since = since or until - WINDOW
+    since = since or _window_start(until)
     c = gw.client()
     payments = {p["id"]: p for p in _pages(c.payment.all, since, until) if p.get("captured")}
     refunds = {r["id"]: r for r in _pages(c.refund.all, since, until)
@@ -219,10 +225,22 @@ def run(since: datetime | None = None, until: datetime | None = None) -> dict[st
         findings += found
         checked[entity] = seen
     _record(findings, checked)
+    if default_window:
+        redis_client().set(LAST_UNTIL_KEY, int(until.timestamp()))
     if findings:
         log.warning("reconciliation found mismatches", extra={"count": len(findings)})
     return {"mismatches": len(findings), "payments": len(payments), "refunds": len(refunds),
             "transfers": len(transfers)}
+
+
+def _window_start(until: datetime) -> datetime:
+    """The last day, or back to where the last completed run ended if that is earlier."""
+    since = until - WINDOW
+    raw = redis_client().get(LAST_UNTIL_KEY)
+    if raw is not None:
+        last = datetime.fromtimestamp(int(raw), UTC)
+        since = max(min(since, last), until - CATCH_UP)
+    return since
 
 
 def _record(findings: list[Finding], checked: dict[str, set[str]]) -> None:
