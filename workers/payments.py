@@ -54,14 +54,15 @@ def retry_refund(booking_id: int, attempt: int) -> str:
 
 
 def cancel_payment_link(booking_id: int) -> str:
-    """Cancel the link of a booking cancelled or expired before payment."""
+    """Cancel the link of a booking cancelled or expired before payment (a link found paid
+    has its payment recorded, and refunded)."""
     return payments.cancel_payment_link(booking_id)
 
 
 def sweep() -> dict[str, int]:
-    """Expire unpaid bookings, re-enqueue lost events and refunds, make due refund
-    attempts and waiting refunds, release and pay legs left unpaid; then schedule the
-    next sweep."""
+    """Expire unpaid bookings (once the gateway says their link was not paid), make links
+    whose job was lost, re-enqueue lost events and refunds, make due refund attempts and
+    waiting refunds, release and pay legs left unpaid; then schedule the next sweep."""
     try:
         return payments.sweep()
     finally:

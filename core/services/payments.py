@@ -156,7 +156,8 @@ def cancel_booking(session: Session, booking: Booking, actor: Actor,
     The refund and the fee are decided and reserved in the ledger here, in the caller's
     transaction, so a later state change cannot alter what the customer was told. The
     booking's legs stop with it (dispatch.booking_cancelled): a partner on the way is told,
-    open offers are withdrawn."""
+    open offers are withdrawn. Cancelled by someone else (ops), the customer and a recipient
+    holding a delivery code are told (_tell_cancelled)."""
     from core.services import dispatch
 
     dispatch.lock_legs(session, booking.id)  # legs first, then the booking: acceptance's order
@@ -171,6 +172,7 @@ def cancel_booking(session: Session, booking: Booking, actor: Actor,
     if was == BookingStatus.AWAITING_PAYMENT.value:
         _enqueue_after_commit(session, "workers.payments.cancel_payment_link", booking.id,
                               job_id=f"paylink-cancel-{booking.id}")
+        _tell_cancelled(session, booking, actor, 0)
         return quote
     fee = quote.fee_paise
     if fee:
@@ -187,7 +189,44 @@ def cancel_booking(session: Session, booking: Booking, actor: Actor,
         _open_refund(session, booking, refund_paise, fee, "cancelled", str(actor))
     if fee != quote.fee_paise:
         quote = CancellationQuote(quote.allowed, refund_paise, fee, quote.reason_code)
+    _tell_cancelled(session, booking, actor, quote.refund_paise)
     return quote
+
+
+def _tell_cancelled(session: Session, booking: Booking, actor: Actor, refund_paise: int) -> None:
+    """A booking cancelled by someone other than its customer (ops): the customer hears it
+    on their channel, with what comes back to them, as if they had cancelled in chat; a
+    recipient sent a delivery code hears the booking is cancelled, so nobody waits for a
+    parcel or gives the code to anyone. A customer who cancelled was answered already (the
+    dialog, the IVR, the app)."""
+    from core.adapters.models import OutboxMessage
+    from core.services import outbox
+
+    if actor.kind == "customer" and actor.id == str(booking.customer_id):
+        return
+    key = "bot.cancel.done_refund" if refund_paise > 0 else "bot.cancel.done"
+    notify.notify_customer(session, booking, key, refund_paise=refund_paise,
+                           dedupe_key=f"cancelled-{booking.id}")
+    if not booking.recipient_phone:
+        return
+    code_sent = session.scalar(select(OutboxMessage.id).where(
+        OutboxMessage.booking_id == booking.id,
+        OutboxMessage.to_addr == outbox.address("sms", booking.recipient_phone),
+        OutboxMessage.dedupe_key.like("leg-%-dropotp-%")).limit(1))
+    if code_sent is not None:
+        notify.notify_phone(session, booking.recipient_phone, "booking.status.cancelled",
+                            lang=_recipient_language(session, booking), booking_id=booking.id,
+                            dedupe_key=f"cancelled-{booking.id}-recipient",
+                            ref=booking.reference)
+
+
+def _recipient_language(session: Session, booking: Booking) -> str:
+    """The recipient's language if we know them, else the sender's (as dispatch does for
+    the delivery code)."""
+    recipient = session.scalar(select(Person).where(Person.phone == booking.recipient_phone))
+    if recipient is not None and recipient.preferred_language:
+        return recipient.preferred_language
+    return notify.language_of(session.get(Person, booking.customer_id))
 
 
 def _assigned_leg(session: Session, booking: Booking) -> Leg | None:
@@ -385,8 +424,9 @@ def create_payment_link(booking_id: int) -> str:
         now = clock.now()
         expire_by = booking.expires_at or now + payment_link_ttl()
         if expire_by <= now:
-            move_booking(session, booking, BookingStatus.EXPIRED, SYSTEM,
-                         "payment time ran out before the link was made")
+            # The job ran after the payment window (workers down, gateway retries): the
+            # customer never had a link, so they hear that, not "the time to pay is over".
+            _close_unlinked(session, booking, "payment time ran out before the link was made")
             return "expired"
         if expire_by < now + LINK_MIN_LEAD:
             # The job ran late: the customer still gets a link they have time to pay (and
@@ -410,8 +450,7 @@ def create_payment_link(booking_id: int) -> str:
         entity = found[0]
 
     with transaction() as session:
-        booking = session.get(Booking, booking_id)
-        assert booking is not None
+        booking = ledger.lock_booking(session, booking_id)  # against a cancel meanwhile
         link = session.scalar(
             insert(PaymentLink).values(
                 booking_id=booking_id, gateway_id=entity["id"], reference_id=reference,
@@ -425,6 +464,11 @@ def create_payment_link(booking_id: int) -> str:
         assert link is not None
         if booking.status == BookingStatus.AWAITING_PAYMENT.value:
             _send_link(session, booking, link)
+        elif link.status == "created":
+            # Closed while the link was being made (cancelled, or closed by the sweep): its
+            # cancel job found no link to cancel, and nobody may pay this one.
+            _enqueue_after_commit(session, "workers.payments.cancel_payment_link", booking_id,
+                                  job_id=f"paylink-cancel-{booking_id}")
     _ensure_periodic_jobs()
     log.info("payment link ready", extra={"booking_id": booking_id})
     return "created"
@@ -433,20 +477,30 @@ def create_payment_link(booking_id: int) -> str:
 def _link_refused(booking_id: int, error: str) -> None:
     """The gateway refused the booking's link (no retry changes a 400): the booking cannot
     be paid, so it closes; the customer is told to book again or call, and ops hear why."""
-    from core.services.dispatch import alert_ops  # dispatch imports payments
-
     log.error("payment link refused", extra={"booking_id": booking_id})
     with transaction() as session:
         booking = ledger.lock_booking(session, booking_id)
         if booking.status != BookingStatus.AWAITING_PAYMENT.value:
             return
-        move_booking(session, booking, BookingStatus.EXPIRED, SYSTEM,
-                     "the gateway refused the payment link")
-        notify.notify_customer(session, booking, "payment.link_failed",
-                               dedupe_key=f"paylink-{booking_id}-failed")
-        alert_ops(session, "payment.ops_link_refused", booking_id=booking_id,
-                  dedupe_key=f"paylink-{booking_id}-refused", ref=booking.reference,
-                  error=error[:80])
+        _close_unlinked(session, booking, "the gateway refused the payment link", error)
+
+
+NO_LINK_IN_TIME = "no link before the payment window closed"
+
+
+def _close_unlinked(session: Session, booking: Booking, reason: str,
+                    error: str = NO_LINK_IN_TIME) -> None:
+    """Close a booking awaiting payment that never got its link (refused, or not made in
+    its payment window): the customer hears the link could not be made (never "the time
+    to pay is over"), ops hear why; each once, whichever path closes it."""
+    from core.services.dispatch import alert_ops  # dispatch imports payments
+
+    move_booking(session, booking, BookingStatus.EXPIRED, SYSTEM, reason)
+    notify.notify_customer(session, booking, "payment.link_failed",
+                           dedupe_key=f"paylink-{booking.id}-failed")
+    alert_ops(session, "payment.ops_link_refused", booking_id=booking.id,
+              dedupe_key=f"paylink-{booking.id}-refused", ref=booking.reference,
+              error=error[:80])
 
 
 def _send_link(session: Session, booking: Booking, link: PaymentLink) -> None:
@@ -457,7 +511,10 @@ def _send_link(session: Session, booking: Booking, link: PaymentLink) -> None:
 
 
 def cancel_payment_link(booking_id: int) -> str:
-    """Job: a booking cancelled before payment: cancel its link so it cannot be paid."""
+    """Job: a booking cancelled or expired before payment: cancel its link so it cannot be
+    paid. A link the gateway says is paid (paid just before, its webhook late or lost) has
+    its payment recorded as the webhook would: record_capture gives back what the closed
+    booking cannot take."""
     with transaction() as session:
         link = session.scalar(select(PaymentLink).where(PaymentLink.booking_id == booking_id))
         if link is None or link.status != "created":
@@ -467,6 +524,8 @@ def cancel_payment_link(booking_id: int) -> str:
         entity = gw.client().payment_link.cancel(gateway_id)
     except gw.BadRequestError:
         entity = gw.client().payment_link.fetch(gateway_id)
+    if entity.get("status") == "paid":
+        return _record_link_payments(booking_id, entity, f"link-cancel:{gateway_id}")
     with transaction() as session:
         link = session.scalar(select(PaymentLink).where(PaymentLink.booking_id == booking_id)
                               .with_for_update())
@@ -474,6 +533,31 @@ def cancel_payment_link(booking_id: int) -> str:
         if link.status == "created":
             link.status = entity.get("status") or "cancelled"
         return link.status
+
+
+LINK_WITHOUT_PAYMENT = "paid-link-without-payment"
+
+
+def _record_link_payments(booking_id: int, entity: dict, cause: str) -> str:
+    """The gateway says the booking's link is paid: record its captured payments through
+    record_capture, the webhooks' path (keyed by the payment: once, whichever comes first).
+    Returns the last outcome, or LINK_WITHOUT_PAYMENT if the link lists no captured one."""
+    outcome = LINK_WITHOUT_PAYMENT
+    for p in entity.get("payments") or []:
+        if not isinstance(p, dict) or p.get("status") != "captured":
+            continue
+        pid, amount = p.get("payment_id"), p.get("amount")
+        if not isinstance(pid, str) or not pid or isinstance(amount, bool) or (
+                not isinstance(amount, int) or amount <= 0):
+            continue
+        outcome = record_capture(booking_id, pid, amount, cause=cause, link_status="paid")
+    if outcome == LINK_WITHOUT_PAYMENT:
+        log.error("the gateway says a link is paid but lists no captured payment",
+                  extra={"booking_id": booking_id})
+    else:
+        log.warning("a paid link was recorded from the gateway, not from its webhook",
+                    extra={"booking_id": booking_id, "outcome": outcome})
+    return outcome
 
 
 # --- webhooks ----------------------------------------------------------------------------
@@ -1281,28 +1365,118 @@ def _next_attempt(session: Session, booking: Booking, last: Refund, actor: str
 # --- periodic ------------------------------------------------------------------------------
 
 
+# How long past its time a booking with a link waits for the gateway to say whether the
+# link was paid. Past it the booking expires unasked: a payment whose webhook and link
+# checks all failed for an hour is then refunded as a late one when its webhook comes (the
+# money is never kept), and the hourly reconciliation shows it meanwhile.
+LINK_CHECK_GRACE = timedelta(hours=1)
+EXPIRE_BATCH = 200
+
+
 def expire_unpaid(now: datetime | None = None) -> int:
-    """Expire bookings still awaiting payment after their link's time (a lost webhook)."""
+    """Close bookings still awaiting payment a minute after their time (a lost webhook).
+
+    A booking with a link expires only once the gateway says the link was not paid: one
+    paid in time whose webhook is late is recorded as paid here (record_capture, the
+    webhook's path), not expired and then refunded. No answer: asked again next sweep, up
+    to LINK_CHECK_GRACE. A booking whose link was never made is closed as such
+    (_close_unlinked). Returns how many were closed."""
     now = now or clock.now()
     with transaction() as session:
-        ids = list(session.scalars(select(Booking.id).where(
-            Booking.status == BookingStatus.AWAITING_PAYMENT.value,
-            Booking.expires_at < now - timedelta(minutes=1)).limit(200)))
+        rows = session.execute(
+            select(Booking.id, Booking.expires_at, PaymentLink.gateway_id)
+            .outerjoin(PaymentLink, PaymentLink.booking_id == Booking.id)
+            .where(Booking.status == BookingStatus.AWAITING_PAYMENT.value,
+                   Booking.expires_at < now - timedelta(minutes=1))
+            .order_by(Booking.expires_at).limit(EXPIRE_BATCH)).tuples().all()
     count = 0
-    for booking_id in ids:
-        with transaction() as session:
-            booking = ledger.lock_booking(session, booking_id)
-            if booking.status != BookingStatus.AWAITING_PAYMENT.value:
-                continue
-            if ledger.booking_summary(session, booking_id)["captured_paise"]:
-                continue
-            _expire(session, booking, "payment time ran out")
-            link = session.scalar(select(PaymentLink).where(PaymentLink.booking_id == booking_id))
-            if link is not None and link.status == "created":
-                _enqueue_after_commit(session, "workers.payments.cancel_payment_link",
-                                      booking_id, job_id=f"paylink-cancel-{booking_id}")
-            count += 1
+    gateway_down = False
+    for booking_id, expires_at, gateway_id in rows:
+        entity: dict | None = None
+        if gateway_id is not None and not gateway_down:
+            try:
+                entity = gw.client().payment_link.fetch(gateway_id)
+            except gw.BadRequestError:
+                log.error("the gateway would not show a booking's link",
+                          extra={"booking_id": booking_id})
+            except Exception:
+                # Unreachable (a timeout is 15 s): the other links wait for the next
+                # sweep too, so a gateway outage cannot stretch this one out.
+                gateway_down = True
+                log.warning("gateway unreachable; unpaid links are checked next sweep",
+                            exc_info=True)
+        try:
+            unasked_ok = expires_at is not None and now - expires_at > LINK_CHECK_GRACE
+            count += _expire_if_unpaid(booking_id, gateway_id, entity, unasked_ok=unasked_ok)
+        except Exception:  # one booking's trouble must not stop the sweep for the others
+            log.exception("could not close an unpaid booking", extra={"booking_id": booking_id})
     return count
+
+
+def _expire_if_unpaid(booking_id: int, gateway_id: str | None, entity: dict | None, *,
+                      unasked_ok: bool) -> bool:
+    """One booking of expire_unpaid, with the gateway's view of its link (``entity``, None
+    if it could not be had); True if it was closed."""
+    if entity is not None and entity.get("status") == "paid":
+        if _record_link_payments(booking_id, entity,
+                                 f"link-check:{gateway_id}") != LINK_WITHOUT_PAYMENT:
+            return False
+        entity = None  # a paid link without its payment: no answer to go by
+    if gateway_id is not None and entity is None and not unasked_ok:
+        return False
+    with transaction() as session:
+        booking = ledger.lock_booking(session, booking_id)
+        if booking.status != BookingStatus.AWAITING_PAYMENT.value:
+            return False
+        if ledger.booking_summary(session, booking_id)["captured_paise"]:
+            return False
+        link = session.scalar(select(PaymentLink).where(PaymentLink.booking_id == booking_id))
+        if link is None:
+            _close_unlinked(session, booking, "payment time ran out before the link was made")
+            return True
+        if gateway_id is None:
+            return False  # the link was made meanwhile: the next sweep asks the gateway
+        _expire(session, booking, "payment time ran out")
+        if link.status == "created":
+            _enqueue_after_commit(session, "workers.payments.cancel_payment_link",
+                                  booking_id, job_id=f"paylink-cancel-{booking_id}")
+        return True
+
+
+# A link job has this long to make its link before the sweep takes it for lost.
+LINK_JOB_GRACE = timedelta(minutes=1)
+LINK_REQUEUE_BATCH = 50
+
+
+def bookings_without_link(session: Session, now: datetime | None = None) -> list[int]:
+    """Bookings awaiting payment for over LINK_JOB_GRACE, still in their payment window,
+    with no link: their ``paylink-<booking>`` job lived only in Redis (a flush, a failover,
+    an enqueue that failed after the commit) or is still retrying."""
+    now = now or clock.now()
+    # expires_at is the confirmation time plus the link's TTL until a link is made.
+    confirmed_before = now - LINK_JOB_GRACE + payment_link_ttl()
+    has_link = select(PaymentLink.id).where(PaymentLink.booking_id == Booking.id).exists()
+    return list(session.scalars(select(Booking.id).where(
+        Booking.status == BookingStatus.AWAITING_PAYMENT.value,
+        Booking.expires_at > now, Booking.expires_at < confirmed_before, ~has_link)
+        .order_by(Booking.id).limit(EXPIRE_BATCH)))
+
+
+def _requeue_link_jobs(booking_ids: list[int]) -> int:
+    """Enqueue the link job of bookings without a link whose job is gone; how many."""
+    enqueued = 0
+    for booking_id in booking_ids:
+        if enqueued >= LINK_REQUEUE_BATCH:
+            break
+        job_id = f"paylink-{booking_id}"
+        if _job_alive(job_id):
+            continue
+        log.warning("booking without a payment link lost its job; enqueued again",
+                    extra={"booking_id": booking_id})
+        enqueue("workers.payments.create_payment_link", booking_id, job_id=job_id,
+                retry=GATEWAY_RETRY)
+        enqueued += 1
+    return enqueued
 
 
 def _ensure_periodic_jobs() -> None:
@@ -1499,7 +1673,8 @@ def _job_alive(job_id: str) -> bool:
 
 
 def sweep() -> dict[str, int]:
-    """Expire unpaid bookings, re-enqueue events whose job was lost, make refund attempts
+    """Expire unpaid bookings (after asking the gateway about their links), make payment
+    links whose job was lost, re-enqueue events whose job was lost, make refund attempts
     that are due (should their scheduled job be lost), re-enqueue refund requests
     whose job died (a worker killed, RQ's retries spent without an answer: the same
     attempt again, whose idempotency key makes that safe), start refunds that waited
@@ -1508,6 +1683,7 @@ def sweep() -> dict[str, int]:
     still owed to their partner (a job out of retries, a refusal: with a back-off)."""
     expired = expire_unpaid()
     with transaction() as session:
+        unlinked = bookings_without_link(session)
         ids = unprocessed_events(session)
         event_ids = dict(session.execute(select(GatewayEvent.id, GatewayEvent.event_id)
                                          .where(GatewayEvent.id.in_(ids))).all())
@@ -1537,7 +1713,8 @@ def sweep() -> dict[str, int]:
             enqueue("workers.payments.refund_booking", booking_id, reason, job_id=job_id,
                     retry=GATEWAY_RETRY)
             requeued += 1
-    return {"expired": expired, "events": len(event_ids), "refund_retries": retried,
+    return {"expired": expired, "links_requeued": _requeue_link_jobs(unlinked),
+            "events": len(event_ids), "refund_retries": retried,
             "refunds_requeued": requeued, "refunds_started": _start_waiting_refunds(waiting),
             "releases": len(unreleased), "transfers": _resettle_unpaid(unpaid)}
 
