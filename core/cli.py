@@ -6,12 +6,16 @@ import argparse
 import logging
 import os
 import sys
+from typing import TYPE_CHECKING
 
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
 from core import logs
 from core.config import ROOT, get_settings
+
+if TYPE_CHECKING:
+    from core.adapters.queue import JobLoggingSimpleWorker, JobLoggingWorker
 
 log = logging.getLogger("core.cli")
 
@@ -91,33 +95,50 @@ def lower_priority() -> int:
         return priority.niceness(0)
 
 
-def worker(burst: bool = False) -> None:
-    """Run an RQ worker with its scheduler on every queue (the Procfile's `worker`)."""
-    from rq.serializers import JSONSerializer
+def join_sweeps() -> None:
+    """Join the periodic sweep chains: outbox, dispatch, payments, reconciliation.
 
-    lower_priority()
-
-    from core.adapters.queue import QUEUES, JobLoggingSimpleWorker, JobLoggingWorker, queue
-    from core.adapters.redis_conn import redis_client
-
-    conn = redis_client()
-    from core.adapters import pincode
-
-    pincode.warm_up()  # jobs look up post offices too; pay the index build once, up front
+    Each is a job that schedules its next run, so the chains live in Redis only; a Redis
+    that lost its data (a flush, a restart without its last writes, a failover) ends them
+    while the workers live on. Every worker joins them at start and about once a minute
+    after (the ``periodic`` of its class), so they are back within a minute or two.
+    Idempotent: the job ids name the slot they run in; a look-up per chain when they run.
+    """
     from workers import dispatch as dispatch_jobs
     from workers import outbox as outbox_jobs
     from workers import payments as payment_jobs
 
-    # Join the periodic sweeps (idempotent: job ids name the time they run).
     outbox_jobs.schedule_sweep()
     dispatch_jobs.schedule_sweep()
     payment_jobs.schedule_periodic()
-    fork = os.environ.get("RQ_FORK_PER_JOB", "").lower() in ("1", "true", "yes")
+
+
+def service_worker(fork: bool = False) -> JobLoggingWorker | JobLoggingSimpleWorker:
+    """The service's RQ worker on every queue; it joins the sweep chains as it starts and
+    about once a minute after."""
+    from rq.serializers import JSONSerializer
+
+    from core.adapters.queue import QUEUES, JobLoggingSimpleWorker, JobLoggingWorker, queue
+    from core.adapters.redis_conn import redis_client
+
     worker_class = JobLoggingWorker if fork else JobLoggingSimpleWorker
     # RQ logs each job's call with its arguments unless told not to: a job's arguments may
     # carry a phone number or a spoken text with one, which must not reach the logs.
-    w = worker_class([queue(n) for n in QUEUES], connection=conn, serializer=JSONSerializer,
-                     log_job_description=False)
+    w = worker_class([queue(n) for n in QUEUES], connection=redis_client(),
+                     serializer=JSONSerializer, log_job_description=False)
+    w.periodic = join_sweeps
+    return w
+
+
+def worker(burst: bool = False) -> None:
+    """Run an RQ worker with its scheduler on every queue (the Procfile's `worker`)."""
+    lower_priority()
+
+    from core.adapters import pincode
+
+    pincode.warm_up()  # jobs look up post offices too; pay the index build once, up front
+    fork = os.environ.get("RQ_FORK_PER_JOB", "").lower() in ("1", "true", "yes")
+    w = service_worker(fork)
     w.work(with_scheduler=True, burst=burst, logging_level=get_settings().log_level)
 
 

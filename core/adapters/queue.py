@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from datetime import datetime, timedelta
 from typing import Any
 
 from rq import Queue, Retry, SimpleWorker, Worker
@@ -11,6 +12,7 @@ from rq.serializers import JSONSerializer
 from sqlalchemy import event
 from sqlalchemy.orm import Session
 
+from core import clock
 from core.adapters.redis_conn import redis_client
 
 log = logging.getLogger(__name__)
@@ -39,11 +41,52 @@ class _JobIdLogging:
             logs.job_id.reset(token)
 
 
-class JobLoggingWorker(_JobIdLogging, Worker):
+class _Periodic:
+    """Run ``periodic`` (set by the caller) about every ``periodic_every_s``, busy or idle.
+
+    The worker loop asks ``should_run_maintenance_tasks`` before every job and after every
+    dequeue timeout, so that is the hook; RQ's own maintenance (registry cleaning, every
+    10 minutes) runs only when it is due itself. An idle worker waits in its dequeue for
+    ``worker_ttl - 15`` s (405 by default): here at most ``periodic_every_s``. The
+    interval follows core.clock, so tests move it by moving the clock.
+    """
+
+    periodic: Callable[[], object] | None = None
+    periodic_every_s = 60
+    _periodic_at: datetime | None = None
+
+    def _periodic_due(self) -> bool:
+        if self.periodic is None:
+            return False
+        last = self._periodic_at
+        return last is None or abs(clock.now() - last) >= timedelta(
+            seconds=self.periodic_every_s)
+
+    @property
+    def dequeue_timeout(self) -> int:
+        return min(super().dequeue_timeout, self.periodic_every_s)  # type: ignore[misc]
+
+    @property
+    def should_run_maintenance_tasks(self) -> bool:
+        return self._periodic_due() or super().should_run_maintenance_tasks  # type: ignore[misc]
+
+    def run_maintenance_tasks(self) -> None:
+        if self._periodic_due():
+            self._periodic_at = clock.now()
+            try:
+                assert self.periodic is not None
+                self.periodic()
+            except Exception:  # RQ's loop would end the worker; try again next time
+                log.exception("periodic worker task failed")
+        if super().should_run_maintenance_tasks:  # type: ignore[misc]
+            super().run_maintenance_tasks()  # type: ignore[misc]
+
+
+class JobLoggingWorker(_Periodic, _JobIdLogging, Worker):
     """RQ's forking worker: each job in a fresh child process (isolation, fork cost)."""
 
 
-class JobLoggingSimpleWorker(_JobIdLogging, SimpleWorker):
+class JobLoggingSimpleWorker(_Periodic, _JobIdLogging, SimpleWorker):
     """Jobs run in the worker process itself: no fork, and connection pools live on.
 
     Our jobs are short and I/O-bound (send a message, post a ledger entry), so a fork and

@@ -34,7 +34,7 @@ from core.domain.errors import DomainError
 from core.domain.pricing import ParcelCategory, SizeBucket, SpeedTier, WeightBucket
 from core.services import booking as booking_service
 from core.services import handoff, ledger, payments
-from core.services.inbound import InboundMessage, TurnFailed
+from core.services.inbound import InboundMessage, TurnFailed, lost_a_race
 
 log = logging.getLogger(__name__)
 
@@ -382,6 +382,8 @@ def _whatsapp_turn(session: Session, msg: InboundMessage, person: Person, conv: 
     try:
         outs = dialog_turn(session, person, conv, inp, idle, at=now)
     except Exception as exc:
+        if lost_a_race(exc):
+            raise  # a deadlock: the whole turn runs again (inbound._claimed_turn)
         # Nothing of this turn is kept (its transaction rolls back); the user may retry.
         log.exception("dialog turn failed", extra={"step": step})
         raise TurnFailed(Turn(before, [Say("common.error_try_later")])) from exc

@@ -114,17 +114,40 @@ def process(msg: InboundMessage, handler: Handler) -> Outcome:
     return _claimed_turn(msg, handler)
 
 
+# PostgreSQL aborted the transaction to let a concurrent one through: deadlock detected,
+# serialization failure. Run again, it finds the other's work done and goes ahead.
+LOST_RACE_SQLSTATES = frozenset({"40P01", "40001"})
+TURN_ATTEMPTS = 3
+
+
+def lost_a_race(exc: BaseException) -> bool:
+    """True if ``exc`` is PostgreSQL aborting this transaction for a concurrent one
+    (deadlock, serialization failure): the whole transaction can simply run again."""
+    orig = getattr(exc, "orig", None)
+    return isinstance(exc, OperationalError) and (
+        getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)) in LOST_RACE_SQLSTATES
+
+
 def _claimed_turn(msg: InboundMessage, handler: Handler, *, send_replies: bool = False
                   ) -> Outcome:
-    for attempt in (1, 2):
+    for attempt in range(1, TURN_ATTEMPTS + 1):
         try:
             return _process_once(msg, handler, send_replies)
         except IntegrityError:
             # Two first messages from one new contact raced to create it; the loser's
             # transaction rolled back whole, and on the second try it finds the contact.
-            if attempt == 2:
+            if attempt >= 2:
                 raise
             log.info("retrying inbound message after a creation race")
+        except OperationalError as exc:
+            # A deadlock or serialization failure with a concurrent turn or job (a partner's
+            # OFF while a rival takes the same leg): the loser rolled back whole, and runs
+            # again. Anything else (the database away) goes up: the webhook answers 503,
+            # the drain job is retried, and the message is not lost either way.
+            if not lost_a_race(exc) or attempt == TURN_ATTEMPTS:
+                raise
+            log.warning("retrying inbound message after a lock conflict",
+                        extra={"channel": msg.channel, "attempt": attempt})
     raise AssertionError("unreachable")
 
 
@@ -296,6 +319,21 @@ _LEAVE_LUA = """
 if redis.call('LLEN', KEYS[1]) > 0 then return 1 end
 if tonumber(redis.call('GET', KEYS[2]) or '0') > 0 then redis.call('DECR', KEYS[2]) end
 return 0
+"""
+
+# KEYS: inbox, lock. ARGV: the message just handled, lock token, lock ttl.
+# Take the handled message off the inbox only if it is still the head: a Redis that lost
+# its data (a flush, a failover) mid-turn lost this inbox and its lock, and the inbox a
+# newer message then made holds only unhandled messages. The lock is kept (taken back if
+# it lapsed); if another drainer holds it, the contact is theirs now.
+# Returns 1 popped, 0 not the head (nothing popped), -1 the lock is another drainer's.
+_POP_HANDLED_LUA = """
+local holder = redis.call('GET', KEYS[2])
+if holder and holder ~= ARGV[2] then return -1 end
+redis.call('SET', KEYS[2], ARGV[2], 'EX', ARGV[3])
+if redis.call('LINDEX', KEYS[1], 0) ~= ARGV[1] then return 0 end
+redis.call('LPOP', KEYS[1])
+return 1
 """
 
 _RELEASE_LUA = """
@@ -482,7 +520,8 @@ def drain(channel: str, contact: str, handler: Handler) -> int:
     """Handle a contact's queued messages in arrival order; return how many were handled.
 
     A message leaves the inbox only after its turn committed, so a worker killed mid-turn
-    leaves it for the next drain (and its claim makes a second run change nothing).
+    leaves it for the next drain (and its claim makes a second run change nothing); and
+    only if it is still the inbox's head and the contact still ours (_POP_HANDLED_LUA).
     """
     r = redis_client()
     inbox, scheduled, lock = _keys(channel, contact)
@@ -509,11 +548,9 @@ def drain(channel: str, contact: str, handler: Handler) -> int:
                 log.exception("inbound message failed; moved to the dead-letter list",
                               extra={"channel": channel})
                 r.rpush(DEAD_LETTER, raw)
-            pipe = r.pipeline(transaction=False)
-            pipe.lpop(inbox)
-            pipe.expire(lock, LOCK_TTL_S)
-            pipe.execute()
             handled += 1
+            if int(_run(r, _POP_HANDLED_LUA, [inbox, lock], [raw, token, LOCK_TTL_S])) < 0:
+                return handled  # another drainer took the contact over (see the script)
     except BaseException:
         _run(r, _RELEASE_LUA, keys=[lock], args=[token])
         raise

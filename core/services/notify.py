@@ -8,6 +8,11 @@ user's last message to us. Outside that window we send the approved template con
 for the user's language (``WHATSAPP_TEMPLATE_<LANG>=<ContentSid>``, one generic "update"
 template per language whose variable ``{{1}}`` carries our text), and without one we fall
 back to SMS.
+
+STOP on WhatsApp ends the WhatsApp messages we start. What a person needs for a booking
+they made or receive (its link, details, codes, status, refund), and a sign-in code they
+asked for, still reaches them, by SMS (core.services.outbox.queue_message decides what
+an opted-out person needs). START on WhatsApp brings WhatsApp back.
 """
 
 from __future__ import annotations
@@ -28,6 +33,9 @@ from core.services import outbox
 log = logging.getLogger(__name__)
 
 WHATSAPP_WINDOW = timedelta(hours=24)
+# Messages about no booking that a person who sent STOP still needs: a sign-in code is
+# sent because they just asked for it.
+NEEDED_KEYS = frozenset({"auth.otp"})
 
 
 @functools.cache
@@ -80,9 +88,9 @@ def send_to_person(session: Session, person: Person, body: str, *,
     """Queue ``body`` to a customer on the right channel for now; the outbox row id.
 
     WhatsApp free-form inside the 24-hour window, else the language's approved template,
-    else SMS (always SMS with ``sms_only``). None if nothing can be sent (opted out,
-    retried cause, no address)."""
-    conv = None if sms_only else _whatsapp_conversation(session, person)
+    else SMS (always SMS with ``sms_only``, and after STOP on WhatsApp). None if nothing
+    can be sent (opted out and not needed, retried cause, no address)."""
+    conv = None if sms_only or person.opted_out else _whatsapp_conversation(session, person)
     if conv is not None:
         to = person.phone or conv.contact
         if in_whatsapp_window(conv):
@@ -97,7 +105,7 @@ def send_to_person(session: Session, person: Person, body: str, *,
                                                  content_variables={"1": body}))
             return row_id
     if person.phone is None:
-        log.warning("no channel to reach the customer outside the WhatsApp window")
+        log.warning("no phone number to reach the customer by SMS")
         return None
     return outbox.queue_message(session, channel="sms", to=person.phone, body=body,
                                 dedupe_key=dedupe_key, booking_id=booking_id)
@@ -124,4 +132,5 @@ def notify_phone(session: Session, phone: str, key: str, *, lang: str | None = N
         lang = language_of(session.scalar(select(Person).where(Person.phone == phone)))
     body = i18n.t(key, lang, **params)
     return outbox.queue_message(session, channel="sms", to=phone, body=body,
-                                dedupe_key=dedupe_key, booking_id=booking_id)
+                                dedupe_key=dedupe_key, booking_id=booking_id,
+                                needed=key in NEEDED_KEYS)

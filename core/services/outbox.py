@@ -34,7 +34,7 @@ from core.adapters.db import transaction
 from core.adapters.dialog_models import WhatsappTemplateSend
 from core.adapters.models import MessageStatusEvent, OutboxMessage, Person
 from core.adapters.queue import after_commit, enqueue, queue
-from core.adapters.redis_conn import redis_client
+from core.adapters.redis_conn import redis_client, run_script
 from core.config import get_settings
 from core.domain.errors import ValidationError
 from core.domain.phone import normalize_phone
@@ -85,13 +85,18 @@ def queue_message(
     dedupe_key: str | None = None,
     booking_id: int | None = None,
     reply: bool = False,
+    needed: bool = False,
     send_after_commit: bool = False,
 ) -> int | None:
     """Add a message to the outbox in the caller's transaction; deliver after commit.
 
     Returns the row id, or None when ``dedupe_key`` was already used (the cause was
-    retried) or the recipient opted out. A ``reply`` answers a message the recipient just
-    sent (the dialog decided what an opted-out contact hears, e.g. the STOP confirmation).
+    retried) or the recipient opted out and does not need it. A ``reply`` answers a
+    message the recipient just sent (the dialog decided what an opted-out contact hears,
+    e.g. the STOP confirmation). After STOP no WhatsApp message we start goes out; an SMS
+    still does if the recipient needs it: about a booking (``booking_id``: its link,
+    details, codes, status, refund) or ``needed`` (a sign-in code they asked for).
+    notify sends an opted-out person's messages by SMS for that reason.
     ``send_after_commit`` is for callers that already run in a worker (a drain job): the
     row is sent right after the commit, in the caller's order, and only a failed first try
     becomes a delivery job with retries.
@@ -100,11 +105,11 @@ def queue_message(
         raise ValidationError("a message needs a body or media", code="empty_message")
     settings = get_settings()
     to_addr = address(channel, to)
-    opted_out = not reply and session.scalar(select(Person.opted_out)
-                                             .where(_person_at(to_addr)))
-    if opted_out:
-        log.info("recipient opted out; message dropped", extra={"channel": channel})
-        return None
+    if not reply and not (channel == "sms" and (needed or booking_id is not None)):
+        opted_out = session.scalar(select(Person.opted_out).where(_person_at(to_addr)))
+        if opted_out:
+            log.info("recipient opted out; message dropped", extra={"channel": channel})
+            return None
     from_addr = settings.twilio_whatsapp_from if channel == "whatsapp" else settings.twilio_sms_from
     # A row sent right after the commit is claimed ("sending", first attempt) as it is
     # written: no other sender can take it, and if this worker dies before sending, the
@@ -325,6 +330,19 @@ def _enqueue_apply() -> None:
         log.warning("could not enqueue the status job; the sweep will")
 
 
+# KEYS: the status inbox. ARGV: the items just applied, in order. Removes from the head
+# only those items, as long as they are still there in that order: a Redis that lost its
+# data (a flush, a failover) while the batch was applied holds only newer, unapplied
+# callbacks, and a trim by count would drop them. Returns how many were removed.
+_TRIM_APPLIED_LUA = """
+local head = redis.call('LRANGE', KEYS[1], 0, #ARGV - 1)
+local same = 0
+while same < #head and head[same + 1] == ARGV[same + 1] do same = same + 1 end
+if same > 0 then redis.call('LTRIM', KEYS[1], same, -1) end
+return same
+"""
+
+
 def apply_statuses(batch: int = STATUS_BATCH) -> int:
     """RQ job: apply queued status callbacks, ``batch`` per transaction, until it has
     caught up; return how many were applied.
@@ -344,7 +362,7 @@ def apply_statuses(batch: int = STATUS_BATCH) -> int:
             r.expire(STATUS_JOB_FLAG, STATUS_JOB_TTL_S)
             reports = [report for report in map(_parse_report, raw) if report is not None]
             _apply_or_isolate(reports)
-            r.ltrim(STATUS_INBOX, len(raw), -1)
+            run_script(r, _TRIM_APPLIED_LUA, [STATUS_INBOX], raw)
             applied += len(reports)
             if len(raw) == batch:
                 continue  # a backlog: work it off now

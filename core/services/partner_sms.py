@@ -18,7 +18,7 @@ from core.config import get_settings
 from core.domain.dispatch import Kind, parse_command
 from core.domain.errors import DomainError
 from core.services import dispatch
-from core.services.inbound import InboundMessage
+from core.services.inbound import InboundMessage, lost_a_race
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +39,11 @@ def handle(session: Session, msg: InboundMessage) -> list[str]:
         savepoint.rollback()
         log.info("partner command refused", extra={"code": exc.code, "command": cmd.kind})
         return [i18n.t("dispatch.cannot_now", lang, ops_phone=get_settings().ops_phone)]
-    except Exception:
+    except Exception as exc:
+        if lost_a_race(exc):
+            # A deadlock or serialization failure: the turn's whole transaction is aborted
+            # and runs again (inbound._claimed_turn); "try later" would lose the command.
+            raise
         # Never a 500 to Twilio (it would retry into the same bug): undo this command's
         # changes, keep the MessageSid claimed, tell the partner to try again.
         savepoint.rollback()
