@@ -231,8 +231,10 @@ def test_paid_booking_is_offered_accepted_picked_up_and_delivered(client, live, 
     customer_msgs = bodies_to(CUSTOMER)
     from core import i18n
 
-    for status in ("dispatching", "picked_up", "delivered"):
+    for status in ("picked_up", "delivered"):
         assert i18n.t(f"booking.status.{status}", "hi", ref=ref) in customer_msgs
+    # "looking for a rider" is in the payment message, not a message of its own
+    assert i18n.t("booking.status.dispatching", "hi", ref=ref) not in customer_msgs
     # "assigned" names who is coming and on what.
     assert i18n.t("dispatch.customer_assigned", "hi", ref=ref, name="Ramesh",
                   vehicle=i18n.t("vehicle.bicycle", "hi")) in customer_msgs

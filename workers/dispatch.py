@@ -43,7 +43,8 @@ def resume_search(leg_id: int, round_no: int) -> str:
 
 
 def sweep() -> dict[str, int]:
-    """Expire offers whose timeout job was lost, move stalled searches on; then reschedule."""
+    """Expire offers whose timeout job was lost, move stalled searches on, chase taken jobs
+    not picked up or delivered in time; then reschedule."""
     try:
         return dispatch.sweep()
     finally:

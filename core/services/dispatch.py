@@ -19,9 +19,14 @@ How a leg finds its partner:
 5. A delivered leg asks payments to release its payout (``release-<leg id>``); a relay's
    next leg is dispatched as soon as the previous one is picked up, so its partner is
    waiting at the Point.
+6. A taken job must move on (the sweep checks): not picked up ``DISPATCH_PICKUP_MINUTES``
+   after it was taken, the partner is reminded and the customer and ops told; after twice
+   that it is taken back and offered again. A parcel picked up longer ago than the tier's
+   delivery hours and not delivered is reported to ops.
 
 Every function that takes a Session works in the caller's transaction; job entry points
-open their own. Lock order is always leg, then offers, to rule out deadlocks.
+open their own. Lock order is always leg, then offers, then the partner rows they change,
+to rule out deadlocks.
 """
 
 from __future__ import annotations
@@ -91,8 +96,27 @@ def config() -> rules.DispatchConfig:
     return rules.from_env(os.environ)
 
 
+@lru_cache(maxsize=1)
+def pickup_window() -> timedelta:
+    """DISPATCH_PICKUP_MINUTES (60): how long a taken job may wait for its pickup before the
+    partner is reminded and the customer and ops are told; after twice that it is taken
+    back and offered again (see ``pickup_late``)."""
+    raw = os.environ.get("DISPATCH_PICKUP_MINUTES", "").strip()
+    if not raw:
+        return timedelta(minutes=60)
+    try:
+        minutes = int(raw)
+    except ValueError:
+        raise rules.DispatchConfigError(
+            f"DISPATCH_PICKUP_MINUTES must be an integer, got {raw!r}") from None
+    if minutes < 1:
+        raise rules.DispatchConfigError(f"DISPATCH_PICKUP_MINUTES must be >= 1, got {minutes}")
+    return timedelta(minutes=minutes)
+
+
 def reset_config() -> None:
     config.cache_clear()
+    pickup_window.cache_clear()
 
 
 # --- jobs and small helpers -----------------------------------------------------------
@@ -517,7 +541,8 @@ def start_dispatch(booking_id: int) -> str:
         legs = plan_legs(session, booking)
         move_booking(session, booking, BookingStatus.DISPATCHING, SYSTEM,
                      "paid; looking for a partner" + (" (relay)" if len(legs) > 1 else ""))
-        _status_to_customer(session, booking, "start")
+        # No "looking for a rider" here: the payment message just said so. It is sent when
+        # the booking goes back to dispatching (a rider gave the job back).
         start_search(session, booking, legs[0])
         return "dispatching"
 
@@ -647,6 +672,27 @@ def _exhausted(session: Session, booking: Booking, leg: Leg, search: DispatchSea
                      job_id=f"dispatch-retry-{leg.id}-{search.round}-{search.pass_no}")
     else:
         search.next_try_at = search.deadline_at
+
+
+def _tell_carrier_to_wait(session: Session, booking: Booking, leg: Leg,
+                          search: DispatchSearch) -> None:
+    """A relay's next leg is paused, nobody took it: the rider bringing the parcel to its
+    Point hears to keep it safe (nobody there can give him the code to hand it over), once
+    per pause. Not each time a pass runs dry: the first does as he picks up, the next
+    round's two minutes after the pause. When a rider takes the leg he gets the handover
+    code (``send_leg_codes``: dispatch.handover_give)."""
+    if leg.sequence == 1:
+        return
+    prev = session.scalar(select(Leg).where(Leg.booking_id == booking.id,
+                                            Leg.sequence == leg.sequence - 1))
+    if prev is None or prev.partner_id is None or prev.status not in ACTIVE_LEG_STATES:
+        return
+    carrier = session.get(PartnerProfile, prev.partner_id)
+    assert carrier is not None
+    _sms_partner(session, carrier, "dispatch.carrier_wait", booking_id=booking.id,
+                 dedupe_key=f"leg-{leg.id}-r{search.round}-carrier-wait", job=job_code(prev),
+                 point=_place(session, booking, leg, "from"),
+                 ops_phone=get_settings().ops_phone)
 
 
 def _open_offers(session: Session, leg_id: int) -> list[DispatchOffer]:
@@ -836,6 +882,7 @@ def _fail_search(session: Session, booking: Booking, leg: Leg, search: DispatchS
                   ref=booking.reference, job=job_code(leg))
         notify.notify_customer(session, booking, "dispatch.still_searching",
                                dedupe_key=f"leg-{leg.id}-r{search.round}-searching")
+        _tell_carrier_to_wait(session, booking, leg, search)
         _schedule_in(session, cfg.retry_s, "workers.dispatch.resume_search", leg.id,
                      search.round, job_id=f"dispatch-resume-{leg.id}-{search.round}")
 
@@ -897,6 +944,15 @@ def sweep() -> dict[str, int]:
             done["resumed"] += 1
     done["started"] = sum(start_dispatch(booking_id) == "dispatching"
                           for booking_id in _paid_not_dispatched(now))
+    done["late_pickups"] = done["taken_back"] = 0
+    for leg_id in _late_pickups(now):
+        result = pickup_late(leg_id)
+        if result == "reminded":
+            done["late_pickups"] += 1
+        elif result == "taken-back":
+            done["taken_back"] += 1
+    done["late_deliveries"] = sum(delivery_late(leg_id) == "alerted"
+                                  for leg_id in _late_deliveries(now))
     return done
 
 
@@ -914,6 +970,139 @@ def _paid_not_dispatched(now: datetime) -> list[int]:
             .where(Booking.status == BookingStatus.PAID.value,
                    TransitionLog.at < now - START_GRACE)
             .order_by(Booking.id).limit(100)))
+
+
+# --- taken jobs that stall -------------------------------------------------------------
+# A job taken but not picked up, or picked up and not delivered in time, is found by the
+# sweep (each minute). What it does is said once: every message has a dedupe key, and the
+# sweep looks past a leg once its step's messages are in the outbox.
+
+# First legs assigned longer than the pickup window, from their latest assignment (an
+# unlock by ops assigns again), not reminded yet for it unless due to be taken back. A
+# relay's later leg is left out: its parcel comes from the previous rider, face to face
+# at the Point, and a late one there is that leg's delay (``delivery_late``).
+_LATE_PICKUPS = text("""
+SELECT l.id FROM legs l
+CROSS JOIN LATERAL (SELECT t.id, t.at FROM transitions t
+                    WHERE t.entity = 'leg' AND t.entity_id = l.id AND t.to_status = 'assigned'
+                    ORDER BY t.id DESC LIMIT 1) a
+WHERE l.status = 'assigned' AND l.sequence = 1 AND a.at < :late
+  AND (a.at < :take_back OR NOT EXISTS (
+       SELECT 1 FROM outbox_messages o WHERE o.booking_id = l.booking_id
+         AND o.dedupe_key LIKE 'leg-' || l.id || '-a' || a.id || '-late-%'))
+ORDER BY l.id LIMIT 500
+""")
+
+# Picked-up legs of bookings whose parcel left the sender longer ago than the tier's
+# delivery hours, ops not yet alerted.
+_LATE_DELIVERIES = text("""
+SELECT l.id FROM legs l
+JOIN bookings b ON b.id = l.booking_id
+JOIN legs f ON f.booking_id = l.booking_id AND f.sequence = 1
+JOIN unnest(CAST(:tiers AS text[]), CAST(:cutoffs AS timestamptz[])) AS c(tier, cutoff)
+  ON c.tier = b.speed_tier
+CROSS JOIN LATERAL (SELECT min(t.at) AS at FROM transitions t
+                    WHERE t.entity = 'leg' AND t.entity_id = f.id
+                      AND t.to_status = 'picked_up') p
+WHERE l.status = 'picked_up' AND p.at < c.cutoff
+  AND NOT EXISTS (SELECT 1 FROM outbox_messages o WHERE o.booking_id = l.booking_id
+                    AND o.dedupe_key LIKE 'leg-' || l.id || '-late-delivery-%')
+ORDER BY l.id LIMIT 500
+""")
+
+
+def _late_pickups(now: datetime) -> list[int]:
+    window = pickup_window()
+    with transaction() as session:
+        return list(session.scalars(_LATE_PICKUPS, {
+            "late": now - window, "take_back": now - 2 * window}))
+
+
+def _late_deliveries(now: datetime) -> list[int]:
+    hours = config().delivery_hours
+    with transaction() as session:
+        return list(session.scalars(_LATE_DELIVERIES, {
+            "tiers": [str(tier) for tier in hours],
+            "cutoffs": [now - timedelta(hours=h) for h in hours.values()]}))
+
+
+def _assigned_at(session: Session, leg: Leg) -> TransitionLog | None:
+    """The transition that gave the leg to its current partner (acceptance or unlock)."""
+    return session.scalar(select(TransitionLog).where(
+        TransitionLog.entity == "leg", TransitionLog.entity_id == leg.id,
+        TransitionLog.to_status == LegStatus.ASSIGNED.value)
+        .order_by(TransitionLog.id.desc()).limit(1))
+
+
+def pickup_late(leg_id: int) -> str:
+    """A first leg still not picked up a pickup window after it was taken: once, the partner
+    is reminded (go now, or give it back with CANCEL), the customer hears the rider is late
+    and ops are alerted. After twice the window it is taken back and offered again, as if
+    the partner had given it back (it counts against them); partner and customer hear it."""
+    window = pickup_window()
+    with transaction() as session:
+        leg = _lock_leg(session, leg_id)
+        if leg is None:
+            return "missing"
+        if leg.status != LegStatus.ASSIGNED.value or leg.partner_id is None or leg.sequence != 1:
+            return "stale"
+        assigned = _assigned_at(session, leg)
+        if assigned is None:
+            return "stale"
+        waited = clock.now() + DUE_TOLERANCE - assigned.at
+        if waited < window:
+            return "not-due"
+        booking = session.get(Booking, leg.booking_id, with_for_update=True)
+        partner = session.get(PartnerProfile, leg.partner_id)
+        assert booking is not None and partner is not None
+        job, tag = job_code(leg), f"leg-{leg.id}-a{assigned.id}"
+        if waited >= 2 * window:
+            event, reopened = _give_back(session, booking, leg, partner, SYSTEM,
+                                         "not picked up in time")
+            _sms_partner(session, partner, "dispatch.taken_back", booking_id=booking.id,
+                         dedupe_key=f"{tag}-taken-back", job=job)
+            if reopened:
+                notify.notify_customer(session, booking, "dispatch.customer_rider_replaced",
+                                       dedupe_key=f"{tag}-replaced")
+            start_search(session, booking, leg)
+            log.warning("job taken back: not picked up in time",
+                        extra={"leg_id": leg.id, "partner_id": partner.id})
+            return "taken-back"
+        # The "-late-" keys mark the reminder as done for the sweep (_LATE_PICKUPS).
+        _sms_partner(session, partner, "dispatch.pickup_late", booking_id=booking.id,
+                     dedupe_key=f"{tag}-late-partner", job=job)
+        notify.notify_customer(session, booking, "dispatch.customer_rider_late",
+                               dedupe_key=f"{tag}-late-customer")
+        alert_ops(session, "dispatch.ops_pickup_late", booking_id=booking.id,
+                  dedupe_key=f"{tag}-late-ops", ref=booking.reference, job=job,
+                  minutes=int(window.total_seconds() // 60))
+        return "reminded"
+
+
+def delivery_late(leg_id: int) -> str:
+    """A picked-up leg whose parcel left the sender longer ago than the tier's delivery
+    hours (DISPATCH_DELIVERY_HOURS): ops are alerted once. The parcel is with the partner,
+    so the leg is not offered again."""
+    with transaction() as session:
+        leg = _lock_leg(session, leg_id)
+        if leg is None:
+            return "missing"
+        if leg.status != LegStatus.PICKED_UP.value:
+            return "stale"
+        booking = session.get(Booking, leg.booking_id)
+        assert booking is not None
+        first = _legs(session, booking)[0]
+        left_at = session.scalar(select(func.min(TransitionLog.at)).where(
+            TransitionLog.entity == "leg", TransitionLog.entity_id == first.id,
+            TransitionLog.to_status == LegStatus.PICKED_UP.value))
+        hours = config().delivery_hours[SpeedTier(booking.speed_tier)]
+        if left_at is None or clock.now() + DUE_TOLERANCE < left_at + timedelta(hours=hours):
+            return "not-due"
+        # The "-late-delivery-" key marks the alert as done for the sweep.
+        alert_ops(session, "dispatch.ops_delivery_late", booking_id=booking.id,
+                  dedupe_key=f"leg-{leg.id}-late-delivery", ref=booking.reference,
+                  job=job_code(leg), hours=hours)
+        return "alerted"
 
 
 # --- partner actions ------------------------------------------------------------------
@@ -1254,6 +1443,20 @@ def cancel_by_partner(session: Session, partner: PartnerProfile,
             # not work for them any more. The next partner to take the leg gets a new one.
             issue_leg_otps(prev)
     actor = _partner_actor(partner)
+    event, reopened = _give_back(session, booking, leg, partner, actor,
+                                 "partner gave the job back")
+    if reopened:
+        _status_to_customer(session, booking, f"cancel{event.id}")
+    start_search(session, booking, leg, actor=actor)
+    return _r("dispatch.cancelled", job=job)
+
+
+def _give_back(session: Session, booking: Booking, leg: Leg, partner: PartnerProfile,
+               actor: Actor, reason: str) -> tuple[PartnerEvent, bool]:
+    """An assigned leg leaves its partner before pickup and goes back to offering; it counts
+    against them. The caller holds the leg's and the booking's locks, tells the customer,
+    and starts the search. Returns the event and whether the booking went back to
+    dispatching."""
     session.execute(update(DispatchOffer).where(
         DispatchOffer.leg_id == leg.id, DispatchOffer.partner_id == partner.id,
         DispatchOffer.status == rules.OfferStatus.ACCEPTED.value)
@@ -1266,13 +1469,11 @@ def cancel_by_partner(session: Session, partner: PartnerProfile,
     session.flush()
     leg.partner_id = None
     leg.pickup_otp_hash = leg.drop_otp_hash = None
-    move_leg(session, leg, LegStatus.OFFERING, actor, "partner gave the job back")
-    if booking.status == BookingStatus.ASSIGNED.value:
-        move_booking(session, booking, BookingStatus.DISPATCHING, actor,
-                     "partner gave the job back")
-        _status_to_customer(session, booking, f"cancel{event.id}")
-    start_search(session, booking, leg, actor=actor)
-    return _r("dispatch.cancelled", job=job)
+    move_leg(session, leg, LegStatus.OFFERING, actor, reason)
+    if booking.status != BookingStatus.ASSIGNED.value:
+        return event, False
+    move_booking(session, booking, BookingStatus.DISPATCHING, actor, reason)
+    return event, True
 
 
 # KYC states in which a partner takes no jobs (ops set them; the ops endpoint also takes
@@ -1285,21 +1486,28 @@ def set_duty(session: Session, partner: PartnerProfile, on: bool) -> Reply:
     rejected partner cannot go on duty."""
     if on and partner.kyc_status in BLOCKED_KYC:
         return _r("dispatch.duty_blocked", ops_phone=get_settings().ops_phone)
-    partner.on_duty = on
-    session.add(PartnerEvent(partner_id=partner.id, kind="duty_on" if on else "duty_off",
-                             at=clock.now()))
+    in_hand: list[tuple[Leg, DispatchOffer]] = []
     if not on:
-        # Stopping work answers the offers in hand: no, so the next partner need not
-        # wait out their timeout (and a late "1" cannot put them back on duty by itself).
-        for offered in open_offers_of(session, partner):
-            leg = _lock_leg(session, offered.leg_id)
-            offer = session.get(DispatchOffer, offered.id, with_for_update=True,
+        # The legs of the offers in hand, then the offers, are locked before the partner's
+        # own row changes: a rival's acceptance holds such a leg and then withdraws this
+        # partner's offer, writing their row. Writing the row first deadlocked with it.
+        offered = sorted((o.leg_id, o.id) for o in open_offers_of(session, partner))
+        for leg_id, offer_id in offered:
+            leg = _lock_leg(session, leg_id)
+            offer = session.get(DispatchOffer, offer_id, with_for_update=True,
                                 populate_existing=True)
             if leg is not None and offer is not None \
                     and offer.status == rules.OfferStatus.OPEN.value:
-                offer.status = rules.OfferStatus.DECLINED.value
-                offer.responded_at = clock.now()
-                _maybe_continue(session, leg)
+                in_hand.append((leg, offer))
+    partner.on_duty = on
+    session.add(PartnerEvent(partner_id=partner.id, kind="duty_on" if on else "duty_off",
+                             at=clock.now()))
+    # Stopping work answers the offers in hand: no, so the next partner need not wait out
+    # their timeout (and a late "1" cannot put them back on duty by itself).
+    for leg, offer in in_hand:
+        offer.status = rules.OfferStatus.DECLINED.value
+        offer.responded_at = clock.now()
+        _maybe_continue(session, leg)
     home = session.get(Point, partner.home_point_id) if partner.home_point_id else None
     if on and home is not None:
         pid, lat, lng, app = partner.id, home.lat, home.lng, partner.has_app
@@ -1328,10 +1536,12 @@ def status_lines(session: Session, partner: PartnerProfile, lang: str) -> list[s
 # --- app / ops entry points -----------------------------------------------------------
 
 
-def update_location(partner_id: int, lat: float, lng: float) -> None:
-    """A live position from the partner app (kept fresh for DISPATCH_LOCATION_MAX_AGE_S)."""
+def update_location(partner_id: int, lat: float, lng: float,
+                    at: datetime | None = None) -> None:
+    """A live position from the partner app, taken at ``at`` (default now); it counts for
+    DISPATCH_LOCATION_MAX_AGE_S from then, not from when it reached us."""
     la, ln = validate_lat_lng(lat, lng)
-    geo_index.update_location(partner_id, la, ln, clock.now())
+    geo_index.update_location(partner_id, la, ln, at or clock.now())
 
 
 def attach_pod(session: Session, partner: PartnerProfile, leg_id: int, data: bytes,
@@ -1363,9 +1573,12 @@ def pod_leg_of(session: Session, partner: PartnerProfile) -> Leg | None:
         .order_by(Leg.updated_at.desc()))
     if carrying is not None:
         return carrying
+    # delivered_at, not updated_at: that one is the database's clock and moves with any
+    # later change to the leg (a photo, a payout), so an old drop would look recent.
     return session.scalar(select(Leg).where(
         Leg.partner_id == partner.id, Leg.status == LegStatus.DELIVERED.value,
-        Leg.updated_at >= clock.now() - timedelta(hours=1)).order_by(Leg.updated_at.desc()))
+        Leg.delivered_at >= clock.now() - timedelta(hours=1))
+        .order_by(Leg.delivered_at.desc(), Leg.id.desc()))
 
 
 def fetch_pod_photo(leg_id: int, partner_id: int, url: str, content_type: str) -> str:
@@ -1417,6 +1630,6 @@ def find_partner(session: Session, phone: str | None) -> tuple[Person | None,
 
 
 __all__ = ["accept", "attach_pod", "cancel_by_partner", "config", "confirm", "continue_search",
-           "decline", "find_candidates", "offer_timeout", "plan_legs", "search_deadline",
-           "set_duty", "start_dispatch", "start_search", "status_lines", "sweep",
-           "unlock_leg", "update_location"]
+           "decline", "delivery_late", "find_candidates", "offer_timeout", "pickup_late",
+           "pickup_window", "plan_legs", "search_deadline", "set_duty", "start_dispatch",
+           "start_search", "status_lines", "sweep", "unlock_leg", "update_location"]

@@ -72,7 +72,7 @@ def record_location(partner_id: int, lat: float, lng: float, accuracy_m: float,
             raise ValidationError("that jump is too far for the time", code="impossible_jump",
                                   field="lat")
     redis_client().hset(LAST_FIX_KEY, str(partner_id), f"{lat},{lng},{at.timestamp()}")
-    dispatch.update_location(partner_id, lat, lng)
+    dispatch.update_location(partner_id, lat, lng, at)  # as old as the fix, not the upload
     return Fix(lat, lng, at)
 
 

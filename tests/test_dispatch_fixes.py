@@ -1,0 +1,270 @@
+"""Dispatch defects found in review, each with the set-up that showed it.
+
+Going OFF duty while a rival takes the offered job (lock order), a position as old as its
+fix, a photo matched by when the drop was confirmed, no "looking for a rider" right after
+"we got your payment", and the relay rider holding a parcel nobody is there to take.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+from datetime import timedelta
+
+import pytest
+from sqlalchemy import text
+
+from core import clock, i18n
+from core.adapters import geo_index
+from core.adapters.db import transaction
+from core.adapters.models import Booking, PartnerProfile, Person
+from core.config import get_settings
+from core.domain.booking import LegStatus
+from core.services import dispatch, partner_app
+from tests.conftest import release_scheduled, run_jobs
+from tests.test_dispatch import (
+    BETTIAH,
+    CUSTOMER,
+    LAXMIPUR,
+    OPS,
+    RECIPIENT,
+    bodies_to,
+    freeze_at,
+    frozen,  # noqa: F401  (fixture)
+    last_code,
+    legs_of,
+    make_partner,
+    make_point,
+    offers,
+    paid_booking,
+    sms,
+    start,
+)
+from tests.test_dispatch_concurrency import batches_of_two  # noqa: F401  (fixture)
+
+pytestmark = pytest.mark.db
+
+
+def _reference(booking_id: int) -> str:
+    with transaction() as s:
+        return s.get(Booking, booking_id).reference
+
+
+# --- lock order: OFF duty against a rival's YES ----------------------------------------
+
+
+def _wait_for_a_lock_waiter(timeout_s: float = 10) -> None:
+    """Until some transaction of this test database waits for a row lock."""
+    until = time.monotonic() + timeout_s
+    while time.monotonic() < until:
+        with transaction() as s:
+            if s.scalar(text("SELECT count(*) FROM pg_stat_activity WHERE datname = "
+                             "current_database() AND wait_event_type = 'Lock'")):
+                return
+        time.sleep(0.01)
+    raise AssertionError("nobody waited for a lock")
+
+
+def test_going_off_duty_while_a_rival_takes_the_offered_job_does_not_deadlock(
+        client, live, frozen, batches_of_two, monkeypatch):  # noqa: F811
+    # Asha and Bala both hold an offer for the leg. Bala says YES: his acceptance locks
+    # the leg, then withdraws Asha's offer (writing her row). Asha sends OFF at that
+    # moment: she must wait for the leg before her row changes, not hold her row while
+    # waiting for the leg (PostgreSQL then kills one of the two as a deadlock).
+    asha, _ = make_partner("Asha", LAXMIPUR)
+    bala, _ = make_partner("Bala", (26.893, 84.489))
+    booking_id = paid_booking()
+    start(booking_id)
+    leg = legs_of(booking_id)[0]
+    assert {o.partner_id for o in offers(leg.id)} == {asha, bala}
+
+    real = dispatch._lock_leg
+    accept_has_leg = threading.Event()
+
+    def lock_leg(session, leg_id):
+        caller = sys._getframe(1).f_code.co_name
+        if caller == "accept":
+            got = real(session, leg_id)
+            accept_has_leg.set()
+            _wait_for_a_lock_waiter()  # OFF now waits for a lock this acceptance holds
+            return got
+        if caller == "set_duty":
+            assert accept_has_leg.wait(10)
+        return real(session, leg_id)
+
+    monkeypatch.setattr(dispatch, "_lock_leg", lock_leg)
+    answers: dict[str, str] = {}
+    errors: list[BaseException] = []
+
+    def run(name: str, partner_id: int, act) -> None:
+        try:
+            with transaction() as s:
+                answers[name] = act(s, s.get(PartnerProfile, partner_id)).key
+        except BaseException as exc:  # noqa: BLE001 (reported by the assertion below)
+            errors.append(exc)
+
+    threads = [
+        threading.Thread(target=run, args=("yes", bala,
+                                           lambda s, p: dispatch.accept(s, p, str(leg.id)))),
+        threading.Thread(target=run, args=("off", asha,
+                                           lambda s, p: dispatch.set_duty(s, p, False))),
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+    assert not errors, errors
+    assert answers == {"yes": "dispatch.accepted", "off": "dispatch.duty_off"}
+    assert {o.partner_id: o.status for o in offers(leg.id)} == {bala: "accepted",
+                                                               asha: "withdrawn"}
+    with transaction() as s:
+        assert s.get(PartnerProfile, asha).on_duty is False
+
+
+def test_going_off_duty_still_declines_the_offer_in_hand(client, live, frozen):  # noqa: F811
+    asha, a_phone = make_partner("Asha", LAXMIPUR)
+    booking_id = paid_booking()
+    start(booking_id)
+    leg = legs_of(booking_id)[0]
+    sms(client, a_phone, "OFF")
+    assert [(o.partner_id, o.status) for o in offers(leg.id)] == [(asha, "declined")]
+
+
+# --- a position is as old as its fix ---------------------------------------------------
+
+
+def test_a_position_counts_from_when_it_was_taken_not_uploaded(client, live,
+                                                               frozen):  # noqa: F811
+    pid, _ = make_partner("App", BETTIAH, has_app=True)  # home far away; an app user
+    max_age = dispatch.config().location_max_age_s  # 900 s
+    # Taken 4.5 minutes ago, uploaded now (patchy network): accepted, it is under 5 min.
+    partner_app.record_location(pid, *LAXMIPUR, 20, clock.now() - timedelta(seconds=270))
+    found = geo_index.nearby(*LAXMIPUR, 3, max_age_s=max_age, now=clock.now())
+    assert pid in [n.partner_id for n in found]
+    # 11 minutes on, the fix is 15.5 minutes old: too old to place them here.
+    freeze_at(11 * 60)
+    found = geo_index.nearby(*LAXMIPUR, 3, max_age_s=max_age, now=clock.now())
+    assert pid not in [n.partner_id for n in found]
+
+
+# --- a photo goes with the drop of the last hour ---------------------------------------
+
+
+def _deliver(client, phone: str) -> int:
+    booking_id = paid_booking()
+    start(booking_id)
+    assert "आपका है" in sms(client, phone, "1")[0]
+    sms(client, phone, f"PICK {last_code(CUSTOMER, 'पार्सल उठाने')}")
+    sms(client, phone, f"DROP {last_code(RECIPIENT)}")
+    leg = legs_of(booking_id)[0]
+    assert leg.status == LegStatus.DELIVERED.value
+    return leg.id
+
+
+def test_a_photo_goes_with_the_leg_delivered_last_within_the_hour(client, live,
+                                                                  frozen):  # noqa: F811
+    ramesh, phone = make_partner("Ramesh", LAXMIPUR)
+    first = _deliver(client, phone)
+    freeze_at(10 * 60)
+    second = _deliver(client, phone)
+    with transaction() as s:  # a late photo for the first drop changes that leg again
+        dispatch.attach_pod(s, s.get(PartnerProfile, ramesh), first, b"\xff\xd8\xff\xe0x",
+                            "image/jpeg")
+
+    def pod_leg() -> int | None:
+        with transaction() as s:
+            leg = dispatch.pod_leg_of(s, s.get(PartnerProfile, ramesh))
+            return leg.id if leg else None
+
+    freeze_at(40 * 60)
+    assert pod_leg() == second  # delivered last, though changed first
+    freeze_at(10 * 60 + 61 * 60)
+    assert pod_leg() is None  # over an hour since the last drop
+
+
+# --- "we got your payment" is not followed by "looking for a rider" --------------------
+
+
+def test_the_payment_message_is_the_only_news_when_dispatch_starts(live):
+    from tests.test_payments_support import confirmed_booking, pay
+
+    make_partner("Ramesh", LAXMIPUR)
+    booking_id = confirmed_booking()
+    run_jobs()
+    assert pay(booking_id).status_code == 200
+    run_jobs()  # payment webhook, then dispatch starts and offers the job
+    with transaction() as s:
+        booking = s.get(Booking, booking_id)
+        customer = s.get(Person, booking.customer_id)
+        ref, phone, status = booking.reference, customer.phone, booking.status
+        lang = customer.preferred_language
+    assert status == "dispatching"
+    paid = i18n.raw("payment.received", lang).split("{total}")[0].format(ref=ref)
+    sent = bodies_to(phone)
+    after = sent[next(i for i, b in enumerate(sent) if b.startswith(paid)):]
+    assert len(after) == 1, after
+    assert i18n.t("booking.status.dispatching", lang, ref=ref) not in sent
+
+
+def test_a_job_given_back_tells_the_customer_we_look_again(client, live,
+                                                           frozen):  # noqa: F811
+    _, r_phone = make_partner("Ramesh", LAXMIPUR)
+    booking_id = paid_booking()
+    start(booking_id)
+    looking = i18n.t("booking.status.dispatching", "hi", ref=_reference(booking_id))
+    assert looking not in bodies_to(CUSTOMER)
+    leg = legs_of(booking_id)[0]
+    sms(client, r_phone, "1")
+    sms(client, r_phone, f"CANCEL {leg.id}")
+    assert bodies_to(CUSTOMER).count(looking) == 1
+
+
+# --- the relay rider holding the parcel hears of a pause -------------------------------
+
+
+def test_the_relay_rider_hears_when_nobody_takes_the_next_leg_and_when_someone_does(
+        client, live, frozen):  # noqa: F811
+    from tests.test_dispatch_relay import A, B, D, P
+
+    point_a = make_point("Point A", *A)
+    make_point("Point B", *B)
+    _, r_phone = make_partner("Ramesh", A, point_id=point_a, max_active_legs=1)
+    booking_id = paid_booking(pickup=P, drop=D)
+    start(booking_id)
+    leg1, leg2, _ = (leg.id for leg in legs_of(booking_id))
+    sms(client, r_phone, "1")
+    sms(client, r_phone, f"PICK {last_code(CUSTOMER, 'पार्सल उठाने')}")
+    picked = len(bodies_to(r_phone))
+    wait = i18n.t("dispatch.carrier_wait", "hi", job=str(leg1), point="Point A",
+                  ops_phone=get_settings().ops_phone)
+    # Nobody at Point A before the leg's deadline: the leg pauses, Ramesh is told.
+    freeze_at(60 * 60 + 1)
+    release_scheduled(timedelta(minutes=61))
+    run_jobs()
+    assert legs_of(booking_id)[1].status == "pending"
+    assert i18n.t("dispatch.ops_paused", "hi", ref=_reference(booking_id),
+                  job=str(leg2)) in bodies_to(OPS)
+    assert bodies_to(r_phone)[picked:] == [wait]
+    # Once per pause: the next round runs dry at once, and says nothing new to him ...
+    freeze_at(60 * 60 + 1 + 121)
+    release_scheduled(timedelta(minutes=3))
+    run_jobs()
+    dispatch.sweep()
+    assert bodies_to(r_phone)[picked:] == [wait]
+    # ... until that round pauses too.
+    freeze_at(2 * 60 * 60 + 1 + 122)
+    release_scheduled(timedelta(minutes=61))
+    run_jobs()
+    assert bodies_to(r_phone)[picked:] == [wait, wait]
+    # Asha comes on duty at Point A and takes the leg: Ramesh gets the code to hand over.
+    _, a_phone = make_partner("Asha", A, point_id=point_a, max_active_legs=1,
+                              on_duty=False)
+    sms(client, a_phone, "ON")
+    freeze_at(2 * 60 * 60 + 1 + 122 + 121)
+    release_scheduled(timedelta(minutes=3))
+    run_jobs()
+    assert "आपका है" in sms(client, a_phone, "1")[0]
+    handover = bodies_to(r_phone)[picked + 2:]
+    assert len(handover) == 1 and handover[0].startswith(
+        i18n.raw("dispatch.handover_give", "hi").split("{point}")[0].format(job=leg1))
