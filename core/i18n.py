@@ -129,7 +129,17 @@ class _Params(dict[str, Any]):
         self._where = f"{lang}:{key}"
 
     def __missing__(self, name: str) -> Any:
+        if name in _SERVICE_NUMBERS:
+            # Our own numbers need not be passed by every caller: e.g. "call {ivr_phone}"
+            # in a message that may reach someone with only a feature phone.
+            from core.config import get_settings
+
+            return getattr(get_settings(), _SERVICE_NUMBERS[name])
         raise KeyError(f"missing parameter {name!r} for message {self._where}")
+
+
+# Catalog fields filled from the settings when the caller gives none.
+_SERVICE_NUMBERS = {"ivr_phone": "twilio_voice_number", "ops_phone": "ops_phone"}
 
 
 def _with_money(params: Mapping[str, Any]) -> dict[str, Any]:
