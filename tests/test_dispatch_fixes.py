@@ -268,3 +268,51 @@ def test_the_relay_rider_hears_when_nobody_takes_the_next_leg_and_when_someone_d
     handover = bodies_to(r_phone)[picked + 2:]
     assert len(handover) == 1 and handover[0].startswith(
         i18n.raw("dispatch.handover_give", "hi").split("{point}")[0].format(job=leg1))
+
+
+# --- two searches offering to the same partner at once -----------------------------------
+
+
+def test_two_searches_at_once_give_a_partner_one_open_offer(
+        client, live, frozen, monkeypatch):  # noqa: F811
+    """Two bookings paid at the same moment near the same partner: the second search,
+    which ranked her before the first committed its offer, waits for her row and then
+    leaves her out (a bare "1" must name one job), and the partners' rows are locked in
+    one order, so two such searches cannot deadlock."""
+    asha, _ = make_partner("Asha", LAXMIPUR)
+    bala, _ = make_partner("Bala", (26.893, 84.489))
+    first, second = paid_booking(), paid_booking()
+
+    real = dispatch._sms_partner
+    first_offered = threading.Event()
+
+    def sms_partner(session, partner, key, **kw):
+        got = real(session, partner, key, **kw)
+        if key == "dispatch.offer" and kw.get("booking_id") == first \
+                and not first_offered.is_set():
+            first_offered.set()
+            _wait_for_a_lock_waiter()  # the second search now waits for a partner row
+        return got
+
+    monkeypatch.setattr(dispatch, "_sms_partner", sms_partner)
+    errors: list[BaseException] = []
+
+    def run(booking_id: int, wait_first: bool) -> None:
+        try:
+            if wait_first:
+                assert first_offered.wait(10)
+            dispatch.start_dispatch(booking_id)
+        except BaseException as exc:  # noqa: BLE001 (reported by the assertion below)
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(first, False)),
+               threading.Thread(target=run, args=(second, True))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+    assert not errors, errors
+    open_offers = [(o.partner_id, leg.booking_id) for b in (first, second)
+                   for leg in legs_of(b) for o in offers(leg.id) if o.status == "open"]
+    per_partner = {p: [bk for q, bk in open_offers if q == p] for p in (asha, bala)}
+    assert all(len(bookings) <= 1 for bookings in per_partner.values()), per_partner

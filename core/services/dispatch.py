@@ -608,17 +608,29 @@ def offer_next_batch(session: Session, booking: Booking, leg: Leg,
         radius = cfg.radii_km[search.radius_step]
         ranked = find_candidates(session, leg.from_lat, leg.from_lng, load, radius,
                                  exclude=exclude)
-        if ranked:
-            break
-        if search.radius_step + 1 < len(cfg.radii_km):
+        if not ranked and search.radius_step + 1 < len(cfg.radii_km):
             search.radius_step += 1
             log.info("widening search", extra={"leg_id": leg.id,
                                                "radius_km": cfg.radii_km[search.radius_step]})
             continue
-        _exhausted(session, booking, leg, search)
-        return 0
+        if not ranked:
+            _exhausted(session, booking, leg, search)
+            return 0
+        batch = ranked[: cfg.batch_size(search.batch_no)]
+        # Another search may be offering to the same partners right now: lock their rows
+        # in id order (two searches ranking them in other orders cannot deadlock), then
+        # leave out any that got an open offer meanwhile (one open offer each).
+        ids = sorted(r.candidate.partner_id for r in batch)
+        session.execute(select(PartnerProfile.id).where(PartnerProfile.id.in_(ids))
+                        .order_by(PartnerProfile.id).with_for_update())
+        taken = set(session.scalars(select(DispatchOffer.partner_id).where(
+            DispatchOffer.partner_id.in_(ids),
+            DispatchOffer.status == rules.OfferStatus.OPEN.value)))
+        batch = [r for r in batch if r.candidate.partner_id not in taken]
+        if batch:
+            break
+        exclude |= taken  # all of them were offered another job meanwhile: rank again
     now = clock.now()
-    batch = ranked[: cfg.batch_size(search.batch_no)]
     expires = now + timedelta(seconds=cfg.offer_timeout_s)
     pickup, drop = _place(session, booking, leg, "from"), _place(session, booking, leg, "to")
     for r in batch:
