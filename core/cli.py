@@ -1,4 +1,5 @@
-"""Operator commands: `python -m core.cli migrate|seed|release|worker|sweep`."""
+"""Operator commands: `python -m core.cli migrate|seed|release|worker|sandbox-worker`, and
+setting production up: `add-operator|add-point|rate-card --default|add-partner`."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ from typing import TYPE_CHECKING
 
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
+from sqlalchemy.pool import NullPool
 
 from core import logs
 from core.config import ROOT, get_settings
@@ -28,23 +31,59 @@ log = logging.getLogger("core.cli")
 # saturated.
 DEFAULT_WORKER_NICE = 19
 
+CLI_ACTOR = "cli"  # who the audit log says set things up from this command line
+
+
+def _missing_database(err: OperationalError, name: str) -> bool:
+    """True if ``err`` is the server's "database does not exist" (SQLSTATE 3D000).
+
+    libpq gives no SQLSTATE for a connection the server refused at start-up, only its
+    message, so that is read too (the server's messages in English, its default)."""
+    if getattr(err.orig, "sqlstate", None) == "3D000":
+        return True
+    return f'database "{name}" does not exist' in str(err.orig)
+
 
 def ensure_database(url: str) -> bool:
-    """Create the database named in ``url`` if the server lacks it; True if created."""
+    """Create the database named in ``url`` if the server lacks it; True if created.
+
+    The target is tried first: a deploying role often may connect only to its own
+    database, not to the maintenance database ``postgres``, which is needed only to
+    create a missing one.
+    """
     target = make_url(url)
     name = target.database
     if not name:
         raise SystemExit("DATABASE_URL names no database")
-    admin = create_engine(target.set(database="postgres"), isolation_level="AUTOCOMMIT")
+    probe = create_engine(target, poolclass=NullPool)
     try:
-        with admin.connect() as conn:
+        with probe.connect():
+            return False
+    except OperationalError as err:
+        if not _missing_database(err, name):
+            raise
+    finally:
+        probe.dispose()
+    maintenance = create_engine(target.set(database="postgres"), isolation_level="AUTOCOMMIT",
+                                poolclass=NullPool)
+    try:
+        with maintenance.connect() as conn:
             exists = conn.scalar(text("SELECT 1 FROM pg_database WHERE datname = :n"), {"n": name})
-            if exists:
+            if exists:  # created meanwhile by someone else
                 return False
             conn.execute(text(f'CREATE DATABASE "{name}"'))
             return True
+    except DBAPIError as err:
+        if getattr(err.orig, "sqlstate", None) == "42P04":  # duplicate_database: a race
+            return False
+        reason = str(err.orig).strip().splitlines()[0] if err.orig else type(err).__name__
+        raise SystemExit(
+            f'database "{name}" does not exist, and it could not be created through the '
+            f'maintenance database "postgres" ({reason}). Create it as a database '
+            f'administrator (CREATE DATABASE "{name}" OWNER <this role>), then migrate '
+            "again.") from None
     finally:
-        admin.dispose()
+        maintenance.dispose()
 
 
 def migrate(url: str | None = None) -> None:
@@ -60,11 +99,20 @@ def migrate(url: str | None = None) -> None:
     command.upgrade(cfg, "heads")
 
 
-def seed() -> None:
+def seed() -> int:
+    """Load the sandbox's demo data; refused (2) in production, where it would add demo
+    partners with fake payout accounts and a demo operator who can sign in."""
+    if get_settings().is_production:
+        print("seed loads demo data (demo partners, Points and a demo operator) and is "
+              "for the sandbox only; refused with APP_ENV=production. Set production up "
+              "with add-operator, add-point, rate-card --default and add-partner (README: "
+              "Setting up production).", file=sys.stderr)
+        return 2
     from core.services.seed import seed_demo
 
     summary = seed_demo()
     log.info("seed done", extra=summary)
+    return 0
 
 
 def lower_priority() -> int:
@@ -160,30 +208,84 @@ def sandbox_worker(burst: bool = False) -> int:
     return 0
 
 
+def set_up(args: argparse.Namespace) -> int:
+    """Run one set-up command (core.services.admin) in a transaction of its own; print
+    what it did or found, or why it refused (2)."""
+    from core.adapters.db import transaction
+    from core.domain.errors import DomainError
+    from core.services import admin as setup
+
+    try:
+        with transaction() as session:
+            if args.cmd == "add-operator":
+                done = setup.add_operator(session, args.phone, args.name, actor=CLI_ACTOR)
+            elif args.cmd == "add-point":
+                done = setup.add_point(session, args.pincode, args.office, actor=CLI_ACTOR)
+            elif args.cmd == "rate-card":
+                done = setup.activate_default_rate_card(session, actor=CLI_ACTOR)
+            else:
+                done = setup.add_partner(session, setup.NewPartner(
+                    phone=args.phone, name=args.name, language=args.language,
+                    vehicle=args.vehicle, payload_kg=args.payload_kg, point=args.point,
+                    payout_account=args.payout_account, has_app=args.app), actor=CLI_ACTOR)
+    except DomainError as err:  # messages mask phones: they never carry one in full
+        print(f"{args.cmd}: {err.message}", file=sys.stderr)
+        return 2
+    except IntegrityError:  # its text would show the row, phone and all
+        print(f"{args.cmd}: another change made the same thing at the same moment; run "
+              "the command again to see it", file=sys.stderr)
+        return 2
+    print(done.message)
+    log.info("set-up done", extra={"command": args.cmd, "changed": done.changed,
+                                   "id": done.id})
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m core.cli")
     sub = parser.add_subparsers(dest="cmd", required=True)
     sub.add_parser("migrate", help="apply Alembic migrations (creates the database)")
-    sub.add_parser("seed", help="load demo data once (idempotent)")
-    sub.add_parser("release", help="migrate, then seed (the Procfile's release step)")
+    sub.add_parser("seed", help="load demo data once (idempotent; sandbox only)")
+    sub.add_parser("release", help="migrate, then seed in the sandbox (the Procfile's release)")
     w = sub.add_parser("worker", help="RQ worker with scheduler")
     w.add_argument("--burst", action="store_true")
     sw = sub.add_parser("sandbox-worker", help="the emulators' RQ worker (sandbox mode only)")
     sw.add_argument("--burst", action="store_true")
+    op = sub.add_parser("add-operator", help="let a phone sign in as an operator (role ops)")
+    op.add_argument("--phone", required=True, help="mobile number, e.g. +919812345678")
+    op.add_argument("--name")
+    pt = sub.add_parser("add-point", help="open a Point at an India Post office")
+    pt.add_argument("--pincode", required=True)
+    pt.add_argument("--office", required=True, help='as India Post names it: "Laxmipur BO"')
+    rc = sub.add_parser("rate-card", help="activate the built-in rate card if none is active")
+    rc.add_argument("--default", action="store_true", required=True,
+                    help="the built-in rate card (core.domain.pricing.DEFAULT_RATE_CARD)")
+    pa = sub.add_parser("add-partner", help="a partner with a vehicle (KYC pending, off duty)")
+    pa.add_argument("--phone", required=True)
+    pa.add_argument("--name", required=True)
+    pa.add_argument("--language", required=True, help="hi en bn mr ta te gu kn")
+    pa.add_argument("--vehicle", required=True,
+                    help="bicycle motorcycle e_rickshaw auto pickup cart")
+    pa.add_argument("--payload-kg", required=True, type=int)
+    pa.add_argument("--point", required=True, help="home Point: its id or name")
+    pa.add_argument("--payout-account", help="Razorpay Route linked account (acc_...)")
+    pa.add_argument("--app", action="store_true", help="the partner uses the partner app")
     args = parser.parse_args(argv)
     logs.configure(get_settings().log_level)
     if args.cmd == "migrate":
         migrate()
     elif args.cmd == "seed":
-        seed()
+        return seed()
     elif args.cmd == "release":
         migrate()
         if get_settings().is_sandbox:
-            seed()
+            return seed()
     elif args.cmd == "worker":
         worker(burst=args.burst)
     elif args.cmd == "sandbox-worker":
         return sandbox_worker(burst=args.burst)
+    elif args.cmd in ("add-operator", "add-point", "rate-card", "add-partner"):
+        return set_up(args)
     return 0
 
 

@@ -1,8 +1,8 @@
 """Operator (Dispatch console) endpoints: lists, people waiting for a person, unlocks, KYC,
-refunds to try again.
+new partners, refunds to try again.
 
-Every money or KYC action an operator takes is written to the append-only audit log in
-the same transaction as the action.
+Every money, KYC or sign-up action an operator takes is written to the append-only audit
+log in the same transaction as the action.
 """
 
 from __future__ import annotations
@@ -23,9 +23,10 @@ from core.api.customer import booking_out
 from core.api.schemas import BookingOut, Page, PageQuery
 from core.api.spec import Strict, endpoint
 from core.domain.booking import Actor, BookingStatus, LegStatus
-from core.domain.errors import NotFound
+from core.domain.errors import Conflict, NotFound
 from core.domain.phone import mask_phone
-from core.services import dispatch, handoff
+from core.domain.pricing import VehicleType
+from core.services import admin, dispatch, handoff
 
 OPS = ("ops",)
 
@@ -101,6 +102,29 @@ class KycIn(Strict):
     note: str = Field(min_length=3, max_length=300)
 
 
+class PartnerIn(Strict):
+    """A new partner, as `python -m core.cli add-partner` takes them."""
+
+    phone: str = Field(min_length=8, max_length=20)
+    name: str = Field(min_length=1, max_length=admin.NAME_MAX)
+    language: str = Field(min_length=2, max_length=5, description="hi en bn mr ta te gu kn")
+    vehicle: VehicleType
+    payload_kg: int = Field(ge=1, le=1000, description="at most what the vehicle type takes")
+    point: int | str = Field(description="the home Point: its id, or its name")
+    payout_account: str | None = Field(default=None, max_length=40,
+                                       description="Razorpay Route linked account (acc_...)")
+    app: bool = Field(default=False, description="the partner uses the partner app")
+
+
+def partner_row(p: PartnerProfile, phone: str | None) -> PartnerRow:
+    return PartnerRow(
+        id=p.id, first_name=p.first_name, phone_masked=mask_phone(phone) if phone else None,
+        on_duty=p.on_duty, has_app=p.has_app, rating_x100=p.rating_x100,
+        offers_received=p.offers_received, offers_accepted=p.offers_accepted,
+        trust_tier=p.trust_tier, kyc_status=p.kyc_status,
+        vehicles=[v.type for v in p.vehicles if v.active])
+
+
 def _page(rows: list, query: PageQuery) -> tuple[list, int | None]:
     more = len(rows) > query.limit
     return rows[: query.limit], (query.offset + query.limit if more else None)
@@ -145,13 +169,8 @@ def ops_partners(query: PartnerFilter) -> Page[PartnerRow]:
             stmt = stmt.where(PartnerProfile.on_duty.is_(query.on_duty))
         rows, nxt = _page(list(session.execute(stmt.offset(query.offset)
                                                .limit(query.limit + 1)).all()), query)
-        return Page[PartnerRow](items=[PartnerRow(
-            id=p.id, first_name=p.first_name, phone_masked=mask_phone(phone) if phone else None,
-            on_duty=p.on_duty, has_app=p.has_app, rating_x100=p.rating_x100,
-            offers_received=p.offers_received, offers_accepted=p.offers_accepted,
-            trust_tier=p.trust_tier, kyc_status=p.kyc_status,
-            vehicles=[v.type for v in p.vehicles if v.active]) for p, phone in rows],
-            next_offset=nxt)
+        return Page[PartnerRow](items=[partner_row(p, phone) for p, phone in rows],
+                                next_offset=nxt)
 
 
 @endpoint(bp, "GET", "/ops/handoffs", summary="Conversations waiting for a person, oldest first",
@@ -232,12 +251,25 @@ def ops_partner_kyc(partner_id: int, body: KycIn) -> PartnerRow:
         audit(session, "partner.kyc", f"partner:{p.id}", before=before, after=body.status,
               note=body.note)
         phone = session.get(Person, p.person_id).phone  # type: ignore[union-attr]
-        return PartnerRow(
-            id=p.id, first_name=p.first_name, phone_masked=mask_phone(phone) if phone else None,
-            on_duty=p.on_duty, has_app=p.has_app, rating_x100=p.rating_x100,
-            offers_received=p.offers_received, offers_accepted=p.offers_accepted,
-            trust_tier=p.trust_tier, kyc_status=p.kyc_status,
-            vehicles=[v.type for v in p.vehicles if v.active])
+        return partner_row(p, phone)
+
+
+@endpoint(bp, "POST", "/ops/partners",
+          summary="Sign a partner up: person, vehicle, home Point (KYC pending, off duty)",
+          roles=OPS, body=PartnerIn, response=PartnerRow, status=201, tags=("ops",),
+          errors=(409,))
+def ops_add_partner(body: PartnerIn) -> PartnerRow:
+    with transaction() as session:
+        done = admin.add_partner(session, admin.NewPartner(
+            phone=body.phone, name=body.name, language=body.language,
+            vehicle=body.vehicle.value, payload_kg=body.payload_kg, point=body.point,
+            payout_account=body.payout_account, has_app=body.app),
+            actor=f"ops:{principal().person_id}")
+        if not done.changed:
+            raise Conflict("this phone is a partner already", code="conflict", field="phone")
+        p = session.get(PartnerProfile, done.id)
+        assert p is not None
+        return partner_row(p, p.person.phone)
 
 
 class LedgerOut(BaseModel):

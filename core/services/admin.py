@@ -1,0 +1,269 @@
+"""Setting a service up: operators, Points, the rate card and partners.
+
+What the sandbox's demo data (core.services.seed) makes up, production gets one at a time
+from an operator (``python -m core.cli add-operator|add-point|rate-card|add-partner``, or
+``POST /api/v1/ops/partners``). Each call runs in the caller's transaction and writes an
+audit_log entry beside its change; run again, it finds what is there, says so and changes
+nothing (nor audits anything). Phone numbers appear masked in every message.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass
+
+from sqlalchemy import func, or_, select
+from sqlalchemy.orm import Session
+
+from core.adapters.api_models import AuditEntry
+from core.adapters.models import PartnerProfile, Person, Point, RateCardRow, Vehicle
+from core.adapters.pincode import post_offices
+from core.domain.errors import Conflict, ValidationError
+from core.domain.phone import mask_phone, normalize_phone
+from core.domain.pricing import DEFAULT_RATE_CARD, VEHICLE_CAPACITY, VehicleType
+from core.i18n import LANGUAGES
+
+MAX_ID = 2**31 - 1  # PostgreSQL integer ids: a bigger number names nothing
+NAME_MAX = 60  # partner_profiles.first_name
+PAYOUT_ACCOUNT = re.compile(r"acc_[A-Za-z0-9]{4,36}")  # a Razorpay Route linked account
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What a set-up call did: ``changed`` is False when it found the thing already there."""
+
+    changed: bool
+    id: int
+    message: str  # one line for the operator, phones masked
+
+
+@dataclass(frozen=True)
+class NewPartner:
+    """A partner as an operator describes them (the CLI's flags, the API's body)."""
+
+    phone: str
+    name: str
+    language: str
+    vehicle: str
+    payload_kg: int
+    point: str | int  # a Point's id, or its name or post office
+    payout_account: str | None = None
+    has_app: bool = False
+
+
+def record(session: Session, actor: str, action: str, target: str, **details: object) -> None:
+    """Append who set what up to the audit log (same transaction as the change)."""
+    session.add(AuditEntry(actor=actor, action=action, target=target, details=details))
+
+
+def _person(session: Session, phone: str) -> Person | None:
+    return session.scalar(select(Person).where(Person.phone == phone).with_for_update())
+
+
+def add_operator(session: Session, phone: str, name: str | None = None, *,
+                 actor: str) -> Outcome:
+    """Make ``phone`` an operator (role ops), who can then sign in to the ops API.
+
+    A customer becomes an operator; a partner is refused (Conflict): one phone signs in
+    with one role, and a partner's offers and duty would be lost on it.
+    """
+    phone = normalize_phone(phone)
+    masked = mask_phone(phone)
+    name = (name or "").strip() or None
+    person = _person(session, phone)
+    if person is not None and person.role == "ops":
+        return Outcome(False, person.id, f"{masked} is already an operator (person "
+                       f"{person.id}); nothing changed")
+    if person is not None and person.role == "partner":
+        raise Conflict(f"{masked} is a partner (person {person.id}); a partner cannot also "
+                       "be an operator: use another phone", code="conflict", field="phone")
+    if person is None:
+        person = Person(phone=phone, name=name, role="ops")
+        session.add(person)
+        session.flush()
+        before = None
+    else:
+        before = person.role
+        person.role = "ops"
+        person.name = person.name or name
+    record(session, actor, "operator.add", f"person:{person.id}", phone=masked,
+           before=before)
+    was = " (was a customer)" if before else ""
+    return Outcome(True, person.id, f"operator {masked} added (person {person.id}){was}")
+
+
+def _office_list(offices: list) -> str:
+    return ", ".join(o.office_name for o in offices)
+
+
+def add_point(session: Session, pincode: str, office: str, *, actor: str) -> Outcome:
+    """An active Point at a post office of the India Post directory.
+
+    ``office`` is the office's name as the directory spells it ("Laxmipur BO") or as we
+    show it ("Laxmipur"). An office the pincode lacks, or one without coordinates (a Point
+    is a place partners meet at), is refused with the pincode's offices in the message.
+    """
+    offices = post_offices(pincode)  # ValidationError bad_pincode, NotFound unknown_pincode
+    pin = offices[0].pincode
+    wanted = office.strip().casefold()
+    found = [o for o in offices if o.office_name.casefold() == wanted] or \
+        [o for o in offices if o.name.casefold() == wanted]
+    if len(found) != 1:
+        why = "names more than one office" if found else "is not an office"
+        raise ValidationError(f"{office.strip()!r} {why} of pincode {pin}; its offices: "
+                              f"{_office_list(offices)}", code="unknown_office", field="office")
+    (post,) = found
+    if post.lat is None or post.lng is None:
+        placed = [o for o in offices if o.lat is not None and o.lng is not None]
+        listed = _office_list(placed) if placed else "none"
+        raise ValidationError(f"{post.office_name} ({pin}) has no coordinates in the India "
+                              f"Post directory; offices of {pin} with coordinates: {listed}",
+                              code="office_without_position", field="office")
+    point = session.scalar(select(Point).where(Point.pincode == pin,
+                                               Point.post_office == post.office_name)
+                           .order_by(Point.id).limit(1).with_for_update())
+    if point is not None and point.active:
+        return Outcome(False, point.id, f"Point {point.name} ({pin}) already exists "
+                       f"(id {point.id}); nothing changed")
+    if point is not None:
+        point.active = True
+        record(session, actor, "point.activate", f"point:{point.id}", pincode=pin,
+               office=post.office_name)
+        return Outcome(True, point.id, f"Point {point.name} ({pin}, id {point.id}) is "
+                       "active again")
+    point = Point(name=post.name, lat=post.lat, lng=post.lng, pincode=pin,
+                  post_office=post.office_name, district=post.district, state=post.state,
+                  active=True)
+    session.add(point)
+    session.flush()
+    record(session, actor, "point.add", f"point:{point.id}", pincode=pin,
+           office=post.office_name)
+    return Outcome(True, point.id, f"Point {point.name} ({pin}, {post.district or '-'}, "
+                   f"{post.state or '-'}) added (id {point.id})")
+
+
+def default_rate_card_name() -> str:
+    """The built-in card's row name, after its content: a changed default is a new row."""
+    digest = hashlib.sha256(json.dumps(DEFAULT_RATE_CARD.to_dict(), sort_keys=True)
+                            .encode()).hexdigest()
+    return f"default-{digest[:10]}"
+
+
+def activate_default_rate_card(session: Session, *, actor: str) -> Outcome:
+    """Load and activate the built-in rate card, unless a card is active already."""
+    active = session.scalar(select(RateCardRow).where(RateCardRow.active.is_(True))
+                            .order_by(RateCardRow.id.desc()).limit(1))
+    if active is not None:
+        return Outcome(False, active.id, f"rate card {active.name} (id {active.id}) is "
+                       "active already; nothing changed")
+    name = default_rate_card_name()
+    row = session.scalar(select(RateCardRow).where(RateCardRow.name == name)
+                         .with_for_update())
+    if row is None:
+        row = RateCardRow(name=name, card=DEFAULT_RATE_CARD.to_dict(), active=True)
+        session.add(row)
+        session.flush()
+    else:
+        row.active = True
+    record(session, actor, "rate_card.activate", f"rate_card:{row.id}", name=name)
+    return Outcome(True, row.id, f"rate card {name} (id {row.id}) is active")
+
+
+def find_point(session: Session, point: str | int) -> Point:
+    """The active Point named by id, name or post office (ValidationError ``unknown_point``
+    if none or more than one)."""
+    raw = str(point).strip()
+    if raw.isdigit():
+        ref = int(raw)
+        found = session.get(Point, ref) if 1 <= ref <= MAX_ID else None
+        if found is not None and found.active:
+            return found
+        raise ValidationError(f"no active Point has id {raw}", code="unknown_point",
+                              field="point")
+    wanted = raw.lower()  # as PostgreSQL's lower() has it
+    rows = list(session.scalars(select(Point).where(
+        Point.active.is_(True),
+        or_(func.lower(Point.name) == wanted, func.lower(Point.post_office) == wanted))
+        .order_by(Point.id)))
+    if len(rows) == 1:
+        return rows[0]
+    if rows:
+        listed = ", ".join(f"{p.name} ({p.pincode}, id {p.id})" for p in rows)
+        raise ValidationError(f"{raw!r} names more than one Point: {listed}; give its id",
+                              code="unknown_point", field="point")
+    raise ValidationError(f"no active Point is called {raw!r} (add-point adds one)",
+                          code="unknown_point", field="point")
+
+
+def _checked(spec: NewPartner) -> tuple[str, str, VehicleType]:
+    """The partner's phone (E.164), name and vehicle type, or a ValidationError naming the
+    field at fault."""
+    phone = normalize_phone(spec.phone)
+    name = " ".join(spec.name.split())
+    if not name or len(name) > NAME_MAX:
+        raise ValidationError(f"give a name of 1 to {NAME_MAX} characters", code="bad_name",
+                              field="name")
+    if spec.language not in LANGUAGES:
+        raise ValidationError(f"language must be one of {', '.join(LANGUAGES)}",
+                              code="bad_language", field="language")
+    try:
+        vehicle = VehicleType(spec.vehicle)
+    except ValueError:
+        raise ValidationError(f"vehicle must be one of {', '.join(VehicleType)}",
+                              code="bad_vehicle", field="vehicle") from None
+    most = VEHICLE_CAPACITY[vehicle].max_weight.max_grams // 1000
+    if isinstance(spec.payload_kg, bool) or not 1 <= spec.payload_kg <= most:
+        raise ValidationError(f"a {vehicle.value} carries 1 to {most} kg",
+                              code="bad_payload", field="payload_kg")
+    if spec.payout_account is not None and not PAYOUT_ACCOUNT.fullmatch(spec.payout_account):
+        raise ValidationError("payout_account is a Razorpay linked account id (acc_...)",
+                              code="bad_payout_account", field="payout_account")
+    return phone, name, vehicle
+
+
+def add_partner(session: Session, spec: NewPartner, *, actor: str) -> Outcome:
+    """A partner: the person (role partner), their profile (KYC pending, off duty, at
+    their home Point) and their vehicle. ``changed`` is False if the phone is a partner
+    already (nothing is changed then); a customer becomes a partner, an operator is
+    refused (Conflict)."""
+    phone, name, vehicle = _checked(spec)
+    masked = mask_phone(phone)
+    home = find_point(session, spec.point)
+    person = _person(session, phone)
+    if person is not None and person.role == "partner" and person.partner is not None:
+        p = person.partner
+        return Outcome(False, p.id, f"{masked} is already partner {p.id} ({p.first_name}); "
+                       "nothing changed")
+    if person is not None and person.role == "ops":
+        raise Conflict(f"{masked} is an operator (person {person.id}); an operator cannot "
+                       "also be a partner: use another phone", code="conflict", field="phone")
+    before = person.role if person is not None else None
+    if person is None:
+        person = Person(phone=phone, name=name, role="partner",
+                        preferred_language=spec.language)
+        session.add(person)
+        session.flush()
+    else:  # a customer (or a partner whose profile is missing) signs up to carry
+        person.role = "partner"
+        person.name = person.name or name
+        person.preferred_language = spec.language  # the language their offers come in
+    profile = PartnerProfile(
+        person_id=person.id, first_name=name.split()[0], home_point_id=home.id,
+        has_app=spec.has_app, on_duty=False, payout_account_id=spec.payout_account,
+        vehicles=[Vehicle(type=vehicle.value, payload_kg=spec.payload_kg,
+                          max_size=VEHICLE_CAPACITY[vehicle].max_size.value)])
+    profile.points = [home]
+    session.add(profile)
+    session.flush()
+    record(session, actor, "partner.add", f"partner:{profile.id}", phone=masked,
+           person=person.id, before=before, point=home.id, vehicle=vehicle.value,
+           payload_kg=spec.payload_kg)
+    return Outcome(True, profile.id, f"partner {profile.first_name} {masked} added (partner "
+                   f"{profile.id}, {vehicle.value} {spec.payload_kg} kg, Point {home.name}, "
+                   "KYC pending, off duty)")
+
+
+__all__ = ["NewPartner", "Outcome", "activate_default_rate_card", "add_operator",
+           "add_partner", "add_point", "find_point"]
