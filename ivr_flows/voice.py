@@ -29,7 +29,7 @@ from werkzeug.exceptions import HTTPException
 
 from core import i18n
 from core.domain.errors import ValidationError
-from core.domain.phone import is_hidden_number, normalize_phone
+from core.domain.phone import is_hidden_number, is_indian_mobile, normalize_phone
 from core.services import ivr
 from core.services.inbound import TurnFailed
 from core.services.ivr import CallRequest
@@ -92,9 +92,13 @@ def _caller() -> tuple[str, str | None]:
     if is_hidden_number(from_addr):
         return sid, None
     try:
-        return sid, normalize_phone(from_addr)
+        phone = normalize_phone(from_addr)
     except ValidationError:
         return sid, None
+    # Booking details and the link go by SMS, which we send only to Indian mobiles (a
+    # foreign number is also the classic way to run up SMS costs): such a caller hears
+    # ivr.not_mobile.
+    return sid, phone if is_indian_mobile(phone) else None
 
 
 def _turn_number() -> int:

@@ -155,3 +155,21 @@ def test_twilio_signatures_still_check_behind_the_proxy(proxied):
     forged = post_twilio(proxied, "/webhooks/whatsapp", {**params, "Body": "bye"},
                          signature="bad", headers=forwarded)
     assert forged.status_code == 403
+
+
+@pytest.mark.parametrize("foreign", ["+447700900123", "+12025550123", "+911123456789"])
+def test_a_sign_in_code_goes_only_to_an_indian_mobile(client, foreign):
+    """Anyone may ask for a code: to a foreign or premium number that is SMS pumping."""
+    r = send(client, foreign)
+    assert r.status_code == 422, r.get_json()
+    assert r.get_json()["error"]["code"] == "bad_phone"
+    assert redis_client().keys("auth:otp:*") == []
+
+
+def test_an_operator_with_a_foreign_number_still_gets_a_code(client):
+    from core.adapters.db import transaction
+    from core.adapters.models import Person
+
+    with transaction() as s:
+        s.add(Person(phone="+447700900123", name="Ops abroad", role="ops"))
+    assert send(client, "+447700900123").status_code == 202

@@ -249,7 +249,9 @@ def test_action_urls_stay_under_a_public_base_url_with_a_path(mounted_under_a_pa
 
 # --- 5. a landline caller is not told their number is hidden ----------------------------
 
-@pytest.mark.parametrize("shown", ["+911123456789", "01123456789", "+912222345678"])
+@pytest.mark.parametrize("shown", ["+911123456789", "01123456789", "+912222345678",
+                                   # foreign numbers: SMS goes only to Indian mobiles
+                                   "+447700900123", "+12025550123", "+9715012345678"])
 def test_a_landline_caller_is_asked_to_call_from_a_mobile(caller: Caller, client,
                                                          shown: str) -> None:
     heard = AbsoluteCaller(client, shown).call()

@@ -27,7 +27,7 @@ from core.adapters.redis_conn import hit_rate_limit, redis_client, run_script
 from core.config import get_settings
 from core.domain.errors import DomainError
 from core.domain.otp import generate_otp
-from core.domain.phone import mask_phone, normalize_phone
+from core.domain.phone import is_indian_mobile, mask_phone, normalize_phone
 from core.services import notify
 
 log = logging.getLogger(__name__)
@@ -119,9 +119,20 @@ def _limit(key: str, rule: tuple[int, int]) -> None:
         raise AuthError(429, "rate_limited", "too many attempts; please wait and try again")
 
 
+def _known_staff(phone: str) -> bool:
+    with transaction() as session:
+        role = session.scalar(select(Person.role).where(Person.phone == phone))
+    return role in ("ops", "partner")
+
+
 def request_otp(raw_phone: str, ip: str) -> str:
     """Send a sign-in code to a phone by SMS; return the E.164 phone."""
     phone = normalize_phone(raw_phone)
+    if not is_indian_mobile(phone) and not _known_staff(phone):
+        # Codes go by SMS to Indian mobiles (a foreign or premium number is the classic
+        # SMS-pumping target); operators and partners we set up may have others.
+        raise AuthError(422, "bad_phone", "sign-in codes go only to Indian mobile numbers",
+                        "phone")
     _limit(f"otp-send-ip:{ip}", SENDS_PER_IP)
     if _failures_spent(phone):  # a code it could not use would only cost an SMS
         raise AuthError(429, *_SPENT)
