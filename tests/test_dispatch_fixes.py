@@ -316,3 +316,58 @@ def test_two_searches_at_once_give_a_partner_one_open_offer(
                    for leg in legs_of(b) for o in offers(leg.id) if o.status == "open"]
     per_partner = {p: [bk for q, bk in open_offers if q == p] for p in (asha, bala)}
     assert all(len(bookings) <= 1 for bookings in per_partner.values()), per_partner
+
+
+# --- ops block a partner ----------------------------------------------------------------
+
+
+def test_a_suspended_partner_cannot_collect_and_loses_the_jobs_not_picked_up(
+        client, live, frozen):  # noqa: F811
+    """Ops suspend a partner (a theft reported): the job they took is given to someone
+    else, their open offer is withdrawn, and they cannot PICK with the customer's code."""
+    from tests.test_api import API, sign_in
+
+    ramesh, r_phone = make_partner("Ramesh", LAXMIPUR)
+    first = paid_booking()
+    start(first)
+    assert sms(client, r_phone, "1")  # Ramesh takes the first job
+    code = last_code(CUSTOMER, "पार्सल उठाने")
+    second = paid_booking()
+    start(second)
+    (offer,) = offers(legs_of(second)[0].id)
+    assert offer.partner_id == ramesh and offer.status == "open"
+
+    ops = sign_in(client, OPS, role="ops")
+    r = client.put(f"{API}/ops/partners/{ramesh}/kyc", headers=ops,
+                   json={"status": "suspended", "note": "theft reported"})
+    assert r.status_code == 200, r.get_json()
+    assert r.get_json()["kyc_status"] == "suspended" and r.get_json()["on_duty"] is False
+    leg = legs_of(first)[0]
+    assert leg.status == "offering" and leg.partner_id is None
+    assert [o.status for o in offers(legs_of(second)[0].id)] == ["withdrawn"]
+    from core import i18n
+
+    assert i18n.t("dispatch.job_cancelled", "hi", job=dispatch.job_code(leg)) in bodies_to(
+        r_phone)
+    # the old code no longer works for him, nor does any PICK
+    reply = " ".join(sms(client, r_phone, f"PICK {code}"))
+    assert legs_of(first)[0].status == "offering", reply
+
+
+def test_a_suspended_partner_may_still_deliver_the_parcel_in_hand(client, live,
+                                                                 frozen):  # noqa: F811
+    from tests.test_api import API, sign_in
+
+    ramesh, r_phone = make_partner("Ramesh", LAXMIPUR)
+    booking = paid_booking()
+    start(booking)
+    assert sms(client, r_phone, "1")
+    sms(client, r_phone, f"PICK {last_code(CUSTOMER, 'पार्सल उठाने')}")
+    assert legs_of(booking)[0].status == "picked_up"
+    ops = sign_in(client, OPS, role="ops")
+    r = client.put(f"{API}/ops/partners/{ramesh}/kyc", headers=ops,
+                   json={"status": "suspended", "note": "documents expired"})
+    assert r.status_code == 200
+    assert legs_of(booking)[0].status == "picked_up"  # the parcel stays where it is
+    sms(client, r_phone, f"DROP {last_code(RECIPIENT)}")
+    assert legs_of(booking)[0].status == "delivered"

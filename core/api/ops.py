@@ -241,15 +241,18 @@ def ops_unlock_leg(leg_id: int) -> LegRow:
           roles=OPS, body=KycIn, response=PartnerRow, tags=("ops",), errors=(404,))
 def ops_partner_kyc(partner_id: int, body: KycIn) -> PartnerRow:
     with transaction() as session:
+        in_hand: list[int] = []
+        if body.status in dispatch.BLOCKED_KYC:
+            # Before the partner's row: dispatch locks legs first (and takes back the jobs
+            # not picked up yet, withdraws the open offers, takes them off duty).
+            in_hand = dispatch.block_partner(session, partner_id, ops_actor())
         p = session.get(PartnerProfile, partner_id, with_for_update=True)
         if p is None:
             raise NotFound("no such partner", code="not_found")
         before = p.kyc_status
         p.kyc_status = body.status
-        if body.status in ("rejected", "suspended"):
-            p.on_duty = False
         audit(session, "partner.kyc", f"partner:{p.id}", before=before, after=body.status,
-              note=body.note)
+              note=body.note, parcels_in_hand=in_hand)
         phone = session.get(Person, p.person_id).phone  # type: ignore[union-attr]
         return partner_row(p, phone)
 

@@ -1357,6 +1357,10 @@ def confirm(session: Session, partner: PartnerProfile, kind: str,
     # The app may pass a code as typed, in any script's digits (१२३४); the SMS path has
     # converted them already.
     numbers = tuple(rules.normalize_text(n) for n in numbers)
+    if kind == "pickup" and partner.kyc_status in BLOCKED_KYC:
+        # Ops blocked them: no parcel goes into their hands (one already there may still
+        # be delivered).
+        return _r("dispatch.duty_blocked", ops_phone=get_settings().ops_phone)
     leg, otp, problem = _choose_leg(session, partner, numbers, wanted)
     if problem is not None:
         return problem
@@ -1491,6 +1495,53 @@ def _give_back(session: Session, booking: Booking, leg: Leg, partner: PartnerPro
 # KYC states in which a partner takes no jobs (ops set them; the ops endpoint also takes
 # the partner off duty). Pending partners work, as before.
 BLOCKED_KYC = frozenset({"rejected", "suspended"})
+
+
+def block_partner(session: Session, partner_id: int, actor: Actor) -> list[int]:
+    """Ops suspended or rejected a partner: they go off duty, their open offers are
+    withdrawn, and the jobs they took but have not picked up go back to offering (the
+    customer hears we look again; the partner that the job is cancelled for them). A
+    parcel already in their hands stays with them, so it can still be delivered (DROP is
+    still allowed, PICK is not): the ids of those legs are returned for ops.
+
+    Locks legs, then bookings, then offers, then the partner's row, as elsewhere."""
+    offered = set(session.scalars(select(DispatchOffer.leg_id).where(
+        DispatchOffer.partner_id == partner_id,
+        DispatchOffer.status == rules.OfferStatus.OPEN.value)))
+    taken = set(session.scalars(select(Leg.id).where(
+        Leg.partner_id == partner_id, Leg.status == LegStatus.ASSIGNED.value)))
+    legs = [leg for leg_id in sorted(offered | taken)
+            if (leg := _lock_leg(session, leg_id)) is not None]
+    bookings = {leg.booking_id: session.get(Booking, leg.booking_id, with_for_update=True)
+                for leg in sorted(legs, key=lambda leg: leg.booking_id)}
+    offers = [offer for leg in legs for offer in session.scalars(
+        select(DispatchOffer).where(DispatchOffer.leg_id == leg.id,
+                                    DispatchOffer.partner_id == partner_id,
+                                    DispatchOffer.status == rules.OfferStatus.OPEN.value)
+        .with_for_update())]
+    partner = session.get(PartnerProfile, partner_id, with_for_update=True,
+                          populate_existing=True)
+    if partner is None:
+        return []
+    partner.on_duty = False
+    for offer in offers:
+        _withdraw(offer, partner)
+    for leg in legs:
+        booking = bookings[leg.booking_id]
+        assert booking is not None
+        if leg.status == LegStatus.ASSIGNED.value and leg.partner_id == partner.id:
+            _, reopened = _give_back(session, booking, leg, partner, actor,
+                                     "partner blocked by ops")
+            _sms_partner(session, partner, "dispatch.job_cancelled", booking_id=booking.id,
+                         dedupe_key=f"leg-{leg.id}-blocked-{leg.version}", job=job_code(leg))
+            if reopened:
+                _status_to_customer(session, booking, f"blocked{leg.id}")
+            start_search(session, booking, leg, actor=actor)
+        else:
+            _maybe_continue(session, leg)
+    return list(session.scalars(select(Leg.id).where(
+        Leg.partner_id == partner.id, Leg.status == LegStatus.PICKED_UP.value)
+        .order_by(Leg.id)))
 
 
 def set_duty(session: Session, partner: PartnerProfile, on: bool) -> Reply:
