@@ -345,8 +345,6 @@ def test_a_suspended_partner_cannot_collect_and_loses_the_jobs_not_picked_up(
     leg = legs_of(first)[0]
     assert leg.status == "offering" and leg.partner_id is None
     assert [o.status for o in offers(legs_of(second)[0].id)] == ["withdrawn"]
-    from core import i18n
-
     assert i18n.t("dispatch.job_cancelled", "hi", job=dispatch.job_code(leg)) in bodies_to(
         r_phone)
     # the old code no longer works for him, nor does any PICK
@@ -371,3 +369,36 @@ def test_a_suspended_partner_may_still_deliver_the_parcel_in_hand(client, live,
     assert legs_of(booking)[0].status == "picked_up"  # the parcel stays where it is
     sms(client, r_phone, f"DROP {last_code(RECIPIENT)}")
     assert legs_of(booking)[0].status == "delivered"
+
+
+def test_a_drops_proof_photo_comes_with_the_drop_not_weeks_later(
+        client, live, frozen, tmp_path, monkeypatch):  # noqa: F811
+    """The app's upload of a delivered leg's photo: within the hour after the drop, as the
+    chat files them; weeks later (a disputed delivery) it may not replace the proof."""
+    from core.adapters import storage
+    from core.domain.errors import ValidationError
+
+    monkeypatch.setenv("POD_LOCAL_DIR", str(tmp_path))
+    storage.reset()
+    ramesh, phone = make_partner("Ramesh", LAXMIPUR)
+    booking = paid_booking()
+    start(booking)
+    sms(client, phone, "1")
+    sms(client, phone, f"PICK {last_code(CUSTOMER, 'पार्सल उठाने')}")
+    sms(client, phone, f"DROP {last_code(RECIPIENT)}")
+    leg_id = legs_of(booking)[0].id
+    photo = b"\xff\xd8\xff\xe0" + b"\x01" * 100
+    with transaction() as s:  # at the drop: taken
+        first = dispatch.attach_pod(s, s.get(PartnerProfile, ramesh), leg_id, photo,
+                                    "image/jpeg").storage_uri
+    clock.freeze(clock.now() + timedelta(days=20))
+    with transaction() as s, pytest.raises(ValidationError) as refused:
+        dispatch.attach_pod(s, s.get(PartnerProfile, ramesh), leg_id, photo + b"2",
+                            "image/jpeg")
+    assert refused.value.code == "pod_not_now"
+    assert legs_of(booking)[0].pod_photo_url == first
+    # a WhatsApp photo filed in time whose download ran late is still stored
+    with transaction() as s:
+        dispatch.attach_pod(s, s.get(PartnerProfile, ramesh), leg_id, photo + b"3",
+                            "image/jpeg", filed=True)
+    storage.reset()

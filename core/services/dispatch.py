@@ -1607,14 +1607,27 @@ def update_location(partner_id: int, lat: float, lng: float,
     geo_index.update_location(partner_id, la, ln, at or clock.now())
 
 
+# How long after the drop its proof photo may still come (the app's upload, a WhatsApp
+# photo filed by pod_leg_of).
+POD_AFTER_DROP = timedelta(hours=1)
+
+
 def attach_pod(session: Session, partner: PartnerProfile, leg_id: int, data: bytes,
-               content_type: str | None = None) -> PodPhoto:
-    """Store a proof-of-delivery photo for the partner's leg (picked up or delivered)."""
+               content_type: str | None = None, *, filed: bool = False) -> PodPhoto:
+    """Store a proof-of-delivery photo for the partner's leg (picked up, or delivered
+    within POD_AFTER_DROP; ``filed``: a WhatsApp photo pod_leg_of filed in time, whose
+    download job may run later)."""
     leg = _lock_leg(session, leg_id)
     if leg is None or leg.partner_id != partner.id:
         raise NotFound("no such job", code="unknown_job")
     if leg.status not in (LegStatus.PICKED_UP.value, LegStatus.DELIVERED.value):
         raise ValidationError("a photo goes with the drop", code="pod_not_now")
+    if leg.status == LegStatus.DELIVERED.value and not filed and (
+            leg.delivered_at is None or leg.delivered_at < clock.now() - POD_AFTER_DROP):
+        # The proof is taken at the drop: a photo weeks later (say once the customer
+        # disputes the delivery) must not replace it. The chat files photos the same way.
+        raise ValidationError("a photo goes with the drop; this drop is past",
+                              code="pod_not_now")
     booking = session.get(Booking, leg.booking_id)
     assert booking is not None
     stored = storage.save_photo(data, folder=f"{booking.reference}/leg-{leg.id}",
@@ -1640,7 +1653,7 @@ def pod_leg_of(session: Session, partner: PartnerProfile) -> Leg | None:
     # later change to the leg (a photo, a payout), so an old drop would look recent.
     return session.scalar(select(Leg).where(
         Leg.partner_id == partner.id, Leg.status == LegStatus.DELIVERED.value,
-        Leg.delivered_at >= clock.now() - timedelta(hours=1))
+        Leg.delivered_at >= clock.now() - POD_AFTER_DROP)
         .order_by(Leg.delivered_at.desc(), Leg.id.desc()))
 
 
@@ -1660,7 +1673,7 @@ def fetch_pod_photo(leg_id: int, partner_id: int, url: str, content_type: str) -
         partner = session.get(PartnerProfile, partner_id)
         if partner is None:
             return "missing"
-        attach_pod(session, partner, leg_id, data, content_type)
+        attach_pod(session, partner, leg_id, data, content_type, filed=True)
     return "stored"
 
 
