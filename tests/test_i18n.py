@@ -58,6 +58,7 @@ REQUIRED_KEYS = (
     | {f"dispatch.{k}" for k in ("pickup_late", "customer_rider_late", "ops_pickup_late",
                                  "taken_back", "customer_rider_replaced")}  # pickup_late
     | {"dispatch.ops_delivery_late", "dispatch.carrier_wait"}  # delivery_late, relay pause
+    | {"bot.confirm.too_many_unpaid", "ivr.confirm.too_many_unpaid"}  # the unpaid cap
 )
 
 LANGUAGE_LIST = "1. हिंदी\n2. English\n3. বাংলা\n4. मराठी\n5. தமிழ்\n6. తెలుగు\n7. ગુજરાતી\n8. ಕನ್ನಡ"

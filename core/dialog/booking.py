@@ -464,6 +464,11 @@ def _confirm_handle(ctx: Ctx, inp: UserInput) -> Result:
         if price_changed(ctx, _quote(ctx)):
             return Goto("confirm", [Say("bot.confirm.new_price")])
         done = ctx.ports.confirm(ctx.slots)
+        if done.get("refused") == "too_many_unpaid":
+            # The draft stays: once they pay or cancel one, "continue that booking".
+            ctx.state.data["draft_step"] = "confirm"
+            return Goto(MENU, [Say("bot.confirm.too_many_unpaid", {"count": done["count"]}),
+                               next_hint()], prompt=False)
         _clear_draft(ctx)
         return Goto(MENU, [Say("bot.confirm.done", done), next_hint()], prompt=False)
     if picked == 2:

@@ -308,6 +308,9 @@ def _confirm_handle(ctx: Ctx, inp: UserInput) -> Result:
         if price_changed(ctx, ctx.ports.quote(full_slots(ctx.slots))):
             return Goto("confirm", [Say("ivr.confirm.new_price")])
         done = ctx.ports.confirm(full_slots(ctx.slots))
+        if done.get("refused") == "too_many_unpaid":
+            ctx.state.data["draft_step"] = "confirm"  # kept, as when a call ends mid-way
+            return Goto(MENU, [Say("ivr.confirm.too_many_unpaid", {"count": done["count"]})])
         clear_draft(ctx)
         ctx.state.data["last_ref"] = done["ref"]
         return Goto("done", [Say("ivr.confirm.done",

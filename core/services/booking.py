@@ -10,13 +10,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from core import clock
 from core.adapters import distance, points, surge
-from core.adapters.models import Booking, Leg, Parcel, RateCardRow, TransitionLog
+from core.adapters.models import Booking, Leg, Parcel, Person, RateCardRow, TransitionLog
 from core.config import get_settings, int_setting
 from core.domain import otp as otp_rules
 from core.domain.booking import (
@@ -28,7 +28,7 @@ from core.domain.booking import (
     StateMachine,
     transition,
 )
-from core.domain.errors import NotFound, ValidationError
+from core.domain.errors import Conflict, NotFound, ValidationError
 from core.domain.geo import haversine_m, same_place, validate_lat_lng
 from core.domain.phone import is_indian_mobile, normalize_phone
 from core.domain.pricing import (
@@ -159,6 +159,24 @@ def record(session: Session, entity: str, entity_id: int, frm: str | None, to: s
                               reason=t.reason[:200], at=t.at))
 
 
+DEFAULT_MAX_UNPAID = 3
+
+
+def max_unpaid() -> int:
+    """How many bookings one customer may have waiting for payment (UNPAID_BOOKINGS_MAX)."""
+    return int_setting("UNPAID_BOOKINGS_MAX", DEFAULT_MAX_UNPAID, minimum=1)
+
+
+def unpaid_bookings(session: Session, customer_id: int, *, lock: bool = False) -> int:
+    """The customer's bookings waiting for payment; ``lock``: under their person row's
+    lock, so two bookings made at once count each other."""
+    if lock:
+        session.execute(select(Person.id).where(Person.id == customer_id).with_for_update())
+    return int(session.scalar(select(func.count()).select_from(Booking).where(
+        Booking.customer_id == customer_id,
+        Booking.status == BookingStatus.AWAITING_PAYMENT.value)) or 0)
+
+
 def create_booking(
     session: Session,
     *,
@@ -172,7 +190,15 @@ def create_booking(
     recipient_phone: str | None,
     actor: Actor,
 ) -> Booking:
-    """Price and save a booking in state ``quoted`` with one direct leg."""
+    """Price and save a booking in state ``quoted`` with one direct leg.
+
+    Conflict ``too_many_unpaid`` when the customer already has ``max_unpaid()`` bookings
+    waiting for payment: each booking costs a payment link at the gateway and a message,
+    so a loop of them is refused (they pay or cancel one, or it expires)."""
+    waiting = unpaid_bookings(session, customer_id, lock=True)
+    if waiting >= max_unpaid():
+        raise Conflict(f"you have {waiting} bookings waiting for payment: pay or cancel "
+                       "one first", code="too_many_unpaid")
     if parcel.declared_value_paise < 0:
         raise ValidationError("declared value cannot be negative", code="bad_value",
                               field="declared_value_paise")

@@ -180,8 +180,13 @@ class SessionPorts:
                 "tiers": {str(t): f.to_dict() for t, f in q.fares.items()}}
 
     def confirm(self, slots: dict[str, Any]) -> dict[str, Any]:
+        """{"ref", "total_paise"} of the booking made, or {"refused": "too_many_unpaid",
+        "count"} when the customer has as many bookings waiting for payment as allowed."""
         pickup, drop, parcel = self._trip(slots)
         actor = Actor("customer", str(self.person.id))
+        waiting = booking_service.unpaid_bookings(self.session, self.person.id, lock=True)
+        if waiting >= booking_service.max_unpaid():
+            return {"refused": "too_many_unpaid", "count": waiting}
         booking = booking_service.create_booking(
             self.session, customer_id=self.person.id, channel=self.conv.channel,
             pickup=pickup, drop=drop, parcel=parcel, tier=SpeedTier(slots["tier"]),

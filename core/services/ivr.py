@@ -137,6 +137,8 @@ class VoicePorts(SessionPorts):
 
     def confirm(self, slots: dict[str, Any]) -> dict[str, Any]:
         done = super().confirm(full_slots(slots))
+        if done.get("refused"):
+            return done
         booking = self.session.scalar(select(Booking).where(Booking.reference == done["ref"]))
         if booking is not None and self.person.phone:
             lang = self.person.preferred_language or i18n.DEFAULT_LANGUAGE
