@@ -16,9 +16,9 @@ from tests.test_ivr import phone, prompts  # noqa: F401 (fixtures)
 pytestmark = pytest.mark.db
 
 
-def awaiting(phone: str) -> int:
+def awaiting(number: str) -> int:
     with transaction() as s:
-        person = s.scalar(select(Person.id).where(Person.phone == phone))
+        person = s.scalar(select(Person.id).where(Person.phone == number))
         return int(s.scalar(select(func.count()).select_from(Booking).where(
             Booking.customer_id == person, Booking.status == "awaiting_payment")))
 
