@@ -1,9 +1,10 @@
-"""Operator commands: `python -m core.cli migrate|seed|release|worker|sandbox-worker`, and
-setting production up: `add-operator|add-point|rate-card --default|add-partner`."""
+"""Operator commands: `python -m core.cli migrate|seed|release|worker|sandbox-worker|retention`,
+and setting production up: `add-operator|add-point|rate-card --default|add-partner`."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import sys
@@ -144,7 +145,8 @@ def lower_priority() -> int:
 
 
 def join_sweeps() -> None:
-    """Join the periodic sweep chains: outbox, dispatch, payments, reconciliation.
+    """Join the periodic sweep chains: outbox, dispatch, payments, reconciliation, and the
+    daily retention job.
 
     Each is a job that schedules its next run, so the chains live in Redis only; a Redis
     that lost its data (a flush, a restart without its last writes, a failover) ends them
@@ -155,10 +157,12 @@ def join_sweeps() -> None:
     from workers import dispatch as dispatch_jobs
     from workers import outbox as outbox_jobs
     from workers import payments as payment_jobs
+    from workers import retention as retention_jobs
 
     outbox_jobs.schedule_sweep()
     dispatch_jobs.schedule_sweep()
     payment_jobs.schedule_periodic()
+    retention_jobs.schedule()
 
 
 def service_worker(fork: bool = False) -> JobLoggingWorker | JobLoggingSimpleWorker:
@@ -251,6 +255,8 @@ def main(argv: list[str] | None = None) -> int:
     w.add_argument("--burst", action="store_true")
     sw = sub.add_parser("sandbox-worker", help="the emulators' RQ worker (sandbox mode only)")
     sw.add_argument("--burst", action="store_true")
+    sub.add_parser("retention", help="run the daily retention job now, once (README: "
+                   "Keeping and erasing personal data)")
     op = sub.add_parser("add-operator", help="let a phone sign in as an operator (role ops)")
     op.add_argument("--phone", required=True, help="mobile number, e.g. +919812345678")
     op.add_argument("--name")
@@ -284,6 +290,10 @@ def main(argv: list[str] | None = None) -> int:
         worker(burst=args.burst)
     elif args.cmd == "sandbox-worker":
         return sandbox_worker(burst=args.burst)
+    elif args.cmd == "retention":
+        from core.services import retention
+
+        print(json.dumps(retention.run()))
     elif args.cmd in ("add-operator", "add-point", "rate-card", "add-partner"):
         return set_up(args)
     return 0

@@ -244,7 +244,8 @@ def send_whatsapp(client, params: dict[str, str]) -> str:
     return "\n".join(replies_to(params["MessageSid"]))
 
 
-PERIODIC_PREFIXES = ("outbox-sweep-", "dispatch-sweep-", "payments-sweep-", "reconcile-")
+PERIODIC_PREFIXES = ("outbox-sweep-", "dispatch-sweep-", "payments-sweep-", "reconcile-",
+                     "retention-")
 
 
 def release_scheduled(after: timedelta, *, periodic: bool = False) -> int:

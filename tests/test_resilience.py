@@ -23,7 +23,7 @@ from tests.test_inbound_drain import handled_sids, wa
 
 pytestmark = pytest.mark.db
 
-CHAINS = {"outbox-sweep", "dispatch-sweep", "payments-sweep", "reconcile"}
+CHAINS = {"outbox-sweep", "dispatch-sweep", "payments-sweep", "reconcile", "retention"}
 
 
 def chains() -> set[str]:

@@ -54,54 +54,6 @@ def test_serve_keeps_running_while_everything_lives(tmp_path: Path):
     assert watch(embedded.Services(env={}), limit_s=1.0) == [0]  # stopped by the test
 
 
-def test_a_hang_up_stops_serve_and_what_it_runs(tmp_path: Path):
-    """A closed terminal (SIGHUP) stops the children too: they run in process groups of
-    their own and would otherwise outlive the supervisor, holding the port."""
-    import signal
-    import sys
-    import time
-
-    procfile = tmp_path / "Procfile"
-    procfile.write_text("sleeper: sleep 300\n")
-    script = ("import sys; from pathlib import Path; from ops.supervisor import Server; "
-              f"sys.exit(Server(Path({str(procfile)!r})).run())")
-    env = {**os.environ, "APP_ENV": "production", "DATA_DIR": str(tmp_path / "data"),
-           "DATABASE_URL": "postgresql://postgres@127.0.0.1:5432/unused",
-           "REDIS_URL": "redis://127.0.0.1:6379/0"}
-    sup = subprocess.Popen([sys.executable, "-c", script], cwd=Path(__file__).parent.parent,
-                           env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                           process_group=0)
-    child = None
-    try:
-        assert sup.stdout is not None
-        for raw in sup.stdout:
-            line = raw.decode()
-            if "started sleeper (pid" in line:
-                child = int(line.split("pid ")[1].split(")")[0])
-                break
-        assert child, "the supervisor did not start its process"
-        os.kill(sup.pid, signal.SIGHUP)
-        sup.wait(30)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:  # its stop waits for the group to go
-            try:
-                os.killpg(child, 0)
-            except ProcessLookupError:
-                break
-            time.sleep(0.05)
-        else:
-            raise AssertionError(f"the supervisor exited ({sup.returncode}) and left "
-                                 "its child running")
-    finally:
-        if child:
-            try:
-                os.killpg(child, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        if sup.poll() is None:
-            sup.kill()
-
-
 def test_the_embedded_postgres_starts_in_a_path_with_a_space(tmp_path: Path):
     """A clone in "~/My Projects/ridechain": pgserver gives pg_ctl the socket directory
     unquoted, so the data directory is reached through a link without the space."""

@@ -252,6 +252,10 @@ class Leg(Base):
         # A partner's deliveries by day: earnings and dispatch's fairness term.
         Index("ix_legs_partner_delivered_at", "partner_id", "delivered_at",
               postgresql_where=text("delivered_at IS NOT NULL")),
+        # The payments sweep's delivered legs of the last days, whose release it checks
+        # (migration 0016).
+        Index("ix_legs_delivered_at_with_partner", "delivered_at",
+              postgresql_where=text("status = 'delivered' AND partner_id IS NOT NULL")),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -314,6 +318,9 @@ class OutboxMessage(Base):
     __table_args__ = (
         CheckConstraint(one_of("channel", ("whatsapp", "sms")), name="channel"),
         CheckConstraint(one_of("status", OUTBOX_STATUSES), name="status"),
+        # /metrics counts the messages that failed lately (migration 0016): failures only.
+        Index("ix_outbox_messages_failed_updated_at", "updated_at",
+              postgresql_where=text("status IN ('failed', 'undelivered')")),
     )
 
     id: Mapped[int] = mapped_column(BigInteger, primary_key=True)

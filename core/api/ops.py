@@ -1,8 +1,8 @@
 """Operator (Dispatch console) endpoints: lists, people waiting for a person, unlocks, KYC,
-new partners, refunds to try again.
+new partners, refunds to try again, a person's data erased on their request.
 
-Every money, KYC or sign-up action an operator takes is written to the append-only audit
-log in the same transaction as the action.
+Every money, KYC, sign-up or erasure action an operator takes is written to the append-only
+audit log in the same transaction as the action.
 """
 
 from __future__ import annotations
@@ -352,3 +352,29 @@ def ops_mismatches(query: MismatchQuery) -> Page[MismatchOut]:
             session, include_resolved=query.include_resolved, offset=query.offset,
             limit=query.limit + 1), query)
         return Page[MismatchOut](items=[MismatchOut(**m) for m in rows], next_offset=nxt)
+
+
+class EraseIn(Strict):
+    reason: str = Field(min_length=3, max_length=300,
+                        description="why: the person's request, as received")
+
+
+class ErasedOut(BaseModel):
+    person_id: int
+    erased: bool = Field(description="false: erased before; nothing more was done")
+    counts: dict[str, int]
+
+
+@endpoint(bp, "POST", "/ops/people/<int:person_id>/erase",
+          summary="Erase a person's personal data on their request (audited); their "
+                  "payments, ledger and history stay", roles=OPS, body=EraseIn,
+          response=ErasedOut, tags=("ops",), errors=(404, 409))
+def ops_erase_person(person_id: int, body: EraseIn) -> ErasedOut:
+    from core.services import retention
+
+    with transaction() as session:
+        done = retention.erase_person(session, person_id)
+        if done.changed:
+            audit(session, "person.erase", f"person:{person_id}", reason=body.reason,
+                  **done.counts)
+        return ErasedOut(person_id=person_id, erased=done.changed, counts=done.counts)

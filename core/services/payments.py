@@ -33,7 +33,7 @@ from typing import Any
 
 from redis.exceptions import LockError
 from rq import Retry, get_current_job
-from sqlalchemy import func, select
+from sqlalchemy import any_, func, literal, select, union
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
@@ -1488,8 +1488,16 @@ def _ensure_periodic_jobs() -> None:
         log.exception("could not schedule the payments sweep")
 
 
+def _const(value: str) -> Any:
+    """A constant written into the statement, not bound: a partial index (migration 0016)
+    serves a query only if its condition can be proven from the statement itself, which a
+    prepared statement's generic plan cannot do with a bound value."""
+    return literal(value, literal_execute=True)
+
+
 def unprocessed_events(session: Session, older_than: timedelta = timedelta(minutes=5)) -> list[int]:
-    """Stored events whose processing job was lost (the sweep re-enqueues them)."""
+    """Stored events whose processing job was lost (the sweep re-enqueues them); from the
+    partial index of the events not processed yet (migration 0016), not all of them."""
     cutoff = clock.now() - older_than
     return list(session.scalars(select(GatewayEvent.id).where(
         GatewayEvent.processed_at.is_(None), GatewayEvent.received_at < cutoff)
@@ -1523,7 +1531,7 @@ def waiting_refunds(session: Session, within: timedelta = timedelta(days=30)) ->
 
     since = clock.now() - within
     open_now = select(Refund.booking_id).where(Refund.status.in_(OPEN_REFUND))
-    settled = select(Refund.booking_id).where(Refund.updated_at > since)
+    settled = select(Refund.booking_id.label("id")).where(Refund.updated_at > since)
     closed = select(Booking.id).where(
         Booking.status.in_((BookingStatus.FAILED.value, BookingStatus.CANCELLED.value)),
         Booking.updated_at > since)
@@ -1534,12 +1542,14 @@ def waiting_refunds(session: Session, within: timedelta = timedelta(days=30)) ->
     failed_last = select(Refund.booking_id).join(
         latest, (latest.c.booking_id == Refund.booking_id)
         & (latest.c.attempt == Refund.attempt)).where(Refund.status == "failed")
+    # The few bookings settled or closed lately first, then their postings by booking_id
+    # (indexed): asked of every posting ("in settled or in closed"), that read them all.
+    candidates = union(settled, closed).subquery("candidates")
     return list(session.scalars(
-        select(LedgerPosting.booking_id).where(
-            LedgerPosting.booking_id.in_(settled) | LedgerPosting.booking_id.in_(closed),
-            LedgerPosting.booking_id.not_in(open_now),
-            LedgerPosting.booking_id.not_in(failed_last),
-            LedgerPosting.account_kind == rules.AccountKind.ESCROW.value)
+        select(LedgerPosting.booking_id)
+        .join(candidates, candidates.c.id == LedgerPosting.booking_id)
+        .where(candidates.c.id.not_in(open_now), candidates.c.id.not_in(failed_last),
+               LedgerPosting.account_kind == rules.AccountKind.ESCROW.value)
         .group_by(LedgerPosting.booking_id)
         .having(func.sum(LedgerPosting.amount_paise) > 0)
         .order_by(LedgerPosting.booking_id).limit(100)))
@@ -1561,16 +1571,28 @@ def _start_waiting_refunds(ids: list[int]) -> int:
     return started
 
 
+# How far back the sweep looks for delivered legs without a release. A release job
+# retries for about 43 minutes (GATEWAY_RETRY) and the sweep looks every minute; a week
+# also covers workers or Redis down over a long weekend. Each leg looked at costs an
+# index probe: 30 days were 17k legs a minute at a year's volume, a week is 4k.
+RELEASE_LOOKBACK = timedelta(days=7)
+
+
 def unreleased_legs(session: Session) -> list[int]:
-    """Delivered legs whose release is not in the ledger (its job lost or failed)."""
+    """Delivered legs whose release is not in the ledger (its job lost or failed), among
+    those delivered in the last RELEASE_LOOKBACK."""
     from core.adapters.payment_models import LedgerTransaction
 
+    # Materialized: from the partial index of delivered legs (migration 0016). Otherwise,
+    # expecting to find its 100 legs soon, PostgreSQL walks every leg in id order.
+    recent = select(Leg.id).where(
+        Leg.status == _const(LegStatus.DELIVERED.value), Leg.partner_id.is_not(None),
+        Leg.delivered_at > clock.now() - RELEASE_LOOKBACK,
+    ).cte("recent_deliveries").prefix_with("MATERIALIZED")
     released = select(LedgerTransaction.id).where(
-        LedgerTransaction.idempotency_key == func.concat("release:leg:", Leg.id))
-    return list(session.scalars(select(Leg.id).where(
-        Leg.status == LegStatus.DELIVERED.value, Leg.partner_id.is_not(None),
-        Leg.delivered_at > clock.now() - timedelta(days=30),
-        ~released.exists()).order_by(Leg.id).limit(100)))
+        LedgerTransaction.idempotency_key == func.concat("release:leg:", recent.c.id))
+    return list(session.scalars(select(recent.c.id).where(~released.exists())
+                                .order_by(recent.c.id).limit(100)))
 
 
 _PAYABLE_KINDS = (rules.EntryKind.RELEASE.value, rules.EntryKind.CANCELLATION_FEE.value,
@@ -1580,23 +1602,32 @@ _PAYABLE_KINDS = (rules.EntryKind.RELEASE.value, rules.EntryKind.CANCELLATION_FE
 
 def unpaid_legs(session: Session, within: timedelta = timedelta(days=30)) -> list[int]:
     """Legs whose partner earned more than was paid out to them (ledger_payable above
-    leg_paid_out), with a payable entry in the last ``within``."""
+    leg_paid_out), with a payable entry in the last ``within``.
+
+    The legs with a payable entry lately come first, from their partial index (migration
+    0016), then only their own postings (ix_ledger_postings_leg_id): the cost follows the
+    legs paid lately, not every payable posting ever made."""
     from core.adapters.payment_models import LedgerPosting, LedgerTransaction
 
-    payable = (LedgerPosting.account_kind == rules.AccountKind.PARTNER_PAYABLE.value) & (
-        LedgerPosting.leg_id.is_not(None))
+    payable = LedgerPosting.account_kind == rules.AccountKind.PARTNER_PAYABLE.value
     recent = select(LedgerPosting.leg_id).where(
-        payable, LedgerPosting.created_at > clock.now() - within)
+        LedgerPosting.account_kind == _const(rules.AccountKind.PARTNER_PAYABLE.value),
+        LedgerPosting.leg_id.is_not(None),
+        LedgerPosting.created_at > clock.now() - within).distinct()
     # Only partners with a linked account: a leg waiting for one cannot be paid, and many
     # such would fill the batch ahead of legs that can (the back-off is per leg, later).
+    # In the sum's FILTER, the partners are hashed once rather than looked up per posting.
     can_be_paid = select(PartnerProfile.id).where(PartnerProfile.payout_account_id.is_not(None))
+    # "= ANY(ARRAY(recent))", not "IN (recent)": an IN is joined by hashing every payable
+    # posting; the array is looked up in the index, leg by leg.
     return list(session.scalars(
         select(LedgerPosting.leg_id)
         .join(LedgerTransaction, LedgerTransaction.id == LedgerPosting.transaction_id)
-        .where(payable, LedgerPosting.leg_id.in_(recent),
-               LedgerPosting.partner_id.in_(can_be_paid),
+        .where(payable, LedgerPosting.leg_id == any_(func.array(recent.scalar_subquery())),
                LedgerTransaction.kind.in_(_PAYABLE_KINDS))
-        .group_by(LedgerPosting.leg_id).having(func.sum(LedgerPosting.amount_paise) > 0)
+        .group_by(LedgerPosting.leg_id)
+        .having(func.sum(LedgerPosting.amount_paise).filter(
+            LedgerPosting.partner_id.in_(can_be_paid)) > 0)
         .order_by(LedgerPosting.leg_id).limit(UNPAID_SCAN)))
 
 

@@ -1,0 +1,467 @@
+"""Keeping and erasing personal data: the daily retention job, and erasure on request.
+
+Where personal data lives, and what happens to it:
+
+- ``outbox_messages`` (bodies carry codes, places and names; ``to_addr`` a phone),
+  ``handoff_messages`` (what users and operators said), ``inbound_events.response_body``
+  (our inline answers to SMS and calls), ``conversations.state`` (the dialog's slots and
+  drafts), ``idempotency_records`` (a booking's API answer, recipient included): after
+  RETENTION_MESSAGE_DAYS the texts become REDACTED (the rows stay: they record that a
+  message went or came), the slots are cleared and the API answers deleted.
+- ``message_status_events`` (Twilio's status history): deleted after RETENTION_STATUS_DAYS.
+- people, bookings (recipient, landmarks, exact places), partner profiles, proof-of-delivery
+  photos: kept while the service needs them, erased on the person's request
+  (``erase_person``, India's DPDP Act 2023).
+
+Never touched: the ledger, payment links, transfers, refunds, ``razorpay_events``,
+``transitions`` and ``audit_log``. They are the financial and audit record the law has us
+keep, and hold ids, fixed texts and gateway ids (``razorpay_events`` keeps the raw webhook
+as signed, which names the payer's contact: kept with the payment it proves).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any, cast
+
+from sqlalchemy import (
+    CursorResult,
+    Float,
+    Numeric,
+    and_,
+    delete,
+    exists,
+    false,
+    func,
+    or_,
+    select,
+    update,
+)
+from sqlalchemy.orm import Session
+
+from core import clock
+from core.adapters import geo_index, storage
+from core.adapters.api_models import ApiSession, BookingRating, IdempotencyRecord
+from core.adapters.db import transaction
+from core.adapters.dialog_models import Handoff, HandoffMessage, WhatsappTemplateSend
+from core.adapters.dispatch_models import PodPhoto
+from core.adapters.models import (
+    Booking,
+    Conversation,
+    InboundEvent,
+    Leg,
+    MessageStatusEvent,
+    OutboxMessage,
+    Parcel,
+    PartnerProfile,
+    Person,
+    Vehicle,
+)
+from core.adapters.payment_models import LedgerPosting
+from core.adapters.queue import after_commit
+from core.config import int_setting
+from core.domain import ledger as rules
+from core.domain.booking import BOOKING, LEG
+from core.domain.errors import Conflict, NotFound, Unavailable
+from core.services import ledger
+from core.services.dispatch import BLOCKED_KYC
+
+log = logging.getLogger(__name__)
+
+# What a removed text reads as. One marker for both ways out (the audit log says whether
+# a person asked): ops see that something was said, not what.
+REDACTED = "[removed]"
+# The address of a message to an erased person: not a number, so nothing can send to it.
+ERASED_ADDR = "erased"
+
+DEFAULT_STATUS_DAYS = 30
+DEFAULT_MESSAGE_DAYS = 90
+DEFAULT_RUN_SECONDS = 120
+MAX_RUN_SECONDS = 600  # the job's RQ timeout is this plus a minute (workers.retention)
+BATCH = 500  # rows per transaction: short row locks, a bounded step between time checks
+
+CLOSED_BOOKINGS = tuple(s.value for s in BOOKING.closed)
+CLOSED_LEGS = tuple(s.value for s in LEG.closed)
+UNSENT = ("pending", "sending")
+HELD_FOR_CUSTOMER = (rules.AccountKind.ESCROW.value, rules.AccountKind.REFUNDS_PENDING.value)
+
+
+def status_days() -> int:
+    """Days Twilio's status callbacks are kept (RETENTION_STATUS_DAYS, default 30)."""
+    return int_setting("RETENTION_STATUS_DAYS", DEFAULT_STATUS_DAYS, minimum=1, maximum=3650)
+
+
+def message_days() -> int:
+    """Days message texts and dialog drafts are kept (RETENTION_MESSAGE_DAYS, default 90).
+
+    At least a week: a booking, its refund attempts and a handoff are over within days."""
+    return int_setting("RETENTION_MESSAGE_DAYS", DEFAULT_MESSAGE_DAYS, minimum=7,
+                       maximum=3650)
+
+
+def run_seconds() -> int:
+    """How long one daily run may work (RETENTION_RUN_SECONDS, default 120); what is left
+    waits for the next day's run."""
+    return int_setting("RETENTION_RUN_SECONDS", DEFAULT_RUN_SECONDS, minimum=1,
+                       maximum=MAX_RUN_SECONDS)
+
+
+def _monotonic() -> float:
+    return time.monotonic()  # tests move it to end a run's time budget
+
+
+# --- the daily job ------------------------------------------------------------------------
+#
+# Each step takes the next batch after row id ``after`` (keyset over the primary key: one
+# pass over the table per run, no index of its own) and returns the ids it changed. Rows
+# locked by someone else are skipped, for the next run.
+
+Step = Callable[[Session, int, datetime], list[int]]
+_QUIET = {"synchronize_session": False}
+
+
+def _batch(stmt: Any, entity: Any, after: int) -> Any:
+    return (stmt.where(entity.id > after).order_by(entity.id).limit(BATCH)
+            .with_for_update(of=entity, skip_locked=True))
+
+
+def _status_events(session: Session, after: int, cutoff: datetime) -> list[int]:
+    e = MessageStatusEvent
+    ids = _batch(select(e.id).where(e.received_at < cutoff), e, after)
+    return list(session.scalars(delete(e).where(e.id.in_(ids)).returning(e.id),
+                                execution_options=_QUIET))
+
+
+def _outbox(session: Session, after: int, cutoff: datetime) -> list[int]:
+    """Bodies of messages sent long ago about a finished booking, or about none."""
+    m = OutboxMessage
+    finished = exists().where(Booking.id == m.booking_id, Booking.status.in_(CLOSED_BOOKINGS))
+    ids = _batch(select(m.id).where(
+        m.created_at < cutoff, m.status.not_in(UNSENT),
+        or_(m.body != REDACTED, m.media_url.is_not(None)),
+        or_(m.booking_id.is_(None), finished)), m, after)
+    done = list(session.scalars(
+        update(m).where(m.id.in_(ids)).values(body=REDACTED, media_url=None).returning(m.id),
+        execution_options=_QUIET))
+    _redact_templates(session, done)
+    return done
+
+
+def _redact_templates(session: Session, outbox_ids: list[int]) -> None:
+    """A template send carries the message's text as its variable."""
+    if outbox_ids:
+        t = WhatsappTemplateSend
+        _changed(session, update(t).where(t.outbox_id.in_(outbox_ids))
+                 .values(content_variables={"1": REDACTED}))
+
+
+def _changed(session: Session, stmt: Any) -> int:
+    """Run an UPDATE or DELETE; how many rows it changed."""
+    return cast(CursorResult[Any], session.execute(stmt, execution_options=_QUIET)).rowcount
+
+
+def _inbound_answers(session: Session, after: int, cutoff: datetime) -> list[int]:
+    """Our stored answer to an SMS or a call (kept to answer Twilio's retries, which come
+    within minutes); the row stays, so a very late retry is still not handled twice."""
+    e = InboundEvent
+    ids = _batch(select(e.id).where(e.received_at < cutoff, e.response_body.is_not(None)),
+                 e, after)
+    return list(session.scalars(
+        update(e).where(e.id.in_(ids)).values(response_body=None).returning(e.id),
+        execution_options=_QUIET))
+
+
+def _handoff_messages(session: Session, after: int, cutoff: datetime) -> list[int]:
+    m = HandoffMessage
+    closed = exists().where(Handoff.id == m.handoff_id, Handoff.status == "closed")
+    ids = _batch(select(m.id).where(m.created_at < cutoff, m.body != REDACTED, closed),
+                 m, after)
+    return list(session.scalars(
+        update(m).where(m.id.in_(ids)).values(body=REDACTED).returning(m.id),
+        execution_options=_QUIET))
+
+
+def _conversations(session: Session, after: int, cutoff: datetime) -> list[int]:
+    """A dialog nobody touched for so long starts afresh: its slots and drafts go. The
+    language stays on the person (people.preferred_language)."""
+    c = Conversation
+    ids = _batch(select(c.id).where(c.updated_at < cutoff, c.handoff.is_(False),
+                                    c.state != {}), c, after)
+    return list(session.scalars(
+        update(c).where(c.id.in_(ids)).values(state={}, step="start", misses=0)
+        .returning(c.id), execution_options=_QUIET))
+
+
+def _idempotency_records(session: Session, after: int, cutoff: datetime) -> list[int]:
+    """A replayable API answer (a booking, recipient and all): a retry comes within
+    minutes, not months."""
+    r = IdempotencyRecord
+    ids = _batch(select(r.id).where(r.created_at < cutoff), r, after)
+    return list(session.scalars(delete(r).where(r.id.in_(ids)).returning(r.id),
+                                execution_options=_QUIET))
+
+
+def run(now: datetime | None = None) -> dict[str, int]:
+    """One daily run, batch by batch until done or RETENTION_RUN_SECONDS are up; how many
+    rows each step changed (``unfinished``: 1 if time ran out first)."""
+    now = now or clock.now()
+    status_cutoff = now - timedelta(days=status_days())
+    message_cutoff = now - timedelta(days=message_days())
+    deadline = _monotonic() + run_seconds()
+    steps: list[tuple[str, Step, datetime]] = [
+        ("status_events", _status_events, status_cutoff),
+        ("outbox_messages", _outbox, message_cutoff),
+        ("inbound_answers", _inbound_answers, message_cutoff),
+        ("handoff_messages", _handoff_messages, message_cutoff),
+        ("conversations", _conversations, message_cutoff),
+        ("idempotency_records", _idempotency_records, message_cutoff),
+    ]
+    done = {name: 0 for name, _, _ in steps}
+    unfinished = False
+    for name, step, cutoff in steps:
+        after = 0
+        while not unfinished:
+            if _monotonic() >= deadline:
+                unfinished = True
+                break
+            with transaction() as session:
+                ids = step(session, after, cutoff)
+            done[name] += len(ids)
+            if len(ids) < BATCH:
+                break
+            after = max(ids)
+    done["unfinished"] = int(unfinished)
+    log.info("retention run", extra=done)
+    return done
+
+
+# --- erasure on request --------------------------------------------------------------------
+
+
+@dataclass
+class Erasure:
+    """What one erasure changed, by kind; all zero when it had been done before."""
+
+    person_id: int
+    counts: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def changed(self) -> bool:
+        return any(self.counts.values())
+
+    def add(self, kind: str, n: int) -> None:
+        self.counts[kind] = self.counts.get(kind, 0) + n
+
+
+def _addresses(*phones: str | None) -> set[str]:
+    """The outbox addresses a phone number (or WhatsApp id) is reached at."""
+    found = set()
+    for p in phones:
+        if p:
+            raw = p.removeprefix("whatsapp:")
+            found |= {raw, f"whatsapp:{raw}"}
+    return found
+
+
+def _rounded(col: Any) -> Any:
+    """A coordinate to two decimals (about a kilometre: the village, not the house)."""
+    return func.round(col.cast(Numeric), 2).cast(Float)
+
+
+def _coarse_places(cols: tuple[Any, ...]) -> tuple[dict[str, Any], Any]:
+    """Values rounding ``cols`` (by column name), and the condition that one is not yet."""
+    return ({c.key: _rounded(c) for c in cols}, or_(*(c != _rounded(c) for c in cols)))
+
+
+def erase_person(session: Session, person_id: int) -> Erasure:
+    """Erase what identifies a person, on their request, in the caller's transaction.
+
+    Refused (Conflict) for an operator, a partner not blocked (KYC suspended or rejected),
+    and while anything of theirs is under way: a booking they made or receive, a leg they
+    carry, money held or owed for them, a conversation waiting for a person. Then: the
+    person keeps only their id and role; their bookings lose the recipient, the landmarks
+    and exact places; the messages to them or about their bookings, their conversations
+    and handoff messages lose their text; their sign-ins end; a partner's name, vehicle
+    plates and proof-of-delivery photos (files too) go. The ledger, payments and
+    transitions stay. Run again, it finds nothing left to change. A later message from
+    the same number makes a new person.
+    """
+    # Lock order as a chat turn takes it (its conversation, then the person row when it
+    # books), so a turn running now either finished first or finds the contact gone.
+    convs = list(session.scalars(select(Conversation).where(
+        Conversation.person_id == person_id).order_by(Conversation.id).with_for_update()))
+    person = session.get(Person, person_id, with_for_update=True)
+    if person is None:
+        raise NotFound("no such person", code="not_found")
+    partner = session.scalar(select(PartnerProfile).where(
+        PartnerProfile.person_id == person.id).with_for_update())
+    conv_ids = [c.id for c in convs]
+    _refuse_if_in_use(session, person, partner, conv_ids)
+
+    done = Erasure(person.id)
+    own = select(Booking.id).where(Booking.customer_id == person.id)
+    # Bookings sent to them; the phone is read before the person row loses it, below.
+    received = (select(Booking.id).where(Booking.recipient_phone == person.phone)
+                if person.phone else select(Booking.id).where(false()))
+    recipients = set(session.scalars(select(Booking.recipient_phone).where(
+        Booking.customer_id == person.id, Booking.recipient_phone.is_not(None)).distinct()))
+    theirs = _addresses(person.phone, person.wa_id, *(c.contact for c in convs))
+    _erase_messages(session, done, own, theirs, _addresses(*recipients))
+    _erase_bookings(session, done, own, received)
+
+    handoffs = select(Handoff.id).where(or_(Handoff.person_id == person.id,
+                                            Handoff.conversation_id.in_(conv_ids)))
+    done.add("handoff_messages", _changed(session, update(HandoffMessage).where(
+        HandoffMessage.handoff_id.in_(handoffs), HandoffMessage.body != REDACTED)
+        .values(body=REDACTED)))
+    for conv in convs:
+        # A new message from that number finds no conversation and makes a new person.
+        conv.contact, conv.person_id = f"erased:{conv.id}", None
+        conv.state, conv.step, conv.misses, conv.handoff = {}, "start", 0, False
+        conv.last_inbound_at = None
+    done.add("conversations", len(convs))
+    done.add("sessions", _changed(session, update(ApiSession).where(
+        ApiSession.person_id == person.id, ApiSession.revoked_at.is_(None))
+        .values(revoked_at=clock.now())))
+    done.add("records", _changed(session, delete(IdempotencyRecord).where(
+        IdempotencyRecord.person_id == person.id)))
+    if partner is not None:
+        _erase_partner(session, done, partner)
+    if any((person.name, person.phone, person.wa_id, person.preferred_language)):
+        person.name = person.phone = person.wa_id = person.preferred_language = None
+        done.add("people", 1)
+    session.flush()
+    return done
+
+
+def _refuse_if_in_use(session: Session, person: Person, partner: PartnerProfile | None,
+                      conv_ids: list[int]) -> None:
+    if person.role == "ops":
+        raise Conflict("an operator cannot be erased", code="operator")
+    if partner is not None and partner.kyc_status not in BLOCKED_KYC:
+        raise Conflict("an active partner: suspend or reject their KYC first",
+                       code="active_partner")
+    mine = Booking.customer_id == person.id
+    if person.phone:
+        mine = or_(mine, Booking.recipient_phone == person.phone)
+    ref = session.scalar(select(Booking.reference).where(
+        mine, Booking.status.not_in(CLOSED_BOOKINGS)).order_by(Booking.id).limit(1))
+    if ref is not None:
+        raise Conflict(f"booking {ref} is not finished yet", code="in_flight")
+    if partner is not None and session.scalar(select(Leg.id).where(
+            Leg.partner_id == partner.id, Leg.status.not_in(CLOSED_LEGS)).limit(1)):
+        raise Conflict("a job they took is not finished yet", code="in_flight")
+    # Money still held for them: a refund on its way (or failed, for ops to see to), a
+    # payout owed. Ops may need to reach them about it.
+    p = LedgerPosting
+    held = session.scalar(
+        select(p.account).where(p.booking_id.in_(select(Booking.id).where(
+            Booking.customer_id == person.id)), p.account_kind.in_(HELD_FOR_CUSTOMER))
+        .group_by(p.account).having(func.sum(p.amount_paise) != 0).limit(1))
+    if held is not None or (partner is not None
+                            and ledger.balance(session, rules.payable(partner.id)) != 0):
+        raise Conflict("money is still held or owed for them", code="in_flight")
+    if session.scalar(select(Handoff.id).where(Handoff.status == "waiting", or_(
+            Handoff.person_id == person.id, Handoff.conversation_id.in_(conv_ids))).limit(1)):
+        raise Conflict("they are waiting for an operator: close that first",
+                       code="in_flight")
+
+
+def _erase_messages(session: Session, done: Erasure, own: Any, theirs: set[str],
+                    recipients: set[str]) -> None:
+    """Messages to the person (and to the recipients of their bookings) lose text and
+    address; the other messages about their bookings (to partners, ops) their text."""
+    m = OutboxMessage
+    to_them = or_(m.to_addr.in_(theirs),
+                  and_(m.booking_id.in_(own), m.to_addr.in_(recipients)))
+    about = m.booking_id.in_(own)
+    texted = or_(m.body != REDACTED, m.media_url.is_not(None))
+    # Not sent yet: never sent now (the sender skips a row that is not pending).
+    _changed(session, update(m).where(or_(to_them, about), m.status.in_(UNSENT))
+             .values(status="failed", last_error="erased before sending"))
+    changed = list(session.scalars(
+        update(m).where(to_them, or_(texted, m.to_addr != ERASED_ADDR))
+        .values(to_addr=ERASED_ADDR, body=REDACTED, media_url=None, last_error=None)
+        .returning(m.id), execution_options=_QUIET))
+    changed += session.scalars(
+        update(m).where(about, texted).values(body=REDACTED, media_url=None)
+        .returning(m.id), execution_options=_QUIET)
+    _redact_templates(session, changed)
+    done.add("messages", len(changed))
+
+
+def _erase_bookings(session: Session, done: Erasure, own: Any, received: Any) -> None:
+    """Their bookings lose the recipient and landmarks, bookings to them the recipient and
+    drop landmark; both keep their places to the village, and so do their legs. Money,
+    parcel sizes, statuses and times stay: the record the ledger and the gateway refer to.
+    (Core statements: these columns change nowhere else once a booking is closed, so the
+    version counter that guards the live states is left alone.)"""
+    b = Booking
+    places, exact = _coarse_places((b.pickup_lat, b.pickup_lng, b.drop_lat, b.drop_lng))
+    done.add("bookings", _changed(session, update(b).where(b.id.in_(own), or_(
+        b.recipient_name.is_not(None), b.recipient_phone.is_not(None),
+        b.pickup_landmark.is_not(None), b.drop_landmark.is_not(None), exact))
+        .values(recipient_name=None, recipient_phone=None, pickup_landmark=None,
+                drop_landmark=None, **places)))
+    done.add("bookings", _changed(session, update(b).where(b.id.in_(received), or_(
+        b.recipient_name.is_not(None), b.recipient_phone.is_not(None),
+        b.drop_landmark.is_not(None), exact))
+        .values(recipient_name=None, recipient_phone=None, drop_landmark=None, **places)))
+    leg_places, leg_exact = _coarse_places((Leg.from_lat, Leg.from_lng, Leg.to_lat, Leg.to_lng))
+    _changed(session, update(Leg).where(Leg.booking_id.in_(own), leg_exact)
+             .values(**leg_places))
+    _changed(session, update(Parcel).where(Parcel.booking_id.in_(own),
+                                           Parcel.description.is_not(None))
+             .values(description=None))
+    _changed(session, update(BookingRating).where(BookingRating.booking_id.in_(own),
+                                                  BookingRating.comment.is_not(None))
+             .values(comment=None))
+
+
+def _erase_partner(session: Session, done: Erasure, partner: PartnerProfile) -> None:
+    """A blocked partner's name, plates and proof-of-delivery photos (the files too)."""
+    if partner.first_name or partner.on_duty or partner.has_app:
+        partner.first_name, partner.on_duty, partner.has_app = "", False, False
+        done.add("people", 1)
+    done.add("records", _changed(session, update(Vehicle).where(
+        Vehicle.partner_id == partner.id, or_(Vehicle.registration.is_not(None),
+                                              Vehicle.active))
+        .values(registration=None, active=False)))
+    uris = list(session.scalars(delete(PodPhoto).where(PodPhoto.partner_id == partner.id)
+                                .returning(PodPhoto.storage_uri), execution_options=_QUIET))
+    _changed(session, update(Leg).where(Leg.partner_id == partner.id,
+                                        Leg.pod_photo_url.is_not(None))
+             .values(pod_photo_url=None))
+    for uri in sorted(set(uris)):
+        # Before the commit: if a file cannot go, nothing is committed and ops try again;
+        # a file already gone (an earlier try) is fine.
+        delete_photo(uri)
+    done.add("photos", len(uris))
+    partner_id = partner.id
+    after_commit(session, lambda: geo_index.remove(partner_id))
+
+
+def delete_photo(uri: str) -> None:
+    """Delete a stored proof-of-delivery photo by its URI (a missing one is no error).
+
+    core.adapters.storage reads and writes photos but has no delete of its own yet; this
+    goes to the same folder or bucket it writes to."""
+    cfg = storage.load_config()
+    if uri.startswith("local://"):
+        key = uri.removeprefix("local://")
+        if not key or key.startswith("/") or ".." in key:
+            raise ValueError("a photo's stored name is not one storage writes")
+        (cfg.local_dir / key).unlink(missing_ok=True)
+        return
+    if uri.startswith("s3://") and cfg.kind == "s3":
+        bucket, _, key = uri.removeprefix("s3://").partition("/")
+        store = storage.build_store(cfg)
+        assert isinstance(store, storage.S3Store)
+        store.client.delete_object(Bucket=bucket, Key=key)  # S3 answers 204 for a missing key
+        return
+    raise Unavailable("the store this photo is in is not configured (POD_STORAGE)",
+                      code="photo_store_unavailable")
