@@ -43,6 +43,9 @@ usage: ./run <command> [args]
   migrate         apply database migrations (python -m core.cli migrate)
   seed            load the demo data (python -m core.cli seed)
   worker          run only the RQ worker
+  add-operator, add-point, rate-card, add-partner, retention [args]
+                  production set-up and the retention job (python -m core.cli <command>;
+                  README: Setting up production); --help on each says its arguments
   lint [args]     ruff check . (args are passed to ruff), then mypy on core/
   chat [args]     chat with a running `./run serve` as a WhatsApp customer (signed webhooks;
                   /loc <lat> <lng> shares a location; --phone +91... picks your number)
@@ -52,6 +55,11 @@ usage: ./run <command> [args]
   bench [--quick] run the benchmarks (not part of test); tables on screen, JSON in
                   bench/results/
 """
+
+
+# Commands that are core.cli's own, run with the same service URLs as `./run serve`.
+CLI_COMMANDS = frozenset({"migrate", "seed", "worker", "retention", "add-operator",
+                          "add-point", "rate-card", "add-partner"})
 
 
 class Interrupted(Exception):
@@ -407,7 +415,7 @@ def main(args: list[str]) -> int:
         return Server(REPO_DIR / "Procfile").run()
     if command == "test":
         return run_foreground("test", [python, "-m", "pytest", *rest])
-    if command in {"migrate", "seed", "worker"}:
+    if command in CLI_COMMANDS:
         return run_foreground(command, [python, "-m", "core.cli", command, *rest])
     if command == "chat":
         return subprocess.call([python, "-m", "ops.chat", *rest], cwd=REPO_DIR)

@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
+import subprocess
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from sqlalchemy import create_engine, func, select, text
@@ -22,6 +25,7 @@ from tests.test_api import API, sign_in
 
 pytestmark = pytest.mark.db
 
+REPO = Path(__file__).resolve().parent.parent
 OPERATOR = "+919812377701"
 RIDER = "+919812377702"
 LAXMIPUR = ["add-point", "--pincode", "845450", "--office", "Laxmipur BO"]
@@ -202,6 +206,18 @@ def test_add_operator_refuses_a_bad_phone(clean_db, capsys):
     code, _, err = run(capsys, "add-operator", "--phone", "12345")
     assert code == 2 and "phone" in err
     assert count(Person) == 0
+
+
+def test_run_passes_the_set_up_commands_to_the_cli(clean_db):
+    """`./run add-operator ...` works as README says, with the service's URLs (here the
+    test database): the supervisor hands the set-up commands to core.cli."""
+    done = subprocess.run([str(REPO / "run"), "add-operator", "--phone", OPERATOR],
+                          cwd=REPO, env=os.environ.copy(), capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert OPERATOR not in done.stdout + done.stderr
+    with transaction() as s:
+        assert s.scalar(select(Person.role).where(Person.phone == OPERATOR)) == "ops"
 
 
 # --- add-point ----------------------------------------------------------------------------
