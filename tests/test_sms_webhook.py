@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
+
 from sqlalchemy import func, select
 
-from core import i18n
+from core import clock, i18n
 from core.adapters.db import transaction
 from core.adapters.models import InboundEvent, OutboxMessage, Person
 from core.config import get_settings
@@ -23,6 +25,23 @@ def test_sms_from_stranger_gets_one_line_on_joining(client):
         # nothing else: no contact created, nothing queued
         assert s.scalar(select(func.count()).select_from(Person)) == 0
         assert s.scalar(select(func.count()).select_from(OutboxMessage)) == 0
+
+
+def test_a_stranger_is_told_once_a_day_then_left_in_peace(client):
+    """An auto-responder answering our SMS must not start a day-long SMS ping-pong."""
+    stranger, other = "+919811111113", "+919811111114"
+    told = [i18n.t("sms.not_partner", i18n.DEFAULT_LANGUAGE, ops_phone=get_settings().ops_phone)]
+    day_one = datetime(2026, 12, 3, 4, 0, tzinfo=UTC)  # 09:30 in India
+    clock.freeze(day_one)
+    try:
+        assert sms(client, stranger, "Your OTP is 1234") == told
+        assert sms(client, stranger, "Reply STOP to stop") == []
+        assert sms(client, stranger, "ON") == []
+        assert sms(client, other, "hello") == told  # another number is told
+        clock.freeze(day_one + timedelta(hours=15))  # 00:30 the next day in India
+        assert sms(client, stranger, "hello again") == told
+    finally:
+        clock.freeze(None)
 
 
 def test_customer_number_is_not_a_partner_either(client):

@@ -3,17 +3,21 @@
 Runs inside core.services.inbound.process (one transaction, deduplicated by MessageSid),
 so a retried webhook never accepts an offer twice. Commands are parsed by
 core.domain.dispatch.parse_command (English, Hindi in Devanagari and in Latin letters).
-A stranger gets one line on how to join; anything we cannot act on gets a clear answer in
-the partner's language, never an error page.
+A stranger gets one line on how to book, once a day; anything we cannot act on gets a
+clear answer in the partner's language, never an error page.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
+from zoneinfo import ZoneInfo
 
 from sqlalchemy.orm import Session
 
-from core import i18n
+from core import clock, i18n
+from core.adapters.queue import after_commit
+from core.adapters.redis_conn import redis_client
 from core.config import get_settings
 from core.domain.dispatch import Kind, parse_command
 from core.domain.errors import DomainError
@@ -28,7 +32,7 @@ def handle(session: Session, msg: InboundMessage) -> list[str]:
     person, partner = dispatch.find_partner(session, msg.phone)
     lang = (person.preferred_language if person else None) or i18n.DEFAULT_LANGUAGE
     if partner is None:
-        return [i18n.t("sms.not_partner", lang, ops_phone=get_settings().ops_phone)]
+        return _tell_stranger(session, msg.phone, lang)
     cmd = parse_command(msg.body)
     savepoint = session.begin_nested()
     try:
@@ -49,6 +53,25 @@ def handle(session: Session, msg: InboundMessage) -> list[str]:
         savepoint.rollback()
         log.exception("partner command failed", extra={"command": cmd.kind})
         return [i18n.t("common.error_try_later", lang)]
+
+
+_INDIA = ZoneInfo("Asia/Kolkata")
+
+
+def _tell_stranger(session: Session, phone: str, lang: str) -> list[str]:
+    """How to book, once per India day per number; after that, silence.
+
+    Each answer is an SMS we pay for, and an auto-responder (a bank's, another service's)
+    answering ours would keep the two numbers texting each other all day. The mark is set
+    only once the turn commits, so a turn run again after a lock conflict still answers.
+    """
+    day = clock.now().astimezone(_INDIA).date().isoformat()
+    digest = hashlib.sha256(phone.encode()).hexdigest()[:20]  # no phone number in Redis
+    key = f"sms:stranger-told:{day}:{digest}"
+    if redis_client().exists(key):
+        return []
+    after_commit(session, lambda: redis_client().set(key, 1, ex=2 * 24 * 3600))
+    return [i18n.t("sms.not_partner", lang, ops_phone=get_settings().ops_phone)]
 
 
 def _run(session: Session, partner, cmd, lang: str) -> list[str]:
