@@ -32,7 +32,7 @@ def handle(session: Session, msg: InboundMessage) -> list[str]:
     person, partner = dispatch.find_partner(session, msg.phone)
     lang = (person.preferred_language if person else None) or i18n.DEFAULT_LANGUAGE
     if partner is None:
-        return _tell_stranger(session, msg.phone, lang)
+        return _tell_stranger(session, msg.contact, lang)
     cmd = parse_command(msg.body)
     savepoint = session.begin_nested()
     try:
@@ -58,15 +58,15 @@ def handle(session: Session, msg: InboundMessage) -> list[str]:
 _INDIA = ZoneInfo("Asia/Kolkata")
 
 
-def _tell_stranger(session: Session, phone: str, lang: str) -> list[str]:
-    """How to book, once per India day per number; after that, silence.
+def _tell_stranger(session: Session, contact: str, lang: str) -> list[str]:
+    """How to book, once per India day per number (the contact); after that, silence.
 
     Each answer is an SMS we pay for, and an auto-responder (a bank's, another service's)
     answering ours would keep the two numbers texting each other all day. The mark is set
     only once the turn commits, so a turn run again after a lock conflict still answers.
     """
     day = clock.now().astimezone(_INDIA).date().isoformat()
-    digest = hashlib.sha256(phone.encode()).hexdigest()[:20]  # no phone number in Redis
+    digest = hashlib.sha256(contact.encode()).hexdigest()[:20]  # no phone number in Redis
     key = f"sms:stranger-told:{day}:{digest}"
     if redis_client().exists(key):
         return []
