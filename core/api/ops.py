@@ -11,7 +11,7 @@ from datetime import datetime
 
 from pydantic import BaseModel, Field
 from sqlalchemy import select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, selectinload
 
 from core.adapters.api_models import AuditEntry
 from core.adapters.db import transaction
@@ -19,7 +19,7 @@ from core.adapters.dialog_models import HandoffMessage
 from core.adapters.models import Booking, Leg, PartnerProfile, Person
 from core.api import bp
 from core.api.auth_guard import principal
-from core.api.customer import booking_out
+from core.api.customer import bookings_out
 from core.api.schemas import BookingOut, Page, PageQuery
 from core.api.spec import Strict, endpoint
 from core.domain.booking import Actor, BookingStatus, LegStatus
@@ -134,12 +134,12 @@ def _page(rows: list, query: PageQuery) -> tuple[list, int | None]:
           roles=OPS, query=BookingFilter, response=Page[BookingOut], tags=("ops",))
 def ops_bookings(query: BookingFilter) -> Page[BookingOut]:
     with transaction() as session:
-        stmt = select(Booking).order_by(Booking.id.desc())
+        stmt = select(Booking).options(selectinload(Booking.legs)).order_by(Booking.id.desc())
         if query.status is not None:
             stmt = stmt.where(Booking.status == query.status.value)
         rows, nxt = _page(list(session.scalars(stmt.offset(query.offset)
                                                .limit(query.limit + 1))), query)
-        return Page[BookingOut](items=[booking_out(session, b) for b in rows], next_offset=nxt)
+        return Page[BookingOut](items=bookings_out(session, rows), next_offset=nxt)
 
 
 @endpoint(bp, "GET", "/ops/legs", summary="Legs (filter by status, e.g. locked)", roles=OPS,
