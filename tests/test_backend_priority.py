@@ -26,6 +26,7 @@ from sqlalchemy import text
 from core.adapters import db
 with db.engine().connect() as conn:
     print(conn.execute(text("SELECT pg_backend_pid()")).scalar_one(), flush=True)
+    print(conn.execute(text("SHOW max_parallel_workers_per_gather")).scalar_one(), flush=True)
     sys.stdin.readline()
 """
 
@@ -61,10 +62,14 @@ def _python(code: str, *args: str, nice: int = 0, **popen) -> subprocess.Popen[s
 
 
 def _backend_of(child: subprocess.Popen[str]) -> int:
+    return int(_line(child))
+
+
+def _line(child: subprocess.Popen[str]) -> str:
     line = child.stdout.readline()
     if not line:
         pytest.fail(child.stderr.read())
-    return int(line)
+    return line.strip()
 
 
 def _release(child: subprocess.Popen[str]) -> None:
@@ -94,6 +99,8 @@ def test_a_niced_process_runs_its_backends_at_its_niceness(may_lower_backends: N
     try:
         backend = _backend_of(child)
         assert _stat_niceness(backend) == wanted
+        # and it starts no parallel workers, which would run at the server's priority
+        assert _line(child) == "0"
         if priority.autogroups_on():
             # PostgreSQL starts each backend in a session of its own: its own group.
             assert _autogroup_niceness(backend) == wanted
@@ -108,6 +115,7 @@ def test_a_process_at_normal_priority_leaves_its_backends_alone(may_lower_backen
     try:
         backend = _backend_of(child)
         assert _stat_niceness(backend) == 0
+        assert _line(child) != "0"  # the server's setting (2 by default)
     finally:
         _release(child)
 

@@ -80,6 +80,10 @@ def _backend_at_client_priority(dbapi_conn: Any, record: Any) -> None:
                 and priority.process_name(priority.parent(pid)) == b"postgres"
                 and priority.serves_connection(pid, dbapi_conn.pgconn.socket)):
             priority.lower(pid, ours)
+            # A parallel query's workers are backends of their own, started at the
+            # server's priority: they would run the lowered statements at the web's.
+            dbapi_conn.execute("SET max_parallel_workers_per_gather = 0")
+            dbapi_conn.commit()
     except Exception as err:  # never a reason to refuse the connection
         if not _lowering_failed:
             _lowering_failed = True
