@@ -68,3 +68,63 @@ def test_the_embedded_postgres_starts_in_a_path_with_a_space(tmp_path: Path):
     finally:
         pg.stop()
     assert not pg.alive() and pg._live_postmaster() is None
+
+
+def test_a_hang_up_stops_serve_and_what_it_runs(tmp_path: Path):
+    """A closed terminal (SIGHUP) stops the children too: they run in process groups of
+    their own and would otherwise outlive the supervisor, holding the port."""
+    import queue
+    import signal
+    import sys
+
+    procfile = tmp_path / "Procfile"
+    procfile.write_text("sleeper: sleep 300\n")
+    script = ("import sys; from pathlib import Path; from ops.supervisor import Server; "
+              f"sys.exit(Server(Path({str(procfile)!r})).run())")
+    env = {**os.environ, "APP_ENV": "production", "DATA_DIR": str(tmp_path / "data"),
+           "PYTHONUNBUFFERED": "1"}
+    sup = subprocess.Popen([sys.executable, "-c", script], cwd=Path(__file__).parent.parent,
+                           env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                           stdin=subprocess.DEVNULL, process_group=0, text=True)
+    lines: queue.Queue[str | None] = queue.Queue()
+
+    def pump() -> None:
+        assert sup.stdout is not None
+        for line in sup.stdout:
+            lines.put(line)
+        lines.put(None)
+
+    threading.Thread(target=pump, daemon=True).start()
+    seen: list[str] = []
+    child = None
+    try:
+        while child is None:
+            try:
+                line = lines.get(timeout=60)  # a bound for a broken start, not a wait
+            except queue.Empty:
+                break
+            if line is None:
+                break
+            seen.append(line)
+            if "started sleeper (pid" in line:
+                child = int(line.split("pid ")[1].split(")")[0])
+        assert child, f"the supervisor did not start its process: {''.join(seen)[-2000:]}"
+        os.kill(sup.pid, signal.SIGHUP)
+        assert sup.wait(60) == 0
+        # The supervisor waits for each child to exit before it does (_stop_children):
+        # by now the sleeper's group is gone.
+        try:
+            os.killpg(child, 0)
+        except ProcessLookupError:
+            pass
+        else:
+            raise AssertionError("the supervisor exited and left its child running")
+    finally:
+        if child:
+            try:
+                os.killpg(child, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        if sup.poll() is None:
+            sup.kill()
+            sup.wait()
