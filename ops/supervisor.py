@@ -106,7 +106,10 @@ class Output:
     """Writes lines as `name | text`, padded and coloured per name, one line at a time."""
 
     def __init__(self, names: Sequence[str] = ()) -> None:
-        self._lock = threading.Lock()
+        # Re-entrant: a signal handler runs on the main thread and prints ("SIGHUP received,
+        # stopping"); if it lands while that thread is inside line(), a plain Lock would
+        # wait for itself forever and the supervisor would never stop.
+        self._lock = threading.RLock()
         self._width = max([len(n) for n in names] + [len("system")])
         self._tty = sys.stdout.isatty()
         self._colors: dict[str, str] = {}

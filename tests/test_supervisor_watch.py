@@ -110,7 +110,13 @@ def test_a_hang_up_stops_serve_and_what_it_runs(tmp_path: Path):
                 child = int(line.split("pid ")[1].split(")")[0])
         assert child, f"the supervisor did not start its process: {''.join(seen)[-2000:]}"
         os.kill(sup.pid, signal.SIGHUP)
-        assert sup.wait(60) == 0
+        try:
+            code = sup.wait(60)
+        except subprocess.TimeoutExpired:
+            code = None
+        while not lines.empty():
+            seen.append(lines.get() or "")
+        assert code == 0, f"after SIGHUP: {code}; {''.join(seen)[-2000:]}"
         # The supervisor waits for each child to exit before it does (_stop_children):
         # by now the sleeper's group is gone.
         try:
@@ -128,3 +134,31 @@ def test_a_hang_up_stops_serve_and_what_it_runs(tmp_path: Path):
         if sup.poll() is None:
             sup.kill()
             sup.wait()
+
+
+# A signal delivered while the main thread is inside Output.line(), as when a hang-up
+# lands just as the supervisor prints "started ...": its handler prints too.
+SIGNAL_WHILE_PRINTING = """
+import os, signal, sys
+from ops.supervisor import Output
+out = Output(["system"])
+signal.signal(signal.SIGUSR1, lambda *_: out.system("SIGUSR1 received, stopping"))
+real_write = sys.stdout.write
+def write(text):
+    if "started" in text:
+        os.kill(os.getpid(), signal.SIGUSR1)  # handled before this write returns
+    return real_write(text)
+sys.stdout.write = write
+out.system("started web (pid 1)")
+"""
+
+
+def test_a_signal_while_printing_does_not_hang_the_supervisor():
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", SIGNAL_WHILE_PRINTING],
+                          cwd=Path(__file__).parent.parent, capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert "SIGUSR1 received, stopping" in done.stdout
+    assert "started web (pid 1)" in done.stdout
