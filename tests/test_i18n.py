@@ -59,6 +59,7 @@ REQUIRED_KEYS = (
                                  "taken_back", "customer_rider_replaced")}  # pickup_late
     | {"dispatch.ops_delivery_late", "dispatch.carrier_wait"}  # delivery_late, relay pause
     | {"bot.confirm.too_many_unpaid", "ivr.confirm.too_many_unpaid"}  # the unpaid cap
+    | {f"{c}.{s}.no_rider" for c in ("bot", "ivr") for s in ("speed", "confirm")}  # nobody near
 )
 
 LANGUAGE_LIST = "1. हिंदी\n2. English\n3. বাংলা\n4. मराठी\n5. தமிழ்\n6. తెలుగు\n7. ગુજરાતી\n8. ಕನ್ನಡ"

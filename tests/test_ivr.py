@@ -165,7 +165,7 @@ def book_in_hindi(phone: Caller) -> Heard:
     phone.press("1")
     phone.press("1")  # fits in a bag
     heard = phone.press("1")  # up to 5 kg
-    assert "रुपये" in heard.text and t("tier.express") in heard.text
+    assert "रुपये" in heard.text and t("tier.express", hours=3) in heard.text
     heard = phone.press("2")  # standard
     assert "किराया" in heard.text and "Laxmipur" in heard.text
     return phone.press("1")  # confirm
@@ -563,7 +563,7 @@ def test_change_before_confirming_returns_to_the_fare(phone: Caller) -> None:
     phone.press("5")  # speed
     heard = phone.press("1")  # express
     assert t("ivr.confirm.summary", pickup="Bettiah", drop="Laxmipur", size=t("ivr.size.bag"),
-             tier=t("tier.express")) in heard.text
+             tier=t("tier.express", hours=3)) in heard.text
     heard = phone.press("3")  # do not book
     assert t("ivr.confirm.dropped") in heard.text
     with transaction() as s:

@@ -51,6 +51,9 @@ class QuoteOut(BaseModel):
     distance_m: int
     vehicle: str
     fares: list[FareOut]
+    # False: no rider who could take this parcel is on duty near the pickup right now (at
+    # night, say); a booking paid now may be refunded after its tier's search_minutes.
+    rider_free_now: bool
 
 
 class BookingRequest(Strict):
@@ -161,10 +164,12 @@ def _spec(parcel: ParcelIn) -> booking_service.ParcelSpec:
         description=parcel.description)
 
 
-def _fare_out(tier: SpeedTier, fare) -> FareOut:
+def _fare_out(tier: SpeedTier, q: booking_service.Quote) -> FareOut:
+    fare = q.fares[tier]
     return FareOut(tier=tier, total_paise=fare.total_paise,
                    lines=[FareLineOut(code=line.code, amount_paise=line.amount_paise)
-                          for line in fare.lines])
+                          for line in fare.lines],
+                   delivery_hours=q.hours[tier], search_minutes=q.search_minutes[tier])
 
 
 def booking_out(session: Session, b: Booking) -> BookingOut:
@@ -226,8 +231,9 @@ def create_quote(body: QuoteRequest) -> QuoteOut:
     with transaction() as session:
         booking_service.check_service_area(session, pickup, drop)
         q = booking_service.quote_trip(session, pickup, drop, _spec(body.parcel))
+        free = booking_service.rider_free_near(session, pickup, _spec(body.parcel))
     return QuoteOut(distance_m=q.distance_m, vehicle=q.vehicle,
-                    fares=[_fare_out(t, f) for t, f in q.fares.items()])
+                    fares=[_fare_out(t, q) for t in q.fares], rider_free_now=free)
 
 
 def _request_hash(body: BookingRequest) -> str:

@@ -58,6 +58,8 @@ class FareOut(BaseModel):
     tier: SpeedTier
     total_paise: int
     lines: list[FareLineOut]
+    delivery_hours: int  # what the tier promises: delivered within this many hours
+    search_minutes: int  # once paid, how long we look for a rider before a full refund
 
 
 class PlaceOut(BaseModel):

@@ -390,14 +390,22 @@ def _quote(ctx: Ctx) -> dict[str, Any]:
     return ctx.ports.quote(ctx.slots)
 
 
+def tier_label(tier: str, quote: dict[str, Any]) -> Say:
+    """A speed tier as the customer reads or hears it: with the hours it promises (the
+    configured ones, not a fixed "today" that is false at night)."""
+    return Say(f"tier.{tier}", {"hours": quote["hours"][tier]})
+
+
 def _speed_prompt(ctx: Ctx) -> list[Out]:
     q = _quote(ctx)
     options = tuple(
-        Say("bot.speed.option", {"tier": Say(f"tier.{t}"),
+        Say("bot.speed.option", {"tier": tier_label(t, q),
                                  "total_paise": q["tiers"][t]["total_paise"]})
         for t in TIERS
     )
-    return [Say("bot.speed.ask", {"km": q["km"]}), Choices(options)]
+    # Nobody on duty near the pickup (at night, say): said before a tier is picked.
+    out: list[Out] = [] if q["rider_free"] else [Say("bot.speed.no_rider")]
+    return [*out, Say("bot.speed.ask", {"km": q["km"]}), Choices(options)]
 
 
 def _speed_handle(ctx: Ctx, inp: UserInput) -> Result:
@@ -418,13 +426,17 @@ def _confirm_prompt(ctx: Ctx) -> list[Out]:
         "pickup": place_label(s["pickup"]), "drop": place_label(s["drop"]),
         "name": s["recipient_name"], "phone": s["recipient_phone"],
         "size": Say(f"size.{s['size']}"), "weight": Say(f"bot.weight.{s['weight']}"),
-        "tier": Say(f"tier.{s['tier']}"), "km": q["km"],
+        "tier": tier_label(s["tier"], q), "km": q["km"],
         "vehicle": Say(f"vehicle.{q['vehicle']}"),
     })]
     for code, amount in rupee_lines(fare):
         out.append(Say("bot.confirm.line", {"label": Say(f"fare.{code}"),
                                             "amount_paise": amount}, joined=len(out) > 1))
     out.append(Say("bot.confirm.total", {"total_paise": fare["total_paise"]}, joined=True))
+    if not q["rider_free"]:
+        # The last word before the payment link: paid now, the booking would wait out
+        # its search with nobody to take it, then be refunded days later.
+        out.append(Say("bot.confirm.no_rider", {"minutes": q["search_minutes"][s["tier"]]}))
     out.append(Choices((Say("bot.confirm.yes"), Say("bot.confirm.change"),
                         Say("bot.confirm.cancel"))))
     return out

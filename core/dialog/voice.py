@@ -29,6 +29,7 @@ from core.dialog.booking import (
     choice,
     is_the_other_end,
     price_changed,
+    tier_label,
 )
 from core.dialog.engine import (
     Choices,
@@ -280,11 +281,12 @@ def _phone_check_handle(ctx: Ctx, inp: UserInput) -> Result:
 def _speed_prompt(ctx: Ctx) -> list[Out]:
     q = ctx.ports.quote(full_slots(ctx.slots))
     options = tuple(
-        Say("ivr.speed.option", {"tier": Say(f"tier.{t}"),
+        Say("ivr.speed.option", {"tier": tier_label(t, q),
                                  "amount": amount(q["tiers"][t]["total_paise"], ctx.lang)})
         for t in TIERS
     )
-    return [Say("ivr.speed.ask", {"km": q["km"]}), Choices(options)]
+    out: list[Out] = [] if q["rider_free"] else [Say("ivr.speed.no_rider")]
+    return [*out, Say("ivr.speed.ask", {"km": q["km"]}), Choices(options)]
 
 
 def _confirm_prompt(ctx: Ctx) -> list[Out]:
@@ -296,8 +298,11 @@ def _confirm_prompt(ctx: Ctx) -> list[Out]:
     return [Say("ivr.confirm.summary", {"pickup": s["pickup"]["name"],
                                         "drop": s["drop"]["name"],
                                         "size": Say(f"ivr.size.{s['size']}"),
-                                        "tier": Say(f"tier.{s['tier']}")}),
+                                        "tier": tier_label(s["tier"], q)}),
             Say("ivr.confirm.fare", {"amount": amount(total, ctx.lang)}),
+            # Nobody near to take it: said before the payment link goes out by SMS.
+            *([] if q["rider_free"] else [
+                Say("ivr.confirm.no_rider", {"minutes": q["search_minutes"][s["tier"]]})]),
             Choices((Say("ivr.confirm.yes"), Say("ivr.confirm.change"),
                      Say("ivr.confirm.cancel")))]
 

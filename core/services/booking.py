@@ -7,9 +7,11 @@ version columns on bookings and legs.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Any
 
+from redis.exceptions import RedisError
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -18,6 +20,7 @@ from core import clock
 from core.adapters import distance, points, surge
 from core.adapters.models import Booking, Leg, Parcel, Person, RateCardRow, TransitionLog
 from core.config import get_settings, int_setting
+from core.domain import dispatch as dispatch_rules
 from core.domain import otp as otp_rules
 from core.domain.booking import (
     BOOKING,
@@ -43,6 +46,8 @@ from core.domain.pricing import (
     quote_tiers,
 )
 from core.domain.reference import new_reference, normalize_reference
+
+log = logging.getLogger(__name__)
 
 DEFAULT_SERVICE_RADIUS_KM = 25
 
@@ -74,6 +79,11 @@ class Quote:
     distance_source: str
     vehicle: str
     fares: dict[SpeedTier, FareBreakdown]
+    # What each tier promises, so its label says it: delivered within these hours
+    # (DISPATCH_DELIVERY_HOURS), and how long a paid booking waits for a rider before it
+    # is cancelled and refunded (DISPATCH_SEARCH_DEADLINE_MIN).
+    hours: dict[SpeedTier, int]
+    search_minutes: dict[SpeedTier, int]
 
 
 @dataclass(frozen=True)
@@ -145,7 +155,38 @@ def quote_trip(session: Session, pickup: Place, drop: Place, parcel: ParcelSpec)
     fares = quote_tiers(card, distance_m=dist.metres, vehicle=vehicle, size=parcel.size,
                         weight=parcel.weight, fragile=parcel.fragile,
                         surge_bp=surge.surge_bp(pickup.pincode))
-    return Quote(dist.metres, dist.source, vehicle.value, fares)
+    from core.services import dispatch  # it imports this module
+
+    return Quote(dist.metres, dist.source, vehicle.value, fares,
+                 hours={t: tier_hours(t) for t in fares},
+                 search_minutes={t: dispatch.config().search_deadline_s[t] // 60
+                                 for t in fares})
+
+
+def tier_hours(tier: SpeedTier | str) -> int:
+    """The hours a speed tier promises delivery within (DISPATCH_DELIVERY_HOURS), which
+    its label says wherever it is shown."""
+    from core.services import dispatch  # it imports this module
+
+    return dispatch.config().delivery_hours[SpeedTier(tier)]
+
+
+def rider_free_near(session: Session, pickup: Place, parcel: ParcelSpec) -> bool:
+    """Whether a partner who could take this parcel right now (on duty, a vehicle that
+    carries it, room for one more job) is within dispatch's widest radius of the pickup.
+
+    When none is (at night, say), a booking paid now waits out its tier's search and is
+    then refunded, so every channel says so before the customer pays. Not knowing (Redis
+    away) counts as yes: we do not warn of what we cannot see."""
+    from core.services import dispatch  # it imports this module
+
+    load = dispatch_rules.Load(parcel.size, parcel.weight, parcel.declared_value_paise)
+    try:
+        return bool(dispatch.find_candidates(session, pickup.lat, pickup.lng, load,
+                                             dispatch.config().radii_km[-1]))
+    except RedisError:
+        log.warning("rider lookup failed; quoting without the no-rider notice")
+        return True
 
 
 def record(session: Session, entity: str, entity_id: int, frm: str | None, to: str,
@@ -309,4 +350,5 @@ def check_leg_otp(leg: Leg, kind: str, code: str) -> bool:
 
 __all__ = ["IntegrityError", "Area", "Place", "ParcelSpec", "Quote", "check_service_area",
            "create_booking", "get_booking", "move_booking", "move_leg", "issue_leg_otps",
-           "check_leg_otp", "quote_trip", "service_areas", "service_radius_m"]
+           "check_leg_otp", "quote_trip", "rider_free_near", "service_areas",
+           "service_radius_m", "tier_hours"]

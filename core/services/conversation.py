@@ -177,7 +177,10 @@ class SessionPorts:
         pickup, drop, parcel = self._trip(slots)
         q = booking_service.quote_trip(self.session, pickup, drop, parcel)
         return {"km": _km(q.distance_m), "vehicle": q.vehicle,
-                "tiers": {str(t): f.to_dict() for t, f in q.fares.items()}}
+                "tiers": {str(t): f.to_dict() for t, f in q.fares.items()},
+                "hours": {str(t): h for t, h in q.hours.items()},
+                "search_minutes": {str(t): m for t, m in q.search_minutes.items()},
+                "rider_free": booking_service.rider_free_near(self.session, pickup, parcel)}
 
     def confirm(self, slots: dict[str, Any]) -> dict[str, Any]:
         """{"ref", "total_paise"} of the booking made, or {"refused": "too_many_unpaid",

@@ -44,6 +44,7 @@ from core.dialog.voice import (
     full_slots,
     has_draft,
 )
+from core.services import booking as booking_service
 from core.services import handoff, inbound, notify
 from core.services.conversation import SessionPorts, contact_for, load_state, save_state
 from core.services.inbound import InboundMessage
@@ -146,7 +147,9 @@ class VoicePorts(SessionPorts):
                 self.session, self.person.phone, "ivr.sms.details", lang=lang,
                 dedupe_key=f"ivr-details-{booking.id}", booking_id=booking.id,
                 ref=booking.reference, pickup=slots["pickup"]["name"],
-                drop=slots["drop"]["name"], tier=i18n.t(f"tier.{slots['tier']}", lang),
+                drop=slots["drop"]["name"],
+                tier=i18n.t(f"tier.{slots['tier']}", lang,
+                            hours=booking_service.tier_hours(slots["tier"])),
                 total_paise=booking.total_paise)
         return done
 
