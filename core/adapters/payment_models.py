@@ -70,6 +70,10 @@ class LedgerPosting(Base):
         # partner_payable postings of legs (a quarter of the rows at a year's volume).
         Index("ix_ledger_postings_payable_created_at", "created_at",
               postgresql_where=text("account_kind = 'partner_payable' AND leg_id IS NOT NULL")),
+        # A leg's payable postings, for payments.unpaid_legs' sums (migration 0017).
+        Index("ix_ledger_postings_payable_leg_id", "leg_id",
+              postgresql_include=["partner_id", "amount_paise"],
+              postgresql_where=text("account_kind = 'partner_payable' AND leg_id IS NOT NULL")),
     )
 
     id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
