@@ -197,7 +197,7 @@ class Booking(Base):
     drop_post_office: Mapped[str | None] = mapped_column(String(120))
     drop_landmark: Mapped[str | None] = mapped_column(String(200))
     recipient_name: Mapped[str | None] = mapped_column(String(120))
-    recipient_phone: Mapped[str | None] = mapped_column(String(16))
+    recipient_phone: Mapped[str | None] = mapped_column(String(16), index=True)
     speed_tier: Mapped[str] = mapped_column(String(10))
     vehicle_type: Mapped[str] = mapped_column(String(12))
     distance_m: Mapped[int] = mapped_column(Integer)

@@ -10,7 +10,7 @@ from __future__ import annotations
 from datetime import datetime
 
 from pydantic import BaseModel, Field
-from sqlalchemy import select
+from sqlalchemy import or_, select
 from sqlalchemy.orm import Session, selectinload
 
 from core.adapters.api_models import AuditEntry
@@ -20,12 +20,13 @@ from core.adapters.models import Booking, Leg, PartnerProfile, Person
 from core.api import bp
 from core.api.auth_guard import principal
 from core.api.customer import bookings_out
-from core.api.schemas import BookingOut, Page, PageQuery
+from core.api.schemas import OpsBookingOut, Page, PageQuery
 from core.api.spec import Strict, endpoint
 from core.domain.booking import Actor, BookingStatus, LegStatus
-from core.domain.errors import Conflict, NotFound
-from core.domain.phone import mask_phone
+from core.domain.errors import Conflict, NotFound, ValidationError
+from core.domain.phone import mask_phone, normalize_phone
 from core.domain.pricing import VehicleType
+from core.domain.reference import normalize_reference
 from core.services import admin, dispatch, handoff
 
 OPS = ("ops",)
@@ -44,6 +45,11 @@ def ops_actor() -> Actor:
 
 class BookingFilter(PageQuery):
     status: BookingStatus | None = None
+    phone: str | None = Field(default=None, min_length=8, max_length=20,
+                              description="the customer's or the recipient's number, as "
+                                          "typed (98123 45678, +91 98123 45678)")
+    reference: str | None = Field(default=None, max_length=20,
+                                  description="the booking's 8 digits, as typed")
 
 
 class LegFilter(PageQuery):
@@ -66,7 +72,10 @@ class LegRow(BaseModel):
 
 
 class PartnerRow(BaseModel):
-    id: int
+    id: int = Field(description="the partner's id (partner routes take it; it is not their "
+                                "person id)")
+    person_id: int = Field(description="their person id (what /ops/people/{person_id}/erase "
+                                       "takes)")
     first_name: str
     phone_masked: str | None
     on_duty: bool
@@ -84,6 +93,7 @@ class HandoffRow(BaseModel):
     channel: str
     reason: str
     waiting_since: datetime
+    person_id: int | None
     person_name: str | None
     phone_masked: str | None
     messages: list[dict[str, str]]
@@ -118,7 +128,8 @@ class PartnerIn(Strict):
 
 def partner_row(p: PartnerProfile, phone: str | None) -> PartnerRow:
     return PartnerRow(
-        id=p.id, first_name=p.first_name, phone_masked=mask_phone(phone) if phone else None,
+        id=p.id, person_id=p.person_id, first_name=p.first_name,
+        phone_masked=mask_phone(phone) if phone else None,
         on_duty=p.on_duty, has_app=p.has_app, rating_x100=p.rating_x100,
         offers_received=p.offers_received, offers_accepted=p.offers_accepted,
         trust_tier=p.trust_tier, kyc_status=p.kyc_status,
@@ -130,16 +141,38 @@ def _page(rows: list, query: PageQuery) -> tuple[list, int | None]:
     return rows[: query.limit], (query.offset + query.limit if more else None)
 
 
-@endpoint(bp, "GET", "/ops/bookings", summary="All bookings, newest first (filter by status)",
-          roles=OPS, query=BookingFilter, response=Page[BookingOut], tags=("ops",))
-def ops_bookings(query: BookingFilter) -> Page[BookingOut]:
+@endpoint(bp, "GET", "/ops/bookings",
+          summary="All bookings, newest first (filter by status, by the customer's or the "
+                  "recipient's phone, by reference)",
+          roles=OPS, query=BookingFilter, response=Page[OpsBookingOut], tags=("ops",))
+def ops_bookings(query: BookingFilter) -> Page[OpsBookingOut]:
     with transaction() as session:
-        stmt = select(Booking).options(selectinload(Booking.legs)).order_by(Booking.id.desc())
+        stmt = (select(Booking, Person.phone).join(Person, Person.id == Booking.customer_id)
+                .options(selectinload(Booking.legs)).order_by(Booking.id.desc()))
         if query.status is not None:
             stmt = stmt.where(Booking.status == query.status.value)
-        rows, nxt = _page(list(session.scalars(stmt.offset(query.offset)
-                                               .limit(query.limit + 1))), query)
-        return Page[BookingOut](items=bookings_out(session, rows), next_offset=nxt)
+        if query.phone is not None:
+            phone = normalize_phone(query.phone)  # bad_phone (422) names the field "phone"
+            # The customer's id as one value (not correlated with the join above), so the
+            # two sides are two index lookups (ix_bookings_customer_id, ix_bookings_
+            # recipient_phone), not a scan of every booking.
+            customer = select(Person.id).where(Person.phone == phone) \
+                .correlate(None).scalar_subquery()
+            stmt = stmt.where(or_(Booking.customer_id == customer,
+                                  Booking.recipient_phone == phone))
+        if query.reference is not None:
+            ref = normalize_reference(query.reference)
+            if ref is None:
+                raise ValidationError("not a booking reference: 8 digits",
+                                      code="bad_reference", field="reference")
+            stmt = stmt.where(Booking.reference == ref)
+        rows, nxt = _page(list(session.execute(stmt.offset(query.offset)
+                                               .limit(query.limit + 1)).tuples()), query)
+        shown = bookings_out(session, [b for b, _ in rows])
+        return Page[OpsBookingOut](items=[OpsBookingOut(
+            **dict(out), customer_id=b.customer_id,
+            customer_phone_masked=mask_phone(number) if number else None)
+            for out, (b, number) in zip(shown, rows, strict=True)], next_offset=nxt)
 
 
 @endpoint(bp, "GET", "/ops/legs", summary="Legs (filter by status, e.g. locked)", roles=OPS,
@@ -185,7 +218,7 @@ def ops_handoffs(query: PageQuery) -> Page[HandoffRow]:
                 HandoffMessage.handoff_id == h.id).order_by(HandoffMessage.id)).all()
             out.append(HandoffRow(
                 id=h.id, channel=h.channel, reason=h.reason, waiting_since=h.created_at,
-                person_name=person.name if person else None,
+                person_id=h.person_id, person_name=person.name if person else None,
                 phone_masked=mask_phone(person.phone) if person and person.phone else None,
                 messages=[{"direction": m.direction, "body": m.body} for m in msgs]))
         return Page[HandoffRow](items=out, next_offset=nxt)
@@ -360,21 +393,55 @@ class EraseIn(Strict):
 
 
 class ErasedOut(BaseModel):
+    """Whom an erasure was for, so an operator sees at once if it was not who they meant."""
+
     person_id: int
+    role: str = Field(description="customer or partner")
+    partner_id: int | None = Field(description="their partner id, if they are a partner")
+    phone_masked: str | None = Field(description="their number as it was, masked; null if "
+                                                 "they had none (or were erased before)")
     erased: bool = Field(description="false: erased before; nothing more was done")
     counts: dict[str, int]
 
 
-@endpoint(bp, "POST", "/ops/people/<int:person_id>/erase",
-          summary="Erase a person's personal data on their request (audited); their "
-                  "payments, ledger and history stay", roles=OPS, body=EraseIn,
-          response=ErasedOut, tags=("ops",), errors=(404, 409))
-def ops_erase_person(person_id: int, body: EraseIn) -> ErasedOut:
+def _erase(session: Session, person_id: int, reason: str) -> ErasedOut:
     from core.services import retention
 
+    # Read before the erasure takes the number, as plain values: erase_person locks and
+    # loads the person itself (after their conversations, the order a chat turn takes).
+    who = session.execute(select(Person.role, Person.phone).where(Person.id == person_id)
+                          ).tuples().first()
+    if who is None:
+        raise NotFound("no such person", code="not_found")
+    role, phone = who
+    done = retention.erase_person(session, person_id)
+    if done.changed:
+        audit(session, "person.erase", f"person:{person_id}", reason=reason, **done.counts)
+    partner_id = session.scalar(select(PartnerProfile.id).where(
+        PartnerProfile.person_id == person_id))
+    return ErasedOut(person_id=person_id, role=role, partner_id=partner_id,
+                     phone_masked=mask_phone(phone) if phone else None,
+                     erased=done.changed, counts=done.counts)
+
+
+@endpoint(bp, "POST", "/ops/people/<int:person_id>/erase",
+          summary="Erase a person's personal data on their request (audited); their "
+                  "payments, ledger and history stay. A person id: partner rows show it as "
+                  "person_id, booking rows as customer_id", roles=OPS, body=EraseIn,
+          response=ErasedOut, tags=("ops",), errors=(404, 409))
+def ops_erase_person(person_id: int, body: EraseIn) -> ErasedOut:
     with transaction() as session:
-        done = retention.erase_person(session, person_id)
-        if done.changed:
-            audit(session, "person.erase", f"person:{person_id}", reason=body.reason,
-                  **done.counts)
-        return ErasedOut(person_id=person_id, erased=done.changed, counts=done.counts)
+        return _erase(session, person_id, body.reason)
+
+
+@endpoint(bp, "POST", "/ops/partners/<int:partner_id>/erase",
+          summary="Erase a partner's personal data on their request, by the partner id "
+                  "(audited); block their KYC first", roles=OPS, body=EraseIn,
+          response=ErasedOut, tags=("ops",), errors=(404, 409))
+def ops_erase_partner(partner_id: int, body: EraseIn) -> ErasedOut:
+    with transaction() as session:
+        person_id = session.scalar(select(PartnerProfile.person_id).where(
+            PartnerProfile.id == partner_id))
+        if person_id is None:
+            raise NotFound("no such partner", code="not_found")
+        return _erase(session, person_id, body.reason)

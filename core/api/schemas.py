@@ -96,6 +96,15 @@ class BookingOut(BaseModel):
     legs: list[LegOut]
 
 
+class OpsBookingOut(BookingOut):
+    """A booking in an operator's list: also whose it is, so they can tell a caller's
+    bookings apart (the number masked, as everywhere in the console)."""
+
+    customer_id: int = Field(description="the customer's person id "
+                                         "(what /ops/people/{person_id}/erase takes)")
+    customer_phone_masked: str | None = Field(description="null once they are erased")
+
+
 class Page(BaseModel, Generic[T]):
     items: list[T]
     next_offset: int | None
