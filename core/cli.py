@@ -8,6 +8,8 @@ import json
 import logging
 import os
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 from sqlalchemy import create_engine, text
@@ -16,7 +18,7 @@ from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.pool import NullPool
 
 from core import logs
-from core.config import ROOT, get_settings
+from core.config import ROOT, ConfigError, get_settings
 
 if TYPE_CHECKING:
     from core.adapters.queue import JobLoggingSimpleWorker, JobLoggingWorker
@@ -33,6 +35,15 @@ log = logging.getLogger("core.cli")
 DEFAULT_WORKER_NICE = 19
 
 CLI_ACTOR = "cli"  # who the audit log says set things up from this command line
+
+# The PostgreSQL advisory lock migrate holds on its database while it upgrades, so that
+# releases run at once (two deploys, or one per dyno) upgrade one after the other: "RCmg"
+# in ASCII, 1380150631 (pg_locks: locktype advisory, objid 1380150631).
+MIGRATE_LOCK_KEY = int.from_bytes(b"RCmg", "big")
+# How long one wait for that lock lasts before it is asked for again (migration_lock).
+# Below the migrations' own lock timeout (migrations/env.py), which an index built
+# CONCURRENTLY while we wait is subject to.
+MIGRATE_LOCK_WAIT = "1s"
 
 
 def _missing_database(err: OperationalError, name: str) -> bool:
@@ -75,7 +86,10 @@ def ensure_database(url: str) -> bool:
             conn.execute(text(f'CREATE DATABASE "{name}"'))
             return True
     except DBAPIError as err:
-        if getattr(err.orig, "sqlstate", None) == "42P04":  # duplicate_database: a race
+        # Another release created it since we looked. PostgreSQL checks the name first
+        # (42P04, duplicate_database), but one created in between is caught only by
+        # pg_database's unique index on the name (23505, unique_violation).
+        if getattr(err.orig, "sqlstate", None) in ("42P04", "23505"):
             return False
         reason = str(err.orig).strip().splitlines()[0] if err.orig else type(err).__name__
         raise SystemExit(
@@ -87,8 +101,41 @@ def ensure_database(url: str) -> bool:
         maintenance.dispose()
 
 
+@contextmanager
+def migration_lock(url: str) -> Iterator[None]:
+    """Hold MIGRATE_LOCK_KEY (session-level, on ``url``'s database) while the block runs;
+    a second migrate waits for it, then finds the schema upgraded already.
+
+    It waits MIGRATE_LOCK_WAIT at a time, never in one long pg_advisory_lock: a waiting
+    statement holds a snapshot, and a CREATE INDEX CONCURRENTLY in the holder's upgrade
+    waits for every older snapshot in the database. The two would wait for each other for
+    ever, through the holder's process, where PostgreSQL sees no deadlock. Between two
+    waits we hold no snapshot, so such an index is held up for one wait at most. The lock's
+    own connection runs no transaction, and closing it (NullPool) releases the lock.
+    """
+    engine = create_engine(url, isolation_level="AUTOCOMMIT", poolclass=NullPool)
+    key = {"key": MIGRATE_LOCK_KEY}
+    try:
+        with engine.connect() as conn:
+            if not conn.scalar(text("SELECT pg_try_advisory_lock(:key)"), key):
+                log.info("waiting for another migrate to finish",
+                         extra={"advisory_lock": MIGRATE_LOCK_KEY})
+                conn.execute(text(f"SET lock_timeout = '{MIGRATE_LOCK_WAIT}'"))
+                while True:
+                    try:
+                        conn.execute(text("SELECT pg_advisory_lock(:key)"), key)
+                        break
+                    except OperationalError as err:
+                        if getattr(err.orig, "sqlstate", None) != "55P03":  # lock_not_available
+                            raise
+                        conn.rollback()
+            yield
+    finally:
+        engine.dispose()
+
+
 def migrate(url: str | None = None) -> None:
-    """Bring the schema to the newest Alembic revision."""
+    """Bring the schema to the newest Alembic revision, one migrate at a time."""
     from alembic import command
     from alembic.config import Config
 
@@ -97,7 +144,8 @@ def migrate(url: str | None = None) -> None:
         log.info("created database", extra={"database": make_url(url).database})
     cfg = Config(str(ROOT / "alembic.ini"))
     cfg.attributes["url"] = url
-    command.upgrade(cfg, "heads")
+    with migration_lock(url):
+        command.upgrade(cfg, "heads")
 
 
 def seed() -> int:
@@ -277,7 +325,16 @@ def main(argv: list[str] | None = None) -> int:
     pa.add_argument("--payout-account", help="Razorpay Route linked account (acc_...)")
     pa.add_argument("--app", action="store_true", help="the partner uses the partner app")
     args = parser.parse_args(argv)
-    logs.configure(get_settings().log_level)
+    try:
+        logs.configure(get_settings().log_level)
+        return run_command(args)
+    except ConfigError as err:  # the operator's to fix: what is wrong, not a traceback
+        print(err.report(f"{parser.prog} {args.cmd}"), file=sys.stderr)
+        return 2
+
+
+def run_command(args: argparse.Namespace) -> int:
+    """Run the command ``args`` names; its exit status."""
     if args.cmd == "migrate":
         migrate()
     elif args.cmd == "seed":

@@ -22,10 +22,31 @@ SANDBOX_RAZORPAY_KEY_ID = "rzp_test_sandbox"
 SANDBOX_RAZORPAY_KEY_SECRET = "sandbox-razorpay-key-secret"
 SANDBOX_RAZORPAY_WEBHOOK_SECRET = "sandbox-razorpay-webhook-secret"
 SANDBOX_SECRET_KEY = "sandbox-secret-key-not-for-production"
+SANDBOX_OTP_KEY = SANDBOX_SECRET_KEY + "-otp"
+# Every secret's sandbox value is in this public file: production refuses each of them in
+# any secret setting, not only in its own (OTP_KEY set to the sandbox SECRET_KEY, say).
+SANDBOX_SECRETS = frozenset((
+    SANDBOX_TWILIO_ACCOUNT_SID, SANDBOX_TWILIO_AUTH_TOKEN, SANDBOX_RAZORPAY_KEY_ID,
+    SANDBOX_RAZORPAY_KEY_SECRET, SANDBOX_RAZORPAY_WEBHOOK_SECRET, SANDBOX_SECRET_KEY,
+    SANDBOX_OTP_KEY))
+# The secrets we make up ourselves (signing keys, the webhook secret we type into
+# Razorpay's dashboard) must be long enough not to be guessed: `python -c "import
+# secrets; print(secrets.token_urlsafe(32))"` makes a 43-character one. Twilio's and
+# Razorpay's own (an auth token, a key secret) are 32 and 24 characters: one shorter than
+# ISSUED_SECRET_MIN is a placeholder, not a credential.
+OWN_SECRET_MIN = 32
+ISSUED_SECRET_MIN = 16
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 
 class ConfigError(RuntimeError):
-    """The environment does not describe a runnable service."""
+    """The environment does not describe a runnable service (a line per problem)."""
+
+    def report(self, who: str) -> str:
+        """What ``who`` (a command, a process) tells the operator instead of a traceback."""
+        lines = "".join(f"\n  {line}" for line in str(self).splitlines())
+        return (f"{who}: the environment is not a usable configuration "
+                f"(README: Configuration):{lines}")
 
 
 def _int(env: dict[str, str], name: str, default: int, *, minimum: int = 0,
@@ -112,6 +133,7 @@ class Settings:
 
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1", "0.0.0.0")
 E164 = re.compile(r"\+[1-9]\d{7,14}")
+DEMO_PHONES = re.compile(r"\+9190000000\d\d")  # core.services.seed's block, never delivered
 
 
 def load_settings(environ: dict[str, str] | None = None) -> Settings:
@@ -123,11 +145,24 @@ def load_settings(environ: dict[str, str] | None = None) -> Settings:
     production = app_env == "production"
     problems: list[str] = []
 
-    def secret(name: str, sandbox_default: str) -> str:
+    def secret(name: str, sandbox_default: str, minimum: int = ISSUED_SECRET_MIN) -> str:
+        """A secret setting; in production, checked without ever naming its value."""
         value = env.get(name, "")
-        if value:
-            if production and value == sandbox_default:
+        if value and production:
+            if value.strip() == sandbox_default:
                 problems.append(f"{name} is the sandbox default; set a real secret")
+            elif value.strip() in SANDBOX_SECRETS:
+                problems.append(f"{name} is another setting's sandbox default; set a "
+                                "real secret")
+            elif value != value.strip():
+                # Refused, not stripped: a stray space or line break means the value was
+                # pasted wrong, and the platform's copy would stay wrong for every other
+                # reader of it (and a stripped signing key is not the one used before).
+                problems.append(f"{name} starts or ends with a space or line break; "
+                                "remove it")
+            elif len(value) < minimum:
+                problems.append(f"{name} is too short: at least {minimum} characters")
+        if value:
             return value
         if production:
             problems.append(f"{name} is required in production")
@@ -162,13 +197,27 @@ def load_settings(environ: dict[str, str] | None = None) -> Settings:
     if not redis_url:
         problems.append("REDIS_URL is required (./run serve sets it for the embedded server)")
 
-    secret_key = secret("SECRET_KEY", SANDBOX_SECRET_KEY)
-    otp_key = secret("OTP_KEY", SANDBOX_SECRET_KEY + "-otp")
+    secret_key = secret("SECRET_KEY", SANDBOX_SECRET_KEY, OWN_SECRET_MIN)
+    otp_key = secret("OTP_KEY", SANDBOX_OTP_KEY, OWN_SECRET_MIN)
     twilio_sid = secret("TWILIO_ACCOUNT_SID", SANDBOX_TWILIO_ACCOUNT_SID)
     twilio_token = secret("TWILIO_AUTH_TOKEN", SANDBOX_TWILIO_AUTH_TOKEN)
     rzp_id = secret("RAZORPAY_KEY_ID", SANDBOX_RAZORPAY_KEY_ID)
     rzp_secret = secret("RAZORPAY_KEY_SECRET", SANDBOX_RAZORPAY_KEY_SECRET)
-    rzp_hook = secret("RAZORPAY_WEBHOOK_SECRET", SANDBOX_RAZORPAY_WEBHOOK_SECRET)
+    rzp_hook = secret("RAZORPAY_WEBHOOK_SECRET", SANDBOX_RAZORPAY_WEBHOOK_SECRET,
+                      OWN_SECRET_MIN)
+    if production:
+        if rzp_id and not rzp_id.startswith("rzp_live_"):
+            # A test-mode key takes no real money: every payment link would be a dummy.
+            problems.append("RAZORPAY_KEY_ID must be a live-mode key id (rzp_live_...) "
+                            "in production")
+        # One leaked secret must not give away another: each has its own value.
+        named = (("SECRET_KEY", secret_key), ("OTP_KEY", otp_key),
+                 ("TWILIO_AUTH_TOKEN", twilio_token), ("RAZORPAY_KEY_SECRET", rzp_secret),
+                 ("RAZORPAY_WEBHOOK_SECRET", rzp_hook))
+        for i, (name, given) in enumerate(named):
+            for earlier, other in named[:i]:
+                if given and given == other:
+                    problems.append(f"{name} is the same as {earlier}; give each its own")
 
     # In sandbox mode the real clients talk to our emulators mounted under /sandbox.
     twilio_api_base = env.get("TWILIO_API_BASE") or None
@@ -178,6 +227,9 @@ def load_settings(environ: dict[str, str] | None = None) -> Settings:
                             ("RAZORPAY_API_BASE", razorpay_api_base)):
             if value and "/sandbox" in value:
                 problems.append(f"{name} points at a sandbox emulator in production")
+            elif value and urlsplit(value).scheme != "https":
+                # The credentials go with every call, in the clear over plain http.
+                problems.append(f"{name} must be an https URL in production")
     else:
         twilio_api_base = twilio_api_base or f"{public_base_url}/sandbox/twilio"
         razorpay_api_base = razorpay_api_base or f"{public_base_url}/sandbox/razorpay"
@@ -196,6 +248,9 @@ def load_settings(environ: dict[str, str] | None = None) -> Settings:
     ops_phone = own("OPS_PHONE", "+919000000099")
     if not E164.fullmatch(ops_phone):
         problems.append("OPS_PHONE must be an E.164 number (+91XXXXXXXXXX)")
+    elif production and DEMO_PHONES.fullmatch(ops_phone) and ops_phone != "+919000000099":
+        problems.append("OPS_PHONE is a demo partner's number (+91 90000 000xx); set "
+                        "the operators' real one")
 
     # Partners answer offers by SMS, so the SMS sender must be a number (not a sender id);
     # a WhatsApp sender without "whatsapp:" would send WhatsApp replies as SMS addresses.
@@ -208,6 +263,12 @@ def load_settings(environ: dict[str, str] | None = None) -> Settings:
     for name, number in (("TWILIO_SMS_FROM", sms_from), ("TWILIO_VOICE_NUMBER", voice_number)):
         if not E164.fullmatch(number):
             problems.append(f"{name} must be an E.164 number (+91XXXXXXXXXX)")
+
+    raw_level = env.get("LOG_LEVEL", "")
+    log_level = raw_level.strip().upper() or "INFO"
+    if log_level not in LOG_LEVELS:  # logging would refuse it only when configured
+        problems.append(f"LOG_LEVEL must be one of {', '.join(LOG_LEVELS)}, got {raw_level!r}")
+        log_level = "INFO"
 
     settings = Settings(
         app_env=app_env,
@@ -239,13 +300,13 @@ def load_settings(environ: dict[str, str] | None = None) -> Settings:
         status_window_ms=_int(env, "STATUS_WINDOW_MS", 1000, minimum=0),
         # A blocking pop must return before the Redis client's 5 s socket timeout.
         drain_linger_ms=_int(env, "DRAIN_LINGER_MS", 500, minimum=0, maximum=4000),
-        log_level=env.get("LOG_LEVEL", "INFO").upper(),
+        log_level=log_level,
         twilio_webhook_shared_key=env.get("TWILIO_WEBHOOK_SHARED_KEY") or None,
         proxy_hops=_int(env, "PROXY_HOPS", 0, minimum=0, maximum=5),
         otp_failures_per_day=_int(env, "OTP_FAILURES_PER_DAY", 10, minimum=1),
     )
     if problems:
-        raise ConfigError("; ".join(problems))
+        raise ConfigError("\n".join(problems))  # a line each
     return settings
 
 

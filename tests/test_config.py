@@ -36,13 +36,13 @@ def production_env(**extra: str) -> dict[str, str]:
         "DATABASE_URL": DB,
         "REDIS_URL": REDIS,
         "PUBLIC_BASE_URL": "https://ridechain.example.in",
-        "SECRET_KEY": "9f2c1e7a-prod-secret-key",
-        "OTP_KEY": "4b8e0d13-prod-otp-key",
+        "SECRET_KEY": "9f2c1e7a-prod-secret-key-5d0b3a8e6c41",
+        "OTP_KEY": "4b8e0d13-prod-otp-key-a7c2e9f05b16d3",
         "TWILIO_ACCOUNT_SID": "AC" + "0123456789abcdef" * 2,
         "TWILIO_AUTH_TOKEN": "f0e1d2c3b4a5968778695a4b3c2d1e0f",
         "RAZORPAY_KEY_ID": "rzp_live_AbCdEf123456",
         "RAZORPAY_KEY_SECRET": "live-razorpay-secret-xyz",
-        "RAZORPAY_WEBHOOK_SECRET": "live-webhook-secret-xyz",
+        "RAZORPAY_WEBHOOK_SECRET": "live-webhook-secret-xyz-0c9d8e7f6a5b",
         "OPS_PHONE": "+919812300999",
         "TWILIO_WHATSAPP_FROM": "whatsapp:+919812300998",
         "TWILIO_SMS_FROM": "+919812300998",
@@ -107,7 +107,7 @@ def test_production_with_real_secrets_loads_without_sandbox_bases():
     assert s.is_production
     assert s.twilio_api_base is None and s.razorpay_api_base is None
     assert s.twilio_auth_token == "f0e1d2c3b4a5968778695a4b3c2d1e0f"
-    assert s.otp_key == b"4b8e0d13-prod-otp-key"
+    assert s.otp_key == b"4b8e0d13-prod-otp-key-a7c2e9f05b16d3"
 
 
 @pytest.mark.parametrize("name", ["TWILIO_API_BASE", "RAZORPAY_API_BASE"])

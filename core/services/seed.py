@@ -8,7 +8,7 @@ Runs once: a second call finds the demo rate card and changes nothing.
 
 from __future__ import annotations
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from core.adapters.db import transaction
 from core.adapters.models import PartnerProfile, Person, Point, RateCardRow, Vehicle
@@ -43,10 +43,18 @@ DEMO_PARTNERS = (
 
 OPS_PERSON = ("RideChain ops", "+919000000099")
 
+# The PostgreSQL advisory lock a seed holds for its transaction: "RCsd" in ASCII,
+# 1380152164. Releases run at once (two deploys, one per dyno) would otherwise all find
+# no demo data and all insert it, and all but one fail on the rate card's unique name.
+SEED_LOCK_KEY = int.from_bytes(b"RCsd", "big")
+
 
 def seed_demo() -> dict[str, int]:
     """Insert the demo data unless it is already there; return what was added."""
     with transaction() as session:
+        # Held until the commit. The look below is a statement of its own, after the wait:
+        # under READ COMMITTED it sees what the seed we waited for committed.
+        session.execute(select(func.pg_advisory_xact_lock(SEED_LOCK_KEY)))
         if session.scalar(select(RateCardRow.id).where(RateCardRow.name == RATE_CARD_NAME)):
             return {"rate_cards": 0, "points": 0, "partners": 0}
         session.add(RateCardRow(name=RATE_CARD_NAME, card=DEFAULT_RATE_CARD.to_dict(),

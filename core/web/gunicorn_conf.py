@@ -19,6 +19,7 @@ from __future__ import annotations
 import atexit as _atexit
 import os as _os
 import shutil as _shutil
+import sys as _sys
 import tempfile as _tempfile
 
 # Module globals named like gunicorn settings are settings; the private names are not.
@@ -42,6 +43,15 @@ if not _os.environ.get(_MULTIPROC):
 
 
 def on_starting(server) -> None:  # noqa: ANN001 (gunicorn's hook signature)
+    from core.config import ConfigError, get_settings
+
+    try:
+        get_settings()
+    except ConfigError as err:
+        # Said once, here in the master, before any worker boots: each worker would print
+        # it at the end of a traceback, and the master then only "Worker failed to boot".
+        print(err.report("web"), file=_sys.stderr)
+        raise SystemExit(2) from None
     path = _os.environ[_MULTIPROC]
     _os.makedirs(path, exist_ok=True)
     for name in _os.listdir(path):
