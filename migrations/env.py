@@ -1,23 +1,57 @@
-"""Alembic environment: the URL comes from core.config (DATABASE_URL), online mode only."""
+"""Alembic environment: the URL comes from core.config (DATABASE_URL), online mode only.
+
+Migrations run while the previous release still serves (migrations/README.md): each one
+commits on its own, and no statement waits more than LOCK_TIMEOUT for a lock, since every
+web query on the table queues behind a waiting ALTER. A migration that timed out is rolled
+back and run again after each pause of RETRY_WAITS; after the last, the upgrade fails.
+"""
 
 from __future__ import annotations
 
+import logging
+import time
+
 from alembic import context
 from sqlalchemy import create_engine, pool
+from sqlalchemy.exc import DBAPIError
 
 from core.adapters.models import Base
 from core.config import get_settings
 
 target_metadata = Base.metadata
+log = logging.getLogger("migrations")
+
+# Well below Twilio's 15 s webhook timeout, and far above what a web transaction holds a
+# table lock for.
+LOCK_TIMEOUT_MS = 2000
+# Seconds between attempts at a migration that timed out on a lock (a long report, say):
+# the web's queued queries run meanwhile. About a minute in all, then the release fails
+# and can be run again later.
+RETRY_WAITS = (1, 2, 4, 8, 15, 30)
 
 
 def run_migrations_online() -> None:
-    url = context.config.attributes.get("url") or get_settings().database_url
+    attributes = context.config.attributes  # tests set shorter timeouts here
+    url = attributes.get("url") or get_settings().database_url
+    lock_timeout_ms = int(attributes.get("lock_timeout_ms", LOCK_TIMEOUT_MS))
+    retry_waits = attributes.get("retry_waits", RETRY_WAITS)
     connectable = create_engine(url, poolclass=pool.NullPool)
-    with connectable.connect() as connection:
-        context.configure(connection=connection, target_metadata=target_metadata, compare_type=True)
-        with context.begin_transaction():
-            context.run_migrations()
+    for attempt in range(len(retry_waits) + 1):
+        try:
+            with connectable.connect() as connection:
+                connection.exec_driver_sql(f"SET lock_timeout = {lock_timeout_ms}")
+                connection.commit()
+                context.configure(connection=connection, target_metadata=target_metadata,
+                                  compare_type=True, transaction_per_migration=True)
+                with context.begin_transaction():
+                    context.run_migrations()
+            return
+        except DBAPIError as err:
+            if getattr(err.orig, "sqlstate", None) != "55P03" or attempt == len(retry_waits):
+                raise  # not a lock_not_available, or out of attempts
+            log.warning("a migration timed out waiting for a lock; running it again",
+                        extra={"attempt": attempt + 1, "wait_s": retry_waits[attempt]})
+            time.sleep(retry_waits[attempt])
 
 
 if context.is_offline_mode():

@@ -175,7 +175,7 @@ class Refund(Base):
 
     id: Mapped[int] = mapped_column(primary_key=True)
     booking_id: Mapped[int] = mapped_column(ForeignKey("bookings.id"))
-    attempt: Mapped[int] = mapped_column(Integer, default=1)
+    attempt: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
     payment_id: Mapped[str] = mapped_column(String(40))
     amount_paise: Mapped[int] = mapped_column(BigInteger)
     fee_paise: Mapped[int] = mapped_column(BigInteger, default=0)

@@ -22,9 +22,10 @@ depends_on = None
 
 
 def upgrade() -> None:
+    # The default stays: the previous release, still serving during the deploy, inserts
+    # refunds without an attempt (and makes one per booking: the first).
     op.add_column("payment_refunds", sa.Column("attempt", sa.Integer(), nullable=False,
                                                server_default="1"))
-    op.alter_column("payment_refunds", "attempt", server_default=None)
     op.add_column("payment_refunds",
                   sa.Column("retry_at", sa.DateTime(timezone=True), nullable=True))
     op.create_check_constraint(op.f("ck_payment_refunds_attempt"), "payment_refunds",

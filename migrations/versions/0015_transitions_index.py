@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from alembic import op
 
+from migrations.live import create_index_concurrently
+
 revision = "0015"
 down_revision = "0014"
 branch_labels = None
@@ -18,7 +20,8 @@ depends_on = None
 
 
 def upgrade() -> None:
-    op.create_index("ix_transitions_entity_entity_id", "transitions", ["entity", "entity_id"])
+    create_index_concurrently("ix_transitions_entity_entity_id", "transitions",
+                              ["entity", "entity_id"])
 
 
 def downgrade() -> None:

@@ -16,6 +16,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
+from migrations.live import create_index_concurrently
+
 revision = "0016"
 down_revision = "0015"
 branch_labels = None
@@ -24,20 +26,23 @@ depends_on = None
 
 def upgrade() -> None:
     # payments.unpaid_legs: the legs with a payable entry lately.
-    op.create_index("ix_ledger_postings_payable_created_at", "ledger_postings", ["created_at"],
-                    postgresql_where=sa.text(
-                        "account_kind = 'partner_payable' AND leg_id IS NOT NULL"))
+    create_index_concurrently("ix_ledger_postings_payable_created_at", "ledger_postings",
+                              ["created_at"], postgresql_where=sa.text(
+                                  "account_kind = 'partner_payable' AND leg_id IS NOT NULL"))
     # reconciliation: the entries of its window.
-    op.create_index("ix_ledger_transactions_created_at", "ledger_transactions", ["created_at"])
+    create_index_concurrently("ix_ledger_transactions_created_at", "ledger_transactions",
+                              ["created_at"])
     # payments.unprocessed_events: events whose job was lost.
-    op.create_index("ix_razorpay_events_unprocessed", "razorpay_events", ["id"],
-                    postgresql_where=sa.text("processed_at IS NULL"))
+    create_index_concurrently("ix_razorpay_events_unprocessed", "razorpay_events", ["id"],
+                              postgresql_where=sa.text("processed_at IS NULL"))
     # payments.unreleased_legs: delivered legs of the last days.
-    op.create_index("ix_legs_delivered_at_with_partner", "legs", ["delivered_at"],
-                    postgresql_where=sa.text("status = 'delivered' AND partner_id IS NOT NULL"))
+    create_index_concurrently("ix_legs_delivered_at_with_partner", "legs", ["delivered_at"],
+                              postgresql_where=sa.text(
+                                  "status = 'delivered' AND partner_id IS NOT NULL"))
     # /metrics: messages that failed lately.
-    op.create_index("ix_outbox_messages_failed_updated_at", "outbox_messages", ["updated_at"],
-                    postgresql_where=sa.text("status IN ('failed', 'undelivered')"))
+    create_index_concurrently("ix_outbox_messages_failed_updated_at", "outbox_messages",
+                              ["updated_at"],
+                              postgresql_where=sa.text("status IN ('failed', 'undelivered')"))
 
 
 def downgrade() -> None:

@@ -17,6 +17,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
+from migrations.live import create_index_concurrently
+
 revision = "0017"
 down_revision = "0016"
 branch_labels = None
@@ -24,10 +26,10 @@ depends_on = None
 
 
 def upgrade() -> None:
-    op.create_index("ix_ledger_postings_payable_leg_id", "ledger_postings", ["leg_id"],
-                    postgresql_include=["partner_id", "amount_paise"],
-                    postgresql_where=sa.text(
-                        "account_kind = 'partner_payable' AND leg_id IS NOT NULL"))
+    create_index_concurrently("ix_ledger_postings_payable_leg_id", "ledger_postings", ["leg_id"],
+                              postgresql_include=["partner_id", "amount_paise"],
+                              postgresql_where=sa.text(
+                                  "account_kind = 'partner_payable' AND leg_id IS NOT NULL"))
 
 
 def downgrade() -> None:

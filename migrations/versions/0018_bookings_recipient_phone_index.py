@@ -13,6 +13,8 @@ from __future__ import annotations
 
 from alembic import op
 
+from migrations.live import create_index_concurrently
+
 revision = "0018"
 down_revision = "0017"
 branch_labels = None
@@ -20,7 +22,8 @@ depends_on = None
 
 
 def upgrade() -> None:
-    op.create_index(op.f("ix_bookings_recipient_phone"), "bookings", ["recipient_phone"])
+    create_index_concurrently(op.f("ix_bookings_recipient_phone"), "bookings",
+                              ["recipient_phone"])
 
 
 def downgrade() -> None:
