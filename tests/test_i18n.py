@@ -60,6 +60,12 @@ REQUIRED_KEYS = (
     | {"dispatch.ops_delivery_late", "dispatch.carrier_wait"}  # delivery_late, relay pause
     | {"bot.confirm.too_many_unpaid", "ivr.confirm.too_many_unpaid"}  # the unpaid cap
     | {f"{c}.{s}.no_rider" for c in ("bot", "ivr") for s in ("speed", "confirm")}  # nobody near
+    | {f"dispatch.{k}_new" for k in ("pickup_otp", "drop_otp", "drop_otp_sender")}  # resent
+    | {"dispatch.duty_off_assigned", "dispatch.duty_off_carrying"}  # set_duty, OFF
+    | {"dispatch.customer_next_rider", "dispatch.recipient_no_rider"}  # accept, no rider
+    | {f"ivr.cancel.{k}" for k in ("none", "free", "refund", "fee", "changed",  # voice cancel
+                                   "picked_up", "not_allowed")}
+    | {f"bot.rate.{k}" for k in ("ask", "help", "thanks", "already")}  # rating after delivery
 )
 
 LANGUAGE_LIST = "1. हिंदी\n2. English\n3. বাংলা\n4. मराठी\n5. தமிழ்\n6. తెలుగు\n7. ગુજરાતી\n8. ಕನ್ನಡ"

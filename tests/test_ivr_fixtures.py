@@ -22,7 +22,7 @@ FIXTURES = Path(__file__).resolve().parent.parent / "conversation_fixtures"
 VOICE_FILES = sorted(p for p in FIXTURES.glob("*.yaml")
                      if yaml.safe_load(p.read_text(encoding="utf-8")).get("channel") == "voice")
 REQUIRED = {"ivr_hindi_booking", "ivr_marathi_booking", "ivr_wrong_keys", "ivr_silence_twice",
-            "ivr_hangup_and_call_back", "ivr_track"}
+            "ivr_hangup_and_call_back", "ivr_track", "ivr_cancel"}
 
 
 class CallReplay:

@@ -7,11 +7,11 @@ import json
 
 from flask import Response, jsonify, request
 from pydantic import BaseModel, Field
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session, selectinload
 
-from core.adapters.api_models import BookingRating, IdempotencyRecord
+from core.adapters.api_models import IdempotencyRecord
 from core.adapters.db import transaction
 from core.adapters.models import Booking, PartnerProfile
 from core.adapters.pincode import nearest, normalize_pincode, pincode_centroid, post_offices
@@ -31,11 +31,11 @@ from core.api.schemas import (
 )
 from core.api.spec import ApiError, Strict, endpoint
 from core.domain.booking import Actor, ActorKind, BookingStatus, LegStatus
-from core.domain.errors import Conflict, DomainError, NotFound, ValidationError
+from core.domain.errors import DomainError, NotFound, ValidationError
 from core.domain.phone import mask_phone
 from core.domain.pricing import SpeedTier
 from core.services import booking as booking_service
-from core.services import payments
+from core.services import payments, rating
 
 CUSTOMER = ("customer",)
 CUSTOMER_OR_OPS = ("customer", "ops")
@@ -360,24 +360,5 @@ def cancel_booking(ref: str, query: CancelQuery) -> CancellationOut:
 def rate_booking(ref: str, body: RatingIn) -> RatingOut:
     with transaction() as session:
         b = visible_booking(session, ref, for_update=True)
-        if b.status != BookingStatus.DELIVERED:
-            raise Conflict("only a delivered booking can be rated", code="not_delivered")
-        if session.scalar(select(func.count()).select_from(BookingRating)
-                          .where(BookingRating.booking_id == b.id)):
-            raise Conflict("this booking is already rated", code="already_rated")
-        session.add(BookingRating(booking_id=b.id, stars=body.stars, comment=body.comment))
-        _update_partner_ratings(session, b, body.stars)
+        rating.rate_booking(session, b, body.stars, body.comment)
         return RatingOut(reference=b.reference, stars=body.stars)
-
-
-def _update_partner_ratings(session: Session, b: Booking, stars: int) -> None:
-    """Fold the new rating into each partner's running average (x100, kept in 0..500)."""
-    for leg in b.legs:
-        if leg.partner_id is None:
-            continue
-        p = session.get(PartnerProfile, leg.partner_id, with_for_update=True)
-        if p is None:
-            continue
-        # An exponential average: recent trips count more, one bad day does not ruin anyone.
-        p.rating_x100 = max(0, min(500, round(p.rating_x100 * 0.9 + stars * 100 * 0.1)))
-

@@ -38,6 +38,7 @@ from core.domain.reference import is_valid_reference, normalize_reference
 from core.i18n import LANGUAGE_NAMES, LANGUAGES
 
 MENU = "menu"
+RATE = "rate"  # how was the delivery? (asked after one; see stars_given)
 BOOKING = "booking"  # group of the steps that fill a draft
 PAGE_SIZE = 8  # offices per page; 9 = more
 MORE = 9
@@ -558,12 +559,53 @@ def _track_handle(ctx: Ctx, inp: UserInput) -> Result:
 _ON_THE_WAY = frozenset({"picked_up", "in_transit"})
 
 
-def _not_allowed(ref: str, quote: dict[str, Any]) -> Say:
-    """Why a booking cannot be cancelled: its parcel is with a rider, or it is over
-    (delivered, cancelled, expired, refunded, failed)."""
+def not_allowed_kind(quote: dict[str, Any]) -> str:
+    """Why a booking cannot be cancelled: "picked_up" (its parcel is with a rider) or
+    "not_allowed" (it is over: delivered, cancelled, expired, refunded, failed)."""
     on_the_way = (quote.get("reason_code") == "already_picked_up"
                   and quote.get("status") in _ON_THE_WAY)
-    return Say("bot.cancel.picked_up" if on_the_way else "bot.cancel.not_allowed", {"ref": ref})
+    return "picked_up" if on_the_way else "not_allowed"
+
+
+def _not_allowed(ref: str, quote: dict[str, Any]) -> Say:
+    return Say(f"bot.cancel.{not_allowed_kind(quote)}", {"ref": ref})
+
+
+def cancel_kind(preview: dict[str, Any]) -> str:
+    """What cancelling costs, as the confirmation says it: "fee" (a rider is coming),
+    "refund" (paid: the money comes back) or "free" (nothing paid)."""
+    if preview["fee_paise"]:
+        return "fee"
+    return "refund" if preview["refund_paise"] else "free"
+
+
+def keep_shown(ctx: Ctx, preview: dict[str, Any]) -> None:
+    """Remember the refund and fee the customer is told: a "yes" cancels only at these."""
+    ctx.state.data["cancel_shown"] = {"refund_paise": preview["refund_paise"],
+                                      "fee_paise": preview["fee_paise"]}
+
+
+def cancel_as_shown(ctx: Ctx, ref: str) -> tuple[str, dict[str, Any]]:
+    """The customer said yes to cancelling ``ref``: ("done", result), or ("again", {}) when
+    nothing was cancelled because the refund or fee is not what was shown (a rider took
+    the job meanwhile; ask again with the new amounts), or ("closed", quote) when it
+    cannot be cancelled now (picked up, expired, cancelled since; an empty quote: it is
+    not this customer's booking any more, and nothing was written)."""
+    shown = ctx.state.data.get("cancel_shown")
+    if shown is None:
+        return "again", {}  # asked before the shown amounts were kept
+    try:
+        result = ctx.ports.cancel(ref, shown)
+    except DomainError:
+        return "closed", {}
+    if result["done"]:
+        return "done", result
+    return ("again", {}) if result["allowed"] else ("closed", result)
+
+
+def end_cancel(ctx: Ctx) -> None:
+    ctx.state.data.pop("cancel_ref", None)
+    ctx.state.data.pop("cancel_shown", None)
 
 
 def _cancel_pick_prompt(ctx: Ctx) -> list[Out]:
@@ -591,16 +633,10 @@ def _cancel_confirm_prompt(ctx: Ctx) -> list[Out]:
     ref = ctx.state.data.get("cancel_ref", "")
     preview = ctx.ports.cancel_preview(ref) or {"refund_paise": 0, "fee_paise": 0}
     # What the customer is told is what a "yes" may do: the cancel checks it again.
-    ctx.state.data["cancel_shown"] = {"refund_paise": preview["refund_paise"],
-                                      "fee_paise": preview["fee_paise"]}
-    if preview["fee_paise"]:
-        key = "bot.cancel.fee"
-    elif preview["refund_paise"]:
-        key = "bot.cancel.refund"
-    else:
-        key = "bot.cancel.free"
-    return [Say(key, {"ref": ref, "refund_paise": preview["refund_paise"],
-                      "fee_paise": preview["fee_paise"]}),
+    keep_shown(ctx, preview)
+    return [Say(f"bot.cancel.{cancel_kind(preview)}",
+                {"ref": ref, "refund_paise": preview["refund_paise"],
+                 "fee_paise": preview["fee_paise"]}),
             Choices((Say("bot.cancel.yes"), Say("bot.cancel.no")))]
 
 
@@ -610,21 +646,11 @@ def _cancel_confirm_handle(ctx: Ctx, inp: UserInput) -> Result:
     if ref is None:
         return Goto(MENU)
     if picked == 1:
-        shown = ctx.state.data.get("cancel_shown")
-        if shown is None:
-            return Goto("cancel_confirm")  # asked before the shown amounts were kept
-        try:
-            result = ctx.ports.cancel(ref, shown)
-        except DomainError:
-            # Nothing was written (the booking is not this number's any more): say so,
-            # not "try again later" on every answer.
-            return _cancel_finished(ctx, [Say("bot.cancel.not_allowed", {"ref": ref})])
-        if not result["done"]:
-            if not result["allowed"]:  # picked up, expired, cancelled since the question
-                return _cancel_finished(ctx, [_not_allowed(ref, result)])
-            # The refund or the fee is not what was shown (a rider took the job
-            # meanwhile): nothing was cancelled; ask again with the new amounts.
+        outcome, result = cancel_as_shown(ctx, ref)
+        if outcome == "again":
             return Goto("cancel_confirm")
+        if outcome == "closed":  # picked up or closed since the question: say so
+            return _cancel_finished(ctx, [_not_allowed(ref, result)])
         key = "bot.cancel.done_refund" if result.get("refund_paise") else "bot.cancel.done"
         return _cancel_finished(ctx, [Say(key, {"ref": ref,
                                                 "refund_paise": result.get("refund_paise", 0)})])
@@ -634,9 +660,53 @@ def _cancel_confirm_handle(ctx: Ctx, inp: UserInput) -> Result:
 
 
 def _cancel_finished(ctx: Ctx, say: list[Out]) -> Result:
-    ctx.state.data.pop("cancel_ref", None)
-    ctx.state.data.pop("cancel_shown", None)
+    end_cancel(ctx)
     return Goto(MENU, [*say, next_hint()], prompt=False)
+
+
+# --- rate a delivery -------------------------------------------------------------------
+
+# The rating question is asked after a delivery (core.services.rating.ask_after_delivery),
+# which moves an idle chat to this step: "1".."5" are stars here only, so a customer
+# at the menu who sends "1" starts a booking. Anything but a rating leaves the step.
+STAR_CHARS = frozenset("⭐★🌟")
+
+
+def stars_given(text: str) -> int | None:
+    """1..5 from "4", "४", "char", "⭐⭐⭐⭐" or "4 ⭐"; None for anything else."""
+    t = words.clean(text).replace(" ", "")
+    bare = "".join(ch for ch in t if ch not in STAR_CHARS)
+    stars = words.number(bare) if bare else len(t)
+    return stars if stars is not None and 1 <= stars <= 5 else None
+
+
+def _rate_prompt(ctx: Ctx) -> list[Out]:
+    return [Say("bot.rate.ask", {"ref": ctx.state.data.get("rate_ref", "")})]
+
+
+def _rate_handle(ctx: Ctx, inp: UserInput) -> Result:
+    ref = ctx.state.data.get("rate_ref")
+    stars = stars_given(inp.text) if not inp.has_location else None
+    if ref is None:
+        return Goto(MENU)
+    if stars is None:
+        tried = not inp.has_location and (
+            words.number(inp.text) is not None or any(ch in STAR_CHARS for ch in inp.text))
+        if tried:  # "6", "⭐⭐⭐⭐⭐⭐": a rating out of range
+            return Retry([Say("bot.rate.help")])
+        _end_rating(ctx)
+        return Goto(MENU)  # they moved on: the menu, as for a greeting
+    done = ctx.ports.rate(ref, stars)
+    _end_rating(ctx)
+    if done.get("refused"):  # rated already (in the app)
+        return Goto(MENU, [Say("bot.rate.already", {"ref": ref}), next_hint()], prompt=False)
+    return Goto(MENU, [Say("bot.rate.thanks", {"ref": ref, "stars": "⭐" * stars}),
+                       next_hint()], prompt=False)
+
+
+def _end_rating(ctx: Ctx) -> None:
+    ctx.state.data.pop("rate_ref", None)
+    ctx.state.data.pop("rate_asked_at", None)
 
 
 # --- a person, voice notes -------------------------------------------------------------
@@ -703,6 +773,7 @@ def _steps() -> list[Step]:
         Step("cancel_pick", _cancel_pick_prompt, _cancel_pick_handle, "bot.help.track"),
         Step("cancel_confirm", _cancel_confirm_prompt, _cancel_confirm_handle,
              "bot.help.choice"),
+        Step(RATE, _rate_prompt, _rate_handle, "bot.rate.help"),
         Step("offer_person", _offer_prompt, _offer_handle, "bot.help.choice"),
         Step("voice_callback", _voice_prompt, _voice_handle, "bot.help.choice"),
     ]

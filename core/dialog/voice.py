@@ -6,7 +6,10 @@ read back digit by digit, then the village post office is picked from a spoken l
 (9 = more, 8 = key the pincode again) and confirmed; the recipient is a 10-digit mobile
 number read back for confirmation; the parcel is its size and weight only (category
 "other", not fragile, no declared value: things a keypad cannot say well); fares are said
-in words. Names of things to say are catalog keys under ``ivr.``.
+in words. Cancelling lists only the bookings that can still be cancelled, each named by
+where it goes and its number's last digits, then says the refund or fee in words (the
+chat's rules and ports: core.dialog.booking). Names of things to say are catalog keys
+under ``ivr.``.
 
 Channel rules the engine does not know (silence, ``*`` to repeat, turns per call,
 ``<Dial>``) live in core.services.ivr; a step asks for one with ``data["call_action"]``.
@@ -25,9 +28,14 @@ from core.dialog.booking import (
     WEIGHTS,
     _choice_step,
     _speed_handle,
+    cancel_as_shown,
+    cancel_kind,
     change_step,
     choice,
+    end_cancel,
     is_the_other_end,
+    keep_shown,
+    not_allowed_kind,
     price_changed,
     tier_label,
 )
@@ -53,6 +61,7 @@ PAGE_SIZE = 7  # villages per page: 1..7, 8 = key the pincode again, 9 = more
 AGAIN = 8
 MORE = 9
 RECENT_BOOKINGS = 3  # offered first when tracking
+SHORT_REF = 4  # a booking to cancel is named by its place and its number's last digits
 
 # Steps answered by several digits ended with '#' (the most digits expected); every other
 # step takes a single key.
@@ -119,7 +128,7 @@ def _menu_prompt(ctx: Ctx) -> list[Out]:
 
 
 def _menu_handle(ctx: Ctx, inp: UserInput) -> Result:
-    picked = choice(inp, 4)
+    picked = choice(inp, 5)
     if picked == 1:
         if has_draft(ctx.state.data):
             return Goto("resume")
@@ -131,6 +140,10 @@ def _menu_handle(ctx: Ctx, inp: UserInput) -> Result:
         return _dial(ctx, "asked")
     if picked == 4:
         return Goto("language")
+    if picked == 5:
+        if not _cancellable(ctx):
+            return Stay([Say("ivr.cancel.none")])
+        return Goto("cancel_pick")
     return Retry()
 
 
@@ -375,6 +388,82 @@ def _track_handle(ctx: Ctx, inp: UserInput) -> Result:
     return Goto(MENU, [Say(f"booking.status.{status}", {"ref": spoken.spell_digits(ref)})])
 
 
+# --- cancel: the chat's rules (core.dialog.booking), said for the ear -------------------
+
+def _cancellable(ctx: Ctx) -> list[tuple[str, dict[str, Any]]]:
+    """The caller's bookings that can be cancelled now, newest first, each with what
+    cancelling it would do: one already picked up is not read out to them."""
+    found = []
+    for ref, _ in ctx.ports.my_bookings(open_only=True):
+        preview = ctx.ports.cancel_preview(ref)
+        if preview is not None and preview["allowed"]:
+            found.append((ref, preview))
+    return found
+
+
+def _not_allowed(quote: dict[str, Any]) -> Say:
+    return Say(f"ivr.cancel.{not_allowed_kind(quote)}")
+
+
+def _cancel_pick_prompt(ctx: Ctx) -> list[Out]:
+    found = _cancellable(ctx)
+    ctx.scratch["refs"] = [ref for ref, _ in found]
+    if not found:
+        return [Say("ivr.cancel.none"), Say("ivr.hint")]
+    return [Say("ivr.cancel.ask"), Choices(tuple(
+        Say("ivr.cancel.option", {"place": preview.get("drop") or "",
+                                  "digits": spoken.spell_digits(ref[-SHORT_REF:])})
+        for ref, preview in found))]
+
+
+def _cancel_pick_handle(ctx: Ctx, inp: UserInput) -> Result:
+    refs = ctx.scratch.get("refs") or []
+    if not refs:
+        return Goto(MENU)
+    picked = choice(inp, len(refs))
+    if picked is None:
+        return Retry()
+    ref = refs[picked - 1]
+    preview = ctx.ports.cancel_preview(ref)
+    if preview is None or not preview["allowed"]:  # picked up since the list was read
+        return Goto(MENU, [_not_allowed(preview or {})])
+    ctx.state.data["cancel_ref"] = ref
+    return Goto("cancel_confirm")
+
+
+def _cancel_confirm_prompt(ctx: Ctx) -> list[Out]:
+    ref = ctx.state.data.get("cancel_ref", "")
+    preview = ctx.ports.cancel_preview(ref) or {"refund_paise": 0, "fee_paise": 0}
+    keep_shown(ctx, preview)  # a "1" cancels at these amounts only
+    return [Say(f"ivr.cancel.{cancel_kind(preview)}", {
+                "place": preview.get("drop") or "",
+                "refund": amount(preview["refund_paise"], ctx.lang),
+                "fee": amount(preview["fee_paise"], ctx.lang)}),
+            Choices((Say("ivr.cancel.yes"), Say("ivr.cancel.no")))]
+
+
+def _cancel_confirm_handle(ctx: Ctx, inp: UserInput) -> Result:
+    picked = choice(inp, 2)
+    ref = ctx.state.data.get("cancel_ref")
+    if ref is None:
+        return Goto(MENU)
+    if picked == 1:
+        outcome, result = cancel_as_shown(ctx, ref)
+        if outcome == "again":  # nothing cancelled: the amounts changed since they heard them
+            return Goto("cancel_confirm", [Say("ivr.cancel.changed")])
+        end_cancel(ctx)
+        if outcome == "closed":
+            return Goto(MENU, [_not_allowed(result)])
+        if result.get("refund_paise"):
+            return Goto(MENU, [Say("ivr.cancel.done_refund",
+                                   {"refund": amount(result["refund_paise"], ctx.lang)})])
+        return Goto(MENU, [Say("ivr.cancel.done")])
+    if picked == 2:
+        end_cancel(ctx)
+        return Goto(MENU, [Say("ivr.cancel.kept")])
+    return Retry()
+
+
 # --- a person --------------------------------------------------------------------------
 
 def _offer_prompt(ctx: Ctx) -> list[Out]:
@@ -410,6 +499,8 @@ def _steps() -> list[Step]:
         Step("change", _change_prompt, _change_handle, "ivr.hint", BOOKING),
         Step("done", _done_prompt, _done_handle, "ivr.hint"),
         Step("track", _track_prompt, _track_handle, "ivr.hint"),
+        Step("cancel_pick", _cancel_pick_prompt, _cancel_pick_handle, "ivr.hint"),
+        Step("cancel_confirm", _cancel_confirm_prompt, _cancel_confirm_handle, "ivr.hint"),
         Step("offer_person", _offer_prompt, _offer_handle, "ivr.hint"),
     ]
 

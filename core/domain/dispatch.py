@@ -528,6 +528,11 @@ def parse_command(raw: str) -> Command:
     toks = tokens(raw)
     if not toks:
         return Command(Kind.UNKNOWN)
+    if len(toks) == 2 and toks[0] == "0" and toks[1] in ("n", "ff"):
+        # "0N", "0FF": a zero typed for the letter O, which it looks like on a small
+        # screen and on the printed card. Read as "decline job 0" it could never mean
+        # anything (no job has code 0), and the partner would not be put on duty.
+        toks = ["o" + toks[1]]
     numbers = tuple(t for t in toks if t.isdigit())
     words = tuple(t for t in toks if not t.isdigit())
     if not words:

@@ -25,7 +25,7 @@ from core.adapters import pincode
 from core.adapters.models import Booking, Conversation, PartnerProfile, Person
 from core.adapters.queue import after_commit, enqueue
 from core.dialog import engine, words
-from core.dialog.booking import BOOKING, BOOKING_DIALOG, MENU
+from core.dialog.booking import BOOKING, BOOKING_DIALOG, MENU, RATE
 from core.dialog.engine import Ctx, DialogState, Out, Say, UserInput
 from core.dialog.ports import Place, PlaceResult
 from core.domain.booking import BOOKING as BOOKING_MACHINE
@@ -33,7 +33,7 @@ from core.domain.booking import Actor
 from core.domain.errors import DomainError
 from core.domain.pricing import ParcelCategory, SizeBucket, SpeedTier, WeightBucket
 from core.services import booking as booking_service
-from core.services import handoff, ledger, payments
+from core.services import handoff, ledger, payments, rating
 from core.services.inbound import InboundMessage, TurnFailed, lost_a_race
 
 log = logging.getLogger(__name__)
@@ -224,7 +224,8 @@ class SessionPorts:
     def _cancel_quote(self, booking: Booking) -> dict[str, Any]:
         q = payments.cancellation_preview(self.session, booking)
         return {"allowed": q.allowed, "refund_paise": q.refund_paise, "fee_paise": q.fee_paise,
-                "reason_code": q.reason_code, "status": booking.status}
+                "reason_code": q.reason_code, "status": booking.status,
+                "drop": booking.drop_post_office}
 
     def cancel(self, reference: str, shown: dict[str, Any]) -> dict[str, Any]:
         """Cancel only if the refund and fee are still those ``shown`` to the customer
@@ -245,6 +246,17 @@ class SessionPorts:
         q = payments.cancel_booking(self.session, booking, Actor("customer", str(self.person.id)),
                                     "customer cancelled on " + self.conv.channel)
         return {"done": True, "refund_paise": q.refund_paise, "fee_paise": q.fee_paise}
+
+    def rate(self, reference: str, stars: int) -> dict[str, Any]:
+        booking = self._mine(reference)
+        if booking is None:
+            return {"refused": "unknown_booking"}
+        booking = ledger.lock_booking(self.session, booking.id)  # one rating, not two at once
+        try:
+            rating.rate_booking(self.session, booking, stars)
+        except DomainError as exc:
+            return {"refused": exc.code}
+        return {"done": True}
 
     def talk_to_person(self, reason: str) -> dict[str, Any]:
         return handoff.request(self.session, self.conv, reason)
@@ -293,6 +305,20 @@ def save_state(conv: Conversation, state: DialogState, *, at: datetime | None = 
     session.expire(conv, ["updated_at"])  # the UPDATE set it (onupdate)
 
 
+def _rating_late(state: DialogState, at: datetime | None) -> str | None:
+    """Whether a message at the rating step does not answer the rating question: "before"
+    (written before it was asked: a backlog), "stale" (asked over RATING_WINDOW ago), or
+    None (it is the answer)."""
+    asked = state.data.get("rate_asked_at")
+    if not asked:
+        return None
+    asked_at = datetime.fromisoformat(asked)
+    at = at or clock.now()
+    if at < asked_at:
+        return "before"
+    return "stale" if at - asked_at > rating.RATING_WINDOW else None
+
+
 def dialog_turn(session: Session, person: Person, conv: Conversation, inp: UserInput,
                 idle: timedelta | None, at: datetime | None = None) -> list[Out]:
     """One turn of the booking dialog for any channel; state saved on ``conv`` (with
@@ -314,6 +340,20 @@ def dialog_turn(session: Session, person: Person, conv: Conversation, inp: UserI
             outs = engine.enter(dialog, ctx, "language")
     elif state.step not in dialog.steps:
         outs = engine.enter(dialog, ctx, MENU)
+    elif state.step == RATE:
+        # Judged by when the question was asked, not by "back after a day": the customer
+        # may have been quiet for days before the delivery they are asked about.
+        late = _rating_late(state, at)
+        if late is None:
+            outs = engine.turn(dialog, state, inp, ports, lang)
+        else:
+            state.data.pop("rate_ref", None)
+            state.data.pop("rate_asked_at", None)
+            if late == "before":  # written before the question came: it answers the menu
+                state.step = MENU
+                outs = engine.turn(dialog, state, inp, ports, lang)
+            else:  # the question is old: the menu, not "4" taken as stars days later
+                outs = engine.enter(dialog, ctx, MENU)
     elif (idle is not None and idle > IDLE_RESUME and person.preferred_language is not None
           and state.step != MENU):
         # Back after a day: the menu (or the draft), not an answer to an old question. (A

@@ -10,7 +10,9 @@ How a leg finds its partner:
    When nobody is left at the current radius the radius widens; when the widest radius is
    exhausted ops and the customer are told and the search starts over after
    ``DISPATCH_RETRY_S``, until the tier's deadline (job ``dispatch-deadline-<leg>-<round>``)
-   fails the booking and asks payments for a refund.
+   fails the booking and asks payments for a refund. A relay's later leg (the parcel is on
+   its way) is paused at its deadline instead; only then does the customer hear we are
+   still looking, and they hear again when a rider takes it.
 3. The first acceptance wins under a row lock on the leg (and a partial unique index allows
    one accepted offer per leg); everyone else's offer is withdrawn by SMS.
 4. OTPs: pickup code to the sender (or, on a relay leg, to the partner handing over at the
@@ -59,6 +61,7 @@ from core.adapters.distance import road_distance_m
 from core.adapters.models import (
     Booking,
     Leg,
+    OutboxMessage,
     PartnerProfile,
     Person,
     Point,
@@ -74,7 +77,7 @@ from core.domain.errors import NotFound, ValidationError
 from core.domain.geo import haversine_m, validate_lat_lng
 from core.domain.phone import normalize_phone
 from core.domain.pricing import SizeBucket, SpeedTier, VehicleType, WeightBucket, can_carry
-from core.services import notify
+from core.services import notify, outbox, rating
 from core.services.booking import active_rate_card, issue_leg_otps, move_booking, move_leg
 from core.services.payments import GATEWAY_RETRY
 
@@ -204,6 +207,34 @@ def _assigned_to_customer(session: Session, booking: Booking, partner: PartnerPr
     notify.notify_customer(session, booking, "dispatch.customer_assigned",
                            dedupe_key=f"booking-{booking.id}-assigned-{tag}",
                            name=partner.first_name, vehicle=vehicle_word)
+
+
+def _last_sent(session: Session, booking: Booking, key_like: str, *,
+               to_phone: str | None = None) -> str | None:
+    """The dedupe key of the latest message queued for the booking whose key is like
+    ``key_like`` (the keys name what was said: ``leg-<id>-dropotp-...``), optionally to one
+    phone by SMS; None if there is none."""
+    query = select(OutboxMessage.dedupe_key).where(OutboxMessage.booking_id == booking.id,
+                                                   OutboxMessage.dedupe_key.like(key_like))
+    if to_phone is not None:
+        query = query.where(OutboxMessage.to_addr == outbox.address("sms", to_phone))
+    return session.scalar(query.order_by(OutboxMessage.id.desc()).limit(1))
+
+
+def tell_recipient_not_coming(session: Session, booking: Booking, key: str, *,
+                              dedupe_key: str) -> None:
+    """The booking ended before delivery (cancelled by anyone, or no rider found): a
+    recipient who was sent a delivery code hears the parcel is not coming, so nobody waits
+    for it or gives the code to anyone. Not when the recipient is the customer, who hears
+    it as the customer."""
+    phone = booking.recipient_phone
+    if not phone or _last_sent(session, booking, "leg-%-dropotp-%", to_phone=phone) is None:
+        return
+    customer = session.get(Person, booking.customer_id)
+    if customer is not None and customer.phone == phone:
+        return
+    notify.notify_phone(session, phone, key, lang=_recipient_language(session, booking),
+                        booking_id=booking.id, dedupe_key=dedupe_key, ref=booking.reference)
 
 
 def load_of(booking: Booking, leg: Leg | None = None) -> rules.Load:
@@ -672,8 +703,13 @@ def _exhausted(session: Session, booking: Booking, leg: Leg, search: DispatchSea
         alert_ops(session, "dispatch.ops_no_partner", booking_id=booking.id,
                   dedupe_key=f"leg-{leg.id}-r{search.round}-ops-nopartner",
                   ref=booking.reference, job=job_code(leg))
-        notify.notify_customer(session, booking, "dispatch.still_searching",
-                               dedupe_key=f"leg-{leg.id}-r{search.round}-searching")
+        if leg.sequence == 1:
+            # A relay's next leg runs dry as the parcel is picked up: nothing is late yet
+            # (the first rider is still on the way to the Point), so the customer, just
+            # told the rider has their parcel, hears nothing. A leg still without a rider
+            # at its deadline is a delay: they hear it then (_fail_search).
+            notify.notify_customer(session, booking, "dispatch.still_searching",
+                                   dedupe_key=f"leg-{leg.id}-r{search.round}-searching")
     search.exhausted_pass = search.pass_no
     search.pass_no += 1
     search.radius_step, search.batch_no = 0, 0
@@ -875,6 +911,9 @@ def _fail_search(session: Session, booking: Booking, leg: Leg, search: DispatchS
         move_booking(session, booking, BookingStatus.FAILED, SYSTEM,
                      "no partner before the deadline")
         _status_to_customer(session, booking, "no-partner")
+        # A rider who took the job and gave it back had the recipient sent a code.
+        tell_recipient_not_coming(session, booking, "dispatch.recipient_no_rider",
+                                  dedupe_key=f"failed-{booking.id}-recipient")
         alert_ops(session, "dispatch.ops_failed", booking_id=booking.id,
                   dedupe_key=f"booking-{booking.id}-ops-failed", ref=booking.reference)
         _enqueue_after_commit(session, "workers.payments.refund_booking", booking.id,
@@ -883,8 +922,9 @@ def _fail_search(session: Session, booking: Booking, leg: Leg, search: DispatchS
     else:
         # The parcel is already on its way (an earlier leg has it), so the booking can
         # neither fail nor be refunded by itself. Ops hear of it, the customer hears we
-        # are still looking, and a new round of the search starts after retry_s, round
-        # after round, until a partner takes the leg (or ops act).
+        # are still looking (and, when a rider takes the leg, that the parcel moves on:
+        # accept), and a new round of the search starts after retry_s, round after round,
+        # until a partner takes the leg (or ops act).
         cfg = config()
         search.status = rules.SearchStatus.PAUSED.value
         search.next_try_at = clock.now() + timedelta(seconds=cfg.retry_s)
@@ -1233,6 +1273,8 @@ def accept(session: Session, partner: PartnerProfile, code: str | None) -> Reply
                      "partner accepted")
         _assigned_to_customer(session, booking, partner, load_of(booking, leg),
                               f"offer{offer.id}")
+    elif leg.sequence > 1:
+        _next_rider_to_customer(session, booking, leg)
     # The payout is set aside for this partner now (Route transfer on hold), released on
     # delivery; a different job id per offer, so a re-assignment holds for the new partner.
     _enqueue_after_commit(session, "workers.payments.hold_leg_transfer", leg.id,
@@ -1240,6 +1282,23 @@ def accept(session: Session, partner: PartnerProfile, code: str | None) -> Reply
     giver_phone = send_leg_codes(session, booking, leg, tag=f"o{offer.id}")
     return _r("dispatch.accepted", job=job, pickup=_place(session, booking, leg, "from"),
               phone=giver_phone or get_settings().ops_phone)
+
+
+def _next_rider_to_customer(session: Session, booking: Booking, leg: Leg) -> None:
+    """A relay leg the customer was told we are still looking for got a rider: we said we
+    would tell them, so they hear the parcel moves on (once for each such message)."""
+    promise = _last_sent(session, booking, f"leg-{leg.id}-r%-searching")
+    if promise is not None:
+        notify.notify_customer(session, booking, "dispatch.customer_next_rider",
+                               dedupe_key=promise.removesuffix("-searching") + "-found")
+
+
+def _code_key(session: Session, booking: Booking, leg: Leg, key: str, kind: str) -> str:
+    """The catalog key for a code of ``kind`` (pickotp, dropotp) sent for the leg: its
+    ``_new`` variant when one was sent before (a rider gave the job back, ops unlocked the
+    leg), which says the old code no longer works."""
+    sent = _last_sent(session, booking, f"leg-{leg.id}-{kind}-%")
+    return key + "_new" if sent is not None else key
 
 
 def send_leg_codes(session: Session, booking: Booking, leg: Leg, *, tag: str,
@@ -1265,8 +1324,9 @@ def send_leg_codes(session: Session, booking: Booking, leg: Leg, *, tag: str,
                          dedupe_key=f"leg-{nxt.id}-handtake-{leg.id}-{tag}", job=job_code(nxt),
                          point=_place(session, booking, nxt, "from"), otp=drop_code)
     if pickup and leg.sequence == 1:
-        notify.notify_customer(session, booking, "dispatch.pickup_otp", otp=pickup_code,
-                               dedupe_key=f"leg-{leg.id}-pickotp-{tag}")
+        notify.notify_customer(session, booking,
+                               _code_key(session, booking, leg, "dispatch.pickup_otp", "pickotp"),
+                               otp=pickup_code, dedupe_key=f"leg-{leg.id}-pickotp-{tag}")
         customer = session.get(Person, booking.customer_id)
         giver_phone = customer.phone if customer else None
     elif pickup:
@@ -1287,12 +1347,14 @@ def send_leg_codes(session: Session, booking: Booking, leg: Leg, *, tag: str,
                              point=point, otp=prev_drop)
     if is_last:
         if booking.recipient_phone:
-            notify.notify_phone(session, booking.recipient_phone, "dispatch.drop_otp",
+            key = _code_key(session, booking, leg, "dispatch.drop_otp", "dropotp")
+            notify.notify_phone(session, booking.recipient_phone, key,
                                 lang=_recipient_language(session, booking),
                                 booking_id=booking.id, dedupe_key=f"leg-{leg.id}-dropotp-{tag}",
                                 ref=booking.reference, otp=drop_code)
         else:
-            notify.notify_customer(session, booking, "dispatch.drop_otp_sender", otp=drop_code,
+            key = _code_key(session, booking, leg, "dispatch.drop_otp_sender", "dropotp")
+            notify.notify_customer(session, booking, key, otp=drop_code,
                                    dedupe_key=f"leg-{leg.id}-dropotp-{tag}")
     return giver_phone
 
@@ -1423,6 +1485,7 @@ def _delivered(session: Session, booking: Booking, leg: Leg, actor: Actor) -> Re
     if leg.sequence == len(legs):
         move_booking(session, booking, BookingStatus.DELIVERED, actor, "drop OTP confirmed")
         _status_to_customer(session, booking, f"leg{leg.id}")
+        rating.ask_after_delivery(session, booking)  # "how was it? 1 to 5" on WhatsApp
     elif booking.status == BookingStatus.PICKED_UP.value:
         move_booking(session, booking, BookingStatus.IN_TRANSIT, actor,
                      "handed over at a Point")
@@ -1575,7 +1638,17 @@ def set_duty(session: Session, partner: PartnerProfile, on: bool) -> Reply:
     if on and home is not None:
         pid, lat, lng, app = partner.id, home.lat, home.lng, partner.has_app
         after_commit(session, lambda: geo_index.place_at_home(pid, lat, lng, has_app=app))
-    return _r("dispatch.duty_on" if on else "dispatch.duty_off")
+    if on:
+        return _r("dispatch.duty_on")
+    # OFF stops new offers only: a job taken stays theirs (reminded, taken back if not
+    # picked up in time), so the answer says what is still in their hands.
+    legs = active_legs_of(session, partner)
+    for status, key in ((LegStatus.ASSIGNED, "dispatch.duty_off_assigned"),
+                        (LegStatus.PICKED_UP, "dispatch.duty_off_carrying")):
+        held = [leg for leg in legs if leg.status == status.value]
+        if held:
+            return _r(key, job=job_code(held[0]))
+    return _r("dispatch.duty_off")
 
 
 def status_lines(session: Session, partner: PartnerProfile, lang: str) -> list[str]:
@@ -1708,4 +1781,5 @@ def find_partner(session: Session, phone: str | None) -> tuple[Person | None,
 __all__ = ["accept", "attach_pod", "cancel_by_partner", "config", "confirm", "continue_search",
            "decline", "delivery_late", "find_candidates", "offer_timeout", "pickup_late",
            "pickup_window", "plan_legs", "search_deadline", "set_duty", "start_dispatch",
-           "start_search", "status_lines", "sweep", "unlock_leg", "update_location"]
+           "start_search", "status_lines", "sweep", "tell_recipient_not_coming", "unlock_leg",
+           "update_location"]

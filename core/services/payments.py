@@ -166,8 +166,8 @@ def cancel_booking(session: Session, booking: Booking, actor: Actor,
     The refund and the fee are decided and reserved in the ledger here, in the caller's
     transaction, so a later state change cannot alter what the customer was told. The
     booking's legs stop with it (dispatch.booking_cancelled): a partner on the way is told,
-    open offers are withdrawn. Cancelled by someone else (ops), the customer and a recipient
-    holding a delivery code are told (_tell_cancelled)."""
+    open offers are withdrawn. Cancelled by someone else (ops), the customer is told; a
+    recipient holding a delivery code is told whoever cancelled (_tell_cancelled)."""
     from core.services import dispatch
 
     dispatch.lock_legs(session, booking.id)  # legs first, then the booking: acceptance's order
@@ -205,38 +205,18 @@ def cancel_booking(session: Session, booking: Booking, actor: Actor,
 
 def _tell_cancelled(session: Session, booking: Booking, actor: Actor, refund_paise: int) -> None:
     """A booking cancelled by someone other than its customer (ops): the customer hears it
-    on their channel, with what comes back to them, as if they had cancelled in chat; a
-    recipient sent a delivery code hears the booking is cancelled, so nobody waits for a
-    parcel or gives the code to anyone. A customer who cancelled was answered already (the
-    dialog, the IVR, the app)."""
-    from core.adapters.models import OutboxMessage
-    from core.services import outbox
+    on their channel, with what comes back to them, as if they had cancelled in chat. A
+    customer who cancelled was answered already (the dialog, the IVR, the app). Whoever
+    cancelled, a recipient sent a delivery code hears the booking is cancelled, so nobody
+    waits for a parcel or gives the code to anyone."""
+    from core.services import dispatch
 
-    if actor.kind == "customer" and actor.id == str(booking.customer_id):
-        return
-    key = "bot.cancel.done_refund" if refund_paise > 0 else "bot.cancel.done"
-    notify.notify_customer(session, booking, key, refund_paise=refund_paise,
-                           dedupe_key=f"cancelled-{booking.id}")
-    if not booking.recipient_phone:
-        return
-    code_sent = session.scalar(select(OutboxMessage.id).where(
-        OutboxMessage.booking_id == booking.id,
-        OutboxMessage.to_addr == outbox.address("sms", booking.recipient_phone),
-        OutboxMessage.dedupe_key.like("leg-%-dropotp-%")).limit(1))
-    if code_sent is not None:
-        notify.notify_phone(session, booking.recipient_phone, "booking.status.cancelled",
-                            lang=_recipient_language(session, booking), booking_id=booking.id,
-                            dedupe_key=f"cancelled-{booking.id}-recipient",
-                            ref=booking.reference)
-
-
-def _recipient_language(session: Session, booking: Booking) -> str:
-    """The recipient's language if we know them, else the sender's (as dispatch does for
-    the delivery code)."""
-    recipient = session.scalar(select(Person).where(Person.phone == booking.recipient_phone))
-    if recipient is not None and recipient.preferred_language:
-        return recipient.preferred_language
-    return notify.language_of(session.get(Person, booking.customer_id))
+    if not (actor.kind == "customer" and actor.id == str(booking.customer_id)):
+        key = "bot.cancel.done_refund" if refund_paise > 0 else "bot.cancel.done"
+        notify.notify_customer(session, booking, key, refund_paise=refund_paise,
+                               dedupe_key=f"cancelled-{booking.id}")
+    dispatch.tell_recipient_not_coming(session, booking, "booking.status.cancelled",
+                                       dedupe_key=f"cancelled-{booking.id}-recipient")
 
 
 def _assigned_leg(session: Session, booking: Booking) -> Leg | None:
