@@ -266,6 +266,8 @@ def load_settings(environ: dict[str, str] | None = None) -> Settings:
 
     raw_level = env.get("LOG_LEVEL", "")
     log_level = raw_level.strip().upper() or "INFO"
+    # Python's logging takes these old names too, and settings written for it use them.
+    log_level = {"WARN": "WARNING", "FATAL": "CRITICAL"}.get(log_level, log_level)
     if log_level not in LOG_LEVELS:  # logging would refuse it only when configured
         problems.append(f"LOG_LEVEL must be one of {', '.join(LOG_LEVELS)}, got {raw_level!r}")
         log_level = "INFO"

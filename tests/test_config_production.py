@@ -123,7 +123,8 @@ def test_the_sandbox_keeps_its_defaults_and_plain_http_emulators():
 
 
 @pytest.mark.parametrize(("given", "level"), [("", "INFO"), ("warning", "WARNING"),
-                                              (" Debug ", "DEBUG"), ("ERROR", "ERROR")])
+                                              (" Debug ", "DEBUG"), ("ERROR", "ERROR"),
+                                              ("warn", "WARNING"), ("FATAL", "CRITICAL")])
 def test_log_level_names_a_level(given, level):
     assert load_settings(production_env(LOG_LEVEL=given)).log_level == level
 
