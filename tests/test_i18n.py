@@ -66,6 +66,10 @@ REQUIRED_KEYS = (
     | {f"ivr.cancel.{k}" for k in ("none", "free", "refund", "fee", "changed",  # voice cancel
                                    "picked_up", "not_allowed")}
     | {f"bot.rate.{k}" for k in ("ask", "help", "thanks", "already")}  # rating after delivery
+    | {"bot.track.pay", "bot.track.link_coming",  # tracking an unpaid booking
+       "ivr.track.link_sent", "ivr.track.link_coming"}
+    | {"bot.cancel.done_fee", "dispatch.cancel_fee"}  # payments.cancel_booking after assignment
+    | {"sms.customer_help"}  # partner_sms: a customer texting our SMS number
 )
 
 LANGUAGE_LIST = "1. हिंदी\n2. English\n3. বাংলা\n4. मराठी\n5. தமிழ்\n6. తెలుగు\n7. ગુજરાતી\n8. ಕನ್ನಡ"
@@ -148,6 +152,26 @@ def test_not_partner_sms_fits_two_unicode_sms(lang: str) -> None:
     text = i18n.t("sms.not_partner", lang, ops_phone="+919876543210",
                   ivr_phone="+918069451234")
     assert len(text) <= (160 if text.isascii() else 134), f"{lang}: {len(text)} characters"
+
+
+@pytest.mark.parametrize("lang", i18n.LANGUAGES)
+def test_customer_sms_help_fits_two_unicode_sms(lang: str) -> None:
+    # The answer to a customer with a booking under way who texts our SMS number.
+    text = i18n.t("sms.customer_help", lang, ref="48217730", ivr_phone="+918069451234")
+    assert len(text) <= (160 if text.isascii() else 134), f"{lang}: {len(text)} characters"
+
+
+# One word for a thing in a language's customer texts: the one most texts use (a rural
+# reader who sees three words for "booking" wonders if they are three things).
+OTHER_WORDS = {"ta": ("பதிவு", "ஓட்டுநர"),  # புக்கிங் (booking), ரைடர் (rider)
+               "hi": ("सवारी",)}  # राइडर (rider)
+
+
+@pytest.mark.parametrize("lang", sorted(OTHER_WORDS))
+def test_one_word_for_booking_and_rider(lang: str) -> None:
+    found = sorted(k for k in i18n.keys(lang) for w in OTHER_WORDS[lang]
+                   if w in i18n.raw(k, lang))
+    assert not found, f"{lang}: {found}"
 
 
 @pytest.mark.parametrize("lang", i18n.LANGUAGES)

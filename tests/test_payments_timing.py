@@ -251,8 +251,9 @@ def test_ops_cancelling_a_paid_booking_tells_the_customer_and_the_recipient(clie
     assert r.status_code == 200 and r.get_json()["cancelled"], r.get_json()
     refund = r.get_json()["refund_paise"]
     assert 0 < refund < booking(bid).total_paise  # the rider keeps a fee
+    fee = r.get_json()["fee_paise"]
     assert to_customer(bid)[before:] == [
-        i18n.t("bot.cancel.done_refund", "en", ref=ref(bid), refund_paise=refund)]
+        i18n.t("bot.cancel.done_fee", "en", ref=ref(bid), fee_paise=fee, refund_paise=refund)]
     assert sent_to(RECIPIENT)[1:] == [i18n.t("booking.status.cancelled", "en", ref=ref(bid))]
     run_jobs()
 

@@ -66,6 +66,11 @@ class BookingRequest(Strict):
 
 class CancelQuery(Strict):
     dry_run: bool = False
+    # 180: "cancelled by ops: " and the reason fit the history's 200 characters
+    reason: str | None = Field(default=None, min_length=3, max_length=180,
+                               description="ops: why they cancel (the customer's request "
+                                           "by phone, ...), kept with the booking's history "
+                                           "and the audit log")
 
 
 class CancellationOut(BaseModel):
@@ -328,7 +333,8 @@ def track_booking(ref: str) -> TrackOut:
 
 
 @endpoint(bp, "POST", "/bookings/<ref>/cancel",
-          summary="Cancel (with ?dry_run=1: only show what would be refunded)",
+          summary="Cancel (with ?dry_run=1: only show what would be refunded; ops add "
+                  "?reason=...)",
           roles=CUSTOMER_OR_OPS, query=CancelQuery, response=CancellationOut,
           tags=("customer",), errors=(404, 409))
 def cancel_booking(ref: str, query: CancelQuery) -> CancellationOut:
@@ -341,14 +347,16 @@ def cancel_booking(ref: str, query: CancelQuery) -> CancellationOut:
             cancelled = False
         else:
             kind: ActorKind = "ops" if who.role == "ops" else "customer"  # CUSTOMER_OR_OPS
-            q = payments.cancel_booking(session, b, Actor(kind, str(who.person_id)),
-                                        "cancelled in the app")
+            why = "cancelled in the app"
+            if kind == "ops":  # the booking's history says who ended it, and why
+                why = f"cancelled by ops: {query.reason}" if query.reason else "cancelled by ops"
+            q = payments.cancel_booking(session, b, Actor(kind, str(who.person_id)), why)
             cancelled = True
             if who.role == "ops":  # money moves on an operator's word: keep the record
                 from core.api.ops import audit
 
                 audit(session, "booking.cancel", f"booking:{b.reference}",
-                      refund_paise=q.refund_paise, fee_paise=q.fee_paise)
+                      refund_paise=q.refund_paise, fee_paise=q.fee_paise, reason=query.reason)
         return CancellationOut(allowed=q.allowed, refund_paise=q.refund_paise,
                                fee_paise=q.fee_paise, reason_code=q.reason_code,
                                status=BookingStatus(b.status), cancelled=cancelled)

@@ -553,7 +553,19 @@ def _track_handle(ctx: Ctx, inp: UserInput) -> Result:
     status = ctx.ports.booking_status(ref)
     if status is None:
         return Retry([Say("bot.track.not_found", {"ref": ref})])
-    return Goto(MENU, [_status_say(ref, status), next_hint()], prompt=False)
+    return Goto(MENU, [_status_say(ref, status), *_pay_link(ctx, ref, status), next_hint()],
+                prompt=False)
+
+
+def _pay_link(ctx: Ctx, ref: str, status: str) -> list[Out]:
+    """A booking waiting for payment is tracked with its link: whoever asks may have lost
+    the message that brought it (or says it is on its way, while it is being made)."""
+    link = ctx.ports.payment_link(ref) if status == "awaiting_payment" else None
+    if link is None:
+        return []
+    if link["url"] is None:
+        return [Say("bot.track.link_coming")]
+    return [Say("bot.track.pay", {"url": link["url"], "total_paise": link["total_paise"]})]
 
 
 _ON_THE_WAY = frozenset({"picked_up", "in_transit"})

@@ -385,7 +385,12 @@ def _track_handle(ctx: Ctx, inp: UserInput) -> Result:
     status = ctx.ports.booking_status(ref)
     if status is None:
         return Retry([Say("ivr.track.not_found")])
-    return Goto(MENU, [Say(f"booking.status.{status}", {"ref": spoken.spell_digits(ref)})])
+    said = [Say(f"booking.status.{status}", {"ref": spoken.spell_digits(ref)})]
+    # Waiting for payment: the link goes again by SMS (a caller may have lost it).
+    link = ctx.ports.payment_link(ref, by_sms=True) if status == "awaiting_payment" else None
+    if link is not None:
+        said.append(Say("ivr.track.link_sent" if link["url"] else "ivr.track.link_coming"))
+    return Goto(MENU, said)
 
 
 # --- cancel: the chat's rules (core.dialog.booking), said for the ear -------------------

@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from functools import lru_cache
 
+from core.domain.otp import OTP_DIGITS
 from core.domain.pricing import (
     SizeBucket,
     SpeedTier,
@@ -563,12 +564,24 @@ def split_otp_and_job(numbers: Sequence[str], job_codes: Iterable[str]) -> tuple
                                                                                 str | None]:
     """(otp, job) from the numbers after PICK/DROP: the OTP comes first, the job code second,
     but a number that is one of the partner's job codes is taken as the job either way
-    (alone too: "PICK 57" names the job, and is not a wrong code that costs a try)."""
+    (alone too: "PICK 57" names the job, and is not a wrong code that costs a try).
+
+    An OTP typed in parts ("PICK 62 04") is one OTP when the numbers that are not job codes
+    make OTP_DIGITS digits together: a job code is never split, so the reading is sure.
+    Numbers that are neither (no job code, and the first is not OTP_DIGITS long: "PICK 62
+    0") are taken as a malformed OTP, so the answer shows the right form instead of "you
+    have no job 0"."""
     codes = set(job_codes)
     if not numbers:
         return None, None
     if len(numbers) == 1:
         return (None, numbers[0]) if numbers[0] in codes else (numbers[0], None)
+    jobs = [n for n in numbers if n in codes]
+    parts = [n for n in numbers if n not in codes]
+    if len(parts) >= 2 and len(jobs) <= 1 and len("".join(parts)) == OTP_DIGITS:
+        return "".join(parts), (jobs[0] if jobs else None)
+    if not jobs and len(numbers[0]) != OTP_DIGITS:
+        return numbers[0], None
     a, b = numbers[0], numbers[1]
     if a in codes and b not in codes:
         return b, a

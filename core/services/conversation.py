@@ -29,7 +29,7 @@ from core.dialog.booking import BOOKING, BOOKING_DIALOG, MENU, RATE
 from core.dialog.engine import Ctx, DialogState, Out, Say, UserInput
 from core.dialog.ports import Place, PlaceResult
 from core.domain.booking import BOOKING as BOOKING_MACHINE
-from core.domain.booking import Actor
+from core.domain.booking import Actor, BookingStatus
 from core.domain.errors import DomainError
 from core.domain.pricing import ParcelCategory, SizeBucket, SpeedTier, WeightBucket
 from core.services import booking as booking_service
@@ -216,6 +216,20 @@ class SessionPorts:
     def booking_status(self, reference: str) -> str | None:
         booking = self._mine(reference)
         return booking.status if booking else None
+
+    def payment_link(self, reference: str, *, by_sms: bool = False) -> dict[str, Any] | None:
+        """For a booking of theirs waiting for payment: {"url": its link, None while the
+        job still makes it; "total_paise"}; None for any other booking. With ``by_sms``
+        the link goes to their phone again (at most once per payments.LINK_AGAIN_EVERY)."""
+        booking = self._mine(reference)
+        if booking is None or booking.status != BookingStatus.AWAITING_PAYMENT.value:
+            return None
+        if booking.expires_at is not None and booking.expires_at <= clock.now():
+            return None  # no longer payable: the sweep closes it and tells them
+        url = payments.payment_url(self.session, booking)
+        if url is not None and by_sms and self.person.phone:
+            payments.send_link_again(self.session, booking, self.person.phone)
+        return {"url": url, "total_paise": booking.total_paise}
 
     def cancel_preview(self, reference: str) -> dict[str, Any] | None:
         booking = self._mine(reference)

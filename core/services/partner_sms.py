@@ -3,8 +3,9 @@
 Runs inside core.services.inbound.process (one transaction, deduplicated by MessageSid),
 so a retried webhook never accepts an offer twice. Commands are parsed by
 core.domain.dispatch.parse_command (English, Hindi in Devanagari and in Latin letters).
-A stranger gets one line on how to book, once a day; anything we cannot act on gets a
-clear answer in the partner's language, never an error page.
+A stranger gets one line on how to book, once a day (a customer with a booking under way:
+how to track or cancel it); anything we cannot act on gets a clear answer in the
+partner's language, never an error page.
 """
 
 from __future__ import annotations
@@ -13,12 +14,15 @@ import hashlib
 import logging
 from zoneinfo import ZoneInfo
 
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from core import clock, i18n
+from core.adapters.models import Booking, Person
 from core.adapters.queue import after_commit
 from core.adapters.redis_conn import redis_client
 from core.config import get_settings
+from core.domain.booking import BOOKING
 from core.domain.dispatch import Kind, parse_command
 from core.domain.errors import DomainError
 from core.services import dispatch
@@ -32,7 +36,7 @@ def handle(session: Session, msg: InboundMessage) -> list[str]:
     person, partner = dispatch.find_partner(session, msg.phone)
     lang = (person.preferred_language if person else None) or i18n.DEFAULT_LANGUAGE
     if partner is None:
-        return _tell_stranger(session, msg.contact, lang)
+        return _tell_stranger(session, msg.contact, lang, person)
     cmd = parse_command(msg.body)
     savepoint = session.begin_nested()
     try:
@@ -58,8 +62,21 @@ def handle(session: Session, msg: InboundMessage) -> list[str]:
 _INDIA = ZoneInfo("Asia/Kolkata")
 
 
-def _tell_stranger(session: Session, contact: str, lang: str) -> list[str]:
-    """How to book, once per India day per number (the contact); after that, silence.
+def _open_booking(session: Session, person: Person | None) -> str | None:
+    """The reference of the newest booking of this customer that is not over, if any."""
+    if person is None:
+        return None
+    return session.scalar(
+        select(Booking.reference).where(Booking.customer_id == person.id,
+                                        Booking.status.not_in([s.value for s in BOOKING.closed]))
+        .order_by(Booking.created_at.desc(), Booking.id.desc()).limit(1))
+
+
+def _tell_stranger(session: Session, contact: str, lang: str,
+                   person: Person | None = None) -> list[str]:
+    """How to book, once per India day per number (the contact); after that, silence. A
+    customer with a booking under way (they answer our SMS about it: "CANCEL") is told
+    instead how to track or cancel it: the same once a day.
 
     Each answer is an SMS we pay for, and an auto-responder (a bank's, another service's)
     answering ours would keep the two numbers texting each other all day. The mark is set
@@ -71,6 +88,9 @@ def _tell_stranger(session: Session, contact: str, lang: str) -> list[str]:
     if redis_client().exists(key):
         return []
     after_commit(session, lambda: redis_client().set(key, 1, ex=2 * 24 * 3600))
+    open_ref = _open_booking(session, person)
+    if open_ref is not None:
+        return [i18n.t("sms.customer_help", lang, ref=open_ref)]
     return [i18n.t("sms.not_partner", lang, ops_phone=get_settings().ops_phone)]
 
 

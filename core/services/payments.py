@@ -133,6 +133,26 @@ def payment_url(session: Session, booking: Booking) -> str | None:
     return link.short_url
 
 
+# A customer who lost their payment link and asks where their booking is gets it again by
+# SMS, at most once per this long per booking (a caller tracking it twice in one call, or
+# calling back at once, is not sent the same SMS twice).
+LINK_AGAIN_EVERY = timedelta(minutes=10)
+
+
+def send_link_again(session: Session, booking: Booking, phone: str) -> bool:
+    """Send the booking's payment link by SMS to ``phone`` again (someone tracking an unpaid
+    booking, who may have lost the first one); False while there is no link to send. The
+    outbox's dedupe key names the booking and the LINK_AGAIN_EVERY slot of now."""
+    url = payment_url(session, booking)
+    if url is None:
+        return False
+    slot = int(clock.now().timestamp() // LINK_AGAIN_EVERY.total_seconds())
+    notify.notify_phone(session, phone, "pay.link", booking_id=booking.id,
+                        dedupe_key=f"paylink-{booking.id}-again-{slot}",
+                        ref=booking.reference, total_paise=booking.total_paise, url=url)
+    return True
+
+
 def payment_urls(session: Session, bookings: list[Booking]) -> dict[int, str]:
     """payment_url of many bookings in one query, by booking id (a list page would
     otherwise cost a query per row); a booking payment_url gives None for is left out."""
@@ -178,6 +198,10 @@ def cancel_booking(session: Session, booking: Booking, actor: Actor,
     was = booking.status
     fee_leg = _assigned_leg(session, booking) if quote.fee_paise else None
     move_booking(session, booking, BookingStatus.CANCELLED, actor, reason)
+    if fee_leg is not None and fee_leg.partner_id is not None:
+        # Queued before dispatch's "job cancelled, do not go for pickup", which stays the
+        # rider's last word on the job; each SMS reads right alone.
+        _tell_fee_earned(session, booking, fee_leg, quote.fee_paise)
     dispatch.booking_cancelled(session, booking, actor)
     if was == BookingStatus.AWAITING_PAYMENT.value:
         _enqueue_after_commit(session, "workers.payments.cancel_payment_link", booking.id,
@@ -199,22 +223,41 @@ def cancel_booking(session: Session, booking: Booking, actor: Actor,
         _open_refund(session, booking, refund_paise, fee, "cancelled", str(actor))
     if fee != quote.fee_paise:
         quote = CancellationQuote(quote.allowed, refund_paise, fee, quote.reason_code)
-    _tell_cancelled(session, booking, actor, quote.refund_paise)
+    _tell_cancelled(session, booking, actor, quote.refund_paise, quote.fee_paise)
     return quote
 
 
-def _tell_cancelled(session: Session, booking: Booking, actor: Actor, refund_paise: int) -> None:
+def _tell_fee_earned(session: Session, booking: Booking, leg: Leg, fee: int) -> None:
+    """The rider whose job is cancelled after they took it hears the cancellation fee is
+    theirs (dispatch's job-cancelled SMS says only not to go)."""
+    from core.services import dispatch
+
+    partner = session.get(PartnerProfile, leg.partner_id)
+    person = session.get(Person, partner.person_id) if partner is not None else None
+    if person is None or not person.phone:
+        return
+    notify.notify_phone(session, person.phone, "dispatch.cancel_fee",
+                        lang=notify.language_of(person), booking_id=booking.id,
+                        dedupe_key=f"leg-{leg.id}-cancel-fee", job=dispatch.job_code(leg),
+                        fee_paise=fee)
+
+
+def _tell_cancelled(session: Session, booking: Booking, actor: Actor, refund_paise: int,
+                    fee_paise: int = 0) -> None:
     """A booking cancelled by someone other than its customer (ops): the customer hears it
-    on their channel, with what comes back to them, as if they had cancelled in chat. A
+    on their channel, with the fee kept for the rider and what comes back to them. A
     customer who cancelled was answered already (the dialog, the IVR, the app). Whoever
     cancelled, a recipient sent a delivery code hears the booking is cancelled, so nobody
     waits for a parcel or gives the code to anyone."""
     from core.services import dispatch
 
     if not (actor.kind == "customer" and actor.id == str(booking.customer_id)):
-        key = "bot.cancel.done_refund" if refund_paise > 0 else "bot.cancel.done"
+        if fee_paise > 0:
+            key = "bot.cancel.done_fee"
+        else:
+            key = "bot.cancel.done_refund" if refund_paise > 0 else "bot.cancel.done"
         notify.notify_customer(session, booking, key, refund_paise=refund_paise,
-                               dedupe_key=f"cancelled-{booking.id}")
+                               fee_paise=fee_paise, dedupe_key=f"cancelled-{booking.id}")
     dispatch.tell_recipient_not_coming(session, booking, "booking.status.cancelled",
                                        dedupe_key=f"cancelled-{booking.id}-recipient")
 
