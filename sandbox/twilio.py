@@ -13,6 +13,7 @@ many upcoming creates answer 503.
 from __future__ import annotations
 
 import base64
+import json
 import secrets
 from datetime import UTC
 
@@ -87,6 +88,19 @@ def create_message(account_sid: str):
     media = request.form.get("MediaUrl")
     content_sid = request.form.get("ContentSid")
     if content_sid:
+        # WhatsApp refuses a template parameter with a line break, a tab or over 4 spaces
+        # in a row (Meta's 132018); Twilio answers with a failed message.
+        try:
+            values = json.loads(request.form.get("ContentVariables", "{}"))
+        except ValueError:
+            values = None
+        if not isinstance(values, dict):
+            return _twilio_error(400, 21656, "The ContentVariables Parameter is invalid.")
+        if any(not isinstance(v, str) or "\n" in v or "\r" in v or "\t" in v or "     " in v
+               for v in values.values()):
+            return _twilio_error(400, 63021, "Channel invalid content error: template "
+                                 "parameters cannot have new-line/tab characters or more "
+                                 "than 4 consecutive spaces")
         # Twilio renders the approved template; we keep what would be shown.
         body = f"[template {content_sid}] {request.form.get('ContentVariables', '{}')}"
     if not to:

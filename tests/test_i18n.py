@@ -211,7 +211,13 @@ def test_english_counts_read_right_when_the_count_is_one() -> None:
     # "1 tries left": English texts put a count in a label ("Tries left: 1") instead.
     assert "1 tries" not in i18n.t("dispatch.otp_wrong", "en", job="12", left=1)
     assert "1 jobs" not in i18n.t("dispatch.at_capacity", "en", n=1)
-    plural_after_count = re.compile(r"\{(?:n|left)\} [a-z]+s\b")
+    # A speed tier set to 1 hour (DISPATCH_DELIVERY_HOURS): not "within 1 hours".
+    for tier in ("express", "standard", "economy"):
+        assert "1 hours" not in i18n.t(f"tier.{tier}", "en", hours=1)
+        # Marathi and Telugu have a plural ending after a count too ("तासांत", "గంటల్లో").
+        assert "1 तासांत" not in i18n.t(f"tier.{tier}", "mr", hours=1)
+        assert "1 గంటల్లో" not in i18n.t(f"tier.{tier}", "te", hours=1)
+    plural_after_count = re.compile(r"\{(?:n|left|hours)\} [a-z]+s\b")
     wrong = sorted(k for k in i18n.keys("en") if plural_after_count.search(i18n.raw(k, "en")))
     assert not wrong, wrong
 

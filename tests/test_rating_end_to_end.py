@@ -9,12 +9,14 @@ from core import i18n
 from core.adapters.api_models import BookingRating
 from core.adapters.db import transaction
 from core.adapters.models import Booking, Person
+from core.services import rating
 from tests.conftest import send_whatsapp
 from tests.test_dispatch import (  # noqa: F401  (frozen: a fixture)
     CUSTOMER,
     LAXMIPUR,
     RECIPIENT,
     bodies_to,
+    freeze_at,
     frozen,
     last_code,
     make_partner,
@@ -37,6 +39,7 @@ def test_drop_asks_and_the_answer_rates(client, live, frozen):  # noqa: F811
     with transaction() as s:
         s.add(Person(phone=CUSTOMER, name="Meena", role="customer", preferred_language="hi"))
     wa(client, "hi")
+    freeze_at(rating.QUIET.total_seconds())  # delivered once the chat is quiet
     bid = paid_booking()
     with transaction() as s:
         s.execute(update(Booking).where(Booking.id == bid).values(channel="whatsapp"))

@@ -84,7 +84,7 @@ def test_the_chat_says_the_configured_hours_and_nothing_else_by_day(client, hour
         assert f"{n}. {i18n.t(f'tier.{tier}', 'en', hours=h)}: ₹" in asked, asked
     assert i18n.t("bot.speed.no_rider", "en") not in asked
     shown = chat.send("1")
-    assert "Speed: Fast (within 2 hours)" in shown, shown
+    assert "Speed: Fast (within 2 hr)" in shown, shown
     assert "No rider is free" not in shown
 
 

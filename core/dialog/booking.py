@@ -14,9 +14,11 @@ speed. After changing a group the dialog goes straight back to the confirmation.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from core import i18n
 from core.dialog import words
 from core.dialog.engine import (
     Choices,
@@ -405,7 +407,7 @@ def _speed_prompt(ctx: Ctx) -> list[Out]:
         for t in TIERS
     )
     # Nobody on duty near the pickup (at night, say): said before a tier is picked.
-    out: list[Out] = [] if q["rider_free"] else [Say("bot.speed.no_rider")]
+    out: list[Out] = [] if ctx.ports.rider_free(ctx.slots) else [Say("bot.speed.no_rider")]
     return [*out, Say("bot.speed.ask", {"km": q["km"]}), Choices(options)]
 
 
@@ -434,7 +436,7 @@ def _confirm_prompt(ctx: Ctx) -> list[Out]:
         out.append(Say("bot.confirm.line", {"label": Say(f"fare.{code}"),
                                             "amount_paise": amount}, joined=len(out) > 1))
     out.append(Say("bot.confirm.total", {"total_paise": fare["total_paise"]}, joined=True))
-    if not q["rider_free"]:
+    if not ctx.ports.rider_free(s):
         # The last word before the payment link: paid now, the booking would wait out
         # its search with nobody to take it, then be refunded days later.
         out.append(Say("bot.confirm.no_rider", {"minutes": q["search_minutes"][s["tier"]]}))
@@ -682,13 +684,43 @@ def _cancel_finished(ctx: Ctx, say: list[Out]) -> Result:
 # which moves an idle chat to this step: "1".."5" are stars here only, so a customer
 # at the menu who sends "1" starts a booking. Anything but a rating leaves the step.
 STAR_CHARS = frozenset("⭐★🌟")
+_OUT_OF_5 = re.compile(r"\s*(?:/|out of|of)\s*5\b")
+_DIGITS = re.compile(r"\d+")
+_STARS_LINE = re.compile(r"^\s*([1-5])\s*=\s*([^⭐(]+?)\s*⭐", re.MULTILINE)
+MAX_RATING_WORDS = 5  # "I give it 5 stars": a short reply; a longer one is not read for a digit
+
+
+def rating_words() -> dict[str, int]:
+    """The question's own words for its ends, in every language ("very good" 5, "बहुत
+    खराब" 1): read from its "5 = very good ⭐⭐⭐⭐⭐" lines, so they follow the catalogs."""
+    found: dict[str, int] = {}
+    for lang in LANGUAGES:
+        try:
+            text = i18n.raw("bot.rate.ask", lang)
+        except KeyError:
+            continue
+        for stars, word in _STARS_LINE.findall(text):
+            found[words.clean(word)] = int(stars)
+    return found
 
 
 def stars_given(text: str) -> int | None:
-    """1..5 from "4", "४", "char", "⭐⭐⭐⭐" or "4 ⭐"; None for anything else."""
-    t = words.clean(text).replace(" ", "")
-    bare = "".join(ch for ch in t if ch not in STAR_CHARS)
-    stars = words.number(bare) if bare else len(t)
+    """1..5 from "4", "४", "char", "⭐⭐⭐⭐", "4 ⭐", "5 stars", "4/5", "4 out of 5" or the
+    question's own "very good"; None for anything else."""
+    t = words.clean(text)
+    bare = "".join(ch for ch in t if ch not in STAR_CHARS).strip()
+    if not bare:  # stars only
+        stars: int | None = len(t.replace(" ", ""))
+    else:
+        stars = words.number(bare)
+        if stars is None:
+            stars = rating_words().get(words.clean(bare))
+        if stars is None:
+            # One number in a short reply, "out of 5" aside: "5 stars", "⭐ 5 👍", "4/5".
+            plain = _OUT_OF_5.sub(" ", words.ascii_digits(bare))
+            digits = _DIGITS.findall(plain)
+            if len(digits) == 1 and len(plain.split()) <= MAX_RATING_WORDS:
+                stars = int(digits[0])
     return stars if stars is not None and 1 <= stars <= 5 else None
 
 
@@ -702,12 +734,14 @@ def _rate_handle(ctx: Ctx, inp: UserInput) -> Result:
     if ref is None:
         return Goto(MENU)
     if stars is None:
-        tried = not inp.has_location and (
-            words.number(inp.text) is not None or any(ch in STAR_CHARS for ch in inp.text))
-        if tried:  # "6", "⭐⭐⭐⭐⭐⭐": a rating out of range
-            return Retry([Say("bot.rate.help")])
-        _end_rating(ctx)
-        return Goto(MENU)  # they moved on: the menu, as for a greeting
+        # A greeting or a place moves on; anything else ("good", "6", "10/10") was most
+        # likely meant as the answer: say how to answer, once, then leave the question.
+        if (inp.has_location or words.clean(inp.text) in GREETINGS
+                or ctx.scratch.get("helped")):
+            _end_rating(ctx)
+            return Goto(MENU)
+        ctx.scratch["helped"] = True
+        return Retry([Say("bot.rate.help")])
     done = ctx.ports.rate(ref, stars)
     _end_rating(ctx)
     if done.get("refused"):  # rated already (in the app)

@@ -298,7 +298,8 @@ def _speed_prompt(ctx: Ctx) -> list[Out]:
                                  "amount": amount(q["tiers"][t]["total_paise"], ctx.lang)})
         for t in TIERS
     )
-    out: list[Out] = [] if q["rider_free"] else [Say("ivr.speed.no_rider")]
+    free = ctx.ports.rider_free(full_slots(ctx.slots))
+    out: list[Out] = [] if free else [Say("ivr.speed.no_rider")]
     return [*out, Say("ivr.speed.ask", {"km": q["km"]}), Choices(options)]
 
 
@@ -314,7 +315,7 @@ def _confirm_prompt(ctx: Ctx) -> list[Out]:
                                         "tier": tier_label(s["tier"], q)}),
             Say("ivr.confirm.fare", {"amount": amount(total, ctx.lang)}),
             # Nobody near to take it: said before the payment link goes out by SMS.
-            *([] if q["rider_free"] else [
+            *([] if ctx.ports.rider_free(full_slots(s)) else [
                 Say("ivr.confirm.no_rider", {"minutes": q["search_minutes"][s["tier"]]})]),
             Choices((Say("ivr.confirm.yes"), Say("ivr.confirm.change"),
                      Say("ivr.confirm.cancel")))]

@@ -179,8 +179,13 @@ class SessionPorts:
         return {"km": _km(q.distance_m), "vehicle": q.vehicle,
                 "tiers": {str(t): f.to_dict() for t, f in q.fares.items()},
                 "hours": {str(t): h for t, h in q.hours.items()},
-                "search_minutes": {str(t): m for t, m in q.search_minutes.items()},
-                "rider_free": booking_service.rider_free_near(self.session, pickup, parcel)}
+                "search_minutes": {str(t): m for t, m in q.search_minutes.items()}}
+
+    def rider_free(self, slots: dict[str, Any]) -> bool:
+        # Apart from quote: a rider look-up (Redis, maybe the database) is paid only where
+        # its answer is shown, not by the price re-check on "yes".
+        pickup, _, parcel = self._trip(slots)
+        return booking_service.rider_free_near(self.session, pickup, parcel)
 
     def confirm(self, slots: dict[str, Any]) -> dict[str, Any]:
         """{"ref", "total_paise"} of the booking made, or {"refused": "too_many_unpaid",
@@ -361,11 +366,16 @@ def dialog_turn(session: Session, person: Person, conv: Conversation, inp: UserI
         if late is None:
             outs = engine.turn(dialog, state, inp, ports, lang)
         else:
-            state.data.pop("rate_ref", None)
-            state.data.pop("rate_asked_at", None)
+            pending = {k: state.data.pop(k, None) for k in ("rate_ref", "rate_asked_at")}
             if late == "before":  # written before the question came: it answers the menu
                 state.step = MENU
                 outs = engine.turn(dialog, state, inp, ports, lang)
+                if state.step == MENU and not conv.handoff:
+                    # Still free: the question stands, and is asked again below that
+                    # answer, so the customer's next digit (for the question on their
+                    # screen) is not taken as a menu choice.
+                    state.data.update(pending)
+                    outs += engine.enter(dialog, ctx, RATE)
             else:  # the question is old: the menu, not "4" taken as stars days later
                 outs = engine.enter(dialog, ctx, MENU)
     elif (idle is not None and idle > IDLE_RESUME and person.preferred_language is not None

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import cast
@@ -185,8 +186,27 @@ def deliver(outbox_id: int) -> str:
         template = session.get(WhatsappTemplateSend, outbox_id)
         claimed = _Claimed(outbox_id, row.to_addr, row.from_addr, row.body, row.media_url,
                            row.attempts, template.content_sid if template else None,
-                           dict(template.content_variables) if template else None)
+                           {k: template_value(str(v))
+                            for k, v in template.content_variables.items()}
+                           if template else None)
     return _send(claimed)
+
+
+_LINE_BREAKS = re.compile(r"\s*[\r\n]+\s*")
+_SPACES = re.compile(r"\s{2,}|\t")
+_SENTENCE_END = (".", "!", "?", "।", ":", "|")
+
+
+def template_value(text: str) -> str:
+    """``text`` as a WhatsApp template variable: one line. Meta refuses a parameter with
+    a line break, a tab or more than 4 spaces in a row (error 132018), and our texts
+    have lines ("5 = very good" under the question): a line ends a sentence or gets " - "."""
+    out = ""
+    for line in _LINE_BREAKS.split(text.strip()):
+        if out:
+            out += " " if out.endswith(_SENTENCE_END) else " - "
+        out += line
+    return _SPACES.sub(" ", out)
 
 
 @dataclass(frozen=True)
