@@ -215,3 +215,11 @@ def test_going_off_duty_answers_the_offer_in_hand_and_the_next_partner_gets_it(c
     assert "OFF duty" in sms(client, first_phone, "OFF")[0]
     assert {o.partner_id: o.status for o in offers(leg.id)} == {first: "declined",
                                                                 second: "open"}
+
+
+@pytest.mark.parametrize("lang", i18n.LANGUAGES)
+def test_the_rider_cancelled_with_a_fee_sms_fits_two_unicode_sms(lang: str) -> None:
+    # One SMS says both: do not go, and the fee is theirs. An SMS in an Indic script
+    # (UCS-2) holds 70 characters, two of them 134; in English (GSM-7) one holds 160.
+    text = i18n.t("dispatch.job_cancelled_fee", lang, job="12345678", fee_paise=123456)
+    assert len(text) <= (160 if text.isascii() else 134), f"{lang}: {len(text)} characters"

@@ -68,7 +68,8 @@ REQUIRED_KEYS = (
     | {f"bot.rate.{k}" for k in ("ask", "help", "thanks", "already")}  # rating after delivery
     | {"bot.track.pay", "bot.track.link_coming",  # tracking an unpaid booking
        "ivr.track.link_sent", "ivr.track.link_coming"}
-    | {"bot.cancel.done_fee", "dispatch.cancel_fee"}  # payments.cancel_booking after assignment
+    | {"bot.cancel.done_fee", "dispatch.job_cancelled_fee"}  # cancel_booking after assignment
+    | {f"dispatch.handover_{k}_new" for k in ("give", "take")}  # relay codes resent
     | {"sms.customer_help"}  # partner_sms: a customer texting our SMS number
 )
 
@@ -164,11 +165,16 @@ def test_customer_sms_help_fits_two_unicode_sms(lang: str) -> None:
 # One word for a thing in a language's customer texts: the one most texts use (a rural
 # reader who sees three words for "booking" wonders if they are three things).
 OTHER_WORDS = {"ta": ("பதிவு", "ஓட்டுநர"),  # புக்கிங் (booking), ரைடர் (rider)
-               "hi": ("सवारी",)}  # राइडर (rider)
+               "hi": ("सवारी", "भुगतान", "रद्द"),  # राइडर (rider), पेमेंट, कैंसिल
+               "te": ("పార్శిల్", "చెల్లింపు", "క్యాన్సిల్"),  # పార్సెల్, పేమెంట్, రద్దు (cancel)
+               "gu": ("કેન્સલ", "ચુકવણી"),  # રદ (cancel), પેમેન્ટ (payment)
+               "kn": ("ಕ್ಯಾನ್ಸಲ್", "ಪೇಮೆಂಟ್"),  # ರದ್ದು (cancel), ಪಾವತಿ (payment)
+               "mr": ("कॅन्सल",),  # रद्द (cancel)
+               "bn": ("ক্যানসেল", "ক্যান্সেল")}  # বাতিল (cancel)
 
 
 @pytest.mark.parametrize("lang", sorted(OTHER_WORDS))
-def test_one_word_for_booking_and_rider(lang: str) -> None:
+def test_one_word_for_each_thing(lang: str) -> None:
     found = sorted(k for k in i18n.keys(lang) for w in OTHER_WORDS[lang]
                    if w in i18n.raw(k, lang))
     assert not found, f"{lang}: {found}"

@@ -156,3 +156,24 @@ def test_only_bookings_that_can_still_be_cancelled_are_offered(phone):  # noqa: 
     heard = phone.press("5")  # nothing left to cancel: said, and the menu again
     assert t("ivr.cancel.none") in heard.text and t("ivr.menu") in heard.text
     assert step_of(phone.phone) == "menu"
+
+
+def test_the_cancel_list_works_out_each_refund_once(phone, monkeypatch):  # noqa: F811
+    # Pressing 5 checks there is something to cancel and reads the list out: one refund
+    # worked out per booking (each costs several queries), not one for each.
+    from core.services.conversation import SessionPorts
+
+    refs = [unpaid_booking(phone.phone) for _ in range(3)]
+    phone.call()
+    phone.press("1")  # हिंदी
+    previewed: list[str] = []
+    real = SessionPorts.cancel_preview
+
+    def counting(self, reference):
+        previewed.append(reference)
+        return real(self, reference)
+
+    monkeypatch.setattr(SessionPorts, "cancel_preview", counting)
+    heard = phone.press("5")
+    assert all(option(ref) in heard.text for ref in refs)
+    assert sorted(previewed) == sorted(refs)

@@ -176,6 +176,69 @@ def test_an_ops_unlock_sends_the_recipient_a_code_that_replaces_the_old_one(clie
     assert "no longer works" in bodies_to(RECIPIENT)[-1]
 
 
+def _relay_leg2_taken(client):
+    """Ramesh has picked the parcel up for leg 1 and Asha taken leg 2, both at Point A,
+    both reading English: each has one handover code. Returns their phones and legs."""
+    point_a = make_point("Point A", *A)
+    make_point("Point B", *B)
+    _, r_phone = make_partner("Ramesh", A, point_id=point_a, max_active_legs=1, lang="en")
+    _, a_phone = make_partner("Asha", A, point_id=point_a, max_active_legs=1, lang="en")
+    booking_id = paid_booking(pickup=P, drop=D)
+    start(booking_id)
+    leg1, leg2, _ = (str(leg.id) for leg in legs_of(booking_id))
+    sms(client, r_phone, "1")
+    sms(client, r_phone, f"PICK {last_code(CUSTOMER, 'पार्सल उठाने')}")
+    assert "is yours" in sms(client, a_phone, "1")[0]
+    assert bodies_to(r_phone)[-1] == i18n.t("dispatch.handover_give", "en", job=leg1,
+                                            point="Point A", otp=last_code(r_phone))
+    assert bodies_to(a_phone)[-1] == i18n.t("dispatch.handover_take", "en", job=leg2,
+                                            point="Point A", otp=last_code(a_phone))
+    return booking_id, r_phone, a_phone, leg1, leg2
+
+
+def test_a_relay_give_back_sends_a_handover_code_that_replaces_the_old_one(client, live,
+                                                                          frozen):  # noqa: F811
+    # Asha gives leg 2 back and Bala takes it: Ramesh's code for the next rider is new and
+    # says so; Bala never had one, so his is a plain first code.
+    booking_id, r_phone, a_phone, leg1, leg2 = _relay_leg2_taken(client)
+    to_ramesh = len(bodies_to(r_phone))
+    sms(client, a_phone, f"CANCEL {leg2}")
+    point_a = legs_of(booking_id)[1].from_point_id
+    _, b_phone = make_partner("Bala", A, point_id=point_a, max_active_legs=1, lang="en",
+                              on_duty=False)
+    sms(client, b_phone, "ON")
+    freeze_at(121)  # the search's next round finds Bala
+    release_scheduled(timedelta(minutes=3))
+    run_jobs()
+    assert "is yours" in sms(client, b_phone, "1")[0]
+    new = last_code(r_phone)
+    assert bodies_to(r_phone)[to_ramesh:] == [
+        i18n.t("dispatch.handover_give_new", "en", job=leg1, point="Point A", otp=new)]
+    assert "no longer works" in bodies_to(r_phone)[-1]
+    assert bodies_to(b_phone)[-1] == i18n.t("dispatch.handover_take", "en", job=leg2,
+                                            point="Point A", otp=last_code(b_phone))
+    # The new codes are the ones that hand the parcel over.
+    assert "delivered" in sms(client, r_phone, f"DROP {last_code(b_phone)}")[0]
+    assert "picked up" in sms(client, b_phone, f"PICK {new}")[0]
+
+
+def test_an_ops_unlock_sends_the_next_rider_a_handover_code_that_replaces_the_old_one(
+        client, live, frozen):  # noqa: F811
+    booking_id, r_phone, a_phone, leg1, leg2 = _relay_leg2_taken(client)
+    old = last_code(a_phone)
+    wrong = f"{(int(old) + 1) % 10000:04d}"
+    for _ in range(dispatch.config().otp_max_failures):
+        sms(client, r_phone, f"DROP {wrong}")
+    assert legs_of(booking_id)[0].status == "locked"
+    to_asha = len(bodies_to(a_phone))
+    with transaction() as s:
+        dispatch.unlock_leg(s, int(leg1), Actor("ops", "1"))
+    new = last_code(a_phone)
+    assert bodies_to(a_phone)[to_asha:] == [
+        i18n.t("dispatch.handover_take_new", "en", job=leg2, point="Point A", otp=new)]
+    assert "delivered" in sms(client, r_phone, f"DROP {new}")[0]
+
+
 # --- a relay customer told "still looking" hears when a rider is found ----------------------
 
 

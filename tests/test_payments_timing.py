@@ -23,7 +23,7 @@ from core.services import ledger, payments
 from sandbox import razorpay as emu
 from tests.conftest import release_scheduled, run_jobs
 from tests.test_api import sign_in
-from tests.test_dispatch import LAXMIPUR, make_partner, sms
+from tests.test_dispatch import LAXMIPUR, legs_of, make_partner, sms
 from tests.test_payments_support import (
     SKIPPED,
     booking,
@@ -245,7 +245,7 @@ def test_ops_cancelling_a_paid_booking_tells_the_customer_and_the_recipient(clie
     run_jobs()
     assert sms(client, rider, "1")  # Ramesh takes the job: the recipient gets the drop code
     assert len(sent_to(RECIPIENT)) == 1
-    before = len(to_customer(bid))
+    before, to_rider = len(to_customer(bid)), len(sent_to(rider))
     ops = sign_in(client, OPERATOR, role="ops")
     r = client.post(f"/api/v1/bookings/{ref(bid)}/cancel", headers=ops)
     assert r.status_code == 200 and r.get_json()["cancelled"], r.get_json()
@@ -255,6 +255,10 @@ def test_ops_cancelling_a_paid_booking_tells_the_customer_and_the_recipient(clie
     assert to_customer(bid)[before:] == [
         i18n.t("bot.cancel.done_fee", "en", ref=ref(bid), fee_paise=fee, refund_paise=refund)]
     assert sent_to(RECIPIENT)[1:] == [i18n.t("booking.status.cancelled", "en", ref=ref(bid))]
+    # The rider hears it once: not to go, and the fee that is theirs.
+    (leg,) = legs_of(bid)
+    assert sent_to(rider)[to_rider:] == [
+        i18n.t("dispatch.job_cancelled_fee", "hi", job=str(leg.id), fee_paise=fee)]
     run_jobs()
 
 

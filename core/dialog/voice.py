@@ -141,8 +141,11 @@ def _menu_handle(ctx: Ctx, inp: UserInput) -> Result:
     if picked == 4:
         return Goto("language")
     if picked == 5:
-        if not _cancellable(ctx):
+        found = _cancellable(ctx)
+        if not found:
             return Stay([Say("ivr.cancel.none")])
+        # Read by the list's prompt in this same turn: each refund is worked out once.
+        ctx.state.data[_CANCELLABLE] = found
         return Goto("cancel_pick")
     return Retry()
 
@@ -396,6 +399,11 @@ def _track_handle(ctx: Ctx, inp: UserInput) -> Result:
 
 # --- cancel: the chat's rules (core.dialog.booking), said for the ear -------------------
 
+# state.data key: the menu's list of cancellable bookings, handed to the list's prompt in
+# the same turn (popped there, so never stored with the call's state).
+_CANCELLABLE = "cancellable"
+
+
 def _cancellable(ctx: Ctx) -> list[tuple[str, dict[str, Any]]]:
     """The caller's bookings that can be cancelled now, newest first, each with what
     cancelling it would do: one already picked up is not read out to them."""
@@ -412,7 +420,7 @@ def _not_allowed(quote: dict[str, Any]) -> Say:
 
 
 def _cancel_pick_prompt(ctx: Ctx) -> list[Out]:
-    found = _cancellable(ctx)
+    found = ctx.state.data.pop(_CANCELLABLE, None) or _cancellable(ctx)
     ctx.scratch["refs"] = [ref for ref, _ in found]
     if not found:
         return [Say("ivr.cancel.none"), Say("ivr.hint")]

@@ -847,13 +847,15 @@ _STOPPABLE = frozenset({LegStatus.PENDING.value, LegStatus.OFFERING.value,
                         LegStatus.ASSIGNED.value, LegStatus.LOCKED.value})
 
 
-def booking_cancelled(session: Session, booking: Booking, actor: Actor) -> int:
+def booking_cancelled(session: Session, booking: Booking, actor: Actor, *,
+                      fee_leg_id: int | None = None, fee_paise: int = 0) -> int:
     """The booking was cancelled before pickup: its legs stop; return how many.
 
     Searches end, open offers are withdrawn (the partners hear the job is no longer open,
     and it does not count against them), and a partner who had taken a leg is told the job
-    is off, which frees their capacity. The caller holds the legs' locks (lock_legs), then
-    the booking's, and has moved the booking to cancelled."""
+    is off, which frees their capacity; the one paid a cancellation fee for leg
+    ``fee_leg_id`` hears it in the same SMS. The caller holds the legs' locks (lock_legs),
+    then the booking's, and has moved the booking to cancelled."""
     stopped = 0
     for leg in _legs(session, booking):
         if leg.status not in _STOPPABLE:
@@ -866,7 +868,11 @@ def booking_cancelled(session: Session, booking: Booking, actor: Actor) -> int:
         _withdraw_open(session, leg, booking)
         partner = session.get(PartnerProfile, leg.partner_id) if leg.partner_id else None
         move_leg(session, leg, LegStatus.CANCELLED, actor, "booking cancelled")
-        if partner is not None:
+        if partner is not None and fee_paise > 0 and leg.id == fee_leg_id:
+            _sms_partner(session, partner, "dispatch.job_cancelled_fee",
+                         booking_id=booking.id, dedupe_key=f"leg-{leg.id}-cancelled",
+                         job=job_code(leg), fee_paise=fee_paise)
+        elif partner is not None:
             _sms_partner(session, partner, "dispatch.job_cancelled", booking_id=booking.id,
                          dedupe_key=f"leg-{leg.id}-cancelled", job=job_code(leg))
         stopped += 1
@@ -1293,12 +1299,22 @@ def _next_rider_to_customer(session: Session, booking: Booking, leg: Leg) -> Non
                                dedupe_key=promise.removesuffix("-searching") + "-found")
 
 
-def _code_key(session: Session, booking: Booking, leg: Leg, key: str, kind: str) -> str:
-    """The catalog key for a code of ``kind`` (pickotp, dropotp) sent for the leg: its
-    ``_new`` variant when one was sent before (a rider gave the job back, ops unlocked the
-    leg), which says the old code no longer works."""
-    sent = _last_sent(session, booking, f"leg-{leg.id}-{kind}-%")
+def _code_key(session: Session, booking: Booking, leg: Leg, key: str, kind: str, *,
+              to_phone: str | None = None) -> str:
+    """The catalog key for a code of ``kind`` (pickotp, dropotp, handgive, handtake) sent
+    for the leg: its ``_new`` variant when one was sent before (a rider gave the job back,
+    ops unlocked the leg), which says the old code no longer works. A handover code counts
+    only if it went to ``to_phone``: a rider new to the job never had the old one."""
+    sent = _last_sent(session, booking, f"leg-{leg.id}-{kind}-%", to_phone=to_phone)
     return key + "_new" if sent is not None else key
+
+
+def _handover_key(session: Session, booking: Booking, leg: Leg, partner: PartnerProfile,
+                  key: str, kind: str) -> str:
+    phone = _person(session, partner).phone
+    if not phone:
+        return key  # nothing is sent (_sms_partner)
+    return _code_key(session, booking, leg, key, kind, to_phone=phone)
 
 
 def send_leg_codes(session: Session, booking: Booking, leg: Leg, *, tag: str,
@@ -1320,7 +1336,9 @@ def send_leg_codes(session: Session, booking: Booking, leg: Leg, *, tag: str,
         nxt = legs[leg.sequence]
         taker = session.get(PartnerProfile, nxt.partner_id) if nxt.partner_id else None
         if taker is not None and nxt.status == LegStatus.ASSIGNED.value:
-            _sms_partner(session, taker, "dispatch.handover_take", booking_id=booking.id,
+            key = _handover_key(session, booking, nxt, taker, "dispatch.handover_take",
+                                "handtake")
+            _sms_partner(session, taker, key, booking_id=booking.id,
                          dedupe_key=f"leg-{nxt.id}-handtake-{leg.id}-{tag}", job=job_code(nxt),
                          point=_place(session, booking, nxt, "from"), otp=drop_code)
     if pickup and leg.sequence == 1:
@@ -1336,13 +1354,17 @@ def send_leg_codes(session: Session, booking: Booking, leg: Leg, *, tag: str,
         if prev_partner is not None and partner is not None:
             giver_phone = _person(session, prev_partner).phone
             # The rider handing over at the Point gives this code to the next rider ...
-            _sms_partner(session, prev_partner, "dispatch.handover_give", booking_id=booking.id,
+            key = _handover_key(session, booking, leg, prev_partner, "dispatch.handover_give",
+                                "handgive")
+            _sms_partner(session, prev_partner, key, booking_id=booking.id,
                          dedupe_key=f"leg-{leg.id}-handgive-{tag}", job=job_code(prev),
                          point=point, otp=pickup_code)
             # ... and keys in the code the next rider reads out: prev leg's drop OTP.
             if prev.status in (LegStatus.ASSIGNED.value, LegStatus.PICKED_UP.value):
                 _, prev_drop = issue_leg_otps(prev)
-                _sms_partner(session, partner, "dispatch.handover_take", booking_id=booking.id,
+                key = _handover_key(session, booking, leg, partner, "dispatch.handover_take",
+                                    "handtake")
+                _sms_partner(session, partner, key, booking_id=booking.id,
                              dedupe_key=f"leg-{leg.id}-handtake-{tag}", job=job_code(leg),
                              point=point, otp=prev_drop)
     if is_last:

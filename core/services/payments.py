@@ -198,11 +198,10 @@ def cancel_booking(session: Session, booking: Booking, actor: Actor,
     was = booking.status
     fee_leg = _assigned_leg(session, booking) if quote.fee_paise else None
     move_booking(session, booking, BookingStatus.CANCELLED, actor, reason)
-    if fee_leg is not None and fee_leg.partner_id is not None:
-        # Queued before dispatch's "job cancelled, do not go for pickup", which stays the
-        # rider's last word on the job; each SMS reads right alone.
-        _tell_fee_earned(session, booking, fee_leg, quote.fee_paise)
-    dispatch.booking_cancelled(session, booking, actor)
+    # The rider who had taken the job hears in one SMS not to go and the fee they get.
+    dispatch.booking_cancelled(session, booking, actor,
+                               fee_leg_id=fee_leg.id if fee_leg is not None else None,
+                               fee_paise=quote.fee_paise)
     if was == BookingStatus.AWAITING_PAYMENT.value:
         _enqueue_after_commit(session, "workers.payments.cancel_payment_link", booking.id,
                               job_id=f"paylink-cancel-{booking.id}")
@@ -225,21 +224,6 @@ def cancel_booking(session: Session, booking: Booking, actor: Actor,
         quote = CancellationQuote(quote.allowed, refund_paise, fee, quote.reason_code)
     _tell_cancelled(session, booking, actor, quote.refund_paise, quote.fee_paise)
     return quote
-
-
-def _tell_fee_earned(session: Session, booking: Booking, leg: Leg, fee: int) -> None:
-    """The rider whose job is cancelled after they took it hears the cancellation fee is
-    theirs (dispatch's job-cancelled SMS says only not to go)."""
-    from core.services import dispatch
-
-    partner = session.get(PartnerProfile, leg.partner_id)
-    person = session.get(Person, partner.person_id) if partner is not None else None
-    if person is None or not person.phone:
-        return
-    notify.notify_phone(session, person.phone, "dispatch.cancel_fee",
-                        lang=notify.language_of(person), booking_id=booking.id,
-                        dedupe_key=f"leg-{leg.id}-cancel-fee", job=dispatch.job_code(leg),
-                        fee_paise=fee)
 
 
 def _tell_cancelled(session: Session, booking: Booking, actor: Actor, refund_paise: int,
