@@ -178,7 +178,15 @@ def load_settings(environ: dict[str, str] | None = None) -> Settings:
             problems.append(f"{name} is the sandbox's {sandbox_value}; set the real one")
         return value or sandbox_value
 
-    port = _int(env, "PORT", 8000, minimum=1)
+    def num(name: str, default: int, *, minimum: int = 0, maximum: int | None = None) -> int:
+        """An integer setting; a bad one is one more line of the refusal, not the only one."""
+        try:
+            return _int(env, name, default, minimum=minimum, maximum=maximum)
+        except ConfigError as err:
+            problems.append(str(err))
+            return default
+
+    port = num("PORT", 8000, minimum=1)
     public_base_url = env.get("PUBLIC_BASE_URL") or f"http://127.0.0.1:{port}"
     public_base_url = public_base_url.rstrip("/")
     parts = urlsplit(public_base_url)
@@ -218,6 +226,19 @@ def load_settings(environ: dict[str, str] | None = None) -> Settings:
             for earlier, other in named[:i]:
                 if given and given == other:
                     problems.append(f"{name} is the same as {earlier}; give each its own")
+        # Twilio's SharedKey secrets (comma-separated while rotating), each checked alike.
+        for key in (k.strip() for k in env.get("TWILIO_WEBHOOK_SHARED_KEY", "").split(",")):
+            if not key:
+                continue
+            if key in SANDBOX_SECRETS:
+                problems.append("TWILIO_WEBHOOK_SHARED_KEY holds a sandbox default; set a "
+                                "real secret")
+            elif len(key) < ISSUED_SECRET_MIN:
+                problems.append("TWILIO_WEBHOOK_SHARED_KEY is too short: at least "
+                                f"{ISSUED_SECRET_MIN} characters each")
+            elif any(key == other for _, other in named):
+                problems.append("TWILIO_WEBHOOK_SHARED_KEY is the same as another secret; "
+                                "give each its own")
 
     # In sandbox mode the real clients talk to our emulators mounted under /sandbox.
     twilio_api_base = env.get("TWILIO_API_BASE") or None
@@ -293,19 +314,19 @@ def load_settings(environ: dict[str, str] | None = None) -> Settings:
         ops_phone=ops_phone,
         osrm_url=env.get("OSRM_URL") or None,
         data_dir=Path(env.get("DATA_DIR") or ROOT / "var"),
-        detour_factor_bp=_int(env, "DETOUR_FACTOR_BP", 13500, minimum=10000),
-        inbound_rate_limit=_int(env, "INBOUND_RATE_LIMIT", 30, minimum=1),
-        inbound_rate_window_s=_int(env, "INBOUND_RATE_WINDOW_S", 60, minimum=1),
-        max_webhook_bytes=_int(env, "MAX_WEBHOOK_BYTES", 64 * 1024, minimum=1024),
-        outbox_max_retries=_int(env, "OUTBOX_MAX_RETRIES", len(intervals), minimum=1),
+        detour_factor_bp=num("DETOUR_FACTOR_BP", 13500, minimum=10000),
+        inbound_rate_limit=num("INBOUND_RATE_LIMIT", 30, minimum=1),
+        inbound_rate_window_s=num("INBOUND_RATE_WINDOW_S", 60, minimum=1),
+        max_webhook_bytes=num("MAX_WEBHOOK_BYTES", 64 * 1024, minimum=1024),
+        outbox_max_retries=num("OUTBOX_MAX_RETRIES", len(intervals), minimum=1),
         outbox_retry_intervals=intervals,
-        status_window_ms=_int(env, "STATUS_WINDOW_MS", 1000, minimum=0),
+        status_window_ms=num("STATUS_WINDOW_MS", 1000, minimum=0),
         # A blocking pop must return before the Redis client's 5 s socket timeout.
-        drain_linger_ms=_int(env, "DRAIN_LINGER_MS", 500, minimum=0, maximum=4000),
+        drain_linger_ms=num("DRAIN_LINGER_MS", 500, minimum=0, maximum=4000),
         log_level=log_level,
         twilio_webhook_shared_key=env.get("TWILIO_WEBHOOK_SHARED_KEY") or None,
-        proxy_hops=_int(env, "PROXY_HOPS", 0, minimum=0, maximum=5),
-        otp_failures_per_day=_int(env, "OTP_FAILURES_PER_DAY", 10, minimum=1),
+        proxy_hops=num("PROXY_HOPS", 0, minimum=0, maximum=5),
+        otp_failures_per_day=num("OTP_FAILURES_PER_DAY", 10, minimum=1),
     )
     if problems:
         raise ConfigError("\n".join(problems))  # a line each

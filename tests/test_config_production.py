@@ -179,3 +179,36 @@ def test_the_web_names_a_missing_setting_once_without_a_traceback(tmp_path):
     assert "Traceback" not in done.stderr
     assert done.stderr.count("web: the environment is not a usable configuration") == 1
     assert "  SECRET_KEY is required in production" in done.stderr.splitlines()
+
+
+def test_every_bad_number_is_named_at_once():
+    """A bad whole-number setting used to stop the check at the first one: an operator
+    fixed PORT, restarted, and only then heard about PROXY_HOPS."""
+    lines = refusal(production_env(PORT="eighty", PROXY_HOPS="9", SECRET_KEY="short"))
+    assert "PORT must be an integer, got 'eighty'" in lines
+    assert "PROXY_HOPS must be <= 5, got 9" in lines
+    assert "SECRET_KEY is too short: at least 32 characters" in lines
+
+
+@pytest.mark.parametrize(("keys", "line"), [
+    ("tooshort", "TWILIO_WEBHOOK_SHARED_KEY is too short: at least 16 characters each"),
+    (f"{'k' * 20}, {SECRET_KEY}",
+     "TWILIO_WEBHOOK_SHARED_KEY is the same as another secret; give each its own"),
+])
+def test_the_shared_webhook_key_gets_the_secret_checks(keys, line):
+    lines = refusal(production_env(TWILIO_WEBHOOK_SHARED_KEY=keys))
+    assert lines == [line] and keys.split(",")[-1].strip() not in "\n".join(lines)
+
+
+def test_a_sandbox_secret_as_shared_webhook_key_is_refused():
+    from core.config import SANDBOX_SECRETS
+
+    sandbox = sorted(SANDBOX_SECRETS)[0]
+    lines = refusal(production_env(TWILIO_WEBHOOK_SHARED_KEY=sandbox))
+    assert lines == ["TWILIO_WEBHOOK_SHARED_KEY holds a sandbox default; set a real secret"]
+
+
+def test_two_good_shared_webhook_keys_while_rotating_load():
+    keys = f"{'a1' * 10},{'b2' * 10}"
+    assert load_settings(production_env(TWILIO_WEBHOOK_SHARED_KEY=keys)
+                         ).twilio_webhook_shared_key == keys
