@@ -104,7 +104,7 @@ def test_quote_book_pay_accept_pickup_drop_rate(client, live):
     assert ledger.status_code == 200
     assert ledger.get_json()["escrow_paise"] == 0
     assert client.get(f"{API}/ops/reconciliation/mismatches", headers=ops).get_json() == {
-        "items": [], "next_offset": None}
+        "items": [], "next_offset": None, "next_after": None}
     assert client.get(f"{API}/ops/bookings", headers=customer).status_code == 403
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import BigInteger, CheckConstraint, DateTime, ForeignKey, String, Text
+from sqlalchemy import BigInteger, CheckConstraint, DateTime, ForeignKey, Index, String, Text, text
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -29,6 +29,9 @@ class Handoff(Base):
     __table_args__ = (
         CheckConstraint("status IN ('waiting', 'closed')", name="status"),
         CheckConstraint("reason IN ('asked', 'not_understood', 'callback')", name="reason"),
+        # The ops list of waiting handoffs, paged by cursor (migration 0019).
+        Index("ix_handoffs_waiting_created_at", "created_at", "id",
+              postgresql_where=text("status = 'waiting'")),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)

@@ -7,7 +7,10 @@ audit log in the same transaction as the action.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from pydantic import BaseModel, Field
 from sqlalchemy import or_, select
@@ -20,8 +23,8 @@ from core.adapters.models import Booking, Leg, PartnerProfile, Person
 from core.api import bp
 from core.api.auth_guard import principal
 from core.api.customer import bookings_out
-from core.api.schemas import OpsBookingOut, Page, PageQuery
-from core.api.spec import Strict, endpoint
+from core.api.schemas import CursorPage, CursorQuery, Keyset, OpsBookingOut
+from core.api.spec import ApiError, Strict, endpoint
 from core.domain.booking import Actor, BookingStatus, LegStatus
 from core.domain.errors import Conflict, NotFound, ValidationError
 from core.domain.phone import mask_phone, normalize_phone
@@ -43,7 +46,7 @@ def ops_actor() -> Actor:
     return Actor("ops", str(principal().person_id))
 
 
-class BookingFilter(PageQuery):
+class BookingFilter(CursorQuery):
     status: BookingStatus | None = None
     phone: str | None = Field(default=None, min_length=8, max_length=20,
                               description="the customer's or the recipient's number, as "
@@ -52,11 +55,11 @@ class BookingFilter(PageQuery):
                                   description="the booking's 8 digits, as typed")
 
 
-class LegFilter(PageQuery):
+class LegFilter(CursorQuery):
     status: LegStatus | None = None
 
 
-class PartnerFilter(PageQuery):
+class PartnerFilter(CursorQuery):
     on_duty: bool | None = None
 
 
@@ -136,16 +139,48 @@ def partner_row(p: PartnerProfile, phone: str | None) -> PartnerRow:
         vehicles=[v.type for v in p.vehicles if v.active])
 
 
-def _page(rows: list, query: PageQuery) -> tuple[list, int | None]:
+# Each list's order is total (the id last), so a cursor names one place in it. The key
+# conditions are index range scans on the primary keys; handoffs and mismatches need an
+# index on their sort key for that, (created_at, id) and (last_seen_at, id).
+BOOKINGS = Keyset("ops.bookings", (int,))
+LEGS = Keyset("ops.legs", (int,))
+PARTNERS = Keyset("ops.partners", (int,))
+HANDOFFS = Keyset("ops.handoffs", (datetime, int))
+MISMATCHES = Keyset("ops.mismatches", (datetime, int))
+BY_CURSOR = "; page with after=next_after (offset is deprecated for deep pages)"
+
+
+def _after(query: CursorQuery, keyset: Keyset) -> tuple[Any, ...] | None:
+    """The key to page after (None: page by offset); 400 for a cursor we did not make, or
+    for a cursor and an offset together (we cannot tell which one the client meant)."""
+    if query.after is None:
+        return None
+    if "offset" in query.model_fields_set:
+        raise ApiError(400, "offset_and_after", "give offset or after, not both",
+                       field="after")
+    return keyset.decode(query.after)
+
+
+@dataclass(frozen=True)
+class Next:
+    offset: int | None  # null when paging by cursor: we do not know where we are by count
+    after: str | None
+
+
+def _page(rows: list, query: CursorQuery, keyset: Keyset,
+          key: Callable[[Any], tuple[Any, ...]]) -> tuple[list, Next]:
     more = len(rows) > query.limit
-    return rows[: query.limit], (query.offset + query.limit if more else None)
+    rows = rows[: query.limit]
+    by_offset = query.offset + query.limit if more and query.after is None else None
+    return rows, Next(by_offset, keyset.encode(key(rows[-1])) if more else None)
 
 
 @endpoint(bp, "GET", "/ops/bookings",
           summary="All bookings, newest first (filter by status, by the customer's or the "
-                  "recipient's phone, by reference)",
-          roles=OPS, query=BookingFilter, response=Page[OpsBookingOut], tags=("ops",))
-def ops_bookings(query: BookingFilter) -> Page[OpsBookingOut]:
+                  "recipient's phone, by reference)" + BY_CURSOR,
+          roles=OPS, query=BookingFilter, response=CursorPage[OpsBookingOut], tags=("ops",))
+def ops_bookings(query: BookingFilter) -> CursorPage[OpsBookingOut]:
+    after = _after(query, BOOKINGS)
     with transaction() as session:
         stmt = (select(Booking, Person.phone).join(Person, Person.id == Booking.customer_id)
                 .options(selectinload(Booking.legs)).order_by(Booking.id.desc()))
@@ -166,52 +201,64 @@ def ops_bookings(query: BookingFilter) -> Page[OpsBookingOut]:
                 raise ValidationError("not a booking reference: 8 digits",
                                       code="bad_reference", field="reference")
             stmt = stmt.where(Booking.reference == ref)
-        rows, nxt = _page(list(session.execute(stmt.offset(query.offset)
-                                               .limit(query.limit + 1)).tuples()), query)
+        stmt = stmt.offset(query.offset) if after is None else stmt.where(Booking.id < after[0])
+        rows, nxt = _page(list(session.execute(stmt.limit(query.limit + 1)).tuples()), query,
+                          BOOKINGS, lambda row: (row[0].id,))
         shown = bookings_out(session, [b for b, _ in rows])
-        return Page[OpsBookingOut](items=[OpsBookingOut(
+        return CursorPage[OpsBookingOut](items=[OpsBookingOut(
             **dict(out), customer_id=b.customer_id,
             customer_phone_masked=mask_phone(number) if number else None)
-            for out, (b, number) in zip(shown, rows, strict=True)], next_offset=nxt)
+            for out, (b, number) in zip(shown, rows, strict=True)],
+            next_offset=nxt.offset, next_after=nxt.after)
 
 
-@endpoint(bp, "GET", "/ops/legs", summary="Legs (filter by status, e.g. locked)", roles=OPS,
-          query=LegFilter, response=Page[LegRow], tags=("ops",))
-def ops_legs(query: LegFilter) -> Page[LegRow]:
+@endpoint(bp, "GET", "/ops/legs", summary="Legs, newest first (filter by status, e.g. locked)"
+          + BY_CURSOR, roles=OPS, query=LegFilter, response=CursorPage[LegRow], tags=("ops",))
+def ops_legs(query: LegFilter) -> CursorPage[LegRow]:
+    after = _after(query, LEGS)
     with transaction() as session:
         stmt = select(Leg, Booking.reference).join(Booking, Booking.id == Leg.booking_id) \
             .order_by(Leg.id.desc())
         if query.status is not None:
             stmt = stmt.where(Leg.status == query.status.value)
-        rows, nxt = _page(list(session.execute(stmt.offset(query.offset)
-                                               .limit(query.limit + 1)).all()), query)
-        return Page[LegRow](items=[LegRow(
+        stmt = stmt.offset(query.offset) if after is None else stmt.where(Leg.id < after[0])
+        rows, nxt = _page(list(session.execute(stmt.limit(query.limit + 1)).all()), query,
+                          LEGS, lambda row: (row[0].id,))
+        return CursorPage[LegRow](items=[LegRow(
             id=leg.id, booking_reference=ref, sequence=leg.sequence, status=leg.status,
             partner_id=leg.partner_id, payout_paise=leg.payout_paise,
             otp_failures=leg.otp_failures, updated_at=leg.updated_at) for leg, ref in rows],
-            next_offset=nxt)
+            next_offset=nxt.offset, next_after=nxt.after)
 
 
-@endpoint(bp, "GET", "/ops/partners", summary="Partners (filter by duty)", roles=OPS,
-          query=PartnerFilter, response=Page[PartnerRow], tags=("ops",))
-def ops_partners(query: PartnerFilter) -> Page[PartnerRow]:
+@endpoint(bp, "GET", "/ops/partners", summary="Partners, oldest first (filter by duty)"
+          + BY_CURSOR, roles=OPS, query=PartnerFilter, response=CursorPage[PartnerRow],
+          tags=("ops",))
+def ops_partners(query: PartnerFilter) -> CursorPage[PartnerRow]:
+    after = _after(query, PARTNERS)
     with transaction() as session:
         stmt = select(PartnerProfile, Person.phone).join(
             Person, Person.id == PartnerProfile.person_id).order_by(PartnerProfile.id)
         if query.on_duty is not None:
             stmt = stmt.where(PartnerProfile.on_duty.is_(query.on_duty))
-        rows, nxt = _page(list(session.execute(stmt.offset(query.offset)
-                                               .limit(query.limit + 1)).all()), query)
-        return Page[PartnerRow](items=[partner_row(p, phone) for p, phone in rows],
-                                next_offset=nxt)
+        stmt = stmt.offset(query.offset) if after is None \
+            else stmt.where(PartnerProfile.id > after[0])
+        rows, nxt = _page(list(session.execute(stmt.limit(query.limit + 1)).all()), query,
+                          PARTNERS, lambda row: (row[0].id,))
+        return CursorPage[PartnerRow](items=[partner_row(p, phone) for p, phone in rows],
+                                      next_offset=nxt.offset, next_after=nxt.after)
 
 
-@endpoint(bp, "GET", "/ops/handoffs", summary="Conversations waiting for a person, oldest first",
-          roles=OPS, query=PageQuery, response=Page[HandoffRow], tags=("ops",))
-def ops_handoffs(query: PageQuery) -> Page[HandoffRow]:
+@endpoint(bp, "GET", "/ops/handoffs", summary="Conversations waiting for a person, oldest first"
+          + BY_CURSOR, roles=OPS, query=CursorQuery, response=CursorPage[HandoffRow],
+          tags=("ops",))
+def ops_handoffs(query: CursorQuery) -> CursorPage[HandoffRow]:
+    after = _after(query, HANDOFFS)
     with transaction() as session:
         out = []
-        rows, nxt = _page(handoff.waiting_list(session, query.offset, query.limit + 1), query)
+        rows, nxt = _page(handoff.waiting_list(session, query.offset, query.limit + 1,
+                                               after=after), query,
+                          HANDOFFS, lambda h: (h.created_at, h.id))
         for h in rows:
             person = session.get(Person, h.person_id) if h.person_id else None
             msgs = session.scalars(select(HandoffMessage).where(
@@ -221,7 +268,7 @@ def ops_handoffs(query: PageQuery) -> Page[HandoffRow]:
                 person_id=h.person_id, person_name=person.name if person else None,
                 phone_masked=mask_phone(person.phone) if person and person.phone else None,
                 messages=[{"direction": m.direction, "body": m.body} for m in msgs]))
-        return Page[HandoffRow](items=out, next_offset=nxt)
+        return CursorPage[HandoffRow](items=out, next_offset=nxt.offset, next_after=nxt.after)
 
 
 class PhoneOut(BaseModel):
@@ -319,7 +366,7 @@ class LedgerOut(BaseModel):
     refunds_pending_paise: int
 
 
-class MismatchQuery(PageQuery):
+class MismatchQuery(CursorQuery):
     include_resolved: bool = False
 
 
@@ -375,16 +422,19 @@ def ops_retry_refund(ref: str) -> RefundOut:
 
 
 @endpoint(bp, "GET", "/ops/reconciliation/mismatches",
-          summary="Where the ledger and the gateway disagree, newest first", roles=OPS,
-          query=MismatchQuery, response=Page[MismatchOut], tags=("ops",))
-def ops_mismatches(query: MismatchQuery) -> Page[MismatchOut]:
+          summary="Where the ledger and the gateway disagree, last seen first" + BY_CURSOR,
+          roles=OPS, query=MismatchQuery, response=CursorPage[MismatchOut], tags=("ops",))
+def ops_mismatches(query: MismatchQuery) -> CursorPage[MismatchOut]:
     from core.services import reconciliation
 
+    after = _after(query, MISMATCHES)
     with transaction() as session:
         rows, nxt = _page(reconciliation.list_mismatches(
             session, include_resolved=query.include_resolved, offset=query.offset,
-            limit=query.limit + 1), query)
-        return Page[MismatchOut](items=[MismatchOut(**m) for m in rows], next_offset=nxt)
+            limit=query.limit + 1, after=after), query,
+            MISMATCHES, lambda m: (datetime.fromisoformat(m["last_seen_at"]), m["id"]))
+        return CursorPage[MismatchOut](items=[MismatchOut(**m) for m in rows],
+                                       next_offset=nxt.offset, next_after=nxt.after)
 
 
 class EraseIn(Strict):

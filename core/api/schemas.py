@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
+import json
+from dataclasses import dataclass
 from datetime import datetime
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 from pydantic import BaseModel, Field, model_validator
 
-from core.api.spec import Strict
+from core.api.spec import MAX_ID, ApiError, Strict
 from core.domain.booking import BookingStatus, LegStatus
 from core.domain.pricing import ParcelCategory, SizeBucket, SpeedTier, WeightBucket
 
@@ -113,3 +117,87 @@ class Page(BaseModel, Generic[T]):
 class PageQuery(Strict):
     limit: int = Field(default=20, ge=1, le=100)
     offset: int = Field(default=0, ge=0, le=100_000)
+
+
+class CursorPage(Page[T], Generic[T]):
+    """A page of a list that also pages by cursor (keyset): rows added or removed while an
+    operator reads do not make later pages skip or repeat rows, and depth costs nothing."""
+
+    next_after: str | None = Field(description="give it as ?after= for the next page; "
+                                               "null on the last page")
+
+
+class CursorQuery(PageQuery):
+    offset: int = Field(default=0, ge=0, le=100_000,
+                        description="deprecated for deep pages (rows added or removed while "
+                                    "you page make pages skip or repeat rows, and it stops "
+                                    "at 100000): page with after instead")
+    after: str | None = Field(default=None,
+                              description="the next_after of the page before (not together "
+                                          "with offset); next_offset is null then")
+
+
+CURSOR_VERSION = 1
+MAX_CURSOR_CHARS = 512  # far more than any key of ours needs; longer is not one of ours
+
+
+def bad_cursor(why: str) -> ApiError:
+    return ApiError(400, "bad_cursor", f"after: {why}; start again from the first page",
+                    field="after")
+
+
+@dataclass(frozen=True)
+class Keyset:
+    """How one list pages by cursor: its name (a cursor of another list is refused) and the
+    types of its sort key, the row's id last so the order is total.
+
+    A cursor is urlsafe base64 (unpadded) of {"v": version, "l": list, "k": key}. It is
+    not signed: it holds only sort values the operator saw on the page, so an edited but
+    well-formed one is just another place in the same list.
+    """
+
+    name: str
+    kinds: tuple[type, ...]  # int (an id) or datetime (timezone-aware)
+
+    def encode(self, key: tuple[Any, ...]) -> str:
+        values = [v.isoformat() if isinstance(v, datetime) else v for v in key]
+        raw = json.dumps({"v": CURSOR_VERSION, "l": self.name, "k": values},
+                         separators=(",", ":"))
+        return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+
+    def decode(self, cursor: str) -> tuple[Any, ...]:
+        """The key a cursor holds; ApiError 400 (bad_cursor) for anything we did not make."""
+        if len(cursor) > MAX_CURSOR_CHARS:
+            raise bad_cursor("not a cursor of ours (too long)")
+        try:
+            raw = base64.b64decode(cursor + "=" * (-len(cursor) % 4), altchars=b"-_",
+                                   validate=True)
+            data = json.loads(raw.decode("utf-8"))
+        except (ValueError, binascii.Error, RecursionError):  # UnicodeError is a ValueError
+            raise bad_cursor("not a cursor of ours (garbled)") from None
+        if not isinstance(data, dict) or set(data) != {"v", "l", "k"}:
+            raise bad_cursor("not a cursor of ours")
+        if data["v"] != CURSOR_VERSION:
+            raise bad_cursor("a cursor of another version")
+        if data["l"] != self.name:
+            other = f" ({data['l'][:40]})" if isinstance(data["l"], str) else ""
+            raise bad_cursor(f"a cursor of another list{other}, not of {self.name}")
+        values = data["k"]
+        if not isinstance(values, list) or len(values) != len(self.kinds):
+            raise bad_cursor("its key does not fit this list")
+        return tuple(_key_value(kind, v) for kind, v in zip(self.kinds, values, strict=True))
+
+
+def _key_value(kind: type, value: object) -> int | datetime:
+    if kind is int:
+        # bool is an int to Python, not to us; ids are PostgreSQL integers
+        if isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= MAX_ID:
+            return value
+        raise bad_cursor("its key holds no row id")
+    try:
+        at = datetime.fromisoformat(value) if isinstance(value, str) else None
+    except ValueError:
+        at = None
+    if at is None or at.tzinfo is None:
+        raise bad_cursor("its key holds no time with its zone")
+    return at

@@ -12,7 +12,7 @@ import logging
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 
-from sqlalchemy import ColumnElement, func, select
+from sqlalchemy import ColumnElement, func, select, tuple_
 from sqlalchemy.orm import Session
 
 from core import clock, i18n
@@ -103,12 +103,16 @@ def _media_label(content_type: str) -> str:
     return _MEDIA_LABELS.get(content_type.split("/", 1)[0], "file")
 
 
-def waiting_list(session: Session, offset: int = 0, limit: int | None = None
-                 ) -> list[Handoff]:
-    """Open handoffs, oldest first (the operators' queue), a page of it if asked."""
-    return list(session.scalars(select(Handoff).where(Handoff.status == "waiting")
-                                .order_by(Handoff.created_at, Handoff.id)
-                                .offset(offset).limit(limit)))
+def waiting_list(session: Session, offset: int = 0, limit: int | None = None, *,
+                 after: tuple[datetime, int] | None = None) -> list[Handoff]:
+    """Open handoffs, oldest first (the operators' queue), a page of it if asked: from
+    ``offset``, or after the (created_at, id) of the last row an operator saw (a keyset,
+    so handoffs closed meanwhile make them skip nobody)."""
+    stmt = select(Handoff).where(Handoff.status == "waiting") \
+        .order_by(Handoff.created_at, Handoff.id)
+    if after is not None:
+        stmt = stmt.where(tuple_(Handoff.created_at, Handoff.id) > tuple_(*after))
+    return list(session.scalars(stmt.offset(offset).limit(limit)))
 
 
 def phone_to_call(session: Session, handoff_id: int, operator: str) -> str:

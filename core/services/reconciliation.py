@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import select
+from sqlalchemy import select, tuple_
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
@@ -265,11 +265,15 @@ def _record(findings: list[Finding], checked: dict[str, set[str]]) -> None:
 
 
 def list_mismatches(session: Session, *, include_resolved: bool = False, offset: int = 0,
-                    limit: int | None = None) -> list[dict]:
+                    limit: int | None = None,
+                    after: tuple[datetime, int] | None = None) -> list[dict]:
     """Mismatches for operators, newest first (open ones only unless asked), a page of
-    them if asked."""
-    stmt = select(ReconciliationMismatch).order_by(ReconciliationMismatch.last_seen_at.desc(),
-                                                   ReconciliationMismatch.id.desc())
+    them if asked: from ``offset``, or after the (last_seen_at, id) of the last row an
+    operator saw (a keyset: new mismatches meanwhile repeat no row on the next page)."""
+    key = (ReconciliationMismatch.last_seen_at, ReconciliationMismatch.id)
+    stmt = select(ReconciliationMismatch).order_by(*(col.desc() for col in key))
+    if after is not None:
+        stmt = stmt.where(tuple_(*key) < tuple_(*after))
     stmt = stmt.offset(offset).limit(limit)
     if not include_resolved:
         stmt = stmt.where(ReconciliationMismatch.resolved_at.is_(None))
