@@ -5,10 +5,13 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
 from rq import Queue, Retry, SimpleWorker, Worker
+from rq.job import Job
+from rq.registry import StartedJobRegistry
 from rq.serializers import JSONSerializer
+from rq.utils import as_text, current_timestamp
 from sqlalchemy import event
 from sqlalchemy.orm import Session
 
@@ -21,6 +24,12 @@ QUEUES = ("outbox", "inbound", "default")
 # The emulators' own work (Twilio's status callbacks, Razorpay's webhooks): in production
 # Twilio and Razorpay do it, so in sandbox mode a separate worker does, not ours.
 SANDBOX_QUEUE = "sandbox"
+
+# A job in one of these states runs (again) without our help: enqueueing it would
+# duplicate it. A "started" one counts only while a live worker runs it (_abandoned).
+PENDING = ("queued", "started", "scheduled", "deferred")
+# How long the caller that fails an abandoned job keeps others from doing it too.
+ABANDONED_CLAIM_S = 30
 
 
 def queue(name: str = "default") -> Queue:
@@ -108,14 +117,114 @@ def enqueue(
     ``known_new``: the caller knows no job with this id exists (skips a round trip).
     """
     q = queue(queue_name)
-    if job_id is not None and not known_new:
-        existing = q.fetch_job(job_id)
-        if existing is not None and existing.get_status(refresh=True) in (
-            "queued", "started", "scheduled", "deferred",
-        ):
-            return
+    if job_id is not None and not known_new and _pending(q, job_id):
+        return
     q.enqueue(func, *args, job_id=job_id, retry=retry, at_front=at_front,
               result_ttl=3600, failure_ttl=7 * 86400)
+
+
+def job_alive(job_id: str, queue_name: str = "default") -> bool:
+    """True if the job with this id waits or runs, so enqueueing it again would run it
+    twice. One a dead worker left "started" is failed first (or retried by its Retry),
+    as RQ's own maintenance would do minutes later."""
+    return _pending(queue(queue_name), job_id)
+
+
+def _pending(q: Queue, job_id: str) -> bool:
+    job = q.fetch_job(job_id)
+    if job is None:
+        return False
+    status = job.get_status(refresh=False)  # fetch_job has just read it
+    if status == "started" and _abandoned(job):  # extra round trips only here
+        if not _fail_abandoned(job):
+            return True  # another caller is failing it, and enqueues it again
+        status = job.get_status(refresh=True)  # failed, or queued/scheduled by its Retry
+    return status in PENDING
+
+
+# What RQ 3.0.0 does with a job whose worker dies under it (SIGKILL: the OOM killer, a
+# deploy's kill -9, a reboot):
+# - Our worker is a SimpleWorker: the job runs in the worker's process, so nothing is
+#   written when it dies. The job keeps status "started" and its worker_name; its entry
+#   "<job id>:<execution id>" in the queue's StartedJobRegistry is scored start + job
+#   timeout + 60 s (240 s by default: a SimpleWorker sends no heartbeat during a job),
+#   and the worker's key rq:worker:<name> expires at that same moment.
+#   With RQ_FORK_PER_JOB (rq's Worker), a killed work horse alone is seen at once by its
+#   parent, which fails the job (Retry honoured); if the parent dies, its heartbeats (every
+#   30 s, ttl <= 90 s) stop and both lapse within 90 s. A parent killed alone leaves its
+#   horse running the job (own process group) until the job's timeout. A cold shutdown (a
+#   second SIGINT/SIGTERM, a second or more after the first) kills the horse and records
+#   the worker's death ("death" in its key, kept 60 s), the job still "started".
+# - Only StartedJobRegistry.cleanup() ends that state, and only for entries scored before
+#   now. A worker runs it in its maintenance, for the queues it listens on, one worker per
+#   queue (a lock): at its start, then when 10 minutes have passed since its last round
+#   (checked between jobs and after each idle wait, 60 s for ours); reading a registry's
+#   count or ids (rq info, dashboards) runs it too. So the job stays "started" for the
+#   240 s and then until the next round: up to about 15 minutes, forever if no worker
+#   listens on its queue. A worker restarted after the crash cleans at its start, seconds after the
+#   kill, before the entry lapses: it is left for that worker's round 10 minutes later.
+# - cleanup() then calls the job's failure callback with AbandonedJobError (one that
+#   raises is logged and ignored) and the worker's exception handlers; with retries left
+#   (Retry), it uses one: the job is queued again, or scheduled after its next interval;
+#   else it marks it failed, in the FailedJobRegistry for failure_ttl with a failure
+#   Result "Moved to FailedJobRegistry, due to AbandonedJobError, at <time>", and
+#   enqueues its dependents and sends its "failed" webhooks. Then the entries go.
+# Until then every enqueue of its id found it "started" and did nothing. So a "started"
+# job counts only if a live worker runs it: its worker's key is there without a death,
+# and one of its entries is still scored ahead of now (RQ's own test, on RQ's clock,
+# which wrote the score). Otherwise it is failed now, by that same cleanup(), for it alone.
+
+
+def _abandoned(job: Job) -> bool:
+    """True if no live worker runs this "started" job (one round trip)."""
+    key = Worker.redis_worker_namespace_prefix + (job.worker_name or "")
+    with job.connection.pipeline(transaction=False) as p:
+        p.zrange(job.started_job_registry.key, 0, -1, withscores=True)
+        p.exists(key)
+        p.hexists(key, "death")
+        entries, worker_there, worker_died = p.execute()
+    now = current_timestamp()
+    running = any(score > now for entry, score in entries if _job_of(entry) == job.id)
+    return not (worker_there and not worker_died and running)
+
+
+def _fail_abandoned(job: Job) -> bool:
+    """Fail (or retry) an abandoned job as RQ's maintenance would; False if another
+    caller got there first."""
+    r = job.connection
+    if not r.set(f"queue:abandoned:{job.id}", job.worker_name or "", nx=True,
+                 ex=ABANDONED_CLAIM_S):
+        return False
+    registry = _OneJobStartedRegistry(job)
+    entries = [e for e in cast("list[bytes]", r.zrange(registry.key, 0, -1))
+               if _job_of(e) == job.id]
+    if entries:  # lapsed now, so that cleanup() takes them out with the job's new state
+        r.zadd(registry.key, dict.fromkeys(entries, 0), xx=True)
+    log.warning("a dead worker's job: failed (or retried) now, as RQ would later",
+                extra={"job": job.id, "worker": job.worker_name})
+    registry.cleanup(timestamp=0)
+    return True
+
+
+class _OneJobStartedRegistry(StartedJobRegistry):
+    """RQ's handling of abandoned jobs (StartedJobRegistry.cleanup), for one job.
+
+    cleanup() takes every job whose entry has lapsed; we know this one is abandoned before
+    its entry lapses, while the others may still be running.
+    """
+
+    def __init__(self, job: Job) -> None:
+        super().__init__(job.origin, job.connection, job_class=type(job),
+                         serializer=job.serializer)
+        self.job_id = job.id
+
+    def get_expired_job_ids(self, timestamp: float | None = None) -> list[str]:
+        return [self.job_id]
+
+
+def _job_of(entry: bytes | str) -> str:
+    """The job id in a StartedJobRegistry entry ("<job id>:<execution id>")."""
+    return as_text(entry).rsplit(":", 1)[0]
 
 
 def after_commit(session: Session, action: Callable[[], object]) -> None:

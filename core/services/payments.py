@@ -42,7 +42,7 @@ from core.adapters import razorpay_gateway as gw
 from core.adapters.db import transaction
 from core.adapters.models import Booking, Leg, PartnerProfile, Person
 from core.adapters.payment_models import GatewayEvent, LegTransfer, PaymentLink, Refund
-from core.adapters.queue import after_commit, enqueue, queue
+from core.adapters.queue import after_commit, enqueue, job_alive, queue
 from core.adapters.redis_conn import redis_client
 from core.config import ConfigError
 from core.domain import ledger as rules
@@ -1716,9 +1716,8 @@ def poll_refunds(older_than: timedelta = REFUND_POLL_AFTER) -> dict[str, int]:
 
 
 def _job_alive(job_id: str) -> bool:
-    job = queue("default").fetch_job(job_id)
-    return job is not None and job.get_status(refresh=False) in (
-        "queued", "started", "scheduled", "deferred")
+    # A job a killed worker left "started" is not alive: queue.job_alive fails it first.
+    return job_alive(job_id)
 
 
 def sweep() -> dict[str, int]:
