@@ -5,9 +5,13 @@ talks to it over HTTP (its base URL is `{PUBLIC_BASE_URL}/sandbox/twilio`), so t
 production code path is exercised end to end. Behaviour copied from Twilio's docs:
 Basic auth with the account SID and auth token, form-encoded create, 201 with a JSON
 message resource, error bodies {code, message, more_info, status}, and Twilio's magic
-test numbers (+15005550001 invalid, +15005550009 cannot receive).
+test numbers (+15005550001 invalid, +15005550009 cannot receive). The Messages list
+filters by To, From and DateSent (a UTC day; `DateSent>` on or after it, `DateSent<` on
+or before it), newest first, in pages of PageSize with a `next_page_uri` (a PageToken).
+The emulator sends a message the moment it accepts it, so its sent date is its creation
+(shown as `date_sent` once the message has left "queued", as Twilio shows it).
 Failure injection for tests and demos: `sandbox:twilio:fail_next` in Redis holds how
-many upcoming creates answer 503.
+many upcoming creates answer 503, `sandbox:twilio:fail_list` how many list pages do.
 """
 
 from __future__ import annotations
@@ -15,7 +19,8 @@ from __future__ import annotations
 import base64
 import json
 import secrets
-from datetime import UTC
+from datetime import UTC, date, datetime, time, timedelta
+from urllib.parse import urlencode
 
 from flask import Blueprint, jsonify, request
 from sqlalchemy import insert, select
@@ -32,6 +37,7 @@ from core.domain.phone import normalize_phone
 bp = Blueprint("sandbox_twilio", __name__, url_prefix="/sandbox")
 
 FAIL_NEXT_KEY = "sandbox:twilio:fail_next"
+FAIL_LIST_KEY = "sandbox:twilio:fail_list"
 MAGIC_INVALID = "+15005550001"
 MAGIC_UNREACHABLE = "+15005550009"
 
@@ -67,7 +73,10 @@ def _resource(m: SandboxMessage) -> dict:
         "body": m.body, "status": m.status, "num_media": "1" if m.media_url else "0",
         "num_segments": "1", "direction": "outbound-api", "api_version": "2010-04-01",
         "date_created": _rfc2822(m.created_at), "date_updated": _rfc2822(m.created_at),
-        "date_sent": None, "price": None, "price_unit": "USD", "error_code": None,
+        # Sent when accepted (no sending queue here), but only reported so once the
+        # status moved on, as Twilio leaves date_sent empty while a message is queued.
+        "date_sent": None if m.status == "queued" else _rfc2822(m.created_at),
+        "price": None, "price_unit": "USD", "error_code": None,
         "error_message": None, "messaging_service_sid": None,
         "uri": f"/2010-04-01/Accounts/{m.account_sid}/Messages/{m.sid}.json",
         "subresource_uris": {},
@@ -155,6 +164,73 @@ def queue_status_report(sid: str) -> None:
     pipe.set(STATUS_JOB_FLAG, "1", nx=True, ex=300)
     if pipe.execute()[1]:
         enqueue("sandbox.jobs.report_statuses", queue_name=SANDBOX_QUEUE)
+
+
+def _utc_day(value: str) -> datetime | None:
+    """Midnight UTC of a DateSent value: Twilio's ``YYYY-MM-DD`` (of a timestamp, as the
+    python client writes a datetime, its day)."""
+    try:
+        day = date.fromisoformat(value[:10])
+    except ValueError:
+        return None
+    return datetime.combine(day, time(), tzinfo=UTC)
+
+
+@bp.get("/twilio/2010-04-01/Accounts/<account_sid>/Messages.json")
+def list_messages(account_sid: str):
+    """Twilio's Messages list: filtered, newest first, paged with a token."""
+    if not _authorised(account_sid):
+        return _twilio_error(401, 20003, "Authenticate")
+    r = redis_client()
+    if int(r.get(FAIL_LIST_KEY) or 0) > 0:
+        r.decr(FAIL_LIST_KEY)
+        return _twilio_error(503, 20500, "Service unavailable (sandbox failure injection)")
+    args = request.args
+    stmt = select(SandboxMessage).where(SandboxMessage.account_sid == account_sid)
+    if args.get("To"):
+        stmt = stmt.where(SandboxMessage.to_addr == args["To"])
+    if args.get("From"):
+        stmt = stmt.where(SandboxMessage.from_addr == args["From"])
+    for name in ("DateSent", "DateSent>", "DateSent<"):
+        if not args.get(name):
+            continue
+        day = _utc_day(args[name])
+        if day is None:
+            return _twilio_error(400, 20001, f"Invalid {name}: use YYYY-MM-DD")
+        if name != "DateSent<":
+            stmt = stmt.where(SandboxMessage.created_at >= day)
+        if name != "DateSent>":
+            stmt = stmt.where(SandboxMessage.created_at < day + timedelta(days=1))
+    try:
+        size = int(args.get("PageSize", "50"))
+        page = int(args.get("Page", "0"))
+    except ValueError:
+        return _twilio_error(400, 20001, "Invalid PageSize or Page")
+    if not 1 <= size <= 1000 or page < 0:
+        return _twilio_error(400, 20001, "PageSize must be 1 to 1000")
+    token = args.get("PageToken", "")
+    if token:  # the last message of the page before (newest first: ids fall)
+        if not (token.startswith("PA") and token[2:].isdigit()):
+            return _twilio_error(400, 20001, "Invalid PageToken")
+        stmt = stmt.where(SandboxMessage.id < int(token[2:]))
+    with transaction() as session:
+        rows = session.scalars(stmt.order_by(SandboxMessage.id.desc()).limit(size + 1)).all()
+        messages = [_resource(m) for m in rows[:size]]
+        last_id = rows[size - 1].id if len(rows) > size else None
+    base = f"/2010-04-01/Accounts/{account_sid}/Messages.json"
+    filters = {k: v for k, v in args.items() if k not in ("Page", "PageSize", "PageToken")}
+
+    def uri(**paging: object) -> str:
+        return f"{base}?{urlencode({**filters, 'PageSize': size, **paging})}"
+
+    return jsonify({
+        "messages": messages, "page": page, "page_size": size,
+        "start": page * size, "end": page * size + max(len(messages) - 1, 0),
+        "uri": uri(Page=page, **({"PageToken": token} if token else {})),
+        "first_page_uri": uri(Page=0),
+        "next_page_uri": uri(Page=page + 1, PageToken=f"PA{last_id}") if last_id else None,
+        "previous_page_uri": None,  # not kept: the product reads forward only
+    })
 
 
 @bp.get("/twilio/2010-04-01/Accounts/<account_sid>/Messages/<sid>.json")

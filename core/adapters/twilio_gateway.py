@@ -7,8 +7,10 @@ import os
 import threading
 import urllib.request
 from dataclasses import dataclass
+from datetime import date, datetime
 
-from twilio.base.exceptions import TwilioRestException
+import requests
+from twilio.base.exceptions import TwilioException, TwilioRestException
 from twilio.http.http_client import TwilioHttpClient
 from twilio.rest import Client
 
@@ -82,3 +84,55 @@ def send_message(*, to: str, from_: str, body: str, media_url: str | None,
     except TwilioRestException as exc:
         raise SendRejected(exc.status, str(exc.code) if exc.code else None, exc.msg) from None
     return SendResult(sid=msg.sid or "", status=msg.status or "queued")
+
+
+@dataclass(frozen=True)
+class ListedMessage:
+    """A message Twilio holds, as its Messages list shows it."""
+
+    sid: str
+    body: str
+    status: str
+    error_code: str | None
+    date_created: datetime | None
+
+
+class LookupFailed(Exception):
+    """Twilio could not be asked (no connection, an error answer): nothing is known."""
+
+
+LIST_PAGE_SIZE = 100
+
+
+def messages_sent(*, to: str, from_: str, since: date, limit: int) -> list[ListedMessage]:
+    """The messages Twilio holds from ``from_`` to ``to`` sent on or after the UTC day
+    ``since`` (newest first, at most ``limit``, through as many pages as it takes).
+
+    Twilio's DateSent filters take a date (``YYYY-MM-DD``); it is passed as text, for the
+    client would send a datetime as a timestamp. Raise LookupFailed when Twilio cannot be
+    asked or refuses to answer, on any page.
+    """
+    try:
+        return [
+            ListedMessage(sid=m.sid or "", body=m.body or "", status=m.status or "",
+                          error_code=str(m.error_code) if m.error_code else None,
+                          date_created=m.date_created)
+            for m in client().messages.stream(to=to, from_=from_,
+                                               date_sent_after=since.isoformat(),
+                                               limit=limit, page_size=LIST_PAGE_SIZE)
+        ]
+    except (TwilioException, requests.exceptions.RequestException, ValueError) as exc:
+        raise LookupFailed(type(exc).__name__) from None
+
+
+def shows_template(body: str, values: list[str]) -> bool:
+    """Whether a message body is an approved template sent with these variable values.
+
+    Twilio lists a template message with the approved text filled in (not its content
+    sid), so every value is in the body; the sandbox emulator shows the variables as the
+    JSON we sent (a quote or backslash escaped). A template without values tells nothing.
+    """
+    values = [value for value in values if value.strip()]
+    return bool(values) and all(
+        value in body or json.dumps(value, ensure_ascii=False)[1:-1] in body
+        for value in values)

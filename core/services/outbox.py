@@ -8,8 +8,18 @@ Delivery guarantees, and why:
   answer, or no connection at all) the row goes back to ``pending`` and RQ retries with
   backoff. If the outcome is unknown (a read timeout, a worker killed mid-call) the row
   stays ``sending``: the status callback URL carries our row id, so if Twilio did accept
-  it, its callback links the row; only when no callback came for a long time does the
-  sweep give the row back to ``pending``.
+  it, its callback links the row.
+- Callbacks can be lost (our web was down, and Twilio does not retry them), so a row left
+  ``sending`` without a sid for STALE_SENDING is not simply sent again: the sweep gives it
+  a reconcile job, which asks Twilio's Messages list for a message from our sender to that
+  address, created since the claim (less CLOCK_SKEW), with the row's text (a template
+  send: its variable values), not already another row's. Found: the row takes its sid
+  and status as if the answer and the callback had come, and nothing is sent again.
+  Twilio answers and holds none: the row goes back to ``pending`` and is sent. Twilio
+  cannot be asked (no connection, an error answer): the row stays ``sending`` and is asked
+  about at the next sweep; only after GIVE_UP_UNKNOWN (24 h) is it given back unasked,
+  with a warning. That, or a twin with the same text sent within the same minutes by
+  another row whose outcome was lost too, is the only way left for a message to go twice.
 """
 
 from __future__ import annotations
@@ -18,7 +28,7 @@ import json
 import logging
 import re
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import cast
 
 import requests
@@ -56,6 +66,15 @@ RATE_LIMITED_CODE = "63018"
 # WhatsApp refusals whose text goes by SMS instead (once).
 BY_SMS_CODES = frozenset({WINDOW_CLOSED_CODE, RATE_LIMITED_CODE})
 STALE_SENDING = timedelta(minutes=15)
+# A row Twilio could not be asked about for this long since its claim is sent again unasked.
+GIVE_UP_UNKNOWN = timedelta(hours=24)
+# Twilio's clock against ours, and its whole-second date_created: a message that shows up
+# to this much before our claim may still be the one we sent.
+CLOCK_SKEW = timedelta(minutes=2)
+# The most of one recipient's messages (since the claim's day) a reconcile reads; past it
+# the answer counts as unknown, not as "Twilio has none".
+LOOKUP_LIMIT = 1000
+RECONCILE_JOB = "core.services.outbox.reconcile"
 
 
 def address(channel: str, to: str) -> str:
@@ -262,16 +281,25 @@ def _send(c: _Claimed) -> str:
         log.warning("send outcome unknown (timeout)", extra={"outbox_id": outbox_id})
         return "unknown"
 
-    with db.autocommit() as conn:
-        # One statement, its own transaction; a status callback that came first ("sent",
-        # "delivered") stays.
-        conn.execute(update(OutboxMessage).where(OutboxMessage.id == outbox_id).values(
-            provider_sid=result.sid, sent_at=clock.now(), last_error=None,
-            updated_at=clock.now(),
-            status=case((OutboxMessage.status == "sending", "queued"),
-                        else_=OutboxMessage.status)))
+    _handed_over(outbox_id, result.sid)
     log.info("message handed to twilio", extra={"outbox_id": outbox_id})
     return "sent"
+
+
+def _handed_over(outbox_id: int, sid: str, *, sent_at: datetime | None = None,
+                 claimed_at: datetime | None = None) -> bool:
+    """Record that Twilio took the row's message as ``sid``: "queued", unless a status
+    callback came first ("sent", "delivered" stay). With ``claimed_at`` (a reconcile that
+    found it late) only while the row is still that claim without a sid."""
+    stmt = update(OutboxMessage).where(OutboxMessage.id == outbox_id)
+    if claimed_at is not None:
+        stmt = stmt.where(*_same_claim(claimed_at))
+    with db.autocommit() as conn:  # one statement, its own transaction
+        return conn.execute(stmt.values(
+            provider_sid=sid, sent_at=sent_at or clock.now(), last_error=None,
+            updated_at=clock.now(),
+            status=case((OutboxMessage.status == "sending", "queued"),
+                        else_=OutboxMessage.status))).rowcount == 1
 
 
 def _record_failure(outbox_id: int, *, code: str | None, error: str, final: bool) -> None:
@@ -511,25 +539,117 @@ def _by_sms_instead(session: Session, row: OutboxMessage) -> int | None:
 
 
 def sweep(now_age: timedelta = timedelta(seconds=60)) -> int:
-    """Re-enqueue rows whose delivery job was lost; return how many were scheduled.
+    """Re-enqueue rows whose delivery job was lost; return how many jobs were scheduled.
 
-    ``pending`` rows older than ``now_age`` are re-enqueued (the job id dedupes), and
-    ``sending`` rows without a provider sid and silent for STALE_SENDING are given back.
+    ``pending`` rows older than ``now_age`` are re-enqueued (the job id dedupes). A
+    ``sending`` row without a provider sid and silent for STALE_SENDING gets a reconcile
+    job, which asks Twilio before anything is sent again: a job per row, for those
+    look-ups are network calls, too slow to make here.
     """
     cutoff = clock.now() - now_age
     stale = clock.now() - STALE_SENDING
     with transaction() as session:
-        session.execute(
-            update(OutboxMessage)
+        unknown = list(session.scalars(
+            select(OutboxMessage.id)
             .where(OutboxMessage.status == "sending", OutboxMessage.provider_sid.is_(None),
                    OutboxMessage.updated_at < stale)
-            .values(status="pending", last_error="outcome unknown; retrying")
-        )
+            .order_by(OutboxMessage.updated_at).limit(500)
+        ))
         ids = list(session.scalars(
             select(OutboxMessage.id).where(OutboxMessage.status == "pending",
                                            OutboxMessage.created_at < cutoff)
             .order_by(OutboxMessage.id).limit(500)
         ))
+    for row_id in unknown:
+        enqueue(RECONCILE_JOB, row_id, queue_name="outbox", job_id=f"outbox-reconcile-{row_id}")
     for row_id in ids:
         schedule_delivery(row_id)
-    return len(ids)
+    return len(unknown) + len(ids)
+
+
+def reconcile(outbox_id: int) -> str:
+    """RQ job: settle a row whose send outcome stayed unknown (see the module's
+    guarantees); return "adopted", "given-back", "unknown" (ask again at the next sweep),
+    or "settled" / "in-flight" when a callback or a new claim got there first."""
+    with transaction() as session:
+        row = session.get(OutboxMessage, outbox_id)
+        if row is None or row.status != "sending" or row.provider_sid is not None:
+            return "settled"
+        claimed_at = row.updated_at
+        if clock.now() - claimed_at < STALE_SENDING:
+            return "in-flight"  # claimed again since the sweep looked: a send may be on
+        template = session.get(WhatsappTemplateSend, outbox_id)
+        values = ([template_value(str(v)) for v in template.content_variables.values()]
+                  if template else None)
+        to, from_, body = row.to_addr, row.from_addr, row.body
+    since = claimed_at - CLOCK_SKEW  # the day before too, for a claim just after midnight
+    try:
+        listed = twilio_gateway.messages_sent(to=to, from_=from_,
+                                              since=since.astimezone(UTC).date(),
+                                              limit=LOOKUP_LIMIT)
+    except twilio_gateway.LookupFailed as exc:
+        return _still_unknown(outbox_id, claimed_at, f"twilio could not be asked ({exc})")
+    found = _ours(listed, body=body, values=values, since=since)
+    if found is not None:
+        if not _handed_over(outbox_id, found.sid, sent_at=found.date_created,
+                            claimed_at=claimed_at):
+            return "settled"
+        # Its status as the lost callback would have brought it (rank, STOP, by SMS).
+        apply_reports([StatusReport(outbox_id, found.sid, found.status, found.error_code)])
+        log.info("lost send outcome found at twilio; not sent again",
+                 extra={"outbox_id": outbox_id})
+        return "adopted"
+    if len(listed) >= LOOKUP_LIMIT:
+        return _still_unknown(outbox_id, claimed_at, "too many messages to look through")
+    return "given-back" if _give_back(outbox_id, claimed_at, "twilio has no such message; "
+                                      "sending again") else "settled"
+
+
+def _ours(listed: list[twilio_gateway.ListedMessage], *, body: str,
+          values: list[str] | None, since: datetime) -> twilio_gateway.ListedMessage | None:
+    """The earliest listed message that can be the row's: its text (a template send: its
+    variable values), created since ``since``, and not already another row's."""
+    candidates = sorted(
+        ((m.date_created, m) for m in listed
+         if m.date_created is not None and m.date_created >= since
+         and (m.body == body if values is None
+              else twilio_gateway.shows_template(m.body, values))),
+        key=lambda pair: pair[0])
+    if not candidates:
+        return None
+    with transaction() as session:
+        taken = set(session.scalars(select(OutboxMessage.provider_sid).where(
+            OutboxMessage.provider_sid.in_([m.sid for _, m in candidates]))))
+    return next((m for _, m in candidates if m.sid not in taken), None)
+
+
+def _same_claim(claimed_at: datetime) -> tuple[ColumnElement[bool], ...]:
+    """The row is still in the claim a reconcile looked at: "sending", no sid, not
+    claimed again."""
+    return (OutboxMessage.status == "sending", OutboxMessage.provider_sid.is_(None),
+            OutboxMessage.updated_at == claimed_at)
+
+
+def _give_back(outbox_id: int, claimed_at: datetime, why: str) -> bool:
+    """Back to ``pending`` and on its way again, unless it was settled meanwhile."""
+    with db.autocommit() as conn:
+        done = conn.execute(update(OutboxMessage)
+                            .where(OutboxMessage.id == outbox_id, *_same_claim(claimed_at))
+                            .values(status="pending", last_error=why[:300])).rowcount == 1
+    if done:
+        schedule_delivery(outbox_id)
+    return done
+
+
+def _still_unknown(outbox_id: int, claimed_at: datetime, why: str) -> str:
+    """Twilio could not tell: the row stays "sending" for the next sweep to ask again,
+    until GIVE_UP_UNKNOWN has passed since the claim; then it is sent again unasked."""
+    if clock.now() - claimed_at < GIVE_UP_UNKNOWN:
+        log.warning("send outcome still unknown; asking twilio again at the next sweep",
+                    extra={"outbox_id": outbox_id, "reason": why})
+        return "unknown"
+    if not _give_back(outbox_id, claimed_at, f"outcome unknown for a day; {why}"):
+        return "settled"
+    log.warning("send outcome unknown for a day; sent again, it may arrive twice",
+                extra={"outbox_id": outbox_id, "reason": why})
+    return "given-back"

@@ -1,0 +1,261 @@
+"""A send whose outcome was lost: the sweep asks Twilio's Messages list before sending again.
+
+Through the real twilio client and the sandbox emulator over HTTP. Twilio's answer to the
+create is lost (a read timeout after Twilio took the message), and so are its status
+callbacks (our web was down; Twilio does not retry them): only the list can tell.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime, timedelta
+
+import pytest
+import requests
+from sqlalchemy import func, select
+
+from core import clock
+from core.adapters import twilio_gateway
+from core.adapters.db import transaction
+from core.adapters.dialog_models import WhatsappTemplateSend
+from core.adapters.models import MessageStatusEvent, OutboxMessage, SandboxMessage
+from core.adapters.redis_conn import redis_client
+from core.config import get_settings
+from core.services import outbox
+from sandbox import jobs as sandbox_jobs
+from sandbox.twilio import FAIL_LIST_KEY
+from tests.conftest import run_jobs
+
+TO = "+919876500011"
+WA = f"whatsapp:{TO}"
+# Now, not a fixed day: rows are dated by the database's clock, and the sweep resends a
+# row given back only once it is older than a minute by the test's clock.
+T0 = datetime.now(UTC).replace(microsecond=0)
+STALE = outbox.STALE_SENDING + timedelta(minutes=1)
+
+
+class Line:
+    """Our requests to Twilio and its answers, with what the test makes go wrong."""
+
+    def __init__(self) -> None:
+        self.real = twilio_gateway.send_message
+        self.request_lost = False  # Twilio never got it, but we timed out all the same
+        self.answer_lost = False  # Twilio took it; its answer never came back
+        self.twilio_behind = timedelta(0)  # Twilio's clock behind ours
+
+    def send(self, **kw):  # noqa: ANN003 (send_message's keywords)
+        if self.request_lost:
+            raise requests.exceptions.ReadTimeout("read timed out")
+        ours = clock.now()
+        clock.freeze(ours - self.twilio_behind)  # the emulator dates it by its clock
+        try:
+            result = self.real(**kw)
+        finally:
+            clock.freeze(ours)
+        if self.answer_lost:
+            raise requests.exceptions.ReadTimeout("read timed out")
+        return result
+
+
+@pytest.fixture
+def line(live, monkeypatch) -> Line:
+    """The line to Twilio, and our web unreachable for Twilio's status callbacks (the
+    emulator still moves its messages on to "delivered")."""
+    wire = Line()
+    monkeypatch.setattr(twilio_gateway, "send_message", wire.send)
+
+    def web_down(self, url, params, headers):  # noqa: ANN001
+        raise ConnectionRefusedError("our web is down")
+
+    monkeypatch.setattr(sandbox_jobs._Callbacks, "post", web_down)
+    return wire
+
+
+def queue_one(body: str, *, to: str = TO, template: dict[str, str] | None = None) -> int:
+    with transaction() as s:
+        oid = outbox.queue_message(s, channel="whatsapp", to=to, body=body)
+        assert oid is not None
+        if template is not None:
+            s.add(WhatsappTemplateSend(outbox_id=oid, content_sid="HXabc123",
+                                       content_variables=template))
+    return oid
+
+
+def row(oid: int) -> OutboxMessage:
+    with transaction() as s:
+        r = s.get(OutboxMessage, oid)
+        assert r is not None
+        return r
+
+
+def at_twilio(*, body: str | None = None, to: str = WA) -> list[SandboxMessage]:
+    """What the emulator accepted for ``to`` (with ``body``), oldest first."""
+    with transaction() as s:
+        stmt = select(SandboxMessage).where(SandboxMessage.to_addr == to)
+        if body is not None:
+            stmt = stmt.where(SandboxMessage.body == body)
+        return list(s.scalars(stmt.order_by(SandboxMessage.id)))
+
+
+def sweep_at(when: datetime) -> None:
+    """The periodic sweep at ``when``, and every job it starts."""
+    clock.freeze(when)
+    outbox.sweep()
+    run_jobs()
+
+
+def lost_outcome(line: Line, body: str, **kw) -> int:  # noqa: ANN003
+    """A row sent at the current time whose answer is lost: it stays "sending"."""
+    line.answer_lost = True
+    oid = queue_one(body, **kw)
+    run_jobs()  # the delivery job, then the emulator's (failing) status callbacks
+    line.answer_lost = False
+    r = row(oid)
+    assert (r.status, r.provider_sid) == ("sending", None)
+    return oid
+
+
+@pytest.mark.parametrize("claimed_at, behind", [
+    (T0, timedelta(0)),
+    # Just after midnight UTC, Twilio's clock 30 s behind ours: it dates the message the
+    # day before, which a look-up of the claim's day alone would not find.
+    ((T0 + timedelta(days=1)).replace(hour=0, minute=0, second=20), timedelta(seconds=30)),
+])
+def test_a_message_twilio_took_is_adopted_not_sent_again(line, claimed_at, behind):
+    clock.freeze(claimed_at)
+    line.twilio_behind = behind
+    oid = lost_outcome(line, "Your pickup code is 4821")
+    (taken,) = at_twilio()
+    assert taken.status == "delivered"  # delivered; we were never told
+    sweep_at(claimed_at + outbox.STALE_SENDING - timedelta(minutes=1))  # not stale yet
+    assert row(oid).status == "sending"
+    sweep_at(claimed_at + STALE)
+    r = row(oid)
+    assert (r.provider_sid, r.status) == (taken.sid, "delivered")
+    assert [m.sid for m in at_twilio()] == [taken.sid], "sent twice"
+    with transaction() as s:  # as the lost callback would have been recorded
+        assert s.scalar(select(MessageStatusEvent.status)
+                        .where(MessageStatusEvent.outbox_id == oid)) == "delivered"
+    sweep_at(claimed_at + 2 * STALE)
+    assert len(at_twilio()) == 1
+
+
+def test_a_message_twilio_never_got_is_sent_once_and_only_it(line):
+    # The same text went to them an hour before (not from an outbox row): not this one.
+    clock.freeze(T0 - timedelta(hours=1))
+    twilio_gateway.client().messages.create(
+        to=WA, from_=get_settings().twilio_whatsapp_from, body="Your pickup code is 4821")
+    clock.freeze(T0)
+    line.request_lost = True
+    never = queue_one("Your pickup code is 4821")
+    run_jobs()
+    line.request_lost = False
+    took = lost_outcome(line, "Booking 12345678 is confirmed")
+    assert row(never).status == "sending"
+    sweep_at(T0 + STALE)
+    # Twilio had not got the code: sent now, once. It had got the confirmation: adopted.
+    codes = at_twilio(body="Your pickup code is 4821")
+    assert len(codes) == 2 and row(never).provider_sid == codes[1].sid
+    assert row(never).status in ("queued", "sent", "delivered")
+    (confirmation,) = at_twilio(body="Booking 12345678 is confirmed")
+    assert row(took).provider_sid == confirmation.sid
+    sweep_at(T0 + 2 * STALE)
+    assert len(at_twilio()) == 3
+
+
+def test_when_twilio_cannot_be_asked_the_row_waits_then_goes_after_a_day(line, caplog):
+    clock.freeze(T0)
+    oid = lost_outcome(line, "Pay with this link: https://rzp.io/l/abc")
+    redis_client().set(FAIL_LIST_KEY, 1000)  # every list call answers 503
+    caplog.set_level(logging.WARNING, logger="core.services.outbox")
+    for later in (STALE, timedelta(hours=6), timedelta(hours=23, minutes=59)):
+        sweep_at(T0 + later)
+        r = row(oid)
+        assert (r.status, r.provider_sid) == ("sending", None), later
+        assert len(at_twilio()) == 1, "sent again while Twilio's answer was unknown"
+    sweep_at(T0 + outbox.GIVE_UP_UNKNOWN + timedelta(minutes=1))
+    sent = at_twilio()
+    assert len(sent) == 2  # given back as before this look-up existed
+    assert row(oid).provider_sid == sent[1].sid
+    given_up = [rec for rec in caplog.records if "unknown for a day" in rec.getMessage()]
+    assert len(given_up) == 1 and given_up[0].levelno == logging.WARNING
+    assert given_up[0].outbox_id == oid  # type: ignore[attr-defined]
+    for rec in caplog.records:
+        assert "9876500011" not in f"{rec.getMessage()} {vars(rec)}"
+
+
+def test_the_message_is_found_on_a_later_page(line, live, monkeypatch):
+    monkeypatch.setattr(twilio_gateway, "LIST_PAGE_SIZE", 2)
+    clock.freeze(T0)
+    oid = lost_outcome(line, "Booking 12345678: pay with this link")
+    (taken,) = at_twilio()
+    for minute in (1, 2, 3):  # later messages to them, sent and answered as usual
+        clock.freeze(T0 + timedelta(minutes=minute))
+        queue_one(f"Update {minute}")
+        run_jobs()
+    # Newest first, two a page: the lost one is on the second page.
+    s = get_settings()
+    url = f"{live.base_url}/sandbox/twilio/2010-04-01/Accounts/{s.twilio_account_sid}/Messages.json"
+    first = requests.get(url, params={"To": WA, "PageSize": 2}, timeout=5,
+                         auth=(s.twilio_account_sid, s.twilio_auth_token)).json()
+    assert [m["body"] for m in first["messages"]] == ["Update 3", "Update 2"]
+    assert first["next_page_uri"]
+    sweep_at(T0 + STALE)
+    assert row(oid).provider_sid == taken.sid
+    assert len(at_twilio(body="Booking 12345678: pay with this link")) == 1
+
+
+def test_a_template_send_is_known_by_its_values(line):
+    clock.freeze(T0)
+    value = 'Booking 12345678: your code is "4821"\nShow it to the rider'
+    oid = lost_outcome(line, "Booking 12345678 ...", template={"1": value})
+    (taken,) = at_twilio()
+    assert taken.body.startswith("[template HXabc123]")
+    sweep_at(T0 + STALE)
+    assert row(oid).provider_sid == taken.sid
+    assert len(at_twilio()) == 1
+
+
+def test_the_emulator_lists_like_twilio(live):
+    s = get_settings()
+    sms_from = s.twilio_sms_from
+    sent = {}
+    for day, to, body in ((9, TO, "a"), (10, TO, "b"), (10, "+919876500012", "c"),
+                          (11, TO, "d")):
+        clock.freeze(datetime(2026, 3, day, 23, 59, 59, tzinfo=UTC))
+        sent[body] = twilio_gateway.client().messages.create(to=to, from_=sms_from,
+                                                             body=body).sid
+    clock.freeze(datetime(2026, 3, 12, tzinfo=UTC))
+    sent["e"] = twilio_gateway.client().messages.create(to=TO, from_=s.twilio_whatsapp_from,
+                                                        body="e").sid
+    messages = twilio_gateway.client().messages
+
+    def bodies(**filters) -> list[str]:  # noqa: ANN003
+        return [m.body for m in messages.stream(from_=sms_from, page_size=1, **filters)]
+
+    assert bodies(to=TO) == ["d", "b", "a"]  # newest first, one page each
+    assert bodies(to=TO, date_sent="2026-03-10") == ["b"]
+    assert bodies(to=TO, date_sent_after="2026-03-10") == ["d", "b"]  # on or after
+    assert bodies(to=TO, date_sent_before="2026-03-10") == ["b", "a"]  # on or before
+    assert bodies(date_sent="2026-03-10") == ["c", "b"]
+    assert [m.body for m in messages.list(to=TO)] == ["e", "d", "b", "a"]
+    page = messages.page(to=TO, page_size=3)
+    assert [m.sid for m in page] == [sent["e"], sent["d"], sent["b"]]
+    assert page.next_page_url and "PageToken=" in page.next_page_url
+    assert [m.body for m in page.next_page()] == ["a"]
+    assert page.next_page().next_page_url is None
+    listed = twilio_gateway.messages_sent(to=TO, from_=sms_from,
+                                          since=datetime(2026, 3, 10).date(), limit=10)
+    assert [(m.body, m.date_created) for m in listed] == [
+        ("d", datetime(2026, 3, 11, 23, 59, 59, tzinfo=UTC)),
+        ("b", datetime(2026, 3, 10, 23, 59, 59, tzinfo=UTC))]
+    url = f"{live.base_url}/sandbox/twilio/2010-04-01/Accounts/{s.twilio_account_sid}/Messages.json"
+    assert requests.get(url, auth=(s.twilio_account_sid, "wrong"), timeout=5).status_code == 401
+    assert requests.get(url, params={"DateSent": "10 March"}, timeout=5,
+                        auth=(s.twilio_account_sid, s.twilio_auth_token)).status_code == 400
+    redis_client().set(FAIL_LIST_KEY, 1)
+    with pytest.raises(twilio_gateway.LookupFailed):
+        twilio_gateway.messages_sent(to=TO, from_=sms_from,
+                                     since=datetime(2026, 3, 10).date(), limit=10)
+    with transaction() as session:
+        assert session.scalar(select(func.count()).select_from(SandboxMessage)) == 5
