@@ -66,6 +66,7 @@ REQUIRED_KEYS = (
     | {f"ivr.cancel.{k}" for k in ("none", "free", "refund", "fee", "changed",  # voice cancel
                                    "picked_up", "not_allowed")}
     | {f"bot.rate.{k}" for k in ("ask", "help", "thanks", "already")}  # rating after delivery
+    | {f"bot.rate.words.{n}" for n in range(1, 6)}  # stars_given: a rating said in words
     | {"bot.track.pay", "bot.track.link_coming",  # tracking an unpaid booking
        "ivr.track.link_sent", "ivr.track.link_coming"}
     | {"bot.cancel.done_fee", "dispatch.job_cancelled_fee"}  # cancel_booking after assignment

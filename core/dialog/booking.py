@@ -14,7 +14,9 @@ speed. After changing a group the dialog goes straight back to the confirmation.
 
 from __future__ import annotations
 
+import itertools
 import re
+import unicodedata
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -687,7 +689,11 @@ STAR_CHARS = frozenset("⭐★🌟")
 _OUT_OF_5 = re.compile(r"\s*(?:/|out of|of)\s*5\b")
 _DIGITS = re.compile(r"\d+")
 _STARS_LINE = re.compile(r"^\s*([1-5])\s*=\s*([^⭐(]+?)\s*⭐", re.MULTILINE)
-MAX_RATING_WORDS = 5  # "I give it 5 stars": a short reply; a longer one is not read for a digit
+# "I give it 5 stars", "service bahut acchi thi": a short reply; a longer one is not read
+# for a digit or for words ("accha, ek aur parcel bhejna hai" is "OK, ...", not 4 stars).
+MAX_RATING_WORDS = 5
+RATING_WORDS_KEY = "bot.rate.words.{}"  # the words for 1..5 stars, in every catalog
+_REPEATS = re.compile(r"(.)\1+")
 
 
 def rating_words() -> dict[str, int]:
@@ -704,9 +710,74 @@ def rating_words() -> dict[str, int]:
     return found
 
 
+def _squeezed(word: str) -> str:
+    """A letter typed twice or more as one: "achhaa", "accha" and "acha" read alike."""
+    return _REPEATS.sub(r"\1", word)
+
+
+def _words_of(text: str) -> list[str]:
+    """The words of a reply, lower-cased and squeezed; punctuation, symbols and emoji
+    part words ("accha👍"), format marks (a zero-width joiner) are dropped."""
+    kept = []
+    for ch in words.clean(text):
+        kind = unicodedata.category(ch)
+        kept.append(" " if kind[0] in "PSZ" else "" if kind[0] == "C" else ch)
+    return [_squeezed(w) for w in "".join(kept).split()]
+
+
+# "No" beside a rating's words: "accha nahi" (not good) is no 4 stars.
+NEGATIONS = frozenset(_squeezed(w) for w in words.NO_WORDS | {
+    "not", "never", "nahi", "nhi", "nahin", "nai", "नहीं", "नही", "नाही"})
+
+
+def rating_phrases() -> list[tuple[str, int, tuple[str, ...]]]:
+    """(language, stars, words) for every phrase a catalog lists for a star value: its
+    RATING_WORDS_KEY lines (comma-separated phrases; "a/b" is either spelling at that
+    place, "bahut/bohot accha/acha"), and the question's own "very good" and "very bad"."""
+    found = []
+    for lang in LANGUAGES:
+        try:
+            text = i18n.raw("bot.rate.ask", lang)
+        except KeyError:
+            text = ""
+        found += [(lang, int(n), tuple(_words_of(w))) for n, w in _STARS_LINE.findall(text)]
+        for n in range(1, 6):
+            try:
+                listed = i18n.raw(RATING_WORDS_KEY.format(n), lang)
+            except KeyError:
+                continue
+            for phrase in listed.split(","):
+                spellings = [["".join(_words_of(s)) for s in w.split("/")] for w in phrase.split()]
+                found += [(lang, n, tuple(w for w in ws if w))
+                          for ws in itertools.product(*spellings) if any(ws)]
+    return found
+
+
+def stars_said(text: str) -> int | None:
+    """The stars a short reply says in words: "bahut accha tha" 5, "theek hai" 3, "BEKAR"
+    1 (the catalogs' phrases, found whole-word, the longest where one holds another);
+    None if it names none or two values, or says "no" outside the phrase found
+    ("accha nahi tha" is 2 only because a catalog lists "accha nahi")."""
+    said = _words_of(text)
+    if not said or len(said) > MAX_RATING_WORDS:
+        return None
+    stars = {phrase: n for _lang, n, phrase in rating_phrases()}
+    found = [(i, i + len(p), n) for p, n in stars.items()
+             for i in range(len(said) - len(p) + 1) if tuple(said[i:i + len(p)]) == p]
+    # A phrase inside a longer one found is part of it: "accha" in "bahut accha".
+    kept = [(a, b, n) for a, b, n in found
+            if not any(c <= a and b <= d and d - c > b - a for c, d, _ in found)]
+    if len({n for _a, _b, n in kept}) != 1:
+        return None
+    covered = {i for a, b, _n in kept for i in range(a, b)}
+    if any(w in NEGATIONS for i, w in enumerate(said) if i not in covered):
+        return None
+    return kept[0][2]
+
+
 def stars_given(text: str) -> int | None:
-    """1..5 from "4", "४", "char", "⭐⭐⭐⭐", "4 ⭐", "5 stars", "4/5", "4 out of 5" or the
-    question's own "very good"; None for anything else."""
+    """1..5 from "4", "४", "char", "⭐⭐⭐⭐", "4 ⭐", "5 stars", "4/5", "4 out of 5", the
+    question's own "very good" or a catalog's words ("bahut accha"); None otherwise."""
     t = words.clean(text)
     bare = "".join(ch for ch in t if ch not in STAR_CHARS).strip()
     if not bare:  # stars only
@@ -716,11 +787,15 @@ def stars_given(text: str) -> int | None:
         if stars is None:
             stars = rating_words().get(words.clean(bare))
         if stars is None:
-            # One number in a short reply, "out of 5" aside: "5 stars", "⭐ 5 👍", "4/5".
+            # One number in a short reply, "out of 5" aside: "5 stars", "⭐ 5 👍", "4/5";
+            # else the words: "bahut accha tha". Both must agree ("5, accha nahi": no).
             plain = _OUT_OF_5.sub(" ", words.ascii_digits(bare))
             digits = _DIGITS.findall(plain)
+            said = stars_said(bare)
             if len(digits) == 1 and len(plain.split()) <= MAX_RATING_WORDS:
-                stars = int(digits[0])
+                stars = int(digits[0]) if said in (None, int(digits[0])) else None
+            elif not digits:
+                stars = said
     return stars if stars is not None and 1 <= stars <= 5 else None
 
 

@@ -10,15 +10,19 @@ at the main menu "1" still starts a booking. The step is entered only when the c
 free (at the menu, or idle for a day) and quiet (no message for QUIET), so a customer in
 the middle of another booking is not asked, and their digits keep answering that
 booking's questions; one who wrote a moment ago (reading the menu, typing "5" for Help)
-is asked once they have been quiet a while. The question counts until the customer
-leaves it (a greeting, the menu, a second answer that is no rating), or for
+is asked once they have been quiet a while. A busy customer is tried again and again,
+further apart each time (``ask_wait``), until RATING_WINDOW after the delivery: one who
+chats about another booking for hours is asked once they stop. The question counts until
+the customer leaves it (a greeting, the menu, a second answer that is no rating), or for
 RATING_WINDOW (core.services.conversation).
 """
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 
+from redis.client import Pipeline
+from rq import Queue
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
@@ -37,10 +41,16 @@ RATING_WINDOW = timedelta(days=2)  # a bare digit answers the question this long
 IDLE = timedelta(hours=24)  # as conversation.IDLE_RESUME: a chat this quiet is free
 # A customer who wrote less than this ago may still be reading the menu (or typing a
 # choice): a question arriving now would take their "5" (Help) as 5 stars. It is asked
-# once the chat has been this quiet, up to ASK_TRIES times, then not at all.
+# once the chat has been this quiet; one still busy then is tried again after twice as
+# long each time (10, 20, 40 minutes...), ASK_WAIT_MAX apart at most, until
+# RATING_WINDOW after the delivery (about 17 tries). ASK_TRIES only bounds the chain
+# should the delivery time be unknown.
 QUIET = timedelta(minutes=10)
-ASK_TRIES = 6
+ASK_WAIT_MAX = timedelta(hours=4)
+ASK_TRIES = 24
+ASK_LAST = timedelta(minutes=1)  # the last try runs this long before the window ends
 ASK_LATER_JOB = "core.services.rating.ask_later"
+_WAITING = ("queued", "scheduled", "deferred", "started")
 
 
 def is_rated(session: Session, booking_id: int) -> bool:
@@ -81,9 +91,13 @@ def ask_after_delivery(session: Session, booking: Booking, tries: int = 1) -> bo
     Not asked: bookings made elsewhere (the app rates in the app; a caller reads SMS and
     cannot answer one), after STOP, while a person handles the chat, while the customer
     is in the middle of something else, or when the question could only go by SMS. A
-    customer who wrote in the last QUIET is asked later (``ask_later``, ``tries``-th)."""
+    customer who wrote in the last QUIET, or is in the middle of something else, is
+    tried later (``ask_later``, ``tries``-th), up to RATING_WINDOW after the delivery."""
     if booking.channel != "whatsapp" or booking.status != BookingStatus.DELIVERED:
         return False
+    ends = asking_ends(booking)
+    if ends is not None and clock.now() >= ends:
+        return False  # too late to ask about it
     person = session.get(Person, booking.customer_id)
     if person is None or person.opted_out or is_rated(session, booking.id):
         return False
@@ -100,8 +114,7 @@ def ask_after_delivery(session: Session, booking: Booking, tries: int = 1) -> bo
                           .with_for_update(skip_locked=True)
                           .execution_options(populate_existing=True))
     if conv is None:  # a turn holds it: they are writing now
-        if tries < ASK_TRIES:
-            _ask_later(session, booking.id, QUIET, tries + 1)
+        _ask_later(session, booking, tries, QUIET)
         return False
     if conv.handoff:
         return False
@@ -109,11 +122,11 @@ def ask_after_delivery(session: Session, booking: Booking, tries: int = 1) -> bo
     since = now - conv.last_inbound_at if conv.last_inbound_at is not None else None
     if since is not None and since < QUIET:
         # Busy writing: asked when they have been quiet a while (ask_later), not now.
-        if tries < ASK_TRIES:
-            _ask_later(session, booking.id, QUIET - since, tries + 1)
+        _ask_later(session, booking, tries, QUIET - since)
         return False
     idle = since is None or since > IDLE
     if conv.step not in (MENU, RATE) and not idle:
+        _ask_later(session, booking, tries, QUIET)  # once back at the menu
         return False
     lang = notify.language_of(person)
     # The answer must come back on WhatsApp: an SMS reply reaches the riders' number.
@@ -134,17 +147,71 @@ def ask_after_delivery(session: Session, booking: Booking, tries: int = 1) -> bo
     return True
 
 
-def _ask_later(session: Session, booking_id: int, wait: timedelta, tries: int) -> None:
-    job_id = f"rate-ask-{booking_id}-{tries}"
+def asking_ends(booking: Booking) -> datetime | None:
+    """When asking about ``booking`` stops: RATING_WINDOW after its (last) drop; None if
+    no drop time is recorded."""
+    drops = [leg.delivered_at for leg in booking.legs if leg.delivered_at is not None]
+    return max(drops) + RATING_WINDOW if drops else None
+
+
+def ask_wait(tries: int) -> timedelta:
+    """How long a customer busy at the ``tries``-th try is left before the next one:
+    QUIET, then twice as long each time, ASK_WAIT_MAX at most."""
+    return min(QUIET * 2 ** min(tries - 1, 16), ASK_WAIT_MAX)
+
+
+def ask_job_id(booking_id: int, tries: int) -> str:
+    return f"rate-ask-{booking_id}-{tries}"
+
+
+def _ask_later(session: Session, booking: Booking, tries: int, quiet_in: timedelta) -> None:
+    """After the commit, schedule try ``tries + 1``: once the chat has been quiet
+    (``quiet_in`` from now) and ``ask_wait(tries)`` has passed, the window allowing."""
+    if tries >= ASK_TRIES:
+        return
+    wait = max(quiet_in, ask_wait(tries))
+    ends = asking_ends(booking)
+    if ends is not None:
+        wait = min(wait, ends - ASK_LAST - clock.now())
+        if wait <= timedelta(0):
+            return  # the window ends before another try
+    booking_id = booking.id
+    job_id, caller = ask_job_id(booking_id, tries + 1), ask_job_id(booking_id, tries)
+    key = f"rate-ask-next:{booking_id}"
+    # The job ids differ per try (an id RQ keeps for a finished job cannot be used again),
+    # so one waiting ask per booking is kept by this key naming it: a try replaces
+    # itself; any other caller (a repeated or stray call) schedules nothing while it waits.
+    ttl = int((wait + RATING_WINDOW).total_seconds())
 
     def schedule() -> None:
         q = queue("default")
+        claimed: list[bool] = []
+
+        def claim(pipe: Pipeline) -> None:  # WATCHing key: two callers, one wins
+            claimed.clear()
+            raw = pipe.get(key)
+            waiting = raw.decode() if isinstance(raw, bytes) else raw
+            if waiting == job_id or (waiting not in (None, caller) and _waits(q, waiting)):
+                return
+            pipe.multi()
+            pipe.set(key, job_id, ex=ttl)
+            claimed.append(True)
+
+        q.connection.transaction(claim, key)
+        if not claimed:
+            return
         if q.fetch_job(job_id) is not None:
             return  # natural job id: scheduled (or ran) already
-        q.enqueue_in(wait + timedelta(seconds=1), ASK_LATER_JOB, booking_id, tries,
+        q.enqueue_in(wait + timedelta(seconds=1), ASK_LATER_JOB, booking_id, tries + 1,
                      job_id=job_id, result_ttl=3600, failure_ttl=7 * 86400)
 
     after_commit(session, schedule)
+
+
+def _waits(q: Queue, job_id: str) -> bool:
+    """True if the job is still to run (or running: it schedules its own next try)."""
+    job = q.fetch_job(job_id)
+    return job is not None and job.get_status(refresh=False) in _WAITING
 
 
 def ask_later(booking_id: int, tries: int) -> str:
