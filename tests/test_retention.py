@@ -167,6 +167,12 @@ def erase(client, ops: dict[str, str], pid: int, reason: str | None = "asked by 
                        json={} if reason is None else {"reason": reason})
 
 
+def erase_partner(client, ops: dict[str, str], partner_id: int,
+                  reason: str = "asked by phone"):
+    return client.post(f"{API}/ops/partners/{partner_id}/erase", headers=ops,
+                       json={"reason": reason})
+
+
 def run_retention_job() -> dict[str, int]:
     """The day's retention job, as its chain scheduled it, run through RQ at its time."""
     from workers.retention import schedule
@@ -267,14 +273,14 @@ def test_erasing_a_partner_waits_for_ops_to_block_them_and_deletes_their_photos(
     pid = person_id(RAMESH)
     with transaction() as s:
         partner = s.scalar(select(PartnerProfile).where(PartnerProfile.person_id == pid))
-    r = erase(client, ops, pid)
+    r = erase_partner(client, ops, partner.id)
     assert r.status_code == 409 and r.get_json()["error"]["code"] == "active_partner"
     assert photo_file.exists()
     kept = rows(*KEPT)
 
     assert client.put(f"{API}/ops/partners/{partner.id}/kyc", headers=ops,
                       json={"status": "suspended", "note": "asked to leave"}).status_code == 200
-    r = erase(client, ops, pid)
+    r = erase_partner(client, ops, partner.id)
     assert r.status_code == 200, r.get_json()
     assert r.get_json()["counts"]["photos"] == 1
     assert not photo_file.exists()
@@ -292,7 +298,7 @@ def test_erasing_a_partner_waits_for_ops_to_block_them_and_deletes_their_photos(
     # Customers' bookings stay theirs: Ramesh carried it, it is not his to erase.
     assert client.get(f"{API}/bookings/{ref}", headers=customer).get_json()["recipient_name"] \
         == "Gita"
-    assert erase(client, ops, pid).get_json()["erased"] is False
+    assert erase_partner(client, ops, partner.id).get_json()["erased"] is False
 
 
 def test_erasure_is_refused_while_anything_of_theirs_is_under_way(client):
@@ -303,15 +309,20 @@ def test_erasure_is_refused_while_anything_of_theirs_is_under_way(client):
     recipient = sign_in(client, RECIPIENT)  # the recipient is a customer of ours too
     everything = rows()
 
-    def refused(pid: int, code: str) -> None:
-        r = erase(client, ops, pid)
+    def refused(pid: int, code: str, *, partner_id: int | None = None) -> None:
+        r = (erase(client, ops, pid) if partner_id is None
+             else erase_partner(client, ops, partner_id))
         assert r.status_code == 409, r.get_json()
         assert r.get_json()["error"]["code"] == code
 
     refused(person_id(CUSTOMER), "in_flight")
     refused(person_id(RECIPIENT), "in_flight")  # the parcel is on its way to them
     refused(person_id(OPS_PERSON[1]), "operator")
-    refused(person_id(RAMESH), "active_partner")
+    with transaction() as s:
+        ramesh = s.scalar(select(PartnerProfile.id).where(
+            PartnerProfile.person_id == person_id(RAMESH)))
+    refused(person_id(RAMESH), "is_partner")  # a partner goes by the partner route
+    refused(person_id(RAMESH), "active_partner", partner_id=ramesh)
     assert erase(client, ops, 2**31 - 1).status_code == 404
     assert rows() == everything
     # A blocked partner with a parcel still in hand: they must deliver it first.
@@ -321,7 +332,7 @@ def test_erasure_is_refused_while_anything_of_theirs_is_under_way(client):
     assert client.put(f"{API}/ops/partners/{partner.id}/kyc", headers=ops,
                       json={"status": "suspended", "note": "documents expired"}
                       ).status_code == 200
-    refused(partner.person_id, "in_flight")
+    refused(partner.person_id, "in_flight", partner_id=partner.id)
 
     # Cancelled before payment: nothing is under way any more, and no money was taken.
     assert client.post(f"{API}/bookings/{ref}/cancel", headers=customer).status_code == 200

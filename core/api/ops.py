@@ -77,8 +77,8 @@ class LegRow(BaseModel):
 class PartnerRow(BaseModel):
     id: int = Field(description="the partner's id (partner routes take it; it is not their "
                                 "person id)")
-    person_id: int = Field(description="their person id (what /ops/people/{person_id}/erase "
-                                       "takes)")
+    person_id: int = Field(description="their person id (a partner is erased by "
+                                       "/ops/partners/{partner_id}/erase, not by this)")
     first_name: str
     phone_masked: str | None
     on_duty: bool
@@ -475,18 +475,29 @@ def _erase(session: Session, person_id: int, reason: str) -> ErasedOut:
 
 
 @endpoint(bp, "POST", "/ops/people/<int:person_id>/erase",
-          summary="Erase a person's personal data on their request (audited); their "
-                  "payments, ledger and history stay. A person id: partner rows show it as "
-                  "person_id, booking rows as customer_id", roles=OPS, body=EraseIn,
+          summary="Erase a customer's personal data on their request (audited); their "
+                  "payments, ledger and history stay. A person id, as booking rows show "
+                  "customer_id; a partner is refused (409 is_partner): erase them by "
+                  "/ops/partners/{partner_id}/erase", roles=OPS, body=EraseIn,
           response=ErasedOut, tags=("ops",), errors=(404, 409))
 def ops_erase_person(person_id: int, body: EraseIn) -> ErasedOut:
     with transaction() as session:
+        # The person route is for customers. A partner goes by the partner route, whose
+        # summary ops read for partners (block their KYC first): refused here, unchanged.
+        partner_id = session.scalar(select(PartnerProfile.id).where(
+            PartnerProfile.person_id == person_id))
+        if partner_id is not None:
+            raise Conflict(f"person {person_id} is partner {partner_id}: erase them with "
+                           f"POST {bp.url_prefix}/ops/partners/{partner_id}/erase; "
+                           "nothing was changed", code="is_partner")
         return _erase(session, person_id, body.reason)
 
 
 @endpoint(bp, "POST", "/ops/partners/<int:partner_id>/erase",
           summary="Erase a partner's personal data on their request, by the partner id "
-                  "(audited); block their KYC first", roles=OPS, body=EraseIn,
+                  "(audited); block their KYC first. The whole person: a partner who also "
+                  "sent parcels loses those bookings' details too, and is refused while one "
+                  "is under way", roles=OPS, body=EraseIn,
           response=ErasedOut, tags=("ops",), errors=(404, 409))
 def ops_erase_partner(partner_id: int, body: EraseIn) -> ErasedOut:
     with transaction() as session:
