@@ -73,13 +73,18 @@ def rate_booking(session: Session, booking: Booking, stars: int,
 
 
 def _update_partner_ratings(session: Session, b: Booking, stars: int) -> None:
-    """Fold the new rating into each partner's running average (x100, kept in 0..500)."""
-    for leg in b.legs:
-        if leg.partner_id is None:
-            continue
-        p = session.get(PartnerProfile, leg.partner_id, with_for_update=True)
-        if p is None:
-            continue
+    """Fold the new rating into the running average (x100, kept in 0..500) of each partner
+    who carried a leg, once each: it is one customer's word on one trip.
+
+    The partners are locked in one statement in id order, the order dispatch locks them
+    in: a relay's legs list them in any order, and two transactions taking the same two
+    rows in opposite orders deadlock (PostgreSQL then aborts one of them)."""
+    ids = sorted({leg.partner_id for leg in b.legs if leg.partner_id is not None})
+    if not ids:
+        return
+    for p in session.scalars(select(PartnerProfile).where(PartnerProfile.id.in_(ids))
+                             .order_by(PartnerProfile.id).with_for_update()
+                             .execution_options(populate_existing=True)):
         # An exponential average: recent trips count more, one bad day does not ruin anyone.
         p.rating_x100 = max(0, min(500, round(p.rating_x100 * 0.9 + stars * 100 * 0.1)))
 
