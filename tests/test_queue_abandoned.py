@@ -17,9 +17,10 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from rq import Retry
+from rq import Queue, Retry
 from rq.registry import FailedJobRegistry, StartedJobRegistry
-from rq.utils import current_timestamp
+from rq.utils import current_timestamp, utcformat
+from rq.utils import now as rq_now
 
 from core import clock
 from core.adapters.queue import enqueue, job_alive, queue
@@ -52,6 +53,7 @@ def hold(tag: str) -> str:
     if r.blpop([f"test:go:{tag}"], timeout=WAIT_S) is None:
         raise RuntimeError("the test never said go")
     r.incr(f"test:done:{tag}")
+    r.rpush(f"test:finished:{tag}", os.getpid())
     return tag
 
 
@@ -68,9 +70,11 @@ def start_worker(clean_db: None, tmp_path: Path) -> Iterator[Callable[[], subpro
     """Start worker processes; any still alive is killed before Redis is emptied."""
     started: list[subprocess.Popen] = []
 
-    def start() -> subprocess.Popen:
+    def start(fork: bool = False) -> subprocess.Popen:
+        code = WORKER.replace("service_worker()", "service_worker(fork=True)") if fork \
+            else WORKER
         with open(tmp_path / f"worker{len(started)}.log", "w") as out:
-            process = subprocess.Popen([sys.executable, "-c", WORKER], cwd=ROOT,
+            process = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT,
                                        env=dict(os.environ), stdout=out,
                                        stderr=subprocess.STDOUT)
         started.append(process)
@@ -105,20 +109,36 @@ def kill_inside_the_job(tag: str, start_worker, logs: Path) -> str:
     return job.worker_name
 
 
+def time_is_up() -> None:
+    """What the passing of the job's timeout (plus RQ's 60 s) does to its start: long ago."""
+    job = queue().fetch_job(JOB_ID)
+    timeout = job.timeout if job.timeout is not None else Queue.DEFAULT_TIMEOUT
+    redis_client().hset(job.key, "started_at", utcformat(
+        rq_now() - timedelta(seconds=timeout + 61)))
+
+
 def worker_key_expired(worker: str) -> None:
-    """What the key's TTL does when the dead worker's last heartbeat runs out."""
+    """What the key's TTL does when the dead worker's last heartbeat runs out: at the
+    job's timeout plus 60 s since it started (a SimpleWorker sends none during a job)."""
     redis_client().delete(f"rq:worker:{worker}")
+    time_is_up()
 
 
-def heartbeat_lapsed(worker: str) -> None:
-    """What the passing of time does to the job's entry in the StartedJobRegistry (RQ's
-    own test for an abandoned job). In RQ 3.0.0 it lapses with the worker's key; here the
-    key stays, so that this test alone decides."""
+def entry_lapsed() -> None:
+    """The job's entry in the StartedJobRegistry scored in the past (RQ's own test for an
+    abandoned job)."""
     r = redis_client()
     key = StartedJobRegistry(queue=queue()).key
     mine = [e for e in r.zrange(key, 0, -1) if e.decode().startswith(f"{JOB_ID}:")]
     assert mine
     r.zadd(key, dict.fromkeys(mine, current_timestamp() - 1), xx=True)
+
+
+def heartbeat_lapsed(worker: str) -> None:
+    """What the passing of time does to the job's entry. In RQ 3.0.0 it lapses with the
+    worker's key; here the key stays, so that this test alone decides."""
+    entry_lapsed()
+    time_is_up()
 
 
 def death_recorded(worker: str) -> None:
@@ -224,3 +244,35 @@ def test_a_waiting_job_is_not_enqueued_again(clean_db, waiting):
     job = queue().fetch_job(JOB_ID)
     assert (job.get_status(), job.args) == (status, ["first"])
     assert queue().job_ids == jobs_before
+
+
+def test_a_job_the_horse_of_a_killed_forking_worker_still_runs_is_not_doubled(start_worker,
+                                                                              tmp_path):
+    """RQ_FORK_PER_JOB: the work horse has a process group of its own, so the parent
+    killed alone (the OOM killer picks the biggest) leaves it running the job; the parent's
+    key and entry lapse within 90 s, long before the job's timeout ends the horse."""
+    from tests.conftest import run_jobs
+
+    enqueue(HOLD, "f", job_id=JOB_ID)
+    parent = start_worker(fork=True)
+    got = redis_client().blpop(["test:started:f"], timeout=WAIT_S)
+    assert got is not None, "".join(p.read_text() for p in tmp_path.glob("worker*.log"))
+    horse = int(got[1])
+    assert horse != parent.pid
+    parent.kill()
+    assert parent.wait(timeout=WAIT_S) == -9
+    job = queue().fetch_job(JOB_ID)
+    # 91 s later: the parent's key and entry have lapsed; the job's 180 s have not.
+    redis_client().delete(f"rq:worker:{job.worker_name}")
+    entry_lapsed()
+    redis_client().hset(job.key, "started_at", utcformat(rq_now() - timedelta(seconds=91)))
+
+    enqueue(HOLD, "f", job_id=JOB_ID)  # a sweep re-driving it while the horse runs it
+
+    assert job.get_status(refresh=True) == "started"
+    assert queue().job_ids == []
+    go("f")
+    finished = redis_client().blpop(["test:finished:f"], timeout=WAIT_S)
+    assert finished is not None and int(finished[1]) == horse
+    assert run_jobs(("default",)) == 0
+    assert finished_runs("f") == 1

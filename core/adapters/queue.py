@@ -170,9 +170,11 @@ def _pending(q: Queue, job_id: str) -> bool:
 #   Result "Moved to FailedJobRegistry, due to AbandonedJobError, at <time>", and
 #   enqueues its dependents and sends its "failed" webhooks. Then the entries go.
 # Until then every enqueue of its id found it "started" and did nothing. So a "started"
-# job counts only if a live worker runs it: its worker's key is there without a death,
-# and one of its entries is still scored ahead of now (RQ's own test, on RQ's clock,
-# which wrote the score). Otherwise it is failed now, by that same cleanup(), for it alone.
+# job counts as running while its worker's key is there without a death and one of its
+# entries is still scored ahead of now (RQ's own test, on RQ's clock, which wrote the
+# score), or, that lapsed, while its own timeout (plus RQ's 60 s) since it started has
+# not passed: a forking worker's horse outlives its parent killed alone. A recorded death
+# or a job past its time is failed now, by that same cleanup(), for it alone.
 
 
 def _abandoned(job: Job) -> bool:
@@ -183,9 +185,27 @@ def _abandoned(job: Job) -> bool:
         p.exists(key)
         p.hexists(key, "death")
         entries, worker_there, worker_died = p.execute()
+    if worker_died:  # a cold shutdown: its work horse was killed with it
+        return True
     now = current_timestamp()
     running = any(score > now for entry, score in entries if _job_of(entry) == job.id)
-    return not (worker_there and not worker_died and running)
+    if worker_there and running:
+        return False
+    # The worker's key or entry lapsed. A SimpleWorker's both lapse when the job's time
+    # is up; a forking worker's parent killed alone lapses within 90 s, while its horse
+    # (own process group) runs the job on until the job's own timeout kills it.
+    return not _may_still_run(job, now)
+
+
+def _may_still_run(job: Job, now: int) -> bool:
+    """True until the job's timeout (plus RQ's 60 s) since it started; a job without a
+    timeout (-1) may run for ever: only a recorded death ends it."""
+    timeout = job.timeout if job.timeout is not None else Queue.DEFAULT_TIMEOUT
+    if timeout < 0:
+        return True
+    if job.started_at is None:
+        return False
+    return job.started_at.timestamp() + timeout + 60 > now
 
 
 def _fail_abandoned(job: Job) -> bool:
