@@ -37,6 +37,10 @@ SANDBOX_SECRETS = frozenset((
 OWN_SECRET_MIN = 32
 ISSUED_SECRET_MIN = 16
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+# When operators answer "talk to a person": India time, every day of the week alike.
+DEFAULT_OPS_HOURS = "08:00-21:00"
+ALWAYS = "24h"
+_HOURS = re.compile(r"(\d{1,2}):(\d{2})\s*-\s*(\d{1,2}):(\d{2})")
 
 
 class ConfigError(RuntimeError):
@@ -70,6 +74,27 @@ def int_setting(name: str, default: int, *, minimum: int = 0,
     """An integer setting an area reads when it needs it: ConfigError names a bad value
     instead of the default silently standing in for it."""
     return _int(dict(os.environ), name, default, minimum=minimum, maximum=maximum)
+
+
+def parse_ops_hours(raw: str) -> tuple[int, int] | None:
+    """OPS_HOURS as (opens, closes) in minutes after midnight, India time; None: "24h",
+    always open. "20:00-04:00" runs past midnight; "24:00" may end a day. ValueError
+    names what is wrong."""
+    text = raw.strip().lower()
+    if text == ALWAYS:
+        return None
+    match = _HOURS.fullmatch(text)
+    if match is None:
+        raise ValueError(f"OPS_HOURS must be HH:MM-HH:MM (India time, e.g. "
+                         f"{DEFAULT_OPS_HOURS}) or {ALWAYS}, got {raw!r}")
+    oh, om, ch, cm = (int(g) for g in match.groups())
+    if oh > 23 or om > 59 or cm > 59 or ch > 24 or (ch == 24 and cm):
+        raise ValueError(f"OPS_HOURS has a time that is not on a clock, got {raw!r}")
+    opens, closes = oh * 60 + om, (ch * 60 + cm) % (24 * 60)
+    if opens == closes:  # no hours at all, or every hour: say which with 24h
+        raise ValueError(f"OPS_HOURS opens and closes at the same time (for always, "
+                         f"use {ALWAYS}), got {raw!r}")
+    return opens, closes
 
 
 def sqlalchemy_url(url: str) -> str:
@@ -121,6 +146,9 @@ class Settings:
     proxy_hops: int = 0
     # Wrong sign-in codes a phone may send in a day, however many new codes it asks for.
     otp_failures_per_day: int = 10
+    # Operators' hours (OPS_HOURS): minutes after midnight, India time, every day; None:
+    # always. Outside them a request for a person waits for the opening, said plainly.
+    ops_hours: tuple[int, int] | None = (8 * 60, 21 * 60)
 
     @property
     def is_production(self) -> bool:
@@ -285,6 +313,12 @@ def load_settings(environ: dict[str, str] | None = None) -> Settings:
         if not E164.fullmatch(number):
             problems.append(f"{name} must be an E.164 number (+91XXXXXXXXXX)")
 
+    try:
+        ops_hours = parse_ops_hours(env.get("OPS_HOURS") or DEFAULT_OPS_HOURS)
+    except ValueError as err:
+        problems.append(str(err))
+        ops_hours = None
+
     raw_level = env.get("LOG_LEVEL", "")
     log_level = raw_level.strip().upper() or "INFO"
     # Python's logging takes these old names too, and settings written for it use them.
@@ -327,6 +361,7 @@ def load_settings(environ: dict[str, str] | None = None) -> Settings:
         twilio_webhook_shared_key=env.get("TWILIO_WEBHOOK_SHARED_KEY") or None,
         proxy_hops=num("PROXY_HOPS", 0, minimum=0, maximum=5),
         otp_failures_per_day=num("OTP_FAILURES_PER_DAY", 10, minimum=1),
+        ops_hours=ops_hours,
     )
     if problems:
         raise ConfigError("\n".join(problems))  # a line each

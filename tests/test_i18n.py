@@ -72,6 +72,10 @@ REQUIRED_KEYS = (
     | {"bot.cancel.done_fee", "dispatch.job_cancelled_fee"}  # cancel_booking after assignment
     | {f"dispatch.handover_{k}_new" for k in ("give", "take")}  # relay codes resent
     | {"sms.customer_help"}  # partner_sms: a customer texting our SMS number
+    | {"bot.handoff.after_hours", "bot.media.callback_after_hours",  # outside OPS_HOURS
+       "ivr.person.after_hours"}
+    | {f"time_of_day.{p}" for p in ("late_night", "morning", "noon", "afternoon", "evening",
+                                    "night")}  # booking.said_time
 )
 
 LANGUAGE_LIST = "1. हिंदी\n2. English\n3. বাংলা\n4. मराठी\n5. தமிழ்\n6. తెలుగు\n7. ગુજરાતી\n8. ಕನ್ನಡ"

@@ -171,7 +171,8 @@ def _menu_handle(ctx: Ctx, inp: UserInput) -> Result:
         return Goto("cancel_pick")
     if picked == 4:
         info = ctx.ports.talk_to_person("asked")
-        return Goto(MENU, [Say("bot.handoff.waiting", info)], prompt=False)
+        return Goto(MENU, [person_said(info, "bot.handoff.waiting", "bot.handoff.after_hours")],
+                    prompt=False)
     if picked == 5:
         return Stay([Say("menu.help")])
     if words.clean(inp.text) in GREETINGS:
@@ -832,6 +833,30 @@ def _end_rating(ctx: Ctx) -> None:
 
 # --- a person, voice notes -------------------------------------------------------------
 
+# Parts of the day, each up to (not including) an hour; each catalog names them with its
+# own words, as a time is said: "रात 2", "सुबह 8", "शाम 7", "রাত 9" (bn), "5 pm".
+_DAY_PARTS = (("late_night", 4), ("morning", 12), ("noon", 15), ("afternoon", 18),
+              ("evening", 20), ("night", 24))
+
+
+def said_time(minutes: int) -> Say:
+    """A time of day (minutes after midnight) as people say it: "9 pm", "रात 9" (the
+    sentence adds "बजे"/"ಗಂಟೆ" in the form its grammar needs)."""
+    hour, minute = divmod(minutes, 60)
+    part = next(name for name, until in _DAY_PARTS if hour < until)
+    shown = str(hour % 12 or 12) + (f":{minute:02d}" if minute else "")
+    return Say(f"time_of_day.{part}", {"time": shown})
+
+
+def person_said(info: dict[str, Any], key: str, away_key: str) -> Say:
+    """What someone put on the waiting list hears: ``key`` (an answer in minutes) while
+    the team is at work, else ``away_key``: their hours, and that we answer after the
+    opening (talk_to_person's ``open``, ``opens``, ``closes``)."""
+    if info.get("open", True):
+        return Say(key, info)
+    return Say(away_key, {"open": said_time(info["opens"]), "close": said_time(info["closes"])})
+
+
 def _offer_prompt(ctx: Ctx) -> list[Out]:
     return [Say("bot.handoff.offer"), Choices((Say("bot.handoff.yes"), Say("bot.handoff.retry")))]
 
@@ -841,7 +866,8 @@ def _offer_handle(ctx: Ctx, inp: UserInput) -> Result:
     back = ctx.state.data.pop("after_offer", None) or MENU
     if picked == 1:
         info = ctx.ports.talk_to_person("not_understood")
-        return Goto(MENU, [Say("bot.handoff.waiting", info)], prompt=False)
+        return Goto(MENU, [person_said(info, "bot.handoff.waiting", "bot.handoff.after_hours")],
+                    prompt=False)
     if picked == 2:
         return Goto(back)
     ctx.state.data["after_offer"] = back
@@ -857,7 +883,8 @@ def _voice_handle(ctx: Ctx, inp: UserInput) -> Result:
     back = ctx.state.data.pop("after_offer", None) or MENU
     if picked == 1:
         info = ctx.ports.talk_to_person("callback")
-        return Goto(MENU, [Say("bot.media.callback", info)], prompt=False)
+        return Goto(MENU, [person_said(info, "bot.media.callback",
+                                       "bot.media.callback_after_hours")], prompt=False)
     if picked == 2:
         return Goto(back)
     ctx.state.data["after_offer"] = back

@@ -36,6 +36,7 @@ from core.dialog.booking import (
     is_the_other_end,
     keep_shown,
     not_allowed_kind,
+    person_said,
     price_changed,
     tier_label,
 )
@@ -101,8 +102,13 @@ def amount(paise: int, lang: str) -> Say:
 
 def _dial(ctx: Ctx, reason: str) -> Result:
     """Put the caller through to ops, on the waiting list first (as a chat's "talk to a
-    person" is): if nobody answers, ops still have someone to call back."""
-    ctx.ports.talk_to_person(reason)
+    person" is): if nobody answers, ops still have someone to call back. Outside the
+    team's hours nobody's mobile rings: the caller hears when we call back, and goodbye."""
+    info = ctx.ports.talk_to_person(reason)
+    if not info.get("open", True):
+        ctx.state.data["call_action"] = "hangup"
+        return Goto(MENU, [person_said(info, "ivr.person.connecting", "ivr.person.after_hours")],
+                    prompt=False)
     ctx.state.data["call_action"] = "dial"
     return Goto(MENU, [Say("ivr.person.connecting")], prompt=False)
 

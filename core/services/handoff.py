@@ -4,6 +4,12 @@ While a handoff is open the bot stays quiet on that conversation (the user's mes
 kept for the operator); the operator's replies go out through the outbox; closing gives
 the conversation back to the bot at its main menu. The ops REST endpoint over these
 functions comes with the REST API issue.
+
+Operators work set hours (OPS_HOURS, India time, the same every day). Outside them a
+request still joins the waiting list, so it is the first thing ops see, but the user is
+told when the team starts instead of a reply in minutes (and a caller is not put through
+to an operator's mobile at night); the idle close counts from the opening, so a night
+request is not closed before anyone could read it.
 """
 
 from __future__ import annotations
@@ -11,6 +17,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from datetime import datetime, timedelta
+from zoneinfo import ZoneInfo
 
 from sqlalchemy import ColumnElement, func, select, tuple_
 from sqlalchemy.orm import Session
@@ -27,6 +34,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_REPLY_MINUTES = 15
 DEFAULT_IDLE_HOURS = 12
+INDIA = ZoneInfo("Asia/Kolkata")  # the operators' clock (OPS_HOURS is India time)
 
 
 def reply_minutes() -> int:
@@ -40,13 +48,46 @@ def idle_hours() -> int:
     return int_setting("HANDOFF_IDLE_HOURS", DEFAULT_IDLE_HOURS, minimum=1)
 
 
+def is_open(hours: tuple[int, int] | None, at: datetime) -> bool:
+    """Whether operators are at work at ``at`` (hours as OPS_HOURS gives them)."""
+    if hours is None:
+        return True
+    opens, closes = hours
+    local = at.astimezone(INDIA)
+    minute = local.hour * 60 + local.minute
+    if opens < closes:
+        return opens <= minute < closes
+    return minute >= opens or minute < closes  # hours that run past midnight
+
+
+def opening_at_or_after(hours: tuple[int, int] | None, at: datetime) -> datetime:
+    """``at`` if operators are at work then, else when they next start."""
+    if hours is None or is_open(hours, at):
+        return at
+    local = at.astimezone(INDIA)
+    start = local.replace(hour=hours[0] // 60, minute=hours[0] % 60, second=0, microsecond=0)
+    if start <= local:
+        start += timedelta(days=1)  # India keeps no summer time: a day is 24 hours
+    return start.astimezone(at.tzinfo)
+
+
+def team_hours(at: datetime | None = None) -> dict[str, object]:
+    """Whether the team is at work now (``open``) and, if not, their hours to tell the
+    user: ``opens`` and ``closes`` in minutes after midnight, India time."""
+    hours = get_settings().ops_hours
+    if hours is None or is_open(hours, at or clock.now()):
+        return {"open": True}
+    return {"open": False, "opens": hours[0], "closes": hours[1]}
+
+
 def open_handoff(session: Session, conv: Conversation) -> Handoff | None:
     return session.scalar(select(Handoff).where(Handoff.conversation_id == conv.id,
                                                 Handoff.status == "waiting"))
 
 
 def request(session: Session, conv: Conversation, reason: str) -> dict[str, object]:
-    """Put the conversation on the waiting list (once); what to tell the user."""
+    """Put the conversation on the waiting list (once); what to tell the user: the reply
+    time we promise, or, outside the team's hours, when they start (``team_hours``)."""
     if conv.id is None:
         session.flush()
     if open_handoff(session, conv) is None:
@@ -54,7 +95,8 @@ def request(session: Session, conv: Conversation, reason: str) -> dict[str, obje
                             channel=conv.channel, reason=reason, status="waiting",
                             step=conv.step, created_at=clock.now()))
     conv.handoff = True
-    return {"minutes": reply_minutes(), "ops_phone": get_settings().ops_phone}
+    return {"minutes": reply_minutes(), "ops_phone": get_settings().ops_phone,
+            **team_hours()}
 
 
 def withdraw(session: Session, conv: Conversation, *, engaged_too: bool = False) -> bool:
@@ -186,12 +228,19 @@ def _last_activity() -> ColumnElement[datetime]:
 def expire_idle(now: datetime | None = None) -> int:
     """Close the handoffs with no message either way for ``idle_hours()`` (run by the
     sweep): nothing else would give the conversation back to the bot, which stays quiet
-    meanwhile. Nobody answered: the user hears we are sorry and gets the ops phone; an
-    operator who answered and forgot to close: the usual closing words. Returns how many."""
+    meanwhile. Time outside the team's hours before the first opening does not count.
+    Nobody answered: the user hears we are sorry and gets the ops phone; an operator who
+    answered and forgot to close: the usual closing words. Returns how many."""
     cutoff = (now or clock.now()) - timedelta(hours=idle_hours())
+    hours = get_settings().ops_hours
+    # The idle time starts at the last activity or, when that came while the team was
+    # away (a request at 23:00, a "hello?" at 02:00), at their next opening. SQL finds
+    # those idle since the cutoff; the opening only moves the start later, so the ones
+    # found are checked against it here.
     with transaction() as session:
-        ids = list(session.scalars(select(Handoff.id).where(
-            Handoff.status == "waiting", _last_activity() < cutoff).order_by(Handoff.id)))
+        rows = session.execute(select(Handoff.id, _last_activity()).where(
+            Handoff.status == "waiting", _last_activity() < cutoff).order_by(Handoff.id))
+        ids = [hid for hid, last in rows if opening_at_or_after(hours, last) < cutoff]
     closed = 0
     for handoff_id in ids:
         with transaction() as session:

@@ -34,7 +34,7 @@ from core.adapters.db import transaction
 from core.adapters.models import Booking, Conversation, Person
 from core.config import get_settings
 from core.dialog import engine
-from core.dialog.booking import BOOKING, MENU
+from core.dialog.booking import BOOKING, MENU, person_said
 from core.dialog.engine import Ctx, DialogState, Out, Say, UserInput
 from core.dialog.voice import (
     END_ON_SILENCE,
@@ -274,12 +274,14 @@ def end_call(session: Session, phone: str, sid: str, status: str) -> bool:
 
 def dial_ended(phone: str | None, status: str, lang: str) -> VoiceTurn:
     """The caller's <Dial> to ops ended (Twilio's DialCallStatus). Nobody answered: say
-    so and when we call back (the handoff opened before dialling is ops' call-back list).
-    An operator answered: goodbye; the handoff stays open for ops to close (a call back
-    may have been promised), marked answered so that the idle sweep, if ops forget it,
-    closes it with the usual words and not "nobody could reply in time"."""
+    so and when we call back (the handoff opened before dialling is ops' call-back list;
+    if the team's day ended meanwhile, after their next opening). An operator answered:
+    goodbye; the handoff stays open for ops to close (a call back may have been
+    promised), marked answered so that the idle sweep, if ops forget it, closes it with
+    the usual words and not "nobody could reply in time"."""
     if status not in PUT_THROUGH:
-        return VoiceTurn(lang, [Say("ivr.person.busy", {"minutes": handoff.reply_minutes()})],
+        info = {"minutes": handoff.reply_minutes(), **handoff.team_hours()}
+        return VoiceTurn(lang, [person_said(info, "ivr.person.busy", "ivr.person.after_hours")],
                          action="hangup")
     if phone is not None:
         with transaction() as session:
