@@ -106,7 +106,9 @@ def waiting() -> list[tuple[str, str]]:
 
 
 @pytest.mark.parametrize(("day_at", "night_at"), [
-    (india(20, 59), india(21, 0)),  # the team's last minute, then closed
+    # The last minute a reply in 15 minutes is due inside the hours, then one not.
+    (india(20, 44), india(20, 50)),
+    (india(12, 0), india(21, 0)),  # closed at 21:00
     (india(8, 0, day=2), india(7, 59, day=2)),  # the morning: one minute early, then open
     (india(12, 0), india(0, 0, day=2)),  # midday, midnight
 ])

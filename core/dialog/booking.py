@@ -850,9 +850,9 @@ def said_time(minutes: int) -> Say:
 
 def person_said(info: dict[str, Any], key: str, away_key: str) -> Say:
     """What someone put on the waiting list hears: ``key`` (an answer in minutes) while
-    the team is at work, else ``away_key``: their hours, and that we answer after the
-    opening (talk_to_person's ``open``, ``opens``, ``closes``)."""
-    if info.get("open", True):
+    the team is at work and still will be then, else ``away_key``: their hours, and that
+    we answer after the opening (talk_to_person's ``in_time``, ``opens``, ``closes``)."""
+    if info.get("in_time", info.get("open", True)):
         return Say(key, info)
     return Say(away_key, {"open": said_time(info["opens"]), "close": said_time(info["closes"])})
 

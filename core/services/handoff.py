@@ -72,12 +72,18 @@ def opening_at_or_after(hours: tuple[int, int] | None, at: datetime) -> datetime
 
 
 def team_hours(at: datetime | None = None) -> dict[str, object]:
-    """Whether the team is at work now (``open``) and, if not, their hours to tell the
-    user: ``opens`` and ``closes`` in minutes after midnight, India time."""
+    """Whether the team is at work now (``open``: a caller may be put through) and still
+    will be when the reply we promise is due (``in_time``: else a request at 20:55 would
+    be promised an answer at 21:10); when not in time, their hours to tell the user:
+    ``opens`` and ``closes`` in minutes after midnight, India time."""
     hours = get_settings().ops_hours
-    if hours is None or is_open(hours, at or clock.now()):
-        return {"open": True}
-    return {"open": False, "opens": hours[0], "closes": hours[1]}
+    now = at or clock.now()
+    if hours is None:
+        return {"open": True, "in_time": True}
+    open_now = is_open(hours, now)
+    if open_now and is_open(hours, now + timedelta(minutes=reply_minutes())):
+        return {"open": True, "in_time": True}
+    return {"open": open_now, "in_time": False, "opens": hours[0], "closes": hours[1]}
 
 
 def open_handoff(session: Session, conv: Conversation) -> Handoff | None:
