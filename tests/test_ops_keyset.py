@@ -1,14 +1,16 @@
 """Operators page every ops list by cursor (?after=<next_after>): each row comes exactly once
 and in the list's order, even while rows are added or removed between two page reads
 (paging by offset then skips or repeats rows: shown here too, as the reason for cursors);
-a cursor we did not make, one of another list, or a cursor with an offset is a precise 400."""
+a cursor we did not make, one of another list, or a cursor with an offset is a precise 400
+that echoes nothing the client wrote in it."""
 
 from __future__ import annotations
 
 import base64
 import json
+import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from itertools import count
 from urllib.parse import urlencode
@@ -76,14 +78,15 @@ def add_handoffs(n: int) -> None:
 
 
 def add_mismatches(n: int, at: datetime = T0) -> None:
-    """n open mismatches, two by two last seen at the same time (the id breaks the tie)."""
+    """n open mismatches, two by two first found at the same time (the id breaks the tie),
+    and last seen in the other order: the list goes by when they were found."""
     with transaction() as s:
         for i in range(n):
-            seen = at + timedelta(minutes=i // 2)
+            found = at + timedelta(minutes=i // 2)
             s.add(ReconciliationMismatch(
                 kind="missing_in_ledger", entity="payment",
                 gateway_id=f"pay_keyset{next(_serial)}", detail="not in the ledger",
-                first_seen_at=seen, last_seen_at=seen))
+                first_seen_at=found, last_seen_at=at + timedelta(hours=1, minutes=-i)))
 
 
 def close_handoff(row: dict) -> None:
@@ -209,6 +212,45 @@ def test_rows_added_or_removed_while_paging_skip_or_repeat_nothing_by_cursor(cli
         assert by_offset == whole[4:]
 
 
+# --- mismatches: in the order they were found, whatever each run sees again ----------------
+
+
+def test_mismatches_come_newest_found_first_by_cursor_and_by_offset_alike(client, ops):
+    add_mismatches(6)  # last seen in the other order
+    with transaction() as s:
+        rows = s.execute(select(ReconciliationMismatch.first_seen_at,
+                                ReconciliationMismatch.id)).all()
+    newest_found_first = [i for _, i in sorted(rows, reverse=True)]
+    lst = LISTS["mismatches"]
+    assert read_on(client, ops, lst, limit=4) == newest_found_first  # on by cursor
+    assert read_on(client, ops, lst, offset=0, limit=4) == newest_found_first
+
+
+@pytest.mark.parametrize("include_resolved", [False, True])
+def test_a_reconciliation_run_between_two_page_reads_loses_no_mismatch(client, ops, live,
+                                                                       include_resolved):
+    """Each hourly run marks every open mismatch it finds again as seen now: an operator
+    paging across a run still gets each row not read yet, once, in the first page's order
+    (paging on last_seen_at, the next page came empty)."""
+    from core.services import reconciliation
+    from sandbox import razorpay as emu
+
+    for amount in (100, 200, 300, 400, 500):
+        emu.create_payment(amount)  # paid at the gateway, unknown to the ledger
+    assert reconciliation.run()["mismatches"] == 5
+    lst = replace(LISTS["mismatches"], filters={"include_resolved": str(include_resolved).lower()})
+    whole = keys(page(client, ops, lst, limit=100)["items"], lst)
+    first = page(client, ops, lst, limit=2)
+    clock.freeze(clock.now() + timedelta(hours=1))
+    emu.create_payment(600)  # found by this run: newer than page 1, so not on the next pages
+    assert reconciliation.run()["mismatches"] == 6
+    with transaction() as s:  # the run did see them again
+        assert set(s.scalars(select(ReconciliationMismatch.last_seen_at))) == {clock.now()}
+
+    assert read_on(client, ops, lst, after=first["next_after"]) == whole[2:]
+    assert keys(page(client, ops, lst, limit=100)["items"], lst)[1:] == whole  # one order
+
+
 # --- cursors we did not make ---------------------------------------------------------------
 
 
@@ -247,6 +289,48 @@ def test_a_garbled_or_edited_cursor_is_a_precise_400(client, ops, after, why):
     error = r.get_json()["error"]
     assert error["code"] == "bad_cursor" and error["field"] == "after"
     assert why in error["message"] and "first page" in error["message"]
+
+
+# What a client can put in a cursor that must never come back in an answer or a log line:
+# an answer is UTF-8 JSON written with ensure_ascii off, where a lone surrogate is a 500.
+ODD_TEXTS = {
+    "lone surrogates": ["\ud800", "x\udfffx", "\ud83d"],
+    "control characters": ["\x00", "\x1b[2J\r\n\x7f\x85\u2028", "ops.legs\x00"],
+    "very long values": ["ops.legs" * 30,  # its cursor still fits in 512 characters
+                         "ops.legs" * 60],
+}
+FIELDS: dict[str, Callable[[dict, str], None]] = {
+    "the version": lambda c, odd: c.update(v=odd),
+    "the list": lambda c, odd: c.update(l=odd),
+    "the list, after its name": lambda c, odd: c.update(l=c["l"] + odd),
+    "the key's first value": lambda c, odd: c["k"].__setitem__(0, odd),
+    "the key's last value": lambda c, odd: c["k"].__setitem__(-1, odd),
+    "an extra value in the key": lambda c, odd: c["k"].append(odd),
+    "a field of its own": lambda c, odd: c.update({odd: 1}),
+}
+
+
+@pytest.mark.parametrize("kind", ODD_TEXTS)
+def test_odd_text_in_any_field_of_a_cursor_is_a_plain_400_echoing_none_of_it(
+        client, ops, caplog, kind):
+    caplog.set_level(logging.DEBUG)
+    for odd in ODD_TEXTS[kind]:
+        for field, put in FIELDS.items():
+            for lst, key in ((LISTS["bookings"], [5]),
+                             (LISTS["mismatches"], [T0.isoformat(), 5])):
+                body = {"v": 1, "l": "ops." + lst.path.rsplit("/", 1)[1], "k": key}
+                put(body, odd)
+                after = cursor(body)  # escaped by the JSON: \ud800 is JSON, not UTF-8
+                r = get(client, ops, lst, after=after)
+                assert r.status_code == 400, (odd, field, r.status_code, r.data[:300])
+                error = r.get_json()["error"]
+                assert error["code"] == "bad_cursor" and error["field"] == "after"
+                message = error["message"]
+                assert all(" " <= ch <= "~" for ch in message), (odd, field, message)
+                assert odd[:16] not in message and len(message) < 120, (odd, field, message)
+    assert not [rec for rec in caplog.records
+                if rec.levelno >= logging.WARNING or any(
+                    odd[:16] in rec.getMessage() for odd in ODD_TEXTS[kind])]
 
 
 @pytest.mark.parametrize("key", [["2025-03-01T09:30:00", 1], ["yesterday", 1], [1, 1],

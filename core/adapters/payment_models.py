@@ -200,9 +200,10 @@ class ReconciliationMismatch(Base):
         CheckConstraint(one_of("kind", MISMATCH_KINDS), name="kind"),
         CheckConstraint(one_of("entity", MISMATCH_ENTITIES), name="entity"),
         UniqueConstraint("kind", "entity", "gateway_id", name="uq_reconciliation_mismatches_key"),
-        # The ops list, paged by cursor newest first; open ones are its default view (0019).
-        Index("ix_reconciliation_mismatches_last_seen_at", "last_seen_at", "id"),
-        Index("ix_reconciliation_mismatches_open_last_seen_at", "last_seen_at", "id",
+        # The ops list, paged by cursor newest found first, on a key no run changes (not
+        # last_seen_at); open ones are its default view (0019).
+        Index("ix_reconciliation_mismatches_first_seen_at", "first_seen_at", "id"),
+        Index("ix_reconciliation_mismatches_open_first_seen_at", "first_seen_at", "id",
               postgresql_where=text("resolved_at IS NULL")),
     )
 

@@ -141,7 +141,8 @@ def partner_row(p: PartnerProfile, phone: str | None) -> PartnerRow:
 
 # Each list's order is total (the id last), so a cursor names one place in it. The key
 # conditions are index range scans on the primary keys; handoffs and mismatches need an
-# index on their sort key for that, (created_at, id) and (last_seen_at, id).
+# index on their sort key for that, (created_at, id) and (first_seen_at, id). A sort key
+# must never change while a row is in its list, or a row moved above the cursor is lost.
 BOOKINGS = Keyset("ops.bookings", (int,))
 LEGS = Keyset("ops.legs", (int,))
 PARTNERS = Keyset("ops.partners", (int,))
@@ -422,7 +423,7 @@ def ops_retry_refund(ref: str) -> RefundOut:
 
 
 @endpoint(bp, "GET", "/ops/reconciliation/mismatches",
-          summary="Where the ledger and the gateway disagree, last seen first" + BY_CURSOR,
+          summary="Where the ledger and the gateway disagree, newest found first" + BY_CURSOR,
           roles=OPS, query=MismatchQuery, response=CursorPage[MismatchOut], tags=("ops",))
 def ops_mismatches(query: MismatchQuery) -> CursorPage[MismatchOut]:
     from core.services import reconciliation
@@ -432,7 +433,7 @@ def ops_mismatches(query: MismatchQuery) -> CursorPage[MismatchOut]:
         rows, nxt = _page(reconciliation.list_mismatches(
             session, include_resolved=query.include_resolved, offset=query.offset,
             limit=query.limit + 1, after=after), query,
-            MISMATCHES, lambda m: (datetime.fromisoformat(m["last_seen_at"]), m["id"]))
+            MISMATCHES, lambda m: (datetime.fromisoformat(m["first_seen_at"]), m["id"]))
         return CursorPage[MismatchOut](items=[MismatchOut(**m) for m in rows],
                                        next_offset=nxt.offset, next_after=nxt.after)
 

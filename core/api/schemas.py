@@ -139,6 +139,7 @@ class CursorQuery(PageQuery):
 
 CURSOR_VERSION = 1
 MAX_CURSOR_CHARS = 512  # far more than any key of ours needs; longer is not one of ours
+_LIST_NAMES: set[str] = set()  # of every Keyset made: the only cursor text an error names
 
 
 def bad_cursor(why: str) -> ApiError:
@@ -158,6 +159,9 @@ class Keyset:
 
     name: str
     kinds: tuple[type, ...]  # int (an id) or datetime (timezone-aware)
+
+    def __post_init__(self) -> None:
+        _LIST_NAMES.add(self.name)
 
     def encode(self, key: tuple[Any, ...]) -> str:
         values = [v.isoformat() if isinstance(v, datetime) else v for v in key]
@@ -180,7 +184,10 @@ class Keyset:
         if data["v"] != CURSOR_VERSION:
             raise bad_cursor("a cursor of another version")
         if data["l"] != self.name:
-            other = f" ({data['l'][:40]})" if isinstance(data["l"], str) else ""
+            # Named only if it is one of our lists: anything else the client wrote (a lone
+            # surrogate, a control character) must not reach the answer or a log line.
+            known = isinstance(data["l"], str) and data["l"] in _LIST_NAMES
+            other = f" ({data['l']})" if known else ""
             raise bad_cursor(f"a cursor of another list{other}, not of {self.name}")
         values = data["k"]
         if not isinstance(values, list) or len(values) != len(self.kinds):

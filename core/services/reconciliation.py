@@ -267,10 +267,14 @@ def _record(findings: list[Finding], checked: dict[str, set[str]]) -> None:
 def list_mismatches(session: Session, *, include_resolved: bool = False, offset: int = 0,
                     limit: int | None = None,
                     after: tuple[datetime, int] | None = None) -> list[dict]:
-    """Mismatches for operators, newest first (open ones only unless asked), a page of
-    them if asked: from ``offset``, or after the (last_seen_at, id) of the last row an
-    operator saw (a keyset: new mismatches meanwhile repeat no row on the next page)."""
-    key = (ReconciliationMismatch.last_seen_at, ReconciliationMismatch.id)
+    """Mismatches for operators, newest found first (open ones only unless asked), a page
+    of them if asked: from ``offset``, or after the (first_seen_at, id) of the last row an
+    operator saw (a keyset: new mismatches meanwhile repeat no row on the next page).
+
+    Not by last_seen_at: every run sets it on each open mismatch it finds again, so a run
+    between two page reads moved the unread rows above the cursor, out of the next pages.
+    A row's first_seen_at and id never change."""
+    key = (ReconciliationMismatch.first_seen_at, ReconciliationMismatch.id)
     stmt = select(ReconciliationMismatch).order_by(*(col.desc() for col in key))
     if after is not None:
         stmt = stmt.where(tuple_(*key) < tuple_(*after))
