@@ -74,14 +74,25 @@ def test_open_hours_and_the_next_opening_in_india_time():
     assert handoff.is_open(day, india(20, 59)) and not handoff.is_open(day, india(21, 0))
     assert not handoff.is_open(day, india(7, 59)) and handoff.is_open(day, india(8, 0))
     assert not handoff.is_open(day, india(0, 0))
-    assert handoff.opening_at_or_after(day, india(21, 0)) == india(8, 0, day=2)
-    assert handoff.opening_at_or_after(day, india(0, 0, day=2)) == india(8, 0, day=2)
-    assert handoff.opening_at_or_after(day, india(10, 0)) == india(10, 0)
     night = (20 * 60, 4 * 60)  # a night shift, past midnight
     assert handoff.is_open(night, india(2, 0)) and not handoff.is_open(night, india(4, 0))
-    assert handoff.opening_at_or_after(night, india(4, 0)) == india(20, 0)
-    assert handoff.is_open(None, india(3, 0)) and handoff.opening_at_or_after(
-        None, india(3, 0)) == india(3, 0)
+    assert handoff.is_open(None, india(3, 0))
+
+
+def test_only_the_team_s_hours_count_as_waiting_time():
+    hour = timedelta(hours=1)
+    day = (8 * 60, 21 * 60)
+    assert handoff.team_time(day, india(20, 30), india(8, 0, day=2)) == hour / 2
+    assert handoff.team_time(day, india(23, 0), india(9, 0, day=2)) == hour
+    assert handoff.team_time(day, india(10, 0), india(11, 0)) == hour
+    assert handoff.team_time(day, india(10, 0), india(10, 0, day=3)) == 26 * hour
+    assert handoff.team_time(day, india(11, 0), india(10, 0)) == 0 * hour
+    night = (20 * 60, 4 * 60)
+    assert handoff.team_time(night, india(3, 0), india(21, 0)) == 2 * hour  # 03-04, 20-21
+    assert handoff.team_time(night, india(12, 0), india(12, 0, day=2)) == 8 * hour
+    whole = (0, 24 * 60)
+    assert handoff.team_time(whole, india(12, 0), india(12, 0, day=2)) == 24 * hour
+    assert handoff.team_time(None, india(23, 0), india(1, 0, day=2)) == 2 * hour
 
 
 # --- WhatsApp --------------------------------------------------------------------------
@@ -168,18 +179,27 @@ def sweep_at(at: datetime) -> list[str]:
         return list(s.scalars(select(Handoff.status).order_by(Handoff.id)))
 
 
-def test_a_night_request_is_not_closed_before_the_team_could_see_it(client, live, hours):
+def test_a_request_waits_twelve_hours_of_the_team_s_time(client, live, hours):
     assert handoff.idle_hours() == 12
-    ask_for_a_person(client, "+919812300049", india(20, 30))  # in the hours: as before
+    ask_for_a_person(client, "+919812300049", india(20, 30))  # 30 minutes before closing
     night = "+919812300050"
     ask_for_a_person(client, night, india(23, 0))
     clock.freeze(india(2, 0, day=2))
     say(client, night, "hello? anyone?")  # at night: the idle time still starts at 08:00
-    assert sweep_at(india(8, 29, day=2)) == ["waiting", "waiting"]
-    assert sweep_at(india(8, 31, day=2)) == ["closed", "waiting"]  # 12 h after 20:30
-    assert sweep_at(india(11, 1, day=2)) == ["closed", "waiting"]  # 12 h after the request
-    assert sweep_at(india(19, 59, day=2)) == ["closed", "waiting"]  # and the night message
+    assert sweep_at(india(8, 31, day=2)) == ["waiting", "waiting"]  # 12 h, but at night
+    assert sweep_at(india(19, 29, day=2)) == ["waiting", "waiting"]
+    assert sweep_at(india(19, 31, day=2)) == ["closed", "waiting"]  # 30 min + 11 h 30
     assert sweep_at(india(20, 1, day=2)) == ["closed", "closed"]  # 12 h after 08:00
+
+
+def test_nothing_is_closed_while_the_team_is_away(client, live, hours):
+    hours("09:30-18:00")
+    assert "15 minutes" in ask_for_a_person(client, "+919812300051", india(17, 30))
+    assert sweep_at(india(5, 31, day=2)) == ["waiting"]  # 12 h later, at night
+    assert sweep_at(india(9, 29, day=2)) == ["waiting"]
+    assert sweep_at(india(20, 59, day=2)) == ["waiting"]  # only 9 h of their time so far
+    assert sweep_at(india(12, 29, day=3)) == ["waiting"]
+    assert sweep_at(india(12, 31, day=3)) == ["closed"]  # 30 min + 8 h 30 + 3 h
 
 
 # --- the phone -------------------------------------------------------------------------

@@ -60,15 +60,24 @@ def is_open(hours: tuple[int, int] | None, at: datetime) -> bool:
     return minute >= opens or minute < closes  # hours that run past midnight
 
 
-def opening_at_or_after(hours: tuple[int, int] | None, at: datetime) -> datetime:
-    """``at`` if operators are at work then, else when they next start."""
-    if hours is None or is_open(hours, at):
-        return at
-    local = at.astimezone(INDIA)
-    start = local.replace(hour=hours[0] // 60, minute=hours[0] % 60, second=0, microsecond=0)
-    if start <= local:
-        start += timedelta(days=1)  # India keeps no summer time: a day is 24 hours
-    return start.astimezone(at.tzinfo)
+def team_time(hours: tuple[int, int] | None, start: datetime, end: datetime) -> timedelta:
+    """How much of [start, end) the team was at work (all of it without set hours)."""
+    if end <= start:
+        return timedelta(0)
+    if hours is None:
+        return end - start
+    opens, closes = hours
+    length = timedelta(minutes=(closes - opens) % (24 * 60) or 24 * 60)
+    total = timedelta(0)
+    day = start.astimezone(INDIA).replace(hour=0, minute=0, second=0, microsecond=0) \
+        - timedelta(days=1)  # a shift past midnight may have begun the day before
+    while day < end:
+        shift = day + timedelta(minutes=opens)
+        overlap = min(end, shift + length) - max(start, shift)
+        if overlap > timedelta(0):
+            total += overlap
+        day += timedelta(days=1)  # India keeps no summer time: a day is 24 hours
+    return total
 
 
 def team_hours(at: datetime | None = None) -> dict[str, object]:
@@ -232,31 +241,35 @@ def _last_activity() -> ColumnElement[datetime]:
 
 
 def expire_idle(now: datetime | None = None) -> int:
-    """Close the handoffs with no message either way for ``idle_hours()`` (run by the
-    sweep): nothing else would give the conversation back to the bot, which stays quiet
-    meanwhile. Time outside the team's hours before the first opening does not count.
-    Nobody answered: the user hears we are sorry and gets the ops phone; an operator who
-    answered and forgot to close: the usual closing words. Returns how many."""
-    cutoff = (now or clock.now()) - timedelta(hours=idle_hours())
+    """Close the handoffs with no message either way for ``idle_hours()`` of the team's
+    hours (run by the sweep): nothing else would give the conversation back to the bot,
+    which stays quiet meanwhile. Only time the team was at work counts, so a request made
+    near closing or at night waits for them (it was told when they start), and nothing
+    is closed while they are away. Nobody answered: the user hears we are sorry and gets
+    the ops phone; an operator who answered and forgot to close: the usual closing words.
+    Returns how many."""
+    now = now or clock.now()
+    idle = timedelta(hours=idle_hours())
     hours = get_settings().ops_hours
-    # The idle time starts at the last activity or, when that came while the team was
-    # away (a request at 23:00, a "hello?" at 02:00), at their next opening. SQL finds
-    # those idle since the cutoff; the opening only moves the start later, so the ones
-    # found are checked against it here.
+    if not is_open(hours, now):
+        return 0
+    # The team's time since the last activity is at most the time since then: SQL finds
+    # the handoffs idle that long, and the team's share of it is counted here.
     with transaction() as session:
         rows = session.execute(select(Handoff.id, _last_activity()).where(
-            Handoff.status == "waiting", _last_activity() < cutoff).order_by(Handoff.id))
-        ids = [hid for hid, last in rows if opening_at_or_after(hours, last) < cutoff]
+            Handoff.status == "waiting", _last_activity() < now - idle).order_by(Handoff.id))
+        ids = [hid for hid, last in rows if team_time(hours, last, now) >= idle]
     closed = 0
     for handoff_id in ids:
         with transaction() as session:
             # Locked and checked again: an operator or a message may have come since, or
             # another sweep closed it.
-            handoff = session.scalar(select(Handoff).where(
-                Handoff.id == handoff_id, Handoff.status == "waiting",
-                _last_activity() < cutoff).with_for_update(skip_locked=True))
-            if handoff is None:
+            found = session.execute(select(Handoff, _last_activity()).where(
+                Handoff.id == handoff_id, Handoff.status == "waiting")
+                .with_for_update(skip_locked=True, of=Handoff)).first()
+            if found is None or team_time(hours, found[1], now) < idle:
                 continue
+            handoff = found[0]
             conv = session.get(Conversation, handoff.conversation_id)
             person = session.get(Person, handoff.person_id) if handoff.person_id else None
             if conv is None or person is None:
