@@ -8,8 +8,9 @@ message resource, error bodies {code, message, more_info, status}, and Twilio's 
 test numbers (+15005550001 invalid, +15005550009 cannot receive). The Messages list
 filters by To, From and DateSent (a UTC day; `DateSent>` on or after it, `DateSent<` on
 or before it), newest first, in pages of PageSize with a `next_page_uri` (a PageToken).
-The emulator sends a message the moment it accepts it, so its sent date is its creation
-(shown as `date_sent` once the message has left "queued", as Twilio shows it).
+The emulator sends a message the moment it accepts it, so its sent date is its creation,
+but as at Twilio a message still "queued" has no sent date: `date_sent` is null and the
+DateSent filters leave it out.
 Failure injection for tests and demos: `sandbox:twilio:fail_next` in Redis holds how
 many upcoming creates answer 503, `sandbox:twilio:fail_list` how many list pages do.
 """
@@ -197,6 +198,9 @@ def list_messages(account_sid: str):
         day = _utc_day(args[name])
         if day is None:
             return _twilio_error(400, 20001, f"Invalid {name}: use YYYY-MM-DD")
+        # By the sent date, as Twilio filters: a message still queued has none (its
+        # date_sent is null), so no DateSent filter lists it.
+        stmt = stmt.where(SandboxMessage.status != "queued")
         if name != "DateSent<":
             stmt = stmt.where(SandboxMessage.created_at >= day)
         if name != "DateSent>":

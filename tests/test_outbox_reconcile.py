@@ -11,18 +11,22 @@ import logging
 from datetime import UTC, datetime, timedelta
 
 import pytest
+import redis as redis_lib
 import requests
-from sqlalchemy import func, select
+from rq.registry import FailedJobRegistry
+from sqlalchemy import func, select, update
 
 from core import clock
 from core.adapters import twilio_gateway
 from core.adapters.db import transaction
 from core.adapters.dialog_models import WhatsappTemplateSend
 from core.adapters.models import MessageStatusEvent, OutboxMessage, SandboxMessage
+from core.adapters.queue import queue
 from core.adapters.redis_conn import redis_client
 from core.config import get_settings
 from core.services import outbox
 from sandbox import jobs as sandbox_jobs
+from sandbox import twilio as sandbox_twilio
 from sandbox.twilio import FAIL_LIST_KEY
 from tests.conftest import run_jobs
 
@@ -225,6 +229,8 @@ def test_the_emulator_lists_like_twilio(live):
         clock.freeze(datetime(2026, 3, day, 23, 59, 59, tzinfo=UTC))
         sent[body] = twilio_gateway.client().messages.create(to=to, from_=sms_from,
                                                              body=body).sid
+    with transaction() as session:  # sent by Twilio (no status callback asked for)
+        session.execute(update(SandboxMessage).values(status="delivered"))
     clock.freeze(datetime(2026, 3, 12, tzinfo=UTC))
     sent["e"] = twilio_gateway.client().messages.create(to=TO, from_=s.twilio_whatsapp_from,
                                                         body="e").sid
@@ -244,8 +250,8 @@ def test_the_emulator_lists_like_twilio(live):
     assert page.next_page_url and "PageToken=" in page.next_page_url
     assert [m.body for m in page.next_page()] == ["a"]
     assert page.next_page().next_page_url is None
-    listed = twilio_gateway.messages_sent(to=TO, from_=sms_from,
-                                          since=datetime(2026, 3, 10).date(), limit=10)
+    listed = twilio_gateway.messages_since(
+        to=TO, from_=sms_from, since=datetime(2026, 3, 10, 23, 59, 59, tzinfo=UTC), limit=10)
     assert [(m.body, m.date_created) for m in listed] == [
         ("d", datetime(2026, 3, 11, 23, 59, 59, tzinfo=UTC)),
         ("b", datetime(2026, 3, 10, 23, 59, 59, tzinfo=UTC))]
@@ -255,7 +261,196 @@ def test_the_emulator_lists_like_twilio(live):
                         auth=(s.twilio_account_sid, s.twilio_auth_token)).status_code == 400
     redis_client().set(FAIL_LIST_KEY, 1)
     with pytest.raises(twilio_gateway.LookupFailed):
-        twilio_gateway.messages_sent(to=TO, from_=sms_from,
-                                     since=datetime(2026, 3, 10).date(), limit=10)
+        twilio_gateway.messages_since(to=TO, from_=sms_from,
+                                      since=datetime(2026, 3, 10, tzinfo=UTC), limit=10)
     with transaction() as session:
         assert session.scalar(select(func.count()).select_from(SandboxMessage)) == 5
+
+
+# --- found by review: what real Twilio lists, and what an outage costs -------------------
+
+def test_the_emulator_leaves_a_queued_message_out_of_date_sent_filters(live):
+    """Twilio's DateSent filters go by the sent date, which a message still queued at
+    Twilio has not got (its date_sent is null)."""
+    s = get_settings()
+    clock.freeze(T0)
+    sid = twilio_gateway.client().messages.create(to=WA, from_=s.twilio_whatsapp_from,
+                                                  body="q").sid
+    messages = twilio_gateway.client().messages
+    # No sandbox job has run: the message is still queued.
+    assert [(m.sid, m.status, m.date_sent) for m in messages.stream(to=WA)] == [
+        (sid, "queued", None)]
+    for when in ({"date_sent_after": T0.date().isoformat()},
+                 {"date_sent": T0.date().isoformat()},
+                 {"date_sent_before": T0.date().isoformat()}):
+        assert list(messages.stream(to=WA, **when)) == [], when
+    with transaction() as session:  # Twilio sends it: now it has a sent date
+        session.execute(update(SandboxMessage).values(status="sent"))
+    (listed,) = messages.stream(to=WA, date_sent=T0.date().isoformat())
+    assert listed.sid == sid and listed.date_sent is not None
+
+
+def hold_at_twilio(monkeypatch) -> None:
+    """Twilio keeps what it takes queued (our sender's rate, within the message's validity
+    period): it reports no progress."""
+    monkeypatch.setattr(sandbox_twilio, "queue_status_report", lambda sid: None)
+
+
+def test_a_message_still_queued_at_twilio_is_adopted_not_sent_again(line, monkeypatch):
+    hold_at_twilio(monkeypatch)
+    clock.freeze(T0)
+    oid = lost_outcome(line, "Pay with this link: https://rzp.io/l/abc")
+    sweep_at(T0 + STALE)
+    (taken,) = at_twilio()
+    assert taken.status == "queued"
+    r = row(oid)
+    assert (r.provider_sid, r.status) == (taken.sid, "queued")
+    sweep_at(T0 + 2 * STALE)
+    assert len(at_twilio()) == 1, "sent twice"
+
+
+def test_a_look_up_reads_back_to_the_claim_not_the_whole_history(line, monkeypatch):
+    monkeypatch.setattr(twilio_gateway, "LIST_PAGE_SIZE", 2)
+    claimed_at = (T0 + timedelta(days=1)).replace(hour=12, minute=0, second=0)
+    for minutes in range(180, 0, -20):  # earlier that day, sent and answered as usual
+        clock.freeze(claimed_at - timedelta(minutes=minutes))
+        queue_one(f"Earlier {minutes}")
+        run_jobs()
+    clock.freeze(claimed_at)
+    oid = lost_outcome(line, "Booking 12345678: pay with this link")
+    http = twilio_gateway.client().http_client
+    pages: list[str] = []
+    real_request = http.request
+
+    def request(method, url, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003
+        if method == "GET" and "/Messages.json" in url:  # the next pages carry a query
+            pages.append(url)
+        return real_request(method, url, *args, **kwargs)
+
+    monkeypatch.setattr(http, "request", request)
+    sweep_at(claimed_at + STALE)
+    assert row(oid).provider_sid is not None
+    # The first page (it, and a message from before the claim) tells all.
+    assert len(pages) == 1, f"{len(pages)} pages read for one look-up"
+
+
+def list_calls_failed(start: int = 100_000) -> int:
+    return start - int(redis_client().get(FAIL_LIST_KEY) or 0)
+
+
+class Unreachable:
+    """A Redis that cannot be reached: every command fails as redis-py's would."""
+
+    def __getattr__(self, name: str):  # noqa: ANN204
+        raise redis_lib.exceptions.ConnectionError("Error 111 connecting: refused")
+
+
+def pauses(caplog) -> list[int]:  # noqa: ANN001
+    """The look-up pauses warned about (seconds); no other warning from the outbox."""
+    warned = [rec for rec in caplog.records
+              if rec.name == "core.services.outbox" and rec.levelno >= logging.WARNING
+              and "send outcome unknown (timeout)" not in rec.getMessage()]
+    assert all("look-ups paused" in rec.getMessage() for rec in warned), warned
+    return [rec.pause_s for rec in warned]  # type: ignore[attr-defined]
+
+
+def test_while_twilio_cannot_be_asked_look_ups_pause_longer_each_time(line, caplog,
+                                                                      monkeypatch):
+    clock.freeze(T0)
+    rows = [lost_outcome(line, f"Your code is {n}") for n in range(3)]
+    redis_client().set(FAIL_LIST_KEY, 100_000)  # Twilio's list answers 503 all along
+    caplog.set_level(logging.INFO, logger="core.services.outbox")
+    first = T0 + STALE
+    for minute in range(10):
+        sweep_at(first + timedelta(minutes=minute))
+    # One look-up at each pause's end (1, 2, 4, ... minutes), not one per row a minute.
+    assert list_calls_failed() == 4
+    assert pauses(caplog) == [60, 120, 240, 480]
+    clock.freeze(first + timedelta(minutes=8))
+    assert outbox.sweep() == 0, "reconcile jobs started while paused"
+    assert all(row(oid).status == "sending" for oid in rows)
+    assert len(at_twilio()) == 3
+
+    # Twilio answers again at the pause's end: every row is settled, the pause is over.
+    redis_client().delete(FAIL_LIST_KEY)
+    sweep_at(first + timedelta(minutes=15))
+    assert {row(oid).status for oid in rows} == {"delivered"}
+    assert len(at_twilio()) == 3
+    assert redis_client().get(outbox.LOOKUP_PAUSE_KEY) is None
+    # The next failure pauses for a minute again.
+    caplog.clear()
+    clock.freeze(first + timedelta(minutes=16))
+    late = lost_outcome(line, "Your code is 9")
+    redis_client().set(FAIL_LIST_KEY, 100_000)
+    sweep_at(first + timedelta(minutes=16) + STALE)
+    assert pauses(caplog) == [60]
+
+    # Redis unavailable for the pause: look-ups go on as before it existed; the sweep works.
+    monkeypatch.setattr(outbox, "redis_client", Unreachable)
+    sweep_at(first + timedelta(minutes=16) + STALE + timedelta(seconds=10))
+    assert list_calls_failed() == 2
+    redis_client().delete(FAIL_LIST_KEY)
+    sweep_at(first + timedelta(minutes=16) + STALE + timedelta(seconds=20))
+    assert row(late).status == "delivered" and len(at_twilio()) == 4
+
+
+def test_a_day_old_row_is_given_back_unasked_while_look_ups_pause(line, caplog):
+    clock.freeze(T0)
+    day_old = lost_outcome(line, "Pay with this link: https://rzp.io/l/abc")
+    clock.freeze(T0 + timedelta(hours=1))
+    younger = lost_outcome(line, "Your pickup code is 4821")
+    redis_client().set(FAIL_LIST_KEY, 100_000)
+    caplog.set_level(logging.WARNING, logger="core.services.outbox")
+    sweep_at(T0 + outbox.GIVE_UP_UNKNOWN - timedelta(seconds=30))  # fails: a minute's pause
+    assert list_calls_failed() == 1
+    clock.freeze(T0 + outbox.GIVE_UP_UNKNOWN + timedelta(seconds=10))
+    assert outbox.sweep() == 1  # the day-old row only
+    run_jobs()
+    assert list_calls_failed() == 1, "asked twilio while paused"
+    sent = at_twilio()
+    assert len(sent) == 3 and row(day_old).provider_sid == sent[2].sid
+    assert (row(younger).status, row(younger).provider_sid) == ("sending", None)
+    given_up = [rec for rec in caplog.records if "unknown for a day" in rec.getMessage()]
+    assert [rec.outbox_id for rec in given_up] == [day_old]  # type: ignore[attr-defined]
+
+
+def test_a_longer_text_that_contains_a_template_value_is_not_taken_for_it(line):
+    clock.freeze(T0)
+    short = "Booking 12345678 is cancelled"
+    line.request_lost = True  # Twilio never got the first
+    never = queue_one(short, template={"1": short})
+    run_jobs()
+    line.request_lost = False
+    longer = f"{short}. Your refund of ₹1,250 is on its way"
+    took = lost_outcome(line, longer, template={"1": longer})
+    sweep_at(T0 + STALE)
+    (refund,) = at_twilio(body=f'[template HXabc123] {{"1": "{longer}"}}')
+    assert row(took).provider_sid == refund.sid
+    (cancelled,) = at_twilio(body=f'[template HXabc123] {{"1": "{short}"}}')
+    assert row(never).provider_sid == cancelled.sid, "the cancellation was never sent"
+    assert len(at_twilio()) == 2
+
+
+def test_twins_reconciled_at_once_take_one_message_each(line, monkeypatch):
+    clock.freeze(T0)
+    first = lost_outcome(line, "Your pickup code is 4821")
+    twin = lost_outcome(line, "Your pickup code is 4821")
+    real_ours = outbox._ours
+    raced = []
+
+    def ours_then_the_twin(*args, **kwargs):  # noqa: ANN002, ANN003
+        found = real_ours(*args, **kwargs)
+        if not raced:  # another worker reconciles the twin meanwhile
+            raced.append("racing")
+            raced[0] = outbox.reconcile(twin)
+        return found
+
+    monkeypatch.setattr(outbox, "_ours", ours_then_the_twin)
+    sweep_at(T0 + STALE)
+    assert raced == ["adopted"]
+    q = queue("outbox")
+    assert FailedJobRegistry(queue=q).count == 0, "the reconcile job crashed"
+    assert row(first).status == "sending"  # asked again at the next sweep
+    sweep_at(T0 + STALE + timedelta(minutes=1))
+    sids = {row(first).provider_sid, row(twin).provider_sid}
+    assert sids == {m.sid for m in at_twilio()} and len(at_twilio()) == 2

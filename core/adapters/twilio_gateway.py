@@ -7,7 +7,7 @@ import os
 import threading
 import urllib.request
 from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import datetime
 
 import requests
 from twilio.base.exceptions import TwilioException, TwilioRestException
@@ -104,35 +104,50 @@ class LookupFailed(Exception):
 LIST_PAGE_SIZE = 100
 
 
-def messages_sent(*, to: str, from_: str, since: date, limit: int) -> list[ListedMessage]:
-    """The messages Twilio holds from ``from_`` to ``to`` sent on or after the UTC day
-    ``since`` (newest first, at most ``limit``, through as many pages as it takes).
+def messages_since(*, to: str, from_: str, since: datetime, limit: int) -> list[ListedMessage]:
+    """The messages Twilio holds from ``from_`` to ``to`` created at or after ``since``
+    (newest first, at most ``limit``).
 
-    Twilio's DateSent filters take a date (``YYYY-MM-DD``); it is passed as text, for the
-    client would send a datetime as a timestamp. Raise LookupFailed when Twilio cannot be
-    asked or refuses to answer, on any page.
+    Asked by To and From only: Twilio's DateSent filters go by the sent date, which a
+    message still queued at Twilio (for hours, within its validity period) has not got,
+    so they would hide the very message a lost answer leaves queued. Twilio lists newest
+    first (by its id, close to date_created), and the stream fetches a page only when it
+    reaches it, so reading stops at the first message older than ``since``: not the
+    recipient's whole history. Raise LookupFailed when Twilio cannot be asked or refuses
+    to answer, on any page.
     """
+    found: list[ListedMessage] = []
     try:
-        return [
-            ListedMessage(sid=m.sid or "", body=m.body or "", status=m.status or "",
-                          error_code=str(m.error_code) if m.error_code else None,
-                          date_created=m.date_created)
-            for m in client().messages.stream(to=to, from_=from_,
-                                               date_sent_after=since.isoformat(),
-                                               limit=limit, page_size=LIST_PAGE_SIZE)
-        ]
+        for m in client().messages.stream(to=to, from_=from_, page_size=LIST_PAGE_SIZE):
+            if m.date_created is not None and m.date_created < since:
+                break
+            found.append(ListedMessage(
+                sid=m.sid or "", body=m.body or "", status=m.status or "",
+                error_code=str(m.error_code) if m.error_code else None,
+                date_created=m.date_created))
+            if len(found) >= limit:
+                break
     except (TwilioException, requests.exceptions.RequestException, ValueError) as exc:
         raise LookupFailed(type(exc).__name__) from None
+    return found
 
 
-def shows_template(body: str, values: list[str]) -> bool:
-    """Whether a message body is an approved template sent with these variable values.
+def template_fit(body: str, values: list[str]) -> int | None:
+    """How much of a message body is not these variable values (the approved template's
+    own words), or None if the body cannot be that template sent with them.
 
     Twilio lists a template message with the approved text filled in (not its content
     sid), so every value is in the body; the sandbox emulator shows the variables as the
-    JSON we sent (a quote or backslash escaped). A template without values tells nothing.
+    JSON we sent (a quote or backslash escaped). Containing the values is not enough to
+    tell whose message it is (a longer text of another row contains a shorter one), so
+    the caller compares fits: the fewer words besides the values, the closer. A template
+    without values tells nothing.
     """
-    values = [value for value in values if value.strip()]
-    return bool(values) and all(
-        value in body or json.dumps(value, ensure_ascii=False)[1:-1] in body
-        for value in values)
+    rest = len(body)
+    for value in (value for value in values if value.strip()):
+        shown = next((form for form in (value, json.dumps(value, ensure_ascii=False)[1:-1])
+                      if form in body), None)
+        if shown is None:
+            return None
+        rest -= len(shown)
+    return rest if rest < len(body) else None

@@ -13,13 +13,19 @@ Delivery guarantees, and why:
   ``sending`` without a sid for STALE_SENDING is not simply sent again: the sweep gives it
   a reconcile job, which asks Twilio's Messages list for a message from our sender to that
   address, created since the claim (less CLOCK_SKEW), with the row's text (a template
-  send: its variable values), not already another row's. Found: the row takes its sid
-  and status as if the answer and the callback had come, and nothing is sent again.
-  Twilio answers and holds none: the row goes back to ``pending`` and is sent. Twilio
-  cannot be asked (no connection, an error answer): the row stays ``sending`` and is asked
-  about at the next sweep; only after GIVE_UP_UNKNOWN (24 h) is it given back unasked,
-  with a warning. That, or a twin with the same text sent within the same minutes by
-  another row whose outcome was lost too, is the only way left for a message to go twice.
+  send: its variable values), not already another row's, and not fitting another row
+  still without a sid more closely (a longer text that contains this one is that row's).
+  The list is read newest first by To and From, not by DateSent: a message still queued
+  at Twilio has no sent date yet. Found: the row takes its sid and status as if the
+  answer and the callback had come, and nothing is sent again. Twilio answers and holds
+  none: the row goes back to ``pending`` and is sent. Twilio cannot be asked (no
+  connection, an error answer): the row stays ``sending``, and all look-ups pause
+  (LOOKUP_PAUSE_FIRST, doubling while they keep failing, at most LOOKUP_PAUSE_MAX; one
+  warning a pause) so an outage costs a call every few minutes, not one per row each
+  minute; a look-up Twilio answers ends the pause. Only after GIVE_UP_UNKNOWN (24 h) is a
+  row given back unasked, with a warning. That, or a twin with the same text sent within
+  the same minutes by another row whose outcome was lost too, is the only way left for a
+  message to go twice.
 """
 
 from __future__ import annotations
@@ -28,7 +34,7 @@ import json
 import logging
 import re
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import cast
 
 import requests
@@ -36,7 +42,7 @@ from redis.exceptions import RedisError
 from rq import Retry
 from sqlalchemy import ColumnElement, Table, bindparam, case, select, update
 from sqlalchemy.dialects.postgresql import insert
-from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.orm import Session
 
 from core import clock
@@ -71,10 +77,15 @@ GIVE_UP_UNKNOWN = timedelta(hours=24)
 # Twilio's clock against ours, and its whole-second date_created: a message that shows up
 # to this much before our claim may still be the one we sent.
 CLOCK_SKEW = timedelta(minutes=2)
-# The most of one recipient's messages (since the claim's day) a reconcile reads; past it
-# the answer counts as unknown, not as "Twilio has none".
+# The most of one recipient's messages (since the claim) a reconcile reads; past it the
+# answer counts as unknown, not as "Twilio has none".
 LOOKUP_LIMIT = 1000
 RECONCILE_JOB = "core.services.outbox.reconcile"
+# While Twilio cannot be asked, look-ups pause (the sweep starts none, a queued reconcile
+# job asks nothing): the first failure for a minute, each one after it twice as long.
+LOOKUP_PAUSE_KEY = "outbox:reconcile:pause"
+LOOKUP_PAUSE_FIRST = timedelta(minutes=1)
+LOOKUP_PAUSE_MAX = timedelta(minutes=30)
 
 
 def address(channel: str, to: str) -> str:
@@ -544,10 +555,11 @@ def sweep(now_age: timedelta = timedelta(seconds=60)) -> int:
     ``pending`` rows older than ``now_age`` are re-enqueued (the job id dedupes). A
     ``sending`` row without a provider sid and silent for STALE_SENDING gets a reconcile
     job, which asks Twilio before anything is sent again: a job per row, for those
-    look-ups are network calls, too slow to make here.
+    look-ups are network calls, too slow to make here. While look-ups are paused only a
+    row past GIVE_UP_UNKNOWN gets one (it is given back unasked).
     """
     cutoff = clock.now() - now_age
-    stale = clock.now() - STALE_SENDING
+    stale = clock.now() - (GIVE_UP_UNKNOWN if _lookups_paused() else STALE_SENDING)
     with transaction() as session:
         unknown = list(session.scalars(
             select(OutboxMessage.id)
@@ -570,7 +582,8 @@ def sweep(now_age: timedelta = timedelta(seconds=60)) -> int:
 def reconcile(outbox_id: int) -> str:
     """RQ job: settle a row whose send outcome stayed unknown (see the module's
     guarantees); return "adopted", "given-back", "unknown" (ask again at the next sweep),
-    or "settled" / "in-flight" when a callback or a new claim got there first."""
+    "paused" (look-ups are paused: asked nothing), or "settled" / "in-flight" when a
+    callback or a new claim got there first."""
     with transaction() as session:
         row = session.get(OutboxMessage, outbox_id)
         if row is None or row.status != "sending" or row.provider_sid is not None:
@@ -582,45 +595,100 @@ def reconcile(outbox_id: int) -> str:
         values = ([template_value(str(v)) for v in template.content_variables.values()]
                   if template else None)
         to, from_, body = row.to_addr, row.from_addr, row.body
-    since = claimed_at - CLOCK_SKEW  # the day before too, for a claim just after midnight
+    if _lookups_paused():
+        # Twilio could not be asked moments ago: no call now. Past GIVE_UP_UNKNOWN the row
+        # goes unasked, as after a failed look-up: every look-up since its claim failed
+        # (an answer would have settled it), and this one would most likely fail too.
+        return _still_unknown(outbox_id, claimed_at, "look-ups paused", paused=True)
+    since = claimed_at - CLOCK_SKEW
     try:
-        listed = twilio_gateway.messages_sent(to=to, from_=from_,
-                                              since=since.astimezone(UTC).date(),
-                                              limit=LOOKUP_LIMIT)
+        listed = twilio_gateway.messages_since(to=to, from_=from_, since=since,
+                                               limit=LOOKUP_LIMIT)
     except twilio_gateway.LookupFailed as exc:
-        return _still_unknown(outbox_id, claimed_at, f"twilio could not be asked ({exc})")
-    found = _ours(listed, body=body, values=values, since=since)
+        why = f"twilio could not be asked ({exc})"
+        _pause_lookups(why)
+        return _still_unknown(outbox_id, claimed_at, why)
+    _lookups_answered()
+    found = _ours(listed, _Wanted(outbox_id, to, from_, body, values), since=since)
     if found is not None:
-        if not _handed_over(outbox_id, found.sid, sent_at=found.date_created,
-                            claimed_at=claimed_at):
-            return "settled"
+        try:
+            if not _handed_over(outbox_id, found.sid, sent_at=found.date_created,
+                                claimed_at=claimed_at):
+                return "settled"
+        except IntegrityError:
+            # Another row took that sid since _ours looked (provider_sid is unique): the
+            # next sweep asks again, and finds this row's own message or none.
+            log.info("listed message taken by another row meanwhile",
+                     extra={"outbox_id": outbox_id})
+            return "unknown"
         # Its status as the lost callback would have brought it (rank, STOP, by SMS).
         apply_reports([StatusReport(outbox_id, found.sid, found.status, found.error_code)])
         log.info("lost send outcome found at twilio; not sent again",
                  extra={"outbox_id": outbox_id})
         return "adopted"
     if len(listed) >= LOOKUP_LIMIT:
+        log.info("too many messages to look through; asking again at the next sweep",
+                 extra={"outbox_id": outbox_id})
         return _still_unknown(outbox_id, claimed_at, "too many messages to look through")
     return "given-back" if _give_back(outbox_id, claimed_at, "twilio has no such message; "
                                       "sending again") else "settled"
 
 
-def _ours(listed: list[twilio_gateway.ListedMessage], *, body: str,
-          values: list[str] | None, since: datetime) -> twilio_gateway.ListedMessage | None:
+@dataclass(frozen=True)
+class _Wanted:
+    """A row without a sid, as a listed message is matched against it."""
+
+    outbox_id: int
+    to: str
+    from_: str
+    body: str
+    values: list[str] | None  # a template send: its variable values
+
+
+def _fit(message_body: str, row: _Wanted) -> int | None:
+    """How closely a listed message fits a row: how much of it is not the row's text (0:
+    exactly its text; a template send: the template's own words), or None if it cannot
+    be the row's."""
+    if row.values is None:
+        return 0 if message_body == row.body else None
+    return twilio_gateway.template_fit(message_body, row.values)
+
+
+def _ours(listed: list[twilio_gateway.ListedMessage], row: _Wanted, *,
+          since: datetime) -> twilio_gateway.ListedMessage | None:
     """The earliest listed message that can be the row's: its text (a template send: its
-    variable values), created since ``since``, and not already another row's."""
-    candidates = sorted(
-        ((m.date_created, m) for m in listed
+    variable values), created since ``since``, not already another row's, and fitting no
+    other row without a sid to that address more closely ("Booking 1 is cancelled" sent
+    as a template also shows in another row's "Booking 1 is cancelled. Refund ...")."""
+    fits = sorted(
+        ((m.date_created, m, fit) for m in listed
          if m.date_created is not None and m.date_created >= since
-         and (m.body == body if values is None
-              else twilio_gateway.shows_template(m.body, values))),
-        key=lambda pair: pair[0])
-    if not candidates:
+         and (fit := _fit(m.body, row)) is not None),
+        key=lambda found: found[0])
+    if not fits:
         return None
     with transaction() as session:
         taken = set(session.scalars(select(OutboxMessage.provider_sid).where(
-            OutboxMessage.provider_sid.in_([m.sid for _, m in candidates]))))
-    return next((m for _, m in candidates if m.sid not in taken), None)
+            OutboxMessage.provider_sid.in_([m.sid for _, m, _ in fits]))))
+        others = _without_sid(session, row)
+    return next((m for _, m, fit in fits if m.sid not in taken
+                 and all((closer := _fit(m.body, other)) is None or closer >= fit
+                         for other in others)), None)
+
+
+def _without_sid(session: Session, row: _Wanted) -> list[_Wanted]:
+    """The other rows to the same address still being sent without a sid (their outcome
+    lost, or their answer still on its way): a listed message may be theirs."""
+    found = session.execute(
+        select(OutboxMessage.id, OutboxMessage.body, WhatsappTemplateSend.content_variables)
+        .outerjoin(WhatsappTemplateSend, WhatsappTemplateSend.outbox_id == OutboxMessage.id)
+        .where(OutboxMessage.to_addr == row.to, OutboxMessage.from_addr == row.from_,
+               OutboxMessage.status == "sending", OutboxMessage.provider_sid.is_(None),
+               OutboxMessage.id != row.outbox_id))
+    return [_Wanted(other_id, row.to, row.from_, body,
+                   None if variables is None
+                   else [template_value(str(v)) for v in variables.values()])
+            for other_id, body, variables in found]
 
 
 def _same_claim(claimed_at: datetime) -> tuple[ColumnElement[bool], ...]:
@@ -641,15 +709,72 @@ def _give_back(outbox_id: int, claimed_at: datetime, why: str) -> bool:
     return done
 
 
-def _still_unknown(outbox_id: int, claimed_at: datetime, why: str) -> str:
-    """Twilio could not tell: the row stays "sending" for the next sweep to ask again,
-    until GIVE_UP_UNKNOWN has passed since the claim; then it is sent again unasked."""
+def _still_unknown(outbox_id: int, claimed_at: datetime, why: str, *,
+                   paused: bool = False) -> str:
+    """Twilio could not tell: the row stays "sending" for a later sweep to ask again (no
+    warning: the pause that follows a failed look-up has one), until GIVE_UP_UNKNOWN has
+    passed since the claim; then it is sent again unasked."""
     if clock.now() - claimed_at < GIVE_UP_UNKNOWN:
-        log.warning("send outcome still unknown; asking twilio again at the next sweep",
-                    extra={"outbox_id": outbox_id, "reason": why})
-        return "unknown"
+        return "paused" if paused else "unknown"
     if not _give_back(outbox_id, claimed_at, f"outcome unknown for a day; {why}"):
         return "settled"
     log.warning("send outcome unknown for a day; sent again, it may arrive twice",
                 extra={"outbox_id": outbox_id, "reason": why})
     return "given-back"
+
+
+# KEYS: the pause. ARGV: now, the first pause and the longest (whole seconds). The value
+# is "<until> <failures in a row>"; failures count as in a row while the last pause ended
+# less than the longest pause ago. Starts the next pause, unless one is on (jobs that were
+# already asking when it began): returns its length, or 0.
+_PAUSE_LUA = """
+local now, first, longest = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local failures = 0
+local old = redis.call('GET', KEYS[1])
+if old then
+  local ends, count = string.match(old, '^(%d+) (%d+)$')
+  if ends and tonumber(ends) > now then return 0 end
+  if ends and now - tonumber(ends) < longest then failures = tonumber(count) end
+end
+failures = math.min(failures + 1, 32)
+local pause = math.min(first * 2 ^ (failures - 1), longest)
+redis.call('SET', KEYS[1], string.format('%d %d', now + pause, failures),
+           'EX', math.floor(pause + longest))
+return pause
+"""
+
+
+def _lookups_paused() -> bool:
+    """Whether a look-up failed so recently that Twilio is not asked now (by our clock:
+    the key's own expiry only clears it away). Redis unavailable: not paused, as before
+    the pause existed."""
+    try:
+        raw = redis_client().get(LOOKUP_PAUSE_KEY)
+    except RedisError:
+        log.warning("look-up pause unknown (Redis unavailable); asking twilio")
+        return False
+    return raw is not None and int(raw.split()[0]) > clock.now().timestamp()
+
+
+def _pause_lookups(why: str) -> None:
+    """Pause all look-ups after a failed one; one warning a pause, not one a row."""
+    try:
+        pause = run_script(redis_client(), _PAUSE_LUA, [LOOKUP_PAUSE_KEY],
+                           [int(clock.now().timestamp()),
+                            int(LOOKUP_PAUSE_FIRST.total_seconds()),
+                            int(LOOKUP_PAUSE_MAX.total_seconds())])
+    except RedisError:
+        log.warning("twilio could not be asked; look-ups not paused (Redis unavailable)",
+                    extra={"reason": why})
+        return
+    if pause:
+        log.warning("twilio could not be asked; look-ups paused",
+                    extra={"pause_s": int(pause), "reason": why})
+
+
+def _lookups_answered() -> None:
+    """Twilio answered a look-up: failures in a row start again from the first pause."""
+    try:
+        redis_client().delete(LOOKUP_PAUSE_KEY)
+    except RedisError:
+        log.warning("look-up pause not cleared (Redis unavailable)")
