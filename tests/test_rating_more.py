@@ -11,9 +11,9 @@ import pytest
 from rq.registry import ScheduledJobRegistry
 from sqlalchemy import select
 
-from core import clock
+from core import clock, i18n
 from core.adapters.db import transaction
-from core.adapters.models import Booking, OutboxMessage
+from core.adapters.models import Booking, OutboxMessage, Person
 from core.adapters.queue import queue
 from core.dialog import booking as dialog
 from core.dialog import words
@@ -21,6 +21,7 @@ from core.services import rating
 from tests.conftest import run_jobs
 from tests.test_conversations import START
 from tests.test_whatsapp_rating import (
+    CUSTOMER,
     chat,  # noqa: F401  (fixture)
     delivered_booking,
     sent_to_customer,
@@ -31,6 +32,12 @@ from tests.test_whatsapp_rating import (
 )
 
 # --- words -----------------------------------------------------------------------------
+
+
+def speaks(lang: str) -> None:
+    """The chat fixture's customer chose ``lang`` (their romanized words are read)."""
+    with transaction() as s:
+        s.scalar(select(Person).where(Person.phone == CUSTOMER)).preferred_language = lang
 
 # What people write, per language, romanized (and a few in the script), and the stars
 # it means: "very good" 5, "good" 4, "OK" 3, "bad" 2, "very bad"/"useless" 1.
@@ -51,19 +58,20 @@ SAID = {
 @pytest.mark.parametrize("lang,answer,stars", [
     (lang, answer, stars) for lang, said in SAID.items() for answer, stars in said])
 def test_romanized_words_of_every_language_are_stars(lang, answer, stars):
-    assert dialog.stars_given(answer) == stars, (lang, answer)
+    assert dialog.stars_given(answer, lang) == stars, (lang, answer)
 
 
 @pytest.mark.parametrize("answer,stars", [
     ("achhaa", 4), ("acha", 4), ("acchhaaa", 4), ("Achha!", 4), ("BAHUTTT ACCHAAA", 5),
     ("theeek hai bhai", 3), ("bekaar", 1), ("accha 👍", 4), ("bahut accha, thanks", 5)])
 def test_any_case_and_letters_typed_twice_or_more(answer, stars):
-    assert dialog.stars_given(answer) == stars
+    assert dialog.stars_given(answer, "hi") == stars
 
 
 @pytest.mark.parametrize("answer", ["saraswati", "kharabi", "acchai", "bhaloi", "nallathai"])
 def test_words_are_whole_words(answer):
-    assert dialog.stars_given(answer) is None  # "saras" in a name is no 4 stars
+    for lang in i18n.LANGUAGES:  # "saras" in a name is no 4 stars
+        assert dialog.stars_given(answer, lang) is None, lang
 
 
 @pytest.mark.parametrize("answer,stars", [
@@ -74,7 +82,8 @@ def test_words_are_whole_words(answer):
     ("theek nahi", None), ("nahi, accha tha", None), ("bahut accha nahi tha", None),
     ("koi problem nahi, bahut accha", None), ("not very good", None), ("no, good", None)])
 def test_a_no_beside_the_words_is_no_high_rating(answer, stars):
-    assert dialog.stars_given(answer) == stars
+    lang = "ta" if "illa" in answer else "hi"  # English's words are read in both
+    assert dialog.stars_given(answer, lang) == stars
 
 
 @pytest.mark.parametrize("answer,stars", [
@@ -83,7 +92,7 @@ def test_a_no_beside_the_words_is_no_high_rating(answer, stars):
     ("accha, ek aur parcel bhejna hai", None),  # "OK, one more parcel": too long to be one
     ("very good", 5), ("Very bad", 1), ("good", 4)])
 def test_digits_and_words_must_agree_and_a_long_message_is_not_read(answer, stars):
-    assert dialog.stars_given(answer) == stars
+    assert dialog.stars_given(answer, "hi") == stars
 
 
 def test_a_phrase_means_one_number_in_every_catalog_and_is_no_menu_word():
@@ -93,41 +102,56 @@ def test_a_phrase_means_one_number_in_every_catalog_and_is_no_menu_word():
         meaning.setdefault(phrase, set()).add((lang, stars))
     clashes = {p: m for p, m in meaning.items() if len({s for _, s in m}) > 1}
     assert not clashes
+    for lang in SAID:  # nor may two phrases a customer is read by, as they are compared
+        read: dict[tuple[str, ...], set[int]] = {}
+        for phrase, stars, _squeezed in dialog.phrases_read(lang):
+            read.setdefault(tuple(map(dialog._squeezed, phrase)), set()).add(stars)
+        assert not {p: n for p, n in read.items() if len(n) > 1}, lang
     # Every language has words for every number of stars, romanized ones among them.
     langs = {(lang, stars) for m in meaning.values() for lang, stars in m}
     assert langs == {(lang, s) for lang in SAID for s in range(1, 6)}
     squeezed = [dialog._squeezed(w) for w in (
         *words.MENU_WORDS, *words.HELP_WORDS, *words.LANGUAGE_WORDS, *words.STOP_WORDS,
-        *words.START_WORDS, *dialog.GREETINGS, *words.NUMBER_WORDS, *words.NO_WORDS)]
+        *words.START_WORDS, *dialog.GREETINGS, *dialog.DAY_GREETINGS, *words.NUMBER_WORDS,
+        *words.NO_WORDS, *dialog.FILLERS)]
     others = {tuple(w.split()) for w in squeezed}
     assert not others & set(meaning), sorted(others & set(meaning))
-    assert not [p for p in meaning if set(p) <= dialog.NEGATIONS]  # "no" is no rating
+    # "No" is no rating, nor a word a rating may carry.
+    negations = {dialog._squeezed(w) for w in words.NO_WORDS | {"not", "never", "nahi", "nhi"}}
+    assert not [p for p in meaning if set(p) <= negations]
+    assert not negations & {dialog._squeezed(w) for w in dialog.FILLERS}
 
 
 def test_the_more_words_win_and_the_ends_are_far_apart():
-    said = dialog.stars_said
+    def said(text: str) -> int | None:
+        return dialog.stars_given(text, "te" if "baledu" in text else "hi")
+
     assert (said("accha"), said("bahut accha")) == (4, 5)
     assert (said("theek"), said("bura"), said("bahut bura"), said("bekar")) == (3, 2, 1, 1)
     assert (said("baledu"), said("chala baledu")) == (2, 1)
 
 
-@pytest.mark.parametrize("answer,stars", [("bahut accha tha", 5), ("Theek hai", 3),
-                                          ("accha nahi", 2), ("romba nalla", 5)])
-def test_words_rate_in_the_chat(chat, answer, stars):  # noqa: F811
+@pytest.mark.parametrize("lang,answer,stars", [
+    ("hi", "bahut accha tha", 5), ("hi", "Theek hai", 3), ("hi", "accha nahi", 2),
+    ("ta", "romba nalla", 5), ("en", "very good", 5)])
+def test_words_rate_in_the_chat(chat, lang, answer, stars):  # noqa: F811
+    speaks(lang)
     bid, ref, _ = delivered_booking()
     with transaction() as s:
         assert rating.ask_after_delivery(s, s.get(Booking, bid))
-    assert t("bot.rate.thanks", ref=ref, stars="⭐" * stars) in wa(chat, answer)
+    thanks = i18n.t("bot.rate.thanks", lang, ref=ref, stars="⭐" * stars)
+    assert thanks in wa(chat, answer)
     assert stars_of(bid) == [stars]
 
 
 def test_a_no_without_a_listed_phrase_gets_the_help(chat):  # noqa: F811
+    speaks("hi")
     bid, ref, _ = delivered_booking()
     with transaction() as s:
         assert rating.ask_after_delivery(s, s.get(Booking, bid))
     reply = wa(chat, "theek nahi")
-    assert t("bot.rate.help") in reply and stars_of(bid) == []
-    assert t("bot.rate.thanks", ref=ref, stars="⭐⭐") in wa(chat, "2")
+    assert i18n.t("bot.rate.help", "hi") in reply and stars_of(bid) == []
+    assert i18n.t("bot.rate.thanks", "hi", ref=ref, stars="⭐⭐") in wa(chat, "2")
 
 
 # --- a busy customer is asked later, until the window ends ------------------------------
@@ -197,7 +221,7 @@ def test_a_customer_busy_for_hours_is_asked_once_they_stop(chat):  # noqa: F811
     run_ask(bid, now)
     assert asked(bid) and step() == "rate" and waiting_asks(bid) == []
     assert sent_to_customer()[-1] == t("bot.rate.ask", ref=ref)
-    assert t("bot.rate.thanks", ref=ref, stars="⭐" * 5) in wa(chat, "bahut accha")
+    assert t("bot.rate.thanks", ref=ref, stars="⭐" * 5) in wa(chat, "excellent")
 
 
 def test_a_customer_busy_all_window_long_is_tried_one_try_at_a_time_until_it_ends(chat):  # noqa: F811
@@ -252,4 +276,4 @@ def test_a_customer_in_the_middle_of_a_booking_is_asked_once_back_at_the_menu(ch
     _, wait = next_ask(bid)
     run_ask(bid, START + timedelta(minutes=25) + wait)
     assert asked(bid) and step() == "rate"
-    assert t("bot.rate.thanks", ref=ref, stars="⭐" * 4) in wa(chat, "accha")
+    assert t("bot.rate.thanks", ref=ref, stars="⭐" * 4) in wa(chat, "good")

@@ -690,25 +690,26 @@ STAR_CHARS = frozenset("⭐★🌟")
 _OUT_OF_5 = re.compile(r"\s*(?:/|out of|of)\s*5\b")
 _DIGITS = re.compile(r"\d+")
 _STARS_LINE = re.compile(r"^\s*([1-5])\s*=\s*([^⭐(]+?)\s*⭐", re.MULTILINE)
-# "I give it 5 stars", "service bahut acchi thi": a short reply; a longer one is not read
-# for a digit or for words ("accha, ek aur parcel bhejna hai" is "OK, ...", not 4 stars).
+# "I give it 5 stars", "service bahut acchi thi": a short reply; a longer one is not read.
 MAX_RATING_WORDS = 5
 RATING_WORDS_KEY = "bot.rate.words.{}"  # the words for 1..5 stars, in every catalog
 _REPEATS = re.compile(r"(.)\1+")
-
-
-def rating_words() -> dict[str, int]:
-    """The question's own words for its ends, in every language ("very good" 5, "बहुत
-    खराब" 1): read from its "5 = very good ⭐⭐⭐⭐⭐" lines, so they follow the catalogs."""
-    found: dict[str, int] = {}
-    for lang in LANGUAGES:
-        try:
-            text = i18n.raw("bot.rate.ask", lang)
-        except KeyError:
-            continue
-        for stars, word in _STARS_LINE.findall(text):
-            found[words.clean(word)] = int(stars)
-    return found
+# The only words a rating may carry besides its number or phrase ("bahut accha tha ji",
+# "nice service", "I give it 4"; emoji and punctuation are no words). Any other word
+# makes the reply no rating: "accha, parcel bhejna hai" is "OK, I want to send a
+# parcel", "baad mein" is "later", "theek nahi" is no 3. Asked again for a number, the
+# customer loses a moment; a wrong rating would stay on the rider.
+FILLERS = frozenset({
+    "ji", "sir", "madam", "mam", "maam", "bhai", "bhaiya", "bro", "dada", "anna", "garu",
+    "hai", "h", "he", "tha", "thi", "the", "laga", "lagi", "aahe", "chilo",
+    "i", "it", "is", "was", "my", "give", "rating", "star", "stars",
+    "service", "delivery", "experience",
+    "thanks", "thank", "you", "thx", "ty", "thanku", "dhanyavad", "dhanyawad", "shukriya",
+    "जी", "सर", "है", "था", "थी", "लगा", "सेवा", "धन्यवाद", "शुक्रिया"})
+# Greetings by the time of day, besides GREETINGS: "good morning" is no 4 stars.
+DAY_GREETINGS = frozenset({
+    "good morning", "good afternoon", "good evening", "good night", "gud morning",
+    "gud night", "good nite", "gm", "gn", "suprabhat", "शुभ रात्रि", "सुप्रभात"})
 
 
 def _squeezed(word: str) -> str:
@@ -716,19 +717,23 @@ def _squeezed(word: str) -> str:
     return _REPEATS.sub(r"\1", word)
 
 
+_FILLERS_READ = frozenset(_squeezed(w) for w in FILLERS)  # "jii", "sirrr"
+
+
 def _words_of(text: str) -> list[str]:
-    """The words of a reply, lower-cased and squeezed; punctuation, symbols and emoji
-    part words ("accha👍"), format marks (a zero-width joiner) are dropped."""
+    """The words of a reply, lower-cased; punctuation, symbols and emoji part words
+    ("accha👍"), format marks (a zero-width joiner) are dropped."""
     kept = []
     for ch in words.clean(text):
         kind = unicodedata.category(ch)
         kept.append(" " if kind[0] in "PSZ" else "" if kind[0] == "C" else ch)
-    return [_squeezed(w) for w in "".join(kept).split()]
+    return "".join(kept).split()
 
 
-# "No" beside a rating's words: "accha nahi" (not good) is no 4 stars.
-NEGATIONS = frozenset(_squeezed(w) for w in words.NO_WORDS | {
-    "not", "never", "nahi", "nhi", "nahin", "nai", "नहीं", "नही", "नाही"})
+def is_greeting(text: str) -> bool:
+    """A hello, alone or with a "ji" or "sir": "Namaste ji", "Good morning sir", "gm"."""
+    said = [w for w in _words_of(text) if _squeezed(w) not in _FILLERS_READ]
+    return " ".join(said) in GREETINGS | DAY_GREETINGS
 
 
 def rating_phrases() -> list[tuple[str, int, tuple[str, ...]]]:
@@ -754,50 +759,74 @@ def rating_phrases() -> list[tuple[str, int, tuple[str, ...]]]:
     return found
 
 
-def stars_said(text: str) -> int | None:
-    """The stars a short reply says in words: "bahut accha tha" 5, "theek hai" 3, "BEKAR"
-    1 (the catalogs' phrases, found whole-word, the longest where one holds another);
-    None if it names none or two values, or says "no" outside the phrase found
-    ("accha nahi tha" is 2 only because a catalog lists "accha nahi")."""
-    said = _words_of(text)
-    if not said or len(said) > MAX_RATING_WORDS:
-        return None
-    stars = {phrase: n for _lang, n, phrase in rating_phrases()}
-    found = [(i, i + len(p), n) for p, n in stars.items()
-             for i in range(len(said) - len(p) + 1) if tuple(said[i:i + len(p)]) == p]
-    # A phrase inside a longer one found is part of it: "accha" in "bahut accha".
+def phrases_read(lang: str) -> list[tuple[tuple[str, ...], int, bool]]:
+    """(words, stars, squeezed) for the phrases read from a customer of ``lang``: their
+    own language's, English's, and any catalog's in its own script. Romanized words of
+    an Indian language are read squeezed ("achhaa" is "acha"), English's as spelt
+    ("baad", Hindi for "later", is no "bad"; "god" no "good"). Another language's
+    romanized words are not read ("nala", Tamil "nalla", is a place in "Nala Sopara");
+    a script's words are, as no romanized word can be taken for them."""
+    found = []
+    for where, n, phrase in rating_phrases():
+        romanized = all(w.isascii() for w in phrase)
+        if where in (lang, "en") or not romanized:
+            squeeze = romanized and where != "en"
+            found.append((tuple(map(_squeezed, phrase)) if squeeze else phrase, n, squeeze))
+    return found
+
+
+def _phrases_in(said: list[str], lang: str) -> tuple[set[int], list[str]]:
+    """The star values the phrases found in ``said`` name (the longest where one holds
+    another: "accha" in "bahut accha" is part of it), and the words outside them."""
+    squeezed = [_squeezed(w) for w in said]
+    found = []
+    for phrase, n, squeeze in phrases_read(lang):
+        seen, k = (squeezed if squeeze else said), len(phrase)
+        found += [(i, i + k, n) for i in range(len(said) - k + 1) if tuple(seen[i:i + k]) == phrase]
     kept = [(a, b, n) for a, b, n in found
             if not any(c <= a and b <= d and d - c > b - a for c, d, _ in found)]
-    if len({n for _a, _b, n in kept}) != 1:
-        return None
     covered = {i for a, b, _n in kept for i in range(a, b)}
-    if any(w in NEGATIONS for i, w in enumerate(said) if i not in covered):
-        return None
-    return kept[0][2]
+    return {n for _a, _b, n in kept}, [w for i, w in enumerate(said) if i not in covered]
 
 
-def stars_given(text: str) -> int | None:
-    """1..5 from "4", "४", "char", "⭐⭐⭐⭐", "4 ⭐", "5 stars", "4/5", "4 out of 5", the
-    question's own "very good" or a catalog's words ("bahut accha"); None otherwise."""
+def _mood(stars: int) -> int:
+    """Which way a rating goes: 1-2 down, 3 neither, 4-5 up."""
+    return (stars > 3) - (stars < 3)
+
+
+def stars_given(text: str, lang: str) -> int | None:
+    """1..5 from "4", "४", "char", "⭐⭐⭐⭐", "4 ⭐", "5 stars", "4/5", "4 out of 5", or the
+    words a customer of ``lang`` is read by (``phrases_read``: "bahut accha", "very good").
+    A number (digits or stars) beside words must go their way and wins ("⭐⭐⭐⭐⭐ nice"
+    5, "5, accha nahi" none). None for a greeting, and for any word beyond the rating and
+    FILLERS: better asked again for a number than a wrong rating."""
     t = words.clean(text)
-    bare = "".join(ch for ch in t if ch not in STAR_CHARS).strip()
-    if not bare:  # stars only
-        stars: int | None = len(t.replace(" ", ""))
-    else:
-        stars = words.number(bare)
-        if stars is None:
-            stars = rating_words().get(words.clean(bare))
-        if stars is None:
-            # One number in a short reply, "out of 5" aside: "5 stars", "⭐ 5 👍", "4/5";
-            # else the words: "bahut accha tha". Both must agree ("5, accha nahi": no).
-            plain = _OUT_OF_5.sub(" ", words.ascii_digits(bare))
-            digits = _DIGITS.findall(plain)
-            said = stars_said(bare)
-            if len(digits) == 1 and len(plain.split()) <= MAX_RATING_WORDS:
-                stars = int(digits[0]) if said in (None, int(digits[0])) else None
-            elif not digits:
-                stars = said
-    return stars if stars is not None and 1 <= stars <= 5 else None
+    if is_greeting(t):
+        return None  # "good morning": a hello, not "good"
+    shown = sum(ch in STAR_CHARS for ch in t)  # "⭐⭐⭐⭐" a count; in "4 ⭐" the unit
+    bare = "".join(" " if ch in STAR_CHARS else ch for ch in t)
+    number = words.number(bare)  # the whole reply: "4", "४", "char"
+    said: list[str] = []
+    if number is None:
+        plain = _OUT_OF_5.sub(" ", words.ascii_digits(bare))
+        digits = _DIGITS.findall(plain)
+        if len(digits) > 1:
+            return None  # "5 and 4", "10/10"
+        number = int(digits[0]) if digits else None
+        said = _words_of(_DIGITS.sub(" ", plain))
+    said = [w for i, w in enumerate(said) if i == 0 or w != said[i - 1]]  # "very very good"
+    if len(said) + (number is not None) > MAX_RATING_WORDS:
+        return None
+    values, rest = _phrases_in(said, lang)
+    if len(values) > 1 or any(_squeezed(w) not in _FILLERS_READ for w in rest):
+        return None  # "accha bura"; "baad mein", "good but late"
+    worded = next(iter(values), None)
+    if number is not None and shown not in (0, 1, number):
+        return None  # "3 ⭐⭐⭐⭐⭐": which?
+    stars = number if number is not None else shown or worded
+    if stars is None or not 1 <= stars <= 5:
+        return None
+    return stars if worded is None or _mood(worded) == _mood(stars) else None
 
 
 def _rate_prompt(ctx: Ctx) -> list[Out]:
@@ -806,14 +835,13 @@ def _rate_prompt(ctx: Ctx) -> list[Out]:
 
 def _rate_handle(ctx: Ctx, inp: UserInput) -> Result:
     ref = ctx.state.data.get("rate_ref")
-    stars = stars_given(inp.text) if not inp.has_location else None
+    stars = stars_given(inp.text, ctx.lang) if not inp.has_location else None
     if ref is None:
         return Goto(MENU)
     if stars is None:
         # A greeting or a place moves on; anything else ("good", "6", "10/10") was most
         # likely meant as the answer: say how to answer, once, then leave the question.
-        if (inp.has_location or words.clean(inp.text) in GREETINGS
-                or ctx.scratch.get("helped")):
+        if inp.has_location or is_greeting(inp.text) or ctx.scratch.get("helped"):
             _end_rating(ctx)
             return Goto(MENU)
         ctx.scratch["helped"] = True
