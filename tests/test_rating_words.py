@@ -117,3 +117,10 @@ def test_in_the_chat_stars_and_words_rate_as_sent(chat, lang, answer, stars):  #
     bid, ref = asked_in(lang)
     assert i18n.t("bot.rate.thanks", lang, ref=ref, stars="⭐" * stars) in wa(chat, answer)
     assert stars_of(bid) == [stars]
+
+
+@pytest.mark.parametrize("hello", ["good morning", "Good evening sir", "gm", "Namaste ji"])
+def test_a_greeting_at_the_menu_shows_the_menu_not_a_sorry(chat, hello):  # noqa: F811
+    reply = wa(chat, hello)
+    assert i18n.t("menu.main", "en") in reply
+    assert i18n.t("bot.retry", "en") not in reply

@@ -175,7 +175,7 @@ def _menu_handle(ctx: Ctx, inp: UserInput) -> Result:
                     prompt=False)
     if picked == 5:
         return Stay([Say("menu.help")])
-    if words.clean(inp.text) in GREETINGS:
+    if is_greeting(inp.text):  # "hi", "Namaste ji", "good morning": the menu again
         return Stay()
     return Retry()
 
