@@ -2,7 +2,8 @@
 
 Job ids are natural keys: ``dispatch-<booking>``, ``offer-timeout-<offer>``,
 ``dispatch-deadline-<leg>-<round>``, ``dispatch-retry-<leg>-<round>-<pass>``,
-``dispatch-sweep-<minute>``.
+``dispatch-sweep-<minute>``; the sweep also re-schedules lost rating questions
+(``rate-ask-<booking>-<try>``, core.services.rating).
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from core import clock
-from core.services import dispatch
+from core.services import dispatch, rating
 
 SWEEP_EVERY_S = 60
 
@@ -44,9 +45,12 @@ def resume_search(leg_id: int, round_no: int) -> str:
 
 def sweep() -> dict[str, int]:
     """Expire offers whose timeout job was lost, move stalled searches on, chase taken jobs
-    not picked up or delivered in time; then reschedule."""
+    not picked up or delivered in time, ask again for the ratings of deliveries whose
+    try was lost (core.services.rating); then reschedule."""
     try:
-        return dispatch.sweep()
+        done = dispatch.sweep()
+        done["rating_asks"] = rating.sweep()
+        return done
     finally:
         schedule_sweep()  # one failed run (the database restarting) must not end the chain
 

@@ -1,4 +1,5 @@
-"""Tables of the REST API: sign-in sessions, idempotency records, ratings, audit log."""
+"""Tables of the REST API: sign-in sessions, idempotency records, ratings (and the chat's
+questions still to ask for them), audit log."""
 
 from __future__ import annotations
 
@@ -56,6 +57,20 @@ class BookingRating(Base):
     stars: Mapped[int] = mapped_column(Integer)
     comment: Mapped[str | None] = mapped_column(String(500))
     created_at: Mapped[datetime] = created_col()
+
+
+class RatingAsk(Base):
+    """A delivered WhatsApp booking whose customer is still to be asked for a rating
+    (core.services.rating): the try due next and when. Gone once they are asked, the
+    booking is rated or is not to be asked, or the window ends. Redis holds only the job
+    of the next try; a sweep re-schedules one that Redis lost or that failed."""
+
+    __tablename__ = "rating_asks"
+
+    booking_id: Mapped[int] = mapped_column(ForeignKey("bookings.id"), primary_key=True)
+    tries: Mapped[int] = mapped_column(Integer)  # the number of the try due next
+    due_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+    ends_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))  # no ask after
 
 
 class AuditEntry(Base):

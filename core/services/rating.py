@@ -15,19 +15,30 @@ further apart each time (``ask_wait``), until RATING_WINDOW after the delivery: 
 chats about another booking for hours is asked once they stop. The question counts until
 the customer leaves it (a greeting, the menu, a second answer that is no rating), or for
 RATING_WINDOW (core.services.conversation).
+
+The database says which bookings are still to be asked: a ``rating_asks`` row, with the
+try due next and when, from the first busy try until the customer is asked, the booking is
+rated or not to be asked, or the window ends. Redis holds only the job of that try (RQ's
+scheduled jobs live there alone), so a flush or a failover, or a try that failed on the
+database, would end the chain silently; ``sweep`` (run by the dispatch sweep, every
+minute) schedules a try anew for a due row whose job is gone. The question itself is
+sent once per booking whatever runs twice (the outbox's ``rate-ask-<id>`` key).
 """
 
 from __future__ import annotations
 
+import logging
 from datetime import datetime, timedelta
 
 from redis.client import Pipeline
 from rq import Queue
-from sqlalchemy import func, select
+from rq.utils import as_text
+from sqlalchemy import delete, func, select, update
+from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
 from core import clock, i18n
-from core.adapters.api_models import BookingRating
+from core.adapters.api_models import BookingRating, RatingAsk
 from core.adapters.db import transaction
 from core.adapters.models import Booking, Conversation, PartnerProfile, Person
 from core.adapters.queue import after_commit, queue
@@ -36,6 +47,8 @@ from core.dialog.booking import BOOKING, BOOKING_DIALOG, MENU, RATE
 from core.domain.booking import BookingStatus
 from core.domain.errors import Conflict, ValidationError
 from core.services import notify
+
+log = logging.getLogger(__name__)
 
 RATING_WINDOW = timedelta(days=2)  # a bare digit answers the question this long at most
 IDLE = timedelta(hours=24)  # as conversation.IDLE_RESUME: a chat this quiet is free
@@ -51,6 +64,10 @@ ASK_TRIES = 24
 ASK_LAST = timedelta(minutes=1)  # the last try runs this long before the window ends
 ASK_LATER_JOB = "core.services.rating.ask_later"
 _WAITING = ("queued", "scheduled", "deferred", "started")
+# The sweep looks at a try this long past its time: by then its job has run, unless Redis
+# lost it or it failed (one still waiting for a busy worker is left alone).
+SWEEP_GRACE = timedelta(seconds=30)
+SWEEP_BATCH = 200  # due tries looked at per sweep; the rest wait a minute
 
 
 def is_rated(session: Session, booking_id: int) -> bool:
@@ -70,6 +87,7 @@ def rate_booking(session: Session, booking: Booking, stars: int,
         raise Conflict("this booking is already rated", code="already_rated")
     session.add(BookingRating(booking_id=booking.id, stars=stars, comment=comment))
     _update_partner_ratings(session, booking, stars)
+    _settle(session, booking.id)  # rated (in the app, say): the chat need not ask
 
 
 def _update_partner_ratings(session: Session, b: Booking, stars: int) -> None:
@@ -97,7 +115,21 @@ def ask_after_delivery(session: Session, booking: Booking, tries: int = 1) -> bo
     cannot answer one), after STOP, while a person handles the chat, while the customer
     is in the middle of something else, or when the question could only go by SMS. A
     customer who wrote in the last QUIET, or is in the middle of something else, is
-    tried later (``ask_later``, ``tries``-th), up to RATING_WINDOW after the delivery."""
+    tried later (``ask_later``, ``tries``-th), up to RATING_WINDOW after the delivery;
+    meanwhile its ``rating_asks`` row says it is still to be asked."""
+    if booking.channel != "whatsapp":
+        return False  # never owed a question: no row to settle
+    outcome = _ask(session, booking, tries)
+    if isinstance(outcome, timedelta):
+        _ask_later(session, booking, tries, outcome)
+        return False
+    _settle(session, booking.id)
+    return outcome
+
+
+def _ask(session: Session, booking: Booking, tries: int) -> bool | timedelta:
+    """Ask now if the chat allows: True if asked; False if not to be asked (now or ever);
+    if the customer is busy, how long from now their chat should be quiet before a try."""
     if booking.channel != "whatsapp" or booking.status != BookingStatus.DELIVERED:
         return False
     ends = asking_ends(booking)
@@ -119,20 +151,16 @@ def ask_after_delivery(session: Session, booking: Booking, tries: int = 1) -> bo
                           .with_for_update(skip_locked=True)
                           .execution_options(populate_existing=True))
     if conv is None:  # a turn holds it: they are writing now
-        _ask_later(session, booking, tries, QUIET)
-        return False
+        return QUIET
     if conv.handoff:
         return False
     now = clock.now()
     since = now - conv.last_inbound_at if conv.last_inbound_at is not None else None
     if since is not None and since < QUIET:
-        # Busy writing: asked when they have been quiet a while (ask_later), not now.
-        _ask_later(session, booking, tries, QUIET - since)
-        return False
+        return QUIET - since  # busy writing: asked when they have been quiet a while
     idle = since is None or since > IDLE
     if conv.step not in (MENU, RATE) and not idle:
-        _ask_later(session, booking, tries, QUIET)  # once back at the menu
-        return False
+        return QUIET  # once back at the menu
     lang = notify.language_of(person)
     # The answer must come back on WhatsApp: an SMS reply reaches the riders' number.
     if not notify.in_whatsapp_window(conv) and lang not in notify.whatsapp_templates():
@@ -170,53 +198,138 @@ def ask_job_id(booking_id: int, tries: int) -> str:
 
 
 def _ask_later(session: Session, booking: Booking, tries: int, quiet_in: timedelta) -> None:
-    """After the commit, schedule try ``tries + 1``: once the chat has been quiet
-    (``quiet_in`` from now) and ``ask_wait(tries)`` has passed, the window allowing."""
+    """Owe try ``tries + 1`` (the booking's row) and schedule it after the commit: once
+    the chat has been quiet (``quiet_in`` from now) and ``ask_wait(tries)`` has passed,
+    the window allowing; with no try left, the booking is not asked."""
     if tries >= ASK_TRIES:
+        _settle(session, booking.id)
         return
     wait = max(quiet_in, ask_wait(tries))
     ends = asking_ends(booking)
     if ends is not None:
         wait = min(wait, ends - ASK_LAST - clock.now())
         if wait <= timedelta(0):
+            _settle(session, booking.id)
             return  # the window ends before another try
+    wait += timedelta(seconds=1)  # RQ's scheduler runs a job at its second or after
+    _owe(session, booking.id, tries + 1, clock.now() + wait, ends)
     booking_id = booking.id
-    job_id, caller = ask_job_id(booking_id, tries + 1), ask_job_id(booking_id, tries)
-    key = f"rate-ask-next:{booking_id}"
+    after_commit(session, lambda: _schedule(booking_id, tries + 1, wait))
+
+
+def _owe(session: Session, booking_id: int, tries: int, due_at: datetime,
+         ends_at: datetime | None) -> None:
+    """Record that try ``tries`` is due at ``due_at``. The row only moves forward: a stray
+    call with an older try number leaves the chain's own try as it is."""
+    stmt = insert(RatingAsk).values(booking_id=booking_id, tries=tries, due_at=due_at,
+                                    ends_at=ends_at)
+    session.execute(stmt.on_conflict_do_update(
+        index_elements=[RatingAsk.booking_id],
+        set_={"tries": stmt.excluded.tries, "due_at": stmt.excluded.due_at,
+              "ends_at": stmt.excluded.ends_at},
+        where=RatingAsk.tries <= stmt.excluded.tries))
+
+
+def _settle(session: Session, booking_id: int) -> None:
+    """Nothing more to ask about the booking: asked, rated, or not to be asked."""
+    session.execute(delete(RatingAsk).where(RatingAsk.booking_id == booking_id))
+
+
+def _next_key(booking_id: int) -> str:
+    return f"rate-ask-next:{booking_id}"
+
+
+def _schedule(booking_id: int, tries: int, wait: timedelta) -> None:
+    """Schedule try ``tries`` of the booking in ``wait`` (now if none), unless another try
+    waits already (one waiting try per booking)."""
+    q = queue("default")
+    job_id, caller = ask_job_id(booking_id, tries), ask_job_id(booking_id, tries - 1)
+    key = _next_key(booking_id)
     # The job ids differ per try (an id RQ keeps for a finished job cannot be used again),
     # so one waiting ask per booking is kept by this key naming it: a try replaces
     # itself; any other caller (a repeated or stray call) schedules nothing while it waits.
     ttl = int((wait + RATING_WINDOW).total_seconds())
+    claimed: list[bool] = []
 
-    def schedule() -> None:
-        q = queue("default")
-        claimed: list[bool] = []
-
-        def claim(pipe: Pipeline) -> None:  # WATCHing key: two callers, one wins
-            claimed.clear()
-            raw = pipe.get(key)
-            waiting = raw.decode() if isinstance(raw, bytes) else raw
-            if waiting == job_id or (waiting not in (None, caller) and _waits(q, waiting)):
-                return
-            pipe.multi()
-            pipe.set(key, job_id, ex=ttl)
-            claimed.append(True)
-
-        q.connection.transaction(claim, key)
-        if not claimed:
+    def claim(pipe: Pipeline) -> None:  # WATCHing key: two callers, one wins
+        claimed.clear()
+        raw = pipe.get(key)
+        waiting = raw.decode() if isinstance(raw, bytes) else raw
+        if waiting == job_id or (waiting not in (None, caller) and _waits(q, waiting)):
             return
-        if q.fetch_job(job_id) is not None:
-            return  # natural job id: scheduled (or ran) already
-        q.enqueue_in(wait + timedelta(seconds=1), ASK_LATER_JOB, booking_id, tries + 1,
-                     job_id=job_id, result_ttl=3600, failure_ttl=7 * 86400)
+        pipe.multi()
+        pipe.set(key, job_id, ex=ttl)
+        claimed.append(True)
 
-    after_commit(session, schedule)
+    q.connection.transaction(claim, key)
+    if not claimed:
+        return
+    if q.fetch_job(job_id) is not None:
+        return  # natural job id: scheduled (or ran) already
+    if wait > timedelta(0):
+        q.enqueue_in(wait, ASK_LATER_JOB, booking_id, tries, job_id=job_id,
+                     result_ttl=3600, failure_ttl=7 * 86400)
+    else:
+        q.enqueue(ASK_LATER_JOB, booking_id, tries, job_id=job_id, result_ttl=3600,
+                  failure_ttl=7 * 86400)
 
 
 def _waits(q: Queue, job_id: str) -> bool:
     """True if the job is still to run (or running: it schedules its own next try)."""
     job = q.fetch_job(job_id)
     return job is not None and job.get_status(refresh=False) in _WAITING
+
+
+def _try_waits(q: Queue, booking_id: int) -> bool:
+    """True if a try of the booking is still to run (the one its key names)."""
+    raw = q.connection.get(_next_key(booking_id))
+    return raw is not None and _waits(q, as_text(raw))
+
+
+def sweep() -> int:
+    """Periodic: schedule anew each due try whose job is gone (Redis lost it, or it failed
+    on the database), so a customer still to be asked is not forgotten; forget bookings
+    whose window has ended. The number of tries scheduled.
+
+    Reads only the due rows (ix_rating_asks_due_at), a few statements whatever their
+    number; rows a try is updating now are skipped (SKIP LOCKED) and one whose job still
+    waits is left to it, so a booking never has two tries waiting."""
+    now = clock.now()
+    q = queue("default")
+    with transaction() as session:
+        due = session.execute(
+            select(RatingAsk.booking_id, RatingAsk.tries, RatingAsk.ends_at)
+            .where(RatingAsk.due_at <= now - SWEEP_GRACE).order_by(RatingAsk.due_at)
+            .limit(SWEEP_BATCH).with_for_update(skip_locked=True)).all()
+        over: list[int] = []
+        lost: list[tuple[int, int]] = []
+        for booking_id, tries, ends_at in due:
+            if ends_at is not None and ends_at <= now:
+                over.append(booking_id)  # too late to ask
+            elif _try_waits(q, booking_id):
+                continue
+            elif tries >= ASK_TRIES:
+                over.append(booking_id)
+            else:  # a new number: RQ keeps a failed try's job (and id) for days
+                lost.append((booking_id, tries + 1))
+        if over:
+            session.execute(delete(RatingAsk).where(RatingAsk.booking_id.in_(over)))
+        if not lost:
+            return 0
+        session.execute(update(RatingAsk)
+                        .where(RatingAsk.booking_id.in_([b for b, _ in lost]))
+                        .values(tries=RatingAsk.tries + 1, due_at=now)
+                        .execution_options(synchronize_session=False))
+        log.warning("rating questions whose try was lost: tried again",
+                    extra={"count": len(lost)})
+        after_commit(session, lambda: _schedule_now(lost))
+    return len(lost)
+
+
+def _schedule_now(tries: list[tuple[int, int]]) -> None:
+    """Schedule each (booking, try) to run now."""
+    for booking_id, number in tries:
+        _schedule(booking_id, number, timedelta(0))
 
 
 def ask_later(booking_id: int, tries: int) -> str:
