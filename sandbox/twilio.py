@@ -12,7 +12,9 @@ The emulator sends a message the moment it accepts it, so its sent date is its c
 but as at Twilio a message still "queued" has no sent date: `date_sent` is null and the
 DateSent filters leave it out.
 Failure injection for tests and demos: `sandbox:twilio:fail_next` in Redis holds how
-many upcoming creates answer 503, `sandbox:twilio:fail_list` how many list pages do.
+many upcoming creates answer 503, `sandbox:twilio:fail_list` how many list pages do, and
+the hash `sandbox:twilio:fail_list_to` the HTTP status every list for one To answers
+(a 400 for one recipient, say, while the others list fine).
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ bp = Blueprint("sandbox_twilio", __name__, url_prefix="/sandbox")
 
 FAIL_NEXT_KEY = "sandbox:twilio:fail_next"
 FAIL_LIST_KEY = "sandbox:twilio:fail_list"
+FAIL_LIST_TO_KEY = "sandbox:twilio:fail_list_to"
 MAGIC_INVALID = "+15005550001"
 MAGIC_UNREACHABLE = "+15005550009"
 
@@ -187,6 +190,10 @@ def list_messages(account_sid: str):
         r.decr(FAIL_LIST_KEY)
         return _twilio_error(503, 20500, "Service unavailable (sandbox failure injection)")
     args = request.args
+    failing = int(r.hget(FAIL_LIST_TO_KEY, args["To"]) or 0) if args.get("To") else 0
+    if failing:
+        return _twilio_error(failing, 20500 if failing >= 500 else 20001,
+                             "Cannot list these messages (sandbox failure injection)")
     stmt = select(SandboxMessage).where(SandboxMessage.account_sid == account_sid)
     if args.get("To"):
         stmt = stmt.where(SandboxMessage.to_addr == args["To"])

@@ -27,7 +27,7 @@ from core.config import get_settings
 from core.services import outbox
 from sandbox import jobs as sandbox_jobs
 from sandbox import twilio as sandbox_twilio
-from sandbox.twilio import FAIL_LIST_KEY
+from sandbox.twilio import FAIL_LIST_KEY, FAIL_LIST_TO_KEY
 from tests.conftest import run_jobs
 
 TO = "+919876500011"
@@ -46,6 +46,7 @@ class Line:
         self.request_lost = False  # Twilio never got it, but we timed out all the same
         self.answer_lost = False  # Twilio took it; its answer never came back
         self.twilio_behind = timedelta(0)  # Twilio's clock behind ours
+        self.meanwhile = None  # run once after Twilio took a message, before its answer
 
     def send(self, **kw):  # noqa: ANN003 (send_message's keywords)
         if self.request_lost:
@@ -56,6 +57,9 @@ class Line:
             result = self.real(**kw)
         finally:
             clock.freeze(ours)
+        if self.meanwhile is not None:
+            meanwhile, self.meanwhile = self.meanwhile, None
+            meanwhile()
         if self.answer_lost:
             raise requests.exceptions.ReadTimeout("read timed out")
         return result
@@ -330,8 +334,9 @@ def test_a_look_up_reads_back_to_the_claim_not_the_whole_history(line, monkeypat
     monkeypatch.setattr(http, "request", request)
     sweep_at(claimed_at + STALE)
     assert row(oid).provider_sid is not None
-    # The first page (it, and a message from before the claim) tells all.
-    assert len(pages) == 1, f"{len(pages)} pages read for one look-up"
+    # It and a page's worth from well before the claim (Twilio's order is not exactly by
+    # creation, so one older message does not end it): two pages of five.
+    assert len(pages) == 2, f"{len(pages)} pages read for one look-up"
 
 
 def list_calls_failed(start: int = 100_000) -> int:
@@ -376,21 +381,22 @@ def test_while_twilio_cannot_be_asked_look_ups_pause_longer_each_time(line, capl
     sweep_at(first + timedelta(minutes=15))
     assert {row(oid).status for oid in rows} == {"delivered"}
     assert len(at_twilio()) == 3
-    assert redis_client().get(outbox.LOOKUP_PAUSE_KEY) is None
-    # The next failure pauses for a minute again.
+    assert not outbox._lookups_paused()
+    # The next failure, a longest pause after the last one ended, pauses for a minute again.
     caplog.clear()
-    clock.freeze(first + timedelta(minutes=16))
+    late_at = first + timedelta(minutes=15) + outbox.LOOKUP_PAUSE_MAX - outbox.STALE_SENDING
+    clock.freeze(late_at)
     late = lost_outcome(line, "Your code is 9")
     redis_client().set(FAIL_LIST_KEY, 100_000)
-    sweep_at(first + timedelta(minutes=16) + STALE)
+    sweep_at(late_at + STALE)
     assert pauses(caplog) == [60]
 
     # Redis unavailable for the pause: look-ups go on as before it existed; the sweep works.
     monkeypatch.setattr(outbox, "redis_client", Unreachable)
-    sweep_at(first + timedelta(minutes=16) + STALE + timedelta(seconds=10))
+    sweep_at(late_at + STALE + timedelta(seconds=10))
     assert list_calls_failed() == 2
     redis_client().delete(FAIL_LIST_KEY)
-    sweep_at(first + timedelta(minutes=16) + STALE + timedelta(seconds=20))
+    sweep_at(late_at + STALE + timedelta(seconds=20))
     assert row(late).status == "delivered" and len(at_twilio()) == 4
 
 
@@ -454,3 +460,192 @@ def test_twins_reconciled_at_once_take_one_message_each(line, monkeypatch):
     sweep_at(T0 + STALE + timedelta(minutes=1))
     sids = {row(first).provider_sid, row(twin).provider_sid}
     assert sids == {m.sid for m in at_twilio()} and len(at_twilio()) == 2
+
+
+# --- found by review (rev67): one row's failing look-ups, Twilio's list order, twins ----
+
+OTHER = "+919876500077"
+THIRD = "+919876500078"
+
+
+def lists_time_out(monkeypatch, to: str) -> list[str]:  # noqa: ANN001
+    """Twilio's list times out for ``to`` alone (a long history, say); return the
+    recipients asked about, in order."""
+    http = twilio_gateway.client().http_client
+    real_request = http.request
+    asked: list[str] = []
+
+    def request(method, url, params=None, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003
+        if method == "GET" and "/Messages.json" in url:
+            asked.append(str((params or {}).get("To", "")))
+            if asked[-1] == to:
+                raise requests.exceptions.ReadTimeout("read timed out")
+        return real_request(method, url, params, *args, **kwargs)
+
+    monkeypatch.setattr(http, "request", request)
+    return asked
+
+
+@pytest.mark.parametrize("failure, outage", [
+    ("503", True), ("429", True), ("500", True), ("timeout", True), ("refused", True),
+    ("400", False), ("404", False), ("401", False),
+])
+def test_a_failed_look_up_says_whether_twilio_is_out(live, monkeypatch, failure, outage):
+    if failure.isdigit():
+        redis_client().hset(FAIL_LIST_TO_KEY, WA, failure)
+    else:
+        http = twilio_gateway.client().http_client
+        error = (requests.exceptions.ReadTimeout if failure == "timeout"
+                 else requests.exceptions.ConnectionError)
+
+        def request(*args, **kwargs):  # noqa: ANN002, ANN003
+            raise error("sandbox")
+
+        monkeypatch.setattr(http, "request", request)
+    with pytest.raises(twilio_gateway.LookupFailed) as failed:
+        twilio_gateway.messages_since(to=WA, from_=get_settings().twilio_whatsapp_from,
+                                      since=T0, limit=10)
+    assert failed.value.outage is outage
+
+
+def test_a_recipient_whose_look_up_times_out_holds_back_no_other_row(line, monkeypatch):
+    """Review rev67: its row went first after every pause and started the next one; the
+    other rows were never asked."""
+    clock.freeze(T0)
+    stuck = lost_outcome(line, "Your pickup code is 1111")
+    clock.freeze(T0 + timedelta(minutes=1))
+    good = lost_outcome(line, "Your pickup code is 2222", to=OTHER)
+    asked = lists_time_out(monkeypatch, WA)
+    first = T0 + STALE + timedelta(minutes=1)
+    sweep_at(first)  # the older claim is asked first: it times out, look-ups pause
+    assert asked == [WA] and row(good).provider_sid is None
+    sweep_at(first + timedelta(minutes=1))  # the pause's end: the row not yet asked first
+    assert asked[1] == f"whatsapp:{OTHER}"
+    (taken,) = at_twilio(to=f"whatsapp:{OTHER}")
+    assert row(good).provider_sid == taken.sid
+    assert (row(stuck).status, row(stuck).provider_sid) == ("sending", None)
+
+
+def test_a_row_twilio_holds_is_not_sent_twice_after_a_day_of_another_rows_failures(
+        line, monkeypatch):
+    """Review rev67: held back by the pauses another row's failures started, the row was
+    given back unasked after a day, though Twilio had it all along."""
+    clock.freeze(T0)
+    stuck = lost_outcome(line, "Your pickup code is 1111")
+    clock.freeze(T0 + timedelta(minutes=1))
+    good = lost_outcome(line, "Your pickup code is 2222", to=OTHER)
+    lists_time_out(monkeypatch, WA)
+    at = T0 + STALE + timedelta(minutes=1)
+    while at < T0 + outbox.GIVE_UP_UNKNOWN + timedelta(minutes=5):  # at each pause's end
+        sweep_at(at)
+        at += timedelta(minutes=31)
+    sweep_at(T0 + outbox.GIVE_UP_UNKNOWN + timedelta(minutes=3))
+    assert len(at_twilio(to=f"whatsapp:{OTHER}")) == 1, "Twilio had it all along: sent twice"
+    assert row(good).provider_sid is not None
+    # The row whose own look-ups failed all day goes again unasked, as before.
+    assert row(stuck).status != "sending" and len(at_twilio()) == 2
+
+
+def test_a_look_up_refused_for_one_recipient_holds_back_that_row_alone(line, caplog):
+    clock.freeze(T0)
+    refused = lost_outcome(line, "Your pickup code is 1111")
+    clock.freeze(T0 + timedelta(minutes=1))
+    good = lost_outcome(line, "Your pickup code is 2222", to=OTHER)
+    clock.freeze(T0 + timedelta(minutes=2))
+    later = lost_outcome(line, "Your pickup code is 3333", to=THIRD)
+    redis_client().hset(FAIL_LIST_TO_KEY, WA, 400)  # its list is refused, every time
+    caplog.set_level(logging.WARNING, logger="core.services.outbox")
+    first = T0 + STALE + timedelta(minutes=2)
+    sweep_at(first)
+    # No pause: the others are asked in the same sweep, and found.
+    assert row(good).provider_sid is not None and row(later).provider_sid is not None
+    assert not outbox._lookups_paused()
+    assert not [rec for rec in caplog.records if "look-ups paused" in rec.getMessage()]
+    # The refused row waits out its own back-off (a minute, then two, ...).
+    assert outbox.sweep() == 0
+    clock.freeze(first + timedelta(minutes=1))
+    assert outbox.sweep() == 1
+    assert row(refused).status == "sending" and len(at_twilio()) == 1
+
+
+def test_a_row_held_back_only_by_pauses_waits_past_the_day(line, caplog):
+    """Its own look-ups never failed (others' did, and kept look-ups paused): Twilio may
+    still have it, so it is not given back unasked after a day; after three it is."""
+    three_days = timedelta(hours=72)  # outbox.GIVE_UP_PAUSED
+    clock.freeze(T0)
+    oid = lost_outcome(line, "Pay with this link: https://rzp.io/l/abc")
+    until = T0 + three_days + timedelta(hours=1)
+    redis_client().set(outbox.LOOKUP_PAUSE_KEY, f"{int(until.timestamp())} 6")
+    caplog.set_level(logging.WARNING, logger="core.services.outbox")
+    for later in (STALE, outbox.GIVE_UP_UNKNOWN + timedelta(minutes=1),
+                  three_days - timedelta(minutes=1)):
+        sweep_at(T0 + later)
+        assert (row(oid).status, row(oid).provider_sid) == ("sending", None), later
+        assert len(at_twilio()) == 1, f"given back unasked at {later}"
+    sweep_at(T0 + three_days + timedelta(minutes=1))
+    sent = at_twilio()
+    assert len(sent) == 2 and row(oid).provider_sid == sent[1].sid
+    (given_up,) = [rec for rec in caplog.records if "sent again" in rec.getMessage()]
+    assert "three days" in given_up.getMessage() and given_up.levelno == logging.WARNING
+
+
+def test_an_answer_between_failures_does_not_reset_the_pause(line, caplog):
+    """Failures that come and go: one answer in between used to clear the count, and the
+    pause never grew past a minute."""
+    rows = []
+    for n, to in enumerate((TO, OTHER, THIRD)):
+        clock.freeze(T0 + timedelta(seconds=n))
+        rows.append(lost_outcome(line, f"Your code is {n}", to=to))
+    redis_client().hset(FAIL_LIST_TO_KEY, WA, 503)
+    caplog.set_level(logging.INFO, logger="core.services.outbox")
+    first = T0 + STALE + timedelta(seconds=2)
+    sweep_at(first)  # the first row's look-up fails: a minute's pause
+    redis_client().hdel(FAIL_LIST_TO_KEY, WA)
+    redis_client().hset(FAIL_LIST_TO_KEY, f"whatsapp:{THIRD}", 503)
+    sweep_at(first + timedelta(minutes=1))  # the second is answered, the third fails
+    assert row(rows[1]).provider_sid is not None
+    assert pauses(caplog) == [60, 120]
+
+
+def test_a_message_listed_after_an_older_one_is_still_found(line):
+    """Twilio lists by its own order, not exactly by creation: a message created earlier
+    but sent later (held in Twilio's queue) can come ahead of ours."""
+    clock.freeze(T0)
+    oid = lost_outcome(line, "Your pickup code is 4821")
+    (taken,) = at_twilio()
+    clock.freeze(T0 - timedelta(minutes=20))  # created well before the claim, listed after
+    twilio_gateway.client().messages.create(
+        to=WA, from_=get_settings().twilio_whatsapp_from, body="Your ride is on its way")
+    sweep_at(T0 + STALE)
+    assert row(oid).provider_sid == taken.sid
+    assert len(at_twilio(body="Your pickup code is 4821")) == 1, "sent twice"
+
+
+def test_a_twin_whose_message_a_reconcile_adopted_meanwhile_ends_cleanly(line):
+    clock.freeze(T0)
+    line.request_lost = True  # Twilio never got the first
+    first = queue_one("Your pickup code is 4821")
+    run_jobs()
+    line.request_lost = False
+    clock.freeze(T0 + STALE)
+    adopted = []
+    # While the twin's answer is on its way, another worker reconciles the first row and
+    # takes the twin's message for it (same text, same recipient, since its claim).
+    line.meanwhile = lambda: adopted.append(outbox.reconcile(first))
+    twin = queue_one("Your pickup code is 4821")
+    run_jobs()
+    assert adopted == ["adopted"]
+    (message,) = at_twilio()
+    assert row(first).provider_sid == message.sid
+    job = queue("outbox").fetch_job(f"outbox-{twin}")
+    assert job is not None and job.get_status() == "finished", "the delivery job crashed"
+    assert job.return_value() == "unknown"
+    assert (row(twin).status, row(twin).provider_sid) == ("sending", None)
+    # The twin's own status callback (its id in the URL) names the adopted sid: no crash.
+    assert outbox.record_status(outbox_id=twin, message_sid=message.sid, status="delivered",
+                                error_code=None)
+    assert row(first).status == "delivered" and row(twin).provider_sid is None
+    # The twin's reconcile finds no message of its own: sent again, one each.
+    sweep_at(T0 + 2 * STALE)
+    sent = at_twilio()
+    assert len(sent) == 2 and row(twin).provider_sid == sent[1].sid

@@ -7,7 +7,7 @@ import os
 import threading
 import urllib.request
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import requests
 from twilio.base.exceptions import TwilioException, TwilioRestException
@@ -98,10 +98,23 @@ class ListedMessage:
 
 
 class LookupFailed(Exception):
-    """Twilio could not be asked (no connection, an error answer): nothing is known."""
+    """Twilio could not be asked (no connection, an error answer): nothing is known.
+
+    ``outage`` says the failure is Twilio's or the line's, not this question's (no
+    connection, a timeout, a 5xx, a 429): every look-up would fail alike, so the caller
+    pauses them all. Any other failure (a 4xx, an unreadable answer) is this look-up's own.
+    """
+
+    def __init__(self, reason: str, *, outage: bool):
+        super().__init__(reason)
+        self.outage = outage
 
 
 LIST_PAGE_SIZE = 100
+# Twilio lists by its own order (its sid, or the sent date: a message held queued is sent
+# after one created later), not exactly by creation: reading stops only after this much
+# older than ``since``, a whole page running.
+LIST_ORDER_MARGIN = timedelta(minutes=10)
 
 
 def messages_since(*, to: str, from_: str, since: datetime, limit: int) -> list[ListedMessage]:
@@ -111,16 +124,22 @@ def messages_since(*, to: str, from_: str, since: datetime, limit: int) -> list[
     Asked by To and From only: Twilio's DateSent filters go by the sent date, which a
     message still queued at Twilio (for hours, within its validity period) has not got,
     so they would hide the very message a lost answer leaves queued. Twilio lists newest
-    first (by its id, close to date_created), and the stream fetches a page only when it
-    reaches it, so reading stops at the first message older than ``since``: not the
-    recipient's whole history. Raise LookupFailed when Twilio cannot be asked or refuses
-    to answer, on any page.
+    first, but not strictly by creation, and the stream fetches a page only when it
+    reaches it, so reading stops after a page's worth of messages in a row created over
+    LIST_ORDER_MARGIN before ``since``: not the recipient's whole history, and not at the
+    first older message, which may sort ahead of ours. Raise LookupFailed when Twilio
+    cannot be asked or refuses to answer, on any page.
     """
     found: list[ListedMessage] = []
+    long_before, older_in_a_row = since - LIST_ORDER_MARGIN, 0
     try:
         for m in client().messages.stream(to=to, from_=from_, page_size=LIST_PAGE_SIZE):
             if m.date_created is not None and m.date_created < since:
-                break
+                older_in_a_row = older_in_a_row + 1 if m.date_created < long_before else 0
+                if older_in_a_row >= LIST_PAGE_SIZE:
+                    break
+                continue
+            older_in_a_row = 0
             found.append(ListedMessage(
                 sid=m.sid or "", body=m.body or "", status=m.status or "",
                 error_code=str(m.error_code) if m.error_code else None,
@@ -128,8 +147,27 @@ def messages_since(*, to: str, from_: str, since: datetime, limit: int) -> list[
             if len(found) >= limit:
                 break
     except (TwilioException, requests.exceptions.RequestException, ValueError) as exc:
-        raise LookupFailed(type(exc).__name__) from None
+        status = _http_status(exc)
+        raise LookupFailed(f"{type(exc).__name__} {status or ''}".strip(),
+                           outage=_is_outage(exc, status)) from None
     return found
+
+
+def _http_status(exc: Exception) -> int | None:
+    """The HTTP status Twilio answered with, if it answered: the client raises a
+    TwilioRestException, or (a list page) a TwilioException carrying the response."""
+    if isinstance(exc, TwilioRestException):
+        return exc.status
+    response = exc.args[1] if isinstance(exc, TwilioException) and len(exc.args) > 1 else None
+    status = getattr(response, "status_code", None)
+    return status if isinstance(status, int) else None
+
+
+def _is_outage(exc: Exception, status: int | None) -> bool:
+    """No connection, a timeout, Twilio failing (5xx) or throttling us (429)."""
+    if isinstance(exc, requests.exceptions.ConnectionError | requests.exceptions.Timeout):
+        return True
+    return status is not None and (status >= 500 or status == 429)
 
 
 def template_fit(body: str, values: list[str]) -> int | None:

@@ -18,14 +18,18 @@ Delivery guarantees, and why:
   The list is read newest first by To and From, not by DateSent: a message still queued
   at Twilio has no sent date yet. Found: the row takes its sid and status as if the
   answer and the callback had come, and nothing is sent again. Twilio answers and holds
-  none: the row goes back to ``pending`` and is sent. Twilio cannot be asked (no
-  connection, an error answer): the row stays ``sending``, and all look-ups pause
-  (LOOKUP_PAUSE_FIRST, doubling while they keep failing, at most LOOKUP_PAUSE_MAX; one
-  warning a pause) so an outage costs a call every few minutes, not one per row each
-  minute; a look-up Twilio answers ends the pause. Only after GIVE_UP_UNKNOWN (24 h) is a
-  row given back unasked, with a warning. That, or a twin with the same text sent within
-  the same minutes by another row whose outcome was lost too, is the only way left for a
-  message to go twice.
+  none: the row goes back to ``pending`` and is sent. Twilio cannot be asked: the row
+  stays ``sending`` and waits (its own back-off, LOOKUP_PAUSE_FIRST doubling up to
+  LOOKUP_PAUSE_MAX). If the failure is an outage (no connection, a timeout, a 5xx, a 429)
+  all look-ups pause as well (the same lengths, one warning a pause), so an outage costs
+  a call every few minutes, not one per row each minute; the failure count outlives a
+  lone answer, so flapping still backs off. Any other failure (a 4xx for one recipient)
+  holds back that row alone. The sweep asks the rows least lately asked first, so a row
+  that keeps failing cannot start every pause and starve the others. A row whose own
+  look-ups failed is given back unasked, with a warning, after GIVE_UP_UNKNOWN (24 h); a
+  row only ever held back by pauses waits for an answer, up to GIVE_UP_PAUSED (72 h).
+  That, or a twin with the same text sent within the same minutes by another row whose
+  outcome was lost too, is the only way left for a message to go twice.
 """
 
 from __future__ import annotations
@@ -72,8 +76,11 @@ RATE_LIMITED_CODE = "63018"
 # WhatsApp refusals whose text goes by SMS instead (once).
 BY_SMS_CODES = frozenset({WINDOW_CLOSED_CODE, RATE_LIMITED_CODE})
 STALE_SENDING = timedelta(minutes=15)
-# A row Twilio could not be asked about for this long since its claim is sent again unasked.
+# A row whose own look-ups failed for this long since its claim is sent again unasked.
 GIVE_UP_UNKNOWN = timedelta(hours=24)
+# A row only ever held back by pauses (its own look-ups never failed, it was not asked)
+# waits for Twilio's answer this long, then goes unasked all the same.
+GIVE_UP_PAUSED = timedelta(hours=72)
 # Twilio's clock against ours, and its whole-second date_created: a message that shows up
 # to this much before our claim may still be the one we sent.
 CLOCK_SKEW = timedelta(minutes=2)
@@ -81,11 +88,17 @@ CLOCK_SKEW = timedelta(minutes=2)
 # answer counts as unknown, not as "Twilio has none".
 LOOKUP_LIMIT = 1000
 RECONCILE_JOB = "core.services.outbox.reconcile"
+# The rows without a sid a sweep reads, and the most reconcile jobs it starts.
+RECONCILE_SCAN = 2000
+RECONCILE_BATCH = 500
 # While Twilio cannot be asked, look-ups pause (the sweep starts none, a queued reconcile
-# job asks nothing): the first failure for a minute, each one after it twice as long.
+# job asks nothing): the first failure for a minute, each one after it twice as long. A
+# row's own failed look-ups hold it back by the same lengths.
 LOOKUP_PAUSE_KEY = "outbox:reconcile:pause"
 LOOKUP_PAUSE_FIRST = timedelta(minutes=1)
 LOOKUP_PAUSE_MAX = timedelta(minutes=30)
+# One row's look-ups for one claim (see _RowLookups).
+ROW_LOOKUPS_KEY = "outbox:reconcile:row:{}"
 
 
 def address(channel: str, to: str) -> str:
@@ -292,7 +305,16 @@ def _send(c: _Claimed) -> str:
         log.warning("send outcome unknown (timeout)", extra={"outbox_id": outbox_id})
         return "unknown"
 
-    _handed_over(outbox_id, result.sid)
+    try:
+        _handed_over(outbox_id, result.sid)
+    except IntegrityError:
+        # A reconcile took this very message for a twin (same text, same recipient) whose
+        # outcome was lost, while Twilio's answer was on its way (provider_sid is unique).
+        # Left "sending" without a sid, as a lost answer: this row's own reconcile settles
+        # it (the message is the twin's now, so this row's text goes again: one each).
+        log.warning("message taken by a twin's reconcile; outcome left to reconcile",
+                    extra={"outbox_id": outbox_id})
+        return "unknown"
     log.info("message handed to twilio", extra={"outbox_id": outbox_id})
     return "sent"
 
@@ -505,7 +527,9 @@ def apply_reports(reports: list[StatusReport]) -> int:
             row = by_id.get(report.outbox_id) if report.outbox_id is not None else None
             if row is not None and row.provider_sid not in (None, report.message_sid):
                 row = None  # the id in the URL and the sid disagree: trust neither
-            if row is None:
+            if row is None or (row.provider_sid is None and report.message_sid in by_sid):
+                # Another row holds the sid (a twin's reconcile adopted it): the report is
+                # that row's; this one is left to its own reconcile, the sid being unique.
                 row = by_sid.get(report.message_sid)
             events.append({"outbox_id": row.id if row else None,
                            "provider_sid": report.message_sid, "status": status,
@@ -554,24 +578,23 @@ def sweep(now_age: timedelta = timedelta(seconds=60)) -> int:
 
     ``pending`` rows older than ``now_age`` are re-enqueued (the job id dedupes). A
     ``sending`` row without a provider sid and silent for STALE_SENDING gets a reconcile
-    job, which asks Twilio before anything is sent again: a job per row, for those
-    look-ups are network calls, too slow to make here. While look-ups are paused only a
-    row past GIVE_UP_UNKNOWN gets one (it is given back unasked).
+    job (see _due_reconciles), which asks Twilio before anything is sent again: a job per
+    row, for those look-ups are network calls, too slow to make here.
     """
     cutoff = clock.now() - now_age
-    stale = clock.now() - (GIVE_UP_UNKNOWN if _lookups_paused() else STALE_SENDING)
     with transaction() as session:
-        unknown = list(session.scalars(
-            select(OutboxMessage.id)
+        claims = {row_id: claimed_at for row_id, claimed_at in session.execute(
+            select(OutboxMessage.id, OutboxMessage.updated_at)
             .where(OutboxMessage.status == "sending", OutboxMessage.provider_sid.is_(None),
-                   OutboxMessage.updated_at < stale)
-            .order_by(OutboxMessage.updated_at).limit(500)
-        ))
+                   OutboxMessage.updated_at < clock.now() - STALE_SENDING)
+            .order_by(OutboxMessage.updated_at).limit(RECONCILE_SCAN)
+        )}
         ids = list(session.scalars(
             select(OutboxMessage.id).where(OutboxMessage.status == "pending",
                                            OutboxMessage.created_at < cutoff)
             .order_by(OutboxMessage.id).limit(500)
         ))
+    unknown = _due_reconciles(claims) if claims else []
     for row_id in unknown:
         enqueue(RECONCILE_JOB, row_id, queue_name="outbox", job_id=f"outbox-reconcile-{row_id}")
     for row_id in ids:
@@ -579,11 +602,28 @@ def sweep(now_age: timedelta = timedelta(seconds=60)) -> int:
     return len(unknown) + len(ids)
 
 
+def _due_reconciles(claims: dict[int, datetime]) -> list[int]:
+    """The rows (id: claim time, oldest claim first) whose reconcile job starts now, the
+    least lately asked first: the next pause's end does not go to the row whose look-up
+    failed last time, so one row that keeps failing cannot hold all the others back.
+    While look-ups pause, or a row's own back-off runs, only a row past giving up (it goes
+    unasked) gets a job."""
+    paused = _lookups_paused()
+    lookups = _row_lookups(claims)
+    now = clock.now()
+    due = [row_id for row_id, claimed_at in claims.items()
+           if not (paused or _held_back(lookups.get(row_id)))
+           or _gone_unasked(now - claimed_at, lookups.get(row_id)) is not None]
+    # Stable: among rows never asked, or asked at the same moment, the oldest claim first.
+    due.sort(key=lambda row_id: lookups[row_id].asked if row_id in lookups else 0.0)
+    return due[:RECONCILE_BATCH]
+
+
 def reconcile(outbox_id: int) -> str:
     """RQ job: settle a row whose send outcome stayed unknown (see the module's
-    guarantees); return "adopted", "given-back", "unknown" (ask again at the next sweep),
-    "paused" (look-ups are paused: asked nothing), or "settled" / "in-flight" when a
-    callback or a new claim got there first."""
+    guarantees); return "adopted", "given-back", "unknown" (ask again at a later sweep),
+    "paused" (look-ups paused, or this row's back-off runs: asked nothing), or "settled" /
+    "in-flight" when a callback or a new claim got there first."""
     with transaction() as session:
         row = session.get(OutboxMessage, outbox_id)
         if row is None or row.status != "sending" or row.provider_sid is not None:
@@ -595,20 +635,24 @@ def reconcile(outbox_id: int) -> str:
         values = ([template_value(str(v)) for v in template.content_variables.values()]
                   if template else None)
         to, from_, body = row.to_addr, row.from_addr, row.body
-    if _lookups_paused():
-        # Twilio could not be asked moments ago: no call now. Past GIVE_UP_UNKNOWN the row
-        # goes unasked, as after a failed look-up: every look-up since its claim failed
-        # (an answer would have settled it), and this one would most likely fail too.
-        return _still_unknown(outbox_id, claimed_at, "look-ups paused", paused=True)
+    mine = _row_lookups({outbox_id: claimed_at}).get(outbox_id)
+    if _lookups_paused() or _held_back(mine):
+        # Twilio could not be asked moments ago: no call now (see _gone_unasked).
+        why = "its look-ups failed" if _held_back(mine) else "look-ups paused"
+        return _still_unknown(outbox_id, claimed_at, why, mine, paused=True)
     since = claimed_at - CLOCK_SKEW
     try:
         listed = twilio_gateway.messages_since(to=to, from_=from_, since=since,
                                                limit=LOOKUP_LIMIT)
     except twilio_gateway.LookupFailed as exc:
         why = f"twilio could not be asked ({exc})"
-        _pause_lookups(why)
-        return _still_unknown(outbox_id, claimed_at, why)
-    _lookups_answered()
+        if exc.outage:
+            _pause_lookups(why)
+        else:  # this row's question alone: the others are asked as usual
+            log.warning("twilio could not be asked about one message; it waits",
+                        extra={"outbox_id": outbox_id, "reason": why})
+        return _still_unknown(outbox_id, claimed_at, why,
+                              _lookup_done(outbox_id, claimed_at, mine, failed=True))
     found = _ours(listed, _Wanted(outbox_id, to, from_, body, values), since=since)
     if found is not None:
         try:
@@ -620,6 +664,7 @@ def reconcile(outbox_id: int) -> str:
             # next sweep asks again, and finds this row's own message or none.
             log.info("listed message taken by another row meanwhile",
                      extra={"outbox_id": outbox_id})
+            _lookup_done(outbox_id, claimed_at, mine, failed=False)
             return "unknown"
         # Its status as the lost callback would have brought it (rank, STOP, by SMS).
         apply_reports([StatusReport(outbox_id, found.sid, found.status, found.error_code)])
@@ -629,7 +674,8 @@ def reconcile(outbox_id: int) -> str:
     if len(listed) >= LOOKUP_LIMIT:
         log.info("too many messages to look through; asking again at the next sweep",
                  extra={"outbox_id": outbox_id})
-        return _still_unknown(outbox_id, claimed_at, "too many messages to look through")
+        return _still_unknown(outbox_id, claimed_at, "too many messages to look through",
+                              _lookup_done(outbox_id, claimed_at, mine, failed=True))
     return "given-back" if _give_back(outbox_id, claimed_at, "twilio has no such message; "
                                       "sending again") else "settled"
 
@@ -709,24 +755,98 @@ def _give_back(outbox_id: int, claimed_at: datetime, why: str) -> bool:
     return done
 
 
-def _still_unknown(outbox_id: int, claimed_at: datetime, why: str, *,
-                   paused: bool = False) -> str:
+def _still_unknown(outbox_id: int, claimed_at: datetime, why: str,
+                   mine: _RowLookups | None, *, paused: bool = False) -> str:
     """Twilio could not tell: the row stays "sending" for a later sweep to ask again (no
-    warning: the pause that follows a failed look-up has one), until GIVE_UP_UNKNOWN has
-    passed since the claim; then it is sent again unasked."""
-    if clock.now() - claimed_at < GIVE_UP_UNKNOWN:
+    warning: a failed look-up or the pause it started has one), until _gone_unasked says
+    it has waited enough; then it is sent again unasked."""
+    gone = _gone_unasked(clock.now() - claimed_at, mine)
+    if gone is None:
         return "paused" if paused else "unknown"
-    if not _give_back(outbox_id, claimed_at, f"outcome unknown for a day; {why}"):
+    if not _give_back(outbox_id, claimed_at, f"{gone}; {why}"):
         return "settled"
-    log.warning("send outcome unknown for a day; sent again, it may arrive twice",
+    log.warning(f"send {gone}; sent again, it may arrive twice",
                 extra={"outbox_id": outbox_id, "reason": why})
     return "given-back"
 
 
+def _gone_unasked(age: timedelta, mine: _RowLookups | None) -> str | None:
+    """Why a row whose claim is ``age`` old is given back without an answer, or None (it
+    waits). After GIVE_UP_UNKNOWN if its own look-ups failed (an answer would have
+    settled it, and the next one most likely fails too); a row held back only by pauses
+    that others' failures started may still be answered, so it waits up to
+    GIVE_UP_PAUSED."""
+    if age >= GIVE_UP_PAUSED:
+        return "outcome unknown for three days"
+    if age >= GIVE_UP_UNKNOWN and mine is not None and mine.failures:
+        return "outcome unknown for a day"
+    return None
+
+
+@dataclass(frozen=True)
+class _RowLookups:
+    """One row's look-ups for one claim. Kept in Redis, not in a column: a column write
+    would move updated_at, which tells a claim apart, and no migration is needed. Lost (a
+    flushed Redis), the row is asked as if for the first time, and one whose failures are
+    forgotten waits up to GIVE_UP_PAUSED, not GIVE_UP_UNKNOWN."""
+
+    claim: float  # the claim's timestamp: a new claim of the row starts afresh
+    asked: float  # when it was last asked (the sweep asks the least lately asked first)
+    failures: int  # its own failed look-ups in a row
+    retry: float  # not asked again before: its own back-off
+
+
+def _held_back(mine: _RowLookups | None) -> bool:
+    """Whether the row's own back-off still runs."""
+    return mine is not None and mine.retry > clock.now().timestamp()
+
+
+def _row_lookups(claims: dict[int, datetime]) -> dict[int, _RowLookups]:
+    """The look-ups recorded for these rows' current claims (one round trip). Redis
+    unavailable: none, as if never asked."""
+    ids = list(claims)
+    try:
+        raw = redis_client().mget([ROW_LOOKUPS_KEY.format(row_id) for row_id in ids])
+    except RedisError:
+        log.warning("look-ups of rows unknown (Redis unavailable)")
+        return {}
+    found = {}
+    for row_id, value in zip(ids, raw, strict=True):
+        try:
+            mine = _RowLookups(**json.loads(value)) if value else None
+        except (ValueError, TypeError):
+            mine = None
+        if mine is not None and mine.claim == claims[row_id].timestamp():
+            found[row_id] = mine
+    return found
+
+
+def _lookup_done(outbox_id: int, claimed_at: datetime, mine: _RowLookups | None, *,
+                 failed: bool) -> _RowLookups:
+    """Record that the row was asked just now (and whether its look-up failed: a back-off
+    twice as long as the last); return the record, kept or not. One job a row at a time
+    (its job id), so no lock."""
+    now = clock.now().timestamp()
+    failures = (mine.failures if mine else 0) + 1 if failed else 0
+    wait = min(LOOKUP_PAUSE_FIRST.total_seconds() * 2 ** min(failures - 1, 32),
+               LOOKUP_PAUSE_MAX.total_seconds()) if failed else 0
+    done = _RowLookups(claim=claimed_at.timestamp(), asked=now, failures=failures,
+                       retry=now + wait)
+    try:
+        redis_client().set(ROW_LOOKUPS_KEY.format(outbox_id), json.dumps(vars(done)),
+                           ex=GIVE_UP_PAUSED)
+    except RedisError:
+        log.warning("look-up of a row not recorded (Redis unavailable)",
+                    extra={"outbox_id": outbox_id})
+    return done
+
+
 # KEYS: the pause. ARGV: now, the first pause and the longest (whole seconds). The value
 # is "<until> <failures in a row>"; failures count as in a row while the last pause ended
-# less than the longest pause ago. Starts the next pause, unless one is on (jobs that were
-# already asking when it began): returns its length, or 0.
+# less than the longest pause ago, answers or not in between (a look-up Twilio answers
+# leaves the count: under failures that come and go, the pause still grows). Starts the
+# next pause, unless one is on (jobs that were already asking when it began): returns its
+# length, or 0.
 _PAUSE_LUA = """
 local now, first, longest = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 local failures = 0
@@ -757,7 +877,8 @@ def _lookups_paused() -> bool:
 
 
 def _pause_lookups(why: str) -> None:
-    """Pause all look-ups after a failed one; one warning a pause, not one a row."""
+    """Pause all look-ups after one failed for an outage; one warning a pause, not one
+    a row."""
     try:
         pause = run_script(redis_client(), _PAUSE_LUA, [LOOKUP_PAUSE_KEY],
                            [int(clock.now().timestamp()),
@@ -770,11 +891,3 @@ def _pause_lookups(why: str) -> None:
     if pause:
         log.warning("twilio could not be asked; look-ups paused",
                     extra={"pause_s": int(pause), "reason": why})
-
-
-def _lookups_answered() -> None:
-    """Twilio answered a look-up: failures in a row start again from the first pause."""
-    try:
-        redis_client().delete(LOOKUP_PAUSE_KEY)
-    except RedisError:
-        log.warning("look-up pause not cleared (Redis unavailable)")
