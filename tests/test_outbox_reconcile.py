@@ -176,12 +176,14 @@ def test_when_twilio_cannot_be_asked_the_row_waits_then_goes_after_a_day(line, c
     oid = lost_outcome(line, "Pay with this link: https://rzp.io/l/abc")
     redis_client().set(FAIL_LIST_KEY, 1000)  # every list call answers 503
     caplog.set_level(logging.WARNING, logger="core.services.outbox")
-    for later in (STALE, timedelta(hours=6), timedelta(hours=23, minutes=59)):
-        sweep_at(T0 + later)
+    first = T0 + STALE + timedelta(minutes=1)  # its first look-up, failed
+    for later in (timedelta(0), timedelta(hours=6), outbox.GIVE_UP_UNKNOWN - timedelta(
+            minutes=1)):
+        sweep_at(first + later)
         r = row(oid)
         assert (r.status, r.provider_sid) == ("sending", None), later
         assert len(at_twilio()) == 1, "sent again while Twilio's answer was unknown"
-    sweep_at(T0 + outbox.GIVE_UP_UNKNOWN + timedelta(minutes=1))
+    sweep_at(first + outbox.GIVE_UP_UNKNOWN + timedelta(minutes=1))  # a day of failures
     sent = at_twilio()
     assert len(sent) == 2  # given back as before this look-up existed
     assert row(oid).provider_sid == sent[1].sid
@@ -407,12 +409,16 @@ def test_a_day_old_row_is_given_back_unasked_while_look_ups_pause(line, caplog):
     younger = lost_outcome(line, "Your pickup code is 4821")
     redis_client().set(FAIL_LIST_KEY, 100_000)
     caplog.set_level(logging.WARNING, logger="core.services.outbox")
-    sweep_at(T0 + outbox.GIVE_UP_UNKNOWN - timedelta(seconds=30))  # fails: a minute's pause
+    first = T0 + STALE + timedelta(minutes=1)
+    sweep_at(first)  # the day-old row's first look-up fails (the younger is not stale yet)
     assert list_calls_failed() == 1
-    clock.freeze(T0 + outbox.GIVE_UP_UNKNOWN + timedelta(seconds=10))
-    assert outbox.sweep() == 1  # the day-old row only
+    # A day later the younger row, never asked, goes first: it fails, a minute's pause.
+    sweep_at(first + outbox.GIVE_UP_UNKNOWN - timedelta(seconds=30))
+    assert list_calls_failed() == 2
+    clock.freeze(first + outbox.GIVE_UP_UNKNOWN + timedelta(seconds=10))
+    assert outbox.sweep() == 1  # the row whose own look-ups failed for a day, only
     run_jobs()
-    assert list_calls_failed() == 1, "asked twilio while paused"
+    assert list_calls_failed() == 2, "asked twilio while paused"
     sent = at_twilio()
     assert len(sent) == 3 and row(day_old).provider_sid == sent[2].sid
     assert (row(younger).status, row(younger).provider_sid) == ("sending", None)
@@ -535,11 +541,12 @@ def test_a_row_twilio_holds_is_not_sent_twice_after_a_day_of_another_rows_failur
     clock.freeze(T0 + timedelta(minutes=1))
     good = lost_outcome(line, "Your pickup code is 2222", to=OTHER)
     lists_time_out(monkeypatch, WA)
-    at = T0 + STALE + timedelta(minutes=1)
-    while at < T0 + outbox.GIVE_UP_UNKNOWN + timedelta(minutes=5):  # at each pause's end
+    at = T0 + STALE + timedelta(minutes=1)  # the stuck row's first failure
+    end = at + outbox.GIVE_UP_UNKNOWN + timedelta(minutes=3)
+    while at < end + timedelta(minutes=2):  # at each pause's end
         sweep_at(at)
         at += timedelta(minutes=31)
-    sweep_at(T0 + outbox.GIVE_UP_UNKNOWN + timedelta(minutes=3))
+    sweep_at(end)
     assert len(at_twilio(to=f"whatsapp:{OTHER}")) == 1, "Twilio had it all along: sent twice"
     assert row(good).provider_sid is not None
     # The row whose own look-ups failed all day goes again unasked, as before.
@@ -649,3 +656,21 @@ def test_a_twin_whose_message_a_reconcile_adopted_meanwhile_ends_cleanly(line):
     sweep_at(T0 + 2 * STALE)
     sent = at_twilio()
     assert len(sent) == 2 and row(twin).provider_sid == sent[1].sid
+
+
+def test_one_failed_look_up_after_a_long_pause_is_no_day_of_failures(line):
+    """The day of failures before a row goes again unasked counts from its own first
+    failure: a row held back 30 h by an outage whose first look-up then fails once waits
+    to be asked again (and is adopted), instead of going at once."""
+    clock.freeze(T0)
+    oid = lost_outcome(line, "Pay with this link: https://rzp.io/l/abc")  # Twilio has it
+    until = T0 + timedelta(hours=30)  # an outage: look-ups paused for 30 h
+    redis_client().set(outbox.LOOKUP_PAUSE_KEY, f"{int(until.timestamp())} 6")
+    sweep_at(T0 + timedelta(hours=25))
+    assert len(at_twilio()) == 1
+    redis_client().set(FAIL_LIST_KEY, 1)  # the first look-up after the outage: one 503
+    sweep_at(until + timedelta(minutes=1))
+    assert len(at_twilio()) == 1, "sent twice after a single failed look-up"
+    sweep_at(until + timedelta(hours=1))
+    assert row(oid).provider_sid == at_twilio()[0].sid
+    assert len(at_twilio()) == 1

@@ -26,8 +26,9 @@ Delivery guarantees, and why:
   lone answer, so flapping still backs off. Any other failure (a 4xx for one recipient)
   holds back that row alone. The sweep asks the rows least lately asked first, so a row
   that keeps failing cannot start every pause and starve the others. A row whose own
-  look-ups failed is given back unasked, with a warning, after GIVE_UP_UNKNOWN (24 h); a
-  row only ever held back by pauses waits for an answer, up to GIVE_UP_PAUSED (72 h).
+  look-ups have failed for GIVE_UP_UNKNOWN (24 h from its first failure) is given back
+  unasked, with a warning; a row held back by pauses waits for an answer, up to
+  GIVE_UP_PAUSED (72 h).
   That, or a twin with the same text sent within the same minutes by another row whose
   outcome was lost too, is the only way left for a message to go twice.
 """
@@ -613,7 +614,7 @@ def _due_reconciles(claims: dict[int, datetime]) -> list[int]:
     now = clock.now()
     due = [row_id for row_id, claimed_at in claims.items()
            if not (paused or _held_back(lookups.get(row_id)))
-           or _gone_unasked(now - claimed_at, lookups.get(row_id)) is not None]
+           or _gone_unasked(now, claimed_at, lookups.get(row_id)) is not None]
     # Stable: among rows never asked, or asked at the same moment, the oldest claim first.
     due.sort(key=lambda row_id: lookups[row_id].asked if row_id in lookups else 0.0)
     return due[:RECONCILE_BATCH]
@@ -760,7 +761,7 @@ def _still_unknown(outbox_id: int, claimed_at: datetime, why: str,
     """Twilio could not tell: the row stays "sending" for a later sweep to ask again (no
     warning: a failed look-up or the pause it started has one), until _gone_unasked says
     it has waited enough; then it is sent again unasked."""
-    gone = _gone_unasked(clock.now() - claimed_at, mine)
+    gone = _gone_unasked(clock.now(), claimed_at, mine)
     if gone is None:
         return "paused" if paused else "unknown"
     if not _give_back(outbox_id, claimed_at, f"{gone}; {why}"):
@@ -770,15 +771,17 @@ def _still_unknown(outbox_id: int, claimed_at: datetime, why: str,
     return "given-back"
 
 
-def _gone_unasked(age: timedelta, mine: _RowLookups | None) -> str | None:
-    """Why a row whose claim is ``age`` old is given back without an answer, or None (it
-    waits). After GIVE_UP_UNKNOWN if its own look-ups failed (an answer would have
-    settled it, and the next one most likely fails too); a row held back only by pauses
-    that others' failures started may still be answered, so it waits up to
-    GIVE_UP_PAUSED."""
-    if age >= GIVE_UP_PAUSED:
+def _gone_unasked(now: datetime, claimed_at: datetime, mine: _RowLookups | None
+                  ) -> str | None:
+    """Why a row claimed at ``claimed_at`` is given back without an answer, or None (it
+    waits). After its own look-ups have failed for GIVE_UP_UNKNOWN (an answer would have
+    settled it, and the next one most likely fails too), counted from its first failure:
+    a row held back by pauses that others' failures started may still be answered, and
+    one failure after a long pause is no day of failures. Anyway after GIVE_UP_PAUSED."""
+    if now - claimed_at >= GIVE_UP_PAUSED:
         return "outcome unknown for three days"
-    if age >= GIVE_UP_UNKNOWN and mine is not None and mine.failures:
+    if mine is not None and mine.failures and mine.first_failed is not None \
+            and now.timestamp() - mine.first_failed >= GIVE_UP_UNKNOWN.total_seconds():
         return "outcome unknown for a day"
     return None
 
@@ -794,6 +797,7 @@ class _RowLookups:
     asked: float  # when it was last asked (the sweep asks the least lately asked first)
     failures: int  # its own failed look-ups in a row
     retry: float  # not asked again before: its own back-off
+    first_failed: float | None = None  # when its failures in a row began
 
 
 def _held_back(mine: _RowLookups | None) -> bool:
@@ -830,8 +834,12 @@ def _lookup_done(outbox_id: int, claimed_at: datetime, mine: _RowLookups | None,
     failures = (mine.failures if mine else 0) + 1 if failed else 0
     wait = min(LOOKUP_PAUSE_FIRST.total_seconds() * 2 ** min(failures - 1, 32),
                LOOKUP_PAUSE_MAX.total_seconds()) if failed else 0
+    first_failed = None
+    if failed:
+        first_failed = mine.first_failed if mine and mine.failures and mine.first_failed \
+            else now
     done = _RowLookups(claim=claimed_at.timestamp(), asked=now, failures=failures,
-                       retry=now + wait)
+                       retry=now + wait, first_failed=first_failed)
     try:
         redis_client().set(ROW_LOOKUPS_KEY.format(outbox_id), json.dumps(vars(done)),
                            ex=GIVE_UP_PAUSED)
