@@ -123,6 +123,26 @@ def test_a_try_that_failed_on_the_database_is_tried_again_by_the_sweep(chat, mon
     assert ask_rows(bid) == 0 and waiting_asks(bid) == []
 
 
+def test_a_try_a_killed_worker_left_started_is_made_again_by_the_sweep(chat):  # noqa: F811
+    from rq.job import JobStatus
+    from rq.utils import now as rq_now
+
+    bid, ref, _ = deliver_while_chatting(chat)
+    (job_id,) = waiting_asks(bid)
+    q = queue("default")
+    ScheduledJobRegistry(queue=q).remove(job_id)
+    # A worker took the try and was SIGKILLed in it long ago: "started" by a worker that
+    # is gone, its time up (what RQ leaves until its maintenance, minutes later).
+    job = q.fetch_job(job_id)
+    job.worker_name = "killed-worker"
+    job.started_at = rq_now() - timedelta(seconds=(job.timeout or q.DEFAULT_TIMEOUT) + 61)
+    job.set_status(JobStatus.STARTED)
+    job.save()
+    sweep_at(START + timedelta(minutes=13))
+    assert asked(bid) and ask_questions(ref) == [t("bot.rate.ask", ref=ref)]
+    assert ask_rows(bid) == 0
+
+
 def test_a_try_made_again_finds_the_customer_busy_and_the_chain_goes_on(chat):  # noqa: F811
     bid, ref, _ = deliver_while_chatting(chat)
     lose_redis()
@@ -251,3 +271,15 @@ def test_the_sweep_reads_the_due_rows_only_in_a_few_statements(clean_db):
     with statements() as again:
         assert rating.sweep() == 0
     assert len(again) == 1
+
+
+def test_the_ratings_sweep_runs_when_dispatch_s_sweep_fails(chat, monkeypatch):  # noqa: F811
+    bid, ref, _ = deliver_while_chatting(chat)
+    lose_redis()
+
+    def dispatch_fails() -> dict[str, int]:
+        raise OperationalError("SELECT 1", {}, Exception("one bad leg"))
+
+    monkeypatch.setattr(dispatch, "sweep", dispatch_fails)
+    sweep_at(START + timedelta(minutes=14))
+    assert asked(bid) and ask_questions(ref) == [t("bot.rate.ask", ref=ref)]

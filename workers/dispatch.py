@@ -48,9 +48,13 @@ def sweep() -> dict[str, int]:
     not picked up or delivered in time, ask again for the ratings of deliveries whose
     try was lost (core.services.rating); then reschedule."""
     try:
-        done = dispatch.sweep()
-        done["rating_asks"] = rating.sweep()
-        return done
+        try:
+            done = dispatch.sweep()
+        finally:
+            # The ratings' sweep runs even when dispatch's failed (one bad leg must not
+            # leave customers unasked); a failure of its own fails the job as before.
+            asks = rating.sweep()
+        return {**done, "rating_asks": asks}
     finally:
         schedule_sweep()  # one failed run (the database restarting) must not end the chain
 

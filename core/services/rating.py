@@ -41,7 +41,7 @@ from core import clock, i18n
 from core.adapters.api_models import BookingRating, RatingAsk
 from core.adapters.db import transaction
 from core.adapters.models import Booking, Conversation, PartnerProfile, Person
-from core.adapters.queue import after_commit, queue
+from core.adapters.queue import after_commit, job_alive, queue
 from core.dialog import engine
 from core.dialog.booking import BOOKING, BOOKING_DIALOG, MENU, RATE
 from core.domain.booking import BookingStatus
@@ -63,7 +63,6 @@ ASK_WAIT_MAX = timedelta(hours=4)
 ASK_TRIES = 24
 ASK_LAST = timedelta(minutes=1)  # the last try runs this long before the window ends
 ASK_LATER_JOB = "core.services.rating.ask_later"
-_WAITING = ("queued", "scheduled", "deferred", "started")
 # The sweep looks at a try this long past its time: by then its job has run, unless Redis
 # lost it or it failed (one still waiting for a busy worker is left alone).
 SWEEP_GRACE = timedelta(seconds=30)
@@ -275,9 +274,10 @@ def _schedule(booking_id: int, tries: int, wait: timedelta) -> None:
 
 
 def _waits(q: Queue, job_id: str) -> bool:
-    """True if the job is still to run (or running: it schedules its own next try)."""
-    job = q.fetch_job(job_id)
-    return job is not None and job.get_status(refresh=False) in _WAITING
+    """True if the job is still to run (or running: it schedules its own next try). One
+    a killed worker left "started" does not count (core.adapters.queue.job_alive fails
+    it, as RQ would minutes later), so the sweep schedules the try anew."""
+    return job_alive(job_id, q.name)
 
 
 def _try_waits(q: Queue, booking_id: int) -> bool:
