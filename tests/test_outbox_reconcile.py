@@ -494,7 +494,7 @@ def lists_time_out(monkeypatch, to: str) -> list[str]:  # noqa: ANN001
 
 @pytest.mark.parametrize("failure, outage", [
     ("503", True), ("429", True), ("500", True), ("timeout", True), ("refused", True),
-    ("400", False), ("404", False), ("401", False),
+    ("401", True), ("403", True), ("400", False), ("404", False),
 ])
 def test_a_failed_look_up_says_whether_twilio_is_out(live, monkeypatch, failure, outage):
     if failure.isdigit():

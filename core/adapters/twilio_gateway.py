@@ -164,10 +164,12 @@ def _http_status(exc: Exception) -> int | None:
 
 
 def _is_outage(exc: Exception, status: int | None) -> bool:
-    """No connection, a timeout, Twilio failing (5xx) or throttling us (429)."""
+    """No connection, a timeout, Twilio failing (5xx), throttling us (429) or refusing our
+    credentials (401, 403: a rotated token, a key without read rights): every row's
+    look-up would fail alike, so all of them pause, not each row on its own."""
     if isinstance(exc, requests.exceptions.ConnectionError | requests.exceptions.Timeout):
         return True
-    return status is not None and (status >= 500 or status == 429)
+    return status is not None and (status >= 500 or status in (401, 403, 429))
 
 
 def template_fit(body: str, values: list[str]) -> int | None:
