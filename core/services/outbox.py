@@ -21,10 +21,10 @@ Delivery guarantees, and why:
   none: the row goes back to ``pending`` and is sent. Twilio cannot be asked: the row
   stays ``sending`` and waits (its own back-off, LOOKUP_PAUSE_FIRST doubling up to
   LOOKUP_PAUSE_MAX). If the failure is an outage (no connection, a timeout, a 5xx, a 429,
-  our credentials refused) all look-ups pause as well (the same lengths, one warning a pause), so an outage costs
-  a call every few minutes, not one per row each minute; the failure count outlives a
-  lone answer, so flapping still backs off. Any other failure (a 4xx for one recipient)
-  holds back that row alone. The sweep asks the rows least lately asked first, so a row
+  our credentials refused) all look-ups pause as well (the same lengths, one warning a
+  pause), so an outage costs a call every few minutes, not one per row each minute; the
+  failure count outlives a lone answer, so flapping still backs off. Any other failure
+  (a 4xx for one recipient) holds back that row alone. The sweep asks the rows least lately asked first, so a row
   that keeps failing cannot start every pause and starve the others. A row whose own
   look-ups have failed for GIVE_UP_UNKNOWN (24 h from its first failure) is given back
   unasked, with a warning; a row held back by pauses waits for an answer, up to
