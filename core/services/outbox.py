@@ -24,12 +24,11 @@ Delivery guarantees, and why:
   our credentials refused) all look-ups pause as well (the same lengths, one warning a
   pause), so an outage costs a call every few minutes, not one per row each minute; the
   failure count outlives a lone answer, so flapping still backs off. Any other failure
-  (a 4xx for one recipient) holds back that row alone. The sweep asks the rows least lately asked first, so a row
-  that keeps failing cannot start every pause and starve the others. A row whose own
-  look-ups have failed for GIVE_UP_UNKNOWN (24 h from its first failure) is given back
-  unasked, with a warning; a row held back by pauses waits for an answer, up to
-  GIVE_UP_PAUSED (72 h).
-  That, or a twin with the same text sent within the same minutes by another row whose
+  (a 4xx for one recipient) holds back that row alone. The sweep asks the rows least
+  lately asked first, so a row that keeps failing cannot start every pause and starve
+  the others. A row whose own look-ups have failed for GIVE_UP_UNKNOWN (24 h from its
+  first failure) is given back unasked, with a warning; a row held back by pauses waits
+  for an answer, up to GIVE_UP_PAUSED (72 h). That, or a twin with the same text sent within the same minutes by another row whose
   outcome was lost too, is the only way left for a message to go twice.
 """
 
