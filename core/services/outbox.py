@@ -28,8 +28,9 @@ Delivery guarantees, and why:
   lately asked first, so a row that keeps failing cannot start every pause and starve
   the others. A row whose own look-ups have failed for GIVE_UP_UNKNOWN (24 h from its
   first failure) is given back unasked, with a warning; a row held back by pauses waits
-  for an answer, up to GIVE_UP_PAUSED (72 h). That, or a twin with the same text sent within the same minutes by another row whose
-  outcome was lost too, is the only way left for a message to go twice.
+  for an answer, up to GIVE_UP_PAUSED (72 h). That, or a twin with the same text sent
+  within the same minutes by another row whose outcome was lost too, is the only way
+  left for a message to go twice.
 """
 
 from __future__ import annotations
