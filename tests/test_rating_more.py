@@ -17,7 +17,7 @@ from core.adapters.models import Booking, OutboxMessage, Person
 from core.adapters.queue import queue
 from core.dialog import booking as dialog
 from core.dialog import words
-from core.services import rating
+from core.services import notify, rating
 from tests.conftest import run_jobs
 from tests.test_conversations import START
 from tests.test_whatsapp_rating import (
@@ -277,3 +277,90 @@ def test_a_customer_in_the_middle_of_a_booking_is_asked_once_back_at_the_menu(ch
     run_ask(bid, START + timedelta(minutes=25) + wait)
     assert asked(bid) and step() == "rate"
     assert t("bot.rate.thanks", ref=ref, stars="⭐" * 4) in wa(chat, "good")
+
+
+# --- two deliveries: one question at a time --------------------------------------------
+
+OTHER_PARTNER = "+919812349002"  # the second booking's partner
+
+
+def test_a_second_question_waits_for_the_answer_to_the_first(chat):  # noqa: F811
+    first, first_ref, _ = delivered_booking()
+    with transaction() as s:
+        assert rating.ask_after_delivery(s, s.get(Booking, first))
+    clock.freeze(START + timedelta(minutes=1))
+    second, second_ref, _ = delivered_booking(partner_phone=OTHER_PARTNER)
+    with transaction() as s:  # the first question still stands: "4" is meant for it
+        assert not rating.ask_after_delivery(s, s.get(Booking, second))
+    assert not asked(second) and step() == "rate"
+    assert sent_to_customer()[-1] == t("bot.rate.ask", ref=first_ref)
+
+    clock.freeze(START + timedelta(minutes=3))
+    assert t("bot.rate.thanks", ref=first_ref, stars="⭐" * 4) in wa(chat, "4")
+    assert stars_of(first) == [4] and stars_of(second) == []
+    # The second comes once the chat has been quiet, not at its backed-off time: a new
+    # try (the one waiting finds the chat busy and hands over to it).
+    new_try = f"rate-ask-{second}-3"
+    assert new_try in waiting_asks(second)
+    at = ScheduledJobRegistry(queue=queue("default")).get_scheduled_time(new_try)
+    assert timedelta(minutes=round((at - datetime.now(UTC)).total_seconds() / 60)) \
+        == rating.QUIET
+    clock.freeze(START + timedelta(minutes=3) + rating.QUIET + timedelta(seconds=1))
+    for job_id in sorted(waiting_asks(second)):  # both run now, the old try first
+        q = queue("default")
+        ScheduledJobRegistry(queue=q).remove(job_id)
+        q._enqueue_job(q.fetch_job(job_id))
+    assert run_jobs(("default",)) >= 2
+    assert asked(second) and step() == "rate"
+    assert sent_to_customer()[-1] == t("bot.rate.ask", ref=second_ref)
+    assert t("bot.rate.thanks", ref=second_ref, stars="⭐" * 2) in wa(chat, "2")
+    assert stars_of(first) == [4] and stars_of(second) == [2]
+    assert waiting_asks(second) == []
+
+
+def test_the_try_the_answer_replaced_asks_nothing_twice(chat):  # noqa: F811
+    first, _, _ = delivered_booking()
+    with transaction() as s:
+        assert rating.ask_after_delivery(s, s.get(Booking, first))
+    second, second_ref, _ = delivered_booking(partner_phone=OTHER_PARTNER)
+    with transaction() as s:
+        assert not rating.ask_after_delivery(s, s.get(Booking, second))
+    (old_try,) = waiting_asks(second)
+    clock.freeze(START + timedelta(minutes=9))
+    wa(chat, "5")
+    assert sorted(waiting_asks(second)) == sorted([old_try, f"rate-ask-{second}-3"])
+    # The old try comes first, a minute after the answer: the chat is busy, and the new
+    # try is the one that asks.
+    q = queue("default")
+    ScheduledJobRegistry(queue=q).remove(old_try)
+    clock.freeze(START + timedelta(minutes=10, seconds=2))
+    q._enqueue_job(q.fetch_job(old_try))
+    assert run_jobs(("default",)) >= 1
+    assert not asked(second)
+    assert waiting_asks(second) == [f"rate-ask-{second}-3"]
+    run_ask(second, START + timedelta(minutes=19, seconds=2))
+    assert asked(second)
+    assert [b for b in sent_to_customer() if b == t("bot.rate.ask", ref=second_ref)] == [
+        t("bot.rate.ask", ref=second_ref)]
+
+
+def test_a_question_left_unanswered_for_the_window_gives_way(chat, monkeypatch):  # noqa: F811
+    monkeypatch.setenv("WHATSAPP_TEMPLATE_EN", "HX0123456789abcdef0123456789abcdef")
+    notify.reset_templates()  # the customer's last message is days old: by template
+    try:
+        first, _, _ = delivered_booking()
+        with transaction() as s:
+            assert rating.ask_after_delivery(s, s.get(Booking, first))
+        clock.freeze(START + timedelta(days=1))
+        second, second_ref, _ = delivered_booking(partner_phone=OTHER_PARTNER)
+        with transaction() as s:  # the first still stands: the second waits
+            assert not rating.ask_after_delivery(s, s.get(Booking, second))
+        clock.freeze(START + rating.RATING_WINDOW + timedelta(minutes=1))
+        with transaction() as s:  # it was never answered and lapsed: the second is asked
+            assert rating.ask_after_delivery(s, s.get(Booking, second), tries=2)
+        assert sent_to_customer()[-1] == t("bot.rate.ask", ref=second_ref)
+        assert t("bot.rate.thanks", ref=second_ref, stars="⭐" * 3) in wa(chat, "3")
+        assert stars_of(second) == [3] and stars_of(first) == []
+    finally:
+        monkeypatch.delenv("WHATSAPP_TEMPLATE_EN")
+        notify.reset_templates()

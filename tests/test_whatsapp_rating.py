@@ -69,10 +69,11 @@ def chat(client):
     clock.freeze(None)
 
 
-def delivered_booking(channel: str = "whatsapp") -> tuple[int, str, int]:
+def delivered_booking(channel: str = "whatsapp",
+                      partner_phone: str = "+919812349001") -> tuple[int, str, int]:
     """A booking of the customer, carried and delivered by a new partner: (booking id,
     reference, partner id)."""
-    partner = new_partner()
+    partner = new_partner(partner_phone)
     with transaction() as s:
         person = s.scalar(select(Person).where(Person.phone == CUSTOMER))
         actor = Actor("customer", str(person.id))

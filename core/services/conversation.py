@@ -273,9 +273,12 @@ class SessionPorts:
         booking = ledger.lock_booking(self.session, booking.id)  # one rating, not two at once
         try:
             rating.rate_booking(self.session, booking, stars)
+            outcome: dict[str, Any] = {"done": True}
         except DomainError as exc:
-            return {"refused": exc.code}
-        return {"done": True}
+            outcome = {"refused": exc.code}
+        # The question is answered (or was, in the app): the next one may come.
+        rating.ask_next_soon(self.session, self.person.id)
+        return outcome
 
     def talk_to_person(self, reason: str) -> dict[str, Any]:
         return handoff.request(self.session, self.conv, reason)

@@ -14,7 +14,9 @@ is asked once they have been quiet a while. A busy customer is tried again and a
 further apart each time (``ask_wait``), until RATING_WINDOW after the delivery: one who
 chats about another booking for hours is asked once they stop. The question counts until
 the customer leaves it (a greeting, the menu, a second answer that is no rating), or for
-RATING_WINDOW (core.services.conversation).
+RATING_WINDOW (core.services.conversation). One question at a time: a second delivery's
+waits while the first's stands, and is tried once the chat has been quiet after its
+answer (``ask_next_soon``); one left unanswered for RATING_WINDOW gives way.
 
 The database says which bookings are still to be asked: a ``rating_asks`` row, with the
 try due next and when, from the first busy try until the customer is asked, the booking is
@@ -160,6 +162,8 @@ def _ask(session: Session, booking: Booking, tries: int) -> bool | timedelta:
     idle = since is None or since > IDLE
     if conv.step not in (MENU, RATE) and not idle:
         return QUIET  # once back at the menu
+    if conv.step == RATE and _asks_another(conv, booking, now):
+        return QUIET  # after its answer (ask_next_soon), or once that question lapses
     lang = notify.language_of(person)
     # The answer must come back on WhatsApp: an SMS reply reaches the riders' number.
     if not notify.in_whatsapp_window(conv) and lang not in notify.whatsapp_templates():
@@ -177,6 +181,43 @@ def _ask(session: Session, booking: Booking, tries: int) -> bool | timedelta:
     state.update(rate_ref=booking.reference, rate_asked_at=now.isoformat())
     conv.step, conv.state, conv.misses = RATE, state, 0
     return True
+
+
+def _asks_another(conv: Conversation, booking: Booking, now: datetime) -> bool:
+    """True if the chat's open question is about another booking and still stands: a
+    second question now would take the answer meant for the first ("4" for the question
+    the customer was reading), so it waits its turn."""
+    state = conv.state or {}
+    ref, asked = state.get("rate_ref"), state.get("rate_asked_at")
+    if ref in (None, booking.reference) or not asked:
+        return False
+    return now - datetime.fromisoformat(asked) <= RATING_WINDOW
+
+
+def ask_next_soon(session: Session, customer_id: int) -> None:
+    """The customer has just answered a rating question (in the caller's transaction):
+    their next question still owed, if any (the one due first), is tried once the chat
+    has been QUIET, not at its backed-off time hours away.
+
+    The try is a new one (its own job id) in place of the waiting one: that one finds
+    the question asked, or the chat busy and the new try waiting, when its time comes
+    (an earlier one comes less than QUIET after this answer). A row a try is updating
+    now is left to it (SKIP LOCKED)."""
+    now = clock.now()
+    wait = QUIET + timedelta(seconds=1)  # RQ's scheduler runs a job at its second or after
+    row = session.execute(
+        select(RatingAsk.booking_id, RatingAsk.tries)
+        .join(Booking, Booking.id == RatingAsk.booking_id)
+        .where(Booking.customer_id == customer_id)
+        .order_by(RatingAsk.due_at, RatingAsk.booking_id).limit(1)
+        .with_for_update(of=RatingAsk, skip_locked=True)).first()
+    if row is None:
+        return
+    booking_id, tries = row
+    session.execute(update(RatingAsk).where(RatingAsk.booking_id == booking_id)
+                    .values(tries=tries + 1, due_at=now + wait)
+                    .execution_options(synchronize_session=False))
+    after_commit(session, lambda: _schedule(booking_id, tries + 1, wait))
 
 
 def asking_ends(booking: Booking) -> datetime | None:
