@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import re
+import string
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -323,3 +324,52 @@ def test_i18n_dir_env_var(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> No
 def test_placeholders_helper() -> None:
     assert i18n.placeholders("Pay {total} for {ref}, {{not}} {ref}") == {"total", "ref"}
     assert i18n.placeholders("no fields") == set()
+
+
+# Values as long as real ones, for the texts that go out by SMS.
+SMS_VALUES = {"ref": "48217730", "job": "48217", "jobs": "48217, 48218", "otp": "4821",
+              "ops_phone": "+919876543210", "ivr_phone": "+918069451234",
+              "phone": "+919876543210", "name": "Ramesh", "vehicle": "auto",
+              "pickup": "Laxmipur Chowk", "drop": "Bettiah Bazar", "point": "Laxmipur Chowk",
+              "state": "picked up", "left": 2, "n": 2, "minutes": 25, "hours": 3,
+              "total_paise": 1_250_000, "payout_paise": 125_000, "fee_paise": 2_000,
+              "refund_paise": 125_000, "url": "https://rzp.io/i/AbCdEf1234"}
+# Longer on purpose: the partners' list of commands (asked for), and a job offer, whose
+# two place names are what the customer typed. Texts for ops are not counted.
+SMS_LONGER = ("sms.help", "dispatch.offer")
+
+
+def sms_parts(text: str) -> int:
+    """How many parts an SMS of ``text`` is sent in: GSM-7 holds 160 characters alone and
+    153 a part; UCS-2 (any Indic script) 70 alone and 67 a part (in UTF-16 units)."""
+    if text.isascii():
+        return 1 if len(text) <= 160 else -(-len(text) // 153)
+    units = len(text.encode("utf-16-le")) // 2
+    return 1 if units <= 70 else -(-units // 67)
+
+
+def test_sms_parts_are_counted_as_carriers_count_them() -> None:
+    assert [sms_parts("a" * n) for n in (160, 161, 306, 307)] == [1, 2, 2, 3]
+    assert [sms_parts("क" * n) for n in (70, 71, 134, 135)] == [1, 2, 2, 3]
+
+
+SMS_KEYS = sorted(k for k in i18n.keys("en")
+                  if k.startswith(("dispatch.", "payment.", "pay.", "auth.", "sms."))
+                  and ".ops_" not in k and not k.startswith("dispatch.size.")
+                  and k not in SMS_LONGER)
+
+
+@pytest.mark.parametrize("lang", i18n.LANGUAGES)
+def test_texts_sent_by_sms_fit_two_parts(lang: str) -> None:
+    fields = string.Formatter()
+    over = {}
+    for key in SMS_KEYS:
+        raw = i18n.raw(key, lang)
+        names = {f.split(".")[0] for _, f, _, _ in fields.parse(raw) if f}
+        params = {k: v for k, v in SMS_VALUES.items()
+                  if k in names or k.removesuffix("_paise") in names}
+        assert names <= {k.removesuffix("_paise") for k in params}, (key, names)
+        text = i18n.t(key, lang, **params)
+        if sms_parts(text) > 2:
+            over[key] = len(text)
+    assert not over, f"{lang}: over two SMS parts: {over}"
