@@ -59,6 +59,19 @@ def verify_webhook(body: str, signature: str) -> bool:
         return False
 
 
+def note_int(entity: dict, name: str) -> int | None:
+    """A positive id we put in an entity's notes (a string there, or a number), else None:
+    notes come back as sent, but an event's may be malformed ("²" is a digit to
+    str.isdigit, not to int())."""
+    notes = entity.get("notes")
+    raw = notes.get(name) if isinstance(notes, dict) else None
+    if isinstance(raw, int) and not isinstance(raw, bool):
+        raw = str(raw)
+    if not isinstance(raw, str) or not (raw.isascii() and raw.isdigit()) or len(raw) > 18:
+        return None
+    return int(raw) or None
+
+
 def is_duplicate_reference(exc: Exception) -> bool:
     """Razorpay's refusal of a second payment link with the same reference_id."""
     return isinstance(exc, BadRequestError) and "reference_id" in str(exc).lower() and (

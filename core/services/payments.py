@@ -22,9 +22,11 @@ Network calls never happen inside a database transaction or inside a webhook req
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -275,6 +277,15 @@ def _capture_payment_id(session: Session, booking_id: int) -> str | None:
     extra = set(session.scalars(select(Refund.payment_id).where(
         Refund.booking_id == booking_id, Refund.reason == EXTRA_PAYMENT)))
     return next((pid for pid, _ in _captures(session, booking_id) if pid not in extra), None)
+
+
+def _kept_capture(session: Session, booking_id: int) -> bool:
+    """True if the booking holds a captured payment that is not being given back as an
+    extra payment (late, second, or of the wrong amount): money that may pay it. One
+    refunded in full does not keep the booking from expiring."""
+    extra = set(session.scalars(select(Refund.payment_id).where(
+        Refund.booking_id == booking_id, Refund.reason == EXTRA_PAYMENT)))
+    return any(pid not in extra for pid, _ in _captures(session, booking_id))
 
 
 # The refund of a payment the booking was not settled on: it goes back against its own id.
@@ -607,22 +618,53 @@ def receive_webhook(body: str, signature: str, event_id: str) -> WebhookResult:
         if row_id is None:
             return WebhookResult("duplicate", event)
         after_commit(session, lambda: enqueue("workers.payments.process_event", row_id,
-                                              job_id=f"rzp-event-{event_id}",
+                                              job_id=event_job_id(event_id),
                                               retry=GATEWAY_RETRY))
     return WebhookResult("accepted", event)
 
 
+_JOB_ID_SAFE = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+
+def event_job_id(event_id: str) -> str:
+    """The job id of a stored event: ``rzp-event-<event id>``. The header is not signed and
+    RQ takes only letters, digits, "_" and "-" in an id: any other id is named by its hash
+    (still one job per event)."""
+    if _JOB_ID_SAFE.fullmatch(event_id):
+        return f"rzp-event-{event_id}"
+    return "rzp-event-h" + hashlib.sha256(event_id.encode()).hexdigest()[:32]
+
+
 def _entity(data: dict, name: str) -> dict:
-    ent = ((data.get("payload") or {}).get(name) or {}).get("entity") or {}
+    """``payload.<name>.entity`` of an event; {} where any level is missing or no object
+    (the body is signed, but a malformed event must settle with an outcome, not crash its
+    job on every retry)."""
+    ent: object = data
+    for level in ("payload", name, "entity"):
+        ent = ent.get(level) if isinstance(ent, dict) else None
     return ent if isinstance(ent, dict) else {}
 
 
-def _note_int(entity: dict, name: str) -> int | None:
+def _gateway_id(entity: dict) -> str | None:
+    """The gateway's id of an entity ("rfnd_...", "trf_..."): a string that fits our
+    columns, else None (nothing to key an effect on)."""
+    raw = entity.get("id")
+    return raw if isinstance(raw, str) and 0 < len(raw) <= GATEWAY_ID_MAX else None
+
+
+GATEWAY_ID_MAX = 40  # gateway ids in our tables (String(40)); Razorpay's are 18-20
+
+
+def _note_str(entity: dict, name: str) -> str | None:
     notes = entity.get("notes")
-    if not isinstance(notes, dict):
-        return None
-    raw = str(notes.get(name) or "")
-    return int(raw) if raw.isdigit() else None
+    raw = notes.get(name) if isinstance(notes, dict) else None
+    return raw if isinstance(raw, str) and 0 < len(raw) <= GATEWAY_ID_MAX else None
+
+
+def _paise(entity: dict, name: str) -> int | None:
+    """An amount in paise as the gateway sends it (a whole number >= 0), else None."""
+    raw = entity.get(name)
+    return raw if isinstance(raw, int) and not isinstance(raw, bool) and raw >= 0 else None
 
 
 def process_event(event_row_id: int) -> str:
@@ -646,10 +688,10 @@ def process_event(event_row_id: int) -> str:
 
 def _booking_for_payment(payment: dict, link: dict | None) -> int | None:
     """Which booking a payment belongs to: our notes, our link row, else ask the gateway."""
-    booking_id = _note_int(link or {}, "booking_id") or _note_int(payment, "booking_id")
+    booking_id = gw.note_int(link or {}, "booking_id") or gw.note_int(payment, "booking_id")
     if booking_id:
         return booking_id
-    pid, plink = payment.get("id"), (link or {}).get("id")
+    pid, plink = _gateway_id(payment), _gateway_id(link or {})
     with transaction() as session:
         row = session.scalar(select(PaymentLink.booking_id).where(
             (PaymentLink.payment_id == pid) | (PaymentLink.gateway_id == plink)))
@@ -663,7 +705,7 @@ def _booking_for_payment(payment: dict, link: dict | None) -> int | None:
     if pid:
         links = gw.client().payment_link.all({"payment_id": pid}).get("payment_links") or []
         for entity in links:
-            bid = _note_int(entity, "booking_id")
+            bid = gw.note_int(entity, "booking_id")
             if bid:
                 return bid
     return None
@@ -673,9 +715,8 @@ def _on_capture(data: dict, cause: str) -> str:
     payment, link = _entity(data, "payment"), _entity(data, "payment_link") or None
     if payment.get("status") not in (None, "captured") and data.get("event") == "payment.captured":
         return "not-captured"
-    pid, amount = payment.get("id"), payment.get("amount")
-    if not isinstance(pid, str) or isinstance(amount, bool) or not isinstance(amount, int) or (
-            amount <= 0):
+    pid, amount = _gateway_id(payment), _paise(payment, "amount")
+    if pid is None or not amount:
         return "bad-payload"
     booking_id = _booking_for_payment(payment, link)
     if booking_id is None:
@@ -693,12 +734,16 @@ def record_capture(booking_id: int, payment_id: str, amount: int, *, cause: str,
         new = ledger.post(session, rules.capture(booking_id, payment_id, amount),
                           actor="gateway:razorpay", cause=cause)
         link = session.scalar(select(PaymentLink).where(PaymentLink.booking_id == booking_id))
-        if link is not None and (link_status == "paid" or link.status == "created"):
+        status = booking.status
+        pays = new and status == BookingStatus.AWAITING_PAYMENT.value and (
+            amount == booking.total_paise)
+        # The link is paid when the gateway says so, or by the payment that pays the
+        # booking; not by a wrong amount given back (the link still takes the right one).
+        if link is not None and (link_status == "paid" or (pays and link.status == "created")):
             link.status = "paid"
         if not new:
             return "duplicate-capture"
-        status = booking.status
-        if status == BookingStatus.AWAITING_PAYMENT.value and amount == booking.total_paise:
+        if pays:
             if link is not None:
                 link.payment_id = payment_id  # the paying payment (_capture_payment_id)
             move_booking(session, booking, BookingStatus.PAID, SYSTEM, "payment captured")
@@ -718,7 +763,7 @@ def record_capture(booking_id: int, payment_id: str, amount: int, *, cause: str,
 
 def _on_link_closed(data: dict, cause: str) -> str:
     link = _entity(data, "payment_link")
-    gateway_id = link.get("id")
+    gateway_id = _gateway_id(link)
     status = "expired" if data.get("event") == "payment_link.expired" else "cancelled"
     with transaction() as session:
         row = session.scalar(select(PaymentLink).where(PaymentLink.gateway_id == gateway_id))
@@ -729,7 +774,7 @@ def _on_link_closed(data: dict, cause: str) -> str:
             row.status = status
         if booking.status != BookingStatus.AWAITING_PAYMENT.value:
             return "ignored-" + booking.status
-        if ledger.booking_summary(session, booking.id)["captured_paise"]:
+        if _kept_capture(session, booking.id):
             return "already-paid"  # a capture came first: the money wins
         _expire(session, booking, f"payment link {status}")
         return "expired"
@@ -743,25 +788,30 @@ def _expire(session: Session, booking: Booking, reason: str) -> None:
 
 def _on_payment_failed(data: dict, cause: str) -> str:
     payment = _entity(data, "payment")
-    booking_id = _note_int(payment, "booking_id")
+    booking_id = gw.note_int(payment, "booking_id")
     if booking_id is None:
         with transaction() as session:
             booking_id = session.scalar(select(PaymentLink.booking_id).where(
-                PaymentLink.gateway_id == str((payment.get("notes") or {}).get("plink_id"))))
+                PaymentLink.gateway_id == _note_str(payment, "plink_id")))
     if booking_id is None:
         return "payment-failed"
     with transaction() as session:
         booking = session.get(Booking, booking_id)
         if booking is not None and booking.status == BookingStatus.AWAITING_PAYMENT.value:
             notify.notify_customer(session, booking, "payment.failed",
-                                   dedupe_key=f"payfail-{payment.get('id')}")
+                                   dedupe_key=f"payfail-{_gateway_id(payment)}")
     return "payment-failed"
 
 
 def _on_refund(data: dict, cause: str) -> str:
     entity = _entity(data, "refund")
-    rid, our_id = entity.get("id"), _note_int(entity, "refund_id")
+    rid, our_id = _gateway_id(entity), gw.note_int(entity, "refund_id")
     processed = data.get("event") == "refund.processed"
+    if rid is None:
+        # Nothing to key the refund's outcome on, and no refund of ours to match: "id IS
+        # NULL" would take any refund not yet asked of the gateway for this one.
+        log.warning("refund event without an id", extra={"refund_id": our_id})
+        return "refund-without-id"
     with transaction() as session:
         refund = session.scalar(select(Refund).where(
             (Refund.gateway_refund_id == rid) | (Refund.id == (our_id or -1))))
@@ -802,9 +852,9 @@ def _on_transfer(data: dict, cause: str) -> str:
     reversed, so the ledger waits for the release (settle_leg_transfer). Processed without
     a hold is paid out: the same entry the release posts, keyed by the transfer, so once."""
     entity = _entity(data, "transfer")
-    tid, leg_id = entity.get("id"), _note_int(entity, "leg_id")
+    tid, leg_id = _gateway_id(entity), gw.note_int(entity, "leg_id")
     processed = data.get("event") == "transfer.processed"
-    if not isinstance(tid, str) or not tid:
+    if tid is None:
         # Nothing to key a payout or a failure on: a malformed event, not a transfer.
         log.warning("transfer event without an id", extra={"leg_id": leg_id})
         return "transfer-without-id"
@@ -850,7 +900,7 @@ def _on_transfer(data: dict, cause: str) -> str:
             return "transfer-on-hold"
         if row.status == "reversed":
             return "transfer-reversed"
-        amount = int(entity.get("amount") or 0) - int(entity.get("amount_reversed") or 0)
+        amount = (_paise(entity, "amount") or 0) - (_paise(entity, "amount_reversed") or 0)
         if amount <= 0:
             return "transfer-reversed"
         if ledger.post(session, rules.transfer_processed(row.booking_id, row.leg_id,
@@ -941,7 +991,7 @@ def _left(transfer: dict) -> int:
 def _live(transfers: list[dict], leg_id: int, account: str | None = None) -> dict | None:
     """The leg's live transfer (to ``account`` when given)."""
     for t in transfers:
-        if _note_int(t, "leg_id") == leg_id and t.get("status") not in ("failed", "reversed") \
+        if gw.note_int(t, "leg_id") == leg_id and t.get("status") not in ("failed", "reversed") \
                 and (account is None or t.get("recipient") == account):
             return t
     return None
@@ -954,7 +1004,7 @@ def _reverse_others(c, transfers: list[dict], leg_id: int, account: str | None) 
     n = 0
     for t in transfers:
         left = _left(t)
-        if _note_int(t, "leg_id") == leg_id and t.get("status") not in ("failed", "reversed") \
+        if gw.note_int(t, "leg_id") == leg_id and t.get("status") not in ("failed", "reversed") \
                 and t.get("on_hold") and t.get("recipient") != account and left > 0:
             c.transfer.reverse(t["id"], {"amount": left})
             n += 1
@@ -1072,7 +1122,7 @@ def _settle_leg_transfer(leg_id: int) -> str:
     c = gw.client()
     transfers = c.payment.transfers(payment_id, {}).get("items") or []
     failed = [str(t["id"]) for t in transfers
-              if _note_int(t, "leg_id") == leg_id and t.get("status") == "failed"]
+              if gw.note_int(t, "leg_id") == leg_id and t.get("status") == "failed"]
     if failed:
         # A payout posted for a transfer that failed since (its webhook lost or not yet
         # here) is owed again before anything is compared.
@@ -1267,7 +1317,14 @@ def _settle_before_refund(session: Session, leg_id: int) -> bool:
     if target <= ledger.leg_paid_out(session, leg_id):
         return False
     row = session.scalar(select(LegTransfer).where(LegTransfer.leg_id == leg_id))
-    return row is None or row.status != "on_hold" or row.amount_paise < target
+    if row is None or row.status != "on_hold" or row.amount_paise < target:
+        return True
+    # A hold covers it only if it is the leg's partner's, on their account now: any other
+    # is reversed by the settling and a new transfer made, which the refund would block.
+    leg = session.get(Leg, leg_id)
+    partner = session.get(PartnerProfile, leg.partner_id) if leg and leg.partner_id else None
+    return partner is None or (row.partner_id, row.account) != (
+        partner.id, partner.payout_account_id)
 
 
 def _note_refund_error(refund_id: int, error: str) -> None:
@@ -1445,7 +1502,7 @@ def _expire_if_unpaid(booking_id: int, gateway_id: str | None, entity: dict | No
         booking = ledger.lock_booking(session, booking_id)
         if booking.status != BookingStatus.AWAITING_PAYMENT.value:
             return False
-        if ledger.booking_summary(session, booking_id)["captured_paise"]:
+        if _kept_capture(session, booking_id):
             return False
         link = session.scalar(select(PaymentLink).where(PaymentLink.booking_id == booking_id))
         if link is None:
@@ -1744,7 +1801,7 @@ def sweep() -> dict[str, int]:
         enqueue("workers.payments.release_leg", leg_id, job_id=f"release-{leg_id}",
                 retry=GATEWAY_RETRY)
     for row_id, event_id in event_ids.items():
-        enqueue("workers.payments.process_event", row_id, job_id=f"rzp-event-{event_id}",
+        enqueue("workers.payments.process_event", row_id, job_id=event_job_id(event_id),
                 retry=GATEWAY_RETRY)
     retried = 0
     for booking_id, attempt in due:

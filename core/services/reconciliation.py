@@ -144,11 +144,6 @@ def _released(transfer: dict) -> bool:
     return transfer.get("status") not in ("failed", "reversed") and not transfer.get("on_hold")
 
 
-def _notes_int(item: dict, name: str) -> int | None:
-    raw = str((item.get("notes") or {}).get(name) or "")
-    return int(raw) if raw.isdigit() else None
-
-
 def _add_open_items(c, refunds: dict[str, dict], transfers: dict[str, dict]) -> None:
     """Add what our rows still show open (refunds pending, transfers on hold or pending),
     fetched one by one, when the gateway settled them: a refund processed or a transfer
@@ -202,7 +197,9 @@ def run(since: datetime | None = None, until: datetime | None = None) -> dict[st
         led_trf.update(_ledger_amounts(session, EntryKind.TRANSFER_PROCESSED,
                                        AccountKind.GATEWAY_CLEARING, since, None,
                                        set(transfers)))
-        # A payout voided because its transfer failed afterwards is no payout.
+        # A payout voided because its transfer failed afterwards is no payout: nothing to
+        # compare, and what was found of it before (paid out, not at the gateway) is over.
+        voided_trf: set[str] = set()
         for ref, (voided, _) in _ledger_amounts(session, EntryKind.TRANSFER_FAILED,
                                                 AccountKind.GATEWAY_CLEARING, since, None,
                                                 set(led_trf)).items():
@@ -211,6 +208,7 @@ def run(since: datetime | None = None, until: datetime | None = None) -> dict[st
                 led_trf[ref] = (amount - voided, booking_id)
             else:
                 del led_trf[ref]
+                voided_trf.add(ref)
     findings: list[Finding] = []
     checked: dict[str, set[str]] = {}
     for entity, gateway_items, led, fetch in (
@@ -219,11 +217,11 @@ def run(since: datetime | None = None, until: datetime | None = None) -> dict[st
         ("transfer", transfers, led_trf, c.transfer.fetch),
     ):
         amounts = {gid: _gateway_amount(entity, item) or 0 for gid, item in gateway_items.items()}
-        bookings = {gid: _notes_int(item, "booking_id") for gid, item in gateway_items.items()}
+        bookings = {gid: gw.note_int(item, "booking_id") for gid, item in gateway_items.items()}
         found, seen = _compare(entity, amounts, led, lambda gid, f=fetch: _fetch_one(f, gid),
                                bookings)
         findings += found
-        checked[entity] = seen
+        checked[entity] = seen | (voided_trf if entity == "transfer" else set())
     _record(findings, checked)
     if default_window:
         redis_client().set(LAST_UNTIL_KEY, int(until.timestamp()))
