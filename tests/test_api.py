@@ -323,4 +323,5 @@ def test_earnings_count_each_delivery_on_its_indian_day(client):
     r = client.get(f"{API}/partners/me/earnings", headers=partner)
     assert r.status_code == 200, r.get_json()
     assert r.get_json() == {"today_paise": payouts[0], "week_paise": sum(payouts[:3]),
-                            "total_paise": sum(payouts), "delivered_legs": 4}
+                            "total_paise": sum(payouts), "delivered_legs": 4,
+                            "fees_paise": 0}

@@ -200,3 +200,29 @@ def test_a_fee_whose_hold_is_for_an_old_account_is_paid_before_the_refund(live):
     with transaction() as s:
         assert ledger.leg_paid_out(s, leg_id) == fee
         assert ledger.partner_balance(s, partner) == 0
+
+
+# --- a partner's earnings show the fee they were promised ---------------------------------
+
+
+def test_a_cancellation_fee_counts_in_the_partners_earnings_on_the_day_of_the_cancel(live):
+    from datetime import timedelta
+
+    from core import clock
+    from core.services import partner_app
+    from tests.test_payments_support import advance, new_partner
+
+    partner = new_partner()
+    bid = paid_booking()
+    advance(bid, partner, to="assigned")
+    with transaction() as s:
+        fee = payments.cancel_booking(s, ledger.lock_booking(s, bid), CUSTOMER, "no").fee_paise
+    assert fee > 0
+    with transaction() as s:
+        e = partner_app.earnings(s, partner)
+    assert (e.today_paise, e.week_paise, e.total_paise, e.fees_paise, e.delivered_legs) == (
+        fee, fee, fee, fee, 0)
+    clock.freeze(clock.now() + timedelta(days=2))
+    with transaction() as s:
+        e = partner_app.earnings(s, partner)
+    assert (e.today_paise, e.week_paise, e.total_paise) == (0, fee, fee)

@@ -103,6 +103,8 @@ class EarningsOut(BaseModel):
     week_paise: int
     total_paise: int
     delivered_legs: int
+    fees_paise: int = Field(description="part of the totals: cancellation fees for trips "
+                                        "the customer cancelled after you were assigned")
 
 
 def _me(session: Session) -> tuple[Person, PartnerProfile]:
@@ -276,4 +278,5 @@ def get_earnings() -> EarningsOut:
         _, partner = _me(session)
         e = partner_app.earnings(session, partner.id)
     return EarningsOut(today_paise=e.today_paise, week_paise=e.week_paise,
-                       total_paise=e.total_paise, delivered_legs=e.delivered_legs)
+                       total_paise=e.total_paise, delivered_legs=e.delivered_legs,
+                       fees_paise=e.fees_paise)

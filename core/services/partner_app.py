@@ -12,10 +12,12 @@ from sqlalchemy.orm import Session
 
 from core import clock
 from core.adapters.models import Leg
+from core.adapters.payment_models import LedgerPosting, LedgerTransaction
 from core.adapters.redis_conn import redis_client
 from core.domain.booking import LegStatus
 from core.domain.errors import ValidationError
 from core.domain.geo import haversine_m, in_india, validate_lat_lng
+from core.domain.ledger import AccountKind, EntryKind
 from core.services import dispatch
 
 MAX_AGE = timedelta(minutes=5)  # a fix older than this says nothing about now
@@ -82,12 +84,15 @@ class Earnings:
     week_paise: int
     total_paise: int
     delivered_legs: int
+    fees_paise: int = 0  # part of total_paise: cancellation fees for wasted trips
 
 
 def earnings(session: Session, partner_id: int) -> Earnings:
     """Payouts of the partner's delivered legs (released to them by the payments side),
     each counted on the Indian day it was delivered (delivered_at: a leg's updated_at moves
-    with later changes, such as a photo sent after the drop)."""
+    with later changes, such as a photo sent after the drop); and the cancellation fees
+    they were promised for a trip the customer cancelled (the ledger's entries, on the day
+    of the cancel)."""
     now = clock.now().astimezone(INDIA)
     start_today = now.replace(hour=0, minute=0, second=0, microsecond=0)
 
@@ -99,7 +104,21 @@ def earnings(session: Session, partner_id: int) -> Earnings:
         amount, count = session.execute(stmt).one()
         return int(amount), int(count)
 
+    def fees(since: datetime | None) -> int:
+        stmt = (select(func.coalesce(func.sum(LedgerPosting.amount_paise), 0))
+                .join(LedgerTransaction, LedgerTransaction.id == LedgerPosting.transaction_id)
+                .where(LedgerPosting.partner_id == partner_id,
+                       LedgerPosting.account_kind == AccountKind.PARTNER_PAYABLE.value,
+                       LedgerTransaction.kind == EntryKind.CANCELLATION_FEE.value))
+        if since is not None:
+            stmt = stmt.where(LedgerTransaction.created_at >= since)
+        return int(session.scalar(stmt) or 0)
+
+    week_start = start_today - timedelta(days=6)
     today, _ = total(start_today)
-    week, _ = total(start_today - timedelta(days=6))
+    week, _ = total(week_start)
     all_time, count = total(None)
-    return Earnings(today, week, all_time, count)
+    all_fees = fees(None)
+    if all_fees:
+        today, week = today + fees(start_today), week + fees(week_start)
+    return Earnings(today, week, all_time + all_fees, count, all_fees)
