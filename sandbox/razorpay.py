@@ -13,7 +13,8 @@ signed webhooks ``payment.captured`` and ``payment_link.paid`` through an RQ job
 
 Controls for tests and demos (Redis keys, or the helpers below):
 - ``sandbox:razorpay:fail_next:<op>``: the next N calls of <op> answer 503
-  (ops: create_link, refund, transfer, edit_transfer, reverse, list_transfers);
+  (ops: create_link, refund, fetch_refund, transfer, edit_transfer, reverse,
+  list_transfers);
 - ``sandbox:razorpay:lose_next:create_link``: create the link, but answer 503 (the answer
   was "lost": the retry meets "reference_id already exists");
 - ``sandbox:razorpay:webhook_order`` = ``reversed``: send a batch of webhooks backwards;
@@ -465,6 +466,8 @@ def list_refunds():
 
 @bp.get("/razorpay/v1/refunds/<refund_id>")
 def fetch_refund(refund_id: str):
+    if _take("fail_next:fetch_refund"):
+        return _unavailable()
     obj = get_object(refund_id)
     return jsonify(obj) if obj and obj["entity"] == "refund" else _not_found(refund_id)
 

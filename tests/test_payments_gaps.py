@@ -526,3 +526,19 @@ def test_the_ops_retry_takes_the_refund_that_gave_up_not_one_retrying_by_itself(
             Refund.booking_id == bid, Refund.reason == "late_payment")
             .order_by(Refund.attempt.desc()).limit(1))
     assert extra == "processed"
+
+
+def test_one_refund_the_gateway_cannot_answer_about_does_not_hold_up_the_others(live):
+    first, second = paid_booking(), paid_booking("+919812340002")
+    refund_left_pending(first)
+    cancel(second)
+    run_jobs(QUEUES)
+    pending = [r for r in emu._all("refund") if r["status"] == "pending"]
+    assert len(pending) == 2
+    for r in pending:
+        emu.set_fields(r["id"], status="processed")
+    emu.fail_next("fetch_refund")  # the first one asked: a 503
+    assert payments.poll_refunds(timedelta(0)) == {"not-asked": 1, "refunded": 1}
+    assert sorted(refunds(b)[0][3] for b in (first, second)) == ["pending", "processed"]
+    assert payments.poll_refunds(timedelta(0)) == {"refunded": 1}  # the next hour's run
+    assert [refunds(b)[0][3] for b in (first, second)] == ["processed", "processed"]

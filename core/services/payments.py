@@ -1763,6 +1763,13 @@ def poll_refunds(older_than: timedelta = REFUND_POLL_AFTER) -> dict[str, int]:
         except gw.BadRequestError:
             log.error("a pending refund is unknown to the gateway", extra={"refund": rid})
             continue
+        except (gw.ServerError, gw.GatewayError) as exc:
+            # The gateway's trouble with this one refund: the others are still asked (no
+            # connection at all raises on, and the hourly job is tried again).
+            log.warning("could not ask the gateway about a pending refund",
+                        extra={"refund": rid, "error": str(exc)[:200]})
+            outcomes["not-asked"] = outcomes.get("not-asked", 0) + 1
+            continue
         status = entity.get("status")
         if status in ("processed", "failed"):
             outcome = _on_refund({"event": f"refund.{status}",
