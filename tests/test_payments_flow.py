@@ -299,3 +299,24 @@ def test_a_partner_who_gives_the_job_back_has_the_hold_reversed(live):
     transfers = {t["recipient"]: t for t in emu._all("transfer")}
     assert transfers["acc_partner0001"]["status"] == "reversed"
     assert transfers["acc_partner0002"]["on_hold"] is True
+
+
+def test_a_reference_taken_by_another_link_is_not_sent_as_this_bookings(live):
+    # Another system on the same Razorpay account made a link with this booking's
+    # reference (for another amount): the gateway refuses ours as a duplicate, and what
+    # it finds by the reference is not this booking's to send.
+    from core.adapters import razorpay_gateway as gw
+
+    bid = confirmed_booking()
+    b = booking(bid)
+    other = gw.client().payment_link.create({
+        "amount": b.total_paise + 500, "currency": "INR", "reference_id": b.reference,
+        "description": "someone else's", "notes": {"booking_id": "999999"}})
+    run()
+    assert booking(bid).status == BookingStatus.EXPIRED.value  # closed: it cannot be paid
+    sent = messages(bid)
+    assert not any(other["short_url"] in m for m in sent)
+    with transaction() as s:
+        keys = set(s.scalars(select(OutboxMessage.dedupe_key).where(
+            OutboxMessage.booking_id == bid)))
+    assert f"paylink-{bid}-failed" in keys and f"paylink-{bid}" not in keys  # told why

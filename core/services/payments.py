@@ -476,6 +476,12 @@ def create_payment_link(booking_id: int) -> str:
         if not found:
             raise
         entity = found[0]
+        if gw.note_int(entity, "booking_id") != booking_id or (
+                entity.get("amount") != payload["amount"]):
+            # The reference is taken by a link that is not this booking's (another system
+            # on the same account): sending it would ask the customer to pay for that.
+            _link_refused(booking_id, f"reference {reference} is taken by another link")
+            return "refused"
 
     with transaction() as session:
         booking = ledger.lock_booking(session, booking_id)  # against a cancel meanwhile
