@@ -431,7 +431,7 @@ class Command:
 # Yes and no in the other catalog languages, in their scripts and as typed in Latin
 # letters: partners are offered jobs in their language and answer in it.
 _YES_ELSEWHERE = frozenset({
-    "हो",  # mr
+    "होय", "hoy",  # mr ("हो" alone: _YES_ALONE)
     "হ্যাঁ", "হাঁ", "হ্যা",  # bn
     "ஆம்", "ஆமா", "aama", "aam",  # ta
     "అవును", "avunu",  # te
@@ -446,6 +446,10 @@ _NO_ELSEWHERE = frozenset({
     "ના",  # gu
     "ಇಲ್ಲ", "ಬೇಡ", "illa", "beda",  # kn
 })
+
+# Yes only as the whole message: Marathi's short "हो" is Hindi's "be" in every "हो गया"
+# (done): "डिलीवर हो गया" is no yes to an open offer.
+_YES_ALONE = frozenset({"हो"})
 
 # Words in English, Hindi (Devanagari) and Hinglish (Latin), and yes/no in the other
 # languages. Matched after casefold/NFC.
@@ -462,7 +466,8 @@ WORDS: Mapping[Kind, frozenset[str]] = {
     Kind.PICK: frozenset({"pick", "pickup", "picked", "pik", "uthaya", "uthaa", "utha",
                           "पिक", "उठाया", "उठा", "लिया"}),
     Kind.DROP: frozenset({"drop", "deliver", "delivered", "done", "pahucha", "pahuncha",
-                          "pahuchaya", "pahunchaya", "diya", "ड्रॉप", "ड्रोप", "पहुँचा",
+                          "pahuchaya", "pahunchaya", "diya", "ड्रॉप", "ड्रोप", "डिलीवर",
+                          "डिलिवर", "डिलीवरी", "पहुँचा",
                           "पहुंचा", "पहुँचाया", "पहुंचाया", "दिया"}),
     Kind.STATUS: frozenset({"status", "sthiti", "kaam", "job", "jobs", "स्थिति", "स्टेटस",
                             "काम"}),
@@ -536,6 +541,8 @@ def parse_command(raw: str) -> Command:
         toks = ["o" + toks[1]]
     numbers = tuple(t for t in toks if t.isdigit())
     words = tuple(t for t in toks if not t.isdigit())
+    if len(words) == 1 and words[0] in {" ".join(tokens(w)) for w in _YES_ALONE}:
+        return Command(Kind.ACCEPT, numbers, words)
     if not words:
         if numbers[0] == "1":
             return Command(Kind.ACCEPT, numbers[1:])

@@ -605,13 +605,18 @@ def start_search(session: Session, booking: Booking, leg: Leg, *,
 
 
 def _excluded(session: Session, leg: Leg, search: DispatchSearch) -> set[int]:
-    """Partners not to offer again now: they said no, gave it back, or had it this pass."""
+    """Partners not to offer again now: they gave it back (or had it taken back), said no
+    this round, or had it this pass. A round later (the leg paused, nobody took it) one
+    who said no is asked again: the one rider at a Point who went OFF for lunch (which
+    answers their offers no) is back ON, and the parcel would otherwise wait there for
+    good."""
     rows = session.execute(
         select(DispatchOffer.partner_id, DispatchOffer.status, DispatchOffer.round,
                DispatchOffer.pass_no).where(DispatchOffer.leg_id == leg.id))
     out = set()
     for pid, status, rnd, pass_no in rows:
-        if status in (rules.OfferStatus.DECLINED, rules.OfferStatus.CANCELLED):
+        if status == rules.OfferStatus.CANCELLED or (
+                status == rules.OfferStatus.DECLINED and rnd == search.round):
             out.add(pid)
         elif rnd == search.round and pass_no == search.pass_no:
             out.add(pid)
@@ -1051,8 +1056,9 @@ WHERE l.status = 'assigned' AND l.sequence = 1 AND a.at < :late
 ORDER BY l.id LIMIT 500
 """)
 
-# Picked-up legs of bookings whose parcel left the sender longer ago than the tier's
-# delivery hours, ops not yet alerted.
+# Legs holding their parcel (picked up, or a relay leg handed the parcel at its Point
+# whose rider has not sent PICK: parcel_in_hand) of bookings whose parcel left the sender
+# longer ago than the tier's delivery hours, ops not yet alerted.
 _LATE_DELIVERIES = text("""
 SELECT l.id FROM legs l
 JOIN bookings b ON b.id = l.booking_id
@@ -1062,7 +1068,10 @@ JOIN unnest(CAST(:tiers AS text[]), CAST(:cutoffs AS timestamptz[])) AS c(tier, 
 CROSS JOIN LATERAL (SELECT min(t.at) AS at FROM transitions t
                     WHERE t.entity = 'leg' AND t.entity_id = f.id
                       AND t.to_status = 'picked_up') p
-WHERE l.status = 'picked_up' AND p.at < c.cutoff
+WHERE (l.status = 'picked_up' OR (l.status = 'assigned' AND EXISTS (
+         SELECT 1 FROM legs pv WHERE pv.booking_id = l.booking_id
+           AND pv.sequence = l.sequence - 1 AND pv.status = 'delivered')))
+  AND p.at < c.cutoff
   AND NOT EXISTS (SELECT 1 FROM outbox_messages o WHERE o.booking_id = l.booking_id
                     AND o.dedupe_key LIKE 'leg-' || l.id || '-late-delivery-%')
 ORDER BY l.id LIMIT 500
@@ -1138,14 +1147,14 @@ def pickup_late(leg_id: int) -> str:
 
 
 def delivery_late(leg_id: int) -> str:
-    """A picked-up leg whose parcel left the sender longer ago than the tier's delivery
-    hours (DISPATCH_DELIVERY_HOURS): ops are alerted once. The parcel is with the partner,
-    so the leg is not offered again."""
+    """A leg holding its parcel (``parcel_in_hand``) whose parcel left the sender longer ago
+    than the tier's delivery hours (DISPATCH_DELIVERY_HOURS): ops are alerted once. The
+    parcel is with the partner, so the leg is not offered again."""
     with transaction() as session:
         leg = _lock_leg(session, leg_id)
         if leg is None:
             return "missing"
-        if leg.status != LegStatus.PICKED_UP.value:
+        if not parcel_in_hand(session, leg):
             return "stale"
         booking = session.get(Booking, leg.booking_id)
         assert booking is not None
@@ -1441,10 +1450,13 @@ def confirm(session: Session, partner: PartnerProfile, kind: str,
     # The app may pass a code as typed, in any script's digits (१२३४); the SMS path has
     # converted them already.
     numbers = tuple(rules.normalize_text(n) for n in numbers)
-    if kind == "pickup" and partner.kyc_status in BLOCKED_KYC:
+    blocked = _r("dispatch.duty_blocked", ops_phone=get_settings().ops_phone)
+    if kind == "pickup" and partner.kyc_status in BLOCKED_KYC and not any(
+            parcel_in_hand(session, leg) for leg in session.scalars(select(Leg).where(
+                Leg.partner_id == partner.id, Leg.status == LegStatus.ASSIGNED.value))):
         # Ops blocked them: no parcel goes into their hands (one already there may still
-        # be delivered).
-        return _r("dispatch.duty_blocked", ops_phone=get_settings().ops_phone)
+        # be delivered: a relay parcel handed over to them is recorded as picked up).
+        return blocked
     leg, otp, problem = _choose_leg(session, partner, numbers, wanted)
     if problem is not None:
         return problem
@@ -1455,6 +1467,9 @@ def confirm(session: Session, partner: PartnerProfile, kind: str,
     cfg = config()
     if leg.partner_id != partner.id:
         return _r("dispatch.no_such_job", job=job)
+    if kind == "pickup" and partner.kyc_status in BLOCKED_KYC and not parcel_in_hand(
+            session, leg):
+        return blocked
     if leg.status == LegStatus.LOCKED.value:
         return _r("dispatch.otp_locked", job=job, ops_phone=get_settings().ops_phone)
     if leg.status not in wanted:
@@ -1518,7 +1533,12 @@ def _delivered(session: Session, booking: Booking, leg: Leg, actor: Actor) -> Re
 def cancel_by_partner(session: Session, partner: PartnerProfile,
                       numbers: tuple[str, ...]) -> Reply:
     """The partner gives an accepted job back (before pickup): the leg goes back into
-    dispatch and it counts against their acceptance record."""
+    dispatch and it counts against their acceptance record. CANCEL naming a job only
+    offered to them says no to the offer."""
+    if numbers and not any(job_code(leg) == numbers[0]
+                           for leg in active_legs_of(session, partner)) and any(
+            str(offer.leg_id) == numbers[0] for offer in open_offers_of(session, partner)):
+        return decline(session, partner, numbers[0])
     leg, _, problem = _choose_leg(session, partner, numbers, (LegStatus.ASSIGNED.value,),
                                   job_only=True)
     if problem is not None:
@@ -1533,16 +1553,9 @@ def cancel_by_partner(session: Session, partner: PartnerProfile,
         return _r("dispatch.cancel_too_late", job=job, ops_phone=get_settings().ops_phone)
     booking = session.get(Booking, leg.booking_id, with_for_update=True)
     assert booking is not None
-    if leg.sequence > 1:  # a relay leg: the parcel comes from the previous rider
-        prev = session.scalar(select(Leg).where(Leg.booking_id == booking.id,
-                                                Leg.sequence == leg.sequence - 1))
-        if prev is not None and prev.status == LegStatus.DELIVERED.value:
-            # The previous rider handed the parcel over to them already.
-            return _r("dispatch.cancel_too_late", job=job, ops_phone=get_settings().ops_phone)
-        if prev is not None and prev.status == LegStatus.PICKED_UP.value:
-            # They were given the code the previous rider keys in on handing over: it must
-            # not work for them any more. The next partner to take the leg gets a new one.
-            issue_leg_otps(prev)
+    if parcel_in_hand(session, leg):
+        # A relay leg: the previous rider handed the parcel over to them already.
+        return _r("dispatch.cancel_too_late", job=job, ops_phone=get_settings().ops_phone)
     actor = _partner_actor(partner)
     event, reopened = _give_back(session, booking, leg, partner, actor,
                                  "partner gave the job back")
@@ -1552,12 +1565,39 @@ def cancel_by_partner(session: Session, partner: PartnerProfile,
     return _r("dispatch.cancelled", job=job)
 
 
+def _previous_leg(session: Session, leg: Leg) -> Leg | None:
+    """The relay leg before ``leg`` (None for a first leg)."""
+    if leg.sequence <= 1:
+        return None
+    return session.scalar(select(Leg).where(Leg.booking_id == leg.booking_id,
+                                            Leg.sequence == leg.sequence - 1))
+
+
+def parcel_in_hand(session: Session, leg: Leg) -> bool:
+    """Whether the leg's partner holds its parcel: picked up, or a relay leg still
+    "assigned" whose previous rider handed the parcel over already (their DROP took the
+    code this rider read out at the Point, face to face), this rider's PICK not sent."""
+    if leg.status == LegStatus.PICKED_UP.value:
+        return True
+    if leg.status != LegStatus.ASSIGNED.value:
+        return False
+    prev = _previous_leg(session, leg)
+    return prev is not None and prev.status == LegStatus.DELIVERED.value
+
+
 def _give_back(session: Session, booking: Booking, leg: Leg, partner: PartnerProfile,
                actor: Actor, reason: str) -> tuple[PartnerEvent, bool]:
     """An assigned leg leaves its partner before pickup and goes back to offering; it counts
     against them. The caller holds the leg's and the booking's locks, tells the customer,
     and starts the search. Returns the event and whether the booking went back to
-    dispatching."""
+    dispatching.
+
+    On a relay leg whose previous rider still carries the parcel, that rider's handover
+    code (the one this partner would read out at the Point) is replaced: it must not work
+    for them any more. The next partner to take the leg gets the new one."""
+    prev = _previous_leg(session, leg)
+    if prev is not None and prev.status == LegStatus.PICKED_UP.value:
+        issue_leg_otps(prev)
     session.execute(update(DispatchOffer).where(
         DispatchOffer.leg_id == leg.id, DispatchOffer.partner_id == partner.id,
         DispatchOffer.status == rules.OfferStatus.ACCEPTED.value)
@@ -1586,8 +1626,9 @@ def block_partner(session: Session, partner_id: int, actor: Actor) -> list[int]:
     """Ops suspended or rejected a partner: they go off duty, their open offers are
     withdrawn, and the jobs they took but have not picked up go back to offering (the
     customer hears we look again; the partner that the job is cancelled for them). A
-    parcel already in their hands stays with them, so it can still be delivered (DROP is
-    still allowed, PICK is not): the ids of those legs are returned for ops.
+    parcel already in their hands (picked up, or handed over to them on a relay) stays
+    with them, so it can still be delivered (DROP is still allowed, PICK is not): the ids
+    of those legs are returned for ops.
 
     Locks legs, then bookings, then offers, then the partner's row, as elsewhere."""
     offered = set(session.scalars(select(DispatchOffer.leg_id).where(
@@ -1614,7 +1655,8 @@ def block_partner(session: Session, partner_id: int, actor: Actor) -> list[int]:
     for leg in legs:
         booking = bookings[leg.booking_id]
         assert booking is not None
-        if leg.status == LegStatus.ASSIGNED.value and leg.partner_id == partner.id:
+        if (leg.status == LegStatus.ASSIGNED.value and leg.partner_id == partner.id
+                and not parcel_in_hand(session, leg)):
             _, reopened = _give_back(session, booking, leg, partner, actor,
                                      "partner blocked by ops")
             _sms_partner(session, partner, "dispatch.job_cancelled", booking_id=booking.id,
@@ -1624,9 +1666,10 @@ def block_partner(session: Session, partner_id: int, actor: Actor) -> list[int]:
             start_search(session, booking, leg, actor=actor)
         else:
             _maybe_continue(session, leg)
-    return list(session.scalars(select(Leg.id).where(
-        Leg.partner_id == partner.id, Leg.status == LegStatus.PICKED_UP.value)
-        .order_by(Leg.id)))
+    return [leg.id for leg in session.scalars(select(Leg).where(
+        Leg.partner_id == partner.id,
+        Leg.status.in_((LegStatus.PICKED_UP.value, LegStatus.ASSIGNED.value)))
+        .order_by(Leg.id)) if parcel_in_hand(session, leg)]
 
 
 def set_duty(session: Session, partner: PartnerProfile, on: bool) -> Reply:

@@ -356,6 +356,26 @@ def _person_at(to_addr: str) -> ColumnElement[bool]:
 def _mark_opted_out(to_addr: str) -> None:
     with transaction() as session:
         session.execute(update(Person).where(_person_at(to_addr)).values(opted_out=True))
+    _partners_off_duty([to_addr])
+
+
+def _partners_off_duty(to_addrs: list[str]) -> None:
+    """A partner who works by SMS alone and whom Twilio no longer lets us text (they sent
+    an opt-out word: 21610) can take no job: each goes off duty, as with OFF, so the next
+    offers go to partners who can read them. ON (after START) brings them back."""
+    from core.adapters.models import PartnerProfile
+    from core.services import dispatch  # dispatch sends through this module
+
+    for to_addr in sorted(a for a in to_addrs if not a.startswith("whatsapp:")):
+        with transaction() as session:
+            partner = session.scalar(
+                select(PartnerProfile).join(Person, Person.id == PartnerProfile.person_id)
+                .where(_person_at(to_addr), PartnerProfile.has_app.is_(False),
+                       PartnerProfile.on_duty.is_(True)))
+            if partner is not None:
+                dispatch.set_duty(session, partner, False)
+                log.warning("a partner cannot be texted any more (STOP): off duty",
+                            extra={"partner_id": partner.id})
 
 
 @dataclass(frozen=True)
@@ -557,6 +577,7 @@ def apply_reports(reports: list[StatusReport]) -> int:
             session.execute(update(Person).where(_person_at(to_addr)).values(opted_out=True))
         for row in closed:
             _by_sms_instead(session, row)
+    _partners_off_duty(sorted(stopped))
     return matched
 
 

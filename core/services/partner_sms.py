@@ -40,7 +40,9 @@ def handle(session: Session, msg: InboundMessage) -> list[str]:
     cmd = parse_command(msg.body)
     savepoint = session.begin_nested()
     try:
-        replies = _run(session, partner, cmd, lang)
+        replies = _opt_out_or_in(session, person, partner, msg.body, lang)
+        if replies is None:
+            replies = _run(session, partner, cmd, lang)
         savepoint.commit()
         return replies
     except DomainError as exc:
@@ -57,6 +59,37 @@ def handle(session: Session, msg: InboundMessage) -> list[str]:
         savepoint.rollback()
         log.exception("partner command failed", extra={"command": cmd.kind})
         return [i18n.t("common.error_try_later", lang)]
+
+
+# Twilio's own opt-out and opt-in keywords (a message that is the word alone, any case):
+# Twilio answers them itself, and after an opt-out refuses every SMS to the number (error
+# 21610) until an opt-in. A partner who cannot be texted can take no job by text, so an
+# opt-out takes them off duty. CANCEL is Twilio's too, and our partners' command ("CANCEL
+# 57"): a bare one is left to the command, and should Twilio take it as an opt-out, the
+# outbox takes the partner off duty at the first refused SMS.
+OPT_OUT_WORDS = frozenset({"stop", "stopall", "unsubscribe", "end", "quit", "revoke", "optout"})
+OPT_IN_WORDS = frozenset({"start", "unstop", "yes"})
+
+
+def _opt_out_or_in(session: Session, person: Person | None, partner, body: str,
+                   lang: str) -> list[str] | None:
+    """The answer to an opt-out or opt-in keyword (None: any other message). After an
+    opt-out the partner is off duty (as OFF: their open offers answered no, a job taken
+    stays theirs) and nothing is answered (Twilio does, and lets nothing of ours through).
+    An opt-in ends the opt-out; START and YES then do what they always do (ON, accept)."""
+    word = body.strip().casefold()
+    if person is None:
+        return None
+    if word in OPT_OUT_WORDS:
+        person.opted_out = True
+        dispatch.set_duty(session, partner, False)
+        log.info("partner opted out of SMS: off duty")
+        return []
+    if word in OPT_IN_WORDS and person.opted_out:
+        person.opted_out = False
+        if word == "unstop":
+            return dispatch.status_lines(session, partner, lang)
+    return None
 
 
 _INDIA = ZoneInfo("Asia/Kolkata")
