@@ -271,3 +271,25 @@ def test_a_partner_twilio_will_not_text_goes_off_duty_and_the_next_is_offered(
         assert s.get(PartnerProfile, ramesh).on_duty is False
     assert [(o.partner_id, o.status) for o in offers(leg)] == [
         (ramesh, "declined"), (asha, "open")]
+
+
+@pytest.mark.parametrize(("text", "kind"), [
+    ("haanji", "accept"), ("Hanji 57", "accept"), ("pikup 4821", "pick"),
+    ("पिकअप 4821", "pick"), ("पहुँच गया 4821", "drop"), ("पहुंच गया", "drop"),
+    ("डिलीवर हो गया", "drop"), ("हो", "accept"), ("होय", "accept")])
+def test_words_partners_type(text, kind):
+    from core.domain.dispatch import parse_command
+
+    assert parse_command(text).kind.value == kind
+
+
+def test_cancel_with_two_jobs_asks_which_the_cancel_way(client, live, frozen):  # noqa: F811
+    _, phone = make_partner("Ramesh", LAXMIPUR, lang="en", max_active_legs=2)
+    jobs = []
+    for _ in range(2):
+        booking_id = paid_booking()
+        start(booking_id)
+        jobs.append(str(legs_of(booking_id)[0].id))
+        sms(client, phone, "1")
+    assert sms(client, phone, "CANCEL") == [
+        i18n.t("dispatch.which_job_cancel", "en", jobs=" ".join(jobs), job=jobs[0])]

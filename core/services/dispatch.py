@@ -1437,8 +1437,9 @@ def _choose_leg(session: Session, partner: PartnerProfile, numbers: tuple[str, .
             chosen = legs  # one job in another state: answer about that job (e.g. PICK first)
         if not chosen:
             return None, otp, _r("dispatch.no_job")
-        if len(chosen) > 1:
-            return None, otp, _r("dispatch.which_job", jobs=" ".join(job_code(x) for x in chosen),
+        if len(chosen) > 1:  # CANCEL takes no OTP: its own example
+            key = "dispatch.which_job_cancel" if job_only else "dispatch.which_job"
+            return None, otp, _r(key, jobs=" ".join(job_code(x) for x in chosen),
                                  job=job_code(chosen[0]))
     return chosen[0], otp, None
 
