@@ -293,3 +293,19 @@ def test_cancel_with_two_jobs_asks_which_the_cancel_way(client, live, frozen):  
         sms(client, phone, "1")
     assert sms(client, phone, "CANCEL") == [
         i18n.t("dispatch.which_job_cancel", "en", jobs=" ".join(jobs), job=jobs[0])]
+
+
+def test_a_yes_to_a_cancelled_booking_says_it_is_cancelled(client, live, frozen):  # noqa: F811
+    from tests.test_dispatch_cancel import cancel
+
+    _, phone = make_partner("Ramesh", LAXMIPUR, lang="en")
+    for took in (True, False):  # taken, then cancelled; offered, then cancelled
+        booking_id = paid_booking()
+        start(booking_id)
+        job = str(legs_of(booking_id)[0].id)
+        if took:
+            sms(client, phone, "1")
+        cancel(booking_id)
+        # Was "already yours", and "went to another partner".
+        assert sms(client, phone, f"1 {job}") == [
+            i18n.t("dispatch.job_cancelled", "en", job=job)]

@@ -1214,6 +1214,10 @@ def _pick_offer(session: Session, partner: PartnerProfile,
                 DispatchOffer.partner_id == partner.id, DispatchOffer.leg_id == int(code))
                 .order_by(DispatchOffer.id.desc()))
             if past is not None:
+                closed = session.scalar(select(Booking.status).join(
+                    Leg, Leg.booking_id == Booking.id).where(Leg.id == past.leg_id))
+                if closed in CLOSED_BOOKING:  # not "yours", nor "another partner's"
+                    return _r("dispatch.job_cancelled", job=code)
                 if past.status == rules.OfferStatus.ACCEPTED.value:
                     return _r("dispatch.already_yours", job=code)
                 if past.status == rules.OfferStatus.EXPIRED.value:
@@ -1243,6 +1247,8 @@ def accept(session: Session, partner: PartnerProfile, code: str | None) -> Reply
         return _r("dispatch.taken", job=job)
     if leg.status != LegStatus.OFFERING.value or booking.status in CLOSED_BOOKING:
         _withdraw(offer, partner)
+        if booking.status in CLOSED_BOOKING:
+            return _r("dispatch.job_cancelled", job=job)
         return _r("dispatch.taken", job=job)
     cfg = config()
     if clock.now() > offer.expires_at + timedelta(seconds=cfg.offer_grace_s):
