@@ -44,6 +44,7 @@ REPLY_STATUS = {
     "dispatch.pick_first": (409, "invalid_transition"),
     "dispatch.already_picked": (409, "invalid_transition"),
     "dispatch.cancel_too_late": (409, "invalid_transition"),
+    "dispatch.duty_blocked": (403, "duty_blocked"),
 }
 
 
@@ -132,11 +133,14 @@ def _answer(reply: dispatch.Reply, person: Person, ok_key: str, leg: Leg | None)
 
 
 @endpoint(bp, "PUT", "/partners/me/duty", summary="Go on or off duty", roles=PARTNER,
-          body=DutyIn, response=DutyOut, tags=("partner",))
+          body=DutyIn, response=DutyOut, tags=("partner",), errors=(403,))
 def put_duty(body: DutyIn) -> DutyOut:
     with transaction() as session:
-        _, partner = _me(session)
-        dispatch.set_duty(session, partner, body.on_duty)
+        person, partner = _me(session)
+        reply = dispatch.set_duty(session, partner, body.on_duty)
+        if reply.key == "dispatch.duty_blocked":  # suspended or rejected: the reason, said
+            status, code = REPLY_STATUS[reply.key]
+            raise ApiError(status, code, reply.render(_lang(person)))
         return DutyOut(on_duty=partner.on_duty)
 
 

@@ -36,6 +36,9 @@ class PlaceIn(Strict):
             raise ValueError("give both lat and lng")
         if not has_pos and not self.pincode:
             raise ValueError("give lat and lng, or a pincode")
+        if has_pos and (self.pincode or self.post_office):
+            # Either would be set aside for the position's nearest office, silently.
+            raise ValueError("give lat and lng, or a pincode (and post office), not both")
         return self
 
 

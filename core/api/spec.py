@@ -11,10 +11,11 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import wraps
-from typing import Any
+from types import UnionType
+from typing import Any, Union, get_args, get_origin
 
 from flask import Blueprint, Response, g, request
-from pydantic import BaseModel, ConfigDict, TypeAdapter
+from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationInfo, field_validator
 from pydantic import ValidationError as PydanticError
 from pydantic_core import ErrorDetails
 from werkzeug.exceptions import RequestEntityTooLarge
@@ -31,9 +32,29 @@ class ApiError(DomainError):
 
 
 class Strict(BaseModel):
-    """Base of request models: unknown fields are refused, not silently dropped."""
+    """Base of request models: unknown fields are refused, not silently dropped, and a
+    number is no true/false (pydantic's lax mode takes JSON true for 1: a declared value
+    of 1 paise, a 1 kg payload)."""
 
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_for_a_number(cls, value: Any, info: ValidationInfo) -> Any:
+        if isinstance(value, bool) and info.field_name is not None and _numeric(
+                cls.model_fields[info.field_name].annotation):
+            raise ValueError("must be a number, not true or false")
+        return value
+
+
+def _numeric(annotation: Any) -> bool:
+    """An int or float field (optional too), not one that takes a bool."""
+    if annotation in (int, float):
+        return True
+    if get_origin(annotation) in (Union, UnionType):
+        args = [a for a in get_args(annotation) if a is not type(None)]
+        return bool(args) and all(a in (int, float) for a in args)
+    return False
 
 
 @dataclass(frozen=True)

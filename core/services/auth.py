@@ -25,6 +25,7 @@ from core.adapters.db import transaction
 from core.adapters.models import Person
 from core.adapters.redis_conn import hit_rate_limit, redis_client, run_script
 from core.config import get_settings
+from core.dialog.words import ascii_digits
 from core.domain.errors import DomainError
 from core.domain.otp import generate_otp
 from core.domain.phone import is_indian_mobile, mask_phone, normalize_phone
@@ -92,10 +93,22 @@ return {'check', stored}
 # back the failure counted for this try. With no failure left the day's window closes
 # too, so that it runs from the next failure, not from this sign-in.
 _USE_CODE = """
-if redis.call('DEL', KEYS[1]) == 0 then return 0 end
+local ttl = redis.call('PTTL', KEYS[1])
+local attempts = redis.call('HGET', KEYS[1], 'attempts') or '0'
+if redis.call('DEL', KEYS[1]) == 0 then return {0, 0} end
 if redis.call('EXISTS', KEYS[2]) == 1 and redis.call('DECR', KEYS[2]) <= 0 then
   redis.call('DEL', KEYS[2])
 end
+return {math.max(ttl, 1), tonumber(attempts)}
+"""
+
+# The code was used up but its session could not be saved (the database failed): give it
+# back for the retry the 503 asks for, with its tries and its time left, unless a new code
+# was asked for meanwhile.
+_GIVE_BACK_CODE = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+redis.call('HSET', KEYS[1], 'hash', ARGV[1], 'attempts', ARGV[2])
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
 return 1
 """
 
@@ -166,21 +179,30 @@ def verify_otp(raw_phone: str, otp: str, ip: str) -> tuple[str, Principal, datet
         raise AuthError(401, *_INVALID, "otp")
     if verdict == b"locked":
         raise AuthError(429, "otp_locked", "too many wrong codes; ask for a new one", "otp")
-    if not hmac.compare_digest(stored[0], _hash(phone, otp.strip()).encode()):
+    # The code as typed, in any script's digits ("४८२९१३", as SMS keyboards send them).
+    if not hmac.compare_digest(stored[0], _hash(phone, ascii_digits(otp.strip())).encode()):
         raise AuthError(401, *_INVALID, "otp")
-    if run_script(r, _USE_CODE, keys, []) != 1:  # a concurrent verify used this code first
+    ttl_ms, attempts = run_script(r, _USE_CODE, keys, [])
+    if not ttl_ms:  # a concurrent verify used this code first
         raise AuthError(401, *_INVALID, "otp")
     now = clock.now()
-    with transaction() as session:
-        person = session.scalar(select(Person).where(Person.phone == phone))
-        if person is None:
-            person = Person(phone=phone, role="customer")
-            session.add(person)
-            session.flush()
-        sid = secrets.token_hex(16)
-        expires = now + SESSION_TTL
-        session.add(ApiSession(id=sid, person_id=person.id, expires_at=expires))
-        principal = Principal(person.id, person.role, sid)
+    try:
+        with transaction() as session:
+            # Locked, as an erasure locks it: one running now either ends first (the
+            # number then makes a new person) or after, and then ends this sign-in too.
+            person = session.scalar(select(Person).where(Person.phone == phone)
+                                    .with_for_update())
+            if person is None:
+                person = Person(phone=phone, role="customer")
+                session.add(person)
+                session.flush()
+            sid = secrets.token_hex(16)
+            expires = now + SESSION_TTL
+            session.add(ApiSession(id=sid, person_id=person.id, expires_at=expires))
+            principal = Principal(person.id, person.role, sid)
+    except Exception:
+        run_script(r, _GIVE_BACK_CODE, keys[:1], [stored[0], attempts, ttl_ms])
+        raise
     token = jwt.encode({"sub": str(principal.person_id), "sid": sid, "iat": int(now.timestamp()),
                         "exp": int(expires.timestamp())}, get_settings().secret_key,
                        algorithm="HS256")

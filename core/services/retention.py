@@ -310,6 +310,10 @@ def erase_person(session: Session, person_id: int) -> Erasure:
     recipients = set(session.scalars(select(Booking.recipient_phone).where(
         Booking.customer_id == person.id, Booking.recipient_phone.is_not(None)).distinct()))
     theirs = _addresses(person.phone, person.wa_id, *(c.contact for c in convs))
+    # Read before the bookings lose the recipient: the senders' saved answers (replayed
+    # on a retry) hold the recipient's name and the exact drop of these bookings.
+    received_refs = list(session.scalars(select(Booking.reference).where(
+        Booking.id.in_(received))))
     _erase_messages(session, done, own, theirs, _addresses(*recipients))
     _erase_bookings(session, done, own, received)
 
@@ -329,6 +333,7 @@ def erase_person(session: Session, person_id: int) -> Erasure:
         .values(revoked_at=clock.now())))
     done.add("records", _changed(session, delete(IdempotencyRecord).where(
         IdempotencyRecord.person_id == person.id)))
+    _scrub_saved_answers(session, done, received_refs)
     if partner is not None:
         _erase_partner(session, done, partner)
     if any((person.name, person.phone, person.wa_id, person.preferred_language)):
@@ -392,6 +397,30 @@ def _erase_messages(session: Session, done: Erasure, own: Any, theirs: set[str],
         .returning(m.id), execution_options=_QUIET)
     _redact_templates(session, changed)
     done.add("messages", len(changed))
+
+
+def _scrub_saved_answers(session: Session, done: Erasure, refs: list[str]) -> None:
+    """The senders' saved answers to their POST /bookings (replayed on a retry with the
+    same Idempotency-Key) of bookings sent to the erased person lose what the booking rows
+    lost: the recipient, the drop's landmark and exact place. Kept, not deleted: a retry
+    must still answer with the booking it made, not make a second one."""
+    if not refs:
+        return
+    drops = {ref: (lat, lng) for ref, lat, lng in session.execute(
+        select(Booking.reference, Booking.drop_lat, Booking.drop_lng)
+        .where(Booking.reference.in_(refs)))}
+    for record in session.scalars(select(IdempotencyRecord).where(
+            IdempotencyRecord.response["reference"].astext.in_(refs))
+            .with_for_update()):
+        body = dict(record.response)
+        body.update(recipient_name=None, recipient_phone_masked=None)
+        drop = body.get("drop")
+        if isinstance(drop, dict):
+            lat, lng = drops[body["reference"]]
+            body["drop"] = {**drop, "landmark": None, "lat": lat, "lng": lng}
+        if body != record.response:
+            record.response = body
+            done.add("records", 1)
 
 
 def _erase_bookings(session: Session, done: Erasure, own: Any, received: Any) -> None:
