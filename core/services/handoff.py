@@ -95,6 +95,10 @@ def team_hours(at: datetime | None = None) -> dict[str, object]:
     return {"open": open_now, "in_time": False, "opens": hours[0], "closes": hours[1]}
 
 
+ANSWERED_BY_PHONE = "phone"  # the handoff's operator when one took the caller's call (ivr)
+ASKED_AGAIN = "[asked again]"  # a waiting request asked for once more (a caller)
+
+
 def open_handoff(session: Session, conv: Conversation) -> Handoff | None:
     return session.scalar(select(Handoff).where(Handoff.conversation_id == conv.id,
                                                 Handoff.status == "waiting"))
@@ -102,13 +106,23 @@ def open_handoff(session: Session, conv: Conversation) -> Handoff | None:
 
 def request(session: Session, conv: Conversation, reason: str) -> dict[str, object]:
     """Put the conversation on the waiting list (once); what to tell the user: the reply
-    time we promise, or, outside the team's hours, when they start (``team_hours``)."""
+    time we promise, or, outside the team's hours, when they start (``team_hours``).
+
+    Asked again while on the list (a caller: the IVR answers during a handoff, a chat does
+    not), the request is as new: ops see it asked again, the idle close counts from now,
+    and a call an operator took earlier no longer marks it answered."""
     if conv.id is None:
         session.flush()
-    if open_handoff(session, conv) is None:
+    waiting = open_handoff(session, conv)
+    if waiting is None:
         session.add(Handoff(conversation_id=conv.id, person_id=conv.person_id,
                             channel=conv.channel, reason=reason, status="waiting",
                             step=conv.step, created_at=clock.now()))
+    else:
+        session.add(HandoffMessage(handoff_id=waiting.id, direction="in",
+                                   body=f"{ASKED_AGAIN} ({reason})", created_at=clock.now()))
+        if waiting.operator == ANSWERED_BY_PHONE:
+            waiting.operator = None
     conv.handoff = True
     return {"minutes": reply_minutes(), "ops_phone": get_settings().ops_phone,
             **team_hours()}
@@ -187,12 +201,15 @@ def phone_to_call(session: Session, handoff_id: int, operator: str) -> str:
 
 
 def _get_open(session: Session, handoff_id: int) -> tuple[Handoff, Conversation, Person]:
-    handoff = session.get(Handoff, handoff_id, with_for_update=True)
-    if handoff is None:
+    found = session.get(Handoff, handoff_id)
+    if found is None:
         raise NotFound("no such handoff", code="unknown_handoff")
+    # The conversation first, then the handoff: a turn locks them in that order.
+    conv = session.get(Conversation, found.conversation_id, with_for_update=True)
+    handoff = session.get(Handoff, handoff_id, with_for_update=True, populate_existing=True)
+    assert handoff is not None
     if handoff.status != "waiting":
         raise Conflict("this handoff is closed", code="handoff_closed")
-    conv = session.get(Conversation, handoff.conversation_id)
     person = session.get(Person, handoff.person_id) if handoff.person_id else None
     if conv is None or person is None:
         raise NotFound("the conversation is gone", code="unknown_handoff")
@@ -226,8 +243,11 @@ def _finish(session: Session, handoff: Handoff, conv: Conversation, person: Pers
     handoff.operator = handoff.operator or operator
     handoff.closed_at = clock.now()
     conv.handoff = False
-    conv.step = "menu"
-    conv.misses = 0
+    if conv.channel != "voice":
+        # A call's place is its own: a call under way keeps its step (its next key is for
+        # the question it heard), and the next call starts at the menu anyway.
+        conv.step = "menu"
+        conv.misses = 0
     lang = notify.language_of(person)
     notify.send_to_person(session, person, i18n.t(message, lang, **values),
                           dedupe_key=f"handoff-{handoff.id}-closed")
@@ -264,15 +284,22 @@ def expire_idle(now: datetime | None = None) -> int:
         with transaction() as session:
             # Locked and checked again: an operator or a message may have come since, or
             # another sweep closed it.
+            # The conversation first, as a turn locks them; one a turn holds now is busy:
+            # the next sweep looks again.
+            conv = session.scalar(select(Conversation).join(
+                Handoff, Handoff.conversation_id == Conversation.id)
+                .where(Handoff.id == handoff_id).with_for_update(skip_locked=True,
+                                                                 of=Conversation))
+            if conv is None:
+                continue
             found = session.execute(select(Handoff, _last_activity()).where(
                 Handoff.id == handoff_id, Handoff.status == "waiting")
                 .with_for_update(skip_locked=True, of=Handoff)).first()
             if found is None or team_time(hours, found[1], now) < idle:
                 continue
             handoff = found[0]
-            conv = session.get(Conversation, handoff.conversation_id)
             person = session.get(Person, handoff.person_id) if handoff.person_id else None
-            if conv is None or person is None:
+            if person is None:
                 handoff.status, handoff.closed_at = "closed", clock.now()
                 continue
             if handoff.operator is None:

@@ -58,7 +58,7 @@ MAX_SILENT_REPEATS = 2  # a prompt met with silence is repeated this often, then
 DRAFT_KEPT = timedelta(hours=24)  # a dropped call's draft is offered again this long
 ENDED = frozenset({"completed", "busy", "failed", "no-answer", "canceled"})
 PUT_THROUGH = frozenset({"completed", "answered"})  # DialCallStatus: an operator answered
-ANSWERED_BY_PHONE = "phone"  # the handoff's operator when one took the caller's call
+ANSWERED_BY_PHONE = handoff.ANSWERED_BY_PHONE  # the operator took the caller's call
 
 
 @dataclass(frozen=True)
@@ -180,6 +180,12 @@ def voice_turn(session: Session, call: CallRequest) -> VoiceTurn:
     current = state.data.get("call") or {}
     if current.get("sid") == call.sid and current.get("answered", -1) >= call.turn:
         raise AlreadyAnswered  # a retry, or a twin that waited for this row's lock
+    if call.turn > 0 and current.get("sid") != call.sid:
+        # Keys of a call that is not this number's live one: its status callback came
+        # first (the caller hung up), or the number called again and that call took
+        # over (a dropped line Twilio still holds). Starting it again would close the
+        # live call and restart each on the other's keys: it ends, nothing changes.
+        return VoiceTurn(_language(person), [], action="hangup")
     before, step = _language(person), conv.step  # a failed turn may leave them unreadable
     try:
         if call.turn == 0 or current.get("sid") != call.sid:
