@@ -182,3 +182,17 @@ def test_a_sign_in_racing_an_erasure_leaves_no_live_session(client, monkeypatch)
         assert retention.erase_person(s, pid).changed
     token = {"Authorization": f"Bearer {r.get_json()['token']}"}
     assert client.get(f"{API}/bookings", headers=token).status_code == 401
+
+
+def test_a_customer_made_an_operator_signs_in_again(client):
+    # The role is read on every request: a customer's 30-day token (on a phone they lent,
+    # or stolen) became an operator's token the moment they were made one.
+    from core.services import admin
+
+    headers = sign_in(client, "+919812300088")
+    assert client.get(f"{API}/ops/bookings", headers=headers).status_code == 403
+    with transaction() as s:
+        assert admin.add_operator(s, "+919812300088", "Asha", actor="cli").changed
+    assert client.get(f"{API}/ops/bookings", headers=headers).status_code == 401
+    ops = sign_in(client, "+919812300088")
+    assert client.get(f"{API}/ops/bookings", headers=ops).status_code == 200

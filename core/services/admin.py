@@ -14,10 +14,11 @@ import json
 import re
 from dataclasses import dataclass
 
-from sqlalchemy import func, or_, select
+from sqlalchemy import func, or_, select, update
 from sqlalchemy.orm import Session
 
-from core.adapters.api_models import AuditEntry
+from core import clock
+from core.adapters.api_models import ApiSession, AuditEntry
 from core.adapters.models import PartnerProfile, Person, Point, RateCardRow, Vehicle
 from core.adapters.pincode import post_offices
 from core.domain.errors import Conflict, ValidationError
@@ -88,10 +89,20 @@ def add_operator(session: Session, phone: str, name: str | None = None, *,
         before = person.role
         person.role = "ops"
         person.name = person.name or name
+        _end_sessions(session, person.id)
     record(session, actor, "operator.add", f"person:{person.id}", phone=masked,
            before=before)
     was = " (was a customer)" if before else ""
     return Outcome(True, person.id, f"operator {masked} added (person {person.id}){was}")
+
+
+def _end_sessions(session: Session, person_id: int) -> None:
+    """A customer given a new role signs in again: a token made for a customer (on a
+    phone they may have lent, or one stolen) must not gain an operator's or a partner's
+    powers by itself (the role is read on every request)."""
+    session.execute(update(ApiSession).where(ApiSession.person_id == person_id,
+                                             ApiSession.revoked_at.is_(None))
+                    .values(revoked_at=clock.now()))
 
 
 def _office_list(offices: list) -> str:
@@ -249,6 +260,7 @@ def add_partner(session: Session, spec: NewPartner, *, actor: str) -> Outcome:
         person.role = "partner"
         person.name = person.name or name
         person.preferred_language = spec.language  # the language their offers come in
+        _end_sessions(session, person.id)
     profile = PartnerProfile(
         person_id=person.id, first_name=name.split()[0], home_point_id=home.id,
         has_app=spec.has_app, on_duty=False, payout_account_id=spec.payout_account,
