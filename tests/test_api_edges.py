@@ -6,6 +6,7 @@ sign-in racing an erasure."""
 from __future__ import annotations
 
 import pytest
+from pydantic import ValidationError
 from sqlalchemy import select
 
 from core.adapters.db import transaction
@@ -196,3 +197,14 @@ def test_a_customer_made_an_operator_signs_in_again(client):
     assert client.get(f"{API}/ops/bookings", headers=headers).status_code == 401
     ops = sign_in(client, "+919812300088")
     assert client.get(f"{API}/ops/bookings", headers=ops).status_code == 200
+
+
+def test_ops_partner_point_true_is_not_point_1():
+    """JSON true for PartnerIn.point (int | str) was taken as Point id 1: a partner homed
+    at whatever Point #1 is."""
+    from core.api.ops import PartnerIn
+
+    body = {"phone": "+919800000000", "name": "x", "language": "hi", "vehicle": "bicycle",
+            "payload_kg": 10, "point": True}
+    with pytest.raises(ValidationError):
+        PartnerIn.model_validate(body)

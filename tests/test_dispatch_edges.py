@@ -309,3 +309,41 @@ def test_a_yes_to_a_cancelled_booking_says_it_is_cancelled(client, live, frozen)
         # Was "already yours", and "went to another partner".
         assert sms(client, phone, f"1 {job}") == [
             i18n.t("dispatch.job_cancelled", "en", job=job)]
+
+
+def test_stop_from_an_app_partner_does_not_take_them_off_duty(client, live, frozen):  # noqa: F811
+    """An app partner who texts STOP to quiet the SMS still sees and takes offers in the
+    app: on duty, as the outbox's opt-out path leaves them."""
+    from core.adapters.models import PartnerProfile
+    from tests.test_dispatch import LAXMIPUR, make_partner, sms
+
+    pid, phone = make_partner("Appwala", LAXMIPUR, lang="en", has_app=True)
+    sms(client, phone, "STOP")
+    with transaction() as s:
+        assert s.get(PartnerProfile, pid).on_duty, "an app partner went off duty on STOP"
+
+
+def test_a_partner_who_said_no_is_not_offered_the_job_again_when_a_rider_gives_it_back(
+        client, live, frozen):  # noqa: F811
+    """A no is forgotten only after the leg paused (a relay leg waiting for anyone), not on
+    the new round a give-back starts: the partner who said NO minutes ago is not offered
+    the same job again ahead of partners never asked."""
+    from tests.test_dispatch import sms as psms
+
+    nay, n_phone = make_partner("Nay", LAXMIPUR, lang="en")
+    quitter, q_phone = make_partner("Quitter", (26.88, 84.49), lang="en")
+    other, _ = make_partner("Other", (26.90, 84.49), lang="en")
+    booking_id = paid_booking()
+    start(booking_id)
+    leg = legs_of(booking_id)[0]
+    first = [o.partner_id for o in offers(leg.id) if o.status == "open"]
+    assert first == [nay], first
+    psms(client, n_phone, "NO")
+    assert sorted(o.partner_id for o in offers(leg.id) if o.status == "open") == sorted(
+        [quitter, other])
+    assert "Quitter" not in "".join(psms(client, q_phone, f"YES {leg.id}"))
+    with transaction() as s:
+        assert s.get(type(legs_of(booking_id)[0]), leg.id).partner_id == quitter
+    psms(client, q_phone, "CANCEL")
+    open_now = [o.partner_id for o in offers(leg.id) if o.status == "open"]
+    assert nay not in open_now, f"the partner who said no is offered it again: {open_now}"

@@ -364,3 +364,44 @@ def test_a_question_left_unanswered_for_the_window_gives_way(chat, monkeypatch):
     finally:
         monkeypatch.delenv("WHATSAPP_TEMPLATE_EN")
         notify.reset_templates()
+
+
+def test_rating_the_first_in_the_app_lets_the_second_question_come(client):  # noqa: F811
+    """The chat asked about booking A; the customer rates A in the app instead. A's
+    question can no longer take a digit (A is rated), and B's question is not held back
+    as if A's still stood."""
+    from datetime import timedelta
+
+    from core import clock
+    from core.services import rating
+    from tests.test_api import API, sign_in
+    from tests.test_whatsapp_rating import (
+        CUSTOMER,
+        START,
+        delivered_booking,
+        sent_to_customer,
+        t,
+        wa,
+    )
+
+    clock.freeze(START - rating.QUIET - timedelta(minutes=5))
+    with transaction() as s:
+        s.add(Person(phone=CUSTOMER, role="customer", preferred_language="en"))
+    assert t("menu.main") in wa(client, "hi")
+    clock.freeze(START)
+    try:
+        first, first_ref, _ = delivered_booking()
+        with transaction() as s:
+            assert rating.ask_after_delivery(s, s.get(Booking, first))
+        headers = sign_in(client, CUSTOMER)
+        r = client.post(f"{API}/bookings/{first_ref}/rating", json={"stars": 5},
+                        headers=headers)
+        assert r.status_code == 201, r.get_json()
+        clock.freeze(START + rating.QUIET + timedelta(minutes=5))
+        second, second_ref, _ = delivered_booking(partner_phone="+919812349002")
+        with transaction() as s:
+            asked = rating.ask_after_delivery(s, s.get(Booking, second))
+        assert asked, "B's question waits for A's, already answered in the app"
+        assert sent_to_customer()[-1] == t("bot.rate.ask", ref=second_ref)
+    finally:
+        clock.freeze(None)

@@ -48,12 +48,13 @@ class Strict(BaseModel):
 
 
 def _numeric(annotation: Any) -> bool:
-    """An int or float field (optional too), not one that takes a bool."""
+    """A field that takes a number (int or float, optional, or beside another type such
+    as ``int | str``) and not a bool itself."""
     if annotation in (int, float):
         return True
     if get_origin(annotation) in (Union, UnionType):
-        args = [a for a in get_args(annotation) if a is not type(None)]
-        return bool(args) and all(a in (int, float) for a in args)
+        args = get_args(annotation)
+        return bool({int, float} & set(args)) and bool not in args
     return False
 
 

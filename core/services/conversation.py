@@ -272,13 +272,12 @@ class SessionPorts:
             return {"refused": "unknown_booking"}
         booking = ledger.lock_booking(self.session, booking.id)  # one rating, not two at once
         try:
-            rating.rate_booking(self.session, booking, stars)
-            outcome: dict[str, Any] = {"done": True}
+            rating.rate_booking(self.session, booking, stars)  # the next question may come
         except DomainError as exc:
-            outcome = {"refused": exc.code}
-        # The question is answered (or was, in the app): the next one may come.
-        rating.ask_next_soon(self.session, self.person.id)
-        return outcome
+            # Answered all the same (rated in the app before): the next one may come.
+            rating.ask_next_soon(self.session, self.person.id)
+            return {"refused": exc.code}
+        return {"done": True}
 
     def talk_to_person(self, reason: str) -> dict[str, Any]:
         return handoff.request(self.session, self.conv, reason)

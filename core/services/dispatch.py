@@ -605,18 +605,24 @@ def start_search(session: Session, booking: Booking, leg: Leg, *,
 
 
 def _excluded(session: Session, leg: Leg, search: DispatchSearch) -> set[int]:
-    """Partners not to offer again now: they gave it back (or had it taken back), said no
-    this round, or had it this pass. A round later (the leg paused, nobody took it) one
-    who said no is asked again: the one rider at a Point who went OFF for lunch (which
-    answers their offers no) is back ON, and the parcel would otherwise wait there for
-    good."""
+    """Partners not to offer again now: they gave it back (or had it taken back), said no,
+    or had it this pass. Once the leg has paused for want of anyone (a relay leg: it
+    waits, round after round), a no from before the pause is forgotten: the one rider at
+    a Point who went OFF for lunch (which answers their offers no) is back ON, and the
+    parcel would otherwise wait there for good. A give-back's new round forgets none."""
+    paused_at = session.scalar(select(func.max(TransitionLog.at)).where(
+        TransitionLog.entity == "leg", TransitionLog.entity_id == leg.id,
+        TransitionLog.from_status == LegStatus.OFFERING.value,
+        TransitionLog.to_status == LegStatus.PENDING.value))
     rows = session.execute(
         select(DispatchOffer.partner_id, DispatchOffer.status, DispatchOffer.round,
-               DispatchOffer.pass_no).where(DispatchOffer.leg_id == leg.id))
+               DispatchOffer.pass_no, DispatchOffer.responded_at)
+        .where(DispatchOffer.leg_id == leg.id))
     out = set()
-    for pid, status, rnd, pass_no in rows:
+    for pid, status, rnd, pass_no, answered in rows:
         if status == rules.OfferStatus.CANCELLED or (
-                status == rules.OfferStatus.DECLINED and rnd == search.round):
+                status == rules.OfferStatus.DECLINED and (
+                    paused_at is None or answered is None or answered > paused_at)):
             out.add(pid)
         elif rnd == search.round and pass_no == search.pass_no:
             out.add(pid)

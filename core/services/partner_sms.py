@@ -74,16 +74,18 @@ OPT_IN_WORDS = frozenset({"start", "unstop", "yes"})
 def _opt_out_or_in(session: Session, person: Person | None, partner, body: str,
                    lang: str) -> list[str] | None:
     """The answer to an opt-out or opt-in keyword (None: any other message). After an
-    opt-out the partner is off duty (as OFF: their open offers answered no, a job taken
-    stays theirs) and nothing is answered (Twilio does, and lets nothing of ours through).
-    An opt-in ends the opt-out; START and YES then do what they always do (ON, accept)."""
+    opt-out a partner without the app is off duty (as OFF: their open offers answered no,
+    a job taken stays theirs), and nothing is answered (Twilio does, and lets nothing of
+    ours through). An opt-in ends the opt-out; START and YES then do what they always do
+    (ON, accept)."""
     word = body.strip().casefold()
     if person is None:
         return None
     if word in OPT_OUT_WORDS:
         person.opted_out = True
-        dispatch.set_duty(session, partner, False)
-        log.info("partner opted out of SMS: off duty")
+        if not partner.has_app:  # the app still brings their offers
+            dispatch.set_duty(session, partner, False)
+            log.info("partner opted out of SMS: off duty")
         return []
     if word in OPT_IN_WORDS and person.opted_out:
         person.opted_out = False

@@ -89,6 +89,8 @@ def rate_booking(session: Session, booking: Booking, stars: int,
     session.add(BookingRating(booking_id=booking.id, stars=stars, comment=comment))
     _update_partner_ratings(session, booking, stars)
     _settle(session, booking.id)  # rated (in the app, say): the chat need not ask
+    session.flush()
+    ask_next_soon(session, booking.customer_id)  # in the chat or the app: the next may come
 
 
 def _update_partner_ratings(session: Session, b: Booking, stars: int) -> None:
@@ -162,7 +164,7 @@ def _ask(session: Session, booking: Booking, tries: int) -> bool | timedelta:
     idle = since is None or since > IDLE
     if conv.step not in (MENU, RATE) and not idle:
         return QUIET  # once back at the menu
-    if conv.step == RATE and _asks_another(conv, booking, now):
+    if conv.step == RATE and _asks_another(session, conv, booking, now):
         return QUIET  # after its answer (ask_next_soon), or once that question lapses
     lang = notify.language_of(person)
     # The answer must come back on WhatsApp: an SMS reply reaches the riders' number.
@@ -183,15 +185,20 @@ def _ask(session: Session, booking: Booking, tries: int) -> bool | timedelta:
     return True
 
 
-def _asks_another(conv: Conversation, booking: Booking, now: datetime) -> bool:
+def _asks_another(session: Session, conv: Conversation, booking: Booking,
+                  now: datetime) -> bool:
     """True if the chat's open question is about another booking and still stands: a
     second question now would take the answer meant for the first ("4" for the question
-    the customer was reading), so it waits its turn."""
+    the customer was reading), so it waits its turn. One rated meanwhile (in the app)
+    stands no more."""
     state = conv.state or {}
     ref, asked = state.get("rate_ref"), state.get("rate_asked_at")
     if ref in (None, booking.reference) or not asked:
         return False
-    return now - datetime.fromisoformat(asked) <= RATING_WINDOW
+    if now - datetime.fromisoformat(asked) > RATING_WINDOW:
+        return False
+    other = session.scalar(select(Booking.id).where(Booking.reference == ref))
+    return other is not None and not is_rated(session, other)
 
 
 def ask_next_soon(session: Session, customer_id: int) -> None:
