@@ -28,6 +28,7 @@ from core.dialog.engine import (
     Dialog,
     Goto,
     Out,
+    Redirect,
     Result,
     Retry,
     Say,
@@ -171,8 +172,9 @@ def _menu_handle(ctx: Ctx, inp: UserInput) -> Result:
         return Goto("cancel_pick")
     if picked == 4:
         info = ctx.ports.talk_to_person("asked")
-        return Goto(MENU, [person_said(info, "bot.handoff.waiting", "bot.handoff.after_hours")],
-                    prompt=False)
+        # The bot is quiet while they wait: how to have it back ("0") is said now.
+        return Goto(MENU, [person_said(info, "bot.handoff.waiting", "bot.handoff.after_hours"),
+                           next_hint()], prompt=False)
     if picked == 5:
         return Stay([Say("menu.help")])
     if is_greeting(inp.text):  # "hi", "Namaste ji", "good morning": the menu again
@@ -262,11 +264,15 @@ def _place_steps(kind: str, default_next: str) -> list[Step]:
             ctx.state.data["page"] = (page + 1) % pages
             return Stay()
         picked: dict[str, Any] | None = None
+        digits = words.only_digits(inp.text) if not inp.has_location else None
+        if digits is not None and len(digits) == 6:
+            return where_handle(ctx, inp)  # another pincode (the first was wrong)
         if num is not None and 1 <= num <= len(shown):
             picked = shown[num - 1]
         elif num is None and not inp.has_location:
             typed = words.clean(inp.text)
-            hits = [o for o in offices if typed and o["name"].lower().startswith(typed)]
+            exact = [o for o in offices if typed and o["name"].lower() == typed]
+            hits = exact or [o for o in offices if typed and o["name"].lower().startswith(typed)]
             picked = hits[0] if len(hits) == 1 else None
         elif inp.has_location:
             return where_handle(ctx, inp)
@@ -326,8 +332,8 @@ _PLACE_ERRORS = {
 def _name_handle(ctx: Ctx, inp: UserInput) -> Result:
     text = " ".join(inp.text.split())
     letters = sum(ch.isalpha() for ch in text)
-    if inp.has_location or letters < 2 or words.only_digits(text):
-        return Retry([Say("bot.recipient.bad_name")])
+    if inp.has_location or letters < 2 or words.only_digits(text) or is_greeting(text):
+        return Retry([Say("bot.recipient.bad_name")])  # "hi" is nobody's name
     ctx.slots["recipient_name"] = text[:80]
     return Goto("recipient_phone")
 
@@ -341,7 +347,8 @@ def _phone_handle(ctx: Ctx, inp: UserInput) -> Result:
     try:
         if not digits:
             raise ValidationError("no digits", code="bad_phone")
-        phone = normalize_phone(("+" if inp.text.strip().startswith("+") else "") + digits)
+        typed = words.without_format_marks(inp.text).strip()
+        phone = normalize_phone(("+" if typed.startswith("+") else "") + digits)
         if not is_indian_mobile(phone):
             raise ValidationError("not an Indian mobile", code="bad_phone")
     except ValidationError:
@@ -393,7 +400,18 @@ def _value_handle(ctx: Ctx, inp: UserInput) -> Result:
 # --- speed, quote, confirm, change -----------------------------------------------------
 
 def _quote(ctx: Ctx) -> dict[str, Any]:
-    return ctx.ports.quote(ctx.slots)
+    return quote_or_resize(ctx, ctx.slots)
+
+
+def quote_or_resize(ctx: Ctx, slots: dict[str, Any]) -> dict[str, Any]:
+    """The quote for ``slots``; when no vehicle on the rate card carries a parcel this big
+    or heavy (a region's card may leave vans out), the size question again, saying so."""
+    try:
+        return ctx.ports.quote(slots)
+    except DomainError as exc:
+        if exc.code != "too_big_for_vehicle":
+            raise
+        raise Redirect("size", [Say("bot.parcel.no_vehicle")]) from None
 
 
 def tier_label(tier: str, quote: dict[str, Any]) -> Say:
@@ -894,8 +912,8 @@ def _offer_handle(ctx: Ctx, inp: UserInput) -> Result:
     back = ctx.state.data.pop("after_offer", None) or MENU
     if picked == 1:
         info = ctx.ports.talk_to_person("not_understood")
-        return Goto(MENU, [person_said(info, "bot.handoff.waiting", "bot.handoff.after_hours")],
-                    prompt=False)
+        return Goto(MENU, [person_said(info, "bot.handoff.waiting", "bot.handoff.after_hours"),
+                           next_hint()], prompt=False)
     if picked == 2:
         return Goto(back)
     ctx.state.data["after_offer"] = back
@@ -912,7 +930,8 @@ def _voice_handle(ctx: Ctx, inp: UserInput) -> Result:
     if picked == 1:
         info = ctx.ports.talk_to_person("callback")
         return Goto(MENU, [person_said(info, "bot.media.callback",
-                                       "bot.media.callback_after_hours")], prompt=False)
+                                       "bot.media.callback_after_hours"), next_hint()],
+                    prompt=False)
     if picked == 2:
         return Goto(back)
     ctx.state.data["after_offer"] = back

@@ -103,6 +103,15 @@ class Retry:
     say: Sequence[Out] = ()
 
 
+class Redirect(Exception):  # noqa: N818 (a step's answer, not an error)
+    """Raised by a prompt that cannot be shown as things are (no vehicle carries the parcel
+    to quote for): the dialog goes to ``step`` instead, saying ``say`` first."""
+
+    def __init__(self, step: str, say: Sequence[Out] = ()) -> None:
+        super().__init__(step)
+        self.step, self.say = step, tuple(say)
+
+
 @dataclass(frozen=True)
 class Stay:
     """A valid answer that leaves us on this step (e.g. outside the service area)."""
@@ -181,8 +190,21 @@ def enter(dialog: Dialog, ctx: Ctx, name: str, say: Sequence[Out] = (),
     state.misses = 0
     out = list(say)
     if prompt:
-        out += dialog.step(state.step).prompt(ctx)
+        try:
+            out += dialog.step(state.step).prompt(ctx)
+        except Redirect as to:
+            if to.step == state.step:
+                raise  # no way round it
+            return enter(dialog, ctx, to.step, [*out, *to.say])
     return out
+
+
+def _ask_again(dialog: Dialog, ctx: Ctx, step: Step) -> list[Out]:
+    """The step's prompt again (after a miss, help, a photo), or the step it redirects to."""
+    try:
+        return step.prompt(ctx)
+    except Redirect as to:
+        return enter(dialog, ctx, to.step, to.say)
 
 
 def turn(dialog: Dialog, state: DialogState, inp: UserInput, ports: Any,
@@ -197,16 +219,19 @@ def turn(dialog: Dialog, state: DialogState, inp: UserInput, ports: Any,
         if inp.media == "voice":
             _come_back_to(dialog, state, step)
             return enter(dialog, ctx, dialog.voice_callback)
-        return [Say("bot.media.photo")] + step.prompt(ctx)
+        return [Say("bot.media.photo")] + _ask_again(dialog, ctx, step)
 
     cmd = words.command(inp.text) if not inp.has_location else None
     if cmd == "menu":
-        state.data.pop("return_to", None)
         if step.group is not None:
-            state.data["draft_step"] = step.name  # keep the draft: offered again later
+            # Keep the draft, and that it was only a change before the confirmation: it
+            # is offered again later, and goes back to the confirmation as it would have.
+            state.data["draft_step"] = step.name
+        else:
+            state.data.pop("return_to", None)
         return enter(dialog, ctx, dialog.menu)
     if cmd == "help":
-        return [Say(step.help)] + step.prompt(ctx)
+        return [Say(step.help)] + _ask_again(dialog, ctx, step)
     if cmd == "language":
         if step.group is not None:
             state.data["draft_step"] = step.name
@@ -217,13 +242,13 @@ def turn(dialog: Dialog, state: DialogState, inp: UserInput, ports: Any,
         return enter(dialog, ctx, result.step, result.say, result.prompt)
     if isinstance(result, Stay):
         state.misses = 0
-        return list(result.say) + step.prompt(ctx)
+        return list(result.say) + _ask_again(dialog, ctx, step)
     state.misses += 1
     if state.misses >= MAX_MISSES and step.name != dialog.offer_person:
         _come_back_to(dialog, state, step)
         return enter(dialog, ctx, dialog.offer_person)
     reason = list(result.say) or [Say(dialog.not_understood)]
-    return reason + step.prompt(ctx)
+    return reason + _ask_again(dialog, ctx, step)
 
 
 def _come_back_to(dialog: Dialog, state: DialogState, step: Step) -> None:

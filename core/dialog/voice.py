@@ -38,6 +38,7 @@ from core.dialog.booking import (
     not_allowed_kind,
     person_said,
     price_changed,
+    quote_or_resize,
     tier_label,
 )
 from core.dialog.engine import (
@@ -301,7 +302,7 @@ def _phone_check_handle(ctx: Ctx, inp: UserInput) -> Result:
 # --- speed, fare, confirm --------------------------------------------------------------
 
 def _speed_prompt(ctx: Ctx) -> list[Out]:
-    q = ctx.ports.quote(full_slots(ctx.slots))
+    q = quote_or_resize(ctx, full_slots(ctx.slots))
     options = tuple(
         Say("ivr.speed.option", {"tier": tier_label(t, q),
                                  "amount": amount(q["tiers"][t]["total_paise"], ctx.lang)})
@@ -315,7 +316,7 @@ def _speed_prompt(ctx: Ctx) -> list[Out]:
 def _confirm_prompt(ctx: Ctx) -> list[Out]:
     ctx.state.data.pop("return_to", None)
     s = ctx.slots
-    q = ctx.ports.quote(full_slots(s))
+    q = quote_or_resize(ctx, full_slots(s))
     total = q["tiers"][s["tier"]]["total_paise"]
     ctx.state.data["shown_total"] = total
     return [Say("ivr.confirm.summary", {"pickup": s["pickup"]["name"],

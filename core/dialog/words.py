@@ -62,7 +62,9 @@ NUMBER_WORDS: dict[str, int] = {
 # Each line: one language, romanized then its script (Hindi and English first).
 YES_WORDS = frozenset({
     "yes", "y", "yeah", "yep", "ok", "okay", "haan", "haa", "han", "ha", "hn", "haanji", "ji",
-    "theek", "thik", "sahi", "हाँ", "हां", "हा", "जी", "हाँ जी", "ठीक", "ठीक है", "ओके",
+    "haan ji", "han ji", "ha ji", "haa ji", "hanji", "theek", "thik", "theek hai", "thik hai",
+    "sahi", "sahi hai", "हाँ", "हां", "हा", "जी", "हाँ जी", "हां जी", "हा जी", "ठीक", "ठीक है",
+    "सही", "सही है", "ओके",
     "hya", "hyan", "হ্যাঁ", "হ্যা", "হাঁ", "হা", "ঠিক আছে",  # bn
     "hoy", "ho", "होय", "हो",  # mr
     "aama", "aamam", "amam", "sari", "ஆம்", "ஆமா", "ஆமாம்", "சரி",  # ta
@@ -163,16 +165,31 @@ def number(text: str) -> int | None:
 
 
 def only_digits(text: str) -> str | None:
-    """All the digits of an answer that is only digits and separators ("98765 43210")."""
-    t = ascii_digits(text or "").strip()
+    """All the digits of an answer that is only digits and separators ("98765 43210");
+    format marks are dropped (a number copied from a contact comes wrapped in U+202A and
+    U+202C)."""
+    t = ascii_digits(without_format_marks(text or "")).strip()
     stripped = re.sub(r"[\s\-().+]", "", t)
     return stripped if stripped.isascii() and stripped.isdigit() else None
 
 
+def without_format_marks(text: str) -> str:
+    """``text`` without invisible format characters (Unicode Cf: direction marks, joiners)."""
+    return "".join(ch for ch in text if unicodedata.category(ch) != "Cf")
+
+
+# The word for rupees as each catalog's value question asks for it, and short forms.
+_RUPEE_WORDS = re.compile(
+    r"(₹|rs\.?|rupees?|rupaye|rupay|रुपये|रुपए|रुपया|रु\.?|/-"
+    r"|টাকা|taka|tk\.?|ரூபாய்|ரூ\.?|రూపాయలు|రూపాయి|రూ\.?|રૂપિયા|રૂપિયો|રૂ\.?"
+    r"|ರೂಪಾಯಿ|ರೂಪಾಯಿಗಳು|ರೂ\.?|रुपये)")
+
+
 def amount_rupees(text: str) -> int | None:
-    """Rupees in "1500", "₹1,500", "1500 rs", "रु 1500"; None if not an amount."""
+    """Rupees in "1500", "₹1,500", "1500 rs", "रु 1500", "1500 টাকা"; None if not an
+    amount."""
     t = ascii_digits(clean(text))
-    t = re.sub(r"(₹|rs\.?|rupees?|rupaye|rupay|रुपये|रुपए|रु\.?|/-)", "", t)
+    t = _RUPEE_WORDS.sub("", t)
     t = t.replace(",", "").replace(" ", "")
     return int(t) if t.isascii() and t.isdigit() and len(t) <= 9 else None
 
@@ -201,6 +218,16 @@ def guess_language(text: str) -> str | None:
 def language_named(text: str) -> str | None:
     """The language code of a typed language name ("Bengali", "हिन्दी", "tamil")."""
     return LANGUAGE_BY_NAME.get(clean(text))
+
+
+def language_mentioned(text: str) -> str | None:
+    """The language of the first language name among the words ("मराठी में", "tamil
+    please"); None if none is named."""
+    for word in clean(text).split():
+        found = LANGUAGE_BY_NAME.get(word.strip(_TRIM))
+        if found:
+            return found
+    return language_named(text)
 
 
 def command(text: str) -> str | None:

@@ -353,7 +353,8 @@ def dialog_turn(session: Session, person: Person, conv: Conversation, inp: UserI
             "language", "language_guess", dialog.offer_person, dialog.voice_callback):
         # No language yet: every message goes to the language list, except the answer to
         # an offer of a person (after misses there) or of a call back (a voice note).
-        guess = words.guess_language(inp.text)
+        # A language they name ("मराठी", "Tamil please") before the one their script is.
+        guess = words.language_mentioned(inp.text) or words.guess_language(inp.text)
         if guess:
             state.data["lang_guess"] = guess
             outs = engine.enter(dialog, ctx, "language_guess")
@@ -431,6 +432,10 @@ def _whatsapp_turn(session: Session, msg: InboundMessage, person: Person, conv: 
     if person.opted_out:
         if cmd == "start":
             person.opted_out = False
+            at = BOOKING_DIALOG.steps.get(conv.step)
+            if at is not None and at.group == BOOKING and (conv.state or {}).get("slots"):
+                # A booking half done when they sent STOP: offered again from the menu.
+                conv.state = {**engine.copy_data(conv.state), "draft_step": conv.step}
             conv.step, conv.misses = MENU, 0
             if conv.handoff:  # a fresh start: nobody is still waiting for a person
                 handoff.withdraw(session, conv, engaged_too=True)

@@ -176,9 +176,10 @@ def _ask(session: Session, booking: Booking, tries: int) -> bool | timedelta:
         return False  # asked already
     state = engine.copy_data(conv.state or {})
     step = BOOKING_DIALOG.steps.get(conv.step)
-    if step is not None and step.group == BOOKING and state.get("slots"):
+    kept = step is not None and step.group == BOOKING and bool(state.get("slots"))
+    if kept:
         state["draft_step"] = conv.step  # an idle draft: offered again from the menu
-    for key in ("scratch", "return_to", "after_offer"):
+    for key in ("scratch", "after_offer") if kept else ("scratch", "return_to", "after_offer"):
         state.pop(key, None)
     state.update(rate_ref=booking.reference, rate_asked_at=now.isoformat())
     conv.step, conv.state, conv.misses = RATE, state, 0
