@@ -301,3 +301,25 @@ def test_a_greeting_at_the_name_question_is_not_the_receivers_name(greeting: str
                                                      "drop": dict(PLACE, lat=26.0)}})
     play(state, FakePorts(), greeting)
     assert "recipient_name" not in state.slots, state.slots.get("recipient_name")
+
+
+@pytest.mark.parametrize(("typed", "step"), [
+    ("agent", None), ("Call me", None), ("customer care", None), ("बात करनी है", None),
+    ("track", "track"), ("cancel", "cancel_pick"), ("book", "pickup")])
+def test_the_menu_understands_its_options_in_words(typed: str, step: str | None) -> None:
+    """At the main menu only the numbers worked: "agent" or "call me" was "not
+    understood" (three times, and then a person was offered)."""
+    from core.dialog.booking import BOOKING_DIALOG
+    from core.dialog.engine import UserInput
+    from core.dialog.engine import turn as engine_turn
+
+    class Booked(FakePorts):
+        def my_bookings(self, open_only: bool = False) -> list[tuple[str, str]]:
+            return [("48217730", "paid")]
+
+    state, ports = DialogState("menu", {}), Booked()
+    engine_turn(BOOKING_DIALOG, state, UserInput(text=typed), ports, "en")
+    if step is None:
+        assert ports.handoffs == ["asked"]
+    else:
+        assert state.step == step

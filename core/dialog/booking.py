@@ -155,8 +155,22 @@ def _menu_prompt(ctx: Ctx) -> list[Out]:
     return [Say("menu.main")]
 
 
+# The main menu's options as people also type them (the numbers are what the menu shows).
+MENU_WORDS: tuple[frozenset[str], ...] = (
+    frozenset({"book", "booking", "send", "send parcel", "send a parcel", "parcel bhejna hai",
+               "बुक", "बुकिंग", "पार्सल भेजना है"}),
+    frozenset({"track", "track parcel", "where is my parcel", "parcel kahan hai",
+               "ट्रैक", "पार्सल कहाँ है"}),
+    frozenset({"cancel", "cancel booking", "cancel karna hai", "कैंसिल", "कैंसिल करना है"}),
+    frozenset({"agent", "human", "person", "operator", "customer care", "call me",
+               "talk to a person", "baat karni hai", "call karo", "कॉल करो", "बात करनी है",
+               "मुझे कॉल करें"}),
+    frozenset(),  # help: the global "help" word
+)
+
+
 def _menu_handle(ctx: Ctx, inp: UserInput) -> Result:
-    picked = choice(inp, 5)
+    picked = choice(inp, 5, MENU_WORDS)
     if picked == 1:
         if ctx.slots and ctx.state.data.get("draft_step"):
             return Goto("resume")
