@@ -144,8 +144,12 @@ def test_permanent_refusal_is_not_retried(live):
 def test_unreachable_twilio_is_retried(live, monkeypatch):
     from core.adapters import twilio_gateway
 
-    def refused(**_kw):
-        raise requests.exceptions.ConnectionError("refused")
+    def refused(**_kw):  # as requests raises it: no connection was ever made
+        import urllib3
+
+        cause = urllib3.exceptions.NewConnectionError(None, "[Errno 111] Connection refused")
+        raise requests.exceptions.ConnectionError(
+            urllib3.exceptions.MaxRetryError(None, "/Messages.json", cause))
 
     monkeypatch.setattr(twilio_gateway, "send_message", refused)
     oid = queue_one()

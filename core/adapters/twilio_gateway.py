@@ -30,7 +30,9 @@ class SendRejected(Exception):
         super().__init__(f"twilio {status} {code}: {message}")
         self.status = status
         self.code = code
-        self.permanent = 400 <= status < 500 and status != 429
+        # 401/403: our credentials (a rotation, a misconfiguration), not the message: it is
+        # tried again, as the look-ups treat them (an outage).
+        self.permanent = 400 <= status < 500 and status not in (401, 403, 429)
 
 
 _local = threading.local()

@@ -43,6 +43,7 @@ from datetime import datetime, timedelta
 from typing import cast
 
 import requests
+import urllib3
 from redis.exceptions import RedisError
 from rq import Retry
 from sqlalchemy import ColumnElement, Table, bindparam, case, select, update
@@ -267,6 +268,19 @@ class _Claimed:
     content_variables: dict[str, str] | None
 
 
+def _never_sent(exc: requests.exceptions.ConnectionError) -> bool:
+    """True if the request cannot have reached Twilio: no connection was made (refused,
+    no route, name not resolved, connect timeout, TLS or proxy set-up failed). Anything
+    else broke after it was sent."""
+    if isinstance(exc, (requests.exceptions.ConnectTimeout, requests.exceptions.ProxyError,
+                        requests.exceptions.SSLError)):
+        return True
+    reason = exc.args[0] if exc.args else None
+    reason = getattr(reason, "reason", reason)  # urllib3's MaxRetryError wraps the cause
+    return isinstance(reason, (urllib3.exceptions.NewConnectionError,
+                               urllib3.exceptions.ConnectTimeoutError))
+
+
 def _send(c: _Claimed) -> str:
     """Hand a claimed row to Twilio and record the outcome (see the module's guarantees)."""
     settings = get_settings()
@@ -286,15 +300,18 @@ def _send(c: _Claimed) -> str:
             with transaction() as session:
                 refused = session.get(OutboxMessage, outbox_id)
                 if refused is not None:
-                    _by_sms_instead(session, refused)
+                    _by_sms_instead(session, refused, exc.code)
         if final:
             log.warning("message refused", extra={"outbox_id": outbox_id, "code": exc.code})
             return "failed"
         raise TransientSendError(str(exc)) from None
     except requests.exceptions.ConnectionError as exc:
-        if isinstance(exc, requests.exceptions.ReadTimeout):
-            # Outcome unknown: keep "sending"; a status callback or the sweep settles it.
-            log.warning("send outcome unknown (timeout)", extra={"outbox_id": outbox_id})
+        if not _never_sent(exc):
+            # The connection broke after the request went out (aborted, reset while
+            # waiting for the answer): Twilio may hold the message. Outcome unknown: keep
+            # "sending"; a status callback or the reconcile settles it.
+            log.warning("send outcome unknown (connection lost)",
+                        extra={"outbox_id": outbox_id, "error": type(exc).__name__})
             return "unknown"
         final = attempts > settings.outbox_max_retries
         _record_failure(outbox_id, code=None, error=f"connection: {type(exc).__name__}",
@@ -542,7 +559,7 @@ def apply_reports(reports: list[StatusReport]) -> int:
         by_sid = {row.provider_sid: row for row in rows if row.provider_sid}
         events: list[dict[str, object]] = []
         stopped: set[str] = set()
-        closed: list[OutboxMessage] = []
+        closed: list[tuple[OutboxMessage, str]] = []
         for report in reports:
             status = report.status.lower()
             row = by_id.get(report.outbox_id) if report.outbox_id is not None else None
@@ -571,21 +588,38 @@ def apply_reports(reports: list[StatusReport]) -> int:
             if report.error_code == STOP_ERROR_CODE:
                 stopped.add(row.to_addr)
             elif report.error_code in BY_SMS_CODES and status in _FINAL_FAILURES:
-                closed.append(row)
+                closed.append((row, report.error_code))
         session.execute(insert(MessageStatusEvent), events)
         for to_addr in sorted(stopped):
             session.execute(update(Person).where(_person_at(to_addr)).values(opted_out=True))
-        for row in closed:
-            _by_sms_instead(session, row)
+        for row, code in closed:
+            _by_sms_instead(session, row, code)
     _partners_off_duty(sorted(stopped))
     return matched
 
 
-def _by_sms_instead(session: Session, row: OutboxMessage) -> int | None:
+def _by_sms_instead(session: Session, row: OutboxMessage, code: str | None = None
+                    ) -> int | None:
     """A WhatsApp message refused because the 24-hour window had closed, or our sender hit
     its messaging limit, goes by SMS, as notify does outside the window without a template
-    (once: its own dedupe key). A WhatsApp user known only by their WhatsApp id has no
-    number to text."""
+    (once: its own dedupe key). A free-form message that missed the window goes as the
+    language's approved template first, where one is configured, as notify would have
+    sent it (a WhatsApp user known only by their WhatsApp id has no number to text)."""
+    if code == WINDOW_CLOSED_CODE and row.channel == "whatsapp" and (
+            session.get(WhatsappTemplateSend, row.id) is None):
+        from core.services import notify  # notify sends through this module
+
+        person = session.scalar(select(Person).where(_person_at(row.to_addr)))
+        sid = notify.whatsapp_templates().get(notify.language_of(person))
+        if sid:
+            log.info("whatsapp missed the window; sent as the template",
+                     extra={"outbox_id": row.id})
+            new_id = queue_message(session, channel="whatsapp", to=row.to_addr, body=row.body,
+                                   dedupe_key=f"tpl-for-{row.id}", booking_id=row.booking_id)
+            if new_id is not None:
+                session.add(WhatsappTemplateSend(outbox_id=new_id, content_sid=sid,
+                                                 content_variables={"1": row.body}))
+            return new_id
     phone = row.to_addr.removeprefix("whatsapp:")
     if row.channel != "whatsapp" or not phone.startswith("+"):
         log.warning("whatsapp refused; no number for an SMS", extra={"outbox_id": row.id})
