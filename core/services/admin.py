@@ -250,6 +250,13 @@ def add_partner(session: Session, spec: NewPartner, *, actor: str) -> Outcome:
     if person is not None and person.role == "ops":
         raise Conflict(f"{masked} is an operator (person {person.id}); an operator cannot "
                        "also be a partner: use another phone", code="conflict", field="phone")
+    if spec.payout_account is not None:
+        holder = session.scalar(select(PartnerProfile.id).where(
+            PartnerProfile.payout_account_id == spec.payout_account))
+        if holder is not None:  # their payouts would go to the other partner's bank
+            raise Conflict(f"payout account {spec.payout_account} is partner {holder}'s; "
+                           "each partner is paid to their own", code="payout_account_taken",
+                           field="payout_account")
     before = person.role if person is not None else None
     if person is None:
         person = Person(phone=phone, name=name, role="partner",
@@ -271,7 +278,7 @@ def add_partner(session: Session, spec: NewPartner, *, actor: str) -> Outcome:
     session.flush()
     record(session, actor, "partner.add", f"partner:{profile.id}", phone=masked,
            person=person.id, before=before, point=home.id, vehicle=vehicle.value,
-           payload_kg=spec.payload_kg)
+           payload_kg=spec.payload_kg, payout_account=spec.payout_account)
     return Outcome(True, profile.id, f"partner {profile.first_name} {masked} added (partner "
                    f"{profile.id}, {vehicle.value} {spec.payload_kg} kg, Point {home.name}, "
                    "KYC pending, off duty)")

@@ -73,7 +73,7 @@ from core.adapters.queue import after_commit, enqueue, queue
 from core.config import get_settings
 from core.domain import dispatch as rules
 from core.domain.booking import Actor, BookingStatus, LegStatus
-from core.domain.errors import NotFound, ValidationError
+from core.domain.errors import Conflict, NotFound, ValidationError
 from core.domain.geo import haversine_m, validate_lat_lng
 from core.domain.phone import normalize_phone
 from core.domain.pricing import SizeBucket, SpeedTier, VehicleType, WeightBucket, can_carry
@@ -1648,7 +1648,8 @@ def block_partner(session: Session, partner_id: int, actor: Actor) -> list[int]:
         DispatchOffer.partner_id == partner_id,
         DispatchOffer.status == rules.OfferStatus.OPEN.value)))
     taken = set(session.scalars(select(Leg.id).where(
-        Leg.partner_id == partner_id, Leg.status == LegStatus.ASSIGNED.value)))
+        Leg.partner_id == partner_id,
+        Leg.status.in_((LegStatus.ASSIGNED.value, LegStatus.LOCKED.value)))))
     legs = [leg for leg_id in sorted(offered | taken)
             if (leg := _lock_leg(session, leg_id)) is not None]
     bookings = {leg.booking_id: session.get(Booking, leg.booking_id, with_for_update=True)
@@ -1668,6 +1669,11 @@ def block_partner(session: Session, partner_id: int, actor: Actor) -> list[int]:
     for leg in legs:
         booking = bookings[leg.booking_id]
         assert booking is not None
+        if (leg.status == LegStatus.LOCKED.value and leg.partner_id == partner.id
+                and not _picked_before(session, leg) and not _handed_over(session, leg)):
+            # Locked by wrong pickup codes, parcel not collected: back to them first, so
+            # it is taken back below like any job they took and did not pick up.
+            move_leg(session, leg, LegStatus.ASSIGNED, actor, "partner blocked by ops")
         if (leg.status == LegStatus.ASSIGNED.value and leg.partner_id == partner.id
                 and not parcel_in_hand(session, leg)):
             _, reopened = _give_back(session, booking, leg, partner, actor,
@@ -1829,18 +1835,41 @@ def fetch_pod_photo(leg_id: int, partner_id: int, url: str, content_type: str) -
 
 
 def unlock_leg(session: Session, leg_id: int, actor: Actor) -> Leg:
-    """Ops put a locked leg back where it was, with fresh OTPs sent out again."""
+    """Ops put a locked leg back where it was, with fresh OTPs sent out again. One whose
+    partner was suspended meanwhile, parcel not picked up, goes back to offering instead:
+    they may not pick it up. Conflict if the leg is not locked."""
     leg = _lock_leg(session, leg_id)
     if leg is None:
         raise NotFound("no such leg", code="unknown_job")
-    picked = session.scalar(select(func.count()).select_from(OtpAttempt).where(
-        OtpAttempt.leg_id == leg.id, OtpAttempt.kind == "pickup", OtpAttempt.ok.is_(True)))
+    if leg.status != LegStatus.LOCKED.value:
+        raise Conflict(f"leg {leg_id} is not locked (it is {leg.status})", code="not_locked")
+    picked = _picked_before(session, leg)
     back = LegStatus.PICKED_UP if picked else LegStatus.ASSIGNED
     move_leg(session, leg, back, actor, "unlocked by ops")
-    booking = session.get(Booking, leg.booking_id)
+    booking = session.get(Booking, leg.booking_id, with_for_update=True)
     assert booking is not None
+    partner = session.get(PartnerProfile, leg.partner_id) if leg.partner_id else None
+    if (not picked and partner is not None and partner.kyc_status in BLOCKED_KYC
+            and not _handed_over(session, leg)):
+        _, reopened = _give_back(session, booking, leg, partner, actor, "partner blocked by ops")
+        if reopened:
+            _status_to_customer(session, booking, f"blocked{leg.id}")
+        start_search(session, booking, leg, actor=actor)
+        return leg
     send_leg_codes(session, booking, leg, tag=f"unlock{leg.version}", pickup=not picked)
     return leg
+
+
+def _handed_over(session: Session, leg: Leg) -> bool:
+    """Whether the previous relay rider handed this leg's parcel over already."""
+    prev = _previous_leg(session, leg)
+    return prev is not None and prev.status == LegStatus.DELIVERED.value
+
+
+def _picked_before(session: Session, leg: Leg) -> bool:
+    """Whether the leg's parcel was picked up (a right pickup code) before it locked."""
+    return bool(session.scalar(select(func.count()).select_from(OtpAttempt).where(
+        OtpAttempt.leg_id == leg.id, OtpAttempt.kind == "pickup", OtpAttempt.ok.is_(True))))
 
 
 def find_partner(session: Session, phone: str | None) -> tuple[Person | None,

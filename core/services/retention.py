@@ -315,6 +315,7 @@ def erase_person(session: Session, person_id: int) -> Erasure:
     received_refs = list(session.scalars(select(Booking.reference).where(
         Booking.id.in_(received))))
     _erase_messages(session, done, own, theirs, _addresses(*recipients))
+    _erase_stored_answers(session, done, person.phone)
     _erase_bookings(session, done, own, received)
 
     handoffs = select(Handoff.id).where(or_(Handoff.person_id == person.id,
@@ -397,6 +398,19 @@ def _erase_messages(session: Session, done: Erasure, own: Any, theirs: set[str],
         .returning(m.id), execution_options=_QUIET)
     _redact_templates(session, changed)
     done.add("messages", len(changed))
+
+
+def _erase_stored_answers(session: Session, done: Erasure, phone: str | None) -> None:
+    """Our stored answers to SMS and calls (kept for Twilio's retries, cleared by the
+    retention job with the messages) that show the person's number: a rider's
+    "job is yours, the sender's phone is ..." (matched by the last ten digits, as every
+    form of the number ends)."""
+    if not phone or len(phone) < 10:
+        return
+    e = InboundEvent
+    done.add("stored_answers", _changed(session, update(e).where(
+        e.response_body.is_not(None), e.response_body.contains(phone[-10:], autoescape=True))
+        .values(response_body=None)))
 
 
 def _scrub_saved_answers(session: Session, done: Erasure, refs: list[str]) -> None:
