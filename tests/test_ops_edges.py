@@ -27,7 +27,8 @@ from tests.test_dispatch import (
 pytestmark = pytest.mark.db
 
 
-def test_unlock_does_not_give_a_suspended_partner_back_a_job_they_may_not_pick_up(client, live, frozen):  # noqa: F811
+def test_unlock_does_not_give_a_suspended_partner_back_a_job_they_may_not_pick_up(
+        client, live, frozen):  # noqa: F811
     """A leg locked by wrong PICK codes, then its partner suspended by ops: block_partner
     leaves the locked leg with them (it takes back only 'assigned' legs), and ops' unlock
     puts it back to 'assigned' on the suspended partner, who is refused PICK. The parcel
