@@ -20,6 +20,10 @@ log = logging.getLogger(__name__)
 
 BP = 10_000  # basis points in 1.00
 
+# How much shorter than the straight line a road route may be: OSRM snaps each end to
+# the nearest road, which can shorten a trip by a little, never by kilometres.
+SNAP_ALLOWANCE_M = 500
+
 
 @dataclass(frozen=True)
 class DistanceResult:
@@ -97,7 +101,13 @@ def road_distance_m(
     estimate = estimate_m(a, b, detour_factor_bp)  # also validates the factor up front
     if osrm_url:
         try:
-            return DistanceResult(_osrm_metres(osrm_url, a, b, timeout_s), "osrm")
+            metres = _osrm_metres(osrm_url, a, b, timeout_s)
+            straight = haversine_m(*a, *b)
+            # No road is shorter than the straight line (less a little for the ends'
+            # snapping to the nearest road); one far longer is no route we would price.
+            if metres < straight - SNAP_ALLOWANCE_M or metres > straight * 10 + 20_000:
+                raise _OsrmFailed(f"route of {metres} m for {straight:.0f} m in a line")
+            return DistanceResult(metres, "osrm")
         except _OsrmFailed as exc:
             log.warning(
                 "OSRM route failed, using haversine estimate: %s",

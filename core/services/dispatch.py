@@ -1767,6 +1767,7 @@ def update_location(partner_id: int, lat: float, lng: float,
 # How long after the drop its proof photo may still come (the app's upload, a WhatsApp
 # photo filed by pod_leg_of).
 POD_AFTER_DROP = timedelta(hours=1)
+POD_JUST_DROPPED = timedelta(minutes=10)  # a photo this soon after a drop is of that drop
 
 
 def attach_pod(session: Session, partner: PartnerProfile, leg_id: int, data: bytes,
@@ -1799,8 +1800,16 @@ def attach_pod(session: Session, partner: PartnerProfile, leg_id: int, data: byt
 
 
 def pod_leg_of(session: Session, partner: PartnerProfile) -> Leg | None:
-    """The leg a photo from this partner belongs to: the one they are carrying now, else
-    the one they delivered in the last hour."""
+    """The leg a photo from this partner belongs to: one they delivered minutes ago and
+    have sent no photo of (the photo of the doorstep comes right after the drop, even
+    while they carry another parcel), else the one they are carrying now, else the one
+    they delivered in the last hour."""
+    just_dropped = session.scalar(select(Leg).where(
+        Leg.partner_id == partner.id, Leg.status == LegStatus.DELIVERED.value,
+        Leg.pod_photo_url.is_(None), Leg.delivered_at >= clock.now() - POD_JUST_DROPPED)
+        .order_by(Leg.delivered_at.desc(), Leg.id.desc()))
+    if just_dropped is not None:
+        return just_dropped
     carrying = session.scalar(select(Leg).where(
         Leg.partner_id == partner.id, Leg.status == LegStatus.PICKED_UP.value)
         .order_by(Leg.updated_at.desc()))

@@ -23,6 +23,10 @@ from core.services import dispatch
 MAX_AGE = timedelta(minutes=5)  # a fix older than this says nothing about now
 MAX_AHEAD = timedelta(seconds=60)  # phones' clocks drift a little, not more
 MAX_SPEED_KMH = 150  # faster than any of our vehicles on a village road
+# The most slack a fix's reported accuracy gives the speed check: without a bound, fixes
+# "accurate to 5 km" one after another walked a partner 30 km in 5 seconds, each within
+# its own slack of the last.
+MAX_SLACK_M = 500
 LAST_FIX_KEY = "partner:lastfix"
 INDIA = ZoneInfo("Asia/Kolkata")  # a partner's "today" is India's day, not UTC's
 
@@ -69,7 +73,7 @@ def record_location(partner_id: int, lat: float, lng: float, accuracy_m: float,
         seconds = (at - prev.at).total_seconds()
         # Allow the reported accuracy as slack: GPS jitter is not movement. Only a recent
         # fix says where they can be now: an old one is no reason to refuse this one.
-        moved = max(0.0, metres - accuracy_m - 100)
+        moved = max(0.0, metres - min(accuracy_m, MAX_SLACK_M) - 100)
         if prev.at >= now - MAX_AGE and moved / seconds * 3.6 > MAX_SPEED_KMH:
             raise ValidationError("that jump is too far for the time", code="impossible_jump",
                                   field="lat")

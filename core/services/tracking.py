@@ -2,23 +2,43 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from datetime import timedelta
 
+from redis.exceptions import RedisError
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from core import clock
-from core.adapters.models import Booking, Leg
+from core.adapters.models import Booking, Leg, Parcel, Vehicle
 from core.domain.booking import LegStatus
 from core.domain.dispatch import VEHICLE_SPEED_KMH
 from core.domain.geo import haversine_m
-from core.domain.pricing import VehicleType
+from core.domain.pricing import VehicleType, can_carry
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class Whereabouts:
     position: dict[str, float] | None  # {"lat": .., "lng": ..} of the carrying partner
     eta_minutes: int | None
+
+
+def _speed_kmh(session: Session, booking: Booking, partner_id: int) -> float:
+    """The rural average speed of the carrying partner's vehicle (the slowest of their
+    active ones able to carry the parcel: a promise kept rather than beaten); the quoted
+    vehicle's if none is known. Dispatch offers a job to any vehicle able to carry it, so
+    a bag quoted on a bicycle may go by motorcycle."""
+    quoted = VEHICLE_SPEED_KMH.get(VehicleType(booking.vehicle_type), 15)
+    parcel = session.scalar(select(Parcel).where(Parcel.booking_id == booking.id).limit(1))
+    if parcel is None:
+        return quoted
+    speeds = [VEHICLE_SPEED_KMH.get(VehicleType(v.type), quoted) for v in session.scalars(
+        select(Vehicle).where(Vehicle.partner_id == partner_id, Vehicle.active.is_(True)))
+        if can_carry(v.type, parcel.size_bucket, parcel.weight_bucket)]
+    return min(speeds) if speeds else quoted
 
 
 def position_and_eta(session: Session, booking: Booking) -> Whereabouts:
@@ -35,7 +55,12 @@ def position_and_eta(session: Session, booking: Booking) -> Whereabouts:
                             in (LegStatus.ASSIGNED.value, LegStatus.PICKED_UP.value)), None)
     if leg is None or leg.partner_id is None:
         return Whereabouts(position=None, eta_minutes=None)
-    fix = last_fix(leg.partner_id)
+    try:
+        fix = last_fix(leg.partner_id)
+    except RedisError:
+        # Positions live in Redis: without it the booking is still shown, without a pin.
+        log.warning("no rider position: Redis unavailable")
+        return Whereabouts(position=None, eta_minutes=None)
     max_age = timedelta(seconds=dispatch_config().location_max_age_s)
     if fix is None or fix.at < clock.now() - max_age:
         # No position, or one too old to say where they are now: none rather than a
@@ -48,6 +73,6 @@ def position_and_eta(session: Session, booking: Booking) -> Whereabouts:
     # A relay: the legs after this one are still to ride too.
     to_go += sum(x.distance_m for x in booking.legs if x.sequence > leg.sequence
                  and x.status not in (LegStatus.CANCELLED.value, LegStatus.FAILED.value))
-    speed = VEHICLE_SPEED_KMH.get(VehicleType(booking.vehicle_type), 15)
+    speed = _speed_kmh(session, booking, leg.partner_id)
     eta = max(1, round(to_go / 1000 / speed * 60))
     return Whereabouts(position={"lat": fix.lat, "lng": fix.lng}, eta_minutes=eta)
