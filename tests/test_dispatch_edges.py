@@ -238,11 +238,12 @@ def test_stop_takes_a_partner_off_duty_without_an_answer_and_start_brings_them_b
     assert sms(client, r_phone, "Stop ") == []  # Twilio answers it, and lets nothing through
     with transaction() as s:
         person = s.scalar(select(Person).where(Person.phone == r_phone))
-        assert (person.opted_out, s.get(PartnerProfile, ramesh).on_duty) == (True, False)
+        assert (person.sms_opted_out, s.get(PartnerProfile, ramesh).on_duty) == (True, False)
+        assert person.opted_out is False  # SMS's opt-out: WhatsApp stays open
     assert sms(client, r_phone, "START") == [i18n.t("dispatch.duty_on", "en")]
     with transaction() as s:
         person = s.scalar(select(Person).where(Person.phone == r_phone))
-        assert (person.opted_out, s.get(PartnerProfile, ramesh).on_duty) == (False, True)
+        assert (person.sms_opted_out, s.get(PartnerProfile, ramesh).on_duty) == (False, True)
     # "STOP 57" is no opt-out word of Twilio's: the command's answer as before.
     assert sms(client, r_phone, "STOP 57") == [i18n.t("dispatch.unknown", "en")]
 

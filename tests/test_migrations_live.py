@@ -253,7 +253,7 @@ def test_the_indexes_on_live_tables_are_all_built_concurrently(db):
     finally:
         event.remove(Engine, "before_cursor_execute", record)
     built = [s for s in statements if s.upper().startswith(("CREATE INDEX", "CREATE UNIQUE"))]
-    assert len(built) == 13  # 0013, 0015, 0016 (5), 0017, 0018, 0019 (3) and 0020
+    assert len(built) == 14  # 0013, 0015, 0016 (5), 0017, 0018, 0019 (3), 0020 and 0021
     assert [s for s in built if "CONCURRENTLY" not in s] == []
 
 
@@ -271,7 +271,7 @@ def test_an_index_left_invalid_by_a_failed_build_is_built_again(db, engine):
                   "USING btree (entity, entity_id)")
 
 
-@pytest.mark.parametrize("revision", ["0013", "0015", "0016", "0017", "0020"])
+@pytest.mark.parametrize("revision", ["0013", "0015", "0016", "0017", "0020", "0021"])
 def test_a_migration_that_commits_part_way_runs_again(db, engine, revision):
     """These commit before they end (CONCURRENTLY, batches): one stopped part-way (a lock
     timeout, a killed release) is run again from its start, and must go through."""
@@ -318,3 +318,51 @@ def test_legs_delivered_by_the_previous_release_get_their_delivery_time(db, engi
             "RETURNING delivered_at = '2026-02-01 10:00+00'")).scalar()
     assert got == {1: True, 2: False}
     assert later_photo is True
+
+
+def test_an_opt_out_moves_to_sms_for_those_who_never_chatted_on_whatsapp(db, engine):
+    """0021: who stopped which channel was not recorded. A person who never chatted with
+    us on WhatsApp can only have stopped SMS; one who chatted keeps the WhatsApp flag."""
+    upgrade(db, "0020")
+    with engine.begin() as conn:
+        conn.execute(text(
+            "INSERT INTO people (id, phone, role, opted_out) VALUES "
+            "(3, '+919800000003', 'customer', true), (4, '+919800000004', 'customer', true),"
+            " (5, '+919800000005', 'customer', false)"))
+        conn.execute(text(
+            "INSERT INTO conversations (person_id, channel, contact, step, state, misses, "
+            "handoff) "
+            "VALUES (4, 'whatsapp', 'whatsapp:+919800000004', 'menu', '{}', 0, false)"))
+    upgrade(db, "0021")
+    with engine.connect() as conn:
+        flags = conn.execute(text("SELECT id, opted_out, sms_opted_out FROM people "
+                                  "WHERE id >= 3 ORDER BY id")).all()
+    assert [tuple(f) for f in flags] == [(3, False, True), (4, True, False), (5, False, False)]
+    with engine.begin() as conn:  # the previous release's insert, without the new column
+        conn.execute(text("INSERT INTO people (id, phone, role, opted_out) "
+                          "VALUES (6, '+919800000006', 'customer', false)"))
+        assert conn.scalar(text("SELECT sms_opted_out FROM people WHERE id = 6")) is False
+
+
+def test_two_partners_on_one_payout_account_stop_the_migration_naming_them(db, engine):
+    upgrade(db, "0020")
+    with engine.begin() as conn:
+        conn.execute(text(
+            "INSERT INTO people (id, phone, role, opted_out) VALUES "
+            "(7, '+919800000007', 'partner', false)"))
+        conn.execute(text(
+            "INSERT INTO partner_profiles (id, person_id, first_name, on_duty, has_app, "
+            "rating_x100, offers_received, offers_accepted, trust_tier, max_active_legs, "
+            "kyc_status, payout_account_id) VALUES "
+            "(2, 7, 'Asha', false, true, 450, 0, 0, 1, 2, 'verified', 'acc_shared')"))
+        conn.execute(text("UPDATE partner_profiles SET payout_account_id = 'acc_shared' "
+                          "WHERE id = 1"))
+    with pytest.raises(RuntimeError, match=r"partners \[1, 2\] share one account"):
+        upgrade(db, "0021")
+    with engine.begin() as conn:  # ops give Asha her own: the migration goes through
+        conn.execute(text("UPDATE partner_profiles SET payout_account_id = 'acc_asha' "
+                          "WHERE id = 2"))
+    upgrade(db, "0021")
+    with engine.begin() as conn, pytest.raises(IntegrityError):
+        conn.execute(text("UPDATE partner_profiles SET payout_account_id = 'acc_asha' "
+                          "WHERE id = 1"))

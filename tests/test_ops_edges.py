@@ -6,9 +6,9 @@ answers their rider got."""
 from __future__ import annotations
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import func, select, text
 
-from core.adapters.db import transaction
+from core.adapters.db import autocommit, transaction
 from core.adapters.models import PartnerProfile
 from tests.test_api import API, sign_in
 from tests.test_dispatch import (
@@ -140,3 +140,46 @@ def test_an_erased_customer_s_number_leaves_the_answers_their_rider_got(client, 
         kept = [b for b in s.scalars(select(InboundEvent.response_body)) if b
                 and CUSTOMER[3:] in b]
     assert kept == []
+
+
+def test_two_operators_adding_partners_on_one_account_at_once_get_a_409_not_a_500(
+        client, operator):  # noqa: F811
+    """The check reads before either add commits: the unique index (0021) refuses the
+    second, which is answered as the check would answer it."""
+    import threading
+    import time
+
+    from core.domain.errors import Conflict
+    from core.services import admin
+
+    spec = admin.NewPartner(phone="+919812377711", name="Asha", language="hi",
+                            vehicle="bicycle", payload_kg=20, point="Laxmipur BO",
+                            payout_account="acc_Race000001")
+    outcome: list[BaseException | None] = []
+
+    def second() -> None:
+        try:
+            with transaction() as s:
+                admin.add_partner(s, admin.NewPartner(**{**spec.__dict__,
+                                                         "phone": "+919812377712"}),
+                                  actor="test")
+            outcome.append(None)
+        except BaseException as exc:  # noqa: BLE001 (the test looks at it)
+            outcome.append(exc)
+
+    with transaction() as first:
+        admin.add_partner(first, spec, actor="test")  # flushed, not committed
+        racer = threading.Thread(target=second, daemon=True)
+        racer.start()
+        until = time.monotonic() + 30
+        with autocommit() as watch:  # the racer waits on the index for this commit
+            while not watch.scalar(text("SELECT EXISTS (SELECT FROM pg_locks WHERE NOT granted"
+                                        " AND locktype = 'transactionid')")):
+                assert racer.is_alive() and time.monotonic() < until, outcome
+                time.sleep(0.01)  # a poll interval: the condition above decides
+    racer.join(30)
+    assert len(outcome) == 1 and isinstance(outcome[0], Conflict), outcome
+    assert outcome[0].code == "payout_account_taken"
+    with transaction() as s:
+        assert s.scalar(select(func.count()).select_from(PartnerProfile).where(
+            PartnerProfile.payout_account_id == "acc_Race000001")) == 1

@@ -8,6 +8,7 @@ import re
 import pytest
 from sqlalchemy import select
 
+from core import i18n
 from core.adapters.db import transaction
 from core.adapters.models import Booking, OutboxMessage, Person
 from core.services import notify
@@ -115,3 +116,124 @@ def test_a_sign_in_code_reaches_someone_who_sent_stop_on_whatsapp(client, live):
              if re.search(r"\b\d{6}\b", body)]
     assert len(codes) == 1 and codes[0][0] == "sms", messages_to(number)
     assert codes[0][1] in ("queued", "sent", "delivered")
+
+
+# Opt-outs are per channel (migration 0021): an SMS opt-out (the word texted to us, or
+# Twilio refusing an SMS with 21610) leaves WhatsApp open, and a WhatsApp STOP leaves the
+# SMS a person needs about their bookings.
+
+def sms_opted_out(number: str) -> tuple[bool, bool]:
+    """(WhatsApp flag, SMS flag) of the person at ``number``."""
+    with transaction() as s:
+        row = s.execute(select(Person.opted_out, Person.sms_opted_out)
+                        .where(Person.phone == number)).one()
+    return row.opted_out, row.sms_opted_out
+
+
+def refused_by_twilio(client, number: str) -> None:
+    """An SMS to ``number`` that Twilio reports failed with 21610 (they texted STOP)."""
+    from tests.conftest import post_twilio
+
+    with transaction() as s:
+        oid = notify.send_to_person(s, s.scalar(select(Person).where(Person.phone == number)),
+                                    "Booking news", sms_only=True)
+    assert oid is not None
+    run_jobs()
+    with transaction() as s:
+        row = s.get(OutboxMessage, oid)
+        assert row.channel == "sms"
+        sid = row.provider_sid
+    r = post_twilio(client, "/webhooks/twilio/status",
+                    {"MessageSid": sid, "MessageStatus": "failed", "ErrorCode": "21610"})
+    assert r.status_code == 204
+    run_jobs()
+
+
+def test_an_sms_refused_for_stop_leaves_whatsapp_open(client, live, frozen):  # noqa: F811
+    send_whatsapp(client, wa(CUSTOMER, "hi", "SMhi21"))
+    refused_by_twilio(client, CUSTOMER)
+    assert sms_opted_out(CUSTOMER) == (False, True)
+    booking_id = paid_booking()
+    with transaction() as s:
+        booking = s.get(Booking, booking_id)
+        notify.notify_customer(s, booking, "booking.status.paid", dedupe_key="t-paid2")
+        person = s.get(Person, booking.customer_id)
+        assert notify.send_to_person(s, person, "Hello from the team") is not None
+    assert channel_of("t-paid2") == ["whatsapp"]
+    # Nothing more by SMS: Twilio would refuse it.
+    with transaction() as s:
+        assert notify.notify_phone(s, CUSTOMER, "booking.status.paid", ref="12345678",
+                                   dedupe_key="t-phone") is not None
+    assert channel_of("t-phone") == ["whatsapp"]
+
+
+def test_a_phone_booking_of_someone_who_stopped_sms_is_followed_on_whatsapp(
+        client, live, frozen):  # noqa: F811
+    """The call promised SMS; an SMS opt-out makes WhatsApp the way, when they chat."""
+    send_whatsapp(client, wa(CUSTOMER, "hi", "SMhi22"))
+    assert sms(client, CUSTOMER, "STOP") == []  # no answer of ours (Twilio's own)
+    assert sms_opted_out(CUSTOMER) == (False, True)
+    booking_id = paid_booking()
+    with transaction() as s:
+        booking = s.get(Booking, booking_id)
+        booking.channel = "voice"
+        notify.notify_customer(s, booking, "booking.status.paid", dedupe_key="t-voice")
+    assert channel_of("t-voice") == ["whatsapp"]
+    assert sms(client, CUSTOMER, "start") == []  # Twilio confirms it
+    assert sms_opted_out(CUSTOMER) == (False, False)
+    with transaction() as s:
+        notify.notify_customer(s, s.get(Booking, booking_id), "booking.status.dispatching",
+                               dedupe_key="t-voice2")
+    assert channel_of("t-voice2") == ["sms"]
+
+
+def test_a_recipient_who_stopped_sms_gets_the_drop_code_on_whatsapp(client, live,
+                                                                     frozen):  # noqa: F811
+    send_whatsapp(client, wa(RECIPIENT, "hi", "SMhi23"))
+    assert sms(client, RECIPIENT, "Unsubscribe") == []
+    _, rider = make_partner("Ramesh", LAXMIPUR)
+    booking_id = paid_booking()
+    start(booking_id)
+    assert sms(client, rider, "1")
+    run_jobs()
+    with transaction() as s:
+        codes = list(s.scalars(select(OutboxMessage).where(
+            OutboxMessage.booking_id == booking_id,
+            OutboxMessage.dedupe_key.like("leg-%-dropotp-%"))))
+    assert [(m.channel, m.to_addr) for m in codes] == [("whatsapp", f"whatsapp:{RECIPIENT}")]
+
+
+def test_a_partner_who_stopped_sms_is_not_offered_jobs_on_whatsapp(client, live,
+                                                                   frozen):  # noqa: F811
+    """Offers are answered by SMS: one on WhatsApp could not be taken."""
+    _, rider = make_partner("Ramesh", LAXMIPUR, has_app=True)
+    send_whatsapp(client, wa(rider, "hi", "SMhi24"))
+    assert sms(client, rider, "STOP") == []
+    with transaction() as s:
+        assert notify.notify_phone(s, rider, "dispatch.duty_on") is None
+        assert s.scalar(select(OutboxMessage).where(
+            OutboxMessage.to_addr.in_([rider, f"whatsapp:{rider}"]),
+            OutboxMessage.body == i18n.t("dispatch.duty_on", "hi"))) is None
+
+
+def test_both_channels_stopped_nothing_is_sent_but_a_sign_in_code_is_tried(client, live):
+    number = "+919812300078"
+    stop_on_whatsapp(client, number)
+    assert sms(client, number, "stop") == []
+    assert sms_opted_out(number) == (True, True)
+    with transaction() as s:
+        person = s.scalar(select(Person).where(Person.phone == number))
+        assert notify.send_to_person(s, person, "Booking news", booking_id=None) is None
+    assert client.post("/api/v1/auth/otp", json={"phone": number}).status_code == 202
+    run_jobs()
+    codes = [ch for ch, body, _ in messages_to(number) if re.search(r"\b\d{6}\b", body)]
+    assert codes == ["sms"]
+
+
+def test_a_stranger_texting_stop_is_not_told_how_to_book(client, live):
+    number = "+919812300079"
+    with transaction() as s:
+        s.add(Person(phone=number, role="customer"))
+    assert sms(client, number, "STOP") == []
+    assert sms_opted_out(number) == (False, True)
+    assert sms(client, number, "hello") != []  # any other word: how to book, as before

@@ -82,7 +82,11 @@ def new_customer(phone: str = "+919812340001") -> int:
         return p.id
 
 
-def new_partner(phone: str = "+919812349001", account: str | None = "acc_partner0001") -> int:
+def new_partner(phone: str = "+919812349001", account: str | None = "") -> int:
+    """A partner on duty; by default paid to acc_partner0001, or (another phone) to an
+    account of their own: one account is one partner's (migration 0021)."""
+    if account == "":
+        account = "acc_partner0001" if phone == "+919812349001" else f"acc_p{phone[-10:]}"
     with transaction() as s:
         p = Person(phone=phone, name="Ravi", preferred_language="hi", role="partner")
         s.add(p)

@@ -23,6 +23,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    false,
     func,
     text,
 )
@@ -74,7 +75,12 @@ class Person(Base):
     name: Mapped[str | None] = mapped_column(String(120))
     preferred_language: Mapped[str | None] = mapped_column(String(5))
     role: Mapped[str] = mapped_column(String(10), default="customer")
+    # Opt-outs, one per channel (Twilio keeps them apart too): ``opted_out`` is STOP sent
+    # to the WhatsApp bot; ``sms_opted_out`` an SMS opt-out word, or Twilio refusing an SMS
+    # to the number (21610). Either leaves the other channel open.
     opted_out: Mapped[bool] = mapped_column(Boolean, default=False)
+    sms_opted_out: Mapped[bool] = mapped_column(Boolean, default=False,
+                                                server_default=false())
     created_at: Mapped[datetime] = created_col()
 
     partner: Mapped[PartnerProfile | None] = relationship(back_populates="person")
@@ -109,6 +115,8 @@ class PartnerProfile(Base):
     __table_args__ = (
         CheckConstraint("rating_x100 BETWEEN 0 AND 500", name="rating"),
         CheckConstraint("trust_tier BETWEEN 0 AND 3", name="trust_tier"),
+        # One partner per payout account: another's payouts must never reach it (0021).
+        Index("uq_partner_profiles_payout_account_id", "payout_account_id", unique=True),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)

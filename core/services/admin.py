@@ -15,6 +15,7 @@ import re
 from dataclasses import dataclass
 
 from sqlalchemy import func, or_, select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from core import clock
@@ -254,9 +255,7 @@ def add_partner(session: Session, spec: NewPartner, *, actor: str) -> Outcome:
         holder = session.scalar(select(PartnerProfile.id).where(
             PartnerProfile.payout_account_id == spec.payout_account))
         if holder is not None:  # their payouts would go to the other partner's bank
-            raise Conflict(f"payout account {spec.payout_account} is partner {holder}'s; "
-                           "each partner is paid to their own", code="payout_account_taken",
-                           field="payout_account")
+            raise _account_taken(spec.payout_account, f"partner {holder}'s")
     before = person.role if person is not None else None
     if person is None:
         person = Person(phone=phone, name=name, role="partner",
@@ -275,13 +274,26 @@ def add_partner(session: Session, spec: NewPartner, *, actor: str) -> Outcome:
                           max_size=VEHICLE_CAPACITY[vehicle].max_size.value)])
     profile.points = [home]
     session.add(profile)
-    session.flush()
+    try:
+        session.flush()
+    except IntegrityError as exc:  # another operator's add took it since the check above
+        if _ACCOUNT_INDEX in str(exc.orig):
+            raise _account_taken(spec.payout_account, "another partner's") from None
+        raise
     record(session, actor, "partner.add", f"partner:{profile.id}", phone=masked,
            person=person.id, before=before, point=home.id, vehicle=vehicle.value,
            payload_kg=spec.payload_kg, payout_account=spec.payout_account)
     return Outcome(True, profile.id, f"partner {profile.first_name} {masked} added (partner "
                    f"{profile.id}, {vehicle.value} {spec.payload_kg} kg, Point {home.name}, "
                    "KYC pending, off duty)")
+
+
+_ACCOUNT_INDEX = "uq_partner_profiles_payout_account_id"
+
+
+def _account_taken(account: str | None, whose: str) -> Conflict:
+    return Conflict(f"payout account {account} is {whose}; each partner is paid to their "
+                    "own", code="payout_account_taken", field="payout_account")
 
 
 __all__ = ["NewPartner", "Outcome", "activate_default_rate_card", "add_operator",

@@ -33,8 +33,8 @@ from core.services import outbox
 log = logging.getLogger(__name__)
 
 WHATSAPP_WINDOW = timedelta(hours=24)
-# Messages about no booking that a person who sent STOP still needs: a sign-in code is
-# sent because they just asked for it.
+# A message tried by SMS even after an SMS opt-out: a sign-in code, which they just asked
+# for (they may have opted in again where we could not see; Twilio refuses it otherwise).
 NEEDED_KEYS = frozenset({"auth.otp"})
 
 
@@ -88,9 +88,12 @@ def send_to_person(session: Session, person: Person, body: str, *,
     """Queue ``body`` to a customer on the right channel for now; the outbox row id.
 
     WhatsApp free-form inside the 24-hour window, else the language's approved template,
-    else SMS (always SMS with ``sms_only``, and after STOP on WhatsApp). None if nothing
-    can be sent (opted out and not needed, retried cause, no address)."""
-    conv = None if sms_only or person.opted_out else _whatsapp_conversation(session, person)
+    else SMS. ``sms_only`` (a phone booking's news, promised by SMS) and a STOP on
+    WhatsApp mean SMS, unless the person stopped SMS and still chats with us on WhatsApp.
+    None if nothing can be sent (both channels stopped, retried cause, no address)."""
+    sms_open = person.phone is not None and not person.sms_opted_out
+    conv = None if person.opted_out or (sms_only and sms_open) else _whatsapp_conversation(
+        session, person)
     if conv is not None:
         to = person.phone or conv.contact
         if in_whatsapp_window(conv):
@@ -127,10 +130,17 @@ def notify_customer(session: Session, booking: Booking, key: str, *,
 def notify_phone(session: Session, phone: str, key: str, *, lang: str | None = None,
                  dedupe_key: str | None = None, booking_id: int | None = None,
                  **params: object) -> int | None:
-    """Queue catalog message ``key`` by SMS to a phone (recipients, partners)."""
+    """Queue catalog message ``key`` by SMS to a phone (recipients, partners); by
+    WhatsApp to a customer who stopped SMS and chats with us there (a drop code must
+    reach the recipient). A partner's job messages stay SMS: they are answered by SMS."""
+    person = session.scalar(select(Person).where(Person.phone == phone))
     if lang is None:
-        lang = language_of(session.scalar(select(Person).where(Person.phone == phone)))
+        lang = language_of(person)
     body = i18n.t(key, lang, **params)
+    if (person is not None and person.sms_opted_out and person.role == "customer"
+            and key not in NEEDED_KEYS):
+        return send_to_person(session, person, body, dedupe_key=dedupe_key,
+                              booking_id=booking_id)
     return outbox.queue_message(session, channel="sms", to=phone, body=body,
                                 dedupe_key=dedupe_key, booking_id=booking_id,
                                 needed=key in NEEDED_KEYS)

@@ -137,12 +137,13 @@ def queue_message(
     """Add a message to the outbox in the caller's transaction; deliver after commit.
 
     Returns the row id, or None when ``dedupe_key`` was already used (the cause was
-    retried) or the recipient opted out and does not need it. A ``reply`` answers a
-    message the recipient just sent (the dialog decided what an opted-out contact hears,
-    e.g. the STOP confirmation). After STOP no WhatsApp message we start goes out; an SMS
-    still does if the recipient needs it: about a booking (``booking_id``: its link,
-    details, codes, status, refund) or ``needed`` (a sign-in code they asked for).
-    notify sends an opted-out person's messages by SMS for that reason.
+    retried) or the recipient opted out. A ``reply`` answers a message the recipient just
+    sent (the dialog decided what an opted-out contact hears, e.g. the STOP
+    confirmation). After STOP on WhatsApp no WhatsApp message we start goes out, and an
+    SMS only if they need it: about a booking (``booking_id``: its link, details, codes,
+    status, refund) or ``needed`` (a sign-in code they asked for). After an SMS opt-out
+    no SMS goes out but a ``needed`` one (tried: they may have opted in again where we
+    could not see; Twilio refuses it otherwise). notify sends on the channel left open.
     ``send_after_commit`` is for callers that already run in a worker (a drain job): the
     row is sent right after the commit, in the caller's order, and only a failed first try
     becomes a delivery job with retries.
@@ -151,11 +152,9 @@ def queue_message(
         raise ValidationError("a message needs a body or media", code="empty_message")
     settings = get_settings()
     to_addr = address(channel, to)
-    if not reply and not (channel == "sms" and (needed or booking_id is not None)):
-        opted_out = session.scalar(select(Person.opted_out).where(_person_at(to_addr)))
-        if opted_out:
-            log.info("recipient opted out; message dropped", extra={"channel": channel})
-            return None
+    if not reply and not needed and _opted_out(session, channel, to_addr, booking_id):
+        log.info("recipient opted out; message dropped", extra={"channel": channel})
+        return None
     from_addr = settings.twilio_whatsapp_from if channel == "whatsapp" else settings.twilio_sms_from
     # A row sent right after the commit is claimed ("sending", first attempt) as it is
     # written: no other sender can take it, and if this worker dies before sending, the
@@ -370,9 +369,23 @@ def _person_at(to_addr: str) -> ColumnElement[bool]:
     return Person.phone == who if who.startswith("+") else Person.wa_id == who
 
 
+def _opted_out(session: Session, channel: str, to_addr: str, booking_id: int | None) -> bool:
+    if channel == "whatsapp":
+        return bool(session.scalar(select(Person.opted_out).where(_person_at(to_addr))))
+    row = session.execute(select(Person.opted_out, Person.sms_opted_out)
+                          .where(_person_at(to_addr))).first()
+    return row is not None and (row.sms_opted_out or (row.opted_out and booking_id is None))
+
+
+def _opt_out_at(to_addr: str) -> dict[str, bool]:
+    """The flag Twilio's refusal of a message to ``to_addr`` sets: its channel's."""
+    return {"opted_out" if to_addr.startswith("whatsapp:") else "sms_opted_out": True}
+
+
 def _mark_opted_out(to_addr: str) -> None:
     with transaction() as session:
-        session.execute(update(Person).where(_person_at(to_addr)).values(opted_out=True))
+        session.execute(update(Person).where(_person_at(to_addr))
+                        .values(**_opt_out_at(to_addr)))
     _partners_off_duty([to_addr])
 
 
@@ -591,7 +604,8 @@ def apply_reports(reports: list[StatusReport]) -> int:
                 closed.append((row, report.error_code))
         session.execute(insert(MessageStatusEvent), events)
         for to_addr in sorted(stopped):
-            session.execute(update(Person).where(_person_at(to_addr)).values(opted_out=True))
+            session.execute(update(Person).where(_person_at(to_addr))
+                            .values(**_opt_out_at(to_addr)))
         for row, code in closed:
             _by_sms_instead(session, row, code)
     _partners_off_duty(sorted(stopped))

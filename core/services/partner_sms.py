@@ -36,6 +36,8 @@ def handle(session: Session, msg: InboundMessage) -> list[str]:
     person, partner = dispatch.find_partner(session, msg.phone)
     lang = (person.preferred_language if person else None) or i18n.DEFAULT_LANGUAGE
     if partner is None:
+        if _opt_out_or_in(session, person, None, msg.body, lang) is not None:
+            return []  # a customer's or a recipient's opt-out word: recorded, Twilio answers
         return _tell_stranger(session, msg.contact, lang, person)
     cmd = parse_command(msg.body)
     savepoint = session.begin_nested()
@@ -73,22 +75,25 @@ OPT_IN_WORDS = frozenset({"start", "unstop", "yes"})
 
 def _opt_out_or_in(session: Session, person: Person | None, partner, body: str,
                    lang: str) -> list[str] | None:
-    """The answer to an opt-out or opt-in keyword (None: any other message). After an
-    opt-out a partner without the app is off duty (as OFF: their open offers answered no,
-    a job taken stays theirs), and nothing is answered (Twilio does, and lets nothing of
-    ours through). An opt-in ends the opt-out; START and YES then do what they always do
-    (ON, accept)."""
+    """The answer to an SMS opt-out or opt-in keyword (None: any other message), for
+    anyone we know (a partner, or a customer or recipient: ``partner`` None). The opt-out
+    is SMS's alone: WhatsApp stays open. After an opt-out a partner without the app is
+    off duty (as OFF: their open offers answered no, a job taken stays theirs), and
+    nothing is answered (Twilio does, and lets nothing of ours through). An opt-in ends
+    the opt-out; a partner's START and YES then do what they always do (ON, accept)."""
     word = body.strip().casefold()
     if person is None:
         return None
     if word in OPT_OUT_WORDS:
-        person.opted_out = True
-        if not partner.has_app:  # the app still brings their offers
+        person.sms_opted_out = True
+        if partner is not None and not partner.has_app:  # the app still brings offers
             dispatch.set_duty(session, partner, False)
             log.info("partner opted out of SMS: off duty")
         return []
-    if word in OPT_IN_WORDS and person.opted_out:
-        person.opted_out = False
+    if word in OPT_IN_WORDS and person.sms_opted_out:
+        person.sms_opted_out = False
+        if partner is None:
+            return []  # Twilio confirms it
         if word == "unstop":
             return dispatch.status_lines(session, partner, lang)
     return None
