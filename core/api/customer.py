@@ -2,21 +2,17 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
-
-from flask import Response, jsonify, request
+from flask import Response, jsonify
 from pydantic import BaseModel, Field
 from sqlalchemy import select
-from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session, selectinload
 
-from core.adapters.api_models import IdempotencyRecord
 from core.adapters.db import transaction
 from core.adapters.models import Booking, PartnerProfile
 from core.adapters.pincode import nearest, normalize_pincode, pincode_centroid, post_offices
 from core.api import bp
 from core.api.auth_guard import principal
+from core.api.idempotency import idempotent
 from core.api.schemas import (
     BookingOut,
     FareLineOut,
@@ -29,7 +25,7 @@ from core.api.schemas import (
     PlaceOut,
     RecipientIn,
 )
-from core.api.spec import ApiError, Strict, endpoint
+from core.api.spec import Strict, endpoint
 from core.domain.booking import Actor, ActorKind, BookingStatus, LegStatus
 from core.domain.errors import DomainError, NotFound, ValidationError
 from core.domain.phone import mask_phone
@@ -241,42 +237,20 @@ def create_quote(body: QuoteRequest) -> QuoteOut:
                     fares=[_fare_out(t, q) for t in q.fares], rider_free_now=free)
 
 
-def _request_hash(body: BookingRequest) -> str:
-    canonical = json.dumps(body.model_dump(mode="json"), sort_keys=True)
-    return hashlib.sha256(canonical.encode()).hexdigest()
-
-
 @endpoint(bp, "POST", "/bookings", summary="Book (send Idempotency-Key to retry safely)",
           roles=CUSTOMER, body=BookingRequest, response=BookingOut, status=201,
           tags=("customer",), errors=(404, 409))
 def create_booking(body: BookingRequest) -> BookingOut | Response:
     who = principal()
-    key = request.headers.get("Idempotency-Key", "").strip()
-    if key and (len(key) > 100 or not key.isprintable()):
-        raise ApiError(422, "validation_error", "Idempotency-Key: at most 100 printable "
-                       "characters", "Idempotency-Key")
-    digest = _request_hash(body)
+    # The fingerprint is the body alone, as before the ops reply had keys too: answers
+    # saved before stay replayable. No other endpoint's fingerprint has these fields.
+    once = idempotent(who.person_id, body.model_dump(mode="json"))
     pickup = resolve_place(body.pickup, "pickup")
     drop = resolve_place(body.drop, "drop")
     with transaction() as session:
-        if key:
-            # Claim the key first: a concurrent retry waits here, then replays our answer.
-            claimed = session.scalar(
-                insert(IdempotencyRecord)
-                .values(person_id=who.person_id, key=key, request_hash=digest, status=0,
-                        response={})
-                .on_conflict_do_nothing(constraint="uq_idempotency_person_key")
-                .returning(IdempotencyRecord.id))
-            if claimed is None:
-                rec = session.scalar(select(IdempotencyRecord).where(
-                    IdempotencyRecord.person_id == who.person_id, IdempotencyRecord.key == key))
-                assert rec is not None
-                if rec.request_hash != digest:
-                    raise ApiError(422, "idempotency_key_reused",
-                                   "this Idempotency-Key was used for a different request",
-                                   "Idempotency-Key")
-                return Response(json.dumps(rec.response, ensure_ascii=False),
-                                status=rec.status, mimetype="application/json")
+        # Claim the key first: a concurrent retry waits here, then replays our answer.
+        if (saved := once.claim(session)) is not None:
+            return saved
         booking_service.check_service_area(session, pickup, drop)
         actor = Actor("customer", str(who.person_id))
         b = booking_service.create_booking(
@@ -287,11 +261,7 @@ def create_booking(body: BookingRequest) -> BookingOut | Response:
         session.flush()
         session.refresh(b)
         out = booking_out(session, b)
-        if key:
-            rec = session.get(IdempotencyRecord, claimed)
-            assert rec is not None
-            rec.status = 201
-            rec.response = out.model_dump(mode="json")
+        once.save(session, 201, out)
     return out
 
 

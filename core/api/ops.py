@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from flask import Response
 from pydantic import BaseModel, Field
 from sqlalchemy import or_, select
 from sqlalchemy.orm import Session, selectinload
@@ -23,6 +24,7 @@ from core.adapters.models import Booking, Leg, PartnerProfile, Person
 from core.api import bp
 from core.api.auth_guard import principal
 from core.api.customer import bookings_out
+from core.api.idempotency import idempotent
 from core.api.schemas import CursorPage, CursorQuery, Keyset, OpsBookingOut
 from core.api.spec import ApiError, Strict, endpoint
 from core.domain.booking import Actor, BookingStatus, LegStatus
@@ -286,12 +288,23 @@ def ops_handoff_phone(handoff_id: int) -> PhoneOut:
         return PhoneOut(phone=phone)
 
 
-@endpoint(bp, "POST", "/ops/handoffs/<int:handoff_id>/reply", summary="Answer the person",
+@endpoint(bp, "POST", "/ops/handoffs/<int:handoff_id>/reply",
+          summary="Answer the person (send Idempotency-Key to retry safely: a retry "
+                  "sends nothing again)",
           roles=OPS, body=ReplyIn, response=Done, tags=("ops",), errors=(404, 409))
-def ops_handoff_reply(handoff_id: int, body: ReplyIn) -> Done:
+def ops_handoff_reply(handoff_id: int, body: ReplyIn) -> Done | Response:
+    who = principal()
+    # The operator's keys are theirs for every request: the route is in the fingerprint,
+    # so a key reused for another handoff, another text (or another endpoint) is refused.
+    once = idempotent(who.person_id, {"route": "ops.handoff_reply", "handoff_id": handoff_id,
+                                      "body": body.body})
     with transaction() as session:
-        handoff.reply(session, handoff_id, f"ops:{principal().person_id}", body.body)
-    return Done()
+        if (saved := once.claim(session)) is not None:
+            return saved  # sent the first time: nothing is sent again
+        handoff.reply(session, handoff_id, f"ops:{who.person_id}", body.body)
+        done = Done()
+        once.save(session, 200, done)
+    return done
 
 
 @endpoint(bp, "POST", "/ops/handoffs/<int:handoff_id>/close",
