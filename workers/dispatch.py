@@ -45,8 +45,9 @@ def resume_search(leg_id: int, round_no: int) -> str:
 
 def sweep() -> dict[str, int]:
     """Expire offers whose timeout job was lost, move stalled searches on, chase taken jobs
-    not picked up or delivered in time, ask again for the ratings of deliveries whose
-    try was lost (core.services.rating); then reschedule."""
+    not picked up or delivered in time (a relay leg's rider not come to the Point for the
+    parcel too), ask again for the ratings of deliveries whose try was lost
+    (core.services.rating); then reschedule."""
     try:
         try:
             done = dispatch.sweep()

@@ -23,8 +23,11 @@ How a leg finds its partner:
    waiting at the Point.
 6. A taken job must move on (the sweep checks): not picked up ``DISPATCH_PICKUP_MINUTES``
    after it was taken, the partner is reminded and the customer and ops told; after twice
-   that it is taken back and offered again. A parcel picked up longer ago than the tier's
-   delivery hours and not delivered is reported to ops.
+   that it is taken back and offered again. A relay's later leg is chased the same way
+   from when its parcel is due at the Point (``point_pickup_late``): its rider, not come
+   to collect it, is reminded, then the leg is taken back while the carrier keeps the
+   parcel. A parcel picked up longer ago than the tier's delivery hours and not delivered
+   is reported to ops.
 
 Every function that takes a Session works in the caller's transaction; job entry points
 open their own. Lock order is always leg, then offers, then the partner rows they change,
@@ -1020,6 +1023,13 @@ def sweep() -> dict[str, int]:
             done["late_pickups"] += 1
         elif result == "taken-back":
             done["taken_back"] += 1
+    done["point_late_pickups"] = done["point_taken_back"] = 0
+    for leg_id in _point_no_shows(now):
+        result = point_pickup_late(leg_id)
+        if result == "reminded":
+            done["point_late_pickups"] += 1
+        elif result == "taken-back":
+            done["point_taken_back"] += 1
     done["late_deliveries"] = sum(delivery_late(leg_id) == "alerted"
                                   for leg_id in _late_deliveries(now))
     return done
@@ -1049,7 +1059,7 @@ def _paid_not_dispatched(now: datetime) -> list[int]:
 # First legs assigned longer than the pickup window, from their latest assignment (an
 # unlock by ops assigns again), not reminded yet for it unless due to be taken back. A
 # relay's later leg is left out: its parcel comes from the previous rider, face to face
-# at the Point, and a late one there is that leg's delay (``delivery_late``).
+# at the Point, so its window starts when the parcel is due there (_POINT_WAITS).
 _LATE_PICKUPS = text("""
 SELECT l.id FROM legs l
 CROSS JOIN LATERAL (SELECT t.id, t.at FROM transitions t
@@ -1176,6 +1186,126 @@ def delivery_late(leg_id: int) -> str:
                   dedupe_key=f"leg-{leg.id}-late-delivery", ref=booking.reference,
                   job=job_code(leg), hours=hours)
         return "alerted"
+
+
+# A relay's later leg taken by a rider who has not collected its parcel, while the rider
+# of the leg before still carries it to (or waits with it at) the Point: nobody tells us
+# when they get there, so the parcel is due at the Point its ride after that rider picked
+# it up, at the speed of their slowest active vehicle (the booking's vehicle if they have
+# none), or when this leg was taken, if later. A parcel handed over already (the leg
+# before delivered) is in this rider's hands (parcel_in_hand): no such leg; nor is one
+# whose rider also rides the leg before (they carry the parcel themselves). The speeds
+# come as :types / :kmh (VEHICLE_SPEED_KMH).
+_POINT_WAITS = """
+WITH speeds(type, kmh) AS (SELECT * FROM unnest(CAST(:types AS text[]), CAST(:kmh AS int[])))
+SELECT l.id AS leg_id, l.booking_id, a.id AS assigned_id, a.at AS assigned_at,
+       greatest(a.at, p.at + make_interval(
+           secs => CAST(pv.distance_m * 3.6 / s.kmh AS double precision))) AS due_at
+FROM legs l
+JOIN bookings b ON b.id = l.booking_id
+JOIN legs pv ON pv.booking_id = l.booking_id AND pv.sequence = l.sequence - 1
+CROSS JOIN LATERAL (SELECT t.id, t.at FROM transitions t
+                    WHERE t.entity = 'leg' AND t.entity_id = l.id AND t.to_status = 'assigned'
+                    ORDER BY t.id DESC LIMIT 1) a
+CROSS JOIN LATERAL (SELECT min(t.at) AS at FROM transitions t
+                    WHERE t.entity = 'leg' AND t.entity_id = pv.id
+                      AND t.to_status = 'picked_up') p
+CROSS JOIN LATERAL (SELECT COALESCE(
+    (SELECT min(sp.kmh) FROM vehicles v JOIN speeds sp ON sp.type = v.type
+     WHERE v.partner_id = pv.partner_id AND v.active),
+    (SELECT sp.kmh FROM speeds sp WHERE sp.type = b.vehicle_type),
+    (SELECT min(sp.kmh) FROM speeds sp)) AS kmh) s
+WHERE l.status = 'assigned' AND l.sequence > 1 AND l.partner_id IS NOT NULL
+  AND pv.status = 'picked_up' AND pv.partner_id IS DISTINCT FROM l.partner_id
+  AND NOT (b.status = ANY(CAST(:closed AS text[])))
+"""
+
+# Those whose parcel was due at the Point longer than the pickup window ago, not reminded
+# yet for this assignment unless due to be taken back (the "-late-" keys, as for first
+# legs).
+_POINT_NO_SHOWS = text(f"""
+SELECT w.leg_id FROM ({_POINT_WAITS}) w
+WHERE w.due_at < :late
+  AND (w.due_at < :take_back OR NOT EXISTS (
+       SELECT 1 FROM outbox_messages o WHERE o.booking_id = w.booking_id
+         AND o.dedupe_key LIKE 'leg-' || w.leg_id || '-a' || w.assigned_id || '-late-%'))
+ORDER BY w.leg_id LIMIT 500
+""")
+_POINT_WAIT_OF = text(f"SELECT * FROM ({_POINT_WAITS}) w WHERE w.leg_id = :leg_id")
+
+
+def _point_wait_params() -> dict[str, object]:
+    return {"types": [str(vt) for vt in rules.VEHICLE_SPEED_KMH],
+            "kmh": list(rules.VEHICLE_SPEED_KMH.values()), "closed": sorted(CLOSED_BOOKING)}
+
+
+def _point_no_shows(now: datetime) -> list[int]:
+    window = pickup_window()
+    with transaction() as session:
+        return list(session.scalars(_POINT_NO_SHOWS, {
+            **_point_wait_params(), "late": now - window, "take_back": now - 2 * window}))
+
+
+def point_pickup_late(leg_id: int) -> str:
+    """A relay's later leg whose rider has not come to the Point for the parcel: a pickup
+    window after it was due there (_POINT_WAITS), the rider is reminded once and ops are
+    alerted; after twice the window the leg is taken back as if they had given it back (it
+    counts against them, and they are not offered it again), their handover code stops
+    working, and it is offered to others while the rider with the parcel is told to keep
+    it. Not for a parcel handed over to them already (parcel_in_hand), a leg picked up, or
+    a closed booking. A rider suspended meanwhile is not sent to the Point: the leg is
+    taken back when due (block_partner does that as they are suspended)."""
+    window = pickup_window()
+    with transaction() as session:
+        booking_id = session.scalar(select(Leg.booking_id).where(Leg.id == leg_id))
+        if booking_id is None:
+            return "missing"
+        # The legs in order, then the booking, as acceptance and the handover do: the leg
+        # before is changed too (its handover code), and its rider may be at the Point
+        # keying in the code right now.
+        leg = next((x for x in lock_legs(session, booking_id) if x.id == leg_id), None)
+        booking = session.get(Booking, booking_id, with_for_update=True)
+        if leg is None or booking is None:
+            return "missing"
+        if (leg.status != LegStatus.ASSIGNED.value or leg.partner_id is None
+                or leg.sequence == 1 or booking.status in CLOSED_BOOKING
+                or parcel_in_hand(session, leg)):
+            return "stale"
+        wait = session.execute(_POINT_WAIT_OF, {**_point_wait_params(),
+                                                "leg_id": leg.id}).one_or_none()
+        if wait is None:
+            # The leg before is not on its way (locked by wrong codes), or this rider
+            # carries it themselves.
+            return "stale"
+        now = clock.now()
+        waited = now + DUE_TOLERANCE - wait.due_at
+        if waited < window:
+            return "not-due"
+        partner = session.get(PartnerProfile, leg.partner_id)
+        assert partner is not None
+        job, tag = job_code(leg), f"leg-{leg.id}-a{wait.assigned_id}"
+        blocked = partner.kyc_status in BLOCKED_KYC
+        if waited >= 2 * window or blocked:
+            reason = "partner blocked by ops" if blocked else "not at the Point in time"
+            _give_back(session, booking, leg, partner, SYSTEM, reason)
+            _sms_partner(session, partner,
+                         "dispatch.job_cancelled" if blocked else "dispatch.taken_back",
+                         booking_id=booking.id, dedupe_key=f"{tag}-taken-back", job=job)
+            search = start_search(session, booking, leg)
+            _tell_carrier_to_wait(session, booking, leg, search)
+            log.warning("relay job taken back: the rider did not come to the Point",
+                        extra={"leg_id": leg.id, "partner_id": partner.id})
+            return "taken-back"
+        if _last_sent(session, booking, f"{tag}-late-%") is not None:
+            return "already-reminded"
+        # The "-late-" keys mark the reminder as done for the sweep (_POINT_NO_SHOWS).
+        _sms_partner(session, partner, "dispatch.point_pickup_late", booking_id=booking.id,
+                     dedupe_key=f"{tag}-late-partner", job=job,
+                     point=_place(session, booking, leg, "from"))
+        alert_ops(session, "dispatch.ops_pickup_late", booking_id=booking.id,
+                  dedupe_key=f"{tag}-late-ops", ref=booking.reference, job=job,
+                  minutes=int((now - wait.assigned_at).total_seconds() // 60))
+        return "reminded"
 
 
 # --- partner actions ------------------------------------------------------------------
@@ -1896,6 +2026,6 @@ def find_partner(session: Session, phone: str | None) -> tuple[Person | None,
 
 __all__ = ["accept", "attach_pod", "cancel_by_partner", "config", "confirm", "continue_search",
            "decline", "delivery_late", "find_candidates", "offer_timeout", "pickup_late",
-           "pickup_window", "plan_legs", "search_deadline", "set_duty", "start_dispatch",
-           "start_search", "status_lines", "sweep", "tell_recipient_not_coming", "unlock_leg",
-           "update_location"]
+           "pickup_window", "plan_legs", "point_pickup_late", "search_deadline", "set_duty",
+           "start_dispatch", "start_search", "status_lines", "sweep",
+           "tell_recipient_not_coming", "unlock_leg", "update_location"]
