@@ -357,8 +357,10 @@ def test_sms_parts_are_counted_as_carriers_count_them() -> None:
     assert [sms_parts("क" * n) for n in (70, 71, 134, 135)] == [1, 2, 2, 3]
 
 
+# A phone caller's booking news and their request for a person go by SMS too.
 SMS_KEYS = sorted(k for k in i18n.keys("en")
-                  if k.startswith(("dispatch.", "payment.", "pay.", "auth.", "sms.", "ivr.sms."))
+                  if k.startswith(("dispatch.", "payment.", "pay.", "auth.", "sms.", "ivr.sms.",
+                                   "booking.", "bot.handoff."))
                   and ".ops_" not in k and not k.startswith("dispatch.size.")
                   and k not in SMS_LONGER)
 
@@ -374,6 +376,9 @@ def test_texts_sent_by_sms_fit_two_parts(lang: str) -> None:
                   if k in names or k.removesuffix("_paise") in names}
         if "tier" in params:
             params["tier"] = i18n.t("tier.standard", lang, hours=8)
+        if names & {"open", "close"}:  # the team's hours, as the dialog says them
+            params["open"] = i18n.t("time_of_day.morning", lang, time="10:30")
+            params["close"] = i18n.t("time_of_day.evening", lang, time="9:30")
         assert names <= {k.removesuffix("_paise") for k in params}, (key, names)
         text = i18n.t(key, lang, **params)
         if sms_parts(text) > 2:
