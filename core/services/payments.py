@@ -580,9 +580,10 @@ def _record_link_payments(booking_id: int, entity: dict, cause: str) -> str:
     for p in entity.get("payments") or []:
         if not isinstance(p, dict) or p.get("status") != "captured":
             continue
-        pid, amount = p.get("payment_id"), p.get("amount")
-        if not isinstance(pid, str) or not pid or isinstance(amount, bool) or (
-                not isinstance(amount, int) or amount <= 0):
+        # A payment whose id or amount our columns cannot hold is malformed, not recorded
+        # (it would fail its job on every retry); the reconciliation reports it.
+        pid, amount = p.get("payment_id"), _paise(p, "amount")
+        if not isinstance(pid, str) or not 0 < len(pid) <= GATEWAY_ID_MAX or not amount:
             continue
         outcome = record_capture(booking_id, pid, amount, cause=cause, link_status="paid")
     if outcome == LINK_WITHOUT_PAYMENT:
@@ -667,10 +668,26 @@ def _note_str(entity: dict, name: str) -> str | None:
     return raw if isinstance(raw, str) and 0 < len(raw) <= GATEWAY_ID_MAX else None
 
 
+# The largest amount we take from the gateway: ₹10 crore, the largest sum the service
+# takes anywhere (a parcel's declared value, api.schemas), thousands of times any fare.
+# Beyond it an event is malformed: its amount could break the ledger's BIGINT (or, added
+# up, its balances) and fail its job on every retry. A real payment beyond it is not lost
+# unseen: it is logged, and the reconciliation reports it missing in the ledger.
+GATEWAY_AMOUNT_MAX = 10_00_00_000_00
+
+
 def _paise(entity: dict, name: str) -> int | None:
-    """An amount in paise as the gateway sends it (a whole number >= 0), else None."""
+    """An amount in paise as the gateway sends it (a whole number from 0 to
+    GATEWAY_AMOUNT_MAX), else None."""
     raw = entity.get(name)
-    return raw if isinstance(raw, int) and not isinstance(raw, bool) and raw >= 0 else None
+    if isinstance(raw, int) and not isinstance(raw, bool) and 0 <= raw <= GATEWAY_AMOUNT_MAX:
+        return raw
+    return None
+
+
+def _bad_amount(entity: dict, *names: str) -> bool:
+    """The entity has one of ``names`` but not as an amount we take."""
+    return any(entity.get(n) is not None and _paise(entity, n) is None for n in names)
 
 
 def process_event(event_row_id: int) -> str:
@@ -693,8 +710,11 @@ def process_event(event_row_id: int) -> str:
 
 
 def _booking_for_payment(payment: dict, link: dict | None) -> int | None:
-    """Which booking a payment belongs to: our notes, our link row, else ask the gateway."""
-    booking_id = gw.note_int(link or {}, "booking_id") or gw.note_int(payment, "booking_id")
+    """Which booking of ours a payment belongs to: our notes, our link row, else ask the
+    gateway. A booking id in notes counts only if we have that booking: another system on
+    the same Razorpay account names bookings of its own numbering."""
+    booking_id = _first_booking([gw.note_int(link or {}, "booking_id"),
+                                 gw.note_int(payment, "booking_id")])
     if booking_id:
         return booking_id
     pid, plink = _gateway_id(payment), _gateway_id(link or {})
@@ -710,11 +730,19 @@ def _booking_for_payment(payment: dict, link: dict | None) -> int | None:
                 return found
     if pid:
         links = gw.client().payment_link.all({"payment_id": pid}).get("payment_links") or []
-        for entity in links:
-            bid = gw.note_int(entity, "booking_id")
-            if bid:
-                return bid
+        return _first_booking([gw.note_int(e, "booking_id") for e in links
+                               if isinstance(e, dict)])
     return None
+
+
+def _first_booking(ids: list[int | None]) -> int | None:
+    """The first of ``ids`` that is a booking we have (one query), else None."""
+    wanted = {i for i in ids if i is not None}
+    if not wanted:
+        return None
+    with transaction() as session:
+        ours = set(session.scalars(select(Booking.id).where(Booking.id.in_(wanted))))
+    return next((i for i in ids if i in ours), None)
 
 
 def _on_capture(data: dict, cause: str) -> str:
@@ -723,6 +751,7 @@ def _on_capture(data: dict, cause: str) -> str:
         return "not-captured"
     pid, amount = _gateway_id(payment), _paise(payment, "amount")
     if pid is None or not amount:
+        log.warning("payment event without a usable id or amount")
         return "bad-payload"
     booking_id = _booking_for_payment(payment, link)
     if booking_id is None:
@@ -864,6 +893,10 @@ def _on_transfer(data: dict, cause: str) -> str:
         # Nothing to key a payout or a failure on: a malformed event, not a transfer.
         log.warning("transfer event without an id", extra={"leg_id": leg_id})
         return "transfer-without-id"
+    if processed and _bad_amount(entity, "amount", "amount_reversed"):
+        # An amount no ledger entry can take: a malformed event, nothing changed by it.
+        log.warning("transfer event with a bad amount", extra={"leg_id": leg_id})
+        return "bad-payload"
     with transaction() as session:
         row = session.scalar(select(LegTransfer).where(
             (LegTransfer.transfer_id == tid) | (LegTransfer.leg_id == (leg_id or -1))))

@@ -10,6 +10,10 @@ failed, or reversed) at the gateway is a mismatch.
 Each difference (missing on either side, amount differs) is recorded once per (kind,
 entity, gateway id) and marked resolved when a later run finds it matching. Operators
 read them with ``list_mismatches`` (the ops REST endpoint comes with the REST API).
+
+One item the gateway cannot show this run (a 5xx for that fetch) is not compared, not
+reported as missing: the rest of the run is recorded, and the window marker stays at or
+before that item's ledger entry, so a later run compares it.
 """
 
 from __future__ import annotations
@@ -19,13 +23,14 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import select, tuple_
+from sqlalchemy import func, select, tuple_
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
 from core import clock
 from core.adapters import razorpay_gateway as gw
 from core.adapters.db import transaction
+from core.adapters.models import Booking
 from core.adapters.payment_models import (
     LedgerPosting,
     LedgerTransaction,
@@ -70,11 +75,23 @@ def _pages(fetch, since: datetime, until: datetime) -> Iterator[dict]:
         skip += PAGE
 
 
+class _NoAnswer(Exception):
+    """The gateway could not show one item this run (its trouble, a 5xx): the item is
+    neither found nor missing, and is compared on a later run."""
+
+
 def _fetch_one(fetch, gateway_id: str) -> dict | None:
+    """The gateway's item, or None if it does not know it; _NoAnswer if it could not say.
+    No connection at all raises on: the whole run fails and the next one starts from
+    where the last completed run ended."""
     try:
         return fetch(gateway_id)
     except gw.BadRequestError:
         return None
+    except (gw.ServerError, gw.GatewayError) as exc:
+        log.warning("the gateway could not show one item; compared next run",
+                    extra={"gateway_id": gateway_id, "error": str(exc)[:200]})
+        raise _NoAnswer from exc
 
 
 def _ledger_amounts(session: Session, kind: EntryKind, account_kind: AccountKind,
@@ -102,12 +119,24 @@ def _ledger_amounts(session: Session, kind: EntryKind, account_kind: AccountKind
 
 
 def _compare(entity: str, gateway: dict[str, int], ledger_side: dict[str, tuple[int, int | None]],
-             fetch_one, booking_of: dict[str, int | None]) -> tuple[list[Finding], set[str]]:
+             fetch_one, noted: dict[str, int | None], ours: set[int]
+             ) -> tuple[list[Finding], set[str], set[str]]:
+    """Findings, the gateway ids compared, and those the gateway could not show this run
+    (not compared: neither found nor missing).
+
+    ``noted``: the booking each gateway item's notes name. Another system on the same
+    account names bookings of its own numbering: a finding refers to a booking only if
+    it is one of ``ours`` (its booking_id is a key); else the detail tells the note."""
     findings: list[Finding] = []
+    unanswered: set[str] = set()
     for gid, amount in gateway.items():
         if gid not in ledger_side:
-            findings.append(Finding("missing_in_ledger", entity, gid, booking_of.get(gid), None,
-                                    amount, f"{entity} at the gateway has no ledger entry"))
+            booking_id, detail = noted.get(gid), f"{entity} at the gateway has no ledger entry"
+            if booking_id is not None and booking_id not in ours:
+                detail += f"; its notes name booking {booking_id}, none of ours"
+                booking_id = None
+            findings.append(Finding("missing_in_ledger", entity, gid, booking_id, None,
+                                    amount, detail))
         elif ledger_side[gid][0] != amount:
             findings.append(Finding("amount_differs", entity, gid, ledger_side[gid][1],
                                     ledger_side[gid][0], amount,
@@ -115,7 +144,11 @@ def _compare(entity: str, gateway: dict[str, int], ledger_side: dict[str, tuple[
     for gid, (amount, booking_id) in ledger_side.items():
         if gid in gateway:
             continue
-        entity_at_gw = fetch_one(gid)
+        try:
+            entity_at_gw = fetch_one(gid)
+        except _NoAnswer:
+            unanswered.add(gid)
+            continue
         gw_amount = _gateway_amount(entity, entity_at_gw)
         if gw_amount is None:
             why = "unknown to the gateway" if not entity_at_gw else "not settled at the gateway"
@@ -124,7 +157,7 @@ def _compare(entity: str, gateway: dict[str, int], ledger_side: dict[str, tuple[
         elif gw_amount != amount:
             findings.append(Finding("amount_differs", entity, gid, booking_id, amount, gw_amount,
                                     f"{entity} amount differs between ledger and gateway"))
-    return findings, set(gateway) | set(ledger_side)
+    return findings, (set(gateway) | set(ledger_side)) - unanswered, unanswered
 
 
 def _gateway_amount(entity: str, item: dict | None) -> int | None:
@@ -147,7 +180,8 @@ def _released(transfer: dict) -> bool:
 def _add_open_items(c, refunds: dict[str, dict], transfers: dict[str, dict]) -> None:
     """Add what our rows still show open (refunds pending, transfers on hold or pending),
     fetched one by one, when the gateway settled them: a refund processed or a transfer
-    released days after it was created falls outside every later window."""
+    released days after it was created falls outside every later window. Open rows are
+    fetched again every run: one the gateway cannot show now is asked next run."""
     with transaction() as session:
         refund_ids = set(session.scalars(select(Refund.gateway_refund_id).where(
             Refund.status == "pending", Refund.gateway_refund_id.is_not(None))
@@ -157,12 +191,18 @@ def _add_open_items(c, refunds: dict[str, dict], transfers: dict[str, dict]) -> 
             LegTransfer.transfer_id.is_not(None)).limit(OPEN_ITEMS)))
     for rid in refund_ids - set(refunds):
         assert rid is not None, "the query keeps only refunds with a gateway id"
-        item = _fetch_one(c.refund.fetch, rid)
+        try:
+            item = _fetch_one(c.refund.fetch, rid)
+        except _NoAnswer:
+            continue
         if item and item.get("status") == "processed":
             refunds[rid] = item
     for tid in transfer_ids - set(transfers):
         assert tid is not None, "the query keeps only transfers with a gateway id"
-        item = _fetch_one(c.transfer.fetch, tid)
+        try:
+            item = _fetch_one(c.transfer.fetch, tid)
+        except _NoAnswer:
+            continue
         if item and _released(item):
             transfers[tid] = item
 
@@ -211,24 +251,49 @@ def run(since: datetime | None = None, until: datetime | None = None) -> dict[st
                 voided_trf.add(ref)
     findings: list[Finding] = []
     checked: dict[str, set[str]] = {}
+    unanswered: set[str] = set()
+    noted = {gid: gw.note_int(item, "booking_id")
+             for items in (payments, refunds, transfers) for gid, item in items.items()}
+    ours = _existing_bookings({bid for bid in noted.values() if bid is not None})
     for entity, gateway_items, led, fetch in (
         ("payment", payments, led_pay, c.payment.fetch),
         ("refund", refunds, led_ref, c.refund.fetch),
         ("transfer", transfers, led_trf, c.transfer.fetch),
     ):
         amounts = {gid: _gateway_amount(entity, item) or 0 for gid, item in gateway_items.items()}
-        bookings = {gid: gw.note_int(item, "booking_id") for gid, item in gateway_items.items()}
-        found, seen = _compare(entity, amounts, led, lambda gid, f=fetch: _fetch_one(f, gid),
-                               bookings)
+        found, seen, skipped = _compare(entity, amounts, led,
+                                        lambda gid, f=fetch: _fetch_one(f, gid), noted, ours)
         findings += found
+        unanswered |= skipped
         checked[entity] = seen | (voided_trf if entity == "transfer" else set())
     _record(findings, checked)
     if default_window:
-        redis_client().set(LAST_UNTIL_KEY, int(until.timestamp()))
+        redis_client().set(LAST_UNTIL_KEY, int(_marker(until, unanswered).timestamp()))
     if findings:
         log.warning("reconciliation found mismatches", extra={"count": len(findings)})
     return {"mismatches": len(findings), "payments": len(payments), "refunds": len(refunds),
             "transfers": len(transfers)}
+
+
+def _existing_bookings(ids: set[int]) -> set[int]:
+    """Which of ``ids`` are bookings we have (one query)."""
+    if not ids:
+        return set()
+    with transaction() as session:
+        return set(session.scalars(select(Booking.id).where(Booking.id.in_(ids))))
+
+
+def _marker(until: datetime, unanswered: set[str]) -> datetime:
+    """Where the next run may start: ``until``, or the earliest ledger entry of an item the
+    gateway could not show if that is earlier. Such an item came into this run by its
+    entry being in the window: a next window starting after the entry would never compare
+    it (an entry older than CATCH_UP is given up, as any item of a longer outage is)."""
+    if not unanswered:
+        return until
+    with transaction() as session:
+        earliest = session.scalar(select(func.min(LedgerTransaction.created_at)).where(
+            LedgerTransaction.gateway_ref.in_(unanswered)))
+    return min(until, earliest) if earliest is not None else until
 
 
 def _window_start(until: datetime) -> datetime:
