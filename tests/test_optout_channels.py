@@ -8,9 +8,9 @@ import re
 import pytest
 from sqlalchemy import select
 
-from core import i18n
 from core.adapters.db import transaction
 from core.adapters.models import Booking, OutboxMessage, Person
+from core.domain.booking import Actor
 from core.services import notify
 from tests.conftest import run_jobs, send_whatsapp
 from tests.test_dispatch import (
@@ -205,15 +205,19 @@ def test_a_recipient_who_stopped_sms_gets_the_drop_code_on_whatsapp(client, live
 
 def test_a_partner_who_stopped_sms_is_not_offered_jobs_on_whatsapp(client, live,
                                                                    frozen):  # noqa: F811
-    """Offers are answered by SMS: one on WhatsApp could not be taken."""
-    _, rider = make_partner("Ramesh", LAXMIPUR, has_app=True)
+    """Offers are answered by SMS: one on WhatsApp could not be taken (the app brings
+    them to a partner who has it)."""
+    from core.adapters.models import PartnerProfile
+    from core.services import dispatch
+
+    ramesh, rider = make_partner("Ramesh", LAXMIPUR, has_app=True)
     send_whatsapp(client, wa(rider, "hi", "SMhi24"))
     assert sms(client, rider, "STOP") == []
-    with transaction() as s:
-        assert notify.notify_phone(s, rider, "dispatch.duty_on") is None
-        assert s.scalar(select(OutboxMessage).where(
-            OutboxMessage.to_addr.in_([rider, f"whatsapp:{rider}"]),
-            OutboxMessage.body == i18n.t("dispatch.duty_on", "hi"))) is None
+    booking_id = paid_booking()
+    with transaction() as s:  # how every job message of a partner's is sent
+        dispatch._sms_partner(s, s.get(PartnerProfile, ramesh), "dispatch.duty_on",
+                              dedupe_key="t-job", booking_id=booking_id)
+    assert channel_of("t-job") == []
 
 
 def test_both_channels_stopped_nothing_is_sent_but_a_sign_in_code_is_tried(client, live):
@@ -237,3 +241,100 @@ def test_a_stranger_texting_stop_is_not_told_how_to_book(client, live):
     assert sms(client, number, "STOP") == []
     assert sms_opted_out(number) == (False, True)
     assert sms(client, number, "hello") != []  # any other word: how to book, as before
+
+
+def test_recipient_given_the_code_on_whatsapp_hears_the_booking_is_cancelled(
+        client, live, frozen):  # noqa: F811
+    """A recipient who stopped SMS gets the drop code on WhatsApp (fdcef51). When the
+    booking is then cancelled they hold a code for a parcel that will not come: they must
+    hear it, as a recipient sent the code by SMS does."""
+    send_whatsapp(client, wa(RECIPIENT, "hi", "SMrev17hi1"))
+    assert sms(client, RECIPIENT, "STOP") == []
+    _, rider = make_partner("Ramesh", LAXMIPUR)
+    booking_id = paid_booking()
+    start(booking_id)
+    assert sms(client, rider, "1")
+    with transaction() as s:
+        codes = list(s.scalars(select(OutboxMessage.channel).where(
+            OutboxMessage.booking_id == booking_id,
+            OutboxMessage.dedupe_key.like("leg-%-dropotp-%"))))
+    assert codes == ["whatsapp"]  # the code reached them on WhatsApp
+    with transaction() as s:
+        from core.services import payments
+
+        payments.cancel_booking(s, s.get(Booking, booking_id), Actor("ops", "1"), "ops")
+    with transaction() as s:
+        told = list(s.scalars(select(OutboxMessage.channel).where(
+            OutboxMessage.dedupe_key == f"cancelled-{booking_id}-recipient")))
+    assert told == ["whatsapp"], "the recipient holding the code was not told"
+
+
+def test_a_recipient_we_never_met_texting_stop_is_not_told_how_to_book(client, live,
+                                                                       frozen):  # noqa: F811
+    """fdcef51 says a recipient's opt-out word is recorded, no longer answered with how to
+    book. A recipient is mostly only a number on a booking (no people row): their STOP is
+    still answered, and the next drop code still goes to them by SMS (Twilio refuses it)."""
+    number = "+919876500077"
+    with transaction() as s:
+        assert s.scalar(select(Person.id).where(Person.phone == number)) is None
+    assert sms(client, number, "STOP") == []
+    _, rider = make_partner("Ramesh", LAXMIPUR)
+    booking_id = paid_booking(recipient=number)
+    start(booking_id)
+    assert sms(client, rider, "1")
+    with transaction() as s:
+        by_sms = list(s.scalars(select(OutboxMessage.id).where(
+            OutboxMessage.booking_id == booking_id, OutboxMessage.to_addr == number)))
+    assert by_sms == []
+
+
+def test_a_drop_code_refused_by_sms_for_stop_goes_on_whatsapp_to_a_chatting_recipient(
+        client, live, frozen):  # noqa: F811
+    """The recipient texted STOP where we could not see it (another number of the
+    messaging service): Twilio refuses the drop code by SMS with 21610. WhatsApp is open
+    and they chat with us right now, so the code must go there, as a WhatsApp message
+    refused for its window goes by SMS (outbox._by_sms_instead); else the parcel cannot
+    be handed over."""
+    from tests.conftest import post_twilio, run_jobs
+
+    send_whatsapp(client, wa(RECIPIENT, "hi", "SMrev17hi3"))
+    _, rider = make_partner("Ramesh", LAXMIPUR)
+    booking_id = paid_booking()
+    start(booking_id)
+    assert sms(client, rider, "1")
+    run_jobs()
+    with transaction() as s:
+        (row,) = s.scalars(select(OutboxMessage).where(
+            OutboxMessage.booking_id == booking_id,
+            OutboxMessage.dedupe_key.like("leg-%-dropotp-%")))
+        assert row.channel == "sms"
+        sid, body = row.provider_sid, row.body
+    r = post_twilio(client, "/webhooks/twilio/status",
+                    {"MessageSid": sid, "MessageStatus": "failed", "ErrorCode": "21610"})
+    assert r.status_code == 204
+    run_jobs()
+    with transaction() as s:
+        assert s.scalar(select(Person.sms_opted_out).where(Person.phone == RECIPIENT))
+        again = list(s.scalars(select(OutboxMessage.channel).where(
+            OutboxMessage.booking_id == booking_id, OutboxMessage.body == body,
+            OutboxMessage.to_addr == f"whatsapp:{RECIPIENT}")))
+    assert again == ["whatsapp"], "the refused drop code never reached the recipient"
+
+
+def test_a_partner_who_is_a_booking_s_recipient_gets_the_drop_code_on_whatsapp(
+        client, live, frozen):  # noqa: F811
+    """A partner (with the app) who stopped SMS and chats with us on WhatsApp receives a
+    parcel: the drop code is not a job message of theirs (those stay SMS), it is the
+    recipient's code, and must reach them where they can be reached, as for a customer."""
+    _, asha = make_partner("Asha", (26.95, 84.95), has_app=True)
+    send_whatsapp(client, wa(asha, "hi", "SMrev17hi4"))
+    assert sms(client, asha, "STOP") == []
+    _, rider = make_partner("Ramesh", LAXMIPUR)
+    booking_id = paid_booking(recipient=asha)
+    start(booking_id)
+    assert sms(client, rider, "1")
+    with transaction() as s:
+        codes = list(s.scalars(select(OutboxMessage.channel).where(
+            OutboxMessage.booking_id == booking_id,
+            OutboxMessage.dedupe_key.like("leg-%-dropotp-%"))))
+    assert codes == ["whatsapp"]

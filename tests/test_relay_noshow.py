@@ -385,3 +385,29 @@ def test_two_sweeps_at_once_remind_and_take_back_once(client, live, frozen):  # 
     with transaction() as s:
         assert s.scalar(select(PartnerProfile.offers_accepted).where(
             PartnerProfile.id == relay.asha)) == 0
+
+
+def test_ops_unlocking_the_carrier_s_handover_does_not_take_the_next_leg_back_at_once(
+        client, live, frozen):  # noqa: F811
+    """Ramesh reaches Point A on time; the handover codes go wrong and leg 1 locks, so
+    nobody can hand over. Ops unlock it a while later and send both riders fresh codes:
+    Asha, who is told the new code to read out, must get a window for the handover, not
+    lose the job (counted against her) at the very next sweep."""
+    relay = Relay(client)
+    freeze_at(relay.arrival_s + 5 * MIN)  # Ramesh at Point A, on time
+    old = last_code(relay.a_phone, "पार्सल लें")
+    wrong = f"{(int(old) + 1) % 10000:04d}"
+    for _ in range(5):
+        sms(client, relay.r_phone, f"DROP {wrong}")
+    assert relay.leg(1).status == "locked"
+    freeze_at(relay.arrival_s + 61 * MIN)  # locked: nothing to chase
+    assert _point_counts(dispatch.sweep()) == (0, 0)
+    freeze_at(relay.arrival_s + 150 * MIN)  # ops get to it
+    with transaction() as s:
+        dispatch.unlock_leg(s, relay.leg1, Actor("ops", "1"))
+    assert relay.leg(1).status == "picked_up"
+    before = len(bodies_to(relay.a_phone))
+    freeze_at(relay.arrival_s + 151 * MIN)  # the next sweep, a minute later
+    done = dispatch.sweep()
+    assert (relay.leg(2).status, relay.leg(2).partner_id) == ("assigned", relay.asha), (
+        _point_counts(done), bodies_to(relay.a_phone)[before:])

@@ -165,7 +165,7 @@ def _sms_partner(session: Session, partner: PartnerProfile, key: str, *, dedupe_
                  booking_id: int | None = None, **params: object) -> None:
     person = _person(session, partner)
     if person.phone:
-        notify.notify_phone(session, person.phone, key, lang=_lang(person),
+        notify.notify_phone(session, person.phone, key, lang=_lang(person), sms_only=True,
                             dedupe_key=dedupe_key, booking_id=booking_id, **params)
 
 
@@ -185,7 +185,8 @@ def alert_ops(session: Session, key: str, *, dedupe_key: str, booking_id: int | 
         try:
             # lang=None: each operator's own language, looked up by the phone.
             if notify.notify_phone(session, phone, key, lang=None, booking_id=booking_id,
-                                   dedupe_key=f"{dedupe_key}-{phone}"[:120], **params):
+                                   sms_only=True, dedupe_key=f"{dedupe_key}-{phone}"[:120],
+                                   **params):
                 sent += 1
         except ValidationError:
             log.warning("ops phone cannot take SMS", extra={"key": key})
@@ -216,11 +217,12 @@ def _last_sent(session: Session, booking: Booking, key_like: str, *,
                to_phone: str | None = None) -> str | None:
     """The dedupe key of the latest message queued for the booking whose key is like
     ``key_like`` (the keys name what was said: ``leg-<id>-dropotp-...``), optionally to one
-    phone by SMS; None if there is none."""
+    phone (by SMS, or on WhatsApp for someone who stopped SMS); None if there is none."""
     query = select(OutboxMessage.dedupe_key).where(OutboxMessage.booking_id == booking.id,
                                                    OutboxMessage.dedupe_key.like(key_like))
     if to_phone is not None:
-        query = query.where(OutboxMessage.to_addr == outbox.address("sms", to_phone))
+        query = query.where(OutboxMessage.to_addr.in_(
+            [outbox.address("sms", to_phone), outbox.address("whatsapp", to_phone)]))
     return session.scalar(query.order_by(OutboxMessage.id.desc()).limit(1))
 
 
@@ -1199,7 +1201,7 @@ def delivery_late(leg_id: int) -> str:
 _POINT_WAITS = """
 WITH speeds(type, kmh) AS (SELECT * FROM unnest(CAST(:types AS text[]), CAST(:kmh AS int[])))
 SELECT l.id AS leg_id, l.booking_id, a.id AS assigned_id, a.at AS assigned_at,
-       greatest(a.at, p.at + make_interval(
+       greatest(a.at, p.last_at, p.at + make_interval(
            secs => CAST(pv.distance_m * 3.6 / s.kmh AS double precision))) AS due_at
 FROM legs l
 JOIN bookings b ON b.id = l.booking_id
@@ -1207,7 +1209,7 @@ JOIN legs pv ON pv.booking_id = l.booking_id AND pv.sequence = l.sequence - 1
 CROSS JOIN LATERAL (SELECT t.id, t.at FROM transitions t
                     WHERE t.entity = 'leg' AND t.entity_id = l.id AND t.to_status = 'assigned'
                     ORDER BY t.id DESC LIMIT 1) a
-CROSS JOIN LATERAL (SELECT min(t.at) AS at FROM transitions t
+CROSS JOIN LATERAL (SELECT min(t.at) AS at, max(t.at) AS last_at FROM transitions t
                     WHERE t.entity = 'leg' AND t.entity_id = pv.id
                       AND t.to_status = 'picked_up') p
 CROSS JOIN LATERAL (SELECT COALESCE(

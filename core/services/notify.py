@@ -129,16 +129,16 @@ def notify_customer(session: Session, booking: Booking, key: str, *,
 
 def notify_phone(session: Session, phone: str, key: str, *, lang: str | None = None,
                  dedupe_key: str | None = None, booking_id: int | None = None,
-                 **params: object) -> int | None:
+                 sms_only: bool = False, **params: object) -> int | None:
     """Queue catalog message ``key`` by SMS to a phone (recipients, partners); by
-    WhatsApp to a customer who stopped SMS and chats with us there (a drop code must
-    reach the recipient). A partner's job messages stay SMS: they are answered by SMS."""
+    WhatsApp to someone who stopped SMS and chats with us there (a drop code must reach
+    the recipient). ``sms_only``: a partner's job messages and ops alerts, which are
+    answered by SMS, never go another way."""
     person = session.scalar(select(Person).where(Person.phone == phone))
     if lang is None:
         lang = language_of(person)
     body = i18n.t(key, lang, **params)
-    if (person is not None and person.sms_opted_out and person.role == "customer"
-            and key not in NEEDED_KEYS):
+    if person is not None and person.sms_opted_out and not sms_only and key not in NEEDED_KEYS:
         return send_to_person(session, person, body, dedupe_key=dedupe_key,
                               booking_id=booking_id)
     return outbox.queue_message(session, channel="sms", to=phone, body=body,

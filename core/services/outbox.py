@@ -295,6 +295,10 @@ def _send(c: _Claimed) -> str:
         _record_failure(outbox_id, code=exc.code, error=str(exc), final=final)
         if exc.code == STOP_ERROR_CODE:
             _mark_opted_out(to)
+            with transaction() as session:
+                refused = session.get(OutboxMessage, outbox_id)
+                if refused is not None:
+                    _on_whatsapp_instead(session, refused)
         elif exc.code in BY_SMS_CODES and final:
             with transaction() as session:
                 refused = session.get(OutboxMessage, outbox_id)
@@ -572,6 +576,7 @@ def apply_reports(reports: list[StatusReport]) -> int:
         by_sid = {row.provider_sid: row for row in rows if row.provider_sid}
         events: list[dict[str, object]] = []
         stopped: set[str] = set()
+        stopped_rows: list[OutboxMessage] = []
         closed: list[tuple[OutboxMessage, str]] = []
         for report in reports:
             status = report.status.lower()
@@ -600,12 +605,15 @@ def apply_reports(reports: list[StatusReport]) -> int:
                 row.status = status
             if report.error_code == STOP_ERROR_CODE:
                 stopped.add(row.to_addr)
+                stopped_rows.append(row)
             elif report.error_code in BY_SMS_CODES and status in _FINAL_FAILURES:
                 closed.append((row, report.error_code))
         session.execute(insert(MessageStatusEvent), events)
         for to_addr in sorted(stopped):
             session.execute(update(Person).where(_person_at(to_addr))
                             .values(**_opt_out_at(to_addr)))
+        for row in stopped_rows:
+            _on_whatsapp_instead(session, row)
         for row, code in closed:
             _by_sms_instead(session, row, code)
     _partners_off_duty(sorted(stopped))
@@ -641,6 +649,36 @@ def _by_sms_instead(session: Session, row: OutboxMessage, code: str | None = Non
     log.info("whatsapp refused; sent by SMS instead", extra={"outbox_id": row.id})
     return queue_message(session, channel="sms", to=phone, body=row.body,
                          dedupe_key=f"sms-for-{row.id}", booking_id=row.booking_id)
+
+
+def _on_whatsapp_instead(session: Session, row: OutboxMessage) -> int | None:
+    """An SMS about a booking that Twilio refused because the person opted out of SMS
+    (21610) goes on WhatsApp when they chat with us there (a recipient's drop code, a
+    phone booking's news), as notify sends it from now on. Not a partner's job messages
+    (about a booking they were offered or carry) nor ops alerts: those are answered by
+    SMS, and the partner is off duty already."""
+    from core.adapters.dispatch_models import DispatchOffer
+    from core.adapters.models import Leg, PartnerProfile
+    from core.services import notify  # notify sends through this module
+
+    if row.channel != "sms" or row.booking_id is None:
+        return None
+    person = session.scalar(select(Person).where(_person_at(row.to_addr)))
+    if person is None or person.role == "ops":
+        return None
+    partner_id = session.scalar(select(PartnerProfile.id).where(
+        PartnerProfile.person_id == person.id))
+    if partner_id is not None and session.scalar(select(
+            select(Leg.id).where(Leg.booking_id == row.booking_id, Leg.partner_id == partner_id)
+            .union_all(select(Leg.id).join(DispatchOffer, DispatchOffer.leg_id == Leg.id)
+                       .where(Leg.booking_id == row.booking_id,
+                              DispatchOffer.partner_id == partner_id)).exists())):
+        return None
+    new_id = notify.send_to_person(session, person, row.body, dedupe_key=f"wa-for-{row.id}",
+                                   booking_id=row.booking_id)
+    if new_id is not None:
+        log.info("sms refused for STOP; sent on WhatsApp instead", extra={"outbox_id": row.id})
+    return new_id
 
 
 def sweep(now_age: timedelta = timedelta(seconds=60)) -> int:

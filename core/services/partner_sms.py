@@ -36,6 +36,12 @@ def handle(session: Session, msg: InboundMessage) -> list[str]:
     person, partner = dispatch.find_partner(session, msg.phone)
     lang = (person.preferred_language if person else None) or i18n.DEFAULT_LANGUAGE
     if partner is None:
+        if person is None and msg.phone and msg.body.strip().casefold() in OPT_OUT_WORDS:
+            # A recipient we never met (most have no row): the opt-out is kept, so their
+            # drop code goes another way or not at all, never to a number Twilio refuses.
+            person = Person(phone=msg.phone, role="customer", sms_opted_out=True)
+            session.add(person)
+            return []
         if _opt_out_or_in(session, person, None, msg.body, lang) is not None:
             return []  # a customer's or a recipient's opt-out word: recorded, Twilio answers
         return _tell_stranger(session, msg.contact, lang, person)
