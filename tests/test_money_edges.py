@@ -242,3 +242,16 @@ def test_a_ledger_refund_the_gateway_cannot_show_is_left_open_and_compared_later
     reconciliation.run()
     assert refund_findings() == [("amount_differs", clock.now().isoformat())]
     assert {m["kind"] for m in open_mismatches()} == {"amount_differs"}
+
+
+def test_a_gateway_item_our_columns_cannot_hold_is_left_out_not_a_failed_run():
+    """Findings come from the gateway's list answers too: an id over 60 characters or an
+    amount beyond bigint (no real answer has one) must not fail the run's other findings."""
+    F = reconciliation.Finding
+    odd = [F("missing_in_ledger", "payment", "pay_" + "x" * 80, None, None, 100, "long id"),
+           F("missing_in_ledger", "payment", "pay_huge", None, None, 2**63, "huge amount")]
+    fine = F("missing_in_ledger", "payment", "pay_ok000000001", None, None, 500, "stray")
+    reconciliation._record([*odd, fine], {"payment": set()})
+    with transaction() as s:
+        rows = [m["gateway_id"] for m in reconciliation.list_mismatches(s)]
+    assert rows == ["pay_ok000000001"]

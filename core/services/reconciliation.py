@@ -306,11 +306,25 @@ def _window_start(until: datetime) -> datetime:
     return since
 
 
+_BIGINT = 2**63
+
+
+def _storable(f: Finding) -> bool:
+    """A finding our columns can hold: an answer no real gateway gives (an id over 60
+    characters, an amount beyond bigint) is logged and left out, not a failed run."""
+    if len(f.gateway_id) <= 60 and all(
+            a is None or -_BIGINT <= a < _BIGINT for a in (f.ledger_amount, f.gateway_amount)):
+        return True
+    log.warning("a gateway item our columns cannot hold; not recorded",
+                extra={"entity": f.entity, "gateway_id": f.gateway_id[:60]})
+    return False
+
+
 def _record(findings: list[Finding], checked: dict[str, set[str]]) -> None:
     now = clock.now()
     with transaction() as session:
         keys = set()
-        for f in findings:
+        for f in filter(_storable, findings):
             keys.add((f.kind, f.entity, f.gateway_id))
             values = {"booking_id": f.booking_id, "ledger_amount_paise": f.ledger_amount,
                       "gateway_amount_paise": f.gateway_amount, "detail": f.detail[:200],
