@@ -255,3 +255,31 @@ def test_a_gateway_item_our_columns_cannot_hold_is_left_out_not_a_failed_run():
     with transaction() as s:
         rows = [m["gateway_id"] for m in reconciliation.list_mismatches(s)]
     assert rows == ["pay_ok000000001"]
+
+
+def test_more_open_refunds_than_a_run_asks_about_are_each_asked_in_turn(live, monkeypatch):
+    """A run asks the gateway about OPEN_ITEMS open rows; the next run goes on after
+    them, so none is left unasked for good however many are open."""
+    from core.adapters import razorpay_gateway as gw
+    from core.adapters.payment_models import Refund
+    from tests.test_payments_support import confirmed_booking
+
+    monkeypatch.setattr(reconciliation, "OPEN_ITEMS", 2)
+    for n in (1, 2, 3):  # one open refund a booking
+        bid = confirmed_booking(f"+91981240{n:04d}")
+        with transaction() as s:
+            s.add(Refund(booking_id=bid, attempt=1, payment_id=f"pay_open{n:06d}",
+                         gateway_refund_id=f"rfnd_open{n:06d}", amount_paise=100,
+                         fee_paise=0, reason="cancelled", actor="system", status="pending"))
+    asked: list[str] = []
+    c = gw.client()
+    real = c.refund.fetch
+    monkeypatch.setattr(c.refund, "fetch", lambda rid, *a, **kw: (asked.append(rid),
+                                                                    real(rid, *a, **kw))[1])
+    runs = []
+    for _ in range(3):
+        asked.clear()
+        reconciliation._add_open_items(c, {}, {})
+        runs.append(sorted(asked))
+    assert set(runs[0]) | set(runs[1]) == {f"rfnd_open{n:06d}" for n in (1, 2, 3)}, runs
+    assert all(len(r) == 2 for r in runs), runs

@@ -23,6 +23,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
+from redis.exceptions import RedisError
 from sqlalchemy import func, select, tuple_
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
@@ -50,6 +51,7 @@ LAST_UNTIL_KEY = "reconciliation:last-until"
 CATCH_UP = timedelta(days=30)
 PAGE = 100
 OPEN_ITEMS = 500  # open rows fetched one by one per run
+OPEN_CURSOR_KEY = "reconciliation:open-after:"  # + refunds | transfers: the last row asked
 
 
 @dataclass(frozen=True)
@@ -177,18 +179,41 @@ def _released(transfer: dict) -> bool:
     return transfer.get("status") not in ("failed", "reversed") and not transfer.get("on_hold")
 
 
+def _open_page(session: Session, id_col, gid_col, is_open, cursor_key: str) -> set[str]:
+    """At most OPEN_ITEMS open rows' gateway ids, taking up after the last run's page (by
+    row id, from the start again after the last): with more open rows than a run asks
+    about (transfers on hold for every leg in flight), each is asked in turn, not the
+    same first ones every run."""
+    try:
+        after = int(redis_client().get(cursor_key) or 0)
+    except (RedisError, ValueError):
+        after = 0
+    base = select(id_col, gid_col).where(is_open, gid_col.is_not(None)).order_by(id_col)
+    rows = session.execute(base.where(id_col > after).limit(OPEN_ITEMS)).all()
+    if len(rows) < OPEN_ITEMS and after:  # the end: on from the first
+        rows += session.execute(base.where(id_col <= after)
+                                .limit(OPEN_ITEMS - len(rows))).all()
+        nxt = rows[-1][0] if rows else 0
+    else:
+        nxt = rows[-1][0] if len(rows) == OPEN_ITEMS else 0
+    try:
+        redis_client().set(cursor_key, nxt)
+    except RedisError:
+        log.warning("reconciliation: the open items' place was not kept")
+    return {gid for _, gid in rows}
+
+
 def _add_open_items(c, refunds: dict[str, dict], transfers: dict[str, dict]) -> None:
     """Add what our rows still show open (refunds pending, transfers on hold or pending),
     fetched one by one, when the gateway settled them: a refund processed or a transfer
     released days after it was created falls outside every later window. Open rows are
     fetched again every run: one the gateway cannot show now is asked next run."""
     with transaction() as session:
-        refund_ids = set(session.scalars(select(Refund.gateway_refund_id).where(
-            Refund.status == "pending", Refund.gateway_refund_id.is_not(None))
-            .limit(OPEN_ITEMS)))
-        transfer_ids = set(session.scalars(select(LegTransfer.transfer_id).where(
-            LegTransfer.status.in_(("on_hold", "pending")),
-            LegTransfer.transfer_id.is_not(None)).limit(OPEN_ITEMS)))
+        refund_ids = _open_page(session, Refund.id, Refund.gateway_refund_id,
+                                Refund.status == "pending", OPEN_CURSOR_KEY + "refunds")
+        transfer_ids = _open_page(session, LegTransfer.id, LegTransfer.transfer_id,
+                                  LegTransfer.status.in_(("on_hold", "pending")),
+                                  OPEN_CURSOR_KEY + "transfers")
     for rid in refund_ids - set(refunds):
         assert rid is not None, "the query keeps only refunds with a gateway id"
         try:
