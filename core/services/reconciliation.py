@@ -189,7 +189,7 @@ def _open_page(session: Session, id_col, gid_col, is_open, cursor_key: str) -> s
     except (RedisError, ValueError):
         after = 0
     base = select(id_col, gid_col).where(is_open, gid_col.is_not(None)).order_by(id_col)
-    rows = session.execute(base.where(id_col > after).limit(OPEN_ITEMS)).all()
+    rows = list(session.execute(base.where(id_col > after).limit(OPEN_ITEMS)).all())
     if len(rows) < OPEN_ITEMS and after:  # the end: on from the first
         rows += session.execute(base.where(id_col <= after)
                                 .limit(OPEN_ITEMS - len(rows))).all()
