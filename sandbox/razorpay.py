@@ -16,7 +16,7 @@ Controls for tests and demos (Redis keys, or the helpers below):
   (ops: create_link, refund, fetch_refund, transfer, edit_transfer, reverse,
   list_transfers);
 - ``sandbox:razorpay:lose_next:create_link``: create the link, but answer 503 (the answer
-  was "lost": the retry meets "reference_id already exists");
+  was "lost": the retry meets "reference ID already attempted");
 - ``sandbox:razorpay:webhook_order`` = ``reversed``: send a batch of webhooks backwards;
 - ``sandbox:razorpay:webhook_repeat`` = N: send every webhook N times;
 - ``sandbox:razorpay:refund_outcome`` / ``transfer_outcome`` = ``failed``;
@@ -243,7 +243,8 @@ def create_link():
     r = redis_client()
     plink_id = _new_id("plink")
     if ref and not r.set(f"{PREFIX}:ref:{ref}", plink_id, nx=True):
-        return _error(400, f"Payment Link with reference_id {ref} already exists",
+        # Razorpay's documented wording (Create a Payment Link, errors).
+        return _error(400, "payment link creation with reference ID already attempted",
                       field="reference_id")
     base = get_settings().public_base_url
     link = {

@@ -44,6 +44,7 @@ FAIL_LIST_KEY = "sandbox:twilio:fail_list"
 FAIL_LIST_TO_KEY = "sandbox:twilio:fail_list_to"
 MAGIC_INVALID = "+15005550001"
 MAGIC_UNREACHABLE = "+15005550009"
+TEMPLATE_MAX = 1024  # WhatsApp: a template's text with its parameters (Twilio 63021)
 
 
 def _twilio_error(status: int, code: int, message: str):
@@ -114,6 +115,11 @@ def create_message(account_sid: str):
             return _twilio_error(400, 63021, "Channel invalid content error: template "
                                  "parameters cannot have new-line/tab characters or more "
                                  "than 4 consecutive spaces")
+        if sum(len(v) for v in values.values()) > TEMPLATE_MAX:
+            # The template's own words count too: ours are a few, left out here.
+            return _twilio_error(400, 63021, "Channel invalid content error: Length of the "
+                                 "parameters and the template text exceeds the allowed "
+                                 "length of 1024 for WhatsApp")
         # Twilio renders the approved template; we keep what would be shown.
         body = f"[template {content_sid}] {request.form.get('ContentVariables', '{}')}"
     if not to:

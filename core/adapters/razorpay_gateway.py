@@ -73,6 +73,8 @@ def note_int(entity: dict, name: str) -> int | None:
 
 
 def is_duplicate_reference(exc: Exception) -> bool:
-    """Razorpay's refusal of a second payment link with the same reference_id."""
-    return isinstance(exc, BadRequestError) and "reference_id" in str(exc).lower() and (
-        "already" in str(exc).lower())
+    """Razorpay's refusal of a second payment link with the same reference_id (its
+    documented wording: "payment link creation with reference ID already attempted"; the
+    field's name, "reference_id", is taken too)."""
+    said = str(exc).lower().replace("_", " ")
+    return isinstance(exc, BadRequestError) and "reference id" in said and "already" in said

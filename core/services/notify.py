@@ -100,7 +100,7 @@ def send_to_person(session: Session, person: Person, body: str, *,
             return outbox.queue_message(session, channel="whatsapp", to=to, body=body,
                                         dedupe_key=dedupe_key, booking_id=booking_id)
         sid = whatsapp_templates().get(language_of(person))
-        if sid:
+        if sid and outbox.fits_template(body):
             row_id = outbox.queue_message(session, channel="whatsapp", to=to, body=body,
                                           dedupe_key=dedupe_key, booking_id=booking_id)
             if row_id is not None:

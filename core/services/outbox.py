@@ -75,8 +75,10 @@ WINDOW_CLOSED_CODE = "63016"
 # WhatsApp's messaging limit for our sender (it resets within a day): a payment link or a
 # code cannot wait that long.
 RATE_LIMITED_CODE = "63018"
+# WhatsApp refused the content: a template over its length, a parameter it cannot take.
+CONTENT_REFUSED_CODE = "63021"
 # WhatsApp refusals whose text goes by SMS instead (once).
-BY_SMS_CODES = frozenset({WINDOW_CLOSED_CODE, RATE_LIMITED_CODE})
+BY_SMS_CODES = frozenset({WINDOW_CLOSED_CODE, RATE_LIMITED_CODE, CONTENT_REFUSED_CODE})
 STALE_SENDING = timedelta(minutes=15)
 # A row whose own look-ups failed for this long since its claim is sent again unasked.
 GIVE_UP_UNKNOWN = timedelta(hours=24)
@@ -239,6 +241,17 @@ def deliver(outbox_id: int) -> str:
 _LINE_BREAKS = re.compile(r"\s*[\r\n]+\s*")
 _SPACES = re.compile(r"\s{2,}|\t")
 _SENTENCE_END = (".", "!", "?", "।", ":", "|")
+
+
+# WhatsApp refuses a template whose text with its parameters passes 1,024 characters
+# (Twilio 63021). The "update" template is our text as its one parameter and a few words
+# of its own (README: at most 24): a longer text goes by SMS instead.
+TEMPLATE_TEXT_MAX = 1000
+
+
+def fits_template(text: str) -> bool:
+    """Whether ``text`` can go as the "update" template's parameter."""
+    return len(template_value(text)) <= TEMPLATE_TEXT_MAX
 
 
 def template_value(text: str) -> str:
@@ -627,8 +640,8 @@ def _by_sms_instead(session: Session, row: OutboxMessage, code: str | None = Non
     (once: its own dedupe key). A free-form message that missed the window goes as the
     language's approved template first, where one is configured, as notify would have
     sent it (a WhatsApp user known only by their WhatsApp id has no number to text)."""
-    if code == WINDOW_CLOSED_CODE and row.channel == "whatsapp" and (
-            session.get(WhatsappTemplateSend, row.id) is None):
+    if code == WINDOW_CLOSED_CODE and row.channel == "whatsapp" and fits_template(
+            row.body) and session.get(WhatsappTemplateSend, row.id) is None:
         from core.services import notify  # notify sends through this module
 
         person = session.scalar(select(Person).where(_person_at(row.to_addr)))

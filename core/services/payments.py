@@ -468,13 +468,14 @@ def create_payment_link(booking_id: int) -> str:
     try:
         entity = c.payment_link.create(payload)
     except gw.BadRequestError as exc:
-        if not gw.is_duplicate_reference(exc):
-            _link_refused(booking_id, str(exc))
-            return "refused"
-        # A previous attempt created it (our answer was lost): fetch it instead.
+        # A previous attempt may have created it (our answer was lost): Razorpay refuses
+        # the reference again, in words that may change, so any refusal looks first.
         found = c.payment_link.all({"reference_id": reference}).get("payment_links") or []
         if not found:
-            raise
+            if gw.is_duplicate_reference(exc):
+                raise  # not listed yet: the retry finds it
+            _link_refused(booking_id, str(exc))
+            return "refused"
         entity = found[0]
         if gw.note_int(entity, "booking_id") != booking_id or (
                 entity.get("amount") != payload["amount"]):
