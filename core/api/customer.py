@@ -30,6 +30,7 @@ from core.domain.booking import Actor, ActorKind, BookingStatus, LegStatus
 from core.domain.errors import DomainError, NotFound, ValidationError
 from core.domain.phone import mask_phone
 from core.domain.pricing import SpeedTier
+from core.logs import mask_phones
 from core.services import booking as booking_service
 from core.services import payments, rating
 
@@ -319,7 +320,9 @@ def cancel_booking(ref: str, query: CancelQuery) -> CancellationOut:
             kind: ActorKind = "ops" if who.role == "ops" else "customer"  # CUSTOMER_OR_OPS
             why = "cancelled in the app"
             if kind == "ops":  # the booking's history says who ended it, and why
-                why = f"cancelled by ops: {query.reason}" if query.reason else "cancelled by ops"
+                # An operator's own words, kept for good: a number in them is masked.
+                why = (f"cancelled by ops: {mask_phones(query.reason)}" if query.reason
+                       else "cancelled by ops")
             q = payments.cancel_booking(session, b, Actor(kind, str(who.person_id)), why)
             cancelled = True
             if who.role == "ops":  # money moves on an operator's word: keep the record

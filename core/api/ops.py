@@ -32,16 +32,25 @@ from core.domain.errors import Conflict, NotFound, ValidationError
 from core.domain.phone import mask_phone, normalize_phone
 from core.domain.pricing import VehicleType
 from core.domain.reference import normalize_reference
+from core.logs import mask_phones
 from core.services import admin, dispatch, handoff
 
 OPS = ("ops",)
 
 
+# Details an operator types in their own words (an erasure's reason, "the person's
+# request, as received"; a cancellation's reason; a KYC note). The audit log is kept for
+# good, past any erasure: phone numbers in them are kept masked (+91******3210).
+FREE_TEXT = frozenset({"reason", "note"})
+
+
 def audit(session: Session, action: str, target: str, **details: object) -> None:
     """Append who did what to which thing (same transaction as the action itself)."""
     who = principal()
+    kept = {k: mask_phones(v) if k in FREE_TEXT and isinstance(v, str) else v
+            for k, v in details.items()}
     session.add(AuditEntry(actor=f"ops:{who.person_id}", action=action, target=target,
-                           details=details))
+                           details=kept))
 
 
 def ops_actor() -> Actor:

@@ -256,6 +256,7 @@ def reply_key(sid: str, index: int) -> str:
 #   inbox-ready                           contacts with messages and nobody on them, FIFO
 #   inbox-drainers                        drainer jobs queued or running (at most DRAINERS)
 #   inboxes                               every inbox with messages (for the sweep)
+#   inbox-dead                            messages whose turn raised a bug (see below)
 # A drainer job takes contacts from READY until it is empty, so one RQ job serves many
 # messages (RQ's own bookkeeping costs several milliseconds per job).
 
@@ -365,6 +366,7 @@ def _run(r: Any, source: str, keys: list[str], args: list[Any]) -> Any:
 
 def decode(raw: str | bytes) -> InboundMessage:
     data: dict[str, Any] = json.loads(raw)
+    data.pop("dead_at", None)  # a dead letter's (see set_aside): not part of the message
     for name in ("media_types", "media_urls"):
         data[name] = tuple(data.get(name) or ())
     return InboundMessage(**data)
@@ -547,13 +549,86 @@ def drain(channel: str, contact: str, handler: Handler) -> int:
                 # A message this code cannot handle must not block the contact's later ones.
                 log.exception("inbound message failed; moved to the dead-letter list",
                               extra={"channel": channel})
-                r.rpush(DEAD_LETTER, raw)
+                r.rpush(DEAD_LETTER, set_aside(raw))
             handled += 1
             if int(_run(r, _POP_HANDLED_LUA, [inbox, lock], [raw, token, LOCK_TTL_S])) < 0:
                 return handled  # another drainer took the contact over (see the script)
     except BaseException:
         _run(r, _RELEASE_LUA, keys=[lock], args=[token])
         raise
+
+
+# --- the dead-letter list ---------------------------------------------------------------
+#
+# DEAD_LETTER keeps each message as it was queued (with the "!" of the "too many messages"
+# notice), plus "dead_at": when its turn failed (epoch s). Ops read it with
+# ``dead_letters`` (``decode`` takes an entry as it takes a queued message). It is personal
+# data like any chat message: the retention job drops entries older than its message
+# window, an erasure the person's (core.services.retention, by ``drop_dead_letters``).
+
+DEAD_LETTER_CHUNK = 1000  # entries read per round trip
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    raw: bytes  # as stored: drop_dead_letters removes the entry by this value
+    text: str  # the JSON, without the notice's "!"
+    at: float | None  # when it was set aside (else when it came); None: not known
+
+
+def set_aside(raw: bytes) -> bytes:
+    """A queued message as the dead-letter list keeps it: with the time its turn failed.
+    One that is not a message's JSON is kept as its text, under "raw"."""
+    notice = raw.startswith(b"!")
+    text = raw[1:] if notice else raw
+    try:
+        data = json.loads(text)
+    except ValueError:
+        data = None
+    if not isinstance(data, dict):
+        data = {"raw": text.decode(errors="replace")}
+    data["dead_at"] = clock.now().timestamp()
+    kept = json.dumps(data, ensure_ascii=False, separators=(",", ":")).encode()
+    return b"!" + kept if notice else kept
+
+
+def _dead_letter(raw: bytes) -> DeadLetter:
+    text = (raw[1:] if raw.startswith(b"!") else raw).decode(errors="replace")
+    try:
+        data = json.loads(text)
+    except ValueError:
+        data = None
+    at = None
+    if isinstance(data, dict):
+        when = data.get("dead_at") or data.get("received_at")
+        at = float(when) if isinstance(when, int | float) else None
+    return DeadLetter(raw, text, at)
+
+
+def dead_letters() -> list[DeadLetter]:
+    """The dead-letter list, oldest first."""
+    r = redis_client()
+    found: list[DeadLetter] = []
+    while True:
+        # bytes: our client does not decode
+        chunk = cast(list[bytes], r.lrange(DEAD_LETTER, len(found),
+                                           len(found) + DEAD_LETTER_CHUNK - 1))
+        found += [_dead_letter(raw) for raw in chunk]
+        if len(chunk) < DEAD_LETTER_CHUNK:
+            return found
+
+
+def drop_dead_letters(which: Callable[[DeadLetter], bool]) -> int:
+    """Remove the dead letters ``which`` picks; how many went. Entries are removed by
+    value, so messages set aside meanwhile stay (one removed by a concurrent drop while
+    this one read the list may shift another past it: the next drop finds that one)."""
+    doomed = [d.raw for d in dead_letters() if which(d)]
+    if not doomed:
+        return 0
+    pipe = redis_client().pipeline(transaction=False)
+    for raw in doomed:
+        pipe.lrem(DEAD_LETTER, 1, cast(str, raw))  # the exact bytes stored (stubs say str)
+    return sum(int(n) for n in pipe.execute())
 
 
 def _too_many(msg: InboundMessage) -> None:

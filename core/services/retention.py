@@ -9,6 +9,9 @@ Where personal data lives, and what happens to it:
   RETENTION_MESSAGE_DAYS the texts become REDACTED (the rows stay: they record that a
   message went or came), the slots are cleared and the API answers deleted.
 - ``message_status_events`` (Twilio's status history): deleted after RETENTION_STATUS_DAYS.
+- Redis: the dead-letter list of chat messages whose turn failed (``inbox-dead``): entries
+  older than RETENTION_MESSAGE_DAYS are dropped, and an erased person's at once; a
+  partner's last GPS fix and positions go with their erasure.
 - people, bookings (recipient, landmarks, exact places), partner profiles, proof-of-delivery
   photos: kept while the service needs them, erased on the person's request
   (``erase_person``, India's DPDP Act 2023).
@@ -22,12 +25,14 @@ as signed, which names the payer's contact: kept with the payment it proves).
 from __future__ import annotations
 
 import logging
+import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, cast
 
+from redis.exceptions import RedisError
 from sqlalchemy import (
     CursorResult,
     Float,
@@ -48,7 +53,7 @@ from core.adapters import geo_index, storage
 from core.adapters.api_models import ApiSession, BookingRating, IdempotencyRecord
 from core.adapters.db import transaction
 from core.adapters.dialog_models import Handoff, HandoffMessage, WhatsappTemplateSend
-from core.adapters.dispatch_models import PodPhoto
+from core.adapters.dispatch_models import DispatchOffer, PodPhoto
 from core.adapters.models import (
     Booking,
     Conversation,
@@ -63,12 +68,15 @@ from core.adapters.models import (
 )
 from core.adapters.payment_models import LedgerPosting
 from core.adapters.queue import after_commit
+from core.adapters.redis_conn import redis_client
 from core.config import int_setting
 from core.domain import ledger as rules
 from core.domain.booking import BOOKING, LEG
+from core.domain.dispatch import OfferStatus
 from core.domain.errors import Conflict, NotFound, Unavailable
-from core.services import ledger
+from core.services import inbound, ledger
 from core.services.dispatch import BLOCKED_KYC
+from core.services.partner_app import LAST_FIX_KEY
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +96,11 @@ CLOSED_BOOKINGS = tuple(s.value for s in BOOKING.closed)
 CLOSED_LEGS = tuple(s.value for s in LEG.closed)
 UNSENT = ("pending", "sending")
 HELD_FOR_CUSTOMER = (rules.AccountKind.ESCROW.value, rules.AccountKind.REFUNDS_PENDING.value)
+# A partner who gave a job back after taking it was named to its customer all the same.
+TOOK_THE_JOB = (OfferStatus.ACCEPTED.value, OfferStatus.CANCELLED.value)
+# A recipient's name (as a sender typed it) shorter than this is not looked for in texts:
+# it would be found inside too many other words.
+MIN_NAME = 3
 
 
 def status_days() -> int:
@@ -221,6 +234,10 @@ def run(now: datetime | None = None) -> dict[str, int]:
         ("idempotency_records", _idempotency_records, message_cutoff),
     ]
     done = {name: 0 for name, _, _ in steps}
+    # Redis first: one short pass, whatever the database steps leave for tomorrow. An entry
+    # with no time (set aside before entries carried one) is of unknown age: it goes too.
+    done["dead_letters"] = inbound.drop_dead_letters(
+        lambda d: d.at is None or d.at < message_cutoff.timestamp())
     unfinished = False
     for name, step, cutoff in steps:
         after = 0
@@ -287,8 +304,12 @@ def erase_person(session: Session, person_id: int) -> Erasure:
     and exact places; the messages to them or about their bookings, their conversations
     and handoff messages lose their text; their sign-ins end; a partner's name, vehicle
     plates and proof-of-delivery photos (files too) go. The ledger, payments and
-    transitions stay. Run again, it finds nothing left to change. A later message from
-    the same number makes a new person.
+    transitions stay. Where others kept them goes too: the senders of bookings to them
+    lose the texts naming them (their chats with the bot, those bookings' messages); call
+    answers stored for Twilio's retries that say their number (or their recipients'),
+    written or read out digit by digit; their messages in Redis's dead-letter list. Run
+    again, it finds nothing left to change. A later message from the same number makes a
+    new person.
     """
     # Lock order as a chat turn takes it (its conversation, then the person row when it
     # books), so a turn running now either finished first or finds the contact gone.
@@ -314,8 +335,11 @@ def erase_person(session: Session, person_id: int) -> Erasure:
     # on a retry) hold the recipient's name and the exact drop of these bookings.
     received_refs = list(session.scalars(select(Booking.reference).where(
         Booking.id.in_(received))))
+    numbers = _ten_digits(person.phone, person.wa_id, *(c.contact for c in convs))
     _erase_messages(session, done, own, theirs, _addresses(*recipients))
-    _erase_stored_answers(session, done, person.phone)
+    # Before the bookings lose the recipient: the names the senders gave are read there.
+    _erase_recipient_copies(session, done, received, numbers)
+    _erase_stored_answers(session, done, numbers | _ten_digits(*recipients))
     _erase_bookings(session, done, own, received)
 
     handoffs = select(Handoff.id).where(or_(Handoff.person_id == person.id,
@@ -337,6 +361,7 @@ def erase_person(session: Session, person_id: int) -> Erasure:
     _scrub_saved_answers(session, done, received_refs)
     if partner is not None:
         _erase_partner(session, done, partner)
+    _erase_dead_letters(done, numbers)
     if any((person.name, person.phone, person.wa_id, person.preferred_language)):
         person.name = person.phone = person.wa_id = person.preferred_language = None
         done.add("people", 1)
@@ -400,17 +425,109 @@ def _erase_messages(session: Session, done: Erasure, own: Any, theirs: set[str],
     done.add("messages", len(changed))
 
 
-def _erase_stored_answers(session: Session, done: Erasure, phone: str | None) -> None:
-    """Our stored answers to SMS and calls (kept for Twilio's retries, cleared by the
-    retention job with the messages) that show the person's number: a rider's
-    "job is yours, the sender's phone is ..." (matched by the last ten digits, as every
-    form of the number ends)."""
-    if not phone or len(phone) < 10:
+def _ten_digits(*numbers: str | None) -> set[str]:
+    """The last ten digits of each phone number, WhatsApp id or contact given (how every
+    form of an Indian mobile ends); those with fewer digits are no number."""
+    found = set()
+    for number in numbers:
+        digits = "".join(ch for ch in number or "" if ch in "0123456789")
+        if len(digits) >= 10:
+            found.add(digits[-10:])
+    return found
+
+
+# What may stand between two digits of a number as we write or say it: nothing
+# ("9812300062", "+919812300062"), a space ("98123 00062"), a hyphen, or the IVR's reading
+# (core.dialog.spoken.spell_digits: "9 8 1 2 3, 0 0 0 6 2").
+_DIGIT_GAP = "[ ,.-]{0,3}"
+
+
+def _number_pattern(tens: Iterable[str]) -> str | None:
+    """A regular expression (PostgreSQL's and Python's read it alike) that finds any of
+    these numbers, by their last ten digits, in any of the forms above; None for none."""
+    forms = [_DIGIT_GAP.join(ten) for ten in sorted(tens)]
+    return f"(?:{'|'.join(forms)})" if forms else None
+
+
+def _mentions(col: Any, tens: Iterable[str], names: Iterable[str] = ()) -> Any:
+    """The condition that a text column names one of these numbers or names."""
+    pattern = _number_pattern(tens)
+    found = [col.regexp_match(pattern)] if pattern else []
+    found += [col.icontains(name, autoescape=True) for name in sorted(names)]
+    return or_(*found) if found else false()
+
+
+def _redact_mentions(session: Session, done: Erasure, where: Any, said: Any) -> None:
+    """Messages picked by ``where`` whose text ``said`` names the erased person lose it;
+    those not sent yet are not sent now."""
+    m = OutboxMessage
+    _changed(session, update(m).where(where, said, m.status.in_(UNSENT))
+             .values(status="failed", last_error="erased before sending"))
+    changed = list(session.scalars(
+        update(m).where(where, said, m.body != REDACTED).values(body=REDACTED, media_url=None)
+        .returning(m.id), execution_options=_QUIET))
+    _redact_templates(session, changed)
+    done.add("messages", len(changed))
+
+
+def _erase_recipient_copies(session: Session, done: Erasure, received: Any,
+                            tens: set[str]) -> None:
+    """Where the senders of bookings to the erased person kept them: the bot's questions
+    and summaries in the senders' chats ("What is the mobile number of Sita Devi?", "For:
+    Sita Devi, +91..."), other messages about those bookings (to partners, to ops), and
+    the senders' closed handoffs with ops. A text naming the person, by a name the senders
+    gave on those bookings or by their number in any form, loses it. Bounded: the senders'
+    messages and those bookings' only (outbox_messages.to_addr has no index of its own:
+    the senders' addresses are found in one pass over the table, as for the person's)."""
+    rows = session.execute(select(Booking.customer_id, Booking.recipient_name)
+                           .where(Booking.id.in_(received))).all()
+    if not rows:
         return
+    senders = {customer_id for customer_id, _ in rows}
+    names = {n.strip() for _, n in rows if n and len(n.strip()) >= MIN_NAME}
+    addrs = set()
+    for phone, wa_id in session.execute(select(Person.phone, Person.wa_id)
+                                        .where(Person.id.in_(senders))):
+        addrs |= _addresses(phone, wa_id)
+    addrs |= _addresses(*session.scalars(select(Conversation.contact).where(
+        Conversation.person_id.in_(senders))))
+    m = OutboxMessage
+    _redact_mentions(session, done, or_(m.booking_id.in_(received), m.to_addr.in_(addrs)),
+                     _mentions(m.body, tens, names))
+    h = HandoffMessage
+    closed = select(Handoff.id).where(Handoff.person_id.in_(senders),
+                                      Handoff.status == "closed")
+    done.add("handoff_messages", _changed(session, update(h).where(
+        h.handoff_id.in_(closed), h.body != REDACTED, _mentions(h.body, tens, names))
+        .values(body=REDACTED)))
+
+
+def _erase_stored_answers(session: Session, done: Erasure, tens: set[str]) -> None:
+    """Our stored answers to SMS and calls (kept for Twilio's retries, cleared by the
+    retention job with the messages) that say one of these numbers: a rider's "job is
+    yours, the sender's phone is ...", a call reading the recipient's number back digit by
+    digit. A call's answers are not tied to the caller (``inbound_events`` keys them by
+    the CallSid alone): they are found by the numbers they say, the caller's own and
+    their recipients'."""
     e = InboundEvent
     done.add("stored_answers", _changed(session, update(e).where(
-        e.response_body.is_not(None), e.response_body.contains(phone[-10:], autoescape=True))
+        e.response_body.is_not(None), _mentions(e.response_body, tens))
         .values(response_body=None)))
+
+
+def _erase_dead_letters(done: Erasure, tens: set[str]) -> None:
+    """Their chat messages set aside in Redis (inbound's dead-letter list), and any other
+    that says their number. Before the commit: if Redis cannot be reached, nothing is
+    committed and ops try again."""
+    pattern = _number_pattern(tens)
+    if pattern is None:
+        return
+    found = re.compile(pattern)
+    try:
+        done.add("dead_letters", inbound.drop_dead_letters(lambda d: bool(found.search(d.text))))
+    except RedisError as exc:
+        raise Unavailable("the chat queue (Redis) cannot be reached: nothing was erased; "
+                          "try again", code="queue_unavailable") from exc
 
 
 def _scrub_saved_answers(session: Session, done: Erasure, refs: list[str]) -> None:
@@ -468,7 +585,20 @@ def _erase_bookings(session: Session, done: Erasure, own: Any, received: Any) ->
 
 
 def _erase_partner(session: Session, done: Erasure, partner: PartnerProfile) -> None:
-    """A blocked partner's name, plates and proof-of-delivery photos (the files too)."""
+    """A blocked partner's name (their profile's, and in the messages that told customers
+    who was coming), plates and proof-of-delivery photos (the files too); after the
+    commit, their positions and last GPS fix in Redis."""
+    name = partner.first_name.strip()
+    if name:
+        # The jobs they took (a job given back after taking it included): bounded by the
+        # legs' and offers' partner index, then the messages' booking index.
+        carried = select(Leg.booking_id).where(Leg.partner_id == partner.id).union(
+            select(Leg.booking_id).join(DispatchOffer, DispatchOffer.leg_id == Leg.id)
+            .where(DispatchOffer.partner_id == partner.id,
+                   DispatchOffer.status.in_(TOOK_THE_JOB)))
+        m = OutboxMessage
+        _redact_mentions(session, done, m.booking_id.in_(carried),
+                         m.body.icontains(name, autoescape=True))
     if partner.first_name or partner.on_duty or partner.has_app:
         partner.first_name, partner.on_duty, partner.has_app = "", False, False
         done.add("people", 1)
@@ -488,7 +618,13 @@ def _erase_partner(session: Session, done: Erasure, partner: PartnerProfile) -> 
         delete_photo(uri)
     done.add("photos", len(uris))
     partner_id = partner.id
-    after_commit(session, lambda: geo_index.remove(partner_id))
+    after_commit(session, lambda: _forget_positions(partner_id))
+
+
+def _forget_positions(partner_id: int) -> None:
+    """A partner's positions in the GEO sets and the app's last exact fix."""
+    geo_index.remove(partner_id)
+    redis_client().hdel(LAST_FIX_KEY, str(partner_id))
 
 
 def delete_photo(uri: str) -> None:
