@@ -149,6 +149,9 @@ class Settings:
     # Operators' hours (OPS_HOURS): minutes after midnight, India time, every day; None:
     # always. Outside them a request for a person waits for the opening, said plainly.
     ops_hours: tuple[int, int] | None = (8 * 60, 21 * 60)
+    # Razorpay signs the retries of events sent before a webhook secret change with the
+    # old secret: RAZORPAY_WEBHOOK_SECRET_PREVIOUS (comma-separated) still verifies them.
+    razorpay_webhook_previous: tuple[str, ...] = ()
 
     @property
     def is_production(self) -> bool:
@@ -241,6 +244,8 @@ def load_settings(environ: dict[str, str] | None = None) -> Settings:
     rzp_secret = secret("RAZORPAY_KEY_SECRET", SANDBOX_RAZORPAY_KEY_SECRET)
     rzp_hook = secret("RAZORPAY_WEBHOOK_SECRET", SANDBOX_RAZORPAY_WEBHOOK_SECRET,
                       OWN_SECRET_MIN)
+    rzp_hook_previous = tuple(k.strip() for k in env.get(
+        "RAZORPAY_WEBHOOK_SECRET_PREVIOUS", "").split(",") if k.strip())
     if production:
         if rzp_id and not rzp_id.startswith("rzp_live_"):
             # A test-mode key takes no real money: every payment link would be a dummy.
@@ -254,6 +259,10 @@ def load_settings(environ: dict[str, str] | None = None) -> Settings:
             for earlier, other in named[:i]:
                 if given and given == other:
                     problems.append(f"{name} is the same as {earlier}; give each its own")
+        for old_hook in rzp_hook_previous:
+            if old_hook in SANDBOX_SECRETS or old_hook == rzp_hook:
+                problems.append("RAZORPAY_WEBHOOK_SECRET_PREVIOUS holds a sandbox default or "
+                                "the current secret; give the one it replaced")
         # Twilio's SharedKey secrets (comma-separated while rotating), each checked alike.
         for key in (k.strip() for k in env.get("TWILIO_WEBHOOK_SHARED_KEY", "").split(",")):
             if not key:
@@ -362,6 +371,7 @@ def load_settings(environ: dict[str, str] | None = None) -> Settings:
         proxy_hops=num("PROXY_HOPS", 0, minimum=0, maximum=5),
         otp_failures_per_day=num("OTP_FAILURES_PER_DAY", 10, minimum=1),
         ops_hours=ops_hours,
+        razorpay_webhook_previous=rzp_hook_previous,
     )
     if problems:
         raise ConfigError("\n".join(problems))  # a line each

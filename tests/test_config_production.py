@@ -212,3 +212,14 @@ def test_two_good_shared_webhook_keys_while_rotating_load():
     keys = f"{'a1' * 10},{'b2' * 10}"
     assert load_settings(production_env(TWILIO_WEBHOOK_SHARED_KEY=keys)
                          ).twilio_webhook_shared_key == keys
+
+
+def test_the_previous_razorpay_webhook_secret_is_not_a_sandbox_default_nor_the_current():
+    from core.config import SANDBOX_RAZORPAY_WEBHOOK_SECRET
+
+    env = production_env()
+    for previous in (SANDBOX_RAZORPAY_WEBHOOK_SECRET, env["RAZORPAY_WEBHOOK_SECRET"]):
+        with pytest.raises(ConfigError, match="RAZORPAY_WEBHOOK_SECRET_PREVIOUS"):
+            load_settings({**env, "RAZORPAY_WEBHOOK_SECRET_PREVIOUS": previous})
+    fine = load_settings({**env, "RAZORPAY_WEBHOOK_SECRET_PREVIOUS": "the-old-one-7f6e5d4c3b2a1"})
+    assert fine.razorpay_webhook_previous == ("the-old-one-7f6e5d4c3b2a1",)

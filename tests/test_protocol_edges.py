@@ -132,3 +132,36 @@ def test_a_long_message_that_missed_the_window_is_not_resent_as_an_oversized_tem
     finally:
         monkeypatch.delenv("WHATSAPP_TEMPLATE_EN")
         notify.reset_templates()
+
+
+# --- Razorpay: a webhook secret changed ------------------------------------------------------
+
+
+def test_retries_signed_with_the_webhook_secret_it_replaced_still_verify(monkeypatch):
+    """Razorpay signs the retries of events sent before a webhook secret change with the
+    old secret: with RAZORPAY_WEBHOOK_SECRET_PREVIOUS set they verify, without it (or with
+    another secret) they do not."""
+    import hashlib
+    import hmac
+    import json
+
+    from core.config import reset_settings
+
+    body = json.dumps({"event": "payment.captured", "payload": {}})
+    old = "old-webhook-secret-0123456789abcdef"
+
+    def signed(secret: str) -> str:
+        return hmac.new(secret.encode(), body.encode(), hashlib.sha256).hexdigest()
+
+    try:
+        reset_settings()
+        assert gw.verify_webhook(body, signed(get_settings().razorpay_webhook_secret))
+        assert not gw.verify_webhook(body, signed(old))
+        monkeypatch.setenv("RAZORPAY_WEBHOOK_SECRET_PREVIOUS", f"another-one-xyz, {old}")
+        reset_settings()
+        assert gw.verify_webhook(body, signed(old))
+        assert gw.verify_webhook(body, signed(get_settings().razorpay_webhook_secret))
+        assert not gw.verify_webhook(body, signed("never-ours-secret-0123456789abcd"))
+    finally:
+        monkeypatch.delenv("RAZORPAY_WEBHOOK_SECRET_PREVIOUS", raising=False)
+        reset_settings()

@@ -46,17 +46,22 @@ def client() -> razorpay.Client:
 
 
 def verify_webhook(body: str, signature: str) -> bool:
-    """True if ``signature`` is the HMAC-SHA256 hex of the raw ``body`` with the webhook secret.
+    """True if ``signature`` is the HMAC-SHA256 hex of the raw ``body`` with the webhook
+    secret, or with one it replaced (Razorpay signs the retries of events sent before a
+    secret change with the old one).
 
     Anything but 64 hex digits is refused first: the SDK's compare_digest raises on a
     non-ASCII str (a 500 where a bad signature gets a 403)."""
     if not _HEX_SHA256.fullmatch(signature or ""):
         return False
-    try:
-        return bool(Utility(None).verify_webhook_signature(
-            body, signature, get_settings().razorpay_webhook_secret))
-    except SignatureVerificationError:
-        return False
+    settings = get_settings()
+    for secret in (settings.razorpay_webhook_secret, *settings.razorpay_webhook_previous):
+        try:
+            if Utility(None).verify_webhook_signature(body, signature, secret):
+                return True
+        except SignatureVerificationError:
+            continue
+    return False
 
 
 def note_int(entity: dict, name: str) -> int | None:
