@@ -15,6 +15,8 @@ Controls for tests and demos (Redis keys, or the helpers below):
 - ``sandbox:razorpay:fail_next:<op>``: the next N calls of <op> answer 503
   (ops: create_link, refund, fetch_refund, transfer, edit_transfer, reverse,
   list_transfers);
+- ``sandbox:razorpay:in_progress_next:refund``: make the refund, but answer 409 "another
+  request with the same idempotency key is still in progress" (a twin request);
 - ``sandbox:razorpay:lose_next:create_link``: create the link, but answer 503 (the answer
   was "lost": the retry meets "reference ID already attempted");
 - ``sandbox:razorpay:webhook_order`` = ``reversed``: send a batch of webhooks backwards;
@@ -439,6 +441,11 @@ def refund_payment(payment_id: str):
     put_object(p)
     enqueue("sandbox.razorpay_jobs.settle_refund", refund["id"], queue_name=SANDBOX_QUEUE,
             job_id=f"sandbox-rzp-refund-{refund['id']}")
+    if _take("in_progress_next:refund"):
+        # A twin request under the same key is still being made (Razorpay's 409): this
+        # one is answered so, though the refund is being made.
+        return _error(409, "Another request with the same idempotency key is still in "
+                      "progress")
     return jsonify(refund)
 
 

@@ -165,3 +165,34 @@ def test_retries_signed_with_the_webhook_secret_it_replaced_still_verify(monkeyp
     finally:
         monkeypatch.delenv("RAZORPAY_WEBHOOK_SECRET_PREVIOUS", raising=False)
         reset_settings()
+
+
+# --- Razorpay: a refund request whose twin is still in progress ----------------------------
+
+
+def test_a_refund_answered_in_progress_on_the_last_try_is_not_ended_nor_asked_twice(live):
+    """Razorpay answers 409 "another request with the same idempotency key is still in
+    progress" while a twin request makes the refund (the SDK raises it as a refusal).
+    Ending the attempt on it (as for a refusal on the job's last try) would put the money
+    back in escrow and make a second attempt under a new key: a second refund. It is an
+    unknown outcome: the attempt stays open and the same key is asked again."""
+    from core.adapters.payment_models import Refund
+    from core.services import payments
+    from tests.test_payments_refunds import attempts, fail_for_no_partner
+    from tests.test_payments_support import paid_booking
+
+    bid = paid_booking()
+    total = booking(bid).total_paise
+    emu.control("in_progress_next:refund", 1)
+    fail_for_no_partner(bid)  # dispatch's refund job has no Retry: this try is its last
+    run()  # the 409, then the twin's refund.processed webhook
+    assert attempts(bid) == [(1, "processed", total)]
+    from core import clock
+
+    clock.freeze(clock.now() + timedelta(hours=1))  # past any retry delay
+    payments.sweep()
+    run()
+    assert attempts(bid) == [(1, "processed", total)]  # no second attempt
+    assert len(emu._all("refund")) == 1  # one refund at the gateway, not two
+    with transaction() as s:
+        assert s.scalar(select(Refund.gateway_refund_id)) == emu._all("refund")[0]["id"]

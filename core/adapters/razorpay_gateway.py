@@ -64,6 +64,13 @@ def verify_webhook(body: str, signature: str) -> bool:
     return False
 
 
+def is_in_progress(exc: Exception) -> bool:
+    """Razorpay's 409 for a request whose idempotency key a twin request is still using:
+    that one may make the refund, so this is no refusal (the SDK raises it as a 400's)."""
+    said = str(exc).lower()
+    return isinstance(exc, BadRequestError) and "idempotency" in said and "progress" in said
+
+
 def note_int(entity: dict, name: str) -> int | None:
     """A positive id we put in an entity's notes (a string there, or a number), else None:
     notes come back as sent, but an event's may be malformed ("²" is a digit to

@@ -1327,6 +1327,9 @@ def refund_booking(booking_id: int, reason: str) -> str:
             "notes": {"refund_id": str(refund_id), "booking_id": str(booking_id)},
         }, headers={"X-Refund-Idempotency": f"ridechain-refund-{refund_id}"})
     except gw.BadRequestError as exc:
+        if gw.is_in_progress(exc):  # a twin request may make it: as an unknown outcome
+            _note_refund_error(refund_id, f"in progress: {exc}")
+            raise
         job = get_current_job()
         if job is None or not job.should_retry:
             _end_refused_attempt(refund_id, str(exc))
