@@ -196,3 +196,36 @@ def test_a_refund_answered_in_progress_on_the_last_try_is_not_ended_nor_asked_tw
     assert len(emu._all("refund")) == 1  # one refund at the gateway, not two
     with transaction() as s:
         assert s.scalar(select(Refund.gateway_refund_id)) == emu._all("refund")[0]["id"]
+
+
+# --- Razorpay behind a proxy: an error page that is not JSON -------------------------------
+
+
+def test_a_proxy_s_html_error_page_is_a_server_error_not_a_crash(live, monkeypatch):
+    """A 502/504 from the proxy in front of Razorpay comes as an HTML page (razorpay-python
+    issue 306): the SDK's JSON decoding raised, which no caller takes for the gateway's
+    trouble. It is a ServerError, as a 5xx with Razorpay's body is; Razorpay's own
+    errors keep their kind."""
+    import requests
+
+    real = requests.Session.request
+    pages = {"rfnd_html502": (502, b"<html><body>502 Bad Gateway</body></html>"),
+             "rfnd_html404": (404, b"<html>Not Found</html>")}
+
+    def request(self, method, url, *args, **kwargs):
+        for rid, (status, page) in pages.items():
+            if url.endswith(f"/refunds/{rid}"):
+                answer = requests.Response()
+                answer.status_code = status
+                answer.headers["Content-Type"] = "text/html"
+                answer._content = page
+                return answer
+        return real(self, method, url, *args, **kwargs)
+
+    monkeypatch.setattr(requests.Session, "request", request)
+    c = gw.client()
+    for rid in pages:
+        with pytest.raises(gw.ServerError):
+            c.refund.fetch(rid)
+    with pytest.raises(gw.BadRequestError):  # Razorpay's own JSON answer: unknown id
+        c.refund.fetch("rfnd_unknown01")

@@ -8,6 +8,7 @@ Payloads are never logged (they carry customer contacts).
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Any
 
@@ -25,11 +26,28 @@ _HEX_SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
 class _TimeoutSession(requests.Session):
-    """A requests session with a default timeout (the SDK sets none)."""
+    """A requests session with a default timeout (the SDK sets none). An error answer
+    that is not Razorpay's JSON (a proxy's HTML page for a 502 or 504) is given the shape
+    of a server error: the SDK would raise a JSON decoding error, which no caller takes
+    for the gateway's trouble (a refund poll stopped at it)."""
 
     def request(self, *args: Any, **kwargs: Any) -> requests.Response:
         kwargs.setdefault("timeout", TIMEOUT_S)
-        return super().request(*args, **kwargs)
+        response = super().request(*args, **kwargs)
+        if response.status_code >= 400 and not _razorpay_error(response):
+            response._content = json.dumps({"error": {
+                "code": "SERVER_ERROR",
+                "description": f"HTTP {response.status_code} without Razorpay's error body"}}
+            ).encode()
+        return response
+
+
+def _razorpay_error(response: requests.Response) -> bool:
+    try:
+        body = response.json()
+    except ValueError:
+        return False
+    return isinstance(body, dict) and isinstance(body.get("error"), dict)
 
 
 def client() -> razorpay.Client:
