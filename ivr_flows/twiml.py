@@ -3,12 +3,15 @@
 Each ``Say`` becomes one spoken segment; a ``Choices`` list becomes "label — press 1"
 pairs (and "press 9 for more"), each label and each "press N" its own segment, so the
 fixed ones are pre-rendered audio. A segment whose audio is cached is played with
-``<Play>``; otherwise it is spoken with ``<Say language="hi-IN">`` and its rendering is
-queued (ivr_flows.audio): a request never waits on gTTS.
+``<Play>``; otherwise it is spoken with ``<Say>`` in its language's locale and voice
+(``say_voices``), and its rendering is queued (ivr_flows.audio): a request never waits on
+gTTS.
 """
 
 from __future__ import annotations
 
+import functools
+import os
 from typing import Any
 from urllib.parse import urlencode
 
@@ -58,12 +61,23 @@ def segments(outs: list[Out], lang: str) -> list[tuple[str, str]]:
     return [(seg_lang, text) for seg_lang, text in out if text.strip()]
 
 
+@functools.cache
+def say_voices() -> dict[str, str]:
+    """Twilio's <Say> voice per language. Twilio's default voice ("man") speaks none of
+    our Indian locales, and a voice that cannot speak the language fails the <Say>; so a
+    voice is always named: IVR_VOICE_<LANG> if set, else Google's standard voice for the
+    locale (Google.ta-IN-Standard-A)."""
+    return {lang: os.environ.get(f"IVR_VOICE_{lang.upper()}", "").strip()
+            or f"Google.{locale}-Standard-A" for lang, locale in i18n.SAY_LOCALES.items()}
+
+
 def _speak(verb: Any, seg_lang: str, text: str, missing: list[tuple[str, str]]) -> None:
     url = audio.audio_url(seg_lang, text, missing=missing)
     if url:
         verb.play(url)
     else:
-        verb.say(text, language=i18n.SAY_LOCALES.get(seg_lang, "hi-IN"))
+        lang = seg_lang if seg_lang in i18n.SAY_LOCALES else "hi"
+        verb.say(text, language=i18n.SAY_LOCALES[lang], voice=say_voices()[lang])
 
 
 def render(turn: VoiceTurn) -> str:

@@ -128,3 +128,34 @@ def test_render_missing_renders_each_catalog_prompt_once(clean_db, google):
 def test_changed_text_gets_new_audio():
     assert audio.audio_name("hi", "एक") != audio.audio_name("hi", "दो")
     assert audio.audio_name("hi", "एक") != audio.audio_name("mr", "एक")
+
+
+def test_a_prompt_without_audio_is_said_in_its_language_by_a_voice_that_speaks_it(
+        clean_db, google, monkeypatch):
+    """Twilio's default <Say> voice ("man") speaks none of our Indian locales, and a
+    voice that cannot speak the language fails the <Say>: every one names its voice, the
+    locale's Google standard voice unless IVR_VOICE_<LANG> says another."""
+    import xml.etree.ElementTree as ET
+
+    from twilio.twiml.voice_response import VoiceResponse
+
+    from core import i18n
+    from ivr_flows import twiml
+
+    def said() -> dict[str, tuple[str, str]]:
+        twiml.say_voices.cache_clear()
+        response = VoiceResponse()
+        for lang in i18n.LANGUAGES:
+            twiml._speak(response, lang, f"prompt {lang}", [])
+        return {say.text.split()[-1]: (say.get("language"), say.get("voice"))
+                for say in ET.fromstring(str(response)).iter("Say")}
+
+    try:
+        assert said() == {lang: (i18n.SAY_LOCALES[lang],
+                                 f"Google.{i18n.SAY_LOCALES[lang]}-Standard-A")
+                          for lang in i18n.LANGUAGES}
+        monkeypatch.setenv("IVR_VOICE_TA", "Google.ta-IN-Wavenet-B")
+        assert said()["ta"] == ("ta-IN", "Google.ta-IN-Wavenet-B")
+    finally:
+        monkeypatch.delenv("IVR_VOICE_TA", raising=False)
+        twiml.say_voices.cache_clear()
