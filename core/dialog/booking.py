@@ -514,6 +514,12 @@ def _confirm_handle(ctx: Ctx, inp: UserInput) -> Result:
         if price_changed(ctx, _quote(ctx)):
             return Goto("confirm", [Say("bot.confirm.new_price")])
         done = ctx.ports.confirm(ctx.slots)
+        if done.get("refused") == "outside_service_area":
+            # A place no longer served (its Point closed since): asked again, the rest kept.
+            kind = "drop" if done.get("field") == "drop" else "pickup"
+            ctx.state.data["return_to"] = "confirm"
+            return Goto(kind, [Say("bot.area.none",
+                                   {"place": place_label(ctx.slots.get(kind) or {})})])
         if done.get("refused") == "too_many_unpaid":
             # The draft stays: once they pay or cancel one, "continue that booking".
             ctx.state.data["draft_step"] = "confirm"

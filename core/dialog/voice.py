@@ -337,6 +337,11 @@ def _confirm_handle(ctx: Ctx, inp: UserInput) -> Result:
         if price_changed(ctx, ctx.ports.quote(full_slots(ctx.slots))):
             return Goto("confirm", [Say("ivr.confirm.new_price")])
         done = ctx.ports.confirm(full_slots(ctx.slots))
+        if done.get("refused") == "outside_service_area":
+            # A place no longer served (its Point closed since): keyed again, the rest kept.
+            ctx.state.data["return_to"] = "confirm"
+            return Goto("drop" if done.get("field") == "drop" else "pickup",
+                        [Say("ivr.place.none")])
         if done.get("refused") == "too_many_unpaid":
             ctx.state.data["draft_step"] = "confirm"  # kept, as when a call ends mid-way
             return Goto(MENU, [Say("ivr.confirm.too_many_unpaid", {"count": done["count"]})])

@@ -30,7 +30,7 @@ from core.dialog.engine import Ctx, DialogState, Out, Say, UserInput
 from core.dialog.ports import Place, PlaceResult
 from core.domain.booking import BOOKING as BOOKING_MACHINE
 from core.domain.booking import Actor, BookingStatus
-from core.domain.errors import DomainError
+from core.domain.errors import DomainError, ValidationError
 from core.domain.pricing import ParcelCategory, SizeBucket, SpeedTier, WeightBucket
 from core.services import booking as booking_service
 from core.services import handoff, ledger, payments, rating
@@ -189,9 +189,15 @@ class SessionPorts:
 
     def confirm(self, slots: dict[str, Any]) -> dict[str, Any]:
         """{"ref", "total_paise"} of the booking made, or {"refused": "too_many_unpaid",
-        "count"} when the customer has as many bookings waiting for payment as allowed."""
+        "count"} when the customer has as many bookings waiting for payment as allowed, or
+        {"refused": "outside_service_area", "field": "pickup"|"drop"} when a place is no
+        longer served (its Point closed since it was given: a draft can wait for days)."""
         pickup, drop, parcel = self._trip(slots)
         actor = Actor("customer", str(self.person.id))
+        try:
+            booking_service.check_service_area(self.session, pickup, drop)
+        except ValidationError as exc:
+            return {"refused": "outside_service_area", "field": exc.field or "pickup"}
         waiting = booking_service.unpaid_bookings(self.session, self.person.id, lock=True)
         if waiting >= booking_service.max_unpaid():
             return {"refused": "too_many_unpaid", "count": waiting}
@@ -450,7 +456,8 @@ def _whatsapp_turn(session: Session, msg: InboundMessage, person: Person, conv: 
                                list(zip(msg.media_types, msg.media_urls, strict=False)),
                                location, msg.place)
         return Turn(lang(), [])  # an operator owns this conversation; the bot stays quiet
-    photo = _partner_photo(session, person, msg)
+    at = BOOKING_DIALOG.steps.get(conv.step)
+    photo = _partner_photo(session, person, msg, booking=at is not None and at.group == BOOKING)
     if photo is not None:
         return Turn(lang(), [photo])
 
@@ -469,11 +476,14 @@ def _whatsapp_turn(session: Session, msg: InboundMessage, person: Person, conv: 
     return Turn(lang(), outs)
 
 
-def _partner_photo(session: Session, person: Person, msg: InboundMessage) -> Say | None:
+def _partner_photo(session: Session, person: Person, msg: InboundMessage, *,
+                   booking: bool = False) -> Say | None:
     """A partner's photo on WhatsApp is proof of delivery for their current drop.
 
     The picture is fetched from Twilio by an RQ job (never inside the webhook) and stored
-    with the leg; the partner hears which job it was filed under.
+    with the leg; the partner hears which job it was filed under. A partner with no drop
+    who is making a booking of their own (``booking``: the chat is on a booking step) is
+    answered by the dialog, as any customer.
     """
     images = [(url, kind) for url, kind in zip(msg.media_urls, msg.media_types, strict=False)
               if kind.startswith("image/") and url]
@@ -486,7 +496,7 @@ def _partner_photo(session: Session, person: Person, msg: InboundMessage) -> Say
 
     leg = dispatch.pod_leg_of(session, partner)
     if leg is None:
-        return Say("dispatch.pod_no_job")
+        return None if booking else Say("dispatch.pod_no_job")
     url, kind = images[0]
     leg_id, partner_id = leg.id, partner.id
     after_commit(session, lambda: enqueue("workers.dispatch.fetch_pod_photo", leg_id,

@@ -47,7 +47,7 @@ from zoneinfo import ZoneInfo
 import requests
 from redis.exceptions import RedisError
 from rq import Retry
-from sqlalchemy import func, select, text, update
+from sqlalchemy import false, func, or_, select, text, update
 from sqlalchemy.orm import Session
 
 from core import clock, i18n
@@ -633,7 +633,21 @@ def _excluded(session: Session, leg: Leg, search: DispatchSearch) -> set[int]:
             out.add(pid)
         elif status == rules.OfferStatus.OPEN:
             out.add(pid)
-    return out
+    return out | _parties_of(session, leg.booking_id)
+
+
+def _parties_of(session: Session, booking_id: int) -> set[int]:
+    """The partner profiles of the booking's own sender and recipient: nobody carries a
+    parcel of their own, for the pickup and drop codes prove a handover between two
+    people (one person would hold both ends of it)."""
+    booking = session.get(Booking, booking_id)
+    if booking is None:
+        return set()
+    people = select(Person.id).where(or_(
+        Person.id == booking.customer_id,
+        Person.phone == booking.recipient_phone if booking.recipient_phone else false()))
+    return set(session.scalars(select(PartnerProfile.id).where(
+        PartnerProfile.person_id.in_(people))))
 
 
 def offer_next_batch(session: Session, booking: Booking, leg: Leg,
