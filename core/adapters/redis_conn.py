@@ -24,6 +24,15 @@ def redis_client() -> redis.Redis:
         return _clients[url]
 
 
+def redis_down(exc: BaseException) -> bool:
+    """Redis cannot serve us now: unreachable, or (after a failover, while it loads its
+    data, when full) refusing writes. Not a command error of ours (WRONGTYPE, a script's
+    error): retrying those changes nothing."""
+    e = redis.exceptions
+    return isinstance(exc, e.ConnectionError | e.TimeoutError | e.ReadOnlyError
+                      | e.BusyLoadingError | e.OutOfMemoryError)
+
+
 def reset_clients() -> None:
     """Drop cached clients (after a fork, and when tests switch Redis databases)."""
     with _lock:

@@ -17,6 +17,7 @@ from typing import Any, cast
 
 from rq import Retry
 from sqlalchemy import Table, bindparam, case, or_, select, update
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, object_session
 from sqlalchemy.orm.attributes import set_committed_value
 
@@ -24,6 +25,7 @@ from core import clock, i18n
 from core.adapters import pincode
 from core.adapters.models import Booking, Conversation, PartnerProfile, Person
 from core.adapters.queue import after_commit, enqueue
+from core.adapters.redis_conn import redis_down
 from core.dialog import engine, words
 from core.dialog.booking import BOOKING, BOOKING_DIALOG, MENU, RATE
 from core.dialog.engine import Ctx, DialogState, Out, Say, UserInput
@@ -468,8 +470,10 @@ def _whatsapp_turn(session: Session, msg: InboundMessage, person: Person, conv: 
     try:
         outs = dialog_turn(session, person, conv, inp, idle, at=now)
     except Exception as exc:
-        if lost_a_race(exc):
-            raise  # a deadlock: the whole turn runs again (inbound._claimed_turn)
+        if lost_a_race(exc) or isinstance(exc, OperationalError) or redis_down(exc):
+            # A deadlock: the whole turn runs again (inbound._claimed_turn). PostgreSQL or
+            # Redis away: the message stays queued and RQ runs the drain again.
+            raise
         # Nothing of this turn is kept (its transaction rolls back); the user may retry.
         log.exception("dialog turn failed", extra={"step": step})
         raise TurnFailed(Turn(before, [Say("common.error_try_later")])) from exc

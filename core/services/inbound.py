@@ -15,6 +15,7 @@ drain changes nothing twice.
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import json
 import logging
@@ -392,7 +393,14 @@ def accept(msg: InboundMessage) -> Acceptance:
               f"{msg.channel}:{msg.contact}", DRAINERS, DRAINERS_TTL_S],
     )
     if int(schedule):
-        schedule_drainer()
+        try:
+            schedule_drainer()
+        except RedisError:
+            # Counted, never enqueued: a count of a drainer that does not exist would keep
+            # the next ones (and the sweep) from starting one. The message stays queued.
+            with contextlib.suppress(RedisError):
+                r.decr(DRAINER_COUNT)
+            raise
     state = int(state)
     if state == 0:
         log.info("duplicate webhook ignored", extra={"channel": msg.channel})
@@ -639,7 +647,14 @@ def _too_many(msg: InboundMessage) -> None:
 
 
 def sweep_inboxes() -> int:
-    """Put back in READY every inbox with messages that nobody is on (lost jobs)."""
+    """Put back in READY every inbox with messages that nobody is on (lost jobs), and
+    start a drainer if READY waits with none about.
+
+    Nobody is on an inbox whose ``:scheduled`` flag lapsed, nor on one scheduled but
+    neither locked nor in READY: a drainer killed mid-turn took it off READY and its lock
+    lapsed (its flag would keep it waiting 10 minutes). A drainer count with no drain job
+    queued, running or waiting for a retry is a count of drainers that do not exist (an
+    enqueue that failed after the count, a killed worker)."""
     r = redis_client()
     count = 0
     for key in cast(set[bytes], r.smembers(INBOXES)):  # bytes: our client does not decode
@@ -647,13 +662,26 @@ def sweep_inboxes() -> int:
         if not r.llen(name):
             r.srem(INBOXES, name)  # expired with nothing drained, or emptied by a drain
             continue
-        if r.set(name + ":scheduled", "1", nx=True, ex=SCHEDULED_TTL_S):
-            r.rpush(READY, name.removeprefix("inbox:"))
+        contact = name.removeprefix("inbox:")
+        if r.set(name + ":scheduled", "1", nx=True, ex=SCHEDULED_TTL_S) or (
+                not r.exists(name + ":lock") and r.lpos(READY, contact) is None):
+            r.rpush(READY, contact)  # twice in READY is harmless: one drainer takes the lock
             count += 1
-    if r.llen(READY) and not r.exists(DRAINER_COUNT):
+    if r.llen(READY) and (not r.exists(DRAINER_COUNT) or not _drain_jobs()):
         r.set(DRAINER_COUNT, 1, ex=DRAINERS_TTL_S)
         schedule_drainer()
     return count
+
+
+def _drain_jobs() -> int:
+    """Drain jobs queued, running, or waiting for a retry."""
+    from rq.registry import ScheduledJobRegistry, StartedJobRegistry
+
+    from core.adapters.queue import queue
+
+    q = queue("inbound")
+    return (q.count + StartedJobRegistry(queue=q).count
+            + ScheduledJobRegistry(queue=q).count)
 
 
 def _language_of(msg: InboundMessage) -> str:

@@ -187,19 +187,47 @@ _INSERT = (insert(_OUTBOX)
            .returning(_OUTBOX.c.id))
 
 
+# Messages to one person go out in the order they were written: one waits while an
+# earlier message to the same address is waiting for a retry (a try failed), at most this
+# long after that one was written (then it no longer holds the others back).
+IN_ORDER_FOR = timedelta(minutes=10)
+
+
+def _behind_a_retry(outbox_id: int, to_addr: str) -> bool:
+    """An earlier message to ``to_addr`` failed a try and waits for its retry."""
+    with db.autocommit() as conn:
+        return conn.execute(select(OutboxMessage.id).where(
+            OutboxMessage.status == "pending", OutboxMessage.to_addr == to_addr,
+            OutboxMessage.id < outbox_id, OutboxMessage.attempts > 0,
+            OutboxMessage.created_at > clock.now() - IN_ORDER_FOR).limit(1)).first() is not None
+
+
 def send_now(claimed: _Claimed) -> str:
-    """Send a row claimed at insert, in this worker; a failed try becomes the retrying job."""
+    """Send a row claimed at insert, in this worker; a failed try becomes the retrying job.
+    A row behind an earlier one to the same person that waits for a retry waits too (its
+    job, after that retry): a reply must not overtake the one it follows."""
+    if _behind_a_retry(claimed.outbox_id, claimed.to):
+        with db.autocommit() as conn:  # given back untried
+            conn.execute(update(OutboxMessage).where(
+                OutboxMessage.id == claimed.outbox_id, OutboxMessage.status == "sending")
+                .values(status="pending", attempts=OutboxMessage.attempts - 1))
+        _retry_later(claimed.outbox_id, extra_s=1)
+        return "waiting"
     try:
         return _send(claimed)
     except TransientSendError:
-        s = get_settings()
-        intervals = list(s.outbox_retry_intervals)
-        queue("outbox").enqueue_in(
-            timedelta(seconds=intervals[0]), DELIVER_JOB, claimed.outbox_id,
-            job_id=f"outbox-{claimed.outbox_id}",
-            retry=Retry(max=max(s.outbox_max_retries - 1, 0), interval=intervals[1:] or intervals),
-            result_ttl=3600, failure_ttl=7 * 86400)
+        _retry_later(claimed.outbox_id)
         return "retrying"
+
+
+def _retry_later(outbox_id: int, *, extra_s: int = 0) -> None:
+    s = get_settings()
+    intervals = list(s.outbox_retry_intervals)
+    queue("outbox").enqueue_in(
+        timedelta(seconds=intervals[0] + extra_s), DELIVER_JOB, outbox_id,
+        job_id=f"outbox-{outbox_id}",
+        retry=Retry(max=max(s.outbox_max_retries - 1, 0), interval=intervals[1:] or intervals),
+        result_ttl=3600, failure_ttl=7 * 86400)
 
 
 def schedule_delivery(outbox_id: int, *, fresh: bool = False) -> None:
@@ -226,6 +254,8 @@ def deliver(outbox_id: int) -> str:
             return "missing"
         if row.status != "pending":
             return "already-" + row.status
+        if _behind_a_retry(outbox_id, row.to_addr):  # RQ tries again after it
+            raise TransientSendError("an earlier message to the same person waits for a retry")
         row.status = "sending"
         row.attempts += 1
         row.updated_at = clock.now()

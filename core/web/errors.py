@@ -88,6 +88,6 @@ def register(app: Flask) -> None:
 
 
 def _is_redis_down(exc: Exception) -> bool:
-    import redis.exceptions
+    from core.adapters.redis_conn import redis_down
 
-    return isinstance(exc, redis.exceptions.ConnectionError | redis.exceptions.TimeoutError)
+    return redis_down(exc)
