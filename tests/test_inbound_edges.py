@@ -8,6 +8,7 @@ from contextlib import contextmanager
 from datetime import timedelta
 
 import psycopg
+import pytest
 import redis
 from sqlalchemy import event, select
 
@@ -205,3 +206,25 @@ def test_a_drainer_count_for_an_enqueue_that_failed_is_undone(client, monkeypatc
                        wa("+919817000006", "hi", "SMr17u2")).status_code == 200
     run_jobs(("inbound",))
     assert replies_to("SMr17u1") and replies_to("SMr17u2")
+
+
+def test_the_minute_sweep_takes_up_inboxes_while_postgresql_is_away(client):
+    """The minute sweep's parts run each on its own: PostgreSQL failing the outbox's part
+    must not keep the inboxes' (Redis only) from taking up a contact nobody is on."""
+    import workers.outbox as outbox_jobs
+
+    phone = "+919817000007"
+    assert post_twilio(client, "/webhooks/whatsapp",
+                       wa(phone, "hi", "SMr17w1")).status_code == 200
+    r = redis_client()
+    _inbox, scheduled, _lock = inbound._keys("whatsapp", phone.lstrip("+"))
+    r.delete(inbound.READY, scheduled, inbound.DRAINER_COUNT)  # a lost drainer's state
+    queue("inbound").empty()
+    away = psycopg.OperationalError("the database system is starting up")
+    with db_fails_once("SELECT", away) as hit:
+        with pytest.raises(Exception, match="starting up"):
+            outbox_jobs.sweep()
+    assert hit
+    assert r.llen(inbound.READY) == 1, "the inboxes' part did not run"
+    run_jobs(("inbound",))
+    assert replies_to("SMr17w1")

@@ -27,8 +27,19 @@ def sweep() -> int:
     from workers import inbound as inbound_jobs
 
     try:
-        count = outbox.sweep() + inbound_jobs.sweep() + int(outbox.kick_statuses())
-        return count + handoff.expire_idle()
+        # Each part on its own: PostgreSQL away must not keep the Redis-only parts (the
+        # inboxes, the status queue) from running, nor the reverse. The first error is
+        # raised once all have run.
+        count, failed = 0, None
+        for part in (outbox.sweep, inbound_jobs.sweep, outbox.kick_statuses,
+                     handoff.expire_idle):
+            try:
+                count += int(part())
+            except Exception as exc:  # noqa: BLE001 (raised below, after the others ran)
+                failed = failed or exc
+        if failed is not None:
+            raise failed
+        return count
     finally:
         schedule_sweep()  # one failed run (the database restarting) must not end the chain
 
