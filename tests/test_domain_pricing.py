@@ -397,7 +397,7 @@ def test_rate_card_validation(change: dict) -> None:
 
 def test_rate_card_is_immutable() -> None:
     with pytest.raises(TypeError):
-        CARD.vehicles[VehicleType.BICYCLE] = VehicleRate(0, 0, 0, 0)  # type: ignore[index]
+        CARD.vehicles[VehicleType.BICYCLE] = VehicleRate(0, 0, 0, 100)  # type: ignore[index]
 
 
 def test_vehicle_not_on_card() -> None:

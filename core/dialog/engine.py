@@ -105,7 +105,8 @@ class Retry:
 
 class Redirect(Exception):  # noqa: N818 (a step's answer, not an error)
     """Raised by a prompt that cannot be shown as things are (no vehicle carries the parcel
-    to quote for): the dialog goes to ``step`` instead, saying ``say`` first."""
+    to quote for), or by a handler that finds so (the rate card changed since): the dialog
+    goes to ``step`` instead, saying ``say`` first."""
 
     def __init__(self, step: str, say: Sequence[Out] = ()) -> None:
         super().__init__(step)
@@ -237,7 +238,10 @@ def turn(dialog: Dialog, state: DialogState, inp: UserInput, ports: Any,
             state.data["draft_step"] = step.name
         return enter(dialog, ctx, dialog.language)
 
-    result = step.handle(ctx, inp)
+    try:
+        result = step.handle(ctx, inp)
+    except Redirect as to:
+        result = Goto(to.step, to.say)
     if isinstance(result, Goto):
         return enter(dialog, ctx, result.step, result.say, result.prompt)
     if isinstance(result, Stay):

@@ -334,7 +334,7 @@ def _confirm_prompt(ctx: Ctx) -> list[Out]:
 def _confirm_handle(ctx: Ctx, inp: UserInput) -> Result:
     picked = choice(inp, 3)
     if picked == 1:
-        if price_changed(ctx, ctx.ports.quote(full_slots(ctx.slots))):
+        if price_changed(ctx, quote_or_resize(ctx, full_slots(ctx.slots))):
             return Goto("confirm", [Say("ivr.confirm.new_price")])
         done = ctx.ports.confirm(full_slots(ctx.slots))
         if done.get("refused") == "outside_service_area":

@@ -155,6 +155,12 @@ class VehicleRate:
     def __post_init__(self) -> None:
         for name in ("base_fare_paise", "base_distance_m", "per_km_paise", "minimum_paise"):
             _check_int(name, getattr(self, name), code="bad_rate_card")
+        # Fares are charged in whole rupees: a minimum that is not one would be rounded
+        # below itself, and none (with no base fare) would price a ride at nothing.
+        if self.minimum_paise < 100 or self.minimum_paise % 100:
+            raise ValidationError(
+                f"minimum_paise must be whole rupees, at least 100 (got {self.minimum_paise})",
+                code="bad_rate_card", field="minimum_paise")
 
 
 def _frozen_map(enum_type: type[StrEnum], raw: Mapping[Any, Any], name: str, *,
