@@ -69,11 +69,36 @@ def _int(env: dict[str, str], name: str, default: int, *, minimum: int = 0,
     return value
 
 
-def int_setting(name: str, default: int, *, minimum: int = 0,
-                maximum: int | None = None) -> int:
-    """An integer setting an area reads when it needs it: ConfigError names a bad value
-    instead of the default silently standing in for it."""
+# Integer settings an area reads when it needs them, and their limits (lowest, highest).
+# load_settings checks each, so a bad value stops the start with the other problems
+# instead of failing the first job or request that reads it; int_setting reads them.
+AREA_INTS: dict[str, tuple[int, int | None]] = {
+    "DRAIN_THREADS": (1, 16),  # core.services.inbound
+    "PAYMENT_LINK_TTL_MIN": (16, None),  # Razorpay refuses a link expiring within 15 min
+    "REFUND_RETRY_MIN": (1, None),
+    "REFUND_ATTEMPTS": (1, None),
+    "HANDOFF_REPLY_MINUTES": (1, None),
+    "HANDOFF_IDLE_HOURS": (1, None),
+    "SERVICE_RADIUS_KM": (1, None),
+    "UNPAID_BOOKINGS_MAX": (1, None),
+    "DISPATCH_PICKUP_MINUTES": (1, None),
+    "RETENTION_STATUS_DAYS": (1, 3650),
+    "RETENTION_MESSAGE_DAYS": (7, 3650),  # a booking and its refunds are over by then
+    "RETENTION_RUN_SECONDS": (1, 600),  # the job's RQ timeout is this plus a minute
+}
+
+
+def int_setting(name: str, default: int) -> int:
+    """An integer setting an area reads when it needs it (one of AREA_INTS): ConfigError
+    names a bad value instead of the default silently standing in for it."""
+    minimum, maximum = AREA_INTS[name]
     return _int(dict(os.environ), name, default, minimum=minimum, maximum=maximum)
+
+
+def listed_secrets(raw: str) -> tuple[str, ...]:
+    """The secrets of a comma-separated setting; spaces next to a comma separate (production
+    refuses a value that starts or ends with one, as it does any padded secret)."""
+    return tuple(k.strip() for k in raw.split(",") if k.strip())
 
 
 def parse_ops_hours(raw: str) -> tuple[int, int] | None:
@@ -217,7 +242,7 @@ def load_settings(environ: dict[str, str] | None = None) -> Settings:
             problems.append(str(err))
             return default
 
-    port = num("PORT", 8000, minimum=1)
+    port = num("PORT", 8000, minimum=1, maximum=65535)
     public_base_url = env.get("PUBLIC_BASE_URL") or f"http://127.0.0.1:{port}"
     public_base_url = public_base_url.rstrip("/")
     parts = urlsplit(public_base_url)
@@ -244,8 +269,7 @@ def load_settings(environ: dict[str, str] | None = None) -> Settings:
     rzp_secret = secret("RAZORPAY_KEY_SECRET", SANDBOX_RAZORPAY_KEY_SECRET)
     rzp_hook = secret("RAZORPAY_WEBHOOK_SECRET", SANDBOX_RAZORPAY_WEBHOOK_SECRET,
                       OWN_SECRET_MIN)
-    rzp_hook_previous = tuple(k.strip() for k in env.get(
-        "RAZORPAY_WEBHOOK_SECRET_PREVIOUS", "").split(",") if k.strip())
+    rzp_hook_previous = listed_secrets(env.get("RAZORPAY_WEBHOOK_SECRET_PREVIOUS", ""))
     if production:
         if rzp_id and not rzp_id.startswith("rzp_live_"):
             # A test-mode key takes no real money: every payment link would be a dummy.
@@ -259,23 +283,24 @@ def load_settings(environ: dict[str, str] | None = None) -> Settings:
             for earlier, other in named[:i]:
                 if given and given == other:
                     problems.append(f"{name} is the same as {earlier}; give each its own")
-        for old_hook in rzp_hook_previous:
-            if old_hook in SANDBOX_SECRETS or old_hook == rzp_hook:
-                problems.append("RAZORPAY_WEBHOOK_SECRET_PREVIOUS holds a sandbox default or "
-                                "the current secret; give the one it replaced")
-        # Twilio's SharedKey secrets (comma-separated while rotating), each checked alike.
-        for key in (k.strip() for k in env.get("TWILIO_WEBHOOK_SHARED_KEY", "").split(",")):
-            if not key:
-                continue
-            if key in SANDBOX_SECRETS:
-                problems.append("TWILIO_WEBHOOK_SHARED_KEY holds a sandbox default; set a "
-                                "real secret")
-            elif len(key) < ISSUED_SECRET_MIN:
-                problems.append("TWILIO_WEBHOOK_SHARED_KEY is too short: at least "
-                                f"{ISSUED_SECRET_MIN} characters each")
-            elif any(key == other for _, other in named):
-                problems.append("TWILIO_WEBHOOK_SHARED_KEY is the same as another secret; "
-                                "give each its own")
+        # Lists of secrets (comma-separated), each checked as a secret of its own is. A
+        # previous webhook secret has no length to meet: a short one is what a rotation to
+        # a long one leaves behind, and it is kept for a day or two.
+        for name, minimum in (("RAZORPAY_WEBHOOK_SECRET_PREVIOUS", 1),
+                              ("TWILIO_WEBHOOK_SHARED_KEY", ISSUED_SECRET_MIN)):
+            raw = env.get(name, "")
+            if raw != raw.strip():  # refused, not trimmed, as a single secret is
+                problems.append(f"{name} starts or ends with a space or line break; "
+                                "remove it")
+            for key in listed_secrets(raw):
+                if key in SANDBOX_SECRETS:
+                    problems.append(f"{name} holds a sandbox default; set a real secret")
+                elif len(key) < minimum:
+                    problems.append(f"{name} is too short: at least {minimum} characters "
+                                    "each")
+                elif any(key == other for _, other in named):
+                    problems.append(f"{name} is the same as another secret; give each its "
+                                    "own")
 
     # In sandbox mode the real clients talk to our emulators mounted under /sandbox.
     twilio_api_base = env.get("TWILIO_API_BASE") or None
@@ -328,6 +353,22 @@ def load_settings(environ: dict[str, str] | None = None) -> Settings:
         problems.append(str(err))
         ops_hours = None
 
+    for name, (minimum, maximum) in AREA_INTS.items():
+        num(name, 0, minimum=minimum, maximum=maximum)
+    data_dir = Path(env.get("DATA_DIR") or ROOT / "var")
+    # Settings of other parts, read when first needed: checked now, with the rest.
+    from core.adapters import storage
+    from core.domain import dispatch
+
+    try:
+        dispatch.from_env(env)
+    except dispatch.DispatchConfigError as err:
+        problems.append(str(err))
+    try:
+        storage.load_config(env, data_dir=data_dir)
+    except storage.StorageConfigError as err:
+        problems.extend(str(err).split("; "))
+
     raw_level = env.get("LOG_LEVEL", "")
     log_level = raw_level.strip().upper() or "INFO"
     # Python's logging takes these old names too, and settings written for it use them.
@@ -356,7 +397,7 @@ def load_settings(environ: dict[str, str] | None = None) -> Settings:
         razorpay_api_base=razorpay_api_base,
         ops_phone=ops_phone,
         osrm_url=env.get("OSRM_URL") or None,
-        data_dir=Path(env.get("DATA_DIR") or ROOT / "var"),
+        data_dir=data_dir,
         detour_factor_bp=num("DETOUR_FACTOR_BP", 13500, minimum=10000),
         inbound_rate_limit=num("INBOUND_RATE_LIMIT", 30, minimum=1),
         inbound_rate_window_s=num("INBOUND_RATE_WINDOW_S", 60, minimum=1),

@@ -238,3 +238,59 @@ def test_an_area_setting_with_a_bad_value_is_an_error_not_its_default(
         getattr(importlib.import_module(module), function)()
     monkeypatch.setenv(name, "3")
     assert getattr(importlib.import_module(module), function)() in (3, 3000)
+
+
+def test_a_port_past_65535_is_refused():
+    with pytest.raises(ConfigError, match="PORT must be <= 65535, got 70000"):
+        load_settings(sandbox_env(PORT="70000"))
+    assert load_settings(sandbox_env(PORT="65535")).port == 65535
+
+
+@pytest.mark.parametrize(("name", "value", "says"), [
+    ("DRAIN_THREADS", "0", "DRAIN_THREADS must be >= 1, got 0"),
+    ("DRAIN_THREADS", "17", "DRAIN_THREADS must be <= 16, got 17"),
+    ("DRAIN_THREADS", "four", "DRAIN_THREADS must be an integer, got 'four'"),
+    ("PAYMENT_LINK_TTL_MIN", "15", "PAYMENT_LINK_TTL_MIN must be >= 16, got 15"),
+    ("PAYMENT_LINK_TTL_MIN", "half an hour", "PAYMENT_LINK_TTL_MIN must be an integer"),
+    ("REFUND_ATTEMPTS", "0", "REFUND_ATTEMPTS must be >= 1, got 0"),
+    ("REFUND_RETRY_MIN", "1h", "REFUND_RETRY_MIN must be an integer, got '1h'"),
+    ("DISPATCH_PICKUP_MINUTES", "0", "DISPATCH_PICKUP_MINUTES must be >= 1, got 0"),
+    ("RETENTION_RUN_SECONDS", "601", "RETENTION_RUN_SECONDS must be <= 600, got 601"),
+    ("DISPATCH_OFFER_TIMEOUT_S", "2", "DISPATCH_OFFER_TIMEOUT_S must be >= 5, got 2"),
+    ("DISPATCH_RADII_KM", "3,x", "DISPATCH_RADII_KM must be a comma-separated list"),
+    ("POD_MAX_BYTES", "512", "POD_MAX_BYTES must be an integer >= 1024"),
+    ("POD_STORAGE", "ftp", "POD_STORAGE must be 'local' or 's3'"),
+])
+def test_a_bad_setting_of_any_part_stops_the_start(name, value, says):
+    """These were read only when a part first needed them: DRAIN_THREADS=17 or
+    REFUND_ATTEMPTS=0 silently became the default, PAYMENT_LINK_TTL_MIN=15 failed every
+    booking's link and a bad DISPATCH_* every search, long after the service started."""
+    with pytest.raises(ConfigError) as err:
+        load_settings(sandbox_env(**{name: value}))
+    assert says in str(err.value).splitlines()[0] and len(str(err.value).splitlines()) == 1
+
+
+def test_bad_settings_of_several_parts_are_named_together():
+    with pytest.raises(ConfigError) as err:
+        load_settings(sandbox_env(DRAIN_THREADS="0", POD_MAX_BYTES="1", PORT="0",
+                                  DISPATCH_RETRY_S="0"))
+    lines = str(err.value).splitlines()
+    assert len(lines) == 4
+    for name in ("DRAIN_THREADS", "POD_MAX_BYTES", "PORT", "DISPATCH_RETRY_S"):
+        assert sum(name in line for line in lines) == 1
+
+
+@pytest.mark.parametrize(("name", "value", "read"), [
+    ("DRAIN_THREADS", "17", "core.services.inbound:drain_threads"),
+    ("PAYMENT_LINK_TTL_MIN", "abc", "core.services.payments:payment_link_ttl"),
+    ("REFUND_ATTEMPTS", "0", "core.services.payments:refund_attempts"),
+    ("REFUND_RETRY_MIN", "-5", "core.services.payments:refund_retry_delay"),
+])
+def test_a_part_reading_a_bad_setting_names_it_instead_of_its_default(
+        monkeypatch, name, value, read):
+    import importlib
+
+    module, function = read.split(":")
+    monkeypatch.setenv(name, value)
+    with pytest.raises(ConfigError, match=name):
+        getattr(importlib.import_module(module), function)()

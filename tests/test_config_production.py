@@ -223,3 +223,34 @@ def test_the_previous_razorpay_webhook_secret_is_not_a_sandbox_default_nor_the_c
             load_settings({**env, "RAZORPAY_WEBHOOK_SECRET_PREVIOUS": previous})
     fine = load_settings({**env, "RAZORPAY_WEBHOOK_SECRET_PREVIOUS": "the-old-one-7f6e5d4c3b2a1"})
     assert fine.razorpay_webhook_previous == ("the-old-one-7f6e5d4c3b2a1",)
+
+
+@pytest.mark.parametrize("name", ["TWILIO_WEBHOOK_SHARED_KEY", "RAZORPAY_WEBHOOK_SECRET_PREVIOUS"])
+@pytest.mark.parametrize("pad", [" ", "\n", "\t"])
+def test_a_padded_list_of_secrets_is_refused_not_trimmed(name, pad):
+    """A single secret with a space or line break around it was refused while these lists
+    were trimmed: a pasted-wrong value passed here and nowhere else."""
+    keys = f"{'a1' * 10},{'b2' * 10}"
+    for value in (keys + pad, pad + keys):
+        lines = refusal(production_env(**{name: value}))
+        assert lines == [f"{name} starts or ends with a space or line break; remove it"]
+        assert "a1a1" not in "\n".join(lines)
+    # A space next to the comma separates; it is not part of a secret.
+    assert load_settings(production_env(**{name: keys.replace(",", ", ")}))
+
+
+@pytest.mark.parametrize("other", ["SECRET_KEY", "OTP_KEY", "TWILIO_AUTH_TOKEN",
+                                   "RAZORPAY_KEY_SECRET", "RAZORPAY_WEBHOOK_SECRET"])
+def test_the_previous_webhook_secret_is_no_other_settings_secret(other):
+    """It was compared only with the current webhook secret: the previous one being the
+    sign-in key or the auth token passed, one leaked secret giving away another."""
+    env = production_env()
+    lines = refusal({**env, "RAZORPAY_WEBHOOK_SECRET_PREVIOUS": f"old-one-0123456789,{env[other]}"})
+    assert lines == ["RAZORPAY_WEBHOOK_SECRET_PREVIOUS is the same as another secret; give "
+                     "each its own"]
+
+
+def test_a_short_previous_webhook_secret_may_be_rotated_away_from():
+    """The secret a rotation replaces may be one set up before the length rule."""
+    assert load_settings(production_env(RAZORPAY_WEBHOOK_SECRET_PREVIOUS="old12345"))\
+        .razorpay_webhook_previous == ("old12345",)

@@ -117,8 +117,10 @@ class StorageConfig:
     max_bytes: int
 
 
-def load_config(env: dict[str, str] | None = None) -> StorageConfig:
-    """Parse POD_* variables; StorageConfigError names every problem."""
+def load_config(env: dict[str, str] | None = None, *,
+                data_dir: Path | None = None) -> StorageConfig:
+    """Parse POD_* variables; StorageConfigError names every problem. The local store
+    defaults to ``pod`` under ``data_dir`` (the settings' DATA_DIR)."""
     env = dict(os.environ if env is None else env)
     kind = env.get("POD_STORAGE", "local").strip().lower() or "local"
     problems = []
@@ -143,7 +145,8 @@ def load_config(env: dict[str, str] | None = None) -> StorageConfig:
         problems.append("POD_S3_PREFIX has characters a key cannot hold")
     if problems:
         raise StorageConfigError("; ".join(problems))
-    local_dir = Path(env.get("POD_LOCAL_DIR") or get_settings().data_dir / "pod")
+    local_dir = Path(env.get("POD_LOCAL_DIR")
+                     or (get_settings().data_dir if data_dir is None else data_dir) / "pod")
     return StorageConfig(kind, local_dir, bucket, env.get("POD_S3_ENDPOINT_URL") or None,
                          env.get("POD_S3_REGION") or "auto", key_id, secret, prefix, max_bytes)
 

@@ -98,7 +98,7 @@ class Area:
 
 def service_radius_m() -> int:
     """Farthest a pickup or drop may be from an active Point (SERVICE_RADIUS_KM, km)."""
-    return int_setting("SERVICE_RADIUS_KM", DEFAULT_SERVICE_RADIUS_KM, minimum=1) * 1000
+    return int_setting("SERVICE_RADIUS_KM", DEFAULT_SERVICE_RADIUS_KM) * 1000
 
 
 def service_areas(session: Session, spots: list[tuple[float, float]]) -> list[Area]:
@@ -205,7 +205,7 @@ DEFAULT_MAX_UNPAID = 3
 
 def max_unpaid() -> int:
     """How many bookings one customer may have waiting for payment (UNPAID_BOOKINGS_MAX)."""
-    return int_setting("UNPAID_BOOKINGS_MAX", DEFAULT_MAX_UNPAID, minimum=1)
+    return int_setting("UNPAID_BOOKINGS_MAX", DEFAULT_MAX_UNPAID)
 
 
 def unpaid_bookings(session: Session, customer_id: int, *, lock: bool = False) -> int:

@@ -73,7 +73,7 @@ from core.adapters.models import (
 )
 from core.adapters.pincode import display_name
 from core.adapters.queue import after_commit, enqueue, queue
-from core.config import get_settings
+from core.config import ConfigError, get_settings, int_setting
 from core.domain import dispatch as rules
 from core.domain.booking import Actor, BookingStatus, LegStatus
 from core.domain.errors import Conflict, NotFound, ValidationError
@@ -107,17 +107,10 @@ def pickup_window() -> timedelta:
     """DISPATCH_PICKUP_MINUTES (60): how long a taken job may wait for its pickup before the
     partner is reminded and the customer and ops are told; after twice that it is taken
     back and offered again (see ``pickup_late``)."""
-    raw = os.environ.get("DISPATCH_PICKUP_MINUTES", "").strip()
-    if not raw:
-        return timedelta(minutes=60)
     try:
-        minutes = int(raw)
-    except ValueError:
-        raise rules.DispatchConfigError(
-            f"DISPATCH_PICKUP_MINUTES must be an integer, got {raw!r}") from None
-    if minutes < 1:
-        raise rules.DispatchConfigError(f"DISPATCH_PICKUP_MINUTES must be >= 1, got {minutes}")
-    return timedelta(minutes=minutes)
+        return timedelta(minutes=int_setting("DISPATCH_PICKUP_MINUTES", 60))
+    except ConfigError as err:
+        raise rules.DispatchConfigError(str(err)) from None
 
 
 def reset_config() -> None:

@@ -39,13 +39,13 @@ INDIA = ZoneInfo("Asia/Kolkata")  # the operators' clock (OPS_HOURS is India tim
 
 def reply_minutes() -> int:
     """How soon we promise an operator's answer (HANDOFF_REPLY_MINUTES, default 15)."""
-    return int_setting("HANDOFF_REPLY_MINUTES", DEFAULT_REPLY_MINUTES, minimum=1)
+    return int_setting("HANDOFF_REPLY_MINUTES", DEFAULT_REPLY_MINUTES)
 
 
 def idle_hours() -> int:
     """How long a handoff may sit with no message either way before it closes by itself
     (HANDOFF_IDLE_HOURS, default 12)."""
-    return int_setting("HANDOFF_IDLE_HOURS", DEFAULT_IDLE_HOURS, minimum=1)
+    return int_setting("HANDOFF_IDLE_HOURS", DEFAULT_IDLE_HOURS)
 
 
 def is_open(hours: tuple[int, int] | None, at: datetime) -> bool:

@@ -19,7 +19,6 @@ import contextlib
 import contextvars
 import json
 import logging
-import os
 import threading
 import time
 import uuid
@@ -38,7 +37,7 @@ from core import clock, i18n
 from core.adapters.db import transaction
 from core.adapters.models import Conversation, InboundEvent, Person
 from core.adapters.redis_conn import hit_rate_limit, redis_client, run_script
-from core.config import get_settings
+from core.config import get_settings, int_setting
 from core.dialog import words
 
 log = logging.getLogger(__name__)
@@ -425,8 +424,7 @@ def drain_threads() -> int:
     messages a second a WhatsApp number may receive, and replies queued up. Each thread
     holds its contact's lock, so a contact's messages stay in order.
     """
-    raw = os.environ.get("DRAIN_THREADS", "").strip()
-    return int(raw) if raw.isdigit() and 1 <= int(raw) <= 16 else DEFAULT_DRAIN_THREADS
+    return int_setting("DRAIN_THREADS", DEFAULT_DRAIN_THREADS)
 
 
 def drain_ready(handler_for: Handlers, *, budget_s: float | None = None,

@@ -25,7 +25,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -46,7 +45,7 @@ from core.adapters.models import Booking, Leg, PartnerProfile, Person
 from core.adapters.payment_models import GatewayEvent, LegTransfer, PaymentLink, Refund
 from core.adapters.queue import after_commit, enqueue, job_alive, queue
 from core.adapters.redis_conn import redis_client
-from core.config import ConfigError
+from core.config import int_setting
 from core.domain import ledger as rules
 from core.domain.booking import (
     Actor,
@@ -81,19 +80,7 @@ LINK_MIN_LEAD = timedelta(minutes=16)
 def payment_link_ttl() -> timedelta:
     """How long a payment link stays payable (``PAYMENT_LINK_TTL_MIN``, default 30; less
     than 16 is refused: Razorpay would refuse every link)."""
-    raw = os.environ.get("PAYMENT_LINK_TTL_MIN", "").strip()
-    minutes = int(raw) if raw.lstrip("-").isdigit() else 30
-    if minutes < LINK_MIN_LEAD.total_seconds() // 60:
-        raise ConfigError(f"PAYMENT_LINK_TTL_MIN must be >= 16, got {minutes}")
-    return timedelta(minutes=minutes)
-
-
-PAYMENT_LINK_TTL = payment_link_ttl()
-
-
-def _env_int(name: str, default: int) -> int:
-    raw = os.environ.get(name, "").strip()
-    return int(raw) if raw.isdigit() and int(raw) > 0 else default
+    return timedelta(minutes=int_setting("PAYMENT_LINK_TTL_MIN", 30))
 
 
 def refund_retry_delay() -> timedelta:
@@ -102,13 +89,13 @@ def refund_retry_delay() -> timedelta:
     balance needs time: payouts settle, someone tops the account up."""
     from core.config import get_settings
 
-    return timedelta(minutes=_env_int("REFUND_RETRY_MIN",
+    return timedelta(minutes=int_setting("REFUND_RETRY_MIN",
                                       2 if get_settings().is_sandbox else 60))
 
 
 def refund_attempts() -> int:
     """How many refund attempts are made before ops must step in (``REFUND_ATTEMPTS``, 3)."""
-    return _env_int("REFUND_ATTEMPTS", 3)
+    return int_setting("REFUND_ATTEMPTS", 3)
 
 
 def _enqueue_after_commit(session: Session, func_name: str, *args: Any, job_id: str,
@@ -1878,7 +1865,7 @@ def count_events(session: Session) -> int:
     return int(session.scalar(select(func.count()).select_from(GatewayEvent)) or 0)
 
 
-__all__ = ["PAYMENT_LINK_TTL", "cancel_booking", "cancellation_preview", "create_payment_link",
+__all__ = ["cancel_booking", "cancellation_preview", "create_payment_link",
            "hold_leg_transfer", "payment_url", "process_event", "receive_webhook",
            "record_capture", "refund_booking", "release_leg", "request_payment_link",
            "retry_refund", "retry_refund_now", "settle_leg_transfer"]

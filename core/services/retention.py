@@ -69,7 +69,7 @@ from core.adapters.models import (
 from core.adapters.payment_models import LedgerPosting
 from core.adapters.queue import after_commit
 from core.adapters.redis_conn import redis_client
-from core.config import int_setting
+from core.config import AREA_INTS, int_setting
 from core.domain import ledger as rules
 from core.domain.booking import BOOKING, LEG
 from core.domain.dispatch import OfferStatus
@@ -89,7 +89,7 @@ ERASED_ADDR = "erased"
 DEFAULT_STATUS_DAYS = 30
 DEFAULT_MESSAGE_DAYS = 90
 DEFAULT_RUN_SECONDS = 120
-MAX_RUN_SECONDS = 600  # the job's RQ timeout is this plus a minute (workers.retention)
+MAX_RUN_SECONDS = AREA_INTS["RETENTION_RUN_SECONDS"][1] or 600  # its RQ timeout: this + 1 min
 BATCH = 500  # rows per transaction: short row locks, a bounded step between time checks
 
 CLOSED_BOOKINGS = tuple(s.value for s in BOOKING.closed)
@@ -105,22 +105,20 @@ MIN_NAME = 3
 
 def status_days() -> int:
     """Days Twilio's status callbacks are kept (RETENTION_STATUS_DAYS, default 30)."""
-    return int_setting("RETENTION_STATUS_DAYS", DEFAULT_STATUS_DAYS, minimum=1, maximum=3650)
+    return int_setting("RETENTION_STATUS_DAYS", DEFAULT_STATUS_DAYS)
 
 
 def message_days() -> int:
     """Days message texts and dialog drafts are kept (RETENTION_MESSAGE_DAYS, default 90).
 
     At least a week: a booking, its refund attempts and a handoff are over within days."""
-    return int_setting("RETENTION_MESSAGE_DAYS", DEFAULT_MESSAGE_DAYS, minimum=7,
-                       maximum=3650)
+    return int_setting("RETENTION_MESSAGE_DAYS", DEFAULT_MESSAGE_DAYS)
 
 
 def run_seconds() -> int:
     """How long one daily run may work (RETENTION_RUN_SECONDS, default 120); what is left
     waits for the next day's run."""
-    return int_setting("RETENTION_RUN_SECONDS", DEFAULT_RUN_SECONDS, minimum=1,
-                       maximum=MAX_RUN_SECONDS)
+    return int_setting("RETENTION_RUN_SECONDS", DEFAULT_RUN_SECONDS)
 
 
 def _monotonic() -> float:

@@ -17,7 +17,7 @@ from twilio.request_validator import (
     get_signature_algorithm,
 )
 
-from core.config import get_settings
+from core.config import get_settings, listed_secrets
 from core.domain.errors import ValidationError
 from core.domain.phone import normalize_phone
 from core.services.inbound import InboundMessage
@@ -83,8 +83,7 @@ def signing_keys(settings) -> tuple[tuple[str, ...], str]:  # noqa: ANN001 (core
     if not named:
         log.warning("webhook signature settings name no algorithm", extra={"path": request.path})
         return (), HMAC_SHA1
-    secrets = tuple(k.strip() for k in (settings.twilio_webhook_shared_key or "").split(",")
-                    if k.strip())
+    secrets = listed_secrets(settings.twilio_webhook_shared_key or "")
     if not secrets:
         log.warning("webhook signed with a Twilio shared key, but TWILIO_WEBHOOK_SHARED_KEY "
                     "is not set", extra={"path": request.path})
