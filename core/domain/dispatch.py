@@ -36,6 +36,8 @@ from functools import lru_cache
 
 from core.domain.otp import OTP_DIGITS
 from core.domain.pricing import (
+    VEHICLE_RANGE_KM,
+    VEHICLE_SPEED_KMH,
     SizeBucket,
     SpeedTier,
     VehicleType,
@@ -178,17 +180,8 @@ def from_env(env: Mapping[str, str]) -> DispatchConfig:
 # Highest declared value (paise) each trust tier may carry; tier 3 is unlimited.
 TRUST_LIMIT_PAISE: Mapping[int, int | None] = {0: 1_000_00, 1: 5_000_00, 2: 25_000_00, 3: None}
 
-# Average rural speed (km/h) and the longest single leg (km) a vehicle type is asked to do.
-VEHICLE_SPEED_KMH: Mapping[VehicleType, int] = {
-    VehicleType.BICYCLE: 12, VehicleType.MOTORCYCLE: 30, VehicleType.E_RICKSHAW: 15,
-    VehicleType.AUTO: 25, VehicleType.PICKUP: 35, VehicleType.CART: 6,
-}
-VEHICLE_RANGE_KM: Mapping[VehicleType, int] = {
-    VehicleType.BICYCLE: 15, VehicleType.MOTORCYCLE: 60, VehicleType.E_RICKSHAW: 25,
-    VehicleType.AUTO: 40, VehicleType.PICKUP: 150, VehicleType.CART: 10,
-}
-
-
+# VEHICLE_SPEED_KMH and VEHICLE_RANGE_KM (imported above) live in pricing, which picks a
+# vehicle whose range covers the trip; they stay importable from here as before.
 _RANGE_M = {str(vt): km * 1000 for vt, km in VEHICLE_RANGE_KM.items()}
 
 

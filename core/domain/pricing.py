@@ -119,6 +119,18 @@ VEHICLE_CAPACITY: Mapping[VehicleType, Capacity] = MappingProxyType(
 )
 
 
+# Average rural speed (km/h) and the longest single leg (km) a vehicle type is asked to do.
+# Dispatch checks a leg against these; a quote picks a vehicle whose range covers the trip.
+VEHICLE_SPEED_KMH: Mapping[VehicleType, int] = {
+    VehicleType.BICYCLE: 12, VehicleType.MOTORCYCLE: 30, VehicleType.E_RICKSHAW: 15,
+    VehicleType.AUTO: 25, VehicleType.PICKUP: 35, VehicleType.CART: 6,
+}
+VEHICLE_RANGE_KM: Mapping[VehicleType, int] = {
+    VehicleType.BICYCLE: 15, VehicleType.MOTORCYCLE: 60, VehicleType.E_RICKSHAW: 25,
+    VehicleType.AUTO: 40, VehicleType.PICKUP: 150, VehicleType.CART: 10,
+}
+
+
 def can_carry(
     vehicle: VehicleType | str, size: SizeBucket | str, weight: WeightBucket | str
 ) -> bool:
@@ -307,9 +319,19 @@ DEFAULT_RATE_CARD = RateCard(
 
 
 def choose_vehicle(
-    size: SizeBucket | str, weight: WeightBucket | str, card: RateCard = DEFAULT_RATE_CARD
+    size: SizeBucket | str,
+    weight: WeightBucket | str,
+    card: RateCard = DEFAULT_RATE_CARD,
+    distance_m: int | None = None,
 ) -> VehicleType:
-    """Cheapest vehicle on ``card`` able to carry the parcel (by minimum fare, then per-km)."""
+    """Cheapest vehicle on ``card`` able to carry the parcel.
+
+    Without ``distance_m``: by minimum fare, then per-km, then ``VehicleType`` order.
+    With ``distance_m`` (road metres): among the able vehicles whose range
+    (``VEHICLE_RANGE_KM``) covers the trip, the one whose standard-tier fare for this parcel
+    at that distance is lowest, ties as above; if none covers it, the able vehicle with the
+    longest range (dispatch then carries it by relay), ties by that same fare.
+    """
     able = [v for v in card.vehicles if can_carry(v, size, weight)]
     if not able:
         raise ValidationError(
@@ -318,14 +340,23 @@ def choose_vehicle(
             field="size",
         )
     order = list(VehicleType)
-    return min(
-        able,
-        key=lambda v: (
-            card.vehicles[v].minimum_paise,
-            card.vehicles[v].per_km_paise,
-            order.index(v),
-        ),
-    )
+
+    def by_card(v: VehicleType) -> tuple[int, int, int]:
+        return card.vehicles[v].minimum_paise, card.vehicles[v].per_km_paise, order.index(v)
+
+    if distance_m is None:
+        return min(able, key=by_card)
+    _check_int("distance_m", distance_m, code="bad_distance")
+    trip_m = distance_m
+
+    def fare(v: VehicleType) -> int:
+        return quote(card, distance_m=trip_m, vehicle=v, size=size, weight=weight,
+                     tier=SpeedTier.STANDARD).total_paise
+
+    in_range = [v for v in able if trip_m <= VEHICLE_RANGE_KM[v] * 1000]
+    if in_range:
+        return min(in_range, key=lambda v: (fare(v), *by_card(v)))
+    return min(able, key=lambda v: (-VEHICLE_RANGE_KM[v], fare(v), *by_card(v)))
 
 
 def road_distance_m(straight_m: int, card: RateCard = DEFAULT_RATE_CARD) -> int:
