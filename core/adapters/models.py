@@ -333,7 +333,8 @@ class OutboxMessage(Base):
 
     id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
     channel: Mapped[str] = mapped_column(String(10))
-    to_addr: Mapped[str] = mapped_column(String(80))
+    # An erasure finds the messages to a number by it (migration 0022).
+    to_addr: Mapped[str] = mapped_column(String(80), index=True)
     from_addr: Mapped[str] = mapped_column(String(80))
     body: Mapped[str] = mapped_column(Text)
     media_url: Mapped[str | None] = mapped_column(Text)

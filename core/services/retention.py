@@ -70,6 +70,10 @@ from core.adapters.payment_models import LedgerPosting
 from core.adapters.queue import after_commit
 from core.adapters.redis_conn import redis_client
 from core.config import AREA_INTS, int_setting
+from core.dialog.booking import BOOKING as DRAFT_GROUP
+from core.dialog.booking import BOOKING_DIALOG, REQUIRED_SLOTS
+from core.dialog.engine import copy_data
+from core.dialog.voice import VOICE_DIALOG, full_slots
 from core.domain import ledger as rules
 from core.domain.booking import BOOKING, LEG
 from core.domain.dispatch import OfferStatus
@@ -303,16 +307,32 @@ def erase_person(session: Session, person_id: int) -> Erasure:
     and handoff messages lose their text; their sign-ins end; a partner's name, vehicle
     plates and proof-of-delivery photos (files too) go. The ledger, payments and
     transitions stay. Where others kept them goes too: the senders of bookings to them
-    lose the texts naming them (their chats with the bot, those bookings' messages); call
+    lose the texts naming them (their chats with the bot, those bookings' messages, their
+    handoffs with ops, open ones too); a booking draft naming them (anyone's, by their
+    number; a sender's, by the name given) loses the recipient, whom its writer is asked
+    for again; handoffs waiting for ops lose the messages that say their number; call
     answers stored for Twilio's retries that say their number (or their recipients'),
     written or read out digit by digit; their messages in Redis's dead-letter list. Run
     again, it finds nothing left to change. A later message from the same number makes a
     new person.
     """
+    # Who may have named them, read before any lock: the drafts naming them are locked
+    # with their own conversations, below.
+    known = session.execute(select(Person.phone, Person.wa_id).where(
+        Person.id == person_id)).first()
+    if known is None:
+        raise NotFound("no such person", code="not_found")
+    senders = _senders_of(session, known.phone)
+    named = _ten_digits(known.phone, known.wa_id, *session.scalars(
+        select(Conversation.contact).where(Conversation.person_id == person_id)))
     # Lock order as a chat turn takes it (its conversation, then the person row when it
-    # books), so a turn running now either finished first or finds the contact gone.
-    convs = list(session.scalars(select(Conversation).where(
-        Conversation.person_id == person_id).order_by(Conversation.id).with_for_update()))
+    # books), so a turn running now either finished first or finds the contact gone: their
+    # conversations and the other contacts' drafts naming them, all in id order, first.
+    locked = list(session.scalars(select(Conversation).where(or_(
+        Conversation.person_id == person_id,
+        _drafts_naming(named, senders))).order_by(Conversation.id).with_for_update()))
+    convs = [c for c in locked if c.person_id == person_id]
+    drafts = [c for c in locked if c.person_id != person_id]
     person = session.get(Person, person_id, with_for_update=True)
     if person is None:
         raise NotFound("no such person", code="not_found")
@@ -335,8 +355,10 @@ def erase_person(session: Session, person_id: int) -> Erasure:
         Booking.id.in_(received))))
     numbers = _ten_digits(person.phone, person.wa_id, *(c.contact for c in convs))
     _erase_messages(session, done, own, theirs, _addresses(*recipients))
-    # Before the bookings lose the recipient: the names the senders gave are read there.
-    _erase_recipient_copies(session, done, received, numbers)
+    # Before the drafts lose the recipient: the names their writers gave are read there.
+    _erase_recipient_copies(session, done, received, numbers, senders, drafts)
+    _erase_waiting_handoffs(session, done, numbers)
+    _scrub_drafts(done, drafts)
     _erase_stored_answers(session, done, numbers | _ten_digits(*recipients))
     _erase_bookings(session, done, own, received)
 
@@ -405,8 +427,9 @@ def _erase_messages(session: Session, done: Erasure, own: Any, theirs: set[str],
     """Messages to the person (and to the recipients of their bookings) lose text and
     address; the other messages about their bookings (to partners, ops) their text."""
     m = OutboxMessage
-    to_them = or_(m.to_addr.in_(theirs),
-                  and_(m.booking_id.in_(own), m.to_addr.in_(recipients)))
+    # By ix_outbox_messages_to_addr (an empty IN would have the whole table read).
+    to_them = or_(_among(m.to_addr, theirs),
+                  and_(m.booking_id.in_(own), _among(m.to_addr, recipients)))
     about = m.booking_id.in_(own)
     texted = or_(m.body != REDACTED, m.media_url.is_not(None))
     # Not sent yet: never sent now (the sender skips a row that is not pending).
@@ -468,36 +491,146 @@ def _redact_mentions(session: Session, done: Erasure, where: Any, said: Any) -> 
     done.add("messages", len(changed))
 
 
-def _erase_recipient_copies(session: Session, done: Erasure, received: Any,
-                            tens: set[str]) -> None:
-    """Where the senders of bookings to the erased person kept them: the bot's questions
-    and summaries in the senders' chats ("What is the mobile number of Sita Devi?", "For:
-    Sita Devi, +91..."), other messages about those bookings (to partners, to ops), and
-    the senders' closed handoffs with ops. A text naming the person, by a name the senders
-    gave on those bookings or by their number in any form, loses it. Bounded: the senders'
-    messages and those bookings' only (outbox_messages.to_addr has no index of its own:
-    the senders' addresses are found in one pass over the table, as for the person's)."""
+# Who named a person: the senders of bookings to them (person ids), and the names they
+# gave them there.
+Senders = tuple[set[int], set[str]]
+
+
+def _names(given: Iterable[str | None]) -> set[str]:
+    """The recipients' names as senders typed them, those long enough to look for."""
+    return {n.strip() for n in given if n and len(n.strip()) >= MIN_NAME}
+
+
+def _senders_of(session: Session, phone: str | None) -> Senders:
+    """The senders of bookings to this number, and the names they gave (by the bookings'
+    recipient index)."""
+    if not phone:
+        return set(), set()
     rows = session.execute(select(Booking.customer_id, Booking.recipient_name)
-                           .where(Booking.id.in_(received))).all()
-    if not rows:
+                           .where(Booking.recipient_phone == phone)).all()
+    return {customer_id for customer_id, _ in rows}, _names(n for _, n in rows)
+
+
+def _among(col: Any, values: Iterable[Any]) -> Any:
+    """``col IN (values)``, or false for none: PostgreSQL is given an empty IN as a
+    subquery, which no index serves, and which under an OR has the whole table read."""
+    found = sorted(set(values))
+    return col.in_(found) if found else false()
+
+
+def _drafts_naming(tens: set[str], senders: Senders) -> Any:
+    """The condition that a conversation's booking draft names the person: their number
+    as the recipient's (a call holds it in ``phone_pick`` until the caller says it is
+    right), or, in the chat of someone who sent them a booking, a name given them there
+    while the draft has no number yet. (Not indexed: one pass over the conversations,
+    one row per contact; an index on the state would cost every chat turn a write.)"""
+    c = Conversation
+    slots = c.state["slots"]
+    phone = slots["recipient_phone"].astext
+    found = [_mentions(phone, tens), _mentions(c.state["phone_pick"].astext, tens)]
+    people, names = senders
+    if people and names:
+        found.append(and_(c.person_id.in_(sorted(people)), phone.is_(None),
+                          _mentions(slots["recipient_name"].astext, (), names)))
+    return or_(*found)
+
+
+def _erase_recipient_copies(session: Session, done: Erasure, received: Any, tens: set[str],
+                            senders: Senders, drafts: list[Conversation]) -> None:
+    """Where the senders of bookings to the erased person kept them, and the contacts
+    whose booking draft names them: the bot's questions and summaries in their chats
+    ("What is the mobile number of Sita Devi?", "For: Sita Devi, +91..."), other messages
+    about those bookings (to partners, to ops), and their handoffs with ops, closed or
+    still waiting (one waiting stays open, its texts masked). A text naming the person,
+    by a name given them on those bookings or drafts or by their number in any form,
+    loses it. Bounded: those people's messages (by address) and those bookings' (by
+    booking) only."""
+    people, names = senders
+    people = people | {d.person_id for d in drafts if d.person_id is not None}
+    names = names | _names(((d.state or {}).get("slots") or {}).get("recipient_name")
+                           for d in drafts)
+    if not people:
         return
-    senders = {customer_id for customer_id, _ in rows}
-    names = {n.strip() for _, n in rows if n and len(n.strip()) >= MIN_NAME}
     addrs = set()
     for phone, wa_id in session.execute(select(Person.phone, Person.wa_id)
-                                        .where(Person.id.in_(senders))):
+                                        .where(Person.id.in_(sorted(people)))):
         addrs |= _addresses(phone, wa_id)
     addrs |= _addresses(*session.scalars(select(Conversation.contact).where(
-        Conversation.person_id.in_(senders))))
+        Conversation.person_id.in_(sorted(people)))))
     m = OutboxMessage
-    _redact_mentions(session, done, or_(m.booking_id.in_(received), m.to_addr.in_(addrs)),
+    # Plain lists, not subqueries: under an OR each side must be one an index can serve.
+    _redact_mentions(session, done, or_(_among(m.booking_id, session.scalars(received)),
+                                        _among(m.to_addr, addrs)),
                      _mentions(m.body, tens, names))
     h = HandoffMessage
-    closed = select(Handoff.id).where(Handoff.person_id.in_(senders),
-                                      Handoff.status == "closed")
+    theirs = select(Handoff.id).where(Handoff.person_id.in_(sorted(people)))
     done.add("handoff_messages", _changed(session, update(h).where(
-        h.handoff_id.in_(closed), h.body != REDACTED, _mentions(h.body, tens, names))
+        h.handoff_id.in_(theirs), h.body != REDACTED, _mentions(h.body, tens, names))
         .values(body=REDACTED)))
+
+
+def _erase_waiting_handoffs(session: Session, done: Erasure, tens: set[str]) -> None:
+    """Anyone's handoff still waiting for ops whose messages say the erased person's
+    number (someone asking ops to send them a parcel, say): those texts are masked as a
+    closed handoff's are, and the handoff stays open for ops to answer. The waiting list
+    is short (ix_handoffs_waiting_created_at)."""
+    if not tens:
+        return
+    h = HandoffMessage
+    waiting = select(Handoff.id).where(Handoff.status == "waiting")
+    done.add("handoff_messages", _changed(session, update(h).where(
+        h.handoff_id.in_(waiting), h.body != REDACTED, _mentions(h.body, tens))
+        .values(body=REDACTED)))
+
+
+RECIPIENT_SLOTS = ("recipient_name", "recipient_phone")
+
+
+def _scrub_drafts(done: Erasure, drafts: list[Conversation]) -> None:
+    """Other contacts' booking drafts naming the erased person lose the recipient: they
+    are asked for one again (``_recipient_asked_again``). Nobody is told why."""
+    for conv in drafts:
+        step, state = _recipient_asked_again(conv.channel, conv.step, conv.state or {})
+        if (step, state) != (conv.step, conv.state):
+            conv.step, conv.state = step, state
+            done.add("drafts", 1)
+
+
+def _recipient_asked_again(channel: str, step: str,
+                           state: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """A booking draft without its recipient, and where its dialog stands then (step,
+    state). A draft at or past the recipient's question (now, when resumed later, or
+    after an offer of a person) is taken back to it, and from it to the confirmation
+    when nothing else is missing: no booking is made without a recipient, none for the
+    erased one. A draft still at its places (a place changed from the confirmation) walks
+    on through the recipient's question."""
+    dialog, ask = ((VOICE_DIALOG, "recipient_phone") if channel == "voice"
+                   else (BOOKING_DIALOG, "recipient_name"))
+    order = list(dialog.steps)
+
+    def past(name: Any) -> bool:
+        found = dialog.steps.get(name) if isinstance(name, str) else None
+        return (found is not None and found.group == DRAFT_GROUP
+                and order.index(name) >= order.index(ask))
+
+    data = copy_data(state)
+    slots = data.get("slots") or {}
+    for key in RECIPIENT_SLOTS:
+        slots.pop(key, None)
+    data.pop("phone_pick", None)  # a call's number keyed in, not yet confirmed
+    moved = past(step) or past(data.get("draft_step")) or past(data.get("after_offer"))
+    if past(step):
+        step = ask
+        data.pop("scratch", None)
+    for key in ("draft_step", "after_offer"):
+        if past(data.get(key)):
+            data[key] = ask
+    filled = full_slots(slots) if channel == "voice" else slots
+    if moved and all(k in filled for k in REQUIRED_SLOTS if k not in RECIPIENT_SLOTS):
+        data["return_to"] = "confirm"
+    else:
+        data.pop("return_to", None)
+    return step, data
 
 
 def _erase_stored_answers(session: Session, done: Erasure, tens: set[str]) -> None:
