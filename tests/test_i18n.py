@@ -52,7 +52,8 @@ REQUIRED_KEYS = (
     | {"payment.ops_refund_retry", "payment.ops_refund_stuck"}  # payments._attempt_failed
     | {"bot.handoff.closed", "bot.handoff.expired"}  # handoff.close, handoff.expire_idle
     | {"address.same_place", "ivr.place.same"}  # the dialogs, when drop == pickup
-    | {"bot.confirm.new_price", "ivr.confirm.new_price"}  # booking.price_changed
+    | {"bot.confirm.new_price", "ivr.confirm.new_price"}  # booking.confirm_as_shown
+    | {"ivr.amount", "ivr.amount_paise"}  # voice.amount: a fee with its paise
     | {"ivr.person.busy", "ivr.not_mobile"}  # ivr.dial_ended, the voice webhook
     | {"payment.link_failed", "payment.ops_link_refused",  # payments._link_refused
        "payment.ops_transfer_refused"}  # payments._transfer_refused

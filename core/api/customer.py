@@ -59,6 +59,11 @@ class BookingRequest(Strict):
     parcel: ParcelIn
     tier: SpeedTier = SpeedTier.STANDARD
     recipient: RecipientIn
+    quoted_total_paise: int | None = Field(
+        default=None, ge=0,
+        description="the total the app showed for this tier (POST /quotes): if the fare "
+                    "is another now, nothing is booked and the answer is 409 "
+                    "price_changed with the fare's total_paise")
 
 
 class CancelQuery(Strict):
@@ -108,6 +113,13 @@ class AmbiguousPincode(ValidationError):
         super().__init__(f"pincode {pin} has {len(offices)} post offices; send post_office "
                          f"as one of: {', '.join(offices)}", field="post_office")
         self.offices = offices
+
+
+@bp.errorhandler(booking_service.PriceChanged)
+def _price_changed(exc: booking_service.PriceChanged) -> tuple[Response, int]:
+    """The usual error body, plus the fare's total now (to show, and send if agreed)."""
+    return jsonify({"error": {"code": exc.code, "message": exc.message, "field": exc.field,
+                              "total_paise": exc.total_paise}}), 409
 
 
 @bp.errorhandler(AmbiguousPincode)
@@ -244,8 +256,12 @@ def create_quote(body: QuoteRequest) -> QuoteOut:
 def create_booking(body: BookingRequest) -> BookingOut | Response:
     who = principal()
     # The fingerprint is the body alone, as before the ops reply had keys too: answers
-    # saved before stay replayable. No other endpoint's fingerprint has these fields.
-    once = idempotent(who.person_id, body.model_dump(mode="json"))
+    # saved before stay replayable (so a body without quoted_total_paise is fingerprinted
+    # as before it existed). No other endpoint's fingerprint has these fields.
+    canonical = body.model_dump(mode="json")
+    if canonical["quoted_total_paise"] is None:
+        del canonical["quoted_total_paise"]
+    once = idempotent(who.person_id, canonical)
     pickup = resolve_place(body.pickup, "pickup")
     drop = resolve_place(body.drop, "drop")
     with transaction() as session:
@@ -257,7 +273,8 @@ def create_booking(body: BookingRequest) -> BookingOut | Response:
         b = booking_service.create_booking(
             session, customer_id=who.person_id, channel="app", pickup=pickup, drop=drop,
             parcel=_spec(body.parcel), tier=body.tier, recipient_name=body.recipient.name,
-            recipient_phone=body.recipient.phone, actor=actor)
+            recipient_phone=body.recipient.phone, actor=actor,
+            agreed_total_paise=body.quoted_total_paise)
         payments.request_payment_link(session, b, actor)
         session.flush()
         session.refresh(b)

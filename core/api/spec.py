@@ -73,6 +73,7 @@ class ErrorBody(BaseModel):
     message: str
     field: str | None = None
     offices: list[str] | None = None  # ambiguous_pincode: the post offices to choose from
+    total_paise: int | None = None  # price_changed: the fare's total now
 
 
 class ErrorResponse(BaseModel):

@@ -480,11 +480,22 @@ def _confirm_prompt(ctx: Ctx) -> list[Out]:
     return out
 
 
-def price_changed(ctx: Ctx, quote: dict[str, Any]) -> bool:
-    """Whether the fare of the chosen tier differs from the one the confirmation showed
-    (the rate card or surge moved meanwhile): "yes" agreed to that price, not another."""
+# The key, in the slots handed to Ports.confirm, of the total the customer said yes to.
+AGREED_TOTAL = "agreed_total_paise"
+
+
+def confirm_as_shown(ctx: Ctx, slots: dict[str, Any]) -> dict[str, Any]:
+    """Book ``slots`` at the total the confirmation showed, or not at all: "yes" agreed to
+    that price, not another. The port's booking works the fare out once and refuses
+    (``price_changed``) when its total is another (the rate card or surge moved since),
+    so no price the customer never saw is booked, and a "yes" costs one quote. When no
+    vehicle on the active rate card carries the parcel any more, the size question again
+    (as quote_or_resize does); any other refusal is the caller's to say."""
     shown = ctx.state.data.pop("shown_total", None)
-    return shown is not None and quote["tiers"][ctx.slots["tier"]]["total_paise"] != shown
+    done = ctx.ports.confirm(slots if shown is None else {**slots, AGREED_TOTAL: shown})
+    if done.get("refused") == "too_big_for_vehicle":
+        raise Redirect("size", [Say("bot.parcel.no_vehicle")])
+    return done
 
 
 _FARE_LINES = ("base", "distance", "size", "weight", "fragile", "tier", "surge", "minimum")
@@ -511,9 +522,9 @@ def _confirm_handle(ctx: Ctx, inp: UserInput) -> Result:
     picked = choice(inp, 3, (words.YES_WORDS, frozenset({"change", "badlo", "बदलो"}),
                              words.NO_WORDS))
     if picked == 1:
-        if price_changed(ctx, _quote(ctx)):
+        done = confirm_as_shown(ctx, ctx.slots)
+        if done.get("refused") == "price_changed":  # shown again, at the price it is now
             return Goto("confirm", [Say("bot.confirm.new_price")])
-        done = ctx.ports.confirm(ctx.slots)
         if done.get("refused") == "outside_service_area":
             # A place no longer served (its Point closed since): asked again, the rest kept.
             kind = "drop" if done.get("field") == "drop" else "pickup"

@@ -3,7 +3,8 @@
 A pincode, a mobile number or a booking reference is read digit by digit in small groups
 ("8 4 5, 4 3 8"), so a caller can check it. Amounts are said as people say them: in Hindi
 ₹1,250 is "बारह सौ पचास", in English "one thousand two hundred and fifty"; for the other
-languages the digits are left to the voice, which reads a plain number well.
+languages the digits are left to the voice, which reads a plain number well. An amount
+with paise is said with them (rupees_and_paise), never rounded.
 """
 
 from __future__ import annotations
@@ -87,3 +88,11 @@ def number_words(n: int, lang: str) -> str:
 def rupees(paise: int) -> int:
     """Whole rupees of an amount, rounded half up (fares are whole rupees anyway)."""
     return (paise + 50) // 100
+
+
+def rupees_and_paise(paise: int) -> tuple[int, int]:
+    """An amount as its rupees and its paise, both said, nothing rounded: 2550 -> (25, 50).
+    A fee and a refund said so add up to what was paid."""
+    if paise < 0:
+        raise ValueError("negative amounts are not spoken here")
+    return divmod(paise, 100)

@@ -32,12 +32,12 @@ from core.dialog.booking import (
     cancel_kind,
     change_step,
     choice,
+    confirm_as_shown,
     end_cancel,
     is_the_other_end,
     keep_shown,
     not_allowed_kind,
     person_said,
-    price_changed,
     quote_or_resize,
     tier_label,
 )
@@ -97,8 +97,14 @@ def full_slots(slots: dict[str, Any]) -> dict[str, Any]:
 
 
 def amount(paise: int, lang: str) -> Say:
-    """A fare as it is said: "बारह सौ पचास रुपये"."""
-    return Say("ivr.amount", {"rupees": spoken.number_words(spoken.rupees(paise), lang)})
+    """An amount as it is said: "बारह सौ पचास रुपये", with its paise when it has any
+    ("पच्चीस रुपये पचास पैसे"). Fares are whole rupees, but a cancellation fee is a share
+    of one: said rounded, a fee and its refund would add up to more or less than was paid."""
+    rupees, paise_part = spoken.rupees_and_paise(paise)
+    if not paise_part:
+        return Say("ivr.amount", {"rupees": spoken.number_words(rupees, lang)})
+    return Say("ivr.amount_paise", {"rupees": spoken.number_words(rupees, lang),
+                                    "paise": spoken.number_words(paise_part, lang)})
 
 
 def _dial(ctx: Ctx, reason: str) -> Result:
@@ -334,9 +340,9 @@ def _confirm_prompt(ctx: Ctx) -> list[Out]:
 def _confirm_handle(ctx: Ctx, inp: UserInput) -> Result:
     picked = choice(inp, 3)
     if picked == 1:
-        if price_changed(ctx, quote_or_resize(ctx, full_slots(ctx.slots))):
+        done = confirm_as_shown(ctx, full_slots(ctx.slots))
+        if done.get("refused") == "price_changed":  # read out again, at the fare it is now
             return Goto("confirm", [Say("ivr.confirm.new_price")])
-        done = ctx.ports.confirm(full_slots(ctx.slots))
         if done.get("refused") == "outside_service_area":
             # A place no longer served (its Point closed since): keyed again, the rest kept.
             ctx.state.data["return_to"] = "confirm"

@@ -33,6 +33,7 @@ from core.domain.booking import (
 )
 from core.domain.errors import Conflict, NotFound, ValidationError
 from core.domain.geo import haversine_m, same_place, validate_lat_lng
+from core.domain.money import format_inr
 from core.domain.phone import is_indian_mobile, normalize_phone
 from core.domain.pricing import (
     DEFAULT_RATE_CARD,
@@ -151,7 +152,7 @@ def quote_trip(session: Session, pickup: Place, drop: Place, parcel: ParcelSpec)
     dist = distance.road_distance_m((pickup.lat, pickup.lng), (drop.lat, drop.lng),
                                     detour_factor_bp=card.detour_factor_bp,
                                     osrm_url=settings.osrm_url)
-    vehicle = choose_vehicle(parcel.size, parcel.weight, card)
+    vehicle = choose_vehicle(parcel.size, parcel.weight, card, dist.metres)
     fares = quote_tiers(card, distance_m=dist.metres, vehicle=vehicle, size=parcel.size,
                         weight=parcel.weight, fragile=parcel.fragile,
                         surge_bp=surge.surge_bp(pickup.pincode))
@@ -218,6 +219,19 @@ def unpaid_bookings(session: Session, customer_id: int, *, lock: bool = False) -
         Booking.status == BookingStatus.AWAITING_PAYMENT.value)) or 0)
 
 
+class PriceChanged(Conflict):
+    """The fare is no longer the total the customer agreed to (the rate card or the
+    surge moved since it was shown): nothing is booked; ``total_paise`` is the fare now."""
+
+    code = "price_changed"
+
+    def __init__(self, total_paise: int, agreed_total_paise: int) -> None:
+        super().__init__(f"the price has changed since it was shown: it is now "
+                         f"{format_inr(total_paise)}, not {format_inr(agreed_total_paise)}",
+                         field="quoted_total_paise")
+        self.total_paise = total_paise
+
+
 def create_booking(
     session: Session,
     *,
@@ -230,12 +244,18 @@ def create_booking(
     recipient_name: str | None,
     recipient_phone: str | None,
     actor: Actor,
+    agreed_total_paise: int | None = None,
 ) -> Booking:
     """Price and save a booking in state ``quoted`` with one direct leg.
 
     Conflict ``too_many_unpaid`` when the customer already has ``max_unpaid()`` bookings
     waiting for payment: each booking costs a payment link at the gateway and a message,
-    so a loop of them is refused (they pay or cancel one, or it expires)."""
+    so a loop of them is refused (they pay or cancel one, or it expires).
+
+    ``agreed_total_paise``: the total the customer was shown and said yes to. The fare is
+    worked out afresh here (the one quote of the booking); when its total is another,
+    PriceChanged (Conflict ``price_changed``, the new total with it) and nothing is saved:
+    a booking is made only at the price its customer agreed to."""
     waiting = unpaid_bookings(session, customer_id, lock=True)
     if waiting >= max_unpaid():
         raise Conflict(f"you have {waiting} bookings waiting for payment: pay or cancel "
@@ -246,6 +266,8 @@ def create_booking(
     phone = recipient_mobile(recipient_phone) if recipient_phone else None
     q = quote_trip(session, pickup, drop, parcel)
     fare = q.fares[SpeedTier(tier)]
+    if agreed_total_paise is not None and fare.total_paise != agreed_total_paise:
+        raise PriceChanged(fare.total_paise, agreed_total_paise)
     booking = Booking(
         reference=_unused_reference(session), customer_id=customer_id, channel=channel,
         status=BookingStatus.DRAFT.value,
@@ -350,5 +372,5 @@ def check_leg_otp(leg: Leg, kind: str, code: str) -> bool:
 
 __all__ = ["IntegrityError", "Area", "Place", "ParcelSpec", "Quote", "check_service_area",
            "create_booking", "get_booking", "move_booking", "move_leg", "issue_leg_otps",
-           "check_leg_otp", "quote_trip", "rider_free_near", "service_areas",
+           "check_leg_otp", "PriceChanged", "quote_trip", "rider_free_near", "service_areas",
            "service_radius_m", "tier_hours"]

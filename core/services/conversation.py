@@ -27,7 +27,7 @@ from core.adapters.models import Booking, Conversation, PartnerProfile, Person
 from core.adapters.queue import after_commit, enqueue
 from core.adapters.redis_conn import redis_down
 from core.dialog import engine, words
-from core.dialog.booking import BOOKING, BOOKING_DIALOG, MENU, RATE
+from core.dialog.booking import AGREED_TOTAL, BOOKING, BOOKING_DIALOG, MENU, RATE
 from core.dialog.engine import Ctx, DialogState, Out, Say, UserInput
 from core.dialog.ports import Place, PlaceResult
 from core.domain.booking import BOOKING as BOOKING_MACHINE
@@ -193,7 +193,13 @@ class SessionPorts:
         """{"ref", "total_paise"} of the booking made, or {"refused": "too_many_unpaid",
         "count"} when the customer has as many bookings waiting for payment as allowed, or
         {"refused": "outside_service_area", "field": "pickup"|"drop"} when a place is no
-        longer served (its Point closed since it was given: a draft can wait for days)."""
+        longer served (its Point closed since it was given: a draft can wait for days), or
+        {"refused": "price_changed", "total_paise"} when the fare is no longer
+        ``slots["agreed_total_paise"]`` (when given), the total the customer was shown
+        (the rate card or surge moved since), or {"refused": "too_big_for_vehicle"} when
+        the active rate card no longer has a vehicle for the parcel. Refused, nothing is
+        booked. The fare is worked out once, by the booking itself: what it checks is
+        what it books."""
         pickup, drop, parcel = self._trip(slots)
         actor = Actor("customer", str(self.person.id))
         try:
@@ -203,11 +209,19 @@ class SessionPorts:
         waiting = booking_service.unpaid_bookings(self.session, self.person.id, lock=True)
         if waiting >= booking_service.max_unpaid():
             return {"refused": "too_many_unpaid", "count": waiting}
-        booking = booking_service.create_booking(
-            self.session, customer_id=self.person.id, channel=self.conv.channel,
-            pickup=pickup, drop=drop, parcel=parcel, tier=SpeedTier(slots["tier"]),
-            recipient_name=slots.get("recipient_name"),
-            recipient_phone=slots.get("recipient_phone"), actor=actor)
+        try:
+            booking = booking_service.create_booking(
+                self.session, customer_id=self.person.id, channel=self.conv.channel,
+                pickup=pickup, drop=drop, parcel=parcel, tier=SpeedTier(slots["tier"]),
+                recipient_name=slots.get("recipient_name"),
+                recipient_phone=slots.get("recipient_phone"), actor=actor,
+                agreed_total_paise=slots.get(AGREED_TOTAL))
+        except booking_service.PriceChanged as exc:
+            return {"refused": "price_changed", "total_paise": exc.total_paise}
+        except ValidationError as exc:
+            if exc.code != "too_big_for_vehicle":
+                raise
+            return {"refused": "too_big_for_vehicle"}
         payments.request_payment_link(self.session, booking, actor)
         return {"ref": booking.reference, "total_paise": booking.total_paise}
 
