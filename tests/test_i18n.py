@@ -48,6 +48,7 @@ REQUIRED_KEYS = (
     | {f"dispatch.unfit_{r}" for r in ("vehicle", "trust_tier")}  # dispatch.accept
     | {"dispatch.job_cancelled", "dispatch.duty_blocked"}  # booking_cancelled, set_duty
     | {"dispatch.which_job", "dispatch.which_job_cancel"}  # _choose_leg
+    | {"dispatch.already_delivered"}  # confirm: a PICK/DROP sent again after the drop
     | {"bot.parcel.no_vehicle"}  # quote_or_resize
     | {"payment.ops_refund_retry", "payment.ops_refund_stuck"}  # payments._attempt_failed
     | {"bot.handoff.closed", "bot.handoff.expired"}  # handoff.close, handoff.expire_idle

@@ -43,6 +43,7 @@ REPLY_STATUS = {
     "dispatch.otp_format_drop": (422, "validation_error"),
     "dispatch.pick_first": (409, "invalid_transition"),
     "dispatch.already_picked": (409, "invalid_transition"),
+    "dispatch.already_delivered": (409, "invalid_transition"),
     "dispatch.cancel_too_late": (409, "invalid_transition"),
     "dispatch.duty_blocked": (403, "duty_blocked"),
 }
@@ -169,8 +170,9 @@ def get_offers() -> list[OfferOut]:
             parcel = booking.parcels[0] if booking.parcels else None
             out.append(OfferOut(
                 id=offer.id, leg_id=leg.id, booking_reference=booking.reference,
-                pickup=booking.pickup_post_office if leg.sequence == 1 else None,
-                drop=booking.drop_post_office if leg.sequence == len(booking.legs) else None,
+                # Named as the offer SMS names them: a relay leg's Points too.
+                pickup=dispatch.place(session, booking, leg, "from"),
+                drop=dispatch.place(session, booking, leg, "to"),
                 distance_m=leg.distance_m, payout_paise=leg.payout_paise,
                 size=parcel.size_bucket if parcel else None,
                 weight=parcel.weight_bucket if parcel else None, expires_at=offer.expires_at))

@@ -469,7 +469,24 @@ WORDS: Mapping[Kind, frozenset[str]] = {
     Kind.CANCEL: frozenset({"cancel", "radd", "rad", "chhod", "chod", "रद्द", "रद", "कैंसल",
                             "छोड़", "छोड"}),
 }
+# "No problem" and its like say yes to an offer, yet begin with a no ("no", "nahi",
+# "இல்லை"): the phrase is left out before the message is read, so it is never a decline,
+# and its no negates nothing. What else the message says decides: "koi baat nahi, haan"
+# takes the job, "No problem, I will take it" is not understood (the offer stays open;
+# taking a job on a guess would cost the partner a CANCEL on their record).
+NO_PROBLEM = frozenset({
+    "no problem", "no problems", "no issue", "no issues", "no worries", "no tension",
+    "नो प्रॉब्लम", "नो प्रोब्लम", "नो टेंशन",  # hi, English in Devanagari
+    "koi baat nahi", "koi baat nahin", "koi baat nhi", "koi bat nahi", "koi dikkat nahi",
+    "koi dikkat nahin", "koi problem nahi", "koi problem nahin",
+    "कोई बात नहीं", "कोई बात नही", "कोई दिक्कत नहीं", "कोई दिक्कत नही",  # hi
+    "काही हरकत नाही", "हरकत नाही", "kahi harkat nahi", "harkat nahi",  # mr
+    "பிரச்சனை இல்லை", "prachanai illai", "problem illai",  # ta
+    "సమస్య లేదు", "problem ledu", "samasya ledu",  # te
+    "ತೊಂದರೆ ಇಲ್ಲ", "problem illa", "tondare illa",  # kn
+})
 _LOOKUP: dict[str, Kind] = {}
+_NO_PROBLEM: list[tuple[str, ...]] = []  # as tokens, longest first
 # A word that turns a command around ("ok nahi", "cancel mat karo", "can't accept"): with
 # one of these, anything but a refusal is not taken as said; the partner is asked again.
 NEGATORS = frozenset({"no", "not", "nahi", "nahin", "nai", "nhi", "na", "mat", "never",
@@ -521,11 +538,26 @@ def _build_lookup() -> None:
         for word in words:
             # Same normalisation as the input, so "छोड़" typed either way matches.
             _LOOKUP[" ".join(tokens(word))] = kind
+    _NO_PROBLEM.extend(sorted({tuple(tokens(p)) for p in NO_PROBLEM}, key=len, reverse=True))
+
+
+def _without_no_problem(toks: list[str]) -> list[str]:
+    """The tokens with every "no problem" phrase (``NO_PROBLEM``) left out."""
+    out: list[str] = []
+    i = 0
+    while i < len(toks):
+        phrase = next((p for p in _NO_PROBLEM if tuple(toks[i:i + len(p)]) == p), None)
+        if phrase is None:
+            out.append(toks[i])
+            i += 1
+        else:
+            i += len(phrase)
+    return out
 
 
 def parse_command(raw: str) -> Command:
     """What a partner's SMS asks for. ``1``/``2`` alone are accept/decline."""
-    toks = tokens(raw)
+    toks = _without_no_problem(tokens(raw))
     if not toks:
         return Command(Kind.UNKNOWN)
     if len(toks) == 2 and toks[0] == "0" and toks[1] in ("n", "ff"):

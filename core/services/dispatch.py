@@ -247,8 +247,9 @@ def load_of(booking: Booking, leg: Leg | None = None) -> rules.Load:
     return rules.Load(size, weight, sum(p.declared_value_paise for p in parcels), ride_m)
 
 
-def _place(session: Session, booking: Booking, leg: Leg, end: str) -> str:
-    """A short name people know for a leg's start or end: the Point, else the village."""
+def place(session: Session, booking: Booking, leg: Leg, end: str) -> str:
+    """A short name people know for a leg's start or end (``end`` "from" or "to"): the
+    Point, else the village. The partner's SMS and the app name a job's places by it."""
     point_id = leg.from_point_id if end == "from" else leg.to_point_id
     if point_id is not None:
         point = session.get(Point, point_id)
@@ -686,7 +687,7 @@ def offer_next_batch(session: Session, booking: Booking, leg: Leg,
         exclude |= taken  # all of them were offered another job meanwhile: rank again
     now = clock.now()
     expires = now + timedelta(seconds=cfg.offer_timeout_s)
-    pickup, drop = _place(session, booking, leg, "from"), _place(session, booking, leg, "to")
+    pickup, drop = place(session, booking, leg, "from"), place(session, booking, leg, "to")
     for r in batch:
         partner = session.get(PartnerProfile, r.candidate.partner_id)
         assert partner is not None
@@ -762,7 +763,7 @@ def _tell_carrier_to_wait(session: Session, booking: Booking, leg: Leg,
     assert carrier is not None
     _sms_partner(session, carrier, "dispatch.carrier_wait", booking_id=booking.id,
                  dedupe_key=f"leg-{leg.id}-r{search.round}-carrier-wait", job=job_code(prev),
-                 point=_place(session, booking, leg, "from"),
+                 point=place(session, booking, leg, "from"),
                  ops_phone=get_settings().ops_phone)
 
 
@@ -1310,7 +1311,7 @@ def point_pickup_late(leg_id: int) -> str:
         # The "-late-" keys mark the reminder as done for the sweep (_POINT_NO_SHOWS).
         _sms_partner(session, partner, "dispatch.point_pickup_late", booking_id=booking.id,
                      dedupe_key=f"{tag}-late-partner", job=job,
-                     point=_place(session, booking, leg, "from"))
+                     point=place(session, booking, leg, "from"))
         alert_ops(session, "dispatch.ops_pickup_late", booking_id=booking.id,
                   dedupe_key=f"{tag}-late-ops", ref=booking.reference, job=job,
                   minutes=int((now - wait.assigned_at).total_seconds() // 60))
@@ -1347,16 +1348,25 @@ def active_legs_of(session: Session, partner: PartnerProfile) -> list[Leg]:
                                 .order_by(Leg.id)))
 
 
+def _job_number(code: str) -> int | None:
+    """The leg id a job code typed by a partner names ("057" is job 57), or None."""
+    return int(code) if code.isascii() and code.isdigit() and len(code) < 10 else None
+
+
 def _pick_offer(session: Session, partner: PartnerProfile,
                 code: str | None) -> DispatchOffer | Reply:
+    """The offer a YES/NO is about: an open one, or (named by its job) the one this
+    partner said no to, which ``accept`` may still give them; else the answer."""
     offers = open_offers_of(session, partner)
     if code is not None:
+        number = _job_number(code)
         for o in offers:
-            if str(o.leg_id) == code:
+            if o.leg_id == number:
                 return o
-        if code.isdigit() and len(code) < 10:
+        if number is not None:
+            code = str(number)
             past = session.scalar(select(DispatchOffer).where(
-                DispatchOffer.partner_id == partner.id, DispatchOffer.leg_id == int(code))
+                DispatchOffer.partner_id == partner.id, DispatchOffer.leg_id == number)
                 .order_by(DispatchOffer.id.desc()))
             if past is not None:
                 closed = session.scalar(select(Booking.status).join(
@@ -1367,6 +1377,8 @@ def _pick_offer(session: Session, partner: PartnerProfile,
                     return _r("dispatch.already_yours", job=code)
                 if past.status == rules.OfferStatus.EXPIRED.value:
                     return _r("dispatch.offer_expired", job=code)
+                if past.status == rules.OfferStatus.DECLINED.value:
+                    return past  # changed their mind: accept sees whether it is still free
                 return _r("dispatch.taken", job=code)
         return _r("dispatch.no_such_offer", job=code)
     if not offers:
@@ -1378,7 +1390,11 @@ def _pick_offer(session: Session, partner: PartnerProfile,
 
 
 def accept(session: Session, partner: PartnerProfile, code: str | None) -> Reply:
-    """The partner says yes. The first valid acceptance wins; later ones hear it is taken."""
+    """The partner says yes. The first valid acceptance wins; later ones hear it is taken.
+
+    A partner who said no to an offer and then, naming the job, yes (changed their mind,
+    or "2" typed for "1") gets the job if it is still free and the offer's time is not up:
+    the same as if they had said yes first."""
     found = _pick_offer(session, partner, code)
     if isinstance(found, Reply):
         return found
@@ -1388,24 +1404,35 @@ def accept(session: Session, partner: PartnerProfile, code: str | None) -> Reply
     booking = session.get(Booking, leg.booking_id, with_for_update=True)
     assert booking is not None
     job = job_code(leg)
-    if offer.status != rules.OfferStatus.OPEN.value:
+    cfg = config()
+    late = clock.now() > offer.expires_at + timedelta(seconds=cfg.offer_grace_s)
+    if offer.status == rules.OfferStatus.DECLINED.value:
+        # Their no stays on record unless the job is theirs after all (below).
+        if booking.status in CLOSED_BOOKING:
+            return _r("dispatch.job_cancelled", job=job)
+        if leg.status != LegStatus.OFFERING.value:
+            return _r("dispatch.taken", job=job)
+        if late:
+            return _r("dispatch.offer_expired", job=job)
+    elif offer.status != rules.OfferStatus.OPEN.value:
         return _r("dispatch.taken", job=job)
-    if leg.status != LegStatus.OFFERING.value or booking.status in CLOSED_BOOKING:
+    elif leg.status != LegStatus.OFFERING.value or booking.status in CLOSED_BOOKING:
         _withdraw(offer, partner)
         if booking.status in CLOSED_BOOKING:
             return _r("dispatch.job_cancelled", job=job)
         return _r("dispatch.taken", job=job)
-    cfg = config()
-    if clock.now() > offer.expires_at + timedelta(seconds=cfg.offer_grace_s):
+    elif late:
         _expire(session, offer)
         _maybe_continue(session, leg)
         return _r("dispatch.offer_expired", job=job)
+    still_open = offer.status == rules.OfferStatus.OPEN.value
     # The partner's row too, so that two acceptances by one partner (offers from two
     # searches that ran at once) count the active legs one after the other.
     session.get(PartnerProfile, partner.id, with_for_update=True, populate_existing=True)
     if partner.kyc_status in BLOCKED_KYC:  # suspended since the offer went out
-        _withdraw(offer, partner)
-        _maybe_continue(session, leg)
+        if still_open:
+            _withdraw(offer, partner)
+            _maybe_continue(session, leg)
         return _r("dispatch.duty_blocked", ops_phone=get_settings().ops_phone)
     facts = partner_facts(session, [partner])[partner.id]
     reason = rules.ineligible_reason(
@@ -1416,10 +1443,11 @@ def accept(session: Session, partner: PartnerProfile, code: str | None) -> Reply
     if reason is not None:
         # The partner changed since the offer went out (a vehicle retired, the trust tier
         # lowered): the ranking may have used facts cached before that, PostgreSQL decides.
-        _withdraw(offer, partner)
         log.info("acceptance refused: the partner no longer fits the leg",
                  extra={"leg_id": leg.id, "partner_id": partner.id, "reason": reason})
-        _maybe_continue(session, leg)
+        if still_open:
+            _withdraw(offer, partner)
+            _maybe_continue(session, leg)
         return _r(f"dispatch.unfit_{reason}", job=job)
     now = clock.now()
     offer.status = rules.OfferStatus.ACCEPTED.value
@@ -1446,7 +1474,7 @@ def accept(session: Session, partner: PartnerProfile, code: str | None) -> Reply
     _enqueue_after_commit(session, "workers.payments.hold_leg_transfer", leg.id,
                           job_id=f"hold-{leg.id}-{offer.id}", retry=GATEWAY_RETRY)
     giver_phone = send_leg_codes(session, booking, leg, tag=f"o{offer.id}")
-    return _r("dispatch.accepted", job=job, pickup=_place(session, booking, leg, "from"),
+    return _r("dispatch.accepted", job=job, pickup=place(session, booking, leg, "from"),
               phone=giver_phone or get_settings().ops_phone)
 
 
@@ -1491,7 +1519,7 @@ def send_leg_codes(session: Session, booking: Booking, leg: Leg, *, tag: str,
     is_last = leg.sequence == len(legs)
     partner = session.get(PartnerProfile, leg.partner_id) if leg.partner_id else None
     giver_phone: str | None = None
-    point = _place(session, booking, leg, "from")
+    point = place(session, booking, leg, "from")
     if not is_last:
         nxt = legs[leg.sequence]
         taker = session.get(PartnerProfile, nxt.partner_id) if nxt.partner_id else None
@@ -1500,7 +1528,7 @@ def send_leg_codes(session: Session, booking: Booking, leg: Leg, *, tag: str,
                                 "handtake")
             _sms_partner(session, taker, key, booking_id=booking.id,
                          dedupe_key=f"leg-{nxt.id}-handtake-{leg.id}-{tag}", job=job_code(nxt),
-                         point=_place(session, booking, nxt, "from"), otp=drop_code)
+                         point=place(session, booking, nxt, "from"), otp=drop_code)
     if pickup and leg.sequence == 1:
         notify.notify_customer(session, booking,
                                _code_key(session, booking, leg, "dispatch.pickup_otp", "pickotp"),
@@ -1579,8 +1607,14 @@ def _choose_leg(session: Session, partner: PartnerProfile, numbers: tuple[str, .
     else:
         otp, job = rules.split_otp_and_job(numbers, codes)
     if job is not None:
-        chosen = [leg for leg in legs if job_code(leg) == job]
+        number = _job_number(job)
+        chosen = [leg for leg in legs if leg.id == number]
         if not chosen:
+            done = session.get(Leg, number) if number is not None else None
+            if done is not None and done.partner_id == partner.id \
+                    and done.status == LegStatus.DELIVERED.value:
+                # Sent again (the answer was slow, the app retried): it is done, not unknown.
+                return None, otp, _r("dispatch.already_delivered", job=job_code(done))
             return None, otp, _r("dispatch.no_such_job", job=job)
     else:
         chosen = [leg for leg in legs if leg.status in states + (LegStatus.LOCKED.value,)]
@@ -1595,9 +1629,42 @@ def _choose_leg(session: Session, partner: PartnerProfile, numbers: tuple[str, .
     return chosen[0], otp, None
 
 
+# A code this partner already used on a leg (the parcel picked up, or delivered this long
+# ago at most), sent again, is answered as done: it is not a wrong code for another job.
+DONE_RECENTLY = timedelta(hours=6)
+
+
+def _done_before(session: Session, partner: PartnerProfile, kind: str, otp: str | None,
+                 *, other_than: int | None = None) -> Reply | None:
+    """The answer when ``otp`` is the right ``kind`` code of a leg this partner picked up
+    or delivered already (a PICK or DROP sent again, say as the answer was slow to come):
+    that job is done, and no other job is charged a wrong try. None if it is no such code.
+    Only the partner's own legs are tried, and only codes still kept (a leg given back
+    keeps none), so a guess wins nothing a wrong try would not."""
+    if otp is None or not (otp.isascii() and otp.isdigit() and len(otp) == 4):
+        return None
+    from core.services.booking import check_leg_otp
+
+    states = [LegStatus.DELIVERED.value]
+    if kind == "pickup":
+        states.append(LegStatus.PICKED_UP.value)
+    legs = session.scalars(select(Leg).where(
+        Leg.partner_id == partner.id, Leg.status.in_(states),
+        or_(Leg.status != LegStatus.DELIVERED.value,
+            Leg.delivered_at >= clock.now() - DONE_RECENTLY))
+        .order_by(Leg.id.desc()))
+    for leg in legs:
+        if leg.id != other_than and check_leg_otp(leg, kind, otp):
+            if leg.status == LegStatus.DELIVERED.value:
+                return _r("dispatch.already_delivered", job=job_code(leg))
+            return _r("dispatch.already_picked", job=job_code(leg))
+    return None
+
+
 def confirm(session: Session, partner: PartnerProfile, kind: str,
             numbers: tuple[str, ...]) -> Reply:
-    """PICK or DROP with an OTP. Wrong codes count; too many lock the leg and alert ops."""
+    """PICK or DROP with an OTP. Wrong codes count; too many lock the leg and alert ops.
+    The code of a job this partner has done already, sent again, is answered as done."""
     wanted = (LegStatus.ASSIGNED.value,) if kind == "pickup" else (LegStatus.PICKED_UP.value,)
     # The app may pass a code as typed, in any script's digits (१२३४); the SMS path has
     # converted them already.
@@ -1611,6 +1678,8 @@ def confirm(session: Session, partner: PartnerProfile, kind: str,
         return blocked
     leg, otp, problem = _choose_leg(session, partner, numbers, wanted)
     if problem is not None:
+        if problem.key == "dispatch.no_job":  # no job to confirm: maybe one just done
+            return _done_before(session, partner, kind, otp) or problem
         return problem
     assert leg is not None
     leg = _lock_leg(session, leg.id)
@@ -1623,15 +1692,20 @@ def confirm(session: Session, partner: PartnerProfile, kind: str,
             session, leg):
         return blocked
     if leg.status == LegStatus.LOCKED.value:
-        return _r("dispatch.otp_locked", job=job, ops_phone=get_settings().ops_phone)
+        return _done_before(session, partner, kind, otp, other_than=leg.id) or _r(
+            "dispatch.otp_locked", job=job, ops_phone=get_settings().ops_phone)
     if leg.status not in wanted:
         key = "dispatch.pick_first" if kind == "drop" else "dispatch.already_picked"
-        return _r(key, job=job)
+        return _done_before(session, partner, kind, otp, other_than=leg.id) or _r(key, job=job)
     if otp is None or not (otp.isascii() and otp.isdigit() and len(otp) == 4):
         return _r("dispatch.otp_format_pick" if kind == "pickup" else "dispatch.otp_format_drop")
     from core.services.booking import check_leg_otp
 
     ok = check_leg_otp(leg, kind, otp)
+    if not ok:
+        done = _done_before(session, partner, kind, otp, other_than=leg.id)
+        if done is not None:
+            return done  # the code of a job done before, sent again: no try counted
     session.add(OtpAttempt(leg_id=leg.id, partner_id=partner.id, kind=kind, ok=ok,
                            at=clock.now()))
     booking = session.get(Booking, leg.booking_id, with_for_update=True)
@@ -1662,7 +1736,7 @@ def _picked_up(session: Session, booking: Booking, leg: Leg, actor: Actor) -> Re
         nxt = legs[leg.sequence]
         if nxt.status == LegStatus.PENDING.value:
             start_search(session, booking, nxt)  # the next rider waits at the Point
-    return _r("dispatch.picked", job=job_code(leg), drop=_place(session, booking, leg, "to"))
+    return _r("dispatch.picked", job=job_code(leg), drop=place(session, booking, leg, "to"))
 
 
 def _delivered(session: Session, booking: Booking, leg: Leg, actor: Actor) -> Reply:
@@ -1687,9 +1761,10 @@ def cancel_by_partner(session: Session, partner: PartnerProfile,
     """The partner gives an accepted job back (before pickup): the leg goes back into
     dispatch and it counts against their acceptance record. CANCEL naming a job only
     offered to them says no to the offer."""
-    if numbers and not any(job_code(leg) == numbers[0]
-                           for leg in active_legs_of(session, partner)) and any(
-            str(offer.leg_id) == numbers[0] for offer in open_offers_of(session, partner)):
+    number = _job_number(numbers[0]) if numbers else None
+    if number is not None and not any(
+            leg.id == number for leg in active_legs_of(session, partner)) and any(
+            offer.leg_id == number for offer in open_offers_of(session, partner)):
         return decline(session, partner, numbers[0])
     leg, _, problem = _choose_leg(session, partner, numbers, (LegStatus.ASSIGNED.value,),
                                   job_only=True)
@@ -1701,6 +1776,10 @@ def cancel_by_partner(session: Session, partner: PartnerProfile,
     job = job_code(leg)
     if leg.partner_id != partner.id:
         return _r("dispatch.no_such_job", job=job)
+    if (leg.status == LegStatus.LOCKED.value and not _picked_before(session, leg)
+            and not _handed_over(session, leg)):
+        # Locked by wrong pickup codes, the parcel still with the sender: ops decide.
+        return _r("dispatch.otp_locked", job=job, ops_phone=get_settings().ops_phone)
     if leg.status != LegStatus.ASSIGNED.value:
         return _r("dispatch.cancel_too_late", job=job, ops_phone=get_settings().ops_phone)
     booking = session.get(Booking, leg.booking_id, with_for_update=True)
@@ -1865,10 +1944,13 @@ def set_duty(session: Session, partner: PartnerProfile, on: bool) -> Reply:
         return _r("dispatch.duty_on")
     # OFF stops new offers only: a job taken stays theirs (reminded, taken back if not
     # picked up in time), so the answer says what is still in their hands.
+    # A relay leg whose parcel was handed over to them is carried, though still "assigned".
     legs = active_legs_of(session, partner)
-    for status, key in ((LegStatus.ASSIGNED, "dispatch.duty_off_assigned"),
-                        (LegStatus.PICKED_UP, "dispatch.duty_off_carrying")):
-        held = [leg for leg in legs if leg.status == status.value]
+    carrying = [leg for leg in legs if parcel_in_hand(session, leg)]
+    to_collect = [leg for leg in legs
+                  if leg.status == LegStatus.ASSIGNED.value and leg not in carrying]
+    for held, key in ((to_collect, "dispatch.duty_off_assigned"),
+                      (carrying, "dispatch.duty_off_carrying")):
         if held:
             return _r(key, job=job_code(held[0]))
     return _r("dispatch.duty_off")
@@ -1880,10 +1962,12 @@ def status_lines(session: Session, partner: PartnerProfile, lang: str) -> list[s
     for leg in active_legs_of(session, partner):
         booking = session.get(Booking, leg.booking_id)
         assert booking is not None
+        # A relay parcel handed over to them (leg still "assigned") is on its way.
+        state = LegStatus.PICKED_UP.value if parcel_in_hand(session, leg) else leg.status
         lines.append(i18n.t("dispatch.status_line", lang, job=job_code(leg),
-                            state=i18n.t(f"dispatch.state.{leg.status}", lang),
-                            pickup=_place(session, booking, leg, "from"),
-                            drop=_place(session, booking, leg, "to")))
+                            state=i18n.t(f"dispatch.state.{state}", lang),
+                            pickup=place(session, booking, leg, "from"),
+                            drop=place(session, booking, leg, "to")))
     for offer in open_offers_of(session, partner):
         lines.append(i18n.t("dispatch.status_offer", lang, job=offer.leg_id))
     if not lines:
@@ -2034,7 +2118,7 @@ def find_partner(session: Session, phone: str | None) -> tuple[Person | None,
 
 
 __all__ = ["accept", "attach_pod", "cancel_by_partner", "config", "confirm", "continue_search",
-           "decline", "delivery_late", "find_candidates", "offer_timeout", "pickup_late",
-           "pickup_window", "plan_legs", "point_pickup_late", "search_deadline", "set_duty",
-           "start_dispatch", "start_search", "status_lines", "sweep",
-           "tell_recipient_not_coming", "unlock_leg", "update_location"]
+           "decline", "delivery_late", "find_candidates", "offer_timeout", "parcel_in_hand",
+           "pickup_late", "pickup_window", "place", "plan_legs", "point_pickup_late",
+           "search_deadline", "set_duty", "start_dispatch", "start_search", "status_lines",
+           "sweep", "tell_recipient_not_coming", "unlock_leg", "update_location"]

@@ -1,0 +1,305 @@
+"""Partner-facing edges a review found: a PICK/DROP sent again after it worked, the app's
+offer of a relay leg, "no problem" as an answer to an offer, a partner who said no and
+then yes, OFF/STATUS/CANCEL for a relay rider holding the parcel, and CANCEL of a job
+locked before pickup. Partners answer by SMS (core.services.partner_sms over
+core.services.dispatch) or in the app (core.api.partner)."""
+
+from __future__ import annotations
+
+import pytest
+
+from core import clock, i18n
+from core.adapters.db import transaction
+from core.adapters.models import Leg
+from core.domain.dispatch import Kind, parse_command
+from tests.test_api import sign_in
+from tests.test_dispatch import (
+    CUSTOMER,
+    LAXMIPUR,
+    RECIPIENT,
+    freeze_at,
+    frozen,  # noqa: F401  (fixture)
+    last_code,
+    legs_of,
+    make_partner,
+    make_point,
+    offers,
+    paid_booking,
+    sms,
+    start,
+)
+
+API = "/api/v1"
+OPS_PHONE = "+919000000099"  # OPS_PHONE in the test settings
+# As in test_dispatch_relay: P -A- 7 km -B- 10 km - D 7 km, bicycles only (15 km range).
+P, A, B, D = (26.85, 84.40), (26.85, 84.47), (26.85, 84.57), (26.85, 84.64)
+PICK_MARK = "पार्सल उठाने"  # the sender's pickup-code SMS (Hindi customer)
+
+
+def _at(client, headers, where) -> None:
+    """The app reports the partner's live position (app partners are found by it)."""
+    r = client.put(f"{API}/partners/me/location", headers=headers, json={
+        "lat": where[0], "lng": where[1], "accuracy_m": 10,
+        "timestamp": clock.now().isoformat()})
+    assert r.status_code == 200, r.get_json()
+
+
+def _relay_leg1_picked_up(client, *, asha_app: bool = False):
+    """A relay P -> Point A -> Point B -> D: Ramesh has picked up leg 1, and leg 2 is
+    offered to Asha (English; on the app with ``asha_app``), not taken yet."""
+    point_a = make_point("Point A", *A)
+    make_point("Point B", *B)
+    _, r_phone = make_partner("Ramesh", A, point_id=point_a, max_active_legs=1)
+    _, a_phone = make_partner("Asha", A, point_id=point_a, max_active_legs=1, lang="en",
+                              has_app=asha_app)
+    headers = None
+    if asha_app:
+        headers = sign_in(client, a_phone)
+        _at(client, headers, A)
+    booking_id = paid_booking(pickup=P, drop=D)
+    start(booking_id)
+    sms(client, r_phone, "1")
+    assert "उठ गया" in sms(client, r_phone, f"PICK {last_code(CUSTOMER, PICK_MARK)}")[0]
+    return booking_id, r_phone, a_phone, headers
+
+
+def _leg(leg_id: int) -> Leg:
+    with transaction() as s:
+        leg = s.get(Leg, leg_id)
+        assert leg is not None
+        return leg
+
+
+def _taken_and_picked_up(client, phone: str) -> tuple[int, str]:
+    """A paid booking offered to the partner, taken ("1") and picked up with the sender's
+    code; returns (leg id, the recipient's drop code)."""
+    booking_id = paid_booking()
+    start(booking_id)
+    sms(client, phone, "1")
+    assert "picked up" in sms(client, phone, f"PICK {last_code(CUSTOMER, PICK_MARK)}")[0]
+    return legs_of(booking_id)[0].id, last_code(RECIPIENT)
+
+
+# --- a PICK or DROP sent again ---------------------------------------------------------
+
+
+@pytest.mark.db
+def test_drop_sent_again_says_delivered_and_costs_the_other_parcel_no_try(
+        client, live, frozen):  # noqa: F811
+    """Ramesh carries two parcels. He delivers job 1 and, the answer slow to come, sends
+    "DROP <code>" again: he hears job 1 is delivered, and job 2 is charged no wrong try
+    (before: "Wrong OTP for job 2. Tries left: 4.", five such resends locked it)."""
+    _, phone = make_partner("Ramesh", LAXMIPUR, lang="en")
+    job1, drop1 = _taken_and_picked_up(client, phone)
+    job2, drop2 = _taken_and_picked_up(client, phone)
+    assert drop1 != drop2  # two different codes (1 in 10,000 they are not)
+    assert "delivered" in sms(client, phone, f"DROP {drop1} {job1}")[0]
+    for _ in range(5):
+        again = sms(client, phone, f"DROP {drop1}")
+        assert again == [i18n.t("dispatch.already_delivered", "en", job=str(job1))]
+    leg2 = _leg(job2)
+    assert (leg2.status, leg2.otp_failures) == ("picked_up", 0)
+    wrong = next(c for c in ("0000", "1111", "2222") if c not in (drop1, drop2))
+    assert sms(client, phone, f"DROP {wrong}") == [
+        i18n.t("dispatch.otp_wrong", "en", job=str(job2), left=4)]  # a wrong code still counts
+
+
+@pytest.mark.db
+def test_drop_sent_again_with_no_other_job_says_delivered(client, live, frozen):  # noqa: F811
+    """With no other job, the same resent DROP was answered "You have no job for this
+    now": he should hear that the job is delivered."""
+    _, phone = make_partner("Ramesh", LAXMIPUR, lang="en")
+    job, drop = _taken_and_picked_up(client, phone)
+    assert "delivered" in sms(client, phone, f"DROP {drop}")[0]
+    assert sms(client, phone, f"DROP {drop}") == [
+        i18n.t("dispatch.already_delivered", "en", job=str(job))]
+    assert sms(client, phone, f"DROP {drop} {job}") == [
+        i18n.t("dispatch.already_delivered", "en", job=str(job))]
+
+
+@pytest.mark.db
+def test_pick_sent_again_is_no_wrong_try_on_the_job_still_to_collect(
+        client, live, frozen):  # noqa: F811
+    """Ramesh picked up job 1 and took job 2 (not collected yet). "PICK <job 1's code>"
+    sent again is about job 1, picked up already: job 2 is charged no wrong try."""
+    _, phone = make_partner("Ramesh", LAXMIPUR, lang="en")
+    booking_id = paid_booking()
+    start(booking_id)
+    sms(client, phone, "1")
+    pick1 = last_code(CUSTOMER, PICK_MARK)
+    sms(client, phone, f"PICK {pick1}")
+    second = paid_booking()
+    start(second)
+    sms(client, phone, "1")
+    job1, job2 = legs_of(booking_id)[0].id, legs_of(second)[0].id
+    if pick1 == last_code(CUSTOMER, PICK_MARK):
+        pytest.skip("the two pickup codes are the same (1 in 10,000)")
+    assert sms(client, phone, f"PICK {pick1}") == [
+        i18n.t("dispatch.already_picked", "en", job=str(job1))]
+    leg2 = legs_of(second)[0]
+    assert (leg2.id, leg2.status, leg2.otp_failures) == (job2, "assigned", 0)
+
+
+@pytest.mark.db
+def test_app_drop_retried_after_delivery_is_409_already_delivered(client, live,
+                                                                   frozen):  # noqa: F811
+    """The app confirms a drop, the answer is lost on a weak network, and it sends the
+    same POST /legs/<id>/drop again: 409 (as a repeated pickup is) saying the job is
+    delivered already, not 404 "You have no job 1"."""
+    _, phone = make_partner("Ramesh", LAXMIPUR, lang="en", has_app=True)
+    headers = sign_in(client, phone)
+    _at(client, headers, LAXMIPUR)
+    booking_id = paid_booking()
+    start(booking_id)
+    offer_id = client.get(f"{API}/partners/me/offers", headers=headers).get_json()[0]["id"]
+    assert client.post(f"{API}/offers/{offer_id}/accept", headers=headers).status_code == 200
+    leg = legs_of(booking_id)[0].id
+    r = client.post(f"{API}/legs/{leg}/pickup", headers=headers,
+                    json={"otp": last_code(CUSTOMER, PICK_MARK)})
+    assert r.status_code == 200, r.get_json()
+    drop = last_code(RECIPIENT)
+    r = client.post(f"{API}/legs/{leg}/drop", headers=headers, json={"otp": drop})
+    assert r.status_code == 200 and r.get_json()["leg_status"] == "delivered", r.get_json()
+    again = client.post(f"{API}/legs/{leg}/drop", headers=headers, json={"otp": drop})
+    assert again.status_code == 409, again.get_json()
+    assert again.get_json()["error"]["code"] == "invalid_transition"
+    assert again.get_json()["error"]["message"] == i18n.t("dispatch.already_delivered", "en",
+                                                          job=str(leg))
+    assert legs_of(booking_id)[0].otp_failures == 0
+
+
+# --- offers ----------------------------------------------------------------------------
+
+
+@pytest.mark.db
+def test_app_offer_of_a_relay_leg_names_its_points(client, live, frozen):  # noqa: F811
+    """Leg 2 of a relay (Point A to Point B) offered in the app: GET /partners/me/offers
+    names the Points, as the offer SMS does (before: pickup null, drop null)."""
+    booking_id, _, _, headers = _relay_leg1_picked_up(client, asha_app=True)
+    got = client.get(f"{API}/partners/me/offers", headers=headers).get_json()
+    leg2 = legs_of(booking_id)[1].id
+    mine = [o for o in got if o["leg_id"] == leg2]
+    assert len(mine) == 1, got
+    assert (mine[0]["pickup"], mine[0]["drop"]) == ("Point A", "Point B"), mine[0]
+
+
+@pytest.mark.db
+def test_no_problem_answer_to_an_offer_leaves_it_open(client, live, frozen):  # noqa: F811
+    """"No problem, I will take it" (Indian English for "sure") was read as NO: the offer
+    was declined. It is not a no: it is not understood, the offer stays open, and "1"
+    then takes the job."""
+    _, phone = make_partner("Ramesh", LAXMIPUR, lang="en")
+    booking_id = paid_booking()
+    start(booking_id)
+    leg = legs_of(booking_id)[0].id
+    assert sms(client, phone, "No problem, I will take it") == [i18n.t("dispatch.unknown", "en")]
+    assert [o.status for o in offers(leg)] == ["open"]
+    assert sms(client, phone, "1")[0].startswith(f"Job {leg} is yours.")
+
+
+@pytest.mark.parametrize("text", ["koi baat nahi", "Koi baat nahin!", "कोई बात नहीं",
+                                  "No problem", "काही हरकत नाही", "பிரச்சனை இல்லை",
+                                  "సమస్య లేదు", "ತೊಂದರೆ ಇಲ್ಲ"])
+def test_no_problem_in_any_language_is_no_decline(text: str) -> None:
+    assert parse_command(text).kind is Kind.UNKNOWN
+
+
+@pytest.mark.parametrize(("text", "kind"), [
+    ("koi baat nahi, haan", Kind.ACCEPT), ("no problem 1", Kind.ACCEPT),
+    ("ok no problem", Kind.ACCEPT), ("koi baat nahi, nahi aa sakta", Kind.DECLINE)])
+def test_what_comes_with_no_problem_decides(text: str, kind: Kind) -> None:
+    assert parse_command(text).kind is kind
+
+
+@pytest.mark.db
+def test_partner_who_said_no_and_then_yes_gets_the_job_still_free(client, live,
+                                                                  frozen):  # noqa: F811
+    """Ramesh answers "2", then at once "1 <job>": nobody took it, yet he was told it
+    "went to another partner". While the offer's time runs and the job is free, his yes
+    takes it."""
+    _, phone = make_partner("Ramesh", LAXMIPUR, lang="en")
+    booking_id = paid_booking()
+    start(booking_id)
+    leg = legs_of(booking_id)[0].id
+    assert sms(client, phone, "2") == [i18n.t("dispatch.declined", "en", job=str(leg))]
+    assert legs_of(booking_id)[0].status == "offering"  # nobody took it
+    reply = sms(client, phone, f"1 {leg}")
+    assert reply[0].startswith(f"Job {leg} is yours."), reply
+    taken = legs_of(booking_id)[0]
+    assert taken.status == "assigned" and taken.partner_id is not None
+    assert [o.status for o in offers(leg)] == ["accepted"]
+
+
+@pytest.mark.db
+def test_a_no_said_twice_and_a_yes_too_late_are_answered_as_such(client, live,
+                                                                 frozen):  # noqa: F811
+    """After "2", "2 <job>" again is "skipped" (before: "went to another partner"), and
+    a yes after the offer's time is up is "time is up", the job not taken."""
+    _, phone = make_partner("Ramesh", LAXMIPUR, lang="en")
+    booking_id = paid_booking()
+    start(booking_id)
+    leg = legs_of(booking_id)[0].id
+    sms(client, phone, "2")
+    assert sms(client, phone, f"2 {leg}") == [i18n.t("dispatch.declined", "en", job=str(leg))]
+    freeze_at(600)
+    assert sms(client, phone, f"1 {leg}") == [i18n.t("dispatch.offer_expired", "en",
+                                                     job=str(leg))]
+    assert legs_of(booking_id)[0].partner_id is None
+
+
+@pytest.mark.db
+def test_job_number_with_a_leading_zero_names_the_open_offer(client, live,
+                                                             frozen):  # noqa: F811
+    """"1 0<job>" on his own open offer was "went to another partner"."""
+    _, phone = make_partner("Ramesh", LAXMIPUR, lang="en")
+    booking_id = paid_booking()
+    start(booking_id)
+    leg = legs_of(booking_id)[0].id
+    reply = sms(client, phone, f"1 0{leg}")
+    assert reply[0].startswith(f"Job {leg} is yours."), reply
+    assert legs_of(booking_id)[0].status == "assigned"
+
+
+# --- a relay rider holding the parcel; a locked job ------------------------------------
+
+
+@pytest.mark.db
+def test_relay_rider_handed_the_parcel_hears_to_deliver_it(client, live,
+                                                           frozen):  # noqa: F811
+    """Asha took leg 2 and Ramesh handed her the parcel at Point A (his DROP took her
+    code). OFF told her "go for the pickup, or send CANCEL 2", STATUS "go to pickup", and
+    CANCEL is refused: she should hear what a rider carrying a parcel hears."""
+    booking_id, r_phone, a_phone, _ = _relay_leg1_picked_up(client)
+    assert "yours" in sms(client, a_phone, "1")[0]
+    assert "पहुँच गया" in sms(client, r_phone, f"DROP {last_code(a_phone, 'take the parcel')}")[0]
+    leg1, leg2 = legs_of(booking_id)[:2]
+    assert (leg1.status, leg2.status) == ("delivered", "assigned")
+    assert sms(client, a_phone, "OFF") == [
+        i18n.t("dispatch.duty_off_carrying", "en", job=str(leg2.id))]
+    assert sms(client, a_phone, "STATUS") == [i18n.t(
+        "dispatch.status_line", "en", job=str(leg2.id),
+        state=i18n.t("dispatch.state.picked_up", "en"), pickup="Point A", drop="Point B")]
+    assert sms(client, a_phone, "CANCEL") == [
+        i18n.t("dispatch.cancel_too_late", "en", job=str(leg2.id), ops_phone=OPS_PHONE)]
+
+
+@pytest.mark.db
+def test_cancel_of_a_job_locked_before_pickup_says_it_is_locked(client, live,
+                                                                frozen):  # noqa: F811
+    """Five wrong pickup codes locked the job, the parcel still with the sender. CANCEL
+    was answered "already picked up and cannot be given back": it is locked, call ops
+    (as PICK says)."""
+    _, phone = make_partner("Ramesh", LAXMIPUR, lang="en")
+    booking_id = paid_booking()
+    start(booking_id)
+    sms(client, phone, "1")
+    pick = last_code(CUSTOMER, PICK_MARK)
+    wrong = "0000" if pick != "0000" else "1111"
+    for _ in range(5):
+        sms(client, phone, f"PICK {wrong}")
+    leg = legs_of(booking_id)[0]
+    assert leg.status == "locked"
+    locked = [i18n.t("dispatch.otp_locked", "en", job=str(leg.id), ops_phone=OPS_PHONE)]
+    assert sms(client, phone, "CANCEL") == locked
+    assert sms(client, phone, f"CANCEL {leg.id}") == locked
+    assert legs_of(booking_id)[0].status == "locked"
