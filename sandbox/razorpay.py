@@ -11,6 +11,14 @@ Responses follow Razorpay's shapes: entities with ``id``/``entity``, collections
 Paying a link (``POST /sandbox/payment_links/<id>/pay``) captures a payment and sends the
 signed webhooks ``payment.captured`` and ``payment_link.paid`` through an RQ job.
 
+A Route transfer made on a payment starts as Razorpay documents it (Create Transfers from
+Payments: ``"status": "pending"``, ``"processed_at": null``): the transfer is processed
+asynchronously, and only then is it ``processed`` (money debited from the platform and
+credited to the linked account) or ``failed``, with the webhook ``transfer.processed`` /
+``transfer.failed``. Here an RQ job on the sandbox queue (``settle_transfer``) does that a
+moment later, as ``settle_refund`` does for refunds. Its hold can be edited meanwhile; a
+transfer reversed before it is processed stays reversed.
+
 Controls for tests and demos (Redis keys, or the helpers below):
 - ``sandbox:razorpay:fail_next:<op>``: the next N calls of <op> answer 503
   (ops: create_link, refund, fetch_refund, transfer, edit_transfer, reverse,
@@ -22,6 +30,9 @@ Controls for tests and demos (Redis keys, or the helpers below):
 - ``sandbox:razorpay:webhook_order`` = ``reversed``: send a batch of webhooks backwards;
 - ``sandbox:razorpay:webhook_repeat`` = N: send every webhook N times;
 - ``sandbox:razorpay:refund_outcome`` / ``transfer_outcome`` = ``failed``;
+- ``sandbox:razorpay:pending_next:transfer`` = N: the next N transfers made stay
+  ``pending`` until ``settle_transfer(id)`` is called (a transfer the gateway is slow to
+  process; see below);
 - ``sandbox:razorpay:refused_accounts`` (a set; ``refuse_account``): linked accounts that
   cannot take transfers (not activated, suspended): a transfer to one gets a 400.
 """
@@ -510,26 +521,52 @@ def create_transfers(payment_id: str):
                       field="payment_id")
     if total > p["amount"] - p["amount_transferred"] - p["amount_refunded"]:
         return _error(400, "Transfer amount exceeds the captured amount", field="amount")
-    failed = _control("transfer_outcome") == "failed"
-    items, events = [], []
+    items = []
     for t in wanted:
-        trf = {"id": _new_id("trf"), "entity": "transfer", "status":
-               "failed" if failed else "processed", "source": payment_id,
+        trf_id = _new_id("trf")
+        trf = {"id": trf_id, "entity": "transfer", "status": "pending", "source": payment_id,
                "recipient": t["account"], "amount": t["amount"], "currency": "INR",
                "amount_reversed": 0, "notes": t.get("notes") or {}, "fees": 0, "tax": 0,
                "on_hold": bool(t.get("on_hold")), "on_hold_until": t.get("on_hold_until"),
-               "recipient_settlement_id": None, "linked_account_notes": [],
-               "processed_at": None if failed else _now(), "created_at": _now()}
+               "recipient_settlement_id": None,
+               "linked_account_notes": t.get("linked_account_notes") or [],
+               "processed_at": None, "created_at": _now(),
+               "error": {"code": None, "description": None, "reason": None, "field": None,
+                         "step": None, "id": trf_id, "source": None, "metadata": None}}
         put_object(trf)
-        redis_client().rpush(f"{PREFIX}:payment_transfers:{payment_id}", trf["id"])
-        if not failed:
-            p["amount_transferred"] += t["amount"]
+        redis_client().rpush(f"{PREFIX}:payment_transfers:{payment_id}", trf_id)
+        p["amount_transferred"] += t["amount"]  # taken from the payment while it is made
         items.append(trf)
-        events.append(_event("transfer.failed" if failed else "transfer.processed",
-                             {"transfer": trf}))
     put_object(p)
-    send_webhooks(events)
+    for trf in items:
+        if not _take("pending_next:transfer"):
+            enqueue("sandbox.razorpay.settle_transfer", trf["id"], queue_name=SANDBOX_QUEUE,
+                    job_id=f"sandbox-rzp-transfer-{trf['id']}")
     return jsonify(_collection(items))
+
+
+def settle_transfer(transfer_id: str) -> dict:
+    """Razorpay processes a pending transfer: ``processed`` (or ``failed``, per the test
+    control ``transfer_outcome``), and says so by webhook. A transfer no longer pending
+    (reversed meanwhile, settled before) is left as it is, and nothing is sent."""
+    t = _transfer_or_none(transfer_id)
+    assert t is not None, transfer_id
+    if t["status"] not in ("created", "pending"):
+        return t
+    failed = _control("transfer_outcome") == "failed"
+    if failed:
+        t["status"] = "failed"
+        p = get_object(t["source"])
+        if p is not None:  # what the transfer took from the payment goes back
+            p["amount_transferred"] -= t["amount"] - t["amount_reversed"]
+            put_object(p)
+    else:
+        t["status"] = "partially_reversed" if t["amount_reversed"] else "processed"
+        t["processed_at"] = _now()
+    put_object(t)
+    send_webhooks([_event("transfer.failed" if failed else "transfer.processed",
+                          {"transfer": t})])
+    return t
 
 
 @bp.get("/razorpay/v1/payments/<payment_id>/transfers")
@@ -580,6 +617,8 @@ def reverse_transfer(transfer_id: str):
     t = _transfer_or_none(transfer_id)
     if t is None:
         return _not_found(transfer_id)
+    if t["status"] == "failed":
+        return _error(400, "A failed transfer cannot be reversed")
     left = t["amount"] - t["amount_reversed"]
     amount = _json().get("amount", left)
     if isinstance(amount, bool) or not isinstance(amount, int) or not 0 < amount <= left:
@@ -587,6 +626,8 @@ def reverse_transfer(transfer_id: str):
     t["amount_reversed"] += amount
     if t["amount_reversed"] == t["amount"]:
         t["status"] = "reversed"
+    elif t["status"] == "processed":
+        t["status"] = "partially_reversed"
     put_object(t)
     p = get_object(t["source"])
     if p is not None:

@@ -51,6 +51,7 @@ REQUIRED_KEYS = (
     | {"dispatch.already_delivered"}  # confirm: a PICK/DROP sent again after the drop
     | {"bot.parcel.no_vehicle"}  # quote_or_resize
     | {"payment.ops_refund_retry", "payment.ops_refund_stuck"}  # payments._attempt_failed
+    | {"payment.after_cancel"}  # payments.record_capture: a link paid after cancelling
     | {"bot.handoff.closed", "bot.handoff.expired"}  # handoff.close, handoff.expire_idle
     | {"address.same_place", "ivr.place.same"}  # the dialogs, when drop == pickup
     | {"bot.confirm.new_price", "ivr.confirm.new_price"}  # booking.confirm_as_shown

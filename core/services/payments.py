@@ -781,6 +781,12 @@ def record_capture(booking_id: int, payment_id: str, amount: int, *, cause: str,
                      payment_id=payment_id)
         log.warning("payment on a booking that cannot take it; refunding",
                     extra={"booking_id": booking_id, "status": status})
+        if status == BookingStatus.CANCELLED.value:
+            # The link was paid as (or after) the booking was cancelled: the customer
+            # hears now that the money came too late and goes back, not only days later
+            # when the refund settles (payment.refunded).
+            notify.notify_customer(session, booking, "payment.after_cancel",
+                                   refund_paise=amount, dedupe_key=f"late-pay-{payment_id}")
         return "refund-late-payment"
 
 
@@ -873,7 +879,8 @@ def _on_transfer(data: dict, cause: str) -> str:
 
     Processed on hold (how every leg transfer starts) is no payout: the hold can still be
     reversed, so the ledger waits for the release (settle_leg_transfer). Processed without
-    a hold is paid out: the same entry the release posts, keyed by the transfer, so once."""
+    a hold (released while the gateway was still processing it) is paid out: the same
+    entry the release posts, keyed by the transfer, so once."""
     entity = _entity(data, "transfer")
     tid, leg_id = _gateway_id(entity), gw.note_int(entity, "leg_id")
     processed = data.get("event") == "transfer.processed"
@@ -1008,6 +1015,25 @@ def release_leg(leg_id: int, actor: Actor = SYSTEM) -> str:
 
 # A leg transfer's row in these states is not moved back to on_hold by a late event.
 _SETTLED_TRANSFER = ("released", "processed", "reversed")
+# A Route transfer starts "pending" (or "created"): Razorpay processes it asynchronously,
+# and only once "processed" has the money left the platform's account for the linked
+# account (transfer.processed). A partial reversal after that makes it
+# "partially_reversed": what is left on it stays moved.
+_MOVED_TRANSFER = ("processed", "partially_reversed")
+_UNPROCESSED_TRANSFER = ("created", "pending")
+
+
+def _moved(transfer: dict) -> bool:
+    """Whether the gateway has processed the transfer (the money reached the account)."""
+    return transfer.get("status") in _MOVED_TRANSFER
+
+
+def _in_flight(transfers: list[dict], leg_id: int) -> dict | None:
+    """The leg's transfer released from its hold but not processed yet, if any: money on
+    its way to a partner, whatever their account is now."""
+    return next((t for t in transfers if gw.note_int(t, "leg_id") == leg_id
+                 and t.get("status") in _UNPROCESSED_TRANSFER
+                 and not t.get("on_hold", True) and _left(t) > 0), None)
 
 
 def _left(transfer: dict) -> int:
@@ -1126,7 +1152,9 @@ def settle_leg_transfer(leg_id: int) -> str:
     release the hold. Only then is the money the partner's for good: the ledger's
     transfer_processed entry (the amount left on the transfer, to the leg's current
     partner) is posted with the row marked released, also when a retry finds the hold
-    already released. Earned 0 (cancelled before delivery): reverse what is left on a
+    already released, if the gateway has processed the transfer; a transfer still pending
+    there has moved no money yet, and its transfer.processed (or the sweep's next settle)
+    posts the payout. Earned 0 (cancelled before delivery): reverse what is left on a
     transfer made on hold for it, if any (nothing was posted for it). Under the leg's lock
     (see hold_leg_transfer)."""
     with _leg_transfer_lock(leg_id):
@@ -1181,6 +1209,10 @@ def _settle_leg_transfer(leg_id: int) -> str:
         # transfer cannot grow, so the hold goes back and one for the target is made.
         c.transfer.reverse(live["id"], {"amount": _left(live)})
         live = None
+    if live is None and _in_flight(transfers, leg_id) is not None:
+        # Released already and on its way (to an account the partner had before): its
+        # outcome decides (processed: its event posts the payout; failed: made again).
+        return "transfer-pending"
     if live is None:
         try:
             created = c.payment.transfer(payment_id, {"transfers": [{
@@ -1207,6 +1239,14 @@ def _settle_leg_transfer(leg_id: int) -> str:
     if paid != target:
         log.warning("leg transfer released with another amount than the leg earned",
                     extra={"leg_id": leg_id, "paid_paise": paid, "earned_paise": target})
+    if not _moved(live):
+        # Released, but the gateway has not processed the transfer yet: no money moved,
+        # so no payout is posted. transfer.processed posts it (without a hold now: the
+        # same entry, keyed by the transfer), or the sweep's next settle of the unpaid
+        # leg does; transfer.failed makes the transfer again.
+        _save_transfer(leg_id, booking_id, partner_id, payment_id, account, live, "released",
+                       amount=paid)
+        return "released-pending"
     _save_transfer(leg_id, booking_id, partner_id, payment_id, account, live, "released",
                    amount=paid, paid_out=paid)
     return "released"

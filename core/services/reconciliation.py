@@ -14,23 +14,34 @@ read them with ``list_mismatches`` (the ops REST endpoint comes with the REST AP
 One item the gateway cannot show this run (a 5xx for that fetch) is not compared, not
 reported as missing: the rest of the run is recorded, and the window marker stays at or
 before that item's ledger entry, so a later run compares it.
+
+A transfer's state changes after it was found (reversed, failed, held again): the
+transfers of open mismatches are asked again one by one each run, so a payout missing in
+the ledger whose transfer was reversed since (the gateway shows no payout either) is
+resolved, not left open for ever once the transfer falls out of every window.
+
+One run at a time: a run holds PostgreSQL's advisory lock RECONCILE_LOCK_KEY, and one
+started meanwhile (a slow hourly run, a manual one) is skipped and says so in the log. Two
+at once would each record what it saw, and the older, committing later, would reopen a
+mismatch the newer one had resolved.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from redis.exceptions import RedisError
-from sqlalchemy import func, select, tuple_
+from sqlalchemy import func, select, text, tuple_
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
 from core import clock
 from core.adapters import razorpay_gateway as gw
-from core.adapters.db import transaction
+from core.adapters.db import autocommit, transaction
 from core.adapters.models import Booking
 from core.adapters.payment_models import (
     LedgerPosting,
@@ -51,7 +62,11 @@ LAST_UNTIL_KEY = "reconciliation:last-until"
 CATCH_UP = timedelta(days=30)
 PAGE = 100
 OPEN_ITEMS = 500  # open rows fetched one by one per run
-OPEN_CURSOR_KEY = "reconciliation:open-after:"  # + refunds | transfers: the last row asked
+OPEN_CURSOR_KEY = "reconciliation:open-after:"  # + refunds | transfers | mismatches
+# The PostgreSQL advisory lock a run holds while it runs: "RCrc" in ASCII, 1380151907
+# (pg_locks: locktype advisory, objid 1380151907). Migrate holds "RCmg" (core.cli), a
+# seed "RCsd" (core.services.seed).
+RECONCILE_LOCK_KEY = int.from_bytes(b"RCrc", "big")
 
 
 @dataclass(frozen=True)
@@ -175,8 +190,10 @@ def _gateway_amount(entity: str, item: dict | None) -> int | None:
 
 
 def _released(transfer: dict) -> bool:
-    """A transfer the partner has for good: processed and no longer on hold."""
-    return transfer.get("status") not in ("failed", "reversed") and not transfer.get("on_hold")
+    """A transfer the partner has for good: processed (what a partial reversal left on it
+    too) and no longer on hold. One still pending at the gateway moved no money yet."""
+    return transfer.get("status") in ("processed", "partially_reversed") and not transfer.get(
+        "on_hold")
 
 
 def _open_page(session: Session, id_col, gid_col, is_open, cursor_key: str) -> set[str]:
@@ -232,12 +249,72 @@ def _add_open_items(c, refunds: dict[str, dict], transfers: dict[str, dict]) -> 
             transfers[tid] = item
 
 
+def _recheck_mismatched_transfers(c, transfers: dict[str, dict]) -> set[str]:
+    """The transfers of open mismatches this run's list lacks, asked again one by one (at
+    most OPEN_ITEMS a run, in turn as _open_page does). A released one joins
+    ``transfers``; return those the gateway shows no payout for now (reversed, failed,
+    on hold again, or unknown to it), to be compared as such with the ledger. One the
+    gateway cannot show now stays as it was found."""
+    with transaction() as session:
+        ids = _open_page(session, ReconciliationMismatch.id, ReconciliationMismatch.gateway_id,
+                         ReconciliationMismatch.resolved_at.is_(None)
+                         & (ReconciliationMismatch.entity == "transfer"),
+                         OPEN_CURSOR_KEY + "mismatches")
+    no_payout: set[str] = set()
+    for tid in ids - set(transfers):
+        try:
+            item = _fetch_one(c.transfer.fetch, tid)
+        except _NoAnswer:
+            continue
+        if item and _released(item):
+            transfers[tid] = item
+        else:
+            no_payout.add(tid)
+    return no_payout
+
+
+@contextmanager
+def _one_run_at_a_time() -> Iterator[bool]:
+    """Hold RECONCILE_LOCK_KEY while the block runs; yield False (and hold nothing) if
+    another run holds it.
+
+    Session-level, on a pooled connection of its own that runs no transaction: a run asks
+    the gateway between its transactions, and a transaction left open that long would
+    hold back vacuum. Unlocked at the end; should the unlock fail, the connection is
+    discarded (closing it releases the lock), never pooled with the lock held. A process
+    that dies loses its connection, and so the lock."""
+    with autocommit() as conn:
+        key = {"key": RECONCILE_LOCK_KEY}
+        held = bool(conn.scalar(text("SELECT pg_try_advisory_lock(:key)"), key))
+        try:
+            yield held
+        finally:
+            if held:
+                try:
+                    conn.scalar(text("SELECT pg_advisory_unlock(:key)"), key)
+                except Exception:
+                    log.warning("reconciliation lock not released; its connection is closed",
+                                exc_info=True)
+                    conn.invalidate()
+
+
 def run(since: datetime | None = None, until: datetime | None = None) -> dict[str, int]:
     """Compare one window (default: the last day), and what our rows still show open,
-    and record what differs.
+    and record what differs; skipped (``skipped`` 1, nothing compared or recorded) while
+    another run is in progress.
 
     Transfers: only released ones count at the gateway (amount less reversals), against
     the ledger's transfer_processed entries; transfers on hold are payouts not yet made."""
+    with _one_run_at_a_time() as ours:
+        if not ours:
+            log.warning("reconciliation skipped: another run is in progress",
+                        extra={"advisory_lock": RECONCILE_LOCK_KEY})
+            return {"mismatches": 0, "payments": 0, "refunds": 0, "transfers": 0,
+                    "skipped": 1}
+        return _run(since, until)
+
+
+def _run(since: datetime | None, until: datetime | None) -> dict[str, int]:
     default_window = since is None and until is None
     until = until or clock.now()
     since = since or _window_start(until)
@@ -247,6 +324,7 @@ def run(since: datetime | None = None, until: datetime | None = None) -> dict[st
                if r.get("status") == "processed"}
     transfers = {t["id"]: t for t in _pages(c.transfer.all, since, until) if _released(t)}
     _add_open_items(c, refunds, transfers)
+    no_payout = _recheck_mismatched_transfers(c, transfers)
     # Widen the ledger side by what the gateway listed (entries recorded just after the
     # window), and the gateway side by single fetches (objects just outside it).
     with transaction() as session:
@@ -261,7 +339,7 @@ def run(since: datetime | None = None, until: datetime | None = None) -> dict[st
                                   AccountKind.GATEWAY_CLEARING, since, until)
         led_trf.update(_ledger_amounts(session, EntryKind.TRANSFER_PROCESSED,
                                        AccountKind.GATEWAY_CLEARING, since, None,
-                                       set(transfers)))
+                                       set(transfers) | no_payout))
         # A payout voided because its transfer failed afterwards is no payout: nothing to
         # compare, and what was found of it before (paid out, not at the gateway) is over.
         voided_trf: set[str] = set()
@@ -290,7 +368,10 @@ def run(since: datetime | None = None, until: datetime | None = None) -> dict[st
                                         lambda gid, f=fetch: _fetch_one(f, gid), noted, ours)
         findings += found
         unanswered |= skipped
-        checked[entity] = seen | (voided_trf if entity == "transfer" else set())
+        # A transfer of an open mismatch with no payout at the gateway now, and none in
+        # the ledger: both agree (a reversed transfer paid nobody), so it is resolved.
+        checked[entity] = seen | (voided_trf | (no_payout - skipped)
+                                  if entity == "transfer" else set())
     _record(findings, checked)
     if default_window:
         redis_client().set(LAST_UNTIL_KEY, int(_marker(until, unanswered).timestamp()))
