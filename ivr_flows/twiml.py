@@ -116,6 +116,9 @@ def render(turn: VoiceTurn) -> str:
     return str(response)
 
 
-def hangup_with(key: str, lang: str = i18n.DEFAULT_LANGUAGE) -> str:
-    """A short message and goodbye (calls we cannot serve, e.g. a hidden number)."""
-    return render(VoiceTurn(lang, [Say(key)], action="hangup"))
+def hangup_with(key: str, lang: str = i18n.DEFAULT_LANGUAGE, *also: str) -> str:
+    """A short message and goodbye (calls we cannot serve, e.g. a hidden number), said in
+    ``lang`` and then in each of the ``also`` languages."""
+    langs = (lang, *also)
+    return render(VoiceTurn(langs[-1], [Say(key, lang=each) for each in langs],
+                            action="hangup"))  # goodbye in the last language heard

@@ -119,8 +119,16 @@ def _handle(session: Session, call: CallRequest) -> str:
 def _answer(turn: int) -> Response:
     sid, phone = _caller()
     if phone is None:  # hidden, or shown but not a mobile (SMS could not reach it)
-        hidden = is_hidden_number(request.form["From"])
-        return _xml(twiml.hangup_with("ivr.hidden_number" if hidden else "ivr.not_mobile"))
+        from_addr = request.form["From"]
+        if is_hidden_number(from_addr):
+            return _xml(twiml.hangup_with("ivr.hidden_number"))
+        # In the language a known caller chose (a customer chatting from abroad), else
+        # Hindi and English: the caller may well not be a Hindi speaker.
+        try:
+            langs = ivr.languages_of_caller(normalize_phone(from_addr))
+        except ValidationError:
+            langs = (i18n.DEFAULT_LANGUAGE, "en")
+        return _xml(twiml.hangup_with("ivr.not_mobile", *langs))
     digits = request.form.get("Digits", "")[:32]
     call = CallRequest(sid=sid, turn=turn, phone=phone, to_addr=request.form.get("To", ""),
                        digits=digits)

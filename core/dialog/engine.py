@@ -200,7 +200,7 @@ def enter(dialog: Dialog, ctx: Ctx, name: str, say: Sequence[Out] = (),
     return out
 
 
-def _ask_again(dialog: Dialog, ctx: Ctx, step: Step) -> list[Out]:
+def ask_again(dialog: Dialog, ctx: Ctx, step: Step) -> list[Out]:
     """The step's prompt again (after a miss, help, a photo), or the step it redirects to."""
     try:
         return step.prompt(ctx)
@@ -220,7 +220,7 @@ def turn(dialog: Dialog, state: DialogState, inp: UserInput, ports: Any,
         if inp.media == "voice":
             _come_back_to(dialog, state, step)
             return enter(dialog, ctx, dialog.voice_callback)
-        return [Say("bot.media.photo")] + _ask_again(dialog, ctx, step)
+        return [Say("bot.media.photo")] + ask_again(dialog, ctx, step)
 
     cmd = words.command(inp.text) if not inp.has_location else None
     if cmd == "menu":
@@ -232,7 +232,7 @@ def turn(dialog: Dialog, state: DialogState, inp: UserInput, ports: Any,
             state.data.pop("return_to", None)
         return enter(dialog, ctx, dialog.menu)
     if cmd == "help":
-        return [Say(step.help)] + _ask_again(dialog, ctx, step)
+        return [Say(step.help)] + ask_again(dialog, ctx, step)
     if cmd == "language":
         if step.group is not None:
             state.data["draft_step"] = step.name
@@ -246,13 +246,13 @@ def turn(dialog: Dialog, state: DialogState, inp: UserInput, ports: Any,
         return enter(dialog, ctx, result.step, result.say, result.prompt)
     if isinstance(result, Stay):
         state.misses = 0
-        return list(result.say) + _ask_again(dialog, ctx, step)
+        return list(result.say) + ask_again(dialog, ctx, step)
     state.misses += 1
     if state.misses >= MAX_MISSES and step.name != dialog.offer_person:
         _come_back_to(dialog, state, step)
         return enter(dialog, ctx, dialog.offer_person)
     reason = list(result.say) or [Say(dialog.not_understood)]
-    return reason + _ask_again(dialog, ctx, step)
+    return reason + ask_again(dialog, ctx, step)
 
 
 def _come_back_to(dialog: Dialog, state: DialogState, step: Step) -> None:

@@ -268,9 +268,14 @@ def _place_steps(kind: str, default_next: str) -> list[Step]:
     ]
 
 
+def spoken_km(km: str) -> str:
+    """Kilometres as the voice says them: "14", not "14.0" ("fourteen point zero")."""
+    return km.removesuffix(".0")
+
+
 def _outside(res: Any) -> Say:
     if res.point:
-        return Say("ivr.place.outside", {"point": res.point, "km": res.km})
+        return Say("ivr.place.outside", {"point": res.point, "km": spoken_km(res.km)})
     return Say("ivr.place.none")
 
 
@@ -316,7 +321,7 @@ def _speed_prompt(ctx: Ctx) -> list[Out]:
     )
     free = ctx.ports.rider_free(full_slots(ctx.slots))
     out: list[Out] = [] if free else [Say("ivr.speed.no_rider")]
-    return [*out, Say("ivr.speed.ask", {"km": q["km"]}), Choices(options)]
+    return [*out, Say("ivr.speed.ask", {"km": spoken_km(q["km"])}), Choices(options)]
 
 
 def _confirm_prompt(ctx: Ctx) -> list[Out]:

@@ -169,6 +169,16 @@ def _language(person: Person) -> str:
     return person.preferred_language or i18n.DEFAULT_LANGUAGE
 
 
+def languages_of_caller(phone: str) -> tuple[str, ...]:
+    """The languages to tell a caller we cannot serve (a foreign number) why: the one they
+    chose with us (a WhatsApp customer abroad), else Hindi and then English. Read only."""
+    with transaction() as session:
+        chosen = session.scalar(select(Person.preferred_language).where(Person.phone == phone))
+    if chosen:
+        return (chosen,)
+    return tuple(dict.fromkeys((i18n.DEFAULT_LANGUAGE, "en")))
+
+
 def voice_turn(session: Session, call: CallRequest) -> VoiceTurn:
     """Answer one webhook of a call: start it, or apply the caller's keys to the dialog."""
     msg = InboundMessage(channel=CHANNEL, sid=call.sid, from_addr=call.phone,
@@ -246,10 +256,12 @@ def _answer(state: DialogState, ports: VoicePorts, person: Person,
             if step.group is not None:
                 state.data["draft_step"] = step.name
             return engine.enter(VOICE_DIALOG, ctx, VOICE_DIALOG.offer_person)
-        return [Say("ivr.silence")] + step.prompt(ctx)
+        return [Say("ivr.silence")] + engine.ask_again(VOICE_DIALOG, ctx, step)
     call_state["silences"] = 0
     if set(keys) == {"*"}:
-        return step.prompt(ctx)  # repeat: not a miss, nothing changes
+        # A repeat: not a miss, nothing changes. Through the engine, which turns a prompt's
+        # Redirect (a fare no vehicle on the active card carries) into the step it names.
+        return engine.ask_again(VOICE_DIALOG, ctx, step)
     return engine.turn(VOICE_DIALOG, state, UserInput(text=keys.rstrip("#")), ports,
                        ctx.lang)
 
