@@ -250,7 +250,9 @@ def _answer(state: DialogState, ports: VoicePorts, person: Person,
         call_state["silences"] = call_state.get("silences", 0) + 1
         if step.name in END_ON_SILENCE or call_state["silences"] > MAX_SILENT_REPEATS + 1:
             state.data["call_action"] = "hangup"
-            return [Say("ivr.no_answer")]
+            # After a booking the caller has all they called for: thanks and goodbye (the
+            # hang-up says them), not "we did not get an answer, call again later".
+            return [] if step.name == "done" else [Say("ivr.no_answer")]
         if call_state["silences"] > MAX_SILENT_REPEATS:
             state.data["after_offer"] = step.name
             if step.group is not None:
