@@ -52,6 +52,8 @@ REQUIRED_KEYS = (
     | {"bot.parcel.no_vehicle"}  # quote_or_resize
     | {"payment.ops_refund_retry", "payment.ops_refund_stuck"}  # payments._attempt_failed
     | {"payment.after_cancel"}  # payments.record_capture: a link paid after cancelling
+    | {f"payment.{k}" for k in ("after_expiry", "extra", "wrong_amount",
+                                "wrong_amount_no_link")}  # record_capture: given back
     | {"bot.handoff.closed", "bot.handoff.expired"}  # handoff.close, handoff.expire_idle
     | {"address.same_place", "ivr.place.same"}  # the dialogs, when drop == pickup
     | {"bot.confirm.new_price", "ivr.confirm.new_price"}  # booking.confirm_as_shown

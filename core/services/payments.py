@@ -781,13 +781,40 @@ def record_capture(booking_id: int, payment_id: str, amount: int, *, cause: str,
                      payment_id=payment_id)
         log.warning("payment on a booking that cannot take it; refunding",
                     extra={"booking_id": booking_id, "status": status})
-        if status == BookingStatus.CANCELLED.value:
-            # The link was paid as (or after) the booking was cancelled: the customer
-            # hears now that the money came too late and goes back, not only days later
-            # when the refund settles (payment.refunded).
-            notify.notify_customer(session, booking, "payment.after_cancel",
-                                   refund_paise=amount, dedupe_key=f"late-pay-{payment_id}")
+        # The customer hears now why the money goes back, not only days later when the
+        # refund settles (payment.refunded): once per payment.
+        notice = _refused_payment_notice(booking, link)
+        if notice is not None:
+            notify.notify_customer(session, booking, notice, refund_paise=amount,
+                                   total_paise=booking.total_paise,
+                                   dedupe_key=f"late-pay-{payment_id}")
         return "refund-late-payment"
+
+
+# A wrong amount's notice asks for the right one by the same link only while the link
+# has at least this long to run: the customer must have time to read it and pay.
+PAY_AGAIN_MIN_LEFT = timedelta(minutes=5)
+
+
+def _refused_payment_notice(booking: Booking, link: PaymentLink | None) -> str | None:
+    """The catalog key telling the customer why their payment goes back (the booking's
+    status as the payment came), or None where no payment could be expected (a draft)."""
+    status = BookingStatus(booking.status)
+    if status is BookingStatus.CANCELLED:
+        return "payment.after_cancel"  # the link was paid as (or after) it was cancelled
+    if status is BookingStatus.EXPIRED:
+        return "payment.after_expiry"  # after the time to pay was over
+    if status is BookingStatus.AWAITING_PAYMENT:
+        # Not the booking's price. The link (accept_partial off, its amount the price) is
+        # not paid by it and still takes the right amount, unless it has closed meanwhile.
+        payable = (link is not None and link.status == "created"
+                   and link.amount_paise == booking.total_paise
+                   and (link.expire_by is None
+                        or link.expire_by > clock.now() + PAY_AGAIN_MIN_LEFT))
+        return "payment.wrong_amount" if payable else "payment.wrong_amount_no_link"
+    if status in PAID_STATES or status in (BookingStatus.REFUNDED, BookingStatus.FAILED):
+        return "payment.extra"  # paid before (refunded or failed ones too)
+    return None
 
 
 def _on_link_closed(data: dict, cause: str) -> str:
