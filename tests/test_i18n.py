@@ -49,6 +49,12 @@ REQUIRED_KEYS = (
     | {"dispatch.job_cancelled", "dispatch.duty_blocked"}  # booking_cancelled, set_duty
     | {"dispatch.which_job", "dispatch.which_job_cancel"}  # _choose_leg
     | {"dispatch.already_delivered"}  # confirm: a PICK/DROP sent again after the drop
+    | {"dispatch.pick_first_handed", "dispatch.duty_off_handed",  # a relay parcel handed
+       "dispatch.state.handed_over"}  # over, PICK not sent: confirm, set_duty, STATUS
+    | {"dispatch.given_back", "dispatch.taken_from_you"}  # accept: a job theirs before
+    | {"dispatch.unknown_offer"}  # not_understood: one offer open
+    | {f"dispatch.app.{k}" for k in ("accepted", "picked", "pick_first",  # the app's
+                                     "pick_first_handed", "already_picked")}  # words
     | {"bot.parcel.no_vehicle"}  # quote_or_resize
     | {"payment.ops_refund_retry", "payment.ops_refund_stuck"}  # payments._attempt_failed
     | {"payment.after_cancel"}  # payments.record_capture: a link paid after cancelling

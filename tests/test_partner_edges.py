@@ -1,7 +1,8 @@
 """Partner-facing edges a review found: a PICK/DROP sent again after it worked, the app's
 offer of a relay leg, "no problem" as an answer to an offer, a partner who said no and
-then yes, OFF/STATUS/CANCEL for a relay rider holding the parcel, and CANCEL of a job
-locked before pickup. Partners answer by SMS (core.services.partner_sms over
+then yes, OFF/STATUS/CANCEL/DROP for a relay rider handed the parcel (their PICK still to
+send), CANCEL of a job locked before pickup, a yes to a job given back, and the app's
+answers in the app's words. Partners answer by SMS (core.services.partner_sms over
 core.services.dispatch) or in the app (core.api.partner)."""
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from core import clock, i18n
 from core.adapters.db import transaction
 from core.adapters.models import Leg
 from core.domain.dispatch import Kind, parse_command
+from core.services import dispatch
 from tests.test_api import sign_in
 from tests.test_dispatch import (
     CUSTOMER,
@@ -192,7 +194,8 @@ def test_no_problem_answer_to_an_offer_leaves_it_open(client, live, frozen):  # 
     booking_id = paid_booking()
     start(booking_id)
     leg = legs_of(booking_id)[0].id
-    assert sms(client, phone, "No problem, I will take it") == [i18n.t("dispatch.unknown", "en")]
+    assert sms(client, phone, "No problem, I will take it") == [
+        i18n.t("dispatch.unknown_offer", "en", job=leg)]
     assert [o.status for o in offers(leg)] == ["open"]
     assert sms(client, phone, "1")[0].startswith(f"Job {leg} is yours.")
 
@@ -264,23 +267,35 @@ def test_job_number_with_a_leading_zero_names_the_open_offer(client, live,
 
 
 @pytest.mark.db
-def test_relay_rider_handed_the_parcel_hears_to_deliver_it(client, live,
-                                                           frozen):  # noqa: F811
+def test_relay_rider_handed_the_parcel_hears_to_send_pick_first(client, live,
+                                                                frozen):  # noqa: F811
     """Asha took leg 2 and Ramesh handed her the parcel at Point A (his DROP took her
-    code). OFF told her "go for the pickup, or send CANCEL 2", STATUS "go to pickup", and
-    CANCEL is refused: she should hear what a rider carrying a parcel hears."""
+    code). A handover is confirmed from both sides: her PICK, with the code Ramesh gave
+    her, records the leg as picked up and starts the search for leg 3; a DROP before it
+    is refused. So OFF, STATUS and that DROP tell her to send PICK (before: OFF "deliver
+    it, then send DROP", STATUS "on the way", DROP "not picked up yet"), and CANCEL is
+    refused as for a parcel in hand. After her PICK, OFF says deliver it."""
     booking_id, r_phone, a_phone, _ = _relay_leg1_picked_up(client)
+    _, b_phone = make_partner("Bala", B, lang="en", max_active_legs=1)
     assert "yours" in sms(client, a_phone, "1")[0]
     assert "पहुँच गया" in sms(client, r_phone, f"DROP {last_code(a_phone, 'take the parcel')}")[0]
-    leg1, leg2 = legs_of(booking_id)[:2]
-    assert (leg1.status, leg2.status) == ("delivered", "assigned")
-    assert sms(client, a_phone, "OFF") == [
-        i18n.t("dispatch.duty_off_carrying", "en", job=str(leg2.id))]
+    leg1, leg2, leg3 = legs_of(booking_id)
+    assert (leg1.status, leg2.status, leg3.status) == ("delivered", "assigned", "pending")
+    job = str(leg2.id)
+    assert sms(client, a_phone, "OFF") == [i18n.t("dispatch.duty_off_handed", "en", job=job)]
     assert sms(client, a_phone, "STATUS") == [i18n.t(
-        "dispatch.status_line", "en", job=str(leg2.id),
-        state=i18n.t("dispatch.state.picked_up", "en"), pickup="Point A", drop="Point B")]
+        "dispatch.status_line", "en", job=job,
+        state=i18n.t("dispatch.state.handed_over", "en"), pickup="Point A", drop="Point B")]
     assert sms(client, a_phone, "CANCEL") == [
-        i18n.t("dispatch.cancel_too_late", "en", job=str(leg2.id), ops_phone=OPS_PHONE)]
+        i18n.t("dispatch.cancel_too_late", "en", job=job, ops_phone=OPS_PHONE)]
+    assert sms(client, a_phone, "DROP 1234") == [
+        i18n.t("dispatch.pick_first_handed", "en", job=job)]
+    assert _leg(leg2.id).otp_failures == 0  # no try counted
+    # The next true step works: PICK with the code Ramesh was sent to give her.
+    assert sms(client, a_phone, f"PICK {last_code(r_phone, 'अगले राइडर')}") == [
+        i18n.t("dispatch.picked", "en", job=job, drop="Point B")]
+    assert [leg.status for leg in legs_of(booking_id)] == ["delivered", "picked_up", "offering"]
+    assert sms(client, a_phone, "OFF") == [i18n.t("dispatch.duty_off_carrying", "en", job=job)]
 
 
 @pytest.mark.db
@@ -303,3 +318,156 @@ def test_cancel_of_a_job_locked_before_pickup_says_it_is_locked(client, live,
     assert sms(client, phone, "CANCEL") == locked
     assert sms(client, phone, f"CANCEL {leg.id}") == locked
     assert legs_of(booking_id)[0].status == "locked"
+
+
+# --- a yes to a job given back ---------------------------------------------------------
+
+
+@pytest.mark.db
+def test_yes_to_a_job_given_back_says_it_was_given_back(client, live, frozen):  # noqa: F811
+    """Ramesh takes the job and gives it back (CANCEL); nobody has taken it since (Suresh's
+    offer is open). "1 <job>" was answered "went to another partner": he gave it back, and
+    is not offered it again (the give-back excludes him from the leg for good), so that is
+    what he hears; "2 <job>" the same. The job stays on offer to others."""
+    ramesh, phone = make_partner("Ramesh", LAXMIPUR, lang="en")
+    suresh, _ = make_partner("Suresh", (26.895, 84.49))
+    booking_id = paid_booking()
+    start(booking_id)
+    leg = legs_of(booking_id)[0].id
+    assert [o.partner_id for o in offers(leg)] == [ramesh]
+    assert sms(client, phone, "1")[0].startswith(f"Job {leg} is yours.")
+    assert sms(client, phone, f"CANCEL {leg}") == [
+        i18n.t("dispatch.cancelled", "en", job=str(leg))]
+    assert {o.partner_id: o.status for o in offers(leg)} == {ramesh: "cancelled",
+                                                             suresh: "open"}
+    given_back = [i18n.t("dispatch.given_back", "en", job=str(leg))]
+    assert sms(client, phone, f"1 {leg}") == given_back
+    assert sms(client, phone, f"YES {leg}") == given_back
+    assert sms(client, phone, f"2 {leg}") == given_back
+    taken = legs_of(booking_id)[0]
+    assert (taken.status, taken.partner_id) == ("offering", None)
+    assert {o.partner_id: o.status for o in offers(leg)} == {ramesh: "cancelled",
+                                                             suresh: "open"}
+
+
+@pytest.mark.db
+def test_yes_to_a_job_taken_back_says_it_was_taken_back(client, live, frozen):  # noqa: F811
+    """Ramesh did not pick the job up in time and it was taken back from him: "1 <job>"
+    says so (not "you gave it back", nor "went to another partner")."""
+    _, phone = make_partner("Ramesh", LAXMIPUR, lang="en")
+    booking_id = paid_booking()
+    start(booking_id)
+    leg = legs_of(booking_id)[0].id
+    sms(client, phone, "1")
+    freeze_at(121 * 60)  # twice DISPATCH_PICKUP_MINUTES (60)
+    assert dispatch.sweep()["taken_back"] == 1
+    assert sms(client, phone, f"1 {leg}") == [
+        i18n.t("dispatch.taken_from_you", "en", job=str(leg))]
+    assert legs_of(booking_id)[0].partner_id is None
+
+
+@pytest.mark.db
+def test_app_accept_of_an_offer_given_back_is_409_offer_closed(client, live,
+                                                               frozen):  # noqa: F811
+    """In the app, the same: accepting again an offer whose job the partner gave back is
+    409 offer_closed saying so (before: 409 offer_taken, "went to another partner")."""
+    _, phone = make_partner("Ramesh", LAXMIPUR, lang="en", has_app=True)
+    headers = sign_in(client, phone)
+    _at(client, headers, LAXMIPUR)
+    booking_id = paid_booking()
+    start(booking_id)
+    offer_id = client.get(f"{API}/partners/me/offers", headers=headers).get_json()[0]["id"]
+    assert client.post(f"{API}/offers/{offer_id}/accept", headers=headers).status_code == 200
+    leg = legs_of(booking_id)[0].id
+    assert sms(client, phone, f"CANCEL {leg}")[0] == i18n.t("dispatch.cancelled", "en",
+                                                             job=str(leg))
+    again = client.post(f"{API}/offers/{offer_id}/accept", headers=headers)
+    assert again.status_code == 409, again.get_json()
+    assert again.get_json()["error"]["code"] == "offer_closed"
+    assert again.get_json()["error"]["message"] == i18n.t("dispatch.given_back", "en",
+                                                          job=str(leg))
+
+
+# --- a message not understood, one offer open -------------------------------------------
+
+
+@pytest.mark.db
+@pytest.mark.parametrize("text", ["no problem", "koi baat nahi", "kitna door hai"])
+def test_message_not_understood_with_one_offer_names_the_job(client, live, frozen,  # noqa: F811
+                                                             text: str):
+    """With exactly one offer open, a message we cannot read is most likely an answer to
+    it: the answer names the job and what 1 and 2 do (before: "Send HELP"). The offer
+    stays open. With no offer open there is no job to name: HELP is pointed to."""
+    _, phone = make_partner("Ramesh", LAXMIPUR, lang="en")
+    assert sms(client, phone, text) == [i18n.t("dispatch.unknown", "en")]
+    booking_id = paid_booking()
+    start(booking_id)
+    leg = legs_of(booking_id)[0].id
+    reply = sms(client, phone, text)
+    assert reply == [i18n.t("dispatch.unknown_offer", "en", job=leg)]
+    assert f"{leg}" in reply[0] and "1" in reply[0] and "2" in reply[0]
+    assert [o.status for o in offers(leg)] == ["open"]
+
+
+# --- the app's answers in the app's words -----------------------------------------------
+
+
+@pytest.mark.db
+def test_app_answers_say_to_confirm_in_the_app_not_to_send_pick(client, live,
+                                                                frozen):  # noqa: F811
+    """The app's accept answered "Then send PICK and the OTP" (an SMS command) and its
+    pickup "send DROP and the OTP": in the app the partner enters the code on the job's
+    screen. Its answers say that, as do its refusals (drop before pickup, pickup twice)."""
+    _, phone = make_partner("Ramesh", LAXMIPUR, lang="en", has_app=True)
+    headers = sign_in(client, phone)
+    _at(client, headers, LAXMIPUR)
+    booking_id = paid_booking()
+    start(booking_id)
+    offer_id = client.get(f"{API}/partners/me/offers", headers=headers).get_json()[0]["id"]
+    r = client.post(f"{API}/offers/{offer_id}/accept", headers=headers)
+    assert r.status_code == 200, r.get_json()
+    leg = legs_of(booking_id)[0].id
+    body = r.get_json()
+    assert body["result"] == "accepted"
+    assert body["message"] == i18n.t("dispatch.app.accepted", "en", job=str(leg),
+                                     pickup="Laxmipur", phone=CUSTOMER)
+    r = client.post(f"{API}/legs/{leg}/drop", headers=headers, json={"otp": "1234"})
+    assert r.status_code == 409
+    assert r.get_json()["error"]["message"] == i18n.t("dispatch.app.pick_first", "en",
+                                                      job=str(leg))
+    pick = last_code(CUSTOMER, PICK_MARK)
+    r = client.post(f"{API}/legs/{leg}/pickup", headers=headers, json={"otp": pick})
+    assert r.status_code == 200, r.get_json()
+    assert (r.get_json()["result"], r.get_json()["message"]) == (
+        "picked", i18n.t("dispatch.app.picked", "en", job=str(leg), drop="Bettiah"))
+    r = client.post(f"{API}/legs/{leg}/pickup", headers=headers, json={"otp": pick})
+    assert r.status_code == 409
+    assert r.get_json()["error"]["message"] == i18n.t("dispatch.app.already_picked", "en",
+                                                      job=str(leg))
+    for text in (body["message"], r.get_json()["error"]["message"]):
+        assert "PICK" not in text and "DROP" not in text and "send" not in text
+
+
+@pytest.mark.db
+def test_app_relay_rider_handed_the_parcel_is_told_to_confirm_the_pickup(
+        client, live, frozen):  # noqa: F811
+    """Asha, on the app, is handed the parcel at Point A. Her drop before the pickup is
+    409 telling her to enter the code the rider gave her (before: "not picked up yet. Send
+    PICK and the OTP first"); the pickup then works."""
+    booking_id, r_phone, a_phone, headers = _relay_leg1_picked_up(client, asha_app=True)
+    leg2 = legs_of(booking_id)[1].id
+    mine = [o for o in client.get(f"{API}/partners/me/offers", headers=headers).get_json()
+            if o["leg_id"] == leg2]
+    r = client.post(f"{API}/offers/{mine[0]['id']}/accept", headers=headers)
+    assert r.status_code == 200, r.get_json()
+    assert r.get_json()["message"] == i18n.t("dispatch.app.accepted", "en", job=str(leg2),
+                                             pickup="Point A", phone=r_phone)
+    assert "पहुँच गया" in sms(client, r_phone, f"DROP {last_code(a_phone, 'take the parcel')}")[0]
+    r = client.post(f"{API}/legs/{leg2}/drop", headers=headers, json={"otp": "1234"})
+    assert r.status_code == 409, r.get_json()
+    assert r.get_json()["error"]["message"] == i18n.t("dispatch.app.pick_first_handed", "en",
+                                                      job=str(leg2))
+    r = client.post(f"{API}/legs/{leg2}/pickup", headers=headers,
+                    json={"otp": last_code(r_phone, "अगले राइडर")})
+    assert r.status_code == 200, r.get_json()
+    assert r.get_json()["leg_status"] == "picked_up"

@@ -42,11 +42,20 @@ REPLY_STATUS = {
     "dispatch.otp_format_pick": (422, "validation_error"),
     "dispatch.otp_format_drop": (422, "validation_error"),
     "dispatch.pick_first": (409, "invalid_transition"),
+    "dispatch.pick_first_handed": (409, "invalid_transition"),
     "dispatch.already_picked": (409, "invalid_transition"),
     "dispatch.already_delivered": (409, "invalid_transition"),
     "dispatch.cancel_too_late": (409, "invalid_transition"),
     "dispatch.duty_blocked": (403, "duty_blocked"),
+    "dispatch.given_back": (409, "offer_closed"),
+    "dispatch.taken_from_you": (409, "offer_closed"),
 }
+
+# Dispatch replies worded for SMS ("send PICK and the OTP"), with the app's own words: in
+# the app a pickup or a drop is confirmed by entering the code on the job's screen.
+APP_TEXT = {key: f"dispatch.app.{key.removeprefix('dispatch.')}" for key in (
+    "dispatch.accepted", "dispatch.picked", "dispatch.pick_first",
+    "dispatch.pick_first_handed", "dispatch.already_picked")}
 
 
 class DutyIn(Strict):
@@ -124,7 +133,7 @@ def _lang(person: Person) -> str:
 
 
 def _answer(reply: dispatch.Reply, person: Person, ok_key: str, leg: Leg | None) -> ActionOut:
-    message = reply.render(_lang(person))
+    message = i18n.t(APP_TEXT.get(reply.key, reply.key), _lang(person), **reply.params)
     if reply.key != ok_key:
         status, code = REPLY_STATUS.get(reply.key, (409, "conflict"))
         raise ApiError(status, code, message)

@@ -1379,6 +1379,11 @@ def _pick_offer(session: Session, partner: PartnerProfile,
                     return _r("dispatch.offer_expired", job=code)
                 if past.status == rules.OfferStatus.DECLINED.value:
                     return past  # changed their mind: accept sees whether it is still free
+                if past.status == rules.OfferStatus.CANCELLED.value:
+                    # Theirs once, then given back or taken back: never offered to them
+                    # again (_excluded), whether or not another partner has it now.
+                    return _r("dispatch.given_back" if _gave_back(session, partner, number)
+                              else "dispatch.taken_from_you", job=code)
                 return _r("dispatch.taken", job=code)
         return _r("dispatch.no_such_offer", job=code)
     if not offers:
@@ -1387,6 +1392,26 @@ def _pick_offer(session: Session, partner: PartnerProfile,
         return _r("dispatch.several_offers", jobs=" ".join(str(o.leg_id) for o in offers),
                   job=offers[0].leg_id)
     return offers[0]
+
+
+def _gave_back(session: Session, partner: PartnerProfile, leg_id: int) -> bool:
+    """Whether the partner gave the leg back themselves (CANCEL), rather than had it taken
+    back (not picked up in time, blocked by ops)."""
+    return session.scalar(select(TransitionLog.id).where(
+        TransitionLog.entity == "leg", TransitionLog.entity_id == leg_id,
+        TransitionLog.from_status == LegStatus.ASSIGNED.value,
+        TransitionLog.to_status == LegStatus.OFFERING.value,
+        TransitionLog.actor == str(_partner_actor(partner))).limit(1)) is not None
+
+
+def not_understood(session: Session, partner: PartnerProfile) -> Reply:
+    """The answer to a message we cannot read. With exactly one offer open it is most
+    likely an answer to that offer ("no problem", "kitna door hai"): the answer names the job
+    and its two choices; else the list of commands is pointed to."""
+    offers = open_offers_of(session, partner)
+    if len(offers) == 1:
+        return _r("dispatch.unknown_offer", job=offers[0].leg_id)
+    return _r("dispatch.unknown")
 
 
 def accept(session: Session, partner: PartnerProfile, code: str | None) -> Reply:
@@ -1696,6 +1721,8 @@ def confirm(session: Session, partner: PartnerProfile, kind: str,
             "dispatch.otp_locked", job=job, ops_phone=get_settings().ops_phone)
     if leg.status not in wanted:
         key = "dispatch.pick_first" if kind == "drop" else "dispatch.already_picked"
+        if kind == "drop" and handed_over_to(session, leg):
+            key = "dispatch.pick_first_handed"  # the parcel is theirs; PICK is not sent
         return _done_before(session, partner, kind, otp, other_than=leg.id) or _r(key, job=job)
     if otp is None or not (otp.isascii() and otp.isdigit() and len(otp) == 4):
         return _r("dispatch.otp_format_pick" if kind == "pickup" else "dispatch.otp_format_drop")
@@ -1805,11 +1832,18 @@ def _previous_leg(session: Session, leg: Leg) -> Leg | None:
 
 
 def parcel_in_hand(session: Session, leg: Leg) -> bool:
-    """Whether the leg's partner holds its parcel: picked up, or a relay leg still
-    "assigned" whose previous rider handed the parcel over already (their DROP took the
-    code this rider read out at the Point, face to face), this rider's PICK not sent."""
-    if leg.status == LegStatus.PICKED_UP.value:
-        return True
+    """Whether the leg's partner holds its parcel: picked up, or handed over to them
+    (``handed_over_to``)."""
+    return leg.status == LegStatus.PICKED_UP.value or handed_over_to(session, leg)
+
+
+def handed_over_to(session: Session, leg: Leg) -> bool:
+    """Whether the leg is a relay leg still "assigned" whose previous rider handed the
+    parcel over already (their DROP took the code this rider read out at the Point, face
+    to face), this rider's PICK not sent. A handover is confirmed from both sides: the
+    rider holding the parcel still sends PICK with the code the other rider gave them
+    (handover_give), which records the leg as picked up and starts the search for the
+    next leg; until then DROP is refused, so what they are told names PICK first."""
     if leg.status != LegStatus.ASSIGNED.value:
         return False
     prev = _previous_leg(session, leg)
@@ -1943,13 +1977,16 @@ def set_duty(session: Session, partner: PartnerProfile, on: bool) -> Reply:
     if on:
         return _r("dispatch.duty_on")
     # OFF stops new offers only: a job taken stays theirs (reminded, taken back if not
-    # picked up in time), so the answer says what is still in their hands.
-    # A relay leg whose parcel was handed over to them is carried, though still "assigned".
+    # picked up in time), so the answer says what is still in their hands, and the next
+    # step: a relay parcel handed over to them (leg still "assigned") wants their PICK
+    # first, with the code the rider gave them (handed_over_to).
     legs = active_legs_of(session, partner)
-    carrying = [leg for leg in legs if parcel_in_hand(session, leg)]
+    handed = [leg for leg in legs if handed_over_to(session, leg)]
+    carrying = [leg for leg in legs if leg.status == LegStatus.PICKED_UP.value]
     to_collect = [leg for leg in legs
-                  if leg.status == LegStatus.ASSIGNED.value and leg not in carrying]
+                  if leg.status == LegStatus.ASSIGNED.value and leg not in handed]
     for held, key in ((to_collect, "dispatch.duty_off_assigned"),
+                      (handed, "dispatch.duty_off_handed"),
                       (carrying, "dispatch.duty_off_carrying")):
         if held:
             return _r(key, job=job_code(held[0]))
@@ -1962,8 +1999,8 @@ def status_lines(session: Session, partner: PartnerProfile, lang: str) -> list[s
     for leg in active_legs_of(session, partner):
         booking = session.get(Booking, leg.booking_id)
         assert booking is not None
-        # A relay parcel handed over to them (leg still "assigned") is on its way.
-        state = LegStatus.PICKED_UP.value if parcel_in_hand(session, leg) else leg.status
+        # A relay parcel handed over to them (leg still "assigned"): theirs, PICK to send.
+        state = "handed_over" if handed_over_to(session, leg) else leg.status
         lines.append(i18n.t("dispatch.status_line", lang, job=job_code(leg),
                             state=i18n.t(f"dispatch.state.{state}", lang),
                             pickup=place(session, booking, leg, "from"),
@@ -2118,7 +2155,8 @@ def find_partner(session: Session, phone: str | None) -> tuple[Person | None,
 
 
 __all__ = ["accept", "attach_pod", "cancel_by_partner", "config", "confirm", "continue_search",
-           "decline", "delivery_late", "find_candidates", "offer_timeout", "parcel_in_hand",
-           "pickup_late", "pickup_window", "place", "plan_legs", "point_pickup_late",
-           "search_deadline", "set_duty", "start_dispatch", "start_search", "status_lines",
-           "sweep", "tell_recipient_not_coming", "unlock_leg", "update_location"]
+           "decline", "delivery_late", "find_candidates", "handed_over_to", "not_understood",
+           "offer_timeout", "parcel_in_hand", "pickup_late", "pickup_window", "place",
+           "plan_legs", "point_pickup_late", "search_deadline", "set_duty", "start_dispatch",
+           "start_search", "status_lines", "sweep", "tell_recipient_not_coming", "unlock_leg",
+           "update_location"]

@@ -161,8 +161,8 @@ def _run(session: Session, partner, cmd, lang: str) -> list[str]:
         return dispatch.status_lines(session, partner, lang)
     elif cmd.kind is Kind.HELP:
         return [i18n.t("sms.help", lang)]
-    else:
-        return [i18n.t("dispatch.unknown", lang)]
+    else:  # not understood: with one offer open, most likely an answer to it
+        reply = dispatch.not_understood(session, partner)
     return [reply.render(lang)]
 
 
