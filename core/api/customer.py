@@ -15,11 +15,12 @@ from core.api.auth_guard import principal
 from core.api.idempotency import idempotent
 from core.api.schemas import (
     BookingOut,
+    CursorPage,
+    CursorQuery,
     FareLineOut,
     FareOut,
+    Keyset,
     LegOut,
-    Page,
-    PageQuery,
     ParcelIn,
     PlaceIn,
     PlaceOut,
@@ -36,6 +37,10 @@ from core.services import payments, rating
 
 CUSTOMER = ("customer",)
 CUSTOMER_OR_OPS = ("customer", "ops")
+
+# A customer's bookings page by cursor too (booking ids, newest first): one booked while
+# they page (in the app, or by WhatsApp on the same number) repeats no booking.
+MY_BOOKINGS = Keyset("customer.bookings", (int,))
 
 
 class QuoteRequest(Strict):
@@ -283,18 +288,24 @@ def create_booking(body: BookingRequest) -> BookingOut | Response:
     return out
 
 
-@endpoint(bp, "GET", "/bookings", summary="My bookings, newest first", roles=CUSTOMER,
-          query=PageQuery, response=Page[BookingOut], tags=("customer",))
-def list_bookings(query: PageQuery) -> Page[BookingOut]:
+@endpoint(bp, "GET", "/bookings",
+          summary="My bookings, newest first; page with after=next_after (a booking made "
+                  "while you page repeats none; offset is deprecated for deep pages)",
+          roles=CUSTOMER, query=CursorQuery, response=CursorPage[BookingOut],
+          tags=("customer",))
+def list_bookings(query: CursorQuery) -> CursorPage[BookingOut]:
+    from core.api.ops import keyset_page, page_after  # ops imports this module
+
     who = principal()
+    after = page_after(query, MY_BOOKINGS)
     with transaction() as session:
-        rows = list(session.scalars(
-            select(Booking).where(Booking.customer_id == who.person_id)
-            .options(selectinload(Booking.legs))
-            .order_by(Booking.id.desc()).offset(query.offset).limit(query.limit + 1)))
-        items = bookings_out(session, rows[: query.limit])
-    more = len(rows) > query.limit
-    return Page[BookingOut](items=items, next_offset=query.offset + query.limit if more else None)
+        stmt = select(Booking).where(Booking.customer_id == who.person_id) \
+            .options(selectinload(Booking.legs)).order_by(Booking.id.desc())
+        stmt = stmt.offset(query.offset) if after is None else stmt.where(Booking.id < after[0])
+        rows, nxt = keyset_page(list(session.scalars(stmt.limit(query.limit + 1))), query,
+                                MY_BOOKINGS, lambda b: (b.id,))
+        items = bookings_out(session, rows)
+    return CursorPage[BookingOut](items=items, next_offset=nxt.offset, next_after=nxt.after)
 
 
 @endpoint(bp, "GET", "/bookings/<ref>", summary="One booking", roles=CUSTOMER_OR_OPS,

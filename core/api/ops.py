@@ -23,7 +23,7 @@ from core.adapters.dialog_models import HandoffMessage
 from core.adapters.models import Booking, Leg, PartnerProfile, Person
 from core.api import bp
 from core.api.auth_guard import principal
-from core.api.customer import bookings_out
+from core.api.customer import bookings_out, visible_booking
 from core.api.idempotency import idempotent
 from core.api.schemas import CursorPage, CursorQuery, Keyset, OpsBookingOut
 from core.api.spec import ApiError, Strict, endpoint
@@ -162,7 +162,7 @@ MISMATCHES = Keyset("ops.mismatches", (datetime, int))
 BY_CURSOR = "; page with after=next_after (offset is deprecated for deep pages)"
 
 
-def _after(query: CursorQuery, keyset: Keyset) -> tuple[Any, ...] | None:
+def page_after(query: CursorQuery, keyset: Keyset) -> tuple[Any, ...] | None:
     """The key to page after (None: page by offset); 400 for a cursor we did not make, or
     for a cursor and an offset together (we cannot tell which one the client meant)."""
     if query.after is None:
@@ -179,12 +179,23 @@ class Next:
     after: str | None
 
 
-def _page(rows: list, query: CursorQuery, keyset: Keyset,
-          key: Callable[[Any], tuple[Any, ...]]) -> tuple[list, Next]:
+def keyset_page(rows: list, query: CursorQuery, keyset: Keyset,
+                key: Callable[[Any], tuple[Any, ...]]) -> tuple[list, Next]:
+    """The page of ``rows`` (read with one more than the limit: is there a next page?) and
+    where the next page starts. No next_offset past the deepest offset the query takes:
+    it would only be refused (422); next_after goes on."""
     more = len(rows) > query.limit
     rows = rows[: query.limit]
-    by_offset = query.offset + query.limit if more and query.after is None else None
+    deeper = query.offset + query.limit
+    by_offset = deeper if more and query.after is None and deeper <= _max_offset(query) \
+        else None
     return rows, Next(by_offset, keyset.encode(key(rows[-1])) if more else None)
+
+
+def _max_offset(query: CursorQuery) -> int:
+    """The largest offset the query model takes (its ``offset`` field's ``le``)."""
+    meta = type(query).model_fields["offset"].metadata
+    return min(m.le for m in meta if isinstance(getattr(m, "le", None), int))
 
 
 @endpoint(bp, "GET", "/ops/bookings",
@@ -192,7 +203,7 @@ def _page(rows: list, query: CursorQuery, keyset: Keyset,
                   "recipient's phone, by reference)" + BY_CURSOR,
           roles=OPS, query=BookingFilter, response=CursorPage[OpsBookingOut], tags=("ops",))
 def ops_bookings(query: BookingFilter) -> CursorPage[OpsBookingOut]:
-    after = _after(query, BOOKINGS)
+    after = page_after(query, BOOKINGS)
     with transaction() as session:
         stmt = (select(Booking, Person.phone).join(Person, Person.id == Booking.customer_id)
                 .options(selectinload(Booking.legs)).order_by(Booking.id.desc()))
@@ -214,8 +225,8 @@ def ops_bookings(query: BookingFilter) -> CursorPage[OpsBookingOut]:
                                       code="bad_reference", field="reference")
             stmt = stmt.where(Booking.reference == ref)
         stmt = stmt.offset(query.offset) if after is None else stmt.where(Booking.id < after[0])
-        rows, nxt = _page(list(session.execute(stmt.limit(query.limit + 1)).tuples()), query,
-                          BOOKINGS, lambda row: (row[0].id,))
+        rows, nxt = keyset_page(list(session.execute(stmt.limit(query.limit + 1)).tuples()),
+                                query, BOOKINGS, lambda row: (row[0].id,))
         shown = bookings_out(session, [b for b, _ in rows])
         return CursorPage[OpsBookingOut](items=[OpsBookingOut(
             **dict(out), customer_id=b.customer_id,
@@ -227,15 +238,15 @@ def ops_bookings(query: BookingFilter) -> CursorPage[OpsBookingOut]:
 @endpoint(bp, "GET", "/ops/legs", summary="Legs, newest first (filter by status, e.g. locked)"
           + BY_CURSOR, roles=OPS, query=LegFilter, response=CursorPage[LegRow], tags=("ops",))
 def ops_legs(query: LegFilter) -> CursorPage[LegRow]:
-    after = _after(query, LEGS)
+    after = page_after(query, LEGS)
     with transaction() as session:
         stmt = select(Leg, Booking.reference).join(Booking, Booking.id == Leg.booking_id) \
             .order_by(Leg.id.desc())
         if query.status is not None:
             stmt = stmt.where(Leg.status == query.status.value)
         stmt = stmt.offset(query.offset) if after is None else stmt.where(Leg.id < after[0])
-        rows, nxt = _page(list(session.execute(stmt.limit(query.limit + 1)).all()), query,
-                          LEGS, lambda row: (row[0].id,))
+        rows, nxt = keyset_page(list(session.execute(stmt.limit(query.limit + 1)).all()),
+                                query, LEGS, lambda row: (row[0].id,))
         return CursorPage[LegRow](items=[LegRow(
             id=leg.id, booking_reference=ref, sequence=leg.sequence, status=leg.status,
             partner_id=leg.partner_id, payout_paise=leg.payout_paise,
@@ -247,7 +258,7 @@ def ops_legs(query: LegFilter) -> CursorPage[LegRow]:
           + BY_CURSOR, roles=OPS, query=PartnerFilter, response=CursorPage[PartnerRow],
           tags=("ops",))
 def ops_partners(query: PartnerFilter) -> CursorPage[PartnerRow]:
-    after = _after(query, PARTNERS)
+    after = page_after(query, PARTNERS)
     with transaction() as session:
         stmt = select(PartnerProfile, Person.phone).join(
             Person, Person.id == PartnerProfile.person_id).order_by(PartnerProfile.id)
@@ -255,8 +266,8 @@ def ops_partners(query: PartnerFilter) -> CursorPage[PartnerRow]:
             stmt = stmt.where(PartnerProfile.on_duty.is_(query.on_duty))
         stmt = stmt.offset(query.offset) if after is None \
             else stmt.where(PartnerProfile.id > after[0])
-        rows, nxt = _page(list(session.execute(stmt.limit(query.limit + 1)).all()), query,
-                          PARTNERS, lambda row: (row[0].id,))
+        rows, nxt = keyset_page(list(session.execute(stmt.limit(query.limit + 1)).all()),
+                                query, PARTNERS, lambda row: (row[0].id,))
         return CursorPage[PartnerRow](items=[partner_row(p, phone) for p, phone in rows],
                                       next_offset=nxt.offset, next_after=nxt.after)
 
@@ -265,12 +276,12 @@ def ops_partners(query: PartnerFilter) -> CursorPage[PartnerRow]:
           + BY_CURSOR, roles=OPS, query=CursorQuery, response=CursorPage[HandoffRow],
           tags=("ops",))
 def ops_handoffs(query: CursorQuery) -> CursorPage[HandoffRow]:
-    after = _after(query, HANDOFFS)
+    after = page_after(query, HANDOFFS)
     with transaction() as session:
         out = []
-        rows, nxt = _page(handoff.waiting_list(session, query.offset, query.limit + 1,
-                                               after=after), query,
-                          HANDOFFS, lambda h: (h.created_at, h.id))
+        rows, nxt = keyset_page(handoff.waiting_list(session, query.offset, query.limit + 1,
+                                                     after=after), query,
+                                HANDOFFS, lambda h: (h.created_at, h.id))
         for h in rows:
             person = session.get(Person, h.person_id) if h.person_id else None
             msgs = session.scalars(select(HandoffMessage).where(
@@ -330,7 +341,14 @@ def ops_handoff_close(handoff_id: int) -> Done:
           response=LegRow, tags=("ops",), errors=(404, 409))
 def ops_unlock_leg(leg_id: int) -> LegRow:
     with transaction() as session:
-        leg = dispatch.unlock_leg(session, leg_id, ops_actor())
+        try:
+            leg = dispatch.unlock_leg(session, leg_id, ops_actor())
+        except NotFound as exc:
+            if exc.code != "unknown_job":
+                raise
+            # Dispatch's word for a partner's job; here, as for any id that names no row
+            # (a partner, a handoff, an id past the largest), not_found.
+            raise NotFound("no such leg", code="not_found") from None
         booking = session.get(Booking, leg.booking_id)
         assert booking is not None
         audit(session, "leg.unlock", f"leg:{leg.id}", booking=booking.reference)
@@ -411,10 +429,9 @@ class MismatchOut(BaseModel):
           roles=OPS, response=LedgerOut, tags=("ops",), errors=(404,))
 def ops_booking_ledger(ref: str) -> LedgerOut:
     from core.services import ledger
-    from core.services.booking import get_booking
 
     with transaction() as session:
-        b = get_booking(session, ref)
+        b = visible_booking(session, ref)  # 404 not_found, as every booking route answers
         return LedgerOut(reference=b.reference, **ledger.booking_summary(session, b.id))
 
 
@@ -432,10 +449,9 @@ class RefundOut(BaseModel):
           response=RefundOut, tags=("ops",), errors=(404, 409))
 def ops_retry_refund(ref: str) -> RefundOut:
     from core.services import payments
-    from core.services.booking import get_booking
 
     with transaction() as session:
-        b = get_booking(session, ref)
+        b = visible_booking(session, ref)  # 404 not_found, as every booking route answers
         refund = payments.retry_refund_now(session, b, ops_actor())
         audit(session, "refund.retry", f"booking:{b.reference}", attempt=refund.attempt,
               amount_paise=refund.amount_paise)
@@ -450,9 +466,9 @@ def ops_retry_refund(ref: str) -> RefundOut:
 def ops_mismatches(query: MismatchQuery) -> CursorPage[MismatchOut]:
     from core.services import reconciliation
 
-    after = _after(query, MISMATCHES)
+    after = page_after(query, MISMATCHES)
     with transaction() as session:
-        rows, nxt = _page(reconciliation.list_mismatches(
+        rows, nxt = keyset_page(reconciliation.list_mismatches(
             session, include_resolved=query.include_resolved, offset=query.offset,
             limit=query.limit + 1, after=after), query,
             MISMATCHES, lambda m: (datetime.fromisoformat(m["first_seen_at"]), m["id"]))

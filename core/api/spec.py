@@ -181,7 +181,11 @@ def parse_body(model: type[BaseModel]) -> BaseModel:
 
 def parse_query(model: type[BaseModel]) -> BaseModel:
     args = request.args.to_dict(flat=True)
-    _reject_nul(args)
+    _reject_nul(args)  # each key and its first value; a second value is refused below
+    for name in args:
+        if len(request.args.getlist(name)) > 1:
+            # ?dry_run=false&dry_run=true: we would read the first, a proxy the last.
+            raise _field_error((name,), "given more than once; give it once")
     try:
         return model.model_validate(args)
     except PydanticError as exc:
@@ -264,6 +268,17 @@ def endpoint(
     return decorate
 
 
+# Headers an error answer carries (core.web.errors sets them), as the document shows them.
+ERROR_HEADERS: dict[int, dict[str, Any]] = {
+    401: {"headers": {"WWW-Authenticate": {
+        "description": "Bearer: send Authorization: Bearer <token>",
+        "schema": {"type": "string"}}}},
+    429: {"headers": {"Retry-After": {
+        "description": "seconds until the limit lets you try again",
+        "schema": {"type": "integer", "minimum": 1}}}},
+}
+
+
 def openapi_document(prefix: str) -> dict[str, Any]:
     """The OpenAPI 3.1 document of every declared endpoint."""
     components: dict[str, Any] = {}
@@ -303,7 +318,10 @@ def openapi_document(prefix: str) -> dict[str, Any]:
             op["parameters"].append({"name": name, "in": "path", "required": True,
                                      "schema": schema})
         if ep.query is not None:
-            qschema = ep.query.model_json_schema(mode="validation")
+            qschema = ep.query.model_json_schema(ref_template="#/components/schemas/{model}",
+                                                 mode="validation")
+            for name, sub in qschema.pop("$defs", {}).items():
+                components[name] = sub  # BookingStatus, LegStatus: the filters' values
             required = set(qschema.get("required", []))
             for name, prop in qschema.get("properties", {}).items():
                 op["parameters"].append({"name": name, "in": "query",
@@ -331,7 +349,8 @@ def openapi_document(prefix: str) -> dict[str, Any]:
             op["security"] = [{"bearer": []}]
         codes |= {429} if ep.path.startswith("/auth") else set()
         for code in sorted(codes):
-            op["responses"][str(code)] = {"description": "error", "content": error_content}
+            op["responses"][str(code)] = {"description": "error", "content": error_content,
+                                          **ERROR_HEADERS.get(code, {})}
         paths.setdefault(prefix + ep.openapi_path, {})[ep.method.lower()] = op
     return {
         "openapi": "3.1.0",

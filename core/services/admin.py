@@ -187,12 +187,16 @@ def find_point(session: Session, point: str | int) -> Point:
     """The active Point named by id, name or post office (ValidationError ``unknown_point``
     if none or more than one)."""
     raw = str(point).strip()
-    if raw.isdigit():
-        ref = int(raw)
-        found = session.get(Point, ref) if 1 <= ref <= MAX_ID else None
+    # An id is ASCII digits, and no longer than the largest id: str.isdigit() is true of
+    # "²" and "①" too (which int() refuses), and int() refuses 4300 digits and more.
+    if raw.isascii() and raw.isdigit():
+        digits = raw.lstrip("0") or "0"  # 0001 is 1 (and no longer than 1)
+        ref = int(digits) if len(digits) <= len(str(MAX_ID)) else None
+        found = session.get(Point, ref) if ref is not None and 1 <= ref <= MAX_ID else None
         if found is not None and found.active:
             return found
-        raise ValidationError(f"no active Point has id {raw}", code="unknown_point",
+        shown = raw if ref is not None else f"{raw[:12]}... ({len(raw)} digits)"
+        raise ValidationError(f"no active Point has id {shown}", code="unknown_point",
                               field="point")
     wanted = raw.lower()  # as PostgreSQL's lower() has it
     rows = list(session.scalars(select(Point).where(

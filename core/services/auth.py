@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import ipaddress
 import logging
 import secrets
 from dataclasses import dataclass
@@ -43,11 +44,14 @@ VERIFY_PER_IP = (60, 3600)
 
 
 class AuthError(DomainError):
-    """Sign-in refused; ``status`` is the HTTP answer (401, 429)."""
+    """Sign-in refused; ``status`` is the HTTP answer (401, 429); ``retry_after``: seconds
+    until the limit that refused it lets the client try again, if we know (Retry-After)."""
 
-    def __init__(self, status: int, code: str, message: str, field: str | None = None):
+    def __init__(self, status: int, code: str, message: str, field: str | None = None, *,
+                 retry_after: int | None = None):
         super().__init__(message, code=code, field=field)
         self.status = status
+        self.retry_after = retry_after
 
 
 @dataclass(frozen=True)
@@ -121,6 +125,27 @@ def _failures_spent(phone: str) -> bool:
     return spent is not None and int(spent) >= get_settings().otp_failures_per_day
 
 
+def _seconds_left(key: str) -> int | None:
+    """Seconds until a Redis key (a limit's window) expires; None if it has no expiry."""
+    ms = redis_client().pttl(key)
+    return max(1, -(-ms // 1000)) if ms > 0 else None
+
+
+def client_of(ip: str) -> str:
+    """Whom the per-IP limits count: an IPv4 address, or an IPv6 client's /64 (a home or
+    a phone is given a whole /64, and picks any address in it: counted one by one, the
+    limit would never bite). An IPv4-mapped IPv6 address is its IPv4 address."""
+    try:
+        addr = ipaddress.ip_address(ip)
+    except ValueError:
+        return ip[:64]  # "unknown", or whatever the proxy forwarded: counted as it is
+    if isinstance(addr, ipaddress.IPv6Address):
+        if addr.ipv4_mapped is not None:
+            return str(addr.ipv4_mapped)
+        return str(ipaddress.IPv6Network((int(addr) >> 64 << 64, 64)))
+    return str(addr)
+
+
 def _hash(phone: str, otp: str) -> str:
     key = get_settings().otp_key
     return hmac.new(key, f"login:{phone}:{otp}".encode(), hashlib.sha256).hexdigest()
@@ -129,7 +154,9 @@ def _hash(phone: str, otp: str) -> str:
 def _limit(key: str, rule: tuple[int, int]) -> None:
     over, _ = hit_rate_limit(key, rule[0], rule[1])
     if over:
-        raise AuthError(429, "rate_limited", "too many attempts; please wait and try again")
+        # The window hit_rate_limit counts in is the key "ratelimit:<key>", ending with it.
+        raise AuthError(429, "rate_limited", "too many attempts; please wait and try again",
+                        retry_after=_seconds_left(f"ratelimit:{key}"))
 
 
 def _known_staff(phone: str) -> bool:
@@ -146,9 +173,9 @@ def request_otp(raw_phone: str, ip: str) -> str:
         # SMS-pumping target); operators and partners we set up may have others.
         raise AuthError(422, "bad_phone", "sign-in codes go only to Indian mobile numbers",
                         "phone")
-    _limit(f"otp-send-ip:{ip}", SENDS_PER_IP)
+    _limit(f"otp-send-ip:{client_of(ip)}", SENDS_PER_IP)
     if _failures_spent(phone):  # a code it could not use would only cost an SMS
-        raise AuthError(429, *_SPENT)
+        raise AuthError(429, *_SPENT, retry_after=_seconds_left(_failures_key(phone)))
     _limit(f"otp-send-phone:{phone}", SENDS_PER_PHONE)
     otp = generate_otp(6)
     r = redis_client()
@@ -165,7 +192,7 @@ def request_otp(raw_phone: str, ip: str) -> str:
 def verify_otp(raw_phone: str, otp: str, ip: str) -> tuple[str, Principal, datetime]:
     """Check a sign-in code; return (token, principal, expiry). One code, one session."""
     phone = normalize_phone(raw_phone)
-    _limit(f"otp-verify-ip:{ip}", VERIFY_PER_IP)
+    _limit(f"otp-verify-ip:{client_of(ip)}", VERIFY_PER_IP)
     r = redis_client()
     keys = [_otp_key(phone), _failures_key(phone)]
     budget = get_settings().otp_failures_per_day
@@ -174,7 +201,7 @@ def verify_otp(raw_phone: str, otp: str, ip: str) -> tuple[str, Principal, datet
     if verdict == b"spent":
         log.warning("sign-in refused: the phone's wrong codes for the day are spent",
                     extra={"phone": mask_phone(phone)})
-        raise AuthError(429, *_SPENT, "otp")
+        raise AuthError(429, *_SPENT, "otp", retry_after=_seconds_left(_failures_key(phone)))
     if verdict == b"missing":
         raise AuthError(401, *_INVALID, "otp")
     if verdict == b"locked":

@@ -203,7 +203,7 @@ def phone_to_call(session: Session, handoff_id: int, operator: str) -> str:
 def _get_open(session: Session, handoff_id: int) -> tuple[Handoff, Conversation, Person]:
     found = session.get(Handoff, handoff_id)
     if found is None:
-        raise NotFound("no such handoff", code="unknown_handoff")
+        raise NotFound("no such handoff", code="not_found")
     # The conversation first, then the handoff: a turn locks them in that order.
     conv = session.get(Conversation, found.conversation_id, with_for_update=True)
     handoff = session.get(Handoff, handoff_id, with_for_update=True, populate_existing=True)
@@ -212,7 +212,7 @@ def _get_open(session: Session, handoff_id: int) -> tuple[Handoff, Conversation,
         raise Conflict("this handoff is closed", code="handoff_closed")
     person = session.get(Person, handoff.person_id) if handoff.person_id else None
     if conv is None or person is None:
-        raise NotFound("the conversation is gone", code="unknown_handoff")
+        raise NotFound("the conversation is gone", code="not_found")
     return handoff, conv, person
 
 

@@ -29,7 +29,9 @@ STATUS_FOR = [
 ]
 
 
-def error_response(status: int, code: str, message: str, field: str | None = None):
+def error_response(status: int, code: str, message: str, field: str | None = None, *,
+                   retry_after: int | None = None):
+    """The JSON error; ``retry_after``: seconds until a 429's limit lets the client in."""
     body: dict[str, object] = {"code": code, "message": message}
     if field:
         body["field"] = field
@@ -37,6 +39,11 @@ def error_response(status: int, code: str, message: str, field: str | None = Non
     resp.status_code = status
     if status == 503:
         resp.headers["Retry-After"] = "5"
+    elif retry_after is not None:
+        resp.headers["Retry-After"] = str(max(1, int(retry_after)))
+    if status == 401:
+        # RFC 9110: a 401 names the scheme it wants (ours is a bearer token).
+        resp.headers["WWW-Authenticate"] = "Bearer"
     return resp
 
 
@@ -44,13 +51,19 @@ def register(app: Flask) -> None:
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException):
         code = (exc.name or "error").lower().replace(" ", "_")
-        return error_response(exc.code or 500, code, exc.description or exc.name or "error")
+        resp = error_response(exc.code or 500, code, exc.description or exc.name or "error")
+        # Werkzeug's own headers (a 405's Allow, say); the body is ours, and so its type.
+        for name, value in exc.get_headers():
+            if name.lower() != "content-type":
+                resp.headers[name] = value
+        return resp
 
     @app.errorhandler(DomainError)
     def domain_error(exc: DomainError):
         status = getattr(exc, "status", None) or next(
             (s for cls, s in STATUS_FOR if isinstance(exc, cls)), 400)
-        return error_response(status, exc.code, exc.message, exc.field)
+        return error_response(status, exc.code, exc.message, exc.field,
+                              retry_after=getattr(exc, "retry_after", None))
 
     @app.errorhandler(StaleDataError)
     def lost_race(exc: Exception):
