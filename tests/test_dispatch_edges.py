@@ -271,7 +271,7 @@ def test_a_partner_twilio_will_not_text_goes_off_duty_and_the_next_is_offered(
     with transaction() as s:
         assert s.get(PartnerProfile, ramesh).on_duty is False
     assert [(o.partner_id, o.status) for o in offers(leg)] == [
-        (ramesh, "declined"), (asha, "open")]
+        (ramesh, "expired"), (asha, "open")]  # as with OFF: not a no
 
 
 @pytest.mark.parametrize(("text", "kind"), [

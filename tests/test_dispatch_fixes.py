@@ -122,13 +122,15 @@ def test_going_off_duty_while_a_rival_takes_the_offered_job_does_not_deadlock(
         assert s.get(PartnerProfile, asha).on_duty is False
 
 
-def test_going_off_duty_still_declines_the_offer_in_hand(client, live, frozen):  # noqa: F811
+def test_going_off_duty_still_closes_the_offer_in_hand(client, live, frozen):  # noqa: F811
     asha, a_phone = make_partner("Asha", LAXMIPUR)
     booking_id = paid_booking()
     start(booking_id)
     leg = legs_of(booking_id)[0]
     sms(client, a_phone, "OFF")
-    assert [(o.partner_id, o.status) for o in offers(leg.id)] == [(asha, "declined")]
+    # Closed as expired, not declined: a no would keep her off this job for good
+    # (tests/test_dispatch_review.py).
+    assert [(o.partner_id, o.status) for o in offers(leg.id)] == [(asha, "expired")]
 
 
 # --- a position is as old as its fix ---------------------------------------------------

@@ -471,3 +471,30 @@ def test_app_relay_rider_handed_the_parcel_is_told_to_confirm_the_pickup(
                     json={"otp": last_code(r_phone, "अगले राइडर")})
     assert r.status_code == 200, r.get_json()
     assert r.get_json()["leg_status"] == "picked_up"
+
+
+@pytest.mark.db
+def test_app_accept_of_an_offer_withdrawn_when_full_is_409_offer_closed(client, live,
+                                                                       frozen):  # noqa: F811
+    """A partner who carries one job at a time takes job A; his open offer of job B is
+    withdrawn (he is full). Accepting B in the app then said only 409 "conflict": it is
+    409 offer_closed with the words the SMS gets."""
+    _, phone = make_partner("Ramesh", LAXMIPUR, lang="en", has_app=True, max_active_legs=1)
+    headers = sign_in(client, phone)
+    _at(client, headers, LAXMIPUR)
+    job_a = paid_booking()
+    start(job_a)
+    offer_a = client.get(f"{API}/partners/me/offers", headers=headers).get_json()[0]["id"]
+    assert client.post(f"{API}/offers/{offer_a}/decline", headers=headers).status_code == 200
+    job_b = paid_booking()
+    start(job_b)
+    offer_b = [o["id"] for o in client.get(f"{API}/partners/me/offers",
+                                           headers=headers).get_json() if o["id"] != offer_a]
+    assert len(offer_b) == 1
+    assert client.post(f"{API}/offers/{offer_a}/accept", headers=headers).status_code == 200
+    again = client.post(f"{API}/offers/{offer_b[0]}/accept", headers=headers)
+    assert again.status_code == 409, again.get_json()
+    assert again.get_json()["error"]["code"] == "offer_closed"
+    leg_b = legs_of(job_b)[0].id
+    assert again.get_json()["error"]["message"] == i18n.t("dispatch.withdrawn", "en",
+                                                          job=str(leg_b))

@@ -57,16 +57,21 @@ def sweep() -> dict[str, int]:
             asks = rating.sweep()
         return {**done, "rating_asks": asks}
     finally:
-        schedule_sweep()  # one failed run (the database restarting) must not end the chain
+        # One failed run (the database restarting) must not end the chain; the next run
+        # is the minute after this one's, whatever this worker's clock says.
+        schedule_sweep(after=_own_minute())
 
 
-def schedule_sweep(now: datetime | None = None) -> str:
+def schedule_sweep(now: datetime | None = None, *, after: int | None = None) -> str:
     """Schedule the sweep at the next whole minute, once (the job id names that minute, so
-    several workers join one chain instead of starting several)."""
+    several workers join one chain instead of starting several); with ``after`` (the
+    minute of the run scheduling it) never at or before that minute: a run a second early
+    by this worker's clock would name itself, which exists, and the chain would end."""
     from core.adapters.queue import queue
 
     now = now or clock.now()
-    next_at = (int(now.timestamp()) // SWEEP_EVERY_S + 1) * SWEEP_EVERY_S
+    minute = int(now.timestamp()) // SWEEP_EVERY_S * SWEEP_EVERY_S
+    next_at = max(minute, after or 0) + SWEEP_EVERY_S
     job_id = f"dispatch-sweep-{next_at}"
     q = queue("default")
     if q.fetch_job(job_id) is None:
@@ -78,3 +83,13 @@ def schedule_sweep(now: datetime | None = None) -> str:
 def fetch_pod_photo(leg_id: int, partner_id: int, url: str, content_type: str) -> str:
     """Download a partner's WhatsApp photo and store it as the leg's proof of delivery."""
     return dispatch.fetch_pod_photo(leg_id, partner_id, url, content_type)
+
+
+def _own_minute() -> int | None:
+    """The minute the running sweep job was scheduled for (its id names it), None when
+    run otherwise (by hand, a test)."""
+    from rq import get_current_job
+
+    job = get_current_job()
+    name, _, at = (job.id if job is not None else "").rpartition("-")
+    return int(at) if name == "dispatch-sweep" and at.isdigit() else None

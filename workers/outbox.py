@@ -41,22 +41,37 @@ def sweep() -> int:
             raise failed
         return count
     finally:
-        schedule_sweep()  # one failed run (the database restarting) must not end the chain
+        # One failed run (the database restarting) must not end the chain; the next run
+        # is the minute after this one's, whatever this worker's clock says.
+        schedule_sweep(after=_own_minute())
 
 
-def schedule_sweep(now: datetime | None = None) -> str:
+def schedule_sweep(now: datetime | None = None, *, after: int | None = None) -> str:
     """Schedule the sweep at the next whole minute, once.
 
     The job id names that minute, so a restarted worker (or two workers) joining the chain
-    schedules the same job instead of starting a second chain.
+    schedules the same job instead of starting a second chain. With ``after`` (the minute
+    of the run scheduling it) never at or before that minute: a run a second early by this
+    worker's clock would name itself, which exists, and the chain would end.
     """
     from core.adapters.queue import queue
 
     now = now or clock.now()
-    next_at = (int(now.timestamp()) // SWEEP_EVERY_S + 1) * SWEEP_EVERY_S
+    minute = int(now.timestamp()) // SWEEP_EVERY_S * SWEEP_EVERY_S
+    next_at = max(minute, after or 0) + SWEEP_EVERY_S
     job_id = f"outbox-sweep-{next_at}"
     q = queue("outbox")
     if q.fetch_job(job_id) is None:
         q.enqueue_at(datetime.fromtimestamp(next_at, UTC), "workers.outbox.sweep",
                      job_id=job_id, result_ttl=600, failure_ttl=86400)
     return job_id
+
+
+def _own_minute() -> int | None:
+    """The minute the running sweep job was scheduled for (its id names it), None when
+    run otherwise (by hand, a test)."""
+    from rq import get_current_job
+
+    job = get_current_job()
+    name, _, at = (job.id if job is not None else "").rpartition("-")
+    return int(at) if name == "outbox-sweep" and at.isdigit() else None

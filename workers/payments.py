@@ -80,9 +80,14 @@ def reconcile() -> dict[str, int]:
 
 
 def _schedule_once(func: str, every_s: int, prefix: str, now: datetime) -> str:
+    """Schedule ``func`` at the next slot, once. Never at or before the slot of the run
+    scheduling it (its job id names it): a run a second early by this worker's clock (a
+    skew the scheduler allows, a clock stepped back) would name itself, which exists, and
+    the chain would end."""
     from core.adapters.queue import queue
 
-    next_at = (int(now.timestamp()) // every_s + 1) * every_s
+    slot = int(now.timestamp()) // every_s * every_s
+    next_at = max(slot, _own_slot(prefix) or 0) + every_s
     job_id = f"{prefix}-{next_at}"
     q = queue("default")
     if q.fetch_job(job_id) is None:
@@ -101,3 +106,12 @@ def schedule_periodic(now: datetime | None = None) -> list[str]:
         _schedule_once("workers.payments.sweep", SWEEP_EVERY_S, "payments-sweep", now),
         _schedule_once("workers.payments.reconcile", RECONCILE_EVERY_S, "reconcile", now),
     ]
+
+
+def _own_slot(prefix: str) -> int | None:
+    """The slot the running job was scheduled for, if it is one of ``prefix``'s chain."""
+    from rq import get_current_job
+
+    job = get_current_job()
+    name, _, at = (job.id if job is not None else "").rpartition("-")
+    return int(at) if name == prefix and at.isdigit() else None

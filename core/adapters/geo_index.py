@@ -5,8 +5,9 @@ Two sets:
 * ``dispatch:geo:live`` — positions sent by the partner app, each with the time it was
   seen (``dispatch:geo:seen``); a position older than the freshness limit is ignored.
 * ``dispatch:geo:home`` — SMS-only partners (no app, so no live position) placed at their
-  home Point. Rebuilt from PostgreSQL when its marker key has expired, so a flushed or
-  restarted Redis heals itself within minutes.
+  home Point while they are on duty (ON places them, OFF or a suspension takes them out).
+  Rebuilt from PostgreSQL (partners on duty) when its marker key has expired, so a flushed
+  or restarted Redis heals itself within minutes.
 
 A partner with a fresh live position is found there; a partner without one is found at
 home only if they have no app. Duty, vehicle and the rest come from PostgreSQL, cached
@@ -59,6 +60,12 @@ def place_at_home(partner_id: int, lat: float, lng: float, *, has_app: bool) -> 
     else:
         pipe.srem(APP_KEY, str(partner_id))
     pipe.execute()
+
+
+def remove_home(partner_id: int) -> None:
+    """Take a partner out of the home set (they went off duty): a busy Point where many
+    partners live then holds only those who may be offered a job."""
+    redis_client().zrem(HOME_KEY, str(partner_id))
 
 
 def remove(partner_id: int) -> None:
@@ -178,6 +185,17 @@ def nearby(lat: float, lng: float, radius_km: float, *, max_age_s: int,
     (a loader as for ``ensure_homes``) the same round trip also finds out whether the home
     set is due to be rebuilt.
     """
+    return nearby_capped(lat, lng, radius_km, max_age_s=max_age_s, now=now, limit=limit,
+                         with_facts=with_facts, homes=homes)[0]
+
+
+def nearby_capped(lat: float, lng: float, radius_km: float, *, max_age_s: int,
+                  now: datetime, limit: int | None = None, with_facts: bool = False,
+                  homes: Callable[[], Iterable[tuple[int, float, float, bool]]] | None = None,
+                  ) -> tuple[list[Nearby], bool]:
+    """``nearby``, and whether ``limit`` may have left out partners within the radius (a
+    set gave ``limit`` usable entries, or Redis looked at only the nearest of a set): a
+    caller that finds too few of them fit can ask again with a larger limit."""
     fetch = limit * 3 if limit else 0
     keys = [LIVE_KEY, SEEN_KEY, HOME_KEY, APP_KEY, FACTS_KEY, FACTS_GEN_KEY]
     if homes is not None:
@@ -190,19 +208,22 @@ def nearby(lat: float, lng: float, radius_km: float, *, max_age_s: int,
         answer = run_script(redis_client(), _NEARBY_LUA, keys[:6], args)
     live_n, home_n = int(answer[0]), int(answer[1])
     found: dict[int, Nearby] = {}
+    kept = {"live": 0, "home": 0}
     for i in range(2, len(answer), 5):
         pid = int(answer[i])
+        source = "live" if answer[i + 2] in (b"l", "l") else "home"
+        kept[source] += 1
         if pid not in found:  # a fresh live position comes first and wins over home
-            source = "live" if answer[i + 2] in (b"l", "l") else "home"
             facts, gen = answer[i + 3], answer[i + 4]
             found[pid] = Nearby(pid, int(round(float(answer[i + 1]) * 1000)), source,
                                 facts.decode() if isinstance(facts, bytes) else facts,
                                 int(gen) if gen else 0)
     truncated = fetch > 0 and (live_n == fetch or home_n == fetch)
     if truncated and limit is not None and len(found) < limit:
-        return nearby(lat, lng, radius_km, max_age_s=max_age_s, now=now,
-                      with_facts=with_facts)
-    return sorted(found.values(), key=lambda n: (n.distance_m, n.partner_id))
+        return nearby_capped(lat, lng, radius_km, max_age_s=max_age_s, now=now,
+                             with_facts=with_facts)
+    capped = limit is not None and (truncated or max(kept.values()) >= limit)
+    return sorted(found.values(), key=lambda n: (n.distance_m, n.partner_id)), capped
 
 
 # --- cached eligibility facts ---------------------------------------------------------

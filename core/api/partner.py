@@ -48,6 +48,7 @@ REPLY_STATUS = {
     "dispatch.cancel_too_late": (409, "invalid_transition"),
     "dispatch.duty_blocked": (403, "duty_blocked"),
     "dispatch.given_back": (409, "offer_closed"),
+    "dispatch.withdrawn": (409, "offer_closed"),  # e.g. taking another job filled them up
     "dispatch.taken_from_you": (409, "offer_closed"),
 }
 

@@ -14,7 +14,9 @@ How a leg finds its partner:
    its way) is paused at its deadline instead; only then does the customer hear we are
    still looking, and they hear again when a rider takes it.
 3. The first acceptance wins under a row lock on the leg (and a partial unique index allows
-   one accepted offer per leg); everyone else's offer is withdrawn by SMS.
+   one accepted offer per leg); everyone else's offer is withdrawn by SMS. A job that fills
+   its partner up withdraws their other open offers too (accept locks those legs with its
+   own, in id order), and those jobs move on at once.
 4. OTPs: pickup code to the sender (or, on a relay leg, to the partner handing over at the
    Point), drop code to the recipient (or to the next leg's partner at the Point).
    ``DISPATCH_OTP_MAX_FAILURES`` wrong codes lock the leg and alert ops.
@@ -274,9 +276,14 @@ def job_code(leg: Leg) -> str:
 
 
 def _home_positions(session: Session) -> list[tuple[int, float, float, bool]]:
+    """The home set as it should be: partners on duty at their home Point. A partner off
+    duty (OFF, suspended, erased) is no candidate, and at a Point where many live would
+    only crowd out the ones on duty (set_duty and block_partner keep the set so between
+    rebuilds; a set built before that heals at its next rebuild)."""
     rows = session.execute(
         select(PartnerProfile.id, Point.lat, Point.lng, PartnerProfile.has_app)
         .join(Point, Point.id == PartnerProfile.home_point_id)
+        .where(PartnerProfile.on_duty.is_(True))
     )
     return [(pid, lat, lng, has_app) for pid, lat, lng, has_app in rows]
 
@@ -330,9 +337,21 @@ class Ranked:
     score: float
 
 
+# A search that finds too few eligible partners among the nearest asks Redis again for
+# this many times as many, up to CANDIDATES_LOOK_MAX, then for all within the radius.
+CANDIDATES_LOOK_FACTOR = 4
+CANDIDATES_LOOK_MAX = 1000
+
+
 def find_candidates(session: Session, lat: float, lng: float, load: rules.Load,
                     radius_km: float, *, exclude: set[int] = frozenset()) -> list[Ranked]:  # type: ignore[assignment]
     """Eligible partners within ``radius_km`` of a point, best first (documented score).
+
+    The nearest 3 x DISPATCH_MAX_CANDIDATES *eligible* partners are ranked: partners who
+    may not take the load (off duty, full, the wrong vehicle) are left out before the list
+    is cut, and while the nearest Redis gave are too few eligible ones it is asked for
+    more, so a Point where dozens of partners live, most of them off duty, hides nobody
+    on duty a little farther away.
 
     One Redis round trip finds the nearest partners with their cached facts; PostgreSQL
     is asked (one round trip) only for the partners whose facts are not cached, stale,
@@ -342,14 +361,37 @@ def find_candidates(session: Session, lat: float, lng: float, load: rules.Load,
     cfg = config()
     session.flush()  # this transaction's own changes count as touched (facts_watch)
     now = clock.now()
-    near = geo_index.nearby(lat, lng, radius_km, max_age_s=cfg.location_max_age_s, now=now,
-                            limit=cfg.max_candidates * 3 + len(exclude), with_facts=True,
-                            homes=lambda: _home_positions(session))
-    near = [n for n in near if n.partner_id not in exclude][: cfg.max_candidates * 3]
-    if not near:
-        return []
     day = now.astimezone(IST).date()
     own = facts_watch.touched(session)
+    pool = cfg.max_candidates * 3
+    limit: int | None = pool + len(exclude)
+    facts: dict[int, _Facts] = {}
+    while True:
+        found, capped = geo_index.nearby_capped(
+            lat, lng, radius_km, max_age_s=cfg.location_max_age_s, now=now, limit=limit,
+            with_facts=True, homes=lambda: _home_positions(session))
+        near = [n for n in found if n.partner_id not in exclude]
+        facts.update(_facts_of(session, [n for n in near if n.partner_id not in facts],
+                               now, day, own))
+        eligible = [n for n in near if n.partner_id in facts and rules.ineligible_reason(
+            facts[n.partner_id].partner, load) is None]
+        if len(eligible) >= pool or not capped or limit is None:
+            break
+        limit = limit * CANDIDATES_LOOK_FACTOR if limit < CANDIDATES_LOOK_MAX else None
+    cands = []
+    for n in eligible[:pool]:
+        f = facts[n.partner_id]
+        cands.append(rules.Candidate(n.partner_id, n.distance_m, f.rating_x100,
+                                     f.offers_received, f.offers_accepted, f.earned_today))
+    radius_m = int(radius_km * 1000)
+    ranked = rules.rank(cands, cfg.weights, radius_m)[: cfg.max_candidates]
+    top = max((c.earned_today_paise for c in ranked), default=0)
+    return [Ranked(c, rules.score(c, cfg.weights, radius_m, top)) for c in ranked]
+
+
+def _facts_of(session: Session, near: list[geo_index.Nearby], now: datetime, day: date,
+              own: set[int]) -> dict[int, _Facts]:
+    """These partners' facts: cached ones where good, the rest from PostgreSQL."""
     facts: dict[int, _Facts] = {}
     for n in near:
         if n.facts is not None and n.partner_id not in own:
@@ -359,17 +401,7 @@ def find_candidates(session: Session, lat: float, lng: float, load: rules.Load,
     missing = [n for n in near if n.partner_id not in facts]
     if missing:
         facts.update(_read_facts(session, missing, now, day, own))
-    cands = []
-    for n in near:
-        f = facts.get(n.partner_id)
-        if f is None or rules.ineligible_reason(f.partner, load) is not None:
-            continue
-        cands.append(rules.Candidate(n.partner_id, n.distance_m, f.rating_x100,
-                                     f.offers_received, f.offers_accepted, f.earned_today))
-    radius_m = int(radius_km * 1000)
-    ranked = rules.rank(cands, cfg.weights, radius_m)[: cfg.max_candidates]
-    top = max((c.earned_today_paise for c in ranked), default=0)
-    return [Ranked(c, rules.score(c, cfg.weights, radius_m, top)) for c in ranked]
+    return facts
 
 
 @dataclass(frozen=True)
@@ -605,9 +637,10 @@ def start_search(session: Session, booking: Booking, leg: Leg, *,
 
 def _excluded(session: Session, leg: Leg, search: DispatchSearch) -> set[int]:
     """Partners not to offer again now: they gave it back (or had it taken back), said no,
-    or had it this pass. Once the leg has paused for want of anyone (a relay leg: it
-    waits, round after round), a no from before the pause is forgotten: the one rider at
-    a Point who went OFF for lunch (which answers their offers no) is back ON, and the
+    or had it this pass (an offer left to expire, or closed by going OFF duty, which is
+    recorded as expired: back ON, they are asked again in a later pass). Once the leg has
+    paused for want of anyone (a relay leg: it waits, round after round), a no from before
+    the pause is forgotten: the one rider at a Point may have changed their mind, and the
     parcel would otherwise wait there for good. A give-back's new round forgets none."""
     paused_at = session.scalar(select(func.max(TransitionLog.at)).where(
         TransitionLog.entity == "leg", TransitionLog.entity_id == leg.id,
@@ -962,8 +995,13 @@ def _fail_search(session: Session, booking: Booking, leg: Leg, search: DispatchS
         alert_ops(session, "dispatch.ops_paused", booking_id=booking.id,
                   dedupe_key=f"leg-{leg.id}-r{search.round}-ops-paused",
                   ref=booking.reference, job=job_code(leg))
-        notify.notify_customer(session, booking, "dispatch.still_searching",
-                               dedupe_key=f"leg-{leg.id}-r{search.round}-searching")
+        # Once, not at every round's pause: again only after they heard a rider took the
+        # leg (who then gave it back), since that was the last they heard.
+        promise = _last_sent(session, booking, f"leg-{leg.id}-r%-searching")
+        if promise is None or _last_sent(
+                session, booking, promise.removesuffix("-searching") + "-found") is not None:
+            notify.notify_customer(session, booking, "dispatch.still_searching",
+                                   dedupe_key=f"leg-{leg.id}-r{search.round}-searching")
         _tell_carrier_to_wait(session, booking, leg, search)
         _schedule_in(session, cfg.retry_s, "workers.dispatch.resume_search", leg.id,
                      search.round, job_id=f"dispatch-resume-{leg.id}-{search.round}")
@@ -1375,16 +1413,20 @@ def _pick_offer(session: Session, partner: PartnerProfile,
                     return _r("dispatch.job_cancelled", job=code)
                 if past.status == rules.OfferStatus.ACCEPTED.value:
                     return _r("dispatch.already_yours", job=code)
+                if past.status == rules.OfferStatus.DECLINED.value or _closed_going_off(past):
+                    # Changed their mind (or back from a break: OFF closed the offer):
+                    # accept sees whether it is still free and in time.
+                    return past
                 if past.status == rules.OfferStatus.EXPIRED.value:
                     return _r("dispatch.offer_expired", job=code)
-                if past.status == rules.OfferStatus.DECLINED.value:
-                    return past  # changed their mind: accept sees whether it is still free
                 if past.status == rules.OfferStatus.CANCELLED.value:
                     # Theirs once, then given back or taken back: never offered to them
                     # again (_excluded), whether or not another partner has it now.
                     return _r("dispatch.given_back" if _gave_back(session, partner, number)
                               else "dispatch.taken_from_you", job=code)
-                return _r("dispatch.taken", job=code)
+                leg = session.get(Leg, past.leg_id)
+                assert leg is not None
+                return _gone(leg, code)
         return _r("dispatch.no_such_offer", job=code)
     if not offers:
         return _r("dispatch.no_offer")
@@ -1423,7 +1465,16 @@ def accept(session: Session, partner: PartnerProfile, code: str | None) -> Reply
     found = _pick_offer(session, partner, code)
     if isinstance(found, Reply):
         return found
-    leg = _lock_leg(session, found.leg_id)  # serialises competing acceptances
+    # With the legs of the partner's other open offers, in id order: should this job fill
+    # the partner up, those offers are withdrawn below and their legs move on. In id
+    # order, two acceptances (a rival taking one of those jobs right now, whose
+    # acceptance withdraws this partner's offer of it) cannot each hold what the other
+    # waits for; the leg serialises competing acceptances.
+    others = {o.id: o.leg_id for o in open_offers_of(session, partner) if o.id != found.id}
+    held: dict[int, Leg | None] = {}
+    for leg_id in sorted({found.leg_id, *others.values()}):
+        held[leg_id] = _lock_leg(session, leg_id)
+    leg = held[found.leg_id]
     offer = session.get(DispatchOffer, found.id, with_for_update=True, populate_existing=True)
     assert leg is not None and offer is not None
     booking = session.get(Booking, leg.booking_id, with_for_update=True)
@@ -1431,21 +1482,21 @@ def accept(session: Session, partner: PartnerProfile, code: str | None) -> Reply
     job = job_code(leg)
     cfg = config()
     late = clock.now() > offer.expires_at + timedelta(seconds=cfg.offer_grace_s)
-    if offer.status == rules.OfferStatus.DECLINED.value:
+    if offer.status == rules.OfferStatus.DECLINED.value or _closed_going_off(offer):
         # Their no stays on record unless the job is theirs after all (below).
         if booking.status in CLOSED_BOOKING:
             return _r("dispatch.job_cancelled", job=job)
         if leg.status != LegStatus.OFFERING.value:
-            return _r("dispatch.taken", job=job)
+            return _gone(leg, job)
         if late:
             return _r("dispatch.offer_expired", job=job)
     elif offer.status != rules.OfferStatus.OPEN.value:
-        return _r("dispatch.taken", job=job)
+        return _gone(leg, job)
     elif leg.status != LegStatus.OFFERING.value or booking.status in CLOSED_BOOKING:
         _withdraw(offer, partner)
         if booking.status in CLOSED_BOOKING:
             return _r("dispatch.job_cancelled", job=job)
-        return _r("dispatch.taken", job=job)
+        return _gone(leg, job)
     elif late:
         _expire(session, offer)
         _maybe_continue(session, leg)
@@ -1464,6 +1515,11 @@ def accept(session: Session, partner: PartnerProfile, code: str | None) -> Reply
         rules.PartnerFacts(partner.id, True, facts.active_legs, facts.max_active_legs,
                            facts.trust_tier, facts.vehicles), load_of(booking, leg))
     if reason == "at_capacity":
+        # An offer they cannot take (it came before their last job filled them up): it
+        # goes, not held against them, and the job to the next partner at once.
+        if still_open:
+            _withdraw(offer, partner)
+            _maybe_continue(session, leg)
         return _r("dispatch.at_capacity", n=facts.active_legs)
     if reason is not None:
         # The partner changed since the offer went out (a vehicle retired, the trust tier
@@ -1480,9 +1536,12 @@ def accept(session: Session, partner: PartnerProfile, code: str | None) -> Reply
     partner.offers_accepted = PartnerProfile.offers_accepted + 1
     if not partner.on_duty:
         partner.on_duty = True  # taking a job means working
+        _home_follows_duty(session, partner)
     leg.partner_id = partner.id
     move_leg(session, leg, LegStatus.ASSIGNED, _partner_actor(partner), "offer accepted")
     _withdraw_open(session, leg, booking, keep=offer.id)
+    if facts.active_legs + 1 >= facts.max_active_legs:
+        _withdraw_when_full(session, partner, held)
     search = _search_of(session, leg.id)
     if search is not None:
         search.status = rules.SearchStatus.DONE.value
@@ -1501,6 +1560,46 @@ def accept(session: Session, partner: PartnerProfile, code: str | None) -> Reply
     giver_phone = send_leg_codes(session, booking, leg, tag=f"o{offer.id}")
     return _r("dispatch.accepted", job=job, pickup=place(session, booking, leg, "from"),
               phone=giver_phone or get_settings().ops_phone)
+
+
+def _closed_going_off(offer: DispatchOffer) -> bool:
+    """Whether the offer was closed by the partner going off duty (set_duty): expired
+    before its time was up. Like a no, it may still be taken in time, naming the job."""
+    return (offer.status == rules.OfferStatus.EXPIRED.value
+            and offer.responded_at is not None and offer.responded_at < offer.expires_at)
+
+
+def _gone(leg: Leg, job: str) -> Reply:
+    """The answer to a yes for a job the partner's offer of which is over: another
+    partner's, or, while nobody has it (a relay leg paused until its next round, a job
+    offered on), no longer open to them; never "another partner's" when nobody took it."""
+    if leg.status in (LegStatus.PENDING.value, LegStatus.OFFERING.value):
+        return _r("dispatch.withdrawn", job=job)
+    return _r("dispatch.taken", job=job)
+
+
+def _withdraw_when_full(session: Session, partner: PartnerProfile,
+                        held: dict[int, Leg | None]) -> None:
+    """The job just taken fills the partner up: their other open offers, which they could
+    no longer take, are withdrawn (not held against them; they hear the jobs are no
+    longer open) and those jobs go to the next partners at once. ``held``: the legs the
+    caller locked (accept), which are all the legs of the partner's open offers unless
+    one was made to them meanwhile; that one is left to the at_capacity answer or its
+    timeout rather than locked out of order."""
+    for other in open_offers_of(session, partner):
+        leg = held.get(other.leg_id)
+        if leg is None:
+            log.warning("an offer to a partner who is full is left open",
+                        extra={"partner_id": partner.id, "offer_id": other.id})
+            continue
+        offer = session.get(DispatchOffer, other.id, with_for_update=True,
+                            populate_existing=True)
+        if offer is None or offer.status != rules.OfferStatus.OPEN.value:
+            continue
+        _withdraw(offer, partner)
+        _sms_partner(session, partner, "dispatch.withdrawn", booking_id=leg.booking_id,
+                     dedupe_key=f"offer-{offer.id}-withdrawn", job=job_code(leg))
+        _maybe_continue(session, leg)
 
 
 def _next_rider_to_customer(session: Session, booking: Booking, leg: Leg) -> None:
@@ -1916,6 +2015,7 @@ def block_partner(session: Session, partner_id: int, actor: Actor) -> list[int]:
     if partner is None:
         return []
     partner.on_duty = False
+    _home_follows_duty(session, partner)
     for offer in offers:
         _withdraw(offer, partner)
     for leg in legs:
@@ -1943,6 +2043,19 @@ def block_partner(session: Session, partner_id: int, actor: Actor) -> list[int]:
         .order_by(Leg.id)) if parcel_in_hand(session, leg)]
 
 
+def _home_follows_duty(session: Session, partner: PartnerProfile) -> None:
+    """Once committed, the partner is in the home set at their home Point while on duty
+    and out of it while off (see _home_positions)."""
+    pid, app = partner.id, partner.has_app
+    if not partner.on_duty:
+        after_commit(session, lambda: geo_index.remove_home(pid))
+        return
+    home = session.get(Point, partner.home_point_id) if partner.home_point_id else None
+    if home is not None:
+        lat, lng = home.lat, home.lng
+        after_commit(session, lambda: geo_index.place_at_home(pid, lat, lng, has_app=app))
+
+
 def set_duty(session: Session, partner: PartnerProfile, on: bool) -> Reply:
     """ON/OFF duty; an SMS-only partner is (re)placed at their home Point. A suspended or
     rejected partner cannot go on duty."""
@@ -1964,16 +2077,15 @@ def set_duty(session: Session, partner: PartnerProfile, on: bool) -> Reply:
     partner.on_duty = on
     session.add(PartnerEvent(partner_id=partner.id, kind="duty_on" if on else "duty_off",
                              at=clock.now()))
-    # Stopping work answers the offers in hand: no, so the next partner need not wait out
-    # their timeout (and a late "1" cannot put them back on duty by itself).
+    # Stopping work closes the offers in hand, so the next partner need not wait out
+    # their timeout. Closed as if left to expire, not as a no: a no keeps a partner off
+    # that job for the rest of its search (_excluded), while this one only stopped for a
+    # while (lunch) and is asked again once back ON, if the job still wants a rider.
     for leg, offer in in_hand:
-        offer.status = rules.OfferStatus.DECLINED.value
+        offer.status = rules.OfferStatus.EXPIRED.value
         offer.responded_at = clock.now()
         _maybe_continue(session, leg)
-    home = session.get(Point, partner.home_point_id) if partner.home_point_id else None
-    if on and home is not None:
-        pid, lat, lng, app = partner.id, home.lat, home.lng, partner.has_app
-        after_commit(session, lambda: geo_index.place_at_home(pid, lat, lng, has_app=app))
+    _home_follows_duty(session, partner)
     if on:
         return _r("dispatch.duty_on")
     # OFF stops new offers only: a job taken stays theirs (reminded, taken back if not
