@@ -36,7 +36,7 @@ def test_a_drop_pin_next_to_the_pickup_is_asked_again():
 
 def test_the_pickups_own_post_office_as_the_drop_is_asked_again():
     state, ports = at_drop()
-    outs = play(state, ports, "845438", "2")  # Village 2: the same spot as Village 1
+    outs = play(state, ports, "845438", "1")  # Village 1 again: the pickup's own office
     assert keys(outs) == ["address.same_place", "bot.drop.ask"]
     assert state.step == "drop" and "drop" not in state.slots and "offices" not in state.data
 

@@ -69,6 +69,8 @@ REQUIRED_KEYS = (
        "payment.ops_transfer_refused"}  # payments._transfer_refused
     | {"bot.cancel.picked_up", "bot.cancel.not_allowed"}  # booking._not_allowed
     | {"bot.place.landmark_bad"}  # booking's landmark step
+    | {"bot.pickup.pin_needed", "bot.drop.pin_needed"}  # two villages at one spot
+    | {"bot.recipient.saved", "bot.help.office_one_page"}  # a name with its number; help
     | {f"dispatch.{k}" for k in ("pickup_late", "customer_rider_late", "ops_pickup_late",
                                  "taken_back", "customer_rider_replaced")}  # pickup_late
     | {"dispatch.ops_delivery_late", "dispatch.carrier_wait"}  # delivery_late, relay pause

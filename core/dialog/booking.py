@@ -14,6 +14,7 @@ speed. After changing a group the dialog goes straight back to the confirmation.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import re
 import unicodedata
@@ -134,6 +135,17 @@ def _language_chosen(ctx: Ctx, lang: str) -> Result:
     return Goto(MENU, [Say("lang.saved", {"language": LANGUAGE_NAMES[lang]})])
 
 
+def _language_named(ctx: Ctx, lang: str) -> Result:
+    """A language's name sent at any step: on the language questions it is the answer;
+    elsewhere ("English" at "Who will receive the parcel?") the language changes and
+    the same question is asked in it."""
+    if ctx.state.step in ("language", "language_guess"):
+        return _language_chosen(ctx, lang)
+    ctx.ports.set_language(lang)
+    ctx.lang = lang
+    return Stay([Say("lang.saved", {"language": LANGUAGE_NAMES[lang]})])
+
+
 def _guess_prompt(ctx: Ctx) -> list[Out]:
     guess = ctx.state.data.get("lang_guess", "hi")
     return [Say("bot.lang_guess", {"language": LANGUAGE_NAMES.get(guess, guess)}),
@@ -222,9 +234,16 @@ def _place_steps(kind: str, default_next: str) -> list[Step]:
     def where_prompt(ctx: Ctx) -> list[Out]:
         return [Say(f"bot.{kind}.ask")]
 
-    def accept(ctx: Ctx, place: dict[str, Any], found: bool) -> Result:
+    def accept(ctx: Ctx, place: dict[str, Any], found: bool, pinned: bool = False) -> Result:
         if is_the_other_end(ctx, kind, place):
             ctx.state.data.pop("offices", None)
+            other = ctx.slots["drop" if kind == "pickup" else "pickup"]
+            if not pinned and not same_office(place, other):
+                # Two villages India Post puts at one spot (often both at their pincode's
+                # centre, having no position of their own): not one place, but no
+                # distance to price the trip by either. A location pin gives one.
+                return Goto(where, [Say(f"bot.{kind}.pin_needed", {
+                    "place": place_label(place), "other": place_label(other)})], prompt=False)
             return Goto(where, [Say("address.same_place")])
         ctx.slots[kind] = place
         say: list[Out] = [Say("bot.place.found", {"place": place_label(place)})] if found else []
@@ -238,11 +257,13 @@ def _place_steps(kind: str, default_next: str) -> list[Step]:
         return Stay([Say("bot.area.none", {"place": label})])
 
     def where_handle(ctx: Ctx, inp: UserInput) -> Result:
-        digits = words.only_digits(inp.text) if not inp.has_location else None
+        # "845-438" and "845438." are 845438; so are "Pin 845438" and "845438 Bettiah".
+        digits = (words.only_digits(inp.text) or words.pincode_in(inp.text)
+                  if not inp.has_location else None)
         if inp.has_location:
             res = ctx.ports.locate(inp.latitude, inp.longitude)
         elif digits:
-            res = ctx.ports.offices(digits)  # "845-438" and "845438." are 845438
+            res = ctx.ports.offices(digits)
         else:
             return Retry([Say("bot.place.bad")])
         if res.kind == "error":
@@ -251,7 +272,7 @@ def _place_steps(kind: str, default_next: str) -> list[Step]:
         if res.kind == "outside":
             return outside(res)
         if res.kind == "ok":
-            return accept(ctx, res.place, True)
+            return accept(ctx, res.place, True, pinned=inp.has_location)
         ctx.state.data["offices"] = res.offices
         ctx.state.data["page"] = 0
         if len(res.offices) == 1:
@@ -260,11 +281,17 @@ def _place_steps(kind: str, default_next: str) -> list[Step]:
 
     def office_prompt(ctx: Ctx) -> list[Out]:
         offices = ctx.state.data.get("offices") or []
+        if not offices:  # gone with the place chosen ("back" after its landmark)
+            raise Redirect(where)
         page = ctx.state.data.get("page", 0)
         shown = offices[page * PAGE_SIZE:(page + 1) * PAGE_SIZE]
         pin = offices[0]["pincode"] if offices else ""
         return [Say("bot.place.office", {"pincode": pin}),
                 Choices(tuple(o["name"] for o in shown), more=len(offices) > PAGE_SIZE)]
+
+    def office_help(ctx: Ctx) -> str:
+        offices = ctx.state.data.get("offices") or []
+        return "bot.help.office" if len(offices) > PAGE_SIZE else "bot.help.office_one_page"
 
     def office_handle(ctx: Ctx, inp: UserInput) -> Result:
         offices = ctx.state.data.get("offices") or []
@@ -279,17 +306,16 @@ def _place_steps(kind: str, default_next: str) -> list[Step]:
             return Stay()
         picked: dict[str, Any] | None = None
         digits = words.only_digits(inp.text) if not inp.has_location else None
-        if digits is not None and len(digits) == 6:
-            return where_handle(ctx, inp)  # another pincode (the first was wrong)
+        if inp.has_location or len(digits or "") == words.PINCODE_DIGITS or (
+                num is None and words.pincode_in(inp.text)):
+            return where_handle(ctx, inp)  # another pincode (the first was wrong), a pin
         if num is not None and 1 <= num <= len(shown):
             picked = shown[num - 1]
-        elif num is None and not inp.has_location:
+        elif num is None:
             typed = words.clean(inp.text)
             exact = [o for o in offices if typed and o["name"].lower() == typed]
             hits = exact or [o for o in offices if typed and o["name"].lower().startswith(typed)]
             picked = hits[0] if len(hits) == 1 else None
-        elif inp.has_location:
-            return where_handle(ctx, inp)
         if picked is None:
             return Retry()
         res = ctx.ports.check_area(picked)
@@ -308,8 +334,11 @@ def _place_steps(kind: str, default_next: str) -> list[Step]:
         place = ctx.slots.get(kind)
         if place is None:
             return Goto(where)
-        if words.number(text) == 1 or words.clean(text) in words.SKIP_WORDS:
-            place["landmark"] = None
+        said = words.clean(text)
+        if words.number(text) == 1 or said in words.SKIP_WORDS:
+            place["landmark"] = None  # "1", "skip", "nahi", "नहीं है", "নেই": none
+        elif said in words.YES_WORDS:
+            return Retry([Say("bot.place.landmark_bad")])  # "haan": there is one; which?
         elif len(text) >= 2 and not (words.only_digits(text) and len(text) < 6):
             place["landmark"] = text[:120]
         else:
@@ -319,9 +348,14 @@ def _place_steps(kind: str, default_next: str) -> list[Step]:
 
     return [
         Step(where, where_prompt, where_handle, "bot.help.place", BOOKING, location=True),
-        Step(office, office_prompt, office_handle, "bot.help.office", BOOKING, location=True),
+        Step(office, office_prompt, office_handle, office_help, BOOKING, location=True),
         Step(landmark, landmark_prompt, landmark_handle, "bot.help.landmark", BOOKING),
     ]
+
+
+def same_office(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    """Two places are the same post office (village) of the same pincode."""
+    return all(a.get(k) == b.get(k) for k in ("pincode", "post_office", "name"))
 
 
 def _outside_say(res: Any) -> Say:
@@ -345,11 +379,38 @@ _PLACE_ERRORS = {
 
 def _name_handle(ctx: Ctx, inp: UserInput) -> Result:
     text = " ".join(inp.text.split())
-    letters = sum(ch.isalpha() for ch in text)
-    if inp.has_location or letters < 2 or words.only_digits(text) or is_greeting(text):
-        return Retry([Say("bot.recipient.bad_name")])  # "hi" is nobody's name
-    ctx.slots["recipient_name"] = text[:80]
-    return Goto("recipient_phone")
+    both = words.name_and_number(text)
+    name = both[0] if both else text
+    letters = sum(ch.isalpha() for ch in name)
+    if (inp.has_location or letters < 2 or is_greeting(name)
+            or any(ch.isdigit() for ch in name)):
+        # "hi" is nobody's name; nor is "Ramesh 12": a name holds no number.
+        return Retry([Say("bot.recipient.bad_name")])
+    ctx.slots["recipient_name"] = name[:80]
+    if both is None:
+        return Goto("recipient_phone")
+    # "Ramesh 9876543210": the name, and the number the next question asks for.
+    phone = mobile(both[1])
+    if phone is None:
+        return Goto("recipient_phone", [Say("bot.recipient.bad_phone")])
+    ctx.slots["recipient_phone"] = phone
+    return Goto(ctx.after("category"), [Say("bot.recipient.saved",
+                                            {"name": ctx.slots["recipient_name"],
+                                             "phone": phone})])
+
+
+def mobile(typed: str) -> str | None:
+    """The Indian mobile number typed ("98765 43210", "+91 98765-43210", "०९८७६५४३२१०")
+    in E.164, or None."""
+    digits = words.only_digits(typed)
+    if not digits:
+        return None
+    try:
+        plus = "+" if words.without_format_marks(typed).strip().startswith("+") else ""
+        phone = normalize_phone(plus + digits)
+    except ValidationError:
+        return None
+    return phone if is_indian_mobile(phone) else None
 
 
 def _phone_prompt(ctx: Ctx) -> list[Out]:
@@ -357,15 +418,8 @@ def _phone_prompt(ctx: Ctx) -> list[Out]:
 
 
 def _phone_handle(ctx: Ctx, inp: UserInput) -> Result:
-    digits = words.only_digits(inp.text) if not inp.has_location else None
-    try:
-        if not digits:
-            raise ValidationError("no digits", code="bad_phone")
-        typed = words.without_format_marks(inp.text).strip()
-        phone = normalize_phone(("+" if typed.startswith("+") else "") + digits)
-        if not is_indian_mobile(phone):
-            raise ValidationError("not an Indian mobile", code="bad_phone")
-    except ValidationError:
+    phone = mobile(inp.text) if not inp.has_location else None
+    if phone is None:
         return Retry([Say("bot.recipient.bad_phone")])
     ctx.slots["recipient_phone"] = phone
     return Goto(ctx.after("category"))
@@ -518,9 +572,47 @@ def rupee_lines(fare: dict) -> list[tuple[str, int]]:
     return [(c, a) for c, a in shown if a]
 
 
+# The confirmation's options as people type them, besides each catalog's own label
+# (confirm_words): option 3 is "Cancel" in English, "रहने दीजिए" in Hindi, "থাক" in Bengali.
+_CONFIRM_WORDS = (
+    words.YES_WORDS | {"book", "book it", "book karo", "बुक करो", "बुक कीजिए"},
+    frozenset({"change", "badlo", "बदलो", "badalna hai", "बदलना है", "বদলাও", "बदला",
+               "மாற்று", "మార్చు", "બદલો", "ಬದಲಾಯಿಸಿ"}),
+    words.NO_WORDS | {
+        "cancel", "cancel it", "cancel karo", "cancel kar do", "कैंसिल", "कैंसल", "कैंसिल करो",
+        "कैंसल करो", "radd", "radd karo", "रद्द", "रद्द करो", "rehne do", "rahne do",
+        "रहने दो", "रहने दीजिए", "mat karo", "मत करो",  # hi
+        "batil", "বাতিল", "বাতিল করুন", "thak", "থাক", "ক্যান্সেল",  # bn
+        "radd kara", "रद्द करा", "rahu dya", "राहू द्या", "राहू दे",  # mr
+        "rathu", "ரத்து", "ரத்து செய்", "கேன்சல்",  # ta
+        "raddu", "రద్దు", "రద్దు చేయండి", "క్యాన్సిల్",  # te
+        "rad", "rad karo", "રદ", "રદ કરો", "raheva do", "રહેવા દો", "કેન્સલ",  # gu
+        "raddu maadi", "ರದ್ದು", "ರದ್ದು ಮಾಡಿ", "ಕ್ಯಾನ್ಸಲ್",  # kn
+    },
+)
+
+
+@functools.cache
+def confirm_words() -> tuple[frozenset[str], ...]:
+    """Words for the confirmation's three options: _CONFIRM_WORDS and every catalog's own
+    label of each ("Yes, book it", "कुछ बदलना है", "থাক" typed back as shown)."""
+    labels = ("bot.confirm.yes", "bot.confirm.change", "bot.confirm.cancel")
+    return tuple(extra | {words.clean(shown) for shown in _each_catalog(key)}
+                 for extra, key in zip(_CONFIRM_WORDS, labels, strict=True))
+
+
+def _each_catalog(key: str) -> list[str]:
+    found = []
+    for lang in LANGUAGES:
+        try:
+            found.append(i18n.raw(key, lang))
+        except KeyError:
+            continue
+    return found
+
+
 def _confirm_handle(ctx: Ctx, inp: UserInput) -> Result:
-    picked = choice(inp, 3, (words.YES_WORDS, frozenset({"change", "badlo", "बदलो"}),
-                             words.NO_WORDS))
+    picked = choice(inp, 3, confirm_words())
     if picked == 1:
         done = confirm_as_shown(ctx, ctx.slots)
         if done.get("refused") == "price_changed":  # shown again, at the price it is now
@@ -969,6 +1061,36 @@ def _voice_handle(ctx: Ctx, inp: UserInput) -> Result:
     return Retry()
 
 
+# --- back: the question before ---------------------------------------------------------
+
+# A booking's questions in their order, each with the one before it (the office list
+# only when one was shown; see _previous).
+_BEFORE = {
+    "pickup_office": "pickup", "drop": "pickup_landmark", "drop_office": "drop",
+    "recipient_name": "drop_landmark", "recipient_phone": "recipient_name",
+    "category": "recipient_phone", "size": "category", "weight": "size", "fragile": "weight",
+    "value": "fragile", "speed": "value", "confirm": "speed", "change": "confirm",
+}
+# Where a change before the confirmation starts (_CHANGE): its "back" is the change list.
+_CHANGE_STARTS = frozenset(step for _, step in _CHANGE)
+
+
+def _previous(ctx: Ctx) -> str | None:
+    """The question before the current one, for "back"; None at a booking's first
+    question and outside a booking (the menu then)."""
+    step = ctx.state.step
+    if step in ("offer_person", "voice_callback"):
+        return ctx.state.data.pop("after_offer", None)
+    if ctx.state.data.get("return_to") and step in _CHANGE_STARTS:
+        return "change"
+    for kind in ("pickup", "drop"):
+        if step == f"{kind}_landmark":
+            # The village list again when there was one to choose from, else the place.
+            many = len(ctx.state.data.get("offices") or []) > 1
+            return f"{kind}_office" if many else kind
+    return _BEFORE.get(step)
+
+
 # --- the dialog ------------------------------------------------------------------------
 
 def _steps() -> list[Step]:
@@ -1013,6 +1135,8 @@ BOOKING_DIALOG = Dialog(
     offer_person="offer_person",
     voice_callback="voice_callback",
     not_understood="bot.retry",
+    previous=_previous,
+    switch_language=_language_named,
 )
 
 # Keys every step uses, listed for the catalog tests.

@@ -7,7 +7,9 @@ PostgreSQL by the caller) and the ``ports`` (the outside world), and returns wha
 
 Rules every step gets for free:
 - global commands: "0"/"menu" -> main menu (a draft booking is kept), "help" -> the
-  step's help and its prompt again, "language" -> the language list;
+  step's help and its prompt again, "language" -> the language list, a language's name
+  ("English", "தமிழ்") -> that language and the same question in it, "back" -> the
+  previous question (in a dialog that says which one it is: ``Dialog.previous``);
 - an answer a step cannot use is a *miss*: a short re-ask with the same choices; the
   third miss in a row offers a person instead;
 - a photo is acknowledged and the step asked again; a voice note offers a call back;
@@ -151,16 +153,20 @@ class Ctx:
 class Step:
     """One question. ``prompt`` says it; ``handle`` parses an answer into a Result.
 
-    ``help`` is the catalog key explaining the step; ``group`` marks steps that fill a
+    ``help`` is the catalog key explaining the step (or a function of the context that
+    gives it, when what is true depends on it); ``group`` marks steps that fill a
     booking draft (a draft is offered again after a break); ``location`` says the step
     takes a shared location."""
 
     name: str
     prompt: Callable[[Ctx], list[Out]]
     handle: Callable[[Ctx, UserInput], Result]
-    help: str
+    help: str | Callable[[Ctx], str]
     group: str | None = None
     location: bool = False
+
+    def help_key(self, ctx: Ctx) -> str:
+        return self.help(ctx) if callable(self.help) else self.help
 
 
 @dataclass(frozen=True)
@@ -171,6 +177,12 @@ class Dialog:
     offer_person: str  # offered after MAX_MISSES misses
     voice_callback: str  # offered when a voice note arrives
     not_understood: str  # catalog key said before a re-ask
+    # The question before the current one ("back"), None at the first; a dialog without
+    # it takes a back word as an answer (a keypad sends none).
+    previous: Callable[[Ctx], str | None] | None = None
+    # A language's name sent at any step ("English", "தமிழ்"): its answer, else the
+    # step takes the name as an answer.
+    switch_language: Callable[[Ctx, str], Result] | None = None
 
     def __post_init__(self) -> None:
         for name in (self.menu, self.language, self.offer_person, self.voice_callback):
@@ -223,6 +235,11 @@ def turn(dialog: Dialog, state: DialogState, inp: UserInput, ports: Any,
         return [Say("bot.media.photo")] + ask_again(dialog, ctx, step)
 
     cmd = words.command(inp.text) if not inp.has_location else None
+    if cmd == "back" and dialog.previous is not None:
+        before = dialog.previous(ctx)
+        if before is not None:
+            return enter(dialog, ctx, before)
+        cmd = "menu"  # back from a first question: where it was asked from
     if cmd == "menu":
         if step.group is not None:
             # Keep the draft, and that it was only a change before the confirmation: it
@@ -232,14 +249,18 @@ def turn(dialog: Dialog, state: DialogState, inp: UserInput, ports: Any,
             state.data.pop("return_to", None)
         return enter(dialog, ctx, dialog.menu)
     if cmd == "help":
-        return [Say(step.help)] + ask_again(dialog, ctx, step)
+        return [Say(step.help_key(ctx))] + ask_again(dialog, ctx, step)
     if cmd == "language":
         if step.group is not None:
             state.data["draft_step"] = step.name
         return enter(dialog, ctx, dialog.language)
-
+    # "English" at "Who will receive the parcel?" is no name: the language.
+    named = words.language_named(inp.text) if dialog.switch_language else None
     try:
-        result = step.handle(ctx, inp)
+        if named is not None and dialog.switch_language is not None:
+            result = dialog.switch_language(ctx, named)
+        else:
+            result = step.handle(ctx, inp)
     except Redirect as to:
         result = Goto(to.step, to.say)
     if isinstance(result, Goto):

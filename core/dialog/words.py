@@ -71,6 +71,7 @@ YES_WORDS = frozenset({
     "avunu", "avnu", "sare", "అవును", "ఔను", "సరే",  # te
     "haji", "હા", "હાજી", "બરાબર",  # gu
     "houdu", "haudu", "hawdu", "ಹೌದು", "ಸರಿ",  # kn
+    "👍",  # a thumbs-up, any skin tone (clean drops the tone): "ok" is yes too
 })
 NO_WORDS = frozenset({
     "no", "n", "nope", "nahi", "nahin", "nai", "na", "naa", "नहीं", "नही", "ना",
@@ -118,7 +119,33 @@ START_WORDS = frozenset({
     "શરૂ", "ચાલુ",  # gu
     "ಶುರು", "ಪ್ರಾರಂಭ",  # kn
 })
-SKIP_WORDS = NO_WORDS | {"skip", "-", "कुछ नहीं", "kuch nahi"}
+# "There is none", as people answer "is there a landmark?" (a bare no is one too).
+SKIP_WORDS = NO_WORDS | {
+    "skip", "-", "none", "nothing", "nil", "no landmark", "not there",
+    "nahi hai", "nahin hai", "nai hai", "na hai", "kuch nahi", "kuch nahi hai", "koi nahi",
+    "koi nahi hai", "kuchh nahi", "नहीं है", "नही है", "कुछ नहीं", "कुछ नहीं है", "कोई नहीं",
+    "कोई नहीं है", "कुछ नही",  # hi
+    "nei", "kichu nei", "কিছু নেই", "নেই", "কিছু না", "কোনো নেই", "কিছুই নেই",  # bn
+    "nahi aahe", "kahi nahi", "काही नाही", "नाही आहे", "कोणी नाही",  # mr
+    "ethuvum illai", "onnum illai", "onnum illa", "எதுவும் இல்லை", "ஒன்றும் இல்லை",
+    "ஒண்ணும் இல்லை",  # ta
+    "emi ledu", "emee ledu", "ఏమీ లేదు", "ఏం లేదు",  # te
+    "kai nathi", "kashu nathi", "કંઈ નથી", "કશું નથી", "કાંઈ નથી",  # gu
+    "enu illa", "yenu illa", "ಏನೂ ಇಲ್ಲ", "ಯಾವುದೂ ಇಲ್ಲ",  # kn
+}
+# "Back": the previous question again (a bare word or two; "mandir ke peeche" is a
+# landmark, "peeche" alone is not).
+BACK_WORDS = frozenset({
+    "back", "go back", "previous", "undo",
+    "peeche", "piche", "peechhe", "pichhe", "peeche jao", "piche jao", "wapas", "vapas",
+    "wapis", "vapis", "wapas jao", "vapas jao", "पीछे", "पीछे जाओ", "वापस", "वापस जाओ",  # hi
+    "pichone", "pichhone", "fire jao", "phire jao", "পিছনে", "পেছনে", "ফিরে যাও",  # bn
+    "mage", "maage", "mage ja", "मागे", "मागे जा", "परत",  # mr
+    "pinnal", "pinnadi", "பின்னால்", "பின்னாடி", "பின் செல்",  # ta
+    "venakki", "venaka", "వెనక్కి", "వెనుకకు", "వెనక్కు",  # te
+    "pachhal", "pachal", "પાછળ", "પાછા", "પાછા જાઓ",  # gu
+    "hinde", "hindakke", "ಹಿಂದೆ", "ಹಿಂದಕ್ಕೆ", "ಹಿಂದೆ ಹೋಗಿ",  # kn
+})
 
 # Language names as people type them (in Latin letters, their script or Hindi's).
 # Names only: not the two-letter codes ("hi" is the commonest greeting).
@@ -136,12 +163,13 @@ LANGUAGE_BY_NAME: dict[str, str] = {
 
 _SPACES = re.compile(r"\s+")
 _TRIM = ".,!?।॥;:'\"()[]"
-_KEYCAP = {0xFE0F: None, 0x20E3: None}  # emoji presentation selector, combining keycap
+# Emoji presentation selector, combining keycap, and the five skin tones (U+1F3FB-FF).
+_KEYCAP = {0xFE0F: None, 0x20E3: None} | {tone: None for tone in range(0x1F3FB, 0x1F400)}
 
 
 def clean(text: str) -> str:
     """Lower-cased, NFC, single-spaced, without surrounding punctuation; a keycap emoji
-    digit ("1️⃣") is its plain digit."""
+    digit ("1️⃣") is its plain digit, an emoji of any skin tone ("👍🏽") its plain one."""
     t = unicodedata.normalize("NFC", text or "").translate(_KEYCAP).strip().lower()
     t = _SPACES.sub(" ", t)
     return t.strip(_TRIM + " ")
@@ -171,6 +199,37 @@ def only_digits(text: str) -> str | None:
     t = ascii_digits(without_format_marks(text or "")).strip()
     stripped = re.sub(r"[\s\-().+]", "", t)
     return stripped if stripped.isascii() and stripped.isdigit() else None
+
+
+_DIGIT_RUNS = re.compile(r"\d+")
+PINCODE_DIGITS = 6
+
+
+def pincode_in(text: str) -> str | None:
+    """The pincode of an answer holding exactly one 6-digit number among words: "Pin
+    845438", "845438 Bettiah", "पिन ८४५४३८" (None if none, or two: which?)."""
+    runs = _DIGIT_RUNS.findall(ascii_digits(without_format_marks(text or "")))
+    six = [run for run in runs if run.isascii() and len(run) == PINCODE_DIGITS]
+    return six[0] if len(six) == 1 else None
+
+
+_PHONE_AT_END = re.compile(r"^(?P<name>.*?)[\s,;:\-–]*(?P<phone>\+?\d[\d\s\-().]{8,}\d)\W*$")
+_PHONE_AT_START = re.compile(r"^[^\w+]*(?P<phone>\+?\d[\d\s\-().]{8,}\d)[\s,;:\-–]*(?P<name>.*?)$")
+
+
+def name_and_number(text: str) -> tuple[str, str] | None:
+    """("Ramesh Kumar", "98765 43210") from a name written with a phone number after or
+    before it ("Ramesh Kumar, 98765 43210", "9876543210 रमेश"); None when the answer is
+    not one name and one number (the number's digits in any script, made ASCII)."""
+    t = ascii_digits(without_format_marks(text or "")).strip()
+    for pattern in (_PHONE_AT_END, _PHONE_AT_START):
+        found = pattern.match(t)
+        if found is None:
+            continue
+        name = found["name"].strip(_TRIM + " ,;:-–")
+        if name and not any(ch.isdigit() for ch in name):
+            return name, found["phone"]
+    return None
 
 
 def without_format_marks(text: str) -> str:
@@ -231,7 +290,8 @@ def language_mentioned(text: str) -> str | None:
 
 
 def command(text: str) -> str | None:
-    """A global command word: "menu", "help", "language", "stop" or "start" (else None)."""
+    """A global command word: "menu", "help", "language", "back", "stop" or "start"
+    (else None)."""
     t = clean(text) or (text or "").strip()  # "?" alone is all punctuation
     if not t:
         return None
@@ -241,6 +301,8 @@ def command(text: str) -> str | None:
         return "help"
     if t in LANGUAGE_WORDS:
         return "language"
+    if t in BACK_WORDS:
+        return "back"
     if t in STOP_WORDS:
         return "stop"
     if t in START_WORDS:
