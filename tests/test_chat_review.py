@@ -378,3 +378,38 @@ def test_two_villages_placed_at_their_pincode_centre_are_not_the_same_place(clie
     finally:
         clock.freeze(None)
     assert same not in pinned and chat.step() == "drop_landmark", pinned
+
+
+# --- second thoughts of a review of these fixes ---------------------------------------
+
+@pytest.mark.parametrize("said", ["Bangla", "tamil"])
+def test_a_language_name_as_a_landmark_is_the_landmark(said: str) -> None:
+    """"Bangla" (a bungalow) is a common landmark in Bihar: at the landmark question, where
+    any words may be the answer, it is the landmark, not a switch to Bengali for good."""
+    state = DialogState("pickup_landmark", {"slots": {"pickup": dict(PLACE)}})
+    outs = play(state, FakePorts(), said)
+    assert state.slots["pickup"].get("landmark") == said, keys(outs)
+    assert "lang.saved" not in keys(outs)
+
+
+def test_a_thumbs_up_does_not_cancel_a_booking(client, live) -> None:
+    """Cancelling may cost a fee, and on WhatsApp a thumbs-up often means only "seen": at
+    "cancel this booking? 1. Yes 2. No" it is asked again; "1" cancels."""
+    from core.adapters.db import transaction
+    from core.adapters.models import Booking as BookingRow
+    from tests.test_dialog_gaps import CUSTOMER, Chat
+    from tests.test_payments_support import paid_booking
+
+    bid = paid_booking(CUSTOMER)
+    chat = Chat(client, CUSTOMER)
+    chat.send("hi")
+    chat.send("3")
+    chat.send("1")
+    assert chat.step() == "cancel_confirm"
+    chat.send("👍")
+    with transaction() as s:
+        assert s.get(BookingRow, bid).status == "paid"
+    assert chat.step() == "cancel_confirm"
+    chat.send("1")
+    with transaction() as s:
+        assert s.get(BookingRow, bid).status == "cancelled"

@@ -349,7 +349,8 @@ def _place_steps(kind: str, default_next: str) -> list[Step]:
     return [
         Step(where, where_prompt, where_handle, "bot.help.place", BOOKING, location=True),
         Step(office, office_prompt, office_handle, office_help, BOOKING, location=True),
-        Step(landmark, landmark_prompt, landmark_handle, "bot.help.landmark", BOOKING),
+        Step(landmark, landmark_prompt, landmark_handle, "bot.help.landmark", BOOKING,
+             any_text=True),
     ]
 
 
@@ -798,8 +799,12 @@ def _cancel_confirm_prompt(ctx: Ctx) -> list[Out]:
             Choices((Say("bot.cancel.yes"), Say("bot.cancel.no")))]
 
 
+# Cancelling may cost a fee: a thumbs-up, on WhatsApp often only "seen", is no yes here.
+CANCEL_YES_NO = (words.YES_WORDS - {"👍"}, words.NO_WORDS)
+
+
 def _cancel_confirm_handle(ctx: Ctx, inp: UserInput) -> Result:
-    picked = choice(inp, 2, YES_NO)
+    picked = choice(inp, 2, CANCEL_YES_NO)
     ref = ctx.state.data.get("cancel_ref")
     if ref is None:
         return Goto(MENU)

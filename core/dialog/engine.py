@@ -156,7 +156,8 @@ class Step:
     ``help`` is the catalog key explaining the step (or a function of the context that
     gives it, when what is true depends on it); ``group`` marks steps that fill a
     booking draft (a draft is offered again after a break); ``location`` says the step
-    takes a shared location."""
+    takes a shared location; ``any_text`` that any words may be its answer (a landmark:
+    "Bangla", a bungalow, is no switch to Bengali there)."""
 
     name: str
     prompt: Callable[[Ctx], list[Out]]
@@ -164,6 +165,7 @@ class Step:
     help: str | Callable[[Ctx], str]
     group: str | None = None
     location: bool = False
+    any_text: bool = False
 
     def help_key(self, ctx: Ctx) -> str:
         return self.help(ctx) if callable(self.help) else self.help
@@ -255,7 +257,8 @@ def turn(dialog: Dialog, state: DialogState, inp: UserInput, ports: Any,
             state.data["draft_step"] = step.name
         return enter(dialog, ctx, dialog.language)
     # "English" at "Who will receive the parcel?" is no name: the language.
-    named = words.language_named(inp.text) if dialog.switch_language else None
+    named = (words.language_named(inp.text)
+             if dialog.switch_language and not step.any_text else None)
     try:
         if named is not None and dialog.switch_language is not None:
             result = dialog.switch_language(ctx, named)
