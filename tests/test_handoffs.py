@@ -104,8 +104,9 @@ def test_a_reply_to_someone_who_cannot_be_messaged_is_refused_not_reported_sent(
     from core.domain.errors import Conflict
 
     handoff_id = asks_for_a_person(client)
-    with transaction() as s:  # they sent STOP meanwhile
-        s.scalar(select(Person).where(Person.phone == PHONE)).opted_out = True
+    with transaction() as s:  # they sent STOP meanwhile, on WhatsApp and by SMS
+        person = s.scalar(select(Person).where(Person.phone == PHONE))
+        person.opted_out = person.sms_opted_out = True
     before = len(outbox_bodies())
     with pytest.raises(Conflict) as refused, transaction() as s:
         handoff.reply(s, handoff_id, "ops:7", "Hello, Ravi here.")

@@ -110,6 +110,8 @@ class HandoffRow(BaseModel):
     person_id: int | None
     person_name: str | None
     phone_masked: str | None
+    language: str | None = Field(description="the language the person chose (hi en bn mr ta "
+                                             "te gu kn): answer them in it; null if not yet")
     messages: list[dict[str, str]]
 
 
@@ -290,6 +292,7 @@ def ops_handoffs(query: CursorQuery) -> CursorPage[HandoffRow]:
                 id=h.id, channel=h.channel, reason=h.reason, waiting_since=h.created_at,
                 person_id=h.person_id, person_name=person.name if person else None,
                 phone_masked=mask_phone(person.phone) if person and person.phone else None,
+                language=person.preferred_language if person else None,
                 messages=[{"direction": m.direction, "body": m.body} for m in msgs]))
         return CursorPage[HandoffRow](items=out, next_offset=nxt.offset, next_after=nxt.after)
 

@@ -851,7 +851,9 @@ FILLERS = frozenset({
     "i", "it", "is", "was", "my", "give", "rating", "star", "stars",
     "service", "delivery", "experience",
     "thanks", "thank", "you", "thx", "ty", "thanku", "dhanyavad", "dhanyawad", "shukriya",
-    "जी", "सर", "है", "था", "थी", "लगा", "सेवा", "धन्यवाद", "शुक्रिया"})
+    "जी", "सर", "है", "था", "थी", "लगा", "सेवा", "धन्यवाद", "शुक्रिया",
+    # "star" as typed in each script ("5 स्टार"): hi and mr, bn, ta, te, gu, kn
+    "स्टार", "स्टार्स", "স্টার", "ஸ்டார்", "స్టార్", "સ્ટાર", "ಸ್ಟಾರ್"})
 # Greetings by the time of day, besides GREETINGS: "good morning" is no 4 stars.
 DAY_GREETINGS = frozenset({
     "good morning", "good afternoon", "good evening", "good night", "gud morning",
@@ -940,9 +942,20 @@ def _mood(stars: int) -> int:
     return (stars > 3) - (stars < 3)
 
 
+def _number_word(word: str, lang: str) -> int | None:
+    """The number a word of a reply names: in the customer's language or English when
+    romanized ("paanch", "five"; another language's romanized "be" is no 2), in any
+    script's own letters ("पांच")."""
+    if word.isascii():
+        return (words.NUMBERS_BY_LANGUAGE.get(lang, {}).get(word)
+                or words.NUMBERS_BY_LANGUAGE["en"].get(word))
+    return words.NUMBER_WORDS.get(word)
+
+
 def stars_given(text: str, lang: str) -> int | None:
-    """1..5 from "4", "४", "char", "⭐⭐⭐⭐", "4 ⭐", "5 stars", "4/5", "4 out of 5", or the
-    words a customer of ``lang`` is read by (``phrases_read``: "bahut accha", "very good").
+    """1..5 from "4", "४", "char", "⭐⭐⭐⭐", "4 ⭐", "5 stars", "five stars", "paanch ji",
+    "4/5", "4 out of 5", or the words a customer of ``lang`` is read by (``phrases_read``:
+    "bahut accha", "very good").
     A number (digits or stars) beside words must go their way and wins ("⭐⭐⭐⭐⭐ nice"
     5, "5, accha nahi" none). None for a greeting, and for any word beyond the rating and
     FILLERS: better asked again for a number than a wrong rating."""
@@ -964,6 +977,12 @@ def stars_given(text: str, lang: str) -> int | None:
     if len(said) + (number is not None) > MAX_RATING_WORDS:
         return None
     values, rest = _phrases_in(said, lang)
+    if number is None:  # a number as a word among fillers: "five stars", "paanch ji"
+        named = [_number_word(w, lang) for w in rest]
+        if sum(n is not None for n in named) > 1:
+            return None  # "char paanch": which?
+        number = next((n for n in named if n is not None), None)
+        rest = [w for w, n in zip(rest, named, strict=True) if n is None]
     if len(values) > 1 or any(_squeezed(w) not in _FILLERS_READ for w in rest):
         return None  # "accha bura"; "baad mein", "good but late"
     worded = next(iter(values), None)

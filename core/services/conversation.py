@@ -464,8 +464,11 @@ def _whatsapp_turn(session: Session, msg: InboundMessage, person: Person, conv: 
             return Turn(lang(), [Say("bot.optout.started"), Say("menu.main")])
         return Turn(lang(), [Say("bot.optout.hint")])
     if conv.handoff:
-        if cmd == "menu" and handoff.withdraw(session, conv):
-            return Turn(lang(), [Say("menu.main")])  # no operator yet: back to the bot
+        if cmd == "menu":
+            # "Send 0 for the menu", as the waiting message says: they leave the waiting
+            # list, even once an operator answered (who sees it closed, left for the menu).
+            handoff.withdraw(session, conv, engaged_too=True)
+            return Turn(lang(), [Say("menu.main")])
         location = (msg.latitude, msg.longitude) if (
             msg.latitude is not None and msg.longitude is not None) else None
         handoff.record_inbound(session, conv, text,

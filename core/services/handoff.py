@@ -28,7 +28,7 @@ from core.adapters.dialog_models import Handoff, HandoffMessage
 from core.adapters.models import Conversation, Person
 from core.config import get_settings, int_setting
 from core.domain.errors import Conflict, NotFound
-from core.services import notify
+from core.services import notify, outbox
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +97,7 @@ def team_hours(at: datetime | None = None) -> dict[str, object]:
 
 ANSWERED_BY_PHONE = "phone"  # the handoff's operator when one took the caller's call (ivr)
 ASKED_AGAIN = "[asked again]"  # a waiting request asked for once more (a caller)
+LEFT = "[left for the menu]"  # the customer left a handoff an operator had answered
 
 
 def open_handoff(session: Session, conv: Conversation) -> Handoff | None:
@@ -129,14 +130,17 @@ def request(session: Session, conv: Conversation, reason: str) -> dict[str, obje
 
 
 def withdraw(session: Session, conv: Conversation, *, engaged_too: bool = False) -> bool:
-    """The user leaves the waiting list (they sent MENU, or START after STOP): the open
-    handoff closes and the bot takes the conversation back at the main menu. One an
-    operator has already answered stays theirs unless ``engaged_too``. True if the bot
-    has the conversation now."""
+    """The user leaves the waiting list (they sent MENU or 0, STOP, or START after STOP):
+    the open handoff closes and the bot takes the conversation back at the main menu. One
+    an operator has already answered stays theirs unless ``engaged_too`` (then its
+    history says the customer left). True if the bot has the conversation now."""
     handoff = open_handoff(session, conv)
     if handoff is not None:
         if handoff.operator is not None and not engaged_too:
             return False
+        if handoff.operator is not None:  # kept in its history: the customer left it
+            session.add(HandoffMessage(handoff_id=handoff.id, direction="in", body=LEFT,
+                                       created_at=clock.now()))
         handoff.status = "closed"
         handoff.operator = handoff.operator or "customer"
         handoff.closed_at = clock.now()
@@ -156,6 +160,25 @@ def record_inbound(session: Session, conv: Conversation, body: str,
     handoff = open_handoff(session, conv)
     if handoff is None:
         return
+    keep_inbound(session, handoff, body, media, location, place)
+
+
+def waiting_for(session: Session, person_id: int | None) -> Handoff | None:
+    """The person's waiting handoff an SMS of theirs answers (a caller's: the operator's
+    reply to a call went by SMS): one from a call or an SMS first, the newest."""
+    if person_id is None:
+        return None
+    return session.scalar(select(Handoff).where(
+        Handoff.person_id == person_id, Handoff.status == "waiting")
+        .order_by(Handoff.channel == "whatsapp", Handoff.created_at.desc(), Handoff.id.desc())
+        .limit(1))
+
+
+def keep_inbound(session: Session, handoff: Handoff, body: str,
+                 media: Sequence[tuple[str, str]] = (),
+                 location: tuple[float, float] | None = None,
+                 place: str | None = None) -> None:
+    """Keep a message of the user's on ``handoff`` (as ``record_inbound`` says)."""
     lines = [body.strip()[:1600]] if body.strip() else []
     lines += [f"[{_media_label(kind)}] {url}".rstrip() for kind, url in media]
     if location is not None:
@@ -222,7 +245,7 @@ def reply(session: Session, handoff_id: int, operator: str, body: str) -> int | 
         raise Conflict("empty reply", code="empty_message")
     handoff, _conv, person = _get_open(session, handoff_id)
     handoff.operator = handoff.operator or operator
-    row_id = notify.send_to_person(session, person, body.strip())
+    row_id = _send(session, person, body.strip())
     if row_id is None:  # opted out (STOP), or no number to reach them on
         raise Conflict("this person cannot be messaged (they sent STOP, or have no number)",
                        code="recipient_unreachable")
@@ -248,9 +271,26 @@ def _finish(session: Session, handoff: Handoff, conv: Conversation, person: Pers
         # the question it heard), and the next call starts at the menu anyway.
         conv.step = "menu"
         conv.misses = 0
+    if session.scalar(select(Handoff.id).where(
+            Handoff.person_id == person.id, Handoff.status == "waiting",
+            Handoff.id != handoff.id).limit(1)) is not None:
+        # They still wait on another channel (a chat and a call): "the menu is back"
+        # would be untrue there, where the bot stays quiet; that one's close tells them.
+        return
     lang = notify.language_of(person)
-    notify.send_to_person(session, person, i18n.t(message, lang, **values),
-                          dedupe_key=f"handoff-{handoff.id}-closed")
+    _send(session, person, i18n.t(message, lang, **values),
+          dedupe_key=f"handoff-{handoff.id}-closed")
+
+
+def _send(session: Session, person: Person, body: str,
+          dedupe_key: str | None = None) -> int | None:
+    """An answer to the person's own call for help, on the channel notify picks. After a
+    STOP on WhatsApp it goes by SMS all the same (they asked for it, as for a sign-in
+    code); after an SMS opt-out (or with neither channel open), not at all."""
+    if person.opted_out and person.phone and not person.sms_opted_out:
+        return outbox.queue_message(session, channel="sms", to=person.phone, body=body,
+                                    dedupe_key=dedupe_key, asked=True)
+    return notify.send_to_person(session, person, body, dedupe_key=dedupe_key)
 
 
 def _last_activity() -> ColumnElement[datetime]:

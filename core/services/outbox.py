@@ -134,6 +134,7 @@ def queue_message(
     booking_id: int | None = None,
     reply: bool = False,
     needed: bool = False,
+    asked: bool = False,
     send_after_commit: bool = False,
 ) -> int | None:
     """Add a message to the outbox in the caller's transaction; deliver after commit.
@@ -143,7 +144,8 @@ def queue_message(
     sent (the dialog decided what an opted-out contact hears, e.g. the STOP
     confirmation). After STOP on WhatsApp no WhatsApp message we start goes out, and an
     SMS only if they need it: about a booking (``booking_id``: its link, details, codes,
-    status, refund) or ``needed`` (a sign-in code they asked for). After an SMS opt-out
+    status, refund), ``needed`` (a sign-in code they asked for) or ``asked`` (an answer to
+    their own request: an operator's reply to their call for help). After an SMS opt-out
     no SMS goes out but a ``needed`` one (tried: they may have opted in again where we
     could not see; Twilio refuses it otherwise). notify sends on the channel left open.
     ``send_after_commit`` is for callers that already run in a worker (a drain job): the
@@ -154,7 +156,8 @@ def queue_message(
         raise ValidationError("a message needs a body or media", code="empty_message")
     settings = get_settings()
     to_addr = address(channel, to)
-    if not reply and not needed and _opted_out(session, channel, to_addr, booking_id):
+    if not reply and not needed and _opted_out(session, channel, to_addr,
+                                               booking_id is not None or asked):
         log.info("recipient opted out; message dropped", extra={"channel": channel})
         return None
     from_addr = settings.twilio_whatsapp_from if channel == "whatsapp" else settings.twilio_sms_from
@@ -416,12 +419,14 @@ def _person_at(to_addr: str) -> ColumnElement[bool]:
     return Person.phone == who if who.startswith("+") else Person.wa_id == who
 
 
-def _opted_out(session: Session, channel: str, to_addr: str, booking_id: int | None) -> bool:
+def _opted_out(session: Session, channel: str, to_addr: str, wanted: bool) -> bool:
+    """Whether ``to_addr`` stopped this channel: an SMS also after a STOP on WhatsApp,
+    unless ``wanted`` (about a booking of theirs, or an answer they asked for)."""
     if channel == "whatsapp":
         return bool(session.scalar(select(Person.opted_out).where(_person_at(to_addr))))
     row = session.execute(select(Person.opted_out, Person.sms_opted_out)
                           .where(_person_at(to_addr))).first()
-    return row is not None and (row.sms_opted_out or (row.opted_out and booking_id is None))
+    return row is not None and (row.sms_opted_out or (row.opted_out and not wanted))
 
 
 def _opt_out_at(to_addr: str) -> dict[str, bool]:

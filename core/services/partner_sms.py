@@ -5,7 +5,8 @@ so a retried webhook never accepts an offer twice. Commands are parsed by
 core.domain.dispatch.parse_command (English, Hindi in Devanagari and in Latin letters).
 A stranger gets one line on how to book, once a day (a customer with a booking under way:
 how to track or cancel it); anything we cannot act on gets a clear answer in the
-partner's language, never an error page.
+partner's language, never an error page. A customer waiting for a person (a caller the
+operator answers by SMS) is not answered by the bot: their SMS is kept for the operator.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from core.config import get_settings
 from core.domain.booking import BOOKING
 from core.domain.dispatch import Kind, parse_command
 from core.domain.errors import DomainError
-from core.services import dispatch
+from core.services import dispatch, handoff
 from core.services.inbound import InboundMessage, lost_a_race
 
 log = logging.getLogger(__name__)
@@ -45,6 +46,12 @@ def handle(session: Session, msg: InboundMessage) -> list[str]:
             return []
         if _opt_out_or_in(session, person, None, msg.body, lang) is not None:
             return []  # a customer's or a recipient's opt-out word: recorded, Twilio answers
+        waiting = handoff.waiting_for(session, person.id) if person is not None else None
+        if waiting is not None:
+            # They wait for a person (a caller, whom the operator answers by SMS): kept
+            # for the operator, and no bot answer, as in a chat while it waits.
+            handoff.keep_inbound(session, waiting, msg.body)
+            return []
         return _tell_stranger(session, msg.contact, lang, person)
     cmd = parse_command(msg.body)
     savepoint = session.begin_nested()
