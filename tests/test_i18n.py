@@ -54,7 +54,8 @@ REQUIRED_KEYS = (
     | {"dispatch.given_back", "dispatch.taken_from_you"}  # accept: a job theirs before
     | {"dispatch.unknown_offer"}  # not_understood: one offer open
     | {f"dispatch.app.{k}" for k in ("accepted", "picked", "pick_first",  # the app's
-                                     "pick_first_handed", "already_picked")}  # words
+                                     "pick_first_handed", "already_picked",
+                                     "no_such_job")}  # words
     | {"bot.parcel.no_vehicle"}  # quote_or_resize
     | {"payment.ops_refund_retry", "payment.ops_refund_stuck"}  # payments._attempt_failed
     | {"payment.after_cancel"}  # payments.record_capture: a link paid after cancelling
@@ -75,6 +76,7 @@ REQUIRED_KEYS = (
                                  "taken_back", "customer_rider_replaced")}  # pickup_late
     | {"dispatch.ops_delivery_late", "dispatch.carrier_wait"}  # delivery_late, relay pause
     | {"dispatch.point_pickup_late"}  # point_pickup_late: a relay rider not at the Point
+    | {"dispatch.handed_pick_late", "dispatch.ops_handed_pick_late"}  # handed_pickup_late
     | {"bot.confirm.too_many_unpaid", "ivr.confirm.too_many_unpaid"}  # the unpaid cap
     | {f"{c}.{s}.no_rider" for c in ("bot", "ivr") for s in ("speed", "confirm")}  # nobody near
     | {f"dispatch.{k}_new" for k in ("pickup_otp", "drop_otp", "drop_otp_sender")}  # resent

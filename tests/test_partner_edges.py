@@ -498,3 +498,38 @@ def test_app_accept_of_an_offer_withdrawn_when_full_is_409_offer_closed(client, 
     leg_b = legs_of(job_b)[0].id
     assert again.get_json()["error"]["message"] == i18n.t("dispatch.withdrawn", "en",
                                                           job=str(leg_b))
+
+
+@pytest.mark.db
+def test_app_pickup_of_a_job_cancelled_meanwhile_does_not_say_send_status(
+        client, live, frozen):  # noqa: F811
+    """Ramesh, on the app, took a job; the customer cancelled it while he rode to the
+    pickup. His pickup (or drop) in the app was answered "You have no job N. Send STATUS.",
+    an SMS command the app has not: it says the job is no longer his."""
+    from core.adapters.models import Booking
+    from core.domain.booking import Actor
+    from core.services import payments
+
+    _, phone = make_partner("Ramesh", LAXMIPUR, lang="en", has_app=True)
+    headers = sign_in(client, phone)
+    _at(client, headers, LAXMIPUR)
+    booking_id = paid_booking()
+    start(booking_id)
+    offer_id = client.get(f"{API}/partners/me/offers", headers=headers).get_json()[0]["id"]
+    assert client.post(f"{API}/offers/{offer_id}/accept", headers=headers).status_code == 200
+    leg = legs_of(booking_id)[0].id
+    with transaction() as s:
+        payments.cancel_booking(s, s.get(Booking, booking_id), Actor("customer", "1"),
+                                "customer cancelled on whatsapp")
+    assert legs_of(booking_id)[0].status == "cancelled"
+    for kind in ("pickup", "drop"):
+        r = client.post(f"{API}/legs/{leg}/{kind}", headers=headers,
+                        json={"otp": last_code(CUSTOMER, PICK_MARK)})
+        assert r.status_code == 404, r.get_json()
+        error = r.get_json()["error"]
+        assert (error["code"], error["message"]) == (
+            "not_found", i18n.t("dispatch.app.no_such_job", "en", job=str(leg)))
+        assert "STATUS" not in error["message"] and "Send" not in error["message"]
+    # Over SMS the same refusal keeps its command.
+    assert sms(client, phone, f"PICK {last_code(CUSTOMER, PICK_MARK)} {leg}")[0] == i18n.t(
+        "dispatch.no_such_job", "en", job=str(leg))

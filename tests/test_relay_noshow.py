@@ -211,6 +211,8 @@ def test_a_late_acceptance_has_its_own_window(client, live, frozen):  # noqa: F8
 def test_a_parcel_handed_over_without_pick_is_not_a_no_show(client, live,
                                                             frozen):  # noqa: F811
     # Ramesh keyed in Asha's code: the parcel is in her hands, she just did not send PICK.
+    # She is not told to come to the Point nor does she lose the job (she only hears the
+    # PICK reminder: see the test after this one).
     relay = Relay(client)
     freeze_at(40 * MIN)
     assert "पहुँच गया" in sms(client, relay.r_phone,
@@ -219,8 +221,105 @@ def test_a_parcel_handed_over_without_pick_is_not_a_no_show(client, live,
     for minute in (61, 121, 240):
         freeze_at(relay.arrival_s + minute * MIN)
         assert _point_counts(dispatch.sweep()) == (0, 0)
-    assert relay.sent() == handed
+    job = str(relay.leg2)
+    assert bodies_to(relay.a_phone)[handed[0]:] == [
+        i18n.t("dispatch.handed_pick_late", "hi", job=job, point="Point A")]
+    assert relay.sent()[1:4] == handed[1:4]
     assert (relay.leg(2).status, relay.leg(2).partner_id) == ("assigned", relay.asha)
+
+
+def _hand_over(client, relay: Relay, at_s: float) -> tuple[int, ...]:
+    """Ramesh hands the parcel to Asha at Point A at ``at_s`` (his DROP with her code);
+    Asha sends no PICK. Returns the message counts after the handover."""
+    freeze_at(at_s)
+    assert "पहुँच गया" in sms(client, relay.r_phone,
+                              f"DROP {last_code(relay.a_phone, 'पार्सल लें')}")[0]
+    assert relay.leg(1).status == "delivered" and relay.leg(2).status == "assigned"
+    return relay.sent()
+
+
+def test_a_rider_handed_the_parcel_who_never_sends_pick_is_reminded_once(
+        client, live, frozen):  # noqa: F811
+    """Leg 3 is searched for only once Asha sends PICK: a rider who got the parcel at the
+    Point and forgot is reminded (in her language) a pickup window after the handover,
+    and ops are told, once each; the leg stays hers."""
+    relay = Relay(client)
+    handed_at = 40 * MIN
+    handed = _hand_over(client, relay, handed_at)
+    job = str(relay.leg2)
+
+    freeze_at(handed_at + 59 * MIN)  # not before the window
+    assert dispatch.sweep()["handed_unpicked"] == 0
+    assert dispatch.handed_pickup_late(relay.leg2) == "not-due"
+    assert relay.sent() == handed
+
+    freeze_at(handed_at + 61 * MIN)
+    assert dispatch.sweep()["handed_unpicked"] == 1
+    reminder = i18n.t("dispatch.handed_pick_late", "hi", job=job, point="Point A")
+    assert "PICK" in reminder and "Point A" in reminder
+    assert bodies_to(relay.a_phone)[handed[0]:] == [reminder]
+    assert bodies_to(OPS)[handed[4]:] == [i18n.t(
+        "dispatch.ops_handed_pick_late", "hi", ref=relay.ref, job=job, point="Point A",
+        minutes=61)]
+    assert relay.sent()[1:4] == handed[1:4]  # Ramesh, Gita, the customer: nothing
+    reminded = relay.sent()
+    for minute in (62, 121, 181):  # once; never taken back
+        freeze_at(handed_at + minute * MIN)
+        done = dispatch.sweep()
+        assert (done["handed_unpicked"], *_point_counts(done)) == (0, 0, 0)
+    assert relay.sent() == reminded
+    assert (relay.leg(2).status, relay.leg(2).partner_id) == ("assigned", relay.asha)
+    assert offers(relay.leg3) == []  # nothing searched for leg 3 until her PICK
+
+    # Her PICK (the code Ramesh gave her) still works, and leg 3's search starts.
+    assert "उठ गया" in sms(client, relay.a_phone,
+                           f"PICK {last_code(relay.r_phone, 'अगले राइडर')}")[0]
+    assert relay.leg(2).status == "picked_up"
+
+
+def test_a_rider_who_sends_pick_after_the_handover_is_not_reminded(client, live,
+                                                                   frozen):  # noqa: F811
+    relay = Relay(client)
+    _hand_over(client, relay, 40 * MIN)
+    freeze_at(45 * MIN)
+    assert "उठ गया" in sms(client, relay.a_phone,
+                           f"PICK {last_code(relay.r_phone, 'अगले राइडर')}")[0]
+    picked = relay.sent()
+    for minute in (101, 161):
+        freeze_at(minute * MIN)
+        assert dispatch.sweep()["handed_unpicked"] == 0
+        assert dispatch.handed_pickup_late(relay.leg2) == "stale"
+    job = str(relay.leg2)
+    assert i18n.t("dispatch.handed_pick_late", "hi", job=job, point="Point A") not in (
+        bodies_to(relay.a_phone)[picked[0]:])
+    # (Leg 3's search goes on meanwhile, and ops hear nobody is near Point B.)
+    with transaction() as s:
+        assert not s.scalars(select(OutboxMessage.dedupe_key).where(
+            OutboxMessage.booking_id == relay.booking_id,
+            OutboxMessage.dedupe_key.like(f"leg-{job}-a%-unpicked-%"))).all()
+
+
+def test_a_rider_not_handed_the_parcel_gets_no_pick_reminder(client, live,
+                                                             frozen):  # noqa: F811
+    # No handover yet: the Point chase applies (come and take it), not this one.
+    relay = Relay(client)
+    freeze_at(relay.arrival_s + 61 * MIN)
+    done = dispatch.sweep()
+    assert (done["handed_unpicked"], *_point_counts(done)) == (0, 1, 0)
+    assert dispatch.handed_pickup_late(relay.leg2) == "stale"
+
+
+def test_two_sweeps_at_once_send_the_pick_reminder_once(client, live,
+                                                        frozen):  # noqa: F811
+    relay = Relay(client)
+    handed = _hand_over(client, relay, 40 * MIN)
+    freeze_at(101 * MIN)
+    assert _race(lambda: dispatch.sweep()["handed_unpicked"]) == [0, 1]
+    assert _race(dispatch.handed_pickup_late, relay.leg2) == [
+        "already-reminded", "already-reminded"]
+    assert len(bodies_to(relay.a_phone)) == handed[0] + 1
+    assert len(bodies_to(OPS)) == handed[4] + 1
+    assert relay.leg(2).status == "assigned"
 
 
 def test_a_leg_picked_up_at_the_point_is_not_chased(client, live, frozen):  # noqa: F811

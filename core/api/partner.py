@@ -53,10 +53,12 @@ REPLY_STATUS = {
 }
 
 # Dispatch replies worded for SMS ("send PICK and the OTP"), with the app's own words: in
-# the app a pickup or a drop is confirmed by entering the code on the job's screen.
+# the app a pickup or a drop is confirmed by entering the code on the job's screen. A job
+# of theirs that is not theirs any more (the booking cancelled, or the job taken off them
+# while the screen was open) is said so, not "Send STATUS", a command the app has not.
 APP_TEXT = {key: f"dispatch.app.{key.removeprefix('dispatch.')}" for key in (
     "dispatch.accepted", "dispatch.picked", "dispatch.pick_first",
-    "dispatch.pick_first_handed", "dispatch.already_picked")}
+    "dispatch.pick_first_handed", "dispatch.already_picked", "dispatch.no_such_job")}
 
 
 class DutyIn(Strict):

@@ -28,7 +28,9 @@ How a leg finds its partner:
    that it is taken back and offered again. A relay's later leg is chased the same way
    from when its parcel is due at the Point (``point_pickup_late``): its rider, not come
    to collect it, is reminded, then the leg is taken back while the carrier keeps the
-   parcel. A parcel picked up longer ago than the tier's delivery hours and not delivered
+   parcel. A rider handed the parcel at the Point who has not sent PICK a pickup window
+   later is reminded once and ops are told (``handed_pickup_late``); the leg stays hers.
+   A parcel picked up longer ago than the tier's delivery hours and not delivered
    is reported to ops.
 
 Every function that takes a Session works in the caller's transaction; job entry points
@@ -1078,6 +1080,8 @@ def sweep() -> dict[str, int]:
             done["point_late_pickups"] += 1
         elif result == "taken-back":
             done["point_taken_back"] += 1
+    done["handed_unpicked"] = sum(handed_pickup_late(leg_id) == "reminded"
+                                  for leg_id in _handed_no_picks(now))
     done["late_deliveries"] = sum(delivery_late(leg_id) == "alerted"
                                   for leg_id in _late_deliveries(now))
     return done
@@ -1353,6 +1357,85 @@ def point_pickup_late(leg_id: int) -> str:
         alert_ops(session, "dispatch.ops_pickup_late", booking_id=booking.id,
                   dedupe_key=f"{tag}-late-ops", ref=booking.reference, job=job,
                   minutes=int((now - wait.assigned_at).total_seconds() // 60))
+        return "reminded"
+
+
+# A relay's later leg whose parcel the rider of the leg before handed over at the Point
+# (their DROP took this rider's code: handed_over_to) while this rider has not sent PICK:
+# the parcel is in her hands, so nothing else chases it (it must not be taken back), yet
+# the next leg is searched for only after her PICK. Her window runs from the handover, or
+# from her latest assignment if later (an unlock by ops assigns again).
+_HANDED_WAITS = """
+SELECT l.id AS leg_id, l.booking_id, a.id AS assigned_id,
+       greatest(a.at, h.at) AS handed_at
+FROM legs l
+JOIN bookings b ON b.id = l.booking_id
+JOIN legs pv ON pv.booking_id = l.booking_id AND pv.sequence = l.sequence - 1
+CROSS JOIN LATERAL (SELECT t.id, t.at FROM transitions t
+                    WHERE t.entity = 'leg' AND t.entity_id = l.id AND t.to_status = 'assigned'
+                    ORDER BY t.id DESC LIMIT 1) a
+CROSS JOIN LATERAL (SELECT max(t.at) AS at FROM transitions t
+                    WHERE t.entity = 'leg' AND t.entity_id = pv.id
+                      AND t.to_status = 'delivered') h
+WHERE l.status = 'assigned' AND l.sequence > 1 AND l.partner_id IS NOT NULL
+  AND pv.status = 'delivered' AND NOT (b.status = ANY(CAST(:closed AS text[])))
+"""
+
+# Those handed over longer than the pickup window ago, not reminded yet for this
+# assignment (the "-unpicked-" keys).
+_HANDED_NO_PICKS = text(f"""
+SELECT w.leg_id FROM ({_HANDED_WAITS}) w
+WHERE w.handed_at < :late
+  AND NOT EXISTS (
+       SELECT 1 FROM outbox_messages o WHERE o.booking_id = w.booking_id
+         AND o.dedupe_key LIKE 'leg-' || w.leg_id || '-a' || w.assigned_id || '-unpicked-%')
+ORDER BY w.leg_id LIMIT 500
+""")
+_HANDED_WAIT_OF = text(f"SELECT * FROM ({_HANDED_WAITS}) w WHERE w.leg_id = :leg_id")
+
+
+def _handed_no_picks(now: datetime) -> list[int]:
+    with transaction() as session:
+        return list(session.scalars(_HANDED_NO_PICKS, {
+            "closed": sorted(CLOSED_BOOKING), "late": now - pickup_window()}))
+
+
+def handed_pickup_late(leg_id: int) -> str:
+    """A relay's later leg whose parcel was handed over to its rider at the Point
+    (``handed_over_to``) and who has not sent PICK a pickup window after the handover (or
+    after her latest assignment, if later): she is reminded once, in her language, and ops
+    are alerted once. The leg is never taken back: the parcel is in her hands."""
+    with transaction() as session:
+        booking_id = session.scalar(select(Leg.booking_id).where(Leg.id == leg_id))
+        if booking_id is None:
+            return "missing"
+        # The legs in order, then the booking, as the handover and point_pickup_late do.
+        leg = next((x for x in lock_legs(session, booking_id) if x.id == leg_id), None)
+        booking = session.get(Booking, booking_id, with_for_update=True)
+        if leg is None or booking is None:
+            return "missing"
+        if (leg.partner_id is None or booking.status in CLOSED_BOOKING
+                or not handed_over_to(session, leg)):
+            return "stale"
+        wait = session.execute(_HANDED_WAIT_OF, {"closed": sorted(CLOSED_BOOKING),
+                                                 "leg_id": leg.id}).one_or_none()
+        if wait is None:
+            return "stale"
+        now = clock.now()
+        if now + DUE_TOLERANCE - wait.handed_at < pickup_window():
+            return "not-due"
+        tag = f"leg-{leg.id}-a{wait.assigned_id}-unpicked"
+        if _last_sent(session, booking, f"{tag}-%") is not None:
+            return "already-reminded"
+        partner = session.get(PartnerProfile, leg.partner_id)
+        assert partner is not None
+        job, point = job_code(leg), place(session, booking, leg, "from")
+        # The "-unpicked-" keys mark the reminder as done for the sweep (_HANDED_NO_PICKS).
+        _sms_partner(session, partner, "dispatch.handed_pick_late", booking_id=booking.id,
+                     dedupe_key=f"{tag}-partner", job=job, point=point)
+        alert_ops(session, "dispatch.ops_handed_pick_late", booking_id=booking.id,
+                  dedupe_key=f"{tag}-ops", ref=booking.reference, job=job, point=point,
+                  minutes=int((now - wait.handed_at).total_seconds() // 60))
         return "reminded"
 
 
@@ -2267,7 +2350,8 @@ def find_partner(session: Session, phone: str | None) -> tuple[Person | None,
 
 
 __all__ = ["accept", "attach_pod", "cancel_by_partner", "config", "confirm", "continue_search",
-           "decline", "delivery_late", "find_candidates", "handed_over_to", "not_understood",
+           "decline", "delivery_late", "find_candidates", "handed_over_to",
+           "handed_pickup_late", "not_understood",
            "offer_timeout", "parcel_in_hand", "pickup_late", "pickup_window", "place",
            "plan_legs", "point_pickup_late", "search_deadline", "set_duty", "start_dispatch",
            "start_search", "status_lines", "sweep", "tell_recipient_not_coming", "unlock_leg",
