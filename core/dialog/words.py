@@ -64,13 +64,13 @@ YES_WORDS = frozenset({
     "yes", "y", "yeah", "yep", "ok", "okay", "haan", "haa", "han", "ha", "hn", "haanji", "ji",
     "haan ji", "han ji", "ha ji", "haa ji", "hanji", "theek", "thik", "theek hai", "thik hai",
     "sahi", "sahi hai", "हाँ", "हां", "हा", "जी", "हाँ जी", "हां जी", "हा जी", "ठीक", "ठीक है",
-    "सही", "सही है", "ओके",
-    "hya", "hyan", "হ্যাঁ", "হ্যা", "হাঁ", "হা", "ঠিক আছে",  # bn
-    "hoy", "ho", "होय", "हो",  # mr
-    "aama", "aamam", "amam", "sari", "ஆம்", "ஆமா", "ஆமாம்", "சரி",  # ta
-    "avunu", "avnu", "sare", "అవును", "ఔను", "సరే",  # te
-    "haji", "હા", "હાજી", "બરાબર",  # gu
-    "houdu", "haudu", "hawdu", "ಹೌದು", "ಸರಿ",  # kn
+    "सही", "सही है", "ओके", "accepted",
+    "hya", "hyan", "হ্যাঁ", "হ্যা", "হাঁ", "হা", "ঠিক আছে", "ওকে",  # bn
+    "hoy", "ho", "होय", "हो", "ठीक आहे", "बरं",  # mr
+    "aama", "aamam", "amam", "sari", "ஆம்", "ஆமா", "ஆமாம்", "சரி", "ஓகே",  # ta
+    "avunu", "avnu", "sare", "అవును", "ఔను", "సరే", "ఓకే",  # te
+    "haji", "હા", "હાજી", "બરાબર", "ઠીક છે", "ઓકે",  # gu
+    "houdu", "haudu", "hawdu", "ಹೌದು", "ಸರಿ", "ಆಯ್ತು", "aytu", "ಓಕೆ",  # kn
     "👍",  # a thumbs-up, any skin tone (clean drops the tone): "ok" is yes too
 })
 NO_WORDS = frozenset({

@@ -424,12 +424,12 @@ class Command:
 # Yes and no in the other catalog languages, in their scripts and as typed in Latin
 # letters: partners are offered jobs in their language and answer in it.
 _YES_ELSEWHERE = frozenset({
-    "होय", "hoy",  # mr ("हो" alone: _YES_ALONE)
-    "হ্যাঁ", "হাঁ", "হ্যা",  # bn
-    "ஆம்", "ஆமா", "aama", "aam",  # ta
-    "అవును", "avunu",  # te
-    "હા", "હાં",  # gu
-    "ಹೌದು", "houdu", "haudu",  # kn
+    "होय", "hoy", "ठीक आहे", "बरं",  # mr ("हो" alone: _YES_ALONE)
+    "হ্যাঁ", "হাঁ", "হ্যা", "ঠিক আছে", "ঠিক", "ওকে",  # bn
+    "ஆம்", "ஆமா", "aama", "aam", "சரி", "sari", "ஓகே",  # ta
+    "అవును", "avunu", "సరే", "sare", "ఓకే",  # te
+    "હા", "હાં", "ઠીક છે", "ઠીક", "બરાબર", "ઓકે",  # gu
+    "ಹೌದು", "houdu", "haudu", "ಸರಿ", "ಆಯ್ತು", "aytu", "ಓಕೆ",  # kn
 })
 _NO_ELSEWHERE = frozenset({
     "नाही", "नको", "nako", "naahi",  # mr
@@ -452,8 +452,8 @@ WORDS: Mapping[Kind, frozenset[str]] = {
     Kind.OFF: frozenset({"off", "band", "bandh", "bund", "बंद", "बन्द", "ऑफ", "ओफ"}),
     Kind.ACCEPT: frozenset({"yes", "y", "haan", "han", "ha", "haa", "haan ji", "haanji",
                             "hanji", "ji", "ok",
-                            "okay", "accept", "hn", "हाँ", "हां", "हा", "जी", "ठीक", "यस",
-                            "ओके"}) | _YES_ELSEWHERE,
+                            "okay", "accept", "accepted", "hn", "theek", "thik", "हाँ", "हां",
+                            "हा", "जी", "ठीक", "यस", "ओके"}) | _YES_ELSEWHERE,
     Kind.DECLINE: frozenset({"no", "n", "nahi", "nahin", "nai", "na", "nhi", "decline",
                              "reject", "नहीं", "नही", "ना", "नो", "ji nahi", "ji nahin",
                              "जी नहीं", "जी नही"}) | _NO_ELSEWHERE,
