@@ -39,6 +39,9 @@ OTP_MAX_ATTEMPTS = 5  # wrong tries per code; the day's budget is OTP_FAILURES_P
 OTP_FAILURE_WINDOW = timedelta(days=1)
 SESSION_TTL = timedelta(days=30)
 SENDS_PER_PHONE = (3, 600)  # 3 codes per 10 minutes
+# ... and 10 a day: more help nobody (10 wrong codes a day is the default budget), and
+# without it a stranger's phone could be sent 432 codes a day from a few addresses.
+SENDS_PER_PHONE_DAY = (10, 86400)
 SENDS_PER_IP = (20, 3600)
 VERIFY_PER_IP = (60, 3600)
 
@@ -168,15 +171,18 @@ def _known_staff(phone: str) -> bool:
 def request_otp(raw_phone: str, ip: str) -> str:
     """Send a sign-in code to a phone by SMS; return the E.164 phone."""
     phone = normalize_phone(raw_phone)
+    # Counted first: a refused foreign number counts too, or its answer (422 for anyone,
+    # a code for staff) would tell who is staff, as often as asked.
+    _limit(f"otp-send-ip:{client_of(ip)}", SENDS_PER_IP)
     if not is_indian_mobile(phone) and not _known_staff(phone):
         # Codes go by SMS to Indian mobiles (a foreign or premium number is the classic
         # SMS-pumping target); operators and partners we set up may have others.
         raise AuthError(422, "bad_phone", "sign-in codes go only to Indian mobile numbers",
                         "phone")
-    _limit(f"otp-send-ip:{client_of(ip)}", SENDS_PER_IP)
     if _failures_spent(phone):  # a code it could not use would only cost an SMS
         raise AuthError(429, *_SPENT, retry_after=_seconds_left(_failures_key(phone)))
     _limit(f"otp-send-phone:{phone}", SENDS_PER_PHONE)
+    _limit(f"otp-send-phone-day:{phone}", SENDS_PER_PHONE_DAY)
     otp = generate_otp(6)
     r = redis_client()
     pipe = r.pipeline()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import logging
 import math
@@ -51,8 +52,13 @@ def signed(view):
             abort(400, "request body is not valid UTF-8")
         signature = request.headers.get("X-Twilio-Signature", "")
         keys, algorithm = signing_keys(settings)
-        params = request.form  # every value of a repeated parameter is signed
+        params: Mapping[str, str] = request.form  # each value of a repeated one is signed
         url = public_url()
+        if not body_hash_matches(raw):
+            log.warning("webhook body is not the one signed", extra={"path": request.path})
+            abort(403, "invalid Twilio signature")
+        if "bodySHA256" in request.args:
+            params = {}  # the body is signed by its hash, in the URL
         if not signature or not any(
                 signature_matches(RequestValidator(key), url, params, signature, algorithm)
                 for key in keys):
@@ -61,6 +67,19 @@ def signed(view):
         return view(*args, **kwargs)
 
     return wrapper
+
+
+def body_hash_matches(raw: bytes) -> bool:
+    """A JSON body is not among the signed parameters: Twilio signs the URL, which carries
+    the body's SHA-256 (hex) in ``bodySHA256``. The body must be the one hashed, or any
+    body could ride on a signed URL. True when there is no such parameter (a form body,
+    whose parameters the signature covers). A repeated parameter must agree in full."""
+    hashes = request.args.getlist("bodySHA256")
+    if not hashes:
+        return True
+    actual = hashlib.sha256(raw).hexdigest()
+    return all(hmac.compare_digest(actual.encode(), h.strip().lower().encode())
+               for h in hashes)
 
 
 def signing_keys(settings) -> tuple[tuple[str, ...], str]:  # noqa: ANN001 (core.config.Settings)
