@@ -79,10 +79,12 @@ def test_the_database_refuses_an_unbalanced_entry_and_negative_escrow(clean_db):
             "INSERT INTO ledger_transactions (idempotency_key, kind, booking_id, actor, memo, "
             "created_at) VALUES ('x', 'capture', :b, 'test', 'm', now()) RETURNING id"),
             {"b": bid}).scalar()
-        conn.execute(text(
-            "INSERT INTO ledger_postings (transaction_id, account, account_kind, booking_id, "
-            "amount_paise, created_at) VALUES (:t, :a, 'escrow', :b, 100, now())"),
-            {"t": tx, "a": f"escrow:b{bid}", "b": bid})
+        for account, kind, amount in ((f"escrow:b{bid}", "escrow", 100),
+                                      ("gateway_clearing", "gateway_clearing", -99)):
+            conn.execute(text(
+                "INSERT INTO ledger_postings (transaction_id, account, account_kind, "
+                "booking_id, amount_paise, created_at) VALUES (:t, :a, :k, :b, :m, now())"),
+                {"t": tx, "a": account, "k": kind, "b": bid, "m": amount})
     with pytest.raises(DBAPIError, match="below zero"), engine().begin() as conn:
         tx = conn.execute(text(
             "INSERT INTO ledger_transactions (idempotency_key, kind, booking_id, actor, memo, "
