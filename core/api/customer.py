@@ -28,12 +28,13 @@ from core.api.schemas import (
 )
 from core.api.spec import Strict, endpoint
 from core.domain.booking import Actor, ActorKind, BookingStatus, LegStatus
-from core.domain.errors import DomainError, NotFound, ValidationError
+from core.domain.errors import Conflict, DomainError, NotFound, ValidationError
+from core.domain.money import format_inr
 from core.domain.phone import mask_phone
 from core.domain.pricing import SpeedTier
 from core.logs import mask_phones
 from core.services import booking as booking_service
-from core.services import payments, rating
+from core.services import ledger, payments, rating
 
 CUSTOMER = ("customer",)
 CUSTOMER_OR_OPS = ("customer", "ops")
@@ -73,6 +74,11 @@ class BookingRequest(Strict):
 
 class CancelQuery(Strict):
     dry_run: bool = False
+    expected_fee_paise: int | None = Field(
+        default=None, ge=0,
+        description="the fee the app showed (from ?dry_run=1): if the fee is another now (a "
+                    "rider took the job meanwhile), nothing is cancelled and the answer is "
+                    "409 fee_changed with the fee_paise and refund_paise of now")
     # 180: "cancelled by ops: " and the reason fit the history's 200 characters
     reason: str | None = Field(default=None, min_length=3, max_length=180,
                                description="ops: why they cancel (the customer's request "
@@ -125,6 +131,27 @@ def _price_changed(exc: booking_service.PriceChanged) -> tuple[Response, int]:
     """The usual error body, plus the fare's total now (to show, and send if agreed)."""
     return jsonify({"error": {"code": exc.code, "message": exc.message, "field": exc.field,
                               "total_paise": exc.total_paise}}), 409
+
+
+class FeeChanged(Conflict):
+    """The cancellation fee is no longer the one the app showed (a rider took the job
+    since, or the booking moved on): nothing is cancelled."""
+
+    code = "fee_changed"
+
+    def __init__(self, fee_paise: int, refund_paise: int, expected_fee_paise: int) -> None:
+        super().__init__(f"the cancellation fee is now {format_inr(fee_paise)}, not "
+                         f"{format_inr(expected_fee_paise)}: nothing was cancelled",
+                         field="expected_fee_paise")
+        self.fee_paise, self.refund_paise = fee_paise, refund_paise
+
+
+@bp.errorhandler(FeeChanged)
+def _fee_changed(exc: FeeChanged) -> tuple[Response, int]:
+    """The usual error body, plus the fee and refund of now (to show, and agree again)."""
+    return jsonify({"error": {"code": exc.code, "message": exc.message, "field": exc.field,
+                              "fee_paise": exc.fee_paise,
+                              "refund_paise": exc.refund_paise}}), 409
 
 
 @bp.errorhandler(AmbiguousPincode)
@@ -345,6 +372,8 @@ def cancel_booking(ref: str, query: CancelQuery) -> CancellationOut:
             q = payments.cancellation_preview(session, b)
             cancelled = False
         else:
+            if query.expected_fee_paise is not None:
+                _same_fee_or_refuse(session, b, query.expected_fee_paise)
             kind: ActorKind = "ops" if who.role == "ops" else "customer"  # CUSTOMER_OR_OPS
             why = "cancelled in the app"
             if kind == "ops":  # the booking's history says who ended it, and why
@@ -361,6 +390,19 @@ def cancel_booking(ref: str, query: CancelQuery) -> CancellationOut:
         return CancellationOut(allowed=q.allowed, refund_paise=q.refund_paise,
                                fee_paise=q.fee_paise, reason_code=q.reason_code,
                                status=BookingStatus(b.status), cancelled=cancelled)
+
+
+def _same_fee_or_refuse(session: Session, booking: Booking, expected_fee_paise: int) -> None:
+    """Raise FeeChanged unless cancelling now costs the fee the app showed. Locked in
+    cancel_booking's order (legs, then the booking), so no rider can take the job between
+    this look and the cancel, which happen in this transaction."""
+    from core.services import dispatch
+
+    dispatch.lock_legs(session, booking.id)
+    locked = ledger.lock_booking(session, booking.id)
+    q = payments.cancellation_preview(session, locked)
+    if q.allowed and q.fee_paise != expected_fee_paise:
+        raise FeeChanged(q.fee_paise, q.refund_paise, expected_fee_paise)
 
 
 @endpoint(bp, "POST", "/bookings/<ref>/rating", summary="Rate a delivered booking",

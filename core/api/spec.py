@@ -74,6 +74,8 @@ class ErrorBody(BaseModel):
     field: str | None = None
     offices: list[str] | None = None  # ambiguous_pincode: the post offices to choose from
     total_paise: int | None = None  # price_changed: the fare's total now
+    fee_paise: int | None = None  # fee_changed: the cancellation fee now
+    refund_paise: int | None = None  # fee_changed: the refund now
 
 
 class ErrorResponse(BaseModel):
