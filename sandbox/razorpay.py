@@ -19,14 +19,23 @@ credited to the linked account) or ``failed``, with the webhook ``transfer.proce
 moment later, as ``settle_refund`` does for refunds. Its hold can be edited meanwhile; a
 transfer reversed before it is processed stays reversed.
 
+No new transfer is taken on a payment once a refund of it was asked. A Direct Transfer
+(``POST /v1/transfers``: account, amount, currency, notes) pays a linked account out of
+the platform's balance instead, with no hold; it is pending and then processed by the
+same job. Its optional ``X-Transfer-Idempotency`` header (4-36 characters) makes a retry
+answer the same transfer (another body under the same key is a 400). The balance is
+modelled as captured payments less refunds and transfers not failed (less reversals);
+Razorpay's fees and settlement delays are not.
+
 Controls for tests and demos (Redis keys, or the helpers below):
 - ``sandbox:razorpay:fail_next:<op>``: the next N calls of <op> answer 503
-  (ops: create_link, refund, fetch_refund, transfer, edit_transfer, reverse,
-  list_transfers);
+  (ops: create_link, refund, fetch_refund, transfer, direct_transfer, edit_transfer,
+  reverse, list_transfers);
 - ``sandbox:razorpay:in_progress_next:refund``: make the refund, but answer 409 "another
   request with the same idempotency key is still in progress" (a twin request);
 - ``sandbox:razorpay:lose_next:create_link``: create the link, but answer 503 (the answer
   was "lost": the retry meets "reference ID already attempted");
+- ``sandbox:razorpay:lose_next:direct_transfer``: make the direct transfer, but answer 503;
 - ``sandbox:razorpay:webhook_order`` = ``reversed``: send a batch of webhooks backwards;
 - ``sandbox:razorpay:webhook_repeat`` = N: send every webhook N times;
 - ``sandbox:razorpay:refund_outcome`` / ``transfer_outcome`` = ``failed``;
@@ -42,6 +51,7 @@ from __future__ import annotations
 import base64
 import html
 import json
+import re
 import secrets
 from typing import Any
 
@@ -56,6 +66,7 @@ from core.domain.money import format_inr
 bp = Blueprint("sandbox_razorpay", __name__, url_prefix="/sandbox")
 
 PREFIX = "sandbox:razorpay"
+PLATFORM_ACCOUNT = "acc_sandboxplatform"  # the source of a direct transfer
 LINK_MIN_EXPIRY_S = 900  # Razorpay refuses a payment link expiring sooner than this
 KINDS = {"plink": "payment_link", "pay": "payment", "trf": "transfer", "rfnd": "refund",
          "order": "order", "rvrsl": "reversal"}
@@ -211,7 +222,7 @@ def _amount(value: Any) -> int | None:
 
 
 def _event(name: str, payload: dict) -> dict:
-    return {"entity": "event", "account_id": "acc_sandboxplatform", "event": name,
+    return {"entity": "event", "account_id": PLATFORM_ACCOUNT, "event": name,
             "contains": list(payload), "payload": {k: {"entity": v} for k, v in payload.items()},
             "created_at": _now()}
 
@@ -577,6 +588,75 @@ def payment_transfers(payment_id: str):
         return _not_found(payment_id)
     ids = redis_client().lrange(f"{PREFIX}:payment_transfers:{payment_id}", 0, -1)
     return jsonify(_collection([o for o in (get_object(i.decode()) for i in ids) if o]))
+
+
+_IDEMPOTENCY_KEY = re.compile(r"[A-Za-z0-9_ -]{4,36}")
+
+
+def platform_balance() -> int:
+    """The platform's balance as the emulator models it: what customers paid, less what
+    was refunded or transferred (not failed; less what transfers had reversed)."""
+    paid = sum(p["amount"] for p in _all("payment") if p["captured"])
+    refunded = sum(r["amount"] for r in _all("refund") if r["status"] != "failed")
+    moved = sum(t["amount"] - t["amount_reversed"] for t in _all("transfer")
+                if t["status"] != "failed")
+    return paid - refunded - moved
+
+
+@bp.post("/razorpay/v1/transfers")
+def create_direct_transfer():
+    """Razorpay's Direct Transfer: from the platform's balance to a linked account."""
+    if _take("fail_next:direct_transfer"):
+        return _unavailable()
+    data = _json()
+    key = request.headers.get("X-Transfer-Idempotency")
+    r = redis_client()
+    digest = json.dumps(data, sort_keys=True)
+    if key is not None:
+        if not _IDEMPOTENCY_KEY.fullmatch(key):
+            return _error(400, "X-Transfer-Idempotency must be 4 to 36 letters, digits, "
+                          "hyphens, underscores or spaces")
+        known = r.hgetall(f"{PREFIX}:idem_transfer:{key}")
+        if known:
+            if known[b"body"].decode() != digest:
+                return _error(400, "The request body differs from the first request made "
+                              "with this idempotency key")
+            return jsonify(get_object(known[b"id"].decode()))
+    account = data.get("account")
+    if not isinstance(account, str) or not account.startswith("acc_"):
+        return _error(400, "The account id is invalid", field="account")
+    if r.sismember(f"{PREFIX}:refused_accounts", account):
+        return _error(400, f"Linked account {account} is not activated", field="account")
+    amount = data.get("amount")
+    if isinstance(amount, bool) or not isinstance(amount, int) or amount <= 0:
+        return _error(400, "The amount must be a positive integer", field="amount")
+    if _amount(amount) is None:
+        return _error(400, "The amount must be at least 100 paise", field="amount")
+    if data.get("currency") != "INR":
+        return _error(400, "The currency should be INR", field="currency")
+    notes = data.get("notes") or {}
+    if not isinstance(notes, dict) or len(notes) > 15:
+        return _error(400, "notes must be an object of at most 15 keys", field="notes")
+    if amount > platform_balance():
+        return _error(400, "Your account does not have enough balance to carry out the "
+                      "transfer operation.")
+    trf_id = _new_id("trf")
+    trf = {"id": trf_id, "entity": "transfer", "status": "pending", "source": PLATFORM_ACCOUNT,
+           "recipient": account, "amount": amount, "currency": "INR", "amount_reversed": 0,
+           "notes": notes, "fees": 0, "tax": 0, "on_hold": False, "on_hold_until": None,
+           "recipient_settlement_id": None, "linked_account_notes": [],
+           "processed_at": None, "created_at": _now(),
+           "error": {"code": None, "description": None, "reason": None, "field": None,
+                     "step": None, "id": trf_id, "source": None, "metadata": None}}
+    put_object(trf)
+    if key is not None:
+        r.hset(f"{PREFIX}:idem_transfer:{key}", mapping={"id": trf_id, "body": digest})
+    if not _take("pending_next:transfer"):
+        enqueue("sandbox.razorpay.settle_transfer", trf_id, queue_name=SANDBOX_QUEUE,
+                job_id=f"sandbox-rzp-transfer-{trf_id}")
+    if _take("lose_next:direct_transfer"):
+        return _unavailable()
+    return jsonify(trf)
 
 
 @bp.get("/razorpay/v1/transfers")

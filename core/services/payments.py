@@ -1183,7 +1183,14 @@ def settle_leg_transfer(leg_id: int) -> str:
     there has moved no money yet, and its transfer.processed (or the sweep's next settle)
     posts the payout. Earned 0 (cancelled before delivery): reverse what is left on a
     transfer made on hold for it, if any (nothing was posted for it). Under the leg's lock
-    (see hold_leg_transfer)."""
+    (see hold_leg_transfer).
+
+    Razorpay takes no new transfer on a payment once a refund of it was asked (a
+    cancellation fee owed to a partner who had no linked account when the refund of the
+    rest went): what the leg is still owed is then paid by a direct transfer from the
+    platform's balance, with no hold, found again by the same notes (GET /v1/transfers)
+    and made under an X-Transfer-Idempotency key, so a retry whose answer was lost pays
+    once. Ops hear of it only if that one is refused too."""
     with _leg_transfer_lock(leg_id):
         return _settle_leg_transfer(leg_id)
 
@@ -1199,10 +1206,20 @@ def _settle_leg_transfer(leg_id: int) -> str:
         paid_out = ledger.leg_paid_out(session, leg_id)
         partner = session.get(PartnerProfile, partner_id) if partner_id else None
         account = partner.payout_account_id if partner else None
+        row = session.scalar(select(LegTransfer).where(LegTransfer.leg_id == leg_id))
+        since = row.created_at if row is not None else clock.now()
+        row_transfer = row.transfer_id if row is not None else None
+        direct = payment_id is not None and _refund_asked(session, payment_id)
     if payment_id is None:
         return "no-payment"
     c = gw.client()
     transfers = c.payment.transfers(payment_id, {}).get("items") or []
+    if direct or (row_transfer is not None
+                  and row_transfer not in {t.get("id") for t in transfers}):
+        # The payment takes no new transfer (a refund of it was asked), or the leg's row
+        # names a transfer not made on it (a direct one): the leg's direct transfers
+        # count as its transfers too.
+        transfers += _direct_transfers(c, leg_id, since, transfers)
     failed = [str(t["id"]) for t in transfers
               if gw.note_int(t, "leg_id") == leg_id and t.get("status") == "failed"]
     if failed:
@@ -1240,19 +1257,47 @@ def _settle_leg_transfer(leg_id: int) -> str:
         # Released already and on its way (to an account the partner had before): its
         # outcome decides (processed: its event posts the payout; failed: made again).
         return "transfer-pending"
-    if live is None:
+    if live is None and not direct:
         try:
             created = c.payment.transfer(payment_id, {"transfers": [{
                 "account": account, "amount": target, "currency": "INR", "on_hold": True,
                 "notes": {"leg_id": str(leg_id), "booking_id": str(booking_id)},
             }]})
         except gw.BadRequestError as exc:  # no retry will change it: a person must act
+            if not _takes_no_transfer(c, payment_id, exc):
+                _transfer_refused(leg_id, booking_id, partner_id, payment_id, account,
+                                  target, str(exc))
+                return "refused"
+            # A refund of the payment was asked: it takes no transfer now. Look for a
+            # direct transfer of the leg (made by a run that lost its answer) first.
+            direct = True
+            found = _direct_transfers(c, leg_id, since, transfers)
+            transfers += found
+            live = _live(found, leg_id, account)
+            if live is None and _in_flight(found, leg_id) is not None:
+                return "transfer-pending"
+        else:
+            items = created.get("items") or [created]
+            live = _live(items, leg_id) or items[0]
+            _save_transfer(leg_id, booking_id, partner_id, payment_id, account, live,
+                           "on_hold")
+    if live is None:
+        # The payment can carry no transfer: the platform's balance pays what the leg is
+        # still owed (the refund took only the rest of the payment), with no hold.
+        _save_transfer(leg_id, booking_id, partner_id, payment_id, account, None, "pending",
+                       error="direct transfer asked", amount=target)
+        try:
+            live = c.transfer.create({
+                "account": account, "amount": target, "currency": "INR",
+                "notes": {"leg_id": str(leg_id), "booking_id": str(booking_id),
+                          "partner_id": str(partner_id)},
+            }, headers={"X-Transfer-Idempotency": _direct_key(transfers, leg_id)})
+        except gw.BadRequestError as exc:
+            if gw.is_in_progress(exc):  # a twin request may make it: ask again later
+                raise
             _transfer_refused(leg_id, booking_id, partner_id, payment_id, account, target,
                               str(exc))
             return "refused"
-        items = created.get("items") or [created]
-        live = _live(items, leg_id) or items[0]
-        _save_transfer(leg_id, booking_id, partner_id, payment_id, account, live, "on_hold")
     paid = _left(live)
     if live.get("on_hold", True):
         # A retry after a failed release finds the excess already reversed: _left sees it.
@@ -1277,6 +1322,61 @@ def _settle_leg_transfer(leg_id: int) -> str:
     _save_transfer(leg_id, booking_id, partner_id, payment_id, account, live, "released",
                    amount=paid, paid_out=paid)
     return "released"
+
+
+DIRECT_LOOKBACK = timedelta(hours=1)  # before the leg's row: clocks and the row's commit
+DIRECT_PAGES = 20  # of 100 transfers, newest first
+
+
+def _refund_asked(session: Session, payment_id: str) -> bool:
+    """Whether a refund of the payment is known to have reached the gateway: Razorpay
+    takes no new transfer on a payment once a refund of it was asked."""
+    return session.scalar(select(Refund.id).where(
+        Refund.payment_id == payment_id,
+        Refund.gateway_refund_id.is_not(None) | Refund.status.in_(("pending", "processed")),
+    ).limit(1)) is not None
+
+
+def _takes_no_transfer(c, payment_id: str, exc: Exception) -> bool:
+    """Whether the gateway refused a transfer on the payment because a refund of it was
+    asked (say, one whose answer was lost, or made from the dashboard)."""
+    if "refund" in str(exc).lower():
+        return True
+    payment = c.payment.fetch(payment_id)
+    return bool(payment.get("amount_refunded") or payment.get("refund_status"))
+
+
+def _is_direct(transfer: dict) -> bool:
+    """A direct transfer: its source is the platform's account, not a payment or order."""
+    return not str(transfer.get("source") or "").startswith(("pay_", "order_"))
+
+
+def _direct_transfers(c, leg_id: int, since: datetime, known: list[dict]) -> list[dict]:
+    """The leg's direct transfers (found by our leg id in their notes, as the payment's
+    are) made since its row was: the gateway lists every transfer, newest first."""
+    start = int((since - DIRECT_LOOKBACK).timestamp())
+    seen = {t.get("id") for t in known}
+    found: list[dict] = []
+    for page in range(DIRECT_PAGES):
+        items = c.transfer.all({"from": start, "count": 100, "skip": page * 100}
+                               ).get("items") or []
+        for t in items:  # a page may repeat one of the last (new transfers push them on)
+            if gw.note_int(t, "leg_id") == leg_id and _is_direct(t) and t.get("id") not in seen:
+                seen.add(t.get("id"))
+                found.append(t)
+        if len(items) < 100:
+            return found
+    log.warning("leg's direct transfers: not every page of transfers was looked at",
+                extra={"leg_id": leg_id})
+    return found
+
+
+def _direct_key(transfers: list[dict], leg_id: int) -> str:
+    """X-Transfer-Idempotency of the leg's next direct transfer: the same for a retry
+    whose first request's answer was lost, a new one after a transfer of it failed."""
+    ended = sum(1 for t in transfers if gw.note_int(t, "leg_id") == leg_id and _is_direct(t)
+                and t.get("status") in ("failed", "reversed"))
+    return f"ridechain-leg-{leg_id}-{ended}"
 
 
 def _transfer_refused(leg_id: int, booking_id: int, partner_id: int, payment_id: str,
