@@ -70,10 +70,17 @@ def make_partner(name: str, at: tuple[float, float], vehicle: VehicleType = Vehi
                  *, payload_kg: int = 20, lang: str = "hi", on_duty: bool = True,
                  has_app: bool = False, rating_x100: int = 450, trust_tier: int = 1,
                  phone: str | None = None, point_id: int | None = None,
-                 max_active_legs: int = 2) -> tuple[int, str]:
-    """A partner whose home Point is at ``at``; returns (partner id, phone)."""
+                 max_active_legs: int = 2, kyc_status: str = "verified",
+                 payout_account: str | None = "") -> tuple[int, str]:
+    """A partner whose home Point is at ``at``; returns (partner id, phone).
+
+    By default one who works: KYC verified and paid to a linked account of their own
+    (``acc_d`` and their number's digits; the Razorpay emulator takes any ``acc_`` id).
+    ``kyc_status="pending"`` or ``payout_account=None`` make one who cannot be paid yet."""
     # Not +9190000000xx: the ops numbers (OPS, the demo operator) live there.
     phone = phone or f"+9180000{next(_phones):05d}"
+    if payout_account == "":
+        payout_account = f"acc_d{phone[-10:]}"
     home = point_id or make_point(f"{name} Point", *at)
     with transaction() as s:
         person = Person(phone=phone, name=name, preferred_language=lang, role="partner")
@@ -81,7 +88,8 @@ def make_partner(name: str, at: tuple[float, float], vehicle: VehicleType = Vehi
         s.flush()
         profile = PartnerProfile(person_id=person.id, first_name=name, home_point_id=home,
                                  on_duty=on_duty, has_app=has_app, rating_x100=rating_x100,
-                                 trust_tier=trust_tier, max_active_legs=max_active_legs)
+                                 trust_tier=trust_tier, max_active_legs=max_active_legs,
+                                 kyc_status=kyc_status, payout_account_id=payout_account)
         s.add(profile)
         s.flush()
         s.add(Vehicle(partner_id=profile.id, type=vehicle.value, payload_kg=payload_kg,

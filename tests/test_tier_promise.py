@@ -194,7 +194,8 @@ def test_the_api_quote_says_the_promise_and_whether_a_rider_is_free(client, hour
         s.add(rider)
         s.flush()
         partner = PartnerProfile(person_id=rider.id, first_name="Ravi", home_point_id=point.id,
-                                 on_duty=False)
+                                 on_duty=False, kyc_status="verified",  # one who can be paid
+                                 payout_account_id="acc_Ravi99001")
         s.add(partner)
         s.flush()
         bicycle = VehicleType.BICYCLE

@@ -47,6 +47,8 @@ REPLY_STATUS = {
     "dispatch.already_delivered": (409, "invalid_transition"),
     "dispatch.cancel_too_late": (409, "invalid_transition"),
     "dispatch.duty_blocked": (403, "duty_blocked"),
+    # KYC pending or no linked account: no duty and no job until they can be paid.
+    "dispatch.duty_pending_kyc": (403, "kyc_pending"),
     "dispatch.given_back": (409, "offer_closed"),
     "dispatch.withdrawn": (409, "offer_closed"),  # e.g. taking another job filled them up
     "dispatch.taken_from_you": (409, "offer_closed"),
@@ -151,7 +153,8 @@ def put_duty(body: DutyIn) -> DutyOut:
     with transaction() as session:
         person, partner = _me(session)
         reply = dispatch.set_duty(session, partner, body.on_duty)
-        if reply.key == "dispatch.duty_blocked":  # suspended or rejected: the reason, said
+        # Suspended or rejected, or not payable yet (KYC pending): the reason, said.
+        if reply.key in ("dispatch.duty_blocked", "dispatch.duty_pending_kyc"):
             status, code = REPLY_STATUS[reply.key]
             raise ApiError(status, code, reply.render(_lang(person)))
         return DutyOut(on_duty=partner.on_duty)
@@ -199,7 +202,7 @@ def _my_offer(session: Session, partner: PartnerProfile, offer_id: int) -> Dispa
 
 
 @endpoint(bp, "POST", "/offers/<int:offer_id>/accept", summary="Accept a job offer",
-          roles=PARTNER, response=ActionOut, tags=("partner",), errors=(404, 409))
+          roles=PARTNER, response=ActionOut, tags=("partner",), errors=(403, 404, 409))
 def accept_offer(offer_id: int) -> ActionOut:
     with transaction() as session:
         person, partner = _me(session)
@@ -211,7 +214,7 @@ def accept_offer(offer_id: int) -> ActionOut:
 
 
 @endpoint(bp, "POST", "/offers/<int:offer_id>/decline", summary="Decline a job offer",
-          roles=PARTNER, response=ActionOut, tags=("partner",), errors=(404, 409))
+          roles=PARTNER, response=ActionOut, tags=("partner",), errors=(403, 404, 409))
 def decline_offer(offer_id: int) -> ActionOut:
     with transaction() as session:
         person, partner = _me(session)

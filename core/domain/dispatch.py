@@ -4,6 +4,8 @@ what a partner's SMS means. Pure: no Flask, SQLAlchemy or Redis.
 Eligibility (every condition must hold; ``ineligible_reason`` names the first that fails):
 
 * on duty;
+* payable: KYC verified and a Razorpay linked account to pay the leg's payout to (a
+  partner who cannot be paid is never offered a job);
 * fewer active legs (assigned, picked up, locked) than the partner's ``max_active_legs``;
 * trust tier allowed for the parcel's declared value (``TRUST_LIMIT_PAISE``);
 * one active vehicle that can carry it: the vehicle type's capacity
@@ -203,6 +205,8 @@ class PartnerFacts:
     max_active_legs: int
     trust_tier: int
     vehicles: tuple[VehicleFacts, ...]
+    # KYC verified and a payout (linked) account: the leg's payout can reach them.
+    payable: bool = True
 
 
 @dataclass(frozen=True)
@@ -245,6 +249,8 @@ def ineligible_reason(p: PartnerFacts, load: Load) -> str | None:
     """None if the partner may be offered the load, else why not (a stable code)."""
     if not p.on_duty:
         return "off_duty"
+    if not p.payable:
+        return "unpayable"
     if p.active_legs >= p.max_active_legs:
         return "at_capacity"
     if not trust_allows(p.trust_tier, load.declared_value_paise):

@@ -314,7 +314,7 @@ def partner_facts(session: Session,
     active = _active_leg_counts(session, ids)
     return {
         p.id: rules.PartnerFacts(p.id, p.on_duty, active.get(p.id, 0), p.max_active_legs,
-                                 p.trust_tier, tuple(vehicles[p.id]))
+                                 p.trust_tier, tuple(vehicles[p.id]), payable(p))
         for p in profiles
     }
 
@@ -322,6 +322,7 @@ def partner_facts(session: Session,
 _CANDIDATE_FACTS = text("""
 SELECT p.id, p.on_duty, p.max_active_legs, p.trust_tier, p.rating_x100, p.offers_received,
        p.offers_accepted,
+       (p.kyc_status = 'verified' AND p.payout_account_id IS NOT NULL) AS payable,
        COALESCE((SELECT json_agg(json_build_array(v.type, v.payload_kg, v.max_size, v.active))
                  FROM vehicles v WHERE v.partner_id = p.id), '[]'::json) AS vehicles,
        (SELECT count(*) FROM legs l WHERE l.partner_id = p.id
@@ -418,7 +419,7 @@ class _Facts:
 
 
 FACTS_MAX_AGE_S = 300  # cached facts older than this are read again (see facts_watch)
-_FACTS_VERSION = "1"
+_FACTS_VERSION = "2"  # 2: payable
 
 
 def _pack_facts(f: _Facts, read_at: datetime, day: date) -> str:
@@ -428,8 +429,8 @@ def _pack_facts(f: _Facts, read_at: datetime, day: date) -> str:
                         for v in p.vehicles)
     return "|".join(map(str, (
         _FACTS_VERSION, int(read_at.timestamp()), day.isoformat(), int(p.on_duty),
-        p.active_legs, p.max_active_legs, p.trust_tier, f.rating_x100, f.offers_received,
-        f.offers_accepted, f.earned_today, vehicles)))
+        int(p.payable), p.active_legs, p.max_active_legs, p.trust_tier, f.rating_x100,
+        f.offers_received, f.offers_accepted, f.earned_today, vehicles)))
 
 
 def _unpack_facts(partner_id: int, packed: str, now: datetime, day: date) -> _Facts | None:
@@ -450,15 +451,16 @@ def _unpack_facts(partner_id: int, packed: str, now: datetime, day: date) -> _Fa
 def _parse_facts(partner_id: int, packed: str) -> _Facts:
     # Searches near one place see the same partners' unchanged facts again and again.
     fields = packed.split("|")
-    if len(fields) != 9:
+    if len(fields) != 10:
         raise ValueError("cached facts have the wrong number of fields")
-    on_duty, active, most, tier, rating, received, accepted, earned = map(int, fields[:8])
+    on_duty, paid, active, most, tier, rating, received, accepted, earned = map(
+        int, fields[:9])
     vehicles = []
-    for item in filter(None, fields[8].split(",")):
+    for item in filter(None, fields[9].split(",")):
         vtype, kg, size, active_flag = item.split(":")
         vehicles.append(rules.VehicleFacts(vtype, int(kg), size, active_flag == "1"))
     partner = rules.PartnerFacts(partner_id, bool(on_duty), active, most, tier,
-                                 tuple(vehicles))
+                                 tuple(vehicles), bool(paid))
     return _Facts(partner, rating, received, accepted, earned)
 
 
@@ -475,7 +477,8 @@ def _read_facts(session: Session, near: list[geo_index.Nearby], now: datetime, d
         out[row.id] = _Facts(
             rules.PartnerFacts(row.id, row.on_duty, row.active_legs, row.max_active_legs,
                                row.trust_tier, tuple(rules.VehicleFacts(t, kg, size, active)
-                                                     for t, kg, size, active in row.vehicles)),
+                                                     for t, kg, size, active in row.vehicles),
+                               row.payable),
             row.rating_x100, row.offers_received, row.offers_accepted, int(row.earned_today))
     gens = {n.partner_id: n.gen for n in near}
     try:
@@ -709,17 +712,32 @@ def offer_next_batch(session: Session, booking: Booking, leg: Leg,
         batch = ranked[: cfg.batch_size(search.batch_no)]
         # Another search may be offering to the same partners right now: lock their rows
         # in id order (two searches ranking them in other orders cannot deadlock), then
-        # leave out any that got an open offer meanwhile (one open offer each).
+        # leave out any that got an open offer meanwhile (one open offer each). The rows
+        # say too whether they are still on duty and payable: the ranking may have used
+        # cached facts that a change lost in a Redis failure left stale (OFF, a
+        # suspension), and PostgreSQL is the truth.
         ids = sorted(r.candidate.partner_id for r in batch)
-        session.execute(select(PartnerProfile.id).where(PartnerProfile.id.in_(ids))
-                        .order_by(PartnerProfile.id).with_for_update())
+        working = set(session.scalars(
+            select(PartnerProfile.id).where(
+                PartnerProfile.id.in_(ids), PartnerProfile.on_duty.is_(True),
+                PartnerProfile.kyc_status == VERIFIED_KYC,
+                PartnerProfile.payout_account_id.is_not(None))
+            .order_by(PartnerProfile.id).with_for_update()))
         taken = set(session.scalars(select(DispatchOffer.partner_id).where(
             DispatchOffer.partner_id.in_(ids),
             DispatchOffer.status == rules.OfferStatus.OPEN.value)))
-        batch = [r for r in batch if r.candidate.partner_id not in taken]
+        gone = set(ids) - working
+        if gone:
+            log.info("ranked partners no longer working left out",
+                     extra={"leg_id": leg.id, "partners": len(gone)})
+            # Their cached facts are stale: read from PostgreSQL for the rest of this
+            # transaction, and dropped from Redis when it commits (as if changed here).
+            session.info.setdefault(facts_watch.TOUCHED, set()).update(gone)
+        batch = [r for r in batch if r.candidate.partner_id in working - taken]
         if batch:
             break
-        exclude |= taken  # all of them were offered another job meanwhile: rank again
+        # All of them were offered another job meanwhile, or stopped working: rank again.
+        exclude |= taken | gone
     now = clock.now()
     expires = now + timedelta(seconds=cfg.offer_timeout_s)
     pickup, drop = place(session, booking, leg, "from"), place(session, booking, leg, "to")
@@ -1544,9 +1562,14 @@ def accept(session: Session, partner: PartnerProfile, code: str | None) -> Reply
 
     A partner who said no to an offer and then, naming the job, yes (changed their mind,
     or "2" typed for "1") gets the job if it is still free and the offer's time is not up:
-    the same as if they had said yes first."""
+    the same as if they had said yes first.
+
+    A suspended or rejected partner hears that, not what became of the offer (which their
+    suspension withdrew): their yes was to take jobs, which they may not now."""
     found = _pick_offer(session, partner, code)
     if isinstance(found, Reply):
+        if partner.kyc_status in BLOCKED_KYC:
+            return _r("dispatch.duty_blocked", ops_phone=get_settings().ops_phone)
         return found
     # With the legs of the partner's other open offers, in id order: should this job fill
     # the partner up, those offers are withdrawn below and their legs move on. In id
@@ -1596,7 +1619,15 @@ def accept(session: Session, partner: PartnerProfile, code: str | None) -> Reply
     facts = partner_facts(session, [partner])[partner.id]
     reason = rules.ineligible_reason(
         rules.PartnerFacts(partner.id, True, facts.active_legs, facts.max_active_legs,
-                           facts.trust_tier, facts.vehicles), load_of(booking, leg))
+                           facts.trust_tier, facts.vehicles, facts.payable),
+        load_of(booking, leg))
+    if reason == "unpayable":
+        # Their payout could not reach them (KYC back to pending, or no linked account):
+        # the job goes to the next partner, and they hear what they are waiting for.
+        if still_open:
+            _withdraw(offer, partner)
+            _maybe_continue(session, leg)
+        return _r("dispatch.duty_pending_kyc", ops_phone=get_settings().ops_phone)
     if reason == "at_capacity":
         # An offer they cannot take (it came before their last job filled them up): it
         # goes, not held against them, and the job to the next partner at once.
@@ -1786,8 +1817,12 @@ def _recipient_language(session: Session, booking: Booking) -> str:
 
 
 def decline(session: Session, partner: PartnerProfile, code: str | None) -> Reply:
-    """The partner says no: the offer closes and the cascade moves on if nothing is open."""
+    """The partner says no: the offer closes and the cascade moves on if nothing is open.
+    A suspended or rejected partner has no offer left (block_partner withdrew them): they
+    hear why."""
     found = _pick_offer(session, partner, code)
+    if isinstance(found, Reply) and partner.kyc_status in BLOCKED_KYC:
+        return _r("dispatch.duty_blocked", ops_phone=get_settings().ops_phone)
     if isinstance(found, Reply):
         if found.key == "dispatch.already_yours":
             return _r("dispatch.cancel_hint", job=found.params["job"])
@@ -2065,8 +2100,18 @@ def _give_back(session: Session, booking: Booking, leg: Leg, partner: PartnerPro
 
 
 # KYC states in which a partner takes no jobs (ops set them; the ops endpoint also takes
-# the partner off duty). Pending partners work, as before.
+# the partner off duty).
 BLOCKED_KYC = frozenset({"rejected", "suspended"})
+# The one KYC state in which a partner works: Razorpay pays a linked account only once its
+# owner's documents are checked. A partner still pending cannot go on duty.
+VERIFIED_KYC = "verified"
+
+
+def payable(partner: PartnerProfile) -> bool:
+    """Whether a leg's payout can reach the partner: KYC verified and a linked account.
+    Nobody else goes on duty or is offered a job (the same test is _CANDIDATE_FACTS's and
+    offer_next_batch's, in SQL)."""
+    return partner.kyc_status == VERIFIED_KYC and bool(partner.payout_account_id)
 
 
 def block_partner(session: Session, partner_id: int, actor: Actor) -> list[int]:
@@ -2097,6 +2142,12 @@ def block_partner(session: Session, partner_id: int, actor: Actor) -> list[int]:
                           populate_existing=True)
     if partner is None:
         return []
+    if partner.on_duty or offers:
+        # Waiting for offers that cannot come any more: they hear it once, and whom to call
+        # (the jobs taken back are told one by one below).
+        _sms_partner(session, partner, "dispatch.duty_blocked",
+                     dedupe_key=f"partner-{partner.id}-blocked-{clock.now().timestamp():.0f}",
+                     ops_phone=get_settings().ops_phone)
     partner.on_duty = False
     _home_follows_duty(session, partner)
     for offer in offers:
@@ -2141,9 +2192,12 @@ def _home_follows_duty(session: Session, partner: PartnerProfile) -> None:
 
 def set_duty(session: Session, partner: PartnerProfile, on: bool) -> Reply:
     """ON/OFF duty; an SMS-only partner is (re)placed at their home Point. A suspended or
-    rejected partner cannot go on duty."""
+    rejected partner cannot go on duty, nor one who cannot be paid yet (KYC pending, or no
+    linked account)."""
     if on and partner.kyc_status in BLOCKED_KYC:
         return _r("dispatch.duty_blocked", ops_phone=get_settings().ops_phone)
+    if on and not payable(partner):
+        return _r("dispatch.duty_pending_kyc", ops_phone=get_settings().ops_phone)
     in_hand: list[tuple[Leg, DispatchOffer]] = []
     if not on:
         # The legs of the offers in hand, then the offers, are locked before the partner's

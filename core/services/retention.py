@@ -717,8 +717,14 @@ def _erase_bookings(session: Session, done: Erasure, own: Any, received: Any) ->
 
 def _erase_partner(session: Session, done: Erasure, partner: PartnerProfile) -> None:
     """A blocked partner's name (their profile's, and in the messages that told customers
-    who was coming), plates and proof-of-delivery photos (the files too); after the
-    commit, their positions and last GPS fix in Redis."""
+    who was coming), payout account, plates and proof-of-delivery photos (the files too);
+    after the commit, their positions and last GPS fix in Redis.
+
+    The payout account (a Razorpay linked account id) goes so that it is free again: the
+    same person signing up anew with it is no longer refused as "another partner's".
+    Nothing needs it afterwards: each transfer row keeps the account it paid (the money
+    record); the profile's is read only to hold or pay a leg, and an erasure waits until
+    no job of theirs is open and nothing is owed to them (_refuse_if_in_use)."""
     name = partner.first_name.strip()
     if name:
         # The jobs they took (a job given back after taking it included): bounded by the
@@ -730,8 +736,9 @@ def _erase_partner(session: Session, done: Erasure, partner: PartnerProfile) -> 
         m = OutboxMessage
         _redact_mentions(session, done, m.booking_id.in_(carried),
                          m.body.icontains(name, autoescape=True))
-    if partner.first_name or partner.on_duty or partner.has_app:
+    if partner.first_name or partner.on_duty or partner.has_app or partner.payout_account_id:
         partner.first_name, partner.on_duty, partner.has_app = "", False, False
+        partner.payout_account_id = None
         done.add("people", 1)
     for vehicle in session.scalars(select(Vehicle).where(  # ORM: the facts watch sees it
             Vehicle.partner_id == partner.id, or_(Vehicle.registration.is_not(None),

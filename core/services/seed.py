@@ -74,10 +74,12 @@ def seed_demo() -> dict[str, int]:
             person = Person(phone=phone, name=first, preferred_language=lang, role="partner")
             session.add(person)
             session.flush()
-            # Sandbox Route linked account (the Razorpay emulator accepts any acc_ id).
+            # Sandbox Route linked account (the Razorpay emulator accepts any acc_ id), KYC
+            # checked: only a partner who can be paid works (dispatch.payable).
             profile = PartnerProfile(person_id=person.id, first_name=first,
                                      home_point_id=points[home].id, has_app=has_app,
-                                     on_duty=True, payout_account_id=f"acc_demo{person.id:06d}")
+                                     on_duty=True, payout_account_id=f"acc_demo{person.id:06d}",
+                                     kyc_status="verified")
             profile.points = [points[home]]
             session.add(profile)
             session.flush()
