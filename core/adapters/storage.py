@@ -21,6 +21,7 @@ Objects are private; ``get`` reads them back for operators. Keys are content-add
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import re
 from dataclasses import dataclass
@@ -29,7 +30,9 @@ from pathlib import Path
 from typing import Protocol
 
 from core.config import get_settings
-from core.domain.errors import ValidationError
+from core.domain.errors import Unavailable, ValidationError
+
+log = logging.getLogger(__name__)
 
 CONTENT_TYPES = {"image/jpeg": "jpg", "image/png": "png", "image/webp": "webp"}
 _KEY = re.compile(r"[A-Za-z0-9][A-Za-z0-9/_.\-]{0,250}")
@@ -190,8 +193,24 @@ def save_photo(data: bytes, *, folder: str, declared_type: str | None = None,
         raise ValidationError("only JPEG, PNG or WebP photos", code="not_a_photo")
     digest = hashlib.sha256(data).hexdigest()
     key = f"{cfg.prefix}{folder.strip('/')}/{digest[:32]}.{CONTENT_TYPES[content_type]}"
-    uri = store.put(key, data, content_type)
+    try:
+        uri = store.put(key, data, content_type)
+    except _store_errors() as exc:
+        # A disk full or an S3 endpoint out of reach is the store being away, not a bug:
+        # the sender is asked to send it again (503, Retry-After), and the proof is kept.
+        log.warning("photo store refused a photo", extra={"error": type(exc).__name__})
+        raise Unavailable("the photo store cannot take photos now; send it again soon",
+                          code="photo_store_unavailable") from exc
     return StoredPhoto(uri, key, content_type, len(data), digest)
+
+
+def _store_errors() -> tuple[type[BaseException], ...]:
+    """What a store's put raises when the store, not the photo, is the trouble."""
+    try:
+        from botocore.exceptions import BotoCoreError, ClientError
+    except ImportError:  # boto3 is only needed for POD_STORAGE=s3
+        return (OSError,)
+    return (OSError, BotoCoreError, ClientError)
 
 
 def read_photo(uri: str, store: PhotoStore | None = None) -> bytes:

@@ -11,9 +11,10 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from core import clock
+from core.adapters.dispatch_models import DispatchSearch
 from core.adapters.models import Booking, Leg, Parcel, Vehicle
 from core.domain.booking import LegStatus
-from core.domain.dispatch import VEHICLE_SPEED_KMH
+from core.domain.dispatch import VEHICLE_SPEED_KMH, SearchStatus
 from core.domain.geo import haversine_m
 from core.domain.pricing import VehicleType, can_carry
 
@@ -39,6 +40,16 @@ def _speed_kmh(session: Session, booking: Booking, partner_id: int) -> float:
         select(Vehicle).where(Vehicle.partner_id == partner_id, Vehicle.active.is_(True)))
         if can_carry(v.type, parcel.size_bucket, parcel.weight_bucket)]
     return min(speeds) if speeds else quoted
+
+
+def _search_paused(session: Session, leg_ids: list[int]) -> bool:
+    """Whether the rider search of any of these legs is paused (its time ran out)."""
+    if not leg_ids:
+        return False
+    return session.scalar(select(DispatchSearch.id).where(
+        DispatchSearch.leg_id.in_(leg_ids),
+        DispatchSearch.status == SearchStatus.PAUSED.value).limit(1)
+    ) is not None
 
 
 def position_and_eta(session: Session, booking: Booking) -> Whereabouts:
@@ -71,8 +82,13 @@ def position_and_eta(session: Session, booking: Booking) -> Whereabouts:
     else:
         to_go = haversine_m(fix.lat, fix.lng, leg.to_lat, leg.to_lng)
     # A relay: the legs after this one are still to ride too.
-    to_go += sum(x.distance_m for x in booking.legs if x.sequence > leg.sequence
-                 and x.status not in (LegStatus.CANCELLED.value, LegStatus.FAILED.value))
+    later = [x for x in booking.legs if x.sequence > leg.sequence
+             and x.status not in (LegStatus.CANCELLED.value, LegStatus.FAILED.value)]
+    if _search_paused(session, [x.id for x in later if x.partner_id is None]):
+        # Nobody took a later leg in time (the customer was told "still looking"): an
+        # arrival time would promise a rider nobody knows of. Where the parcel is, still.
+        return Whereabouts(position={"lat": fix.lat, "lng": fix.lng}, eta_minutes=None)
+    to_go += sum(x.distance_m for x in later)
     speed = _speed_kmh(session, booking, leg.partner_id)
     eta = max(1, round(to_go / 1000 / speed * 60))
     return Whereabouts(position={"lat": fix.lat, "lng": fix.lng}, eta_minutes=eta)
