@@ -87,6 +87,17 @@ AREA_INTS: dict[str, tuple[int, int | None]] = {
     "RETENTION_RUN_SECONDS": (1, 600),  # the job's RQ timeout is this plus a minute
 }
 
+# Integer settings of the processes' commands (the Procfile's gunicorn flags; the workers'
+# niceness, core.cli.lower_priority), not read by a setting of ours. load_settings checks
+# them too, so a bad one stops the release instead of each process at its start, or worse
+# (WEB_CONCURRENCY=0: a gunicorn bound to the port with no worker to answer). At most 32
+# threads: a process's PostgreSQL pool keeps at most 32 connections (core.adapters.db).
+PROCESS_INTS: dict[str, tuple[int, int]] = {
+    "WEB_CONCURRENCY": (1, 64),
+    "WEB_THREADS": (1, 32),
+    "WORKER_NICE": (0, 19),
+}
+
 
 def int_setting(name: str, default: int) -> int:
     """An integer setting an area reads when it needs it (one of AREA_INTS): ConfigError
@@ -353,7 +364,7 @@ def load_settings(environ: dict[str, str] | None = None) -> Settings:
         problems.append(str(err))
         ops_hours = None
 
-    for name, (minimum, maximum) in AREA_INTS.items():
+    for name, (minimum, maximum) in (AREA_INTS | PROCESS_INTS).items():
         num(name, 0, minimum=minimum, maximum=maximum)
     data_dir = Path(env.get("DATA_DIR") or ROOT / "var")
     # Settings of other parts, read when first needed: checked now, with the rest.

@@ -253,7 +253,8 @@ def test_the_indexes_on_live_tables_are_all_built_concurrently(db):
     finally:
         event.remove(Engine, "before_cursor_execute", record)
     built = [s for s in statements if s.upper().startswith(("CREATE INDEX", "CREATE UNIQUE"))]
-    assert len(built) == 15  # 0013, 0015, 0016 (5), 0017, 0018, 0019 (3), 0020, 0021, 0022
+    assert len(built) == 16  # 0013, 0015, 0016 (5), 0017, 0018, 0019 (3), 0020, 0021, 0022,
+    # 0025
     assert [s for s in built if "CONCURRENTLY" not in s] == []
 
 
@@ -271,7 +272,8 @@ def test_an_index_left_invalid_by_a_failed_build_is_built_again(db, engine):
                   "USING btree (entity, entity_id)")
 
 
-@pytest.mark.parametrize("revision", ["0013", "0015", "0016", "0017", "0020", "0021", "0022"])
+@pytest.mark.parametrize("revision", ["0013", "0015", "0016", "0017", "0020", "0021", "0022",
+                                      "0025"])
 def test_a_migration_that_commits_part_way_runs_again(db, engine, revision):
     """These commit before they end (CONCURRENTLY, batches): one stopped part-way (a lock
     timeout, a killed release) is run again from its start, and must go through."""
@@ -318,6 +320,36 @@ def test_legs_delivered_by_the_previous_release_get_their_delivery_time(db, engi
             "RETURNING delivered_at = '2026-02-01 10:00+00'")).scalar()
     assert got == {1: True, 2: False}
     assert later_photo is True
+
+
+def test_messages_failed_under_the_previous_release_get_their_failure_time(db, engine):
+    """0025: a failure of the last day takes its updated_at (the metric looks an hour
+    back), an older one keeps no time; a message the previous release marks failed after
+    the upgrade (status alone) gets the database's now, and a later update keeps it."""
+    upgrade(db, "0024")
+    with engine.begin() as conn:
+        conn.execute(text(
+            "INSERT INTO outbox_messages (id, channel, to_addr, from_addr, body, status, "
+            "attempts, updated_at) VALUES "
+            "(1, 'sms', '+919800000001', '+15005550006', 'x', 'failed', 1, "
+            " now() - interval '20 minutes'),"
+            "(2, 'sms', '+919800000001', '+15005550006', 'x', 'undelivered', 1, "
+            " now() - interval '100 days'),"
+            "(3, 'sms', '+919800000001', '+15005550006', 'x', 'queued', 1, now())"))
+    upgrade(db, "0025")
+    with engine.begin() as conn:
+        conn.execute(text("UPDATE outbox_messages SET status = 'failed' WHERE id = 3"))
+        got = dict(conn.execute(text(
+            "SELECT id, CASE WHEN failed_at IS NULL THEN 'none' WHEN failed_at = now() "
+            "THEN 'now' WHEN failed_at = updated_at THEN 'updated_at' END "
+            "FROM outbox_messages")).all())
+        before = dict(conn.execute(text("SELECT id, failed_at FROM outbox_messages")).all())
+    with engine.begin() as conn:
+        conn.execute(text("UPDATE outbox_messages SET body = '', status = 'undelivered', "
+                          "updated_at = now()"))
+        after = dict(conn.execute(text("SELECT id, failed_at FROM outbox_messages")).all())
+    assert got == {1: "updated_at", 2: "none", 3: "now"}
+    assert after == before
 
 
 def test_an_opt_out_moves_to_sms_for_those_who_never_chatted_on_whatsapp(db, engine):

@@ -21,7 +21,7 @@ def test_healthz_and_readyz(client):
     assert client.get("/healthz").get_json() == {"status": "ok"}
     r = client.get("/readyz")
     assert r.status_code == 200
-    assert r.get_json()["checks"] == {"postgres": "ok", "redis": "ok"}
+    assert r.get_json()["checks"] == {"postgres": "ok", "schema": "ok", "redis": "ok"}
 
 
 def test_readyz_reports_a_dead_database(client, monkeypatch):

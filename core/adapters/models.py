@@ -15,6 +15,7 @@ from sqlalchemy import (
     Boolean,
     CheckConstraint,
     DateTime,
+    FetchedValue,
     Float,
     ForeignKey,
     Index,
@@ -326,8 +327,8 @@ class OutboxMessage(Base):
     __table_args__ = (
         CheckConstraint(one_of("channel", ("whatsapp", "sms")), name="channel"),
         CheckConstraint(one_of("status", OUTBOX_STATUSES), name="status"),
-        # /metrics counts the messages that failed lately (migration 0016): failures only.
-        Index("ix_outbox_messages_failed_updated_at", "updated_at",
+        # /metrics counts the messages that failed lately (migration 0025): failures only.
+        Index("ix_outbox_messages_failed_at", "failed_at",
               postgresql_where=text("status IN ('failed', 'undelivered')")),
     )
 
@@ -351,6 +352,11 @@ class OutboxMessage(Base):
     updated_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), server_default=func.now(), onupdate=func.now()
     )
+    # When the status turned failed or undelivered (the database's now(), set by a trigger
+    # of migration 0025 for every writer); updated_at moves with any later change (the
+    # retention run's redaction, an erasure). NULL for a failure older than that migration.
+    failed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True),
+                                                       server_onupdate=FetchedValue())
 
 
 class MessageStatusEvent(Base):

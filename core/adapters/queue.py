@@ -7,6 +7,7 @@ from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any, cast
 
+from redis.exceptions import RedisError
 from rq import Queue, Retry, SimpleWorker, Worker
 from rq.job import Job
 from rq.registry import StartedJobRegistry
@@ -63,6 +64,45 @@ class _Periodic:
     periodic: Callable[[], object] | None = None
     periodic_every_s = 60
     _periodic_at: datetime | None = None
+    # The scheduler (work(with_scheduler=True)) runs in a process of its own, which exits
+    # on the first Redis error its client's retries do not cover (a Redis restart, a
+    # failover). RQ starts a new one only in its 10-minute maintenance: no scheduled job
+    # (offer timeouts, outbox retries, the sweeps) would run meanwhile. Ours that died is
+    # started again at the next wake-up after Redis answers (at most periodic_every_s
+    # later); one another worker ran is looked for (its lock) once a periodic_every_s.
+    _scheduler_tried_at: datetime | None = None
+    _scheduler_seen_dead: object = None
+
+    def _scheduler_due(self) -> bool:
+        scheduler = getattr(self, "scheduler", None)
+        if scheduler is None:
+            return False  # a worker without a scheduler
+        process = scheduler._process
+        if process is not None and process.is_alive():  # a waitpid, no Redis
+            return False
+        if process is not None and process is not self._scheduler_seen_dead:
+            return True  # ours has just died: at once
+        last = self._scheduler_tried_at
+        return last is None or abs(clock.now() - last) >= timedelta(
+            seconds=self.periodic_every_s)
+
+    def _restart_scheduler(self) -> None:
+        """Start a scheduler again if no live one holds the queues' locks. RQ's own call
+        (its maintenance does the same): the locks are taken by this worker's scheduler
+        name, so a dead one's lock is ours again and another worker's live scheduler
+        keeps its queues; a process is started only when this worker's is not alive."""
+        scheduler = self.scheduler  # type: ignore[attr-defined]
+        dead = scheduler._process
+        self._scheduler_tried_at = clock.now()
+        try:
+            started = scheduler.acquire_locks(auto_start=True)
+        except RedisError as exc:  # still away: tried again at the next wake-up
+            log.warning("scheduler not restarted yet", extra={"reason": type(exc).__name__})
+            return
+        self._scheduler_seen_dead = dead
+        if dead is not None and started:
+            log.warning("scheduler process had died; started again",
+                        extra={"queues": sorted(started)})
 
     def _periodic_due(self) -> bool:
         if self.periodic is None:
@@ -77,9 +117,12 @@ class _Periodic:
 
     @property
     def should_run_maintenance_tasks(self) -> bool:
-        return self._periodic_due() or super().should_run_maintenance_tasks  # type: ignore[misc]
+        return (self._periodic_due() or self._scheduler_due()
+                or super().should_run_maintenance_tasks)  # type: ignore[misc]
 
     def run_maintenance_tasks(self) -> None:
+        if self._scheduler_due():
+            self._restart_scheduler()
         if self._periodic_due():
             self._periodic_at = clock.now()
             try:

@@ -1,5 +1,5 @@
 """gunicorn settings the command line cannot give (`--config python:core.web.gunicorn_conf`):
-one set of request metrics for all the web workers.
+one set of request metrics for all the web workers, and JSON access lines.
 
 Each gunicorn worker is a process with its own counters, so without this a scrape of
 /metrics reports whichever worker answered it, and a counter seems to jump back and forth.
@@ -21,6 +21,9 @@ import os as _os
 import shutil as _shutil
 import sys as _sys
 import tempfile as _tempfile
+import traceback as _traceback
+
+from gunicorn import glogging as _glogging  # type: ignore[import-untyped]
 
 # Module globals named like gunicorn settings are settings; the private names are not.
 _MULTIPROC = "PROMETHEUS_MULTIPROC_DIR"
@@ -67,3 +70,52 @@ def child_exit(server, worker) -> None:  # noqa: ANN001
 
 def on_exit(server) -> None:  # noqa: ANN001
     _remove_created()
+
+
+class JsonLogger(_glogging.Logger):
+    """gunicorn's logger with its access lines (`--access-logfile -`) as the service's other
+    log lines are: JSON through core.logs.JsonFormatter, with the request's id (the
+    X-Request-Id the service answered with, which it took from the caller or made), so
+    the line about a request joins the application's lines about it.
+
+    The line holds the method, the path without its query string (a query may carry a
+    number, a signature or a token; the formatter masks phone numbers in the path), the
+    status, the bytes sent, the time taken and the peer's address: no headers, no body.
+    gunicorn's own messages (its error log, on stderr) keep gunicorn's format.
+    """
+
+    def setup(self, cfg) -> None:  # noqa: ANN001 (gunicorn's signature)
+        from core.logs import JsonFormatter
+
+        super().setup(cfg)
+        for handler in self.access_log.handlers:
+            if getattr(handler, "_gunicorn", False):
+                handler.setFormatter(JsonFormatter())
+
+    def access(self, resp, req, environ, request_time) -> None:  # noqa: ANN001
+        if not self.access_log_enabled:
+            return
+        from core import logs
+
+        try:
+            headers = resp.headers.items() if hasattr(resp.headers, "items") else resp.headers
+            rid = next((value for name, value in headers if name.lower() == "x-request-id"),
+                       None) or environ.get("HTTP_X_REQUEST_ID")
+            status = resp.status
+            if isinstance(status, str):
+                status = status.split(None, 1)[0]
+            token = logs.request_id.set(str(rid)[:64] if rid else None)
+            try:
+                method, path = environ.get("REQUEST_METHOD", "-"), environ.get("PATH_INFO", "")
+                self.access_log.info("%s %s %s", method, path, status, extra={
+                    "method": method, "path": path, "status": int(status),
+                    "bytes": getattr(resp, "sent", None),
+                    "duration_ms": round(request_time.total_seconds() * 1000, 1),
+                    "remote_addr": environ.get("REMOTE_ADDR")})
+            finally:
+                logs.request_id.reset(token)
+        except Exception:
+            self.error(_traceback.format_exc())
+
+
+logger_class = JsonLogger

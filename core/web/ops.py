@@ -5,8 +5,9 @@ from __future__ import annotations
 import os
 import time
 from datetime import timedelta
+from functools import cache
 
-from flask import Blueprint, Flask, Response, g, jsonify, request
+from flask import Blueprint, Flask, Response, current_app, g, jsonify, request
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
@@ -16,13 +17,14 @@ from prometheus_client import (
     multiprocess,
 )
 from prometheus_client.core import GaugeMetricFamily
-from sqlalchemy import func, literal, select
+from sqlalchemy import func, literal, select, text
 from sqlalchemy.orm import Session
 
 from core.adapters import db
 from core.adapters.models import OutboxMessage
 from core.adapters.queue import QUEUES, queue
 from core.adapters.redis_conn import redis_client
+from core.config import ROOT
 
 bp = Blueprint("ops", __name__)
 
@@ -76,18 +78,20 @@ class StateCollector:
 
 def outbox_counts(session: Session) -> tuple[dict[str, int], dict[str, int]]:
     """(messages not sent yet, messages failed in the last hour) by status. Read through
-    ix_outbox_messages_status and the partial index of failures (migration 0016); the
+    ix_outbox_messages_status and the partial index of failures (migration 0025); the
     failure statuses are written into the statement so that index is provably usable."""
     waiting = session.execute(
         select(OutboxMessage.status, func.count())
         .where(OutboxMessage.status.in_(OUTBOX_WAITING)).group_by(OutboxMessage.status)
     ).all()
-    # updated_at is the database's time (onupdate=now()), hence its now() here.
+    # failed_at, not updated_at: a later UPDATE (the retention run's redaction, an
+    # erasure) moves updated_at of messages that failed long ago. failed_at is the
+    # database's time (a trigger's now(), migration 0025), hence its now() here.
     failures = session.execute(
         select(OutboxMessage.status, func.count())
         .where(OutboxMessage.status.in_([literal(status, literal_execute=True)
                                          for status in OUTBOX_FAILED]),
-               OutboxMessage.updated_at > func.now() - OUTBOX_FAILED_WITHIN)
+               OutboxMessage.failed_at > func.now() - OUTBOX_FAILED_WITHIN)
         .group_by(OutboxMessage.status)
     ).all()
     return {s: n for s, n in waiting}, {s: n for s, n in failures}
@@ -117,6 +121,51 @@ def healthz():
     return jsonify({"status": "ok"})
 
 
+# A schema found at the code's head (or ahead of it) is not read again for this long: a
+# probe every few seconds costs no query, and a schema moved back is seen within it.
+SCHEMA_OK_FOR_S = 30.0
+
+
+@cache
+def code_revisions() -> tuple[frozenset[str], frozenset[str]]:
+    """(every Alembic revision this code knows, its heads), read once per process."""
+    from alembic.config import Config
+    from alembic.script import ScriptDirectory
+
+    scripts = ScriptDirectory.from_config(Config(str(ROOT / "alembic.ini")))
+    known = frozenset(rev.revision for rev in scripts.walk_revisions())
+    return known, frozenset(scripts.get_heads())
+
+
+def schema_state(versions: set[str]) -> str:
+    """"ok" if the database's Alembic versions are the code's heads, or ahead of them (a
+    revision this code does not know: a rolling deploy's newer release migrated it, and
+    migrations keep the previous release working); else what is behind."""
+    known, heads = code_revisions()
+    if not versions:
+        return "behind: not migrated"
+    if heads <= versions or versions - known:
+        return "ok"
+    return f"behind: {','.join(sorted(versions))} (code: {','.join(sorted(heads))})"
+
+
+def _schema_check() -> str:
+    """The schema check of /readyz: a web whose release did not migrate (or failed
+    part-way) would fail every request touching the newest table or column."""
+    cached = current_app.extensions.setdefault("ridechain_schema_ok", {})
+    at = cached.get("at")
+    if at is not None and time.monotonic() - at < SCHEMA_OK_FOR_S:
+        return "ok"
+    with db.engine().connect() as conn:
+        table = conn.scalar(text("SELECT to_regclass('alembic_version')"))
+        versions = set(conn.scalars(text("SELECT version_num FROM alembic_version"))) \
+            if table is not None else set()
+    state = schema_state(versions)
+    if state == "ok":
+        cached["at"] = time.monotonic()
+    return state
+
+
 @bp.get("/readyz")
 def readyz():
     checks: dict[str, str] = {}
@@ -125,6 +174,13 @@ def readyz():
         checks["postgres"] = "ok"
     except Exception as exc:
         checks["postgres"] = f"down: {type(exc).__name__}"
+    if checks["postgres"] == "ok":
+        try:
+            checks["schema"] = _schema_check()
+        except Exception as exc:
+            checks["schema"] = f"down: {type(exc).__name__}"
+    else:
+        checks["schema"] = "unknown: postgres down"
     try:
         redis_client().ping()
         checks["redis"] = "ok"
