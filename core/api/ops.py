@@ -364,19 +364,29 @@ def ops_unlock_leg(leg_id: int) -> LegRow:
 @endpoint(bp, "PUT", "/ops/partners/<int:partner_id>/kyc", summary="Set a partner's KYC status",
           roles=OPS, body=KycIn, response=PartnerRow, tags=("ops",), errors=(404,))
 def ops_partner_kyc(partner_id: int, body: KycIn) -> PartnerRow:
+    # First the status alone, under the partner's row lock, committed: an acceptance holds
+    # that lock while it checks their KYC (dispatch.accept), and ON takes it too
+    # (set_duty), so either they finished before (and the job or duty is theirs, seen
+    # below) or they see the suspension. Then, in a second transaction, the jobs and
+    # offers they hold are taken back (block_partner locks legs before the partner's row,
+    # as acceptance does: the two in one transaction would deadlock with it).
     with transaction() as session:
-        in_hand: list[int] = []
-        if body.status in dispatch.BLOCKED_KYC:
-            # Before the partner's row: dispatch locks legs first (and takes back the jobs
-            # not picked up yet, withdraws the open offers, takes them off duty).
-            in_hand = dispatch.block_partner(session, partner_id, ops_actor())
         p = session.get(PartnerProfile, partner_id, with_for_update=True)
         if p is None:
             raise NotFound("no such partner", code="not_found")
         before = p.kyc_status
         p.kyc_status = body.status
-        audit(session, "partner.kyc", f"partner:{p.id}", before=before, after=body.status,
-              note=body.note, parcels_in_hand=in_hand)
+        if body.status not in dispatch.BLOCKED_KYC:
+            audit(session, "partner.kyc", f"partner:{p.id}", before=before,
+                  after=body.status, note=body.note, parcels_in_hand=[])
+    with transaction() as session:
+        if body.status in dispatch.BLOCKED_KYC:
+            # Run again by ops if it fails: block_partner changes nothing twice.
+            in_hand = dispatch.block_partner(session, partner_id, ops_actor())
+            audit(session, "partner.kyc", f"partner:{partner_id}", before=before,
+                  after=body.status, note=body.note, parcels_in_hand=in_hand)
+        p = session.get(PartnerProfile, partner_id)
+        assert p is not None
         phone = session.get(Person, p.person_id).phone  # type: ignore[union-attr]
         return partner_row(p, phone)
 

@@ -31,7 +31,7 @@ the partner who earned least today comes first.
 from __future__ import annotations
 
 import unicodedata
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from functools import lru_cache
@@ -330,7 +330,8 @@ class Stop:
 
 
 def plan_relay(pickup: Stop, drop: Stop, points: Sequence[Stop], dist,
-               max_leg_m: int | None = None) -> list[Stop] | None:
+               max_leg_m: int | Callable[[Stop], int | None] | None = None,
+               ) -> list[Stop] | None:
     """Stops of a relay pickup -> Point A -> Point B -> drop, or None if no useful relay.
 
     A is the Point nearest the pickup, B the one nearest the drop (the same Point gives a
@@ -339,7 +340,9 @@ def plan_relay(pickup: Stop, drop: Stop, points: Sequence[Stop], dist,
     the neighbouring leg starts (ends) at the customer's own place, where the parcel
     really changes hands. A relay is only useful if every leg is shorter than the direct
     trip and within ``max_leg_m`` (the range of the vehicles that would ride it, when
-    known), and the whole is at most ``RELAY_MAX_LENGTH_PCT`` of the direct trip.
+    known: one figure for every leg, or a function of the leg's start, since the riders
+    of a leg are those near where it starts), and the whole is at most
+    ``RELAY_MAX_LENGTH_PCT`` of the direct trip.
     """
     if not points:
         return None
@@ -356,9 +359,12 @@ def plan_relay(pickup: Stop, drop: Stop, points: Sequence[Stop], dist,
     stops = route + [drop]
     direct = dist(pickup, drop)
     legs = [dist(x, y) for x, y in zip(stops, stops[1:], strict=False)]
-    longest = direct - 1 if max_leg_m is None else min(direct - 1, max_leg_m)
-    if max(legs) > longest or sum(legs) * 100 > direct * RELAY_MAX_LENGTH_PCT:
+    if max(legs) > direct - 1 or sum(legs) * 100 > direct * RELAY_MAX_LENGTH_PCT:
         return None
+    for start, metres in zip(stops, legs, strict=False):
+        limit = max_leg_m(start) if callable(max_leg_m) else max_leg_m
+        if limit is not None and metres > limit:
+            return None  # nobody where this leg starts could ride it
     return stops
 
 

@@ -40,6 +40,7 @@ to rule out deadlocks.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 from collections.abc import Callable, Iterable
@@ -497,10 +498,10 @@ def _legs(session: Session, booking: Booking) -> list[Leg]:
                                 .order_by(Leg.sequence)))
 
 
-def _fleet(session: Session, leg: Leg, load: rules.Load) -> set[VehicleType]:
-    """Vehicle types that may carry the load from the leg's start: those of the eligible
-    partners near it or, with nobody near right now, every type able to carry it."""
-    cands = find_candidates(session, leg.from_lat, leg.from_lng, load, config().radii_km[-1])
+def _fleet(session: Session, lat: float, lng: float, load: rules.Load) -> set[VehicleType]:
+    """Vehicle types that may carry the load from a leg's start at (lat, lng): those of the
+    eligible partners near it or, with nobody near right now, every type able to carry it."""
+    cands = find_candidates(session, lat, lng, load, config().radii_km[-1])
     if not cands:
         return {vt for vt in VehicleType if can_carry(vt, load.size, load.weight)}
     ids = [r.candidate.partner_id for r in cands]
@@ -539,7 +540,8 @@ def plan_legs(session: Session, booking: Booking) -> list[Leg]:
         return legs
     leg = legs[0]
     hours = config().delivery_hours[SpeedTier(booking.speed_tier)]
-    fleet = _fleet(session, leg, load_of(booking))
+    load = load_of(booking)
+    fleet = _fleet(session, leg.from_lat, leg.from_lng, load)
     if any(rules.can_do_direct(vt, leg.distance_m, hours) for vt in fleet):
         return legs
     detour = active_rate_card(session).detour_factor_bp
@@ -560,10 +562,20 @@ def plan_legs(session: Session, booking: Booking) -> list[Leg]:
     candidates = {s.point_id: s for end in (pickup, drop)
                   for s in _road_nearest_candidates(session, end, dist)}
     relay_points = sorted(candidates.values(), key=lambda stop: stop.point_id or 0)
-    # Each leg within the range of the vehicles around: a leg none of them can ride would
-    # strand the parcel at a Point halfway, while a booking nobody takes before pickup is
-    # refunded.
-    max_leg_m = max((rules.VEHICLE_RANGE_KM[vt] * 1000 for vt in fleet), default=None)
+    # Each leg within the range of the vehicles around its own start (the pickup, or the
+    # Point it leaves from), whose riders are the ones offered it: a leg none of them can
+    # ride would strand the parcel at a Point halfway, while a booking nobody takes before
+    # pickup is refunded.
+    ranges: dict[tuple[float, float], int | None] = {}
+
+    def max_leg_m(start: rules.Stop) -> int | None:
+        at = (start.lat, start.lng)
+        if at not in ranges:
+            near = fleet if at == (pickup.lat, pickup.lng) else _fleet(
+                session, start.lat, start.lng, load)
+            ranges[at] = max((rules.VEHICLE_RANGE_KM[vt] * 1000 for vt in near), default=None)
+        return ranges[at]
+
     stops = rules.plan_relay(pickup, drop, relay_points, dist, max_leg_m)
     if stops is None:
         return legs
@@ -1588,20 +1600,22 @@ def accept(session: Session, partner: PartnerProfile, code: str | None) -> Reply
     job = job_code(leg)
     cfg = config()
     late = clock.now() > offer.expires_at + timedelta(seconds=cfg.offer_grace_s)
+    if booking.status in CLOSED_BOOKING:
+        # Cancelled (or failed) as they said yes: nobody took the job, it is off. Their
+        # offer, if the cancel has not withdrawn it yet, goes without counting.
+        if offer.status == rules.OfferStatus.OPEN.value:
+            _withdraw(offer, partner)
+        return _r("dispatch.job_cancelled", job=job)
     if offer.status == rules.OfferStatus.DECLINED.value or _closed_going_off(offer):
         # Their no stays on record unless the job is theirs after all (below).
-        if booking.status in CLOSED_BOOKING:
-            return _r("dispatch.job_cancelled", job=job)
         if leg.status != LegStatus.OFFERING.value:
             return _gone(leg, job)
         if late:
             return _r("dispatch.offer_expired", job=job)
     elif offer.status != rules.OfferStatus.OPEN.value:
         return _gone(leg, job)
-    elif leg.status != LegStatus.OFFERING.value or booking.status in CLOSED_BOOKING:
+    elif leg.status != LegStatus.OFFERING.value:
         _withdraw(offer, partner)
-        if booking.status in CLOSED_BOOKING:
-            return _r("dispatch.job_cancelled", job=job)
         return _gone(leg, job)
     elif late:
         _expire(session, offer)
@@ -1903,6 +1917,13 @@ def _done_before(session: Session, partner: PartnerProfile, kind: str, otp: str 
     return None
 
 
+def _booking_closed(session: Session, leg: Leg) -> bool:
+    """Whether the leg's booking is closed (cancelled, failed...), read as committed now:
+    the caller holds the leg's lock, which a cancel takes before the booking's."""
+    return session.scalar(select(Booking.status).where(
+        Booking.id == leg.booking_id)) in CLOSED_BOOKING
+
+
 def confirm(session: Session, partner: PartnerProfile, kind: str,
             numbers: tuple[str, ...]) -> Reply:
     """PICK or DROP with an OTP. Wrong codes count; too many lock the leg and alert ops.
@@ -1924,12 +1945,16 @@ def confirm(session: Session, partner: PartnerProfile, kind: str,
             return _done_before(session, partner, kind, otp) or problem
         return problem
     assert leg is not None
+    # Changed since read (the customer cancelled meanwhile): StaleDataError, and the
+    # turn runs again (inbound.lost_a_race), answered as a PICK after the cancel is.
     leg = _lock_leg(session, leg.id)
     assert leg is not None
     job = job_code(leg)
     cfg = config()
     if leg.partner_id != partner.id:
         return _r("dispatch.no_such_job", job=job)
+    if _booking_closed(session, leg):
+        return _r("dispatch.job_cancelled", job=job)
     if kind == "pickup" and partner.kyc_status in BLOCKED_KYC and not parcel_in_hand(
             session, leg):
         return blocked
@@ -1970,10 +1995,11 @@ def confirm(session: Session, partner: PartnerProfile, kind: str,
     return _delivered(session, booking, leg, actor)
 
 
-def _picked_up(session: Session, booking: Booking, leg: Leg, actor: Actor) -> Reply:
-    move_leg(session, leg, LegStatus.PICKED_UP, actor, "pickup OTP confirmed")
+def _picked_up(session: Session, booking: Booking, leg: Leg, actor: Actor,
+               reason: str = "pickup OTP confirmed") -> Reply:
+    move_leg(session, leg, LegStatus.PICKED_UP, actor, reason)
     if booking.status == BookingStatus.ASSIGNED.value:
-        move_booking(session, booking, BookingStatus.PICKED_UP, actor, "pickup OTP confirmed")
+        move_booking(session, booking, BookingStatus.PICKED_UP, actor, reason)
         _status_to_customer(session, booking, f"leg{leg.id}")
     legs = _legs(session, booking)
     if leg.sequence < len(legs):
@@ -2015,11 +2041,15 @@ def cancel_by_partner(session: Session, partner: PartnerProfile,
     if problem is not None:
         return problem
     assert leg is not None
+    # As in confirm: a leg changed since read raises StaleDataError, and the turn runs
+    # again.
     leg = _lock_leg(session, leg.id)
     assert leg is not None
     job = job_code(leg)
     if leg.partner_id != partner.id:
         return _r("dispatch.no_such_job", job=job)
+    if _booking_closed(session, leg):
+        return _r("dispatch.job_cancelled", job=job)
     if (leg.status == LegStatus.LOCKED.value and not _picked_before(session, leg)
             and not _handed_over(session, leg)):
         # Locked by wrong pickup codes, the parcel still with the sender: ops decide.
@@ -2193,7 +2223,13 @@ def _home_follows_duty(session: Session, partner: PartnerProfile) -> None:
 def set_duty(session: Session, partner: PartnerProfile, on: bool) -> Reply:
     """ON/OFF duty; an SMS-only partner is (re)placed at their home Point. A suspended or
     rejected partner cannot go on duty, nor one who cannot be paid yet (KYC pending, or no
-    linked account)."""
+    linked account).
+
+    ON locks the partner's row and reads it again first: ops suspending them at that
+    moment (block_partner, after the KYC change committed) either see them on duty and
+    take them off, or are seen here."""
+    if on:
+        session.get(PartnerProfile, partner.id, with_for_update=True, populate_existing=True)
     if on and partner.kyc_status in BLOCKED_KYC:
         return _r("dispatch.duty_blocked", ops_phone=get_settings().ops_phone)
     if on and not payable(partner):
@@ -2343,25 +2379,68 @@ def fetch_pod_photo(leg_id: int, partner_id: int, url: str, content_type: str) -
         data = resp.raw.read(limit + 1, decode_content=True)
     if len(data) > limit:
         log.warning("proof-of-delivery photo too large", extra={"leg_id": leg_id})
+        _pod_not_kept(leg_id, partner_id, url, "dispatch.pod_too_large")
         return "too-large"
+    try:
+        with transaction() as session:
+            partner = session.get(PartnerProfile, partner_id)
+            if partner is None:
+                return "missing"
+            attach_pod(session, partner, leg_id, data, content_type, filed=True)
+    except (ValidationError, NotFound) as exc:
+        # Not a photo (or no longer this partner's drop): no retry would change it. The
+        # partner was told "got the photo" at once; they hear it is not kept, and why.
+        log.warning("proof-of-delivery photo not kept",
+                    extra={"leg_id": leg_id, "code": exc.code})
+        if exc.code in ("not_a_photo", "empty_photo", "photo_too_large"):
+            key = ("dispatch.pod_too_large" if exc.code == "photo_too_large"
+                   else "dispatch.pod_not_photo")
+            _pod_not_kept(leg_id, partner_id, url, key)
+        return exc.code
+    return "stored"
+
+
+def _pod_not_kept(leg_id: int, partner_id: int, url: str, key: str) -> None:
+    """Tell the partner, where they sent it (WhatsApp, in its 24-hour window; else SMS),
+    that their photo for the leg is not kept."""
     with transaction() as session:
         partner = session.get(PartnerProfile, partner_id)
-        if partner is None:
-            return "missing"
-        attach_pod(session, partner, leg_id, data, content_type, filed=True)
-    return "stored"
+        leg = session.get(Leg, leg_id)
+        if partner is None or leg is None:
+            return
+        person = _person(session, partner)
+        media = hashlib.sha256(url.encode()).hexdigest()[:16]
+        notify.send_to_person(session, person, i18n.t(key, _lang(person), job=job_code(leg)),
+                              dedupe_key=f"pod-{leg_id}-{media}-not-kept",
+                              booking_id=leg.booking_id)
 
 
 def unlock_leg(session: Session, leg_id: int, actor: Actor) -> Leg:
     """Ops put a locked leg back where it was, with fresh OTPs sent out again. One whose
     partner was suspended meanwhile, parcel not picked up, goes back to offering instead:
-    they may not pick it up. Conflict if the leg is not locked."""
+    they may not pick it up. Conflict if the leg is not locked.
+
+    A relay leg whose parcel was handed over already (the previous rider's DROP took the
+    code this rider read out, face to face: the parcel is in their hands) and that locked
+    on their PICK codes is recorded as picked up, and they are told to deliver it: the
+    rider who would read out a new pickup code has left the Point, and a code sent to the
+    holder to type back in would prove nothing the handover did not."""
     leg = _lock_leg(session, leg_id)
     if leg is None:
         raise NotFound("no such leg", code="unknown_job")
     if leg.status != LegStatus.LOCKED.value:
         raise Conflict(f"leg {leg_id} is not locked (it is {leg.status})", code="not_locked")
     picked = _picked_before(session, leg)
+    if not picked and leg.partner_id is not None and _handed_over(session, leg):
+        booking = session.get(Booking, leg.booking_id, with_for_update=True)
+        assert booking is not None
+        holder = session.get(PartnerProfile, leg.partner_id)
+        assert holder is not None
+        _picked_up(session, booking, leg, actor, "unlocked by ops: handed over at the Point")
+        _sms_partner(session, holder, "dispatch.unlocked_handed", booking_id=booking.id,
+                     dedupe_key=f"leg-{leg.id}-unlocked-{leg.version}", job=job_code(leg),
+                     drop=place(session, booking, leg, "to"))
+        return leg
     back = LegStatus.PICKED_UP if picked else LegStatus.ASSIGNED
     move_leg(session, leg, back, actor, "unlocked by ops")
     booking = session.get(Booking, leg.booking_id, with_for_update=True)

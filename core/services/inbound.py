@@ -32,6 +32,7 @@ from sqlalchemy import Table, bindparam, select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session
+from sqlalchemy.orm.exc import StaleDataError
 
 from core import clock, i18n
 from core.adapters.db import transaction
@@ -122,7 +123,12 @@ TURN_ATTEMPTS = 3
 
 def lost_a_race(exc: BaseException) -> bool:
     """True if ``exc`` is PostgreSQL aborting this transaction for a concurrent one
-    (deadlock, serialization failure): the whole transaction can simply run again."""
+    (deadlock, serialization failure), or a row read earlier in the transaction found
+    changed by a concurrent one when locked (StaleDataError: a versioned row, a leg or a
+    booking, read, then locked after another transaction committed a change to it): the
+    whole transaction can simply run again, and then sees the other's work."""
+    if isinstance(exc, StaleDataError):
+        return True
     orig = getattr(exc, "orig", None)
     return isinstance(exc, OperationalError) and (
         getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)) in LOST_RACE_SQLSTATES
@@ -139,11 +145,13 @@ def _claimed_turn(msg: InboundMessage, handler: Handler, *, send_replies: bool =
             if attempt >= 2:
                 raise
             log.info("retrying inbound message after a creation race")
-        except OperationalError as exc:
+        except (OperationalError, StaleDataError) as exc:
             # A deadlock or serialization failure with a concurrent turn or job (a partner's
-            # OFF while a rival takes the same leg): the loser rolled back whole, and runs
-            # again. Anything else (the database away) goes up: the webhook answers 503,
-            # the drain job is retried, and the message is not lost either way.
+            # OFF while a rival takes the same leg), or a row changed between its read and
+            # its lock (a PICK crossing the customer's cancel): the loser rolled back
+            # whole, and runs again. Anything else (the database away) goes up: the
+            # webhook answers 503, the drain job is retried, and the message is not lost
+            # either way.
             if not lost_a_race(exc) or attempt == TURN_ATTEMPTS:
                 raise
             log.warning("retrying inbound message after a lock conflict",
