@@ -76,3 +76,21 @@ def test_the_openapi_document_describes_the_fee_shown(client):
     spec = client.get("/api/v1/openapi.json").get_json()
     params = spec["paths"]["/api/v1/bookings/{ref}/cancel"]["post"]["parameters"]
     assert "expected_fee_paise" in {p["name"] for p in params}
+
+
+def test_the_fee_sent_in_a_body_the_cancel_does_not_read_is_refused(client, live):
+    """The README names expected_fee_paise next to the booking's quoted_total_paise (a
+    body field): sent in the cancel's body, it was ignored and the cancel went through
+    at a fee never shown. A route that reads no body refuses one with fields, naming
+    the query parameter; an empty object (some clients always send one) is fine."""
+    bid, ref, me, look = _looked_then_taken(client)
+    r = client.post(f"/api/v1/bookings/{ref}/cancel",
+                    json={"expected_fee_paise": look["fee_paise"]}, headers=me)
+    assert r.status_code == 400, r.get_json()
+    error = r.get_json()["error"]
+    assert (error["code"], error["field"]) == ("unexpected_body", "expected_fee_paise")
+    assert "query string" in error["message"]
+    assert _status(bid) == BookingStatus.ASSIGNED.value  # nothing cancelled
+    r = client.post(f"/api/v1/bookings/{ref}/cancel?dry_run=1", json={}, headers=me)
+    assert r.status_code == 200 and r.get_json()["fee_paise"] > 0, r.get_json()
+    run_jobs()

@@ -181,6 +181,28 @@ def parse_body(model: type[BaseModel]) -> BaseModel:
         raise _validation_error(exc) from None
 
 
+def refuse_unread_body(query: type[BaseModel] | None) -> None:
+    """A route that reads no body refuses one that says something: a field sent in the
+    body that belongs in the query string (``expected_fee_paise`` of a cancel) would be
+    ignored, and the request done as if it had not been given. Nothing, or ``{}`` (which
+    some clients always send), is fine."""
+    raw = request.get_data(cache=True)
+    if not raw.strip():
+        return
+    try:
+        data = json.loads(raw.decode("utf-8"))
+    except (ValueError, RecursionError):
+        data = raw
+    if data == {}:
+        return
+    # Only the query's own names are said back (never the client's text as such).
+    known = sorted(set(data) & set(query.model_fields)) if (
+        isinstance(data, dict) and query is not None) else []
+    raise ApiError(400, "unexpected_body", "this endpoint reads no body" + (
+        f"; give {', '.join(known)} in the query string" if known else ""),
+        known[0] if known else None)
+
+
 def parse_query(model: type[BaseModel]) -> BaseModel:
     args = request.args.to_dict(flat=True)
     _reject_nul(args)  # each key and its first value; a second value is refused below
@@ -248,6 +270,8 @@ def endpoint(
                 kwargs["query"] = parse_query(query)
             if body is not None:
                 kwargs["body"] = parse_body(body)
+            elif not raw_body:
+                refuse_unread_body(query)
             if raw_body:
                 if request.mimetype not in raw_body:
                     raise ApiError(415, "unsupported_media_type",
