@@ -273,7 +273,7 @@ def test_an_index_left_invalid_by_a_failed_build_is_built_again(db, engine):
 
 
 @pytest.mark.parametrize("revision", ["0013", "0015", "0016", "0017", "0020", "0021", "0022",
-                                      "0025"])
+                                      "0023", "0025"])
 def test_a_migration_that_commits_part_way_runs_again(db, engine, revision):
     """These commit before they end (CONCURRENTLY, batches): one stopped part-way (a lock
     timeout, a killed release) is run again from its start, and must go through."""
@@ -398,3 +398,45 @@ def test_two_partners_on_one_payout_account_stop_the_migration_naming_them(db, e
     with engine.begin() as conn, pytest.raises(IntegrityError):
         conn.execute(text("UPDATE partner_profiles SET payout_account_id = 'acc_asha' "
                           "WHERE id = 1"))
+
+
+def test_0023_validates_the_ledger_check_without_holding_the_ledger_locked(db, engine):
+    """migrations/README.md: 'add a CHECK NOT VALID, then VALIDATE CONSTRAINT after a
+    commit (validating takes no lock that writes wait for)'; run in one transaction
+    (transaction_per_migration), the ADD CONSTRAINT's ACCESS EXCLUSIVE lock on
+    ledger_postings was still held when VALIDATE read a year of postings, and every
+    balance read and ledger_post() of the release still serving queued behind it
+    (found by a review of session 19's commits). Probed as VALIDATE starts: a balance
+    read (the web's lock_timeout, shortened) must not wait for a lock."""
+    upgrade(db, "0022")
+    with engine.begin() as conn:  # a few entries the previous release wrote
+        conn.execute(text(
+            "SELECT ledger_post(1, 'capture:pay_rev9', 'capture', 'pay_rev9', 'test', NULL, "
+            "'payment captured', now(), CAST(:p AS jsonb), CAST('{}' AS jsonb))"),
+            {"p": '[{"account": "gateway_clearing", "account_kind": "gateway_clearing", '
+                  '"booking_id": 1, "partner_id": null, "leg_id": null, '
+                  '"amount_paise": -10000}, '
+                  '{"account": "escrow:b1", "account_kind": "escrow", "booking_id": 1, '
+                  '"partner_id": null, "leg_id": null, "amount_paise": 10000}]'})
+    probe = create_engine(db, poolclass=NullPool)
+    waited: list[str] = []
+
+    def before_validate(conn, cursor, statement, *args) -> None:
+        if "VALIDATE CONSTRAINT" not in statement.upper() or waited:
+            return
+        with probe.connect() as web:
+            web.execute(text("SET lock_timeout = '300ms'"))
+            try:
+                web.execute(text("SELECT coalesce(sum(amount_paise), 0) FROM ledger_postings "
+                                 "WHERE account = 'escrow:b1'"))
+                waited.append("no")
+            except DBAPIError as err:
+                waited.append(getattr(err.orig, "sqlstate", None) or "error")
+
+    event.listen(Engine, "before_cursor_execute", before_validate)
+    try:
+        upgrade(db, "0023")
+    finally:
+        event.remove(Engine, "before_cursor_execute", before_validate)
+        probe.dispose()
+    assert waited == ["no"], f"a balance read waited for 0023's lock: {waited}"

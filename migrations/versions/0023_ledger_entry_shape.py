@@ -12,7 +12,7 @@ payment's capture) was then "recorded already" and never booked.
 
 Now a CHECK ties the account's name to its kind and ids (escrow and refunds pending per
 booking, a partner's payable per partner, the two shared accounts by their kind alone),
-added NOT VALID and then validated, so the table is not locked against writes while the
+added NOT VALID and validated after a commit, so nobody waits on the ledger while the
 existing rows are read; and a deferred constraint trigger on ``ledger_transactions``
 asks at commit that each new entry has at least two postings. ``ledger_post()`` always
 wrote entries of this shape: nothing it does changes.
@@ -53,14 +53,27 @@ CHECK_ENTRY = """
 
 
 def upgrade() -> None:
-    op.execute("ALTER TABLE ledger_postings ADD CONSTRAINT ck_ledger_postings_account_shape "
-               f"CHECK ({ACCOUNT_SHAPE}) NOT VALID")
-    op.execute("ALTER TABLE ledger_postings VALIDATE CONSTRAINT ck_ledger_postings_account_shape")
-    op.execute(CHECK_ENTRY)
+    # Each step short, and the migration safe to run again from its start (it commits
+    # part-way: a run stopped by a lock timeout or a killed release is simply run again).
+    op.execute(CHECK_ENTRY.replace("CREATE FUNCTION", "CREATE OR REPLACE FUNCTION"))
+    op.execute("DROP TRIGGER IF EXISTS ledger_transactions_have_postings ON ledger_transactions")
     op.execute(
         "CREATE CONSTRAINT TRIGGER ledger_transactions_have_postings AFTER INSERT ON "
         "ledger_transactions DEFERRABLE INITIALLY DEFERRED FOR EACH ROW "
         "EXECUTE FUNCTION ledger_check_entry()")
+    bind = op.get_bind()
+    if bind.exec_driver_sql(
+            "SELECT 1 FROM pg_constraint WHERE conname = 'ck_ledger_postings_account_shape'"
+    ).scalar() is None:
+        # NOT VALID: new rows are checked from the commit on, and the lock the ADD takes
+        # (which every reader of the ledger waits for) lasts no longer than the ADD.
+        op.execute("ALTER TABLE ledger_postings ADD CONSTRAINT ck_ledger_postings_account_shape "
+                   f"CHECK ({ACCOUNT_SHAPE}) NOT VALID")
+    # After a commit: VALIDATE reads every posting under a lock that neither readers nor
+    # writers wait for; inside the ADD's transaction the ADD's lock would still be held.
+    with op.get_context().autocommit_block():
+        op.execute("ALTER TABLE ledger_postings VALIDATE CONSTRAINT "
+                   "ck_ledger_postings_account_shape")
 
 
 def downgrade() -> None:
