@@ -275,11 +275,19 @@ def set_up(args: argparse.Namespace) -> int:
                 done = setup.add_point(session, args.pincode, args.office, actor=CLI_ACTOR)
             elif args.cmd == "rate-card":
                 done = setup.activate_default_rate_card(session, actor=CLI_ACTOR)
+            elif args.cmd == "set-payout-account":
+                done = setup.set_payout_account(session, _partner_id(session, args),
+                                                args.account, actor=CLI_ACTOR, note=args.note)
             else:
                 done = setup.add_partner(session, setup.NewPartner(
                     phone=args.phone, name=args.name, language=args.language,
                     vehicle=args.vehicle, payload_kg=args.payload_kg, point=args.point,
                     payout_account=args.payout_account, has_app=args.app), actor=CLI_ACTOR)
+                if not done.changed and args.payout_account is not None:
+                    # A partner signed up without one: run again with it, it is filled in
+                    # (another account than theirs is refused: set-payout-account).
+                    done = setup.set_payout_account(session, done.id, args.payout_account,
+                                                    actor=CLI_ACTOR, only_if_missing=True)
     except DomainError as err:  # messages mask phones: they never carry one in full
         print(f"{args.cmd}: {err.message}", file=sys.stderr)
         return 2
@@ -291,6 +299,25 @@ def set_up(args: argparse.Namespace) -> int:
     log.info("set-up done", extra={"command": args.cmd, "changed": done.changed,
                                    "id": done.id})
     return 0
+
+
+def _partner_id(session, args: argparse.Namespace) -> int:
+    """The partner ``--partner`` (an id) or ``--phone`` names (NotFound if none)."""
+    from sqlalchemy import select
+
+    from core.adapters.models import PartnerProfile, Person
+    from core.domain.errors import NotFound
+    from core.domain.phone import normalize_phone
+
+    if args.partner is not None:
+        return int(args.partner)
+    found = session.scalar(select(PartnerProfile.id).join(
+        Person, Person.id == PartnerProfile.person_id).where(
+        Person.phone == normalize_phone(args.phone)))
+    if found is None:
+        raise NotFound("no partner has that phone (add-partner signs one up)",
+                       code="not_found", field="phone")
+    return int(found)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -324,6 +351,14 @@ def main(argv: list[str] | None = None) -> int:
     pa.add_argument("--point", required=True, help="home Point: its id or name")
     pa.add_argument("--payout-account", help="Razorpay Route linked account (acc_...)")
     pa.add_argument("--app", action="store_true", help="the partner uses the partner app")
+    sp = sub.add_parser("set-payout-account",
+                        help="give a partner their payout account, or change it (refused "
+                             "while they hold a job or a payout on hold)")
+    who = sp.add_mutually_exclusive_group(required=True)
+    who.add_argument("--partner", type=int, help="the partner's id")
+    who.add_argument("--phone", help="the partner's mobile number")
+    sp.add_argument("--account", required=True, help="Razorpay Route linked account (acc_...)")
+    sp.add_argument("--note", help="why (kept in the audit log, numbers masked)")
     args = parser.parse_args(argv)
     try:
         logs.configure(get_settings().log_level)
@@ -351,7 +386,8 @@ def run_command(args: argparse.Namespace) -> int:
         from core.services import retention
 
         print(json.dumps(retention.run()))
-    elif args.cmd in ("add-operator", "add-point", "rate-card", "add-partner"):
+    elif args.cmd in ("add-operator", "add-point", "rate-card", "add-partner",
+                      "set-payout-account"):
         return set_up(args)
     return 0
 

@@ -47,7 +47,8 @@ REQUIRED_KEYS = (
     | {f"fare.{s}" for s in "base distance size weight fragile tier surge minimum total".split()}
     | {f"dispatch.unfit_{r}" for r in ("vehicle", "trust_tier")}  # dispatch.accept
     | {"dispatch.job_cancelled", "dispatch.duty_blocked"}  # booking_cancelled, set_duty
-    | {"dispatch.duty_pending_kyc"}  # set_duty, accept: KYC pending or no payout account
+    | {"dispatch.duty_pending_kyc"}  # set_duty, accept: KYC pending
+    | {"dispatch.duty_no_payout_account"}  # set_duty, accept: verified, no payout account
     | {"dispatch.which_job", "dispatch.which_job_cancel"}  # _choose_leg
     | {"dispatch.already_delivered"}  # confirm: a PICK/DROP sent again after the drop
     | {"dispatch.pick_first_handed", "dispatch.duty_off_handed",  # a relay parcel handed

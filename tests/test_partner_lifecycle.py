@@ -97,10 +97,11 @@ def test_a_partner_whose_kyc_is_pending_cannot_go_on_duty(client, live, frozen, 
 def test_a_verified_partner_without_a_linked_account_cannot_go_on_duty(
         client, live, frozen):  # noqa: F811
     """KYC checked, but signed up without a payout account: no payout could reach them,
-    so ON is refused the same way, in their language."""
+    so ON is refused, in their language, saying the account is what is missing."""
     partner, phone = make_partner("Ravi", LAXMIPUR, lang="ta", on_duty=False,
                                   payout_account=None)
-    told = i18n.t("dispatch.duty_pending_kyc", "ta", ops_phone=get_settings().ops_phone)
+    told = i18n.t("dispatch.duty_no_payout_account", "ta",
+                  ops_phone=get_settings().ops_phone)
     assert sms(client, phone, "ON") == [told]
     assert _on_duty(partner) is False
 

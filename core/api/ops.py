@@ -99,6 +99,10 @@ class PartnerRow(BaseModel):
     offers_accepted: int
     trust_tier: int
     kyc_status: str
+    payout_account: str | None = Field(
+        description="their Razorpay Route linked account (acc_...), null if none yet: "
+                    "without one they cannot go on duty, whatever their KYC (PUT "
+                    "/ops/partners/{partner_id}/payout-account sets it)")
     vehicles: list[str]
 
 
@@ -128,6 +132,14 @@ class KycIn(Strict):
     note: str = Field(min_length=3, max_length=300)
 
 
+class PayoutAccountIn(Strict):
+    account_id: str = Field(min_length=5, max_length=40,
+                            description="the partner's Razorpay Route linked account "
+                                        "(acc_...), each partner's own")
+    note: str | None = Field(default=None, min_length=3, max_length=300,
+                             description="why, for the audit log (numbers kept masked)")
+
+
 class PartnerIn(Strict):
     """A new partner, as `python -m core.cli add-partner` takes them."""
 
@@ -149,6 +161,7 @@ def partner_row(p: PartnerProfile, phone: str | None) -> PartnerRow:
         on_duty=p.on_duty, has_app=p.has_app, rating_x100=p.rating_x100,
         offers_received=p.offers_received, offers_accepted=p.offers_accepted,
         trust_tier=p.trust_tier, kyc_status=p.kyc_status,
+        payout_account=p.payout_account_id,
         vehicles=[v.type for v in p.vehicles if v.active])
 
 
@@ -389,6 +402,22 @@ def ops_partner_kyc(partner_id: int, body: KycIn) -> PartnerRow:
         assert p is not None
         phone = session.get(Person, p.person_id).phone  # type: ignore[union-attr]
         return partner_row(p, phone)
+
+
+@endpoint(bp, "PUT", "/ops/partners/<int:partner_id>/payout-account",
+          summary="Give a partner their payout account, or change it (not while they hold "
+                  "a job or a payout on hold: 409 partner_has_jobs)",
+          roles=OPS, body=PayoutAccountIn, response=PartnerRow, tags=("ops",),
+          errors=(404, 409))
+def ops_partner_payout_account(partner_id: int, body: PayoutAccountIn) -> PartnerRow:
+    # A transfer already made stays with the account it was made to (its row keeps it);
+    # the next leg's goes to this one. Committed changes drop the cached dispatch facts.
+    with transaction() as session:
+        admin.set_payout_account(session, partner_id, body.account_id,
+                                 actor=f"ops:{principal().person_id}", note=body.note)
+        p = session.get(PartnerProfile, partner_id)
+        assert p is not None
+        return partner_row(p, p.person.phone)
 
 
 @endpoint(bp, "POST", "/ops/partners",

@@ -47,8 +47,10 @@ REPLY_STATUS = {
     "dispatch.already_delivered": (409, "invalid_transition"),
     "dispatch.cancel_too_late": (409, "invalid_transition"),
     "dispatch.duty_blocked": (403, "duty_blocked"),
-    # KYC pending or no linked account: no duty and no job until they can be paid.
+    # KYC pending, or verified with no linked account: no duty and no job until they
+    # can be paid.
     "dispatch.duty_pending_kyc": (403, "kyc_pending"),
+    "dispatch.duty_no_payout_account": (403, "no_payout_account"),
     "dispatch.given_back": (409, "offer_closed"),
     "dispatch.withdrawn": (409, "offer_closed"),  # e.g. taking another job filled them up
     "dispatch.taken_from_you": (409, "offer_closed"),
@@ -153,8 +155,10 @@ def put_duty(body: DutyIn) -> DutyOut:
     with transaction() as session:
         person, partner = _me(session)
         reply = dispatch.set_duty(session, partner, body.on_duty)
-        # Suspended or rejected, or not payable yet (KYC pending): the reason, said.
-        if reply.key in ("dispatch.duty_blocked", "dispatch.duty_pending_kyc"):
+        # Suspended or rejected, or not payable yet (KYC pending, no payout account): the
+        # reason, said.
+        if reply.key in ("dispatch.duty_blocked", "dispatch.duty_pending_kyc",
+                         "dispatch.duty_no_payout_account"):
             status, code = REPLY_STATUS[reply.key]
             raise ApiError(status, code, reply.render(_lang(person)))
         return DutyOut(on_duty=partner.on_duty)

@@ -20,12 +20,14 @@ from sqlalchemy.orm import Session
 
 from core import clock
 from core.adapters.api_models import ApiSession, AuditEntry
-from core.adapters.models import PartnerProfile, Person, Point, RateCardRow, Vehicle
+from core.adapters.models import Leg, PartnerProfile, Person, Point, RateCardRow, Vehicle
+from core.adapters.payment_models import LegTransfer
 from core.adapters.pincode import post_offices
-from core.domain.errors import Conflict, ValidationError
+from core.domain.errors import Conflict, NotFound, ValidationError
 from core.domain.phone import mask_phone, normalize_phone
 from core.domain.pricing import DEFAULT_RATE_CARD, VEHICLE_CAPACITY, VehicleType
 from core.i18n import LANGUAGES
+from core.logs import mask_phones
 
 MAX_ID = 2**31 - 1  # PostgreSQL integer ids: a bigger number names nothing
 NAME_MAX = 60  # partner_profiles.first_name
@@ -250,8 +252,11 @@ def add_partner(session: Session, spec: NewPartner, *, actor: str) -> Outcome:
     person = _person(session, phone)
     if person is not None and person.role == "partner" and person.partner is not None:
         p = person.partner
+        unpaid = "" if p.payout_account_id else (
+            " (no payout account yet: they cannot go ON until one is set, "
+            f"set-payout-account --partner {p.id} --account acc_...)")
         return Outcome(False, p.id, f"{masked} is already partner {p.id} ({p.first_name}); "
-                       "nothing changed")
+                       f"nothing changed{unpaid}")
     if person is not None and person.role == "ops":
         raise Conflict(f"{masked} is an operator (person {person.id}); an operator cannot "
                        "also be a partner: use another phone", code="conflict", field="phone")
@@ -287,9 +292,81 @@ def add_partner(session: Session, spec: NewPartner, *, actor: str) -> Outcome:
     record(session, actor, "partner.add", f"partner:{profile.id}", phone=masked,
            person=person.id, before=before, point=home.id, vehicle=vehicle.value,
            payload_kg=spec.payload_kg, payout_account=spec.payout_account)
+    unpaid = "" if spec.payout_account else (
+        "; warning: no payout account, so they cannot go ON until one is set "
+        f"(set-payout-account --partner {profile.id} --account acc_...)")
     return Outcome(True, profile.id, f"partner {profile.first_name} {masked} added (partner "
                    f"{profile.id}, {vehicle.value} {spec.payload_kg} kg, Point {home.name}, "
-                   "KYC pending, off duty)")
+                   f"KYC pending, off duty){unpaid}")
+
+
+# Where a partner's jobs are in hand: a change of payout account waits until none is.
+_IN_HAND = ("assigned", "locked", "picked_up")
+
+
+def set_payout_account(session: Session, partner_id: int, account: str, *, actor: str,
+                       note: str | None = None, only_if_missing: bool = False) -> Outcome:
+    """Give a partner their Razorpay Route linked account (``acc_...``), or change it.
+
+    A partner signed up without one cannot go on duty (dispatch.payable); this is how they
+    get one later. Filling a missing account is always allowed. Changing an account is
+    refused (Conflict ``partner_has_jobs``) while the partner holds a job (taken, not yet
+    delivered) or a leg's transfer is still on hold to the old account: a hold would be
+    reversed and made anew to the new account in the middle of the job. A transfer already
+    released stays with the account it was made to (its row keeps it). With
+    ``only_if_missing`` (``add-partner`` run again) another account than theirs is refused,
+    pointing to ``set-payout-account``. The account is each partner's own (Conflict
+    ``payout_account_taken``). Same account again: nothing changed, nothing audited."""
+    if not isinstance(account, str) or not PAYOUT_ACCOUNT.fullmatch(account):
+        raise ValidationError("account_id is a Razorpay linked account id (acc_...)",
+                              code="bad_payout_account", field="account_id")
+    p = session.get(PartnerProfile, partner_id, with_for_update=True,
+                    populate_existing=True) if 1 <= partner_id <= MAX_ID else None
+    if p is None:
+        raise NotFound(f"no partner has id {partner_id}", code="not_found")
+    if not p.first_name:  # erased on their request: a return is a new sign-up
+        raise Conflict(f"partner {p.id} was erased; sign them up again (add-partner)",
+                       code="erased", field="partner")
+    phone = session.scalar(select(Person.phone).where(Person.id == p.person_id))
+    who = f"partner {p.id} ({p.first_name or '-'}, {mask_phone(phone) if phone else '-'})"
+    before = p.payout_account_id
+    if before == account:
+        return Outcome(False, p.id, f"{who} is already paid to {account}; nothing changed")
+    if before is not None and only_if_missing:
+        raise Conflict(f"{who} is paid to {before}; to change it run set-payout-account "
+                       f"--partner {p.id} --account {account}", code="payout_account_set",
+                       field="payout_account")
+    holder = session.scalar(select(PartnerProfile.id).where(
+        PartnerProfile.payout_account_id == account))
+    if holder is not None:
+        raise _account_taken(account, f"partner {holder}'s")
+    if before is not None:
+        jobs = list(session.scalars(select(Leg.id).where(
+            Leg.partner_id == p.id, Leg.status.in_(_IN_HAND)).order_by(Leg.id)))
+        held = list(session.scalars(select(LegTransfer.leg_id).where(
+            LegTransfer.partner_id == p.id, LegTransfer.status == "on_hold")
+            .order_by(LegTransfer.leg_id)))
+        if jobs or held:
+            what = (f"holds leg(s) {', '.join(map(str, jobs))}" if jobs else
+                    f"has payouts on hold to {before} (leg(s) {', '.join(map(str, held))})")
+            raise Conflict(f"{who} {what}; change the payout account once those are "
+                           "delivered and paid", code="partner_has_jobs",
+                           field="account_id")
+    p.payout_account_id = account
+    try:
+        session.flush()
+    except IntegrityError as exc:  # another partner was given it since the check above
+        if _ACCOUNT_INDEX in str(exc.orig):
+            raise _account_taken(account, "another partner's") from None
+        raise
+    record(session, actor, "partner.payout_account", f"partner:{p.id}", before=before,
+           after=account, **({"note": mask_phones(note)} if note else {}))
+    if p.kyc_status == "verified":
+        then = "they can text ON now"
+    else:
+        then = f"they can go ON once their KYC is verified (now {p.kyc_status})"
+    was = f"was {before}" if before else "had none"
+    return Outcome(True, p.id, f"{who} is paid to {account} ({was}); {then}")
 
 
 _ACCOUNT_INDEX = "uq_partner_profiles_payout_account_id"
@@ -301,4 +378,4 @@ def _account_taken(account: str | None, whose: str) -> Conflict:
 
 
 __all__ = ["NewPartner", "Outcome", "activate_default_rate_card", "add_operator",
-           "add_partner", "add_point", "find_point"]
+           "add_partner", "add_point", "find_point", "set_payout_account"]

@@ -1641,7 +1641,7 @@ def accept(session: Session, partner: PartnerProfile, code: str | None) -> Reply
         if still_open:
             _withdraw(offer, partner)
             _maybe_continue(session, leg)
-        return _r("dispatch.duty_pending_kyc", ops_phone=get_settings().ops_phone)
+        return _unpayable(partner)
     if reason == "at_capacity":
         # An offer they cannot take (it came before their last job filled them up): it
         # goes, not held against them, and the job to the next partner at once.
@@ -2144,6 +2144,15 @@ def payable(partner: PartnerProfile) -> bool:
     return partner.kyc_status == VERIFIED_KYC and bool(partner.payout_account_id)
 
 
+def _unpayable(partner: PartnerProfile) -> Reply:
+    """Why a partner who cannot be paid may not work: their papers are still being checked
+    (``duty_pending_kyc``), or, checked, ops have no payout account of theirs yet
+    (``duty_no_payout_account``): each points the partner, and ops, the right way."""
+    if partner.kyc_status == VERIFIED_KYC and not partner.payout_account_id:
+        return _r("dispatch.duty_no_payout_account", ops_phone=get_settings().ops_phone)
+    return _r("dispatch.duty_pending_kyc", ops_phone=get_settings().ops_phone)
+
+
 def block_partner(session: Session, partner_id: int, actor: Actor) -> list[int]:
     """Ops suspended or rejected a partner: they go off duty, their open offers are
     withdrawn, and the jobs they took but have not picked up go back to offering (the
@@ -2233,7 +2242,7 @@ def set_duty(session: Session, partner: PartnerProfile, on: bool) -> Reply:
     if on and partner.kyc_status in BLOCKED_KYC:
         return _r("dispatch.duty_blocked", ops_phone=get_settings().ops_phone)
     if on and not payable(partner):
-        return _r("dispatch.duty_pending_kyc", ops_phone=get_settings().ops_phone)
+        return _unpayable(partner)
     in_hand: list[tuple[Leg, DispatchOffer]] = []
     if not on:
         # The legs of the offers in hand, then the offers, are locked before the partner's
