@@ -240,3 +240,57 @@ def test_partners_erased_before_the_release_free_their_payout_accounts(db, engin
         accounts = dict(conn.execute(text(
             "SELECT id, payout_account_id FROM partner_profiles ORDER BY id")).all())
     assert accounts == {1: "acc_ravi000001", 11: None, 12: "acc_asha000012"}
+
+
+def test_a_partner_on_duty_whose_kyc_ops_put_back_to_pending_is_told_and_not_left_on_duty(
+        client, live, frozen):  # noqa: F811
+    """Ops find a verified rider's documents need checking again (PUT .../kyc pending) while
+    he waits on duty at his Point. A pending partner is offered no job (not payable), but
+    ops_partner_kyc took only a suspended or rejected partner off duty (block_partner): he
+    stayed ON duty, nothing was sent to him, and STATUS answered 'No job now. You are ON
+    duty.' (found by a review of session 19's commits). An SMS-only rider waits all day
+    for offers that cannot come. He should hear what a pending partner's ON hears
+    (duty_pending_kyc), and STATUS must not tell him he is on duty waiting for jobs."""
+    partner, phone = make_partner("Ramesh", LAXMIPUR, lang="en")
+    before = len(bodies_to(phone))
+    r = client.put(f"{API}/ops/partners/{partner}/kyc", headers=sign_in(client, OPS),
+                   json={"status": "pending", "note": "licence photo unreadable"})
+    assert r.status_code == 200, r.get_json()
+    booking = paid_booking()
+    start(booking)
+    assert partner not in [o.partner_id for o in offers(legs_of(booking)[0].id)]
+    told = i18n.t("dispatch.duty_pending_kyc", "en", ops_phone=get_settings().ops_phone)
+    sent = bodies_to(phone)[before:]
+    status = sms(client, phone, "STATUS")
+    assert told in sent, sent
+    assert status != [i18n.t("dispatch.status_none_on", "en")], status
+
+
+def test_partners_the_previous_release_left_working_with_kyc_pending_are_not_left_on_duty(
+        db, engine):  # noqa: F811
+    """Before session 19 'pending partners work, as before': riders signed up with KYC
+    pending went ON and took jobs. Without a step for them (migration 0026), after the
+    upgrade they were still on duty, every offer pass leaves them out
+    (kyc_status = 'verified' is asked), and nobody tells them. A partner who cannot be
+    paid should not be left on duty by the upgrade (a verified one with an account is
+    untouched)."""
+    upgrade(db, "0023")
+    with engine.begin() as conn:
+        conn.execute(text(
+            "INSERT INTO people (id, phone, name, role, opted_out) VALUES "
+            "(21, '+919800000021', 'Sunita', 'partner', false), "
+            "(22, '+919800000022', 'Asha', 'partner', false)"))
+        conn.execute(text(
+            "INSERT INTO partner_profiles (id, person_id, first_name, on_duty, has_app, "
+            "rating_x100, offers_received, offers_accepted, trust_tier, max_active_legs, "
+            "kyc_status, payout_account_id) VALUES "
+            "(21, 21, 'Sunita', true, false, 450, 3, 3, 1, 2, 'pending', 'acc_sunita00021'), "
+            "(22, 22, 'Asha', true, false, 450, 3, 3, 1, 2, 'verified', 'acc_asha0000022')"))
+    upgrade(db, "heads")
+    with engine.connect() as conn:
+        duty = dict(conn.execute(text(
+            "SELECT id, on_duty FROM partner_profiles WHERE id IN (21, 22)")).all())
+    assert duty == {21: False, 22: True}
+
+
+# --- b211910: migration 0023 locks the ledger while it validates ----------------------------

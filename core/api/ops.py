@@ -389,11 +389,13 @@ def ops_partner_kyc(partner_id: int, body: KycIn) -> PartnerRow:
             raise NotFound("no such partner", code="not_found")
         before = p.kyc_status
         p.kyc_status = body.status
-        if body.status not in dispatch.BLOCKED_KYC:
+        # Suspended, rejected, or pending again: they cannot be paid, so they stop.
+        stops = body.status != dispatch.VERIFIED_KYC
+        if not stops:
             audit(session, "partner.kyc", f"partner:{p.id}", before=before,
                   after=body.status, note=body.note, parcels_in_hand=[])
     with transaction() as session:
-        if body.status in dispatch.BLOCKED_KYC:
+        if stops:
             # Run again by ops if it fails: block_partner changes nothing twice.
             in_hand = dispatch.block_partner(session, partner_id, ops_actor())
             audit(session, "partner.kyc", f"partner:{partner_id}", before=before,

@@ -2154,7 +2154,8 @@ def _unpayable(partner: PartnerProfile) -> Reply:
 
 
 def block_partner(session: Session, partner_id: int, actor: Actor) -> list[int]:
-    """Ops suspended or rejected a partner: they go off duty, their open offers are
+    """Ops suspended or rejected a partner, or put their KYC back to pending (they cannot
+    be paid until it is checked again): they go off duty, their open offers are
     withdrawn, and the jobs they took but have not picked up go back to offering (the
     customer hears we look again; the partner that the job is cancelled for them). A
     parcel already in their hands (picked up, or handed over to them on a relay) stays
@@ -2182,11 +2183,13 @@ def block_partner(session: Session, partner_id: int, actor: Actor) -> list[int]:
     if partner is None:
         return []
     if partner.on_duty or offers:
-        # Waiting for offers that cannot come any more: they hear it once, and whom to call
-        # (the jobs taken back are told one by one below).
-        _sms_partner(session, partner, "dispatch.duty_blocked",
+        # Waiting for offers that cannot come any more: they hear it once, why, and whom
+        # to call (the jobs taken back are told one by one below).
+        why = (_r("dispatch.duty_blocked", ops_phone=get_settings().ops_phone)
+               if partner.kyc_status in BLOCKED_KYC else _unpayable(partner))
+        _sms_partner(session, partner, why.key,
                      dedupe_key=f"partner-{partner.id}-blocked-{clock.now().timestamp():.0f}",
-                     ops_phone=get_settings().ops_phone)
+                     **why.params)
     partner.on_duty = False
     _home_follows_duty(session, partner)
     for offer in offers:
@@ -2302,6 +2305,9 @@ def status_lines(session: Session, partner: PartnerProfile, lang: str) -> list[s
     for offer in open_offers_of(session, partner):
         lines.append(i18n.t("dispatch.status_offer", lang, job=offer.leg_id))
     if not lines:
+        if partner.on_duty and not payable(partner) and partner.kyc_status not in BLOCKED_KYC:
+            # On duty from before they could not be paid: no offer can come; say why.
+            return [_unpayable(partner).render(lang)]
         key = "dispatch.status_none_on" if partner.on_duty else "dispatch.status_none_off"
         return [i18n.t(key, lang)]
     return ["\n".join(lines)]
