@@ -2189,7 +2189,7 @@ def block_partner(session: Session, partner_id: int, actor: Actor) -> list[int]:
                if partner.kyc_status in BLOCKED_KYC else _unpayable(partner))
         _sms_partner(session, partner, why.key,
                      dedupe_key=f"partner-{partner.id}-blocked-{clock.now().timestamp():.0f}",
-                     **why.params)
+                     ops_phone=get_settings().ops_phone)  # the one parameter of either
     partner.on_duty = False
     _home_follows_duty(session, partner)
     for offer in offers:
