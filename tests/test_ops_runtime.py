@@ -403,3 +403,33 @@ def test_the_web_s_request_lines_are_json_with_their_request_id(database, tmp_pa
         assert record.get("request_id") == "opsreq0001", line
         assert record.get("status") == 200, line
         assert "hushhush123" not in line and "919812345678" not in line, line
+
+
+def test_an_erasure_s_withdrawn_messages_are_not_failures_of_the_last_hour(client):
+    """An erasure marks the person's messages not sent yet as failed ("erased before
+    sending": never sent now), and the trigger set their failed_at: the metric counted
+    them as messages that failed in the last hour, and an erasure on request fired the
+    sending-is-broken alert. They are withdrawn, not failed to send: no failed_at."""
+    from sqlalchemy import select
+
+    from core.adapters.db import transaction
+    from core.adapters.models import OutboxMessage, Person
+    from core.services import retention
+
+    with transaction() as s:
+        person = Person(phone="+919812300077", name="Meena", role="customer")
+        s.add(person)
+        s.flush()
+        for n in range(2):
+            s.add(OutboxMessage(channel="sms", to_addr=person.phone, from_addr="+15005550006",
+                                body="your parcel is on its way", status="pending",
+                                dedupe_key=f"to-erase-{n}"))
+        pid = person.id
+    series = 'outbox_messages_failed_last_hour{status="failed"}'
+    assert _metric(client, series) == 0
+    with transaction() as s:
+        assert retention.erase_person(s, pid).changed
+    with transaction() as s:
+        statuses = list(s.scalars(select(OutboxMessage.status)))
+    assert statuses == ["failed", "failed"]  # never sent now
+    assert _metric(client, series) == 0, "an erasure's withdrawn messages counted as failures"

@@ -432,9 +432,7 @@ def _erase_messages(session: Session, done: Erasure, own: Any, theirs: set[str],
                   and_(m.booking_id.in_(own), _among(m.to_addr, recipients)))
     about = m.booking_id.in_(own)
     texted = or_(m.body != REDACTED, m.media_url.is_not(None))
-    # Not sent yet: never sent now (the sender skips a row that is not pending).
-    _changed(session, update(m).where(or_(to_them, about), m.status.in_(UNSENT))
-             .values(status="failed", last_error="erased before sending"))
+    _withdraw_unsent(session, or_(to_them, about))
     changed = list(session.scalars(
         update(m).where(to_them, or_(texted, m.to_addr != ERASED_ADDR))
         .values(to_addr=ERASED_ADDR, body=REDACTED, media_url=None, last_error=None)
@@ -478,12 +476,25 @@ def _mentions(col: Any, tens: Iterable[str], names: Iterable[str] = ()) -> Any:
     return or_(*found) if found else false()
 
 
+def _withdraw_unsent(session: Session, where: Any) -> None:
+    """Messages picked by ``where`` not sent yet are never sent now (the sender skips a row
+    that is not pending). Not a failure to send either: the trigger's failed_at is cleared
+    (a second UPDATE, which sets no status and so does not fire it), or /metrics would
+    count an erasure's withdrawn messages as messages failed in the last hour."""
+    m = OutboxMessage
+    withdrawn = list(session.scalars(
+        update(m).where(where, m.status.in_(UNSENT))
+        .values(status="failed", last_error="erased before sending").returning(m.id),
+        execution_options=_QUIET))
+    if withdrawn:
+        _changed(session, update(m).where(m.id.in_(withdrawn)).values(failed_at=None))
+
+
 def _redact_mentions(session: Session, done: Erasure, where: Any, said: Any) -> None:
     """Messages picked by ``where`` whose text ``said`` names the erased person lose it;
     those not sent yet are not sent now."""
     m = OutboxMessage
-    _changed(session, update(m).where(where, said, m.status.in_(UNSENT))
-             .values(status="failed", last_error="erased before sending"))
+    _withdraw_unsent(session, and_(where, said))
     changed = list(session.scalars(
         update(m).where(where, said, m.body != REDACTED).values(body=REDACTED, media_url=None)
         .returning(m.id), execution_options=_QUIET))
