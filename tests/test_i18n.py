@@ -93,6 +93,8 @@ REQUIRED_KEYS = (
     | {"bot.track.pay", "bot.track.link_coming",  # tracking an unpaid booking
        "ivr.track.link_sent", "ivr.track.link_coming"}
     | {"bot.cancel.done_fee", "dispatch.job_cancelled_fee"}  # cancel_booking after assignment
+    | {f"dispatch.{k}" for k in ("holder_cancelled", "customer_stuck_cancelled",
+                                 "recipient_cancelled")}  # ops end a stuck relay
     | {f"dispatch.handover_{k}_new" for k in ("give", "take")}  # relay codes resent
     | {"sms.customer_help"}  # partner_sms: a customer texting our SMS number
     | {"bot.handoff.after_hours", "bot.media.callback_after_hours",  # outside OPS_HOURS

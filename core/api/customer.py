@@ -8,7 +8,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, selectinload
 
 from core.adapters.db import transaction
-from core.adapters.models import Booking, PartnerProfile
+from core.adapters.models import Booking, Leg, PartnerProfile
 from core.adapters.pincode import nearest, normalize_pincode, pincode_centroid, post_offices
 from core.api import bp
 from core.api.auth_guard import principal
@@ -83,7 +83,7 @@ class CancelQuery(Strict):
     reason: str | None = Field(default=None, min_length=3, max_length=180,
                                description="ops: why they cancel (the customer's request "
                                            "by phone, ...), kept with the booking's history "
-                                           "and the audit log")
+                                           "and the audit log; needed to end a stuck relay")
 
 
 class CancellationOut(BaseModel):
@@ -360,7 +360,8 @@ def track_booking(ref: str) -> TrackOut:
 
 @endpoint(bp, "POST", "/bookings/<ref>/cancel",
           summary="Cancel (with ?dry_run=1: only show what would be refunded; ops add "
-                  "?reason=...)",
+                  "?reason=..., and may end a relay stuck for want of a rider: "
+                  "reason_code stuck_relay)",
           roles=CUSTOMER_OR_OPS, query=CancelQuery, response=CancellationOut,
           tags=("customer",), errors=(404, 409))
 def cancel_booking(ref: str, query: CancelQuery) -> CancellationOut:
@@ -369,30 +370,50 @@ def cancel_booking(ref: str, query: CancelQuery) -> CancellationOut:
         # No lock here: cancel_booking takes the legs' locks, then the booking's.
         b = visible_booking(session, ref)
         if query.dry_run:
-            q = payments.cancellation_preview(session, b)
+            q = payments.cancellation_preview(session, b, by_ops=who.role == "ops")
             cancelled = False
         else:
             if query.expected_fee_paise is not None:
-                _same_fee_or_refuse(session, b, query.expected_fee_paise)
+                _same_fee_or_refuse(session, b, query.expected_fee_paise,
+                                    by_ops=who.role == "ops")
             kind: ActorKind = "ops" if who.role == "ops" else "customer"  # CUSTOMER_OR_OPS
             why = "cancelled in the app"
             if kind == "ops":  # the booking's history says who ended it, and why
                 # An operator's own words, kept for good: a number in them is masked.
                 why = (f"cancelled by ops: {mask_phones(query.reason)}" if query.reason
                        else "cancelled by ops")
-            q = payments.cancel_booking(session, b, Actor(kind, str(who.person_id)), why)
+            q = payments.cancel_booking(session, b, Actor(kind, str(who.person_id)), why,
+                                        reasoned=bool(query.reason))
             cancelled = True
             if who.role == "ops":  # money moves on an operator's word: keep the record
                 from core.api.ops import audit
 
+                # A stuck relay ended: the record names who holds the parcel now.
+                held = _parcel_holder(session, b) if q.reason_code == payments.STUCK_RELAY \
+                    else {}
                 audit(session, "booking.cancel", f"booking:{b.reference}",
-                      refund_paise=q.refund_paise, fee_paise=q.fee_paise, reason=query.reason)
+                      refund_paise=q.refund_paise, fee_paise=q.fee_paise, reason=query.reason,
+                      **held)
         return CancellationOut(allowed=q.allowed, refund_paise=q.refund_paise,
                                fee_paise=q.fee_paise, reason_code=q.reason_code,
                                status=BookingStatus(b.status), cancelled=cancelled)
 
 
-def _same_fee_or_refuse(session: Session, booking: Booking, expected_fee_paise: int) -> None:
+def _parcel_holder(session: Session, booking: Booking) -> dict[str, object]:
+    """Who holds the parcel of a stuck relay just ended (its leg in hand failed then, the
+    only failed leg with a rider): for the audit record."""
+    leg = session.scalar(select(Leg).where(
+        Leg.booking_id == booking.id, Leg.status == LegStatus.FAILED.value,
+        Leg.partner_id.is_not(None)).order_by(Leg.sequence.desc()).limit(1))
+    if leg is None:
+        return {}
+    partner = session.get(PartnerProfile, leg.partner_id)
+    return {"parcel_with_partner_id": leg.partner_id, "parcel_leg_id": leg.id,
+            "parcel_with_name": partner.first_name if partner else None}
+
+
+def _same_fee_or_refuse(session: Session, booking: Booking, expected_fee_paise: int, *,
+                        by_ops: bool = False) -> None:
     """Raise FeeChanged unless cancelling now costs the fee the app showed. Locked in
     cancel_booking's order (legs, then the booking), so no rider can take the job between
     this look and the cancel, which happen in this transaction."""
@@ -400,7 +421,7 @@ def _same_fee_or_refuse(session: Session, booking: Booking, expected_fee_paise: 
 
     dispatch.lock_legs(session, booking.id)
     locked = ledger.lock_booking(session, booking.id)
-    q = payments.cancellation_preview(session, locked)
+    q = payments.cancellation_preview(session, locked, by_ops=by_ops)
     if q.allowed and q.fee_paise != expected_fee_paise:
         raise FeeChanged(q.fee_paise, q.refund_paise, expected_fee_paise)
 

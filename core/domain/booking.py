@@ -12,6 +12,9 @@ Why the transitions are what they are:
   ``dispatching`` after pickup and has no self loop there.
 * ``delivered``, ``expired`` and ``refunded`` are final. ``cancelled`` and ``failed`` close the
   journey too; their one way out is ``refunded``, a money-only follow-up.
+* A relay stuck for want of a rider (the parcel in one rider's hands, a later leg's search
+  past its deadline) is ended by ops as a failure, not a cancellation: the delivery could
+  not be finished (``cancellation_refund``'s ``stuck_leg_payout_paise``).
 
 Legs: ``pending`` until the booking is paid or the previous relay leg is delivered;
 ``offering`` while offers cascade (back to ``pending`` if the search is paused);
@@ -235,6 +238,7 @@ CANCELLATION_MIN_FEE_PAISE = 1000
 _BEFORE_PAYMENT = frozenset({B.DRAFT, B.QUOTED, B.AWAITING_PAYMENT})
 _FULL_REFUND = frozenset({B.PAID, B.DISPATCHING})
 _PICKED_UP = frozenset({B.PICKED_UP, B.IN_TRANSIT, B.DELIVERED})
+_STUCK_ENDABLE = frozenset({B.PICKED_UP, B.IN_TRANSIT})  # on the way, not delivered
 
 
 @dataclass(frozen=True)
@@ -254,6 +258,7 @@ def cancellation_refund(
     fee_bp: int = CANCELLATION_FEE_BP,
     *,
     min_fee_paise: int = CANCELLATION_MIN_FEE_PAISE,
+    stuck_leg_payout_paise: int | None = None,
 ) -> CancellationQuote:
     """Refund and fee for a customer cancelling in ``status``.
 
@@ -261,12 +266,19 @@ def cancellation_refund(
     fee (``fee_bp`` of the refundable amount, at least ``min_fee_paise``, never more than it)
     pays the partner's wasted trip. After pickup or once closed: not allowed. Payout already
     earned by delivered legs is never refundable.
+
+    One exception after pickup, for ops only (the caller decides who may): a relay stuck
+    for want of a rider, ``stuck_leg_payout_paise`` being the payout of the leg whose rider
+    holds the parcel. He rode it, so it is his fee (never more than is refundable); the
+    customer gets the rest back, the platform's commission on the unfinished trip too.
     """
     for name, value in (
         ("paid_paise", paid_paise),
         ("delivered_legs_payout_paise", delivered_legs_payout_paise),
         ("fee_bp", fee_bp),
         ("min_fee_paise", min_fee_paise),
+        ("stuck_leg_payout_paise", 0 if stuck_leg_payout_paise is None
+         else stuck_leg_payout_paise),
     ):
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
             raise ValidationError(f"{name} must be a non-negative integer", field=name)
@@ -284,6 +296,9 @@ def cancellation_refund(
     if st is B.ASSIGNED:
         fee = min(max(mul_bp(refundable, fee_bp), min_fee_paise), refundable)
         return CancellationQuote(True, refundable - fee, fee, "cancellation_fee")
+    if st in _STUCK_ENDABLE and stuck_leg_payout_paise is not None:
+        fee = min(stuck_leg_payout_paise, refundable)
+        return CancellationQuote(True, refundable - fee, fee, "stuck_relay")
     if st in _PICKED_UP:
         return CancellationQuote(False, 0, 0, "already_picked_up")
     return CancellationQuote(False, 0, 0, "already_closed")

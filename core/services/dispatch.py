@@ -938,7 +938,8 @@ _STOPPABLE = frozenset({LegStatus.PENDING.value, LegStatus.OFFERING.value,
 
 def booking_cancelled(session: Session, booking: Booking, actor: Actor, *,
                       fee_leg_id: int | None = None, fee_paise: int = 0) -> int:
-    """The booking was cancelled before pickup: its legs stop; return how many.
+    """The booking was cancelled before pickup (or ended by ops, stuck: the legs after the
+    one in hand): its legs not started stop; return how many.
 
     Searches end, open offers are withdrawn (the partners hear the job is no longer open,
     and it does not count against them), and a partner who had taken a leg is told the job
@@ -969,6 +970,65 @@ def booking_cancelled(session: Session, booking: Booking, actor: Actor, *,
         log.info("booking cancelled: legs stopped", extra={"booking_id": booking.id,
                                                            "legs": stopped})
     return stopped
+
+
+# A later leg's search in these states is past its deadline for good or for now.
+_STUCK_SEARCHES = frozenset({rules.SearchStatus.PAUSED.value, rules.SearchStatus.FAILED.value})
+
+
+def stuck_holder(session: Session, booking: Booking) -> Leg | None:
+    """The leg whose rider holds the parcel of a relay stuck for want of a rider; None if
+    the booking is not stuck.
+
+    Stuck: a leg is picked up (the parcel is in its rider's hands) and a later leg has no
+    rider and its search is past the tier's deadline: paused (or failed), or searching a
+    new round after a pause. A paused search starts again after DISPATCH_RETRY_S (two
+    minutes) and searches a whole deadline before it pauses again, so "paused" alone would
+    be a moment of each round. A later leg still before its first deadline is not stuck."""
+    legs = _legs(session, booking)
+    holder = next((leg for leg in legs if leg.status == LegStatus.PICKED_UP.value
+                   and leg.partner_id is not None), None)
+    if holder is None:
+        return None
+    for leg in legs:
+        if leg.sequence <= holder.sequence or leg.partner_id is not None or leg.status not in (
+                LegStatus.PENDING.value, LegStatus.OFFERING.value):
+            continue
+        status = session.scalar(select(DispatchSearch.status).where(
+            DispatchSearch.leg_id == leg.id))
+        if status in _STUCK_SEARCHES or (
+                status == rules.SearchStatus.ACTIVE.value and _paused_before(session, leg)):
+            return holder
+    return None
+
+
+def _paused_before(session: Session, leg: Leg) -> bool:
+    """Whether the leg's search has paused at its deadline before (_fail_search)."""
+    return session.scalar(select(TransitionLog.id).where(
+        TransitionLog.entity == "leg", TransitionLog.entity_id == leg.id,
+        TransitionLog.from_status == LegStatus.OFFERING.value,
+        TransitionLog.to_status == LegStatus.PENDING.value).limit(1)) is not None
+
+
+def stuck_relay_ended(session: Session, booking: Booking, holder: Leg, actor: Actor, *,
+                      fee_paise: int) -> None:
+    """Ops ended a relay stuck for want of a rider (payments.cancel_booking): the legs not
+    started stop as a cancelled booking's do (their searches close, so no round starts
+    again and ops are alerted no more; open offers are withdrawn). The leg in hand fails,
+    recorded as going back to the sender, which frees its rider for other jobs; he hears
+    the booking is off, what he gets for his ride (``fee_paise``), and to keep the parcel
+    safe and call ops, who arrange its return. The caller holds the legs' locks, then the
+    booking's, and has moved the booking to failed."""
+    booking_cancelled(session, booking, actor)
+    move_leg(session, holder, LegStatus.FAILED, actor,
+             "booking ended by ops: the parcel goes back to the sender")
+    partner = session.get(PartnerProfile, holder.partner_id) if holder.partner_id else None
+    if partner is not None:
+        _sms_partner(session, partner, "dispatch.holder_cancelled", booking_id=booking.id,
+                     dedupe_key=f"leg-{holder.id}-stuck-cancelled", job=job_code(holder),
+                     fee_paise=fee_paise, ops_phone=get_settings().ops_phone)
+    log.info("stuck relay ended by ops", extra={"booking_id": booking.id,
+                                                "leg_id": holder.id})
 
 
 def _withdraw(offer: DispatchOffer, partner: PartnerProfile) -> None:

@@ -162,28 +162,50 @@ def _paid_and_earned(session: Session, booking: Booking) -> tuple[int, int]:
     return paid, ledger.booking_summary(session, booking.id)["released_paise"]
 
 
-def cancellation_preview(session: Session, booking: Booking) -> CancellationQuote:
-    """What cancelling now would refund, under the cancellation policy (from the ledger)."""
+STUCK_RELAY = "stuck_relay"  # the reason code of ops ending a relay stuck for a rider
+
+
+def cancellation_preview(session: Session, booking: Booking, *,
+                         by_ops: bool = False) -> CancellationQuote:
+    """What cancelling now would refund, under the cancellation policy (from the ledger).
+    ``by_ops``: an operator may also end a relay stuck for want of a rider (the parcel in
+    a rider's hands: dispatch.stuck_holder), whose ride is then paid as the fee."""
+    from core.services import dispatch
+
     paid, earned = _paid_and_earned(session, booking)
-    return cancellation_refund(BookingStatus(booking.status), paid, min(earned, paid))
+    stuck = None
+    if by_ops and booking.status in (BookingStatus.PICKED_UP.value,
+                                     BookingStatus.IN_TRANSIT.value):
+        holder = dispatch.stuck_holder(session, booking)
+        stuck = holder.payout_paise if holder is not None else None
+    return cancellation_refund(BookingStatus(booking.status), paid, min(earned, paid),
+                               stuck_leg_payout_paise=stuck)
 
 
 def cancel_booking(session: Session, booking: Booking, actor: Actor,
-                   reason: str) -> CancellationQuote:
+                   reason: str, *, reasoned: bool = True) -> CancellationQuote:
     """Cancel a booking under the policy; the refund (if any) is made by an RQ job.
 
     The refund and the fee are decided and reserved in the ledger here, in the caller's
     transaction, so a later state change cannot alter what the customer was told. The
     booking's legs stop with it (dispatch.booking_cancelled): a partner on the way is told,
     open offers are withdrawn. Cancelled by someone else (ops), the customer is told; a
-    recipient holding a delivery code is told whoever cancelled (_tell_cancelled)."""
+    recipient holding a delivery code is told whoever cancelled (_tell_cancelled).
+
+    Ops may also end a relay stuck for want of a rider (_end_stuck_relay), only saying why
+    (``reasoned``: 422 reason_required otherwise)."""
     from core.services import dispatch
 
     dispatch.lock_legs(session, booking.id)  # legs first, then the booking: acceptance's order
     booking = ledger.lock_booking(session, booking.id)
-    quote = cancellation_preview(session, booking)
+    quote = cancellation_preview(session, booking, by_ops=actor.kind == "ops")
     if not quote.allowed:
         raise Conflict("this booking can no longer be cancelled", code=quote.reason_code)
+    if quote.reason_code == STUCK_RELAY:
+        if not reasoned:
+            raise ValidationError("say why (?reason=...): the parcel is with a rider",
+                                  code="reason_required", field="reason")
+        return _end_stuck_relay(session, booking, actor, reason, quote)
     was = booking.status
     fee_leg = _assigned_leg(session, booking) if quote.fee_paise else None
     move_booking(session, booking, BookingStatus.CANCELLED, actor, reason)
@@ -212,6 +234,38 @@ def cancel_booking(session: Session, booking: Booking, actor: Actor,
     if fee != quote.fee_paise:
         quote = CancellationQuote(quote.allowed, refund_paise, fee, quote.reason_code)
     _tell_cancelled(session, booking, actor, quote.refund_paise, quote.fee_paise)
+    return quote
+
+
+def _end_stuck_relay(session: Session, booking: Booking, actor: Actor, reason: str,
+                     quote: CancellationQuote) -> CancellationQuote:
+    """Ops end a relay stuck for want of a rider, the parcel in a rider's hands. The
+    booking fails (the state machine lets no picked-up booking be cancelled: its delivery
+    could not be finished), its later legs stop and the leg in hand fails
+    (dispatch.stuck_relay_ended). The rider holding the parcel is paid his leg's payout as
+    the booking's cancellation fee; the customer gets the rest back (what delivered legs
+    earned stays theirs); the customer and a recipient holding a delivery code are told.
+    The caller holds the legs' locks, then the booking's."""
+    from core.services import dispatch
+
+    holder = dispatch.stuck_holder(session, booking)
+    assert holder is not None and holder.partner_id is not None, "quoted as stuck"
+    move_booking(session, booking, BookingStatus.FAILED, actor, reason)
+    fee = quote.fee_paise
+    dispatch.stuck_relay_ended(session, booking, holder, actor, fee_paise=fee)
+    if fee:
+        ledger.post(session, rules.cancellation_fee(booking.id, holder.id, holder.partner_id,
+                                                    fee),
+                    actor=str(actor), cause=f"cancel:{booking.id}")
+        _enqueue_after_commit(session, "workers.payments.settle_leg_transfer", holder.id,
+                              job_id=f"transfer-{holder.id}")
+    if quote.refund_paise > 0:
+        _open_refund(session, booking, quote.refund_paise, fee, "cancelled", str(actor))
+    notify.notify_customer(session, booking, "dispatch.customer_stuck_cancelled",
+                           refund_paise=quote.refund_paise,
+                           dedupe_key=f"cancelled-{booking.id}")
+    dispatch.tell_recipient_not_coming(session, booking, "dispatch.recipient_cancelled",
+                                       dedupe_key=f"cancelled-{booking.id}-recipient")
     return quote
 
 
