@@ -672,9 +672,11 @@ def _by_sms_instead(session: Session, row: OutboxMessage, code: str | None = Non
                     ) -> int | None:
     """A WhatsApp message refused because the 24-hour window had closed, or our sender hit
     its messaging limit, goes by SMS, as notify does outside the window without a template
-    (once: its own dedupe key). A free-form message that missed the window goes as the
-    language's approved template first, where one is configured, as notify would have
-    sent it (a WhatsApp user known only by their WhatsApp id has no number to text)."""
+    (once: its own dedupe key); not a question whose answer only the chat takes (a rating
+    question, which rating asks again later; a chat reply ending in numbered choices). A
+    free-form message that missed the window goes as the language's approved template
+    first, where one is configured, as notify would have sent it (a WhatsApp user known
+    only by their WhatsApp id has no number to text)."""
     if code == WINDOW_CLOSED_CODE and row.channel == "whatsapp" and fits_template(
             row.body) and session.get(WhatsappTemplateSend, row.id) is None:
         from core.services import notify  # notify sends through this module
@@ -690,6 +692,17 @@ def _by_sms_instead(session: Session, row: OutboxMessage, code: str | None = Non
                 session.add(WhatsappTemplateSend(outbox_id=new_id, content_sid=sid,
                                                  content_variables={"1": row.body}))
             return new_id
+    asked = _answered_on_whatsapp(session, row) if row.channel == "whatsapp" else None
+    if asked is not None:
+        # Its answer would reach the riders' SMS number ("5" answered with how to book).
+        log.info("whatsapp refused a question of the chat; not sent by SMS",
+                 extra={"outbox_id": row.id})
+        if asked.dedupe_key and asked.dedupe_key.startswith(RATING_ASK_PREFIX) and (
+                asked.booking_id is not None):
+            from core.services import rating  # rating sends through notify, through here
+
+            rating.question_refused(session, asked.booking_id, asked.id)
+        return None
     phone = row.to_addr.removeprefix("whatsapp:")
     if row.channel != "whatsapp" or not phone.startswith("+"):
         log.warning("whatsapp refused; no number for an SMS", extra={"outbox_id": row.id})
@@ -697,6 +710,31 @@ def _by_sms_instead(session: Session, row: OutboxMessage, code: str | None = Non
     log.info("whatsapp refused; sent by SMS instead", extra={"outbox_id": row.id})
     return queue_message(session, channel="sms", to=phone, body=row.body,
                          dedupe_key=f"sms-for-{row.id}", booking_id=row.booking_id)
+
+
+# A rating question's key (core.services.rating): "1" to "5" answer it in the chat only.
+RATING_ASK_PREFIX = "rate-ask-"
+# The last line of a chat reply that waits for a number: "1. Send a parcel", "(0 = menu)".
+_NUMBERED_LAST_LINE = re.compile(r"^\(?\d{1,2}\s*[.=)]\s*\S")
+
+
+def _answered_on_whatsapp(session: Session, row: OutboxMessage) -> OutboxMessage | None:
+    """The message (``row``, or the one it is the template copy of) if it asks something
+    only the chat can take the answer of, so it never goes by SMS: a rating question, and
+    a chat reply ending in numbered choices (a menu, "which booking?") that carries no
+    link. Whatever the person must have goes by SMS still: a payment link, a code, a
+    refund or a status notice (notify's rows), a chat reply with a link in it."""
+    key = row.dedupe_key or ""
+    if key.startswith("tpl-for-") and key.removeprefix("tpl-for-").isdigit():
+        original = session.get(OutboxMessage, int(key.removeprefix("tpl-for-")))
+        return _answered_on_whatsapp(session, original) if original is not None else None
+    if key.startswith(RATING_ASK_PREFIX):
+        return row
+    if key.startswith("reply:") and "http" not in row.body:
+        lines = [line.strip() for line in row.body.strip().splitlines() if line.strip()]
+        if lines and _NUMBERED_LAST_LINE.match(lines[-1]):
+            return row
+    return None
 
 
 def _on_whatsapp_instead(session: Session, row: OutboxMessage) -> int | None:

@@ -4,9 +4,10 @@ Runs inside core.services.inbound.process (one transaction, deduplicated by Mess
 so a retried webhook never accepts an offer twice. Commands are parsed by
 core.domain.dispatch.parse_command (English, Hindi in Devanagari and in Latin letters).
 A stranger gets one line on how to book, once a day (a customer with a booking under way:
-how to track or cancel it); anything we cannot act on gets a clear answer in the
-partner's language, never an error page. A customer waiting for a person (a caller the
-operator answers by SMS) is not answered by the bot: their SMS is kept for the operator.
+how to track or cancel it; the recipient of a parcel under way: where it is); anything we
+cannot act on gets a clear answer in the partner's language, never an error page. A
+customer waiting for a person (a caller the operator answers by SMS) is not answered by
+the bot: their SMS is kept for the operator.
 """
 
 from __future__ import annotations
@@ -20,11 +21,11 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
 from core import clock, i18n
-from core.adapters.models import Booking, Person
+from core.adapters.models import Booking, OutboxMessage, Person
 from core.adapters.queue import after_commit
 from core.adapters.redis_conn import redis_client, redis_down
 from core.config import get_settings
-from core.domain.booking import BOOKING
+from core.domain.booking import BOOKING, BookingStatus
 from core.domain.dispatch import Kind, parse_command
 from core.domain.errors import DomainError
 from core.services import dispatch, handoff
@@ -127,11 +128,43 @@ def _open_booking(session: Session, person: Person | None) -> str | None:
         .order_by(Booking.created_at.desc(), Booking.id.desc()).limit(1))
 
 
+# A parcel paid for and not yet delivered is really coming: its recipient has been told
+# (the drop code) or soon will be. Before payment nothing is promised to them.
+_COMING = (BookingStatus.PAID, BookingStatus.DISPATCHING, BookingStatus.ASSIGNED,
+           BookingStatus.PICKED_UP, BookingStatus.IN_TRANSIT)
+_ON_THE_WAY = (BookingStatus.PICKED_UP, BookingStatus.IN_TRANSIT)
+
+
+def _parcel_coming(session: Session, phone: str | None) -> Booking | None:
+    """The newest parcel under way to this number (its booking's recipient), if any."""
+    if phone is None:
+        return None
+    return session.scalar(
+        select(Booking).where(Booking.recipient_phone == phone,
+                              Booking.status.in_([s.value for s in _COMING]))
+        .order_by(Booking.created_at.desc(), Booking.id.desc()).limit(1))
+
+
+def _answers_parcel(session: Session, contact: str, own_ref: str, parcel: Booking) -> bool:
+    """For a customer with a booking under way who is also awaiting someone's parcel: True
+    if the SMS they answer is most likely about the parcel, i.e. the last SMS we sent this
+    number was about it (its drop code, say). A customer's own news mostly goes on
+    WhatsApp, so an SMS from them is often an answer to the recipient's code; with nothing
+    to tell, their own booking comes first (they can act on it: track, cancel)."""
+    last = session.scalar(
+        select(Booking.reference).join(OutboxMessage, OutboxMessage.booking_id == Booking.id)
+        .where(OutboxMessage.channel == "sms", OutboxMessage.to_addr == contact,
+               Booking.reference.in_([own_ref, parcel.reference]))
+        .order_by(OutboxMessage.created_at.desc(), OutboxMessage.id.desc()).limit(1))
+    return last == parcel.reference
+
+
 def _tell_stranger(session: Session, contact: str, lang: str,
                    person: Person | None = None) -> list[str]:
     """How to book, once per India day per number (the contact); after that, silence. A
     customer with a booking under way (they answer our SMS about it: "CANCEL") is told
-    instead how to track or cancel it: the same once a day.
+    instead how to track or cancel it, and the recipient of a parcel under way (they
+    answer its drop code: "when does it come?") where it is: the same once a day.
 
     Each answer is an SMS we pay for, and an auto-responder (a bank's, another service's)
     answering ours would keep the two numbers texting each other all day. The mark is set
@@ -144,6 +177,12 @@ def _tell_stranger(session: Session, contact: str, lang: str,
         return []
     after_commit(session, lambda: redis_client().set(key, 1, ex=2 * 24 * 3600))
     open_ref = _open_booking(session, person)
+    parcel = _parcel_coming(session, contact)
+    if parcel is not None and (open_ref is None
+                               or _answers_parcel(session, contact, open_ref, parcel)):
+        on_the_way = parcel.status in _ON_THE_WAY
+        return [i18n.t("sms.recipient_on_the_way" if on_the_way else "sms.recipient_coming",
+                       lang, ref=parcel.reference)]
     if open_ref is not None:
         return [i18n.t("sms.customer_help", lang, ref=open_ref)]
     return [i18n.t("sms.not_partner", lang, ops_phone=get_settings().ops_phone)]

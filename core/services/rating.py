@@ -42,7 +42,13 @@ from sqlalchemy.orm import Session
 from core import clock, i18n
 from core.adapters.api_models import BookingRating, RatingAsk
 from core.adapters.db import transaction
-from core.adapters.models import Booking, Conversation, PartnerProfile, Person
+from core.adapters.models import (
+    Booking,
+    Conversation,
+    OutboxMessage,
+    PartnerProfile,
+    Person,
+)
 from core.adapters.queue import after_commit, job_alive, queue
 from core.dialog import engine
 from core.dialog.booking import BOOKING, BOOKING_DIALOG, MENU, RATE
@@ -171,7 +177,7 @@ def _ask(session: Session, booking: Booking, tries: int) -> bool | timedelta:
     if not notify.in_whatsapp_window(conv) and lang not in notify.whatsapp_templates():
         return False
     body = i18n.t("bot.rate.ask", lang, ref=booking.reference)
-    if notify.send_to_person(session, person, body, dedupe_key=f"rate-ask-{booking.id}",
+    if notify.send_to_person(session, person, body, dedupe_key=_ask_key(session, booking.id),
                              booking_id=booking.id) is None:
         return False  # asked already
     state = engine.copy_data(conv.state or {})
@@ -184,6 +190,58 @@ def _ask(session: Session, booking: Booking, tries: int) -> bool | timedelta:
     state.update(rate_ref=booking.reference, rate_asked_at=now.isoformat())
     conv.step, conv.state, conv.misses = RATE, state, 0
     return True
+
+
+def _ask_key(session: Session, booking_id: int) -> str:
+    """The outbox key of the booking's question: ``rate-ask-<id>``, one question per
+    booking whatever runs twice; after WhatsApp refused it n times (``question_refused``),
+    ``rate-ask-<id>-again-<n>``, so the question asked again is one more message."""
+    key = f"rate-ask-{booking_id}"
+    refused = session.scalar(select(func.count()).select_from(OutboxMessage).where(
+        OutboxMessage.booking_id == booking_id,
+        (OutboxMessage.dedupe_key == key) | OutboxMessage.dedupe_key.like(f"{key}-again-%"),
+        OutboxMessage.status.in_(("failed", "undelivered"))))
+    return f"{key}-again-{refused}" if refused else key
+
+
+def question_refused(session: Session, booking_id: int, outbox_id: int) -> None:
+    """WhatsApp refused the booking's question (our sender's messaging limit, or the
+    window had closed and no template could carry it), in the caller's transaction. It
+    never reached the customer, and it does not go by SMS (an answer there reaches the
+    riders' number): their chat leaves the rating step (a "1" is the menu's again, not a
+    star), and the question is owed anew, tried as a busy customer's is (``ask_later``,
+    each try further apart, until RATING_WINDOW after the delivery; the sweep schedules
+    a try whose job is lost). A try that finds the window closed and no template does
+    not ask. A late report about an earlier question (one asked again since) is
+    nothing to act on."""
+    asked = OutboxMessage.dedupe_key.like(f"rate-ask-{booking_id}%")
+    if session.scalar(select(select(OutboxMessage.id).where(
+            OutboxMessage.booking_id == booking_id, asked,
+            OutboxMessage.id > outbox_id).exists())):
+        return
+    booking = session.get(Booking, booking_id)
+    if (booking is None or booking.channel != "whatsapp"
+            or booking.status != BookingStatus.DELIVERED or is_rated(session, booking_id)):
+        return
+    conv_id = session.scalar(
+        select(Conversation.id).where(Conversation.person_id == booking.customer_id,
+                                      Conversation.channel == "whatsapp")
+        .order_by(Conversation.last_inbound_at.desc().nulls_last()).limit(1))
+    conv = None if conv_id is None else session.scalar(
+        select(Conversation).where(Conversation.id == conv_id).with_for_update()
+        .execution_options(populate_existing=True))
+    if conv is not None and conv.step == RATE and (
+            (conv.state or {}).get("rate_ref") == booking.reference):
+        state = engine.copy_data(conv.state or {})
+        for key in ("rate_ref", "rate_asked_at", "scratch"):
+            state.pop(key, None)
+        conv.step, conv.state, conv.misses = MENU, state, 0
+    refused = session.scalar(select(func.count()).select_from(OutboxMessage).where(
+        OutboxMessage.booking_id == booking_id, asked,
+        OutboxMessage.status.in_(("failed", "undelivered"))))
+    log.info("rating question refused by whatsapp: asked again later",
+             extra={"booking_id": booking_id})
+    _ask_later(session, booking, max(1, refused or 0), QUIET)
 
 
 def _asks_another(session: Session, conv: Conversation, booking: Booking,
