@@ -98,6 +98,7 @@ REQUIRED_KEYS = (
     | {f"dispatch.handover_{k}_new" for k in ("give", "take")}  # relay codes resent
     | {"sms.customer_help"}  # partner_sms: a customer texting our SMS number
     | {"sms.recipient_coming", "sms.recipient_on_the_way"}  # partner_sms: a recipient too
+    | {"dispatch.drop_otp_pass_on", "dispatch.ops_drop_code_lost"}  # a drop code lost
     | {"bot.handoff.after_hours", "bot.media.callback_after_hours",  # outside OPS_HOURS
        "ivr.person.after_hours"}
     | {f"time_of_day.{p}" for p in ("late_night", "morning", "noon", "afternoon", "evening",

@@ -1,12 +1,17 @@
 """What a recipient is told when they answer our SMS, and which WhatsApp questions never
-go by SMS (review 10 of customer notices, defects 3 and 4; see test_zz_rev10_notices).
+go by SMS (review 10 of customer notices, defects 3 and 4), what happens to a drop code
+that cannot reach the recipient (defects 1 and 2), and what a recipient hears of a
+cancellation (defect 5).
 
 A recipient who texts our SMS number about the parcel coming to them hears where it is
 (core.services.partner_sms), not how to book. A question only the chat can take the
 answer of (the rating question, a chat reply ending in numbered choices) is not sent
 again by SMS when WhatsApp refuses it (core.services.outbox._by_sms_instead): the rating
 question is asked again on WhatsApp later (core.services.rating.question_refused); a
-payment link, a code, a refund notice still go by SMS."""
+payment link, a code, a refund notice still go by SMS. A recipient's drop code that
+cannot reach her (Twilio could not deliver it; she stopped our SMS) is made again and
+goes to her WhatsApp or to the sender to pass on (core.services.dispatch.drop_code_lost,
+send_leg_codes)."""
 
 from __future__ import annotations
 
@@ -18,8 +23,9 @@ from sqlalchemy import select
 
 from core import clock, i18n
 from core.adapters.db import transaction
-from core.adapters.models import Booking, OutboxMessage, Person
+from core.adapters.models import Booking, Conversation, Leg, OutboxMessage, Person
 from core.config import get_settings
+from core.domain.booking import Actor
 from core.services import outbox, rating
 from tests.conftest import post_twilio, release_scheduled, run_jobs
 from tests.test_dispatch import (
@@ -231,3 +237,159 @@ def test_which_whatsapp_messages_go_by_sms_when_refused(client, live, key, body,
     run_jobs()
     refuse(client, row(oid).provider_sid, "63018")
     assert (body in sms_to(TO)) is by_sms
+
+
+# --- 1, 2. a drop code that cannot reach the recipient ------------------------------------
+# (defects 1 and 2: core.services.dispatch.drop_code_lost, send_leg_codes)
+
+OPS = "+919000000098"  # tests.test_dispatch.OPS: an operator reading Hindi
+
+
+def customer_speaks(lang: str) -> None:
+    with transaction() as s:
+        s.scalar(select(Person).where(Person.phone == CUSTOMER)).preferred_language = lang
+
+
+def recipient_code_row(booking_id: int) -> OutboxMessage:
+    """The drop code send_leg_codes queued for the recipient, by SMS."""
+    with transaction() as s:
+        (row_,) = s.scalars(select(OutboxMessage).where(
+            OutboxMessage.booking_id == booking_id, OutboxMessage.to_addr == RECIPIENT,
+            OutboxMessage.dedupe_key.like("leg-%-dropotp-%")))
+        s.expunge(row_)
+        return row_
+
+
+def codes_in(bodies: list[str]) -> list[str]:
+    return [code for body in bodies for code in CODE.findall(body)]
+
+
+def report(client, sid: str, status: str, error: str) -> None:
+    r = post_twilio(client, "/webhooks/twilio/status",
+                    {"MessageSid": sid, "MessageStatus": status, "ErrorCode": error})
+    assert r.status_code == 204
+    run_jobs()
+
+
+def leg_of(booking_id: int) -> int:
+    with transaction() as s:
+        (leg_id,) = s.scalars(select(Leg.id).where(Leg.booking_id == booking_id))
+        return leg_id
+
+
+def assigned_booking(client, recipient: str = RECIPIENT) -> tuple[int, str]:
+    """A paid booking Ramesh took (his codes went out); (booking id, his phone)."""
+    _, rider = make_partner("Ramesh", LAXMIPUR, lang="en")
+    booking_id = paid_booking(recipient=recipient)
+    customer_speaks("en")
+    start(booking_id)
+    assert sms(client, rider, "1")
+    run_jobs()
+    return booking_id, rider
+
+
+@pytest.mark.parametrize(("status", "error"), [("undelivered", "30003"),  # phone off
+                                               ("failed", "30006")])  # a landline
+def test_a_drop_code_sms_twilio_could_not_deliver_is_not_simply_lost(client, live, frozen,  # noqa: F811
+                                                                   status, error):
+    """The recipient's drop code went by SMS and Twilio reports it never arrived. The
+    customer was told "we will send them a code for the delivery"; nobody now holds a
+    code, so the rider reaches Sita and cannot hand the parcel over (wrong codes lock the
+    leg). A new code goes to the sender to pass on, ops hear of it, once."""
+    booking_id, rider = assigned_booking(client)
+    sid = recipient_code_row(booking_id).provider_sid
+    assert sid
+    before = len(bodies_to(CUSTOMER))
+    report(client, sid, status, error)
+    assert recipient_code_row(booking_id).status == status
+    told = bodies_to(CUSTOMER)[before:]
+    assert len(told) == 1, "the drop code reached nobody: the sender was not given it"
+    (code,) = codes_in(told)
+    ref = ref_of(booking_id)
+    assert told == [i18n.t("dispatch.drop_otp_pass_on", "en", ref=ref, otp=code)]
+    alert = i18n.t("dispatch.ops_drop_code_lost", "hi", ref=ref, job=str(leg_of(booking_id)))
+    assert bodies_to(OPS).count(alert) == 1
+    report(client, sid, status, error)  # Twilio reports it twice: nothing more is sent
+    assert len(bodies_to(CUSTOMER)) == before + 1 and bodies_to(OPS).count(alert) == 1
+    # ... and it is the code that hands the parcel over.
+    assert "picked up" in sms(client, rider, f"PICK {pickup_code()}")[0]
+    assert "delivered" in sms(client, rider, f"DROP {code}")[0]
+
+
+def test_a_drop_code_sms_lost_goes_on_whatsapp_to_a_recipient_who_chats_with_us(
+        client, live, frozen):  # noqa: F811
+    """Sita chats with us on WhatsApp (within the 24 hours) and her SMS never arrived: a
+    new code goes to her there, the sender is not bothered; the lost one no longer works."""
+    booking_id, rider = assigned_booking(client)
+    lost = recipient_code_row(booking_id)
+    (old,) = codes_in([lost.body])
+    with transaction() as s:
+        sita = Person(phone=RECIPIENT, role="customer", preferred_language="en")
+        s.add(sita)
+        s.flush()
+        s.add(Conversation(channel="whatsapp", contact=RECIPIENT.lstrip("+"),
+                           person_id=sita.id, last_inbound_at=clock.now()))
+    before = len(bodies_to(CUSTOMER))
+    report(client, lost.provider_sid, "undelivered", "30003")
+    with transaction() as s:
+        (again,) = s.scalars(select(OutboxMessage).where(
+            OutboxMessage.booking_id == booking_id, OutboxMessage.id > lost.id,
+            OutboxMessage.to_addr == f"whatsapp:{RECIPIENT}"))
+        assert again.channel == "whatsapp"
+        body = again.body
+    (code,) = codes_in([body])
+    assert body == i18n.t("dispatch.drop_otp", "en", ref=ref_of(booking_id), otp=code)
+    assert len(bodies_to(CUSTOMER)) == before
+    assert "picked up" in sms(client, rider, f"PICK {pickup_code()}")[0]
+    if code != old:
+        assert "delivered" not in sms(client, rider, f"DROP {old}")[0]
+    assert "delivered" in sms(client, rider, f"DROP {code}")[0]
+
+
+def test_a_drop_code_failing_after_the_delivery_changes_nothing(client, live,
+                                                                frozen):  # noqa: F811
+    # Guard: a late report of a failure once the parcel is delivered makes no new code.
+    booking_id, rider = assigned_booking(client)
+    lost = recipient_code_row(booking_id)
+    (code,) = codes_in([lost.body])
+    assert "picked up" in sms(client, rider, f"PICK {pickup_code()}")[0]
+    assert "delivered" in sms(client, rider, f"DROP {code}")[0]
+    before = len(bodies_to(CUSTOMER))
+    report(client, lost.provider_sid, "undelivered", "30003")
+    assert not codes_in(bodies_to(CUSTOMER)[before:])
+
+
+def test_a_recipient_who_stopped_sms_leaves_the_drop_code_with_the_sender(client, live,
+                                                                         frozen):  # noqa: F811
+    """Sita once texted STOP to our number (test_optout_channels keeps it: no SMS goes to
+    her). She does not chat with us on WhatsApp, so her drop code went nowhere at all, and
+    the sender, who gave her number, was not told: the parcel could not be handed over."""
+    number = "+919876500078"
+    assert sms(client, number, "STOP") == []
+    booking_id, rider = assigned_booking(client, recipient=number)
+    pick = pickup_code()
+    told = [b for b in bodies_to(CUSTOMER) if "could not send the delivery code" in b]
+    assert len(told) == 1, "no drop code reached anyone: the recipient stopped SMS"
+    (code,) = codes_in(told)
+    assert told == [i18n.t("dispatch.drop_otp_pass_on", "en", ref=ref_of(booking_id),
+                           otp=code)]
+    assert "picked up" in sms(client, rider, f"PICK {pick}")[0]
+    assert "delivered" in sms(client, rider, f"DROP {code}")[0]
+
+
+# --- 5. what a recipient hears when the booking is cancelled ------------------------------
+# (defect 5: core.services.payments._tell_cancelled)
+
+
+def test_a_recipient_hears_a_cancellation_as_a_recipient(client, live, frozen):  # noqa: F811
+    """Sita is no customer: she got one SMS, "RideChain: a parcel (booking X) is coming to
+    you. Give code N ...". When ops cancel she was sent the customer's own status line,
+    "Booking X: cancelled.": no "RideChain", no word that it is the parcel coming to her,
+    nor that the code she holds no longer works."""
+    booking_id, _ = assigned_booking(client)
+    with transaction() as s:
+        from core.services import payments
+
+        payments.cancel_booking(s, s.get(Booking, booking_id), Actor("ops", "1"), "ops")
+    assert bodies_to(RECIPIENT)[1:] == [
+        i18n.t("dispatch.recipient_cancelled", "en", ref=ref_of(booking_id))]

@@ -74,7 +74,7 @@ def test_recipient_hears_the_parcel_is_not_coming_when_the_customer_cancels(clie
     assert r.status_code == 200 and r.get_json()["cancelled"], r.get_json()
     run_jobs()
     ref = ref_of(booking_id)
-    assert bodies_to(RECIPIENT)[1:] == [i18n.t("booking.status.cancelled", "en", ref=ref)]
+    assert bodies_to(RECIPIENT)[1:] == [i18n.t("dispatch.recipient_cancelled", "en", ref=ref)]
     # The customer was answered by the app: no second "cancelled" message by SMS.
     assert i18n.t("bot.cancel.done", "en", ref=ref) not in bodies_to(CUSTOMER)[to_customer:]
 

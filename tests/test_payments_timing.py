@@ -254,7 +254,7 @@ def test_ops_cancelling_a_paid_booking_tells_the_customer_and_the_recipient(clie
     fee = r.get_json()["fee_paise"]
     assert to_customer(bid)[before:] == [
         i18n.t("bot.cancel.done_fee", "en", ref=ref(bid), fee_paise=fee, refund_paise=refund)]
-    assert sent_to(RECIPIENT)[1:] == [i18n.t("booking.status.cancelled", "en", ref=ref(bid))]
+    assert sent_to(RECIPIENT)[1:] == [i18n.t("dispatch.recipient_cancelled", "en", ref=ref(bid))]
     # The rider hears it once: not to go, and the fee that is theirs.
     (leg,) = legs_of(bid)
     assert sent_to(rider)[to_rider:] == [

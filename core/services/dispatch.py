@@ -43,6 +43,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta
@@ -1870,15 +1871,90 @@ def send_leg_codes(session: Session, booking: Booking, leg: Leg, *, tag: str,
     if is_last:
         if booking.recipient_phone:
             key = _code_key(session, booking, leg, "dispatch.drop_otp", "dropotp")
-            notify.notify_phone(session, booking.recipient_phone, key,
-                                lang=_recipient_language(session, booking),
-                                booking_id=booking.id, dedupe_key=f"leg-{leg.id}-dropotp-{tag}",
-                                ref=booking.reference, otp=drop_code)
+            dedupe_key = f"leg-{leg.id}-dropotp-{tag}"
+            if notify.notify_phone(session, booking.recipient_phone, key,
+                                   lang=_recipient_language(session, booking),
+                                   booking_id=booking.id, dedupe_key=dedupe_key,
+                                   ref=booking.reference, otp=drop_code) is None and (
+                    session.scalar(select(OutboxMessage.id).where(
+                        OutboxMessage.dedupe_key == dedupe_key)) is None):
+                # Nothing can reach her (she stopped our SMS, no WhatsApp): the sender,
+                # who gave her number, passes the code on.
+                _drop_code_to_sender(session, booking, leg, drop_code,
+                                     dedupe_key=f"{dedupe_key}-sender")
         else:
             key = _code_key(session, booking, leg, "dispatch.drop_otp_sender", "dropotp")
             notify.notify_customer(session, booking, key, otp=drop_code,
                                    dedupe_key=f"leg-{leg.id}-dropotp-{tag}")
     return giver_phone
+
+
+def _drop_code_to_sender(session: Session, booking: Booking, leg: Leg, code: str, *,
+                         dedupe_key: str) -> int | None:
+    """Give the leg's drop code to the customer, saying it could not be sent to the person
+    receiving, so they tell them: the rider cannot hand the parcel over without it."""
+    log.info("drop code could not reach the recipient; given to the sender",
+             extra={"booking_id": booking.id, "leg_id": leg.id})
+    return notify.notify_customer(session, booking, "dispatch.drop_otp_pass_on", otp=code,
+                                  dedupe_key=dedupe_key)
+
+
+# A recipient's drop code as send_leg_codes queues it (the tag has no "-"); what is sent
+# in its place when it is lost adds a suffix, so it is never taken for one itself.
+_DROP_CODE_KEY = re.compile(r"leg-(\d+)-dropotp-([^-]+)")
+_DELIVERING = (LegStatus.ASSIGNED.value, LegStatus.PICKED_UP.value)
+
+
+def drop_code_lost(session: Session, row: OutboxMessage) -> int | None:
+    """The recipient's drop code did not reach her (Twilio could not deliver or refused it,
+    and it went no other way): nobody holds a code, and the rider cannot hand the parcel
+    over. A new drop code is made (the leg keeps only a hash of it, and the lost one is
+    void should it arrive after all) and sent to her on WhatsApp if she chats with us
+    there, else to the sender to pass on, ops told. Only for the leg's latest drop code,
+    the parcel still to be delivered; once (the new code is the latest after it). Returns
+    the new message's row id, None if nothing was to be done or nobody could be reached."""
+    found = _DROP_CODE_KEY.fullmatch(row.dedupe_key or "")
+    if found is None or row.booking_id is None:
+        return None
+    booking = session.get(Booking, row.booking_id)
+    leg = _lock_leg(session, int(found[1]))
+    phone = booking.recipient_phone if booking is not None else None
+    if (booking is None or leg is None or leg.booking_id != booking.id
+            or leg.status not in _DELIVERING or not phone
+            or row.to_addr != outbox.address(row.channel, phone)
+            or _last_sent(session, booking, f"leg-{leg.id}-dropotp-%") != row.dedupe_key):
+        return None
+    # A new drop code; the pickup code the sender holds stays as it is.
+    pickup_hash, failures = leg.pickup_otp_hash, leg.otp_failures
+    _, code = issue_leg_otps(leg)
+    leg.pickup_otp_hash, leg.otp_failures = pickup_hash, failures
+    recipient = session.scalar(select(Person).where(Person.phone == phone))
+    if row.channel == "sms" and recipient is not None and (
+            recipient.id != booking.customer_id):
+        holds_one = session.scalar(select(OutboxMessage.id).where(
+            OutboxMessage.booking_id == booking.id, OutboxMessage.id != row.id,
+            OutboxMessage.dedupe_key.like(f"leg-{leg.id}-dropotp-%"),
+            OutboxMessage.to_addr.in_([outbox.address("sms", phone),
+                                       outbox.address("whatsapp", phone)]),
+            OutboxMessage.status.not_in(("failed", "undelivered"))).limit(1)) is not None
+        key = "dispatch.drop_otp_new" if holds_one else "dispatch.drop_otp"
+        body = i18n.t(key, _recipient_language(session, booking), ref=booking.reference,
+                      otp=code)
+        sent = notify.send_to_person(session, recipient, body, booking_id=booking.id,
+                                     dedupe_key=f"{row.dedupe_key}-wa", whatsapp_only=True)
+        if sent is not None:
+            log.info("drop code SMS lost; a new code sent on WhatsApp",
+                     extra={"booking_id": booking.id, "leg_id": leg.id})
+            return sent
+    sent = _drop_code_to_sender(session, booking, leg, code,
+                                dedupe_key=f"{row.dedupe_key}-sender")
+    if sent is None:
+        log.error("drop code lost and the sender cannot be reached",
+                  extra={"booking_id": booking.id, "leg_id": leg.id})
+    alert_ops(session, "dispatch.ops_drop_code_lost",
+              dedupe_key=f"leg-{leg.id}-droplost-{found[2]}", booking_id=booking.id,
+              ref=booking.reference, job=job_code(leg))
+    return sent
 
 
 def _recipient_language(session: Session, booking: Booking) -> str:
@@ -2558,7 +2634,7 @@ def find_partner(session: Session, phone: str | None) -> tuple[Person | None,
 
 
 __all__ = ["accept", "attach_pod", "cancel_by_partner", "config", "confirm", "continue_search",
-           "decline", "delivery_late", "find_candidates", "handed_over_to",
+           "decline", "delivery_late", "drop_code_lost", "find_candidates", "handed_over_to",
            "handed_pickup_late", "not_understood",
            "offer_timeout", "parcel_in_hand", "pickup_late", "pickup_window", "place",
            "plan_legs", "point_pickup_late", "search_deadline", "set_duty", "start_dispatch",

@@ -84,13 +84,14 @@ def in_whatsapp_window(conv: Conversation | None) -> bool:
 
 def send_to_person(session: Session, person: Person, body: str, *,
                    dedupe_key: str | None = None, booking_id: int | None = None,
-                   sms_only: bool = False) -> int | None:
+                   sms_only: bool = False, whatsapp_only: bool = False) -> int | None:
     """Queue ``body`` to a customer on the right channel for now; the outbox row id.
 
     WhatsApp free-form inside the 24-hour window, else the language's approved template,
     else SMS. ``sms_only`` (a phone booking's news, promised by SMS) and a STOP on
     WhatsApp mean SMS, unless the person stopped SMS and still chats with us on WhatsApp.
-    None if nothing can be sent (both channels stopped, retried cause, no address)."""
+    ``whatsapp_only``: never SMS (an SMS to them just failed). None if nothing can be sent
+    (both channels stopped, retried cause, no address)."""
     sms_open = person.phone is not None and not person.sms_opted_out
     conv = None if person.opted_out or (sms_only and sms_open) else _whatsapp_conversation(
         session, person)
@@ -107,6 +108,8 @@ def send_to_person(session: Session, person: Person, body: str, *,
                 session.add(WhatsappTemplateSend(outbox_id=row_id, content_sid=sid,
                                                  content_variables={"1": body}))
             return row_id
+    if whatsapp_only:
+        return None
     if person.phone is None:
         log.warning("no phone number to reach the customer by SMS")
         return None

@@ -341,15 +341,17 @@ def _send(c: _Claimed) -> str:
         _record_failure(outbox_id, code=exc.code, error=str(exc), final=final)
         if exc.code == STOP_ERROR_CODE:
             _mark_opted_out(to)
+        if exc.code == STOP_ERROR_CODE or final:
             with transaction() as session:
                 refused = session.get(OutboxMessage, outbox_id)
                 if refused is not None:
-                    _on_whatsapp_instead(session, refused)
-        elif exc.code in BY_SMS_CODES and final:
-            with transaction() as session:
-                refused = session.get(OutboxMessage, outbox_id)
-                if refused is not None:
-                    _by_sms_instead(session, refused, exc.code)
+                    resent = None
+                    if exc.code == STOP_ERROR_CODE:
+                        resent = _on_whatsapp_instead(session, refused)
+                    elif exc.code in BY_SMS_CODES:
+                        resent = _by_sms_instead(session, refused, exc.code)
+                    if final and resent is None:
+                        _drop_code_lost(session, refused)
         if final:
             log.warning("message refused", extra={"outbox_id": outbox_id, "code": exc.code})
             return "failed"
@@ -626,6 +628,7 @@ def apply_reports(reports: list[StatusReport]) -> int:
         stopped: set[str] = set()
         stopped_rows: list[OutboxMessage] = []
         closed: list[tuple[OutboxMessage, str]] = []
+        failed: dict[int, OutboxMessage] = {}
         for report in reports:
             status = report.status.lower()
             row = by_id.get(report.outbox_id) if report.outbox_id is not None else None
@@ -647,6 +650,7 @@ def apply_reports(reports: list[StatusReport]) -> int:
             if status in _FINAL_FAILURES:
                 row.status = status
                 row.error_code = report.error_code
+                failed[row.id] = row
             elif row.status not in _FINAL_FAILURES and _RANK.get(status, -1) > _RANK.get(
                 row.status, -1
             ):
@@ -660,12 +664,29 @@ def apply_reports(reports: list[StatusReport]) -> int:
         for to_addr in sorted(stopped):
             session.execute(update(Person).where(_person_at(to_addr))
                             .values(**_opt_out_at(to_addr)))
+        resent: set[int] = set()
         for row in stopped_rows:
-            _on_whatsapp_instead(session, row)
+            if _on_whatsapp_instead(session, row) is not None:
+                resent.add(row.id)
         for row, code in closed:
-            _by_sms_instead(session, row, code)
+            if _by_sms_instead(session, row, code) is not None:
+                resent.add(row.id)
+        for row_id, row in failed.items():
+            if row_id not in resent:
+                _drop_code_lost(session, row)
     _partners_off_duty(sorted(stopped))
     return matched
+
+
+def _drop_code_lost(session: Session, row: OutboxMessage) -> None:
+    """A recipient's drop code that failed for good and went no other way (a phone off or
+    out of signal, a landline, a number refused): without it the rider cannot hand the
+    parcel over, so dispatch makes a new one for her WhatsApp or for the sender to pass on
+    (an SMS sent again to a number that failed would most likely fail again)."""
+    if (row.dedupe_key or "").startswith("leg-") and "-dropotp-" in (row.dedupe_key or ""):
+        from core.services import dispatch  # dispatch sends through this module
+
+        dispatch.drop_code_lost(session, row)
 
 
 def _by_sms_instead(session: Session, row: OutboxMessage, code: str | None = None

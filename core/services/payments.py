@@ -285,7 +285,9 @@ def _tell_cancelled(session: Session, booking: Booking, actor: Actor, refund_pai
             key = "bot.cancel.done_refund" if refund_paise > 0 else "bot.cancel.done"
         notify.notify_customer(session, booking, key, refund_paise=refund_paise,
                                fee_paise=fee_paise, dedupe_key=f"cancelled-{booking.id}")
-    dispatch.tell_recipient_not_coming(session, booking, "booking.status.cancelled",
+    # Her own words (who we are, the parcel coming to her, the code void), not the
+    # customer's status line: she may not know the booking number.
+    dispatch.tell_recipient_not_coming(session, booking, "dispatch.recipient_cancelled",
                                        dedupe_key=f"cancelled-{booking.id}-recipient")
 
 
