@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from redis.exceptions import LockError
+from redis.exceptions import LockError, RedisError
 from rq import Retry, get_current_job
 from sqlalchemy import any_, func, literal, select, union
 from sqlalchemy.dialects.postgresql import insert
@@ -1822,13 +1822,37 @@ def _const(value: str) -> Any:
     return literal(value, literal_execute=True)
 
 
+EVENTS_PAGE = 200  # events re-enqueued a sweep at most
+EVENTS_CURSOR_KEY = "payments:unprocessed-events-after"
+
+
 def unprocessed_events(session: Session, older_than: timedelta = timedelta(minutes=5)) -> list[int]:
     """Stored events whose processing job was lost (the sweep re-enqueues them); from the
-    partial index of the events not processed yet (migration 0016), not all of them."""
+    partial index of the events not processed yet (migration 0016), not all of them.
+
+    At most EVENTS_PAGE a sweep, taking up after the last sweep's page (by id, from the
+    first again after the last): events whose handler keeps failing stay unprocessed, and
+    200 of them, always first by id, would keep every newer lost event from its turn."""
     cutoff = clock.now() - older_than
-    return list(session.scalars(select(GatewayEvent.id).where(
-        GatewayEvent.processed_at.is_(None), GatewayEvent.received_at < cutoff)
-        .order_by(GatewayEvent.id).limit(200)))
+    base = select(GatewayEvent.id).where(
+        GatewayEvent.processed_at.is_(None), GatewayEvent.received_at < cutoff
+    ).order_by(GatewayEvent.id)
+    try:
+        after = int(redis_client().get(EVENTS_CURSOR_KEY) or 0)
+    except (RedisError, ValueError):
+        after = 0
+    ids = list(session.scalars(base.where(GatewayEvent.id > after).limit(EVENTS_PAGE)))
+    if len(ids) < EVENTS_PAGE and after:  # the end: on from the first
+        ids += session.scalars(base.where(GatewayEvent.id <= after)
+                               .limit(EVENTS_PAGE - len(ids)))
+        nxt = ids[-1] if ids else 0
+    else:
+        nxt = ids[-1] if len(ids) == EVENTS_PAGE else 0
+    try:
+        redis_client().set(EVENTS_CURSOR_KEY, nxt)
+    except RedisError:
+        log.warning("payments sweep: the unprocessed events' place was not kept")
+    return ids
 
 
 def due_refund_retries(session: Session) -> list[tuple[int, int]]:
