@@ -217,7 +217,10 @@ def _balances(engine, postings: int) -> dict[str, float]:
                                                                           "h": have})
             conn.execute(text(
                 "INSERT INTO ledger_postings (transaction_id, account, account_kind, booking_id,"
-                " amount_paise, created_at) SELECT t.id, a.account, a.kind, t.booking_id, "
+                " amount_paise, created_at) SELECT t.id, CASE a.kind WHEN 'escrow' THEN "
+                # Each booking's own escrow account, as the ledger names it (migration 0023
+                # checks the name against the kind); the colon escaped from text()'s binds.
+                "'escrow\\:b' || t.booking_id ELSE a.account END, a.kind, t.booking_id, "
                 "a.sign * 5000, now() FROM ledger_transactions t CROSS JOIN (VALUES "
                 "('gateway_clearing', 'gateway_clearing', -1), ('escrow', 'escrow', 1)) "
                 "AS a(account, kind, sign) WHERE t.memo = 'bulk' AND NOT EXISTS (SELECT 1 FROM "

@@ -32,9 +32,11 @@ INSERT INTO people (id, phone, role, opted_out)
   SELECT 1000 + g, '+9172' || lpad(g::text, 8, '0'), 'partner', false
   FROM generate_series(CAST(:a AS int), CAST(:b AS int)) g;
 INSERT INTO partner_profiles (id, person_id, first_name, on_duty, has_app, rating_x100,
-    offers_received, offers_accepted, trust_tier, max_active_legs, kyc_status)
+    offers_received, offers_accepted, trust_tier, max_active_legs, kyc_status,
+    payout_account_id)
   SELECT g, 1000 + g, 'P' || g, true, true, 300 + (g * 7) % 200, 10 + g % 20, g % 10, 1 + g % 3,
-    2, 'verified' FROM generate_series(CAST(:a AS int), CAST(:b AS int)) g;
+    2, 'verified', 'acc_bench' || lpad(g::text, 8, '0')
+  FROM generate_series(CAST(:a AS int), CAST(:b AS int)) g;
 INSERT INTO vehicles (partner_id, type, payload_kg, max_size, active)
   SELECT g, (ARRAY['bicycle','motorcycle','e_rickshaw','auto','pickup','cart'])[1 + g % 6],
     (ARRAY[20, 20, 150, 180, 700, 300])[1 + g % 6],
@@ -124,6 +126,9 @@ def measure(quick: bool) -> dict[str, object]:
                                     latitude=CENTRE[0], radius=radius, unit="km"))
         with db.transaction() as session:
             ranked = dispatch.find_candidates(session, CENTRE[0], CENTRE[1], load, radius)
+        # Partners nobody may offer a job to would time a search that ranks nothing: the
+        # bench's partners must be ones dispatch takes (on duty, payable, a fitting vehicle).
+        assert ranked or not in_radius, "no partner in the radius is a candidate"
         examined = [n.partner_id for n in geo_index.nearby(
             CENTRE[0], CENTRE[1], radius, max_age_s=cfg.location_max_age_s,
             now=datetime.now(UTC), limit=cfg.max_candidates * 3)]
