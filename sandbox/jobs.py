@@ -53,6 +53,11 @@ class _Callbacks:
         raise AssertionError("unreachable")
 
 
+# Hash To -> "<status>:<Twilio error code>" ("undelivered:30003", "failed:30006"; a bare
+# code is "undelivered"): messages to that number are reported so, not delivered.
+UNDELIVERED_TO_KEY = "sandbox:twilio:undelivered_to"
+
+
 def report_statuses(batch: int = 200) -> int:
     """Mark queued sandbox messages sent, then delivered, POSTing Twilio's signed status
     callbacks for each; return how many messages were reported.
@@ -81,18 +86,29 @@ def report_statuses(batch: int = 200) -> int:
                        SandboxMessage.from_addr)
                 .where(SandboxMessage.sid.in_(sids), SandboxMessage.status_callback.isnot(None))
             ).all()
-        for status in ("sent", "delivered"):
+        # A carrier that cannot deliver to a number (set per number, for tests and demos):
+        # "sent", then "undelivered" (or "failed") with its error code, where others get
+        # "delivered".
+        lost = {k.decode(): v.decode().rpartition(":")
+                for k, v in r.hgetall(UNDELIVERED_TO_KEY).items()}
+        for step in ("sent", "delivered"):
+            finals: dict[str, list[str]] = {}
             for sid, url, account, to, from_ in rows:
+                final, _, code = lost.get(to, ("", "", ""))
+                status = (final or "undelivered") if step == "delivered" and code else step
+                finals.setdefault(status, []).append(sid)
                 params = {"MessageSid": sid, "SmsSid": sid, "AccountSid": account,
                           "MessageStatus": status, "SmsStatus": status, "To": to,
                           "From": from_, "ApiVersion": "2010-04-01"}
+                if status != step:
+                    params["ErrorCode"] = code
                 signature = validator.compute_signature(url, params)
                 try:
                     http.post(url, params, {"X-Twilio-Signature": signature})
                 except (OSError, http_client.HTTPException):
                     log.warning("sandbox status callback failed", extra={"status": status})
             with transaction() as session:
-                session.execute(update(SandboxMessage)
-                                .where(SandboxMessage.sid.in_([row[0] for row in rows]))
-                                .values(status=status))
+                for status, done in finals.items():
+                    session.execute(update(SandboxMessage)
+                                    .where(SandboxMessage.sid.in_(done)).values(status=status))
         reported += len(rows)

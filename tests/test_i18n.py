@@ -359,8 +359,8 @@ SMS_VALUES = {"ref": "48217730", "job": "48217", "jobs": "48217, 48218", "otp": 
               "pickup": "Laxmipur Chowk", "drop": "Bettiah Bazar", "point": "Laxmipur Chowk",
               "state": "picked up", "left": 2, "n": 2, "minutes": 25, "hours": 3,
               "tier": "",  # filled per language: the tier's own words (ivr.sms.details)
-              "total_paise": 125_000, "payout_paise": 125_000, "fee_paise": 2_000,
-              "refund_paise": 125_000, "url": "https://rzp.io/i/AbCdEf1234"}
+              "total_paise": 125_000, "payout_paise": 125_000, "fee_paise": 18_753,
+              "refund_paise": 141_247, "url": "https://rzp.io/i/AbCdEf1234"}
 # Longer on purpose: the partners' list of commands (asked for), and a job offer, whose
 # two place names are what the customer typed. Texts for ops are not counted.
 SMS_LONGER = ("sms.help", "dispatch.offer")

@@ -23,7 +23,7 @@ from core import i18n
 from core.adapters.api_models import AuditEntry
 from core.adapters.db import transaction
 from core.adapters.dispatch_models import DispatchSearch
-from core.adapters.models import Booking, Person, TransitionLog
+from core.adapters.models import Booking, Leg, Person, TransitionLog
 from core.config import get_settings
 from core.domain.booking import Actor, BookingStatus, cancellation_refund
 from core.domain.pricing import ParcelCategory, SizeBucket, SpeedTier, WeightBucket
@@ -376,3 +376,77 @@ def test_the_policy_pays_the_holders_leg_and_refunds_the_rest() -> None:
         == 4_000
     assert not cancellation_refund("picked_up", 4_000).allowed
     assert not cancellation_refund("delivered", 4_000, stuck_leg_payout_paise=1).allowed
+
+
+def _drop_job(job_id: str) -> None:
+    """The job is lost (a Redis failover, a worker killed): the payments sweep makes it
+    again later (payments.unreleased_legs)."""
+    from core.adapters.queue import QUEUES, queue
+
+    for name in QUEUES:
+        job = queue(name).fetch_job(job_id)
+        if job is not None:
+            job.delete()
+            return
+    raise AssertionError(f"no job {job_id}")
+
+
+def test_ending_a_stuck_relay_before_a_delivered_leg_is_released_still_pays_that_leg(
+        client, live, frozen):  # noqa: F811
+    """Ramesh rode leg 1 and handed the parcel to Asha at Point A (leg 1 delivered); its
+    release job was lost, so the ledger shows nothing released yet. Nobody takes leg 3;
+    ops end the stuck relay. The refund is "paid less what delivered legs earned", read
+    from the ledger's releases: 0, so the customer gets leg 1's payout and commission
+    back too. When the sweep releases leg 1 afterwards, escrow is empty: Ramesh, who
+    delivered his leg, was never paid (the release failed for want of escrow). Found by
+    a review of session 19's later commits."""
+    from tests.test_payments_support import pay
+
+    point_a, point_b = make_point("Point A", *A), make_point("Point B", *B)
+    ramesh, r_phone = make_partner("Ramesh", A, point_id=point_a, max_active_legs=1)
+    _, a_phone = make_partner("Asha", A, point_id=point_a, max_active_legs=1)
+    _, b_phone = make_partner("Bala", B, point_id=point_b, max_active_legs=1)
+    booking_id = _relay_to_pay()
+    run_jobs()
+    assert pay(booking_id).status_code == 200
+    run_jobs()
+    leg1, leg2, leg3 = (leg.id for leg in legs_of(booking_id))
+    assert [o.partner_id for o in offers(leg1)] == [ramesh]
+    sms(client, r_phone, "1")
+    sms(client, r_phone, f"PICK {last_code(CUSTOMER, PICK_MARK)}")
+    sms(client, a_phone, "1")
+    ramesh_drop, asha_pick = last_code(a_phone, TAKE_MARK), last_code(r_phone, GIVE_MARK)
+    sms(client, r_phone, f"DROP {ramesh_drop}")
+    sms(client, a_phone, f"PICK {asha_pick}")
+    _drop_job(f"release-{leg1}")
+    sms(client, b_phone, "1")
+    sms(client, b_phone, f"CANCEL {leg3}")
+    run_jobs()
+    freeze_at(60 * 60 + 1)
+    release_scheduled(timedelta(minutes=61))
+    run_jobs()
+    assert _search(leg3)[0] == "paused"
+    assert [leg.status for leg in legs_of(booking_id)] == ["delivered", "picked_up", "pending"]
+    with transaction() as s:
+        paid = ledger.booking_summary(s, booking_id)["captured_paise"]
+        assert ledger.booking_summary(s, booking_id)["released_paise"] == 0  # job lost
+        leg1_payout = s.get(Leg, leg1).payout_paise
+        fee = s.get(Leg, leg2).payout_paise
+    r = client.post(f"{API}/bookings/{_reference(booking_id)}/cancel"
+                    f"?reason=no+rider+at+Point+B", headers=_ops(client))
+    assert r.status_code == 200, r.get_json()
+    assert r.get_json()["reason_code"] == "stuck_relay"
+    run_jobs()
+    with transaction() as s:  # leg 1's release went with the end, not left to the sweep
+        assert leg1 not in payments.unreleased_legs(s)
+    payments.sweep()
+    run_jobs()
+    with transaction() as s:
+        money = ledger.booking_summary(s, booking_id)
+        leg1_earned = ledger.leg_payable(s, leg1)
+        assert ledger.total(s) == 0
+    assert leg1_earned == leg1_payout, (
+        "Ramesh delivered leg 1 but was never paid: its money was refunded to the customer")
+    assert money["refunded_paise"] + money["refunds_pending_paise"] == (
+        paid - money["released_paise"] - fee)
+    assert r.get_json()["refund_paise"] < paid - fee

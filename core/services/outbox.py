@@ -68,6 +68,7 @@ DELIVER_JOB = "workers.outbox.deliver"
 # Twilio's order of progress; a late "sent" must not overwrite "delivered".
 _RANK = {"pending": 0, "sending": 1, "queued": 2, "sent": 3, "delivered": 4, "read": 5}
 _FINAL_FAILURES = {"failed", "undelivered"}
+_REACHED = {"delivered", "read"}  # the carrier or WhatsApp says it got to the person
 STOP_ERROR_CODE = "21610"  # the recipient replied STOP: never message them again
 # WhatsApp refused a free-form message: the user's last message is over 24 hours old. The
 # choice was made when the message was queued; a retry or a late drain can cross the line.
@@ -629,6 +630,10 @@ def apply_reports(reports: list[StatusReport]) -> int:
         stopped_rows: list[OutboxMessage] = []
         closed: list[tuple[OutboxMessage, str]] = []
         failed: dict[int, OutboxMessage] = {}
+        # Rows that reached the person (delivered or read, before this batch or in it
+        # before a failure): a later failure report changes the row's status, but what
+        # it carried did arrive, and a drop code they hold must not be made void.
+        reached = {row.id for row in rows if row.status in _REACHED}
         for report in reports:
             status = report.status.lower()
             row = by_id.get(report.outbox_id) if report.outbox_id is not None else None
@@ -647,6 +652,8 @@ def apply_reports(reports: list[StatusReport]) -> int:
             if row.provider_sid is None:
                 row.provider_sid = report.message_sid  # the send outcome was unknown
                 by_sid[report.message_sid] = row
+            if status in _REACHED:
+                reached.add(row.id)
             if status in _FINAL_FAILURES:
                 row.status = status
                 row.error_code = report.error_code
@@ -672,7 +679,7 @@ def apply_reports(reports: list[StatusReport]) -> int:
             if _by_sms_instead(session, row, code) is not None:
                 resent.add(row.id)
         for row_id, row in failed.items():
-            if row_id not in resent:
+            if row_id not in resent and row_id not in reached:
                 _drop_code_lost(session, row)
     _partners_off_duty(sorted(stopped))
     return matched

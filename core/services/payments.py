@@ -165,6 +165,25 @@ def _paid_and_earned(session: Session, booking: Booking) -> tuple[int, int]:
 STUCK_RELAY = "stuck_relay"  # the reason code of ops ending a relay stuck for a rider
 
 
+def _unreleased(session: Session, booking: Booking) -> list[tuple[Leg, int]]:
+    """The booking's delivered legs whose release is not in the ledger yet (its job still
+    to run, or lost until the sweep), in order, each with the commission its release will
+    recognise (as release_leg works it out; not the last leg: a later one is undelivered)."""
+    recognised = ledger.booking_summary(session, booking.id)["commission_paise"]
+    out = []
+    for leg in session.scalars(select(Leg).where(
+            Leg.booking_id == booking.id, Leg.status == LegStatus.DELIVERED.value,
+            Leg.partner_id.is_not(None)).order_by(Leg.sequence)):
+        if ledger.recorded(session, f"release:leg:{leg.id}"):
+            continue
+        commission = rules.leg_commission(booking.commission_paise,
+                                          booking.partner_share_paise, leg.payout_paise,
+                                          recognised, False)
+        recognised += commission
+        out.append((leg, commission))
+    return out
+
+
 def cancellation_preview(session: Session, booking: Booking, *,
                          by_ops: bool = False) -> CancellationQuote:
     """What cancelling now would refund, under the cancellation policy (from the ledger).
@@ -178,6 +197,10 @@ def cancellation_preview(session: Session, booking: Booking, *,
                                      BookingStatus.IN_TRANSIT.value):
         holder = dispatch.stuck_holder(session, booking)
         stuck = holder.payout_paise if holder is not None else None
+        # A relay leg delivered before whose release job has not run yet (or was lost)
+        # earned its share all the same: none of it may be refunded.
+        earned += sum(leg.payout_paise + commission
+                      for leg, commission in _unreleased(session, booking))
     return cancellation_refund(BookingStatus(booking.status), paid, min(earned, paid),
                                stuck_leg_payout_paise=stuck)
 
@@ -250,6 +273,15 @@ def _end_stuck_relay(session: Session, booking: Booking, actor: Actor, reason: s
 
     holder = dispatch.stuck_holder(session, booking)
     assert holder is not None and holder.partner_id is not None, "quoted as stuck"
+    # What delivered legs earned leaves escrow first (the quote counted it as earned): the
+    # refund below must not take it, or their release would later find escrow short.
+    for leg, commission in _unreleased(session, booking):
+        assert leg.partner_id is not None
+        ledger.post(session, rules.release(booking.id, leg.id, leg.partner_id,
+                                           leg.payout_paise, commission),
+                    actor=str(actor), cause=f"leg:{leg.id}:delivered")
+        _enqueue_after_commit(session, "workers.payments.settle_leg_transfer", leg.id,
+                              job_id=f"transfer-{leg.id}")
     move_booking(session, booking, BookingStatus.FAILED, actor, reason)
     fee = quote.fee_paise
     dispatch.stuck_relay_ended(session, booking, holder, actor, fee_paise=fee)
