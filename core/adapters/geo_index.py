@@ -1,9 +1,11 @@
 """Where partners are, in Redis GEO sets, for "who is near this pickup".
 
-Two sets:
+The sets:
 
 * ``dispatch:geo:live`` — positions sent by the partner app, each with the time it was
   seen (``dispatch:geo:seen``); a position older than the freshness limit is ignored.
+* ``dispatch:geo:has_app`` — partners whose profile says they have the app (kept by
+  ``place_at_home`` and rebuilt with the home set); a live position does not add to it.
 * ``dispatch:geo:home`` — SMS-only partners (no app, so no live position) placed at their
   home Point while they are on duty (ON places them, OFF or a suspension takes them out).
   Rebuilt from PostgreSQL (partners on duty) when its marker key has expired, so a flushed
@@ -47,7 +49,9 @@ def update_location(partner_id: int, lat: float, lng: float, at: datetime) -> No
     pipe = redis_client().pipeline()
     pipe.geoadd(LIVE_KEY, (lng, lat, str(partner_id)))
     pipe.hset(SEEN_KEY, str(partner_id), int(at.timestamp()))
-    pipe.sadd(APP_KEY, str(partner_id))
+    # Not into APP_KEY: whether a partner has the app is their profile's word
+    # (place_at_home, the home rebuild), not a position's. An SMS partner who tried the
+    # app once is still found at home once that position is stale.
     pipe.execute()
 
 
@@ -90,6 +94,7 @@ def ensure_homes(load: Callable[[], Iterable[tuple[int, float, float, bool]]]) -
 def _rebuild_homes(rows: Iterable[tuple[int, float, float, bool]]) -> None:
     pipe = redis_client().pipeline()
     pipe.delete(HOME_KEY)
+    pipe.delete(APP_KEY)  # rebuilt from the profiles too: a flag turned off heals here
     for partner_id, lat, lng, has_app in rows:
         pipe.geoadd(HOME_KEY, (lng, lat, str(partner_id)))
         if has_app:

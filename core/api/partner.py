@@ -1,4 +1,5 @@
-"""Partner app endpoints: duty, live location, offers, pickup/drop with OTPs, photos, earnings.
+"""Partner app endpoints: duty, live location, offers, jobs in hand, pickup/drop with OTPs,
+photos, earnings.
 
 The same dispatch service answers partners on SMS; here its replies (catalog keys) become
 HTTP statuses: taken or expired offers are 409, a wrong OTP 422, a locked leg 423.
@@ -54,6 +55,12 @@ REPLY_STATUS = {
     "dispatch.given_back": (409, "offer_closed"),
     "dispatch.withdrawn": (409, "offer_closed"),  # e.g. taking another job filled them up
     "dispatch.taken_from_you": (409, "offer_closed"),
+    # The booking was cancelled (or failed) while the offer or the job was on the screen.
+    "dispatch.job_cancelled": (409, "job_cancelled"),
+    # The partner no longer fits the job (a vehicle retired, the trust tier lowered since
+    # the offer went out): the offer is closed, the job goes to another partner.
+    "dispatch.unfit_vehicle": (409, "offer_closed"),
+    "dispatch.unfit_trust_tier": (409, "offer_closed"),
 }
 
 # Dispatch replies worded for SMS ("send PICK and the OTP"), with the app's own words: in
@@ -114,6 +121,17 @@ class PhotoOut(BaseModel):
     leg_id: int
     stored: bool
     size_bytes: int
+
+
+class JobOut(BaseModel):
+    leg_id: int
+    booking_reference: str
+    leg_status: LegStatus
+    handed_over: bool = Field(description="a relay parcel handed over to you (the leg is "
+                                          "still assigned): yours, confirm the pickup")
+    pickup: str | None
+    drop: str | None
+    payout_paise: int
 
 
 class EarningsOut(BaseModel):
@@ -198,6 +216,26 @@ def get_offers() -> list[OfferOut]:
         return out
 
 
+@endpoint(bp, "GET", "/partners/me/jobs", summary="My jobs in hand (taken, not delivered)",
+          roles=PARTNER, response=list[JobOut], tags=("partner",))
+def get_jobs() -> list[JobOut]:
+    with transaction() as session:
+        _, partner = _me(session)
+        out = []
+        for leg in dispatch.active_legs_of(session, partner):
+            booking = session.get(Booking, leg.booking_id)
+            assert booking is not None
+            out.append(JobOut(
+                leg_id=leg.id, booking_reference=booking.reference,
+                leg_status=LegStatus(leg.status),
+                handed_over=dispatch.handed_over_to(session, leg),
+                # Named as the SMS names them (STATUS): a relay leg's Points too.
+                pickup=dispatch.place(session, booking, leg, "from"),
+                drop=dispatch.place(session, booking, leg, "to"),
+                payout_paise=leg.payout_paise))
+        return out
+
+
 def _my_offer(session: Session, partner: PartnerProfile, offer_id: int) -> DispatchOffer:
     offer = session.get(DispatchOffer, offer_id)
     if offer is None or offer.partner_id != partner.id:
@@ -223,8 +261,8 @@ def decline_offer(offer_id: int) -> ActionOut:
     with transaction() as session:
         person, partner = _me(session)
         offer = _my_offer(session, partner, offer_id)
-        if offer.status != "open":
-            raise ApiError(409, "offer_closed", "this offer is no longer open")
+        # A decline sent again (its answer lost, the app retried) is answered "declined"
+        # as over SMS; an offer closed otherwise is said so by dispatch, in their words.
         reply = dispatch.decline(session, partner, str(offer.leg_id))
         result = _answer_or_keep(session, reply, person, "dispatch.declined",
                                  session.get(Leg, offer.leg_id))
@@ -242,7 +280,10 @@ def _confirm(leg_id: int, kind: str, otp: str, ok_key: str) -> ActionOut:
     with transaction() as session:
         person, partner = _me(session)
         leg = _my_leg(session, partner, leg_id)
-        reply = dispatch.confirm(session, partner, kind, (otp.strip(), dispatch.job_code(leg)))
+        # retries: the app sends a request again when its answer was lost; the same
+        # wrong code again is that request, not a second try.
+        reply = dispatch.confirm(session, partner, kind, (otp.strip(), dispatch.job_code(leg)),
+                                 retries=True)
         result = _answer_or_keep(session, reply, person, ok_key, leg)
     return _raise_or_return(result)
 

@@ -79,6 +79,7 @@ from core.adapters.models import (
 )
 from core.adapters.pincode import display_name
 from core.adapters.queue import after_commit, enqueue, queue
+from core.adapters.redis_conn import redis_client
 from core.config import ConfigError, get_settings, int_setting
 from core.domain import dispatch as rules
 from core.domain.booking import Actor, BookingStatus, LegStatus
@@ -2061,9 +2062,14 @@ def _booking_closed(session: Session, leg: Leg) -> bool:
 
 
 def confirm(session: Session, partner: PartnerProfile, kind: str,
-            numbers: tuple[str, ...]) -> Reply:
+            numbers: tuple[str, ...], *, retries: bool = False) -> Reply:
     """PICK or DROP with an OTP. Wrong codes count; too many lock the leg and alert ops.
-    The code of a job this partner has done already, sent again, is answered as done."""
+    The code of a job this partner has done already, sent again, is answered as done.
+
+    ``retries``: the caller resends a request whose answer it lost (the app on a weak
+    network), so the same wrong code again within WRONG_CODE_REPEAT is that request, not
+    another try. Not for SMS: a partner's SMS sent again is one they typed and paid for
+    (Twilio's own retries carry the same MessageSid and are answered once already)."""
     wanted = (LegStatus.ASSIGNED.value,) if kind == "pickup" else (LegStatus.PICKED_UP.value,)
     # The app may pass a code as typed, in any script's digits (१२३४); the SMS path has
     # converted them already.
@@ -2111,6 +2117,14 @@ def confirm(session: Session, partner: PartnerProfile, kind: str,
         done = _done_before(session, partner, kind, otp, other_than=leg.id)
         if done is not None:
             return done  # the code of a job done before, sent again: no try counted
+        if retries:
+            wrong = _wrong_code_mark(leg, partner, kind, otp)
+            if _same_wrong_code(leg, partner, wrong):
+                # The same wrong code again within a minute or two: the app's retry
+                # after a lost answer. Answered as before; one typo costs one try.
+                return _r("dispatch.otp_wrong", job=job,
+                          left=max(cfg.otp_max_failures - leg.otp_failures, 0))
+            _remember_wrong_code(session, leg, partner, wrong)
     session.add(OtpAttempt(leg_id=leg.id, partner_id=partner.id, kind=kind, ok=ok,
                            at=clock.now()))
     booking = session.get(Booking, leg.booking_id, with_for_update=True)
@@ -2129,6 +2143,57 @@ def confirm(session: Session, partner: PartnerProfile, kind: str,
     if kind == "pickup":
         return _picked_up(session, booking, leg, actor)
     return _delivered(session, booking, leg, actor)
+
+
+# A wrong code the app sends again this soon (its retry after a lost answer) is the same
+# typo, not another try (confirm's ``retries``).
+WRONG_CODE_REPEAT = timedelta(minutes=2)
+WRONG_CODE_KEY = "dispatch:otp_wrong:{leg}:{partner}"
+
+
+def _wrong_code_mark(leg: Leg, partner: PartnerProfile, kind: str, otp: str) -> str:
+    """A keyed hash of a wrong code (never the code), bound to the leg, its current code
+    (new codes after an unlock start afresh), the partner and the end."""
+    from core.domain.otp import hash_otp
+
+    current = (leg.pickup_otp_hash if kind == "pickup" else leg.drop_otp_hash) or ""
+    return hash_otp(otp, key=get_settings().otp_key,
+                    context=f"wrong:leg:{leg.id}:{kind}:{partner.id}:{current[:16]}")
+
+
+def _same_wrong_code(leg: Leg, partner: PartnerProfile, mark: str) -> bool:
+    try:
+        raw = redis_client().get(WRONG_CODE_KEY.format(leg=leg.id, partner=partner.id))
+    except RedisError:  # no memory of it: the try counts, as it did before
+        return False
+    if not raw:
+        return False
+    value = raw.decode() if isinstance(raw, bytes) else str(raw)
+    seen_mark, _, at = value.partition("|")
+    try:
+        seen_at = float(at)
+    except ValueError:
+        return False
+    return seen_mark == mark and clock.now().timestamp() - seen_at <= \
+        WRONG_CODE_REPEAT.total_seconds()
+
+
+def _remember_wrong_code(session: Session, leg: Leg, partner: PartnerProfile,
+                         mark: str) -> None:
+    """Once the counted try is committed, remember its code's mark for WRONG_CODE_REPEAT
+    (by the project clock; Redis's expiry only clears it away)."""
+    leg_id = leg.id
+    key = WRONG_CODE_KEY.format(leg=leg_id, partner=partner.id)
+    value = f"{mark}|{clock.now().timestamp()}"
+    ttl = int(WRONG_CODE_REPEAT.total_seconds()) + 60
+
+    def store() -> None:
+        try:
+            redis_client().set(key, value, ex=ttl)
+        except RedisError:
+            log.warning("could not remember a wrong code", extra={"leg_id": leg_id})
+
+    after_commit(session, store)
 
 
 def _picked_up(session: Session, booking: Booking, leg: Leg, actor: Actor,
@@ -2473,7 +2538,12 @@ def attach_pod(session: Session, partner: PartnerProfile, leg_id: int, data: byt
     download job may run later)."""
     leg = _lock_leg(session, leg_id)
     if leg is None or leg.partner_id != partner.id:
-        raise NotFound("no such job", code="unknown_job")
+        raise NotFound("no such job", code="not_found")  # as the app's other leg routes
+    kept = session.scalar(select(PodPhoto).where(
+        PodPhoto.leg_id == leg.id, PodPhoto.sha256 == hashlib.sha256(data).hexdigest())
+        .order_by(PodPhoto.id).limit(1))
+    if kept is not None:
+        return kept  # the same photo sent again (its answer lost, the app retried): kept once
     if leg.status not in (LegStatus.PICKED_UP.value, LegStatus.DELIVERED.value):
         raise ValidationError("a photo goes with the drop", code="pod_not_now")
     if leg.status == LegStatus.DELIVERED.value and not filed and (

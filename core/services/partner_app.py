@@ -66,6 +66,10 @@ def record_location(partner_id: int, lat: float, lng: float, accuracy_m: float,
                               field="timestamp")
     prev = last_fix(partner_id)
     if prev is not None:
+        if at == prev.at and (lat, lng) == (prev.lat, prev.lng):
+            # The same fix sent again (its answer was lost on a weak network and the app
+            # retried the PUT): taken already, answered as the first time.
+            return prev
         if at <= prev.at:
             raise ValidationError("an equal or newer position was already received",
                                   code="out_of_order", field="timestamp")
