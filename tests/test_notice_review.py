@@ -433,3 +433,27 @@ def test_a_drop_code_reported_delivered_still_works_after_a_late_failure_report(
     assert "picked up" in sms(client, rider, f"PICK {pickup_code()}")[0]
     assert "delivered" in sms(client, rider, f"DROP {code}")[0], (
         "the code Sita received (delivered) was voided by a late failure report")
+
+
+def test_a_delivered_drop_code_survives_a_failure_reported_twice(client, live,
+                                                                frozen):  # noqa: F811
+    """The row's status is the failure after the first late report; the same report again
+    (Twilio resends callbacks) found no 'delivered' on the row, made a new code and voided
+    Sita's: whether it reached her is read from the message's history (found by a review
+    of session 19's last commits)."""
+    booking_id, rider = assigned_booking(client)
+    sent = recipient_code_row(booking_id)
+    (code,) = codes_in([sent.body])
+    r = post_twilio(client, "/webhooks/twilio/status",
+                    {"MessageSid": sent.provider_sid, "MessageStatus": "delivered"})
+    assert r.status_code == 204
+    run_jobs()
+    before = len(bodies_to(CUSTOMER))
+    report(client, sent.provider_sid, "undelivered", "30003")
+    assert not codes_in(bodies_to(CUSTOMER)[before:])
+    report(client, sent.provider_sid, "undelivered", "30003")  # the same report again
+    assert not codes_in(bodies_to(CUSTOMER)[before:]), (
+        "a repeated failure report made a new drop code though Sita's SMS was delivered")
+    assert "picked up" in sms(client, rider, f"PICK {pickup_code()}")[0]
+    assert "delivered" in sms(client, rider, f"DROP {code}")[0], (
+        "the code Sita received (delivered) was voided by a repeated failure report")

@@ -678,9 +678,16 @@ def apply_reports(reports: list[StatusReport]) -> int:
         for row, code in closed:
             if _by_sms_instead(session, row, code) is not None:
                 resent.add(row.id)
-        for row_id, row in failed.items():
-            if row_id not in resent and row_id not in reached:
-                _drop_code_lost(session, row)
+        lost = [row_id for row_id in failed if row_id not in resent and row_id not in reached]
+        if lost:
+            # A failure reported again in a later batch finds the row's status already
+            # the failure: whether it reached the person is in its history (by its index).
+            arrived = set(session.scalars(select(MessageStatusEvent.outbox_id).where(
+                MessageStatusEvent.outbox_id.in_(lost),
+                MessageStatusEvent.status.in_(_REACHED))))
+            lost = [row_id for row_id in lost if row_id not in arrived]
+        for row_id in lost:
+            _drop_code_lost(session, failed[row_id])
     _partners_off_duty(sorted(stopped))
     return matched
 
