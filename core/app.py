@@ -64,7 +64,7 @@ def create_app(settings: Settings | None = None) -> Flask:
         logs.request_id.set(None)  # the thread serves other requests next
 
     errors.register(app)
-    ops.instrument(app)
+    ops.instrument(app, settings)
     app.register_blueprint(ops.bp)
     for module in CHANNEL_BLUEPRINTS:
         app.register_blueprint(importlib.import_module(module).bp)

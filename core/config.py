@@ -188,6 +188,11 @@ class Settings:
     # Razorpay signs the retries of events sent before a webhook secret change with the
     # old secret: RAZORPAY_WEBHOOK_SECRET_PREVIOUS (comma-separated) still verifies them.
     razorpay_webhook_previous: tuple[str, ...] = ()
+    # /metrics (and /readyz's details) ask for `Authorization: Bearer <metrics_token>` when
+    # it is set; without one they are open to anyone who reaches the web: production
+    # refuses that unless METRICS_PUBLIC=1 says the network in front is private.
+    metrics_token: str | None = None
+    metrics_public: bool = False
 
     @property
     def is_production(self) -> bool:
@@ -199,6 +204,11 @@ class Settings:
 
 
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1", "0.0.0.0")
+# A bound on wrong sign-in codes a phone may send in a day: 50 guesses of a 6-digit code
+# succeed once in 20,000 days; 100000 (a typo for 10) would succeed in about 10 days.
+OTP_FAILURES_MAX = 50
+YES = ("1", "true", "yes", "on")
+NO = ("", "0", "false", "no", "off")
 E164 = re.compile(r"\+[1-9]\d{7,14}")
 DEMO_PHONES = re.compile(r"\+9190000000\d\d")  # core.services.seed's block, never delivered
 
@@ -281,7 +291,28 @@ def load_settings(environ: dict[str, str] | None = None) -> Settings:
     rzp_hook = secret("RAZORPAY_WEBHOOK_SECRET", SANDBOX_RAZORPAY_WEBHOOK_SECRET,
                       OWN_SECRET_MIN)
     rzp_hook_previous = listed_secrets(env.get("RAZORPAY_WEBHOOK_SECRET_PREVIOUS", ""))
+    metrics_token = env.get("METRICS_TOKEN") or None
+    raw_public = env.get("METRICS_PUBLIC", "")
+    metrics_public = raw_public.strip().lower() in YES
+    if raw_public.strip().lower() not in YES + NO:
+        problems.append(f"METRICS_PUBLIC must be 1 or 0 (true/false, yes/no), got "
+                        f"{raw_public!r}")
     if production:
+        # Counts of bookings, messages and failures are nobody else's business: a token,
+        # or an operator's word that only a private network reaches the web.
+        if metrics_token is None and not metrics_public:
+            problems.append("METRICS_TOKEN is required in production (Prometheus sends it "
+                            "as a bearer token), or METRICS_PUBLIC=1 when only a private "
+                            "network reaches /metrics")
+        elif metrics_token is not None:
+            if metrics_token in SANDBOX_SECRETS:
+                problems.append("METRICS_TOKEN is a sandbox default; set a real secret")
+            elif metrics_token != metrics_token.strip():
+                problems.append("METRICS_TOKEN starts or ends with a space or line break; "
+                                "remove it")
+            elif len(metrics_token) < OWN_SECRET_MIN:
+                problems.append(f"METRICS_TOKEN is too short: at least {OWN_SECRET_MIN} "
+                                "characters")
         if rzp_id and not rzp_id.startswith("rzp_live_"):
             # A test-mode key takes no real money: every payment link would be a dummy.
             problems.append("RAZORPAY_KEY_ID must be a live-mode key id (rzp_live_...) "
@@ -289,7 +320,8 @@ def load_settings(environ: dict[str, str] | None = None) -> Settings:
         # One leaked secret must not give away another: each has its own value.
         named = (("SECRET_KEY", secret_key), ("OTP_KEY", otp_key),
                  ("TWILIO_AUTH_TOKEN", twilio_token), ("RAZORPAY_KEY_SECRET", rzp_secret),
-                 ("RAZORPAY_WEBHOOK_SECRET", rzp_hook))
+                 ("RAZORPAY_WEBHOOK_SECRET", rzp_hook),
+                 ("METRICS_TOKEN", metrics_token or ""))
         for i, (name, given) in enumerate(named):
             for earlier, other in named[:i]:
                 if given and given == other:
@@ -421,9 +453,12 @@ def load_settings(environ: dict[str, str] | None = None) -> Settings:
         log_level=log_level,
         twilio_webhook_shared_key=env.get("TWILIO_WEBHOOK_SHARED_KEY") or None,
         proxy_hops=num("PROXY_HOPS", 0, minimum=0, maximum=5),
-        otp_failures_per_day=num("OTP_FAILURES_PER_DAY", 10, minimum=1),
+        otp_failures_per_day=num("OTP_FAILURES_PER_DAY", 10, minimum=1,
+                                 maximum=OTP_FAILURES_MAX),
         ops_hours=ops_hours,
         razorpay_webhook_previous=rzp_hook_previous,
+        metrics_token=metrics_token,
+        metrics_public=metrics_public,
     )
     if problems:
         raise ConfigError("\n".join(problems))  # a line each

@@ -42,6 +42,7 @@ def production_env(**extra: str) -> dict[str, str]:
         "TWILIO_WHATSAPP_FROM": "whatsapp:+919812300998",
         "TWILIO_SMS_FROM": "+919812300998",
         "TWILIO_VOICE_NUMBER": "+918012300998",
+        "METRICS_TOKEN": "metrics-Hn4Tq8Wz1Lc6Pv3Kx9Bd2Rm7Yf5Gs0",
         **extra,
     }
 

@@ -1,4 +1,5 @@
-"""Customer endpoints: quotes, bookings (idempotent create), tracking, cancel, rating."""
+"""Customer endpoints: quotes, bookings (idempotent create), tracking, cancel, rating,
+and the customer's own profile (their language)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from pydantic import BaseModel, Field
 from sqlalchemy import select
 from sqlalchemy.orm import Session, selectinload
 
+from core import i18n
 from core.adapters.db import transaction
 from core.adapters.models import Booking, Leg, PartnerProfile
 from core.adapters.pincode import nearest, normalize_pincode, pincode_centroid, post_offices
@@ -33,8 +35,8 @@ from core.domain.money import format_inr
 from core.domain.phone import mask_phone
 from core.domain.pricing import SpeedTier
 from core.logs import mask_phones
+from core.services import auth, ledger, payments, rating
 from core.services import booking as booking_service
-from core.services import ledger, payments, rating
 
 CUSTOMER = ("customer",)
 CUSTOMER_OR_OPS = ("customer", "ops")
@@ -424,6 +426,41 @@ def _same_fee_or_refuse(session: Session, booking: Booking, expected_fee_paise: 
     q = payments.cancellation_preview(session, locked, by_ops=by_ops)
     if q.allowed and q.fee_paise != expected_fee_paise:
         raise FeeChanged(q.fee_paise, q.refund_paise, expected_fee_paise)
+
+
+class CustomerProfileOut(BaseModel):
+    person_id: int
+    phone: str | None
+    name: str | None
+    language: str = Field(description="what our messages and calls to you are in")
+    language_chosen: bool = Field(description="false: the default, never chosen")
+    languages: list[str] = Field(description="the languages you may choose")
+
+
+class CustomerProfileChange(Strict):
+    language: str = Field(max_length=16, description="one of languages (GET /me)",
+                          json_schema_extra={"enum": list(i18n.LANGUAGES)})
+
+
+def _profile_out(p: auth.Profile) -> CustomerProfileOut:
+    return CustomerProfileOut(person_id=p.person_id, phone=p.phone, name=p.name,
+                      language=p.language, language_chosen=p.language_chosen,
+                      languages=list(i18n.LANGUAGES))
+
+
+@endpoint(bp, "GET", "/me", summary="My profile (and the language we write to me in)",
+          roles=CUSTOMER, response=CustomerProfileOut, tags=("customer",))
+def get_my_profile() -> CustomerProfileOut:
+    return _profile_out(auth.profile(principal()))
+
+
+@endpoint(bp, "PATCH", "/me",
+          summary="Choose my language: every later SMS, WhatsApp message and call to me "
+                  "is in it (422 unsupported_language lists the ones we speak)",
+          roles=CUSTOMER, body=CustomerProfileChange, response=CustomerProfileOut,
+          tags=("customer",))
+def change_my_profile(body: CustomerProfileChange) -> CustomerProfileOut:
+    return _profile_out(auth.set_language(principal(), body.language))
 
 
 @endpoint(bp, "POST", "/bookings/<ref>/rating", summary="Rate a delivered booking",

@@ -20,14 +20,14 @@ from datetime import UTC, datetime, timedelta
 import jwt
 from sqlalchemy import select
 
-from core import clock
+from core import clock, i18n
 from core.adapters.api_models import ApiSession
 from core.adapters.db import transaction
 from core.adapters.models import Person
 from core.adapters.redis_conn import hit_rate_limit, redis_client, run_script
 from core.config import get_settings
 from core.dialog.words import ascii_digits
-from core.domain.errors import DomainError
+from core.domain.errors import DomainError, ValidationError
 from core.domain.otp import generate_otp
 from core.domain.phone import is_indian_mobile, mask_phone, normalize_phone
 from core.services import notify
@@ -272,6 +272,45 @@ def sign_out(principal: Principal) -> None:
         s = session.get(ApiSession, principal.session_id, with_for_update=True)
         if s is not None and s.revoked_at is None:
             s.revoked_at = clock.now()
+
+
+@dataclass(frozen=True)
+class Profile:
+    person_id: int
+    phone: str | None
+    name: str | None
+    language: str  # what we write and speak to them in (the default until they choose)
+    language_chosen: bool
+
+
+def _profile(person: Person) -> Profile:
+    return Profile(person.id, person.phone, person.name,
+                   person.preferred_language or i18n.DEFAULT_LANGUAGE,
+                   person.preferred_language is not None)
+
+
+def profile(principal: Principal) -> Profile:
+    """The signed-in person's own profile."""
+    with transaction() as session:
+        person = session.get(Person, principal.person_id)
+        if person is None:  # erased since the token was checked
+            raise AuthError(401, "invalid_token", "sign in again")
+        return _profile(person)
+
+
+def set_language(principal: Principal, raw: str) -> Profile:
+    """Choose the language every later message to this person is in (SMS, WhatsApp,
+    calls), as a chat or a call's language menu does. ValidationError (422) lists ours."""
+    lang = raw.strip().lower()
+    if lang not in i18n.LANGUAGES:
+        raise ValidationError(f"language must be one of: {', '.join(i18n.LANGUAGES)}",
+                              code="unsupported_language", field="language")
+    with transaction() as session:
+        person = session.get(Person, principal.person_id, with_for_update=True)
+        if person is None:
+            raise AuthError(401, "invalid_token", "sign in again")
+        person.preferred_language = lang
+        return _profile(person)
 
 
 def as_utc(dt: datetime) -> datetime:

@@ -1,7 +1,14 @@
-"""Liveness, readiness and Prometheus metrics."""
+"""Liveness, readiness and Prometheus metrics.
+
+/healthz and /readyz answer anyone (load balancers probe them), /readyz with ready or not
+only; /metrics and /readyz's details ask for METRICS_TOKEN as a bearer token when it is
+set (production needs one, or METRICS_PUBLIC=1 for a private network).
+"""
 
 from __future__ import annotations
 
+import hmac
+import logging
 import os
 import time
 from datetime import timedelta
@@ -24,7 +31,10 @@ from core.adapters import db
 from core.adapters.models import OutboxMessage
 from core.adapters.queue import QUEUES, queue
 from core.adapters.redis_conn import redis_client
-from core.config import ROOT
+from core.config import ROOT, Settings, get_settings
+from core.web.errors import error_response
+
+log = logging.getLogger(__name__)
 
 bp = Blueprint("ops", __name__)
 
@@ -34,6 +44,11 @@ REQUESTS = Counter("http_requests_total", "HTTP requests", ["method", "endpoint"
 LATENCY = Histogram("http_request_duration_seconds", "HTTP request latency", ["endpoint"],
                     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 15),
                     registry=REGISTRY)
+# Requests that came with X-Forwarded-For while PROXY_HOPS=0: behind a proxy, every client
+# then has the proxy's address, and the per-IP sign-in limits become one limit for all.
+FORWARDED_IGNORED = Counter(
+    "http_forwarded_for_ignored", "Requests with X-Forwarded-For ignored (PROXY_HOPS=0)",
+    registry=REGISTRY)
 
 
 # Outbox rows counted at each scrape: only those that stay few. Messages still on our
@@ -166,8 +181,55 @@ def _schema_check() -> str:
     return state
 
 
+def _settings() -> Settings:
+    """The settings the app was made with (core.app.create_app), else the process's."""
+    return current_app.extensions.get("ridechain_settings") or get_settings()
+
+
+def _bearer() -> str | None:
+    """The bearer token of the request, if it sent one."""
+    scheme, _, token = request.headers.get("Authorization", "").strip().partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        return None
+    return token.strip()
+
+
+def _metrics_refusal() -> Response | None:
+    """Why this request may not read the metrics (an error answer), or None if it may."""
+    settings = _settings()
+    if settings.metrics_token is None:
+        if settings.is_production and not settings.metrics_public:
+            # The config refuses this; an app built by hand with neither stays closed.
+            return error_response(403, "metrics_closed",
+                                  "metrics are closed: set METRICS_TOKEN (or METRICS_PUBLIC=1)")
+        return None
+    given = _bearer()
+    if given is None:
+        return error_response(401, "unauthenticated",
+                              "send the metrics token as Authorization: Bearer <token>")
+    # Constant time: a comparison that stops at the first wrong byte tells how many were
+    # right. Bytes, as compare_digest takes only ASCII in str.
+    if not hmac.compare_digest(given.encode(), settings.metrics_token.encode()):
+        return error_response(401, "invalid_token", "the metrics token is wrong")
+    return None
+
+
 @bp.get("/readyz")
 def readyz():
+    checks = readiness()
+    ready = all(v == "ok" for v in checks.values())
+    status = 200 if ready else 503
+    if not ready:  # what a stranger is not told, operators read in the logs
+        log.warning("not ready", extra={"checks": checks})
+    if _metrics_refusal() is not None:
+        # Load balancers need only this; exception names and schema revisions are
+        # nobody else's business.
+        return jsonify({"status": "ready" if ready else "not_ready"}), status
+    return jsonify({"status": "ready" if ready else "not_ready", "checks": checks}), status
+
+
+def readiness() -> dict[str, str]:
+    """Each dependency's state: "ok", or what is wrong."""
     checks: dict[str, str] = {}
     try:
         db.ping()
@@ -186,26 +248,32 @@ def readyz():
         checks["redis"] = "ok"
     except Exception as exc:
         checks["redis"] = f"down: {type(exc).__name__}"
-    ready = all(v == "ok" for v in checks.values())
-    return jsonify({"status": "ready" if ready else "not_ready", "checks": checks}), (
-        200 if ready else 503
-    )
+    return checks
 
 
 @bp.get("/metrics")
 def metrics():
+    refused = _metrics_refusal()
+    if refused is not None:
+        return refused
     return Response(generate_latest(scrape_registry()), mimetype=CONTENT_TYPE_LATEST)
 
 
 HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
 
-def instrument(app: Flask) -> None:
-    """Count and time every request by its route (not its raw path: bounded labels)."""
+def instrument(app: Flask, settings: Settings | None = None) -> None:
+    """Count and time every request by its route (not its raw path: bounded labels); keep
+    the app's settings for /metrics; watch for a proxy PROXY_HOPS does not know of."""
+    settings = settings or get_settings()
+    app.extensions["ridechain_settings"] = settings
+    warned: list[bool] = []
 
     @app.before_request
     def _start() -> None:
         g._t0 = time.perf_counter()
+        if not settings.proxy_hops and "HTTP_X_FORWARDED_FOR" in request.environ:
+            _forwarded_ignored(settings, warned)
 
     @app.after_request
     def _stop(response):
@@ -216,3 +284,16 @@ def instrument(app: Flask) -> None:
         if hasattr(g, "_t0"):
             LATENCY.labels(endpoint).observe(time.perf_counter() - g._t0)
         return response
+
+
+def _forwarded_ignored(settings: Settings, warned: list[bool]) -> None:
+    """A request came with X-Forwarded-For while PROXY_HOPS=0: count it, and in production
+    say once (per process) what that costs. No address is logged: the proxy's would
+    say nothing useful, the client's is personal."""
+    FORWARDED_IGNORED.inc()
+    if settings.is_production and not warned:
+        warned.append(True)  # a race may log it twice at most: harmless
+        log.warning("requests come with X-Forwarded-For but PROXY_HOPS=0: if a load "
+                    "balancer or proxy is in front, every client has its address and the "
+                    "per-IP sign-in limits become one limit for everyone; set PROXY_HOPS "
+                    "to the number of proxies (README: Configuration)")
