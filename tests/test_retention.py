@@ -139,7 +139,7 @@ def book(client, customer: dict[str, str], key: str) -> str:
 
 def delivered_booking(client, customer: dict[str, str]) -> tuple[str, int]:
     """Book, pay through the sandbox link, the demo partner Ramesh takes it, picks it up,
-    sends a photo, delivers; the payout is released. (reference, leg id)"""
+    delivers, sends a photo; the payout is released. (reference, leg id)"""
     ref = book(client, customer, "ret-1")
     run_jobs()  # the payment link is made and sent
     url = client.get(f"{API}/bookings/{ref}", headers=customer).get_json()["payment_url"]
@@ -152,10 +152,11 @@ def delivered_booking(client, customer: dict[str, str]) -> tuple[str, int]:
     leg_id = taken.get_json()["leg_id"]
     assert client.post(f"{API}/legs/{leg_id}/pickup", json={"otp": code_to(CUSTOMER)},
                        headers=ramesh).status_code == 200
-    assert client.post(f"{API}/legs/{leg_id}/photo", data=b"\xff\xd8\xff\xe0a parcel",
-                       headers={**ramesh, "Content-Type": "image/jpeg"}).status_code == 201
     assert client.post(f"{API}/legs/{leg_id}/drop", json={"otp": code_to(RECIPIENT)},
                        headers=ramesh).status_code == 200
+    # After the drop: the proof of delivery (one taken before it is a pickup photo).
+    assert client.post(f"{API}/legs/{leg_id}/photo", data=b"\xff\xd8\xff\xe0a parcel",
+                       headers={**ramesh, "Content-Type": "image/jpeg"}).status_code == 201
     run_jobs()  # the payout is released and paid
     assert client.get(f"{API}/bookings/{ref}", headers=customer).get_json()["status"] == \
         "delivered"

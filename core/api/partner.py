@@ -1,5 +1,5 @@
-"""Partner app endpoints: duty, live location, offers, jobs in hand, pickup/drop with OTPs,
-photos, earnings.
+"""Partner app endpoints: the rider's profile, duty, live location, offers, jobs in hand
+(and giving one back), pickup/drop with OTPs, photos, earnings.
 
 The same dispatch service answers partners on SMS; here its replies (catalog keys) become
 HTTP statuses: taken or expired offers are 409, a wrong OTP 422, a locked leg 423.
@@ -13,7 +13,7 @@ from pydantic import BaseModel, Field
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from core import i18n
+from core import clock, i18n
 from core.adapters import storage
 from core.adapters.db import transaction
 from core.adapters.dispatch_models import DispatchOffer
@@ -104,6 +104,9 @@ class OfferOut(BaseModel):
     size: str | None
     weight: str | None
     expires_at: datetime
+    expires_in_s: int = Field(description="seconds left to accept, by the server's clock "
+                                          "(count down from this: a phone's own clock may "
+                                          "be wrong)")
 
 
 class ActionOut(BaseModel):
@@ -121,6 +124,30 @@ class PhotoOut(BaseModel):
     leg_id: int
     stored: bool
     size_bytes: int
+    proof_of_delivery: bool = Field(description="the leg's proof of delivery (taken after "
+                                                "the drop was confirmed); false: kept as a "
+                                                "pickup photo (taken before the drop)")
+
+
+class VehicleOut(BaseModel):
+    type: str
+    payload_kg: int
+    max_size: str
+    registration: str | None
+
+
+class ProfileOut(BaseModel):
+    partner_id: int
+    name: str
+    language: str
+    on_duty: bool
+    kyc_status: str
+    payable: bool = Field(description="can work: KYC verified and a payout account linked")
+    not_payable_reason: partner_app.NotPayable | None = Field(
+        description="why not, in the codes PUT /partners/me/duty refuses with")
+    payout_account_masked: str | None
+    rating: float = Field(description="0 to 5")
+    vehicles: list[VehicleOut]
 
 
 class JobOut(BaseModel):
@@ -167,6 +194,21 @@ def _answer(reply: dispatch.Reply, person: Person, ok_key: str, leg: Leg | None)
                      leg_status=LegStatus(leg.status) if leg else None)
 
 
+@endpoint(bp, "GET", "/partners/me", summary="My profile, and whether I can work",
+          roles=PARTNER, response=ProfileOut, tags=("partner",), errors=(403,))
+def get_me() -> ProfileOut:
+    with transaction() as session:
+        person, partner = _me(session)
+        p = partner_app.profile(session, person, partner, i18n.DEFAULT_LANGUAGE)
+    return ProfileOut(
+        partner_id=p.partner_id, name=p.name, language=p.language, on_duty=p.on_duty,
+        kyc_status=p.kyc_status, payable=p.payable,
+        not_payable_reason=p.not_payable_reason,
+        payout_account_masked=p.payout_account_masked, rating=p.rating,
+        vehicles=[VehicleOut(type=v.type, payload_kg=v.payload_kg, max_size=v.max_size,
+                             registration=v.registration) for v in p.vehicles])
+
+
 @endpoint(bp, "PUT", "/partners/me/duty", summary="Go on or off duty", roles=PARTNER,
           body=DutyIn, response=DutyOut, tags=("partner",), errors=(403,))
 def put_duty(body: DutyIn) -> DutyOut:
@@ -199,6 +241,7 @@ def get_offers() -> list[OfferOut]:
     with transaction() as session:
         _, partner = _me(session)
         out = []
+        now = clock.now()
         for offer in dispatch.open_offers_of(session, partner):
             leg = session.get(Leg, offer.leg_id)
             assert leg is not None
@@ -212,7 +255,9 @@ def get_offers() -> list[OfferOut]:
                 drop=dispatch.place(session, booking, leg, "to"),
                 distance_m=leg.distance_m, payout_paise=leg.payout_paise,
                 size=parcel.size_bucket if parcel else None,
-                weight=parcel.weight_bucket if parcel else None, expires_at=offer.expires_at))
+                weight=parcel.weight_bucket if parcel else None, expires_at=offer.expires_at,
+                # Whole seconds, rounded down: the app never shows time that is not there.
+                expires_in_s=max(0, int((offer.expires_at - now).total_seconds()))))
         return out
 
 
@@ -269,6 +314,31 @@ def decline_offer(offer_id: int) -> ActionOut:
     return _raise_or_return(result)
 
 
+# A give-back refused, said precisely: the parcel is with them already (picked up, or
+# handed over at a Point) or delivered; the others as on every leg route.
+GIVE_BACK_STATUS = {
+    "dispatch.cancel_too_late": (409, "already_picked_up"),
+    "dispatch.already_delivered": (409, "already_delivered"),
+}
+
+
+@endpoint(bp, "POST", "/legs/<int:leg_id>/give-back",
+          summary="Give back a job taken but not picked up (it goes to another rider)",
+          roles=PARTNER, response=ActionOut, tags=("partner",), errors=(404, 409, 423))
+def give_back_leg(leg_id: int) -> ActionOut:
+    with transaction() as session:
+        person, partner = _me(session)
+        reply = partner_app.give_back(session, partner, leg_id)
+        result: ActionOut | ApiError
+        if reply.key in GIVE_BACK_STATUS:
+            status, code = GIVE_BACK_STATUS[reply.key]
+            result = ApiError(status, code, reply.render(_lang(person)))
+        else:
+            result = _answer_or_keep(session, reply, person, "dispatch.cancelled",
+                                     session.get(Leg, leg_id))
+    return _raise_or_return(result)
+
+
 def _my_leg(session: Session, partner: PartnerProfile, leg_id: int) -> Leg:
     leg = session.get(Leg, leg_id)
     if leg is None or leg.partner_id != partner.id:
@@ -321,8 +391,10 @@ def drop_leg(leg_id: int, body: OtpIn) -> ActionOut:
     return _confirm(leg_id, "drop", body.otp, "dispatch.delivered")
 
 
-@endpoint(bp, "POST", "/legs/<int:leg_id>/photo", summary="Upload a proof-of-delivery photo",
-          roles=PARTNER, response=PhotoOut, status=201, tags=("partner",), errors=(404,),
+@endpoint(bp, "POST", "/legs/<int:leg_id>/photo",
+          summary="Upload a photo: after the drop, the proof of delivery; with the parcel "
+                  "in hand before it, a pickup photo", roles=PARTNER, response=PhotoOut,
+          status=201, tags=("partner",), errors=(404, 422, 503),
           raw_body=("image/jpeg", "image/png", "image/webp"),
           raw_limit=BodyLimit(lambda: storage.load_config().max_bytes, "photo_too_large",
                               "the photo"))
@@ -333,8 +405,10 @@ def upload_photo(leg_id: int, raw: bytes) -> PhotoOut:
         raise ApiError(400, "empty_body", "the photo is empty")
     with transaction() as session:
         _, partner = _me(session)
-        photo = dispatch.attach_pod(session, partner, leg_id, raw, request.mimetype)
-        return PhotoOut(leg_id=leg_id, stored=True, size_bytes=photo.size_bytes)
+        partner_id = partner.id
+    photo = partner_app.upload_photo(partner_id, leg_id, raw, request.mimetype)
+    return PhotoOut(leg_id=photo.leg_id, stored=True, size_bytes=photo.size_bytes,
+                    proof_of_delivery=photo.proof_of_delivery)
 
 
 @endpoint(bp, "GET", "/partners/me/earnings", summary="What I earned", roles=PARTNER,

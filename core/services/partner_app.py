@@ -1,21 +1,27 @@
-"""What the partner app adds to SMS: live positions (checked for sense) and earnings."""
+"""What the partner app adds to SMS: live positions (checked for sense), earnings, the
+rider's own profile, giving a job back, and photos taken with the job in hand."""
 
 from __future__ import annotations
 
+import hashlib
+import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import cast
+from typing import Literal, cast
 from zoneinfo import ZoneInfo
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from core import clock
-from core.adapters.models import Leg
+from core.adapters import storage
+from core.adapters.db import transaction
+from core.adapters.dispatch_models import PodPhoto
+from core.adapters.models import Booking, Leg, PartnerProfile, Person, TransitionLog, Vehicle
 from core.adapters.payment_models import LedgerPosting, LedgerTransaction
 from core.adapters.redis_conn import redis_client
-from core.domain.booking import LegStatus
-from core.domain.errors import ValidationError
+from core.domain.booking import Actor, LegStatus
+from core.domain.errors import NotFound, ValidationError
 from core.domain.geo import haversine_m, in_india, validate_lat_lng
 from core.domain.ledger import AccountKind, EntryKind
 from core.services import dispatch
@@ -29,6 +35,8 @@ MAX_SPEED_KMH = 150  # faster than any of our vehicles on a village road
 MAX_SLACK_M = 500
 LAST_FIX_KEY = "partner:lastfix"
 INDIA = ZoneInfo("Asia/Kolkata")  # a partner's "today" is India's day, not UTC's
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -130,3 +138,179 @@ def earnings(session: Session, partner_id: int) -> Earnings:
     if all_fees:
         today, week = today + fees(start_today), week + fees(week_start)
     return Earnings(today, week, all_time + all_fees, count, all_fees)
+
+
+# --- the rider's own profile ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class VehicleInfo:
+    type: str
+    payload_kg: int
+    max_size: str
+    registration: str | None
+
+
+# Why a partner cannot work: the codes PUT /partners/me/duty refuses ON with.
+NotPayable = Literal["kyc_pending", "no_payout_account", "duty_blocked"]
+
+
+@dataclass(frozen=True)
+class Profile:
+    partner_id: int
+    name: str
+    language: str
+    on_duty: bool
+    kyc_status: str
+    payable: bool
+    not_payable_reason: NotPayable | None  # None: they can work
+    payout_account_masked: str | None
+    rating: float
+    vehicles: list[VehicleInfo]
+
+
+def mask_account(account_id: str | None) -> str | None:
+    """``acc_******ar01``: enough for the rider to know which account is theirs, not the
+    whole id (a screenshot of the app goes round a WhatsApp group)."""
+    if not account_id:
+        return None
+    prefix = "acc_" if account_id.startswith("acc_") else ""
+    rest = account_id.removeprefix(prefix)
+    if len(rest) <= 4:
+        return f"{prefix}******"
+    return f"{prefix}******{rest[-4:]}"
+
+
+def profile(session: Session, person: Person, partner: PartnerProfile,
+            default_language: str) -> Profile:
+    """What the app shows the rider about themselves, and whether they can work (the
+    dispatch's own test: KYC verified and a payout account)."""
+    if partner.kyc_status in dispatch.BLOCKED_KYC:
+        reason: NotPayable | None = "duty_blocked"
+    elif partner.kyc_status != dispatch.VERIFIED_KYC:
+        reason = "kyc_pending"
+    elif not partner.payout_account_id:
+        reason = "no_payout_account"
+    else:
+        reason = None
+    vehicles = [VehicleInfo(v.type, v.payload_kg, v.max_size, v.registration)
+                for v in session.scalars(select(Vehicle).where(
+                    Vehicle.partner_id == partner.id, Vehicle.active).order_by(Vehicle.id))]
+    return Profile(partner_id=partner.id, name=partner.first_name or person.name or "",
+                   language=person.preferred_language or default_language,
+                   on_duty=partner.on_duty, kyc_status=partner.kyc_status,
+                   payable=dispatch.payable(partner), not_payable_reason=reason,
+                   payout_account_masked=mask_account(partner.payout_account_id),
+                   rating=partner.rating_x100 / 100, vehicles=vehicles)
+
+
+# --- giving a job back ------------------------------------------------------------------
+
+
+def gave_back(session: Session, partner: PartnerProfile, leg_id: int) -> bool:
+    """Whether the partner gave the leg back themselves (not had it taken back by a
+    timer or by ops): the leg's move from assigned to offering, by them."""
+    return session.scalar(select(TransitionLog.id).where(
+        TransitionLog.entity == "leg", TransitionLog.entity_id == leg_id,
+        TransitionLog.from_status == LegStatus.ASSIGNED.value,
+        TransitionLog.to_status == LegStatus.OFFERING.value,
+        TransitionLog.actor == str(Actor("partner", str(partner.id)))).limit(1)) is not None
+
+
+def give_back(session: Session, partner: PartnerProfile, leg_id: int) -> dispatch.Reply:
+    """The app's "give this job back" (SMS: CANCEL <job>), through the same dispatch path.
+    Sent again after its answer was lost, it is answered as the first time: the job is
+    no longer theirs because they gave it back."""
+    leg = session.get(Leg, leg_id)
+    if leg is None:
+        raise NotFound("no such job", code="not_found")
+    job = dispatch.job_code(leg)
+    if leg.partner_id != partner.id:
+        if gave_back(session, partner, leg_id):
+            return dispatch.Reply("dispatch.cancelled", {"job": job})
+        raise NotFound("no such job", code="not_found")
+    reply = dispatch.cancel_by_partner(session, partner, (str(leg_id),))
+    if reply.key == "dispatch.no_such_job" and gave_back(session, partner, leg_id):
+        # Two requests at once: the other one gave it back while this one waited.
+        return dispatch.Reply("dispatch.cancelled", {"job": job})
+    return reply
+
+
+# --- photos -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class AppPhoto:
+    leg_id: int
+    size_bytes: int
+    proof_of_delivery: bool
+
+
+def upload_photo(partner_id: int, leg_id: int, data: bytes,
+                 content_type: str | None) -> AppPhoto:
+    """Keep a photo from the app for the partner's leg, in its own transaction.
+
+    Only a photo taken once the drop is confirmed (within dispatch.POD_AFTER_DROP) is the
+    leg's proof of delivery. One taken with the parcel in hand before the drop (picked up,
+    or handed over at a Point) is kept as a pickup photo, never the proof: the proof says
+    the parcel reached the door, which a photo taken before the code was checked cannot.
+    A file written to the store whose row is then not committed is deleted again."""
+    written: list[str] = []
+    try:
+        with transaction() as session:
+            return _store_photo(session, partner_id, leg_id, data, content_type, written)
+    except BaseException:
+        for uri in written:
+            _drop_orphan(leg_id, uri)
+        raise
+
+
+def _store_photo(session: Session, partner_id: int, leg_id: int, data: bytes,
+                 content_type: str | None, written: list[str]) -> AppPhoto:
+    # The leg's lock is held from the check below to the commit: two uploads of one
+    # photo keep one row, and _drop_orphan never deletes a file another upload keeps.
+    leg = session.get(Leg, leg_id, with_for_update=True, populate_existing=True)
+    if leg is None or leg.partner_id != partner_id:
+        raise NotFound("no such job", code="not_found")
+    kept = session.scalar(select(PodPhoto).where(
+        PodPhoto.leg_id == leg.id, PodPhoto.sha256 == hashlib.sha256(data).hexdigest())
+        .order_by(PodPhoto.id).limit(1))
+    if kept is not None:  # the same photo sent again (its answer lost): kept once
+        return AppPhoto(leg.id, kept.size_bytes, leg.pod_photo_url == kept.storage_uri)
+    if leg.status == LegStatus.DELIVERED.value:
+        if leg.delivered_at is None or leg.delivered_at < clock.now() - dispatch.POD_AFTER_DROP:
+            raise ValidationError("a photo goes with the drop; this drop is past",
+                                  code="pod_not_now")
+        proof = True
+    elif dispatch.parcel_in_hand(session, leg):
+        proof = False
+    else:
+        raise ValidationError("a photo goes with the parcel in hand", code="pod_not_now")
+    booking = session.get(Booking, leg.booking_id)
+    assert booking is not None
+    folder = f"{booking.reference}/leg-{leg.id}" + ("" if proof else "/pickup")
+    stored = storage.save_photo(data, folder=folder, declared_type=content_type)
+    written.append(stored.uri)
+    session.add(PodPhoto(leg_id=leg.id, partner_id=partner_id, storage_uri=stored.uri,
+                         content_type=stored.content_type, size_bytes=stored.size_bytes,
+                         sha256=stored.sha256))
+    if proof:
+        leg.pod_photo_url = stored.uri
+    session.flush()
+    return AppPhoto(leg.id, stored.size_bytes, proof)
+
+
+def _drop_orphan(leg_id: int, uri: str) -> None:
+    """Delete a photo file whose row was not committed, unless a row keeps it by now (the
+    same photo stored again by a retry that took the leg's lock after this one let go)."""
+    from core.services.retention import delete_photo  # retention imports this module
+
+    try:
+        with transaction() as session:
+            session.get(Leg, leg_id, with_for_update=True)
+            if session.scalar(select(PodPhoto.id).where(
+                    PodPhoto.leg_id == leg_id, PodPhoto.storage_uri == uri).limit(1)) is None:
+                delete_photo(uri)
+    except Exception as exc:  # the database or the store away: the original error counts
+        log.warning("a photo whose row was not kept is left in the store",
+                    extra={"leg_id": leg_id, "error": type(exc).__name__})
