@@ -70,6 +70,7 @@ REQUIRED_KEYS = (
     | {"ivr.person.busy", "ivr.not_mobile"}  # ivr.dial_ended, the voice webhook
     | {"payment.link_failed", "payment.ops_link_refused",  # payments._link_refused
        "payment.ops_transfer_refused"}  # payments._transfer_refused
+    | {"payment.ops_transfer_reversed"}  # payments.record_transfer_reversal
     | {"bot.cancel.picked_up", "bot.cancel.not_allowed"}  # booking._not_allowed
     | {"bot.place.landmark_bad"}  # booking's landmark step
     | {"bot.pickup.pin_needed", "bot.drop.pin_needed"}  # two villages at one spot

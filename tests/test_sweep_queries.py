@@ -353,7 +353,7 @@ def test_only_the_payable_kinds_post_to_a_partners_payable():
     values = {"booking_id": 1, "leg_id": 2, "partner_id": 3, "payment_id": "pay_1",
               "refund_id": 4, "transfer_id": "trf_1", "gateway_refund_id": "rfnd_1",
               "amount_paise": 5000, "payout_paise": 4000, "commission_paise": 1000,
-              "fee_paise": 500}
+              "fee_paise": 500, "amount_reversed": 5000}
     to_payable: set[str] = set()
     for kind in rules.EntryKind:
         make = getattr(rules, kind.value)  # each kind's entries are made by its namesake

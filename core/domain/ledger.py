@@ -9,7 +9,10 @@ sum over every account is always zero and every other balance reads naturally:
 * ``escrow`` per booking: what the customer paid and is not yet earned or refunded (>= 0);
 * ``partner_payable`` per partner: earned by delivered legs, not yet transferred;
 * ``platform_commission``: the platform's share of delivered legs;
-* ``refunds_pending`` per booking: refunds asked of the gateway, not yet settled.
+* ``refunds_pending`` per booking: refunds asked of the gateway, not yet settled;
+* ``reversed_payouts`` per booking: partner payouts reversed after they were made (the
+  money back in the platform's balance), owed again to the partner or to the customer as
+  ops decide.
 
 Every entry has an idempotency key derived from what caused it (a gateway payment id, a
 leg id, our refund id), so recording the same cause twice is a no-op in the database.
@@ -30,6 +33,7 @@ class AccountKind(StrEnum):
     PARTNER_PAYABLE = "partner_payable"
     PLATFORM_COMMISSION = "platform_commission"
     REFUNDS_PENDING = "refunds_pending"
+    REVERSED_PAYOUTS = "reversed_payouts"
 
 
 class EntryKind(StrEnum):
@@ -41,6 +45,7 @@ class EntryKind(StrEnum):
     REFUND_FAILED = "refund_failed"
     TRANSFER_PROCESSED = "transfer_processed"
     TRANSFER_FAILED = "transfer_failed"
+    TRANSFER_REVERSED = "transfer_reversed"
 
 
 # Accounts whose balance may never go below zero (checked at write time, under a lock).
@@ -60,7 +65,8 @@ class Account:
     partner_id: int | None = None
 
     def __post_init__(self) -> None:
-        per_booking = self.kind in (AccountKind.ESCROW, AccountKind.REFUNDS_PENDING)
+        per_booking = self.kind in (AccountKind.ESCROW, AccountKind.REFUNDS_PENDING,
+                                    AccountKind.REVERSED_PAYOUTS)
         if per_booking != (self.booking_id is not None):
             raise ValueError(f"{self.kind} account needs a booking id exactly when per booking")
         if (self.kind is AccountKind.PARTNER_PAYABLE) != (self.partner_id is not None):
@@ -90,6 +96,10 @@ def refunds_pending(booking_id: int) -> Account:
 
 def payable(partner_id: int) -> Account:
     return Account(AccountKind.PARTNER_PAYABLE, partner_id=partner_id)
+
+
+def reversed_payouts(booking_id: int) -> Account:
+    return Account(AccountKind.REVERSED_PAYOUTS, booking_id=booking_id)
 
 
 @dataclass(frozen=True)
@@ -236,6 +246,21 @@ def transfer_failed(booking_id: int, leg_id: int, partner_id: int, transfer_id: 
     return Entry(EntryKind.TRANSFER_FAILED, f"transfer:{transfer_id}:failed", booking_id,
                  tuple(_move(GATEWAY, payable(partner_id), amount_paise, leg_id)),
                  memo="transfer to partner failed; owed again", gateway_ref=transfer_id)
+
+
+def transfer_reversed(booking_id: int, leg_id: int, transfer_id: str, amount_paise: int,
+                      amount_reversed: int) -> Entry:
+    """A transfer posted as paid out was reversed afterwards (all or part of it): what came
+    back leaves the partner's side for the booking's reversed payouts, where it waits for
+    ops (pay the partner again, or refund the customer). Not owed to the partner again by
+    itself: a reversal is someone's decision. One entry per reversal, keyed by the
+    transfer's total reversed amount after it (``amount_reversed``, the gateway's)."""
+    _amount("amount_paise", amount_paise)
+    _amount("amount_reversed", amount_reversed)
+    return Entry(EntryKind.TRANSFER_REVERSED,
+                 f"transfer:{transfer_id}:reversed:{amount_reversed}", booking_id,
+                 tuple(_move(GATEWAY, reversed_payouts(booking_id), amount_paise, leg_id)),
+                 memo="transfer to partner reversed; held for ops", gateway_ref=transfer_id)
 
 
 def check_balances(entry: Entry, balances: dict[Account, int]) -> None:

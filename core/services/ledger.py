@@ -154,7 +154,9 @@ def leg_payable(session: Session, leg_id: int) -> int:
 
 def leg_paid_out(session: Session, leg_id: int) -> int:
     """What the ledger shows paid out to partners for a leg: released Route transfers,
-    less those that failed afterwards."""
+    less those that failed afterwards. A payout reversed afterwards still counts: it is
+    not owed again by itself (ops decide, see ``transfer_reversal``), so the leg is not
+    paid a second time behind their back."""
     return -int(session.scalar(
         select(func.coalesce(func.sum(LedgerPosting.amount_paise), 0))
         .join(LedgerTransaction, LedgerTransaction.id == LedgerPosting.transaction_id)
@@ -183,6 +185,43 @@ def transfer_payout(session: Session, transfer_id: str) -> rules.Entry | None:
     return rules.transfer_failed(booking_id, leg_id, partner_id, transfer_id, -int(amount))
 
 
+def transfer_reversal(session: Session, transfer_id: str, left_paise: int,
+                      amount_reversed: int) -> rules.Entry | None:
+    """The ``transfer_reversed`` entry owed for a gateway transfer that now has
+    ``left_paise`` left on it, ``amount_reversed`` reversed in all: what the ledger shows
+    paid out on it (its ``transfer_processed``, less reversals recorded) beyond what is left.
+    None when nothing was paid out on it, its payout was voided (failed), or no more came
+    back than is recorded. The caller holds the booking's lock."""
+    if recorded(session, f"transfer:{transfer_id}:failed"):
+        return None
+    row = session.execute(
+        select(LedgerTransaction.booking_id, LedgerPosting.leg_id, LedgerPosting.amount_paise)
+        .join(LedgerPosting, LedgerPosting.transaction_id == LedgerTransaction.id)
+        .where(LedgerTransaction.idempotency_key == f"transfer:{transfer_id}:processed",
+               LedgerPosting.account_kind == rules.AccountKind.PARTNER_PAYABLE.value)
+    ).first()
+    if row is None:
+        return None
+    booking_id, leg_id, paid = row
+    assert booking_id is not None and leg_id is not None, (
+        f"transfer {transfer_id}: its payout posting has no booking or leg")
+    back = int(session.scalar(
+        select(func.coalesce(func.sum(LedgerPosting.amount_paise), 0))
+        .join(LedgerTransaction, LedgerTransaction.id == LedgerPosting.transaction_id)
+        .where(LedgerTransaction.kind == rules.EntryKind.TRANSFER_REVERSED.value,
+               LedgerTransaction.gateway_ref == transfer_id,
+               LedgerPosting.account_kind == rules.AccountKind.REVERSED_PAYOUTS.value)) or 0)
+    amount = -int(paid) - back - max(left_paise, 0)
+    if amount <= 0 or amount_reversed <= 0:
+        return None
+    return rules.transfer_reversed(booking_id, leg_id, transfer_id, amount, amount_reversed)
+
+
+def reversed_payouts(session: Session, booking_id: int) -> int:
+    """Partner payouts of the booking reversed after they were made, held for ops."""
+    return balance(session, rules.reversed_payouts(booking_id))
+
+
 def partner_balance(session: Session, partner_id: int, at: datetime | None = None) -> int:
     """What the platform still owes a partner (earned, not yet transferred)."""
     return balance(session, rules.payable(partner_id), at)
@@ -190,4 +229,5 @@ def partner_balance(session: Session, partner_id: int, at: datetime | None = Non
 
 __all__ = ["account_balances", "balance", "booking_summary", "leg_paid_out", "leg_payable",
            "lock_booking",
-           "partner_balance", "post", "post_arguments", "recorded", "total", "transfer_payout"]
+           "partner_balance", "post", "post_arguments", "recorded", "reversed_payouts", "total",
+           "transfer_payout", "transfer_reversal"]

@@ -68,7 +68,7 @@ SYSTEM = Actor.system()
 HANDLED_EVENTS = (
     "payment_link.paid", "payment_link.expired", "payment_link.cancelled",
     "payment.captured", "payment.failed", "refund.processed", "refund.failed",
-    "transfer.processed", "transfer.failed",
+    "transfer.processed", "transfer.failed", "transfer.reversed",
 )
 
 
@@ -1061,6 +1061,59 @@ def _on_transfer(data: dict, cause: str) -> str:
         return "duplicate-transfer-event"
 
 
+def _on_transfer_reversed(data: dict, cause: str) -> str:
+    """A leg's transfer was reversed at the gateway (all or part of it): if it had been
+    posted as paid out, what came back is recorded (record_transfer_reversal)."""
+    return record_transfer_reversal(_entity(data, "transfer"), cause)
+
+
+def record_transfer_reversal(transfer: dict, cause: str) -> str:
+    """A transfer posted as paid out to a partner has less left on it at the gateway than
+    the ledger paid out (reversed since: ops in the dashboard, a partial reversal): the
+    difference goes from the partner's side to the booking's reversed payouts
+    (rules.transfer_reversed), once per reversal, and ops hear of it once, to pay the
+    partner again or refund the customer. From the transfer.reversed event or the
+    reconciliation (whichever sees it first; the other finds it recorded). A reversal of
+    a transfer still on hold, or of one never posted as paid out, records nothing."""
+    from core.adapters.payment_models import LedgerTransaction
+    from core.services.dispatch import alert_ops  # dispatch imports payments
+
+    tid = _gateway_id(transfer)
+    if tid is None:
+        log.warning("transfer reversal without an id")
+        return "transfer-without-id"
+    if _bad_amount(transfer, "amount", "amount_reversed") or _paise(transfer, "amount") is None:
+        log.warning("transfer reversal with a bad amount")
+        return "bad-payload"
+    if transfer.get("status") == "failed":
+        return "transfer-failed"  # no money moved: _on_transfer voids what was posted
+    total = _paise(transfer, "amount") or 0
+    gone = _paise(transfer, "amount_reversed") or 0
+    with transaction() as session:
+        booking_id = session.scalar(select(LedgerTransaction.booking_id).where(
+            LedgerTransaction.idempotency_key == f"transfer:{tid}:processed"))
+        if booking_id is None:
+            return "no-payout"  # a hold given back, or a transfer that is not ours
+        booking = ledger.lock_booking(session, booking_id)
+        entry = ledger.transfer_reversal(session, tid, total - gone, gone)
+        if entry is None:
+            return "no-reversal"  # no more came back than is recorded
+        if not ledger.post(session, entry, actor="gateway:razorpay", cause=cause):
+            return "duplicate-reversal"
+        leg_id = entry.postings[0].leg_id
+        back = -entry.delta(rules.GATEWAY)
+        row = session.scalar(select(LegTransfer).where(LegTransfer.transfer_id == tid)
+                             .with_for_update())
+        if row is not None and total - gone <= 0:
+            row.status = "reversed"
+        log.warning("a paid leg transfer was reversed; ops decide where the money goes",
+                    extra={"leg_id": leg_id, "reversed_paise": back})
+        alert_ops(session, "payment.ops_transfer_reversed", booking_id=booking.id,
+                  dedupe_key=f"transfer-{tid}-reversed-{gone}", ref=booking.reference,
+                  leg=leg_id, reversed_paise=back)
+        return "transfer-reversed"
+
+
 def _void_payout(session: Session, transfer_id: str, cause: str) -> int:
     """A transfer failed: if its payout was posted (its hold was released), void it once, so
     the partner is owed it again. Return the amount voided (0 if nothing was posted)."""
@@ -1091,6 +1144,7 @@ _HANDLERS = {
     "refund.failed": _on_refund,
     "transfer.processed": _on_transfer,
     "transfer.failed": _on_transfer,
+    "transfer.reversed": _on_transfer_reversed,
 }
 
 
@@ -1240,6 +1294,7 @@ def _hold_leg_transfer(leg_id: int) -> str:
         payment_id = _capture_payment_id(session, booking_id)
         partner = session.get(PartnerProfile, partner_id)
         account = partner.payout_account_id if partner else None
+        refunded = payment_id is not None and _refund_asked(session, payment_id)
     if payment_id is None:
         return "no-payment"
     if not account or amount <= 0:
@@ -1249,14 +1304,35 @@ def _hold_leg_transfer(leg_id: int) -> str:
     _reverse_others(c, transfers, leg_id, account)
     if _live(transfers, leg_id, account) is not None:
         return "already-held"
-    created = c.payment.transfer(payment_id, {"transfers": [{
-        "account": account, "amount": amount, "currency": "INR", "on_hold": True,
-        "notes": {"leg_id": str(leg_id), "booking_id": str(booking_id)},
-    }]})
+    if refunded:
+        return _no_hold_after_refund(leg_id)
+    try:
+        created = c.payment.transfer(payment_id, {"transfers": [{
+            "account": account, "amount": amount, "currency": "INR", "on_hold": True,
+            "notes": {"leg_id": str(leg_id), "booking_id": str(booking_id)},
+        }]})
+    except gw.BadRequestError as exc:
+        if not _takes_no_transfer(c, payment_id, exc):
+            raise
+        return _no_hold_after_refund(leg_id)  # a refund we did not know of (the dashboard)
     items = created.get("items") or [created]
     live = _live(items, leg_id) or items[0]
     _save_transfer(leg_id, booking_id, partner_id, payment_id, account, live, "on_hold")
     return "held"
+
+
+def _no_hold_after_refund(leg_id: int) -> str:
+    """A refund of the booking's payment was asked: Razorpay takes no transfer on it, so
+    no hold is made. What the leg is owed (a fee, a delivered leg) is paid as
+    settle_leg_transfer pays it then (a direct transfer); nothing owed yet, nothing now:
+    the leg's settle after delivery pays it. The caller holds the leg's lock."""
+    with transaction() as session:
+        owed = ledger.leg_payable(session, leg_id) > ledger.leg_paid_out(session, leg_id)
+    if owed:
+        return _settle_leg_transfer(leg_id)
+    log.info("no hold on a refunded payment; the leg is paid when it earns",
+             extra={"leg_id": leg_id})
+    return "refund-asked"
 
 
 def settle_leg_transfer(leg_id: int) -> str:
@@ -1306,8 +1382,11 @@ def _settle_leg_transfer(leg_id: int) -> str:
                   and row_transfer not in {t.get("id") for t in transfers}):
         # The payment takes no new transfer (a refund of it was asked), or the leg's row
         # names a transfer not made on it (a direct one): the leg's direct transfers
-        # count as its transfers too.
-        transfers += _direct_transfers(c, leg_id, since, transfers)
+        # count as its transfers too. The one the row names, fetched by its id, when it
+        # is still the partner's; else every transfer since the row is looked through.
+        known = _named_direct(c, leg_id, row_transfer, account, transfers)
+        transfers += known if known is not None else _direct_transfers(c, leg_id, since,
+                                                                       transfers)
     failed = [str(t["id"]) for t in transfers
               if gw.note_int(t, "leg_id") == leg_id and t.get("status") == "failed"]
     if failed:
@@ -1457,6 +1536,23 @@ def _direct_transfers(c, leg_id: int, since: datetime, known: list[dict]) -> lis
     log.warning("leg's direct transfers: not every page of transfers was looked at",
                 extra={"leg_id": leg_id})
     return found
+
+
+def _named_direct(c, leg_id: int, transfer_id: str | None, account: str | None,
+                  known: list[dict]) -> list[dict] | None:
+    """The leg's direct transfer its row names, fetched by id, if it is still live and to
+    the partner's account now: it is then the leg's transfer, and the other direct ones
+    (failed before it) change nothing. None when that is not so: look through them all."""
+    if transfer_id is None or not account or transfer_id in {t.get("id") for t in known}:
+        return None
+    try:
+        t = c.transfer.fetch(transfer_id)
+    except gw.BadRequestError:
+        return None
+    if gw.note_int(t, "leg_id") != leg_id or not _is_direct(t) or (
+            _live([t], leg_id, account) is None):
+        return None
+    return [t]
 
 
 def _direct_key(transfers: list[dict], leg_id: int) -> str:

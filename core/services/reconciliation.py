@@ -11,6 +11,11 @@ Each difference (missing on either side, amount differs) is recorded once per (k
 entity, gateway id) and marked resolved when a later run finds it matching. Operators
 read them with ``list_mismatches`` (the ops REST endpoint comes with the REST API).
 
+A payout the gateway shows less of than the ledger paid out (the transfer reversed since,
+all or part, by ops in the dashboard: Razorpay sends no webhook for it) is recorded first
+as a ``transfer_reversed`` entry (payments.record_transfer_reversal: once per reversal,
+ops told once), then compared for what is left on it.
+
 One item the gateway cannot show this run (a 5xx for that fetch) is not compared, not
 reported as missing: the rest of the run is recorded, and the window marker stays at or
 before that item's ledger entry, so a later run compares it.
@@ -335,23 +340,16 @@ def _run(since: datetime | None, until: datetime | None) -> dict[str, int]:
                                   AccountKind.GATEWAY_CLEARING, since, until)
         led_ref.update(_ledger_amounts(session, EntryKind.REFUND_PROCESSED,
                                        AccountKind.GATEWAY_CLEARING, since, None, set(refunds)))
-        led_trf = _ledger_amounts(session, EntryKind.TRANSFER_PROCESSED,
-                                  AccountKind.GATEWAY_CLEARING, since, until)
-        led_trf.update(_ledger_amounts(session, EntryKind.TRANSFER_PROCESSED,
-                                       AccountKind.GATEWAY_CLEARING, since, None,
-                                       set(transfers) | no_payout))
-        # A payout voided because its transfer failed afterwards is no payout: nothing to
-        # compare, and what was found of it before (paid out, not at the gateway) is over.
-        voided_trf: set[str] = set()
-        for ref, (voided, _) in _ledger_amounts(session, EntryKind.TRANSFER_FAILED,
-                                                AccountKind.GATEWAY_CLEARING, since, None,
-                                                set(led_trf)).items():
-            amount, booking_id = led_trf[ref]
-            if amount - voided > 0:
-                led_trf[ref] = (amount - voided, booking_id)
-            else:
-                del led_trf[ref]
-                voided_trf.add(ref)
+        led_trf, voided_trf = _ledger_transfers(session, since, until,
+                                                set(transfers) | no_payout)
+    # A payout reversed at the gateway since it was posted is recorded as such (once per
+    # reversal; its transfer.reversed event may never come), then compared for what is
+    # left on it.
+    fetch_transfer = _cached(c.transfer.fetch)
+    if _record_reversals(led_trf, transfers, fetch_transfer):
+        with transaction() as session:
+            led_trf, voided_trf = _ledger_transfers(session, since, until,
+                                                    set(transfers) | no_payout)
     findings: list[Finding] = []
     checked: dict[str, set[str]] = {}
     unanswered: set[str] = set()
@@ -361,11 +359,13 @@ def _run(since: datetime | None, until: datetime | None) -> dict[str, int]:
     for entity, gateway_items, led, fetch in (
         ("payment", payments, led_pay, c.payment.fetch),
         ("refund", refunds, led_ref, c.refund.fetch),
-        ("transfer", transfers, led_trf, c.transfer.fetch),
+        ("transfer", transfers, led_trf, None),
     ):
         amounts = {gid: _gateway_amount(entity, item) or 0 for gid, item in gateway_items.items()}
-        found, seen, skipped = _compare(entity, amounts, led,
-                                        lambda gid, f=fetch: _fetch_one(f, gid), noted, ours)
+        found, seen, skipped = _compare(
+            entity, amounts, led,
+            fetch_transfer if fetch is None else lambda gid, f=fetch: _fetch_one(f, gid),
+            noted, ours)
         findings += found
         unanswered |= skipped
         # A transfer of an open mismatch with no payout at the gateway now, and none in
@@ -379,6 +379,67 @@ def _run(since: datetime | None, until: datetime | None) -> dict[str, int]:
         log.warning("reconciliation found mismatches", extra={"count": len(findings)})
     return {"mismatches": len(findings), "payments": len(payments), "refunds": len(refunds),
             "transfers": len(transfers)}
+
+
+def _ledger_transfers(session: Session, since: datetime, until: datetime, refs: set[str]
+                      ) -> tuple[dict[str, tuple[int, int | None]], set[str]]:
+    """The ledger's payouts by transfer (in the window, or of ``refs``), each less what a
+    failure voided and what reversals took back; and the transfers whose payout nothing
+    is left of (nothing to compare: what was found of them before is over)."""
+    led_trf = _ledger_amounts(session, EntryKind.TRANSFER_PROCESSED,
+                              AccountKind.GATEWAY_CLEARING, since, until)
+    led_trf.update(_ledger_amounts(session, EntryKind.TRANSFER_PROCESSED,
+                                   AccountKind.GATEWAY_CLEARING, since, None, refs))
+    gone: set[str] = set()
+    for kind in (EntryKind.TRANSFER_FAILED, EntryKind.TRANSFER_REVERSED):
+        for ref, (back, _) in _ledger_amounts(session, kind, AccountKind.GATEWAY_CLEARING,
+                                              since, None, set(led_trf)).items():
+            amount, booking_id = led_trf[ref]
+            if amount - back > 0:
+                led_trf[ref] = (amount - back, booking_id)
+            else:
+                del led_trf[ref]
+                gone.add(ref)
+    return led_trf, gone
+
+
+def _cached(fetch):
+    """_fetch_one of ``fetch``, each item asked of the gateway once a run (a _NoAnswer is
+    not kept: asked again, it may answer)."""
+    known: dict[str, dict | None] = {}
+
+    def fetch_one(gateway_id: str) -> dict | None:
+        if gateway_id not in known:
+            known[gateway_id] = _fetch_one(fetch, gateway_id)
+        return known[gateway_id]
+
+    return fetch_one
+
+
+def _record_reversals(led_trf: dict[str, tuple[int, int | None]],
+                      transfers: dict[str, dict], fetch_one) -> int:
+    """Record the reversals of payouts in ``led_trf`` whose transfer has less left on it
+    at the gateway than the ledger paid out (payments.record_transfer_reversal: keyed by
+    the reversal, so a run finding one recorded by its event changes nothing); how many
+    were recorded now."""
+    from core.services import payments  # payments imports nothing of this module
+
+    recorded = 0
+    for tid, (paid, _) in list(led_trf.items()):
+        item = transfers.get(tid)
+        if item is None:
+            try:
+                item = fetch_one(tid)
+            except _NoAnswer:
+                continue
+        if not item or item.get("status") not in ("processed", "partially_reversed",
+                                                  "reversed"):
+            continue
+        left = int(item.get("amount") or 0) - int(item.get("amount_reversed") or 0)
+        if left < paid:
+            recorded += payments.record_transfer_reversal(
+                item, f"reconcile:{tid}") == "transfer-reversed"
+    return recorded
 
 
 def _existing_bookings(ids: set[int]) -> set[int]:
