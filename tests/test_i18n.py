@@ -100,6 +100,9 @@ REQUIRED_KEYS = (
     | {"sms.customer_help"}  # partner_sms: a customer texting our SMS number
     | {"sms.recipient_coming", "sms.recipient_on_the_way"}  # partner_sms: a recipient too
     | {"dispatch.drop_otp_pass_on", "dispatch.ops_drop_code_lost"}  # a drop code lost
+    | {f"dispatch.{k}" for k in ("ops_drop_code_unsent", "pickup_code_lost_rider",  # codes lost
+                                 "ops_pickup_code_lost", "ops_pickup_code_unsent")}
+    | {"dispatch.customer_handed_on"}  # a relay's later handover
     | {"bot.handoff.after_hours", "bot.media.callback_after_hours",  # outside OPS_HOURS
        "ivr.person.after_hours"}
     | {f"time_of_day.{p}" for p in ("late_night", "morning", "noon", "afternoon", "evening",

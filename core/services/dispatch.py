@@ -19,7 +19,9 @@ How a leg finds its partner:
    own, in id order), and those jobs move on at once.
 4. OTPs: pickup code to the sender (or, on a relay leg, to the partner handing over at the
    Point), drop code to the recipient (or to the next leg's partner at the Point).
-   ``DISPATCH_OTP_MAX_FAILURES`` wrong codes lock the leg and alert ops.
+   ``DISPATCH_OTP_MAX_FAILURES`` wrong codes lock the leg and alert ops. A code Twilio
+   could not deliver is made again (``drop_code_lost``, ``pickup_code_lost``), its tries
+   fresh but bounded (``tries_after_lost_code``).
 5. A delivered leg asks payments to release its payout (``release-<leg id>``); a relay's
    next leg is dispatched as soon as the previous one is picked up, so its partner is
    waiting at the Point.
@@ -1881,8 +1883,11 @@ def send_leg_codes(session: Session, booking: Booking, leg: Leg, *, tag: str,
                         OutboxMessage.dedupe_key == dedupe_key)) is None):
                 # Nothing can reach her (she stopped our SMS, no WhatsApp): the sender,
                 # who gave her number, passes the code on.
-                _drop_code_to_sender(session, booking, leg, drop_code,
-                                     dedupe_key=f"{dedupe_key}-sender")
+                if _drop_code_to_sender(session, booking, leg, drop_code,
+                                        dedupe_key=f"{dedupe_key}-sender") is None:
+                    alert_ops(session, "dispatch.ops_drop_code_unsent",
+                              dedupe_key=f"leg-{leg.id}-dropunsent-{tag}",
+                              booking_id=booking.id, ref=booking.reference, job=job_code(leg))
         else:
             key = _code_key(session, booking, leg, "dispatch.drop_otp_sender", "dropotp")
             notify.notify_customer(session, booking, key, otp=drop_code,
@@ -1925,19 +1930,15 @@ def drop_code_lost(session: Session, row: OutboxMessage) -> int | None:
             or row.to_addr != outbox.address(row.channel, phone)
             or _last_sent(session, booking, f"leg-{leg.id}-dropotp-%") != row.dedupe_key):
         return None
-    # A new drop code; the pickup code the sender holds stays as it is.
-    pickup_hash, failures = leg.pickup_otp_hash, leg.otp_failures
+    # A new drop code, with fresh tries (bounded); the pickup code the sender holds stays
+    # as it is.
+    pickup_hash, failures = leg.pickup_otp_hash, tries_after_lost_code(session, leg, "drop")
     _, code = issue_leg_otps(leg)
     leg.pickup_otp_hash, leg.otp_failures = pickup_hash, failures
     recipient = session.scalar(select(Person).where(Person.phone == phone))
     if row.channel == "sms" and recipient is not None and (
             recipient.id != booking.customer_id):
-        holds_one = session.scalar(select(OutboxMessage.id).where(
-            OutboxMessage.booking_id == booking.id, OutboxMessage.id != row.id,
-            OutboxMessage.dedupe_key.like(f"leg-{leg.id}-dropotp-%"),
-            OutboxMessage.to_addr.in_([outbox.address("sms", phone),
-                                       outbox.address("whatsapp", phone)]),
-            OutboxMessage.status.not_in(("failed", "undelivered"))).limit(1)) is not None
+        holds_one = _holds_code(session, booking, leg, "dropotp", phone, other_than=row.id)
         key = "dispatch.drop_otp_new" if holds_one else "dispatch.drop_otp"
         body = i18n.t(key, _recipient_language(session, booking), ref=booking.reference,
                       otp=code)
@@ -1952,8 +1953,105 @@ def drop_code_lost(session: Session, row: OutboxMessage) -> int | None:
     if sent is None:
         log.error("drop code lost and the sender cannot be reached",
                   extra={"booking_id": booking.id, "leg_id": leg.id})
-    alert_ops(session, "dispatch.ops_drop_code_lost",
+    # What really happened: the new code went to the sender, or to nobody.
+    alert_ops(session, "dispatch.ops_drop_code_lost" if sent is not None
+              else "dispatch.ops_drop_code_unsent",
               dedupe_key=f"leg-{leg.id}-droplost-{found[2]}", booking_id=booking.id,
+              ref=booking.reference, job=job_code(leg))
+    return sent
+
+
+def _holds_code(session: Session, booking: Booking, leg: Leg, kind: str, phone: str, *,
+                other_than: int) -> bool:
+    """Whether a code of ``kind`` (pickotp, dropotp) for the leg went to ``phone`` (by SMS
+    or WhatsApp) in a message other than ``other_than`` not reported failed: they may
+    hold an older code, and are told the new one replaces it."""
+    return session.scalar(select(OutboxMessage.id).where(
+        OutboxMessage.booking_id == booking.id, OutboxMessage.id != other_than,
+        OutboxMessage.dedupe_key.like(f"leg-{leg.id}-{kind}-%"),
+        OutboxMessage.to_addr.in_([outbox.address("sms", phone),
+                                   outbox.address("whatsapp", phone)]),
+        OutboxMessage.status.not_in(("failed", "undelivered"))).limit(1)) is not None
+
+
+def tries_after_lost_code(session: Session, leg: Leg, kind: str) -> int:
+    """The wrong tries (``otp_failures``) a new ``kind`` code replacing a lost one starts
+    with. Tries count against a code, and nobody held the lost one, so the new code
+    starts fresh; but wrong tries of that kind since the leg entered its state beyond one
+    code's worth still count, so that however many codes are lost (a recipient's number
+    given wrong on purpose) a guesser gets at most twice DISPATCH_OTP_MAX_FAILURES wrong
+    tries before the leg locks. An ops unlock starts a new stretch."""
+    entered = session.scalar(select(func.max(TransitionLog.at)).where(
+        TransitionLog.entity == "leg", TransitionLog.entity_id == leg.id,
+        TransitionLog.to_status == leg.status))
+    query = select(func.count()).select_from(OtpAttempt).where(
+        OtpAttempt.leg_id == leg.id, OtpAttempt.kind == kind, OtpAttempt.ok.is_(False))
+    if entered is not None:
+        query = query.where(OtpAttempt.at >= entered)
+    wrong = session.scalar(query) or 0
+    return max(0, wrong - config().otp_max_failures)
+
+
+# A customer's pickup code as send_leg_codes queues it; what is sent in its place adds a
+# suffix, so it is never taken for one itself (a code is made again once for each).
+_PICKUP_CODE_KEY = re.compile(r"leg-(\d+)-pickotp-([^-]+)")
+
+
+def pickup_code_lost(session: Session, row: OutboxMessage) -> int | None:
+    """The customer's pickup code did not reach them (Twilio could not deliver it, and it
+    went no other way; a phone-only customer whose SMS never arrived): the rider comes and
+    nobody holds a code. A new pickup code is made (only its hash kept, the lost one void
+    should it arrive after all; the drop code stays) and sent on WhatsApp to a customer
+    who chats with us there. Else it goes by SMS once more (a phone off or out of signal
+    mostly takes the next one), the rider is told to call ops if the customer has no code
+    at pickup, and ops are told what happened. Nothing can carry it (the customer stopped
+    our SMS since, no WhatsApp): the lost code stays as it was, ops hear nobody holds one.
+    Only for the leg's latest pickup code, the parcel not yet picked up; once. Returns
+    the new message's row id, None if nothing was done or nothing could be sent."""
+    found = _PICKUP_CODE_KEY.fullmatch(row.dedupe_key or "")
+    if found is None or row.booking_id is None:
+        return None
+    booking = session.get(Booking, row.booking_id)
+    leg = _lock_leg(session, int(found[1]))
+    customer = session.get(Person, booking.customer_id) if booking is not None else None
+    if (booking is None or leg is None or customer is None or not customer.phone
+            or leg.booking_id != booking.id or leg.sequence != 1
+            or leg.status != LegStatus.ASSIGNED.value or booking.status in CLOSED_BOOKING
+            or row.to_addr != outbox.address(row.channel, customer.phone)
+            or _last_sent(session, booking, f"leg-{leg.id}-pickotp-%") != row.dedupe_key):
+        return None
+    before = leg.pickup_otp_hash, leg.drop_otp_hash, leg.otp_failures
+    failures = tries_after_lost_code(session, leg, "pickup")
+    code, _ = issue_leg_otps(leg)
+    leg.drop_otp_hash, leg.otp_failures = before[1], failures
+    key = "dispatch.pickup_otp_new" if _holds_code(
+        session, booking, leg, "pickotp", customer.phone, other_than=row.id) else (
+        "dispatch.pickup_otp")
+    body = i18n.t(key, notify.language_of(customer), ref=booking.reference, otp=code)
+    if row.channel == "sms":
+        sent = notify.send_to_person(session, customer, body, booking_id=booking.id,
+                                     dedupe_key=f"{row.dedupe_key}-wa", whatsapp_only=True)
+        if sent is not None:
+            log.info("pickup code SMS lost; a new code sent on WhatsApp",
+                     extra={"booking_id": booking.id, "leg_id": leg.id})
+            return sent
+    sent = notify.send_to_person(session, customer, body, booking_id=booking.id,
+                                 dedupe_key=f"{row.dedupe_key}-again", sms_only=True)
+    if sent is None:
+        leg.pickup_otp_hash, leg.drop_otp_hash, leg.otp_failures = before
+        log.error("pickup code lost and the customer cannot be reached",
+                  extra={"booking_id": booking.id, "leg_id": leg.id})
+    else:
+        log.info("pickup code lost; a new code sent again",
+                 extra={"booking_id": booking.id, "leg_id": leg.id})
+    partner = session.get(PartnerProfile, leg.partner_id) if leg.partner_id else None
+    if partner is not None:
+        _sms_partner(session, partner, "dispatch.pickup_code_lost_rider",
+                     booking_id=booking.id, dedupe_key=f"leg-{leg.id}-picklost-{found[2]}",
+                     job=job_code(leg), ops_phone=get_settings().ops_phone)
+    alert_ops(session, "dispatch.ops_pickup_code_lost" if sent is not None
+              else "dispatch.ops_pickup_code_unsent",
+              dedupe_key=f"leg-{leg.id}-picklost-{found[2]}-ops", booking_id=booking.id,
               ref=booking.reference, job=job_code(leg))
     return sent
 
@@ -2224,6 +2322,12 @@ def _delivered(session: Session, booking: Booking, leg: Leg, actor: Actor) -> Re
         move_booking(session, booking, BookingStatus.IN_TRANSIT, actor,
                      "handed over at a Point")
         _status_to_customer(session, booking, f"leg{leg.id}")
+    elif booking.status == BookingStatus.IN_TRANSIT.value:
+        # A later handover: the status does not change, but the customer hears where the
+        # parcel got to, as they did of the first.
+        notify.notify_customer(session, booking, "dispatch.customer_handed_on",
+                               point=place(session, booking, leg, "to"),
+                               dedupe_key=f"leg-{leg.id}-handedon")
     return _r("dispatch.delivered", job=job_code(leg), payout_paise=leg.payout_paise)
 
 
@@ -2705,8 +2809,8 @@ def find_partner(session: Session, phone: str | None) -> tuple[Person | None,
 
 __all__ = ["accept", "attach_pod", "cancel_by_partner", "config", "confirm", "continue_search",
            "decline", "delivery_late", "drop_code_lost", "find_candidates", "handed_over_to",
-           "handed_pickup_late", "not_understood",
-           "offer_timeout", "parcel_in_hand", "pickup_late", "pickup_window", "place",
+           "handed_pickup_late", "not_understood", "offer_timeout", "parcel_in_hand",
+           "pickup_code_lost", "pickup_late", "pickup_window", "place",
            "plan_legs", "point_pickup_late", "search_deadline", "set_duty", "start_dispatch",
-           "start_search", "status_lines", "sweep", "tell_recipient_not_coming", "unlock_leg",
-           "update_location"]
+           "start_search", "status_lines", "sweep", "tell_recipient_not_coming",
+           "tries_after_lost_code", "unlock_leg", "update_location"]

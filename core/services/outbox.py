@@ -352,7 +352,7 @@ def _send(c: _Claimed) -> str:
                     elif exc.code in BY_SMS_CODES:
                         resent = _by_sms_instead(session, refused, exc.code)
                     if final and resent is None:
-                        _drop_code_lost(session, refused)
+                        _code_lost(session, refused)
         if final:
             log.warning("message refused", extra={"outbox_id": outbox_id, "code": exc.code})
             return "failed"
@@ -632,7 +632,7 @@ def apply_reports(reports: list[StatusReport]) -> int:
         failed: dict[int, OutboxMessage] = {}
         # Rows that reached the person (delivered or read, before this batch or in it
         # before a failure): a later failure report changes the row's status, but what
-        # it carried did arrive, and a drop code they hold must not be made void.
+        # it carried did arrive, and a code they hold must not be made void.
         reached = {row.id for row in rows if row.status in _REACHED}
         for report in reports:
             status = report.status.lower()
@@ -687,20 +687,27 @@ def apply_reports(reports: list[StatusReport]) -> int:
                 MessageStatusEvent.status.in_(_REACHED))))
             lost = [row_id for row_id in lost if row_id not in arrived]
         for row_id in lost:
-            _drop_code_lost(session, failed[row_id])
+            _code_lost(session, failed[row_id])
     _partners_off_duty(sorted(stopped))
     return matched
 
 
-def _drop_code_lost(session: Session, row: OutboxMessage) -> None:
-    """A recipient's drop code that failed for good and went no other way (a phone off or
-    out of signal, a landline, a number refused): without it the rider cannot hand the
-    parcel over, so dispatch makes a new one for her WhatsApp or for the sender to pass on
-    (an SMS sent again to a number that failed would most likely fail again)."""
-    if (row.dedupe_key or "").startswith("leg-") and "-dropotp-" in (row.dedupe_key or ""):
-        from core.services import dispatch  # dispatch sends through this module
+def _code_lost(session: Session, row: OutboxMessage) -> None:
+    """A one-time code that failed for good and went no other way (a phone off or out of
+    signal, a landline, a number refused). A recipient's drop code: without it the rider
+    cannot hand the parcel over, so dispatch makes a new one for her WhatsApp or for the
+    sender to pass on (an SMS sent again to a number that failed would most likely fail
+    again). A customer's pickup code: without it the rider cannot take the parcel, so
+    dispatch makes a new one for their WhatsApp, else sends it again, rider and ops told."""
+    key = row.dedupe_key or ""
+    if not key.startswith("leg-"):
+        return
+    from core.services import dispatch  # dispatch sends through this module
 
+    if "-dropotp-" in key:
         dispatch.drop_code_lost(session, row)
+    elif "-pickotp-" in key:
+        dispatch.pickup_code_lost(session, row)
 
 
 def _by_sms_instead(session: Session, row: OutboxMessage, code: str | None = None
