@@ -38,3 +38,9 @@ def schedule(now: datetime | None = None) -> str:
                      job_id=job_id, job_timeout=retention.MAX_RUN_SECONDS + 60,
                      result_ttl=2 * DAY_S, failure_ttl=7 * DAY_S)
     return job_id
+
+
+def delete_photos() -> int:
+    """Delete the photo files an erasure left after its commit (core.services.retention);
+    raises while the store is away, so RQ tries again."""
+    return retention.photo_job()

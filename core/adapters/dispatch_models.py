@@ -127,3 +127,17 @@ class PodPhoto(Base):
     created_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), server_default=func.now(), nullable=False
     )
+
+
+class PodPhotoDeletion(Base):
+    """A stored photo file to delete: its row went in an erasure's or the retention job's
+    transaction; the file goes after the commit (core.services.retention), this row with it.
+    A file the store could not delete yet keeps its row for the next try (migration 0028)."""
+
+    __tablename__ = "pod_photo_deletions"
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    storage_uri: Mapped[str] = mapped_column(Text, unique=True)
+    created_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), server_default=func.now(), nullable=False
+    )

@@ -378,6 +378,10 @@ class InboundEvent(Base):
     __tablename__ = "inbound_events"
     __table_args__ = (
         UniqueConstraint("provider", "external_id", name="uq_inbound_events_provider_external"),
+        # The rows holding an answer (the message window's SMS and call answers) among every
+        # webhook kept for good: an erasure's search and the retention job (migration 0028).
+        Index("ix_inbound_events_answered", "id",
+              postgresql_where=text("response_body IS NOT NULL")),
     )
 
     id: Mapped[int] = mapped_column(BigInteger, primary_key=True)

@@ -15,7 +15,9 @@ Environment (read here, validated once):
 | ``POD_MAX_BYTES`` | largest photo accepted | ``5242880`` (5 MB) |
 
 Objects are private; ``get`` reads them back for operators. Keys are content-addressed
-(sha256), so storing the same photo twice is harmless.
+(sha256) under the booking's reference and leg, so storing the same photo twice is harmless
+and deleting one leg's photo never deletes another's. ``delete_photo`` deletes one (an
+erasure, the retention job: core.services.retention); one already gone is no error.
 """
 
 from __future__ import annotations
@@ -54,6 +56,7 @@ class StoredPhoto:
 class PhotoStore(Protocol):
     def put(self, key: str, data: bytes, content_type: str) -> str: ...
     def get(self, key: str) -> bytes: ...
+    def delete(self, key: str) -> None: ...
 
 
 def sniff_content_type(data: bytes) -> str | None:
@@ -90,6 +93,9 @@ class LocalStore:
     def get(self, key: str) -> bytes:
         return (self.root / _check_key(key)).read_bytes()
 
+    def delete(self, key: str) -> None:
+        (self.root / _check_key(key)).unlink(missing_ok=True)
+
 
 class S3Store:
     """An S3-compatible bucket through boto3; the URI is ``s3://<bucket>/<key>``."""
@@ -105,6 +111,10 @@ class S3Store:
 
     def get(self, key: str) -> bytes:
         return self.client.get_object(Bucket=self.bucket, Key=_check_key(key))["Body"].read()
+
+    def delete(self, key: str) -> None:
+        # S3 answers 204 for a key that is not there: no error either.
+        self.client.delete_object(Bucket=self.bucket, Key=_check_key(key))
 
 
 @dataclass(frozen=True)
@@ -221,3 +231,30 @@ def read_photo(uri: str, store: PhotoStore | None = None) -> bytes:
     if uri.startswith("s3://"):
         return store.get(uri.removeprefix("s3://").split("/", 1)[1])
     raise ValidationError("unknown photo URI", code="bad_storage_key")
+
+
+def is_stored(uri: str | None) -> bool:
+    """A URI one of our stores wrote (a leg may hold another link from before)."""
+    return bool(uri) and str(uri).startswith(("local://", "s3://"))
+
+
+def delete_photo(uri: str, store: PhotoStore | None = None) -> None:
+    """Delete a stored photo by its URI; one already gone is no error. Unavailable when the
+    store cannot now (a disk or an endpoint away), or the URI is of a store not configured
+    here (POD_STORAGE, POD_S3_BUCKET changed since): the caller keeps it to try again."""
+    store = store or _default()[1]
+    key = None
+    if uri.startswith("local://") and isinstance(store, LocalStore):
+        key = uri.removeprefix("local://")
+    elif uri.startswith("s3://") and isinstance(store, S3Store):
+        bucket, _, rest = uri.removeprefix("s3://").partition("/")
+        key = rest if bucket == store.bucket else None
+    if key is None:
+        raise Unavailable("the store this photo is in is not configured (POD_STORAGE)",
+                          code="photo_store_unavailable")
+    try:
+        store.delete(key)
+    except _store_errors() as exc:
+        log.warning("photo store did not delete a photo", extra={"error": type(exc).__name__})
+        raise Unavailable("the photo store cannot delete photos now",
+                          code="photo_store_unavailable") from exc

@@ -12,9 +12,17 @@ Where personal data lives, and what happens to it:
 - Redis: the dead-letter list of chat messages whose turn failed (``inbox-dead``): entries
   older than RETENTION_MESSAGE_DAYS are dropped, and an erased person's at once; a
   partner's last GPS fix and positions go with their erasure.
-- people, bookings (recipient, landmarks, exact places), partner profiles, proof-of-delivery
-  photos: kept while the service needs them, erased on the person's request
-  (``erase_person``, India's DPDP Act 2023).
+- ``dispatch_pod_photos`` and their files (the parcel in hand, and at the recipient's
+  door): personal data of the booking's sender and recipient, not of the partner who took
+  them. Deleted after RETENTION_MESSAGE_DAYS once the booking is finished (as its
+  messages' texts: a complaint about a delivery comes long before), and with the erasure
+  of the booking's sender or recipient; a partner's erasure leaves them to the booking.
+  The rows go in the database's transaction and the files' URIs wait in
+  ``pod_photo_deletions``; the files go after the commit (an RQ job, retried while the
+  store is away, and the daily run), each row with its file.
+- people, bookings (recipient, landmarks, exact places), partner profiles: kept while the
+  service needs them, erased on the person's request (``erase_person``, India's DPDP Act
+  2023).
 
 Never touched: the ledger, payment links, transfers, refunds, ``razorpay_events``,
 ``transitions`` and ``audit_log``. They are the financial and audit record the law has us
@@ -33,6 +41,7 @@ from datetime import datetime, timedelta
 from typing import Any, cast
 
 from redis.exceptions import RedisError
+from rq import Retry
 from sqlalchemy import (
     CursorResult,
     Float,
@@ -46,6 +55,7 @@ from sqlalchemy import (
     select,
     update,
 )
+from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.orm import Session
 
 from core import clock
@@ -53,7 +63,7 @@ from core.adapters import geo_index, storage
 from core.adapters.api_models import ApiSession, BookingRating, IdempotencyRecord
 from core.adapters.db import transaction
 from core.adapters.dialog_models import Handoff, HandoffMessage, WhatsappTemplateSend
-from core.adapters.dispatch_models import DispatchOffer, PodPhoto
+from core.adapters.dispatch_models import DispatchOffer, PodPhoto, PodPhotoDeletion
 from core.adapters.models import (
     Booking,
     Conversation,
@@ -67,7 +77,7 @@ from core.adapters.models import (
     Vehicle,
 )
 from core.adapters.payment_models import LedgerPosting
-from core.adapters.queue import after_commit
+from core.adapters.queue import after_commit, enqueue
 from core.adapters.redis_conn import redis_client
 from core.config import AREA_INTS, int_setting
 from core.dialog.booking import BOOKING as DRAFT_GROUP
@@ -77,7 +87,7 @@ from core.dialog.voice import VOICE_DIALOG, full_slots
 from core.domain import ledger as rules
 from core.domain.booking import BOOKING, LEG
 from core.domain.dispatch import OfferStatus
-from core.domain.errors import Conflict, NotFound, Unavailable
+from core.domain.errors import Conflict, NotFound, Unavailable, ValidationError
 from core.services import inbound, ledger
 from core.services.dispatch import BLOCKED_KYC
 from core.services.partner_app import LAST_FIX_KEY
@@ -105,6 +115,10 @@ TOOK_THE_JOB = (OfferStatus.ACCEPTED.value, OfferStatus.CANCELLED.value)
 # A recipient's name (as a sender typed it) shorter than this is not looked for in texts:
 # it would be found inside too many other words.
 MIN_NAME = 3
+# The job that deletes an erasure's photo files after its commit, and its tries while the
+# photo store is away (the daily run tries what is left after them).
+PHOTO_JOB = "workers.retention.delete_photos"
+PHOTO_RETRY_S = [60, 300, 1800, 3 * 3600, 12 * 3600]
 
 
 def status_days() -> int:
@@ -220,6 +234,86 @@ def _idempotency_records(session: Session, after: int, cutoff: datetime) -> list
                                 execution_options=_QUIET))
 
 
+def _pod_photos(session: Session, after: int, cutoff: datetime) -> list[int]:
+    """Proof-of-delivery photos (the parcel, the recipient's door) taken long ago of a
+    finished booking: the rows go now, the files after the commit (``_forget_files``)."""
+    p = PodPhoto
+    finished = exists().where(Leg.id == p.leg_id, Booking.id == Leg.booking_id,
+                              Booking.status.in_(CLOSED_BOOKINGS))
+    ids = _batch(select(p.id).where(p.created_at < cutoff, finished), p, after)
+    gone = session.execute(delete(p).where(p.id.in_(ids))
+                           .returning(p.id, p.leg_id, p.storage_uri),
+                           execution_options=_QUIET).all()
+    uris = {r.storage_uri for r in gone}
+    if uris:
+        # Through the ORM: dispatch's cache of partner facts watches leg writes.
+        for leg in session.scalars(select(Leg).where(
+                Leg.id.in_(sorted({r.leg_id for r in gone})), Leg.pod_photo_url.in_(uris))):
+            leg.pod_photo_url = None
+    _forget_files(session, uris)
+    return [r.id for r in gone]
+
+
+def _forget_files(session: Session, uris: Iterable[str | None], *,
+                  job: str | None = None) -> None:
+    """Photo files to delete once this transaction commits: kept in pod_photo_deletions
+    (with the commit: a store away, a worker killed, loses none); ``job``: an RQ job of
+    that id deletes them after the commit, else the caller does (the daily run)."""
+    found = sorted({u for u in uris if u and storage.is_stored(u)})
+    if not found:
+        return
+    session.execute(pg_insert(PodPhotoDeletion).values([{"storage_uri": u} for u in found])
+                    .on_conflict_do_nothing(index_elements=["storage_uri"]))
+    if job is not None:
+        job_id = job
+        after_commit(session, lambda: enqueue(PHOTO_JOB, job_id=job_id,
+                                              retry=Retry(max=len(PHOTO_RETRY_S),
+                                                          interval=PHOTO_RETRY_S)))
+
+
+def delete_photo_files(deadline: float | None = None) -> tuple[int, int]:
+    """Delete the photo files waiting in pod_photo_deletions, each row with its file, until
+    none is left or ``deadline`` (a _monotonic time) passes: (deleted, not deleted). A file
+    already gone counts as deleted; one the store could not delete keeps its row for the
+    next try. Rows another run holds are skipped."""
+    d = PodPhotoDeletion
+    deleted = failed = 0
+    after = 0
+    while deadline is None or _monotonic() < deadline:
+        with transaction() as session:
+            batch = session.execute(_batch(select(d.id, d.storage_uri), d, after)).all()
+            gone = []
+            for row in batch:
+                try:
+                    storage.delete_photo(row.storage_uri)
+                except (Unavailable, ValidationError) as exc:
+                    failed += 1
+                    log.warning("photo file not deleted yet", extra={"code": exc.code})
+                else:
+                    gone.append(row.id)
+            if gone:
+                _changed(session, delete(d).where(d.id.in_(gone)))
+        deleted += len(gone)
+        if len(batch) < BATCH:
+            break
+        after = batch[-1].id
+    return deleted, failed
+
+
+def photo_job() -> int:
+    """The RQ job deleting an erasure's photo files; raises while some are left, so RQ
+    tries again (PHOTO_RETRY_S). How many went."""
+    deleted, failed = delete_photo_files()
+    if failed:
+        raise Unavailable(f"{failed} photo files not deleted yet; tried again later",
+                          code="photo_store_unavailable")
+    return deleted
+
+
+def photo_job_id(person_id: int) -> str:
+    return f"erased-photos-{person_id}"
+
+
 def run(now: datetime | None = None) -> dict[str, int]:
     """One daily run, batch by batch until done or RETENTION_RUN_SECONDS are up; how many
     rows each step changed (``unfinished``: 1 if time ran out first)."""
@@ -234,6 +328,7 @@ def run(now: datetime | None = None) -> dict[str, int]:
         ("handoff_messages", _handoff_messages, message_cutoff),
         ("conversations", _conversations, message_cutoff),
         ("idempotency_records", _idempotency_records, message_cutoff),
+        ("pod_photos", _pod_photos, message_cutoff),
     ]
     done = {name: 0 for name, _, _ in steps}
     # Redis first: one short pass, whatever the database steps leave for tomorrow. An entry
@@ -253,6 +348,8 @@ def run(now: datetime | None = None) -> dict[str, int]:
             if len(ids) < BATCH:
                 break
             after = max(ids)
+    # The files of the photos deleted above, and any an erasure's job could not delete.
+    done["photo_files"], done["photo_files_left"] = delete_photo_files(deadline)
     done["unfinished"] = int(unfinished)
     log.info("retention run", extra=done)
     return done
@@ -303,18 +400,19 @@ def erase_person(session: Session, person_id: int) -> Erasure:
     and while anything of theirs is under way: a booking they made or receive, a leg they
     carry, money held or owed for them, a conversation waiting for a person. Then: the
     person keeps only their id and role; their bookings lose the recipient, the landmarks
-    and exact places; the messages to them or about their bookings, their conversations
+    and exact places; the photos of their bookings and of bookings to them go (the files
+    after the commit); the messages to them or about their bookings, their conversations
     and handoff messages lose their text; their sign-ins end; a partner's name, vehicle
-    plates and proof-of-delivery photos (files too) go. The ledger, payments and
-    transitions stay. Where others kept them goes too: the senders of bookings to them
-    lose the texts naming them (their chats with the bot, those bookings' messages, their
-    handoffs with ops, open ones too); a booking draft naming them (anyone's, by their
-    number; a sender's, by the name given) loses the recipient, whom its writer is asked
-    for again; handoffs waiting for ops lose the messages that say their number; call
-    answers stored for Twilio's retries that say their number (or their recipients'),
-    written or read out digit by digit; their messages in Redis's dead-letter list. Run
-    again, it finds nothing left to change. A later message from the same number makes a
-    new person.
+    plates and payout account go (the photos they took stay with those bookings). The
+    ledger, payments and transitions stay. Where others kept them goes too: the senders of
+    bookings to them lose the texts naming them (their chats with the bot, those bookings'
+    messages, their handoffs with ops, open ones too); a booking draft naming them
+    (anyone's, by their number; a sender's, by the name given) loses the recipient, whom
+    its writer is asked for again; handoffs waiting for ops lose the messages that say
+    their number; call answers stored for Twilio's retries that say their number (or their
+    recipients'), written or read out digit by digit; their messages in Redis's dead-letter
+    list. Run again, it finds nothing left to change. A later message from the same number
+    makes a new person.
     """
     # Who may have named them, read before any lock: the drafts naming them are locked
     # with their own conversations, below.
@@ -360,6 +458,8 @@ def erase_person(session: Session, person_id: int) -> Erasure:
     _erase_waiting_handoffs(session, done, numbers)
     _scrub_drafts(done, drafts)
     _erase_stored_answers(session, done, numbers | _ten_digits(*recipients))
+    # Before the bookings lose the recipient's number, by which ``received`` finds them.
+    _erase_photos(session, done, own, received, person.id)
     _erase_bookings(session, done, own, received)
 
     handoffs = select(Handoff.id).where(or_(Handoff.person_id == person.id,
@@ -728,8 +828,8 @@ def _erase_bookings(session: Session, done: Erasure, own: Any, received: Any) ->
 
 def _erase_partner(session: Session, done: Erasure, partner: PartnerProfile) -> None:
     """A blocked partner's name (their profile's, and in the messages that told customers
-    who was coming), payout account, plates and proof-of-delivery photos (the files too);
-    after the commit, their positions and last GPS fix in Redis.
+    who was coming), payout account and plates; after the commit, their positions and last
+    GPS fix in Redis. The photos they took stay: they are the customers' bookings' proof.
 
     The payout account (a Razorpay linked account id) goes so that it is free again: the
     same person signing up anew with it is no longer refused as "another partner's".
@@ -756,18 +856,32 @@ def _erase_partner(session: Session, done: Erasure, partner: PartnerProfile) -> 
                                                   Vehicle.active))):
         vehicle.registration, vehicle.active = None, False
         done.add("records", 1)
-    uris = list(session.scalars(delete(PodPhoto).where(PodPhoto.partner_id == partner.id)
-                                .returning(PodPhoto.storage_uri), execution_options=_QUIET))
-    for leg in session.scalars(select(Leg).where(Leg.partner_id == partner.id,
-                                                 Leg.pod_photo_url.is_not(None))):
-        leg.pod_photo_url = None
-    for uri in sorted(set(uris)):
-        # Before the commit: if a file cannot go, nothing is committed and ops try again;
-        # a file already gone (an earlier try) is fine.
-        delete_photo(uri)
-    done.add("photos", len(uris))
+    # Their proof-of-delivery photos stay: they show the customers' parcels and doors, not
+    # them, and are those bookings' proof; they go with the erasure of a booking's sender
+    # or recipient, or after the retention window (_erase_photos, _pod_photos).
     partner_id = partner.id
     after_commit(session, lambda: _forget_positions(partner_id))
+
+
+def _erase_photos(session: Session, done: Erasure, own: Any, received: Any,
+                  person_id: int) -> None:
+    """The photos of their bookings and of bookings to them (the parcel in hand, the
+    recipient's door), whoever took them: the rows now, and the legs' link to the proof;
+    the files after the commit, by an RQ job tried again while the store is away (and by
+    the daily run after that). A store that is away loses no erasure: the rows stay gone,
+    the files wait in pod_photo_deletions. Bounded by the legs' booking index and the
+    photos' leg index."""
+    legs = select(Leg.id).where(or_(Leg.booking_id.in_(own), Leg.booking_id.in_(received)))
+    p = PodPhoto
+    uris: list[str | None] = list(session.scalars(
+        delete(p).where(p.leg_id.in_(legs)).returning(p.storage_uri), execution_options=_QUIET))
+    # Through the ORM: dispatch's cache of partner facts watches leg writes.
+    for leg in session.scalars(select(Leg).where(Leg.id.in_(legs),
+                                                 Leg.pod_photo_url.is_not(None))):
+        uris.append(leg.pod_photo_url)
+        leg.pod_photo_url = None
+    _forget_files(session, uris, job=photo_job_id(person_id))
+    done.add("photos", len(set(uris)))
 
 
 def _forget_positions(partner_id: int) -> None:
@@ -777,22 +891,6 @@ def _forget_positions(partner_id: int) -> None:
 
 
 def delete_photo(uri: str) -> None:
-    """Delete a stored proof-of-delivery photo by its URI (a missing one is no error).
-
-    core.adapters.storage reads and writes photos but has no delete of its own yet; this
-    goes to the same folder or bucket it writes to."""
-    cfg = storage.load_config()
-    if uri.startswith("local://"):
-        key = uri.removeprefix("local://")
-        if not key or key.startswith("/") or ".." in key:
-            raise ValueError("a photo's stored name is not one storage writes")
-        (cfg.local_dir / key).unlink(missing_ok=True)
-        return
-    if uri.startswith("s3://") and cfg.kind == "s3":
-        bucket, _, key = uri.removeprefix("s3://").partition("/")
-        store = storage.build_store(cfg)
-        assert isinstance(store, storage.S3Store)
-        store.client.delete_object(Bucket=bucket, Key=key)  # S3 answers 204 for a missing key
-        return
-    raise Unavailable("the store this photo is in is not configured (POD_STORAGE)",
-                      code="photo_store_unavailable")
+    """Delete a stored photo by its URI at once (a missing one is no error); Unavailable
+    when the store cannot. (partner_app deletes a file whose row was not kept with it.)"""
+    storage.delete_photo(uri)
