@@ -118,6 +118,9 @@ def test_readyz_tells_strangers_only_ready_or_not(clean_db, monkeypatch, caplog)
     def down() -> None:
         raise ConnectionRefusedError
 
+    from core.web import ops
+
+    monkeypatch.setitem(ops._not_ready_logged, "checks", None)  # not one logged just now
     monkeypatch.setattr(db, "ping", down)
     caplog.set_level(logging.WARNING)
     r = client.get("/readyz")
@@ -127,6 +130,47 @@ def test_readyz_tells_strangers_only_ready_or_not(clean_db, monkeypatch, caplog)
     r = client.get("/readyz", headers={"Authorization": f"Bearer {TOKEN}"})
     assert r.status_code == 503
     assert r.get_json()["checks"]["postgres"] == "down: ConnectionRefusedError"
+
+
+def test_a_not_ready_state_is_logged_when_it_changes_not_at_every_probe(clean_db, monkeypatch,
+                                                                        caplog):
+    """A load balancer probes every few seconds: the same not-ready state is logged once a
+    minute at most; a change (another check failing, or ready again then down) at once."""
+    from datetime import UTC, datetime, timedelta
+
+    from core import clock
+    from core.web import ops
+
+    client = production_app(metrics_token=TOKEN)
+    monkeypatch.setitem(ops._not_ready_logged, "checks", None)
+    t0 = datetime(2026, 12, 4, 12, 0, tzinfo=UTC)
+    clock.freeze(t0)
+
+    def down() -> None:
+        raise ConnectionRefusedError
+
+    monkeypatch.setattr(db, "ping", down)
+    caplog.set_level(logging.WARNING)
+
+    def logged() -> int:
+        return sum(rec.getMessage() == "not ready" for rec in caplog.records)
+
+    for _ in range(5):
+        assert client.get("/readyz").status_code == 503
+    assert logged() == 1
+    clock.freeze(t0 + timedelta(seconds=59))
+    client.get("/readyz")
+    assert logged() == 1
+    clock.freeze(t0 + timedelta(seconds=61))
+    client.get("/readyz")
+    assert logged() == 2
+
+    def down_otherwise() -> None:
+        raise TimeoutError
+
+    monkeypatch.setattr(db, "ping", down_otherwise)
+    client.get("/readyz")
+    assert logged() == 3
 
 
 # --- 2. OTP_FAILURES_PER_DAY bounded -------------------------------------------------------

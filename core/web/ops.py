@@ -10,9 +10,11 @@ from __future__ import annotations
 import hmac
 import logging
 import os
+import threading
 import time
 from datetime import timedelta
 from functools import cache
+from typing import Any
 
 from flask import Blueprint, Flask, Response, current_app, g, jsonify, request
 from prometheus_client import (
@@ -27,6 +29,7 @@ from prometheus_client.core import GaugeMetricFamily
 from sqlalchemy import func, literal, select, text
 from sqlalchemy.orm import Session
 
+from core import clock
 from core.adapters import db
 from core.adapters.models import OutboxMessage
 from core.adapters.queue import QUEUES, queue
@@ -220,12 +223,29 @@ def readyz():
     ready = all(v == "ok" for v in checks.values())
     status = 200 if ready else 503
     if not ready:  # what a stranger is not told, operators read in the logs
-        log.warning("not ready", extra={"checks": checks})
+        _log_not_ready(checks)
     if _metrics_refusal() is not None:
         # Load balancers need only this; exception names and schema revisions are
         # nobody else's business.
         return jsonify({"status": "ready" if ready else "not_ready"}), status
     return jsonify({"status": "ready" if ready else "not_ready", "checks": checks}), status
+
+
+# A load balancer probes every few seconds: a not-ready state is logged when it changes,
+# and again at most once a minute while it lasts (per process), not at every probe.
+NOT_READY_LOG_EVERY_S = 60
+_not_ready_logged: dict[str, Any] = {"checks": None, "at": 0.0}
+_not_ready_lock = threading.Lock()
+
+
+def _log_not_ready(checks: dict[str, str]) -> None:
+    now = clock.now().timestamp()
+    with _not_ready_lock:
+        last = _not_ready_logged
+        if last["checks"] == checks and now - last["at"] < NOT_READY_LOG_EVERY_S:
+            return
+        last["checks"], last["at"] = dict(checks), now
+    log.warning("not ready", extra={"checks": checks})
 
 
 def readiness() -> dict[str, str]:
