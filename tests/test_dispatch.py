@@ -587,15 +587,22 @@ def test_proof_of_delivery_photo_is_stored_for_the_partners_leg(client, live, fr
     with transaction() as s:  # not someone else's job
         with pytest.raises(NotFound):
             dispatch.attach_pod(s, s.get(PartnerProfile, other), leg_id, photo, "image/jpeg")
+    # A photo with the parcel in hand, before the drop, is kept as a pickup photo, not the
+    # proof (it was the proof before: a photo taken before the drop code was checked cannot
+    # show the parcel reached the door; as the app's upload since fb7d881).
     with transaction() as s:
-        saved = dispatch.attach_pod(s, s.get(PartnerProfile, ramesh), leg_id, photo,
+        dispatch.attach_pod(s, s.get(PartnerProfile, ramesh), leg_id, photo, "image/jpeg")
+        assert s.get(Leg, leg_id).pod_photo_url is None
+    sms(client, phone, f"DROP {last_code(RECIPIENT)}")
+    with transaction() as s:
+        saved = dispatch.attach_pod(s, s.get(PartnerProfile, ramesh), leg_id, photo + b"2",
                                     "image/jpeg")
         uri = saved.storage_uri
-    assert storage.read_photo(uri) == photo
+    assert storage.read_photo(uri) == photo + b"2"
     assert list(tmp_path.rglob("*.jpg"))
     with transaction() as s:
         assert s.get(Leg, leg_id).pod_photo_url == uri
-        assert s.scalar(select(func.count()).select_from(PodPhoto)) == 1
+        assert s.scalar(select(func.count()).select_from(PodPhoto)) == 2
     storage.reset()
 
 
@@ -637,6 +644,9 @@ def test_partner_photo_on_whatsapp_is_stored_as_proof_of_delivery(client, live, 
     start(booking_id)
     sms(client, ramesh_phone, "1")
     sms(client, ramesh_phone, f"PICK {last_code(CUSTOMER, 'पार्सल उठाने')}")
+    # The photo comes after the drop: one sent before it (the parcel on the bike) is kept
+    # as a pickup photo, not the proof (tests/test_delivery_notices.py); it was the proof.
+    sms(client, ramesh_phone, f"DROP {last_code(RECIPIENT)}")
     leg = legs_of(booking_id)[0]
     photo = b"\xff\xd8\xff\xe0" + b"proof-jpeg" * 20
     url = store_media(photo, "image/jpeg")

@@ -78,6 +78,7 @@ REQUIRED_KEYS = (
     | {f"dispatch.{k}" for k in ("pickup_late", "customer_rider_late", "ops_pickup_late",
                                  "taken_back", "customer_rider_replaced")}  # pickup_late
     | {"dispatch.ops_delivery_late", "dispatch.carrier_wait"}  # delivery_late, relay pause
+    | {"dispatch.customer_delivery_late"}  # delivery_late: the customer told once
     | {"dispatch.point_pickup_late"}  # point_pickup_late: a relay rider not at the Point
     | {"dispatch.handed_pick_late", "dispatch.ops_handed_pick_late"}  # handed_pickup_late
     | {"dispatch.pod_too_large", "dispatch.pod_not_photo"}  # fetch_pod_photo: not kept

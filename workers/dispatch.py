@@ -80,9 +80,12 @@ def schedule_sweep(now: datetime | None = None, *, after: int | None = None) -> 
     return job_id
 
 
-def fetch_pod_photo(leg_id: int, partner_id: int, url: str, content_type: str) -> str:
-    """Download a partner's WhatsApp photo and store it as the leg's proof of delivery."""
-    return dispatch.fetch_pod_photo(leg_id, partner_id, url, content_type)
+def fetch_pod_photo(leg_id: int, partner_id: int, url: str, content_type: str,
+                    before_drop: bool = False) -> str:
+    """Download a partner's WhatsApp photo and store it with the leg: its proof of delivery
+    if sent after the drop, else a pickup photo (a job queued without ``before_drop``, by
+    an older release, is filed by the leg's state when it runs)."""
+    return dispatch.fetch_pod_photo(leg_id, partner_id, url, content_type, before_drop)
 
 
 def _own_minute() -> int | None:

@@ -31,7 +31,7 @@ from core.dialog.booking import AGREED_TOTAL, BOOKING, BOOKING_DIALOG, MENU, RAT
 from core.dialog.engine import Ctx, DialogState, Out, Say, UserInput
 from core.dialog.ports import Place, PlaceResult
 from core.domain.booking import BOOKING as BOOKING_MACHINE
-from core.domain.booking import Actor, BookingStatus
+from core.domain.booking import Actor, BookingStatus, LegStatus
 from core.domain.errors import DomainError, ValidationError
 from core.domain.pricing import ParcelCategory, SizeBucket, SpeedTier, WeightBucket
 from core.services import booking as booking_service
@@ -520,8 +520,9 @@ def _partner_photo(session: Session, person: Person, msg: InboundMessage, *,
         return None if booking else Say("dispatch.pod_no_job")
     url, kind = images[0]
     leg_id, partner_id = leg.id, partner.id
+    before_drop = leg.status != LegStatus.DELIVERED.value  # a pickup photo, however late fetched
     after_commit(session, lambda: enqueue("workers.dispatch.fetch_pod_photo", leg_id,
-                                          partner_id, url, kind,
+                                          partner_id, url, kind, before_drop,
                                           job_id=f"pod-{leg_id}-{msg.sid}",
                                           retry=Retry(max=3, interval=[30, 120, 600])))
     return Say("dispatch.pod_received", {"job": dispatch.job_code(leg)})

@@ -240,7 +240,7 @@ def tell_recipient_not_coming(session: Session, booking: Booking, key: str, *,
     customer = session.get(Person, booking.customer_id)
     if customer is not None and customer.phone == phone:
         return
-    notify.notify_phone(session, phone, key, lang=_recipient_language(session, booking),
+    notify.notify_phone(session, phone, key, lang=recipient_language(session, booking),
                         booking_id=booking.id, dedupe_key=dedupe_key, ref=booking.reference)
 
 
@@ -1310,8 +1310,11 @@ def pickup_late(leg_id: int) -> str:
 
 def delivery_late(leg_id: int) -> str:
     """A leg holding its parcel (``parcel_in_hand``) whose parcel left the sender longer ago
-    than the tier's delivery hours (DISPATCH_DELIVERY_HOURS): ops are alerted once. The
-    parcel is with the partner, so the leg is not offered again."""
+    than the tier's delivery hours (DISPATCH_DELIVERY_HOURS): ops are alerted once for the
+    leg, and the customer, promised those hours, hears once for the booking (a relay late
+    on two legs broke one promise) that it is late, that ops are on it, and that they will
+    hear of the delivery. The parcel is with the partner, so the leg is not offered again.
+    Nothing about money: no rule gives anything back for a late parcel."""
     with transaction() as session:
         leg = _lock_leg(session, leg_id)
         if leg is None:
@@ -1331,6 +1334,8 @@ def delivery_late(leg_id: int) -> str:
         alert_ops(session, "dispatch.ops_delivery_late", booking_id=booking.id,
                   dedupe_key=f"leg-{leg.id}-late-delivery", ref=booking.reference,
                   job=job_code(leg), hours=hours)
+        notify.notify_customer(session, booking, "dispatch.customer_delivery_late",
+                               dedupe_key=f"booking-{booking.id}-late-delivery", hours=hours)
         return "alerted"
 
 
@@ -1876,7 +1881,7 @@ def send_leg_codes(session: Session, booking: Booking, leg: Leg, *, tag: str,
             key = _code_key(session, booking, leg, "dispatch.drop_otp", "dropotp")
             dedupe_key = f"leg-{leg.id}-dropotp-{tag}"
             if notify.notify_phone(session, booking.recipient_phone, key,
-                                   lang=_recipient_language(session, booking),
+                                   lang=recipient_language(session, booking),
                                    booking_id=booking.id, dedupe_key=dedupe_key,
                                    ref=booking.reference, otp=drop_code) is None and (
                     session.scalar(select(OutboxMessage.id).where(
@@ -1916,9 +1921,11 @@ def drop_code_lost(session: Session, row: OutboxMessage) -> int | None:
     and it went no other way): nobody holds a code, and the rider cannot hand the parcel
     over. A new drop code is made (the leg keeps only a hash of it, and the lost one is
     void should it arrive after all) and sent to her on WhatsApp if she chats with us
-    there, else to the sender to pass on, ops told. Only for the leg's latest drop code,
-    the parcel still to be delivered; once (the new code is the latest after it). Returns
-    the new message's row id, None if nothing was to be done or nobody could be reached."""
+    there, else to the sender to pass on, ops told. Nothing can carry it (the sender
+    stopped our SMS, no WhatsApp): the lost code stays as it was (its SMS may yet arrive),
+    ops hear nobody holds one. Only for the leg's latest drop code, the parcel still to be
+    delivered; once (the new code is the latest after it). Returns the new message's row
+    id, None if nothing was to be done or nobody could be reached."""
     found = _DROP_CODE_KEY.fullmatch(row.dedupe_key or "")
     if found is None or row.booking_id is None:
         return None
@@ -1932,15 +1939,16 @@ def drop_code_lost(session: Session, row: OutboxMessage) -> int | None:
         return None
     # A new drop code, with fresh tries (bounded); the pickup code the sender holds stays
     # as it is.
-    pickup_hash, failures = leg.pickup_otp_hash, tries_after_lost_code(session, leg, "drop")
+    before = leg.pickup_otp_hash, leg.drop_otp_hash, leg.otp_failures
+    failures = tries_after_lost_code(session, leg, "drop")
     _, code = issue_leg_otps(leg)
-    leg.pickup_otp_hash, leg.otp_failures = pickup_hash, failures
+    leg.pickup_otp_hash, leg.otp_failures = before[0], failures
     recipient = session.scalar(select(Person).where(Person.phone == phone))
     if row.channel == "sms" and recipient is not None and (
             recipient.id != booking.customer_id):
         holds_one = _holds_code(session, booking, leg, "dropotp", phone, other_than=row.id)
         key = "dispatch.drop_otp_new" if holds_one else "dispatch.drop_otp"
-        body = i18n.t(key, _recipient_language(session, booking), ref=booking.reference,
+        body = i18n.t(key, recipient_language(session, booking), ref=booking.reference,
                       otp=code)
         sent = notify.send_to_person(session, recipient, body, booking_id=booking.id,
                                      dedupe_key=f"{row.dedupe_key}-wa", whatsapp_only=True)
@@ -1951,6 +1959,9 @@ def drop_code_lost(session: Session, row: OutboxMessage) -> int | None:
     sent = _drop_code_to_sender(session, booking, leg, code,
                                 dedupe_key=f"{row.dedupe_key}-sender")
     if sent is None:
+        # Nobody was given the new code: the lost one stays the one that works, so a
+        # recipient whose SMS arrives late after all can still use it (as pickup_code_lost).
+        leg.pickup_otp_hash, leg.drop_otp_hash, leg.otp_failures = before
         log.error("drop code lost and the sender cannot be reached",
                   extra={"booking_id": booking.id, "leg_id": leg.id})
     # What really happened: the new code went to the sender, or to nobody.
@@ -2056,7 +2067,7 @@ def pickup_code_lost(session: Session, row: OutboxMessage) -> int | None:
     return sent
 
 
-def _recipient_language(session: Session, booking: Booking) -> str:
+def recipient_language(session: Session, booking: Booking) -> str:
     """The recipient's own language if we know them, else the sender's: a parcel mostly
     goes to family or a shop in the same area."""
     recipient = session.scalar(select(Person).where(Person.phone == booking.recipient_phone))
@@ -2636,10 +2647,15 @@ POD_JUST_DROPPED = timedelta(minutes=10)  # a photo this soon after a drop is of
 
 
 def attach_pod(session: Session, partner: PartnerProfile, leg_id: int, data: bytes,
-               content_type: str | None = None, *, filed: bool = False) -> PodPhoto:
-    """Store a proof-of-delivery photo for the partner's leg (picked up, or delivered
-    within POD_AFTER_DROP; ``filed``: a WhatsApp photo pod_leg_of filed in time, whose
-    download job may run later)."""
+               content_type: str | None = None, *, filed: bool = False,
+               before_drop: bool = False) -> PodPhoto:
+    """Store a photo for the partner's leg. Only one taken once the drop is confirmed
+    (within POD_AFTER_DROP; ``filed``: a WhatsApp photo pod_leg_of filed in time, whose
+    download job may run later) is the leg's proof of delivery. One taken with the parcel
+    in hand before the drop (``before_drop``: a WhatsApp photo filed then, downloaded after
+    the drop) is kept as a pickup photo, never the proof: the proof says the parcel reached
+    the door, which a photo taken before the code was checked cannot (as the app's upload,
+    core.services.partner_app.upload_photo)."""
     leg = _lock_leg(session, leg_id)
     if leg is None or leg.partner_id != partner.id:
         raise NotFound("no such job", code="not_found")  # as the app's other leg routes
@@ -2648,23 +2664,28 @@ def attach_pod(session: Session, partner: PartnerProfile, leg_id: int, data: byt
         .order_by(PodPhoto.id).limit(1))
     if kept is not None:
         return kept  # the same photo sent again (its answer lost, the app retried): kept once
-    if leg.status not in (LegStatus.PICKED_UP.value, LegStatus.DELIVERED.value):
+    if leg.status == LegStatus.DELIVERED.value and not before_drop:
+        if not filed and (leg.delivered_at is None
+                          or leg.delivered_at < clock.now() - POD_AFTER_DROP):
+            # The proof is taken at the drop: a photo weeks later (say once the customer
+            # disputes the delivery) must not replace it. The chat files photos the same way.
+            raise ValidationError("a photo goes with the drop; this drop is past",
+                                  code="pod_not_now")
+        proof = True
+    elif leg.status == LegStatus.DELIVERED.value or parcel_in_hand(session, leg):
+        proof = False
+    else:
         raise ValidationError("a photo goes with the drop", code="pod_not_now")
-    if leg.status == LegStatus.DELIVERED.value and not filed and (
-            leg.delivered_at is None or leg.delivered_at < clock.now() - POD_AFTER_DROP):
-        # The proof is taken at the drop: a photo weeks later (say once the customer
-        # disputes the delivery) must not replace it. The chat files photos the same way.
-        raise ValidationError("a photo goes with the drop; this drop is past",
-                              code="pod_not_now")
     booking = session.get(Booking, leg.booking_id)
     assert booking is not None
-    stored = storage.save_photo(data, folder=f"{booking.reference}/leg-{leg.id}",
-                                declared_type=content_type)
+    folder = f"{booking.reference}/leg-{leg.id}" + ("" if proof else "/pickup")
+    stored = storage.save_photo(data, folder=folder, declared_type=content_type)
     photo = PodPhoto(leg_id=leg.id, partner_id=partner.id, storage_uri=stored.uri,
                      content_type=stored.content_type, size_bytes=stored.size_bytes,
                      sha256=stored.sha256)
     session.add(photo)
-    leg.pod_photo_url = stored.uri
+    if proof:
+        leg.pod_photo_url = stored.uri
     session.flush()
     return photo
 
@@ -2672,8 +2693,8 @@ def attach_pod(session: Session, partner: PartnerProfile, leg_id: int, data: byt
 def pod_leg_of(session: Session, partner: PartnerProfile) -> Leg | None:
     """The leg a photo from this partner belongs to: one they delivered minutes ago and
     have sent no photo of (the photo of the doorstep comes right after the drop, even
-    while they carry another parcel), else the one they are carrying now, else the one
-    they delivered in the last hour."""
+    while they carry another parcel), else the one they are carrying now (kept as a pickup
+    photo, not the proof: attach_pod), else the one they delivered in the last hour."""
     just_dropped = session.scalar(select(Leg).where(
         Leg.partner_id == partner.id, Leg.status == LegStatus.DELIVERED.value,
         Leg.pod_photo_url.is_(None), Leg.delivered_at >= clock.now() - POD_JUST_DROPPED)
@@ -2693,9 +2714,12 @@ def pod_leg_of(session: Session, partner: PartnerProfile) -> Leg | None:
         .order_by(Leg.delivered_at.desc(), Leg.id.desc()))
 
 
-def fetch_pod_photo(leg_id: int, partner_id: int, url: str, content_type: str) -> str:
+def fetch_pod_photo(leg_id: int, partner_id: int, url: str, content_type: str,
+                    before_drop: bool = False) -> str:
     """Job: download a partner's WhatsApp photo from Twilio (HTTP Basic, as Twilio's media
-    URLs require) and store it as the leg's proof of delivery."""
+    URLs require) and store it with the leg: the proof of delivery if it was sent after the
+    drop, else (``before_drop``: sent with the parcel in hand, however late this job runs)
+    a pickup photo (attach_pod)."""
     settings = get_settings()
     limit = storage.load_config().max_bytes
     with requests.get(url, auth=(settings.twilio_account_sid, settings.twilio_auth_token),
@@ -2711,7 +2735,8 @@ def fetch_pod_photo(leg_id: int, partner_id: int, url: str, content_type: str) -
             partner = session.get(PartnerProfile, partner_id)
             if partner is None:
                 return "missing"
-            attach_pod(session, partner, leg_id, data, content_type, filed=True)
+            attach_pod(session, partner, leg_id, data, content_type, filed=True,
+                       before_drop=before_drop)
     except (ValidationError, NotFound) as exc:
         # Not a photo (or no longer this partner's drop): no retry would change it. The
         # partner was told "got the photo" at once; they hear it is not kept, and why.
@@ -2811,6 +2836,7 @@ __all__ = ["accept", "attach_pod", "cancel_by_partner", "config", "confirm", "co
            "decline", "delivery_late", "drop_code_lost", "find_candidates", "handed_over_to",
            "handed_pickup_late", "not_understood", "offer_timeout", "parcel_in_hand",
            "pickup_code_lost", "pickup_late", "pickup_window", "place",
-           "plan_legs", "point_pickup_late", "search_deadline", "set_duty", "start_dispatch",
+           "plan_legs", "point_pickup_late", "recipient_language", "search_deadline",
+           "set_duty", "start_dispatch",
            "start_search", "status_lines", "sweep", "tell_recipient_not_coming",
            "tries_after_lost_code", "unlock_leg", "update_location"]

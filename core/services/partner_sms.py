@@ -181,8 +181,10 @@ def _tell_stranger(session: Session, contact: str, lang: str,
     if parcel is not None and (open_ref is None
                                or _answers_parcel(session, contact, open_ref, parcel)):
         on_the_way = parcel.status in _ON_THE_WAY
+        # In the language her drop code came in: her own, else the sender's (not Hindi
+        # for a recipient we know nothing of).
         return [i18n.t("sms.recipient_on_the_way" if on_the_way else "sms.recipient_coming",
-                       lang, ref=parcel.reference)]
+                       dispatch.recipient_language(session, parcel), ref=parcel.reference)]
     if open_ref is not None:
         return [i18n.t("sms.customer_help", lang, ref=open_ref)]
     return [i18n.t("sms.not_partner", lang, ops_phone=get_settings().ops_phone)]
