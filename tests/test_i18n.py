@@ -94,6 +94,10 @@ REQUIRED_KEYS = (
     | {f"bot.rate.words.{n}" for n in range(1, 6)}  # stars_given: a rating said in words
     | {"bot.track.pay", "bot.track.link_coming",  # tracking an unpaid booking
        "ivr.track.link_sent", "ivr.track.link_coming"}
+    | {f"ivr.reach.{k}" for k in ("whatsapp_coming", "whatsapp_sent", "stopped_chat",
+                                  "stopped")} | {"ivr.confirm.booked"}  # SMS stopped
+    | {f"ivr.code.{k}" for k in ("offer", "said", "not_now", "limit")}  # a pickup code
+    | {"ivr.sms.ops_code_read", "ivr.rebook.offer"}  # read on a call; time to pay over
     | {"bot.cancel.done_fee", "dispatch.job_cancelled_fee"}  # cancel_booking after assignment
     | {f"dispatch.{k}" for k in ("holder_cancelled", "customer_stuck_cancelled",
                                  "recipient_cancelled")}  # ops end a stuck relay

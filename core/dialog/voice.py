@@ -358,14 +358,34 @@ def _confirm_handle(ctx: Ctx, inp: UserInput) -> Result:
             return Goto(MENU, [Say("ivr.confirm.too_many_unpaid", {"count": done["count"]})])
         clear_draft(ctx)
         ctx.state.data["last_ref"] = done["ref"]
-        return Goto("done", [Say("ivr.confirm.done",
-                                 {"digits": spoken.spell_digits(done["ref"])})])
+        return Goto("done", _booked(ctx, done["ref"]))
     if picked == 2:
         return Goto("change")
     if picked == 3:
         clear_draft(ctx)
         return Goto(MENU, [Say("ivr.confirm.dropped")])
     return Retry()
+
+
+def _booked(ctx: Ctx, ref: str) -> list[Out]:
+    """The booking's number, and how its payment link comes: the SMS promised to every
+    caller, unless our SMS cannot reach them (they stopped it): then WhatsApp, or the
+    truth and what to do."""
+    digits = spoken.spell_digits(ref)
+    reach = ctx.ports.reach()
+    if reach == "sms":
+        return [Say("ivr.confirm.done", {"digits": digits})]
+    return [Say("ivr.confirm.booked", {"digits": digits}), _link_way(reach, sent=False)]
+
+
+def _link_way(reach: str, *, sent: bool) -> Say:
+    """What a caller hears about a payment link that was just sent (or is being made and
+    follows), by how messages reach them now (VoicePorts.reach)."""
+    if reach == "sms":
+        return Say("ivr.track.link_sent" if sent else "ivr.track.link_coming")
+    if reach == "whatsapp":
+        return Say("ivr.reach.whatsapp_sent" if sent else "ivr.reach.whatsapp_coming")
+    return Say("ivr.reach.stopped_chat" if reach == "chat" else "ivr.reach.stopped")
 
 
 _CHANGE = (("pickup", "pickup"), ("drop", "drop"), ("phone", "recipient_phone"),
@@ -412,12 +432,68 @@ def _track_handle(ctx: Ctx, inp: UserInput) -> Result:
     status = ctx.ports.booking_status(ref)
     if status is None:
         return Retry([Say("ivr.track.not_found")])
-    said = [Say(f"booking.status.{status}", {"ref": spoken.spell_digits(ref)})]
-    # Waiting for payment: the link goes again by SMS (a caller may have lost it).
-    link = ctx.ports.payment_link(ref, by_sms=True) if status == "awaiting_payment" else None
-    if link is not None:
-        said.append(Say("ivr.track.link_sent" if link["url"] else "ivr.track.link_coming"))
+    spelled = spoken.spell_digits(ref)
+    if ctx.ports.payment_over(ref):
+        # Its time to pay ran out (closed, or about to be): the same parcel can be booked
+        # again here, with a new link, instead of key by key from the start.
+        ctx.state.data[_TRACKED] = ref
+        return Goto("rebook", [Say("booking.status.expired", {"ref": spelled})])
+    said = [Say(f"booking.status.{status}", {"ref": spelled})]
+    if status == "awaiting_payment":
+        # The link goes again (a caller may have lost it), the way messages reach them now.
+        link = ctx.ports.payment_link(ref, by_sms=True)
+        if link is not None:
+            said.append(_link_way(ctx.ports.reach(), sent=bool(link["url"])))
+    if ctx.ports.pickup_code_left(ref):
+        ctx.state.data[_TRACKED] = ref
+        return Goto("pickup_code", said)
     return Goto(MENU, said)
+
+
+# state.data key: the booking just tracked, whose pickup code or new booking is offered.
+_TRACKED = "tracked_ref"
+
+
+def _pickup_code_prompt(ctx: Ctx) -> list[Out]:
+    return [Say("ivr.code.offer")]
+
+
+def _pickup_code_handle(ctx: Ctx, inp: UserInput) -> Result:
+    ref = ctx.state.data.get(_TRACKED)
+    if ref is None:
+        return Goto(MENU)
+    if choice(inp, 1) != 1:
+        return Retry()
+    ctx.state.data.pop(_TRACKED, None)
+    got = ctx.ports.pickup_code(ref)
+    if got.get("code"):
+        # The code with the booking's number, said twice: a prompt with this many digits
+        # is read by <Say>, never rendered by gTTS nor kept (ivr_flows.audio.personal).
+        digits = spoken.spell_digits(got["code"])
+        return Goto(MENU, [Say("ivr.code.said", {"ref": spoken.spell_digits(ref),
+                                                 "digits": digits})])
+    return Goto(MENU, [Say("ivr.code.limit" if got.get("refused") == "limit"
+                           else "ivr.code.not_now")])
+
+
+def _rebook_prompt(ctx: Ctx) -> list[Out]:
+    return [Say("ivr.rebook.offer")]
+
+
+def _rebook_handle(ctx: Ctx, inp: UserInput) -> Result:
+    ref = ctx.state.data.get(_TRACKED)
+    if ref is None:
+        return Goto(MENU)
+    if choice(inp, 1) != 1:
+        return Retry()
+    ctx.state.data.pop(_TRACKED, None)
+    slots = ctx.ports.booking_slots(ref)
+    if slots is None:
+        return Goto(MENU, [Say("ivr.track.not_found")])
+    clear_draft(ctx)
+    ctx.state.data["slots"] = slots
+    # The booking's summary and today's fare, then "book it / change / do not book".
+    return Goto("confirm")
 
 
 # --- cancel: the chat's rules (core.dialog.booking), said for the ear -------------------
@@ -536,6 +612,8 @@ def _steps() -> list[Step]:
         Step("change", _change_prompt, _change_handle, "ivr.hint", BOOKING),
         Step("done", _done_prompt, _done_handle, "ivr.hint"),
         Step("track", _track_prompt, _track_handle, "ivr.hint"),
+        Step("pickup_code", _pickup_code_prompt, _pickup_code_handle, "ivr.hint"),
+        Step("rebook", _rebook_prompt, _rebook_handle, "ivr.hint"),
         Step("cancel_pick", _cancel_pick_prompt, _cancel_pick_handle, "ivr.hint"),
         Step("cancel_confirm", _cancel_confirm_prompt, _cancel_confirm_handle, "ivr.hint"),
         Step("offer_person", _offer_prompt, _offer_handle, "ivr.hint"),

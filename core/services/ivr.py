@@ -25,13 +25,14 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from core import clock, i18n
+from core.adapters.api_models import AuditEntry
 from core.adapters.db import transaction
-from core.adapters.models import Booking, Conversation, Person
+from core.adapters.models import Booking, Conversation, Leg, Person
 from core.config import get_settings
 from core.dialog import engine
 from core.dialog.booking import BOOKING, MENU, person_said
@@ -44,6 +45,7 @@ from core.dialog.voice import (
     full_slots,
     has_draft,
 )
+from core.domain.booking import BookingStatus, LegStatus
 from core.services import booking as booking_service
 from core.services import handoff, inbound, notify
 from core.services.conversation import SessionPorts, contact_for, load_state, save_state
@@ -152,6 +154,133 @@ class VoicePorts(SessionPorts):
                             hours=booking_service.tier_hours(slots["tier"])),
                 total_paise=booking.total_paise)
         return done
+
+    def reach(self) -> str:
+        """How a message about the caller's booking (its link, details, codes) reaches
+        them now, as notify.send_to_person sends it: "sms"; "whatsapp" (they stopped our
+        SMS and chat with us there, inside the 24-hour window or with a template); "chat"
+        (they stopped our SMS and chat with us, but nothing can go there until they
+        write); "none" (they stopped our SMS and have no WhatsApp with us)."""
+        person = self.person
+        if person.phone and not person.sms_opted_out:
+            return "sms"
+        if person.opted_out:  # WhatsApp stopped too
+            return "none"
+        conv = self.session.scalar(
+            select(Conversation).where(Conversation.person_id == person.id,
+                                       Conversation.channel == "whatsapp")
+            .order_by(Conversation.last_inbound_at.desc().nulls_last()).limit(1))
+        if conv is None:
+            return "none"
+        if notify.in_whatsapp_window(conv) or notify.whatsapp_templates().get(
+                notify.language_of(person)):
+            return "whatsapp"
+        return "chat"
+
+    def payment_over(self, reference: str) -> bool:
+        """Whether the caller's booking can no longer be paid because its time to pay ran
+        out: closed for it (expired), or waiting for payment past its time (the sweep
+        closes it in a minute)."""
+        booking = self._mine(reference)
+        if booking is None:
+            return False
+        if booking.status == BookingStatus.EXPIRED.value:
+            return True
+        return (booking.status == BookingStatus.AWAITING_PAYMENT.value
+                and booking.expires_at is not None and booking.expires_at <= clock.now())
+
+    def booking_slots(self, reference: str) -> dict[str, Any] | None:
+        """The caller's booking as the dialog's slots, to book the same parcel again (the
+        places, the receiver, the parcel, the speed); None if not theirs."""
+        booking = self._mine(reference)
+        if booking is None or not booking.parcels:
+            return None
+        parcel = booking.parcels[0]
+
+        def place(end: str) -> dict[str, Any]:
+            office = getattr(booking, f"{end}_post_office")
+            pincode = getattr(booking, f"{end}_pincode")
+            return {"lat": getattr(booking, f"{end}_lat"), "lng": getattr(booking, f"{end}_lng"),
+                    "pincode": pincode, "post_office": office, "name": office or pincode or "",
+                    "district": None, "landmark": getattr(booking, f"{end}_landmark")}
+
+        return {"pickup": place("pickup"), "drop": place("drop"),
+                "recipient_name": booking.recipient_name,
+                "recipient_phone": booking.recipient_phone,
+                "category": parcel.category, "size": parcel.size_bucket,
+                "weight": parcel.weight_bucket, "value_paise": parcel.declared_value_paise,
+                "fragile": parcel.fragile, "tier": booking.speed_tier}
+
+    def pickup_code_left(self, reference: str) -> bool:
+        """Whether the caller may hear a new pickup code for the booking now (see
+        read_pickup_code): theirs, its first leg taken and not picked up, reads left."""
+        booking = self._mine(reference)
+        return booking is not None and _waiting_first_leg(self.session, booking) is not None and (
+            codes_read(self.session, booking.id) < MAX_CODES_READ)
+
+    def pickup_code(self, reference: str) -> dict[str, Any]:
+        """{"code": a new pickup code}, or {"refused": "limit" | "not_now"}."""
+        booking = self._mine(reference)
+        if booking is None:
+            return {"refused": "not_now"}
+        return read_pickup_code(self.session, self.person, booking)
+
+
+# --- a pickup code, read out on the phone ------------------------------------------------
+
+# A customer whose pickup-code SMS never came (dispatch.pickup_code_lost makes a new one,
+# which may be lost too) hears a code on the phone. Codes are kept only as hashes, so a
+# new one is made and the old one is void. Caller ID can be spoofed: someone calling with
+# the customer's number would hear a working code and void the customer's. So at most
+# this many codes are read out per booking (audit_log rows, which cannot be deleted), each
+# read is logged, and ops hear by SMS the first time, to check that pickup.
+MAX_CODES_READ = 3
+CODE_READ = "ivr_pickup_code_read"
+
+
+def codes_read(session: Session, booking_id: int) -> int:
+    return int(session.scalar(select(func.count()).select_from(AuditEntry).where(
+        AuditEntry.action == CODE_READ, AuditEntry.target == f"booking:{booking_id}")) or 0)
+
+
+def _waiting_first_leg(session: Session, booking: Booking) -> Leg | None:
+    from core.services import dispatch
+
+    if booking.status in dispatch.CLOSED_BOOKING:
+        return None
+    leg = session.scalar(select(Leg).where(Leg.booking_id == booking.id, Leg.sequence == 1))
+    return leg if leg is not None and leg.status == LegStatus.ASSIGNED.value else None
+
+
+def read_pickup_code(session: Session, person: Person, booking: Booking) -> dict[str, Any]:
+    """A new pickup code for the customer's booking, to be read out on their call: its
+    first leg taken by a rider and not picked up; at most MAX_CODES_READ per booking. The
+    drop code stays; the tries start fresh but bounded, as for a lost code
+    (dispatch.tries_after_lost_code). {"code"}, or {"refused": "limit" | "not_now"}."""
+    from core.services import dispatch
+
+    dispatch.lock_legs(session, booking.id)  # leg before booking, as dispatch locks them
+    leg = _waiting_first_leg(session, booking)
+    if leg is None:
+        return {"refused": "not_now"}
+    read = codes_read(session, booking.id)
+    if read >= MAX_CODES_READ:
+        log.warning("pickup code asked on a call past the limit",
+                    extra={"booking_id": booking.id, "leg_id": leg.id})
+        return {"refused": "limit"}
+    drop_hash, failures = leg.drop_otp_hash, dispatch.tries_after_lost_code(session, leg, "pickup")
+    code, _ = booking_service.issue_leg_otps(leg)
+    leg.drop_otp_hash, leg.otp_failures = drop_hash, failures
+    session.add(AuditEntry(actor=f"customer:{person.id}", action=CODE_READ,
+                           target=f"booking:{booking.id}",
+                           details={"leg_id": leg.id, "channel": CHANNEL, "read": read + 1}))
+    log.warning("a new pickup code was read out on a call",
+                extra={"booking_id": booking.id, "leg_id": leg.id, "read": read + 1})
+    if read == 0:
+        dispatch.alert_ops(session, "ivr.sms.ops_code_read",
+                           dedupe_key=f"leg-{leg.id}-ivrcode-ops", booking_id=booking.id,
+                           ref=booking.reference, job=dispatch.job_code(leg))
+    return {"code": code}
 
 
 # --- one turn --------------------------------------------------------------------------
