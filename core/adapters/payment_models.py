@@ -74,6 +74,9 @@ class LedgerPosting(Base):
         Index("ix_ledger_postings_payable_leg_id", "leg_id",
               postgresql_include=["partner_id", "amount_paise"],
               postgresql_where=text("account_kind = 'partner_payable' AND leg_id IS NOT NULL")),
+        # The few bookings holding reversed payouts, for ops (migration 0029).
+        Index("ix_ledger_postings_reversed_payouts", "booking_id",
+              postgresql_where=text("account_kind = 'reversed_payouts'")),
     )
 
     id: Mapped[int] = mapped_column(BigInteger, primary_key=True)

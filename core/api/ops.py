@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
 from flask import Response
 from pydantic import BaseModel, Field
@@ -449,6 +449,56 @@ class LedgerOut(BaseModel):
     refunded_paise: int
     escrow_paise: int
     refunds_pending_paise: int
+    reversed_payouts_paise: int = Field(
+        description="partner payouts reversed at the gateway after they were made, held "
+                    "for ops: pay the partner again or refund the customer (POST "
+                    "/ops/bookings/{ref}/reversed-payouts/{leg_id}/resolve)")
+
+
+class ResolveQuery(Strict):
+    dry_run: bool = Field(default=False, description="only show the numbers: change nothing")
+
+
+class ResolveIn(Strict):
+    action: Literal["pay_again", "refund"] = Field(
+        description="pay_again: the leg's partner is paid it again by a direct transfer; "
+                    "refund: the customer's payment gives it back (at most what is left "
+                    "on the payment: the rest stays held)")
+    reason: str = Field(min_length=3, max_length=300,
+                        description="why, for the audit log (numbers kept masked)")
+
+
+class ResolvedOut(BaseModel):
+    reference: str
+    leg_id: int
+    action: str
+    dry_run: bool
+    held_paise: int = Field(description="held for ops for the leg before")
+    amount_paise: int = Field(description="paid to the partner again, or refunded")
+    still_held_paise: int = Field(description="held for ops for the leg after")
+    partner_id: int | None = Field(description="pay_again: the partner paid")
+    refundable_paise: int | None = Field(description="refund: what the payment could "
+                                                     "still give back")
+    refund_attempt: int | None = Field(description="refund: the refund attempt made (see "
+                                                   "the booking's refund status)")
+
+
+class HeldRow(BaseModel):
+    reference: str
+    booking_id: int
+    status: BookingStatus
+    reversed_payouts_paise: int
+
+
+class HeldQuery(Strict):
+    limit: int = Field(default=20, ge=1, le=100)
+    after: int | None = Field(default=None, ge=1,
+                              description="the next_after of the page before: a booking id")
+
+
+class HeldPage(BaseModel):
+    items: list[HeldRow]
+    next_after: int | None
 
 
 class MismatchQuery(CursorQuery):
@@ -477,6 +527,63 @@ def ops_booking_ledger(ref: str) -> LedgerOut:
     with transaction() as session:
         b = visible_booking(session, ref)  # 404 not_found, as every booking route answers
         return LedgerOut(reference=b.reference, **ledger.booking_summary(session, b.id))
+
+
+@endpoint(bp, "POST", "/ops/bookings/<ref>/reversed-payouts/<int:leg_id>/resolve",
+          summary="Pay a leg's reversed payout to its partner again, or refund it to the "
+                  "customer (audited; ?dry_run=1 shows the numbers). 409 nothing_to_resolve, "
+                  "already_resolved, partner_blocked, partner_no_account, refund_open, "
+                  "payment_refunded", roles=OPS, query=ResolveQuery, body=ResolveIn,
+          response=ResolvedOut, tags=("ops",), errors=(404, 409, 422))
+def ops_resolve_reversed_payout(ref: str, leg_id: int, query: ResolveQuery,
+                                body: ResolveIn) -> ResolvedOut:
+    from core.services import payments
+
+    refundable = None
+    if body.action == payments.REFUND:
+        # What the gateway can still give back of the payment, asked before (never within)
+        # the transaction; a refund made meanwhile is refused by the gateway, and retried.
+        with transaction() as session:
+            b = visible_booking(session, ref)
+            payment_id = payments.refund_payment_id(session, b.id)
+        refundable = payments.refundable_left(payment_id) if payment_id else None
+    with transaction() as session:
+        b = visible_booking(session, ref)  # 404 not_found, as every booking route answers
+        done = payments.resolve_reversed_payout(session, b, leg_id, body.action, ops_actor(),
+                                                dry_run=query.dry_run, refundable=refundable)
+        if not query.dry_run:
+            audit(session, "reversed_payout.resolve", f"booking:{b.reference}", leg=leg_id,
+                  decision=done.action, amount_paise=done.amount_paise,
+                  still_held_paise=done.still_held_paise, partner=done.partner_id,
+                  refund_attempt=done.refund_attempt, reason=body.reason)
+        return ResolvedOut(reference=b.reference, leg_id=leg_id, action=done.action,
+                           dry_run=query.dry_run, held_paise=done.held_paise,
+                           amount_paise=done.amount_paise,
+                           still_held_paise=done.still_held_paise,
+                           partner_id=done.partner_id, refundable_paise=done.refundable_paise,
+                           refund_attempt=done.refund_attempt)
+
+
+@endpoint(bp, "GET", "/ops/reversed-payouts",
+          summary="Bookings holding partner payouts reversed at the gateway, waiting for ops "
+                  "to pay the partner again or refund the customer (newest booking first; "
+                  "page with after=next_after)", roles=OPS, query=HeldQuery,
+          response=HeldPage, tags=("ops",))
+def ops_reversed_payouts(query: HeldQuery) -> HeldPage:
+    from core.services import ledger
+
+    with transaction() as session:
+        held = ledger.holding_reversed_payouts(session, query.limit + 1, query.after)
+        more = len(held) > query.limit
+        held = held[: query.limit]
+        refs = dict(session.execute(select(Booking.id, Booking.reference).where(
+            Booking.id.in_([b for b, _ in held]))).tuples().all())
+        states = dict(session.execute(select(Booking.id, Booking.status).where(
+            Booking.id.in_([b for b, _ in held]))).tuples().all())
+        return HeldPage(items=[HeldRow(reference=refs[b], booking_id=b,
+                                       status=BookingStatus(states[b]),
+                                       reversed_payouts_paise=v) for b, v in held],
+                        next_after=held[-1][0] if more else None)
 
 
 class RefundOut(BaseModel):

@@ -12,7 +12,9 @@ sum over every account is always zero and every other balance reads naturally:
 * ``refunds_pending`` per booking: refunds asked of the gateway, not yet settled;
 * ``reversed_payouts`` per booking: partner payouts reversed after they were made (the
   money back in the platform's balance), owed again to the partner or to the customer as
-  ops decide.
+  ops decide (>= 0): ``reversal_repaid`` makes it the partner's payable again (a direct
+  transfer pays it), ``reversal_refund_asked`` reserves it for a refund to the customer
+  (``refund_processed`` settles it; ``reversal_refund_failed`` brings it back).
 
 Every entry has an idempotency key derived from what caused it (a gateway payment id, a
 leg id, our refund id), so recording the same cause twice is a no-op in the database.
@@ -46,10 +48,14 @@ class EntryKind(StrEnum):
     TRANSFER_PROCESSED = "transfer_processed"
     TRANSFER_FAILED = "transfer_failed"
     TRANSFER_REVERSED = "transfer_reversed"
+    REVERSAL_REPAID = "reversal_repaid"
+    REVERSAL_REFUND_ASKED = "reversal_refund_asked"
+    REVERSAL_REFUND_FAILED = "reversal_refund_failed"
 
 
 # Accounts whose balance may never go below zero (checked at write time, under a lock).
-NON_NEGATIVE = frozenset({AccountKind.ESCROW, AccountKind.REFUNDS_PENDING})
+NON_NEGATIVE = frozenset({AccountKind.ESCROW, AccountKind.REFUNDS_PENDING,
+                          AccountKind.REVERSED_PAYOUTS})
 
 
 class InsufficientEscrow(Conflict):
@@ -261,6 +267,45 @@ def transfer_reversed(booking_id: int, leg_id: int, transfer_id: str, amount_pai
                  f"transfer:{transfer_id}:reversed:{amount_reversed}", booking_id,
                  tuple(_move(GATEWAY, reversed_payouts(booking_id), amount_paise, leg_id)),
                  memo="transfer to partner reversed; held for ops", gateway_ref=transfer_id)
+
+
+def reversal_repaid(booking_id: int, leg_id: int, partner_id: int, amount_paise: int,
+                    amount_reversed: int) -> Entry:
+    """Ops chose to pay a reversed payout to the leg's partner again: it leaves the
+    booking's reversed payouts for the partner's payable, and the leg's settle pays it by
+    a direct transfer. Keyed by ``amount_reversed``, here what has left the leg's reversed
+    payouts in all once this entry is posted (a running total: one entry per decision)."""
+    _amount("amount_paise", amount_paise)
+    _amount("amount_reversed", amount_reversed)
+    return Entry(EntryKind.REVERSAL_REPAID,
+                 f"reversal:leg:{leg_id}:out:{amount_reversed}", booking_id,
+                 tuple(_move(reversed_payouts(booking_id), payable(partner_id), amount_paise,
+                             leg_id)),
+                 memo="reversed payout owed to the partner again (ops)")
+
+
+def reversal_refund_asked(booking_id: int, refund_id: int, amount_paise: int,
+                              leg_id: int) -> Entry:
+    """Ops chose to give a reversed payout back to the customer: a refund is asked of the
+    gateway, reserved out of the booking's reversed payouts (not its escrow)."""
+    _amount("amount_paise", amount_paise)
+    return Entry(EntryKind.REVERSAL_REFUND_ASKED, f"refund:{refund_id}:requested",
+                 booking_id,
+                 tuple(_move(reversed_payouts(booking_id), refunds_pending(booking_id),
+                             amount_paise, leg_id)),
+                 memo="refund of a reversed payout requested (ops)")
+
+
+def reversal_refund_failed(booking_id: int, refund_id: int, amount_paise: int,
+                           gateway_refund_id: str | None, leg_id: int) -> Entry:
+    """The refund of a reversed payout failed: the pending amount goes back to the
+    reversed payouts it came from, for ops to decide again. Same key as
+    ``refund_processed``: a refund settles one way only."""
+    _amount("amount_paise", amount_paise)
+    return Entry(EntryKind.REVERSAL_REFUND_FAILED, f"refund:{refund_id}:settled", booking_id,
+                 tuple(_move(refunds_pending(booking_id), reversed_payouts(booking_id),
+                             amount_paise, leg_id)),
+                 memo="refund failed; back in reversed payouts", gateway_ref=gateway_refund_id)
 
 
 def check_balances(entry: Entry, balances: dict[Account, int]) -> None:

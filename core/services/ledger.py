@@ -133,6 +133,7 @@ def booking_summary(session: Session, booking_id: int) -> dict[str, int]:
                                     rules.AccountKind.GATEWAY_CLEARING),
         "escrow_paise": balance(session, rules.escrow(booking_id)),
         "refunds_pending_paise": balance(session, rules.refunds_pending(booking_id)),
+        "reversed_payouts_paise": balance(session, rules.reversed_payouts(booking_id)),
     }
 
 
@@ -222,12 +223,70 @@ def reversed_payouts(session: Session, booking_id: int) -> int:
     return balance(session, rules.reversed_payouts(booking_id))
 
 
+def leg_reversed_payouts(session: Session, leg_id: int) -> tuple[int, int, int]:
+    """A leg's reversed payouts: (what came back in all, what is held for ops now, what
+    has left them in all: paid again or reserved for a refund). The running total that
+    has left keys the next ``reversal_repaid`` entry."""
+    came, held, out = session.execute(
+        select(func.coalesce(func.sum(LedgerPosting.amount_paise).filter(
+                   LedgerTransaction.kind == rules.EntryKind.TRANSFER_REVERSED.value), 0),
+               func.coalesce(func.sum(LedgerPosting.amount_paise), 0),
+               func.coalesce(func.sum(LedgerPosting.amount_paise).filter(
+                   LedgerPosting.amount_paise < 0), 0))
+        .join(LedgerTransaction, LedgerTransaction.id == LedgerPosting.transaction_id)
+        .where(LedgerPosting.leg_id == leg_id,
+               LedgerPosting.account_kind == rules.AccountKind.REVERSED_PAYOUTS.value)).one()
+    return int(came), int(held), -int(out)
+
+
+def leg_owed(session: Session, leg_id: int) -> int:
+    """What the leg's partner is owed for it now: every payable posting of the leg (its
+    earnings, less its payouts, plus payouts voided or paid again by ops' decision)."""
+    return int(session.scalar(
+        select(func.coalesce(func.sum(LedgerPosting.amount_paise), 0))
+        .where(LedgerPosting.leg_id == leg_id,
+               LedgerPosting.account_kind == rules.AccountKind.PARTNER_PAYABLE.value)) or 0)
+
+
+def leg_repaid_since(session: Session, leg_id: int) -> datetime | None:
+    """When ops first chose to pay a reversed payout of the leg again (None: never)."""
+    return session.scalar(
+        select(func.min(LedgerTransaction.created_at))
+        .join(LedgerPosting, LedgerPosting.transaction_id == LedgerTransaction.id)
+        .where(LedgerPosting.leg_id == leg_id,
+               LedgerTransaction.kind == rules.EntryKind.REVERSAL_REPAID.value))
+
+
+def leg_repaid_count(session: Session, leg_id: int) -> int:
+    """How many times ops chose to pay a reversed payout of the leg again."""
+    return int(session.scalar(
+        select(func.count(func.distinct(LedgerPosting.transaction_id)))
+        .join(LedgerTransaction, LedgerTransaction.id == LedgerPosting.transaction_id)
+        .where(LedgerPosting.leg_id == leg_id,
+               LedgerTransaction.kind == rules.EntryKind.REVERSAL_REPAID.value)) or 0)
+
+
+def holding_reversed_payouts(session: Session, limit: int = 100, after: int | None = None
+                             ) -> list[tuple[int, int]]:
+    """(booking id, paise held) of the bookings with reversed payouts waiting for ops,
+    newest booking first, from the partial index of reversed-payout postings."""
+    held = func.sum(LedgerPosting.amount_paise)
+    stmt = (select(LedgerPosting.booking_id, held)
+            .where(LedgerPosting.account_kind == rules.AccountKind.REVERSED_PAYOUTS.value)
+            .group_by(LedgerPosting.booking_id).having(held > 0)
+            .order_by(LedgerPosting.booking_id.desc()).limit(limit))
+    if after is not None:
+        stmt = stmt.where(LedgerPosting.booking_id < after)
+    return [(int(b), int(v)) for b, v in session.execute(stmt) if b is not None]
+
+
 def partner_balance(session: Session, partner_id: int, at: datetime | None = None) -> int:
     """What the platform still owes a partner (earned, not yet transferred)."""
     return balance(session, rules.payable(partner_id), at)
 
 
-__all__ = ["account_balances", "balance", "booking_summary", "leg_paid_out", "leg_payable",
-           "lock_booking",
+__all__ = ["account_balances", "balance", "booking_summary", "holding_reversed_payouts",
+           "leg_owed", "leg_paid_out", "leg_payable", "leg_repaid_count", "leg_repaid_since",
+           "leg_reversed_payouts", "lock_booking",
            "partner_balance", "post", "post_arguments", "recorded", "reversed_payouts", "total",
            "transfer_payout", "transfer_reversal"]

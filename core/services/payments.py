@@ -62,7 +62,7 @@ log = logging.getLogger(__name__)
 
 PAID_STATES = {BookingStatus.PAID, BookingStatus.DISPATCHING, BookingStatus.ASSIGNED,
                BookingStatus.PICKED_UP, BookingStatus.IN_TRANSIT, BookingStatus.DELIVERED}
-REFUND_REASONS = ("cancelled", "no_partner", "late_payment")
+REFUND_REASONS = ("cancelled", "no_partner", "late_payment", "reversed_payout")
 GATEWAY_RETRY = Retry(max=5, interval=[10, 30, 120, 600, 1800])
 SYSTEM = Actor.system()
 HANDLED_EVENTS = (
@@ -365,6 +365,11 @@ def _kept_capture(session: Session, booking_id: int) -> bool:
 
 # The refund of a payment the booking was not settled on: it goes back against its own id.
 EXTRA_PAYMENT = "late_payment"
+# A partner payout reversed at the gateway, given back to the customer by ops' decision:
+# reserved out of the booking's reversed payouts, not its escrow (resolve_reversed_payout).
+REVERSED_PAYOUT = "reversed_payout"
+# Refunds that are no part of the booking's own (cancelled, no partner): each its own chain.
+OWN_CHAIN_REFUNDS = (EXTRA_PAYMENT, REVERSED_PAYOUT)
 OPEN_REFUND = ("requested", "pending")
 
 
@@ -391,9 +396,10 @@ def _open_refund(session: Session, booking: Booking, amount: int, fee: int, reas
 
 
 def _chain(reason: str) -> Any:
-    """Refund rows of the same refund as ``reason`` (an extra payment's, or the booking's)."""
-    return (Refund.reason == EXTRA_PAYMENT) if reason == EXTRA_PAYMENT else (
-        Refund.reason != EXTRA_PAYMENT)
+    """Refund rows of the same refund as ``reason`` (an extra payment's, a reversed
+    payout's, or the booking's)."""
+    return (Refund.reason == reason) if reason in OWN_CHAIN_REFUNDS else (
+        Refund.reason.not_in(OWN_CHAIN_REFUNDS))
 
 
 def _chain_latest(session: Session, booking_id: int, payment_id: str, reason: str
@@ -470,9 +476,10 @@ def _refund_job_id(booking_id: int, attempt: int) -> str:
 
 
 def _reserve_attempt(session: Session, booking: Booking, *, payment_id: str, amount: int,
-                     fee: int, reason: str, actor: str) -> Refund:
+                     fee: int, reason: str, actor: str, leg_id: int | None = None) -> Refund:
     """A new attempt row (numbered across all the booking's refunds), its reservation out
-    of escrow, and its gateway call after commit."""
+    of escrow (of the leg's reversed payouts for a REVERSED_PAYOUT refund), and its
+    gateway call after commit."""
     last = _latest_refund(session, booking.id)
     attempt = last.attempt + 1 if last is not None else 1
     refund = Refund(booking_id=booking.id, attempt=attempt, payment_id=payment_id,
@@ -480,7 +487,12 @@ def _reserve_attempt(session: Session, booking: Booking, *, payment_id: str, amo
                     status="requested")
     session.add(refund)
     session.flush()
-    ledger.post(session, rules.refund_requested(booking.id, refund.id, amount), actor=actor,
+    if reason == REVERSED_PAYOUT:
+        assert leg_id is not None, "a reversed payout's refund names its leg"
+        entry = rules.reversal_refund_asked(booking.id, refund.id, amount, leg_id)
+    else:
+        entry = rules.refund_requested(booking.id, refund.id, amount)
+    ledger.post(session, entry, actor=actor,
                 cause=f"refund:{reason}" + (f":attempt-{attempt}" if attempt > 1 else ""))
     _enqueue_after_commit(session, "workers.payments.refund_booking", booking.id, reason,
                           job_id=_refund_job_id(booking.id, attempt))
@@ -963,8 +975,8 @@ def _on_refund(data: dict, cause: str) -> str:
             return "unknown-refund"
         booking = ledger.lock_booking(session, refund.booking_id)
         refund.gateway_refund_id = refund.gateway_refund_id or rid
-        entry = (rules.refund_processed if processed else rules.refund_failed)(
-            booking.id, refund.id, refund.amount_paise, rid)
+        entry = rules.refund_processed(booking.id, refund.id, refund.amount_paise, rid) \
+            if processed else _refund_failed_entry(session, booking.id, refund, rid)
         if not ledger.post(session, entry, actor="gateway:razorpay", cause=cause):
             if processed and refund.status == "failed":
                 # Settled as failed before (refused, given up): the reconciliation reports
@@ -974,7 +986,7 @@ def _on_refund(data: dict, cause: str) -> str:
             return "duplicate-refund-event"
         if processed:
             refund.status = "processed"
-            if refund.reason != EXTRA_PAYMENT and booking.status in (
+            if refund.reason not in OWN_CHAIN_REFUNDS and booking.status in (
                     BookingStatus.CANCELLED.value, BookingStatus.FAILED.value):
                 move_booking(session, booking, BookingStatus.REFUNDED, SYSTEM, "refund processed")
             notify.notify_customer(session, booking, "payment.refunded",
@@ -1007,6 +1019,8 @@ def _on_transfer(data: dict, cause: str) -> str:
         # An amount no ledger entry can take: a malformed event, nothing changed by it.
         log.warning("transfer event with a bad amount", extra={"leg_id": leg_id})
         return "bad-payload"
+    if _is_repay(entity) and leg_id is not None:
+        return _on_repay_transfer(entity, str(tid), leg_id, processed, cause)
     with transaction() as session:
         row = session.scalar(select(LegTransfer).where(
             (LegTransfer.transfer_id == tid) | (LegTransfer.leg_id == (leg_id or -1))))
@@ -1398,6 +1412,14 @@ def _settle_leg_transfer(leg_id: int) -> str:
     if target > 0 and paid_out >= target:
         # Released and recorded already. Looking again by account would miss that payout
         # if the partner's linked account changed since, and pay the leg a second time.
+        # Owed still: ops chose to pay a payout reversed since again (reversal_repaid).
+        with transaction() as session:
+            owed = ledger.leg_owed(session, leg_id)
+            since = ledger.leg_repaid_since(session, leg_id) or since
+            seq = ledger.leg_repaid_count(session, leg_id)
+        if owed > 0 and seq > 0:
+            return _repay_reversed(c, leg_id, booking_id, partner_id, account, owed,
+                                   since, seq, transfers)
         return "already-paid"
     if account:
         _reverse_others(c, transfers, leg_id, account)
@@ -1623,6 +1645,202 @@ def _save_transfer(leg_id: int, booking_id: int, partner_id: int | None, payment
                         actor=str(SYSTEM), cause=f"leg:{leg_id}:transfer-released")
 
 
+# --- reversed payouts: ops decide ----------------------------------------------------------
+
+
+def _is_repay(transfer: dict) -> bool:
+    """A direct transfer that pays a reversed payout again (ops' decision)."""
+    notes = transfer.get("notes")
+    return isinstance(notes, dict) and bool(notes.get("repay"))
+
+
+def _on_repay_transfer(entity: dict, tid: str, leg_id: int, processed: bool,
+                       cause: str) -> str:
+    """The gateway processed (or failed) a transfer paying a reversed payout again: the
+    payout is posted once for what is left on it; a failure voids what was posted and the
+    leg's settle makes it anew (under a new idempotency key)."""
+    with transaction() as session:
+        leg = session.get(Leg, leg_id)
+        if leg is None or leg.partner_id is None:
+            return "unknown-transfer"
+        ledger.lock_booking(session, leg.booking_id)
+        if not processed:
+            _void_payout(session, tid, cause)
+            _resettle_after_failure(session, leg_id, tid)
+            return "repay-failed"
+        if ledger.recorded(session, f"transfer:{tid}:failed") or _left(entity) <= 0:
+            return "transfer-failed-before"
+        partner_id = gw.note_int(entity, "partner_id") or leg.partner_id
+        if ledger.post(session, rules.transfer_processed(leg.booking_id, leg_id, partner_id,
+                                                         tid, _left(entity)),
+                       actor="gateway:razorpay", cause=cause):
+            return "repay-processed"
+        return "duplicate-transfer-event"
+
+
+def _repay_reversed(c, leg_id: int, booking_id: int, partner_id: int | None,
+                    account: str | None, owed: int, since: datetime, seq: int,
+                    known: list[dict]) -> str:
+    """Pay the leg's partner what ops chose to pay again of a reversed payout, by a direct
+    transfer from the platform's balance (where the reversal put the money), under an
+    X-Transfer-Idempotency key: the same for a retry whose answer was lost, a new one for
+    a new decision or after a repay transfer failed. One already made and processed is
+    posted (its event lost); one still pending is waited for. The caller holds the leg's
+    lock."""
+    if partner_id is None or not account:
+        log.warning("reversed payout to pay again waits: partner has no linked account",
+                    extra={"leg_id": leg_id})
+        return "no-account"
+    found = [t for t in _direct_transfers(c, leg_id, since, known) if _is_repay(t)]
+    for t in found:
+        if _moved(t) and _left(t) > 0:
+            with transaction() as session:
+                ledger.lock_booking(session, booking_id)
+                if ledger.post(session, rules.transfer_processed(
+                        booking_id, leg_id, partner_id, str(t["id"]), _left(t)),
+                        actor=str(SYSTEM), cause=f"leg:{leg_id}:repaid"):
+                    owed -= _left(t)
+    if any(t.get("status") in _UNPROCESSED_TRANSFER for t in found):
+        return "transfer-pending"
+    if owed <= 0:
+        return "repaid"
+    ended = sum(1 for t in found if t.get("status") in ("failed", "reversed"))
+    try:
+        t = c.transfer.create({
+            "account": account, "amount": owed, "currency": "INR",
+            "notes": {"leg_id": str(leg_id), "booking_id": str(booking_id),
+                      "partner_id": str(partner_id), "repay": str(seq)},
+        }, headers={"X-Transfer-Idempotency": f"rc-repay-{leg_id}-{seq}-{ended}"})
+    except gw.BadRequestError as exc:
+        if gw.is_in_progress(exc):
+            raise
+        from core.services.dispatch import alert_ops  # dispatch imports payments
+
+        log.error("transfer paying a reversed payout again refused", extra={"leg_id": leg_id})
+        with transaction() as session:
+            booking = session.get(Booking, booking_id)
+            assert booking is not None
+            alert_ops(session, "payment.ops_transfer_refused", booking_id=booking_id,
+                      dedupe_key=f"repay-{leg_id}-{seq}-refused", ref=booking.reference,
+                      leg=leg_id, payout_paise=owed, error=str(exc)[:80])
+        return "refused"
+    if not _moved(t):
+        return "repay-pending"  # its transfer.processed posts it, or the next settle does
+    with transaction() as session:
+        ledger.lock_booking(session, booking_id)
+        ledger.post(session, rules.transfer_processed(booking_id, leg_id, partner_id,
+                                                      str(t["id"]), _left(t)),
+                    actor=str(SYSTEM), cause=f"leg:{leg_id}:repaid")
+    return "repaid"
+
+
+PAY_AGAIN, REFUND = "pay_again", "refund"
+
+
+@dataclass(frozen=True)
+class Resolution:
+    """What resolving a leg's reversed payout does (or would do, in a dry run)."""
+
+    action: str
+    leg_id: int
+    held_paise: int  # held for ops for the leg before
+    amount_paise: int  # paid again, or refunded
+    still_held_paise: int  # held for ops for the leg after
+    partner_id: int | None = None  # pay_again: whom
+    refundable_paise: int | None = None  # refund: what the payment can still give back
+    refund_attempt: int | None = None  # refund: the attempt made
+
+
+def refund_payment_id(session: Session, booking_id: int) -> str | None:
+    """The payment a reversed payout's refund goes back against: the booking's own."""
+    return _capture_payment_id(session, booking_id)
+
+
+def refundable_left(payment_id: str) -> int:
+    """What the gateway can still refund of the payment (Razorpay refuses more): its
+    amount less what was refunded, from the gateway (a refund from the dashboard
+    counts), less our refunds of it not yet asked of the gateway. A network call: never
+    inside a transaction."""
+    payment = gw.client().payment.fetch(payment_id)
+    left = int(payment.get("amount") or 0) - int(payment.get("amount_refunded") or 0)
+    with transaction() as session:
+        waiting = int(session.scalar(select(func.coalesce(func.sum(Refund.amount_paise), 0))
+                                     .where(Refund.payment_id == payment_id,
+                                            Refund.status == "requested",
+                                            Refund.gateway_refund_id.is_(None))) or 0)
+    return max(left - waiting, 0)
+
+
+def resolve_reversed_payout(session: Session, booking: Booking, leg_id: int, action: str,
+                            actor: Actor, *, dry_run: bool = False,
+                            refundable: int | None = None) -> Resolution:
+    """Ops: move a leg's reversed payout (held in the booking's reversed payouts) out, as
+    they decide: ``pay_again`` makes it the partner's payable again and the leg's settle
+    pays it by direct transfer; ``refund`` reserves it for a refund of the booking's
+    payment (at most ``refundable``, what the gateway can still give back: the rest stays
+    held). Immutable entries; the caller's transaction (and its audit). A dry run checks
+    and computes the same, and changes nothing.
+
+    Raises NotFound (the leg is not the booking's), Conflict ``nothing_to_resolve`` (no
+    payout of the leg was reversed), ``already_resolved`` (none held now),
+    ``partner_blocked`` / ``partner_no_account`` / ``no_partner`` (pay_again to someone
+    who cannot be paid), ``refund_open`` / ``payment_refunded`` / ``no_payment``
+    (refund)."""
+    from core.domain.errors import NotFound
+    from core.services.dispatch import VERIFIED_KYC  # dispatch imports payments
+
+    if action not in (PAY_AGAIN, REFUND):
+        raise ValidationError(f"unknown action {action!r}", field="action")
+    booking = ledger.lock_booking(session, booking.id)
+    leg = session.get(Leg, leg_id, populate_existing=True)
+    if leg is None or leg.booking_id != booking.id:
+        raise NotFound("this booking has no such leg", code="not_found")
+    came, held, out = ledger.leg_reversed_payouts(session, leg_id)
+    if came <= 0:
+        raise Conflict("no payout of this leg was reversed", code="nothing_to_resolve")
+    if held <= 0:
+        raise Conflict("this leg's reversed payout was resolved already",
+                       code="already_resolved")
+    if action == PAY_AGAIN:
+        partner = session.get(PartnerProfile, leg.partner_id) if leg.partner_id else None
+        if partner is None:
+            raise Conflict("the leg has no partner to pay", code="no_partner")
+        if partner.kyc_status != VERIFIED_KYC:
+            raise Conflict(f"partner {partner.id} is {partner.kyc_status}: they cannot be "
+                           "paid; refund the customer, or verify them first",
+                           code="partner_blocked")
+        if not partner.payout_account_id:
+            raise Conflict(f"partner {partner.id} has no payout account: give them one "
+                           "first, or refund the customer", code="partner_no_account")
+        done = Resolution(PAY_AGAIN, leg_id, held, held, 0, partner_id=partner.id)
+        if dry_run:
+            return done
+        ledger.post(session, rules.reversal_repaid(booking.id, leg_id, partner.id, held,
+                                                   out + held),
+                    actor=str(actor), cause=f"leg:{leg_id}:reversal:pay-again")
+        seq = ledger.leg_repaid_count(session, leg_id)
+        _enqueue_after_commit(session, "workers.payments.settle_leg_transfer", leg_id,
+                              job_id=f"transfer-{leg_id}-repay-{seq}")
+        return done
+    payment_id = _capture_payment_id(session, booking.id)
+    if payment_id is None:
+        raise Conflict("the booking has no captured payment to refund", code="no_payment")
+    if _open_row(session, booking.id) is not None:
+        raise Conflict("another refund of this booking is still under way: try when it "
+                       "has settled", code="refund_open")
+    left = held if refundable is None else refundable
+    if left <= 0:
+        raise Conflict("the booking's payment is refunded in full already: pay the "
+                       "partner again instead", code="payment_refunded")
+    amount = min(held, left)
+    if dry_run:
+        return Resolution(REFUND, leg_id, held, amount, held - amount, refundable_paise=left)
+    refund = _reserve_attempt(session, booking, payment_id=payment_id, amount=amount, fee=0,
+                              reason=REVERSED_PAYOUT, actor=str(actor), leg_id=leg_id)
+    return Resolution(REFUND, leg_id, held, amount, held - amount, refundable_paise=left,
+                      refund_attempt=refund.attempt)
+
+
 # --- refunds -------------------------------------------------------------------------------
 
 
@@ -1645,7 +1863,7 @@ def refund_booking(booking_id: int, reason: str) -> str:
     with transaction() as session:
         booking = ledger.lock_booking(session, booking_id)
         refund = _open_row(session, booking_id)
-        if refund is None and reason != EXTRA_PAYMENT:
+        if refund is None and reason not in OWN_CHAIN_REFUNDS:
             refund = _open_main_refund(session, booking, reason, "system")
         refund = refund or _latest_refund(session, booking_id)
         if refund is None:
@@ -1653,7 +1871,9 @@ def refund_booking(booking_id: int, reason: str) -> str:
         if refund.status not in ("requested",):
             return "already-" + refund.status
         refund_id, payment_id, amount = refund.id, refund.payment_id, refund.amount_paise
-        legs = [] if refund.reason == EXTRA_PAYMENT else [
+        # A reversed payout's refund is of money back in the platform's balance: the
+        # booking's legs are left as they are (a relay's next leg keeps its hold).
+        legs = [] if refund.reason in OWN_CHAIN_REFUNDS else [
             leg.id for leg in session.scalars(select(Leg).where(Leg.booking_id == booking_id))
             if _settle_before_refund(session, leg.id)]
     for leg_id in legs:
@@ -1727,13 +1947,36 @@ def _end_refused_attempt(refund_id: int, error: str) -> None:
         assert refund is not None
         if refund.status != "requested":
             return  # settled meanwhile (a webhook of a twin request): nothing to undo
-        ledger.post(session, rules.refund_failed(booking.id, refund.id, refund.amount_paise,
-                                                 None),
+        ledger.post(session, _refund_failed_entry(session, booking.id, refund, None),
                     actor="gateway:razorpay", cause=f"refund:{refund.id}:refused")
         refund.status = "failed"
         refund.last_error = f"refused: {error}"[:200]
         _attempt_failed(session, booking, refund)
         _open_due_refund(session, booking)
+
+
+def _refund_failed_entry(session: Session, booking_id: int, refund: Refund,
+                         gateway_refund_id: str | None) -> rules.Entry:
+    """The entry of a failed refund attempt: its reservation goes back where it came from
+    (escrow; a reversed payout's, to the booking's reversed payouts)."""
+    if refund.reason == REVERSED_PAYOUT:
+        return rules.reversal_refund_failed(booking_id, refund.id, refund.amount_paise,
+                                            gateway_refund_id, _refund_leg(session, refund))
+    return rules.refund_failed(booking_id, refund.id, refund.amount_paise, gateway_refund_id)
+
+
+def _refund_leg(session: Session, refund: Refund) -> int:
+    """The leg whose reversed payout a REVERSED_PAYOUT refund attempt gives back (its
+    reservation's postings name it)."""
+    from core.adapters.payment_models import LedgerPosting, LedgerTransaction
+
+    leg_id = session.scalar(
+        select(LedgerPosting.leg_id)
+        .join(LedgerTransaction, LedgerTransaction.id == LedgerPosting.transaction_id)
+        .where(LedgerTransaction.idempotency_key == f"refund:{refund.id}:requested",
+               LedgerPosting.leg_id.is_not(None)).limit(1))
+    assert leg_id is not None, f"refund {refund.id}: its reservation names no leg"
+    return int(leg_id)
 
 
 def _attempt_failed(session: Session, booking: Booking, refund: Refund) -> None:
@@ -1809,12 +2052,15 @@ def _next_attempt(session: Session, booking: Booking, last: Refund, actor: str
     """The attempt after ``last`` (failed): the same refund, for what is back in escrow.
     The caller holds the booking's lock and has seen no refund of it open."""
     last.retry_at = None
-    amount = min(last.amount_paise, ledger.balance(session, rules.escrow(booking.id)))
+    leg_id = _refund_leg(session, last) if last.reason == REVERSED_PAYOUT else None
+    left = ledger.leg_reversed_payouts(session, leg_id)[1] if leg_id is not None \
+        else ledger.balance(session, rules.escrow(booking.id))
+    amount = min(last.amount_paise, left)
     if amount <= 0:
         log.error("failed refund has nothing left in escrow", extra={"booking_id": booking.id})
         return None
     return _reserve_attempt(session, booking, payment_id=last.payment_id, amount=amount,
-                            fee=last.fee_paise, reason=last.reason, actor=actor)
+                            fee=last.fee_paise, reason=last.reason, actor=actor, leg_id=leg_id)
 
 
 # --- periodic ------------------------------------------------------------------------------
@@ -2076,7 +2322,8 @@ def unreleased_legs(session: Session) -> list[int]:
 
 _PAYABLE_KINDS = (rules.EntryKind.RELEASE.value, rules.EntryKind.CANCELLATION_FEE.value,
                   rules.EntryKind.TRANSFER_PROCESSED.value,
-                  rules.EntryKind.TRANSFER_FAILED.value)
+                  rules.EntryKind.TRANSFER_FAILED.value,
+                  rules.EntryKind.REVERSAL_REPAID.value)
 
 
 def unpaid_legs(session: Session, within: timedelta = timedelta(days=30)) -> list[int]:
