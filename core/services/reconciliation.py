@@ -25,6 +25,11 @@ transfers of open mismatches are asked again one by one each run, so a payout mi
 the ledger whose transfer was reversed since (the gateway shows no payout either) is
 resolved, not left open for ever once the transfer falls out of every window.
 
+A payout is reversed in the dashboard days or weeks after it was made (a dispute), long
+after its transfer left every window: the ledger's payouts of the last REVERSAL_LOOKBACK
+are asked again one by one too, REVERSAL_ITEMS a run in turn (as the open rows are), so
+a run's gateway calls stay bounded and each payout is asked again every few runs.
+
 One run at a time: a run holds PostgreSQL's advisory lock RECONCILE_LOCK_KEY, and one
 started meanwhile (a slow hourly run, a manual one) is skipped and says so in the log. Two
 at once would each record what it saw, and the older, committing later, would reopen a
@@ -67,7 +72,12 @@ LAST_UNTIL_KEY = "reconciliation:last-until"
 CATCH_UP = timedelta(days=30)
 PAGE = 100
 OPEN_ITEMS = 500  # open rows fetched one by one per run
-OPEN_CURSOR_KEY = "reconciliation:open-after:"  # + refunds | transfers | mismatches
+OPEN_CURSOR_KEY = "reconciliation:open-after:"  # + refunds | transfers | mismatches | payouts
+# Payouts asked again for a reversal: those of the last REVERSAL_LOOKBACK (disputes come
+# weeks later), REVERSAL_ITEMS a run. Hourly runs ask 12,000 a day: at 1,000 payouts a
+# day each is asked again every ten days (one reversed within its day, by the window).
+REVERSAL_LOOKBACK = timedelta(days=120)
+REVERSAL_ITEMS = 500
 # The PostgreSQL advisory lock a run holds while it runs: "RCrc" in ASCII, 1380151907
 # (pg_locks: locktype advisory, objid 1380151907). Migrate holds "RCmg" (core.cli), a
 # seed "RCsd" (core.services.seed).
@@ -201,23 +211,25 @@ def _released(transfer: dict) -> bool:
         "on_hold")
 
 
-def _open_page(session: Session, id_col, gid_col, is_open, cursor_key: str) -> set[str]:
-    """At most OPEN_ITEMS open rows' gateway ids, taking up after the last run's page (by
-    row id, from the start again after the last): with more open rows than a run asks
-    about (transfers on hold for every leg in flight), each is asked in turn, not the
-    same first ones every run."""
+def _open_page(session: Session, id_col, gid_col, is_open, cursor_key: str,
+               size: int | None = None) -> set[str]:
+    """At most ``size`` (default OPEN_ITEMS) open rows' gateway ids, taking up after the
+    last run's page (by row id, from the start again after the last): with more open rows
+    than a run asks about (transfers on hold for every leg in flight), each is asked in
+    turn, not the same first ones every run."""
+    size = OPEN_ITEMS if size is None else size
     try:
         after = int(redis_client().get(cursor_key) or 0)
     except (RedisError, ValueError):
         after = 0
     base = select(id_col, gid_col).where(is_open, gid_col.is_not(None)).order_by(id_col)
-    rows = list(session.execute(base.where(id_col > after).limit(OPEN_ITEMS)).all())
-    if len(rows) < OPEN_ITEMS and after:  # the end: on from the first
+    rows = list(session.execute(base.where(id_col > after).limit(size)).all())
+    if len(rows) < size and after:  # the end: on from the first
         rows += session.execute(base.where(id_col <= after)
-                                .limit(OPEN_ITEMS - len(rows))).all()
+                                .limit(size - len(rows))).all()
         nxt = rows[-1][0] if rows else 0
     else:
-        nxt = rows[-1][0] if len(rows) == OPEN_ITEMS else 0
+        nxt = rows[-1][0] if len(rows) == size else 0
     try:
         redis_client().set(cursor_key, nxt)
     except RedisError:
@@ -254,21 +266,41 @@ def _add_open_items(c, refunds: dict[str, dict], transfers: dict[str, dict]) -> 
             transfers[tid] = item
 
 
-def _recheck_mismatched_transfers(c, transfers: dict[str, dict]) -> set[str]:
-    """The transfers of open mismatches this run's list lacks, asked again one by one (at
-    most OPEN_ITEMS a run, in turn as _open_page does). A released one joins
+def _mismatched_transfers() -> set[str]:
+    """The transfers of open mismatches (at most OPEN_ITEMS a run, in turn)."""
+    with transaction() as session:
+        return _open_page(session, ReconciliationMismatch.id,
+                          ReconciliationMismatch.gateway_id,
+                          ReconciliationMismatch.resolved_at.is_(None)
+                          & (ReconciliationMismatch.entity == "transfer"),
+                          OPEN_CURSOR_KEY + "mismatches")
+
+
+def _recent_payouts(until: datetime) -> set[str]:
+    """The transfers of the ledger's payouts of the last REVERSAL_LOOKBACK (at most
+    REVERSAL_ITEMS a run, in turn), to be asked again for a reversal. By entry id from the
+    first entry of the lookback (found by the created_at index): the page's scan starts
+    there, not at the ledger's first entry."""
+    t = LedgerTransaction
+    with transaction() as session:
+        first = session.scalar(select(func.min(t.id)).where(
+            t.created_at >= until - REVERSAL_LOOKBACK))
+        if first is None:
+            return set()
+        return _open_page(session, t.id, t.gateway_ref,
+                          (t.kind == EntryKind.TRANSFER_PROCESSED.value) & (t.id >= first),
+                          OPEN_CURSOR_KEY + "payouts", REVERSAL_ITEMS)
+
+
+def _recheck_transfers(ids: set[str], transfers: dict[str, dict], fetch_one) -> set[str]:
+    """Transfers this run's list lacks, asked again one by one. A released one joins
     ``transfers``; return those the gateway shows no payout for now (reversed, failed,
     on hold again, or unknown to it), to be compared as such with the ledger. One the
     gateway cannot show now stays as it was found."""
-    with transaction() as session:
-        ids = _open_page(session, ReconciliationMismatch.id, ReconciliationMismatch.gateway_id,
-                         ReconciliationMismatch.resolved_at.is_(None)
-                         & (ReconciliationMismatch.entity == "transfer"),
-                         OPEN_CURSOR_KEY + "mismatches")
     no_payout: set[str] = set()
     for tid in ids - set(transfers):
         try:
-            item = _fetch_one(c.transfer.fetch, tid)
+            item = fetch_one(tid)
         except _NoAnswer:
             continue
         if item and _released(item):
@@ -329,7 +361,12 @@ def _run(since: datetime | None, until: datetime | None) -> dict[str, int]:
                if r.get("status") == "processed"}
     transfers = {t["id"]: t for t in _pages(c.transfer.all, since, until) if _released(t)}
     _add_open_items(c, refunds, transfers)
-    no_payout = _recheck_mismatched_transfers(c, transfers)
+    fetch_transfer = _cached(c.transfer.fetch)  # each transfer asked once a run
+    no_payout = _recheck_transfers(_mismatched_transfers(), transfers, fetch_transfer)
+    # Payouts of the lookback: one reversed since is recorded (_record_reversals) and
+    # compared for what is left on it, however long after its window it came.
+    no_payout |= _recheck_transfers(_recent_payouts(until) - no_payout, transfers,
+                                    fetch_transfer)
     # Widen the ledger side by what the gateway listed (entries recorded just after the
     # window), and the gateway side by single fetches (objects just outside it).
     with transaction() as session:
@@ -345,7 +382,6 @@ def _run(since: datetime | None, until: datetime | None) -> dict[str, int]:
     # A payout reversed at the gateway since it was posted is recorded as such (once per
     # reversal; its transfer.reversed event may never come), then compared for what is
     # left on it.
-    fetch_transfer = _cached(c.transfer.fetch)
     if _record_reversals(led_trf, transfers, fetch_transfer):
         with transaction() as session:
             led_trf, voided_trf = _ledger_transfers(session, since, until,

@@ -109,7 +109,10 @@ BATCH = 500  # rows per transaction: short row locks, a bounded step between tim
 CLOSED_BOOKINGS = tuple(s.value for s in BOOKING.closed)
 CLOSED_LEGS = tuple(s.value for s in LEG.closed)
 UNSENT = ("pending", "sending")
-HELD_FOR_CUSTOMER = (rules.AccountKind.ESCROW.value, rules.AccountKind.REFUNDS_PENDING.value)
+# Money of a customer's booking not settled yet: escrow, a refund on its way, and a rider's
+# payout reversed since (ops may give it back to the customer).
+HELD_FOR_CUSTOMER = (rules.AccountKind.ESCROW.value, rules.AccountKind.REFUNDS_PENDING.value,
+                     rules.AccountKind.REVERSED_PAYOUTS.value)
 # A partner who gave a job back after taking it was named to its customer all the same.
 TOOK_THE_JOB = (OfferStatus.ACCEPTED.value, OfferStatus.CANCELLED.value)
 # A recipient's name (as a sender typed it) shorter than this is not looked for in texts:
@@ -507,19 +510,32 @@ def _refuse_if_in_use(session: Session, person: Person, partner: PartnerProfile 
             Leg.partner_id == partner.id, Leg.status.not_in(CLOSED_LEGS)).limit(1)):
         raise Conflict("a job they took is not finished yet", code="in_flight")
     # Money still held for them: a refund on its way (or failed, for ops to see to), a
-    # payout owed. Ops may need to reach them about it.
+    # payout owed, a payout reversed since (ops pay it to the rider again, or refund the
+    # customer). Ops may need to reach them about it.
     p = LedgerPosting
     held = session.scalar(
         select(p.account).where(p.booking_id.in_(select(Booking.id).where(
             Booking.customer_id == person.id)), p.account_kind.in_(HELD_FOR_CUSTOMER))
         .group_by(p.account).having(func.sum(p.amount_paise) != 0).limit(1))
-    if held is not None or (partner is not None
-                            and ledger.balance(session, rules.payable(partner.id)) != 0):
+    if held is not None or (partner is not None and (
+            ledger.balance(session, rules.payable(partner.id)) != 0
+            or _reversed_payout_held(session, partner.id))):
         raise Conflict("money is still held or owed for them", code="in_flight")
     if session.scalar(select(Handoff.id).where(Handoff.status == "waiting", or_(
             Handoff.person_id == person.id, Handoff.conversation_id.in_(conv_ids))).limit(1)):
         raise Conflict("they are waiting for an operator: close that first",
                        code="in_flight")
+
+
+def _reversed_payout_held(session: Session, partner_id: int) -> bool:
+    """Whether a payout of a leg the partner carries was reversed and still waits for ops
+    (a booking's reversed payouts, by the leg each posting names): paying it again goes to
+    the payout account their erasure deletes."""
+    p = LedgerPosting
+    return session.scalar(
+        select(p.leg_id).where(p.leg_id.in_(select(Leg.id).where(Leg.partner_id == partner_id)),
+                               p.account_kind == rules.AccountKind.REVERSED_PAYOUTS.value)
+        .group_by(p.leg_id).having(func.sum(p.amount_paise) != 0).limit(1)) is not None
 
 
 def _erase_messages(session: Session, done: Erasure, own: Any, theirs: set[str],
@@ -834,8 +850,9 @@ def _erase_partner(session: Session, done: Erasure, partner: PartnerProfile) -> 
     The payout account (a Razorpay linked account id) goes so that it is free again: the
     same person signing up anew with it is no longer refused as "another partner's".
     Nothing needs it afterwards: each transfer row keeps the account it paid (the money
-    record); the profile's is read only to hold or pay a leg, and an erasure waits until
-    no job of theirs is open and nothing is owed to them (_refuse_if_in_use)."""
+    record); the profile's is read only to hold or pay a leg (or pay a reversed payout
+    again), and an erasure waits until no job of theirs is open, nothing is owed to them
+    and no payout of theirs reversed since waits for ops (_refuse_if_in_use)."""
     name = partner.first_name.strip()
     if name:
         # The jobs they took (a job given back after taking it included): bounded by the
