@@ -3,14 +3,24 @@
 `python -m ops.supervisor serve` starts what is missing (embedded PostgreSQL / Redis, see
 ops.embedded), runs the Procfile's `release` and waits for it, then starts every other
 process type except `actions` (each in its own process group, output prefixed with its
-name, like honcho / foreman) and stops everything cleanly on Ctrl-C / SIGTERM or when one
-of them dies.
+name, like honcho / foreman) and stops everything cleanly on Ctrl-C / SIGTERM.
+
+A process that dies is started again after a pause that doubles with each crash (1 s, 2 s,
+4 s, ... at most 30 s); one that crashes RESTART_LIMIT times within RESTART_WINDOW_S
+cannot start, and serve then stops everything (exit 1) saying so. The embedded
+PostgreSQL or Redis dying stops everything at once: nothing works without them.
+
+A stop sends each process group one SIGTERM (RQ's warm shutdown: a worker finishes the job
+it is running, then exits; a second SIGTERM would kill the job) and waits up to
+STOP_GRACE_S for them, by default longer than the longest job (the daily retention run,
+RETENTION_RUN_SECONDS), before SIGKILL. A second Ctrl-C kills at once.
 """
 
 from __future__ import annotations
 
 import http.client
 import itertools
+import math
 import os
 import re
 import shlex
@@ -30,7 +40,17 @@ from ops.embedded import REPO_DIR, EmbeddedError, Services, services_for
 # `actions` (the Rasa action server) is only needed where the lead deploys it.
 NOT_SERVED = {"release", "actions"}
 SANDBOX_WORKER = "python -m core.cli sandbox-worker"
-STOP_TIMEOUT = 10.0
+# Restarts: the first pause, its ceiling, and how many crashes of one process within the
+# window make serve give up (the pauses alone add up to 15 s before the fifth).
+RESTART_DELAY_S = 1.0
+RESTART_MAX_DELAY_S = 30.0
+RESTART_LIMIT = 5
+RESTART_WINDOW_S = 300.0
+# Stopping: the grace is the retention run's limit (core.services.retention: it works up to
+# RETENTION_RUN_SECONDS, default 120, at most 600, then ends its batch) plus this margin.
+STOP_MARGIN_S = 30.0
+STOP_GRACE_MAX_S = 3600.0
+STOP_NOTICE_S = 3.0  # say who is still finishing after this long
 _PROCFILE_LINE = re.compile(r"^([A-Za-z0-9_-]+):\s*(.+)$")
 _COLORS = ["36", "33", "32", "35", "34", "31"]
 
@@ -88,6 +108,30 @@ def scale(processes: dict[str, str]) -> dict[str, str]:
     return scaled
 
 
+def default_stop_grace() -> float:
+    """The retention run's limit (RETENTION_RUN_SECONDS as the service reads it, 120 s when
+    unset; a bad value is the release's to refuse) plus STOP_MARGIN_S."""
+    raw = os.environ.get("RETENTION_RUN_SECONDS", "").strip()
+    run_s = int(raw) if raw.isascii() and raw.isdigit() and 1 <= int(raw) <= 600 else 120
+    return run_s + STOP_MARGIN_S
+
+
+def stop_grace() -> float:
+    """Seconds a stop waits for the processes after SIGTERM (STOP_GRACE_S), then SIGKILL."""
+    raw = os.environ.get("STOP_GRACE_S", "").strip()
+    if not raw:
+        return default_stop_grace()
+    try:
+        value = float(raw)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and 0 < value <= STOP_GRACE_MAX_S):
+        # Not a silent default: 0 or "long" meant something else.
+        raise ValueError(f"STOP_GRACE_S must be a number of seconds above 0 and at most "
+                         f"{STOP_GRACE_MAX_S:.0f}, got {raw!r}")
+    return value
+
+
 def parse_procfile(path: Path) -> dict[str, str]:
     """Process types of a Heroku-style Procfile, in file order (`name: command` lines)."""
     processes: dict[str, str] = {}
@@ -138,6 +182,7 @@ class Child:
     name: str
     command: str
     process: subprocess.Popen
+    env: dict[str, str] = field(default_factory=dict, repr=False)  # to start it again
     pump: threading.Thread = field(init=False)
 
     @classmethod
@@ -151,7 +196,7 @@ class Child:
             stderr=subprocess.STDOUT,
             process_group=0,
         )
-        child = cls(name, command, process)
+        child = cls(name, command, process, env)
         child.pump = threading.Thread(target=child._pump, args=(output,), daemon=True)
         child.pump.start()
         return child
@@ -243,6 +288,16 @@ class Server:
         self.raise_on_signal = True
         self.signals = 0
         self.output = Output()
+        self.restart_delay_s = RESTART_DELAY_S
+        self.restart_max_delay_s = RESTART_MAX_DELAY_S
+        self.restart_limit = RESTART_LIMIT
+        self.restart_window_s = RESTART_WINDOW_S
+        self._crashes: dict[str, list[float]] = {}  # name -> monotonic times of its crashes
+        self._restart_at: dict[str, float] = {}  # name -> when to start it again
+        try:
+            self.stop_grace_s = stop_grace()
+        except ValueError:  # run() refuses it before starting anything
+            self.stop_grace_s = default_stop_grace()
 
     def _on_signal(self, signum: int, _frame: object) -> None:
         self.signals += 1
@@ -257,7 +312,8 @@ class Server:
             raise Interrupted
 
     def run(self) -> int:
-        """Serve until asked to stop (exit 0) or until a process dies (exit 1)."""
+        """Serve until asked to stop (exit 0), or until a process keeps crashing or the
+        embedded PostgreSQL / Redis dies (exit 1)."""
         try:
             processes = parse_procfile(self.procfile)
         except (OSError, ValueError) as err:
@@ -265,6 +321,7 @@ class Server:
             return 1
         try:
             served = scale({n: c for n, c in processes.items() if n not in NOT_SERVED})
+            self.stop_grace_s = stop_grace()
         except ValueError as err:
             print(f"./run serve: {err}", file=sys.stderr)
             return 1
@@ -328,13 +385,7 @@ class Server:
         announced = not has_web
         app_env = os.environ.get("APP_ENV", "sandbox")
         while not self.stop_requested:
-            for child in self.children:
-                code = child.poll()
-                if code is not None:
-                    self.output.system(
-                        f"{child.name} stopped unexpectedly ({describe_exit(code)}); stopping all"
-                    )
-                    return 1
+            # First: a worker that lost its Redis dies too, and is not the news.
             redis = services.redis
             if redis is not None and redis.process is not None and redis.process.poll() is not None:
                 self.output.system(f"embedded Redis died (see {redis.log_path}); stopping")
@@ -343,25 +394,86 @@ class Server:
                 self.output.system(
                     f"embedded PostgreSQL died (see {services.postgres.pgdata}/log); stopping")
                 return 1
+            now = time.monotonic()
+            for child in self.children:
+                if child.name in self._restart_at:
+                    continue  # dead, waiting for its pause to end
+                code = child.poll()
+                if code is None:
+                    continue
+                delay = self._crash_delay(child.name, now)
+                if delay is None:
+                    self.output.system(
+                        f"{child.name} crashed {len(self._crashes[child.name])} times in "
+                        f"{self.restart_window_s:g} s (last: {describe_exit(code)}); "
+                        "giving up, stopping all")
+                    return 1
+                self.output.system(
+                    f"{child.name} stopped unexpectedly ({describe_exit(code)}); starting it "
+                    f"again in {delay:g} s")
+                child.terminate()  # what is left of its group (gunicorn's workers)
+                self._restart_at[child.name] = now + delay
+            self._restart_due(services, now)
             if not announced and _answers(port):
                 announced = True
                 print(
                     f"RideChain is serving at http://127.0.0.1:{port} (APP_ENV={app_env})",
                     flush=True,
                 )
-            time.sleep(0.25 if announced else 0.5)
+            pause = 0.25 if announced else 0.5
+            if self._restart_at:
+                pause = min(pause, max(0.01, min(self._restart_at.values()) - time.monotonic()))
+            time.sleep(pause)
         return 0
 
+    def _crash_delay(self, name: str, now: float) -> float | None:
+        """Count a crash of `name` at `now` (monotonic seconds): the pause before starting
+        it again, doubling with each crash within the window, or None to give up."""
+        recent = [t for t in self._crashes.get(name, []) if now - t < self.restart_window_s]
+        recent.append(now)
+        self._crashes[name] = recent
+        if len(recent) >= self.restart_limit:
+            return None
+        return min(self.restart_max_delay_s, self.restart_delay_s * 2 ** (len(recent) - 1))
+
+    def _restart_due(self, services: Services, now: float) -> None:
+        """Start again each crashed child whose pause has ended."""
+        for name, due in list(self._restart_at.items()):
+            if now < due or self.stop_requested:
+                continue
+            index, old = next((i, c) for i, c in enumerate(self.children) if c.name == name)
+            old.kill()  # a member of its group that ignored the SIGTERM
+            old.process.wait()
+            old.pump.join(timeout=1)
+            child = Child.start(name, old.command, old.env, self.output)
+            self.children[index] = child
+            del self._restart_at[name]
+            services.record_children([embedded.record(child.process, name)])
+            self.output.system(f"started {name} again (pid {child.process.pid})")
+
     def _stop_children(self) -> None:
-        """SIGTERM every child group, SIGKILL those still alive after STOP_TIMEOUT."""
+        """One SIGTERM to every child group, SIGKILL to those still alive after STOP_GRACE_S.
+
+        One only: an RQ worker takes the first as "finish the job, then exit" (warm
+        shutdown) and a second as "kill the job now" (cold)."""
         for child in self.children:
             child.terminate()
-        deadline = time.monotonic() + STOP_TIMEOUT
+        grace = self.stop_grace_s
+        begun = time.monotonic()
+        deadline = begun + grace
+        told = False
         while any(c.group_alive() for c in self.children) and time.monotonic() < deadline:
+            if not told and time.monotonic() - begun >= STOP_NOTICE_S:
+                told = True
+                names = ", ".join(c.name for c in self.children if c.group_alive())
+                self.output.system(
+                    f"waiting for {names} to finish (a job under way?): up to {grace:g} s "
+                    "in all (STOP_GRACE_S); Ctrl-C again stops them now")
             time.sleep(0.1)
         for child in self.children:
             if child.group_alive():
-                self.output.system(f"{child.name} did not stop in {STOP_TIMEOUT:.0f} s: SIGKILL")
+                self.output.system(f"{child.name} did not stop in {grace:g} s (STOP_GRACE_S): "
+                                   "SIGKILL")
                 child.kill()
         for child in self.children:
             child.process.wait()

@@ -77,6 +77,8 @@ class _Periodic:
         scheduler = getattr(self, "scheduler", None)
         if scheduler is None:
             return False  # a worker without a scheduler
+        if getattr(self, "_stop_requested", False):
+            return False  # a warm shutdown stopped it; a new one would outlive the worker
         process = scheduler._process
         if process is not None and process.is_alive():  # a waitpid, no Redis
             return False

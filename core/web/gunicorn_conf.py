@@ -1,5 +1,6 @@
 """gunicorn settings the command line cannot give (`--config python:core.web.gunicorn_conf`):
-one set of request metrics for all the web workers, and JSON access lines.
+one set of request metrics for all the web workers, and JSON log lines (gunicorn's own and
+its access lines).
 
 Each gunicorn worker is a process with its own counters, so without this a scrape of
 /metrics reports whichever worker answered it, and a counter seems to jump back and forth.
@@ -22,6 +23,7 @@ import shutil as _shutil
 import sys as _sys
 import tempfile as _tempfile
 import traceback as _traceback
+from logging import handlers as _log_handlers
 
 from gunicorn import glogging as _glogging  # type: ignore[import-untyped]
 
@@ -72,25 +74,38 @@ def on_exit(server) -> None:  # noqa: ANN001
     _remove_created()
 
 
-class JsonLogger(_glogging.Logger):
-    """gunicorn's logger with its access lines (`--access-logfile -`) as the service's other
-    log lines are: JSON through core.logs.JsonFormatter, with the request's id (the
-    X-Request-Id the service answered with, which it took from the caller or made), so
-    the line about a request joins the application's lines about it.
+def _with_pid(record) -> bool:  # noqa: ANN001 (a logging filter)
+    """Give a gunicorn error-log record a `pid` field: its text format had the process id,
+    which says which worker booted, timed out or failed."""
+    record.pid = record.process
+    return True
 
-    The line holds the method, the path without its query string (a query may carry a
-    number, a signature or a token; the formatter masks phone numbers in the path), the
-    status, the bytes sent, the time taken and the peer's address: no headers, no body.
-    gunicorn's own messages (its error log, on stderr) keep gunicorn's format.
+
+class JsonLogger(_glogging.Logger):
+    """gunicorn's logger with its lines as the service's other log lines are: JSON through
+    core.logs.JsonFormatter (phone numbers masked).
+
+    Its own messages (the error log, logger `gunicorn.error`, on stderr: starting, workers
+    booting or timing out, a bad request) have their level and a `pid`. Its access lines
+    (`--access-logfile -`) have the request's id (the X-Request-Id the service answered
+    with, which it took from the caller or made), so the line about a request joins the
+    application's lines about it. The line holds the method, the path without its query
+    string (a query may carry a number, a signature or a token; the formatter masks phone
+    numbers in the path), the status, the bytes sent, the time taken and the peer's
+    address: no headers, no body. A syslog handler (`--log-syslog`) keeps its own format.
     """
 
     def setup(self, cfg) -> None:  # noqa: ANN001 (gunicorn's signature)
         from core.logs import JsonFormatter
 
         super().setup(cfg)
-        for handler in self.access_log.handlers:
-            if getattr(handler, "_gunicorn", False):
-                handler.setFormatter(JsonFormatter())
+        for log in (self.error_log, self.access_log):
+            for handler in log.handlers:
+                if getattr(handler, "_gunicorn", False) and not isinstance(
+                        handler, _log_handlers.SysLogHandler):
+                    handler.setFormatter(JsonFormatter())
+                    if log is self.error_log and _with_pid not in handler.filters:
+                        handler.addFilter(_with_pid)
 
     def access(self, resp, req, environ, request_time) -> None:  # noqa: ANN001
         if not self.access_log_enabled:
