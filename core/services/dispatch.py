@@ -1938,9 +1938,11 @@ def drop_code_lost(session: Session, row: OutboxMessage) -> int | None:
             or _last_sent(session, booking, f"leg-{leg.id}-dropotp-%") != row.dedupe_key):
         return None
     # A new drop code, with fresh tries (bounded); the pickup code the sender holds stays
-    # as it is.
+    # as it is. Before the pickup the leg's one counter holds the wrong PICK codes, tried
+    # against that pickup code, which nobody lost: they stay.
     before = leg.pickup_otp_hash, leg.drop_otp_hash, leg.otp_failures
-    failures = tries_after_lost_code(session, leg, "drop")
+    failures = (leg.otp_failures if leg.status == LegStatus.ASSIGNED.value
+                else tries_after_lost_code(session, leg, "drop"))
     _, code = issue_leg_otps(leg)
     leg.pickup_otp_hash, leg.otp_failures = before[0], failures
     recipient = session.scalar(select(Person).where(Person.phone == phone))
