@@ -123,6 +123,12 @@ class _Periodic:
                 or super().should_run_maintenance_tasks)  # type: ignore[misc]
 
     def run_maintenance_tasks(self) -> None:
+        if getattr(self, "_stop_requested", False):
+            # A warm shutdown: the worker loop runs maintenance after the job, before it
+            # looks at the stop. RQ's own (when its ten minutes are due) would start the
+            # stopped scheduler again, a process that outlives the worker and hangs the
+            # stop; and a stopping worker starts no sweep. The next worker does them.
+            return
         if self._scheduler_due():
             self._restart_scheduler()
         if self._periodic_due():
