@@ -215,10 +215,13 @@ def _place_steps(kind: str, default_next: str) -> list[Step]:
     def office_prompt(ctx: Ctx) -> list[Out]:
         offices = ctx.state.data.get("offices") or []
         pin = ctx.state.data.get("pin", "")
+        # The keys in the order they are pressed: the names 1..7, 8 (key the pincode
+        # again), then 9 (more names); the list's own "9 = more" would come before the 8.
         return [Say("ivr.place.pincode", {"digits": spoken.spell_digits(pin)}),
                 Say("ivr.place.choose"),
-                Choices(tuple(o["name"] for o in shown(ctx)), more=len(offices) > PAGE_SIZE),
-                Say("ivr.place.reenter")]
+                Choices(tuple(o["name"] for o in shown(ctx))),
+                Say("ivr.place.reenter"),
+                *([Say("ivr.more")] if len(offices) > PAGE_SIZE else [])]
 
     def office_handle(ctx: Ctx, inp: UserInput) -> Result:
         offices = ctx.state.data.get("offices") or []

@@ -11,7 +11,8 @@ it answers). A turn runs under the conversation's row lock; the call's state rec
 last turn answered, so a retried request (or one that waited on the lock behind its
 twin) is answered from record and acts once. The answer is recorded as ``CallSid:turn``
 in ``inbound_events`` (provider "twilio-voice") in the same transaction as the turn's
-effects, in one INSERT whose unique key is the last word on a duplicate. Channel rules
+effects, in one INSERT whose unique key is the last word on a duplicate (an answer that
+reads out a pickup code is blanked once the call ends: see forget_code_answers). Channel rules
 live here, not in the dialog: silence repeats the prompt at most twice and then offers a
 person (or ends the call), ``*`` repeats, a call has at most ``MAX_TURNS`` turns. Nothing
 here calls the network.
@@ -25,14 +26,15 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from core import clock, i18n
 from core.adapters.api_models import AuditEntry
 from core.adapters.db import transaction
-from core.adapters.models import Booking, Conversation, Leg, Person
+from core.adapters.models import Booking, Conversation, InboundEvent, Leg, Person
+from core.adapters.queue import after_commit, queue
 from core.config import get_settings
 from core.dialog import engine
 from core.dialog.booking import BOOKING, MENU, person_said
@@ -134,19 +136,26 @@ def _duplicate(external_id: str) -> tuple[str, bool]:
 
 # --- ports: the chat's, plus the booking details by SMS ---------------------------------
 
+# The booking's details after a call, by how they reach the caller (reach()): each says
+# where the payment link comes, which goes the same way (notify.send_to_person).
+DETAILS = {"sms": "ivr.sms.details", "whatsapp": "ivr.sms.details_whatsapp"}
+
+
 class VoicePorts(SessionPorts):
     """The dialog's ports for a caller: a confirmed booking also sends its details by SMS
-    (the payment link follows from the payments job, by SMS to a caller)."""
+    (the payment link follows from the payments job, by SMS to a caller), or on WhatsApp
+    to a caller who stopped our SMS and chats with us there."""
 
     def confirm(self, slots: dict[str, Any]) -> dict[str, Any]:
         done = super().confirm(full_slots(slots))
         if done.get("refused"):
             return done
         booking = self.session.scalar(select(Booking).where(Booking.reference == done["ref"]))
-        if booking is not None and self.person.phone:
+        key = DETAILS.get(self.reach())  # none where nothing can reach them
+        if booking is not None and self.person.phone and key is not None:
             lang = self.person.preferred_language or i18n.DEFAULT_LANGUAGE
             notify.notify_phone(
-                self.session, self.person.phone, "ivr.sms.details", lang=lang,
+                self.session, self.person.phone, key, lang=lang,
                 dedupe_key=f"ivr-details-{booking.id}", booking_id=booking.id,
                 ref=booking.reference, pickup=slots["pickup"]["name"],
                 drop=slots["drop"]["name"],
@@ -283,6 +292,65 @@ def read_pickup_code(session: Session, person: Person, booking: Booking) -> dict
     return {"code": code}
 
 
+# --- a code read out is not kept in the call's stored answers -------------------------
+
+# The answer of the turn that read a pickup code holds it in plain text (ivr.code.said),
+# stored so that Twilio's retry of that webhook, which comes within seconds, hears the
+# same. It is blanked once the call is over (its status callback, the caller's next call,
+# or our hang-up), and in any case this long after it was read (a status callback lost).
+CODE_SAID = "ivr.code.said"
+CODE_ANSWER_KEPT = timedelta(minutes=2)
+FORGET_CODES_JOB = "core.services.ivr.forget_code_answers"
+# What a blanked answer says to a (very late) retry of its webhook: the call is over.
+BLANKED_ANSWER = '<?xml version="1.0" encoding="UTF-8"?><Response><Hangup/></Response>'
+
+
+def _blank_answers(session: Session, sid: str, turns: list[int]) -> int:
+    """Blank the stored answers of these turns of call ``sid``; how many were changed."""
+    if not turns:
+        return 0
+    e = InboundEvent
+    changed = session.scalars(
+        update(e).where(e.provider == PROVIDER,
+                        e.external_id.in_([f"{sid}:{n}" for n in turns]),
+                        e.response_body.is_not(None), e.response_body != BLANKED_ANSWER)
+        .values(response_body=BLANKED_ANSWER).returning(e.id)).all()
+    return len(changed)
+
+
+def forget_code_answers(sid: str, turns: list[int]) -> int:
+    """Job: blank the stored answers of call ``sid`` that read a pickup code, once no
+    retry of them can come (CODE_ANSWER_KEPT after the read)."""
+    with transaction() as session:
+        return _blank_answers(session, sid, turns)
+
+
+def _code_read(session: Session, state: DialogState, sid: str, turn: int,
+               outs: list[Out]) -> None:
+    """Remember a turn that reads a pickup code, to blank its answer when the call is
+    over, and schedule that for CODE_ANSWER_KEPT from now all the same."""
+    if not any(isinstance(out, Say) and out.key == CODE_SAID for out in outs):
+        return
+    state.data["call"].setdefault("coded", []).append(turn)
+    job_id = f"ivr-code-{sid}-{turn}"
+
+    def schedule() -> None:
+        q = queue("default")
+        if q.fetch_job(job_id) is None:
+            q.enqueue_in(CODE_ANSWER_KEPT, FORGET_CODES_JOB, sid, [turn], job_id=job_id,
+                         result_ttl=3600, failure_ttl=7 * 86400)
+
+    after_commit(session, schedule)
+
+
+def _end_of_call(session: Session, state: DialogState) -> None:
+    """The call in ``state`` is over: blank the answers that read a code, then close it."""
+    current = state.data.get("call") or {}
+    if current.get("sid"):
+        _blank_answers(session, current["sid"], list(current.get("coded") or []))
+    _close_call(state)
+
+
 # --- one turn --------------------------------------------------------------------------
 
 def _close_call(state: DialogState) -> None:
@@ -328,13 +396,14 @@ def voice_turn(session: Session, call: CallRequest) -> VoiceTurn:
     before, step = _language(person), conv.step  # a failed turn may leave them unreadable
     try:
         if call.turn == 0 or current.get("sid") != call.sid:
-            outs = _start(state, ports, person, previous, call.sid)
+            outs = _start(session, state, ports, person, previous, call.sid)
         else:
             outs = _answer(state, ports, person, call)
         action = state.data.pop("call_action", None) or "gather"
+        _code_read(session, state, call.sid, call.turn, outs)
         state.data["call"]["answered"] = call.turn
         if action != "gather":
-            _close_call(state)
+            _end_of_call(session, state)
         save_state(conv, state, at=clock.now())
     except Exception as exc:
         # Nothing of this turn is kept (its transaction rolls back); the draft stays.
@@ -348,11 +417,11 @@ def voice_turn(session: Session, call: CallRequest) -> VoiceTurn:
     return turn
 
 
-def _start(state: DialogState, ports: VoicePorts, person: Person, previous: Any,
-           sid: str) -> list[Out]:
+def _start(session: Session, state: DialogState, ports: VoicePorts, person: Person,
+           previous: Any, sid: str) -> list[Out]:
     """A new call: close the last one, greet, then the language list, a draft, or the menu."""
     if state.data.get("call"):
-        _close_call(state)
+        _end_of_call(session, state)
     state.data["call"] = {"sid": sid, "turns": 0, "silences": 0}
     ctx = Ctx(state, ports, _language(person))
     idle = clock.now() - previous if previous is not None else None
@@ -416,7 +485,7 @@ def end_call(session: Session, phone: str, sid: str, status: str) -> bool:
     state = load_state(conv)
     if (state.data.get("call") or {}).get("sid") != sid:
         return False
-    _close_call(state)
+    _end_of_call(session, state)
     save_state(conv, state)
     return True
 
