@@ -374,6 +374,46 @@ def ops_unlock_leg(leg_id: int) -> LegRow:
                       updated_at=leg.updated_at)
 
 
+class NewCodeIn(Strict):
+    kind: Literal["pickup", "drop"] = Field(
+        description="pickup: the code the sender (or the rider handing over at a Point) "
+                    "gives the rider; drop: the code the recipient (or the next rider) "
+                    "gives at the drop")
+    reason: str = Field(min_length=3, max_length=300,
+                        description="why, for the audit log (numbers kept masked)")
+    send: bool = Field(default=False,
+                       description="also send it the usual way (SMS/WhatsApp), as a "
+                                   "replacement of the old one")
+
+
+class NewCodeOut(BaseModel):
+    leg_id: int
+    booking_reference: str
+    kind: str
+    code: str = Field(description="shown this once, to read out on the phone: it is kept "
+                                  "nowhere, not even in the audit log")
+    sent: bool = Field(description="also queued to whoever reads it out")
+    codes_left: int = Field(description="how many more new codes this leg may get")
+
+
+@endpoint(bp, "POST", "/ops/legs/<int:leg_id>/new-code",
+          summary="Make a new pickup or drop code for a leg whose code reached nobody, to "
+                  "read out on the phone (the old one stops working; audited, at most "
+                  f"{dispatch.OPS_CODES_PER_LEG} per leg). 409 no_rider, already_picked_up, "
+                  "not_picked_up, already_delivered, leg_locked, booking_closed, "
+                  "too_many_codes", roles=OPS, body=NewCodeIn, response=NewCodeOut,
+          tags=("ops",), errors=(404, 409, 422))
+def ops_new_leg_code(leg_id: int, body: NewCodeIn) -> NewCodeOut:
+    with transaction() as session:
+        done = dispatch.new_leg_code(session, leg_id, body.kind, ops_actor(),
+                                     reason=body.reason, send=body.send)
+        booking = session.get(Booking, done.leg.booking_id)
+        assert booking is not None
+        return NewCodeOut(leg_id=done.leg.id, booking_reference=booking.reference,
+                          kind=done.kind, code=done.code, sent=done.sent,
+                          codes_left=dispatch.OPS_CODES_PER_LEG - done.issued)
+
+
 @endpoint(bp, "PUT", "/ops/partners/<int:partner_id>/kyc", summary="Set a partner's KYC status",
           roles=OPS, body=KycIn, response=PartnerRow, tags=("ops",), errors=(404,))
 def ops_partner_kyc(partner_id: int, body: KycIn) -> PartnerRow:

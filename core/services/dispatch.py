@@ -60,6 +60,7 @@ from sqlalchemy.orm import Session
 
 from core import clock, i18n
 from core.adapters import facts_watch, geo_index, points, storage
+from core.adapters.api_models import AuditEntry
 from core.adapters.db import transaction
 from core.adapters.dispatch_models import (
     DispatchOffer,
@@ -89,6 +90,7 @@ from core.domain.errors import Conflict, NotFound, ValidationError
 from core.domain.geo import haversine_m, validate_lat_lng
 from core.domain.phone import normalize_phone
 from core.domain.pricing import SizeBucket, SpeedTier, VehicleType, WeightBucket, can_carry
+from core.logs import mask_phones
 from core.services import notify, outbox, rating
 from core.services.booking import active_rate_card, issue_leg_otps, move_booking, move_leg
 from core.services.payments import GATEWAY_RETRY
@@ -164,11 +166,12 @@ def _lang(person: Person | None) -> str:
 
 
 def _sms_partner(session: Session, partner: PartnerProfile, key: str, *, dedupe_key: str,
-                 booking_id: int | None = None, **params: object) -> None:
+                 booking_id: int | None = None, **params: object) -> int | None:
     person = _person(session, partner)
-    if person.phone:
-        notify.notify_phone(session, person.phone, key, lang=_lang(person), sms_only=True,
-                            dedupe_key=dedupe_key, booking_id=booking_id, **params)
+    if not person.phone:
+        return None
+    return notify.notify_phone(session, person.phone, key, lang=_lang(person), sms_only=True,
+                               dedupe_key=dedupe_key, booking_id=booking_id, **params)
 
 
 def alert_ops(session: Session, key: str, *, dedupe_key: str, booking_id: int | None = None,
@@ -1313,7 +1316,8 @@ def delivery_late(leg_id: int) -> str:
     than the tier's delivery hours (DISPATCH_DELIVERY_HOURS): ops are alerted once for the
     leg, and the customer, promised those hours, hears once for the booking (a relay late
     on two legs broke one promise) that it is late, that ops are on it, and that they will
-    hear of the delivery. The parcel is with the partner, so the leg is not offered again.
+    hear of the delivery; so does a recipient we told of the parcel (_late_to_recipient).
+    The parcel is with the partner, so the leg is not offered again.
     Nothing about money: no rule gives anything back for a late parcel."""
     with transaction() as session:
         leg = _lock_leg(session, leg_id)
@@ -1336,7 +1340,30 @@ def delivery_late(leg_id: int) -> str:
                   job=job_code(leg), hours=hours)
         notify.notify_customer(session, booking, "dispatch.customer_delivery_late",
                                dedupe_key=f"booking-{booking.id}-late-delivery", hours=hours)
+        _late_to_recipient(session, booking)
         return "alerted"
+
+
+def _late_to_recipient(session: Session, booking: Booking) -> None:
+    """The recipient waits for the parcel too: she hears once for the booking that it is
+    late, in her language, only if we told her of it before (a code or its news reached
+    her, not reported failed: no surprise message to a stranger), and not when she is the
+    customer, who heard it as the customer."""
+    phone = booking.recipient_phone
+    customer = session.get(Person, booking.customer_id)
+    if not phone or (customer is not None and customer.phone == phone):
+        return
+    told = session.scalar(select(OutboxMessage.id).where(
+        OutboxMessage.booking_id == booking.id,
+        OutboxMessage.to_addr.in_([outbox.address("sms", phone),
+                                   outbox.address("whatsapp", phone)]),
+        OutboxMessage.status.not_in(("failed", "undelivered"))).limit(1))
+    if told is None:
+        return
+    notify.notify_phone(session, phone, "dispatch.recipient_delivery_late",
+                        lang=recipient_language(session, booking), booking_id=booking.id,
+                        dedupe_key=f"booking-{booking.id}-late-delivery-recipient",
+                        ref=booking.reference)
 
 
 # A relay's later leg taken by a rider who has not collected its parcel, while the rider
@@ -1935,7 +1962,8 @@ def drop_code_lost(session: Session, row: OutboxMessage) -> int | None:
     if (booking is None or leg is None or leg.booking_id != booking.id
             or leg.status not in _DELIVERING or not phone
             or row.to_addr != outbox.address(row.channel, phone)
-            or _last_sent(session, booking, f"leg-{leg.id}-dropotp-%") != row.dedupe_key):
+            or _last_sent(session, booking, f"leg-{leg.id}-dropotp-%") != row.dedupe_key
+            or _ops_code_since(session, leg, "drop", row)):
         return None
     # A new drop code, with fresh tries (bounded); the pickup code the sender holds stays
     # as it is. Before the pickup the leg's one counter holds the wrong PICK codes, tried
@@ -1987,6 +2015,21 @@ def _holds_code(session: Session, booking: Booking, leg: Leg, kind: str, phone: 
         OutboxMessage.status.not_in(("failed", "undelivered"))).limit(1)) is not None
 
 
+def _ops_code_since(session: Session, leg: Leg, kind: str, row: OutboxMessage) -> bool:
+    """Whether ops made a new ``kind`` code for the leg after ``row`` was queued (read out
+    on the phone, maybe not sent: new_leg_code), or, for a pickup code, the customer
+    heard a new one on a call. Its late failure report must not make
+    another code, which would void the one ops gave."""
+    given = (AuditEntry.action == OPS_NEW_CODE) & (AuditEntry.target == f"leg:{leg.id}") & (
+        AuditEntry.details["kind"].astext == kind)
+    if kind == "pickup":  # or the customer heard one on a call (core.services.ivr)
+        given = given | ((AuditEntry.action == IVR_CODE_READ)
+                         & (AuditEntry.target == f"booking:{leg.booking_id}")
+                         & (AuditEntry.details["leg_id"].astext == str(leg.id)))
+    return session.scalar(select(AuditEntry.id).where(given, AuditEntry.at >= row.created_at)
+                          .limit(1)) is not None
+
+
 def tries_after_lost_code(session: Session, leg: Leg, kind: str) -> int:
     """The wrong tries (``otp_failures``) a new ``kind`` code replacing a lost one starts
     with. Tries count against a code, and nobody held the lost one, so the new code
@@ -2031,7 +2074,8 @@ def pickup_code_lost(session: Session, row: OutboxMessage) -> int | None:
             or leg.booking_id != booking.id or leg.sequence != 1
             or leg.status != LegStatus.ASSIGNED.value or booking.status in CLOSED_BOOKING
             or row.to_addr != outbox.address(row.channel, customer.phone)
-            or _last_sent(session, booking, f"leg-{leg.id}-pickotp-%") != row.dedupe_key):
+            or _last_sent(session, booking, f"leg-{leg.id}-pickotp-%") != row.dedupe_key
+            or _ops_code_since(session, leg, "pickup", row)):
         return None
     before = leg.pickup_otp_hash, leg.drop_otp_hash, leg.otp_failures
     failures = tries_after_lost_code(session, leg, "pickup")
@@ -2695,17 +2739,22 @@ def attach_pod(session: Session, partner: PartnerProfile, leg_id: int, data: byt
 def pod_leg_of(session: Session, partner: PartnerProfile) -> Leg | None:
     """The leg a photo from this partner belongs to: one they delivered minutes ago and
     have sent no photo of (the photo of the doorstep comes right after the drop, even
-    while they carry another parcel), else the one they are carrying now (kept as a pickup
-    photo, not the proof: attach_pod), else the one they delivered in the last hour."""
+    while they carry another parcel), else the one whose parcel is in their hands now
+    (picked up, or handed over to them at a Point; kept as a pickup photo, not the proof:
+    attach_pod), else the one they delivered in the last hour."""
     just_dropped = session.scalar(select(Leg).where(
         Leg.partner_id == partner.id, Leg.status == LegStatus.DELIVERED.value,
         Leg.pod_photo_url.is_(None), Leg.delivered_at >= clock.now() - POD_JUST_DROPPED)
         .order_by(Leg.delivered_at.desc(), Leg.id.desc()))
     if just_dropped is not None:
         return just_dropped
-    carrying = session.scalar(select(Leg).where(
-        Leg.partner_id == partner.id, Leg.status == LegStatus.PICKED_UP.value)
-        .order_by(Leg.updated_at.desc()))
+    # Carrying: picked up, or a relay leg whose parcel was handed over to them at the
+    # Point before their PICK (parcel_in_hand, as the app's photo rules).
+    carrying = next((leg for leg in session.scalars(select(Leg).where(
+        Leg.partner_id == partner.id,
+        Leg.status.in_((LegStatus.PICKED_UP.value, LegStatus.ASSIGNED.value)))
+        .order_by(Leg.updated_at.desc(), Leg.id.desc())) if parcel_in_hand(session, leg)),
+        None)
     if carrying is not None:
         return carrying
     # delivered_at, not updated_at: that one is the database's clock and moves with any
@@ -2821,6 +2870,130 @@ def _picked_before(session: Session, leg: Leg) -> bool:
         OtpAttempt.leg_id == leg.id, OtpAttempt.kind == "pickup", OtpAttempt.ok.is_(True))))
 
 
+# Ops give a new code (new_leg_code): at most this many for a leg, so a stolen ops login
+# cannot farm working codes; the audit log, which cannot be deleted, counts them.
+OPS_CODES_PER_LEG = 5
+OPS_NEW_CODE = "leg.new_code"
+# core.services.ivr audits a pickup code read out on a call by this action (ivr.CODE_READ).
+IVR_CODE_READ = "ivr_pickup_code_read"
+
+
+@dataclass(frozen=True)
+class NewCode:
+    leg: Leg
+    kind: str
+    code: str  # to be read out once; never logged, never audited
+    sent: bool  # also queued to whoever holds that code the usual way
+    issued: int  # ops codes given for the leg so far, this one included
+
+
+def new_leg_code(session: Session, leg_id: int, kind: str, actor: Actor, *, reason: str,
+                 send: bool = False) -> NewCode:
+    """Ops make a new ``kind`` ("pickup" or "drop") code for a leg whose code reached
+    nobody (pickup_code_lost, drop_code_lost told them to call the customer): only its
+    hash is kept, the old one is void, the other kind's code stays, and the tries are
+    those of a code made again (tries_after_lost_code). The code is returned to be read
+    out on the phone; ``send`` also queues it the way send_leg_codes would. Audited
+    without the code, at most OPS_CODES_PER_LEG per leg.
+
+    Conflict (precise codes) when the leg takes no such code: no rider yet, locked (ops
+    unlock it, which sends new codes), a pickup code once picked up, a drop code before
+    the pickup or once delivered, a closed booking."""
+    leg = _lock_leg(session, leg_id)
+    if leg is None:
+        raise NotFound("no such leg", code="not_found")
+    if kind not in ("pickup", "drop"):
+        raise ValidationError("kind is pickup or drop", code="bad_kind", field="kind")
+    booking = session.get(Booking, leg.booking_id, with_for_update=True)
+    assert booking is not None
+    status = leg.status
+    if booking.status in CLOSED_BOOKING or status in (LegStatus.CANCELLED.value,
+                                                      LegStatus.FAILED.value):
+        raise Conflict(f"booking {booking.reference} is {booking.status}: no code",
+                       code="booking_closed")
+    if status == LegStatus.LOCKED.value:
+        raise Conflict(f"leg {leg.id} is locked: unlock it (new codes are sent)",
+                       code="leg_locked")
+    if kind == "pickup":
+        if status in (LegStatus.PENDING.value, LegStatus.OFFERING.value):
+            raise Conflict(f"leg {leg.id} has no rider yet", code="no_rider")
+        if status != LegStatus.ASSIGNED.value:
+            raise Conflict(f"leg {leg.id} is picked up already", code="already_picked_up")
+    else:
+        if status == LegStatus.DELIVERED.value:
+            raise Conflict(f"leg {leg.id} is delivered already", code="already_delivered")
+        if status != LegStatus.PICKED_UP.value:
+            raise Conflict(f"leg {leg.id} is not picked up yet: no drop code is asked for "
+                           "before", code="not_picked_up")
+    issued = int(session.scalar(select(func.count()).select_from(AuditEntry).where(
+        AuditEntry.action == OPS_NEW_CODE, AuditEntry.target == f"leg:{leg.id}")) or 0)
+    if issued >= OPS_CODES_PER_LEG:
+        log.warning("ops asked for a new code past the limit",
+                    extra={"booking_id": booking.id, "leg_id": leg.id})
+        raise Conflict(f"{issued} codes were given for leg {leg.id} already: no more",
+                       code="too_many_codes")
+    before = leg.pickup_otp_hash, leg.drop_otp_hash
+    failures = tries_after_lost_code(session, leg, kind)
+    pickup_code, drop_code = issue_leg_otps(leg)
+    if kind == "pickup":
+        code, leg.drop_otp_hash = pickup_code, before[1]
+    else:
+        code, leg.pickup_otp_hash = drop_code, before[0]
+    leg.otp_failures = failures
+    tag = f"ops{issued + 1}"
+    sent = send and _send_new_code(session, booking, leg, kind, code, tag=tag)
+    session.add(AuditEntry(actor=f"{actor.kind}:{actor.id}", action=OPS_NEW_CODE,
+                           target=f"leg:{leg.id}",
+                           details={"booking": booking.reference, "kind": kind,
+                                    "sent": sent, "issued": issued + 1,
+                                    "reason": mask_phones(reason)}))
+    log.warning("ops gave a new code", extra={"booking_id": booking.id, "leg_id": leg.id,
+                                              "kind": kind, "sent": sent})
+    return NewCode(leg, kind, code, sent, issued + 1)
+
+
+def _send_new_code(session: Session, booking: Booking, leg: Leg, kind: str, code: str, *,
+                   tag: str) -> bool:
+    """Queue an ops-made code to whoever reads it out, as send_leg_codes does (their
+    ``_new`` text, the old code void); whether a message was queued."""
+    legs = _legs(session, booking)
+    if kind == "pickup" and leg.sequence == 1:
+        return notify.notify_customer(
+            session, booking, _code_key(session, booking, leg, "dispatch.pickup_otp", "pickotp"),
+            otp=code, dedupe_key=f"leg-{leg.id}-pickotp-{tag}") is not None
+    if kind == "pickup":
+        prev = legs[leg.sequence - 2]
+        giver = session.get(PartnerProfile, prev.partner_id) if prev.partner_id else None
+        if giver is None:
+            return False
+        key = _handover_key(session, booking, leg, giver, "dispatch.handover_give", "handgive")
+        return _sms_partner(session, giver, key, booking_id=booking.id,
+                            dedupe_key=f"leg-{leg.id}-handgive-{tag}", job=job_code(prev),
+                            point=place(session, booking, leg, "from"), otp=code) is not None
+    if leg.sequence < len(legs):
+        nxt = legs[leg.sequence]
+        taker = session.get(PartnerProfile, nxt.partner_id) if nxt.partner_id else None
+        if taker is None or nxt.status != LegStatus.ASSIGNED.value:
+            return False
+        key = _handover_key(session, booking, nxt, taker, "dispatch.handover_take", "handtake")
+        return _sms_partner(session, taker, key, booking_id=booking.id,
+                            dedupe_key=f"leg-{nxt.id}-handtake-{leg.id}-{tag}",
+                            job=job_code(nxt), point=place(session, booking, nxt, "from"),
+                            otp=code) is not None
+    dedupe_key = f"leg-{leg.id}-dropotp-{tag}"
+    key = _code_key(session, booking, leg, "dispatch.drop_otp"
+                    if booking.recipient_phone else "dispatch.drop_otp_sender", "dropotp")
+    if not booking.recipient_phone:
+        return notify.notify_customer(session, booking, key, otp=code,
+                                      dedupe_key=dedupe_key) is not None
+    if notify.notify_phone(session, booking.recipient_phone, key,
+                           lang=recipient_language(session, booking), booking_id=booking.id,
+                           dedupe_key=dedupe_key, ref=booking.reference, otp=code) is not None:
+        return True
+    return _drop_code_to_sender(session, booking, leg, code,
+                                dedupe_key=f"{dedupe_key}-sender") is not None
+
+
 def find_partner(session: Session, phone: str | None) -> tuple[Person | None,
                                                                 PartnerProfile | None]:
     """The person and partner profile behind a phone number (either may be None)."""
@@ -2836,7 +3009,8 @@ def find_partner(session: Session, phone: str | None) -> tuple[Person | None,
 
 __all__ = ["accept", "attach_pod", "cancel_by_partner", "config", "confirm", "continue_search",
            "decline", "delivery_late", "drop_code_lost", "find_candidates", "handed_over_to",
-           "handed_pickup_late", "not_understood", "offer_timeout", "parcel_in_hand",
+           "handed_pickup_late", "new_leg_code", "not_understood", "offer_timeout",
+           "parcel_in_hand",
            "pickup_code_lost", "pickup_late", "pickup_window", "place",
            "plan_legs", "point_pickup_late", "recipient_language", "search_deadline",
            "set_duty", "start_dispatch",

@@ -244,7 +244,7 @@ class VoicePorts(SessionPorts):
 # this many codes are read out per booking (audit_log rows, which cannot be deleted), each
 # read is logged, and ops hear by SMS the first time, to check that pickup.
 MAX_CODES_READ = 3
-CODE_READ = "ivr_pickup_code_read"
+CODE_READ = "ivr_pickup_code_read"  # dispatch.IVR_CODE_READ: a late failure report spares it
 
 
 def codes_read(session: Session, booking_id: int) -> int:
