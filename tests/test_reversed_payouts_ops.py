@@ -13,9 +13,9 @@ from core.adapters import razorpay_gateway as gw
 from core.adapters.api_models import AuditEntry
 from core.adapters.db import transaction
 from core.adapters.models import Booking, PartnerProfile
-from core.adapters.payment_models import LedgerPosting, LedgerTransaction
+from core.adapters.payment_models import LedgerPosting, LedgerTransaction, Refund
 from core.domain import ledger as rules
-from core.services import ledger, reconciliation
+from core.services import ledger, payments, reconciliation
 from sandbox import razorpay as emu
 from tests.test_api import API, sign_in
 from tests.test_migrations_live import db, engine, template  # noqa: F401 (fixtures)
@@ -260,6 +260,93 @@ def test_a_refund_when_the_payment_was_refunded_in_full_is_refused(live, client,
     with transaction() as s:
         assert ledger.reversed_payouts(s, bid) == t["amount"]
     assert audits() == []
+
+
+
+def refunds(bid: int) -> list[tuple[int, str, bool]]:
+    """The booking's refund attempts: (attempt, status, whether a retry is planned)."""
+    with transaction() as s:
+        return [(r.attempt, r.status, r.retry_at is not None) for r in s.scalars(
+            select(Refund).where(Refund.booking_id == bid).order_by(Refund.attempt))]
+
+
+def test_a_second_decision_to_refund_gets_its_own_tries(live, client, ops, monkeypatch):
+    """Review r2 of 13368f5. Two tries a refund (REFUND_ATTEMPTS=2). 1,000 paise of
+    Ramesh's payout came back; ops refund them to Meena (processed). Weeks later another
+    1,000 come back and ops refund them too, but the gateway fails that attempt: it is
+    this decision's first try, not the second of one refund of all the booking's
+    reversed payouts, so a second is planned, not given up."""
+    monkeypatch.setenv("REFUND_ATTEMPTS", "2")
+    _partner, bid, leg_id, t, ref = reversed_leg(part=1000)
+    r = resolve(client, ops, ref, leg_id, "refund")
+    assert r.status_code == 200, r.get_json()
+    run()
+    assert refunds(bid) == [(1, "processed", False)]
+    gw.client().transfer.reverse(t["id"], {"amount": 1000})  # another part, later
+    send_reversed_event(t["id"])
+    with transaction() as s:
+        assert ledger.reversed_payouts(s, bid) == 1000
+    emu.control("refund_outcome", "failed")
+    r = resolve(client, ops, ref, leg_id, "refund")
+    assert r.status_code == 200, r.get_json()
+    run()
+    emu.control("refund_outcome", "processed")
+    assert refunds(bid) == [(1, "processed", False), (2, "failed", True)], (
+        "the first failed attempt of a new decision was counted with the earlier "
+        "decision's attempt and given up: no retry planned")
+    assert payments.retry_refund(bid, 3) == "retried"
+    run()
+    assert refunds(bid) == [(1, "processed", False), (2, "failed", False),
+                            (3, "processed", False)]
+    assert whole(bid)["refunded_paise"] == 2000
+
+
+def test_a_decision_after_a_refund_gave_up_gets_its_own_tries(live, client, ops,
+                                                              monkeypatch):
+    """Ops' refund failed to its last try (one, here) and the money is held for them
+    again; weeks later they decide to refund it again: that decision's failed attempt is
+    its first try, so a retry is planned. A retry of it stays the same decision: its
+    failure is the last try."""
+    monkeypatch.setenv("REFUND_ATTEMPTS", "1")
+    _partner, bid, leg_id, t, ref = reversed_leg(part=1000)
+    emu.control("refund_outcome", "failed")
+    assert resolve(client, ops, ref, leg_id, "refund").status_code == 200
+    run()
+    assert refunds(bid) == [(1, "failed", False)]  # given up: ops must act
+    monkeypatch.setenv("REFUND_ATTEMPTS", "2")
+    assert resolve(client, ops, ref, leg_id, "refund").status_code == 200
+    run()
+    assert refunds(bid) == [(1, "failed", False), (2, "failed", True)]
+    assert payments.retry_refund(bid, 3) == "retried"
+    run()
+    assert refunds(bid) == [(1, "failed", False), (2, "failed", False), (3, "failed", False)]
+    emu.control("refund_outcome", "processed")
+    with transaction() as s:
+        assert ledger.reversed_payouts(s, bid) == 1000
+    whole(bid)
+
+
+def test_a_new_decision_replaces_the_planned_retry_of_a_failed_refund(live, client, ops):
+    """Ops' refund failed and a retry is planned; meanwhile they pay the rider again
+    instead. Another part of the payout comes back later: the old retry, once due, must
+    not refund it to the customer, which ops never decided; it stays held for them."""
+    _partner, bid, leg_id, t, ref = reversed_leg(part=1000)
+    emu.control("refund_outcome", "failed")
+    assert resolve(client, ops, ref, leg_id, "refund").status_code == 200
+    run()
+    emu.control("refund_outcome", "processed")
+    assert refunds(bid) == [(1, "failed", True)]
+    r = resolve(client, ops, ref, leg_id, "pay_again")
+    assert r.status_code == 200, r.get_json()
+    run()
+    assert refunds(bid) == [(1, "failed", False)]
+    gw.client().transfer.reverse(t["id"], {"amount": 1000})
+    send_reversed_event(t["id"])
+    assert payments.retry_refund(bid, 2) == "not-due"  # the planned job, when due
+    run()
+    assert refunds(bid) == [(1, "failed", False)]
+    summary = whole(bid)
+    assert (summary["reversed_payouts_paise"], summary["refunded_paise"]) == (1000, 0)
 
 
 # --- 3. errors and the views ----------------------------------------------------------------

@@ -411,10 +411,45 @@ def _chain_latest(session: Session, booking_id: int, payment_id: str, reason: st
 
 
 def _tries(session: Session, refund: Refund) -> int:
-    """How many attempts the refund ``refund`` belongs to has had."""
+    """How many attempts the refund ``refund`` belongs to has had. A reversed payout's
+    refund is one ops decision (_decision_tries), not every refund of its kind."""
+    if refund.reason == REVERSED_PAYOUT:
+        return _decision_tries(session, refund)
     return int(session.scalar(select(func.count()).select_from(Refund).where(
         Refund.booking_id == refund.booking_id, Refund.payment_id == refund.payment_id,
         _chain(refund.reason), Refund.attempt <= refund.attempt)) or 0)
+
+
+def _decision_cause(leg_id: int) -> str:
+    """The ledger cause of the first attempt of ops' decision to refund a leg's reversed
+    payout (resolve_reversed_payout); its retries' say ``refund:...:attempt-N``."""
+    return f"leg:{leg_id}:reversal:refund"
+
+
+def _decision_tries(session: Session, refund: Refund) -> int:
+    """How many attempts the ops decision a REVERSED_PAYOUT refund attempt belongs to has
+    had: the attempts of its leg since (and with) the decision's first, whose reservation
+    has the decision's cause. Earlier decisions (processed or given up) are not counted."""
+    from core.adapters.payment_models import LedgerPosting, LedgerTransaction
+
+    rows = session.execute(
+        select(Refund.attempt, LedgerPosting.leg_id, LedgerTransaction.cause).distinct()
+        .join(LedgerTransaction, LedgerTransaction.idempotency_key
+              == func.concat("refund:", Refund.id, ":requested"))
+        .join(LedgerPosting, LedgerPosting.transaction_id == LedgerTransaction.id)
+        .where(Refund.booking_id == refund.booking_id, Refund.payment_id == refund.payment_id,
+               Refund.reason == REVERSED_PAYOUT, Refund.attempt <= refund.attempt,
+               LedgerPosting.leg_id.is_not(None))
+        .order_by(Refund.attempt.desc())).all()
+    leg_id = _refund_leg(session, refund)
+    tries = 0
+    for _attempt, leg, cause in rows:
+        if leg != leg_id:
+            continue
+        tries += 1
+        if cause == _decision_cause(leg_id):
+            break
+    return tries
 
 
 def _open_row(session: Session, booking_id: int) -> Refund | None:
@@ -476,10 +511,11 @@ def _refund_job_id(booking_id: int, attempt: int) -> str:
 
 
 def _reserve_attempt(session: Session, booking: Booking, *, payment_id: str, amount: int,
-                     fee: int, reason: str, actor: str, leg_id: int | None = None) -> Refund:
+                     fee: int, reason: str, actor: str, leg_id: int | None = None,
+                     cause: str | None = None) -> Refund:
     """A new attempt row (numbered across all the booking's refunds), its reservation out
-    of escrow (of the leg's reversed payouts for a REVERSED_PAYOUT refund), and its
-    gateway call after commit."""
+    of escrow (of the leg's reversed payouts for a REVERSED_PAYOUT refund) under
+    ``cause`` (default: the reason and attempt), and its gateway call after commit."""
     last = _latest_refund(session, booking.id)
     attempt = last.attempt + 1 if last is not None else 1
     refund = Refund(booking_id=booking.id, attempt=attempt, payment_id=payment_id,
@@ -492,8 +528,8 @@ def _reserve_attempt(session: Session, booking: Booking, *, payment_id: str, amo
         entry = rules.reversal_refund_asked(booking.id, refund.id, amount, leg_id)
     else:
         entry = rules.refund_requested(booking.id, refund.id, amount)
-    ledger.post(session, entry, actor=actor,
-                cause=f"refund:{reason}" + (f":attempt-{attempt}" if attempt > 1 else ""))
+    ledger.post(session, entry, actor=actor, cause=cause or (
+        f"refund:{reason}" + (f":attempt-{attempt}" if attempt > 1 else "")))
     _enqueue_after_commit(session, "workers.payments.refund_booking", booking.id, reason,
                           job_id=_refund_job_id(booking.id, attempt))
     return refund
@@ -1815,6 +1851,7 @@ def resolve_reversed_payout(session: Session, booking: Booking, leg_id: int, act
         done = Resolution(PAY_AGAIN, leg_id, held, held, 0, partner_id=partner.id)
         if dry_run:
             return done
+        _drop_planned_retries(session, booking.id, leg_id)
         ledger.post(session, rules.reversal_repaid(booking.id, leg_id, partner.id, held,
                                                    out + held),
                     actor=str(actor), cause=f"leg:{leg_id}:reversal:pay-again")
@@ -1835,10 +1872,23 @@ def resolve_reversed_payout(session: Session, booking: Booking, leg_id: int, act
     amount = min(held, left)
     if dry_run:
         return Resolution(REFUND, leg_id, held, amount, held - amount, refundable_paise=left)
+    _drop_planned_retries(session, booking.id, leg_id)
     refund = _reserve_attempt(session, booking, payment_id=payment_id, amount=amount, fee=0,
-                              reason=REVERSED_PAYOUT, actor=str(actor), leg_id=leg_id)
+                              reason=REVERSED_PAYOUT, actor=str(actor), leg_id=leg_id,
+                              cause=_decision_cause(leg_id))
     return Resolution(REFUND, leg_id, held, amount, held - amount, refundable_paise=left,
                       refund_attempt=refund.attempt)
+
+
+def _drop_planned_retries(session: Session, booking_id: int, leg_id: int) -> None:
+    """Ops decided anew about a leg's reversed payout: a retry planned of an earlier
+    decision's failed refund is not made (it would refund, unasked, whatever of the leg
+    is held then, or count with the new decision's tries). The caller holds the lock."""
+    for r in session.scalars(select(Refund).where(
+            Refund.booking_id == booking_id, Refund.reason == REVERSED_PAYOUT,
+            Refund.status == "failed", Refund.retry_at.is_not(None))):
+        if _refund_leg(session, r) == leg_id:
+            r.retry_at = None
 
 
 # --- refunds -------------------------------------------------------------------------------
