@@ -395,3 +395,160 @@ def test_the_resolution_kinds_are_in_the_ledgers_check(db, engine):  # noqa: F81
     assert checked
     for kind in rules.EntryKind:
         assert f"'{kind.value}'" in definition
+
+
+# --- 4. a relay: each leg's reversed payout is its own decision (review r3) -----------------
+
+
+def two_reversed_legs(back: int = 1000) -> tuple[int, str, list[int], list[dict]]:
+    """A relay whose two legs, each its own partner's, were delivered and paid out; then
+    ``back`` paise of each leg's payout was reversed in the dashboard and recorded:
+    (booking, its ref, the two legs, their transfers)."""
+    from core.adapters.models import Leg
+    from core.domain.booking import Actor, BookingStatus, LegStatus
+    from core.services.booking import move_booking, move_leg
+    from tests.test_payments_gaps import make_relay
+    from tests.test_payments_support import new_partner, paid_booking
+
+    system = Actor.system()
+    partners = [new_partner(), new_partner("+919812349002", "acc_partner0002")]
+    bid = paid_booking()
+    with transaction() as s:
+        half = s.get(Booking, bid).partner_share_paise // 2  # type: ignore[union-attr]
+    make_relay(bid, half)
+    with transaction() as s:
+        b = s.get(Booking, bid)
+        assert b is not None
+        ref = b.reference
+        legs = list(s.scalars(select(Leg).where(Leg.booking_id == bid).order_by(Leg.sequence)))
+        for p in partners:
+            s.get(PartnerProfile, p).kyc_status = "verified"  # type: ignore[union-attr]
+        for leg, p in zip(legs, partners, strict=True):
+            leg.partner_id = p
+            for ls in (LegStatus.OFFERING, LegStatus.ASSIGNED):
+                move_leg(s, leg, ls, system, "test")
+        for bs in (BookingStatus.DISPATCHING, BookingStatus.ASSIGNED):
+            move_booking(s, b, bs, system, "test")
+        leg_ids = [leg.id for leg in legs]
+    for leg_id in leg_ids:
+        assert payments.hold_leg_transfer(leg_id) == "held"
+    run()
+    with transaction() as s:
+        b = s.get(Booking, bid)
+        for leg in s.scalars(select(Leg).where(Leg.id.in_(leg_ids))):
+            for ls in (LegStatus.PICKED_UP, LegStatus.DELIVERED):
+                move_leg(s, leg, ls, system, "test")
+        for bs in (BookingStatus.PICKED_UP, BookingStatus.DELIVERED):
+            move_booking(s, b, bs, system, "test")  # type: ignore[arg-type]
+    for leg_id in leg_ids:
+        assert payments.release_leg(leg_id) == "released"
+    run()
+    by_leg = {int(t["notes"]["leg_id"]): t for t in emu._all("transfer")}
+    transfers = [by_leg[leg_id] for leg_id in leg_ids]
+    for t in transfers:
+        assert t["status"] == "processed"
+        gw.client().transfer.reverse(t["id"], {"amount": back})
+        send_reversed_event(t["id"])
+    with transaction() as s:
+        assert [ledger.leg_reversed_payouts(s, leg_id)[1] for leg_id in leg_ids] == [
+            back, back]
+    return bid, ref, leg_ids, transfers
+
+
+def retry(client, ops, ref: str):
+    return client.post(f"{API}/ops/bookings/{ref}/refund/retry", headers=ops)
+
+
+def refund_legs(bid: int) -> list[tuple[int, int, str]]:
+    """The booking's reversed-payout refund attempts: (attempt, leg, status)."""
+    with transaction() as s:
+        return [(r.attempt, payments._refund_leg(s, r), r.status) for r in s.scalars(
+            select(Refund).where(Refund.booking_id == bid).order_by(Refund.attempt))]
+
+
+def test_ops_retry_finds_a_legs_failed_refund_after_the_other_legs_refund(live, client, ops,
+                                                                          monkeypatch):
+    """Leg A's refund failed to its last try; ops then refund leg B's, which the gateway
+    makes. Ops retry the booking's failed refund: it is leg A's, for leg A's money (the
+    other leg's later refund is no later try of it)."""
+    monkeypatch.setenv("REFUND_ATTEMPTS", "1")
+    bid, ref, (a, b), _ts = two_reversed_legs()
+    emu.control("refund_outcome", "failed")
+    assert resolve(client, ops, ref, a, "refund").status_code == 200
+    run()
+    emu.control("refund_outcome", "processed")
+    assert resolve(client, ops, ref, b, "refund").status_code == 200
+    run()
+    assert refund_legs(bid) == [(1, a, "failed"), (2, b, "processed")]
+    r = retry(client, ops, ref)
+    assert r.status_code == 200, r.get_json()
+    assert (r.get_json()["attempt"], r.get_json()["amount_paise"]) == (3, 1000)
+    run()
+    assert refund_legs(bid) == [(1, a, "failed"), (2, b, "processed"), (3, a, "processed")]
+    summary = whole(bid)
+    assert (summary["refunded_paise"], summary["reversed_payouts_paise"]) == (2000, 0)
+    assert not failed_jobs()
+
+
+def test_ops_retry_takes_the_given_up_legs_refund_not_the_other_legs(live, client, ops,
+                                                                     monkeypatch):
+    """Leg A's refund (1,000) gave up; leg B's (700 of it back) failed with a retry
+    planned. Ops retry: the one that gave up comes first, and it is leg A's, for leg A's
+    1,000 out of leg A's money; leg B's planned retry stays planned."""
+    monkeypatch.setenv("REFUND_ATTEMPTS", "1")
+    bid, ref, (a, b), (_ta, tb) = two_reversed_legs()
+    emu.control("refund_outcome", "failed")
+    assert resolve(client, ops, ref, a, "refund").status_code == 200
+    run()
+    monkeypatch.setenv("REFUND_ATTEMPTS", "3")
+    gw.client().transfer.reverse(tb["id"], {"amount": 700})  # more of leg B's, later
+    send_reversed_event(tb["id"])
+    assert resolve(client, ops, ref, b, "refund").status_code == 200
+    run()
+    emu.control("refund_outcome", "processed")
+    assert refunds(bid) == [(1, "failed", False), (2, "failed", True)]
+    r = retry(client, ops, ref)
+    assert r.status_code == 200, r.get_json()
+    assert (r.get_json()["attempt"], r.get_json()["amount_paise"]) == (3, 1000)
+    run()
+    assert refund_legs(bid) == [(1, a, "failed"), (2, b, "failed"), (3, a, "processed")]
+    assert refunds(bid)[1] == (2, "failed", True)
+    with transaction() as s:
+        assert [ledger.leg_reversed_payouts(s, x)[1] for x in (a, b)] == [0, 1700]
+    whole(bid)
+
+
+def test_ops_retry_of_a_refund_a_later_decision_replaced_is_refused(live, client, ops):
+    """Leg A's refund failed; ops then chose to pay leg A's rider again instead. More of
+    leg A's payout comes back later. Retrying the old failed refund would give that to
+    the customer, which nobody decided: refused, 409 decided_since, nothing refunded,
+    and the money stays held for ops. Leg B's failed refund is still retried."""
+    bid, ref, (a, b), (ta, _tb) = two_reversed_legs()
+    emu.control("refund_outcome", "failed")
+    assert resolve(client, ops, ref, a, "refund").status_code == 200
+    run()
+    emu.control("refund_outcome", "processed")
+    assert resolve(client, ops, ref, a, "pay_again").status_code == 200
+    run()
+    gw.client().transfer.reverse(ta["id"], {"amount": 500})
+    send_reversed_event(ta["id"])
+    r = retry(client, ops, ref)
+    assert (r.status_code, r.get_json()["error"]["code"]) == (409, "decided_since"), (
+        r.get_json())
+    run()
+    assert refund_legs(bid) == [(1, a, "failed")]
+    assert payments.retry_refund(bid, 2) == "not-due"
+    with transaction() as s:
+        assert [ledger.leg_reversed_payouts(s, x)[1] for x in (a, b)] == [500, 1000]
+    assert emu._all("refund")[0]["status"] == "failed"
+    # leg B's own failed refund is not the replaced one: ops may retry it
+    emu.control("refund_outcome", "failed")
+    assert resolve(client, ops, ref, b, "refund").status_code == 200
+    run()
+    emu.control("refund_outcome", "processed")
+    r = retry(client, ops, ref)
+    assert r.status_code == 200, r.get_json()
+    run()
+    assert refund_legs(bid) == [(1, a, "failed"), (2, b, "failed"), (3, b, "processed")]
+    summary = whole(bid)
+    assert (summary["refunded_paise"], summary["reversed_payouts_paise"]) == (1000, 500)

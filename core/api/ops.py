@@ -636,7 +636,10 @@ class RefundOut(BaseModel):
 
 
 @endpoint(bp, "POST", "/ops/bookings/<ref>/refund/retry",
-          summary="Try a booking's failed refund again now (a new attempt)", roles=OPS,
+          summary="Try a booking's failed refund again now (a new attempt; a reversed "
+                  "payout's, for its own leg). 409 no_failed_refund, refund_open, "
+                  "nothing_to_refund, decided_since (ops decided about that reversed payout "
+                  "again since: resolve it anew)", roles=OPS,
           response=RefundOut, tags=("ops",), errors=(404, 409))
 def ops_retry_refund(ref: str) -> RefundOut:
     from core.services import payments

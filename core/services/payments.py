@@ -374,15 +374,17 @@ OPEN_REFUND = ("requested", "pending")
 
 
 def _open_refund(session: Session, booking: Booking, amount: int, fee: int, reason: str,
-                 actor: str, payment_id: str | None = None) -> Refund | None:
+                 actor: str, payment_id: str | None = None, leg_id: int | None = None
+                 ) -> Refund | None:
     """Reserve a refund of ``payment_id`` (default: the paying payment) out of escrow and
     enqueue the gateway call: once per payment and kind (an extra payment's refund never
-    stands in for the cancellation's). A booking has one open refund at a time: while
-    another is open this one waits, and _open_due_refund makes it once that one settles."""
+    stands in for the cancellation's; a reversed payout's is once per leg ``leg_id``). A
+    booking has one open refund at a time: while another is open this one waits, and
+    _open_due_refund makes it once that one settles."""
     payment_id = payment_id or _capture_payment_id(session, booking.id)
     if payment_id is None:
         return None
-    existing = _chain_latest(session, booking.id, payment_id, reason)
+    existing = _chain_latest(session, booking.id, payment_id, reason, leg_id)
     if existing is not None:
         return existing
     if amount <= 0:
@@ -392,7 +394,7 @@ def _open_refund(session: Session, booking: Booking, amount: int, fee: int, reas
                  extra={"booking_id": booking.id, "reason": reason})
         return None
     return _reserve_attempt(session, booking, payment_id=payment_id, amount=amount, fee=fee,
-                            reason=reason, actor=actor)
+                            reason=reason, actor=actor, leg_id=leg_id)
 
 
 def _chain(reason: str) -> Any:
@@ -402,12 +404,27 @@ def _chain(reason: str) -> Any:
         Refund.reason.not_in(OWN_CHAIN_REFUNDS))
 
 
-def _chain_latest(session: Session, booking_id: int, payment_id: str, reason: str
-                  ) -> Refund | None:
-    """The latest attempt of one refund (of ``payment_id``, of the kind of ``reason``)."""
-    return session.scalar(select(Refund).where(
+def _chain_latest(session: Session, booking_id: int, payment_id: str, reason: str,
+                  leg_id: int | None = None) -> Refund | None:
+    """The latest attempt of one refund (of ``payment_id``, of the kind of ``reason``; a
+    reversed payout's, of the leg ``leg_id``: each leg's reversed payout is its own)."""
+    stmt = select(Refund).where(
         Refund.booking_id == booking_id, Refund.payment_id == payment_id, _chain(reason))
-        .order_by(Refund.attempt.desc()).limit(1))
+    if reason == REVERSED_PAYOUT:
+        assert leg_id is not None, "a reversed payout's refund names its leg"
+        stmt = stmt.where(_of_leg(leg_id))
+    return session.scalar(stmt.order_by(Refund.attempt.desc()).limit(1))
+
+
+def _of_leg(leg_id: int) -> Any:
+    """Refund rows whose reservation (a reversed payout's refund) names the leg."""
+    from core.adapters.payment_models import LedgerPosting, LedgerTransaction
+
+    return func.concat("refund:", Refund.id, ":requested").in_(
+        select(LedgerTransaction.idempotency_key)
+        .join(LedgerPosting, LedgerPosting.transaction_id == LedgerTransaction.id)
+        .where(LedgerTransaction.kind == rules.EntryKind.REVERSAL_REFUND_ASKED.value,
+               LedgerPosting.leg_id == leg_id))
 
 
 def _tries(session: Session, refund: Refund) -> int:
@@ -2080,11 +2097,20 @@ def retry_refund_now(session: Session, booking: Booking, actor: Actor) -> Refund
     """Ops: try the failed refund of a booking again now (also after the last attempt,
     once the cause, such as the balance, is fixed). The caller's transaction."""
     booking = ledger.lock_booking(session, booking.id)
-    # A refund that gave up (no retry scheduled) before one that will retry by itself.
-    last = next((r for r in session.scalars(
+    # A refund that gave up (no retry scheduled) before one that will retry by itself;
+    # the latest attempt of its own refund (a reversed payout's: of its leg), and not one
+    # a later ops decision about its leg replaced.
+    failed = [r for r in session.scalars(
         select(Refund).where(Refund.booking_id == booking.id, Refund.status == "failed")
         .order_by(Refund.retry_at.is_not(None), Refund.attempt.desc()))
-        if _chain_latest(session, booking.id, r.payment_id, r.reason) is r), None)
+        if _chain_latest(session, booking.id, r.payment_id, r.reason,
+                         _refund_leg(session, r) if r.reason == REVERSED_PAYOUT else None)
+        is r]
+    last = next((r for r in failed if not _decided_since(session, r)), None)
+    if last is None and failed:
+        raise Conflict("ops decided about this reversed payout again since its refund "
+                       "failed: that decision stands; decide again to refund it",
+                       code="decided_since")
     if last is None:
         raise Conflict("this booking has no failed refund to try again",
                        code="no_failed_refund")
@@ -2095,6 +2121,29 @@ def retry_refund_now(session: Session, booking: Booking, actor: Actor) -> Refund
     if refund is None:
         raise Conflict("nothing is left in escrow to refund", code="nothing_to_refund")
     return refund
+
+
+def _decided_since(session: Session, refund: Refund) -> bool:
+    """Whether ops decided again about the leg whose reversed payout ``refund`` (a failed
+    attempt) gives back, after it was asked: paid the partner again, or a new refund
+    decision. A retry belongs to its decision: once replaced, it would refund money (what
+    came back of the leg since) that nobody decided to refund."""
+    from core.adapters.payment_models import LedgerPosting, LedgerTransaction
+
+    if refund.reason != REVERSED_PAYOUT:
+        return False
+    leg_id = _refund_leg(session, refund)
+    asked = select(LedgerTransaction.id).where(
+        LedgerTransaction.idempotency_key == f"refund:{refund.id}:requested"
+    ).scalar_subquery()
+    return session.scalar(
+        select(LedgerTransaction.id)
+        .join(LedgerPosting, LedgerPosting.transaction_id == LedgerTransaction.id)
+        .where(LedgerPosting.leg_id == leg_id, LedgerTransaction.id > asked,
+               (LedgerTransaction.kind == rules.EntryKind.REVERSAL_REPAID.value)
+               | ((LedgerTransaction.kind == rules.EntryKind.REVERSAL_REFUND_ASKED.value)
+                  & (LedgerTransaction.cause == _decision_cause(leg_id))))
+        .limit(1)) is not None
 
 
 def _next_attempt(session: Session, booking: Booking, last: Refund, actor: str
