@@ -79,6 +79,7 @@ REQUIRED_KEYS = (
                                  "taken_back", "customer_rider_replaced")}  # pickup_late
     | {"dispatch.ops_delivery_late", "dispatch.carrier_wait"}  # delivery_late, relay pause
     | {"dispatch.customer_delivery_late"}  # delivery_late: the customer told once
+    | {"dispatch.ops_sent_code_lost"}  # a code ops sent did not arrive
     | {"dispatch.recipient_delivery_late"}  # delivery_late: a recipient told of it
     | {"dispatch.point_pickup_late"}  # point_pickup_late: a relay rider not at the Point
     | {"dispatch.handed_pick_late", "dispatch.ops_handed_pick_late"}  # handed_pickup_late

@@ -1962,8 +1962,10 @@ def drop_code_lost(session: Session, row: OutboxMessage) -> int | None:
     if (booking is None or leg is None or leg.booking_id != booking.id
             or leg.status not in _DELIVERING or not phone
             or row.to_addr != outbox.address(row.channel, phone)
-            or _last_sent(session, booking, f"leg-{leg.id}-dropotp-%") != row.dedupe_key
-            or _ops_code_since(session, leg, "drop", row)):
+            or _last_sent(session, booking, f"leg-{leg.id}-dropotp-%") != row.dedupe_key):
+        return None
+    if _ops_code_since(session, leg, "drop", row):
+        _ops_sent_code_lost(session, booking, leg, found[2])
         return None
     # A new drop code, with fresh tries (bounded); the pickup code the sender holds stays
     # as it is. Before the pickup the leg's one counter holds the wrong PICK codes, tried
@@ -2030,6 +2032,19 @@ def _ops_code_since(session: Session, leg: Leg, kind: str, row: OutboxMessage) -
                           .limit(1)) is not None
 
 
+def _ops_sent_code_lost(session: Session, booking: Booking, leg: Leg, tag: str) -> None:
+    """The message that failed carried the latest code ops gave (``"send": true``): no
+    other code is made (ops may have read this one out on the phone), but ops hear it did
+    not arrive, once. Any other message is older than a code ops gave: nothing to do."""
+    issued = session.scalar(select(func.count()).select_from(AuditEntry).where(
+        AuditEntry.action == OPS_NEW_CODE, AuditEntry.target == f"leg:{leg.id}")) or 0
+    if tag != f"ops{issued}":
+        return
+    # Not the message's own key plus a suffix: a key like a code's would be taken for one.
+    alert_ops(session, "dispatch.ops_sent_code_lost", dedupe_key=f"leg-{leg.id}-opslost-{tag}",
+              booking_id=booking.id, ref=booking.reference, job=job_code(leg))
+
+
 def tries_after_lost_code(session: Session, leg: Leg, kind: str) -> int:
     """The wrong tries (``otp_failures``) a new ``kind`` code replacing a lost one starts
     with. Tries count against a code, and nobody held the lost one, so the new code
@@ -2074,8 +2089,10 @@ def pickup_code_lost(session: Session, row: OutboxMessage) -> int | None:
             or leg.booking_id != booking.id or leg.sequence != 1
             or leg.status != LegStatus.ASSIGNED.value or booking.status in CLOSED_BOOKING
             or row.to_addr != outbox.address(row.channel, customer.phone)
-            or _last_sent(session, booking, f"leg-{leg.id}-pickotp-%") != row.dedupe_key
-            or _ops_code_since(session, leg, "pickup", row)):
+            or _last_sent(session, booking, f"leg-{leg.id}-pickotp-%") != row.dedupe_key):
+        return None
+    if _ops_code_since(session, leg, "pickup", row):
+        _ops_sent_code_lost(session, booking, leg, found[2])
         return None
     before = leg.pickup_otp_hash, leg.drop_otp_hash, leg.otp_failures
     failures = tries_after_lost_code(session, leg, "pickup")
