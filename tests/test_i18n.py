@@ -98,7 +98,8 @@ REQUIRED_KEYS = (
        "ivr.track.link_sent", "ivr.track.link_coming"}
     | {f"ivr.reach.{k}" for k in ("whatsapp_coming", "whatsapp_sent", "stopped_chat",
                                   "stopped")} | {"ivr.confirm.booked"}  # SMS stopped
-    | {f"ivr.code.{k}" for k in ("offer", "said", "not_now", "limit")}  # a pickup code
+    | {f"ivr.code.{k}" for k in ("offer", "said", "not_now", "limit",
+                                   "again_offer", "again")}  # a pickup code
     | {"ivr.sms.ops_code_read", "ivr.rebook.offer"}  # read on a call; time to pay over
     | {"ivr.sms.details_whatsapp"}  # a phone booking's details to a caller who stopped SMS
     | {"bot.cancel.done_fee", "dispatch.job_cancelled_fee"}  # cancel_booking after assignment

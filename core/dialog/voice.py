@@ -456,6 +456,11 @@ def _track_handle(ctx: Ctx, inp: UserInput) -> Result:
 # state.data key: the booking just tracked, whose pickup code or new booking is offered.
 _TRACKED = "tracked_ref"
 
+# state.data key: the pickup code read out in this call, as said ({"ref", "digits"}), to
+# say again as often as asked. Only for the call: core.services.ivr drops it when the
+# call ends (or, its end never reported, ivr.CODE_KEPT_FOR_CALL after the read).
+HEARD_CODE = "heard_code"
+
 
 def _pickup_code_prompt(ctx: Ctx) -> list[Out]:
     return [Say("ivr.code.offer")]
@@ -472,11 +477,25 @@ def _pickup_code_handle(ctx: Ctx, inp: UserInput) -> Result:
     if got.get("code"):
         # The code with the booking's number, said twice: a prompt with this many digits
         # is read by <Say>, never rendered by gTTS nor kept (ivr_flows.audio.personal).
-        digits = spoken.spell_digits(got["code"])
-        return Goto(MENU, [Say("ivr.code.said", {"ref": spoken.spell_digits(ref),
-                                                 "digits": digits})])
+        # Kept as said, to say again on 1 in this call (not a new code: reads are few).
+        heard = {"ref": spoken.spell_digits(ref), "digits": spoken.spell_digits(got["code"])}
+        ctx.state.data[HEARD_CODE] = heard
+        return Goto("code_again", [Say("ivr.code.said", heard)])
     return Goto(MENU, [Say("ivr.code.limit" if got.get("refused") == "limit"
                            else "ivr.code.not_now")])
+
+
+def _code_again_prompt(ctx: Ctx) -> list[Out]:
+    return [Say("ivr.code.again_offer")]
+
+
+def _code_again_handle(ctx: Ctx, inp: UserInput) -> Result:
+    heard = ctx.state.data.get(HEARD_CODE)
+    if not heard:  # forgotten meanwhile (see HEARD_CODE)
+        return Goto(MENU)
+    if choice(inp, 1) != 1:
+        return Retry()
+    return Stay([Say("ivr.code.again", heard)])
 
 
 def _rebook_prompt(ctx: Ctx) -> list[Out]:
@@ -493,6 +512,13 @@ def _rebook_handle(ctx: Ctx, inp: UserInput) -> Result:
     slots = ctx.ports.booking_slots(ref)
     if slots is None:
         return Goto(MENU, [Say("ivr.track.not_found")])
+    # The old booking is closed first, its link cancelled: a link still open past its
+    # time could take a payment while the new booking waits for one. Paid meanwhile: no
+    # new booking, the caller hears where the paid one stands.
+    if not ctx.ports.close_overdue(ref):
+        status = ctx.ports.booking_status(ref)
+        return Goto(MENU, [Say(f"booking.status.{status}", {"ref": spoken.spell_digits(ref)})
+                           if status else Say("ivr.track.not_found")])
     clear_draft(ctx)
     ctx.state.data["slots"] = slots
     # The booking's summary and today's fare, then "book it / change / do not book".
@@ -616,6 +642,7 @@ def _steps() -> list[Step]:
         Step("done", _done_prompt, _done_handle, "ivr.hint"),
         Step("track", _track_prompt, _track_handle, "ivr.hint"),
         Step("pickup_code", _pickup_code_prompt, _pickup_code_handle, "ivr.hint"),
+        Step("code_again", _code_again_prompt, _code_again_handle, "ivr.hint"),
         Step("rebook", _rebook_prompt, _rebook_handle, "ivr.hint"),
         Step("cancel_pick", _cancel_pick_prompt, _cancel_pick_handle, "ivr.hint"),
         Step("cancel_confirm", _cancel_confirm_prompt, _cancel_confirm_handle, "ivr.hint"),

@@ -34,7 +34,7 @@ from core import clock, i18n
 from core.adapters.api_models import AuditEntry
 from core.adapters.db import transaction
 from core.adapters.models import Booking, Conversation, InboundEvent, Leg, Person
-from core.adapters.queue import after_commit, queue
+from core.adapters.queue import after_commit, enqueue, queue
 from core.config import get_settings
 from core.dialog import engine
 from core.dialog.booking import BOOKING, MENU, person_said
@@ -42,14 +42,15 @@ from core.dialog.engine import Ctx, DialogState, Out, Say, UserInput
 from core.dialog.voice import (
     END_ON_SILENCE,
     ENTRY_DIGITS,
+    HEARD_CODE,
     VOICE_DIALOG,
     clear_draft,
     full_slots,
     has_draft,
 )
-from core.domain.booking import BookingStatus, LegStatus
+from core.domain.booking import Actor, BookingStatus, LegStatus
 from core.services import booking as booking_service
-from core.services import handoff, inbound, notify
+from core.services import handoff, inbound, ledger, notify, payments
 from core.services.conversation import SessionPorts, contact_for, load_state, save_state
 from core.services.inbound import InboundMessage
 
@@ -198,6 +199,36 @@ class VoicePorts(SessionPorts):
         return (booking.status == BookingStatus.AWAITING_PAYMENT.value
                 and booking.expires_at is not None and booking.expires_at <= clock.now())
 
+    def close_overdue(self, reference: str) -> bool:
+        """Before the caller's booking whose time to pay ran out is booked again: close
+        it now if the sweep has not yet, as the sweep does (expired, its link cancelled
+        by the same job), so that its link, still open past its time, cannot take a
+        payment as well as the new booking (one it takes all the same goes back:
+        payments.record_capture). True if it is closed; False if it was paid meanwhile
+        (or is payable again, or not theirs): then it is not booked again."""
+        from core.services import dispatch
+
+        booking = self._mine(reference)
+        if booking is None:
+            return False
+        dispatch.lock_legs(self.session, booking.id)  # leg before booking, as dispatch
+        booking = ledger.lock_booking(self.session, booking.id)
+        if booking.status == BookingStatus.EXPIRED.value:
+            return True
+        if not self.payment_over(reference) or payments._kept_capture(self.session, booking.id):
+            return False
+        # No "time to pay is over, call us" SMS (the sweep's): the caller heard it and is
+        # booking again on this call.
+        booking_service.move_booking(self.session, booking, BookingStatus.EXPIRED,
+                                     Actor.system(), "payment time ran out; booked again")
+        booking_id = booking.id
+        after_commit(self.session, lambda: enqueue(
+            "workers.payments.cancel_payment_link", booking_id,
+            job_id=f"paylink-cancel-{booking_id}", retry=payments.GATEWAY_RETRY))
+        log.info("an overdue booking was closed to be booked again on a call",
+                 extra={"booking_id": booking_id})
+        return True
+
     def booking_slots(self, reference: str) -> dict[str, Any] | None:
         """The caller's booking as the dialog's slots, to book the same parcel again (the
         places, the receiver, the parcel, the speed); None if not theirs."""
@@ -299,8 +330,15 @@ def read_pickup_code(session: Session, person: Person, booking: Booking) -> dict
 # same. It is blanked once the call is over (its status callback, the caller's next call,
 # or our hang-up), and in any case this long after it was read (a status callback lost).
 CODE_SAID = "ivr.code.said"
+CODE_SAID_AGAIN = "ivr.code.again"  # the same code, said again in the call on 1
+CODE_KEYS = frozenset({CODE_SAID, CODE_SAID_AGAIN})
 CODE_ANSWER_KEPT = timedelta(minutes=2)
 FORGET_CODES_JOB = "core.services.ivr.forget_code_answers"
+# The code kept in the call's state to say again (voice.HEARD_CODE) goes when the call
+# ends; should its end never be reported, this long after it was read (longer than a
+# call of MAX_TURNS answers lasts).
+CODE_KEPT_FOR_CALL = timedelta(minutes=30)
+FORGET_HEARD_JOB = "core.services.ivr.forget_heard_code"
 # What a blanked answer says to a (very late) retry of its webhook: the call is over.
 BLANKED_ANSWER = '<?xml version="1.0" encoding="UTF-8"?><Response><Hangup/></Response>'
 
@@ -325,11 +363,30 @@ def forget_code_answers(sid: str, turns: list[int]) -> int:
         return _blank_answers(session, sid, turns)
 
 
-def _code_read(session: Session, state: DialogState, sid: str, turn: int,
+def forget_heard_code(conv_id: int, sid: str) -> bool:
+    """Job: drop the code kept to say again in call ``sid`` (voice.HEARD_CODE), its end
+    never reported; a later call keeps its own. True if one was dropped."""
+    with transaction() as session:
+        conv = session.scalar(select(Conversation).where(Conversation.id == conv_id)
+                              .with_for_update())
+        if conv is None:
+            return False
+        state = load_state(conv)
+        if (state.data.get("call") or {}).get("sid") not in (sid, None):
+            return False
+        if state.data.pop(HEARD_CODE, None) is None:
+            return False
+        save_state(conv, state)
+        return True
+
+
+def _code_read(session: Session, conv_id: int, state: DialogState, sid: str, turn: int,
                outs: list[Out]) -> None:
     """Remember a turn that reads a pickup code, to blank its answer when the call is
-    over, and schedule that for CODE_ANSWER_KEPT from now all the same."""
-    if not any(isinstance(out, Say) and out.key == CODE_SAID for out in outs):
+    over, and schedule that for CODE_ANSWER_KEPT from now all the same (and, for a new
+    code, dropping the copy kept to say it again, CODE_KEPT_FOR_CALL from now)."""
+    said = {out.key for out in outs if isinstance(out, Say)} & CODE_KEYS
+    if not said:
         return
     state.data["call"].setdefault("coded", []).append(turn)
     job_id = f"ivr-code-{sid}-{turn}"
@@ -341,6 +398,17 @@ def _code_read(session: Session, state: DialogState, sid: str, turn: int,
                          result_ttl=3600, failure_ttl=7 * 86400)
 
     after_commit(session, schedule)
+    if CODE_SAID not in said:
+        return
+    kept_id = f"ivr-heard-{sid}-{turn}"
+
+    def schedule_forget_kept() -> None:
+        q = queue("default")
+        if q.fetch_job(kept_id) is None:
+            q.enqueue_in(CODE_KEPT_FOR_CALL, FORGET_HEARD_JOB, conv_id, sid, job_id=kept_id,
+                         result_ttl=3600, failure_ttl=7 * 86400)
+
+    after_commit(session, schedule_forget_kept)
 
 
 def _end_of_call(session: Session, state: DialogState) -> None:
@@ -354,9 +422,11 @@ def _end_of_call(session: Session, state: DialogState) -> None:
 # --- one turn --------------------------------------------------------------------------
 
 def _close_call(state: DialogState) -> None:
-    """The call is over: forget it, keep a half-finished booking as a draft."""
+    """The call is over: forget it (and a code kept to say again), keep a half-finished
+    booking as a draft."""
     state.data.pop("call", None)
     state.data.pop("call_action", None)
+    state.data.pop(HEARD_CODE, None)
     step = VOICE_DIALOG.steps.get(state.step)
     if step is not None and step.group == BOOKING and state.slots:
         state.data["draft_step"] = state.step
@@ -400,7 +470,7 @@ def voice_turn(session: Session, call: CallRequest) -> VoiceTurn:
         else:
             outs = _answer(state, ports, person, call)
         action = state.data.pop("call_action", None) or "gather"
-        _code_read(session, state, call.sid, call.turn, outs)
+        _code_read(session, conv.id, state, call.sid, call.turn, outs)
         state.data["call"]["answered"] = call.turn
         if action != "gather":
             _end_of_call(session, state)
