@@ -100,7 +100,8 @@ REQUIRED_KEYS = (
                                   "stopped")} | {"ivr.confirm.booked"}  # SMS stopped
     | {f"ivr.code.{k}" for k in ("offer", "said", "not_now", "limit",
                                    "again_offer", "again")}  # a pickup code
-    | {"ivr.sms.ops_code_read", "ivr.rebook.offer"}  # read on a call; time to pay over
+    | {"ivr.sms.ops_code_read",  # read on a call; time to pay over, or being checked
+       "ivr.rebook.offer", "ivr.rebook.checking"}
     | {"ivr.sms.details_whatsapp"}  # a phone booking's details to a caller who stopped SMS
     | {"bot.cancel.done_fee", "dispatch.job_cancelled_fee"}  # cancel_booking after assignment
     | {f"dispatch.{k}" for k in ("holder_cancelled", "customer_stuck_cancelled",

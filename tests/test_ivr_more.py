@@ -29,7 +29,7 @@ from core.adapters.models import Booking, Conversation, OutboxMessage, Person
 from core.adapters.queue import QUEUES, queue
 from core.dialog import spoken
 from core.domain.booking import Actor, BookingStatus
-from core.services import ivr
+from core.services import ivr, payments
 from core.services.booking import move_booking
 from ivr_flows import audio
 from tests.conftest import run_jobs
@@ -306,9 +306,11 @@ def test_a_booking_whose_time_to_pay_ran_out_can_be_booked_again_by_keypad(
     old_id, old_ref = the_booking()
     if swept:
         closed_unpaid(old_id)
-    else:  # the sweep has not closed it yet: its link cannot be paid any more all the same
+    else:  # closed by the expiry sweep itself, once the gateway said the link is unpaid
         with transaction() as s:
-            clock.freeze(s.get(Booking, old_id).expires_at + timedelta(seconds=30))
+            clock.freeze(s.get(Booking, old_id).expires_at + timedelta(minutes=2))
+        assert payments.expire_unpaid() == 1
+        jobs()
     heard = track_first(phone)
     assert t("booking.status.expired", ref=spoken.spell_digits(old_ref)) in heard.text
     heard = phone.press("1")

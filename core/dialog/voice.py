@@ -437,8 +437,11 @@ def _track_handle(ctx: Ctx, inp: UserInput) -> Result:
         return Retry([Say("ivr.track.not_found")])
     spelled = spoken.spell_digits(ref)
     if ctx.ports.payment_over(ref):
-        # Its time to pay ran out (closed, or about to be): the same parcel can be booked
-        # again here, with a new link, instead of key by key from the start.
+        if ctx.ports.overdue_closed(ref) is None:
+            # Its time just ran out: we ask the gateway whether it was paid first.
+            return Goto(MENU, [Say("ivr.rebook.checking")])
+        # Its time to pay ran out (closed): the same parcel can be booked again here,
+        # with a new link, instead of key by key from the start.
         ctx.state.data[_TRACKED] = ref
         return Goto("rebook", [Say("booking.status.expired", {"ref": spelled})])
     said = [Say(f"booking.status.{status}", {"ref": spelled})]
@@ -512,10 +515,13 @@ def _rebook_handle(ctx: Ctx, inp: UserInput) -> Result:
     slots = ctx.ports.booking_slots(ref)
     if slots is None:
         return Goto(MENU, [Say("ivr.track.not_found")])
-    # The old booking is closed first, its link cancelled: a link still open past its
-    # time could take a payment while the new booking waits for one. Paid meanwhile: no
-    # new booking, the caller hears where the paid one stands.
-    if not ctx.ports.close_overdue(ref):
+    # Only once the old booking is closed (the sweep asked the gateway, cancelled its
+    # link): a link still open could take a payment while the new booking waits for one.
+    # Paid meanwhile: no new booking, the caller hears where the paid one stands.
+    closed = ctx.ports.overdue_closed(ref)
+    if closed is None:
+        return Goto(MENU, [Say("ivr.rebook.checking")])
+    if not closed:
         status = ctx.ports.booking_status(ref)
         return Goto(MENU, [Say(f"booking.status.{status}", {"ref": spoken.spell_digits(ref)})
                            if status else Say("ivr.track.not_found")])

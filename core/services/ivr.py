@@ -34,7 +34,7 @@ from core import clock, i18n
 from core.adapters.api_models import AuditEntry
 from core.adapters.db import transaction
 from core.adapters.models import Booking, Conversation, InboundEvent, Leg, Person
-from core.adapters.queue import after_commit, enqueue, queue
+from core.adapters.queue import after_commit, queue
 from core.config import get_settings
 from core.dialog import engine
 from core.dialog.booking import BOOKING, MENU, person_said
@@ -48,9 +48,9 @@ from core.dialog.voice import (
     full_slots,
     has_draft,
 )
-from core.domain.booking import Actor, BookingStatus, LegStatus
+from core.domain.booking import BookingStatus, LegStatus
 from core.services import booking as booking_service
-from core.services import handoff, inbound, ledger, notify, payments
+from core.services import handoff, inbound, notify
 from core.services.conversation import SessionPorts, contact_for, load_state, save_state
 from core.services.inbound import InboundMessage
 
@@ -199,35 +199,21 @@ class VoicePorts(SessionPorts):
         return (booking.status == BookingStatus.AWAITING_PAYMENT.value
                 and booking.expires_at is not None and booking.expires_at <= clock.now())
 
-    def close_overdue(self, reference: str) -> bool:
-        """Before the caller's booking whose time to pay ran out is booked again: close
-        it now if the sweep has not yet, as the sweep does (expired, its link cancelled
-        by the same job), so that its link, still open past its time, cannot take a
-        payment as well as the new booking (one it takes all the same goes back:
-        payments.record_capture). True if it is closed; False if it was paid meanwhile
-        (or is payable again, or not theirs): then it is not booked again."""
-        from core.services import dispatch
-
+    def overdue_closed(self, reference: str) -> bool | None:
+        """Whether the caller's booking whose time to pay ran out is closed, so the same
+        parcel may be booked again: True once expired. None while it still waits for
+        payment past its time: the expiry sweep closes it a minute on, after asking the
+        gateway (a payment made in time whose webhook is late is recorded, not refunded),
+        and a webhook must not wait on the gateway, so the caller is asked to call again.
+        False if it was paid meanwhile, or is not theirs."""
         booking = self._mine(reference)
         if booking is None:
             return False
-        dispatch.lock_legs(self.session, booking.id)  # leg before booking, as dispatch
-        booking = ledger.lock_booking(self.session, booking.id)
         if booking.status == BookingStatus.EXPIRED.value:
             return True
-        if not self.payment_over(reference) or payments._kept_capture(self.session, booking.id):
-            return False
-        # No "time to pay is over, call us" SMS (the sweep's): the caller heard it and is
-        # booking again on this call.
-        booking_service.move_booking(self.session, booking, BookingStatus.EXPIRED,
-                                     Actor.system(), "payment time ran out; booked again")
-        booking_id = booking.id
-        after_commit(self.session, lambda: enqueue(
-            "workers.payments.cancel_payment_link", booking_id,
-            job_id=f"paylink-cancel-{booking_id}", retry=payments.GATEWAY_RETRY))
-        log.info("an overdue booking was closed to be booked again on a call",
-                 extra={"booking_id": booking_id})
-        return True
+        if self.payment_over(reference):
+            return None
+        return False
 
     def booking_slots(self, reference: str) -> dict[str, Any] | None:
         """The caller's booking as the dialog's slots, to book the same parcel again (the
