@@ -400,7 +400,7 @@ class NewCodeOut(BaseModel):
           summary="Make a new pickup or drop code for a leg whose code reached nobody, to "
                   "read out on the phone (the old one stops working; audited, at most "
                   f"{dispatch.OPS_CODES_PER_LEG} per leg). 409 no_rider, already_picked_up, "
-                  "not_picked_up, already_delivered, leg_locked, booking_closed, "
+                  "already_delivered, leg_locked, booking_closed, "
                   "too_many_codes", roles=OPS, body=NewCodeIn, response=NewCodeOut,
           tags=("ops",), errors=(404, 409, 422))
 def ops_new_leg_code(leg_id: int, body: NewCodeIn) -> NewCodeOut:

@@ -2914,8 +2914,8 @@ def new_leg_code(session: Session, leg_id: int, kind: str, actor: Actor, *, reas
     without the code, at most OPS_CODES_PER_LEG per leg.
 
     Conflict (precise codes) when the leg takes no such code: no rider yet, locked (ops
-    unlock it, which sends new codes), a pickup code once picked up, a drop code before
-    the pickup or once delivered, a closed booking."""
+    unlock it, which sends new codes), a pickup code once picked up, a drop code once
+    delivered, a closed booking."""
     leg = _lock_leg(session, leg_id)
     if leg is None:
         raise NotFound("no such leg", code="not_found")
@@ -2939,9 +2939,10 @@ def new_leg_code(session: Session, leg_id: int, kind: str, actor: Actor, *, reas
     else:
         if status == LegStatus.DELIVERED.value:
             raise Conflict(f"leg {leg.id} is delivered already", code="already_delivered")
-        if status != LegStatus.PICKED_UP.value:
-            raise Conflict(f"leg {leg.id} is not picked up yet: no drop code is asked for "
-                           "before", code="not_picked_up")
+        # The drop code goes out at the accept, so ops_drop_code_unsent can come before
+        # the pickup: a drop code is given from then on.
+        if status not in _DELIVERING:
+            raise Conflict(f"leg {leg.id} has no rider yet", code="no_rider")
     issued = int(session.scalar(select(func.count()).select_from(AuditEntry).where(
         AuditEntry.action == OPS_NEW_CODE, AuditEntry.target == f"leg:{leg.id}")) or 0)
     if issued >= OPS_CODES_PER_LEG:
@@ -2950,7 +2951,10 @@ def new_leg_code(session: Session, leg_id: int, kind: str, actor: Actor, *, reas
         raise Conflict(f"{issued} codes were given for leg {leg.id} already: no more",
                        code="too_many_codes")
     before = leg.pickup_otp_hash, leg.drop_otp_hash
-    failures = tries_after_lost_code(session, leg, kind)
+    # Before the pickup the leg's one counter holds the wrong PICK codes: a new drop code
+    # leaves them (as drop_code_lost does).
+    failures = (leg.otp_failures if kind == "drop" and status == LegStatus.ASSIGNED.value
+                else tries_after_lost_code(session, leg, kind))
     pickup_code, drop_code = issue_leg_otps(leg)
     if kind == "pickup":
         code, leg.drop_otp_hash = pickup_code, before[1]
