@@ -457,9 +457,7 @@ def refund_payment(payment_id: str):
     if key:
         r.set(f"{PREFIX}:idem:{key}", refund["id"])
     p["amount_refunded"] += amount
-    p["refund_status"] = "full" if p["amount_refunded"] == p["amount"] else "partial"
-    if p["refund_status"] == "full":
-        p["status"] = "refunded"
+    _refund_status(p)
     put_object(p)
     enqueue("sandbox.razorpay_jobs.settle_refund", refund["id"], queue_name=SANDBOX_QUEUE,
             job_id=f"sandbox-rzp-refund-{refund['id']}")
@@ -469,6 +467,14 @@ def refund_payment(payment_id: str):
         return _error(409, "Another request with the same idempotency key is still in "
                       "progress")
     return jsonify(refund)
+
+
+def _refund_status(p: dict) -> None:
+    """A payment's refund_status and status follow what is refunded of it."""
+    refunded = p["amount_refunded"]
+    p["refund_status"] = (None if refunded == 0
+                          else "full" if refunded == p["amount"] else "partial")
+    p["status"] = "refunded" if p["refund_status"] == "full" else "captured"
 
 
 def settle_refund(refund_id: str) -> dict:
@@ -482,7 +488,7 @@ def settle_refund(refund_id: str) -> dict:
         p = get_object(refund["payment_id"])
         if p is not None:
             p["amount_refunded"] -= refund["amount"]
-            p["status"], p["refund_status"] = "captured", None
+            _refund_status(p)  # earlier refunds of it stay refunded
             put_object(p)
     send_webhooks([_event("refund.failed" if failed else "refund.processed",
                           {"refund": refund})])
