@@ -26,7 +26,7 @@ from core.api.auth_guard import principal
 from core.api.customer import bookings_out, visible_booking
 from core.api.idempotency import idempotent
 from core.api.schemas import CursorPage, CursorQuery, Keyset, OpsBookingOut
-from core.api.spec import ApiError, Strict, endpoint
+from core.api.spec import MAX_ID, ApiError, Strict, endpoint
 from core.domain.booking import Actor, BookingStatus, LegStatus
 from core.domain.errors import Conflict, NotFound, ValidationError
 from core.domain.phone import mask_phone, normalize_phone
@@ -532,7 +532,7 @@ class HeldRow(BaseModel):
 
 class HeldQuery(Strict):
     limit: int = Field(default=20, ge=1, le=100)
-    after: int | None = Field(default=None, ge=1,
+    after: int | None = Field(default=None, ge=1, le=MAX_ID,
                               description="the next_after of the page before: a booking id")
 
 

@@ -216,6 +216,15 @@ def parse_query(model: type[BaseModel]) -> BaseModel:
         raise _validation_error(exc) from None
 
 
+def refuse_query() -> None:
+    """A route that reads no query string refuses one: ``POST /bookings?dry_run=1`` would
+    book for real, where the client meant only to look (as ``dry_run`` does on a cancel).
+    The first name is said back, as for a route whose query model does not know it."""
+    for name in request.args:
+        _reject_nul({name: ""})
+        raise _field_error((name,), "this endpoint reads no query string")
+
+
 def read_raw_body(limit: BodyLimit | None) -> bytes:
     """The request's binary body, up to ``limit`` (checked before reading when the size is
     declared, while reading when it is not); 413 naming the limit beyond it."""
@@ -268,6 +277,8 @@ def endpoint(
             kwargs = dict(path_args)
             if query is not None:
                 kwargs["query"] = parse_query(query)
+            else:
+                refuse_query()
             if body is not None:
                 kwargs["body"] = parse_body(body)
             elif not raw_body:
@@ -366,8 +377,8 @@ def openapi_document(prefix: str) -> dict[str, Any]:
                 "content": {"application/json": {"schema": schema_of(ep.response)}},
             }
         codes = set(ep.errors)
-        if ep.body is not None or ep.query is not None:
-            codes |= {400, 422}
+        # Any route refuses a body it does not read (400) and a query it does not take (422).
+        codes |= {400, 422}
         if ep.body is not None or ep.raw_body:
             codes |= {400, 413, 415}
         if ep.roles is not None:
