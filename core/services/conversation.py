@@ -23,7 +23,7 @@ from sqlalchemy.orm.attributes import set_committed_value
 
 from core import clock, i18n
 from core.adapters import pincode
-from core.adapters.models import Booking, Conversation, PartnerProfile, Person
+from core.adapters.models import Booking, Conversation, Leg, PartnerProfile, Person
 from core.adapters.queue import after_commit, enqueue
 from core.adapters.redis_conn import redis_down
 from core.dialog import engine, words
@@ -31,7 +31,7 @@ from core.dialog.booking import AGREED_TOTAL, BOOKING, BOOKING_DIALOG, MENU, RAT
 from core.dialog.engine import Ctx, DialogState, Out, Say, UserInput
 from core.dialog.ports import Place, PlaceResult
 from core.domain.booking import BOOKING as BOOKING_MACHINE
-from core.domain.booking import Actor, BookingStatus, LegStatus
+from core.domain.booking import Actor, BookingStatus, LegStatus, cancellation_refund
 from core.domain.errors import DomainError, ValidationError
 from core.domain.pricing import ParcelCategory, SizeBucket, SpeedTier, WeightBucket
 from core.services import booking as booking_service
@@ -41,6 +41,16 @@ from core.services.inbound import InboundMessage, TurnFailed, lost_a_race
 log = logging.getLogger(__name__)
 
 IDLE_RESUME = timedelta(hours=24)
+
+MY_BOOKINGS = 8  # a list of a customer's bookings: a numbered menu, one keypad digit each
+_CLOSED = tuple(s.value for s in BookingStatus if BOOKING_MACHINE.terminal(s))
+# Where the cancellation policy lets a customer cancel (ops may end a stuck relay too).
+_CUSTOMER_CANCELLABLE = tuple(s.value for s in BookingStatus
+                              if cancellation_refund(s, 0).allowed)
+# What a customer is told of a relay ops ended with the parcel in a rider's hands (failed,
+# then refunded once the rest of the money is back): booking.status.<these> keys.
+_ENDED_WITH_PARCEL_HELD = {BookingStatus.FAILED.value: "stuck_ended",
+                           BookingStatus.REFUNDED.value: "stuck_refunded"}
 
 
 @dataclass
@@ -233,16 +243,39 @@ class SessionPorts:
         return booking if booking.customer_id == self.person.id else None
 
     def my_bookings(self, open_only: bool = False) -> list[tuple[str, str]]:
+        """Their newest bookings (at most MY_BOOKINGS), newest first, as (reference,
+        status). ``open_only`` (the cancel lists): those not closed, the ones the customer
+        can still cancel chosen first, so a shop's older booking waiting for payment is
+        not left out for eight newer parcels on the road, which no one can cancel."""
+        newest = (Booking.created_at.desc(), Booking.id.desc())
+        mine = Booking.customer_id == self.person.id
+        if not open_only:
+            return [(r, self._told(i, s)) for r, s, i in self.session.execute(
+                select(Booking.reference, Booking.status, Booking.id).where(mine)
+                .order_by(*newest).limit(MY_BOOKINGS)).tuples()]
         rows = self.session.execute(
-            select(Booking.reference, Booking.status).where(Booking.customer_id == self.person.id)
-            .order_by(Booking.created_at.desc(), Booking.id.desc()).limit(20)
-        ).all()
-        out = [(r, s) for r, s in rows if not (open_only and BOOKING_MACHINE.terminal(s))]
-        return out[:8]
+            select(Booking.reference, Booking.status, Booking.created_at, Booking.id)
+            .where(mine, Booking.status.not_in(_CLOSED))
+            .order_by(case((Booking.status.in_(_CUSTOMER_CANCELLABLE), 0), else_=1), *newest)
+            .limit(MY_BOOKINGS)).tuples().all()
+        return [(r, s) for r, s, _, _ in sorted(rows, key=lambda x: (x[2], x[3]), reverse=True)]
 
     def booking_status(self, reference: str) -> str | None:
+        """The booking's status as the customer is told it (``booking.status.<it>``)."""
         booking = self._mine(reference)
-        return booking.status if booking else None
+        return self._told(booking.id, booking.status) if booking else None
+
+    def _told(self, booking_id: int, status: str) -> str:
+        """``status``, or for a relay ops ended with the parcel in a rider's hands
+        (payments._end_stuck_relay: its leg in hand failed, the only failed leg with a
+        rider) the words for it: that rider was paid for his part, the rest of the money
+        comes back. "We could not find a rider, your money comes back" would be untrue."""
+        told = _ENDED_WITH_PARCEL_HELD.get(status)
+        if told is None or self.session.scalar(select(Leg.id).where(
+                Leg.booking_id == booking_id, Leg.status == LegStatus.FAILED.value,
+                Leg.partner_id.is_not(None)).limit(1)) is None:
+            return status
+        return told
 
     def payment_link(self, reference: str, *, by_sms: bool = False) -> dict[str, Any] | None:
         """For a booking of theirs waiting for payment: {"url": its link, None while the

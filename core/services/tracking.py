@@ -42,14 +42,19 @@ def _speed_kmh(session: Session, booking: Booking, partner_id: int) -> float:
     return min(speeds) if speeds else quoted
 
 
-def _search_paused(session: Session, leg_ids: list[int]) -> bool:
-    """Whether the rider search of any of these legs is paused (its time ran out)."""
-    if not leg_ids:
+def _search_paused(session: Session, legs: list[Leg]) -> bool:
+    """Whether the rider search of any of these legs ran out of time: paused now, or in a
+    new round after a pause (a pause is a moment of each round; dispatch.stuck_holder
+    counts both as stuck)."""
+    from core.services.dispatch import _paused_before
+
+    if not legs:
         return False
-    return session.scalar(select(DispatchSearch.id).where(
-        DispatchSearch.leg_id.in_(leg_ids),
-        DispatchSearch.status == SearchStatus.PAUSED.value).limit(1)
-    ) is not None
+    statuses = dict(session.execute(select(DispatchSearch.leg_id, DispatchSearch.status).where(
+        DispatchSearch.leg_id.in_([x.id for x in legs]))).tuples().all())
+    return any(statuses.get(x.id) == SearchStatus.PAUSED.value or (
+        statuses.get(x.id) == SearchStatus.ACTIVE.value and _paused_before(session, x))
+        for x in legs)
 
 
 def position_and_eta(session: Session, booking: Booking) -> Whereabouts:
@@ -84,7 +89,7 @@ def position_and_eta(session: Session, booking: Booking) -> Whereabouts:
     # A relay: the legs after this one are still to ride too.
     later = [x for x in booking.legs if x.sequence > leg.sequence
              and x.status not in (LegStatus.CANCELLED.value, LegStatus.FAILED.value)]
-    if _search_paused(session, [x.id for x in later if x.partner_id is None]):
+    if _search_paused(session, [x for x in later if x.partner_id is None]):
         # Nobody took a later leg in time (the customer was told "still looking"): an
         # arrival time would promise a rider nobody knows of. Where the parcel is, still.
         return Whereabouts(position={"lat": fix.lat, "lng": fix.lng}, eta_minutes=None)
