@@ -235,6 +235,8 @@ def transition(
 CANCELLATION_FEE_BP = 1000
 CANCELLATION_MIN_FEE_PAISE = 1000
 
+RIDER_LATE = "rider_late"  # the reason code of a cancellation free for a late rider
+
 _BEFORE_PAYMENT = frozenset({B.DRAFT, B.QUOTED, B.AWAITING_PAYMENT})
 _FULL_REFUND = frozenset({B.PAID, B.DISPATCHING})
 _PICKED_UP = frozenset({B.PICKED_UP, B.IN_TRANSIT, B.DELIVERED})
@@ -259,13 +261,15 @@ def cancellation_refund(
     *,
     min_fee_paise: int = CANCELLATION_MIN_FEE_PAISE,
     stuck_leg_payout_paise: int | None = None,
+    rider_late: bool = False,
 ) -> CancellationQuote:
     """Refund and fee for a customer cancelling in ``status``.
 
     Before payment: allowed, nothing to refund. Paid/dispatching: full refund. Assigned: a
     fee (``fee_bp`` of the refundable amount, at least ``min_fee_paise``, never more than it)
-    pays the partner's wasted trip. After pickup or once closed: not allowed. Payout already
-    earned by delivered legs is never refundable.
+    pays the partner's wasted trip; none if the rider is late for the pickup (``rider_late``:
+    past his pickup window, he did not keep his time), a full refund then. After pickup or
+    once closed: not allowed. Payout already earned by delivered legs is never refundable.
 
     One exception after pickup, for ops only (the caller decides who may): a relay stuck
     for want of a rider, ``stuck_leg_payout_paise`` being the payout of the leg whose rider
@@ -293,6 +297,8 @@ def cancellation_refund(
         return CancellationQuote(True, 0, 0, "not_paid")
     if st in _FULL_REFUND:
         return CancellationQuote(True, refundable, 0, "full_refund")
+    if st is B.ASSIGNED and rider_late:
+        return CancellationQuote(True, refundable, 0, RIDER_LATE)
     if st is B.ASSIGNED:
         fee = min(max(mul_bp(refundable, fee_bp), min_fee_paise), refundable)
         return CancellationQuote(True, refundable - fee, fee, "cancellation_fee")

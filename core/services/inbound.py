@@ -691,10 +691,15 @@ def _drain_jobs() -> int:
 
 
 def _language_of(msg: InboundMessage) -> str:
+    """The sender's language: their conversation's person, else (partners and others who
+    talk to us by SMS without a conversation) the person with the sender's phone."""
     with transaction() as session:
         lang = session.scalar(
             select(Person.preferred_language)
             .join(Conversation, Conversation.person_id == Person.id)
             .where(Conversation.channel == msg.channel, Conversation.contact == msg.contact)
         )
+        if lang is None and msg.phone:
+            lang = session.scalar(select(Person.preferred_language)
+                                  .where(Person.phone == msg.phone))
     return lang or i18n.DEFAULT_LANGUAGE

@@ -201,8 +201,14 @@ def cancellation_preview(session: Session, booking: Booking, *,
         # earned its share all the same: none of it may be refunded.
         earned += sum(leg.payout_paise + commission
                       for leg, commission in _unreleased(session, booking))
+    late = False
+    if booking.status == BookingStatus.ASSIGNED.value:
+        fee_leg = _fee_leg(session, booking)
+        if fee_leg is None:  # nobody to compensate: the customer gets everything back
+            return cancellation_refund(BookingStatus.PAID, paid, min(earned, paid))
+        late = _rider_late(session, fee_leg)
     return cancellation_refund(BookingStatus(booking.status), paid, min(earned, paid),
-                               stuck_leg_payout_paise=stuck)
+                               stuck_leg_payout_paise=stuck, rider_late=late)
 
 
 def cancel_booking(session: Session, booking: Booking, actor: Actor,
@@ -230,7 +236,7 @@ def cancel_booking(session: Session, booking: Booking, actor: Actor,
                                   code="reason_required", field="reason")
         return _end_stuck_relay(session, booking, actor, reason, quote)
     was = booking.status
-    fee_leg = _assigned_leg(session, booking) if quote.fee_paise else None
+    fee_leg = _fee_leg(session, booking) if quote.fee_paise else None
     move_booking(session, booking, BookingStatus.CANCELLED, actor, reason)
     # The rider who had taken the job hears in one SMS not to go and the fee they get.
     dispatch.booking_cancelled(session, booking, actor,
@@ -323,10 +329,46 @@ def _tell_cancelled(session: Session, booking: Booking, actor: Actor, refund_pai
                                        dedupe_key=f"cancelled-{booking.id}-recipient")
 
 
-def _assigned_leg(session: Session, booking: Booking) -> Leg | None:
+# A rider's leg that earns the cancellation fee: taken, or locked at the pickup after
+# wrong codes (he came to the pickup all the same).
+_FEE_LEG_STATES = (LegStatus.ASSIGNED.value, LegStatus.LOCKED.value)
+
+
+def _fee_leg(session: Session, booking: Booking) -> Leg | None:
+    """The leg whose rider a cancellation fee would pay: the first one taken (or locked)."""
     return session.scalar(select(Leg).where(
-        Leg.booking_id == booking.id, Leg.status == LegStatus.ASSIGNED.value,
-        Leg.partner_id.is_not(None)).order_by(Leg.sequence))
+        Leg.booking_id == booking.id, Leg.status.in_(_FEE_LEG_STATES),
+        Leg.partner_id.is_not(None)).order_by(Leg.sequence).limit(1))
+
+
+def _rider_late(session: Session, leg: Leg) -> bool:
+    """True if the fee leg's rider is late for the pickup, by dispatch's rule for "the rider
+    is late" (dispatch.pickup_late): a first leg a pickup window past its latest
+    assignment, or told late for it already. A leg locked at the pickup is judged when it
+    was locked (the rider was there then)."""
+    from core.adapters.models import OutboxMessage, TransitionLog
+    from core.services import dispatch
+
+    if leg.sequence != 1:
+        return False  # a relay's later leg: its parcel comes at a Point, not from the sender
+    assigned = session.scalar(select(TransitionLog).where(
+        TransitionLog.entity == "leg", TransitionLog.entity_id == leg.id,
+        TransitionLog.to_status == LegStatus.ASSIGNED.value)
+        .order_by(TransitionLog.id.desc()).limit(1))
+    if assigned is None:
+        return False
+    told = session.scalar(select(OutboxMessage.id).where(
+        OutboxMessage.booking_id == leg.booking_id,
+        OutboxMessage.dedupe_key.like(f"leg-{leg.id}-a{assigned.id}-late-%")).limit(1))
+    if told is not None:
+        return True
+    at = clock.now()
+    if leg.status == LegStatus.LOCKED.value:
+        at = session.scalar(select(func.max(TransitionLog.at)).where(
+            TransitionLog.entity == "leg", TransitionLog.entity_id == leg.id,
+            TransitionLog.to_status == LegStatus.LOCKED.value,
+            TransitionLog.id > assigned.id)) or at
+    return at - assigned.at >= dispatch.pickup_window()
 
 
 def _captures(session: Session, booking_id: int) -> list[tuple[str, int]]:
@@ -949,6 +991,15 @@ def record_capture(booking_id: int, payment_id: str, amount: int, *, cause: str,
 PAY_AGAIN_MIN_LEFT = timedelta(minutes=5)
 
 
+def _link_payable(booking: Booking, link: PaymentLink | None) -> bool:
+    """True if the customer may still be asked to pay by ``link``: it is open, for the
+    booking's price, and has PAY_AGAIN_MIN_LEFT to run at least."""
+    return (link is not None and link.status == "created"
+            and link.amount_paise == booking.total_paise
+            and (link.expire_by is None
+                 or link.expire_by > clock.now() + PAY_AGAIN_MIN_LEFT))
+
+
 def _refused_payment_notice(booking: Booking, link: PaymentLink | None) -> str | None:
     """The catalog key telling the customer why their payment goes back (the booking's
     status as the payment came), or None where no payment could be expected (a draft)."""
@@ -960,10 +1011,7 @@ def _refused_payment_notice(booking: Booking, link: PaymentLink | None) -> str |
     if status is BookingStatus.AWAITING_PAYMENT:
         # Not the booking's price. The link (accept_partial off, its amount the price) is
         # not paid by it and still takes the right amount, unless it has closed meanwhile.
-        payable = (link is not None and link.status == "created"
-                   and link.amount_paise == booking.total_paise
-                   and (link.expire_by is None
-                        or link.expire_by > clock.now() + PAY_AGAIN_MIN_LEFT))
+        payable = _link_payable(booking, link)
         return "payment.wrong_amount" if payable else "payment.wrong_amount_no_link"
     if status in PAID_STATES or status in (BookingStatus.REFUNDED, BookingStatus.FAILED):
         return "payment.extra"  # paid before (refunded or failed ones too)
@@ -1006,7 +1054,12 @@ def _on_payment_failed(data: dict, cause: str) -> str:
         return "payment-failed"
     with transaction() as session:
         booking = session.get(Booking, booking_id)
-        if booking is not None and booking.status == BookingStatus.AWAITING_PAYMENT.value:
+        if booking is None or booking.status != BookingStatus.AWAITING_PAYMENT.value:
+            return "payment-failed"
+        link = session.scalar(select(PaymentLink).where(PaymentLink.booking_id == booking.id))
+        # "Try again with the same link" only while that link can still be paid; past it,
+        # the expiry notice (the sweep, or the link's own webhook) says what to do.
+        if _link_payable(booking, link):
             notify.notify_customer(session, booking, "payment.failed",
                                    dedupe_key=f"payfail-{_gateway_id(payment)}")
     return "payment-failed"
