@@ -633,4 +633,18 @@ def split_otp_and_job(numbers: Sequence[str], job_codes: Iterable[str]) -> tuple
     return a, b
 
 
+def lone_code_or_job(numbers: Sequence[str], job_codes: Iterable[str]) -> str | None:
+    """The lone number after PICK/DROP that split_otp_and_job takes as a job but that is
+    OTP_DIGITS digits long, so it may as well be the code (job codes are leg ids: job 4821
+    and a code 4821 look alike): the caller tries it as the code of the job waiting for
+    one. None for anything else."""
+    if len(numbers) != 1:
+        return None
+    number = numbers[0]
+    if number in set(job_codes) and len(number) == OTP_DIGITS and number.isascii() \
+            and number.isdigit():
+        return number
+    return None
+
+
 _build_lookup()

@@ -736,11 +736,15 @@ def offer_next_batch(session: Session, booking: Booking, leg: Leg,
         # cached facts that a change lost in a Redis failure left stale (OFF, a
         # suspension), and PostgreSQL is the truth.
         ids = sorted(r.candidate.partner_id for r in batch)
+        # An SMS-only partner whose number stopped our SMS could read no offer (set_duty
+        # keeps them off duty; this is for one on duty from before).
+        reachable = PartnerProfile.has_app.is_(True) | PartnerProfile.person_id.not_in(
+            select(Person.id).where(Person.sms_opted_out.is_(True)))
         working = set(session.scalars(
             select(PartnerProfile.id).where(
                 PartnerProfile.id.in_(ids), PartnerProfile.on_duty.is_(True),
                 PartnerProfile.kyc_status == VERIFIED_KYC,
-                PartnerProfile.payout_account_id.is_not(None))
+                PartnerProfile.payout_account_id.is_not(None), reachable)
             .order_by(PartnerProfile.id).with_for_update()))
         taken = set(session.scalars(select(DispatchOffer.partner_id).where(
             DispatchOffer.partner_id.in_(ids),
@@ -1760,6 +1764,8 @@ def accept(session: Session, partner: PartnerProfile, code: str | None) -> Reply
     partner.offers_accepted = PartnerProfile.offers_accepted + 1
     if not partner.on_duty:
         partner.on_duty = True  # taking a job means working
+        # Recorded as set_duty records an ON: the duty history says when they worked.
+        session.add(PartnerEvent(partner_id=partner.id, kind="duty_on", at=now))
         _home_follows_duty(session, partner)
     leg.partner_id = partner.id
     move_leg(session, leg, LegStatus.ASSIGNED, _partner_actor(partner), "offer accepted")
@@ -1897,7 +1903,7 @@ def send_leg_codes(session: Session, booking: Booking, leg: Leg, *, tag: str,
                          point=point, otp=pickup_code)
             # ... and keys in the code the next rider reads out: prev leg's drop OTP.
             if prev.status in (LegStatus.ASSIGNED.value, LegStatus.PICKED_UP.value):
-                _, prev_drop = issue_leg_otps(prev)
+                prev_drop = _new_handover_code(prev)
                 key = _handover_key(session, booking, leg, partner, "dispatch.handover_take",
                                     "handtake")
                 _sms_partner(session, partner, key, booking_id=booking.id,
@@ -1925,6 +1931,18 @@ def send_leg_codes(session: Session, booking: Booking, leg: Leg, *, tag: str,
             notify.notify_customer(session, booking, key, otp=drop_code,
                                    dedupe_key=f"leg-{leg.id}-dropotp-{tag}")
     return giver_phone
+
+
+def _new_handover_code(prev: Leg) -> str:
+    """A new drop code for the relay leg before another (the one its next rider reads out
+    at the Point), returned to be sent once. Its pickup code stays (the sender may still
+    hold it), and so do its wrong tries: the same rider keeps typing against the leg, and
+    a next rider taking the job, or giving it back, must not hand a guesser fresh tries
+    (they are bounded as ever: the leg locks at DISPATCH_OTP_MAX_FAILURES)."""
+    pickup_hash, failures = prev.pickup_otp_hash, prev.otp_failures
+    _, code = issue_leg_otps(prev)
+    prev.pickup_otp_hash, prev.otp_failures = pickup_hash, failures
+    return code
 
 
 def _drop_code_to_sender(session: Session, booking: Booking, leg: Leg, code: str, *,
@@ -2194,6 +2212,27 @@ def _choose_leg(session: Session, partner: PartnerProfile, numbers: tuple[str, .
     return chosen[0], otp, None
 
 
+def _code_sent_as_job(session: Session, partner: PartnerProfile, kind: str,
+                      numbers: tuple[str, ...], named: Leg | None,
+                      wanted: tuple[str, ...]) -> Leg | None:
+    """The leg whose right ``kind`` code is the lone number taken as the job code (rules.
+    lone_code_or_job): the named job if it waits for that code, else the one job that
+    does. None if the number is no such code: it names the job, and costs no try."""
+    legs = active_legs_of(session, partner)
+    lone = rules.lone_code_or_job(numbers, [job_code(leg) for leg in legs])
+    if lone is None or named is None:
+        return None
+    if named.status in wanted:
+        tried = [named]
+    else:
+        tried = [leg for leg in legs if leg.status in wanted]
+        if len(tried) != 1:
+            return None
+    from core.services.booking import check_leg_otp
+
+    return tried[0] if check_leg_otp(tried[0], kind, lone) else None
+
+
 # A code this partner already used on a leg (the parcel picked up, or delivered this long
 # ago at most), sent again, is answered as done: it is not a wrong code for another job.
 DONE_RECENTLY = timedelta(hours=6)
@@ -2254,6 +2293,10 @@ def confirm(session: Session, partner: PartnerProfile, kind: str,
         # be delivered: a relay parcel handed over to them is recorded as picked up).
         return blocked
     leg, otp, problem = _choose_leg(session, partner, numbers, wanted)
+    if problem is None and otp is None:
+        coded = _code_sent_as_job(session, partner, kind, numbers, leg, wanted)
+        if coded is not None:  # "PICK 4821": job 4821's code, or the code 4821 of it
+            leg, otp = coded, numbers[0]
     if problem is not None:
         if problem.key == "dispatch.no_job":  # no job to confirm: maybe one just done
             return _done_before(session, partner, kind, otp) or problem
@@ -2488,7 +2531,7 @@ def _give_back(session: Session, booking: Booking, leg: Leg, partner: PartnerPro
     for them any more. The next partner to take the leg gets the new one."""
     prev = _previous_leg(session, leg)
     if prev is not None and prev.status == LegStatus.PICKED_UP.value:
-        issue_leg_otps(prev)
+        _new_handover_code(prev)
     session.execute(update(DispatchOffer).where(
         DispatchOffer.leg_id == leg.id, DispatchOffer.partner_id == partner.id,
         DispatchOffer.status == rules.OfferStatus.ACCEPTED.value)
@@ -2611,10 +2654,15 @@ def _home_follows_duty(session: Session, partner: PartnerProfile) -> None:
         after_commit(session, lambda: geo_index.place_at_home(pid, lat, lng, has_app=app))
 
 
+# set_duty's answer to ON from a partner without the app whose number stopped our SMS.
+DUTY_SMS_STOPPED = "dispatch.duty_sms_stopped"
+
+
 def set_duty(session: Session, partner: PartnerProfile, on: bool) -> Reply:
     """ON/OFF duty; an SMS-only partner is (re)placed at their home Point. A suspended or
     rejected partner cannot go on duty, nor one who cannot be paid yet (KYC pending, or no
-    linked account).
+    linked account), nor one without the app whose number stopped our SMS (ON is no
+    opt-in: only START lifts Twilio's block, and no offer could reach them).
 
     ON locks the partner's row and reads it again first: ops suspending them at that
     moment (block_partner, after the KYC change committed) either see them on duty and
@@ -2625,6 +2673,10 @@ def set_duty(session: Session, partner: PartnerProfile, on: bool) -> Reply:
         return _r("dispatch.duty_blocked", ops_phone=get_settings().ops_phone)
     if on and not payable(partner):
         return _unpayable(partner)
+    if on and not partner.has_app and _person(session, partner).sms_opted_out:
+        # Their number stopped our SMS (STOP; Twilio refuses every SMS to it until they
+        # send START): no offer could reach a partner without the app.
+        return _r(DUTY_SMS_STOPPED)
     in_hand: list[tuple[Leg, DispatchOffer]] = []
     if not on:
         # The legs of the offers in hand, then the offers, are locked before the partner's
@@ -2855,6 +2907,10 @@ def unlock_leg(session: Session, leg_id: int, actor: Actor) -> Leg:
         holder = session.get(PartnerProfile, leg.partner_id)
         assert holder is not None
         _picked_up(session, booking, leg, actor, "unlocked by ops: handed over at the Point")
+        # The wrong PICK codes that locked it are behind it: its DROP tries start afresh,
+        # as after a right PICK (new codes are no longer made for it when a next rider
+        # takes the job: _new_handover_code keeps the tries).
+        leg.otp_failures = 0
         _sms_partner(session, holder, "dispatch.unlocked_handed", booking_id=booking.id,
                      dedupe_key=f"leg-{leg.id}-unlocked-{leg.version}", job=job_code(leg),
                      drop=place(session, booking, leg, "to"))
@@ -2976,7 +3032,9 @@ def new_leg_code(session: Session, leg_id: int, kind: str, actor: Actor, *, reas
 def _send_new_code(session: Session, booking: Booking, leg: Leg, kind: str, code: str, *,
                    tag: str) -> bool:
     """Queue an ops-made code to whoever reads it out, as send_leg_codes does (their
-    ``_new`` text, the old code void); whether a message was queued."""
+    ``_new`` text, the old code void); whether a message was queued. A relay leg's pickup
+    code once the parcel was handed over goes to the rider holding it (as unlock_leg
+    deals with that rider), never to the one who left the Point."""
     legs = _legs(session, booking)
     if kind == "pickup" and leg.sequence == 1:
         return notify.notify_customer(
@@ -2984,6 +3042,15 @@ def _send_new_code(session: Session, booking: Booking, leg: Leg, kind: str, code
             otp=code, dedupe_key=f"leg-{leg.id}-pickotp-{tag}") is not None
     if kind == "pickup":
         prev = legs[leg.sequence - 2]
+        if prev.status == LegStatus.DELIVERED.value:
+            # Handed over already (handed_over_to): the rider who gave the parcel has left
+            # the Point; the one holding it types the code in with their PICK.
+            holder = session.get(PartnerProfile, leg.partner_id) if leg.partner_id else None
+            if holder is None:
+                return False
+            return _sms_partner(session, holder, "dispatch.handed_pick_code",
+                                booking_id=booking.id, dedupe_key=f"leg-{leg.id}-handpick-{tag}",
+                                job=job_code(leg), otp=code) is not None
         giver = session.get(PartnerProfile, prev.partner_id) if prev.partner_id else None
         if giver is None:
             return False

@@ -7,7 +7,7 @@ A stranger gets one line on how to book, once a day (a customer with a booking u
 how to track or cancel it; the recipient of a parcel under way: where it is); anything we
 cannot act on gets a clear answer in the partner's language, never an error page. A
 customer waiting for a person (a caller the operator answers by SMS) is not answered by
-the bot: their SMS is kept for the operator.
+the bot: their SMS is kept for the operator; so is a partner's that is no command.
 """
 
 from __future__ import annotations
@@ -58,6 +58,13 @@ def handle(session: Session, msg: InboundMessage) -> list[str]:
     savepoint = session.begin_nested()
     try:
         replies = _opt_out_or_in(session, person, partner, msg.body, lang)
+        if replies is None and _for_the_operator(session, partner, cmd):
+            waiting = handoff.waiting_for(session, person.id if person else None)
+            if waiting is not None:
+                # A partner waiting for a person (he called; the operator answers by SMS):
+                # what is no command is his answer, kept for the operator, no bot answer.
+                handoff.keep_inbound(session, waiting, msg.body)
+                replies = []
         if replies is None:
             replies = _run(session, partner, cmd, lang)
         savepoint.commit()
@@ -190,9 +197,23 @@ def _tell_stranger(session: Session, contact: str, lang: str,
     return [i18n.t("sms.not_partner", lang, ops_phone=get_settings().ops_phone)]
 
 
+def _for_the_operator(session: Session, partner, cmd) -> bool:
+    """Whether a partner's SMS is no command the bot can act on, so that, should he wait
+    for a person, it is his answer to the operator: words we cannot read, or a bare yes
+    or no ("1", "haan") while no offer is open (the operator may ask "reply 1 for yes")."""
+    if cmd.kind is Kind.UNKNOWN:
+        return True
+    return (cmd.kind in (Kind.ACCEPT, Kind.DECLINE) and not cmd.numbers
+            and not dispatch.open_offers_of(session, partner))
+
+
 def _run(session: Session, partner, cmd, lang: str) -> list[str]:
     if cmd.kind is Kind.ON:
         reply = dispatch.set_duty(session, partner, True)
+        if reply.key == dispatch.DUTY_SMS_STOPPED:
+            # ON is no opt-in: Twilio refuses every SMS to the number (ours in TwiML too)
+            # until START, so nothing is answered, as after the opt-out itself.
+            return []
     elif cmd.kind is Kind.OFF:
         reply = dispatch.set_duty(session, partner, False)
     elif cmd.kind is Kind.ACCEPT:
