@@ -57,8 +57,20 @@ WEIGHTS = ("w5", "w20", "w50", "w200", "w750")
 TIERS = ("express", "standard", "economy")
 VALUE_BUCKETS = (("up_to_500", 500), ("up_to_2000", 2000), ("up_to_10000", 10000),
                  ("up_to_50000", 50000))
-GREETINGS = frozenset({"hi", "hello", "helo", "hii", "hey", "namaste", "namaskar", "नमस्ते",
-                       "नमस्कार", "राम राम", "ram ram", "start"})
+# The hello of each language, in its script and as typed in Latin letters (the catalogs'
+# own "lang.menu" greets with it): nobody's name, no answer to a menu. Each line: one
+# language. None is a name (a test checks them against the other word lists).
+GREETINGS = frozenset({
+    "hi", "hello", "helo", "hii", "hey", "start",  # en
+    "namaste", "namastey", "namasthe", "namaskar", "namaskaar", "नमस्ते", "नमस्कार",
+    "राम राम", "ram ram",  # hi, mr
+    "নমস্কার", "নমস্তে", "nomoshkar", "nomoskar", "nomoskaar", "namoskar",  # bn
+    "வணக்கம்", "vanakkam", "vanakam", "vannakkam", "vannakam",  # ta
+    "నమస్కారం", "నమస్తే", "namaskaram", "namaskaaram",  # te
+    "ನಮಸ್ಕಾರ", "ನಮಸ್ತೆ", "ನಮಸ್ಕಾರಗಳು", "namaskara", "namaskaara",
+    "namaskaragalu",  # kn
+    "નમસ્તે", "નમસ્કાર", "કેમ છો", "kem cho", "kem chho",  # gu
+})
 
 
 # --- helpers ---------------------------------------------------------------------------

@@ -247,7 +247,9 @@ def turn(dialog: Dialog, state: DialogState, inp: UserInput, ports: Any,
             # Keep the draft, and that it was only a change before the confirmation: it
             # is offered again later, and goes back to the confirmation as it would have.
             state.data["draft_step"] = step.name
-        else:
+        elif not state.data.get("draft_step"):
+            # No draft is offered any more: nothing to go back to. While one is (a second
+            # "0", or "0" at the menu or the resume question) the change stays a change.
             state.data.pop("return_to", None)
         return enter(dialog, ctx, dialog.menu)
     if cmd == "help":

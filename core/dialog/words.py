@@ -192,12 +192,18 @@ def number(text: str) -> int | None:
     return NUMBER_WORDS.get(clean(text))
 
 
+# Dashes a phone's keyboard or a copied contact puts between digits ("98765–43210"): the
+# hyphen, non-breaking hyphen, figure dash, en and em dash, horizontal bar (as
+# core.domain.phone.normalize_phone drops them), and the minus sign.
+_DASHES = "\u2010-\u2015\u2212"
+
+
 def only_digits(text: str) -> str | None:
-    """All the digits of an answer that is only digits and separators ("98765 43210");
-    format marks are dropped (a number copied from a contact comes wrapped in U+202A and
-    U+202C)."""
+    """All the digits of an answer that is only digits and separators ("98765 43210",
+    "98765–43210" with an en dash or a non-breaking hyphen); format marks are dropped (a
+    number copied from a contact comes wrapped in U+202A and U+202C)."""
     t = ascii_digits(without_format_marks(text or "")).strip()
-    stripped = re.sub(r"[\s\-().+]", "", t)
+    stripped = re.sub(rf"[\s\-().+{_DASHES}]", "", t)
     return stripped if stripped.isascii() and stripped.isdigit() else None
 
 
@@ -213,8 +219,10 @@ def pincode_in(text: str) -> str | None:
     return six[0] if len(six) == 1 else None
 
 
-_PHONE_AT_END = re.compile(r"^(?P<name>.*?)[\s,;:\-–]*(?P<phone>\+?\d[\d\s\-().]{8,}\d)\W*$")
-_PHONE_AT_START = re.compile(r"^[^\w+]*(?P<phone>\+?\d[\d\s\-().]{8,}\d)[\s,;:\-–]*(?P<name>.*?)$")
+_PHONE_AT_END = re.compile(
+    rf"^(?P<name>.*?)[\s,;:\-–]*(?P<phone>\+?\d[\d\s\-().{_DASHES}]{{8,}}\d)\W*$")
+_PHONE_AT_START = re.compile(
+    rf"^[^\w+]*(?P<phone>\+?\d[\d\s\-().{_DASHES}]{{8,}}\d)[\s,;:\-–]*(?P<name>.*?)$")
 
 
 def name_and_number(text: str) -> tuple[str, str] | None:

@@ -24,6 +24,7 @@ from sqlalchemy.orm.attributes import set_committed_value
 from core import clock, i18n
 from core.adapters import pincode
 from core.adapters.models import Booking, Conversation, Leg, PartnerProfile, Person
+from core.adapters.payment_models import LedgerTransaction
 from core.adapters.queue import after_commit, enqueue
 from core.adapters.redis_conn import redis_down
 from core.dialog import engine, words
@@ -33,6 +34,7 @@ from core.dialog.ports import Place, PlaceResult
 from core.domain.booking import BOOKING as BOOKING_MACHINE
 from core.domain.booking import Actor, BookingStatus, LegStatus, cancellation_refund
 from core.domain.errors import DomainError, ValidationError
+from core.domain.ledger import EntryKind
 from core.domain.pricing import ParcelCategory, SizeBucket, SpeedTier, WeightBucket
 from core.services import booking as booking_service
 from core.services import handoff, ledger, payments, rating
@@ -51,6 +53,8 @@ _CUSTOMER_CANCELLABLE = tuple(s.value for s in BookingStatus
 # then refunded once the rest of the money is back): booking.status.<these> keys.
 _ENDED_WITH_PARCEL_HELD = {BookingStatus.FAILED.value: "stuck_ended",
                            BookingStatus.REFUNDED.value: "stuck_refunded"}
+# A booking cancelled once a rider had taken it, refunded less his cancellation fee.
+_REFUNDED_LESS_FEE = "fee_refunded"
 
 
 @dataclass
@@ -269,13 +273,21 @@ class SessionPorts:
         """``status``, or for a relay ops ended with the parcel in a rider's hands
         (payments._end_stuck_relay: its leg in hand failed, the only failed leg with a
         rider) the words for it: that rider was paid for his part, the rest of the money
-        comes back. "We could not find a rider, your money comes back" would be untrue."""
+        comes back. "We could not find a rider, your money comes back" would be untrue.
+        A booking refunded less a rider's cancellation fee: ``_REFUNDED_LESS_FEE``."""
         told = _ENDED_WITH_PARCEL_HELD.get(status)
-        if told is None or self.session.scalar(select(Leg.id).where(
+        if told is not None and self.session.scalar(select(Leg.id).where(
                 Leg.booking_id == booking_id, Leg.status == LegStatus.FAILED.value,
-                Leg.partner_id.is_not(None)).limit(1)) is None:
-            return status
-        return told
+                Leg.partner_id.is_not(None)).limit(1)) is not None:
+            return told
+        if status == BookingStatus.REFUNDED.value and self.session.scalar(
+                select(LedgerTransaction.id).where(
+                    LedgerTransaction.booking_id == booking_id,
+                    LedgerTransaction.kind == EntryKind.CANCELLATION_FEE.value).limit(1)):
+            # Cancelled after a rider took the job: his fee was kept, the rest came back.
+            # "Your money has been returned" would be untrue.
+            return _REFUNDED_LESS_FEE
+        return status
 
     def payment_link(self, reference: str, *, by_sms: bool = False) -> dict[str, Any] | None:
         """For a booking of theirs waiting for payment: {"url": its link, None while the
