@@ -403,15 +403,14 @@ def cancel_booking(ref: str, query: CancelQuery) -> CancellationOut:
 
 def _parcel_holder(session: Session, booking: Booking) -> dict[str, object]:
     """Who holds the parcel of a stuck relay just ended (its leg in hand failed then, the
-    only failed leg with a rider): for the audit record."""
+    only failed leg with a rider): for the audit record, by ids only (the audit log is
+    never changed, so a name kept there would outlive the rider's erasure)."""
     leg = session.scalar(select(Leg).where(
         Leg.booking_id == booking.id, Leg.status == LegStatus.FAILED.value,
         Leg.partner_id.is_not(None)).order_by(Leg.sequence.desc()).limit(1))
     if leg is None:
         return {}
-    partner = session.get(PartnerProfile, leg.partner_id)
-    return {"parcel_with_partner_id": leg.partner_id, "parcel_leg_id": leg.id,
-            "parcel_with_name": partner.first_name if partner else None}
+    return {"parcel_with_partner_id": leg.partner_id, "parcel_leg_id": leg.id}
 
 
 def _same_fee_or_refuse(session: Session, booking: Booking, expected_fee_paise: int, *,
