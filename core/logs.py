@@ -17,15 +17,19 @@ from datetime import UTC, datetime
 request_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("request_id", default=None)
 job_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("job_id", default=None)
 
-# +E.164 (optionally after "whatsapp:", or URL-encoded as %2B) with its digits together.
-_E164 = r"(?:(?<![\w])\+|%2B)(\d{8,15})(?!\d)"
+# +E.164 (optionally after "whatsapp:", or URL-encoded as %2B): its digits together, or
+# grouped as people type them ("+1 415 523 8886", "+91.98123.45678", "+91 (981) 234 5678").
+_E164 = r"(?:(?<![\w])\+|%2B)(\d(?:[ .\-()]{0,2}\d){7,14})(?!\d)"
 # An Indian mobile the way people write it: with or without +91 / 0091 / 91 / a trunk 0,
 # digits grouped by spaces or hyphens ("98220 12345", "+91-98220-12345"), in any script's
 # digits (a Hindi keyboard types ९८२२०...: see _DIGITS). Only a number whose ten digits
 # start with 6-9 is masked (checked in _mask_mobile).
-_SEP = r"[ \-]"
+# Between digits: a space, a hyphen or brackets, at most two ("98220  12345", "(981) 234");
+# not a dot without a "+" (26.89271234 is a latitude).
+_SEP = r"[ \-()]"
+_GAP = rf"{_SEP}{{0,2}}"
 _MOBILE = (rf"(?<!\d)((?:\+|%2B|00)?(?:\s?91{_SEP}*)?)(\d?)"
-           rf"(\d(?:{_SEP}?\d){{5}})({_SEP}?\d(?:{_SEP}?\d){{3}})(?!\d)")
+           rf"(\d(?:{_GAP}\d){{5}})({_GAP}\d(?:{_GAP}\d){{3}})(?!\d)")
 _PHONE = re.compile(f"{_E164}|{_MOBILE}", re.IGNORECASE | re.ASCII)
 
 
@@ -47,7 +51,7 @@ def _mask_mobile(m: re.Match[str]) -> str:
 
 def _mask(m: re.Match[str]) -> str:
     if m.group(1):
-        digits = m.group(1)
+        digits = re.sub(r"\D", "", m.group(1))
         cc_len = max(1, len(digits) - 10)  # national numbers are 10 digits in India/NANP
         return f"+{digits[:cc_len]}{'*' * (len(digits) - cc_len - 4)}{digits[-4:]}"
     return _mask_mobile(m)

@@ -148,6 +148,13 @@ def test_references_pincodes_and_amounts_are_not_masked(captured):
         ("को ००९१९८२२०१२३४५", "को +91******2345"),
         ("on 2026-12-03 18:10, lat 26.89271234", "on 2026-12-03 18:10, lat 26.89271234"),
         ("trunk 1 19822012345", "trunk 1 19822012345"),
+        # typed with dots, brackets, two spaces; a foreign number with spaces
+        ("to +91.98123.45678", "to +91******5678"),
+        ("to +91 (981) 234 5678", "to +91******5678"),
+        ("to (981) 234-5678", "to (******5678"),
+        ("to 98123  45678", "to ******5678"),
+        ("call +1 415 523 8886 now", "call +1******8886 now"),
+        ("lat 76.89271234", "lat 76.89271234"),  # a dot without a "+": no phone
     ],
 )
 def test_mask_phones_by_hand(text, expected):
