@@ -279,7 +279,8 @@ def create_quote(body: QuoteRequest) -> QuoteOut:
     with transaction() as session:
         booking_service.check_service_area(session, pickup, drop)
         q = booking_service.quote_trip(session, pickup, drop, _spec(body.parcel))
-        free = booking_service.rider_free_near(session, pickup, _spec(body.parcel))
+        free = booking_service.rider_free_near(session, pickup, _spec(body.parcel),
+                                               customer_id=principal().person_id)
     return QuoteOut(distance_m=q.distance_m, vehicle=q.vehicle,
                     fares=[_fare_out(t, q) for t in q.fares], rider_free_now=free)
 

@@ -172,9 +172,14 @@ def tier_hours(tier: SpeedTier | str) -> int:
     return dispatch.config().delivery_hours[SpeedTier(tier)]
 
 
-def rider_free_near(session: Session, pickup: Place, parcel: ParcelSpec) -> bool:
+def rider_free_near(session: Session, pickup: Place, parcel: ParcelSpec, *,
+                    customer_id: int | None = None,
+                    recipient_phone: str | None = None) -> bool:
     """Whether a partner who could take this parcel right now (on duty, a vehicle that
     carries it, room for one more job) is within dispatch's widest radius of the pickup.
+    The customer (``customer_id``) and the recipient (``recipient_phone``, once known) are
+    no such partner, though on duty themselves: dispatch never offers anyone a parcel of
+    their own.
 
     When none is (at night, say), a booking paid now waits out its tier's search and is
     then refunded, so every channel says so before the customer pays. Not knowing (Redis
@@ -183,8 +188,9 @@ def rider_free_near(session: Session, pickup: Place, parcel: ParcelSpec) -> bool
 
     load = dispatch_rules.Load(parcel.size, parcel.weight, parcel.declared_value_paise)
     try:
+        exclude = dispatch.parties(session, customer_id, recipient_phone)
         return bool(dispatch.find_candidates(session, pickup.lat, pickup.lng, load,
-                                             dispatch.config().radii_km[-1]))
+                                             dispatch.config().radii_km[-1], exclude=exclude))
     except RedisError:
         log.warning("rider lookup failed; quoting without the no-rider notice")
         return True

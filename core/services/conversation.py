@@ -201,7 +201,10 @@ class SessionPorts:
         # Apart from quote: a rider look-up (Redis, maybe the database) is paid only where
         # its answer is shown, not by the price re-check on "yes".
         pickup, _, parcel = self._trip(slots)
-        return booking_service.rider_free_near(self.session, pickup, parcel)
+        # The customer's own vehicle (and the recipient's) is never offered their parcel.
+        return booking_service.rider_free_near(self.session, pickup, parcel,
+                                               customer_id=self.person.id,
+                                               recipient_phone=slots.get("recipient_phone"))
 
     def confirm(self, slots: dict[str, Any]) -> dict[str, Any]:
         """{"ref", "total_paise"} of the booking made, or {"refused": "too_many_unpaid",

@@ -505,10 +505,13 @@ def _legs(session: Session, booking: Booking) -> list[Leg]:
                                 .order_by(Leg.sequence)))
 
 
-def _fleet(session: Session, lat: float, lng: float, load: rules.Load) -> set[VehicleType]:
+def _fleet(session: Session, lat: float, lng: float, load: rules.Load, *,
+           exclude: set[int] = frozenset()) -> set[VehicleType]:  # type: ignore[assignment]
     """Vehicle types that may carry the load from a leg's start at (lat, lng): those of the
-    eligible partners near it or, with nobody near right now, every type able to carry it."""
-    cands = find_candidates(session, lat, lng, load, config().radii_km[-1])
+    eligible partners near it or, with nobody near right now, every type able to carry it.
+    ``exclude``: partners never offered the load (the booking's own parties), whose
+    vehicles must not make a trip look rideable that nobody will be offered."""
+    cands = find_candidates(session, lat, lng, load, config().radii_km[-1], exclude=exclude)
     if not cands:
         return {vt for vt in VehicleType if can_carry(vt, load.size, load.weight)}
     ids = [r.candidate.partner_id for r in cands]
@@ -548,7 +551,10 @@ def plan_legs(session: Session, booking: Booking) -> list[Leg]:
     leg = legs[0]
     hours = config().delivery_hours[SpeedTier(booking.speed_tier)]
     load = load_of(booking)
-    fleet = _fleet(session, leg.from_lat, leg.from_lng, load)
+    # The sender and recipient are never offered their own parcel (_excluded), so their
+    # vehicles do not count towards riding it either.
+    parties = _parties_of(session, booking.id)
+    fleet = _fleet(session, leg.from_lat, leg.from_lng, load, exclude=parties)
     if any(rules.can_do_direct(vt, leg.distance_m, hours) for vt in fleet):
         return legs
     detour = active_rate_card(session).detour_factor_bp
@@ -579,7 +585,7 @@ def plan_legs(session: Session, booking: Booking) -> list[Leg]:
         at = (start.lat, start.lng)
         if at not in ranges:
             near = fleet if at == (pickup.lat, pickup.lng) else _fleet(
-                session, start.lat, start.lng, load)
+                session, start.lat, start.lng, load, exclude=parties)
             ranges[at] = max((rules.VEHICLE_RANGE_KM[vt] * 1000 for vt in near), default=None)
         return ranges[at]
 
@@ -694,9 +700,16 @@ def _parties_of(session: Session, booking_id: int) -> set[int]:
     booking = session.get(Booking, booking_id)
     if booking is None:
         return set()
+    return parties(session, booking.customer_id, booking.recipient_phone)
+
+
+def parties(session: Session, customer_id: int | None,
+            recipient_phone: str | None = None) -> set[int]:
+    """The partner profiles of a sender (a person id) and a recipient (a phone), either
+    unknown (None): those never offered the parcel between them (see _parties_of)."""
     people = select(Person.id).where(or_(
-        Person.id == booking.customer_id,
-        Person.phone == booking.recipient_phone if booking.recipient_phone else false()))
+        Person.id == customer_id if customer_id is not None else false(),
+        Person.phone == recipient_phone if recipient_phone else false()))
     return set(session.scalars(select(PartnerProfile.id).where(
         PartnerProfile.person_id.in_(people))))
 
@@ -3098,7 +3111,7 @@ def find_partner(session: Session, phone: str | None) -> tuple[Person | None,
 __all__ = ["accept", "attach_pod", "cancel_by_partner", "config", "confirm", "continue_search",
            "decline", "delivery_late", "drop_code_lost", "find_candidates", "handed_over_to",
            "handed_pickup_late", "new_leg_code", "not_understood", "offer_timeout",
-           "parcel_in_hand",
+           "parcel_in_hand", "parties",
            "pickup_code_lost", "pickup_late", "pickup_window", "place",
            "plan_legs", "point_pickup_late", "recipient_language", "search_deadline",
            "set_duty", "start_dispatch",
