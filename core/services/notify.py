@@ -136,7 +136,8 @@ def notify_phone(session: Session, phone: str, key: str, *, lang: str | None = N
     """Queue catalog message ``key`` by SMS to a phone (recipients, partners); by
     WhatsApp to someone who stopped SMS and chats with us there (a drop code must reach
     the recipient). ``sms_only``: a partner's job messages and ops alerts, which are
-    answered by SMS, never go another way."""
+    answered by SMS, never go another way, and a STOP on WhatsApp does not end them (only
+    an SMS opt-out does)."""
     person = session.scalar(select(Person).where(Person.phone == phone))
     if lang is None:
         lang = language_of(person)
@@ -146,4 +147,4 @@ def notify_phone(session: Session, phone: str, key: str, *, lang: str | None = N
                               booking_id=booking_id)
     return outbox.queue_message(session, channel="sms", to=phone, body=body,
                                 dedupe_key=dedupe_key, booking_id=booking_id,
-                                needed=key in NEEDED_KEYS)
+                                needed=key in NEEDED_KEYS, work=sms_only)

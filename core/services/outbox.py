@@ -136,6 +136,7 @@ def queue_message(
     reply: bool = False,
     needed: bool = False,
     asked: bool = False,
+    work: bool = False,
     send_after_commit: bool = False,
 ) -> int | None:
     """Add a message to the outbox in the caller's transaction; deliver after commit.
@@ -146,7 +147,9 @@ def queue_message(
     confirmation). After STOP on WhatsApp no WhatsApp message we start goes out, and an
     SMS only if they need it: about a booking (``booking_id``: its link, details, codes,
     status, refund), ``needed`` (a sign-in code they asked for) or ``asked`` (an answer to
-    their own request: an operator's reply to their call for help). After an SMS opt-out
+    their own request: an operator's reply to their call for help) or ``work`` (a
+    partner's work message or an ops alert, sent by SMS whatever their chat says: a
+    WhatsApp STOP ends the WhatsApp messages only). After an SMS opt-out
     no SMS goes out but a ``needed`` one (tried: they may have opted in again where we
     could not see; Twilio refuses it otherwise). notify sends on the channel left open.
     ``send_after_commit`` is for callers that already run in a worker (a drain job): the
@@ -158,7 +161,7 @@ def queue_message(
     settings = get_settings()
     to_addr = address(channel, to)
     if not reply and not needed and _opted_out(session, channel, to_addr,
-                                               booking_id is not None or asked):
+                                               booking_id is not None or asked or work):
         log.info("recipient opted out; message dropped", extra={"channel": channel})
         return None
     from_addr = settings.twilio_whatsapp_from if channel == "whatsapp" else settings.twilio_sms_from
@@ -192,17 +195,21 @@ _INSERT = (insert(_OUTBOX)
 
 
 # Messages to one person go out in the order they were written: one waits while an
-# earlier message to the same address is waiting for a retry (a try failed), at most this
-# long after that one was written (then it no longer holds the others back).
+# earlier message to the same address is waiting for a retry (a try failed), or waits
+# behind one itself (held back untried: its last_error says so), at most this long after
+# that one was written (then it no longer holds the others back).
 IN_ORDER_FOR = timedelta(minutes=10)
+HELD_BACK = "held back behind an earlier message waiting for a retry"
 
 
 def _behind_a_retry(outbox_id: int, to_addr: str) -> bool:
-    """An earlier message to ``to_addr`` failed a try and waits for its retry."""
+    """An earlier message to ``to_addr`` failed a try and waits for its retry, or waits
+    behind such a one (a later message must not overtake it either)."""
     with db.autocommit() as conn:
         return conn.execute(select(OutboxMessage.id).where(
             OutboxMessage.status == "pending", OutboxMessage.to_addr == to_addr,
-            OutboxMessage.id < outbox_id, OutboxMessage.attempts > 0,
+            OutboxMessage.id < outbox_id,
+            (OutboxMessage.attempts > 0) | (OutboxMessage.last_error == HELD_BACK),
             OutboxMessage.created_at > clock.now() - IN_ORDER_FOR).limit(1)).first() is not None
 
 
@@ -214,7 +221,8 @@ def send_now(claimed: _Claimed) -> str:
         with db.autocommit() as conn:  # given back untried
             conn.execute(update(OutboxMessage).where(
                 OutboxMessage.id == claimed.outbox_id, OutboxMessage.status == "sending")
-                .values(status="pending", attempts=OutboxMessage.attempts - 1))
+                .values(status="pending", attempts=OutboxMessage.attempts - 1,
+                        last_error=HELD_BACK))
         _retry_later(claimed.outbox_id, extra_s=1)
         return "waiting"
     try:
@@ -258,17 +266,23 @@ def deliver(outbox_id: int) -> str:
             return "missing"
         if row.status != "pending":
             return "already-" + row.status
+        claimed = None
         if _behind_a_retry(outbox_id, row.to_addr):  # RQ tries again after it
-            raise TransientSendError("an earlier message to the same person waits for a retry")
-        row.status = "sending"
-        row.attempts += 1
-        row.updated_at = clock.now()
-        template = session.get(WhatsappTemplateSend, outbox_id)
-        claimed = _Claimed(outbox_id, row.to_addr, row.from_addr, row.body, row.media_url,
-                           row.attempts, template.content_sid if template else None,
-                           {k: template_value(str(v))
-                            for k, v in template.content_variables.items()}
-                           if template else None)
+            if row.attempts == 0:  # later messages wait behind this one (a retry does)
+                row.last_error = HELD_BACK
+        else:
+            row.status = "sending"
+            row.attempts += 1
+            row.updated_at = clock.now()
+            template = session.get(WhatsappTemplateSend, outbox_id)
+            claimed = _Claimed(outbox_id, row.to_addr, row.from_addr, row.body,
+                               row.media_url, row.attempts,
+                               template.content_sid if template else None,
+                               {k: template_value(str(v))
+                                for k, v in template.content_variables.items()}
+                               if template else None)
+    if claimed is None:
+        raise TransientSendError("an earlier message to the same person waits for a retry")
     return _send(claimed)
 
 
@@ -369,6 +383,12 @@ def _send(c: _Claimed) -> str:
         _record_failure(outbox_id, code=None, error=f"connection: {type(exc).__name__}",
                         final=final)
         if final:
+            # It never left: a code in it is lost as for any final failure.
+            with transaction() as session:
+                unsent = session.get(OutboxMessage, outbox_id)
+                if unsent is not None:
+                    _code_lost(session, unsent)
+            log.warning("message never sent (no connection)", extra={"outbox_id": outbox_id})
             return "failed"
         raise TransientSendError("no connection to Twilio") from None
     except requests.exceptions.Timeout:
@@ -424,7 +444,7 @@ def _person_at(to_addr: str) -> ColumnElement[bool]:
 
 def _opted_out(session: Session, channel: str, to_addr: str, wanted: bool) -> bool:
     """Whether ``to_addr`` stopped this channel: an SMS also after a STOP on WhatsApp,
-    unless ``wanted`` (about a booking of theirs, or an answer they asked for)."""
+    unless ``wanted`` (about a booking of theirs, an answer they asked for, a work SMS)."""
     if channel == "whatsapp":
         return bool(session.scalar(select(Person.opted_out).where(_person_at(to_addr))))
     row = session.execute(select(Person.opted_out, Person.sms_opted_out)
@@ -685,7 +705,12 @@ def apply_reports(reports: list[StatusReport]) -> int:
             arrived = set(session.scalars(select(MessageStatusEvent.outbox_id).where(
                 MessageStatusEvent.outbox_id.in_(lost),
                 MessageStatusEvent.status.in_(_REACHED))))
-            lost = [row_id for row_id in lost if row_id not in arrived]
+            # Nor is one whose text went another way for an earlier report (its copy).
+            copies = set(session.scalars(select(OutboxMessage.dedupe_key).where(
+                OutboxMessage.dedupe_key.in_([prefix + str(row_id) for row_id in lost
+                                              for prefix in _COPY_PREFIXES]))))
+            lost = [row_id for row_id in lost if row_id not in arrived and not any(
+                prefix + str(row_id) in copies for prefix in _COPY_PREFIXES)]
         for row_id in lost:
             _code_lost(session, failed[row_id])
     _partners_off_duty(sorted(stopped))
@@ -718,7 +743,12 @@ def _by_sms_instead(session: Session, row: OutboxMessage, code: str | None = Non
     question, which rating asks again later; a chat reply ending in numbered choices). A
     free-form message that missed the window goes as the language's approved template
     first, where one is configured, as notify would have sent it (a WhatsApp user known
-    only by their WhatsApp id has no number to text)."""
+    only by their WhatsApp id has no number to text). Returns the copy's row id (one
+    already queued for an earlier report of the same failure: nothing is sent again),
+    None if it could not go another way."""
+    copied = _copy_of(session, row)
+    if copied is not None:
+        return copied
     if code == WINDOW_CLOSED_CODE and row.channel == "whatsapp" and fits_template(
             row.body) and session.get(WhatsappTemplateSend, row.id) is None:
         from core.services import notify  # notify sends through this module
@@ -754,6 +784,19 @@ def _by_sms_instead(session: Session, row: OutboxMessage, code: str | None = Non
                          dedupe_key=f"sms-for-{row.id}", booking_id=row.booking_id)
 
 
+# The dedupe keys of a refused message's copy that went another way: by SMS, as the
+# WhatsApp template, on WhatsApp (_by_sms_instead, _on_whatsapp_instead).
+_COPY_PREFIXES = ("sms-for-", "tpl-for-", "wa-for-")
+
+
+def _copy_of(session: Session, row: OutboxMessage) -> int | None:
+    """The row id of a copy of ``row`` already queued another way (an earlier report of
+    the same failure sent it: callbacks come twice), or None."""
+    return session.scalar(select(OutboxMessage.id).where(
+        OutboxMessage.dedupe_key.in_([prefix + str(row.id) for prefix in _COPY_PREFIXES]))
+        .order_by(OutboxMessage.id).limit(1))
+
+
 # A rating question's key (core.services.rating): "1" to "5" answer it in the chat only.
 RATING_ASK_PREFIX = "rate-ask-"
 # The last line of a chat reply that waits for a number: "1. Send a parcel", "(0 = menu)".
@@ -784,13 +827,17 @@ def _on_whatsapp_instead(session: Session, row: OutboxMessage) -> int | None:
     (21610) goes on WhatsApp when they chat with us there (a recipient's drop code, a
     phone booking's news), as notify sends it from now on. Not a partner's job messages
     (about a booking they were offered or carry) nor ops alerts: those are answered by
-    SMS, and the partner is off duty already."""
+    SMS, and the partner is off duty already. Returns the copy's row id (as
+    _by_sms_instead), None if it could not go another way."""
     from core.adapters.dispatch_models import DispatchOffer
     from core.adapters.models import Leg, PartnerProfile
     from core.services import notify  # notify sends through this module
 
     if row.channel != "sms" or row.booking_id is None:
         return None
+    copied = _copy_of(session, row)
+    if copied is not None:
+        return copied
     person = session.scalar(select(Person).where(_person_at(row.to_addr)))
     if person is None or person.role == "ops":
         return None
