@@ -119,6 +119,7 @@ REQUIRED_KEYS = (
     | {"dispatch.customer_handed_on"}  # a relay's later handover
     | {"bot.handoff.after_hours", "bot.media.callback_after_hours",  # outside OPS_HOURS
        "ivr.person.after_hours"}
+    | {"bot.media.voice_chat"}  # a voice note from a chat with no phone number
     | {f"time_of_day.{p}" for p in ("late_night", "morning", "noon", "afternoon", "evening",
                                     "night")}  # booking.said_time
 )

@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session, selectinload
 from core.adapters.api_models import AuditEntry
 from core.adapters.db import transaction
 from core.adapters.dialog_models import HandoffMessage
-from core.adapters.models import Booking, Leg, PartnerProfile, Person
+from core.adapters.models import Booking, Conversation, Leg, PartnerProfile, Person
 from core.api import bp
 from core.api.auth_guard import principal
 from core.api.customer import bookings_out, visible_booking
@@ -114,8 +114,10 @@ class HandoffRow(BaseModel):
     person_id: int | None
     person_name: str | None
     phone_masked: str | None
-    language: str | None = Field(description="the language the person chose (hi en bn mr ta "
-                                             "te gu kn): answer them in it; null if not yet")
+    language: str | None = Field(description="the language the person is spoken to in (hi en "
+                                             "bn mr ta te gu kn): the one they chose, else "
+                                             "the one the bot guessed from their messages, "
+                                             "else the default; answer them in it")
     messages: list[dict[str, str]]
 
 
@@ -299,13 +301,14 @@ def ops_handoffs(query: CursorQuery) -> CursorPage[HandoffRow]:
                                 HANDOFFS, lambda h: (h.created_at, h.id))
         for h in rows:
             person = session.get(Person, h.person_id) if h.person_id else None
+            conv = session.get(Conversation, h.conversation_id)
             msgs = session.scalars(select(HandoffMessage).where(
                 HandoffMessage.handoff_id == h.id).order_by(HandoffMessage.id)).all()
             out.append(HandoffRow(
                 id=h.id, channel=h.channel, reason=h.reason, waiting_since=h.created_at,
                 person_id=h.person_id, person_name=person.name if person else None,
                 phone_masked=mask_phone(person.phone) if person and person.phone else None,
-                language=person.preferred_language if person else None,
+                language=handoff.language(session, person, conv) if person else None,
                 messages=[{"direction": m.direction, "body": m.body} for m in msgs]))
         return CursorPage[HandoffRow](items=out, next_offset=nxt.offset, next_after=nxt.after)
 

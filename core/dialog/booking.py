@@ -1079,13 +1079,29 @@ def _offer_handle(ctx: Ctx, inp: UserInput) -> Result:
     return Retry()
 
 
+def _can_call_back(ctx: Ctx) -> bool:
+    """Whether we have a number to call the person back on. A chat with no phone number
+    (WhatsApp gives some users only as an id) is offered a person who replies in the chat
+    instead. Ports without the question (a caller's, tests') have one."""
+    can = getattr(ctx.ports, "can_call_back", None)
+    return bool(can()) if can is not None else True
+
+
 def _voice_prompt(ctx: Ctx) -> list[Out]:
+    if not _can_call_back(ctx):
+        return [Say("bot.media.voice_chat"),
+                Choices((Say("bot.handoff.yes"), Say("bot.media.no_call")))]
     return [Say("bot.media.voice"), Choices((Say("bot.media.call_me"), Say("bot.media.no_call")))]
 
 
 def _voice_handle(ctx: Ctx, inp: UserInput) -> Result:
     picked = choice(inp, 2, YES_NO)
     back = ctx.state.data.pop("after_offer", None) or MENU
+    if picked == 1 and not _can_call_back(ctx):
+        # No number to call: a person answers in writing, here (as "talk to a person").
+        info = ctx.ports.talk_to_person("asked")
+        return Goto(MENU, [person_said(info, "bot.handoff.waiting", "bot.handoff.after_hours"),
+                           next_hint()], prompt=False)
     if picked == 1:
         info = ctx.ports.talk_to_person("callback")
         return Goto(MENU, [person_said(info, "bot.media.callback",

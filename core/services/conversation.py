@@ -352,6 +352,10 @@ class SessionPorts:
     def talk_to_person(self, reason: str) -> dict[str, Any]:
         return handoff.request(self.session, self.conv, reason)
 
+    def can_call_back(self) -> bool:
+        """Whether an operator has a number to call the person back on."""
+        return bool(self.person.phone)
+
 
 # --- one turn --------------------------------------------------------------------------
 
@@ -523,6 +527,25 @@ def _whatsapp_turn(session: Session, msg: InboundMessage, person: Person, conv: 
                                list(zip(msg.media_types, msg.media_urls, strict=False)),
                                location, msg.place)
         return Turn(lang(), [])  # an operator owns this conversation; the bot stays quiet
+    elsewhere = handoff.waiting_for(session, person.id, besides=conv.id)
+    if elsewhere is not None:
+        # They wait for a person on another channel (they called us), and the operator's
+        # reply reached them here (notify picks WhatsApp while the window is open): they
+        # answer where it came, so what they write is kept for the operator, no bot answer,
+        # as their SMS would be (partner_sms) and as in a chat's own handoff. "0" keeps its
+        # meaning: they leave the waiting list for the menu; a partner's delivery photo
+        # is still filed for his drop.
+        pod = _partner_photo(session, person, msg, booking=True)
+        if pod is not None:
+            return Turn(lang(), [pod])
+        if cmd != "menu":
+            location = (msg.latitude, msg.longitude) if (
+                msg.latitude is not None and msg.longitude is not None) else None
+            handoff.keep_inbound(session, elsewhere, text,
+                                 list(zip(msg.media_types, msg.media_urls, strict=False)),
+                                 location, msg.place)
+            return Turn(lang(), [])
+        handoff.withdraw_elsewhere(session, elsewhere)
     at = BOOKING_DIALOG.steps.get(conv.step)
     photo = _partner_photo(session, person, msg, booking=at is not None and at.group == BOOKING)
     if photo is not None:

@@ -150,6 +150,19 @@ def withdraw(session: Session, conv: Conversation, *, engaged_too: bool = False)
     return True
 
 
+def withdraw_elsewhere(session: Session, waiting: Handoff) -> None:
+    """The person leaves, from another chat, a handoff that waits on its own conversation
+    ("0" on WhatsApp, where the operator's reply to their call reached them): closed as
+    ``withdraw`` closes it (engaged too). A call's place is its own (as ``_finish``)."""
+    conv = session.get(Conversation, waiting.conversation_id, with_for_update=True)
+    if conv is None:
+        return
+    step, misses = conv.step, conv.misses
+    withdraw(session, conv, engaged_too=True)
+    if conv.channel == "voice":
+        conv.step, conv.misses = step, misses
+
+
 def record_inbound(session: Session, conv: Conversation, body: str,
                    media: Sequence[tuple[str, str]] = (),
                    location: tuple[float, float] | None = None,
@@ -163,13 +176,18 @@ def record_inbound(session: Session, conv: Conversation, body: str,
     keep_inbound(session, handoff, body, media, location, place)
 
 
-def waiting_for(session: Session, person_id: int | None) -> Handoff | None:
-    """The person's waiting handoff an SMS of theirs answers (a caller's: the operator's
-    reply to a call went by SMS): one from a call or an SMS first, the newest."""
+def waiting_for(session: Session, person_id: int | None, *,
+                besides: int | None = None) -> Handoff | None:
+    """The person's waiting handoff a message of theirs on another channel answers: an
+    operator's reply goes where notify reaches them (a caller's by SMS, or on WhatsApp
+    while they chat with us), and they answer where it came. One from a call or an SMS
+    first, the newest; ``besides``: not the one of that conversation (the chat's own)."""
     if person_id is None:
         return None
-    return session.scalar(select(Handoff).where(
-        Handoff.person_id == person_id, Handoff.status == "waiting")
+    mine = Handoff.person_id == person_id
+    if besides is not None:
+        mine = mine & (Handoff.conversation_id != besides)
+    return session.scalar(select(Handoff).where(mine, Handoff.status == "waiting")
         .order_by(Handoff.channel == "whatsapp", Handoff.created_at.desc(), Handoff.id.desc())
         .limit(1))
 
@@ -277,9 +295,25 @@ def _finish(session: Session, handoff: Handoff, conv: Conversation, person: Pers
         # They still wait on another channel (a chat and a call): "the menu is back"
         # would be untrue there, where the bot stays quiet; that one's close tells them.
         return
-    lang = notify.language_of(person)
+    lang = language(session, person, conv)
     _send(session, person, i18n.t(message, lang, **values),
           dedupe_key=f"handoff-{handoff.id}-closed")
+
+
+def language(session: Session, person: Person, conv: Conversation | None) -> str:
+    """The language the person is spoken to in: the one they chose, else the one the bot
+    guessed and speaks with them while they have not chosen (the state's ``lang_guess``,
+    of this conversation, else of their newest one with a guess), else the default."""
+    if person.preferred_language:
+        return person.preferred_language
+    guess = (conv.state or {}).get("lang_guess") if conv is not None else None
+    if not guess:
+        guess = session.scalar(select(Conversation.state["lang_guess"].astext).where(
+            Conversation.person_id == person.id,
+            Conversation.state["lang_guess"].astext.is_not(None))
+            .order_by(Conversation.last_inbound_at.desc().nulls_last(), Conversation.id.desc())
+            .limit(1))
+    return guess if guess in i18n.LANGUAGES else i18n.DEFAULT_LANGUAGE
 
 
 def _send(session: Session, person: Person, body: str,
