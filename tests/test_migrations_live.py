@@ -273,7 +273,7 @@ def test_an_index_left_invalid_by_a_failed_build_is_built_again(db, engine):
 
 
 @pytest.mark.parametrize("revision", ["0013", "0015", "0016", "0017", "0020", "0021", "0022",
-                                      "0023", "0025", "0028", "0029"])
+                                      "0023", "0025", "0027", "0028", "0029", "0031"])
 def test_a_migration_that_commits_part_way_runs_again(db, engine, revision):
     """These commit before they end (CONCURRENTLY, batches): one stopped part-way (a lock
     timeout, a killed release) is run again from its start, and must go through."""

@@ -27,7 +27,7 @@ from core.adapters.models import Base, one_of
 from core.domain.dispatch import OfferStatus, SearchStatus
 
 OTP_KINDS = ("pickup", "drop")
-PARTNER_EVENT_KINDS = ("duty_on", "duty_off", "cancelled_after_accept")
+PARTNER_EVENT_KINDS = ("duty_on", "duty_off", "cancelled_after_accept", "auto_off")
 
 
 class DispatchSearch(Base):

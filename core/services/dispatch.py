@@ -13,6 +13,9 @@ How a leg finds its partner:
    fails the booking and asks payments for a refund. A relay's later leg (the parcel is on
    its way) is paused at its deadline instead; only then does the customer hear we are
    still looking, and they hear again when a rider takes it.
+   A partner who lets ``DISPATCH_MISSED_OFFERS_OFF`` offers in a row expire unanswered
+   is put OFF duty and told so (``_off_after_missed``): near every pickup, they would
+   otherwise get each job's first offer and cost it the offer's time.
 3. The first acceptance wins under a row lock on the leg (and a partial unique index allows
    one accepted offer per leg); everyone else's offer is withdrawn by SMS. A job that fills
    its partner up withdraws their other open offers too (accept locks those legs with its
@@ -124,9 +127,20 @@ def pickup_window() -> timedelta:
         raise rules.DispatchConfigError(str(err)) from None
 
 
+@lru_cache(maxsize=1)
+def missed_offers_off() -> int:
+    """DISPATCH_MISSED_OFFERS_OFF (3): a partner who lets this many offers in a row expire
+    unanswered is put OFF duty (``_off_after_missed``); 0 never does."""
+    try:
+        return int_setting("DISPATCH_MISSED_OFFERS_OFF", 3)
+    except ConfigError as err:
+        raise rules.DispatchConfigError(str(err)) from None
+
+
 def reset_config() -> None:
     config.cache_clear()
     pickup_window.cache_clear()
+    missed_offers_off.cache_clear()
 
 
 # --- jobs and small helpers -----------------------------------------------------------
@@ -902,6 +916,7 @@ def offer_timeout(offer_id: int) -> str:
                 seconds=config().offer_grace_s):
             return "not-due"  # late replies are still taken until the grace ends
         _expire(session, offer)
+        _off_after_missed(session, offer)
         _maybe_continue(session, leg)
         return "expired"
 
@@ -909,6 +924,58 @@ def offer_timeout(offer_id: int) -> str:
 def _expire(session: Session, offer: DispatchOffer) -> None:
     offer.status = rules.OfferStatus.EXPIRED.value
     offer.responded_at = clock.now()
+
+
+def _missed(status: str, responded_at: datetime | None, expires_at: datetime) -> bool:
+    """Whether an offer was left to expire unanswered: not answered, not withdrawn, and
+    not closed by the partner going OFF (_closed_going_off), which is their doing."""
+    return (status == rules.OfferStatus.EXPIRED.value and responded_at is not None
+            and responded_at >= expires_at)
+
+
+def _off_after_missed(session: Session, offer: DispatchOffer) -> bool:
+    """The offer just expired unanswered: if it is the partner's ``missed_offers_off()``-th
+    such offer in a row since they last came ON, they are put OFF duty as if they had sent
+    OFF (set_duty: out of the home set, a ``duty_off`` event; jobs they hold stay theirs),
+    an ``auto_off`` event tells ops why, and they hear it once by SMS. A partner close to
+    every pickup who ignores offers would otherwise get each job's first offer and cost it
+    the offer's time. Any answer (yes or no), or an OFF, breaks the run; offers the
+    platform withdrew do not count either way. Read from the partner's offers (newest
+    first, by the partner_id index), only when one of their offers expires."""
+    n = missed_offers_off()
+    if n == 0:
+        return False
+    partner = session.get(PartnerProfile, offer.partner_id, with_for_update=True,
+                          populate_existing=True)
+    assert partner is not None
+    if not partner.on_duty or open_offers_of(session, partner):
+        # Already OFF (or blocked); or another offer of theirs is still open (two searches
+        # at once): its own expiry asks again, with its legs not locked here out of order.
+        return False
+    back_on = session.scalar(select(func.max(PartnerEvent.at)).where(
+        PartnerEvent.partner_id == partner.id, PartnerEvent.kind == "duty_on"))
+    query = select(DispatchOffer.status, DispatchOffer.responded_at,
+                   DispatchOffer.expires_at).where(
+        DispatchOffer.partner_id == partner.id,
+        DispatchOffer.status.not_in((rules.OfferStatus.OPEN.value,
+                                     rules.OfferStatus.WITHDRAWN.value)))
+    if back_on is not None:  # a run before their last ON is over: they were told
+        query = query.where(DispatchOffer.offered_at >= back_on)
+    last = session.execute(query.order_by(DispatchOffer.id.desc()).limit(n)).all()
+    if len(last) < n or not all(_missed(*row) for row in last):
+        return False
+    answer = set_duty(session, partner, False)
+    session.add(PartnerEvent(partner_id=partner.id, kind="auto_off", at=clock.now()))
+    job = answer.params.get("job")
+    if job is not None:  # a job in hand stays theirs: the SMS says so
+        _sms_partner(session, partner, "dispatch.auto_off_job",
+                     dedupe_key=f"offer-{offer.id}-auto-off", n=n, job=job)
+    else:
+        _sms_partner(session, partner, "dispatch.auto_off",
+                     dedupe_key=f"offer-{offer.id}-auto-off", n=n)
+    log.info("partner put off duty after missed offers",
+             extra={"partner_id": partner.id, "missed": n})
+    return True
 
 
 def continue_search(leg_id: int) -> str:
