@@ -13,16 +13,16 @@ from collections.abc import Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 import psutil
 import requests
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
+from ops import redis_slots
+
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
-BENCH_REDIS_DB = 13
 
 
 def free_port() -> int:
@@ -31,17 +31,24 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+_REDIS: dict[str, str] = {}
+
+
+def _bench_redis(redis_url: str) -> str:
+    """The benchmarks' Redis database, claimed once a process as test runs claim theirs
+    (ops/redis_slots.py), so that neither empties the other's keys midway."""
+    if redis_url not in _REDIS:
+        _REDIS[redis_url] = redis_slots.with_db(redis_url, redis_slots.claim(redis_url,
+                                                                            "the bench"))
+    return _REDIS[redis_url]
+
+
 def bench_env(port: int) -> dict[str, str]:
     """Environment for the service under test: its own database and Redis db, sandbox."""
     base_db = os.environ.get("DATABASE_URL") or "postgresql://postgres@127.0.0.1:5432/ridechain"
     url = make_url(base_db.replace("postgres://", "postgresql://", 1))
     db_url = url.set(database=f"{url.database or 'ridechain'}_bench")
-    redis_url = os.environ.get("REDIS_URL") or "redis://127.0.0.1:6379/0"
-    parts = urlsplit(redis_url)
-    if parts.scheme == "unix":
-        redis_bench = f"unix://{parts.path}?db={BENCH_REDIS_DB}"
-    else:
-        redis_bench = urlunsplit(parts._replace(path=f"/{BENCH_REDIS_DB}", query=""))
+    redis_bench = _bench_redis(os.environ.get("REDIS_URL") or "redis://127.0.0.1:6379/0")
     env = dict(os.environ)
     env.update({
         "DATABASE_URL": db_url.render_as_string(hide_password=False),

@@ -214,6 +214,10 @@ E164 = re.compile(r"\+[1-9]\d{7,14}")
 DEMO_PHONES = re.compile(r"\+9190000000\d\d")  # core.services.seed's block, never delivered
 
 
+DATABASE_SCHEMES = ("postgres", "postgresql", "postgresql+psycopg")
+REDIS_SCHEMES = ("redis", "rediss", "unix")
+
+
 def load_settings(environ: dict[str, str] | None = None) -> Settings:
     """Read and validate the environment; raise ConfigError with every problem at once."""
     env = dict(os.environ if environ is None else environ)
@@ -282,6 +286,12 @@ def load_settings(environ: dict[str, str] | None = None) -> Settings:
         problems.append("DATABASE_URL is required (./run serve sets it for the embedded server)")
     if not redis_url:
         problems.append("REDIS_URL is required (./run serve sets it for the embedded server)")
+    # A URL of another kind would pass the release and fail every request at first use.
+    if database_url and urlsplit(database_url).scheme not in DATABASE_SCHEMES:
+        problems.append("DATABASE_URL must be a PostgreSQL URL (postgresql://user@host/db)")
+    if redis_url and urlsplit(redis_url).scheme not in REDIS_SCHEMES:
+        problems.append("REDIS_URL must be a Redis URL (redis://host:6379/0, rediss:// or "
+                        "unix://)")
 
     secret_key = secret("SECRET_KEY", SANDBOX_SECRET_KEY, OWN_SECRET_MIN)
     otp_key = secret("OTP_KEY", SANDBOX_OTP_KEY, OWN_SECRET_MIN)

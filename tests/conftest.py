@@ -1,7 +1,7 @@
 """Shared fixtures: real PostgreSQL and Redis, the app, a live HTTP server for emulators.
 
 The environment is fixed here, before any settings are read: each test run claims a slot
-(see _claim_slot) and uses its own database (`<name>_test` or `<name>_test<slot>` on the
+(see ops/redis_slots.py) and uses its own database (`<name>_test` or `<name>_test<slot>` on the
 DATABASE_URL server, dropped and re-created per run) and the Redis database of that slot,
 asserted empty before each test and flushed after. Pure domain tests
 use none of these fixtures and need no server.
@@ -9,17 +9,18 @@ use none of these fixtures and need no server.
 
 from __future__ import annotations
 
-import atexit
 import os
 import socket
 import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from urllib.parse import urlencode, urlsplit, urlunsplit
+from urllib.parse import urlencode
 
 import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
+
+from ops import redis_slots
 
 
 def _free_port() -> int:
@@ -28,61 +29,15 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _with_db(redis_url: str, n: int) -> str:
-    parts = urlsplit(redis_url)
-    if parts.scheme == "unix":
-        return f"unix://{parts.path}?db={n}"
-    return urlunsplit(parts._replace(path=f"/{n}", query=""))
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _claim_slot(redis_url: str) -> int:
-    """Claim a Redis database number (15 down to 1) for this test run.
-
-    Several test runs may share one machine (developers, helpers, CI): each gets its own
-    Redis database and its own PostgreSQL database named after the same slot. The claim
-    is a key in database 0 holding our pid; a dead owner's claim is taken over.
-    """
-    import redis
-
-    admin = redis.Redis.from_url(_with_db(redis_url, 0))
-    me = str(os.getpid())
-    for n in range(15, 0, -1):
-        key = f"ridechain:test-slot:{n}"
-        if admin.set(key, me, nx=True, ex=12 * 3600):
-            # Ours now: whatever an earlier run (or a stray process) left in it goes, or
-            # every test would stop at "the test Redis database is not empty".
-            redis.Redis.from_url(_with_db(redis_url, n)).flushdb()
-            atexit.register(admin.delete, key)
-            return n
-        owner = admin.get(key)
-        if owner is not None and not _pid_alive(int(owner)):
-            if admin.getset(key, me) == owner:  # we won the takeover
-                admin.expire(key, 12 * 3600)
-                redis.Redis.from_url(_with_db(redis_url, n)).flushdb()
-                atexit.register(admin.delete, key)
-                return n
-    raise RuntimeError("no free Redis database for tests (15 concurrent runs?)")
-
-
 def _configure_env() -> None:
     base_db = os.environ.get("DATABASE_URL") or "postgresql://postgres@127.0.0.1:5432/ridechain"
     redis_url = os.environ.get("REDIS_URL") or "redis://127.0.0.1:6379/0"
-    slot = _claim_slot(redis_url)
+    slot = redis_slots.claim(redis_url)
     url = make_url(base_db.replace("postgres://", "postgresql://", 1))
     suffix = "_test" if slot == 15 else f"_test{slot}"
     test_db = url.set(database=f"{url.database or 'ridechain'}{suffix}")
     os.environ["DATABASE_URL"] = test_db.render_as_string(hide_password=False)
-    os.environ["REDIS_URL"] = _with_db(redis_url, slot)
+    os.environ["REDIS_URL"] = redis_slots.with_db(redis_url, slot)
     port = _free_port()
     os.environ["PORT"] = str(port)
     os.environ["PUBLIC_BASE_URL"] = f"http://127.0.0.1:{port}"
