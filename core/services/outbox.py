@@ -725,6 +725,14 @@ def _code_lost(session: Session, row: OutboxMessage) -> None:
     again). A customer's pickup code: without it the rider cannot take the parcel, so
     dispatch makes a new one for their WhatsApp, else sends it again, rider and ops told."""
     key = row.dedupe_key or ""
+    copied = next((key[len(p):] for p in _COPY_PREFIXES if key.startswith(p)), None)
+    if copied is not None and copied.isdigit():
+        # The copy of a code that went no other way failed too (the SMS that carried a
+        # WhatsApp code past the window, say): the code it carried is lost, as its own.
+        original = session.get(OutboxMessage, int(copied))
+        if original is not None and (original.dedupe_key or "").startswith("leg-"):
+            _code_lost(session, original)
+        return
     if not key.startswith("leg-"):
         return
     from core.services import dispatch  # dispatch sends through this module
