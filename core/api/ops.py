@@ -425,7 +425,9 @@ def ops_partner_kyc(partner_id: int, body: KycIn) -> PartnerRow:
     # (set_duty), so either they finished before (and the job or duty is theirs, seen
     # below) or they see the suspension. Then, in a second transaction, the jobs and
     # offers they hold are taken back (block_partner locks legs before the partner's row,
-    # as acceptance does: the two in one transaction would deadlock with it).
+    # as acceptance does: the two in one transaction would deadlock with it). The change
+    # is audited with it, so a take-back that fails (ops retry) leaves no unaudited change;
+    # what the take-back did is its own entry (partner.block).
     with transaction() as session:
         p = session.get(PartnerProfile, partner_id, with_for_update=True)
         if p is None:
@@ -434,15 +436,14 @@ def ops_partner_kyc(partner_id: int, body: KycIn) -> PartnerRow:
         p.kyc_status = body.status
         # Suspended, rejected, or pending again: they cannot be paid, so they stop.
         stops = body.status != dispatch.VERIFIED_KYC
-        if not stops:
-            audit(session, "partner.kyc", f"partner:{p.id}", before=before,
-                  after=body.status, note=body.note, parcels_in_hand=[])
+        audit(session, "partner.kyc", f"partner:{p.id}", before=before,
+              after=body.status, note=body.note)
     with transaction() as session:
         if stops:
             # Run again by ops if it fails: block_partner changes nothing twice.
             in_hand = dispatch.block_partner(session, partner_id, ops_actor())
-            audit(session, "partner.kyc", f"partner:{partner_id}", before=before,
-                  after=body.status, note=body.note, parcels_in_hand=in_hand)
+            audit(session, "partner.block", f"partner:{partner_id}", status=body.status,
+                  parcels_in_hand=in_hand)
         p = session.get(PartnerProfile, partner_id)
         assert p is not None
         phone = session.get(Person, p.person_id).phone  # type: ignore[union-attr]

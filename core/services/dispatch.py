@@ -2715,10 +2715,15 @@ def block_partner(session: Session, partner_id: int, actor: Actor) -> list[int]:
             start_search(session, booking, leg, actor=actor)
         else:
             _maybe_continue(session, leg)
+    # The parcels they still hold: picked up or handed over to them, also on a leg
+    # locked since by wrong codes (at the drop, or a handed-over relay parcel's PICK).
     return [leg.id for leg in session.scalars(select(Leg).where(
         Leg.partner_id == partner.id,
-        Leg.status.in_((LegStatus.PICKED_UP.value, LegStatus.ASSIGNED.value)))
-        .order_by(Leg.id)) if parcel_in_hand(session, leg)]
+        Leg.status.in_((LegStatus.PICKED_UP.value, LegStatus.ASSIGNED.value,
+                        LegStatus.LOCKED.value)))
+        .order_by(Leg.id)) if parcel_in_hand(session, leg) or (
+            leg.status == LegStatus.LOCKED.value
+            and (_picked_before(session, leg) or _handed_over(session, leg)))]
 
 
 def _home_follows_duty(session: Session, partner: PartnerProfile) -> None:
