@@ -29,8 +29,18 @@ def redis_down(exc: BaseException) -> bool:
     data, when full) refusing writes. Not a command error of ours (WRONGTYPE, a script's
     error): retrying those changes nothing."""
     e = redis.exceptions
-    return isinstance(exc, e.ConnectionError | e.TimeoutError | e.ReadOnlyError
-                      | e.BusyLoadingError | e.OutOfMemoryError)
+    if isinstance(exc, e.ConnectionError | e.TimeoutError | e.ReadOnlyError
+                  | e.BusyLoadingError | e.OutOfMemoryError | e.MasterDownError
+                  | e.TryAgainError):
+        return True
+    # Redis 6.2 reports a refusal inside a script (our accept script on a replica after a
+    # failover) as the script's error, the server's own error code in its text.
+    return isinstance(exc, e.ResponseError) and any(
+        f"-{code} " in str(exc) for code in _AWAY_CODES)
+
+
+# The error codes of a server that cannot serve us now (as redis_down's classes).
+_AWAY_CODES = ("READONLY", "MASTERDOWN", "LOADING", "OOM", "TRYAGAIN")
 
 
 def reset_clients() -> None:
