@@ -74,6 +74,8 @@ REQUIRED_KEYS = (
     | {"bot.cancel.picked_up", "bot.cancel.not_allowed"}  # booking._not_allowed
     | {"bot.place.landmark_bad"}  # booking's landmark step
     | {"bot.pickup.pin_needed", "bot.drop.pin_needed"}  # two villages at one spot
+    | {"ivr.place.one_spot", "ivr.place.spot_person",  # the IVR's two villages at one
+       "ivr.place.spot_other"}  # spot (voice._place_steps)
     | {"bot.recipient.saved", "bot.help.office_one_page"}  # a name with its number; help
     | {f"dispatch.{k}" for k in ("pickup_late", "customer_rider_late", "ops_pickup_late",
                                  "taken_back", "customer_rider_replaced")}  # pickup_late

@@ -3,6 +3,8 @@ and the customer's own profile (their language)."""
 
 from __future__ import annotations
 
+from collections import Counter
+
 from flask import Response, jsonify
 from pydantic import BaseModel, Field
 from sqlalchemy import select
@@ -11,7 +13,13 @@ from sqlalchemy.orm import Session, selectinload
 from core import i18n
 from core.adapters.db import transaction
 from core.adapters.models import Booking, Leg, PartnerProfile
-from core.adapters.pincode import nearest, normalize_pincode, pincode_centroid, post_offices
+from core.adapters.pincode import (
+    PostOffice,
+    nearest,
+    normalize_pincode,
+    pincode_centroid,
+    post_offices,
+)
 from core.api import bp
 from core.api.auth_guard import principal
 from core.api.idempotency import idempotent
@@ -189,13 +197,18 @@ def _place(p: PlaceIn) -> booking_service.Place:
     offices = post_offices(pin)
     if p.post_office:
         wanted = p.post_office.casefold()
-        match = [o for o in offices if wanted in (o.name.casefold(), o.office_name.casefold())]
+        # The directory's office_name ("Arjunganj SO") picks one office; a display name
+        # may be two ("Arjunganj" BO and SO, kilometres apart): then the app asks which.
+        match = ([o for o in offices if o.office_name.casefold() == wanted]
+                 or [o for o in offices if o.name.casefold() == wanted])
         if not match:
             raise NotFound(f"no post office called {p.post_office!r} in {pin}",
                            code="unknown_post_office", field="post_office")
+        if len({o.office_name for o in match}) > 1:
+            raise AmbiguousPincode(pin, offered_names(match))
         office = match[0]
     elif len(offices) > 1:
-        raise AmbiguousPincode(pin, [o.name for o in offices])
+        raise AmbiguousPincode(pin, offered_names(offices))
     else:
         office = offices[0]
     if office.lat is None or office.lng is None:
@@ -203,6 +216,14 @@ def _place(p: PlaceIn) -> booking_service.Place:
     else:
         lat, lng = office.lat, office.lng
     return booking_service.Place(lat, lng, pin, office.office_name, p.landmark)
+
+
+def offered_names(offices: list[PostOffice]) -> list[str]:
+    """The names to offer for ``offices``, each picking one office when sent back as
+    ``post_office``: the display name ("Laxmipur"), or where two share it the directory's
+    office_name ("Arjunganj BO", "Arjunganj SO")."""
+    shared = Counter(o.name.casefold() for o in offices)
+    return [o.name if shared[o.name.casefold()] == 1 else o.office_name for o in offices]
 
 
 def _spec(parcel: ParcelIn) -> booking_service.ParcelSpec:

@@ -39,6 +39,7 @@ from core.dialog.booking import (
     not_allowed_kind,
     person_said,
     quote_or_resize,
+    same_office,
     tier_label,
 )
 from core.dialog.engine import (
@@ -77,7 +78,7 @@ VOICE_DEFAULTS: dict[str, Any] = {"category": "other", "fragile": False, "value_
                                   "recipient_name": None}
 
 _DRAFT_DATA = ("slots", "return_to", "draft_step", "offices", "page", "pin", "place_pick",
-               "phone_pick", "shown_total")
+               "phone_pick", "shown_total", "spot")
 
 
 def clear_draft(ctx: Ctx) -> None:
@@ -187,7 +188,7 @@ def _resume_handle(ctx: Ctx, inp: UserInput) -> Result:
 
 def _place_steps(kind: str, default_next: str) -> list[Step]:
     """``kind`` ("pickup"/"drop"): key the pincode, pick the village, confirm it."""
-    where, office, check = kind, f"{kind}_office", f"{kind}_check"
+    where, office, check, spot = kind, f"{kind}_office", f"{kind}_check", f"{kind}_spot"
 
     def where_prompt(ctx: Ctx) -> list[Out]:
         return [Say(f"ivr.{kind}.ask")]
@@ -259,15 +260,42 @@ def _place_steps(kind: str, default_next: str) -> list[Step]:
             return Retry()
         for key in ("offices", "page", "pin", "place_pick"):
             ctx.state.data.pop(key, None)
-        if is_the_other_end(ctx, kind, place):  # nothing to carry: ask for this end again
-            return Goto(where, [Say("ivr.place.same")])
+        if is_the_other_end(ctx, kind, place):
+            other = ctx.slots["drop" if kind == "pickup" else "pickup"]
+            if same_office(place, other):  # nothing to carry: ask for this end again
+                return Goto(where, [Say("ivr.place.same")])
+            # Two villages India Post puts at one spot (often their pincode's centre): not
+            # one place, but no distance to price by, and a keypad cannot send a location
+            # pin as the chat does. A person can book it, or a nearby village will do.
+            ctx.state.data["spot"] = {"place": place.get("name") or "",
+                                      "other": other.get("name") or ""}
+            return Goto(spot)
         ctx.slots[kind] = place
         return Goto(ctx.after(default_next))
+
+    def spot_prompt(ctx: Ctx) -> list[Out]:
+        names = ctx.state.data.get("spot") or {}
+        return [Say("ivr.place.one_spot", {"place": names.get("place", ""),
+                                           "other": names.get("other", "")}),
+                Choices((Say("ivr.place.spot_person"), Say("ivr.place.spot_other")))]
+
+    def spot_handle(ctx: Ctx, inp: UserInput) -> Result:
+        picked = choice(inp, 2)
+        if picked == 1:
+            ctx.state.data.pop("spot", None)
+            # The draft stays: called again, they can finish it (a nearby village).
+            ctx.state.data["draft_step"] = where
+            return _dial(ctx, "asked")
+        if picked == 2:
+            ctx.state.data.pop("spot", None)
+            return Goto(where)
+        return Retry()
 
     return [
         Step(where, where_prompt, where_handle, "ivr.pickup.ask", BOOKING),
         Step(office, office_prompt, office_handle, "ivr.place.choose", BOOKING),
         Step(check, check_prompt, check_handle, "ivr.place.choose", BOOKING),
+        Step(spot, spot_prompt, spot_handle, "ivr.hint", BOOKING),
     ]
 
 

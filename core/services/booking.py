@@ -141,10 +141,18 @@ def active_rate_card(session: Session) -> RateCard:
 
 def quote_trip(session: Session, pickup: Place, drop: Place, parcel: ParcelSpec) -> Quote:
     """Fares for every speed tier between two places for one parcel (ValidationError
-    ``same_place`` if they are one place: the minimum fare for carrying nothing)."""
+    ``same_place`` if they are one place: the minimum fare for carrying nothing;
+    ``position_needed`` if they are two post offices India Post puts at one spot, often
+    their pincode's centre: not one place, but no distance to price by without a pin)."""
     validate_lat_lng(pickup.lat, pickup.lng)
     validate_lat_lng(drop.lat, drop.lng)
     if same_place((pickup.lat, pickup.lng), (drop.lat, drop.lng)):
+        if two_offices(pickup, drop):
+            raise ValidationError(
+                f"{drop.post_office} ({drop.pincode}) and {pickup.post_office} "
+                f"({pickup.pincode}) are at one spot on our map, so the distance is not "
+                "known: send the drop's position as lat and lng (a location pin)",
+                code="position_needed", field="drop.lat")
         raise ValidationError("pickup and drop are the same place: there is nothing to carry",
                               code="same_place", field="drop")
     card = active_rate_card(session)
@@ -162,6 +170,13 @@ def quote_trip(session: Session, pickup: Place, drop: Place, parcel: ParcelSpec)
                  hours={t: tier_hours(t) for t in fares},
                  search_minutes={t: dispatch.config().search_deadline_s[t] // 60
                                  for t in fares})
+
+
+def two_offices(a: Place, b: Place) -> bool:
+    """``a`` and ``b`` name two different post offices (whatever their positions)."""
+    if not (a.post_office and b.post_office and a.pincode and b.pincode):
+        return False
+    return (a.pincode, a.post_office.casefold()) != (b.pincode, b.post_office.casefold())
 
 
 def tier_hours(tier: SpeedTier | str) -> int:
