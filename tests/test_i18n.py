@@ -115,7 +115,8 @@ REQUIRED_KEYS = (
     | {"booking.status.fee_refunded"}  # tracking a booking cancelled with a rider's fee
     | {f"dispatch.handover_{k}_new" for k in ("give", "take")}  # relay codes resent
     | {"sms.customer_help"}  # partner_sms: a customer texting our SMS number
-    | {"sms.recipient_coming", "sms.recipient_on_the_way"}  # partner_sms: a recipient too
+    | {"sms.recipient_coming", "sms.recipient_on_the_way",  # partner_sms: a recipient too
+       "sms.recipient_on_the_way_no_code"}
     | {"dispatch.drop_otp_pass_on", "dispatch.ops_drop_code_lost"}  # a drop code lost
     | {f"dispatch.{k}" for k in ("ops_drop_code_unsent", "pickup_code_lost_rider",  # codes lost
                                  "ops_pickup_code_lost", "ops_pickup_code_unsent")}

@@ -16,7 +16,7 @@ import hashlib
 import logging
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
@@ -142,14 +142,39 @@ _COMING = (BookingStatus.PAID, BookingStatus.DISPATCHING, BookingStatus.ASSIGNED
 _ON_THE_WAY = (BookingStatus.PICKED_UP, BookingStatus.IN_TRANSIT)
 
 
-def _parcel_coming(session: Session, phone: str | None) -> Booking | None:
-    """The newest parcel under way to this number (its booking's recipient), if any."""
+def _to_her(phone: str) -> list[str]:
+    """The outbox addresses of a number: by SMS, and on WhatsApp (she stopped our SMS)."""
+    return [phone, f"whatsapp:{phone}"]
+
+
+def _parcel_coming(session: Session, phone: str | None,
+                   person: Person | None = None) -> Booking | None:
+    """The parcel under way to this number (its booking's recipient) she most likely asks
+    about: the one we last sent her news of (its drop code, say), else the newest. Never a
+    booking of her own (``person``): for that one she is the customer."""
     if phone is None:
         return None
+    last_told = (select(func.max(OutboxMessage.id))
+                 .where(OutboxMessage.booking_id == Booking.id,
+                        OutboxMessage.to_addr.in_(_to_her(phone)))
+                 .correlate(Booking).scalar_subquery())
+    query = select(Booking).where(Booking.recipient_phone == phone,
+                                  Booking.status.in_([s.value for s in _COMING]))
+    if person is not None:
+        query = query.where(Booking.customer_id != person.id)
+    return session.scalar(query.order_by(last_told.desc().nulls_last(),
+                                         Booking.created_at.desc(), Booking.id.desc()).limit(1))
+
+
+def _drop_code_sent(session: Session, parcel: Booking) -> bool:
+    """Whether a drop code of the parcel went to its recipient (it goes when the last leg
+    is taken: dispatch.send_leg_codes), by SMS or on WhatsApp."""
+    assert parcel.recipient_phone is not None
     return session.scalar(
-        select(Booking).where(Booking.recipient_phone == phone,
-                              Booking.status.in_([s.value for s in _COMING]))
-        .order_by(Booking.created_at.desc(), Booking.id.desc()).limit(1))
+        select(OutboxMessage.id).where(OutboxMessage.booking_id == parcel.id,
+                                       OutboxMessage.dedupe_key.like("leg-%-dropotp-%"),
+                                       OutboxMessage.to_addr.in_(_to_her(parcel.recipient_phone)))
+        .limit(1)) is not None
 
 
 def _answers_parcel(session: Session, contact: str, own_ref: str, parcel: Booking) -> bool:
@@ -184,14 +209,20 @@ def _tell_stranger(session: Session, contact: str, lang: str,
         return []
     after_commit(session, lambda: redis_client().set(key, 1, ex=2 * 24 * 3600))
     open_ref = _open_booking(session, person)
-    parcel = _parcel_coming(session, contact)
+    parcel = _parcel_coming(session, contact, person)
     if parcel is not None and (open_ref is None
                                or _answers_parcel(session, contact, open_ref, parcel)):
-        on_the_way = parcel.status in _ON_THE_WAY
+        if parcel.status not in _ON_THE_WAY:
+            answer = "sms.recipient_coming"
+        elif _drop_code_sent(session, parcel):
+            answer = "sms.recipient_on_the_way"  # "give the rider the code we sent you"
+        else:
+            # On a relay her code goes only when the last leg is taken: it will come.
+            answer = "sms.recipient_on_the_way_no_code"
         # In the language her drop code came in: her own, else the sender's (not Hindi
         # for a recipient we know nothing of).
-        return [i18n.t("sms.recipient_on_the_way" if on_the_way else "sms.recipient_coming",
-                       dispatch.recipient_language(session, parcel), ref=parcel.reference)]
+        return [i18n.t(answer, dispatch.recipient_language(session, parcel),
+                       ref=parcel.reference)]
     if open_ref is not None:
         return [i18n.t("sms.customer_help", lang, ref=open_ref)]
     return [i18n.t("sms.not_partner", lang, ops_phone=get_settings().ops_phone)]
