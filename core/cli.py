@@ -278,6 +278,9 @@ def set_up(args: argparse.Namespace) -> int:
             elif args.cmd == "set-payout-account":
                 done = setup.set_payout_account(session, _partner_id(session, args),
                                                 args.account, actor=CLI_ACTOR, note=args.note)
+            elif args.cmd == "set-home-point":
+                done = setup.set_home_point(session, _partner_id(session, args), args.point,
+                                            actor=CLI_ACTOR, note=args.note)
             else:
                 done = setup.add_partner(session, setup.NewPartner(
                     phone=args.phone, name=args.name, language=args.language,
@@ -359,6 +362,14 @@ def main(argv: list[str] | None = None) -> int:
     who.add_argument("--phone", help="the partner's mobile number")
     sp.add_argument("--account", required=True, help="Razorpay Route linked account (acc_...)")
     sp.add_argument("--note", help="why (kept in the audit log, numbers masked)")
+    hp = sub.add_parser("set-home-point",
+                        help="move a partner's home Point (they moved villages); jobs in "
+                             "hand stay theirs")
+    who = hp.add_mutually_exclusive_group(required=True)
+    who.add_argument("--partner", type=int, help="the partner's id")
+    who.add_argument("--phone", help="the partner's mobile number")
+    hp.add_argument("--point", required=True, help="the new home Point: its id or name")
+    hp.add_argument("--note", help="why (kept in the audit log, numbers masked)")
     args = parser.parse_args(argv)
     try:
         logs.configure(get_settings().log_level)
@@ -387,7 +398,7 @@ def run_command(args: argparse.Namespace) -> int:
 
         print(json.dumps(retention.run()))
     elif args.cmd in ("add-operator", "add-point", "rate-card", "add-partner",
-                      "set-payout-account"):
+                      "set-payout-account", "set-home-point"):
         return set_up(args)
     return 0
 

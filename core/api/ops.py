@@ -104,6 +104,10 @@ class PartnerRow(BaseModel):
                     "without one they cannot go on duty, whatever their KYC (PUT "
                     "/ops/partners/{partner_id}/payout-account sets it)")
     vehicles: list[str]
+    home_point_id: int | None = Field(
+        default=None, description="their home Point: on duty, they are offered jobs near "
+                                  "it (an app's fresh position wins); PUT "
+                                  "/ops/partners/{partner_id}/home-point moves it")
 
 
 class HandoffRow(BaseModel):
@@ -142,6 +146,13 @@ class PayoutAccountIn(Strict):
                              description="why, for the audit log (numbers kept masked)")
 
 
+class HomePointIn(Strict):
+    point: int | str = Field(description="the partner's new home Point: an active Point's "
+                                         "id, or its name")
+    note: str | None = Field(default=None, min_length=3, max_length=300,
+                             description="why, for the audit log (numbers kept masked)")
+
+
 class PartnerIn(Strict):
     """A new partner, as `python -m core.cli add-partner` takes them."""
 
@@ -164,7 +175,7 @@ def partner_row(p: PartnerProfile, phone: str | None) -> PartnerRow:
         offers_received=p.offers_received, offers_accepted=p.offers_accepted,
         trust_tier=p.trust_tier, kyc_status=p.kyc_status,
         payout_account=p.payout_account_id,
-        vehicles=[v.type for v in p.vehicles if v.active])
+        vehicles=[v.type for v in p.vehicles if v.active], home_point_id=p.home_point_id)
 
 
 # Each list's order is total (the id last), so a cursor names one place in it. The key
@@ -461,6 +472,21 @@ def ops_partner_payout_account(partner_id: int, body: PayoutAccountIn) -> Partne
     with transaction() as session:
         admin.set_payout_account(session, partner_id, body.account_id,
                                  actor=f"ops:{principal().person_id}", note=body.note)
+        p = session.get(PartnerProfile, partner_id)
+        assert p is not None
+        return partner_row(p, p.person.phone)
+
+
+@endpoint(bp, "PUT", "/ops/partners/<int:partner_id>/home-point",
+          summary="Move a partner's home Point (they moved villages; audited): an active "
+                  "Point by id or name (422 unknown_point). On duty, they are offered jobs "
+                  "near the new Point at once; jobs in hand stay theirs. The same Point "
+                  "again changes nothing. 409 erased", roles=OPS, body=HomePointIn,
+          response=PartnerRow, tags=("ops",), errors=(404, 409, 422))
+def ops_partner_home_point(partner_id: int, body: HomePointIn) -> PartnerRow:
+    with transaction() as session:
+        admin.set_home_point(session, partner_id, body.point,
+                             actor=f"ops:{principal().person_id}", note=body.note)
         p = session.get(PartnerProfile, partner_id)
         assert p is not None
         return partner_row(p, p.person.phone)

@@ -28,6 +28,7 @@ from core.domain.phone import mask_phone, normalize_phone
 from core.domain.pricing import DEFAULT_RATE_CARD, VEHICLE_CAPACITY, VehicleType
 from core.i18n import LANGUAGES
 from core.logs import mask_phones
+from core.services import dispatch
 
 MAX_ID = 2**31 - 1  # PostgreSQL integer ids: a bigger number names nothing
 NAME_MAX = 60  # partner_profiles.first_name
@@ -369,6 +370,48 @@ def set_payout_account(session: Session, partner_id: int, account: str, *, actor
     return Outcome(True, p.id, f"{who} is paid to {account} ({was}); {then}")
 
 
+def set_home_point(session: Session, partner_id: int, point: str | int, *, actor: str,
+                   note: str | None = None) -> Outcome:
+    """Move a partner's home Point (they moved villages) to the active Point ``point``
+    names (its id or name: find_point, ValidationError ``unknown_point``).
+
+    Under the partner's row lock: ``home_point_id`` becomes the new Point, and in the
+    Points they serve (``profile.points``, partner_points) the new one takes the old
+    one's place; other Points they serve stay. A partner on duty is placed at the new
+    Point in the dispatch home set once this commits (off duty, they stay out of it).
+    Jobs they hold stay theirs. An erased partner is refused (Conflict ``erased``), as
+    set_payout_account refuses them. Same Point again: nothing changed, nothing audited."""
+    p = session.get(PartnerProfile, partner_id, with_for_update=True,
+                    populate_existing=True) if 1 <= partner_id <= MAX_ID else None
+    if p is None:
+        raise NotFound(f"no partner has id {partner_id}", code="not_found")
+    if not p.first_name:  # erased on their request: a return is a new sign-up
+        raise Conflict(f"partner {p.id} was erased; sign them up again (add-partner)",
+                       code="erased", field="partner")
+    home = find_point(session, point)
+    phone = session.scalar(select(Person.phone).where(Person.id == p.person_id))
+    who = f"partner {p.id} ({p.first_name}, {mask_phone(phone) if phone else '-'})"
+    before = p.home_point_id
+    if before == home.id:
+        return Outcome(False, p.id, f"{who} already has Point {home.name} (id {home.id}) "
+                       "as home; nothing changed")
+    served = [home if pt.id == before else pt for pt in p.points]
+    if home not in served:
+        served.append(home)
+    p.points = list(dict.fromkeys(served))  # the new one once, if they served it already
+    p.home_point_id = home.id
+    session.flush()
+    # The home set (Redis) follows once committed: on duty, at the new Point.
+    dispatch._home_follows_duty(session, p)
+    record(session, actor, "partner.home_point", f"partner:{p.id}", before=before,
+           after=home.id, **({"note": mask_phones(note)} if note else {}))
+    old = session.get(Point, before) if before is not None else None
+    was = f"was {old.name} (id {old.id})" if old is not None else "had none"
+    duty = "on duty: offered jobs near it now" if p.on_duty else "off duty"
+    return Outcome(True, p.id, f"{who} has Point {home.name} (id {home.id}) as home "
+                   f"({was}); {duty}; jobs in hand stay theirs")
+
+
 _ACCOUNT_INDEX = "uq_partner_profiles_payout_account_id"
 
 
@@ -378,4 +421,4 @@ def _account_taken(account: str | None, whose: str) -> Conflict:
 
 
 __all__ = ["NewPartner", "Outcome", "activate_default_rate_card", "add_operator",
-           "add_partner", "add_point", "find_point", "set_payout_account"]
+           "add_partner", "add_point", "find_point", "set_home_point", "set_payout_account"]
