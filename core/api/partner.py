@@ -52,6 +52,8 @@ REPLY_STATUS = {
     # can be paid.
     "dispatch.duty_pending_kyc": (403, "kyc_pending"),
     "dispatch.duty_no_payout_account": (403, "no_payout_account"),
+    # Works by SMS (no app on their profile) and stopped our SMS: no offer could reach them.
+    "dispatch.duty_sms_stopped": (403, "sms_stopped"),
     "dispatch.given_back": (409, "offer_closed"),
     "dispatch.withdrawn": (409, "offer_closed"),  # e.g. taking another job filled them up
     "dispatch.taken_from_you": (409, "offer_closed"),
@@ -215,10 +217,10 @@ def put_duty(body: DutyIn) -> DutyOut:
     with transaction() as session:
         person, partner = _me(session)
         reply = dispatch.set_duty(session, partner, body.on_duty)
-        # Suspended or rejected, or not payable yet (KYC pending, no payout account): the
-        # reason, said.
+        # Suspended or rejected, not payable yet (KYC pending, no payout account), or out
+        # of reach by SMS: the reason, said.
         if reply.key in ("dispatch.duty_blocked", "dispatch.duty_pending_kyc",
-                         "dispatch.duty_no_payout_account"):
+                         "dispatch.duty_no_payout_account", dispatch.DUTY_SMS_STOPPED):
             status, code = REPLY_STATUS[reply.key]
             raise ApiError(status, code, reply.render(_lang(person)))
         return DutyOut(on_duty=partner.on_duty)

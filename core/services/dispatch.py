@@ -1793,6 +1793,10 @@ def accept(session: Session, partner: PartnerProfile, code: str | None) -> Reply
         if late:
             return _r("dispatch.offer_expired", job=job)
     elif offer.status != rules.OfferStatus.OPEN.value:
+        if offer.status == rules.OfferStatus.ACCEPTED.value and leg.partner_id == partner.id:
+            # Their own yes by the other channel (the app's tap and the SMS "1" at once)
+            # got there first: the job is theirs, not "another partner's".
+            return _r("dispatch.already_yours", job=job)
         return _gone(leg, job)
     elif leg.status != LegStatus.OFFERING.value:
         _withdraw(offer, partner)
