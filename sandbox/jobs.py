@@ -59,8 +59,8 @@ UNDELIVERED_TO_KEY = "sandbox:twilio:undelivered_to"
 
 
 def report_statuses(batch: int = 200) -> int:
-    """Mark queued sandbox messages sent, then delivered, POSTing Twilio's signed status
-    callbacks for each; return how many messages were reported.
+    """Mark queued sandbox messages sent, then delivered (or as set per number), POSTing
+    Twilio's signed status callbacks for each; return how many messages were reported.
 
     Runs until the queue is empty; the flag that says a job is on it is dropped only then
     (and taken back if a message arrived meanwhile), so every message is reported once.
@@ -87,14 +87,17 @@ def report_statuses(batch: int = 200) -> int:
                 .where(SandboxMessage.sid.in_(sids), SandboxMessage.status_callback.isnot(None))
             ).all()
         # A carrier that cannot deliver to a number (set per number, for tests and demos):
-        # "sent", then "undelivered" (or "failed") with its error code, where others get
-        # "delivered".
+        # "sent", then "undelivered" with its error code, where others get "delivered". A
+        # message set to "failed" was never sent (Twilio: queued -> failed): its only
+        # callback is "failed", with its error code.
         lost = {k.decode(): v.decode().rpartition(":")
                 for k, v in r.hgetall(UNDELIVERED_TO_KEY).items()}
         for step in ("sent", "delivered"):
             finals: dict[str, list[str]] = {}
             for sid, url, account, to, from_ in rows:
                 final, _, code = lost.get(to, ("", "", ""))
+                if step == "sent" and code and final == "failed":
+                    continue
                 status = (final or "undelivered") if step == "delivered" and code else step
                 finals.setdefault(status, []).append(sid)
                 params = {"MessageSid": sid, "SmsSid": sid, "AccountSid": account,

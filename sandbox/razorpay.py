@@ -27,6 +27,14 @@ answer the same transfer (another body under the same key is a 400). The balance
 modelled as captured payments less refunds and transfers not failed (less reversals);
 Razorpay's fees and settlement delays are not.
 
+A refund is of at least INR 1.00 (100 paise). Its optional ``X-Refund-Idempotency`` header
+(10 or more letters, digits, hyphens, underscores) makes a retry answer the same refund;
+another payment or body under the same key is a 400 ("Different request with the same
+idempotency key has already been processed").
+
+A payment link stays ``created`` past its expire_by until ``expire_link`` is called (the
+test helper for what Razorpay does at expire_by); the payment page and ``pay`` refuse it.
+
 Controls for tests and demos (Redis keys, or the helpers below):
 - ``sandbox:razorpay:fail_next:<op>``: the next N calls of <op> answer 503
   (ops: create_link, refund, fetch_refund, transfer, direct_transfer, edit_transfer,
@@ -290,7 +298,7 @@ def create_link():
 
 @bp.get("/razorpay/v1/payment_links")
 def list_links():
-    links = _all("payment_link")
+    links = [_expired_if_due(x) for x in _all("payment_link")]
     if request.args.get("reference_id"):
         links = [x for x in links if x["reference_id"] == request.args["reference_id"]]
     if request.args.get("payment_id"):
@@ -300,8 +308,10 @@ def list_links():
 
 
 def _link_or_error(plink_id: str) -> dict | None:
+    """The link as Razorpay has it now: one past its expire_by is expired."""
     obj = get_object(plink_id)
-    return obj if obj is not None and obj["entity"] == "payment_link" else None
+    return _expired_if_due(obj) if obj is not None and obj["entity"] == "payment_link" \
+        else None
 
 
 @bp.get("/razorpay/v1/payment_links/<plink_id>")
@@ -324,10 +334,19 @@ def cancel_link(plink_id: str):
 
 
 def expire_link(plink_id: str) -> dict:
-    """What Razorpay does at expire_by: the link expires and says so by webhook."""
-    link = _link_or_error(plink_id)
-    assert link is not None and link["status"] == "created"
-    link.update(status="expired", expired_at=_now(), updated_at=_now())
+    """What Razorpay does at expire_by (here at once, for tests): the link expires and
+    says so by webhook."""
+    link = _link_or_error(plink_id)  # one read past its expire_by is expired already
+    assert link is not None and link["status"] in ("created", "expired")
+    return _expire(link, _now()) if link["status"] == "created" else link
+
+
+def _expire(link: dict, at: int) -> dict:
+    """The link expires (``at``), and payment_link.expired is sent: once, whichever read
+    (or the test helper) sees it first."""
+    if not redis_client().set(f"{PREFIX}:expired:{link['id']}", "1", nx=True):
+        return get_object(link["id"]) or link
+    link.update(status="expired", expired_at=at, updated_at=at)
     put_object(link)
     send_webhooks([_event("payment_link.expired", {"payment_link": link})])
     return link
@@ -337,12 +356,21 @@ def _is_expired(link: dict) -> bool:
     return bool(link["expire_by"]) and link["expire_by"] <= _now()
 
 
+def _expired_if_due(link: dict) -> dict:
+    """Razorpay expires a link at its expire_by on its own; the emulator does it when
+    the link is next read (fetch, list, cancel, its page, a payment), which the service
+    cannot tell apart: past expire_by a created link is expired, expired_at its expire_by."""
+    if link["status"] == "created" and _is_expired(link):
+        return _expire(link, int(link["expire_by"]))
+    return link
+
+
 @bp.get("/payment_links/<plink_id>")
 def payment_page(plink_id: str):
     link = _link_or_error(plink_id)
     if link is None:
         return Response("<h1>Payment link not found</h1>", status=404, mimetype="text/html")
-    status = "expired" if link["status"] == "created" and _is_expired(link) else link["status"]
+    status = link["status"]
     amount = html.escape(format_inr(link["amount"]))
     desc = html.escape(link["description"])
     # Relative to this page, so that it works under a PUBLIC_BASE_URL with a path too.
@@ -376,8 +404,8 @@ def pay(plink_id: str):
     link = _link_or_error(plink_id)
     if link is None:
         return _not_found(plink_id)
-    if link["status"] != "created" or _is_expired(link):
-        return _error(400, f"Payment Link is {'expired' if _is_expired(link) else link['status']}")
+    if link["status"] != "created":
+        return _error(400, f"Payment Link is {link['status']}")
     if request.values.get("fail") == "1":
         failed = put_object(_payment(link, "failed"))
         send_webhooks([_event("payment.failed", {"payment": failed})])
@@ -423,6 +451,10 @@ def fetch_payment(payment_id: str):
     return jsonify(p) if p else _not_found(payment_id)
 
 
+REFUND_MIN_PAISE = 100  # Razorpay: "The amount must be at least INR 1.00"
+_REFUND_IDEMPOTENCY_KEY = re.compile(r"[A-Za-z0-9_-]{10,}")
+
+
 @bp.post("/razorpay/v1/payments/<payment_id>/refund")
 def refund_payment(payment_id: str):
     if _take("fail_next:refund"):
@@ -432,16 +464,25 @@ def refund_payment(payment_id: str):
         return _not_found(payment_id)
     key = request.headers.get("X-Refund-Idempotency", "")
     r = redis_client()
-    if key:
-        if len(key) < 10:
-            return _error(400, "X-Refund-Idempotency must be at least 10 characters")
-        known = r.get(f"{PREFIX}:idem:{key}")
-        if known:
-            return jsonify(get_object(known.decode()))
     data = _json()
+    # What makes a retry "the same request": the payment and the body (Razorpay rejects a
+    # different payload under a key already used, as for the direct transfer's key).
+    digest = json.dumps({"payment_id": payment_id, "body": data}, sort_keys=True)
+    if key:
+        if not _REFUND_IDEMPOTENCY_KEY.fullmatch(key):
+            return _error(400, "X-Refund-Idempotency must be at least 10 characters: "
+                          "letters, digits, hyphens and underscores only")
+        known = r.hgetall(f"{PREFIX}:idem_refund:{key}")
+        if known:
+            if known[b"body"].decode() != digest:
+                return _error(400, "Different request with the same idempotency key has "
+                              "already been processed")
+            return jsonify(get_object(known[b"id"].decode()))
     amount = data.get("amount", p["amount"] - p["amount_refunded"])
     if isinstance(amount, bool) or not isinstance(amount, int) or amount <= 0:
         return _error(400, "The amount must be a positive integer", field="amount")
+    if amount < REFUND_MIN_PAISE:
+        return _error(400, "The amount must be at least INR 1.00", field="amount")
     if not p["captured"]:
         return _error(400, "Only captured payments can be refunded")
     if amount > p["amount"] - p["amount_refunded"]:
@@ -455,7 +496,7 @@ def refund_payment(payment_id: str):
     put_object(refund)
     r.sadd(f"{PREFIX}:refund_initiated", payment_id)  # no new transfers on it from now on
     if key:
-        r.set(f"{PREFIX}:idem:{key}", refund["id"])
+        r.hset(f"{PREFIX}:idem_refund:{key}", mapping={"id": refund["id"], "body": digest})
     p["amount_refunded"] += amount
     _refund_status(p)
     put_object(p)
