@@ -40,7 +40,6 @@ from core.dialog.booking import (
     person_said,
     quote_or_resize,
     same_office,
-    tier_label,
 )
 from core.dialog.engine import (
     Choices,
@@ -343,10 +342,20 @@ def _phone_check_handle(ctx: Ctx, inp: UserInput) -> Result:
 
 # --- speed, fare, confirm --------------------------------------------------------------
 
+def spoken_tier(tier: str, quote: dict[str, Any]) -> Say:
+    """A speed tier as the caller hears it: its hours in words ("Fast (within 3 hours)",
+    "within one hour" for one), not the written label's short form ("3 hr"), which a
+    voice reads letter by letter. An SMS keeps the written label (booking.tier_label)."""
+    hours = quote["hours"][tier]
+    within = (Say("ivr.within.one_hour") if hours == 1
+              else Say("ivr.within.hours", {"count": hours}))
+    return Say(f"ivr.tier.{tier}", {"within": within})
+
+
 def _speed_prompt(ctx: Ctx) -> list[Out]:
     q = quote_or_resize(ctx, full_slots(ctx.slots))
     options = tuple(
-        Say("ivr.speed.option", {"tier": tier_label(t, q),
+        Say("ivr.speed.option", {"tier": spoken_tier(t, q),
                                  "amount": amount(q["tiers"][t]["total_paise"], ctx.lang)})
         for t in TIERS
     )
@@ -364,7 +373,7 @@ def _confirm_prompt(ctx: Ctx) -> list[Out]:
     return [Say("ivr.confirm.summary", {"pickup": s["pickup"]["name"],
                                         "drop": s["drop"]["name"],
                                         "size": Say(f"ivr.size.{s['size']}"),
-                                        "tier": tier_label(s["tier"], q)}),
+                                        "tier": spoken_tier(s["tier"], q)}),
             Say("ivr.confirm.fare", {"amount": amount(total, ctx.lang)}),
             # Nobody near to take it: said before the payment link goes out by SMS.
             *([] if ctx.ports.rider_free(full_slots(s)) else [
@@ -417,6 +426,15 @@ def _link_way(reach: str, *, sent: bool) -> Say:
     if reach == "whatsapp":
         return Say("ivr.reach.whatsapp_sent" if sent else "ivr.reach.whatsapp_coming")
     return Say("ivr.reach.stopped_chat" if reach == "chat" else "ivr.reach.stopped")
+
+
+def _link_again(reach: str, link: dict[str, Any]) -> Say:
+    """What a caller who asked where their unpaid booking is hears about its link: sent
+    again, or (``again_in_minutes``: VoicePorts.payment_link) not this time, since it went
+    a few minutes ago, and when it can go again."""
+    if link["url"] and link.get("again_in_minutes"):
+        return Say("ivr.track.link_recent", {"minutes": link["again_in_minutes"]})
+    return _link_way(reach, sent=bool(link["url"]))
 
 
 _CHANGE = (("pickup", "pickup"), ("drop", "drop"), ("phone", "recipient_phone"),
@@ -474,10 +492,11 @@ def _track_handle(ctx: Ctx, inp: UserInput) -> Result:
         return Goto("rebook", [Say("booking.status.expired", {"ref": spelled})])
     said = [Say(f"booking.status.{status}", {"ref": spelled})]
     if status == "awaiting_payment":
-        # The link goes again (a caller may have lost it), the way messages reach them now.
+        # The link goes again (a caller may have lost it), the way messages reach them now:
+        # at most once per payments.LINK_AGAIN_EVERY, so maybe not this time.
         link = ctx.ports.payment_link(ref, by_sms=True)
         if link is not None:
-            said.append(_link_way(ctx.ports.reach(), sent=bool(link["url"])))
+            said.append(_link_again(ctx.ports.reach(), link))
     if ctx.ports.pickup_code_left(ref):
         ctx.state.data[_TRACKED] = ref
         return Goto("pickup_code", said)

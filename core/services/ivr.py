@@ -21,19 +21,28 @@ here calls the network.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from core import clock, i18n
 from core.adapters.api_models import AuditEntry
 from core.adapters.db import transaction
-from core.adapters.models import Booking, Conversation, InboundEvent, Leg, Person
+from core.adapters.dialog_models import WhatsappTemplateSend
+from core.adapters.models import (
+    Booking,
+    Conversation,
+    InboundEvent,
+    Leg,
+    OutboxMessage,
+    Person,
+)
 from core.adapters.queue import after_commit, queue
 from core.config import get_settings
 from core.dialog import engine
@@ -50,7 +59,7 @@ from core.dialog.voice import (
 )
 from core.domain.booking import BookingStatus, LegStatus
 from core.services import booking as booking_service
-from core.services import handoff, inbound, notify
+from core.services import handoff, inbound, notify, outbox, payments
 from core.services.conversation import SessionPorts, contact_for, load_state, save_state
 from core.services.inbound import InboundMessage
 
@@ -140,30 +149,81 @@ def _duplicate(external_id: str) -> tuple[str, bool]:
 # The booking's details after a call, by how they reach the caller (reach()): each says
 # where the payment link comes, which goes the same way (notify.send_to_person).
 DETAILS = {"sms": "ivr.sms.details", "whatsapp": "ivr.sms.details_whatsapp"}
+CANCELLED = "ivr.sms.cancelled"  # a booking cancelled in its own call, once news of it went
+
+
+def details_key(booking_id: int) -> str:
+    return f"ivr-details-{booking_id}"
+
+
+def link_again_in(now: datetime) -> int:
+    """Minutes until a payment link asked for again can go again: payments.send_link_again
+    sends one per LINK_AGAIN_EVERY slot of the clock. At least 2 (true all the same: it can
+    go by then), so that no caller hears "after 1 minutes" or "after 0 minutes"."""
+    every = payments.LINK_AGAIN_EVERY.total_seconds()
+    return max(2, math.ceil((every - now.timestamp() % every) / 60))
 
 
 class VoicePorts(SessionPorts):
     """The dialog's ports for a caller: a confirmed booking also sends its details by SMS
     (the payment link follows from the payments job, by SMS to a caller), or on WhatsApp
-    to a caller who stopped our SMS and chats with us there."""
+    to a caller who stopped our SMS and chats with us there. ``state``: the caller's
+    dialog state, whose ``call`` remembers the bookings made in the call in progress."""
+
+    def __init__(self, session: Session, person: Person, conv: Conversation,
+                 state: DialogState | None = None) -> None:
+        super().__init__(session, person, conv)
+        self.state = state
+
+    def _call(self) -> dict[str, Any]:
+        """The state of the call in progress ({} if none is known)."""
+        return (self.state.data.get("call") or {}) if self.state is not None else {}
 
     def confirm(self, slots: dict[str, Any]) -> dict[str, Any]:
         done = super().confirm(full_slots(slots))
         if done.get("refused"):
             return done
         booking = self.session.scalar(select(Booking).where(Booking.reference == done["ref"]))
+        if booking is not None and self._call():
+            self._call().setdefault("booked", []).append(booking.id)
         key = DETAILS.get(self.reach())  # none where nothing can reach them
         if booking is not None and self.person.phone and key is not None:
             lang = self.person.preferred_language or i18n.DEFAULT_LANGUAGE
             notify.notify_phone(
                 self.session, self.person.phone, key, lang=lang,
-                dedupe_key=f"ivr-details-{booking.id}", booking_id=booking.id,
+                dedupe_key=details_key(booking.id), booking_id=booking.id,
                 ref=booking.reference, pickup=slots["pickup"]["name"],
                 drop=slots["drop"]["name"],
                 tier=i18n.t(f"tier.{slots['tier']}", lang,
                             hours=booking_service.tier_hours(slots["tier"])),
                 total_paise=booking.total_paise)
         return done
+
+    def cancel(self, reference: str, shown: dict[str, Any]) -> dict[str, Any]:
+        """The chat's cancel; a booking made in this same call has its details taken back
+        (take_back_details)."""
+        result = super().cancel(reference, shown)
+        if result.get("done"):
+            booking = self._mine(reference)
+            if booking is not None and booking.id in self._call().get("booked", []):
+                take_back_details(self.session, self.person, booking)
+        return result
+
+    def payment_link(self, reference: str, *, by_sms: bool = False) -> dict[str, Any] | None:
+        """The chat's payment_link; asked to send the link again when one went already in
+        this LINK_AGAIN_EVERY slot (nothing goes now), it says so: ``again_in_minutes``,
+        when it can go again (link_again_in)."""
+        booking = self._mine(reference) if by_sms else None
+        before = self._messages_about(booking.id) if booking is not None else 0
+        link = super().payment_link(reference, by_sms=by_sms)
+        if (link is not None and booking is not None and link["url"]
+                and self.reach() in DETAILS  # else nothing could go: the dialog says why
+                and self._messages_about(booking.id) == before):
+            link["again_in_minutes"] = link_again_in(clock.now())
+        return link
+
+    def _messages_about(self, booking_id: int) -> int:
+        return _messages_to(self.session, self.person, booking_id)
 
     def reach(self) -> str:
         """How a message about the caller's booking (its link, details, codes) reaches
@@ -250,6 +310,36 @@ class VoicePorts(SessionPorts):
         if booking is None:
             return {"refused": "not_now"}
         return read_pickup_code(self.session, self.person, booking)
+
+
+def _messages_to(session: Session, person: Person, booking_id: int) -> int:
+    """How many messages about the booking were written to the person (SMS or WhatsApp)."""
+    if not person.phone:
+        return 0
+    to = [outbox.address("sms", person.phone), outbox.address("whatsapp", person.phone)]
+    return int(session.scalar(select(func.count()).select_from(OutboxMessage).where(
+        OutboxMessage.booking_id == booking_id, OutboxMessage.to_addr.in_(to))) or 0)
+
+
+def take_back_details(session: Session, person: Person, booking: Booking) -> None:
+    """The caller cancelled, in the call it was made in, a booking whose details SMS was
+    queued when it was made. Not tried yet (the worker is behind), it is withdrawn: taken
+    out of the outbox under its row lock, so no sender can be claiming it. Once the details
+    or the payment link went (a worker sends within seconds), the caller is sent one more
+    message saying the booking is cancelled, so what they read matches what they heard."""
+    row = session.scalar(select(OutboxMessage).where(
+        OutboxMessage.dedupe_key == details_key(booking.id)).with_for_update())
+    if row is not None and row.status == "pending" and row.attempts == 0:
+        session.execute(delete(WhatsappTemplateSend)
+                        .where(WhatsappTemplateSend.outbox_id == row.id))
+        session.execute(delete(OutboxMessage).where(OutboxMessage.id == row.id))
+        log.info("details of a booking cancelled in its call withdrawn",
+                 extra={"booking_id": booking.id})
+    if person.phone and _messages_to(session, person, booking.id):
+        notify.notify_phone(session, person.phone, CANCELLED,
+                            lang=person.preferred_language or i18n.DEFAULT_LANGUAGE,
+                            dedupe_key=f"ivr-cancelled-{booking.id}", booking_id=booking.id,
+                            ref=booking.reference)
 
 
 # --- a pickup code, read out on the phone ------------------------------------------------
@@ -439,7 +529,7 @@ def voice_turn(session: Session, call: CallRequest) -> VoiceTurn:
     person, conv = contact_for(session, msg)
     previous = conv.last_inbound_at
     state = load_state(conv)
-    ports = VoicePorts(session, person, conv)
+    ports = VoicePorts(session, person, conv, state)
     current = state.data.get("call") or {}
     if current.get("sid") == call.sid and current.get("answered", -1) >= call.turn:
         raise AlreadyAnswered  # a retry, or a twin that waited for this row's lock
