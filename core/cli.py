@@ -1,5 +1,6 @@
 """Operator commands: `python -m core.cli migrate|seed|release|worker|sandbox-worker|retention`,
-and setting production up: `add-operator|add-point|rate-card --default|add-partner`."""
+and setting production up: `add-operator|add-point|rate-card --default|add-partner`, and
+later `close-point|move-point|set-payout-account|set-home-point`."""
 
 from __future__ import annotations
 
@@ -281,6 +282,11 @@ def set_up(args: argparse.Namespace) -> int:
             elif args.cmd == "set-home-point":
                 done = setup.set_home_point(session, _partner_id(session, args), args.point,
                                             actor=CLI_ACTOR, note=args.note)
+            elif args.cmd == "close-point":
+                done = setup.close_point(session, args.point, actor=CLI_ACTOR, note=args.note)
+            elif args.cmd == "move-point":
+                done = setup.move_point(session, args.point, args.lat, args.lng,
+                                        actor=CLI_ACTOR, note=args.note)
             else:
                 done = setup.add_partner(session, setup.NewPartner(
                     phone=args.phone, name=args.name, language=args.language,
@@ -370,6 +376,19 @@ def main(argv: list[str] | None = None) -> int:
     who.add_argument("--phone", help="the partner's mobile number")
     hp.add_argument("--point", required=True, help="the new home Point: its id or name")
     hp.add_argument("--note", help="why (kept in the audit log, numbers masked)")
+    cp = sub.add_parser("close-point",
+                        help="close a Point: no new relay goes through it (refused while a "
+                             "parcel is on its way to it or waits at it)")
+    cp.add_argument("--point", required=True, help="the Point: its id or name")
+    cp.add_argument("--note", help="why (kept in the audit log, numbers masked)")
+    mp = sub.add_parser("move-point",
+                        help="move a Point to a spot nearby (a few km at most: "
+                             "admin.POINT_MOVE_MAX_M; refused while a parcel is on its way "
+                             "to it or waits at it)")
+    mp.add_argument("--point", required=True, help="the Point: its id or name")
+    mp.add_argument("--lat", required=True, type=float, help="its new latitude, e.g. 26.8927")
+    mp.add_argument("--lng", required=True, type=float, help="its new longitude, e.g. 84.4881")
+    mp.add_argument("--note", help="why (kept in the audit log, numbers masked)")
     args = parser.parse_args(argv)
     try:
         logs.configure(get_settings().log_level)
@@ -398,7 +417,7 @@ def run_command(args: argparse.Namespace) -> int:
 
         print(json.dumps(retention.run()))
     elif args.cmd in ("add-operator", "add-point", "rate-card", "add-partner",
-                      "set-payout-account", "set-home-point"):
+                      "set-payout-account", "set-home-point", "close-point", "move-point"):
         return set_up(args)
     return 0
 

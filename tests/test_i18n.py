@@ -50,6 +50,7 @@ REQUIRED_KEYS = (
     | {"dispatch.duty_pending_kyc"}  # set_duty, accept: KYC pending
     | {"dispatch.duty_no_payout_account"}  # set_duty, accept: verified, no payout account
     | {"dispatch.which_job", "dispatch.which_job_cancel"}  # _choose_leg
+    | {"dispatch.otp_wrong_jobs"}  # confirm: a code without its job, right for none
     | {"dispatch.already_delivered"}  # confirm: a PICK/DROP sent again after the drop
     | {"dispatch.pick_first_handed", "dispatch.duty_off_handed",  # a relay parcel handed
        "dispatch.state.handed_over"}  # over, PICK not sent: confirm, set_duty, STATUS

@@ -1,5 +1,6 @@
 """Operator (Dispatch console) endpoints: lists, people waiting for a person, unlocks, KYC,
-new partners, refunds to try again, a person's data erased on their request.
+new partners, Points closed or moved, refunds to try again, a person's data erased on
+their request.
 
 Every money, KYC, sign-up or erasure action an operator takes is written to the append-only
 audit log in the same transaction as the action.
@@ -20,7 +21,7 @@ from sqlalchemy.orm import Session, selectinload
 from core.adapters.api_models import AuditEntry
 from core.adapters.db import transaction
 from core.adapters.dialog_models import HandoffMessage
-from core.adapters.models import Booking, Conversation, Leg, PartnerProfile, Person
+from core.adapters.models import Booking, Conversation, Leg, PartnerProfile, Person, Point
 from core.api import bp
 from core.api.auth_guard import principal
 from core.api.customer import bookings_out, visible_booking
@@ -404,8 +405,11 @@ class NewCodeOut(BaseModel):
     leg_id: int
     booking_reference: str
     kind: str
-    code: str = Field(description="shown this once, to read out on the phone: it is kept "
-                                  "nowhere, not even in the audit log")
+    code: str = Field(description="to read out on the phone: kept nowhere, not even in "
+                                  "the audit log, but in the saved answer of a request sent "
+                                  "with an Idempotency-Key, which a retry with that key "
+                                  "shows again (deleted with the API answers after "
+                                  "RETENTION_MESSAGE_DAYS)")
     sent: bool = Field(description="also queued to whoever reads it out")
     codes_left: int = Field(description="how many more new codes this leg may get")
 
@@ -415,17 +419,29 @@ class NewCodeOut(BaseModel):
                   "read out on the phone (the old one stops working; audited, at most "
                   f"{dispatch.OPS_CODES_PER_LEG} per leg). 409 no_rider, already_picked_up, "
                   "already_delivered, leg_locked, booking_closed, "
-                  "too_many_codes", roles=OPS, body=NewCodeIn, response=NewCodeOut,
+                  "too_many_codes. Send Idempotency-Key to retry safely: a retry answers "
+                  "the first answer, makes no new code and sends nothing (422 "
+                  "idempotency_key_reused for the key of another request)", roles=OPS,
+          body=NewCodeIn, response=NewCodeOut,
           tags=("ops",), errors=(404, 409, 422))
-def ops_new_leg_code(leg_id: int, body: NewCodeIn) -> NewCodeOut:
+def ops_new_leg_code(leg_id: int, body: NewCodeIn) -> NewCodeOut | Response:
+    who = principal()
+    # As ops_handoff_reply: the route in the fingerprint, so a key reused for another
+    # leg, kind, reason or send (or another endpoint) is refused, never answered.
+    once = idempotent(who.person_id, {"route": "ops.new_leg_code", "leg_id": leg_id,
+                                      **body.model_dump(mode="json")})
     with transaction() as session:
+        if (saved := once.claim(session)) is not None:
+            return saved  # made (and sent) the first time: no new code, nothing sent
         done = dispatch.new_leg_code(session, leg_id, body.kind, ops_actor(),
                                      reason=body.reason, send=body.send)
         booking = session.get(Booking, done.leg.booking_id)
         assert booking is not None
-        return NewCodeOut(leg_id=done.leg.id, booking_reference=booking.reference,
-                          kind=done.kind, code=done.code, sent=done.sent,
-                          codes_left=dispatch.OPS_CODES_PER_LEG - done.issued)
+        out = NewCodeOut(leg_id=done.leg.id, booking_reference=booking.reference,
+                         kind=done.kind, code=done.code, sent=done.sent,
+                         codes_left=dispatch.OPS_CODES_PER_LEG - done.issued)
+        once.save(session, 200, out)
+    return out
 
 
 @endpoint(bp, "PUT", "/ops/partners/<int:partner_id>/kyc", summary="Set a partner's KYC status",
@@ -490,6 +506,71 @@ def ops_partner_home_point(partner_id: int, body: HomePointIn) -> PartnerRow:
         p = session.get(PartnerProfile, partner_id)
         assert p is not None
         return partner_row(p, p.person.phone)
+
+
+class PointRow(BaseModel):
+    id: int
+    name: str
+    pincode: str
+    post_office: str | None
+    lat: float
+    lng: float
+    active: bool = Field(description="false: closed; no new relay goes through it (add-point "
+                                     "at its office opens it again)")
+    home_partner_ids: list[int] = Field(
+        description="the partners whose home Point it is. While it is closed they are "
+                    "placed at another active Point they serve, else at none (only a fresh "
+                    "app position finds them): move them with PUT "
+                    "/ops/partners/{partner_id}/home-point")
+
+
+class ClosePointIn(Strict):
+    note: str | None = Field(default=None, min_length=3, max_length=300,
+                             description="why, for the audit log (numbers kept masked)")
+
+
+class MovePointIn(Strict):
+    lat: float = Field(ge=-90, le=90)
+    lng: float = Field(ge=-180, le=180)
+    note: str | None = Field(default=None, min_length=3, max_length=300,
+                             description="why, for the audit log (numbers kept masked)")
+
+
+def point_row(session: Session, point_id: int) -> PointRow:
+    p = session.get(Point, point_id)
+    assert p is not None
+    return PointRow(id=p.id, name=p.name, pincode=p.pincode, post_office=p.post_office,
+                    lat=p.lat, lng=p.lng, active=p.active,
+                    home_partner_ids=admin.home_partners(session, p.id))
+
+
+@endpoint(bp, "POST", "/ops/points/<int:point_id>/close",
+          summary="Close a Point (audited): no new relay goes through it; partners whose "
+                  "home it is keep it as home but are placed at another active Point they "
+                  "serve, else at none (home_partner_ids lists them: move them). 409 "
+                  "point_in_use (naming the bookings) while a parcel is on its way to it or "
+                  "waits at it. Closed already: nothing changes", roles=OPS,
+          body=ClosePointIn, response=PointRow, tags=("ops",), errors=(404, 409))
+def ops_close_point(point_id: int, body: ClosePointIn) -> PointRow:
+    with transaction() as session:
+        admin.close_point(session, point_id, actor=f"ops:{principal().person_id}",
+                          note=body.note)
+        return point_row(session, point_id)
+
+
+@endpoint(bp, "PUT", "/ops/points/<int:point_id>/position",
+          summary="Move a Point to a spot nearby (audited; at most "
+                  f"{admin.POINT_MOVE_MAX_M // 1000} km, else 422 too_far: add a Point "
+                  "there and close this one); its name and office stay, partners placed at "
+                  "it are placed at the new spot at once. 409 point_in_use (naming the "
+                  "bookings) while a parcel is on its way to it or waits at it. The same "
+                  "spot again changes nothing", roles=OPS, body=MovePointIn,
+          response=PointRow, tags=("ops",), errors=(404, 409, 422))
+def ops_move_point(point_id: int, body: MovePointIn) -> PointRow:
+    with transaction() as session:
+        admin.move_point(session, point_id, body.lat, body.lng,
+                         actor=f"ops:{principal().person_id}", note=body.note)
+        return point_row(session, point_id)
 
 
 @endpoint(bp, "POST", "/ops/partners",

@@ -2,9 +2,11 @@
 
 What the sandbox's demo data (core.services.seed) makes up, production gets one at a time
 from an operator (``python -m core.cli add-operator|add-point|rate-card|add-partner``, or
-``POST /api/v1/ops/partners``). Each call runs in the caller's transaction and writes an
-audit_log entry beside its change; run again, it finds what is there, says so and changes
-nothing (nor audits anything). Phone numbers appear masked in every message.
+``POST /api/v1/ops/partners``); a Point is closed or moved later (``close-point``,
+``move-point``, or ``/api/v1/ops/points/<id>/close|position``). Each call runs in the
+caller's transaction and writes an audit_log entry beside its change; run again, it finds
+what is there, says so and changes nothing (nor audits anything). Phone numbers appear
+masked in every message.
 """
 
 from __future__ import annotations
@@ -19,11 +21,23 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from core import clock
+from core.adapters import geo_index
 from core.adapters.api_models import ApiSession, AuditEntry
-from core.adapters.models import Leg, PartnerProfile, Person, Point, RateCardRow, Vehicle
+from core.adapters.models import (
+    Booking,
+    Leg,
+    PartnerProfile,
+    Person,
+    Point,
+    RateCardRow,
+    Vehicle,
+)
 from core.adapters.payment_models import LegTransfer
 from core.adapters.pincode import post_offices
+from core.adapters.queue import after_commit
+from core.domain.booking import LegStatus
 from core.domain.errors import Conflict, NotFound, ValidationError
+from core.domain.geo import haversine_m, validate_lat_lng
 from core.domain.phone import mask_phone, normalize_phone
 from core.domain.pricing import DEFAULT_RATE_CARD, VEHICLE_CAPACITY, VehicleType
 from core.i18n import LANGUAGES
@@ -157,6 +171,135 @@ def add_point(session: Session, pincode: str, office: str, *, actor: str) -> Out
            office=post.office_name)
     return Outcome(True, point.id, f"Point {point.name} ({pin}, {post.district or '-'}, "
                    f"{post.state or '-'}) added (id {point.id})")
+
+
+# A Point moves to a spot nearby (the hub moved across the road, to another shop): its
+# name, pincode and post office stay. Farther is another place: add a Point there
+# (add-point) and close this one.
+POINT_MOVE_MAX_M = 5_000
+
+# Where a parcel is on its way to a Point, or waits at it, for the legs through it: a leg
+# to it until delivered (then the parcel waits for the next leg), a leg from it until
+# picked up. A locked leg counts (ops unlock it first). Legs of closed bookings do not.
+_TO_POINT = (LegStatus.PENDING.value, LegStatus.OFFERING.value, LegStatus.ASSIGNED.value,
+             LegStatus.PICKED_UP.value, LegStatus.LOCKED.value)
+_FROM_POINT = (LegStatus.PENDING.value, LegStatus.OFFERING.value, LegStatus.ASSIGNED.value,
+               LegStatus.LOCKED.value)
+SHOWN_BOOKINGS = 10  # the bookings a refusal names, at most
+
+
+def _point_to_change(session: Session, point: str | int) -> Point:
+    """The Point ``point`` names, under its row lock: by id any Point (closed ones too),
+    by name or post office the one active Point (find_point). NotFound for an id that
+    names none; ValidationError ``unknown_point`` for a name."""
+    raw = str(point).strip()
+    if raw.isascii() and raw.isdigit():
+        digits = raw.lstrip("0") or "0"
+        ref = int(digits) if len(digits) <= len(str(MAX_ID)) else None
+        found = session.get(Point, ref, with_for_update=True, populate_existing=True) \
+            if ref is not None and 1 <= ref <= MAX_ID else None
+        if found is None:
+            shown = raw if ref is not None else f"{raw[:12]}... ({len(raw)} digits)"
+            raise NotFound(f"no Point has id {shown}", code="not_found")
+        return found
+    found = find_point(session, raw)
+    locked = session.get(Point, found.id, with_for_update=True, populate_existing=True)
+    assert locked is not None
+    return locked
+
+
+def relays_through(session: Session, point_id: int) -> list[str]:
+    """References of the open bookings with a parcel on its way to the Point or waiting
+    at it (at most SHOWN_BOOKINGS + 1, by reference)."""
+    return list(session.scalars(
+        select(Booking.reference).join(Leg, Leg.booking_id == Booking.id)
+        .where(Booking.status.not_in(dispatch.CLOSED_BOOKING),
+               or_((Leg.to_point_id == point_id) & Leg.status.in_(_TO_POINT),
+                   (Leg.from_point_id == point_id) & Leg.status.in_(_FROM_POINT)))
+        .group_by(Booking.reference).order_by(Booking.reference)
+        .limit(SHOWN_BOOKINGS + 1)))
+
+
+def _refuse_in_use(session: Session, point: Point, doing: str) -> None:
+    """Conflict ``point_in_use`` naming the bookings whose parcels are on their way to the
+    Point or wait at it; nothing if none. The caller holds the Point's lock, which a relay
+    being planned through it takes too (dispatch.plan_legs): one planned before is seen
+    here, one planned after sees what this changes."""
+    refs = relays_through(session, point.id)
+    if not refs:
+        return
+    shown = ", ".join(refs[:SHOWN_BOOKINGS]) + (" and more" if len(refs) > SHOWN_BOOKINGS
+                                                else "")
+    raise Conflict(f"Point {point.name} (id {point.id}) cannot be {doing}: parcels are on "
+                   f"their way to it or wait at it (booking(s) {shown}); try again once "
+                   "they have left it", code="point_in_use", field="point")
+
+
+def home_partners(session: Session, point_id: int) -> list[int]:
+    """Ids of the partners whose home Point it is (erased ones too), by id."""
+    return list(session.scalars(select(PartnerProfile.id).where(
+        PartnerProfile.home_point_id == point_id).order_by(PartnerProfile.id)))
+
+
+def close_point(session: Session, point: str | int, *, actor: str,
+                note: str | None = None) -> Outcome:
+    """Close a Point (``active`` false): new relays are planned through other Points
+    (core.adapters.points reads active ones only), and a partner whose home it is keeps
+    it as home but is placed at another active Point they serve, else at none (found by
+    a fresh app position only) until ops give them a new home (set_home_point); the
+    message names them. Refused (Conflict ``point_in_use``) while a parcel is on its way
+    to it or waits at it. add-point at its office opens it again. Already closed:
+    nothing changed, nothing audited."""
+    p = _point_to_change(session, point)
+    homed = home_partners(session, p.id)
+    if not p.active:
+        return Outcome(False, p.id, f"Point {p.name} (id {p.id}) is closed already; "
+                       "nothing changed")
+    _refuse_in_use(session, p, "closed")
+    p.active = False
+    session.flush()
+    # The home set is rebuilt at the next search, from _home_positions: its partners off it.
+    after_commit(session, geo_index.invalidate_homes)
+    record(session, actor, "point.close", f"point:{p.id}", name=p.name,
+           home_partner_ids=homed, note=mask_phones(note) if note else None)
+    if homed:
+        shown = ", ".join(map(str, homed[:20])) + (" ..." if len(homed) > 20 else "")
+        home = (f"; {len(homed)} partner(s) have it as home ({shown}): placed at another "
+                "Point they serve, else at none, until given a new home (set-home-point)")
+    else:
+        home = "; no partner has it as home"
+    return Outcome(True, p.id, f"Point {p.name} ({p.pincode}, id {p.id}) closed: no new "
+                   f"relay goes through it{home}")
+
+
+def move_point(session: Session, point: str | int, lat: float, lng: float, *, actor: str,
+               note: str | None = None) -> Outcome:
+    """Move a Point to a spot nearby (at most POINT_MOVE_MAX_M away; ValidationError
+    ``too_far``, ``bad_location``): new relays go to it there, and the partners placed at
+    it are placed there at once. Its name, pincode and post office stay. Refused
+    (Conflict ``point_in_use``) while a parcel is on its way to it or waits at it: their
+    legs were planned to the old spot. The same spot again: nothing changed."""
+    lat, lng = validate_lat_lng(lat, lng)
+    p = _point_to_change(session, point)
+    before = (p.lat, p.lng)
+    if before == (lat, lng):
+        return Outcome(False, p.id, f"Point {p.name} (id {p.id}) is at {lat}, {lng} "
+                       "already; nothing changed")
+    far = haversine_m(p.lat, p.lng, lat, lng)
+    if far > POINT_MOVE_MAX_M:
+        raise ValidationError(f"{lat}, {lng} is {far / 1000:.1f} km from Point {p.name}: "
+                              f"a Point moves at most {POINT_MOVE_MAX_M // 1000} km; for "
+                              "another place add a Point there (add-point) and close this "
+                              "one", code="too_far", field="lat")
+    _refuse_in_use(session, p, "moved")
+    p.lat, p.lng = lat, lng
+    session.flush()
+    after_commit(session, geo_index.invalidate_homes)
+    record(session, actor, "point.move", f"point:{p.id}", before=list(before),
+           after=[lat, lng], distance_m=far, note=mask_phones(note) if note else None)
+    closed = "" if p.active else " (closed: add-point opens it again)"
+    return Outcome(True, p.id, f"Point {p.name} (id {p.id}) moved {far} m to {lat}, {lng}"
+                   f"{closed}")
 
 
 def default_rate_card_name() -> str:
@@ -420,5 +563,7 @@ def _account_taken(account: str | None, whose: str) -> Conflict:
                     "own", code="payout_account_taken", field="payout_account")
 
 
-__all__ = ["NewPartner", "Outcome", "activate_default_rate_card", "add_operator",
-           "add_partner", "add_point", "find_point", "set_home_point", "set_payout_account"]
+__all__ = ["POINT_MOVE_MAX_M", "NewPartner", "Outcome", "activate_default_rate_card",
+           "add_operator", "add_partner", "add_point", "close_point", "find_point",
+           "home_partners", "move_point", "relays_through", "set_home_point",
+           "set_payout_account"]

@@ -91,6 +91,7 @@ from core.domain import dispatch as rules
 from core.domain.booking import Actor, BookingStatus, LegStatus
 from core.domain.errors import Conflict, NotFound, ValidationError
 from core.domain.geo import haversine_m, validate_lat_lng
+from core.domain.otp import OTP_DIGITS
 from core.domain.phone import normalize_phone
 from core.domain.pricing import SizeBucket, SpeedTier, VehicleType, WeightBucket, can_carry
 from core.logs import mask_phones
@@ -299,16 +300,31 @@ def job_code(leg: Leg) -> str:
 # --- candidates -----------------------------------------------------------------------
 
 
+# Where a partner is placed: their home Point while it is active; once it is closed
+# (admin.close_point), the active Point they serve (partner_points) with the lowest id;
+# none else (found by a fresh app position only, until ops give them a new home).
+_HOME_POSITIONS = text("""
+SELECT p.id, pt.lat, pt.lng, p.has_app
+FROM partner_profiles p
+CROSS JOIN LATERAL (
+    SELECT x.lat, x.lng FROM points x
+    WHERE x.active AND (x.id = p.home_point_id OR x.id IN (
+        SELECT pp.point_id FROM partner_points pp WHERE pp.partner_id = p.id))
+    ORDER BY x.id = p.home_point_id DESC, x.id
+    LIMIT 1) pt
+WHERE p.on_duty AND (CAST(:partner_id AS integer) IS NULL
+                     OR p.id = CAST(:partner_id AS integer))
+ORDER BY p.id
+""")
+
+
 def _home_positions(session: Session) -> list[tuple[int, float, float, bool]]:
-    """The home set as it should be: partners on duty at their home Point. A partner off
-    duty (OFF, suspended, erased) is no candidate, and at a Point where many live would
-    only crowd out the ones on duty (set_duty and block_partner keep the set so between
-    rebuilds; a set built before that heals at its next rebuild)."""
-    rows = session.execute(
-        select(PartnerProfile.id, Point.lat, Point.lng, PartnerProfile.has_app)
-        .join(Point, Point.id == PartnerProfile.home_point_id)
-        .where(PartnerProfile.on_duty.is_(True))
-    )
+    """The home set as it should be: partners on duty at their home Point, or where
+    they are placed while it is closed (see _HOME_POSITIONS). A partner off duty (OFF,
+    suspended, erased) is no candidate, and at a Point where many live would only crowd
+    out the ones on duty (set_duty and block_partner keep the set so between rebuilds; a
+    set built before that heals at its next rebuild)."""
+    rows = session.execute(_HOME_POSITIONS, {"partner_id": None})
     return [(pid, lat, lng, has_app) for pid, lat, lng, has_app in rows]
 
 
@@ -556,9 +572,11 @@ def _road_nearest_candidates(session: Session, end: rules.Stop,
         k *= 4
 
 
-def plan_legs(session: Session, booking: Booking) -> list[Leg]:
+def plan_legs(session: Session, booking: Booking, *, tries: int = 3) -> list[Leg]:
     """Keep the direct leg, or replan it into a relay through Points (payouts by distance,
-    at least ``MIN_LEG_PAYOUT_PAISE`` a leg)."""
+    at least ``MIN_LEG_PAYOUT_PAISE`` a leg). The relay's Points are locked (shared) and
+    read again before its legs are made: one closed or moved since it was read
+    (admin.close_point, move_point) is planned around, ``tries`` times at most."""
     legs = _legs(session, booking)
     if len(legs) != 1:
         return legs
@@ -606,6 +624,9 @@ def plan_legs(session: Session, booking: Booking) -> list[Leg]:
     stops = rules.plan_relay(pickup, drop, relay_points, dist, max_leg_m)
     if stops is None:
         return legs
+    if not _points_still_there(session, stops):
+        log.info("relay point changed while planning", extra={"booking_id": booking.id})
+        return plan_legs(session, booking, tries=tries - 1) if tries > 1 else legs
     distances = [dist(a, b) for a, b in zip(stops, stops[1:], strict=False)]
     payouts = rules.relay_payouts(booking.partner_share_paise, distances)
     if payouts is None:
@@ -630,6 +651,17 @@ def plan_legs(session: Session, booking: Booking) -> list[Leg]:
         out.append(new)
     log.info("relay planned", extra={"booking_id": booking.id, "legs": len(out)})
     return out
+
+
+def _points_still_there(session: Session, stops: list[rules.Stop]) -> bool:
+    """Lock (shared) the relay's Points, as they are now: True if each is active still,
+    where it was read. An operator closing or moving one (admin.close_point, move_point)
+    holds it for update, and then sees this relay's legs; or it waits for theirs."""
+    wanted = {s.point_id: (s.lat, s.lng) for s in stops if s.point_id is not None}
+    rows = session.execute(select(Point.id, Point.lat, Point.lng).where(
+        Point.id.in_(list(wanted)), Point.active.is_(True))
+        .order_by(Point.id).with_for_update(read=True)).tuples()
+    return {pid: (lat, lng) for pid, lat, lng in rows} == wanted
 
 
 # --- the search -----------------------------------------------------------------------
@@ -2317,6 +2349,70 @@ def _code_sent_as_job(session: Session, partner: PartnerProfile, kind: str,
     return tried[0] if check_leg_otp(tried[0], kind, lone) else None
 
 
+def _is_code(otp: str | None) -> bool:
+    """Whether ``otp`` has the form of a leg's code (OTP_DIGITS ASCII digits)."""
+    return otp is not None and otp.isascii() and otp.isdigit() and len(otp) == OTP_DIGITS
+
+
+def _leg_of_code(session: Session, partner: PartnerProfile, kind: str, otp: str,
+                 wanted: tuple[str, ...]) -> tuple[Leg | None, Reply | None]:
+    """A ``kind`` code sent without its job by a partner asked "which job?" (more than
+    one job could take it): the leg it is the right code of, to confirm, or the answer.
+
+    Every leg has codes of its own (issue_leg_otps), so the right code of exactly one of
+    the legs waiting for it (``wanted``) names that job. The right code of more than one
+    (a 1 in 10,000 chance) names none: (None, None), and "which job?" stands, costing no
+    try. A code of none is a wrong try on each of them, since it was tried against each:
+    sent without its job, a code wins no more guesses than with it (a job locked after
+    too many, ops alerted, as confirm does). The code of a job done before, sent again,
+    is answered as done. The legs are locked (in id order) before their codes are read."""
+    waiting = []
+    for candidate in active_legs_of(session, partner):
+        if candidate.status not in wanted:
+            continue
+        leg = _lock_leg(session, candidate.id)
+        if leg is None or leg.partner_id != partner.id or leg.status not in wanted \
+                or _booking_closed(session, leg):
+            continue
+        if kind == "pickup" and partner.kyc_status in BLOCKED_KYC \
+                and not parcel_in_hand(session, leg):
+            continue  # blocked: no parcel goes into their hands (confirm)
+        waiting.append(leg)
+    from core.services.booking import check_leg_otp
+
+    right = [leg for leg in waiting if check_leg_otp(leg, kind, otp)]
+    if len(right) == 1:
+        return right[0], None
+    if right or not waiting:
+        return None, None
+    done = _done_before(session, partner, kind, otp)
+    if done is not None:
+        return None, done
+    cfg = config()
+    actor = _partner_actor(partner)
+    locked = []
+    for leg in waiting:
+        session.add(OtpAttempt(leg_id=leg.id, partner_id=partner.id, kind=kind, ok=False,
+                               at=clock.now()))
+        leg.otp_failures += 1
+        if leg.otp_failures >= cfg.otp_max_failures:
+            booking = session.get(Booking, leg.booking_id, with_for_update=True)
+            assert booking is not None
+            move_leg(session, leg, LegStatus.LOCKED, actor, f"{leg.otp_failures} wrong OTPs")
+            alert_ops(session, "dispatch.ops_otp_locked", booking_id=booking.id,
+                      dedupe_key=f"leg-{leg.id}-locked-{leg.version}", ref=booking.reference,
+                      job=job_code(leg))
+            locked.append(job_code(leg))
+    if locked:
+        return None, _r("dispatch.otp_locked", job=" ".join(locked),
+                        ops_phone=get_settings().ops_phone)
+    left = min(cfg.otp_max_failures - leg.otp_failures for leg in waiting)
+    if len(waiting) == 1:  # the others locked: this one alone took the code
+        return None, _r("dispatch.otp_wrong", job=job_code(waiting[0]), left=left)
+    return None, _r("dispatch.otp_wrong_jobs", jobs=" ".join(job_code(leg) for leg in waiting),
+                    left=left)
+
+
 # A code this partner already used on a leg (the parcel picked up, or delivered this long
 # ago at most), sent again, is answered as done: it is not a wrong code for another job.
 DONE_RECENTLY = timedelta(hours=6)
@@ -2377,6 +2473,15 @@ def confirm(session: Session, partner: PartnerProfile, kind: str,
         # be delivered: a relay parcel handed over to them is recorded as picked up).
         return blocked
     leg, otp, problem = _choose_leg(session, partner, numbers, wanted)
+    if problem is not None and problem.key == "dispatch.which_job" and _is_code(otp):
+        # Each leg has codes of its own: the code alone may name the job ("DROP 4821"
+        # with two parcels for one recipient, who gave one code).
+        assert otp is not None
+        leg, answer = _leg_of_code(session, partner, kind, otp, wanted)
+        if answer is not None:
+            return answer
+        if leg is not None:
+            problem = None
     if problem is None and otp is None:
         coded = _code_sent_as_job(session, partner, kind, numbers, leg, wanted)
         if coded is not None:  # "PICK 4821": job 4821's code, or the code 4821 of it
@@ -2731,16 +2836,17 @@ def block_partner(session: Session, partner_id: int, actor: Actor) -> list[int]:
 
 
 def _home_follows_duty(session: Session, partner: PartnerProfile) -> None:
-    """Once committed, the partner is in the home set at their home Point while on duty
-    and out of it while off (see _home_positions)."""
+    """Once committed, the partner is in the home set at their home Point (or where
+    they are placed while it is closed) while on duty, and out of it while off or with no
+    active Point to be placed at (see _home_positions)."""
     pid, app = partner.id, partner.has_app
-    if not partner.on_duty:
+    session.flush()  # the duty and home just set, read back below
+    at = session.execute(_HOME_POSITIONS, {"partner_id": pid}).first()
+    if at is None:  # off duty, or no active Point to be placed at (theirs was closed)
         after_commit(session, lambda: geo_index.remove_home(pid))
         return
-    home = session.get(Point, partner.home_point_id) if partner.home_point_id else None
-    if home is not None:
-        lat, lng = home.lat, home.lng
-        after_commit(session, lambda: geo_index.place_at_home(pid, lat, lng, has_app=app))
+    lat, lng = at.lat, at.lng
+    after_commit(session, lambda: geo_index.place_at_home(pid, lat, lng, has_app=app))
 
 
 # set_duty's answer to ON from a partner without the app whose number stopped our SMS.
