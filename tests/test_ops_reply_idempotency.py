@@ -182,9 +182,9 @@ def test_two_copies_at_the_same_moment_send_once(app, client, ops, monkeypatch):
     second_done = threading.Event()
     calls: list[int] = []
 
-    def held_reply(session, handoff_id, operator, body):  # noqa: ANN001
+    def held_reply(session, handoff_id, operator, body, **kw):  # noqa: ANN001, ANN003
         calls.append(handoff_id)
-        row = real_reply(session, handoff_id, operator, body)
+        row = real_reply(session, handoff_id, operator, body, **kw)
         if len(calls) == 1:  # the first copy: wait for the second to reach a lock
             first_sent.set()
             until = time.monotonic() + 20

@@ -123,11 +123,19 @@ class HandoffRow(BaseModel):
                                              "bn mr ta te gu kn): the one they chose, else "
                                              "the one the bot guessed from their messages, "
                                              "else the default; answer them in it")
+    taken_by: int | None = Field(
+        default=None, description="the person id of the operator answering them (the "
+                                  "first to reply or call); null while nobody is. Another "
+                                  "operator's reply is refused (409 taken_by_other) unless "
+                                  "it says take_over")
     messages: list[dict[str, str]]
 
 
 class ReplyIn(Strict):
     body: str = Field(min_length=1, max_length=1000)
+    take_over: bool = Field(default=False, description="answer a person another operator "
+                                                       "is answering, and take them over "
+                                                       "(audited handoff.take_over)")
 
 
 class Done(BaseModel):
@@ -186,6 +194,7 @@ def partner_row(p: PartnerProfile, phone: str | None) -> PartnerRow:
 BOOKINGS = Keyset("ops.bookings", (int,))
 LEGS = Keyset("ops.legs", (int,))
 PARTNERS = Keyset("ops.partners", (int,))
+POINTS = Keyset("ops.points", (int,))
 HANDOFFS = Keyset("ops.handoffs", (datetime, int))
 MISMATCHES = Keyset("ops.mismatches", (datetime, int))
 BY_CURSOR = "; page with after=next_after (offset is deprecated for deep pages)"
@@ -321,6 +330,7 @@ def ops_handoffs(query: CursorQuery) -> CursorPage[HandoffRow]:
                 person_id=h.person_id, person_name=person.name if person else None,
                 phone_masked=mask_phone(person.phone) if person and person.phone else None,
                 language=handoff.language(session, person, conv) if person else None,
+                taken_by=handoff.operator_id(h),
                 messages=[{"direction": m.direction, "body": m.body} for m in msgs]))
         return CursorPage[HandoffRow](items=out, next_offset=nxt.offset, next_after=nxt.after)
 
@@ -341,18 +351,23 @@ def ops_handoff_phone(handoff_id: int) -> PhoneOut:
 
 @endpoint(bp, "POST", "/ops/handoffs/<int:handoff_id>/reply",
           summary="Answer the person (send Idempotency-Key to retry safely: a retry "
-                  "sends nothing again)",
+                  "sends nothing again). 409 taken_by_other while another operator answers "
+                  "them (take_over: true takes them over)",
           roles=OPS, body=ReplyIn, response=Done, tags=("ops",), errors=(404, 409))
 def ops_handoff_reply(handoff_id: int, body: ReplyIn) -> Done | Response:
     who = principal()
     # The operator's keys are theirs for every request: the route is in the fingerprint,
     # so a key reused for another handoff, another text (or another endpoint) is refused.
     once = idempotent(who.person_id, {"route": "ops.handoff_reply", "handoff_id": handoff_id,
-                                      "body": body.body})
+                                      "body": body.body, "take_over": body.take_over})
     with transaction() as session:
         if (saved := once.claim(session)) is not None:
             return saved  # sent the first time: nothing is sent again
-        handoff.reply(session, handoff_id, f"ops:{who.person_id}", body.body)
+        took_from = handoff.reply(session, handoff_id, f"ops:{who.person_id}", body.body,
+                                  take_over=body.take_over)
+        if took_from is not None:
+            audit(session, "handoff.take_over", f"handoff:{handoff_id}",
+                  from_operator=took_from)
         done = Done()
         once.save(session, 200, done)
     return done
@@ -522,6 +537,34 @@ class PointRow(BaseModel):
                     "placed at another active Point they serve, else at none (only a fresh "
                     "app position finds them): move them with PUT "
                     "/ops/partners/{partner_id}/home-point")
+
+
+class PointFilter(CursorQuery):
+    active: bool | None = Field(default=None, description="true: open Points only; false: "
+                                                          "closed ones only")
+    pincode: str | None = Field(default=None, pattern=r"^[1-9][0-9]{5}$",
+                                description="the Points of one pincode")
+
+
+@endpoint(bp, "GET", "/ops/points", summary="Points (village hubs), oldest first (filter by "
+          "open or closed, by pincode)" + BY_CURSOR, roles=OPS, query=PointFilter,
+          response=CursorPage[PointRow], tags=("ops",))
+def ops_points(query: PointFilter) -> CursorPage[PointRow]:
+    after = page_after(query, POINTS)
+    with transaction() as session:
+        stmt = select(Point).order_by(Point.id)
+        if query.active is not None:
+            stmt = stmt.where(Point.active.is_(query.active))
+        if query.pincode is not None:
+            stmt = stmt.where(Point.pincode == query.pincode)
+        stmt = stmt.offset(query.offset) if after is None else stmt.where(Point.id > after[0])
+        rows, nxt = keyset_page(list(session.scalars(stmt.limit(query.limit + 1))), query,
+                                POINTS, lambda p: (p.id,))
+        homes = admin.home_partners_of(session, [p.id for p in rows])
+        return CursorPage[PointRow](items=[PointRow(
+            id=p.id, name=p.name, pincode=p.pincode, post_office=p.post_office, lat=p.lat,
+            lng=p.lng, active=p.active, home_partner_ids=homes.get(p.id, []))
+            for p in rows], next_offset=nxt.offset, next_after=nxt.after)
 
 
 class ClosePointIn(Strict):

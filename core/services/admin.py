@@ -241,6 +241,17 @@ def home_partners(session: Session, point_id: int) -> list[int]:
         PartnerProfile.home_point_id == point_id).order_by(PartnerProfile.id)))
 
 
+def home_partners_of(session: Session, point_ids: list[int]) -> dict[int, list[int]]:
+    """home_partners for many Points in one query: Point id -> partner ids, by id."""
+    out: dict[int, list[int]] = {}
+    for point_id, partner_id in session.execute(select(
+            PartnerProfile.home_point_id, PartnerProfile.id).where(
+            PartnerProfile.home_point_id.in_(point_ids)).order_by(PartnerProfile.id)):
+        if point_id is not None:  # always, by the IN: for the type checker
+            out.setdefault(point_id, []).append(partner_id)
+    return out
+
+
 def close_point(session: Session, point: str | int, *, actor: str,
                 note: str | None = None) -> Outcome:
     """Close a Point (``active`` false): new relays are planned through other Points

@@ -257,11 +257,28 @@ def _get_open(session: Session, handoff_id: int) -> tuple[Handoff, Conversation,
     return handoff, conv, person
 
 
-def reply(session: Session, handoff_id: int, operator: str, body: str) -> int | None:
-    """An operator's answer to the user, sent through the outbox; the outbox row id."""
+def operator_id(handoff: Handoff) -> int | None:
+    """The person id of the operator answering the handoff (``ops:<id>``), if any."""
+    who = handoff.operator or ""
+    return int(who[4:]) if who.startswith("ops:") and who[4:].isdigit() else None
+
+
+def reply(session: Session, handoff_id: int, operator: str, body: str, *,
+          take_over: bool = False) -> str | None:
+    """An operator's answer to the user, sent through the outbox. Two operators must not
+    answer one person at once (two answers to one question): the first to answer or call
+    has them, and another's reply is refused (Conflict ``taken_by_other``) unless it takes
+    them over. The operator taken over from, if any (for the audit log)."""
     if not body.strip():
         raise Conflict("empty reply", code="empty_message")
     handoff, _conv, person = _get_open(session, handoff_id)
+    taken_from = None
+    if handoff.operator not in (None, operator, ANSWERED_BY_PHONE) \
+            and operator_id(handoff) is not None:
+        if not take_over:
+            raise Conflict(f"another operator ({handoff.operator}) is answering this person; "
+                           "send take_over to answer them yourself", code="taken_by_other")
+        taken_from, handoff.operator = handoff.operator, operator
     handoff.operator = handoff.operator or operator
     row_id = _send(session, person, body.strip())
     if row_id is None:  # opted out (STOP), or no number to reach them on
@@ -269,7 +286,7 @@ def reply(session: Session, handoff_id: int, operator: str, body: str) -> int | 
                        code="recipient_unreachable")
     session.add(HandoffMessage(handoff_id=handoff.id, direction="out", body=body.strip(),
                                operator=operator, outbox_id=row_id, created_at=clock.now()))
-    return row_id
+    return taken_from
 
 
 def close(session: Session, handoff_id: int, operator: str) -> None:
