@@ -106,7 +106,8 @@ def test_a_refunded_wrong_amount_payment_does_not_keep_the_booking_from_expiring
     bid = confirmed_booking()
     run()
     total = booking(bid).total_paise
-    wrong = emu.create_payment(total - 100, notes={"booking_id": str(bid)})
+    wrong = emu.create_payment(total - 100, notes={"booking_id": str(bid),
+                                                 "reference": booking(bid).reference})
     emu.send_webhooks([emu._event("payment.captured", {"payment": wrong})])
     run()
     s = summary(bid)

@@ -66,7 +66,8 @@ def pay_again(booking_id: int, *, settle: bool = True) -> str:
     gateway captures it and says so by webhook. Unless ``settle``, the gateway does not
     get to process the refund the service asks for (it stays pending)."""
     payment = emu.create_payment(booking(booking_id).total_paise,
-                                 notes={"booking_id": str(booking_id)})
+                                 notes={"booking_id": str(booking_id),
+                                        "reference": booking(booking_id).reference})
     emu.send_webhooks([emu._event("payment.captured", {"payment": payment})])
     run_jobs(("sandbox",))  # the webhook reaches the service
     if settle:

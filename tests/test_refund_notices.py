@@ -15,7 +15,7 @@ from sqlalchemy import select
 
 from core import clock, i18n
 from core.adapters.db import transaction
-from core.adapters.models import OutboxMessage, Person
+from core.adapters.models import Booking, OutboxMessage, Person
 from core.adapters.payment_models import GatewayEvent, Refund
 from core.domain.booking import BookingStatus
 from sandbox import razorpay as emu
@@ -56,7 +56,10 @@ def late_payment(booking_id: int, amount: int) -> dict:
     """A payment of ``amount`` the gateway captured for the booking (its notes name it),
     delivered as payment.captured twice under one event id (a redelivery), then once more
     under another (the gateway's retry of a delivery it thinks failed); all run."""
-    payment = emu.create_payment(amount, notes={"booking_id": str(booking_id)})
+    with transaction() as s:
+        reference = s.get(Booking, booking_id).reference
+    payment = emu.create_payment(amount, notes={"booking_id": str(booking_id),
+                                                "reference": reference})
     event = emu._event("payment.captured", {"payment": payment})
     emu.control("webhook_repeat", 2)
     emu.send_webhooks([event])

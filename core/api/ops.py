@@ -727,7 +727,8 @@ def ops_booking_ledger(ref: str) -> LedgerOut:
           summary="Pay a leg's reversed payout to its partner again, or refund it to the "
                   "customer (audited; ?dry_run=1 shows the numbers). 409 nothing_to_resolve, "
                   "already_resolved, partner_blocked, partner_no_account, refund_open, "
-                  "payment_refunded", roles=OPS, query=ResolveQuery, body=ResolveIn,
+                  "payment_refunded, refund_too_small (under Rs 1, which the gateway "
+                  "refuses: pay the partner again)", roles=OPS, query=ResolveQuery, body=ResolveIn,
           response=ResolvedOut, tags=("ops",), errors=(404, 409, 422))
 def ops_resolve_reversed_payout(ref: str, leg_id: int, query: ResolveQuery,
                                 body: ResolveIn) -> ResolvedOut:

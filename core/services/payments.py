@@ -184,11 +184,36 @@ def _unreleased(session: Session, booking: Booking) -> list[tuple[Leg, int]]:
     return out
 
 
+# Razorpay refunds 100 paise at least ("The amount must be at least INR 1.00"): a smaller
+# refund is never asked of it (the attempt would only be refused, again and again).
+REFUND_MIN_PAISE = 100
+
+
+def refund_floor(quote: CancellationQuote) -> CancellationQuote:
+    """``quote`` with no refund under REFUND_MIN_PAISE, the same money split otherwise.
+
+    A refund of 1..99 paise cannot be made. Where the fee can give up the paise the
+    refund lacks, it does: the customer gets REFUND_MIN_PAISE back and the rider that
+    much less (the customer's side first: the policy's minimum fee gives way). Where
+    even refund and fee together are under it, the rider gets it all as the fee: the
+    money leaves escrow either way and the platform keeps none of it. With no fee at
+    all, it is left as it is (_open_refund then asks nothing, and says so in the log)."""
+    short = REFUND_MIN_PAISE - quote.refund_paise
+    if not quote.allowed or quote.refund_paise <= 0 or short <= 0 or quote.fee_paise <= 0:
+        return quote
+    if quote.fee_paise >= short:
+        return CancellationQuote(quote.allowed, REFUND_MIN_PAISE, quote.fee_paise - short,
+                                 quote.reason_code)
+    return CancellationQuote(quote.allowed, 0, quote.fee_paise + quote.refund_paise,
+                             quote.reason_code)
+
+
 def cancellation_preview(session: Session, booking: Booking, *,
                          by_ops: bool = False) -> CancellationQuote:
-    """What cancelling now would refund, under the cancellation policy (from the ledger).
-    ``by_ops``: an operator may also end a relay stuck for want of a rider (the parcel in
-    a rider's hands: dispatch.stuck_holder), whose ride is then paid as the fee."""
+    """What cancelling now would refund, under the cancellation policy (from the ledger),
+    with no refund under REFUND_MIN_PAISE (refund_floor). ``by_ops``: an operator may also
+    end a relay stuck for want of a rider (the parcel in a rider's hands:
+    dispatch.stuck_holder), whose ride is then paid as the fee."""
     from core.services import dispatch
 
     paid, earned = _paid_and_earned(session, booking)
@@ -205,10 +230,12 @@ def cancellation_preview(session: Session, booking: Booking, *,
     if booking.status == BookingStatus.ASSIGNED.value:
         fee_leg = _fee_leg(session, booking)
         if fee_leg is None:  # nobody to compensate: the customer gets everything back
-            return cancellation_refund(BookingStatus.PAID, paid, min(earned, paid))
+            return refund_floor(cancellation_refund(BookingStatus.PAID, paid,
+                                                    min(earned, paid)))
         late = _rider_late(session, fee_leg)
-    return cancellation_refund(BookingStatus(booking.status), paid, min(earned, paid),
-                               stuck_leg_payout_paise=stuck, rider_late=late)
+    return refund_floor(cancellation_refund(BookingStatus(booking.status), paid,
+                                            min(earned, paid),
+                                            stuck_leg_payout_paise=stuck, rider_late=late))
 
 
 def cancel_booking(session: Session, booking: Booking, actor: Actor,
@@ -422,7 +449,7 @@ def _open_refund(session: Session, booking: Booking, amount: int, fee: int, reas
     enqueue the gateway call: once per payment and kind (an extra payment's refund never
     stands in for the cancellation's; a reversed payout's is once per leg ``leg_id``). A
     booking has one open refund at a time: while another is open this one waits, and
-    _open_due_refund makes it once that one settles."""
+    _open_due_refund makes it once that one settles. None under REFUND_MIN_PAISE."""
     payment_id = payment_id or _capture_payment_id(session, booking.id)
     if payment_id is None:
         return None
@@ -430,6 +457,11 @@ def _open_refund(session: Session, booking: Booking, amount: int, fee: int, reas
     if existing is not None:
         return existing
     if amount <= 0:
+        return None
+    if amount < REFUND_MIN_PAISE:
+        # Nothing the gateway would make: it stays in escrow, for a person to look at.
+        log.error("refund under the gateway's minimum not asked; left in escrow",
+                  extra={"booking_id": booking.id, "reason": reason, "amount": amount})
         return None
     if _open_row(session, booking.id) is not None:
         log.info("refund waits for the booking's open refund",
@@ -894,10 +926,10 @@ def process_event(event_row_id: int) -> str:
 
 def _booking_for_payment(payment: dict, link: dict | None) -> int | None:
     """Which booking of ours a payment belongs to: our notes, our link row, else ask the
-    gateway. A booking id in notes counts only if we have that booking: another system on
-    the same Razorpay account names bookings of its own numbering."""
-    booking_id = _first_booking([gw.note_int(link or {}, "booking_id"),
-                                 gw.note_int(payment, "booking_id")])
+    gateway. A booking id in notes counts only with that booking's reference beside it
+    (_named_booking): another system on the same Razorpay account names bookings of its
+    own numbering."""
+    booking_id = _named_booking([link or {}, payment])
     if booking_id:
         return booking_id
     pid, plink = _gateway_id(payment), _gateway_id(link or {})
@@ -913,19 +945,28 @@ def _booking_for_payment(payment: dict, link: dict | None) -> int | None:
                 return found
     if pid:
         links = gw.client().payment_link.all({"payment_id": pid}).get("payment_links") or []
-        return _first_booking([gw.note_int(e, "booking_id") for e in links
-                               if isinstance(e, dict)])
+        return _named_booking([e for e in links if isinstance(e, dict)])
     return None
 
 
-def _first_booking(ids: list[int | None]) -> int | None:
-    """The first of ``ids`` that is a booking we have (one query), else None."""
-    wanted = {i for i in ids if i is not None}
-    if not wanted:
+def _named_booking(entities: list[dict]) -> int | None:
+    """The first booking of ours an entity names (one query), else None: its notes'
+    booking_id with that booking's reference beside it (our links and their payments
+    carry both in their notes; a link also as its reference_id). A booking id alone is
+    not ours: another system on the account numbers its bookings too."""
+    named: list[tuple[int, set[str]]] = []
+    for entity in entities:
+        booking_id = gw.note_int(entity, "booking_id")
+        if booking_id is None:
+            continue
+        refs = {_note_str(entity, "reference"), entity.get("reference_id")}
+        named.append((booking_id, {r for r in refs if isinstance(r, str) and r}))
+    if not named:
         return None
     with transaction() as session:
-        ours = set(session.scalars(select(Booking.id).where(Booking.id.in_(wanted))))
-    return next((i for i in ids if i in ours), None)
+        ours = dict(session.execute(select(Booking.id, Booking.reference).where(
+            Booking.id.in_({b for b, _ in named}))).tuples().all())
+    return next((b for b, refs in named if ours.get(b) in refs), None)
 
 
 def _on_capture(data: dict, cause: str) -> str:
@@ -1045,7 +1086,7 @@ def _expire(session: Session, booking: Booking, reason: str) -> None:
 
 def _on_payment_failed(data: dict, cause: str) -> str:
     payment = _entity(data, "payment")
-    booking_id = gw.note_int(payment, "booking_id")
+    booking_id = _named_booking([payment])
     if booking_id is None:
         with transaction() as session:
             booking_id = session.scalar(select(PaymentLink.booking_id).where(
@@ -1075,8 +1116,14 @@ def _on_refund(data: dict, cause: str) -> str:
         log.warning("refund event without an id", extra={"refund_id": our_id})
         return "refund-without-id"
     with transaction() as session:
-        refund = session.scalar(select(Refund).where(
-            (Refund.gateway_refund_id == rid) | (Refund.id == (our_id or -1))))
+        refund = session.scalar(select(Refund).where(Refund.gateway_refund_id == rid))
+        if refund is None and our_id is not None:
+            # Named by our row id only (our request's answer was lost): ours only if no
+            # other gateway refund is known for it and its booking is named too, as our
+            # requests do; another system on the account numbers its refunds too.
+            refund = session.scalar(select(Refund).where(
+                Refund.id == our_id, Refund.gateway_refund_id.is_(None),
+                Refund.booking_id == (gw.note_int(entity, "booking_id") or -1)))
         if refund is None:
             return "unknown-refund"
         booking = ledger.lock_booking(session, refund.booking_id)
@@ -1890,8 +1937,8 @@ def resolve_reversed_payout(session: Session, booking: Booking, leg_id: int, act
     Raises NotFound (the leg is not the booking's), Conflict ``nothing_to_resolve`` (no
     payout of the leg was reversed), ``already_resolved`` (none held now),
     ``partner_blocked`` / ``partner_no_account`` / ``no_partner`` (pay_again to someone
-    who cannot be paid), ``refund_open`` / ``payment_refunded`` / ``no_payment``
-    (refund)."""
+    who cannot be paid), ``refund_open`` / ``payment_refunded`` / ``no_payment`` /
+    ``refund_too_small`` (refund: under REFUND_MIN_PAISE, which the gateway refuses)."""
     from core.domain.errors import NotFound
     from core.services.dispatch import VERIFIED_KYC  # dispatch imports payments
 
@@ -1940,6 +1987,10 @@ def resolve_reversed_payout(session: Session, booking: Booking, leg_id: int, act
         raise Conflict("the booking's payment is refunded in full already: pay the "
                        "partner again instead", code="payment_refunded")
     amount = min(held, left)
+    if amount < REFUND_MIN_PAISE:
+        raise Conflict(f"a refund of {amount} paise is under the gateway's minimum "
+                       f"({REFUND_MIN_PAISE}): pay the partner again instead",
+                       code="refund_too_small")
     if dry_run:
         return Resolution(REFUND, leg_id, held, amount, held - amount, refundable_paise=left)
     _drop_planned_retries(session, booking.id, leg_id)
@@ -1996,6 +2047,10 @@ def refund_booking(booking_id: int, reason: str) -> str:
         legs = [] if refund.reason in OWN_CHAIN_REFUNDS else [
             leg.id for leg in session.scalars(select(Leg).where(Leg.booking_id == booking_id))
             if _settle_before_refund(session, leg.id)]
+    if amount < REFUND_MIN_PAISE:  # reserved before the floor: the gateway would refuse it
+        _end_refused_attempt(refund_id, f"under the gateway's minimum of {REFUND_MIN_PAISE}"
+                             " paise; not asked")
+        return "refused"
     for leg_id in legs:
         settle_leg_transfer(leg_id)
     c = gw.client()
@@ -2208,8 +2263,9 @@ def _next_attempt(session: Session, booking: Booking, last: Refund, actor: str
     left = ledger.leg_reversed_payouts(session, leg_id)[1] if leg_id is not None \
         else ledger.balance(session, rules.escrow(booking.id))
     amount = min(last.amount_paise, left)
-    if amount <= 0:
-        log.error("failed refund has nothing left in escrow", extra={"booking_id": booking.id})
+    if amount < REFUND_MIN_PAISE:
+        log.error("failed refund has nothing left in escrow the gateway would refund",
+                  extra={"booking_id": booking.id, "left": left})
         return None
     return _reserve_attempt(session, booking, payment_id=last.payment_id, amount=amount,
                             fee=last.fee_paise, reason=last.reason, actor=actor, leg_id=leg_id)
@@ -2361,24 +2417,34 @@ def unprocessed_events(session: Session, older_than: timedelta = timedelta(minut
     200 of them, always first by id, would keep every newer lost event from its turn."""
     cutoff = clock.now() - older_than
     base = select(GatewayEvent.id).where(
-        GatewayEvent.processed_at.is_(None), GatewayEvent.received_at < cutoff
-    ).order_by(GatewayEvent.id)
+        GatewayEvent.processed_at.is_(None), GatewayEvent.received_at < cutoff)
+    return [row[0] for row in _in_turn(session, base, GatewayEvent.id, EVENTS_CURSOR_KEY,
+                                       EVENTS_PAGE)]
+
+
+def _in_turn(session: Session, base: Any, id_col: Any, cursor_key: str, size: int
+             ) -> list[Any]:
+    """At most ``size`` rows of ``base`` (a select whose first column is ``id_col``), by
+    id, taking up after the last call's page (its place kept in Redis at ``cursor_key``),
+    from the first again after the last: rows that stay (failing events, refunds the
+    gateway keeps pending) cannot keep the ones after them from their turn for good.
+    Without Redis, from the first."""
+    base = base.order_by(id_col)
     try:
-        after = int(redis_client().get(EVENTS_CURSOR_KEY) or 0)
+        after = int(redis_client().get(cursor_key) or 0)
     except (RedisError, ValueError):
         after = 0
-    ids = list(session.scalars(base.where(GatewayEvent.id > after).limit(EVENTS_PAGE)))
-    if len(ids) < EVENTS_PAGE and after:  # the end: on from the first
-        ids += session.scalars(base.where(GatewayEvent.id <= after)
-                               .limit(EVENTS_PAGE - len(ids)))
-        nxt = ids[-1] if ids else 0
+    rows = list(session.execute(base.where(id_col > after).limit(size)).all())
+    if len(rows) < size and after:  # the end: on from the first
+        rows += session.execute(base.where(id_col <= after).limit(size - len(rows))).all()
+        nxt = rows[-1][0] if rows else 0
     else:
-        nxt = ids[-1] if len(ids) == EVENTS_PAGE else 0
+        nxt = rows[-1][0] if len(rows) == size else 0
     try:
-        redis_client().set(EVENTS_CURSOR_KEY, nxt)
+        redis_client().set(cursor_key, nxt)
     except RedisError:
-        log.warning("payments sweep: the unprocessed events' place was not kept")
-    return ids
+        log.warning("payments: a page's place was not kept", extra={"key": cursor_key})
+    return rows
 
 
 def due_refund_retries(session: Session) -> list[tuple[int, int]]:
@@ -2403,7 +2469,7 @@ def waiting_refunds(session: Session, within: timedelta = timedelta(days=30)) ->
     """Bookings whose next refund may wait for an earlier one to settle (_open_refund), or
     whose refund was never started (a failed booking's refund job lost): a refund of theirs
     settled lately, or they failed or were cancelled lately; none is open, and escrow
-    still holds money."""
+    still holds money (REFUND_MIN_PAISE at least: less is nothing the gateway refunds)."""
     from core.adapters.payment_models import LedgerPosting
 
     since = clock.now() - within
@@ -2428,7 +2494,9 @@ def waiting_refunds(session: Session, within: timedelta = timedelta(days=30)) ->
         .where(candidates.c.id.not_in(open_now), candidates.c.id.not_in(failed_last),
                LedgerPosting.account_kind == rules.AccountKind.ESCROW.value)
         .group_by(LedgerPosting.booking_id)
-        .having(func.sum(LedgerPosting.amount_paise) > 0)
+        # Less than the gateway refunds is nothing to start (_open_refund): left out, so
+        # such bookings never crowd out the others.
+        .having(func.sum(LedgerPosting.amount_paise) >= REFUND_MIN_PAISE)
         .order_by(LedgerPosting.booking_id).limit(100)))
 
 
@@ -2549,16 +2617,24 @@ def _resettle_unpaid(leg_ids: list[int]) -> int:
 
 
 REFUND_POLL_AFTER = timedelta(hours=6)
+REFUND_POLL_PAGE = 200  # pending refunds asked about a poll at most
+REFUND_POLL_CURSOR_KEY = "payments:pending-refunds-after"
 
 
 def poll_refunds(older_than: timedelta = REFUND_POLL_AFTER) -> dict[str, int]:
     """Ask the gateway about refunds still pending here after ``older_than`` and apply
     the settled ones as their webhook would (_on_refund: idempotent). A normal refund
-    settles days later; its refund.processed may be lost, and nothing else would see it."""
+    settles days later; its refund.processed may be lost, and nothing else would see it.
+
+    At most REFUND_POLL_PAGE a poll, taking up after the last poll's page (_in_turn): a
+    backlog of refunds the gateway keeps pending, always first by id, would otherwise
+    keep every newer one from being asked."""
     with transaction() as session:
-        pending = list(session.scalars(select(Refund.gateway_refund_id).where(
+        base = select(Refund.id, Refund.gateway_refund_id).where(
             Refund.status == "pending", Refund.gateway_refund_id.is_not(None),
-            Refund.created_at < clock.now() - older_than).order_by(Refund.id).limit(200)))
+            Refund.created_at < clock.now() - older_than)
+        pending = [rid for _, rid in _in_turn(session, base, Refund.id,
+                                               REFUND_POLL_CURSOR_KEY, REFUND_POLL_PAGE)]
     c = gw.client()
     outcomes: dict[str, int] = {}
     for rid in pending:

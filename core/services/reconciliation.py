@@ -23,7 +23,11 @@ before that item's ledger entry, so a later run compares it.
 A transfer's state changes after it was found (reversed, failed, held again): the
 transfers of open mismatches are asked again one by one each run, so a payout missing in
 the ledger whose transfer was reversed since (the gateway shows no payout either) is
-resolved, not left open for ever once the transfer falls out of every window.
+resolved, not left open for ever once the transfer falls out of every window. The
+payments and refunds of open mismatches are too (the gateway shows the payment again,
+corrects a refund's amount, or the ledger records it late): OPEN_ITEMS of each kind a
+run, in turn, so with many open each is asked again every few runs. A resolved mismatch
+found again is reopened as found then (first_seen_at).
 
 A payout is reversed in the dashboard days or weeks after it was made (a dispute), long
 after its transfer left every window: the ledger's payouts of the last REVERSAL_LOOKBACK
@@ -45,7 +49,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from redis.exceptions import RedisError
-from sqlalchemy import func, select, text, tuple_
+from sqlalchemy import case, func, select, text, tuple_
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
@@ -266,14 +270,39 @@ def _add_open_items(c, refunds: dict[str, dict], transfers: dict[str, dict]) -> 
             transfers[tid] = item
 
 
-def _mismatched_transfers() -> set[str]:
-    """The transfers of open mismatches (at most OPEN_ITEMS a run, in turn)."""
+def _mismatched(entity: str) -> set[str]:
+    """The gateway ids of open mismatches of ``entity`` (at most OPEN_ITEMS a run, in
+    turn: each is asked again every few runs however many are open)."""
     with transaction() as session:
         return _open_page(session, ReconciliationMismatch.id,
                           ReconciliationMismatch.gateway_id,
                           ReconciliationMismatch.resolved_at.is_(None)
-                          & (ReconciliationMismatch.entity == "transfer"),
-                          OPEN_CURSOR_KEY + "mismatches")
+                          & (ReconciliationMismatch.entity == entity),
+                          OPEN_CURSOR_KEY + _MISMATCH_CURSORS[entity])
+
+
+# The transfers' place keeps its first name (a deploy goes on where the last run was).
+_MISMATCH_CURSORS = {"transfer": "mismatches", "payment": "mismatched-payments",
+                     "refund": "mismatched-refunds"}
+
+
+def _recheck(ids: set[str], items: dict[str, dict], fetch_one, entity: str) -> set[str]:
+    """Payments or refunds of open mismatches this run's list lacks, asked again one by
+    one: one the gateway shows settled (captured, processed) joins ``items``; return
+    those it shows no such money for now (or does not know), to be compared as such with
+    the ledger. One the gateway cannot show now stays as it was found."""
+    unsettled: set[str] = set()
+    for gid in ids - set(items):
+        try:
+            item = fetch_one(gid)
+        except _NoAnswer:
+            continue
+        if _gateway_amount(entity, item) is not None:
+            assert item is not None
+            items[gid] = item
+        else:
+            unsettled.add(gid)
+    return unsettled
 
 
 def _recent_payouts(until: datetime) -> set[str]:
@@ -362,7 +391,16 @@ def _run(since: datetime | None, until: datetime | None) -> dict[str, int]:
     transfers = {t["id"]: t for t in _pages(c.transfer.all, since, until) if _released(t)}
     _add_open_items(c, refunds, transfers)
     fetch_transfer = _cached(c.transfer.fetch)  # each transfer asked once a run
-    no_payout = _recheck_transfers(_mismatched_transfers(), transfers, fetch_transfer)
+    # A payment or refund the gateway could not show once is not compared this run (its
+    # open mismatch stays as it was, the window marker at its entry), as ever.
+    fetch_payment = _cached(c.payment.fetch, keep_no_answer=True)
+    fetch_refund = _cached(c.refund.fetch, keep_no_answer=True)
+    # Payments and refunds of open mismatches, asked again: one out of every window since
+    # (its ledger entry and the gateway's item both older) is still compared, and resolved
+    # once both sides agree.
+    uncaptured = _recheck(_mismatched("payment"), payments, fetch_payment, "payment")
+    unprocessed = _recheck(_mismatched("refund"), refunds, fetch_refund, "refund")
+    no_payout = _recheck_transfers(_mismatched("transfer"), transfers, fetch_transfer)
     # Payouts of the lookback: one reversed since is recorded (_record_reversals) and
     # compared for what is left on it, however long after its window it came.
     no_payout |= _recheck_transfers(_recent_payouts(until) - no_payout, transfers,
@@ -372,11 +410,12 @@ def _run(since: datetime | None, until: datetime | None) -> dict[str, int]:
     with transaction() as session:
         led_pay = _ledger_amounts(session, EntryKind.CAPTURE, AccountKind.ESCROW, since, until)
         led_pay.update(_ledger_amounts(session, EntryKind.CAPTURE, AccountKind.ESCROW, since,
-                                       None, set(payments)))
+                                       None, set(payments) | uncaptured))
         led_ref = _ledger_amounts(session, EntryKind.REFUND_PROCESSED,
                                   AccountKind.GATEWAY_CLEARING, since, until)
         led_ref.update(_ledger_amounts(session, EntryKind.REFUND_PROCESSED,
-                                       AccountKind.GATEWAY_CLEARING, since, None, set(refunds)))
+                                       AccountKind.GATEWAY_CLEARING, since, None,
+                                       set(refunds) | unprocessed))
         led_trf, voided_trf = _ledger_transfers(session, since, until,
                                                 set(transfers) | no_payout)
     # A payout reversed at the gateway since it was posted is recorded as such (once per
@@ -392,22 +431,20 @@ def _run(since: datetime | None, until: datetime | None) -> dict[str, int]:
     noted = {gid: gw.note_int(item, "booking_id")
              for items in (payments, refunds, transfers) for gid, item in items.items()}
     ours = _existing_bookings({bid for bid in noted.values() if bid is not None})
-    for entity, gateway_items, led, fetch in (
-        ("payment", payments, led_pay, c.payment.fetch),
-        ("refund", refunds, led_ref, c.refund.fetch),
-        ("transfer", transfers, led_trf, None),
+    for entity, gateway_items, led, fetch, none_at_gateway in (
+        ("payment", payments, led_pay, fetch_payment, uncaptured),
+        ("refund", refunds, led_ref, fetch_refund, unprocessed),
+        ("transfer", transfers, led_trf, fetch_transfer, no_payout),
     ):
         amounts = {gid: _gateway_amount(entity, item) or 0 for gid, item in gateway_items.items()}
-        found, seen, skipped = _compare(
-            entity, amounts, led,
-            fetch_transfer if fetch is None else lambda gid, f=fetch: _fetch_one(f, gid),
-            noted, ours)
+        found, seen, skipped = _compare(entity, amounts, led, fetch, noted, ours)
         findings += found
         unanswered |= skipped
-        # A transfer of an open mismatch with no payout at the gateway now, and none in
-        # the ledger: both agree (a reversed transfer paid nobody), so it is resolved.
-        checked[entity] = seen | (voided_trf | (no_payout - skipped)
-                                  if entity == "transfer" else set())
+        # An item of an open mismatch the gateway shows no money for now, and the ledger
+        # none either: both agree (a reversed transfer paid nobody, a payment the gateway
+        # no longer shows captured), so it is resolved.
+        checked[entity] = seen | (none_at_gateway - skipped) | (
+            voided_trf if entity == "transfer" else set())
     _record(findings, checked)
     if default_window:
         redis_client().set(LAST_UNTIL_KEY, int(_marker(until, unanswered).timestamp()))
@@ -439,14 +476,23 @@ def _ledger_transfers(session: Session, since: datetime, until: datetime, refs: 
     return led_trf, gone
 
 
-def _cached(fetch):
+def _cached(fetch, *, keep_no_answer: bool = False):
     """_fetch_one of ``fetch``, each item asked of the gateway once a run (a _NoAnswer is
-    not kept: asked again, it may answer)."""
+    not kept: asked again, it may answer; unless ``keep_no_answer``: an item the gateway
+    could not show is then not compared this run however often it comes up in it)."""
     known: dict[str, dict | None] = {}
+    unanswered: set[str] = set()
 
     def fetch_one(gateway_id: str) -> dict | None:
+        if gateway_id in unanswered:
+            raise _NoAnswer
         if gateway_id not in known:
-            known[gateway_id] = _fetch_one(fetch, gateway_id)
+            try:
+                known[gateway_id] = _fetch_one(fetch, gateway_id)
+            except _NoAnswer:
+                if keep_no_answer:
+                    unanswered.add(gateway_id)
+                raise
         return known[gateway_id]
 
     return fetch_one
@@ -524,7 +570,12 @@ def _storable(f: Finding) -> bool:
 
 
 def _record(findings: list[Finding], checked: dict[str, set[str]]) -> None:
+    """Record this run's findings (once per key) and resolve the open mismatches this
+    run compared and found no more. A resolved mismatch found again is reopened as found
+    now (its first_seen_at): a new difference, listed among the newest, not among the
+    old ones below where operators page from."""
     now = clock.now()
+    m = ReconciliationMismatch.__table__.c
     with transaction() as session:
         keys = set()
         for f in filter(_storable, findings):
@@ -536,7 +587,10 @@ def _record(findings: list[Finding], checked: dict[str, set[str]]) -> None:
                 insert(ReconciliationMismatch)
                 .values(kind=f.kind, entity=f.entity, gateway_id=f.gateway_id,
                         first_seen_at=now, **values)
-                .on_conflict_do_update(constraint="uq_reconciliation_mismatches_key", set_=values))
+                .on_conflict_do_update(
+                    constraint="uq_reconciliation_mismatches_key",
+                    set_={**values, "first_seen_at": case(
+                        (m.resolved_at.is_(None), m.first_seen_at), else_=now)}))
         for row in session.scalars(select(ReconciliationMismatch).where(
                 ReconciliationMismatch.resolved_at.is_(None))):
             if (row.kind, row.entity, row.gateway_id) not in keys and (
@@ -553,7 +607,9 @@ def list_mismatches(session: Session, *, include_resolved: bool = False, offset:
 
     Not by last_seen_at: every run sets it on each open mismatch it finds again, so a run
     between two page reads moved the unread rows above the cursor, out of the next pages.
-    A row's first_seen_at and id never change."""
+    A row's id never changes, nor its first_seen_at while it is open: only a resolved
+    mismatch found again takes the time it was found again (_record), as a new one would
+    (with ``include_resolved``, a resolved row not read yet then moves up, as a new row)."""
     key = (ReconciliationMismatch.first_seen_at, ReconciliationMismatch.id)
     stmt = select(ReconciliationMismatch).order_by(*(col.desc() for col in key))
     if after is not None:
