@@ -127,11 +127,11 @@ REQUIRED_KEYS = (
     | {"bot.media.voice_chat"}  # a voice note from a chat with no phone number
     | {f"time_of_day.{p}" for p in ("late_night", "morning", "noon", "afternoon", "evening",
                                     "night")}  # booking.said_time
-)
     | {"ivr.track.link_recent"}  # the link asked again within payments.LINK_AGAIN_EVERY
     | {"ivr.sms.cancelled"}  # a phone booking cancelled in its own call, details sent
     | {f"ivr.tier.{s}" for s in ("express", "standard", "economy")}  # speeds said in words
     | {"ivr.within.hours", "ivr.within.one_hour"}  # voice.spoken_tier
+)
 
 LANGUAGE_LIST = "1. हिंदी\n2. English\n3. বাংলা\n4. मराठी\n5. தமிழ்\n6. తెలుగు\n7. ગુજરાતી\n8. ಕನ್ನಡ"
 
