@@ -284,6 +284,8 @@ def set_up(args: argparse.Namespace) -> int:
                                             actor=CLI_ACTOR, note=args.note)
             elif args.cmd == "close-point":
                 done = setup.close_point(session, args.point, actor=CLI_ACTOR, note=args.note)
+            elif args.cmd == "erase-recipient":
+                done = _erase_recipient(session, args)
             elif args.cmd == "move-point":
                 done = setup.move_point(session, args.point, args.lat, args.lng,
                                         actor=CLI_ACTOR, note=args.note)
@@ -308,6 +310,22 @@ def set_up(args: argparse.Namespace) -> int:
     log.info("set-up done", extra={"command": args.cmd, "changed": done.changed,
                                    "id": done.id})
     return 0
+
+
+def _erase_recipient(session, args: argparse.Namespace):  # noqa: ANN202 (admin.Outcome)
+    """erase-recipient: retention.erase_recipient, told as a set-up command's outcome."""
+    from core.domain.phone import mask_phone, normalize_phone
+    from core.services import admin as setup
+    from core.services import retention
+
+    done = retention.erase_recipient(session, args.phone, actor=CLI_ACTOR,
+                                     reason=args.reason)
+    masked = mask_phone(normalize_phone(args.phone))
+    if not done.changed:
+        return setup.Outcome(False, 0, f"nothing kept for recipient {masked} (erased "
+                                       "before, or never a recipient)")
+    return setup.Outcome(True, 0, f"recipient {masked} erased from "
+                                  f"{len(done.booking_ids)} booking(s): {done.counts}")
 
 
 def _partner_id(session, args: argparse.Namespace) -> int:
@@ -389,6 +407,11 @@ def main(argv: list[str] | None = None) -> int:
     mp.add_argument("--lat", required=True, type=float, help="its new latitude, e.g. 26.8927")
     mp.add_argument("--lng", required=True, type=float, help="its new longitude, e.g. 84.4881")
     mp.add_argument("--note", help="why (kept in the audit log, numbers masked)")
+    er = sub.add_parser("erase-recipient",
+                        help="erase a parcel recipient who has no account, by her number, "
+                             "on her request (refused while a parcel to her is on its way)")
+    er.add_argument("--phone", required=True, help="her number, e.g. +91 98765 43210")
+    er.add_argument("--reason", required=True, help="why: her request, as received (audited)")
     args = parser.parse_args(argv)
     try:
         logs.configure(get_settings().log_level)
@@ -417,7 +440,8 @@ def run_command(args: argparse.Namespace) -> int:
 
         print(json.dumps(retention.run()))
     elif args.cmd in ("add-operator", "add-point", "rate-card", "add-partner",
-                      "set-payout-account", "set-home-point", "close-point", "move-point"):
+                      "set-payout-account", "set-home-point", "close-point", "move-point",
+                      "erase-recipient"):
         return set_up(args)
     return 0
 

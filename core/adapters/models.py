@@ -87,6 +87,23 @@ class Person(Base):
     partner: Mapped[PartnerProfile | None] = relationship(back_populates="person")
 
 
+class NumberOptOut(Base):
+    """A STOP kept after the person who sent it was erased: the number (or WhatsApp id) is
+    kept only as a keyed hash (``number_hash``), which names nobody, yet says "this
+    number stopped us" when we are about to write to it. Honoured when sending to a number
+    no person holds (``_opted_out``), and carried onto the person made anew when the number
+    writes again (``_carry_opt_out``): they are asked for START as before, and START clears
+    it as ever. Written by ``retention.erase_person``. Rotating OTP_KEY forgets these.
+    The code that reads and writes it: core.services.outbox. Migration 0032."""
+
+    __tablename__ = "number_opt_outs"
+
+    number_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    whatsapp: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    sms: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    created_at: Mapped[datetime] = created_col()
+
+
 class Point(Base):
     """A village hub where parcels can change hands between relay legs."""
 

@@ -881,6 +881,41 @@ def ops_erase_person(person_id: int, body: EraseIn) -> ErasedOut:
         return _erase(session, person_id, body.reason)
 
 
+class RecipientEraseIn(EraseIn):
+    phone: str = Field(min_length=8, max_length=20,
+                       description="her number, as typed (98765 43210, +91 98765 43210): in "
+                                   "the body, so it stays out of access logs")
+
+
+class RecipientErasedOut(BaseModel):
+    phone_masked: str
+    erased: bool = Field(description="false: nothing of hers was kept (erased before, or "
+                                     "never a recipient); nothing was done")
+    booking_ids: list[int] = Field(description="the bookings sent to her that lost her data")
+    counts: dict[str, int]
+
+
+@endpoint(bp, "POST", "/ops/recipients/erase",
+          summary="Erase a parcel recipient who has no account, by her number, on her "
+                  "request (audited recipient.erase, ids only): the bookings sent to her "
+                  "lose her name, number and drop details, the messages to her and the "
+                  "texts naming her lose them; money and history stay. 409 in_flight while "
+                  "a parcel to her is on its way; 409 has_account when a person holds the "
+                  "number (erase them by /ops/people/{person_id}/erase)", roles=OPS,
+          body=RecipientEraseIn, response=RecipientErasedOut, tags=("ops",),
+          errors=(409, 422))
+def ops_erase_recipient(body: RecipientEraseIn) -> RecipientErasedOut:
+    from core.services import retention
+
+    with transaction() as session:
+        done = retention.erase_recipient(session, body.phone,
+                                         actor=f"ops:{principal().person_id}",
+                                         reason=body.reason)
+        return RecipientErasedOut(phone_masked=mask_phone(normalize_phone(body.phone)),
+                                  erased=done.changed, booking_ids=done.booking_ids,
+                                  counts=done.counts)
+
+
 @endpoint(bp, "POST", "/ops/partners/<int:partner_id>/erase",
           summary="Erase a partner's personal data on their request, by the partner id "
                   "(audited); block their KYC first. The whole person: a partner who also "

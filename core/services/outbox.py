@@ -35,27 +35,40 @@ Delivery guarantees, and why:
 
 from __future__ import annotations
 
+import functools
+import hashlib
+import hmac
 import json
 import logging
 import re
+import string
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import cast
+from typing import Any, cast
 
 import requests
 import urllib3
 from redis.exceptions import RedisError
 from rq import Retry
-from sqlalchemy import ColumnElement, Table, bindparam, case, select, update
+from sqlalchemy import (
+    ColumnElement,
+    Table,
+    bindparam,
+    case,
+    delete,
+    event,
+    select,
+    update,
+)
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.orm import Session
 
-from core import clock
+from core import clock, i18n
 from core.adapters import db, twilio_gateway
 from core.adapters.db import transaction
 from core.adapters.dialog_models import WhatsappTemplateSend
-from core.adapters.models import MessageStatusEvent, OutboxMessage, Person
+from core.adapters.models import MessageStatusEvent, NumberOptOut, OutboxMessage, Person
 from core.adapters.queue import after_commit, enqueue, queue
 from core.adapters.redis_conn import redis_client, run_script
 from core.config import get_settings
@@ -369,6 +382,8 @@ def _send(c: _Claimed) -> str:
                         _code_lost(session, refused)
         if final:
             log.warning("message refused", extra={"outbox_id": outbox_id, "code": exc.code})
+            if carries_code(c.body):  # its copy, if any, was made: it has its own text
+                _mask_later([outbox_id], CODE_KEPT_FOR)
             return "failed"
         raise TransientSendError(str(exc)) from None
     except requests.exceptions.ConnectionError as exc:
@@ -389,6 +404,8 @@ def _send(c: _Claimed) -> str:
                 if unsent is not None:
                     _code_lost(session, unsent)
             log.warning("message never sent (no connection)", extra={"outbox_id": outbox_id})
+            if carries_code(c.body):
+                _mask_later([outbox_id], CODE_KEPT_FOR)
             return "failed"
         raise TransientSendError("no connection to Twilio") from None
     except requests.exceptions.Timeout:
@@ -406,6 +423,8 @@ def _send(c: _Claimed) -> str:
                     extra={"outbox_id": outbox_id})
         return "unknown"
     log.info("message handed to twilio", extra={"outbox_id": outbox_id})
+    if carries_code(c.body):  # masked then, unless its report brings that sooner
+        _mask_later([outbox_id], CODE_KEPT_UNSETTLED, first=True)
     return "sent"
 
 
@@ -444,12 +463,66 @@ def _person_at(to_addr: str) -> ColumnElement[bool]:
 
 def _opted_out(session: Session, channel: str, to_addr: str, wanted: bool) -> bool:
     """Whether ``to_addr`` stopped this channel: an SMS also after a STOP on WhatsApp,
-    unless ``wanted`` (about a booking of theirs, an answer they asked for, a work SMS)."""
+    unless ``wanted`` (about a booking of theirs, an answer they asked for, a work SMS).
+    The person at the address says; an address nobody holds now, the opt-out kept there
+    when its person was erased (``NumberOptOut``)."""
+    row: Any = session.execute(select(Person.opted_out, Person.sms_opted_out)
+                               .where(_person_at(to_addr))).first()
+    if row is None:
+        row = session.execute(select(NumberOptOut.whatsapp, NumberOptOut.sms).where(
+            NumberOptOut.number_hash == number_hash(to_addr))).first()
+    if row is None:
+        return False
+    whatsapp_stopped, sms_stopped = bool(row[0]), bool(row[1])
     if channel == "whatsapp":
-        return bool(session.scalar(select(Person.opted_out).where(_person_at(to_addr))))
-    row = session.execute(select(Person.opted_out, Person.sms_opted_out)
-                          .where(_person_at(to_addr))).first()
-    return row is not None and (row.sms_opted_out or (row.opted_out and not wanted))
+        return whatsapp_stopped
+    return sms_stopped or (whatsapp_stopped and not wanted)
+
+
+# --- opt-outs that outlive an erasure ---------------------------------------------------
+
+
+def number_hash(address: str) -> str:
+    """The keyed hash (HMAC-SHA256 with OTP_KEY) an opt-out is kept under: of the phone
+    number (E.164) or WhatsApp id an address reaches, whichever channel. Without the key
+    nobody can try the few billion Indian mobile numbers against it."""
+    who = address.removeprefix("whatsapp:")
+    return hmac.new(get_settings().otp_key, f"opt-out:{who}".encode(),
+                    hashlib.sha256).hexdigest()
+
+
+def keep_opt_out(session: Session, identities: list[str | None], *, whatsapp: bool,
+                 sms: bool) -> None:
+    """Keep a person's opt-outs under their numbers' hashes, as they stand now (they are
+    about to be erased): either channel stopped, a row says so; neither (they sent START
+    since), no row says otherwise."""
+    keys = sorted({number_hash(i) for i in identities if i})
+    if not keys:
+        return
+    t = NumberOptOut
+    if not (whatsapp or sms):
+        session.execute(delete(t).where(t.number_hash.in_(keys)))
+        return
+    stmt = insert(t).values([{"number_hash": k, "whatsapp": whatsapp, "sms": sms}
+                             for k in keys])
+    session.execute(stmt.on_conflict_do_update(
+        index_elements=[t.number_hash],
+        set_={"whatsapp": stmt.excluded.whatsapp, "sms": stmt.excluded.sms}))
+
+
+@event.listens_for(Person, "before_insert")
+def _carry_opt_out(mapper: Any, connection: Any, person: Person) -> None:
+    """A person made for a number (or WhatsApp id) whose erased holder had stopped us
+    starts stopped too: the bot asks them for START, as it asked before. The kept row
+    goes: the person holds the opt-out now (and keeps it again if erased)."""
+    keys = sorted({number_hash(i) for i in (person.phone, person.wa_id) if i})
+    if not keys:
+        return
+    t = cast(Table, NumberOptOut.__table__)
+    for whatsapp, sms in connection.execute(
+            delete(t).where(t.c.number_hash.in_(keys)).returning(t.c.whatsapp, t.c.sms)):
+        person.opted_out = bool(person.opted_out) or whatsapp
+        person.sms_opted_out = bool(person.sms_opted_out) or sms
 
 
 def _opt_out_at(to_addr: str) -> dict[str, bool]:
@@ -713,7 +786,17 @@ def apply_reports(reports: list[StatusReport]) -> int:
                 prefix + str(row_id) in copies for prefix in _COPY_PREFIXES)]
         for row_id in lost:
             _code_lost(session, failed[row_id])
+        # Codes to mask: of the rows done with (their copies, if any, made just now),
+        # soon; of the rows Twilio holds without a last word yet, after a day at most.
+        done_with: list[int] = []
+        held: list[int] = []
+        for row in rows:
+            if row.provider_sid is not None and carries_code(row.body):
+                settled = row.status in _REACHED or row.status in _FINAL_FAILURES
+                (done_with if settled else held).append(row.id)
     _partners_off_duty(sorted(stopped))
+    _mask_later(done_with, CODE_KEPT_FOR)
+    _mask_later(held, CODE_KEPT_UNSETTLED, first=True)
     return matched
 
 
@@ -757,6 +840,11 @@ def _by_sms_instead(session: Session, row: OutboxMessage, code: str | None = Non
     copied = _copy_of(session, row)
     if copied is not None:
         return copied
+    if code_masked(row.body):
+        # Refused after its code was masked (it had been delivered: what it said arrived;
+        # or it failed before, and its code was made again): "****" is no use to anyone.
+        log.info("a masked code is not sent again", extra={"outbox_id": row.id})
+        return None
     if code == WINDOW_CLOSED_CODE and row.channel == "whatsapp" and fits_template(
             row.body) and session.get(WhatsappTemplateSend, row.id) is None:
         from core.services import notify  # notify sends through this module
@@ -846,6 +934,9 @@ def _on_whatsapp_instead(session: Session, row: OutboxMessage) -> int | None:
     copied = _copy_of(session, row)
     if copied is not None:
         return copied
+    if code_masked(row.body):
+        log.info("a masked code is not sent again", extra={"outbox_id": row.id})
+        return None
     person = session.scalar(select(Person).where(_person_at(row.to_addr)))
     if person is None or person.role == "ops":
         return None
@@ -864,13 +955,186 @@ def _on_whatsapp_instead(session: Session, row: OutboxMessage) -> int | None:
     return new_id
 
 
+# --- one-time codes out of the stored texts -------------------------------------------
+#
+# A pickup, drop, handover or sign-in code travels in the text of its message; the row
+# kept it until the retention run redacted the text months later. Once nothing can send
+# the text again it is masked: CODE_KEPT_FOR after the message was delivered or failed for
+# good (a report after "delivered" can still refuse it, and a repeated refusal is answered
+# by the copy made the first time; a refusal copies the text by SMS or WhatsApp, and the
+# copy, its own row, keeps its own text until it is done in turn), or
+# CODE_KEPT_UNSETTLED after Twilio took it without a report since (many Indian carriers
+# send none). A message waiting for a retry, or whose send outcome is unknown (a reconcile
+# matches its text at Twilio), keeps its text. Redis keeps the schedule (MASK_KEY: row id,
+# when); the sweep masks what is due, and the daily retention run masks what a lost
+# schedule left (``mask_codes``). The code itself still works: a leg keeps only its hash.
+
+CODE_MASK = "****"
+CODE_KEPT_FOR = timedelta(minutes=10)
+CODE_KEPT_UNSETTLED = timedelta(days=1)
+MASK_KEY = "outbox:codes-to-mask"
+MASK_BATCH = 500
+CODE_FIELD = "otp"  # the catalogs' field of a one-time code
+_UNSENT = ("pending", "sending")
+
+
+@dataclass(frozen=True)
+class _CodeText:
+    """A catalog text with a code in it, as a pattern: the code's places are groups c0
+    (the code, or the mask), c1 ... (the same code again)."""
+
+    pattern: re.Pattern[str]
+    groups: int
+
+
+def _code_pattern(text: str) -> _CodeText:
+    parts, groups = [], 0
+    for literal, name, _spec, _conversion in string.Formatter().parse(text):
+        parts.append(re.escape(literal))
+        if name is None:
+            continue
+        if name.split(".", 1)[0].split("[", 1)[0] != CODE_FIELD:
+            parts.append(".*?")
+        elif groups == 0:
+            parts.append(f"(?P<c0>[0-9]{{4,8}}|{re.escape(CODE_MASK)})")
+            groups = 1
+        else:
+            parts.append(f"(?P<c{groups}>(?P=c0))")
+            groups += 1
+    return _CodeText(re.compile("".join(parts), re.DOTALL), groups)
+
+
+@functools.lru_cache(maxsize=4)
+def _code_texts(directory: str) -> dict[str, list[_CodeText]]:
+    """Every catalog text that carries a code, in every language, by the first letters
+    of its fixed start ("" for a text that starts with a field): a message is tried
+    against the few that can be it, not against them all."""
+    found: dict[str, list[_CodeText]] = {}
+    seen = set()
+    for lang in i18n.LANGUAGES:
+        for key in sorted(i18n.keys(lang)):
+            text = i18n.raw(key, lang)
+            if text in seen or CODE_FIELD not in i18n.placeholders(text):
+                continue
+            seen.add(text)
+            head = next(iter(string.Formatter().parse(text)), ("",))[0][:_HEAD]
+            found.setdefault(head if len(head) == _HEAD else "", []).append(
+                _code_pattern(text))
+    return found
+
+
+_HEAD = 3
+
+
+def _code_in(body: str) -> re.Match[str] | None:
+    """The match of ``body`` with a catalog text that carries a code (or its mask)."""
+    texts = _code_texts(str(i18n.catalog_dir()))
+    for candidate in (*texts.get(body[:_HEAD], ()), *texts.get("", ())):
+        found = candidate.pattern.fullmatch(body)
+        if found is not None:
+            return found
+    return None
+
+
+def carries_code(body: str) -> bool:
+    """Whether a message's text still shows a one-time code."""
+    found = _code_in(body)
+    return found is not None and found["c0"] != CODE_MASK
+
+
+def code_masked(body: str) -> bool:
+    """Whether a message's text carried a one-time code, masked since."""
+    found = _code_in(body)
+    return found is not None and found["c0"] == CODE_MASK
+
+
+def mask_code(body: str) -> str:
+    """``body`` with its one-time code (every place it is said) as CODE_MASK; any other
+    text as it is."""
+    found = _code_in(body)
+    if found is None or found["c0"] == CODE_MASK:
+        return body
+    spans = sorted((found.span(name) for name in found.groupdict()), reverse=True)
+    for start, end in spans:
+        body = body[:start] + CODE_MASK + body[end:]
+    return body
+
+
+def _mask_later(ids: list[int], after: timedelta, *, first: bool = False) -> None:
+    """Schedule the codes of these rows to be masked ``after`` from now. ``first``: only
+    rows not scheduled yet (a row taken by Twilio; its report brings its own, earlier
+    time). Redis away: the daily retention run masks them (mask_codes)."""
+    if not ids:
+        return
+    at = (clock.now() + after).timestamp()
+    try:
+        redis_client().zadd(MASK_KEY, dict.fromkeys(map(str, ids), at), nx=first)
+    except RedisError:
+        log.warning("codes not scheduled for masking (Redis unavailable); the daily run "
+                    "masks them", extra={"rows": len(ids)})
+
+
+def mask_codes(session: Session, ids: list[int]) -> tuple[list[int], int]:
+    """Mask the codes of these rows (and their template sends' variables), those settled:
+    not waiting to be sent, nor sent with an unknown outcome. Returns the rows seen (not
+    held by another transaction: they are left for the next time) and how many changed."""
+    rows = list(session.scalars(select(OutboxMessage).where(OutboxMessage.id.in_(ids))
+                                .order_by(OutboxMessage.id)
+                                .with_for_update(skip_locked=True)))
+    templates = {t.outbox_id: t for t in session.scalars(
+        select(WhatsappTemplateSend).where(WhatsappTemplateSend.outbox_id.in_(
+            [r.id for r in rows if r.status not in _UNSENT])).with_for_update())}
+    masked = 0
+    for row in rows:
+        if row.status in _UNSENT:
+            continue  # back on its way: scheduled again once it is done
+        text = mask_code(row.body)
+        template = templates.get(row.id)
+        variables = ({k: mask_code(str(v)) for k, v in template.content_variables.items()}
+                     if template is not None else None)
+        if text != row.body or (template is not None
+                                and variables != template.content_variables):
+            row.body = text
+            if template is not None and variables is not None:
+                template.content_variables = variables
+            masked += 1
+    return [r.id for r in rows], masked
+
+
+def mask_due_codes(batch: int = MASK_BATCH) -> int:
+    """Mask the codes whose time has come (the sweep, each minute); how many rows changed.
+    A row gone meanwhile (or never there) leaves the schedule too."""
+    try:
+        r = redis_client()
+        raw = cast(list[bytes], r.zrangebyscore(MASK_KEY, "-inf", clock.now().timestamp(),
+                                                start=0, num=batch))
+        due = [int(x) for x in raw]
+    except RedisError:
+        log.warning("codes due for masking unknown (Redis unavailable)")
+        return 0
+    if not due:
+        return 0
+    with transaction() as session:
+        seen, masked = mask_codes(session, due)
+        present = set(session.scalars(select(OutboxMessage.id).where(
+            OutboxMessage.id.in_(due))))
+    done = sorted(set(seen) | (set(due) - present))
+    if done:
+        try:
+            r.zrem(MASK_KEY, *map(str, done))
+        except RedisError:
+            log.warning("masked codes left in the schedule (Redis unavailable)")
+    return masked
+
+
 def sweep(now_age: timedelta = timedelta(seconds=60)) -> int:
     """Re-enqueue rows whose delivery job was lost; return how many jobs were scheduled.
 
     ``pending`` rows older than ``now_age`` are re-enqueued (the job id dedupes). A
     ``sending`` row without a provider sid and silent for STALE_SENDING gets a reconcile
     job (see _due_reconciles), which asks Twilio before anything is sent again: a job per
-    row, for those look-ups are network calls, too slow to make here.
+    row, for those look-ups are network calls, too slow to make here. Then the codes due
+    to be masked are (mask_due_codes; not counted).
     """
     cutoff = clock.now() - now_age
     with transaction() as session:
@@ -890,6 +1154,7 @@ def sweep(now_age: timedelta = timedelta(seconds=60)) -> int:
         enqueue(RECONCILE_JOB, row_id, queue_name="outbox", job_id=f"outbox-reconcile-{row_id}")
     for row_id in ids:
         schedule_delivery(row_id)
+    mask_due_codes()
     return len(unknown) + len(ids)
 
 

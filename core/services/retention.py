@@ -20,9 +20,15 @@ Where personal data lives, and what happens to it:
   The rows go in the database's transaction and the files' URIs wait in
   ``pod_photo_deletions``; the files go after the commit (an RQ job, retried while the
   store is away, and the daily run), each row with its file.
+- one-time codes (pickup, drop, handover, sign-in) in outbox texts: masked minutes after
+  their message is delivered or failed for good, a day after Twilio took one it never
+  reported on (``outbox.mask_due_codes``); what a lost schedule left, by the daily run.
 - people, bookings (recipient, landmarks, exact places), partner profiles: kept while the
   service needs them, erased on the person's request (``erase_person``, India's DPDP Act
-  2023).
+  2023); a recipient with no account (only her number on the bookings sent to her), by
+  her number (``erase_recipient``).
+- ``number_opt_outs``: an erased person's STOP, under a keyed hash of the number (no
+  number): kept, so that nobody new at that number is written to before START.
 
 Never touched: the ledger, payment links, transfers, refunds, ``razorpay_events``,
 ``transitions`` and ``audit_log``. They are the financial and audit record the law has us
@@ -60,7 +66,7 @@ from sqlalchemy.orm import Session
 
 from core import clock
 from core.adapters import geo_index, storage
-from core.adapters.api_models import ApiSession, BookingRating, IdempotencyRecord
+from core.adapters.api_models import ApiSession, AuditEntry, BookingRating, IdempotencyRecord
 from core.adapters.db import transaction
 from core.adapters.dialog_models import Handoff, HandoffMessage, WhatsappTemplateSend
 from core.adapters.dispatch_models import DispatchOffer, PodPhoto, PodPhotoDeletion
@@ -88,7 +94,9 @@ from core.domain import ledger as rules
 from core.domain.booking import BOOKING, LEG
 from core.domain.dispatch import OfferStatus
 from core.domain.errors import Conflict, NotFound, Unavailable, ValidationError
-from core.services import inbound, ledger
+from core.domain.phone import normalize_phone
+from core.logs import mask_phones
+from core.services import inbound, ledger, outbox
 from core.services.dispatch import BLOCKED_KYC
 from core.services.partner_app import LAST_FIX_KEY
 
@@ -166,6 +174,38 @@ def _status_events(session: Session, after: int, cutoff: datetime) -> list[int]:
     ids = _batch(select(e.id).where(e.received_at < cutoff), e, after)
     return list(session.scalars(delete(e).where(e.id.in_(ids)).returning(e.id),
                                 execution_options=_QUIET))
+
+
+# A step that reads rows it may leave as they are: the ids it read (the keyset moves past
+# them) and how many it changed.
+Pass = Callable[[Session, int, datetime], tuple[list[int], int]]
+
+
+def _all_changed(step: Step) -> Pass:
+    def each(session: Session, after: int, cutoff: datetime) -> tuple[list[int], int]:
+        ids = step(session, after, cutoff)
+        return ids, len(ids)
+    return each
+
+
+# How far back the daily run looks for codes left in messages: a week of lost schedules
+# or failed runs. (Older ones go with the texts, after RETENTION_MESSAGE_DAYS.)
+CODE_LOOKBACK = timedelta(days=7)
+
+
+def _codes(session: Session, after: int, cutoff: datetime) -> tuple[list[int], int]:
+    """One-time codes in messages done with before ``cutoff``: Twilio took them that long
+    ago (or, never taken, they were written so long ago), whatever their last report. Read
+    are those with four digits in a row; masked, those whose text is a code's."""
+    m = OutboxMessage
+    since = func.coalesce(m.sent_at, m.created_at)
+    batch = session.execute(select(m.id, m.body).where(
+        m.id > after, since < cutoff, since >= cutoff - CODE_LOOKBACK,
+        m.status.not_in(UNSENT), m.body.regexp_match("[0-9]{4}"))
+        .order_by(m.id).limit(BATCH)).all()
+    carrying = [r.id for r in batch if outbox.carries_code(r.body)]
+    masked = outbox.mask_codes(session, carrying)[1] if carrying else 0
+    return [r.id for r in batch], masked
 
 
 def _outbox(session: Session, after: int, cutoff: datetime) -> list[int]:
@@ -339,18 +379,24 @@ def run(now: datetime | None = None) -> dict[str, int]:
     done["dead_letters"] = inbound.drop_dead_letters(
         lambda d: d.at is None or d.at < message_cutoff.timestamp())
     unfinished = False
-    for name, step, cutoff in steps:
+    passes: list[tuple[str, Pass, datetime]] = [
+        (name, _all_changed(step), cutoff) for name, step, cutoff in steps]
+    # Codes a lost schedule left in messages done with for a day (outbox.mask_due_codes
+    # masks the others within minutes).
+    passes.append(("codes", _codes, now - outbox.CODE_KEPT_UNSETTLED))
+    done["codes"] = 0
+    for name, step_pass, cutoff in passes:
         after = 0
         while not unfinished:
             if _monotonic() >= deadline:
                 unfinished = True
                 break
             with transaction() as session:
-                ids = step(session, after, cutoff)
-            done[name] += len(ids)
-            if len(ids) < BATCH:
+                seen, changed = step_pass(session, after, cutoff)
+            done[name] += changed
+            if len(seen) < BATCH:
                 break
-            after = max(ids)
+            after = max(seen)
     # The files of the photos deleted above, and any an erasure's job could not delete.
     done["photo_files"], done["photo_files_left"] = delete_photo_files(deadline)
     done["unfinished"] = int(unfinished)
@@ -365,7 +411,7 @@ def run(now: datetime | None = None) -> dict[str, int]:
 class Erasure:
     """What one erasure changed, by kind; all zero when it had been done before."""
 
-    person_id: int
+    person_id: int | None  # None: a recipient with no account, erased by her number
     counts: dict[str, int] = field(default_factory=dict)
 
     @property
@@ -462,7 +508,7 @@ def erase_person(session: Session, person_id: int) -> Erasure:
     _scrub_drafts(done, drafts)
     _erase_stored_answers(session, done, numbers | _ten_digits(*recipients))
     # Before the bookings lose the recipient's number, by which ``received`` finds them.
-    _erase_photos(session, done, own, received, person.id)
+    _erase_photos(session, done, own, received, photo_job_id(person.id))
     _erase_bookings(session, done, own, received)
 
     handoffs = select(Handoff.id).where(or_(Handoff.person_id == person.id,
@@ -485,10 +531,86 @@ def erase_person(session: Session, person_id: int) -> Erasure:
     if partner is not None:
         _erase_partner(session, done, partner)
     _erase_dead_letters(done, numbers)
+    # Their STOP outlives them, under a hash of the number: nobody new at that number is
+    # written to before they say START (outbox.NumberOptOut).
+    outbox.keep_opt_out(session, [person.phone, person.wa_id], whatsapp=person.opted_out,
+                        sms=person.sms_opted_out)
     if any((person.name, person.phone, person.wa_id, person.preferred_language)):
         person.name = person.phone = person.wa_id = person.preferred_language = None
         done.add("people", 1)
     session.flush()
+    return done
+
+
+RECIPIENT_ERASED = "recipient.erase"  # the audit log's action
+
+
+@dataclass
+class RecipientErasure(Erasure):
+    """What erasing a recipient by her number changed, and the bookings she received
+    (found by her number: none once she was erased)."""
+
+    booking_ids: list[int] = field(default_factory=list)
+
+
+def erase_recipient(session: Session, phone: str, *, actor: str,
+                    reason: str) -> RecipientErasure:
+    """Erase a parcel's recipient who has no account (her number is only on the bookings
+    sent to her), on her request, in the caller's transaction; audited (``actor``: who,
+    as the audit log names them; ``reason`` kept with any number in it masked).
+
+    ``phone`` as typed (any form ``normalize_phone`` reads): ValidationError ``bad_phone``.
+    Refused (Conflict) while a booking to her is not finished (``in_flight``: the rider
+    needs her number and she her drop code; ops erase her once it is delivered or
+    cancelled), and for a number a person holds (``has_account``: erase them by their
+    person id, which takes everything of theirs; the error names the id).
+
+    Then, as ``erase_person`` does for the bookings a person received: those bookings lose
+    her name, number, the drop's landmark and exact place (their ids, money, statuses and
+    the ledger stay), their photos go (her door; the files after the commit); the messages
+    to her lose text and address; the texts naming her (the senders' chats with the bot,
+    those bookings' messages to riders and ops, handoffs, booking drafts, stored call
+    answers, Redis's dead letters) lose it. Her opt-out, if kept, stays (a hash only).
+    Run again, it finds nothing (no booking has her number) and records nothing. The
+    audit entry names the bookings by id, never the number."""
+    number = normalize_phone(phone)
+    holder = session.scalar(select(Person.id).where(or_(
+        Person.phone == number, Person.wa_id == number.removeprefix("+"))).limit(1))
+    if holder is not None:
+        raise Conflict(f"this number is person {holder}'s: erase them by their person id; "
+                       "nothing was changed", code="has_account", field="phone")
+    senders = _senders_of(session, number)
+    tens = _ten_digits(number)
+    # Lock order as a chat turn takes it: the booking drafts naming her first.
+    drafts = list(session.scalars(select(Conversation).where(_drafts_naming(tens, senders))
+                                  .order_by(Conversation.id).with_for_update()))
+    found = session.execute(select(Booking.id, Booking.reference, Booking.status)
+                            .where(Booking.recipient_phone == number)
+                            .order_by(Booking.id)).all()
+    on_way = next((ref for _, ref, status in found if status not in CLOSED_BOOKINGS), None)
+    if on_way is not None:
+        raise Conflict(f"booking {on_way} to this number is not finished yet; nothing was "
+                       "changed", code="in_flight", field="phone")
+    ids = [booking_id for booking_id, _, _ in found]
+    done = RecipientErasure(None, booking_ids=ids)
+    # These bookings alone (finished: they stay so), not one made to her since.
+    received = select(Booking.id).where(_among(Booking.id, ids))
+    nothing = select(Booking.id).where(false())
+    _erase_messages(session, done, nothing, _addresses(number), set())
+    _erase_recipient_copies(session, done, received, tens, senders, drafts)
+    _erase_waiting_handoffs(session, done, tens)
+    _scrub_drafts(done, drafts)
+    _erase_stored_answers(session, done, tens)
+    _erase_photos(session, done, nothing, received, f"erased-photos-b{ids[0] if ids else 0}")
+    _erase_bookings(session, done, nothing, received)
+    _scrub_saved_answers(session, done, [ref for _, ref, _ in found])
+    _erase_dead_letters(done, tens)
+    session.flush()
+    if done.changed:
+        session.add(AuditEntry(actor=actor, action=RECIPIENT_ERASED,
+                               target=f"booking:{ids[0]}" if ids else "recipient",
+                               details={"reason": mask_phones(reason), **done.counts,
+                                        "booking_ids": ids}))
     return done
 
 
@@ -881,7 +1003,7 @@ def _erase_partner(session: Session, done: Erasure, partner: PartnerProfile) -> 
 
 
 def _erase_photos(session: Session, done: Erasure, own: Any, received: Any,
-                  person_id: int) -> None:
+                  job_id: str) -> None:
     """The photos of their bookings and of bookings to them (the parcel in hand, the
     recipient's door), whoever took them: the rows now, and the legs' link to the proof;
     the files after the commit, by an RQ job tried again while the store is away (and by
@@ -897,7 +1019,7 @@ def _erase_photos(session: Session, done: Erasure, own: Any, received: Any,
                                                  Leg.pod_photo_url.is_not(None))):
         uris.append(leg.pod_photo_url)
         leg.pod_photo_url = None
-    _forget_files(session, uris, job=photo_job_id(person_id))
+    _forget_files(session, uris, job=job_id)
     done.add("photos", len(set(uris)))
 
 
