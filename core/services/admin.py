@@ -158,6 +158,7 @@ def add_point(session: Session, pincode: str, office: str, *, actor: str) -> Out
                        f"(id {point.id}); nothing changed")
     if point is not None:
         point.active = True
+        after_commit(session, geo_index.invalidate_homes)  # its partners placed there again
         record(session, actor, "point.activate", f"point:{point.id}", pincode=pin,
                office=post.office_name)
         return Outcome(True, point.id, f"Point {point.name} ({pin}, id {point.id}) is "

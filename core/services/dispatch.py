@@ -2383,6 +2383,13 @@ def _leg_of_code(session: Session, partner: PartnerProfile, kind: str, otp: str,
     right = [leg for leg in waiting if check_leg_otp(leg, kind, otp)]
     if len(right) == 1:
         return right[0], None
+    if not right:
+        # The right code of a job locked after wrong codes ("which job?" counted it): that
+        # job's answer, as with its number; no other job pays a try for it.
+        for leg in active_legs_of(session, partner):
+            if leg.status == LegStatus.LOCKED.value and check_leg_otp(leg, kind, otp):
+                return None, _r("dispatch.otp_locked", job=job_code(leg),
+                                ops_phone=get_settings().ops_phone)
     if right or not waiting:
         return None, None
     done = _done_before(session, partner, kind, otp)

@@ -273,6 +273,9 @@ def reply(session: Session, handoff_id: int, operator: str, body: str, *,
         raise Conflict("empty reply", code="empty_message")
     handoff, _conv, person = _get_open(session, handoff_id)
     taken_from = None
+    if handoff.operator == ANSWERED_BY_PHONE:
+        # Someone took the caller's call from the IVR; whoever writes to them now has them.
+        handoff.operator = operator
     if handoff.operator not in (None, operator, ANSWERED_BY_PHONE) \
             and operator_id(handoff) is not None:
         if not take_over:
