@@ -93,7 +93,9 @@ class NumberOptOut(Base):
     number stopped us" when we are about to write to it. Honoured when sending to a number
     no person holds (``_opted_out``), and carried onto the person made anew when the number
     writes again (``_carry_opt_out``): they are asked for START as before, and START clears
-    it as ever. Written by ``retention.erase_person``. Rotating OTP_KEY forgets these.
+    it as ever. Written by ``retention.erase_person``, and when Twilio refuses a message
+    for an opt-out (21610, 63014) to a number nobody holds; an SMS START from the number
+    ends it (partner_sms.handle). Rotating OTP_KEY forgets these.
     The code that reads and writes it: core.services.outbox. Migration 0032."""
 
     __tablename__ = "number_opt_outs"

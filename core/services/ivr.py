@@ -20,21 +20,24 @@ here calls the network.
 
 from __future__ import annotations
 
+import functools
+import html
 import logging
 import math
+import re
+import string
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from core import clock, i18n
 from core.adapters.api_models import AuditEntry
 from core.adapters.db import transaction
-from core.adapters.dialog_models import WhatsappTemplateSend
 from core.adapters.models import (
     Booking,
     Conversation,
@@ -323,16 +326,13 @@ def _messages_to(session: Session, person: Person, booking_id: int) -> int:
 
 def take_back_details(session: Session, person: Person, booking: Booking) -> None:
     """The caller cancelled, in the call it was made in, a booking whose details SMS was
-    queued when it was made. Not tried yet (the worker is behind), it is withdrawn: taken
-    out of the outbox under its row lock, so no sender can be claiming it. Once the details
+    queued when it was made. Not tried yet (the worker is behind), it is withdrawn
+    (outbox.withdraw: under its row lock, so no sender can be claiming it). Once the details
     or the payment link went (a worker sends within seconds), the caller is sent one more
     message saying the booking is cancelled, so what they read matches what they heard."""
-    row = session.scalar(select(OutboxMessage).where(
-        OutboxMessage.dedupe_key == details_key(booking.id)).with_for_update())
-    if row is not None and row.status == "pending" and row.attempts == 0:
-        session.execute(delete(WhatsappTemplateSend)
-                        .where(WhatsappTemplateSend.outbox_id == row.id))
-        session.execute(delete(OutboxMessage).where(OutboxMessage.id == row.id))
+    row_id = session.scalar(select(OutboxMessage.id).where(
+        OutboxMessage.dedupe_key == details_key(booking.id)))
+    if row_id is not None and outbox.withdraw(session, row_id):
         log.info("details of a booking cancelled in its call withdrawn",
                  extra={"booking_id": booking.id})
     if person.phone and _messages_to(session, person, booking.id):
@@ -405,6 +405,8 @@ def read_pickup_code(session: Session, person: Person, booking: Booking) -> dict
 # stored so that Twilio's retry of that webhook, which comes within seconds, hears the
 # same. It is blanked once the call is over (its status callback, the caller's next call,
 # or our hang-up), and in any case this long after it was read (a status callback lost).
+# Both lost (Redis lost the job, and no callback came), the daily retention run blanks the
+# answers that say a code (says_a_code) once CODE_KEPT_FOR_CALL has passed.
 CODE_SAID = "ivr.code.said"
 CODE_SAID_AGAIN = "ivr.code.again"  # the same code, said again in the call on 1
 CODE_KEYS = frozenset({CODE_SAID, CODE_SAID_AGAIN})
@@ -417,6 +419,33 @@ CODE_KEPT_FOR_CALL = timedelta(minutes=30)
 FORGET_HEARD_JOB = "core.services.ivr.forget_heard_code"
 # What a blanked answer says to a (very late) retry of its webhook: the call is over.
 BLANKED_ANSWER = '<?xml version="1.0" encoding="UTF-8"?><Response><Hangup/></Response>'
+
+
+@functools.lru_cache(maxsize=4)
+def _code_said_patterns(directory: str) -> tuple[re.Pattern[str], ...]:
+    """The texts that read a code out (CODE_KEYS, every language) as patterns: their words
+    as written, any run of spaces as any other, the code as digits said one by one, any
+    other field (the booking's number) as anything."""
+    found = []
+    for lang in i18n.LANGUAGES:
+        for key in sorted(CODE_KEYS):
+            parts = []
+            for literal, name, _spec, _conv in string.Formatter().parse(i18n.raw(key, lang)):
+                parts += [r"\s+" if word.isspace() else re.escape(word)
+                          for word in re.split(r"(\s+)", literal) if word]
+                if name is not None:
+                    parts.append(_SPELLED if name == "digits" else ".+?")
+            found.append(re.compile("".join(parts), re.DOTALL))
+    return tuple(found)
+
+
+_SPELLED = r"[0-9](?:[\s,]*[0-9])*"  # spoken.spell_digits: "4 8 2 9", "8 4 5, 4 3 8"
+
+
+def says_a_code(answer: str) -> bool:
+    """Whether a stored call answer (TwiML) reads a pickup code out, in any language."""
+    text = html.unescape(answer)
+    return any(p.search(text) for p in _code_said_patterns(str(i18n.catalog_dir())))
 
 
 def _blank_answers(session: Session, sid: str, turns: list[int]) -> int:

@@ -52,6 +52,7 @@ from redis.exceptions import RedisError
 from rq import Retry
 from sqlalchemy import (
     ColumnElement,
+    CursorResult,
     Table,
     bindparam,
     case,
@@ -83,6 +84,11 @@ _RANK = {"pending": 0, "sending": 1, "queued": 2, "sent": 3, "delivered": 4, "re
 _FINAL_FAILURES = {"failed", "undelivered"}
 _REACHED = {"delivered", "read"}  # the carrier or WhatsApp says it got to the person
 STOP_ERROR_CODE = "21610"  # the recipient replied STOP: never message them again
+# WhatsApp's counterpart: the message was blocked by the recipient's action (she blocked
+# our sender, or withdrew her consent). Her WhatsApp is closed to us until she writes.
+WHATSAPP_BLOCKED_CODE = "63014"
+# Refusals that end a channel for the address, as STOP does: what it was sent on is closed.
+STOP_CODES = frozenset({STOP_ERROR_CODE, WHATSAPP_BLOCKED_CODE})
 # WhatsApp refused a free-form message: the user's last message is over 24 hours old. The
 # choice was made when the message was queued; a retry or a late drain can cross the line.
 WINDOW_CLOSED_CODE = "63016"
@@ -205,6 +211,22 @@ _INSERT = (insert(_OUTBOX)
                "booking_id", "status", "attempts")})
            .on_conflict_do_nothing(index_elements=["dedupe_key"])
            .returning(_OUTBOX.c.id))
+
+
+def withdraw(session: Session, row_id: int) -> bool:
+    """Take back a message never tried (its cause was undone before a worker got to it:
+    a booking cancelled in the call it was made in), in the caller's transaction. The row
+    is locked first, so no sender is claiming it meanwhile; only one still "pending" with
+    no attempt goes (a row held back untried behind an earlier one included), with its
+    template send. One tried, being sent or settled stays: it may have reached them.
+    Returns whether it was withdrawn. Its delivery job, if queued, finds nothing."""
+    row = session.execute(select(OutboxMessage.status, OutboxMessage.attempts)
+                          .where(OutboxMessage.id == row_id).with_for_update()).first()
+    if row is None or row.status != "pending" or row.attempts != 0:
+        return False
+    session.execute(delete(WhatsappTemplateSend).where(WhatsappTemplateSend.outbox_id == row_id))
+    session.execute(delete(OutboxMessage).where(OutboxMessage.id == row_id))
+    return True
 
 
 # Messages to one person go out in the order they were written: one waits while an
@@ -367,14 +389,14 @@ def _send(c: _Claimed) -> str:
     except twilio_gateway.SendRejected as exc:
         final = exc.permanent or attempts > settings.outbox_max_retries
         _record_failure(outbox_id, code=exc.code, error=str(exc), final=final)
-        if exc.code == STOP_ERROR_CODE:
+        if exc.code in STOP_CODES:
             _mark_opted_out(to)
-        if exc.code == STOP_ERROR_CODE or final:
+        if exc.code in STOP_CODES or final:
             with transaction() as session:
                 refused = session.get(OutboxMessage, outbox_id)
                 if refused is not None:
                     resent = None
-                    if exc.code == STOP_ERROR_CODE:
+                    if exc.code in STOP_CODES:
                         resent = _on_whatsapp_instead(session, refused)
                     elif exc.code in BY_SMS_CODES:
                         resent = _by_sms_instead(session, refused, exc.code)
@@ -465,7 +487,8 @@ def _opted_out(session: Session, channel: str, to_addr: str, wanted: bool) -> bo
     """Whether ``to_addr`` stopped this channel: an SMS also after a STOP on WhatsApp,
     unless ``wanted`` (about a booking of theirs, an answer they asked for, a work SMS).
     The person at the address says; an address nobody holds now, the opt-out kept there
-    when its person was erased (``NumberOptOut``)."""
+    when its person was erased, or when Twilio refused a message to it for a STOP
+    (``NumberOptOut``, _stopped_at)."""
     row: Any = session.execute(select(Person.opted_out, Person.sms_opted_out)
                                .where(_person_at(to_addr))).first()
     if row is None:
@@ -479,7 +502,7 @@ def _opted_out(session: Session, channel: str, to_addr: str, wanted: bool) -> bo
     return sms_stopped or (whatsapp_stopped and not wanted)
 
 
-# --- opt-outs that outlive an erasure ---------------------------------------------------
+# --- opt-outs of addresses nobody holds: an erased person's, a stranger's refusal --------
 
 
 def number_hash(address: str) -> str:
@@ -530,10 +553,49 @@ def _opt_out_at(to_addr: str) -> dict[str, bool]:
     return {"opted_out" if to_addr.startswith("whatsapp:") else "sms_opted_out": True}
 
 
+def _stopped_at(session: Session, to_addr: str) -> None:
+    """Twilio refused a message to ``to_addr`` for the recipient's STOP (21610) or her
+    WhatsApp block (63014): that channel is closed to her. The person at the address is
+    marked; an address nobody holds (a parcel's recipient without an account) keeps it as
+    a NumberOptOut (its hash, that channel's flag, the other as it was), honoured as an
+    erased person's is, and cleared by START (number_opted_in, or the person made when
+    the number writes). Not an erased row's address ("erased"): it reaches nobody."""
+    found = cast(CursorResult[Any], session.execute(
+        update(Person).where(_person_at(to_addr)).values(**_opt_out_at(to_addr))))
+    if found.rowcount:
+        return
+    whatsapp = to_addr.startswith("whatsapp:")
+    if not (whatsapp or to_addr.startswith("+")):
+        return
+    t = NumberOptOut
+    stmt = insert(t).values(number_hash=number_hash(to_addr), whatsapp=whatsapp,
+                            sms=not whatsapp)
+    flag = t.whatsapp if whatsapp else t.sms
+    session.execute(stmt.on_conflict_do_update(index_elements=[t.number_hash],
+                                               set_={flag.key: True}))
+    log.info("opt-out of an address nobody holds kept (hashed)",
+             extra={"channel": "whatsapp" if whatsapp else "sms"})
+
+
+def number_opted_in(session: Session, address: str, channel: str) -> bool:
+    """START from an address nobody holds (an SMS opt-in word from a parcel's recipient
+    without an account): the opt-out kept for it on ``channel`` ("sms" or "whatsapp")
+    ends, the other channel's stays. Returns whether one was kept. (A person made for the
+    number takes the kept opt-outs over instead: _carry_opt_out.)"""
+    flag = NumberOptOut.whatsapp if channel == "whatsapp" else NumberOptOut.sms
+    key = number_hash(address)
+    t = NumberOptOut
+    cleared = session.scalar(update(t).where(t.number_hash == key, flag.is_(True))
+                             .values({flag.key: False}).returning(t.number_hash))
+    # Neither channel stopped any more: no row says otherwise (as keep_opt_out leaves it).
+    session.execute(delete(t).where(t.number_hash == key, t.whatsapp.is_(False),
+                                    t.sms.is_(False)))
+    return cleared is not None
+
+
 def _mark_opted_out(to_addr: str) -> None:
     with transaction() as session:
-        session.execute(update(Person).where(_person_at(to_addr))
-                        .values(**_opt_out_at(to_addr)))
+        _stopped_at(session, to_addr)
     _partners_off_duty([to_addr])
 
 
@@ -755,15 +817,14 @@ def apply_reports(reports: list[StatusReport]) -> int:
                 row.status, -1
             ):
                 row.status = status
-            if report.error_code == STOP_ERROR_CODE:
+            if report.error_code in STOP_CODES:
                 stopped.add(row.to_addr)
                 stopped_rows.append(row)
             elif report.error_code in BY_SMS_CODES and status in _FINAL_FAILURES:
                 closed.append((row, report.error_code))
         session.execute(insert(MessageStatusEvent), events)
         for to_addr in sorted(stopped):
-            session.execute(update(Person).where(_person_at(to_addr))
-                            .values(**_opt_out_at(to_addr)))
+            _stopped_at(session, to_addr)
         resent: set[int] = set()
         for row in stopped_rows:
             if _on_whatsapp_instead(session, row) is not None:

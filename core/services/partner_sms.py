@@ -28,7 +28,7 @@ from core.config import get_settings
 from core.domain.booking import BOOKING, BookingStatus
 from core.domain.dispatch import Kind, parse_command
 from core.domain.errors import DomainError
-from core.services import dispatch, handoff
+from core.services import dispatch, handoff, outbox
 from core.services.inbound import InboundMessage, lost_a_race
 
 log = logging.getLogger(__name__)
@@ -45,6 +45,9 @@ def handle(session: Session, msg: InboundMessage) -> list[str]:
             person = Person(phone=msg.phone, role="customer", sms_opted_out=True)
             session.add(person)
             return []
+        if person is None and msg.phone and msg.body.strip().casefold() in OPT_IN_WORDS \
+                and outbox.number_opted_in(session, msg.phone, "sms"):
+            return []  # the opt-out kept for a number nobody holds ends; Twilio confirms it
         if _opt_out_or_in(session, person, None, msg.body, lang) is not None:
             return []  # a customer's or a recipient's opt-out word: recorded, Twilio answers
         waiting = handoff.waiting_for(session, person.id) if person is not None else None

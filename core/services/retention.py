@@ -23,6 +23,9 @@ Where personal data lives, and what happens to it:
 - one-time codes (pickup, drop, handover, sign-in) in outbox texts: masked minutes after
   their message is delivered or failed for good, a day after Twilio took one it never
   reported on (``outbox.mask_due_codes``); what a lost schedule left, by the daily run.
+- a pickup code read out on a call, in the call's stored answer (kept for Twilio's retry
+  of that webhook): blanked once the call ends, or minutes after the read (``ivr``); what
+  a lost job and a lost end of call left, by the daily run (``_code_answers``).
 - people, bookings (recipient, landmarks, exact places), partner profiles: kept while the
   service needs them, erased on the person's request (``erase_person``, India's DPDP Act
   2023); a recipient with no account (only her number on the bookings sent to her), by
@@ -96,7 +99,7 @@ from core.domain.dispatch import OfferStatus
 from core.domain.errors import Conflict, NotFound, Unavailable, ValidationError
 from core.domain.phone import normalize_phone
 from core.logs import mask_phones
-from core.services import inbound, ledger, outbox
+from core.services import inbound, ivr, ledger, outbox
 from core.services.dispatch import BLOCKED_KYC
 from core.services.partner_app import LAST_FIX_KEY
 
@@ -206,6 +209,22 @@ def _codes(session: Session, after: int, cutoff: datetime) -> tuple[list[int], i
     carrying = [r.id for r in batch if outbox.carries_code(r.body)]
     masked = outbox.mask_codes(session, carrying)[1] if carrying else 0
     return [r.id for r in batch], masked
+
+
+def _code_answers(session: Session, after: int, cutoff: datetime) -> tuple[list[int], int]:
+    """Call answers that read a pickup code out (ivr.says_a_code) given before ``cutoff``
+    and left in plain text: the call's end and the job that blanks them minutes after the
+    read were both lost (no status callback, Redis lost the job). Blanked as the call's
+    end blanks them (a very late retry of the webhook hears the call is over)."""
+    e = InboundEvent
+    batch = session.execute(select(e.id, e.response_body).where(
+        e.id > after, e.response_body.is_not(None), e.provider == ivr.PROVIDER,
+        e.received_at < cutoff, e.received_at >= cutoff - CODE_LOOKBACK,
+        e.response_body != ivr.BLANKED_ANSWER).order_by(e.id).limit(BATCH)).all()
+    coded = [r.id for r in batch if ivr.says_a_code(r.response_body)]
+    blanked = _changed(session, update(e).where(e.id.in_(coded), e.response_body.is_not(None))
+                       .values(response_body=ivr.BLANKED_ANSWER)) if coded else 0
+    return [r.id for r in batch], blanked
 
 
 def _outbox(session: Session, after: int, cutoff: datetime) -> list[int]:
@@ -384,7 +403,11 @@ def run(now: datetime | None = None) -> dict[str, int]:
     # Codes a lost schedule left in messages done with for a day (outbox.mask_due_codes
     # masks the others within minutes).
     passes.append(("codes", _codes, now - outbox.CODE_KEPT_UNSETTLED))
-    done["codes"] = 0
+    # Codes read out on calls whose end and blanking job were both lost (ivr blanks the
+    # others once the call ends, or minutes after the read): past the longest a call keeps
+    # a code, no retry of that webhook can come.
+    passes.append(("code_answers", _code_answers, now - ivr.CODE_KEPT_FOR_CALL))
+    done["codes"] = done["code_answers"] = 0
     for name, step_pass, cutoff in passes:
         after = 0
         while not unfinished:
