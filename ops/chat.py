@@ -6,6 +6,9 @@ The service answers the webhook at once and sends its reply (and any follow-ups:
 payment links, status updates) through Twilio's API, so this prints what the sandbox
 emulator received for you: GET /sandbox/outbox?to=...&since=....
 
+Follow-ups (a payment's receipt, a rider's news) are printed as they arrive while you
+type (on a terminal: a background watcher looks every WATCH_EVERY_S seconds).
+
 Commands: /loc <lat> <lng> shares a location; /photo and /voice send media; /wait polls
 the outbox for follow-ups; /quit (or Ctrl-D) ends.
 """
@@ -16,6 +19,7 @@ import argparse
 import os
 import secrets
 import sys
+import threading
 import time
 import xml.etree.ElementTree as ET
 
@@ -23,6 +27,7 @@ import requests
 from twilio.request_validator import RequestValidator
 
 SANDBOX_TOKEN = "sandbox-twilio-auth-token"
+WATCH_EVERY_S = 2.0
 HELP = ("type a message and press Enter · /loc 26.80 84.51 shares a location · /photo · "
         "/voice · /wait (follow-up messages) · /quit")
 
@@ -33,6 +38,9 @@ class Chat:
         self.phone, self.token, self.name = phone, token, name
         self.since = 0
         self.http = requests.Session()
+        # One outbox reader at a time: the typed line's answer and the watcher share
+        # ``since`` (and the HTTP session, which is not for two threads at once).
+        self.lock = threading.Lock()
 
     def _outbox(self) -> list[dict]:
         r = self.http.get(f"{self.base}/sandbox/outbox",
@@ -80,6 +88,27 @@ class Chat:
         return out
 
 
+def watch_once(chat: Chat) -> list[str]:
+    """One look for follow-ups between typed lines: printed, with the prompt again."""
+    if not chat.lock.acquire(blocking=False):
+        return []  # a typed line is being answered: its own reading shows them
+    try:
+        texts = chat.follow_ups()
+    except requests.RequestException:
+        texts = []  # the service is away for a moment: the next look will tell
+    finally:
+        chat.lock.release()
+    if texts:
+        _show("RideChain (message)", texts)
+        print("\nyou> ", end="", flush=True)
+    return texts
+
+
+def _watch(chat: Chat, stop: threading.Event) -> None:
+    while not stop.wait(WATCH_EVERY_S):
+        watch_once(chat)
+
+
 def _show(who: str, texts: list[str]) -> None:
     for text in texts:
         print(f"\n{who}:")
@@ -124,6 +153,16 @@ def main(argv: list[str] | None = None) -> int:
               "running?", file=sys.stderr)
         return 1
     print(f"Chatting as whatsapp:{args.phone} with {args.url}\n{HELP}")
+    stop = threading.Event()
+    if sys.stdin.isatty():  # piped input (a script) reads its answers itself, in order
+        threading.Thread(target=_watch, args=(chat, stop), daemon=True).start()
+    try:
+        return _talk(chat)
+    finally:
+        stop.set()
+
+
+def _talk(chat: Chat) -> int:
     while True:
         try:
             line = input("\nyou> ").strip()
@@ -140,17 +179,18 @@ def main(argv: list[str] | None = None) -> int:
         if parsed is None:
             return 0
         try:
-            if line == "/wait":
-                for _ in range(10):
-                    texts = chat.follow_ups()
-                    if texts:
-                        break
-                    time.sleep(0.5)
-                _show("RideChain (message)", texts or ["(nothing new)"])
-                continue
-            body, extra = parsed
-            _show("RideChain", chat.send(body, **extra))  # only errors come back inline
-            _show("RideChain", chat.replies() or ["(no answer yet; /wait looks again)"])
+            with chat.lock:
+                if line == "/wait":
+                    for _ in range(10):
+                        texts = chat.follow_ups()
+                        if texts:
+                            break
+                        time.sleep(0.5)
+                    _show("RideChain (message)", texts or ["(nothing new)"])
+                    continue
+                body, extra = parsed
+                _show("RideChain", chat.send(body, **extra))  # only errors come back inline
+                _show("RideChain", chat.replies() or ["(no answer yet; /wait looks again)"])
         except requests.RequestException as exc:
             print(f"(the service did not answer: {type(exc).__name__})")
 

@@ -292,7 +292,8 @@ def media(account_sid: str, msg_sid: str, media_id: str):
 @bp.get("/outbox")
 def outbox():
     """What the service sent, oldest first; ?to= filters (with or without whatsapp:)."""
-    to = request.args.get("to", "").strip().replace(" ", "+")
+    # An unencoded "+" in a query string arrives as a space: ?to=+9198... too.
+    to = request.args.get("to", "").replace(" ", "+").strip()
     since = request.args.get("since", "")
     if since and not since.isdigit():
         return jsonify({"error": {"code": "bad_since", "message": "since must be a message id",

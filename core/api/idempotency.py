@@ -88,8 +88,13 @@ class Idempotent:
 def idempotent(person_id: int, canonical: Mapping[str, Any]) -> Idempotent:
     """This request's Idempotency-Key (optional) for ``person_id``, and the fingerprint
     of ``canonical``; 422 for a key we cannot keep (over 100 characters, or not
-    printable)."""
-    key = request.headers.get(HEADER, "").strip()
+    printable), and for an empty one: a client that sends the header means its retries to
+    be safe (an empty ``$(uuidgen)`` where uuidgen is missing), and would not be."""
+    sent = request.headers.get(HEADER)
+    key = (sent or "").strip()
+    if sent is not None and not key:
+        raise ApiError(422, "validation_error",
+                       f"{HEADER} is empty: send a unique key (a UUID), or no header", HEADER)
     if key and (len(key) > MAX_KEY or not key.isprintable()):
         raise ApiError(422, "validation_error",
                        f"{HEADER}: at most {MAX_KEY} printable characters", HEADER)
