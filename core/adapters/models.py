@@ -90,12 +90,13 @@ class Person(Base):
 class NumberOptOut(Base):
     """A STOP kept after the person who sent it was erased: the number (or WhatsApp id) is
     kept only as a keyed hash (``number_hash``), which names nobody, yet says "this
-    number stopped us" when we are about to write to it. Honoured when sending to a number
-    no person holds (``_opted_out``), and carried onto the person made anew when the number
-    writes again (``_carry_opt_out``): they are asked for START as before, and START clears
-    it as ever. Written by ``retention.erase_person``, and when Twilio refuses a message
-    for an opt-out (21610, 63014) to a number nobody holds; an SMS START from the number
-    ends it (partner_sms.handle). Rotating OTP_KEY forgets these.
+    number stopped us" when we are about to write to it. One row a number: its phone and
+    its WhatsApp id hash alike (outbox.number_hash), each channel a flag. Honoured when
+    sending to a number no person holds (``_opted_out``), and carried onto the person made
+    anew when the number writes again (``_carry_opt_out``): they are asked for START as
+    before, and START clears it as ever. Written by ``retention.erase_person``, and when
+    Twilio refuses a message for an opt-out (21610, 63014) to a number nobody holds; an
+    SMS START from the number ends it (partner_sms.handle). Rotating OTP_KEY forgets these.
     The code that reads and writes it: core.services.outbox. Migration 0032."""
 
     __tablename__ = "number_opt_outs"
@@ -376,6 +377,12 @@ class OutboxMessage(Base):
     # retention run's redaction, an erasure). NULL for a failure older than that migration.
     failed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True),
                                                        server_onupdate=FetchedValue())
+    # Where the body says its one-time code, found when the row was written (the text was
+    # just made from the catalog then): [[start, end], ...], character offsets, every place
+    # the code is said; after masking, where the mask is. Masking goes by it, so a catalog
+    # text reworded since changes nothing (core.services.outbox, migration 0033). NULL:
+    # no code, or a row written before the column (masked by matching the catalog).
+    code_spans: Mapped[list[list[int]] | None] = mapped_column(JSONB(none_as_null=True))
 
 
 class MessageStatusEvent(Base):

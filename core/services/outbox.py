@@ -85,7 +85,8 @@ _FINAL_FAILURES = {"failed", "undelivered"}
 _REACHED = {"delivered", "read"}  # the carrier or WhatsApp says it got to the person
 STOP_ERROR_CODE = "21610"  # the recipient replied STOP: never message them again
 # WhatsApp's counterpart: the message was blocked by the recipient's action (she blocked
-# our sender, or withdrew her consent). Her WhatsApp is closed to us until she writes.
+# our sender, or withdrew her consent). Her WhatsApp is closed to us until she sends START,
+# as after her own STOP: anything else she writes is answered with how to start again.
 WHATSAPP_BLOCKED_CODE = "63014"
 # Refusals that end a channel for the address, as STOP does: what it was sent on is closed.
 STOP_CODES = frozenset({STOP_ERROR_CODE, WHATSAPP_BLOCKED_CODE})
@@ -187,15 +188,16 @@ def queue_message(
     # A row sent right after the commit is claimed ("sending", first attempt) as it is
     # written: no other sender can take it, and if this worker dies before sending, the
     # sweep gives a stale "sending" row back to "pending" as for any lost outcome.
+    spans = _spans_for(session, body, dedupe_key)
     params = {"channel": channel, "to_addr": to_addr, "from_addr": from_addr, "body": body,
               "media_url": media_url, "dedupe_key": dedupe_key, "booking_id": booking_id,
               "status": "sending" if send_after_commit else "pending",
-              "attempts": 1 if send_after_commit else 0}
+              "attempts": 1 if send_after_commit else 0, "code_spans": spans}
     row_id = session.scalar(_INSERT, params)
     if row_id is None:
         return None
     if send_after_commit:
-        claimed = _Claimed(row_id, to_addr, from_addr, body, media_url, 1, None, None)
+        claimed = _Claimed(row_id, to_addr, from_addr, body, media_url, 1, None, None, spans)
         after_commit(session, lambda: send_now(claimed))
     else:
         after_commit(session, lambda: schedule_delivery(row_id, fresh=True))
@@ -208,7 +210,7 @@ _OUTBOX = cast(Table, OutboxMessage.__table__)
 _INSERT = (insert(_OUTBOX)
            .values({name: bindparam(name) for name in (
                "channel", "to_addr", "from_addr", "body", "media_url", "dedupe_key",
-               "booking_id", "status", "attempts")})
+               "booking_id", "status", "attempts", "code_spans")})
            .on_conflict_do_nothing(index_elements=["dedupe_key"])
            .returning(_OUTBOX.c.id))
 
@@ -315,7 +317,7 @@ def deliver(outbox_id: int) -> str:
                                template.content_sid if template else None,
                                {k: template_value(str(v))
                                 for k, v in template.content_variables.items()}
-                               if template else None)
+                               if template else None, row.code_spans)
     if claimed is None:
         raise TransientSendError("an earlier message to the same person waits for a retry")
     return _send(claimed)
@@ -361,6 +363,7 @@ class _Claimed:
     attempts: int
     content_sid: str | None
     content_variables: dict[str, str] | None
+    code_spans: list[list[int]] | None = None  # where the body says its code (the row's)
 
 
 def _never_sent(exc: requests.exceptions.ConnectionError) -> bool:
@@ -404,7 +407,7 @@ def _send(c: _Claimed) -> str:
                         _code_lost(session, refused)
         if final:
             log.warning("message refused", extra={"outbox_id": outbox_id, "code": exc.code})
-            if carries_code(c.body):  # its copy, if any, was made: it has its own text
+            if carries_code(c.body, c.code_spans):  # its copy, if any, has its own text
                 _mask_later([outbox_id], CODE_KEPT_FOR)
             return "failed"
         raise TransientSendError(str(exc)) from None
@@ -426,7 +429,7 @@ def _send(c: _Claimed) -> str:
                 if unsent is not None:
                     _code_lost(session, unsent)
             log.warning("message never sent (no connection)", extra={"outbox_id": outbox_id})
-            if carries_code(c.body):
+            if carries_code(c.body, c.code_spans):
                 _mask_later([outbox_id], CODE_KEPT_FOR)
             return "failed"
         raise TransientSendError("no connection to Twilio") from None
@@ -445,7 +448,7 @@ def _send(c: _Claimed) -> str:
                     extra={"outbox_id": outbox_id})
         return "unknown"
     log.info("message handed to twilio", extra={"outbox_id": outbox_id})
-    if carries_code(c.body):  # masked then, unless its report brings that sooner
+    if carries_code(c.body, c.code_spans):  # masked then, unless a report brings it sooner
         _mask_later([outbox_id], CODE_KEPT_UNSETTLED, first=True)
     return "sent"
 
@@ -506,12 +509,29 @@ def _opted_out(session: Session, channel: str, to_addr: str, wanted: bool) -> bo
 
 
 def number_hash(address: str) -> str:
-    """The keyed hash (HMAC-SHA256 with OTP_KEY) an opt-out is kept under: of the phone
-    number (E.164) or WhatsApp id an address reaches, whichever channel. Without the key
-    nobody can try the few billion Indian mobile numbers against it."""
-    who = address.removeprefix("whatsapp:")
-    return hmac.new(get_settings().otp_key, f"opt-out:{who}".encode(),
+    """The keyed hash (HMAC-SHA256 with OTP_KEY) an opt-out is kept under: of the number
+    an address reaches, whichever channel, in one form (_number_of): a phone, a WhatsApp
+    address and the WhatsApp id of one number are one key, so a START from the number
+    clears what its erased holder stopped, wherever it was kept. Without the key nobody
+    can try the few billion Indian mobile numbers against it."""
+    return hmac.new(get_settings().otp_key, f"opt-out:{_number_of(address)}".encode(),
                     hashlib.sha256).hexdigest()
+
+
+def _number_of(address: str) -> str:
+    """The number an address reaches, in E.164: ``+919812300093`` for that phone, for
+    ``whatsapp:+919812300093`` and for the WhatsApp id ``919812300093`` (WhatsApp's id of
+    a user with a number is the number, digits only). A WhatsApp id that is no number (a
+    business-scoped user id) is itself."""
+    who = address.removeprefix("whatsapp:")
+    if who.isascii() and who.isdigit():
+        who = "+" + who
+    if who.startswith("+"):
+        try:
+            return normalize_phone(who)
+        except ValidationError:
+            pass
+    return who
 
 
 def keep_opt_out(session: Session, identities: list[str | None], *, whatsapp: bool,
@@ -852,7 +872,7 @@ def apply_reports(reports: list[StatusReport]) -> int:
         done_with: list[int] = []
         held: list[int] = []
         for row in rows:
-            if row.provider_sid is not None and carries_code(row.body):
+            if row.provider_sid is not None and carries_code(row.body, row.code_spans):
                 settled = row.status in _REACHED or row.status in _FINAL_FAILURES
                 (done_with if settled else held).append(row.id)
     _partners_off_duty(sorted(stopped))
@@ -901,7 +921,7 @@ def _by_sms_instead(session: Session, row: OutboxMessage, code: str | None = Non
     copied = _copy_of(session, row)
     if copied is not None:
         return copied
-    if code_masked(row.body):
+    if code_masked(row.body, row.code_spans):
         # Refused after its code was masked (it had been delivered: what it said arrived;
         # or it failed before, and its code was made again): "****" is no use to anyone.
         log.info("a masked code is not sent again", extra={"outbox_id": row.id})
@@ -995,7 +1015,7 @@ def _on_whatsapp_instead(session: Session, row: OutboxMessage) -> int | None:
     copied = _copy_of(session, row)
     if copied is not None:
         return copied
-    if code_masked(row.body):
+    if code_masked(row.body, row.code_spans):
         log.info("a masked code is not sent again", extra={"outbox_id": row.id})
         return None
     person = session.scalar(select(Person).where(_person_at(row.to_addr)))
@@ -1029,6 +1049,12 @@ def _on_whatsapp_instead(session: Session, row: OutboxMessage) -> int | None:
 # matches its text at Twilio), keeps its text. Redis keeps the schedule (MASK_KEY: row id,
 # when); the sweep masks what is due, and the daily retention run masks what a lost
 # schedule left (``mask_codes``). The code itself still works: a leg keeps only its hash.
+#
+# Where a text says its code is recorded when its row is written (``code_spans``): the text
+# was just made from the catalog, whose code texts find it (a copy of a refused message
+# takes its original's record). Masking goes by that record, so a release that rewords a
+# code text since leaves no code unmasked; a row written before the record existed (NULL)
+# is matched against the catalog as it stands.
 
 CODE_MASK = "****"
 CODE_KEPT_FOR = timedelta(minutes=10)
@@ -1097,28 +1123,94 @@ def _code_in(body: str) -> re.Match[str] | None:
     return None
 
 
-def carries_code(body: str) -> bool:
-    """Whether a message's text still shows a one-time code."""
-    found = _code_in(body)
-    return found is not None and found["c0"] != CODE_MASK
+# No code without four digits in a row: most texts are not tried against the catalog.
+_FOUR_DIGITS = re.compile(r"[0-9]{4}")
+_A_CODE = re.compile(r"[0-9]{4,8}")
+
+# Where a text says its code: [[start, end], ...] (OutboxMessage.code_spans).
+Spans = list[list[int]]
 
 
-def code_masked(body: str) -> bool:
-    """Whether a message's text carried a one-time code, masked since."""
-    found = _code_in(body)
-    return found is not None and found["c0"] == CODE_MASK
-
-
-def mask_code(body: str) -> str:
-    """``body`` with its one-time code (every place it is said) as CODE_MASK; any other
-    text as it is."""
+def find_code_spans(body: str) -> Spans | None:
+    """Where ``body``, a text just made from the catalog, says its one-time code (every
+    place, in order), or None: no code in it."""
+    if not _FOUR_DIGITS.search(body):
+        return None
     found = _code_in(body)
     if found is None or found["c0"] == CODE_MASK:
-        return body
-    spans = sorted((found.span(name) for name in found.groupdict()), reverse=True)
-    for start, end in spans:
-        body = body[:start] + CODE_MASK + body[end:]
-    return body
+        return None
+    return sorted([*found.span(name)] for name in found.groupdict())
+
+
+def _spans_for(session: Session, body: str, dedupe_key: str | None) -> Spans | None:
+    """The code record of a row about to be written: a copy of a refused message (its
+    dedupe key names the original: _COPY_PREFIXES) with the original's text takes the
+    original's record, made when that text was; any other text was just made from the
+    catalog, which finds its code."""
+    key = dedupe_key or ""
+    copied = next((key[len(p):] for p in _COPY_PREFIXES if key.startswith(p)), None)
+    if copied is not None and copied.isdigit():
+        original = session.get(OutboxMessage, int(copied))
+        if original is not None and original.body == body and original.code_spans:
+            return [[*span] for span in original.code_spans]
+    return find_code_spans(body)
+
+
+def _code_at(body: str, spans: Spans | None) -> tuple[list[tuple[int, int]], bool] | None:
+    """Where ``body`` says its code, and whether it is masked there; None: no code. By
+    the row's record (``spans``) when it describes the text (one code, or the mask, the
+    same at every place, no other digit beside it); else, a row written before records
+    were kept, by the catalog as it stands."""
+    if spans:
+        places = sorted((int(start), int(end)) for start, end in spans)
+        said = {body[start:end] for start, end in places}
+        ends = [0, *(end for _, end in places)]
+        if len(said) == 1 and all(
+                ends[i] <= start < end <= len(body) and not body[start - 1:start].isdigit()
+                and not body[end:end + 1].isdigit() for i, (start, end) in enumerate(places)):
+            code = said.pop()
+            if code == CODE_MASK or _A_CODE.fullmatch(code):
+                return places, code == CODE_MASK
+    found = _code_in(body) if _FOUR_DIGITS.search(body) or CODE_MASK in body else None
+    if found is None:
+        return None
+    return (sorted(found.span(name) for name in found.groupdict()),
+            found["c0"] == CODE_MASK)
+
+
+def carries_code(body: str, spans: Spans | None = None) -> bool:
+    """Whether a message's text still shows a one-time code (``spans``: its row's record
+    of where)."""
+    found = _code_at(body, spans)
+    return found is not None and not found[1]
+
+
+def code_masked(body: str, spans: Spans | None = None) -> bool:
+    """Whether a message's text carried a one-time code, masked since."""
+    found = _code_at(body, spans)
+    return found is not None and found[1]
+
+
+def _masked(body: str, spans: Spans | None) -> tuple[str, Spans] | None:
+    """``body`` with its one-time code (every place it is said) as CODE_MASK, and where
+    the mask is; None if it shows no code."""
+    found = _code_at(body, spans)
+    if found is None or found[1]:
+        return None
+    text, moved, done = "", [], 0
+    for start, end in found[0]:
+        text += body[done:start]
+        moved.append([len(text), len(text) + len(CODE_MASK)])
+        text += CODE_MASK
+        done = end
+    return text + body[done:], moved
+
+
+def mask_code(body: str, spans: Spans | None = None) -> str:
+    """``body`` with its one-time code (every place it is said) as CODE_MASK; any other
+    text as it is."""
+    masked = _masked(body, spans)
+    return body if masked is None else masked[0]
 
 
 def _mask_later(ids: list[int], after: timedelta, *, first: bool = False) -> None:
@@ -1149,13 +1241,16 @@ def mask_codes(session: Session, ids: list[int]) -> tuple[list[int], int]:
     for row in rows:
         if row.status in _UNSENT:
             continue  # back on its way: scheduled again once it is done
-        text = mask_code(row.body)
+        text = _masked(row.body, row.code_spans)
         template = templates.get(row.id)
-        variables = ({k: mask_code(str(v)) for k, v in template.content_variables.items()}
+        # A template's variable is the row's text (notify, _by_sms_instead): its record.
+        variables = ({k: mask_code(str(v), row.code_spans if str(v) == row.body else None)
+                      for k, v in template.content_variables.items()}
                      if template is not None else None)
-        if text != row.body or (template is not None
+        if text is not None or (template is not None
                                 and variables != template.content_variables):
-            row.body = text
+            if text is not None:  # the record says where the mask is now
+                row.body, row.code_spans = text
             if template is not None and variables is not None:
                 template.content_variables = variables
             masked += 1

@@ -199,14 +199,15 @@ CODE_LOOKBACK = timedelta(days=7)
 def _codes(session: Session, after: int, cutoff: datetime) -> tuple[list[int], int]:
     """One-time codes in messages done with before ``cutoff``: Twilio took them that long
     ago (or, never taken, they were written so long ago), whatever their last report. Read
-    are those with four digits in a row; masked, those whose text is a code's."""
+    are those with four digits in a row; masked, those that show a code where their row
+    recorded it (a row written before the record: whose text is a catalog code text's)."""
     m = OutboxMessage
     since = func.coalesce(m.sent_at, m.created_at)
-    batch = session.execute(select(m.id, m.body).where(
+    batch = session.execute(select(m.id, m.body, m.code_spans).where(
         m.id > after, since < cutoff, since >= cutoff - CODE_LOOKBACK,
         m.status.not_in(UNSENT), m.body.regexp_match("[0-9]{4}"))
         .order_by(m.id).limit(BATCH)).all()
-    carrying = [r.id for r in batch if outbox.carries_code(r.body)]
+    carrying = [r.id for r in batch if outbox.carries_code(r.body, r.code_spans)]
     masked = outbox.mask_codes(session, carrying)[1] if carrying else 0
     return [r.id for r in batch], masked
 
