@@ -80,7 +80,9 @@ def test_a_stray_payment_naming_a_booking_not_ours_is_reported_without_that_book
     clock.freeze(clock.now())
     ours = confirmed_booking()
     foreign = emu.create_payment(12_300, notes={"booking_id": FOREIGN_BOOKING})
-    on_ours = emu.create_payment(45_600, notes={"booking_id": str(ours)})
+    # Ours as our links' payments are: our booking's reference beside its id.
+    on_ours = emu.create_payment(45_600, notes={"booking_id": str(ours),
+                                                "reference": booking(ours).reference})
     result = reconciliation.run()
     assert result["mismatches"] == 2
     rows = {m["gateway_id"]: m for m in open_mismatches()}

@@ -394,6 +394,27 @@ def test_the_resolution_kinds_are_in_the_ledgers_check(db, engine):  # noqa: F81
             "WHERE conname = 'ck_ledger_transactions_kind'").one()
     assert checked
     for kind in rules.EntryKind:
+        if kind is rules.EntryKind.REVERSAL_WRITTEN_OFF:  # 0034's
+            continue
+        assert f"'{kind.value}'" in definition
+
+
+def test_the_write_off_kind_is_in_the_ledgers_check(db, engine):  # noqa: F811
+    """0034 widens the kind CHECK again (validated): every kind the ledger writes."""
+    from tests.test_migrations_live import upgrade
+
+    upgrade(db, "0033")
+    with engine.connect() as conn:
+        before = conn.exec_driver_sql("SELECT pg_get_constraintdef(oid) FROM pg_constraint "
+                                      "WHERE conname = 'ck_ledger_transactions_kind'").scalar()
+    assert "'reversal_written_off'" not in before
+    upgrade(db, "0034")
+    with engine.connect() as conn:
+        (checked, definition) = conn.exec_driver_sql(
+            "SELECT convalidated, pg_get_constraintdef(oid) FROM pg_constraint "
+            "WHERE conname = 'ck_ledger_transactions_kind'").one()
+    assert checked
+    for kind in rules.EntryKind:
         assert f"'{kind.value}'" in definition
 
 

@@ -654,10 +654,12 @@ class ResolveQuery(Strict):
 
 
 class ResolveIn(Strict):
-    action: Literal["pay_again", "refund"] = Field(
+    action: Literal["pay_again", "refund", "write_off"] = Field(
         description="pay_again: the leg's partner is paid it again by a direct transfer; "
                     "refund: the customer's payment gives it back (at most what is left "
-                    "on the payment: the rest stays held)")
+                    "on the payment: the rest stays held); write_off: under Rs 1, which "
+                    "the gateway neither transfers nor refunds, it becomes platform "
+                    "revenue (a ledger entry to the commission account says so)")
     reason: str = Field(min_length=3, max_length=300,
                         description="why, for the audit log (numbers kept masked)")
 
@@ -668,7 +670,8 @@ class ResolvedOut(BaseModel):
     action: str
     dry_run: bool
     held_paise: int = Field(description="held for ops for the leg before")
-    amount_paise: int = Field(description="paid to the partner again, or refunded")
+    amount_paise: int = Field(description="paid to the partner again, refunded, or "
+                                          "written off")
     still_held_paise: int = Field(description="held for ops for the leg after")
     partner_id: int | None = Field(description="pay_again: the partner paid")
     refundable_paise: int | None = Field(description="refund: what the payment could "
@@ -724,11 +727,13 @@ def ops_booking_ledger(ref: str) -> LedgerOut:
 
 
 @endpoint(bp, "POST", "/ops/bookings/<ref>/reversed-payouts/<int:leg_id>/resolve",
-          summary="Pay a leg's reversed payout to its partner again, or refund it to the "
-                  "customer (audited; ?dry_run=1 shows the numbers). 409 nothing_to_resolve, "
-                  "already_resolved, partner_blocked, partner_no_account, refund_open, "
-                  "payment_refunded, refund_too_small (under Rs 1, which the gateway "
-                  "refuses: pay the partner again)", roles=OPS, query=ResolveQuery, body=ResolveIn,
+          summary="Pay a leg's reversed payout to its partner again, refund it to the "
+                  "customer, or write off one under Rs 1 (audited; ?dry_run=1 shows the "
+                  "numbers). 409 nothing_to_resolve, already_resolved, partner_blocked, "
+                  "partner_no_account, refund_open, payment_refunded, refund_too_small / "
+                  "payout_too_small (under Rs 1, which the gateway neither refunds nor "
+                  "transfers: write it off), write_off_too_large (Rs 1 or more: pay the "
+                  "partner again or refund)", roles=OPS, query=ResolveQuery, body=ResolveIn,
           response=ResolvedOut, tags=("ops",), errors=(404, 409, 422))
 def ops_resolve_reversed_payout(ref: str, leg_id: int, query: ResolveQuery,
                                 body: ResolveIn) -> ResolvedOut:

@@ -14,7 +14,9 @@ sum over every account is always zero and every other balance reads naturally:
   money back in the platform's balance), owed again to the partner or to the customer as
   ops decide (>= 0): ``reversal_repaid`` makes it the partner's payable again (a direct
   transfer pays it), ``reversal_refund_asked`` reserves it for a refund to the customer
-  (``refund_processed`` settles it; ``reversal_refund_failed`` brings it back).
+  (``refund_processed`` settles it; ``reversal_refund_failed`` brings it back);
+  ``reversal_written_off`` gives one under the gateway's minimum (it can be neither paid
+  nor refunded) to the platform's commission.
 
 Every entry has an idempotency key derived from what caused it (a gateway payment id, a
 leg id, our refund id), so recording the same cause twice is a no-op in the database.
@@ -51,6 +53,7 @@ class EntryKind(StrEnum):
     REVERSAL_REPAID = "reversal_repaid"
     REVERSAL_REFUND_ASKED = "reversal_refund_asked"
     REVERSAL_REFUND_FAILED = "reversal_refund_failed"
+    REVERSAL_WRITTEN_OFF = "reversal_written_off"
 
 
 # Accounts whose balance may never go below zero (checked at write time, under a lock).

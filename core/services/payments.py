@@ -154,12 +154,23 @@ def payment_urls(session: Session, bookings: list[Booking]) -> dict[int, str]:
 
 def _paid_and_earned(session: Session, booking: Booking) -> tuple[int, int]:
     """What the customer paid for the booking (its paying payment: an extra payment is
-    given back on its own) and what delivered legs earned out of it."""
+    given back on its own), less what was refunded of it outside the service (the
+    dashboard: record_outside_refund), and what delivered legs earned out of it."""
     if BookingStatus(booking.status) not in PAID_STATES:
         return 0, 0
     paying = _capture_payment_id(session, booking.id)
     paid = sum(amount for pid, amount in _captures(session, booking.id) if pid == paying)
-    return paid, ledger.booking_summary(session, booking.id)["released_paise"]
+    paid -= _refunded_outside(session, booking.id).get(paying or "", 0)
+    return max(paid, 0), ledger.booking_summary(session, booking.id)["released_paise"]
+
+
+def _refunded_outside(session: Session, booking_id: int) -> dict[str, int]:
+    """What was refunded of each of the booking's payments outside the service (recorded
+    by record_outside_refund), by payment id."""
+    return {pid: int(amount) for pid, amount in session.execute(
+        select(Refund.payment_id, func.sum(Refund.amount_paise)).where(
+            Refund.booking_id == booking_id, Refund.reason == OUTSIDE_REFUND,
+            Refund.status == "processed").group_by(Refund.payment_id))}
 
 
 STUCK_RELAY = "stuck_relay"  # the reason code of ops ending a relay stuck for a rider
@@ -170,23 +181,41 @@ def _unreleased(session: Session, booking: Booking) -> list[tuple[Leg, int]]:
     to run, or lost until the sweep), in order, each with the commission its release will
     recognise (as release_leg works it out; not the last leg: a later one is undelivered)."""
     recognised = ledger.booking_summary(session, booking.id)["commission_paise"]
+    escrow = ledger.balance(session, rules.escrow(booking.id))
     out = []
     for leg in session.scalars(select(Leg).where(
             Leg.booking_id == booking.id, Leg.status == LegStatus.DELIVERED.value,
             Leg.partner_id.is_not(None)).order_by(Leg.sequence)):
         if ledger.recorded(session, f"release:leg:{leg.id}"):
             continue
-        commission = rules.leg_commission(booking.commission_paise,
-                                          booking.partner_share_paise, leg.payout_paise,
-                                          recognised, False)
+        commission = _release_commission(booking, leg, recognised, False, escrow)
         recognised += commission
+        escrow -= leg.payout_paise + commission
         out.append((leg, commission))
     return out
+
+
+def _release_commission(booking: Booking, leg: Leg, recognised: int, last: bool,
+                        escrow: int) -> int:
+    """The commission a delivered leg's release recognises (rules.leg_commission), no more
+    than escrow (``escrow`` paise now) holds beyond the leg's payout: a refund made outside
+    the service (the dashboard: record_outside_refund) took part of the booking's money,
+    and the platform's commission gives way, never the partner's payout."""
+    commission = rules.leg_commission(booking.commission_paise, booking.partner_share_paise,
+                                      leg.payout_paise, recognised, last)
+    kept = max(0, min(commission, escrow - leg.payout_paise))
+    if kept < commission:
+        log.warning("escrow is short of a leg's release: its commission gives way",
+                    extra={"leg_id": leg.id, "commission": commission, "kept": kept})
+    return kept
 
 
 # Razorpay refunds 100 paise at least ("The amount must be at least INR 1.00"): a smaller
 # refund is never asked of it (the attempt would only be refused, again and again).
 REFUND_MIN_PAISE = 100
+# Razorpay transfers 100 paise at least too ("The amount must be at least 100 paise"): a
+# direct transfer of less (no hold on the payment to release it from) is refused.
+TRANSFER_MIN_PAISE = 100
 
 
 def refund_floor(quote: CancellationQuote) -> CancellationQuote:
@@ -194,16 +223,21 @@ def refund_floor(quote: CancellationQuote) -> CancellationQuote:
 
     A refund of 1..99 paise cannot be made. Where the fee can give up the paise the
     refund lacks, it does: the customer gets REFUND_MIN_PAISE back and the rider that
-    much less (the customer's side first: the policy's minimum fee gives way). Where
-    even refund and fee together are under it, the rider gets it all as the fee: the
-    money leaves escrow either way and the platform keeps none of it. With no fee at
-    all, it is left as it is (_open_refund then asks nothing, and says so in the log)."""
+    much less (the customer's side first: the policy's minimum fee gives way); should
+    that leave the rider a fee under TRANSFER_MIN_PAISE (which no direct transfer can
+    pay), the customer gets it all back. Where even refund and fee together are under
+    it, the rider gets it all as the fee: the money leaves escrow either way and the
+    platform keeps none of it. With no fee at all, it is left as it is (_open_refund
+    then asks nothing, and says so in the log)."""
     short = REFUND_MIN_PAISE - quote.refund_paise
     if not quote.allowed or quote.refund_paise <= 0 or short <= 0 or quote.fee_paise <= 0:
         return quote
     if quote.fee_paise >= short:
-        return CancellationQuote(quote.allowed, REFUND_MIN_PAISE, quote.fee_paise - short,
-                                 quote.reason_code)
+        fee = quote.fee_paise - short
+        if 0 < fee < TRANSFER_MIN_PAISE:
+            return CancellationQuote(quote.allowed, quote.refund_paise + quote.fee_paise, 0,
+                                     quote.reason_code)
+        return CancellationQuote(quote.allowed, REFUND_MIN_PAISE, fee, quote.reason_code)
     return CancellationQuote(quote.allowed, 0, quote.fee_paise + quote.refund_paise,
                              quote.reason_code)
 
@@ -437,8 +471,12 @@ EXTRA_PAYMENT = "late_payment"
 # A partner payout reversed at the gateway, given back to the customer by ops' decision:
 # reserved out of the booking's reversed payouts, not its escrow (resolve_reversed_payout).
 REVERSED_PAYOUT = "reversed_payout"
+# A refund of one of the booking's payments made outside the service (in the Razorpay
+# dashboard, without our notes): recorded as processed when the gateway says so
+# (record_outside_refund); never asked of the gateway by us, never retried.
+OUTSIDE_REFUND = "outside"
 # Refunds that are no part of the booking's own (cancelled, no partner): each its own chain.
-OWN_CHAIN_REFUNDS = (EXTRA_PAYMENT, REVERSED_PAYOUT)
+OWN_CHAIN_REFUNDS = (EXTRA_PAYMENT, REVERSED_PAYOUT, OUTSIDE_REFUND)
 OPEN_REFUND = ("requested", "pending")
 
 
@@ -558,10 +596,12 @@ def _latest_refund(session: Session, booking_id: int) -> Refund | None:
 def _extra_unrefunded(session: Session, booking_id: int, paying: str | None
                       ) -> dict[str, int]:
     """Extra payments (not the paying one) whose money is still in escrow: no refund of
-    theirs is open or processed. Payment id -> amount."""
+    theirs is open or processed (ours, or one made outside the service). Payment id ->
+    amount."""
     gone = dict(session.execute(
         select(Refund.payment_id, func.sum(Refund.amount_paise)).where(
-            Refund.booking_id == booking_id, Refund.reason == EXTRA_PAYMENT,
+            Refund.booking_id == booking_id,
+            Refund.reason.in_((EXTRA_PAYMENT, OUTSIDE_REFUND)),
             Refund.status.in_((*OPEN_REFUND, "processed"))).group_by(Refund.payment_id)).all())
     return {pid: amount - int(gone.get(pid) or 0)
             for pid, amount in _captures(session, booking_id)
@@ -954,19 +994,26 @@ def _named_booking(entities: list[dict]) -> int | None:
     booking_id with that booking's reference beside it (our links and their payments
     carry both in their notes; a link also as its reference_id). A booking id alone is
     not ours: another system on the account numbers its bookings too."""
-    named: list[tuple[int, set[str]]] = []
+    return next((b for b in named_bookings(entities) if b is not None), None)
+
+
+def named_bookings(entities: list[dict]) -> list[int | None]:
+    """For each entity, the booking of ours it names by _named_booking's rule (its notes'
+    booking_id with that booking's reference beside it), else None; one query for them
+    all (the reconciliation asks it of a day's payments)."""
+    named: list[tuple[int, set[str]] | None] = []
     for entity in entities:
         booking_id = gw.note_int(entity, "booking_id")
-        if booking_id is None:
-            continue
         refs = {_note_str(entity, "reference"), entity.get("reference_id")}
-        named.append((booking_id, {r for r in refs if isinstance(r, str) and r}))
-    if not named:
-        return None
+        named.append(None if booking_id is None else
+                     (booking_id, {r for r in refs if isinstance(r, str) and r}))
+    ids = {n[0] for n in named if n is not None}
+    if not ids:
+        return [None] * len(named)
     with transaction() as session:
         ours = dict(session.execute(select(Booking.id, Booking.reference).where(
-            Booking.id.in_({b for b, _ in named}))).tuples().all())
-    return next((b for b, refs in named if ours.get(b) in refs), None)
+            Booking.id.in_(ids))).tuples().all())
+    return [n[0] if n is not None and ours.get(n[0]) in n[1] else None for n in named]
 
 
 def _on_capture(data: dict, cause: str) -> str:
@@ -1124,34 +1171,101 @@ def _on_refund(data: dict, cause: str) -> str:
             refund = session.scalar(select(Refund).where(
                 Refund.id == our_id, Refund.gateway_refund_id.is_(None),
                 Refund.booking_id == (gw.note_int(entity, "booking_id") or -1)))
-        if refund is None:
-            return "unknown-refund"
-        booking = ledger.lock_booking(session, refund.booking_id)
-        refund.gateway_refund_id = refund.gateway_refund_id or rid
-        entry = rules.refund_processed(booking.id, refund.id, refund.amount_paise, rid) \
-            if processed else _refund_failed_entry(session, booking.id, refund, rid)
-        if not ledger.post(session, entry, actor="gateway:razorpay", cause=cause):
-            if processed and refund.status == "failed":
-                # Settled as failed before (refused, given up): the reconciliation reports
-                # the refund the ledger does not show; a person must look at the booking.
-                log.error("refund processed after its attempt failed",
-                          extra={"booking_id": booking.id, "attempt": refund.attempt})
-            return "duplicate-refund-event"
-        if processed:
-            refund.status = "processed"
-            if refund.reason not in OWN_CHAIN_REFUNDS and booking.status in (
-                    BookingStatus.CANCELLED.value, BookingStatus.FAILED.value):
-                move_booking(session, booking, BookingStatus.REFUNDED, SYSTEM, "refund processed")
-            notify.notify_customer(session, booking, "payment.refunded",
-                                   refund_paise=refund.amount_paise,
-                                   dedupe_key=f"refund-{refund.id}-processed")
-            _open_due_refund(session, booking)
-            return "refunded"
-        refund.status = "failed"
-        refund.last_error = "gateway reported refund.failed"
-        _attempt_failed(session, booking, refund)
+        if refund is not None:
+            return _settle_refund_row(session, refund, rid, processed, cause)
+    # None of our attempts: a refund of one of our payments made outside the service (the
+    # dashboard) is recorded as the booking's; any other is not ours.
+    return record_outside_refund(entity, cause) if processed else "unknown-refund"
+
+
+def _settle_refund_row(session: Session, refund: Refund, rid: str, processed: bool,
+                       cause: str) -> str:
+    """_on_refund of one of our refund attempts (``refund``), in its transaction."""
+    booking = ledger.lock_booking(session, refund.booking_id)
+    refund.gateway_refund_id = refund.gateway_refund_id or rid
+    entry = rules.refund_processed(booking.id, refund.id, refund.amount_paise, rid) \
+        if processed else _refund_failed_entry(session, booking.id, refund, rid)
+    if not ledger.post(session, entry, actor="gateway:razorpay", cause=cause):
+        if processed and refund.status == "failed":
+            # Settled as failed before (refused, given up): the reconciliation reports
+            # the refund the ledger does not show; a person must look at the booking.
+            log.error("refund processed after its attempt failed",
+                      extra={"booking_id": booking.id, "attempt": refund.attempt})
+        return "duplicate-refund-event"
+    if processed:
+        refund.status = "processed"
+        if refund.reason not in OWN_CHAIN_REFUNDS and booking.status in (
+                BookingStatus.CANCELLED.value, BookingStatus.FAILED.value):
+            move_booking(session, booking, BookingStatus.REFUNDED, SYSTEM, "refund processed")
+        notify.notify_customer(session, booking, "payment.refunded",
+                               refund_paise=refund.amount_paise,
+                               dedupe_key=f"refund-{refund.id}-processed")
         _open_due_refund(session, booking)
-        return "refund-failed"
+        return "refunded"
+    refund.status = "failed"
+    refund.last_error = "gateway reported refund.failed"
+    _attempt_failed(session, booking, refund)
+    _open_due_refund(session, booking)
+    return "refund-failed"
+
+
+def record_outside_refund(refund: dict, cause: str) -> str:
+    """A refund processed at the gateway that is none of our attempts, of a payment
+    captured in our ledger (found by its payment id: a refund made in the Razorpay
+    dashboard carries none of our notes) is recorded as a refund of that booking, once
+    per gateway refund id: a processed attempt row of its own kind (OUTSIDE_REFUND) and
+    its money out of the booking's escrow (refund_requested, refund_processed: immutable
+    entries, keyed by that row). The booking's own refund (a cancellation) is then of
+    what is left (_paid_and_earned), and the customer hears of it. From refund.processed
+    or the reconciliation, whichever sees it first.
+
+    Not recorded (logged; the reconciliation lists it until it is): a payment that is
+    not ours ("unknown-refund"), a refund whose notes name one of our attempts (that one
+    is settled by its own id, never recorded twice), or one escrow holds less than
+    (delivered legs took the money, or a refund of ours holds it reserved: once that is
+    cut to what the payment has left, refund_booking, a later run records it)."""
+    from core.adapters.payment_models import LedgerTransaction
+
+    rid, amount, pid = _gateway_id(refund), _paise(refund, "amount"), refund.get("payment_id")
+    if rid is None or not amount or not isinstance(pid, str) or not (
+            0 < len(pid) <= GATEWAY_ID_MAX) or refund.get("status", "processed") != "processed":
+        return "unknown-refund"
+    with transaction() as session:
+        booking_id = session.scalar(select(LedgerTransaction.booking_id).where(
+            LedgerTransaction.idempotency_key == f"capture:{pid}"))
+        if booking_id is None:
+            return "unknown-refund"
+        booking = ledger.lock_booking(session, booking_id)
+        if session.scalar(select(Refund.id).where(Refund.gateway_refund_id == rid)) is not None:
+            return "duplicate-refund-event"
+        our_id = gw.note_int(refund, "refund_id")
+        if our_id is not None and session.get(Refund, our_id) is not None:
+            return "unknown-refund"  # named by our attempt: settled by it, if ever
+        escrow = ledger.balance(session, rules.escrow(booking_id))
+        if escrow < amount:
+            log.error("a refund made outside the service is more than escrow holds; "
+                      "not recorded yet", extra={"booking_id": booking_id, "amount": amount,
+                                                 "escrow": escrow})
+            return "outside-refund-unrecorded"
+        last = _latest_refund(session, booking_id)
+        row = Refund(booking_id=booking_id, attempt=last.attempt + 1 if last else 1,
+                     payment_id=pid, amount_paise=amount, fee_paise=0, reason=OUTSIDE_REFUND,
+                     actor="gateway:razorpay", status="processed", gateway_refund_id=rid)
+        session.add(row)
+        session.flush()
+        for entry in (rules.refund_requested(booking_id, row.id, amount),
+                      rules.refund_processed(booking_id, row.id, amount, rid)):
+            ledger.post(session, entry, actor="gateway:razorpay", cause=cause)
+        if booking.status in (BookingStatus.CANCELLED.value, BookingStatus.FAILED.value) \
+                and escrow == amount and _open_row(session, booking_id) is None:
+            # It gave back all the closed booking still held (support refunded it by hand).
+            move_booking(session, booking, BookingStatus.REFUNDED, SYSTEM,
+                         "refunded outside the service")
+        notify.notify_customer(session, booking, "payment.refunded", refund_paise=amount,
+                               dedupe_key=f"refund-{row.id}-processed")
+        log.warning("a refund made outside the service was recorded",
+                    extra={"booking_id": booking_id, "amount": amount})
+        return "outside-refund"
 
 
 def _on_transfer(data: dict, cause: str) -> str:
@@ -1337,9 +1451,8 @@ def release_leg(leg_id: int, actor: Actor = SYSTEM) -> str:
             last = all(other.status == LegStatus.DELIVERED.value and (
                 other.id == leg_id or ledger.recorded(session, f"release:leg:{other.id}"))
                 for other in legs)
-            commission = rules.leg_commission(booking.commission_paise,
-                                              booking.partner_share_paise, leg.payout_paise,
-                                              released, last)
+            commission = _release_commission(
+                booking, leg, released, last, ledger.balance(session, rules.escrow(booking.id)))
             ledger.post(session, rules.release(booking.id, leg.id, leg.partner_id,
                                                leg.payout_paise, commission),
                         actor=str(actor), cause=f"leg:{leg_id}:delivered")
@@ -1887,7 +2000,9 @@ def _repay_reversed(c, leg_id: int, booking_id: int, partner_id: int | None,
     return "repaid"
 
 
-PAY_AGAIN, REFUND = "pay_again", "refund"
+PAY_AGAIN, REFUND, WRITE_OFF = "pay_again", "refund", "write_off"
+# Under this, a reversed payout can be neither paid again nor refunded: ops write it off.
+WRITE_OFF_UNDER_PAISE = min(TRANSFER_MIN_PAISE, REFUND_MIN_PAISE)
 
 
 @dataclass(frozen=True)
@@ -1897,7 +2012,7 @@ class Resolution:
     action: str
     leg_id: int
     held_paise: int  # held for ops for the leg before
-    amount_paise: int  # paid again, or refunded
+    amount_paise: int  # paid again, refunded, or written off
     still_held_paise: int  # held for ops for the leg after
     partner_id: int | None = None  # pay_again: whom
     refundable_paise: int | None = None  # refund: what the payment can still give back
@@ -1931,18 +2046,24 @@ def resolve_reversed_payout(session: Session, booking: Booking, leg_id: int, act
     they decide: ``pay_again`` makes it the partner's payable again and the leg's settle
     pays it by direct transfer; ``refund`` reserves it for a refund of the booking's
     payment (at most ``refundable``, what the gateway can still give back: the rest stays
-    held). Immutable entries; the caller's transaction (and its audit). A dry run checks
-    and computes the same, and changes nothing.
+    held); ``write_off`` ends one under WRITE_OFF_UNDER_PAISE, which the gateway would
+    neither transfer nor refund: it becomes the platform's (its commission account), by
+    an entry that says so (_write_off_entry). Immutable entries; the caller's
+    transaction (and its audit). A dry run checks and computes the same, and changes
+    nothing.
 
     Raises NotFound (the leg is not the booking's), Conflict ``nothing_to_resolve`` (no
     payout of the leg was reversed), ``already_resolved`` (none held now),
+    ``payout_too_small`` (pay_again under TRANSFER_MIN_PAISE: write it off),
     ``partner_blocked`` / ``partner_no_account`` / ``no_partner`` (pay_again to someone
     who cannot be paid), ``refund_open`` / ``payment_refunded`` / ``no_payment`` /
-    ``refund_too_small`` (refund: under REFUND_MIN_PAISE, which the gateway refuses)."""
+    ``refund_too_small`` (refund: under REFUND_MIN_PAISE, which the gateway refuses),
+    ``write_off_too_large`` (write_off of what can be paid or refunded). Each refusal
+    names the action that works instead (_instead)."""
     from core.domain.errors import NotFound
     from core.services.dispatch import VERIFIED_KYC  # dispatch imports payments
 
-    if action not in (PAY_AGAIN, REFUND):
+    if action not in (PAY_AGAIN, REFUND, WRITE_OFF):
         raise ValidationError(f"unknown action {action!r}", field="action")
     booking = ledger.lock_booking(session, booking.id)
     leg = session.get(Leg, leg_id, populate_existing=True)
@@ -1954,7 +2075,21 @@ def resolve_reversed_payout(session: Session, booking: Booking, leg_id: int, act
     if held <= 0:
         raise Conflict("this leg's reversed payout was resolved already",
                        code="already_resolved")
+    if action == WRITE_OFF:
+        if held >= WRITE_OFF_UNDER_PAISE:
+            raise Conflict(f"{held} paise can be paid: pay the partner again (pay_again) "
+                           "or refund the customer (refund)", code="write_off_too_large")
+        done = Resolution(WRITE_OFF, leg_id, held, held, 0)
+        if not dry_run:
+            _drop_planned_retries(session, booking.id, leg_id)
+            ledger.post(session, _write_off_entry(booking.id, leg_id, held, out + held),
+                        actor=str(actor), cause=f"leg:{leg_id}:reversal:write-off")
+        return done
     if action == PAY_AGAIN:
+        if held < TRANSFER_MIN_PAISE:
+            raise Conflict(f"a transfer of {held} paise is under the gateway's minimum "
+                           f"({TRANSFER_MIN_PAISE}): {_instead(held)}",
+                           code="payout_too_small")
         partner = session.get(PartnerProfile, leg.partner_id) if leg.partner_id else None
         if partner is None:
             raise Conflict("the leg has no partner to pay", code="no_partner")
@@ -1984,13 +2119,12 @@ def resolve_reversed_payout(session: Session, booking: Booking, leg_id: int, act
                        "has settled", code="refund_open")
     left = held if refundable is None else refundable
     if left <= 0:
-        raise Conflict("the booking's payment is refunded in full already: pay the "
-                       "partner again instead", code="payment_refunded")
+        raise Conflict("the booking's payment is refunded in full already: "
+                       f"{_instead(held)}", code="payment_refunded")
     amount = min(held, left)
     if amount < REFUND_MIN_PAISE:
         raise Conflict(f"a refund of {amount} paise is under the gateway's minimum "
-                       f"({REFUND_MIN_PAISE}): pay the partner again instead",
-                       code="refund_too_small")
+                       f"({REFUND_MIN_PAISE}): {_instead(held)}", code="refund_too_small")
     if dry_run:
         return Resolution(REFUND, leg_id, held, amount, held - amount, refundable_paise=left)
     _drop_planned_retries(session, booking.id, leg_id)
@@ -1999,6 +2133,33 @@ def resolve_reversed_payout(session: Session, booking: Booking, leg_id: int, act
                               cause=_decision_cause(leg_id))
     return Resolution(REFUND, leg_id, held, amount, held - amount, refundable_paise=left,
                       refund_attempt=refund.attempt)
+
+
+def _instead(held: int) -> str:
+    """What ops can do with ``held`` paise of a leg's reversed payout when the action they
+    asked for cannot be made: pay the partner again, or, under WRITE_OFF_UNDER_PAISE
+    (which the gateway neither transfers nor refunds), write it off."""
+    if held < WRITE_OFF_UNDER_PAISE:
+        return (f"{held} paise can be neither transferred nor refunded: write it off "
+                "instead (action write_off: it becomes platform revenue)")
+    return "pay the partner again instead (action pay_again)"
+
+
+def _write_off_entry(booking_id: int, leg_id: int, amount: int, out_total: int
+                     ) -> rules.Entry:
+    """Ops write off a leg's reversed payout under WRITE_OFF_UNDER_PAISE: it leaves the
+    booking's reversed payouts for the platform's commission account (platform revenue),
+    an entry of its own kind (``reversal_written_off``, migration 0034), under the key of
+    ops' decisions about the leg (one decision per running total out: ``out_total``). It
+    counts as a decision about the leg (_decided_since) and posts to no partner's
+    payable."""
+    return rules.Entry(
+        rules.EntryKind.REVERSAL_WRITTEN_OFF, f"reversal:leg:{leg_id}:out:{out_total}",
+        booking_id,
+        (rules.Posting(rules.reversed_payouts(booking_id), -amount, leg_id),
+         rules.Posting(rules.COMMISSION, amount, leg_id)),
+        memo="reversed payout under the gateway's minimum written off to platform "
+             "revenue (ops)")
 
 
 def _drop_planned_retries(session: Session, booking_id: int, leg_id: int) -> None:
@@ -2063,6 +2224,11 @@ def refund_booking(booking_id: int, reason: str) -> str:
         if gw.is_in_progress(exc):  # a twin request may make it: as an unknown outcome
             _note_refund_error(refund_id, f"in progress: {exc}")
             raise
+        left = _refundable_at_gateway(c, payment_id)
+        if left is not None and left < amount:
+            # More than the payment has left (a refund made in the dashboard took part of
+            # it): no retry changes that. Refused, so nothing was made under this key.
+            return _cut_attempt(refund_id, left, str(exc))
         job = get_current_job()
         if job is None or not job.should_retry:
             _end_refused_attempt(refund_id, str(exc))
@@ -2101,6 +2267,54 @@ def _settle_before_refund(session: Session, leg_id: int) -> bool:
     partner = session.get(PartnerProfile, leg.partner_id) if leg and leg.partner_id else None
     return partner is None or (row.partner_id, row.account) != (
         partner.id, partner.payout_account_id)
+
+
+def _refundable_at_gateway(c, payment_id: str) -> int | None:
+    """What the gateway can still refund of the payment (its amount less what was
+    refunded of it, ours or not); None if it cannot say now."""
+    try:
+        payment = c.payment.fetch(payment_id)
+    except (gw.BadRequestError, gw.ServerError, gw.GatewayError):
+        return None
+    amount, refunded = _paise(payment, "amount"), _paise(payment, "amount_refunded") or 0
+    return None if amount is None else max(amount - refunded, 0)
+
+
+def _cut_attempt(refund_id: int, left: int, error: str) -> str:
+    """The gateway refused a refund attempt for more than its payment has left (part of
+    it was refunded outside the service, in the dashboard): nothing was refunded, so the
+    attempt ends, its reservation back where it came from (as a refusal), and a new
+    attempt at once asks what the payment has left: the customer gets the rest. No try
+    is counted and ops are not alerted: no retry would change the payment. The rest of
+    the reservation stays where it came from (escrow: record_outside_refund takes the
+    refund made outside from there; a reversed payout's: held for ops). Under
+    REFUND_MIN_PAISE left, the gateway would refund nothing: logged, nothing asked."""
+    with transaction() as session:
+        row = session.get(Refund, refund_id)
+        assert row is not None
+        booking = ledger.lock_booking(session, row.booking_id)
+        refund = session.get(Refund, refund_id, with_for_update=True, populate_existing=True)
+        assert refund is not None
+        if refund.status != "requested":
+            return "already-" + refund.status  # settled meanwhile: nothing to undo
+        ledger.post(session, _refund_failed_entry(session, booking.id, refund, None),
+                    actor="gateway:razorpay", cause=f"refund:{refund.id}:cut")
+        refund.status, refund.retry_at = "failed", None
+        refund.last_error = (f"cut: the payment has {left} paise left at the gateway; "
+                             f"refused: {error}")[:200]
+        amount = min(left, refund.amount_paise)
+        if amount < REFUND_MIN_PAISE:
+            log.error("refund attempt refused: its payment has less left than the gateway "
+                      "refunds", extra={"booking_id": booking.id, "left": left})
+            _open_due_refund(session, booking)
+            return "refused"
+        leg_id = _refund_leg(session, refund) if refund.reason == REVERSED_PAYOUT else None
+        _reserve_attempt(session, booking, payment_id=refund.payment_id, amount=amount,
+                         fee=refund.fee_paise, reason=refund.reason, actor=refund.actor,
+                         leg_id=leg_id)
+        log.warning("refund attempt cut to what its payment has left",
+                    extra={"booking_id": booking.id, "amount": amount})
+        return "cut"
 
 
 def _note_refund_error(refund_id: int, error: str) -> None:
@@ -2248,7 +2462,8 @@ def _decided_since(session: Session, refund: Refund) -> bool:
         select(LedgerTransaction.id)
         .join(LedgerPosting, LedgerPosting.transaction_id == LedgerTransaction.id)
         .where(LedgerPosting.leg_id == leg_id, LedgerTransaction.id > asked,
-               (LedgerTransaction.kind == rules.EntryKind.REVERSAL_REPAID.value)
+               LedgerTransaction.kind.in_((rules.EntryKind.REVERSAL_REPAID.value,
+                                           rules.EntryKind.REVERSAL_WRITTEN_OFF.value))
                | ((LedgerTransaction.kind == rules.EntryKind.REVERSAL_REFUND_ASKED.value)
                   & (LedgerTransaction.cause == _decision_cause(leg_id))))
         .limit(1)) is not None
@@ -2717,5 +2932,5 @@ def count_events(session: Session) -> int:
 
 __all__ = ["cancel_booking", "cancellation_preview", "create_payment_link",
            "hold_leg_transfer", "payment_url", "process_event", "receive_webhook",
-           "record_capture", "refund_booking", "release_leg", "request_payment_link",
-           "retry_refund", "retry_refund_now", "settle_leg_transfer"]
+           "record_capture", "record_outside_refund", "refund_booking", "release_leg",
+           "request_payment_link", "retry_refund", "retry_refund_now", "settle_leg_transfer"]

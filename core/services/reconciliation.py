@@ -16,6 +16,12 @@ all or part, by ops in the dashboard: Razorpay sends no webhook for it) is recor
 as a ``transfer_reversed`` entry (payments.record_transfer_reversal: once per reversal,
 ops told once), then compared for what is left on it.
 
+A refund of one of our payments made outside the service (in the Razorpay dashboard:
+none of our notes), whose refund.processed was lost or came while escrow could not give
+it, is recorded first as a refund of that booking (payments.record_outside_refund: once
+per refund), then compared. Findings name a booking only if the item is ours
+(_our_bookings): a booking id in notes alone may be another system's on the account.
+
 One item the gateway cannot show this run (a 5xx for that fetch) is not compared, not
 reported as missing: the rest of the run is recorded, and the window marker stays at or
 before that item's ledger entry, so a later run compares it.
@@ -56,7 +62,7 @@ from sqlalchemy.orm import Session
 from core import clock
 from core.adapters import razorpay_gateway as gw
 from core.adapters.db import autocommit, transaction
-from core.adapters.models import Booking
+from core.adapters.models import Leg
 from core.adapters.payment_models import (
     LedgerPosting,
     LedgerTransaction,
@@ -155,22 +161,22 @@ def _ledger_amounts(session: Session, kind: EntryKind, account_kind: AccountKind
 
 
 def _compare(entity: str, gateway: dict[str, int], ledger_side: dict[str, tuple[int, int | None]],
-             fetch_one, noted: dict[str, int | None], ours: set[int]
+             fetch_one, noted: dict[str, int | None], ours: dict[str, int | None]
              ) -> tuple[list[Finding], set[str], set[str]]:
     """Findings, the gateway ids compared, and those the gateway could not show this run
     (not compared: neither found nor missing).
 
-    ``noted``: the booking each gateway item's notes name. Another system on the same
-    account names bookings of its own numbering: a finding refers to a booking only if
-    it is one of ``ours`` (its booking_id is a key); else the detail tells the note."""
+    ``noted``: the booking each gateway item's notes name; ``ours``: the booking of ours
+    each is (_our_bookings). Another system on the same account names bookings of its
+    own numbering: a finding refers to a booking only if the item is ours; else the
+    detail tells the note."""
     findings: list[Finding] = []
     unanswered: set[str] = set()
     for gid, amount in gateway.items():
         if gid not in ledger_side:
-            booking_id, detail = noted.get(gid), f"{entity} at the gateway has no ledger entry"
-            if booking_id is not None and booking_id not in ours:
-                detail += f"; its notes name booking {booking_id}, none of ours"
-                booking_id = None
+            booking_id, detail = ours.get(gid), f"{entity} at the gateway has no ledger entry"
+            if booking_id is None and noted.get(gid) is not None:
+                detail += f"; its notes name booking {noted[gid]}, not one of ours"
             findings.append(Finding("missing_in_ledger", entity, gid, booking_id, None,
                                     amount, detail))
         elif ledger_side[gid][0] != amount:
@@ -411,13 +417,15 @@ def _run(since: datetime | None, until: datetime | None) -> dict[str, int]:
         led_pay = _ledger_amounts(session, EntryKind.CAPTURE, AccountKind.ESCROW, since, until)
         led_pay.update(_ledger_amounts(session, EntryKind.CAPTURE, AccountKind.ESCROW, since,
                                        None, set(payments) | uncaptured))
-        led_ref = _ledger_amounts(session, EntryKind.REFUND_PROCESSED,
-                                  AccountKind.GATEWAY_CLEARING, since, until)
-        led_ref.update(_ledger_amounts(session, EntryKind.REFUND_PROCESSED,
-                                       AccountKind.GATEWAY_CLEARING, since, None,
-                                       set(refunds) | unprocessed))
+        led_ref = _ledger_refunds(session, since, until, set(refunds) | unprocessed)
         led_trf, voided_trf = _ledger_transfers(session, since, until,
                                                 set(transfers) | no_payout)
+    # A refund of one of our payments made outside the service (the dashboard), whose
+    # refund.processed was lost or came while escrow could not give it, is recorded as
+    # the booking's (payments.record_outside_refund: once per refund), then compared.
+    if _record_outside_refunds(refunds, led_ref):
+        with transaction() as session:
+            led_ref = _ledger_refunds(session, since, until, set(refunds) | unprocessed)
     # A payout reversed at the gateway since it was posted is recorded as such (once per
     # reversal; its transfer.reversed event may never come), then compared for what is
     # left on it.
@@ -430,7 +438,7 @@ def _run(since: datetime | None, until: datetime | None) -> dict[str, int]:
     unanswered: set[str] = set()
     noted = {gid: gw.note_int(item, "booking_id")
              for items in (payments, refunds, transfers) for gid, item in items.items()}
-    ours = _existing_bookings({bid for bid in noted.values() if bid is not None})
+    ours = _our_bookings(payments, refunds, transfers)
     for entity, gateway_items, led, fetch, none_at_gateway in (
         ("payment", payments, led_pay, fetch_payment, uncaptured),
         ("refund", refunds, led_ref, fetch_refund, unprocessed),
@@ -452,6 +460,27 @@ def _run(since: datetime | None, until: datetime | None) -> dict[str, int]:
         log.warning("reconciliation found mismatches", extra={"count": len(findings)})
     return {"mismatches": len(findings), "payments": len(payments), "refunds": len(refunds),
             "transfers": len(transfers)}
+
+
+def _ledger_refunds(session: Session, since: datetime, until: datetime, refs: set[str]
+                    ) -> dict[str, tuple[int, int | None]]:
+    """The ledger's processed refunds by gateway refund id: in the window, or of ``refs``."""
+    led_ref = _ledger_amounts(session, EntryKind.REFUND_PROCESSED,
+                              AccountKind.GATEWAY_CLEARING, since, until)
+    led_ref.update(_ledger_amounts(session, EntryKind.REFUND_PROCESSED,
+                                   AccountKind.GATEWAY_CLEARING, since, None, refs))
+    return led_ref
+
+
+def _record_outside_refunds(refunds: dict[str, dict],
+                            led_ref: dict[str, tuple[int, int | None]]) -> int:
+    """Record the processed refunds the ledger lacks that are refunds of our payments made
+    outside the service (payments.record_outside_refund: one of our attempts, or of a
+    payment not ours, is left as it is); how many were recorded now."""
+    from core.services import payments  # payments imports nothing of this module
+
+    return sum(payments.record_outside_refund(item, f"reconcile:{gid}") == "outside-refund"
+               for gid, item in refunds.items() if gid not in led_ref)
 
 
 def _ledger_transfers(session: Session, since: datetime, until: datetime, refs: set[str]
@@ -524,12 +553,42 @@ def _record_reversals(led_trf: dict[str, tuple[int, int | None]],
     return recorded
 
 
-def _existing_bookings(ids: set[int]) -> set[int]:
-    """Which of ``ids`` are bookings we have (one query)."""
-    if not ids:
-        return set()
+def _our_bookings(payments: dict[str, dict], refunds: dict[str, dict],
+                  transfers: dict[str, dict]) -> dict[str, int | None]:
+    """The booking of ours each gateway item is (None: not one of ours), a query or two
+    per kind. A booking id in notes alone is no proof: another system on the account
+    numbers its bookings too. A payment is ours by payments._named_booking's rule (our
+    booking's reference beside its id); a refund, by our attempt row of its id, else by
+    its payment captured in our ledger (one made in the dashboard has no notes of ours);
+    a transfer, by our leg row of its id, else by its notes' leg being that booking's."""
+    from core.services import payments as pay  # payments imports nothing of this module
+
+    out = dict(zip(payments, pay.named_bookings(list(payments.values())), strict=True))
+    pids = {r["payment_id"] for r in refunds.values() if isinstance(r.get("payment_id"), str)}
+    named_legs = {gid: (gw.note_int(t, "leg_id"), gw.note_int(t, "booking_id"))
+                  for gid, t in transfers.items()}
     with transaction() as session:
-        return set(session.scalars(select(Booking.id).where(Booking.id.in_(ids))))
+        by_row = dict(session.execute(select(Refund.gateway_refund_id, Refund.booking_id)
+                                      .where(Refund.gateway_refund_id.in_(set(refunds))))
+                      .tuples().all()) if refunds else {}
+        # A payment captured in our ledger: its capture entry, keyed by the payment.
+        captured = dict(session.execute(
+            select(LedgerTransaction.gateway_ref, LedgerTransaction.booking_id).where(
+                LedgerTransaction.idempotency_key.in_({f"capture:{p}" for p in pids})))
+            .tuples().all()) if pids else {}
+        leg_rows = dict(session.execute(select(LegTransfer.transfer_id, LegTransfer.booking_id)
+                                        .where(LegTransfer.transfer_id.in_(set(transfers))))
+                        .tuples().all()) if transfers else {}
+        leg_ids = {leg for leg, _ in named_legs.values() if leg is not None}
+        legs = dict(session.execute(select(Leg.id, Leg.booking_id).where(Leg.id.in_(leg_ids)))
+                    .tuples().all()) if leg_ids else {}
+    for gid, r in refunds.items():
+        pid = r.get("payment_id")
+        out[gid] = by_row.get(gid) or (captured.get(pid) if isinstance(pid, str) else None)
+    for gid, (leg, booking_id) in named_legs.items():
+        out[gid] = leg_rows.get(gid) or (
+            booking_id if leg is not None and legs.get(leg) == booking_id else None)
+    return out
 
 
 def _marker(until: datetime, unanswered: set[str]) -> datetime:
