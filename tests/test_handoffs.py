@@ -123,7 +123,7 @@ def test_an_operator_calling_the_person_keeps_the_handoff_and_it_ends_with_the_u
     handoff_id = asks_for_a_person(client)
     clock.freeze(datetime.now(UTC) + timedelta(hours=handoff.idle_hours() - 1))
     with transaction() as s:
-        assert handoff.phone_to_call(s, handoff_id, "ops:7") == PHONE
+        assert handoff.phone_to_call(s, handoff_id, "ops:7")[0] == PHONE
     before = len(outbox_bodies())
     assert sweep_at(timedelta(hours=handoff.idle_hours() + 0.5)) == "waiting"
     assert sweep_at(timedelta(hours=2 * handoff.idle_hours())) == "closed"

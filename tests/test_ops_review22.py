@@ -132,3 +132,25 @@ def test_a_person_nobody_answers_yet_is_anyones_and_take_over_alone_changes_noth
     r = client.post(f"{API}/ops/handoffs/{hid}/reply",
                     json={"body": "Meena here.", "take_over": True}, headers=ops_b)
     assert r.status_code == 200 and _audits("handoff.take_over") == []
+
+
+def test_a_second_operator_cannot_call_a_person_another_is_answering(client, live):
+    """A call is an answer too: the number of a person another operator is answering is
+    not handed out (two people calling her about one question) unless taken over."""
+    hid = caller_waiting(PHONE)
+    ops_a, ops_b = sign_in(client, OPS_A, role="ops"), sign_in(client, OPS_B, role="ops")
+    r = client.get(f"{API}/ops/handoffs/{hid}/phone", headers=ops_a)
+    assert r.status_code == 200 and r.get_json()["phone"] == PHONE
+    r = client.get(f"{API}/ops/handoffs/{hid}/phone", headers=ops_b)
+    assert r.status_code == 409 and r.get_json()["error"]["code"] == "taken_by_other"
+    assert PHONE not in r.get_data(as_text=True)
+    # Operator A's own reply is still his.
+    assert client.post(f"{API}/ops/handoffs/{hid}/reply", json={"body": "Calling you now."},
+                       headers=ops_a).status_code == 200
+    r = client.get(f"{API}/ops/handoffs/{hid}/phone?take_over=true", headers=ops_b)
+    assert r.status_code == 200 and r.get_json()["phone"] == PHONE
+    (entry,) = _audits("handoff.take_over")
+    assert entry.target == f"handoff:{hid}"
+    r = client.post(f"{API}/ops/handoffs/{hid}/reply", json={"body": "Ravi again."},
+                    headers=ops_a)
+    assert r.status_code == 409  # B has her now

@@ -339,12 +339,25 @@ class PhoneOut(BaseModel):
     phone: str
 
 
+class PhoneQuery(Strict):
+    take_over: bool = Field(default=False, description="call a person another operator is "
+                                                       "answering, and take them over "
+                                                       "(audited handoff.take_over)")
+
+
 @endpoint(bp, "GET", "/ops/handoffs/<int:handoff_id>/phone",
-          summary="The full number of a person waiting, to call them back (audited)",
-          roles=OPS, response=PhoneOut, tags=("ops",), errors=(404, 409))
-def ops_handoff_phone(handoff_id: int) -> PhoneOut:
+          summary="The full number of a person waiting, to call them back (audited); the "
+                  "caller has them. 409 taken_by_other while another operator answers them "
+                  "(?take_over=true takes them over)",
+          roles=OPS, query=PhoneQuery, response=PhoneOut, tags=("ops",), errors=(404, 409))
+def ops_handoff_phone(handoff_id: int, query: PhoneQuery) -> PhoneOut:
     with transaction() as session:
-        phone = handoff.phone_to_call(session, handoff_id, f"ops:{principal().person_id}")
+        phone, took_from = handoff.phone_to_call(session, handoff_id,
+                                                 f"ops:{principal().person_id}",
+                                                 take_over=query.take_over)
+        if took_from is not None:
+            audit(session, "handoff.take_over", f"handoff:{handoff_id}",
+                  from_operator=took_from)
         audit(session, "handoff.phone", f"handoff:{handoff_id}")
         return PhoneOut(phone=phone)
 

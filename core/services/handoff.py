@@ -227,18 +227,21 @@ def waiting_list(session: Session, offset: int = 0, limit: int | None = None, *,
     return list(session.scalars(stmt.offset(offset).limit(limit)))
 
 
-def phone_to_call(session: Session, handoff_id: int, operator: str) -> str:
+def phone_to_call(session: Session, handoff_id: int, operator: str, *,
+                  take_over: bool = False) -> tuple[str, str | None]:
     """The full number of the person waiting, for an operator who must call them back
     (the lists show it masked). The operator takes the handoff, and the call is noted on
     it: activity, so the idle close neither apologises that nobody answered nor cuts in
-    while they talk."""
+    while they talk. A call is an answer: a person another operator is answering is
+    refused (Conflict ``taken_by_other``) unless ``take_over``. The number, and the
+    operator taken over from, if any (for the audit log)."""
     handoff, _conv, person = _get_open(session, handoff_id)
     if not person.phone:
         raise NotFound("this person has no phone number", code="no_phone")
-    handoff.operator = handoff.operator or operator
+    taken_from = _take(handoff, operator, take_over)
     session.add(HandoffMessage(handoff_id=handoff.id, direction="out", body="[phone call]",
                                operator=operator, created_at=clock.now()))
-    return person.phone
+    return person.phone, taken_from
 
 
 def _get_open(session: Session, handoff_id: int) -> tuple[Handoff, Conversation, Person]:
@@ -263,6 +266,23 @@ def operator_id(handoff: Handoff) -> int | None:
     return int(who[4:]) if who.startswith("ops:") and who[4:].isdigit() else None
 
 
+def _take(handoff: Handoff, operator: str, take_over: bool) -> str | None:
+    """``operator`` answers the handoff (a reply, a call): it becomes theirs if nobody's;
+    another operator's is refused (Conflict ``taken_by_other``) unless ``take_over``.
+    The operator taken over from, if any."""
+    if handoff.operator == ANSWERED_BY_PHONE:
+        # Someone took the caller's call from the IVR; whoever writes to them now has them.
+        handoff.operator = operator
+    taken_from = None
+    if handoff.operator not in (None, operator) and operator_id(handoff) is not None:
+        if not take_over:
+            raise Conflict(f"another operator ({handoff.operator}) is answering this person; "
+                           "send take_over to answer them yourself", code="taken_by_other")
+        taken_from, handoff.operator = handoff.operator, operator
+    handoff.operator = handoff.operator or operator
+    return taken_from
+
+
 def reply(session: Session, handoff_id: int, operator: str, body: str, *,
           take_over: bool = False) -> str | None:
     """An operator's answer to the user, sent through the outbox. Two operators must not
@@ -272,17 +292,7 @@ def reply(session: Session, handoff_id: int, operator: str, body: str, *,
     if not body.strip():
         raise Conflict("empty reply", code="empty_message")
     handoff, _conv, person = _get_open(session, handoff_id)
-    taken_from = None
-    if handoff.operator == ANSWERED_BY_PHONE:
-        # Someone took the caller's call from the IVR; whoever writes to them now has them.
-        handoff.operator = operator
-    if handoff.operator not in (None, operator, ANSWERED_BY_PHONE) \
-            and operator_id(handoff) is not None:
-        if not take_over:
-            raise Conflict(f"another operator ({handoff.operator}) is answering this person; "
-                           "send take_over to answer them yourself", code="taken_by_other")
-        taken_from, handoff.operator = handoff.operator, operator
-    handoff.operator = handoff.operator or operator
+    taken_from = _take(handoff, operator, take_over)
     row_id = _send(session, person, body.strip())
     if row_id is None:  # opted out (STOP), or no number to reach them on
         raise Conflict("this person cannot be messaged (they sent STOP, or have no number)",
