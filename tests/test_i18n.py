@@ -118,6 +118,7 @@ REQUIRED_KEYS = (
     | {"sms.customer_help"}  # partner_sms: a customer texting our SMS number
     | {"sms.recipient_coming", "sms.recipient_on_the_way",  # partner_sms: a recipient too
        "sms.recipient_on_the_way_no_code"}
+    | {"sms.recipient_coming_code_sent"}  # before pickup, her drop code sent already
     | {"dispatch.drop_otp_pass_on", "dispatch.ops_drop_code_lost"}  # a drop code lost
     | {f"dispatch.{k}" for k in ("ops_drop_code_unsent", "pickup_code_lost_rider",  # codes lost
                                  "ops_pickup_code_lost", "ops_pickup_code_unsent")}

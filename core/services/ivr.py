@@ -12,7 +12,8 @@ last turn answered, so a retried request (or one that waited on the lock behind 
 twin) is answered from record and acts once. The answer is recorded as ``CallSid:turn``
 in ``inbound_events`` (provider "twilio-voice") in the same transaction as the turn's
 effects, in one INSERT whose unique key is the last word on a duplicate (an answer that
-reads out a pickup code is blanked once the call ends: see forget_code_answers). Channel rules
+reads out a pickup code is stored under CODE_CHANNEL and blanked once the call ends: see
+forget_code_answers). Channel rules
 live here, not in the dialog: silence repeats the prompt at most twice and then offers a
 person (or ends the call), ``*`` repeats, a call has at most ``MAX_TURNS`` turns. Nothing
 here calls the network.
@@ -126,7 +127,10 @@ def _process_once(call: CallRequest, handler: Callable[[Session, CallRequest], s
     try:
         with transaction() as session:
             twiml = handler(session, call)
-            if inbound.record_answer(session, PROVIDER, external_id, CHANNEL, twiml) is None:
+            # An answer that reads a code out is marked as such when it is stored.
+            channel = (CODE_CHANNEL if external_id in session.info.get(_CODE_READ_IN, ())
+                       else CHANNEL)
+            if inbound.record_answer(session, PROVIDER, external_id, channel, twiml) is None:
                 # Recorded already, though the call's state did not say so (the call was
                 # closed since, or a twin committed first): this turn's effects roll back.
                 raise AlreadyAnswered
@@ -406,11 +410,18 @@ def read_pickup_code(session: Session, person: Person, booking: Booking) -> dict
 # same. It is blanked once the call is over (its status callback, the caller's next call,
 # or our hang-up), and in any case this long after it was read (a status callback lost).
 # Both lost (Redis lost the job, and no callback came), the daily retention run blanks the
-# answers that say a code (says_a_code) once CODE_KEPT_FOR_CALL has passed.
+# answers that say a code once CODE_KEPT_FOR_CALL has passed: those stored under
+# CODE_CHANNEL (the turn that read it marks its answer so when it is stored, so a later
+# release that rewords the code texts still finds it), and those stored before answers
+# were marked, by today's texts (says_a_code).
 CODE_SAID = "ivr.code.said"
 CODE_SAID_AGAIN = "ivr.code.again"  # the same code, said again in the call on 1
 CODE_KEYS = frozenset({CODE_SAID, CODE_SAID_AGAIN})
 CODE_ANSWER_KEPT = timedelta(minutes=2)
+# inbound_events.channel of a stored answer that reads a code out (CHANNEL otherwise).
+CODE_CHANNEL = "voice-code"
+# session.info: the "CallSid:turn" of the answers of this transaction that read a code.
+_CODE_READ_IN = "ivr_code_read_in"
 FORGET_CODES_JOB = "core.services.ivr.forget_code_answers"
 # The code kept in the call's state to say again (voice.HEARD_CODE) goes when the call
 # ends; should its end never be reported, this long after it was read (longer than a
@@ -494,6 +505,7 @@ def _code_read(session: Session, conv_id: int, state: DialogState, sid: str, tur
     if not said:
         return
     state.data["call"].setdefault("coded", []).append(turn)
+    session.info.setdefault(_CODE_READ_IN, set()).add(f"{sid}:{turn}")
     job_id = f"ivr-code-{sid}-{turn}"
 
     def schedule() -> None:

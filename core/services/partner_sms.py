@@ -216,7 +216,9 @@ def _tell_stranger(session: Session, contact: str, lang: str,
     if parcel is not None and (open_ref is None
                                or _answers_parcel(session, contact, open_ref, parcel)):
         if parcel.status not in _ON_THE_WAY:
-            answer = "sms.recipient_coming"
+            # A direct booking's recipient has her code once a rider took it: no "we send".
+            answer = "sms.recipient_coming_code_sent" if _drop_code_sent(session, parcel) \
+                else "sms.recipient_coming"
         elif _drop_code_sent(session, parcel):
             answer = "sms.recipient_on_the_way"  # "give the rider the code we sent you"
         else:

@@ -213,16 +213,19 @@ def _codes(session: Session, after: int, cutoff: datetime) -> tuple[list[int], i
 
 
 def _code_answers(session: Session, after: int, cutoff: datetime) -> tuple[list[int], int]:
-    """Call answers that read a pickup code out (ivr.says_a_code) given before ``cutoff``
-    and left in plain text: the call's end and the job that blanks them minutes after the
-    read were both lost (no status callback, Redis lost the job). Blanked as the call's
-    end blanks them (a very late retry of the webhook hears the call is over)."""
+    """Call answers that read a pickup code out given before ``cutoff`` and left in plain
+    text: the call's end and the job that blanks them minutes after the read were both
+    lost (no status callback, Redis lost the job). Found by the mark the answer got when
+    it was stored (ivr.CODE_CHANNEL), whatever the code texts say now; one stored before
+    answers were marked, by today's texts (ivr.says_a_code). Blanked as the call's end
+    blanks them (a very late retry of the webhook hears the call is over)."""
     e = InboundEvent
-    batch = session.execute(select(e.id, e.response_body).where(
+    batch = session.execute(select(e.id, e.channel, e.response_body).where(
         e.id > after, e.response_body.is_not(None), e.provider == ivr.PROVIDER,
         e.received_at < cutoff, e.received_at >= cutoff - CODE_LOOKBACK,
         e.response_body != ivr.BLANKED_ANSWER).order_by(e.id).limit(BATCH)).all()
-    coded = [r.id for r in batch if ivr.says_a_code(r.response_body)]
+    coded = [r.id for r in batch
+             if r.channel == ivr.CODE_CHANNEL or ivr.says_a_code(r.response_body)]
     blanked = _changed(session, update(e).where(e.id.in_(coded), e.response_body.is_not(None))
                        .values(response_body=ivr.BLANKED_ANSWER)) if coded else 0
     return [r.id for r in batch], blanked
