@@ -2048,7 +2048,7 @@ def resolve_reversed_payout(session: Session, booking: Booking, leg_id: int, act
     payment (at most ``refundable``, what the gateway can still give back: the rest stays
     held); ``write_off`` ends one under WRITE_OFF_UNDER_PAISE, which the gateway would
     neither transfer nor refund: it becomes the platform's (its commission account), by
-    an entry that says so (_write_off_entry). Immutable entries; the caller's
+    an entry that says so (rules.reversal_written_off). Immutable entries; the caller's
     transaction (and its audit). A dry run checks and computes the same, and changes
     nothing.
 
@@ -2082,7 +2082,8 @@ def resolve_reversed_payout(session: Session, booking: Booking, leg_id: int, act
         done = Resolution(WRITE_OFF, leg_id, held, held, 0)
         if not dry_run:
             _drop_planned_retries(session, booking.id, leg_id)
-            ledger.post(session, _write_off_entry(booking.id, leg_id, held, out + held),
+            ledger.post(session, rules.reversal_written_off(booking.id, leg_id, held,
+                                                            out + held),
                         actor=str(actor), cause=f"leg:{leg_id}:reversal:write-off")
         return done
     if action == PAY_AGAIN:
@@ -2143,23 +2144,6 @@ def _instead(held: int) -> str:
         return (f"{held} paise can be neither transferred nor refunded: write it off "
                 "instead (action write_off: it becomes platform revenue)")
     return "pay the partner again instead (action pay_again)"
-
-
-def _write_off_entry(booking_id: int, leg_id: int, amount: int, out_total: int
-                     ) -> rules.Entry:
-    """Ops write off a leg's reversed payout under WRITE_OFF_UNDER_PAISE: it leaves the
-    booking's reversed payouts for the platform's commission account (platform revenue),
-    an entry of its own kind (``reversal_written_off``, migration 0034), under the key of
-    ops' decisions about the leg (one decision per running total out: ``out_total``). It
-    counts as a decision about the leg (_decided_since) and posts to no partner's
-    payable."""
-    return rules.Entry(
-        rules.EntryKind.REVERSAL_WRITTEN_OFF, f"reversal:leg:{leg_id}:out:{out_total}",
-        booking_id,
-        (rules.Posting(rules.reversed_payouts(booking_id), -amount, leg_id),
-         rules.Posting(rules.COMMISSION, amount, leg_id)),
-        memo="reversed payout under the gateway's minimum written off to platform "
-             "revenue (ops)")
 
 
 def _drop_planned_retries(session: Session, booking_id: int, leg_id: int) -> None:
