@@ -136,7 +136,7 @@ def test_an_unknown_recipient_hears_of_her_parcel_in_the_senders_language(
     ref = ref_of(booking_id)
     (code_sms,) = bodies_to(RECIPIENT)
     assert code_sms.startswith(i18n.t("dispatch.drop_otp", "bn", ref=ref, otp="0000")[:20])
-    assert sms(client, RECIPIENT, "kab?") == [i18n.t("sms.recipient_coming", "bn", ref=ref)]
+    assert sms(client, RECIPIENT, "kab?") == [i18n.t("sms.recipient_coming_code_sent", "bn", ref=ref)]
 
 
 def test_a_recipient_with_her_own_language_hears_it_in_hers(client, live,
@@ -150,7 +150,7 @@ def test_a_recipient_with_her_own_language_hears_it_in_hers(client, live,
     start(booking_id)
     assert sms(client, rider, "1")
     assert sms(client, RECIPIENT, "kab?") == [
-        i18n.t("sms.recipient_coming", "mr", ref=ref_of(booking_id))]
+        i18n.t("sms.recipient_coming_code_sent", "mr", ref=ref_of(booking_id))]
 
 
 # --- 3. a WhatsApp photo before the drop is no proof --------------------------------------

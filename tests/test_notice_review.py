@@ -100,7 +100,7 @@ def test_a_recipient_hears_the_parcel_is_on_the_way_once_picked_up(client, live,
     start(booking_id)
     assert sms(client, rider, "1")
     ref = ref_of(booking_id)
-    assert sms(client, RECIPIENT, "kab?") == [i18n.t("sms.recipient_coming", "en", ref=ref)]
+    assert sms(client, RECIPIENT, "kab?") == [i18n.t("sms.recipient_coming_code_sent", "en", ref=ref)]
     assert sms(client, RECIPIENT, "kab?") == []  # once a day
     assert "picked up" in sms(client, rider, f"PICK {pickup_code()}")[0]
     clock.freeze(clock.now() + timedelta(days=1))
@@ -139,7 +139,7 @@ def test_a_recipient_with_a_booking_of_her_own_hears_of_what_we_last_texted(
     start(parcel_id)
     assert sms(client, rider, "1")
     assert sms(client, RECIPIENT, "when?") == [
-        i18n.t("sms.recipient_coming", "en", ref=ref_of(parcel_id))]
+        i18n.t("sms.recipient_coming_code_sent", "en", ref=ref_of(parcel_id))]
     with transaction() as s:
         assert outbox.queue_message(s, channel="sms", to=RECIPIENT, body="about her own",
                                     booking_id=own_id) is not None
