@@ -72,6 +72,7 @@ REQUIRED_KEYS = (
     | {"payment.link_failed", "payment.ops_link_refused",  # payments._link_refused
        "payment.ops_transfer_refused"}  # payments._transfer_refused
     | {"payment.ops_transfer_reversed"}  # payments.record_transfer_reversal
+    | {"payment.ops_escrow_short"}  # payments._post_release: a shortfall unexplained
     | {"bot.cancel.picked_up", "bot.cancel.not_allowed"}  # booking._not_allowed
     | {"bot.place.landmark_bad"}  # booking's landmark step
     | {"bot.pickup.pin_needed", "bot.drop.pin_needed"}  # two villages at one spot

@@ -18,6 +18,13 @@ sum over every account is always zero and every other balance reads naturally:
   ``reversal_written_off`` gives one under the gateway's minimum (it can be neither paid
   nor refunded) to the platform's commission.
 
+Support's refund is the platform's cost: a refund made outside the service (the Razorpay
+dashboard) takes what escrow holds of it, and the platform's commission gives the rest
+(``outside_refund_platform``); a leg delivered after one is paid in full, its payout's
+shortfall given by the platform's commission too (``release_platform``). Both put the
+money in the booking's escrow just before the entry that takes it out, so escrow never
+goes below zero; ``platform_commission`` may (the platform gave more than it earned).
+
 Every entry has an idempotency key derived from what caused it (a gateway payment id, a
 leg id, our refund id), so recording the same cause twice is a no-op in the database.
 """
@@ -54,6 +61,8 @@ class EntryKind(StrEnum):
     REVERSAL_REFUND_ASKED = "reversal_refund_asked"
     REVERSAL_REFUND_FAILED = "reversal_refund_failed"
     REVERSAL_WRITTEN_OFF = "reversal_written_off"
+    OUTSIDE_REFUND_PLATFORM = "outside_refund_platform"
+    RELEASE_PLATFORM = "release_platform"
 
 
 # Accounts whose balance may never go below zero (checked at write time, under a lock).
@@ -324,6 +333,35 @@ def reversal_refund_failed(booking_id: int, refund_id: int, amount_paise: int,
                  tuple(_move(refunds_pending(booking_id), reversed_payouts(booking_id),
                              amount_paise, leg_id)),
                  memo="refund failed; back in reversed payouts", gateway_ref=gateway_refund_id)
+
+
+def shortfall(escrow_paise: int, amount_paise: int) -> int:
+    """What escrow (``escrow_paise`` now) lacks to give ``amount_paise``; 0 if it holds
+    enough. A refund made outside the service, or a delivered leg's payout, takes it from
+    the platform's commission (outside_refund_platform, release_platform)."""
+    return max(0, amount_paise - max(escrow_paise, 0))
+
+
+def outside_refund_platform(booking_id: int, refund_id: int, amount_paise: int) -> Entry:
+    """A refund made outside the service (the dashboard) is more than escrow holds
+    (delivered legs were paid out of it): the platform's commission gives the rest into
+    escrow, for that refund's ``refund_requested`` to take. Keyed by our row of the
+    refund, as its other entries are: recorded once however often it is seen."""
+    _amount("amount_paise", amount_paise)
+    return Entry(EntryKind.OUTSIDE_REFUND_PLATFORM, f"refund:{refund_id}:platform",
+                 booking_id, tuple(_move(COMMISSION, escrow(booking_id), amount_paise)),
+                 memo="refund made outside the service beyond escrow: the platform's cost")
+
+
+def release_platform(booking_id: int, leg_id: int, amount_paise: int) -> Entry:
+    """A delivered leg's payout is more than escrow holds (a refund made outside the
+    service took the booking's money): the platform's commission gives the shortfall
+    into escrow, for the leg's ``release`` to pay its partner in full. Keyed by the leg,
+    beside its release: once."""
+    _amount("amount_paise", amount_paise)
+    return Entry(EntryKind.RELEASE_PLATFORM, f"release:leg:{leg_id}:platform", booking_id,
+                 tuple(_move(COMMISSION, escrow(booking_id), amount_paise, leg_id)),
+                 memo="escrow short of a leg's payout: the platform's cost")
 
 
 def check_balances(entry: Entry, balances: dict[Account, int]) -> None:

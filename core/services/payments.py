@@ -210,6 +210,57 @@ def _release_commission(booking: Booking, leg: Leg, recognised: int, last: bool,
     return kept
 
 
+def _post_release(session: Session, booking: Booking, leg: Leg, commission: int,
+                  actor: str) -> None:
+    """Post a delivered leg's release (``commission`` from _release_commission). What
+    escrow lacks of its payout (a refund made outside the service took the booking's
+    money) is the platform's cost first (rules.release_platform): the partner is paid in
+    full, never left unpaid behind a release that cannot be posted. A shortfall no such
+    refund explains is paid all the same, and ops are told: the booking's money went
+    somewhere the ledger cannot say. The caller holds the booking's lock."""
+    from core.services.dispatch import alert_ops  # dispatch imports payments
+
+    assert leg.partner_id is not None
+    cause = f"leg:{leg.id}:delivered"
+    short = rules.shortfall(ledger.balance(session, rules.escrow(booking.id)),
+                            leg.payout_paise + commission)
+    if short:
+        unexplained = short - _outside_refunds_uncovered(session, booking.id)
+        ledger.post(session, rules.release_platform(booking.id, leg.id, short),
+                    actor=actor, cause=cause)
+        log.warning("escrow is short of a leg's payout: the platform's cost",
+                    extra={"leg_id": leg.id, "platform": short})
+        if unexplained > 0:
+            log.error("escrow is short of a leg's payout beyond what refunds made outside "
+                      "the service took", extra={"leg_id": leg.id, "unexplained": unexplained})
+            alert_ops(session, "payment.ops_escrow_short", booking_id=booking.id,
+                      dedupe_key=f"leg-{leg.id}-escrow-short", ref=booking.reference,
+                      leg=leg.id, short_paise=unexplained)
+    ledger.post(session, rules.release(booking.id, leg.id, leg.partner_id, leg.payout_paise,
+                                       commission), actor=actor, cause=cause)
+
+
+_PLATFORM_COST = (rules.EntryKind.OUTSIDE_REFUND_PLATFORM.value,
+                  rules.EntryKind.RELEASE_PLATFORM.value)
+
+
+def _outside_refunds_uncovered(session: Session, booking_id: int) -> int:
+    """What refunds made outside the service took of the booking beyond what the
+    platform's commission has given for it already: the most of a leg's shortfall such a
+    refund explains (all its legs' payouts and commission are no more than the customer
+    paid)."""
+    from core.adapters.payment_models import LedgerPosting, LedgerTransaction
+
+    given = -int(session.scalar(
+        select(func.coalesce(func.sum(LedgerPosting.amount_paise), 0))
+        .join(LedgerTransaction, LedgerTransaction.id == LedgerPosting.transaction_id)
+        .where(LedgerTransaction.booking_id == booking_id,
+               LedgerTransaction.kind.in_(_PLATFORM_COST),
+               LedgerPosting.account_kind == rules.AccountKind.PLATFORM_COMMISSION.value))
+        or 0)
+    return sum(_refunded_outside(session, booking_id).values()) - given
+
+
 # Razorpay refunds 100 paise at least ("The amount must be at least INR 1.00"): a smaller
 # refund is never asked of it (the attempt would only be refused, again and again).
 REFUND_MIN_PAISE = 100
@@ -343,10 +394,7 @@ def _end_stuck_relay(session: Session, booking: Booking, actor: Actor, reason: s
     # What delivered legs earned leaves escrow first (the quote counted it as earned): the
     # refund below must not take it, or their release would later find escrow short.
     for leg, commission in _unreleased(session, booking):
-        assert leg.partner_id is not None
-        ledger.post(session, rules.release(booking.id, leg.id, leg.partner_id,
-                                           leg.payout_paise, commission),
-                    actor=str(actor), cause=f"leg:{leg.id}:delivered")
+        _post_release(session, booking, leg, commission, str(actor))
         _enqueue_after_commit(session, "workers.payments.settle_leg_transfer", leg.id,
                               job_id=f"transfer-{leg.id}")
     move_booking(session, booking, BookingStatus.FAILED, actor, reason)
@@ -1219,11 +1267,18 @@ def record_outside_refund(refund: dict, cause: str) -> str:
     what is left (_paid_and_earned), and the customer hears of it. From refund.processed
     or the reconciliation, whichever sees it first.
 
+    Support's refund is the platform's cost: of one that escrow holds less than (delivered
+    legs were paid out of it; Razorpay took the refund from the platform's balance all
+    the same), escrow gives what it holds and the platform's commission the rest
+    (rules.outside_refund_platform, keyed by the same row).
+
     Not recorded (logged; the reconciliation lists it until it is): a payment that is
     not ours ("unknown-refund"), a refund whose notes name one of our attempts (that one
-    is settled by its own id, never recorded twice), or one escrow holds less than
-    (delivered legs took the money, or a refund of ours holds it reserved: once that is
-    cut to what the payment has left, refund_booking, a later run records it)."""
+    is settled by its own id, never recorded twice), or one escrow holds less than while
+    a refund of ours reserved out of escrow is still being asked: refused for more than
+    the payment has left, that one is cut and its reservation comes back to escrow
+    (refund_booking), so the platform would pay what the booking still holds; a later
+    run records it once that refund is answered."""
     from core.adapters.payment_models import LedgerTransaction
 
     rid, amount, pid = _gateway_id(refund), _paise(refund, "amount"), refund.get("payment_id")
@@ -1242,10 +1297,11 @@ def record_outside_refund(refund: dict, cause: str) -> str:
         if our_id is not None and session.get(Refund, our_id) is not None:
             return "unknown-refund"  # named by our attempt: settled by it, if ever
         escrow = ledger.balance(session, rules.escrow(booking_id))
-        if escrow < amount:
-            log.error("a refund made outside the service is more than escrow holds; "
-                      "not recorded yet", extra={"booking_id": booking_id, "amount": amount,
-                                                 "escrow": escrow})
+        short = rules.shortfall(escrow, amount)
+        if short and _asked_from_escrow(session, booking_id):
+            log.warning("a refund made outside the service is more than escrow holds while "
+                        "a refund of ours is asked; recorded once that one is answered",
+                        extra={"booking_id": booking_id, "amount": amount, "escrow": escrow})
             return "outside-refund-unrecorded"
         last = _latest_refund(session, booking_id)
         row = Refund(booking_id=booking_id, attempt=last.attempt + 1 if last else 1,
@@ -1253,11 +1309,16 @@ def record_outside_refund(refund: dict, cause: str) -> str:
                      actor="gateway:razorpay", status="processed", gateway_refund_id=rid)
         session.add(row)
         session.flush()
-        for entry in (rules.refund_requested(booking_id, row.id, amount),
+        platform = [rules.outside_refund_platform(booking_id, row.id, short)] if short else []
+        for entry in (*platform, rules.refund_requested(booking_id, row.id, amount),
                       rules.refund_processed(booking_id, row.id, amount, rid)):
             ledger.post(session, entry, actor="gateway:razorpay", cause=cause)
+        if short:
+            log.warning("a refund made outside the service is more than escrow held: the "
+                        "rest is the platform's cost",
+                        extra={"booking_id": booking_id, "amount": amount, "platform": short})
         if booking.status in (BookingStatus.CANCELLED.value, BookingStatus.FAILED.value) \
-                and escrow == amount and _open_row(session, booking_id) is None:
+                and escrow <= amount and _open_row(session, booking_id) is None:
             # It gave back all the closed booking still held (support refunded it by hand).
             move_booking(session, booking, BookingStatus.REFUNDED, SYSTEM,
                          "refunded outside the service")
@@ -1266,6 +1327,14 @@ def record_outside_refund(refund: dict, cause: str) -> str:
         log.warning("a refund made outside the service was recorded",
                     extra={"booking_id": booking_id, "amount": amount})
         return "outside-refund"
+
+
+def _asked_from_escrow(session: Session, booking_id: int) -> bool:
+    """Whether a refund attempt of the booking reserved out of escrow is still being asked
+    of the gateway (requested: it may yet be cut, its reservation back in escrow)."""
+    return session.scalar(select(Refund.id).where(
+        Refund.booking_id == booking_id, Refund.status == "requested",
+        Refund.reason != REVERSED_PAYOUT).limit(1)) is not None
 
 
 def _on_transfer(data: dict, cause: str) -> str:
@@ -1433,7 +1502,8 @@ _HANDLERS = {
 
 
 def release_leg(leg_id: int, actor: Actor = SYSTEM) -> str:
-    """Job: a delivered leg's payout and commission leave escrow (once), then its transfer."""
+    """Job: a delivered leg's payout and commission leave escrow (once), then its transfer.
+    Escrow short of the payout does not stop it (_post_release: the platform's cost)."""
     with transaction() as session:
         leg = session.get(Leg, leg_id)
         if leg is None:
@@ -1453,9 +1523,7 @@ def release_leg(leg_id: int, actor: Actor = SYSTEM) -> str:
                 for other in legs)
             commission = _release_commission(
                 booking, leg, released, last, ledger.balance(session, rules.escrow(booking.id)))
-            ledger.post(session, rules.release(booking.id, leg.id, leg.partner_id,
-                                               leg.payout_paise, commission),
-                        actor=str(actor), cause=f"leg:{leg_id}:delivered")
+            _post_release(session, booking, leg, commission, str(actor))
             result = "released"
         _enqueue_after_commit(session, "workers.payments.settle_leg_transfer", leg_id,
                               job_id=f"transfer-{leg_id}")

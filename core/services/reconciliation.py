@@ -17,9 +17,10 @@ as a ``transfer_reversed`` entry (payments.record_transfer_reversal: once per re
 ops told once), then compared for what is left on it.
 
 A refund of one of our payments made outside the service (in the Razorpay dashboard:
-none of our notes), whose refund.processed was lost or came while escrow could not give
-it, is recorded first as a refund of that booking (payments.record_outside_refund: once
-per refund), then compared. Findings name a booking only if the item is ours
+none of our notes), whose refund.processed was lost or came while a refund of ours was
+still being asked, is recorded first as a refund of that booking
+(payments.record_outside_refund: once per refund; what escrow does not hold of it is
+the platform's cost), then compared. Findings name a booking only if the item is ours
 (_our_bookings): a booking id in notes alone may be another system's on the account.
 
 One item the gateway cannot show this run (a 5xx for that fetch) is not compared, not
@@ -421,8 +422,9 @@ def _run(since: datetime | None, until: datetime | None) -> dict[str, int]:
         led_trf, voided_trf = _ledger_transfers(session, since, until,
                                                 set(transfers) | no_payout)
     # A refund of one of our payments made outside the service (the dashboard), whose
-    # refund.processed was lost or came while escrow could not give it, is recorded as
-    # the booking's (payments.record_outside_refund: once per refund), then compared.
+    # refund.processed was lost or came while a refund of ours was still being asked, is
+    # recorded as the booking's (payments.record_outside_refund: once per refund), then
+    # compared.
     if _record_outside_refunds(refunds, led_ref):
         with transaction() as session:
             led_ref = _ledger_refunds(session, since, until, set(refunds) | unprocessed)
