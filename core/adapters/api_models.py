@@ -11,6 +11,7 @@ from sqlalchemy import (
     CheckConstraint,
     DateTime,
     ForeignKey,
+    Index,
     Integer,
     String,
     UniqueConstraint,
@@ -37,7 +38,11 @@ class IdempotencyRecord(Base):
     """The first answer to a request with an Idempotency-Key, replayed on a retry."""
 
     __tablename__ = "idempotency_records"
-    __table_args__ = (UniqueConstraint("person_id", "key", name="uq_idempotency_person_key"),)
+    __table_args__ = (
+        UniqueConstraint("person_id", "key", name="uq_idempotency_person_key"),
+        # The retention run deletes them by age (migration 0036).
+        Index("ix_idempotency_records_created_at", "created_at", "id"),
+    )
 
     id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
     person_id: Mapped[int] = mapped_column(ForeignKey("people.id"))

@@ -50,7 +50,13 @@ class HandoffMessage(Base):
     """One message of a handed-off conversation: ``in`` from the user, ``out`` from ops."""
 
     __tablename__ = "handoff_messages"
-    __table_args__ = (CheckConstraint("direction IN ('in', 'out')", name="direction"),)
+    __table_args__ = (
+        CheckConstraint("direction IN ('in', 'out')", name="direction"),
+        # The retention run redacts them by age (migration 0036): the texts not redacted
+        # yet (retention.REDACTED).
+        Index("ix_handoff_messages_unredacted_created_at", "created_at", "id",
+              postgresql_where=text("body <> '[removed]'")),
+    )
 
     id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
     handoff_id: Mapped[int] = mapped_column(ForeignKey("handoffs.id"), index=True)

@@ -115,7 +115,11 @@ class PodPhoto(Base):
     """A proof-of-delivery photo, stored through core.adapters.storage."""
 
     __tablename__ = "dispatch_pod_photos"
-    __table_args__ = (CheckConstraint("size_bytes > 0", name="size"),)
+    __table_args__ = (
+        CheckConstraint("size_bytes > 0", name="size"),
+        # The retention run deletes them by age (migration 0036).
+        Index("ix_dispatch_pod_photos_created_at", "created_at", "id"),
+    )
 
     id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
     leg_id: Mapped[int] = mapped_column(ForeignKey("legs.id"), index=True)

@@ -350,6 +350,13 @@ class OutboxMessage(Base):
         # /metrics counts the messages that failed lately (migration 0025): failures only.
         Index("ix_outbox_messages_failed_at", "failed_at",
               postgresql_where=text("status IN ('failed', 'undelivered')")),
+        # The retention run's walks (migration 0036), over the texts not redacted yet
+        # (retention.REDACTED): those to redact by age, the week's codes by when they went.
+        Index("ix_outbox_messages_unredacted_created_at", "created_at", "id",
+              postgresql_where=text("body <> '[removed]' OR media_url IS NOT NULL")),
+        Index("ix_outbox_messages_unredacted_sent_at",
+              func.coalesce(text("sent_at"), text("created_at")), "id",
+              postgresql_where=text("body <> '[removed]'")),
     )
 
     id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
@@ -389,6 +396,8 @@ class MessageStatusEvent(Base):
     """Twilio's status callbacks as received (status history of an outbound message)."""
 
     __tablename__ = "message_status_events"
+    # The retention run deletes them by age (migration 0036).
+    __table_args__ = (Index("ix_message_status_events_received_at", "received_at", "id"),)
 
     id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
     outbox_id: Mapped[int | None] = mapped_column(ForeignKey("outbox_messages.id"), index=True)
@@ -407,6 +416,9 @@ class InboundEvent(Base):
         # The rows holding an answer (the message window's SMS and call answers) among every
         # webhook kept for good: an erasure's search and the retention job (migration 0028).
         Index("ix_inbound_events_answered", "id",
+              postgresql_where=text("response_body IS NOT NULL")),
+        # The retention run's walks of the answers by age (migration 0036).
+        Index("ix_inbound_events_answered_received_at", "received_at", "id",
               postgresql_where=text("response_body IS NOT NULL")),
     )
 

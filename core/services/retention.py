@@ -60,8 +60,10 @@ from sqlalchemy import (
     exists,
     false,
     func,
+    literal,
     or_,
     select,
+    tuple_,
     update,
 )
 from sqlalchemy.dialects.postgresql import insert as pg_insert
@@ -159,35 +161,67 @@ def _monotonic() -> float:
 
 # --- the daily job ------------------------------------------------------------------------
 #
-# Each step takes the next batch after row id ``after`` (keyset over the primary key: one
-# pass over the table per run, no index of its own) and returns the ids it changed. Rows
-# locked by someone else are skipped, for the next run.
+# Each step takes the next batch after ``after`` (None: from the start), the key of the
+# last row it read: the time it filters on, then the id, the columns of an index of its own
+# (migration 0036) that holds only the rows that can still need it (a text redacted or an
+# answer cleared leaves it; a deleted row is gone). A run reads the rows due and those it
+# leaves as they are (of a booking still open; locked by someone else, skipped for the
+# next run), not the years of rows done with before, nor the weeks not due yet; what a
+# run skipped or cut short left is where the next one's walk starts. The conversations
+# alone are walked by id (_conversations).
 
-Step = Callable[[Session, int, datetime], list[int]]
+Key = tuple[Any, ...]
+Step = Callable[[Session, Key | None, datetime], list[Key]]
 _QUIET = {"synchronize_session": False}
+# Written into the statement, not sent as a parameter: the partial indexes of the texts
+# not redacted yet say it (migration 0036), and a prepared statement's generic plan cannot
+# use them for a condition whose value it does not see.
+_REDACTED_SQL = literal(REDACTED, literal_execute=True)
 
 
-def _batch(stmt: Any, entity: Any, after: int) -> Any:
-    return (stmt.where(entity.id > after).order_by(entity.id).limit(BATCH)
-            .with_for_update(of=entity, skip_locked=True))
+def _after(stmt: Any, order: tuple[Any, ...], after: Key | None) -> Any:
+    """``stmt``'s next BATCH rows in ``order`` (an index's columns, the id last) after the
+    key ``after``."""
+    if after is not None:
+        stmt = stmt.where(tuple_(*order) > tuple_(*after))
+    return stmt.order_by(*order).limit(BATCH)
 
 
-def _status_events(session: Session, after: int, cutoff: datetime) -> list[int]:
+def _batch(stmt: Any, entity: Any, order: tuple[Any, ...], after: Key | None) -> Any:
+    """As _after, the rows locked; those another transaction holds are skipped."""
+    return _after(stmt, order, after).with_for_update(of=entity, skip_locked=True)
+
+
+def _due(session: Session, entity: Any, order: tuple[Any, ...], after: Key | None,
+         *where: Any) -> list[Key]:
+    """The keys of the next batch of rows ``where``, locked. The step then changes them by
+    their ids, a list the primary key finds (joined to a subquery instead, the rows could
+    be found by reading the whole table)."""
+    return [tuple(r) for r in session.execute(_batch(select(*order).where(*where), entity,
+                                                     order, after))]
+
+
+def _ids(keys: list[Key]) -> list[int]:
+    return [key[-1] for key in keys]
+
+
+def _status_events(session: Session, after: Key | None, cutoff: datetime) -> list[Key]:
     e = MessageStatusEvent
-    ids = _batch(select(e.id).where(e.received_at < cutoff), e, after)
-    return list(session.scalars(delete(e).where(e.id.in_(ids)).returning(e.id),
-                                execution_options=_QUIET))
+    keys = _due(session, e, (e.received_at, e.id), after, e.received_at < cutoff)
+    if keys:
+        _changed(session, delete(e).where(e.id.in_(_ids(keys))))
+    return keys
 
 
-# A step that reads rows it may leave as they are: the ids it read (the keyset moves past
+# A step that reads rows it may leave as they are: the keys it read (the walk moves past
 # them) and how many it changed.
-Pass = Callable[[Session, int, datetime], tuple[list[int], int]]
+Pass = Callable[[Session, Key | None, datetime], tuple[list[Key], int]]
 
 
 def _all_changed(step: Step) -> Pass:
-    def each(session: Session, after: int, cutoff: datetime) -> tuple[list[int], int]:
-        ids = step(session, after, cutoff)
-        return ids, len(ids)
+    def each(session: Session, after: Key | None, cutoff: datetime) -> tuple[list[Key], int]:
+        keys = step(session, after, cutoff)
+        return keys, len(keys)
     return each
 
 
@@ -196,23 +230,24 @@ def _all_changed(step: Step) -> Pass:
 CODE_LOOKBACK = timedelta(days=7)
 
 
-def _codes(session: Session, after: int, cutoff: datetime) -> tuple[list[int], int]:
+def _codes(session: Session, after: Key | None, cutoff: datetime) -> tuple[list[Key], int]:
     """One-time codes in messages done with before ``cutoff``: Twilio took them that long
     ago (or, never taken, they were written so long ago), whatever their last report. Read
     are those with four digits in a row; masked, those that show a code where their row
-    recorded it (a row written before the record: whose text is a catalog code text's)."""
+    recorded it (a row written before the record: whose text is a catalog code text's).
+    The week's messages only, by their index (a redacted text has no code to mask)."""
     m = OutboxMessage
     since = func.coalesce(m.sent_at, m.created_at)
-    batch = session.execute(select(m.id, m.body, m.code_spans).where(
-        m.id > after, since < cutoff, since >= cutoff - CODE_LOOKBACK,
-        m.status.not_in(UNSENT), m.body.regexp_match("[0-9]{4}"))
-        .order_by(m.id).limit(BATCH)).all()
+    batch = session.execute(_after(select(since.label("at"), m.id, m.body, m.code_spans).where(
+        since < cutoff, since >= cutoff - CODE_LOOKBACK, m.body != _REDACTED_SQL,
+        m.status.not_in(UNSENT), m.body.regexp_match("[0-9]{4}")), (since, m.id), after)).all()
     carrying = [r.id for r in batch if outbox.carries_code(r.body, r.code_spans)]
     masked = outbox.mask_codes(session, carrying)[1] if carrying else 0
-    return [r.id for r in batch], masked
+    return [(r.at, r.id) for r in batch], masked
 
 
-def _code_answers(session: Session, after: int, cutoff: datetime) -> tuple[list[int], int]:
+def _code_answers(session: Session, after: Key | None,
+                  cutoff: datetime) -> tuple[list[Key], int]:
     """Call answers that read a pickup code out given before ``cutoff`` and left in plain
     text: the call's end and the job that blanks them minutes after the read were both
     lost (no status callback, Redis lost the job). Found by the mark the answer got when
@@ -220,30 +255,30 @@ def _code_answers(session: Session, after: int, cutoff: datetime) -> tuple[list[
     answers were marked, by today's texts (ivr.says_a_code). Blanked as the call's end
     blanks them (a very late retry of the webhook hears the call is over)."""
     e = InboundEvent
-    batch = session.execute(select(e.id, e.channel, e.response_body).where(
-        e.id > after, e.response_body.is_not(None), e.provider == ivr.PROVIDER,
+    batch = session.execute(_after(select(e.received_at, e.id, e.channel, e.response_body).where(
+        e.response_body.is_not(None), e.provider == ivr.PROVIDER,
         e.received_at < cutoff, e.received_at >= cutoff - CODE_LOOKBACK,
-        e.response_body != ivr.BLANKED_ANSWER).order_by(e.id).limit(BATCH)).all()
+        e.response_body != ivr.BLANKED_ANSWER), (e.received_at, e.id), after)).all()
     coded = [r.id for r in batch
              if r.channel == ivr.CODE_CHANNEL or ivr.says_a_code(r.response_body)]
     blanked = _changed(session, update(e).where(e.id.in_(coded), e.response_body.is_not(None))
                        .values(response_body=ivr.BLANKED_ANSWER)) if coded else 0
-    return [r.id for r in batch], blanked
+    return [(r.received_at, r.id) for r in batch], blanked
 
 
-def _outbox(session: Session, after: int, cutoff: datetime) -> list[int]:
+def _outbox(session: Session, after: Key | None, cutoff: datetime) -> list[Key]:
     """Bodies of messages sent long ago about a finished booking, or about none."""
     m = OutboxMessage
     finished = exists().where(Booking.id == m.booking_id, Booking.status.in_(CLOSED_BOOKINGS))
-    ids = _batch(select(m.id).where(
-        m.created_at < cutoff, m.status.not_in(UNSENT),
-        or_(m.body != REDACTED, m.media_url.is_not(None)),
-        or_(m.booking_id.is_(None), finished)), m, after)
-    done = list(session.scalars(
-        update(m).where(m.id.in_(ids)).values(body=REDACTED, media_url=None).returning(m.id),
-        execution_options=_QUIET))
-    _redact_templates(session, done)
-    return done
+    keys = _due(session, m, (m.created_at, m.id), after,
+                m.created_at < cutoff, m.status.not_in(UNSENT),
+                or_(m.body != _REDACTED_SQL, m.media_url.is_not(None)),
+                or_(m.booking_id.is_(None), finished))
+    if keys:
+        _changed(session, update(m).where(m.id.in_(_ids(keys)))
+                 .values(body=REDACTED, media_url=None))
+        _redact_templates(session, _ids(keys))
+    return keys
 
 
 def _redact_templates(session: Session, outbox_ids: list[int]) -> None:
@@ -259,57 +294,62 @@ def _changed(session: Session, stmt: Any) -> int:
     return cast(CursorResult[Any], session.execute(stmt, execution_options=_QUIET)).rowcount
 
 
-def _inbound_answers(session: Session, after: int, cutoff: datetime) -> list[int]:
+def _inbound_answers(session: Session, after: Key | None, cutoff: datetime) -> list[Key]:
     """Our stored answer to an SMS or a call (kept to answer Twilio's retries, which come
     within minutes); the row stays, so a very late retry is still not handled twice."""
     e = InboundEvent
-    ids = _batch(select(e.id).where(e.received_at < cutoff, e.response_body.is_not(None)),
-                 e, after)
-    return list(session.scalars(
-        update(e).where(e.id.in_(ids)).values(response_body=None).returning(e.id),
-        execution_options=_QUIET))
+    keys = _due(session, e, (e.received_at, e.id), after,
+                e.received_at < cutoff, e.response_body.is_not(None))
+    if keys:
+        _changed(session, update(e).where(e.id.in_(_ids(keys))).values(response_body=None))
+    return keys
 
 
-def _handoff_messages(session: Session, after: int, cutoff: datetime) -> list[int]:
+def _handoff_messages(session: Session, after: Key | None, cutoff: datetime) -> list[Key]:
     m = HandoffMessage
     closed = exists().where(Handoff.id == m.handoff_id, Handoff.status == "closed")
-    ids = _batch(select(m.id).where(m.created_at < cutoff, m.body != REDACTED, closed),
-                 m, after)
-    return list(session.scalars(
-        update(m).where(m.id.in_(ids)).values(body=REDACTED).returning(m.id),
-        execution_options=_QUIET))
+    keys = _due(session, m, (m.created_at, m.id), after,
+                m.created_at < cutoff, m.body != _REDACTED_SQL, closed)
+    if keys:
+        _changed(session, update(m).where(m.id.in_(_ids(keys))).values(body=REDACTED))
+    return keys
 
 
-def _conversations(session: Session, after: int, cutoff: datetime) -> list[int]:
+def _conversations(session: Session, after: Key | None, cutoff: datetime) -> list[Key]:
     """A dialog nobody touched for so long starts afresh: its slots and drafts go. The
-    language stays on the person (people.preferred_language)."""
+    language stays on the person (people.preferred_language). Walked by id, one pass over
+    the table (one row per contact): an index on the time would cost every chat turn a
+    write."""
     c = Conversation
-    ids = _batch(select(c.id).where(c.updated_at < cutoff, c.handoff.is_(False),
-                                    c.state != {}), c, after)
-    return list(session.scalars(
-        update(c).where(c.id.in_(ids)).values(state={}, step="start", misses=0)
-        .returning(c.id), execution_options=_QUIET))
+    keys = _due(session, c, (c.id,), after,
+                c.updated_at < cutoff, c.handoff.is_(False), c.state != {})
+    if keys:
+        _changed(session, update(c).where(c.id.in_(_ids(keys)))
+                 .values(state={}, step="start", misses=0))
+    return keys
 
 
-def _idempotency_records(session: Session, after: int, cutoff: datetime) -> list[int]:
+def _idempotency_records(session: Session, after: Key | None, cutoff: datetime) -> list[Key]:
     """A replayable API answer (a booking, recipient and all): a retry comes within
     minutes, not months."""
     r = IdempotencyRecord
-    ids = _batch(select(r.id).where(r.created_at < cutoff), r, after)
-    return list(session.scalars(delete(r).where(r.id.in_(ids)).returning(r.id),
-                                execution_options=_QUIET))
+    keys = _due(session, r, (r.created_at, r.id), after, r.created_at < cutoff)
+    if keys:
+        _changed(session, delete(r).where(r.id.in_(_ids(keys))))
+    return keys
 
 
-def _pod_photos(session: Session, after: int, cutoff: datetime) -> list[int]:
+def _pod_photos(session: Session, after: Key | None, cutoff: datetime) -> list[Key]:
     """Proof-of-delivery photos (the parcel, the recipient's door) taken long ago of a
     finished booking: the rows go now, the files after the commit (``_forget_files``)."""
     p = PodPhoto
     finished = exists().where(Leg.id == p.leg_id, Booking.id == Leg.booking_id,
                               Booking.status.in_(CLOSED_BOOKINGS))
-    ids = _batch(select(p.id).where(p.created_at < cutoff, finished), p, after)
-    gone = session.execute(delete(p).where(p.id.in_(ids))
-                           .returning(p.id, p.leg_id, p.storage_uri),
-                           execution_options=_QUIET).all()
+    keys = _due(session, p, (p.created_at, p.id), after, p.created_at < cutoff, finished)
+    if not keys:
+        return keys
+    gone = session.execute(delete(p).where(p.id.in_(_ids(keys)))
+                           .returning(p.leg_id, p.storage_uri), execution_options=_QUIET).all()
     uris = {r.storage_uri for r in gone}
     if uris:
         # Through the ORM: dispatch's cache of partner facts watches leg writes.
@@ -317,7 +357,7 @@ def _pod_photos(session: Session, after: int, cutoff: datetime) -> list[int]:
                 Leg.id.in_(sorted({r.leg_id for r in gone})), Leg.pod_photo_url.in_(uris))):
             leg.pod_photo_url = None
     _forget_files(session, uris)
-    return [r.id for r in gone]
+    return keys
 
 
 def _forget_files(session: Session, uris: Iterable[str | None], *,
@@ -344,10 +384,11 @@ def delete_photo_files(deadline: float | None = None) -> tuple[int, int]:
     next try. Rows another run holds are skipped."""
     d = PodPhotoDeletion
     deleted = failed = 0
-    after = 0
+    after: Key | None = None
     while deadline is None or _monotonic() < deadline:
         with transaction() as session:
-            batch = session.execute(_batch(select(d.id, d.storage_uri), d, after)).all()
+            batch = session.execute(_batch(select(d.id, d.storage_uri), d, (d.id,),
+                                           after)).all()
             gone = []
             for row in batch:
                 try:
@@ -362,7 +403,7 @@ def delete_photo_files(deadline: float | None = None) -> tuple[int, int]:
         deleted += len(gone)
         if len(batch) < BATCH:
             break
-        after = batch[-1].id
+        after = (batch[-1].id,)
     return deleted, failed
 
 
@@ -413,7 +454,7 @@ def run(now: datetime | None = None) -> dict[str, int]:
     passes.append(("code_answers", _code_answers, now - ivr.CODE_KEPT_FOR_CALL))
     done["codes"] = done["code_answers"] = 0
     for name, step_pass, cutoff in passes:
-        after = 0
+        after: Key | None = None
         while not unfinished:
             if _monotonic() >= deadline:
                 unfinished = True
