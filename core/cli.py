@@ -1,6 +1,6 @@
 """Operator commands: `python -m core.cli migrate|seed|release|worker|sandbox-worker|retention`,
 and setting production up: `add-operator|add-point|rate-card --default|add-partner`, and
-later `close-point|move-point|set-payout-account|set-home-point`."""
+later `close-point|move-point|rename-point|set-payout-account|set-home-point`."""
 
 from __future__ import annotations
 
@@ -289,6 +289,9 @@ def set_up(args: argparse.Namespace) -> int:
             elif args.cmd == "move-point":
                 done = setup.move_point(session, args.point, args.lat, args.lng,
                                         actor=CLI_ACTOR, note=args.note)
+            elif args.cmd == "rename-point":
+                done = setup.rename_point(session, args.point, args.name, actor=CLI_ACTOR,
+                                          note=args.note)
             else:
                 done = setup.add_partner(session, setup.NewPartner(
                     phone=args.phone, name=args.name, language=args.language,
@@ -407,6 +410,12 @@ def main(argv: list[str] | None = None) -> int:
     mp.add_argument("--lat", required=True, type=float, help="its new latitude, e.g. 26.8927")
     mp.add_argument("--lng", required=True, type=float, help="its new longitude, e.g. 84.4881")
     mp.add_argument("--note", help="why (kept in the audit log, numbers masked)")
+    rn = sub.add_parser("rename-point",
+                        help="rename a Point: the name customers and riders read and hear "
+                             "(refused if another active Point of its pincode has it)")
+    rn.add_argument("--point", required=True, help="the Point: its id or name")
+    rn.add_argument("--name", required=True, help='its new name, e.g. "Laxmipur Chowk"')
+    rn.add_argument("--note", help="why (kept in the audit log, numbers masked)")
     er = sub.add_parser("erase-recipient",
                         help="erase a parcel recipient who has no account, by her number, "
                              "on her request (refused while a parcel to her is on its way)")
@@ -441,7 +450,7 @@ def run_command(args: argparse.Namespace) -> int:
         print(json.dumps(retention.run()))
     elif args.cmd in ("add-operator", "add-point", "rate-card", "add-partner",
                       "set-payout-account", "set-home-point", "close-point", "move-point",
-                      "erase-recipient"):
+                      "rename-point", "erase-recipient"):
         return set_up(args)
     return 0
 

@@ -80,7 +80,7 @@ usage: ./run <command> [args]
 # Commands that are core.cli's own, run with the same service URLs as `./run serve`.
 CLI_COMMANDS = frozenset({"migrate", "seed", "worker", "retention", "add-operator",
                           "add-point", "rate-card", "add-partner", "set-payout-account",
-                          "set-home-point", "close-point", "move-point",
+                          "set-home-point", "close-point", "move-point", "rename-point",
                           "erase-recipient"})
 
 

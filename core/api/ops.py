@@ -1,6 +1,6 @@
 """Operator (Dispatch console) endpoints: lists, people waiting for a person, unlocks, KYC,
-new partners, Points closed or moved, refunds to try again, a person's data erased on
-their request.
+new partners, Points closed, moved or renamed, refunds to try again, a person's data
+erased on their request.
 
 Every money, KYC, sign-up or erasure action an operator takes is written to the append-only
 audit log in the same transaction as the action.
@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
 
-from flask import Response
+from flask import Response, jsonify
 from pydantic import BaseModel, Field
 from sqlalchemy import or_, select
 from sqlalchemy.orm import Session, selectinload
@@ -34,7 +34,7 @@ from core.domain.phone import mask_phone, normalize_phone
 from core.domain.pricing import VehicleType
 from core.domain.reference import normalize_reference
 from core.logs import mask_phones
-from core.services import admin, dispatch, handoff
+from core.services import admin, dispatch, handoff, payments
 
 OPS = ("ops",)
 
@@ -629,6 +629,27 @@ def ops_move_point(point_id: int, body: MovePointIn) -> PointRow:
         return point_row(session, point_id)
 
 
+class RenamePointIn(Strict):
+    name: str = Field(min_length=1, max_length=admin.POINT_NAME_MAX,
+                      description="what customers read and hear, and riders are told to go "
+                                  "to: its words, with a letter (not digits alone)")
+    note: str | None = Field(default=None, min_length=3, max_length=300,
+                             description="why, for the audit log (numbers kept masked)")
+
+
+@endpoint(bp, "PUT", "/ops/points/<int:point_id>/name",
+          summary="Rename a Point (audited): the next message, call or list says the new "
+                  "name; its office, pincode and place stay. 422 bad_name; 409 name_taken "
+                  "when another active Point of its pincode is called that. The same name "
+                  "again changes nothing", roles=OPS, body=RenamePointIn,
+          response=PointRow, tags=("ops",), errors=(404, 409, 422))
+def ops_rename_point(point_id: int, body: RenamePointIn) -> PointRow:
+    with transaction() as session:
+        admin.rename_point(session, point_id, body.name,
+                           actor=f"ops:{principal().person_id}", note=body.note)
+        return point_row(session, point_id)
+
+
 @endpoint(bp, "POST", "/ops/partners",
           summary="Sign a partner up: person, vehicle, home Point (KYC pending, off duty)",
           roles=OPS, body=PartnerIn, response=PartnerRow, status=201, tags=("ops",),
@@ -750,8 +771,6 @@ def ops_booking_ledger(ref: str) -> LedgerOut:
           response=ResolvedOut, tags=("ops",), errors=(404, 409, 422))
 def ops_resolve_reversed_payout(ref: str, leg_id: int, query: ResolveQuery,
                                 body: ResolveIn) -> ResolvedOut:
-    from core.services import payments
-
     refundable = None
     if body.action == payments.REFUND:
         # What the gateway can still give back of the payment, asked before (never within)
@@ -808,20 +827,43 @@ class RefundOut(BaseModel):
     payment_id: str
 
 
+class RetryRefundQuery(Strict):
+    """Which failed refund to try again, when a booking has more than one (in the query
+    string: a client that sends no body, as before, keeps working)."""
+
+    leg: int | None = Field(default=None, ge=1, le=MAX_ID,
+                            description="the leg (its sequence: 1, 2, ...) whose reversed "
+                                        "payout's refund to try again")
+    attempt: int | None = Field(default=None, ge=1, le=MAX_ID,
+                                description="the failed refund's attempt (which_refund "
+                                            "lists them)")
+
+
+@bp.errorhandler(payments.WhichRefund)
+def _which_refund(exc: payments.WhichRefund) -> tuple[Response, int]:
+    """The usual error body, plus the failed refunds to choose from."""
+    return jsonify({"error": {"code": exc.code, "message": exc.message,
+                              "refunds": exc.refunds}}), 409
+
+
 @endpoint(bp, "POST", "/ops/bookings/<ref>/refund/retry",
           summary="Try a booking's failed refund again now (a new attempt; a reversed "
-                  "payout's, for its own leg). 409 no_failed_refund, refund_open, "
-                  "nothing_to_refund, decided_since (ops decided about that reversed payout "
-                  "again since: resolve it anew)", roles=OPS,
-          response=RefundOut, tags=("ops",), errors=(404, 409))
-def ops_retry_refund(ref: str) -> RefundOut:
-    from core.services import payments
-
+                  "payout's, for its own leg). With several failed, ?leg= (a leg's "
+                  "sequence: its reversed payout's refund) or ?attempt= names one; named "
+                  "none, one that gave up is taken before ones that retry by themselves, "
+                  "else 409 which_refund with the refunds to choose from (attempt, leg, "
+                  "leg_id, amount_paise, reason, retry_at). 409 no_failed_refund, "
+                  "refund_open, nothing_to_refund, decided_since (ops decided about that "
+                  "reversed payout again since: resolve it anew)", roles=OPS,
+          query=RetryRefundQuery, response=RefundOut, tags=("ops",), errors=(404, 409))
+def ops_retry_refund(ref: str, query: RetryRefundQuery) -> RefundOut:
     with transaction() as session:
         b = visible_booking(session, ref)  # 404 not_found, as every booking route answers
-        refund = payments.retry_refund_now(session, b, ops_actor())
+        refund = payments.retry_refund_now(session, b, ops_actor(), leg=query.leg,
+                                           attempt=query.attempt)
         audit(session, "refund.retry", f"booking:{b.reference}", attempt=refund.attempt,
-              amount_paise=refund.amount_paise)
+              amount_paise=refund.amount_paise, reason=refund.reason,
+              named_leg=query.leg, named_attempt=query.attempt)
         return RefundOut(reference=b.reference, attempt=refund.attempt,
                          amount_paise=refund.amount_paise, status=refund.status,
                          reason=refund.reason, payment_id=refund.payment_id)

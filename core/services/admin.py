@@ -2,8 +2,9 @@
 
 What the sandbox's demo data (core.services.seed) makes up, production gets one at a time
 from an operator (``python -m core.cli add-operator|add-point|rate-card|add-partner``, or
-``POST /api/v1/ops/partners``); a Point is closed or moved later (``close-point``,
-``move-point``, or ``/api/v1/ops/points/<id>/close|position``). Each call runs in the
+``POST /api/v1/ops/partners``); a Point is closed, moved or renamed later
+(``close-point``, ``move-point``, ``rename-point``, or
+``/api/v1/ops/points/<id>/close|position|name``). Each call runs in the
 caller's transaction and writes an audit_log entry beside its change; run again, it finds
 what is there, says so and changes nothing (nor audits anything). Phone numbers appear
 masked in every message.
@@ -314,6 +315,70 @@ def move_point(session: Session, point: str | int, lat: float, lng: float, *, ac
                    f"{closed}")
 
 
+# A Point's name is what customers read in a message and hear in a call, and what riders
+# are told to go to: as long as place() keeps a place's name (India Post's longest office
+# name, which add-point gives, is 50).
+POINT_NAME_MAX = 60
+# The PostgreSQL advisory lock (with the pincode's hashtext) a rename holds for its
+# transaction: "RCpn" in ASCII. Two renames in one pincode to one name take turns, so the
+# second sees the first's name; each holds only its own Point's row otherwise.
+POINT_NAME_LOCK_KEY = int.from_bytes(b"RCpn", "big")
+
+
+def _point_name(raw: str) -> str:
+    """A Point's new name as people will read it: its words, one space apart; 1 to
+    POINT_NAME_MAX printable characters, with a letter (digits alone are an id to
+    find_point, and no place's name). ValidationError ``bad_name`` else. Every name
+    add-point takes from the India Post directory passes."""
+    name = " ".join(str(raw).split())
+    if not name or len(name) > POINT_NAME_MAX or not name.isprintable() or not any(
+            ch.isalpha() for ch in name):
+        raise ValidationError(f"give a name of 1 to {POINT_NAME_MAX} characters, with a "
+                              "letter (a name people say, not a number)", code="bad_name",
+                              field="name")
+    return name
+
+
+def _name_holder(session: Session, p: Point, name: str) -> Point | None:
+    """Another active Point of ``p``'s pincode called ``name`` (its name or its post
+    office, as find_point reads them), under the pincode's rename lock."""
+    session.execute(select(func.pg_advisory_xact_lock(POINT_NAME_LOCK_KEY,
+                                                      func.hashtext(p.pincode))))
+    wanted = name.lower()  # as PostgreSQL's lower() has it
+    return session.scalar(select(Point).where(
+        Point.pincode == p.pincode, Point.id != p.id, Point.active.is_(True),
+        or_(func.lower(Point.name) == wanted, func.lower(Point.post_office) == wanted))
+        .order_by(Point.id).limit(1))
+
+
+def rename_point(session: Session, point: str | int, name: str, *, actor: str,
+                 note: str | None = None) -> Outcome:
+    """Rename a Point (the name customers and riders read and hear; its office, pincode
+    and place stay). No cache holds Point names: every message, list, prompt and app
+    answer reads it from the row when it is made (core.adapters.points, dispatch.place),
+    so the next one says the new name; messages sent before keep the old one.
+    ValidationError ``bad_name`` (_point_name). Refused (Conflict ``name_taken``) when
+    another active Point of its pincode is called that: people told the name, and
+    find_point, could not tell the two apart. The same name again: nothing changed."""
+    name = _point_name(name)
+    p = _point_to_change(session, point)
+    before = p.name
+    if before == name:
+        return Outcome(False, p.id, f"Point {p.name} (id {p.id}) is called that already; "
+                       "nothing changed")
+    holder = _name_holder(session, p, name)
+    if holder is not None:
+        raise Conflict(f"Point {holder.name} (id {holder.id}) of pincode {p.pincode} is "
+                       f"called {name!r} already: people could not tell the two apart; "
+                       "choose another name", code="name_taken", field="name")
+    p.name = name
+    session.flush()
+    record(session, actor, "point.rename", f"point:{p.id}", before=before, after=name,
+           note=mask_phones(note) if note else None)
+    closed = "" if p.active else " (closed: add-point opens it again)"
+    return Outcome(True, p.id, f"Point {before} (id {p.id}) is now called {name}{closed}")
+
+
 def default_rate_card_name() -> str:
     """The built-in card's row name, after its content: a changed default is a new row."""
     digest = hashlib.sha256(json.dumps(DEFAULT_RATE_CARD.to_dict(), sort_keys=True)
@@ -575,7 +640,7 @@ def _account_taken(account: str | None, whose: str) -> Conflict:
                     "own", code="payout_account_taken", field="payout_account")
 
 
-__all__ = ["POINT_MOVE_MAX_M", "NewPartner", "Outcome", "activate_default_rate_card",
-           "add_operator", "add_partner", "add_point", "close_point", "find_point",
-           "home_partners", "move_point", "relays_through", "set_home_point",
-           "set_payout_account"]
+__all__ = ["POINT_MOVE_MAX_M", "POINT_NAME_MAX", "NewPartner", "Outcome",
+           "activate_default_rate_card", "add_operator", "add_partner", "add_point",
+           "close_point", "find_point", "home_partners", "move_point", "relays_through",
+           "rename_point", "set_home_point", "set_payout_account"]

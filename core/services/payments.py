@@ -2467,27 +2467,55 @@ def retry_refund(booking_id: int, attempt: int) -> str:
             "nothing-to-refund")
 
 
-def retry_refund_now(session: Session, booking: Booking, actor: Actor) -> Refund:
-    """Ops: try the failed refund of a booking again now (also after the last attempt,
-    once the cause, such as the balance, is fixed). The caller's transaction."""
+class WhichRefund(Conflict):
+    """More than one failed refund of a booking could be the one to try again, and none
+    was named (or the one named is none of them): ``refunds`` lists those ops may name."""
+
+    code = "which_refund"
+
+    def __init__(self, message: str, refunds: list[dict[str, Any]]) -> None:
+        super().__init__(message)
+        self.refunds = refunds
+
+
+@dataclass(frozen=True)
+class _Failed:
+    """A failed refund: its latest attempt, and the leg (id, sequence) whose reversed
+    payout it gives back, if it is such a refund."""
+
+    refund: Refund
+    leg_id: int | None
+    leg: int | None
+
+    def shown(self) -> dict[str, Any]:
+        r = self.refund
+        return {"attempt": r.attempt, "leg": self.leg, "leg_id": self.leg_id,
+                "amount_paise": r.amount_paise, "reason": r.reason,
+                "retry_at": r.retry_at.isoformat() if r.retry_at is not None else None}
+
+    def said(self) -> str:
+        leg = f", leg {self.leg}" if self.leg is not None else ""
+        return (f"attempt {self.refund.attempt} ({self.refund.reason}{leg}, "
+                f"{self.refund.amount_paise} paise)")
+
+
+def retry_refund_now(session: Session, booking: Booking, actor: Actor, *,
+                     leg: int | None = None, attempt: int | None = None) -> Refund:
+    """Ops: try a failed refund of a booking again now (also after the last attempt,
+    once the cause, such as the balance, is fixed). The caller's transaction.
+
+    A booking may hold several (each leg's reversed payout's, the cancellation's, an
+    extra payment's): ``leg`` (a leg's sequence: its reversed payout's refund) or
+    ``attempt`` names one. Named none, one that gave up is taken before ones that will
+    retry by themselves; between two alike nothing is guessed: WhichRefund lists them."""
     booking = ledger.lock_booking(session, booking.id)
-    # A refund that gave up (no retry scheduled) before one that will retry by itself;
-    # the latest attempt of its own refund (a reversed payout's: of its leg), and not one
-    # a later ops decision about its leg replaced.
-    failed = [r for r in session.scalars(
-        select(Refund).where(Refund.booking_id == booking.id, Refund.status == "failed")
-        .order_by(Refund.retry_at.is_not(None), Refund.attempt.desc()))
-        if _chain_latest(session, booking.id, r.payment_id, r.reason,
-                         _refund_leg(session, r) if r.reason == REVERSED_PAYOUT else None)
-        is r]
-    last = next((r for r in failed if not _decided_since(session, r)), None)
-    if last is None and failed:
-        raise Conflict("ops decided about this reversed payout again since its refund "
-                       "failed: that decision stands; decide again to refund it",
-                       code="decided_since")
-    if last is None:
-        raise Conflict("this booking has no failed refund to try again",
-                       code="no_failed_refund")
+    failed = _failed_refunds(session, booking.id)
+    # Not one a later ops decision about its leg replaced.
+    retryable = [f for f in failed if not _decided_since(session, f.refund)]
+    if leg is not None or attempt is not None:
+        last = _named_refund(failed, retryable, leg, attempt)
+    else:
+        last = _only_refund(failed, retryable)
     if _open_row(session, booking.id) is not None:
         raise Conflict("another refund of this booking is still under way",
                        code="refund_open")
@@ -2495,6 +2523,67 @@ def retry_refund_now(session: Session, booking: Booking, actor: Actor) -> Refund
     if refund is None:
         raise Conflict("nothing is left in escrow to refund", code="nothing_to_refund")
     return refund
+
+
+def _failed_refunds(session: Session, booking_id: int) -> list[_Failed]:
+    """Each refund of the booking (a payment's, of its kind; a reversed payout's, of its
+    leg) whose latest attempt failed: ones that gave up (no retry planned) first, then
+    the latest first."""
+    found: list[_Failed] = []
+    for r in session.scalars(
+            select(Refund).where(Refund.booking_id == booking_id, Refund.status == "failed")
+            .order_by(Refund.retry_at.is_not(None), Refund.attempt.desc())):
+        leg_id = _refund_leg(session, r) if r.reason == REVERSED_PAYOUT else None
+        if _chain_latest(session, booking_id, r.payment_id, r.reason, leg_id) is r:
+            sequence = session.scalar(select(Leg.sequence).where(Leg.id == leg_id)) \
+                if leg_id is not None else None
+            found.append(_Failed(r, leg_id, sequence))
+    return found
+
+
+def _decided_since_error() -> Conflict:
+    return Conflict("ops decided about this reversed payout again since its refund "
+                    "failed: that decision stands; decide again to refund it",
+                    code="decided_since")
+
+
+def _named_refund(failed: list[_Failed], retryable: list[_Failed], leg: int | None,
+                  attempt: int | None) -> Refund:
+    """The failed refund ``leg`` (a leg's sequence) and ``attempt`` name (each one given
+    must match). One they do not name, or name ambiguously: WhichRefund, listing those
+    that may be tried again (Conflict ``no_failed_refund`` when none may)."""
+    named = [f for f in failed if (leg is None or f.leg == leg)
+             and (attempt is None or f.refund.attempt == attempt)]
+    if len(named) == 1:
+        if named[0].refund.id not in {f.refund.id for f in retryable}:
+            raise _decided_since_error()
+        return named[0].refund
+    what = " and ".join(x for x in (f"leg {leg}" if leg is not None else "",
+                                    f"attempt {attempt}" if attempt is not None else "") if x)
+    if not retryable:
+        raise Conflict(f"{what}: this booking has no failed refund to try again",
+                       code="no_failed_refund")
+    why = "is more than one" if named else "is none"
+    raise WhichRefund(f"{what} {why} of this booking's failed refunds "
+                      f"({', '.join(f.said() for f in retryable)}): name one by its "
+                      "attempt", [f.shown() for f in retryable])
+
+
+def _only_refund(failed: list[_Failed], retryable: list[_Failed]) -> Refund:
+    """The failed refund to try again when none was named: the one that gave up, else
+    the one that will retry by itself; WhichRefund when there are more than one."""
+    if not retryable and failed:
+        raise _decided_since_error()
+    if not retryable:
+        raise Conflict("this booking has no failed refund to try again",
+                       code="no_failed_refund")
+    gave_up = [f for f in retryable if f.refund.retry_at is None] or retryable
+    if len(gave_up) > 1:
+        raise WhichRefund(f"this booking has {len(retryable)} failed refunds "
+                          f"({', '.join(f.said() for f in retryable)}): name the one to "
+                          "try again by its leg or its attempt",
+                          [f.shown() for f in retryable])
+    return gave_up[0].refund
 
 
 def _decided_since(session: Session, refund: Refund) -> bool:
