@@ -9,6 +9,7 @@ upload); file deletions run through RQ; time moves by core.clock.
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -260,7 +261,8 @@ def test_erasure_reads_only_the_stored_answers_not_every_webhook(client):
     with engine.connect() as conn:
         plan = "\n".join(conn.exec_driver_sql("EXPLAIN " + statement, parameters).scalars())
     assert "Seq Scan on inbound_events" not in plan, plan
-    assert "ix_inbound_events_answered" in plan, plan
+    # The index of answers by id, not the retention's by time (which starts the same way).
+    assert re.search(r"ix_inbound_events_answered\b(?!_)", plan), plan
 
 
 def _a_customer(s) -> int:

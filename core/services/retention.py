@@ -266,19 +266,26 @@ def _code_answers(session: Session, after: Key | None,
     return [(r.received_at, r.id) for r in batch], blanked
 
 
-def _outbox(session: Session, after: Key | None, cutoff: datetime) -> list[Key]:
-    """Bodies of messages sent long ago about a finished booking, or about none."""
+def _outbox(session: Session, after: Key | None, cutoff: datetime) -> tuple[list[Key], int]:
+    """Bodies of messages sent long ago about a finished booking, or about none. The batch
+    is walked first, then its bookings are looked up by id: asked in the walk's statement,
+    "finished" read every finished booking ever (a hash of them, built again each batch).
+    Only the rows to redact are locked (one another transaction holds: the next run)."""
     m = OutboxMessage
-    finished = exists().where(Booking.id == m.booking_id, Booking.status.in_(CLOSED_BOOKINGS))
-    keys = _due(session, m, (m.created_at, m.id), after,
-                m.created_at < cutoff, m.status.not_in(UNSENT),
-                or_(m.body != _REDACTED_SQL, m.media_url.is_not(None)),
-                or_(m.booking_id.is_(None), finished))
-    if keys:
-        _changed(session, update(m).where(m.id.in_(_ids(keys)))
-                 .values(body=REDACTED, media_url=None))
-        _redact_templates(session, _ids(keys))
-    return keys
+    old = (m.created_at < cutoff, m.status.not_in(UNSENT),
+           or_(m.body != _REDACTED_SQL, m.media_url.is_not(None)))
+    batch = session.execute(_after(select(m.created_at, m.id, m.booking_id).where(*old),
+                                   (m.created_at, m.id), after)).all()
+    booked = {r.booking_id for r in batch if r.booking_id is not None}
+    finished = set(session.scalars(select(Booking.id).where(
+        Booking.id.in_(booked), Booking.status.in_(CLOSED_BOOKINGS)))) if booked else set()
+    due = [r.id for r in batch if r.booking_id is None or r.booking_id in finished]
+    ids = list(session.scalars(select(m.id).where(m.id.in_(due), *old)
+                               .with_for_update(skip_locked=True))) if due else []
+    if ids:
+        _changed(session, update(m).where(m.id.in_(ids)).values(body=REDACTED, media_url=None))
+        _redact_templates(session, ids)
+    return [(r.created_at, r.id) for r in batch], len(ids)
 
 
 def _redact_templates(session: Session, outbox_ids: list[int]) -> None:
@@ -428,23 +435,21 @@ def run(now: datetime | None = None) -> dict[str, int]:
     status_cutoff = now - timedelta(days=status_days())
     message_cutoff = now - timedelta(days=message_days())
     deadline = _monotonic() + run_seconds()
-    steps: list[tuple[str, Step, datetime]] = [
-        ("status_events", _status_events, status_cutoff),
+    passes: list[tuple[str, Pass, datetime]] = [
+        ("status_events", _all_changed(_status_events), status_cutoff),
         ("outbox_messages", _outbox, message_cutoff),
-        ("inbound_answers", _inbound_answers, message_cutoff),
-        ("handoff_messages", _handoff_messages, message_cutoff),
-        ("conversations", _conversations, message_cutoff),
-        ("idempotency_records", _idempotency_records, message_cutoff),
-        ("pod_photos", _pod_photos, message_cutoff),
+        ("inbound_answers", _all_changed(_inbound_answers), message_cutoff),
+        ("handoff_messages", _all_changed(_handoff_messages), message_cutoff),
+        ("conversations", _all_changed(_conversations), message_cutoff),
+        ("idempotency_records", _all_changed(_idempotency_records), message_cutoff),
+        ("pod_photos", _all_changed(_pod_photos), message_cutoff),
     ]
-    done = {name: 0 for name, _, _ in steps}
+    done = {name: 0 for name, _, _ in passes}
     # Redis first: one short pass, whatever the database steps leave for tomorrow. An entry
     # with no time (set aside before entries carried one) is of unknown age: it goes too.
     done["dead_letters"] = inbound.drop_dead_letters(
         lambda d: d.at is None or d.at < message_cutoff.timestamp())
     unfinished = False
-    passes: list[tuple[str, Pass, datetime]] = [
-        (name, _all_changed(step), cutoff) for name, step, cutoff in steps]
     # Codes a lost schedule left in messages done with for a day (outbox.mask_due_codes
     # masks the others within minutes).
     passes.append(("codes", _codes, now - outbox.CODE_KEPT_UNSETTLED))
