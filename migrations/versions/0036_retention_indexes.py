@@ -58,5 +58,8 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    for name, table, _, _ in reversed(INDEXES):
-        op.drop_index(name, table_name=table, if_exists=True)
+    # Concurrently too: a plain DROP INDEX locks the busy outbox and inbound tables.
+    with op.get_context().autocommit_block():
+        for name, table, _, _ in reversed(INDEXES):
+            op.drop_index(name, table_name=table, postgresql_concurrently=True,
+                          if_exists=True)
