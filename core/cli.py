@@ -273,7 +273,8 @@ def set_up(args: argparse.Namespace) -> int:
             if args.cmd == "add-operator":
                 done = setup.add_operator(session, args.phone, args.name, actor=CLI_ACTOR)
             elif args.cmd == "add-point":
-                done = setup.add_point(session, args.pincode, args.office, actor=CLI_ACTOR)
+                done = setup.add_point(session, args.pincode, args.office, actor=CLI_ACTOR,
+                                       name=args.name)
             elif args.cmd == "rate-card":
                 done = setup.activate_default_rate_card(session, actor=CLI_ACTOR)
             elif args.cmd == "set-payout-account":
@@ -368,6 +369,8 @@ def main(argv: list[str] | None = None) -> int:
     pt = sub.add_parser("add-point", help="open a Point at an India Post office")
     pt.add_argument("--pincode", required=True)
     pt.add_argument("--office", required=True, help='as India Post names it: "Laxmipur BO"')
+    pt.add_argument("--name", help="what people read and hear, when not the office's name "
+                    'without BO/SO (taken by another Point of the pincode): "Arjunganj SO"')
     rc = sub.add_parser("rate-card", help="activate the built-in rate card if none is active")
     rc.add_argument("--default", action="store_true", required=True,
                     help="the built-in rate card (core.domain.pricing.DEFAULT_RATE_CARD)")

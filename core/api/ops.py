@@ -632,7 +632,8 @@ def ops_move_point(point_id: int, body: MovePointIn) -> PointRow:
 class RenamePointIn(Strict):
     name: str = Field(min_length=1, max_length=admin.POINT_NAME_MAX,
                       description="what customers read and hear, and riders are told to go "
-                                  "to: its words, with a letter (not digits alone)")
+                                  "to: its words, with a letter (not digits alone), no "
+                                  "phone number (the audit log keeps it for good)")
     note: str | None = Field(default=None, min_length=3, max_length=300,
                              description="why, for the audit log (numbers kept masked)")
 

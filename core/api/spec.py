@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from functools import wraps
 from types import UnionType
 from typing import Any, Union, get_args, get_origin
@@ -68,6 +69,17 @@ class BodyLimit:
     what: str  # "the photo"
 
 
+class RefundToRetry(BaseModel):
+    """A failed refund ops may name to try again (payments.WhichRefund lists them)."""
+
+    attempt: int
+    leg: int | None  # the leg's sequence, for a reversed payout's refund
+    leg_id: int | None
+    amount_paise: int
+    reason: str
+    retry_at: datetime | None  # none: it gave up retrying by itself
+
+
 class ErrorBody(BaseModel):
     code: str
     message: str
@@ -76,6 +88,7 @@ class ErrorBody(BaseModel):
     total_paise: int | None = None  # price_changed: the fare's total now
     fee_paise: int | None = None  # fee_changed: the cancellation fee now
     refund_paise: int | None = None  # fee_changed: the refund now
+    refunds: list[RefundToRetry] | None = None  # which_refund: the ones to choose from
 
 
 class ErrorResponse(BaseModel):

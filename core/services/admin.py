@@ -128,13 +128,20 @@ def _office_list(offices: list) -> str:
     return ", ".join(o.office_name for o in offices)
 
 
-def add_point(session: Session, pincode: str, office: str, *, actor: str) -> Outcome:
+def add_point(session: Session, pincode: str, office: str, *, actor: str,
+              name: str | None = None) -> Outcome:
     """An active Point at a post office of the India Post directory.
 
     ``office`` is the office's name as the directory spells it ("Laxmipur BO") or as we
     show it ("Laxmipur"). An office the pincode lacks, or one without coordinates (a Point
     is a place partners meet at), is refused with the pincode's offices in the message.
+    The Point is called ``name`` (_point_name), else as we show its office; a closed one
+    opens again under its own name, or ``name``. Refused (Conflict ``name_taken``) when
+    another active Point of the pincode goes by that name, or is called as its office: a
+    rename may have given it ("Laxmipur" renamed "Gurwalia", then add-point Gurwalia BO),
+    and two offices of a pincode may show as one ("Arjunganj BO", "Arjunganj SO").
     """
+    chosen = _point_name(name) if name is not None else None
     offices = post_offices(pincode)  # ValidationError bad_pincode, NotFound unknown_pincode
     pin = offices[0].pincode
     wanted = office.strip().casefold()
@@ -155,24 +162,66 @@ def add_point(session: Session, pincode: str, office: str, *, actor: str) -> Out
                                                Point.post_office == post.office_name)
                            .order_by(Point.id).limit(1).with_for_update())
     if point is not None and point.active:
+        other = " (rename-point renames it)" if chosen not in (None, point.name) else ""
         return Outcome(False, point.id, f"Point {point.name} ({pin}) already exists "
-                       f"(id {point.id}); nothing changed")
+                       f"(id {point.id}); nothing changed{other}")
     if point is not None:
-        point.active = True
-        after_commit(session, geo_index.invalidate_homes)  # its partners placed there again
-        record(session, actor, "point.activate", f"point:{point.id}", pincode=pin,
-               office=post.office_name)
-        return Outcome(True, point.id, f"Point {point.name} ({pin}, id {point.id}) is "
-                       "active again")
-    point = Point(name=post.name, lat=post.lat, lng=post.lng, pincode=pin,
+        return _reopen(session, point, post.office_name, chosen, actor=actor)
+    called = chosen or post.name
+    _refuse_taken(session, pin, called, post.office_name, chosen=chosen is not None)
+    point = Point(name=called, lat=post.lat, lng=post.lng, pincode=pin,
                   post_office=post.office_name, district=post.district, state=post.state,
                   active=True)
     session.add(point)
     session.flush()
     record(session, actor, "point.add", f"point:{point.id}", pincode=pin,
-           office=post.office_name)
+           office=post.office_name, name=called)
     return Outcome(True, point.id, f"Point {point.name} ({pin}, {post.district or '-'}, "
                    f"{post.state or '-'}) added (id {point.id})")
+
+
+def _reopen(session: Session, point: Point, office: str, chosen: str | None, *,
+            actor: str) -> Outcome:
+    """Open a closed Point again (add-point at its office), under ``chosen`` if given (a
+    rename, audited as one), else its own name: one a rename gave another active Point of
+    its pincode while it was closed is refused (Conflict ``name_taken``)."""
+    called = chosen or point.name
+    _refuse_taken(session, point.pincode, called, office, chosen=chosen is not None,
+                  reopening=point)
+    before = point.name
+    point.active = True
+    point.name = called
+    after_commit(session, geo_index.invalidate_homes)  # its partners placed there again
+    record(session, actor, "point.activate", f"point:{point.id}", pincode=point.pincode,
+           office=office)
+    if called != before:
+        record(session, actor, "point.rename", f"point:{point.id}", before=before,
+               after=called, note=None)
+    renamed = f" as {called} (was {before})" if called != before else ""
+    return Outcome(True, point.id, f"Point {called} ({point.pincode}, id {point.id}) is "
+                   f"active again{renamed}")
+
+
+def _refuse_taken(session: Session, pincode: str, name: str, office: str, *, chosen: bool,
+                  reopening: Point | None = None) -> None:
+    """Conflict ``name_taken`` when another active Point of the pincode goes by ``name``
+    (as _name_holder reads it) or is called as ``office``, a Point's office that opens
+    (find_point takes either): the message says what ops can do about it."""
+    holder = _name_holder(session, pincode, name, office=office,
+                          other_than=reopening.id if reopening is not None else None)
+    if holder is None:
+        return
+    at = f", {holder.post_office}" if holder.post_office else ""
+    said = f"Point {holder.name} (id {holder.id}{at}) of pincode {pincode}"
+    if name.lower() not in (holder.name.lower(), (holder.post_office or "").lower()):
+        raise Conflict(f"{said} is called {office!r}, the office of this one: people could "
+                       f"not tell the two apart; rename it first (rename-point --point "
+                       f"{holder.id})", code="name_taken", field="office")
+    this = f"this Point (id {reopening.id})" if reopening is not None else "this Point"
+    how = ("choose another name" if chosen else
+           f"give {this} a name of its own (add-point --name, e.g. {office!r})")
+    raise Conflict(f"{said} goes by {name!r} already: people could not tell the two apart; "
+                   f"{how}", code="name_taken", field="name")
 
 
 # A Point moves to a spot nearby (the hub moved across the road, to another shop): its
@@ -319,36 +368,57 @@ def move_point(session: Session, point: str | int, lat: float, lng: float, *, ac
 # are told to go to: as long as place() keeps a place's name (India Post's longest office
 # name, which add-point gives, is 50).
 POINT_NAME_MAX = 60
-# The PostgreSQL advisory lock (with the pincode's hashtext) a rename holds for its
-# transaction: "RCpn" in ASCII. Two renames in one pincode to one name take turns, so the
-# second sees the first's name; each holds only its own Point's row otherwise.
+# The PostgreSQL advisory lock (with the pincode's hashtext) a rename or add-point holds
+# for its transaction: "RCpn" in ASCII. Two of them in one pincode giving one name take
+# turns, so the second sees the first's name; each holds only its own Point's row
+# otherwise.
 POINT_NAME_LOCK_KEY = int.from_bytes(b"RCpn", "big")
+# Invisible, yet part of how some words are spelt (Marathi's eyelash ra, a Bengali
+# conjunct shown in its half form): the zero-width non-joiner and joiner (U+200C,
+# U+200D), which str.isprintable() refuses.
+_JOINERS = {0x200C: None, 0x200D: None}
 
 
 def _point_name(raw: str) -> str:
     """A Point's new name as people will read it: its words, one space apart; 1 to
-    POINT_NAME_MAX printable characters, with a letter (digits alone are an id to
-    find_point, and no place's name). ValidationError ``bad_name`` else. Every name
+    POINT_NAME_MAX printable characters (the zero-width joiner and non-joiner too, which
+    some Bengali and Marathi spellings need), with a letter (digits alone are an id to
+    find_point, and no place's name), and no phone number (the audit log keeps every name
+    for good, and messages read it out). ValidationError ``bad_name`` else. Every name
     add-point takes from the India Post directory passes."""
     name = " ".join(str(raw).split())
-    if not name or len(name) > POINT_NAME_MAX or not name.isprintable() or not any(
-            ch.isalpha() for ch in name):
+    if not name or len(name) > POINT_NAME_MAX or not name.translate(
+            _JOINERS).isprintable() or not any(ch.isalpha() for ch in name):
         raise ValidationError(f"give a name of 1 to {POINT_NAME_MAX} characters, with a "
                               "letter (a name people say, not a number)", code="bad_name",
                               field="name")
+    if mask_phones(name) != name:
+        raise ValidationError(f"{mask_phones(name)!r} has a phone number in it: give the "
+                              "name without it (the audit log keeps every name for good, "
+                              "and messages read it out)", code="bad_name", field="name")
     return name
 
 
-def _name_holder(session: Session, p: Point, name: str) -> Point | None:
-    """Another active Point of ``p``'s pincode called ``name`` (its name or its post
-    office, as find_point reads them), under the pincode's rename lock."""
+def _lock_names(session: Session, pincode: str) -> None:
+    """The pincode's name lock, for this transaction: one name given at a time."""
     session.execute(select(func.pg_advisory_xact_lock(POINT_NAME_LOCK_KEY,
-                                                      func.hashtext(p.pincode))))
+                                                      func.hashtext(pincode))))
+
+
+def _name_holder(session: Session, pincode: str, name: str, *, office: str | None = None,
+                 other_than: int | None = None) -> Point | None:
+    """Another active Point of the pincode (than ``other_than``) called ``name`` (its name
+    or its post office, as find_point reads them), or called as ``office`` (a Point's that
+    opens), under the pincode's name lock."""
+    _lock_names(session, pincode)
     wanted = name.lower()  # as PostgreSQL's lower() has it
-    return session.scalar(select(Point).where(
-        Point.pincode == p.pincode, Point.id != p.id, Point.active.is_(True),
-        or_(func.lower(Point.name) == wanted, func.lower(Point.post_office) == wanted))
-        .order_by(Point.id).limit(1))
+    clash = or_(func.lower(Point.name) == wanted, func.lower(Point.post_office) == wanted)
+    if office is not None:
+        clash = or_(clash, func.lower(Point.name) == office.lower())
+    query = select(Point).where(Point.pincode == pincode, Point.active.is_(True), clash)
+    if other_than is not None:
+        query = query.where(Point.id != other_than)
+    return session.scalar(query.order_by(Point.id).limit(1))
 
 
 def rename_point(session: Session, point: str | int, name: str, *, actor: str,
@@ -366,7 +436,7 @@ def rename_point(session: Session, point: str | int, name: str, *, actor: str,
     if before == name:
         return Outcome(False, p.id, f"Point {p.name} (id {p.id}) is called that already; "
                        "nothing changed")
-    holder = _name_holder(session, p, name)
+    holder = _name_holder(session, p.pincode, name, other_than=p.id)
     if holder is not None:
         raise Conflict(f"Point {holder.name} (id {holder.id}) of pincode {p.pincode} is "
                        f"called {name!r} already: people could not tell the two apart; "
