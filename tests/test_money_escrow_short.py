@@ -281,7 +281,7 @@ def test_a_shortfall_no_refund_explains_is_paid_and_ops_are_told_once(live):
     with transaction() as s:
         assert ledger.leg_paid_out(s, leg_id) == ledger.leg_payable(s, leg_id) == payout
     alert = i18n.t("payment.ops_escrow_short", i18n.DEFAULT_LANGUAGE, ref=ref, leg=leg_id,
-                   short_paise=150)
+                   short_paise=150, unexplained_paise=150)
     assert short_alerts(bid) == [alert]
     payments.sweep()
     run()

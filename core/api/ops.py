@@ -682,6 +682,13 @@ class LedgerOut(BaseModel):
         description="partner payouts reversed at the gateway after they were made, held "
                     "for ops: pay the partner again or refund the customer (POST "
                     "/ops/bookings/{ref}/reversed-payouts/{leg_id}/resolve)")
+    platform_paid_paise: int = Field(
+        description="what the platform paid into the booking's escrow out of its own "
+                    "commission: the part of a refund made outside the service (the "
+                    "Razorpay dashboard) that escrow did not hold, and what escrow then "
+                    "lacked of a delivered leg's payout. With it the numbers add up: "
+                    "captured + platform_paid = released + fee + refunded + escrow + "
+                    "refunds_pending (when no payout was reversed)")
 
 
 class ResolveQuery(Strict):
@@ -758,7 +765,8 @@ def ops_booking_ledger(ref: str) -> LedgerOut:
 
     with transaction() as session:
         b = visible_booking(session, ref)  # 404 not_found, as every booking route answers
-        return LedgerOut(reference=b.reference, **ledger.booking_summary(session, b.id))
+        return LedgerOut(reference=b.reference, **ledger.booking_summary(session, b.id),
+                         platform_paid_paise=payments.platform_paid(session, b.id))
 
 
 @endpoint(bp, "POST", "/ops/bookings/<ref>/reversed-payouts/<int:leg_id>/resolve",

@@ -1140,18 +1140,21 @@ def stuck_relay_ended(session: Session, booking: Booking, holder: Leg, actor: Ac
     again and ops are alerted no more; open offers are withdrawn). The leg in hand fails,
     recorded as going back to the sender, which frees its rider for other jobs; he hears
     the booking is off, what he gets for his ride (``fee_paise``), and to keep the parcel
-    safe and call ops, who arrange its return. The caller holds the legs' locks, then the
-    booking's, and has moved the booking to failed."""
+    safe and call ops, who arrange its return (with no fee, as when a refund made outside
+    the service left the booking nothing, he is not told he gets Rs 0). The caller holds
+    the legs' locks, then the booking's, and has moved the booking to failed."""
     booking_cancelled(session, booking, actor)
     move_leg(session, holder, LegStatus.FAILED, actor,
              "booking ended by ops: the parcel goes back to the sender")
     partner = session.get(PartnerProfile, holder.partner_id) if holder.partner_id else None
     if partner is not None:
-        _sms_partner(session, partner, "dispatch.holder_cancelled", booking_id=booking.id,
+        key = "dispatch.holder_cancelled" if fee_paise > 0 else (
+            "dispatch.holder_cancelled_no_fee")
+        _sms_partner(session, partner, key, booking_id=booking.id,
                      dedupe_key=f"leg-{holder.id}-stuck-cancelled", job=job_code(holder),
                      fee_paise=fee_paise, ops_phone=get_settings().ops_phone)
     log.info("stuck relay ended by ops", extra={"booking_id": booking.id,
-                                                "leg_id": holder.id})
+                                                "leg_id": holder.id, "fee_paise": fee_paise})
 
 
 def _withdraw(offer: DispatchOffer, partner: PartnerProfile) -> None:

@@ -45,7 +45,7 @@ from core.adapters.models import Booking, Leg, PartnerProfile, Person
 from core.adapters.payment_models import GatewayEvent, LegTransfer, PaymentLink, Refund
 from core.adapters.queue import after_commit, enqueue, job_alive, queue
 from core.adapters.redis_conn import redis_client
-from core.config import int_setting
+from core.config import get_settings, int_setting
 from core.domain import ledger as rules
 from core.domain.booking import (
     Actor,
@@ -87,7 +87,6 @@ def refund_retry_delay() -> timedelta:
     """How long after a failed refund attempt the next one is made (``REFUND_RETRY_MIN``;
     default 60, or 2 in the sandbox so that a demo sees the retry). A refusal for want of
     balance needs time: payouts settle, someone tops the account up."""
-    from core.config import get_settings
 
     return timedelta(minutes=int_setting("REFUND_RETRY_MIN",
                                       2 if get_settings().is_sandbox else 60))
@@ -225,17 +224,19 @@ def _post_release(session: Session, booking: Booking, leg: Leg, commission: int,
     short = rules.shortfall(ledger.balance(session, rules.escrow(booking.id)),
                             leg.payout_paise + commission)
     if short:
-        unexplained = short - _outside_refunds_uncovered(session, booking.id)
+        unexplained = min(short, short - _outside_refunds_uncovered(session, booking.id))
         ledger.post(session, rules.release_platform(booking.id, leg.id, short),
                     actor=actor, cause=cause)
         log.warning("escrow is short of a leg's payout: the platform's cost",
                     extra={"leg_id": leg.id, "platform": short})
         if unexplained > 0:
+            # Ops read what the platform paid (all of the shortfall) and how much of it
+            # no refund explains: the booking's numbers add up only with both.
             log.error("escrow is short of a leg's payout beyond what refunds made outside "
                       "the service took", extra={"leg_id": leg.id, "unexplained": unexplained})
             alert_ops(session, "payment.ops_escrow_short", booking_id=booking.id,
                       dedupe_key=f"leg-{leg.id}-escrow-short", ref=booking.reference,
-                      leg=leg.id, short_paise=unexplained)
+                      leg=leg.id, short_paise=short, unexplained_paise=unexplained)
     ledger.post(session, rules.release(booking.id, leg.id, leg.partner_id, leg.payout_paise,
                                        commission), actor=actor, cause=cause)
 
@@ -244,21 +245,30 @@ _PLATFORM_COST = (rules.EntryKind.OUTSIDE_REFUND_PLATFORM.value,
                   rules.EntryKind.RELEASE_PLATFORM.value)
 
 
-def _outside_refunds_uncovered(session: Session, booking_id: int) -> int:
-    """What refunds made outside the service took of the booking beyond what the
-    platform's commission has given for it already: the most of a leg's shortfall such a
-    refund explains (all its legs' payouts and commission are no more than the customer
-    paid)."""
+def platform_paid(session: Session, booking_id: int) -> int:
+    """What the platform's commission gave the booking's escrow: the part of a refund made
+    outside the service escrow did not hold (rules.outside_refund_platform), and what
+    escrow then lacked of a delivered leg's payout (rules.release_platform). Without it
+    the booking's money does not add up: captured + platform_paid = released + fees +
+    refunded + escrow + refunds pending (no payout reversed)."""
     from core.adapters.payment_models import LedgerPosting, LedgerTransaction
 
-    given = -int(session.scalar(
+    return -int(session.scalar(
         select(func.coalesce(func.sum(LedgerPosting.amount_paise), 0))
         .join(LedgerTransaction, LedgerTransaction.id == LedgerPosting.transaction_id)
         .where(LedgerTransaction.booking_id == booking_id,
                LedgerTransaction.kind.in_(_PLATFORM_COST),
                LedgerPosting.account_kind == rules.AccountKind.PLATFORM_COMMISSION.value))
         or 0)
-    return sum(_refunded_outside(session, booking_id).values()) - given
+
+
+def _outside_refunds_uncovered(session: Session, booking_id: int) -> int:
+    """What refunds made outside the service took of the booking beyond what the
+    platform's commission has given for it already: the most of a leg's shortfall such a
+    refund explains (all its legs' payouts and commission are no more than the customer
+    paid)."""
+    return sum(_refunded_outside(session, booking_id).values()) \
+        - platform_paid(session, booking_id)
 
 
 # Razorpay refunds 100 paise at least ("The amount must be at least INR 1.00"): a smaller
@@ -386,6 +396,9 @@ def _end_stuck_relay(session: Session, booking: Booking, actor: Actor, reason: s
     (dispatch.stuck_relay_ended). The rider holding the parcel is paid his leg's payout as
     the booking's cancellation fee; the customer gets the rest back (what delivered legs
     earned stays theirs); the customer and a recipient holding a delivery code are told.
+    Where a refund made outside the service left nothing for the fee or the refund, no
+    message names a sum of nothing (dispatch.holder_cancelled_no_fee,
+    customer_stuck_no_refund).
     The caller holds the legs' locks, then the booking's."""
     from core.services import dispatch
 
@@ -408,8 +421,11 @@ def _end_stuck_relay(session: Session, booking: Booking, actor: Actor, reason: s
                               job_id=f"transfer-{holder.id}")
     if quote.refund_paise > 0:
         _open_refund(session, booking, quote.refund_paise, fee, "cancelled", str(actor))
-    notify.notify_customer(session, booking, "dispatch.customer_stuck_cancelled",
-                           refund_paise=quote.refund_paise,
+    # Nothing left to give back (support refunded her from the dashboard, or the riders
+    # earned it all): she hears the delivery failed, not that Rs 0 comes back.
+    key = "dispatch.customer_stuck_cancelled" if quote.refund_paise > 0 else (
+        "dispatch.customer_stuck_no_refund")
+    notify.notify_customer(session, booking, key, refund_paise=quote.refund_paise,
                            dedupe_key=f"cancelled-{booking.id}")
     dispatch.tell_recipient_not_coming(session, booking, "dispatch.recipient_cancelled",
                                        dedupe_key=f"cancelled-{booking.id}-recipient")
@@ -1275,10 +1291,12 @@ def record_outside_refund(refund: dict, cause: str) -> str:
     Not recorded (logged; the reconciliation lists it until it is): a payment that is
     not ours ("unknown-refund"), a refund whose notes name one of our attempts (that one
     is settled by its own id, never recorded twice), or one escrow holds less than while
-    a refund of ours reserved out of escrow is still being asked: refused for more than
-    the payment has left, that one is cut and its reservation comes back to escrow
-    (refund_booking), so the platform would pay what the booking still holds; a later
-    run records it once that refund is answered."""
+    a refund of ours reserved out of escrow is still open (_asked_from_escrow): refused
+    for more than the payment has left, that one is cut (refund_booking), and accepted it
+    may still fail (refund.failed; support often refunds by hand the refund the bank
+    refused); either way its reservation comes back to escrow, so the platform would pay
+    what the booking still holds. A later run records it once that refund is answered:
+    processed, the platform pays what escrow lacks; failed, escrow pays it all."""
     from core.adapters.payment_models import LedgerTransaction
 
     rid, amount, pid = _gateway_id(refund), _paise(refund, "amount"), refund.get("payment_id")
@@ -1300,7 +1318,7 @@ def record_outside_refund(refund: dict, cause: str) -> str:
         short = rules.shortfall(escrow, amount)
         if short and _asked_from_escrow(session, booking_id):
             log.warning("a refund made outside the service is more than escrow holds while "
-                        "a refund of ours is asked; recorded once that one is answered",
+                        "a refund of ours is open; recorded once that one is answered",
                         extra={"booking_id": booking_id, "amount": amount, "escrow": escrow})
             return "outside-refund-unrecorded"
         last = _latest_refund(session, booking_id)
@@ -1330,10 +1348,11 @@ def record_outside_refund(refund: dict, cause: str) -> str:
 
 
 def _asked_from_escrow(session: Session, booking_id: int) -> bool:
-    """Whether a refund attempt of the booking reserved out of escrow is still being asked
-    of the gateway (requested: it may yet be cut, its reservation back in escrow)."""
+    """Whether a refund attempt of the booking reserved out of escrow is still open: asked
+    (it may yet be cut) or accepted by the gateway (pending: the bank may still refuse it,
+    refund.failed). Either way its reservation may come back to escrow."""
     return session.scalar(select(Refund.id).where(
-        Refund.booking_id == booking_id, Refund.status == "requested",
+        Refund.booking_id == booking_id, Refund.status.in_(OPEN_REFUND),
         Refund.reason != REVERSED_PAYOUT).limit(1)) is not None
 
 
