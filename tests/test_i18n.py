@@ -116,6 +116,7 @@ REQUIRED_KEYS = (
     | {f"dispatch.{k}" for k in ("holder_cancelled", "customer_stuck_cancelled",
                                  "recipient_cancelled")}  # ops end a stuck relay
     | {f"booking.status.stuck_{k}" for k in ("ended", "refunded")}  # tracking that one
+    | {"booking.status.stuck_no_refund"}  # ... ended with nothing to give back
     | {"booking.status.fee_refunded"}  # tracking a booking cancelled with a rider's fee
     | {f"dispatch.handover_{k}_new" for k in ("give", "take")}  # relay codes resent
     | {"sms.customer_help"}  # partner_sms: a customer texting our SMS number

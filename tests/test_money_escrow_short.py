@@ -337,7 +337,9 @@ def test_ops_ending_a_stuck_relay_after_a_dashboard_refund_release_its_delivered
         payments.cancel_booking(s, b, Actor("ops", "1"), "no rider at the Point")
     run()
     assert not failed_jobs()
-    assert entries(bid, *PLATFORM) == [("release_platform", 100)]
+    # Then the holder's fee (his leg's payout), escrow empty: the platform's cost too.
+    assert entries(bid, *PLATFORM) == [("release_platform", 100),
+                                       ("release_platform", share // 4)]
     with transaction() as s:
         assert ledger.leg_paid_out(s, ids[0]) == ledger.leg_payable(s, ids[0]) == payout1
         assert s.get(Booking, bid).status == BookingStatus.FAILED.value  # type: ignore[union-attr]

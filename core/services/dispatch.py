@@ -1140,9 +1140,11 @@ def stuck_relay_ended(session: Session, booking: Booking, holder: Leg, actor: Ac
     again and ops are alerted no more; open offers are withdrawn). The leg in hand fails,
     recorded as going back to the sender, which frees its rider for other jobs; he hears
     the booking is off, what he gets for his ride (``fee_paise``), and to keep the parcel
-    safe and call ops, who arrange its return (with no fee, as when a refund made outside
-    the service left the booking nothing, he is not told he gets Rs 0). The caller holds
-    the legs' locks, then the booking's, and has moved the booking to failed."""
+    safe and call ops, who arrange its return. His fee is paid in full even where a
+    refund made outside the service left the booking nothing (payments._stuck_quote: the
+    platform's cost); with a real zero fee (the refund floor gave his few paise to the
+    customer) he is not told he gets Rs 0. The caller holds the legs' locks, then the
+    booking's, and has moved the booking to failed."""
     booking_cancelled(session, booking, actor)
     move_leg(session, holder, LegStatus.FAILED, actor,
              "booking ended by ops: the parcel goes back to the sender")

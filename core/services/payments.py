@@ -26,7 +26,7 @@ import hashlib
 import json
 import logging
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -213,32 +213,43 @@ def _post_release(session: Session, booking: Booking, leg: Leg, commission: int,
                   actor: str) -> None:
     """Post a delivered leg's release (``commission`` from _release_commission). What
     escrow lacks of its payout (a refund made outside the service took the booking's
-    money) is the platform's cost first (rules.release_platform): the partner is paid in
-    full, never left unpaid behind a release that cannot be posted. A shortfall no such
-    refund explains is paid all the same, and ops are told: the booking's money went
-    somewhere the ledger cannot say. The caller holds the booking's lock."""
-    from core.services.dispatch import alert_ops  # dispatch imports payments
-
+    money) is the platform's cost first (_platform_gives: rules.release_platform): the
+    partner is paid in full, never left unpaid behind a release that cannot be posted.
+    The caller holds the booking's lock."""
     assert leg.partner_id is not None
     cause = f"leg:{leg.id}:delivered"
-    short = rules.shortfall(ledger.balance(session, rules.escrow(booking.id)),
-                            leg.payout_paise + commission)
-    if short:
-        unexplained = min(short, short - _outside_refunds_uncovered(session, booking.id))
-        ledger.post(session, rules.release_platform(booking.id, leg.id, short),
-                    actor=actor, cause=cause)
-        log.warning("escrow is short of a leg's payout: the platform's cost",
-                    extra={"leg_id": leg.id, "platform": short})
-        if unexplained > 0:
-            # Ops read what the platform paid (all of the shortfall) and how much of it
-            # no refund explains: the booking's numbers add up only with both.
-            log.error("escrow is short of a leg's payout beyond what refunds made outside "
-                      "the service took", extra={"leg_id": leg.id, "unexplained": unexplained})
-            alert_ops(session, "payment.ops_escrow_short", booking_id=booking.id,
-                      dedupe_key=f"leg-{leg.id}-escrow-short", ref=booking.reference,
-                      leg=leg.id, short_paise=short, unexplained_paise=unexplained)
+    _platform_gives(session, booking, leg, leg.payout_paise + commission,
+                    rules.release_platform, actor=actor, cause=cause)
     ledger.post(session, rules.release(booking.id, leg.id, leg.partner_id, leg.payout_paise,
                                        commission), actor=actor, cause=cause)
+
+
+def _platform_gives(session: Session, booking: Booking, leg: Leg, amount: int,
+                    entry: Callable[[int, int, int], rules.Entry], *, actor: str,
+                    cause: str) -> None:
+    """Support's refund is the platform's cost: what escrow lacks of ``amount``, paid to
+    the rider of ``leg`` next (a delivered leg's release, a stuck relay's holder's fee),
+    the platform's commission gives into escrow first, by ``entry`` (keyed once per
+    leg). A shortfall no refund made outside the service explains is given all the same,
+    and ops are told: the booking's money went somewhere the ledger cannot say. The
+    caller holds the booking's lock."""
+    from core.services.dispatch import alert_ops  # dispatch imports payments
+
+    short = rules.shortfall(ledger.balance(session, rules.escrow(booking.id)), amount)
+    if not short:
+        return
+    unexplained = min(short, short - _outside_refunds_uncovered(session, booking.id))
+    ledger.post(session, entry(booking.id, leg.id, short), actor=actor, cause=cause)
+    log.warning("escrow is short of a leg's payout: the platform's cost",
+                extra={"leg_id": leg.id, "platform": short})
+    if unexplained > 0:
+        # Ops read what the platform paid (all of the shortfall) and how much of it no
+        # refund explains: the booking's numbers add up only with both.
+        log.error("escrow is short of a leg's payout beyond what refunds made outside "
+                  "the service took", extra={"leg_id": leg.id, "unexplained": unexplained})
+        alert_ops(session, "payment.ops_escrow_short", booking_id=booking.id,
+                  dedupe_key=f"leg-{leg.id}-escrow-short", ref=booking.reference,
+                  leg=leg.id, short_paise=short, unexplained_paise=unexplained)
 
 
 _PLATFORM_COST = (rules.EntryKind.OUTSIDE_REFUND_PLATFORM.value,
@@ -248,9 +259,10 @@ _PLATFORM_COST = (rules.EntryKind.OUTSIDE_REFUND_PLATFORM.value,
 def platform_paid(session: Session, booking_id: int) -> int:
     """What the platform's commission gave the booking's escrow: the part of a refund made
     outside the service escrow did not hold (rules.outside_refund_platform), and what
-    escrow then lacked of a delivered leg's payout (rules.release_platform). Without it
-    the booking's money does not add up: captured + platform_paid = released + fees +
-    refunded + escrow + refunds pending (no payout reversed)."""
+    escrow then lacked of a delivered leg's payout or of a stuck relay's holder's fee
+    (rules.release_platform, rules.fee_platform). Without it the booking's money does not
+    add up: captured + platform_paid = released + fees + refunded + escrow + refunds
+    pending (no payout reversed)."""
     from core.adapters.payment_models import LedgerPosting, LedgerTransaction
 
     return -int(session.scalar(
@@ -308,7 +320,7 @@ def cancellation_preview(session: Session, booking: Booking, *,
     """What cancelling now would refund, under the cancellation policy (from the ledger),
     with no refund under REFUND_MIN_PAISE (refund_floor). ``by_ops``: an operator may also
     end a relay stuck for want of a rider (the parcel in a rider's hands:
-    dispatch.stuck_holder), whose ride is then paid as the fee."""
+    dispatch.stuck_holder), whose ride is then paid in full as the fee (_stuck_quote)."""
     from core.services import dispatch
 
     paid, earned = _paid_and_earned(session, booking)
@@ -328,9 +340,27 @@ def cancellation_preview(session: Session, booking: Booking, *,
             return refund_floor(cancellation_refund(BookingStatus.PAID, paid,
                                                     min(earned, paid)))
         late = _rider_late(session, fee_leg)
-    return refund_floor(cancellation_refund(BookingStatus(booking.status), paid,
-                                            min(earned, paid),
-                                            stuck_leg_payout_paise=stuck, rider_late=late))
+    quote = cancellation_refund(BookingStatus(booking.status), paid, min(earned, paid),
+                                stuck_leg_payout_paise=stuck, rider_late=late)
+    if quote.reason_code == STUCK_RELAY and stuck is not None:
+        return _stuck_quote(quote, stuck)
+    return refund_floor(quote)
+
+
+def _stuck_quote(quote: CancellationQuote, payout: int) -> CancellationQuote:
+    """A stuck relay's quote: the holder's fee is his leg's ``payout`` in full (the policy
+    gives him no more than escrow holds for it; what it lacks, a refund made outside the
+    service having taken the booking's money, is the platform's cost: _end_stuck_relay),
+    and the customer gets back only what escrow holds beyond it. Floored as any quote
+    (refund_floor); where no fee is left to give way (a leg paid nothing), a refund under
+    REFUND_MIN_PAISE, never asked of the gateway, is the holder's fee too, so nobody is
+    promised money that will not come."""
+    quote = refund_floor(CancellationQuote(quote.allowed, quote.refund_paise, payout,
+                                           quote.reason_code))
+    if 0 < quote.refund_paise < REFUND_MIN_PAISE:
+        return CancellationQuote(quote.allowed, 0, quote.fee_paise + quote.refund_paise,
+                                 quote.reason_code)
+    return quote
 
 
 def cancel_booking(session: Session, booking: Booking, actor: Actor,
@@ -394,11 +424,12 @@ def _end_stuck_relay(session: Session, booking: Booking, actor: Actor, reason: s
     booking fails (the state machine lets no picked-up booking be cancelled: its delivery
     could not be finished), its later legs stop and the leg in hand fails
     (dispatch.stuck_relay_ended). The rider holding the parcel is paid his leg's payout as
-    the booking's cancellation fee; the customer gets the rest back (what delivered legs
-    earned stays theirs); the customer and a recipient holding a delivery code are told.
-    Where a refund made outside the service left nothing for the fee or the refund, no
-    message names a sum of nothing (dispatch.holder_cancelled_no_fee,
-    customer_stuck_no_refund).
+    the booking's cancellation fee (_stuck_quote), in full also where a refund made
+    outside the service left escrow short of it: support's refund is the platform's cost
+    (_platform_gives: rules.fee_platform). The customer gets back what escrow holds
+    beyond it (what delivered legs earned stays theirs); the customer and a recipient
+    holding a delivery code are told, and nobody of a sum of nothing
+    (dispatch.holder_cancelled_no_fee, customer_stuck_no_refund).
     The caller holds the legs' locks, then the booking's."""
     from core.services import dispatch
 
@@ -414,9 +445,11 @@ def _end_stuck_relay(session: Session, booking: Booking, actor: Actor, reason: s
     fee = quote.fee_paise
     dispatch.stuck_relay_ended(session, booking, holder, actor, fee_paise=fee)
     if fee:
+        cause = f"cancel:{booking.id}"
+        _platform_gives(session, booking, holder, fee, rules.fee_platform, actor=str(actor),
+                        cause=cause)
         ledger.post(session, rules.cancellation_fee(booking.id, holder.id, holder.partner_id,
-                                                    fee),
-                    actor=str(actor), cause=f"cancel:{booking.id}")
+                                                    fee), actor=str(actor), cause=cause)
         _enqueue_after_commit(session, "workers.payments.settle_leg_transfer", holder.id,
                               job_id=f"transfer-{holder.id}")
     if quote.refund_paise > 0:
