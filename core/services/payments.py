@@ -235,7 +235,7 @@ def _platform_gives(session: Session, booking: Booking, leg: Leg, amount: int,
     caller holds the booking's lock."""
     from core.services.dispatch import alert_ops  # dispatch imports payments
 
-    short = rules.shortfall(ledger.balance(session, rules.escrow(booking.id)), amount)
+    short = rules.shortfall(_escrow_paid_for(session, booking.id), amount)
     if not short:
         return
     unexplained = min(short, short - _outside_refunds_uncovered(session, booking.id))
@@ -250,6 +250,16 @@ def _platform_gives(session: Session, booking: Booking, leg: Leg, amount: int,
         alert_ops(session, "payment.ops_escrow_short", booking_id=booking.id,
                   dedupe_key=f"leg-{leg.id}-escrow-short", ref=booking.reference,
                   leg=leg.id, short_paise=short, unexplained_paise=unexplained)
+
+
+def _escrow_paid_for(session: Session, booking_id: int, refunded: str | None = None) -> int:
+    """What escrow holds of the payment the booking is settled on (and of ``refunded``, a
+    payment a refund is recorded of): without the extra payments (late, duplicate) whose
+    money waits there to go back to their payers. A fee, a release or support's refund
+    of the booking takes none of theirs: the platform gives what the rest lacks."""
+    extra = _extra_unrefunded(session, booking_id, _capture_payment_id(session, booking_id))
+    held = ledger.balance(session, rules.escrow(booking_id))
+    return max(0, held - sum(v for pid, v in extra.items() if pid != refunded))
 
 
 _PLATFORM_COST = (rules.EntryKind.OUTSIDE_REFUND_PLATFORM.value,
@@ -1348,7 +1358,7 @@ def record_outside_refund(refund: dict, cause: str) -> str:
         if our_id is not None and session.get(Refund, our_id) is not None:
             return "unknown-refund"  # named by our attempt: settled by it, if ever
         escrow = ledger.balance(session, rules.escrow(booking_id))
-        short = rules.shortfall(escrow, amount)
+        short = rules.shortfall(_escrow_paid_for(session, booking_id, pid), amount)
         if short and _asked_from_escrow(session, booking_id):
             log.warning("a refund made outside the service is more than escrow holds while "
                         "a refund of ours is open; recorded once that one is answered",
