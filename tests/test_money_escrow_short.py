@@ -54,6 +54,7 @@ from tests.test_transfer_reversal import deliver, ops_alerts, paid_out_leg
 pytestmark = pytest.mark.db
 SYSTEM = Actor.system()
 OTHER_CUSTOMER = "+919812340002"
+RIDER2 = "+919812349002"
 PLATFORM = (rules.EntryKind.OUTSIDE_REFUND_PLATFORM.value,
             rules.EntryKind.RELEASE_PLATFORM.value)
 
@@ -127,6 +128,45 @@ def deliver_leg(booking_id: int, leg_id: int, partner_id: int,
             move_booking(s, b, bs, SYSTEM, "test")
     enqueue("workers.payments.release_leg", leg_id, job_id=f"release-{leg_id}")
     run()
+
+
+def stuck_relay(rider2: str = RIDER2) -> tuple[int, int, int]:
+    """A relay of three legs: leg 1 delivered (its release job not run), leg 2's rider
+    (``rider2``, Hindi) holds the parcel, nobody takes leg 3 for hours. (booking, leg 1,
+    leg 2)."""
+    from core.adapters.dispatch_models import DispatchSearch  # after models (a cycle)
+
+    partners = [new_partner(), new_partner(rider2, "acc_partner0002")]
+    paid_booking(OTHER_CUSTOMER)  # the platform's balance holds other customers' money
+    bid = paid_booking()
+    with transaction() as s:
+        b = s.get(Booking, bid)
+        assert b is not None
+        share = b.partner_share_paise
+        leg1 = s.scalar(select(Leg).where(Leg.booking_id == bid))
+        assert leg1 is not None
+        leg1.payout_paise = share // 2
+        legs = [leg1] + [Leg(booking_id=bid, sequence=n, status="pending", from_lat=0,
+                              from_lng=0, to_lat=0, to_lng=0, distance_m=10_000,
+                              payout_paise=p, otp_failures=0)
+                         for n, p in ((2, share // 4), (3, share - share // 2 - share // 4))]
+        s.add_all(legs[1:])
+        s.flush()
+        for leg, partner, steps in (
+                (legs[0], partners[0], (LegStatus.OFFERING, LegStatus.ASSIGNED,
+                                        LegStatus.PICKED_UP, LegStatus.DELIVERED)),
+                (legs[1], partners[1], (LegStatus.OFFERING, LegStatus.ASSIGNED,
+                                        LegStatus.PICKED_UP))):
+            leg.partner_id = partner
+            for ls in steps:
+                move_leg(s, leg, ls, SYSTEM, "test")
+        for bs in (BookingStatus.DISPATCHING, BookingStatus.ASSIGNED, BookingStatus.PICKED_UP,
+                   BookingStatus.IN_TRANSIT):
+            move_booking(s, b, bs, SYSTEM, "test")
+        now = clock.now()
+        s.add(DispatchSearch(leg_id=legs[2].id, status="paused", deadline_at=now - timedelta(
+            minutes=1), started_at=now - timedelta(hours=9)))
+        return bid, legs[0].id, legs[1].id
 
 
 # --- 1. a dashboard refund more than escrow holds -------------------------------------------
@@ -296,39 +336,12 @@ def test_ops_ending_a_stuck_relay_after_a_dashboard_refund_release_its_delivered
     its payout. That raised InsufficientEscrow (409 to ops: the relay could not be
     ended); now the platform's commission gives the shortfall and leg 1's rider is paid
     in full."""
-    from core.adapters.dispatch_models import DispatchSearch  # after models (a cycle)
-
-    partners = [new_partner(), new_partner("+919812349002", "acc_partner0002")]
-    paid_booking(OTHER_CUSTOMER)  # the platform's balance holds other customers' money
-    bid = paid_booking()
+    bid, leg1, _holder = stuck_relay()
     with transaction() as s:
         b = s.get(Booking, bid)
         assert b is not None
         share, total = b.partner_share_paise, b.total_paise
-        leg1 = s.scalar(select(Leg).where(Leg.booking_id == bid))
-        assert leg1 is not None
-        leg1.payout_paise = share // 2
-        legs = [leg1] + [Leg(booking_id=bid, sequence=n, status="pending", from_lat=0,
-                              from_lng=0, to_lat=0, to_lng=0, distance_m=10_000,
-                              payout_paise=p, otp_failures=0)
-                         for n, p in ((2, share // 4), (3, share - share // 2 - share // 4))]
-        s.add_all(legs[1:])
-        s.flush()
-        ids, payout1 = [leg.id for leg in legs], leg1.payout_paise
-        for leg, partner, steps in (
-                (legs[0], partners[0], (LegStatus.OFFERING, LegStatus.ASSIGNED,
-                                        LegStatus.PICKED_UP, LegStatus.DELIVERED)),
-                (legs[1], partners[1], (LegStatus.OFFERING, LegStatus.ASSIGNED,
-                                        LegStatus.PICKED_UP))):
-            leg.partner_id = partner
-            for ls in steps:
-                move_leg(s, leg, ls, SYSTEM, "test")
-        for bs in (BookingStatus.DISPATCHING, BookingStatus.ASSIGNED, BookingStatus.PICKED_UP,
-                   BookingStatus.IN_TRANSIT):
-            move_booking(s, b, bs, SYSTEM, "test")
-        now = clock.now()
-        s.add(DispatchSearch(leg_id=ids[2], status="paused", deadline_at=now - timedelta(
-            minutes=1), started_at=now - timedelta(hours=9)))
+        payout1 = s.get(Leg, leg1).payout_paise  # type: ignore[union-attr]
     left = payout1 - 100  # escrow keeps less than leg 1's payout
     dashboard_refund(bid, total - left)
     assert entries(bid, *PLATFORM) == []
@@ -341,7 +354,7 @@ def test_ops_ending_a_stuck_relay_after_a_dashboard_refund_release_its_delivered
     assert entries(bid, *PLATFORM) == [("release_platform", 100),
                                        ("release_platform", share // 4)]
     with transaction() as s:
-        assert ledger.leg_paid_out(s, ids[0]) == ledger.leg_payable(s, ids[0]) == payout1
+        assert ledger.leg_paid_out(s, leg1) == ledger.leg_payable(s, leg1) == payout1
         assert s.get(Booking, bid).status == BookingStatus.FAILED.value  # type: ignore[union-attr]
     assert short_alerts(bid) == []  # the dashboard's refund explains it
 

@@ -20,12 +20,10 @@ Through RQ, the real razorpay client, the sandbox emulator and its signed webhoo
 
 from __future__ import annotations
 
-from datetime import timedelta
-
 import pytest
 from sqlalchemy import select
 
-from core import clock, i18n
+from core import i18n
 from core.adapters import razorpay_gateway as gw
 from core.adapters.db import transaction
 from core.adapters.models import Booking, Leg, OutboxMessage, Person
@@ -34,9 +32,9 @@ from core.config import get_settings
 from core.domain import ledger as rules
 from core.domain.booking import Actor, BookingStatus, LegStatus
 from core.services import dispatch, ledger, payments, reconciliation
-from core.services.booking import move_booking, move_leg
 from sandbox import razorpay as emu
 from tests.test_api import API, sign_in
+from tests.test_money_escrow_short import stuck_relay
 from tests.test_payments_support import (
     CUSTOMER,
     advance,
@@ -52,7 +50,6 @@ from tests.test_transfer_reversal import deliver, ops_alerts
 pytestmark = pytest.mark.db
 SYSTEM = Actor.system()
 OPERATOR = "+919812300077"
-OTHER_CUSTOMER = "+919812340002"
 RIDER2 = "+919812349002"
 PLATFORM = (rules.EntryKind.OUTSIDE_REFUND_PLATFORM.value,
             rules.EntryKind.RELEASE_PLATFORM.value)
@@ -266,39 +263,10 @@ def stuck_relay_refunded_outside() -> tuple[int, Leg]:
     """A relay of three legs: leg 1 delivered (its release job not run), leg 2's rider
     (RIDER2) holds the parcel, nobody takes leg 3 for hours; support refunded from the
     dashboard all but less than leg 1's payout. (booking, leg 2)."""
-    from core.adapters.dispatch_models import DispatchSearch  # after models (a cycle)
-
-    partners = [new_partner(), new_partner(RIDER2, "acc_partner0002")]
-    paid_booking(OTHER_CUSTOMER)  # the platform's balance holds other customers' money
-    bid = paid_booking()
+    bid, leg1_id, holder_id = stuck_relay(RIDER2)
     with transaction() as s:
-        b = s.get(Booking, bid)
-        assert b is not None
-        share, total = b.partner_share_paise, b.total_paise
-        leg1 = s.scalar(select(Leg).where(Leg.booking_id == bid))
-        assert leg1 is not None
-        leg1.payout_paise = share // 2
-        legs = [leg1] + [Leg(booking_id=bid, sequence=n, status="pending", from_lat=0,
-                              from_lng=0, to_lat=0, to_lng=0, distance_m=10_000,
-                              payout_paise=p, otp_failures=0)
-                         for n, p in ((2, share // 4), (3, share - share // 2 - share // 4))]
-        s.add_all(legs[1:])
-        s.flush()
-        for leg, partner, steps in (
-                (legs[0], partners[0], (LegStatus.OFFERING, LegStatus.ASSIGNED,
-                                        LegStatus.PICKED_UP, LegStatus.DELIVERED)),
-                (legs[1], partners[1], (LegStatus.OFFERING, LegStatus.ASSIGNED,
-                                        LegStatus.PICKED_UP))):
-            leg.partner_id = partner
-            for ls in steps:
-                move_leg(s, leg, ls, SYSTEM, "test")
-        for bs in (BookingStatus.DISPATCHING, BookingStatus.ASSIGNED, BookingStatus.PICKED_UP,
-                   BookingStatus.IN_TRANSIT):
-            move_booking(s, b, bs, SYSTEM, "test")
-        now = clock.now()
-        s.add(DispatchSearch(leg_id=legs[2].id, status="paused", deadline_at=now - timedelta(
-            minutes=1), started_at=now - timedelta(hours=9)))
-        left, holder_id = leg1.payout_paise - 100, legs[1].id
+        total = s.get(Booking, bid).total_paise  # type: ignore[union-attr]
+        left = s.get(Leg, leg1_id).payout_paise - 100  # type: ignore[union-attr]
     gw.client().payment.refund(link_of(bid).payment_id, {"amount": total - left})
     run()
     with transaction() as s:

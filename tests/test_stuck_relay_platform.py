@@ -17,12 +17,10 @@ Through RQ, the real razorpay client, the sandbox emulator and its signed webhoo
 
 from __future__ import annotations
 
-from datetime import timedelta
-
 import pytest
 from sqlalchemy import select
 
-from core import clock, i18n
+from core import i18n
 from core.adapters import razorpay_gateway as gw
 from core.adapters.db import transaction
 from core.adapters.models import Booking, Leg, OutboxMessage
@@ -34,7 +32,7 @@ from core.services import dispatch, ledger, payments, reconciliation
 from core.services.booking import move_booking, move_leg
 from tests.test_api import API, sign_in
 from tests.test_dialog_gaps import Chat
-from tests.test_money_escrow_short import short_alerts
+from tests.test_money_escrow_short import short_alerts, stuck_relay
 from tests.test_payments_support import (
     advance,
     failed_jobs,
@@ -90,45 +88,6 @@ def ours(booking_id: int) -> list[int]:
     with transaction() as s:
         return list(s.scalars(select(Refund.amount_paise).where(
             Refund.booking_id == booking_id, Refund.reason != payments.OUTSIDE_REFUND)))
-
-
-def stuck_relay() -> tuple[int, int, int]:
-    """A relay of three legs: leg 1 delivered (its release job not run), leg 2's rider
-    (RIDER2, Hindi) holds the parcel, nobody takes leg 3 for hours. (booking, leg 1,
-    leg 2)."""
-    from core.adapters.dispatch_models import DispatchSearch  # after models (a cycle)
-
-    partners = [new_partner(), new_partner(RIDER2, "acc_partner0002")]
-    paid_booking(OTHER_CUSTOMER)  # the platform's balance holds other customers' money
-    bid = paid_booking()
-    with transaction() as s:
-        b = s.get(Booking, bid)
-        assert b is not None
-        share = b.partner_share_paise
-        leg1 = s.scalar(select(Leg).where(Leg.booking_id == bid))
-        assert leg1 is not None
-        leg1.payout_paise = share // 2
-        legs = [leg1] + [Leg(booking_id=bid, sequence=n, status="pending", from_lat=0,
-                              from_lng=0, to_lat=0, to_lng=0, distance_m=10_000,
-                              payout_paise=p, otp_failures=0)
-                         for n, p in ((2, share // 4), (3, share - share // 2 - share // 4))]
-        s.add_all(legs[1:])
-        s.flush()
-        for leg, partner, steps in (
-                (legs[0], partners[0], (LegStatus.OFFERING, LegStatus.ASSIGNED,
-                                        LegStatus.PICKED_UP, LegStatus.DELIVERED)),
-                (legs[1], partners[1], (LegStatus.OFFERING, LegStatus.ASSIGNED,
-                                        LegStatus.PICKED_UP))):
-            leg.partner_id = partner
-            for ls in steps:
-                move_leg(s, leg, ls, SYSTEM, "test")
-        for bs in (BookingStatus.DISPATCHING, BookingStatus.ASSIGNED, BookingStatus.PICKED_UP,
-                   BookingStatus.IN_TRANSIT):
-            move_booking(s, b, bs, SYSTEM, "test")
-        now = clock.now()
-        s.add(DispatchSearch(leg_id=legs[2].id, status="paused", deadline_at=now - timedelta(
-            minutes=1), started_at=now - timedelta(hours=9)))
-        return bid, legs[0].id, legs[1].id
 
 
 def held_by_its_only_rider(monkeypatch, payout: int) -> tuple[int, int]:
