@@ -686,8 +686,8 @@ class LedgerOut(BaseModel):
         description="what the platform paid into the booking's escrow out of its own "
                     "commission: the part of a refund made outside the service (the "
                     "Razorpay dashboard) that escrow did not hold, and what escrow then "
-                    "lacked of a delivered leg's payout or of the fee of the rider holding "
-                    "a stuck relay's parcel. With it the numbers add up: "
+                    "lacked of a delivered leg's payout or of a rider's cancellation fee "
+                    "(a stuck relay's holder's too). With it the numbers add up: "
                     "captured + platform_paid = released + fee + refunded + escrow + "
                     "refunds_pending (when no payout was reversed)")
 

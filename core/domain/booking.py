@@ -262,6 +262,7 @@ def cancellation_refund(
     min_fee_paise: int = CANCELLATION_MIN_FEE_PAISE,
     stuck_leg_payout_paise: int | None = None,
     rider_late: bool = False,
+    refunded_outside_paise: int = 0,
 ) -> CancellationQuote:
     """Refund and fee for a customer cancelling in ``status``.
 
@@ -270,6 +271,12 @@ def cancellation_refund(
     pays the partner's wasted trip; none if the rider is late for the pickup (``rider_late``:
     past his pickup window, he did not keep his time), a full refund then. After pickup or
     once closed: not allowed. Payout already earned by delivered legs is never refundable.
+
+    ``refunded_outside_paise``: what support gave back of the payment outside the service
+    (the Razorpay dashboard), already taken out of ``paid_paise``. Support's refund is the
+    platform's cost, not the rider's: his fee is what it would be without it (of the
+    refundable amount with it added back), the platform paying what the payment lacks of
+    it, and the customer gets back only what is left beyond the fee.
 
     One exception after pickup, for ops only (the caller decides who may): a relay stuck
     for want of a rider, ``stuck_leg_payout_paise`` being the payout of the leg whose rider
@@ -283,6 +290,7 @@ def cancellation_refund(
         ("min_fee_paise", min_fee_paise),
         ("stuck_leg_payout_paise", 0 if stuck_leg_payout_paise is None
          else stuck_leg_payout_paise),
+        ("refunded_outside_paise", refunded_outside_paise),
     ):
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
             raise ValidationError(f"{name} must be a non-negative integer", field=name)
@@ -300,8 +308,9 @@ def cancellation_refund(
     if st is B.ASSIGNED and rider_late:
         return CancellationQuote(True, refundable, 0, RIDER_LATE)
     if st is B.ASSIGNED:
-        fee = min(max(mul_bp(refundable, fee_bp), min_fee_paise), refundable)
-        return CancellationQuote(True, refundable - fee, fee, "cancellation_fee")
+        owed = refundable + refunded_outside_paise
+        fee = min(max(mul_bp(owed, fee_bp), min_fee_paise), owed)
+        return CancellationQuote(True, max(0, refundable - fee), fee, "cancellation_fee")
     if st in _STUCK_ENDABLE and stuck_leg_payout_paise is not None:
         fee = min(stuck_leg_payout_paise, refundable)
         return CancellationQuote(True, refundable - fee, fee, "stuck_relay")

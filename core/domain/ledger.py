@@ -21,9 +21,10 @@ sum over every account is always zero and every other balance reads naturally:
 Support's refund is the platform's cost: a refund made outside the service (the Razorpay
 dashboard) takes what escrow holds of it, and the platform's commission gives the rest
 (``outside_refund_platform``); a leg delivered after one is paid in full, its payout's
-shortfall given by the platform's commission too (``release_platform``), and so is the
-fee of the rider holding the parcel of a relay ops end (a ``release_platform`` keyed by
-the fee: ``fee_platform``). Both kinds put the money in the booking's escrow just before
+shortfall given by the platform's commission too (``release_platform``), and so is a
+rider's cancellation fee: the assigned rider's when the booking is cancelled, the one
+holding the parcel of a relay ops end (a ``release_platform`` keyed by the fee:
+``fee_platform``). Both kinds put the money in the booking's escrow just before
 the entry that takes it out, so escrow never goes below zero; ``platform_commission``
 may (the platform gave more than it earned).
 
@@ -367,16 +368,20 @@ def release_platform(booking_id: int, leg_id: int, amount_paise: int) -> Entry:
 
 
 def fee_platform(booking_id: int, leg_id: int, amount_paise: int) -> Entry:
-    """Ops end a relay stuck for want of a rider after a refund made outside the service
-    took the booking's money: the holder's fee (his leg's payout) is more than escrow
-    holds, and the platform's commission gives the shortfall into escrow, for the fee's
-    ``cancellation_fee`` to pay him in full. A ``release_platform`` (the same meaning:
-    escrow short of a leg's payout, the platform's cost; no new kind, no migration),
-    keyed by the leg as its fee: once. The leg fails, so it never has a release."""
+    """A rider's cancellation fee after a refund made outside the service took the
+    booking's money: the assigned rider's when the booking is cancelled (the fee it would
+    be without that refund), or the holder's when ops end a relay stuck for want of a
+    rider (his leg's payout). It is more than escrow holds, and the platform's commission
+    gives the shortfall into escrow, for the fee's ``cancellation_fee`` to pay him in
+    full. A ``release_platform`` (the same meaning: escrow short of a leg's payout, the
+    platform's cost; no new kind, no migration), keyed by the leg as its fee: once. A
+    booking has one cancellation fee (``cancellation_fee`` is keyed by it), paid as it is
+    cancelled or ended, so no leg has two; its leg stops there, so it never has a
+    release."""
     _amount("amount_paise", amount_paise)
     return Entry(EntryKind.RELEASE_PLATFORM, f"fee:leg:{leg_id}:platform", booking_id,
                  tuple(_move(COMMISSION, escrow(booking_id), amount_paise, leg_id)),
-                 memo="escrow short of a stuck relay's holder's fee: the platform's cost")
+                 memo="escrow short of a rider's cancellation fee: the platform's cost")
 
 
 def check_balances(entry: Entry, balances: dict[Account, int]) -> None:

@@ -151,16 +151,19 @@ def payment_urls(session: Session, bookings: list[Booking]) -> dict[int, str]:
                                 .where(PaymentLink.booking_id.in_(waiting))).tuples().all())
 
 
-def _paid_and_earned(session: Session, booking: Booking) -> tuple[int, int]:
+def _paid_and_earned(session: Session, booking: Booking) -> tuple[int, int, int]:
     """What the customer paid for the booking (its paying payment: an extra payment is
     given back on its own), less what was refunded of it outside the service (the
-    dashboard: record_outside_refund), and what delivered legs earned out of it."""
+    dashboard: record_outside_refund); what delivered legs earned out of it; and that
+    refund made outside the service (support's refund is the platform's cost: a rider's
+    cancellation fee is what it would be without it)."""
     if BookingStatus(booking.status) not in PAID_STATES:
-        return 0, 0
+        return 0, 0, 0
     paying = _capture_payment_id(session, booking.id)
     paid = sum(amount for pid, amount in _captures(session, booking.id) if pid == paying)
-    paid -= _refunded_outside(session, booking.id).get(paying or "", 0)
-    return max(paid, 0), ledger.booking_summary(session, booking.id)["released_paise"]
+    outside = min(paid, _refunded_outside(session, booking.id).get(paying or "", 0))
+    return (paid - outside, ledger.booking_summary(session, booking.id)["released_paise"],
+            outside)
 
 
 def _refunded_outside(session: Session, booking_id: int) -> dict[str, int]:
@@ -228,11 +231,11 @@ def _platform_gives(session: Session, booking: Booking, leg: Leg, amount: int,
                     entry: Callable[[int, int, int], rules.Entry], *, actor: str,
                     cause: str) -> None:
     """Support's refund is the platform's cost: what escrow lacks of ``amount``, paid to
-    the rider of ``leg`` next (a delivered leg's release, a stuck relay's holder's fee),
-    the platform's commission gives into escrow first, by ``entry`` (keyed once per
-    leg). A shortfall no refund made outside the service explains is given all the same,
-    and ops are told: the booking's money went somewhere the ledger cannot say. The
-    caller holds the booking's lock."""
+    the rider of ``leg`` next (a delivered leg's release, a stuck relay's holder's fee, an
+    assigned rider's cancellation fee), the platform's commission gives into escrow
+    first, by ``entry`` (keyed once per leg). A shortfall no refund made outside the
+    service explains is given all the same, and ops are told: the booking's money went
+    somewhere the ledger cannot say. The caller holds the booking's lock."""
     from core.services.dispatch import alert_ops  # dispatch imports payments
 
     short = rules.shortfall(_escrow_paid_for(session, booking.id), amount)
@@ -269,10 +272,11 @@ _PLATFORM_COST = (rules.EntryKind.OUTSIDE_REFUND_PLATFORM.value,
 def platform_paid(session: Session, booking_id: int) -> int:
     """What the platform's commission gave the booking's escrow: the part of a refund made
     outside the service escrow did not hold (rules.outside_refund_platform), and what
-    escrow then lacked of a delivered leg's payout or of a stuck relay's holder's fee
-    (rules.release_platform, rules.fee_platform). Without it the booking's money does not
-    add up: captured + platform_paid = released + fees + refunded + escrow + refunds
-    pending (no payout reversed)."""
+    escrow then lacked of a delivered leg's payout or of a rider's cancellation fee (a
+    stuck relay's holder's, an assigned rider's: rules.release_platform,
+    rules.fee_platform). Without it the booking's money does not add up: captured +
+    platform_paid = released + fees + refunded + escrow + refunds pending (no payout
+    reversed)."""
     from core.adapters.payment_models import LedgerPosting, LedgerTransaction
 
     return -int(session.scalar(
@@ -330,10 +334,13 @@ def cancellation_preview(session: Session, booking: Booking, *,
     """What cancelling now would refund, under the cancellation policy (from the ledger),
     with no refund under REFUND_MIN_PAISE (refund_floor). ``by_ops``: an operator may also
     end a relay stuck for want of a rider (the parcel in a rider's hands:
-    dispatch.stuck_holder), whose ride is then paid in full as the fee (_stuck_quote)."""
+    dispatch.stuck_holder), whose ride is then paid in full as the fee (_stuck_quote).
+    After a refund made outside the service, an assigned rider's fee is what it would be
+    without it (cancellation_refund's ``refunded_outside_paise``; what escrow lacks of it
+    is the platform's cost: cancel_booking), the customer getting back what is left."""
     from core.services import dispatch
 
-    paid, earned = _paid_and_earned(session, booking)
+    paid, earned, outside = _paid_and_earned(session, booking)
     stuck = None
     if by_ops and booking.status in (BookingStatus.PICKED_UP.value,
                                      BookingStatus.IN_TRANSIT.value):
@@ -351,7 +358,8 @@ def cancellation_preview(session: Session, booking: Booking, *,
                                                     min(earned, paid)))
         late = _rider_late(session, fee_leg)
     quote = cancellation_refund(BookingStatus(booking.status), paid, min(earned, paid),
-                                stuck_leg_payout_paise=stuck, rider_late=late)
+                                stuck_leg_payout_paise=stuck, rider_late=late,
+                                refunded_outside_paise=outside)
     if quote.reason_code == STUCK_RELAY and stuck is not None:
         return _stuck_quote(quote, stuck)
     return refund_floor(quote)
@@ -382,6 +390,10 @@ def cancel_booking(session: Session, booking: Booking, actor: Actor,
     booking's legs stop with it (dispatch.booking_cancelled): a partner on the way is told,
     open offers are withdrawn. Cancelled by someone else (ops), the customer is told; a
     recipient holding a delivery code is told whoever cancelled (_tell_cancelled).
+
+    The rider's fee is paid in full also where a refund made outside the service left
+    escrow short of it: support's refund is the platform's cost (_platform_gives:
+    rules.fee_platform).
 
     Ops may also end a relay stuck for want of a rider (_end_stuck_relay), only saying why
     (``reasoned``: 422 reason_required otherwise)."""
@@ -415,8 +427,11 @@ def cancel_booking(session: Session, booking: Booking, actor: Actor,
         if leg is None or leg.partner_id is None:
             fee = 0  # nobody to compensate: the customer gets everything back
         else:
+            cause = f"cancel:{booking.id}"
+            _platform_gives(session, booking, leg, fee, rules.fee_platform, actor=str(actor),
+                            cause=cause)
             ledger.post(session, rules.cancellation_fee(booking.id, leg.id, leg.partner_id, fee),
-                        actor=str(actor), cause=f"cancel:{booking.id}")
+                        actor=str(actor), cause=cause)
             _enqueue_after_commit(session, "workers.payments.settle_leg_transfer", leg.id,
                                   job_id=f"transfer-{leg.id}")
     refund_paise = quote.refund_paise + (quote.fee_paise - fee)
@@ -479,13 +494,15 @@ def _tell_cancelled(session: Session, booking: Booking, actor: Actor, refund_pai
                     fee_paise: int = 0) -> None:
     """A booking cancelled by someone other than its customer (ops): the customer hears it
     on their channel, with the fee kept for the rider and what comes back to them. A
-    customer who cancelled was answered already (the dialog, the IVR, the app). Whoever
-    cancelled, a recipient sent a delivery code hears the booking is cancelled, so nobody
-    waits for a parcel or gives the code to anyone."""
+    customer who cancelled was answered already (the dialog, the IVR, the app). With
+    nothing to come back (support refunded her from the dashboard, the rider's fee the
+    platform's cost) she hears only that it is cancelled, not that Rs 0 comes back.
+    Whoever cancelled, a recipient sent a delivery code hears the booking is cancelled,
+    so nobody waits for a parcel or gives the code to anyone."""
     from core.services import dispatch
 
     if not (actor.kind == "customer" and actor.id == str(booking.customer_id)):
-        if fee_paise > 0:
+        if fee_paise > 0 and refund_paise > 0:
             key = "bot.cancel.done_fee"
         else:
             key = "bot.cancel.done_refund" if refund_paise > 0 else "bot.cancel.done"
