@@ -8,6 +8,10 @@
    not alive (``acquire_locks(auto_start=True)``). That new process outlives the worker
    and hangs the stop until SIGKILL, as before the fix, whenever the stop comes in the
    last job of a ten-minute stretch (a retention run is 2 of those 10 minutes).
+2. An idle worker's stop is RQ's StopRequested raised out of the signal handler: raised
+   inside a log call, logging swallows it ("Logging error") and the worker ran on until
+   SIGKILL (CI's smoke test of ./run serve, session 23: the sandbox worker, a job just
+   taken being logged).
 """
 
 from __future__ import annotations
@@ -45,3 +49,18 @@ def test_a_stopping_worker_whose_rq_maintenance_is_due_starts_no_scheduler():
     assert True not in started, (
         "a worker stopping after its job started its scheduler again (through RQ's own "
         "maintenance): the new process outlives the worker and hangs the stop")
+
+
+def test_a_stop_swallowed_by_a_log_call_still_stops_the_worker_at_its_next_turn():
+    from rq.exceptions import StopRequested
+
+    from core.cli import service_worker
+
+    for w in (service_worker(), service_worker(fork=True)):  # both worker classes
+        assert not w._stop_requested
+        try:
+            w._shutdown()  # idle: RQ raises StopRequested out of the signal handler
+        except StopRequested:
+            pass  # as logging's emit does when the signal lands in a log call
+        # RQ's worker loop looks at this flag before it takes the next job.
+        assert w._stop_requested

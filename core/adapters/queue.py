@@ -122,6 +122,15 @@ class _Periodic:
         return (self._periodic_due() or self._scheduler_due()
                 or super().should_run_maintenance_tasks)  # type: ignore[misc]
 
+    def _shutdown(self) -> None:
+        """RQ's answer to the first SIGTERM/SIGINT. Idle, it raises StopRequested out of
+        the signal handler, wherever the worker was: landing in a log call (a job just
+        taken is logged), logging's emit catches it and prints "Logging error", and the
+        worker never stops (a stop then hung until SIGKILL). The flag makes the worker
+        loop stop at its next turn whatever became of the raise."""
+        self._stop_requested = True
+        super()._shutdown()  # type: ignore[misc]
+
     def run_maintenance_tasks(self) -> None:
         if getattr(self, "_stop_requested", False):
             # A warm shutdown: the worker loop runs maintenance after the job, before it
