@@ -37,8 +37,8 @@ test helper for what Razorpay does at expire_by); the payment page and ``pay`` r
 
 Controls for tests and demos (Redis keys, or the helpers below):
 - ``sandbox:razorpay:fail_next:<op>``: the next N calls of <op> answer 503
-  (ops: create_link, refund, fetch_refund, transfer, direct_transfer, edit_transfer,
-  reverse, list_transfers);
+  (ops: create_link, fetch_payment, refund, fetch_refund, transfer, direct_transfer,
+  edit_transfer, reverse, list_transfers);
 - ``sandbox:razorpay:in_progress_next:refund``: make the refund, but answer 409 "another
   request with the same idempotency key is still in progress" (a twin request);
 - ``sandbox:razorpay:lose_next:create_link``: create the link, but answer 503 (the answer
@@ -447,6 +447,8 @@ def _payment_or_none(payment_id: str) -> dict | None:
 
 @bp.get("/razorpay/v1/payments/<payment_id>")
 def fetch_payment(payment_id: str):
+    if _take("fail_next:fetch_payment"):
+        return _unavailable()
     p = _payment_or_none(payment_id)
     return jsonify(p) if p else _not_found(payment_id)
 

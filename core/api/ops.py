@@ -8,16 +8,19 @@ audit log in the same transaction as the action.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
 
+import requests
 from flask import Response, jsonify
 from pydantic import BaseModel, Field
 from sqlalchemy import or_, select
 from sqlalchemy.orm import Session, selectinload
 
+from core.adapters import razorpay_gateway as gw
 from core.adapters.api_models import AuditEntry
 from core.adapters.db import transaction
 from core.adapters.dialog_models import HandoffMessage
@@ -29,12 +32,14 @@ from core.api.idempotency import idempotent
 from core.api.schemas import CursorPage, CursorQuery, Keyset, OpsBookingOut
 from core.api.spec import MAX_ID, ApiError, Strict, endpoint
 from core.domain.booking import Actor, BookingStatus, LegStatus
-from core.domain.errors import Conflict, NotFound, ValidationError
+from core.domain.errors import Conflict, NotFound, Unavailable, ValidationError
 from core.domain.phone import mask_phone, normalize_phone
 from core.domain.pricing import VehicleType
 from core.domain.reference import normalize_reference
 from core.logs import mask_phones
 from core.services import admin, dispatch, handoff, payments
+
+log = logging.getLogger(__name__)
 
 OPS = ("ops",)
 
@@ -701,8 +706,10 @@ class ResolveIn(Strict):
         description="pay_again: the leg's partner is paid it again by a direct transfer; "
                     "refund: the customer's payment gives it back (at most what is left "
                     "on the payment: the rest stays held); write_off: under Rs 1, which "
-                    "the gateway neither transfers nor refunds, it becomes platform "
-                    "revenue (a ledger entry to the commission account says so)")
+                    "the gateway neither transfers nor refunds, or any amount once the "
+                    "customer's payment is refunded in full (support's refund, the "
+                    "platform's cost), it becomes platform revenue (a ledger entry to "
+                    "the commission account says so)")
     reason: str = Field(min_length=3, max_length=300,
                         description="why, for the audit log (numbers kept masked)")
 
@@ -717,8 +724,8 @@ class ResolvedOut(BaseModel):
                                           "written off")
     still_held_paise: int = Field(description="held for ops for the leg after")
     partner_id: int | None = Field(description="pay_again: the partner paid")
-    refundable_paise: int | None = Field(description="refund: what the payment could "
-                                                     "still give back")
+    refundable_paise: int | None = Field(description="refund, write_off: what the payment "
+                                                     "could still give back")
     refund_attempt: int | None = Field(description="refund: the refund attempt made (see "
                                                    "the booking's refund status)")
 
@@ -770,25 +777,46 @@ def ops_booking_ledger(ref: str) -> LedgerOut:
                          platform_paid_paise=payments.platform_paid(session, b.id))
 
 
+def _refundable_left(payment_id: str, action: str) -> int | None:
+    """What the gateway can still refund of the payment. The gateway down: a refund is
+    503 gateway_unavailable (ops retry; nothing changed); a write-off goes on without it
+    (one under Rs 1 needs no answer, a bigger one is refused as too large)."""
+    try:
+        return payments.refundable_left(payment_id)
+    except (requests.RequestException, gw.GatewayError, gw.ServerError) as exc:
+        log.warning("gateway did not answer a payment look-up",
+                    extra={"error": type(exc).__name__})
+        if action == payments.WRITE_OFF:
+            return None
+        raise Unavailable("the payment gateway did not answer: try again in a minute",
+                          code="gateway_unavailable") from exc
+
+
 @endpoint(bp, "POST", "/ops/bookings/<ref>/reversed-payouts/<int:leg_id>/resolve",
           summary="Pay a leg's reversed payout to its partner again, refund it to the "
-                  "customer, or write off one under Rs 1 (audited; ?dry_run=1 shows the "
-                  "numbers). 409 nothing_to_resolve, already_resolved, partner_blocked, "
-                  "partner_no_account, refund_open, payment_refunded, refund_too_small / "
+                  "customer, or write it off (under Rs 1, or once the customer's payment "
+                  "is refunded in full; audited; ?dry_run=1 shows the numbers). 409 "
+                  "nothing_to_resolve, already_resolved, partner_blocked, "
+                  "partner_no_account, refund_open, payment_refunded (pay again or "
+                  "write off), refund_too_small / "
                   "payout_too_small (under Rs 1, which the gateway neither refunds nor "
-                  "transfers: write it off), write_off_too_large (Rs 1 or more: pay the "
-                  "partner again or refund)", roles=OPS, query=ResolveQuery, body=ResolveIn,
-          response=ResolvedOut, tags=("ops",), errors=(404, 409, 422))
+                  "transfers: write it off), write_off_too_large (Rs 1 or more while the "
+                  "payment can still refund: pay the partner again or refund); 503 "
+                  "gateway_unavailable (a refund: the gateway did not say what the "
+                  "payment can still give back)", roles=OPS, query=ResolveQuery,
+          body=ResolveIn, response=ResolvedOut, tags=("ops",), errors=(404, 409, 422, 503))
 def ops_resolve_reversed_payout(ref: str, leg_id: int, query: ResolveQuery,
                                 body: ResolveIn) -> ResolvedOut:
     refundable = None
-    if body.action == payments.REFUND:
-        # What the gateway can still give back of the payment, asked before (never within)
+    if body.action in (payments.REFUND, payments.WRITE_OFF):
+        # What the gateway can still give back of the payment (a refund is at most that; a
+        # write-off of Rs 1 or more needs it to be nothing), asked before (never within)
         # the transaction; a refund made meanwhile is refused by the gateway, and retried.
         with transaction() as session:
             b = visible_booking(session, ref)
             payment_id = payments.refund_payment_id(session, b.id)
-        refundable = payments.refundable_left(payment_id) if payment_id else None
+        if payment_id:
+            refundable = _refundable_left(payment_id, body.action)
     with transaction() as session:
         b = visible_booking(session, ref)  # 404 not_found, as every booking route answers
         done = payments.resolve_reversed_payout(session, b, leg_id, body.action, ops_actor(),

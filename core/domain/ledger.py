@@ -300,18 +300,21 @@ def reversal_repaid(booking_id: int, leg_id: int, partner_id: int, amount_paise:
 
 
 def reversal_written_off(booking_id: int, leg_id: int, amount_paise: int,
-                         amount_reversed: int) -> Entry:
+                         amount_reversed: int, *, refunded_in_full: bool = False) -> Entry:
     """Ops wrote off a leg's reversed payout under the gateway's minimum (it can be
-    neither paid again nor refunded): it leaves the booking's reversed payouts for the
-    platform's commission (platform revenue). Keyed as ``reversal_repaid`` is: one
-    decision per running total out of the leg's reversed payouts (``amount_reversed``)."""
+    neither paid again nor refunded), or one of any size once the customer's payment was
+    refunded in full (``refunded_in_full``: the platform paid that refund): it leaves the
+    booking's reversed payouts for the platform's commission (platform revenue). Keyed as
+    ``reversal_repaid`` is: one decision per running total out of the leg's reversed
+    payouts (``amount_reversed``)."""
     _amount("amount_paise", amount_paise)
     _amount("amount_reversed", amount_reversed)
+    why = ("the customer's payment refunded in full" if refunded_in_full
+           else "under the gateway's minimum")
     return Entry(EntryKind.REVERSAL_WRITTEN_OFF,
                  f"reversal:leg:{leg_id}:out:{amount_reversed}", booking_id,
                  tuple(_move(reversed_payouts(booking_id), COMMISSION, amount_paise, leg_id)),
-                 memo="reversed payout under the gateway's minimum written off to platform "
-                      "revenue (ops)")
+                 memo=f"reversed payout written off to platform revenue, {why} (ops)")
 
 
 def reversal_refund_asked(booking_id: int, refund_id: int, amount_paise: int,

@@ -2206,7 +2206,13 @@ def resolve_reversed_payout(session: Session, booking: Booking, leg_id: int, act
     who cannot be paid), ``refund_open`` / ``payment_refunded`` / ``no_payment`` /
     ``refund_too_small`` (refund: under REFUND_MIN_PAISE, which the gateway refuses),
     ``write_off_too_large`` (write_off of what can be paid or refunded). Each refusal
-    names the action that works instead (_instead)."""
+    names the action that works instead (_instead).
+
+    ``write_off`` also ends a reversed payout of Rs 1 or more once the customer's payment
+    can give nothing back (``refundable`` 0: support refunded it in full from the
+    dashboard, the platform's cost): the money can then only go to the partner again
+    (pay_again, when ops decide they earned it) or to the platform, which paid the
+    customer's refund; held for ever it would be no one's."""
     from core.domain.errors import NotFound
     from core.services.dispatch import VERIFIED_KYC  # dispatch imports payments
 
@@ -2222,16 +2228,20 @@ def resolve_reversed_payout(session: Session, booking: Booking, leg_id: int, act
     if held <= 0:
         raise Conflict("this leg's reversed payout was resolved already",
                        code="already_resolved")
+    refunded_in_full = refundable is not None and refundable <= 0
     if action == WRITE_OFF:
-        if held >= WRITE_OFF_UNDER_PAISE:
+        if held >= WRITE_OFF_UNDER_PAISE and not refunded_in_full:
             raise Conflict(f"{held} paise can be paid: pay the partner again (pay_again) "
-                           "or refund the customer (refund)", code="write_off_too_large")
-        done = Resolution(WRITE_OFF, leg_id, held, held, 0)
+                           "or refund the customer (refund); write_off takes Rs 1 or more "
+                           "only once the customer's payment is refunded in full",
+                           code="write_off_too_large")
+        done = Resolution(WRITE_OFF, leg_id, held, held, 0, refundable_paise=refundable)
         if not dry_run:
             _drop_planned_retries(session, booking.id, leg_id)
-            ledger.post(session, rules.reversal_written_off(booking.id, leg_id, held,
-                                                            out + held),
-                        actor=str(actor), cause=f"leg:{leg_id}:reversal:write-off")
+            ledger.post(session, rules.reversal_written_off(
+                booking.id, leg_id, held, out + held,
+                refunded_in_full=held >= WRITE_OFF_UNDER_PAISE),
+                actor=str(actor), cause=f"leg:{leg_id}:reversal:write-off")
         return done
     if action == PAY_AGAIN:
         if held < TRANSFER_MIN_PAISE:
@@ -2268,7 +2278,7 @@ def resolve_reversed_payout(session: Session, booking: Booking, leg_id: int, act
     left = held if refundable is None else refundable
     if left <= 0:
         raise Conflict("the booking's payment is refunded in full already: "
-                       f"{_instead(held)}", code="payment_refunded")
+                       f"{_instead(held, refunded_in_full=True)}", code="payment_refunded")
     amount = min(held, left)
     if amount < REFUND_MIN_PAISE:
         raise Conflict(f"a refund of {amount} paise is under the gateway's minimum "
@@ -2283,13 +2293,18 @@ def resolve_reversed_payout(session: Session, booking: Booking, leg_id: int, act
                       refund_attempt=refund.attempt)
 
 
-def _instead(held: int) -> str:
+def _instead(held: int, *, refunded_in_full: bool = False) -> str:
     """What ops can do with ``held`` paise of a leg's reversed payout when the action they
     asked for cannot be made: pay the partner again, or, under WRITE_OFF_UNDER_PAISE
-    (which the gateway neither transfers nor refunds), write it off."""
+    (which the gateway neither transfers nor refunds) or once the customer's payment is
+    refunded in full, write it off."""
     if held < WRITE_OFF_UNDER_PAISE:
         return (f"{held} paise can be neither transferred nor refunded: write it off "
                 "instead (action write_off: it becomes platform revenue)")
+    if refunded_in_full:
+        return ("pay the partner again instead (action pay_again), or, if they are not "
+                "owed it, write it off (action write_off: the customer has all her money "
+                "back, the platform paid it; it becomes platform revenue)")
     return "pay the partner again instead (action pay_again)"
 
 
