@@ -101,6 +101,8 @@ REQUIRED_KEYS = (
     | {"dispatch.customer_next_rider", "dispatch.recipient_no_rider"}  # accept, no rider
     | {f"ivr.cancel.{k}" for k in ("none", "free", "refund", "fee", "changed",  # voice cancel
                                    "picked_up", "not_allowed")}
+    | {f"{c}.cancel.{k}" for c in ("bot", "ivr")  # nothing left to give back (a refund
+       for k in ("fee_only", "paid_back")}  # from the dashboard): booking.cancel_kind
     | {f"bot.rate.{k}" for k in ("ask", "help", "thanks", "already")}  # rating after delivery
     | {f"bot.rate.words.{n}" for n in range(1, 6)}  # stars_given: a rating said in words
     | {"bot.track.pay", "bot.track.link_coming",  # tracking an unpaid booking

@@ -743,11 +743,18 @@ def _not_allowed(ref: str, quote: dict[str, Any]) -> Say:
 
 
 def cancel_kind(preview: dict[str, Any]) -> str:
-    """What cancelling costs, as the confirmation says it: "fee" (a rider is coming),
-    "refund" (paid: the money comes back) or "free" (nothing paid)."""
+    """What cancelling costs, as the confirmation says it: "fee" (a rider is coming: his
+    fee, the rest comes back), "fee_only" (his fee, nothing left to come back), "refund"
+    (paid: the money comes back), "paid_back" (paid, nothing left to come back) or "free"
+    (nothing paid). Support's refund from the dashboard leaves a paid booking nothing to
+    give back: she is told neither of a sum of nothing nor that she paid nothing."""
     if preview["fee_paise"]:
-        return "fee"
-    return "refund" if preview["refund_paise"] else "free"
+        return "fee" if preview["refund_paise"] else "fee_only"
+    if preview["refund_paise"]:
+        return "refund"
+    # Only a booking not paid yet is quoted "not_paid"; a paid one with nothing to give
+    # back had all its money given back already (its riders earn none before pickup).
+    return "free" if preview.get("reason_code", "not_paid") == "not_paid" else "paid_back"
 
 
 def keep_shown(ctx: Ctx, preview: dict[str, Any]) -> None:
