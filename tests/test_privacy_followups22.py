@@ -134,11 +134,12 @@ def test_a_refusal_for_a_message_to_an_erased_address_keeps_nothing(clean_db):
 
 
 def test_start_on_whatsapp_from_the_number_clears_it(client, live):
-    refused_by_callback(client, "whatsapp", outbox.WHATSAPP_BLOCKED_CODE)
+    refused_by_callback(client, "whatsapp", outbox.STOP_ERROR_CODE)
     params = {"From": f"whatsapp:{NUMBER}", "WaId": NUMBER[1:],
               "To": "whatsapp:+14155238886"}
     send_whatsapp(client, {**params, "MessageSid": "SMfu1", "Body": "hi"})
-    assert queued("whatsapp") is None  # she is asked for START, as a person who stopped
+    # She is asked for START: she stopped us (a block is not: test_whatsapp_block_reopen).
+    assert queued("whatsapp") is None
     send_whatsapp(client, {**params, "MessageSid": "SMfu2", "Body": "START"})
     assert kept() == []
     assert queued("whatsapp") is not None

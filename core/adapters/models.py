@@ -77,11 +77,15 @@ class Person(Base):
     preferred_language: Mapped[str | None] = mapped_column(String(5))
     role: Mapped[str] = mapped_column(String(10), default="customer")
     # Opt-outs, one per channel (Twilio keeps them apart too): ``opted_out`` is STOP sent
-    # to the WhatsApp bot; ``sms_opted_out`` an SMS opt-out word, or Twilio refusing an SMS
-    # to the number (21610). Either leaves the other channel open.
+    # to the WhatsApp bot, or Twilio refusing a WhatsApp message to her (63014: she blocked
+    # us; ``wa_blocked`` then says so); ``sms_opted_out`` an SMS opt-out word, or Twilio
+    # refusing an SMS to the number (21610). Either leaves the other channel open. A block
+    # ends when she writes to us on WhatsApp again; her own STOP only with START.
     opted_out: Mapped[bool] = mapped_column(Boolean, default=False)
     sms_opted_out: Mapped[bool] = mapped_column(Boolean, default=False,
                                                 server_default=false())
+    # Read only beside ``opted_out`` (true alone means nothing). Migration 0037.
+    wa_blocked: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     created_at: Mapped[datetime] = created_col()
 
     partner: Mapped[PartnerProfile | None] = relationship(back_populates="person")
@@ -94,7 +98,8 @@ class NumberOptOut(Base):
     its WhatsApp id hash alike (outbox.number_hash), each channel a flag. Honoured when
     sending to a number no person holds (``_opted_out``), and carried onto the person made
     anew when the number writes again (``_carry_opt_out``): they are asked for START as
-    before, and START clears it as ever. Written by ``retention.erase_person``, and when
+    before, and START clears it as ever (a block, 63014, ends at their next WhatsApp
+    message instead: ``wa_blocked``). Written by ``retention.erase_person``, and when
     Twilio refuses a message for an opt-out (21610, 63014) to a number nobody holds; an
     SMS START from the number ends it (partner_sms.handle). Rotating OTP_KEY forgets these.
     The code that reads and writes it: core.services.outbox. Migration 0032."""
@@ -104,6 +109,8 @@ class NumberOptOut(Base):
     number_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
     whatsapp: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     sms: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    # ``whatsapp`` closed by her block (63014), not her STOP: carried as such (0037).
+    wa_blocked: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     created_at: Mapped[datetime] = created_col()
 
 

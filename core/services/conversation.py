@@ -513,13 +513,15 @@ def _whatsapp_turn(session: Session, msg: InboundMessage, person: Person, conv: 
 
     cmd = words.command(text)
     if cmd == "stop":
-        person.opted_out = True
+        person.opted_out, person.wa_blocked = True, False  # hers: only START ends it
         if conv.handoff:  # no operator can answer them now: off the waiting list
             handoff.withdraw(session, conv, engaged_too=True)
         return Turn(lang(), [Say("bot.optout.stopped")])
+    if person.opted_out and person.wa_blocked and cmd != "start":
+        _unblocked(person)  # and what she wrote is answered below, as any message
     if person.opted_out:
         if cmd == "start":
-            person.opted_out = False
+            person.opted_out, person.wa_blocked = False, False
             at = BOOKING_DIALOG.steps.get(conv.step)
             if at is not None and at.group == BOOKING and (conv.state or {}).get("slots"):
                 # A booking half done when they sent STOP: offered again from the menu.
@@ -580,6 +582,15 @@ def _whatsapp_turn(session: Session, msg: InboundMessage, person: Person, conv: 
         log.exception("dialog turn failed", extra={"step": step})
         raise TurnFailed(Turn(before, [Say("common.error_try_later")])) from exc
     return Turn(lang(), outs)
+
+
+def _unblocked(person: Person) -> None:
+    """She blocked our WhatsApp number (Twilio refused a message to her: 63014) and now
+    writes to us there: she unblocked us, and re-engaging is what Twilio waits for. Her
+    WhatsApp opens again, unlike after a STOP she typed (that needs START)."""
+    person.opted_out, person.wa_blocked = False, False
+    log.info("whatsapp open again: she wrote after blocking us (63014)",
+             extra={"person_id": person.id})
 
 
 def _partner_photo(session: Session, person: Person, msg: InboundMessage, *,

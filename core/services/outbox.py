@@ -85,8 +85,9 @@ _FINAL_FAILURES = {"failed", "undelivered"}
 _REACHED = {"delivered", "read"}  # the carrier or WhatsApp says it got to the person
 STOP_ERROR_CODE = "21610"  # the recipient replied STOP: never message them again
 # WhatsApp's counterpart: the message was blocked by the recipient's action (she blocked
-# our sender, or withdrew her consent). Her WhatsApp is closed to us until she sends START,
-# as after her own STOP: anything else she writes is answered with how to start again.
+# our sender). Her WhatsApp is closed to us (people.opted_out, with wa_blocked saying it
+# was a block) until she re-engages: her next WhatsApp message (she unblocked us) reopens
+# it and is answered as any (conversation._whatsapp_turn). Her own STOP needs START.
 WHATSAPP_BLOCKED_CODE = "63014"
 # Refusals that end a channel for the address, as STOP does: what it was sent on is closed.
 STOP_CODES = frozenset({STOP_ERROR_CODE, WHATSAPP_BLOCKED_CODE})
@@ -393,7 +394,7 @@ def _send(c: _Claimed) -> str:
         final = exc.permanent or attempts > settings.outbox_max_retries
         _record_failure(outbox_id, code=exc.code, error=str(exc), final=final)
         if exc.code in STOP_CODES:
-            _mark_opted_out(to)
+            _mark_opted_out(to, exc.code)
         if exc.code in STOP_CODES or final:
             with transaction() as session:
                 refused = session.get(OutboxMessage, outbox_id)
@@ -535,10 +536,11 @@ def _number_of(address: str) -> str:
 
 
 def keep_opt_out(session: Session, identities: list[str | None], *, whatsapp: bool,
-                 sms: bool) -> None:
+                 sms: bool, wa_blocked: bool = False) -> None:
     """Keep a person's opt-outs under their numbers' hashes, as they stand now (they are
     about to be erased): either channel stopped, a row says so; neither (they sent START
-    since), no row says otherwise."""
+    since), no row says otherwise. ``wa_blocked``: WhatsApp was closed by her block
+    (63014), not her STOP; left out, it is kept as a STOP (the safe side)."""
     keys = sorted({number_hash(i) for i in identities if i})
     if not keys:
         return
@@ -546,42 +548,58 @@ def keep_opt_out(session: Session, identities: list[str | None], *, whatsapp: bo
     if not (whatsapp or sms):
         session.execute(delete(t).where(t.number_hash.in_(keys)))
         return
-    stmt = insert(t).values([{"number_hash": k, "whatsapp": whatsapp, "sms": sms}
-                             for k in keys])
+    stmt = insert(t).values([{"number_hash": k, "whatsapp": whatsapp, "sms": sms,
+                              "wa_blocked": whatsapp and wa_blocked} for k in keys])
     session.execute(stmt.on_conflict_do_update(
         index_elements=[t.number_hash],
-        set_={"whatsapp": stmt.excluded.whatsapp, "sms": stmt.excluded.sms}))
+        set_={"whatsapp": stmt.excluded.whatsapp, "sms": stmt.excluded.sms,
+              "wa_blocked": stmt.excluded.wa_blocked}))
 
 
 @event.listens_for(Person, "before_insert")
 def _carry_opt_out(mapper: Any, connection: Any, person: Person) -> None:
     """A person made for a number (or WhatsApp id) whose erased holder had stopped us
-    starts stopped too: the bot asks them for START, as it asked before. The kept row
-    goes: the person holds the opt-out now (and keeps it again if erased)."""
+    starts stopped too: the bot asks them for START, as it asked before. A WhatsApp kept
+    closed by a block (63014) stays a block, not a STOP: the message that made the person
+    reopens it. The kept row goes: the person holds the opt-out now (and keeps it again
+    if erased)."""
     keys = sorted({number_hash(i) for i in (person.phone, person.wa_id) if i})
     if not keys:
         return
     t = cast(Table, NumberOptOut.__table__)
-    for whatsapp, sms in connection.execute(
-            delete(t).where(t.c.number_hash.in_(keys)).returning(t.c.whatsapp, t.c.sms)):
-        person.opted_out = bool(person.opted_out) or whatsapp
+    for whatsapp, sms, wa_blocked in connection.execute(
+            delete(t).where(t.c.number_hash.in_(keys))
+            .returning(t.c.whatsapp, t.c.sms, t.c.wa_blocked)):
+        if whatsapp:
+            # A STOP anywhere (given, or kept under another of her keys) outweighs a block.
+            stopped = bool(person.opted_out) and not person.wa_blocked
+            person.wa_blocked = not stopped and bool(wa_blocked)
+            person.opted_out = True
         person.sms_opted_out = bool(person.sms_opted_out) or sms
 
 
-def _opt_out_at(to_addr: str) -> dict[str, bool]:
-    """The flag Twilio's refusal of a message to ``to_addr`` sets: its channel's."""
-    return {"opted_out" if to_addr.startswith("whatsapp:") else "sms_opted_out": True}
+def _opt_out_at(to_addr: str, blocked: bool) -> dict[str, Any]:
+    """What Twilio's refusal of a message to ``to_addr`` sets: its channel's flag, and on
+    WhatsApp why: a STOP (21610) is one whatever came before; a block (63014) unless she
+    had sent STOP already, which stands."""
+    if not to_addr.startswith("whatsapp:"):
+        return {"sms_opted_out": True}
+    return {"opted_out": True, "wa_blocked": case(
+        (Person.opted_out.is_(True), Person.wa_blocked), else_=True) if blocked else False}
 
 
-def _stopped_at(session: Session, to_addr: str) -> None:
+def _stopped_at(session: Session, to_addr: str, *, blocked: bool = False) -> None:
     """Twilio refused a message to ``to_addr`` for the recipient's STOP (21610) or her
-    WhatsApp block (63014): that channel is closed to her. The person at the address is
-    marked; an address nobody holds (a parcel's recipient without an account) keeps it as
-    a NumberOptOut (its hash, that channel's flag, the other as it was), honoured as an
-    erased person's is, and cleared by START (number_opted_in, or the person made when
-    the number writes). Not an erased row's address ("erased"): it reaches nobody."""
+    WhatsApp block (63014, ``blocked``): that channel is closed to her. The person at the
+    address is marked; an address nobody holds (a parcel's recipient without an account)
+    keeps it as a NumberOptOut (its hash, that channel's flag, the other as it was),
+    honoured as an erased person's is, and cleared by START (number_opted_in, or the
+    person made when the number writes). A block is kept as one (``wa_blocked``): her next
+    WhatsApp message ends it, START is for a STOP. Not an erased row's address
+    ("erased"): it reaches nobody."""
+    blocked = blocked and to_addr.startswith("whatsapp:")
     found = cast(CursorResult[Any], session.execute(
-        update(Person).where(_person_at(to_addr)).values(**_opt_out_at(to_addr))))
+        update(Person).where(_person_at(to_addr)).values(**_opt_out_at(to_addr, blocked))))
     if found.rowcount:
         return
     whatsapp = to_addr.startswith("whatsapp:")
@@ -589,12 +607,14 @@ def _stopped_at(session: Session, to_addr: str) -> None:
         return
     t = NumberOptOut
     stmt = insert(t).values(number_hash=number_hash(to_addr), whatsapp=whatsapp,
-                            sms=not whatsapp)
-    flag = t.whatsapp if whatsapp else t.sms
-    session.execute(stmt.on_conflict_do_update(index_elements=[t.number_hash],
-                                               set_={flag.key: True}))
+                            sms=not whatsapp, wa_blocked=blocked)
+    set_: dict[str, Any] = {"sms": True}
+    if whatsapp:  # as for a person (_opt_out_at): a STOP kept before outweighs a block
+        set_ = {"whatsapp": True, "wa_blocked": case(
+            (t.whatsapp.is_(True), t.wa_blocked), else_=True) if blocked else False}
+    session.execute(stmt.on_conflict_do_update(index_elements=[t.number_hash], set_=set_))
     log.info("opt-out of an address nobody holds kept (hashed)",
-             extra={"channel": "whatsapp" if whatsapp else "sms"})
+             extra={"channel": "whatsapp" if whatsapp else "sms", "blocked": blocked})
 
 
 def number_opted_in(session: Session, address: str, channel: str) -> bool:
@@ -605,17 +625,20 @@ def number_opted_in(session: Session, address: str, channel: str) -> bool:
     flag = NumberOptOut.whatsapp if channel == "whatsapp" else NumberOptOut.sms
     key = number_hash(address)
     t = NumberOptOut
+    values: dict[str, bool] = {flag.key: False}
+    if channel == "whatsapp":
+        values["wa_blocked"] = False
     cleared = session.scalar(update(t).where(t.number_hash == key, flag.is_(True))
-                             .values({flag.key: False}).returning(t.number_hash))
+                             .values(values).returning(t.number_hash))
     # Neither channel stopped any more: no row says otherwise (as keep_opt_out leaves it).
     session.execute(delete(t).where(t.number_hash == key, t.whatsapp.is_(False),
                                     t.sms.is_(False)))
     return cleared is not None
 
 
-def _mark_opted_out(to_addr: str) -> None:
+def _mark_opted_out(to_addr: str, code: str | None = None) -> None:
     with transaction() as session:
-        _stopped_at(session, to_addr)
+        _stopped_at(session, to_addr, blocked=code == WHATSAPP_BLOCKED_CODE)
     _partners_off_duty([to_addr])
 
 
@@ -801,7 +824,9 @@ def apply_reports(reports: list[StatusReport]) -> int:
         by_id = {row.id: row for row in rows}
         by_sid = {row.provider_sid: row for row in rows if row.provider_sid}
         events: list[dict[str, object]] = []
-        stopped: set[str] = set()
+        # The addresses refused for an opt-out, each with whether only for a block (63014):
+        # a STOP code in the same batch makes it a STOP.
+        stopped: dict[str, bool] = {}
         stopped_rows: list[OutboxMessage] = []
         closed: list[tuple[OutboxMessage, str]] = []
         failed: dict[int, OutboxMessage] = {}
@@ -838,13 +863,14 @@ def apply_reports(reports: list[StatusReport]) -> int:
             ):
                 row.status = status
             if report.error_code in STOP_CODES:
-                stopped.add(row.to_addr)
+                stopped[row.to_addr] = stopped.get(row.to_addr, True) and (
+                    report.error_code == WHATSAPP_BLOCKED_CODE)
                 stopped_rows.append(row)
             elif report.error_code in BY_SMS_CODES and status in _FINAL_FAILURES:
                 closed.append((row, report.error_code))
         session.execute(insert(MessageStatusEvent), events)
         for to_addr in sorted(stopped):
-            _stopped_at(session, to_addr)
+            _stopped_at(session, to_addr, blocked=stopped[to_addr])
         resent: set[int] = set()
         for row in stopped_rows:
             if _on_whatsapp_instead(session, row) is not None:
