@@ -1,0 +1,69 @@
+"""Alerts to operators (catalog keys with ".ops_") go by SMS only (dispatch.alert_ops), each
+in the operator's own language, so they must fit two SMS parts like every other SMS
+(test_i18n.test_texts_sent_by_sms_fit_two_parts leaves them out).
+
+Values are as long as the real ones the callers pass (grep "alert_ops(" core): a leg's id
+(``job``, ``leg``) has 5 digits, amounts are paise shown as "₹1,412.47" (which alone makes
+an English text UCS-2), a gateway error is Razorpay's own sentence. Catalogs only.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from core import i18n
+from tests.test_i18n import SMS_VALUES, sms_parts
+from tests.test_i18n_terms import LONG_VILLAGES
+
+# A refusal Razorpay gives (BAD_REQUEST_ERROR), 64 characters; callers cut it at 80.
+GATEWAY_ERROR = "Payment blocked as website does not match registered website(s)"
+
+OPS_VALUES: dict[str, object] = {
+    **SMS_VALUES,
+    "job": "12345",  # dispatch.job_code(leg): the leg's id
+    "leg": 12345,
+    "point": LONG_VILLAGES[0][1],  # a Point is named after its village
+    "minutes": 120,  # past the 60-minute pickup window when the sweep runs late
+    "hours": 24,  # the economy tier's delivery hours
+    "attempt": 2,
+    "attempts": 3,
+    "refund_paise": 141_247,
+    "payout_paise": 141_247,
+    "reversed_paise": 141_247,
+    "short_paise": 141_247,
+    "unexplained_paise": 141_247,
+    "error": GATEWAY_ERROR,
+}
+
+OPS_KEYS = sorted(k for k in i18n.keys("en") if ".ops_" in k)
+
+
+def _render(key: str, lang: str) -> str:
+    names = i18n.placeholders(i18n.raw(key, lang))
+    params = {k: v for k, v in OPS_VALUES.items()
+              if k in names or k.removesuffix("_paise") in names}
+    # Every field is filled from OPS_VALUES: a new one must get a realistic value here.
+    assert names <= {k.removesuffix("_paise") for k in params}, (lang, key, names)
+    return i18n.t(key, lang, **params)
+
+
+def test_the_ops_alerts_are_all_counted() -> None:
+    # Guards the selection below: the alerts dispatch and payments send are in it.
+    assert {"dispatch.ops_pickup_code_unsent", "payment.ops_transfer_refused",
+            "ivr.sms.ops_code_read"} <= set(OPS_KEYS)
+
+
+def test_amounts_make_an_english_alert_ucs2() -> None:
+    # Why an English alert with an amount is held to 134 units, not 306 characters.
+    text = _render("payment.ops_refund_stuck", "en")
+    assert "₹" in text and not text.isascii()
+
+
+@pytest.mark.parametrize("lang", i18n.LANGUAGES)
+def test_ops_alerts_fit_two_sms_parts(lang: str) -> None:
+    over = {}
+    for key in OPS_KEYS:
+        text = _render(key, lang)
+        if sms_parts(text) > 2:
+            over[key] = len(text.encode("utf-16-le")) // 2
+    assert not over, f"{lang}: ops alerts over two SMS parts (UTF-16 units): {over}"
