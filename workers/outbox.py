@@ -22,8 +22,9 @@ def apply_statuses() -> int:
 
 def sweep() -> int:
     """Re-enqueue outbox rows (and drain inboxes, and apply status reports) whose job was
-    lost, close handoffs idle too long; schedule the next."""
-    from core.services import handoff
+    lost, close handoffs idle too long, take ops' codes out of saved API answers past
+    their replay window (core.services.retention); schedule the next."""
+    from core.services import handoff, retention
     from workers import inbound as inbound_jobs
 
     try:
@@ -32,7 +33,7 @@ def sweep() -> int:
         # raised once all have run.
         count, failed = 0, None
         for part in (outbox.sweep, inbound_jobs.sweep, outbox.kick_statuses,
-                     handoff.expire_idle):
+                     handoff.expire_idle, retention.redact_saved_codes):
             try:
                 count += int(part())
             except Exception as exc:  # noqa: BLE001 (raised below, after the others ran)

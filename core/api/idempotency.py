@@ -12,6 +12,10 @@ The key is the caller's, for all their requests: a request's fingerprint (``fing
 is what tells two requests apart. An endpoint whose fingerprint could equal another
 endpoint's puts its own name in what it fingerprints, so one key sent to two endpoints
 is refused (``idempotency_key_reused``), never answered with the other's saved answer.
+
+A saved answer may hold something a retry needs for minutes only (POST
+/ops/legs/{id}/new-code's code): the endpoint reads the record replayed (``replayed``)
+before sending it again, and core.services.retention redacts it once that time is over.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from sqlalchemy import select
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
+from core import clock
 from core.adapters.api_models import IdempotencyRecord
 from core.api.spec import ApiError
 
@@ -48,6 +53,7 @@ class Idempotent:
     key: str | None
     digest: str
     record_id: int | None = None
+    replayed: IdempotencyRecord | None = None  # the saved answer ``claim`` sent again
 
     def claim(self, session: Session) -> Response | None:
         """Claim the key first thing in the work's transaction. Returns the saved answer
@@ -56,10 +62,11 @@ class Idempotent:
         if not self.key:
             return None
         # A concurrent copy of this request waits here until ours commits or rolls back.
+        # The time is the project clock's, as the windows measured from it (retention).
         self.record_id = session.scalar(
             insert(IdempotencyRecord)
             .values(person_id=self.person_id, key=self.key, request_hash=self.digest,
-                    status=0, response={})
+                    status=0, response={}, created_at=clock.now())
             .on_conflict_do_nothing(constraint="uq_idempotency_person_key")
             .returning(IdempotencyRecord.id))
         if self.record_id is not None:
@@ -70,6 +77,7 @@ class Idempotent:
         if rec.request_hash != self.digest:
             raise ApiError(422, "idempotency_key_reused",
                            f"this {HEADER} was used for a different request", HEADER)
+        self.replayed = rec
         return Response(json.dumps(rec.response, ensure_ascii=False),
                         status=rec.status, mimetype="application/json")
 

@@ -37,7 +37,7 @@ from core.domain.phone import mask_phone, normalize_phone
 from core.domain.pricing import VehicleType
 from core.domain.reference import normalize_reference
 from core.logs import mask_phones
-from core.services import admin, dispatch, handoff, payments
+from core.services import admin, dispatch, handoff, payments, retention
 
 log = logging.getLogger(__name__)
 
@@ -422,6 +422,10 @@ def ops_unlock_leg(leg_id: int) -> LegRow:
                       updated_at=leg.updated_at)
 
 
+# How long a new code stays in the saved answer of a request with an Idempotency-Key.
+CODE_REPLAY_MIN = int(retention.CODE_REPLAY.total_seconds() // 60)
+
+
 class NewCodeIn(Strict):
     kind: Literal["pickup", "drop"] = Field(
         description="pickup: the code the sender (or the rider handing over at a Point) "
@@ -440,9 +444,10 @@ class NewCodeOut(BaseModel):
     kind: str
     code: str = Field(description="to read out on the phone: kept nowhere, not even in "
                                   "the audit log, but in the saved answer of a request sent "
-                                  "with an Idempotency-Key, which a retry with that key "
-                                  "shows again (deleted with the API answers after "
-                                  "RETENTION_MESSAGE_DAYS)")
+                                  "with an Idempotency-Key, for a retry with that key within "
+                                  f"{CODE_REPLAY_MIN} minutes while the code works; then "
+                                  "removed from it (a retry answers 409 "
+                                  "code_shown_already)")
     sent: bool = Field(description="also queued to whoever reads it out")
     codes_left: int = Field(description="how many more new codes this leg may get")
 
@@ -454,8 +459,11 @@ class NewCodeOut(BaseModel):
                   "already_delivered, leg_locked, booking_closed, "
                   "too_many_codes. Send Idempotency-Key to retry safely: a retry answers "
                   "the first answer, makes no new code and sends nothing (422 "
-                  "idempotency_key_reused for the key of another request)", roles=OPS,
-          body=NewCodeIn, response=NewCodeOut,
+                  "idempotency_key_reused for the key of another request). The code is "
+                  f"kept for a retry {CODE_REPLAY_MIN} minutes, and only while it works "
+                  "(no newer code made): after that a retry answers 409 code_shown_already, "
+                  "still making nothing; make a new code (a new key) if it was lost",
+          roles=OPS, body=NewCodeIn, response=NewCodeOut,
           tags=("ops",), errors=(404, 409, 422))
 def ops_new_leg_code(leg_id: int, body: NewCodeIn) -> NewCodeOut | Response:
     who = principal()
@@ -464,17 +472,29 @@ def ops_new_leg_code(leg_id: int, body: NewCodeIn) -> NewCodeOut | Response:
     once = idempotent(who.person_id, {"route": "ops.new_leg_code", "leg_id": leg_id,
                                       **body.model_dump(mode="json")})
     with transaction() as session:
-        if (saved := once.claim(session)) is not None:
-            return saved  # made (and sent) the first time: no new code, nothing sent
-        done = dispatch.new_leg_code(session, leg_id, body.kind, ops_actor(),
-                                     reason=body.reason, send=body.send)
-        booking = session.get(Booking, done.leg.booking_id)
-        assert booking is not None
-        out = NewCodeOut(leg_id=done.leg.id, booking_reference=booking.reference,
-                         kind=done.kind, code=done.code, sent=done.sent,
-                         codes_left=dispatch.OPS_CODES_PER_LEG - done.issued)
-        once.save(session, 200, out)
-    return out
+        saved = once.claim(session)
+        if saved is not None:
+            # Made (and sent) the first time: no new code, nothing sent. Its code is shown
+            # again only while a retry may need it (a redaction is committed here).
+            assert once.replayed is not None
+            shown = retention.saved_code_kept(session, once.replayed)
+        else:
+            done = dispatch.new_leg_code(session, leg_id, body.kind, ops_actor(),
+                                         reason=body.reason, send=body.send)
+            retention.forget_void_codes(session, done.leg)
+            booking = session.get(Booking, done.leg.booking_id)
+            assert booking is not None
+            out = NewCodeOut(leg_id=done.leg.id, booking_reference=booking.reference,
+                             kind=done.kind, code=done.code, sent=done.sent,
+                             codes_left=dispatch.OPS_CODES_PER_LEG - done.issued)
+            once.save(session, 200, out)
+    if saved is None:
+        return out
+    if not shown:
+        raise Conflict(f"the code this request made is no longer kept (kept {CODE_REPLAY_MIN} "
+                       "minutes for a retry, while it works): if it was lost, make a new one "
+                       "with a new Idempotency-Key", code="code_shown_already")
+    return saved
 
 
 @endpoint(bp, "PUT", "/ops/partners/<int:partner_id>/kyc", summary="Set a partner's KYC status",

@@ -26,6 +26,11 @@ Where personal data lives, and what happens to it:
 - a pickup code read out on a call, in the call's stored answer (kept for Twilio's retry
   of that webhook): blanked once the call ends, or minutes after the read (``ivr``); what
   a lost job and a lost end of call left, by the daily run (``_code_answers``).
+- a pickup or drop code ops made (``POST /ops/legs/{id}/new-code``), in that request's
+  saved answer (``idempotency_records``, for a retry with its Idempotency-Key): kept
+  CODE_REPLAY, and only while the code works; then redacted, on a retry's read
+  (``saved_code_kept``), once ops make a newer one (``forget_void_codes``), and by the
+  minute sweep (``redact_saved_codes``); what a stopped sweep left, by the daily run.
 - people, bookings (recipient, landmarks, exact places), partner profiles: kept while the
   service needs them, erased on the person's request (``erase_person``, India's DPDP Act
   2023); a recipient with no account (only her number on the bookings sent to her), by
@@ -102,6 +107,7 @@ from core.domain.errors import Conflict, NotFound, Unavailable, ValidationError
 from core.domain.phone import normalize_phone
 from core.logs import mask_phones
 from core.services import inbound, ivr, ledger, outbox
+from core.services.booking import check_leg_otp
 from core.services.dispatch import BLOCKED_KYC
 from core.services.partner_app import LAST_FIX_KEY
 
@@ -346,6 +352,100 @@ def _idempotency_records(session: Session, after: Key | None, cutoff: datetime) 
     return keys
 
 
+# --- codes in saved API answers ---------------------------------------------------------
+#
+# POST /ops/legs/{id}/new-code answers a new pickup or drop code for ops to read out on the
+# phone. Sent with an Idempotency-Key, the answer is saved so that a retry shows the same
+# code (core.api.idempotency): the one place that code is kept in clear. A backup or a
+# support query reading idempotency_records must not find codes that still open parcels.
+
+# How long a saved new-code answer keeps its code for a retry with the same key. A client
+# retries a lost answer within seconds (a timeout, a double tap, the console reloaded);
+# an operator who lost the code after a quarter of an hour makes a new one.
+CODE_REPLAY = timedelta(minutes=15)
+# How far back the minute sweep looks: after a longer stop of the workers the daily run
+# redacts what is left (CODE_LOOKBACK).
+CODE_SWEEP_LOOKBACK = timedelta(hours=2)
+
+
+def _holds_code() -> tuple[Any, ...]:
+    """Saved answers of POST /ops/legs/{id}/new-code whose code is still in them (known by
+    their fields: no other endpoint's answer has a leg_id and a pickup or drop kind)."""
+    r = IdempotencyRecord
+    return (r.response["leg_id"].astext.is_not(None),
+            r.response["kind"].astext.in_(("pickup", "drop")),
+            r.response["code"].astext != _REDACTED_SQL)
+
+
+def _redact_code(record: IdempotencyRecord) -> None:
+    record.response = {**record.response, "code": REDACTED}
+
+
+def _code_works(session: Session, answer: dict[str, Any]) -> bool:
+    """The saved answer's code is still its leg's code of that kind (not replaced by a
+    newer one, an unlock's, or taken back with the job)."""
+    leg = session.get(Leg, answer["leg_id"])
+    return leg is not None and check_leg_otp(leg, answer["kind"], str(answer["code"]))
+
+
+def _code_kept(session: Session, record: IdempotencyRecord, now: datetime) -> bool:
+    return (record.response.get("code") not in (None, REDACTED)
+            and record.created_at > now - CODE_REPLAY
+            and _code_works(session, record.response))
+
+
+def saved_code_kept(session: Session, record: IdempotencyRecord) -> bool:
+    """Whether a retry of POST /ops/legs/{id}/new-code may be answered ``record``, its
+    saved answer, code and all: within CODE_REPLAY, while the code works. Else the code
+    is redacted now, in the caller's transaction (commit it before answering)."""
+    if _code_kept(session, record, clock.now()):
+        return True
+    if record.response.get("code") != REDACTED:
+        _redact_code(record)
+    return False
+
+
+def forget_void_codes(session: Session, leg: Leg) -> int:
+    """Ops made a new code for ``leg``: the saved answers of its codes made before that no
+    longer work are redacted at once (not by the next sweep); how many."""
+    r = IdempotencyRecord
+    void = [rec for rec in session.scalars(select(r).where(
+        r.created_at > clock.now() - CODE_REPLAY, r.response["leg_id"].astext == str(leg.id),
+        *_holds_code()).with_for_update())
+        if not check_leg_otp(leg, rec.response["kind"], str(rec.response["code"]))]
+    for rec in void:
+        _redact_code(rec)
+    return len(void)
+
+
+def redact_saved_codes(now: datetime | None = None) -> int:
+    """The minute sweep's part (workers.outbox.sweep): saved new-code answers past
+    CODE_REPLAY, or whose code no longer works, lose the code; how many. Those another
+    transaction holds are left for the next minute."""
+    now = now or clock.now()
+    r = IdempotencyRecord
+    with transaction() as session:
+        held = session.scalars(_batch(select(r).where(
+            r.created_at >= now - CODE_SWEEP_LOOKBACK, *_holds_code()), r,
+            (r.created_at, r.id), None)).all()
+        due = [rec for rec in held if not _code_kept(session, rec, now)]
+        for rec in due:
+            _redact_code(rec)
+    return len(due)
+
+
+def _saved_codes(session: Session, after: Key | None, cutoff: datetime) -> list[Key]:
+    """The daily run's part: codes in saved new-code answers made before ``cutoff`` that
+    the minute sweep left (the workers stopped), over the week before it (older ones go
+    with the answers, after RETENTION_MESSAGE_DAYS)."""
+    r = IdempotencyRecord
+    keys = _due(session, r, (r.created_at, r.id), after, r.created_at < cutoff,
+                r.created_at >= cutoff - CODE_LOOKBACK, *_holds_code())
+    for rec in session.scalars(select(r).where(r.id.in_(_ids(keys)))):
+        _redact_code(rec)
+    return keys
+
+
 def _pod_photos(session: Session, after: Key | None, cutoff: datetime) -> list[Key]:
     """Proof-of-delivery photos (the parcel, the recipient's door) taken long ago of a
     finished booking: the rows go now, the files after the commit (``_forget_files``)."""
@@ -457,7 +557,9 @@ def run(now: datetime | None = None) -> dict[str, int]:
     # others once the call ends, or minutes after the read): past the longest a call keeps
     # a code, no retry of that webhook can come.
     passes.append(("code_answers", _code_answers, now - ivr.CODE_KEPT_FOR_CALL))
-    done["codes"] = done["code_answers"] = 0
+    # Codes in saved new-code answers the minute sweep left (redact_saved_codes).
+    passes.append(("saved_codes", _all_changed(_saved_codes), now - CODE_REPLAY))
+    done["codes"] = done["code_answers"] = done["saved_codes"] = 0
     for name, step_pass, cutoff in passes:
         after: Key | None = None
         while not unfinished:
