@@ -214,3 +214,19 @@ def test_an_erased_person_s_block_kept_for_her_number_ends_when_it_writes(client
     reply = send_whatsapp(client, wa(BLOCKER, "hi", "SMers1"))
     assert reply == send_whatsapp(client, wa(CONTROL, "hi", "SMers2")) != NEW_HINT
     assert closed(BLOCKER) == (False, False)
+
+
+def test_erasing_a_person_who_blocked_us_keeps_it_a_block(client, live):
+    """Her erasure keeps her opt-outs under her number's hash: a block was kept as a STOP,
+    so when she (or whoever has the number) writes again she was told to send START."""
+    from core.services import retention
+
+    customer(BLOCKER)
+    refused_by_callback(client, BLOCKER)
+    with transaction() as s:
+        pid = s.scalar(select(Person.id).where(Person.phone == BLOCKER))
+        assert retention.erase_person(s, pid).changed
+    assert [(r.number_hash, r.whatsapp, r.wa_blocked) for r in kept()] == [
+        (outbox.number_hash(BLOCKER), True, True)]
+    reply = send_whatsapp(client, wa(BLOCKER, "hi", "SMers3"))
+    assert reply == send_whatsapp(client, wa(CONTROL, "hi", "SMers4")) != NEW_HINT

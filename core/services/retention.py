@@ -707,9 +707,10 @@ def erase_person(session: Session, person_id: int) -> Erasure:
         _erase_partner(session, done, partner)
     _erase_dead_letters(done, numbers)
     # Their STOP outlives them, under a hash of the number: nobody new at that number is
-    # written to before they say START (outbox.NumberOptOut).
+    # written to before they say START (outbox.NumberOptOut); a block of our WhatsApp
+    # number, until the number writes to us there.
     outbox.keep_opt_out(session, [person.phone, person.wa_id], whatsapp=person.opted_out,
-                        sms=person.sms_opted_out)
+                        sms=person.sms_opted_out, wa_blocked=bool(person.wa_blocked))
     if any((person.name, person.phone, person.wa_id, person.preferred_language)):
         person.name = person.phone = person.wa_id = person.preferred_language = None
         done.add("people", 1)
