@@ -798,12 +798,14 @@ def ops_booking_ledger(ref: str) -> LedgerOut:
 
 
 def _refundable_left(payment_id: str, action: str) -> int | None:
-    """What the gateway can still refund of the payment. The gateway down: a refund is
-    503 gateway_unavailable (ops retry; nothing changed); a write-off goes on without it
-    (one under Rs 1 needs no answer, a bigger one is refused as too large)."""
+    """What the gateway can still refund of the payment. The gateway down (or refusing
+    the look-up: a rate limit): a refund is 503 gateway_unavailable (ops retry; nothing
+    changed); a write-off goes on without it (None: one under Rs 1 needs no answer, a
+    bigger one is the same 503)."""
     try:
         return payments.refundable_left(payment_id)
-    except (requests.RequestException, gw.GatewayError, gw.ServerError) as exc:
+    except (requests.RequestException, gw.BadRequestError, gw.GatewayError,
+            gw.ServerError) as exc:
         log.warning("gateway did not answer a payment look-up",
                     extra={"error": type(exc).__name__})
         if action == payments.WRITE_OFF:
@@ -822,12 +824,13 @@ def _refundable_left(payment_id: str, action: str) -> int | None:
                   "payout_too_small (under Rs 1, which the gateway neither refunds nor "
                   "transfers: write it off), write_off_too_large (Rs 1 or more while the "
                   "payment can still refund: pay the partner again or refund); 503 "
-                  "gateway_unavailable (a refund: the gateway did not say what the "
-                  "payment can still give back)", roles=OPS, query=ResolveQuery,
-          body=ResolveIn, response=ResolvedOut, tags=("ops",), errors=(404, 409, 422, 503))
+                  "gateway_unavailable (a refund, a write-off of Rs 1 or more: the gateway "
+                  "did not say what the payment can still give back)", roles=OPS,
+          query=ResolveQuery, body=ResolveIn, response=ResolvedOut, tags=("ops",),
+          errors=(404, 409, 422, 503))
 def ops_resolve_reversed_payout(ref: str, leg_id: int, query: ResolveQuery,
                                 body: ResolveIn) -> ResolvedOut:
-    refundable = None
+    refundable, gateway_down = None, False
     if body.action in (payments.REFUND, payments.WRITE_OFF):
         # What the gateway can still give back of the payment (a refund is at most that; a
         # write-off of Rs 1 or more needs it to be nothing), asked before (never within)
@@ -837,15 +840,18 @@ def ops_resolve_reversed_payout(ref: str, leg_id: int, query: ResolveQuery,
             payment_id = payments.refund_payment_id(session, b.id)
         if payment_id:
             refundable = _refundable_left(payment_id, body.action)
+            gateway_down = refundable is None
     with transaction() as session:
         b = visible_booking(session, ref)  # 404 not_found, as every booking route answers
         done = payments.resolve_reversed_payout(session, b, leg_id, body.action, ops_actor(),
-                                                dry_run=query.dry_run, refundable=refundable)
+                                                dry_run=query.dry_run, refundable=refundable,
+                                                gateway_down=gateway_down)
         if not query.dry_run:
             audit(session, "reversed_payout.resolve", f"booking:{b.reference}", leg=leg_id,
                   decision=done.action, amount_paise=done.amount_paise,
                   still_held_paise=done.still_held_paise, partner=done.partner_id,
-                  refund_attempt=done.refund_attempt, reason=body.reason)
+                  refund_attempt=done.refund_attempt, refundable_paise=done.refundable_paise,
+                  reason=body.reason)
         return ResolvedOut(reference=b.reference, leg_id=leg_id, action=done.action,
                            dry_run=query.dry_run, held_paise=done.held_paise,
                            amount_paise=done.amount_paise,

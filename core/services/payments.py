@@ -54,7 +54,7 @@ from core.domain.booking import (
     LegStatus,
     cancellation_refund,
 )
-from core.domain.errors import Conflict, ValidationError
+from core.domain.errors import Conflict, Unavailable, ValidationError
 from core.services import ledger, notify
 from core.services.booking import move_booking
 
@@ -2188,7 +2188,8 @@ def refundable_left(payment_id: str) -> int:
 
 def resolve_reversed_payout(session: Session, booking: Booking, leg_id: int, action: str,
                             actor: Actor, *, dry_run: bool = False,
-                            refundable: int | None = None) -> Resolution:
+                            refundable: int | None = None,
+                            gateway_down: bool = False) -> Resolution:
     """Ops: move a leg's reversed payout (held in the booking's reversed payouts) out, as
     they decide: ``pay_again`` makes it the partner's payable again and the leg's settle
     pays it by direct transfer; ``refund`` reserves it for a refund of the booking's
@@ -2212,7 +2213,10 @@ def resolve_reversed_payout(session: Session, booking: Booking, leg_id: int, act
     can give nothing back (``refundable`` 0: support refunded it in full from the
     dashboard, the platform's cost): the money can then only go to the partner again
     (pay_again, when ops decide they earned it) or to the platform, which paid the
-    customer's refund; held for ever it would be no one's."""
+    customer's refund; held for ever it would be no one's. Not while a refund of ours is
+    open (``refund_open``: the gateway may have made it, and counted it in ``refundable``
+    already), nor when the gateway could not say (``gateway_down``: 503
+    ``gateway_unavailable``, for ops to retry)."""
     from core.domain.errors import NotFound
     from core.services.dispatch import VERIFIED_KYC  # dispatch imports payments
 
@@ -2230,6 +2234,13 @@ def resolve_reversed_payout(session: Session, booking: Booking, leg_id: int, act
                        code="already_resolved")
     refunded_in_full = refundable is not None and refundable <= 0
     if action == WRITE_OFF:
+        if held >= WRITE_OFF_UNDER_PAISE and gateway_down:
+            raise Unavailable("the payment gateway did not say whether the customer's "
+                              "payment is refunded in full: try again in a minute",
+                              code="gateway_unavailable")
+        if held >= WRITE_OFF_UNDER_PAISE and _open_row(session, booking.id) is not None:
+            raise Conflict("a refund of this booking is still under way: try when it has "
+                           "settled", code="refund_open")
         if held >= WRITE_OFF_UNDER_PAISE and not refunded_in_full:
             raise Conflict(f"{held} paise can be paid: pay the partner again (pay_again) "
                            "or refund the customer (refund); write_off takes Rs 1 or more "
