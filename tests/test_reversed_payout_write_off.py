@@ -21,6 +21,7 @@ from core.adapters.payment_models import LedgerTransaction
 from core.domain import ledger as rules
 from core.services import ledger, reconciliation
 from sandbox import razorpay as emu
+from tests.test_api import API
 from tests.test_money_escrow_short import dashboard_refund
 from tests.test_payments_support import failed_jobs, run
 from tests.test_reversed_payouts_ops import audits, ledger_balanced, ops, resolve, reversed_leg
@@ -81,6 +82,11 @@ def test_a_reversed_payout_after_a_full_dashboard_refund_can_be_written_off(live
     assert (r.status_code, r.get_json()["error"]["code"]) == (409, "already_resolved")
     assert not failed_jobs()
     assert reconciliation.run()["mismatches"] == 0
+    # The ops ledger view says what was written off (review r1): beside what the platform
+    # paid of support's refund, the platform's net cost of the booking can be read.
+    view = client.get(f"{API}/ops/bookings/{ref}/ledger", headers=ops).get_json()
+    assert view["written_off_paise"] == amount, view
+    assert view["platform_paid_paise"] > 0 and view["reversed_payouts_paise"] == 0, view
 
 
 def test_a_partial_dashboard_refund_leaves_the_write_off_refused(live, client, ops):

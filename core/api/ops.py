@@ -715,6 +715,10 @@ class LedgerOut(BaseModel):
                     "(a stuck relay's holder's too). With it the numbers add up: "
                     "captured + platform_paid = released + fee + refunded + escrow + "
                     "refunds_pending (when no payout was reversed)")
+    written_off_paise: int = Field(
+        description="reversed payouts ops wrote off to platform revenue (under Rs 1, or "
+                    "once the customer's payment was refunded in full: the platform paid "
+                    "that refund, platform_paid_paise, and takes this back)")
 
 
 class ResolveQuery(Strict):
@@ -794,7 +798,8 @@ def ops_booking_ledger(ref: str) -> LedgerOut:
     with transaction() as session:
         b = visible_booking(session, ref)  # 404 not_found, as every booking route answers
         return LedgerOut(reference=b.reference, **ledger.booking_summary(session, b.id),
-                         platform_paid_paise=payments.platform_paid(session, b.id))
+                         platform_paid_paise=payments.platform_paid(session, b.id),
+                         written_off_paise=payments.written_off(session, b.id))
 
 
 def _refundable_left(payment_id: str, action: str) -> int | None:

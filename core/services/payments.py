@@ -277,13 +277,25 @@ def platform_paid(session: Session, booking_id: int) -> int:
     rules.fee_platform). Without it the booking's money does not add up: captured +
     platform_paid = released + fees + refunded + escrow + refunds pending (no payout
     reversed)."""
+    return -_to_commission(session, booking_id, _PLATFORM_COST)
+
+
+def written_off(session: Session, booking_id: int) -> int:
+    """What of the booking's reversed payouts ops wrote off to the platform's commission
+    (rules.reversal_written_off): under Rs 1, or after support refunded the payment in
+    full, when the platform's commission had paid that refund (platform_paid)."""
+    return _to_commission(session, booking_id, (rules.EntryKind.REVERSAL_WRITTEN_OFF.value,))
+
+
+def _to_commission(session: Session, booking_id: int, kinds: tuple[str, ...]) -> int:
+    """The net of the booking's entries of ``kinds`` into the platform's commission."""
     from core.adapters.payment_models import LedgerPosting, LedgerTransaction
 
-    return -int(session.scalar(
+    return int(session.scalar(
         select(func.coalesce(func.sum(LedgerPosting.amount_paise), 0))
         .join(LedgerTransaction, LedgerTransaction.id == LedgerPosting.transaction_id)
         .where(LedgerTransaction.booking_id == booking_id,
-               LedgerTransaction.kind.in_(_PLATFORM_COST),
+               LedgerTransaction.kind.in_(kinds),
                LedgerPosting.account_kind == rules.AccountKind.PLATFORM_COMMISSION.value))
         or 0)
 
