@@ -237,11 +237,13 @@ class VoicePorts(SessionPorts):
         them now, as notify.send_to_person sends it: "sms"; "whatsapp" (they stopped our
         SMS and chat with us there, inside the 24-hour window or with a template); "chat"
         (they stopped our SMS and chat with us, but nothing can go there until they
-        write); "none" (they stopped our SMS and have no WhatsApp with us)."""
+        write: also when they blocked our WhatsApp, which their next message there
+        reopens); "none" (they stopped our SMS and have no WhatsApp with us, or stopped
+        it too: START is needed)."""
         person = self.person
         if person.phone and not person.sms_opted_out:
             return "sms"
-        if person.opted_out:  # WhatsApp stopped too
+        if person.opted_out and not person.wa_blocked:  # WhatsApp stopped too
             return "none"
         conv = self.session.scalar(
             select(Conversation).where(Conversation.person_id == person.id,
@@ -249,6 +251,8 @@ class VoicePorts(SessionPorts):
             .order_by(Conversation.last_inbound_at.desc().nulls_last()).limit(1))
         if conv is None:
             return "none"
+        if person.opted_out:  # her block (63014): nothing goes there until she writes
+            return "chat"
         if notify.in_whatsapp_window(conv) or notify.whatsapp_templates().get(
                 notify.language_of(person)):
             return "whatsapp"

@@ -58,6 +58,7 @@ from sqlalchemy import (
     case,
     delete,
     event,
+    func,
     select,
     update,
 )
@@ -69,7 +70,13 @@ from core import clock, i18n
 from core.adapters import db, twilio_gateway
 from core.adapters.db import transaction
 from core.adapters.dialog_models import WhatsappTemplateSend
-from core.adapters.models import MessageStatusEvent, NumberOptOut, OutboxMessage, Person
+from core.adapters.models import (
+    Conversation,
+    MessageStatusEvent,
+    NumberOptOut,
+    OutboxMessage,
+    Person,
+)
 from core.adapters.queue import after_commit, enqueue, queue
 from core.adapters.redis_conn import redis_client, run_script
 from core.config import get_settings
@@ -402,6 +409,7 @@ def _send(c: _Claimed) -> str:
                     resent = None
                     if exc.code in STOP_CODES:
                         resent = _on_whatsapp_instead(session, refused)
+                        _question_refused(session, refused)
                     elif exc.code in BY_SMS_CODES:
                         resent = _by_sms_instead(session, refused, exc.code)
                     if final and resent is None:
@@ -834,6 +842,9 @@ def apply_reports(reports: list[StatusReport]) -> int:
         # before a failure): a later failure report changes the row's status, but what
         # it carried did arrive, and a code they hold must not be made void.
         reached = {row.id for row in rows if row.status in _REACHED}
+        # When each row last went to Twilio (its claim, while its outcome is unknown), as
+        # loaded: a block refusing it is old news once she has written since (_wrote_since).
+        went = {row.id: row.sent_at or row.updated_at for row in rows}
         for report in reports:
             status = report.status.lower()
             row = by_id.get(report.outbox_id) if report.outbox_id is not None else None
@@ -863,8 +874,9 @@ def apply_reports(reports: list[StatusReport]) -> int:
             ):
                 row.status = status
             if report.error_code in STOP_CODES:
-                stopped[row.to_addr] = stopped.get(row.to_addr, True) and (
-                    report.error_code == WHATSAPP_BLOCKED_CODE)
+                block = report.error_code == WHATSAPP_BLOCKED_CODE
+                if not (block and _wrote_since(session, row.to_addr, went.get(row.id))):
+                    stopped[row.to_addr] = stopped.get(row.to_addr, True) and block
                 stopped_rows.append(row)
             elif report.error_code in BY_SMS_CODES and status in _FINAL_FAILURES:
                 closed.append((row, report.error_code))
@@ -872,9 +884,10 @@ def apply_reports(reports: list[StatusReport]) -> int:
         for to_addr in sorted(stopped):
             _stopped_at(session, to_addr, blocked=stopped[to_addr])
         resent: set[int] = set()
-        for row in stopped_rows:
+        for row in dict.fromkeys(stopped_rows):  # a row reported twice in the batch once
             if _on_whatsapp_instead(session, row) is not None:
                 resent.add(row.id)
+            _question_refused(session, row)
         for row, code in closed:
             if _by_sms_instead(session, row, code) is not None:
                 resent.add(row.id)
@@ -972,11 +985,7 @@ def _by_sms_instead(session: Session, row: OutboxMessage, code: str | None = Non
         # Its answer would reach the riders' SMS number ("5" answered with how to book).
         log.info("whatsapp refused a question of the chat; not sent by SMS",
                  extra={"outbox_id": row.id})
-        if asked.dedupe_key and asked.dedupe_key.startswith(RATING_ASK_PREFIX) and (
-                asked.booking_id is not None):
-            from core.services import rating  # rating sends through notify, through here
-
-            rating.question_refused(session, asked.booking_id, asked.id)
+        _question_refused(session, row)
         return None
     phone = row.to_addr.removeprefix("whatsapp:")
     if row.channel != "whatsapp" or not phone.startswith("+"):
@@ -1023,6 +1032,36 @@ def _answered_on_whatsapp(session: Session, row: OutboxMessage) -> OutboxMessage
         if lines and _NUMBERED_LAST_LINE.match(lines[-1]):
             return row
     return None
+
+
+def _question_refused(session: Session, row: OutboxMessage) -> None:
+    """WhatsApp refused a rating question (``row``, or the template copy of one): for our
+    sender's limit, the window, its content, or her STOP or block. It never reached her:
+    rating.question_refused takes her chat off the rating step (her next "1" is the
+    menu's, not a star) and owes the question anew."""
+    asked = _answered_on_whatsapp(session, row) if row.channel == "whatsapp" else None
+    if asked is None or asked.booking_id is None or not (
+            asked.dedupe_key or "").startswith(RATING_ASK_PREFIX):
+        return
+    from core.services import rating  # rating sends through notify, through here
+
+    rating.question_refused(session, asked.booking_id, asked.id)
+
+
+def _wrote_since(session: Session, to_addr: str, went: datetime | None) -> bool:
+    """Whether the person at the WhatsApp address ``to_addr`` has written to us on
+    WhatsApp since a message to her went to Twilio at ``went``: a block (63014) refusing
+    that message is over (her message reopened her WhatsApp, conversation._unblocked), so
+    a late report of it (a callback posted again, a batch applied again, a lost send
+    outcome the reconcile finds later) closes nothing. An address nobody holds, or a
+    person who never wrote, has no such message."""
+    if went is None or not to_addr.startswith("whatsapp:"):
+        return False
+    last = session.scalar(
+        select(func.max(Conversation.last_inbound_at))
+        .join(Person, Person.id == Conversation.person_id)
+        .where(_person_at(to_addr), Conversation.channel == "whatsapp"))
+    return last is not None and went < last
 
 
 def _on_whatsapp_instead(session: Session, row: OutboxMessage) -> int | None:

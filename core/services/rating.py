@@ -215,15 +215,16 @@ def _ask_key(session: Session, booking_id: int) -> str:
 
 
 def question_refused(session: Session, booking_id: int, outbox_id: int) -> None:
-    """WhatsApp refused the booking's question (our sender's messaging limit, or the
-    window had closed and no template could carry it), in the caller's transaction. It
-    never reached the customer, and it does not go by SMS (an answer there reaches the
-    riders' number): their chat leaves the rating step (a "1" is the menu's again, not a
-    star), and the question is owed anew, tried as a busy customer's is (``ask_later``,
-    each try further apart, until RATING_WINDOW after the delivery; the sweep schedules
-    a try whose job is lost). A try that finds the window closed and no template does
-    not ask. A late report about an earlier question (one asked again since) is
-    nothing to act on."""
+    """WhatsApp refused the booking's question (our sender's messaging limit, the window
+    had closed and no template could carry it, its content, or her STOP or block: a
+    block ends with her next message, which must not be taken for stars), in the
+    caller's transaction. It never reached the customer, and it does not go by SMS (an
+    answer there reaches the riders' number): their chat leaves the rating step (a "1"
+    is the menu's again, not a star), and the question is owed anew, tried as a busy
+    customer's is (``ask_later``, each try further apart, until RATING_WINDOW after the
+    delivery; the sweep schedules a try whose job is lost). A try that finds the window
+    closed and no template does not ask. A late report about an earlier question (one
+    asked again since) is nothing to act on."""
     asked = OutboxMessage.dedupe_key.like(f"rate-ask-{booking_id}%")
     if session.scalar(select(select(OutboxMessage.id).where(
             OutboxMessage.booking_id == booking_id, asked,
