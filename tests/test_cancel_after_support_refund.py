@@ -6,7 +6,9 @@ preview with nothing to give back while the customer did pay. The chat then aske
 "Nothing was paid, so nothing is taken" without one; the phone menu said the same. Now
 a rider's fee that leaves nothing is said without a sum of nothing (cancel_kind
 "fee_only"), and a paid booking with nothing left to give back is said to have had its
-money given back by our team ("paid_back"). The "yes" still cancels at the amounts shown.
+money given back by our team ("paid_back"), with a rider coming too (his fee is then
+the platform's to pay: naming it told her Rs 10 "goes to the rider" as if from her money).
+The "yes" still cancels at the amounts shown.
 
 Through the signed WhatsApp and voice webhooks, RQ, the real razorpay client, the sandbox
 emulator and its webhooks."""
@@ -68,19 +70,20 @@ def cancel_question(client, ref: str) -> tuple[Chat, str]:  # noqa: ANN001
 
 
 @pytest.mark.parametrize("left", [0, 400], ids=["all", "all_but_rs4"])
-def test_chat_with_a_rider_coming_says_his_fee_and_no_rs_0(client, live, left) -> None:
+def test_chat_with_a_rider_coming_says_our_team_gave_it_back(client, live, left) -> None:
     """A rider is on the way; support gave back all of it (or all but Rs 4, less than
-    his fee). The question names his fee and no sum of nothing; "yes" cancels at it: the
-    rider is paid his fee in full, no refund of ours is asked."""
+    his fee). The question says our team gave her money back, names no fee (the
+    platform pays what her payment lacks of it) and no sum of nothing; "yes" cancels:
+    the rider is paid his fee in full, no refund of ours is asked."""
     bid, leg_id, _ = assigned()  # paid_booking(CUSTOMER), his transfer held on it
     ref, total = refunded_outside(bid, left)
     fee = full_fee(total)
 
     chat, asked = cancel_question(client, ref)
     assert NOTHING not in asked, asked
-    assert i18n.t("bot.cancel.fee", "en", ref=ref, fee_paise=fee, refund_paise=0) \
-        not in asked
-    assert i18n.t("bot.cancel.fee_only", "en", ref=ref, fee_paise=fee) in asked, asked
+    assert i18n.format_inr(fee) not in asked, asked
+    assert i18n.t("bot.cancel.fee_only", "en", ref=ref, fee_paise=fee) not in asked
+    assert i18n.t("bot.cancel.paid_back", "en", ref=ref) in asked, asked
 
     done = chat.send("1")
     assert booking(bid).status == BookingStatus.CANCELLED.value, done
@@ -114,7 +117,7 @@ def test_chat_without_a_rider_does_not_say_nothing_was_paid(client, live) -> Non
 # --- the phone menu ---------------------------------------------------------------------
 
 
-def test_a_caller_with_a_rider_coming_hears_his_fee_and_no_zero(live, phone) -> None:  # noqa: F811
+def test_a_caller_with_a_rider_coming_hears_our_team_gave_it_back(live, phone) -> None:  # noqa: F811
     bid, leg_id, _ = assigned(paid_booking(phone.phone))  # an English-speaking caller
     ref, total = refunded_outside(bid, 0)
     fee = full_fee(total)
@@ -122,11 +125,9 @@ def test_a_caller_with_a_rider_coming_hears_his_fee_and_no_zero(live, phone) -> 
     phone.call()
     phone.press("5")
     heard = phone.press("1")
-    assert t("ivr.cancel.fee", "en", place=DROP, fee=said(fee), refund=said(0)) \
-        not in heard.text
     assert said(0) not in heard.text, heard.text
-    assert t("ivr.cancel.fee_only", "en", place=DROP, fee=said(fee)) in heard.text
-    assert "₹" not in heard.text  # said in words
+    assert said(fee) not in heard.text, heard.text
+    assert t("ivr.cancel.paid_back", "en", place=DROP) in heard.text, heard.text
 
     heard = phone.press("1")
     assert t("ivr.cancel.done", "en") in heard.text

@@ -747,7 +747,11 @@ def cancel_kind(preview: dict[str, Any]) -> str:
     fee, the rest comes back), "fee_only" (his fee, nothing left to come back), "refund"
     (paid: the money comes back), "paid_back" (paid, nothing left to come back) or "free"
     (nothing paid). Support's refund from the dashboard leaves a paid booking nothing to
-    give back: she is told neither of a sum of nothing nor that she paid nothing."""
+    give back: she is told neither of a sum of nothing nor that she paid nothing. Nor of
+    a rider's fee then: the platform pays what her payment lacks of it (payments'
+    cancellation_preview), so "our team gave your money back" is what she needs to hear."""
+    if not preview["refund_paise"] and preview.get("refunded_outside_paise"):
+        return "paid_back"
     if preview["fee_paise"]:
         return "fee" if preview["refund_paise"] else "fee_only"
     if preview["refund_paise"]:

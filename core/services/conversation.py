@@ -328,7 +328,8 @@ class SessionPorts:
         q = payments.cancellation_preview(self.session, booking)
         return {"allowed": q.allowed, "refund_paise": q.refund_paise, "fee_paise": q.fee_paise,
                 "reason_code": q.reason_code, "status": booking.status,
-                "drop": booking.drop_post_office}
+                "drop": booking.drop_post_office,
+                "refunded_outside_paise": payments.refunded_outside_paise(self.session, booking)}
 
     def cancel(self, reference: str, shown: dict[str, Any]) -> dict[str, Any]:
         """Cancel only if the refund and fee are still those ``shown`` to the customer

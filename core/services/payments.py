@@ -166,6 +166,12 @@ def _paid_and_earned(session: Session, booking: Booking) -> tuple[int, int, int]
             outside)
 
 
+def refunded_outside_paise(session: Session, booking: Booking) -> int:
+    """What support gave back of the booking's paying payment from the dashboard
+    (record_outside_refund): 0 for a booking not paid, or not refunded outside."""
+    return _paid_and_earned(session, booking)[2]
+
+
 def _refunded_outside(session: Session, booking_id: int) -> dict[str, int]:
     """What was refunded of each of the booking's payments outside the service (recorded
     by record_outside_refund), by payment id."""
