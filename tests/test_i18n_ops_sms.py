@@ -12,11 +12,14 @@ from __future__ import annotations
 import pytest
 
 from core import i18n
+from core.services.payments import alert_error
 from tests.test_i18n import SMS_VALUES, sms_parts
 from tests.test_i18n_terms import LONG_VILLAGES
 
-# A refusal Razorpay gives (BAD_REQUEST_ERROR), 64 characters; callers cut it at 80.
-GATEWAY_ERROR = "Payment blocked as website does not match registered website(s)"
+# A refusal Razorpay gives (BAD_REQUEST_ERROR), longer than any alert can quote: the
+# callers pass it through payments.alert_error, as here.
+GATEWAY_ERROR = ("Payment blocked as website does not match registered website(s). Please"
+                 " contact support for assistance.")
 
 OPS_VALUES: dict[str, object] = {
     **SMS_VALUES,
@@ -32,7 +35,7 @@ OPS_VALUES: dict[str, object] = {
     "reversed_paise": 141_247,
     "short_paise": 141_247,
     "unexplained_paise": 141_247,
-    "error": GATEWAY_ERROR,
+    "error": alert_error(GATEWAY_ERROR),
 }
 
 OPS_KEYS = sorted(k for k in i18n.keys("en") if ".ops_" in k)
@@ -67,3 +70,12 @@ def test_ops_alerts_fit_two_sms_parts(lang: str) -> None:
         if sms_parts(text) > 2:
             over[key] = len(text.encode("utf-16-le")) // 2
     assert not over, f"{lang}: ops alerts over two SMS parts (UTF-16 units): {over}"
+
+
+def test_an_alert_quotes_the_start_of_a_long_error_and_marks_the_cut() -> None:
+    quoted = alert_error(GATEWAY_ERROR)
+    assert quoted.endswith("…") and len(quoted) < len(GATEWAY_ERROR)
+    assert GATEWAY_ERROR.startswith(quoted[:-1])
+    assert GATEWAY_ERROR[len(quoted) - 1] == " "  # cut between words
+    short = "Transfer amount exceeds payment amount"
+    assert alert_error(short) == short

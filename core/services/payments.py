@@ -323,6 +323,22 @@ REFUND_MIN_PAISE = 100
 TRANSFER_MIN_PAISE = 100
 
 
+# The gateway's reason for a refusal, as an ops alert quotes it: the alert must fit two SMS
+# parts in every language with the rest of its text (Hindi's ops_link_refused leaves about
+# 65 characters); the whole reason is in the log and the row the refusal is kept on.
+ALERT_ERROR_CHARS = 56
+
+
+def alert_error(error: str) -> str:
+    """``error`` cut to ALERT_ERROR_CHARS at a word where it can be, "…" marking the cut."""
+    text = " ".join(error.split())
+    if len(text) <= ALERT_ERROR_CHARS:
+        return text
+    cut = text[:ALERT_ERROR_CHARS - 1]
+    word = cut.rsplit(" ", 1)[0]
+    return (word if len(word) >= ALERT_ERROR_CHARS // 2 else cut).rstrip(" ,.;:") + "…"
+
+
 def refund_floor(quote: CancellationQuote) -> CancellationQuote:
     """``quote`` with no refund under REFUND_MIN_PAISE, the same money split otherwise.
 
@@ -931,7 +947,7 @@ def _close_unlinked(session: Session, booking: Booking, reason: str,
                            dedupe_key=f"paylink-{booking.id}-failed")
     alert_ops(session, "payment.ops_link_refused", booking_id=booking.id,
               dedupe_key=f"paylink-{booking.id}-refused", ref=booking.reference,
-              error=error[:80])
+              error=alert_error(error))
 
 
 def _send_link(session: Session, booking: Booking, link: PaymentLink) -> None:
@@ -2030,7 +2046,7 @@ def _transfer_refused(leg_id: int, booking_id: int, partner_id: int, payment_id:
         assert booking is not None
         alert_ops(session, "payment.ops_transfer_refused", booking_id=booking_id,
                   dedupe_key=f"transfer-{leg_id}-refused", ref=booking.reference,
-                  leg=leg_id, payout_paise=amount, error=error[:80])
+                  leg=leg_id, payout_paise=amount, error=alert_error(error))
 
 
 def _save_transfer(leg_id: int, booking_id: int, partner_id: int | None, payment_id: str,
@@ -2153,7 +2169,7 @@ def _repay_reversed(c, leg_id: int, booking_id: int, partner_id: int | None,
             assert booking is not None
             alert_ops(session, "payment.ops_transfer_refused", booking_id=booking_id,
                       dedupe_key=f"repay-{leg_id}-{seq}-refused", ref=booking.reference,
-                      leg=leg_id, payout_paise=owed, error=str(exc)[:80])
+                      leg=leg_id, payout_paise=owed, error=alert_error(str(exc)))
         return "refused"
     if not _moved(t):
         return "repay-pending"  # its transfer.processed posts it, or the next settle does
