@@ -15,6 +15,7 @@ from sqlalchemy import (
     Integer,
     String,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Mapped, mapped_column
@@ -34,6 +35,16 @@ class ApiSession(Base):
     revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
+# A saved answer of POST /ops/legs/{id}/new-code whose code is still in it (no other
+# endpoint's answer has a leg_id and a pickup or drop kind; retention.REDACTED is the mark
+# of a removed code). SQL written out, so that PostgreSQL sees its partial index's
+# predicate in the queries of retention's sweeps (a parameter's value a generic plan
+# cannot see).
+HOLDS_CODE = ("(response ->> 'leg_id') IS NOT NULL"
+              " AND (response ->> 'kind') IN ('pickup', 'drop')"
+              " AND (response ->> 'code') <> '[removed]'")
+
+
 class IdempotencyRecord(Base):
     """The first answer to a request with an Idempotency-Key, replayed on a retry."""
 
@@ -42,6 +53,10 @@ class IdempotencyRecord(Base):
         UniqueConstraint("person_id", "key", name="uq_idempotency_person_key"),
         # The retention run deletes them by age (migration 0036).
         Index("ix_idempotency_records_created_at", "created_at", "id"),
+        # Ops' new-code answers still holding their code, for the sweeps that remove it
+        # (migration 0038; retention.HOLDS_CODE says the same).
+        Index("ix_idempotency_records_holding_code", "created_at", "id",
+              postgresql_where=text(HOLDS_CODE)),
     )
 
     id: Mapped[int] = mapped_column(BigInteger, primary_key=True)

@@ -68,6 +68,7 @@ from sqlalchemy import (
     literal,
     or_,
     select,
+    text,
     tuple_,
     update,
 )
@@ -76,7 +77,13 @@ from sqlalchemy.orm import Session
 
 from core import clock
 from core.adapters import geo_index, storage
-from core.adapters.api_models import ApiSession, AuditEntry, BookingRating, IdempotencyRecord
+from core.adapters.api_models import (
+    HOLDS_CODE,
+    ApiSession,
+    AuditEntry,
+    BookingRating,
+    IdempotencyRecord,
+)
 from core.adapters.db import transaction
 from core.adapters.dialog_models import Handoff, HandoffMessage, WhatsappTemplateSend
 from core.adapters.dispatch_models import DispatchOffer, PodPhoto, PodPhotoDeletion
@@ -364,17 +371,14 @@ def _idempotency_records(session: Session, after: Key | None, cutoff: datetime) 
 # an operator who lost the code after a quarter of an hour makes a new one.
 CODE_REPLAY = timedelta(minutes=15)
 # How far back the minute sweep looks: after a longer stop of the workers the daily run
-# redacts what is left (CODE_LOOKBACK).
+# redacts what is left (_saved_codes).
 CODE_SWEEP_LOOKBACK = timedelta(hours=2)
 
 
 def _holds_code() -> tuple[Any, ...]:
-    """Saved answers of POST /ops/legs/{id}/new-code whose code is still in them (known by
-    their fields: no other endpoint's answer has a leg_id and a pickup or drop kind)."""
-    r = IdempotencyRecord
-    return (r.response["leg_id"].astext.is_not(None),
-            r.response["kind"].astext.in_(("pickup", "drop")),
-            r.response["code"].astext != _REDACTED_SQL)
+    """Saved answers of POST /ops/legs/{id}/new-code whose code is still in them, as their
+    partial index holds them (api_models.HOLDS_CODE)."""
+    return (text(HOLDS_CODE),)
 
 
 def _redact_code(record: IdempotencyRecord) -> None:
@@ -436,11 +440,11 @@ def redact_saved_codes(now: datetime | None = None) -> int:
 
 def _saved_codes(session: Session, after: Key | None, cutoff: datetime) -> list[Key]:
     """The daily run's part: codes in saved new-code answers made before ``cutoff`` that
-    the minute sweep left (the workers stopped), over the week before it (older ones go
-    with the answers, after RETENTION_MESSAGE_DAYS)."""
+    the minute sweep left (the workers stopped), however old (those saved before the
+    sweeps were, too): their index holds only the answers still holding a code."""
     r = IdempotencyRecord
     keys = _due(session, r, (r.created_at, r.id), after, r.created_at < cutoff,
-                r.created_at >= cutoff - CODE_LOOKBACK, *_holds_code())
+                *_holds_code())
     for rec in session.scalars(select(r).where(r.id.in_(_ids(keys)))):
         _redact_code(rec)
     return keys
