@@ -392,7 +392,8 @@ def test_0035_takes_the_platform_kinds_and_refuses_to_go_back_while_used(db, eng
             "WHERE conname = 'ck_ledger_transactions_kind'").one()
     assert checked
     for kind in rules.EntryKind:
-        assert f"'{kind.value}'" in definition
+        if kind is not rules.EntryKind.REMAINDER_KEPT:  # 0039's
+            assert f"'{kind.value}'" in definition
     config = alembic_config(db, LOCK_TIMEOUT_MS, [])
     command.downgrade(config, "0034")  # nothing of theirs yet: it goes back
     upgrade(db, "0035")

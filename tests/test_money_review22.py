@@ -170,12 +170,13 @@ def test_a_stuck_relay_ended_with_a_rest_under_a_rupee_refunds_a_rupee(live, mon
     (60, 30, (0, 90)),        # under ₹1 in all: the rider gets it, nothing is refunded
     (100, 950, (100, 950)),   # ₹1 already
     (0, 1000, (0, 1000)),
-    (50, 0, (50, 0)),         # nobody to give it to: _open_refund keeps it in escrow
+    (50, 0, (0, 0)),          # nobody to give it to: the platform keeps it, none promised
 ])
 def test_the_refund_floor_splits_a_quote(refund, fee, after):
     q = payments.refund_floor(CancellationQuote(True, refund, fee, "cancellation_fee"))
     assert (q.refund_paise, q.fee_paise) == after
-    assert q.refund_paise + q.fee_paise == refund + fee  # nothing is lost or made
+    # Nothing is lost or made: what is not refunded nor a fee is kept (_keep_remainder).
+    assert q.refund_paise + q.fee_paise == (refund + fee if fee else 0)
 
 
 def test_no_refund_under_a_rupee_is_reserved_or_asked(live):
@@ -186,7 +187,10 @@ def test_no_refund_under_a_rupee_is_reserved_or_asked(live):
         assert payments._open_refund(s, b, 99, 0, "cancelled", "system") is None
     run()
     assert attempts(bid) == []
-    assert summary(bid)["escrow_paise"] == booking(bid).total_paise
+    # The booking's own refund under a rupee is the platform's (remainder_kept).
+    assert summary(bid)["escrow_paise"] == booking(bid).total_paise - 99
+    with transaction() as s:
+        assert payments.remainder_kept(s, bid) == 99
 
 
 def test_ops_cannot_refund_a_reversed_payout_under_a_rupee(live):

@@ -714,11 +714,16 @@ class LedgerOut(BaseModel):
                     "lacked of a delivered leg's payout or of a rider's cancellation fee "
                     "(a stuck relay's holder's too). With it the numbers add up: "
                     "captured + platform_paid = released + fee + refunded + escrow + "
-                    "refunds_pending (when no payout was reversed)")
+                    "refunds_pending + remainder_kept (when no payout was reversed)")
     written_off_paise: int = Field(
         description="reversed payouts ops wrote off to platform revenue (under Rs 1, or "
                     "once the customer's payment was refunded in full: the platform paid "
                     "that refund, platform_paid_paise, and takes this back)")
+    remainder_kept_paise: int = Field(
+        description="what was left of the customer's payment under the gateway's least "
+                    "refund (Rs 1) once the booking was cancelled or failed, taken by "
+                    "platform revenue: no refund can give it back (support's refund of "
+                    "an amount not in whole rupees leaves it); it leaves escrow")
 
 
 class ResolveQuery(Strict):
@@ -799,7 +804,8 @@ def ops_booking_ledger(ref: str) -> LedgerOut:
         b = visible_booking(session, ref)  # 404 not_found, as every booking route answers
         return LedgerOut(reference=b.reference, **ledger.booking_summary(session, b.id),
                          platform_paid_paise=payments.platform_paid(session, b.id),
-                         written_off_paise=payments.written_off(session, b.id))
+                         written_off_paise=payments.written_off(session, b.id),
+                         remainder_kept_paise=payments.remainder_kept(session, b.id))
 
 
 def _refundable_left(payment_id: str, action: str) -> int | None:

@@ -28,6 +28,11 @@ holding the parcel of a relay ops end (a ``release_platform`` keyed by the fee:
 the entry that takes it out, so escrow never goes below zero; ``platform_commission``
 may (the platform gave more than it earned).
 
+A booking's own refund under the gateway's least (1-99 paise: left by a refund made
+outside the service of an amount not in whole rupees) can be neither refunded nor paid
+to anyone: ``remainder_kept`` takes it out of the closed booking's escrow for the
+platform's commission, so no escrow holds money for good that nobody can move.
+
 Every entry has an idempotency key derived from what caused it (a gateway payment id, a
 leg id, our refund id), so recording the same cause twice is a no-op in the database.
 """
@@ -66,6 +71,7 @@ class EntryKind(StrEnum):
     REVERSAL_WRITTEN_OFF = "reversal_written_off"
     OUTSIDE_REFUND_PLATFORM = "outside_refund_platform"
     RELEASE_PLATFORM = "release_platform"
+    REMAINDER_KEPT = "remainder_kept"
 
 
 # Accounts whose balance may never go below zero (checked at write time, under a lock).
@@ -368,6 +374,17 @@ def release_platform(booking_id: int, leg_id: int, amount_paise: int) -> Entry:
     return Entry(EntryKind.RELEASE_PLATFORM, f"release:leg:{leg_id}:platform", booking_id,
                  tuple(_move(COMMISSION, escrow(booking_id), amount_paise, leg_id)),
                  memo="escrow short of a leg's payout: the platform's cost")
+
+
+def remainder_kept(booking_id: int, amount_paise: int) -> Entry:
+    """What is left in a cancelled or failed booking's escrow of its own payment, with
+    nothing else to pay out of it, is under the gateway's least refund: the platform's
+    commission takes it (no refund can give it back, no partner earned it). Once per
+    booking: its own refund is made once."""
+    _amount("amount_paise", amount_paise)
+    return Entry(EntryKind.REMAINDER_KEPT, f"refund:booking:{booking_id}:remainder",
+                 booking_id, tuple(_move(escrow(booking_id), COMMISSION, amount_paise)),
+                 memo="the rest of the payment under the gateway's least refund: kept")
 
 
 def fee_platform(booking_id: int, leg_id: int, amount_paise: int) -> Entry:

@@ -281,8 +281,8 @@ def platform_paid(session: Session, booking_id: int) -> int:
     escrow then lacked of a delivered leg's payout or of a rider's cancellation fee (a
     stuck relay's holder's, an assigned rider's: rules.release_platform,
     rules.fee_platform). Without it the booking's money does not add up: captured +
-    platform_paid = released + fees + refunded + escrow + refunds pending (no payout
-    reversed)."""
+    platform_paid = released + fees + refunded + escrow + refunds pending + the
+    remainder kept (remainder_kept; no payout reversed)."""
     return -_to_commission(session, booking_id, _PLATFORM_COST)
 
 
@@ -291,6 +291,12 @@ def written_off(session: Session, booking_id: int) -> int:
     (rules.reversal_written_off): under Rs 1, or after support refunded the payment in
     full, when the platform's commission had paid that refund (platform_paid)."""
     return _to_commission(session, booking_id, (rules.EntryKind.REVERSAL_WRITTEN_OFF.value,))
+
+
+def remainder_kept(session: Session, booking_id: int) -> int:
+    """What of the booking's payment the platform kept, being under the gateway's least
+    refund (rules.remainder_kept)."""
+    return _to_commission(session, booking_id, (rules.EntryKind.REMAINDER_KEPT.value,))
 
 
 def _to_commission(session: Session, booking_id: int, kinds: tuple[str, ...]) -> int:
@@ -348,11 +354,13 @@ def refund_floor(quote: CancellationQuote) -> CancellationQuote:
     that leave the rider a fee under TRANSFER_MIN_PAISE (which no direct transfer can
     pay), the customer gets it all back. Where even refund and fee together are under
     it, the rider gets it all as the fee: the money leaves escrow either way and the
-    platform keeps none of it. With no fee at all, it is left as it is (_open_refund
-    then asks nothing, and says so in the log)."""
+    platform keeps none of it. With no fee at all, nothing comes back: the platform keeps
+    the paise (_keep_remainder), and she is promised none."""
     short = REFUND_MIN_PAISE - quote.refund_paise
-    if not quote.allowed or quote.refund_paise <= 0 or short <= 0 or quote.fee_paise <= 0:
+    if not quote.allowed or quote.refund_paise <= 0 or short <= 0:
         return quote
+    if quote.fee_paise <= 0:
+        return CancellationQuote(quote.allowed, 0, 0, quote.reason_code)
     if quote.fee_paise >= short:
         fee = quote.fee_paise - short
         if 0 < fee < TRANSFER_MIN_PAISE:
@@ -407,12 +415,10 @@ def _stuck_quote(quote: CancellationQuote, payout: int) -> CancellationQuote:
     (refund_floor); where no fee is left to give way (a leg paid nothing), a refund under
     REFUND_MIN_PAISE, never asked of the gateway, is the holder's fee too, so nobody is
     promised money that will not come."""
-    quote = refund_floor(CancellationQuote(quote.allowed, quote.refund_paise, payout,
-                                           quote.reason_code))
-    if 0 < quote.refund_paise < REFUND_MIN_PAISE:
-        return CancellationQuote(quote.allowed, 0, quote.fee_paise + quote.refund_paise,
-                                 quote.reason_code)
-    return quote
+    if payout <= 0 and 0 < quote.refund_paise < REFUND_MIN_PAISE:
+        return CancellationQuote(quote.allowed, 0, quote.refund_paise, quote.reason_code)
+    return refund_floor(CancellationQuote(quote.allowed, quote.refund_paise, payout,
+                                          quote.reason_code))
 
 
 def cancel_booking(session: Session, booking: Booking, actor: Actor,
@@ -471,6 +477,8 @@ def cancel_booking(session: Session, booking: Booking, actor: Actor,
     refund_paise = quote.refund_paise + (quote.fee_paise - fee)
     if refund_paise > 0:
         _open_refund(session, booking, refund_paise, fee, "cancelled", str(actor))
+    else:  # a rest under the least refund (refund_floor) is the platform's
+        _keep_remainder(session, booking, _escrow_paid_for(session, booking.id), str(actor))
     if fee != quote.fee_paise:
         quote = CancellationQuote(quote.allowed, refund_paise, fee, quote.reason_code)
     _tell_cancelled(session, booking, actor, quote.refund_paise, quote.fee_paise)
@@ -655,8 +663,11 @@ def _open_refund(session: Session, booking: Booking, amount: int, fee: int, reas
     if amount <= 0:
         return None
     if amount < REFUND_MIN_PAISE:
-        # Nothing the gateway would make: it stays in escrow, for a person to look at.
-        log.error("refund under the gateway's minimum not asked; left in escrow",
+        if reason not in OWN_CHAIN_REFUNDS:  # the booking's own: nothing else can take it
+            _keep_remainder(session, booking, amount, actor)
+            return None
+        # Nothing the gateway would make: it stays where it is, for a person to look at.
+        log.error("refund under the gateway's minimum not asked",
                   extra={"booking_id": booking.id, "reason": reason, "amount": amount})
         return None
     if _open_row(session, booking.id) is not None:
@@ -665,6 +676,18 @@ def _open_refund(session: Session, booking: Booking, amount: int, fee: int, reas
         return None
     return _reserve_attempt(session, booking, payment_id=payment_id, amount=amount, fee=fee,
                             reason=reason, actor=actor, leg_id=leg_id)
+
+
+def _keep_remainder(session: Session, booking: Booking, amount: int, actor: str) -> None:
+    """``amount``, what is left in a closed booking's escrow of its own payment, under the
+    gateway's least refund (1-99 paise, left by support's refund of an amount not in
+    whole rupees): the platform's commission takes it (rules.remainder_kept), as no
+    refund can give it back and no partner earned it. Nothing for 0 or a refundable sum."""
+    if 0 < amount < REFUND_MIN_PAISE and ledger.post(
+            session, rules.remainder_kept(booking.id, amount), actor=actor,
+            cause=f"remainder:{booking.id}"):
+        log.info("the rest of a payment under the least refund kept by the platform",
+                 extra={"booking_id": booking.id, "amount": amount})
 
 
 def _chain(reason: str) -> Any:
