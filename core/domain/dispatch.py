@@ -591,13 +591,62 @@ def parse_command(raw: str) -> Command:
     kind = _LOOKUP.get(f"{words[0]} {words[1]}") if len(words) >= 2 else None
     if kind is None:
         kind = _LOOKUP.get(words[0])
-    if Kind.STATUS in kinds and len(kinds) == 2 and kinds & {Kind.ON, Kind.OFF}:
-        kind = (kinds - {Kind.STATUS}).pop()  # "kaam band", "kaam chalu", "job off"
+    if kind in (Kind.STATUS, Kind.ACCEPT):
+        kind = _action_after(kind, words, numbers)  # "Job 57 delivered 4821", "ok off"
+    elif Kind.STATUS in kinds and len(kinds) == 2 and kinds & {Kind.ON, Kind.OFF}:
+        kind = (kinds - {Kind.STATUS}).pop()  # "mera kaam band", "duty job off"
     elif kind is None and len(kinds) == 1 and len(words) <= 3:
         kind = next(iter(kinds))  # "duty on", "ok yes": a known word in a short message
     if kind is None or (kind is not Kind.DECLINE and _negated(words)):
         return Command(Kind.UNKNOWN, numbers, words)
     return Command(kind, numbers, words)
+
+
+# What a partner asks for when a yes or a STATUS word ("job", "kaam") comes first and
+# another command's word follows: that command (_action_after).
+_ACTIONS = frozenset({Kind.ON, Kind.OFF, Kind.PICK, Kind.DROP, Kind.CANCEL})
+
+
+def _kinds_in(words: Sequence[str]) -> list[Kind]:
+    """The command kinds the words carry, in order; a two-word phrase ("ji nahi", "पहुँच
+    गया") counts as one. A lone "?" is left out: "ok?" is no call for HELP."""
+    out: list[Kind] = []
+    i = 0
+    while i < len(words):
+        pair = _LOOKUP.get(f"{words[i]} {words[i + 1]}") if i + 1 < len(words) else None
+        if pair is not None:
+            out.append(pair)
+            i += 2
+            continue
+        if words[i] != "?" and words[i] in _LOOKUP:
+            out.append(_LOOKUP[words[i]])
+        i += 1
+    return out
+
+
+def _action_after(lead: Kind, words: Sequence[str], numbers: Sequence[str]) -> Kind:
+    """The command of a message led by a yes or a STATUS word: the other command its words
+    name wins ("Job 57 delivered 4821", "kaam band", "OK delivered 4821", "ok off").
+
+    After STATUS, one other command alone wins, as ON/OFF always did; anything else stays
+    STATUS (a list, no guess). After a yes the message is no yes to an offer once it names
+    another command: OFF, CANCEL and HELP win ("ok off", "haan chhod do"); PICK and DROP
+    win with a number (the code: "haan pahuncha diya 4821"), while without one they may
+    as well agree to the offer ("haan utha lunga": yes, I will pick it up), and ON may
+    ("haan chalo"), so those, a no ("ok decline") and two commands at once are not
+    understood: the partner is asked again, the offer named."""
+    others = set(_kinds_in(words)) - {lead, Kind.STATUS}
+    if not others:
+        return lead
+    if lead is Kind.STATUS:
+        return others.pop() if len(others) == 1 and others <= _ACTIONS else lead
+    if len(others) > 1:
+        return Kind.UNKNOWN
+    other = others.pop()
+    if other in (Kind.OFF, Kind.CANCEL, Kind.HELP) or (
+            other in (Kind.PICK, Kind.DROP) and numbers):
+        return other
+    return Kind.UNKNOWN
 
 
 def _negated(words: Sequence[str]) -> bool:

@@ -1766,6 +1766,24 @@ def _pick_offer(session: Session, partner: PartnerProfile,
     return offers[0]
 
 
+def stray_number(session: Session, partner: PartnerProfile, code: str) -> bool:
+    """Whether the number sent with a yes names no job this partner ever had an offer or a
+    leg of while exactly one offer of theirs is open ("Yes 10 min me aata hu": 10 minutes):
+    the yes is to that offer, not to a job 10 (``_pick_offer`` would answer "No open offer
+    with code 10", and the partner believe the job gone). A number naming any job of
+    theirs keeps its meaning."""
+    if len(open_offers_of(session, partner)) != 1:
+        return False
+    number = _job_number(code)
+    if number is None:
+        return True
+    offered = session.scalar(select(DispatchOffer.id).where(
+        DispatchOffer.partner_id == partner.id, DispatchOffer.leg_id == number).limit(1))
+    held = session.scalar(select(Leg.id).where(Leg.id == number,
+                                               Leg.partner_id == partner.id))
+    return offered is None and held is None
+
+
 def _gave_back(session: Session, partner: PartnerProfile, leg_id: int) -> bool:
     """Whether the partner gave the leg back themselves (CANCEL), rather than had it taken
     back (not picked up in time, blocked by ops)."""
@@ -2653,7 +2671,11 @@ def cancel_by_partner(session: Session, partner: PartnerProfile,
                       numbers: tuple[str, ...]) -> Reply:
     """The partner gives an accepted job back (before pickup): the leg goes back into
     dispatch and it counts against their acceptance record. CANCEL naming a job only
-    offered to them says no to the offer."""
+    offered to them says no to the offer, and so does a bare CANCEL ("chhod do") from a
+    partner with no job and exactly one offer open."""
+    if not numbers and not active_legs_of(session, partner) \
+            and len(open_offers_of(session, partner)) == 1:
+        return decline(session, partner, None)
     number = _job_number(numbers[0]) if numbers else None
     if number is not None and not any(
             leg.id == number for leg in active_legs_of(session, partner)) and any(

@@ -253,7 +253,10 @@ def _run(session: Session, partner, cmd, lang: str) -> list[str]:
     elif cmd.kind is Kind.OFF:
         reply = dispatch.set_duty(session, partner, False)
     elif cmd.kind is Kind.ACCEPT:
-        reply = dispatch.accept(session, partner, cmd.numbers[0] if cmd.numbers else None)
+        code = cmd.numbers[0] if cmd.numbers else None
+        if code is not None and dispatch.stray_number(session, partner, code):
+            code = None  # "haan ji 5 minute": yes to his one offer; 5 names no job of his
+        reply = dispatch.accept(session, partner, code)
     elif cmd.kind is Kind.DECLINE:
         reply = dispatch.decline(session, partner, cmd.numbers[0] if cmd.numbers else None)
     elif cmd.kind is Kind.PICK:
