@@ -26,8 +26,8 @@ from core.adapters.payment_models import LedgerTransaction
 from core.domain.booking import BookingStatus
 from core.services import payments, reconciliation
 from tests.test_api import API
-from tests.test_migrations_live import db, engine, template  # noqa: F401 (fixtures)
 from tests.test_cancel_after_support_refund import CUSTOMER, cancel_question
+from tests.test_migrations_live import db, engine, template  # noqa: F401 (fixtures)
 from tests.test_payments_refunds import fail_for_no_partner
 from tests.test_payments_support import (
     booking,
