@@ -65,6 +65,7 @@ REQUIRED_KEYS = (
     | {f"payment.{k}" for k in ("after_expiry", "extra", "wrong_amount",
                                 "wrong_amount_no_link")}  # record_capture: given back
     | {"bot.handoff.closed", "bot.handoff.expired"}  # handoff.close, handoff.expire_idle
+    | {"bot.handoff.kept"}  # conversation._kept_for_the_team: a call's request waits
     | {"address.same_place", "ivr.place.same"}  # the dialogs, when drop == pickup
     | {"bot.confirm.new_price", "ivr.confirm.new_price"}  # booking.confirm_as_shown
     | {"ivr.amount", "ivr.amount_paise"}  # voice.amount: a fee with its paise

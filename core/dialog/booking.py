@@ -136,7 +136,8 @@ def _language_handle(ctx: Ctx, inp: UserInput) -> Result:
     num = words.number(inp.text)
     if num is not None and 1 <= num <= len(LANGUAGES):
         return _language_chosen(ctx, LANGUAGES[num - 1])
-    lang = words.language_named(inp.text)
+    # "Tamil please", "मराठी में": as a first message is read (language_mentioned).
+    lang = words.language_mentioned(inp.text)
     return _language_chosen(ctx, lang) if lang else Retry()
 
 
@@ -239,6 +240,28 @@ def _resume_handle(ctx: Ctx, inp: UserInput) -> Result:
 
 # --- places: pin or pincode, then the village post office, then a landmark -------------
 
+OFFICE_STEPS = ("pickup_office", "drop_office")  # the village lists
+
+
+def listed_offices(data: dict[str, Any], text: str) -> list[dict[str, Any]]:
+    """The villages on the page of the village list shown (``data``'s offices and page)
+    whose name is ``text`` as typed (case, spaces and surrounding punctuation aside)."""
+    typed = words.clean(text)
+    if not typed:
+        return []
+    page = data.get("page", 0)
+    shown = (data.get("offices") or [])[page * PAGE_SIZE:(page + 1) * PAGE_SIZE]
+    return [o for o in shown if words.clean(o.get("name") or "") == typed]
+
+
+def names_a_listed_village(step: str, data: dict[str, Any], text: str) -> bool:
+    """Whether ``text`` at ``step`` is the name of a village on the list shown there: real
+    India Post villages are called "Char", "Don", "Bangla", "Pachal", "Lang", "Band", and
+    the list's own name for one is that village, not a number word, a command, a
+    language's name or STOP."""
+    return step in OFFICE_STEPS and bool(listed_offices(data, text))
+
+
 def _place_steps(kind: str, default_next: str) -> list[Step]:
     """Three steps for ``kind`` ("pickup"/"drop"): where, which office, landmark."""
     where, office, landmark = kind, f"{kind}_office", f"{kind}_landmark"
@@ -311,7 +334,10 @@ def _place_steps(kind: str, default_next: str) -> list[Step]:
         shown = offices[page * PAGE_SIZE:(page + 1) * PAGE_SIZE]
         if not offices:
             return Goto(where)
-        num = words.number(inp.text) if not inp.has_location else None
+        named = listed_offices(ctx.state.data, inp.text) if not inp.has_location else []
+        if len(named) > 1:
+            return Retry()  # two villages of one name on the page: its number says which
+        num = words.number(inp.text) if not (inp.has_location or named) else None
         if num == MORE and len(offices) > PAGE_SIZE:
             pages = (len(offices) + PAGE_SIZE - 1) // PAGE_SIZE
             ctx.state.data["page"] = (page + 1) % pages
@@ -321,7 +347,9 @@ def _place_steps(kind: str, default_next: str) -> list[Step]:
         if inp.has_location or len(digits or "") == words.PINCODE_DIGITS or (
                 num is None and words.pincode_in(inp.text)):
             return where_handle(ctx, inp)  # another pincode (the first was wrong), a pin
-        if num is not None and 1 <= num <= len(shown):
+        if named:
+            picked = named[0]  # "Char" listed is Char, not option 4
+        elif num is not None and 1 <= num <= len(shown):
             picked = shown[num - 1]
         elif num is None:
             typed = words.clean(inp.text)
@@ -360,7 +388,9 @@ def _place_steps(kind: str, default_next: str) -> list[Step]:
 
     return [
         Step(where, where_prompt, where_handle, "bot.help.place", BOOKING, location=True),
-        Step(office, office_prompt, office_handle, office_help, BOOKING, location=True),
+        Step(office, office_prompt, office_handle, office_help, BOOKING, location=True,
+             own_answer=lambda ctx, inp: names_a_listed_village(
+                 ctx.state.step, ctx.state.data, inp.text)),
         Step(landmark, landmark_prompt, landmark_handle, "bot.help.landmark", BOOKING,
              any_text=True),
     ]

@@ -9,7 +9,8 @@ Rules every step gets for free:
 - global commands: "0"/"menu" -> main menu (a draft booking is kept), "help" -> the
   step's help and its prompt again, "language" -> the language list, a language's name
   ("English", "தமிழ்") -> that language and the same question in it, "back" -> the
-  previous question (in a dialog that says which one it is: ``Dialog.previous``);
+  previous question (in a dialog that says which one it is: ``Dialog.previous``), unless
+  the step takes the words as its own answer (``Step.own_answer``: a village so named);
 - an answer a step cannot use is a *miss*: a short re-ask with the same choices; the
   third miss in a row offers a person instead;
 - a photo is acknowledged and the step asked again; a voice note offers a call back;
@@ -157,7 +158,9 @@ class Step:
     gives it, when what is true depends on it); ``group`` marks steps that fill a
     booking draft (a draft is offered again after a break); ``location`` says the step
     takes a shared location; ``any_text`` that any words may be its answer (a landmark:
-    "Bangla", a bungalow, is no switch to Bengali there)."""
+    "Bangla", a bungalow, is no switch to Bengali there); ``own_answer`` says of an input
+    that it is this step's answer before any global word is looked for (a village named
+    "Char" or "Pachal" on the village list: that village, not 4 nor "back")."""
 
     name: str
     prompt: Callable[[Ctx], list[Out]]
@@ -166,6 +169,7 @@ class Step:
     group: str | None = None
     location: bool = False
     any_text: bool = False
+    own_answer: Callable[[Ctx, UserInput], bool] | None = None
 
     def help_key(self, ctx: Ctx) -> str:
         return self.help(ctx) if callable(self.help) else self.help
@@ -236,7 +240,9 @@ def turn(dialog: Dialog, state: DialogState, inp: UserInput, ports: Any,
             return enter(dialog, ctx, dialog.voice_callback)
         return [Say("bot.media.photo")] + ask_again(dialog, ctx, step)
 
-    cmd = words.command(inp.text) if not inp.has_location else None
+    own = (step.own_answer is not None and not inp.has_location
+           and step.own_answer(ctx, inp))
+    cmd = words.command(inp.text) if not inp.has_location and not own else None
     if cmd == "back" and dialog.previous is not None:
         before = dialog.previous(ctx)
         if before is not None:
@@ -260,7 +266,7 @@ def turn(dialog: Dialog, state: DialogState, inp: UserInput, ports: Any,
         return enter(dialog, ctx, dialog.language)
     # "English" at "Who will receive the parcel?" is no name: the language.
     named = (words.language_named(inp.text)
-             if dialog.switch_language and not step.any_text else None)
+             if dialog.switch_language and not step.any_text and not own else None)
     try:
         if named is not None and dialog.switch_language is not None:
             result = dialog.switch_language(ctx, named)

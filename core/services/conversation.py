@@ -23,12 +23,20 @@ from sqlalchemy.orm.attributes import set_committed_value
 
 from core import clock, i18n
 from core.adapters import pincode
+from core.adapters.dialog_models import Handoff
 from core.adapters.models import Booking, Conversation, Leg, PartnerProfile, Person
 from core.adapters.payment_models import LedgerTransaction
 from core.adapters.queue import after_commit, enqueue
 from core.adapters.redis_conn import redis_down
 from core.dialog import engine, words
-from core.dialog.booking import AGREED_TOTAL, BOOKING, BOOKING_DIALOG, MENU, RATE
+from core.dialog.booking import (
+    AGREED_TOTAL,
+    BOOKING,
+    BOOKING_DIALOG,
+    MENU,
+    RATE,
+    names_a_listed_village,
+)
 from core.dialog.engine import Ctx, DialogState, Out, Say, UserInput
 from core.dialog.ports import Place, PlaceResult
 from core.domain.booking import BOOKING as BOOKING_MACHINE
@@ -513,6 +521,8 @@ def _whatsapp_turn(session: Session, msg: InboundMessage, person: Person, conv: 
                 or words.guess_language(text) or i18n.DEFAULT_LANGUAGE)
 
     cmd = words.command(text)
+    if cmd == "stop" and _village_answer(conv, idle, text):
+        cmd = None  # "Band", her village on the list shown, is her answer: no STOP
     if cmd == "stop":
         person.opted_out, person.wa_blocked = True, False  # hers: only START ends it
         if conv.handoff:  # no operator can answer them now: off the waiting list
@@ -547,11 +557,12 @@ def _whatsapp_turn(session: Session, msg: InboundMessage, person: Person, conv: 
     elsewhere = handoff.waiting_for(session, person.id, besides=conv.id)
     if elsewhere is not None:
         # They wait for a person on another channel (they called us), and the operator's
-        # reply reached them here (notify picks WhatsApp while the window is open): they
-        # answer where it came, so what they write is kept for the operator, no bot answer,
-        # as their SMS would be (partner_sms) and as in a chat's own handoff. "0" keeps its
-        # meaning: they leave the waiting list for the menu; a partner's delivery photo
-        # is still filed for his drop.
+        # reply may reach them here (notify picks WhatsApp while the window is open): they
+        # answer where it came, so what they write is kept for the operator, as their SMS
+        # would be (partner_sms) and as in a chat's own handoff; no bot answer once an
+        # operator wrote to them here, else they are told once that it is kept and that
+        # "0" brings the menu (_kept_for_the_team). "0" keeps its meaning: they leave the
+        # waiting list for the menu; a partner's delivery photo is still filed for his drop.
         pod = _partner_photo(session, person, msg, booking=True)
         if pod is not None:
             return Turn(lang(), [pod])
@@ -561,7 +572,7 @@ def _whatsapp_turn(session: Session, msg: InboundMessage, person: Person, conv: 
             handoff.keep_inbound(session, elsewhere, text,
                                  list(zip(msg.media_types, msg.media_urls, strict=False)),
                                  location, msg.place)
-            return Turn(lang(), [])
+            return Turn(lang(), _kept_for_the_team(session, conv, elsewhere))
         handoff.withdraw_elsewhere(session, elsewhere)
     at = BOOKING_DIALOG.steps.get(conv.step)
     photo = _partner_photo(session, person, msg, booking=at is not None and at.group == BOOKING)
@@ -583,6 +594,34 @@ def _whatsapp_turn(session: Session, msg: InboundMessage, person: Person, conv: 
         log.exception("dialog turn failed", extra={"step": step})
         raise TurnFailed(Turn(before, [Say("common.error_try_later")])) from exc
     return Turn(lang(), outs)
+
+
+def _village_answer(conv: Conversation, idle: timedelta | None, text: str) -> bool:
+    """Whether a STOP word is her answer to the village list on her screen: the chat is
+    at that list (no person has it, and it is not a day old: then the dialog would not
+    take it as the answer) and the word is, exactly, one of the villages shown ("Band",
+    in Barmer). Anywhere else, and any other text, STOP stops."""
+    if conv.handoff or (idle is not None and idle > IDLE_RESUME):
+        return False
+    return names_a_listed_village(conv.step or "", conv.state or {}, text)
+
+
+_KEPT_NOTE = "kept_note_for"  # state: the other channel's request she was told of
+
+
+def _kept_for_the_team(session: Session, conv: Conversation,
+                       waiting: Handoff) -> list[Out]:
+    """What to answer a message kept for a request of hers on another channel (a call):
+    nothing once an operator wrote to her on WhatsApp in it (she answers them here);
+    before that, once per request, that her message is kept for our team and that 0
+    brings the menu; else silence, as she was told."""
+    if handoff.answered_on_whatsapp(session, waiting):
+        return []
+    state = conv.state or {}
+    if state.get(_KEPT_NOTE) == waiting.id:
+        return []
+    conv.state = {**engine.copy_data(state), _KEPT_NOTE: waiting.id}
+    return [Say("bot.handoff.kept")]
 
 
 def _unblocked(person: Person) -> None:

@@ -25,7 +25,7 @@ from sqlalchemy.orm import Session
 from core import clock, i18n
 from core.adapters.db import transaction
 from core.adapters.dialog_models import Handoff, HandoffMessage
-from core.adapters.models import Conversation, Person
+from core.adapters.models import Conversation, OutboxMessage, Person
 from core.config import get_settings, int_setting
 from core.domain.errors import Conflict, NotFound
 from core.services import notify, outbox
@@ -190,6 +190,17 @@ def waiting_for(session: Session, person_id: int | None, *,
     return session.scalar(select(Handoff).where(mine, Handoff.status == "waiting")
         .order_by(Handoff.channel == "whatsapp", Handoff.created_at.desc(), Handoff.id.desc())
         .limit(1))
+
+
+def answered_on_whatsapp(session: Session, handoff: Handoff) -> bool:
+    """Whether an operator wrote to the person on WhatsApp in ``handoff`` (their reply
+    went there): what the person writes there next answers the operator."""
+    return session.scalar(
+        select(HandoffMessage.id)
+        .join(OutboxMessage, OutboxMessage.id == HandoffMessage.outbox_id)
+        .where(HandoffMessage.handoff_id == handoff.id, HandoffMessage.direction == "out",
+               OutboxMessage.channel == "whatsapp")
+        .limit(1)) is not None
 
 
 def keep_inbound(session: Session, handoff: Handoff, body: str,
