@@ -633,9 +633,15 @@ def _unblocked(person: Person) -> None:
              extra={"person_id": person.id})
 
 
+# WhatsApp sends a sticker as this; a photo from the phone's camera as image/jpeg. A
+# sticker ("thumbs up" after the drop) is no proof of delivery.
+STICKER = "image/webp"
+
+
 def _partner_photo(session: Session, person: Person, msg: InboundMessage, *,
                    booking: bool = False) -> Say | None:
-    """A partner's photo on WhatsApp is proof of delivery for their current drop.
+    """A partner's photo on WhatsApp is proof of delivery for their current drop (not a
+    sticker: STICKER).
 
     The picture is fetched from Twilio by an RQ job (never inside the webhook) and stored
     with the leg; the partner hears which job it was filed under. A partner with no drop
@@ -643,7 +649,7 @@ def _partner_photo(session: Session, person: Person, msg: InboundMessage, *,
     answered by the dialog, as any customer.
     """
     images = [(url, kind) for url, kind in zip(msg.media_urls, msg.media_types, strict=False)
-              if kind.startswith("image/") and url]
+              if kind.startswith("image/") and kind != STICKER and url]
     if not images:
         return None
     partner = session.scalar(select(PartnerProfile).where(PartnerProfile.person_id == person.id))
