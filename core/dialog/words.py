@@ -225,16 +225,44 @@ _PHONE_AT_START = re.compile(
     rf"^[^\w+]*(?P<phone>\+?\d[\d\s\-().{_DASHES}]{{8,}}\d)[\s,;:\-–]*(?P<name>.*?)$")
 
 
+# Words naming the number that follows a name ("Sita ka number 98765...", "सीता का नंबर",
+# "Ramesh mobile no"): no part of the name. Possessives and "is" go with them.
+_NUMBER_WORDS = frozenset({
+    "number", "no", "no.", "num", "nmbr", "mobile", "mob", "phone", "ph", "contact", "cell",
+    "नंबर", "नम्बर", "मोबाइल", "फोन", "फ़ोन", "क्रमांक",
+    "নম্বর", "নাম্বার", "মোবাইল", "ফোন", "நம்பர்", "எண்", "மொபைல்", "போன்",
+    "నంబర్", "నెంబర్", "మొబైల్", "ఫోన్", "નંબર", "મોબાઇલ", "ફોન",
+    "ನಂಬರ್", "ಮೊಬೈಲ್", "ಫೋನ್"})
+_NUMBER_GLUE = frozenset({
+    "ka", "ki", "ke", "ko", "is", "hai", "का", "की", "के", "है", "चा", "ची", "चे", "एर",
+    "এর", "ইজ", "નો", "ની", "ಅವರ", "ది", "my", "her", "his"})
+
+
+def _without_number_words(name: str) -> str:
+    """``name`` without the words naming the number after it ("सीता का नंबर" -> "सीता"):
+    only where one of them is a word for number, phone or mobile ("Number" alone is no
+    name: "")."""
+    tokens = name.split()
+    end = len(tokens)
+    while end > 0 and (tokens[end - 1].lower().strip(_TRIM) in _NUMBER_WORDS | _NUMBER_GLUE):
+        end -= 1
+    tail = {t.lower().strip(_TRIM) for t in tokens[end:]}
+    if not tail & _NUMBER_WORDS:
+        return name
+    return " ".join(tokens[:end]).strip(_TRIM + " ,;:-–")
+
+
 def name_and_number(text: str) -> tuple[str, str] | None:
     """("Ramesh Kumar", "98765 43210") from a name written with a phone number after or
-    before it ("Ramesh Kumar, 98765 43210", "9876543210 रमेश"); None when the answer is
-    not one name and one number (the number's digits in any script, made ASCII)."""
+    before it ("Ramesh Kumar, 98765 43210", "9876543210 रमेश", "सीता का नंबर 98765
+    43210": the words naming the number are no part of the name); None when the answer
+    is not one name and one number (the number's digits in any script, made ASCII)."""
     t = ascii_digits(without_format_marks(text or "")).strip()
     for pattern in (_PHONE_AT_END, _PHONE_AT_START):
         found = pattern.match(t)
         if found is None:
             continue
-        name = found["name"].strip(_TRIM + " ,;:-–")
+        name = _without_number_words(found["name"].strip(_TRIM + " ,;:-–"))
         if name and not any(ch.isdigit() for ch in name):
             return name, found["phone"]
     return None
