@@ -36,3 +36,17 @@ def test_a_number_with_no_name_is_asked_for_the_name() -> None:
     outs = play(state, FakePorts(), "Number 9876543210")
     assert "recipient_name" not in state.slots, keys(outs)
     assert state.step == "recipient_name" and "bot.recipient.bad_name" in keys(outs)
+
+
+@pytest.mark.parametrize("said,name", [
+    ("Sita\u202e Devi", "Sita Devi"),  # a right-to-left override turned the SMS around
+    ("Ramesh\x7f", "Ramesh"),
+    ("\u200fरमेश", "रमेश"),  # a direction mark some keyboards put first
+    ("সু\u200dর্য", "সু\u200dর্য"),  # a joiner is part of the spelling: kept
+])
+def test_invisible_characters_are_not_kept_in_the_name(said: str, name: str) -> None:
+    """A name (or a landmark) is read by the rider and the receiver in their SMS: no
+    control characters nor format marks are kept, but the joiners some spellings need."""
+    state = DialogState("recipient_name", {"slots": {"pickup": dict(PLACE)}})
+    outs = play(state, FakePorts(), said)
+    assert state.slots.get("recipient_name") == name, keys(outs)

@@ -370,7 +370,7 @@ def _place_steps(kind: str, default_next: str) -> list[Step]:
     def landmark_handle(ctx: Ctx, inp: UserInput) -> Result:
         if inp.has_location:
             return Retry([Say("bot.place.landmark_bad")])
-        text = " ".join(inp.text.split())
+        text = words.visible(inp.text)
         place = ctx.slots.get(kind)
         if place is None:
             return Goto(where)
@@ -421,7 +421,7 @@ _PLACE_ERRORS = {
 # --- recipient -------------------------------------------------------------------------
 
 def _name_handle(ctx: Ctx, inp: UserInput) -> Result:
-    text = " ".join(inp.text.split())
+    text = words.visible(inp.text)
     both = words.name_and_number(text)
     name = both[0] if both else text
     letters = sum(ch.isalpha() for ch in name)
