@@ -6,7 +6,9 @@ from pydantic import BaseModel, Field
 
 from core.adapters.pincode import PostOffice, nearest, normalize_pincode, post_offices
 from core.api import bp
+from core.api.customer import _PART_NAMES
 from core.api.spec import Strict, endpoint
+from core.domain.errors import DomainError
 
 
 class PostOfficeOut(BaseModel):
@@ -47,4 +49,10 @@ def pincode(pin: str) -> PincodeOut:
 @endpoint(bp, "GET", "/geo/reverse", summary="Nearest post office to a position", roles=None,
           query=ReverseQuery, response=PostOfficeOut, tags=("addressing",), errors=(404,))
 def reverse(query: ReverseQuery) -> PostOfficeOut:
-    return _out(nearest(query.lat, query.lng))
+    try:
+        return _out(nearest(query.lat, query.lng))
+    except DomainError as exc:
+        # nearest names the chat's "location"; this query has lat and lng (as POST /quotes
+        # names a position's lat).
+        exc.field = _PART_NAMES.get(exc.field or "", exc.field)
+        raise

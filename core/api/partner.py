@@ -352,10 +352,22 @@ def _confirm(leg_id: int, kind: str, otp: str, ok_key: str) -> ActionOut:
     with transaction() as session:
         person, partner = _me(session)
         leg = _my_leg(session, partner, leg_id)
-        # retries: the app sends a request again when its answer was lost; the same
-        # wrong code again is that request, not a second try.
-        reply = dispatch.confirm(session, partner, kind, (otp.strip(), dispatch.job_code(leg)),
-                                 retries=True)
+        job = dispatch.job_code(leg)
+        if leg.status not in dispatch.ACTIVE_LEG_STATES:
+            # The URL names the leg, and no code names another: dispatch reads "DROP <code>
+            # <job>" as SMS, where a number equal to one of his active jobs is that job, so
+            # a retried drop of a delivered leg whose code was another job's number went to
+            # that job (its code checked, a try counted). Answered as dispatch answers a
+            # job of his not active (delivered, or handed on, cancelled), the code unread.
+            key = ("dispatch.already_delivered" if leg.status == LegStatus.DELIVERED.value
+                   else "dispatch.no_such_job")
+            reply = dispatch.Reply(key, {"job": job})
+        else:
+            # Active, the leg is in the job numbers dispatch reads, so it is the job taken
+            # whatever the code. retries: the app sends a request again when its answer
+            # was lost; the same wrong code again is that request, not a second try.
+            reply = dispatch.confirm(session, partner, kind, (otp.strip(), job),
+                                     retries=True)
         result = _answer_or_keep(session, reply, person, ok_key, leg)
     return _raise_or_return(result)
 

@@ -8,15 +8,22 @@ OpenAPI document, so the document cannot drift from the routes.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from functools import wraps
 from types import UnionType
-from typing import Any, Union, get_args, get_origin
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 from flask import Blueprint, Response, g, request
-from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationInfo, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Tag,
+    TypeAdapter,
+    ValidationInfo,
+    field_validator,
+)
 from pydantic import ValidationError as PydanticError
 from pydantic_core import ErrorDetails
 from werkzeug.exceptions import RequestEntityTooLarge
@@ -135,15 +142,132 @@ REGISTRY: list[Endpoint] = []
 MAX_ID = 2**31 - 1
 
 
-def _field_of(err: ErrorDetails) -> str | None:
-    loc = [str(p) for p in err.get("loc", ()) if p not in ("body", "query")]
-    return ".".join(loc) or None
+@dataclass(frozen=True)
+class _Path:
+    """Where an error is, as the client wrote it: pydantic's loc less the tags it adds for
+    the member of a union it tried (``("point", "int")`` for an ``int | str`` given a
+    list: the request has no field "point.int"). ``union`` is how many of ``names`` lead
+    to the first union whose member failed (None: no union), and ``about`` that field's
+    description, if it has one."""
+
+    names: tuple[str, ...]
+    union: int | None = None
+    about: str | None = None
 
 
-def _validation_error(exc: PydanticError) -> ApiError:
-    first = exc.errors(include_url=False)[0]
-    fld = _field_of(first)
-    msg = first.get("msg", "invalid value")
+def _field_of(err: ErrorDetails, model: type[BaseModel] | None = None) -> str | None:
+    return ".".join(_path_of(err, model).names) or None
+
+
+def _path_of(err: ErrorDetails, model: type[BaseModel] | None) -> _Path:
+    """Walk the loc along the model's types. The model is validated as it is (parse_body,
+    parse_query), so the loc has no leading request part ("body", "query"): its first
+    element is a field, which may well be called body (an operator's reply)."""
+    names: list[str] = []
+    union: int | None = None
+    about: str | None = None
+    typ: Any = model
+    info: Any = None  # the FieldInfo of the field last walked into
+    for part in err.get("loc", ()):
+        typ = _unwrap(typ)
+        members = _union_members(typ)
+        if members:  # this part is the tag of the member tried, no field
+            if union is None:
+                union, about = len(names), getattr(info, "description", None)
+            typ = _member(members, part)
+            continue
+        names.append(str(part))
+        typ, info = _child(typ, part)
+    return _Path(tuple(names), union, about)
+
+
+def _unwrap(typ: Any) -> Any:
+    """Annotated[X, ...] is X; X | None is X (pydantic validates it as a nullable X,
+    adding no tag)."""
+    while True:
+        if get_origin(typ) is Annotated:
+            typ = get_args(typ)[0]
+            continue
+        if get_origin(typ) in (Union, UnionType):
+            args = [a for a in get_args(typ) if a is not type(None)]
+            if len(args) == 1:
+                typ = args[0]
+                continue
+        return typ
+
+
+def _union_members(typ: Any) -> tuple[Any, ...]:
+    if get_origin(typ) in (Union, UnionType):
+        args = tuple(a for a in get_args(typ) if a is not type(None))
+        return args if len(args) > 1 else ()
+    return ()
+
+
+def _member(members: tuple[Any, ...], tag: Any) -> Any:
+    """The member a tag names: pydantic's name of its validator ("int", "list[int]",
+    "function-after[check(), int]", a model's name), a Tag, or a discriminator's value;
+    None (walk on by the loc alone) when none does."""
+    for m in members:
+        if get_origin(m) is Annotated and any(
+                isinstance(x, Tag) and x.tag == tag for x in get_args(m)[1:]):
+            return m
+        model = _unwrap(m)
+        if isinstance(model, type) and issubclass(model, BaseModel) and any(
+                get_origin(f.annotation) is Literal and tag in get_args(f.annotation)
+                for f in model.model_fields.values()):
+            return m
+        try:
+            if TypeAdapter(m).validator.title == tag:
+                return m
+        except Exception:  # noqa: BLE001 - a type pydantic cannot build alone: no match
+            continue
+    return None
+
+
+def _child(typ: Any, part: Any) -> tuple[Any, Any]:
+    """The type (and FieldInfo, for a model's field) at ``part`` within ``typ``."""
+    if isinstance(typ, type) and issubclass(typ, BaseModel):
+        for name, info in typ.model_fields.items():
+            if part in (name, info.alias, info.validation_alias):
+                return info.annotation, info
+        return None, None
+    origin, args = get_origin(typ), get_args(typ)
+    if origin is dict or (isinstance(origin, type) and issubclass(origin, Mapping)):
+        if part == "[key]":
+            return (args[0] if args else None), None
+        return (args[1] if len(args) > 1 else None), None
+    if origin is tuple and args:
+        if len(args) == 2 and args[1] is Ellipsis:
+            return args[0], None
+        return (args[part] if isinstance(part, int) and part < len(args) else None), None
+    if isinstance(origin, type) and issubclass(origin, Iterable) and args:
+        return args[0], None  # list, set, frozenset, Sequence
+    return None, None
+
+
+def _validation_error(exc: PydanticError, model: type[BaseModel] | None = None) -> ApiError:
+    errors = exc.errors(include_url=False)
+    first = errors[0]
+    path = _path_of(first, model)
+    names, msg = path.names, first.get("msg", "invalid value")
+    if path.union is not None:
+        # Every member of the union failed: name the union's field, and say each form it
+        # takes ("a valid integer, or a valid string"), with what the field is for.
+        names = names[: path.union]
+        said: list[str] = []
+        for err in errors:
+            other = _path_of(err, model)
+            if other.union != path.union or other.names[: path.union] != names:
+                continue
+            inner = ".".join(other.names[path.union:])
+            text = err.get("msg", "invalid value")
+            if said and text.startswith("Input should be "):
+                text = text.removeprefix("Input should be ")
+            text = f"{inner}: {text}" if inner else text
+            if text not in said:
+                said.append(text)
+        msg = "; or ".join(said) + (f" ({path.about})" if path.about else "")
+    fld = ".".join(names) or None
     return ApiError(422, "validation_error", f"{fld}: {msg}" if fld else msg, fld)
 
 
@@ -170,6 +294,44 @@ def _reject_nul(data: dict[str, Any]) -> None:
         stack.extend(reversed(children))  # report the first bad field in document order
 
 
+class _Repeated(dict[str, Any]):
+    """A JSON object that gave a name twice (json.loads keeps the last value): which one
+    is meant depends on the reader, so the body is refused (as a query parameter given
+    twice is, parse_query), naming the field."""
+
+    def __init__(self, pairs: list[tuple[str, Any]], name: str):
+        super().__init__(pairs)
+        self.repeated = name
+
+
+def _object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    seen: set[str] = set()
+    for name, _ in pairs:
+        if name in seen:
+            return _Repeated(pairs, name)
+        seen.add(name)
+    return dict(pairs)
+
+
+def _reject_repeated(data: dict[str, Any]) -> None:
+    """Refuse (422, naming it) the first field given twice in an object, at any depth.
+    Run after _reject_nul: a name said back holds no NUL."""
+    stack: list[tuple[tuple[Any, ...], Any]] = [((), data)]
+    while stack:
+        loc, item = stack.pop()
+        children: list[tuple[tuple[Any, ...], Any]] = []
+        if isinstance(item, _Repeated):
+            where = (*loc, item.repeated)
+            if not ".".join(map(str, where)).isprintable():  # a lone surrogate: not said
+                raise _field_error((), "a field is given more than once; give it once")
+            raise _field_error(where, "given more than once; give it once")
+        if isinstance(item, dict):
+            children = [((*loc, key), value) for key, value in item.items()]
+        elif isinstance(item, list):
+            children = [((*loc, i), value) for i, value in enumerate(item)]
+        stack.extend(reversed(children))  # report the first in document order
+
+
 def _field_error(loc: tuple[Any, ...], problem: str) -> ApiError:
     fld = ".".join(map(str, loc)) or None  # as pydantic's errors name fields
     return ApiError(422, "validation_error", f"{fld}: {problem}" if fld else problem, fld)
@@ -180,7 +342,7 @@ def parse_body(model: type[BaseModel]) -> BaseModel:
         raise ApiError(415, "unsupported_media_type", "send the body as application/json")
     raw = request.get_data(cache=True)
     try:
-        data = json.loads(raw.decode("utf-8")) if raw else None
+        data = json.loads(raw.decode("utf-8"), object_pairs_hook=_object) if raw else None
     except (ValueError, RecursionError):
         # ValueError: bad UTF-8, bad JSON, or an integer past Python's 4300-digit limit;
         # RecursionError: arrays or objects nested deeper than the parser goes.
@@ -188,10 +350,11 @@ def parse_body(model: type[BaseModel]) -> BaseModel:
     if not isinstance(data, dict):
         raise ApiError(400, "bad_json", "the body must be a JSON object")
     _reject_nul(data)
+    _reject_repeated(data)
     try:
         return model.model_validate(data)
     except PydanticError as exc:
-        raise _validation_error(exc) from None
+        raise _validation_error(exc, model) from None
 
 
 def refuse_unread_body(query: type[BaseModel] | None) -> None:
@@ -226,7 +389,7 @@ def parse_query(model: type[BaseModel]) -> BaseModel:
     try:
         return model.model_validate(args)
     except PydanticError as exc:
-        raise _validation_error(exc) from None
+        raise _validation_error(exc, model) from None
 
 
 def refuse_query() -> None:
