@@ -23,7 +23,7 @@ from flask import Blueprint, abort, send_file
 from rq import Retry
 
 from core import clock, i18n
-from core.adapters.queue import enqueue
+from core.adapters.queue import RENDER_QUEUE, enqueue, pending_ids
 from core.config import get_settings
 
 log = logging.getLogger(__name__)
@@ -38,6 +38,11 @@ GTTS_VOICES: dict[str, tuple[str, str]] = {
 }
 _NAME = re.compile(r"^[0-9a-f]{20}$")
 RENDER_JOB = "ivr_flows.audio.render_job"
+# gTTS's requests: (connect, read) seconds. Google answers a connection within a second;
+# one it does not answer in 3 (a firewall that drops the packets, no route) is not coming,
+# and a render that waits longer only holds a worker. A part of the text (gTTS sends at
+# most 100 characters a request) is read in well under 10.
+GTTS_TIMEOUT_S = (3.05, 10.0)
 
 
 def cache_dir() -> Path:
@@ -94,10 +99,12 @@ _marks_lock = threading.Lock()
 
 
 def queue_renders(pairs: list[tuple[str, str]]) -> None:
-    """Queue the rendering of prompts not yet cached: one Redis round trip marks them
-    pending, and only prompts not already pending get a job (a turn must not pay for a
-    job look-up per prompt, nor a gTTS outage for a job per prompt per call). Prompts this
-    process saw marked, until their mark expires, cost nothing at all."""
+    """Queue the rendering of prompts not yet cached, on RENDER_QUEUE (workers take it
+    last): one Redis round trip marks them pending, and only prompts not already pending
+    get a job (a turn must not pay for a job look-up per prompt, nor a gTTS outage for a
+    job per prompt per call); a newly marked one whose job still waits (a mark expires
+    before a retry is due) is not queued twice (one more round trip, for all of them).
+    Prompts this process saw marked, until their mark expires, cost nothing at all."""
     if not pairs:
         return
     try:
@@ -129,9 +136,15 @@ def queue_renders(pairs: list[tuple[str, str]]) -> None:
             for (*_, key), left_ms in zip(todo, replies[1::2], strict=True):
                 if left_ms > 0:
                     marks[key] = now + left_ms / 1000
-        for (lang, text, name, _), new in zip(todo, replies[0::2], strict=True):
-            if new:
-                enqueue(RENDER_JOB, lang, text, job_id=f"tts-{lang}-{name}",
+        jobs = {f"tts-{lang}-{name}": (lang, text)
+                for (lang, text, name, _), new in zip(todo, replies[0::2], strict=True)
+                if new}
+        # A mark lasts PENDING_TTL_S; the job may outlive it (waiting behind others, or
+        # scheduled for a retry an hour on while Google cannot be reached): not again.
+        waiting = pending_ids(list(jobs))
+        for job_id, (lang, text) in jobs.items():
+            if job_id not in waiting:
+                enqueue(RENDER_JOB, lang, text, queue_name=RENDER_QUEUE, job_id=job_id,
                         retry=Retry(max=2, interval=[300, 3600]), known_new=True)
     except Exception:  # the call goes on with <Say>; a later call queues it again
         log.warning("could not queue prompt rendering")
@@ -150,7 +163,7 @@ def render(lang: str, text: str) -> bool:
     fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".part")
     try:
         with os.fdopen(fd, "wb") as out:
-            gTTS(text, lang=voice, tld=tld, timeout=15).write_to_fp(out)
+            gTTS(text, lang=voice, tld=tld, timeout=GTTS_TIMEOUT_S).write_to_fp(out)
         if os.path.getsize(tmp) == 0:
             raise gTTSError("empty audio")
         os.replace(tmp, path)  # atomic: a half-written file is never served

@@ -524,7 +524,7 @@ def test_track_offers_recent_bookings_first(phone: Caller) -> None:
 
 def test_cached_prompts_are_played_and_missing_ones_are_said_and_queued(phone: Caller,
                                                                         prompts) -> None:
-    from core.adapters.queue import queue
+    from core.adapters.queue import RENDER_QUEUE, queue
 
     menu = t("ivr.menu")
     path = audio.audio_path("hi", menu)
@@ -537,7 +537,7 @@ def test_cached_prompts_are_played_and_missing_ones_are_said_and_queued(phone: C
     assert menu not in heard.text  # played, not said
     assert t("ivr.welcome") in heard.text  # not cached: <Say language="hi-IN">
     assert ("hi-IN", t("ivr.welcome")) in heard.says
-    queued = {j.args[1] for j in queue("default").get_jobs()
+    queued = {j.args[1] for j in queue(RENDER_QUEUE).get_jobs()
               if j.func_name == audio.RENDER_JOB}
     assert t("ivr.welcome") in queued and menu not in queued
 
@@ -656,9 +656,9 @@ def test_the_call_simulator_books_against_a_live_server(live, prompts) -> None:
     assert "[waiting for one key]" in lines and t("ivr.confirm.yes") in lines
     lines = "\n".join(sim.press("1"))
     assert t("ivr.confirm.done", digits="")[:10] in lines
-    from core.adapters.queue import queue
+    from core.adapters.queue import RENDER_QUEUE, queue
 
-    for job in queue("default").get_jobs():  # no gTTS here: this test has no fake Google
+    for job in queue(RENDER_QUEUE).get_jobs():  # no gTTS here: this test has no fake Google
         if job.func_name == audio.RENDER_JOB:
             job.delete()
     run_jobs()  # the payment link job, then the SMS, through the sandbox Twilio

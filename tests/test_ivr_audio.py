@@ -13,7 +13,7 @@ import pytest
 import requests
 from requests.adapters import HTTPAdapter
 
-from core.adapters.queue import queue
+from core.adapters.queue import RENDER_QUEUE, queue
 from ivr_flows import audio
 from tests.conftest import release_scheduled, run_jobs
 
@@ -58,7 +58,7 @@ def google(monkeypatch, tmp_path):
 def test_missing_audio_falls_back_and_queues_one_render(clean_db, google):
     assert audio.audio_url("hi", "नमस्ते") is None
     assert audio.audio_url("hi", "नमस्ते") is None  # asked twice: still one job
-    assert queue("default").count == 1
+    assert queue(RENDER_QUEUE).count == 1
     run_jobs()
     assert google.asked == [("hi", "नमस्ते")]
     url = audio.audio_url("hi", "नमस्ते")

@@ -21,7 +21,12 @@ from core.adapters.redis_conn import redis_client
 
 log = logging.getLogger(__name__)
 
-QUEUES = ("outbox", "inbound", "default")
+# The IVR's prompt renders (ivr_flows.audio): cosmetic (a prompt without audio is said
+# with <Say>) and slow while Google cannot be reached, so on a queue of their own that
+# every worker listens to last. A payment link or a dispatch offer never waits behind them.
+RENDER_QUEUE = "prompts"
+# The service's queues, in the order a worker takes from them (the first that has a job).
+QUEUES = ("outbox", "inbound", "default", RENDER_QUEUE)
 # The emulators' own work (Twilio's status callbacks, Razorpay's webhooks): in production
 # Twilio and Razorpay do it, so in sandbox mode a separate worker does, not ours.
 SANDBOX_QUEUE = "sandbox"
@@ -188,6 +193,27 @@ def job_alive(job_id: str, queue_name: str = "default") -> bool:
     twice. One a dead worker left "started" is failed first (or retried by its Retry),
     as RQ's own maintenance would do minutes later."""
     return _pending(queue(queue_name), job_id)
+
+
+def pending_ids(job_ids: list[str]) -> set[str]:
+    """Those of ``job_ids`` whose job waits (queued, scheduled for a retry, deferred) or
+    runs, on whichever queue: one round trip for them all; a "started" one is then looked
+    at as ``job_alive`` does (a dead worker's is failed or retried, and not counted)."""
+    if not job_ids:
+        return set()
+    with redis_client().pipeline(transaction=False) as p:
+        for job_id in job_ids:
+            p.hmget(Job.key_for(job_id), ["status", "origin"])
+        replies = p.execute()
+    pending: set[str] = set()
+    for job_id, (raw_status, raw_origin) in zip(job_ids, replies, strict=True):
+        status = as_text(raw_status) if raw_status is not None else None
+        if status == "started":
+            if raw_origin is None or _pending(queue(as_text(raw_origin)), job_id):
+                pending.add(job_id)
+        elif status in PENDING:
+            pending.add(job_id)
+    return pending
 
 
 def _pending(q: Queue, job_id: str) -> bool:
