@@ -63,9 +63,11 @@ usage: ./run <command> [args]
   migrate         apply database migrations (python -m core.cli migrate)
   seed            load the demo data (python -m core.cli seed)
   worker          run only the RQ worker
-  add-operator, add-point, rate-card, add-partner, retention [args]
-                  production set-up and the retention job (python -m core.cli <command>;
-                  README: Setting up production); --help on each says its arguments
+  add-operator, add-point, rate-card, add-partner, set-payout-account, set-home-point,
+  close-point, move-point, rename-point, erase-recipient, retention [args]
+                  production set-up, a recipient's erasure and the retention job
+                  (python -m core.cli <command>; README: Setting up production, Keeping
+                  and erasing personal data); --help on each says its arguments
   lint [args]     ruff check . (args are passed to ruff), then mypy on core/
   chat [args]     chat with a running `./run serve` as a WhatsApp customer (signed webhooks;
                   /loc <lat> <lng> shares a location; --phone +91... picks your number)
