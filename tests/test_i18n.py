@@ -139,6 +139,8 @@ REQUIRED_KEYS = (
     | {"ivr.sms.cancelled"}  # a phone booking cancelled in its own call, details sent
     | {f"ivr.tier.{s}" for s in ("express", "standard", "economy")}  # speeds said in words
     | {"ivr.within.hours", "ivr.within.one_hour"}  # voice.spoken_tier
+    | {f"office.{k}" for k in ("branch", "sub", "head", "district", "near",  # offices of
+                               "number")}  # one name told apart: booking.said_name
 )
 
 LANGUAGE_LIST = "1. हिंदी\n2. English\n3. বাংলা\n4. मराठी\n5. தமிழ்\n6. తెలుగు\n7. ગુજરાતી\n8. ಕನ್ನಡ"

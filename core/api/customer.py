@@ -3,8 +3,6 @@ and the customer's own profile (their language)."""
 
 from __future__ import annotations
 
-from collections import Counter
-
 from flask import Response, jsonify
 from pydantic import BaseModel, Field
 from sqlalchemy import select
@@ -13,13 +11,7 @@ from sqlalchemy.orm import Session, selectinload
 from core import i18n
 from core.adapters.db import transaction
 from core.adapters.models import Booking, Leg, PartnerProfile
-from core.adapters.pincode import (
-    PostOffice,
-    nearest,
-    normalize_pincode,
-    pincode_centroid,
-    post_offices,
-)
+from core.adapters.pincode import nearest, normalize_pincode, pincode_centroid, post_offices
 from core.api import bp
 from core.api.auth_guard import principal
 from core.api.idempotency import idempotent
@@ -40,6 +32,7 @@ from core.api.spec import Strict, endpoint
 from core.domain.booking import Actor, ActorKind, BookingStatus, LegStatus
 from core.domain.errors import Conflict, DomainError, NotFound, ValidationError
 from core.domain.money import format_inr
+from core.domain.office_names import offered_names
 from core.domain.phone import mask_phone
 from core.domain.pricing import SpeedTier
 from core.logs import mask_phones
@@ -216,14 +209,6 @@ def _place(p: PlaceIn) -> booking_service.Place:
     else:
         lat, lng = office.lat, office.lng
     return booking_service.Place(lat, lng, pin, office.office_name, p.landmark)
-
-
-def offered_names(offices: list[PostOffice]) -> list[str]:
-    """The names to offer for ``offices``, each picking one office when sent back as
-    ``post_office``: the display name ("Laxmipur"), or where two share it the directory's
-    office_name ("Arjunganj BO", "Arjunganj SO")."""
-    shared = Counter(o.name.casefold() for o in offices)
-    return [o.name if shared[o.name.casefold()] == 1 else o.office_name for o in offices]
 
 
 def _spec(parcel: ParcelIn) -> booking_service.ParcelSpec:

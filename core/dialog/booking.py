@@ -39,6 +39,7 @@ from core.dialog.engine import (
 )
 from core.domain.errors import DomainError, ValidationError
 from core.domain.geo import same_place
+from core.domain.office_names import told_apart
 from core.domain.phone import is_indian_mobile, normalize_phone
 from core.domain.reference import is_valid_reference, normalize_reference
 from core.i18n import LANGUAGE_NAMES, LANGUAGES
@@ -97,8 +98,25 @@ def place_label(place: dict[str, Any]) -> str:
     name = place.get("name") or place.get("post_office") or ""
     district = place.get("district")
     pin = place.get("pincode")
-    text = f"{name}, {district}" if district and district != name else name
+    text = name
+    # "Dariyapur (Hathras)": a name told apart by its district says it already.
+    if district and district != name and not name.endswith(f"({district})"):
+        text = f"{name}, {district}"
     return f"{text} ({pin})" if pin else text
+
+
+def said_name(place: dict[str, Any]) -> Say | str:
+    """A place's name as a list offers it or it is said back: one sharing its name with
+    another office of the list has a word after it in the user's language ("Arjunganj
+    branch post office"; core.domain.office_names.told_apart), the others their name."""
+    apart = place.get("apart")
+    if not apart:
+        return place.get("name") or ""
+    how, what = apart
+    called = place.get("called") or place.get("name") or ""
+    if how == "kind":
+        return Say(f"office.{what}", {"name": called})
+    return Say(f"office.{how}", {"name": called, how: what})
 
 
 def is_the_other_end(ctx: Ctx, kind: str, place: dict[str, Any]) -> bool:
@@ -308,7 +326,7 @@ def _place_steps(kind: str, default_next: str) -> list[Step]:
             return outside(res)
         if res.kind == "ok":
             return accept(ctx, res.place, True, pinned=inp.has_location)
-        ctx.state.data["offices"] = res.offices
+        ctx.state.data["offices"] = told_apart(res.offices)  # two Arjunganj: which is which
         ctx.state.data["page"] = 0
         if len(res.offices) == 1:
             return accept(ctx, res.offices[0], True)
@@ -322,7 +340,7 @@ def _place_steps(kind: str, default_next: str) -> list[Step]:
         shown = offices[page * PAGE_SIZE:(page + 1) * PAGE_SIZE]
         pin = offices[0]["pincode"] if offices else ""
         return [Say("bot.place.office", {"pincode": pin}),
-                Choices(tuple(o["name"] for o in shown), more=len(offices) > PAGE_SIZE)]
+                Choices(tuple(said_name(o) for o in shown), more=len(offices) > PAGE_SIZE)]
 
     def office_help(ctx: Ctx) -> str:
         offices = ctx.state.data.get("offices") or []

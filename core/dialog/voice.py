@@ -39,6 +39,7 @@ from core.dialog.booking import (
     not_allowed_kind,
     person_said,
     quote_or_resize,
+    said_name,
     same_office,
 )
 from core.dialog.engine import (
@@ -55,6 +56,7 @@ from core.dialog.engine import (
     UserInput,
 )
 from core.domain.errors import ValidationError
+from core.domain.office_names import told_apart
 from core.domain.phone import is_indian_mobile, normalize_phone
 from core.domain.reference import is_valid_reference, normalize_reference
 from core.i18n import LANGUAGES
@@ -169,7 +171,7 @@ def _right_or_again() -> Choices:
 
 def _resume_prompt(ctx: Ctx) -> list[Out]:
     pickup = ctx.slots.get("pickup") or {}
-    return [Say("ivr.resume.ask", {"place": pickup.get("name") or ""}),
+    return [Say("ivr.resume.ask", {"place": said_name(pickup)}),
             Choices((Say("ivr.resume.continue"), Say("ivr.resume.fresh")))]
 
 
@@ -201,7 +203,9 @@ def _place_steps(kind: str, default_next: str) -> list[Step]:
             return Retry([Say("ivr.place.unknown", {"digits": spoken.spell_digits(digits)})])
         if res.kind == "outside":
             return Stay([_outside(res)])
-        ctx.state.data.update(offices=res.offices, page=0, pin=digits)
+        # Two offices of one name (Arjunganj BO and SO) are each said with a word that
+        # tells them apart, and booked by a name that does.
+        ctx.state.data.update(offices=told_apart(res.offices), page=0, pin=digits)
         if len(res.offices) == 1:
             ctx.state.data["place_pick"] = res.offices[0]
             return Goto(check)
@@ -219,7 +223,7 @@ def _place_steps(kind: str, default_next: str) -> list[Step]:
         # again), then 9 (more names); the list's own "9 = more" would come before the 8.
         return [Say("ivr.place.pincode", {"digits": spoken.spell_digits(pin)}),
                 Say("ivr.place.choose"),
-                Choices(tuple(o["name"] for o in shown(ctx))),
+                Choices(tuple(said_name(o) for o in shown(ctx))),
                 Say("ivr.place.reenter"),
                 *([Say("ivr.more")] if len(offices) > PAGE_SIZE else [])]
 
@@ -247,7 +251,7 @@ def _place_steps(kind: str, default_next: str) -> list[Step]:
     def check_prompt(ctx: Ctx) -> list[Out]:
         place = ctx.state.data.get("place_pick") or {}
         return [Say("ivr.place.confirm", {
-            "place": place.get("name", ""),
+            "place": said_name(place),
             "digits": spoken.spell_digits(place.get("pincode") or "")}), _right_or_again()]
 
     def check_handle(ctx: Ctx, inp: UserInput) -> Result:
@@ -266,16 +270,15 @@ def _place_steps(kind: str, default_next: str) -> list[Step]:
             # Two villages India Post puts at one spot (often their pincode's centre): not
             # one place, but no distance to price by, and a keypad cannot send a location
             # pin as the chat does. A person can book it, or a nearby village will do.
-            ctx.state.data["spot"] = {"place": place.get("name") or "",
-                                      "other": other.get("name") or ""}
+            ctx.state.data["spot"] = {"place": _named(place), "other": _named(other)}
             return Goto(spot)
         ctx.slots[kind] = place
         return Goto(ctx.after(default_next))
 
     def spot_prompt(ctx: Ctx) -> list[Out]:
         names = ctx.state.data.get("spot") or {}
-        return [Say("ivr.place.one_spot", {"place": names.get("place", ""),
-                                           "other": names.get("other", "")}),
+        return [Say("ivr.place.one_spot", {"place": _said(names.get("place")),
+                                           "other": _said(names.get("other"))}),
                 Choices((Say("ivr.place.spot_person"), Say("ivr.place.spot_other")))]
 
     def spot_handle(ctx: Ctx, inp: UserInput) -> Result:
@@ -296,6 +299,16 @@ def _place_steps(kind: str, default_next: str) -> list[Step]:
         Step(check, check_prompt, check_handle, "ivr.place.choose", BOOKING),
         Step(spot, spot_prompt, spot_handle, "ivr.hint", BOOKING),
     ]
+
+
+def _named(place: dict[str, Any]) -> dict[str, Any]:
+    """What ``said_name`` needs of a place, kept in the call's state."""
+    return {k: place[k] for k in ("name", "called", "apart") if place.get(k) is not None}
+
+
+def _said(named: dict[str, Any] | str | None) -> Say | str:
+    """``_named``'s place said (a plain name, as a draft kept before told it)."""
+    return said_name(named) if isinstance(named, dict) else named or ""
 
 
 def spoken_km(km: str) -> str:
@@ -370,8 +383,8 @@ def _confirm_prompt(ctx: Ctx) -> list[Out]:
     q = quote_or_resize(ctx, full_slots(s))
     total = q["tiers"][s["tier"]]["total_paise"]
     ctx.state.data["shown_total"] = total
-    return [Say("ivr.confirm.summary", {"pickup": s["pickup"]["name"],
-                                        "drop": s["drop"]["name"],
+    return [Say("ivr.confirm.summary", {"pickup": said_name(s["pickup"]),
+                                        "drop": said_name(s["drop"]),
                                         "size": Say(f"ivr.size.{s['size']}"),
                                         "tier": spoken_tier(s["tier"], q)}),
             Say("ivr.confirm.fare", {"amount": amount(total, ctx.lang)}),

@@ -1,0 +1,120 @@
+"""Names that tell apart the post offices of one pincode sharing a display name.
+
+India Post lists "Arjunganj BO" (a village branch office) and "Arjunganj SO" under 226002,
+3 km apart; both are shown as "Arjunganj" (core.adapters.pincode.display_name). Wherever
+a pincode's offices are offered for a pick, a shared name must pick one office only:
+
+* the app API offers the directory's own names ("Arjunganj BO", "Arjunganj SO"), which it
+  is sent back to pick one (``offered_names``);
+* the chat and the phone offer the name with a word people say after it: the office's
+  kind ("Arjunganj branch post office"), else its district, else the nearest other office
+  of the list ("near Bakkash"), else a number (``told_apart``: the directory has a few
+  rows alike in all of these). The booking keeps a written form of it (``written``), as
+  people read it in an SMS: "Arjunganj Branch Office", never the "BO" display_name drops.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from typing import Any, Protocol
+
+from core.domain.geo import haversine_m
+
+# The office-type suffix display_name drops ("Arjunganj SO", "Diwa B.O", "Kasara S.O
+# (Thane)"): its letter says the kind.
+_SUFFIX = re.compile(r"\s([BSH])\.?\s?O\.?(?=\s*(?:\([^()]*\))?\s*$)", re.IGNORECASE)
+KINDS = {"B": "branch", "S": "sub", "H": "head"}
+_WRITTEN_KINDS = {"branch": "Branch Office", "sub": "Sub Office", "head": "Head Office"}
+
+
+class Office(Protocol):
+    """A directory office (core.adapters.pincode.PostOffice)."""
+
+    @property
+    def name(self) -> str: ...  # display name: "Arjunganj"
+
+    @property
+    def office_name(self) -> str: ...  # the directory's: "Arjunganj SO"
+
+
+def shared(names: Iterable[str]) -> set[str]:
+    """The names (casefolded) that more than one of ``names`` is."""
+    counts = Counter(name.casefold() for name in names)
+    return {name for name, n in counts.items() if n > 1}
+
+
+def offered_names(offices: Sequence[Office]) -> list[str]:
+    """The names to offer for ``offices``, each picking one office when sent back as
+    ``post_office``: the display name ("Laxmipur"), or where two share it the directory's
+    office_name ("Arjunganj BO", "Arjunganj SO")."""
+    twice = shared(o.name for o in offices)
+    return [o.office_name if o.name.casefold() in twice else o.name for o in offices]
+
+
+def kind(office_name: str) -> str | None:
+    """"branch", "sub" or "head" as the directory's name says (its BO/SO/HO), else None."""
+    m = _SUFFIX.search(office_name or "")
+    return KINDS[m.group(1).upper()] if m else None
+
+
+def _nearest_other(place: dict[str, Any], places: Sequence[dict[str, Any]],
+                   twice: set[str]) -> str | None:
+    """The name of the office of ``places`` nearest ``place`` whose name is its own (not
+    one of ``twice``, the shared names)."""
+    if place.get("lat") is None or place.get("lng") is None:
+        return None
+    others = [p for p in places if (p.get("name") or "").casefold() not in twice
+              and p.get("lat") is not None and p.get("lng") is not None]
+    if not others:
+        return None
+    near = min(others, key=lambda p: haversine_m(place["lat"], place["lng"], p["lat"], p["lng"]))
+    return near.get("name") or None
+
+
+def told_apart(places: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``places`` (the dialog's: name, post_office, district, lat, lng) as offered in a
+    list: those sharing a name each get ``apart`` ([how, what]: ["kind", "branch"],
+    ["district", "Hathras"], ["near", "Bakkash"] or ["number", 2]), ``called`` (the shared
+    name, said with it) and as ``name`` the written form (``written``), which the booking
+    keeps. The others are unchanged; so is ``places``."""
+    twice = shared(p.get("name") or "" for p in places)
+    if not twice:
+        return places
+    out = [dict(p) for p in places]
+    for called in twice:
+        group = [p for p in out if (p.get("name") or "").casefold() == called]
+        ways = (("kind", lambda p: kind(p.get("post_office") or "")),
+                ("district", lambda p: p.get("district") or None),
+                ("near", lambda p: _nearest_other(p, places, twice)))
+        apart: dict[int, list[Any]] = {}
+        for how, value_of in ways:
+            values = [value_of(p) for p in group]
+            if None in values:  # "Barda BO" and "Barda": is the second a branch too?
+                continue  # the one said as a branch would be taken for the only one
+            for i, value in enumerate(values):
+                if i not in apart and values.count(value) == 1:
+                    apart[i] = [how, value]
+        left = [i for i in range(len(group)) if i not in apart]
+        if len(left) > 1:  # alike in all: the list's order says which
+            for n, i in enumerate(left, start=1):
+                apart[i] = ["number", n]
+        for i, p in enumerate(group):
+            if i in apart:
+                p["called"], p["apart"] = p.get("name") or "", apart[i]
+                p["name"] = written(p["called"], apart[i])
+    return out
+
+
+def written(called: str, apart: Sequence[Any]) -> str:
+    """How a place told apart is written where people read it (the booking, the rider's
+    SMS): "Arjunganj Sub Office", "Dariyapur (Hathras)", "Dumaria (near Kolha)"."""
+    how, what = apart[0], apart[1]
+    if how == "kind":
+        text = f"{called} {_WRITTEN_KINDS[what]}"
+    elif how == "near":
+        text = f"{called} (near {what})"
+    else:
+        text = f"{called} ({what})"
+    return text[:120]  # the booking's column
