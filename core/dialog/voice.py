@@ -587,6 +587,12 @@ def _rebook_handle(ctx: Ctx, inp: UserInput) -> Result:
                            if status else Say("ivr.track.not_found")])
     clear_draft(ctx)
     ctx.state.data["slots"] = slots
+    if not slots.get("recipient_phone"):
+        # The receiver asked us to forget her (retention.erase_recipient): her number is
+        # gone from the old booking, and a booking with none would send her drop code to
+        # the caller. Asked again, then the summary.
+        ctx.state.data["return_to"] = "confirm"
+        return Goto("recipient_phone")
     # The booking's summary and today's fare, then "book it / change / do not book".
     return Goto("confirm")
 
