@@ -421,7 +421,7 @@ def test_sms_parts_are_counted_as_carriers_count_them() -> None:
 # A phone caller's booking news and their request for a person go by SMS too.
 SMS_KEYS = sorted(k for k in i18n.keys("en")
                   if k.startswith(("dispatch.", "payment.", "pay.", "auth.", "sms.", "ivr.sms.",
-                                   "booking.", "bot.handoff."))
+                                   "booking.", "bot.handoff.", "bot.cancel.done"))
                   and ".ops_" not in k and not k.startswith("dispatch.size.")
                   and k not in SMS_LONGER)
 
