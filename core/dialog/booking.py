@@ -212,8 +212,37 @@ MENU_WORDS: tuple[frozenset[str], ...] = (
 )
 
 
+# A word in a sentence that says which option the menu is asked for ("mera parcel kahan
+# hai", "where is my parcel?", "আমার পার্সেল কোথায়", "booking cancel karni hai"), one line
+# per option; romanised and in each script (hi, bn, mr, ta, te, gu, kn).
+MENU_INTENTS: tuple[frozenset[str], ...] = (
+    frozenset({"book", "send", "bhejna", "bhejni", "bhejana", "भेजना", "भेजनी", "भेजें",
+               "পাঠাতে", "পাঠাব", "पाठवायचे", "पाठवायचा", "அனுப்ப", "அனுப்பணும்",
+               "పంపాలి", "મોકલવું", "મોકલવો", "ಕಳುಹಿಸಬೇಕು", "ಕಳುಹಿಸಲು"}),
+    frozenset({"track", "status", "where", "kahan", "kaha", "kahaan", "कहाँ", "कहां", "ट्रैक",
+               "स्टेटस", "কোথায়", "কই", "कुठे", "कुठं", "எங்கே", "எங்க", "ఎక్కడ", "ક્યાં",
+               "ಎಲ್ಲಿ", "ಎಲ್ಲಿದೆ"}),
+    frozenset({"cancel", "कैंसिल", "कैंसल", "रद्द", "বাতিল", "ரத்து", "రద్దు", "રદ", "ರದ್ದು"}),
+    frozenset({"agent", "human", "person", "operator", "call", "baat", "बात", "कॉल", "কথা",
+               "பேச", "பேசணும்", "మాట్లాడాలి", "વાત", "ಮಾತನಾಡಬೇಕು"}),
+)
+
+
+def menu_intent(text: str) -> int | None:
+    """The menu option a sentence asks for by one of MENU_INTENTS' words (1-4), or None:
+    none of them, words of two options ("where do I send it"), or a no in it ("cancel
+    nahi karna"): the menu is asked again rather than guessed."""
+    said = words.tokens(text)
+    if said & words.NO_WORDS:
+        return None
+    found = {i for i, keys in enumerate(MENU_INTENTS, start=1) if said & keys}
+    return found.pop() if len(found) == 1 else None
+
+
 def _menu_handle(ctx: Ctx, inp: UserInput) -> Result:
     picked = choice(inp, 5, MENU_WORDS)
+    if picked is None and not inp.has_location:
+        picked = menu_intent(inp.text)
     if picked == 1:
         if ctx.slots and ctx.state.data.get("draft_step"):
             return Goto("resume")

@@ -175,6 +175,11 @@ def clean(text: str) -> str:
     return t.strip(_TRIM + " ")
 
 
+def tokens(text: str) -> set[str]:
+    """The words of ``text`` (cleaned), each without the punctuation around it."""
+    return {w.strip(_TRIM) for w in clean(text).split()} - {""}
+
+
 def ascii_digits(text: str) -> str:
     """Map decimal digits of any script (८४५४३८, ৮৪৫) to ASCII; keep everything else."""
     out = []
