@@ -953,7 +953,11 @@ FILLERS = frozenset({
     "thanks", "thank", "you", "thx", "ty", "thanku", "dhanyavad", "dhanyawad", "shukriya",
     "जी", "सर", "है", "था", "थी", "लगा", "सेवा", "धन्यवाद", "शुक्रिया",
     # "star" as typed in each script ("5 स्टार"): hi and mr, bn, ta, te, gu, kn
-    "स्टार", "स्टार्स", "স্টার", "ஸ்டார்", "స్టార్", "સ્ટાર", "ಸ್ಟಾರ್"})
+    "स्टार", "स्टार्स", "স্টার", "ஸ்டார்", "స్టార్", "સ્ટાર", "ಸ್ಟಾರ್",
+    # and in each language's own word ("5 तारे", "৫ তারা", "5 நட்சத்திரம்")
+    "tare", "taare", "tara", "sitare", "sitara", "तारे", "तारा", "सितारे", "सितारा",
+    "তারা", "তারকা", "நட்சத்திரம்", "நட்சத்திரங்கள்", "నక్షత్రాలు", "నక్షత్రం",
+    "તારા", "તારો", "ನಕ್ಷತ್ರ", "ನಕ್ಷತ್ರಗಳು"})
 # Greetings by the time of day, besides GREETINGS: "good morning" is no 4 stars.
 DAY_GREETINGS = frozenset({
     "good morning", "good afternoon", "good evening", "good night", "gud morning",
