@@ -28,6 +28,7 @@ OPS_VALUES: dict[str, object] = {
     "point": LONG_VILLAGES[0][1],  # a Point is named after its village
     "minutes": 120,  # past the 60-minute pickup window when the sweep runs late
     "hours": 24,  # the economy tier's delivery hours
+    "command": "PICK",  # dispatch.handover_code_lost: the SMS word the code goes with
     "attempt": 2,
     "attempts": 3,
     "refund_paise": 141_247,

@@ -23,8 +23,9 @@ How a leg finds its partner:
 4. OTPs: pickup code to the sender (or, on a relay leg, to the partner handing over at the
    Point), drop code to the recipient (or to the next leg's partner at the Point).
    ``DISPATCH_OTP_MAX_FAILURES`` wrong codes lock the leg and alert ops. A code Twilio
-   could not deliver is made again (``drop_code_lost``, ``pickup_code_lost``), its tries
-   fresh but bounded (``tries_after_lost_code``).
+   could not deliver is made again (``drop_code_lost``, ``pickup_code_lost``, a rider's
+   handover code ``handover_code_lost``), its tries fresh but bounded
+   (``tries_after_lost_code``).
 5. A delivered leg asks payments to release its payout (``release-<leg id>``); a relay's
    next leg is dispatched as soon as the previous one is picked up, so its partner is
    waiting at the Point.
@@ -1107,9 +1108,12 @@ def stuck_holder(session: Session, booking: Booking) -> Leg | None:
     rider and its search is past the tier's deadline: paused (or failed), or searching a
     new round after a pause. A paused search starts again after DISPATCH_RETRY_S (two
     minutes) and searches a whole deadline before it pauses again, so "paused" alone would
-    be a moment of each round. A later leg still before its first deadline is not stuck."""
+    be a moment of each round. A later leg still before its first deadline is not stuck.
+    The holder is the latest leg picked up: the rider who has the parcel now."""
     legs = _legs(session, booking)
-    holder = next((leg for leg in legs if leg.status == LegStatus.PICKED_UP.value
+    # The latest leg picked up: an earlier one still "picked up" is a handover whose
+    # carrier never sent DROP (closed by the next rider's PICK since: _handover_proven).
+    holder = next((leg for leg in reversed(legs) if leg.status == LegStatus.PICKED_UP.value
                    and leg.partner_id is not None), None)
     if holder is None:
         return None
@@ -1344,7 +1348,8 @@ ORDER BY l.id LIMIT 500
 
 # Legs holding their parcel (picked up, or a relay leg handed the parcel at its Point
 # whose rider has not sent PICK: parcel_in_hand) of bookings whose parcel left the sender
-# longer ago than the tier's delivery hours, ops not yet alerted.
+# longer ago than the tier's delivery hours, ops not yet alerted. Never of a delivered
+# booking: its parcel is with the recipient, whatever a leg still says.
 _LATE_DELIVERIES = text("""
 SELECT l.id FROM legs l
 JOIN bookings b ON b.id = l.booking_id
@@ -1357,6 +1362,7 @@ CROSS JOIN LATERAL (SELECT min(t.at) AS at FROM transitions t
 WHERE (l.status = 'picked_up' OR (l.status = 'assigned' AND EXISTS (
          SELECT 1 FROM legs pv WHERE pv.booking_id = l.booking_id
            AND pv.sequence = l.sequence - 1 AND pv.status = 'delivered')))
+  AND b.status <> 'delivered'
   AND p.at < c.cutoff
   AND NOT EXISTS (SELECT 1 FROM outbox_messages o WHERE o.booking_id = l.booking_id
                     AND o.dedupe_key LIKE 'leg-' || l.id || '-late-delivery-%')
@@ -1448,6 +1454,8 @@ def delivery_late(leg_id: int) -> str:
             return "stale"
         booking = session.get(Booking, leg.booking_id)
         assert booking is not None
+        if booking.status == BookingStatus.DELIVERED.value:
+            return "stale"  # the parcel reached the recipient: nothing is late
         first = _legs(session, booking)[0]
         left_at = session.scalar(select(func.min(TransitionLog.at)).where(
             TransitionLog.entity == "leg", TransitionLog.entity_id == first.id,
@@ -2287,6 +2295,123 @@ def pickup_code_lost(session: Session, row: OutboxMessage) -> int | None:
     return sent
 
 
+# A handover code as send_leg_codes or _send_new_code queues it: the next leg's pickup
+# code to the rider handing over (``leg-<next>-handgive-<tag>``), and the leg before's
+# drop code to the next rider (``leg-<next>-handtake-[<before>-]<tag>``). Tags start with
+# a letter; what is sent in a lost one's place adds a suffix, so it is never taken for one.
+_HANDGIVE_KEY = re.compile(r"leg-(\d+)-handgive-([^-]+)")
+_HANDTAKE_KEY = re.compile(r"leg-(\d+)-handtake-(?:(\d+)-)?([^-]+)")
+
+
+def handover_code_lost(session: Session, row: OutboxMessage) -> int | None:
+    """A rider's handover code did not reach them (Twilio could not deliver it, and it
+    went no other way): at the Point one of the two riders has no code to read out, and
+    the parcel cannot change hands. As pickup_code_lost does for the customer's code: a
+    new code is made (only its hash kept, the lost one void should it arrive after all;
+    the leg's other code stays, the tries are those of a code made again) and sent on
+    WhatsApp to a rider who chats with us there, else by SMS once more, and ops are told
+    (they can give a code on the phone: new_leg_code). Nothing can carry it: the lost
+    code stays as it was, ops hear the rider has none.
+
+    ``handgive`` (to the rider handing over: the next leg's pickup code) while the next
+    leg is not picked up; once he handed the parcel over (his DROP), the new code goes to
+    the rider holding it (as _send_new_code). ``handtake`` (to the next rider: the drop
+    code of the leg before) while that leg is not delivered and the next leg is hers, not
+    picked up. Only for the latest such message, once. Returns the new message's row id,
+    None if nothing was done or nothing could be sent."""
+    key = row.dedupe_key or ""
+    give, take = _HANDGIVE_KEY.fullmatch(key), _HANDTAKE_KEY.fullmatch(key)
+    if (give is None and take is None) or row.booking_id is None:
+        return None
+    found = give or take
+    assert found is not None
+    tag = found[found.re.groups]
+    booking = session.get(Booking, row.booking_id)
+    nxt = session.get(Leg, int(found[1]))
+    if booking is None or nxt is None or nxt.booking_id != booking.id or nxt.sequence < 2:
+        return None
+    # Legs in their order (lock_legs): the one before, then the next.
+    prev = _previous_leg(session, nxt)
+    if prev is None:
+        return None
+    prev, nxt = _lock_leg(session, prev.id), _lock_leg(session, nxt.id)
+    assert prev is not None and nxt is not None
+    if (booking.status in CLOSED_BOOKING or nxt.status != LegStatus.ASSIGNED.value
+            or nxt.partner_id is None or prev.partner_id is None
+            or (take is not None and take[2] is not None and int(take[2]) != prev.id)):
+        return None
+    handed = prev.status == LegStatus.DELIVERED.value
+    if give is not None:
+        # The next leg's pickup code, for the rider who handed the parcel over, or (handed
+        # over already) for the rider holding it.
+        leg, kind, command, to_partner = nxt, "pickup", "PICK", prev.partner_id
+        if not handed and prev.status not in _DELIVERING:
+            return None
+        sends_to = nxt.partner_id if handed else prev.partner_id
+    else:
+        # The drop code of the leg before, for the next rider to read out: used already
+        # once that leg is delivered.
+        leg, kind, command, to_partner = prev, "drop", "DROP", nxt.partner_id
+        if prev.status not in _DELIVERING:
+            return None
+        sends_to = nxt.partner_id
+    owner = session.get(PartnerProfile, to_partner)
+    person = _person(session, owner) if owner is not None else None
+    lost_kind = "handgive" if give is not None else "handtake"
+    if (person is None or not person.phone
+            or row.to_addr != outbox.address(row.channel, person.phone)
+            or _last_sent(session, booking, f"leg-{nxt.id}-{lost_kind}-%") != key):
+        return None
+    if _ops_code_since(session, leg, kind, row):
+        _ops_sent_code_lost(session, booking, leg, tag)
+        return None
+    target = session.get(PartnerProfile, sends_to)
+    assert target is not None
+    rider = _person(session, target)
+    before = leg.pickup_otp_hash, leg.drop_otp_hash, leg.otp_failures
+    if kind == "pickup":
+        failures = tries_after_lost_code(session, leg, "pickup")
+        code, _ = issue_leg_otps(leg)
+        leg.drop_otp_hash = before[1]
+    else:
+        # Before its pickup the leg's one counter holds wrong PICK codes: they stay.
+        failures = (leg.otp_failures if leg.status == LegStatus.ASSIGNED.value
+                    else tries_after_lost_code(session, leg, "drop"))
+        _, code = issue_leg_otps(leg)
+        leg.pickup_otp_hash = before[0]
+    leg.otp_failures = failures
+    lang = _lang(rider)
+    point = place(session, booking, nxt, "from")
+    if give is not None and handed:
+        body = i18n.t("dispatch.handed_pick_code", lang, job=job_code(nxt), otp=code)
+    else:
+        holds = rider.phone is not None and _holds_code(
+            session, booking, nxt, lost_kind, rider.phone, other_than=row.id)
+        text_key = "dispatch.handover_give" if give is not None else "dispatch.handover_take"
+        body = i18n.t(text_key + ("_new" if holds else ""), lang, point=point, otp=code,
+                      job=job_code(prev if give is not None else nxt))
+    sent = None
+    if row.channel == "sms" and rider.id == person.id:
+        sent = notify.send_to_person(session, rider, body, booking_id=booking.id,
+                                     dedupe_key=f"{key}-wa", whatsapp_only=True)
+    if sent is None:
+        sent = notify.send_to_person(session, rider, body, booking_id=booking.id,
+                                     dedupe_key=f"{key}-again", sms_only=True)
+    if sent is None:
+        # Nobody was given the new code: the lost one stays the one that works.
+        leg.pickup_otp_hash, leg.drop_otp_hash, leg.otp_failures = before
+        log.error("handover code lost and the rider cannot be reached",
+                  extra={"booking_id": booking.id, "leg_id": leg.id})
+    else:
+        log.info("handover code lost; a new code sent",
+                 extra={"booking_id": booking.id, "leg_id": leg.id})
+    alert_ops(session, "dispatch.ops_handover_code_lost" if sent is not None
+              else "dispatch.ops_handover_code_unsent",
+              dedupe_key=f"leg-{leg.id}-handlost-{kind}-{tag}-ops", booking_id=booking.id,
+              ref=booking.reference, job=job_code(leg), command=command)
+    return sent
+
+
 def recipient_language(session: Session, booking: Booking) -> str:
     """The recipient's own language if we know them, else the sender's: a parcel mostly
     goes to family or a shop in the same area."""
@@ -2521,6 +2646,12 @@ def confirm(session: Session, partner: PartnerProfile, kind: str,
             return _done_before(session, partner, kind, otp) or problem
         return problem
     assert leg is not None
+    if kind == "pickup" and leg.sequence > 1:
+        # A relay PICK may close the leg before it (_handover_proven): that leg's lock
+        # first, in the legs' order (lock_legs), then this one's, then the booking's.
+        prev = _previous_leg(session, leg)
+        if prev is not None:
+            _lock_leg(session, prev.id)
     # Changed since read (the customer cancelled meanwhile): StaleDataError, and the
     # turn runs again (inbound.lost_a_race), answered as a PICK after the cancel is.
     leg = _lock_leg(session, leg.id)
@@ -2575,8 +2706,33 @@ def confirm(session: Session, partner: PartnerProfile, kind: str,
         return _r("dispatch.otp_wrong", job=job, left=cfg.otp_max_failures - leg.otp_failures)
     leg.otp_failures = 0
     if kind == "pickup":
+        _handover_proven(session, booking, leg, actor)
         return _picked_up(session, booking, leg, actor)
     return _delivered(session, booking, leg, actor)
+
+
+def _handover_proven(session: Session, booking: Booking, leg: Leg, actor: Actor) -> None:
+    """The mirror of ``handed_over_to``: a relay leg picked up with its code while the leg
+    before, another rider's, is still "picked up" (he has not sent DROP). That code went
+    to him alone (handover_give) and this rider typed it at the Point, face to face: the
+    parcel changed hands as surely as his DROP would have said. His leg is delivered and
+    released as his DROP would do (_delivered: the same release job, once), and he hears
+    what his DROP would have been answered; otherwise it stays "picked up" for good:
+    never paid, a job in his hands, the delivered parcel reported late. A DROP he sends
+    later is answered as done. The caller holds both legs' locks (the one before first),
+    then the booking's."""
+    prev = _previous_leg(session, leg)
+    if (prev is None or prev.status != LegStatus.PICKED_UP.value or prev.partner_id is None
+            or prev.partner_id == leg.partner_id):
+        return
+    carrier = session.get(PartnerProfile, prev.partner_id)
+    done = _delivered(session, booking, prev, actor,
+                      "handed over: the next rider's PICK took the code he gave")
+    if carrier is not None:
+        _sms_partner(session, carrier, done.key, booking_id=booking.id,
+                     dedupe_key=f"leg-{prev.id}-done-by-next-pick", **done.params)
+    log.info("relay leg closed by the next rider's PICK",
+             extra={"booking_id": booking.id, "leg_id": prev.id})
 
 
 # A wrong code the app sends again this soon (its retry after a lost answer) is the same
@@ -2644,14 +2800,15 @@ def _picked_up(session: Session, booking: Booking, leg: Leg, actor: Actor,
     return _r("dispatch.picked", job=job_code(leg), drop=place(session, booking, leg, "to"))
 
 
-def _delivered(session: Session, booking: Booking, leg: Leg, actor: Actor) -> Reply:
-    move_leg(session, leg, LegStatus.DELIVERED, actor, "drop OTP confirmed")
+def _delivered(session: Session, booking: Booking, leg: Leg, actor: Actor,
+               reason: str = "drop OTP confirmed") -> Reply:
+    move_leg(session, leg, LegStatus.DELIVERED, actor, reason)
     # Retried like every gateway job: a lost release would leave the rider unpaid for good.
     _enqueue_after_commit(session, "workers.payments.release_leg", leg.id,
                           job_id=f"release-{leg.id}", retry=GATEWAY_RETRY)
     legs = _legs(session, booking)
     if leg.sequence == len(legs):
-        move_booking(session, booking, BookingStatus.DELIVERED, actor, "drop OTP confirmed")
+        move_booking(session, booking, BookingStatus.DELIVERED, actor, reason)
         _status_to_customer(session, booking, f"leg{leg.id}")
         rating.ask_after_delivery(session, booking)  # "how was it? 1 to 5" on WhatsApp
     elif booking.status == BookingStatus.PICKED_UP.value:
@@ -2735,7 +2892,9 @@ def handed_over_to(session: Session, leg: Leg) -> bool:
     to face), this rider's PICK not sent. A handover is confirmed from both sides: the
     rider holding the parcel still sends PICK with the code the other rider gave them
     (handover_give), which records the leg as picked up and starts the search for the
-    next leg; until then DROP is refused, so what they are told names PICK first."""
+    next leg; until then DROP is refused, so what they are told names PICK first. The
+    other way round (the next rider's PICK first, the carrier's DROP never sent), that
+    PICK closes the carrier's leg (_handover_proven)."""
     if leg.status != LegStatus.ASSIGNED.value:
         return False
     prev = _previous_leg(session, leg)
@@ -3326,6 +3485,7 @@ def find_partner(session: Session, phone: str | None) -> tuple[Person | None,
 
 __all__ = ["accept", "attach_pod", "cancel_by_partner", "config", "confirm", "continue_search",
            "decline", "delivery_late", "drop_code_lost", "find_candidates", "handed_over_to",
+           "handover_code_lost",
            "handed_pickup_late", "new_leg_code", "not_understood", "offer_timeout",
            "parcel_in_hand", "parties",
            "pickup_code_lost", "pickup_late", "pickup_window", "place",

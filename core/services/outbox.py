@@ -926,7 +926,9 @@ def _code_lost(session: Session, row: OutboxMessage) -> None:
     cannot hand the parcel over, so dispatch makes a new one for her WhatsApp or for the
     sender to pass on (an SMS sent again to a number that failed would most likely fail
     again). A customer's pickup code: without it the rider cannot take the parcel, so
-    dispatch makes a new one for their WhatsApp, else sends it again, rider and ops told."""
+    dispatch makes a new one for their WhatsApp, else sends it again, rider and ops told.
+    A rider's handover code for a Point: without it the parcel cannot change hands, so
+    dispatch makes a new one the same way, ops told (handover_code_lost)."""
     key = row.dedupe_key or ""
     copied = next((key[len(p):] for p in _COPY_PREFIXES if key.startswith(p)), None)
     if copied is not None and copied.isdigit():
@@ -944,6 +946,8 @@ def _code_lost(session: Session, row: OutboxMessage) -> None:
         dispatch.drop_code_lost(session, row)
     elif "-pickotp-" in key:
         dispatch.pickup_code_lost(session, row)
+    elif "-handgive-" in key or "-handtake-" in key:
+        dispatch.handover_code_lost(session, row)
 
 
 def _by_sms_instead(session: Session, row: OutboxMessage, code: str | None = None
