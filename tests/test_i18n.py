@@ -122,6 +122,7 @@ REQUIRED_KEYS = (
                                  "recipient_cancelled")}  # ops end a stuck relay
     | {f"booking.status.stuck_{k}" for k in ("ended", "refunded")}  # tracking that one
     | {"booking.status.stuck_no_refund"}  # ... ended with nothing to give back
+    | {"booking.status.no_rider_no_refund"}  # no rider, support gave the money back already
     | {"booking.status.fee_refunded"}  # tracking a booking cancelled with a rider's fee
     | {f"dispatch.handover_{k}_new" for k in ("give", "take")}  # relay codes resent
     | {"sms.customer_help"}  # partner_sms: a customer texting our SMS number

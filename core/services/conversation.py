@@ -42,7 +42,7 @@ from core.dialog.ports import Place, PlaceResult
 from core.domain.booking import BOOKING as BOOKING_MACHINE
 from core.domain.booking import Actor, BookingStatus, LegStatus, cancellation_refund
 from core.domain.errors import DomainError, ValidationError
-from core.domain.ledger import EntryKind, escrow, refunds_pending
+from core.domain.ledger import EntryKind
 from core.domain.pricing import ParcelCategory, SizeBucket, SpeedTier, WeightBucket
 from core.services import booking as booking_service
 from core.services import handoff, ledger, payments, rating
@@ -64,6 +64,9 @@ _ENDED_WITH_PARCEL_HELD = {BookingStatus.FAILED.value: "stuck_ended",
 # Such a relay ended with nothing to give back (a refund made outside the service took
 # the booking's money, or the riders earned it all): no "the rest will come back".
 _ENDED_NOTHING_BACK = "stuck_no_refund"
+# A booking no rider took (failed at its search's deadline) whose money support gave back
+# already from the dashboard: no "your money will be sent back", since nothing more comes.
+_NO_RIDER_NOTHING_BACK = "no_rider_no_refund"
 # A booking cancelled once a rider had taken it, refunded less his cancellation fee.
 _REFUNDED_LESS_FEE = "fee_refunded"
 
@@ -288,7 +291,9 @@ class SessionPorts:
         (payments._end_stuck_relay: its leg in hand failed, the only failed leg with a
         rider) the words for it: that rider was paid for his part, the rest of the money
         comes back. "We could not find a rider, your money comes back" would be untrue;
-        so would "the rest will come back" where nothing is left to (_ENDED_NOTHING_BACK).
+        so would "the rest will come back" where nothing is left to (_ENDED_NOTHING_BACK),
+        or "your money will be sent back" for a booking no rider took whose money support
+        gave back already (_NO_RIDER_NOTHING_BACK, as dispatch._fail_search told it).
         A booking refunded less a rider's cancellation fee: ``_REFUNDED_LESS_FEE``."""
         told = _ENDED_WITH_PARCEL_HELD.get(status)
         if told is not None and self.session.scalar(select(Leg.id).where(
@@ -297,6 +302,9 @@ class SessionPorts:
             if status == BookingStatus.FAILED.value and not self._coming_back(booking_id):
                 return _ENDED_NOTHING_BACK
             return told
+        if status == BookingStatus.FAILED.value and payments.given_back_outside(
+                self.session, booking_id):
+            return _NO_RIDER_NOTHING_BACK
         if status == BookingStatus.REFUNDED.value and self.session.scalar(
                 select(LedgerTransaction.id).where(
                     LedgerTransaction.booking_id == booking_id,
@@ -307,12 +315,9 @@ class SessionPorts:
         return status
 
     def _coming_back(self, booking_id: int) -> bool:
-        """Whether any of the booking's money is still to come back to the customer: asked
-        of the gateway, or held in its escrow (a failed refund's money goes back there to
-        be asked again), at least the least the gateway refunds."""
-        return (ledger.balance(self.session, refunds_pending(booking_id)) > 0
-                or ledger.balance(self.session, escrow(booking_id))
-                >= payments.REFUND_MIN_PAISE)
+        """Whether any of the booking's money is still to come back to the customer
+        (payments.money_coming_back)."""
+        return payments.money_coming_back(self.session, booking_id)
 
     def payment_link(self, reference: str, *, by_sms: bool = False) -> dict[str, Any] | None:
         """For a booking of theirs waiting for payment: {"url": its link, None while the

@@ -98,7 +98,7 @@ from core.domain.pricing import SizeBucket, SpeedTier, VehicleType, WeightBucket
 from core.logs import mask_phones
 from core.services import notify, outbox, rating
 from core.services.booking import active_rate_card, issue_leg_otps, move_booking, move_leg
-from core.services.payments import GATEWAY_RETRY
+from core.services.payments import GATEWAY_RETRY, given_back_outside
 
 log = logging.getLogger(__name__)
 
@@ -1197,7 +1197,13 @@ def _fail_search(session: Session, booking: Booking, leg: Leg, search: DispatchS
                 move_leg(session, other, LegStatus.CANCELLED, SYSTEM, "booking failed")
         move_booking(session, booking, BookingStatus.FAILED, SYSTEM,
                      "no partner before the deadline")
-        _status_to_customer(session, booking, "no-partner")
+        if given_back_outside(session, booking.id):
+            # Support gave all of it back from the dashboard already (she was told): no
+            # "your money will be sent back", as the refund job finds nothing to send.
+            notify.notify_customer(session, booking, "booking.status.no_rider_no_refund",
+                                   dedupe_key=f"booking-{booking.id}-failed-no-partner")
+        else:
+            _status_to_customer(session, booking, "no-partner")
         # A rider who took the job and gave it back had the recipient sent a code.
         tell_recipient_not_coming(session, booking, "dispatch.recipient_no_rider",
                                   dedupe_key=f"failed-{booking.id}-recipient")
@@ -3008,12 +3014,14 @@ def block_partner(session: Session, partner_id: int, actor: Actor) -> list[int]:
             move_leg(session, leg, LegStatus.ASSIGNED, actor, "partner blocked by ops")
         if (leg.status == LegStatus.ASSIGNED.value and leg.partner_id == partner.id
                 and not parcel_in_hand(session, leg)):
-            _, reopened = _give_back(session, booking, leg, partner, actor,
-                                     "partner blocked by ops")
+            event, reopened = _give_back(session, booking, leg, partner, actor,
+                                         "partner blocked by ops")
             _sms_partner(session, partner, "dispatch.job_cancelled", booking_id=booking.id,
                          dedupe_key=f"leg-{leg.id}-blocked-{leg.version}", job=job_code(leg))
             if reopened:
-                _status_to_customer(session, booking, f"blocked{leg.id}")
+                # Each take-back is told (one leg may be taken back from rider after
+                # rider), once: keyed by its event, as a rider's give-back is.
+                _status_to_customer(session, booking, f"blocked{event.id}")
             start_search(session, booking, leg, actor=actor)
         else:
             _maybe_continue(session, leg)
@@ -3310,9 +3318,10 @@ def unlock_leg(session: Session, leg_id: int, actor: Actor) -> Leg:
     partner = session.get(PartnerProfile, leg.partner_id) if leg.partner_id else None
     if (not picked and partner is not None and partner.kyc_status in BLOCKED_KYC
             and not _handed_over(session, leg)):
-        _, reopened = _give_back(session, booking, leg, partner, actor, "partner blocked by ops")
+        event, reopened = _give_back(session, booking, leg, partner, actor,
+                                     "partner blocked by ops")
         if reopened:
-            _status_to_customer(session, booking, f"blocked{leg.id}")
+            _status_to_customer(session, booking, f"blocked{event.id}")  # as block_partner
         start_search(session, booking, leg, actor=actor)
         return leg
     send_leg_codes(session, booking, leg, tag=f"unlock{leg.version}", pickup=not picked)

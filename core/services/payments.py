@@ -172,6 +172,24 @@ def refunded_outside_paise(session: Session, booking: Booking) -> int:
     return _paid_and_earned(session, booking)[2]
 
 
+def money_coming_back(session: Session, booking_id: int) -> bool:
+    """Whether any of the booking's money is still to come back to the customer: asked
+    of the gateway, or held in its escrow (a failed refund's money goes back there to
+    be asked again), at least the least the gateway refunds. Not so once support gave it
+    all back from the dashboard (record_outside_refund), or the riders earned it."""
+    return (ledger.balance(session, rules.refunds_pending(booking_id)) > 0
+            or ledger.balance(session, rules.escrow(booking_id)) >= REFUND_MIN_PAISE)
+
+
+def given_back_outside(session: Session, booking_id: int) -> bool:
+    """Whether support gave the booking's money back from the dashboard
+    (record_outside_refund) and nothing more is to come back: a booking no rider took is
+    then told as one whose money was sent back already (booking.status.no_rider_no_refund),
+    not as one whose money will be."""
+    return (sum(_refunded_outside(session, booking_id).values()) > 0
+            and not money_coming_back(session, booking_id))
+
+
 def _refunded_outside(session: Session, booking_id: int) -> dict[str, int]:
     """What was refunded of each of the booking's payments outside the service (recorded
     by record_outside_refund), by payment id."""
