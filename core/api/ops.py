@@ -29,7 +29,7 @@ from core.api import bp
 from core.api.auth_guard import principal
 from core.api.customer import bookings_out, visible_booking
 from core.api.idempotency import idempotent
-from core.api.schemas import CursorPage, CursorQuery, Keyset, OpsBookingOut
+from core.api.schemas import CursorPage, CursorQuery, Keyset, OpsBookingOut, ShownText
 from core.api.spec import MAX_ID, ApiError, Strict, endpoint
 from core.domain.booking import Actor, BookingStatus, LegStatus
 from core.domain.errors import Conflict, NotFound, Unavailable, ValidationError
@@ -171,7 +171,7 @@ class PartnerIn(Strict):
     """A new partner, as `python -m core.cli add-partner` takes them."""
 
     phone: str = Field(min_length=8, max_length=20)
-    name: str = Field(min_length=1, max_length=admin.NAME_MAX)
+    name: ShownText = Field(min_length=1, max_length=admin.NAME_MAX)
     language: str = Field(min_length=2, max_length=5, description="hi en bn mr ta te gu kn")
     vehicle: VehicleType
     payload_kg: int = Field(ge=1, le=1000, description="at most what the vehicle type takes")

@@ -7,17 +7,32 @@ import binascii
 import json
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Generic, TypeVar
+from typing import Annotated, Any, Generic, TypeVar
 
-from pydantic import BaseModel, Field, model_validator
+from pydantic import AfterValidator, BaseModel, Field, model_validator
 
 from core.api.spec import MAX_ID, ApiError, Strict
 from core.domain.booking import BookingStatus, LegStatus
 from core.domain.pricing import ParcelCategory, SizeBucket, SpeedTier, WeightBucket
+from core.domain.text import visible
 
 T = TypeVar("T")
 
 MAX_DECLARED_VALUE_PAISE = 10_00_00_000_00  # ₹10 crore: beyond this, talk to ops
+
+
+def _readable(value: str) -> str:
+    """A name or landmark as others will read it (a rider's SMS, an operator's screen):
+    without control characters or invisible marks (a right-to-left override turns the
+    rest of an SMS around), its words one space apart, as the chat keeps them."""
+    kept = visible(value)
+    if value and not kept:
+        raise ValueError("has no visible characters")
+    return kept
+
+
+# Text we keep and show to others, made readable (see _readable).
+ShownText = Annotated[str, AfterValidator(_readable)]
 
 
 class PlaceIn(Strict):
@@ -26,8 +41,8 @@ class PlaceIn(Strict):
     lat: float | None = Field(default=None, ge=-90, le=90)
     lng: float | None = Field(default=None, ge=-180, le=180)
     pincode: str | None = Field(default=None, min_length=6, max_length=12)
-    post_office: str | None = Field(default=None, min_length=1, max_length=120)
-    landmark: str | None = Field(default=None, max_length=200)
+    post_office: ShownText | None = Field(default=None, min_length=1, max_length=120)
+    landmark: ShownText | None = Field(default=None, max_length=200)
 
     @model_validator(mode="after")
     def _one_way_to_say_where(self) -> PlaceIn:
@@ -48,11 +63,11 @@ class ParcelIn(Strict):
     weight: WeightBucket
     fragile: bool = False
     declared_value_paise: int = Field(default=0, ge=0, le=MAX_DECLARED_VALUE_PAISE)
-    description: str | None = Field(default=None, max_length=200)
+    description: ShownText | None = Field(default=None, max_length=200)
 
 
 class RecipientIn(Strict):
-    name: str = Field(min_length=1, max_length=120)
+    name: ShownText = Field(min_length=1, max_length=120)
     phone: str = Field(min_length=8, max_length=20)
 
 

@@ -52,7 +52,27 @@ class Strict(BaseModel):
         if isinstance(value, bool) and info.field_name is not None and _numeric(
                 cls.model_fields[info.field_name].annotation):
             raise ValueError("must be a number, not true or false")
+        # In a JSON body a true/false field takes true or false: lax mode would read
+        # 0, 1, "no", "off" as one (an app's {"on_duty": 0} would have been a guess).
+        # A query string's "true" is text by nature and stays read as before.
+        if (value is not None and not isinstance(value, bool) and info.field_name is not None
+                and info.context is JSON_BODY
+                and _boolean(cls.model_fields[info.field_name].annotation)):
+            raise ValueError("must be true or false")
         return value
+
+
+# The validation context of a JSON body (parse_body), told from a query string's.
+JSON_BODY: dict[str, str] = {"from": "json"}
+
+
+def _boolean(annotation: Any) -> bool:
+    """A field that takes true or false only (optional or not)."""
+    if annotation is bool:
+        return True
+    if get_origin(annotation) in (Union, UnionType):
+        return set(get_args(annotation)) - {type(None)} == {bool}
+    return False
 
 
 def _numeric(annotation: Any) -> bool:
@@ -352,7 +372,7 @@ def parse_body(model: type[BaseModel]) -> BaseModel:
     _reject_nul(data)
     _reject_repeated(data)
     try:
-        return model.model_validate(data)
+        return model.model_validate(data, context=JSON_BODY)
     except PydanticError as exc:
         raise _validation_error(exc, model) from None
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 import re
 import unicodedata
 
+from core.domain.text import visible, without_format_marks  # noqa: F401 (words.visible)
+
 # Script ranges used to guess a first-time user's language from what they typed.
 _SCRIPTS: tuple[tuple[int, int, str], ...] = (
     (0x0900, 0x097F, "hi"),  # Devanagari (Hindi; Marathi users confirm or pick theirs)
@@ -271,26 +273,6 @@ def name_and_number(text: str) -> tuple[str, str] | None:
         if name and not any(ch.isdigit() for ch in name):
             return name, found["phone"]
     return None
-
-
-# Part of how some words are spelt (a Bengali or Marathi half form), though invisible.
-_JOINERS = frozenset({"\u200c", "\u200d"})
-
-
-def visible(text: str) -> str:
-    """``text`` as it is read, for what we keep and others read (a receiver's name, a
-    landmark): without control characters and invisible format marks (a right-to-left
-    override would turn the rest of a rider's SMS around), the joiners some spellings
-    need kept; its words one space apart."""
-    return " ".join("".join(
-        ch for ch in text
-        if ch in _JOINERS or unicodedata.category(ch) not in ("Cc", "Cf")
-        or ch in " \t\n").split())
-
-
-def without_format_marks(text: str) -> str:
-    """``text`` without invisible format characters (Unicode Cf: direction marks, joiners)."""
-    return "".join(ch for ch in text if unicodedata.category(ch) != "Cf")
 
 
 # The word for rupees as each catalog's value question asks for it, and short forms.
