@@ -426,7 +426,9 @@ def _place_steps(kind: str, default_next: str) -> list[Step]:
             place["landmark"] = None  # "1", "skip", "nahi", "नहीं है", "নেই": none
         elif said in words.YES_WORDS:
             return Retry([Say("bot.place.landmark_bad")])  # "haan": there is one; which?
-        elif len(text) >= 2 and not (words.only_digits(text) and len(text) < 6):
+        elif len(text) >= 2 and not words.only_digits(text):
+            # Digits alone are no landmark: a phone number (hers, or the receiver's
+            # typed a step early) or the pincode again would be kept and shown to riders.
             place["landmark"] = text[:120]
         else:
             return Retry([Say("bot.place.landmark_bad")])
