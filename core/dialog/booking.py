@@ -189,6 +189,13 @@ def _guess_handle(ctx: Ctx, inp: UserInput) -> Result:
         return _language_chosen(ctx, ctx.state.data.get("lang_guess", "hi"))
     if picked == 2:
         return Goto("language")
+    # "Tamil please", "मराठी में" as at the language list; with a no in it ("Tamil nahi",
+    # "no, Tamil") which one is meant is not sure: the list is shown.
+    named = None if inp.has_location else words.language_mentioned(inp.text)
+    if named is not None:
+        if words.tokens(inp.text) & words.NO_WORDS:
+            return Goto("language")
+        return _language_chosen(ctx, named)
     return Retry()
 
 
