@@ -36,6 +36,9 @@ log = logging.getLogger("core.cli")
 DEFAULT_WORKER_NICE = 19
 
 CLI_ACTOR = "cli"  # who the audit log says set things up from this command line
+# An erasure's reason, trimmed, as POST /api/v1/ops/recipients/erase takes it (EraseIn):
+# the audit log keeps why a person's data went, for good.
+REASON_MIN, REASON_MAX = 3, 300
 
 # The PostgreSQL advisory lock migrate holds on its database while it upgrades, so that
 # releases run at once (two deploys, or one per dyno) upgrade one after the other: "RCmg"
@@ -318,12 +321,17 @@ def set_up(args: argparse.Namespace) -> int:
 
 def _erase_recipient(session, args: argparse.Namespace):  # noqa: ANN202 (admin.Outcome)
     """erase-recipient: retention.erase_recipient, told as a set-up command's outcome."""
+    from core.domain.errors import ValidationError
     from core.domain.phone import mask_phone, normalize_phone
     from core.services import admin as setup
     from core.services import retention
 
-    done = retention.erase_recipient(session, args.phone, actor=CLI_ACTOR,
-                                     reason=args.reason)
+    reason = args.reason.strip()
+    if not REASON_MIN <= len(reason) <= REASON_MAX:
+        raise ValidationError(f"give a reason of {REASON_MIN} to {REASON_MAX} characters "
+                              "(her request, as received): the audit log keeps it",
+                              code="bad_reason", field="reason")
+    done = retention.erase_recipient(session, args.phone, actor=CLI_ACTOR, reason=reason)
     masked = mask_phone(normalize_phone(args.phone))
     if not done.changed:
         return setup.Outcome(False, 0, f"nothing kept for recipient {masked} (erased "

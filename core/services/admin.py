@@ -17,7 +17,7 @@ import json
 import re
 from dataclasses import dataclass
 
-from sqlalchemy import func, or_, select, update
+from sqlalchemy import ColumnElement, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -47,6 +47,7 @@ from core.services import dispatch
 
 MAX_ID = 2**31 - 1  # PostgreSQL integer ids: a bigger number names nothing
 NAME_MAX = 60  # partner_profiles.first_name
+PERSON_NAME_MAX = 120  # people.name
 PAYOUT_ACCOUNT = re.compile(r"acc_[A-Za-z0-9]{4,36}")  # a Razorpay Route linked account
 
 
@@ -91,7 +92,10 @@ def add_operator(session: Session, phone: str, name: str | None = None, *,
     """
     phone = normalize_phone(phone)
     masked = mask_phone(phone)
-    name = (name or "").strip() or None
+    name = " ".join((name or "").split()) or None
+    if name is not None and len(name) > PERSON_NAME_MAX:  # people.name would refuse it
+        raise ValidationError(f"give a name of at most {PERSON_NAME_MAX} characters (or "
+                              "none)", code="bad_name", field="name")
     person = _person(session, phone)
     if person is not None and person.role == "ops":
         return Outcome(False, person.id, f"{masked} is already an operator (person "
@@ -241,8 +245,10 @@ SHOWN_BOOKINGS = 10  # the bookings a refusal names, at most
 
 def _point_to_change(session: Session, point: str | int) -> Point:
     """The Point ``point`` names, under its row lock: by id any Point (closed ones too),
-    by name or post office the one active Point (find_point). NotFound for an id that
-    names none; ValidationError ``unknown_point`` for a name."""
+    by name or post office the one active Point (find_point), else the one closed Point
+    so called (closed already, moved or renamed while closed: a second close-point by
+    name finds it, as by id). NotFound for an id that names none; ValidationError
+    ``unknown_point`` for a name that names none, or more than one Point (give its id)."""
     raw = str(point).strip()
     if raw.isascii() and raw.isdigit():
         digits = raw.lstrip("0") or "0"
@@ -253,10 +259,39 @@ def _point_to_change(session: Session, point: str | int) -> Point:
             shown = raw if ref is not None else f"{raw[:12]}... ({len(raw)} digits)"
             raise NotFound(f"no Point has id {shown}", code="not_found")
         return found
-    found = find_point(session, raw)
+    found = _closed_point(session, raw) if _no_active_point_called(session, raw) \
+        else find_point(session, raw)
     locked = session.get(Point, found.id, with_for_update=True, populate_existing=True)
     assert locked is not None
     return locked
+
+
+def _called(raw: str) -> ColumnElement[bool]:
+    """Points called ``raw``: by name or post office, as find_point reads them."""
+    wanted = raw.lower()  # as PostgreSQL's lower() has it
+    return or_(func.lower(Point.name) == wanted, func.lower(Point.post_office) == wanted)
+
+
+def _no_active_point_called(session: Session, raw: str) -> bool:
+    return session.scalar(select(Point.id).where(Point.active.is_(True), _called(raw))
+                          .limit(1)) is None
+
+
+def _closed_point(session: Session, raw: str) -> Point:
+    """The one closed Point called ``raw`` (no active one is): ValidationError
+    ``unknown_point`` if none, or more than one (listed, to be named by id)."""
+    rows = list(session.scalars(select(Point).where(Point.active.is_(False), _called(raw))
+                                .order_by(Point.id).limit(SHOWN_BOOKINGS + 1)))
+    if len(rows) == 1:
+        return rows[0]
+    if rows:
+        listed = ", ".join(f"{p.name} ({p.pincode}, id {p.id})" for p in rows[:SHOWN_BOOKINGS])
+        more = " and more" if len(rows) > SHOWN_BOOKINGS else ""
+        raise ValidationError(f"{raw!r} names no active Point but more than one closed "
+                              f"Point: {listed}{more}; give its id", code="unknown_point",
+                              field="point")
+    raise ValidationError(f"no Point is called {raw!r}, active or closed (add-point adds "
+                          "one)", code="unknown_point", field="point")
 
 
 def relays_through(session: Session, point_id: int) -> list[str]:
