@@ -58,7 +58,9 @@ REQUIRED_KEYS = (
     | {"dispatch.unknown_offer"}  # not_understood: one offer open
     | {f"dispatch.app.{k}" for k in ("accepted", "picked", "pick_first",  # the app's
                                      "pick_first_handed", "already_picked",
-                                     "no_such_job")}  # words
+                                     "no_such_job", "cancel_hint", "duty_off",
+                                     "duty_off_assigned", "duty_off_carrying",
+                                     "duty_off_handed")}  # words
     | {"bot.parcel.no_vehicle"}  # quote_or_resize
     | {"payment.ops_refund_retry", "payment.ops_refund_stuck"}  # payments._attempt_failed
     | {"payment.after_cancel"}  # payments.record_capture: a link paid after cancelling

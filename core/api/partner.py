@@ -69,9 +69,12 @@ REPLY_STATUS = {
 # the app a pickup or a drop is confirmed by entering the code on the job's screen. A job
 # of theirs that is not theirs any more (the booking cancelled, or the job taken off them
 # while the screen was open) is said so, not "Send STATUS", a command the app has not.
+# A job of theirs is given back, and duty turned on again, in the app, not by CANCEL or ON.
 APP_TEXT = {key: f"dispatch.app.{key.removeprefix('dispatch.')}" for key in (
     "dispatch.accepted", "dispatch.picked", "dispatch.pick_first",
-    "dispatch.pick_first_handed", "dispatch.already_picked", "dispatch.no_such_job")}
+    "dispatch.pick_first_handed", "dispatch.already_picked", "dispatch.no_such_job",
+    "dispatch.cancel_hint", "dispatch.duty_off", "dispatch.duty_off_assigned",
+    "dispatch.duty_off_carrying", "dispatch.duty_off_handed")}
 
 
 class DutyIn(Strict):
@@ -80,6 +83,8 @@ class DutyIn(Strict):
 
 class DutyOut(BaseModel):
     on_duty: bool
+    message: str = Field(description="what to show the rider: off duty with a job still in "
+                                     "hand, that the job is still theirs and what to do")
 
 
 class LocationIn(Strict):
@@ -160,13 +165,19 @@ class JobOut(BaseModel):
                                           "still assigned): yours, confirm the pickup")
     pickup: str | None
     drop: str | None
+    pickup_phone: str | None = Field(
+        description="whom to call at the pickup while the parcel is still to collect: the "
+                    "sender, or on a relay the rider handing it over (null: nobody yet, or "
+                    "the parcel is picked up)")
     payout_paise: int
 
 
 class EarningsOut(BaseModel):
     today_paise: int
     week_paise: int
-    total_paise: int
+    total_paise: int = Field(description="payouts of the jobs delivered and fees, less "
+                                         "payouts reversed and given to the customer or "
+                                         "written off")
     delivered_legs: int
     fees_paise: int = Field(description="part of the totals: cancellation fees for trips "
                                         "the customer cancelled after you were assigned")
@@ -186,8 +197,13 @@ def _lang(person: Person) -> str:
     return person.preferred_language or i18n.DEFAULT_LANGUAGE
 
 
+def _text(reply: dispatch.Reply, person: Person) -> str:
+    """A dispatch reply in the rider's language, in the app's words where SMS's differ."""
+    return i18n.t(APP_TEXT.get(reply.key, reply.key), _lang(person), **reply.params)
+
+
 def _answer(reply: dispatch.Reply, person: Person, ok_key: str, leg: Leg | None) -> ActionOut:
-    message = i18n.t(APP_TEXT.get(reply.key, reply.key), _lang(person), **reply.params)
+    message = _text(reply, person)
     if reply.key != ok_key:
         status, code = REPLY_STATUS.get(reply.key, (409, "conflict"))
         raise ApiError(status, code, message)
@@ -223,7 +239,8 @@ def put_duty(body: DutyIn) -> DutyOut:
                          "dispatch.duty_no_payout_account", dispatch.DUTY_SMS_STOPPED):
             status, code = REPLY_STATUS[reply.key]
             raise ApiError(status, code, reply.render(_lang(person)))
-        return DutyOut(on_duty=partner.on_duty)
+        # Off with a job still in hand, the job is still theirs: said, as over SMS.
+        return DutyOut(on_duty=partner.on_duty, message=_text(reply, person))
 
 
 @endpoint(bp, "PUT", "/partners/me/location", summary="Report the phone's live position",
@@ -279,6 +296,9 @@ def get_jobs() -> list[JobOut]:
                 # Named as the SMS names them (STATUS): a relay leg's Points too.
                 pickup=dispatch.place(session, booking, leg, "from"),
                 drop=dispatch.place(session, booking, leg, "to"),
+                # As the accept's answer gave it: an answer lost on 2G loses no phone.
+                pickup_phone=(partner_app.pickup_contact(session, booking, leg)
+                              if leg.status == LegStatus.ASSIGNED.value else None),
                 payout_paise=leg.payout_paise))
         return out
 
@@ -299,6 +319,13 @@ def accept_offer(offer_id: int) -> ActionOut:
         reply = dispatch.accept(session, partner, str(offer.leg_id))
         result = _answer_or_keep(session, reply, person, "dispatch.accepted",
                                  session.get(Leg, offer.leg_id))
+        first = (partner_app.accepted_again(session, partner, offer)
+                 if reply.key == "dispatch.already_yours" else None)
+        if first is not None:
+            # An accept sent again (its answer lost on 2G, the app retried) while the job
+            # is still to pick up: 409 already_accepted as ever, in the first answer's
+            # words, which carry where and whom to collect from (not only "already yours").
+            result = ApiError(*REPLY_STATUS[reply.key], _text(first, person))
     return _raise_or_return(result)
 
 
@@ -408,7 +435,7 @@ def drop_leg(leg_id: int, body: OtpIn) -> ActionOut:
 @endpoint(bp, "POST", "/legs/<int:leg_id>/photo",
           summary="Upload a photo: after the drop, the proof of delivery; with the parcel "
                   "in hand before it, a pickup photo", roles=PARTNER, response=PhotoOut,
-          status=201, tags=("partner",), errors=(404, 422, 503),
+          status=201, tags=("partner",), errors=(404, 409, 422, 503),
           raw_body=("image/jpeg", "image/png", "image/webp"),
           raw_limit=BodyLimit(lambda: storage.load_config().max_bytes, "photo_too_large",
                               "the photo"))

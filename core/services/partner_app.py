@@ -1,5 +1,6 @@
 """What the partner app adds to SMS: live positions (checked for sense), earnings, the
-rider's own profile, giving a job back, and photos taken with the job in hand."""
+rider's own profile, whom to collect a job from, giving a job back, and photos taken with
+the job in hand."""
 
 from __future__ import annotations
 
@@ -12,16 +13,19 @@ from zoneinfo import ZoneInfo
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
+from sqlalchemy.sql import Subquery
 
 from core import clock
 from core.adapters import storage
 from core.adapters.db import transaction
-from core.adapters.dispatch_models import PodPhoto
+from core.adapters.dispatch_models import DispatchOffer, PodPhoto
 from core.adapters.models import Booking, Leg, PartnerProfile, Person, TransitionLog, Vehicle
 from core.adapters.payment_models import LedgerPosting, LedgerTransaction
 from core.adapters.redis_conn import redis_client
+from core.config import get_settings
 from core.domain.booking import Actor, LegStatus
-from core.domain.errors import NotFound, ValidationError
+from core.domain.dispatch import OfferStatus
+from core.domain.errors import Conflict, NotFound, ValidationError
 from core.domain.geo import haversine_m, in_india, validate_lat_lng
 from core.domain.ledger import AccountKind, EntryKind
 from core.services import dispatch
@@ -35,6 +39,11 @@ MAX_SPEED_KMH = 150  # faster than any of our vehicles on a village road
 MAX_SLACK_M = 500
 LAST_FIX_KEY = "partner:lastfix"
 INDIA = ZoneInfo("Asia/Kolkata")  # a partner's "today" is India's day, not UTC's
+# Photos the app may keep of one job, of each kind (with the parcel in hand; after the
+# drop, the proof): enough for any parcel, and a retry loop or a stolen token cannot fill
+# the store (one photo sent again is kept once, and does not count twice).
+MAX_PHOTOS_PER_LEG = 10
+PICKUP_FOLDER = "/pickup"  # where a job's photos taken before the drop are kept
 
 log = logging.getLogger(__name__)
 
@@ -103,32 +112,62 @@ class Earnings:
     fees_paise: int = 0  # part of total_paise: cancellation fees for wasted trips
 
 
+# What leaves a leg's reversed payouts for someone other than its partner, by ops'
+# decision: a refund to the customer (less one that failed and came back) or a write-off
+# to the platform. A payout reversed and paid to the partner again (reversal_repaid) stays
+# theirs; one still held for ops is not decided yet.
+_GIVEN_AWAY = (EntryKind.REVERSAL_REFUND_ASKED.value, EntryKind.REVERSAL_REFUND_FAILED.value,
+               EntryKind.REVERSAL_WRITTEN_OFF.value)
+
+
+def _given_away() -> Subquery:
+    """Per leg, its partner's payout reversed at the gateway and given to someone else."""
+    return (select(LedgerPosting.leg_id.label("leg_id"),
+                   (-func.sum(LedgerPosting.amount_paise)).label("paise"))
+            .join(LedgerTransaction, LedgerTransaction.id == LedgerPosting.transaction_id)
+            .where(LedgerPosting.account_kind == AccountKind.REVERSED_PAYOUTS.value,
+                   LedgerPosting.leg_id.is_not(None),
+                   LedgerTransaction.kind.in_(_GIVEN_AWAY))
+            .group_by(LedgerPosting.leg_id).subquery())
+
+
 def earnings(session: Session, partner_id: int) -> Earnings:
     """Payouts of the partner's delivered legs (released to them by the payments side),
     each counted on the Indian day it was delivered (delivered_at: a leg's updated_at moves
     with later changes, such as a photo sent after the drop); and the cancellation fees
     they were promised for a trip the customer cancelled (the ledger's entries, on the day
-    of the cancel)."""
+    of the cancel). A payout (or fee) reversed at the gateway and then refunded to the
+    customer or written off by ops is not theirs: it is left out, as the ledger owes them
+    nothing for it (on the day the leg counts)."""
     now = clock.now().astimezone(INDIA)
     start_today = now.replace(hour=0, minute=0, second=0, microsecond=0)
+    away = _given_away()
+    kept = func.greatest(Leg.payout_paise - func.coalesce(away.c.paise, 0), 0)
 
     def total(since: datetime | None) -> tuple[int, int]:
-        stmt = select(func.coalesce(func.sum(Leg.payout_paise), 0), func.count()).select_from(
-            Leg).where(Leg.partner_id == partner_id, Leg.status == LegStatus.DELIVERED.value)
+        stmt = (select(func.coalesce(func.sum(kept), 0), func.count()).select_from(Leg)
+                .outerjoin(away, away.c.leg_id == Leg.id)
+                .where(Leg.partner_id == partner_id,
+                       Leg.status == LegStatus.DELIVERED.value))
         if since is not None:
             stmt = stmt.where(Leg.delivered_at >= since)
         amount, count = session.execute(stmt).one()
         return int(amount), int(count)
 
     def fees(since: datetime | None) -> int:
-        stmt = (select(func.coalesce(func.sum(LedgerPosting.amount_paise), 0))
+        stmt = (select(LedgerPosting.leg_id, func.sum(LedgerPosting.amount_paise).label("paise"))
                 .join(LedgerTransaction, LedgerTransaction.id == LedgerPosting.transaction_id)
                 .where(LedgerPosting.partner_id == partner_id,
                        LedgerPosting.account_kind == AccountKind.PARTNER_PAYABLE.value,
-                       LedgerTransaction.kind == EntryKind.CANCELLATION_FEE.value))
+                       LedgerTransaction.kind == EntryKind.CANCELLATION_FEE.value)
+                .group_by(LedgerPosting.leg_id))
         if since is not None:
             stmt = stmt.where(LedgerTransaction.created_at >= since)
-        return int(session.scalar(stmt) or 0)
+        fee = stmt.subquery()
+        given = (select(func.coalesce(func.sum(func.greatest(
+                    fee.c.paise - func.coalesce(away.c.paise, 0), 0)), 0))
+                 .select_from(fee).outerjoin(away, away.c.leg_id == fee.c.leg_id))
+        return int(session.scalar(given) or 0)
 
     week_start = start_today - timedelta(days=6)
     today, _ = total(start_today)
@@ -202,6 +241,40 @@ def profile(session: Session, person: Person, partner: PartnerProfile,
                    payable=dispatch.payable(partner), not_payable_reason=reason,
                    payout_account_masked=mask_account(partner.payout_account_id),
                    rating=partner.rating_x100 / 100, vehicles=vehicles)
+
+
+# --- whom to collect a job from --------------------------------------------------------
+
+
+def pickup_contact(session: Session, booking: Booking, leg: Leg) -> str | None:
+    """The phone of whom the rider collects the leg's parcel from, as the accept's answer
+    gives it (dispatch.send_leg_codes): the sender on a first leg, on a relay the rider of
+    the leg before; None while nobody has that leg."""
+    if leg.sequence == 1:
+        customer = session.get(Person, booking.customer_id)
+        return customer.phone if customer else None
+    prev = session.scalar(select(Leg).where(Leg.booking_id == booking.id,
+                                            Leg.sequence == leg.sequence - 1))
+    giver = session.get(PartnerProfile, prev.partner_id) if prev and prev.partner_id else None
+    person = session.get(Person, giver.person_id) if giver else None
+    return person.phone if person else None
+
+
+def accepted_again(session: Session, partner: PartnerProfile,
+                   offer: DispatchOffer) -> dispatch.Reply | None:
+    """The first answer to this accepted offer, for an accept sent again (its answer lost
+    on a weak network): the job, where and whom to collect it from; None when the job is
+    no longer theirs to pick up (picked up, given back, taken back)."""
+    leg = session.get(Leg, offer.leg_id)
+    if (offer.partner_id != partner.id or offer.status != OfferStatus.ACCEPTED.value
+            or leg is None or leg.partner_id != partner.id
+            or leg.status != LegStatus.ASSIGNED.value):
+        return None
+    booking = session.get(Booking, leg.booking_id)
+    assert booking is not None
+    return dispatch.Reply("dispatch.accepted", {
+        "job": dispatch.job_code(leg), "pickup": dispatch.place(session, booking, leg, "from"),
+        "phone": pickup_contact(session, booking, leg) or get_settings().ops_phone})
 
 
 # --- giving a job back ------------------------------------------------------------------
@@ -288,7 +361,17 @@ def _store_photo(session: Session, partner_id: int, leg_id: int, data: bytes,
         raise ValidationError("a photo goes with the parcel in hand", code="pod_not_now")
     booking = session.get(Booking, leg.booking_id)
     assert booking is not None
-    folder = f"{booking.reference}/leg-{leg.id}" + ("" if proof else "/pickup")
+    folder = f"{booking.reference}/leg-{leg.id}" + ("" if proof else PICKUP_FOLDER)
+    # Counted under the leg's lock: uploads at once cannot pass the bound together. Each
+    # kind its own: photos taken on the way never use up the proof of delivery's room.
+    pickup_kind = PodPhoto.storage_uri.contains(f"leg-{leg.id}{PICKUP_FOLDER}/",
+                                                autoescape=True)
+    held = session.scalar(select(func.count()).select_from(PodPhoto).where(
+        PodPhoto.leg_id == leg.id, pickup_kind if not proof else ~pickup_kind)) or 0
+    if held >= MAX_PHOTOS_PER_LEG:
+        raise Conflict(f"this job has {MAX_PHOTOS_PER_LEG} photos "
+                       f"{'of the delivery' if proof else 'with the parcel in hand'} "
+                       "already; no more are kept", code="too_many_photos")
     stored = storage.save_photo(data, folder=folder, declared_type=content_type)
     written.append(stored.uri)
     session.add(PodPhoto(leg_id=leg.id, partner_id=partner_id, storage_uri=stored.uri,
