@@ -24,7 +24,16 @@ from core.adapters import razorpay_gateway as gw
 from core.adapters.api_models import AuditEntry
 from core.adapters.db import transaction
 from core.adapters.dialog_models import HandoffMessage
-from core.adapters.models import Booking, Conversation, Leg, PartnerProfile, Person, Point
+from core.adapters.dispatch_models import DispatchOffer
+from core.adapters.models import (
+    Booking,
+    Conversation,
+    Leg,
+    OutboxMessage,
+    PartnerProfile,
+    Person,
+    Point,
+)
 from core.api import bp
 from core.api.auth_guard import principal
 from core.api.customer import bookings_out, visible_booking
@@ -32,6 +41,7 @@ from core.api.idempotency import idempotent
 from core.api.schemas import CursorPage, CursorQuery, Keyset, OpsBookingOut, ShownText
 from core.api.spec import MAX_ID, ApiError, Strict, endpoint
 from core.domain.booking import Actor, BookingStatus, LegStatus
+from core.domain.dispatch import OfferStatus
 from core.domain.errors import Conflict, NotFound, Unavailable, ValidationError
 from core.domain.phone import mask_phone, normalize_phone
 from core.domain.pricing import VehicleType
@@ -116,6 +126,25 @@ class PartnerRow(BaseModel):
                                   "/ops/partners/{partner_id}/home-point moves it")
 
 
+class HandoffMessageOut(BaseModel):
+    direction: str = Field(description="in: from the person; out: an "
+                                                        "operator's")
+    body: str
+    at: datetime = Field(description="when it came, or was written")
+    operator: int | None = Field(default=None, description="the person id of the operator "
+                                                           "who wrote it (out)")
+    channel: str | None = Field(default=None, description="where a reply went: whatsapp or "
+                                                          "sms (out)")
+    delivery: str | None = Field(
+        default=None, description="a reply's delivery, as Twilio reports it: pending, "
+                                  "sending, queued, sent, delivered, read, or undelivered / "
+                                  "failed (it did not reach them: call them, or write "
+                                  "again); null for a message of theirs or a call")
+    error_code: str | None = Field(default=None, description="Twilio's error code of a reply "
+                                                             "not delivered (30003: the "
+                                                             "phone is off or out of reach)")
+
+
 class HandoffRow(BaseModel):
     id: int
     channel: str
@@ -130,10 +159,12 @@ class HandoffRow(BaseModel):
                                              "else the default; answer them in it")
     taken_by: int | None = Field(
         default=None, description="the person id of the operator answering them (the "
-                                  "first to reply or call); null while nobody is. Another "
+                                  "first to reply or call, here or on another request "
+                                  "of theirs: a chat and a call of one person are one "
+                                  "operator's); null while nobody is. Another "
                                   "operator's reply is refused (409 taken_by_other) unless "
                                   "it says take_over")
-    messages: list[dict[str, str]]
+    messages: list[HandoffMessageOut]
 
 
 class ReplyIn(Strict):
@@ -325,18 +356,27 @@ def ops_handoffs(query: CursorQuery) -> CursorPage[HandoffRow]:
         rows, nxt = keyset_page(handoff.waiting_list(session, query.offset, query.limit + 1,
                                                      after=after), query,
                                 HANDOFFS, lambda h: (h.created_at, h.id))
+        # A person is answered by one operator across their requests (a chat and a call).
+        answering = handoff.answering(session, rows)
         for h in rows:
             person = session.get(Person, h.person_id) if h.person_id else None
             conv = session.get(Conversation, h.conversation_id)
-            msgs = session.scalars(select(HandoffMessage).where(
-                HandoffMessage.handoff_id == h.id).order_by(HandoffMessage.id)).all()
+            msgs = session.execute(
+                select(HandoffMessage, OutboxMessage.channel, OutboxMessage.status,
+                       OutboxMessage.error_code)
+                .outerjoin(OutboxMessage, OutboxMessage.id == HandoffMessage.outbox_id)
+                .where(HandoffMessage.handoff_id == h.id).order_by(HandoffMessage.id)).all()
             out.append(HandoffRow(
                 id=h.id, channel=h.channel, reason=h.reason, waiting_since=h.created_at,
                 person_id=h.person_id, person_name=person.name if person else None,
                 phone_masked=mask_phone(person.phone) if person and person.phone else None,
                 language=handoff.language(session, person, conv) if person else None,
-                taken_by=handoff.operator_id(h),
-                messages=[{"direction": m.direction, "body": m.body} for m in msgs]))
+                taken_by=handoff.operator_id(h) or (
+                    answering.get(h.person_id) if h.person_id is not None else None),
+                messages=[HandoffMessageOut(
+                    direction=m.direction, body=m.body, at=m.created_at,
+                    operator=handoff.ops_person_id(m.operator), channel=channel, delivery=status,
+                    error_code=error_code) for m, channel, status, error_code in msgs]))
         return CursorPage[HandoffRow](items=out, next_offset=nxt.offset, next_after=nxt.after)
 
 
@@ -371,7 +411,7 @@ def ops_handoff_phone(handoff_id: int, query: PhoneQuery) -> PhoneOut:
           summary="Answer the person (send Idempotency-Key to retry safely: a retry "
                   "sends nothing again). 409 taken_by_other while another operator answers "
                   "them (take_over: true takes them over)",
-          roles=OPS, body=ReplyIn, response=Done, tags=("ops",), errors=(404, 409))
+          roles=OPS, body=ReplyIn, response=Done, tags=("ops",), errors=(404, 409, 422))
 def ops_handoff_reply(handoff_id: int, body: ReplyIn) -> Done | Response:
     who = principal()
     # The operator's keys are theirs for every request: the route is in the fingerprint,
@@ -391,12 +431,25 @@ def ops_handoff_reply(handoff_id: int, body: ReplyIn) -> Done | Response:
     return done
 
 
+class CloseQuery(Strict):
+    take_over: bool = Field(default=False, description="close a person another operator is "
+                                                       "answering (audited "
+                                                       "handoff.take_over)")
+
+
 @endpoint(bp, "POST", "/ops/handoffs/<int:handoff_id>/close",
-          summary="Give the conversation back to the bot", roles=OPS, response=Done,
-          tags=("ops",), errors=(404, 409))
-def ops_handoff_close(handoff_id: int) -> Done:
+          summary="Give the conversation back to the bot (audited). 409 taken_by_other "
+                  "while another operator answers the person (?take_over=true closes it "
+                  "all the same)",
+          roles=OPS, query=CloseQuery, response=Done, tags=("ops",), errors=(404, 409))
+def ops_handoff_close(handoff_id: int, query: CloseQuery) -> Done:
     with transaction() as session:
-        handoff.close(session, handoff_id, f"ops:{principal().person_id}")
+        took_from = handoff.close(session, handoff_id, f"ops:{principal().person_id}",
+                                  take_over=query.take_over)
+        if took_from is not None:
+            audit(session, "handoff.take_over", f"handoff:{handoff_id}",
+                  from_operator=took_from)
+        audit(session, "handoff.close", f"handoff:{handoff_id}")
     return Done()
 
 
@@ -497,7 +550,25 @@ def ops_new_leg_code(leg_id: int, body: NewCodeIn) -> NewCodeOut | Response:
     return saved
 
 
-@endpoint(bp, "PUT", "/ops/partners/<int:partner_id>/kyc", summary="Set a partner's KYC status",
+def _holds_work(session: Session, partner_id: int) -> bool:
+    """Whether a blocked partner still has what ``dispatch.block_partner`` takes back: on
+    duty, an open offer, a job taken and its parcel not in their hands (or locked)."""
+    p = session.get(PartnerProfile, partner_id)
+    if p is None:
+        return False
+    if p.on_duty or session.scalar(select(DispatchOffer.id).where(
+            DispatchOffer.partner_id == partner_id,
+            DispatchOffer.status == OfferStatus.OPEN.value).limit(1)) is not None:
+        return True
+    return any(leg.status == LegStatus.LOCKED.value or not dispatch.parcel_in_hand(session, leg)
+               for leg in session.scalars(select(Leg).where(
+                   Leg.partner_id == partner_id,
+                   Leg.status.in_((LegStatus.ASSIGNED.value, LegStatus.LOCKED.value)))))
+
+
+@endpoint(bp, "PUT", "/ops/partners/<int:partner_id>/kyc",
+          summary="Set a partner's KYC status (audited; the same status again changes "
+                  "nothing)",
           roles=OPS, body=KycIn, response=PartnerRow, tags=("ops",), errors=(404,))
 def ops_partner_kyc(partner_id: int, body: KycIn) -> PartnerRow:
     # First the status alone, under the partner's row lock, committed: an acceptance holds
@@ -516,10 +587,13 @@ def ops_partner_kyc(partner_id: int, body: KycIn) -> PartnerRow:
         p.kyc_status = body.status
         # Suspended, rejected, or pending again: they cannot be paid, so they stop.
         stops = body.status != dispatch.VERIFIED_KYC
-        audit(session, "partner.kyc", f"partner:{p.id}", before=before,
-              after=body.status, note=body.note)
+        if before != body.status:
+            audit(session, "partner.kyc", f"partner:{p.id}", before=before,
+                  after=body.status, note=body.note)
     with transaction() as session:
-        if stops:
+        # The same status again changes nothing and is not audited (as every other ops
+        # change): its take-back runs only if one before failed and left them something.
+        if stops and (before != body.status or _holds_work(session, partner_id)):
             # Run again by ops if it fails: block_partner changes nothing twice.
             in_hand = dispatch.block_partner(session, partner_id, ops_actor())
             audit(session, "partner.block", f"partner:{partner_id}", status=body.status,

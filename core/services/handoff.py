@@ -27,7 +27,7 @@ from core.adapters.db import transaction
 from core.adapters.dialog_models import Handoff, HandoffMessage
 from core.adapters.models import Conversation, OutboxMessage, Person
 from core.config import get_settings, int_setting
-from core.domain.errors import Conflict, NotFound
+from core.domain.errors import Conflict, NotFound, ValidationError
 from core.services import notify, outbox
 
 log = logging.getLogger(__name__)
@@ -98,6 +98,9 @@ def team_hours(at: datetime | None = None) -> dict[str, object]:
 ANSWERED_BY_PHONE = "phone"  # the handoff's operator when one took the caller's call (ivr)
 ASKED_AGAIN = "[asked again]"  # a waiting request asked for once more (a caller)
 LEFT = "[left for the menu]"  # the customer left a handoff an operator had answered
+# The PostgreSQL advisory lock (with the person's id) an operator's answer or close holds
+# for its transaction (_take): "RCho" in ASCII.
+TAKE_LOCK_KEY = int.from_bytes(b"RCho", "big")
 
 
 def open_handoff(session: Session, conv: Conversation) -> Handoff | None:
@@ -249,7 +252,7 @@ def phone_to_call(session: Session, handoff_id: int, operator: str, *,
     handoff, _conv, person = _get_open(session, handoff_id)
     if not person.phone:
         raise NotFound("this person has no phone number", code="no_phone")
-    taken_from = _take(handoff, operator, take_over)
+    taken_from = _take(session, handoff, operator, take_over)
     session.add(HandoffMessage(handoff_id=handoff.id, direction="out", body="[phone call]",
                                operator=operator, created_at=clock.now()))
     return person.phone, taken_from
@@ -273,25 +276,67 @@ def _get_open(session: Session, handoff_id: int) -> tuple[Handoff, Conversation,
 
 def operator_id(handoff: Handoff) -> int | None:
     """The person id of the operator answering the handoff (``ops:<id>``), if any."""
-    who = handoff.operator or ""
+    return ops_person_id(handoff.operator)
+
+
+def ops_person_id(operator: str | None) -> int | None:
+    """The person id in an operator's ``ops:<id>`` (a handoff's, a message's), if it is one."""
+    who = operator or ""
     return int(who[4:]) if who.startswith("ops:") and who[4:].isdigit() else None
 
 
-def _take(handoff: Handoff, operator: str, take_over: bool) -> str | None:
-    """``operator`` answers the handoff (a reply, a call): it becomes theirs if nobody's;
-    another operator's is refused (Conflict ``taken_by_other``) unless ``take_over``.
-    The operator taken over from, if any."""
+def _take(session: Session, handoff: Handoff, operator: str, take_over: bool) -> str | None:
+    """``operator`` answers the handoff (a reply, a call, a close): it becomes theirs if
+    nobody's. A person is answered by one operator, however many of their requests wait
+    (a chat, and a call where they asked again): while another operator has any of them,
+    it is refused (Conflict ``taken_by_other``) unless ``take_over``, which takes every
+    one of them the other had. The operator taken over from, if any."""
     if handoff.operator == ANSWERED_BY_PHONE:
         # Someone took the caller's call from the IVR; whoever writes to them now has them.
         handoff.operator = operator
+    others: list[Handoff] = []
+    if handoff.person_id is not None:
+        # Two operators answering two requests of one person take turns here: the second
+        # sees the first's (committed) answer below. (The lock's second key is an int4:
+        # two persons sharing one past 2**31 only wait for each other.)
+        session.execute(select(func.pg_advisory_xact_lock(TAKE_LOCK_KEY,
+                                                          handoff.person_id % 2**31)))
+        others = list(session.scalars(
+            select(Handoff).where(Handoff.person_id == handoff.person_id,
+                                  Handoff.status == "waiting", Handoff.id != handoff.id)
+            .order_by(Handoff.id).execution_options(populate_existing=True)))
+    held = [h for h in [handoff, *others]
+            if h.operator not in (None, operator) and operator_id(h) is not None]
     taken_from = None
-    if handoff.operator not in (None, operator) and operator_id(handoff) is not None:
+    if held:
         if not take_over:
-            raise Conflict(f"another operator ({handoff.operator}) is answering this person; "
+            raise Conflict(f"another operator ({held[0].operator}) is answering this person; "
                            "send take_over to answer them yourself", code="taken_by_other")
-        taken_from, handoff.operator = handoff.operator, operator
+        taken_from = held[0].operator
+        for h in held:
+            if h is not handoff:  # locked before it changes hands (a turn may hold it)
+                session.refresh(h, with_for_update=True)
+                if h.status != "waiting":
+                    continue
+            h.operator = operator
     handoff.operator = handoff.operator or operator
     return taken_from
+
+
+def answering(session: Session, handoffs: Sequence[Handoff]) -> dict[int, int]:
+    """For the persons of ``handoffs``: the person id of the operator answering them on
+    any of their open handoffs (``_take``: one operator a person), by person id."""
+    person_ids = {h.person_id for h in handoffs if h.person_id is not None}
+    if not person_ids:
+        return {}
+    found: dict[int, int] = {}
+    for h in session.scalars(select(Handoff).where(
+            Handoff.person_id.in_(person_ids), Handoff.status == "waiting",
+            Handoff.operator.like("ops:%")).order_by(Handoff.id)):
+        who = operator_id(h)
+        if who is not None and h.person_id is not None:
+            found.setdefault(h.person_id, who)
+    return found
 
 
 def reply(session: Session, handoff_id: int, operator: str, body: str, *,
@@ -301,22 +346,65 @@ def reply(session: Session, handoff_id: int, operator: str, body: str, *,
     has them, and another's reply is refused (Conflict ``taken_by_other``) unless it takes
     them over. The operator taken over from, if any (for the audit log)."""
     if not body.strip():
-        raise Conflict("empty reply", code="empty_message")
+        raise ValidationError("write the reply: it is empty", code="empty_message",
+                              field="body")
     handoff, _conv, person = _get_open(session, handoff_id)
-    taken_from = _take(handoff, operator, take_over)
+    taken_from = _take(session, handoff, operator, take_over)
     row_id = _send(session, person, body.strip())
-    if row_id is None:  # opted out (STOP), or no number to reach them on
-        raise Conflict("this person cannot be messaged (they sent STOP, or have no number)",
-                       code="recipient_unreachable")
+    if row_id is None:
+        raise _unreachable(session, person, body.strip())
     session.add(HandoffMessage(handoff_id=handoff.id, direction="out", body=body.strip(),
                                operator=operator, outbox_id=row_id, created_at=clock.now()))
     return taken_from
 
 
-def close(session: Session, handoff_id: int, operator: str) -> None:
-    """Give the conversation back to the bot (main menu) and tell the user."""
+def _unreachable(session: Session, person: Person, body: str) -> Conflict:
+    """Why a reply found no way to the person (``_send`` queued nothing), for the operator:
+    ``whatsapp_window_closed`` when WhatsApp would take it once they write again (over 24
+    hours since they last did, no approved template for it, and no SMS to send instead),
+    else ``recipient_unreachable``, saying whether they stopped our messages or we have
+    no way to them."""
+    sms_open = person.phone is not None and not person.sms_opted_out
+    if person.opted_out:
+        return Conflict("this person sent STOP on WhatsApp" + (
+            ", and STOP by SMS too" if person.phone else ", and we have no number for an SMS")
+            + ": no message can reach them", code="recipient_unreachable")
+    chat = session.scalar(select(Conversation).where(
+        Conversation.person_id == person.id, Conversation.channel == "whatsapp")
+        .order_by(Conversation.last_inbound_at.desc().nulls_last()).limit(1))
+    no_sms = "they turned off our SMS" if person.phone else "we have no number for an SMS"
+    if chat is not None and not notify.in_whatsapp_window(chat):
+        lang = notify.language_of(person)
+        template = lang in notify.whatsapp_templates()
+        if template and not outbox.fits_template(body):
+            return Conflict(
+                "this person last wrote on WhatsApp over 24 hours ago, so a reply goes in "
+                f"the approved template, which takes at most {outbox.TEMPLATE_TEXT_MAX} "
+                f"characters on one line; and {no_sms}. Shorten the reply, or send it once "
+                "they write to us again", code="whatsapp_window_closed")
+        if not template:
+            return Conflict(
+                "this person last wrote on WhatsApp over 24 hours ago: WhatsApp lets us "
+                f"write first only with an approved template, and none is set up for {lang}; "
+                f"and {no_sms}. Your reply can go once they write to us again",
+                code="whatsapp_window_closed")
+    if chat is None and not sms_open:
+        return Conflict(f"this person does not chat with us on WhatsApp and {no_sms}: no "
+                        "message can reach them", code="recipient_unreachable")
+    return Conflict("this person cannot be messaged now (they stopped our messages, or "
+                    "we have no way to reach them)", code="recipient_unreachable")
+
+
+def close(session: Session, handoff_id: int, operator: str, *,
+          take_over: bool = False) -> str | None:
+    """Give the conversation back to the bot (main menu) and tell the user. Closing is an
+    answer too: a person another operator is answering is refused (Conflict
+    ``taken_by_other``) unless ``take_over``; the handoff names who closed it. The
+    operator taken over from, if any (for the audit log)."""
     handoff, conv, person = _get_open(session, handoff_id)
+    taken_from = _take(session, handoff, operator, take_over)
     _finish(session, handoff, conv, person, operator, "bot.handoff.closed")
+    return taken_from
 
 
 def _finish(session: Session, handoff: Handoff, conv: Conversation, person: Person,
