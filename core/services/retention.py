@@ -14,8 +14,9 @@ Where personal data lives, and what happens to it:
   partner's last GPS fix and positions go with their erasure.
 - ``dispatch_pod_photos`` and their files (the parcel in hand, and at the recipient's
   door): personal data of the booking's sender and recipient, not of the partner who took
-  them. Deleted after RETENTION_MESSAGE_DAYS once the booking is finished (as its
-  messages' texts: a complaint about a delivery comes long before), and with the erasure
+  them. Deleted after RETENTION_MESSAGE_DAYS once the booking is finished and its money
+  settled (as its messages' texts: a complaint about a delivery comes long before; a
+  payout reversed in a dispute waits for ops, who decide on the photo), and with the erasure
   of the booking's sender or recipient; a partner's erasure leaves them to the booking.
   The rows go in the database's transaction and the files' URIs wait in
   ``pod_photo_deletions``; the files go after the commit (an RQ job, retried while the
@@ -97,9 +98,10 @@ from core.adapters.models import (
     Parcel,
     PartnerProfile,
     Person,
+    TransitionLog,
     Vehicle,
 )
-from core.adapters.payment_models import LedgerPosting
+from core.adapters.payment_models import LedgerPosting, LedgerTransaction
 from core.adapters.queue import after_commit, enqueue
 from core.adapters.redis_conn import redis_client
 from core.config import AREA_INTS, int_setting
@@ -108,7 +110,7 @@ from core.dialog.booking import BOOKING_DIALOG, REQUIRED_SLOTS
 from core.dialog.engine import copy_data
 from core.dialog.voice import VOICE_DIALOG, full_slots
 from core.domain import ledger as rules
-from core.domain.booking import BOOKING, LEG
+from core.domain.booking import BOOKING, LEG, LegStatus
 from core.domain.dispatch import OfferStatus
 from core.domain.errors import Conflict, NotFound, Unavailable, ValidationError
 from core.domain.phone import normalize_phone
@@ -144,6 +146,16 @@ TOOK_THE_JOB = (OfferStatus.ACCEPTED.value, OfferStatus.CANCELLED.value)
 # A recipient's name (as a sender typed it) shorter than this is not looked for in texts:
 # it would be found inside too many other words.
 MIN_NAME = 3
+# A landmark (where a sender said a door is) shorter than this is not looked for in texts:
+# a word that short ("gate", "PHC") says little of where a door is, and is found in too
+# many other texts.
+MIN_PLACE = 5
+# How long after ops ended a relay with the parcel in a rider's hands ("keep it safe, call
+# us": dispatch.stuck_relay_ended) the parcel is taken as not known to be back with its
+# sender: the sender and that rider are not erased before (ops need their numbers and the
+# pickup place to bring it back). The service records no return of a parcel: this bound,
+# named in the refusal, is when ops may erase them.
+PARCEL_BACK_DAYS = 14
 # The job that deletes an erasure's photo files after its commit, and its tries while the
 # photo store is away (the daily run tries what is left after them).
 PHOTO_JOB = "workers.retention.delete_photos"
@@ -280,7 +292,8 @@ def _code_answers(session: Session, after: Key | None,
 
 
 def _outbox(session: Session, after: Key | None, cutoff: datetime) -> tuple[list[Key], int]:
-    """Bodies of messages sent long ago about a finished booking, or about none. The batch
+    """Bodies of messages sent long ago about a finished booking whose money is settled
+    (_money_held: ops still decide on one that is not), or about none. The batch
     is walked first, then its bookings are looked up by id: asked in the walk's statement,
     "finished" read every finished booking ever (a hash of them, built again each batch).
     Only the rows to redact are locked (one another transaction holds: the next run)."""
@@ -292,6 +305,7 @@ def _outbox(session: Session, after: Key | None, cutoff: datetime) -> tuple[list
     booked = {r.booking_id for r in batch if r.booking_id is not None}
     finished = set(session.scalars(select(Booking.id).where(
         Booking.id.in_(booked), Booking.status.in_(CLOSED_BOOKINGS)))) if booked else set()
+    finished -= _unsettled(session, finished)
     due = [r.id for r in batch if r.booking_id is None or r.booking_id in finished]
     ids = list(session.scalars(select(m.id).where(m.id.in_(due), *old)
                                .with_for_update(skip_locked=True))) if due else []
@@ -299,6 +313,29 @@ def _outbox(session: Session, after: Key | None, cutoff: datetime) -> tuple[list
         _changed(session, update(m).where(m.id.in_(ids)).values(body=REDACTED, media_url=None))
         _redact_templates(session, ids)
     return [(r.created_at, r.id) for r in batch], len(ids)
+
+
+def _money_held(booking_id: Any) -> Any:
+    """The condition that money of the booking ``booking_id`` (a column) is not settled:
+    escrow, a refund on its way (or failed, for ops), a rider's payout reversed since and
+    waiting for ops (HELD_FOR_CUSTOMER). Such a booking is not done with, however long
+    closed: ops decide about that money on its messages and its proof of delivery (a
+    reversed payout: did the parcel arrive?), and the erasure of its customer or rider is
+    refused for it (_refuse_if_in_use). By the postings' booking index."""
+    p = LedgerPosting
+    return exists(select(p.account).where(
+        p.booking_id == booking_id, p.account_kind.in_(HELD_FOR_CUSTOMER))
+        .group_by(p.account).having(func.sum(p.amount_paise) != 0))
+
+
+def _unsettled(session: Session, booking_ids: set[int]) -> set[int]:
+    """Those of these bookings whose money is not settled (_money_held)."""
+    if not booking_ids:
+        return set()
+    p = LedgerPosting
+    return set(session.scalars(select(p.booking_id).where(
+        p.booking_id.in_(sorted(booking_ids)), p.account_kind.in_(HELD_FOR_CUSTOMER))
+        .group_by(p.booking_id, p.account).having(func.sum(p.amount_paise) != 0)))
 
 
 def _redact_templates(session: Session, outbox_ids: list[int]) -> None:
@@ -452,10 +489,13 @@ def _saved_codes(session: Session, after: Key | None, cutoff: datetime) -> list[
 
 def _pod_photos(session: Session, after: Key | None, cutoff: datetime) -> list[Key]:
     """Proof-of-delivery photos (the parcel, the recipient's door) taken long ago of a
-    finished booking: the rows go now, the files after the commit (``_forget_files``)."""
+    finished booking whose money is settled (not one whose reversed payout waits for ops:
+    the photo is what they decide on, _money_held): the rows go now, the files after the
+    commit (``_forget_files``)."""
     p = PodPhoto
     finished = exists().where(Leg.id == p.leg_id, Booking.id == Leg.booking_id,
-                              Booking.status.in_(CLOSED_BOOKINGS))
+                              Booking.status.in_(CLOSED_BOOKINGS),
+                              ~_money_held(Booking.id))
     keys = _due(session, p, (p.created_at, p.id), after, p.created_at < cutoff, finished)
     if not keys:
         return keys
@@ -626,21 +666,25 @@ def erase_person(session: Session, person_id: int) -> Erasure:
 
     Refused (Conflict) for an operator, a partner not blocked (KYC suspended or rejected),
     and while anything of theirs is under way: a booking they made or receive, a leg they
-    carry, money held or owed for them, a conversation waiting for a person. Then: the
+    carry, money held or owed for them (a delivered leg's payout not released or not paid
+    out yet included), a parcel of theirs ops left with a rider to bring back (for
+    PARCEL_BACK_DAYS), a conversation waiting for a person. The bookings erased are those
+    found then, not one made by or to them while it runs. Then: the
     person keeps only their id and role; their bookings lose the recipient, the landmarks
     and exact places; the photos of their bookings and of bookings to them go (the files
     after the commit); the messages to them or about their bookings, their conversations
     and handoff messages lose their text; their sign-ins end; a partner's name, vehicle
     plates and payout account go (the photos they took stay with those bookings). The
     ledger, payments and transitions stay. Where others kept them goes too: the senders of
-    bookings to them lose the texts naming them (their chats with the bot, those bookings'
-    messages, their handoffs with ops, open ones too); a booking draft naming them
+    bookings to them lose the texts naming them or the landmarks erased (their chats with
+    the bot, those bookings' messages, their handoffs with ops, open ones too); a booking
+    draft naming them
     (anyone's, by their number; a sender's, by the name given) loses the recipient, whom
     its writer is asked for again; handoffs waiting for ops lose the messages that say
     their number; call answers stored for Twilio's retries that say their number (or their
-    recipients'), written or read out digit by digit; their messages in Redis's dead-letter
-    list. Run again, it finds nothing left to change. A later message from the same number
-    makes a new person.
+    recipients'), written or read out digit by digit, or a landmark erased; their messages
+    in Redis's dead-letter list. Run again, it finds nothing left to change. A later
+    message from the same number makes a new person.
     """
     # Who may have named them, read before any lock: the drafts naming them are locked
     # with their own conversations, below.
@@ -665,15 +709,26 @@ def erase_person(session: Session, person_id: int) -> Erasure:
     partner = session.scalar(select(PartnerProfile).where(
         PartnerProfile.person_id == person.id).with_for_update())
     conv_ids = [c.id for c in convs]
+    # The bookings this erasure takes: theirs and those sent to them (by the phone, read
+    # before the person row loses it, below), fixed before the check that none is under
+    # way. One made by or to them while the erasure runs is not among them: it is under
+    # way, and keeps its recipient and places (found anew at each step, it would lose
+    # them: erase_recipient does the same).
+    own_ids = list(session.scalars(select(Booking.id).where(
+        Booking.customer_id == person.id).order_by(Booking.id)))
+    received_ids = list(session.scalars(select(Booking.id).where(
+        Booking.recipient_phone == person.phone).order_by(Booking.id))) if person.phone else []
     _refuse_if_in_use(session, person, partner, conv_ids)
 
     done = Erasure(person.id)
-    own = select(Booking.id).where(Booking.customer_id == person.id)
-    # Bookings sent to them; the phone is read before the person row loses it, below.
-    received = (select(Booking.id).where(Booking.recipient_phone == person.phone)
-                if person.phone else select(Booking.id).where(false()))
+    own = select(Booking.id).where(_among(Booking.id, own_ids))
+    received = select(Booking.id).where(_among(Booking.id, received_ids))
     recipients = set(session.scalars(select(Booking.recipient_phone).where(
-        Booking.customer_id == person.id, Booking.recipient_phone.is_not(None)).distinct()))
+        _among(Booking.id, own_ids), Booking.recipient_phone.is_not(None)).distinct()))
+    # Where the doors are, as their bookings and those to them say: texts that say it go
+    # too (a rider's job offer, a stored answer to his PICK), read before the bookings
+    # lose them.
+    places = _landmarks(session, own_ids, received_ids)
     theirs = _addresses(person.phone, person.wa_id, *(c.contact for c in convs))
     # Read before the bookings lose the recipient: the senders' saved answers (replayed
     # on a retry) hold the recipient's name and the exact drop of these bookings.
@@ -682,10 +737,10 @@ def erase_person(session: Session, person_id: int) -> Erasure:
     numbers = _ten_digits(person.phone, person.wa_id, *(c.contact for c in convs))
     _erase_messages(session, done, own, theirs, _addresses(*recipients))
     # Before the drafts lose the recipient: the names their writers gave are read there.
-    _erase_recipient_copies(session, done, received, numbers, senders, drafts)
+    _erase_recipient_copies(session, done, received, numbers, senders, drafts, places)
     _erase_waiting_handoffs(session, done, numbers)
     _scrub_drafts(done, drafts)
-    _erase_stored_answers(session, done, numbers | _ten_digits(*recipients))
+    _erase_stored_answers(session, done, numbers | _ten_digits(*recipients), places)
     # Before the bookings lose the recipient's number, by which ``received`` finds them.
     _erase_photos(session, done, own, received, photo_job_id(person.id))
     _erase_bookings(session, done, own, received)
@@ -748,11 +803,12 @@ def erase_recipient(session: Session, phone: str, *, actor: str,
     Then, as ``erase_person`` does for the bookings a person received: those bookings lose
     her name, number, the drop's landmark and exact place (their ids, money, statuses and
     the ledger stay), their photos go (her door; the files after the commit); the messages
-    to her lose text and address; the texts naming her (the senders' chats with the bot,
-    those bookings' messages to riders and ops, handoffs, booking drafts, stored call
-    answers, Redis's dead letters) lose it. Her opt-out, if kept, stays (a hash only).
-    Run again, it finds nothing (no booking has her number) and records nothing. The
-    audit entry names the bookings by id, never the number."""
+    to her lose text and address; the texts naming her or saying her drop's landmark (the
+    senders' chats with the bot, those bookings' messages to riders and ops, handoffs,
+    booking drafts, stored SMS and call answers, Redis's dead letters) lose it. Her
+    opt-out, if kept, stays (a hash only). Run again, it finds nothing (no booking has
+    her number) and records nothing. The audit entry names the bookings by id, never the
+    number."""
     number = normalize_phone(phone)
     holder = session.scalar(select(Person.id).where(or_(
         Person.phone == number, Person.wa_id == number.removeprefix("+"))).limit(1))
@@ -776,11 +832,12 @@ def erase_recipient(session: Session, phone: str, *, actor: str,
     # These bookings alone (finished: they stay so), not one made to her since.
     received = select(Booking.id).where(_among(Booking.id, ids))
     nothing = select(Booking.id).where(false())
+    places = _landmarks(session, [], ids)  # where her door is
     _erase_messages(session, done, nothing, _addresses(number), set())
-    _erase_recipient_copies(session, done, received, tens, senders, drafts)
+    _erase_recipient_copies(session, done, received, tens, senders, drafts, places)
     _erase_waiting_handoffs(session, done, tens)
     _scrub_drafts(done, drafts)
-    _erase_stored_answers(session, done, tens)
+    _erase_stored_answers(session, done, tens, places)
     _erase_photos(session, done, nothing, received, f"erased-photos-b{ids[0] if ids else 0}")
     _erase_bookings(session, done, nothing, received)
     _scrub_saved_answers(session, done, [ref for _, ref, _ in found])
@@ -821,12 +878,61 @@ def _refuse_if_in_use(session: Session, person: Person, partner: PartnerProfile 
         .group_by(p.account).having(func.sum(p.amount_paise) != 0).limit(1))
     if held is not None or (partner is not None and (
             ledger.balance(session, rules.payable(partner.id)) != 0
+            or _payout_due(session, partner.id)
             or _reversed_payout_held(session, partner.id))):
         raise Conflict("money is still held or owed for them", code="in_flight")
+    # A parcel ops told its rider to keep and bring back (a relay they ended), not known
+    # to be back: they need the sender's number and pickup, and the rider's, for that.
+    held_parcel = _parcel_held(session, Booking.customer_id == person.id)
+    if held_parcel is None and partner is not None:
+        held_parcel = _parcel_held(session, Leg.partner_id == partner.id)
+    if held_parcel is not None:
+        ref, ended = held_parcel
+        until = ended + timedelta(days=PARCEL_BACK_DAYS)
+        raise Conflict(f"the parcel of booking {ref} was left with its rider on "
+                       f"{ended:%Y-%m-%d} to bring back to the sender, who may be erased "
+                       f"once it is taken as back, from {until:%Y-%m-%d}", code="in_flight")
     if session.scalar(select(Handoff.id).where(Handoff.status == "waiting", or_(
             Handoff.person_id == person.id, Handoff.conversation_id.in_(conv_ids))).limit(1)):
         raise Conflict("they are waiting for an operator: close that first",
                        code="in_flight")
+
+
+def _payout_due(session: Session, partner_id: int) -> bool:
+    """Whether a leg the partner delivered is not paid out yet: its release not in the
+    ledger yet (the job still to run, or lost until the payments sweep posts it), or its
+    payout released and not transferred yet. Either is paid to the payout account their
+    erasure deletes. (Their payable balance alone misses the first, and may hide one
+    leg's payout behind another's.) By the legs' partner index and the payable
+    postings' account index."""
+    t = LedgerTransaction
+    released = exists().where(t.idempotency_key == func.concat("release:leg:", Leg.id))
+    if session.scalar(select(Leg.id).where(
+            Leg.partner_id == partner_id, Leg.status == LegStatus.DELIVERED.value,
+            ~released).limit(1)) is not None:
+        return True
+    p = LedgerPosting
+    return session.scalar(
+        select(p.leg_id).where(p.account == rules.payable(partner_id).key,
+                               p.leg_id.is_not(None))
+        .group_by(p.leg_id).having(func.sum(p.amount_paise) > 0).limit(1)) is not None
+
+
+def _parcel_held(session: Session, whose: Any) -> tuple[str, datetime] | None:
+    """A booking picked by ``whose`` (a condition on Booking or Leg) whose parcel ops left with its
+    rider to bring back to the sender (a relay they ended: its leg in hand failed after
+    its pickup) less than PARCEL_BACK_DAYS ago: (its reference, when), the latest; None
+    for none. By the legs' booking or partner index and the transitions' entity index."""
+    tl = TransitionLog
+    row = session.execute(
+        select(Booking.reference, tl.at).join(Leg, Leg.booking_id == Booking.id)
+        .join(tl, and_(tl.entity == "leg", tl.entity_id == Leg.id))
+        .where(whose, Leg.status == LegStatus.FAILED.value, Leg.partner_id.is_not(None),
+               tl.from_status == LegStatus.PICKED_UP.value,
+               tl.to_status == LegStatus.FAILED.value,
+               tl.at > clock.now() - timedelta(days=PARCEL_BACK_DAYS))
+        .order_by(tl.at.desc()).limit(1)).first()
+    return (row.reference, row.at) if row is not None else None
 
 
 def _reversed_payout_held(session: Session, partner_id: int) -> bool:
@@ -930,6 +1036,20 @@ def _names(given: Iterable[str | None]) -> set[str]:
     return {n.strip() for n in given if n and len(n.strip()) >= MIN_NAME}
 
 
+def _landmarks(session: Session, own_ids: list[int], received_ids: list[int]) -> set[str]:
+    """The landmarks an erasure takes off bookings, those long enough to look for in
+    texts (MIN_PLACE): of the person's own bookings both (their pickup, their recipients'
+    doors), of bookings sent to them the drop's (their door)."""
+    b = Booking
+    own = set(own_ids)
+    given: set[str | None] = set()
+    for booking_id, pickup, drop in session.execute(
+            select(b.id, b.pickup_landmark, b.drop_landmark).where(
+                or_(_among(b.id, own_ids), _among(b.id, received_ids)))):
+        given |= {pickup, drop} if booking_id in own else {drop}
+    return {n.strip() for n in given if n and len(n.strip()) >= MIN_PLACE}
+
+
 def _senders_of(session: Session, phone: str | None) -> Senders:
     """The senders of bookings to this number, and the names they gave (by the bookings'
     recipient index)."""
@@ -965,19 +1085,21 @@ def _drafts_naming(tens: set[str], senders: Senders) -> Any:
 
 
 def _erase_recipient_copies(session: Session, done: Erasure, received: Any, tens: set[str],
-                            senders: Senders, drafts: list[Conversation]) -> None:
+                            senders: Senders, drafts: list[Conversation],
+                            places: set[str]) -> None:
     """Where the senders of bookings to the erased person kept them, and the contacts
     whose booking draft names them: the bot's questions and summaries in their chats
     ("What is the mobile number of Sita Devi?", "For: Sita Devi, +91..."), other messages
     about those bookings (to partners, to ops), and their handoffs with ops, closed or
     still waiting (one waiting stays open, its texts masked). A text naming the person,
-    by a name given them on those bookings or drafts or by their number in any form,
-    loses it. Bounded: those people's messages (by address) and those bookings' (by
-    booking) only."""
+    by a name given them on those bookings or drafts or by their number in any form, or
+    saying where their door is (``places``: the landmarks the erasure takes, a rider's
+    job offer "... to Bettiah, blue gate ..."), loses it. Bounded: those people's
+    messages (by address) and those bookings' (by booking) only."""
     people, names = senders
     people = people | {d.person_id for d in drafts if d.person_id is not None}
     names = names | _names(((d.state or {}).get("slots") or {}).get("recipient_name")
-                           for d in drafts)
+                           for d in drafts) | places
     if not people:
         return
     addrs = set()
@@ -1062,16 +1184,18 @@ def _recipient_asked_again(channel: str, step: str,
     return step, data
 
 
-def _erase_stored_answers(session: Session, done: Erasure, tens: set[str]) -> None:
+def _erase_stored_answers(session: Session, done: Erasure, tens: set[str],
+                          places: set[str]) -> None:
     """Our stored answers to SMS and calls (kept for Twilio's retries, cleared by the
-    retention job with the messages) that say one of these numbers: a rider's "job is
-    yours, the sender's phone is ...", a call reading the recipient's number back digit by
-    digit. A call's answers are not tied to the caller (``inbound_events`` keys them by
-    the CallSid alone): they are found by the numbers they say, the caller's own and
-    their recipients'."""
+    retention job with the messages) that say one of these numbers, or one of the
+    landmarks the erasure takes (``places``): a rider's "job is yours, the sender's phone
+    is ...", his PICK's "take it to Bettiah, blue gate ...", a call reading the
+    recipient's number back digit by digit. A call's answers are not tied to the caller
+    (``inbound_events`` keys them by the CallSid alone): they are found by the numbers
+    and places they say, the caller's own and their recipients'."""
     e = InboundEvent
     done.add("stored_answers", _changed(session, update(e).where(
-        e.response_body.is_not(None), _mentions(e.response_body, tens))
+        e.response_body.is_not(None), _mentions(e.response_body, tens, places))
         .values(response_body=None)))
 
 
