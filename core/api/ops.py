@@ -945,6 +945,38 @@ def ops_resolve_reversed_payout(ref: str, leg_id: int, query: ResolveQuery,
                            refund_attempt=done.refund_attempt)
 
 
+class ParcelReturnedIn(Strict):
+    note: str = Field(min_length=3, max_length=300,
+                      description="how it came back (who brought it, when), for the audit log")
+
+
+class ParcelReturnedOut(BaseModel):
+    reference: str
+    leg_id: int | None = Field(description="the leg whose rider held the parcel")
+    recorded: bool = Field(description="false: recorded before; nothing was done")
+
+
+@endpoint(bp, "POST", "/ops/bookings/<ref>/parcel-returned",
+          summary="Record that the parcel of a relay ops ended with it in a rider's hands "
+                  "is back with its sender (audited booking.parcel_returned): from then "
+                  "the sender and that rider may be erased (before, 409 in_flight for "
+                  "14 days). 409 no_parcel_out: no rider was left holding its parcel",
+          roles=OPS, body=ParcelReturnedIn, response=ParcelReturnedOut, tags=("ops",),
+          errors=(404, 409))
+def ops_parcel_returned(ref: str, body: ParcelReturnedIn) -> ParcelReturnedOut:
+    with transaction() as session:
+        b = visible_booking(session, ref, for_update=True)  # two clicks record it once
+        if retention.returned(session, b):
+            return ParcelReturnedOut(reference=b.reference, leg_id=None, recorded=False)
+        leg = retention.parcel_out(session, b)
+        if leg is None:
+            raise Conflict(f"no rider was left holding the parcel of booking {b.reference}",
+                           code="no_parcel_out")
+        audit(session, retention.PARCEL_RETURNED, f"booking:{b.reference}", leg=leg.id,
+              partner=leg.partner_id, note=body.note)
+        return ParcelReturnedOut(reference=b.reference, leg_id=leg.id, recorded=True)
+
+
 @endpoint(bp, "GET", "/ops/reversed-payouts",
           summary="Bookings holding partner payouts reversed at the gateway, waiting for ops "
                   "to pay the partner again or refund the customer (newest booking first; "

@@ -153,9 +153,11 @@ MIN_PLACE = 5
 # How long after ops ended a relay with the parcel in a rider's hands ("keep it safe, call
 # us": dispatch.stuck_relay_ended) the parcel is taken as not known to be back with its
 # sender: the sender and that rider are not erased before (ops need their numbers and the
-# pickup place to bring it back). The service records no return of a parcel: this bound,
-# named in the refusal, is when ops may erase them.
+# pickup place to bring it back). Ops record the return when it happens (POST
+# /ops/bookings/<ref>/parcel-returned, audited PARCEL_RETURNED): from then, or after this
+# bound named in the refusal when nobody recorded it, they may be erased.
 PARCEL_BACK_DAYS = 14
+PARCEL_RETURNED = "booking.parcel_returned"  # the audit entry of a return, target booking:<ref>
 # The job that deletes an erasure's photo files after its commit, and its tries while the
 # photo store is away (the daily run tries what is left after them).
 PHOTO_JOB = "workers.retention.delete_photos"
@@ -930,9 +932,36 @@ def _parcel_held(session: Session, whose: Any) -> tuple[str, datetime] | None:
         .where(whose, Leg.status == LegStatus.FAILED.value, Leg.partner_id.is_not(None),
                tl.from_status == LegStatus.PICKED_UP.value,
                tl.to_status == LegStatus.FAILED.value,
-               tl.at > clock.now() - timedelta(days=PARCEL_BACK_DAYS))
+               tl.at > clock.now() - timedelta(days=PARCEL_BACK_DAYS),
+               ~_returned(Booking.reference))
         .order_by(tl.at.desc()).limit(1)).first()
     return (row.reference, row.at) if row is not None else None
+
+
+def _returned(reference: Any) -> Any:
+    """Whether ops recorded the booking's parcel as back with its sender."""
+    return select(AuditEntry.id).where(
+        AuditEntry.action == PARCEL_RETURNED,
+        AuditEntry.target == func.concat("booking:", reference)).exists()
+
+
+def returned(session: Session, booking: Booking) -> bool:
+    """Whether ops recorded the booking's parcel as back with its sender."""
+    return bool(session.scalar(select(_returned(booking.reference))))
+
+
+def parcel_out(session: Session, booking: Booking) -> Leg | None:
+    """The leg whose rider ops left the booking's parcel with to bring back to its sender
+    (a relay they ended after his pickup), not yet recorded as back; None if none."""
+    if returned(session, booking):
+        return None
+    tl = TransitionLog
+    return session.scalar(
+        select(Leg).join(tl, and_(tl.entity == "leg", tl.entity_id == Leg.id))
+        .where(Leg.booking_id == booking.id, Leg.status == LegStatus.FAILED.value,
+               Leg.partner_id.is_not(None), tl.from_status == LegStatus.PICKED_UP.value,
+               tl.to_status == LegStatus.FAILED.value)
+        .order_by(tl.at.desc()).limit(1))
 
 
 def _reversed_payout_held(session: Session, partner_id: int) -> bool:
