@@ -14,6 +14,7 @@ from sqlalchemy import select
 from core import i18n
 from core.adapters.db import transaction
 from core.adapters.models import Booking, PartnerProfile, Person
+from core.config import get_settings
 from core.domain.booking import Actor
 from core.domain.dispatch import Kind, parse_command
 from core.domain.pricing import SpeedTier
@@ -198,8 +199,9 @@ def _relay_leg2_taken(client):
 
 def test_a_relay_give_back_sends_a_handover_code_that_replaces_the_old_one(client, live,
                                                                           frozen):  # noqa: F811
-    # Asha gives leg 2 back and Bala takes it: Ramesh's code for the next rider is new and
-    # says so; Bala never had one, so his is a plain first code.
+    # Asha gives leg 2 back and Bala takes it: Ramesh hears at once to keep the parcel
+    # (his code is void), then his code for the next rider is new and says so; Bala never
+    # had one, so his is a plain first code.
     booking_id, r_phone, a_phone, leg1, leg2 = _relay_leg2_taken(client)
     to_ramesh = len(bodies_to(r_phone))
     sms(client, a_phone, f"CANCEL {leg2}")
@@ -213,6 +215,8 @@ def test_a_relay_give_back_sends_a_handover_code_that_replaces_the_old_one(clien
     assert "is yours" in sms(client, b_phone, "1")[0]
     new = last_code(r_phone)
     assert bodies_to(r_phone)[to_ramesh:] == [
+        i18n.t("dispatch.carrier_wait", "en", job=leg1, point="Point A",
+               ops_phone=get_settings().ops_phone),
         i18n.t("dispatch.handover_give_new", "en", job=leg1, point="Point A", otp=new)]
     assert "no longer works" in bodies_to(r_phone)[-1]
     assert bodies_to(b_phone)[-1] == i18n.t("dispatch.handover_take", "en", job=leg2,

@@ -11,7 +11,8 @@ The sets:
   Rebuilt from PostgreSQL (partners on duty) when its marker key has expired, so a flushed
   or restarted Redis heals itself within minutes.
 
-A partner with a fresh live position is found there; a partner without one is found at
+A partner with a fresh live position is found there and only there (never at home, even
+when that position is outside the search radius); a partner without one is found at
 home only if they have no app. Duty, vehicle and the rest come from PostgreSQL, cached
 here per partner (``FACTS_KEY``, see "cached eligibility facts" below) so that a search
 near partners whose rows did not change makes no database round trip.
@@ -112,6 +113,8 @@ def invalidate_homes() -> None:
 # facts, generation], nearest first per source: fresh live positions, homes of partners
 # without the app, at most ARGV[6] of each (0: all). Facts and generation are the cached
 # eligibility facts (KEYS[5]) and their generation (KEYS[6]), when ARGV[7] is 1.
+# A home entry of a partner with a fresh live position is left out even when that
+# position is outside the radius: he is there, not at home.
 # With a home marker key (KEYS[7]) the script first claims the home set's rebuild: the
 # answer is {-1} when the caller must rebuild it and ask again.
 _NEARBY_LUA = """
@@ -153,7 +156,11 @@ end
 kept = 0
 for _, row in ipairs(homes) do
   if kept >= keep then break end
-  if redis.call('SISMEMBER', KEYS[4], row[1]) == 0 then
+  -- A partner whose app sent a fresh position is where that says, inside the radius or
+  -- not (then the live search found him, or he is too far): never at home as well.
+  local ts = redis.call('HGET', KEYS[2], row[1])
+  if (not ts or tonumber(ts) < cutoff)
+     and redis.call('SISMEMBER', KEYS[4], row[1]) == 0 then
     out[#out + 1] = row[1]; out[#out + 1] = row[2]; out[#out + 1] = 'h'
     out[#out + 1] = false; out[#out + 1] = false
     ids[#ids + 1] = row[1]

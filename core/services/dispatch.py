@@ -718,7 +718,8 @@ def _excluded(session: Session, leg: Leg, search: DispatchSearch) -> set[int]:
     recorded as expired: back ON, they are asked again in a later pass). Once the leg has
     paused for want of anyone (a relay leg: it waits, round after round), a no from before
     the pause is forgotten: the one rider at a Point may have changed their mind, and the
-    parcel would otherwise wait there for good. A give-back's new round forgets none."""
+    parcel would otherwise wait there for good. A give-back's new round forgets none.
+    Nor is a rider of the relay's earlier legs who still holds it (_carriers_before)."""
     paused_at = session.scalar(select(func.max(TransitionLog.at)).where(
         TransitionLog.entity == "leg", TransitionLog.entity_id == leg.id,
         TransitionLog.from_status == LegStatus.OFFERING.value,
@@ -737,7 +738,19 @@ def _excluded(session: Session, leg: Leg, search: DispatchSearch) -> set[int]:
             out.add(pid)
         elif status == rules.OfferStatus.OPEN:
             out.add(pid)
-    return out | _parties_of(session, leg.booking_id)
+    return out | _parties_of(session, leg.booking_id) | _carriers_before(session, leg)
+
+
+def _carriers_before(session: Session, leg: Leg) -> set[int]:
+    """The riders of a relay's earlier legs still holding them (taken, picked up, or
+    locked; not delivered): the leg was split off because their vehicle cannot ride on,
+    and the handover at the Point is between two people. A rider who delivered their leg
+    is no longer one of them: whether they may ride the next is the range rules' say."""
+    if leg.sequence <= 1:
+        return set()
+    return set(session.scalars(select(Leg.partner_id).where(
+        Leg.booking_id == leg.booking_id, Leg.sequence < leg.sequence,
+        Leg.partner_id.is_not(None), Leg.status.in_(ACTIVE_LEG_STATES))))
 
 
 def _parties_of(session: Session, booking_id: int) -> set[int]:
@@ -2874,7 +2887,10 @@ def cancel_by_partner(session: Session, partner: PartnerProfile,
                                  "partner gave the job back")
     if reopened:
         _status_to_customer(session, booking, f"cancel{event.id}")
-    start_search(session, booking, leg, actor=actor)
+    # A relay carrier on his way to the Point (or waiting there) holds a handover code
+    # _give_back just made void: he hears to keep the parcel, as after a no-show.
+    _tell_carrier_to_wait(session, booking, leg, start_search(session, booking, leg,
+                                                              actor=actor))
     return _r("dispatch.cancelled", job=job)
 
 
@@ -3022,7 +3038,9 @@ def block_partner(session: Session, partner_id: int, actor: Actor) -> list[int]:
                 # Each take-back is told (one leg may be taken back from rider after
                 # rider), once: keyed by its event, as a rider's give-back is.
                 _status_to_customer(session, booking, f"blocked{event.id}")
-            start_search(session, booking, leg, actor=actor)
+            # The relay carrier's handover code is void now (_give_back): he hears it.
+            _tell_carrier_to_wait(session, booking, leg, start_search(session, booking, leg,
+                                                                      actor=actor))
         else:
             _maybe_continue(session, leg)
     # The parcels they still hold: picked up or handed over to them, also on a leg
@@ -3322,7 +3340,8 @@ def unlock_leg(session: Session, leg_id: int, actor: Actor) -> Leg:
                                      "partner blocked by ops")
         if reopened:
             _status_to_customer(session, booking, f"blocked{event.id}")  # as block_partner
-        start_search(session, booking, leg, actor=actor)
+        _tell_carrier_to_wait(session, booking, leg, start_search(session, booking, leg,
+                                                                  actor=actor))
         return leg
     send_leg_codes(session, booking, leg, tag=f"unlock{leg.version}", pickup=not picked)
     return leg
