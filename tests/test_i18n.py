@@ -104,6 +104,8 @@ REQUIRED_KEYS = (
     | {f"dispatch.{k}_new" for k in ("pickup_otp", "drop_otp", "drop_otp_sender")}  # resent
     | {"dispatch.duty_off_assigned", "dispatch.duty_off_carrying"}  # set_duty, OFF
     | {"dispatch.customer_next_rider", "dispatch.recipient_no_rider"}  # accept, no rider
+    | {"dispatch.recipient_no_rider_no_code",  # a recipient told by SMS before any code
+       "dispatch.recipient_cancelled_no_code"}
     | {f"ivr.cancel.{k}" for k in ("none", "free", "refund", "fee", "changed",  # voice cancel
                                    "picked_up", "not_allowed")}
     | {f"{c}.cancel.{k}" for c in ("bot", "ivr")  # nothing left to give back (a refund

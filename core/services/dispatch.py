@@ -251,16 +251,43 @@ def tell_recipient_not_coming(session: Session, booking: Booking, key: str, *,
                               dedupe_key: str) -> None:
     """The booking ended before delivery (cancelled by anyone, or no rider found): a
     recipient who was sent a delivery code hears the parcel is not coming, so nobody waits
-    for it or gives the code to anyone. Not when the recipient is the customer, who hears
-    it as the customer."""
+    for it or gives the code to anyone; one we told of it before any code (she asked us
+    by SMS) hears it too, with no word of a code (``<key>_no_code``). Not when the
+    recipient is the customer, who hears it as the customer."""
     phone = booking.recipient_phone
-    if not phone or _last_sent(session, booking, "leg-%-dropotp-%", to_phone=phone) is None:
+    if not phone:
+        return
+    code_sent = _last_sent(session, booking, "leg-%-dropotp-%", to_phone=phone) is not None
+    if not code_sent and not _told_parcel_coming(booking):
         return
     customer = session.get(Person, booking.customer_id)
     if customer is not None and customer.phone == phone:
         return
-    notify.notify_phone(session, phone, key, lang=recipient_language(session, booking),
-                        booking_id=booking.id, dedupe_key=dedupe_key, ref=booking.reference)
+    notify.notify_phone(session, phone, key if code_sent else f"{key}_no_code",
+                        lang=recipient_language(session, booking), booking_id=booking.id,
+                        dedupe_key=dedupe_key, ref=booking.reference)
+
+
+# A recipient we told of a parcel before any code went to her (partner_sms answers her
+# SMS: "a parcel (booking ...) is coming to you"): that answer is inline TwiML, kept by no
+# booking, so the booking's id is marked here for as long as a booking may still end.
+RECIPIENT_TOLD_KEY = "dispatch:recipient-told:{booking}"
+RECIPIENT_TOLD_S = 30 * 24 * 3600
+
+
+def mark_recipient_told(session: Session, booking: Booking) -> None:
+    """Remember, once the turn commits, that the booking's recipient heard of it."""
+    key = RECIPIENT_TOLD_KEY.format(booking=booking.id)
+    after_commit(session, lambda: redis_client().set(key, 1, ex=RECIPIENT_TOLD_S))
+
+
+def _told_parcel_coming(booking: Booking) -> bool:
+    """Whether we told the booking's recipient of it before any code (mark_recipient_told);
+    with Redis away, no (she is not told twice, at worst not at all)."""
+    try:
+        return bool(redis_client().exists(RECIPIENT_TOLD_KEY.format(booking=booking.id)))
+    except RedisError:
+        return False
 
 
 def load_of(booking: Booking, leg: Leg | None = None) -> rules.Load:

@@ -224,6 +224,7 @@ def _tell_stranger(session: Session, contact: str, lang: str,
         else:
             # On a relay her code goes only when the last leg is taken: it will come.
             answer = "sms.recipient_on_the_way_no_code"
+        dispatch.mark_recipient_told(session, parcel)  # she hears if it will not come
         # In the language her drop code came in: her own, else the sender's (not Hindi
         # for a recipient we know nothing of).
         return [i18n.t(answer, dispatch.recipient_language(session, parcel),
