@@ -397,6 +397,10 @@ class OutboxMessage(Base):
     # text reworded since changes nothing (core.services.outbox, migration 0033). NULL:
     # no code, or a row written before the column (masked by matching the catalog).
     code_spans: Mapped[list[list[int]] | None] = mapped_column(JSONB(none_as_null=True))
+    # What the row is, as its writer told queue_message: "reply", "needed", "asked",
+    # "work" or "plain" (a booking's by booking_id). The sender asks again whether a STOP
+    # since ends it (core.services.outbox, migration 0040). NULL: a row written before.
+    kind: Mapped[str | None] = mapped_column(String(8))
 
 
 class MessageStatusEvent(Base):

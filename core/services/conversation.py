@@ -45,7 +45,7 @@ from core.domain.errors import DomainError, ValidationError
 from core.domain.ledger import EntryKind
 from core.domain.pricing import ParcelCategory, SizeBucket, SpeedTier, WeightBucket
 from core.services import booking as booking_service
-from core.services import handoff, ledger, payments, rating
+from core.services import handoff, ledger, outbox, payments, rating
 from core.services.inbound import InboundMessage, TurnFailed, lost_a_race
 
 log = logging.getLogger(__name__)
@@ -530,6 +530,8 @@ def _whatsapp_turn(session: Session, msg: InboundMessage, person: Person, conv: 
         cmd = None  # "Band", her village on the list shown, is her answer: no STOP
     if cmd == "stop":
         person.opted_out, person.wa_blocked = True, False  # hers: only START ends it
+        # What still waits to reach her WhatsApp goes no more (a booking's by SMS).
+        outbox.take_back_on_stop(session, person)
         if conv.handoff:  # no operator can answer them now: off the waiting list
             handoff.withdraw(session, conv, engaged_too=True)
         return Turn(lang(), [Say("bot.optout.stopped")])

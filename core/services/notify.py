@@ -7,7 +7,8 @@ WhatsApp's 24-hour rule: a free-form message is allowed only within 24 hours of 
 user's last message to us. Outside that window we send the approved template configured
 for the user's language (``WHATSAPP_TEMPLATE_<LANG>=<ContentSid>``, one generic "update"
 template per language whose variable ``{{1}}`` carries our text), and without one we fall
-back to SMS.
+back to SMS. Where no SMS can go (a user known only by her WhatsApp id, SMS stopped), the
+default language's template carries our text, in her language, rather than nothing.
 
 STOP on WhatsApp ends the WhatsApp messages we start. What a person needs for a booking
 they made or receive (its link, details, codes, status, refund), and a sign-in code they
@@ -47,6 +48,15 @@ def whatsapp_templates() -> dict[str, str]:
         if sid:
             found[lang] = sid
     return found
+
+
+def whatsapp_template(person: Person | None, *, only_way: bool = False) -> str | None:
+    """ContentSid of the "update" template in the person's language; ``only_way`` (no SMS
+    can carry the text), else the default language's: its few words of its own in that
+    language, our text (its variable) in hers."""
+    templates = whatsapp_templates()
+    sid = templates.get(language_of(person))
+    return sid or (templates.get(i18n.DEFAULT_LANGUAGE) if only_way else None)
 
 
 def reset_templates() -> None:
@@ -100,7 +110,7 @@ def send_to_person(session: Session, person: Person, body: str, *,
         if in_whatsapp_window(conv):
             return outbox.queue_message(session, channel="whatsapp", to=to, body=body,
                                         dedupe_key=dedupe_key, booking_id=booking_id)
-        sid = whatsapp_templates().get(language_of(person))
+        sid = whatsapp_template(person, only_way=whatsapp_only or not sms_open)
         if sid and outbox.fits_template(body):
             row_id = outbox.queue_message(session, channel="whatsapp", to=to, body=body,
                                           dedupe_key=dedupe_key, booking_id=booking_id)

@@ -180,6 +180,8 @@ def queue_message(
     WhatsApp STOP ends the WhatsApp messages only). After an SMS opt-out
     no SMS goes out but a ``needed`` one (tried: they may have opted in again where we
     could not see; Twilio refuses it otherwise). notify sends on the channel left open.
+    The row keeps which of these it is (its ``kind``): a STOP that comes while it waits
+    is honoured when it is sent as it would have been here (_stopped_since).
     ``send_after_commit`` is for callers that already run in a worker (a drain job): the
     row is sent right after the commit, in the caller's order, and only a failed first try
     becomes a delivery job with retries.
@@ -197,10 +199,12 @@ def queue_message(
     # written: no other sender can take it, and if this worker dies before sending, the
     # sweep gives a stale "sending" row back to "pending" as for any lost outcome.
     spans = _spans_for(session, body, dedupe_key)
+    kind = ("reply" if reply else "needed" if needed else "asked" if asked
+            else "work" if work else "plain")
     params = {"channel": channel, "to_addr": to_addr, "from_addr": from_addr, "body": body,
               "media_url": media_url, "dedupe_key": dedupe_key, "booking_id": booking_id,
               "status": "sending" if send_after_commit else "pending",
-              "attempts": 1 if send_after_commit else 0, "code_spans": spans}
+              "attempts": 1 if send_after_commit else 0, "code_spans": spans, "kind": kind}
     row_id = session.scalar(_INSERT, params)
     if row_id is None:
         return None
@@ -218,7 +222,7 @@ _OUTBOX = cast(Table, OutboxMessage.__table__)
 _INSERT = (insert(_OUTBOX)
            .values({name: bindparam(name) for name in (
                "channel", "to_addr", "from_addr", "body", "media_url", "dedupe_key",
-               "booking_id", "status", "attempts", "code_spans")})
+               "booking_id", "status", "attempts", "code_spans", "kind")})
            .on_conflict_do_nothing(index_elements=["dedupe_key"])
            .returning(_OUTBOX.c.id))
 
@@ -261,7 +265,8 @@ def _behind_a_retry(outbox_id: int, to_addr: str) -> bool:
 def send_now(claimed: _Claimed) -> str:
     """Send a row claimed at insert, in this worker; a failed try becomes the retrying job.
     A row behind an earlier one to the same person that waits for a retry waits too (its
-    job, after that retry): a reply must not overtake the one it follows."""
+    job, after that retry): a reply must not overtake the one it follows. Its opt-out was
+    asked as it was written, just now (a retry is a deliver job, which asks again)."""
     if _behind_a_retry(claimed.outbox_id, claimed.to):
         with db.autocommit() as conn:  # given back untried
             conn.execute(update(OutboxMessage).where(
@@ -304,15 +309,22 @@ class TransientSendError(RuntimeError):
 
 
 def deliver(outbox_id: int) -> str:
-    """Send one outbox row through Twilio; return what happened (for logs and tests)."""
+    """Send one outbox row through Twilio; return what happened (for logs and tests).
+
+    A row whose recipient opted out since it was written (a STOP while it waited, for a
+    retry or behind one, or while a reconcile looked for it) is not sent: it fails, or
+    goes the other way, as queue_message would have decided (_refuse_stopped)."""
     with transaction() as session:
         row = session.get(OutboxMessage, outbox_id, with_for_update=True)
         if row is None:
             return "missing"
         if row.status != "pending":
             return "already-" + row.status
-        claimed = None
-        if _behind_a_retry(outbox_id, row.to_addr):  # RQ tries again after it
+        claimed, code_kept = None, False
+        stopped = _stopped_since(session, row)
+        if stopped:
+            code_kept = _refuse_stopped(session, row)
+        elif _behind_a_retry(outbox_id, row.to_addr):  # RQ tries again after it
             if row.attempts == 0:  # later messages wait behind this one (a retry does)
                 row.last_error = HELD_BACK
         else:
@@ -326,6 +338,10 @@ def deliver(outbox_id: int) -> str:
                                {k: template_value(str(v))
                                 for k, v in template.content_variables.items()}
                                if template else None, row.code_spans)
+    if stopped:
+        if code_kept:  # its copy, if any, has its own text
+            _mask_later([outbox_id], CODE_KEPT_FOR)
+        return "opted-out"
     if claimed is None:
         raise TransientSendError("an earlier message to the same person waits for a retry")
     return _send(claimed)
@@ -408,7 +424,7 @@ def _send(c: _Claimed) -> str:
                 if refused is not None:
                     resent = None
                     if exc.code in STOP_CODES:
-                        resent = _on_whatsapp_instead(session, refused)
+                        resent = _instead_after_stop(session, refused)
                         _question_refused(session, refused)
                     elif exc.code in BY_SMS_CODES:
                         resent = _by_sms_instead(session, refused, exc.code)
@@ -512,6 +528,98 @@ def _opted_out(session: Session, channel: str, to_addr: str, wanted: bool) -> bo
     if channel == "whatsapp":
         return whatsapp_stopped
     return sms_stopped or (whatsapp_stopped and not wanted)
+
+
+# What a row is, as queue_message was told (OutboxMessage.kind): a WhatsApp STOP leaves
+# the SMS of what is wanted (a booking's, by its booking_id, "asked", "work"); "reply" and
+# "needed" go whatever the opt-outs say (the dialog decided; a code they asked for).
+_KINDS_WANTED = frozenset({"asked", "work"})
+_KINDS_KEPT = frozenset({"reply", "needed"})
+OPTED_OUT_SINCE = "recipient opted out since it was queued"
+
+
+def _kind_of(row: OutboxMessage) -> str | None:
+    """The row's kind; for a row written before it was kept (migration 0040), on WhatsApp
+    what its key says (a reply's, else notify's), on SMS None: sent as it was written."""
+    if row.kind is not None:
+        return row.kind
+    if row.channel == "whatsapp":
+        return "reply" if (row.dedupe_key or "").startswith("reply:") else "plain"
+    return None
+
+
+def _stopped_since(session: Session, row: OutboxMessage) -> bool:
+    """Whether queue_message would refuse ``row`` now: its recipient opted out of its
+    channel since it was written (for an SMS, a WhatsApp STOP too, unless it is wanted)."""
+    kind = _kind_of(row)
+    if kind is None or kind in _KINDS_KEPT:
+        return False
+    return _opted_out(session, row.channel, row.to_addr,
+                      row.booking_id is not None or kind in _KINDS_WANTED)
+
+
+def _refuse_stopped(session: Session, row: OutboxMessage) -> bool:
+    """``row`` waits for someone who opted out since it was written: it fails, never sent
+    (not a failure to send: /metrics does not count it, as an erasure's withdrawn rows),
+    and what a booking needs goes the other way as notify sends it now (a WhatsApp
+    message by SMS, an SMS on WhatsApp; a rating question is owed anew), once, as for
+    Twilio's refusal of it. A code that went no other way is lost as for any final
+    failure. In the caller's transaction; returns whether its text shows a code (the
+    caller schedules its masking once committed)."""
+    row.status, row.error_code, row.last_error = "failed", None, OPTED_OUT_SINCE
+    session.flush()
+    session.execute(update(OutboxMessage).where(OutboxMessage.id == row.id)
+                    .values(failed_at=None))
+    log.info("recipient opted out since the message was queued; not sent",
+             extra={"outbox_id": row.id, "channel": row.channel})
+    if _instead_after_stop(session, row) is None:
+        _question_refused(session, row)
+        _code_lost(session, row)
+    return carries_code(row.body, row.code_spans)
+
+
+def _instead_after_stop(session: Session, row: OutboxMessage) -> int | None:
+    """The copy of a message to a channel closed for an opt-out (her STOP or block, said
+    by her or by Twilio's refusal) sent the other way, where what it carries is still
+    wanted: an SMS about a booking on WhatsApp (_on_whatsapp_instead), a WhatsApp message
+    about a booking by SMS, as notify sends it after a STOP (not a question only the chat
+    takes the answer of: _answered_on_whatsapp). Returns its row id, or None."""
+    if row.channel == "sms":
+        return _on_whatsapp_instead(session, row)
+    if row.booking_id is None or _answered_on_whatsapp(session, row) is not None:
+        return None
+    return _by_sms_instead(session, row)
+
+
+def _whatsapp_addresses(person: Person) -> list[str]:
+    """The WhatsApp addresses that reach ``person``: her number's and her WhatsApp id's."""
+    found = []
+    for who in (person.phone, person.wa_id):
+        if who:
+            try:
+                found.append(address("whatsapp", who))
+            except ValidationError:
+                continue
+    return sorted(set(found))
+
+
+def take_back_on_stop(session: Session, person: Person) -> int:
+    """She sent STOP on WhatsApp (in the caller's transaction, person.opted_out set):
+    whatever waits to go to her WhatsApp (queued, waiting for a retry, held back behind
+    one, replies to her earlier messages included) goes no more, what a booking needs
+    by SMS (_refuse_stopped). One being sent now is past taking back. Returns how many."""
+    addrs = _whatsapp_addresses(person)
+    if not addrs:
+        return 0
+    rows = list(session.scalars(
+        select(OutboxMessage).where(OutboxMessage.to_addr.in_(addrs),
+                                    OutboxMessage.channel == "whatsapp",
+                                    OutboxMessage.status == "pending")
+        .order_by(OutboxMessage.id).with_for_update()))
+    coded = [row.id for row in rows if _refuse_stopped(session, row)]
+    if coded:
+        after_commit(session, lambda: _mask_later(coded, CODE_KEPT_FOR))
+    return len(rows)
 
 
 # --- opt-outs of addresses nobody holds: an erased person's, a stranger's refusal --------
@@ -885,7 +993,8 @@ def apply_reports(reports: list[StatusReport]) -> int:
             _stopped_at(session, to_addr, blocked=stopped[to_addr])
         resent: set[int] = set()
         for row in dict.fromkeys(stopped_rows):  # a row reported twice in the batch once
-            if _on_whatsapp_instead(session, row) is not None:
+            if (row.channel == "sms" or row.status in _FINAL_FAILURES) and \
+                    _instead_after_stop(session, row) is not None:
                 resent.add(row.id)
             _question_refused(session, row)
         for row, code in closed:
@@ -974,7 +1083,8 @@ def _by_sms_instead(session: Session, row: OutboxMessage, code: str | None = Non
         from core.services import notify  # notify sends through this module
 
         person = session.scalar(select(Person).where(_person_at(row.to_addr)))
-        sid = notify.whatsapp_templates().get(notify.language_of(person))
+        sid = notify.whatsapp_template(person, only_way=not row.to_addr.startswith(
+            "whatsapp:+") or (person is not None and person.sms_opted_out))
         if sid:
             log.info("whatsapp missed the window; sent as the template",
                      extra={"outbox_id": row.id})
