@@ -9,7 +9,10 @@ Responses follow Razorpay's shapes: entities with ``id``/``entity``, collections
 (sandbox only; flushed with the test database).
 
 Paying a link (``POST /sandbox/payment_links/<id>/pay``) captures a payment and sends the
-signed webhooks ``payment.captured`` and ``payment_link.paid`` through an RQ job.
+signed webhooks ``payment.captured`` and ``payment_link.paid``, each delivery an RQ job
+of its own; one the service answers non-2xx is delivered again later, as Razorpay does
+for 24 hours (``WEBHOOK_RETRY_S``). A link that can still be paid may be edited (``PATCH
+/v1/payment_links/<id>``: a later expire_by, 15 minutes away at least, say).
 
 A Route transfer made on a payment starts as Razorpay documents it (Create Transfers from
 Payments: ``"status": "pending"``, ``"processed_at": null``): the transfer is processed
@@ -37,15 +40,17 @@ test helper for what Razorpay does at expire_by); the payment page and ``pay`` r
 
 Controls for tests and demos (Redis keys, or the helpers below):
 - ``sandbox:razorpay:fail_next:<op>``: the next N calls of <op> answer 503
-  (ops: create_link, fetch_payment, refund, fetch_refund, transfer, direct_transfer,
-  edit_transfer, reverse, list_transfers);
+  (ops: create_link, edit_link, fetch_payment, refund, fetch_refund, transfer,
+  direct_transfer, edit_transfer, reverse, list_transfers);
+- ``sandbox:razorpay:refuse_next:edit_link``: the next N edits of a link answer 400 (a
+  refusal the service must live with);
 - ``sandbox:razorpay:in_progress_next:refund``: make the refund, but answer 409 "another
   request with the same idempotency key is still in progress" (a twin request);
 - ``sandbox:razorpay:lose_next:create_link``: create the link, but answer 503 (the answer
   was "lost": the retry meets "reference ID already attempted");
 - ``sandbox:razorpay:lose_next:direct_transfer``: make the direct transfer, but answer 503;
 - ``sandbox:razorpay:webhook_order`` = ``reversed``: send a batch of webhooks backwards;
-- ``sandbox:razorpay:webhook_repeat`` = N: send every webhook N times;
+- ``sandbox:razorpay:webhook_repeat`` = N: deliver every webhook N times;
 - ``sandbox:razorpay:refund_outcome`` / ``transfer_outcome`` = ``failed``;
 - ``sandbox:razorpay:pending_next:transfer`` = N: the next N transfers made stay
   ``pending`` until ``settle_transfer(id)`` is called (a transfer the gateway is slow to
@@ -64,6 +69,7 @@ import secrets
 from typing import Any
 
 from flask import Blueprint, Response, jsonify, request
+from rq import Retry
 
 from core import clock
 from core.adapters.queue import SANDBOX_QUEUE, enqueue
@@ -235,18 +241,28 @@ def _event(name: str, payload: dict) -> dict:
             "created_at": _now()}
 
 
+# Razorpay retries a delivery answered non-2xx "in exponential backoff policy for 24 hours
+# after event creation", then disables the webhook (Webhooks, Best Practices). Here each
+# delivery is its own RQ job, retried after these waits (22.6 hours in all), then left
+# failed: delivered once, it is not sent again; one that fails holds back no other.
+WEBHOOK_RETRY_S = [60, 300, 1800, 3600, 3 * 3600, 6 * 3600, 12 * 3600]
+
+
 def send_webhooks(events: list[dict]) -> None:
-    """Queue signed deliveries of ``events`` (order and repeats per the test controls)."""
+    """Queue a signed delivery of each of ``events``, each its own job with Razorpay's
+    retries (order and repeats per the test controls; a repeat is a delivery of its own,
+    under the same event id)."""
     if _control("webhook_order") == "reversed":
         events = list(reversed(events))
     repeat = max(1, int(_control("webhook_repeat") or 1))
-    batch = []
     for ev in events:
         event_id = "evt_" + secrets.token_hex(7)
         body = json.dumps(ev, separators=(",", ":"))
-        batch.extend([[event_id, body]] * repeat)
-    enqueue("sandbox.razorpay_jobs.deliver_webhooks", batch, queue_name=SANDBOX_QUEUE,
-            job_id=f"sandbox-rzp-hooks-{secrets.token_hex(6)}")
+        for _ in range(repeat):
+            enqueue("sandbox.razorpay_jobs.deliver_webhook", event_id, body,
+                    queue_name=SANDBOX_QUEUE, known_new=True,
+                    job_id=f"sandbox-rzp-hook-{secrets.token_hex(6)}",
+                    retry=Retry(max=len(WEBHOOK_RETRY_S), interval=WEBHOOK_RETRY_S))
 
 
 # --- payment links ----------------------------------------------------------------------
@@ -331,6 +347,56 @@ def cancel_link(plink_id: str):
     put_object(link)
     send_webhooks([_event("payment_link.cancelled", {"payment_link": link})])
     return jsonify(link)
+
+
+@bp.patch("/razorpay/v1/payment_links/<plink_id>")
+def edit_link(plink_id: str):
+    """Update Standard Payment Link: reference_id, expire_by, notes, reminder_enable,
+    accept_partial. Only a link that can still be paid is edited; a new expire_by is held
+    to the rule of a new link's (15 minutes from now at least)."""
+    if _take("fail_next:edit_link"):
+        return _unavailable()
+    link = _link_or_error(plink_id)
+    if link is None:
+        return _not_found(plink_id)
+    if _take("refuse_next:edit_link"):
+        return _error(400, "Payment Link cannot be updated (sandbox refusal injection)")
+    if link["status"] not in ("created", "partially_paid"):
+        return _error(400, f"Payment Link cannot be updated in {link['status']} state")
+    data = _json()
+    unknown = set(data) - {"reference_id", "expire_by", "notes", "reminder_enable",
+                           "accept_partial"}
+    if unknown:
+        field = sorted(unknown)[0]
+        return _error(400, f"{field} is/are not required and should not be sent", field=field)
+    if "expire_by" in data:
+        expire_by = data["expire_by"]
+        if isinstance(expire_by, bool) or not isinstance(expire_by, int) \
+                or expire_by < _now() + LINK_MIN_EXPIRY_S:
+            return _error(400, "expire_by should be at least 15 minutes after current time",
+                          field="expire_by")
+        link["expire_by"] = expire_by
+    if "notes" in data:
+        notes = data["notes"]
+        if not isinstance(notes, dict) or len(notes) > 15:
+            return _error(400, "notes must be an object of at most 15 keys", field="notes")
+        link["notes"] = notes
+    if "reference_id" in data:
+        ref = str(data["reference_id"] or "")
+        if len(ref) > 40:
+            return _error(400, "reference_id may not be greater than 40 characters",
+                          field="reference_id")
+        if ref != link["reference_id"]:
+            r = redis_client()
+            if ref and not r.set(f"{PREFIX}:ref:{ref}", plink_id, nx=True):
+                return _error(400, "payment link with reference ID already exists",
+                              field="reference_id")
+            link["reference_id"] = ref
+    for flag in ("reminder_enable", "accept_partial"):
+        if flag in data:
+            link[flag] = bool(data[flag])
+    link["updated_at"] = _now()
+    return jsonify(put_object(link))
 
 
 def expire_link(plink_id: str) -> dict:

@@ -16,19 +16,17 @@ def sign(body: str, secret: str | None = None) -> str:
     return hmac.new(key, body.encode("utf-8"), hashlib.sha256).hexdigest()
 
 
-def deliver_webhooks(batch: list[list[str]]) -> list[int]:
-    """POST each ``[event_id, raw body]`` to the service, signed, in the given order.
+def deliver_webhook(event_id: str, body: str) -> int:
+    """POST one ``[event_id, raw body]`` delivery to the service, signed.
 
-    A non-2xx answer fails the job (Razorpay would retry the delivery)."""
+    A non-2xx answer (or no answer) fails the job, and its RQ Retry delivers it again
+    later (sandbox.razorpay.WEBHOOK_RETRY_S), as Razorpay does for 24 hours."""
     url = f"{get_settings().public_base_url}/webhooks/razorpay"
-    codes = []
-    for event_id, body in batch:
-        resp = requests.post(url, data=body.encode("utf-8"), timeout=10, headers={
-            "Content-Type": "application/json", "X-Razorpay-Event-Id": event_id,
-            "X-Razorpay-Signature": sign(body)})
-        codes.append(resp.status_code)
-        resp.raise_for_status()
-    return codes
+    resp = requests.post(url, data=body.encode("utf-8"), timeout=10, headers={
+        "Content-Type": "application/json", "X-Razorpay-Event-Id": event_id,
+        "X-Razorpay-Signature": sign(body)})
+    resp.raise_for_status()
+    return resp.status_code
 
 
 def settle_refund(refund_id: str) -> str:

@@ -918,6 +918,7 @@ def create_payment_link(booking_id: int) -> str:
         reference = booking.reference
 
     c = gw.client()
+    outcome = "created"
     try:
         entity = c.payment_link.create(payload)
     except gw.BadRequestError as exc:
@@ -936,6 +937,9 @@ def create_payment_link(booking_id: int) -> str:
             # on the same account): sending it would ask the customer to pay for that.
             _link_refused(booking_id, f"reference {reference} is taken by another link")
             return "refused"
+        entity, closed = _give_found_link_time(c, booking_id, entity, payload["expire_by"])
+        if closed:
+            outcome = "refused"
 
     with transaction() as session:
         booking = ledger.lock_booking(session, booking_id)  # against a cancel meanwhile
@@ -958,8 +962,62 @@ def create_payment_link(booking_id: int) -> str:
             _enqueue_after_commit(session, "workers.payments.cancel_payment_link", booking_id,
                                   job_id=f"paylink-cancel-{booking_id}")
     _ensure_periodic_jobs()
-    log.info("payment link ready", extra={"booking_id": booking_id})
-    return "created"
+    log.info("payment link ready", extra={"booking_id": booking_id, "outcome": outcome})
+    return outcome
+
+
+# The least time to pay a link found from a lost attempt may leave her, when the gateway
+# will not give it the booking's window (_give_found_link_time): enough to open the link
+# and pay by UPI. With less she is not sent it: the booking closes as one without a link.
+FOUND_LINK_MIN_LEFT = timedelta(minutes=5)
+
+
+def _link_expire_by(entity: dict) -> int:
+    raw = entity.get("expire_by")
+    return raw if isinstance(raw, int) and not isinstance(raw, bool) else 0
+
+
+def _give_found_link_time(c, booking_id: int, entity: dict, expire_by: int
+                          ) -> tuple[dict, bool]:
+    """A link found from a lost attempt (create_payment_link) has that attempt's expire_by:
+    a job late again (a worker backlog) would send it with a minute left, and its expiry
+    would close the booking that gave her the LINK_MIN_LEAD she was promised. Less time
+    left than the booking's window (``expire_by``, unix time): the link is given it
+    (Update Standard Payment Link, PATCH /v1/payment_links/{id}). Refused (it expired or
+    was paid meanwhile, or the gateway would not), the booking's time to pay follows the
+    link's as the gateway now shows it, if FOUND_LINK_MIN_LEFT is left; else the booking
+    closes as one whose link could not be made (_link_refused: she is told to book again,
+    ops hear why) and the link, saved, is cancelled by the caller's path for a booking
+    closed meanwhile. A paid link is kept as it is: its payment is hers. Returns the link
+    as it is now, and whether the booking was closed. A gateway error other than a
+    refusal raises: the job's retry finds the link again."""
+    if entity.get("status") in ("paid", "partially_paid") or (
+            entity.get("status") == "created" and _link_expire_by(entity) >= expire_by):
+        return entity, False
+    error = f"the link found from a lost attempt is {entity.get('status')}"
+    if entity.get("status") == "created":
+        try:
+            edited = c.payment_link.edit(entity["id"], {"expire_by": expire_by})
+        except gw.BadRequestError as exc:
+            error = f"the link found from a lost attempt could not be given more time: {exc}"
+            entity = c.payment_link.fetch(entity["id"])
+        else:
+            log.warning("a link found from a lost attempt was given the booking's window",
+                        extra={"booking_id": booking_id})
+            return edited, False
+    if entity.get("status") in ("paid", "partially_paid"):
+        return entity, False
+    left = _link_expire_by(entity) - int(clock.now().timestamp())
+    if entity.get("status") == "created" and left >= FOUND_LINK_MIN_LEFT.total_seconds():
+        with transaction() as session:
+            booking = ledger.lock_booking(session, booking_id)
+            if booking.status == BookingStatus.AWAITING_PAYMENT.value:
+                booking.expires_at = datetime.fromtimestamp(_link_expire_by(entity), UTC)
+        log.warning("a link found from a lost attempt keeps its time: so does the booking",
+                    extra={"booking_id": booking_id, "left_s": left})
+        return entity, False
+    _link_refused(booking_id, error)
+    return entity, True
 
 
 def _link_refused(booking_id: int, error: str) -> None:
@@ -1167,7 +1225,10 @@ def _booking_for_payment(payment: dict, link: dict | None) -> int | None:
     """Which booking of ours a payment belongs to: our notes, our link row, else ask the
     gateway. A booking id in notes counts only with that booking's reference beside it
     (_named_booking): another system on the same Razorpay account names bookings of its
-    own numbering."""
+    own numbering. A link's reference_id alone names none either: that system's link may
+    carry the reference of a booking of ours that never got a link (a quote not
+    confirmed), and Razorpay refuses a reference only once it is taken. Our links carry
+    our notes, and have our row by their id."""
     booking_id = _named_booking([link or {}, payment])
     if booking_id:
         return booking_id
@@ -1177,11 +1238,6 @@ def _booking_for_payment(payment: dict, link: dict | None) -> int | None:
             (PaymentLink.payment_id == pid) | (PaymentLink.gateway_id == plink)))
         if row is not None:
             return row
-        if link and link.get("reference_id"):
-            found = session.scalar(select(Booking.id).where(
-                Booking.reference == str(link["reference_id"])))
-            if found is not None:
-                return found
     if pid:
         links = gw.client().payment_link.all({"payment_id": pid}).get("payment_links") or []
         return _named_booking([e for e in links if isinstance(e, dict)])
@@ -1491,6 +1547,19 @@ def _asked_from_escrow(session: Session, booking_id: int) -> bool:
         Refund.reason != REVERSED_PAYOUT).limit(1)) is not None
 
 
+def _noted_leg(entity: dict) -> int | None:
+    """The leg of ours a transfer's notes name: their leg_id, with that leg's booking id
+    beside it as booking_id (our transfers carry both), else None. A leg id alone is no
+    proof, as the reconciliation holds too (_our_bookings): another system on the same
+    Razorpay account may number what it pays in its transfers' notes."""
+    leg_id, booking_id = gw.note_int(entity, "leg_id"), gw.note_int(entity, "booking_id")
+    if leg_id is None or booking_id is None:
+        return None
+    with transaction() as session:
+        owner = session.scalar(select(Leg.booking_id).where(Leg.id == leg_id))
+    return leg_id if owner == booking_id else None
+
+
 def _on_transfer(data: dict, cause: str) -> str:
     """A leg's transfer was processed or failed at the gateway.
 
@@ -1499,7 +1568,7 @@ def _on_transfer(data: dict, cause: str) -> str:
     a hold (released while the gateway was still processing it) is paid out: the same
     entry the release posts, keyed by the transfer, so once."""
     entity = _entity(data, "transfer")
-    tid, leg_id = _gateway_id(entity), gw.note_int(entity, "leg_id")
+    tid, leg_id = _gateway_id(entity), _noted_leg(entity)
     processed = data.get("event") == "transfer.processed"
     if tid is None:
         # Nothing to key a payout or a failure on: a malformed event, not a transfer.
