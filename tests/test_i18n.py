@@ -145,6 +145,8 @@ REQUIRED_KEYS = (
     | {"ivr.track.link_recent"}  # the link asked again within payments.LINK_AGAIN_EVERY
     | {"ivr.sms.cancelled"}  # a phone booking cancelled in its own call, details sent
     | {f"ivr.tier.{s}" for s in ("express", "standard", "economy")}  # speeds said in words
+    | {"bot.speed.gone", "ivr.speed.gone", "bot.trip.too_far",  # a tier or trip we cannot
+       "ivr.trip.too_far", "ivr.trip.other_drop", "ivr.trip.person"}  # keep (quote_trip)
     | {"ivr.within.hours", "ivr.within.one_hour"}  # voice.spoken_tier
     | {f"office.{k}" for k in ("branch", "sub", "head", "district", "near",  # offices of
                                "number")}  # one name told apart: booking.said_name

@@ -56,6 +56,8 @@ class QuoteRequest(Strict):
 class QuoteOut(BaseModel):
     distance_m: int
     vehicle: str
+    # Only the tiers whose delivery_hours the vehicle can keep over this distance: a long
+    # trip has no "express" (and one nothing can carry is refused, 422 too_far).
     fares: list[FareOut]
     # False: no rider who could take this parcel is on duty near the pickup right now (at
     # night, say); a booking paid now may be refunded after its tier's search_minutes.
@@ -277,7 +279,9 @@ def visible_booking(session: Session, ref: str, *, for_update: bool = False) -> 
     return b
 
 
-@endpoint(bp, "POST", "/quotes", summary="Fares for every speed tier", roles=CUSTOMER,
+@endpoint(bp, "POST", "/quotes",
+          summary="Fares for each speed tier whose time can be kept (422 too_far: nothing "
+                  "we have can carry the parcel that far)", roles=CUSTOMER,
           body=QuoteRequest, response=QuoteOut, tags=("customer",), errors=(404,))
 def create_quote(body: QuoteRequest) -> QuoteOut:
     pickup = resolve_place(body.pickup, "pickup")
@@ -286,7 +290,8 @@ def create_quote(body: QuoteRequest) -> QuoteOut:
         booking_service.check_service_area(session, pickup, drop)
         q = booking_service.quote_trip(session, pickup, drop, _spec(body.parcel))
         free = booking_service.rider_free_near(session, pickup, _spec(body.parcel),
-                                               customer_id=principal().person_id)
+                                               customer_id=principal().person_id,
+                                               ride_m=q.ride_m)
     return QuoteOut(distance_m=q.distance_m, vehicle=q.vehicle,
                     fares=[_fare_out(t, q) for t in q.fares], rider_free_now=free)
 

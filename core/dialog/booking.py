@@ -570,15 +570,40 @@ def _quote(ctx: Ctx) -> dict[str, Any]:
     return quote_or_resize(ctx, ctx.slots)
 
 
-def quote_or_resize(ctx: Ctx, slots: dict[str, Any]) -> dict[str, Any]:
+def quote_or_resize(ctx: Ctx, slots: dict[str, Any], *, far: str = "drop",
+                    far_say: Sequence[Out] = (Say("bot.trip.too_far"),)) -> dict[str, Any]:
     """The quote for ``slots``; when no vehicle on the rate card carries a parcel this big
-    or heavy (a region's card may leave vans out), the size question again, saying so."""
+    or heavy (a region's card may leave vans out), the size question again, saying so.
+    When nothing we have can carry it that far (``too_far``), step ``far`` (the drop
+    place again, saying ``far_say``): the rest of the booking is kept, and a new drop
+    goes on to the confirmation."""
     try:
         return ctx.ports.quote(slots)
     except DomainError as exc:
+        if exc.code == "too_far":
+            ctx.state.data["return_to"] = "confirm"
+            raise Redirect(far, far_say) from None
         if exc.code != "too_big_for_vehicle":
             raise
         raise Redirect("size", [Say("bot.parcel.no_vehicle")]) from None
+
+
+def offered_tiers(ctx: Ctx, quote: dict[str, Any]) -> list[str]:
+    """The tiers the quote offers (those whose hours can be kept over the trip), in
+    TIERS order: the speed question's numbered options, kept for its answer."""
+    tiers = [t for t in TIERS if t in quote["tiers"]]
+    ctx.scratch["tiers"] = tiers
+    return tiers
+
+
+def tier_gone(ctx: Ctx, quote: dict[str, Any], say: Callable[[str], Out]) -> None:
+    """Before confirming: the speed question again (Redirect) when no tier is picked yet,
+    or the picked one is not offered for this trip any more (a farther place since),
+    saying so with ``say(tier)``."""
+    tier = ctx.slots.get("tier")
+    if tier in quote["tiers"]:
+        return
+    raise Redirect("speed", [say(tier)] if tier is not None else [])
 
 
 def tier_label(tier: str, quote: dict[str, Any]) -> Say:
@@ -592,7 +617,7 @@ def _speed_prompt(ctx: Ctx) -> list[Out]:
     options = tuple(
         Say("bot.speed.option", {"tier": tier_label(t, q),
                                  "total_paise": q["tiers"][t]["total_paise"]})
-        for t in TIERS
+        for t in offered_tiers(ctx, q)
     )
     # Nobody on duty near the pickup (at night, say): said before a tier is picked.
     out: list[Out] = [] if ctx.ports.rider_free(ctx.slots) else [Say("bot.speed.no_rider")]
@@ -600,10 +625,12 @@ def _speed_prompt(ctx: Ctx) -> list[Out]:
 
 
 def _speed_handle(ctx: Ctx, inp: UserInput) -> Result:
-    picked = choice(inp, len(TIERS))
+    # The options as shown (offered_tiers): option 1 is "Normal" where "Fast" is not sold.
+    tiers = ctx.scratch.get("tiers") or TIERS
+    picked = choice(inp, len(tiers))
     if picked is None:
         return Retry()
-    ctx.slots["tier"] = TIERS[picked - 1]
+    ctx.slots["tier"] = tiers[picked - 1]
     return Goto("confirm")
 
 
@@ -611,6 +638,7 @@ def _confirm_prompt(ctx: Ctx) -> list[Out]:
     ctx.state.data.pop("return_to", None)
     s = ctx.slots
     q = _quote(ctx)
+    tier_gone(ctx, q, lambda t: Say("bot.speed.gone", {"tier": tier_label(t, q)}))
     fare = q["tiers"][s["tier"]]
     ctx.state.data["shown_total"] = fare["total_paise"]
     out: list[Out] = [Say("bot.confirm.summary", {

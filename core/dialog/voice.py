@@ -24,7 +24,6 @@ from core.dialog.booking import (
     BOOKING,
     MENU,
     SIZES,
-    TIERS,
     WEIGHTS,
     _choice_step,
     _speed_handle,
@@ -37,10 +36,12 @@ from core.dialog.booking import (
     is_the_other_end,
     keep_shown,
     not_allowed_kind,
+    offered_tiers,
     person_said,
     quote_or_resize,
     said_name,
     same_office,
+    tier_gone,
 )
 from core.dialog.engine import (
     Choices,
@@ -365,12 +366,34 @@ def spoken_tier(tier: str, quote: dict[str, Any]) -> Say:
     return Say(f"ivr.tier.{tier}", {"within": within})
 
 
+def _quote(ctx: Ctx) -> dict[str, Any]:
+    """The quote for the call's draft; a trip nothing we have can carry (``too_far``)
+    goes to the too_far step: a nearer drop, or a person."""
+    return quote_or_resize(ctx, full_slots(ctx.slots), far="too_far", far_say=())
+
+
+def _too_far_prompt(ctx: Ctx) -> list[Out]:
+    return [Say("ivr.trip.too_far"),
+            Choices((Say("ivr.trip.other_drop"), Say("ivr.trip.person")))]
+
+
+def _too_far_handle(ctx: Ctx, inp: UserInput) -> Result:
+    picked = choice(inp, 2)
+    if picked == 1:
+        return Goto("drop")
+    if picked == 2:
+        # The draft stays: called again, they can finish it with a nearer drop.
+        ctx.state.data["draft_step"] = "drop"
+        return _dial(ctx, "asked")
+    return Retry()
+
+
 def _speed_prompt(ctx: Ctx) -> list[Out]:
-    q = quote_or_resize(ctx, full_slots(ctx.slots))
+    q = _quote(ctx)
     options = tuple(
         Say("ivr.speed.option", {"tier": spoken_tier(t, q),
                                  "amount": amount(q["tiers"][t]["total_paise"], ctx.lang)})
-        for t in TIERS
+        for t in offered_tiers(ctx, q)  # pressed 1, 2, ... as said (_speed_handle)
     )
     free = ctx.ports.rider_free(full_slots(ctx.slots))
     out: list[Out] = [] if free else [Say("ivr.speed.no_rider")]
@@ -380,7 +403,8 @@ def _speed_prompt(ctx: Ctx) -> list[Out]:
 def _confirm_prompt(ctx: Ctx) -> list[Out]:
     ctx.state.data.pop("return_to", None)
     s = ctx.slots
-    q = quote_or_resize(ctx, full_slots(s))
+    q = _quote(ctx)
+    tier_gone(ctx, q, lambda t: Say("ivr.speed.gone", {"tier": spoken_tier(t, q)}))
     total = q["tiers"][s["tier"]]["total_paise"]
     ctx.state.data["shown_total"] = total
     return [Say("ivr.confirm.summary", {"pickup": said_name(s["pickup"]),
@@ -710,6 +734,7 @@ def _steps() -> list[Step]:
                      "weight", WEIGHTS, lambda ctx: ctx.after("speed"), help_key="ivr.hint"),
         Step("speed", _speed_prompt, _speed_handle, "ivr.hint", BOOKING),
         Step("confirm", _confirm_prompt, _confirm_handle, "ivr.hint", BOOKING),
+        Step("too_far", _too_far_prompt, _too_far_handle, "ivr.hint", BOOKING),
         Step("change", _change_prompt, _change_handle, "ivr.hint", BOOKING),
         Step("done", _done_prompt, _done_handle, "ivr.hint"),
         Step("track", _track_prompt, _track_handle, "ivr.hint"),

@@ -450,7 +450,8 @@ def quote(
     2. subtotal = base + distance + size + weight (+ fragile)
     3. tier line = subtotal x tier_bp - subtotal
     4. surge line = that x clamp(surge_bp, 10000, surge_cap_bp) - that
-    5. minimum line tops the fare up to the vehicle's minimum
+    5. minimum line tops the fare up to the vehicle's minimum; where it does, the surge
+       line is left out (it changes nothing) and the minimum line tops up step 3's fare
     6. rounding line brings it to whole rupees (half-up); that is the total
     7. commission = total x commission_bp; partner share = total - commission
     Zero lines are left out, except ``base``.
@@ -485,9 +486,14 @@ def quote(
     add("tier", after_tier - subtotal)
     effective_surge = min(max(surge_bp, BP), card.surge_cap_bp)
     after_surge = mul_bp(after_tier, effective_surge)
-    add("surge", after_surge - after_tier)
-    fare = max(after_surge, rate.minimum_paise)
-    add("minimum", fare - after_surge)
+    if after_surge < rate.minimum_paise:
+        # The minimum fare is charged, busy time or not: no "Busy time extra" line that
+        # the "Minimum fare" line under it would cancel.
+        fare = rate.minimum_paise
+        add("minimum", fare - after_tier)
+    else:
+        fare = after_surge
+        add("surge", after_surge - after_tier)
     total = (fare + 50) // 100 * 100
     add("rounding", total - fare)
 

@@ -37,12 +37,16 @@ from core.domain.money import format_inr
 from core.domain.phone import is_indian_mobile, normalize_phone
 from core.domain.pricing import (
     DEFAULT_RATE_CARD,
+    VEHICLE_RANGE_KM,
+    VEHICLE_SPEED_KMH,
     FareBreakdown,
     ParcelCategory,
     RateCard,
     SizeBucket,
     SpeedTier,
+    VehicleType,
     WeightBucket,
+    can_carry,
     choose_vehicle,
     quote_tiers,
 )
@@ -82,9 +86,15 @@ class Quote:
     fares: dict[SpeedTier, FareBreakdown]
     # What each tier promises, so its label says it: delivered within these hours
     # (DISPATCH_DELIVERY_HOURS), and how long a paid booking waits for a rider before it
-    # is cancelled and refunded (DISPATCH_SEARCH_DEADLINE_MIN).
+    # is cancelled and refunded (DISPATCH_SEARCH_DEADLINE_MIN). ``fares`` has only the
+    # tiers whose hours can be kept over this trip; ``hours`` has every tier (to say which
+    # one is not offered).
     hours: dict[SpeedTier, int]
     search_minutes: dict[SpeedTier, int]
+    # The first ride dispatch offers: the whole trip, or (a trip longer than any vehicle
+    # able to carry the parcel goes) the relay's first leg, from the pickup to a Point.
+    # A rider counts as free near the pickup only if his vehicle has the range for it.
+    ride_m: int = 0
 
 
 @dataclass(frozen=True)
@@ -140,10 +150,13 @@ def active_rate_card(session: Session) -> RateCard:
 
 
 def quote_trip(session: Session, pickup: Place, drop: Place, parcel: ParcelSpec) -> Quote:
-    """Fares for every speed tier between two places for one parcel (ValidationError
+    """Fares between two places for one parcel, for each speed tier whose hours can be
+    kept over the trip (_keepable: a long one has no express). ValidationError
     ``same_place`` if they are one place: the minimum fare for carrying nothing;
     ``position_needed`` if they are two post offices India Post puts at one spot, often
-    their pincode's centre: not one place, but no distance to price by without a pin)."""
+    their pincode's centre: not one place, but no distance to price by without a pin;
+    ``too_far`` if nothing we have can carry the parcel that far (_legs_m), or not
+    within any tier's hours."""
     validate_lat_lng(pickup.lat, pickup.lng)
     validate_lat_lng(drop.lat, drop.lng)
     if same_place((pickup.lat, pickup.lng), (drop.lat, drop.lng)):
@@ -155,21 +168,94 @@ def quote_trip(session: Session, pickup: Place, drop: Place, parcel: ParcelSpec)
                 code="position_needed", field="drop.lat")
         raise ValidationError("pickup and drop are the same place: there is nothing to carry",
                               code="same_place", field="drop")
-    card = active_rate_card(session)
-    settings = get_settings()
-    dist = distance.road_distance_m((pickup.lat, pickup.lng), (drop.lat, drop.lng),
-                                    detour_factor_bp=card.detour_factor_bp,
-                                    osrm_url=settings.osrm_url)
-    vehicle = choose_vehicle(parcel.size, parcel.weight, card, dist.metres)
+    card, dist, vehicle, legs = _route(session, pickup, drop, parcel)
     fares = quote_tiers(card, distance_m=dist.metres, vehicle=vehicle, size=parcel.size,
                         weight=parcel.weight, fragile=parcel.fragile,
                         surge_bp=surge.surge_bp(pickup.pincode))
+    # A tier is sold only where its hours can be kept (_keepable).
+    hours = {t: tier_hours(t) for t in fares}
+    fares = {t: f for t, f in fares.items() if _keepable(card, parcel, legs, hours[t])}
+    slow, normal = fares.get(SpeedTier.ECONOMY), fares.get(SpeedTier.STANDARD)
+    if slow is not None and normal is not None and slow.total_paise >= normal.total_paise:
+        # "Cheap" at the price of "Normal" (both the minimum fare) is no cheaper, only
+        # slower: not offered.
+        del fares[SpeedTier.ECONOMY]
+    if not fares:
+        raise ValidationError(
+            f"we cannot deliver this parcel within any of our times: it is "
+            f"{dist.metres / 1000:.1f} km by road; choose a nearer drop",
+            code="too_far", field="drop")
     from core.services import dispatch  # it imports this module
 
-    return Quote(dist.metres, dist.source, vehicle.value, fares,
-                 hours={t: tier_hours(t) for t in fares},
+    return Quote(dist.metres, dist.source, vehicle.value, fares, hours=hours,
                  search_minutes={t: dispatch.config().search_deadline_s[t] // 60
-                                 for t in fares})
+                                 for t in fares},
+                 ride_m=legs[0])
+
+
+def _route(session: Session, pickup: Place, drop: Place, parcel: ParcelSpec
+           ) -> tuple[RateCard, distance.DistanceResult, VehicleType, list[int]]:
+    """The active rate card, the trip's road distance, the vehicle it is quoted on and
+    the rides the parcel goes by (_legs_m)."""
+    card = active_rate_card(session)
+    dist = distance.road_distance_m((pickup.lat, pickup.lng), (drop.lat, drop.lng),
+                                    detour_factor_bp=card.detour_factor_bp,
+                                    osrm_url=get_settings().osrm_url)
+    vehicle = choose_vehicle(parcel.size, parcel.weight, card, dist.metres)
+    return card, dist, vehicle, _legs_m(session, pickup, drop, vehicle, card, dist.metres)
+
+
+def _keepable(card: RateCard, parcel: ParcelSpec, legs: list[int], hours: int) -> bool:
+    """Whether a tier's ``hours`` can be kept over these rides, as dispatch reckons it
+    (can_do_direct, for every type able to carry the parcel when nobody is near): some
+    vehicle type on the card that carries the parcel has the range for the longest ride
+    and rides them all within the hours at its average speed (VEHICLE_SPEED_KMH). Not a
+    pickup van's 134 km in 3 hours (35 km/h: 3 h 50 min)."""
+    return any(VEHICLE_RANGE_KM[v] * 1000 >= max(legs)
+               and sum(legs) * 3600 <= VEHICLE_SPEED_KMH[v] * 1000 * hours * 3600
+               for v in card.vehicles if can_carry(v, parcel.size, parcel.weight))
+
+
+def _legs_m(session: Session, pickup: Place, drop: Place, vehicle: VehicleType,
+            card: RateCard, direct_m: int) -> list[int]:
+    """The rides (road metres) a trip of ``direct_m`` goes by, quoted on ``vehicle``
+    (choose_vehicle: one whose range covers the trip, if any able to carry the parcel
+    does; else the longest-ranged able one); the first is the one dispatch offers first.
+
+    Within its range: the trip, in one ride. Beyond it, the relay dispatch would plan
+    (plan_relay: pickup -> the Point nearest it -> the Point nearest the drop -> drop),
+    each leg within that range; ValidationError ``too_far`` when there is none, since
+    nobody would ever be offered the parcel and its money would come back hours later."""
+    reach_m = VEHICLE_RANGE_KM[vehicle] * 1000
+    if direct_m <= reach_m:
+        return [direct_m]
+    from core.services import dispatch  # it imports this module
+
+    osrm = get_settings().osrm_url
+    cache: dict[tuple[float, float, float, float], int] = {}
+
+    def dist(a: dispatch_rules.Stop, b: dispatch_rules.Stop) -> int:
+        key = (a.lat, a.lng, b.lat, b.lng)
+        if key not in cache:
+            cache[key] = distance.road_distance_m(
+                (a.lat, a.lng), (b.lat, b.lng), detour_factor_bp=card.detour_factor_bp,
+                osrm_url=osrm).metres
+        return cache[key]
+
+    start = dispatch_rules.Stop(pickup.lat, pickup.lng)
+    end = dispatch_rules.Stop(drop.lat, drop.lng)
+    near = {s.point_id: s for place in (start, end)
+            for s in dispatch._road_nearest_candidates(session, place, dist)}
+    stops = dispatch_rules.plan_relay(start, end, sorted(near.values(),
+                                                         key=lambda s: s.point_id or 0),
+                                      dist, reach_m)
+    if stops is None:
+        raise ValidationError(
+            f"we cannot carry this parcel {direct_m / 1000:.1f} km: none of our vehicles "
+            f"for it rides more than {reach_m // 1000} km, and no relay through our Points "
+            "covers the trip; choose a nearer drop, or call us",
+            code="too_far", field="drop")
+    return [dist(a, b) for a, b in zip(stops, stops[1:], strict=False)]
 
 
 def two_offices(a: Place, b: Place) -> bool:
@@ -189,19 +275,30 @@ def tier_hours(tier: SpeedTier | str) -> int:
 
 def rider_free_near(session: Session, pickup: Place, parcel: ParcelSpec, *,
                     customer_id: int | None = None,
-                    recipient_phone: str | None = None) -> bool:
+                    recipient_phone: str | None = None,
+                    ride_m: int | None = None, drop: Place | None = None) -> bool:
     """Whether a partner who could take this parcel right now (on duty, a vehicle that
-    carries it, room for one more job) is within dispatch's widest radius of the pickup.
-    The customer (``customer_id``) and the recipient (``recipient_phone``, once known) are
-    no such partner, though on duty themselves: dispatch never offers anyone a parcel of
-    their own.
+    carries it as far as the first ride goes, room for one more job) is within dispatch's
+    widest radius of the pickup. The customer (``customer_id``) and the recipient
+    (``recipient_phone``, once known) are no such partner, though on duty themselves:
+    dispatch never offers anyone a parcel of their own.
+
+    The first ride is ``ride_m`` (a Quote's ``ride_m``), else worked out from ``drop``
+    (quote_trip's way: a road distance, a relay's first leg beyond every range); with
+    neither it is not known, and any vehicle that carries the parcel counts.
 
     When none is (at night, say), a booking paid now waits out its tier's search and is
     then refunded, so every channel says so before the customer pays. Not knowing (Redis
     away) counts as yes: we do not warn of what we cannot see."""
     from core.services import dispatch  # it imports this module
 
-    load = dispatch_rules.Load(parcel.size, parcel.weight, parcel.declared_value_paise)
+    if ride_m is None and drop is not None:
+        try:
+            ride_m = _route(session, pickup, drop, parcel)[3][0]
+        except ValidationError:
+            ride_m = None  # not sold at all: the quote says so, not this
+    load = dispatch_rules.Load(parcel.size, parcel.weight, parcel.declared_value_paise,
+                               ride_m or 0)
     try:
         exclude = dispatch.parties(session, customer_id, recipient_phone)
         return bool(dispatch.find_candidates(session, pickup.lat, pickup.lng, load,
@@ -286,7 +383,13 @@ def create_booking(
                               field="declared_value_paise")
     phone = recipient_mobile(recipient_phone) if recipient_phone else None
     q = quote_trip(session, pickup, drop, parcel)
-    fare = q.fares[SpeedTier(tier)]
+    fare = q.fares.get(SpeedTier(tier))
+    if fare is None:
+        offered = ", ".join(str(t) for t in q.fares)
+        raise ValidationError(
+            f"we cannot deliver {q.distance_m / 1000:.1f} km within the {tier} tier's "
+            f"{tier_hours(tier)} hours: choose {offered}", code="tier_not_offered",
+            field="tier")
     if agreed_total_paise is not None and fare.total_paise != agreed_total_paise:
         raise PriceChanged(fare.total_paise, agreed_total_paise)
     booking = Booking(

@@ -214,11 +214,13 @@ class SessionPorts:
     def rider_free(self, slots: dict[str, Any]) -> bool:
         # Apart from quote: a rider look-up (Redis, maybe the database) is paid only where
         # its answer is shown, not by the price re-check on "yes".
-        pickup, _, parcel = self._trip(slots)
-        # The customer's own vehicle (and the recipient's) is never offered their parcel.
+        pickup, drop, parcel = self._trip(slots)
+        # The customer's own vehicle (and the recipient's) is never offered their parcel;
+        # a rider counts only with the range for the first ride (the drop says how far).
         return booking_service.rider_free_near(self.session, pickup, parcel,
                                                customer_id=self.person.id,
-                                               recipient_phone=slots.get("recipient_phone"))
+                                               recipient_phone=slots.get("recipient_phone"),
+                                               drop=drop)
 
     def confirm(self, slots: dict[str, Any]) -> dict[str, Any]:
         """{"ref", "total_paise"} of the booking made, or {"refused": "too_many_unpaid",
