@@ -17,19 +17,32 @@ from datetime import UTC, datetime
 request_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("request_id", default=None)
 job_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("job_id", default=None)
 
+# What may stand between a number's digits, as normalize_phone (core.domain.phone) takes
+# it: any whitespace (a no-break space from a web page, a narrow one, a tab), a hyphen or
+# the Unicode dashes (an en dash as word processors type it), brackets. A number the
+# service reads as a phone is masked as one.
+_SPACES = "".join(ch for ch in map(chr, range(0x10000)) if ch.isspace())
+_SEP_CHARS = _SPACES + "-()" + "".join(map(chr, range(0x2010, 0x2016)))
+_SEP = "[" + "".join(re.escape(ch) for ch in _SEP_CHARS) + "]"
+_SPACE = "[" + "".join(re.escape(ch) for ch in _SPACES) + "]"
+# Not part of a word or an id: no letter or digit right before or after a number, so ten
+# digits inside a request id ("3722af7113794544"), a UUID or a gateway's id are not taken
+# for a mobile. Letters are ASCII ones (ids are ASCII): a number written against Hindi
+# text is still masked. A URL escape ("%3A" before it) is not a word.
+_BEFORE = r"(?:(?<![0-9A-Za-z])|(?<=%[0-9A-Fa-f]{2}))"
+_AFTER = r"(?![0-9A-Za-z])"
 # +E.164 (optionally after "whatsapp:", or URL-encoded as %2B): its digits together, or
 # grouped as people type them ("+1 415 523 8886", "+91.98123.45678", "+91 (981) 234 5678").
-_E164 = r"(?:(?<![\w])\+|%2B)(\d(?:[ .\-()]{0,2}\d){7,14})(?!\d)"
+_E164 = rf"(?:(?<![\w])\+|%2B)(\d(?:(?:{_SEP}|\.){{0,2}}\d){{7,14}})(?!\d)"
 # An Indian mobile the way people write it: with or without +91 / 0091 / 91 / a trunk 0,
 # digits grouped by spaces or hyphens ("98220 12345", "+91-98220-12345"), in any script's
 # digits (a Hindi keyboard types ९८२२०...: see _DIGITS). Only a number whose ten digits
 # start with 6-9 is masked (checked in _mask_mobile).
-# Between digits: a space, a hyphen or brackets, at most two ("98220  12345", "(981) 234");
+# Between digits: a space, a dash or brackets, at most two ("98220  12345", "(981) 234");
 # not a dot without a "+" (26.89271234 is a latitude).
-_SEP = r"[ \-()]"
 _GAP = rf"{_SEP}{{0,2}}"
-_MOBILE = (rf"(?<!\d)((?:\+|%2B|00)?(?:\s?91{_SEP}*)?)(\d?)"
-           rf"(\d(?:{_GAP}\d){{5}})({_GAP}\d(?:{_GAP}\d){{3}})(?!\d)")
+_MOBILE = (rf"{_BEFORE}((?:\+|%2B|00)?(?:{_SPACE}?91{_SEP}*)?)(\d?)"
+           rf"(\d(?:{_GAP}\d){{5}})({_GAP}\d(?:{_GAP}\d){{3}}){_AFTER}")
 _PHONE = re.compile(f"{_E164}|{_MOBILE}", re.IGNORECASE | re.ASCII)
 
 
@@ -44,7 +57,7 @@ def _mask_mobile(m: re.Match[str]) -> str:
     if trunk not in ("", "0") or head[0] not in "6789":
         return m.group(0)  # not a mobile: a trunk other than 0, or a first digit below 6
     last4 = "".join(c for c in tail if c.isdigit())
-    bare = prefix.strip(" -")
+    bare = prefix.strip(_SEP_CHARS)
     country = "" if "91" not in bare else "91" if bare == "91" else "+91"
     return f"{country}{'*' * 6}{last4}"
 

@@ -157,10 +157,42 @@ def autocommit() -> Iterator[Connection]:
         yield conn
 
 
+class ReadOnlyDatabase(Exception):
+    """PostgreSQL answers but takes no writes: a standby (the old primary after a failover
+    that left DATABASE_URL on it), or a database or server set read-only."""
+
+
 def ping() -> None:
-    """Raise if PostgreSQL cannot answer a trivial query."""
+    """Raise if PostgreSQL cannot answer a trivial query, ReadOnlyDatabase if it answers
+    but would refuse every write (reads and SELECT 1 still work there). One round trip."""
     with engine().connect() as conn:
-        conn.execute(text("SELECT 1"))
+        recovery, read_only = conn.execute(text(
+            "SELECT pg_is_in_recovery(), current_setting('transaction_read_only')")).one()
+    if recovery:
+        raise ReadOnlyDatabase("a standby in recovery")
+    if read_only != "off":
+        raise ReadOnlyDatabase("transactions are read-only")
+
+
+# SQLSTATEs of a server that answered but cannot take our work now, in classes other than
+# OperationalError's: 25006 read_only_sql_transaction (a write, nextval() or an advisory
+# lock on a standby or in a database set read-only; psycopg's ReadOnlySqlTransaction, an
+# InternalError). Class 57 (shutdown, "starting up") and 40001 (a conflict with recovery)
+# are OperationalErrors already.
+AWAY_SQLSTATES = frozenset({"25006"})
+
+
+def database_away(err: BaseException) -> bool:
+    """PostgreSQL cannot serve us now (unreachable, shutting down, or refusing writes):
+    retrying later may succeed, and the transaction saved nothing. Not an error of ours
+    (a bad statement, a constraint): retrying those changes nothing."""
+    if isinstance(err, exc.OperationalError | exc.InterfaceError):
+        return True
+    if not isinstance(err, exc.DBAPIError):
+        return False
+    orig = err.orig
+    state = getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)
+    return state in AWAY_SQLSTATES
 
 
 def dispose_all() -> None:

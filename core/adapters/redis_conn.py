@@ -43,6 +43,25 @@ def redis_down(exc: BaseException) -> bool:
 _AWAY_CODES = ("READONLY", "MASTERDOWN", "LOADING", "OOM", "TRYAGAIN")
 
 
+def write_state(client: redis.Redis) -> str:
+    """"ok" if ``client``'s server takes writes (a master), else what it is; raises if
+    it does not answer. One ROLE, which a replica whose master is gone still answers, as
+    it does PING, while it refuses every write (READONLY, MASTERDOWN)."""
+    try:
+        role = client.execute_command("ROLE")
+    except redis.exceptions.ResponseError as err:
+        if redis_down(err):
+            raise
+        # A proxy or managed service without ROLE: its answering is all we can know.
+        client.ping()
+        return "ok"
+    name = role[0] if role else b""
+    name = name.decode() if isinstance(name, bytes) else str(name)
+    if name == "master":
+        return "ok"
+    return f"read_only: {name or 'unknown role'}"  # "slave" (a replica), "sentinel"
+
+
 def reset_clients() -> None:
     """Drop cached clients (after a fork, and when tests switch Redis databases)."""
     with _lock:

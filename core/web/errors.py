@@ -92,12 +92,22 @@ def register(app: Flask) -> None:
 
     @app.errorhandler(Exception)
     def unexpected(exc: Exception):
+        if _is_database_away(exc):
+            # A server that answered but takes no writes (a standby after a failover:
+            # SQLSTATE 25006, an InternalError): away as much as one that does not answer.
+            return database_down(exc)
         if _is_redis_down(exc):
             log.error("redis unavailable: %s", type(exc).__name__)
             return error_response(503, "cache_unavailable",
                                   "The service is briefly unavailable; please retry.")
         log.exception("unhandled error")
         return error_response(500, "internal_error", "Something went wrong on our side.")
+
+
+def _is_database_away(exc: Exception) -> bool:
+    from core.adapters.db import database_away
+
+    return database_away(exc)
 
 
 def _is_redis_down(exc: Exception) -> bool:

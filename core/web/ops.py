@@ -33,7 +33,7 @@ from core import clock
 from core.adapters import db
 from core.adapters.models import OutboxMessage
 from core.adapters.queue import QUEUES, queue
-from core.adapters.redis_conn import redis_client
+from core.adapters.redis_conn import redis_client, write_state
 from core.config import ROOT, Settings, get_settings
 from core.web.errors import error_response
 
@@ -254,9 +254,12 @@ def readiness() -> dict[str, str]:
     try:
         db.ping()
         checks["postgres"] = "ok"
+    except db.ReadOnlyDatabase as exc:
+        # It answers reads but refuses every booking, sign-in and webhook's first write.
+        checks["postgres"] = f"read_only: {exc}"
     except Exception as exc:
         checks["postgres"] = f"down: {type(exc).__name__}"
-    if checks["postgres"] == "ok":
+    if not checks["postgres"].startswith("down"):
         try:
             checks["schema"] = _schema_check()
         except Exception as exc:
@@ -264,8 +267,8 @@ def readiness() -> dict[str, str]:
     else:
         checks["schema"] = "unknown: postgres down"
     try:
-        redis_client().ping()
-        checks["redis"] = "ok"
+        # A replica (the old primary after a failover) answers PING but takes no writes.
+        checks["redis"] = write_state(redis_client())
     except Exception as exc:
         checks["redis"] = f"down: {type(exc).__name__}"
     return checks
