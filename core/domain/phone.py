@@ -95,6 +95,12 @@ def normalize_phone(raw: str, default_country: str = "91") -> str:
     return _international(default_country + s.lstrip("0"), raw)
 
 
+def is_e164(number: str) -> bool:
+    """True for the shape of any E.164 number: ``+``, a country code, 8 to 15 digits in
+    all (an Indian landline, a foreign mobile). No check that it is a mobile, or ours."""
+    return isinstance(number, str) and _E164.fullmatch(number) is not None
+
+
 def is_indian_mobile(e164: str) -> bool:
     """True for ``+91`` followed by a 10-digit mobile number (first digit 6-9)."""
     return isinstance(e164, str) and re.fullmatch(r"\+91[6-9][0-9]{9}", e164) is not None

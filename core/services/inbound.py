@@ -37,7 +37,7 @@ from sqlalchemy.orm.exc import StaleDataError
 from core import clock, i18n
 from core.adapters.db import transaction
 from core.adapters.models import Conversation, InboundEvent, Person
-from core.adapters.redis_conn import hit_rate_limit, redis_client, run_script
+from core.adapters.redis_conn import redis_client, run_script
 from core.config import get_settings, int_setting
 from core.dialog import words
 
@@ -92,24 +92,48 @@ class TurnFailed(Exception):  # noqa: N818 (an outcome, not a programming error)
 
 def _limit_for(msg: InboundMessage, limit: int) -> int:
     """The rate limit for this message: none for STOP, which must always get through (an
-    annoyed user sends it many times)."""
-    return NO_LIMIT if words.command(msg.body) == "stop" else limit
+    annoyed user sends it many times); by SMS none for any of Twilio's opt-out words
+    (END, QUIT...): Twilio stops our SMS to the number for each, and we must know it."""
+    if words.command(msg.body) == "stop":
+        return NO_LIMIT
+    if msg.channel == "sms":
+        from core.services.partner_sms import OPT_OUT_WORDS  # it runs inside process
+
+        if msg.body.strip().casefold() in OPT_OUT_WORDS:
+            return NO_LIMIT
+    return limit
 
 
 NO_LIMIT = 2**31 - 1
 
+# KEYS: the message's count mark, the contact's rate counter. ARGV: mark ttl, window.
+# Counts a message once: a retry of it (Twilio posts a webhook again when our answer was
+# slow or lost) gets the count its first delivery got, and so the same verdict.
+_COUNT_ONCE_LUA = """
+local seen = redis.call('GET', KEYS[1])
+if seen then return tonumber(seen) end
+redis.call('SET', KEYS[2], '0', 'NX', 'EX', ARGV[2])
+local n = redis.call('INCR', KEYS[2])
+redis.call('SET', KEYS[1], n, 'EX', ARGV[1])
+return n
+"""
+
 
 def process(msg: InboundMessage, handler: Handler) -> Outcome:
-    """Run ``handler`` once per MessageSid, inside one transaction, under a rate limit."""
+    """Run ``handler`` once per MessageSid, inside one transaction, under a rate limit
+    (a retried webhook counts once: it is answered as the first delivery was)."""
     settings = get_settings()
-    over, count = hit_rate_limit(f"{msg.channel}:{msg.contact}",
-                                 _limit_for(msg, settings.inbound_rate_limit),
-                                 settings.inbound_rate_window_s)
-    if over:
+    limit = _limit_for(msg, settings.inbound_rate_limit)
+    count = int(_run(redis_client(), _COUNT_ONCE_LUA,
+                     keys=[f"inbound:counted:{msg.channel}:{msg.sid}",
+                           f"ratelimit:{msg.channel}:{msg.contact}"],
+                     args=[SEEN_TTL_S, settings.inbound_rate_window_s]))
+    if count > limit:
         # Say it once per window; after that stay silent so a flood costs us nothing.
         if count == settings.inbound_rate_limit + 1:
-            lang = _language_of(msg)
-            return Outcome([i18n.t("common.too_many_messages", lang)], rate_limited=True)
+            lang = _notice_language(msg)
+            if lang is not None:
+                return Outcome([i18n.t("common.too_many_messages", lang)], rate_limited=True)
         return Outcome(rate_limited=True)
 
     return _claimed_turn(msg, handler)
@@ -703,3 +727,18 @@ def _language_of(msg: InboundMessage) -> str:
             lang = session.scalar(select(Person.preferred_language)
                                   .where(Person.phone == msg.phone))
     return lang or i18n.DEFAULT_LANGUAGE
+
+
+def _notice_language(msg: InboundMessage) -> str | None:
+    """The language of the "too many messages" notice in a webhook's answer; None: no
+    notice. By SMS it is an SMS we pay for, sent only where partner_sms answers (an
+    Indian mobile, or a partner or operator ops set up with any number)."""
+    if msg.channel == "sms":
+        from core.services.partner_sms import texted_by_us
+
+        with transaction() as session:
+            person = session.scalar(select(Person).where(Person.phone == msg.phone)) \
+                if msg.phone else None
+            if not texted_by_us(msg.phone, person):
+                return None
+    return _language_of(msg)

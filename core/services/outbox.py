@@ -59,6 +59,7 @@ from sqlalchemy import (
     delete,
     event,
     func,
+    or_,
     select,
     update,
 )
@@ -81,7 +82,7 @@ from core.adapters.queue import after_commit, enqueue, queue
 from core.adapters.redis_conn import redis_client, run_script
 from core.config import get_settings
 from core.domain.errors import ValidationError
-from core.domain.phone import normalize_phone
+from core.domain.phone import is_e164, normalize_phone
 
 log = logging.getLogger(__name__)
 
@@ -137,14 +138,22 @@ ROW_LOOKUPS_KEY = "outbox:reconcile:row:{}"
 def address(channel: str, to: str) -> str:
     """Twilio address for a channel: ``whatsapp:+91...`` or ``+91...``.
 
-    A WhatsApp business-scoped id (no phone number) is passed through as given.
+    SMS goes to numbers ``normalize_phone`` takes (Indian mobiles, foreign numbers). On
+    WhatsApp the address is what Twilio gave: any E.164 number (a WhatsApp Business
+    account on an Indian landline writes from ``whatsapp:+9122...``), a WhatsApp id of
+    digits (the number without its "+"), or a business-scoped id (no phone number),
+    passed through as given.
     """
     raw = to.removeprefix("whatsapp:")
     if channel == "whatsapp":
         try:
             return "whatsapp:" + normalize_phone(raw)
         except ValidationError:
-            if raw and raw.replace("-", "").replace(".", "").isalnum():
+            number = "+" + raw if raw.isascii() and raw.isdigit() else raw
+            if is_e164(number):
+                return "whatsapp:" + number
+            if raw and not raw.startswith("+") \
+                    and raw.replace("-", "").replace(".", "").isalnum():
                 return "whatsapp:" + raw
             raise
     if channel == "sms":
@@ -506,9 +515,20 @@ def _record_failure(outbox_id: int, *, code: str | None, error: str, final: bool
 
 def _person_at(to_addr: str) -> ColumnElement[bool]:
     """Who an address reaches: a phone number, or (WhatsApp's user ids without a number)
-    the person's WhatsApp id."""
+    the person's WhatsApp id. A WhatsApp number reaches its WhatsApp id too: a person we
+    keep no phone for (a WhatsApp Business account on a landline) holds it only there."""
     who = to_addr.removeprefix("whatsapp:")
-    return Person.phone == who if who.startswith("+") else Person.wa_id == who
+    if not who.startswith("+"):
+        return Person.wa_id == who
+    if not to_addr.startswith("whatsapp:"):
+        return Person.phone == who
+    return or_(Person.phone == who, Person.wa_id.in_([who[1:], who]))
+
+
+def _phone_first(to_addr: str) -> ColumnElement[int]:
+    """Order for ``_person_at``'s matches: the one holding the number as their phone."""
+    who = to_addr.removeprefix("whatsapp:")
+    return case((Person.phone == who, 0), else_=1)
 
 
 def _opted_out(session: Session, channel: str, to_addr: str, wanted: bool) -> bool:
@@ -518,7 +538,8 @@ def _opted_out(session: Session, channel: str, to_addr: str, wanted: bool) -> bo
     when its person was erased, or when Twilio refused a message to it for a STOP
     (``NumberOptOut``, _stopped_at)."""
     row: Any = session.execute(select(Person.opted_out, Person.sms_opted_out)
-                               .where(_person_at(to_addr))).first()
+                               .where(_person_at(to_addr))
+                               .order_by(_phone_first(to_addr)).limit(1)).first()
     if row is None:
         row = session.execute(select(NumberOptOut.whatsapp, NumberOptOut.sms).where(
             NumberOptOut.number_hash == number_hash(to_addr))).first()
@@ -983,7 +1004,7 @@ def apply_reports(reports: list[StatusReport]) -> int:
                 row.status = status
             if report.error_code in STOP_CODES:
                 block = report.error_code == WHATSAPP_BLOCKED_CODE
-                if not (block and _wrote_since(session, row.to_addr, went.get(row.id))):
+                if not _reopened_since(session, row.to_addr, went.get(row.id)):
                     stopped[row.to_addr] = stopped.get(row.to_addr, True) and block
                 stopped_rows.append(row)
             elif report.error_code in BY_SMS_CODES and status in _FINAL_FAILURES:
@@ -1082,9 +1103,10 @@ def _by_sms_instead(session: Session, row: OutboxMessage, code: str | None = Non
             row.body) and session.get(WhatsappTemplateSend, row.id) is None:
         from core.services import notify  # notify sends through this module
 
-        person = session.scalar(select(Person).where(_person_at(row.to_addr)))
-        sid = notify.whatsapp_template(person, only_way=not row.to_addr.startswith(
-            "whatsapp:+") or (person is not None and person.sms_opted_out))
+        person = session.scalar(select(Person).where(_person_at(row.to_addr))
+                                    .order_by(_phone_first(row.to_addr)).limit(1))
+        sid = notify.whatsapp_template(person, only_way=_sms_number(row.to_addr) is None
+                                       or (person is not None and person.sms_opted_out))
         if sid:
             log.info("whatsapp missed the window; sent as the template",
                      extra={"outbox_id": row.id})
@@ -1101,13 +1123,25 @@ def _by_sms_instead(session: Session, row: OutboxMessage, code: str | None = Non
                  extra={"outbox_id": row.id})
         _question_refused(session, row)
         return None
-    phone = row.to_addr.removeprefix("whatsapp:")
-    if row.channel != "whatsapp" or not phone.startswith("+"):
+    phone = _sms_number(row.to_addr)
+    if row.channel != "whatsapp" or phone is None:
         log.warning("whatsapp refused; no number for an SMS", extra={"outbox_id": row.id})
         return None
     log.info("whatsapp refused; sent by SMS instead", extra={"outbox_id": row.id})
     return queue_message(session, channel="sms", to=phone, body=row.body,
                          dedupe_key=f"sms-for-{row.id}", booking_id=row.booking_id)
+
+
+def _sms_number(to_addr: str) -> str | None:
+    """The number an SMS reaches the holder of WhatsApp address ``to_addr`` at, if it
+    has one we text (not a WhatsApp id without a number, nor a landline's WhatsApp)."""
+    phone = to_addr.removeprefix("whatsapp:")
+    if not phone.startswith("+"):
+        return None
+    try:
+        return address("sms", phone)
+    except ValidationError:
+        return None
 
 
 # The dedupe keys of a refused message's copy that went another way: by SMS, as the
@@ -1162,11 +1196,47 @@ def _question_refused(session: Session, row: OutboxMessage) -> None:
     rating.question_refused(session, asked.booking_id, asked.id)
 
 
+def _reopened_since(session: Session, to_addr: str, went: datetime | None) -> bool:
+    """Whether the channel a refusal for an opt-out (21610, 63014) closed was opened
+    again since the refused message went at ``went``: she wrote to us on WhatsApp since
+    (_wrote_since), or sent an SMS opt-in word (START) from the number since
+    (_sms_opted_in_since). A late report of it closes nothing: her word since stands."""
+    if to_addr.startswith("whatsapp:"):
+        return _wrote_since(session, to_addr, went)
+    return _sms_opted_in_since(to_addr, went)
+
+
+# When a number last sent an SMS opt-in word (START, YES, UNSTOP: Twilio lets our SMS to it
+# through again), for as long as a report of an SMS sent before it may still come (a
+# reconcile finds a lost outcome up to GIVE_UP_PAUSED later). By the number's hash.
+SMS_OPT_IN_KEY = "outbox:sms-opt-in:{}"
+SMS_OPT_IN_KEPT = GIVE_UP_PAUSED + timedelta(days=1)
+
+
+def note_sms_opt_in(phone: str) -> None:
+    """``phone`` sent an SMS opt-in word now (partner_sms): a refusal (21610) of an SMS
+    sent to it before now is old news (_sms_opted_in_since)."""
+    redis_client().set(SMS_OPT_IN_KEY.format(number_hash(phone)),
+                       f"{clock.now().timestamp():.6f}",
+                       ex=int(SMS_OPT_IN_KEPT.total_seconds()))
+
+
+def _sms_opted_in_since(to_addr: str, went: datetime | None) -> bool:
+    if went is None or not to_addr.startswith("+"):
+        return False
+    try:
+        raw = redis_client().get(SMS_OPT_IN_KEY.format(number_hash(to_addr)))
+    except RedisError:
+        return False  # not known: the refusal closes SMS, as it would have before
+    return raw is not None and went.timestamp() < float(raw)
+
+
 def _wrote_since(session: Session, to_addr: str, went: datetime | None) -> bool:
     """Whether the person at the WhatsApp address ``to_addr`` has written to us on
     WhatsApp since a message to her went to Twilio at ``went``: a block (63014) refusing
-    that message is over (her message reopened her WhatsApp, conversation._unblocked), so
-    a late report of it (a callback posted again, a batch applied again, a lost send
+    that message is over (her message reopened her WhatsApp, conversation._unblocked), as
+    is a STOP (21610) she ended with START since (a STOP since is kept by the bot), so a
+    late report of it (a callback posted again, a batch applied again, a lost send
     outcome the reconcile finds later) closes nothing. An address nobody holds, or a
     person who never wrote, has no such message."""
     if went is None or not to_addr.startswith("whatsapp:"):
@@ -1197,7 +1267,8 @@ def _on_whatsapp_instead(session: Session, row: OutboxMessage) -> int | None:
     if code_masked(row.body, row.code_spans):
         log.info("a masked code is not sent again", extra={"outbox_id": row.id})
         return None
-    person = session.scalar(select(Person).where(_person_at(row.to_addr)))
+    person = session.scalar(select(Person).where(_person_at(row.to_addr))
+                            .order_by(_phone_first(row.to_addr)).limit(1))
     if person is None or person.role == "ops":
         return None
     partner_id = session.scalar(select(PartnerProfile.id).where(

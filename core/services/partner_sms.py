@@ -6,6 +6,8 @@ core.domain.dispatch.parse_command (English, Hindi in Devanagari and in Latin le
 A stranger gets one line on how to book, once a day (a customer with a booking under way:
 how to track or cancel it; the recipient of a parcel under way: where it is); anything we
 cannot act on gets a clear answer in the partner's language, never an error page. A
+number we do not text (a foreign or premium one, unless ops set up its partner) is
+answered nothing: every answer is an SMS we pay for (SMS pumping). A
 customer waiting for a person (a caller the operator answers by SMS) is not answered by
 the bot: their SMS is kept for the operator; so is a partner's that is no command.
 """
@@ -28,6 +30,7 @@ from core.config import get_settings
 from core.domain.booking import BOOKING, BookingStatus
 from core.domain.dispatch import Kind, parse_command
 from core.domain.errors import DomainError
+from core.domain.phone import is_indian_mobile
 from core.services import dispatch, handoff, outbox
 from core.services.inbound import InboundMessage, lost_a_race
 
@@ -37,6 +40,9 @@ log = logging.getLogger(__name__)
 def handle(session: Session, msg: InboundMessage) -> list[str]:
     """Answer one partner SMS (the handler given to inbound.process)."""
     person, partner = dispatch.find_partner(session, msg.phone)
+    if msg.phone and msg.body.strip().casefold() in OPT_IN_WORDS:
+        # Twilio lets our SMS to the number through again from now on, whoever sent it.
+        outbox.note_sms_opt_in(msg.phone)
     lang = (person.preferred_language if person else None) or i18n.DEFAULT_LANGUAGE
     if partner is None:
         if person is None and msg.phone and msg.body.strip().casefold() in OPT_OUT_WORDS:
@@ -55,6 +61,11 @@ def handle(session: Session, msg: InboundMessage) -> list[str]:
             # They wait for a person (a caller, whom the operator answers by SMS): kept
             # for the operator, and no bot answer, as in a chat while it waits.
             handoff.keep_inbound(session, waiting, msg.body)
+            return []
+        if not texted_by_us(msg.phone, person):
+            # Our answer is an SMS we pay for: to a foreign number (or a premium one) it is
+            # what SMS-pumping fraud runs up, one a day for every number it sends from.
+            log.info("an SMS from a number we do not text; not answered")
             return []
         return _tell_stranger(session, msg.contact, lang, person)
     cmd = parse_command(msg.body)
@@ -87,6 +98,17 @@ def handle(session: Session, msg: InboundMessage) -> list[str]:
         savepoint.rollback()
         log.exception("partner command failed", extra={"command": cmd.kind})
         return [i18n.t("common.error_try_later", lang)]
+
+
+def texted_by_us(phone: str | None, person: Person | None) -> bool:
+    """Whether we answer an SMS from ``phone`` by SMS: an Indian mobile's (as sign-in
+    codes and phone bookings go only to those), or one of the operators and partners ops
+    set up, whatever their number."""
+    return (phone is not None and is_indian_mobile(phone)) or (
+        person is not None and person.role in STAFF_ROLES)
+
+
+STAFF_ROLES = frozenset({"ops", "partner"})
 
 
 # Twilio's own opt-out and opt-in keywords (a message that is the word alone, any case):
