@@ -35,7 +35,7 @@ from core.adapters.queue import SANDBOX_QUEUE, enqueue
 from core.adapters.redis_conn import redis_client
 from core.config import get_settings
 from core.domain.errors import ValidationError
-from core.domain.phone import normalize_phone
+from core.domain.phone import is_e164, normalize_phone
 
 bp = Blueprint("sandbox_twilio", __name__, url_prefix="/sandbox")
 
@@ -134,7 +134,12 @@ def create_message(account_sid: str):
         return _twilio_error(400, 21211, f"The 'To' number {to} is not a valid phone number.")
     if number == MAGIC_UNREACHABLE:
         return _twilio_error(400, 21614, f"'To' number {to} is not a valid mobile number")
-    if not (channel == "whatsapp" and not number.startswith("+")):
+    # WhatsApp takes any E.164 number (a business on a landline, a number abroad) or a
+    # WhatsApp id; an SMS goes to a number normalize_phone takes.
+    if channel == "whatsapp" and number.startswith("+"):
+        if not is_e164(number):
+            return _twilio_error(400, 21211, f"The 'To' number {to} is not a valid phone number.")
+    elif channel == "sms":
         try:
             normalize_phone(number)
         except ValidationError:

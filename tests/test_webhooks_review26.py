@@ -224,3 +224,39 @@ def test_a_late_stop_refusal_does_not_undo_a_start_sent_since(client):
             assert s.scalar(select(Person.opted_out).where(Person.phone == wa_phone)) is False
     finally:
         clock.freeze(None)
+
+
+# --- after f11: the emulator and the erasure for a landline's WhatsApp ------------------
+
+def test_the_emulator_takes_a_whatsapp_message_to_a_landline(client, live):
+    """Twilio sends WhatsApp to any E.164 number; our emulator refused a landline with
+    21211, so in the sandbox her replies were stored as failed."""
+    from tests.conftest import run_jobs
+
+    _landline_writes(client, "hi", "SMr10emu1")
+    run_jobs()
+    with transaction() as s:
+        row = s.scalar(select(OutboxMessage).where(
+            OutboxMessage.dedupe_key == "reply:SMr10emu1:0"))
+        assert row.to_addr == f"whatsapp:{LANDLINE}"
+        assert row.status != "failed" and row.error_code is None, (row.status, row.error_code)
+
+
+def test_erasing_a_landline_whatsapp_user_removes_the_replies_to_her(client, live):
+    """Her replies are kept at whatsapp:+912223456789 while her person row has only her
+    WhatsApp id (912223456789): the erasure looked for whatsapp:912223456789 alone and
+    left our answers to her, text and address."""
+    from core.adapters.models import Person
+    from core.services import retention
+
+    _landline_writes(client, "hi", "SMr10era1")
+    with transaction() as s:
+        person = s.scalar(select(Person).where(Person.wa_id == LANDLINE[1:]))
+        retention.erase_person(s, person.id)
+    with transaction() as s:
+        left = s.scalars(select(OutboxMessage.body).where(
+            OutboxMessage.to_addr == f"whatsapp:{LANDLINE}")).all()
+        bodies = s.scalars(select(OutboxMessage.body).where(
+            OutboxMessage.dedupe_key == "reply:SMr10era1:0")).all()
+    assert left == []
+    assert bodies and all(b == retention.REDACTED for b in bodies), bodies

@@ -650,6 +650,8 @@ def _addresses(*phones: str | None) -> set[str]:
         if p:
             raw = p.removeprefix("whatsapp:")
             found |= {raw, f"whatsapp:{raw}"}
+            if raw.isdigit():  # a WhatsApp id: a landline's messages go to its +digits
+                found.add(f"whatsapp:+{raw}")
     return found
 
 
