@@ -3153,7 +3153,8 @@ _PAYABLE_KINDS = (rules.EntryKind.RELEASE.value, rules.EntryKind.CANCELLATION_FE
 
 def unpaid_legs(session: Session, within: timedelta = timedelta(days=30)) -> list[int]:
     """Legs whose partner earned more than was paid out to them (ledger_payable above
-    leg_paid_out), with a payable entry in the last ``within``.
+    leg_paid_out), with a payable entry in the last ``within`` (those owed for longer
+    come from owed_legs_in_turn, a range of legs a sweep).
 
     The legs with a payable entry lately come first, from their partial index (migration
     0016), then only their own payable postings, from theirs (migration 0017): the cost
@@ -3186,6 +3187,92 @@ def unpaid_legs(session: Session, within: timedelta = timedelta(days=30)) -> lis
 SETTLE_BATCH = 20
 UNPAID_SCAN = 5000  # legs looked at per sweep; those backing off are skipped in Redis
 SETTLE_BACKOFF_MIN = (5, 360)  # first wait, longest wait (doubling in between)
+# Legs owed for longer than unpaid_legs looks back (a transfer refused until a linked
+# account is activated weeks later) are found by owed_legs_in_turn: OWED_SCAN_LEGS leg
+# ids a sweep, in turn. At 1,000 legs a day, a year's legs are looked through in about 75
+# sweeps (75 minutes), each reading the payable postings of 5,000 legs from their index.
+OWED_SCAN_LEGS = 5000
+OWED_CURSOR_KEY = "payments:owed-legs-after"
+# A leg still owed this long after it was last owed (its release, fee, failed transfer):
+# ops hear of it once (the refusal's alert came on the first try), the sweep goes on.
+OWED_LONG = timedelta(days=7)
+
+
+def owed_legs_in_turn(session: Session) -> list[int]:
+    """Legs whose partner (with a linked account) is still owed, as unpaid_legs finds
+    them, whenever they were last paid or refused: the legs of the next OWED_SCAN_LEGS leg
+    ids after the last sweep's (their place kept in Redis; from the first again after the
+    last leg). unpaid_legs sees the legs with a payable entry lately only: without this,
+    a leg whose transfer was refused for longer than that was never tried again.
+
+    One range of leg ids of the payable postings' index (migration 0017): the work is
+    bounded whatever is owed (a page of the owed legs themselves, found by a scan in leg
+    id order, could read every payable posting ever made to find a few)."""
+    from core.adapters.payment_models import LedgerPosting
+
+    try:
+        after = int(redis_client().get(OWED_CURSOR_KEY) or 0)
+    except (RedisError, ValueError):
+        after = 0
+    last = session.scalar(select(func.max(Leg.id))) or 0
+    if after >= last:
+        after = 0
+    upto = after + OWED_SCAN_LEGS
+    try:
+        redis_client().set(OWED_CURSOR_KEY, upto if upto < last else 0)
+    except RedisError:
+        log.warning("payments: the owed legs' place was not kept")
+    payable = (LedgerPosting.account_kind == _const(rules.AccountKind.PARTNER_PAYABLE.value),
+               LedgerPosting.leg_id.is_not(None))
+    can_be_paid = select(PartnerProfile.id).where(PartnerProfile.payout_account_id.is_not(None))
+    return list(session.scalars(
+        select(LedgerPosting.leg_id)
+        .where(*payable, LedgerPosting.leg_id > after, LedgerPosting.leg_id <= upto)
+        .group_by(LedgerPosting.leg_id)
+        .having(func.sum(LedgerPosting.amount_paise).filter(
+            LedgerPosting.partner_id.in_(can_be_paid)) > 0)
+        .order_by(LedgerPosting.leg_id)))
+
+
+def _tell_owed_long(leg_id: int) -> None:
+    """Ops hear once of a leg still owed OWED_LONG after it was last owed (its release,
+    cancellation fee, failed transfer or repaid reversal), as its transfer is tried
+    again: the refusal's alert came on the first try only, and a rider waits."""
+    from core.adapters.payment_models import LedgerPosting
+    from core.services.dispatch import alert_ops  # dispatch imports payments
+
+    with transaction() as session:
+        since = session.scalar(select(func.max(LedgerPosting.created_at)).where(
+            LedgerPosting.account_kind == _const(rules.AccountKind.PARTNER_PAYABLE.value),
+            LedgerPosting.leg_id == leg_id, LedgerPosting.amount_paise > 0))
+        if since is None or clock.now() - since < OWED_LONG:
+            return
+        # Once per time it was owed (the outbox's dedupe key holds it too; this spares a
+        # query and the log's "reached nobody" on every later try).
+        told = f"payments:owed-long-told:{leg_id}:{int(since.timestamp())}"
+        try:
+            if redis_client().exists(told):
+                return
+        except RedisError:
+            pass
+        leg = session.get(Leg, leg_id)
+        booking = session.get(Booking, leg.booking_id) if leg else None
+        if booking is None:
+            return
+        owed = ledger.leg_payable(session, leg_id) - ledger.leg_paid_out(session, leg_id)
+        row = session.scalar(select(LegTransfer).where(LegTransfer.leg_id == leg_id))
+        days = (clock.now() - since).days
+        why = f"unpaid {days} days, still trying" + (
+            f"; {row.last_error}" if row is not None and row.last_error else "")
+        log.error("a leg is still owed to its partner", extra={"leg_id": leg_id, "days": days})
+        alert_ops(session, "payment.ops_transfer_refused", booking_id=booking.id,
+                  dedupe_key=f"transfer-{leg_id}-owed-{int(since.timestamp())}",
+                  ref=booking.reference, leg=leg_id, payout_paise=owed,
+                  error=alert_error(why))
+    try:
+        redis_client().set(told, 1, ex=400 * 86400)
+    except RedisError:
+        log.warning("payments: a leg owed long was not marked told", extra={"leg_id": leg_id})
 
 
 def _settle_due(leg_id: int) -> bool:
@@ -3218,6 +3305,10 @@ def _resettle_unpaid(leg_ids: list[int]) -> int:
         enqueue("workers.payments.settle_leg_transfer", leg_id, job_id=job_id,
                 retry=GATEWAY_RETRY)
         enqueued += 1
+        try:
+            _tell_owed_long(leg_id)
+        except Exception:  # telling ops must not stop the sweep for the other legs
+            log.exception("could not tell ops of a leg owed long", extra={"leg_id": leg_id})
     return enqueued
 
 
@@ -3255,13 +3346,52 @@ def poll_refunds(older_than: timedelta = REFUND_POLL_AFTER) -> dict[str, int]:
                         extra={"refund": rid, "error": str(exc)[:200]})
             outcomes["not-asked"] = outcomes.get("not-asked", 0) + 1
             continue
-        status = entity.get("status")
-        if status in ("processed", "failed"):
-            outcome = _on_refund({"event": f"refund.{status}",
-                                  "payload": {"refund": {"entity": entity}}},
-                                 f"poll:{rid}")
+        outcome = apply_settled_refund(entity, f"poll:{rid}")
+        if outcome is not None:
             outcomes[outcome] = outcomes.get(outcome, 0) + 1
     return outcomes
+
+
+def apply_settled_refund(entity: dict, cause: str) -> str | None:
+    """Apply a refund the gateway shows settled (processed or failed), fetched by its id,
+    as its refund.processed / refund.failed would (_on_refund: once, whoever comes first:
+    the poll, the reconciliation, the webhook); None while it is still pending."""
+    status = entity.get("status")
+    if status not in ("processed", "failed"):
+        return None
+    return _on_refund({"event": f"refund.{status}", "payload": {"refund": {"entity": entity}}},
+                      cause)
+
+
+def outside_refund_bookings(refunds: list[dict]) -> dict[str, int]:
+    """Of these gateway refunds, those made outside the service (none of our attempts: no
+    row of ours has its id, nor do its notes name one, as record_outside_refund holds) of
+    a payment captured in our ledger: gateway refund id -> that booking. The others (ours,
+    or of a payment not ours) are left out. Three queries, however many refunds."""
+    from core.adapters.payment_models import LedgerTransaction
+
+    found = {rid: r for r in refunds if (rid := _gateway_id(r)) is not None
+             and isinstance(r.get("payment_id"), str)
+             and 0 < len(r["payment_id"]) <= GATEWAY_ID_MAX}
+    if not found:
+        return {}
+    named = {n for r in found.values() if (n := gw.note_int(r, "refund_id")) is not None}
+    with transaction() as session:
+        known = set(session.scalars(select(Refund.gateway_refund_id).where(
+            Refund.gateway_refund_id.in_(set(found)))))
+        ours = set(session.scalars(select(Refund.id).where(Refund.id.in_(named)))) \
+            if named else set()
+        captured = dict(session.execute(
+            select(LedgerTransaction.idempotency_key, LedgerTransaction.booking_id).where(
+                LedgerTransaction.idempotency_key.in_(
+                    {f"capture:{r['payment_id']}" for r in found.values()}))).tuples().all())
+    out: dict[str, int] = {}
+    for rid, r in found.items():
+        booking_id = captured.get(f"capture:{r['payment_id']}")
+        if rid not in known and gw.note_int(r, "refund_id") not in ours \
+                and booking_id is not None:
+            out[rid] = booking_id
+    return out
 
 
 def _job_alive(job_id: str) -> bool:
@@ -3277,7 +3407,8 @@ def sweep() -> dict[str, int]:
     attempt again, whose idempotency key makes that safe), start refunds that waited
     for another of their booking (should the settling event not have started them),
     release delivered legs whose release was lost and make again the transfers of legs
-    still owed to their partner (a job out of retries, a refusal: with a back-off)."""
+    still owed to their partner (a job out of retries, a refusal: with a back-off, until
+    paid however long that takes; ops hear of a leg owed OWED_LONG)."""
     expired = expire_unpaid()
     with transaction() as session:
         unlinked = bookings_without_link(session)
@@ -3288,7 +3419,8 @@ def sweep() -> dict[str, int]:
         stale = stale_refund_requests(session)
         waiting = waiting_refunds(session)
         unreleased = unreleased_legs(session)
-        unpaid = unpaid_legs(session)
+        # Owed lately first (unpaid_legs), then those owed for longer, in turn.
+        unpaid = list(dict.fromkeys(unpaid_legs(session) + owed_legs_in_turn(session)))
     for leg_id in unreleased:
         enqueue("workers.payments.release_leg", leg_id, job_id=f"release-{leg_id}",
                 retry=GATEWAY_RETRY)

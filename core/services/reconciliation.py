@@ -23,6 +23,13 @@ still being asked, is recorded first as a refund of that booking
 the platform's cost), then compared. Findings name a booking only if the item is ours
 (_our_bookings): a booking id in notes alone may be another system's on the account.
 
+Such a refund made outside the service stays pending at the gateway for days (a normal
+refund), and by the time it is processed it was created before every later window: one
+the window lists pending is recorded as a ``missing_in_ledger`` mismatch at once (its
+payment refunds it already: ops see it, and a cancellation meanwhile is cut to what the
+payment has left), and as an open mismatch it is asked again every run (in turn, as
+below) until it settles: processed, recorded as above and resolved; failed, resolved.
+
 One item the gateway cannot show this run (a 5xx for that fetch) is not compared, not
 reported as missing: the rest of the run is recorded, and the window marker stays at or
 before that item's ledger entry, so a later run compares it.
@@ -312,6 +319,30 @@ def _recheck(ids: set[str], items: dict[str, dict], fetch_one, entity: str) -> s
     return unsettled
 
 
+def _outside_pending(waiting: dict[str, dict], unprocessed: set[str], fetch_one
+                     ) -> dict[str, tuple[int, int | None]]:
+    """Refunds of our payments made outside the service (the dashboard: none of our
+    attempts) that the gateway shows pending: those the window listed (``waiting``) and
+    those of open mismatches it shows pending now (``unprocessed``, fetched this run):
+    gateway id -> (booking, amount). A normal refund stays pending for days, its
+    refund.processed may be lost, and by then it was created before every later window:
+    as an open mismatch it is asked again every run (in turn) until it settles."""
+    from core.services import payments  # payments imports nothing of this module
+
+    pending = dict(waiting)
+    for gid in unprocessed - set(pending):
+        try:
+            item = fetch_one(gid)  # asked once this run already (_cached)
+        except _NoAnswer:
+            continue
+        if item and item.get("status") == "pending":
+            pending[gid] = item
+    bookings = payments.outside_refund_bookings(list(pending.values()))
+    return {gid: (booking_id, amount if isinstance(amount := pending[gid].get("amount"), int)
+                  and not isinstance(amount, bool) else None)
+            for gid, booking_id in bookings.items()}
+
+
 def _recent_payouts(until: datetime) -> set[str]:
     """The transfers of the ledger's payouts of the last REVERSAL_LOOKBACK (at most
     REVERSAL_ITEMS a run, in turn), to be asked again for a reversal. By entry id from the
@@ -393,8 +424,9 @@ def _run(since: datetime | None, until: datetime | None) -> dict[str, int]:
     since = since or _window_start(until)
     c = gw.client()
     payments = {p["id"]: p for p in _pages(c.payment.all, since, until) if p.get("captured")}
-    refunds = {r["id"]: r for r in _pages(c.refund.all, since, until)
-               if r.get("status") == "processed"}
+    listed = list(_pages(c.refund.all, since, until))
+    refunds = {r["id"]: r for r in listed if r.get("status") == "processed"}
+    waiting = {r["id"]: r for r in listed if r.get("status") == "pending"}
     transfers = {t["id"]: t for t in _pages(c.transfer.all, since, until) if _released(t)}
     _add_open_items(c, refunds, transfers)
     fetch_transfer = _cached(c.transfer.fetch)  # each transfer asked once a run
@@ -407,6 +439,10 @@ def _run(since: datetime | None, until: datetime | None) -> dict[str, int]:
     # once both sides agree.
     uncaptured = _recheck(_mismatched("payment"), payments, fetch_payment, "payment")
     unprocessed = _recheck(_mismatched("refund"), refunds, fetch_refund, "refund")
+    # A refund made outside the service still pending at the gateway: listed (its payment
+    # refunds it already) until it settles, and asked again each run as an open mismatch
+    # is, so it is recorded once processed however long after its window that is.
+    outside_pending = _outside_pending(waiting, unprocessed, fetch_refund)
     no_payout = _recheck_transfers(_mismatched("transfer"), transfers, fetch_transfer)
     # Payouts of the lookback: one reversed since is recorded (_record_reversals) and
     # compared for what is left on it, however long after its window it came.
@@ -455,6 +491,10 @@ def _run(since: datetime | None, until: datetime | None) -> dict[str, int]:
         # no longer shows captured), so it is resolved.
         checked[entity] = seen | (none_at_gateway - skipped) | (
             voided_trf if entity == "transfer" else set())
+    findings += [Finding("missing_in_ledger", "refund", gid, booking_id, None, amount,
+                         "refund made outside the service, pending at the gateway: "
+                         "recorded once processed")
+                 for gid, (booking_id, amount) in outside_pending.items()]
     _record(findings, checked)
     if default_window:
         redis_client().set(LAST_UNTIL_KEY, int(_marker(until, unanswered).timestamp()))
