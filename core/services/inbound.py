@@ -35,7 +35,7 @@ from sqlalchemy.orm import Session
 from sqlalchemy.orm.exc import StaleDataError
 
 from core import clock, i18n
-from core.adapters.db import transaction
+from core.adapters.db import database_away, transaction
 from core.adapters.models import Conversation, InboundEvent, Person
 from core.adapters.redis_conn import redis_client, run_script
 from core.config import get_settings, int_setting
@@ -581,9 +581,11 @@ def drain(channel: str, contact: str, handler: Handler) -> int:
                     _too_many(decode(raw[1:]))
                 else:
                     _claimed_turn(decode(raw), handler, send_replies=True)
-            except (OperationalError, RedisError):
-                raise  # the database or Redis is away: keep the message, RQ retries the job
-            except Exception:
+            except RedisError:
+                raise  # Redis is away: keep the message, RQ retries the job
+            except Exception as exc:
+                if database_away(exc):  # unreachable, or taking no writes (a failover)
+                    raise  # keep the message, RQ retries the job
                 # A message this code cannot handle must not block the contact's later ones.
                 log.exception("inbound message failed; moved to the dead-letter list",
                               extra={"channel": channel})

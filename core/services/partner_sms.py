@@ -19,10 +19,10 @@ import logging
 from zoneinfo import ZoneInfo
 
 from sqlalchemy import func, select
-from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
 from core import clock, i18n
+from core.adapters.db import database_away
 from core.adapters.models import Booking, OutboxMessage, Person
 from core.adapters.queue import after_commit
 from core.adapters.redis_conn import redis_client, redis_down
@@ -88,7 +88,7 @@ def handle(session: Session, msg: InboundMessage) -> list[str]:
         log.info("partner command refused", extra={"code": exc.code, "command": cmd.kind})
         return [i18n.t("dispatch.cannot_now", lang, ops_phone=get_settings().ops_phone)]
     except Exception as exc:
-        if lost_a_race(exc) or isinstance(exc, OperationalError) or redis_down(exc):
+        if lost_a_race(exc) or database_away(exc) or redis_down(exc):
             # A deadlock or serialization failure: the turn's whole transaction is aborted
             # and runs again (inbound._claimed_turn); "try later" would lose the command.
             # PostgreSQL or Redis away: Twilio gets an error and sends the SMS again.
