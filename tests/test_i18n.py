@@ -76,6 +76,7 @@ REQUIRED_KEYS = (
        "payment.ops_transfer_refused"}  # payments._transfer_refused
     | {"payment.ops_transfer_reversed"}  # payments.record_transfer_reversal
     | {"payment.ops_escrow_short"}  # payments._post_release: a shortfall unexplained
+    | {"payment.ops_transfer_overpaid"}  # payments._settle_leg_transfer: paid > earned
     | {"dispatch.holder_cancelled_no_fee",  # payments._end_stuck_relay: no fee, no
        "dispatch.customer_stuck_no_refund"}  # refund left (a dashboard refund took it)
     | {"bot.cancel.picked_up", "bot.cancel.not_allowed"}  # booking._not_allowed

@@ -36,6 +36,8 @@ OPS_VALUES: dict[str, object] = {
     "reversed_paise": 141_247,
     "short_paise": 141_247,
     "unexplained_paise": 141_247,
+    "paid_paise": 141_247,  # payment.ops_transfer_overpaid: what the rider got
+    "over_paise": 141_247,  # ... and how much of it he did not earn
     "error": alert_error(GATEWAY_ERROR),
 }
 

@@ -1925,7 +1925,11 @@ def settle_leg_transfer(leg_id: int) -> str:
     rest went): what the leg is still owed is then paid by a direct transfer from the
     platform's balance, with no hold, found again by the same notes (GET /v1/transfers)
     and made under an X-Transfer-Idempotency key, so a retry whose answer was lost pays
-    once. Ops hear of it only if that one is refused too."""
+    once. Ops hear of it only if that one is refused too.
+
+    A transfer released for more than the leg earned (its hold released in the Razorpay
+    dashboard before a cancellation fee cut the leg's earnings) cannot be cut any more:
+    the payout is recorded as the gateway made it, and ops hear of the excess once."""
     with _leg_transfer_lock(leg_id):
         return _settle_leg_transfer(leg_id)
 
@@ -2057,6 +2061,12 @@ def _settle_leg_transfer(leg_id: int) -> str:
     if paid != target:
         log.warning("leg transfer released with another amount than the leg earned",
                     extra={"leg_id": leg_id, "paid_paise": paid, "earned_paise": target})
+    if paid > target:
+        # Released for more than the leg earned (its hold released in the dashboard
+        # before a cancellation fee cut what it earned): the excess is no longer on hold
+        # to reverse. Ops hear of it once, before the payout is recorded (a retry then
+        # finds the leg paid and would not tell them).
+        _transfer_overpaid(leg_id, booking_id, paid, paid - target)
     if not _moved(live):
         # Released, but the gateway has not processed the transfer yet: no money moved,
         # so no payout is posted. transfer.processed posts it (without a hold now: the
@@ -2157,6 +2167,19 @@ def _transfer_refused(leg_id: int, booking_id: int, partner_id: int, payment_id:
         alert_ops(session, "payment.ops_transfer_refused", booking_id=booking_id,
                   dedupe_key=f"transfer-{leg_id}-refused", ref=booking.reference,
                   leg=leg_id, payout_paise=amount, error=alert_error(error))
+
+
+def _transfer_overpaid(leg_id: int, booking_id: int, paid: int, over: int) -> None:
+    """Tell ops once that a leg's transfer left its rider ``over`` paise more than the
+    leg earned (``paid`` in all): a person must get it back or let it be."""
+    from core.services.dispatch import alert_ops  # dispatch imports payments
+
+    with transaction() as session:
+        booking = session.get(Booking, booking_id)
+        assert booking is not None
+        alert_ops(session, "payment.ops_transfer_overpaid", booking_id=booking_id,
+                  dedupe_key=f"transfer-{leg_id}-overpaid", ref=booking.reference,
+                  leg=leg_id, paid_paise=paid, over_paise=over)
 
 
 def _save_transfer(leg_id: int, booking_id: int, partner_id: int | None, payment_id: str,

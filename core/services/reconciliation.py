@@ -22,6 +22,8 @@ still being asked, is recorded first as a refund of that booking
 (payments.record_outside_refund: once per refund; what escrow does not hold of it is
 the platform's cost), then compared. Findings name a booking only if the item is ours
 (_our_bookings): a booking id in notes alone may be another system's on the account.
+One of our own refunds the gateway shows settled (its webhook lost) is applied as its
+event would be (payments.apply_settled_refund), not listed as missing in the ledger.
 
 Such a refund made outside the service stays pending at the gateway for days (a normal
 refund), and by the time it is processed it was created before every later window: one
@@ -266,12 +268,18 @@ def _add_open_items(c, refunds: dict[str, dict], transfers: dict[str, dict]) -> 
         transfer_ids = _open_page(session, LegTransfer.id, LegTransfer.transfer_id,
                                   LegTransfer.status.in_(("on_hold", "pending")),
                                   OPEN_CURSOR_KEY + "transfers")
+    from core.services import payments  # payments imports nothing of this module
+
     for rid in refund_ids - set(refunds):
         assert rid is not None, "the query keeps only refunds with a gateway id"
         try:
             item = _fetch_one(c.refund.fetch, rid)
         except _NoAnswer:
             continue
+        if item and item.get("status") in ("processed", "failed"):
+            # Settled at the gateway, its webhook lost: applied now as the poll would
+            # (once, whoever comes first), not listed as missing in the ledger.
+            payments.apply_settled_refund(item, f"reconcile:{rid}")
         if item and item.get("status") == "processed":
             refunds[rid] = item
     for tid in transfer_ids - set(transfers):
@@ -457,10 +465,10 @@ def _run(since: datetime | None, until: datetime | None) -> dict[str, int]:
         led_ref = _ledger_refunds(session, since, until, set(refunds) | unprocessed)
         led_trf, voided_trf = _ledger_transfers(session, since, until,
                                                 set(transfers) | no_payout)
-    # A refund of one of our payments made outside the service (the dashboard), whose
-    # refund.processed was lost or came while a refund of ours was still being asked, is
-    # recorded as the booking's (payments.record_outside_refund: once per refund), then
-    # compared.
+    # A processed refund whose refund.processed was lost (or came while a refund of ours
+    # was still being asked) is recorded as that event would: one of ours settles its
+    # attempt, one of our payments made outside the service (the dashboard) is recorded
+    # as the booking's (payments.record_outside_refund: once per refund); then compared.
     if _record_outside_refunds(refunds, led_ref):
         with transaction() as session:
             led_ref = _ledger_refunds(session, since, until, set(refunds) | unprocessed)
@@ -516,12 +524,15 @@ def _ledger_refunds(session: Session, since: datetime, until: datetime, refs: se
 
 def _record_outside_refunds(refunds: dict[str, dict],
                             led_ref: dict[str, tuple[int, int | None]]) -> int:
-    """Record the processed refunds the ledger lacks that are refunds of our payments made
-    outside the service (payments.record_outside_refund: one of our attempts, or of a
-    payment not ours, is left as it is); how many were recorded now."""
+    """Record the processed refunds the ledger lacks as their lost refund.processed would
+    (payments.apply_settled_refund): one of our attempts still open is settled, one of
+    our payments made outside the service is recorded as the booking's
+    (record_outside_refund); one of a payment not ours, or of an attempt of ours that
+    failed before, is left as it is. How many were recorded now."""
     from core.services import payments  # payments imports nothing of this module
 
-    return sum(payments.record_outside_refund(item, f"reconcile:{gid}") == "outside-refund"
+    return sum(payments.apply_settled_refund(item, f"reconcile:{gid}")
+               in ("outside-refund", "refunded")
                for gid, item in refunds.items() if gid not in led_ref)
 
 
