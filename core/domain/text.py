@@ -25,4 +25,27 @@ def without_format_marks(text: str) -> str:
     return "".join(ch for ch in text if unicodedata.category(ch) != "Cf")
 
 
-__all__ = ["visible", "without_format_marks"]
+def _in_word(ch: str) -> bool:
+    """A letter, a digit or a mark that belongs to the letter before it (a Devanagari
+    vowel sign): part of a word, whatever the script."""
+    return unicodedata.category(ch)[0] in "LMN"
+
+
+def names_word(text: str, word: str) -> bool:
+    """Whether ``text`` says ``word`` (a name, a landmark) as a word of its own, any case:
+    "Ram is coming" and "राम जी" name Ram, "Rampur" and "रामपुर" do not."""
+    hay, needle = text.casefold(), word.strip().casefold()
+    if not needle:
+        return False
+    start = hay.find(needle)
+    while start >= 0:
+        end = start + len(needle)
+        before = start > 0 and _in_word(hay[start - 1]) and _in_word(needle[0])
+        after = end < len(hay) and _in_word(hay[end]) and _in_word(needle[-1])
+        if not before and not after:
+            return True
+        start = hay.find(needle, start + 1)
+    return False
+
+
+__all__ = ["names_word", "visible", "without_format_marks"]

@@ -114,6 +114,7 @@ from core.domain.booking import BOOKING, LEG, LegStatus
 from core.domain.dispatch import OfferStatus
 from core.domain.errors import Conflict, NotFound, Unavailable, ValidationError
 from core.domain.phone import normalize_phone
+from core.domain.text import names_word
 from core.logs import mask_phones
 from core.services import inbound, ivr, ledger, outbox
 from core.services.booking import check_leg_otp
@@ -1045,16 +1046,33 @@ def _withdraw_unsent(session: Session, where: Any) -> None:
         _changed(session, update(m).where(m.id.in_(withdrawn)).values(failed_at=None))
 
 
-def _redact_mentions(session: Session, done: Erasure, where: Any, said: Any) -> None:
-    """Messages picked by ``where`` whose text ``said`` names the erased person lose it;
-    those not sent yet are not sent now."""
+def _redact_mentions(session: Session, done: Erasure, where: Any, said: Any,
+                     says: Callable[[str], bool]) -> None:
+    """Messages picked by ``where`` whose text names the erased person lose it; those not
+    sent yet are not sent now. ``said`` finds the texts that may (in SQL, by the text as
+    is); ``says`` keeps those that do (a name as a word of its own: a rider called Ram is
+    not named by "Rampur")."""
     m = OutboxMessage
-    _withdraw_unsent(session, and_(where, said))
+    ids = [i for i, body in session.execute(select(m.id, m.body).where(where, said))
+           if says(body or "")]
+    if not ids:
+        return
+    _withdraw_unsent(session, m.id.in_(ids))
     changed = list(session.scalars(
-        update(m).where(where, said, m.body != REDACTED).values(body=REDACTED, media_url=None)
+        update(m).where(m.id.in_(ids), m.body != REDACTED).values(body=REDACTED, media_url=None)
         .returning(m.id), execution_options=_QUIET))
     _redact_templates(session, changed)
     done.add("messages", len(changed))
+
+
+def _saying(tens: Iterable[str], names: Iterable[str] = ()) -> Callable[[str], bool]:
+    """The check, on a text _mentions found, that it names one of these numbers or names:
+    a name as a word of its own."""
+    pattern = _number_pattern(tens)
+    number = re.compile(pattern) if pattern else None
+    words = sorted(names)
+    return lambda text: bool(number and number.search(text)) or any(
+        names_word(text, name) for name in words)
 
 
 # Who named a person: the senders of bookings to them (person ids), and the names they
@@ -1141,14 +1159,17 @@ def _erase_recipient_copies(session: Session, done: Erasure, received: Any, tens
         Conversation.person_id.in_(sorted(people)))))
     m = OutboxMessage
     # Plain lists, not subqueries: under an OR each side must be one an index can serve.
+    says = _saying(tens, names)
     _redact_mentions(session, done, or_(_among(m.booking_id, session.scalars(received)),
                                         _among(m.to_addr, addrs)),
-                     _mentions(m.body, tens, names))
+                     _mentions(m.body, tens, names), says)
     h = HandoffMessage
     theirs = select(Handoff.id).where(Handoff.person_id.in_(sorted(people)))
+    named = [i for i, body in session.execute(select(h.id, h.body).where(
+        h.handoff_id.in_(theirs), h.body != REDACTED, _mentions(h.body, tens, names)))
+        if says(body or "")]
     done.add("handoff_messages", _changed(session, update(h).where(
-        h.handoff_id.in_(theirs), h.body != REDACTED, _mentions(h.body, tens, names))
-        .values(body=REDACTED)))
+        _among(h.id, named)).values(body=REDACTED)))
 
 
 def _erase_waiting_handoffs(session: Session, done: Erasure, tens: set[str]) -> None:
@@ -1320,7 +1341,7 @@ def _erase_partner(session: Session, done: Erasure, partner: PartnerProfile) -> 
                    DispatchOffer.status.in_(TOOK_THE_JOB)))
         m = OutboxMessage
         _redact_mentions(session, done, m.booking_id.in_(carried),
-                         m.body.icontains(name, autoescape=True))
+                         m.body.icontains(name, autoescape=True), _saying((), {name}))
     if partner.first_name or partner.on_duty or partner.has_app or partner.payout_account_id:
         partner.first_name, partner.on_duty, partner.has_app = "", False, False
         partner.payout_account_id = None
