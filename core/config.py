@@ -272,8 +272,16 @@ def load_settings(environ: dict[str, str] | None = None) -> Settings:
     public_base_url = env.get("PUBLIC_BASE_URL") or f"http://127.0.0.1:{port}"
     public_base_url = public_base_url.rstrip("/")
     parts = urlsplit(public_base_url)
-    if parts.scheme not in ("http", "https"):
+    if parts.scheme not in ("http", "https") or not parts.hostname:
         problems.append("PUBLIC_BASE_URL must be an http(s) URL")
+    elif parts.query or parts.fragment or "?" in public_base_url or "#" in public_base_url:
+        # Paths are appended to it: a query or fragment here would swallow them, and every
+        # signature Twilio computes on the URL it called would differ from ours.
+        problems.append("PUBLIC_BASE_URL must have no query (?) or fragment (#): "
+                        "webhook paths are added after it")
+    elif parts.username or parts.password:
+        # It goes into every callback and link we hand out, and into logs.
+        problems.append("PUBLIC_BASE_URL must not carry a user name or password")
     elif production and (not env.get("PUBLIC_BASE_URL") or parts.scheme != "https"
                          or (parts.hostname or "") in LOOPBACK_HOSTS):
         # Twilio signs the URL it calls, and every link and callback we hand out is built

@@ -75,3 +75,27 @@ def test_a_database_url_that_is_not_postgresql_is_refused_at_start(value):
 def test_the_urls_people_use_are_taken(database_url, redis_url):
     settings = load_settings({"DATABASE_URL": database_url, "REDIS_URL": redis_url})
     assert settings.redis_url == redis_url
+
+
+# Was: PUBLIC_BASE_URL="https://ridechain.example.in/?src=render" was taken: every path is
+# appended to it, so Twilio was told to call ".../?src=render/webhooks/twilio/status" and
+# each signature we checked was computed on a URL Twilio never called (a query swallows
+# the path). A user name and password in it went into every link we sent. Now each is
+# refused at start, naming PUBLIC_BASE_URL.
+@pytest.mark.parametrize("value", ["https://ridechain.example.in/?src=render",
+                                   "https://ridechain.example.in/#top",
+                                   "https://ridechain.example.in?",
+                                   "https://ops:pw@ridechain.example.in",
+                                   "https:///webhooks"])
+def test_a_public_base_url_that_paths_cannot_follow_is_refused(value):
+    with pytest.raises(ConfigError) as info:
+        load_settings(production_env(PUBLIC_BASE_URL=value))
+    assert "PUBLIC_BASE_URL" in str(info.value)
+    with pytest.raises(ConfigError) as info:
+        load_settings({"DATABASE_URL": DB, "REDIS_URL": REDIS, "PUBLIC_BASE_URL": value})
+    assert "PUBLIC_BASE_URL" in str(info.value)
+
+
+def test_a_public_base_url_with_a_path_prefix_is_kept():
+    s = load_settings(production_env(PUBLIC_BASE_URL="https://ridechain.example.in/rc/"))
+    assert s.public_base_url == "https://ridechain.example.in/rc"
