@@ -71,6 +71,7 @@ REQUIRED_KEYS = (
     | {"address.same_place", "ivr.place.same"}  # the dialogs, when drop == pickup
     | {"bot.confirm.new_price", "ivr.confirm.new_price"}  # booking.confirm_as_shown
     | {"ivr.amount", "ivr.amount_paise"}  # voice.amount: a fee with its paise
+    | {"ivr.more_again"}  # voice office_prompt: the last page of names, 9 starts again
     | {"ivr.person.busy", "ivr.not_mobile"}  # ivr.dial_ended, the voice webhook
     | {"payment.link_failed", "payment.ops_link_refused",  # payments._link_refused
        "payment.ops_transfer_refused"}  # payments._transfer_refused
@@ -129,6 +130,9 @@ REQUIRED_KEYS = (
     | {"booking.status.stuck_no_refund"}  # ... ended with nothing to give back
     | {"booking.status.no_rider_no_refund"}  # no rider, support gave the money back already
     | {"booking.status.fee_refunded"}  # tracking a booking cancelled with a rider's fee
+    | {"booking.status.pay_time_over",  # conversation.SessionPorts._told: unpaid past its
+       "booking.status.no_link"}  # time; closed for want of a payment link
+    | {"bot.cancel.changed"}  # booking._cancel_confirm_handle: a yes to old amounts
     | {f"dispatch.handover_{k}_new" for k in ("give", "take")}  # relay codes resent
     | {"sms.customer_help"}  # partner_sms: a customer texting our SMS number
     | {"sms.recipient_coming", "sms.recipient_on_the_way",  # partner_sms: a recipient too

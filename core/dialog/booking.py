@@ -146,7 +146,17 @@ def next_hint() -> Say:
 
 # --- language --------------------------------------------------------------------------
 
+# The step a language list was asked from that is asked again once a language is chosen
+# (the rating question: asked once per booking, it must not be lost to the menu). Put in
+# state.data by that step, kept in the list's scratch, so it lasts only while the list
+# stands: left for anything else, the list forgets it.
+_BACK_AFTER_LANGUAGE = "back_after_language"
+
+
 def _language_prompt(ctx: Ctx) -> list[Out]:
+    back = ctx.state.data.pop(_BACK_AFTER_LANGUAGE, None)
+    if back is not None:
+        ctx.scratch[_BACK_AFTER_LANGUAGE] = back
     return [Say("lang.menu")]
 
 
@@ -163,7 +173,10 @@ def _language_chosen(ctx: Ctx, lang: str) -> Result:
     ctx.ports.set_language(lang)
     ctx.lang = lang
     ctx.state.data.pop("lang_guess", None)
-    return Goto(MENU, [Say("lang.saved", {"language": LANGUAGE_NAMES[lang]})])
+    saved = Say("lang.saved", {"language": LANGUAGE_NAMES[lang]})
+    if ctx.scratch.get(_BACK_AFTER_LANGUAGE) == RATE and ctx.state.data.get("rate_ref"):
+        return Goto(RATE, [saved])  # the question again, in the language chosen
+    return Goto(MENU, [saved])
 
 
 def _language_named(ctx: Ctx, lang: str) -> Result:
@@ -927,7 +940,13 @@ def _cancel_pick_handle(ctx: Ctx, inp: UserInput) -> Result:
 
 def _cancel_confirm_prompt(ctx: Ctx) -> list[Out]:
     ref = ctx.state.data.get("cancel_ref", "")
-    preview = ctx.ports.cancel_preview(ref) or {"refund_paise": 0, "fee_paise": 0}
+    preview = ctx.ports.cancel_preview(ref) if ref else None
+    if preview is None or not preview["allowed"]:
+        # Asked again (help, a word it does not take, a language) once it cannot be
+        # cancelled any more (picked up, closed, no longer hers): say so, not a question
+        # whose amounts are those of no cancel.
+        end_cancel(ctx)
+        raise Redirect(MENU, [_not_allowed(ref, preview or {})] if ref else [])
     # What the customer is told is what a "yes" may do: the cancel checks it again.
     keep_shown(ctx, preview)
     return [Say(f"bot.cancel.{cancel_kind(preview)}",
@@ -947,8 +966,8 @@ def _cancel_confirm_handle(ctx: Ctx, inp: UserInput) -> Result:
         return Goto(MENU)
     if picked == 1:
         outcome, result = cancel_as_shown(ctx, ref)
-        if outcome == "again":
-            return Goto("cancel_confirm")
+        if outcome == "again":  # nothing cancelled: asked again with the new amounts
+            return Goto("cancel_confirm", [Say("bot.cancel.changed")])
         if outcome == "closed":  # picked up or closed since the question: say so
             return _cancel_finished(ctx, [_not_allowed(ref, result)])
         key = "bot.cancel.done_refund" if result.get("refund_paise") else "bot.cancel.done"
@@ -1139,8 +1158,18 @@ def _rate_prompt(ctx: Ctx) -> list[Out]:
     return [Say("bot.rate.ask", {"ref": ctx.state.data.get("rate_ref", "")})]
 
 
+def _language_word(ctx: Ctx, inp: UserInput) -> bool:
+    """"language" at the rating question: its own answer (_rate_handle), so that the
+    question is asked again once a language is chosen."""
+    return not inp.has_location and words.command(inp.text) == "language"
+
+
 def _rate_handle(ctx: Ctx, inp: UserInput) -> Result:
     ref = ctx.state.data.get("rate_ref")
+    if _language_word(ctx, inp):
+        if ref is not None:  # the list, then this question again in the language chosen
+            ctx.state.data[_BACK_AFTER_LANGUAGE] = RATE
+        return Goto("language")
     stars = stars_given(inp.text, ctx.lang) if not inp.has_location else None
     if ref is None:
         return Goto(MENU)
@@ -1302,7 +1331,7 @@ def _steps() -> list[Step]:
         Step("cancel_pick", _cancel_pick_prompt, _cancel_pick_handle, "bot.help.track"),
         Step("cancel_confirm", _cancel_confirm_prompt, _cancel_confirm_handle,
              "bot.help.choice"),
-        Step(RATE, _rate_prompt, _rate_handle, "bot.rate.help"),
+        Step(RATE, _rate_prompt, _rate_handle, "bot.rate.help", own_answer=_language_word),
         Step("offer_person", _offer_prompt, _offer_handle, "bot.help.choice"),
         Step("voice_callback", _voice_prompt, _voice_handle, "bot.help.choice"),
     ]

@@ -25,7 +25,7 @@ from core import clock, i18n
 from core.adapters import pincode
 from core.adapters.dialog_models import Handoff
 from core.adapters.models import Booking, Conversation, Leg, PartnerProfile, Person
-from core.adapters.payment_models import LedgerTransaction
+from core.adapters.payment_models import LedgerTransaction, PaymentLink
 from core.adapters.queue import after_commit, enqueue
 from core.adapters.redis_conn import redis_down
 from core.dialog import engine, words
@@ -69,6 +69,14 @@ _ENDED_NOTHING_BACK = "stuck_no_refund"
 _NO_RIDER_NOTHING_BACK = "no_rider_no_refund"
 # A booking cancelled once a rider had taken it, refunded less his cancellation fee.
 _REFUNDED_LESS_FEE = "fee_refunded"
+# A booking waiting for payment past its time to pay: it cannot be paid any more, and the
+# expiry sweep closes it a minute on (after asking the gateway whether it was paid in
+# time, so not yet "closed"). Not "waiting for payment", with no link to pay by.
+_PAY_TIME_OVER = "pay_time_over"
+# A booking closed because its payment link could not be made (payments._close_unlinked:
+# refused by the gateway, or not made in its time): she was told so, never that her time
+# to pay ran out; so it is tracked.
+_CLOSED_NO_LINK = "no_link"
 
 
 @dataclass
@@ -273,9 +281,9 @@ class SessionPorts:
         newest = (Booking.created_at.desc(), Booking.id.desc())
         mine = Booking.customer_id == self.person.id
         if not open_only:
-            return [(r, self._told(i, s)) for r, s, i in self.session.execute(
-                select(Booking.reference, Booking.status, Booking.id).where(mine)
-                .order_by(*newest).limit(MY_BOOKINGS)).tuples()]
+            return [(r, self._told(i, s, x)) for r, s, i, x in self.session.execute(
+                select(Booking.reference, Booking.status, Booking.id, Booking.expires_at)
+                .where(mine).order_by(*newest).limit(MY_BOOKINGS)).tuples()]
         rows = self.session.execute(
             select(Booking.reference, Booking.status, Booking.created_at, Booking.id)
             .where(mine, Booking.status.not_in(_CLOSED))
@@ -286,9 +294,10 @@ class SessionPorts:
     def booking_status(self, reference: str) -> str | None:
         """The booking's status as the customer is told it (``booking.status.<it>``)."""
         booking = self._mine(reference)
-        return self._told(booking.id, booking.status) if booking else None
+        return (self._told(booking.id, booking.status, booking.expires_at)
+                if booking else None)
 
-    def _told(self, booking_id: int, status: str) -> str:
+    def _told(self, booking_id: int, status: str, expires_at: datetime | None = None) -> str:
         """``status``, or for a relay ops ended with the parcel in a rider's hands
         (payments._end_stuck_relay: its leg in hand failed, the only failed leg with a
         rider) the words for it: that rider was paid for his part, the rest of the money
@@ -296,7 +305,18 @@ class SessionPorts:
         so would "the rest will come back" where nothing is left to (_ENDED_NOTHING_BACK),
         or "your money will be sent back" for a booking no rider took whose money support
         gave back already (_NO_RIDER_NOTHING_BACK, as dispatch._fail_search told it).
-        A booking refunded less a rider's cancellation fee: ``_REFUNDED_LESS_FEE``."""
+        A booking refunded less a rider's cancellation fee: ``_REFUNDED_LESS_FEE``; one
+        waiting for payment past ``expires_at``: ``_PAY_TIME_OVER``; one closed because its
+        payment link could not be made: ``_CLOSED_NO_LINK``."""
+        if status == BookingStatus.AWAITING_PAYMENT.value:
+            over = expires_at is not None and expires_at <= clock.now()
+            return _PAY_TIME_OVER if over else status
+        if status == BookingStatus.EXPIRED.value:
+            # Its time ran out on the link she was sent (the row saved once the gateway
+            # made it); with no link row, it closed for want of one (_close_unlinked).
+            linked = self.session.scalar(select(PaymentLink.id).where(
+                PaymentLink.booking_id == booking_id).limit(1)) is not None
+            return status if linked else _CLOSED_NO_LINK
         told = _ENDED_WITH_PARCEL_HELD.get(status)
         if told is not None and self.session.scalar(select(Leg.id).where(
                 Leg.booking_id == booking_id, Leg.status == LegStatus.FAILED.value,

@@ -54,7 +54,7 @@ from core.dialog import engine
 from core.dialog.booking import BOOKING, BOOKING_DIALOG, MENU, RATE
 from core.domain.booking import BookingStatus
 from core.domain.errors import Conflict, ValidationError
-from core.services import notify
+from core.services import handoff, notify
 
 log = logging.getLogger(__name__)
 
@@ -133,7 +133,8 @@ def ask_after_delivery(session: Session, booking: Booking, tries: int = 1) -> bo
     Not asked: bookings made elsewhere (the app rates in the app; a caller reads SMS and
     cannot answer one), after STOP, while a person handles the chat, while the customer
     is in the middle of something else, or when the question could only go by SMS. A
-    customer who wrote in the last QUIET, or is in the middle of something else, is
+    customer who wrote in the last QUIET, is in the middle of something else, or waits
+    for a person on another channel (a call: her chat messages are kept for them), is
     tried later (``ask_later``, ``tries``-th), up to RATING_WINDOW after the delivery;
     meanwhile its ``rating_asks`` row says it is still to be asked."""
     if booking.channel != "whatsapp":
@@ -173,6 +174,11 @@ def _ask(session: Session, booking: Booking, tries: int) -> bool | timedelta:
         return QUIET
     if conv.handoff:
         return False
+    if handoff.waiting_for(session, person.id, besides=conv.id) is not None:
+        # She waits for a person on another channel (she called us): what she writes in
+        # the chat is kept for that operator (conversation._whatsapp_turn), so her "5"
+        # would not rate. Asked once nobody is waiting for her.
+        return QUIET
     now = clock.now()
     since = now - conv.last_inbound_at if conv.last_inbound_at is not None else None
     if since is not None and since < QUIET:
