@@ -27,7 +27,8 @@ from core.adapters.models import Base, one_of
 from core.domain.dispatch import OfferStatus, SearchStatus
 
 OTP_KINDS = ("pickup", "drop")
-PARTNER_EVENT_KINDS = ("duty_on", "duty_off", "cancelled_after_accept", "auto_off")
+PARTNER_EVENT_KINDS = ("duty_on", "duty_off", "cancelled_after_accept", "auto_off",
+                       "taken_back_by_ops")
 
 
 class DispatchSearch(Base):

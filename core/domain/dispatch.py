@@ -329,6 +329,13 @@ class Stop:
     point_id: int | None = None
 
 
+# How many of the Points nearest each end a relay may go through (plan_relay): the
+# nearest first; the next ones when no relay through it holds (it lies behind the pickup,
+# say). A few pairs, each a road distance or two, and no more riders asked about than
+# the Points they start from.
+RELAY_POINT_CHOICES = 3
+
+
 def plan_relay(pickup: Stop, drop: Stop, points: Sequence[Stop], dist,
                max_leg_m: int | Callable[[Stop], int | None] | None = None,
                ) -> list[Stop] | None:
@@ -343,11 +350,37 @@ def plan_relay(pickup: Stop, drop: Stop, points: Sequence[Stop], dist,
     known: one figure for every leg, or a function of the leg's start, since the riders
     of a leg are those near where it starts), and the whole is at most
     ``RELAY_MAX_LENGTH_PCT`` of the direct trip.
+
+    When the relay through those two is no use (the Point nearest the pickup lies behind
+    it, away from the drop, and makes a leg nobody can ride), A and B are taken among the
+    ``RELAY_POINT_CHOICES`` Points nearest each end, and the shortest relay that is of use
+    is kept (at equal length, the one through the nearer Points).
     """
     if not points:
         return None
-    a = min(points, key=lambda p: (dist(pickup, p), p.point_id or 0))
-    b = min(points, key=lambda p: (dist(drop, p), p.point_id or 0))
+    near_pickup = sorted(points, key=lambda p: (dist(pickup, p), p.point_id or 0))
+    near_drop = sorted(points, key=lambda p: (dist(drop, p), p.point_id or 0))
+    direct = dist(pickup, drop)
+    best: tuple[tuple[int, int, int], list[Stop]] | None = None
+    for i, a in enumerate(near_pickup[:RELAY_POINT_CHOICES]):
+        for j, b in enumerate(near_drop[:RELAY_POINT_CHOICES]):
+            stops = _relay_through(pickup, drop, a, b, dist)
+            if stops is None:
+                continue
+            legs = [dist(x, y) for x, y in zip(stops, stops[1:], strict=False)]
+            key = (sum(legs), i + j, i)
+            if best is not None and key >= best[0]:
+                continue
+            if _relay_of_use(stops, legs, direct, max_leg_m):
+                if (i, j) == (0, 0):
+                    return stops  # through the Points nearest each end, as ever
+                best = key, stops
+    return best[1] if best is not None else None
+
+
+def _relay_through(pickup: Stop, drop: Stop, a: Stop, b: Stop, dist) -> list[Stop] | None:
+    """pickup -> a -> b -> drop, Points beside the stop before them or the drop left out
+    (plan_relay); None when no Point is left."""
     route = [pickup]
     for point in [a] + ([b] if b.point_id != a.point_id else []):
         if dist(route[-1], point) > RELAY_MERGE_RADIUS_M:
@@ -356,16 +389,20 @@ def plan_relay(pickup: Stop, drop: Stop, points: Sequence[Stop], dist,
         route.pop()
     if len(route) == 1:
         return None
-    stops = route + [drop]
-    direct = dist(pickup, drop)
-    legs = [dist(x, y) for x, y in zip(stops, stops[1:], strict=False)]
+    return route + [drop]
+
+
+def _relay_of_use(stops: list[Stop], legs: list[int], direct: int,
+                  max_leg_m: int | Callable[[Stop], int | None] | None) -> bool:
+    """Every leg shorter than the direct trip and within the range where it starts, the
+    whole at most RELAY_MAX_LENGTH_PCT of it (plan_relay)."""
     if max(legs) > direct - 1 or sum(legs) * 100 > direct * RELAY_MAX_LENGTH_PCT:
-        return None
+        return False
     for start, metres in zip(stops, legs, strict=False):
         limit = max_leg_m(start) if callable(max_leg_m) else max_leg_m
         if limit is not None and metres > limit:
-            return None  # nobody where this leg starts could ride it
-    return stops
+            return False  # nobody where this leg starts could ride it
+    return True
 
 
 def relay_payouts(share_paise: int, distances: Sequence[int]) -> list[int] | None:

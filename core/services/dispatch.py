@@ -428,12 +428,37 @@ def find_candidates(session: Session, lat: float, lng: float, load: rules.Load,
     search (see geo_index's "cached eligibility facts").
     """
     cfg = config()
+    pool = cfg.max_candidates * 3
+    eligible, facts = _eligible_near(session, lat, lng, load, radius_km, exclude=exclude,
+                                     enough=lambda found, _facts: len(found) >= pool)
+    cands = []
+    for n in eligible[:pool]:
+        f = facts[n.partner_id]
+        cands.append(rules.Candidate(n.partner_id, n.distance_m, f.rating_x100,
+                                     f.offers_received, f.offers_accepted, f.earned_today))
+    radius_m = int(radius_km * 1000)
+    ranked = rules.rank(cands, cfg.weights, radius_m)[: cfg.max_candidates]
+    top = max((c.earned_today_paise for c in ranked), default=0)
+    return [Ranked(c, rules.score(c, cfg.weights, radius_m, top)) for c in ranked]
+
+
+def _eligible_near(session: Session, lat: float, lng: float, load: rules.Load,
+                   radius_km: float, *, exclude: set[int],
+                   enough: Callable[[list[geo_index.Nearby], dict[int, _Facts]], bool],
+                   bounded: bool = False,
+                   ) -> tuple[list[geo_index.Nearby], dict[int, _Facts]]:
+    """The eligible partners within ``radius_km`` (nearest first) and the facts read.
+
+    Redis is asked for the nearest 3 x DISPATCH_MAX_CANDIDATES (plus ``exclude``) first,
+    and again for CANDIDATES_LOOK_FACTOR times as many while ``enough`` says no and some
+    may have been left out, up to CANDIDATES_LOOK_MAX, then for all within the radius;
+    ``bounded`` stops at the first ask past CANDIDATES_LOOK_MAX instead."""
+    cfg = config()
     session.flush()  # this transaction's own changes count as touched (facts_watch)
     now = clock.now()
     day = now.astimezone(IST).date()
     own = facts_watch.touched(session)
-    pool = cfg.max_candidates * 3
-    limit: int | None = pool + len(exclude)
+    limit: int | None = cfg.max_candidates * 3 + len(exclude)
     facts: dict[int, _Facts] = {}
     while True:
         found, capped = geo_index.nearby_capped(
@@ -444,18 +469,12 @@ def find_candidates(session: Session, lat: float, lng: float, load: rules.Load,
                                now, day, own))
         eligible = [n for n in near if n.partner_id in facts and rules.ineligible_reason(
             facts[n.partner_id].partner, load) is None]
-        if len(eligible) >= pool or not capped or limit is None:
+        if enough(eligible, facts) or not capped or limit is None:
+            break
+        if limit >= CANDIDATES_LOOK_MAX and bounded:
             break
         limit = limit * CANDIDATES_LOOK_FACTOR if limit < CANDIDATES_LOOK_MAX else None
-    cands = []
-    for n in eligible[:pool]:
-        f = facts[n.partner_id]
-        cands.append(rules.Candidate(n.partner_id, n.distance_m, f.rating_x100,
-                                     f.offers_received, f.offers_accepted, f.earned_today))
-    radius_m = int(radius_km * 1000)
-    ranked = rules.rank(cands, cfg.weights, radius_m)[: cfg.max_candidates]
-    top = max((c.earned_today_paise for c in ranked), default=0)
-    return [Ranked(c, rules.score(c, cfg.weights, radius_m, top)) for c in ranked]
+    return eligible, facts
 
 
 def _facts_of(session: Session, near: list[geo_index.Nearby], now: datetime, day: date,
@@ -566,17 +585,25 @@ def _legs(session: Session, booking: Booking) -> list[Leg]:
 def _fleet(session: Session, lat: float, lng: float, load: rules.Load, *,
            exclude: set[int] = frozenset()) -> set[VehicleType]:  # type: ignore[assignment]
     """Vehicle types that may carry the load from a leg's start at (lat, lng): those of the
-    eligible partners near it or, with nobody near right now, every type able to carry it.
-    ``exclude``: partners never offered the load (the booking's own parties), whose
-    vehicles must not make a trip look rideable that nobody will be offered."""
-    cands = find_candidates(session, lat, lng, load, config().radii_km[-1], exclude=exclude)
-    if not cands:
-        return {vt for vt in VehicleType if can_carry(vt, load.size, load.weight)}
-    ids = [r.candidate.partner_id for r in cands]
-    return {VehicleType(v.type)
-            for v in session.scalars(select(Vehicle).where(Vehicle.partner_id.in_(ids)))
-            if rules.vehicle_fits(rules.VehicleFacts(v.type, v.payload_kg, v.max_size,
-                                                     v.active), load)}
+    eligible partners within the widest search radius or, with nobody there right now,
+    every type able to carry it. ``exclude``: partners never offered the load (the
+    booking's own parties), whose vehicles must not make a trip look rideable that nobody
+    will be offered.
+
+    Every eligible partner counts, not only the DISPATCH_MAX_CANDIDATES best ranked: a
+    motorcycle rider ranked below twenty bicycles near him is still offered the trip in
+    a later round, so it goes direct. The look stops once every type able to carry the
+    load is seen, and is bounded (_eligible_near's ``bounded``) where many are near."""
+    able = {vt for vt in VehicleType if can_carry(vt, load.size, load.weight)}
+
+    def types(found: list[geo_index.Nearby], facts: dict[int, _Facts]) -> set[VehicleType]:
+        return {VehicleType(v.type) for n in found for v in facts[n.partner_id].partner.vehicles
+                if rules.vehicle_fits(v, load)}
+
+    eligible, facts = _eligible_near(
+        session, lat, lng, load, config().radii_km[-1], exclude=exclude, bounded=True,
+        enough=lambda found, facts: types(found, facts) >= able)
+    return types(eligible, facts) if eligible else able
 
 
 ROAD_CANDIDATES_MAX = 4096
@@ -628,9 +655,11 @@ def plan_legs(session: Session, booking: Booking, *, tries: int = 3) -> list[Leg
                                          osrm_url=osrm).metres
         return cache[key]
 
-    # The relay's Points are the nearest to the pickup and to the drop by road. Measuring
-    # the road to every Point cost a call per Point (an OSRM request, where one is set);
-    # now only to the candidates that must hold the road-nearest one.
+    # The relay's Points are the nearest to the pickup and to the drop by road (or, when
+    # no relay through those holds, among the few nearest: plan_relay). Measuring the
+    # road to every Point cost a call per Point (an OSRM request, where one is set); now
+    # only to the candidates that must hold the road-nearest one (points.CANDIDATES of
+    # them at least, which hold the next nearest too as a rule).
     pickup, drop = rules.Stop(leg.from_lat, leg.from_lng), rules.Stop(leg.to_lat, leg.to_lng)
     candidates = {s.point_id: s for end in (pickup, drop)
                   for s in _road_nearest_candidates(session, end, dist)}
@@ -1640,7 +1669,7 @@ def point_pickup_late(leg_id: int) -> str:
         blocked = partner.kyc_status in BLOCKED_KYC
         if waited >= 2 * window or blocked:
             reason = "partner blocked by ops" if blocked else "not at the Point in time"
-            _give_back(session, booking, leg, partner, SYSTEM, reason)
+            _give_back(session, booking, leg, partner, SYSTEM, reason, by_ops=blocked)
             _sms_partner(session, partner,
                          "dispatch.job_cancelled" if blocked else "dispatch.taken_back",
                          booking_id=booking.id, dedupe_key=f"{tag}-taken-back", job=job)
@@ -2766,19 +2795,42 @@ def _handover_proven(session: Session, booking: Booking, leg: Leg, actor: Actor)
     what his DROP would have been answered; otherwise it stays "picked up" for good:
     never paid, a job in his hands, the delivered parcel reported late. A DROP he sends
     later is answered as done. The caller holds both legs' locks (the one before first),
-    then the booking's."""
+    then the booking's.
+
+    So is his leg when it locked at the Point (wrong DROP codes, the parcel in his hands):
+    the PICK proves the handover his DROP could not; it is recorded picked up again, then
+    delivered, and ops find nothing left to unlock."""
     prev = _previous_leg(session, leg)
-    if (prev is None or prev.status != LegStatus.PICKED_UP.value or prev.partner_id is None
-            or prev.partner_id == leg.partner_id):
+    if (prev is None or prev.partner_id is None or prev.partner_id == leg.partner_id
+            or not _carrying(session, prev)):
         return
-    carrier = session.get(PartnerProfile, prev.partner_id)
-    done = _delivered(session, booking, prev, actor,
-                      "handed over: the next rider's PICK took the code he gave")
+    _close_handed_on(session, booking, prev, actor,
+                     "handed over: the next rider's PICK took the code he gave")
+
+
+def _carrying(session: Session, leg: Leg) -> bool:
+    """Whether the leg's rider holds its parcel and has not delivered it: picked up, or
+    locked (wrong codes) with the parcel in hand (picked up before, or handed over)."""
+    if leg.status == LegStatus.PICKED_UP.value:
+        return True
+    return leg.status == LegStatus.LOCKED.value and (
+        _picked_before(session, leg) or _handed_over(session, leg))
+
+
+def _close_handed_on(session: Session, booking: Booking, leg: Leg, actor: Actor,
+                     reason: str) -> None:
+    """A carrier's leg (picked up, or locked with the parcel in hand: _carrying) whose
+    parcel the next rider picked up with the code only he held: delivered and released as
+    his DROP would do, and he hears what his DROP would have been answered."""
+    if leg.status == LegStatus.LOCKED.value:
+        move_leg(session, leg, LegStatus.PICKED_UP, actor, reason)
+    carrier = session.get(PartnerProfile, leg.partner_id) if leg.partner_id else None
+    done = _delivered(session, booking, leg, actor, reason)
     if carrier is not None:
         _sms_partner(session, carrier, done.key, booking_id=booking.id,
-                     dedupe_key=f"leg-{prev.id}-done-by-next-pick", **done.params)
+                     dedupe_key=f"leg-{leg.id}-done-by-next-pick", **done.params)
     log.info("relay leg closed by the next rider's PICK",
-             extra={"booking_id": booking.id, "leg_id": prev.id})
+             extra={"booking_id": booking.id, "leg_id": leg.id})
 
 
 # A wrong code the app sends again this soon (its retry after a lost answer) is the same
@@ -2951,11 +3003,12 @@ def handed_over_to(session: Session, leg: Leg) -> bool:
 
 
 def _give_back(session: Session, booking: Booking, leg: Leg, partner: PartnerProfile,
-               actor: Actor, reason: str) -> tuple[PartnerEvent, bool]:
+               actor: Actor, reason: str, *, by_ops: bool = False) -> tuple[PartnerEvent, bool]:
     """An assigned leg leaves its partner before pickup and goes back to offering; it counts
-    against them. The caller holds the leg's and the booking's locks, tells the customer,
-    and starts the search. Returns the event and whether the booking went back to
-    dispatching.
+    against them, unless ops took it (``by_ops``: a suspension, papers to check again),
+    which was no choice of theirs, as an open offer ops withdraw is not (_withdraw). The
+    caller holds the leg's and the booking's locks, tells the customer, and starts the
+    search. Returns the event and whether the booking went back to dispatching.
 
     On a relay leg whose previous rider still carries the parcel, that rider's handover
     code (the one this partner would read out at the Point) is replaced: it must not work
@@ -2967,9 +3020,11 @@ def _give_back(session: Session, booking: Booking, leg: Leg, partner: PartnerPro
         DispatchOffer.leg_id == leg.id, DispatchOffer.partner_id == partner.id,
         DispatchOffer.status == rules.OfferStatus.ACCEPTED.value)
         .values(status=rules.OfferStatus.CANCELLED.value, responded_at=clock.now()))
-    # Counts against the record: the acceptance is taken back, as if they had said no.
-    partner.offers_accepted = func.greatest(PartnerProfile.offers_accepted - 1, 0)
-    event = PartnerEvent(partner_id=partner.id, leg_id=leg.id, kind="cancelled_after_accept",
+    if not by_ops:
+        # Counts against the record: the acceptance is taken back, as if they had said no.
+        partner.offers_accepted = func.greatest(PartnerProfile.offers_accepted - 1, 0)
+    event = PartnerEvent(partner_id=partner.id, leg_id=leg.id,
+                         kind="taken_back_by_ops" if by_ops else "cancelled_after_accept",
                          at=clock.now())
     session.add(event)
     session.flush()
@@ -3058,7 +3113,7 @@ def block_partner(session: Session, partner_id: int, actor: Actor) -> list[int]:
         if (leg.status == LegStatus.ASSIGNED.value and leg.partner_id == partner.id
                 and not parcel_in_hand(session, leg)):
             event, reopened = _give_back(session, booking, leg, partner, actor,
-                                         "partner blocked by ops")
+                                         "partner blocked by ops", by_ops=True)
             _sms_partner(session, partner, "dispatch.job_cancelled", booking_id=booking.id,
                          dedupe_key=f"leg-{leg.id}-blocked-{leg.version}", job=job_code(leg))
             if reopened:
@@ -3335,12 +3390,25 @@ def unlock_leg(session: Session, leg_id: int, actor: Actor) -> Leg:
     code this rider read out, face to face: the parcel is in their hands) and that locked
     on their PICK codes is recorded as picked up, and they are told to deliver it: the
     rider who would read out a new pickup code has left the Point, and a code sent to the
-    holder to type back in would prove nothing the handover did not."""
+    holder to type back in would prove nothing the handover did not.
+
+    A carrier's leg locked at the Point whose parcel the next rider has picked up since,
+    with the code only this rider held (a leg locked so before the next rider's PICK came
+    to close it too: _handover_proven), is delivered and paid: a new drop code would reach
+    nobody, the next rider having left with the parcel."""
     leg = _lock_leg(session, leg_id)
     if leg is None:
         raise NotFound("no such leg", code="unknown_job")
     if leg.status != LegStatus.LOCKED.value:
         raise Conflict(f"leg {leg_id} is not locked (it is {leg.status})", code="not_locked")
+    nxt = _next_leg(session, leg)
+    if (nxt is not None and leg.partner_id is not None and nxt.partner_id != leg.partner_id
+            and _picked_before(session, nxt) and _carrying(session, leg)):
+        booking = session.get(Booking, leg.booking_id, with_for_update=True)
+        assert booking is not None
+        _close_handed_on(session, booking, leg, actor,
+                         "unlocked by ops: the next rider's PICK took the code he gave")
+        return leg
     picked = _picked_before(session, leg)
     if not picked and leg.partner_id is not None and _handed_over(session, leg):
         booking = session.get(Booking, leg.booking_id, with_for_update=True)
@@ -3364,7 +3432,7 @@ def unlock_leg(session: Session, leg_id: int, actor: Actor) -> Leg:
     if (not picked and partner is not None and partner.kyc_status in BLOCKED_KYC
             and not _handed_over(session, leg)):
         event, reopened = _give_back(session, booking, leg, partner, actor,
-                                     "partner blocked by ops")
+                                     "partner blocked by ops", by_ops=True)
         if reopened:
             _status_to_customer(session, booking, f"blocked{event.id}")  # as block_partner
         _tell_carrier_to_wait(session, booking, leg, start_search(session, booking, leg,
@@ -3372,6 +3440,12 @@ def unlock_leg(session: Session, leg_id: int, actor: Actor) -> Leg:
         return leg
     send_leg_codes(session, booking, leg, tag=f"unlock{leg.version}", pickup=not picked)
     return leg
+
+
+def _next_leg(session: Session, leg: Leg) -> Leg | None:
+    """The relay leg after ``leg`` (None for the last)."""
+    return session.scalar(select(Leg).where(Leg.booking_id == leg.booking_id,
+                                            Leg.sequence == leg.sequence + 1))
 
 
 def _handed_over(session: Session, leg: Leg) -> bool:
@@ -3442,6 +3516,13 @@ def new_leg_code(session: Session, leg_id: int, kind: str, actor: Actor, *, reas
         # the pickup: a drop code is given from then on.
         if status not in _DELIVERING:
             raise Conflict(f"leg {leg.id} has no rider yet", code="no_rider")
+        nxt = _next_leg(session, leg)
+        if nxt is not None and (nxt.partner_id is None or nxt.status in (
+                LegStatus.PENDING.value, LegStatus.OFFERING.value)):
+            # A relay leg's drop code is the one the next rider reads out at the Point:
+            # with nobody to hold it, it would let the carrier "hand over" to nobody.
+            raise Conflict(f"leg {leg.id}'s next leg has no rider yet: no one to hold its "
+                           "drop code", code="no_rider")
     issued = int(session.scalar(select(func.count()).select_from(AuditEntry).where(
         AuditEntry.action == OPS_NEW_CODE, AuditEntry.target == f"leg:{leg.id}")) or 0)
     if issued >= OPS_CODES_PER_LEG:
