@@ -45,7 +45,7 @@ def test_a_token_lives_its_thirty_days_by_the_service_clock(client):
 
 def test_the_wrong_code_window_runs_from_the_first_failure_not_a_sign_in(client):
     r = redis_client()
-    key = f"auth:otp-failures:{PHONE}"
+    key = auth._failures_key(PHONE)
     assert send(client, PHONE).status_code == 202
     assert verify(client, last_otp(PHONE), PHONE).status_code == 200
     # A good sign-in leaves no window behind (it would close a day from the sign-in,

@@ -44,7 +44,7 @@ def test_wrong_codes_are_counted_per_phone_across_new_codes(client, caplog):
     caplog.set_level(logging.INFO)
     r = verify(client, code)  # even the right code: the guessing has to stop
     assert r.status_code == 429 and r.get_json()["error"]["code"] == "rate_limited"
-    key = f"auth:otp-failures:{PHONE}"
+    key = auth._failures_key(PHONE)
     assert 0 < redis_client().ttl(key) <= DAY_S  # until the first failure is a day old
     logged = [(rec.getMessage(), vars(rec)) for rec in caplog.records]
     assert any(extra.get("phone") == "+91******0001" for _, extra in logged)
@@ -61,11 +61,11 @@ def test_a_right_code_is_not_a_failure(client):
         code = last_otp(PHONE)
         assert verify(client, wrong(code)).status_code == 401
         assert verify(client, code).status_code == 200
-    assert int(r.get(f"auth:otp-failures:{PHONE}")) == 2
+    assert int(r.get(auth._failures_key(PHONE))) == 2
 
 
 def test_no_code_is_sent_while_the_phones_wrong_codes_are_spent(client):
-    redis_client().set(f"auth:otp-failures:{PHONE}", 10, ex=DAY_S)
+    redis_client().set(auth._failures_key(PHONE), 10, ex=DAY_S)
     r = send(client)
     assert r.status_code == 429 and r.get_json()["error"]["code"] == "rate_limited"
 
@@ -76,7 +76,7 @@ def test_a_code_gone_between_check_and_count_leaves_no_immortal_key(client, monk
     assert send(client).status_code == 202
     code = last_otp(PHONE)
     r = redis_client()
-    key = f"auth:otp:{PHONE}"
+    key = auth._otp_key(PHONE)
     real = redis.Redis.execute_command
     gone: list[object] = []
 
@@ -99,10 +99,10 @@ def test_a_code_gone_between_check_and_count_leaves_no_immortal_key(client, monk
 def test_a_broken_code_record_is_an_invalid_code_not_a_500(client):
     # What the old check-then-count left behind: attempts only, no hash and no TTL.
     r = redis_client()
-    r.hset(f"auth:otp:{PHONE}", "attempts", 1)
+    r.hset(auth._otp_key(PHONE), "attempts", 1)
     res = verify(client, "123456")
     assert res.status_code == 401 and res.get_json()["error"]["code"] == "otp_invalid"
-    assert not r.exists(f"auth:otp:{PHONE}")
+    assert not r.exists(auth._otp_key(PHONE))
 
 
 # --- per-IP limits behind the proxy --------------------------------------------------

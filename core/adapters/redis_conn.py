@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import threading
 from typing import Any
 
 import redis
 
+from core import clock
 from core.config import get_settings
 
 _lock = threading.Lock()
@@ -92,3 +94,49 @@ def hit_rate_limit(key: str, limit: int, window_s: int) -> tuple[bool, int]:
     pipe.incr(full)
     count = int(pipe.execute()[1])
     return count > limit, count
+
+
+# Sliding windows: each key is the log of its window's events (a sorted set, scored by
+# their times in ms). Events as old as the window fall out, so no window of that length
+# ever holds more than ``limit`` of them (a fixed window lets twice as many through
+# around its end). An event is counted in every window or, if one of them is full, in
+# none: a refused try costs nothing, and a window stays at most ``limit`` long. A key
+# that is still a fixed window's counter (a string, from before) starts over.
+# KEYS: the windows. ARGV: now (ms), the event's unique member, then per key its limit
+# and window (ms). Returns 0 (counted), or the ms until every full window has room.
+_SLIDING_LUA = """
+local now = tonumber(ARGV[1])
+local wait = 0
+for i, key in ipairs(KEYS) do
+  local limit = tonumber(ARGV[2 * i + 1])
+  local window = tonumber(ARGV[2 * i + 2])
+  if redis.call('TYPE', key)['ok'] == 'string' then redis.call('DEL', key) end
+  redis.call('ZREMRANGEBYSCORE', key, '-inf', now - window)
+  local count = redis.call('ZCARD', key)
+  if limit < 1 then
+    wait = math.max(wait, window)
+  elseif count >= limit then
+    local oldest = redis.call('ZRANGE', key, count - limit, count - limit, 'WITHSCORES')
+    wait = math.max(wait, tonumber(oldest[2]) + window - now, 1)
+  end
+end
+if wait > 0 then return wait end
+for i, key in ipairs(KEYS) do
+  redis.call('ZADD', key, now, ARGV[2])
+  redis.call('PEXPIRE', key, ARGV[2 * i + 2])
+end
+return 0
+"""
+
+
+def hit_sliding_limits(rules: list[tuple[str, int, int]]) -> int:
+    """Count one event in sliding windows, ``rules`` of (key, limit, window_s), all or
+    none: 0 if counted, else the seconds until every window that refused it has room.
+    Times are the service clock's (core.clock); the keys are "ratelimit:<key>"."""
+    now_ms = int(clock.now().timestamp() * 1000)
+    args: list[Any] = [now_ms, f"{now_ms}-{os.urandom(6).hex()}"]
+    for _, limit, window_s in rules:
+        args += [limit, window_s * 1000]
+    wait_ms = int(run_script(redis_client(), _SLIDING_LUA,
+                             [f"ratelimit:{key}" for key, _, _ in rules], args))
+    return -(-wait_ms // 1000)

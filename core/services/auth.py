@@ -1,10 +1,11 @@
 """Phone sign-in for the apps: a 6-digit OTP by SMS, then a signed, expiring bearer token.
 
 OTPs are kept hashed in Redis with a short life and an attempt budget; sends and
-attempts are rate limited per phone and per IP, and a phone's wrong codes are counted
-over a day across all its codes (a fresh code must not buy a fresh set of guesses). A
-token names a session row, so signing out (or an operator) revokes it at once. Neither
-OTPs nor tokens are ever logged.
+attempts are rate limited per phone and per IP (sliding windows), and a phone's wrong
+codes are counted over a day across all its codes (a fresh code must not buy a fresh set
+of guesses). Redis keys name a phone by a keyed hash, never the number. A token names a
+session row, so signing out (or an operator) revokes it at once. Neither OTPs nor tokens
+are ever logged.
 """
 
 from __future__ import annotations
@@ -24,13 +25,13 @@ from core import clock, i18n
 from core.adapters.api_models import ApiSession
 from core.adapters.db import transaction
 from core.adapters.models import Person
-from core.adapters.redis_conn import hit_rate_limit, redis_client, run_script
+from core.adapters.redis_conn import hit_sliding_limits, redis_client, run_script
 from core.config import get_settings
 from core.dialog.words import ascii_digits
 from core.domain.errors import DomainError, ValidationError
 from core.domain.otp import generate_otp
 from core.domain.phone import is_indian_mobile, mask_phone, normalize_phone
-from core.services import notify
+from core.services import notify, outbox
 
 log = logging.getLogger(__name__)
 
@@ -64,12 +65,21 @@ class Principal:
     session_id: str
 
 
+def _phone_tag(phone: str) -> str:
+    """What the Redis keys of a phone are named by: a keyed hash (HMAC-SHA256 with
+    OTP_KEY) of the number, not the number, which an erasure must not leave behind (the
+    keys live up to a day, and keep counting: a lockout is not undone). Without the key
+    nobody can try the Indian mobile numbers against it."""
+    key = get_settings().otp_key
+    return hmac.new(key, f"auth-keys:{phone}".encode(), hashlib.sha256).hexdigest()[:32]
+
+
 def _otp_key(phone: str) -> str:
-    return f"auth:otp:{phone}"
+    return f"auth:otp:{_phone_tag(phone)}"
 
 
 def _failures_key(phone: str) -> str:
-    return f"auth:otp-failures:{phone}"
+    return f"auth:otp-failures:{_phone_tag(phone)}"
 
 
 # One step, so that nothing can change between the check and the count: a code that
@@ -129,7 +139,7 @@ def _failures_spent(phone: str) -> bool:
 
 
 def _seconds_left(key: str) -> int | None:
-    """Seconds until a Redis key (a limit's window) expires; None if it has no expiry."""
+    """Seconds until a Redis key (the day's wrong codes) expires; None if it has none."""
     ms = redis_client().pttl(key)
     return max(1, -(-ms // 1000)) if ms > 0 else None
 
@@ -137,9 +147,16 @@ def _seconds_left(key: str) -> int | None:
 def client_of(ip: str) -> str:
     """Whom the per-IP limits count: an IPv4 address, or an IPv6 client's /64 (a home or
     a phone is given a whole /64, and picks any address in it: counted one by one, the
-    limit would never bite). An IPv4-mapped IPv6 address is its IPv4 address."""
+    limit would never bite). An IPv4-mapped IPv6 address is its IPv4 address. A source
+    port, as some proxies forward it ("203.0.113.7:40001", "[2001:db8::7]:443"), is not
+    part of it: each connection has its own."""
+    host = ip.strip()
+    if host.startswith("[") and "]" in host:
+        host = host[1:host.index("]")]
+    elif host.count(":") == 1:  # IPv4 and a port (an IPv6 address has two colons or more)
+        host = host.partition(":")[0]
     try:
-        addr = ipaddress.ip_address(ip)
+        addr = ipaddress.ip_address(host)
     except ValueError:
         return ip[:64]  # "unknown", or whatever the proxy forwarded: counted as it is
     if isinstance(addr, ipaddress.IPv6Address):
@@ -154,12 +171,14 @@ def _hash(phone: str, otp: str) -> str:
     return hmac.new(key, f"login:{phone}:{otp}".encode(), hashlib.sha256).hexdigest()
 
 
-def _limit(key: str, rule: tuple[int, int]) -> None:
-    over, _ = hit_rate_limit(key, rule[0], rule[1])
-    if over:
-        # The window hit_rate_limit counts in is the key "ratelimit:<key>", ending with it.
+def _limit(*rules: tuple[str, tuple[int, int]]) -> None:
+    """Count one try against each (key, (limit, seconds)) rule, or refuse it (429) if any
+    of them had ``limit`` tries within the last ``seconds``, counted in none. Sliding
+    windows: a fixed one would let twice the limit through around its end."""
+    wait = hit_sliding_limits([(key, n, s) for key, (n, s) in rules])
+    if wait:
         raise AuthError(429, "rate_limited", "too many attempts; please wait and try again",
-                        retry_after=_seconds_left(f"ratelimit:{key}"))
+                        retry_after=wait)
 
 
 def _known_staff(phone: str) -> bool:
@@ -173,7 +192,7 @@ def request_otp(raw_phone: str, ip: str) -> str:
     phone = normalize_phone(raw_phone)
     # Counted first: a refused foreign number counts too, or its answer (422 for anyone,
     # a code for staff) would tell who is staff, as often as asked.
-    _limit(f"otp-send-ip:{client_of(ip)}", SENDS_PER_IP)
+    _limit((f"otp-send-ip:{client_of(ip)}", SENDS_PER_IP))
     if not is_indian_mobile(phone) and not _known_staff(phone):
         # Codes go by SMS to Indian mobiles (a foreign or premium number is the classic
         # SMS-pumping target); operators and partners we set up may have others.
@@ -181,8 +200,9 @@ def request_otp(raw_phone: str, ip: str) -> str:
                         "phone")
     if _failures_spent(phone):  # a code it could not use would only cost an SMS
         raise AuthError(429, *_SPENT, retry_after=_seconds_left(_failures_key(phone)))
-    _limit(f"otp-send-phone:{phone}", SENDS_PER_PHONE)
-    _limit(f"otp-send-phone-day:{phone}", SENDS_PER_PHONE_DAY)
+    tag = _phone_tag(phone)
+    _limit((f"otp-send-phone:{tag}", SENDS_PER_PHONE),
+           (f"otp-send-phone-day:{tag}", SENDS_PER_PHONE_DAY))
     otp = generate_otp(6)
     r = redis_client()
     pipe = r.pipeline()
@@ -191,14 +211,18 @@ def request_otp(raw_phone: str, ip: str) -> str:
     pipe.expire(_otp_key(phone), int(OTP_TTL.total_seconds()))
     pipe.execute()
     with transaction() as session:
-        notify.notify_phone(session, phone, "auth.otp", otp=otp)
+        # The codes it replaced no longer work: their SMS, if still waiting (for a retry
+        # after Twilio refused a try), are not sent.
+        outbox.withdraw_sign_in_codes(session, phone)
+        notify.notify_phone(session, phone, "auth.otp", dedupe_key=outbox.sign_in_key(),
+                            otp=otp)
     return phone
 
 
 def verify_otp(raw_phone: str, otp: str, ip: str) -> tuple[str, Principal, datetime]:
     """Check a sign-in code; return (token, principal, expiry). One code, one session."""
     phone = normalize_phone(raw_phone)
-    _limit(f"otp-verify-ip:{client_of(ip)}", VERIFY_PER_IP)
+    _limit((f"otp-verify-ip:{client_of(ip)}", VERIFY_PER_IP))
     r = redis_client()
     keys = [_otp_key(phone), _failures_key(phone)]
     budget = get_settings().otp_failures_per_day

@@ -41,6 +41,7 @@ import hmac
 import json
 import logging
 import re
+import secrets
 import string
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -252,10 +253,62 @@ def withdraw(session: Session, row_id: int) -> bool:
     return True
 
 
+# A sign-in code's SMS (auth.request_otp), known by its dedupe key. Its code lives minutes
+# (auth.OTP_TTL), and the next one asked for replaces it: it goes on its own, neither
+# waiting behind an earlier message to the person nor holding a later one back (a retry's
+# back-off can outlast the code); it is not sent once a newer code replaced it
+# (withdraw_sign_in_codes), nor after its code's life.
+SIGN_IN_PREFIX = "sign-in-"
+CODE_REPLACED = "a newer sign-in code replaced it before it was sent"
+CODE_EXPIRED = "its sign-in code expired before it was sent"
+
+
+def sign_in_key() -> str:
+    """The dedupe key of a new sign-in code's SMS (each code's own)."""
+    return SIGN_IN_PREFIX + secrets.token_hex(8)
+
+
+def _sign_in_row() -> ColumnElement[bool]:
+    return OutboxMessage.dedupe_key.startswith(SIGN_IN_PREFIX)
+
+
+def _sign_in_expired(row: OutboxMessage) -> bool:
+    from core.services.auth import OTP_TTL  # auth sends through this module
+
+    return (row.dedupe_key or "").startswith(SIGN_IN_PREFIX) \
+        and row.created_at <= clock.now() - OTP_TTL
+
+
+def _not_sent(session: Session, where: ColumnElement[bool], why: str) -> list[int]:
+    """Rows picked by ``where`` that still wait (pending: Twilio has not taken them; not
+    one being sent) are never sent now: they fail, not as a failure to send (/metrics
+    does not count them, as _refuse_stopped), and their codes are masked at once (nothing
+    can send them again). In the caller's transaction; returns their ids."""
+    m = OutboxMessage
+    ids = list(session.scalars(update(m).where(where, m.status == "pending")
+                               .values(status="failed", error_code=None, last_error=why)
+                               .returning(m.id)))
+    if ids:
+        session.execute(update(m).where(m.id.in_(ids)).values(failed_at=None))
+        mask_codes(session, ids)
+    return ids
+
+
+def withdraw_sign_in_codes(session: Session, phone: str) -> int:
+    """A phone is asking for a new sign-in code, which replaces its earlier ones: their
+    SMS still waiting (for a retry after Twilio refused a try, or for their first) are
+    not sent. One being sent (its outcome unknown) is left: it may have reached them."""
+    withdrawn = _not_sent(session, (OutboxMessage.to_addr == address("sms", phone))
+                          & _sign_in_row(), CODE_REPLACED)
+    if withdrawn:
+        log.info("replaced sign-in codes not sent", extra={"rows": len(withdrawn)})
+    return len(withdrawn)
+
+
 # Messages to one person go out in the order they were written: one waits while an
 # earlier message to the same address is waiting for a retry (a try failed), or waits
 # behind one itself (held back untried: its last_error says so), at most this long after
-# that one was written (then it no longer holds the others back).
+# that one was written (then it no longer holds the others back). Not a sign-in code's.
 IN_ORDER_FOR = timedelta(minutes=10)
 HELD_BACK = "held back behind an earlier message waiting for a retry"
 
@@ -268,6 +321,7 @@ def _behind_a_retry(outbox_id: int, to_addr: str) -> bool:
             OutboxMessage.status == "pending", OutboxMessage.to_addr == to_addr,
             OutboxMessage.id < outbox_id,
             (OutboxMessage.attempts > 0) | (OutboxMessage.last_error == HELD_BACK),
+            OutboxMessage.dedupe_key.is_(None) | ~_sign_in_row(),
             OutboxMessage.created_at > clock.now() - IN_ORDER_FOR).limit(1)).first() is not None
 
 
@@ -322,18 +376,25 @@ def deliver(outbox_id: int) -> str:
 
     A row whose recipient opted out since it was written (a STOP while it waited, for a
     retry or behind one, or while a reconcile looked for it) is not sent: it fails, or
-    goes the other way, as queue_message would have decided (_refuse_stopped)."""
+    goes the other way, as queue_message would have decided (_refuse_stopped). A sign-in
+    code's SMS goes at once, or not at all once its code has expired."""
     with transaction() as session:
         row = session.get(OutboxMessage, outbox_id, with_for_update=True)
         if row is None:
             return "missing"
         if row.status != "pending":
             return "already-" + row.status
+        if _sign_in_expired(row):
+            _not_sent(session, OutboxMessage.id == outbox_id, CODE_EXPIRED)
+            log.info("sign-in code expired before it was sent; not sent",
+                     extra={"outbox_id": outbox_id})
+            return "expired"
         claimed, code_kept = None, False
         stopped = _stopped_since(session, row)
         if stopped:
             code_kept = _refuse_stopped(session, row)
-        elif _behind_a_retry(outbox_id, row.to_addr):  # RQ tries again after it
+        elif not (row.dedupe_key or "").startswith(SIGN_IN_PREFIX) \
+                and _behind_a_retry(outbox_id, row.to_addr):  # RQ tries again after it
             if row.attempts == 0:  # later messages wait behind this one (a retry does)
                 row.last_error = HELD_BACK
         else:
