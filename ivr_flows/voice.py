@@ -120,10 +120,10 @@ def _answer(turn: int) -> Response:
     sid, phone = _caller()
     if phone is None:  # hidden, or shown but not a mobile (SMS could not reach it)
         from_addr = request.form["From"]
-        if is_hidden_number(from_addr):
-            return _xml(twiml.hangup_with("ivr.hidden_number"))
         # In the language a known caller chose (a customer chatting from abroad), else
         # Hindi and English: the caller may well not be a Hindi speaker.
+        if is_hidden_number(from_addr):  # nobody known: Hindi and English
+            return _xml(twiml.hangup_with("ivr.hidden_number", i18n.DEFAULT_LANGUAGE, "en"))
         try:
             langs = ivr.languages_of_caller(normalize_phone(from_addr))
         except ValidationError:

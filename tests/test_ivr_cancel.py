@@ -27,7 +27,7 @@ from tests.test_payments_support import (
 
 pytestmark = pytest.mark.db
 
-DROP = "Bettiah HO"  # BETTIAH's post office: how the caller hears where a booking goes
+DROP = "Bettiah"  # BETTIAH's post office as the caller hears it (without India Post's HO)
 
 
 def unpaid_booking(phone_number: str) -> str:

@@ -45,7 +45,8 @@ class Ports(Protocol):
     # "total_paise"}; None otherwise. by_sms: the link goes to their phone again.
     def payment_link(self, reference: str, *, by_sms: bool = False) -> dict[str, Any] | None: ...
     # {"allowed", "refund_paise", "fee_paise", "reason_code", "status", "drop"} (drop: the
-    # delivery place's name, how a caller hears which booking it is); None if not theirs.
+    # delivery place, how a caller hears which booking it is: the phone's ports give the
+    # name as its village list says it, core.services.ivr.booked_place); None if not theirs.
     def cancel_preview(self, reference: str) -> dict[str, Any] | None: ...
     def cancel(self, reference: str, shown: dict[str, Any]) -> dict[str, Any]: ...
     # {"done": True}, or {"refused": code} (already rated, not delivered, not theirs).

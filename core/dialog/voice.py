@@ -71,9 +71,12 @@ SHORT_REF = 4  # a booking to cancel is named by its place and its number's last
 # Steps answered by several digits ended with '#' (the most digits expected); every other
 # step takes a single key.
 ENTRY_DIGITS: dict[str, int] = {"pickup": 6, "drop": 6, "recipient_phone": 10, "track": 8}
+# Steps where the caller has what they called for (a booking made, the pickup code heard,
+# perhaps being written down): silence ends the call with thanks and goodbye.
+DONE_ON_SILENCE = frozenset({"done", "code_again"})
 # Steps where silence ends the call politely at once (the caller is done, or was already
 # offered a person).
-END_ON_SILENCE = frozenset({"done", "offer_person"})
+END_ON_SILENCE = DONE_ON_SILENCE | {"offer_person"}
 
 # Slots a keypad caller is not asked for, with the values their booking gets.
 VOICE_DEFAULTS: dict[str, Any] = {"category": "other", "fragile": False, "value_paise": 0,
@@ -220,13 +223,18 @@ def _place_steps(kind: str, default_next: str) -> list[Step]:
     def office_prompt(ctx: Ctx) -> list[Out]:
         offices = ctx.state.data.get("offices") or []
         pin = ctx.state.data.get("pin", "")
+        more: list[Out] = []
+        if len(offices) > PAGE_SIZE:
+            # On the last page 9 starts the list again (office_handle): no "more names".
+            last = (ctx.state.data.get("page", 0) + 1) * PAGE_SIZE >= len(offices)
+            more = [Say("ivr.more_again" if last else "ivr.more")]
         # The keys in the order they are pressed: the names 1..7, 8 (key the pincode
         # again), then 9 (more names); the list's own "9 = more" would come before the 8.
         return [Say("ivr.place.pincode", {"digits": spoken.spell_digits(pin)}),
                 Say("ivr.place.choose"),
                 Choices(tuple(said_name(o) for o in shown(ctx))),
                 Say("ivr.place.reenter"),
-                *([Say("ivr.more")] if len(offices) > PAGE_SIZE else [])]
+                *more]
 
     def office_handle(ctx: Ctx, inp: UserInput) -> Result:
         offices = ctx.state.data.get("offices") or []
@@ -649,7 +657,7 @@ def _cancel_pick_prompt(ctx: Ctx) -> list[Out]:
     if not found:
         return [Say("ivr.cancel.none"), Say("ivr.hint")]
     return [Say("ivr.cancel.ask"), Choices(tuple(
-        Say("ivr.cancel.option", {"place": preview.get("drop") or "",
+        Say("ivr.cancel.option", {"place": _said(preview.get("drop")),
                                   "digits": spoken.spell_digits(ref[-SHORT_REF:])})
         for ref, preview in found))]
 
@@ -674,7 +682,7 @@ def _cancel_confirm_prompt(ctx: Ctx) -> list[Out]:
     preview = ctx.ports.cancel_preview(ref) or {"refund_paise": 0, "fee_paise": 0}
     keep_shown(ctx, preview)  # a "1" cancels at these amounts only
     return [Say(f"ivr.cancel.{cancel_kind(preview)}", {
-                "place": preview.get("drop") or "",
+                "place": _said(preview.get("drop")),
                 "refund": amount(preview["refund_paise"], ctx.lang),
                 "fee": amount(preview["fee_paise"], ctx.lang)}),
             Choices((Say("ivr.cancel.yes"), Say("ivr.cancel.no")))]

@@ -37,6 +37,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from core import clock, i18n
+from core.adapters import pincode
 from core.adapters.api_models import AuditEntry
 from core.adapters.db import transaction
 from core.adapters.models import (
@@ -53,6 +54,7 @@ from core.dialog import engine
 from core.dialog.booking import BOOKING, MENU, person_said
 from core.dialog.engine import Ctx, DialogState, Out, Say, UserInput
 from core.dialog.voice import (
+    DONE_ON_SILENCE,
     END_ON_SILENCE,
     ENTRY_DIGITS,
     HEARD_CODE,
@@ -62,6 +64,8 @@ from core.dialog.voice import (
     has_draft,
 )
 from core.domain.booking import BookingStatus, LegStatus
+from core.domain.errors import DomainError
+from core.domain.office_names import told_apart
 from core.services import booking as booking_service
 from core.services import handoff, inbound, notify, outbox, payments
 from core.services.conversation import SessionPorts, contact_for, load_state, save_state
@@ -171,6 +175,31 @@ def link_again_in(now: datetime) -> int:
     return max(2, math.ceil((every - now.timestamp() % every) / 60))
 
 
+def booked_place(post_office: str | None, pin: str | None) -> dict[str, Any]:
+    """A booking's place named as the phone names places (voice.said_name): {"name"},
+    with "called" and "apart" for an office sharing its name with another of its pincode
+    (office_names.told_apart: "Arjunganj branch post office"). A booking made in the app,
+    by SMS or by ops keeps the directory's name ("Bettiah HO"); one made in the chat or
+    on the phone the name offered there ("Bettiah", "Arjunganj Sub Office"). India Post's
+    HO/SO/BO, which nobody says, is never read out."""
+    name = (post_office or "").strip()
+    if not name:
+        return {"name": pin or ""}
+    try:
+        offices = pincode.post_offices(pin or "")
+    except DomainError:  # not in the directory (any more): its name without the suffix
+        offices = []
+    listed = told_apart([{"name": o.name, "post_office": o.office_name, "district": o.district,
+                          "lat": o.lat, "lng": o.lng} for o in offices])
+    wanted = name.casefold()
+    for key in ("post_office", "name"):  # the directory's name, else the one offered
+        for place in listed:
+            if (place.get(key) or "").casefold() == wanted:
+                return {k: v for k, v in place.items()
+                        if k in ("name", "called", "apart") and v is not None}
+    return {"name": pincode.display_name(name)}
+
+
 class VoicePorts(SessionPorts):
     """The dialog's ports for a caller: a confirmed booking also sends its details by SMS
     (the payment link follows from the payments job, by SMS to a caller), or on WhatsApp
@@ -205,6 +234,11 @@ class VoicePorts(SessionPorts):
                             hours=booking_service.tier_hours(slots["tier"])),
                 total_paise=booking.total_paise)
         return done
+
+    def _cancel_quote(self, booking: Booking) -> dict[str, Any]:
+        """The chat's quote, its ``drop`` the place as the phone names it (booked_place)."""
+        return {**super()._cancel_quote(booking),
+                "drop": booked_place(booking.drop_post_office, booking.drop_pincode)}
 
     def cancel(self, reference: str, shown: dict[str, Any]) -> dict[str, Any]:
         """The chat's cancel; a booking made in this same call has its details taken back
@@ -296,9 +330,10 @@ class VoicePorts(SessionPorts):
 
         def place(end: str) -> dict[str, Any]:
             office = getattr(booking, f"{end}_post_office")
-            pincode = getattr(booking, f"{end}_pincode")
+            pin = getattr(booking, f"{end}_pincode")
+            # Named as the phone names places: "Bettiah", never the app's "Bettiah HO".
             return {"lat": getattr(booking, f"{end}_lat"), "lng": getattr(booking, f"{end}_lng"),
-                    "pincode": pincode, "post_office": office, "name": office or pincode or "",
+                    "pincode": pin, "post_office": office, **booked_place(office, pin),
                     "district": None, "landmark": getattr(booking, f"{end}_landmark")}
 
         return {"pickup": place("pickup"), "drop": place("drop"),
@@ -639,9 +674,10 @@ def _answer(state: DialogState, ports: VoicePorts, person: Person,
         call_state["silences"] = call_state.get("silences", 0) + 1
         if step.name in END_ON_SILENCE or call_state["silences"] > MAX_SILENT_REPEATS + 1:
             state.data["call_action"] = "hangup"
-            # After a booking the caller has all they called for: thanks and goodbye (the
-            # hang-up says them), not "we did not get an answer, call again later".
-            return [] if step.name == "done" else [Say("ivr.no_answer")]
+            # After a booking or the pickup code the caller has all they called for:
+            # thanks and goodbye (the hang-up says them), not "we did not get an answer,
+            # call again later".
+            return [] if step.name in DONE_ON_SILENCE else [Say("ivr.no_answer")]
         if call_state["silences"] > MAX_SILENT_REPEATS:
             state.data["after_offer"] = step.name
             if step.group is not None:
