@@ -14,7 +14,7 @@ from core.adapters.models import Booking, Leg, PartnerProfile
 from core.adapters.pincode import nearest, normalize_pincode, pincode_centroid, post_offices
 from core.api import bp
 from core.api.auth_guard import principal
-from core.api.idempotency import idempotent
+from core.api.idempotency import KEY_HEADER, idempotent
 from core.api.schemas import (
     BookingOut,
     CursorPage,
@@ -32,9 +32,10 @@ from core.api.spec import Strict, endpoint
 from core.domain.booking import Actor, ActorKind, BookingStatus, LegStatus
 from core.domain.errors import Conflict, DomainError, NotFound, ValidationError
 from core.domain.money import format_inr
-from core.domain.office_names import offered_names
+from core.domain.office_names import distinct, offered_names
 from core.domain.phone import mask_phone
 from core.domain.pricing import SpeedTier
+from core.domain.text import visible
 from core.logs import mask_phones
 from core.services import auth, ledger, payments, rating
 from core.services import booking as booking_service
@@ -84,11 +85,26 @@ class CancelQuery(Strict):
         description="the fee the app showed (from ?dry_run=1): if the fee is another now (a "
                     "rider took the job meanwhile), nothing is cancelled and the answer is "
                     "409 fee_changed with the fee_paise and refund_paise of now")
-    # 180: "cancelled by ops: " and the reason fit the history's 200 characters
+    # 180: "cancelled by ops: " and the reason fit the history's 200 characters; after
+    # "cancelled in the app: ", history_reason cuts a customer's longest to them
     reason: str | None = Field(default=None, min_length=3, max_length=180,
-                               description="ops: why they cancel (the customer's request "
-                                           "by phone, ...), kept with the booking's history "
-                                           "and the audit log; needed to end a stuck relay")
+                               description="why you cancel, kept with the booking's "
+                                           "history (numbers in it masked); ops: the "
+                                           "customer's request by phone, ..., also kept in "
+                                           "the audit log, and needed to end a stuck relay")
+
+
+# transitions.reason
+HISTORY_REASON_MAX = 200
+
+
+def history_reason(said: str, reason: str | None) -> str:
+    """What a booking's history keeps of a cancel: who (``said``: "cancelled in the app")
+    and, when they gave one, why in their own words, as read (core.domain.text.visible: no
+    control characters or direction marks for an operator's screen), a number in it
+    masked, within the history's column."""
+    words = mask_phones(visible(reason or ""))
+    return (f"{said}: {words}" if words else said)[:HISTORY_REASON_MAX]
 
 
 class CancellationOut(BaseModel):
@@ -189,21 +205,25 @@ def _place(p: PlaceIn) -> booking_service.Place:
                                      p.landmark)
     assert p.pincode is not None
     pin = normalize_pincode(p.pincode)
-    offices = post_offices(pin)
+    # One name twice at one spot ("UMRI BO", "Umri BO") is one office: offered once.
+    offices = distinct(post_offices(pin))
+    names = offered_names(offices)
     if p.post_office:
         wanted = p.post_office.casefold()
-        # The directory's office_name ("Arjunganj SO") picks one office; a display name
-        # may be two ("Arjunganj" BO and SO, kilometres apart): then the app asks which.
-        match = ([o for o in offices if o.office_name.casefold() == wanted]
-                 or [o for o in offices if o.name.casefold() == wanted])
+        # A name offered picks one office; so does the directory's office_name ("Arjunganj
+        # SO") unless two offices have it; a display name may be two ("Arjunganj" BO and
+        # SO, kilometres apart): then the app asks which, by the names offered.
+        match = ([i for i, name in enumerate(names) if name.casefold() == wanted]
+                 or [i for i, o in enumerate(offices) if o.office_name.casefold() == wanted]
+                 or [i for i, o in enumerate(offices) if o.name.casefold() == wanted])
         if not match:
             raise NotFound(f"no post office called {p.post_office!r} in {pin}",
                            code="unknown_post_office", field="post_office")
-        if len({o.office_name for o in match}) > 1:
-            raise AmbiguousPincode(pin, offered_names(match))
-        office = match[0]
+        if len(match) > 1:
+            raise AmbiguousPincode(pin, [names[i] for i in match])
+        office = offices[match[0]]
     elif len(offices) > 1:
-        raise AmbiguousPincode(pin, offered_names(offices))
+        raise AmbiguousPincode(pin, names)
     else:
         office = offices[0]
     if office.lat is None or office.lng is None:
@@ -298,7 +318,7 @@ def create_quote(body: QuoteRequest) -> QuoteOut:
 
 @endpoint(bp, "POST", "/bookings", summary="Book (send Idempotency-Key to retry safely)",
           roles=CUSTOMER, body=BookingRequest, response=BookingOut, status=201,
-          tags=("customer",), errors=(404, 409))
+          tags=("customer",), errors=(404, 409), headers=(KEY_HEADER,))
 def create_booking(body: BookingRequest) -> BookingOut | Response:
     who = principal()
     # The fingerprint is the body alone, as before the ops reply had keys too: answers
@@ -373,44 +393,61 @@ def track_booking(ref: str) -> TrackOut:
 
 
 @endpoint(bp, "POST", "/bookings/<ref>/cancel",
-          summary="Cancel (with ?dry_run=1: only show what would be refunded; ops add "
-                  "?reason=..., and may end a relay stuck for want of a rider: "
-                  "reason_code stuck_relay)",
+          summary="Cancel (with ?dry_run=1: only show what would be refunded; ?reason=... "
+                  "says why, kept with the booking's history; ops may end a relay stuck "
+                  "for want of a rider, saying why: reason_code stuck_relay). Send "
+                  "Idempotency-Key to retry safely: a retry answers the first answer and "
+                  "does nothing again (a dry run is not kept)",
           roles=CUSTOMER_OR_OPS, query=CancelQuery, response=CancellationOut,
-          tags=("customer",), errors=(404, 409))
-def cancel_booking(ref: str, query: CancelQuery) -> CancellationOut:
+          tags=("customer",), errors=(404, 409), headers=(KEY_HEADER,))
+def cancel_booking(ref: str, query: CancelQuery) -> CancellationOut | Response:
     who = principal()
+    # As POST /bookings: a retry with the key (the first answer lost) answers the first
+    # answer, not 409 already_closed for the booking it cancelled. The route is in the
+    # fingerprint, so the key of another request (a booking, another cancel) is refused.
+    once = idempotent(who.person_id, {"route": "customer.cancel_booking", "reference": ref,
+                                      "expected_fee_paise": query.expected_fee_paise,
+                                      "reason": query.reason})
     with transaction() as session:
+        if query.dry_run:  # changes nothing: a retry may simply look again
+            b = visible_booking(session, ref)
+            return _cancellation_out(
+                payments.cancellation_preview(session, b, by_ops=who.role == "ops"), b,
+                cancelled=False)
+        # Claim the key first: a concurrent retry waits here, then replays our answer.
+        if (saved := once.claim(session)) is not None:
+            return saved
         # No lock here: cancel_booking takes the legs' locks, then the booking's.
         b = visible_booking(session, ref)
-        if query.dry_run:
-            q = payments.cancellation_preview(session, b, by_ops=who.role == "ops")
-            cancelled = False
-        else:
-            if query.expected_fee_paise is not None:
-                _same_fee_or_refuse(session, b, query.expected_fee_paise,
-                                    by_ops=who.role == "ops")
-            kind: ActorKind = "ops" if who.role == "ops" else "customer"  # CUSTOMER_OR_OPS
-            why = "cancelled in the app"
-            if kind == "ops":  # the booking's history says who ended it, and why
-                # An operator's own words, kept for good: a number in them is masked.
-                why = (f"cancelled by ops: {mask_phones(query.reason)}" if query.reason
-                       else "cancelled by ops")
-            q = payments.cancel_booking(session, b, Actor(kind, str(who.person_id)), why,
-                                        reasoned=bool(query.reason))
-            cancelled = True
-            if who.role == "ops":  # money moves on an operator's word: keep the record
-                from core.api.ops import audit
+        if query.expected_fee_paise is not None:
+            _same_fee_or_refuse(session, b, query.expected_fee_paise,
+                                by_ops=who.role == "ops")
+        kind: ActorKind = "ops" if who.role == "ops" else "customer"  # CUSTOMER_OR_OPS
+        # The booking's history says who ended it, and why in their own words (kept
+        # for good: a number in them is masked).
+        why = history_reason("cancelled by ops" if kind == "ops"
+                             else "cancelled in the app", query.reason)
+        q = payments.cancel_booking(session, b, Actor(kind, str(who.person_id)), why,
+                                    reasoned=bool(query.reason))
+        if who.role == "ops":  # money moves on an operator's word: keep the record
+            from core.api.ops import audit
 
-                # A stuck relay ended: the record names who holds the parcel now.
-                held = _parcel_holder(session, b) if q.reason_code == payments.STUCK_RELAY \
-                    else {}
-                audit(session, "booking.cancel", f"booking:{b.reference}",
-                      refund_paise=q.refund_paise, fee_paise=q.fee_paise, reason=query.reason,
-                      **held)
-        return CancellationOut(allowed=q.allowed, refund_paise=q.refund_paise,
-                               fee_paise=q.fee_paise, reason_code=q.reason_code,
-                               status=BookingStatus(b.status), cancelled=cancelled)
+            # A stuck relay ended: the record names who holds the parcel now.
+            held = _parcel_holder(session, b) if q.reason_code == payments.STUCK_RELAY \
+                else {}
+            audit(session, "booking.cancel", f"booking:{b.reference}",
+                  refund_paise=q.refund_paise, fee_paise=q.fee_paise, reason=query.reason,
+                  **held)
+        out = _cancellation_out(q, b, cancelled=True)
+        once.save(session, 200, out)
+    return out
+
+
+def _cancellation_out(q: payments.CancellationQuote, b: Booking, *, cancelled: bool
+                      ) -> CancellationOut:
+    return CancellationOut(allowed=q.allowed, refund_paise=q.refund_paise,
+                           fee_paise=q.fee_paise, reason_code=q.reason_code,
+                           status=BookingStatus(b.status), cancelled=cancelled)
 
 
 def _parcel_holder(session: Session, booking: Booking) -> dict[str, object]:

@@ -1,5 +1,7 @@
 """Idempotency-Key for the REST API's POSTs that must not act twice on a client's retry
-(a timeout, a double tap): POST /bookings, POST /ops/handoffs/{id}/reply.
+(a timeout, a double tap): POST /bookings, POST /bookings/{ref}/cancel, POST
+/ops/handoffs/{id}/reply, POST /ops/legs/{id}/new-code. Each declares the header
+(``KEY_HEADER``), so the OpenAPI document shows it to the clients generated from it.
 
 The first request with a key claims it (``idempotency_records``, one row per person and
 key) in the transaction that does the work, and saves its answer there; a retry with the
@@ -34,10 +36,16 @@ from sqlalchemy.orm import Session
 
 from core import clock
 from core.adapters.api_models import IdempotencyRecord
-from core.api.spec import ApiError
+from core.api.spec import ApiError, Header
 
 HEADER = "Idempotency-Key"
 MAX_KEY = 100  # idempotency_records.key
+
+# The header as a route declares it (core.api.spec.endpoint's headers).
+KEY_HEADER = Header(HEADER, max_length=MAX_KEY, description=(
+    "a unique key (a UUID) of this request: a retry with it answers the first answer "
+    "and does nothing again; the key of another request is refused (422 "
+    "idempotency_key_reused)"))
 
 
 def fingerprint(canonical: Mapping[str, Any]) -> str:

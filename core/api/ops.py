@@ -37,7 +37,7 @@ from core.adapters.models import (
 from core.api import bp
 from core.api.auth_guard import principal
 from core.api.customer import bookings_out, visible_booking
-from core.api.idempotency import idempotent
+from core.api.idempotency import KEY_HEADER, idempotent
 from core.api.schemas import CursorPage, CursorQuery, Keyset, OpsBookingOut, ShownText
 from core.api.spec import MAX_ID, ApiError, Strict, endpoint
 from core.domain.booking import Actor, BookingStatus, LegStatus
@@ -411,7 +411,8 @@ def ops_handoff_phone(handoff_id: int, query: PhoneQuery) -> PhoneOut:
           summary="Answer the person (send Idempotency-Key to retry safely: a retry "
                   "sends nothing again). 409 taken_by_other while another operator answers "
                   "them (take_over: true takes them over)",
-          roles=OPS, body=ReplyIn, response=Done, tags=("ops",), errors=(404, 409, 422))
+          roles=OPS, body=ReplyIn, response=Done, tags=("ops",), errors=(404, 409, 422),
+          headers=(KEY_HEADER,))
 def ops_handoff_reply(handoff_id: int, body: ReplyIn) -> Done | Response:
     who = principal()
     # The operator's keys are theirs for every request: the route is in the fingerprint,
@@ -517,7 +518,7 @@ class NewCodeOut(BaseModel):
                   "(no newer code made): after that a retry answers 409 code_shown_already, "
                   "still making nothing; make a new code (a new key) if it was lost",
           roles=OPS, body=NewCodeIn, response=NewCodeOut,
-          tags=("ops",), errors=(404, 409, 422))
+          tags=("ops",), errors=(404, 409, 422), headers=(KEY_HEADER,))
 def ops_new_leg_code(leg_id: int, body: NewCodeIn) -> NewCodeOut | Response:
     who = principal()
     # As ops_handoff_reply: the route in the fingerprint, so a key reused for another

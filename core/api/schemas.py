@@ -13,12 +13,16 @@ from pydantic import AfterValidator, BaseModel, Field, model_validator
 
 from core.api.spec import MAX_ID, ApiError, Strict
 from core.domain.booking import BookingStatus, LegStatus
-from core.domain.pricing import ParcelCategory, SizeBucket, SpeedTier, WeightBucket
+from core.domain.pricing import (
+    MAX_DECLARED_VALUE_PAISE,  # one rule for every channel: the chat's too
+    ParcelCategory,
+    SizeBucket,
+    SpeedTier,
+    WeightBucket,
+)
 from core.domain.text import visible
 
 T = TypeVar("T")
-
-MAX_DECLARED_VALUE_PAISE = 10_00_00_000_00  # ₹10 crore: beyond this, talk to ops
 
 
 def _readable(value: str) -> str:

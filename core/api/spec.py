@@ -122,6 +122,24 @@ class ErrorResponse(BaseModel):
     error: ErrorBody
 
 
+@dataclass(frozen=True)
+class Header:
+    """A request header a route reads (Idempotency-Key), as the document shows it: a
+    client generated from the document can send only what it declares."""
+
+    name: str
+    description: str
+    max_length: int | None = None
+    required: bool = False
+
+    def parameter(self) -> dict[str, Any]:
+        schema: dict[str, Any] = {"type": "string", "minLength": 1}
+        if self.max_length is not None:
+            schema["maxLength"] = self.max_length
+        return {"name": self.name, "in": "header", "required": self.required,
+                "description": self.description, "schema": schema}
+
+
 @dataclass
 class Endpoint:
     method: str
@@ -137,6 +155,7 @@ class Endpoint:
     errors: tuple[int, ...] = field(default_factory=tuple)
     raw_body: tuple[str, ...] = ()  # media types of a binary body (photo uploads)
     raw_limit: BodyLimit | None = None
+    headers: tuple[Header, ...] = ()  # request headers it reads, for the document
 
     @property
     def openapi_path(self) -> str:
@@ -456,6 +475,7 @@ def endpoint(
     errors: tuple[int, ...] = (),
     raw_body: tuple[str, ...] = (),
     raw_limit: BodyLimit | None = None,
+    headers: tuple[Header, ...] = (),
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Declare an API endpoint: route, auth, validation, serialisation, and its docs."""
 
@@ -495,7 +515,8 @@ def endpoint(
         view_name = f"{method.lower()}_{func.__name__}"
         bp.add_url_rule(path, endpoint=view_name, view_func=view, methods=[method])
         REGISTRY.append(Endpoint(method.upper(), path, func, summary, roles, body, query,
-                                 response, status, tags, errors, raw_body, raw_limit))
+                                 response, status, tags, errors, raw_body, raw_limit,
+                                 headers))
         return view
 
     return decorate
@@ -559,6 +580,7 @@ def openapi_document(prefix: str) -> dict[str, Any]:
             for name, prop in qschema.get("properties", {}).items():
                 op["parameters"].append({"name": name, "in": "query",
                                          "required": name in required, "schema": prop})
+        op["parameters"].extend(h.parameter() for h in ep.headers)
         if ep.body is not None:
             op["requestBody"] = {"required": True, "content": {
                 "application/json": {"schema": request_schema(ep.body)}}}

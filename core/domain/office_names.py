@@ -5,7 +5,11 @@ India Post lists "Arjunganj BO" (a village branch office) and "Arjunganj SO" und
 a pincode's offices are offered for a pick, a shared name must pick one office only:
 
 * the app API offers the directory's own names ("Arjunganj BO", "Arjunganj SO"), which it
-  is sent back to pick one (``offered_names``);
+  is sent back to pick one (``offered_names``); where the directory gives one name to two
+  offices of a pincode ("Dariyapur BO" in Hathras and in Bulandshahr), the name with what
+  tells them apart, as the chat says it ("Dariyapur BO (Hathras)");
+* one name (in any case) twice at one spot is one office listed twice ("UMRI BO" and
+  "Umri BO" of 246761): it is offered, and picked, once (``distinct``);
 * the chat and the phone offer the name with a word people say after it: the office's
   kind ("Arjunganj branch post office"), else its district, else the nearest other office
   of the list ("near Bakkash"), else a number (``told_apart``: the directory has a few
@@ -18,7 +22,7 @@ from __future__ import annotations
 import re
 from collections import Counter
 from collections.abc import Iterable, Sequence
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from core.domain.geo import haversine_m
 
@@ -38,6 +42,18 @@ class Office(Protocol):
     @property
     def office_name(self) -> str: ...  # the directory's: "Arjunganj SO"
 
+    @property
+    def district(self) -> str: ...
+
+    @property
+    def lat(self) -> float | None: ...
+
+    @property
+    def lng(self) -> float | None: ...
+
+
+OfficeT = TypeVar("OfficeT", bound=Office)
+
 
 def shared(names: Iterable[str]) -> set[str]:
     """The names (casefolded) that more than one of ``names`` is."""
@@ -45,12 +61,33 @@ def shared(names: Iterable[str]) -> set[str]:
     return {name for name, n in counts.items() if n > 1}
 
 
+def distinct(offices: Sequence[OfficeT]) -> list[OfficeT]:
+    """``offices`` without the repeats of one: the same directory name, in any case, at
+    the same position ("UMRI BO" and "Umri BO", one spot) is one office, listed twice; the
+    first is kept. Offices of one name at different places stay apart."""
+    seen: set[tuple[str, float | None, float | None]] = set()
+    out: list[OfficeT] = []
+    for o in offices:
+        key = (o.office_name.casefold(), o.lat, o.lng)
+        if key not in seen:
+            seen.add(key)
+            out.append(o)
+    return out
+
+
 def offered_names(offices: Sequence[Office]) -> list[str]:
-    """The names to offer for ``offices``, each picking one office when sent back as
-    ``post_office``: the display name ("Laxmipur"), or where two share it the directory's
-    office_name ("Arjunganj BO", "Arjunganj SO")."""
+    """The names to offer for ``offices`` (``distinct`` ones), each picking one office
+    when sent back as ``post_office``: the display name ("Laxmipur"), or where two share it
+    the directory's office_name ("Arjunganj BO", "Arjunganj SO"), and where two share that
+    too, it with what tells them apart (``told_apart``: "Dariyapur BO (Hathras)",
+    "Bhupatipur BO (near Sahzadpur)")."""
     twice = shared(o.name for o in offices)
-    return [o.office_name if o.name.casefold() in twice else o.name for o in offices]
+    names = [o.office_name if o.name.casefold() in twice else o.name for o in offices]
+    if not shared(names):
+        return names
+    return [p["name"] for p in told_apart([
+        {"name": name, "post_office": o.office_name, "district": o.district or None,
+         "lat": o.lat, "lng": o.lng} for name, o in zip(names, offices, strict=True)])]
 
 
 def kind(office_name: str) -> str | None:

@@ -13,6 +13,7 @@ from types import MappingProxyType
 from typing import Any
 
 from core.domain.errors import ValidationError
+from core.domain.money import format_inr
 
 BP = 10000  # basis points in 1.00
 
@@ -97,6 +98,23 @@ class ParcelCategory(StrEnum):
     ELECTRONICS = "electronics"
     HOUSEHOLD = "household"
     OTHER = "other"
+
+
+# The most a parcel may be declared worth, one rule for every channel (the app's API, the
+# chat, which asks it in rupees): ₹10 lakh. Beyond it, talk to ops.
+MAX_DECLARED_VALUE_PAISE = 10_00_000_00
+
+
+def check_declared_value(paise: int) -> None:
+    """ValidationError ``bad_value`` (field declared_value_paise) for a declared value
+    below nothing or above MAX_DECLARED_VALUE_PAISE."""
+    if paise < 0:
+        raise ValidationError("declared value cannot be negative", code="bad_value",
+                              field="declared_value_paise")
+    if paise > MAX_DECLARED_VALUE_PAISE:
+        raise ValidationError(f"a parcel may be declared worth at most "
+                              f"{format_inr(MAX_DECLARED_VALUE_PAISE)}: for more, talk to us",
+                              code="bad_value", field="declared_value_paise")
 
 
 @dataclass(frozen=True)

@@ -47,6 +47,7 @@ from core.domain.pricing import (
     VehicleType,
     WeightBucket,
     can_carry,
+    check_declared_value,
     choose_vehicle,
     quote_tiers,
 )
@@ -378,9 +379,7 @@ def create_booking(
     if waiting >= max_unpaid():
         raise Conflict(f"you have {waiting} bookings waiting for payment: pay or cancel "
                        "one first", code="too_many_unpaid")
-    if parcel.declared_value_paise < 0:
-        raise ValidationError("declared value cannot be negative", code="bad_value",
-                              field="declared_value_paise")
+    check_declared_value(parcel.declared_value_paise)  # one rule for every channel
     phone = recipient_mobile(recipient_phone) if recipient_phone else None
     q = quote_trip(session, pickup, drop, parcel)
     fare = q.fares.get(SpeedTier(tier))
