@@ -41,6 +41,7 @@ from core.domain.errors import DomainError, ValidationError
 from core.domain.geo import same_place
 from core.domain.office_names import told_apart
 from core.domain.phone import is_indian_mobile, normalize_phone
+from core.domain.pricing import MAX_DECLARED_VALUE_PAISE
 from core.domain.reference import is_valid_reference, normalize_reference
 from core.i18n import LANGUAGE_NAMES, LANGUAGES
 
@@ -49,7 +50,7 @@ RATE = "rate"  # how was the delivery? (asked after one; see stars_given)
 BOOKING = "booking"  # group of the steps that fill a draft
 PAGE_SIZE = 8  # offices per page; 9 = more
 MORE = 9
-MAX_VALUE_RUPEES = 10_00_000
+MAX_VALUE_RUPEES = MAX_DECLARED_VALUE_PAISE // 100  # one cap in every channel
 ECHO_CHARS = 12  # of an answer said back ("The booking number 123456789012… is not right")
 CATEGORIES = ("documents", "food", "clothes", "medicine", "grain_produce", "electronics",
               "household", "other")
