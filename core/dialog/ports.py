@@ -60,7 +60,8 @@ class VoicePorts(Ports, Protocol):
     # How news of their booking reaches the caller now: "sms", "whatsapp" (they stopped
     # our SMS), "chat" (stopped SMS; WhatsApp only once they write), "none".
     def reach(self) -> str: ...
-    # Their booking's time to pay ran out (expired, or waiting past its time).
+    # Their booking's time to pay ran out: expired on its link (not one closed for want of
+    # a link), or waiting past its time.
     def payment_over(self, reference: str) -> bool: ...
     # Their booking as slots, to book the same parcel again; None if not theirs.
     def booking_slots(self, reference: str) -> dict[str, Any] | None: ...

@@ -49,6 +49,7 @@ from core.dialog.engine import (
     Dialog,
     Goto,
     Out,
+    Redirect,
     Result,
     Retry,
     Say,
@@ -679,7 +680,13 @@ def _cancel_pick_handle(ctx: Ctx, inp: UserInput) -> Result:
 
 def _cancel_confirm_prompt(ctx: Ctx) -> list[Out]:
     ref = ctx.state.data.get("cancel_ref", "")
-    preview = ctx.ports.cancel_preview(ref) or {"refund_paise": 0, "fee_paise": 0}
+    preview = ctx.ports.cancel_preview(ref) if ref else None
+    if preview is None or not preview["allowed"]:
+        # Asked again (star, silence, a key it does not take) once it cannot be cancelled
+        # any more (picked up, closed, no longer theirs): say so and the menu, not a
+        # question whose amounts are those of no cancel ("our team gave your money back").
+        end_cancel(ctx)
+        raise Redirect(MENU, [_not_allowed(preview or {})] if ref else [])
     keep_shown(ctx, preview)  # a "1" cancels at these amounts only
     return [Say(f"ivr.cancel.{cancel_kind(preview)}", {
                 "place": _said(preview.get("drop")),

@@ -48,6 +48,7 @@ from core.adapters.models import (
     OutboxMessage,
     Person,
 )
+from core.adapters.payment_models import PaymentLink
 from core.adapters.queue import after_commit, queue
 from core.config import get_settings
 from core.dialog import engine
@@ -294,13 +295,17 @@ class VoicePorts(SessionPorts):
 
     def payment_over(self, reference: str) -> bool:
         """Whether the caller's booking can no longer be paid because its time to pay ran
-        out: closed for it (expired), or waiting for payment past its time (the sweep
-        closes it in a minute)."""
+        out: closed for it (expired, on the link they were sent), or waiting for payment
+        past its time (the sweep closes it in a minute). Not one closed because its link
+        could not be made (payments._close_unlinked: refused by the gateway, or not made
+        in its time; no link row): they never had a link whose time could run out, and
+        hear why it closed (booking_status: ``no_link``), as the chat tells it."""
         booking = self._mine(reference)
         if booking is None:
             return False
         if booking.status == BookingStatus.EXPIRED.value:
-            return True
+            return self.session.scalar(select(PaymentLink.id).where(
+                PaymentLink.booking_id == booking.id).limit(1)) is not None
         return (booking.status == BookingStatus.AWAITING_PAYMENT.value
                 and booking.expires_at is not None and booking.expires_at <= clock.now())
 
