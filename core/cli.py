@@ -1,6 +1,7 @@
 """Operator commands: `python -m core.cli migrate|seed|release|worker|sandbox-worker|retention`,
 and setting production up: `add-operator|add-point|rate-card --default|add-partner`, and
-later `close-point|move-point|rename-point|set-payout-account|set-home-point`."""
+later `close-point|move-point|rename-point|set-payout-account|set-home-point|
+remove-operator`."""
 
 from __future__ import annotations
 
@@ -275,6 +276,9 @@ def set_up(args: argparse.Namespace) -> int:
         with transaction() as session:
             if args.cmd == "add-operator":
                 done = setup.add_operator(session, args.phone, args.name, actor=CLI_ACTOR)
+            elif args.cmd == "remove-operator":
+                done = setup.remove_operator(session, args.phone, person_id=args.person,
+                                             actor=CLI_ACTOR, note=args.note)
             elif args.cmd == "add-point":
                 done = setup.add_point(session, args.pincode, args.office, actor=CLI_ACTOR,
                                        name=args.name)
@@ -374,6 +378,13 @@ def main(argv: list[str] | None = None) -> int:
     op = sub.add_parser("add-operator", help="let a phone sign in as an operator (role ops)")
     op.add_argument("--phone", required=True, help="mobile number, e.g. +919812345678")
     op.add_argument("--name")
+    ro = sub.add_parser("remove-operator",
+                        help="take an operator's access away (role ops) and sign them out "
+                             "everywhere at once (refused for the last operator)")
+    who = ro.add_mutually_exclusive_group(required=True)
+    who.add_argument("--phone", help="the operator's mobile number, e.g. +919812345678")
+    who.add_argument("--person", type=int, help="the operator's person id")
+    ro.add_argument("--note", help="why (kept in the audit log, numbers masked)")
     pt = sub.add_parser("add-point", help="open a Point at an India Post office")
     pt.add_argument("--pincode", required=True)
     pt.add_argument("--office", required=True, help='as India Post names it: "Laxmipur BO"')
@@ -459,9 +470,9 @@ def run_command(args: argparse.Namespace) -> int:
         from core.services import retention
 
         print(json.dumps(retention.run()))
-    elif args.cmd in ("add-operator", "add-point", "rate-card", "add-partner",
-                      "set-payout-account", "set-home-point", "close-point", "move-point",
-                      "rename-point", "erase-recipient"):
+    elif args.cmd in ("add-operator", "remove-operator", "add-point", "rate-card",
+                      "add-partner", "set-payout-account", "set-home-point", "close-point",
+                      "move-point", "rename-point", "erase-recipient"):
         return set_up(args)
     return 0
 

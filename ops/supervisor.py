@@ -63,8 +63,8 @@ usage: ./run <command> [args]
   migrate         apply database migrations (python -m core.cli migrate)
   seed            load the demo data (python -m core.cli seed)
   worker          run only the RQ worker
-  add-operator, add-point, rate-card, add-partner, set-payout-account, set-home-point,
-  close-point, move-point, rename-point, erase-recipient, retention [args]
+  add-operator, remove-operator, add-point, rate-card, add-partner, set-payout-account,
+  set-home-point, close-point, move-point, rename-point, erase-recipient, retention [args]
                   production set-up, a recipient's erasure and the retention job
                   (python -m core.cli <command>; README: Setting up production, Keeping
                   and erasing personal data); --help on each says its arguments
@@ -81,9 +81,9 @@ usage: ./run <command> [args]
 
 # Commands that are core.cli's own, run with the same service URLs as `./run serve`.
 CLI_COMMANDS = frozenset({"migrate", "seed", "worker", "retention", "add-operator",
-                          "add-point", "rate-card", "add-partner", "set-payout-account",
-                          "set-home-point", "close-point", "move-point", "rename-point",
-                          "erase-recipient"})
+                          "remove-operator", "add-point", "rate-card", "add-partner",
+                          "set-payout-account", "set-home-point", "close-point", "move-point",
+                          "rename-point", "erase-recipient"})
 
 
 class Interrupted(Exception):

@@ -9,6 +9,7 @@ audit log in the same transaction as the action.
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -17,7 +18,7 @@ from typing import Any, Literal
 import requests
 from flask import Response, jsonify
 from pydantic import BaseModel, Field
-from sqlalchemy import or_, select
+from sqlalchemy import any_, func, or_, select
 from sqlalchemy.orm import Session, selectinload
 
 from core.adapters import razorpay_gateway as gw
@@ -43,7 +44,7 @@ from core.api.spec import MAX_ID, ApiError, Strict, endpoint
 from core.domain.booking import Actor, BookingStatus, LegStatus
 from core.domain.dispatch import OfferStatus
 from core.domain.errors import Conflict, NotFound, Unavailable, ValidationError
-from core.domain.phone import mask_phone, normalize_phone
+from core.domain.phone import is_e164, mask_phone, normalize_phone
 from core.domain.pricing import VehicleType
 from core.domain.reference import normalize_reference
 from core.logs import mask_phones
@@ -77,7 +78,8 @@ class BookingFilter(CursorQuery):
     status: BookingStatus | None = None
     phone: str | None = Field(default=None, min_length=8, max_length=20,
                               description="the customer's or the recipient's number, as "
-                                          "typed (98123 45678, +91 98123 45678)")
+                                          "typed (98123 45678, +91 98123 45678; a "
+                                          "WhatsApp customer's landline, 0522 2345678)")
     reference: str | None = Field(default=None, max_length=20,
                                   description="the booking's 8 digits, as typed")
 
@@ -272,6 +274,57 @@ def _max_offset(query: CursorQuery) -> int:
     return min(m.le for m in meta if isinstance(getattr(m, "le", None), int))
 
 
+_TYPED_NOISE = re.compile(r"[\s\-().\u2010-\u2015]+")
+_INDIAN_NATIONAL = re.compile(r"[1-9][0-9]{9}")  # a mobile or a landline with its STD code
+
+
+def searched_number(raw: str) -> str:
+    """The E.164 number ops typed to search by: what ``normalize_phone`` reads (an Indian
+    mobile, a foreign number), else any E.164-shaped number, as a WhatsApp address may be:
+    an Indian landline a WhatsApp Business account writes from ("0522 2345678",
+    "+91 522 234 5678", "915222345678"). ValidationError ``bad_phone`` otherwise.
+
+    Only to find bookings by: nothing is sent to it, and a number of no one finds none."""
+    try:
+        return normalize_phone(raw)
+    except ValidationError:
+        s = _TYPED_NOISE.sub("", raw.strip())
+        if s.startswith(("+", "00")):
+            digits = s.removeprefix("+") if s.startswith("+") else s[2:]
+            if digits.startswith("91"):
+                national = digits[2:]
+                if len(national) == 11 and national.startswith("0"):  # "+91 0522 ..."
+                    national = national[1:]
+                digits = "91" + national
+        elif len(s) == 11 and s.startswith("0"):  # trunk 0 and the STD code: 0522 2345678
+            digits = "91" + s[1:]
+        elif len(s) == 12 and s.startswith("91"):  # a WhatsApp id, as Twilio shows one
+            digits = s
+        elif len(s) == 10:
+            digits = "91" + s
+        else:
+            raise
+        if not (digits.isascii() and digits.isdigit() and is_e164("+" + digits)) or (
+                digits.startswith("91") and not _INDIAN_NATIONAL.fullmatch(digits[2:])):
+            raise
+        return "+" + digits
+
+
+def masked_contact(phone: str | None, wa_id: str | None) -> str | None:
+    """A customer's number, masked: their phone, else (a WhatsApp Business account on a
+    landline, kept by its WhatsApp id) their WhatsApp number; "***" for a WhatsApp id
+    that is no number; None once they are erased (neither is kept)."""
+    if phone:
+        return mask_phone(phone)
+    if not wa_id:
+        return None
+    number = "+" + wa_id.removeprefix("+")
+    if not is_e164(number):
+        return "***"
+    masked = mask_phone(number)  # "***" for a number it does not take (a landline)
+    return masked if masked != "***" else mask_phones(number)
+
+
 @endpoint(bp, "GET", "/ops/bookings",
           summary="All bookings, newest first (filter by status, by the customer's or the "
                   "recipient's phone, by reference)" + BY_CURSOR,
@@ -279,18 +332,22 @@ def _max_offset(query: CursorQuery) -> int:
 def ops_bookings(query: BookingFilter) -> CursorPage[OpsBookingOut]:
     after = page_after(query, BOOKINGS)
     with transaction() as session:
-        stmt = (select(Booking, Person.phone).join(Person, Person.id == Booking.customer_id)
+        stmt = (select(Booking, Person.phone, Person.wa_id)
+                .join(Person, Person.id == Booking.customer_id)
                 .options(selectinload(Booking.legs)).order_by(Booking.id.desc()))
         if query.status is not None:
             stmt = stmt.where(Booking.status == query.status.value)
         if query.phone is not None:
-            phone = normalize_phone(query.phone)  # bad_phone (422) names the field "phone"
-            # The customer's id as one value (not correlated with the join above), so the
-            # two sides are two index lookups (ix_bookings_customer_id, ix_bookings_
-            # recipient_phone), not a scan of every booking.
-            customer = select(Person.id).where(Person.phone == phone) \
-                .correlate(None).scalar_subquery()
-            stmt = stmt.where(or_(Booking.customer_id == customer,
+            phone = searched_number(query.phone)  # bad_phone (422) names the field "phone"
+            # The customers' ids as one array value (not correlated with the join above),
+            # so the two sides are two index lookups (ix_bookings_customer_id, ix_bookings_
+            # recipient_phone), not a scan of every booking. A person we keep no phone for
+            # (a WhatsApp Business account on a landline) holds the number as their
+            # WhatsApp id (its digits, as Twilio gives it), as outbox._person_at finds them.
+            customers = func.array(select(Person.id).where(or_(
+                Person.phone == phone, Person.wa_id.in_([phone[1:], phone])))
+                .correlate(None).scalar_subquery())
+            stmt = stmt.where(or_(Booking.customer_id == any_(customers),
                                   Booking.recipient_phone == phone))
         if query.reference is not None:
             ref = normalize_reference(query.reference)
@@ -301,11 +358,11 @@ def ops_bookings(query: BookingFilter) -> CursorPage[OpsBookingOut]:
         stmt = stmt.offset(query.offset) if after is None else stmt.where(Booking.id < after[0])
         rows, nxt = keyset_page(list(session.execute(stmt.limit(query.limit + 1)).tuples()),
                                 query, BOOKINGS, lambda row: (row[0].id,))
-        shown = bookings_out(session, [b for b, _ in rows])
+        shown = bookings_out(session, [b for b, _, _ in rows])
         return CursorPage[OpsBookingOut](items=[OpsBookingOut(
             **dict(out), customer_id=b.customer_id,
-            customer_phone_masked=mask_phone(number) if number else None)
-            for out, (b, number) in zip(shown, rows, strict=True)],
+            customer_phone_masked=masked_contact(number, wa_id))
+            for out, (b, number, wa_id) in zip(shown, rows, strict=True)],
             next_offset=nxt.offset, next_after=nxt.after)
 
 
@@ -553,7 +610,8 @@ def ops_new_leg_code(leg_id: int, body: NewCodeIn) -> NewCodeOut | Response:
 
 def _holds_work(session: Session, partner_id: int) -> bool:
     """Whether a blocked partner still has what ``dispatch.block_partner`` takes back: on
-    duty, an open offer, a job taken and its parcel not in their hands (or locked)."""
+    duty, an open offer, a job taken and its parcel not in their hands (assigned, or locked
+    before pickup)."""
     p = session.get(PartnerProfile, partner_id)
     if p is None:
         return False
@@ -561,7 +619,13 @@ def _holds_work(session: Session, partner_id: int) -> bool:
             DispatchOffer.partner_id == partner_id,
             DispatchOffer.status == OfferStatus.OPEN.value).limit(1)) is not None:
         return True
-    return any(leg.status == LegStatus.LOCKED.value or not dispatch.parcel_in_hand(session, leg)
+    # As block_partner judges them: a leg locked by wrong codes is taken back only if its
+    # parcel was never in their hands (no right pickup code, not handed over to them); a
+    # parcel they hold stays theirs, so taking back again would find nothing to take.
+    return any(not dispatch.parcel_in_hand(session, leg)
+               if leg.status == LegStatus.ASSIGNED.value
+               else not (dispatch._picked_before(session, leg)
+                         or dispatch._handed_over(session, leg))
                for leg in session.scalars(select(Leg).where(
                    Leg.partner_id == partner_id,
                    Leg.status.in_((LegStatus.ASSIGNED.value, LegStatus.LOCKED.value)))))
@@ -569,8 +633,8 @@ def _holds_work(session: Session, partner_id: int) -> bool:
 
 @endpoint(bp, "PUT", "/ops/partners/<int:partner_id>/kyc",
           summary="Set a partner's KYC status (audited; the same status again changes "
-                  "nothing)",
-          roles=OPS, body=KycIn, response=PartnerRow, tags=("ops",), errors=(404,))
+                  "nothing). 409 erased",
+          roles=OPS, body=KycIn, response=PartnerRow, tags=("ops",), errors=(404, 409))
 def ops_partner_kyc(partner_id: int, body: KycIn) -> PartnerRow:
     # First the status alone, under the partner's row lock, committed: an acceptance holds
     # that lock while it checks their KYC (dispatch.accept), and ON takes it too
@@ -584,6 +648,9 @@ def ops_partner_kyc(partner_id: int, body: KycIn) -> PartnerRow:
         p = session.get(PartnerProfile, partner_id, with_for_update=True)
         if p is None:
             raise NotFound("no such partner", code="not_found")
+        if not p.first_name:  # erased on their request: a return is a new sign-up
+            raise Conflict(f"partner {p.id} was erased; sign them up again (add-partner)",
+                           code="erased", field="partner")
         before = p.kyc_status
         p.kyc_status = body.status
         # Suspended, rejected, or pending again: they cannot be paid, so they stop.

@@ -128,7 +128,9 @@ class OpsBookingOut(BookingOut):
 
     customer_id: int = Field(description="the customer's person id "
                                          "(what /ops/people/{person_id}/erase takes)")
-    customer_phone_masked: str | None = Field(description="null once they are erased")
+    customer_phone_masked: str | None = Field(
+        description="the phone, or a WhatsApp-only customer's WhatsApp number, masked; "
+                    "null once they are erased")
 
 
 class Page(BaseModel, Generic[T]):

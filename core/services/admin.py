@@ -24,6 +24,7 @@ from sqlalchemy.orm import Session
 from core import clock
 from core.adapters import geo_index
 from core.adapters.api_models import ApiSession, AuditEntry
+from core.adapters.dialog_models import Handoff
 from core.adapters.models import (
     Booking,
     Leg,
@@ -36,7 +37,7 @@ from core.adapters.models import (
 from core.adapters.payment_models import LegTransfer
 from core.adapters.pincode import post_offices
 from core.adapters.queue import after_commit
-from core.domain.booking import LegStatus
+from core.domain.booking import BookingStatus, LegStatus
 from core.domain.errors import Conflict, NotFound, ValidationError
 from core.domain.geo import haversine_m, validate_lat_lng
 from core.domain.phone import mask_phone, normalize_phone
@@ -119,13 +120,67 @@ def add_operator(session: Session, phone: str, name: str | None = None, *,
     return Outcome(True, person.id, f"operator {masked} added (person {person.id}){was}")
 
 
-def _end_sessions(session: Session, person_id: int) -> None:
+def _end_sessions(session: Session, person_id: int) -> int:
     """A customer given a new role signs in again: a token made for a customer (on a
     phone they may have lent, or one stolen) must not gain an operator's or a partner's
-    powers by itself (the role is read on every request)."""
-    session.execute(update(ApiSession).where(ApiSession.person_id == person_id,
-                                             ApiSession.revoked_at.is_(None))
-                    .values(revoked_at=clock.now()))
+    powers by itself (the role is read on every request). An operator removed is signed
+    out everywhere at once (remove_operator). How many sessions it ended."""
+    return len(session.scalars(update(ApiSession).where(
+        ApiSession.person_id == person_id, ApiSession.revoked_at.is_(None))
+        .values(revoked_at=clock.now()).returning(ApiSession.id)).all())
+
+
+def remove_operator(session: Session, phone: str | None = None, *,
+                    person_id: int | None = None, actor: str,
+                    note: str | None = None) -> Outcome:
+    """Take an operator's access away (they left the team; their sign-in leaked), named
+    by ``phone`` or ``person_id``: they become a customer and every API session of theirs
+    ends at once (both are read on every request), audited (``operator.remove``).
+
+    Refused (Conflict ``last_operator``) for the last operator: nobody could sign in to
+    the ops API any more (add-operator another first). Someone who is not an operator:
+    nothing changed, nothing audited (run again, it says so). The people they were
+    answering (open handoffs) wait for another operator, who takes them over."""
+    if (phone is None) == (person_id is None):
+        raise ValidationError("name the operator by their phone or their person id",
+                              code="bad_request", field="phone")
+    # Every operator's row locked, by id: two removals at once take turns here, and the
+    # second counts the operators without the first's (a row it waited for and that is no
+    # longer an operator's is not returned), so one operator always stays.
+    operators = list(session.scalars(select(Person.id).where(Person.role == "ops")
+                                     .order_by(Person.id).with_for_update()))
+    if phone is not None:
+        number = normalize_phone(phone)
+        person = _person(session, number)
+        if person is None:
+            raise NotFound(f"nobody has {mask_phone(number)}; nothing changed",
+                           code="not_found", field="phone")
+    else:
+        assert person_id is not None
+        person = session.get(Person, person_id, with_for_update=True) \
+            if 1 <= person_id <= MAX_ID else None
+        if person is None:
+            raise NotFound(f"no person has id {person_id}; nothing changed",
+                           code="not_found", field="person")
+    masked = mask_phone(person.phone) if person.phone else "-"
+    who = f"{masked} (person {person.id})"
+    if person.role != "ops":
+        return Outcome(False, person.id, f"{who} is not an operator (role {person.role}); "
+                       "nothing changed")
+    if operators == [person.id]:
+        raise Conflict(f"{who} is the last operator: nobody could sign in to the ops API; "
+                       "add another first (add-operator); nothing changed",
+                       code="last_operator", field="phone" if phone else "person")
+    person.role = "customer"
+    ended = _end_sessions(session, person.id)
+    answering = session.scalar(select(func.count()).select_from(Handoff).where(
+        Handoff.status == "waiting", Handoff.operator == f"ops:{person.id}")) or 0
+    record(session, actor, "operator.remove", f"person:{person.id}", phone=masked,
+           sessions_ended=ended, **({"note": mask_phones(note)} if note else {}))
+    waiting = (f"; {answering} open handoff(s) they were answering wait for another "
+               "operator (take_over)" if answering else "")
+    return Outcome(True, person.id, f"operator {who} removed: a customer now, signed out "
+                   f"of {ended} session(s){waiting}")
 
 
 def _office_list(offices: list) -> str:
@@ -294,12 +349,17 @@ def _closed_point(session: Session, raw: str) -> Point:
                           "one)", code="unknown_point", field="point")
 
 
+# A booking whose parcel went nowhere more, or reached its recipient (a leg of it left
+# locked at a Point, from before the next rider's PICK closed one, holds nothing there).
+_DONE_BOOKING = (*sorted(dispatch.CLOSED_BOOKING), BookingStatus.DELIVERED.value)
+
+
 def relays_through(session: Session, point_id: int) -> list[str]:
-    """References of the open bookings with a parcel on its way to the Point or waiting
-    at it (at most SHOWN_BOOKINGS + 1, by reference)."""
+    """References of the open bookings (not delivered) with a parcel on its way to the
+    Point or waiting at it (at most SHOWN_BOOKINGS + 1, by reference)."""
     return list(session.scalars(
         select(Booking.reference).join(Leg, Leg.booking_id == Booking.id)
-        .where(Booking.status.not_in(dispatch.CLOSED_BOOKING),
+        .where(Booking.status.not_in(_DONE_BOOKING),
                or_((Leg.to_point_id == point_id) & Leg.status.in_(_TO_POINT),
                    (Leg.from_point_id == point_id) & Leg.status.in_(_FROM_POINT)))
         .group_by(Booking.reference).order_by(Booking.reference)
@@ -748,4 +808,4 @@ def _account_taken(account: str | None, whose: str) -> Conflict:
 __all__ = ["POINT_MOVE_MAX_M", "POINT_NAME_MAX", "NewPartner", "Outcome",
            "activate_default_rate_card", "add_operator", "add_partner", "add_point",
            "close_point", "find_point", "home_partners", "move_point", "relays_through",
-           "rename_point", "set_home_point", "set_payout_account"]
+           "remove_operator", "rename_point", "set_home_point", "set_payout_account"]
