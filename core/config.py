@@ -14,6 +14,8 @@ from functools import lru_cache
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from core.i18n import LANGUAGES
+
 ROOT = Path(__file__).resolve().parent.parent
 
 SANDBOX_TWILIO_ACCOUNT_SID = "AC" + "5a4db0c" + "0" * 25  # 34 chars, like a real SID
@@ -218,6 +220,29 @@ DATABASE_SCHEMES = ("postgres", "postgresql", "postgresql+psycopg")
 REDIS_SCHEMES = ("redis", "rediss", "unix")
 
 
+# A WhatsApp template is named to Twilio by its ContentSid; anything else (the template's
+# name, pasted from the Content Template Builder) is refused by Twilio (21655) on every
+# out-of-window notice, finally: no SMS goes instead.
+TEMPLATE_PREFIX = "WHATSAPP_TEMPLATE_"
+CONTENT_SID = re.compile(r"HX[0-9a-fA-F]{32}")
+
+
+def _template_problems(env: dict[str, str]) -> list[str]:
+    """WHATSAPP_TEMPLATE_<LANG>: each a ContentSid, each for a language we ship (a typo in
+    the language would be read by nobody)."""
+    problems = []
+    for name in sorted(k for k in env if k.startswith(TEMPLATE_PREFIX)):
+        value = env[name].strip()
+        lang = name[len(TEMPLATE_PREFIX):].lower()
+        if lang not in LANGUAGES:
+            problems.append(f"{name}: no such language; WHATSAPP_TEMPLATE_<LANG> takes one of "
+                            f"{', '.join(code.upper() for code in LANGUAGES)}")
+        elif value and not CONTENT_SID.fullmatch(value):
+            problems.append(f"{name} must be the template's ContentSid (HX and 32 hex "
+                            "characters, from Twilio's Content Template Builder), not its name")
+    return problems
+
+
 def load_settings(environ: dict[str, str] | None = None) -> Settings:
     """Read and validate the environment; raise ConfigError with every problem at once."""
     env = dict(os.environ if environ is None else environ)
@@ -287,6 +312,8 @@ def load_settings(environ: dict[str, str] | None = None) -> Settings:
         # Twilio signs the URL it calls, and every link and callback we hand out is built
         # on this: a default here fails every signature and sends callbacks nowhere.
         problems.append("PUBLIC_BASE_URL must be the service's public https URL in production")
+
+    problems += _template_problems(env)
 
     database_url = env.get("DATABASE_URL", "")
     redis_url = env.get("REDIS_URL", "")

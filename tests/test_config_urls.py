@@ -99,3 +99,25 @@ def test_a_public_base_url_that_paths_cannot_follow_is_refused(value):
 def test_a_public_base_url_with_a_path_prefix_is_kept():
     s = load_settings(production_env(PUBLIC_BASE_URL="https://ridechain.example.in/rc/"))
     assert s.public_base_url == "https://ridechain.example.in/rc"
+
+
+# Was: WHATSAPP_TEMPLATE_<LANG> was read by notify straight from the environment: a
+# template's name pasted instead of its ContentSid was refused by Twilio (21655, final) on
+# every out-of-window notice, and a typo in the language (WHATSAPP_TEMPLATE_HN) was read
+# by nobody. Both now stop the start, naming the setting (found by review r9, session 27).
+@pytest.mark.parametrize("name, value", [
+    ("WHATSAPP_TEMPLATE_HI", "ridechain_update_hi"),
+    ("WHATSAPP_TEMPLATE_HI", "HX123"),
+    ("WHATSAPP_TEMPLATE_TA", "hx0123456789abcdef0123456789abcdef0"),
+    ("WHATSAPP_TEMPLATE_HN", "HX" + "0123456789abcdef" * 2),
+])
+def test_a_whatsapp_template_setting_twilio_would_refuse_stops_the_start(name, value):
+    with pytest.raises(ConfigError) as info:
+        load_settings({"DATABASE_URL": DB, "REDIS_URL": REDIS, name: value})
+    assert name in str(info.value) and value not in str(info.value)
+
+
+def test_a_content_sid_for_each_language_is_taken():
+    env = {"DATABASE_URL": DB, "REDIS_URL": REDIS, "WHATSAPP_TEMPLATE_HI": "HX" + "ab" * 16,
+           "WHATSAPP_TEMPLATE_EN": "", "WHATSAPP_TEMPLATE_TA": "HX" + "0123456789ABCDEF" * 2}
+    assert load_settings(env).public_base_url

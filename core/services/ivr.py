@@ -288,8 +288,9 @@ class VoicePorts(SessionPorts):
             return "none"
         if person.opted_out:  # her block (63014): nothing goes there until she writes
             return "chat"
-        if notify.in_whatsapp_window(conv) or notify.whatsapp_templates().get(
-                notify.language_of(person)):
+        # Her SMS stopped: WhatsApp is the only way, so notify takes the default
+        # language's template when hers has none (its few words in that language).
+        if notify.in_whatsapp_window(conv) or notify.whatsapp_template(person, only_way=True):
             return "whatsapp"
         return "chat"
 
