@@ -30,10 +30,11 @@ answer the same transfer (another body under the same key is a 400). The balance
 modelled as captured payments less refunds and transfers not failed (less reversals);
 Razorpay's fees and settlement delays are not.
 
-A refund is of at least INR 1.00 (100 paise). Its optional ``X-Refund-Idempotency`` header
-(10 or more letters, digits, hyphens, underscores) makes a retry answer the same refund;
-another payment or body under the same key is a 400 ("Different request with the same
-idempotency key has already been processed").
+A refund is of at least INR 1.00 (100 paise), paid out of the platform's balance: one the
+balance cannot cover is refused (400, "does not have enough balance"). Its optional
+``X-Refund-Idempotency`` header (10 or more letters, digits, hyphens, underscores) makes a
+retry answer the same refund; another payment or body under the same key is a 400
+("Different request with the same idempotency key has already been processed").
 
 A payment link stays ``created`` past its expire_by until ``expire_link`` is called (the
 test helper for what Razorpay does at expire_by); the payment page and ``pay`` refuse it.
@@ -457,7 +458,7 @@ def _payment(link: dict, status: str) -> dict:
         "amount_refunded": 0, "amount_transferred": 0, "refund_status": None,
         "captured": status == "captured", "description": link["description"],
         "email": "void@razorpay.com", "contact": (link["customer"] or {}).get("contact", ""),
-        "notes": {**link["notes"], "plink_id": link["id"]}, "fee": 0, "tax": 0,
+        "notes": dict(link["notes"]), "fee": 0, "tax": 0,  # the link's, as given
         "error_code": None if status == "captured" else "BAD_REQUEST_ERROR",
         "error_description": None if status == "captured" else "Payment failed",
         "created_at": _now(),
@@ -556,6 +557,11 @@ def refund_payment(payment_id: str):
     if amount > p["amount"] - p["amount_refunded"]:
         return _error(400, "The refund amount provided is greater than amount captured",
                       field="amount")
+    if amount > platform_balance():
+        # Razorpay pays a refund out of the main balance (Route: transferred money is the
+        # linked accounts' now, unless reversed first).
+        return _error(400, "Your account does not have enough balance to carry out the "
+                      "refund operation.")
     refund = {"id": _new_id("rfnd"), "entity": "refund", "amount": amount,
               "currency": "INR", "payment_id": payment_id, "notes": data.get("notes") or {},
               "receipt": None, "status": "pending", "speed_requested": data.get("speed",

@@ -5,12 +5,15 @@ talks to it over HTTP (its base URL is `{PUBLIC_BASE_URL}/sandbox/twilio`), so t
 production code path is exercised end to end. Behaviour copied from Twilio's docs:
 Basic auth with the account SID and auth token, form-encoded create, 201 with a JSON
 message resource, error bodies {code, message, more_info, status}, and Twilio's magic
-test numbers (+15005550001 invalid, +15005550009 cannot receive). The Messages list
+test numbers (+15005550001 invalid, +15005550009 cannot receive); a From and To of
+different channels (one WhatsApp, one not) are refused with 21910. The Messages list
 filters by To, From and DateSent (a UTC day; `DateSent>` on or after it, `DateSent<` on
 or before it), newest first, in pages of PageSize with a `next_page_uri` (a PageToken).
 The emulator sends a message the moment it accepts it, so its sent date is its creation,
 but as at Twilio a message still "queued" has no sent date: `date_sent` is null and the
 DateSent filters leave it out.
+A failed or undelivered message shows its error_code (the one its number is set to fail
+with, sandbox.jobs.UNDELIVERED_TO_KEY), as Twilio's resource does.
 Failure injection for tests and demos: `sandbox:twilio:fail_next` in Redis holds how
 many upcoming creates answer 503, `sandbox:twilio:fail_list` how many list pages do, and
 the hash `sandbox:twilio:fail_list_to` the HTTP status every list for one To answers
@@ -36,6 +39,7 @@ from core.adapters.redis_conn import redis_client
 from core.config import get_settings
 from core.domain.errors import ValidationError
 from core.domain.phone import is_e164, normalize_phone
+from sandbox.jobs import UNDELIVERED_TO_KEY
 
 bp = Blueprint("sandbox_twilio", __name__, url_prefix="/sandbox")
 
@@ -72,7 +76,30 @@ def _rfc2822(dt) -> str:
     return dt.astimezone(UTC).strftime("%a, %d %b %Y %H:%M:%S +0000")
 
 
-def _resource(m: SandboxMessage) -> dict:
+def _error_codes() -> dict[str, tuple[str, str]]:
+    """To -> (final status, Twilio error code) of the numbers the emulator's carrier
+    fails (sandbox.jobs.UNDELIVERED_TO_KEY: "<status>:<code>", a bare code undelivered)."""
+    found = {}
+    for to, setting in redis_client().hgetall(UNDELIVERED_TO_KEY).items():
+        final, _, code = setting.decode().rpartition(":")
+        found[to.decode()] = (final or "undelivered", code)
+    return found
+
+
+def _error_code(m: SandboxMessage, codes: dict[str, tuple[str, str]] | None
+                ) -> int | str | None:
+    """Twilio's error_code (a number): "the error code returned if the Message status is
+    failed or undelivered", null otherwise. The emulator keeps no code with a message:
+    it is the one its number is set to fail with (as the status report took it)."""
+    if m.status not in ("failed", "undelivered"):
+        return None
+    final, code = (codes if codes is not None else _error_codes()).get(m.to_addr, ("", ""))
+    if final != m.status or not code:
+        return None
+    return int(code) if code.isdigit() else code
+
+
+def _resource(m: SandboxMessage, codes: dict[str, tuple[str, str]] | None = None) -> dict:
     return {
         "sid": m.sid, "account_sid": m.account_sid, "to": m.to_addr, "from": m.from_addr,
         "body": m.body, "status": m.status, "num_media": "1" if m.media_url else "0",
@@ -81,7 +108,8 @@ def _resource(m: SandboxMessage) -> dict:
         # Sent when accepted (no sending queue here), but only reported so once the
         # status moved on, as Twilio leaves date_sent empty while a message is queued.
         "date_sent": None if m.status == "queued" else _rfc2822(m.created_at),
-        "price": None, "price_unit": "USD", "error_code": None,
+        "price": None, "price_unit": "USD",
+        "error_code": _error_code(m, codes),
         "error_message": None, "messaging_service_sid": None,
         "uri": f"/2010-04-01/Accounts/{m.account_sid}/Messages/{m.sid}.json",
         "subresource_uris": {},
@@ -129,6 +157,9 @@ def create_message(account_sid: str):
     if not body and not media:
         return _twilio_error(400, 21602, "Message body is required.")
     channel = "whatsapp" if to.startswith("whatsapp:") else "sms"
+    if from_.startswith("whatsapp:") != (channel == "whatsapp"):
+        return _twilio_error(400, 21910, "Invalid 'From' and 'To' pair. 'From' and 'To' "
+                                         "should be of the same channel")
     number = to.removeprefix("whatsapp:")
     if number == MAGIC_INVALID:
         return _twilio_error(400, 21211, f"The 'To' number {to} is not a valid phone number.")
@@ -237,7 +268,8 @@ def list_messages(account_sid: str):
         stmt = stmt.where(SandboxMessage.id < int(token[2:]))
     with transaction() as session:
         rows = session.scalars(stmt.order_by(SandboxMessage.id.desc()).limit(size + 1)).all()
-        messages = [_resource(m) for m in rows[:size]]
+        codes = _error_codes()
+        messages = [_resource(m, codes) for m in rows[:size]]
         last_id = rows[size - 1].id if len(rows) > size else None
     base = f"/2010-04-01/Accounts/{account_sid}/Messages.json"
     filters = {k: v for k, v in args.items() if k not in ("Page", "PageSize", "PageToken")}

@@ -136,10 +136,14 @@ def test_support_refunding_a_delivered_booking_takes_nothing_of_an_extra_payment
     payment's refund was refused by the bank, so its money is back in escrow until the
     retry. Support then refunds the booking's payment in full from the dashboard: all of
     it is the platform's cost, and the retry still gives the extra payment back in full."""
+    from tests.test_money_escrow_short import OTHER_CUSTOMER, entries
     from tests.test_money_escrow_short import dashboard_refund as support_refunds
-    from tests.test_money_escrow_short import entries
+    from tests.test_payments_support import paid_booking
     from tests.test_transfer_reversal import paid_out_leg
 
+    # Razorpay pays refunds out of the platform's balance: the rider's payout and the
+    # dashboard refund leave it short of the extra payment's refund without this.
+    paid_booking(OTHER_CUSTOMER)  # the platform's balance holds other customers' money
     _partner, bid, _leg_id, _t = paid_out_leg()
     with transaction() as s:
         total = s.get(Booking, bid).total_paise  # type: ignore[union-attr]

@@ -176,6 +176,7 @@ def test_a_dashboard_refund_of_a_delivered_booking_is_the_platforms_cost(live):
     """The rider was paid out of the booking; support then refunds the customer in full
     from the dashboard. Escrow holds nothing: all of it is the platform's cost, recorded
     as the booking's refund (the customer is told), and the reconciliation agrees."""
+    paid_booking(OTHER_CUSTOMER)  # the platform's balance holds other customers' money
     _partner, bid, _leg_id, _t = paid_out_leg()
     with transaction() as s:
         b = s.get(Booking, bid)
@@ -275,6 +276,7 @@ def test_a_leg_delivered_after_a_full_dashboard_refund_is_paid_in_full(live):
     paid. Now he is paid his payout in full, out of the platform's commission (the
     leg's commission gives way), and the ledger and the gateway agree."""
     partner = new_partner()
+    paid_booking(OTHER_CUSTOMER)  # the platform's balance holds other customers' money
     bid = paid_booking()
     leg_id = advance(bid, partner, to="assigned")
     assert payments.hold_leg_transfer(leg_id) == "held"

@@ -34,7 +34,7 @@ from core.domain.booking import Actor, BookingStatus, LegStatus
 from core.services import dispatch, ledger, payments, reconciliation
 from sandbox import razorpay as emu
 from tests.test_api import API, sign_in
-from tests.test_money_escrow_short import stuck_relay
+from tests.test_money_escrow_short import OTHER_CUSTOMER, stuck_relay
 from tests.test_payments_support import (
     CUSTOMER,
     advance,
@@ -148,6 +148,7 @@ def test_a_dashboard_refund_seen_before_our_accepted_refund_is_processed_waits(
     processed. It waits while ours is open, then a later run records it: ours processed,
     escrow holds nothing and the platform pays it all."""
     partner = new_partner()
+    paid_booking(OTHER_CUSTOMER)  # the platform's balance holds other customers' money
     bid = paid_booking()
     advance(bid, partner, to="assigned")
     payment_id = link_of(bid).payment_id
@@ -193,6 +194,7 @@ def test_the_ops_ledger_view_says_what_the_platform_paid(live, client):
     numbers add up with it."""
     ops = sign_in(client, OPERATOR, role="ops")
     partner = new_partner()
+    paid_booking(OTHER_CUSTOMER)  # the platform's balance holds other customers' money
     bid = paid_booking()
     leg_id = advance(bid, partner, to="assigned")
     assert payments.hold_leg_transfer(leg_id) == "held"

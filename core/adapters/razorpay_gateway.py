@@ -25,29 +25,59 @@ TIMEOUT_S = 15
 _HEX_SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
+# How an idempotent request's 409 is told to callers (see is_in_progress).
+IN_PROGRESS_409 = "HTTP 409: a request with this idempotency key is still in progress"
+_IDEMPOTENCY_HEADERS = ("x-refund-idempotency", "x-transfer-idempotency")
+
+
 class _TimeoutSession(requests.Session):
-    """A requests session with a default timeout (the SDK sets none). An error answer
-    that is not Razorpay's JSON (a proxy's HTML page for a 502 or 504) is given the shape
-    of a server error: the SDK would raise a JSON decoding error, which no caller takes
-    for the gateway's trouble (a refund poll stopped at it)."""
+    """A requests session with a default timeout (the SDK sets none), and error answers
+    reshaped where the SDK's class for them (it reads the body's code, never the HTTP
+    status) would mislead every caller:
+    - not Razorpay's JSON (a proxy's HTML page for a 502 or 504): a server error; the SDK
+      would raise a JSON decoding error, which no caller takes for the gateway's trouble
+      (a refund poll stopped at it);
+    - a 429 (the rate limit: "Request failed. Please try after sometime.", with the public
+      code BAD_REQUEST_ERROR): a server error, "try again", not a refusal;
+    - a 409 to a request with an idempotency key (Razorpay: "a request received while a
+      prior request is still being processed"; "you may retry"): a BadRequestError that
+      is_in_progress recognises, whatever its words."""
 
     def request(self, *args: Any, **kwargs: Any) -> requests.Response:
         kwargs.setdefault("timeout", TIMEOUT_S)
         response = super().request(*args, **kwargs)
-        if response.status_code >= 400 and not _razorpay_error(response):
-            response._content = json.dumps({"error": {
-                "code": "SERVER_ERROR",
-                "description": f"HTTP {response.status_code} without Razorpay's error body"}}
-            ).encode()
+        status = response.status_code
+        if status < 400:
+            return response
+        error = _razorpay_error(response)
+        if error is None:
+            _reshape(response, "SERVER_ERROR", f"HTTP {status} without Razorpay's error body")
+        elif status == 429:
+            _reshape(response, "SERVER_ERROR",
+                     f"HTTP 429, rate limited: {error.get('description') or ''}")
+        elif status == 409 and _idempotent(kwargs.get("headers")):
+            _reshape(response, "BAD_REQUEST_ERROR",
+                     f"{IN_PROGRESS_409} ({error.get('description') or ''})")
         return response
 
 
-def _razorpay_error(response: requests.Response) -> bool:
+def _reshape(response: requests.Response, code: str, description: str) -> None:
+    response._content = json.dumps({"error": {"code": code, "description": description}}
+                                   ).encode()
+
+
+def _idempotent(headers: Any) -> bool:
+    return isinstance(headers, dict) and any(
+        str(name).lower() in _IDEMPOTENCY_HEADERS for name in headers)
+
+
+def _razorpay_error(response: requests.Response) -> dict | None:
     try:
         body = response.json()
     except ValueError:
-        return False
-    return isinstance(body, dict) and isinstance(body.get("error"), dict)
+        return None
+    error = body.get("error") if isinstance(body, dict) else None
+    return error if isinstance(error, dict) else None
 
 
 def client() -> razorpay.Client:
@@ -83,10 +113,14 @@ def verify_webhook(body: str, signature: str) -> bool:
 
 
 def is_in_progress(exc: Exception) -> bool:
-    """Razorpay's 409 for a request whose idempotency key a twin request is still using:
-    that one may make the refund, so this is no refusal (the SDK raises it as a 400's)."""
+    """Razorpay's 409 for a request whose idempotency key a twin request is still using
+    ("Another request with the same idempotency key is still in progress"): that one may
+    make the refund or transfer, so this is no refusal (the SDK raises it as a 400's).
+    Any 409 to a request with an idempotency key counts (the session marks it): its
+    words are not part of the API, and a request under that key may have made it."""
     said = str(exc).lower()
-    return isinstance(exc, BadRequestError) and "idempotency" in said and "progress" in said
+    return isinstance(exc, BadRequestError) and (
+        IN_PROGRESS_409.lower() in said or ("idempotency" in said and "progress" in said))
 
 
 def note_int(entity: dict, name: str) -> int | None:

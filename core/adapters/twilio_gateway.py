@@ -23,16 +23,29 @@ class SendResult:
     status: str
 
 
+# Twilio refusals (4xx) about our sender's state, not the message: tried again later.
+# 21611: the From number has more queued than it sends in 10 hours ("slow down").
+RETRYABLE_CODES = frozenset({"21611"})
+
+
 class SendRejected(Exception):
-    """Twilio answered and refused the message; ``permanent`` says a retry cannot help."""
+    """Twilio answered with an error; ``permanent`` says a retry cannot help, and
+    ``outcome_unknown`` that Twilio may have created the message all the same.
+
+    A 5xx but 503 (500 is Twilio's 20500, "a timeout in the API"; 502 and 504 come from
+    the way to it) may follow a message Twilio made: sending is not idempotent, so it is
+    no "not sent" (a resend may deliver twice) but an unknown outcome, as a read timeout.
+    503 (unavailable) and 429 (too many requests) turn the request away unmade."""
 
     def __init__(self, status: int, code: str | None, message: str):
         super().__init__(f"twilio {status} {code}: {message}")
         self.status = status
         self.code = code
+        self.outcome_unknown = status >= 500 and status != 503
         # 401/403: our credentials (a rotation, a misconfiguration), not the message: it is
         # tried again, as the look-ups treat them (an outage).
-        self.permanent = 400 <= status < 500 and status not in (401, 403, 429)
+        self.permanent = (400 <= status < 500 and status not in (401, 403, 429)
+                          and code not in RETRYABLE_CODES)
 
 
 _local = threading.local()
@@ -67,7 +80,8 @@ def client() -> Client:
 def send_message(*, to: str, from_: str, body: str, media_url: str | None,
                  status_callback: str, content_sid: str | None = None,
                  content_variables: dict[str, str] | None = None) -> SendResult:
-    """Create one message through the Messages API; raise SendRejected on a refusal.
+    """Create one message through the Messages API; raise SendRejected on an error
+    answer (see its ``outcome_unknown``).
 
     Network errors (connection refused, timeouts) propagate as requests exceptions:
     the caller decides whether the outcome is known.

@@ -4,11 +4,12 @@ Delivery guarantees, and why:
 - A row is written in the caller's transaction; the delivery job is enqueued only after
   that commit (and a periodic sweep re-enqueues rows whose enqueue was lost).
 - Nothing is sent twice for one row. A row is claimed (``pending`` -> ``sending``) under a
-  row lock before Twilio is called. If Twilio definitely did not accept it (an HTTP error
-  answer, or no connection at all) the row goes back to ``pending`` and RQ retries with
-  backoff. If the outcome is unknown (a read timeout, a worker killed mid-call) the row
-  stays ``sending``: the status callback URL carries our row id, so if Twilio did accept
-  it, its callback links the row.
+  row lock before Twilio is called. If Twilio definitely did not accept it (a refusal,
+  a 503 or 429, or no connection at all) the row goes back to ``pending`` and RQ retries
+  with backoff (a final refusal fails it). If the outcome is unknown (a read timeout, any
+  other 5xx: Twilio's 20500 may follow a message it made, a worker killed mid-call) the
+  row stays ``sending``: the status callback URL carries our row id, so if Twilio did
+  accept it, its callback links the row.
 - Callbacks can be lost (our web was down, and Twilio does not retry them), so a row left
   ``sending`` without a sid for STALE_SENDING is not simply sent again: the sweep gives it
   a reconcile job, which asks Twilio's Messages list for a message from our sender to that
@@ -484,6 +485,13 @@ def _send(c: _Claimed) -> str:
                                              content_sid=c.content_sid,
                                              content_variables=c.content_variables)
     except twilio_gateway.SendRejected as exc:
+        if exc.outcome_unknown:
+            # A 5xx but 503 (Twilio's 20500 is a timeout in its API): Twilio may have made
+            # the message. As for a read timeout the row stays "sending": a status
+            # callback or the reconcile settles it; sending again might deliver it twice.
+            log.warning("send outcome unknown (error answer)",
+                        extra={"outbox_id": outbox_id, "status": exc.status, "code": exc.code})
+            return "unknown"
         final = exc.permanent or attempts > settings.outbox_max_retries
         _record_failure(outbox_id, code=exc.code, error=str(exc), final=final)
         if exc.code in STOP_CODES:

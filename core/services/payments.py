@@ -1388,11 +1388,9 @@ def _expire(session: Session, booking: Booking, reason: str) -> None:
 
 def _on_payment_failed(data: dict, cause: str) -> str:
     payment = _entity(data, "payment")
+    # A link's payment carries the link's notes as we gave them (they name the booking);
+    # Razorpay adds no link id to them.
     booking_id = _named_booking([payment])
-    if booking_id is None:
-        with transaction() as session:
-            booking_id = session.scalar(select(PaymentLink.booking_id).where(
-                PaymentLink.gateway_id == _note_str(payment, "plink_id")))
     if booking_id is None:
         return "payment-failed"
     with transaction() as session:
