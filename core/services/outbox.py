@@ -66,7 +66,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.dialects.postgresql import insert
-from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.orm import Session
 
 from core import clock, i18n
@@ -349,10 +349,12 @@ def send_now(claimed: _Claimed) -> str:
 def _retry_later(outbox_id: int, *, extra_s: int = 0) -> None:
     s = get_settings()
     intervals = list(s.outbox_retry_intervals)
+    left = s.outbox_max_retries - 1  # this try is the first retry
     queue("outbox").enqueue_in(
         timedelta(seconds=intervals[0] + extra_s), DELIVER_JOB, outbox_id,
         job_id=f"outbox-{outbox_id}",
-        retry=Retry(max=max(s.outbox_max_retries - 1, 0), interval=intervals[1:] or intervals),
+        # RQ refuses Retry(max=0): with one retry allowed, this try is the last.
+        retry=Retry(max=left, interval=intervals[1:] or intervals) if left > 0 else None,
         result_ttl=3600, failure_ttl=7 * 86400)
 
 
@@ -973,15 +975,17 @@ def _apply_or_isolate(reports: list[StatusReport]) -> None:
     one and drop, logged, only those it refuses, so one bad report cannot jam the queue."""
     try:
         apply_reports(reports)
-    except OperationalError:
-        raise  # the database is away: the job fails, the batch stays queued
-    except DBAPIError:
+    except DBAPIError as err:
+        if db.database_away(err):
+            # Away, or taking no writes (a failover's demoted primary, 25006; a dropped
+            # connection): the job fails, the batch stays queued.
+            raise
         for report in reports:
             try:
                 apply_reports([report])
-            except OperationalError:
-                raise
-            except DBAPIError:
+            except DBAPIError as one:
+                if db.database_away(one):
+                    raise
                 log.error("status report refused by the database; dropped",
                           extra={"status": report.status})
 
