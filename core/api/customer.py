@@ -41,7 +41,11 @@ from core.services import auth, ledger, payments, rating
 from core.services import booking as booking_service
 
 CUSTOMER = ("customer",)
-CUSTOMER_OR_OPS = ("customer", "ops")
+# Whoever sends parcels: a customer, or a partner who sends too (a customer signed up to
+# carry keeps her bookings; dispatch never offers a partner her own parcel). Each sees
+# only her own bookings (visible_booking, list_bookings).
+SENDER = ("customer", "partner")
+SENDER_OR_OPS = ("customer", "partner", "ops")
 
 # A customer's bookings page by cursor too (booking ids, newest first): one booked while
 # they page (in the app, or by WhatsApp on the same number) repeats no booking.
@@ -352,7 +356,7 @@ def create_booking(body: BookingRequest) -> BookingOut | Response:
 @endpoint(bp, "GET", "/bookings",
           summary="My bookings, newest first; page with after=next_after (a booking made "
                   "while you page repeats none; offset is deprecated for deep pages)",
-          roles=CUSTOMER, query=CursorQuery, response=CursorPage[BookingOut],
+          roles=SENDER, query=CursorQuery, response=CursorPage[BookingOut],
           tags=("customer",))
 def list_bookings(query: CursorQuery) -> CursorPage[BookingOut]:
     from core.api.ops import keyset_page, page_after  # ops imports this module
@@ -369,7 +373,7 @@ def list_bookings(query: CursorQuery) -> CursorPage[BookingOut]:
     return CursorPage[BookingOut](items=items, next_offset=nxt.offset, next_after=nxt.after)
 
 
-@endpoint(bp, "GET", "/bookings/<ref>", summary="One booking", roles=CUSTOMER_OR_OPS,
+@endpoint(bp, "GET", "/bookings/<ref>", summary="One booking", roles=SENDER_OR_OPS,
           response=BookingOut, tags=("customer",), errors=(404,))
 def get_booking(ref: str) -> BookingOut:
     with transaction() as session:
@@ -377,7 +381,7 @@ def get_booking(ref: str) -> BookingOut:
 
 
 @endpoint(bp, "GET", "/bookings/<ref>/track", summary="Where is my parcel",
-          roles=CUSTOMER_OR_OPS, response=TrackOut, tags=("customer",), errors=(404,))
+          roles=SENDER_OR_OPS, response=TrackOut, tags=("customer",), errors=(404,))
 def track_booking(ref: str) -> TrackOut:
     from core.services import tracking
 
@@ -398,7 +402,7 @@ def track_booking(ref: str) -> TrackOut:
                   "for want of a rider, saying why: reason_code stuck_relay). Send "
                   "Idempotency-Key to retry safely: a retry answers the first answer and "
                   "does nothing again (a dry run is not kept)",
-          roles=CUSTOMER_OR_OPS, query=CancelQuery, response=CancellationOut,
+          roles=SENDER_OR_OPS, query=CancelQuery, response=CancellationOut,
           tags=("customer",), errors=(404, 409), headers=(KEY_HEADER,))
 def cancel_booking(ref: str, query: CancelQuery) -> CancellationOut | Response:
     who = principal()
@@ -422,7 +426,8 @@ def cancel_booking(ref: str, query: CancelQuery) -> CancellationOut | Response:
         if query.expected_fee_paise is not None:
             _same_fee_or_refuse(session, b, query.expected_fee_paise,
                                 by_ops=who.role == "ops")
-        kind: ActorKind = "ops" if who.role == "ops" else "customer"  # CUSTOMER_OR_OPS
+        # SENDER_OR_OPS: a partner cancels her own booking as its customer.
+        kind: ActorKind = "ops" if who.role == "ops" else "customer"
         # The booking's history says who ended it, and why in their own words (kept
         # for good: a number in them is masked).
         why = history_reason("cancelled by ops" if kind == "ops"
@@ -512,7 +517,7 @@ def change_my_profile(body: CustomerProfileChange) -> CustomerProfileOut:
 
 
 @endpoint(bp, "POST", "/bookings/<ref>/rating", summary="Rate a delivered booking",
-          roles=CUSTOMER, body=RatingIn, response=RatingOut, status=201, tags=("customer",),
+          roles=SENDER, body=RatingIn, response=RatingOut, status=201, tags=("customer",),
           errors=(404, 409))
 def rate_booking(ref: str, body: RatingIn) -> RatingOut:
     with transaction() as session:

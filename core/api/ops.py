@@ -207,7 +207,8 @@ class PartnerIn(Strict):
     name: ShownText = Field(min_length=1, max_length=admin.NAME_MAX)
     language: str = Field(min_length=2, max_length=5, description="hi en bn mr ta te gu kn")
     vehicle: VehicleType
-    payload_kg: int = Field(ge=1, le=1000, description="at most what the vehicle type takes")
+    payload_kg: int = Field(ge=1, le=1000, description="from 5 kg (the lightest parcel band) "
+                            "to what the vehicle type takes")
     point: int | str = Field(description="the home Point: its id, or its name")
     payout_account: str | None = Field(default=None, max_length=40,
                                        description="Razorpay Route linked account (acc_...)")

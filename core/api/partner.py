@@ -54,6 +54,9 @@ REPLY_STATUS = {
     "dispatch.duty_no_payout_account": (403, "no_payout_account"),
     # Works by SMS (no app on their profile) and stopped our SMS: no offer could reach them.
     "dispatch.duty_sms_stopped": (403, "sms_stopped"),
+    # Works by SMS, and their home Point is closed with no other they serve open: no
+    # search could find them until ops give them a new home.
+    "dispatch.duty_no_point": (403, "point_closed"),
     "dispatch.given_back": (409, "offer_closed"),
     "dispatch.withdrawn": (409, "offer_closed"),  # e.g. taking another job filled them up
     "dispatch.taken_from_you": (409, "offer_closed"),
@@ -149,7 +152,9 @@ class ProfileOut(BaseModel):
     language: str
     on_duty: bool
     kyc_status: str
-    payable: bool = Field(description="can work: KYC verified and a payout account linked")
+    payable: bool = Field(description="can work: KYC verified and a payout account linked "
+                                      "(working by SMS: SMS not stopped, and an open "
+                                      "Point to be placed at)")
     not_payable_reason: partner_app.NotPayable | None = Field(
         description="why not, in the codes PUT /partners/me/duty refuses with")
     payout_account_masked: str | None
@@ -233,10 +238,11 @@ def put_duty(body: DutyIn) -> DutyOut:
     with transaction() as session:
         person, partner = _me(session)
         reply = dispatch.set_duty(session, partner, body.on_duty)
-        # Suspended or rejected, not payable yet (KYC pending, no payout account), or out
-        # of reach by SMS: the reason, said.
+        # Suspended or rejected, not payable yet (KYC pending, no payout account), out
+        # of reach by SMS, or placed nowhere (Point closed): the reason, said.
         if reply.key in ("dispatch.duty_blocked", "dispatch.duty_pending_kyc",
-                         "dispatch.duty_no_payout_account", dispatch.DUTY_SMS_STOPPED):
+                         "dispatch.duty_no_payout_account", dispatch.DUTY_SMS_STOPPED,
+                         dispatch.DUTY_NO_POINT):
             status, code = REPLY_STATUS[reply.key]
             raise ApiError(status, code, reply.render(_lang(person)))
         # Off with a job still in hand, the job is still theirs: said, as over SMS.

@@ -41,7 +41,8 @@ from core.domain.booking import BookingStatus, LegStatus
 from core.domain.errors import Conflict, NotFound, ValidationError
 from core.domain.geo import haversine_m, validate_lat_lng
 from core.domain.phone import mask_phone, normalize_phone
-from core.domain.pricing import DEFAULT_RATE_CARD, VEHICLE_CAPACITY, VehicleType
+from core.domain.pricing import DEFAULT_RATE_CARD, VEHICLE_CAPACITY, VehicleType, WeightBucket
+from core.domain.text import visible
 from core.i18n import LANGUAGES
 from core.logs import mask_phones
 from core.services import dispatch
@@ -50,6 +51,10 @@ MAX_ID = 2**31 - 1  # PostgreSQL integer ids: a bigger number names nothing
 NAME_MAX = 60  # partner_profiles.first_name
 PERSON_NAME_MAX = 120  # people.name
 PAYOUT_ACCOUNT = re.compile(r"acc_[A-Za-z0-9]{4,36}")  # a Razorpay Route linked account
+# The least payload a vehicle is signed up with: the lightest weight band's most (5 kg).
+# Dispatch fits a parcel by its band's most (core.domain.dispatch._fits), so a vehicle
+# that carries less is offered no parcel at all, ever.
+MIN_PAYLOAD_KG = -(-min(w.max_grams for w in WeightBucket) // 1000)
 
 
 @dataclass(frozen=True)
@@ -601,11 +606,27 @@ def find_point(session: Session, point: str | int) -> Point:
                           code="unknown_point", field="point")
 
 
+def _open_point(session: Session, point: str | int) -> Point:
+    """The active Point ``point`` names (find_point), its row share-locked and read again:
+    close_point holds the row's lock from its check to its commit, so a close running now
+    either commits first and is seen here (ValidationError ``unknown_point``, as
+    find_point's), or waits for this and sees (and names) the partner whose home it is."""
+    found = find_point(session, point)
+    locked = session.get(Point, found.id, with_for_update={"read": True},
+                         populate_existing=True)
+    if locked is None or not locked.active:
+        raise ValidationError(f"Point {found.name} (id {found.id}) was closed just now; "
+                              "give an active Point", code="unknown_point", field="point")
+    return locked
+
+
 def _checked(spec: NewPartner) -> tuple[str, str, VehicleType]:
     """The partner's phone (E.164), name and vehicle type, or a ValidationError naming the
     field at fault."""
     phone = normalize_phone(spec.phone)
-    name = " ".join(spec.name.split())
+    # As the API's ShownText keeps it: no control characters or invisible marks (a
+    # right-to-left override pasted with the name would turn customers' SMS around).
+    name = visible(spec.name)
     if not name or len(name) > NAME_MAX:
         raise ValidationError(f"give a name of 1 to {NAME_MAX} characters", code="bad_name",
                               field="name")
@@ -618,9 +639,10 @@ def _checked(spec: NewPartner) -> tuple[str, str, VehicleType]:
         raise ValidationError(f"vehicle must be one of {', '.join(VehicleType)}",
                               code="bad_vehicle", field="vehicle") from None
     most = VEHICLE_CAPACITY[vehicle].max_weight.max_grams // 1000
-    if isinstance(spec.payload_kg, bool) or not 1 <= spec.payload_kg <= most:
-        raise ValidationError(f"a {vehicle.value} carries 1 to {most} kg",
-                              code="bad_payload", field="payload_kg")
+    if isinstance(spec.payload_kg, bool) or not MIN_PAYLOAD_KG <= spec.payload_kg <= most:
+        raise ValidationError(f"a {vehicle.value} carries {MIN_PAYLOAD_KG} to {most} kg (no "
+                              f"parcel is offered to one that carries less than "
+                              f"{MIN_PAYLOAD_KG} kg)", code="bad_payload", field="payload_kg")
     if spec.payout_account is not None and not PAYOUT_ACCOUNT.fullmatch(spec.payout_account):
         raise ValidationError("payout_account is a Razorpay linked account id (acc_...)",
                               code="bad_payout_account", field="payout_account")
@@ -634,7 +656,7 @@ def add_partner(session: Session, spec: NewPartner, *, actor: str) -> Outcome:
     refused (Conflict)."""
     phone, name, vehicle = _checked(spec)
     masked = mask_phone(phone)
-    home = find_point(session, spec.point)
+    home = _open_point(session, spec.point)
     person = _person(session, phone)
     if person is not None and person.role == "partner" and person.partner is not None:
         p = person.partner
@@ -758,7 +780,8 @@ def set_payout_account(session: Session, partner_id: int, account: str, *, actor
 def set_home_point(session: Session, partner_id: int, point: str | int, *, actor: str,
                    note: str | None = None) -> Outcome:
     """Move a partner's home Point (they moved villages) to the active Point ``point``
-    names (its id or name: find_point, ValidationError ``unknown_point``).
+    names (its id or name: find_point, ValidationError ``unknown_point``; one being
+    closed right now is waited for, then refused so: _open_point).
 
     Under the partner's row lock: ``home_point_id`` becomes the new Point, and in the
     Points they serve (``profile.points``, partner_points) the new one takes the old
@@ -773,7 +796,7 @@ def set_home_point(session: Session, partner_id: int, point: str | int, *, actor
     if not p.first_name:  # erased on their request: a return is a new sign-up
         raise Conflict(f"partner {p.id} was erased; sign them up again (add-partner)",
                        code="erased", field="partner")
-    home = find_point(session, point)
+    home = _open_point(session, point)
     phone = session.scalar(select(Person.phone).where(Person.id == p.person_id))
     who = f"partner {p.id} ({p.first_name}, {mask_phone(phone) if phone else '-'})"
     before = p.home_point_id

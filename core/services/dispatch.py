@@ -1952,6 +1952,15 @@ def accept(session: Session, partner: PartnerProfile, code: str | None) -> Reply
             _withdraw(offer, partner)
             _maybe_continue(session, leg)
         return _r("dispatch.duty_blocked", ops_phone=get_settings().ops_phone)
+    if sms_stopped(session, partner):
+        # Without the app, and their number stopped our SMS (STOP took them off duty, and
+        # set_duty refuses their ON): a yes naming the job would put them back on duty
+        # with a job whose pickup phone, codes and reminders go by SMS Twilio refuses.
+        # Refused as their ON is; the job goes on to the next partner.
+        if still_open:
+            _withdraw(offer, partner)
+            _maybe_continue(session, leg)
+        return _r(DUTY_SMS_STOPPED)
     facts = partner_facts(session, [partner])[partner.id]
     reason = rules.ineligible_reason(
         rules.PartnerFacts(partner.id, True, facts.active_legs, facts.max_active_legs,
@@ -3150,15 +3159,49 @@ def _home_follows_duty(session: Session, partner: PartnerProfile) -> None:
     after_commit(session, lambda: geo_index.place_at_home(pid, lat, lng, has_app=app))
 
 
-# set_duty's answer to ON from a partner without the app whose number stopped our SMS.
+# set_duty's answer to ON from a partner without the app whose number stopped our SMS
+# (accept's too, to a yes from them).
 DUTY_SMS_STOPPED = "dispatch.duty_sms_stopped"
+# set_duty's answer to ON from a partner without the app who can be placed at no active
+# Point (their home closed, none other they serve open): no search could find them.
+DUTY_NO_POINT = "dispatch.duty_no_point"
+
+# Whether the partner has an active Point to be placed at: their home, or another they
+# serve (as _HOME_POSITIONS places them, on duty or not).
+_HAS_OPEN_POINT = text("""
+SELECT EXISTS (
+    SELECT FROM points x WHERE x.active AND (x.id = p.home_point_id OR x.id IN (
+        SELECT pp.point_id FROM partner_points pp WHERE pp.partner_id = p.id)))
+FROM partner_profiles p WHERE p.id = :partner_id
+""")
+
+
+def sms_stopped(session: Session, partner: PartnerProfile) -> bool:
+    """Whether the partner works by SMS alone (no app on their profile) and their number
+    stopped our SMS: no offer, code or reminder can reach them until they send START."""
+    return not partner.has_app and bool(_person(session, partner).sms_opted_out)
+
+
+def placed_nowhere(session: Session, partner: PartnerProfile) -> bool:
+    """Whether no search can find the partner: without the app (a fresh app position
+    finds one who has it) and with no active Point to be placed at (their home closed by
+    ops, no other Point they serve open) until ops give them a new home."""
+    if partner.has_app:
+        return False
+    session.flush()  # a home just set, read back below
+    return not session.scalar(_HAS_OPEN_POINT, {"partner_id": partner.id})
+
+
+def _no_point() -> Reply:
+    return _r(DUTY_NO_POINT, ops_phone=get_settings().ops_phone)
 
 
 def set_duty(session: Session, partner: PartnerProfile, on: bool) -> Reply:
     """ON/OFF duty; an SMS-only partner is (re)placed at their home Point. A suspended or
     rejected partner cannot go on duty, nor one who cannot be paid yet (KYC pending, or no
     linked account), nor one without the app whose number stopped our SMS (ON is no
-    opt-in: only START lifts Twilio's block, and no offer could reach them).
+    opt-in: only START lifts Twilio's block, and no offer could reach them), nor one
+    without the app who has no active Point to be placed at (placed_nowhere).
 
     ON locks the partner's row and reads it again first: ops suspending them at that
     moment (block_partner, after the KYC change committed) either see them on duty and
@@ -3169,10 +3212,14 @@ def set_duty(session: Session, partner: PartnerProfile, on: bool) -> Reply:
         return _r("dispatch.duty_blocked", ops_phone=get_settings().ops_phone)
     if on and not payable(partner):
         return _unpayable(partner)
-    if on and not partner.has_app and _person(session, partner).sms_opted_out:
+    if on and sms_stopped(session, partner):
         # Their number stopped our SMS (STOP; Twilio refuses every SMS to it until they
         # send START): no offer could reach a partner without the app.
         return _r(DUTY_SMS_STOPPED)
+    if on and placed_nowhere(session, partner):
+        # Their home Point closed and no other they serve open: no search finds them, so
+        # no "offers will come"; they hear to call ops for a new Point (STATUS says so too).
+        return _no_point()
     in_hand: list[tuple[Leg, DispatchOffer]] = []
     if not on:
         # The legs of the offers in hand, then the offers, are locked before the partner's
@@ -3235,6 +3282,9 @@ def status_lines(session: Session, partner: PartnerProfile, lang: str) -> list[s
         if partner.on_duty and not payable(partner) and partner.kyc_status not in BLOCKED_KYC:
             # On duty from before they could not be paid: no offer can come; say why.
             return [_unpayable(partner).render(lang)]
+        if partner.on_duty and placed_nowhere(session, partner):
+            # On duty from before their Point closed: no offer can come, as ON says.
+            return [_no_point().render(lang)]
         key = "dispatch.status_none_on" if partner.on_duty else "dispatch.status_none_off"
         return [i18n.t(key, lang)]
     return ["\n".join(lines)]

@@ -191,7 +191,8 @@ class VehicleInfo:
 
 
 # Why a partner cannot work: the codes PUT /partners/me/duty refuses ON with.
-NotPayable = Literal["kyc_pending", "no_payout_account", "duty_blocked"]
+NotPayable = Literal["kyc_pending", "no_payout_account", "duty_blocked", "sms_stopped",
+                     "point_closed"]
 
 
 @dataclass(frozen=True)
@@ -222,14 +223,20 @@ def mask_account(account_id: str | None) -> str | None:
 
 def profile(session: Session, person: Person, partner: PartnerProfile,
             default_language: str) -> Profile:
-    """What the app shows the rider about themselves, and whether they can work (the
-    dispatch's own test: KYC verified and a payout account)."""
+    """What the app shows the rider about themselves, and whether they can work: the
+    tests dispatch.set_duty puts an ON to, in its order (KYC verified and a payout
+    account; without the app on their profile, SMS not stopped and an active Point to be
+    placed at), so that the reason is the code the app's ON is refused with."""
     if partner.kyc_status in dispatch.BLOCKED_KYC:
         reason: NotPayable | None = "duty_blocked"
     elif partner.kyc_status != dispatch.VERIFIED_KYC:
         reason = "kyc_pending"
     elif not partner.payout_account_id:
         reason = "no_payout_account"
+    elif dispatch.sms_stopped(session, partner):
+        reason = "sms_stopped"
+    elif dispatch.placed_nowhere(session, partner):
+        reason = "point_closed"
     else:
         reason = None
     vehicles = [VehicleInfo(v.type, v.payload_kg, v.max_size, v.registration)
@@ -238,7 +245,7 @@ def profile(session: Session, person: Person, partner: PartnerProfile,
     return Profile(partner_id=partner.id, name=partner.first_name or person.name or "",
                    language=person.preferred_language or default_language,
                    on_duty=partner.on_duty, kyc_status=partner.kyc_status,
-                   payable=dispatch.payable(partner), not_payable_reason=reason,
+                   payable=reason is None, not_payable_reason=reason,
                    payout_account_masked=mask_account(partner.payout_account_id),
                    rating=partner.rating_x100 / 100, vehicles=vehicles)
 
