@@ -11,7 +11,8 @@ HANDLERS: dict[str, Handler] = {"whatsapp": whatsapp_turn}
 
 def drain() -> int:
     """Handle queued messages, contact by contact, each contact's in order (RQ job on the
-    ``inbound`` queue; several may run, never two on one contact)."""
+    ``inbound`` queue, or a hand-over behind the ``default`` queue's waiting jobs; several
+    may run, never two on one contact)."""
     return inbound.drain_ready(HANDLERS.__getitem__)
 
 

@@ -77,11 +77,22 @@ class _Periodic:
     # later); one another worker ran is looked for (its lock) once a periodic_every_s.
     _scheduler_tried_at: datetime | None = None
     _scheduler_seen_dead: object = None
+    # A burst worker (work(burst=True)) runs what is queued and exits. With a scheduler,
+    # RQ moves the jobs due at its start and starts no scheduler process; neither may we:
+    # its exit would SIGTERM that process, and a SIGTERM landing before the process
+    # installed its handlers is lost, so the worker waited for it (join) for ever.
+    _burst = False
+
+    def work(self, *args: Any, **kwargs: Any) -> bool:
+        self._burst = bool(kwargs.get("burst", args[0] if args else False))
+        return cast(bool, super().work(*args, **kwargs))  # type: ignore[misc]
 
     def _scheduler_due(self) -> bool:
         scheduler = getattr(self, "scheduler", None)
         if scheduler is None:
             return False  # a worker without a scheduler
+        if self._burst:
+            return False  # see _burst
         if getattr(self, "_stop_requested", False):
             return False  # a warm shutdown stopped it; a new one would outlive the worker
         process = scheduler._process
@@ -153,6 +164,10 @@ class _Periodic:
             except Exception:  # RQ's loop would end the worker; try again next time
                 log.exception("periodic worker task failed")
         if super().should_run_maintenance_tasks:  # type: ignore[misc]
+            if self._burst:
+                # RQ's would start a scheduler process for a burst that lasts past its
+                # 10 minutes (see _burst); the one it started with has done its work.
+                setattr(self, "scheduler", None)  # noqa: B010 (RQ's attribute, not ours)
             super().run_maintenance_tasks()  # type: ignore[misc]
 
 

@@ -438,11 +438,28 @@ def accept(msg: InboundMessage) -> Acceptance:
     return Acceptance(duplicate=state == 0, dropped=state == 1, queued=state >= 2)
 
 
-def schedule_drainer() -> None:
+# A drainer that used its budget with contacts still waiting hands over to a fresh job
+# (drain_ready). Every worker takes "inbound" before "default", so hand-overs there kept
+# the workers going from drainer to drainer for as long as customers kept writing, and
+# payment links, offers and their timeouts, refunds and the sweeps waited until the chat
+# rush ended. So a hand-over goes on "default" while jobs wait there, behind them: each
+# budget's worth of chat waits for the default jobs queued before it, no more (those
+# queued after it wait for it in turn). With "default" empty it goes on "inbound", and
+# the chat loses nothing. Its job id says what it is (_drain_jobs looks for it).
+HANDOVER_QUEUE = "default"
+HANDOVER_ID_PREFIX = "drain-handover-"
+
+
+def schedule_drainer(*, hand_over: bool = False) -> None:
+    """Enqueue a drainer: on "inbound", or, for a drainer's ``hand_over`` while jobs wait
+    on HANDOVER_QUEUE, behind them."""
     from core.adapters.queue import queue
 
-    queue("inbound").enqueue(DRAIN_JOB, result_ttl=60, failure_ttl=7 * 86400,
-                             retry=Retry(max=5, interval=DRAIN_RETRY_S))
+    name, job_id = "inbound", None
+    if hand_over and queue(HANDOVER_QUEUE).count:
+        name, job_id = HANDOVER_QUEUE, f"{HANDOVER_ID_PREFIX}{uuid.uuid4().hex}"
+    queue(name).enqueue(DRAIN_JOB, job_id=job_id, result_ttl=60, failure_ttl=7 * 86400,
+                        retry=Retry(max=5, interval=DRAIN_RETRY_S))
 
 
 Handlers = Callable[[str], Handler]
@@ -465,7 +482,8 @@ def drain_ready(handler_for: Handlers, *, budget_s: float | None = None,
 
     ``threads`` contacts are worked on at once. After ``budget_s`` the job hands over to a
     fresh one (it stays counted as a drainer), so no job runs into RQ's timeout however
-    long the queue.
+    long the queue; the fresh one lets the default queue's waiting jobs go first
+    (schedule_drainer).
     """
     budget = DRAINER_BUDGET_S if budget_s is None else budget_s
     count = drain_threads() if threads is None else threads
@@ -476,7 +494,7 @@ def drain_ready(handler_for: Handlers, *, budget_s: float | None = None,
     while True:
         handled += _drain_at_once(handler_for, started + budget, count, linger_s)
         if time.monotonic() - started >= budget and r.llen(READY):
-            schedule_drainer()
+            schedule_drainer(hand_over=True)
             return handled
         # Leave only when READY is empty, atomically with accept (which then counts this
         # drainer gone and enqueues a new one for the next contact).
@@ -706,14 +724,21 @@ def sweep_inboxes() -> int:
 
 
 def _drain_jobs() -> int:
-    """Drain jobs queued, running, or waiting for a retry."""
+    """Drain jobs queued, running, or waiting for a retry: those on "inbound" (which holds
+    only drainers), else the hand-overs on HANDOVER_QUEUE (read there by their ids)."""
     from rq.registry import ScheduledJobRegistry, StartedJobRegistry
 
     from core.adapters.queue import queue
 
     q = queue("inbound")
-    return (q.count + StartedJobRegistry(queue=q).count
-            + ScheduledJobRegistry(queue=q).count)
+    on_inbound = (q.count + StartedJobRegistry(queue=q).count
+                  + ScheduledJobRegistry(queue=q).count)
+    if on_inbound:
+        return on_inbound
+    q = queue(HANDOVER_QUEUE)
+    ids = [*q.get_job_ids(), *StartedJobRegistry(queue=q).get_job_ids(),
+           *ScheduledJobRegistry(queue=q).get_job_ids()]
+    return sum(1 for job_id in ids if job_id.startswith(HANDOVER_ID_PREFIX))
 
 
 def _language_of(msg: InboundMessage) -> str:
