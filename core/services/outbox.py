@@ -74,6 +74,7 @@ from core.adapters import db, twilio_gateway
 from core.adapters.db import transaction
 from core.adapters.dialog_models import WhatsappTemplateSend
 from core.adapters.models import (
+    Booking,
     Conversation,
     MessageStatusEvent,
     NumberOptOut,
@@ -83,6 +84,7 @@ from core.adapters.models import (
 from core.adapters.queue import after_commit, enqueue, queue
 from core.adapters.redis_conn import redis_client, run_script
 from core.config import get_settings
+from core.domain.booking import BookingStatus
 from core.domain.errors import ValidationError
 from core.domain.phone import is_e164, normalize_phone
 
@@ -280,13 +282,21 @@ def _sign_in_expired(row: OutboxMessage) -> bool:
         and row.created_at <= clock.now() - OTP_TTL
 
 
-def _not_sent(session: Session, where: ColumnElement[bool], why: str) -> list[int]:
+def _not_sent(session: Session, where: ColumnElement[bool], why: str, *,
+              skip_locked: bool = False) -> list[int]:
     """Rows picked by ``where`` that still wait (pending: Twilio has not taken them; not
     one being sent) are never sent now: they fail, not as a failure to send (/metrics
     does not count them, as _refuse_stopped), and their codes are masked at once (nothing
-    can send them again). In the caller's transaction; returns their ids."""
+    can send them again). ``skip_locked``: a row a sender holds locked now is left to it
+    (a caller holding other locks, a leg's, must not wait for a sender that may want
+    them). In the caller's transaction; returns their ids."""
     m = OutboxMessage
-    ids = list(session.scalars(update(m).where(where, m.status == "pending")
+    picked: ColumnElement[bool] = where
+    if skip_locked:
+        picked = m.id.in_(list(session.scalars(
+            select(m.id).where(where, m.status == "pending")
+            .with_for_update(skip_locked=True))))
+    ids = list(session.scalars(update(m).where(picked, m.status == "pending")
                                .values(status="failed", error_code=None, last_error=why)
                                .returning(m.id)))
     if ids:
@@ -306,12 +316,109 @@ def withdraw_sign_in_codes(session: Session, phone: str) -> int:
     return len(withdrawn)
 
 
+# A leg's codes, made anew (dispatch: send_leg_codes after a rider gave the job back and
+# another took it, ops' new code), void the ones before: a message still waiting to carry
+# an old one (for a retry after Twilio refused a try, or behind one) is not sent
+# (withdraw_leg_codes), else it would come after the new code ("give code <old> to the
+# rider": a wrong try at PICK). The messages carrying a leg's codes, by their dedupe keys
+# (core.services.dispatch; what is sent in a lost one's place adds a suffix to its key):
+# its pickup code to the customer (pickotp), to the rider handing over at a Point
+# (handgive) or to the rider holding the parcel (handpick); its drop code to the
+# recipient or the sender (dropotp), and to the next leg's rider, who reads it out at the
+# Point (that leg's handtake). Copies of them sent another way (_COPY_PREFIXES) too.
+LEG_CODE_REPLACED = "a newer code of its leg replaced it before it was sent"
+_LEG_CODE_KINDS = {"pickup": ("pickotp", "handgive", "handpick"), "drop": ("dropotp",)}
+
+
+def withdraw_leg_codes(session: Session, leg_id: int,
+                       kinds: tuple[str, ...] = ("pickup", "drop")) -> int:
+    """The leg's codes of ``kinds`` ("pickup", "drop") are about to be made anew, or were
+    made void: their messages still waiting (pending) are not sent. Call it before the new
+    codes' messages are queued (they are the leg's code messages too). One being sent (its
+    outcome unknown) is left: it may have reached them; so is one a sender holds locked
+    this moment. In the caller's transaction; returns how many."""
+    from core.adapters.models import Leg  # dispatch's table: read for the next leg only
+
+    m = OutboxMessage
+    leg = session.get(Leg, leg_id)
+    if leg is None:
+        return 0
+    likes = [f"leg-{leg_id}-{word}-%" for kind in kinds for word in _LEG_CODE_KINDS[kind]]
+    if "drop" in kinds:
+        nxt = session.scalar(select(Leg.id).where(Leg.booking_id == leg.booking_id,
+                                                  Leg.sequence == leg.sequence + 1))
+        if nxt is not None:
+            likes.append(f"leg-{nxt}-handtake-%")
+    ids = set(session.scalars(select(m.id).where(
+        m.booking_id == leg.booking_id, or_(*(m.dedupe_key.like(like) for like in likes)))))
+    found = set(ids)
+    while found:  # their copies, and the copies of those (a template's SMS)
+        keys = [prefix + str(row_id) for row_id in found for prefix in _COPY_PREFIXES]
+        found = set(session.scalars(select(m.id).where(m.dedupe_key.in_(keys)))) - ids
+        ids |= found
+    if not ids:
+        return 0
+    withdrawn = _not_sent(session, m.id.in_(sorted(ids)), LEG_CODE_REPLACED,
+                          skip_locked=True)
+    if withdrawn:
+        log.info("replaced leg codes not sent", extra={"leg_id": leg_id,
+                                                        "rows": len(withdrawn)})
+    return len(withdrawn)
+
+
 # Messages to one person go out in the order they were written: one waits while an
 # earlier message to the same address is waiting for a retry (a try failed), or waits
 # behind one itself (held back untried: its last_error says so), at most this long after
 # that one was written (then it no longer holds the others back). Not a sign-in code's.
 IN_ORDER_FOR = timedelta(minutes=10)
 HELD_BACK = "held back behind an earlier message waiting for a retry"
+
+
+# A booking's news to its customer, each written as the booking moved on (dedupe keys of
+# core.services.dispatch: its status "booking-<id>-<status>-<tag>", who is coming
+# "booking-<id>-assigned-<tag>", that it is late "booking-<id>-late-delivery"; of
+# core.services.payments: its cancellation "cancelled-<id>"). One person's messages keep
+# their order only IN_ORDER_FOR, and only on one address: a notice that waited longer for
+# its retries would reach her after the news that replaced it ("picked up" after
+# "delivered", "Ramesh is coming" after "Asha is coming"). It is not sent once newer news
+# of its booking was written, or the booking was cancelled (her own cancel is answered in
+# the chat: no row), as a replaced sign-in code is not (_superseded); it never holds the
+# newer news back. Its copy sent another way (_COPY_PREFIXES) is the news it copies.
+NEWS_SUPERSEDED = "newer news of its booking came before it was sent"
+_NEWS_STATES = "|".join(sorted(state.value for state in BookingStatus))
+_NEWS_KEY = re.compile(
+    rf"booking-(\d+)-(?:(?:{_NEWS_STATES})-.+|late-delivery)|cancelled-(\d+)")
+
+
+def _news_key(booking_id: int) -> str:
+    """PostgreSQL's pattern of _NEWS_KEY for one booking."""
+    return (rf"^(booking-{booking_id}-(({_NEWS_STATES})-.+|late-delivery)"
+            rf"|cancelled-{booking_id})$")
+
+
+def _superseded(session: Session, row: OutboxMessage) -> bool:
+    """Whether ``row`` is a booking's news to its customer (or a copy of one) that newer
+    news of the booking replaced, or whose booking was cancelled since."""
+    if row.booking_id is None:
+        return False
+    key, said = row.dedupe_key or "", row.id
+    for _ in range(3):  # a copy's copy (the template's SMS) at most
+        copied = next((key[len(p):] for p in _COPY_PREFIXES if key.startswith(p)), None)
+        if copied is None or not copied.isdigit():
+            break
+        said = int(copied)
+        key = session.scalar(select(OutboxMessage.dedupe_key)
+                             .where(OutboxMessage.id == said)) or ""
+    found = _NEWS_KEY.fullmatch(key)
+    if found is None or int(found[1] or found[2]) != row.booking_id:
+        return False
+    if found[2] is None and session.scalar(select(Booking.status).where(
+            Booking.id == row.booking_id)) == BookingStatus.CANCELLED.value:
+        return True
+    m = OutboxMessage
+    return session.scalar(select(m.id).where(
+        m.booking_id == row.booking_id, m.id > said,
+        m.dedupe_key.regexp_match(_news_key(row.booking_id))).limit(1)) is not None
 
 
 def _behind_a_retry(outbox_id: int, to_addr: str) -> bool:
@@ -392,6 +499,11 @@ def deliver(outbox_id: int) -> str:
             log.info("sign-in code expired before it was sent; not sent",
                      extra={"outbox_id": outbox_id})
             return "expired"
+        if _superseded(session, row):
+            _not_sent(session, OutboxMessage.id == outbox_id, NEWS_SUPERSEDED)
+            log.info("booking news replaced by newer news before it was sent; not sent",
+                     extra={"outbox_id": outbox_id, "booking_id": row.booking_id})
+            return "superseded"
         claimed, code_kept = None, False
         stopped = _stopped_since(session, row)
         if stopped:
