@@ -93,7 +93,8 @@ REQUIRED_KEYS = (
     | {"dispatch.ops_sent_code_lost"}  # a code ops sent did not arrive
     | {"dispatch.ops_handover_code_lost",  # a rider's handover code lost
        "dispatch.ops_handover_code_unsent"}  # (handover_code_lost)
-    | {"dispatch.recipient_delivery_late"}  # delivery_late: a recipient told of it
+    | {"dispatch.recipient_delivery_late",  # delivery_late: a recipient told of it
+       "dispatch.recipient_delivery_late_no_code"}  # ... by SMS, before any code
     | {"dispatch.point_pickup_late"}  # point_pickup_late: a relay rider not at the Point
     | {"dispatch.handed_pick_late", "dispatch.ops_handed_pick_late"}  # handed_pickup_late
     | {"dispatch.pod_too_large", "dispatch.pod_not_photo"}  # fetch_pod_photo: not kept

@@ -54,6 +54,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta
 from functools import lru_cache
+from typing import TypeVar
 from zoneinfo import ZoneInfo
 
 import requests
@@ -65,7 +66,7 @@ from sqlalchemy.orm import Session
 from core import clock, i18n
 from core.adapters import facts_watch, geo_index, points, storage
 from core.adapters.api_models import AuditEntry
-from core.adapters.db import transaction
+from core.adapters.db import database_away, transaction
 from core.adapters.dispatch_models import (
     DispatchOffer,
     DispatchSearch,
@@ -86,7 +87,7 @@ from core.adapters.models import (
 )
 from core.adapters.pincode import display_name
 from core.adapters.queue import after_commit, enqueue, queue
-from core.adapters.redis_conn import redis_client
+from core.adapters.redis_conn import redis_client, redis_down
 from core.config import ConfigError, get_settings, int_setting
 from core.domain import dispatch as rules
 from core.domain.booking import Actor, BookingStatus, LegStatus
@@ -1329,58 +1330,103 @@ def resume_search(leg_id: int, round_no: int) -> str:
         return "resumed"
 
 
+_T = TypeVar("_T")
+
+
+class _SweepRun:
+    """One sweep's run. Each item (an offer, a search, a leg, a booking) works in its own
+    transaction, and each list of items is read in its own: one that raises (a deadlock
+    with a rider answering at that moment, a row the code cannot handle) is logged and
+    the run goes on, so it cannot leave paid bookings unstarted or late jobs unchased,
+    minute after minute; the first such error is raised once all ran (finish), so RQ
+    records the run as failed. An outage (PostgreSQL or Redis away) ends the run at once:
+    every other item would fail alike."""
+
+    def __init__(self) -> None:
+        self.failed: Exception | None = None
+
+    def run(self, step: str, fn: Callable[..., _T], *args: object) -> _T | None:
+        """fn(*args); None if it failed (logged; raised by finish)."""
+        try:
+            return fn(*args)
+        except Exception as exc:
+            if database_away(exc) or redis_down(exc):
+                raise
+            log.exception("dispatch sweep: a step failed; the others go on",
+                          extra={"step": step, "ids": [a for a in args if isinstance(a, int)]})
+            self.failed = self.failed or exc
+            return None
+
+    def finish(self) -> None:
+        if self.failed is not None:
+            raise self.failed
+
+
 def sweep() -> dict[str, int]:
     """Periodic safety net: expire offers past their time (their timeout job was lost),
     move stalled searches on, apply deadlines, resume paused relay legs whose job was
-    lost, and start paid bookings whose start_dispatch job was lost."""
+    lost, start paid bookings whose start_dispatch job was lost, and chase taken jobs not
+    picked up or delivered in time. Each item on its own (_SweepRun): one that fails
+    stops none of the others; the first failure is raised at the end."""
     cfg = config()
     now = clock.now()
+    run = _SweepRun()
     done = {"expired": 0, "continued": 0, "deadlines": 0, "resumed": 0}
-    with transaction() as session:
-        overdue = list(session.scalars(select(DispatchOffer.id).where(
-            DispatchOffer.status == rules.OfferStatus.OPEN.value,
-            DispatchOffer.expires_at < now - timedelta(seconds=cfg.offer_grace_s))
-            .order_by(DispatchOffer.id).limit(500)))
-        stalled = list(session.execute(select(DispatchSearch.leg_id, DispatchSearch.round,
-                                              DispatchSearch.deadline_at).where(
-            DispatchSearch.status == rules.SearchStatus.ACTIVE.value,
-            DispatchSearch.next_try_at < now).limit(500)))
+
+    def overdue_and_stalled() -> tuple[list[int], list[tuple[int, int, datetime]]]:
+        with transaction() as session:
+            overdue = list(session.scalars(select(DispatchOffer.id).where(
+                DispatchOffer.status == rules.OfferStatus.OPEN.value,
+                DispatchOffer.expires_at < now - timedelta(seconds=cfg.offer_grace_s))
+                .order_by(DispatchOffer.id).limit(500)))
+            stalled = [(leg_id, round_no, deadline_at) for leg_id, round_no, deadline_at
+                       in session.execute(select(DispatchSearch.leg_id, DispatchSearch.round,
+                                                 DispatchSearch.deadline_at).where(
+                DispatchSearch.status == rules.SearchStatus.ACTIVE.value,
+                DispatchSearch.next_try_at < now).limit(500))]
+        return overdue, stalled
+
+    def paused_searches() -> list[tuple[int, int]]:
+        with transaction() as session:
+            return [(leg_id, round_no) for leg_id, round_no in session.execute(
+                select(DispatchSearch.leg_id, DispatchSearch.round).where(
+                    DispatchSearch.status == rules.SearchStatus.PAUSED.value,
+                    DispatchSearch.next_try_at < now).limit(500))]
+
+    overdue, stalled = run.run("read overdue offers", overdue_and_stalled) or ([], [])
     for offer_id in overdue:
-        if offer_timeout(offer_id) == "expired":
+        if run.run("offer timeout", offer_timeout, offer_id) == "expired":
             done["expired"] += 1
     for leg_id, round_no, deadline_at in stalled:
         if deadline_at <= now:
-            if search_deadline(leg_id, round_no) != "stale":
+            if run.run("search deadline", search_deadline, leg_id, round_no) not in (
+                    "stale", None):
                 done["deadlines"] += 1
-        elif continue_search(leg_id) == "continued":
+        elif run.run("continue search", continue_search, leg_id) == "continued":
             done["continued"] += 1
-    with transaction() as session:
-        paused = list(session.execute(select(DispatchSearch.leg_id, DispatchSearch.round).where(
-            DispatchSearch.status == rules.SearchStatus.PAUSED.value,
-            DispatchSearch.next_try_at < now).limit(500)))
+    paused = run.run("read paused searches", paused_searches) or []
     for leg_id, round_no in paused:
-        if resume_search(leg_id, round_no) == "resumed":
+        if run.run("resume search", resume_search, leg_id, round_no) == "resumed":
             done["resumed"] += 1
-    done["started"] = sum(start_dispatch(booking_id) == "dispatching"
-                          for booking_id in _paid_not_dispatched(now))
-    done["late_pickups"] = done["taken_back"] = 0
-    for leg_id in _late_pickups(now):
-        result = pickup_late(leg_id)
-        if result == "reminded":
-            done["late_pickups"] += 1
-        elif result == "taken-back":
-            done["taken_back"] += 1
-    done["point_late_pickups"] = done["point_taken_back"] = 0
-    for leg_id in _point_no_shows(now):
-        result = point_pickup_late(leg_id)
-        if result == "reminded":
-            done["point_late_pickups"] += 1
-        elif result == "taken-back":
-            done["point_taken_back"] += 1
-    done["handed_unpicked"] = sum(handed_pickup_late(leg_id) == "reminded"
-                                  for leg_id in _handed_no_picks(now))
-    done["late_deliveries"] = sum(delivery_late(leg_id) == "alerted"
-                                  for leg_id in _late_deliveries(now))
+
+    def each(step: str, found: Callable[[datetime], list[int]],
+             work: Callable[[int], str]) -> list[str | None]:
+        return [run.run(step, work, item_id)
+                for item_id in run.run(f"read {step}", found, now) or []]
+
+    done["started"] = each("start dispatch", _paid_not_dispatched,
+                           start_dispatch).count("dispatching")
+    results = each("pickup late", _late_pickups, pickup_late)
+    done["late_pickups"] = results.count("reminded")
+    done["taken_back"] = results.count("taken-back")
+    results = each("point pickup late", _point_no_shows, point_pickup_late)
+    done["point_late_pickups"] = results.count("reminded")
+    done["point_taken_back"] = results.count("taken-back")
+    done["handed_unpicked"] = each("handed pickup late", _handed_no_picks,
+                                   handed_pickup_late).count("reminded")
+    done["late_deliveries"] = each("delivery late", _late_deliveries,
+                                   delivery_late).count("alerted")
+    run.finish()
     return done
 
 
@@ -1551,20 +1597,27 @@ def delivery_late(leg_id: int) -> str:
 def _late_to_recipient(session: Session, booking: Booking) -> None:
     """The recipient waits for the parcel too: she hears once for the booking that it is
     late, in her language, only if we told her of it before (a code or its news reached
-    her, not reported failed: no surprise message to a stranger), and not when she is the
-    customer, who heard it as the customer."""
+    her, not reported failed, or we answered her SMS about it before any code:
+    mark_recipient_told; no surprise message to a stranger), and not when she is the
+    customer, who heard it as the customer. Without a code of hers, no word of one
+    (``_no_code``)."""
     phone = booking.recipient_phone
     customer = session.get(Person, booking.customer_id)
     if not phone or (customer is not None and customer.phone == phone):
         return
-    told = session.scalar(select(OutboxMessage.id).where(
+    reached = select(OutboxMessage.id).where(
         OutboxMessage.booking_id == booking.id,
         OutboxMessage.to_addr.in_([outbox.address("sms", phone),
                                    outbox.address("whatsapp", phone)]),
-        OutboxMessage.status.not_in(("failed", "undelivered"))).limit(1))
-    if told is None:
+        OutboxMessage.status.not_in(("failed", "undelivered")))
+    has_code = session.scalar(reached.where(
+        OutboxMessage.dedupe_key.like("leg-%-dropotp-%")).limit(1)) is not None
+    if not has_code and session.scalar(reached.limit(1)) is None \
+            and not _told_parcel_coming(booking):
         return
-    notify.notify_phone(session, phone, "dispatch.recipient_delivery_late",
+    key = "dispatch.recipient_delivery_late" if has_code \
+        else "dispatch.recipient_delivery_late_no_code"
+    notify.notify_phone(session, phone, key,
                         lang=recipient_language(session, booking), booking_id=booking.id,
                         dedupe_key=f"booking-{booking.id}-late-delivery-recipient",
                         ref=booking.reference)
@@ -2099,6 +2152,9 @@ def send_leg_codes(session: Session, booking: Booking, leg: Leg, *, tag: str,
     replaces the one they had. ``pickup=False`` (the parcel is picked up already) sends no
     pickup code. Returns the phone of the person the partner collects from (sender, or the
     previous leg's partner on a relay)."""
+    # The codes they replace may still wait in the outbox (Twilio away): never sent now,
+    # after the new ones.
+    outbox.withdraw_leg_codes(session, leg.id)
     pickup_code, drop_code = issue_leg_otps(leg)
     legs = _legs(session, booking)
     is_last = leg.sequence == len(legs)
@@ -2134,6 +2190,7 @@ def send_leg_codes(session: Session, booking: Booking, leg: Leg, *, tag: str,
                          point=point, otp=pickup_code)
             # ... and keys in the code the next rider reads out: prev leg's drop OTP.
             if prev.status in (LegStatus.ASSIGNED.value, LegStatus.PICKED_UP.value):
+                outbox.withdraw_leg_codes(session, prev.id, kinds=("drop",))
                 prev_drop = _new_handover_code(prev)
                 key = _handover_key(session, booking, leg, partner, "dispatch.handover_take",
                                     "handtake")
@@ -3024,7 +3081,9 @@ def _give_back(session: Session, booking: Booking, leg: Leg, partner: PartnerPro
     for them any more. The next partner to take the leg gets the new one."""
     prev = _previous_leg(session, leg)
     if prev is not None and prev.status == LegStatus.PICKED_UP.value:
+        outbox.withdraw_leg_codes(session, prev.id, kinds=("drop",))
         _new_handover_code(prev)
+    outbox.withdraw_leg_codes(session, leg.id)  # its codes go void below
     session.execute(update(DispatchOffer).where(
         DispatchOffer.leg_id == leg.id, DispatchOffer.partner_id == partner.id,
         DispatchOffer.status == rules.OfferStatus.ACCEPTED.value)
@@ -3585,6 +3644,7 @@ def new_leg_code(session: Session, leg_id: int, kind: str, actor: Actor, *, reas
     # leaves them (as drop_code_lost does).
     failures = (leg.otp_failures if kind == "drop" and status == LegStatus.ASSIGNED.value
                 else tries_after_lost_code(session, leg, kind))
+    outbox.withdraw_leg_codes(session, leg.id, kinds=(kind,))
     pickup_code, drop_code = issue_leg_otps(leg)
     if kind == "pickup":
         code, leg.drop_otp_hash = pickup_code, before[1]
