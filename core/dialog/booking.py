@@ -235,17 +235,21 @@ MENU_WORDS: tuple[frozenset[str], ...] = (
 
 # A word in a sentence that says which option the menu is asked for ("mera parcel kahan
 # hai", "where is my parcel?", "আমার পার্সেল কোথায়", "booking cancel karni hai"), one line
-# per option; romanised and in each script (hi, bn, mr, ta, te, gu, kn).
+# per option; romanised and in each script (hi, bn, mr, ta, te, gu, kn). The words of
+# each option as the menu (menu.main) shows it are among them: its label typed back is
+# that option (a test checks every catalog).
 MENU_INTENTS: tuple[frozenset[str], ...] = (
     frozenset({"book", "send", "bhejna", "bhejni", "bhejana", "भेजना", "भेजनी", "भेजें",
-               "পাঠাতে", "পাঠাব", "पाठवायचे", "पाठवायचा", "அனுப்ப", "அனுப்பணும்",
-               "పంపాలి", "મોકલવું", "મોકલવો", "ಕಳುಹಿಸಬೇಕು", "ಕಳುಹಿಸಲು"}),
+               "পাঠাতে", "পাঠাব", "পাঠানো", "पाठवायचे", "पाठवायचा", "पाठवायचं", "அனுப்ப",
+               "அனுப்பணும்", "పంపాలి", "పంపడం", "મોકલવું", "મોકલવો", "ಕಳುಹಿಸಬೇಕು",
+               "ಕಳುಹಿಸಲು", "ಕಳಿಸುವುದು", "ಕಳಿಸಬೇಕು"}),
     frozenset({"track", "status", "where", "kahan", "kaha", "kahaan", "कहाँ", "कहां", "ट्रैक",
-               "स्टेटस", "কোথায়", "কই", "कुठे", "कुठं", "எங்கே", "எங்க", "ఎక్కడ", "ક્યાં",
-               "ಎಲ್ಲಿ", "ಎಲ್ಲಿದೆ"}),
+               "स्टेटस", "কোথায়", "কই", "कुठे", "कुठं", "எங்கே", "எங்க", "ఎక్కడ", "ఎక్కడుంది",
+               "ఎక్కడుందో", "ક્યાં", "ಎಲ್ಲಿ", "ಎಲ್ಲಿದೆ"}),
     frozenset({"cancel", "कैंसिल", "कैंसल", "रद्द", "বাতিল", "ரத்து", "రద్దు", "રદ", "ರದ್ದು"}),
     frozenset({"agent", "human", "person", "operator", "call", "baat", "बात", "कॉल", "কথা",
-               "பேச", "பேசணும்", "మాట్లాడాలి", "વાત", "ಮಾತನಾಡಬೇಕು"}),
+               "बोलायचं", "बोलायचे", "பேச", "பேசணும்", "మాట్లాడాలి", "మాట్లాడడం", "વાત",
+               "ಮಾತನಾಡಬೇಕು", "ಮಾತಾಡುವುದು", "ಮಾತಾಡಬೇಕು"}),
 )
 
 
@@ -510,6 +514,14 @@ def _name_handle(ctx: Ctx, inp: UserInput) -> Result:
     return Goto(ctx.after("category"), [Say("bot.recipient.saved",
                                             {"name": ctx.slots["recipient_name"],
                                              "phone": phone})])
+
+
+def _names_the_language_in_use(ctx: Ctx, inp: UserInput) -> bool:
+    """The bare name of the language already spoken ("தமிழ்", "Tamizh" in a Tamil chat) at
+    the receiver's name: a given name, since switching to it would change nothing (and
+    ask the same question again, as often as it is sent). Another language's name, or
+    "in Tamil" (தமிழில்), still switches (_language_named)."""
+    return words.LANGUAGE_BY_NAME.get(words.clean(inp.text)) == ctx.lang
 
 
 def mobile(typed: str) -> str | None:
@@ -1313,7 +1325,7 @@ def _steps() -> list[Step]:
         *_place_steps("pickup", "drop"),
         *_place_steps("drop", "recipient_name"),
         Step("recipient_name", lambda ctx: [Say("bot.recipient.name")], _name_handle,
-             "bot.help.name", BOOKING),
+             "bot.help.name", BOOKING, own_answer=_names_the_language_in_use),
         Step("recipient_phone", _phone_prompt, _phone_handle, "bot.help.phone", BOOKING),
         _choice_step("category", "bot.parcel.category",
                      [f"bot.category.{c}" for c in CATEGORIES], "category", CATEGORIES,

@@ -70,9 +70,11 @@ YES_WORDS = frozenset({
     "hya", "hyan", "হ্যাঁ", "হ্যা", "হাঁ", "হা", "ঠিক আছে", "ওকে",  # bn
     "hoy", "ho", "होय", "हो", "ठीक आहे", "बरं",  # mr
     "aama", "aamam", "amam", "sari", "ஆம்", "ஆமா", "ஆமாம்", "சரி", "ஓகே",  # ta
+    "aamanga", "ஆமாங்க", "சரிங்க",  # ta, politely
     "avunu", "avnu", "sare", "అవును", "ఔను", "సరే", "ఓకే",  # te
-    "haji", "હા", "હાજી", "બરાબર", "ઠીક છે", "ઓકે",  # gu
-    "houdu", "haudu", "hawdu", "ಹೌದು", "ಸರಿ", "ಆಯ್ತು", "aytu", "ಓಕೆ",  # kn
+    "avunandi", "sarenandi", "అవునండి", "సరేనండి",  # te, politely
+    "haji", "હા", "હાજી", "બરાબર", "ઠીક છે", "ઓકે", "હા જી", "હાં", "હાં જી",  # gu
+    "houdu", "haudu", "hawdu", "howdu", "ಹೌದು", "ಸರಿ", "ಆಯ್ತು", "aytu", "ಓಕೆ",  # kn
     "👍",  # a thumbs-up, any skin tone (clean drops the tone): "ok" is yes too
 })
 NO_WORDS = frozenset({
@@ -80,8 +82,10 @@ NO_WORDS = frozenset({
     "না", "নাহ", "নাই",  # bn
     "nako", "नको", "नाही",  # mr
     "illa", "illai", "vendam", "இல்லை", "இல்ல", "வேண்டாம்",  # ta
-    "ledu", "vaddu", "kaadu", "kadu", "లేదు", "వద్దు", "కాదు",  # te
-    "nathi", "ના", "નથી", "નહીં",  # gu
+    "illinga", "illeenga", "இல்லீங்க", "இல்லைங்க", "வேண்டாங்க",  # ta, politely
+    "ledu", "ledhu", "vaddu", "kaadu", "kadu", "లేదు", "వద్దు", "కాదు",  # te
+    "ledandi", "ledhandi", "kaadandi", "లేదండి", "కాదండి", "వద్దండి",  # te, politely
+    "nathi", "ના", "નથી", "નહીં", "નહિ", "ના જી",  # gu
     "beda", "bedaa", "ಇಲ್ಲ", "ಬೇಡ", "ಬೇಡಾ",  # kn (illa: as in Tamil)
 })
 MENU_WORDS = frozenset({
@@ -154,6 +158,9 @@ BACK_WORDS = frozenset({
 LANGUAGE_BY_NAME: dict[str, str] = {
     "hindi": "hi", "हिंदी": "hi", "हिन्दी": "hi",
     "english": "en", "angrezi": "en", "angreji": "en", "अंग्रेजी": "en", "अंग्रेज़ी": "en",
+    "इंग्रजी": "en", "इंग्लिश": "en", "ইংরেজি": "en", "ইংলিশ": "en", "ஆங்கிலம்": "en",
+    "ஆங்கிலத்தில்": "en", "ஆங்கிலத்துல": "en", "இங்கிலீஷ்": "en", "ఇంగ్లీష్": "en",
+    "ఇంగ్లిష్": "en", "અંગ્રેજી": "en", "ઇંગ્લિશ": "en", "ಇಂಗ್ಲಿಷ್": "en", "ಇಂಗ್ಲೀಷ್": "en",
     "bangla": "bn", "bengali": "bn", "bangali": "bn", "বাংলা": "bn", "বাঙলা": "bn",
     "बांग्ला": "bn", "बंगाली": "bn",
     "marathi": "mr", "मराठी": "mr",
@@ -162,6 +169,21 @@ LANGUAGE_BY_NAME: dict[str, str] = {
     "gujarati": "gu", "gujrati": "gu", "ગુજરાતી": "gu", "गुजराती": "gu",
     "kannada": "kn", "kannad": "kn", "ಕನ್ನಡ": "kn", "कन्नड़": "kn", "कन्नड": "kn",
 }
+
+# "In Tamil" is one word in most of these languages: the name and a case ending
+# (मराठीत, বাংলায়, தமிழில், తెలుగులో, ગુજરાતીમાં, ಕನ್ನಡದಲ್ಲಿ). Only a whole language name
+# followed by one of these is read as the language (language_in_word).
+_CASE_ENDINGS: tuple[str, ...] = (
+    "त", "मध्ये", "मधे", "में",  # mr, hi (joined)
+    "য়", "তে",  # bn
+    "ில்", "ிலே", "ில", "ல", "ுல",  # ta (தமிழில், தமிழ்ல)
+    "లో", "ులో",  # te (తెలుగులో, ఇంగ్లీషులో)
+    "માં",  # gu
+    "ದಲ್ಲಿ", "ದಲ್ಲೇ", "ನಲ್ಲಿ", "ಿನಲ್ಲಿ",  # kn
+)
+# The sign that ends a name in a consonant (தமிழ், ఇంగ్లీష్): an ending that starts with a
+# vowel sign takes its place (தமிழ் + இல் = தமிழில்).
+_VIRAMAS = "\u094d\u09cd\u0acd\u0bcd\u0c4d\u0ccd"
 
 _SPACES = re.compile(r"\s+")
 _TRIM = ".,!?।॥;:'\"()[]"
@@ -276,18 +298,29 @@ def name_and_number(text: str) -> tuple[str, str] | None:
 
 
 # The word for rupees as each catalog's value question asks for it, and short forms.
+# A word that begins another (ರೂಪಾಯಿ, ರೂಪಾಯಿಗಳು) comes after it: the first alternative
+# that matches is taken.
 _RUPEE_WORDS = re.compile(
     r"(₹|rs\.?|rupees?|rupaye|rupay|रुपये|रुपए|रुपया|रु\.?|/-"
     r"|টাকা|taka|tk\.?|ரூபாய்|ரூ\.?|రూపాయలు|రూపాయి|రూ\.?|રૂપિયા|રૂપિયો|રૂ\.?"
-    r"|ರೂಪಾಯಿ|ರೂಪಾಯಿಗಳು|ರೂ\.?|रुपये)")
+    r"|ರೂಪಾಯಿಗಳು|ರೂಪಾಯಿ|ರೂ\.?)")
+# "2 lakh", "1.5 lakh", "১ লাখ", "2 லட்சம்": a number of lakhs (1,00,000), up to two
+# decimals; the whole answer (after the rupee word) and nothing else.
+LAKH = 100_000
+_IN_LAKH = re.compile(
+    r"(?P<whole>[0-9]{1,3})(?:\.(?P<part>[0-9]{1,2}))?(?:lakhs?|lacs?|laakh|लाख|লাখ|லட்சம்|லட்ச(?:ங்கள்)?"
+    r"|లక్షలు|లక్ష|લાખ|ಲಕ್ಷ)")
 
 
 def amount_rupees(text: str) -> int | None:
-    """Rupees in "1500", "₹1,500", "1500 rs", "रु 1500", "1500 টাকা"; None if not an
-    amount."""
+    """Rupees in "1500", "₹1,500", "1500 rs", "रु 1500", "1500 টাকা", "1.5 lakh", "২ লাখ";
+    None if not an amount."""
     t = ascii_digits(clean(text))
     t = _RUPEE_WORDS.sub("", t)
     t = t.replace(",", "").replace(" ", "")
+    lakhs = _IN_LAKH.fullmatch(t)
+    if lakhs is not None:  # "1.5" lakh: 1,50,000
+        return int(lakhs["whole"]) * LAKH + int((lakhs["part"] or "").ljust(5, "0"))
     return int(t) if t.isascii() and t.isdigit() and len(t) <= 9 else None
 
 
@@ -312,16 +345,32 @@ def guess_language(text: str) -> str | None:
     return max(counts, key=lambda k: counts[k])
 
 
+def language_in_word(word: str) -> str | None:
+    """The language a word names: its name ("தமிழ்") or its name with a case ending
+    ("தமிழில்", "मराठीत", "ಕನ್ನಡದಲ್ಲಿ": in Tamil, Marathi, Kannada); else None."""
+    found = LANGUAGE_BY_NAME.get(word)
+    for ending in _CASE_ENDINGS:
+        if found or not word.endswith(ending) or len(word) == len(ending):
+            continue
+        stem = word[: -len(ending)]
+        found = LANGUAGE_BY_NAME.get(stem)
+        if found is None and unicodedata.category(ending[0]) in ("Mn", "Mc"):
+            found = next((LANGUAGE_BY_NAME[stem + v] for v in _VIRAMAS
+                          if stem + v in LANGUAGE_BY_NAME), None)
+    return found
+
+
 def language_named(text: str) -> str | None:
-    """The language code of a typed language name ("Bengali", "हिन्दी", "tamil")."""
-    return LANGUAGE_BY_NAME.get(clean(text))
+    """The language code of a typed language name ("Bengali", "हिन्दी", "tamil"), also
+    with a case ending ("தமிழில்", "in Tamil")."""
+    return language_in_word(clean(text))
 
 
 def language_mentioned(text: str) -> str | None:
     """The language of the first language name among the words ("मराठी में", "tamil
-    please"); None if none is named."""
+    please", "मराठीत बोला"); None if none is named."""
     for word in clean(text).split():
-        found = LANGUAGE_BY_NAME.get(word.strip(_TRIM))
+        found = language_in_word(word.strip(_TRIM))
         if found:
             return found
     return language_named(text)
