@@ -61,6 +61,14 @@ def segments(outs: list[Out], lang: str) -> list[tuple[str, str]]:
     return [(seg_lang, text) for seg_lang, text in out if text.strip()]
 
 
+def private_texts(outs: list[Out], lang: str) -> set[str]:
+    """The texts of the pieces marked private (Say.private), as segments gives them."""
+    says = [o for item in outs
+            for o in (item.options if isinstance(item, Choices) else (item,))
+            if isinstance(o, Say) and o.private]
+    return {" ".join(text_of(say, lang).split()) for say in says}
+
+
 @functools.cache
 def say_voices() -> dict[str, str]:
     """Twilio's <Say> voice per language. Twilio's default voice ("man") speaks none of
@@ -71,8 +79,9 @@ def say_voices() -> dict[str, str]:
             or f"Google.{locale}-Standard-A" for lang, locale in i18n.SAY_LOCALES.items()}
 
 
-def _speak(verb: Any, seg_lang: str, text: str, missing: list[tuple[str, str]]) -> None:
-    url = audio.audio_url(seg_lang, text, missing=missing)
+def _speak(verb: Any, seg_lang: str, text: str, missing: list[tuple[str, str]],
+           private: frozenset[str] | set[str] = frozenset()) -> None:
+    url = None if text in private else audio.audio_url(seg_lang, text, missing=missing)
     if url:
         verb.play(url)
     else:
@@ -84,6 +93,7 @@ def render(turn: VoiceTurn) -> str:
     """The TwiML for one turn: prompts inside a <Gather>, or a <Dial>, or goodbye."""
     response = VoiceResponse()
     missing: list[tuple[str, str]] = []  # prompts without audio yet, queued at the end
+    private = private_texts(turn.outs, turn.lang)  # spoken by <Say> only
     goodbye = i18n.t("voice.goodbye", turn.lang)
     if turn.action == "gather":
         options: dict[str, Any] = {"finish_on_key": "#"}
@@ -95,13 +105,13 @@ def render(turn: VoiceTurn) -> str:
         gather = response.gather(input="dtmf", action=action, method="POST",
                                  action_on_empty_result=True, **options)
         for seg_lang, text in segments(turn.outs, turn.lang):
-            _speak(gather, seg_lang, text, missing)
+            _speak(gather, seg_lang, text, missing, private)
         # Reached only if Twilio did not post the empty answer: end rather than loop.
         _speak(response, turn.lang, goodbye, missing)
         response.hangup()
     elif turn.action == "dial" and turn.dial:
         for seg_lang, text in segments(turn.outs, turn.lang):
-            _speak(response, seg_lang, text, missing)
+            _speak(response, seg_lang, text, missing, private)
         response.dial(turn.dial, timeout=DIAL_TIMEOUT_S, method="POST",
                       action=webhook_url(DIAL_PATH, lang=turn.lang))
         # Reached only if Twilio did not request the action: end politely.
@@ -109,7 +119,7 @@ def render(turn: VoiceTurn) -> str:
         response.hangup()
     else:
         for seg_lang, text in segments(turn.outs, turn.lang):
-            _speak(response, seg_lang, text, missing)
+            _speak(response, seg_lang, text, missing, private)
         _speak(response, turn.lang, goodbye, missing)
         response.hangup()
     audio.queue_renders(missing)

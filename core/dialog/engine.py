@@ -48,6 +48,9 @@ class Say:
     params: Mapping[str, Any] = field(default_factory=dict)
     joined: bool = False  # continue the previous line (a fare breakdown), not a new paragraph
     lang: str | None = None  # always in this language (the IVR's language menu), else the user's
+    # Reads back something of the caller's own however few its digits (the end of a booking
+    # number): the phone speaks it with <Say>, never renders nor keeps it (ivr_flows.audio).
+    private: bool = False
 
 
 @dataclass(frozen=True)

@@ -659,7 +659,8 @@ def _cancel_pick_prompt(ctx: Ctx) -> list[Out]:
         return [Say("ivr.cancel.none"), Say("ivr.hint")]
     return [Say("ivr.cancel.ask"), Choices(tuple(
         Say("ivr.cancel.option", {"place": _said(preview.get("drop")),
-                                  "digits": spoken.spell_digits(ref[-SHORT_REF:])})
+                                  "digits": spoken.spell_digits(ref[-SHORT_REF:])},
+            private=True)  # the end of her booking number: never sent to gTTS nor kept
         for ref, preview in found))]
 
 

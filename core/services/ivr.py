@@ -434,6 +434,8 @@ def read_pickup_code(session: Session, person: Person, booking: Booking) -> dict
                     extra={"booking_id": booking.id, "leg_id": leg.id})
         return {"refused": "limit"}
     drop_hash, failures = leg.drop_otp_hash, dispatch.tries_after_lost_code(session, leg, "pickup")
+    # The code it replaces may still wait in the outbox (Twilio away): never sent now.
+    outbox.withdraw_leg_codes(session, leg.id, kinds=("pickup",))
     code, _ = booking_service.issue_leg_otps(leg)
     leg.drop_otp_hash, leg.otp_failures = drop_hash, failures
     session.add(AuditEntry(actor=f"customer:{person.id}", action=CODE_READ,
