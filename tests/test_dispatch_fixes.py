@@ -54,10 +54,13 @@ def _reference(booking_id: int) -> str:
 # --- lock order: OFF duty against a rival's YES ----------------------------------------
 
 
-def _wait_for_a_lock_waiter(timeout_s: float = 10) -> None:
-    """Until some transaction of this test database waits for a row lock."""
+def _wait_for_a_lock_waiter(timeout_s: float = 10, done: threading.Event | None = None) -> None:
+    """Until some transaction of this test database waits for a row lock, or ``done`` is
+    set first (the other side finished without waiting)."""
     until = time.monotonic() + timeout_s
     while time.monotonic() < until:
+        if done is not None and done.is_set():
+            return
         with transaction() as s:
             if s.scalar(text("SELECT count(*) FROM pg_stat_activity WHERE datname = "
                              "current_database() AND wait_event_type = 'Lock'")):
@@ -278,9 +281,9 @@ def test_the_relay_rider_hears_when_nobody_takes_the_next_leg_and_when_someone_d
 def test_two_searches_at_once_give_a_partner_one_open_offer(
         client, live, frozen, monkeypatch):  # noqa: F811
     """Two bookings paid at the same moment near the same partner: the second search,
-    which ranked her before the first committed its offer, waits for her row and then
-    leaves her out (a bare "1" must name one job), and the partners' rows are locked in
-    one order, so two such searches cannot deadlock."""
+    which ranked her before the first committed its offer, skips her row while it is
+    locked and leaves her out (a bare "1" must name one job; she may be offered it once
+    free), and no search waits on partners' rows, so two such searches cannot deadlock."""
     asha, _ = make_partner("Asha", LAXMIPUR)
     bala, _ = make_partner("Bala", (26.893, 84.489))
     first, second = paid_booking(), paid_booking()
@@ -293,11 +296,14 @@ def test_two_searches_at_once_give_a_partner_one_open_offer(
         if key == "dispatch.offer" and kw.get("booking_id") == first \
                 and not first_offered.is_set():
             first_offered.set()
-            _wait_for_a_lock_waiter()  # the second search now waits for a partner row
+            # The second search now reaches her locked row: it skips it (or, before the
+            # skip, waits on another lock): hold this offer uncommitted until then.
+            _wait_for_a_lock_waiter(done=second_done)
         return got
 
     monkeypatch.setattr(dispatch, "_sms_partner", sms_partner)
     errors: list[BaseException] = []
+    second_done = threading.Event()
 
     def run(booking_id: int, wait_first: bool) -> None:
         try:
@@ -306,6 +312,9 @@ def test_two_searches_at_once_give_a_partner_one_open_offer(
             dispatch.start_dispatch(booking_id)
         except BaseException as exc:  # noqa: BLE001 (reported by the assertion below)
             errors.append(exc)
+        finally:
+            if wait_first:
+                second_done.set()
 
     threads = [threading.Thread(target=run, args=(first, False)),
                threading.Thread(target=run, args=(second, True))]

@@ -60,8 +60,8 @@ from zoneinfo import ZoneInfo
 import requests
 from redis.exceptions import RedisError
 from rq import Retry
-from sqlalchemy import false, func, or_, select, text, update
-from sqlalchemy.orm import Session
+from sqlalchemy import Select, false, func, or_, select, text, update
+from sqlalchemy.orm import Session, aliased
 
 from core import clock, i18n
 from core.adapters import facts_watch, geo_index, points, storage
@@ -846,10 +846,16 @@ def offer_next_batch(session: Session, booking: Booking, leg: Leg,
     exclude |= set(session.scalars(select(DispatchOffer.partner_id).where(
         DispatchOffer.status == rules.OfferStatus.OPEN.value)))
     load = load_of(booking, leg)  # only partners whose vehicle can ride the whole leg
+    busy: set[int] = set()
     while True:
         radius = cfg.radii_km[search.radius_step]
         ranked = find_candidates(session, leg.from_lat, leg.from_lng, load, radius,
                                  exclude=exclude)
+        if not ranked and busy:
+            # Nobody left but riders busy this instant: ask them again in a moment, not
+            # farther riders first, nor ops as if there were nobody (_exhausted).
+            _retry_busy(session, leg, search)
+            return 0
         if not ranked and search.radius_step + 1 < len(cfg.radii_km):
             search.radius_step += 1
             log.info("widening search", extra={"leg_id": leg.id,
@@ -859,27 +865,38 @@ def offer_next_batch(session: Session, booking: Booking, leg: Leg,
             _exhausted(session, booking, leg, search)
             return 0
         batch = ranked[: cfg.batch_size(search.batch_no)]
-        # Another search may be offering to the same partners right now: lock their rows
-        # in id order (two searches ranking them in other orders cannot deadlock), then
-        # leave out any that got an open offer meanwhile (one open offer each). The rows
-        # say too whether they are still on duty and payable: the ranking may have used
-        # cached facts that a change lost in a Redis failure left stale (OFF, a
-        # suspension), and PostgreSQL is the truth.
+        # Another search may be offering to the same partners right now: lock their rows,
+        # then leave out any that got an open offer meanwhile (one open offer each). The
+        # rows say too whether they are still on duty and payable: the ranking may have
+        # used cached facts that a change lost in a Redis failure left stale (OFF, a
+        # suspension), and PostgreSQL is the truth. A row another transaction holds is
+        # skipped, not waited for: that rider is busy this instant (giving a job back,
+        # taken off one, going OFF, taking another), and a take-back that holds its own
+        # rider's row and waits for his while he gives his job back (and waits for hers,
+        # to offer it on) would deadlock, in whatever order the rows were locked. A
+        # rider left out is not counted as asked: the next batch may offer it to them.
         ids = sorted(r.candidate.partner_id for r in batch)
         # An SMS-only partner whose number stopped our SMS could read no offer (set_duty
         # keeps them off duty; this is for one on duty from before).
         reachable = PartnerProfile.has_app.is_(True) | PartnerProfile.person_id.not_in(
             select(Person.id).where(Person.sms_opted_out.is_(True)))
+        may_work = (PartnerProfile.on_duty.is_(True), PartnerProfile.kyc_status == VERIFIED_KYC,
+                    PartnerProfile.payout_account_id.is_not(None), reachable)
         working = set(session.scalars(
-            select(PartnerProfile.id).where(
-                PartnerProfile.id.in_(ids), PartnerProfile.on_duty.is_(True),
-                PartnerProfile.kyc_status == VERIFIED_KYC,
-                PartnerProfile.payout_account_id.is_not(None), reachable)
-            .order_by(PartnerProfile.id).with_for_update()))
+            select(PartnerProfile.id).where(PartnerProfile.id.in_(ids), *may_work)
+            .order_by(PartnerProfile.id).with_for_update(skip_locked=True)))
         taken = set(session.scalars(select(DispatchOffer.partner_id).where(
             DispatchOffer.partner_id.in_(ids),
             DispatchOffer.status == rules.OfferStatus.OPEN.value)))
-        gone = set(ids) - working
+        left_out = set(ids) - working
+        # Those skipped for a lock, working as last committed (the rest stopped working).
+        now_busy = set(session.scalars(select(PartnerProfile.id).where(
+            PartnerProfile.id.in_(left_out), *may_work))) if left_out else set()
+        if now_busy:
+            log.info("ranked partners busy left out of this batch",
+                     extra={"leg_id": leg.id, "partners": len(now_busy)})
+        busy |= now_busy
+        gone = left_out - now_busy
         if gone:
             log.info("ranked partners no longer working left out",
                      extra={"leg_id": leg.id, "partners": len(gone)})
@@ -889,8 +906,9 @@ def offer_next_batch(session: Session, booking: Booking, leg: Leg,
         batch = [r for r in batch if r.candidate.partner_id in working - taken]
         if batch:
             break
-        # All of them were offered another job meanwhile, or stopped working: rank again.
-        exclude |= taken | gone
+        # All of them were offered another job meanwhile, stopped working, or are busy:
+        # rank again.
+        exclude |= taken | gone | busy
     now = clock.now()
     expires = now + timedelta(seconds=cfg.offer_timeout_s)
     pickup, drop = place(session, booking, leg, "from"), place(session, booking, leg, "to")
@@ -923,6 +941,21 @@ def offer_next_batch(session: Session, booking: Booking, leg: Leg,
     # finds the offers past expires_at and moves the search on.
     search.next_try_at = expires
     return len(batch)
+
+
+# How soon a search whose only riders left were busy (offer_next_batch) asks them again.
+BUSY_RETRY = timedelta(seconds=10)
+
+
+def _retry_busy(session: Session, leg: Leg, search: DispatchSearch) -> None:
+    """The batch found nobody but riders whose rows another transaction held: the search
+    goes on in BUSY_RETRY (the same pass, radius and batch), or the sweep moves it on
+    should that job be lost (next_try_at)."""
+    now = clock.now()
+    search.next_try_at = min(now + BUSY_RETRY, search.deadline_at)
+    _schedule_in(session, (search.next_try_at - now).total_seconds(),
+                 "workers.dispatch.continue_search", leg.id,
+                 job_id=f"dispatch-busy-{leg.id}-{search.round}-{now.timestamp():.0f}")
 
 
 def _exhausted(session: Session, booking: Booking, leg: Leg, search: DispatchSearch) -> None:
@@ -981,6 +1014,24 @@ def _open_offers(session: Session, leg_id: int) -> list[DispatchOffer]:
 
 def _lock_leg(session: Session, leg_id: int) -> Leg | None:
     return session.get(Leg, leg_id, with_for_update=True, populate_existing=True)
+
+
+def _earlier_legs(leg_ids: Iterable[int]) -> Select[Leg]:
+    """The relay legs before each of ``leg_ids`` (of the same booking), in order."""
+    later = aliased(Leg)
+    return (select(Leg).join(later, (later.booking_id == Leg.booking_id)
+                             & (later.sequence > Leg.sequence))
+            .where(later.id.in_(list(leg_ids))).order_by(Leg.id))
+
+
+def _lock_legs_before(session: Session, leg_id: int) -> None:
+    """Lock the relay legs before ``leg_id``, as whoever may take it back must before its
+    own lock and the booking's: taking a relay leg back writes the leg before it too
+    (_give_back: a new handover code), whose rider's DROP holds that leg and then waits
+    for the booking (legs in order, then the booking, as lock_legs). Locked and read in
+    one statement: a leg read before its lock may be stale (another's DROP since)."""
+    session.scalars(_earlier_legs((leg_id,)).with_for_update(of=Leg)
+                    .execution_options(populate_existing=True)).all()
 
 
 def _search_of(session: Session, leg_id: int) -> DispatchSearch | None:
@@ -2803,6 +2854,11 @@ def confirm(session: Session, partner: PartnerProfile, kind: str,
         return _r("dispatch.no_such_job", job=job)
     if _booking_closed(session, leg):
         return _r("dispatch.job_cancelled", job=job)
+    if kind == "pickup":
+        # Their KYC as committed now, under the leg's lock: ops commit a suspension before
+        # block_partner takes their jobs back (and waits for this lock), so one read
+        # before it (this turn's partner row) would give the parcel to a suspended rider.
+        session.refresh(partner, ["kyc_status"])
     if kind == "pickup" and partner.kyc_status in BLOCKED_KYC and not parcel_in_hand(
             session, leg):
         return blocked
@@ -3007,6 +3063,7 @@ def cancel_by_partner(session: Session, partner: PartnerProfile,
     if problem is not None:
         return problem
     assert leg is not None
+    _lock_legs_before(session, leg.id)  # a relay leg's give-back writes the one before
     # As in confirm: a leg changed since read raises StaleDataError, and the turn runs
     # again.
     leg = _lock_leg(session, leg.id)
@@ -3145,8 +3202,12 @@ def block_partner(session: Session, partner_id: int, actor: Actor) -> list[int]:
     taken = set(session.scalars(select(Leg.id).where(
         Leg.partner_id == partner_id,
         Leg.status.in_((LegStatus.ASSIGNED.value, LegStatus.LOCKED.value)))))
-    legs = [leg for leg_id in sorted(offered | taken)
-            if (leg := _lock_leg(session, leg_id)) is not None]
+    # Taking a relay leg back writes the leg before it too (_give_back): those are locked
+    # with the rest, in id order (a relay's legs are made in sequence order: lock_legs').
+    earlier = set(session.scalars(_earlier_legs(taken).with_only_columns(Leg.id))) \
+        if taken else set()
+    held = [(leg_id, _lock_leg(session, leg_id)) for leg_id in sorted(offered | taken | earlier)]
+    legs = [leg for leg_id, leg in held if leg is not None and leg_id in offered | taken]
     bookings = {leg.booking_id: session.get(Booking, leg.booking_id, with_for_update=True)
                 for leg in sorted(legs, key=lambda leg: leg.booking_id)}
     offers = [offer for leg in legs for offer in session.scalars(
@@ -3505,6 +3566,7 @@ def unlock_leg(session: Session, leg_id: int, actor: Actor) -> Leg:
     with the code only this rider held (a leg locked so before the next rider's PICK came
     to close it too: _handover_proven), is delivered and paid: a new drop code would reach
     nobody, the next rider having left with the parcel."""
+    _lock_legs_before(session, leg_id)  # a blocked rider's leg is taken back (_give_back)
     leg = _lock_leg(session, leg_id)
     if leg is None:
         raise NotFound("no such leg", code="unknown_job")

@@ -1394,8 +1394,10 @@ def _on_payment_failed(data: dict, cause: str) -> str:
     if booking_id is None:
         return "payment-failed"
     with transaction() as session:
-        booking = session.get(Booking, booking_id)
-        if booking is None or booking.status != BookingStatus.AWAITING_PAYMENT.value:
+        # Under the booking's lock, as the capture of a next attempt takes it: "try again"
+        # is queued before its "payment received", or not at all (the booking is paid).
+        booking = ledger.lock_booking(session, booking_id)
+        if booking.status != BookingStatus.AWAITING_PAYMENT.value:
             return "payment-failed"
         link = session.scalar(select(PaymentLink).where(PaymentLink.booking_id == booking.id))
         # "Try again with the same link" only while that link can still be paid; past it,
