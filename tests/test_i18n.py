@@ -101,6 +101,7 @@ REQUIRED_KEYS = (
     | {"dispatch.unlocked_handed"}  # unlock_leg: a relay parcel handed over already
     | {"dispatch.handed_pick_code"}  # new_leg_code: to the rider holding a handed parcel
     | {"dispatch.duty_sms_stopped"}  # set_duty: ON from an SMS-only partner who sent STOP
+    | {"dispatch.pod_before_pick"}  # conversation: a WhatsApp photo before the PICK
     | {"dispatch.duty_no_point"}  # set_duty: ON from an SMS-only partner placed nowhere
     | {"dispatch.auto_off", "dispatch.auto_off_job"}  # put OFF after missed offers
     | {"bot.confirm.too_many_unpaid", "ivr.confirm.too_many_unpaid"}  # the unpaid cap

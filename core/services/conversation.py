@@ -688,7 +688,12 @@ def _partner_photo(session: Session, person: Person, msg: InboundMessage, *,
 
     leg = dispatch.pod_leg_of(session, partner)
     if leg is None:
-        return None if booking else Say("dispatch.pod_no_job")
+        if booking:
+            return None
+        waiting = dispatch.to_collect_of(session, partner)
+        if waiting is not None:  # a photo goes with the parcel in hand
+            return Say("dispatch.pod_before_pick", {"job": dispatch.job_code(waiting)})
+        return Say("dispatch.pod_no_job")
     url, kind = images[0]
     leg_id, partner_id = leg.id, partner.id
     before_drop = leg.status != LegStatus.DELIVERED.value  # a pickup photo, however late fetched

@@ -3471,12 +3471,20 @@ def attach_pod(session: Session, partner: PartnerProfile, leg_id: int, data: byt
     return photo
 
 
+def to_collect_of(session: Session, partner: PartnerProfile) -> Leg | None:
+    """A job of the partner's still to collect: taken, its parcel not in his hands."""
+    return next((leg for leg in session.scalars(select(Leg).where(
+        Leg.partner_id == partner.id, Leg.status == LegStatus.ASSIGNED.value)
+        .order_by(Leg.id)) if not parcel_in_hand(session, leg)), None)
+
+
 def pod_leg_of(session: Session, partner: PartnerProfile) -> Leg | None:
     """The leg a photo from this partner belongs to: one they delivered minutes ago and
     have sent no photo of (the photo of the doorstep comes right after the drop, even
     while they carry another parcel), else the one whose parcel is in their hands now
     (picked up, or handed over to them at a Point; kept as a pickup photo, not the proof:
-    attach_pod), else the one they delivered in the last hour."""
+    attach_pod), else, with no job of theirs still to collect, the one they delivered in
+    the last hour."""
     just_dropped = session.scalar(select(Leg).where(
         Leg.partner_id == partner.id, Leg.status == LegStatus.DELIVERED.value,
         Leg.pod_photo_url.is_(None), Leg.delivered_at >= clock.now() - POD_JUST_DROPPED)
@@ -3492,6 +3500,11 @@ def pod_leg_of(session: Session, partner: PartnerProfile) -> Leg | None:
         None)
     if carrying is not None:
         return carrying
+    if to_collect_of(session, partner) is not None:
+        # At his next sender's door, parcel not yet his: a photo now is of that parcel,
+        # not the proof of the last drop (it would take its place, under another
+        # customer's booking). The app refuses it alike (pod_not_now).
+        return None
     # delivered_at, not updated_at: that one is the database's clock and moves with any
     # later change to the leg (a photo, a payout), so an old drop would look recent.
     return session.scalar(select(Leg).where(
