@@ -49,9 +49,10 @@ def test_unlock_does_not_give_a_suspended_partner_back_a_job_they_may_not_pick_u
     assert r.status_code == 200, r.get_json()
     r = client.post(f"{API}/ops/legs/{leg.id}/unlock", headers=ops)
     after = legs_of(booking_id)[0]
-    # The suspended partner may not pick it up ...
-    new_pick = last_code(CUSTOMER)
-    refused = sms(client, phone, f"PICK {new_pick}")[0]
+    # The suspended partner may not pick it up, with the right code of before (no new
+    # one goes out: the job went back to offering, and the first code's message, never
+    # sent here, was withdrawn with it) ...
+    refused = sms(client, phone, f"PICK {pick}")[0]
     assert legs_of(booking_id)[0].status != "picked_up", refused
     # ... so the job must not be left on them.
     assert not (after.status == "assigned" and after.partner_id == partner_id), (
