@@ -475,7 +475,7 @@ class Command:
 _YES_ELSEWHERE = frozenset({
     "होय", "hoy", "ठीक आहे", "बरं",  # mr ("हो" alone: _YES_ALONE)
     "হ্যাঁ", "হাঁ", "হ্যা", "ঠিক আছে", "ঠিক", "ওকে",  # bn
-    "ஆம்", "ஆமா", "aama", "aam", "சரி", "sari", "ஓகே",  # ta
+    "ஆம்", "ஆமா", "ஆமாம்", "aama", "aam", "aamaam", "aamam", "சரி", "sari", "ஓகே",  # ta
     "అవును", "avunu", "సరే", "sare", "ఓకే",  # te
     "હા", "હાં", "ઠીક છે", "ઠીક", "બરાબર", "ઓકે",  # gu
     "ಹೌದು", "houdu", "haudu", "ಸರಿ", "ಆಯ್ತು", "aytu", "ಓಕೆ",  # kn
@@ -493,12 +493,57 @@ _NO_ELSEWHERE = frozenset({
 # (done): "डिलीवर हो गया" is no yes to an open offer.
 _YES_ALONE = frozenset({"हो"})
 
-# Words in English, Hindi (Devanagari) and Hinglish (Latin), and yes/no in the other
-# languages. Matched after casefold/NFC.
-WORDS: Mapping[Kind, frozenset[str]] = {
+# The commands in the other catalog languages, in their scripts: the English word as
+# their keyboards spell it ("ஆன்", "পিক"), their own word for help and cancel (the one
+# our texts use: "ரத்து", "বাতিল"), and the verbs of the partner HELP ("ON - কাজ চালু",
+# "PICK + OTP - பார்சல் எடுத்தேன்"). Their words for "work" ("কাজ", "வேலை") are not
+# STATUS words: "வேலை வேண்டாம்" (no job) stays a no, as HELP's "2 or NO" line gives it.
+_COMMANDS_ELSEWHERE: Mapping[Kind, frozenset[str]] = {
+    Kind.ON: frozenset({
+        "सुरू", "सुरु",  # mr
+        "অন", "চালু",  # bn
+        "ஆன்", "தொடங்கு",  # ta
+        "ఆన్", "మొదలు",  # te
+        "ઓન", "ઑન", "ચાલુ",  # gu
+        "ಆನ್", "ಶುರು",  # kn
+    }),
+    Kind.OFF: frozenset({
+        "অফ", "বন্ধ",  # bn
+        "ஆஃப்", "ஆப்", "நிறுத்து",  # ta
+        "ఆఫ్", "ఆపు",  # te
+        "ઑફ", "ઓફ", "બંધ",  # gu
+        "ಆಫ್", "ಬಂದ್",  # kn
+    }),
+    Kind.PICK: frozenset({
+        "घेतलं", "घेतले", "घेतला",  # mr
+        "পিক", "নিয়েছি",  # bn
+        "பிக்", "எடுத்தேன்",  # ta
+        "పిక్", "తీసుకున్నా",  # te
+        "પિક", "લીધું",  # gu
+        "ಪಿಕ್", "ತಗೊಂಡೆ",  # kn
+    }),
+    Kind.DROP: frozenset({
+        "पोहोचवलं", "पोहोचवले", "पोहोचवला",  # mr
+        "ড্রপ", "পৌঁছে",  # bn
+        "டிராப்", "ட்ராப்", "கொடுத்தேன்",  # ta
+        "డ్రాప్", "ఇచ్చేశా",  # te
+        "ડ્રોપ", "પહોંચાડ્યું",  # gu
+        "ಡ್ರಾಪ್", "ಕೊಟ್ಟೆ",  # kn
+    }),
+    Kind.STATUS: frozenset({"স্ট্যাটাস", "ஸ்டேட்டஸ்", "స్టేటస్", "સ્ટેટસ", "ಸ್ಟೇಟಸ್"}),
+    Kind.HELP: frozenset({"मदत", "সাহায্য", "உதவி", "సహాయం", "મદદ", "ಸಹಾಯ"}),
+    Kind.CANCEL: frozenset({"বাতিল", "ரத்து", "రద్దు", "રદ", "રદ્દ", "ರದ್ದು"}),
+}
+
+# Words in English, Hindi (Devanagari) and Hinglish (Latin), the commands and yes/no in
+# the other languages. Matched after casefold/NFC.
+_WORDS: dict[Kind, frozenset[str]] = {
     Kind.ON: frozenset({"on", "chalu", "chaalu", "chalo", "shuru", "start", "चालू", "चालु",
                         "शुरू", "शुरु", "ऑन", "ओन"}),
-    Kind.OFF: frozenset({"off", "band", "bandh", "bund", "बंद", "बन्द", "ऑफ", "ओफ"}),
+    # "stop work" (the English HELP's words for OFF), not "stop" alone: that is Twilio's
+    # opt-out, and "STOP 57" no OFF.
+    Kind.OFF: frozenset({"off", "stop work", "band", "bandh", "bund", "बंद", "बन्द", "ऑफ",
+                         "ओफ"}),
     Kind.ACCEPT: frozenset({"yes", "y", "haan", "han", "ha", "haa", "haan ji", "haanji",
                             "hanji", "ji", "ok",
                             "okay", "accept", "accepted", "hn", "theek", "thik", "हाँ", "हां",
@@ -518,6 +563,8 @@ WORDS: Mapping[Kind, frozenset[str]] = {
     Kind.CANCEL: frozenset({"cancel", "radd", "rad", "chhod", "chod", "रद्द", "रद", "कैंसल",
                             "छोड़", "छोड"}),
 }
+WORDS: Mapping[Kind, frozenset[str]] = {
+    kind: words | _COMMANDS_ELSEWHERE.get(kind, frozenset()) for kind, words in _WORDS.items()}
 # "No problem" and its like say yes to an offer, yet begin with a no ("no", "nahi",
 # "இல்லை"): the phrase is left out before the message is read, so it is never a decline,
 # and its no negates nothing. What else the message says decides: "koi baat nahi, haan"
@@ -604,9 +651,35 @@ def _without_no_problem(toks: list[str]) -> list[str]:
     return out
 
 
+# "Job No. 57": "no" between one of these and a number is the number's abbreviation
+# (as India writes it), no refusal that would turn "DROP 4821 job no. 57" around.
+_NUMBER_NAMED = frozenset({"job", "jobs", "जॉब"})
+_NUMBER_SIGN = frozenset({"no", "नं"})
+# "हो ना", "घेतो ना", "le lunga na": after other words a last "ना"/"na" is the tag of a
+# sure answer ("yes, sure"), as often as a late no. It refuses nothing on its own: such a
+# message is not understood (the partner is asked again, the offer named). It still
+# turns any other command around, as every no does ("ok na", "PICK 4821 na").
+_TAG_NO = frozenset({"ना", "na"})
+
+
+def _without_number_sign(toks: list[str]) -> list[str]:
+    """The tokens without a "no" that abbreviates a job's number (``_NUMBER_SIGN``)."""
+    return [t for i, t in enumerate(toks)
+            if not (t in _NUMBER_SIGN and 0 < i < len(toks) - 1
+                    and toks[i - 1] in _NUMBER_NAMED and toks[i + 1].isdigit())]
+
+
+def _tag_no_alone(words: Sequence[str]) -> bool:
+    """True if the one no of these words is a last ``_TAG_NO`` after other words."""
+    return len(words) >= 2 and words[-1] in _TAG_NO and not any(
+        _LOOKUP.get(w) is Kind.DECLINE for w in words[:-1]) and not any(
+        _LOOKUP.get(f"{a} {b}") is Kind.DECLINE for a, b in zip(words, words[1:],
+                                                                  strict=False))
+
+
 def parse_command(raw: str) -> Command:
     """What a partner's SMS asks for. ``1``/``2`` alone are accept/decline."""
-    toks = _without_no_problem(tokens(raw))
+    toks = _without_number_sign(_without_no_problem(tokens(raw)))
     if not toks:
         return Command(Kind.UNKNOWN)
     if len(toks) == 2 and toks[0] == "0" and toks[1] in ("n", "ff"):
@@ -634,7 +707,8 @@ def parse_command(raw: str) -> Command:
         kind = (kinds - {Kind.STATUS}).pop()  # "mera kaam band", "duty job off"
     elif kind is None and len(kinds) == 1 and len(words) <= 3:
         kind = next(iter(kinds))  # "duty on", "ok yes": a known word in a short message
-    if kind is None or (kind is not Kind.DECLINE and _negated(words)):
+    if kind is None or (kind is not Kind.DECLINE and _negated(words)) or (
+            kind is Kind.DECLINE and _tag_no_alone(words)):
         return Command(Kind.UNKNOWN, numbers, words)
     return Command(kind, numbers, words)
 

@@ -303,14 +303,39 @@ def load_of(booking: Booking, leg: Leg | None = None) -> rules.Load:
     return rules.Load(size, weight, sum(p.declared_value_paise for p in parcels), ride_m)
 
 
+# The longest name place() gives: a partner's SMS names one or two places in a text that
+# must fit 2 parts (67 characters each in an Indian script) with the job's code, a phone
+# number or a state; a customer's place and landmark take up to 200 characters, a
+# Point's name 60. The rider calls the customer (the phone is in the same SMS) for more.
+PLACE_NAME_MAX = 30
+_CUT_MARK = "..."  # ASCII: an English SMS stays in the GSM alphabet (160 a part, not 70)
+
+
+def short_place_name(name: str, limit: int = PLACE_NAME_MAX) -> str:
+    """``name`` if it is at most ``limit`` characters, else cut to fit with "...", after
+    its last whole word when that keeps at least half ("Kilpauk Medical College, opp"
+    -> "Kilpauk Medical College...")."""
+    name = " ".join(name.split())
+    if len(name) <= limit:
+        return name
+    room = limit - len(_CUT_MARK)
+    cut = name[:room]
+    if not name[room].isspace():
+        space = cut.rfind(" ")
+        if space >= room // 2:
+            cut = cut[:space]
+    return cut.rstrip(" ,;:-/(") + _CUT_MARK
+
+
 def place(session: Session, booking: Booking, leg: Leg, end: str) -> str:
     """A short name people know for a leg's start or end (``end`` "from" or "to"): the
-    Point, else the village. The partner's SMS and the app name a job's places by it."""
+    Point, else the village (and landmark), at most ``PLACE_NAME_MAX`` characters. The
+    partner's SMS and the app name a job's places by it."""
     point_id = leg.from_point_id if end == "from" else leg.to_point_id
     if point_id is not None:
         point = session.get(Point, point_id)
         if point is not None:
-            return point.name
+            return short_place_name(point.name)
     is_pickup = end == "from"
     office = booking.pickup_post_office if is_pickup else booking.drop_post_office
     landmark = booking.pickup_landmark if is_pickup else booking.drop_landmark
@@ -318,7 +343,7 @@ def place(session: Session, booking: Booking, leg: Leg, end: str) -> str:
     name = display_name(office) if office else (pincode or "")
     if landmark:
         name = f"{name}, {landmark}" if name else landmark
-    return name[:60] or "-"
+    return short_place_name(name) or "-"
 
 
 def job_code(leg: Leg) -> str:
@@ -3407,7 +3432,32 @@ def status_lines(session: Session, partner: PartnerProfile, lang: str) -> list[s
             return [_no_point().render(lang)]
         key = "dispatch.status_none_on" if partner.on_duty else "dispatch.status_none_off"
         return [i18n.t(key, lang)]
-    return ["\n".join(lines)]
+    return _in_two_part_sms(lines)
+
+
+# What one SMS of ours may take: 2 parts, of 153 characters in the GSM alphabet (as
+# English goes) or 67 in UCS-2 (any Indian script; in UTF-16 units).
+_SMS_MAX_GSM = 2 * 153
+_SMS_MAX_UCS2 = 2 * 67
+
+
+def _fits_two_parts(text: str) -> bool:
+    if text.isascii():
+        return len(text) <= _SMS_MAX_GSM
+    return len(text.encode("utf-16-le")) // 2 <= _SMS_MAX_UCS2
+
+
+def _in_two_part_sms(lines: list[str]) -> list[str]:
+    """Lines one under the other in as few SMS as hold them at 2 parts each: a STATUS of
+    two jobs (a line each, both places named) goes as two SMS rather than one of 3 or 4
+    parts, which costs as much and some phones show apart, out of order."""
+    out: list[str] = []
+    for line in lines:
+        if out and _fits_two_parts(f"{out[-1]}\n{line}"):
+            out[-1] = f"{out[-1]}\n{line}"
+        else:
+            out.append(line)
+    return out
 
 
 # --- app / ops entry points -----------------------------------------------------------

@@ -2,7 +2,8 @@
 
 Runs inside core.services.inbound.process (one transaction, deduplicated by MessageSid),
 so a retried webhook never accepts an offer twice. Commands are parsed by
-core.domain.dispatch.parse_command (English, Hindi in Devanagari and in Latin letters).
+core.domain.dispatch.parse_command (English, Hindi in Devanagari and in Latin letters, and
+the other catalog languages' words for the commands, in their scripts).
 A stranger gets one line on how to book, once a day (a customer with a booking under way:
 how to track or cancel it; the recipient of a parcel under way: where it is); anything we
 cannot act on gets a clear answer in the partner's language, never an error page. A
