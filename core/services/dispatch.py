@@ -308,7 +308,7 @@ def load_of(booking: Booking, leg: Leg | None = None) -> rules.Load:
 # number or a state; a customer's place and landmark take up to 200 characters, a
 # Point's name 60. The rider calls the customer (the phone is in the same SMS) for more.
 PLACE_NAME_MAX = 30
-_CUT_MARK = "..."  # ASCII: an English SMS stays in the GSM alphabet (160 a part, not 70)
+CUT_MARK = "..."  # ASCII: an English SMS stays in the GSM alphabet (160 a part, not 70)
 
 
 def short_place_name(name: str, limit: int = PLACE_NAME_MAX) -> str:
@@ -318,13 +318,13 @@ def short_place_name(name: str, limit: int = PLACE_NAME_MAX) -> str:
     name = " ".join(name.split())
     if len(name) <= limit:
         return name
-    room = limit - len(_CUT_MARK)
+    room = limit - len(CUT_MARK)
     cut = name[:room]
     if not name[room].isspace():
         space = cut.rfind(" ")
         if space >= room // 2:
             cut = cut[:space]
-    return cut.rstrip(" ,;:-/(") + _CUT_MARK
+    return cut.rstrip(" ,;:-/(") + CUT_MARK
 
 
 def place(session: Session, booking: Booking, leg: Leg, end: str) -> str:
@@ -340,10 +340,16 @@ def place(session: Session, booking: Booking, leg: Leg, end: str) -> str:
     office = booking.pickup_post_office if is_pickup else booking.drop_post_office
     landmark = booking.pickup_landmark if is_pickup else booking.drop_landmark
     pincode = booking.pickup_pincode if is_pickup else booking.drop_pincode
+    return booked_place_name(office, pincode, landmark) or "-"
+
+
+def booked_place_name(office: str | None, pincode: str | None, landmark: str | None) -> str:
+    """A booking's place as place() names it: the village, then the landmark, cut to
+    PLACE_NAME_MAX (retention looks for that cut landmark in texts too)."""
     name = display_name(office) if office else (pincode or "")
     if landmark:
         name = f"{name}, {landmark}" if name else landmark
-    return short_place_name(name) or "-"
+    return short_place_name(name)
 
 
 def job_code(leg: Leg) -> str:

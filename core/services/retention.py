@@ -118,7 +118,7 @@ from core.domain.text import names_word
 from core.logs import mask_phones
 from core.services import inbound, ivr, ledger, outbox
 from core.services.booking import check_leg_otp
-from core.services.dispatch import BLOCKED_KYC
+from core.services.dispatch import BLOCKED_KYC, CUT_MARK, booked_place_name
 from core.services.partner_app import LAST_FIX_KEY
 
 log = logging.getLogger(__name__)
@@ -1092,11 +1092,28 @@ def _landmarks(session: Session, own_ids: list[int], received_ids: list[int]) ->
     b = Booking
     own = set(own_ids)
     given: set[str | None] = set()
-    for booking_id, pickup, drop in session.execute(
-            select(b.id, b.pickup_landmark, b.drop_landmark).where(
+    for row in session.execute(
+            select(b.id, b.pickup_post_office, b.pickup_pincode, b.pickup_landmark,
+                   b.drop_post_office, b.drop_pincode, b.drop_landmark).where(
                 or_(_among(b.id, own_ids), _among(b.id, received_ids)))):
-        given |= {pickup, drop} if booking_id in own else {drop}
+        ends = [row[1:4], row[4:7]] if row[0] in own else [row[4:7]]
+        for office, pincode, landmark in ends:
+            given |= {landmark, _cut_in_sms(office, pincode, landmark)}
     return {n.strip() for n in given if n and len(n.strip()) >= MIN_PLACE}
+
+
+def _cut_in_sms(office: str | None, pincode: str | None, landmark: str | None) -> str | None:
+    """The place as a rider's SMS names it when its landmark was cut to fit ("Bettiah,
+    blue gate behind..."), without the cut mark: the landmark whole is not in that text."""
+    if not landmark:
+        return None
+    shown = booked_place_name(office, pincode, landmark)
+    if not shown.endswith(CUT_MARK):
+        return None
+    village = booked_place_name(office, pincode, None)
+    cut = shown.removesuffix(CUT_MARK)
+    # Only a cut that keeps some of the landmark says where the door is.
+    return cut if len(cut) > len(village) + len(", ") else None
 
 
 def _senders_of(session: Session, phone: str | None) -> Senders:
