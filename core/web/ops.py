@@ -26,6 +26,7 @@ from prometheus_client import (
     multiprocess,
 )
 from prometheus_client.core import GaugeMetricFamily
+from rq import Worker
 from sqlalchemy import func, literal, select, text
 from sqlalchemy.orm import Session
 
@@ -68,12 +69,25 @@ class StateCollector:
 
     def collect(self):
         depth = GaugeMetricFamily("rq_queue_depth", "Jobs waiting per RQ queue", labels=["queue"])
+        failed_jobs = GaugeMetricFamily(
+            "rq_failed_jobs", "Jobs in each RQ queue's failed registry (retries used up: "
+            "look at them, re-run or delete them)", labels=["queue"])
+        workers = GaugeMetricFamily(
+            "rq_workers", "RQ workers registered to take each queue's jobs (0: nobody does)",
+            labels=["queue"])
         try:
             for name in QUEUES:
-                depth.add_metric([name], queue(name).count)
+                q = queue(name)
+                depth.add_metric([name], q.count)
+                # Without the registry's clean-up: a scrape reads, it does not delete.
+                failed_jobs.add_metric([name], q.failed_job_registry.get_job_count(
+                    cleanup=False))
+                workers.add_metric([name], Worker.count(connection=q.connection, queue=q))
         except Exception:  # a scrape must not fail because Redis blinked
             pass
         yield depth
+        yield failed_jobs
+        yield workers
         outbox = GaugeMetricFamily(
             "outbox_messages", "Outbox messages not sent yet (pending, sending, queued)",
             labels=["status"])
