@@ -129,6 +129,8 @@ class PartnerRow(BaseModel):
 
 
 class HandoffMessageOut(BaseModel):
+    id: int = Field(description="the message's number, rising: send the newest you read as "
+                                "?seen= when you close")
     direction: str = Field(description="in: from the person; out: an "
                                                         "operator's")
     body: str
@@ -432,7 +434,7 @@ def ops_handoffs(query: CursorQuery) -> CursorPage[HandoffRow]:
                 taken_by=handoff.operator_id(h) or (
                     answering.get(h.person_id) if h.person_id is not None else None),
                 messages=[HandoffMessageOut(
-                    direction=m.direction, body=m.body, at=m.created_at,
+                    id=m.id, direction=m.direction, body=m.body, at=m.created_at,
                     operator=handoff.ops_person_id(m.operator), channel=channel, delivery=status,
                     error_code=error_code) for m, channel, status, error_code in msgs]))
         return CursorPage[HandoffRow](items=out, next_offset=nxt.offset, next_after=nxt.after)
@@ -494,17 +496,22 @@ class CloseQuery(Strict):
     take_over: bool = Field(default=False, description="close a person another operator is "
                                                        "answering (audited "
                                                        "handoff.take_over)")
+    seen: int | None = Field(default=None, ge=0, le=2**63 - 1,
+                             description="the id of the newest message you read: if the "
+                                         "person wrote after it, nothing closes (409 "
+                                         "new_message; read it first)")
 
 
 @endpoint(bp, "POST", "/ops/handoffs/<int:handoff_id>/close",
           summary="Give the conversation back to the bot (audited). 409 taken_by_other "
                   "while another operator answers the person (?take_over=true closes it "
-                  "all the same)",
+                  "all the same); 409 new_message when the person wrote after the message "
+                  "?seen= names",
           roles=OPS, query=CloseQuery, response=Done, tags=("ops",), errors=(404, 409))
 def ops_handoff_close(handoff_id: int, query: CloseQuery) -> Done:
     with transaction() as session:
         took_from = handoff.close(session, handoff_id, f"ops:{principal().person_id}",
-                                  take_over=query.take_over)
+                                  take_over=query.take_over, seen=query.seen)
         if took_from is not None:
             audit(session, "handoff.take_over", f"handoff:{handoff_id}",
                   from_operator=took_from)

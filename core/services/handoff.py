@@ -396,12 +396,20 @@ def _unreachable(session: Session, person: Person, body: str) -> Conflict:
 
 
 def close(session: Session, handoff_id: int, operator: str, *,
-          take_over: bool = False) -> str | None:
+          take_over: bool = False, seen: int | None = None) -> str | None:
     """Give the conversation back to the bot (main menu) and tell the user. Closing is an
     answer too: a person another operator is answering is refused (Conflict
-    ``taken_by_other``) unless ``take_over``; the handoff names who closed it. The
+    ``taken_by_other``) unless ``take_over``; the handoff names who closed it. With
+    ``seen`` (the id of the newest message the operator read), a message of the person's
+    after it refuses the close (Conflict ``new_message``): "one more thing" written while
+    the operator typed would otherwise be shut in a closed handoff nobody reads. The
     operator taken over from, if any (for the audit log)."""
     handoff, conv, person = _get_open(session, handoff_id)
+    if seen is not None and session.scalar(select(HandoffMessage.id).where(
+            HandoffMessage.handoff_id == handoff.id, HandoffMessage.direction == "in",
+            HandoffMessage.id > seen).limit(1)) is not None:
+        raise Conflict("the person wrote again after the message you read: read it, then "
+                       "answer or close; nothing changed", code="new_message", field="seen")
     taken_from = _take(session, handoff, operator, take_over)
     _finish(session, handoff, conv, person, operator, "bot.handoff.closed")
     return taken_from
