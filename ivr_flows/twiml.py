@@ -25,6 +25,9 @@ from ivr_flows import audio
 
 GATHER_PATH = "/webhooks/voice/gather"
 DIAL_PATH = "/webhooks/voice/dial"
+SCREEN_PATH = "/webhooks/voice/screen"  # the operators' phone answered: take the caller?
+TAKE_PATH = "/webhooks/voice/screen/take"  # the key pressed there
+TAKE_KEY = "1"
 KEY_TIMEOUT_S = 6  # one key: seconds to wait after the prompt
 ENTRY_TIMEOUT_S = 8  # several digits: seconds to wait for the next one
 DIAL_TIMEOUT_S = 30
@@ -112,8 +115,17 @@ def render(turn: VoiceTurn) -> str:
     elif turn.action == "dial" and turn.dial:
         for seg_lang, text in segments(turn.outs, turn.lang):
             _speak(response, seg_lang, text, missing, private)
-        response.dial(turn.dial, timeout=DIAL_TIMEOUT_S, method="POST",
-                      action=webhook_url(DIAL_PATH, lang=turn.lang))
+        # The caller hears ringing (answerOnBridge) until the operator takes the call: the
+        # operators' phone first hears who is calling and presses 1 (screen()); a voicemail
+        # or a network's message that answers it presses nothing and takes nobody.
+        dial = response.dial(timeout=DIAL_TIMEOUT_S, method="POST", answer_on_bridge=True,
+                             action=webhook_url(DIAL_PATH, lang=turn.lang))
+        if turn.screen is not None:
+            conv_id, sid = turn.screen
+            dial.number(turn.dial, method="POST",
+                        url=webhook_url(SCREEN_PATH, conv=conv_id, call=sid))
+        else:
+            dial.number(turn.dial)
         # Reached only if Twilio did not request the action: end politely.
         _speak(response, turn.lang, goodbye, missing)
         response.hangup()
@@ -122,6 +134,22 @@ def render(turn: VoiceTurn) -> str:
             _speak(response, seg_lang, text, missing, private)
         _speak(response, turn.lang, goodbye, missing)
         response.hangup()
+    audio.queue_renders(missing)
+    return str(response)
+
+
+def screen(conv_id: int, sid: str, lang: str) -> str:
+    """What the operators' phone hears when it answers, before the caller is put through:
+    who is waiting, and the key that takes them; nothing pressed, it hangs up (the caller
+    is told we will call back)."""
+    response = VoiceResponse()
+    missing: list[tuple[str, str]] = []
+    gather = response.gather(input="dtmf", num_digits=1, timeout=KEY_TIMEOUT_S, method="POST",
+                             action=webhook_url(TAKE_PATH, conv=conv_id, call=sid, lang=lang),
+                             action_on_empty_result=True)
+    for _ in range(2):  # said again: the phone may be answered mid-sentence
+        _speak(gather, lang, i18n.t("ivr.ops.screen", lang), missing)
+    response.hangup()
     audio.queue_renders(missing)
     return str(response)
 

@@ -169,9 +169,43 @@ def voice_status():
 @signed
 def voice_dial():
     """The <Dial> to ops ended: goodbye if someone answered, else when we will call back."""
-    _sid, phone = _caller()
+    sid, phone = _caller()
     status = request.form.get("DialCallStatus", "")
-    return _xml(twiml.render(ivr.dial_ended(phone, status, _call_language())))
+    return _xml(twiml.render(ivr.dial_ended(phone, status, _call_language(), sid)))
+
+
+def _screened_call() -> tuple[int, str]:
+    """The caller's conversation and call that the operators' phone is asked to take (the
+    URL's conv and call, which Twilio's signature covers)."""
+    conv, sid = request.args.get("conv", ""), request.args.get("call", "")
+    if not conv.isascii() or not conv.isdigit() or not 1 <= int(conv) <= 2**63 - 1 \
+            or not _SID.match(sid):
+        abort(400, "conv and call are required")
+    return int(conv), sid
+
+
+@bp.post(twiml.SCREEN_PATH)
+@_twiml_even_on_failure
+@signed
+def voice_screen():
+    """The operators' phone answered a caller's <Dial>: ask it to take the call."""
+    conv, sid = _screened_call()
+    return _xml(twiml.screen(conv, sid, ivr.ops_language()))
+
+
+@bp.post(twiml.TAKE_PATH)
+@_twiml_even_on_failure
+@signed
+def voice_screen_take():
+    """The key pressed at the operators' phone: the take key puts the caller through (an
+    empty answer ends the screening and Twilio bridges the calls); anything else, or
+    nothing, hangs up that phone and the caller hears when we will call back."""
+    conv, sid = _screened_call()
+    if request.form.get("Digits", "")[:1] == twiml.TAKE_KEY and ivr.operator_took(conv, sid):
+        return _xml(str(VoiceResponse()))
+    response = VoiceResponse()
+    response.hangup()
+    return _xml(str(response))
 
 
 @bp.post("/webhooks/voice/fallback")

@@ -95,7 +95,9 @@ class Phone:
                     lines.append(f"  [waiting for digits, then {verb.get('finishOnKey', '#')}]")
                 break  # what follows a Gather plays only if Twilio never posts the answer
             if verb.tag == "Dial":
-                lines.append(f"  [call put through to {(verb.text or '').strip()}]")
+                number = (verb.findtext("Number") or verb.text or "").strip()
+                lines.append(f"  [call put through to {number}: you hear it ring; that phone"
+                             " hears who calls and presses 1 to take you]")
             elif verb.tag == "Hangup":
                 lines.append("  [the service hangs up]")
             else:

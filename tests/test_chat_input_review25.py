@@ -23,7 +23,7 @@ from core.services.conversation import _place
 from tests.test_conversations import START
 from tests.test_dialog import FakePorts, keys
 from tests.test_dialog_gaps import Chat
-from tests.test_ivr import Caller, phone, prompts  # noqa: F401  (fixtures)
+from tests.test_ivr import Caller, operator_takes, phone, prompts  # noqa: F401  (fixtures)
 
 # --- 1. a village whose name is one of the chat's words ---------------------------------
 
@@ -116,6 +116,8 @@ def test_a_whatsapp_message_after_a_call_to_our_team_is_answered(
     heard = phone.press("3")  # talk to a person
     dial = ET.fromstring(heard.xml).find("Dial")
     assert dial is not None, heard.xml
+    if dial_status == "completed":  # an operator took the call (pressed 1 when it rang)
+        operator_takes(phone.client, heard.xml)
     phone._post(dial.get("action", ""), phone.form(DialCallStatus=dial_status,
                                                     DialCallDuration="60"))
     chat = Chat(client, phone.phone)

@@ -73,6 +73,7 @@ REQUIRED_KEYS = (
     | {"ivr.amount", "ivr.amount_paise"}  # voice.amount: a fee with its paise
     | {"ivr.more_again"}  # voice office_prompt: the last page of names, 9 starts again
     | {"ivr.person.busy", "ivr.not_mobile"}  # ivr.dial_ended, the voice webhook
+    | {"ivr.ops.screen"}  # twiml.screen: the operators' phone takes a caller
     | {"payment.link_failed", "payment.ops_link_refused",  # payments._link_refused
        "payment.ops_transfer_refused"}  # payments._transfer_refused
     | {"payment.ops_transfer_reversed"}  # payments.record_transfer_reversal

@@ -59,7 +59,7 @@ class Heard:
                 assert heard.gather is None, "one Gather per answer"
                 heard.gather = dict(el.attrib)
             elif el.tag == "Dial":
-                heard.dial = (el.text or "").strip()
+                heard.dial = (el.findtext("Number") or el.text or "").strip()
             elif el.tag == "Hangup":
                 heard.hangup = True
         return heard
@@ -680,3 +680,24 @@ def test_a_number_the_caller_keyed_in_is_never_rendered_or_queued(phone: Caller)
              if job.func_name == RENDER_JOB]
     assert texts, "the prompts of the call were queued for rendering"
     assert not [text for text in texts if "9 8 7 6 5" in text or "9876543210" in text]
+
+
+def operator_takes(client, xml: str, key: str = "1") -> str:  # noqa: ANN001
+    """The operators' phone answers the <Dial> in ``xml`` and presses ``key``: Twilio
+    requests the <Number>'s url, then the screen's Gather action (each signed). The
+    TwiML of that answer (empty: put through)."""
+    import xml.etree.ElementTree as ET
+
+    base = get_settings().public_base_url
+    number = ET.fromstring(xml).find("Dial/Number")
+    assert number is not None and number.get("url"), xml
+    form = {"CallSid": "CAopsleg0001", "AccountSid": "ACtest", "From": "+15005550006",
+            "To": get_settings().ops_phone, "CallStatus": "in-progress"}
+    r = post_twilio(client, number.get("url", "").removeprefix(base), form)
+    assert r.status_code == 200, r.get_data(as_text=True)
+    gather = ET.fromstring(r.get_data(as_text=True)).find("Gather")
+    assert gather is not None, r.get_data(as_text=True)
+    r = post_twilio(client, gather.get("action", "").removeprefix(base),
+                    dict(form, Digits=key))
+    assert r.status_code == 200, r.get_data(as_text=True)
+    return r.get_data(as_text=True)

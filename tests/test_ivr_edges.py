@@ -10,7 +10,7 @@ from core.adapters.db import transaction
 from core.adapters.dialog_models import Handoff
 from core.adapters.models import Booking, Conversation, Person
 from core.services import handoff
-from tests.test_ivr import Caller, phone, prompts, step_of, t  # noqa: F401
+from tests.test_ivr import Caller, operator_takes, phone, prompts, step_of, t  # noqa: F401
 
 
 def _voice_state(number: str) -> tuple[str, dict]:
@@ -161,6 +161,7 @@ def test_a_new_unanswered_request_is_not_marked_answered_by_an_old_call(phone): 
     phone.press("1")
     heard = phone.press("3")
     dial = ET.fromstring(heard.xml).find("Dial")
+    operator_takes(phone.client, heard.xml)  # the team's phone answered, and pressed 1
     phone._post(dial.get("action", ""), phone.form(DialCallStatus="completed"))  # answered
     phone.hang_up()  # ops talked to them and left the request open (a call back promised)
     phone.call()  # later: asks for a person again, and this time nobody answers

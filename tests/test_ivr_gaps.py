@@ -22,7 +22,7 @@ from core.domain.phone import HIDDEN_CALLER_IDS, is_hidden_number
 from core.services import ivr
 from core.services.handoff import reply_minutes
 from tests.conftest import post_twilio
-from tests.test_ivr import START, Caller, Heard, prompts, t  # noqa: F401
+from tests.test_ivr import START, Caller, Heard, operator_takes, prompts, t  # noqa: F401
 
 PLACEHOLDERS = ("+266696687", "+7378742833", "+86282452253")  # ANONYMOUS, RESTRICTED, UNAVAILABLE
 
@@ -203,11 +203,57 @@ def test_the_call_back_promise_is_in_the_callers_language(caller: Caller) -> Non
 
 def test_an_answered_operator_says_goodbye_and_leaves_the_handoff_for_ops(
         caller: Caller) -> None:
-    action = path_of(put_through(caller).get("action", ""))
+    dial = put_through(caller)
+    answer = ET.fromstring(operator_takes(caller.client, as_response(dial)))
+    assert answer.tag == "Response" and len(answer) == 0  # empty: Twilio bridges the calls
+    action = path_of(dial.get("action", ""))
     heard = post(caller.client, action, caller.form(DialCallStatus="completed",
                                                     DialCallDuration="95"))
     assert heard.text == t("voice.goodbye") and heard.hangup
     assert handoffs() == [("voice", "asked", "waiting", ivr.ANSWERED_BY_PHONE)]
+
+
+def as_response(dial: ET.Element) -> str:
+    return f"<Response>{ET.tostring(dial).decode()}</Response>"
+
+
+@pytest.mark.parametrize("key", [None, "2"])
+def test_a_voicemail_that_answers_the_operators_phone_takes_nobody(
+        caller: Caller, key: str | None) -> None:
+    """OPS_PHONE switched off or busy, its voicemail answers: Twilio reports the <Dial>
+    "completed". The caller used to hear goodbye, with the request marked answered by
+    phone, and nobody ever called back. The operators' phone now hears who is calling
+    and must press 1; a voicemail (nothing pressed) or another key takes nobody."""
+    dial = put_through(caller)
+    assert dial.get("answerOnBridge") == "true"  # the caller hears ringing meanwhile
+    number = dial.find("Number")
+    assert number is not None and number.text == get_settings().ops_phone
+    if key is not None:
+        answer = operator_takes(caller.client, as_response(dial), key)
+        assert "<Hangup" in answer, answer
+    heard = post(caller.client, path_of(dial.get("action", "")),
+                 caller.form(DialCallStatus="completed", DialCallDuration="20"))
+    assert t("ivr.person.busy", minutes=reply_minutes()) in heard.text, heard.text
+    assert handoffs() == [("voice", "asked", "waiting", None)]  # still to call back
+
+
+def test_the_operators_phone_hears_who_calls_in_its_language(caller: Caller) -> None:
+    dial = put_through(caller, "2")  # the caller speaks English; the team's phone, Hindi
+    number = dial.find("Number")
+    assert number is not None
+    form = {"CallSid": "CAopsleg0002", "AccountSid": "ACtest", "From": "+15005550006",
+            "To": get_settings().ops_phone}
+    heard = post(caller.client, path_of(number.get("url", "")), form)
+    assert heard.gather is not None and heard.gather.get("numDigits") == "1"
+    assert t("ivr.ops.screen", "hi") in heard.text, heard.text
+    assert heard.hangup  # nothing pressed: that phone hangs up
+
+
+def test_a_take_for_a_call_that_ended_puts_nobody_through(caller: Caller) -> None:
+    dial = put_through(caller)
+    caller.hang_up()  # the caller gave up while the team's phone rang
+    answer = operator_takes(caller.client, as_response(dial))
+    assert "<Hangup" in answer, answer
 
 
 def test_a_person_offered_after_misses_is_on_the_list_too(caller: Caller) -> None:

@@ -11,7 +11,7 @@ from sqlalchemy import select
 
 from core import i18n
 from core.adapters.db import transaction
-from core.adapters.models import OutboxMessage, Person, Point
+from core.adapters.models import Conversation, OutboxMessage, Person, Point
 from core.config import get_settings
 from core.services import admin, dispatch, ivr
 from tests.test_api import API, sign_in
@@ -49,7 +49,13 @@ def test_after_a_phone_answer_the_operator_who_writes_has_the_person(client, liv
     operator's reply goes out too without take_over, the two answers to one question the
     change was made to stop. The first to write after the call should have them."""
     hid = caller_waiting(CALLER)
-    ivr.dial_ended(CALLER, "completed", "en")  # an operator answered the caller's call
+    with transaction() as s:  # the IVR put the call through to the operators' phone
+        conv = s.scalar(select(Conversation).where(Conversation.channel == "voice",
+                                                   Conversation.contact == CALLER))
+        conv.state = {**conv.state, "dial": {"sid": "CAfollowups22"}}
+        conv_id = conv.id
+    assert ivr.operator_took(conv_id, "CAfollowups22")  # an operator took it (pressed 1)
+    ivr.dial_ended(CALLER, "completed", "en", "CAfollowups22")
     ops_a, ops_b = sign_in(client, OPS_A, role="ops"), sign_in(client, OPS_B, role="ops")
     r = client.post(f"{API}/ops/handoffs/{hid}/reply",
                     json={"body": "Ravi here, as promised on the phone: your refund is on."},

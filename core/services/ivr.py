@@ -107,6 +107,9 @@ class VoiceTurn:
     keypad: int = 1
     next_turn: int = 1
     dial: str | None = None
+    # With ``dial``: the caller's conversation and call, which the operator's phone is
+    # asked to take first (a voicemail that picks up takes nothing: operator_took).
+    screen: tuple[int, str] | None = None
 
 
 class AlreadyAnswered(Exception):  # noqa: N818 (an outcome, not a programming error)
@@ -636,6 +639,8 @@ def voice_turn(session: Session, call: CallRequest) -> VoiceTurn:
         action = state.data.pop("call_action", None) or "gather"
         _code_read(session, conv.id, state, call.sid, call.turn, outs)
         state.data["call"]["answered"] = call.turn
+        if action == "dial":  # for operator_took and dial_ended, after the call's close
+            state.data["dial"] = {"sid": call.sid}
         if action != "gather":
             _end_of_call(session, state)
         save_state(conv, state, at=clock.now())
@@ -648,6 +653,7 @@ def voice_turn(session: Session, call: CallRequest) -> VoiceTurn:
                      keypad=ENTRY_DIGITS.get(state.step, 1), next_turn=call.turn + 1)
     if action == "dial":
         turn.dial = get_settings().ops_phone
+        turn.screen = (conv.id, call.sid)
     return turn
 
 
@@ -718,6 +724,15 @@ def end_call(session: Session, phone: str, sid: str, status: str) -> bool:
     if conv is None:
         return False
     state = load_state(conv)
+    dial = state.data.get("dial") or {}
+    if dial.get("sid") == sid and not dial.get("taken"):
+        # The caller hung up while the operators' phone rang (or heard who calls): a key
+        # pressed there now takes nobody. A taken one stays for dial_ended, which Twilio
+        # may call after this callback.
+        state.data.pop("dial")
+        if (state.data.get("call") or {}).get("sid") != sid:
+            save_state(conv, state)
+            return False
     if (state.data.get("call") or {}).get("sid") != sid:
         return False
     _end_of_call(session, state)
@@ -725,22 +740,61 @@ def end_call(session: Session, phone: str, sid: str, status: str) -> bool:
     return True
 
 
-def dial_ended(phone: str | None, status: str, lang: str) -> VoiceTurn:
+def ops_language() -> str:
+    """The language the operators' phone is spoken to in: the one its owner (a person with
+    OPS_PHONE's number) chose, else the default."""
+    with transaction() as session:
+        chosen = session.scalar(select(Person.preferred_language).where(
+            Person.phone == get_settings().ops_phone))
+    return chosen if chosen in i18n.LANGUAGES else i18n.DEFAULT_LANGUAGE
+
+
+def operator_took(conv_id: int, sid: str) -> bool:
+    """Someone at the operators' phone pressed the key that takes the caller of
+    conversation ``conv_id``'s call ``sid``: noted on the call, for dial_ended. False when
+    that call is no longer the conversation's live one (the caller hung up meanwhile)."""
+    with transaction() as session:
+        conv = session.get(Conversation, conv_id, with_for_update=True)
+        if conv is None or conv.channel != CHANNEL:
+            return False
+        state = load_state(conv)
+        dial = state.data.get("dial") or {}
+        if dial.get("sid") != sid:
+            return False
+        dial["taken"] = True
+        save_state(conv, state)
+        return True
+
+
+def dial_ended(phone: str | None, status: str, lang: str, sid: str | None = None
+               ) -> VoiceTurn:
     """The caller's <Dial> to ops ended (Twilio's DialCallStatus). Nobody answered: say
     so and when we call back (the handoff opened before dialling is ops' call-back list;
-    if the team's day ended meanwhile, after their next opening). An operator answered:
-    goodbye; the handoff stays open for ops to close (a call back may have been
-    promised), marked answered so that the idle sweep, if ops forget it, closes it with
+    if the team's day ended meanwhile, after their next opening). An operator took the
+    call (answered, and pressed the key the operators' phone is asked for): goodbye; the
+    handoff stays open for ops to close (a call back may have been promised), marked
+    answered so that the idle sweep, if ops forget it, closes it with
     the usual words and not "nobody could reply in time"."""
-    if status not in PUT_THROUGH:
+    taken = False
+    if status in PUT_THROUGH and phone is not None:
+        with transaction() as session:
+            conv = session.scalar(select(Conversation).where(
+                Conversation.channel == CHANNEL, Conversation.contact == phone)
+                .with_for_update())
+            state = load_state(conv) if conv is not None else None
+            dial = (state.data.get("dial") or {}) if state is not None else {}
+            # Answered is not enough: a voicemail or a switched-off phone's network message
+            # answers too. Only a key pressed at the operators' phone (operator_took) says
+            # a person took the caller.
+            taken = bool(dial.get("taken")) and (sid is None or dial.get("sid") == sid)
+            if conv is not None and state is not None and dial.get("sid") == sid:
+                state.data.pop("dial")  # done with
+                save_state(conv, state)
+            waiting = handoff.open_handoff(session, conv) if taken and conv else None
+            if waiting is not None and waiting.operator is None:
+                waiting.operator = ANSWERED_BY_PHONE
+    if not taken:
         info = {"minutes": handoff.reply_minutes(), **handoff.team_hours()}
         return VoiceTurn(lang, [person_said(info, "ivr.person.busy", "ivr.person.after_hours")],
                          action="hangup")
-    if phone is not None:
-        with transaction() as session:
-            conv = session.scalar(select(Conversation).where(
-                Conversation.channel == CHANNEL, Conversation.contact == phone))
-            waiting = handoff.open_handoff(session, conv) if conv is not None else None
-            if waiting is not None and waiting.operator is None:
-                waiting.operator = ANSWERED_BY_PHONE
     return VoiceTurn(lang, action="hangup")
