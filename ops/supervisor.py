@@ -25,6 +25,7 @@ import os
 import re
 import shlex
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -32,6 +33,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from ops import embedded
 from ops.embedded import REPO_DIR, EmbeddedError, Services, services_for
@@ -41,7 +43,8 @@ from ops.embedded import REPO_DIR, EmbeddedError, Services, services_for
 NOT_SERVED = {"release", "actions"}
 SANDBOX_WORKER = "python -m core.cli sandbox-worker"
 # Restarts: the first pause, its ceiling, and how many crashes of one process within the
-# window make serve give up (the pauses alone add up to 15 s before the fifth).
+# window make serve give up (the pauses alone add up to 15 s before the fifth), unless
+# the database or Redis it needs does not answer: then it waits for them (_unanswered).
 RESTART_DELAY_S = 1.0
 RESTART_MAX_DELAY_S = 30.0
 RESTART_LIMIT = 5
@@ -280,6 +283,30 @@ def _answers(port: int) -> bool:
         conn.close()
 
 
+def _unanswered(services: Services) -> list[str]:
+    """The servers serve's processes need that run elsewhere (DATABASE_URL, REDIS_URL; not
+    the embedded ones, watched as processes) and do not take a connection now. A server
+    named by a socket path is not checked."""
+    away = []
+    for name, key, own, default_port in (("PostgreSQL", "DATABASE_URL", services.postgres, 5432),
+                                          ("Redis", "REDIS_URL", services.redis, 6379)):
+        url = services.env.get(key) or ""
+        if own is not None or not url:
+            continue
+        parts = urlsplit(url)
+        try:
+            host, port = parts.hostname, parts.port or default_port
+        except ValueError:  # a port that is not a number: the process says so itself
+            continue
+        if not host:
+            continue
+        try:
+            socket.create_connection((host, port), timeout=1.0).close()
+        except OSError:
+            away.append(f"{name} at {host}:{port}")
+    return away
+
+
 class Server:
     """`./run serve`: the supervisor's state machine (starting -> running -> stopping)."""
 
@@ -406,6 +433,19 @@ class Server:
                 if code is None:
                     continue
                 delay = self._crash_delay(child.name, now)
+                away = _unanswered(services) if delay is None else []
+                if away:
+                    # Not a process that cannot start: one whose server is away (a Redis
+                    # restarting, a database failing over). Giving up would stop the web
+                    # too; serve waits for the server instead, trying at the longest pause.
+                    delay = self.restart_max_delay_s
+                    self.output.system(
+                        f"{child.name} stopped unexpectedly ({describe_exit(code)}) while "
+                        f"{' and '.join(away)} does not answer; starting it again in "
+                        f"{delay:g} s (serve waits for it)")
+                    child.terminate()
+                    self._restart_at[child.name] = now + delay
+                    continue
                 if delay is None:
                     self.output.system(
                         f"{child.name} crashed {len(self._crashes[child.name])} times in "

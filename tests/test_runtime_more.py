@@ -418,3 +418,41 @@ def test_gunicorn_s_own_lines_are_json_with_phone_numbers_masked(database, tmp_p
     assert bad and bad[0]["level"] == "warning" and isinstance(bad[0].get("pid"), int), bad
     assert "919812345678" not in err_path.read_text()
     assert "+91******5678" in bad[0]["msg"], bad
+
+
+def test_a_worker_crashing_while_its_redis_is_away_is_waited_for_not_given_up(tmp_path):
+    """An external Redis restarting (or a database failing over) makes the worker crash
+    at each start; after restart_limit crashes serve used to stop everything, the web
+    too, 15 s into the outage. While the server a process needs does not answer, serve
+    keeps starting it again at the longest pause; a crash loop with the servers up is
+    still given up."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        closed = s.getsockname()[1]  # nothing listens there once closed
+    server = _server(**FAST)
+    env = dict(os.environ)
+    starts = tmp_path / "starts"
+    server.children += [Child.start("web", "exec sleep 60", env, server.output),
+                        Child.start("worker", f"echo x >> '{starts}'; exit 3", env,
+                                    server.output)]
+    services = embedded.Services(env={"REDIS_URL": f"redis://127.0.0.1:{closed}/0"})
+    result: list[int] = []
+    thread = threading.Thread(target=lambda: result.append(server._watch(services, 1, False)),
+                              daemon=True)
+    thread.start()
+    try:
+        _wait_for(lambda: starts.exists() and starts.read_text().count("x") >= 5,
+                  "the worker started again past the limit", server)
+        assert result == [], server.output.text()  # serve did not give up
+        text = server.output.text()
+        assert (f"worker stopped unexpectedly (exit code 3) while Redis at 127.0.0.1:{closed} "
+                "does not answer; starting it again in 0.2 s (serve waits for it)") in text
+        assert "giving up" not in text
+        web = next(c for c in server.children if c.name == "web")
+        assert web.poll() is None
+    finally:
+        server.stop_requested = True
+        thread.join(5)
+        for child in list(server.children):
+            child.kill()
+            child.process.wait()
