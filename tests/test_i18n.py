@@ -104,6 +104,7 @@ REQUIRED_KEYS = (
     | {"dispatch.duty_sms_stopped"}  # set_duty: ON from an SMS-only partner who sent STOP
     | {"dispatch.pod_before_pick"}  # conversation: a WhatsApp photo before the PICK
     | {"dispatch.duty_no_point"}  # set_duty: ON from an SMS-only partner placed nowhere
+    | {"dispatch.point_closed"}  # admin.close_point: an on-duty rider placed nowhere
     | {"dispatch.auto_off", "dispatch.auto_off_job"}  # put OFF after missed offers
     | {"bot.confirm.too_many_unpaid", "ivr.confirm.too_many_unpaid"}  # the unpaid cap
     | {f"{c}.{s}.no_rider" for c in ("bot", "ivr") for s in ("speed", "confirm")}  # nobody near

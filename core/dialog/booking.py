@@ -19,7 +19,7 @@ import itertools
 import re
 import unicodedata
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 from core import i18n
 from core.dialog import words
@@ -606,12 +606,19 @@ def quote_or_resize(ctx: Ctx, slots: dict[str, Any], *, far: str = "drop",
     try:
         return ctx.ports.quote(slots)
     except DomainError as exc:
-        if exc.code == "too_far":
-            ctx.state.data["return_to"] = "confirm"
-            raise Redirect(far, far_say) from None
-        if exc.code != "too_big_for_vehicle":
+        if exc.code not in ("too_far", "too_big_for_vehicle"):
             raise
-        raise Redirect("size", [Say("bot.parcel.no_vehicle")]) from None
+        _cannot_carry(ctx, exc.code, far, far_say)
+
+
+def _cannot_carry(ctx: Ctx, code: str, far: str, far_say: Sequence[Out]) -> NoReturn:
+    """Redirect for a trip the rate card and our Points cannot carry (quote_or_resize):
+    ``too_far`` to step ``far`` (saying ``far_say``, then back to the confirmation),
+    ``too_big_for_vehicle`` to the size question."""
+    if code == "too_far":
+        ctx.state.data["return_to"] = "confirm"
+        raise Redirect(far, far_say)
+    raise Redirect("size", [Say("bot.parcel.no_vehicle")])
 
 
 def offered_tiers(ctx: Ctx, quote: dict[str, Any]) -> list[str]:
@@ -691,17 +698,24 @@ def _confirm_prompt(ctx: Ctx) -> list[Out]:
 AGREED_TOTAL = "agreed_total_paise"
 
 
-def confirm_as_shown(ctx: Ctx, slots: dict[str, Any]) -> dict[str, Any]:
+def confirm_as_shown(ctx: Ctx, slots: dict[str, Any], *, far: str = "drop",
+                     far_say: Sequence[Out] = (Say("bot.trip.too_far"),)) -> dict[str, Any]:
     """Book ``slots`` at the total the confirmation showed, or not at all: "yes" agreed to
     that price, not another. The port's booking works the fare out once and refuses
     (``price_changed``) when its total is another (the rate card or surge moved since),
     so no price the customer never saw is booked, and a "yes" costs one quote. When no
-    vehicle on the active rate card carries the parcel any more, the size question again
-    (as quote_or_resize does); any other refusal is the caller's to say."""
+    vehicle on the active rate card carries the parcel any more, or nothing we have
+    carries it that far any more (a relay's Point closed since the quote), the size
+    question or a nearer drop, as quote_or_resize asks (``far``, ``far_say``); when the
+    speed picked cannot be kept any more, the confirmation again, whose fresh quote asks
+    the speed again saying so (tier_gone). Any other refusal is the caller's to say."""
     shown = ctx.state.data.pop("shown_total", None)
     done = ctx.ports.confirm(slots if shown is None else {**slots, AGREED_TOTAL: shown})
-    if done.get("refused") == "too_big_for_vehicle":
-        raise Redirect("size", [Say("bot.parcel.no_vehicle")])
+    refused = done.get("refused")
+    if refused in ("too_far", "too_big_for_vehicle"):
+        _cannot_carry(ctx, refused, far, far_say)
+    if refused == "tier_not_offered":
+        raise Redirect("confirm")
     return done
 
 

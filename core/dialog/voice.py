@@ -431,7 +431,9 @@ def _confirm_prompt(ctx: Ctx) -> list[Out]:
 def _confirm_handle(ctx: Ctx, inp: UserInput) -> Result:
     picked = choice(inp, 3)
     if picked == 1:
-        done = confirm_as_shown(ctx, full_slots(ctx.slots))
+        # A trip too far now (a relay's Point closed since the fare was read out): the
+        # too_far step, a nearer drop or a person, as _quote goes.
+        done = confirm_as_shown(ctx, full_slots(ctx.slots), far="too_far", far_say=())
         if done.get("refused") == "price_changed":  # read out again, at the fare it is now
             return Goto("confirm", [Say("ivr.confirm.new_price")])
         if done.get("refused") == "outside_service_area":

@@ -28,6 +28,7 @@ from core.adapters.dialog_models import Handoff
 from core.adapters.models import (
     Booking,
     Leg,
+    PartnerPoint,
     PartnerProfile,
     Person,
     Point,
@@ -37,6 +38,7 @@ from core.adapters.models import (
 from core.adapters.payment_models import LegTransfer
 from core.adapters.pincode import post_offices
 from core.adapters.queue import after_commit
+from core.config import get_settings
 from core.domain.booking import BookingStatus, LegStatus
 from core.domain.errors import Conflict, NotFound, ValidationError
 from core.domain.geo import haversine_m, validate_lat_lng
@@ -222,9 +224,14 @@ def add_point(session: Session, pincode: str, office: str, *, actor: str,
         raise ValidationError(f"{post.office_name} ({pin}) has no coordinates in the India "
                               f"Post directory; offices of {pin} with coordinates: {listed}",
                               code="office_without_position", field="office")
-    point = session.scalar(select(Point).where(Point.pincode == pin,
-                                               Point.post_office == post.office_name)
-                           .order_by(Point.id).limit(1).with_for_update())
+    point = _office_point(session, pin, post.office_name)
+    if point is None:
+        # Another add-point of this office may have added its Point and not committed yet
+        # (seen by nobody): it holds the pincode's name lock until it commits. Looked for
+        # again under that lock, the second of two at once finds the first's Point, and
+        # does not add another at the same office.
+        _lock_names(session, pin)
+        point = _office_point(session, pin, post.office_name)
     if point is not None and point.active:
         other = " (rename-point renames it)" if chosen not in (None, point.name) else ""
         return Outcome(False, point.id, f"Point {point.name} ({pin}) already exists "
@@ -242,6 +249,13 @@ def add_point(session: Session, pincode: str, office: str, *, actor: str,
            office=post.office_name, name=called)
     return Outcome(True, point.id, f"Point {point.name} ({pin}, {post.district or '-'}, "
                    f"{post.state or '-'}) added (id {point.id})")
+
+
+def _office_point(session: Session, pincode: str, office: str) -> Point | None:
+    """The Point (open or closed) at a post office of ``pincode``, under its row lock."""
+    return session.scalar(select(Point).where(Point.pincode == pincode,
+                                              Point.post_office == office)
+                          .order_by(Point.id).limit(1).with_for_update())
 
 
 def _reopen(session: Session, point: Point, office: str, chosen: str | None, *,
@@ -409,7 +423,8 @@ def close_point(session: Session, point: str | int, *, actor: str,
     (core.adapters.points reads active ones only), and a partner whose home it is keeps
     it as home but is placed at another active Point they serve, else at none (found by
     a fresh app position only) until ops give them a new home (set_home_point); the
-    message names them. Refused (Conflict ``point_in_use``) while a parcel is on its way
+    message names them, and those of them on duty placed nowhere now hear so by SMS
+    (_tell_placed_nowhere). Refused (Conflict ``point_in_use``) while a parcel is on its way
     to it or waits at it. add-point at its office opens it again. Already closed:
     nothing changed, nothing audited."""
     p = _point_to_change(session, point)
@@ -424,14 +439,45 @@ def close_point(session: Session, point: str | int, *, actor: str,
     after_commit(session, geo_index.invalidate_homes)
     record(session, actor, "point.close", f"point:{p.id}", name=p.name,
            home_partner_ids=homed, note=mask_phones(note) if note else None)
+    told = _tell_placed_nowhere(session, p)
     if homed:
         shown = ", ".join(map(str, homed[:20])) + (" ..." if len(homed) > 20 else "")
         home = (f"; {len(homed)} partner(s) have it as home ({shown}): placed at another "
                 "Point they serve, else at none, until given a new home (set-home-point)")
     else:
         home = "; no partner has it as home"
+    if told:
+        shown = ", ".join(map(str, told[:20])) + (" ..." if len(told) > 20 else "")
+        home += f"; told by SMS (on duty, placed at no Point now): {shown}"
     return Outcome(True, p.id, f"Point {p.name} ({p.pincode}, id {p.id}) closed: no new "
                    f"relay goes through it{home}")
+
+
+# What an on-duty rider whose only Point closed hears (close_point).
+POINT_CLOSED = "dispatch.point_closed"
+
+
+def _tell_placed_nowhere(session: Session, point: Point) -> list[int]:
+    """Tell once, by SMS in their language, each partner on duty whom the close of
+    ``point`` (flushed) leaves placed at no Point (dispatch.placed_nowhere: no app, home
+    and every Point they serve closed): no search can find them, so no offer can come
+    until ops give them a new Point. They stay on duty, as the app, STATUS and
+    set_home_point have it (placed at the new Point at once, offers coming again); jobs
+    in hand and offers already made stay theirs. Their ids, by id."""
+    serving = select(PartnerPoint.partner_id).where(PartnerPoint.point_id == point.id)
+    riders = session.scalars(select(PartnerProfile).where(
+        PartnerProfile.on_duty.is_(True),
+        or_(PartnerProfile.home_point_id == point.id, PartnerProfile.id.in_(serving)))
+        .order_by(PartnerProfile.id)).all()
+    told = []
+    stamp = f"{clock.now().timestamp():.0f}"  # a Point closed again later is told again
+    for rider in riders:
+        if dispatch.placed_nowhere(session, rider):
+            dispatch._sms_partner(session, rider, POINT_CLOSED,
+                                  dedupe_key=f"partner-{rider.id}-point-{point.id}-closed-{stamp}",
+                                  ops_phone=get_settings().ops_phone)
+            told.append(rider.id)
+    return told
 
 
 def move_point(session: Session, point: str | int, lat: float, lng: float, *, actor: str,

@@ -77,6 +77,9 @@ _PAY_TIME_OVER = "pay_time_over"
 # refused by the gateway, or not made in its time): she was told so, never that her time
 # to pay ran out; so it is tracked.
 _CLOSED_NO_LINK = "no_link"
+# create_booking's refusals of a trip that SessionPorts.confirm answers (the dialog asks
+# again: the size, a nearer drop, another speed) instead of failing the turn.
+_CONFIRM_REFUSALS = ("too_big_for_vehicle", "too_far", "tier_not_offered")
 
 
 @dataclass
@@ -238,7 +241,10 @@ class SessionPorts:
         {"refused": "price_changed", "total_paise"} when the fare is no longer
         ``slots["agreed_total_paise"]`` (when given), the total the customer was shown
         (the rate card or surge moved since), or {"refused": "too_big_for_vehicle"} when
-        the active rate card no longer has a vehicle for the parcel. Refused, nothing is
+        the active rate card no longer has a vehicle for the parcel, {"refused":
+        "too_far"} when nothing we have can carry it that far any more (a relay's Point
+        closed since the quote), {"refused": "tier_not_offered"} when the speed picked
+        cannot be kept over the trip as it is now. Refused, nothing is
         booked. The fare is worked out once, by the booking itself: what it checks is
         what it books."""
         pickup, drop, parcel = self._trip(slots)
@@ -260,9 +266,11 @@ class SessionPorts:
         except booking_service.PriceChanged as exc:
             return {"refused": "price_changed", "total_paise": exc.total_paise}
         except ValidationError as exc:
-            if exc.code != "too_big_for_vehicle":
+            # The trip re-checked as booked: a relay's Point may have closed since the
+            # quote (too_far), or the relay left be too long for the tier picked.
+            if exc.code not in _CONFIRM_REFUSALS:
                 raise
-            return {"refused": "too_big_for_vehicle"}
+            return {"refused": exc.code}
         payments.request_payment_link(self.session, booking, actor)
         return {"ref": booking.reference, "total_paise": booking.total_paise}
 
