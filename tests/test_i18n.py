@@ -160,6 +160,8 @@ REQUIRED_KEYS = (
     | {"ivr.within.hours", "ivr.within.one_hour"}  # voice.spoken_tier
     | {f"office.{k}" for k in ("branch", "sub", "head", "district", "near",  # offices of
                                "number")}  # one name told apart: booking.said_name
+    | {f"office.{k}" for k in ("first", "second", "third", "fourth",  # alike in all else:
+                               "fifth")}  # office_names.ORDINALS, never a number
 )
 
 LANGUAGE_LIST = "1. हिंदी\n2. English\n3. বাংলা\n4. मराठी\n5. தமிழ்\n6. తెలుగు\n7. ગુજરાતી\n8. ಕನ್ನಡ"

@@ -11,9 +11,13 @@ a pincode's offices are offered for a pick, a shared name must pick one office o
 * one name (in any case) twice at one spot is one office listed twice ("UMRI BO" and
   "Umri BO" of 246761): it is offered, and picked, once (``distinct``);
 * the chat and the phone offer the name with a word people say after it: the office's
-  kind ("Arjunganj branch post office"), else its district, else the nearest other office
-  of the list ("near Bakkash"), else a number (``told_apart``: the directory has a few
-  rows alike in all of these). The booking keeps a written form of it (``written``), as
+  kind ("Arjunganj branch post office"), else its district, else a village of the list
+  that it alone of them is near ("Dumaria, near Dumrapahar"; the other Dumaria of 814103,
+  near none the first is not near too, is just "Dumaria"), else its place among them in
+  words ("Barda, the second one": the directory has a few rows alike in all of these,
+  most of them one office at one spot listed twice). Not a number: the phone said
+  "Dumaria, number 1 - press 4", and a caller who pressed the 1 they heard booked another
+  village (``told_apart``). The booking keeps a written form of it (``written``), as
   people read it in an SMS: "Arjunganj Branch Office", never the "BO" display_name drops.
 """
 
@@ -31,6 +35,10 @@ from core.domain.geo import haversine_m
 _SUFFIX = re.compile(r"\s([BSH])\.?\s?O\.?(?=\s*(?:\([^()]*\))?\s*$)", re.IGNORECASE)
 KINDS = {"B": "branch", "S": "sub", "H": "head"}
 _WRITTEN_KINDS = {"branch": "Branch Office", "sub": "Sub Office", "head": "Head Office"}
+# Offices alike in all else are said by their place among the namesakes in words (the
+# catalog's office.first, office.second...: "Barda, the second one"), not by a number:
+# said beside "press 5", a number is taken for the key.
+ORDINALS = ("first", "second", "third", "fourth", "fifth")
 
 
 class Office(Protocol):
@@ -96,26 +104,38 @@ def kind(office_name: str) -> str | None:
     return KINDS[m.group(1).upper()] if m else None
 
 
-def _nearest_other(place: dict[str, Any], places: Sequence[dict[str, Any]],
-                   twice: set[str]) -> str | None:
-    """The name of the office of ``places`` nearest ``place`` whose name is its own (not
-    one of ``twice``, the shared names)."""
-    if place.get("lat") is None or place.get("lng") is None:
+def _located(place: dict[str, Any]) -> bool:
+    return place.get("lat") is not None and place.get("lng") is not None
+
+
+def _metres(a: dict[str, Any], b: dict[str, Any]) -> int:
+    return haversine_m(a["lat"], a["lng"], b["lat"], b["lng"])
+
+
+def _nearest_own(place: dict[str, Any], group: Sequence[dict[str, Any]],
+                 places: Sequence[dict[str, Any]], twice: set[str]) -> str | None:
+    """The name of the office of ``places`` nearest ``place`` of those it alone of
+    ``group`` (the offices sharing its name) is near: under half as far from it as from
+    any other of them (Dumrapahar, 2.0 km from one Dumaria of 814103 and 4.9 km from the
+    other; not Piparjoria, 1.5 and 1.8 km: both are near it), so no two of them are near
+    one. Its name is its own (not one of ``twice``, the shared names). None if there is
+    none: they are at one spot, or where one of them is is not known."""
+    if not all(_located(p) for p in group):
         return None
-    others = [p for p in places if (p.get("name") or "").casefold() not in twice
-              and p.get("lat") is not None and p.get("lng") is not None]
-    if not others:
-        return None
-    near = min(others, key=lambda p: haversine_m(place["lat"], place["lng"], p["lat"], p["lng"]))
-    return near.get("name") or None
+    others = [p for p in group if p is not place]
+    near = [(_metres(place, p), p.get("name") or "") for p in places
+            if (p.get("name") or "").casefold() not in twice and _located(p)
+            and all(2 * _metres(place, p) < _metres(o, p) for o in others)]
+    return (min(near)[1] or None) if near else None
 
 
 def told_apart(places: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """``places`` (the dialog's: name, post_office, district, lat, lng) as offered in a
     list: those sharing a name each get ``apart`` ([how, what]: ["kind", "branch"],
-    ["district", "Hathras"], ["near", "Bakkash"] or ["number", 2]), ``called`` (the shared
-    name, said with it) and as ``name`` the written form (``written``), which the booking
-    keeps. The others are unchanged; so is ``places``."""
+    ["district", "Hathras"], ["near", "Bakkash"] or ["second", 2]; said with the catalog's
+    office.<what> for a kind, else office.<how>), ``called`` (the shared name, said with
+    it) and as ``name`` the written form (``written``), which the booking keeps. The
+    others are unchanged; so is ``places``."""
     twice = shared(p.get("name") or "" for p in places)
     if not twice:
         return places
@@ -123,8 +143,7 @@ def told_apart(places: list[dict[str, Any]]) -> list[dict[str, Any]]:
     for called in twice:
         group = [p for p in out if (p.get("name") or "").casefold() == called]
         ways = (("kind", lambda p: kind(p.get("post_office") or "")),
-                ("district", lambda p: p.get("district") or None),
-                ("near", lambda p: _nearest_other(p, places, twice)))
+                ("district", lambda p: p.get("district") or None))
         apart: dict[int, list[Any]] = {}
         for how, value_of in ways:
             values = [value_of(p) for p in group]
@@ -133,10 +152,15 @@ def told_apart(places: list[dict[str, Any]]) -> list[dict[str, Any]]:
             for i, value in enumerate(values):
                 if i not in apart and values.count(value) == 1:
                     apart[i] = [how, value]
+        # A village only one of them is near says which (the others are not near it),
+        # so one left without is told apart by those with one: "Dumaria" is the other.
+        for i, p in enumerate(group):
+            if i not in apart and (near := _nearest_own(p, group, places, twice)):
+                apart[i] = ["near", near]
         left = [i for i in range(len(group)) if i not in apart]
-        if len(left) > 1:  # alike in all: the list's order says which
-            for n, i in enumerate(left, start=1):
-                apart[i] = ["number", n]
+        if len(left) > 1:  # alike in all: the list's order says which, in words; a sixth
+            for i in left:  # alike (the directory has none) by the number, as before
+                apart[i] = [ORDINALS[i], i + 1] if i < len(ORDINALS) else ["number", i + 1]
         for i, p in enumerate(group):
             if i in apart:
                 p["called"], p["apart"] = p.get("name") or "", apart[i]
@@ -146,12 +170,15 @@ def told_apart(places: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def written(called: str, apart: Sequence[Any]) -> str:
     """How a place told apart is written where people read it (the booking, the rider's
-    SMS): "Arjunganj Sub Office", "Dariyapur (Hathras)", "Dumaria (near Kolha)"."""
+    SMS): "Arjunganj Sub Office", "Dariyapur (Hathras)", "Dumaria (near Kolha)", "Barda
+    (second)"."""
     how, what = apart[0], apart[1]
     if how == "kind":
         text = f"{called} {_WRITTEN_KINDS[what]}"
     elif how == "near":
         text = f"{called} (near {what})"
+    elif how in ORDINALS:
+        text = f"{called} ({how})"
     else:
         text = f"{called} ({what})"
     return text[:120]  # the booking's column
