@@ -131,7 +131,7 @@ def _places(pin: str) -> list[dict[str, Any]]:
 @pytest.mark.parametrize("pin", [
     "226002",  # Arjunganj BO and SO: a branch and a sub post office
     "203001",  # Dariyapur BO twice, Hathras and Bulandshahr: by district
-    "224122",  # Bhupatipur BO twice, one district, 46 km apart: by a village near each
+    "224122",  # Bhupatipur BO twice, one district, 46 km apart: by a village near one of them
     "454446",  # Barda and Barda B.O at one spot: their order (and Khandlai, by a village)
 ])
 def test_every_name_said_in_a_list_picks_one_office(pin: str) -> None:
