@@ -113,6 +113,18 @@ def _masked(value: object) -> object:
     return mask_phones(str(value))
 
 
+# RQ's own loggers (rq.worker, rq.job, rq.queue...) put a job's arguments on the record:
+# Worker.handle_exception logs every failed try with extra={"arguments": job.args,
+# "kwargs": job.kwargs}, whatever log_job_description says. Arguments are a Razorpay
+# payload, a photo URL, a spoken text: of an RQ record's extra fields only these are
+# written (the exception and its traceback are in the message).
+_RQ_EXTRA = frozenset({"func", "queue", "job_id"})
+
+
+def _from_rq(name: str | None) -> bool:
+    return bool(name) and (name == "rq" or str(name).startswith("rq."))
+
+
 class JsonFormatter(logging.Formatter):
     """One JSON object per line: time, level, logger, message, ids, extra fields."""
 
@@ -130,9 +142,13 @@ class JsonFormatter(logging.Formatter):
             payload["request_id"] = rid
         if jid:
             payload["job_id"] = jid
+        rq = _from_rq(record.name)
         for key, value in record.__dict__.items():
-            if key not in self.RESERVED and not key.startswith("_"):
-                payload[key] = value
+            if key in self.RESERVED or key.startswith("_"):
+                continue
+            if rq and key not in _RQ_EXTRA:
+                continue  # a job's arguments (see _RQ_EXTRA)
+            payload[key] = value
         if record.exc_info:
             payload["exc"] = self.formatException(record.exc_info)
         if record.stack_info:
@@ -140,8 +156,21 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(_masked(payload), ensure_ascii=False, default=str)
 
 
+# Library loggers that could echo URLs with phone numbers, auth or what the service
+# sends: kept at WARNING whatever LOG_LEVEL is. Twilio's client logs each request's data
+# (a message's body: an OTP); urllib3 (requests) its URLs. botocore (boto3, the S3 photo
+# store) at DEBUG logs every signed request with its Authorization header (the access key
+# id, the SigV4 signature), and botocore.auth the canonical request and the signature.
+# gTTS (the IVR's prompt renders) logs the text it speaks and its request.
+QUIET_LOGGERS = ("twilio", "twilio.http_client", "urllib3", "werkzeug",
+                 "botocore", "boto3", "s3transfer", "gtts")
+
+
 def configure(level: str = "INFO") -> None:
     """Send every log record to stdout as JSON (idempotent)."""
+    # Set at every call: LOG_LEVEL=DEBUG must not open them up however often it is applied.
+    for noisy in QUIET_LOGGERS:
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     root = logging.getLogger()
     if any(getattr(h, "_ridechain", False) for h in root.handlers):
         root.setLevel(level)
@@ -151,6 +180,3 @@ def configure(level: str = "INFO") -> None:
     handler._ridechain = True  # type: ignore[attr-defined]
     root.addHandler(handler)
     root.setLevel(level)
-    # Library loggers that could echo URLs with phone numbers or auth: keep them quiet.
-    for noisy in ("twilio.http_client", "urllib3", "werkzeug"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)

@@ -44,7 +44,15 @@ def queue(name: str = "default") -> Queue:
 
 
 class _JobIdLogging:
-    """Bind the job id to every log line the job writes."""
+    """Bind the job id to every log line the job writes; never log a job's arguments."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # A job's description is its call with its arguments (a Razorpay payload, a photo
+        # URL, a spoken text): RQ logs it with every job taken and done unless this is
+        # False, whoever builds the worker. (The arguments RQ puts on a failed try's
+        # record are dropped by core.logs.JsonFormatter.)
+        self.log_job_description = False
 
     def perform_job(self, job, queue, execution):
         from core import logs
