@@ -328,7 +328,10 @@ def media(account_sid: str, msg_sid: str, media_id: str):
 
 @bp.get("/outbox")
 def outbox():
-    """What the service sent, oldest first; ?to= filters (with or without whatsapp:)."""
+    """What the service sent, oldest first; ?to= filters (with or without whatsapp:).
+    Without ?since= the newest ``limit`` (?limit=, 200) are shown, so a long chat does not hide the
+    code just sent; with ?since=<id> the oldest ``limit`` after that id, a page at a time
+    (ops/call.py and ops/chat.py page on from the last id they read)."""
     # An unencoded "+" in a query string arrives as a space: ?to=+9198... too.
     to = request.args.get("to", "").replace(" ", "+").strip()
     since = request.args.get("since", "")
@@ -339,7 +342,8 @@ def outbox():
         limit = min(max(int(request.args.get("limit", "200")), 1), 1000)
     except ValueError:
         limit = 200
-    stmt = select(SandboxMessage).order_by(SandboxMessage.id).limit(limit)
+    order = SandboxMessage.id if since else SandboxMessage.id.desc()
+    stmt = select(SandboxMessage).order_by(order).limit(limit)
     if to:
         bare = to.removeprefix("whatsapp:")
         stmt = stmt.where(SandboxMessage.to_addr.in_([bare, "whatsapp:" + bare])
@@ -348,7 +352,7 @@ def outbox():
     if since:
         stmt = stmt.where(SandboxMessage.id > int(since))
     with transaction() as session:
-        rows = session.scalars(stmt).all()
+        rows = sorted(session.scalars(stmt).all(), key=lambda m: m.id)
         return jsonify([
             {"id": m.id, "sid": m.sid, "to": m.to_addr, "from": m.from_addr, "body": m.body,
              "media": [m.media_url] if m.media_url else [], "channel": m.channel,

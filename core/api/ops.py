@@ -1183,8 +1183,9 @@ def _erase(session: Session, person_id: int, reason: str) -> ErasedOut:
           summary="Erase a customer's personal data on their request (audited); their "
                   "payments, ledger and history stay. A person id, as booking rows show "
                   "customer_id; a partner is refused (409 is_partner): erase them by "
-                  "/ops/partners/{partner_id}/erase", roles=OPS, body=EraseIn,
-          response=ErasedOut, tags=("ops",), errors=(404, 409))
+                  "/ops/partners/{partner_id}/erase; 503 queue_unavailable while the chat "
+                  "queue (Redis) is away: nothing was erased, try again", roles=OPS,
+          body=EraseIn, response=ErasedOut, tags=("ops",), errors=(404, 409, 503))
 def ops_erase_person(person_id: int, body: EraseIn) -> ErasedOut:
     with transaction() as session:
         # The person route is for customers. A partner goes by the partner route, whose
@@ -1218,9 +1219,11 @@ class RecipientErasedOut(BaseModel):
                   "lose her name, number and drop details, the messages to her and the "
                   "texts naming her lose them; money and history stay. 409 in_flight while "
                   "a parcel to her is on its way; 409 has_account when a person holds the "
-                  "number (erase them by /ops/people/{person_id}/erase)", roles=OPS,
+                  "number (erase them by /ops/people/{person_id}/erase); 503 "
+                  "queue_unavailable while the chat queue (Redis) is away: nothing was "
+                  "erased, try again", roles=OPS,
           body=RecipientEraseIn, response=RecipientErasedOut, tags=("ops",),
-          errors=(409, 422))
+          errors=(409, 422, 503))
 def ops_erase_recipient(body: RecipientEraseIn) -> RecipientErasedOut:
     from core.services import retention
 
@@ -1237,8 +1240,9 @@ def ops_erase_recipient(body: RecipientEraseIn) -> RecipientErasedOut:
           summary="Erase a partner's personal data on their request, by the partner id "
                   "(audited); block their KYC first. The whole person: a partner who also "
                   "sent parcels loses those bookings' details too, and is refused while one "
-                  "is under way", roles=OPS, body=EraseIn,
-          response=ErasedOut, tags=("ops",), errors=(404, 409))
+                  "is under way. 503 queue_unavailable while the chat queue (Redis) is "
+                  "away: nothing was erased, try again", roles=OPS, body=EraseIn,
+          response=ErasedOut, tags=("ops",), errors=(404, 409, 503))
 def ops_erase_partner(partner_id: int, body: EraseIn) -> ErasedOut:
     with transaction() as session:
         person_id = session.scalar(select(PartnerProfile.person_id).where(

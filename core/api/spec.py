@@ -28,6 +28,7 @@ from pydantic import ValidationError as PydanticError
 from pydantic_core import ErrorDetails
 from werkzeug.exceptions import RequestEntityTooLarge
 
+from core.config import get_settings
 from core.domain.errors import DomainError, NotFound
 
 
@@ -611,7 +612,9 @@ def openapi_document(prefix: str) -> dict[str, Any]:
         "openapi": "3.1.0",
         "info": {"title": "RideChain API", "version": "1.0.0",
                  "description": "Book, track and carry parcels between villages."},
-        "servers": [{"url": "/"}],
+        # The public base, its path included: behind a proxy at https://host/rc a client
+        # made from this document calls https://host/rc/api/v1/..., not the host's root.
+        "servers": [{"url": get_settings().public_base_url}],
         "paths": paths,
         "components": {"schemas": components, "securitySchemes": {
             "bearer": {"type": "http", "scheme": "bearer"}}},

@@ -30,6 +30,7 @@ the partner who earned least today comes first.
 
 from __future__ import annotations
 
+import math
 import unicodedata
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -116,8 +117,10 @@ def _list(env: Mapping[str, str], name: str, default: tuple, cast) -> tuple:
         values = tuple(cast(x.strip()) for x in raw.split(",") if x.strip())
     except ValueError:
         raise DispatchConfigError(f"{name} must be a comma-separated list, got {raw!r}") from None
-    if not values or any(v <= 0 for v in values):
-        raise DispatchConfigError(f"{name} needs positive values, got {raw!r}")
+    # inf and nan parse as floats: a search radius of inf would offer a job to partners
+    # anywhere, and nan compares false with every distance.
+    if not values or any(not math.isfinite(v) or v <= 0 for v in values):
+        raise DispatchConfigError(f"{name} needs positive finite values, got {raw!r}")
     return values
 
 

@@ -190,18 +190,23 @@ def _known_staff(phone: str) -> bool:
 def request_otp(raw_phone: str, ip: str) -> str:
     """Send a sign-in code to a phone by SMS; return the E.164 phone."""
     phone = normalize_phone(raw_phone)
-    # Counted first: a refused foreign number counts too, or its answer (422 for anyone,
-    # a code for staff) would tell who is staff, as often as asked.
-    _limit((f"otp-send-ip:{client_of(ip)}", SENDS_PER_IP))
+    by_ip = (f"otp-send-ip:{client_of(ip)}", SENDS_PER_IP)
     if not is_indian_mobile(phone) and not _known_staff(phone):
         # Codes go by SMS to Indian mobiles (a foreign or premium number is the classic
-        # SMS-pumping target); operators and partners we set up may have others.
+        # SMS-pumping target); operators and partners we set up may have others. The
+        # refusal counts against the address too, or its answer (422 for anyone, a code
+        # for staff) would tell who is staff, as often as asked.
+        _limit(by_ip)
         raise AuthError(422, "bad_phone", "sign-in codes go only to Indian mobile numbers",
                         "phone")
     if _failures_spent(phone):  # a code it could not use would only cost an SMS
         raise AuthError(429, *_SPENT, retry_after=_seconds_left(_failures_key(phone)))
     tag = _phone_tag(phone)
-    _limit((f"otp-send-phone:{tag}", SENDS_PER_PHONE),
+    # The address's and the phone's windows in one script, all or none: an ask one of
+    # them refuses uses up none of the others (a "resend" the phone's limit refuses does
+    # not take from everyone behind the same carrier NAT), and concurrent asks cannot
+    # get past any of them.
+    _limit(by_ip, (f"otp-send-phone:{tag}", SENDS_PER_PHONE),
            (f"otp-send-phone-day:{tag}", SENDS_PER_PHONE_DAY))
     otp = generate_otp(6)
     r = redis_client()
