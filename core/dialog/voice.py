@@ -66,6 +66,11 @@ from core.i18n import LANGUAGES
 PAGE_SIZE = 7  # villages per page: 1..7, 8 = key the pincode again, 9 = more
 AGAIN = 8
 MORE = 9
+# state.data key: the page of a village list a 9 just turned to ({"list": which list,
+# "page": its number}), for core.services.ivr, which counts no turn to a page not heard
+# yet in the call: a pincode of 126 villages is 18 pages, and a caller who must go
+# through them is not making a mistake.
+PAGE_TURNED = "call_page"
 RECENT_BOOKINGS = 3  # offered first when tracking
 SHORT_REF = 4  # a booking to cancel is named by its place and its number's last digits
 
@@ -244,7 +249,10 @@ def _place_steps(kind: str, default_next: str) -> list[Step]:
         num = words.number(inp.text)
         if num == MORE and len(offices) > PAGE_SIZE:
             pages = (len(offices) + PAGE_SIZE - 1) // PAGE_SIZE
-            ctx.state.data["page"] = (ctx.state.data.get("page", 0) + 1) % pages
+            page = (ctx.state.data.get("page", 0) + 1) % pages
+            ctx.state.data["page"] = page
+            ctx.state.data[PAGE_TURNED] = {
+                "list": f"{kind}:{ctx.state.data.get('pin', '')}", "page": page}
             return Stay()
         if num == AGAIN:
             return Goto(where)

@@ -15,8 +15,8 @@ effects, in one INSERT whose unique key is the last word on a duplicate (an answ
 reads out a pickup code is stored under CODE_CHANNEL and blanked once the call ends: see
 forget_code_answers). Channel rules
 live here, not in the dialog: silence repeats the prompt at most twice and then offers a
-person (or ends the call), ``*`` repeats, a call has at most ``MAX_TURNS`` turns. Nothing
-here calls the network.
+person (or ends the call), ``*`` repeats, a call has at most ``MAX_TURNS`` turns (a 9 to a
+page of a village list not heard yet is none). Nothing here calls the network.
 """
 
 from __future__ import annotations
@@ -59,6 +59,7 @@ from core.dialog.voice import (
     END_ON_SILENCE,
     ENTRY_DIGITS,
     HEARD_CODE,
+    PAGE_TURNED,
     VOICE_DIALOG,
     clear_draft,
     full_slots,
@@ -76,7 +77,7 @@ log = logging.getLogger(__name__)
 
 PROVIDER = "twilio-voice"
 CHANNEL = "voice"
-MAX_TURNS = 40  # answers per call; a booking takes about 15
+MAX_TURNS = 40  # answers per call (a new page of a list is none: _page_turn); a booking takes ~15
 MAX_SILENT_REPEATS = 2  # a prompt met with silence is repeated this often, then a person
 DRAFT_KEPT = timedelta(hours=24)  # a dropped call's draft is offered again this long
 ENDED = frozenset({"completed", "busy", "failed", "no-answer", "canceled"})
@@ -167,8 +168,31 @@ DETAILS = {"sms": "ivr.sms.details", "whatsapp": "ivr.sms.details_whatsapp"}
 CANCELLED = "ivr.sms.cancelled"  # a booking cancelled in its own call, once news of it went
 
 
+# A place in the details is cut (dispatch.short_place_name) to PLACE_NAME_MAX, as a
+# partner's SMS names it, and shorter where the language's words and the tier's leave
+# less room in 2 parts; never below this (an SMS of 3 parts reads better than "Ja...").
+DETAILS_PLACE_MIN = 12
+
+
 def details_key(booking_id: int) -> str:
     return f"ivr-details-{booking_id}"
+
+
+def details_params(key: str, lang: str, *, pickup: str, drop: str, **params: Any
+                   ) -> dict[str, Any]:
+    """The fields of the booking's details (``key``, one of DETAILS) in ``lang``, both
+    places cut alike as little as lets the text fit 2 SMS parts: the offices' own names
+    run to 50 characters ("Jagdishpur SO West Champaran" is 28), and two of them with
+    the tier's words took the text to 3 parts."""
+    from core.services import dispatch
+
+    fields: dict[str, Any] = {}
+    for limit in range(dispatch.PLACE_NAME_MAX, DETAILS_PLACE_MIN - 1, -1):
+        fields = {**params, "pickup": dispatch.short_place_name(pickup, limit),
+                  "drop": dispatch.short_place_name(drop, limit)}
+        if dispatch._fits_two_parts(i18n.t(key, lang, **fields)):
+            break
+    return fields
 
 
 def link_again_in(now: datetime) -> int:
@@ -232,11 +256,12 @@ class VoicePorts(SessionPorts):
             notify.notify_phone(
                 self.session, self.person.phone, key, lang=lang,
                 dedupe_key=details_key(booking.id), booking_id=booking.id,
-                ref=booking.reference, pickup=slots["pickup"]["name"],
-                drop=slots["drop"]["name"],
-                tier=i18n.t(f"tier.{slots['tier']}", lang,
-                            hours=booking_service.tier_hours(slots["tier"])),
-                total_paise=booking.total_paise)
+                **details_params(
+                    key, lang, ref=booking.reference, pickup=slots["pickup"]["name"],
+                    drop=slots["drop"]["name"],
+                    tier=i18n.t(f"tier.{slots['tier']}", lang,
+                                hours=booking_service.tier_hours(slots["tier"])),
+                    total_paise=booking.total_paise))
         return done
 
     def _cancel_quote(self, booking: Booking) -> dict[str, Any]:
@@ -703,8 +728,24 @@ def _answer(state: DialogState, ports: VoicePorts, person: Person,
         # A repeat: not a miss, nothing changes. Through the engine, which turns a prompt's
         # Redirect (a fare no vehicle on the active card carries) into the step it names.
         return engine.ask_again(VOICE_DIALOG, ctx, step)
-    return engine.turn(VOICE_DIALOG, state, UserInput(text=keys.rstrip("#")), ports,
+    outs = engine.turn(VOICE_DIALOG, state, UserInput(text=keys.rstrip("#")), ports,
                        ctx.lang)
+    _page_turn(call_state, state.data.pop(PAGE_TURNED, None))
+    return outs
+
+
+def _page_turn(call_state: dict[str, Any], turned: dict[str, Any] | None) -> None:
+    """A 9 that turned a village list to a page not heard yet in this call is not one of
+    its MAX_TURNS: a caller whose village is on page 18 of a big pincode's list, for the
+    pickup and again for the drop, would otherwise be hung up on before booking. Pages
+    heard before (the list gone round, or the same pincode keyed again) count: a caller
+    going round and round is still ended."""
+    if not turned:
+        return
+    heard = call_state.setdefault("pages", {})
+    if turned["page"] > heard.get(turned["list"], 0):
+        heard[turned["list"]] = turned["page"]
+        call_state["turns"] -= 1
 
 
 def call_status(phone: str, sid: str, status: str) -> bool:
