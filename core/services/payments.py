@@ -36,7 +36,7 @@ from redis.exceptions import LockError, RedisError
 from rq import Retry, get_current_job
 from sqlalchemy import any_, func, literal, select, union
 from sqlalchemy.dialects.postgresql import insert
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, aliased
 
 from core import clock
 from core.adapters import razorpay_gateway as gw
@@ -738,14 +738,27 @@ def _of_leg(leg_id: int) -> Any:
                LedgerPosting.leg_id == leg_id))
 
 
+def _cut() -> Any:
+    """Refund rows of attempts _cut_attempt ended (refused for more than the payment had
+    left, asked again at once for the rest): no try, as its docstring says. Known by the
+    cause of their settling entry (under its unique key), which nothing rewrites."""
+    from core.adapters.payment_models import LedgerTransaction
+
+    settled = aliased(LedgerTransaction)  # not the caller's own join of the ledger
+    return select(settled.id).where(
+        settled.idempotency_key == func.concat("refund:", Refund.id, ":settled"),
+        settled.cause == func.concat("refund:", Refund.id, ":cut")).exists()
+
+
 def _tries(session: Session, refund: Refund) -> int:
-    """How many attempts the refund ``refund`` belongs to has had. A reversed payout's
-    refund is one ops decision (_decision_tries), not every refund of its kind."""
+    """How many attempts the refund ``refund`` belongs to has had (a cut attempt is none).
+    A reversed payout's refund is one ops decision (_decision_tries), not every refund of
+    its kind."""
     if refund.reason == REVERSED_PAYOUT:
         return _decision_tries(session, refund)
     return int(session.scalar(select(func.count()).select_from(Refund).where(
         Refund.booking_id == refund.booking_id, Refund.payment_id == refund.payment_id,
-        _chain(refund.reason), Refund.attempt <= refund.attempt)) or 0)
+        _chain(refund.reason), Refund.attempt <= refund.attempt, ~_cut())) or 0)
 
 
 def _decision_cause(leg_id: int) -> str:
@@ -757,11 +770,13 @@ def _decision_cause(leg_id: int) -> str:
 def _decision_tries(session: Session, refund: Refund) -> int:
     """How many attempts the ops decision a REVERSED_PAYOUT refund attempt belongs to has
     had: the attempts of its leg since (and with) the decision's first, whose reservation
-    has the decision's cause. Earlier decisions (processed or given up) are not counted."""
+    has the decision's cause, less the cut ones (_cut). Earlier decisions (processed or
+    given up) are not counted."""
     from core.adapters.payment_models import LedgerPosting, LedgerTransaction
 
     rows = session.execute(
-        select(Refund.attempt, LedgerPosting.leg_id, LedgerTransaction.cause).distinct()
+        select(Refund.attempt, LedgerPosting.leg_id, LedgerTransaction.cause,
+               _cut().label("cut")).distinct()
         .join(LedgerTransaction, LedgerTransaction.idempotency_key
               == func.concat("refund:", Refund.id, ":requested"))
         .join(LedgerPosting, LedgerPosting.transaction_id == LedgerTransaction.id)
@@ -771,10 +786,10 @@ def _decision_tries(session: Session, refund: Refund) -> int:
         .order_by(Refund.attempt.desc())).all()
     leg_id = _refund_leg(session, refund)
     tries = 0
-    for _attempt, leg, cause in rows:
+    for _attempt, leg, cause, cut in rows:
         if leg != leg_id:
             continue
-        tries += 1
+        tries += 0 if cut else 1
         if cause == _decision_cause(leg_id):
             break
     return tries
@@ -1948,6 +1963,7 @@ def _settle_leg_transfer(leg_id: int) -> str:
         row = session.scalar(select(LegTransfer).where(LegTransfer.leg_id == leg_id))
         since = row.created_at if row is not None else clock.now()
         row_transfer = row.transfer_id if row is not None else None
+        row_status = row.status if row is not None else None
         direct = payment_id is not None and _refund_asked(session, payment_id)
     if payment_id is None:
         return "no-payment"
@@ -1987,6 +2003,14 @@ def _settle_leg_transfer(leg_id: int) -> str:
     live = _live(transfers, leg_id, account) if account else _live(transfers, leg_id)
     if target <= 0:
         if live is None:
+            # Reversed already (by a run that stopped before saving it, or in the
+            # dashboard): the row says so too, whoever has the leg now.
+            ended = next((t for t in transfers if row_transfer is not None
+                          and t.get("id") == row_transfer and t.get("status") == "reversed"),
+                         None)
+            if ended is not None and row_status != "reversed":
+                _save_transfer(leg_id, booking_id, partner_id, payment_id, account, ended,
+                               "reversed")
             return "nothing-to-transfer"
         if _left(live) > 0:
             c.transfer.reverse(live["id"], {"amount": _left(live)})
@@ -2191,9 +2215,12 @@ def _save_transfer(leg_id: int, booking_id: int, partner_id: int | None, payment
 
     The row follows the leg's latest transfer: a new transfer id brings its partner,
     account and payment (the partner who gave the job back keeps no claim). Its status
-    does not go back from released to on hold; reversed always wins."""
-    if partner_id is None:
-        return
+    does not go back from released to on hold; reversed always wins.
+
+    A leg with no partner now (the job given back) makes no row and hands none over, but
+    the row still records what the gateway says of the transfer it names (the hold of
+    the partner who gave the job back, reversed): else it would show a payout on hold to
+    them for good (set_payout_account refuses to change their account while it does)."""
     with transaction() as session:
         if paid_out is not None:
             ledger.lock_booking(session, booking_id)  # the booking before the row: as events
@@ -2201,6 +2228,10 @@ def _save_transfer(leg_id: int, booking_id: int, partner_id: int | None, payment
                              .with_for_update())
         amt = amount if amount is not None else int((entity or {}).get("amount") or 0)
         tid = (entity or {}).get("id") or None
+        if partner_id is None:  # given back: only the row's own transfer, as the gateway says
+            if row is None or tid is None or tid != row.transfer_id or paid_out is not None:
+                return
+            partner_id = row.partner_id  # the row keeps its partner (nothing is handed over)
         if row is None:
             row = LegTransfer(leg_id=leg_id, booking_id=booking_id, partner_id=partner_id,
                               payment_id=payment_id, account=account, amount_paise=max(amt, 1),
