@@ -13,10 +13,12 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
+from urllib.parse import urlsplit, urlunsplit
 
+import redis
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
+from sqlalchemy.exc import DBAPIError, IntegrityError, InterfaceError, OperationalError
 from sqlalchemy.pool import NullPool
 
 from core import logs
@@ -153,6 +155,35 @@ def migrate(url: str | None = None) -> None:
         command.upgrade(cfg, "heads")
 
 
+class SchemaNotReady(RuntimeError):
+    """The database of DATABASE_URL lacks the schema this code works on: migrate first."""
+
+
+def check_schema() -> None:
+    """SchemaNotReady unless the database's migrations are this code's (or newer: a later
+    release's, which keep this one working), as /readyz reads them: a command on a
+    database never migrated, or one behind, would fail part-way on a table or column it
+    lacks (README: `./run migrate` is the first step, and `seed` does not migrate)."""
+    from core.adapters import db
+    from core.web.ops import code_revisions, schema_state
+
+    with db.engine().connect() as conn:
+        table = conn.scalar(text("SELECT to_regclass('alembic_version')"))
+        versions = set(conn.scalars(text("SELECT version_num FROM alembic_version"))) \
+            if table is not None else set()
+    state = schema_state(versions)
+    if state == "ok":
+        return
+    where = masked_url(os.environ.get("DATABASE_URL") or get_settings().database_url)
+    if not versions:
+        raise SchemaNotReady(f"the database in DATABASE_URL ({where}) has no schema yet "
+                             "(never migrated): run `./run migrate` first")
+    raise SchemaNotReady(f"the database in DATABASE_URL ({where}) is at migration "
+                         f"{','.join(sorted(versions))}, behind this code's "
+                         f"{','.join(sorted(code_revisions()[1]))}: run `./run migrate` "
+                         "first")
+
+
 def seed() -> int:
     """Load the sandbox's demo data; refused (2) in production, where it would add demo
     partners with fake payout accounts and a demo operator who can sign in."""
@@ -162,6 +193,7 @@ def seed() -> int:
               "with add-operator, add-point, rate-card --default and add-partner (README: "
               "Setting up production).", file=sys.stderr)
         return 2
+    check_schema()
     from core.services.seed import seed_demo
 
     summary = seed_demo()
@@ -237,6 +269,11 @@ def service_worker(fork: bool = False) -> JobLoggingWorker | JobLoggingSimpleWor
 
 def worker(burst: bool = False) -> None:
     """Run an RQ worker with its scheduler on every queue (the Procfile's `worker`)."""
+    from core.adapters.redis_conn import redis_client
+
+    # A Redis away at start is said at once (main), before the directory's warm-up; one
+    # lost later is the worker loop's to ride out.
+    redis_client().ping()
     lower_priority()
 
     from core.adapters import pincode
@@ -275,6 +312,7 @@ def set_up(args: argparse.Namespace) -> int:
     from core.domain.errors import DomainError
     from core.services import admin as setup
 
+    check_schema()
     try:
         with transaction() as session:
             if args.cmd == "add-operator":
@@ -447,12 +485,98 @@ def main(argv: list[str] | None = None) -> int:
     er.add_argument("--phone", required=True, help="her number, e.g. +91 98765 43210")
     er.add_argument("--reason", required=True, help="why: her request, as received (audited)")
     args = parser.parse_args(argv)
+    garbled = _not_text(args)
+    if garbled is not None:
+        print(f"{args.cmd}: {garbled} is not valid text (the terminal sent it in another "
+              "encoding than UTF-8); set the terminal to UTF-8 and type it again",
+              file=sys.stderr)
+        return 2
     try:
         logs.configure(get_settings().log_level)
         return run_command(args)
     except ConfigError as err:  # the operator's to fix: what is wrong, not a traceback
         print(err.report(f"{parser.prog} {args.cmd}"), file=sys.stderr)
         return 2
+    except SchemaNotReady as err:
+        print(f"{parser.prog} {args.cmd}: {err}", file=sys.stderr)
+        return 2
+    except (OperationalError, InterfaceError, redis.exceptions.RedisError) as err:
+        away = service_away(err)
+        if away is None:  # a bug, or a statement of ours refused: the traceback says where
+            raise
+        print(f"{parser.prog} {args.cmd}: {away}", file=sys.stderr)
+        return 1
+
+
+def _not_text(args: argparse.Namespace) -> str | None:
+    """The option (``--name``) whose value is not text PostgreSQL can keep: a terminal in
+    another encoding than UTF-8 (a Latin-1 one typing 'Ramú') hands Python bytes it keeps
+    as lone surrogates, which no check of a name or a phone sees, and psycopg cannot send."""
+    for name, value in vars(args).items():
+        if isinstance(value, str):
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                return "--" + name.replace("_", "-")
+    return None
+
+
+def masked_url(url: str) -> str:
+    """``url`` as it may be shown: its password (in the user part, or a ``password=`` of its
+    query) replaced by ***."""
+    try:
+        parts = urlsplit(url)
+        netloc = parts.netloc
+        if parts.password is not None:
+            netloc = f"{parts.username or ''}:***@{netloc.rpartition('@')[2]}"
+    except ValueError:
+        return "(a URL that cannot be read)"
+    query = "&".join("password=***" if pair.split("=", 1)[0].lower() == "password" else pair
+                     for pair in parts.query.split("&")) if parts.query else ""
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+
+
+# SQLSTATE classes of a server that cannot serve a connection: 08 (connection exception),
+# and an administrator's shutdown, a crash, a server starting up (57P01-57P03).
+_AWAY_STATES = ("08", "57P01", "57P02", "57P03")
+
+
+def service_away(err: BaseException) -> str | None:
+    """One line saying that the PostgreSQL of DATABASE_URL, or the Redis of REDIS_URL, cannot
+    be reached (or Redis takes no writes), naming the setting and its URL without its
+    password; None for any other error.
+
+    libpq gives no SQLSTATE for a connection that failed (refused, timed out, a password
+    or database the server refused at start-up), only its message."""
+    if isinstance(err, redis.exceptions.RedisError):
+        from core.adapters.redis_conn import redis_down
+
+        if not redis_down(err):
+            return None
+        where = masked_url(os.environ.get("REDIS_URL") or get_settings().redis_url)
+        reason = _first_lines(str(err)) or type(err).__name__
+        if isinstance(err, redis.exceptions.ConnectionError | redis.exceptions.TimeoutError):
+            return f"the Redis in REDIS_URL ({where}) cannot be reached: {reason}"
+        return f"the Redis in REDIS_URL ({where}) takes no writes: {reason}"
+    if not isinstance(err, DBAPIError):
+        return None
+    state = getattr(err.orig, "sqlstate", None)
+    if state is not None and not state.startswith(_AWAY_STATES):
+        return None
+    url = os.environ.get("DATABASE_URL") or get_settings().database_url
+    where = masked_url(url)
+    name = make_url(get_settings().database_url).database or ""
+    if isinstance(err, OperationalError) and name and _missing_database(err, name):
+        return (f'the database "{name}" of DATABASE_URL ({where}) does not exist: '
+                "`./run migrate` creates it")
+    reason = _first_lines(str(err.orig)) or type(err.orig).__name__
+    return f"the database in DATABASE_URL ({where}) cannot be reached: {reason}"
+
+
+def _first_lines(text_: str, limit: int = 300) -> str:
+    """A message's lines as one (libpq adds a hint on a line of its own), cut to ``limit``."""
+    line = "; ".join(part.strip() for part in text_.splitlines() if part.strip())
+    return line if len(line) <= limit else line[:limit - 3] + "..."
 
 
 def run_command(args: argparse.Namespace) -> int:
@@ -472,6 +596,7 @@ def run_command(args: argparse.Namespace) -> int:
     elif args.cmd == "retention":
         from core.services import retention
 
+        check_schema()
         print(json.dumps(retention.run()))
     elif args.cmd in ("add-operator", "remove-operator", "add-point", "rate-card",
                       "add-partner", "set-payout-account", "set-home-point", "close-point",

@@ -14,7 +14,7 @@ from functools import lru_cache
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from core.i18n import LANGUAGES
+from core.i18n import LANGUAGES, unreadable_catalogs
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -134,6 +134,17 @@ def parse_ops_hours(raw: str) -> tuple[int, int] | None:
         raise ValueError(f"OPS_HOURS opens and closes at the same time (for always, "
                          f"use {ALWAYS}), got {raw!r}")
     return opens, closes
+
+
+def is_server_url(url: str) -> bool:
+    """An http(s) URL naming a host: one written without its scheme ("osrm.internal:5000")
+    is refused by the clients that would call it, at every call."""
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 (raises for a port that is not a number)
+        return parts.scheme in ("http", "https") and bool(parts.hostname)
+    except ValueError:  # a port that is not a number, a bracket left open
+        return False
 
 
 def sqlalchemy_url(url: str) -> str:
@@ -442,6 +453,19 @@ def load_settings(environ: dict[str, str] | None = None) -> Settings:
         problems.append(str(err))
         ops_hours = None
 
+    # Read at every route (OSRM_URL): without its scheme, requests has no adapter for it and
+    # every quote falls back to the straight-line estimate, silently.
+    osrm_url = env.get("OSRM_URL") or None
+    if osrm_url is not None and not is_server_url(osrm_url):
+        problems.append("OSRM_URL must be the OSRM server's http(s) URL "
+                        "(http://osrm.internal:5000)")
+    # The catalogs are read at the first message in each language: a folder mistyped, or a
+    # copy lacking a language, would fail every turn, call and SMS in it.
+    i18n_dir = env.get("I18N_DIR")
+    if i18n_dir:
+        problems += [f"I18N_DIR ({i18n_dir}): {problem}"
+                     for problem in unreadable_catalogs(Path(i18n_dir))]
+
     for name, (minimum, maximum) in (AREA_INTS | PROCESS_INTS).items():
         num(name, 0, minimum=minimum, maximum=maximum)
     data_dir = Path(env.get("DATA_DIR") or ROOT / "var")
@@ -485,7 +509,7 @@ def load_settings(environ: dict[str, str] | None = None) -> Settings:
         razorpay_webhook_secret=rzp_hook,
         razorpay_api_base=razorpay_api_base,
         ops_phone=ops_phone,
-        osrm_url=env.get("OSRM_URL") or None,
+        osrm_url=osrm_url,
         data_dir=data_dir,
         detour_factor_bp=num("DETOUR_FACTOR_BP", 13500, minimum=10000),
         inbound_rate_limit=num("INBOUND_RATE_LIMIT", 30, minimum=1),

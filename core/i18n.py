@@ -95,6 +95,26 @@ def _load(directory: Path, lang: str) -> dict[str, str]:
     return out
 
 
+def unreadable_catalogs(directory: Path) -> list[str]:
+    """Why the catalogs in ``directory`` cannot be read, a line per problem (none: every
+    language's catalog is there and parses). Those read are kept, as a lookup keeps them."""
+    if not directory.is_dir():
+        return ["not a folder that can be read"]
+    problems = []
+    for lang in LANGUAGES:
+        name = f"{lang}.toml"
+        try:
+            _load(directory, lang)
+        except FileNotFoundError:
+            problems.append(f"{name} is missing (every language needs its catalog)")
+        except OSError as err:
+            problems.append(f"{name} cannot be read ({err.strerror or type(err).__name__})")
+        except ValueError as err:  # not UTF-8, not TOML, or a value that is not text
+            reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+            problems.append(f"{name} is not a catalog ({reason})")
+    return problems
+
+
 def _catalog(lang: str) -> dict[str, str]:
     """Return the catalog for a supported language code."""
     if lang not in LANGUAGES:

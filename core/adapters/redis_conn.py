@@ -45,23 +45,34 @@ def redis_down(exc: BaseException) -> bool:
 _AWAY_CODES = ("READONLY", "MASTERDOWN", "LOADING", "OOM", "TRYAGAIN")
 
 
+# The key /readyz writes to know that Redis takes writes: its own, gone seconds after.
+WRITE_PROBE_KEY = "readyz:write-probe"
+WRITE_PROBE_TTL_MS = 10_000
+
+
 def write_state(client: redis.Redis) -> str:
-    """"ok" if ``client``'s server takes writes (a master), else what it is; raises if
-    it does not answer. One ROLE, which a replica whose master is gone still answers, as
-    it does PING, while it refuses every write (READONLY, MASTERDOWN)."""
-    try:
-        role = client.execute_command("ROLE")
-    except redis.exceptions.ResponseError as err:
-        if redis_down(err):
-            raise
-        # A proxy or managed service without ROLE: its answering is all we can know.
-        client.ping()
-        return "ok"
-    name = role[0] if role else b""
-    name = name.decode() if isinstance(name, bytes) else str(name)
-    if name == "master":
-        return "ok"
-    return f"read_only: {name or 'unknown role'}"  # "slave" (a replica), "sentinel"
+    """"ok" if ``client``'s server takes writes, else what it is; raises what Redis
+    refused the write with, or if it does not answer. One round trip: ROLE, as a replica
+    whose master is gone still answers it (and PING) while it refuses every write
+    (READONLY, MASTERDOWN), and a small SET with a short expiry on a key of its own, as
+    a master that is full (maxmemory with noeviction: OOM) or loading answers ROLE too
+    and refuses every write."""
+    pipe = client.pipeline(transaction=False)
+    pipe.execute_command("ROLE")
+    pipe.set(WRITE_PROBE_KEY, b"1", px=WRITE_PROBE_TTL_MS)
+    role, wrote = pipe.execute(raise_on_error=False)
+    if isinstance(role, redis.exceptions.ResponseError):
+        if redis_down(role):
+            raise role
+        role = None  # a proxy or managed service without ROLE: the write tells
+    if role is not None:
+        name = role[0] if role else b""
+        name = name.decode() if isinstance(name, bytes) else str(name)
+        if name != "master":
+            return f"read_only: {name or 'unknown role'}"  # "slave" (a replica), "sentinel"
+    if isinstance(wrote, Exception):
+        raise wrote  # OOM, LOADING, READONLY: down (redis_down), as the webhooks see it
+    return "ok"
 
 
 def reset_clients() -> None:

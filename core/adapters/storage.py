@@ -31,7 +31,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Protocol
 
-from core.config import get_settings
+from core.config import get_settings, is_server_url
 from core.domain.errors import Unavailable, ValidationError
 
 log = logging.getLogger(__name__)
@@ -153,6 +153,11 @@ def load_config(env: dict[str, str] | None = None, *,
     except ValueError:
         problems.append("POD_MAX_BYTES must be an integer >= 1024")
         max_bytes = 5 * 1024 * 1024
+    endpoint_url = env.get("POD_S3_ENDPOINT_URL") or None
+    if kind == "s3" and endpoint_url is not None and not is_server_url(endpoint_url):
+        # boto3 would refuse it (ValueError, "Invalid endpoint") at the first photo.
+        problems.append("POD_S3_ENDPOINT_URL must be the store's http(s) URL "
+                        "(https://<account>.r2.cloudflarestorage.com)")
     prefix = env.get("POD_S3_PREFIX", "pod/")
     if prefix and not _KEY.fullmatch(prefix.rstrip("/") or "x"):
         problems.append("POD_S3_PREFIX has characters a key cannot hold")
@@ -160,7 +165,7 @@ def load_config(env: dict[str, str] | None = None, *,
         raise StorageConfigError("; ".join(problems))
     local_dir = Path(env.get("POD_LOCAL_DIR")
                      or (get_settings().data_dir if data_dir is None else data_dir) / "pod")
-    return StorageConfig(kind, local_dir, bucket, env.get("POD_S3_ENDPOINT_URL") or None,
+    return StorageConfig(kind, local_dir, bucket, endpoint_url,
                          env.get("POD_S3_REGION") or "auto", key_id, secret, prefix, max_bytes)
 
 

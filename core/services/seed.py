@@ -3,17 +3,20 @@
 Places are real post offices from the India Post directory: around Bettiah (West
 Champaran, Bihar, 845438) and Shrirampur (Ahmednagar, Maharashtra, 413709). Phone numbers
 are in the +91 90000 000xx block, which the sandbox never delivers to a real phone.
-Runs once: a second call finds the demo rate card and changes nothing.
+Runs once: a second call finds the demo rate card and changes nothing. What an operator
+set up before at a demo office or with a demo number is used, not added again.
 """
 
 from __future__ import annotations
 
-from sqlalchemy import func, select
+from sqlalchemy import func, or_, select
+from sqlalchemy.orm import Session
 
 from core.adapters.db import transaction
 from core.adapters.models import PartnerProfile, Person, Point, RateCardRow, Vehicle
 from core.adapters.pincode import post_offices
 from core.domain.pricing import DEFAULT_RATE_CARD, VEHICLE_CAPACITY, VehicleType
+from core.services.admin import POINT_NAME_LOCK_KEY
 
 RATE_CARD_NAME = "rural-default-v1"
 
@@ -50,7 +53,11 @@ SEED_LOCK_KEY = int.from_bytes(b"RCsd", "big")
 
 
 def seed_demo() -> dict[str, int]:
-    """Insert the demo data unless it is already there; return what was added."""
+    """Insert the demo data unless it is already there; return what was added.
+
+    What an operator set up before (add-point at a demo office, add-operator or
+    add-partner with a demo number) is used as it is, never added a second time: the
+    demo partners' home is the Point found at their office."""
     with transaction() as session:
         # Held until the commit. The look below is a statement of its own, after the wait:
         # under READ COMMITTED it sees what the seed we waited for committed.
@@ -60,17 +67,26 @@ def seed_demo() -> dict[str, int]:
         session.add(RateCardRow(name=RATE_CARD_NAME, card=DEFAULT_RATE_CARD.to_dict(),
                                 active=True))
         points: list[Point] = []
+        added_points = 0
         for pin, office_name in DEMO_POINTS:
             office = next(o for o in post_offices(pin) if o.office_name == office_name)
             if office.lat is None or office.lng is None:
                 raise RuntimeError(f"demo point {office_name} has no coordinates")
-            point = Point(name=office.name, lat=office.lat, lng=office.lng, pincode=pin,
-                          post_office=office.office_name, district=office.district,
-                          state=office.state, active=True)
-            session.add(point)
+            point = _point_there(session, pin, office.office_name, office.name)
+            if point is None:
+                point = Point(name=office.name, lat=office.lat, lng=office.lng, pincode=pin,
+                              post_office=office.office_name, district=office.district,
+                              state=office.state, active=True)
+                session.add(point)
+                session.flush()
+                added_points += 1
             points.append(point)
-        session.flush()
+        taken = set(session.scalars(select(Person.phone).where(Person.phone.in_(
+            [partner[1] for partner in DEMO_PARTNERS] + [OPS_PERSON[1]]))))
+        added_partners = 0
         for first, phone, lang, vtype, payload, home, has_app in DEMO_PARTNERS:
+            if phone in taken:
+                continue
             person = Person(phone=phone, name=first, preferred_language=lang, role="partner")
             session.add(person)
             session.flush()
@@ -85,9 +101,24 @@ def seed_demo() -> dict[str, int]:
             session.flush()
             session.add(Vehicle(partner_id=profile.id, type=vtype.value, payload_kg=payload,
                                 max_size=VEHICLE_CAPACITY[vtype].max_size.value))
-        session.add(Person(name=OPS_PERSON[0], phone=OPS_PERSON[1], role="ops",
-                           preferred_language="hi"))
-        return {"rate_cards": 1, "points": len(points), "partners": len(DEMO_PARTNERS)}
+            added_partners += 1
+        if OPS_PERSON[1] not in taken:
+            session.add(Person(name=OPS_PERSON[0], phone=OPS_PERSON[1], role="ops",
+                               preferred_language="hi"))
+        return {"rate_cards": 1, "points": added_points, "partners": added_partners}
+
+
+def _point_there(session: Session, pincode: str, office: str, name: str) -> Point | None:
+    """An active Point of ``pincode`` at ``office``, or going by the name the demo's would
+    take (add-point refuses a second one: people could not tell the two apart), looked for
+    under the pincode's name lock, which add-point holds while it adds one."""
+    session.execute(select(func.pg_advisory_xact_lock(POINT_NAME_LOCK_KEY,
+                                                      func.hashtext(pincode))))
+    called = [office.lower(), name.lower()]  # as PostgreSQL's lower() has them
+    return session.scalar(select(Point).where(
+        Point.pincode == pincode, Point.active.is_(True),
+        or_(func.lower(Point.post_office).in_(called), func.lower(Point.name).in_(called)))
+        .order_by(Point.id).limit(1))
 
 
 __all__ = ["seed_demo"]

@@ -281,7 +281,8 @@ def readiness() -> dict[str, str]:
     else:
         checks["schema"] = "unknown: postgres down"
     try:
-        # A replica (the old primary after a failover) answers PING but takes no writes.
+        # A replica (the old primary after a failover), and a master that is full or
+        # loading, answer PING but take no writes: write_state writes.
         checks["redis"] = write_state(redis_client())
     except Exception as exc:
         checks["redis"] = f"down: {type(exc).__name__}"
