@@ -43,7 +43,10 @@ _E164 = rf"(?:(?<![\w])\+|%2B)(\d(?:(?:{_SEP}|\.){{0,2}}\d){{7,14}})(?!\d)"
 _GAP = rf"{_SEP}{{0,2}}"
 _MOBILE = (rf"{_BEFORE}((?:\+|%2B|00)?(?:{_SPACE}?91{_SEP}*)?)(\d?)"
            rf"(\d(?:{_GAP}\d){{5}})({_GAP}\d(?:{_GAP}\d){{3}}){_AFTER}")
-_PHONE = re.compile(f"{_E164}|{_MOBILE}", re.IGNORECASE | re.ASCII)
+# A WhatsApp id is the number's digits without "+" (WaId=14155238886, "wa_id": "44..."):
+# a foreign one matches neither pattern above, so it is found by its name.
+_WAID = r"wa_?id[\"']?\s*[:=]\s*[\"']?(\d{7,15})(?!\d)"
+_PHONE = re.compile(f"{_E164}|{_MOBILE}|{_WAID}", re.IGNORECASE | re.ASCII)
 
 
 # Every script's decimal digits as ASCII ones, one character for one: a number typed in
@@ -62,11 +65,16 @@ def _mask_mobile(m: re.Match[str]) -> str:
     return f"{country}{'*' * 6}{last4}"
 
 
+def _masked_e164(digits: str) -> str:
+    cc_len = max(1, len(digits) - 10)  # national numbers are 10 digits in India/NANP
+    return f"+{digits[:cc_len]}{'*' * (len(digits) - cc_len - 4)}{digits[-4:]}"
+
+
 def _mask(m: re.Match[str]) -> str:
+    if m.group(6):  # a WhatsApp id: its name kept, the number masked as +E.164 without "+"
+        return m.group(0)[:m.start(6) - m.start()] + _masked_e164(m.group(6))[1:]
     if m.group(1):
-        digits = re.sub(r"\D", "", m.group(1))
-        cc_len = max(1, len(digits) - 10)  # national numbers are 10 digits in India/NANP
-        return f"+{digits[:cc_len]}{'*' * (len(digits) - cc_len - 4)}{digits[-4:]}"
+        return _masked_e164(re.sub(r"\D", "", m.group(1)))
     return _mask_mobile(m)
 
 

@@ -134,6 +134,10 @@ def test_references_pincodes_and_amounts_are_not_masked(captured):
         ("otp 4821", "otp 4821"),
         ("landline 5123456789", "landline 5123456789"),  # not a mobile: first digit below 6
         ("wa_id=919812345678", "wa_id=91******5678"),  # a WhatsApp id: no "+"
+        # a foreign WhatsApp id is no Indian mobile: found by its name
+        ("WaId=14155238886 from", "WaId=1******8886 from"),
+        ('{"wa_id": "447700900123"}', '{"wa_id": "44******0123"}'),
+        ("ts 1733412345678", "ts 1733412345678"),  # a time in ms is no phone
         ("From=whatsapp%3A%2B919812345678", "From=whatsapp%3A+91******5678"),  # URL-encoded
         ("order 12345678901234", "order 12345678901234"),
         # the ways people write a mobile: grouped, with +91 / 0091 / a trunk 0, in
