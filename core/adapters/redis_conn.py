@@ -35,14 +35,17 @@ def redis_down(exc: BaseException) -> bool:
                   | e.BusyLoadingError | e.OutOfMemoryError | e.MasterDownError
                   | e.TryAgainError):
         return True
-    # Redis 6.2 reports a refusal inside a script (our accept script on a replica after a
-    # failover) as the script's error, the server's own error code in its text.
+    # Codes redis-py has no class for (MISCONF) come as a plain ResponseError that starts
+    # with the code; Redis 6.2 reports a refusal inside a script (our accept script on a
+    # replica after a failover) as the script's error, the server's own code in its text.
+    text = str(exc)
     return isinstance(exc, e.ResponseError) and any(
-        f"-{code} " in str(exc) for code in _AWAY_CODES)
+        text.startswith(f"{code} ") or f"-{code} " in text for code in _AWAY_CODES)
 
 
-# The error codes of a server that cannot serve us now (as redis_down's classes).
-_AWAY_CODES = ("READONLY", "MASTERDOWN", "LOADING", "OOM", "TRYAGAIN")
+# The error codes of a server that cannot serve us now (as redis_down's classes), and
+# MISCONF: a server that cannot save its snapshot refuses every write until it can.
+_AWAY_CODES = ("READONLY", "MASTERDOWN", "LOADING", "OOM", "TRYAGAIN", "MISCONF")
 
 
 # The key /readyz writes to know that Redis takes writes: its own, gone seconds after.
