@@ -49,3 +49,16 @@ def names_word(text: str, word: str) -> bool:
 
 
 __all__ = ["names_word", "visible", "without_format_marks"]
+
+
+# What one SMS of ours may take: 2 parts, of 153 characters in the GSM alphabet (as
+# English goes) or 67 in UCS-2 (any Indian script; in UTF-16 units).
+_SMS_MAX_GSM = 2 * 153
+_SMS_MAX_UCS2 = 2 * 67
+
+
+def fits_two_sms_parts(text: str) -> bool:
+    """``text`` goes as one SMS of at most 2 parts (the house limit of an SMS of ours)."""
+    if text.isascii():
+        return len(text) <= _SMS_MAX_GSM
+    return len(text.encode("utf-16-le")) // 2 <= _SMS_MAX_UCS2

@@ -95,6 +95,7 @@ from core.domain.errors import Conflict, NotFound, ValidationError
 from core.domain.geo import haversine_m, validate_lat_lng
 from core.domain.otp import OTP_DIGITS
 from core.domain.phone import normalize_phone
+from core.domain.text import fits_two_sms_parts
 from core.domain.pricing import SizeBucket, SpeedTier, VehicleType, WeightBucket, can_carry
 from core.logs import mask_phones
 from core.services import notify, outbox, rating
@@ -3441,25 +3442,13 @@ def status_lines(session: Session, partner: PartnerProfile, lang: str) -> list[s
     return _in_two_part_sms(lines)
 
 
-# What one SMS of ours may take: 2 parts, of 153 characters in the GSM alphabet (as
-# English goes) or 67 in UCS-2 (any Indian script; in UTF-16 units).
-_SMS_MAX_GSM = 2 * 153
-_SMS_MAX_UCS2 = 2 * 67
-
-
-def _fits_two_parts(text: str) -> bool:
-    if text.isascii():
-        return len(text) <= _SMS_MAX_GSM
-    return len(text.encode("utf-16-le")) // 2 <= _SMS_MAX_UCS2
-
-
 def _in_two_part_sms(lines: list[str]) -> list[str]:
     """Lines one under the other in as few SMS as hold them at 2 parts each: a STATUS of
     two jobs (a line each, both places named) goes as two SMS rather than one of 3 or 4
     parts, which costs as much and some phones show apart, out of order."""
     out: list[str] = []
     for line in lines:
-        if out and _fits_two_parts(f"{out[-1]}\n{line}"):
+        if out and fits_two_sms_parts(f"{out[-1]}\n{line}"):
             out[-1] = f"{out[-1]}\n{line}"
         else:
             out.append(line)

@@ -68,6 +68,7 @@ from core.dialog.voice import (
 from core.domain.booking import BookingStatus, LegStatus
 from core.domain.errors import DomainError
 from core.domain.office_names import told_apart
+from core.domain.text import fits_two_sms_parts
 from core.services import booking as booking_service
 from core.services import handoff, inbound, notify, outbox, payments
 from core.services.conversation import SessionPorts, contact_for, load_state, save_state
@@ -190,7 +191,7 @@ def details_params(key: str, lang: str, *, pickup: str, drop: str, **params: Any
     for limit in range(dispatch.PLACE_NAME_MAX, DETAILS_PLACE_MIN - 1, -1):
         fields = {**params, "pickup": dispatch.short_place_name(pickup, limit),
                   "drop": dispatch.short_place_name(drop, limit)}
-        if dispatch._fits_two_parts(i18n.t(key, lang, **fields)):
+        if fits_two_sms_parts(i18n.t(key, lang, **fields)):
             break
     return fields
 
