@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
 
 from core.i18n import LANGUAGES, unreadable_catalogs
 
@@ -53,6 +53,15 @@ class ConfigError(RuntimeError):
         lines = "".join(f"\n  {line}" for line in str(self).splitlines())
         return (f"{who}: the environment is not a usable configuration "
                 f"(README: Configuration):{lines}")
+
+
+def _port_ok(parts: SplitResult) -> bool:
+    """A URL's port, if it names one, is a number from 1 to 65535."""
+    try:
+        port = parts.port
+    except ValueError:
+        return False
+    return port is None or port >= 1
 
 
 def _int(env: dict[str, str], name: str, default: int, *, minimum: int = 0,
@@ -310,6 +319,9 @@ def load_settings(environ: dict[str, str] | None = None) -> Settings:
     parts = urlsplit(public_base_url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         problems.append("PUBLIC_BASE_URL must be an http(s) URL")
+    elif not _port_ok(parts):
+        # Every link and callback would name a port nothing listens on (":80a", ":99999").
+        problems.append("PUBLIC_BASE_URL has a port that is not a number from 1 to 65535")
     elif parts.query or parts.fragment or "?" in public_base_url or "#" in public_base_url:
         # Paths are appended to it: a query or fragment here would swallow them, and every
         # signature Twilio computes on the URL it called would differ from ours.

@@ -86,7 +86,11 @@ def test_the_urls_people_use_are_taken(database_url, redis_url):
                                    "https://ridechain.example.in/#top",
                                    "https://ridechain.example.in?",
                                    "https://ops:pw@ridechain.example.in",
-                                   "https:///webhooks"])
+                                   "https:///webhooks",
+                                   # a port that is no port: every link named it
+                                   "https://ridechain.example.in:80a",
+                                   "https://ridechain.example.in:99999",
+                                   "https://ridechain.example.in:0"])
 def test_a_public_base_url_that_paths_cannot_follow_is_refused(value):
     with pytest.raises(ConfigError) as info:
         load_settings(production_env(PUBLIC_BASE_URL=value))
