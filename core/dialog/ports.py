@@ -63,6 +63,9 @@ class VoicePorts(Ports, Protocol):
     # Their booking's time to pay ran out: expired on its link (not one closed for want of
     # a link), or waiting past its time.
     def payment_over(self, reference: str) -> bool: ...
+    # Their booking's drop place as the phone names it (core.services.ivr.booked_place),
+    # how a caller hears which booking is which; None if not theirs.
+    def drop_place(self, reference: str) -> dict[str, Any] | None: ...
     # Their booking as slots, to book the same parcel again; None if not theirs.
     def booking_slots(self, reference: str) -> dict[str, Any] | None: ...
     # Their overdue booking is closed (True), still being checked with the gateway (None),

@@ -518,8 +518,12 @@ def _track_prompt(ctx: Ctx) -> list[Out]:
     ctx.scratch["refs"] = [ref for ref, _ in bookings]
     if not bookings:
         return [Say("ivr.track.ask")]
+    # Named as the cancel list names them: by their place, which a caller knows, and
+    # their number's last digits (never sent to gTTS nor kept), not 8 digits apiece.
     return [Say("ivr.track.recent"),
-            Choices(tuple(Say("ivr.track.option", {"digits": spoken.spell_digits(ref)})
+            Choices(tuple(Say("ivr.track.option",
+                              {"place": _said(ctx.ports.drop_place(ref)),
+                               "digits": spoken.spell_digits(ref[-SHORT_REF:])}, private=True)
                           for ref, _ in bookings)),
             Say("ivr.track.ask_other")]
 

@@ -270,6 +270,11 @@ class VoicePorts(SessionPorts):
         return {**super()._cancel_quote(booking),
                 "drop": booked_place(booking.drop_post_office, booking.drop_pincode)}
 
+    def drop_place(self, reference: str) -> dict[str, Any] | None:
+        booking = self._mine(reference)
+        return (booked_place(booking.drop_post_office, booking.drop_pincode)
+                if booking is not None else None)
+
     def cancel(self, reference: str, shown: dict[str, Any]) -> dict[str, Any]:
         """The chat's cancel; a booking made in this same call has its details taken back
         (take_back_details)."""
