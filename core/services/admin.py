@@ -400,10 +400,15 @@ def _refuse_in_use(session: Session, point: Point, doing: str) -> None:
                    "they have left it", code="point_in_use", field="point")
 
 
+# An erased partner keeps no name (erase_person); ops can move no one erased
+# (set_home_point refuses them), so they are not named as a Point's home partners.
+_NOT_ERASED = func.coalesce(PartnerProfile.first_name, "") != ""
+
+
 def home_partners(session: Session, point_id: int) -> list[int]:
-    """Ids of the partners whose home Point it is (erased ones too), by id."""
+    """Ids of the partners whose home Point it is (not erased ones), by id."""
     return list(session.scalars(select(PartnerProfile.id).where(
-        PartnerProfile.home_point_id == point_id).order_by(PartnerProfile.id)))
+        PartnerProfile.home_point_id == point_id, _NOT_ERASED).order_by(PartnerProfile.id)))
 
 
 def home_partners_of(session: Session, point_ids: list[int]) -> dict[int, list[int]]:
@@ -411,7 +416,8 @@ def home_partners_of(session: Session, point_ids: list[int]) -> dict[int, list[i
     out: dict[int, list[int]] = {}
     for point_id, partner_id in session.execute(select(
             PartnerProfile.home_point_id, PartnerProfile.id).where(
-            PartnerProfile.home_point_id.in_(point_ids)).order_by(PartnerProfile.id)):
+            PartnerProfile.home_point_id.in_(point_ids), _NOT_ERASED)
+            .order_by(PartnerProfile.id)):
         if point_id is not None:  # always, by the IN: for the type checker
             out.setdefault(point_id, []).append(partner_id)
     return out
