@@ -47,6 +47,8 @@ class Phone:
         self.http = requests.Session()
         self.sid = ""
         self.action: str | None = None
+        self.num_digits = 0  # the question waiting: how many keys it takes (0: up to #)
+        self.finish_on = "#"
         self.since = 0
         self.prompts = known_prompts()
 
@@ -68,11 +70,22 @@ class Phone:
         return self.hear(self._post("/webhooks/voice", self._form(CallStatus="ringing")))
 
     def press(self, keys: str) -> list[str]:
+        """Keys as Twilio takes them: a question of N keys (numDigits) takes the first N,
+        one that ends on a key (finishOnKey, '#') the keys before it, not sent; the keys
+        pressed beyond go to the next question, as a caller who types ahead is heard."""
         if self.action is None:
             return ["(the call has ended: /call to call again)"]
-        digits = keys.removesuffix("#")  # Twilio does not send the finishing '#'
-        return self.hear(self._post(self.action, self._form(CallStatus="in-progress",
-                                                            Digits=digits)))
+        lines: list[str] = []
+        while True:
+            if self.num_digits:
+                digits, keys = keys[:self.num_digits], keys[self.num_digits:]
+            else:
+                digits, _, keys = keys.partition(self.finish_on)
+            lines += self.hear(self._post(self.action, self._form(CallStatus="in-progress",
+                                                                  Digits=digits)))
+            if not keys or self.action is None:
+                return lines
+            lines.append(f"  [keys typed ahead: {keys}]")
 
     def hang_up(self) -> None:
         if self.sid:
@@ -89,6 +102,9 @@ class Phone:
             if verb.tag == "Gather":
                 lines += [self._line(e) for e in verb]
                 self.action = verb.get("action")
+                taken = verb.get("numDigits", "")
+                self.num_digits = int(taken) if taken.isdigit() else 0
+                self.finish_on = verb.get("finishOnKey", "#") or "#"
                 if verb.get("numDigits") == "1":
                     lines.append("  [waiting for one key]")
                 else:

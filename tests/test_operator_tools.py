@@ -52,3 +52,25 @@ def test_the_pay_button_posts_under_the_links_own_address(live):
     assert not action.startswith("/")
     assert urljoin(link["short_url"], action) == link["short_url"] + "/pay"
     assert requests.post(urljoin(link["short_url"], action), timeout=10).status_code == 200
+
+
+def test_call_sends_keys_as_twilio_takes_them(live):
+    """A one-key question takes one key; keys typed ahead go to the next question, and
+    '#' ends a question of many keys without being sent (Twilio's Gather). Was: every
+    typed key went to the question at hand, so "12" answered a one-key question with
+    "12", which a real call never sends."""
+    caller = Phone(live.base_url, "+919812399997", get_settings().twilio_auth_token)
+    sent: list[str] = []
+    post = caller._post
+
+    def recording(path: str, form: dict[str, str]) -> str:
+        if "Digits" in form:
+            sent.append(form["Digits"])
+        return post(path, form)
+
+    caller._post = recording  # type: ignore[method-assign]
+    caller.call()
+    assert caller.num_digits == 1  # the language question takes one key
+    caller.press("11845438#")  # Hindi, book, then the pickup pincode typed ahead
+    assert sent == ["1", "1", "845438"], sent
+    assert caller.action  # the call goes on, at the village question
