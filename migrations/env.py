@@ -2,8 +2,9 @@
 
 Migrations run while the previous release still serves (migrations/README.md): each one
 commits on its own, and no statement waits more than LOCK_TIMEOUT for a lock, since every
-web query on the table queues behind a waiting ALTER. A migration that timed out is rolled
-back and run again after each pause of RETRY_WAITS; after the last, the upgrade fails.
+web query on the table queues behind a waiting ALTER. A migration that timed out, or that
+PostgreSQL chose to break a deadlock with a web transaction, is rolled back and run again
+after each pause of RETRY_WAITS; after the last, the upgrade fails.
 """
 
 from __future__ import annotations
@@ -24,7 +25,13 @@ log = logging.getLogger("migrations")
 # Well below Twilio's 15 s webhook timeout, and far above what a web transaction holds a
 # table lock for.
 LOCK_TIMEOUT_MS = 2000
-# Seconds between attempts at a migration that timed out on a lock (a long report, say):
+# The errors of a migration that gave way to the service, rolled back and run again:
+# lock_not_available (it waited LOCK_TIMEOUT) and deadlock_detected. PostgreSQL breaks a
+# deadlock in the waiter whose check (deadlock_timeout, 1 s by default, below LOCK_TIMEOUT)
+# runs first: often the migration, which holds one table while it waits for another that
+# a ledger write holds, the write then waiting for the first (0023).
+RETRIED = ("55P03", "40P01")
+# Seconds between attempts at a migration that gave way to a lock (a long report, say):
 # the web's queued queries run meanwhile. About a minute in all, then the release fails
 # and can be run again later.
 RETRY_WAITS = (1, 2, 4, 8, 15, 30)
@@ -47,10 +54,12 @@ def run_migrations_online() -> None:
                     context.run_migrations()
             return
         except DBAPIError as err:
-            if getattr(err.orig, "sqlstate", None) != "55P03" or attempt == len(retry_waits):
-                raise  # not a lock_not_available, or out of attempts
-            log.warning("a migration timed out waiting for a lock; running it again",
-                        extra={"attempt": attempt + 1, "wait_s": retry_waits[attempt]})
+            sqlstate = getattr(err.orig, "sqlstate", None)
+            if sqlstate not in RETRIED or attempt == len(retry_waits):
+                raise  # not a lock given way, or out of attempts
+            log.warning("a migration gave way to a lock; running it again",
+                        extra={"attempt": attempt + 1, "wait_s": retry_waits[attempt],
+                               "sqlstate": sqlstate})
             time.sleep(retry_waits[attempt])
 
 

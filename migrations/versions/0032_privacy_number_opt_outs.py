@@ -10,7 +10,8 @@ number: the outbox honours them for a number nobody holds, and a person made ane
 the number starts with them (core.services.outbox.NumberOptOut).
 
 A new table, unused by the previous release; its primary key is its only index. Safe to
-run again (if_not_exists).
+run again (if_not_exists). Its downgrade leaves it, rows and all: it is the only record
+of those STOPs, the previous release never reads it, and the upgrade after finds it.
 """
 
 from __future__ import annotations
@@ -38,5 +39,8 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    # The kept opt-outs go: a number whose person was erased may be written to again.
-    op.drop_table("number_opt_outs")
+    # The table stays. Dropped, its STOPs would be lost for good: upgraded again, a person
+    # made anew for an erased number would be written to. Refusing while it holds rows
+    # (as the ledger's downgrades do) would bar going back past 0032 on any service that
+    # ever erased someone who had said STOP, to protect rows the old code cannot harm.
+    pass
