@@ -200,6 +200,9 @@ class Settings:
     # The secret of a Twilio Webhook Setting's SharedKey, for webhooks Twilio signs with
     # it (and names in X-Twilio-Webhooks-Signature-Settings) instead of the auth token.
     twilio_webhook_shared_key: str | None = None
+    # Twilio's secondary auth token while the auth token is rotated: webhooks signed with
+    # it pass too (the REST API is called with TWILIO_AUTH_TOKEN only).
+    twilio_auth_token_secondary: tuple[str, ...] = ()
     # How many proxies in front of us set X-Forwarded-For/-Proto/-Host (0: none; the
     # headers are then anybody's and ignored).
     proxy_hops: int = 0
@@ -399,7 +402,8 @@ def load_settings(environ: dict[str, str] | None = None) -> Settings:
         # previous webhook secret has no length to meet: a short one is what a rotation to
         # a long one leaves behind, and it is kept for a day or two.
         for name, minimum in (("RAZORPAY_WEBHOOK_SECRET_PREVIOUS", 1),
-                              ("TWILIO_WEBHOOK_SHARED_KEY", ISSUED_SECRET_MIN)):
+                              ("TWILIO_WEBHOOK_SHARED_KEY", ISSUED_SECRET_MIN),
+                              ("TWILIO_AUTH_TOKEN_SECONDARY", ISSUED_SECRET_MIN)):
             raw = env.get(name, "")
             if raw != raw.strip():  # refused, not trimmed, as a single secret is
                 problems.append(f"{name} starts or ends with a space or line break; "
@@ -534,6 +538,8 @@ def load_settings(environ: dict[str, str] | None = None) -> Settings:
         drain_linger_ms=num("DRAIN_LINGER_MS", 500, minimum=0, maximum=4000),
         log_level=log_level,
         twilio_webhook_shared_key=env.get("TWILIO_WEBHOOK_SHARED_KEY") or None,
+        twilio_auth_token_secondary=tuple(listed_secrets(
+            env.get("TWILIO_AUTH_TOKEN_SECONDARY", ""))),
         proxy_hops=num("PROXY_HOPS", 0, minimum=0, maximum=5),
         otp_failures_per_day=num("OTP_FAILURES_PER_DAY", 10, minimum=1,
                                  maximum=OTP_FAILURES_MAX),

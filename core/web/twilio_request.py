@@ -85,7 +85,8 @@ def body_hash_matches(raw: bytes) -> bool:
 def signing_keys(settings) -> tuple[tuple[str, ...], str]:  # noqa: ANN001 (core.config.Settings)
     """The secrets, and the algorithm, this request says Twilio signed it with.
 
-    By default Twilio signs with the auth token and HMAC-SHA1. A webhook that a Twilio
+    By default Twilio signs with the auth token and HMAC-SHA1 (or, while the token is
+    rotated, TWILIO_AUTH_TOKEN_SECONDARY's, as Twilio signs with its primary). A webhook that a Twilio
     Webhook Rule sends through a Webhook Setting with a SharedKey is signed with that
     key instead, and says so in X-Twilio-Webhooks-Signature-Settings
     ("key=<id>,algorithm=HMAC_SHA256"). Such a request is checked against the secrets in
@@ -96,7 +97,9 @@ def signing_keys(settings) -> tuple[tuple[str, ...], str]:  # noqa: ANN001 (core
     """
     settings_header = request.headers.get(SIGNATURE_SETTINGS_HEADER)
     if settings_header is None:
-        return (settings.twilio_auth_token,), HMAC_SHA1
+        # The auth token first (one HMAC for a genuine request), then a secondary one
+        # while the token is rotated: a webhook signed with either passes.
+        return (settings.twilio_auth_token, *settings.twilio_auth_token_secondary), HMAC_SHA1
     named = any(part.partition("=")[0].strip() == "algorithm" and part.partition("=")[2].strip()
                 for part in settings_header.split(","))
     if not named:
