@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
 import socket
@@ -36,7 +37,10 @@ _REDIS: dict[str, str] = {}
 
 def _bench_redis(redis_url: str) -> str:
     """The benchmarks' Redis database, claimed once a process as test runs claim theirs
-    (ops/redis_slots.py), so that neither empties the other's keys midway."""
+    (ops/redis_slots.py), so that neither empties the other's keys midway. Given the bench's
+    own database (an environment bench_env made), that one: no second claim."""
+    if redis_url in _REDIS.values():
+        return redis_url
     if redis_url not in _REDIS:
         _REDIS[redis_url] = redis_slots.with_db(redis_url, redis_slots.claim(redis_url,
                                                                             "the bench"))
@@ -47,7 +51,10 @@ def bench_env(port: int) -> dict[str, str]:
     """Environment for the service under test: its own database and Redis db, sandbox."""
     base_db = os.environ.get("DATABASE_URL") or "postgresql://postgres@127.0.0.1:5432/ridechain"
     url = make_url(base_db.replace("postgres://", "postgresql://", 1))
-    db_url = url.set(database=f"{url.database or 'ridechain'}_bench")
+    name = url.database or "ridechain"
+    # Already the bench's database (this process's environment pointed at it): the same one,
+    # not "<name>_bench_bench" and its template beside it.
+    db_url = url if name.endswith("_bench") else url.set(database=f"{name}_bench")
     redis_bench = _bench_redis(os.environ.get("REDIS_URL") or "redis://127.0.0.1:6379/0")
     env = dict(os.environ)
     env.update({
@@ -62,6 +69,55 @@ def bench_env(port: int) -> dict[str, str]:
         "INBOUND_RATE_LIMIT": "100000",
     })
     return env
+
+
+@contextmanager
+def pointed_at(env: dict[str, str]):
+    """This process's own settings, database pool and Redis clients on ``env``'s database
+    and Redis for the block (for benchmarks that run the product's code in-process), then
+    back on what they were, so the next benchmark's bench_env starts from the base URLs."""
+    from core.adapters import db
+    from core.adapters.redis_conn import reset_clients
+    from core.config import reset_settings
+
+    keys = ("DATABASE_URL", "REDIS_URL")
+    saved = {k: os.environ.get(k) for k in keys}
+
+    def reset() -> None:
+        reset_settings()
+        db.dispose_all()
+        reset_clients()
+
+    os.environ.update({k: env[k] for k in keys})
+    reset()
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        reset()
+
+
+def cpu_ns(pid: int) -> int:
+    """Nanoseconds ``pid``'s live threads have run on a core, by the scheduler's own count
+    (/proc/<pid>/task/<tid>/schedstat): /proc/<pid>/stat counts in 10 ms ticks, too coarse
+    for a few turns' worth. Threads that ended are not in it, so it suits processes that
+    keep theirs (a PostgreSQL backend has one); 0 when the process is gone or elsewhere."""
+    total = 0
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return 0
+    for tid in tids:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
+                total += int(f.read().split()[0])
+        except (OSError, IndexError, ValueError):
+            continue
+    return total
 
 
 # Templates migrated and seeded by this process: the first reset of a run builds one
@@ -156,7 +212,9 @@ def percentile(values: Sequence[float], p: float) -> float:
     if not values:
         return 0.0
     ordered = sorted(values)
-    rank = max(1, min(len(ordered), round(p / 100 * len(ordered) + 0.5)))
+    # rank = ceil(p/100 * n), rounded first so that 0.95 * 300 (284.99999999999997 or
+    # 285.00000000000006 in floats) is rank 285, not 286.
+    rank = max(1, min(len(ordered), math.ceil(round(p / 100 * len(ordered), 9))))
     return ordered[rank - 1]
 
 

@@ -27,9 +27,17 @@ from bench.common import percentile
 # A script step: form parameters for one webhook, given the virtual user's number.
 Step = Callable[[int, int], dict[str, str]]  # (user, turn) -> params
 
+# Every request's time limit. A request that fails without an answer (a timeout, a refused
+# or dropped connection) is counted at this latency in the percentiles: leaving it out
+# would make a run that lost requests look faster than one that served them.
+TIMEOUT_S = 15.0
+
 
 @dataclass
 class Run:
+    """One measurement: a latency for every request sent (a failed one at TIMEOUT_S), the
+    answers' statuses, and ``errors``, the requests that got no answer."""
+
     label: str
     concurrency: int
     latencies_ms: list[float] = field(default_factory=list)
@@ -43,16 +51,30 @@ class Run:
     def count(self) -> int:
         return len(self.latencies_ms)
 
+    @property
+    def ok(self) -> int:
+        """Requests answered 2xx: the messages the server took."""
+        return sum(n for status, n in self.statuses.items() if 200 <= status < 300)
+
+    @property
+    def failed(self) -> int:
+        """Requests without an answer, or answered with anything but 2xx (a 403 for a
+        bad signature, a 429, a 500, a 503)."""
+        return self.errors + sum(self.statuses.values()) - self.ok
+
     def summary(self) -> dict[str, float | int | str]:
+        sent = self.count
         return {
-            "label": self.label, "concurrency": self.concurrency, "requests": self.count,
+            "label": self.label, "concurrency": self.concurrency, "requests": sent,
             "seconds": round(self.seconds, 3),
-            "per_second": round(self.count / self.seconds, 1) if self.seconds else 0.0,
+            "per_second": round(self.ok / self.seconds, 1) if self.seconds else 0.0,
             "mean_ms": round(sum(self.latencies_ms) / self.count, 2) if self.count else 0.0,
             "p50_ms": round(percentile(self.latencies_ms, 50), 2),
             "p95_ms": round(percentile(self.latencies_ms, 95), 2),
             "p99_ms": round(percentile(self.latencies_ms, 99), 2),
-            "errors": self.errors,
+            "errors": self.failed,
+            "error_pct": round(self.failed / sent * 100, 2) if sent else 0.0,
+            "no_answer": self.errors,
             "statuses": {str(k): v for k, v in sorted(self.statuses.items())},
             "connections_per_process": self.splits,
         }
@@ -90,6 +112,7 @@ async def _send(session: aiohttp.ClientSession, target: str, path: str, params: 
             run.statuses[r.status] = run.statuses.get(r.status, 0) + 1
     except (TimeoutError, aiohttp.ClientError):
         run.errors += 1
+        run.latencies_ms.append(TIMEOUT_S * 1000)
         return
     run.latencies_ms.append((time.perf_counter() - started) * 1000)
 
@@ -156,7 +179,7 @@ async def closed_loop(target: str, path: str, script: Sequence[Step], signer: Si
     ``at_start`` is called when the connections are open, just before the clock starts."""
     run = Run(label, concurrency)
     budget = itertools.count()
-    timeout = aiohttp.ClientTimeout(total=15)
+    timeout = aiohttp.ClientTimeout(total=TIMEOUT_S)
 
     async def user(u: int, session: aiohttp.ClientSession) -> None:
         turn = 0
@@ -186,9 +209,9 @@ async def open_loop(target: str, path: str, script: Sequence[Step], signer: Sign
     to measure what happens after the answer (the reply leaving through the outbox).
     """
     run = Run(label, users)
-    total = int(rate * seconds)
+    total = round(rate * seconds)
     turns = [0] * users
-    timeout = aiohttp.ClientTimeout(total=15)
+    timeout = aiohttp.ClientTimeout(total=TIMEOUT_S)
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0),
                                      timeout=timeout) as session:
         t0 = time.perf_counter()
@@ -210,6 +233,15 @@ async def open_loop(target: str, path: str, script: Sequence[Step], signer: Sign
     return run
 
 
+def pass_phone(prefix: str, user: int, conversation: int) -> str:
+    """The phone of a virtual user's ``conversation``-th walk through its script (E.164, an
+    Indian mobile after ``prefix``, "+917" or "+918"): a new customer each time, so every
+    walk is a whole first conversation, not a resumed one or a repeat customer's."""
+    if not (0 <= user < 100_000 and 0 <= conversation < 10_000):
+        raise ValueError(f"user {user} / conversation {conversation} out of the phone plan")
+    return f"{prefix}{user:05d}{conversation:04d}"
+
+
 _ACTION = re.compile(r'<Gather[^>]*\baction="([^"]+)"')
 
 
@@ -220,14 +252,17 @@ async def ivr_closed_loop(target: str, digits: Sequence[str], signer: Signer, *,
     previous TwiML named (as Twilio does); a call that ends is dialled again."""
     run = Run(label, concurrency)
     budget = itertools.count()
-    timeout = aiohttp.ClientTimeout(total=15)
+    timeout = aiohttp.ClientTimeout(total=TIMEOUT_S)
 
     async def caller(u: int, session: aiohttp.ClientSession) -> None:
         call_no = 0
         while time.perf_counter() < deadline:
             call_no += 1
+            # Each call a new caller, as the WhatsApp script's passes are new customers: a
+            # caller who booked a few times already is refused (too many unpaid bookings).
             params = {"CallSid": f"CAb{user_offset + u:08d}{call_no:05d}",
-                      "AccountSid": "ACbench", "From": f"+9170{user_offset + u:08d}",
+                      "AccountSid": "ACbench", "From": pass_phone("+918", user_offset + u,
+                                                                   call_no),
                       "To": "+15005550006", "CallStatus": "in-progress"}
             path = "/webhooks/voice"
             for keys in ("", *digits):
@@ -244,6 +279,7 @@ async def ivr_closed_loop(target: str, digits: Sequence[str], signer: Signer, *,
                         run.statuses[r.status] = run.statuses.get(r.status, 0) + 1
                 except (aiohttp.ClientError, TimeoutError):
                     run.errors += 1
+                    run.latencies_ms.append(TIMEOUT_S * 1000)
                     break
                 run.latencies_ms.append((time.perf_counter() - started) * 1000)
                 found = _ACTION.search(body)

@@ -5,16 +5,18 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import signal
 import subprocess
 import tempfile
-import time
+from pathlib import Path
 
 import psutil
 
 from bench import common
 from bench.loadgen import Signer, closed_loop
-from bench.webhooks import WA_SCRIPT
+from bench.webhooks import WA_SCRIPT, wait_idle
+from ops.embedded import read_state
 
 
 def _role(proc: psutil.Process) -> str:
@@ -53,6 +55,7 @@ def measure(quick: bool) -> dict[str, object]:
     env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL")}
     env.update(PORT=str(port), DATA_DIR=data_dir, LOG_LEVEL="WARNING",
                INBOUND_RATE_LIMIT="100000")
+    token = env.get("TWILIO_AUTH_TOKEN", "sandbox-twilio-auth-token")
     serve = subprocess.Popen([str(common.ROOT / "run"), "serve"], cwd=common.ROOT, env=env,
                              start_new_session=True, stdout=subprocess.DEVNULL,
                              stderr=subprocess.DEVNULL)
@@ -60,10 +63,16 @@ def measure(quick: bool) -> dict[str, object]:
     try:
         common.wait_ready(f"{base}/readyz", timeout=240)
         run = asyncio.run(closed_loop(base, "/webhooks/whatsapp", WA_SCRIPT,
-                                      Signer("sandbox-twilio-auth-token", base),
+                                      Signer(token, base),
                                       concurrency=16, max_requests=400 if quick else 4000,
                                       max_seconds=20 if quick else 60, label="serve"))
-        time.sleep(1)  # let the worker drain the follow-up jobs the load queued
+        if run.failed:
+            raise RuntimeError(f"the load run's answers were not all 2xx: {run.statuses}, "
+                               f"{run.errors} without an answer")
+        # Measured once the worker has drained what the load queued (the turns, replies,
+        # payment links, status callbacks): no job, message or callback left waiting in the
+        # serve's own Redis (embedded, as its state file in DATA_DIR names it).
+        drained = wait_idle(read_state(Path(data_dir).resolve())["redis_url"], timeout=300)
         rows = []
         for proc in _processes(psutil.Process(serve.pid), data_dir):
             try:
@@ -79,16 +88,19 @@ def measure(quick: bool) -> dict[str, object]:
             serve.wait(timeout=60)
         except subprocess.TimeoutExpired:
             os.killpg(serve.pid, signal.SIGKILL)
+            serve.wait(timeout=60)
+        shutil.rmtree(data_dir, ignore_errors=True)
     rows.sort(key=lambda r: (r["role"], r["pid"]))
     web = [r["rss_mb"] for r in rows if r["role"] == "web"]
     total_pss = round(sum(r["pss_mb"] for r in rows), 1)
-    print(f"\nMemory of ./run serve after {run.count} WhatsApp messages (RSS per process; "
-          "total as PSS)")
+    print(f"\nMemory of ./run serve after {run.count} WhatsApp messages, drained in "
+          f"{drained:.1f} s (RSS per process; total as PSS)")
     print(common.table(["role", "pid", "RSS MB", "PSS MB"],
                        [[r["role"], r["pid"], r["rss_mb"], r["pss_mb"]] for r in rows]))
     print(f"largest web process: {max(web, default=0):.0f} MB RSS (target < 200); "
           f"whole serve: {total_pss:.0f} MB PSS (target < 1024)")
     result = {"processes": rows, "largest_web_rss_mb": max(web, default=0),
-              "total_pss_mb": total_pss, "messages": run.count, "quick": quick}
+              "total_pss_mb": total_pss, "messages": run.count,
+              "drained_after_s": round(drained, 2), "quick": quick}
     common.save("memory", result)
     return result

@@ -40,13 +40,18 @@ for i in range({n}):
     q.enqueue("bench.noop.noop", i)
 """
 
-SPAN = """
+# Delivered to the emulator: Twilio took the message (with no status callbacks in this
+# bench it stays "queued") or reported it sent or delivered; "failed" and "undelivered"
+# rows are not delivered, nor are rows still waiting.
+DELIVERED = ("queued", "sent", "delivered", "read")
+
+SPAN = f"""
 from sqlalchemy import func, select
 from core.adapters.db import transaction
 from core.adapters.models import OutboxMessage
 M = OutboxMessage
 with transaction() as s:
-    done = s.scalar(select(func.count()).where(M.status.notin_(["pending", "sending"])))
+    done = s.scalar(select(func.count()).where(M.status.in_({DELIVERED!r})))
     first, last = s.execute(select(func.min(M.sent_at), func.max(M.sent_at))).one()
 print(done, (last - first).total_seconds() if first and last else 0)
 """
@@ -72,11 +77,12 @@ def measure(quick: bool) -> dict[str, object]:
             total_s = _run_worker(env)
         done, span = _in_child(env, SPAN).split()
         rows.append({"messages": n, "delivered": int(done),
-                     "outbox_per_s": round(n / total_s, 1),
+                     "outbox_per_s": round(int(done) / total_s, 1),
                      "noop_jobs_per_s": round(n / noop_s, 1),
-                     "ratio": round(noop_s / total_s, 3),
+                     "ratio": round((int(done) / total_s) / (n / noop_s), 3),
                      "send_span_s": float(span)})
-    print("\nOutbox: one RQ worker (burst, incl. start-up) delivering to the sandbox emulator")
+    print("\nOutbox: one RQ worker (burst, incl. start-up) delivering to the sandbox emulator "
+          "(msg/s: the messages it took, failed ones not counted)")
     print(common.table(["messages", "delivered", "msg/s", "no-op jobs/s", "ratio"],
                        [[r["messages"], r["delivered"], r["outbox_per_s"],
                          r["noop_jobs_per_s"], r["ratio"]] for r in rows]))

@@ -2,8 +2,10 @@
 
 Both run as the production process model (gunicorn gthread workers; the service also with
 PostgreSQL, Redis and RQ workers). The load generator walks many distinct phones through
-realistic conversations; the headline is service/bare throughput at each concurrency, plus
-latency at fixed rates of 80 (WhatsApp's default sender limit) and 200 messages/s.
+whole booking dialogs (each pass through the script a new customer's booking, to the
+booking made); the headline is service/bare throughput at each concurrency, plus latency
+at fixed rates of 80 (WhatsApp's default sender limit) and 200 messages/s, where every
+customer sends the whole dialog once.
 
 WhatsApp is answered the courier way (the webhook accepts, a drain job runs the turn and
 the reply leaves through the outbox), so the webhook figures alone would flatter it. For
@@ -35,13 +37,28 @@ import requests
 from sqlalchemy import create_engine, text
 
 from bench import common
-from bench.loadgen import Run, Signer, closed_loop, ivr_closed_loop, merged, open_loop
+from bench.loadgen import (
+    TIMEOUT_S,
+    Run,
+    Signer,
+    closed_loop,
+    ivr_closed_loop,
+    merged,
+    open_loop,
+    pass_phone,
+)
 from bench.loadgen import even as loadgen_even
 
 WA_FROM = "whatsapp:+14155238886"
-# A customer's booking conversation, one message per turn (the bot's own flow).
-WA_TEXTS = ("hi", "1", "1", "845450", "1", "near the well", "845438", "1", "0", "menu")
+# A new customer's whole booking, one message per turn, to the booking made (the path of
+# conversation_fixtures/hinglish_pincode.yaml): greeting, Hindi, send a parcel, pickup
+# pincode, its village, a landmark, drop pincode, its village, a landmark, the receiver's
+# name and mobile, food, fits in a bag, up to 5 kg, not fragile, worth up to ₹2,000,
+# normal speed, "yes, book it". The booking's payment link and its message follow in jobs.
+WA_TEXTS = ("hi", "1", "1", "845450", "1", "kuan ke paas", "845438", "1", "school ke paas",
+            "Ramesh Kumar", "9876512345", "2", "1", "1", "2", "2", "2", "1")
 EMULATION_APP = "ridechain-emulation"  # the emulators' PostgreSQL application_name
+BENCH_APP = "ridechain-bench"  # the bench's own PostgreSQL connections (polling, counting)
 RATES = (80, 200)  # WhatsApp's default sender limit, and the target's rate
 # A new caller booking by keypad (the path of conversation_fixtures/ivr_hindi_booking.yaml):
 # Hindi, book, pickup pincode and village, drop pincode, a village, recipient's mobile,
@@ -50,9 +67,16 @@ IVR_DIGITS = ("1", "1", "845438#", "2", "1", "845450#", "7", "1", "9876543210#",
               "2", "2", "1", "1")
 
 
+def wa_phone(user: int, turn: int) -> str:
+    """The customer a virtual user is at ``turn``: each walk through WA_TEXTS is a new
+    phone, so every pass is a first booking (the same phone again would be offered its
+    last draft back, or refused for too many unpaid bookings)."""
+    return pass_phone("+917", user, turn // len(WA_TEXTS))
+
+
 def wa_step(turn_text: str):
     def step(user: int, turn: int) -> dict[str, str]:
-        phone = f"+9170{user:08d}"
+        phone = wa_phone(user, turn)
         return {"MessageSid": f"SMb{user:08d}{turn:06d}", "AccountSid": "ACbench",
                 "From": f"whatsapp:{phone}", "To": WA_FROM, "Body": turn_text,
                 "NumMedia": "0", "WaId": phone[1:], "ProfileName": "Bench"}
@@ -69,11 +93,25 @@ def ivr_turn(user: int, turn: int) -> dict[str, str]:
 
 
 HANDLED = text("SELECT count(*) FROM inbound_events WHERE channel = 'whatsapp'")
+BOOKED = text("SELECT count(*) FROM bookings WHERE channel = 'whatsapp'")
 REPLY_TIMES = text("""
     SELECT split_part(dedupe_key, ':', 2), extract(epoch FROM created_at),
            extract(epoch FROM sent_at)
     FROM outbox_messages WHERE dedupe_key LIKE :pattern
 """).bindparams(pattern="reply:%:0")
+
+
+def booked(engine) -> int:
+    """WhatsApp bookings made so far: each customer's dialog ends in one."""
+    with engine.connect() as conn:
+        return conn.execute(BOOKED).scalar_one()
+
+
+def fixed_rate_plan(rate: int, seconds: float) -> tuple[int, float]:
+    """(customers, seconds) for a fixed-rate run of about ``seconds``: each customer sends
+    WA_SCRIPT once, whole, so the run is customers x len(WA_SCRIPT) messages at ``rate``."""
+    users = max(1, int(rate * seconds) // len(WA_SCRIPT))
+    return users, users * len(WA_SCRIPT) / rate
 
 
 def wait_handled(engine, target: int, timeout: float) -> tuple[int, float]:
@@ -171,6 +209,11 @@ def warm_up(target: str, token: str, user_offset: int, requests: int) -> int:
     return run.statuses.get(200, 0)
 
 
+FAILURES_NOTE = ("(fail %: requests without a 2xx answer; msg/s counts 2xx answers only; a "
+                 f"request without any answer counts in the percentiles at the {TIMEOUT_S:.0f} "
+                 "s timeout)")
+
+
 def _jobs(row: dict[str, object]) -> str:
     """What the RQ workers did while the webhook was measured."""
     if row["channel"] != "whatsapp":
@@ -178,20 +221,34 @@ def _jobs(row: dict[str, object]) -> str:
     return "held" if row["workers_held"] else "draining"
 
 
-def cpu_seconds(procs: dict[str, object], engine=None) -> dict[str, dict[int, float]]:
+BACKENDS = text("""
+    SELECT pid, application_name = :emulation FROM pg_stat_activity
+    WHERE datname = current_database() AND application_name <> :bench
+""").bindparams(emulation=EMULATION_APP, bench=BENCH_APP)
+
+
+def redis_server_pid(redis_url: str) -> int | None:
+    """The pid of the Redis server behind ``redis_url`` (INFO server), if it runs here."""
+    import redis
+
+    pid = int(redis.Redis.from_url(redis_url).info("server").get("process_id", 0))
+    return pid if pid and os.path.exists(f"/proc/{pid}") else None
+
+
+def cpu_seconds(procs: dict[str, object], engine, redis_pid: int | None
+                ) -> dict[str, dict[int, float]]:
     """CPU seconds (user + system) used so far by each process of the system under test,
-    by role: our processes and their children, PostgreSQL and Redis by process name.
-    Given ``engine``, the PostgreSQL backends of the emulators' connections (named by
-    PGAPPNAME) are counted apart, as "emulator_pg"."""
+    by role: our processes and their children; the PostgreSQL backends connected to the
+    bench's database (the emulators' connections, named by PGAPPNAME, apart as
+    "emulator_pg"; the bench's own polling left out); the Redis server at ``redis_pid``.
+    Only the bench's own servers: not every postgres or redis-server on the machine (other
+    databases' backends, another Redis). The PostgreSQL server's shared processes (WAL
+    writer, checkpointer) serve every database and are not counted."""
     import psutil
 
     out: dict[str, dict[int, float]] = {}
-    emulated: set[int] = set()
-    if engine is not None:
-        with engine.connect() as conn:
-            emulated = set(conn.scalars(text(
-                "SELECT pid FROM pg_stat_activity WHERE application_name = :app"),
-                {"app": EMULATION_APP}))
+    with engine.connect() as conn:
+        backends = {pid: emulated for pid, emulated in conn.execute(BACKENDS)}
 
     def add(role: str, proc: psutil.Process) -> None:
         try:
@@ -210,12 +267,18 @@ def cpu_seconds(procs: dict[str, object], engine=None) -> dict[str, dict[int, fl
         for proc in family:
             add(role, proc)
     add("loadgen", psutil.Process())
-    for proc in psutil.process_iter(["name"]):
-        name = proc.info["name"] or ""
-        if name.startswith("postgres"):
-            add("emulator_pg" if proc.pid in emulated else "postgres", proc)
-        elif name.startswith("redis-server"):
-            add("redis", proc)
+    for pid, emulated in backends.items():
+        try:
+            proc = psutil.Process(pid)
+            if proc.name().startswith("postgres"):  # not a server elsewhere's pid
+                add("emulator_pg" if emulated else "postgres", proc)
+        except psutil.Error:
+            continue  # ended
+    if redis_pid is not None:
+        try:
+            add("redis", psutil.Process(redis_pid))
+        except psutil.Error:
+            pass
     return out
 
 
@@ -313,8 +376,9 @@ def cores_used(before: dict[str, dict[int, float]], after: dict[str, dict[int, f
 
 def cpu_per_message(before: dict[str, dict[int, float]], after: dict[str, dict[int, float]],
                     messages: int) -> dict[str, float]:
-    """Milliseconds of CPU per message, by role, and the service's total (the Twilio
-    emulator and its status reporter stand in for Twilio and are counted apart). A process
+    """Milliseconds of CPU per message, by role, and the service's total (the Twilio and
+    Razorpay emulators and the status reporter stand in for Twilio and Razorpay and are
+    counted apart). A process
     that ended in between is not counted (PostgreSQL backends of closed connections): the
     figures can only be low, never negative."""
     per: dict[str, float] = {}
@@ -324,7 +388,7 @@ def cpu_per_message(before: dict[str, dict[int, float]], after: dict[str, dict[i
         per[role] = round(used / messages * 1000, 2)
     per["service_total"] = round(sum(v for k, v in per.items()
                                      if k in ("web", "workers", "postgres", "redis")), 2)
-    per["emulation_total"] = round(per.get("twilio", 0.0) + per.get("sandbox", 0.0)
+    per["emulation_total"] = round(per.get("emulators", 0.0) + per.get("sandbox", 0.0)
                                    + per.get("emulator_pg", 0.0), 2)
     return per
 
@@ -354,12 +418,15 @@ def measure(quick: bool) -> dict[str, object]:
     levels = (8, 32) if quick else (8, 32, 64)
     max_requests = 200 if quick else 3000
     max_seconds = 5.0 if quick else 25.0
-    svc_port, bare_port, twilio_port = (common.free_port() for _ in range(3))
+    svc_port, bare_port, emulator_port = (common.free_port() for _ in range(3))
     env = common.bench_env(svc_port)
-    # The Twilio emulator stands in for Twilio's own servers: it gets its own gunicorn at
-    # the background jobs' CPU priority, so its work is not billed to the web under test
-    # (the status callbacks it sends back are, as Twilio's would be).
-    env["TWILIO_API_BASE"] = f"http://127.0.0.1:{twilio_port}/sandbox/twilio"
+    # The Twilio and Razorpay emulators stand in for Twilio's and Razorpay's own servers
+    # (every booking makes a payment link): they get their own gunicorn at the background
+    # jobs' CPU priority, so their work is not billed to the web under test (the status
+    # callbacks sent back are, as Twilio's would be).
+    emulators = f"http://127.0.0.1:{emulator_port}/sandbox"
+    env["TWILIO_API_BASE"] = f"{emulators}/twilio"
+    env["RAZORPAY_API_BASE"] = f"{emulators}/razorpay"
     from core.cli import DEFAULT_WORKER_NICE
 
     emulator_nice = os.environ.get("WORKER_NICE", str(DEFAULT_WORKER_NICE))
@@ -370,26 +437,28 @@ def measure(quick: bool) -> dict[str, object]:
     bare = f"http://127.0.0.1:{bare_port}"
     rows: list[dict[str, object]] = []
     workers = int(os.environ.get("WORKER_PROCESSES", "2"))  # as `./run serve` runs them
-    engine = create_engine(env["DATABASE_URL"].replace("postgresql://", "postgresql+psycopg://", 1))
+    engine = create_engine(env["DATABASE_URL"].replace("postgresql://", "postgresql+psycopg://", 1),
+                           connect_args={"application_name": BENCH_APP})
+    redis_pid = redis_server_pid(env["REDIS_URL"])
     handled_before = 0
     with common.processes([
         ("web", common.gunicorn("core.app:create_app()", svc_port, workers=WEB_WORKERS)),
         *[(f"worker{i}", [sys.executable, "-m", "core.cli", "worker"]) for i in range(workers)],
         ("sandbox", ["env", f"PGAPPNAME={EMULATION_APP}", sys.executable, "-m", "core.cli",
                      "sandbox-worker"]),
-        ("twilio", ["env", f"PGAPPNAME={EMULATION_APP}", "nice", "-n", emulator_nice,
-                    *common.gunicorn("core.app:create_app()", twilio_port, workers=1,
-                                     threads=8)]),
+        ("emulators", ["env", f"PGAPPNAME={EMULATION_APP}", "nice", "-n", emulator_nice,
+                       *common.gunicorn("core.app:create_app()", emulator_port, workers=1,
+                                        threads=8)]),
     ], env) as procs, common.processes([
         ("bare", common.gunicorn("bench.bare_app:create_app()", bare_port,
                                  workers=WEB_WORKERS)),
     ], bare_env) as bare_procs:
         common.wait_ready(f"{svc}/readyz")
-        common.wait_ready(f"http://127.0.0.1:{twilio_port}/readyz")
+        common.wait_ready(f"http://127.0.0.1:{emulator_port}/readyz")
         common.wait_ready(f"{bare}/healthz")
         warm = 100 if quick else 300
         warm_up(bare, token, 0, warm)
-        handled_before, _ = wait_handled(engine, warm_up(svc, token, 90_000_000, warm), 120)
+        handled_before, _ = wait_handled(engine, warm_up(svc, token, 90_000, warm), 120)
         wait_idle(env["REDIS_URL"])
         user_base = 0
 
@@ -397,7 +466,7 @@ def measure(quick: bool) -> dict[str, object]:
             # The CPU and wait counters are read nearest the clock, so the scrapes of the
             # web's /metrics (CPU of the web's and of this process) stay out of the window.
             def counters() -> dict[str, object]:
-                return {"cpu": cpu_seconds(procs, engine),
+                return {"cpu": cpu_seconds(procs, engine, redis_pid),
                         "waits": (runqueue_wait(procs["web"].pid),
                                   runqueue_wait(os.getpid(), children=False))}
 
@@ -487,41 +556,51 @@ def measure(quick: bool) -> dict[str, object]:
         # Fixed rates: WhatsApp's default sender limit (80 messages/s), and the target's 200.
         fixed: list[dict[str, object]] = []
         for rate in RATES:
+            # Every customer sends the whole booking, so both rates send the same dialog
+            # (the same mix of cheap and dear turns): as many customers as whole dialogs
+            # fit in the run, its length rounded down to a whole number of them.
+            users, seconds = fixed_rate_plan(rate, 1 if quick else 20)
             sent_at: dict[str, float] = {}
-            cpu_before = cpu_seconds(procs, engine)
+            booked_before = booked(engine)
+            cpu_before = cpu_seconds(procs, engine, redis_pid)
             run = asyncio.run(open_loop(svc, "/webhooks/whatsapp", WA_SCRIPT, Signer(token, svc),
-                                        rate=rate, seconds=1 if quick else 20, users=400,
+                                        rate=rate, seconds=seconds, users=users,
                                         label=f"service@{rate}/s", user_offset=user_base,
                                         sent_at=sent_at))
-            user_base += 400
+            user_base += users
             replies = reply_latency(engine, sent_at, 180)
             wait_idle(env["REDIS_URL"])
-            fixed.append({"rate": rate, "webhook": run.summary(), "replies": replies,
-                          "cpu_ms_per_message": cpu_per_message(
-                              cpu_before, cpu_seconds(procs, engine), max(len(sent_at), 1))})
+            cpu = cpu_per_message(cpu_before, cpu_seconds(procs, engine, redis_pid),
+                                  max(len(sent_at), 1))
+            fixed.append({"rate": rate, "customers": users, "seconds": seconds,
+                          "bookings": booked(engine) - booked_before, "webhook": run.summary(),
+                          "replies": replies, "cpu_ms_per_message": cpu})
         memory = common.rss_mb(procs["web"].pid)
     engine.dispose()
     result = {"levels": rows, "fixed_rates": fixed, "web_rss_mb": memory,
-              "twilio_emulator_nice": int(emulator_nice),
+              "emulator_nice": int(emulator_nice),
               "rq_workers": workers, "quick": quick}
     print("\nWebhooks: service vs bare signed endpoint (same gunicorn, 2 workers x 4 threads; "
           f"{workers} RQ workers drain WhatsApp turns meanwhile, or are held (SIGSTOP) while "
-          "the webhook is measured alone; the Twilio emulator runs in its own gunicorn at "
+          "the webhook is measured alone; the Twilio and Razorpay emulators run in their own "
+          "gunicorn at "
           f"nice {emulator_nice}; both endpoints warmed up first; the held and voice rows "
           f"measure service and bare in {SLICES} alternating slices each)")
     print(common.table(
         ["channel", "jobs", "conc", "svc msg/s", "bare msg/s", "ratio", "svc p50", "svc p95",
-         "svc p99", "bare p99", "errors", "turns/s", "drain s", "callbacks/s"],
+         "svc p99", "svc fail %", "bare p99", "bare fail %", "turns/s", "drain s",
+         "callbacks/s"],
         [[r["channel"], _jobs(r), r["concurrency"], r["service"]["per_second"],
           r["bare"]["per_second"],
           r["ratio"], r["service"]["p50_ms"], r["service"]["p95_ms"], r["service"]["p99_ms"],
-          r["bare"]["p99_ms"], r["service"]["errors"],
+          r["service"]["error_pct"], r["bare"]["p99_ms"], r["bare"]["error_pct"],
           r.get("turns", {}).get("per_second", "-"), r.get("turns", {}).get("drain_after_s",
                                                                             "-"),
           r.get("turns", {}).get("status_callbacks_per_s", "-")]
          for r in rows]))
     print("(callbacks/s: the replies' status callbacks the service's web answered during a "
           "draining level, besides the messages it was measured on)")
+    print(FAILURES_NOTE)
     uneven = [f"{r['channel']} {r['concurrency']} {side} {'/'.join(map(str, split))}"
               for r in rows for side in ("service", "bare")
               for split in r[side]["connections_per_process"]
@@ -532,7 +611,7 @@ def measure(quick: bool) -> dict[str, object]:
           + ")")
     draining = [r for r in rows if r.get("turns", {}).get("cpu_cores")]
     if draining:
-        roles = ("web", "workers", "postgres", "redis", "twilio", "sandbox", "emulator_pg",
+        roles = ("web", "workers", "postgres", "redis", "emulators", "sandbox", "emulator_pg",
                  "loadgen")
         print("\nCPU during the draining levels, in cores (of 2): who takes the cores while "
               "the webhook is measured")
@@ -555,19 +634,28 @@ def measure(quick: bool) -> dict[str, object]:
                              r["turns"]["core_waits_ms"]["bare_web"],
                              r["turns"]["core_waits_ms"]["bare_loadgen"]]
                             for r in draining]))
-    print("\nWhatsApp at fixed rates: the webhook's answer, and each message until its reply "
+    print("\nWhatsApp at fixed rates, each customer a whole booking dialog of "
+          f"{len(WA_SCRIPT)} messages: the webhook's answer, and each message until its reply "
           "was written (turn done) and handed to Twilio (sent), ms")
     print(common.table(
-        ["msg/s", "requests", "web p50", "web p99", "turn p50", "turn p99", "sent p50",
-         "sent p95", "sent p99", "replies"],
-        [[f["rate"], f["webhook"]["requests"], f["webhook"]["p50_ms"], f["webhook"]["p99_ms"],
+        ["msg/s", "customers", "booked", "requests", "web p50", "web p99", "web fail %",
+         "turn p50", "turn p99", "sent p50", "sent p95", "sent p99", "replies"],
+        [[f["rate"], f["customers"], f["bookings"], f["webhook"]["requests"],
+          f["webhook"]["p50_ms"], f["webhook"]["p99_ms"], f["webhook"]["error_pct"],
           f["replies"]["turn_done"]["p50_ms"], f["replies"]["turn_done"]["p99_ms"],
           f["replies"]["sent"]["p50_ms"], f["replies"]["sent"]["p95_ms"],
           f["replies"]["sent"]["p99_ms"], f["replies"]["sent"]["count"]] for f in fixed]))
+    print(FAILURES_NOTE + "; turn and sent: over the replies that came (see replies)")
+    short = [f"{f['rate']} msg/s: {f['bookings']} of {f['customers']}" for f in fixed
+             if f["bookings"] != f["customers"]]
+    if short:
+        print("(NOT one booking per customer's dialog at " + "; ".join(short) + ")")
     print("\nCPU per WhatsApp message at the fixed rates, ms (user + system, every message "
-          "handled and its reply's status callbacks applied); the Twilio emulator and its "
-          "status reporter (and their PostgreSQL backends) stand in for Twilio")
-    parts = ("web", "workers", "postgres", "redis", "service_total", "twilio", "sandbox",
+          "handled and its reply's status callbacks applied); the Twilio and Razorpay "
+          "emulators and the status reporter (and their PostgreSQL backends) stand in for "
+          "Twilio and Razorpay; postgres: the bench database's backends, redis: the bench's "
+          "Redis server (shared with whatever else uses that server)")
+    parts = ("web", "workers", "postgres", "redis", "service_total", "emulators", "sandbox",
              "emulator_pg")
     print(common.table(["msg/s", *parts],
                        [[f["rate"], *(f["cpu_ms_per_message"].get(k, "-") for k in parts)]
