@@ -1,6 +1,6 @@
-"""Operator (Dispatch console) endpoints: lists, people waiting for a person, unlocks, KYC,
-new partners, Points closed, moved or renamed, refunds to try again, a person's data
-erased on their request.
+"""Operator (Dispatch console) endpoints: lists, people waiting for a person, a booking's
+numbers to call, unlocks, KYC, new partners, Points closed, moved or renamed, refunds to
+try again, a person's data erased on their request.
 
 Every money, KYC, sign-up or erasure action an operator takes is written to the append-only
 audit log in the same transaction as the action.
@@ -651,7 +651,11 @@ def ops_partner_kyc(partner_id: int, body: KycIn) -> PartnerRow:
     # offers they hold are taken back (block_partner locks legs before the partner's row,
     # as acceptance does: the two in one transaction would deadlock with it). The change
     # is audited with it, so a take-back that fails (ops retry) leaves no unaudited change;
-    # what the take-back did is its own entry (partner.block).
+    # what the take-back did is its own entry (partner.block). Another operator may verify
+    # them between the two (or while block_partner waits for the legs): it reads the KYC
+    # again under the partner's lock, and verified (the last word) its take-back is undone
+    # (a savepoint; what it would send or schedule goes with it). Locking the row here
+    # first would deadlock with an acceptance, as above.
     with transaction() as session:
         p = session.get(PartnerProfile, partner_id, with_for_update=True)
         if p is None:
@@ -671,9 +675,16 @@ def ops_partner_kyc(partner_id: int, body: KycIn) -> PartnerRow:
         # change): its take-back runs only if one before failed and left them something.
         if stops and (before != body.status or _holds_work(session, partner_id)):
             # Run again by ops if it fails: block_partner changes nothing twice.
+            taking_back = session.begin_nested()
             in_hand = dispatch.block_partner(session, partner_id, ops_actor())
-            audit(session, "partner.block", f"partner:{partner_id}", status=body.status,
-                  parcels_in_hand=in_hand)
+            p = session.get(PartnerProfile, partner_id)  # as block_partner read it, locked
+            assert p is not None
+            if p.kyc_status == dispatch.VERIFIED_KYC:
+                taking_back.rollback()
+            else:
+                taking_back.commit()
+                audit(session, "partner.block", f"partner:{partner_id}",
+                      status=p.kyc_status, parcels_in_hand=in_hand)
         p = session.get(PartnerProfile, partner_id)
         assert p is not None
         phone = session.get(Person, p.person_id).phone  # type: ignore[union-attr]
@@ -956,6 +967,43 @@ def ops_booking_ledger(ref: str) -> LedgerOut:
                          platform_paid_paise=payments.platform_paid(session, b.id),
                          written_off_paise=payments.written_off(session, b.id),
                          remainder_kept_paise=payments.remainder_kept(session, b.id))
+
+
+class BookingPhoneQuery(Strict):
+    whom: Literal["customer", "recipient"] = Field(
+        description="customer: who booked (the sender, who gives the pickup code); "
+                    "recipient: whom the parcel goes to (who gives the drop code)")
+
+
+def booking_phone(session: Session, b: Booking, whom: str) -> str | None:
+    """The full number of a booking's customer or recipient, for ops to call (the lists
+    show it masked): a customer kept by WhatsApp id alone (a business account on a
+    landline) by that number; None if it is no number, or erased."""
+    if whom == "recipient":
+        return b.recipient_phone
+    customer = session.get(Person, b.customer_id)
+    if customer is not None and customer.phone:
+        return customer.phone
+    wa_id = customer.wa_id if customer is not None else None
+    number = "+" + wa_id.removeprefix("+") if wa_id else ""
+    return number if is_e164(number) else None
+
+
+@endpoint(bp, "GET", "/ops/bookings/<ref>/phone",
+          summary="The full number of a booking's customer or recipient, to call them (a "
+                  "code reached nobody; audited booking.phone, without the number). 404 "
+                  "not_found, no_phone (none kept, or erased)",
+          roles=OPS, query=BookingPhoneQuery, response=PhoneOut, tags=("ops",),
+          errors=(404, 422))
+def ops_booking_phone(ref: str, query: BookingPhoneQuery) -> PhoneOut:
+    with transaction() as session:
+        b = visible_booking(session, ref)  # 404 not_found, as every booking route answers
+        phone = booking_phone(session, b, query.whom)
+        if phone is None:
+            raise NotFound(f"this booking's {query.whom} has no phone number",
+                           code="no_phone", field="whom")
+        audit(session, "booking.phone", f"booking:{b.reference}", whom=query.whom)
+        return PhoneOut(phone=phone)
 
 
 def _refundable_left(payment_id: str, action: str) -> int | None:
