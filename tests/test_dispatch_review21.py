@@ -130,22 +130,29 @@ def test_a_new_pickup_code_before_the_handover_still_goes_to_the_rider_handing_o
 
 def test_a_next_rider_taking_the_job_gives_the_carrier_no_fresh_tries(client, live,
                                                                      frozen):  # noqa: F811
-    """Ramesh carries leg 1 to Point A. Before anyone takes leg 2 he guesses DROP codes
-    (nobody gave him one): four wrong, one short of the lock. Asha then takes leg 2,
-    which makes the handover code again: his next wrong DROP must lock the leg, not find
-    five fresh tries (send_leg_codes used to zero the counter)."""
+    """Ramesh carries leg 1 to Point A. Before anyone takes leg 2 his DROP codes cost no
+    try (nobody could have given him one: he hears to keep the parcel, review r4). Asha
+    then takes leg 2, which makes the handover code again; four wrong codes after that
+    are one short of the lock, and his next wrong DROP locks the leg (send_leg_codes
+    used to zero the counter; the give-back test below makes the code again after
+    wrong tries)."""
     booking_id, r_phone, a_phone, _ = _relay()
     leg1, leg2, _ = (leg.id for leg in legs_of(booking_id))
     limit = dispatch.config().otp_max_failures
     sms(client, r_phone, "1")
     sms(client, r_phone, f"PICK {last_code(CUSTOMER, PICK_MARK)}")
     assert [o.status for o in offers(leg2)] == ["open"]  # Asha has not answered yet
-    for n in range(limit - 1):
-        assert sms(client, r_phone, f"DROP {_wrong_drop(leg1)}") == [
-            i18n.t("dispatch.otp_wrong", "hi", job=str(leg1), left=limit - 1 - n)]
+    wait = i18n.t("dispatch.carrier_wait", "hi", job=str(leg1), point="Point A",
+                  ops_phone=dispatch.get_settings().ops_phone)
+    for _ in range(limit):
+        assert sms(client, r_phone, f"DROP {_wrong_drop(leg1)}") == [wait]
+    assert _failures(leg1) == 0
     assert "आपका है" in sms(client, a_phone, "1")[0]
-    assert _failures(leg1) == limit - 1
     right = last_code(a_phone, TAKE_MARK)
+    for n in range(limit - 1):
+        assert sms(client, r_phone, f"DROP {_wrong_drop(leg1, right)}") == [
+            i18n.t("dispatch.otp_wrong", "hi", job=str(leg1), left=limit - 1 - n)]
+    assert _failures(leg1) == limit - 1
     assert sms(client, r_phone, f"DROP {_wrong_drop(leg1, right)}") == [
         i18n.t("dispatch.otp_locked", "hi", job=str(leg1),
                ops_phone=dispatch.get_settings().ops_phone)]
@@ -185,8 +192,9 @@ def test_a_next_rider_giving_the_job_back_gives_the_carrier_no_fresh_tries(
 def test_an_unlocked_handed_over_leg_starts_its_drop_tries_afresh(client, live,
                                                                   frozen):  # noqa: F811
     """Asha holds the parcel handed over to her, but her PICK codes are wrong until leg 2
-    locks. Ops unlock it: recorded as picked up. Her first wrong DROP later is one try of
-    five, not a new lock (the wrong PICKs stayed on the counter)."""
+    locks. Ops unlock it: recorded as picked up. Once Ramesh takes leg 3 (before that her
+    DROP costs no try: nobody holds its code), her first wrong DROP is one try of five,
+    not a new lock (the wrong PICKs stayed on the counter)."""
     booking_id, r_phone, a_phone, _ = _relay()
     leg2 = legs_of(booking_id)[1].id
     limit = dispatch.config().otp_max_failures
@@ -202,6 +210,7 @@ def test_an_unlocked_handed_over_leg_starts_its_drop_tries_afresh(client, live,
     with transaction() as s:
         dispatch.unlock_leg(s, leg2, Actor("ops", "1"))
     assert legs_of(booking_id)[1].status == "picked_up"
+    assert "आपका है" in sms(client, r_phone, "1")[0]  # leg 3, offered to him at Point B
     assert sms(client, a_phone, f"DROP {_wrong_drop(leg2)}") == [
         i18n.t("dispatch.otp_wrong", "hi", job=str(leg2), left=limit - 1)]
 

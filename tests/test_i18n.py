@@ -421,12 +421,16 @@ SMS_VALUES = {"ref": "48217730", "job": "48217", "jobs": "48217, 48218", "otp": 
               "pickup": "Vileparle Railway Station East", "drop": "Thygarayanagar North, Pondy...",
               "point": "Vileparle Railway Station East",
               "state": "picked up", "left": 2, "n": 2, "minutes": 25, "hours": 3,
+              # A job offer's leg at its longest (a pickup's range, 150 km), with the
+              # largest load and the heaviest weight bucket.
+              "km": "150.0", "size": "big load", "kg": 750,
               "tier": "",  # filled per language: the tier's own words (ivr.sms.details)
               "total_paise": 125_000, "payout_paise": 125_000, "fee_paise": 18_753,
               "refund_paise": 141_247, "url": "https://rzp.io/i/AbCdEf1234"}
-# Longer on purpose: the partners' list of commands (asked for), and a job offer, whose
-# two place names are what the customer typed. Texts for ops are not counted.
-SMS_LONGER = ("sms.help", "dispatch.offer")
+# Longer on purpose: the partners' list of commands (asked for). Texts for ops are not
+# counted. A job offer names two places as the customer typed them: checked as
+# dispatch.offer_fields cuts them to fit.
+SMS_LONGER = ("sms.help",)
 # A phone booking's details name the offices as the call did (ivr.booked_place), each
 # cut as ivr.details_params cuts it to fit: checked as that builds them, with real
 # offices' names, one of 28 characters and the directory's longest (50).
@@ -477,6 +481,9 @@ def test_texts_sent_by_sms_fit_two_parts(lang: str) -> None:
         if "state" in params:  # a job's state (STATUS), the longest in the language
             params["state"] = max((i18n.t(f"dispatch.state.{s}", lang) for s in
                                    ("assigned", "picked_up", "locked", "handed_over")), key=len)
+        if "size" in params:  # a parcel's size (the offer), the longest in the language
+            params["size"] = max((i18n.t(k, lang) for k in i18n.keys(lang)
+                                  if k.startswith("dispatch.size.")), key=len)
         if names & {"open", "close"}:  # the team's hours, as the dialog says them
             params["open"] = i18n.t("time_of_day.morning", lang, time="10:30")
             params["close"] = i18n.t("time_of_day.evening", lang, time="9:30")
@@ -484,6 +491,10 @@ def test_texts_sent_by_sms_fit_two_parts(lang: str) -> None:
         if key in SMS_OFFICE_KEYS:
             from core.services import ivr
             params = ivr.details_params(key, lang, **params)
+        if key == "dispatch.offer":
+            from core.services import dispatch
+            places = [(params.pop("pickup"), params.pop("drop"))]
+            params = dispatch.offer_fields(lang, places, **params)
         text = i18n.t(key, lang, **params)
         if sms_parts(text) > 2:
             over[key] = len(text)

@@ -152,8 +152,11 @@ def test_a_next_rider_who_does_not_come_is_reminded_once_then_replaced(client, l
             TransitionLog.from_status == "assigned", TransitionLog.to_status == "offering"))
     assert moved.actor == str(Actor.system()) and "Point" in moved.reason
 
-    # The code Asha had no longer hands the parcel over.
-    assert "गलत" in sms(client, relay.r_phone, f"DROP {old_code}")[0]
+    # The code Asha had no longer hands the parcel over: with nobody on leg 2, Ramesh
+    # hears again to keep the parcel (no try counted).
+    assert sms(client, relay.r_phone, f"DROP {old_code}") == [i18n.t(
+        "dispatch.carrier_wait", "hi", job=str(relay.leg1), point="Point A",
+        ops_phone=get_settings().ops_phone)]
     assert relay.leg(1).status == "picked_up"
 
     # Run again: nothing more is done or said.

@@ -95,8 +95,8 @@ from core.domain.errors import Conflict, NotFound, ValidationError
 from core.domain.geo import haversine_m, validate_lat_lng
 from core.domain.otp import OTP_DIGITS
 from core.domain.phone import normalize_phone
-from core.domain.text import fits_two_sms_parts
 from core.domain.pricing import SizeBucket, SpeedTier, VehicleType, WeightBucket, can_carry
+from core.domain.text import fits_two_sms_parts
 from core.logs import mask_phones
 from core.services import notify, outbox, rating
 from core.services.booking import active_rate_card, issue_leg_otps, move_booking, move_leg
@@ -328,10 +328,12 @@ def short_place_name(name: str, limit: int = PLACE_NAME_MAX) -> str:
     return cut.rstrip(" ,;:-/(") + CUT_MARK
 
 
-def place(session: Session, booking: Booking, leg: Leg, end: str) -> str:
+def place(session: Session, booking: Booking, leg: Leg, end: str, *,
+          landmark: bool = True) -> str:
     """A short name people know for a leg's start or end (``end`` "from" or "to"): the
-    Point, else the village (and landmark), at most ``PLACE_NAME_MAX`` characters. The
-    partner's SMS and the app name a job's places by it."""
+    Point, else the village (and landmark, unless ``landmark`` is False and there is a
+    village), at most ``PLACE_NAME_MAX`` characters. The partner's SMS and the app name a
+    job's places by it."""
     point_id = leg.from_point_id if end == "from" else leg.to_point_id
     if point_id is not None:
         point = session.get(Point, point_id)
@@ -339,9 +341,12 @@ def place(session: Session, booking: Booking, leg: Leg, end: str) -> str:
             return short_place_name(point.name)
     is_pickup = end == "from"
     office = booking.pickup_post_office if is_pickup else booking.drop_post_office
-    landmark = booking.pickup_landmark if is_pickup else booking.drop_landmark
+    given = booking.pickup_landmark if is_pickup else booking.drop_landmark
     pincode = booking.pickup_pincode if is_pickup else booking.drop_pincode
-    return booked_place_name(office, pincode, landmark) or "-"
+    village = booked_place_name(office, pincode, None)
+    if not landmark and village:
+        return village
+    return booked_place_name(office, pincode, given) or "-"
 
 
 def booked_place_name(office: str | None, pincode: str | None, landmark: str | None) -> str:
@@ -356,6 +361,31 @@ def booked_place_name(office: str | None, pincode: str | None, landmark: str | N
 def job_code(leg: Leg) -> str:
     """What a partner types to name a job: the leg id (digits only, keyable)."""
     return str(leg.id)
+
+
+# The shortest a job offer cuts a place to (offer_fields): shorter, few riders would know
+# the village by what is left of its name.
+OFFER_PLACE_MIN = 12
+
+
+def offer_fields(lang: str, places: list[tuple[str, str]], **params: object
+                 ) -> dict[str, object]:
+    """The job offer's fields in ``lang``, its (pickup, drop) the first pair of ``places``
+    with which the SMS fits 2 parts, else the last pair cut, both alike, as little as lets
+    it fit (never under OFFER_PLACE_MIN characters). The offer is the SMS sent most (to
+    every rider of every batch): two places as customers give them took it to 3 parts."""
+    fields: dict[str, object] = {}
+    for pickup, drop in places:
+        fields = {**params, "pickup": pickup, "drop": drop}
+        if fits_two_sms_parts(i18n.t("dispatch.offer", lang, **fields)):
+            return fields
+    pickup, drop = places[-1]
+    for limit in range(PLACE_NAME_MAX, OFFER_PLACE_MIN - 1, -1):
+        fields = {**params, "pickup": short_place_name(pickup, limit),
+                  "drop": short_place_name(drop, limit)}
+        if fits_two_sms_parts(i18n.t("dispatch.offer", lang, **fields)):
+            break
+    return fields
 
 
 # --- candidates -----------------------------------------------------------------------
@@ -943,7 +973,12 @@ def offer_next_batch(session: Session, booking: Booking, leg: Leg,
         exclude |= taken | gone | busy
     now = clock.now()
     expires = now + timedelta(seconds=cfg.offer_timeout_s)
-    pickup, drop = place(session, booking, leg, "from"), place(session, booking, leg, "to")
+    # The places as place() names them; if the offer is too long then, the villages
+    # without the customers' landmarks (cut further if need be): a landmark cut shorter
+    # than place() cuts it says little, and an erasure would not find it (retention).
+    places = [(place(session, booking, leg, "from"), place(session, booking, leg, "to")),
+              (place(session, booking, leg, "from", landmark=False),
+               place(session, booking, leg, "to", landmark=False))]
     for r in batch:
         partner = session.get(PartnerProfile, r.candidate.partner_id)
         assert partner is not None
@@ -958,11 +993,11 @@ def offer_next_batch(session: Session, booking: Booking, leg: Leg,
         person = _person(session, partner)
         lang = _lang(person)
         _sms_partner(session, partner, "dispatch.offer", dedupe_key=f"offer-{offer.id}",
-                     booking_id=booking.id, job=job_code(leg), pickup=pickup, drop=drop,
-                     km=f"{leg.distance_m / 1000:.1f}",
-                     size=i18n.t(f"dispatch.size.{load.size}", lang),
-                     kg=WeightBucket(load.weight).max_grams // 1000,
-                     payout_paise=leg.payout_paise)
+                     booking_id=booking.id, **offer_fields(
+                         lang, places, job=job_code(leg), km=f"{leg.distance_m / 1000:.1f}",
+                         size=i18n.t(f"dispatch.size.{load.size}", lang),
+                         kg=WeightBucket(load.weight).max_grams // 1000,
+                         payout_paise=leg.payout_paise))
         # The offer closes when its grace ends too: until then a late "1" may still take
         # it, so no other offer may reach this partner (a bare "1" would take that one).
         _schedule_in(session, cfg.offer_timeout_s + cfg.offer_grace_s,
@@ -1961,7 +1996,7 @@ def _pick_offer(session: Session, partner: PartnerProfile,
                 if closed in CLOSED_BOOKING:  # not "yours", nor "another partner's"
                     return _r("dispatch.job_cancelled", job=code)
                 if past.status == rules.OfferStatus.ACCEPTED.value:
-                    return _r("dispatch.already_yours", job=code)
+                    return _accepted_before(session, partner, past, code)
                 if past.status == rules.OfferStatus.DECLINED.value or _closed_going_off(past):
                     # Changed their mind (or back from a break: OFF closed the offer):
                     # accept sees whether it is still free and in time.
@@ -1978,11 +2013,48 @@ def _pick_offer(session: Session, partner: PartnerProfile,
                 return _gone(leg, code)
         return _r("dispatch.no_such_offer", job=code)
     if not offers:
-        return _r("dispatch.no_offer")
+        return _yes_again(session, partner) or _r("dispatch.no_offer")
     if len(offers) > 1:
         return _r("dispatch.several_offers", jobs=" ".join(str(o.leg_id) for o in offers),
                   job=offers[0].leg_id)
     return offers[0]
+
+
+def _accepted_before(session: Session, partner: PartnerProfile, offer: DispatchOffer,
+                     job: str) -> Reply:
+    """The answer to a yes or no naming a job this partner took (``offer`` accepted): his
+    while he has it; delivered once he delivered it (never "yours" then, nor, to a no,
+    "send CANCEL", which would answer "already delivered"); else as an offer that is over."""
+    leg = session.get(Leg, offer.leg_id)
+    assert leg is not None
+    if leg.partner_id == partner.id and leg.status in ACTIVE_LEG_STATES:
+        return _r("dispatch.already_yours", job=job)
+    if leg.partner_id == partner.id and leg.status == LegStatus.DELIVERED.value:
+        return _r("dispatch.already_delivered", job=job)
+    return _gone(leg, job)
+
+
+# A bare yes or no this soon after the partner took a job, with no offer open, is about
+# that job: the same SMS sent twice by the phone or the carrier (a new MessageSid), or
+# his "1" by SMS after his tap in the app.
+ACCEPTED_JUST_NOW = timedelta(minutes=5)
+
+
+def _yes_again(session: Session, partner: PartnerProfile) -> Reply | None:
+    """"Job N is already yours" when the partner's newest offer is one he accepted within
+    ACCEPTED_JUST_NOW and the job is still his: not "no open offer", which, arriving
+    before or after "Job N is yours" on a feature phone, reads as if he had no job. None
+    otherwise."""
+    newest = session.scalar(select(DispatchOffer).where(
+        DispatchOffer.partner_id == partner.id).order_by(DispatchOffer.id.desc()).limit(1))
+    if newest is None or newest.status != rules.OfferStatus.ACCEPTED.value \
+            or newest.responded_at is None \
+            or newest.responded_at < clock.now() - ACCEPTED_JUST_NOW:
+        return None
+    leg = session.get(Leg, newest.leg_id)
+    if leg is None or leg.partner_id != partner.id or leg.status not in ACTIVE_LEG_STATES:
+        return None
+    return _r("dispatch.already_yours", job=job_code(leg))
 
 
 def stray_number(session: Session, partner: PartnerProfile, code: str) -> bool:
@@ -2749,6 +2821,8 @@ def _leg_of_code(session: Session, partner: PartnerProfile, kind: str, otp: str,
         if kind == "pickup" and partner.kyc_status in BLOCKED_KYC \
                 and not parcel_in_hand(session, leg):
             continue  # blocked: no parcel goes into their hands (confirm)
+        if kind == "drop" and _next_leg_untaken(session, leg) is not None:
+            continue  # nobody holds its code yet (confirm): tried, it costs no try
         waiting.append(leg)
     from core.services.booking import check_leg_otp
 
@@ -2902,6 +2976,16 @@ def confirm(session: Session, partner: PartnerProfile, kind: str,
         if kind == "drop" and handed_over_to(session, leg):
             key = "dispatch.pick_first_handed"  # the parcel is theirs; PICK is not sent
         return _done_before(session, partner, kind, otp, other_than=leg.id) or _r(key, job=job)
+    waiting_for = _next_leg_untaken(session, leg) if kind == "drop" else None
+    if waiting_for is not None:
+        # A relay carrier at the Point before anyone took the next leg: its rider gets the
+        # handover code as he takes it (send_leg_codes), so nobody can have given one. No
+        # try counts; he keeps the parcel, as the search's own SMS tells him.
+        booking = session.get(Booking, leg.booking_id)
+        assert booking is not None
+        return _r("dispatch.carrier_wait", job=job,
+                  point=place(session, booking, waiting_for, "from"),
+                  ops_phone=get_settings().ops_phone)
     if otp is None or not (otp.isascii() and otp.isdigit() and len(otp) == 4):
         return _r("dispatch.otp_format_pick" if kind == "pickup" else "dispatch.otp_format_drop")
     from core.services.booking import check_leg_otp
@@ -3080,10 +3164,11 @@ def cancel_by_partner(session: Session, partner: PartnerProfile,
                       numbers: tuple[str, ...]) -> Reply:
     """The partner gives an accepted job back (before pickup): the leg goes back into
     dispatch and it counts against their acceptance record. CANCEL naming a job only
-    offered to them says no to the offer, and so does a bare CANCEL ("chhod do") from a
-    partner with no job and exactly one offer open."""
-    if not numbers and not active_legs_of(session, partner) \
-            and len(open_offers_of(session, partner)) == 1:
+    offered to them says no to the offer, and so does a bare CANCEL ("chhod do") while an
+    offer is open, as a bare no does, with a job in hand too: it most likely refuses the
+    job just offered, and a job is never given back on a guess (the answer names the job
+    skipped; CANCEL and its number gives one back)."""
+    if not numbers and open_offers_of(session, partner):
         return decline(session, partner, None)
     number = _job_number(numbers[0]) if numbers else None
     if number is not None and not any(
@@ -3677,6 +3762,16 @@ def _next_leg(session: Session, leg: Leg) -> Leg | None:
                                             Leg.sequence == leg.sequence + 1))
 
 
+def _next_leg_untaken(session: Session, leg: Leg) -> Leg | None:
+    """The relay leg after ``leg`` while no rider has it (nobody holds ``leg``'s drop
+    code, the one its rider reads out at the Point), else None."""
+    nxt = _next_leg(session, leg)
+    if nxt is not None and (nxt.partner_id is None or nxt.status in (
+            LegStatus.PENDING.value, LegStatus.OFFERING.value)):
+        return nxt
+    return None
+
+
 def _handed_over(session: Session, leg: Leg) -> bool:
     """Whether the previous relay rider handed this leg's parcel over already."""
     prev = _previous_leg(session, leg)
@@ -3745,9 +3840,7 @@ def new_leg_code(session: Session, leg_id: int, kind: str, actor: Actor, *, reas
         # the pickup: a drop code is given from then on.
         if status not in _DELIVERING:
             raise Conflict(f"leg {leg.id} has no rider yet", code="no_rider")
-        nxt = _next_leg(session, leg)
-        if nxt is not None and (nxt.partner_id is None or nxt.status in (
-                LegStatus.PENDING.value, LegStatus.OFFERING.value)):
+        if _next_leg_untaken(session, leg) is not None:
             # A relay leg's drop code is the one the next rider reads out at the Point:
             # with nobody to hold it, it would let the carrier "hand over" to nobody.
             raise Conflict(f"leg {leg.id}'s next leg has no rider yet: no one to hold its "
