@@ -37,7 +37,7 @@ REQUIRED_KEYS = (
         "address.unknown_pincode",
         "address.bad_pincode",
         "sms.not_partner",
-        "sms.help",
+        "sms.help", "sms.earnings",
         "auth.otp",
     }
     | {f"booking.status.{s}" for s in BOOKING_STATES}
@@ -274,7 +274,7 @@ def test_one_word_for_each_thing(lang: str) -> None:
 @pytest.mark.parametrize("lang", i18n.LANGUAGES)
 def test_partner_sms_help_keeps_latin_command_words(lang: str) -> None:
     words = set(re.findall(r"[A-Z]+", i18n.t("sms.help", lang)))
-    assert {"ON", "OFF", "YES", "NO", "PICK", "DROP", "STATUS", "OTP"} <= words
+    assert {"ON", "OFF", "YES", "NO", "PICK", "DROP", "STATUS", "OTP", "EARN"} <= words
 
 
 @pytest.mark.parametrize("lang", i18n.LANGUAGES)
@@ -426,7 +426,10 @@ SMS_VALUES = {"ref": "48217730", "job": "48217", "jobs": "48217, 48218", "otp": 
               "km": "150.0", "size": "big load", "kg": 750,
               "tier": "",  # filled per language: the tier's own words (ivr.sms.details)
               "total_paise": 125_000, "payout_paise": 125_000, "fee_paise": 18_753,
-              "refund_paise": 141_247, "url": "https://rzp.io/i/AbCdEf1234"}
+              "refund_paise": 141_247, "url": "https://rzp.io/i/AbCdEf1234",
+              # A rider's earnings (sms.earnings) at their longest likely
+              "today_paise": 1_250_000, "week_paise": 8_750_000,
+              "legs": 12_345}
 # Longer on purpose: the partners' list of commands (asked for). Texts for ops are not
 # counted. A job offer names two places as the customer typed them: checked as
 # dispatch.offer_fields cuts them to fit.

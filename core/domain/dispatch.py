@@ -461,6 +461,7 @@ class Kind(StrEnum):
     STATUS = "status"
     HELP = "help"
     CANCEL = "cancel"
+    EARN = "earn"
     UNKNOWN = "unknown"
 
 
@@ -536,6 +537,13 @@ _COMMANDS_ELSEWHERE: Mapping[Kind, frozenset[str]] = {
     Kind.STATUS: frozenset({"স্ট্যাটাস", "ஸ்டேட்டஸ்", "స్టేటస్", "સ્ટેટસ", "ಸ್ಟೇಟಸ್"}),
     Kind.HELP: frozenset({"मदत", "সাহায্য", "உதவி", "సహాయం", "મદદ", "ಸಹಾಯ"}),
     Kind.CANCEL: frozenset({"বাতিল", "ரத்து", "రద్దు", "રદ", "રદ્દ", "ರದ್ದು"}),
+    Kind.EARN: frozenset({
+        "আয়", "আয়", "টাকা",  # bn (আয় with its nukta composed or not)
+        "வருமானம்", "சம்பளம்", "பணம்",  # ta
+        "సంపాదన", "డబ్బు", "డబ్బులు",  # te
+        "કમાણી", "પૈસા",  # gu
+        "ಗಳಿಕೆ", "ಹಣ", "ದುಡ್ಡು",  # kn
+    }),
 }
 
 # Words in English, Hindi (Devanagari) and Hinglish (Latin), the commands and yes/no in
@@ -569,6 +577,11 @@ _WORDS: dict[Kind, frozenset[str]] = {
     Kind.HELP: frozenset({"help", "madad", "sahayata", "?", "मदद", "सहायता", "हेल्प"}),
     Kind.CANCEL: frozenset({"cancel", "radd", "rad", "chhod", "chod", "रद्द", "रद", "कैंसल",
                             "छोड़", "छोड"}),
+    # What he earned (a feature phone has no app to look): asked as riders ask it,
+    # "paisa kab milega", "mera hisab", "कमाई" (Marathi's too).
+    Kind.EARN: frozenset({"earn", "earned", "earning", "earnings", "kamai", "kamaai",
+                          "kamayi", "paisa", "paise", "payment", "hisab", "hisaab", "कमाई",
+                          "पैसा", "पैसे", "हिसाब"}),
 }
 WORDS: Mapping[Kind, frozenset[str]] = {
     kind: words | _COMMANDS_ELSEWHERE.get(kind, frozenset()) for kind, words in _WORDS.items()}
@@ -714,7 +727,9 @@ def parse_command(raw: str) -> Command:
         kind = (kinds - {Kind.STATUS}).pop()  # "mera kaam band", "duty job off"
     elif kind is None and len(kinds) == 1 and len(words) <= 3:
         kind = next(iter(kinds))  # "duty on", "ok yes": a known word in a short message
-    if kind is None or (kind is not Kind.DECLINE and _negated(words)) or (
+    # A no turns a command around, but not a question about his money: "paisa nahi
+    # mila" (the money did not come) asks for his earnings all the more.
+    if kind is None or (kind not in (Kind.DECLINE, Kind.EARN) and _negated(words)) or (
             kind is Kind.DECLINE and _tag_no_alone(words)):
         return Command(Kind.UNKNOWN, numbers, words)
     return Command(kind, numbers, words)

@@ -32,7 +32,7 @@ from core.domain.booking import BOOKING, BookingStatus
 from core.domain.dispatch import Kind, parse_command
 from core.domain.errors import DomainError
 from core.domain.phone import is_indian_mobile
-from core.services import dispatch, handoff, outbox
+from core.services import dispatch, handoff, outbox, partner_app
 from core.services.inbound import InboundMessage, lost_a_race
 
 log = logging.getLogger(__name__)
@@ -293,6 +293,12 @@ def _run(session: Session, partner, cmd, lang: str) -> list[str]:
         return dispatch.status_lines(session, partner, lang)
     elif cmd.kind is Kind.HELP:
         return [i18n.t("sms.help", lang)]
+    elif cmd.kind is Kind.EARN:
+        # What the app's earnings show (partner_app.earnings), for a rider without it.
+        earned = partner_app.earnings(session, partner.id)
+        return [i18n.t("sms.earnings", lang, today_paise=earned.today_paise,
+                       week_paise=earned.week_paise, total_paise=earned.total_paise,
+                       legs=earned.delivered_legs)]
     else:  # not understood: with one offer open, most likely an answer to it
         reply = dispatch.not_understood(session, partner)
     return [reply.render(lang)]
