@@ -538,7 +538,7 @@ _COMMANDS_ELSEWHERE: Mapping[Kind, frozenset[str]] = {
     Kind.HELP: frozenset({"मदत", "সাহায্য", "உதவி", "సహాయం", "મદદ", "ಸಹಾಯ"}),
     Kind.CANCEL: frozenset({"বাতিল", "ரத்து", "రద్దు", "રદ", "રદ્દ", "ರದ್ದು"}),
     Kind.EARN: frozenset({
-        "আয়", "আয়", "টাকা",  # bn (আয় with its nukta composed or not)
+        "আয়", "টাকা",  # bn (typed either way, the nukta is read as one: normalize_text)
         "வருமானம்", "சம்பளம்", "பணம்",  # ta
         "సంపాదన", "డబ్బు", "డబ్బులు",  # te
         "કમાણી", "પૈસા",  # gu

@@ -86,8 +86,8 @@ def signing_keys(settings) -> tuple[tuple[str, ...], str]:  # noqa: ANN001 (core
     """The secrets, and the algorithm, this request says Twilio signed it with.
 
     By default Twilio signs with the auth token and HMAC-SHA1 (or, while the token is
-    rotated, TWILIO_AUTH_TOKEN_SECONDARY's, as Twilio signs with its primary). A webhook that a Twilio
-    Webhook Rule sends through a Webhook Setting with a SharedKey is signed with that
+    rotated, TWILIO_AUTH_TOKEN_SECONDARY's, as Twilio signs with its primary). A webhook
+    that a Twilio Webhook Rule sends through a Webhook Setting with a SharedKey is signed with that
     key instead, and says so in X-Twilio-Webhooks-Signature-Settings
     ("key=<id>,algorithm=HMAC_SHA256"). Such a request is checked against the secrets in
     TWILIO_WEBHOOK_SHARED_KEY only (several, comma-separated, while a key is rotated),
