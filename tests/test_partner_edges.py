@@ -359,7 +359,9 @@ def test_yes_to_a_job_taken_back_says_it_was_taken_back(client, live, frozen):  
     start(booking_id)
     leg = legs_of(booking_id)[0].id
     sms(client, phone, "1")
-    freeze_at(121 * 60)  # twice DISPATCH_PICKUP_MINUTES (60)
+    freeze_at(61 * 60)  # DISPATCH_PICKUP_MINUTES (60): reminded first
+    assert dispatch.sweep()["late_pickups"] == 1
+    freeze_at(121 * 60)  # a window after the reminder
     assert dispatch.sweep()["taken_back"] == 1
     assert sms(client, phone, f"1 {leg}") == [
         i18n.t("dispatch.taken_from_you", "en", job=str(leg))]

@@ -145,8 +145,9 @@ def test_a_next_rider_who_does_not_come_is_reminded_once_then_replaced(client, l
     with transaction() as s:
         assert s.get(PartnerProfile, relay.asha).offers_accepted == 0
         events = list(s.scalars(select(PartnerEvent.kind).where(
-            PartnerEvent.partner_id == relay.asha, PartnerEvent.leg_id == relay.leg2)))
-        assert events == ["cancelled_after_accept"]
+            PartnerEvent.partner_id == relay.asha, PartnerEvent.leg_id == relay.leg2)
+            .order_by(PartnerEvent.id)))
+        assert events == ["pickup_reminded", "cancelled_after_accept"]
         (moved,) = s.execute(select(TransitionLog.actor, TransitionLog.reason).where(
             TransitionLog.entity == "leg", TransitionLog.entity_id == relay.leg2,
             TransitionLog.from_status == "assigned", TransitionLog.to_status == "offering"))

@@ -28,7 +28,7 @@ from core.domain.dispatch import OfferStatus, SearchStatus
 
 OTP_KINDS = ("pickup", "drop")
 PARTNER_EVENT_KINDS = ("duty_on", "duty_off", "cancelled_after_accept", "auto_off",
-                       "taken_back_by_ops")
+                       "taken_back_by_ops", "pickup_reminded")
 
 
 class DispatchSearch(Base):
@@ -100,7 +100,8 @@ class OtpAttempt(Base):
 
 
 class PartnerEvent(Base):
-    """Things that shape a partner's record: duty changes, jobs given back after accepting."""
+    """Things that shape a partner's record: duty changes, jobs given back after accepting,
+    reminders that a job waits for its pickup (the take-back counts from them)."""
 
     __tablename__ = "dispatch_partner_events"
     __table_args__ = (CheckConstraint(one_of("kind", PARTNER_EVENT_KINDS), name="kind"),)

@@ -117,7 +117,9 @@ class BookingOut(BaseModel):
     drop: PlaceOut
     recipient_name: str | None
     recipient_phone_masked: str | None
-    payment_url: str | None
+    payment_url: str | None = Field(
+        description="the link to pay, while the booking waits for payment and its time "
+                    "to pay is not over; null otherwise")
     created_at: datetime
     legs: list[LegOut]
 

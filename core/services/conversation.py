@@ -600,7 +600,7 @@ def _whatsapp_turn(session: Session, msg: InboundMessage, person: Person, conv: 
         # operator wrote to them here, else they are told once that it is kept and that
         # "0" brings the menu (_kept_for_the_team). "0" keeps its meaning: they leave the
         # waiting list for the menu; a partner's delivery photo is still filed for his drop.
-        pod = _partner_photo(session, person, msg, booking=True)
+        pod = _partner_photo(session, person, msg, now, booking=True)
         if pod is not None:
             return Turn(lang(), [pod])
         if cmd != "menu":
@@ -612,7 +612,8 @@ def _whatsapp_turn(session: Session, msg: InboundMessage, person: Person, conv: 
             return Turn(lang(), _kept_for_the_team(session, conv, elsewhere))
         handoff.withdraw_elsewhere(session, elsewhere)
     at = BOOKING_DIALOG.steps.get(conv.step)
-    photo = _partner_photo(session, person, msg, booking=at is not None and at.group == BOOKING)
+    photo = _partner_photo(session, person, msg, now,
+                           booking=at is not None and at.group == BOOKING)
     if photo is not None:
         return Turn(lang(), [photo])
 
@@ -675,15 +676,16 @@ def _unblocked(person: Person) -> None:
 STICKER = "image/webp"
 
 
-def _partner_photo(session: Session, person: Person, msg: InboundMessage, *,
-                   booking: bool = False) -> Say | None:
+def _partner_photo(session: Session, person: Person, msg: InboundMessage, sent: datetime,
+                   *, booking: bool = False) -> Say | None:
     """A partner's photo on WhatsApp is proof of delivery for their current drop (not a
     sticker: STICKER).
 
     The picture is fetched from Twilio by an RQ job (never inside the webhook) and stored
-    with the leg; the partner hears which job it was filed under. A partner with no drop
-    who is making a booking of their own (``booking``: the chat is on a booking step) is
-    answered by the dialog, as any customer.
+    with the leg; the partner hears which job it was filed under. It is filed as it was
+    when they ``sent`` it (the turn's time), however late the drainer gets to it. A
+    partner with no drop who is making a booking of their own (``booking``: the chat is
+    on a booking step) is answered by the dialog, as any customer.
     """
     images = [(url, kind) for url, kind in zip(msg.media_urls, msg.media_types, strict=False)
               if kind.startswith("image/") and kind != STICKER and url]
@@ -694,7 +696,7 @@ def _partner_photo(session: Session, person: Person, msg: InboundMessage, *,
         return None
     from core.services import dispatch
 
-    leg = dispatch.pod_leg_of(session, partner)
+    leg = dispatch.pod_leg_of(session, partner, at=sent)
     if leg is None:
         if booking:
             return None
@@ -704,7 +706,8 @@ def _partner_photo(session: Session, person: Person, msg: InboundMessage, *,
         return Say("dispatch.pod_no_job")
     url, kind = images[0]
     leg_id, partner_id = leg.id, partner.id
-    before_drop = leg.status != LegStatus.DELIVERED.value  # a pickup photo, however late fetched
+    # A pickup photo (sent before the drop), however late fetched.
+    before_drop = leg.delivered_at is None or leg.delivered_at > sent
     after_commit(session, lambda: enqueue("workers.dispatch.fetch_pod_photo", leg_id,
                                           partner_id, url, kind, before_drop,
                                           job_id=f"pod-{leg_id}-{msg.sid}",

@@ -10,9 +10,10 @@ How a leg finds its partner:
    When nobody is left at the current radius the radius widens; when the widest radius is
    exhausted ops and the customer are told and the search starts over after
    ``DISPATCH_RETRY_S``, until the tier's deadline (job ``dispatch-deadline-<leg>-<round>``)
-   fails the booking and asks payments for a refund. A relay's later leg (the parcel is on
-   its way) is paused at its deadline instead; only then does the customer hear we are
-   still looking, and they hear again when a rider takes it.
+   fails the booking and asks payments for a refund (an offer still out then keeps the
+   time it gave: the search fails when it closes unanswered). A relay's later leg (the
+   parcel is on its way) is paused at its deadline instead; only then does the customer
+   hear we are still looking, and they hear again when a rider takes it.
    A partner who lets ``DISPATCH_MISSED_OFFERS_OFF`` offers in a row expire unanswered
    is put OFF duty and told so (``_off_after_missed``): near every pickup, they would
    otherwise get each job's first offer and cost it the offer's time.
@@ -30,8 +31,8 @@ How a leg finds its partner:
    next leg is dispatched as soon as the previous one is picked up, so its partner is
    waiting at the Point.
 6. A taken job must move on (the sweep checks): not picked up ``DISPATCH_PICKUP_MINUTES``
-   after it was taken, the partner is reminded and the customer and ops told; after twice
-   that it is taken back and offered again. A relay's later leg is chased the same way
+   after it was taken, the partner is reminded and the customer and ops told; that long
+   after the reminder it is taken back and offered again. A relay's later leg is chased the same way
    from when its parcel is due at the Point (``point_pickup_late``): its rider, not come
    to collect it, is reminded, then the leg is taken back while the carrier keeps the
    parcel. A rider handed the parcel at the Point who has not sent PICK a pickup window
@@ -123,8 +124,8 @@ def config() -> rules.DispatchConfig:
 @lru_cache(maxsize=1)
 def pickup_window() -> timedelta:
     """DISPATCH_PICKUP_MINUTES (60): how long a taken job may wait for its pickup before the
-    partner is reminded and the customer and ops are told; after twice that it is taken
-    back and offered again (see ``pickup_late``)."""
+    partner is reminded and the customer and ops are told; that long after the reminder it
+    is taken back and offered again (see ``pickup_late``)."""
     try:
         return timedelta(minutes=int_setting("DISPATCH_PICKUP_MINUTES", 60))
     except ConfigError as err:
@@ -1217,7 +1218,12 @@ def continue_search(leg_id: int) -> str:
 
 
 def search_deadline(leg_id: int, round_no: int) -> str:
-    """Job ``dispatch-deadline-<leg>-<round>``: past the tier's deadline the search fails."""
+    """Job ``dispatch-deadline-<leg>-<round>``: past the tier's deadline the search fails.
+
+    Not while an offer is out: the rider was given its time to answer (the SMS, the app's
+    expires_at), and his yes in it takes the job. The search fails when the last one
+    closes unanswered (_maybe_continue, from its answer or its offer-timeout job; the
+    sweep runs both should that job be lost)."""
     with transaction() as session:
         leg = _lock_leg(session, leg_id)
         search = _search_of(session, leg_id)
@@ -1229,6 +1235,8 @@ def search_deadline(leg_id: int, round_no: int) -> str:
             return "not-offering"
         if clock.now() + DUE_TOLERANCE < search.deadline_at:
             return "not-due"
+        if _open_offers(session, leg_id):
+            return "offers-open"
         booking = session.get(Booking, leg.booking_id, with_for_update=True)
         assert booking is not None
         _fail_search(session, booking, leg, search)
@@ -1518,7 +1526,7 @@ def sweep() -> dict[str, int]:
     for leg_id, round_no, deadline_at in stalled:
         if deadline_at <= now:
             if run.run("search deadline", search_deadline, leg_id, round_no) not in (
-                    "stale", None):
+                    "stale", "offers-open", None):
                 done["deadlines"] += 1
         elif run.run("continue search", continue_search, leg_id) == "continued":
             done["continued"] += 1
@@ -1569,19 +1577,38 @@ def _paid_not_dispatched(now: datetime) -> list[int]:
 # sweep (each minute). What it does is said once: every message has a dedupe key, and the
 # sweep looks past a leg once its step's messages are in the outbox.
 
+# A rider whose job waits for its pickup a window is reminded (a ``pickup_reminded``
+# partner event dates it, beside the "-late-" messages), and the job is taken back a
+# window after that reminder, not after twice the window from its taking: a sweep that
+# ran late (workers away) must warn him first. Reminders for this assignment only (one
+# taken again, or unlocked by ops, is a new one). A reminder from before the event was
+# recorded (migration 0043) has only its messages: it counts as sent when it was due.
+PICKUP_REMINDED = "pickup_reminded"
+_REMINDED = f"""
+LEFT JOIN LATERAL (SELECT min(e.at) AS at FROM dispatch_partner_events e
+                   WHERE e.partner_id = {{partner}} AND e.leg_id = {{leg}}
+                     AND e.kind = '{PICKUP_REMINDED}' AND e.at >= {{since}}) r ON true
+"""
+# Due: not reminded yet for this assignment; or reminded a window ago (:take_back is
+# now less the window), or only by its messages (:before is now less twice the window).
+_REMIND_OR_TAKE_BACK = """
+  AND (r.at <= :take_back OR (r.at IS NULL AND ({due} < :before OR NOT EXISTS (
+       SELECT 1 FROM outbox_messages o WHERE o.booking_id = {booking}
+         AND o.dedupe_key LIKE 'leg-' || {leg} || '-a' || {assigned} || '-late-%'))))
+"""
+
 # First legs assigned longer than the pickup window, from their latest assignment (an
-# unlock by ops assigns again), not reminded yet for it unless due to be taken back. A
+# unlock by ops assigns again), to remind or to take back (_REMIND_OR_TAKE_BACK). A
 # relay's later leg is left out: its parcel comes from the previous rider, face to face
 # at the Point, so its window starts when the parcel is due there (_POINT_WAITS).
-_LATE_PICKUPS = text("""
+_LATE_PICKUPS = text(f"""
 SELECT l.id FROM legs l
 CROSS JOIN LATERAL (SELECT t.id, t.at FROM transitions t
                     WHERE t.entity = 'leg' AND t.entity_id = l.id AND t.to_status = 'assigned'
                     ORDER BY t.id DESC LIMIT 1) a
+{_REMINDED.format(partner="l.partner_id", leg="l.id", since="a.at")}
 WHERE l.status = 'assigned' AND l.sequence = 1 AND a.at < :late
-  AND (a.at < :take_back OR NOT EXISTS (
-       SELECT 1 FROM outbox_messages o WHERE o.booking_id = l.booking_id
-         AND o.dedupe_key LIKE 'leg-' || l.id || '-a' || a.id || '-late-%'))
+{_REMIND_OR_TAKE_BACK.format(due="a.at", booking="l.booking_id", leg="l.id", assigned="a.id")}
 ORDER BY l.id LIMIT 500
 """)
 
@@ -1610,10 +1637,28 @@ ORDER BY l.id LIMIT 500
 
 
 def _late_pickups(now: datetime) -> list[int]:
-    window = pickup_window()
     with transaction() as session:
-        return list(session.scalars(_LATE_PICKUPS, {
-            "late": now - window, "take_back": now - 2 * window}))
+        return list(session.scalars(_LATE_PICKUPS, _late_params(now)))
+
+
+def _late_params(now: datetime) -> dict[str, datetime]:
+    """The bounds of _REMIND_OR_TAKE_BACK at ``now`` (as the jobs count: DUE_TOLERANCE)."""
+    window = pickup_window()
+    return {"late": now - window, "take_back": now + DUE_TOLERANCE - window,
+            "before": now - 2 * window}
+
+
+def _reminded_at(session: Session, booking: Booking, leg: Leg, since: datetime,
+                 tag: str, due: datetime) -> datetime | None:
+    """When the leg's partner was reminded that it waits for its pickup, in this
+    assignment (taken or unlocked at ``since``; its messages keyed ``<tag>-late-...``);
+    one from before the reminders were dated counts as sent when it was ``due``."""
+    at = session.scalar(select(func.min(PartnerEvent.at)).where(
+        PartnerEvent.partner_id == leg.partner_id, PartnerEvent.leg_id == leg.id,
+        PartnerEvent.kind == PICKUP_REMINDED, PartnerEvent.at >= since))
+    if at is None and _last_sent(session, booking, f"{tag}-late-%") is not None:
+        return due
+    return at
 
 
 def _late_deliveries(now: datetime) -> list[int]:
@@ -1635,8 +1680,9 @@ def _assigned_at(session: Session, leg: Leg) -> TransitionLog | None:
 def pickup_late(leg_id: int) -> str:
     """A first leg still not picked up a pickup window after it was taken: once, the partner
     is reminded (go now, or give it back with CANCEL), the customer hears the rider is late
-    and ops are alerted. After twice the window it is taken back and offered again, as if
-    the partner had given it back (it counts against them); partner and customer hear it."""
+    and ops are alerted. A window after that reminder (however late it went) it is taken
+    back and offered again, as if the partner had given it back (it counts against them);
+    partner and customer hear it."""
     window = pickup_window()
     with transaction() as session:
         leg = _lock_leg(session, leg_id)
@@ -1647,14 +1693,16 @@ def pickup_late(leg_id: int) -> str:
         assigned = _assigned_at(session, leg)
         if assigned is None:
             return "stale"
-        waited = clock.now() + DUE_TOLERANCE - assigned.at
-        if waited < window:
+        now = clock.now()
+        if now + DUE_TOLERANCE - assigned.at < window:
             return "not-due"
         booking = session.get(Booking, leg.booking_id, with_for_update=True)
         partner = session.get(PartnerProfile, leg.partner_id)
         assert booking is not None and partner is not None
         job, tag = job_code(leg), f"leg-{leg.id}-a{assigned.id}"
-        if waited >= 2 * window:
+        reminded = _reminded_at(session, booking, leg, assigned.at, tag,
+                                assigned.at + window)
+        if reminded is not None and now + DUE_TOLERANCE - reminded >= window:
             event, reopened = _give_back(session, booking, leg, partner, SYSTEM,
                                          "not picked up in time")
             _sms_partner(session, partner, "dispatch.taken_back", booking_id=booking.id,
@@ -1666,7 +1714,11 @@ def pickup_late(leg_id: int) -> str:
             log.warning("job taken back: not picked up in time",
                         extra={"leg_id": leg.id, "partner_id": partner.id})
             return "taken-back"
-        # The "-late-" keys mark the reminder as done for the sweep (_LATE_PICKUPS).
+        if reminded is not None:
+            return "already-reminded"
+        # The event dates the reminder for the take-back (_REMIND_OR_TAKE_BACK).
+        session.add(PartnerEvent(partner_id=partner.id, leg_id=leg.id, kind=PICKUP_REMINDED,
+                                 at=now))
         _sms_partner(session, partner, "dispatch.pickup_late", booking_id=booking.id,
                      dedupe_key=f"{tag}-late-partner", job=job)
         notify.notify_customer(session, booking, "dispatch.customer_rider_late",
@@ -1751,7 +1803,7 @@ def _late_to_recipient(session: Session, booking: Booking) -> None:
 # come as :types / :kmh (VEHICLE_SPEED_KMH).
 _POINT_WAITS = """
 WITH speeds(type, kmh) AS (SELECT * FROM unnest(CAST(:types AS text[]), CAST(:kmh AS int[])))
-SELECT l.id AS leg_id, l.booking_id, a.id AS assigned_id, a.at AS assigned_at,
+SELECT l.id AS leg_id, l.booking_id, l.partner_id, a.id AS assigned_id, a.at AS assigned_at,
        greatest(a.at, p.last_at, p.at + make_interval(
            secs => CAST(pv.distance_m * 3.6 / s.kmh AS double precision))) AS due_at
 FROM legs l
@@ -1773,15 +1825,14 @@ WHERE l.status = 'assigned' AND l.sequence > 1 AND l.partner_id IS NOT NULL
   AND NOT (b.status = ANY(CAST(:closed AS text[])))
 """
 
-# Those whose parcel was due at the Point longer than the pickup window ago, not reminded
-# yet for this assignment unless due to be taken back (the "-late-" keys, as for first
-# legs).
+# Those whose parcel was due at the Point longer than the pickup window ago, to remind
+# or to take back, as first legs (_REMIND_OR_TAKE_BACK).
 _POINT_NO_SHOWS = text(f"""
 SELECT w.leg_id FROM ({_POINT_WAITS}) w
+{_REMINDED.format(partner="w.partner_id", leg="w.leg_id", since="w.assigned_at")}
 WHERE w.due_at < :late
-  AND (w.due_at < :take_back OR NOT EXISTS (
-       SELECT 1 FROM outbox_messages o WHERE o.booking_id = w.booking_id
-         AND o.dedupe_key LIKE 'leg-' || w.leg_id || '-a' || w.assigned_id || '-late-%'))
+{_REMIND_OR_TAKE_BACK.format(due="w.due_at", booking="w.booking_id", leg="w.leg_id",
+                             assigned="w.assigned_id")}
 ORDER BY w.leg_id LIMIT 500
 """)
 _POINT_WAIT_OF = text(f"SELECT * FROM ({_POINT_WAITS}) w WHERE w.leg_id = :leg_id")
@@ -1793,17 +1844,17 @@ def _point_wait_params() -> dict[str, object]:
 
 
 def _point_no_shows(now: datetime) -> list[int]:
-    window = pickup_window()
     with transaction() as session:
-        return list(session.scalars(_POINT_NO_SHOWS, {
-            **_point_wait_params(), "late": now - window, "take_back": now - 2 * window}))
+        return list(session.scalars(_POINT_NO_SHOWS, {**_point_wait_params(),
+                                                      **_late_params(now)}))
 
 
 def point_pickup_late(leg_id: int) -> str:
     """A relay's later leg whose rider has not come to the Point for the parcel: a pickup
     window after it was due there (_POINT_WAITS), the rider is reminded once and ops are
-    alerted; after twice the window the leg is taken back as if they had given it back (it
-    counts against them, and they are not offered it again), their handover code stops
+    alerted; a window after that reminder (however late it went) the leg is taken back as
+    if they had given it back (it counts against them, and they are not offered it
+    again), their handover code stops
     working, and it is offered to others while the rider with the parcel is told to keep
     it. Not for a parcel handed over to them already (parcel_in_hand), a leg picked up, or
     a closed booking. A rider suspended meanwhile is not sent to the Point: the leg is
@@ -1838,7 +1889,9 @@ def point_pickup_late(leg_id: int) -> str:
         assert partner is not None
         job, tag = job_code(leg), f"leg-{leg.id}-a{wait.assigned_id}"
         blocked = partner.kyc_status in BLOCKED_KYC
-        if waited >= 2 * window or blocked:
+        reminded = _reminded_at(session, booking, leg, wait.assigned_at, tag,
+                                wait.due_at + window)
+        if blocked or (reminded is not None and now + DUE_TOLERANCE - reminded >= window):
             reason = "partner blocked by ops" if blocked else "not at the Point in time"
             _give_back(session, booking, leg, partner, SYSTEM, reason, by_ops=blocked)
             _sms_partner(session, partner,
@@ -1849,9 +1902,11 @@ def point_pickup_late(leg_id: int) -> str:
             log.warning("relay job taken back: the rider did not come to the Point",
                         extra={"leg_id": leg.id, "partner_id": partner.id})
             return "taken-back"
-        if _last_sent(session, booking, f"{tag}-late-%") is not None:
+        if reminded is not None:
             return "already-reminded"
-        # The "-late-" keys mark the reminder as done for the sweep (_POINT_NO_SHOWS).
+        # The event dates the reminder for the take-back (_REMIND_OR_TAKE_BACK).
+        session.add(PartnerEvent(partner_id=partner.id, leg_id=leg.id, kind=PICKUP_REMINDED,
+                                 at=now))
         _sms_partner(session, partner, "dispatch.point_pickup_late", booking_id=booking.id,
                      dedupe_key=f"{tag}-late-partner", job=job,
                      point=place(session, booking, leg, "from"))
@@ -3608,29 +3663,37 @@ def to_collect_of(session: Session, partner: PartnerProfile) -> Leg | None:
         .order_by(Leg.id)) if not parcel_in_hand(session, leg)), None)
 
 
-def pod_leg_of(session: Session, partner: PartnerProfile) -> Leg | None:
+def pod_leg_of(session: Session, partner: PartnerProfile,
+               at: datetime | None = None) -> Leg | None:
     """The leg a photo from this partner belongs to: one they delivered minutes ago and
     have sent no photo of (the photo of the doorstep comes right after the drop, even
     while they carry another parcel), else the one whose parcel is in their hands now
     (picked up, or handed over to them at a Point; kept as a pickup photo, not the proof:
     attach_pod), else, with no job of theirs still to collect, the one they delivered in
-    the last hour."""
+    the last hour. "Now" is ``at`` (default: now), when they sent it: a chat drained late
+    (a backlog, a worker restarting) must not file it by what they did since (their next
+    parcel picked up)."""
+    at = at or clock.now()
     just_dropped = session.scalar(select(Leg).where(
         Leg.partner_id == partner.id, Leg.status == LegStatus.DELIVERED.value,
-        Leg.pod_photo_url.is_(None), Leg.delivered_at >= clock.now() - POD_JUST_DROPPED)
+        Leg.pod_photo_url.is_(None), Leg.delivered_at >= at - POD_JUST_DROPPED,
+        Leg.delivered_at <= at)
         .order_by(Leg.delivered_at.desc(), Leg.id.desc()))
     if just_dropped is not None:
         return just_dropped
     # Carrying: picked up, or a relay leg whose parcel was handed over to them at the
-    # Point before their PICK (parcel_in_hand, as the app's photo rules).
-    carrying = next((leg for leg in session.scalars(select(Leg).where(
+    # Point before their PICK (parcel_in_hand, as the app's photo rules), as it was then:
+    # a leg delivered since was carried then.
+    mine = list(session.scalars(select(Leg).where(
         Leg.partner_id == partner.id,
-        Leg.status.in_((LegStatus.PICKED_UP.value, LegStatus.ASSIGNED.value)))
-        .order_by(Leg.updated_at.desc(), Leg.id.desc())) if parcel_in_hand(session, leg)),
-        None)
+        Leg.status.in_((LegStatus.PICKED_UP.value, LegStatus.ASSIGNED.value))
+        | ((Leg.status == LegStatus.DELIVERED.value) & (Leg.delivered_at > at)))
+        .order_by(Leg.updated_at.desc(), Leg.id.desc())))
+    held = {leg.id: _held_at(session, leg, at) for leg in mine}
+    carrying = next((leg for leg in mine if held[leg.id] is True), None)
     if carrying is not None:
         return carrying
-    if to_collect_of(session, partner) is not None:
+    if any(was is False for was in held.values()):
         # At his next sender's door, parcel not yet his: a photo now is of that parcel,
         # not the proof of the last drop (it would take its place, under another
         # customer's booking). The app refuses it alike (pod_not_now).
@@ -3639,8 +3702,27 @@ def pod_leg_of(session: Session, partner: PartnerProfile) -> Leg | None:
     # later change to the leg (a photo, a payout), so an old drop would look recent.
     return session.scalar(select(Leg).where(
         Leg.partner_id == partner.id, Leg.status == LegStatus.DELIVERED.value,
-        Leg.delivered_at >= clock.now() - POD_AFTER_DROP)
+        Leg.delivered_at >= at - POD_AFTER_DROP, Leg.delivered_at <= at)
         .order_by(Leg.delivered_at.desc(), Leg.id.desc()))
+
+
+def _held_at(session: Session, leg: Leg, at: datetime) -> bool | None:
+    """parcel_in_hand of the partner's leg as it was at ``at``, from its history: True if
+    its parcel was in their hands then; False if the job was theirs to collect; None if
+    it was not theirs yet."""
+    assigned = _assigned_at(session, leg)
+    if assigned is None or assigned.at > at:
+        return None
+    then = session.scalar(select(TransitionLog.to_status).where(
+        TransitionLog.entity == "leg", TransitionLog.entity_id == leg.id,
+        TransitionLog.at <= at).order_by(TransitionLog.at.desc(), TransitionLog.id.desc())
+        .limit(1))
+    if then == LegStatus.PICKED_UP.value:
+        return True
+    if then != LegStatus.ASSIGNED.value:
+        return None
+    prev = _previous_leg(session, leg)  # handed over at the Point by then (handed_over_to)
+    return prev is not None and prev.delivered_at is not None and prev.delivered_at <= at
 
 
 def fetch_pod_photo(leg_id: int, partner_id: int, url: str, content_type: str,

@@ -396,11 +396,8 @@ def _news_key(booking_id: int) -> str:
             rf"|cancelled-{booking_id})$")
 
 
-def _superseded(session: Session, row: OutboxMessage) -> bool:
-    """Whether ``row`` is a booking's news to its customer (or a copy of one) that newer
-    news of the booking replaced, or whose booking was cancelled since."""
-    if row.booking_id is None:
-        return False
+def _said_by(session: Session, row: OutboxMessage) -> tuple[str, int]:
+    """The dedupe key and id of the message ``row`` says: its own, or the one it copies."""
     key, said = row.dedupe_key or "", row.id
     for _ in range(3):  # a copy's copy (the template's SMS) at most
         copied = next((key[len(p):] for p in _COPY_PREFIXES if key.startswith(p)), None)
@@ -409,6 +406,15 @@ def _superseded(session: Session, row: OutboxMessage) -> bool:
         said = int(copied)
         key = session.scalar(select(OutboxMessage.dedupe_key)
                              .where(OutboxMessage.id == said)) or ""
+    return key, said
+
+
+def _superseded(session: Session, row: OutboxMessage) -> bool:
+    """Whether ``row`` is a booking's news to its customer (or a copy of one) that newer
+    news of the booking replaced, or whose booking was cancelled since."""
+    if row.booking_id is None:
+        return False
+    key, said = _said_by(session, row)
     found = _NEWS_KEY.fullmatch(key)
     if found is None or int(found[1] or found[2]) != row.booking_id:
         return False
@@ -419,6 +425,29 @@ def _superseded(session: Session, row: OutboxMessage) -> bool:
     return session.scalar(select(m.id).where(
         m.booking_id == row.booking_id, m.id > said,
         m.dedupe_key.regexp_match(_news_key(row.booking_id))).limit(1)) is not None
+
+
+# A job offer to a rider ("offer-<offer id>", core.services.dispatch) is answered within
+# its time and grace (dispatch.offer_timeout closes it then): an SMS that waited longer
+# (for the worker, for a retry) would offer a job he can no longer take. It is not sent
+# once its offer is closed (expired, withdrawn, taken by another) or past that time.
+OFFER_OVER = "its job offer was over before it was sent"
+_OFFER_KEY = re.compile(r"offer-(\d+)")
+
+
+def _offer_over(session: Session, row: OutboxMessage) -> bool:
+    """Whether ``row`` is a job offer's SMS (or a copy of one) whose offer is over."""
+    from core.adapters.dispatch_models import DispatchOffer
+    from core.domain.dispatch import OfferStatus
+    from core.services.dispatch import config  # dispatch sends through this module
+
+    found = _OFFER_KEY.fullmatch(_said_by(session, row)[0])
+    if found is None:
+        return False
+    offer = session.execute(select(DispatchOffer.status, DispatchOffer.expires_at).where(
+        DispatchOffer.id == int(found[1]))).first()
+    return offer is None or offer.status != OfferStatus.OPEN.value \
+        or clock.now() > offer.expires_at + timedelta(seconds=config().offer_grace_s)
 
 
 def _behind_a_retry(outbox_id: int, to_addr: str) -> bool:
@@ -487,7 +516,8 @@ def deliver(outbox_id: int) -> str:
     A row whose recipient opted out since it was written (a STOP while it waited, for a
     retry or behind one, or while a reconcile looked for it) is not sent: it fails, or
     goes the other way, as queue_message would have decided (_refuse_stopped). A sign-in
-    code's SMS goes at once, or not at all once its code has expired."""
+    code's SMS goes at once, or not at all once its code has expired; a job offer's, not
+    once the offer is over (_offer_over)."""
     with transaction() as session:
         row = session.get(OutboxMessage, outbox_id, with_for_update=True)
         if row is None:
@@ -504,6 +534,11 @@ def deliver(outbox_id: int) -> str:
             log.info("booking news replaced by newer news before it was sent; not sent",
                      extra={"outbox_id": outbox_id, "booking_id": row.booking_id})
             return "superseded"
+        if _offer_over(session, row):
+            _not_sent(session, OutboxMessage.id == outbox_id, OFFER_OVER)
+            log.info("job offer over before its SMS was sent; not sent",
+                     extra={"outbox_id": outbox_id, "booking_id": row.booking_id})
+            return "offer-over"
         claimed, code_kept = None, False
         stopped = _stopped_since(session, row)
         if stopped:

@@ -113,12 +113,19 @@ def request_payment_link(session: Session, booking: Booking, actor: Actor) -> No
                           job_id=f"paylink-{booking.id}")
 
 
+def _payable(booking: Booking) -> bool:
+    """Waiting for payment, and still in its time to pay: past expires_at the gateway
+    refuses the link (its expire_by), though the sweep closes the booking a while later."""
+    return booking.status == BookingStatus.AWAITING_PAYMENT.value and (
+        booking.expires_at is None or booking.expires_at > clock.now())
+
+
 def payment_url(session: Session, booking: Booking) -> str | None:
     """The booking's payment link, once created (None before, or when not payable)."""
-    link = session.scalar(select(PaymentLink).where(PaymentLink.booking_id == booking.id))
-    if link is None or booking.status != BookingStatus.AWAITING_PAYMENT.value:
+    if not _payable(booking):
         return None
-    return link.short_url
+    link = session.scalar(select(PaymentLink).where(PaymentLink.booking_id == booking.id))
+    return link.short_url if link is not None else None
 
 
 # A customer who lost their payment link and asks where their booking is gets it again by
@@ -144,7 +151,7 @@ def send_link_again(session: Session, booking: Booking, phone: str) -> bool:
 def payment_urls(session: Session, bookings: list[Booking]) -> dict[int, str]:
     """payment_url of many bookings in one query, by booking id (a list page would
     otherwise cost a query per row); a booking payment_url gives None for is left out."""
-    waiting = [b.id for b in bookings if b.status == BookingStatus.AWAITING_PAYMENT.value]
+    waiting = [b.id for b in bookings if _payable(b)]
     if not waiting:
         return {}
     return dict(session.execute(select(PaymentLink.booking_id, PaymentLink.short_url)
