@@ -24,6 +24,7 @@ REQUIRED_KEYS = (
     {
         "lang.menu",
         "lang.saved",
+        "bot.welcome",  # booking._menu_handle: an ok or a thanks
         "menu.main",
         "menu.help",
         "common.not_understood",

@@ -24,6 +24,7 @@ from typing import Any, NoReturn
 from core import i18n
 from core.dialog import words
 from core.dialog.engine import (
+    BACK_AFTER_LANGUAGE,
     Choices,
     Ctx,
     Dialog,
@@ -148,10 +149,11 @@ def next_hint() -> Say:
 # --- language --------------------------------------------------------------------------
 
 # The step a language list was asked from that is asked again once a language is chosen
-# (the rating question: asked once per booking, it must not be lost to the menu). Put in
-# state.data by that step, kept in the list's scratch, so it lasts only while the list
-# stands: left for anything else, the list forgets it.
-_BACK_AFTER_LANGUAGE = "back_after_language"
+# (the rating question: asked once per booking, it must not be lost to the menu; a
+# booking's question, whose answer would else be a miss at the menu). Put in state.data
+# by that step (the engine, at a booking step), kept in the list's scratch, so it lasts
+# only while the list stands: left for anything else, the list forgets it.
+_BACK_AFTER_LANGUAGE = BACK_AFTER_LANGUAGE
 
 
 def _language_prompt(ctx: Ctx) -> list[Out]:
@@ -175,8 +177,16 @@ def _language_chosen(ctx: Ctx, lang: str) -> Result:
     ctx.lang = lang
     ctx.state.data.pop("lang_guess", None)
     saved = Say("lang.saved", {"language": LANGUAGE_NAMES[lang]})
-    if ctx.scratch.get(_BACK_AFTER_LANGUAGE) == RATE and ctx.state.data.get("rate_ref"):
+    back = ctx.scratch.get(_BACK_AFTER_LANGUAGE)
+    if back == RATE and ctx.state.data.get("rate_ref"):
         return Goto(RATE, [saved])  # the question again, in the language chosen
+    at = BOOKING_DIALOG.steps.get(back) if isinstance(back, str) else None
+    if at is not None and at.group == BOOKING:  # a booking's question: asked again
+        ctx.state.data.pop("draft_step", None)  # not left: no draft to offer again
+        return Goto(at.name, [saved])
+    asked = ctx.state.data.pop(ASKED_FIRST, None)
+    if asked is not None:  # what the first message asked for, now it can be answered
+        return _with_say(_menu_option(ctx, asked), [saved])
     return Goto(MENU, [saved])
 
 
@@ -264,10 +274,52 @@ def menu_intent(text: str) -> int | None:
     return found.pop() if len(found) == 1 else None
 
 
+def menu_request(text: str) -> int | None:
+    """The menu option words ask for, without its number: the option's own words
+    (MENU_WORDS: "parcel bhejna hai") or a sentence naming it (menu_intent)."""
+    said = words.clean(text)
+    found = next((i for i, names in enumerate(MENU_WORDS, start=1) if said in names), None)
+    return found or menu_intent(text)
+
+
+# state.data key: the menu option a new customer's first message asked for ("पार्सल
+# भेजना है"), answered once their language is chosen (_language_chosen).
+ASKED_FIRST = "asked_first"
+
+
+def note_request(data: dict[str, Any], text: str) -> None:
+    """Keep in ``data`` (a dialog state's) what a message sent before any language is
+    chosen asks of the menu, if it asks for something: once a language is chosen it is
+    answered, not asked again."""
+    asked = menu_request(text)
+    if asked is not None:
+        data[ASKED_FIRST] = asked
+
+
+def _with_say(result: Result, say: Sequence[Out]) -> Result:
+    """A menu answer (_menu_option) given away from the menu: ``say`` first, and the
+    menu where the menu would have stayed."""
+    if isinstance(result, Goto):
+        return Goto(result.step, [*say, *result.say], result.prompt)
+    return Goto(MENU, [*say, *result.say])
+
+
 def _menu_handle(ctx: Ctx, inp: UserInput) -> Result:
     picked = choice(inp, 5, MENU_WORDS)
     if picked is None and not inp.has_location:
         picked = menu_intent(inp.text)
+    if picked is not None:
+        return _menu_option(ctx, picked)
+    if is_greeting(inp.text):  # "hi", "Namaste ji", "good morning": the menu again
+        return Stay()
+    if not inp.has_location and words.acknowledged(inp.text):
+        # "ok", "👍", "dhanyavad" after a booking or a status: understood, nothing asked.
+        return Goto(MENU, [Say("bot.welcome")], prompt=False)
+    return Retry()
+
+
+def _menu_option(ctx: Ctx, picked: int) -> Result:
+    """The answer to the menu's option ``picked`` (1-5)."""
     if picked == 1:
         if ctx.slots and ctx.state.data.get("draft_step"):
             return Goto("resume")
@@ -286,11 +338,7 @@ def _menu_handle(ctx: Ctx, inp: UserInput) -> Result:
         # The bot is quiet while they wait: how to have it back ("0") is said now.
         return Goto(MENU, [person_said(info, "bot.handoff.waiting", "bot.handoff.after_hours"),
                            next_hint()], prompt=False)
-    if picked == 5:
-        return Stay([Say("menu.help")])
-    if is_greeting(inp.text):  # "hi", "Namaste ji", "good morning": the menu again
-        return Stay()
-    return Retry()
+    return Stay([Say("menu.help")])
 
 
 def _resume_prompt(ctx: Ctx) -> list[Out]:
@@ -324,6 +372,17 @@ def listed_offices(data: dict[str, Any], text: str) -> list[dict[str, Any]]:
     page = data.get("page", 0)
     shown = (data.get("offices") or [])[page * PAGE_SIZE:(page + 1) * PAGE_SIZE]
     return [o for o in shown if words.clean(o.get("name") or "") == typed]
+
+
+_SEPARATORS = ",;:-–— "  # between a village and its pincode ("Laxmipur - 845450")
+
+
+def named_beside(offices: list[dict[str, Any]], text: str, pincode: str) -> list[dict[str, Any]]:
+    """The offices whose name is all ``text`` says besides ``pincode`` ("Laxmipur 845450",
+    "845450, Laxmipur": Laxmipur), as typed (case, spaces and punctuation aside)."""
+    rest = words.ascii_digits(words.without_format_marks(text or "")).replace(pincode, " ")
+    typed = words.clean(words.clean(rest).strip(_SEPARATORS))
+    return [o for o in offices if typed and words.clean(o.get("name") or "") == typed]
 
 
 def names_a_listed_village(step: str, data: dict[str, Any], text: str) -> bool:
@@ -380,10 +439,18 @@ def _place_steps(kind: str, default_next: str) -> list[Step]:
             return outside(res)
         if res.kind == "ok":
             return accept(ctx, res.place, True, pinned=inp.has_location)
-        ctx.state.data["offices"] = told_apart(res.offices)  # two Arjunganj: which is which
+        offices = told_apart(res.offices)  # two Arjunganj: which is which
+        ctx.state.data["offices"] = offices
         ctx.state.data["page"] = 0
         if len(res.offices) == 1:
             return accept(ctx, res.offices[0], True)
+        named = named_beside(offices, inp.text, digits) if digits else []
+        if len(named) == 1:  # "Laxmipur 845450", as on a letter: that village
+            area = ctx.ports.check_area(named[0])
+            if area.kind == "outside":
+                ctx.state.data.pop("offices", None)
+                return Stay([_outside_say(area)])
+            return accept(ctx, named[0], True)
         return Goto(office)
 
     def office_prompt(ctx: Ctx) -> list[Out]:
@@ -447,6 +514,10 @@ def _place_steps(kind: str, default_next: str) -> list[Step]:
         if place is None:
             return Goto(where)
         said = words.clean(text)
+        if words.names_another_place(text):
+            # "nahi, dusra gaon", "galat gaon hai": the village chosen is the wrong one,
+            # no landmark; the village list (or the place question) again.
+            return Goto(_previous(ctx) or where)
         if words.number(text) == 1 or said in words.SKIP_WORDS:
             place["landmark"] = None  # "1", "skip", "nahi", "नहीं है", "নেই": none
         elif said in words.YES_WORDS:
@@ -757,6 +828,23 @@ _CONFIRM_WORDS = (
         "raddu maadi", "ರದ್ದು", "ರದ್ದು ಮಾಡಿ", "ಕ್ಯಾನ್ಸಲ್",  # kn
     },
 )
+
+
+# A bare cancel typed at any question of a booking ("cancel", "rehne do", "कैंसिल करना
+# है"): the draft is dropped as the confirmation's "Cancel" drops it (_abandon). Not a
+# bare no, which answers "Can it break?" and "Is there a landmark?", nor a word that is
+# also somebody's or some place's name (Rad, Thak, Rathu, Raddu, Batil).
+DROP_WORDS = (_CONFIRM_WORDS[2] - words.NO_WORDS
+              - {"rad", "thak", "rathu", "raddu", "batil"}) | MENU_WORDS[2]
+
+
+def _abandon(ctx: Ctx, inp: UserInput) -> Result | None:
+    """A bare cancel at a booking's question: no booking, nothing kept of it (not even as
+    a draft to continue: she said she does not want it)."""
+    if inp.has_location or words.clean(inp.text) not in DROP_WORDS:
+        return None
+    _clear_draft(ctx)
+    return Goto(MENU, [Say("bot.confirm.dropped"), next_hint()], prompt=False)
 
 
 @functools.cache
@@ -1200,6 +1288,12 @@ def _rate_handle(ctx: Ctx, inp: UserInput) -> Result:
     stars = stars_given(inp.text, ctx.lang) if not inp.has_location else None
     if ref is None:
         return Goto(MENU)
+    asked = menu_request(inp.text) if stars is None and not inp.has_location else None
+    if asked is not None:
+        # "ek aur parcel bhejna hai", "mera parcel kahan hai": no rating, a request the
+        # menu takes; the question is left, and the request answered.
+        _end_rating(ctx)
+        return _with_say(_menu_option(ctx, asked), [])
     if stars is None:
         # A greeting or a place moves on; anything else ("good", "6", "10/10") was most
         # likely meant as the answer: say how to answer, once, then leave the question.
@@ -1374,6 +1468,7 @@ BOOKING_DIALOG = Dialog(
     not_understood="bot.retry",
     previous=_previous,
     switch_language=_language_named,
+    abandon=_abandon,
 )
 
 # Keys every step uses, listed for the catalog tests.

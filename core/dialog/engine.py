@@ -7,10 +7,13 @@ PostgreSQL by the caller) and the ``ports`` (the outside world), and returns wha
 
 Rules every step gets for free:
 - global commands: "0"/"menu" -> main menu (a draft booking is kept), "help" -> the
-  step's help and its prompt again, "language" -> the language list, a language's name
+  step's help and its prompt again, "language" -> the language list (at a booking step,
+  ``BACK_AFTER_LANGUAGE`` keeps which, to be asked again once one is chosen), a language's name
   ("English", "தமிழ்") -> that language and the same question in it, "back" -> the
   previous question (in a dialog that says which one it is: ``Dialog.previous``), unless
   the step takes the words as its own answer (``Step.own_answer``: a village so named);
+  at a step of a group, a dialog's ``abandon`` may take the input (a bare "cancel"): the
+  draft is dropped;
 - an answer a step cannot use is a *miss*: a short re-ask with the same choices; the
   third miss in a row offers a person instead;
 - a photo is acknowledged and the step asked again; a voice note offers a call back;
@@ -27,6 +30,9 @@ from typing import Any
 from core.dialog import words
 
 MAX_MISSES = 3
+# state.data key: the step the language list was asked from, asked again once a language
+# is chosen (the dialog's language step reads it; see booking._language_prompt).
+BACK_AFTER_LANGUAGE = "back_after_language"
 
 
 def copy_data(value: Any) -> Any:
@@ -192,6 +198,9 @@ class Dialog:
     # A language's name sent at any step ("English", "தமிழ்"): its answer, else the
     # step takes the name as an answer.
     switch_language: Callable[[Ctx, str], Result] | None = None
+    # An input at a step of a group that gives up the whole draft (a bare "cancel",
+    # "rehne do"): its answer, else None (the step's own handler answers).
+    abandon: Callable[[Ctx, UserInput], Result | None] | None = None
 
     def __post_init__(self) -> None:
         for name in (self.menu, self.language, self.offer_person, self.voice_callback):
@@ -266,12 +275,17 @@ def turn(dialog: Dialog, state: DialogState, inp: UserInput, ports: Any,
     if cmd == "language":
         if step.group is not None:
             state.data["draft_step"] = step.name
+            state.data[BACK_AFTER_LANGUAGE] = step.name
         return enter(dialog, ctx, dialog.language)
     # "English" at "Who will receive the parcel?" is no name: the language.
     named = (words.language_named(inp.text)
              if dialog.switch_language and not step.any_text and not own else None)
+    dropped = (dialog.abandon(ctx, inp)
+               if dialog.abandon and step.group is not None and not own else None)
     try:
-        if named is not None and dialog.switch_language is not None:
+        if dropped is not None:
+            result = dropped
+        elif named is not None and dialog.switch_language is not None:
             result = dialog.switch_language(ctx, named)
         else:
             result = step.handle(ctx, inp)

@@ -153,6 +153,52 @@ BACK_WORDS = frozenset({
     "hinde", "hindakke", "ಹಿಂದೆ", "ಹಿಂದಕ್ಕೆ", "ಹಿಂದೆ ಹೋಗಿ",  # kn
 })
 
+# Thanks, as people write it after a booking or a status ("dhanyavad", "thank you ji",
+# "🙏"): no question asked, nothing to miss.
+THANK_WORDS = frozenset({
+    "thanks", "thank", "thanku", "thankyou", "thnx", "thx", "tnx", "ty", "tq", "🙏",
+    "dhanyavad", "dhanyawad", "dhanyavaad", "dhanyabad", "shukriya", "shukria",
+    "धन्यवाद", "शुक्रिया", "आभार",  # hi, mr
+    "ধন্যবাদ", "dhonnobad", "dhonyobad",  # bn
+    "आभारी",  # mr
+    "நன்றி", "nandri", "nanri",  # ta
+    "ధన్యవాదాలు", "ధన్యవాదం", "dhanyavadalu",  # te
+    "આભાર", "ધન્યવાદ", "aabhar", "abhar",  # gu
+    "ಧನ್ಯವಾದ", "ಧನ್ಯವಾದಗಳು", "dhanyavadagalu",  # kn
+})
+# Words that go with an ok or a thanks and change nothing ("thank you so much ji").
+_POLITE = frozenset({
+    "ji", "sir", "madam", "mam", "bhai", "bhaiya", "you", "u", "so", "very", "much", "a",
+    "lot", "hai", "bahut", "bohot", "romba", "जी", "सर", "है", "बहुत", "खूप", "ரொம்ப",
+    "చాలా", "ખૂબ", "ತುಂಬಾ", "অনেক"})
+
+# "No, (an)other village", "galat gaon hai": the village or office chosen is not the one.
+# Other or wrong, romanized and in each script...
+_OTHER = frozenset({
+    "other", "another", "different", "wrong", "dusra", "doosra", "dusri", "doosri", "dusre",
+    "doosre", "galat", "galath", "ghalat", "alag", "दूसरा", "दूसरी", "दूसरे", "दुसरा",
+    "गलत", "ग़लत", "अलग",  # hi
+    "অন্য", "ভুল", "onno", "bhul",  # bn
+    "दुसरे", "दुसरं", "दुसरी", "चुकीचे", "चुकीचा", "चुकीचं", "chukicha",  # mr
+    "வேற", "வேறு", "தப்பு", "தவறு", "thappu", "veru",  # ta
+    "వేరే", "తప్పు", "vere", "tappu",  # te
+    "બીજું", "બીજુ", "બીજા", "બીજો", "ખોટું", "ખોટુ", "ખોટા", "khotu",  # gu
+    "ಬೇರೆ", "ತಪ್ಪು", "bere",  # kn
+})
+# ... the place (village, post office, pincode) and the small words around them.
+_PLACE = frozenset({
+    "village", "place", "office", "post", "po", "pin", "pincode", "one", "gaon", "gaanv",
+    "gav", "gaav", "gao", "jagah", "jaga", "wala", "vala", "hai", "ye", "yeh", "yah",
+    "it", "is", "its", "it's", "this", "the", "a", "an", "ka", "ki", "ke",
+    "गाँव", "गांव", "गाव", "जगह", "पिनकोड", "वाला", "है", "ये", "यह", "का", "की",  # hi
+    "গ্রাম", "gram", "জায়গা", "আছে", "এটা",  # bn
+    "ठिकाण", "आहे", "हे",  # mr
+    "ஊர்", "ஊரு", "கிராமம்", "ooru", "oor", "gramam", "இது",  # ta
+    "ఊరు", "గ్రామం", "ఇది",  # te
+    "ગામ", "gam", "gaam", "જગ્યા", "છે", "આ",  # gu
+    "ಊರು", "ಗ್ರಾಮ", "ಇದು",  # kn
+})
+
 # Language names as people type them (in Latin letters, their script or Hindi's).
 # Names only: not the two-letter codes ("hi" is the commonest greeting).
 LANGUAGE_BY_NAME: dict[str, str] = {
@@ -330,6 +376,22 @@ def is_yes(text: str) -> bool:
 
 def is_no(text: str) -> bool:
     return clean(text) in NO_WORDS
+
+
+def acknowledged(text: str) -> bool:
+    """An ok or a thanks, nothing asked: "ok", "👍", "dhanyavad", "ok thank you ji"."""
+    if clean(text) in YES_WORDS | THANK_WORDS:
+        return True
+    meant = tokens(text) - _POLITE
+    return bool(meant) and all(w in YES_WORDS or w in THANK_WORDS for w in meant)
+
+
+def names_another_place(text: str) -> bool:
+    """The place just chosen is the wrong one: "no, other village", "nahi, dusra gaon",
+    "नहीं, दूसरा गाँव", "galat gaon hai", "wrong". Only a no, other or wrong, the place's
+    word and small words around them ("dusra mandir" is a landmark: the other temple)."""
+    said = tokens(text)
+    return bool(said & _OTHER) and said <= NO_WORDS | _OTHER | _PLACE
 
 
 def guess_language(text: str) -> str | None:

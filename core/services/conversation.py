@@ -36,6 +36,7 @@ from core.dialog.booking import (
     MENU,
     RATE,
     names_a_listed_village,
+    note_request,
 )
 from core.dialog.engine import Ctx, DialogState, Out, Say, UserInput
 from core.dialog.ports import Place, PlaceResult
@@ -487,6 +488,8 @@ def dialog_turn(session: Session, person: Person, conv: Conversation, inp: UserI
         # an offer of a person (after misses there) or of a call back (a voice note).
         # A language they name ("मराठी", "Tamil please") before the one their script is.
         guess = words.language_mentioned(inp.text) or words.guess_language(inp.text)
+        # "पार्सल भेजना है": answered once the language is chosen, not asked again.
+        note_request(state.data, inp.text)
         if guess:
             state.data["lang_guess"] = guess
             outs = engine.enter(dialog, ctx, "language_guess")
