@@ -163,6 +163,8 @@ REQUIRED_KEYS = (
                                "number")}  # one name told apart: booking.said_name
     | {f"office.{k}" for k in ("first", "second", "third", "fourth",  # alike in all else:
                                "fifth")}  # office_names.ORDINALS, never a number
+    | {"ivr.other_language"}  # ivr._start: the key to the list, in each other language
+    | {"ivr.confirm.pay_time"}  # voice._booked: the minutes left to pay
 )
 
 LANGUAGE_LIST = "1. हिंदी\n2. English\n3. বাংলা\n4. मराठी\n5. தமிழ்\n6. తెలుగు\n7. ગુજરાતી\n8. ಕನ್ನಡ"

@@ -138,11 +138,16 @@ def _language_prompt(ctx: Ctx) -> list[Out]:
     return [Say("voice.language_option", lang=lang) for lang in LANGUAGES]
 
 
+def listed_language(text: str) -> str | None:
+    """The language whose key on the language list ``text`` is ("5": Tamil), else None."""
+    num = words.number(text)
+    return LANGUAGES[num - 1] if num is not None and 1 <= num <= len(LANGUAGES) else None
+
+
 def _language_handle(ctx: Ctx, inp: UserInput) -> Result:
-    num = words.number(inp.text)
-    if num is None or not 1 <= num <= len(LANGUAGES):
+    lang = listed_language(inp.text)
+    if lang is None:
         return Retry()
-    lang = LANGUAGES[num - 1]
     ctx.ports.set_language(lang)
     ctx.lang = lang
     return Goto(MENU, [Say("ivr.hint")])
@@ -454,7 +459,7 @@ def _confirm_handle(ctx: Ctx, inp: UserInput) -> Result:
             return Goto(MENU, [Say("ivr.confirm.too_many_unpaid", {"count": done["count"]})])
         clear_draft(ctx)
         ctx.state.data["last_ref"] = done["ref"]
-        return Goto("done", _booked(ctx, done["ref"]))
+        return Goto("done", _booked(ctx, done["ref"], done.get("pay_minutes")))
     if picked == 2:
         return Goto("change")
     if picked == 3:
@@ -463,15 +468,20 @@ def _confirm_handle(ctx: Ctx, inp: UserInput) -> Result:
     return Retry()
 
 
-def _booked(ctx: Ctx, ref: str) -> list[Out]:
+def _booked(ctx: Ctx, ref: str, pay_minutes: int | None = None) -> list[Out]:
     """The booking's number, and how its payment link comes: the SMS promised to every
     caller, unless our SMS cannot reach them (they stopped it): then WhatsApp, or the
-    truth and what to do."""
+    truth and what to do. Then the minutes left to pay (``pay_minutes``, the phone's
+    ports give them): a caller whose phone cannot open the link must find one that can,
+    in that time."""
     digits = spoken.spell_digits(ref)
     reach = ctx.ports.reach()
-    if reach == "sms":
-        return [Say("ivr.confirm.done", {"digits": digits})]
-    return [Say("ivr.confirm.booked", {"digits": digits}), _link_way(reach, sent=False)]
+    said: list[Out] = ([Say("ivr.confirm.done", {"digits": digits})] if reach == "sms" else
+                       [Say("ivr.confirm.booked", {"digits": digits}),
+                        _link_way(reach, sent=False)])
+    if pay_minutes:
+        said.append(Say("ivr.confirm.pay_time", {"minutes": pay_minutes}))
+    return said
 
 
 def _link_way(reach: str, *, sent: bool) -> Say:

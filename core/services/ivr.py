@@ -15,8 +15,10 @@ effects, in one INSERT whose unique key is the last word on a duplicate (an answ
 reads out a pickup code is stored under CODE_CHANNEL and blanked once the call ends: see
 forget_code_answers). Channel rules
 live here, not in the dialog: silence repeats the prompt at most twice and then offers a
-person (or ends the call), ``*`` repeats, a call has at most ``MAX_TURNS`` turns (a 9 to a
-page of a village list not heard yet is none). Nothing here calls the network.
+person (or ends the call), ``*`` repeats (keys after it in a Gather of several digits are
+the answer), at the language list silence and keys it has not get the list again, a call
+has at most ``MAX_TURNS`` turns (a 9 to a page of a village list not heard yet is none).
+Nothing here calls the network.
 """
 
 from __future__ import annotations
@@ -53,7 +55,7 @@ from core.adapters.queue import after_commit, queue
 from core.config import get_settings
 from core.dialog import engine
 from core.dialog.booking import BOOKING, MENU, person_said
-from core.dialog.engine import Ctx, DialogState, Out, Say, UserInput
+from core.dialog.engine import Ctx, DialogState, Out, Say, Step, UserInput
 from core.dialog.voice import (
     DONE_ON_SILENCE,
     END_ON_SILENCE,
@@ -64,6 +66,7 @@ from core.dialog.voice import (
     clear_draft,
     full_slots,
     has_draft,
+    listed_language,
 )
 from core.domain.booking import BookingStatus, LegStatus
 from core.domain.errors import DomainError
@@ -245,10 +248,15 @@ class VoicePorts(SessionPorts):
         return (self.state.data.get("call") or {}) if self.state is not None else {}
 
     def confirm(self, slots: dict[str, Any]) -> dict[str, Any]:
+        """The chat's confirm, with ``pay_minutes``: how long the caller has to pay (until
+        the booking's expires_at), which the phone says after the booking's number."""
         done = super().confirm(full_slots(slots))
         if done.get("refused"):
             return done
         booking = self.session.scalar(select(Booking).where(Booking.reference == done["ref"]))
+        if booking is not None and booking.expires_at is not None:
+            left = (booking.expires_at - clock.now()).total_seconds()
+            done["pay_minutes"] = max(1, math.ceil(left / 60))
         if booking is not None and self._call():
             self._call().setdefault("booked", []).append(booking.id)
         key = DETAILS.get(self.reach())  # none where nothing can reach them
@@ -702,7 +710,14 @@ def _start(session: Session, state: DialogState, ports: VoicePorts, person: Pers
         return [Say("ivr.welcome", lang=i18n.DEFAULT_LANGUAGE)] + engine.enter(
             VOICE_DIALOG, ctx, VOICE_DIALOG.language)
     first = "resume" if has_draft(state.data) else MENU
-    return [Say("ivr.welcome"), Say("ivr.hint")] + engine.enter(VOICE_DIALOG, ctx, first)
+    outs = [Say("ivr.welcome"), Say("ivr.hint")] + engine.enter(VOICE_DIALOG, ctx, first)
+    if state.step == MENU:
+        # A phone is often a family's: whoever calls from it after one of them chose a
+        # language hears, in each other one, the key to the language list ("for Telugu,
+        # press 4"). Said once, at the first menu of a call, to keep calls short.
+        outs += [Say("ivr.other_language", lang=lang) for lang in i18n.LANGUAGES
+                 if lang != ctx.lang]
+    return outs
 
 
 def _answer(state: DialogState, ports: VoicePorts, person: Person,
@@ -715,6 +730,15 @@ def _answer(state: DialogState, ports: VoicePorts, person: Person,
         state.data["call_action"] = "hangup"
         return [Say("ivr.too_long")]
     keys = "".join(ch for ch in call.digits if ch in "0123456789*#")
+    # "*" repeats the question (ivr.hint); a Gather of several digits does not end on it,
+    # so keys pressed after it come in the same answer: the caller started again, and the
+    # keys after the last "*" are the answer. A "*" last (or alone) asks for the repeat.
+    _, star, after = keys.rpartition("*")
+    repeat = bool(star) and not after.strip("#")
+    if star and not repeat:
+        keys = after
+    if step.name == VOICE_DIALOG.language and not repeat and not _list_takes(keys, person):
+        return _list_again(state, ctx, step)
     if not keys:
         call_state["silences"] = call_state.get("silences", 0) + 1
         if step.name in END_ON_SILENCE or call_state["silences"] > MAX_SILENT_REPEATS + 1:
@@ -730,7 +754,8 @@ def _answer(state: DialogState, ports: VoicePorts, person: Person,
             return engine.enter(VOICE_DIALOG, ctx, VOICE_DIALOG.offer_person)
         return [Say("ivr.silence")] + engine.ask_again(VOICE_DIALOG, ctx, step)
     call_state["silences"] = 0
-    if set(keys) == {"*"}:
+    call_state.pop(LIST_TRIES, None)
+    if repeat:
         # A repeat: not a miss, nothing changes. Through the engine, which turns a prompt's
         # Redirect (a fare no vehicle on the active card carries) into the step it names.
         return engine.ask_again(VOICE_DIALOG, ctx, step)
@@ -738,6 +763,35 @@ def _answer(state: DialogState, ports: VoicePorts, person: Person,
                        ctx.lang)
     _page_turn(call_state, state.data.pop(PAGE_TURNED, None))
     return outs
+
+
+# call["list_tries"]: answers in a row at the language list that chose nothing from it.
+LIST_TRIES = "list_tries"
+
+
+def _list_takes(keys: str, person: Person) -> bool:
+    """Whether keys pressed at the language list are an answer it takes: a language's key,
+    or 0 (the menu) from a caller who has a language and came from the menu's 4."""
+    keys = keys.rstrip("#")
+    if listed_language(keys) is not None:
+        return True
+    return keys == "0" and person.preferred_language is not None
+
+
+def _list_again(state: DialogState, ctx: Ctx, step: Step) -> list[Out]:
+    """Silence or a key the list has not, at the language list: the list again, in every
+    language, with no "wrong key" nor "no key pressed" and no offer of a person, which
+    could only be said in one language (Hindi, for a caller who never chose one) and
+    lead to a person whose connecting, busy or call-back words are all in it. After
+    MAX_SILENT_REPEATS + 1 repeats, as silence elsewhere ends a call, the call ends with
+    ivr.no_answer in every language, the caller's own (which the goodbye is in) last."""
+    call_state = state.data["call"]
+    call_state[LIST_TRIES] = call_state.get(LIST_TRIES, 0) + 1
+    if call_state[LIST_TRIES] > MAX_SILENT_REPEATS + 1:
+        state.data["call_action"] = "hangup"
+        return [Say("ivr.no_answer", lang=lang)
+                for lang in sorted(i18n.LANGUAGES, key=lambda lang: lang == ctx.lang)]
+    return engine.ask_again(VOICE_DIALOG, ctx, step)
 
 
 def _page_turn(call_state: dict[str, Any], turned: dict[str, Any] | None) -> None:
