@@ -148,7 +148,7 @@ def migrate(url: str | None = None) -> None:
     from alembic import command
     from alembic.config import Config
 
-    from core.web.ops import code_revisions
+    from core.adapters.schema import code_revisions
 
     url = url or get_settings().database_url
     if ensure_database(url):
@@ -184,7 +184,7 @@ def check_schema() -> None:
     database never migrated, or one behind, would fail part-way on a table or column it
     lacks (README: `./run migrate` is the first step, and `seed` does not migrate)."""
     from core.adapters import db
-    from core.web.ops import code_revisions, schema_state
+    from core.adapters.schema import code_revisions, schema_state
 
     with db.engine().connect() as conn:
         table = conn.scalar(text("SELECT to_regclass('alembic_version')"))

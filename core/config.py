@@ -7,6 +7,7 @@ sandbox emulators.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from dataclasses import dataclass, field
@@ -230,6 +231,24 @@ class Settings:
 
 
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1", "0.0.0.0")
+
+
+def is_inside_host(host: str) -> bool:
+    """True for a host Twilio and Razorpay cannot call: this machine, or an address written
+    out that is loopback, private, link-local or unspecified (127.0.1.1, 10.0.0.5,
+    [::ffff:127.0.0.1]). A name is not looked up: its address may differ where it runs."""
+    if host in LOOPBACK_HOSTS:
+        return True
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return (address.is_loopback or address.is_private or address.is_link_local
+            or address.is_unspecified)
+
+
 # A bound on wrong sign-in codes a phone may send in a day: 50 guesses of a 6-digit code
 # succeed once in 20,000 days; 100000 (a typo for 10) would succeed in about 10 days.
 OTP_FAILURES_MAX = 50
@@ -320,7 +339,13 @@ def load_settings(environ: dict[str, str] | None = None) -> Settings:
     public_base_url = env.get("PUBLIC_BASE_URL") or f"http://127.0.0.1:{port}"
     public_base_url = public_base_url.rstrip("/")
     parts = urlsplit(public_base_url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
+    if any(char.isspace() for char in public_base_url):
+        # Refused, not trimmed, as a padded secret is. urlsplit drops a line break (and a
+        # leading space) as it reads the URL, but the value kept has it: every Twilio
+        # signature would be checked on it, and every link and callback would carry it.
+        problems.append("PUBLIC_BASE_URL has a space or line break in it (a paste or a "
+                        "file's last line?); remove it")
+    elif parts.scheme not in ("http", "https") or not parts.hostname:
         problems.append("PUBLIC_BASE_URL must be an http(s) URL")
     elif not _port_ok(parts):
         # Every link and callback would name a port nothing listens on (":80a", ":99999").
@@ -334,9 +359,10 @@ def load_settings(environ: dict[str, str] | None = None) -> Settings:
         # It goes into every callback and link we hand out, and into logs.
         problems.append("PUBLIC_BASE_URL must not carry a user name or password")
     elif production and (not env.get("PUBLIC_BASE_URL") or parts.scheme != "https"
-                         or (parts.hostname or "") in LOOPBACK_HOSTS):
+                         or is_inside_host(parts.hostname or "")):
         # Twilio signs the URL it calls, and every link and callback we hand out is built
-        # on this: a default here fails every signature and sends callbacks nowhere.
+        # on this: a default, or an address only this machine or its network reaches,
+        # fails every signature and sends callbacks nowhere.
         problems.append("PUBLIC_BASE_URL must be the service's public https URL in production")
 
     problems += _template_problems(env)
@@ -347,10 +373,18 @@ def load_settings(environ: dict[str, str] | None = None) -> Settings:
         problems.append("DATABASE_URL is required (./run serve sets it for the embedded server)")
     if not redis_url:
         problems.append("REDIS_URL is required (./run serve sets it for the embedded server)")
+    # Refused, not trimmed: "ridechain\n" would be another database, which migrate would
+    # create empty beside the real one; a leading space fails SQLAlchemy's parse.
+    padded = [name for name, value in (("DATABASE_URL", database_url),
+                                       ("REDIS_URL", redis_url)) if value != value.strip()]
+    problems += [f"{name} starts or ends with a space or line break; remove it"
+                 for name in padded]
     # A URL of another kind would pass the release and fail every request at first use.
-    if database_url and urlsplit(database_url).scheme not in DATABASE_SCHEMES:
+    if (database_url and "DATABASE_URL" not in padded
+            and urlsplit(database_url).scheme not in DATABASE_SCHEMES):
         problems.append("DATABASE_URL must be a PostgreSQL URL (postgresql://user@host/db)")
-    if redis_url and urlsplit(redis_url).scheme not in REDIS_SCHEMES:
+    if (redis_url and "REDIS_URL" not in padded
+            and urlsplit(redis_url).scheme not in REDIS_SCHEMES):
         problems.append("REDIS_URL must be a Redis URL (redis://host:6379/0, rediss:// or "
                         "unix://)")
 
@@ -462,6 +496,11 @@ def load_settings(environ: dict[str, str] | None = None) -> Settings:
     for name, number in (("TWILIO_SMS_FROM", sms_from), ("TWILIO_VOICE_NUMBER", voice_number)):
         if not E164.fullmatch(number):
             problems.append(f"{name} must be an E.164 number (+91XXXXXXXXXX)")
+        elif production and number == ops_phone:
+            # Alerts would be SMS from our number to itself (Twilio refuses them, 21266),
+            # and "talk to a person" would call our own menu instead of an operator.
+            problems.append(f"OPS_PHONE is {name}, our own number; set the operators' "
+                            "mobile")
 
     try:
         ops_hours = parse_ops_hours(env.get("OPS_HOURS") or DEFAULT_OPS_HOURS)

@@ -13,7 +13,6 @@ import os
 import threading
 import time
 from datetime import timedelta
-from functools import cache
 from typing import Any
 
 from flask import Blueprint, Flask, Response, current_app, g, jsonify, request
@@ -35,7 +34,8 @@ from core.adapters import db
 from core.adapters.models import OutboxMessage
 from core.adapters.queue import QUEUES, queue
 from core.adapters.redis_conn import redis_client, write_state
-from core.config import ROOT, Settings, get_settings
+from core.adapters.schema import code_revisions, schema_state  # noqa: F401 (callers' name)
+from core.config import Settings, get_settings
 from core.web.errors import error_response
 
 log = logging.getLogger(__name__)
@@ -156,29 +156,6 @@ def healthz():
 # A schema found at the code's head (or ahead of it) is not read again for this long: a
 # probe every few seconds costs no query, and a schema moved back is seen within it.
 SCHEMA_OK_FOR_S = 30.0
-
-
-@cache
-def code_revisions() -> tuple[frozenset[str], frozenset[str]]:
-    """(every Alembic revision this code knows, its heads), read once per process."""
-    from alembic.config import Config
-    from alembic.script import ScriptDirectory
-
-    scripts = ScriptDirectory.from_config(Config(str(ROOT / "alembic.ini")))
-    known = frozenset(rev.revision for rev in scripts.walk_revisions())
-    return known, frozenset(scripts.get_heads())
-
-
-def schema_state(versions: set[str]) -> str:
-    """"ok" if the database's Alembic versions are the code's heads, or ahead of them (a
-    revision this code does not know: a rolling deploy's newer release migrated it, and
-    migrations keep the previous release working); else what is behind."""
-    known, heads = code_revisions()
-    if not versions:
-        return "behind: not migrated"
-    if heads <= versions or versions - known:
-        return "ok"
-    return f"behind: {','.join(sorted(versions))} (code: {','.join(sorted(heads))})"
 
 
 def _schema_check() -> str:
