@@ -74,3 +74,14 @@ def test_misconf_counts_as_redis_away():
     assert redis_down(redis.exceptions.ResponseError(
         "MISCONF Redis is configured to save RDB snapshots, but it's currently unable to "
         "persist to disk."))
+
+
+def test_readyz_leaves_no_key_behind(client):
+    """/readyz writes a probe key to know Redis takes writes, and deletes it at once: a
+    process that calls /readyz (a test's own gunicorn, a platform's health check) leaves
+    Redis as it found it. Was: the key stayed for 10 s, and the next test found its
+    Redis database not empty."""
+    from core.adapters.redis_conn import WRITE_PROBE_KEY, redis_client
+
+    assert client.get("/readyz").status_code == 200
+    assert not redis_client().exists(WRITE_PROBE_KEY)

@@ -63,7 +63,8 @@ def write_state(client: redis.Redis) -> str:
     pipe = client.pipeline(transaction=False)
     pipe.execute_command("ROLE")
     pipe.set(WRITE_PROBE_KEY, b"1", px=WRITE_PROBE_TTL_MS)
-    role, wrote = pipe.execute(raise_on_error=False)
+    pipe.delete(WRITE_PROBE_KEY)  # nothing left behind (the expiry is for a lost DEL)
+    role, wrote, _ = pipe.execute(raise_on_error=False)
     if isinstance(role, redis.exceptions.ResponseError):
         if redis_down(role):
             raise role
