@@ -34,7 +34,9 @@ to anyone: ``remainder_kept`` takes it out of the closed booking's escrow for th
 platform's commission, so no escrow holds money for good that nobody can move.
 
 Every entry has an idempotency key derived from what caused it (a gateway payment id, a
-leg id, our refund id), so recording the same cause twice is a no-op in the database.
+leg id, our refund id), so recording the same cause twice is a no-op in the database; the
+same key sent with another entry (another kind or other postings) is refused
+(``EntryConflict``), never taken for a retry.
 """
 
 from __future__ import annotations
@@ -83,6 +85,14 @@ class InsufficientEscrow(Conflict):
     """A release or refund would take more out of a booking than is left in escrow."""
 
     code = "insufficient_escrow"
+
+
+class EntryConflict(Conflict):
+    """An entry sent under an idempotency key the ledger holds for another entry (another
+    kind, or other postings): not a retry, and not recorded. Two paths computing one
+    cause's entry differently, or a cause told twice with different amounts."""
+
+    code = "ledger_entry_conflict"
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ balance and escrow stays non-negative).
 from __future__ import annotations
 
 import json
+import logging
 from datetime import datetime
 from typing import Any
 
@@ -21,6 +22,8 @@ from core.adapters.models import Booking
 from core.adapters.payment_models import LedgerPosting, LedgerTransaction
 from core.domain import ledger as rules
 from core.domain.errors import NotFound
+
+log = logging.getLogger(__name__)
 
 
 def lock_booking(session: Session, booking_id: int) -> Booking:
@@ -40,12 +43,15 @@ _POST_ENTRY = text(
 
 
 def post(session: Session, entry: rules.Entry, *, actor: str, cause: str | None = None) -> bool:
-    """Record ``entry`` once; False if its idempotency key is already in the ledger.
+    """Record ``entry`` once; False if the very same entry (its kind and postings) is
+    already in the ledger under its idempotency key (a retry).
 
-    Raises InsufficientEscrow when the entry would overdraw escrow or pending refunds. One
-    round trip: the database function ledger_post() (migration 0009) takes the booking's
-    row lock, then checks the key and the guarded balances, then inserts the entry and its
-    postings; the commit-time triggers check it all again.
+    Raises EntryConflict when the key holds another entry (another kind, or other
+    postings: a different amount is no retry), InsufficientEscrow when the entry would
+    overdraw escrow or pending refunds. One round trip: the database function
+    ledger_post() (migrations 0009, 0044) takes the booking's row lock, then checks the
+    key and the guarded balances, then inserts the entry and its postings; the
+    commit-time triggers check it all again.
     """
     params = post_arguments(entry, actor=actor, cause=cause)
     outcome = session.scalar(_POST_ENTRY, dict(params, postings=json.dumps(params["postings"]),
@@ -54,7 +60,15 @@ def post(session: Session, entry: rules.Entry, *, actor: str, cause: str | None 
         return True
     if outcome == "exists":  # recorded before (a retry), or by a concurrent twin just now
         return False
-    _, account, after = str(outcome).split("|")
+    what, detail, other = str(outcome).split("|")
+    if what == "conflict":
+        log.error("ledger entry refused: its key holds another entry",
+                  extra={"key": entry.idempotency_key, "kind": entry.kind.value,
+                         "recorded_kind": other, "differs": detail})
+        raise rules.EntryConflict(
+            f"{entry.idempotency_key} holds a {other} entry with another {detail} than "
+            f"this {entry.kind.value}", field="idempotency_key")
+    account, after = detail, other
     raise rules.InsufficientEscrow(f"{account} would go to {after} paise", field="amount_paise")
 
 

@@ -1462,7 +1462,11 @@ def _settle_refund_row(session: Session, refund: Refund, rid: str, processed: bo
     refund.gateway_refund_id = refund.gateway_refund_id or rid
     entry = rules.refund_processed(booking.id, refund.id, refund.amount_paise, rid) \
         if processed else _refund_failed_entry(session, booking.id, refund, rid)
-    if not ledger.post(session, entry, actor="gateway:razorpay", cause=cause):
+    # A refund settles one way only (one key for both outcomes): settled before, either
+    # way, this event is a repeat or a late word (the ledger refuses the other outcome's
+    # entry under that key, so it is not offered).
+    if ledger.recorded(session, entry.idempotency_key) or not ledger.post(
+            session, entry, actor="gateway:razorpay", cause=cause):
         if processed and refund.status == "failed":
             # Settled as failed before (refused, given up): the reconciliation reports
             # the refund the ledger does not show; a person must look at the booking.
@@ -1609,7 +1613,7 @@ def _on_transfer(data: dict, cause: str) -> str:
             if not processed and leg_id is not None and session.get(Leg, leg_id) is not None:
                 # Failed before the job that made it saved it (or that job died): without
                 # its row nothing else would hear of it, so ask the gateway about the leg.
-                _resettle_after_failure(session, leg_id, tid)
+                _resettle_after_failure(session, leg_id, tid, entity)
                 return "unknown-transfer-failed"
             return "unknown-transfer"
         ledger.lock_booking(session, row.booking_id)
@@ -1624,17 +1628,18 @@ def _on_transfer(data: dict, cause: str) -> str:
             # (that would reverse its current partner's hold).
             voided = _void_payout(session, str(tid), cause)
             if voided or ledger.leg_payable(session, row.leg_id) > 0:
-                _resettle_after_failure(session, row.leg_id, tid)
+                _resettle_after_failure(session, row.leg_id, tid, entity)
                 return "paid-transfer-failed" if voided else "stale-transfer-failed"
         if stale:
             return "stale-transfer"  # another partner's transfer of the leg
         row.transfer_id = tid
         if not processed:
             row.status = "failed"
-            row.last_error = "gateway reported transfer.failed"
+            row.last_error = ("gateway reported transfer.failed: "
+                              f"{_transfer_failed_reason(entity)}")[:200]
             # Released and posted as paid out already: the partner is owed it again.
             _void_payout(session, str(tid), cause)
-            _resettle_after_failure(session, row.leg_id, tid)
+            _resettle_after_failure(session, row.leg_id, tid, entity)
             return "transfer-failed"
         if row.status == "failed" or ledger.recorded(session, f"transfer:{tid}:failed"):
             return "transfer-failed-before"  # a late processed event of a failed transfer
@@ -1650,6 +1655,7 @@ def _on_transfer(data: dict, cause: str) -> str:
         if ledger.post(session, rules.transfer_processed(row.booking_id, row.leg_id,
                                                          row.partner_id, str(tid), amount),
                        actor="gateway:razorpay", cause=cause):
+            _transfer_went_through(row.leg_id)
             if row.status != "released":
                 row.status = "processed"
             return "transfer-processed"
@@ -1721,12 +1727,82 @@ def _void_payout(session: Session, transfer_id: str, cause: str) -> int:
     return -entry.delta(rules.GATEWAY)
 
 
-def _resettle_after_failure(session: Session, leg_id: int, transfer_id: object) -> None:
+# A leg's transfers failed this many times in a row (a linked account suspended or closed
+# fails every transfer to it): the next is made by the sweep, backing off, not at once.
+TRANSFER_FAILS_AT_ONCE = 3
+TRANSFER_FAILS_KEEP = timedelta(days=7)  # a streak of failures is forgotten this long after
+
+
+def _failures_key(leg_id: int) -> str:
+    return f"payments:transfer-failures:{leg_id}"
+
+
+def _transfer_failed_reason(transfer: dict) -> str:
+    """What the gateway says of a failed transfer (its ``error``), else that it gave none."""
+    error = transfer.get("error")
+    if isinstance(error, dict):
+        said = [str(error[k]) for k in ("description", "reason")
+                if isinstance(error.get(k), str) and error[k] and error[k] != "NA"]
+        if said:
+            return ": ".join(dict.fromkeys(said))[:160]
+    return "no reason given"
+
+
+def _transfer_went_through(leg_id: int) -> None:
+    """A leg's payout was posted: a streak of its transfers failing has ended."""
+    try:
+        redis_client().delete(_failures_key(leg_id))
+    except RedisError:
+        log.warning("payments: a leg's failed transfers were not forgotten",
+                    extra={"leg_id": leg_id})
+
+
+def _resettle_after_failure(session: Session, leg_id: int, transfer_id: object,
+                            transfer: dict | None = None) -> None:
     """Re-derive a leg's transfer from the gateway after one of its transfers failed. Its
     own job id: ``transfer-<leg>`` may be the very job still making that transfer, and an
-    enqueue under a running job's id is dropped; the leg's lock puts this one after it."""
-    _enqueue_after_commit(session, "workers.payments.settle_leg_transfer", leg_id,
-                          job_id=f"transfer-{leg_id}-failed-{str(transfer_id)[:40]}")
+    enqueue under a running job's id is dropped; the leg's lock puts this one after it.
+
+    Once TRANSFER_FAILS_AT_ONCE of the leg's transfers failed in a row (counted by
+    transfer id in Redis, so a repeated event counts once; forgotten when a payout of the
+    leg is posted), no new one is made at once: each would fail as the last did, one
+    webhook each, hammering the gateway. The sweep makes it, less and less often
+    (_settle_due), and ops hear once, with the gateway's reason."""
+    tid = str(transfer_id)[:40]
+    try:
+        r, key = redis_client(), _failures_key(leg_id)
+        r.sadd(key, tid)
+        r.expire(key, int(TRANSFER_FAILS_KEEP.total_seconds()))
+        failed = int(r.scard(key))
+    except RedisError:
+        failed = 1  # not counted: made again at once, as a first failure is
+    if failed < TRANSFER_FAILS_AT_ONCE:
+        _enqueue_after_commit(session, "workers.payments.settle_leg_transfer", leg_id,
+                              job_id=f"transfer-{leg_id}-failed-{tid}")
+        return
+    log.error("a leg's transfers keep failing; the sweep makes the next, backing off",
+              extra={"leg_id": leg_id, "failed": failed})
+    if failed == TRANSFER_FAILS_AT_ONCE:  # the streak's alert, once (a retry: same tid)
+        _tell_transfers_failing(session, leg_id, tid, failed,
+                                _transfer_failed_reason(transfer or {}))
+
+
+def _tell_transfers_failing(session: Session, leg_id: int, transfer_id: str, failed: int,
+                            reason: str) -> None:
+    """Ops hear that a leg's transfers keep failing at the gateway (its rider's linked
+    account cannot take them): a person must look at the account. The sweep goes on
+    trying, less and less often."""
+    from core.services.dispatch import alert_ops  # dispatch imports payments
+
+    leg = session.get(Leg, leg_id)
+    booking = session.get(Booking, leg.booking_id) if leg is not None else None
+    if booking is None:
+        return
+    owed = ledger.leg_payable(session, leg_id) - ledger.leg_paid_out(session, leg_id)
+    alert_ops(session, "payment.ops_transfer_refused", booking_id=booking.id,
+              dedupe_key=f"transfer-{leg_id}-failing-{transfer_id}", ref=booking.reference,
+              leg=leg_id, payout_paise=max(owed, 0),
+              error=alert_error(f"{failed} failed in a row: {reason}"))
 
 
 _HANDLERS = {
@@ -2261,6 +2337,7 @@ def _save_transfer(leg_id: int, booking_id: int, partner_id: int | None, payment
             ledger.post(session, rules.transfer_processed(booking_id, leg_id, partner_id, tid,
                                                           paid_out),
                         actor=str(SYSTEM), cause=f"leg:{leg_id}:transfer-released")
+            _transfer_went_through(leg_id)
 
 
 # --- reversed payouts: ops decide ----------------------------------------------------------
@@ -2284,7 +2361,7 @@ def _on_repay_transfer(entity: dict, tid: str, leg_id: int, processed: bool,
         ledger.lock_booking(session, leg.booking_id)
         if not processed:
             _void_payout(session, tid, cause)
-            _resettle_after_failure(session, leg_id, tid)
+            _resettle_after_failure(session, leg_id, tid, entity)
             return "repay-failed"
         if ledger.recorded(session, f"transfer:{tid}:failed") or _left(entity) <= 0:
             return "transfer-failed-before"
@@ -2292,6 +2369,7 @@ def _on_repay_transfer(entity: dict, tid: str, leg_id: int, processed: bool,
         if ledger.post(session, rules.transfer_processed(leg.booking_id, leg_id, partner_id,
                                                          tid, _left(entity)),
                        actor="gateway:razorpay", cause=cause):
+            _transfer_went_through(leg_id)
             return "repay-processed"
         return "duplicate-transfer-event"
 
@@ -2349,6 +2427,7 @@ def _repay_reversed(c, leg_id: int, booking_id: int, partner_id: int | None,
         ledger.post(session, rules.transfer_processed(booking_id, leg_id, partner_id,
                                                       str(t["id"]), _left(t)),
                     actor=str(SYSTEM), cause=f"leg:{leg_id}:repaid")
+    _transfer_went_through(leg_id)
     return "repaid"
 
 
