@@ -47,7 +47,7 @@ from core.domain.pricing import DEFAULT_RATE_CARD, VEHICLE_CAPACITY, VehicleType
 from core.domain.text import visible
 from core.i18n import LANGUAGES
 from core.logs import mask_phones
-from core.services import dispatch
+from core.services import dispatch, payments
 
 MAX_ID = 2**31 - 1  # PostgreSQL integer ids: a bigger number names nothing
 NAME_MAX = 60  # partner_profiles.first_name
@@ -821,6 +821,9 @@ def set_payout_account(session: Session, partner_id: int, account: str, *, actor
         raise
     record(session, actor, "partner.payout_account", f"partner:{p.id}", before=before,
            after=account, **({"note": mask_phones(note)} if note else {}))
+    # What they are owed (a transfer Razorpay refused to the old account, backing off for
+    # up to 6 hours) goes to the new one now.
+    payments.pay_owed_now(session, p.id, account)
     if p.kyc_status == "verified":
         then = "they can text ON now"
     else:

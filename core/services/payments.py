@@ -3419,7 +3419,7 @@ def _settle_due(leg_id: int) -> bool:
     """Whether the sweep may try an unpaid leg's transfer now; if so, the next try is
     pushed back (5 min, 10, 20 ... up to 6 h), so a leg the gateway refuses for good is
     not asked for every minute."""
-    key = f"payments:settle-backoff:{leg_id}"
+    key = _backoff_key(leg_id)
     r = redis_client()
     raw = r.get(key)
     state = json.loads(raw) if raw else {"n": 0, "next": 0}
@@ -3430,6 +3430,42 @@ def _settle_due(leg_id: int) -> bool:
     wait = min(first * 2 ** state["n"], longest) * 60
     r.set(key, json.dumps({"n": state["n"] + 1, "next": now + wait}), ex=7 * 86400)
     return True
+
+
+def _backoff_key(leg_id: int) -> str:
+    return f"payments:settle-backoff:{leg_id}"
+
+
+def pay_owed_now(session: Session, partner_id: int, account: str) -> list[int]:
+    """Ops gave a partner a payout account, or a new one after Razorpay refused the old:
+    the legs still owed to them are paid now, not at the sweep's back-off (up to 6 hours
+    after refused transfers, SETTLE_BACKOFF_MIN). Once this commits, their back-off and
+    failure streak are forgotten and a transfer job is queued for each (named by the
+    account, so a job still alive for the old one does not swallow it). The leg ids, at
+    most SETTLE_BATCH (the sweep takes any others)."""
+    from core.adapters.payment_models import LedgerPosting
+
+    owed = list(session.scalars(
+        select(LedgerPosting.leg_id).where(
+            LedgerPosting.account_kind == rules.AccountKind.PARTNER_PAYABLE.value,
+            LedgerPosting.partner_id == partner_id, LedgerPosting.leg_id.is_not(None))
+        .group_by(LedgerPosting.leg_id).having(func.sum(LedgerPosting.amount_paise) > 0)
+        .order_by(LedgerPosting.leg_id).limit(SETTLE_BATCH)))
+    if not owed:
+        return []
+
+    def forget_backoff() -> None:
+        try:
+            redis_client().delete(*[k for leg_id in owed
+                                    for k in (_backoff_key(leg_id), _failures_key(leg_id))])
+        except RedisError:  # the transfers are made all the same; the sweep's wait stays
+            log.warning("payments: a leg's back-off was not reset", extra={"legs": len(owed)})
+
+    after_commit(session, forget_backoff)
+    for leg_id in owed:
+        _enqueue_after_commit(session, "workers.payments.settle_leg_transfer", leg_id,
+                              job_id=f"transfer-{leg_id}-to-{account}")
+    return owed
 
 
 def _resettle_unpaid(leg_ids: list[int]) -> int:
