@@ -3445,12 +3445,12 @@ def pay_owed_now(session: Session, partner_id: int, account: str) -> list[int]:
     most SETTLE_BATCH (the sweep takes any others)."""
     from core.adapters.payment_models import LedgerPosting
 
-    owed = list(session.scalars(
+    owed = [leg_id for leg_id in session.scalars(
         select(LedgerPosting.leg_id).where(
             LedgerPosting.account_kind == rules.AccountKind.PARTNER_PAYABLE.value,
             LedgerPosting.partner_id == partner_id, LedgerPosting.leg_id.is_not(None))
         .group_by(LedgerPosting.leg_id).having(func.sum(LedgerPosting.amount_paise) > 0)
-        .order_by(LedgerPosting.leg_id).limit(SETTLE_BATCH)))
+        .order_by(LedgerPosting.leg_id).limit(SETTLE_BATCH)) if leg_id is not None]
     if not owed:
         return []
 
