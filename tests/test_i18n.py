@@ -144,6 +144,10 @@ REQUIRED_KEYS = (
     | {"sms.recipient_coming", "sms.recipient_on_the_way",  # partner_sms: a recipient too
        "sms.recipient_on_the_way_no_code"}
     | {"sms.recipient_coming_code_sent"}  # before pickup, her drop code sent already
+    | {"sms.recipient_code_with_sender",  # partner_sms: her code lost, the sender has it
+       "sms.recipient_wrong_number", "dispatch.customer_recipient_wrong_number",  # "not
+       "dispatch.ops_recipient_wrong_number"}  # mine": she, the sender and ops told
+    | {"dispatch.drop_contact", "dispatch.drop_contact_phone"}  # PICK: whom it is for
     | {"dispatch.drop_otp_pass_on", "dispatch.ops_drop_code_lost"}  # a drop code lost
     | {f"dispatch.{k}" for k in ("ops_drop_code_unsent", "pickup_code_lost_rider",  # codes lost
                                  "ops_pickup_code_lost", "ops_pickup_code_unsent")}
@@ -165,6 +169,10 @@ REQUIRED_KEYS = (
                                "fifth")}  # office_names.ORDINALS, never a number
     | {"ivr.other_language"}  # ivr._start: the key to the list, in each other language
     | {"ivr.confirm.pay_time"}  # voice._booked: the minutes left to pay
+    | {f"booking.status.to_you_{k}" for k in ("coming", "coming_code_sent",  # a parcel
+                                               "on_the_way", "on_the_way_no_code",  # to
+                                               "code_with_sender")}  # her: tracked
+    | {"ivr.track.option_to_you", "ivr.track.coming"}  # voice._track_prompt: hers
 )
 
 LANGUAGE_LIST = "1. हिंदी\n2. English\n3. বাংলা\n4. मराठी\n5. தமிழ்\n6. తెలుగు\n7. ગુજરાતી\n8. ಕನ್ನಡ"

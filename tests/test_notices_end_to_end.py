@@ -104,6 +104,7 @@ def test_no_rider_after_a_give_back_tells_customer_and_recipient_what_happened(c
     customer_speaks("en")
     start(booking_id)
     sms(client, rider, "1")
+    run_jobs()  # her code goes out (one withdrawn unsent before the give-back is no code)
     assert len(bodies_to(RECIPIENT)) == 1
     assert "given back" in sms(client, rider, "CANCEL")[0]
     freeze_at(20 * 60 + 1)

@@ -273,6 +273,7 @@ def _asha_holds_leg2_nobody_takes_leg3(client) -> dict:
     sms(client, r_phone, f"DROP {ramesh_drop}")
     sms(client, a_phone, f"PICK {asha_pick}")
     sms(client, b_phone, "1")
+    run_jobs()  # her code goes out (one withdrawn unsent before the give-back is no code)
     assert bodies_to(RECIPIENT)  # Sita holds a delivery code
     sms(client, b_phone, f"CANCEL {leg3}")
     run_jobs()  # leg 1 released, transfers held

@@ -174,6 +174,13 @@ class JobOut(BaseModel):
         description="whom to call at the pickup while the parcel is still to collect: the "
                     "sender, or on a relay the rider handing it over (null: nobody yet, or "
                     "the parcel is picked up)")
+    drop_name: str | None = Field(
+        description="whom to give the parcel to at the drop, once it is in your hands on "
+                    "its last leg (null before that, on a leg ending at a Point, or no "
+                    "name given)")
+    drop_phone: str | None = Field(
+        description="her number to call, at the same times as drop_name (null: not yet, "
+                    "or none kept)")
     payout_paise: int
 
 
@@ -295,6 +302,7 @@ def get_jobs() -> list[JobOut]:
         for leg in dispatch.active_legs_of(session, partner):
             booking = session.get(Booking, leg.booking_id)
             assert booking is not None
+            to = partner_app.drop_contact(session, booking, leg)
             out.append(JobOut(
                 leg_id=leg.id, booking_reference=booking.reference,
                 leg_status=LegStatus(leg.status),
@@ -305,6 +313,7 @@ def get_jobs() -> list[JobOut]:
                 # As the accept's answer gave it: an answer lost on 2G loses no phone.
                 pickup_phone=(partner_app.pickup_contact(session, booking, leg)
                               if leg.status == LegStatus.ASSIGNED.value else None),
+                drop_name=to.name if to else None, drop_phone=to.phone if to else None,
                 payout_paise=leg.payout_paise))
         return out
 

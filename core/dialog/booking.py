@@ -310,6 +310,9 @@ def _menu_handle(ctx: Ctx, inp: UserInput) -> Result:
         picked = menu_intent(inp.text)
     if picked is not None:
         return _menu_option(ctx, picked)
+    ref = _typed_reference(inp)
+    if ref is not None:  # a booking number alone (the one our SMS gave): where it is
+        return _tracked(ctx, ref)
     if is_greeting(inp.text):  # "hi", "Namaste ji", "good morning": the menu again
         return Stay()
     if not inp.has_location and words.acknowledged(inp.text):
@@ -946,11 +949,24 @@ def _picked_reference(ctx: Ctx, inp: UserInput) -> tuple[str | None, Result | No
     return None, Retry()
 
 
+def _typed_reference(inp: UserInput) -> str | None:
+    """A valid booking number that is the whole answer ("4821 7730"), else None."""
+    digits = words.only_digits(inp.text) if not inp.has_location else None
+    ref = normalize_reference(digits) if digits else None
+    return ref if ref is not None and is_valid_reference(ref) else None
+
+
 def _track_handle(ctx: Ctx, inp: UserInput) -> Result:
     ref, problem = _picked_reference(ctx, inp)
     if problem is not None:
         return problem
     assert ref is not None
+    return _tracked(ctx, ref)
+
+
+def _tracked(ctx: Ctx, ref: str) -> Result:
+    """Where booking ``ref`` is (one of theirs, or a parcel coming to them), then the
+    menu; not found (asked again) for any other."""
     status = ctx.ports.booking_status(ref)
     if status is None:
         return Retry([Say("bot.track.not_found", {"ref": ref})])

@@ -10,6 +10,11 @@ from typing import Any, Protocol
 # A place: {"lat", "lng", "pincode", "post_office", "name", "district", "landmark"}
 Place = dict[str, Any]
 
+# The start of the status of a parcel someone else sends to this person's number
+# (Ports.my_bookings, booking_status): told as its recipient hears it ("booking.status.
+# to_you_on_the_way": on the way to you, give the rider the code we sent you).
+TO_YOU = "to_you_"
+
 
 @dataclass(frozen=True)
 class PlaceResult:
@@ -39,7 +44,13 @@ class Ports(Protocol):
     # slots["agreed_total_paise"], when there, is the total the customer said yes to: the
     # booking's own fare must be it, or {"refused": "price_changed", "total_paise": now}.
     def confirm(self, slots: dict[str, Any]) -> dict[str, Any]: ...
+    # (reference, status) of their newest bookings; without ``open_only`` (the track
+    # lists) then the parcels others send to their number that are under way, each with a
+    # status starting TO_YOU (only where it is and about her code: nothing of the
+    # sender's payment, nor anything she could change).
     def my_bookings(self, open_only: bool = False) -> list[tuple[str, str]]: ...
+    # The status of a booking of theirs, or TO_YOU... of a parcel under way to their
+    # number; None for any other (not found).
     def booking_status(self, reference: str) -> str | None: ...
     # A booking of theirs waiting for payment: {"url": its link, None while it is made,
     # "total_paise"}; None otherwise. by_sms: the link goes to their phone again.

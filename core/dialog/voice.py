@@ -57,6 +57,7 @@ from core.dialog.engine import (
     Step,
     UserInput,
 )
+from core.dialog.ports import TO_YOU
 from core.domain.errors import ValidationError
 from core.domain.office_names import told_apart
 from core.domain.phone import is_indian_mobile, normalize_phone
@@ -524,17 +525,26 @@ def _done_handle(ctx: Ctx, inp: UserInput) -> Result:
 # --- track -----------------------------------------------------------------------------
 
 def _track_prompt(ctx: Ctx) -> list[Out]:
-    bookings = ctx.ports.my_bookings()[:RECENT_BOOKINGS]
-    ctx.scratch["refs"] = [ref for ref, _ in bookings]
-    if not bookings:
+    found = ctx.ports.my_bookings()
+    # Parcels others send to the caller's number come after their own, never crowded out
+    # by old ones of hers: they are under way, and she may know no other number for them.
+    coming = [ref for ref, status in found if status.startswith(TO_YOU)][:RECENT_BOOKINGS]
+    own = [ref for ref, status in found
+           if not status.startswith(TO_YOU)][:RECENT_BOOKINGS - len(coming)]
+    ctx.scratch["refs"] = own + coming
+    if not own + coming:
         return [Say("ivr.track.ask")]
     # Named as the cancel list names them: by their place, which a caller knows, and
-    # their number's last digits (never sent to gTTS nor kept), not 8 digits apiece.
-    return [Say("ivr.track.recent"),
+    # their number's last digits (never sent to gTTS nor kept), not 8 digits apiece; a
+    # parcel coming to her by those digits only (its pickup is the sender's).
+    return [Say("ivr.track.recent" if own else "ivr.track.coming"),
             Choices(tuple(Say("ivr.track.option",
                               {"place": _said(ctx.ports.drop_place(ref)),
                                "digits": spoken.spell_digits(ref[-SHORT_REF:])}, private=True)
-                          for ref, _ in bookings)),
+                          for ref in own)
+                    + tuple(Say("ivr.track.option_to_you",
+                                {"digits": spoken.spell_digits(ref[-SHORT_REF:])}, private=True)
+                            for ref in coming)),
             Say("ivr.track.ask_other")]
 
 

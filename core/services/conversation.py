@@ -39,7 +39,7 @@ from core.dialog.booking import (
     note_request,
 )
 from core.dialog.engine import Ctx, DialogState, Out, Say, UserInput
-from core.dialog.ports import Place, PlaceResult
+from core.dialog.ports import TO_YOU, Place, PlaceResult
 from core.domain.booking import BOOKING as BOOKING_MACHINE
 from core.domain.booking import Actor, BookingStatus, LegStatus, cancellation_refund
 from core.domain.errors import DomainError, ValidationError
@@ -78,6 +78,15 @@ _PAY_TIME_OVER = "pay_time_over"
 # refused by the gateway, or not made in its time): she was told so, never that her time
 # to pay ran out; so it is tracked.
 _CLOSED_NO_LINK = "no_link"
+# Parcels under way to a person's number that someone else sent, which she may track
+# (SessionPorts.my_bookings, booking_status): from payment until delivery, as our SMS
+# answer to her tells it (partner_sms); before payment she was told nothing, and it may
+# never come. At most COMING_SHOWN of them in a track list.
+_COMING_TO_YOU = tuple(s.value for s in (BookingStatus.PAID, BookingStatus.DISPATCHING,
+                                         BookingStatus.ASSIGNED, BookingStatus.PICKED_UP,
+                                         BookingStatus.IN_TRANSIT))
+_ON_THE_WAY = (BookingStatus.PICKED_UP.value, BookingStatus.IN_TRANSIT.value)
+COMING_SHOWN = 3
 # create_booking's refusals of a trip that SessionPorts.confirm answers (the dialog asks
 # again: the size, a nearer drop, another speed) instead of failing the turn.
 _CONFIRM_REFUSALS = ("too_big_for_vehicle", "too_far", "tier_not_offered")
@@ -286,13 +295,18 @@ class SessionPorts:
         """Their newest bookings (at most MY_BOOKINGS), newest first, as (reference,
         status). ``open_only`` (the cancel lists): those not closed, the ones the customer
         can still cancel chosen first, so a shop's older booking waiting for payment is
-        not left out for eight newer parcels on the road, which no one can cancel."""
+        not left out for eight newer parcels on the road, which no one can cancel.
+        Without it (the track lists), after them the parcels others send to their number
+        that are under way (_coming_to_me), with what she is told of each (_told_to_you):
+        the recipient of our drop code, mostly no customer, asks us where it is."""
         newest = (Booking.created_at.desc(), Booking.id.desc())
         mine = Booking.customer_id == self.person.id
         if not open_only:
-            return [(r, self._told(i, s, x)) for r, s, i, x in self.session.execute(
+            coming = self._coming_to_me()
+            own = [(r, self._told(i, s, x)) for r, s, i, x in self.session.execute(
                 select(Booking.reference, Booking.status, Booking.id, Booking.expires_at)
-                .where(mine).order_by(*newest).limit(MY_BOOKINGS)).tuples()]
+                .where(mine).order_by(*newest).limit(MY_BOOKINGS - len(coming))).tuples()]
+            return own + [(b.reference, self._told_to_you(b)) for b in coming]
         rows = self.session.execute(
             select(Booking.reference, Booking.status, Booking.created_at, Booking.id)
             .where(mine, Booking.status.not_in(_CLOSED))
@@ -301,10 +315,61 @@ class SessionPorts:
         return [(r, s) for r, s, _, _ in sorted(rows, key=lambda x: (x[2], x[3]), reverse=True)]
 
     def booking_status(self, reference: str) -> str | None:
-        """The booking's status as the customer is told it (``booking.status.<it>``)."""
-        booking = self._mine(reference)
-        return (self._told(booking.id, booking.status, booking.expires_at)
-                if booking else None)
+        """The booking's status as the customer is told it (``booking.status.<it>``); for
+        a parcel under way to their number that someone else sent, as its recipient is
+        told it (_told_to_you); None for any other booking."""
+        try:
+            booking = booking_service.get_booking(self.session, reference)
+        except DomainError:
+            return None
+        if booking.customer_id == self.person.id:
+            return self._told(booking.id, booking.status, booking.expires_at)
+        if self._comes_to_me(booking):
+            return self._told_to_you(booking)
+        return None
+
+    def _coming_to_me(self) -> list[Booking]:
+        """The parcels someone else sends to this person's number that are under way,
+        newest first (at most COMING_SHOWN): one query on ix_bookings_recipient_phone."""
+        if not self.person.phone:
+            return []
+        found = self.session.scalars(
+            select(Booking).where(Booking.recipient_phone == self.person.phone,
+                                  Booking.status.in_(_COMING_TO_YOU),
+                                  Booking.customer_id != self.person.id)
+            .order_by(Booking.created_at.desc(), Booking.id.desc())
+            .limit(COMING_SHOWN)).all()
+        return [b for b in found if not self._disowned(b)]
+
+    def _comes_to_me(self, booking: Booking) -> bool:
+        """Whether ``booking`` (not theirs) is a parcel under way to their number."""
+        return (bool(self.person.phone) and booking.recipient_phone == self.person.phone
+                and booking.status in _COMING_TO_YOU and not self._disowned(booking))
+
+    def _disowned(self, parcel: Booking) -> bool:
+        """Whether the parcel's recipient number told us it is not hers ("wrong number"):
+        from then on she hears nothing more of it, as by SMS."""
+        from core.services import dispatch
+
+        return dispatch.recipient_said_wrong_number(self.session, parcel)
+
+    def _told_to_you(self, parcel: Booking) -> str:
+        """What the recipient of a parcel under way is told of it (``booking.status.
+        to_you_*``), as our SMS answer to her says it (partner_sms): coming or on the
+        way, and the code to give the rider: the one we sent her, one we will send, or
+        the sender's (hers did not reach her). Read only: nothing of the sender's
+        payment, amounts or phone; she is remembered as told, so she hears if it will
+        not come (dispatch.mark_recipient_told)."""
+        from core.services import dispatch, partner_sms
+
+        holder = partner_sms._code_holder(self.session, parcel)
+        dispatch.mark_recipient_told(self.session, parcel)
+        if holder == partner_sms.SENDER:
+            return f"{TO_YOU}code_with_sender"
+        on_the_way = parcel.status in _ON_THE_WAY
+        if holder == partner_sms.HER:
+            return f"{TO_YOU}on_the_way" if on_the_way else f"{TO_YOU}coming_code_sent"
+        return f"{TO_YOU}on_the_way_no_code" if on_the_way else f"{TO_YOU}coming"
 
     def _told(self, booking_id: int, status: str, expires_at: datetime | None = None) -> str:
         """``status``, or for a relay ops ended with the parcel in a rider's hands

@@ -256,11 +256,18 @@ def tell_recipient_not_coming(session: Session, booking: Booking, key: str, *,
     recipient who was sent a delivery code hears the parcel is not coming, so nobody waits
     for it or gives the code to anyone; one we told of it before any code (she asked us
     by SMS) hears it too, with no word of a code (``<key>_no_code``). Not when the
-    recipient is the customer, who hears it as the customer."""
+    recipient is the customer, who hears it as the customer. A code that never reached her
+    (reported failed; a new one went to the sender) is no code of hers; a number that told
+    us the parcel is not hers hears nothing more."""
     phone = booking.recipient_phone
-    if not phone:
+    if not phone or recipient_said_wrong_number(session, booking):
         return
-    code_sent = _last_sent(session, booking, "leg-%-dropotp-%", to_phone=phone) is not None
+    code_sent = session.scalar(select(OutboxMessage.id).where(
+        OutboxMessage.booking_id == booking.id,
+        OutboxMessage.dedupe_key.like("leg-%-dropotp-%"),
+        OutboxMessage.to_addr.in_([outbox.address("sms", phone),
+                                   outbox.address("whatsapp", phone)]),
+        OutboxMessage.status.not_in(("failed", "undelivered"))).limit(1)) is not None
     if not code_sent and not _told_parcel_coming(booking):
         return
     customer = session.get(Person, booking.customer_id)
@@ -291,6 +298,28 @@ def _told_parcel_coming(booking: Booking) -> bool:
         return bool(redis_client().exists(RECIPIENT_TOLD_KEY.format(booking=booking.id)))
     except RedisError:
         return False
+
+
+# The recipient's number told us the parcel is not hers ("galat number": partner_sms):
+# the sender and ops heard it under this key. From then on her drop codes go to the sender
+# to pass on, and the number hears nothing more of the parcel.
+WRONG_NUMBER_KEY = "booking-{booking}-wrong-number"
+
+
+def recipient_said_wrong_number(session: Session, booking: Booking) -> bool:
+    """Whether the booking's recipient number told us the parcel is not hers."""
+    key = WRONG_NUMBER_KEY.format(booking=booking.id)
+    return session.scalar(select(OutboxMessage.id).where(
+        OutboxMessage.booking_id == booking.id, OutboxMessage.dedupe_key.like(f"{key}%"))
+        .limit(1)) is not None
+
+
+def _code_phone(session: Session, booking: Booking) -> str | None:
+    """The number the booking's drop code goes to: the recipient's, unless it told us the
+    parcel is not hers (None: the code goes to the sender)."""
+    if not booking.recipient_phone or recipient_said_wrong_number(session, booking):
+        return None
+    return booking.recipient_phone
 
 
 def load_of(booking: Booking, leg: Leg | None = None) -> rules.Load:
@@ -1773,7 +1802,8 @@ def _late_to_recipient(session: Session, booking: Booking) -> None:
     (``_no_code``)."""
     phone = booking.recipient_phone
     customer = session.get(Person, booking.customer_id)
-    if not phone or (customer is not None and customer.phone == phone):
+    if not phone or (customer is not None and customer.phone == phone) \
+            or recipient_said_wrong_number(session, booking):
         return
     reached = select(OutboxMessage.id).where(
         OutboxMessage.booking_id == booking.id,
@@ -2408,10 +2438,11 @@ def send_leg_codes(session: Session, booking: Booking, leg: Leg, *, tag: str,
                              dedupe_key=f"leg-{leg.id}-handtake-{tag}", job=job_code(leg),
                              point=point, otp=prev_drop)
     if is_last:
-        if booking.recipient_phone:
+        recipient = _code_phone(session, booking)
+        if recipient:
             key = _code_key(session, booking, leg, "dispatch.drop_otp", "dropotp")
             dedupe_key = f"leg-{leg.id}-dropotp-{tag}"
-            if notify.notify_phone(session, booking.recipient_phone, key,
+            if notify.notify_phone(session, recipient, key,
                                    lang=recipient_language(session, booking),
                                    booking_id=booking.id, dedupe_key=dedupe_key,
                                    ref=booking.reference, otp=drop_code) is None and (
@@ -3998,12 +4029,13 @@ def _send_new_code(session: Session, booking: Booking, leg: Leg, kind: str, code
                             job=job_code(nxt), point=place(session, booking, nxt, "from"),
                             otp=code) is not None
     dedupe_key = f"leg-{leg.id}-dropotp-{tag}"
+    recipient = _code_phone(session, booking)
     key = _code_key(session, booking, leg, "dispatch.drop_otp"
-                    if booking.recipient_phone else "dispatch.drop_otp_sender", "dropotp")
-    if not booking.recipient_phone:
+                    if recipient else "dispatch.drop_otp_sender", "dropotp")
+    if not recipient:
         return notify.notify_customer(session, booking, key, otp=code,
                                       dedupe_key=dedupe_key) is not None
-    if notify.notify_phone(session, booking.recipient_phone, key,
+    if notify.notify_phone(session, recipient, key,
                            lang=recipient_language(session, booking), booking_id=booking.id,
                            dedupe_key=dedupe_key, ref=booking.reference, otp=code) is not None:
         return True
@@ -4030,7 +4062,8 @@ __all__ = ["accept", "attach_pod", "cancel_by_partner", "config", "confirm", "co
            "handed_pickup_late", "new_leg_code", "not_understood", "offer_timeout",
            "parcel_in_hand", "parties",
            "pickup_code_lost", "pickup_late", "pickup_window", "place",
-           "plan_legs", "point_pickup_late", "recipient_language", "search_deadline",
+           "plan_legs", "point_pickup_late", "recipient_language",
+           "recipient_said_wrong_number", "search_deadline",
            "set_duty", "start_dispatch",
            "start_search", "status_lines", "sweep", "tell_recipient_not_coming",
            "tries_after_lost_code", "unlock_leg", "update_location"]

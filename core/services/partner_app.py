@@ -1,6 +1,6 @@
 """What the partner app adds to SMS: live positions (checked for sense), earnings, the
-rider's own profile, whom to collect a job from, giving a job back, and photos taken with
-the job in hand."""
+rider's own profile, whom to collect a job from and whom to give it to, giving a job
+back, and photos taken with the job in hand."""
 
 from __future__ import annotations
 
@@ -265,6 +265,25 @@ def pickup_contact(session: Session, booking: Booking, leg: Leg) -> str | None:
     giver = session.get(PartnerProfile, prev.partner_id) if prev and prev.partner_id else None
     person = session.get(Person, giver.person_id) if giver else None
     return person.phone if person else None
+
+
+@dataclass(frozen=True)
+class DropContact:
+    name: str | None
+    phone: str | None
+
+
+def drop_contact(session: Session, booking: Booking, leg: Leg) -> DropContact | None:
+    """Whom the rider gives the parcel to at the drop, and her number, as the sender gave
+    them (a recipient erased on her request has neither): only once the parcel is in his
+    hands on its last leg (picked up, or handed over to him at the Point). None before
+    that, and on a relay leg that ends at a Point, as for a booking whose recipient
+    number is unknown."""
+    last = session.scalar(select(func.max(Leg.sequence)).where(Leg.booking_id == booking.id))
+    if (leg.sequence != last or not booking.recipient_phone
+            or not dispatch.parcel_in_hand(session, leg)):
+        return None
+    return DropContact(booking.recipient_name or None, booking.recipient_phone)
 
 
 def accepted_again(session: Session, partner: PartnerProfile,

@@ -11,12 +11,16 @@ number we do not text (a foreign or premium one, unless ops set up its partner) 
 answered nothing: every answer is an SMS we pay for (SMS pumping). A
 customer waiting for a person (a caller the operator answers by SMS) is not answered by
 the bot: their SMS is kept for the operator; so is a partner's that is no command.
+A recipient who says the parcel is not hers ("wrong number") is told sorry and the
+sender and ops hear of it; one who asks for her code ("code nahi mila") gets a new one.
+A rider who picks up a parcel for its last stretch is told whom it is for.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
+from dataclasses import dataclass
 from zoneinfo import ZoneInfo
 
 from sqlalchemy import func, select
@@ -24,15 +28,16 @@ from sqlalchemy.orm import Session
 
 from core import clock, i18n
 from core.adapters.db import database_away
-from core.adapters.models import Booking, OutboxMessage, Person
+from core.adapters.models import Booking, Leg, OutboxMessage, Person
 from core.adapters.queue import after_commit
 from core.adapters.redis_conn import redis_client, redis_down
 from core.config import get_settings
-from core.domain.booking import BOOKING, BookingStatus
-from core.domain.dispatch import Kind, parse_command
+from core.dialog import words
+from core.domain.booking import BOOKING, Actor, BookingStatus, LegStatus
+from core.domain.dispatch import NEGATORS, Kind, parse_command, tokens
 from core.domain.errors import DomainError
 from core.domain.phone import is_indian_mobile
-from core.services import dispatch, handoff, outbox, partner_app
+from core.services import dispatch, handoff, notify, outbox, partner_app
 from core.services.inbound import InboundMessage, lost_a_race
 
 log = logging.getLogger(__name__)
@@ -68,7 +73,7 @@ def handle(session: Session, msg: InboundMessage) -> list[str]:
             # what SMS-pumping fraud runs up, one a day for every number it sends from.
             log.info("an SMS from a number we do not text; not answered")
             return []
-        return _tell_stranger(session, msg.contact, lang, person)
+        return _tell_stranger(session, msg, lang, person)
     cmd = parse_command(msg.body)
     savepoint = session.begin_nested()
     try:
@@ -192,15 +197,26 @@ def _parcel_coming(session: Session, phone: str | None,
                                          Booking.created_at.desc(), Booking.id.desc()).limit(1))
 
 
-def _drop_code_sent(session: Session, parcel: Booking) -> bool:
-    """Whether a drop code of the parcel went to its recipient (it goes when the last leg
-    is taken: dispatch.send_leg_codes), by SMS or on WhatsApp."""
+# Who holds the parcel's drop code now, by the latest message that carried one: she does
+# (it went to her, by SMS or on WhatsApp, and was not reported failed), the sender does
+# (hers was lost and a new one went to them to pass on: dispatch.drop_code_lost), or
+# nobody yet (none was sent, or the latest failed too).
+HER, SENDER = "her", "sender"
+_FAILED = ("failed", "undelivered")
+
+
+def _code_holder(session: Session, parcel: Booking) -> str | None:
+    """Who holds the working drop code of the parcel (HER, SENDER or None): a new code
+    voids the old ones, so only the latest drop-code message counts."""
     assert parcel.recipient_phone is not None
-    return session.scalar(
-        select(OutboxMessage.id).where(OutboxMessage.booking_id == parcel.id,
-                                       OutboxMessage.dedupe_key.like("leg-%-dropotp-%"),
-                                       OutboxMessage.to_addr.in_(_to_her(parcel.recipient_phone)))
-        .limit(1)) is not None
+    latest = session.execute(
+        select(OutboxMessage.to_addr, OutboxMessage.status)
+        .where(OutboxMessage.booking_id == parcel.id,
+               OutboxMessage.dedupe_key.like("leg-%-dropotp-%"))
+        .order_by(OutboxMessage.id.desc()).limit(1)).first()
+    if latest is None or latest.status in _FAILED:
+        return None
+    return HER if latest.to_addr in _to_her(parcel.recipient_phone) else SENDER
 
 
 def _answers_parcel(session: Session, contact: str, own_ref: str, parcel: Booking) -> bool:
@@ -217,44 +233,234 @@ def _answers_parcel(session: Session, contact: str, own_ref: str, parcel: Bookin
     return last == parcel.reference
 
 
-def _tell_stranger(session: Session, contact: str, lang: str,
+def _tell_stranger(session: Session, msg: InboundMessage, lang: str,
                    person: Person | None = None) -> list[str]:
     """How to book, once per India day per number (the contact); after that, silence. A
     customer with a booking under way (they answer our SMS about it: "CANCEL") is told
     instead how to track or cancel it, and the recipient of a parcel under way (they
-    answer its drop code: "when does it come?") where it is: the same once a day.
+    answer its drop code: "when does it come?") where it is: the same once a day. A
+    recipient saying the parcel is not hers, or asking for her code, is answered as
+    _recipient_asks says, outside that once a day (each is bounded on its own).
 
     Each answer is an SMS we pay for, and an auto-responder (a bank's, another service's)
     answering ours would keep the two numbers texting each other all day. The mark is set
     only once the turn commits, so a turn run again after a lock conflict still answers.
     """
-    day = clock.now().astimezone(_INDIA).date().isoformat()
-    digest = hashlib.sha256(contact.encode()).hexdigest()[:20]  # no phone number in Redis
-    key = f"sms:stranger-told:{day}:{digest}"
-    if redis_client().exists(key):
-        return []
-    after_commit(session, lambda: redis_client().set(key, 1, ex=2 * 24 * 3600))
+    contact = msg.contact
+    written_in = words.guess_language(msg.body)
+    if person is not None and not person.preferred_language and written_in:
+        person.preferred_language = written_in  # our later notices to her, in it too
+    lang = (person.preferred_language if person else None) or written_in or lang
     open_ref = _open_booking(session, person)
     parcel = _parcel_coming(session, contact, person)
-    if parcel is not None and (open_ref is None
-                               or _answers_parcel(session, contact, open_ref, parcel)):
-        if parcel.status not in _ON_THE_WAY:
+    if parcel is not None and (_said_wrong_number(session, parcel) or (
+            open_ref is not None and not _answers_parcel(session, contact, open_ref, parcel))):
+        parcel = None  # not hers (she told us so), or her own booking comes first
+    # Hers as she writes it: her saved language, the script she writes in, else the one
+    # her drop code came in (the sender's).
+    her_lang = ((person.preferred_language if person else None) or written_in
+                or dispatch.recipient_language(session, parcel)) if parcel else lang
+    asked = _recipient_asks(session, msg.body, parcel, person, her_lang) if parcel else None
+    if asked is not None:
+        return asked.answer if not asked.once_a_day or _first_today(session, contact) else []
+    if not _first_today(session, contact):
+        return []
+    if parcel is not None:
+        holder = _code_holder(session, parcel)
+        if holder == SENDER:
+            # Hers did not reach her: a new one went to the sender to pass on.
+            answer = "sms.recipient_code_with_sender"
+        elif parcel.status not in _ON_THE_WAY:
             # A direct booking's recipient has her code once a rider took it: no "we send".
-            answer = "sms.recipient_coming_code_sent" if _drop_code_sent(session, parcel) \
+            answer = "sms.recipient_coming_code_sent" if holder == HER \
                 else "sms.recipient_coming"
-        elif _drop_code_sent(session, parcel):
+        elif holder == HER:
             answer = "sms.recipient_on_the_way"  # "give the rider the code we sent you"
         else:
             # On a relay her code goes only when the last leg is taken: it will come.
             answer = "sms.recipient_on_the_way_no_code"
         dispatch.mark_recipient_told(session, parcel)  # she hears if it will not come
-        # In the language her drop code came in: her own, else the sender's (not Hindi
-        # for a recipient we know nothing of).
-        return [i18n.t(answer, dispatch.recipient_language(session, parcel),
-                       ref=parcel.reference)]
+        return [i18n.t(answer, her_lang, ref=parcel.reference)]
     if open_ref is not None:
         return [i18n.t("sms.customer_help", lang, ref=open_ref)]
     return [i18n.t("sms.not_partner", lang, ops_phone=get_settings().ops_phone)]
+
+
+def _first_today(session: Session, contact: str) -> bool:
+    """Whether this is the first answer to the contact this India day; the mark is set
+    once the turn commits."""
+    day = clock.now().astimezone(_INDIA).date().isoformat()
+    digest = hashlib.sha256(contact.encode()).hexdigest()[:20]  # no phone number in Redis
+    key = f"sms:stranger-told:{day}:{digest}"
+    if redis_client().exists(key):
+        return False
+    after_commit(session, lambda: redis_client().set(key, 1, ex=2 * 24 * 3600))
+    return True
+
+
+# --- what a recipient may ask ------------------------------------------------------------
+
+# "This is not my parcel": our drop code reached someone the sender did not mean (a
+# mistyped number). In each catalog language, in its script and as typed in Latin letters;
+# matched as whole words in a row. Only phrases that say it outright: "mera nahi" alone
+# is also "mine (has) not (come)".
+WRONG_NUMBER = frozenset({
+    "wrong number", "wrong no", "wrong num", "wrong person", "not my number", "not mine",
+    "not for me", "not my parcel",  # en
+    "galat number", "galat no", "galat nambar", "galat numbar", "glt number", "rong number",
+    "mera nahi hai", "mera nahin hai", "meri nahi hai", "hamara nahi hai",
+    "गलत नंबर", "ग़लत नंबर", "गलत नम्बर", "ग़लत नम्बर", "रॉंग नंबर", "रॉन्ग नंबर",
+    "रोंग नंबर", "मेरा नहीं है", "मेरी नहीं है", "हमारा नहीं है",  # hi
+    "चुकीचा नंबर", "chukicha number", "माझं नाही", "माझा नाही",  # mr
+    "ভুল নম্বর", "ভুল নাম্বার", "রং নম্বর", "রং নাম্বার", "bhul number", "আমার নয়",  # bn
+    "தவறான எண்", "தவறான நம்பர்", "தப்பான நம்பர்", "ராங் நம்பர்", "thappana number",
+    "என்னுடையது இல்லை",  # ta
+    "తప్పు నంబర్", "తప్పు నెంబర్", "రాంగ్ నంబర్", "రాంగ్ నెంబర్", "tappu number",
+    "నాది కాదు",  # te
+    "ખોટો નંબર", "રોંગ નંબર", "khoto number", "મારું નથી",  # gu
+    "ತಪ್ಪು ನಂಬರ್", "ತಪ್ಪು ಸಂಖ್ಯೆ", "ರಾಂಗ್ ನಂಬರ್", "ನನ್ನದಲ್ಲ", "ನನ್ನದು ಅಲ್ಲ",  # kn
+})
+# "Code nahi mila", "send the code again": a code word and a word that asks for it (a no,
+# again, send, lost, which, a question mark), in any order.
+CODE_WORDS = frozenset({
+    "code", "otp", "kod", "कोड", "ओटीपी", "কোড", "ওটিপি", "கோட்", "கோடு", "ஓடிபி",
+    "కోడ్", "ఓటీపీ", "કોડ", "ઓટીપી", "ಕೋಡ್", "ಒಟಿಪಿ", "ಓಟಿಪಿ",
+})
+_ASKING = NEGATORS | {
+    "?", "again", "resend", "send", "lost", "forgot", "deleted", "missing", "didn", "didnt",
+    "don", "haven", "what", "which", "where", "need", "please", "pls", "plz", "dobara",
+    "dubara", "phir", "fir", "firse", "phirse", "bhejo", "bhej", "bhejiye", "bhejdo", "kho",
+    "khoya", "bhool", "bhul", "delete", "kya", "kaun", "kaunsa",
+    "दोबारा", "दुबारा", "फिर", "फिरसे", "भेजो", "भेज", "भेजिए", "भेजें", "खो", "खोया", "भूल",
+    "chahiye", "kahan", "kaha", "डिलीट", "क्या", "कौन", "कौनसा", "चाहिए", "कहाँ", "कहां",  # hi
+    "पुन्हा", "पाठवा", "हरवला", "कोणता",  # mr
+    "নেই", "নাই", "পাইনি", "আসেনি", "আবার", "পাঠান", "পাঠাও", "হারিয়ে", "কী", "কোন",  # bn
+    "வரவில்லை", "கிடைக்கவில்லை", "வரலை", "கிடைக்கல", "மீண்டும்", "திரும்ப", "அனுப்பு",
+    "அனுப்புங்கள்", "என்ன",  # ta
+    "రాలేదు", "అందలేదు", "మళ్ళీ", "మళ్లీ", "పంపండి", "పంపు", "ఏమిటి", "ఏ",  # te
+    "નથી", "નહીં", "મળ્યો", "ફરી", "ફરીથી", "મોકલો", "શું", "કયો",  # gu
+    "ಬಂದಿಲ್ಲ", "ಸಿಕ್ಕಿಲ್ಲ", "ಬರಲಿಲ್ಲ", "ಮತ್ತೆ", "ಕಳುಹಿಸಿ", "ಕಳಿಸಿ", "ಏನು", "ಯಾವ",  # kn
+}
+_WRONG_NUMBER = frozenset(" ".join(tokens(p)) for p in WRONG_NUMBER)
+_CODE_WORDS = frozenset(" ".join(tokens(w)) for w in CODE_WORDS)
+_ASKING_WORDS = frozenset(" ".join(tokens(w)) for w in _ASKING)
+
+
+def says_wrong_number(body: str) -> bool:
+    """Whether an SMS says our message reached the wrong person ("galat number hai")."""
+    said = f" {' '.join(tokens(body))} "
+    return any(f" {phrase} " in said for phrase in _WRONG_NUMBER)
+
+
+def asks_for_code(body: str) -> bool:
+    """Whether an SMS asks for a code ("code nahi mila", "mera code dobara bhejo")."""
+    toks = tokens(body)
+    return bool(_CODE_WORDS.intersection(toks)) and bool(_ASKING_WORDS.intersection(toks))
+
+
+@dataclass(frozen=True)
+class Asked:
+    """The answer to what a recipient asked; ``once_a_day``: only if she was not answered
+    today (it does nothing but talk), else it goes whenever she asks (bounded otherwise)."""
+
+    answer: list[str]
+    once_a_day: bool = False
+
+
+def _recipient_asks(session: Session, body: str, parcel: Booking, person: Person | None,
+                    lang: str) -> Asked | None:
+    """The answer to a recipient who says the parcel is not hers, or asks for her code;
+    None for anything else (where the parcel is, once a day)."""
+    if says_wrong_number(body):
+        return _wrong_number(session, parcel, lang)
+    if asks_for_code(body):
+        return _code_again(session, parcel, person, lang)
+    return None
+
+
+def _said_wrong_number(session: Session, parcel: Booking) -> bool:
+    """Whether the parcel's recipient number told us it is not hers (_wrong_number)."""
+    return dispatch.recipient_said_wrong_number(session, parcel)
+
+
+def _wrong_number(session: Session, parcel: Booking, lang: str) -> Asked:
+    """The parcel's recipient number says it is not hers: she is told sorry, the sender
+    (who typed the number) and ops hear it, once for the booking. A drop code she was
+    sent is made void: a new one goes to the sender to give the real recipient (as when
+    her code is lost: dispatch.drop_code_lost); should the sender be out of reach, the
+    old code stays (nobody else would hold one). From then on she hears nothing more of
+    the parcel, and any new code goes to the sender (dispatch.recipient_said_wrong_number)."""
+    told = dispatch.WRONG_NUMBER_KEY.format(booking=parcel.id)
+    ops_phone = get_settings().ops_phone
+    notify.notify_customer(session, parcel, "dispatch.customer_recipient_wrong_number",
+                           dedupe_key=told, ops_phone=ops_phone)
+    leg = _drop_leg(session, parcel)
+    passed_on = False
+    if leg is not None and _code_holder(session, parcel) == HER:
+        savepoint = session.begin_nested()
+        try:
+            made = dispatch.new_leg_code(session, leg.id, "drop", Actor.system(),
+                                         reason="the recipient's number says it is wrong")
+        except DomainError as exc:  # no more codes for the leg, locked: ops are told
+            savepoint.rollback()
+            log.info("no new drop code for a wrong number", extra={"code": exc.code})
+        else:
+            passed_on = notify.notify_customer(
+                session, parcel, "dispatch.drop_otp_pass_on", otp=made.code,
+                dedupe_key=f"leg-{leg.id}-dropotp-ops{made.issued}-sender") is not None
+            if passed_on:
+                savepoint.commit()
+            else:
+                savepoint.rollback()
+    dispatch.alert_ops(session, "dispatch.ops_recipient_wrong_number", dedupe_key=f"{told}-ops",
+                       booking_id=parcel.id, ref=parcel.reference)
+    log.info("a recipient's number says the parcel is not theirs",
+             extra={"booking_id": parcel.id, "code_passed_on": passed_on})
+    return Asked([i18n.t("sms.recipient_wrong_number", lang)])
+
+
+def _drop_leg(session: Session, parcel: Booking) -> Leg | None:
+    """The parcel's last leg while a rider has it and its drop code works (taken, not yet
+    delivered); None before that (the code goes when a rider takes it) or after."""
+    leg = session.scalar(select(Leg).where(Leg.booking_id == parcel.id)
+                         .order_by(Leg.sequence.desc()).limit(1))
+    if leg is None or leg.status not in (LegStatus.ASSIGNED.value, LegStatus.PICKED_UP.value):
+        return None
+    return leg
+
+
+def _code_again(session: Session, parcel: Booking, person: Person | None,
+                lang: str) -> Asked | None:
+    """The parcel's recipient number asks for her drop code (lost, deleted, never seen): a
+    new one is made, as ops make one (dispatch.new_leg_code: the old one stops working,
+    at most OPS_CODES_PER_LEG for the leg, audited) and sent to this number only; the SMS
+    with it is the answer. Before a rider took the leg there is no code yet (None: she
+    hears where the parcel is, and that the code will come). When none can be made or
+    reach her here (the leg locked, too many codes, our SMS stopped), she is told to call
+    us."""
+    leg = _drop_leg(session, parcel)
+    if leg is None:
+        return None
+    cannot = Asked([i18n.t("dispatch.cannot_now", lang, ops_phone=get_settings().ops_phone)],
+                   once_a_day=True)
+    if person is not None and person.sms_opted_out:
+        return cannot
+    savepoint = session.begin_nested()
+    try:
+        dispatch.new_leg_code(session, leg.id, "drop", Actor.system(), send=True,
+                              reason="the recipient asked for her code again by SMS")
+    except DomainError as exc:
+        savepoint.rollback()
+        log.info("no new drop code for the recipient", extra={"code": exc.code})
+        return cannot
+    if _code_holder(session, parcel) != HER:
+        # It could only go to the sender (our SMS to her is refused): not what she asked.
+        savepoint.rollback()
+        return cannot
+    savepoint.commit()
+    log.info("a recipient asked for her drop code: a new one sent",
+             extra={"booking_id": parcel.id, "leg_id": leg.id})
+    return Asked([])
 
 
 def _for_the_operator(session: Session, partner, cmd) -> bool:
@@ -265,6 +471,23 @@ def _for_the_operator(session: Session, partner, cmd) -> bool:
         return True
     return (cmd.kind in (Kind.ACCEPT, Kind.DECLINE) and not cmd.numbers
             and not dispatch.open_offers_of(session, partner))
+
+
+def _drop_contact(session: Session, partner, reply: dispatch.Reply, lang: str) -> list[str]:
+    """After a PICK, whom the parcel is for and her number, once it is on its last leg (a
+    message of its own: with the pickup's answer it would not fit two SMS parts). The
+    rider must find her at a village's or a post-office area's drop, and call her."""
+    leg = next((leg for leg in dispatch.active_legs_of(session, partner)
+                if dispatch.job_code(leg) == reply.params.get("job")), None)
+    booking = session.get(Booking, leg.booking_id) if leg is not None else None
+    to = partner_app.drop_contact(session, booking, leg) if leg and booking else None
+    if to is None or to.phone is None:
+        return []
+    if to.name:
+        return [i18n.t("dispatch.drop_contact", lang, job=reply.params["job"], name=to.name,
+                       phone=to.phone)]
+    return [i18n.t("dispatch.drop_contact_phone", lang, job=reply.params["job"],
+                   phone=to.phone)]
 
 
 def _run(session: Session, partner, cmd, lang: str) -> list[str]:
@@ -285,6 +508,8 @@ def _run(session: Session, partner, cmd, lang: str) -> list[str]:
         reply = dispatch.decline(session, partner, cmd.numbers[0] if cmd.numbers else None)
     elif cmd.kind is Kind.PICK:
         reply = dispatch.confirm(session, partner, "pickup", cmd.numbers)
+        if reply.key == "dispatch.picked":
+            return [reply.render(lang), *_drop_contact(session, partner, reply, lang)]
     elif cmd.kind is Kind.DROP:
         reply = dispatch.confirm(session, partner, "drop", cmd.numbers)
     elif cmd.kind is Kind.CANCEL:
