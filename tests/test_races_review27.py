@@ -112,7 +112,10 @@ def test_a_give_back_in_the_app_as_the_sweep_takes_a_job_back_does_not_deadlock(
     assert [(leg.status, leg.partner_id) for leg in legs_of(first) + legs_of(second)] == [
         ("assigned", asha), ("assigned", bala)]
     bala_headers = sign_in(client, b_phone)
-    freeze_at(2 * dispatch.pickup_window().total_seconds() + 60)  # Asha is a no-show
+    window = dispatch.pickup_window().total_seconds()
+    freeze_at(window + 60)  # Asha is late: reminded first (a take-back comes a window on)
+    dispatch.pickup_late(leg1)
+    freeze_at(2 * window + 120)  # Asha is a no-show
 
     real_find = dispatch.find_candidates
     sweep_holds_asha, app_done = threading.Event(), threading.Event()
@@ -164,7 +167,7 @@ def test_a_give_back_in_the_app_as_the_sweep_takes_a_job_back_does_not_deadlock(
     with transaction() as s:
         assert not list(s.scalars(select(OutboxMessage.dedupe_key).where(
             OutboxMessage.dedupe_key.like(f"leg-{leg2}-r%-ops-nopartner-%"))))
-    freeze_at(2 * dispatch.pickup_window().total_seconds() + 60
+    freeze_at(2 * dispatch.pickup_window().total_seconds() + 120
               + dispatch.BUSY_RETRY.total_seconds())
     release_scheduled(dispatch.BUSY_RETRY + timedelta(seconds=1))
     run_jobs()
