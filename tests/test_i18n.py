@@ -64,6 +64,9 @@ REQUIRED_KEYS = (
                                      "duty_off_handed")}  # words
     | {"bot.parcel.no_vehicle"}  # quote_or_resize
     | {"payment.ops_refund_retry", "payment.ops_refund_stuck"}  # payments._attempt_failed
+    | {"dispatch.ops_more_like",  # dispatch.send_alert_summary
+       "payment.ops_link_timeout", "payment.ops_refund_unanswered",
+       "payment.ops_reconcile_mismatch"}  # payments, reconciliation alerts
     | {"payment.after_cancel"}  # payments.record_capture: a link paid after cancelling
     | {f"payment.{k}" for k in ("after_expiry", "extra", "wrong_amount",
                                 "wrong_amount_no_link")}  # record_capture: given back

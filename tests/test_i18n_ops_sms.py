@@ -39,6 +39,11 @@ OPS_VALUES: dict[str, object] = {
     "paid_paise": 141_247,  # payment.ops_transfer_overpaid: what the rider got
     "over_paise": 141_247,  # ... and how much of it he did not earn
     "error": alert_error(GATEWAY_ERROR),
+    # dispatch.send_alert_summary: held alerts, the first one, SUMMARY_REFS refs shown
+    "n": 49,
+    "first": "48213907",
+    "refs": "48213908, 48213909, 48213910, 48213911, 48213912 ...",
+    "count": 12,  # reconciliation: new mismatches found in one run
 }
 
 OPS_KEYS = sorted(k for k in i18n.keys("en") if ".ops_" in k)

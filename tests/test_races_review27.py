@@ -166,7 +166,7 @@ def test_a_give_back_in_the_app_as_the_sweep_takes_a_job_back_does_not_deadlock(
     assert [o.partner_id for o in offers(leg2)] == [bala]
     with transaction() as s:
         assert not list(s.scalars(select(OutboxMessage.dedupe_key).where(
-            OutboxMessage.dedupe_key.like(f"leg-{leg2}-r%-ops-nopartner-%"))))
+            OutboxMessage.dedupe_key.like(f"leg-{leg2}-%ops-nopartner-%"))))
     freeze_at(2 * dispatch.pickup_window().total_seconds() + 120
               + dispatch.BUSY_RETRY.total_seconds())
     release_scheduled(dispatch.BUSY_RETRY + timedelta(seconds=1))

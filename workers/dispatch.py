@@ -96,3 +96,14 @@ def _own_minute() -> int | None:
     job = get_current_job()
     name, _, at = (job.id if job is not None else "").rpartition("-")
     return int(at) if name == "dispatch-sweep" and at.isdigit() else None
+
+
+def ops_alert_summary(key: str, first_ref: str) -> int:
+    """An ops alert window ended: one SMS for the alerts of that key held in it."""
+    return dispatch.send_alert_summary(key, first_ref)
+
+
+def ops_deferred_alert(key: str, dedupe_key: str, booking_id: int | None,
+                       params: dict[str, object]) -> int:
+    """A daytime ops alert kept from the night: the team's hours began."""
+    return dispatch.send_deferred_alert(key, dedupe_key, booking_id, params)

@@ -193,10 +193,114 @@ def _sms_partner(session: Session, partner: PartnerProfile, key: str, *, dedupe_
                                dedupe_key=dedupe_key, booking_id=booking_id, **params)
 
 
+# Alerts of one cause that hit many bookings at once (a gateway outage, nobody on duty):
+# the first goes at once; the same key's later ones within ALERT_WINDOW are held and go
+# as one summary (dispatch.ops_more_like) when the window ends (send_alert_summary).
+GROUPED_ALERTS = frozenset({"payment.ops_link_refused", "payment.ops_link_timeout",
+                            "dispatch.ops_no_partner",
+                            "dispatch.ops_failed"})
+ALERT_WINDOW = timedelta(minutes=15)
+ALERT_WINDOW_KEY = "ops-alerts:window:{key}"  # the window's end (clock time, epoch s)
+ALERT_HELD_KEY = "ops-alerts:held:{key}"  # refs of the alerts held in it
+SUMMARY_REFS = 5  # refs named in a summary (it must fit 2 SMS parts)
+# Alerts that ask nothing of anyone at night (the refund is automatic, nobody on duty to
+# call riders): outside OPS_HOURS they wait for the team's next opening.
+DAYTIME_ALERTS = frozenset({"dispatch.ops_failed", "dispatch.ops_no_partner"})
+# Atomically: inside an open window, hold the ref (0); else open a new window (1).
+_WINDOW_LUA = """
+local cur = redis.call('GET', KEYS[1])
+if cur and tonumber(cur) > tonumber(ARGV[1]) then
+  redis.call('RPUSH', KEYS[2], ARGV[3])
+  redis.call('EXPIRE', KEYS[2], ARGV[4])
+  return 0
+end
+redis.call('SET', KEYS[1], ARGV[2], 'EX', ARGV[4])
+return 1
+"""
+
+
+def _job_id(text: str) -> str:
+    """An RQ job id made of ``text`` (letters, digits, - and _ only)."""
+    return re.sub(r"[^A-Za-z0-9_-]", "-", text)[:120]
+
+
+def _next_opening(now: datetime) -> datetime | None:
+    """When the operators next start work (OPS_HOURS), or None while they are at work."""
+    from core.services import handoff  # handoff imports dispatch's callers
+
+    hours = get_settings().ops_hours
+    if handoff.is_open(hours, now):
+        return None
+    assert hours is not None
+    local = now.astimezone(handoff.INDIA)
+    opening = local.replace(hour=0, minute=0, second=0, microsecond=0) + timedelta(
+        minutes=hours[0])
+    if opening <= local:
+        opening += timedelta(days=1)
+    return opening
+
+
+def _held_for_summary(session: Session, key: str, ref: str) -> bool:
+    """Whether this alert joins an open window of its key (held for the summary); if it
+    opens one, the summary is planned for the window's end. Redis away: sent as it is."""
+    now = clock.now()
+    try:
+        opened = redis_client().eval(
+            _WINDOW_LUA, 2, ALERT_WINDOW_KEY.format(key=key), ALERT_HELD_KEY.format(key=key),
+            now.timestamp(), (now + ALERT_WINDOW).timestamp(), ref, 2 * 86400)
+    except RedisError:
+        log.warning("ops alert window unknown; sent", extra={"key": key})
+        return False
+    if not opened:
+        return True
+    _schedule_in(session, ALERT_WINDOW.total_seconds(), "workers.dispatch.ops_alert_summary",
+                 key, ref, job_id=_job_id(f"ops-summary-{key}-{now.timestamp():.0f}"))
+    return False
+
+
+def send_alert_summary(key: str, first_ref: str) -> int:
+    """An alert window ended: ops hear in one SMS how many more bookings had the same
+    problem as ``first_ref`` (its own alert went at once), naming the first few."""
+    r = redis_client()
+    held_key = ALERT_HELD_KEY.format(key=key)
+    with r.pipeline() as pipe:
+        pipe.lrange(held_key, 0, -1)
+        pipe.delete(held_key)
+        held, _ = pipe.execute()
+    refs = [ref for ref in dict.fromkeys(
+        v.decode() if isinstance(v, bytes) else str(v) for v in held) if ref != first_ref]
+    if not refs:
+        return 0
+    shown = ", ".join(refs[:SUMMARY_REFS]) + (" ..." if len(refs) > SUMMARY_REFS else "")
+    with transaction() as session:
+        return alert_ops(session, "dispatch.ops_more_like",
+                         dedupe_key=f"ops-summary-{key}-{first_ref}-{len(refs)}",
+                         n=len(refs), first=first_ref, refs=shown)
+
+
+def send_deferred_alert(key: str, dedupe_key: str, booking_id: int | None,
+                        params: dict[str, object]) -> int:
+    """A daytime alert kept from the night goes now (the team's hours began)."""
+    with transaction() as session:
+        return alert_ops(session, key, dedupe_key=dedupe_key, booking_id=booking_id, **params)
+
+
 def alert_ops(session: Session, key: str, *, dedupe_key: str, booking_id: int | None = None,
               **params: object) -> int:
     """An SMS to every operator (people with role ``ops``) and to OPS_PHONE when it can take
-    SMS (the default 1800 number cannot); each in their language. Returns how many."""
+    SMS (the default 1800 number cannot); each in their language. Returns how many.
+    A DAYTIME_ALERTS key outside OPS_HOURS waits for the next opening (0 now); a
+    GROUPED_ALERTS key inside another's window is held for its summary (0)."""
+    if key in DAYTIME_ALERTS:
+        opening = _next_opening(clock.now())
+        if opening is not None:
+            _schedule_in(session, (opening - clock.now()).total_seconds(),
+                         "workers.dispatch.ops_deferred_alert", key, dedupe_key, booking_id,
+                         params, job_id=_job_id(f"ops-deferred-{dedupe_key}"))
+            return 0
+    if key in GROUPED_ALERTS and isinstance(params.get("ref"), str) and _held_for_summary(
+            session, key, str(params["ref"])):
+        return 0
     phones = list(session.scalars(select(Person.phone).where(
         Person.role == "ops", Person.phone.is_not(None)).order_by(Person.id)))
     try:
@@ -1040,6 +1144,10 @@ def offer_next_batch(session: Session, booking: Booking, leg: Leg,
     return len(batch)
 
 
+# How often ops are reminded of a relay leg still without a rider (its pause each round).
+PAUSED_REMIND = timedelta(hours=4)
+PAUSED_TOLD_KEY = "dispatch:ops-paused-told:{leg}"  # when ops last heard (clock, epoch s)
+
 # How soon a search whose only riders left were busy (offer_next_batch) asks them again.
 BUSY_RETRY = timedelta(seconds=10)
 
@@ -1060,8 +1168,9 @@ def _exhausted(session: Session, booking: Booking, leg: Leg, search: DispatchSea
     now = clock.now()
     if search.exhausted_pass == 0:
         # Once per round: ops can call partners, the customer knows we are still on it.
+        # Once per leg: a relay's later rounds are the pause's (its reminder, below).
         alert_ops(session, "dispatch.ops_no_partner", booking_id=booking.id,
-                  dedupe_key=f"leg-{leg.id}-r{search.round}-ops-nopartner",
+                  dedupe_key=f"leg-{leg.id}-ops-nopartner",
                   ref=booking.reference, job=job_code(leg))
         if leg.sequence == 1:
             # A relay's next leg runs dry as the parcel is picked up: nothing is late yet
@@ -1447,9 +1556,20 @@ def _fail_search(session: Session, booking: Booking, leg: Leg, search: DispatchS
         search.status = rules.SearchStatus.PAUSED.value
         search.next_try_at = clock.now() + timedelta(seconds=cfg.retry_s)
         move_leg(session, leg, LegStatus.PENDING, SYSTEM, "no partner before the deadline")
-        alert_ops(session, "dispatch.ops_paused", booking_id=booking.id,
-                  dedupe_key=f"leg-{leg.id}-r{search.round}-ops-paused",
-                  ref=booking.reference, job=job_code(leg))
+        # The first pause, then a reminder at most every PAUSED_REMIND (not each round).
+        # (When, by our clock, in Redis: the outbox's created_at is the database's.)
+        told_key, now = PAUSED_TOLD_KEY.format(leg=leg.id), clock.now()
+        try:
+            told = redis_client().get(told_key)
+        except RedisError:
+            told = None  # the first pause's key below keeps it to one
+        if told is None or now.timestamp() - float(told) >= PAUSED_REMIND.total_seconds():
+            alert_ops(session, "dispatch.ops_paused", booking_id=booking.id,
+                      dedupe_key=f"leg-{leg.id}-ops-paused"
+                      + ("" if told is None else f"-r{search.round}"),
+                      ref=booking.reference, job=job_code(leg))
+            after_commit(session, lambda: redis_client().set(
+                told_key, now.timestamp(), ex=30 * 86400))
         # Once, not at every round's pause: again only after they heard a rider took the
         # leg (who then gave it back), since that was the last they heard.
         promise = _last_sent(session, booking, f"leg-{leg.id}-r%-searching")

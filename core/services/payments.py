@@ -1066,6 +1066,10 @@ def _close_unlinked(session: Session, booking: Booking, reason: str,
     move_booking(session, booking, BookingStatus.EXPIRED, SYSTEM, reason)
     notify.notify_customer(session, booking, "payment.link_failed",
                            dedupe_key=f"paylink-{booking.id}-failed")
+    if error == NO_LINK_IN_TIME:  # our own reason: said in the operator's language
+        alert_ops(session, "payment.ops_link_timeout", booking_id=booking.id,
+                  dedupe_key=f"paylink-{booking.id}-refused", ref=booking.reference)
+        return
     alert_ops(session, "payment.ops_link_refused", booking_id=booking.id,
               dedupe_key=f"paylink-{booking.id}-refused", ref=booking.reference,
               error=alert_error(error))
@@ -2810,9 +2814,9 @@ def _refund_leg(session: Session, refund: Refund) -> int:
 
 
 def _attempt_failed(session: Session, booking: Booking, refund: Refund) -> None:
-    """A refund attempt failed and its money is back in escrow: ops hear of it, and the
-    next attempt is planned after refund_retry_delay(); after the last, a person must act
-    (ops action POST /ops/bookings/<ref>/refund/retry)."""
+    """A refund attempt failed and its money is back in escrow: the next attempt is
+    planned after refund_retry_delay(); after the last, a person must act (ops hear of it:
+    ops action POST /ops/bookings/<ref>/refund/retry)."""
     from core.services.dispatch import alert_ops  # dispatch imports payments
 
     tries = _tries(session, refund)
@@ -2822,12 +2826,10 @@ def _attempt_failed(session: Session, booking: Booking, refund: Refund) -> None:
                   dedupe_key=f"refund-{refund.id}-stuck", ref=booking.reference,
                   refund_paise=refund.amount_paise, attempts=tries)
         return
+    # No alert for a try the service makes again by itself: it asks nothing of anyone
+    # (one outage would page ops per booking per try); the last try's alert does.
     delay = refund_retry_delay()
     refund.retry_at = clock.now() + delay
-    alert_ops(session, "payment.ops_refund_retry", booking_id=booking.id,
-              dedupe_key=f"refund-{refund.id}-retry", ref=booking.reference,
-              refund_paise=refund.amount_paise, attempt=tries,
-              minutes=int(delay.total_seconds() // 60))
     job_id = f"refund-retry-{booking.id}-{refund.attempt + 1}"
     args = (booking.id, refund.attempt + 1)
 
@@ -3208,6 +3210,33 @@ def stale_refund_requests(session: Session, older_than: timedelta = timedelta(mi
         select(Refund.booking_id, Refund.attempt, Refund.reason).where(
             Refund.status == "requested", Refund.updated_at < cutoff)
         .order_by(Refund.id).limit(200)).tuples())
+
+
+# A refund attempt the gateway has not answered this long (503s, silence) is an ops
+# matter: the customer waits for her money while the sweep asks again (once per attempt).
+REFUND_UNANSWERED = timedelta(hours=6)
+
+
+def _alert_unanswered_refunds() -> None:
+    """Ops hear once of each refund attempt still "requested" REFUND_UNANSWERED after it
+    was made (the dedupe key refund-<id>-unanswered keeps it to one)."""
+    from core.adapters.payment_models import LedgerTransaction
+    from core.services.dispatch import alert_ops  # dispatch imports payments
+
+    with transaction() as session:
+        # Made when its reservation was posted (the ledger's time is the service's clock).
+        rows = session.execute(
+            select(Refund.id, Refund.amount_paise, Booking.id, Booking.reference)
+            .join(Booking, Booking.id == Refund.booking_id)
+            .join(LedgerTransaction, LedgerTransaction.idempotency_key == func.concat(
+                "refund:", Refund.id, ":requested"))
+            .where(Refund.status == "requested",
+                   LedgerTransaction.created_at < clock.now() - REFUND_UNANSWERED)
+            .order_by(Refund.id).limit(50)).tuples().all()
+        for refund_id, amount, booking_id, ref in rows:
+            alert_ops(session, "payment.ops_refund_unanswered", booking_id=booking_id,
+                      dedupe_key=f"refund-{refund_id}-unanswered", ref=ref,
+                      refund_paise=amount, hours=int(REFUND_UNANSWERED.total_seconds() // 3600))
 
 
 def waiting_refunds(session: Session, within: timedelta = timedelta(days=30)) -> list[int]:
@@ -3609,6 +3638,7 @@ def sweep() -> dict[str, int]:
             retried += retry_refund(booking_id, attempt) == "retried"
         except Exception:  # one booking's trouble must not stop the sweep for the others
             log.exception("could not make a due refund attempt", extra={"booking_id": booking_id})
+    _alert_unanswered_refunds()
     requeued = 0
     for booking_id, attempt, reason in stale:
         job_id = _refund_job_id(booking_id, attempt)

@@ -72,7 +72,7 @@ from sqlalchemy.orm import Session
 from core import clock
 from core.adapters import razorpay_gateway as gw
 from core.adapters.db import autocommit, transaction
-from core.adapters.models import Leg
+from core.adapters.models import Booking, Leg
 from core.adapters.payment_models import (
     LedgerPosting,
     LedgerTransaction,
@@ -503,7 +503,7 @@ def _run(since: datetime | None, until: datetime | None) -> dict[str, int]:
                          "refund made outside the service, pending at the gateway: "
                          "recorded once processed")
                  for gid, (booking_id, amount) in outside_pending.items()]
-    _record(findings, checked)
+    _alert_new(_record(findings, checked))
     if default_window:
         redis_client().set(LAST_UNTIL_KEY, int(_marker(until, unanswered).timestamp()))
     if findings:
@@ -681,14 +681,33 @@ def _storable(f: Finding) -> bool:
     return False
 
 
-def _record(findings: list[Finding], checked: dict[str, set[str]]) -> None:
+def _alert_new(new: list[Finding]) -> None:
+    """A run that found new mismatches (money the ledger and the gateway disagree on):
+    ops hear once, with how many and the first booking (or gateway id)."""
+    from core.services.dispatch import alert_ops  # dispatch imports payments
+
+    if not new:
+        return
+    with transaction() as session:
+        first = next((f for f in new if f.booking_id is not None), new[0])
+        booking = session.get(Booking, first.booking_id) if first.booking_id else None
+        alert_ops(session, "payment.ops_reconcile_mismatch", booking_id=None,
+                  dedupe_key=f"reconcile-{clock.now().timestamp():.0f}-{first.gateway_id}",
+                  count=len(new), first=booking.reference if booking else first.gateway_id)
+
+
+def _record(findings: list[Finding], checked: dict[str, set[str]]) -> list[Finding]:
     """Record this run's findings (once per key) and resolve the open mismatches this
     run compared and found no more. A resolved mismatch found again is reopened as found
     now (its first_seen_at): a new difference, listed among the newest, not among the
-    old ones below where operators page from."""
+    old ones below where operators page from. Returns the findings not open before."""
     now = clock.now()
     m = ReconciliationMismatch.__table__.c
     with transaction() as session:
+        open_before = set(session.execute(
+            select(m.kind, m.entity, m.gateway_id).where(m.resolved_at.is_(None))).tuples())
+        new = [f for f in filter(_storable, findings)
+               if (f.kind, f.entity, f.gateway_id) not in open_before]
         keys = set()
         for f in filter(_storable, findings):
             keys.add((f.kind, f.entity, f.gateway_id))
@@ -708,6 +727,7 @@ def _record(findings: list[Finding], checked: dict[str, set[str]]) -> None:
             if (row.kind, row.entity, row.gateway_id) not in keys and (
                     row.gateway_id in checked.get(row.entity, set())):
                 row.resolved_at = now
+    return new
 
 
 def list_mismatches(session: Session, *, include_resolved: bool = False, offset: int = 0,
