@@ -93,6 +93,7 @@ AREA_INTS: dict[str, tuple[int, int | None]] = {
     "HANDOFF_IDLE_HOURS": (1, None),
     "SERVICE_RADIUS_KM": (1, None),
     "UNPAID_BOOKINGS_MAX": (1, None),
+    "CANCELLED_BOOKINGS_MAX": (1, None),
     "DISPATCH_PICKUP_MINUTES": (1, None),
     "DISPATCH_MISSED_OFFERS_OFF": (0, 100),  # 0: never put OFF for missed offers
     "RETENTION_STATUS_DAYS": (1, 3650),
@@ -336,6 +337,16 @@ def load_settings(environ: dict[str, str] | None = None) -> Settings:
             return default
 
     port = num("PORT", 8000, minimum=1, maximum=65535)
+    bind_host = env.get("BIND_HOST", "")
+    if bind_host:  # the Procfile's gunicorn binds it (./run serve: 127.0.0.1 in sandbox)
+        try:  # gunicorn's --bind wants an IPv6 address in brackets: [::]
+            bracketed = bind_host.startswith("[") and bind_host.endswith("]")
+            addr = ipaddress.ip_address(bind_host[1:-1] if bracketed else bind_host)
+            if addr.version != (6 if bracketed else 4):
+                raise ValueError(bind_host)
+        except ValueError:
+            problems.append("BIND_HOST must be an IPv4 address or an IPv6 one in brackets "
+                            f"([::]), got {bind_host!r}")
     public_base_url = env.get("PUBLIC_BASE_URL") or f"http://127.0.0.1:{port}"
     public_base_url = public_base_url.rstrip("/")
     parts = urlsplit(public_base_url)

@@ -244,6 +244,10 @@ def child_env(services: Services) -> dict[str, str]:
     env = dict(os.environ)
     env.update(services.env)
     env.setdefault("PORT", "8000")
+    if env.get("APP_ENV", "sandbox").strip().lower() == "sandbox" and not env.get("BIND_HOST"):
+        # The sandbox's outbox (/sandbox/outbox) shows every sign-in code: this machine
+        # only, unless BIND_HOST says otherwise. Production keeps the Procfile's 0.0.0.0.
+        env["BIND_HOST"] = "127.0.0.1"
     env.setdefault("DATA_DIR", str(embedded.data_dir()))
     venv_bin = str(Path(sys.executable).parent)
     env["PATH"] = os.pathsep.join([venv_bin, env.get("PATH", "")])

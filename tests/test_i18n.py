@@ -30,6 +30,7 @@ REQUIRED_KEYS = (
         "common.not_understood",
         "common.coming_soon",
         "common.too_many_messages",
+        "common.too_many_cancelled",
         "common.error_try_later",
         "common.unsupported_media",
         "booking.created",

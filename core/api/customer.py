@@ -322,7 +322,7 @@ def create_quote(body: QuoteRequest) -> QuoteOut:
 
 @endpoint(bp, "POST", "/bookings", summary="Book (send Idempotency-Key to retry safely)",
           roles=CUSTOMER, body=BookingRequest, response=BookingOut, status=201,
-          tags=("customer",), errors=(404, 409), headers=(KEY_HEADER,))
+          tags=("customer",), errors=(404, 409, 429), headers=(KEY_HEADER,))
 def create_booking(body: BookingRequest) -> BookingOut | Response:
     who = principal()
     # The fingerprint is the body alone, as before the ops reply had keys too: answers

@@ -782,7 +782,8 @@ def confirm_as_shown(ctx: Ctx, slots: dict[str, Any], *, far: str = "drop",
     carries it that far any more (a relay's Point closed since the quote), the size
     question or a nearer drop, as quote_or_resize asks (``far``, ``far_say``); when the
     speed picked cannot be kept any more, the confirmation again, whose fresh quote asks
-    the speed again saying so (tier_gone). Any other refusal is the caller's to say."""
+    the speed again saying so (tier_gone); after too many cancels within the hour, the
+    menu, saying so, the draft kept. Any other refusal is the caller's to say."""
     shown = ctx.state.data.pop("shown_total", None)
     done = ctx.ports.confirm(slots if shown is None else {**slots, AGREED_TOTAL: shown})
     refused = done.get("refused")
@@ -790,6 +791,11 @@ def confirm_as_shown(ctx: Ctx, slots: dict[str, Any], *, far: str = "drop",
         _cannot_carry(ctx, refused, far, far_say)
     if refused == "tier_not_offered":
         raise Redirect("confirm")
+    if refused == "too_many_cancelled":
+        # The draft stays, as for too many unpaid: "continue that booking" once the hour
+        # moved on.
+        ctx.state.data["draft_step"] = "confirm"
+        raise Redirect(MENU, [Say("common.too_many_cancelled")])
     return done
 
 

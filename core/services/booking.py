@@ -8,7 +8,9 @@ version columns on bookings and legs.
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 from redis.exceptions import RedisError
@@ -31,7 +33,7 @@ from core.domain.booking import (
     StateMachine,
     transition,
 )
-from core.domain.errors import Conflict, NotFound, ValidationError
+from core.domain.errors import Conflict, DomainError, NotFound, ValidationError
 from core.domain.geo import haversine_m, same_place, validate_lat_lng
 from core.domain.money import format_inr
 from core.domain.phone import is_indian_mobile, normalize_phone
@@ -338,6 +340,52 @@ def unpaid_bookings(session: Session, customer_id: int, *, lock: bool = False) -
         Booking.status == BookingStatus.AWAITING_PAYMENT.value)) or 0)
 
 
+DEFAULT_MAX_CANCELLED = 10
+CANCELLED_WINDOW_S = 3600
+
+
+def max_cancelled() -> int:
+    """How many unpaid bookings one customer may cancel within an hour
+    (CANCELLED_BOOKINGS_MAX) before a new booking is refused until the hour moves on."""
+    return int_setting("CANCELLED_BOOKINGS_MAX", DEFAULT_MAX_CANCELLED)
+
+
+class TooManyCancelled(DomainError):
+    """The customer cancelled ``max_cancelled()`` unpaid bookings within the last hour:
+    book then cancel, in a loop, would cost a payment link made and cancelled at the
+    gateway and an SMS each time. ``retry_after``: seconds until the oldest of them
+    leaves the hour. Counting cancels, not bookings, leaves a busy shop's many parcels
+    alone: each one booked and paid costs no cancel."""
+
+    code = "too_many_cancelled"
+    status = 429
+
+    def __init__(self, retry_after: int) -> None:
+        super().__init__("you cancelled too many unpaid bookings within the hour: please "
+                         "book again later")
+        self.retry_after = retry_after
+
+
+def check_cancel_loop(session: Session, customer_id: int) -> None:
+    """TooManyCancelled when the customer cancelled ``max_cancelled()`` bookings before
+    paying them within the last hour (a sliding window on the transitions' times)."""
+    limit = max_cancelled()
+    now = clock.now()
+    oldest = session.scalar(
+        select(TransitionLog.at).join(Booking, Booking.id == TransitionLog.entity_id).where(
+            Booking.customer_id == customer_id,
+            Booking.status == BookingStatus.CANCELLED.value,
+            TransitionLog.entity == "booking",
+            TransitionLog.to_status == BookingStatus.CANCELLED.value,
+            TransitionLog.from_status.in_((BookingStatus.DRAFT.value, BookingStatus.QUOTED.value,
+                                           BookingStatus.AWAITING_PAYMENT.value)),
+            TransitionLog.at > now - timedelta(seconds=CANCELLED_WINDOW_S))
+        .order_by(TransitionLog.at.desc()).offset(limit - 1).limit(1))
+    if oldest is not None:
+        left = (oldest + timedelta(seconds=CANCELLED_WINDOW_S) - now).total_seconds()
+        raise TooManyCancelled(max(1, math.ceil(left)))
+
+
 class PriceChanged(Conflict):
     """The fare is no longer the total the customer agreed to (the rate card or the
     surge moved since it was shown): nothing is booked; ``total_paise`` is the fare now."""
@@ -369,7 +417,8 @@ def create_booking(
 
     Conflict ``too_many_unpaid`` when the customer already has ``max_unpaid()`` bookings
     waiting for payment: each booking costs a payment link at the gateway and a message,
-    so a loop of them is refused (they pay or cancel one, or it expires).
+    so a loop of them is refused (they pay or cancel one, or it expires); TooManyCancelled
+    (429) when they cancelled ``max_cancelled()`` unpaid ones within the hour.
 
     ``agreed_total_paise``: the total the customer was shown and said yes to. The fare is
     worked out afresh here (the one quote of the booking); when its total is another,
@@ -379,6 +428,7 @@ def create_booking(
     if waiting >= max_unpaid():
         raise Conflict(f"you have {waiting} bookings waiting for payment: pay or cancel "
                        "one first", code="too_many_unpaid")
+    check_cancel_loop(session, customer_id)
     check_declared_value(parcel.declared_value_paise)  # one rule for every channel
     phone = recipient_mobile(recipient_phone) if recipient_phone else None
     q = quote_trip(session, pickup, drop, parcel)

@@ -254,7 +254,8 @@ class SessionPorts:
         the active rate card no longer has a vehicle for the parcel, {"refused":
         "too_far"} when nothing we have can carry it that far any more (a relay's Point
         closed since the quote), {"refused": "tier_not_offered"} when the speed picked
-        cannot be kept over the trip as it is now. Refused, nothing is
+        cannot be kept over the trip as it is now, {"refused": "too_many_cancelled"}
+        when they cancelled too many unpaid bookings within the hour. Refused, nothing is
         booked. The fare is worked out once, by the booking itself: what it checks is
         what it books."""
         pickup, drop, parcel = self._trip(slots)
@@ -275,6 +276,8 @@ class SessionPorts:
                 agreed_total_paise=slots.get(AGREED_TOTAL))
         except booking_service.PriceChanged as exc:
             return {"refused": "price_changed", "total_paise": exc.total_paise}
+        except booking_service.TooManyCancelled:
+            return {"refused": "too_many_cancelled"}
         except ValidationError as exc:
             # The trip re-checked as booked: a relay's Point may have closed since the
             # quote (too_far), or the relay left be too long for the tier picked.
@@ -627,12 +630,15 @@ def _whatsapp_turn(session: Session, msg: InboundMessage, person: Person, conv: 
     if cmd == "stop" and _village_answer(conv, idle, text):
         cmd = None  # "Band", her village on the list shown, is her answer: no STOP
     if cmd == "stop":
+        # Answered only when it changes something: STOP passes the rate limit, so a flood
+        # of them from someone stopped already must cost us no message each.
+        stopped = bool(person.opted_out) and not person.wa_blocked
         person.opted_out, person.wa_blocked = True, False  # hers: only START ends it
         # What still waits to reach her WhatsApp goes no more (a booking's by SMS).
         outbox.take_back_on_stop(session, person)
         if conv.handoff:  # no operator can answer them now: off the waiting list
             handoff.withdraw(session, conv, engaged_too=True)
-        return Turn(lang(), [Say("bot.optout.stopped")])
+        return Turn(lang(), [] if stopped else [Say("bot.optout.stopped")])
     if person.opted_out and person.wa_blocked and cmd != "start":
         _unblocked(person)  # and what she wrote is answered below, as any message
     if person.opted_out:
