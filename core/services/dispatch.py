@@ -56,6 +56,7 @@ from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta
 from functools import lru_cache
 from typing import TypeVar
+from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo
 
 import requests
@@ -3876,6 +3877,25 @@ def _held_at(session: Session, leg: Leg, at: datetime) -> bool | None:
     return prev is not None and prev.delivered_at is not None and prev.delivered_at <= at
 
 
+# Where Twilio keeps a message's media: its REST API's host (it redirects from there to its
+# media store, and requests drops our credentials on a redirect to another host).
+TWILIO_MEDIA_HOST = "api.twilio.com"
+
+
+def twilio_media_url(url: str) -> bool:
+    """``url`` is Twilio's media URL: https on Twilio's API host, or on the host of the
+    configured TWILIO_API_BASE (the sandbox's emulator, http there too)."""
+    try:
+        parts = urlsplit(url)
+        host, base = parts.hostname, get_settings().twilio_api_base
+        base_parts = urlsplit(base) if base else None
+    except ValueError:
+        return False
+    if base_parts is not None and host == base_parts.hostname and parts.port == base_parts.port:
+        return parts.scheme == base_parts.scheme
+    return parts.scheme == "https" and host == TWILIO_MEDIA_HOST and parts.port in (None, 443)
+
+
 def fetch_pod_photo(leg_id: int, partner_id: int, url: str, content_type: str,
                     before_drop: bool = False) -> str:
     """Job: download a partner's WhatsApp photo from Twilio (HTTP Basic, as Twilio's media
@@ -3883,6 +3903,11 @@ def fetch_pod_photo(leg_id: int, partner_id: int, url: str, content_type: str,
     drop, else (``before_drop``: sent with the parcel in hand, however late this job runs)
     a pickup photo (attach_pod)."""
     settings = get_settings()
+    if not twilio_media_url(url):
+        # Our credentials go with the request: only to Twilio's own media URL. A signed
+        # webhook names it, but a URL elsewhere would hand our auth token to that host.
+        log.error("photo URL not Twilio's; not fetched", extra={"leg_id": leg_id})
+        return "not-twilio"
     limit = storage.load_config().max_bytes
     with requests.get(url, auth=(settings.twilio_account_sid, settings.twilio_auth_token),
                       timeout=15, stream=True) as resp:
