@@ -67,18 +67,22 @@ PERSONAL_DIGITS = 7
 
 
 def personal(text: str) -> bool:
-    return sum(ch.isdigit() for ch in text) >= PERSONAL_DIGITS
+    # map, not a generator: this runs for every prompt of every turn.
+    return sum(map(str.isdigit, text)) >= PERSONAL_DIGITS
 
 
 def audio_url(lang: str, text: str, *, queue_missing: bool = True,
-              missing: list[tuple[str, str]] | None = None) -> str | None:
+              missing: list[tuple[str, str]] | None = None,
+              root: str | None = None) -> str | None:
     """The public URL of the text's audio if rendered; else None (and queue the render,
-    or, given ``missing``, add it there for one ``queue_renders`` call per turn)."""
+    or, given ``missing``, add it there for one ``queue_renders`` call per turn).
+    ``root``: cache_dir(), from a caller that looks it up once for all of a turn's
+    prompts."""
     if lang not in GTTS_VOICES or not text.strip() or personal(text):
         return None
     name = audio_name(lang, text)
     # os.path, not pathlib: this runs for every prompt of every turn.
-    if os.path.isfile(os.path.join(cache_dir(), lang, f"{name}.mp3")):
+    if os.path.isfile(os.path.join(root or cache_dir(), lang, f"{name}.mp3")):
         return f"{get_settings().public_base_url}/ivr/audio/{lang}/{name}.mp3"
     if missing is not None:
         missing.append((lang, text))

@@ -83,8 +83,9 @@ def say_voices() -> dict[str, str]:
 
 
 def _speak(verb: Any, seg_lang: str, text: str, missing: list[tuple[str, str]],
-           private: frozenset[str] | set[str] = frozenset()) -> None:
-    url = None if text in private else audio.audio_url(seg_lang, text, missing=missing)
+           private: frozenset[str] | set[str] = frozenset(), root: str | None = None) -> None:
+    url = None if text in private else audio.audio_url(seg_lang, text, missing=missing,
+                                                       root=root)
     if url:
         verb.play(url)
     else:
@@ -97,6 +98,7 @@ def render(turn: VoiceTurn) -> str:
     response = VoiceResponse()
     missing: list[tuple[str, str]] = []  # prompts without audio yet, queued at the end
     private = private_texts(turn.outs, turn.lang)  # spoken by <Say> only
+    root = str(audio.cache_dir())  # looked up once for all the turn's prompts
     goodbye = i18n.t("voice.goodbye", turn.lang)
     if turn.action == "gather":
         options: dict[str, Any] = {"finish_on_key": "#"}
@@ -108,13 +110,13 @@ def render(turn: VoiceTurn) -> str:
         gather = response.gather(input="dtmf", action=action, method="POST",
                                  action_on_empty_result=True, **options)
         for seg_lang, text in segments(turn.outs, turn.lang):
-            _speak(gather, seg_lang, text, missing, private)
+            _speak(gather, seg_lang, text, missing, private, root)
         # Reached only if Twilio did not post the empty answer: end rather than loop.
-        _speak(response, turn.lang, goodbye, missing)
+        _speak(response, turn.lang, goodbye, missing, root=root)
         response.hangup()
     elif turn.action == "dial" and turn.dial:
         for seg_lang, text in segments(turn.outs, turn.lang):
-            _speak(response, seg_lang, text, missing, private)
+            _speak(response, seg_lang, text, missing, private, root)
         # The caller hears ringing (answerOnBridge) until the operator takes the call: the
         # operators' phone first hears who is calling and presses 1 (screen()); a voicemail
         # or a network's message that answers it presses nothing and takes nobody.
@@ -127,12 +129,12 @@ def render(turn: VoiceTurn) -> str:
         else:
             dial.number(turn.dial)
         # Reached only if Twilio did not request the action: end politely.
-        _speak(response, turn.lang, goodbye, missing)
+        _speak(response, turn.lang, goodbye, missing, root=root)
         response.hangup()
     else:
         for seg_lang, text in segments(turn.outs, turn.lang):
-            _speak(response, seg_lang, text, missing, private)
-        _speak(response, turn.lang, goodbye, missing)
+            _speak(response, seg_lang, text, missing, private, root)
+        _speak(response, turn.lang, goodbye, missing, root=root)
         response.hangup()
     audio.queue_renders(missing)
     return str(response)

@@ -77,6 +77,7 @@ REQUIRED_KEYS = (
     | {"bot.confirm.new_price", "ivr.confirm.new_price"}  # booking.confirm_as_shown
     | {"ivr.amount", "ivr.amount_paise"}  # voice.amount: a fee with its paise
     | {"ivr.more_again"}  # voice office_prompt: the last page of names, 9 starts again
+    | {"ivr.too_long_kept"}  # ivr._too_long: the call's limit, a draft kept
     | {"ivr.person.busy", "ivr.not_mobile"}  # ivr.dial_ended, the voice webhook
     | {"ivr.ops.screen"}  # twiml.screen: the operators' phone takes a caller
     | {"payment.link_failed", "payment.ops_link_refused",  # payments._link_refused

@@ -72,6 +72,11 @@ MORE = 9
 # yet in the call: a pincode of 126 villages is 18 pages, and a caller who must go
 # through them is not making a mistake.
 PAGE_TURNED = "call_page"
+# state.data key: what the caller's answer just finished ("booked:<ref>", "cancel:<ref>",
+# "track:<ref>"), for core.services.ivr, which gives each thing done in a call its own
+# budget of answers: a shopkeeper booking three parcels in one call is not going round.
+FINISHED = "call_finished"
+LANGUAGE_KEY = 4  # the menu's "change the language", also taken at "finish your booking?"
 RECENT_BOOKINGS = 3  # offered first when tracking
 SHORT_REF = 4  # a booking to cancel is named by its place and its number's last digits
 
@@ -169,7 +174,7 @@ def _menu_handle(ctx: Ctx, inp: UserInput) -> Result:
         return Goto("track")
     if picked == 3:
         return _dial(ctx, "asked")
-    if picked == 4:
+    if picked == LANGUAGE_KEY:
         return Goto("language")
     if picked == 5:
         found = _cancellable(ctx)
@@ -192,7 +197,13 @@ def _resume_prompt(ctx: Ctx) -> list[Out]:
 
 
 def _resume_handle(ctx: Ctx, inp: UserInput) -> Result:
-    picked = choice(inp, 2)
+    """1 finishes the draft, 2 starts afresh. A call from a number with a draft opens here,
+    not at the menu, so the menu's key to the language list is taken here too (said in
+    each other language at the call's start: ivr._start): whoever else shares the phone
+    can get their language before answering. The draft stays (the menu's 1 offers it)."""
+    picked = choice(inp, LANGUAGE_KEY)
+    if picked == LANGUAGE_KEY:
+        return Goto("language")
     if picked == 1:
         return Goto(ctx.state.data.pop("draft_step", None) or "pickup")
     if picked == 2:
@@ -460,6 +471,7 @@ def _confirm_handle(ctx: Ctx, inp: UserInput) -> Result:
             return Goto(MENU, [Say("ivr.confirm.too_many_unpaid", {"count": done["count"]})])
         clear_draft(ctx)
         ctx.state.data["last_ref"] = done["ref"]
+        ctx.state.data[FINISHED] = f"booked:{done['ref']}"
         return Goto("done", _booked(ctx, done["ref"], done.get("pay_minutes")))
     if picked == 2:
         return Goto("change")
@@ -561,6 +573,7 @@ def _track_handle(ctx: Ctx, inp: UserInput) -> Result:
     status = ctx.ports.booking_status(ref)
     if status is None:
         return Retry([Say("ivr.track.not_found")])
+    ctx.state.data[FINISHED] = f"track:{ref}"
     spelled = spoken.spell_digits(ref)
     if ctx.ports.payment_over(ref):
         if ctx.ports.overdue_closed(ref) is None:
@@ -740,6 +753,7 @@ def _cancel_confirm_handle(ctx: Ctx, inp: UserInput) -> Result:
         if outcome == "again":  # nothing cancelled: the amounts changed since they heard them
             return Goto("cancel_confirm", [Say("ivr.cancel.changed")])
         end_cancel(ctx)
+        ctx.state.data[FINISHED] = f"cancel:{ref}"
         if outcome == "closed":
             return Goto(MENU, [_not_allowed(result)])
         if result.get("refund_paise"):

@@ -17,7 +17,8 @@ forget_code_answers). Channel rules
 live here, not in the dialog: silence repeats the prompt at most twice and then offers a
 person (or ends the call), ``*`` repeats (keys after it in a Gather of several digits are
 the answer), at the language list silence and keys it has not get the list again, a call
-has at most ``MAX_TURNS`` turns (a 9 to a page of a village list not heard yet is none).
+has at most ``MAX_TURNS`` turns (a 9 to a page of a village list not heard yet is none) for
+each thing done in it (a booking made, cancelled or tracked: _finished).
 Nothing here calls the network.
 """
 
@@ -60,6 +61,7 @@ from core.dialog.voice import (
     DONE_ON_SILENCE,
     END_ON_SILENCE,
     ENTRY_DIGITS,
+    FINISHED,
     HEARD_CODE,
     PAGE_TURNED,
     VOICE_DIALOG,
@@ -81,7 +83,9 @@ log = logging.getLogger(__name__)
 
 PROVIDER = "twilio-voice"
 CHANNEL = "voice"
-MAX_TURNS = 40  # answers per call (a new page of a list is none: _page_turn); a booking takes ~15
+# Answers per call, counted again from 0 after each thing done (_finished); a new page of a
+# list is none (_page_turn). A booking takes ~15.
+MAX_TURNS = 40
 MAX_SILENT_REPEATS = 2  # a prompt met with silence is repeated this often, then a person
 DRAFT_KEPT = timedelta(hours=24)  # a dropped call's draft is offered again this long
 ENDED = frozenset({"completed", "busy", "failed", "no-answer", "canceled"})
@@ -711,10 +715,11 @@ def _start(session: Session, state: DialogState, ports: VoicePorts, person: Pers
             VOICE_DIALOG, ctx, VOICE_DIALOG.language)
     first = "resume" if has_draft(state.data) else MENU
     outs = [Say("ivr.welcome"), Say("ivr.hint")] + engine.enter(VOICE_DIALOG, ctx, first)
-    if state.step == MENU:
+    if state.step in (MENU, "resume"):
         # A phone is often a family's: whoever calls from it after one of them chose a
         # language hears, in each other one, the key to the language list ("for Telugu,
-        # press 4"). Said once, at the first menu of a call, to keep calls short.
+        # press 4"). Said once, at the call's first question (the menu, or "finish your
+        # booking?", which takes the menu's 4 too), to keep calls short.
         outs += [Say("ivr.other_language", lang=lang) for lang in i18n.LANGUAGES
                  if lang != ctx.lang]
     return outs
@@ -728,7 +733,7 @@ def _answer(state: DialogState, ports: VoicePorts, person: Person,
     step = VOICE_DIALOG.step(state.step)
     if call_state["turns"] > MAX_TURNS:
         state.data["call_action"] = "hangup"
-        return [Say("ivr.too_long")]
+        return _too_long(state, ctx, person)
     keys = "".join(ch for ch in call.digits if ch in "0123456789*#")
     # "*" repeats the question (ivr.hint); a Gather of several digits does not end on it,
     # so keys pressed after it come in the same answer: the caller started again, and the
@@ -762,7 +767,39 @@ def _answer(state: DialogState, ports: VoicePorts, person: Person,
     outs = engine.turn(VOICE_DIALOG, state, UserInput(text=keys.rstrip("#")), ports,
                        ctx.lang)
     _page_turn(call_state, state.data.pop(PAGE_TURNED, None))
+    _finished(call_state, state.data.pop(FINISHED, None))
     return outs
+
+
+def _finished(call_state: dict[str, Any], done: str | None) -> None:
+    """The answer finished something (voice.FINISHED: a booking made, a cancel, a track):
+    the call's count of answers starts again, so a shopkeeper booking several parcels in
+    one call is not cut in the third. Once per thing in a call: a caller tracking the same
+    booking round and round (or pressing * for ever) is still ended at MAX_TURNS."""
+    if not done or done in call_state.get("finished", []):
+        return
+    call_state.setdefault("finished", []).append(done)
+    call_state["turns"] = 0
+
+
+def _too_long(state: DialogState, ctx: Ctx, person: Person) -> list[Out]:
+    """The goodbye of a call at MAX_TURNS. A caller who never chose a language (still at
+    the list, pressing * or keys it has not) hears it in every language, their own (the
+    default, which the goodbye is in) last, as the list's own goodbye (_list_again). One
+    with a booking half made, kept as a draft when the call closes (_close_call), is told
+    it is kept and to call again to finish it, not to call again as if all was lost."""
+    if person.preferred_language is None:
+        return [Say("ivr.too_long", lang=lang)
+                for lang in sorted(i18n.LANGUAGES, key=lambda lang: lang == ctx.lang)]
+    return [Say("ivr.too_long_kept" if _draft_kept(state) else "ivr.too_long")]
+
+
+def _draft_kept(state: DialogState) -> bool:
+    """Whether closing the call now keeps a draft that the next call offers (has_draft)."""
+    step = VOICE_DIALOG.steps.get(state.step)
+    in_booking = step is not None and step.group == BOOKING and bool(state.slots)
+    draft_step = state.data.get("draft_step") or (state.step if in_booking else None)
+    return has_draft({**state.data, "draft_step": draft_step})
 
 
 # call["list_tries"]: answers in a row at the language list that chose nothing from it.
