@@ -313,15 +313,17 @@ def test_off_duty_with_a_job_in_hand_says_the_job_is_still_theirs(client, live, 
 @pytest.mark.parametrize("lang", i18n.LANGUAGES)
 def test_help_lists_cancel_which_is_a_real_command(lang: str) -> None:
     # Other messages tell partners to send CANCEL (pickup_late, cancel_hint, OFF with a
-    # job); HELP lists it, and the parser reads it as the give-back command.
-    assert "CANCEL" in i18n.t("sms.help", lang)
+    # job); HELP's second page ("HELP 2", which HELP names) lists it, and the parser
+    # reads it as the give-back command.
+    assert "CANCEL" in i18n.t("sms.help_more", lang) and "HELP 2" in i18n.t("sms.help", lang)
     assert parse_command("CANCEL 57") == parse_command("cancel 57")
     assert parse_command("CANCEL 57").kind is Kind.CANCEL
 
 
 def test_help_by_sms_lists_cancel(client, live, frozen):  # noqa: F811
     _, phone = make_partner("Ramesh", LAXMIPUR, lang="en")
-    assert "CANCEL" in sms(client, phone, "help")[0]
+    assert "HELP 2" in sms(client, phone, "help")[0]
+    assert "CANCEL" in sms(client, phone, "help 2")[0]
 
 
 @pytest.mark.parametrize(("text", "kind"), [("0n", Kind.ON), ("0N", Kind.ON),

@@ -67,7 +67,7 @@ def test_the_help_texts_own_words_for_a_command_are_that_command(lang):
     4821", his own HELP's words, are OFF and PICK. Should: the words our HELP gives for a
     command, in the partner's language, are that command. (core.domain.dispatch.WORDS)"""
     misread = {}
-    for line in i18n.t("sms.help", lang).splitlines():
+    for line in (i18n.t("sms.help", lang) + "\n" + i18n.t("sms.help_more", lang)).splitlines():
         m = _HELP_LINE.match(line.strip())
         if m is None:
             continue

@@ -636,7 +636,7 @@ def _choice_step(name: str, question: str, labels: Sequence[str], slot: str,
         return [Say(question), Choices(tuple(Say(k) for k in labels))]
 
     def handle(ctx: Ctx, inp: UserInput) -> Result:
-        picked = choice(inp, len(labels), aliases)
+        picked = choice(inp, len(labels), aliases) or label_typed(tuple(labels), inp)
         if picked is None:
             return Retry()
         ctx.slots[slot] = values[picked - 1]
@@ -644,6 +644,29 @@ def _choice_step(name: str, question: str, labels: Sequence[str], slot: str,
         return Goto(nxt)
 
     return Step(name, prompt, handle, help_key, group)
+
+
+def label_typed(labels: tuple[str, ...], inp: UserInput) -> int | None:
+    """The 1-based option whose label (``labels``: catalog keys) was typed back instead of
+    its number: "Documents", "बड़ी बोरी", "chhota" (label_words)."""
+    if inp.has_location:
+        return None
+    typed = words.label_form(inp.text)
+    return next((i for i, forms in enumerate(label_words(labels), start=1)
+                 if typed in forms), None)
+
+
+@functools.cache
+def label_words(labels: tuple[str, ...]) -> tuple[frozenset[str], ...]:
+    """How each option of a question may be typed back: its label in every catalog
+    language, whole or one of its parts (words.label_parts), and the words people use for
+    it (words.CHOICE_WORDS). A form two options share names neither: a number is asked."""
+    forms = [set().union(*(words.label_parts(shown) for shown in _each_catalog(key)),
+                         (words.label_form(w) for w in words.CHOICE_WORDS.get(key, ())))
+             for key in labels]
+    shared = {f for i, mine in enumerate(forms) for f in mine
+              if any(f in other for j, other in enumerate(forms) if j != i)}
+    return tuple(frozenset(mine - shared) for mine in forms)
 
 
 def _value_prompt(ctx: Ctx) -> list[Out]:
@@ -749,7 +772,7 @@ def _confirm_prompt(ctx: Ctx) -> list[Out]:
     fare = q["tiers"][s["tier"]]
     ctx.state.data["shown_total"] = fare["total_paise"]
     out: list[Out] = [Say("bot.confirm.summary", {
-        "pickup": place_label(s["pickup"]), "drop": place_label(s["drop"]),
+        "pickup": _place_told(s["pickup"]), "drop": _place_told(s["drop"]),
         "name": s["recipient_name"], "phone": s["recipient_phone"],
         "size": Say(f"size.{s['size']}"), "weight": Say(f"bot.weight.{s['weight']}"),
         "tier": tier_label(s["tier"], q), "km": q["km"],
@@ -766,6 +789,24 @@ def _confirm_prompt(ctx: Ctx) -> list[Out]:
     out.append(Choices((Say("bot.confirm.yes"), Say("bot.confirm.change"),
                         Say("bot.confirm.cancel"))))
     return out
+
+
+# A landmark as the confirmation shows it: the rider is told it (with the village), so the
+# customer sees it too, cut short at a word.
+LANDMARK_SHOWN_MAX = 40
+
+
+def _place_told(place: dict[str, Any]) -> Say | str:
+    """A place as the confirmation says it: its label, and the landmark given for it."""
+    landmark = " ".join((place.get("landmark") or "").split())
+    if not landmark:
+        return place_label(place)
+    if len(landmark) > LANDMARK_SHOWN_MAX:
+        cut = landmark[:LANDMARK_SHOWN_MAX - 1]
+        if " " in cut[LANDMARK_SHOWN_MAX // 2:]:
+            cut = cut[:cut.rfind(" ")]
+        landmark = cut.rstrip(" ,;:-/(") + "…"
+    return Say("bot.confirm.with_landmark", {"place": place_label(place), "landmark": landmark})
 
 
 # The key, in the slots handed to Ports.confirm, of the total the customer said yes to.

@@ -457,3 +457,54 @@ def command(text: str) -> str | None:
     if t in START_WORDS:
         return "start"
     return None
+
+
+# --- an option's label typed back instead of its number ---------------------------------
+
+# What punctuation and marks a label or a typed answer may carry, or not: commas and
+# brackets between its parts, and the nukta some type and some leave out ("कागज़",
+# "कागज"; "আয়" as one letter or two).
+_LABEL_PUNCT = re.compile(r"[.,!?।॥;:'\"()\[\]/\-–—]+")
+_NUKTAS = {0x093C: None, 0x09BC: None, 0x0ABC: None, 0x0CBC: None}
+
+
+def label_form(text: str) -> str:
+    """``text`` as an option's label is compared in: cleaned (clean), punctuation turned
+    into spaces, no nukta: "Papers, documents" and "papers documents" are one."""
+    plain = unicodedata.normalize("NFD", clean(text)).translate(_NUKTAS)
+    plain = unicodedata.normalize("NFC", plain)
+    return _SPACES.sub(" ", _LABEL_PUNCT.sub(" ", plain)).strip()
+
+
+def label_parts(label: str) -> set[str]:
+    """The forms a label is typed back in: whole, and each of its parts between commas,
+    a colon or brackets ("Papers, documents": "documents"; "हल्का: 5 किलो तक (चीनी का
+    थैला)": "हल्का", "5 किलो तक")."""
+    parts = {label_form(part) for part in re.split(r"[,:()\n]", label)}
+    return ({label_form(label)} | parts) - {""}
+
+
+# The parcel's options as people type them in Latin letters (Hinglish) or in a word of
+# their own, besides every catalog's labels (label_parts): keyed by the label's catalog
+# key. "chhota" (small) is what fits in a bag; "bada"/"badi" alone are left out (a sack
+# or a vehicle?).
+CHOICE_WORDS: dict[str, frozenset[str]] = {
+    "size.bag": frozenset({"jhola", "jhole me", "jhole mein", "thaila", "thela", "chhota",
+                           "chota", "chhota saman", "small", "bag"}),
+    "size.box": frozenset({"dibba", "dabba", "dibbe me", "dibbe mein", "box", "carton"}),
+    "size.sack": frozenset({"bori", "bora", "badi bori", "sack"}),
+    "size.vehicle": frozenset({"gaadi", "gadi", "gaadi chahiye", "gadi chahiye", "vehicle",
+                               "tempo"}),
+    "bot.category.documents": frozenset({"kagaz", "kagaj", "kaagaz", "kaagaj", "dastavez",
+                                         "dastavej", "document", "paper"}),
+    "bot.category.food": frozenset({"khana", "khaana", "khane ka saman",
+                                    "khane ka samaan"}),
+    "bot.category.clothes": frozenset({"kapde", "kapda", "kapre", "kapra", "cloth"}),
+    "bot.category.medicine": frozenset({"dawai", "dawa", "davai", "dava", "medicines"}),
+    "bot.category.grain_produce": frozenset({"anaj", "anaaj", "sabzi", "sabji", "grain",
+                                             "vegetables"}),
+    "bot.category.electronics": frozenset({"tv", "electronic"}),
+    "bot.category.household": frozenset({"ghar ka saman", "ghar ka samaan"}),
+    "bot.category.other": frozenset({"kuch aur", "kuchh aur", "other"}),
+    "bot.weight.w5": frozenset({"halka", "halki"}),
+}

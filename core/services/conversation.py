@@ -365,7 +365,7 @@ class SessionPorts:
         not come (dispatch.mark_recipient_told)."""
         from core.services import dispatch, partner_sms
 
-        holder = partner_sms._code_holder(self.session, parcel)
+        holder = partner_sms.code_holder(self.session, parcel)
         dispatch.mark_recipient_told(self.session, parcel)
         if holder == partner_sms.SENDER:
             return f"{TO_YOU}code_with_sender"

@@ -18,7 +18,6 @@ A rider who picks up a parcel for its last stretch is told whom it is for.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from dataclasses import dataclass
 from zoneinfo import ZoneInfo
@@ -205,7 +204,7 @@ HER, SENDER = "her", "sender"
 _FAILED = ("failed", "undelivered")
 
 
-def _code_holder(session: Session, parcel: Booking) -> str | None:
+def code_holder(session: Session, parcel: Booking) -> str | None:
     """Who holds the working drop code of the parcel (HER, SENDER or None): a new code
     voids the old ones, so only the latest drop-code message counts."""
     assert parcel.recipient_phone is not None
@@ -266,7 +265,7 @@ def _tell_stranger(session: Session, msg: InboundMessage, lang: str,
     if not _first_today(session, contact):
         return []
     if parcel is not None:
-        holder = _code_holder(session, parcel)
+        holder = code_holder(session, parcel)
         if holder == SENDER:
             # Hers did not reach her: a new one went to the sender to pass on.
             answer = "sms.recipient_code_with_sender"
@@ -290,8 +289,9 @@ def _first_today(session: Session, contact: str) -> bool:
     """Whether this is the first answer to the contact this India day; the mark is set
     once the turn commits."""
     day = clock.now().astimezone(_INDIA).date().isoformat()
-    digest = hashlib.sha256(contact.encode()).hexdigest()[:20]  # no phone number in Redis
-    key = f"sms:stranger-told:{day}:{digest}"
+    # No phone number in Redis, nor a plain hash of one: the few billion Indian mobiles
+    # are soon all hashed, so an unkeyed digest names the number. A keyed one does not.
+    key = f"sms:stranger-told:{day}:{outbox.number_hash(contact)[:32]}"
     if redis_client().exists(key):
         return False
     after_commit(session, lambda: redis_client().set(key, 1, ex=2 * 24 * 3600))
@@ -396,7 +396,7 @@ def _wrong_number(session: Session, parcel: Booking, lang: str) -> Asked:
                            dedupe_key=told, ops_phone=ops_phone)
     leg = _drop_leg(session, parcel)
     passed_on = False
-    if leg is not None and _code_holder(session, parcel) == HER:
+    if leg is not None and code_holder(session, parcel) == HER:
         savepoint = session.begin_nested()
         try:
             made = dispatch.new_leg_code(session, leg.id, "drop", Actor.system(),
@@ -453,7 +453,7 @@ def _code_again(session: Session, parcel: Booking, person: Person | None,
         savepoint.rollback()
         log.info("no new drop code for the recipient", extra={"code": exc.code})
         return cannot
-    if _code_holder(session, parcel) != HER:
+    if code_holder(session, parcel) != HER:
         # It could only go to the sender (our SMS to her is refused): not what she asked.
         savepoint.rollback()
         return cannot
@@ -490,6 +490,38 @@ def _drop_contact(session: Session, partner, reply: dispatch.Reply, lang: str) -
                    phone=to.phone)]
 
 
+JOB_CODE_MAX_DIGITS = 9  # a leg id as dispatch reads a typed job code (_job_number)
+
+
+def _names_a_job(cmd) -> bool:
+    """Whether the number sent with a yes stands alone as a job's code ("ok 2", "1 2",
+    "yes job 58"): nothing but yes words and job words are with it, so it can only name
+    the job he means, or be a "2" (no) after the yes. Taking his one open offer for it
+    would give him a job he may not want: he is asked. A "1" after a yes says yes again
+    ("ok 1"); a number with other words ("haan ji 5 minute") is about something else."""
+    if len(cmd.numbers) != 1 or cmd.numbers[0] == "1":
+        return False
+    return all(word == "?" or parse_command(word).kind in (Kind.ACCEPT, Kind.STATUS)
+               for word in cmd.words)
+
+
+def _offer_not_that(session: Session, partner, typed: str, lang: str) -> str:
+    """The answer to a yes naming a job he was never offered while one offer is open: no
+    such offer, and how to answer the one he has (dispatch.stray_number). A number too
+    long for a job's code (a phone number, a key held down) is not said back: that offer's
+    two choices only."""
+    if len(typed) > JOB_CODE_MAX_DIGITS:
+        return dispatch.not_understood(session, partner).render(lang)
+    offer = dispatch.open_offers_of(session, partner)[0]
+    return i18n.t("sms.offer_not_that", lang, typed=typed, job=offer.leg_id)
+
+
+def _help_key(numbers: tuple[str, ...]) -> str:
+    """HELP's page: the commands used most (HELP), the rest ("HELP 2"). A rider on a
+    feature phone pays for and pieces together every SMS part: each page fits two."""
+    return "sms.help_more" if numbers[:1] == ("2",) else "sms.help"
+
+
 def _run(session: Session, partner, cmd, lang: str) -> list[str]:
     if cmd.kind is Kind.ON:
         reply = dispatch.set_duty(session, partner, True)
@@ -502,6 +534,8 @@ def _run(session: Session, partner, cmd, lang: str) -> list[str]:
     elif cmd.kind is Kind.ACCEPT:
         code = cmd.numbers[0] if cmd.numbers else None
         if code is not None and dispatch.stray_number(session, partner, code):
+            if _names_a_job(cmd):
+                return [_offer_not_that(session, partner, code, lang)]
             code = None  # "haan ji 5 minute": yes to his one offer; 5 names no job of his
         reply = dispatch.accept(session, partner, code)
     elif cmd.kind is Kind.DECLINE:
@@ -517,7 +551,7 @@ def _run(session: Session, partner, cmd, lang: str) -> list[str]:
     elif cmd.kind is Kind.STATUS:
         return dispatch.status_lines(session, partner, lang)
     elif cmd.kind is Kind.HELP:
-        return [i18n.t("sms.help", lang)]
+        return [i18n.t(_help_key(cmd.numbers), lang)]
     elif cmd.kind is Kind.EARN:
         # What the app's earnings show (partner_app.earnings), for a rider without it.
         earned = partner_app.earnings(session, partner.id)
@@ -529,4 +563,4 @@ def _run(session: Session, partner, cmd, lang: str) -> list[str]:
     return [reply.render(lang)]
 
 
-__all__ = ["handle"]
+__all__ = ["HER", "SENDER", "code_holder", "handle"]
