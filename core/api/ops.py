@@ -47,8 +47,9 @@ from core.domain.errors import Conflict, NotFound, Unavailable, ValidationError
 from core.domain.phone import is_e164, mask_phone, normalize_phone
 from core.domain.pricing import VehicleType
 from core.domain.reference import normalize_reference
+from core.i18n import LANGUAGES
 from core.logs import mask_phones
-from core.services import admin, dispatch, handoff, payments, retention
+from core.services import admin, dispatch, handoff, partner_profile, payments, retention
 
 log = logging.getLogger(__name__)
 
@@ -122,6 +123,11 @@ class PartnerRow(BaseModel):
                     "without one they cannot go on duty, whatever their KYC (PUT "
                     "/ops/partners/{partner_id}/payout-account sets it)")
     vehicles: list[str]
+    payload_kg: int | None = Field(default=None, description="what their vehicle in use "
+                                   "carries (PUT /ops/partners/{partner_id}/vehicle changes "
+                                   "it)")
+    language: str | None = Field(default=None, description="the language their offers and "
+                                 "SMS come in (PUT /ops/partners/{partner_id}/language)")
     home_point_id: int | None = Field(
         default=None, description="their home Point: on duty, they are offered jobs near "
                                   "it (an app's fresh position wins); PUT "
@@ -202,6 +208,28 @@ class HomePointIn(Strict):
                              description="why, for the audit log (numbers kept masked)")
 
 
+class VehicleIn(Strict):
+    vehicle: VehicleType = Field(description="what the partner rides now")
+    payload_kg: int = Field(ge=1, le=1000, description="from 5 kg (the lightest parcel band) "
+                            "to what the vehicle type takes")
+    note: str | None = Field(default=None, min_length=3, max_length=300,
+                             description="why, for the audit log (numbers kept masked)")
+
+
+class LanguageIn(Strict):
+    language: str = Field(min_length=2, max_length=5, description="hi en bn mr ta te gu kn",
+                          json_schema_extra={"enum": list(LANGUAGES)})
+    note: str | None = Field(default=None, min_length=3, max_length=300,
+                             description="why, for the audit log (numbers kept masked)")
+
+
+class AppIn(Strict):
+    app: bool = Field(description="true: the partner works from the partner app; false: by "
+                                  "SMS alone")
+    note: str | None = Field(default=None, min_length=3, max_length=300,
+                             description="why, for the audit log (numbers kept masked)")
+
+
 class PartnerIn(Strict):
     """A new partner, as `python -m core.cli add-partner` takes them."""
 
@@ -225,7 +253,9 @@ def partner_row(p: PartnerProfile, phone: str | None) -> PartnerRow:
         offers_received=p.offers_received, offers_accepted=p.offers_accepted,
         trust_tier=p.trust_tier, kyc_status=p.kyc_status,
         payout_account=p.payout_account_id,
-        vehicles=[v.type for v in p.vehicles if v.active], home_point_id=p.home_point_id)
+        vehicles=[v.type for v in p.vehicles if v.active],
+        payload_kg=(v.payload_kg if (v := partner_profile.vehicle_of(p)) else None),
+        language=p.person.preferred_language, home_point_id=p.home_point_id)
 
 
 # Each list's order is total (the id last), so a cursor names one place in it. The key
@@ -395,7 +425,8 @@ def ops_partners(query: PartnerFilter) -> CursorPage[PartnerRow]:
     after = page_after(query, PARTNERS)
     with transaction() as session:
         stmt = select(PartnerProfile, Person.phone).join(
-            Person, Person.id == PartnerProfile.person_id).order_by(PartnerProfile.id)
+            Person, Person.id == PartnerProfile.person_id).order_by(PartnerProfile.id) \
+            .options(selectinload(PartnerProfile.person), selectinload(PartnerProfile.vehicles))
         if query.on_duty is not None:
             stmt = stmt.where(PartnerProfile.on_duty.is_(query.on_duty))
         stmt = stmt.offset(query.offset) if after is None \
@@ -720,6 +751,46 @@ def ops_partner_home_point(partner_id: int, body: HomePointIn) -> PartnerRow:
         p = session.get(PartnerProfile, partner_id)
         assert p is not None
         return partner_row(p, p.person.phone)
+
+
+def _partner_changed(partner_id: int, change: Callable[[Session, str], object]) -> PartnerRow:
+    """Run one of partner_profile's changes as the signed-in operator; the row after it."""
+    with transaction() as session:
+        change(session, f"ops:{principal().person_id}")
+        p = session.get(PartnerProfile, partner_id)
+        assert p is not None
+        return partner_row(p, p.person.phone)
+
+
+@endpoint(bp, "PUT", "/ops/partners/<int:partner_id>/vehicle",
+          summary="Change what a partner rides (audited): their next offers fit it; an offer "
+                  "they hold that it cannot carry is refused at their yes; jobs in hand stay "
+                  "theirs. The same vehicle and payload again changes nothing. 409 erased",
+          roles=OPS, body=VehicleIn, response=PartnerRow, tags=("ops",),
+          errors=(404, 409, 422))
+def ops_partner_vehicle(partner_id: int, body: VehicleIn) -> PartnerRow:
+    return _partner_changed(partner_id, lambda session, actor: partner_profile.set_vehicle(
+        session, partner_id, body.vehicle.value, body.payload_kg, actor=actor, note=body.note))
+
+
+@endpoint(bp, "PUT", "/ops/partners/<int:partner_id>/language",
+          summary="The language a partner's offers, SMS and calls come in (audited; the "
+                  "same again changes nothing). 409 erased",
+          roles=OPS, body=LanguageIn, response=PartnerRow, tags=("ops",),
+          errors=(404, 409, 422))
+def ops_partner_language(partner_id: int, body: LanguageIn) -> PartnerRow:
+    return _partner_changed(partner_id, lambda session, actor: partner_profile.set_language(
+        session, partner_id, body.language, actor=actor, note=body.note))
+
+
+@endpoint(bp, "PUT", "/ops/partners/<int:partner_id>/app",
+          summary="Whether a partner works from the app (found by its position) or by SMS "
+                  "alone (found at their home Point while on duty); audited, the same again "
+                  "changes nothing. 409 erased",
+          roles=OPS, body=AppIn, response=PartnerRow, tags=("ops",), errors=(404, 409))
+def ops_partner_app(partner_id: int, body: AppIn) -> PartnerRow:
+    return _partner_changed(partner_id, lambda session, actor: partner_profile.set_has_app(
+        session, partner_id, body.app, actor=actor, note=body.note))
 
 
 class PointRow(BaseModel):
