@@ -79,6 +79,7 @@ REQUIRED_KEYS = (
     | {"ivr.amount", "ivr.amount_paise"}  # voice.amount: a fee with its paise
     | {"ivr.more_again"}  # voice office_prompt: the last page of names, 9 starts again
     | {"ivr.too_long_kept"}  # ivr._too_long: the call's limit, a draft kept
+    | {"bot.parcel.weight_too_heavy"}  # booking.weight_typed: a weight above them all
     | {"ivr.person.busy", "ivr.not_mobile"}  # ivr.dial_ended, the voice webhook
     | {"ivr.ops.screen"}  # twiml.screen: the operators' phone takes a caller
     | {"payment.link_failed", "payment.ops_link_refused",  # payments._link_refused

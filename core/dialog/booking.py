@@ -42,7 +42,7 @@ from core.domain.errors import DomainError, ValidationError
 from core.domain.geo import same_place
 from core.domain.office_names import told_apart
 from core.domain.phone import is_indian_mobile, normalize_phone
-from core.domain.pricing import MAX_DECLARED_VALUE_PAISE
+from core.domain.pricing import MAX_DECLARED_VALUE_PAISE, WeightBucket
 from core.domain.reference import is_valid_reference, normalize_reference
 from core.i18n import LANGUAGE_NAMES, LANGUAGES
 
@@ -629,14 +629,20 @@ def _phone_handle(ctx: Ctx, inp: UserInput) -> Result:
 def _choice_step(name: str, question: str, labels: Sequence[str], slot: str,
                  values: Sequence[Any], next_step: str | Callable[[Ctx], str],
                  aliases: Sequence[frozenset[str]] = (), help_key: str = "bot.help.choice",
-                 group: str | None = BOOKING) -> Step:
-    """A question answered by picking one of ``labels`` (catalog keys); stores the value."""
+                 group: str | None = BOOKING,
+                 typed: Callable[[UserInput], int | Retry | None] | None = None) -> Step:
+    """A question answered by picking one of ``labels`` (catalog keys); stores the value.
+    ``typed`` reads an answer given in the question's own terms (a weight in kg) first: the
+    option it falls in, a Retry saying why none, or None to read it as a pick."""
 
     def prompt(ctx: Ctx) -> list[Out]:
         return [Say(question), Choices(tuple(Say(k) for k in labels))]
 
     def handle(ctx: Ctx, inp: UserInput) -> Result:
-        picked = choice(inp, len(labels), aliases) or label_typed(tuple(labels), inp)
+        own = typed(inp) if typed is not None else None
+        if isinstance(own, Retry):
+            return own
+        picked = own or choice(inp, len(labels), aliases) or label_typed(tuple(labels), inp)
         if picked is None:
             return Retry()
         ctx.slots[slot] = values[picked - 1]
@@ -644,6 +650,27 @@ def _choice_step(name: str, question: str, labels: Sequence[str], slot: str,
         return Goto(nxt)
 
     return Step(name, prompt, handle, help_key, group)
+
+
+def weight_typed(inp: UserInput) -> int | Retry | None:
+    """The weight option (1-based, WEIGHTS) a weight written in kg falls in: "5 kg", "2
+    quintal", "500 gm", or a bare number above the options' own (a "20" is 20 kg); a bare
+    1 to 5 is the option of that number. Above the heaviest band: a Retry saying we carry
+    up to it."""
+    if inp.has_location:
+        return None
+    kg = words.kilograms(inp.text)
+    if kg is None:
+        bare = words.number(inp.text)
+        kg = bare if bare is not None and bare > len(WEIGHTS) else None
+    if kg is None or kg <= 0:
+        return None
+    grams = kg * 1000
+    fits = [i for i, w in enumerate(WEIGHTS, start=1) if WeightBucket(w).max_grams >= grams]
+    if not fits:
+        heaviest = WeightBucket(WEIGHTS[-1]).max_grams // 1000
+        return Retry([Say("bot.parcel.weight_too_heavy", {"kg": heaviest})])
+    return fits[0]
 
 
 def label_typed(labels: tuple[str, ...], inp: UserInput) -> int | None:
@@ -1504,7 +1531,7 @@ def _steps() -> list[Step]:
         _choice_step("size", "bot.parcel.size", [f"size.{s}" for s in SIZES], "size", SIZES,
                      "weight"),
         _choice_step("weight", "bot.parcel.weight", [f"bot.weight.{w}" for w in WEIGHTS],
-                     "weight", WEIGHTS, "fragile"),
+                     "weight", WEIGHTS, "fragile", typed=weight_typed),
         _choice_step("fragile", "bot.parcel.fragile", ["bot.yes", "bot.no"], "fragile",
                      (True, False), "value", aliases=YES_NO),
         Step("value", _value_prompt, _value_handle, "bot.help.value", BOOKING),

@@ -370,6 +370,31 @@ def amount_rupees(text: str) -> int | None:
     return int(t) if t.isascii() and t.isdigit() and len(t) <= 9 else None
 
 
+# A weight as people write it: "5 kg", "20kg", "५ किलो", "2.5 kilo", "1 quintal" (100 kg,
+# how grain is weighed in a village), "500 gram". Each catalog language's words and their
+# Latin spellings; the whole answer and nothing else. A word that begins another comes
+# after it (the first alternative that matches is taken).
+_KILO_WORDS = ("kilograms?|kilos?|kgs?|kilo|किलोग्राम|किलो|केजी|কিলোগ্রাম|কিলো|কেজি"
+               "|கிலோகிராம்|கிலோ|கி\\.கி|కిలోగ్రాములు|కిలోలు|కిలో|కేజీ|કિલોગ્રામ|કિલો|કેજી"
+               "|ಕಿಲೋಗ್ರಾಂ|ಕಿಲೋ|ಕೆಜಿ")
+_QUINTAL_WORDS = ("quintals?|kwintal|kuntal|quintal|क्विंटल|कुंतल|कुन्तल|কুইন্টাল|குவிண்டால்"
+                  "|క్వింటాళ్లు|క్వింటాల్|ક્વિન્ટલ|ಕ್ವಿಂಟಾಲ್")
+_GRAM_WORDS = "grams?|gms?|gm|g|ग्राम|গ্রাম|கிராம்|గ్రాములు|గ్రాము|ગ્રામ|ಗ್ರಾಂ"
+_WEIGHT = re.compile(
+    rf"(?P<n>[0-9]{{1,4}}(?:\.[0-9]{{1,2}})?) ?(?:(?P<kg>{_KILO_WORDS})"
+    rf"|(?P<q>{_QUINTAL_WORDS})|(?P<g>{_GRAM_WORDS}))")
+
+
+def kilograms(text: str) -> float | None:
+    """The weight written with its unit, in kg: "5 kg" 5, "1.5 quintal" 150, "500 gm" 0.5;
+    None when the answer is not one number and a unit (a bare "5" is an option's number)."""
+    found = _WEIGHT.fullmatch(ascii_digits(clean(text)).replace(",", ""))
+    if found is None:
+        return None
+    n = float(found["n"])
+    return n * 100 if found["q"] else n / 1000 if found["g"] else n
+
+
 def is_yes(text: str) -> bool:
     return clean(text) in YES_WORDS
 
