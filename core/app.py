@@ -50,8 +50,10 @@ def create_app(settings: Settings | None = None) -> Flask:
 
     @app.before_request
     def _bind_request_id() -> None:
-        rid = request.headers.get("X-Request-Id") or uuid.uuid4().hex[:16]
-        g.request_id = rid[:64]
+        # The caller's id only when it is a short safe token (core.logs.accepted_request_id):
+        # it is logged with every line of the request and echoed in the answer.
+        given = logs.accepted_request_id(request.headers.get("X-Request-Id"))
+        g.request_id = given or uuid.uuid4().hex[:16]
         logs.request_id.set(g.request_id)
 
     @app.after_request

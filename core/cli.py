@@ -298,8 +298,7 @@ def worker(burst: bool = False) -> None:
     from core.adapters import pincode
 
     pincode.warm_up()  # jobs look up post offices too; pay the index build once, up front
-    fork = os.environ.get("RQ_FORK_PER_JOB", "").lower() in ("1", "true", "yes")
-    w = service_worker(fork)
+    w = service_worker(get_settings().rq_fork_per_job)  # "on" too (core.config._flag)
     w.work(with_scheduler=True, burst=burst, logging_level=get_settings().log_level)
 
 

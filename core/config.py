@@ -221,6 +221,11 @@ class Settings:
     # refuses that unless METRICS_PUBLIC=1 says the network in front is private.
     metrics_token: str | None = None
     metrics_public: bool = False
+    # Sign-in codes sent per hour, all phones and addresses together (SMS pumping spread
+    # over many numbers and addresses passes every per-phone and per-address limit).
+    signin_codes_per_hour: int = 600
+    # RQ_FORK_PER_JOB: the workers fork a process per job (core.cli.worker).
+    rq_fork_per_job: bool = False
 
     @property
     def is_production(self) -> bool:
@@ -284,6 +289,35 @@ def _template_problems(env: dict[str, str]) -> list[str]:
             problems.append(f"{name} must be the template's ContentSid (HX and 32 hex "
                             "characters, from Twilio's Content Template Builder), not its name")
     return problems
+
+
+# Twilio's <Say> voice per language (ivr_flows.twiml.say_voices): a name for a language
+# we do not ship (IVR_VOICE_HN for _HI) would be read by nobody, the default voice kept.
+VOICE_PREFIX = "IVR_VOICE_"
+
+
+def _voice_problems(env: dict[str, str]) -> list[str]:
+    return [f"{name}: no such language; IVR_VOICE_<LANG> takes one of "
+            f"{', '.join(code.upper() for code in LANGUAGES)}"
+            for name in sorted(k for k in env if k.startswith(VOICE_PREFIX))
+            if name[len(VOICE_PREFIX):].lower() not in LANGUAGES]
+
+
+# A Twilio account's SID: "AC" and 32 hex digits. Anything else (an API key's SK..., the
+# auth token pasted in its place) fails every call to Twilio with 401/404, SMS and calls
+# alike, from the first message on.
+TWILIO_ACCOUNT_SID = re.compile(r"AC[0-9a-fA-F]{32}")
+
+
+def _flag(env: dict[str, str], name: str, problems: list[str]) -> bool:
+    """An on/off setting: 1/0, true/false, yes/no, on/off (any case; unset is off). Any
+    other value is one more line of the refusal, not a silent off."""
+    raw = env.get(name, "")
+    value = raw.strip().lower()
+    if value not in YES + NO:
+        problems.append(f"{name} must be on or off (1/0, true/false, yes/no), got {raw!r}")
+        return False
+    return value in YES
 
 
 def load_settings(environ: dict[str, str] | None = None) -> Settings:
@@ -377,6 +411,8 @@ def load_settings(environ: dict[str, str] | None = None) -> Settings:
         problems.append("PUBLIC_BASE_URL must be the service's public https URL in production")
 
     problems += _template_problems(env)
+    problems += _voice_problems(env)
+    rq_fork_per_job = _flag(env, "RQ_FORK_PER_JOB", problems)
 
     database_url = env.get("DATABASE_URL", "")
     redis_url = env.get("REDIS_URL", "")
@@ -403,6 +439,11 @@ def load_settings(environ: dict[str, str] | None = None) -> Settings:
     otp_key = secret("OTP_KEY", SANDBOX_OTP_KEY, OWN_SECRET_MIN)
     twilio_sid = secret("TWILIO_ACCOUNT_SID", SANDBOX_TWILIO_ACCOUNT_SID)
     twilio_token = secret("TWILIO_AUTH_TOKEN", SANDBOX_TWILIO_AUTH_TOKEN)
+    if (production and twilio_sid and twilio_sid not in SANDBOX_SECRETS
+            and twilio_sid == twilio_sid.strip() and len(twilio_sid) >= ISSUED_SECRET_MIN
+            and not TWILIO_ACCOUNT_SID.fullmatch(twilio_sid)):
+        problems.append("TWILIO_ACCOUNT_SID must be the account's SID from Twilio's console: "
+                        "AC and 32 hex characters (34 in all)")
     rzp_id = secret("RAZORPAY_KEY_ID", SANDBOX_RAZORPAY_KEY_ID)
     rzp_secret = secret("RAZORPAY_KEY_SECRET", SANDBOX_RAZORPAY_KEY_SECRET)
     rzp_hook = secret("RAZORPAY_WEBHOOK_SECRET", SANDBOX_RAZORPAY_WEBHOOK_SECRET,
@@ -597,10 +638,66 @@ def load_settings(environ: dict[str, str] | None = None) -> Settings:
         razorpay_webhook_previous=rzp_hook_previous,
         metrics_token=metrics_token,
         metrics_public=metrics_public,
+        signin_codes_per_hour=num("SIGNIN_CODES_PER_HOUR", 600, minimum=1),
+        rq_fork_per_job=rq_fork_per_job,
     )
     if problems:
         raise ConfigError("\n".join(problems))  # a line each
     return settings
+
+
+# What each process may open beyond its pool (core.adapters.db makes its engines so).
+_POOL_OVERFLOW = 5
+
+
+def connections_wanted(env: dict[str, str]) -> int:
+    """The most PostgreSQL connections the service's processes may hold at once: the web's
+    (WEB_CONCURRENCY, 2 by default) and the workers' (WORKER_PROCESSES, 2 by default)
+    processes, each with its pool (core.adapters.db.pool_size: one a thread, WEB_THREADS
+    or DRAIN_THREADS) and its overflow."""
+    from core.adapters.db import POOL_MAX, POOL_MIN
+
+    def count(name: str, default: int) -> int:
+        raw = env.get(name, "").strip()
+        return int(raw) if raw.isascii() and raw.isdigit() else default
+
+    pool = min(max(POOL_MIN, count("WEB_THREADS", 4) + 1, count("DRAIN_THREADS", 0) + 1),
+               POOL_MAX)
+    processes = count("WEB_CONCURRENCY", 2) + count("WORKER_PROCESSES", 2)
+    return processes * (pool + _POOL_OVERFLOW)
+
+
+def connection_budget_warning(database_url: str, env: dict[str, str]) -> str | None:
+    """A warning when the processes' pools may want more connections than PostgreSQL
+    takes (`SHOW max_connections`, less the superusers' reserve): at a busy hour the last
+    ones would be refused ("too many clients"), requests and jobs failing with them.
+    Warned, not refused: pools rarely fill, and a web refusing to start over a worst case
+    would be an outage of its own. None when they fit, or the database does not answer
+    (/readyz says that)."""
+    from sqlalchemy import create_engine
+    from sqlalchemy.pool import NullPool
+
+    try:
+        engine = create_engine(database_url, poolclass=NullPool,
+                               connect_args={"connect_timeout": 3})
+        try:
+            with engine.connect() as conn:
+                limit = int(conn.exec_driver_sql("SHOW max_connections").scalar_one())
+                reserved = int(conn.exec_driver_sql(
+                    "SHOW superuser_reserved_connections").scalar_one())
+        finally:
+            engine.dispose()  # nothing of it may be inherited by the forked workers
+    except Exception:
+        return None
+    wanted, room = connections_wanted(env), limit - reserved
+    if wanted <= room:
+        return None
+    return (f"the processes' database pools may open {wanted} PostgreSQL connections "
+            f"(WEB_CONCURRENCY and WORKER_PROCESSES processes, each a pool of WEB_THREADS "
+            f"+ 1 and {_POOL_OVERFLOW} more), more than the server's max_connections "
+            f"({limit}, {reserved} kept for superusers) allows: at a busy hour some would be "
+            "refused; lower WEB_CONCURRENCY, WEB_THREADS or WORKER_PROCESSES, or raise "
+            "max_connections")
 
 
 @lru_cache(maxsize=1)

@@ -17,6 +17,19 @@ from datetime import UTC, datetime
 request_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("request_id", default=None)
 job_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("job_id", default=None)
 
+# A request id a caller (a proxy in front, a client) may give us in X-Request-Id: it goes
+# into every log line of the request and back in the answer's header, so only a short
+# token of safe characters is taken (a UUID, nginx's $request_id, our own hex ids); a
+# value with a newline, a quote, spaces or over 64 characters is replaced by our own.
+_SAFE_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
+
+
+def accepted_request_id(value: object) -> str | None:
+    """`value` when it is a safe request id to log and echo, else None."""
+    if isinstance(value, str) and _SAFE_REQUEST_ID.fullmatch(value):
+        return value
+    return None
+
 # What may stand between a number's digits, as normalize_phone (core.domain.phone) takes
 # it: any whitespace (a no-break space from a web page, a narrow one, a tab), a hyphen or
 # the Unicode dashes (an en dash as word processors type it), brackets. A number the

@@ -274,9 +274,22 @@ def describe_exit(code: int) -> str:
     return f"exit code {code}"
 
 
-def _answers(port: int) -> bool:
-    """True once something answers HTTP on 127.0.0.1:port (any status)."""
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=1.0)
+def web_address(bind_host: str) -> str:
+    """Where this machine reaches the web gunicorn binds to BIND_HOST, as a URL's host:
+    the address itself ("10.0.0.5", "[fd00::5]"), or the loopback one for every address
+    (unset, 0.0.0.0, [::])."""
+    host = bind_host.strip()
+    if host in ("", "0.0.0.0"):
+        return "127.0.0.1"
+    if host == "[::]":
+        return "[::1]"
+    return host
+
+
+def _answers(port: int, host: str = "127.0.0.1") -> bool:
+    """True once something answers HTTP on host:port (any status; an IPv6 host in
+    brackets, as a URL writes it)."""
+    conn = http.client.HTTPConnection(host, port, timeout=1.0)
     try:
         conn.request("GET", "/healthz")
         conn.getresponse().read()
@@ -414,9 +427,13 @@ class Server:
         self.raise_on_signal = False
         if self.stop_requested:  # a signal that landed between two statements above
             return 0
-        return self._watch(services, int(env["PORT"]), "web" in served)
+        return self._watch(services, int(env["PORT"]), "web" in served,
+                           web_address(env.get("BIND_HOST", "")))
 
-    def _watch(self, services: Services, port: int, has_web: bool) -> int:
+    def _watch(self, services: Services, port: int, has_web: bool,
+               host: str = "127.0.0.1") -> int:
+        """Watch the children and the embedded servers; say where the web serves once it
+        answers there (``host``: web_address of BIND_HOST: the web listens nowhere else)."""
         announced = not has_web
         app_env = os.environ.get("APP_ENV", "sandbox")
         while not self.stop_requested:
@@ -462,10 +479,10 @@ class Server:
                 child.terminate()  # what is left of its group (gunicorn's workers)
                 self._restart_at[child.name] = now + delay
             self._restart_due(services, now)
-            if not announced and _answers(port):
+            if not announced and _answers(port, host):
                 announced = True
                 print(
-                    f"RideChain is serving at http://127.0.0.1:{port} (APP_ENV={app_env})",
+                    f"RideChain is serving at http://{host}:{port} (APP_ENV={app_env})",
                     flush=True,
                 )
             pause = 0.25 if announced else 0.5

@@ -1337,8 +1337,10 @@ class RecipientErasedOut(BaseModel):
                   "request (audited recipient.erase, ids only): the bookings sent to her "
                   "lose her name, number and drop details, the messages to her and the "
                   "texts naming her lose them; money and history stay. 409 in_flight while "
-                  "a parcel to her is on its way; 409 has_account when a person holds the "
-                  "number (erase them by /ops/people/{person_id}/erase); 503 "
+                  "a parcel to her is on its way; 409 has_account when the number is an "
+                  "account's (an operator, a partner, someone who booked or signed in: "
+                  "erase them by /ops/people/{person_id}/erase; a row her STOP, chat or "
+                  "call made is erased with her, her STOP kept); 503 "
                   "queue_unavailable while the chat queue (Redis) is away: nothing was "
                   "erased, try again", roles=OPS,
           body=RecipientEraseIn, response=RecipientErasedOut, tags=("ops",),

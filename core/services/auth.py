@@ -1,9 +1,10 @@
 """Phone sign-in for the apps: a 6-digit OTP by SMS, then a signed, expiring bearer token.
 
 OTPs are kept hashed in Redis with a short life and an attempt budget; sends and
-attempts are rate limited per phone and per IP (sliding windows), and a phone's wrong
-codes are counted over a day across all its codes (a fresh code must not buy a fresh set
-of guesses). Redis keys name a phone by a keyed hash, never the number. A token names a
+attempts are rate limited per phone and per IP (sliding windows), all codes sent are
+capped per hour (SIGNIN_CODES_PER_HOUR, against SMS pumping), and a phone's wrong codes
+are counted over a day across all its codes (a fresh code must not buy a fresh set of
+guesses). Redis keys name a phone by a keyed hash, never the number. A token names a
 session row, so signing out (or an operator) revokes it at once. Neither OTPs nor tokens
 are ever logged.
 """
@@ -181,6 +182,32 @@ def _limit(*rules: tuple[str, tuple[int, int]]) -> None:
                         retry_after=wait)
 
 
+# Every sign-in code sent, whoever asked: a window of an hour against SIGNIN_CODES_PER_HOUR.
+SENDS_ALL_KEY = "otp-send-all"
+SENDS_ALL_WINDOW_S = 3600
+# While the cap refuses codes, the operators are told once an hour (not once a refusal).
+_CAP_WARNED_KEY = "auth:signin-cap-warned"
+
+
+def _cap_reached(limit: int) -> bool:
+    """Whether the hour's window of all codes sent is full (what refused an ask, when the
+    address's and the phone's windows had room)."""
+    now_ms = int(clock.now().timestamp() * 1000)
+    sent = redis_client().zcount(f"ratelimit:{SENDS_ALL_KEY}",
+                                 now_ms - SENDS_ALL_WINDOW_S * 1000 + 1, "+inf")
+    return sent >= limit
+
+
+def _refuse_over_cap(limit: int, wait: int) -> None:
+    """The hour's sign-in codes are all sent: refuse (429), and warn once an hour, with
+    no phone number (many numbers at once: SMS pumping, or a flood of real sign-ins)."""
+    if redis_client().set(_CAP_WARNED_KEY, 1, nx=True, ex=SENDS_ALL_WINDOW_S):
+        log.warning("sign-in codes refused: SIGNIN_CODES_PER_HOUR reached (SMS pumping?)",
+                    extra={"signin_codes_per_hour": limit})
+    raise AuthError(429, "rate_limited", "too many sign-in codes are being sent just now; "
+                    "please try again later", retry_after=wait)
+
+
 def _known_staff(phone: str) -> bool:
     with transaction() as session:
         role = session.scalar(select(Person.role).where(Person.phone == phone))
@@ -202,12 +229,19 @@ def request_otp(raw_phone: str, ip: str) -> str:
     if _failures_spent(phone):  # a code it could not use would only cost an SMS
         raise AuthError(429, *_SPENT, retry_after=_seconds_left(_failures_key(phone)))
     tag = _phone_tag(phone)
-    # The address's and the phone's windows in one script, all or none: an ask one of
-    # them refuses uses up none of the others (a "resend" the phone's limit refuses does
-    # not take from everyone behind the same carrier NAT), and concurrent asks cannot
-    # get past any of them.
-    _limit(by_ip, (f"otp-send-phone:{tag}", SENDS_PER_PHONE),
-           (f"otp-send-phone-day:{tag}", SENDS_PER_PHONE_DAY))
+    cap = get_settings().signin_codes_per_hour
+    # The address's, the phone's and the hour's (all codes) windows in one script, all or
+    # none: an ask one of them refuses uses up none of the others (a "resend" the phone's
+    # limit refuses does not take from everyone behind the same carrier NAT, nor from the
+    # hour's codes), and concurrent asks cannot get past any of them.
+    try:
+        _limit(by_ip, (f"otp-send-phone:{tag}", SENDS_PER_PHONE),
+               (f"otp-send-phone-day:{tag}", SENDS_PER_PHONE_DAY),
+               (SENDS_ALL_KEY, (cap, SENDS_ALL_WINDOW_S)))
+    except AuthError as err:
+        if _cap_reached(cap):
+            _refuse_over_cap(cap, err.retry_after or 1)
+        raise
     otp = generate_otp(6)
     r = redis_client()
     pipe = r.pipeline()

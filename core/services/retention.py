@@ -118,7 +118,14 @@ from core.domain.text import names_word
 from core.logs import mask_phones
 from core.services import inbound, ivr, ledger, outbox
 from core.services.booking import check_leg_otp
-from core.services.dispatch import BLOCKED_KYC, CUT_MARK, booked_place_name
+from core.services.dispatch import (
+    BLOCKED_KYC,
+    CUT_MARK,
+    OFFER_PLACE_MIN,
+    PLACE_NAME_MAX,
+    booked_place_name,
+    short_place_name,
+)
 from core.services.partner_app import LAST_FIX_KEY
 
 log = logging.getLogger(__name__)
@@ -151,6 +158,9 @@ MIN_NAME = 3
 # a word that short ("gate", "PHC") says little of where a door is, and is found in too
 # many other texts.
 MIN_PLACE = 5
+# The shortest our SMS cut a place's name to (a job offer: dispatch.offer_fields; the
+# IVR's details SMS, ivr.DETAILS_PLACE_MIN, cut only villages' names): see _cut_in_sms.
+SMS_PLACE_MIN = OFFER_PLACE_MIN
 # How long after ops ended a relay with the parcel in a rider's hands ("keep it safe, call
 # us": dispatch.stuck_relay_ended) the parcel is taken as not known to be back with its
 # sender: the sender and that rider are not erased before (ops need their numbers and the
@@ -796,14 +806,17 @@ class RecipientErasure(Erasure):
 def erase_recipient(session: Session, phone: str, *, actor: str,
                     reason: str) -> RecipientErasure:
     """Erase a parcel's recipient who has no account (her number is only on the bookings
-    sent to her), on her request, in the caller's transaction; audited (``actor``: who,
-    as the audit log names them; ``reason`` kept with any number in it masked).
+    sent to her, or on a row her STOP or her call made: that row is erased as
+    ``erase_person`` does, her opt-out kept), on her request, in the caller's
+    transaction; audited (``actor``: who, as the audit log names them; ``reason`` kept
+    with any number in it masked).
 
     ``phone`` as typed (any form ``normalize_phone`` reads): ValidationError ``bad_phone``.
     Refused (Conflict) while a booking to her is not finished (``in_flight``: the rider
     needs her number and she her drop code; ops erase her once it is delivered or
-    cancelled), and for a number a person holds (``has_account``: erase them by their
-    person id, which takes everything of theirs; the error names the id).
+    cancelled), and for a number an account holds (``has_account``: an operator, a
+    partner, someone who booked or signed in; erase them by their person id, which takes
+    everything of theirs; the error names the id).
 
     Then, as ``erase_person`` does for the bookings a person received: those bookings lose
     her name, number, the drop's landmark and exact place (their ids, money, statuses and
@@ -815,11 +828,20 @@ def erase_recipient(session: Session, phone: str, *, actor: str,
     her number) and records nothing. The audit entry names the bookings by id, never the
     number."""
     number = normalize_phone(phone)
-    holder = session.scalar(select(Person.id).where(or_(
-        Person.phone == number, Person.wa_id == number.removeprefix("+"))).limit(1))
-    if holder is not None:
-        raise Conflict(f"this number is person {holder}'s: erase them by their person id; "
+    holders = list(session.scalars(select(Person.id).where(or_(
+        Person.phone == number, Person.wa_id == number.removeprefix("+")))
+        .order_by(Person.id)))
+    account = next((pid for pid in holders if _holds_account(session, pid)), None)
+    if account is not None:
+        raise Conflict(f"this number is person {account}'s: erase them by their person id; "
                        "nothing was changed", code="has_account", field="phone")
+    # A row her STOP or her call made (no account: _holds_account) is erased as a person
+    # is, first (its conversations and the drafts naming her locked in a chat turn's
+    # order; the bookings sent to her read before they lose her number): her opt-out
+    # stays, under a hash (outbox.keep_opt_out), and the row keeps only its id and role.
+    received_before = list(session.scalars(select(Booking.id).where(
+        Booking.recipient_phone == number).order_by(Booking.id))) if holders else []
+    as_people = [erase_person(session, pid) for pid in holders]
     senders = _senders_of(session, number)
     tens = _ten_digits(number)
     # Lock order as a chat turn takes it: the booking drafts naming her first.
@@ -833,7 +855,10 @@ def erase_recipient(session: Session, phone: str, *, actor: str,
         raise Conflict(f"booking {on_way} to this number is not finished yet; nothing was "
                        "changed", code="in_flight", field="phone")
     ids = [booking_id for booking_id, _, _ in found]
-    done = RecipientErasure(None, booking_ids=ids)
+    done = RecipientErasure(None, booking_ids=sorted(set(ids) | set(received_before)))
+    for erased in as_people:
+        for kind, n in erased.counts.items():
+            done.add(kind, n)
     # These bookings alone (finished: they stay so), not one made to her since.
     received = select(Booking.id).where(_among(Booking.id, ids))
     nothing = select(Booking.id).where(false())
@@ -849,11 +874,26 @@ def erase_recipient(session: Session, phone: str, *, actor: str,
     _erase_dead_letters(done, tens)
     session.flush()
     if done.changed:
+        ids = done.booking_ids
+        people = {"person_ids": holders} if holders else {}
         session.add(AuditEntry(actor=actor, action=RECIPIENT_ERASED,
                                target=f"booking:{ids[0]}" if ids else "recipient",
                                details={"reason": mask_phones(reason), **done.counts,
-                                        "booking_ids": ids}))
+                                        "booking_ids": ids, **people}))
     return done
+
+
+def _holds_account(session: Session, person_id: int) -> bool:
+    """Whether a person is more than a contact: an operator or a partner, someone who
+    booked, or who signed in to the app. A row made by a recipient's STOP (partner_sms)
+    or her call (the IVR's contact) is none of these: erase_recipient erases it."""
+    role = session.scalar(select(Person.role).where(Person.id == person_id))
+    if role != "customer":
+        return True
+    return bool(session.scalar(select(or_(
+        exists().where(PartnerProfile.person_id == person_id),
+        exists().where(Booking.customer_id == person_id),
+        exists().where(ApiSession.person_id == person_id)))))
 
 
 def _refuse_if_in_use(session: Session, person: Person, partner: PartnerProfile | None,
@@ -1098,22 +1138,33 @@ def _landmarks(session: Session, own_ids: list[int], received_ids: list[int]) ->
                 or_(_among(b.id, own_ids), _among(b.id, received_ids)))):
         ends = [row[1:4], row[4:7]] if row[0] in own else [row[4:7]]
         for office, pincode, landmark in ends:
-            given |= {landmark, _cut_in_sms(office, pincode, landmark)}
+            given |= {landmark, *_cut_in_sms(office, pincode, landmark)}
     return {n.strip() for n in given if n and len(n.strip()) >= MIN_PLACE}
 
 
-def _cut_in_sms(office: str | None, pincode: str | None, landmark: str | None) -> str | None:
-    """The place as a rider's SMS names it when its landmark was cut to fit ("Bettiah,
-    blue gate behind..."), without the cut mark: the landmark whole is not in that text."""
+def _cut_in_sms(office: str | None, pincode: str | None, landmark: str | None) -> set[str]:
+    """The place as our SMS name it when its landmark was cut to fit: the landmark whole
+    is not in those texts. A rider's SMS names it as place() does ("Bettiah, blue gate
+    behind...": looked for without the cut mark). A place with no village is its landmark
+    alone, and a job offer cuts it further to fit 2 parts (dispatch.offer_fields, down to
+    OFFER_PLACE_MIN; a place with a village goes without its landmark instead): each such
+    cut is looked for as the SMS says it, with its cut mark ("Sitaram..."), if it keeps
+    at least MIN_PLACE characters of the landmark (a shorter one, "Opp....", says
+    nothing of where the door is, and would be found in others' texts)."""
     if not landmark:
-        return None
+        return set()
     shown = booked_place_name(office, pincode, landmark)
-    if not shown.endswith(CUT_MARK):
-        return None
     village = booked_place_name(office, pincode, None)
-    cut = shown.removesuffix(CUT_MARK)
+    cuts = set()
     # Only a cut that keeps some of the landmark says where the door is.
-    return cut if len(cut) > len(village) + len(", ") else None
+    if shown.endswith(CUT_MARK) and len(shown) - len(CUT_MARK) > len(village) + len(", "):
+        cuts.add(shown.removesuffix(CUT_MARK))
+    if not village:
+        for limit in range(PLACE_NAME_MAX - 1, SMS_PLACE_MIN - 1, -1):
+            cut = short_place_name(shown, limit)  # offer_fields cuts place()'s name
+            if cut != shown and len(cut) - len(CUT_MARK) >= MIN_PLACE:
+                cuts.add(cut)
+    return cuts
 
 
 def _senders_of(session: Session, phone: str | None) -> Senders:

@@ -48,7 +48,7 @@ if not _os.environ.get(_MULTIPROC):
 
 
 def on_starting(server) -> None:  # noqa: ANN001 (gunicorn's hook signature)
-    from core.config import ConfigError, get_settings
+    from core.config import ConfigError, connection_budget_warning, get_settings
 
     try:
         get_settings()
@@ -57,6 +57,9 @@ def on_starting(server) -> None:  # noqa: ANN001 (gunicorn's hook signature)
         # it at the end of a traceback, and the master then only "Worker failed to boot".
         print(err.report("web"), file=_sys.stderr)
         raise SystemExit(2) from None
+    over = connection_budget_warning(get_settings().database_url, dict(_os.environ))
+    if over:
+        server.log.warning(over)
     path = _os.environ[_MULTIPROC]
     _os.makedirs(path, exist_ok=True)
     for name in _os.listdir(path):
@@ -119,7 +122,9 @@ class JsonLogger(_glogging.Logger):
             status = resp.status
             if isinstance(status, str):
                 status = status.split(None, 1)[0]
-            token = logs.request_id.set(str(rid)[:64] if rid else None)
+            # A request the app never answered (gunicorn refused it) has only the caller's
+            # header: taken only when it is a safe token, as the app does.
+            token = logs.request_id.set(logs.accepted_request_id(str(rid)) if rid else None)
             try:
                 method, path = environ.get("REQUEST_METHOD", "-"), environ.get("PATH_INFO", "")
                 self.access_log.info("%s %s %s", method, path, status, extra={
