@@ -27,8 +27,13 @@ No new transfer is taken on a payment once a refund of it was asked. A Direct Tr
 the platform's balance instead, with no hold; it is pending and then processed by the
 same job. Its optional ``X-Transfer-Idempotency`` header (4-36 characters) makes a retry
 answer the same transfer (another body under the same key is a 400). The balance is
-modelled as captured payments less refunds and transfers not failed (less reversals);
-Razorpay's fees and settlement delays are not.
+modelled as an opening balance (``OPENING_BALANCE``: the account's other money) plus
+captured payments less Razorpay's fee on each, less refunds and transfers not failed
+(less reversals); settlement delays are not modelled.
+
+A captured payment carries Razorpay's ``fee`` (GST included) and ``tax`` (the GST), in
+paise: ``FEE_BPS`` of its amount plus 18% GST on that, as Razorpay's standard plan takes
+them out of the platform's balance.
 
 A refund is of at least INR 1.00 (100 paise), paid out of the platform's balance: one the
 balance cannot cover is refused (400, "does not have enough balance"). Its optional
@@ -57,7 +62,11 @@ Controls for tests and demos (Redis keys, or the helpers below):
   ``pending`` until ``settle_transfer(id)`` is called (a transfer the gateway is slow to
   process; see below);
 - ``sandbox:razorpay:refused_accounts`` (a set; ``refuse_account``): linked accounts that
-  cannot take transfers (not activated, suspended): a transfer to one gets a 400.
+  cannot take transfers (not activated, suspended): a transfer to one gets a 400;
+- ``sandbox:razorpay:fee_bps`` = N: Razorpay's rate on captured payments, in basis points
+  before GST (default FEE_BPS, 2%; 0: no fee);
+- ``sandbox:razorpay:opening_balance`` = N paise: the platform's balance before any
+  payment (default OPENING_BALANCE).
 """
 
 from __future__ import annotations
@@ -449,8 +458,32 @@ def payment_page(plink_id: str):
     return Response(page, mimetype="text/html")
 
 
+# Razorpay's fee on a captured payment: a rate of its amount (2% for UPI, cards and
+# netbanking on the standard plan) plus 18% GST on that; ``fee`` includes the GST, ``tax``
+# is the GST alone (paise). The ``fee_bps`` control changes the rate (0: no fee).
+FEE_BPS = 200
+GST_PERCENT = 18
+# What the platform's Razorpay balance holds before the sandbox's own payments (its
+# other customers' money not settled yet): a refund in full of the only payment must
+# not be refused for the fee the payment paid. The ``opening_balance`` control changes it.
+OPENING_BALANCE = 500_000
+
+
+def _int_control(name: str, default: int) -> int:
+    raw = _control(name)
+    return int(raw) if raw.lstrip("-").isdigit() else default
+
+
+def fee_and_tax(amount: int) -> tuple[int, int]:
+    """(fee with its GST, the GST) Razorpay takes on a captured payment of ``amount``."""
+    base = (amount * _int_control("fee_bps", FEE_BPS) + 5_000) // 10_000
+    tax = (base * GST_PERCENT + 50) // 100
+    return base + tax, tax
+
+
 def _payment(link: dict, status: str) -> dict:
     order_id = link["order_id"] or _new_id("order")
+    fee, tax = fee_and_tax(link["amount"]) if status == "captured" else (0, 0)
     return {
         "id": _new_id("pay"), "entity": "payment", "amount": link["amount"],
         "currency": link["currency"], "status": status, "order_id": order_id,
@@ -458,7 +491,7 @@ def _payment(link: dict, status: str) -> dict:
         "amount_refunded": 0, "amount_transferred": 0, "refund_status": None,
         "captured": status == "captured", "description": link["description"],
         "email": "void@razorpay.com", "contact": (link["customer"] or {}).get("contact", ""),
-        "notes": dict(link["notes"]), "fee": 0, "tax": 0,  # the link's, as given
+        "notes": dict(link["notes"]), "fee": fee, "tax": tax,  # the link's notes, as given
         "error_code": None if status == "captured" else "BAD_REQUEST_ERROR",
         "error_description": None if status == "captured" else "Payment failed",
         "created_at": _now(),
@@ -715,13 +748,16 @@ _IDEMPOTENCY_KEY = re.compile(r"[A-Za-z0-9_ -]{4,36}")
 
 
 def platform_balance() -> int:
-    """The platform's balance as the emulator models it: what customers paid, less what
-    was refunded or transferred (not failed; less what transfers had reversed)."""
-    paid = sum(p["amount"] for p in _all("payment") if p["captured"])
+    """The platform's balance as the emulator models it: its opening balance and what
+    customers paid, less Razorpay's fees on it (kept at capture, never given back by a
+    refund), less what was refunded or transferred (not failed; less what transfers had
+    reversed)."""
+    captured = [p for p in _all("payment") if p["captured"]]
+    paid = sum(p["amount"] - (p.get("fee") or 0) for p in captured)
     refunded = sum(r["amount"] for r in _all("refund") if r["status"] != "failed")
     moved = sum(t["amount"] - t["amount_reversed"] for t in _all("transfer")
                 if t["status"] != "failed")
-    return paid - refunded - moved
+    return _int_control("opening_balance", OPENING_BALANCE) + paid - refunded - moved
 
 
 @bp.post("/razorpay/v1/transfers")

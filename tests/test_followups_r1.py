@@ -95,7 +95,10 @@ def test_ivr_track_of_an_unpaid_booking_sends_the_link_again_by_sms(live, phone)
     assert t("ivr.track.link_coming") in heard.text and t("ivr.menu") in heard.text
     phone.hang_up()
     run_jobs()  # the link is made and sent by SMS
-    link_sms = i18n.t("pay.link", "hi", ref=ref, total_paise=total, url=link_url(bid))
+    with transaction() as s:
+        left = payments.minutes_to_pay(s.get(Booking, bid))  # the SMS says it (session 30)
+    link_sms = i18n.t("pay.link", "hi", ref=ref, total_paise=total, url=link_url(bid),
+                      minutes=left)
     assert sms_bodies(phone.phone).count(link_sms) == 1
 
     phone.call()
@@ -113,7 +116,10 @@ def test_ivr_track_of_an_unpaid_booking_sends_the_link_again_by_sms(live, phone)
     phone.call()
     phone.press("2")
     phone.press("1")
-    assert sms_bodies(phone.phone).count(link_sms) == 3
+    later = i18n.t("pay.link", "hi", ref=ref, total_paise=total, url=link_url(bid),
+                   minutes=left - 10)  # sent 10 minutes later: 10 minutes less to pay
+    assert sms_bodies(phone.phone).count(link_sms) == 2
+    assert sms_bodies(phone.phone).count(later) == 1
     run_jobs()
 
 

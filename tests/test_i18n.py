@@ -69,6 +69,8 @@ REQUIRED_KEYS = (
        "payment.ops_link_timeout", "payment.ops_refund_unanswered",
        "payment.ops_reconcile_mismatch"}  # payments, reconciliation alerts
     | {"payment.after_cancel"}  # payments.record_capture: a link paid after cancelling
+    | {"payment.ops_owed_long", "payment.ops_owed_long_error",  # payments._tell_owed_long
+       "payment.ops_refund_no_balance"}  # payments.refund_booking: refused for balance
     | {f"payment.{k}" for k in ("after_expiry", "extra", "wrong_amount",
                                 "wrong_amount_no_link")}  # record_capture: given back
     | {"bot.handoff.closed", "bot.handoff.expired"}  # handoff.close, handoff.expire_idle

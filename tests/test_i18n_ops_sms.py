@@ -44,6 +44,7 @@ OPS_VALUES: dict[str, object] = {
     "first": "48213907",
     "refs": "48213908, 48213909, 48213910, 48213911, 48213912 ...",
     "count": 12,  # reconciliation: new mismatches found in one run
+    "days": 120,  # payments._tell_owed_long: a payout unpaid that long (7 days or more)
 }
 
 OPS_KEYS = sorted(k for k in i18n.keys("en") if ".ops_" in k)

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from core import clock
+from core import clock, i18n
 from core.adapters.db import transaction
 from core.adapters.queue import enqueue
 from core.domain import ledger as rules
@@ -200,7 +200,11 @@ def test_ops_hear_once_of_a_leg_still_owed_a_week_on(live):
     alerts = ops_alerts()
     assert len(alerts) == 2, alerts
     ref = payments_booking_ref(bid)
-    assert ref in alerts[1] and "unpaid 7 days, still trying" in alerts[1], alerts[1]
+    with transaction() as s:  # in the operator's language, the refusal quoted (session 30)
+        owed = ledger.leg_payable(s, leg_id) - ledger.leg_paid_out(s, leg_id)
+    said = i18n.t("payment.ops_owed_long_error", i18n.DEFAULT_LANGUAGE, ref=ref, leg=leg_id,
+                  payout_paise=owed, days=7, error="<error>").split("<error>")[0]
+    assert alerts[1].startswith(said) and "activated" in alerts[1], alerts[1]
 
 
 def payments_booking_ref(bid: int) -> str:

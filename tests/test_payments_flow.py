@@ -152,7 +152,12 @@ def test_delivering_the_leg_releases_payout_and_commission_and_transfers_once(li
         assert t.amount_paise == b.partner_share_paise
         # releasing the hold paid the payable out: nothing owed to the partner any more
         assert ledger.partner_balance(sess, partner) == 0
-        assert ledger.balance(sess, rules.COMMISSION) == b.commission_paise
+        # The platform bears Razorpay's fee on the payment (session 30): its commission
+        # less that fee, which the gateway's fees hold.
+        (fee,) = [p["fee"] for p in emu._all("payment")]
+        assert fee > 0
+        assert ledger.balance(sess, rules.COMMISSION) == b.commission_paise - fee
+        assert ledger.balance(sess, rules.FEES) == fee
     gw = emu._all("transfer")
     assert len(gw) == 1 and gw[0]["on_hold"] is False and gw[0]["amount"] == b.partner_share_paise
     # A second release (retried job, duplicate enqueue) changes nothing, creates no transfer.

@@ -227,7 +227,7 @@ def test_the_sweep_makes_a_link_whose_job_was_lost(live, monkeypatch, lose):
     assert booking(bid).status == BookingStatus.AWAITING_PAYMENT.value
     assert to_customer(bid) == [i18n.t("pay.link", "en", ref=ref(bid),
                                        total_paise=booking(bid).total_paise,
-                                       url=link.short_url)]
+                                       url=link.short_url, minutes=28)]
     assert payments.sweep()["links_requeued"] == 0  # it has its link
 
 

@@ -384,9 +384,9 @@ def test_the_ledger_views_show_money_held_for_ops(live, client, ops):
 
 
 # The kinds of migrations after 0034 (0035: the platform's cost of a dashboard refund;
-# 0039: the rest of a payment under the least refund, kept).
+# 0039: the rest of a payment under the least refund, kept; 0045: Razorpay's fee).
 LATER_KINDS = (rules.EntryKind.OUTSIDE_REFUND_PLATFORM, rules.EntryKind.RELEASE_PLATFORM,
-               rules.EntryKind.REMAINDER_KEPT)
+               rules.EntryKind.REMAINDER_KEPT, rules.EntryKind.GATEWAY_FEE)
 
 
 def test_the_resolution_kinds_are_in_the_ledgers_check(db, engine):  # noqa: F811

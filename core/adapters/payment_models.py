@@ -30,7 +30,8 @@ from core.domain.ledger import AccountKind, EntryKind
 LINK_STATUSES = ("created", "partially_paid", "paid", "cancelled", "expired")
 TRANSFER_STATUSES = ("pending", "on_hold", "released", "processed", "failed", "reversed")
 REFUND_STATUSES = ("requested", "pending", "processed", "failed")
-MISMATCH_KINDS = ("missing_in_ledger", "missing_at_gateway", "amount_differs")
+# fee_differs: Razorpay's fee on a payment is not the ledger's (migration 0045).
+MISMATCH_KINDS = ("missing_in_ledger", "missing_at_gateway", "amount_differs", "fee_differs")
 MISMATCH_ENTITIES = ("payment", "refund", "transfer")
 
 

@@ -33,6 +33,12 @@ outside the service of an amount not in whole rupees) can be neither refunded no
 to anyone: ``remainder_kept`` takes it out of the closed booking's escrow for the
 platform's commission, so no escrow holds money for good that nobody can move.
 
+Razorpay keeps its fee (GST included) on each captured payment out of the platform's
+balance: ``gateway_fee`` moves it from the platform's commission to ``gateway_fees`` (money
+gone to the gateway, like ``gateway_clearing``), so what the platform's accounts hold is
+what its Razorpay balance holds; the booking's escrow and the partners' payouts do not
+change (the platform bears the fee).
+
 Every entry has an idempotency key derived from what caused it (a gateway payment id, a
 leg id, our refund id), so recording the same cause twice is a no-op in the database; the
 same key sent with another entry (another kind or other postings) is refused
@@ -55,6 +61,7 @@ class AccountKind(StrEnum):
     PLATFORM_COMMISSION = "platform_commission"
     REFUNDS_PENDING = "refunds_pending"
     REVERSED_PAYOUTS = "reversed_payouts"
+    GATEWAY_FEES = "gateway_fees"
 
 
 class EntryKind(StrEnum):
@@ -74,6 +81,7 @@ class EntryKind(StrEnum):
     OUTSIDE_REFUND_PLATFORM = "outside_refund_platform"
     RELEASE_PLATFORM = "release_platform"
     REMAINDER_KEPT = "remainder_kept"
+    GATEWAY_FEE = "gateway_fee"
 
 
 # Accounts whose balance may never go below zero (checked at write time, under a lock).
@@ -121,6 +129,7 @@ class Account:
 
 GATEWAY = Account(AccountKind.GATEWAY_CLEARING)
 COMMISSION = Account(AccountKind.PLATFORM_COMMISSION)
+FEES = Account(AccountKind.GATEWAY_FEES)
 
 
 def escrow(booking_id: int) -> Account:
@@ -193,6 +202,18 @@ def capture(booking_id: int, payment_id: str, amount_paise: int) -> Entry:
     return Entry(EntryKind.CAPTURE, f"capture:{payment_id}", booking_id,
                  tuple(_move(GATEWAY, escrow(booking_id), amount_paise)),
                  memo="payment captured", gateway_ref=payment_id)
+
+
+def gateway_fee(booking_id: int, payment_id: str, fee_paise: int) -> Entry:
+    """Razorpay kept its fee for a captured payment (``fee``, its GST ``tax`` included)
+    out of the platform's balance: the platform bears it, so it leaves the platform's
+    commission for the gateway's fees; the booking's escrow (the customer's money) and
+    the partners' payouts are untouched. Once per payment, beside its capture."""
+    _amount("fee_paise", fee_paise)
+    return Entry(EntryKind.GATEWAY_FEE, f"capture:{payment_id}:fee", booking_id,
+                 tuple(_move(COMMISSION, FEES, fee_paise)),
+                 memo="gateway fee (GST included) on a captured payment",
+                 gateway_ref=payment_id)
 
 
 def leg_commission(commission_total: int, partner_share_total: int, leg_payout: int,

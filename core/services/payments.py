@@ -25,6 +25,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import re
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -144,8 +145,22 @@ def send_link_again(session: Session, booking: Booking, phone: str) -> bool:
     slot = int(clock.now().timestamp() // LINK_AGAIN_EVERY.total_seconds())
     notify.notify_phone(session, phone, "pay.link", booking_id=booking.id,
                         dedupe_key=f"paylink-{booking.id}-again-{slot}",
-                        ref=booking.reference, total_paise=booking.total_paise, url=url)
+                        ref=booking.reference, total_paise=booking.total_paise, url=url,
+                        minutes=minutes_to_pay(booking))
     return True
+
+
+def minutes_to_pay(booking: Booking, link: PaymentLink | None = None) -> int:
+    """Minutes left to pay the booking, as its payment link says them: until its
+    expires_at (or the link's expire_by, if sooner), rounded up as the phone says them
+    (ivr.VoicePorts.confirm), at least 1. Someone whose phone cannot open the link must
+    find one that can in that time; the SMS is the only place they can read it again."""
+    ends = [t for t in (booking.expires_at, link.expire_by if link is not None else None)
+            if t is not None]
+    if not ends:
+        return max(1, math.ceil(payment_link_ttl().total_seconds() / 60))
+    left = (min(ends) - clock.now()).total_seconds()
+    return max(1, math.ceil(left / 60))
 
 
 def payment_urls(session: Session, bookings: list[Booking]) -> dict[int, str]:
@@ -1079,7 +1094,8 @@ def _send_link(session: Session, booking: Booking, link: PaymentLink) -> None:
     if booking.status != BookingStatus.AWAITING_PAYMENT.value:
         return
     notify.notify_customer(session, booking, "pay.link", total_paise=booking.total_paise,
-                           url=link.short_url, dedupe_key=f"paylink-{booking.id}")
+                           url=link.short_url, minutes=minutes_to_pay(booking, link),
+                           dedupe_key=f"paylink-{booking.id}")
 
 
 def cancel_payment_link(booking_id: int) -> str:
@@ -1310,16 +1326,67 @@ def _on_capture(data: dict, cause: str) -> str:
         log.warning("captured payment of no booking of ours")
         return "unknown-payment"
     return record_capture(booking_id, pid, amount, link_status=(link or {}).get("status"),
-                          cause=cause)
+                          cause=cause, fee=_fee(payment, amount))
+
+
+def _fee(payment: dict, amount: int) -> int | None:
+    """Razorpay's fee on a captured payment (``fee``: paise, its GST ``tax`` included),
+    None where the payment says none (an older payload: null) or one we cannot take (more
+    than the payment, or not an amount): logged, the reconciliation sees the rest."""
+    fee = _paise(payment, "fee")
+    if fee is None or fee > amount:
+        if payment.get("fee") is not None:
+            log.error("captured payment with a fee we cannot take", extra={"amount": amount})
+        return None
+    return fee
+
+
+def _book_fee(session: Session, booking_id: int, payment_id: str, fee: int | None,
+              cause: str) -> None:
+    """The platform's cost of a captured payment: Razorpay's fee (rules.gateway_fee),
+    once per payment whichever path tells it first; nothing for a fee of 0 or none. A fee
+    told otherwise than the one booked is logged (by ledger.post) and left to the
+    reconciliation (``fee_differs``): it must not keep the payment from being recorded."""
+    if fee:
+        try:
+            ledger.post(session, rules.gateway_fee(booking_id, payment_id, fee),
+                        actor="gateway:razorpay", cause=cause)
+        except rules.EntryConflict:
+            pass
+
+
+def record_fee(payment: dict, cause: str) -> bool:
+    """The reconciliation found a captured payment of ours recorded without its fee (its
+    webhook lost: the link's own list of payments has no fee): the fee is booked as the
+    webhook would have. True if an entry was made now."""
+    pid, amount = _gateway_id(payment), _paise(payment, "amount")
+    if pid is None or not amount:
+        return False
+    fee = _fee(payment, amount)
+    if not fee:
+        return False
+    from core.adapters.payment_models import LedgerTransaction
+
+    with transaction() as session:
+        booking_id = session.scalar(select(LedgerTransaction.booking_id).where(
+            LedgerTransaction.idempotency_key == f"capture:{pid}"))
+        if booking_id is None:  # not captured here (yet): its capture books both
+            return False
+        ledger.lock_booking(session, booking_id)
+        return ledger.post(session, rules.gateway_fee(booking_id, pid, fee),
+                           actor="gateway:razorpay", cause=cause)
 
 
 def record_capture(booking_id: int, payment_id: str, amount: int, *, cause: str,
-                   link_status: str | None = None) -> str:
-    """A captured payment goes into the booking's escrow (once); the booking is paid."""
+                   link_status: str | None = None, fee: int | None = None) -> str:
+    """A captured payment goes into the booking's escrow (once); the booking is paid.
+    Razorpay's ``fee`` on it, when told, is booked beside it (_book_fee): also for a
+    payment recorded before by a path that did not know its fee."""
     with transaction() as session:
         booking = ledger.lock_booking(session, booking_id)
         new = ledger.post(session, rules.capture(booking_id, payment_id, amount),
                           actor="gateway:razorpay", cause=cause)
+        _book_fee(session, booking_id, payment_id, fee, cause)
         link = session.scalar(select(PaymentLink).where(PaymentLink.booking_id == booking_id))
         status = booking.status
         pays = new and status == BookingStatus.AWAITING_PAYMENT.value and (
@@ -2674,6 +2741,8 @@ def refund_booking(booking_id: int, reason: str) -> str:
             # More than the payment has left (a refund made in the dashboard took part of
             # it): no retry changes that. Refused, so nothing was made under this key.
             return _cut_attempt(refund_id, left, str(exc))
+        if _low_balance(exc):
+            _tell_low_balance(refund_id)
         job = get_current_job()
         if job is None or not job.should_retry:
             _end_refused_attempt(refund_id, str(exc))
@@ -2760,6 +2829,35 @@ def _cut_attempt(refund_id: int, left: int, error: str) -> str:
         log.warning("refund attempt cut to what its payment has left",
                     extra={"booking_id": booking.id, "amount": amount})
         return "cut"
+
+
+def _low_balance(exc: Exception) -> bool:
+    """Razorpay's refusal of a refund (or transfer) the platform's balance cannot cover
+    ("Your account does not have enough balance to carry out the refund operation."; its
+    words are not part of the API: any refusal that speaks of the balance counts)."""
+    said = str(exc).lower()
+    return isinstance(exc, gw.BadRequestError) and "balance" in said and (
+        "enough" in said or "insufficient" in said or "low" in said)
+
+
+def _tell_low_balance(refund_id: int) -> None:
+    """Ops hear at the first refusal of a refund attempt for want of balance: only a
+    person can top the account up, and the retries alone (GATEWAY_RETRY, then
+    refund_attempts() attempts refund_retry_delay() apart) would tell them hours later,
+    at the last (payment.ops_refund_stuck, which still comes if nothing changes). Once per
+    attempt (the outbox's dedupe key names it): its retries are refused alike."""
+    from core.services.dispatch import alert_ops  # dispatch imports payments
+
+    log.error("refund refused: the platform's balance is too low",
+              extra={"refund_id": refund_id})
+    with transaction() as session:
+        refund = session.get(Refund, refund_id)
+        booking = session.get(Booking, refund.booking_id) if refund is not None else None
+        if refund is None or booking is None or refund.status != "requested":
+            return
+        alert_ops(session, "payment.ops_refund_no_balance", booking_id=booking.id,
+                  dedupe_key=f"refund-{refund.id}-balance", ref=booking.reference,
+                  refund_paise=refund.amount_paise)
 
 
 def _note_refund_error(refund_id: int, error: str) -> None:
@@ -3403,6 +3501,19 @@ def owed_legs_in_turn(session: Session) -> list[int]:
         .order_by(LedgerPosting.leg_id)))
 
 
+# How a leg transfer's last_error quotes the gateway (_transfer_refused, _on_transfer);
+# its other notes are our own English words, which an operator's SMS does not quote.
+_GATEWAY_SAID = ("refused: ", "gateway reported transfer.failed: ")
+
+
+def _gateway_words(last_error: str | None) -> str | None:
+    """The gateway's own words in a leg transfer's ``last_error``, None if it has none."""
+    for prefix in _GATEWAY_SAID:
+        if last_error and last_error.startswith(prefix) and last_error[len(prefix):].strip():
+            return last_error[len(prefix):]
+    return None
+
+
 def _tell_owed_long(leg_id: int) -> None:
     """Ops hear once of a leg still owed OWED_LONG after it was last owed (its release,
     cancellation fee, failed transfer or repaid reversal), as its transfer is tried
@@ -3431,13 +3542,15 @@ def _tell_owed_long(leg_id: int) -> None:
         owed = ledger.leg_payable(session, leg_id) - ledger.leg_paid_out(session, leg_id)
         row = session.scalar(select(LegTransfer).where(LegTransfer.leg_id == leg_id))
         days = (clock.now() - since).days
-        why = f"unpaid {days} days, still trying" + (
-            f"; {row.last_error}" if row is not None and row.last_error else "")
         log.error("a leg is still owed to its partner", extra={"leg_id": leg_id, "days": days})
-        alert_ops(session, "payment.ops_transfer_refused", booking_id=booking.id,
+        # Our own words in each operator's language (alert_ops: lang=None); the gateway's
+        # last refusal, when there is one, quoted as it said it.
+        error = _gateway_words(row.last_error if row is not None else None)
+        alert_ops(session, "payment.ops_owed_long_error" if error else "payment.ops_owed_long",
+                  booking_id=booking.id,
                   dedupe_key=f"transfer-{leg_id}-owed-{int(since.timestamp())}",
-                  ref=booking.reference, leg=leg_id, payout_paise=owed,
-                  error=alert_error(why))
+                  ref=booking.reference, leg=leg_id, payout_paise=owed, days=days,
+                  **({"error": alert_error(error)} if error else {}))
     try:
         redis_client().set(told, 1, ex=400 * 86400)
     except RedisError:

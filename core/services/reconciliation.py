@@ -11,6 +11,10 @@ Each difference (missing on either side, amount differs) is recorded once per (k
 entity, gateway id) and marked resolved when a later run finds it matching. Operators
 read them with ``list_mismatches`` (the ops REST endpoint comes with the REST API).
 
+Razorpay's fee on each captured payment compared (``fee_differs``) with the ledger's
+``gateway_fee`` entry of it; one the ledger lacks (the payment recorded without its
+webhook) is booked first (payments.record_fee).
+
 A payout the gateway shows less of than the ledger paid out (the transfer reversed since,
 all or part, by ops in the dashboard: Razorpay sends no webhook for it) is recorded first
 as a ``transfer_reversed`` entry (payments.record_transfer_reversal: once per reversal,
@@ -106,7 +110,7 @@ RECONCILE_LOCK_KEY = int.from_bytes(b"RCrc", "big")
 
 @dataclass(frozen=True)
 class Finding:
-    kind: str  # missing_in_ledger | missing_at_gateway | amount_differs
+    kind: str  # missing_in_ledger | missing_at_gateway | amount_differs | fee_differs
     entity: str  # payment | refund | transfer
     gateway_id: str
     booking_id: int | None
@@ -210,6 +214,43 @@ def _compare(entity: str, gateway: dict[str, int], ledger_side: dict[str, tuple[
             findings.append(Finding("amount_differs", entity, gid, booking_id, amount, gw_amount,
                                     f"{entity} amount differs between ledger and gateway"))
     return findings, (set(gateway) | set(ledger_side)) - unanswered, unanswered
+
+
+def _gateway_fee(payment: dict) -> int | None:
+    """Razorpay's fee on a payment (paise, its GST included), None where it gives none
+    (an older payment: null)."""
+    fee = payment.get("fee")
+    return fee if isinstance(fee, int) and not isinstance(fee, bool) and fee >= 0 else None
+
+
+def _fee_findings(payments: dict[str, dict], led_pay: dict[str, tuple[int, int | None]]
+                  ) -> list[Finding]:
+    """Razorpay's fee on each captured payment the ledger holds, compared with the
+    ledger's gateway_fee entry of it (none counts as 0). One recorded without its fee
+    (its webhook lost) has it booked first, as the webhook would have
+    (payments.record_fee); a fee the ledger shows otherwise is a ``fee_differs``
+    mismatch of the payment. A payment with no fee given (null) is not compared."""
+    from core.services import payments as pay  # payments imports nothing of this module
+
+    told = {gid: fee for gid, item in payments.items()
+            if gid in led_pay and (fee := _gateway_fee(item)) is not None}
+    if not told:
+        return []
+
+    def booked() -> dict[str, tuple[int, int | None]]:
+        with transaction() as session:
+            return _ledger_amounts(session, EntryKind.GATEWAY_FEE, AccountKind.GATEWAY_FEES,
+                                   clock.now(), None, set(told))
+
+    led_fee = booked()
+    made = [pay.record_fee(payments[gid], f"reconcile:{gid}")
+            for gid, fee in told.items() if fee and gid not in led_fee]
+    if any(made):
+        led_fee = booked()
+    return [Finding("fee_differs", "payment", gid, led_pay[gid][1],
+                    led_fee.get(gid, (0, None))[0], fee,
+                    "Razorpay's fee on the payment differs between ledger and gateway")
+            for gid, fee in told.items() if led_fee.get(gid, (0, None))[0] != fee]
 
 
 def _gateway_amount(entity: str, item: dict | None) -> int | None:
@@ -503,6 +544,7 @@ def _run(since: datetime | None, until: datetime | None) -> dict[str, int]:
                          "refund made outside the service, pending at the gateway: "
                          "recorded once processed")
                  for gid, (booking_id, amount) in outside_pending.items()]
+    findings += _fee_findings(payments, led_pay)
     _alert_new(_record(findings, checked))
     if default_window:
         redis_client().set(LAST_UNTIL_KEY, int(_marker(until, unanswered).timestamp()))
