@@ -53,6 +53,9 @@ def _configure_env() -> None:
     # Operators always at work, whatever the hour the suite runs (test_ops_hours sets the
     # hours it tests, and moves the clock through them).
     os.environ["OPS_HOURS"] = "24h"
+    # Recipients' drop codes at any hour, whatever the hour the suite runs on the wall clock
+    # (tests of the night hold set it: test_ops_s30's drop_code_night).
+    os.environ["DISPATCH_DROP_CODE_NIGHT"] = "off"
     for name in ("TWILIO_API_BASE", "RAZORPAY_API_BASE", "OSRM_URL"):
         os.environ.pop(name, None)
 

@@ -75,6 +75,7 @@ REQUIRED_KEYS = (
                                 "wrong_amount_no_link")}  # record_capture: given back
     | {"bot.handoff.closed", "bot.handoff.expired"}  # handoff.close, handoff.expire_idle
     | {"bot.handoff.kept"}  # conversation._kept_for_the_team: a call's request waits
+    | {"handoff.ops_waiting"}  # handoff.alert_unanswered: nobody answered in time
     | {"address.same_place", "ivr.place.same"}  # the dialogs, when drop == pickup
     | {"bot.confirm.new_price", "ivr.confirm.new_price"}  # booking.confirm_as_shown
     | {"bot.confirm.with_landmark"}  # booking._place_told: the landmark the rider is told

@@ -47,6 +47,7 @@ from tests.test_dispatch import (
     sms,
     start,
 )
+from tests.test_ops_s30 import no_drop_code_night  # noqa: F401  (fixture)
 
 pytestmark = pytest.mark.db
 
@@ -83,8 +84,8 @@ def wall_clock():
 # --- 1. news that waited past the in-order window is sent after what replaced it ----------
 
 
-def test_a_picked_up_notice_stuck_in_retries_is_not_sent_after_delivered(client, live,
-                                                                         wall_clock):
+def test_a_picked_up_notice_stuck_in_retries_is_not_sent_after_delivered(
+        client, live, wall_clock, no_drop_code_night):  # noqa: F811  (the wall clock's hour)
     """Twilio is down when Ramesh picks the parcel up: "the rider has picked up the
     parcel" waits for its retries. He delivers eleven minutes later, when Twilio works
     again: "delivered" is not held (the earlier row is over IN_ORDER_FOR old) and goes at

@@ -24,6 +24,7 @@ from sandbox import razorpay as emu
 from tests.conftest import release_scheduled, run_jobs
 from tests.test_api import sign_in
 from tests.test_dispatch import LAXMIPUR, legs_of, make_partner, sms
+from tests.test_ops_s30 import no_drop_code_night  # noqa: F401  (fixture)
 from tests.test_payments_support import (
     SKIPPED,
     booking,
@@ -234,7 +235,8 @@ def test_the_sweep_makes_a_link_whose_job_was_lost(live, monkeypatch, lose):
 # --- cancelled by ops -----------------------------------------------------------------------
 
 
-def test_ops_cancelling_a_paid_booking_tells_the_customer_and_the_recipient(client, live):
+def test_ops_cancelling_a_paid_booking_tells_the_customer_and_the_recipient(
+        client, live, no_drop_code_night):  # noqa: F811  (the wall clock's hour)
     bid = paid_booking()
     with transaction() as s:
         b = s.get(Booking, bid)

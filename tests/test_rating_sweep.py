@@ -247,7 +247,10 @@ def test_the_sweep_reads_the_due_rows_only_in_a_few_statements(clean_db):
         done = dispatch_jobs.sweep()
     assert done["rating_asks"] == DUE
     ours = [(sql, params) for sql, params in seen if "rating_asks" in sql]
-    assert len(seen) == len(dispatch_alone) + len(ours)
+    # And the check for handoffs nobody answered in time (handoff.alert_unanswered): one.
+    handoffs = [sql for sql, _ in seen if "FROM handoffs" in sql]
+    assert [sql.split()[0] for sql in handoffs] == ["SELECT"]
+    assert len(seen) == len(dispatch_alone) + len(ours) + len(handoffs)
     assert [sql.split()[0] for sql, _ in ours] == ["SELECT", "DELETE", "UPDATE"]
     # Each lost try is scheduled again, now; the waiting ones are left alone; the ended
     # ones forgotten; those still to come untouched.

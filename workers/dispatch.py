@@ -2,8 +2,10 @@
 
 Job ids are natural keys: ``dispatch-<booking>``, ``offer-timeout-<offer>``,
 ``dispatch-deadline-<leg>-<round>``, ``dispatch-retry-<leg>-<round>-<pass>``,
+``drop-code-morning-<leg>-<tag>``,
 ``dispatch-sweep-<minute>``; the sweep also re-schedules lost rating questions
-(``rate-ask-<booking>-<try>``, core.services.rating).
+(``rate-ask-<booking>-<try>``, core.services.rating) and tells ops of handoffs nobody
+answered in time (core.services.handoff.alert_unanswered).
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from core import clock
-from core.services import dispatch, rating
+from core.services import dispatch, handoff, rating
 
 SWEEP_EVERY_S = 60
 
@@ -43,19 +45,29 @@ def resume_search(leg_id: int, round_no: int) -> str:
     return dispatch.resume_search(leg_id, round_no)
 
 
+def morning_drop_code(leg_id: int) -> str:
+    """The night is over: the recipient's drop code kept from it goes now."""
+    return dispatch.morning_drop_code(leg_id)
+
+
 def sweep() -> dict[str, int]:
     """Expire offers whose timeout job was lost, move stalled searches on, chase taken jobs
     not picked up or delivered in time (a relay leg's rider not come to the Point for the
     parcel too), ask again for the ratings of deliveries whose try was lost
-    (core.services.rating); then reschedule."""
+    (core.services.rating), tell ops of people waiting for a person past the reply we
+    promised (core.services.handoff); then reschedule."""
     try:
         try:
             done = dispatch.sweep()
         finally:
-            # The ratings' sweep runs even when dispatch's failed (one bad leg must not
-            # leave customers unasked); a failure of its own fails the job as before.
-            asks = rating.sweep()
-        return {**done, "rating_asks": asks}
+            # The ratings' sweep and the handoffs' check run even when dispatch's failed
+            # (one bad leg must not leave customers unasked or unanswered); a failure of
+            # their own fails the job as before.
+            try:
+                asks = rating.sweep()
+            finally:
+                waiting = handoff.alert_unanswered()
+        return {**done, "rating_asks": asks, "handoffs_unanswered": waiting}
     finally:
         # One failed run (the database restarting) must not end the chain; the next run
         # is the minute after this one's, whatever this worker's clock says.

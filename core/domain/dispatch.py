@@ -90,6 +90,9 @@ class DispatchConfig:
     weights: Weights = Weights()
     max_candidates: int = 20
     otp_max_failures: int = 5
+    # The recipient's night (minutes after midnight, India time: from, until), when her
+    # drop code waits for the morning or the pickup; None: sent at any hour.
+    drop_code_night: tuple[int, int] | None = (21 * 60, 7 * 60)
 
     def batch_size(self, batch_no: int) -> int:
         """Offers in batch ``batch_no`` (0-based): the last configured size repeats."""
@@ -124,6 +127,27 @@ def _list(env: Mapping[str, str], name: str, default: tuple, cast) -> tuple:
     return values
 
 
+def _night(env: Mapping[str, str], name: str,
+           default: tuple[int, int] | None) -> tuple[int, int] | None:
+    """``HH:MM-HH:MM`` (from, until; past midnight), or ``off``."""
+    raw = env.get(name, "").strip().lower()
+    if not raw:
+        return default
+    if raw == "off":
+        return None
+    bounds: list[int] = []
+    for part in raw.split("-"):
+        hours, sep, minutes = part.strip().partition(":")
+        if not (sep and hours.isdigit() and minutes.isdigit() and len(minutes) == 2
+                and int(hours) < 24 and int(minutes) < 60):
+            bounds = []
+            break
+        bounds.append(int(hours) * 60 + int(minutes))
+    if len(bounds) != 2 or bounds[0] == bounds[1]:
+        raise DispatchConfigError(f"{name} must look like 21:00-07:00 or be off, got {raw!r}")
+    return bounds[0], bounds[1]
+
+
 def _per_tier(env: Mapping[str, str], name: str, default: Mapping[SpeedTier, int],
               scale: int) -> dict[SpeedTier, int]:
     raw = env.get(name, "").strip()
@@ -152,7 +176,8 @@ def from_env(env: Mapping[str, str]) -> DispatchConfig:
     DISPATCH_SEARCH_DEADLINE_MIN (express=20,standard=60,economy=180),
     DISPATCH_DELIVERY_HOURS (express=3,standard=8,economy=24), DISPATCH_WEIGHT_DISTANCE (50),
     DISPATCH_WEIGHT_RATING (20), DISPATCH_WEIGHT_ACCEPTANCE (15), DISPATCH_WEIGHT_FAIRNESS
-    (15), DISPATCH_MAX_CANDIDATES (20), DISPATCH_OTP_MAX_FAILURES (5).
+    (15), DISPATCH_MAX_CANDIDATES (20), DISPATCH_OTP_MAX_FAILURES (5),
+    DISPATCH_DROP_CODE_NIGHT (21:00-07:00 India time, or off).
     """
     d = DispatchConfig()
     weights = Weights(
@@ -177,6 +202,7 @@ def from_env(env: Mapping[str, str]) -> DispatchConfig:
         weights=weights,
         max_candidates=_int(env, "DISPATCH_MAX_CANDIDATES", d.max_candidates, 1),
         otp_max_failures=_int(env, "DISPATCH_OTP_MAX_FAILURES", d.otp_max_failures, 1),
+        drop_code_night=_night(env, "DISPATCH_DROP_CODE_NIGHT", d.drop_code_night),
     )
 
 

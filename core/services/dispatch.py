@@ -22,7 +22,9 @@ How a leg finds its partner:
    its partner up withdraws their other open offers too (accept locks those legs with its
    own, in id order), and those jobs move on at once.
 4. OTPs: pickup code to the sender (or, on a relay leg, to the partner handing over at the
-   Point), drop code to the recipient (or to the next leg's partner at the Point).
+   Point), drop code to the recipient (or to the next leg's partner at the Point); a job
+   taken at night before its pickup gets the recipient's at 07:00 India time, or at the
+   pickup if sooner (``_hold_drop_code``).
    ``DISPATCH_OTP_MAX_FAILURES`` wrong codes lock the leg and alert ops. A code Twilio
    could not deliver is made again (``drop_code_lost``, ``pickup_code_lost``, a rider's
    handover code ``handover_code_lost``), its tries fresh but bounded
@@ -60,9 +62,10 @@ from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo
 
 import requests
+from redis import Redis
 from redis.exceptions import RedisError
 from rq import Retry
-from sqlalchemy import Select, false, func, or_, select, text, update
+from sqlalchemy import ColumnElement, Select, false, func, or_, select, text, update
 from sqlalchemy.orm import Session, aliased
 
 from core import clock, i18n
@@ -196,18 +199,27 @@ def _sms_partner(session: Session, partner: PartnerProfile, key: str, *, dedupe_
 
 # Alerts of one cause that hit many bookings at once (a gateway outage, nobody on duty):
 # the first goes at once; the same key's later ones within ALERT_WINDOW are held and go
-# as one summary (dispatch.ops_more_like) when the window ends (send_alert_summary).
+# as one summary (dispatch.ops_more_like) when the window ends (send_alert_summary). Held
+# only behind one not known to have failed: after one that reached nobody, the next goes
+# at once (_opener_reached_nobody).
 GROUPED_ALERTS = frozenset({"payment.ops_link_refused", "payment.ops_link_timeout",
                             "dispatch.ops_no_partner",
                             "dispatch.ops_failed"})
 ALERT_WINDOW = timedelta(minutes=15)
 ALERT_WINDOW_KEY = "ops-alerts:window:{key}"  # the window's end (clock time, epoch s)
 ALERT_HELD_KEY = "ops-alerts:held:{key}"  # refs of the alerts held in it
+# The alert the window counts on, "<ref> <outbox row ids>": the one that opened it, or
+# the one sent in its place when that reached nobody (_opener_reached_nobody).
+ALERT_OPENER_KEY = "ops-alerts:opener:{key}"
+ALERT_KEYS_TTL_S = 2 * 86400
 SUMMARY_REFS = 5  # refs named in a summary (it must fit 2 SMS parts)
+# An alert's SMS in one of these reached nobody (Twilio refused it or could not deliver).
+FAILED_SMS = ("failed", "undelivered")
 # Alerts that ask nothing of anyone at night (the refund is automatic, nobody on duty to
 # call riders): outside OPS_HOURS they wait for the team's next opening.
 DAYTIME_ALERTS = frozenset({"dispatch.ops_failed", "dispatch.ops_no_partner"})
-# Atomically: inside an open window, hold the ref (0); else open a new window (1).
+# Atomically: inside an open window, hold the ref (0); else open a new window (1), whose
+# opener is not known until its alert commits (an old window's is dropped).
 _WINDOW_LUA = """
 local cur = redis.call('GET', KEYS[1])
 if cur and tonumber(cur) > tonumber(ARGV[1]) then
@@ -216,8 +228,11 @@ if cur and tonumber(cur) > tonumber(ARGV[1]) then
   return 0
 end
 redis.call('SET', KEYS[1], ARGV[2], 'EX', ARGV[4])
+redis.call('DEL', KEYS[3])
 return 1
 """
+# What _summary_window decided for one alert.
+HELD, OPENED, INSTEAD, UNGROUPED = "held", "opened", "instead", "ungrouped"
 
 
 def _job_id(text: str) -> str:
@@ -241,42 +256,100 @@ def _next_opening(now: datetime) -> datetime | None:
     return opening
 
 
-def _held_for_summary(session: Session, key: str, ref: str) -> bool:
-    """Whether this alert joins an open window of its key (held for the summary); if it
-    opens one, the summary is planned for the window's end. Redis away: sent as it is."""
+def _summary_window(session: Session, key: str, ref: str) -> str:
+    """Whether this alert joins an open window of its key (HELD for the summary), opens
+    one (OPENED: the summary is planned for the window's end), or goes in place of the
+    window's opener, which reached nobody (INSTEAD). Redis away: sent as it is."""
     now = clock.now()
     try:
-        opened = redis_client().eval(
-            _WINDOW_LUA, 2, ALERT_WINDOW_KEY.format(key=key), ALERT_HELD_KEY.format(key=key),
-            now.timestamp(), (now + ALERT_WINDOW).timestamp(), ref, 2 * 86400)
+        r = redis_client()
+        if _opener_reached_nobody(session, r, key, now):
+            return INSTEAD
+        opened = r.eval(
+            _WINDOW_LUA, 3, ALERT_WINDOW_KEY.format(key=key), ALERT_HELD_KEY.format(key=key),
+            ALERT_OPENER_KEY.format(key=key), now.timestamp(),
+            (now + ALERT_WINDOW).timestamp(), ref, ALERT_KEYS_TTL_S)
     except RedisError:
         log.warning("ops alert window unknown; sent", extra={"key": key})
-        return False
+        return UNGROUPED
     if not opened:
-        return True
+        log.info("ops alert held for the summary", extra={"key": key})
+        return HELD
     _schedule_in(session, ALERT_WINDOW.total_seconds(), "workers.dispatch.ops_alert_summary",
                  key, ref, job_id=_job_id(f"ops-summary-{key}-{now.timestamp():.0f}"))
-    return False
+    return OPENED
+
+
+def _opener_reached_nobody(session: Session, r: Redis, key: str,
+                           now: datetime) -> bool:
+    """Whether the open window of ``key`` counts on an alert that reached nobody: each of
+    its SMS failed or was undelivered (or it had none). Holding more behind it would fold
+    them into a summary about a problem nobody heard of, itself sent to the phones that
+    just failed: the next alert goes at once instead, and the failed one's ref is named
+    in the summary. Not while its outcome is unknown (not sent yet, waiting for a
+    retry): that one may still get through. Claimed by deleting the record, so two
+    alerts at once do not both go in its place."""
+    end = r.get(ALERT_WINDOW_KEY.format(key=key))
+    record = r.get(ALERT_OPENER_KEY.format(key=key))
+    if end is None or float(end) <= now.timestamp() or record is None:
+        return False
+    first, _, ids = _text(record).partition(" ")
+    rows = [int(i) for i in ids.split(",") if i]
+    if rows and session.scalar(select(OutboxMessage.id).where(
+            OutboxMessage.id.in_(rows), OutboxMessage.status.not_in(FAILED_SMS))
+            .limit(1)) is not None:
+        return False
+    if not r.delete(ALERT_OPENER_KEY.format(key=key)):
+        return False  # another alert is going in its place just now
+    held_key = ALERT_HELD_KEY.format(key=key)
+    with r.pipeline() as pipe:
+        pipe.rpush(held_key, first)
+        pipe.expire(held_key, ALERT_KEYS_TTL_S)
+        pipe.execute()
+    log.warning("ops alert reached nobody; the next of its kind goes at once",
+                extra={"key": key, "ref": first})
+    return True
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _remember_opener(session: Session, key: str, ref: str, rows: list[int]) -> None:
+    """Once this alert commits, the window of ``key`` counts on it (its SMS rows)."""
+    record = f"{ref} {','.join(map(str, rows))}"
+
+    def go() -> None:
+        try:
+            redis_client().set(ALERT_OPENER_KEY.format(key=key), record, ex=ALERT_KEYS_TTL_S)
+        except RedisError:  # the window holds the next ones as before
+            log.warning("ops alert window's opener not kept", extra={"key": key})
+
+    after_commit(session, go)
 
 
 def send_alert_summary(key: str, first_ref: str) -> int:
     """An alert window ended: ops hear in one SMS how many more bookings had the same
-    problem as ``first_ref`` (its own alert went at once), naming the first few."""
+    problem as the alert the window counted on (``first_ref``, or the one sent in its
+    place: its own alert went at once), naming the first few, those whose alert reached
+    nobody included."""
     r = redis_client()
     held_key = ALERT_HELD_KEY.format(key=key)
     with r.pipeline() as pipe:
         pipe.lrange(held_key, 0, -1)
         pipe.delete(held_key)
-        held, _ = pipe.execute()
+        pipe.get(ALERT_OPENER_KEY.format(key=key))
+        held, _, record = pipe.execute()
+    first = _text(record).partition(" ")[0] if record else first_ref
     refs = [ref for ref in dict.fromkeys(
-        v.decode() if isinstance(v, bytes) else str(v) for v in held) if ref != first_ref]
+        v.decode() if isinstance(v, bytes) else str(v) for v in held) if ref != first]
     if not refs:
         return 0
     shown = ", ".join(refs[:SUMMARY_REFS]) + (" ..." if len(refs) > SUMMARY_REFS else "")
     with transaction() as session:
         return alert_ops(session, "dispatch.ops_more_like",
                          dedupe_key=f"ops-summary-{key}-{first_ref}-{len(refs)}",
-                         n=len(refs), first=first_ref, refs=shown)
+                         n=len(refs), first=first, refs=shown)
 
 
 def send_deferred_alert(key: str, dedupe_key: str, booking_id: int | None,
@@ -289,7 +362,10 @@ def send_deferred_alert(key: str, dedupe_key: str, booking_id: int | None,
 def alert_ops(session: Session, key: str, *, dedupe_key: str, booking_id: int | None = None,
               **params: object) -> int:
     """An SMS to every operator (people with role ``ops``) and to OPS_PHONE when it can take
-    SMS (the default 1800 number cannot); each in their language. Returns how many.
+    SMS (the default 1800 number cannot); each in their language. Returns how many were
+    queued: whether they reach anyone is known later (the outbox row's status; /metrics
+    counts the failures), and a window counts on an alert only while that is not known to
+    have failed (_opener_reached_nobody).
     A DAYTIME_ALERTS key outside OPS_HOURS waits for the next opening (0 now); a
     GROUPED_ALERTS key inside another's window is held for its summary (0)."""
     if key in DAYTIME_ALERTS:
@@ -299,29 +375,37 @@ def alert_ops(session: Session, key: str, *, dedupe_key: str, booking_id: int | 
                          "workers.dispatch.ops_deferred_alert", key, dedupe_key, booking_id,
                          params, job_id=_job_id(f"ops-deferred-{dedupe_key}"))
             return 0
-    if key in GROUPED_ALERTS and isinstance(params.get("ref"), str) and _held_for_summary(
-            session, key, str(params["ref"])):
-        return 0
+    ref = params.get("ref")
+    window = UNGROUPED
+    if key in GROUPED_ALERTS and isinstance(ref, str):
+        window = _summary_window(session, key, ref)
+        if window == HELD:
+            return 0
     phones = list(session.scalars(select(Person.phone).where(
         Person.role == "ops", Person.phone.is_not(None)).order_by(Person.id)))
     try:
         phones.append(normalize_phone(get_settings().ops_phone))
     except ValidationError:
         pass
-    sent = 0
+    rows: list[int] = []
     for phone in dict.fromkeys(phones):
         assert phone is not None, "the query keeps only operators with a phone"
         try:
             # lang=None: each operator's own language, looked up by the phone.
-            if notify.notify_phone(session, phone, key, lang=None, booking_id=booking_id,
-                                   sms_only=True, dedupe_key=f"{dedupe_key}-{phone}"[:120],
-                                   **params):
-                sent += 1
+            row_id = notify.notify_phone(session, phone, key, lang=None,
+                                         booking_id=booking_id, sms_only=True,
+                                         dedupe_key=f"{dedupe_key}-{phone}"[:120], **params)
         except ValidationError:
             log.warning("ops phone cannot take SMS", extra={"key": key})
-    if not sent:
+            continue
+        if row_id:
+            rows.append(row_id)
+    if window in (OPENED, INSTEAD):
+        assert isinstance(ref, str)
+        _remember_opener(session, key, ref, rows)
+    if not rows:
         log.warning("ops alert reached nobody", extra={"key": key, "booking_id": booking_id})
-    return sent
+    return len(rows)
 
 
 def _status_to_customer(session: Session, booking: Booking, tag: object) -> None:
@@ -1294,6 +1378,21 @@ def _missed(status: str, responded_at: datetime | None, expires_at: datetime) ->
             and responded_at >= expires_at)
 
 
+# An offer's SMS in one of these never reached the rider: still waiting (held back behind
+# an earlier message's retry, or waiting for its own: the outbox never sends it once the
+# offer is over, outbox._offer_over), or Twilio failed it or could not deliver it.
+_OFFER_SMS_NOT_SENT = ("pending", "failed", "undelivered")
+
+
+def _offer_sms_not_sent() -> ColumnElement[bool]:
+    """For a query over DispatchOffer: whether the offer's SMS ("offer-<id>") is known
+    not to have reached the rider. An offer with no SMS row (sent nowhere, seen in the app
+    only) or one being sent, sent or delivered may have been seen: it is not this."""
+    return select(OutboxMessage.id).where(
+        OutboxMessage.dedupe_key == func.concat("offer-", DispatchOffer.id),
+        OutboxMessage.status.in_(_OFFER_SMS_NOT_SENT)).exists()
+
+
 def _off_after_missed(session: Session, offer: DispatchOffer) -> bool:
     """The offer just expired unanswered: if it is the partner's ``missed_offers_off()``-th
     such offer in a row since they last came ON, they are put OFF duty as if they had sent
@@ -1301,8 +1400,11 @@ def _off_after_missed(session: Session, offer: DispatchOffer) -> bool:
     an ``auto_off`` event tells ops why, and they hear it once by SMS. A partner close to
     every pickup who ignores offers would otherwise get each job's first offer and cost it
     the offer's time. Any answer (yes or no), or an OFF, breaks the run; offers the
-    platform withdrew do not count either way. Read from the partner's offers (newest
-    first, by the partner_id index), only when one of their offers expires."""
+    platform withdrew do not count either way, nor, for a partner without the app, do
+    offers whose SMS never reached them (_offer_sms_not_sent: held back, failed): nobody
+    can answer an offer they never had.
+    Read from the partner's offers (newest first, by the partner_id index), only when one
+    of their offers expires."""
     n = missed_offers_off()
     if n == 0:
         return False
@@ -1313,13 +1415,21 @@ def _off_after_missed(session: Session, offer: DispatchOffer) -> bool:
         # Already OFF (or blocked); or another offer of theirs is still open (two searches
         # at once): its own expiry asks again, with its legs not locked here out of order.
         return False
+    # With the app, every offer was theirs to see there (GET /partners/me/offers),
+    # whatever became of its SMS; without it, the SMS was the offer.
+    unseen = false() if partner.has_app else _offer_sms_not_sent()
+    if session.scalar(select(unseen).where(DispatchOffer.id == offer.id)):
+        log.info("expired offer never reached the partner; not counted as missed",
+                 extra={"partner_id": partner.id, "offer_id": offer.id})
+        return False
     back_on = session.scalar(select(func.max(PartnerEvent.at)).where(
         PartnerEvent.partner_id == partner.id, PartnerEvent.kind == "duty_on"))
     query = select(DispatchOffer.status, DispatchOffer.responded_at,
                    DispatchOffer.expires_at).where(
         DispatchOffer.partner_id == partner.id,
         DispatchOffer.status.not_in((rules.OfferStatus.OPEN.value,
-                                     rules.OfferStatus.WITHDRAWN.value)))
+                                     rules.OfferStatus.WITHDRAWN.value)),
+        ~unseen)
     if back_on is not None:  # a run before their last ON is over: they were told
         query = query.where(DispatchOffer.offered_at >= back_on)
     last = session.execute(query.order_by(DispatchOffer.id.desc()).limit(n)).all()
@@ -2508,11 +2618,12 @@ def send_leg_codes(session: Session, booking: Booking, leg: Leg, *, tag: str,
                    pickup: bool = True) -> str | None:
     """Issue the leg's OTPs and send them to whoever hands over and receives the parcel.
 
-    The drop code goes to the recipient on the last leg, and on a relay to the next leg's
-    partner if that leg is taken already (they read it out at the Point): every new code
-    replaces the one they had. ``pickup=False`` (the parcel is picked up already) sends no
-    pickup code. Returns the phone of the person the partner collects from (sender, or the
-    previous leg's partner on a relay)."""
+    The drop code goes to the recipient on the last leg (at night before the pickup, not
+    now: _hold_drop_code), and on a relay to the next leg's partner if that leg is taken
+    already (they read it out at the Point): every new code replaces the one they had.
+    ``pickup=False`` (the parcel is picked up already) sends no pickup code. Returns the
+    phone of the person the partner collects from (sender, or the previous leg's partner
+    on a relay)."""
     # The codes they replace may still wait in the outbox (Twilio away): never sent now,
     # after the new ones.
     outbox.withdraw_leg_codes(session, leg.id)
@@ -2559,28 +2670,101 @@ def send_leg_codes(session: Session, booking: Booking, leg: Leg, *, tag: str,
                              dedupe_key=f"leg-{leg.id}-handtake-{tag}", job=job_code(leg),
                              point=point, otp=prev_drop)
     if is_last:
-        recipient = _code_phone(session, booking)
-        if recipient:
-            key = _code_key(session, booking, leg, "dispatch.drop_otp", "dropotp")
-            dedupe_key = f"leg-{leg.id}-dropotp-{tag}"
-            if notify.notify_phone(session, recipient, key,
-                                   lang=recipient_language(session, booking),
-                                   booking_id=booking.id, dedupe_key=dedupe_key,
-                                   ref=booking.reference, otp=drop_code) is None and (
-                    session.scalar(select(OutboxMessage.id).where(
-                        OutboxMessage.dedupe_key == dedupe_key)) is None):
-                # Nothing can reach her (she stopped our SMS, no WhatsApp): the sender,
-                # who gave her number, passes the code on.
-                if _drop_code_to_sender(session, booking, leg, drop_code,
-                                        dedupe_key=f"{dedupe_key}-sender") is None:
-                    alert_ops(session, "dispatch.ops_drop_code_unsent",
-                              dedupe_key=f"leg-{leg.id}-dropunsent-{tag}",
-                              booking_id=booking.id, ref=booking.reference, job=job_code(leg))
+        morning = _night_ends(clock.now()) if pickup else None
+        if morning is not None and _code_phone(session, booking):
+            _hold_drop_code(session, leg, morning, tag)
         else:
-            key = _code_key(session, booking, leg, "dispatch.drop_otp_sender", "dropotp")
-            notify.notify_customer(session, booking, key, otp=drop_code,
-                                   dedupe_key=f"leg-{leg.id}-dropotp-{tag}")
+            _send_drop_code(session, booking, leg, drop_code, tag)
     return giver_phone
+
+
+def _send_drop_code(session: Session, booking: Booking, leg: Leg, drop_code: str,
+                    tag: str) -> None:
+    """The last leg's drop code to the person receiving (the sender when there is no
+    recipient number: she passes it on)."""
+    recipient = _code_phone(session, booking)
+    if recipient:
+        key = _code_key(session, booking, leg, "dispatch.drop_otp", "dropotp")
+        dedupe_key = f"leg-{leg.id}-dropotp-{tag}"
+        if notify.notify_phone(session, recipient, key,
+                               lang=recipient_language(session, booking),
+                               booking_id=booking.id, dedupe_key=dedupe_key,
+                               ref=booking.reference, otp=drop_code) is None and (
+                session.scalar(select(OutboxMessage.id).where(
+                    OutboxMessage.dedupe_key == dedupe_key)) is None):
+            # Nothing can reach her (she stopped our SMS, no WhatsApp): the sender,
+            # who gave her number, passes the code on.
+            if _drop_code_to_sender(session, booking, leg, drop_code,
+                                    dedupe_key=f"{dedupe_key}-sender") is None:
+                alert_ops(session, "dispatch.ops_drop_code_unsent",
+                          dedupe_key=f"leg-{leg.id}-dropunsent-{tag}",
+                          booking_id=booking.id, ref=booking.reference, job=job_code(leg))
+    else:
+        key = _code_key(session, booking, leg, "dispatch.drop_otp_sender", "dropotp")
+        notify.notify_customer(session, booking, key, otp=drop_code,
+                               dedupe_key=f"leg-{leg.id}-dropotp-{tag}")
+
+
+# The person receiving a parcel has asked for nothing: her drop code is not sent at night
+# (DISPATCH_DROP_CODE_NIGHT, 21:00-07:00 India time) while the parcel waits for its pickup
+# (a job taken at 23:00 for the morning). It goes when the night ends (job
+# ``drop-code-morning-<leg>-<tag>``), or at the pickup if that comes first: the rider is
+# on his way to her then, and she needs it before he arrives. Until then the leg has no
+# drop code at all (its hash is empty): nobody could be holding one.
+
+
+def _night_ends(now: datetime) -> datetime | None:
+    """When the recipient's night ends (India time) if ``now`` is in it, else None."""
+    night = config().drop_code_night
+    if night is None:
+        return None
+    start, end = night
+    local = now.astimezone(IST)
+    minute = local.hour * 60 + local.minute
+    # A night past midnight (21:00-07:00), or within one day (01:00-05:00).
+    at_night = (start <= minute or minute < end) if start > end else start <= minute < end
+    if not at_night:
+        return None
+    morning = datetime.combine(local.date(), time(end // 60, end % 60), tzinfo=IST)
+    return morning if morning > local else morning + timedelta(days=1)
+
+
+def _hold_drop_code(session: Session, leg: Leg, morning: datetime, tag: str) -> None:
+    """Keep the recipient's drop code from the night: no code for now (the one just made
+    is forgotten unsent), a new one at ``morning`` or at the pickup (send_held_drop_code)."""
+    leg.drop_otp_hash = None
+    _schedule_in(session, (morning - clock.now()).total_seconds(),
+                 "workers.dispatch.morning_drop_code", leg.id,
+                 job_id=f"drop-code-morning-{leg.id}-{tag}")
+    log.info("drop code kept for the morning", extra={"leg_id": leg.id})
+
+
+def send_held_drop_code(session: Session, booking: Booking, leg: Leg, *, tag: str) -> bool:
+    """The drop code kept from the night (_hold_drop_code) goes now, newly made (the
+    leg's pickup code and its tries stay): in the morning, or at the pickup. Nothing if
+    the leg has its code (sent already, or ops gave one), is not the last or is not
+    under way (given back: its next rider's accept sends one; delivered; cancelled).
+    The caller holds the leg's lock. Returns whether a code was made."""
+    if (leg.drop_otp_hash is not None or leg.status not in _DELIVERING
+            or booking.status in CLOSED_BOOKING
+            or leg.sequence != len(_legs(session, booking))):
+        return False
+    _send_drop_code(session, booking, leg, _new_handover_code(leg), tag)
+    return True
+
+
+def morning_drop_code(leg_id: int) -> str:
+    """Job ``drop-code-morning-<leg>-<tag>``: the night is over, the recipient's drop code
+    kept from it goes now (unless the pickup sent it already)."""
+    with transaction() as session:
+        leg = _lock_leg(session, leg_id)
+        if leg is None:
+            return "missing"
+        booking = session.get(Booking, leg.booking_id, with_for_update=True)
+        assert booking is not None
+        if not send_held_drop_code(session, booking, leg, tag=f"am{leg.version}"):
+            return "nothing-held"
+        return "sent"
 
 
 def _new_handover_code(prev: Leg) -> str:
@@ -3332,6 +3516,8 @@ def _remember_wrong_code(session: Session, leg: Leg, partner: PartnerProfile,
 def _picked_up(session: Session, booking: Booking, leg: Leg, actor: Actor,
                reason: str = "pickup OTP confirmed") -> Reply:
     move_leg(session, leg, LegStatus.PICKED_UP, actor, reason)
+    # A drop code kept from the night goes now: the rider is on his way to her.
+    send_held_drop_code(session, booking, leg, tag=f"pick{leg.version}")
     if booking.status == BookingStatus.ASSIGNED.value:
         move_booking(session, booking, BookingStatus.PICKED_UP, actor, reason)
         _status_to_customer(session, booking, f"leg{leg.id}")

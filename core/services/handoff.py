@@ -14,11 +14,13 @@ request is not closed before anyone could read it.
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 
+from redis.exceptions import RedisError
 from sqlalchemy import ColumnElement, func, select, tuple_
 from sqlalchemy.orm import Session
 
@@ -26,6 +28,8 @@ from core import clock, i18n
 from core.adapters.db import transaction
 from core.adapters.dialog_models import Handoff, HandoffMessage
 from core.adapters.models import Conversation, OutboxMessage, Person
+from core.adapters.queue import after_commit
+from core.adapters.redis_conn import redis_client
 from core.config import get_settings, int_setting
 from core.domain.errors import Conflict, NotFound, ValidationError
 from core.services import notify, outbox
@@ -522,3 +526,72 @@ def expire_idle(now: datetime | None = None) -> int:
     if closed:
         log.warning("handoffs closed after waiting too long", extra={"count": closed})
     return closed
+
+
+# Ops heard that nobody answered this handoff in time (alert_unanswered): once per handoff.
+OPS_TOLD_KEY = "handoff:ops-told:{handoff}"
+OPS_TOLD_S = 7 * 86400  # longer than a handoff stays open (expire_idle)
+
+
+def alert_unanswered(now: datetime | None = None) -> int:
+    """Ops hear, once per handoff, of a person still waiting for an answer when the reply
+    we promised is due (run by the dispatch sweep, every minute): nobody took the handoff
+    (no reply, no call, no close) in ``reply_minutes()`` of the team's hours since it was
+    asked for. Only the team's time counts, as for the idle close: a request at night was
+    told when the team starts, not promised minutes, so it is due that long after the
+    opening, and nothing goes while the team is away. The SMS names the handoff's id (as
+    the ops list shows it) and how long the person has waited, never their number.
+    Returns how many handoffs were alerted."""
+    from core.services.dispatch import alert_ops  # dispatch imports handoff's callers
+
+    now = now or clock.now()
+    hours = get_settings().ops_hours
+    if not is_open(hours, now):
+        return 0
+    wait = timedelta(minutes=reply_minutes())
+    with transaction() as session:
+        # By ix_handoffs_waiting_created_at; a handoff is due no sooner than that long
+        # after it was asked for, and the team's share of the time is counted here.
+        rows = session.execute(select(Handoff.id, Handoff.created_at).where(
+            Handoff.status == "waiting", Handoff.operator.is_(None),
+            Handoff.created_at <= now - wait).order_by(Handoff.created_at, Handoff.id)).all()
+    due = [(hid, at) for hid, at in rows if team_time(hours, at, now) >= wait]
+    if not due:
+        return 0
+    r = redis_client()
+    try:
+        with r.pipeline(transaction=False) as pipe:
+            for hid, _at in due:
+                pipe.exists(OPS_TOLD_KEY.format(handoff=hid))
+            told = pipe.execute()
+    except RedisError:
+        log.warning("unanswered handoffs not checked: Redis away")
+        return 0
+    alerted = 0
+    for (hid, at), done in zip(due, told, strict=True):
+        if done:
+            continue
+        with transaction() as session:
+            # Read again: an operator may have answered since (no lock: a turn holds the
+            # conversation, then the handoff; at worst one alert comes as they answer).
+            if session.scalar(select(Handoff.id).where(
+                    Handoff.id == hid, Handoff.status == "waiting",
+                    Handoff.operator.is_(None))) is None:
+                continue
+            alert_ops(session, "handoff.ops_waiting", dedupe_key=f"handoff-{hid}-ops-waiting",
+                      ref=str(hid), minutes=int((now - at).total_seconds() // 60))
+            after_commit(session, functools.partial(_mark_told, hid))
+        alerted += 1
+    if alerted:
+        log.warning("handoffs unanswered past the promised reply", extra={"count": alerted})
+    return alerted
+
+
+def _mark_told(handoff_id: int) -> None:
+    """Remember that ops heard of ``handoff_id`` (Redis away: its outbox rows' dedupe key
+    keeps a second alert from going; the next sweep only asks again)."""
+    try:
+        redis_client().set(OPS_TOLD_KEY.format(handoff=handoff_id), 1, ex=OPS_TOLD_S)
+    except RedisError:
+        log.warning("handoff alert not remembered: Redis away",
+                    extra={"handoff_id": handoff_id})
