@@ -83,6 +83,9 @@ REQUIRED_KEYS = (
     | {"ivr.more_again"}  # voice office_prompt: the last page of names, 9 starts again
     | {"ivr.too_long_kept"}  # ivr._too_long: the call's limit, a draft kept
     | {"bot.parcel.weight_too_heavy"}  # booking.weight_typed: a weight above them all
+    | {"ivr.done.other_phone", "pay.link_other"}  # the link to another mobile (voice)
+    | {f"ivr.link_phone.{k}" for k in ("ask", "sent", "not_ready", "closed", "limit",
+                                         "stopped")}  # voice._link_phone_handle
     | {"ivr.person.busy", "ivr.not_mobile"}  # ivr.dial_ended, the voice webhook
     | {"ivr.ops.screen"}  # twiml.screen: the operators' phone takes a caller
     | {"payment.link_failed", "payment.ops_link_refused",  # payments._link_refused
@@ -439,6 +442,7 @@ def test_placeholders_helper() -> None:
 # Values as long as real ones, for the texts that go out by SMS.
 SMS_VALUES = {"ref": "48217730", "job": "48217", "jobs": "48217, 48218", "otp": "4821",
               "typed": "48219",  # a job code a partner typed (sms.offer_not_that)
+              "asker": "3210",  # the last digits of who asked (pay.link_other)
               "ops_phone": "+919876543210", "ivr_phone": "+918069451234",
               "phone": "+919876543210", "name": "Ramesh", "vehicle": "auto",
               # Places as dispatch.place() names them, as long as it keeps them

@@ -82,6 +82,9 @@ class VoicePorts(Ports, Protocol):
     # Their overdue booking is closed (True), still being checked with the gateway (None),
     # or paid meanwhile / not theirs (False): only a closed one is booked again.
     def overdue_closed(self, reference: str) -> bool | None: ...
+    # Their unpaid booking's payment link sent by SMS to another mobile: "sent",
+    # "not_ready", "not_payable", "limit" or "stopped" (core.services.ivr.VoicePorts).
+    def send_link_to(self, reference: str, phone: str) -> str: ...
     # Whether a new pickup code may be read out for their booking now.
     def pickup_code_left(self, reference: str) -> bool: ...
     # {"code"} (a new one, the old one void) or {"refused": "limit" | "not_now"}.

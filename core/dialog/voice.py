@@ -82,7 +82,8 @@ SHORT_REF = 4  # a booking to cancel is named by its place and its number's last
 
 # Steps answered by several digits ended with '#' (the most digits expected); every other
 # step takes a single key.
-ENTRY_DIGITS: dict[str, int] = {"pickup": 6, "drop": 6, "recipient_phone": 10, "track": 8}
+ENTRY_DIGITS: dict[str, int] = {"pickup": 6, "drop": 6, "recipient_phone": 10, "track": 8,
+                                 "link_phone": 10}
 # Steps where the caller has what they called for (a booking made, the pickup code heard,
 # perhaps being written down): silence ends the call with thanks and goodbye.
 DONE_ON_SILENCE = frozenset({"done", "code_again"})
@@ -524,14 +525,50 @@ _change_prompt, _change_handle = change_step("ivr", _CHANGE)
 
 
 def _done_prompt(ctx: Ctx) -> list[Out]:
+    ref = ctx.state.data.get("last_ref")
+    if ref and ctx.ports.payment_link(ref) is not None:  # still to be paid
+        return [Say("ivr.done.other_phone"), Say("ivr.done.prompt")]
     return [Say("ivr.done.prompt")]
 
 
 def _done_handle(ctx: Ctx, inp: UserInput) -> Result:
     ref = ctx.state.data.get("last_ref")
-    if choice(inp, 1) == 1 and ref:
+    picked = choice(inp, 2)
+    if picked == 1 and ref:
         return Stay([Say("ivr.done.again", {"digits": spoken.spell_digits(ref)})])
+    if picked == 2 and ref and ctx.ports.payment_link(ref) is not None:
+        return Goto("link_phone")
     return Retry()
+
+
+# How many other numbers one booking's payment link may be sent to from a call (each is an
+# SMS we pay for, to a number the caller keyed in; VoicePorts.send_link_to keeps to it).
+OTHER_PAYERS = 3
+# What the caller hears once a link to another phone was asked for (VoicePorts.send_link_to).
+_LINK_SENT = {"not_ready": Say("ivr.link_phone.not_ready"),
+              "not_payable": Say("ivr.link_phone.closed"),
+              "limit": Say("ivr.link_phone.limit", {"count": OTHER_PAYERS}),
+              "stopped": Say("ivr.link_phone.stopped")}
+
+
+def _link_phone_handle(ctx: Ctx, inp: UserInput) -> Result:
+    """The mobile that should get the payment link (a feature phone opens no link: a
+    relative's smartphone can pay it); back to the done step, told how it went."""
+    ref = ctx.state.data.get("last_ref")
+    if not ref:
+        return Goto(MENU)
+    digits = words.only_digits(inp.text) or ""
+    try:
+        phone = normalize_phone(digits)
+        if not is_indian_mobile(phone):
+            raise ValidationError("not an Indian mobile", code="bad_phone")
+    except ValidationError:
+        return Retry([Say("ivr.phone.bad")])
+    sent = ctx.ports.send_link_to(ref, phone)
+    if sent == "sent":
+        return Goto("done", [Say("ivr.link_phone.sent",
+                                 {"digits": spoken.spell_digits(phone[-4:])}, private=True)])
+    return Goto("done", [_LINK_SENT.get(sent, _LINK_SENT["not_payable"])])
 
 
 # --- track -----------------------------------------------------------------------------
@@ -801,6 +838,8 @@ def _steps() -> list[Step]:
         Step("too_far", _too_far_prompt, _too_far_handle, "ivr.hint", BOOKING),
         Step("change", _change_prompt, _change_handle, "ivr.hint", BOOKING),
         Step("done", _done_prompt, _done_handle, "ivr.hint"),
+        Step("link_phone", lambda ctx: [Say("ivr.link_phone.ask")], _link_phone_handle,
+             "ivr.link_phone.ask"),
         Step("track", _track_prompt, _track_handle, "ivr.hint"),
         Step("pickup_code", _pickup_code_prompt, _pickup_code_handle, "ivr.hint"),
         Step("code_again", _code_again_prompt, _code_again_handle, "ivr.hint"),

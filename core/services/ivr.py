@@ -63,6 +63,7 @@ from core.dialog.voice import (
     ENTRY_DIGITS,
     FINISHED,
     HEARD_CODE,
+    OTHER_PAYERS,
     PAGE_TURNED,
     VOICE_DIALOG,
     clear_draft,
@@ -259,8 +260,7 @@ class VoicePorts(SessionPorts):
             return done
         booking = self.session.scalar(select(Booking).where(Booking.reference == done["ref"]))
         if booking is not None and booking.expires_at is not None:
-            left = (booking.expires_at - clock.now()).total_seconds()
-            done["pay_minutes"] = max(1, math.ceil(left / 60))
+            done["pay_minutes"] = payments.minutes_to_pay(booking)  # as its SMS says them
         if booking is not None and self._call():
             self._call().setdefault("booked", []).append(booking.id)
         key = DETAILS.get(self.reach())  # none where nothing can reach them
@@ -309,6 +309,41 @@ class VoicePorts(SessionPorts):
                 and self._messages_about(booking.id) == before):
             link["again_in_minutes"] = link_again_in(clock.now())
         return link
+
+    def send_link_to(self, reference: str, phone: str) -> str:
+        """Send their unpaid booking's payment link by SMS to another mobile (a relative's:
+        the caller's phone may open no link): "sent", "not_ready" (the link is still being
+        made), "not_payable" (paid, closed, out of time, or not theirs), "limit" (already
+        sent to OTHER_PAYERS other numbers; the same one again is fine) or "stopped" (that
+        number stopped our SMS). The caller's own number is the link again, as tracking
+        sends it. The same number is sent it once per payments.LINK_AGAIN_EVERY."""
+        booking = self._mine(reference)
+        if booking is None or booking.status != BookingStatus.AWAITING_PAYMENT.value or (
+                booking.expires_at is not None and booking.expires_at <= clock.now()):
+            return "not_payable"
+        url = payments.payment_url(self.session, booking)
+        if url is None:
+            return "not_ready"
+        if phone == self.person.phone:
+            payments.send_link_again(self.session, booking, phone)
+            return "sent"
+        tag = outbox.number_hash(phone)[:16]
+        prefix = f"paylink-{booking.id}-other-"
+        asked = {(key or "").removeprefix(prefix).split("-", 1)[0]
+                 for key in self.session.scalars(select(OutboxMessage.dedupe_key).where(
+                     OutboxMessage.booking_id == booking.id,
+                     OutboxMessage.dedupe_key.like(f"{prefix}%")))}
+        if tag not in asked and len(asked) >= OTHER_PAYERS:
+            return "limit"
+        slot = int(clock.now().timestamp() // payments.LINK_AGAIN_EVERY.total_seconds())
+        lang = self.person.preferred_language or i18n.DEFAULT_LANGUAGE
+        sent = notify.notify_phone(
+            self.session, phone, "pay.link_other", booking_id=booking.id,
+            lang=None if _has_language(self.session, phone) else lang,
+            dedupe_key=f"{prefix}{tag}-{slot}", ref=booking.reference,
+            total_paise=booking.total_paise, url=url, minutes=payments.minutes_to_pay(booking),
+            asker=(self.person.phone or "")[-4:])
+        return "sent" if sent or tag in asked else "stopped"
 
     def _messages_about(self, booking_id: int) -> int:
         return _messages_to(self.session, self.person, booking_id)
@@ -408,6 +443,13 @@ class VoicePorts(SessionPorts):
         if booking is None:
             return {"refused": "not_now"}
         return read_pickup_code(self.session, self.person, booking)
+
+
+def _has_language(session: Session, phone: str) -> bool:
+    """Whether the number is someone's whose language we know (their messages go in it;
+    else in the caller's, a relative's likely one)."""
+    return session.scalar(select(Person.preferred_language).where(
+        Person.phone == phone)) is not None
 
 
 def _messages_to(session: Session, person: Person, booking_id: int) -> int:
