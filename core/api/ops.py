@@ -722,6 +722,16 @@ def ops_partner_kyc(partner_id: int, body: KycIn) -> PartnerRow:
         return partner_row(p, phone)
 
 
+def _partner_changed(partner_id: int, change: Callable[[Session, str], object]) -> PartnerRow:
+    """Run a change of what a partner signed up with (admin, partner_profile)
+    as the signed-in operator; the partner's row after it."""
+    with transaction() as session:
+        change(session, f"ops:{principal().person_id}")
+        p = session.get(PartnerProfile, partner_id)
+        assert p is not None
+        return partner_row(p, p.person.phone)
+
+
 @endpoint(bp, "PUT", "/ops/partners/<int:partner_id>/payout-account",
           summary="Give a partner their payout account, or change it (not while they hold "
                   "a job or a payout on hold: 409 partner_has_jobs)",
@@ -730,12 +740,8 @@ def ops_partner_kyc(partner_id: int, body: KycIn) -> PartnerRow:
 def ops_partner_payout_account(partner_id: int, body: PayoutAccountIn) -> PartnerRow:
     # A transfer already made stays with the account it was made to (its row keeps it);
     # the next leg's goes to this one. Committed changes drop the cached dispatch facts.
-    with transaction() as session:
-        admin.set_payout_account(session, partner_id, body.account_id,
-                                 actor=f"ops:{principal().person_id}", note=body.note)
-        p = session.get(PartnerProfile, partner_id)
-        assert p is not None
-        return partner_row(p, p.person.phone)
+    return _partner_changed(partner_id, lambda session, actor: admin.set_payout_account(
+        session, partner_id, body.account_id, actor=actor, note=body.note))
 
 
 @endpoint(bp, "PUT", "/ops/partners/<int:partner_id>/home-point",
@@ -745,21 +751,8 @@ def ops_partner_payout_account(partner_id: int, body: PayoutAccountIn) -> Partne
                   "again changes nothing. 409 erased", roles=OPS, body=HomePointIn,
           response=PartnerRow, tags=("ops",), errors=(404, 409, 422))
 def ops_partner_home_point(partner_id: int, body: HomePointIn) -> PartnerRow:
-    with transaction() as session:
-        admin.set_home_point(session, partner_id, body.point,
-                             actor=f"ops:{principal().person_id}", note=body.note)
-        p = session.get(PartnerProfile, partner_id)
-        assert p is not None
-        return partner_row(p, p.person.phone)
-
-
-def _partner_changed(partner_id: int, change: Callable[[Session, str], object]) -> PartnerRow:
-    """Run one of partner_profile's changes as the signed-in operator; the row after it."""
-    with transaction() as session:
-        change(session, f"ops:{principal().person_id}")
-        p = session.get(PartnerProfile, partner_id)
-        assert p is not None
-        return partner_row(p, p.person.phone)
+    return _partner_changed(partner_id, lambda session, actor: admin.set_home_point(
+        session, partner_id, body.point, actor=actor, note=body.note))
 
 
 @endpoint(bp, "PUT", "/ops/partners/<int:partner_id>/vehicle",

@@ -761,6 +761,21 @@ def add_partner(session: Session, spec: NewPartner, *, actor: str) -> Outcome:
 
 
 # Where a partner's jobs are in hand: a change of payout account waits until none is.
+def locked_partner(session: Session, partner_id: int) -> tuple[PartnerProfile, str]:
+    """The partner's row, locked and read again, and how messages name them (phone
+    masked): for a change of what they signed up with. NotFound, or Conflict ``erased``
+    for a partner erased on their request (a return is a new sign-up)."""
+    p = session.get(PartnerProfile, partner_id, with_for_update=True,
+                    populate_existing=True) if 1 <= partner_id <= MAX_ID else None
+    if p is None:
+        raise NotFound(f"no partner has id {partner_id}", code="not_found")
+    if not p.first_name:
+        raise Conflict(f"partner {p.id} was erased; sign them up again (add-partner)",
+                       code="erased", field="partner")
+    phone = session.scalar(select(Person.phone).where(Person.id == p.person_id))
+    return p, f"partner {p.id} ({p.first_name}, {mask_phone(phone) if phone else '-'})"
+
+
 _IN_HAND = ("assigned", "locked", "picked_up")
 
 
@@ -780,15 +795,7 @@ def set_payout_account(session: Session, partner_id: int, account: str, *, actor
     if not isinstance(account, str) or not PAYOUT_ACCOUNT.fullmatch(account):
         raise ValidationError("account_id is a Razorpay linked account id (acc_...)",
                               code="bad_payout_account", field="account_id")
-    p = session.get(PartnerProfile, partner_id, with_for_update=True,
-                    populate_existing=True) if 1 <= partner_id <= MAX_ID else None
-    if p is None:
-        raise NotFound(f"no partner has id {partner_id}", code="not_found")
-    if not p.first_name:  # erased on their request: a return is a new sign-up
-        raise Conflict(f"partner {p.id} was erased; sign them up again (add-partner)",
-                       code="erased", field="partner")
-    phone = session.scalar(select(Person.phone).where(Person.id == p.person_id))
-    who = f"partner {p.id} ({p.first_name or '-'}, {mask_phone(phone) if phone else '-'})"
+    p, who = locked_partner(session, partner_id)
     before = p.payout_account_id
     if before == account:
         return Outcome(False, p.id, f"{who} is already paid to {account}; nothing changed")
@@ -844,16 +851,8 @@ def set_home_point(session: Session, partner_id: int, point: str | int, *, actor
     Point in the dispatch home set once this commits (off duty, they stay out of it).
     Jobs they hold stay theirs. An erased partner is refused (Conflict ``erased``), as
     set_payout_account refuses them. Same Point again: nothing changed, nothing audited."""
-    p = session.get(PartnerProfile, partner_id, with_for_update=True,
-                    populate_existing=True) if 1 <= partner_id <= MAX_ID else None
-    if p is None:
-        raise NotFound(f"no partner has id {partner_id}", code="not_found")
-    if not p.first_name:  # erased on their request: a return is a new sign-up
-        raise Conflict(f"partner {p.id} was erased; sign them up again (add-partner)",
-                       code="erased", field="partner")
+    p, who = locked_partner(session, partner_id)
     home = _open_point(session, point)
-    phone = session.scalar(select(Person.phone).where(Person.id == p.person_id))
-    who = f"partner {p.id} ({p.first_name}, {mask_phone(phone) if phone else '-'})"
     before = p.home_point_id
     if before == home.id:
         return Outcome(False, p.id, f"{who} already has Point {home.name} (id {home.id}) "

@@ -21,31 +21,15 @@ What follows a change:
 
 from __future__ import annotations
 
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from core.adapters.models import PartnerProfile, Person, Vehicle
-from core.domain.errors import Conflict, NotFound, ValidationError
-from core.domain.phone import mask_phone
+from core.domain.errors import ValidationError
 from core.domain.pricing import VEHICLE_CAPACITY, VehicleType
 from core.i18n import LANGUAGES
 from core.logs import mask_phones
 from core.services import dispatch
-from core.services.admin import MAX_ID, MIN_PAYLOAD_KG, Outcome, record
-
-
-def _locked(session: Session, partner_id: int) -> tuple[PartnerProfile, str]:
-    """The partner's row, locked and read again, and how messages name them (phone
-    masked); NotFound, or Conflict ``erased`` for a partner erased on their request."""
-    p = session.get(PartnerProfile, partner_id, with_for_update=True,
-                    populate_existing=True) if 1 <= partner_id <= MAX_ID else None
-    if p is None:
-        raise NotFound(f"no partner has id {partner_id}", code="not_found")
-    if not p.first_name:  # erased on their request: a return is a new sign-up
-        raise Conflict(f"partner {p.id} was erased; sign them up again (add-partner)",
-                       code="erased", field="partner")
-    phone = session.scalar(select(Person.phone).where(Person.id == p.person_id))
-    return p, f"partner {p.id} ({p.first_name}, {mask_phone(phone) if phone else '-'})"
+from core.services.admin import MIN_PAYLOAD_KG, Outcome, locked_partner, record
 
 
 def _noted(note: str | None) -> dict[str, str]:
@@ -75,7 +59,7 @@ def set_vehicle(session: Session, partner_id: int, vehicle: str, payload_kg: int
         raise ValidationError(f"a {kind.value} carries {MIN_PAYLOAD_KG} to {most} kg (no "
                               f"parcel is offered to one that carries less than "
                               f"{MIN_PAYLOAD_KG} kg)", code="bad_payload", field="payload_kg")
-    p, who = _locked(session, partner_id)
+    p, who = locked_partner(session, partner_id)
     now = vehicle_of(p)
     active = [v for v in p.vehicles if v.active]
     if now is not None and len(active) == 1 and now.type == kind.value \
@@ -101,7 +85,7 @@ def set_language(session: Session, partner_id: int, language: str, *, actor: str
     if language not in LANGUAGES:
         raise ValidationError(f"language must be one of {', '.join(LANGUAGES)}",
                               code="bad_language", field="language")
-    p, who = _locked(session, partner_id)
+    p, who = locked_partner(session, partner_id)
     person = session.get(Person, p.person_id, with_for_update=True)
     assert person is not None, "a profile's person is never deleted (erasure blanks it)"
     before = person.preferred_language
@@ -119,7 +103,7 @@ def set_has_app(session: Session, partner_id: int, has_app: bool, *, actor: str,
                 note: str | None = None) -> Outcome:
     """Whether the partner works from the app (found by its fresh position) or by SMS
     alone (found at their home Point while on duty). Same again: nothing changed."""
-    p, who = _locked(session, partner_id)
+    p, who = locked_partner(session, partner_id)
     if p.has_app is has_app:
         return Outcome(False, p.id, f"{who} {'has' if has_app else 'has no'} app already; "
                        "nothing changed")
