@@ -42,7 +42,7 @@ from core.dialog.engine import Ctx, DialogState, Out, Say, UserInput
 from core.dialog.ports import TO_YOU, Place, PlaceResult
 from core.domain.booking import BOOKING as BOOKING_MACHINE
 from core.domain.booking import Actor, BookingStatus, LegStatus, cancellation_refund
-from core.domain.errors import DomainError, ValidationError
+from core.domain.errors import Conflict, DomainError, ValidationError
 from core.domain.ledger import EntryKind
 from core.domain.pricing import ParcelCategory, SizeBucket, SpeedTier, WeightBucket
 from core.services import booking as booking_service
@@ -158,6 +158,10 @@ def _place(office: pincode.PostOffice, lat: float | None = None,
 class SessionPorts:
     """core.dialog.ports.Ports for one person and conversation, inside one transaction."""
 
+    # The booking confirm made in this turn: the ports' later reads of it by reference
+    # (the done step's link, the phone's details) take it as it is, no query again.
+    made: Booking | None = None
+
     def __init__(self, session: Session, person: Person, conv: Conversation) -> None:
         self.session, self.person, self.conv = session, person, conv
 
@@ -264,10 +268,9 @@ class SessionPorts:
             booking_service.check_service_area(self.session, pickup, drop)
         except ValidationError as exc:
             return {"refused": "outside_service_area", "field": exc.field or "pickup"}
-        waiting = booking_service.unpaid_bookings(self.session, self.person.id, lock=True)
-        if waiting >= booking_service.max_unpaid():
-            return {"refused": "too_many_unpaid", "count": waiting}
         try:
+            # create_booking counts their unpaid bookings under their row's lock, and
+            # refuses the one too many: counted once a turn, not here as well.
             booking = booking_service.create_booking(
                 self.session, customer_id=self.person.id, channel=self.conv.channel,
                 pickup=pickup, drop=drop, parcel=parcel, tier=SpeedTier(slots["tier"]),
@@ -284,10 +287,19 @@ class SessionPorts:
             if exc.code not in _CONFIRM_REFUSALS:
                 raise
             return {"refused": exc.code}
+        except Conflict as exc:
+            if exc.code != "too_many_unpaid":
+                raise
+            # Their row is still locked: the count is the one create_booking refused.
+            return {"refused": "too_many_unpaid",
+                    "count": booking_service.unpaid_bookings(self.session, self.person.id)}
         payments.request_payment_link(self.session, booking, actor)
+        self.made = booking
         return {"ref": booking.reference, "total_paise": booking.total_paise}
 
     def _mine(self, reference: str) -> Booking | None:
+        if self.made is not None and reference == self.made.reference:
+            return self.made  # theirs, made in this turn (its row is this session's)
         try:
             booking = booking_service.get_booking(self.session, reference)
         except DomainError:

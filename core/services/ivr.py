@@ -258,7 +258,7 @@ class VoicePorts(SessionPorts):
         done = super().confirm(full_slots(slots))
         if done.get("refused"):
             return done
-        booking = self.session.scalar(select(Booking).where(Booking.reference == done["ref"]))
+        booking = self.made  # the booking super().confirm made, not read again
         if booking is not None and booking.expires_at is not None:
             done["pay_minutes"] = payments.minutes_to_pay(booking)  # as its SMS says them
         if booking is not None and self._call():
