@@ -682,7 +682,10 @@ def test_the_recipient_gets_the_delivery_code_in_the_senders_language(client, li
     _, phone = make_partner("Ramesh", LAXMIPUR)
     booking_id = paid_booking()
     with transaction() as s:
-        s.scalar(select(Person).where(Person.phone == CUSTOMER)).preferred_language = "en"
+        person = s.scalar(select(Person).where(Person.phone == CUSTOMER))
+        person.preferred_language = "en"
+        for made in s.scalars(select(Booking).where(Booking.customer_id == person.id)):
+            made.language = "en"  # made in it (a booking keeps its language)
         ref = s.get(Booking, booking_id).reference
     start(booking_id)
     sms(client, phone, "1")

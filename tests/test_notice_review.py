@@ -96,7 +96,10 @@ def test_a_recipient_hears_the_parcel_is_on_the_way_once_picked_up(client, live,
     _, rider = make_partner("Ramesh", LAXMIPUR, lang="en")
     booking_id = paid_booking()
     with transaction() as s:  # the sender reads English, the recipient is unknown to us
-        s.scalar(select(Person).where(Person.phone == CUSTOMER)).preferred_language = "en"
+        person = s.scalar(select(Person).where(Person.phone == CUSTOMER))
+        person.preferred_language = "en"
+        for made in s.scalars(select(Booking).where(Booking.customer_id == person.id)):
+            made.language = "en"  # made in it (a booking keeps its language)
     start(booking_id)
     assert sms(client, rider, "1")
     ref = ref_of(booking_id)
@@ -250,7 +253,10 @@ OPS = "+919000000098"  # tests.test_dispatch.OPS: an operator reading Hindi
 
 def customer_speaks(lang: str) -> None:
     with transaction() as s:
-        s.scalar(select(Person).where(Person.phone == CUSTOMER)).preferred_language = lang
+        person = s.scalar(select(Person).where(Person.phone == CUSTOMER))
+        person.preferred_language = lang
+        for made in s.scalars(select(Booking).where(Booking.customer_id == person.id)):
+            made.language = lang  # made in it (a booking keeps its language)
 
 
 def recipient_code_row(booking_id: int) -> OutboxMessage:

@@ -59,7 +59,10 @@ def ref_of(booking_id: int) -> str:
 
 def customer_speaks(lang: str) -> None:
     with transaction() as s:
-        s.scalar(select(Person).where(Person.phone == CUSTOMER)).preferred_language = lang
+        person = s.scalar(select(Person).where(Person.phone == CUSTOMER))
+        person.preferred_language = lang
+        for made in s.scalars(select(Booking).where(Booking.customer_id == person.id)):
+            made.language = lang  # made in it (a booking keeps its language)
 
 
 def received(address: str) -> list[str]:

@@ -37,7 +37,10 @@ from tests.test_whatsapp_rating import (
 def speaks(lang: str) -> None:
     """The chat fixture's customer chose ``lang`` (their romanized words are read)."""
     with transaction() as s:
-        s.scalar(select(Person).where(Person.phone == CUSTOMER)).preferred_language = lang
+        person = s.scalar(select(Person).where(Person.phone == CUSTOMER))
+        person.preferred_language = lang
+        for made in s.scalars(select(Booking).where(Booking.customer_id == person.id)):
+            made.language = lang  # made in it (a booking keeps its language)
 
 # What people write, per language, romanized (and a few in the script), and the stars
 # it means: "very good" 5, "good" 4, "OK" 3, "bad" 2, "very bad"/"useless" 1.

@@ -49,6 +49,7 @@ def speaks(booking_id: int, lang: str) -> str:
         person = s.get(Person, booking(booking_id).customer_id)
         assert person is not None
         person.preferred_language = lang
+        s.get(Booking, booking_id).language = lang  # made in it (a booking keeps its language)
         return person.phone
 
 

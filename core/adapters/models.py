@@ -242,6 +242,10 @@ class Booking(Base):
     commission_paise: Mapped[int] = mapped_column(BigInteger)
     partner_share_paise: Mapped[int] = mapped_column(BigInteger)
     expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # The language it was made in (its customer's then; a phone is often a family's, and
+    # another caller may choose another later): its messages go in it. NULL: made before
+    # migration 0046, told in the person's language.
+    language: Mapped[str | None] = mapped_column(String(5))
     version: Mapped[int] = mapped_column(Integer, default=1)
     created_at: Mapped[datetime] = created_col()
     updated_at: Mapped[datetime] = mapped_column(

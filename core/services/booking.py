@@ -399,6 +399,14 @@ class PriceChanged(Conflict):
         self.total_paise = total_paise
 
 
+def _language_now(session: Session, customer_id: int) -> str | None:
+    """The customer's language as the booking is made: its messages keep it, whoever on
+    the same phone chooses another later. None when they never chose one (the person's,
+    whenever it is known, as before)."""
+    person = session.get(Person, customer_id)
+    return person.preferred_language if person is not None else None
+
+
 def create_booking(
     session: Session,
     *,
@@ -452,6 +460,7 @@ def create_booking(
         vehicle_type=q.vehicle, distance_m=q.distance_m, fare=fare.to_dict(),
         total_paise=fare.total_paise, commission_paise=fare.commission_paise,
         partner_share_paise=fare.partner_share_paise,
+        language=_language_now(session, customer_id),
     )
     session.add(booking)
     session.flush()

@@ -50,12 +50,14 @@ def whatsapp_templates() -> dict[str, str]:
     return found
 
 
-def whatsapp_template(person: Person | None, *, only_way: bool = False) -> str | None:
-    """ContentSid of the "update" template in the person's language; ``only_way`` (no SMS
-    can carry the text), else the default language's: its few words of its own in that
-    language, our text (its variable) in hers."""
+def whatsapp_template(person: Person | None, *, only_way: bool = False,
+                      lang: str | None = None) -> str | None:
+    """ContentSid of the "update" template in the text's language ``lang`` (the person's
+    when not given); ``only_way`` (no SMS can carry the text), else the default
+    language's: its few words of its own in that language, our text (its variable) in
+    hers."""
     templates = whatsapp_templates()
-    sid = templates.get(language_of(person))
+    sid = templates.get(lang or language_of(person))
     return sid or (templates.get(i18n.DEFAULT_LANGUAGE) if only_way else None)
 
 
@@ -65,7 +67,17 @@ def reset_templates() -> None:
 
 
 def language_of(person: Person | None) -> str:
+    """The person's language: for what is not about one booking (a sign-in code, the
+    menu, a new conversation); a booking's news goes in booking_language."""
     return (person.preferred_language if person else None) or i18n.DEFAULT_LANGUAGE
+
+
+def booking_language(booking: Booking, person: Person | None) -> str:
+    """The language of a message to ``booking``'s customer ``person`` about it: the one
+    it was made in. A phone is often a family's: another caller on it may have chosen
+    another language since, and this booking's customer may not read that one. A booking
+    made before it kept its language (NULL) goes in the person's, as before."""
+    return booking.language or language_of(person)
 
 
 def _whatsapp_conversation(session: Session, person: Person) -> Conversation | None:
@@ -94,14 +106,16 @@ def in_whatsapp_window(conv: Conversation | None) -> bool:
 
 def send_to_person(session: Session, person: Person, body: str, *,
                    dedupe_key: str | None = None, booking_id: int | None = None,
-                   sms_only: bool = False, whatsapp_only: bool = False) -> int | None:
+                   sms_only: bool = False, whatsapp_only: bool = False,
+                   lang: str | None = None) -> int | None:
     """Queue ``body`` to a customer on the right channel for now; the outbox row id.
 
     WhatsApp free-form inside the 24-hour window, else the language's approved template,
     else SMS. ``sms_only`` (a phone booking's news, promised by SMS) and a STOP on
     WhatsApp mean SMS, unless the person stopped SMS and still chats with us on WhatsApp.
     ``whatsapp_only``: never SMS (an SMS to them just failed). None if nothing can be sent
-    (both channels stopped, retried cause, no address)."""
+    (both channels stopped, retried cause, no address). ``lang``: the language ``body`` is
+    in, when not the person's (a booking's news), for the template around it."""
     sms_open = person.phone is not None and not person.sms_opted_out
     conv = None if person.opted_out or (sms_only and sms_open) else _whatsapp_conversation(
         session, person)
@@ -110,7 +124,7 @@ def send_to_person(session: Session, person: Person, body: str, *,
         if in_whatsapp_window(conv):
             return outbox.queue_message(session, channel="whatsapp", to=to, body=body,
                                         dedupe_key=dedupe_key, booking_id=booking_id)
-        sid = whatsapp_template(person, only_way=whatsapp_only or not sms_open)
+        sid = whatsapp_template(person, only_way=whatsapp_only or not sms_open, lang=lang)
         if sid and outbox.fits_template(body):
             row_id = outbox.queue_message(session, channel="whatsapp", to=to, body=body,
                                           dedupe_key=dedupe_key, booking_id=booking_id)
@@ -132,12 +146,28 @@ def notify_customer(session: Session, booking: Booking, key: str, *,
     """Queue catalog message ``key`` to the booking's customer (``ref`` is filled in).
 
     A booking made by phone call is followed up by SMS, even for a caller who also chats
-    with us on WhatsApp: that is what the call promised ("we will send you an SMS")."""
+    with us on WhatsApp: that is what the call promised ("we will send you an SMS").
+    In the language the booking was made in (booking_language), not whatever its phone's
+    person chose since."""
     person = session.get(Person, booking.customer_id)
     assert person is not None
-    body = i18n.t(key, language_of(person), ref=booking.reference, **params)
+    lang = booking_language(booking, person)
+    body = i18n.t(key, lang, ref=booking.reference, **params)
     return send_to_person(session, person, body, dedupe_key=dedupe_key, booking_id=booking.id,
-                          sms_only=booking.channel == "voice")
+                          sms_only=booking.channel == "voice", lang=lang)
+
+
+def _phone_language(session: Session, person: Person | None, booking_id: int | None,
+                    sms_only: bool) -> str:
+    """The language of a message to a phone whose language the caller left to us: the
+    booking's when it goes to that booking's own customer (its payment link sent again),
+    else the phone's person's. A work message (``sms_only``: an operator's alert, a
+    partner's job) is in their own, whoever made the booking."""
+    if person is not None and booking_id is not None and not sms_only:
+        booking = session.get(Booking, booking_id)
+        if booking is not None and booking.customer_id == person.id:
+            return booking_language(booking, person)
+    return language_of(person)
 
 
 def notify_phone(session: Session, phone: str, key: str, *, lang: str | None = None,
@@ -147,14 +177,14 @@ def notify_phone(session: Session, phone: str, key: str, *, lang: str | None = N
     WhatsApp to someone who stopped SMS and chats with us there (a drop code must reach
     the recipient). ``sms_only``: a partner's job messages and ops alerts, which are
     answered by SMS, never go another way, and a STOP on WhatsApp does not end them (only
-    an SMS opt-out does)."""
+    an SMS opt-out does). ``lang`` None: the phone's own (_phone_language)."""
     person = session.scalar(select(Person).where(Person.phone == phone))
     if lang is None:
-        lang = language_of(person)
+        lang = _phone_language(session, person, booking_id, sms_only)
     body = i18n.t(key, lang, **params)
     if person is not None and person.sms_opted_out and not sms_only and key not in NEEDED_KEYS:
         return send_to_person(session, person, body, dedupe_key=dedupe_key,
-                              booking_id=booking_id)
+                              booking_id=booking_id, lang=lang)
     return outbox.queue_message(session, channel="sms", to=phone, body=body,
                                 dedupe_key=dedupe_key, booking_id=booking_id,
                                 needed=key in NEEDED_KEYS, work=sms_only)
