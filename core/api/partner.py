@@ -21,6 +21,7 @@ from core.adapters.models import Booking, Leg, PartnerProfile, Person
 from core.api import bp
 from core.api.auth_guard import principal
 from core.api.spec import ApiError, BodyLimit, Strict, endpoint
+from core.config import get_settings
 from core.domain.booking import LegStatus
 from core.domain.errors import NotFound
 from core.services import dispatch, partner_app
@@ -383,17 +384,37 @@ def give_back_leg(leg_id: int) -> ActionOut:
     return _raise_or_return(result)
 
 
-def _my_leg(session: Session, partner: PartnerProfile, leg_id: int) -> Leg:
+def _my_leg(session: Session, person: Person, partner: PartnerProfile, leg_id: int,
+            kind: str) -> Leg:
     leg = session.get(Leg, leg_id)
     if leg is None or leg.partner_id != partner.id:
-        raise NotFound("no such job", code="not_found")
+        raise _not_yours(session, person, partner, leg, kind)
     return leg
+
+
+def _not_yours(session: Session, person: Person, partner: PartnerProfile, leg: Leg | None,
+               kind: str) -> ApiError | NotFound:
+    """The answer to a pickup or a drop of a leg that is not the rider's. One they held
+    once (given back, or taken back: by the pickup timer, or by ops suspending them) is
+    said as dispatch says a job taken off them while the request waited, in their words:
+    no longer theirs; and to a pickup by a rider suspended since, that they cannot take
+    jobs now and whom to call, as PICK by SMS answers (not "no such job", which reads as
+    the app broken at the sender's door). Any other leg: the bare 404, naming nothing."""
+    if leg is None or not partner_app.held_once(session, partner, leg.id):
+        return NotFound("no such job", code="not_found")
+    if kind == "pickup" and partner.kyc_status in dispatch.BLOCKED_KYC:
+        reply = dispatch.Reply("dispatch.duty_blocked",
+                               {"ops_phone": get_settings().ops_phone})
+    else:
+        reply = dispatch.Reply("dispatch.no_such_job", {"job": dispatch.job_code(leg)})
+    status, code = REPLY_STATUS[reply.key]
+    return ApiError(status, code, _text(reply, person))
 
 
 def _confirm(leg_id: int, kind: str, otp: str, ok_key: str) -> ActionOut:
     with transaction() as session:
         person, partner = _me(session)
-        leg = _my_leg(session, partner, leg_id)
+        leg = _my_leg(session, person, partner, leg_id, kind)
         job = dispatch.job_code(leg)
         if leg.status not in dispatch.ACTIVE_LEG_STATES:
             # The URL names the leg, and no code names another: dispatch reads "DROP <code>
@@ -435,7 +456,7 @@ def _answer_or_keep(session: Session, reply: dispatch.Reply, person: Person, ok_
 
 @endpoint(bp, "POST", "/legs/<int:leg_id>/pickup", summary="Confirm pickup with the OTP",
           roles=PARTNER, body=OtpIn, response=ActionOut, tags=("partner",),
-          errors=(404, 409, 423))
+          errors=(403, 404, 409, 423))
 def pickup_leg(leg_id: int, body: OtpIn) -> ActionOut:
     return _confirm(leg_id, "pickup", body.otp, "dispatch.picked")
 

@@ -1372,10 +1372,21 @@ def _expire(session: Session, offer: DispatchOffer) -> None:
 
 
 def _missed(status: str, responded_at: datetime | None, expires_at: datetime) -> bool:
-    """Whether an offer was left to expire unanswered: not answered, not withdrawn, and
-    not closed by the partner going OFF (_closed_going_off), which is their doing."""
+    """Whether an offer was left to expire unanswered: not answered (even late:
+    _answered_late), not withdrawn, and not closed by the partner going OFF
+    (_closed_going_off), which is their doing."""
     return (status == rules.OfferStatus.EXPIRED.value and responded_at is not None
             and responded_at >= expires_at)
+
+
+def _answered_late(offer: DispatchOffer) -> None:
+    """A yes or no to the partner's offer after its time and grace: too late to take it
+    (the job went on without them), but answered, so not a missed offer toward the
+    automatic OFF (_off_after_missed): a rider whose "1" came a minute late on 2G did
+    not ignore the job. Kept expired, with no response time: an expiry's time is set
+    (_missed), a going OFF's is before the offer's end (_closed_going_off)."""
+    offer.status = rules.OfferStatus.EXPIRED.value
+    offer.responded_at = None
 
 
 # An offer's SMS in one of these never reached the rider: still waiting (held back behind
@@ -2318,6 +2329,8 @@ def _pick_offer(session: Session, partner: PartnerProfile,
                     # accept sees whether it is still free and in time.
                     return past
                 if past.status == rules.OfferStatus.EXPIRED.value:
+                    if _missed(past.status, past.responded_at, past.expires_at):
+                        _answer_to_expired(session, past)
                     return _r("dispatch.offer_expired", job=code)
                 if past.status == rules.OfferStatus.CANCELLED.value:
                     # Theirs once, then given back or taken back: never offered to them
@@ -2329,11 +2342,41 @@ def _pick_offer(session: Session, partner: PartnerProfile,
                 return _gone(leg, code)
         return _r("dispatch.no_such_offer", job=code)
     if not offers:
-        return _yes_again(session, partner) or _r("dispatch.no_offer")
+        again = _yes_again(session, partner)
+        if again is None:
+            _late_to_newest(session, partner)
+        return again or _r("dispatch.no_offer")
     if len(offers) > 1:
         return _r("dispatch.several_offers", jobs=" ".join(str(o.leg_id) for o in offers),
                   job=offers[0].leg_id)
     return offers[0]
+
+
+# A bare yes or no this soon after the partner's newest offer expired unanswered, with
+# no offer open, is their answer to it, come too late ("1" typed as the timeout ran).
+ANSWERED_JUST_AFTER = timedelta(minutes=5)
+
+
+def _late_to_newest(session: Session, partner: PartnerProfile) -> None:
+    """A bare yes or no with no offer open: if the partner's newest offer expired
+    unanswered within ANSWERED_JUST_AFTER, it is answered late (not missed)."""
+    newest = session.scalar(select(DispatchOffer).where(
+        DispatchOffer.partner_id == partner.id).order_by(DispatchOffer.id.desc()).limit(1))
+    if (newest is not None and _missed(newest.status, newest.responded_at, newest.expires_at)
+            and newest.responded_at is not None
+            and newest.responded_at >= clock.now() - ANSWERED_JUST_AFTER):
+        _answer_to_expired(session, newest)
+
+
+def _answer_to_expired(session: Session, offer: DispatchOffer) -> None:
+    """A yes or no to an offer of this partner's that expired unanswered (its timeout ran
+    before their answer came): answered late (_answered_late), under the offer's lock,
+    in the leg-then-offer order the timeout takes."""
+    _lock_leg(session, offer.leg_id)
+    locked = session.get(DispatchOffer, offer.id, with_for_update=True, populate_existing=True)
+    assert locked is not None
+    if _missed(locked.status, locked.responded_at, locked.expires_at):
+        _answered_late(locked)
 
 
 def _accepted_before(session: Session, partner: PartnerProfile, offer: DispatchOffer,
@@ -2464,7 +2507,7 @@ def accept(session: Session, partner: PartnerProfile, code: str | None) -> Reply
         _withdraw(offer, partner)
         return _gone(leg, job)
     elif late:
-        _expire(session, offer)
+        _answered_late(offer)
         _maybe_continue(session, leg)
         return _r("dispatch.offer_expired", job=job)
     still_open = offer.status == rules.OfferStatus.OPEN.value

@@ -316,6 +316,15 @@ def gave_back(session: Session, partner: PartnerProfile, leg_id: int) -> bool:
         TransitionLog.actor == str(Actor("partner", str(partner.id)))).limit(1)) is not None
 
 
+def held_once(session: Session, partner: PartnerProfile, leg_id: int) -> bool:
+    """Whether the leg was the partner's and left them before it was done: given back,
+    or taken back by a timer or by ops (their accepted offer of it is then cancelled,
+    dispatch._give_back)."""
+    return session.scalar(select(DispatchOffer.id).where(
+        DispatchOffer.partner_id == partner.id, DispatchOffer.leg_id == leg_id,
+        DispatchOffer.status == OfferStatus.CANCELLED.value).limit(1)) is not None
+
+
 def give_back(session: Session, partner: PartnerProfile, leg_id: int) -> dispatch.Reply:
     """The app's "give this job back" (SMS: CANCEL <job>), through the same dispatch path.
     Sent again after its answer was lost, it is answered as the first time: the job is
@@ -327,6 +336,10 @@ def give_back(session: Session, partner: PartnerProfile, leg_id: int) -> dispatc
     if leg.partner_id != partner.id:
         if gave_back(session, partner, leg_id):
             return dispatch.Reply("dispatch.cancelled", {"job": job})
+        if held_once(session, partner, leg_id):
+            # Taken back meanwhile (not picked up in time, or ops suspended them): no
+            # longer theirs, said in their words as dispatch says it, not "no such job".
+            return dispatch.Reply("dispatch.no_such_job", {"job": job})
         raise NotFound("no such job", code="not_found")
     reply = dispatch.cancel_by_partner(session, partner, (str(leg_id),))
     if reply.key == "dispatch.no_such_job" and gave_back(session, partner, leg_id):
