@@ -66,7 +66,11 @@ Controls for tests and demos (Redis keys, or the helpers below):
 - ``sandbox:razorpay:fee_bps`` = N: Razorpay's rate on captured payments, in basis points
   before GST (default FEE_BPS, 2%; 0: no fee);
 - ``sandbox:razorpay:opening_balance`` = N paise: the platform's balance before any
-  payment (default OPENING_BALANCE).
+  payment (default OPENING_BALANCE);
+- ``sandbox:razorpay:payment_notes`` = ``none``: payments made by a link carry no notes.
+
+A link's payments (failed or captured) are of one order, made at the first attempt
+(``GET /v1/orders/<id>``), its ``receipt`` the link's reference_id.
 """
 
 from __future__ import annotations
@@ -498,6 +502,41 @@ def _payment(link: dict, status: str) -> dict:
     }
 
 
+def _link_order(link: dict) -> dict:
+    """The link's order, made at its first payment attempt (a link has none when made:
+    its ``order_id`` is "" until the customer pays, failed or not); every attempt by the
+    link is a payment of that order. Its ``receipt`` is the link's reference_id."""
+    order = get_object(link["order_id"]) if link["order_id"] else None
+    if order is None:
+        order = put_object({
+            "id": _new_id("order"), "entity": "order", "amount": link["amount"],
+            "amount_paid": 0, "amount_due": link["amount"], "currency": link["currency"],
+            "receipt": link["reference_id"] or None, "offer_id": None, "status": "attempted",
+            "attempts": 0, "notes": [], "created_at": _now()})
+        link.update(order_id=order["id"], updated_at=_now())
+        put_object(link)
+    order.update(attempts=int(order.get("attempts") or 0) + 1)
+    return put_object(order)
+
+
+def _attempt(link: dict, status: str) -> dict:
+    """A payment attempt by the link, stored: of the link's order, with the link's notes
+    unless the ``payment_notes`` control is ``none`` (a payment of a link that carries no
+    notes of ours: samples disagree whether Razorpay copies them)."""
+    _link_order(link)
+    payment = _payment(link, status)
+    if _control("payment_notes") == "none":
+        payment["notes"] = []  # Razorpay's empty notes are a JSON array
+    return put_object(payment)
+
+
+@bp.get("/razorpay/v1/orders/<order_id>")
+def fetch_order(order_id: str):
+    obj = get_object(order_id)
+    return jsonify(obj) if obj is not None and obj["entity"] == "order" \
+        else _not_found(order_id)
+
+
 @bp.post("/payment_links/<plink_id>/pay")
 def pay(plink_id: str):
     """The customer pays (``fail=1``: the payment fails and the link stays payable)."""
@@ -507,17 +546,17 @@ def pay(plink_id: str):
     if link["status"] != "created":
         return _error(400, f"Payment Link is {link['status']}")
     if request.values.get("fail") == "1":
-        failed = put_object(_payment(link, "failed"))
+        failed = _attempt(link, "failed")
         send_webhooks([_event("payment.failed", {"payment": failed})])
         return jsonify({"status": "failed", "payment_id": failed["id"]}), 200
-    payment = put_object(_payment(link, "captured"))
+    payment = _attempt(link, "captured")
     link.update(status="paid", amount_paid=link["amount"], order_id=payment["order_id"],
                 updated_at=_now(),
                 payments=[{"amount": payment["amount"], "created_at": payment["created_at"],
                            "method": "upi", "payment_id": payment["id"], "status": "captured"}])
     put_object(link)
-    order = {"id": payment["order_id"], "entity": "order", "amount": link["amount"],
-             "amount_paid": link["amount"], "status": "paid", "receipt": link["reference_id"]}
+    order = set_fields(payment["order_id"], amount_paid=link["amount"], amount_due=0,
+                       status="paid")
     send_webhooks([
         _event("payment.captured", {"payment": payment}),
         _event("payment_link.paid", {"payment_link": link, "payment": payment, "order": order}),

@@ -70,6 +70,7 @@ REQUIRED_KEYS = (
        "payment.ops_reconcile_mismatch"}  # payments, reconciliation alerts
     | {"payment.after_cancel"}  # payments.record_capture: a link paid after cancelling
     | {"payment.ops_owed_long", "payment.ops_owed_long_error",  # payments._tell_owed_long
+       "payment.ops_owed_long_no_account",  # ... when the rider has no payout account
        "payment.ops_refund_no_balance"}  # payments.refund_booking: refused for balance
     | {f"payment.{k}" for k in ("after_expiry", "extra", "wrong_amount",
                                 "wrong_amount_no_link")}  # record_capture: given back

@@ -64,6 +64,23 @@ class _JobIdLogging:
             logs.job_id.reset(token)
 
 
+class _ForgetsOldFailure:
+    """A job that succeeds leaves no entry of its id in its queue's FailedJobRegistry.
+
+    Our job ids are natural keys (``transfer-<leg>``, ``rzp-event-<id>``): a job failed
+    for good is enqueued again under the same id (the sweep, ops). RQ (3.0) keeps the
+    failed entry through that new run's success (handle_job_success cleans the started
+    registry only), so /metrics' rq_failed_jobs counted a failure made good since, for
+    the registry's failure_ttl (7 days)."""
+
+    def handle_job_success(self, job, queue, started_job_registry, execution):
+        super().handle_job_success(job, queue, started_job_registry, execution)  # type: ignore[misc]
+        try:
+            queue.failed_job_registry.remove(job.id)
+        except RedisError:  # the gauge overstates until the entry expires; the job is done
+            log.warning("a succeeded job's old failure was not forgotten")
+
+
 class _Periodic:
     """Run ``periodic`` (set by the caller) about every ``periodic_every_s``, busy or idle.
 
@@ -179,11 +196,11 @@ class _Periodic:
             super().run_maintenance_tasks()  # type: ignore[misc]
 
 
-class JobLoggingWorker(_Periodic, _JobIdLogging, Worker):
+class JobLoggingWorker(_Periodic, _ForgetsOldFailure, _JobIdLogging, Worker):
     """RQ's forking worker: each job in a fresh child process (isolation, fork cost)."""
 
 
-class JobLoggingSimpleWorker(_Periodic, _JobIdLogging, SimpleWorker):
+class JobLoggingSimpleWorker(_Periodic, _ForgetsOldFailure, _JobIdLogging, SimpleWorker):
     """Jobs run in the worker process itself: no fork, and connection pools live on.
 
     Our jobs are short and I/O-bound (send a message, post a ledger entry), so a fork and

@@ -1481,9 +1481,11 @@ def _expire(session: Session, booking: Booking, reason: str) -> None:
 
 def _on_payment_failed(data: dict, cause: str) -> str:
     payment = _entity(data, "payment")
-    # A link's payment carries the link's notes as we gave them (they name the booking);
-    # Razorpay adds no link id to them.
-    booking_id = _named_booking([payment])
+    # A link's payment may carry the link's notes as we gave them (they name the booking;
+    # Razorpay adds no link id to them), or none: samples disagree whether a link's notes
+    # are copied to its payments. Then the payment's order (a link's attempts are all
+    # payments of the link's order) names the link.
+    booking_id = _named_booking([payment]) or _booking_of_order(payment)
     if booking_id is None:
         return "payment-failed"
     with transaction() as session:
@@ -1499,6 +1501,28 @@ def _on_payment_failed(data: dict, cause: str) -> str:
             notify.notify_customer(session, booking, "payment.failed",
                                    dedupe_key=f"payfail-{_gateway_id(payment)}")
     return "payment-failed"
+
+
+def _booking_of_order(payment: dict) -> int | None:
+    """The booking whose link made the payment's order, else None. The order (GET
+    /v1/orders/<id>, asked in the event's job, never in the webhook) has the link's
+    reference_id as its ``receipt``; only a link of our payment_links table counts (the
+    gateway refuses a reference_id taken, so another system's order cannot carry ours
+    once our link has it). An order the gateway does not know is nobody's."""
+    order_id = payment.get("order_id")
+    if not isinstance(order_id, str) or not 0 < len(order_id) <= GATEWAY_ID_MAX:
+        return None
+    try:
+        order = gw.client().order.fetch(order_id)
+    except gw.BadRequestError:
+        log.warning("a failed payment's order is unknown to the gateway")
+        return None
+    receipt = order.get("receipt") if isinstance(order, dict) else None
+    if not isinstance(receipt, str) or not receipt:
+        return None
+    with transaction() as session:
+        return session.scalar(select(PaymentLink.booking_id).where(
+            PaymentLink.reference_id == receipt))
 
 
 def _on_refund(data: dict, cause: str) -> str:
@@ -1723,6 +1747,8 @@ def _on_transfer(data: dict, cause: str) -> str:
         amount = (_paise(entity, "amount") or 0) - (_paise(entity, "amount_reversed") or 0)
         if amount <= 0:
             return "transfer-reversed"
+        if _payout_differs(session, str(tid), amount, row.leg_id):
+            return "transfer-processed-before"
         if ledger.post(session, rules.transfer_processed(row.booking_id, row.leg_id,
                                                          row.partner_id, str(tid), amount),
                        actor="gateway:razorpay", cause=cause):
@@ -1784,6 +1810,29 @@ def record_transfer_reversal(transfer: dict, cause: str) -> str:
                   dedupe_key=f"transfer-{tid}-reversed-{gone}", ref=booking.reference,
                   leg=leg_id, reversed_paise=back)
         return "transfer-reversed"
+
+
+def _payout_differs(session: Session, transfer_id: str, amount: int, leg_id: int) -> bool:
+    """True if the transfer's payout (its transfer_processed entry) is recorded already for
+    another amount than ``amount``: then nothing more is posted (the same key with another
+    amount is an EntryConflict, failing the event's job on every retry). The settle job
+    posts what is left on a transfer after a partial reversal made in the dashboard; a
+    late transfer.processed is a snapshot from before it, with the full amount. The
+    ledger's entry is the net payout already (the reversed part never counted as paid
+    out), so the difference is only logged."""
+    from core.adapters.payment_models import LedgerPosting, LedgerTransaction
+
+    recorded = session.scalar(
+        select(LedgerPosting.amount_paise)
+        .join(LedgerTransaction, LedgerTransaction.id == LedgerPosting.transaction_id)
+        .where(LedgerTransaction.idempotency_key == f"transfer:{transfer_id}:processed",
+               LedgerPosting.account_kind == rules.AccountKind.PARTNER_PAYABLE.value))
+    if recorded is None or -int(recorded) == amount:
+        return False
+    log.warning("a transfer's payout is recorded already for another amount; kept as it is",
+                extra={"leg_id": leg_id, "recorded_paise": -int(recorded),
+                       "told_paise": amount, "difference_paise": amount + int(recorded)})
+    return True
 
 
 def _void_payout(session: Session, transfer_id: str, cause: str) -> int:
@@ -2172,7 +2221,7 @@ def _settle_leg_transfer(leg_id: int) -> str:
         return "reversed"
     if partner_id is None or not account:
         _save_transfer(leg_id, booking_id, partner_id, payment_id, account, None, "pending",
-                       error="partner has no linked account", amount=target)
+                       error=NO_ACCOUNT_ERROR, amount=target)
         log.warning("leg transfer waits: partner has no linked account",
                     extra={"leg_id": leg_id})
         return "no-account"
@@ -3501,9 +3550,35 @@ def owed_legs_in_turn(session: Session) -> list[int]:
         .order_by(LedgerPosting.leg_id)))
 
 
+def owed_without_account(session: Session, within: timedelta = timedelta(days=30)
+                         ) -> list[int]:
+    """Legs still owed to a partner with no linked account, owed lately (a payable entry
+    in the last ``within``): unpaid_legs and owed_legs_in_turn leave them out (no transfer
+    can pay them), so without this ops never heard that a rider waits for want of one
+    (_tell_owed_long, once OWED_LONG on). Found as unpaid_legs finds its legs: the recent
+    payable postings of those partners, then only those legs' postings."""
+    from core.adapters.payment_models import LedgerPosting
+
+    payable = (LedgerPosting.account_kind == _const(rules.AccountKind.PARTNER_PAYABLE.value),
+               LedgerPosting.leg_id.is_not(None))
+    no_account = select(PartnerProfile.id).where(PartnerProfile.payout_account_id.is_(None))
+    recent = select(LedgerPosting.leg_id).where(
+        *payable, LedgerPosting.created_at > clock.now() - within,
+        LedgerPosting.partner_id.in_(no_account))
+    return list(session.scalars(
+        select(LedgerPosting.leg_id)
+        .where(*payable, LedgerPosting.leg_id == any_(func.array(recent.scalar_subquery())))
+        .group_by(LedgerPosting.leg_id)
+        .having(func.sum(LedgerPosting.amount_paise).filter(
+            LedgerPosting.partner_id.in_(no_account)) > 0)
+        .order_by(LedgerPosting.leg_id).limit(SETTLE_BATCH)))
+
+
 # How a leg transfer's last_error quotes the gateway (_transfer_refused, _on_transfer);
 # its other notes are our own English words, which an operator's SMS does not quote.
 _GATEWAY_SAID = ("refused: ", "gateway reported transfer.failed: ")
+# Our own note on a leg transfer waiting for the partner's linked account.
+NO_ACCOUNT_ERROR = "partner has no linked account"
 
 
 def _gateway_words(last_error: str | None) -> str | None:
@@ -3544,9 +3619,16 @@ def _tell_owed_long(leg_id: int) -> None:
         days = (clock.now() - since).days
         log.error("a leg is still owed to its partner", extra={"leg_id": leg_id, "days": days})
         # Our own words in each operator's language (alert_ops: lang=None); the gateway's
-        # last refusal, when there is one, quoted as it said it.
+        # last refusal, when there is one, quoted as it said it; a partner without a linked
+        # account (ops must add one) by its own text.
         error = _gateway_words(row.last_error if row is not None else None)
-        alert_ops(session, "payment.ops_owed_long_error" if error else "payment.ops_owed_long",
+        partner = session.get(PartnerProfile, leg.partner_id) if leg and leg.partner_id \
+            else None
+        # Judged by the partner now, not by the row's note (stale once an account is added).
+        no_account = partner is not None and not partner.payout_account_id
+        key = ("payment.ops_owed_long_no_account" if no_account else
+               "payment.ops_owed_long_error" if error else "payment.ops_owed_long")
+        alert_ops(session, key,
                   booking_id=booking.id,
                   dedupe_key=f"transfer-{leg_id}-owed-{int(since.timestamp())}",
                   ref=booking.reference, leg=leg_id, payout_paise=owed, days=days,
@@ -3739,6 +3821,7 @@ def sweep() -> dict[str, int]:
         unreleased = unreleased_legs(session)
         # Owed lately first (unpaid_legs), then those owed for longer, in turn.
         unpaid = list(dict.fromkeys(unpaid_legs(session) + owed_legs_in_turn(session)))
+        waiting_account = owed_without_account(session)
     for leg_id in unreleased:
         enqueue("workers.payments.release_leg", leg_id, job_id=f"release-{leg_id}",
                 retry=GATEWAY_RETRY)
@@ -3752,6 +3835,11 @@ def sweep() -> dict[str, int]:
         except Exception:  # one booking's trouble must not stop the sweep for the others
             log.exception("could not make a due refund attempt", extra={"booking_id": booking_id})
     _alert_unanswered_refunds()
+    for leg_id in waiting_account:  # no transfer to make: ops add the account
+        try:
+            _tell_owed_long(leg_id)
+        except Exception:  # telling ops must not stop the sweep
+            log.exception("could not tell ops of a leg owed long", extra={"leg_id": leg_id})
     requeued = 0
     for booking_id, attempt, reason in stale:
         job_id = _refund_job_id(booking_id, attempt)
