@@ -194,3 +194,40 @@ def test_0046_adds_the_bookings_language_and_takes_it_back(db, engine):  # noqa:
     assert column() is None
     with engine.connect() as conn:
         assert version(conn) == "0045"
+
+
+def test_who_is_coming_and_the_recipients_guess_follow_the_bookings_language(live):
+    """Wrong: the 'rider on the way' message said its body in the booking's language but
+    the vehicle in the phone's language of now (a Tamil sentence naming a Telugu
+    'auto'), and a recipient we do not know was written to in the phone's language of
+    now, not the one the sender booked in."""
+    from core.domain import dispatch as rules
+    from core.domain.pricing import VehicleType
+    from core.services import dispatch
+    from tests.test_dispatch import make_partner
+
+    clock.freeze(NOW)
+    cid = customer("ta")
+    bid = book(cid)
+    with transaction() as s:
+        b = s.get(Booking, bid)
+        assert b is not None
+        b.recipient_phone = "+919812346031"  # nobody we know
+    switch_language(cid, "te")
+    pid, _ = make_partner("Ramesh", (LAXMIPUR.lat, LAXMIPUR.lng), VehicleType.AUTO)
+    with transaction() as s:
+        b = s.get(Booking, bid)
+        assert b is not None
+        from core.adapters.models import PartnerProfile
+
+        partner = s.get(PartnerProfile, pid)
+        assert partner is not None
+        dispatch._assigned_to_customer(s, b, partner, rules.Load(BAG.size, BAG.weight, 0),
+                                       "lang-test")
+        assert dispatch.recipient_language(s, b) == "ta"
+    with transaction() as s:
+        (body,) = s.scalars(select(OutboxMessage.body).where(
+            OutboxMessage.booking_id == bid,
+            OutboxMessage.dedupe_key == f"booking-{bid}-assigned-lang-test"))
+    assert scripts(body) == {"ta"}, body
+    assert i18n.t("vehicle.auto", "ta") in body

@@ -417,7 +417,7 @@ def _assigned_to_customer(session: Session, booking: Booking, partner: PartnerPr
                           load: rules.Load, tag: object) -> None:
     """Tell the customer who is coming and on what (first name and vehicle)."""
     customer = session.get(Person, booking.customer_id)
-    lang = notify.language_of(customer)
+    lang = notify.booking_language(booking, customer)  # as notify_customer says the rest
     vehicle = next((v for v in partner.vehicles if v.active and rules.vehicle_fits(
         rules.VehicleFacts(v.type, v.payload_kg, v.max_size, v.active), load)), None)
     vehicle_word = i18n.t(f"vehicle.{vehicle.type}", lang) if vehicle else ""
@@ -2996,16 +2996,18 @@ def pickup_code_lost(session: Session, row: OutboxMessage) -> int | None:
     key = "dispatch.pickup_otp_new" if _holds_code(
         session, booking, leg, "pickotp", customer.phone, other_than=row.id) else (
         "dispatch.pickup_otp")
-    body = i18n.t(key, notify.language_of(customer), ref=booking.reference, otp=code)
+    lang = notify.booking_language(booking, customer)
+    body = i18n.t(key, lang, ref=booking.reference, otp=code)
     if row.channel == "sms":
         sent = notify.send_to_person(session, customer, body, booking_id=booking.id,
-                                     dedupe_key=f"{row.dedupe_key}-wa", whatsapp_only=True)
+                                     dedupe_key=f"{row.dedupe_key}-wa", whatsapp_only=True,
+                                     lang=lang)
         if sent is not None:
             log.info("pickup code SMS lost; a new code sent on WhatsApp",
                      extra={"booking_id": booking.id, "leg_id": leg.id})
             return sent
     sent = notify.send_to_person(session, customer, body, booking_id=booking.id,
-                                 dedupe_key=f"{row.dedupe_key}-again", sms_only=True)
+                                 dedupe_key=f"{row.dedupe_key}-again", sms_only=True, lang=lang)
     if sent is None:
         leg.pickup_otp_hash, leg.drop_otp_hash, leg.otp_failures = before
         log.error("pickup code lost and the customer cannot be reached",
@@ -3143,12 +3145,12 @@ def handover_code_lost(session: Session, row: OutboxMessage) -> int | None:
 
 
 def recipient_language(session: Session, booking: Booking) -> str:
-    """The recipient's own language if we know them, else the sender's: a parcel mostly
-    goes to family or a shop in the same area."""
+    """The recipient's own language if we know them, else the one the sender booked in: a
+    parcel mostly goes to family or a shop in the same area."""
     recipient = session.scalar(select(Person).where(Person.phone == booking.recipient_phone))
     if recipient is not None and recipient.preferred_language:
         return recipient.preferred_language
-    return notify.language_of(session.get(Person, booking.customer_id))
+    return notify.booking_language(booking, session.get(Person, booking.customer_id))
 
 
 def decline(session: Session, partner: PartnerProfile, code: str | None) -> Reply:
