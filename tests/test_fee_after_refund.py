@@ -143,6 +143,9 @@ def test_the_emulator_takes_a_direct_transfer_as_razorpay_documents_it(live):
     (transfer.processed); refused for a non-positive amount, an account not activated, or
     more than the balance; X-Transfer-Idempotency answers a retry with the same transfer
     and refuses another body under the same key."""
+    # The balance is this payment alone: no other money, no Razorpay fee taken from it.
+    emu.control("opening_balance", 0)
+    emu.control("fee_bps", 0)
     emu.create_payment(5_000)
     emu.refuse_account("acc_inactive04")
     c = gw.client()
