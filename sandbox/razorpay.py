@@ -505,14 +505,17 @@ def _payment(link: dict, status: str) -> dict:
 def _link_order(link: dict) -> dict:
     """The link's order, made at its first payment attempt (a link has none when made:
     its ``order_id`` is "" until the customer pays, failed or not); every attempt by the
-    link is a payment of that order. Its ``receipt`` is the link's reference_id."""
+    link is a payment of that order. It carries the link's notes (as Razorpay's
+    payment_link.paid samples show its order), none under the ``payment_notes`` control
+    ``none``, and its ``receipt`` is the link's reference_id."""
     order = get_object(link["order_id"]) if link["order_id"] else None
     if order is None:
         order = put_object({
             "id": _new_id("order"), "entity": "order", "amount": link["amount"],
             "amount_paid": 0, "amount_due": link["amount"], "currency": link["currency"],
             "receipt": link["reference_id"] or None, "offer_id": None, "status": "attempted",
-            "attempts": 0, "notes": [], "created_at": _now()})
+            "attempts": 0, "created_at": _now(),
+            "notes": [] if _control("payment_notes") == "none" else link.get("notes") or []})
         link.update(order_id=order["id"], updated_at=_now())
         put_object(link)
     order.update(attempts=int(order.get("attempts") or 0) + 1)

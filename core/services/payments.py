@@ -1373,8 +1373,11 @@ def record_fee(payment: dict, cause: str) -> bool:
         if booking_id is None:  # not captured here (yet): its capture books both
             return False
         ledger.lock_booking(session, booking_id)
-        return ledger.post(session, rules.gateway_fee(booking_id, pid, fee),
-                           actor="gateway:razorpay", cause=cause)
+        try:
+            return ledger.post(session, rules.gateway_fee(booking_id, pid, fee),
+                               actor="gateway:razorpay", cause=cause)
+        except rules.EntryConflict:  # booked since, told otherwise: fee_differs says so
+            return False
 
 
 def record_capture(booking_id: int, payment_id: str, amount: int, *, cause: str,
@@ -1505,10 +1508,12 @@ def _on_payment_failed(data: dict, cause: str) -> str:
 
 def _booking_of_order(payment: dict) -> int | None:
     """The booking whose link made the payment's order, else None. The order (GET
-    /v1/orders/<id>, asked in the event's job, never in the webhook) has the link's
-    reference_id as its ``receipt``; only a link of our payment_links table counts (the
-    gateway refuses a reference_id taken, so another system's order cannot carry ours
-    once our link has it). An order the gateway does not know is nobody's."""
+    /v1/orders/<id>, asked in the event's job, never in the webhook) carries the link's
+    notes (our booking_id beside its reference: _named_booking's rule), which decide
+    first; else its ``receipt`` as the link's reference_id, only a link of our
+    payment_links table counting and only for the link's own amount (receipts are not
+    unique on an account: another system's order could carry one of our references). An
+    order the gateway does not know is nobody's."""
     order_id = payment.get("order_id")
     if not isinstance(order_id, str) or not 0 < len(order_id) <= GATEWAY_ID_MAX:
         return None
@@ -1517,12 +1522,18 @@ def _booking_of_order(payment: dict) -> int | None:
     except gw.BadRequestError:
         log.warning("a failed payment's order is unknown to the gateway")
         return None
-    receipt = order.get("receipt") if isinstance(order, dict) else None
+    if not isinstance(order, dict):
+        return None
+    named = _named_booking([order])
+    if named is not None:
+        return named
+    receipt = order.get("receipt")
     if not isinstance(receipt, str) or not receipt:
         return None
     with transaction() as session:
         return session.scalar(select(PaymentLink.booking_id).where(
-            PaymentLink.reference_id == receipt))
+            PaymentLink.reference_id == receipt,
+            PaymentLink.amount_paise == _paise(order, "amount")))
 
 
 def _on_refund(data: dict, cause: str) -> str:
@@ -2791,7 +2802,11 @@ def refund_booking(booking_id: int, reason: str) -> str:
             # it): no retry changes that. Refused, so nothing was made under this key.
             return _cut_attempt(refund_id, left, str(exc))
         if _low_balance(exc):
-            _tell_low_balance(refund_id)
+            try:
+                _tell_low_balance(refund_id)
+            except Exception:  # the alert must not keep the attempt from ending
+                log.exception("low-balance refund alert failed",
+                              extra={"refund_id": refund_id})
         job = get_current_job()
         if job is None or not job.should_retry:
             _end_refused_attempt(refund_id, str(exc))
@@ -3571,7 +3586,13 @@ def owed_without_account(session: Session, within: timedelta = timedelta(days=30
         .group_by(LedgerPosting.leg_id)
         .having(func.sum(LedgerPosting.amount_paise).filter(
             LedgerPosting.partner_id.in_(no_account)) > 0)
-        .order_by(LedgerPosting.leg_id).limit(SETTLE_BATCH)))
+        # Owed OWED_LONG already (younger legs would take the places), the most lately
+        # owed first: legs told before (each once) do not keep a newer one out for weeks.
+        .having(func.max(LedgerPosting.created_at).filter(LedgerPosting.amount_paise > 0)
+                <= clock.now() - OWED_LONG)
+        .order_by(func.max(LedgerPosting.created_at).filter(
+            LedgerPosting.amount_paise > 0).desc(), LedgerPosting.leg_id)
+        .limit(SETTLE_BATCH)))
 
 
 # How a leg transfer's last_error quotes the gateway (_transfer_refused, _on_transfer);
