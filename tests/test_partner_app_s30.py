@@ -150,3 +150,26 @@ def test_a_job_given_back_is_said_no_longer_theirs_in_their_words(
             "code": "not_found", "message": i18n.t("dispatch.app.no_such_job", "hi", job=leg_id)}
     r = client.post(f"{API}/legs/{leg_id + 1000}/pickup", headers=headers, json={"otp": "1234"})
     assert (r.status_code, r.get_json()["error"]["code"]) == (404, "not_found")
+    # A photo of it, from the same open screen, is told so too (it said "no such job").
+    photo = {**headers, "Content-Type": "image/jpeg"}
+    r = client.post(f"{API}/legs/{leg_id}/photo", headers=photo, data=b"\xff\xd8\xff jpeg")
+    assert r.status_code == 404, r.get_json()
+    assert r.get_json()["error"] == {
+        "code": "not_found", "message": i18n.t("dispatch.app.no_such_job", "hi", job=leg_id)}
+    r = client.post(f"{API}/legs/{leg_id + 1000}/photo", headers=photo, data=b"\xff\xd8\xff")
+    assert r.get_json()["error"] == {"code": "not_found", "message": "no such job"}
+
+
+def test_a_job_named_hours_after_its_offer_closed_is_no_answer(client, live, frozen,  # noqa: F811
+                                                               missed_setting):  # noqa: F811
+    """A late answer counts only just after the offer closed (dispatch.ANSWERED_JUST_AFTER):
+    a rider who ignored an offer, then named its job ("2 <job>") an hour later, would
+    otherwise undo every miss this way and never be put OFF duty."""
+    near, near_phone, far_phone = near_and_far()
+    first = _job_answered_late(client, 1, near, near_phone, far_phone, late=None,
+                               timer_first=True)
+    freeze_at(300 + 121 + 3600)  # an hour after the first offer closed
+    assert f"{first}" in sms(client, near_phone, f"2 {first}")[0]
+    _job_answered_late(client, 14, near, near_phone, far_phone, late=None, timer_first=True)
+    _job_answered_late(client, 15, near, near_phone, far_phone, late=None, timer_first=True)
+    assert not on_duty(near)  # three in a row: the hour-late "2" was no answer

@@ -394,7 +394,7 @@ def _my_leg(session: Session, person: Person, partner: PartnerProfile, leg_id: i
 
 def _not_yours(session: Session, person: Person, partner: PartnerProfile, leg: Leg | None,
                kind: str) -> ApiError | NotFound:
-    """The answer to a pickup or a drop of a leg that is not the rider's. One they held
+    """The answer to a pickup, a drop or a photo of a leg that is not the rider's. One they held
     once (given back, or taken back: by the pickup timer, or by ops suspending them) is
     said as dispatch says a job taken off them while the request waited, in their words:
     no longer theirs; and to a pickup by a rider suspended since, that they cannot take
@@ -483,7 +483,13 @@ def upload_photo(leg_id: int, raw: bytes) -> PhotoOut:
     with transaction() as session:
         _, partner = _me(session)
         partner_id = partner.id
-    photo = partner_app.upload_photo(partner_id, leg_id, raw, request.mimetype)
+    try:
+        photo = partner_app.upload_photo(partner_id, leg_id, raw, request.mimetype)
+    except NotFound:  # not theirs (any more): said as a pickup or drop of it is
+        with transaction() as session:
+            person, partner = _me(session)
+            raise _not_yours(session, person, partner, session.get(Leg, leg_id),
+                             "photo") from None
     return PhotoOut(leg_id=photo.leg_id, stored=True, size_bytes=photo.size_bytes,
                     proof_of_delivery=photo.proof_of_delivery)
 

@@ -2329,7 +2329,10 @@ def _pick_offer(session: Session, partner: PartnerProfile,
                     # accept sees whether it is still free and in time.
                     return past
                 if past.status == rules.OfferStatus.EXPIRED.value:
-                    if _missed(past.status, past.responded_at, past.expires_at):
+                    # Answered just after it closed: late, not missed. Not hours on (each
+                    # offer ignored, then "2 <job>" to each, would never go OFF).
+                    if _missed(past.status, past.responded_at, past.expires_at) and (
+                            past.expires_at >= clock.now() - ANSWERED_JUST_AFTER):
                         _answer_to_expired(session, past)
                     return _r("dispatch.offer_expired", job=code)
                 if past.status == rules.OfferStatus.CANCELLED.value:

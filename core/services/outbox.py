@@ -1499,8 +1499,13 @@ def _on_whatsapp_instead(session: Session, row: OutboxMessage) -> int | None:
                        .where(Leg.booking_id == row.booking_id,
                               DispatchOffer.partner_id == partner_id)).exists())):
         return None
+    # The text is in its booking's language when it went to the booking's customer: the
+    # WhatsApp template that carries it outside the window must be of that language too.
+    booking = session.get(Booking, row.booking_id) if row.booking_id is not None else None
+    lang = (notify.booking_language(booking, person)
+            if booking is not None and booking.customer_id == person.id else None)
     new_id = notify.send_to_person(session, person, row.body, dedupe_key=f"wa-for-{row.id}",
-                                   booking_id=row.booking_id)
+                                   booking_id=row.booking_id, lang=lang)
     if new_id is not None:
         log.info("sms refused for STOP; sent on WhatsApp instead", extra={"outbox_id": row.id})
     return new_id
