@@ -219,6 +219,33 @@ def test_no_warning_when_the_proxy_hops_are_set_or_no_header_comes(clean_db, cap
     assert _ignored() == before
 
 
+def _short() -> float:
+    return ops.REGISTRY.get_sample_value("http_forwarded_for_short_total") or 0.0
+
+
+def test_proxy_hops_above_the_real_proxies_is_counted_and_said_once(clean_db, caplog):
+    """Wrong: PROXY_HOPS=2 behind one proxy (one address forwarded) was silently ignored
+    by the proxy fix, so every client had the proxy's address, as with 0 behind one, and
+    nothing said so. Should: counted and, in production, said once, without addresses;
+    a balancer's probe of /healthz without the header is not counted."""
+    client = production_app(metrics_token=TOKEN, proxy_hops=2)
+    before = _short()
+    caplog.set_level(logging.WARNING)
+    for _ in range(3):
+        r = client.get("/api/v1/openapi.json", headers={"X-Forwarded-For": "203.0.113.7"},
+                       environ_base={"REMOTE_ADDR": "10.0.0.9"})
+        assert r.status_code == 200
+    assert client.get("/healthz").status_code == 200  # the balancer's own probe
+    warnings = [rec for rec in caplog.records if "PROXY_HOPS=2" in rec.getMessage()]
+    assert len(warnings) == 1
+    assert not any(a in str(vars(warnings[0])) for a in ("203.0.113.7", "10.0.0.9"))
+    assert _short() - before == 3
+    # Through the two proxies it was told of: nothing more.
+    r = client.get("/api/v1/openapi.json",
+                   headers={"X-Forwarded-For": "203.0.113.7, 10.0.0.2"})
+    assert r.status_code == 200 and _short() - before == 3
+
+
 # --- 4. the app customer's language ------------------------------------------------------------
 
 

@@ -53,6 +53,15 @@ LATENCY = Histogram("http_request_duration_seconds", "HTTP request latency", ["e
 FORWARDED_IGNORED = Counter(
     "http_forwarded_for_ignored", "Requests with X-Forwarded-For ignored (PROXY_HOPS=0)",
     registry=REGISTRY)
+# Requests that came through fewer proxies than PROXY_HOPS says (fewer X-Forwarded-For
+# addresses, or none): the proxy fix then takes none of them, so every such client has the
+# address of the proxy next to us, as with PROXY_HOPS=0 behind one. A balancer's own
+# probes of /healthz and /readyz come without the header and are not counted.
+FORWARDED_SHORT = Counter(
+    "http_forwarded_for_short",
+    "Requests with fewer X-Forwarded-For addresses than PROXY_HOPS (client address not taken)",
+    registry=REGISTRY)
+PROBE_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
 
 
 # Outbox rows counted at each scrape: only those that stay few. Messages still on our
@@ -283,12 +292,16 @@ def instrument(app: Flask, settings: Settings | None = None) -> None:
     settings = settings or get_settings()
     app.extensions["ridechain_settings"] = settings
     warned: list[bool] = []
+    warned_short: list[bool] = []
 
     @app.before_request
     def _start() -> None:
         g._t0 = time.perf_counter()
         if not settings.proxy_hops and "HTTP_X_FORWARDED_FOR" in request.environ:
             _forwarded_ignored(settings, warned)
+        elif settings.proxy_hops and request.path not in PROBE_PATHS and _forwarded_count(
+                request.environ) < settings.proxy_hops:
+            _forwarded_short(settings, warned_short)
 
     @app.after_request
     def _stop(response):
@@ -299,6 +312,24 @@ def instrument(app: Flask, settings: Settings | None = None) -> None:
         if hasattr(g, "_t0"):
             LATENCY.labels(endpoint).observe(time.perf_counter() - g._t0)
         return response
+
+
+def _forwarded_count(environ: dict) -> int:
+    """How many addresses X-Forwarded-For carries (the proxies it came through)."""
+    return len([a for a in environ.get("HTTP_X_FORWARDED_FOR", "").split(",") if a.strip()])
+
+
+def _forwarded_short(settings: Settings, warned: list[bool]) -> None:
+    """A request came through fewer proxies than PROXY_HOPS: count it, and in production
+    say once (per process) what that costs. No address is logged."""
+    FORWARDED_SHORT.inc()
+    if settings.is_production and not warned:
+        warned.append(True)
+        log.warning("requests come with fewer X-Forwarded-For addresses than PROXY_HOPS="
+                    f"{settings.proxy_hops}: their client address is not taken, so they all "
+                    "have the address of the proxy next to us and share its per-IP sign-in "
+                    "limits; set PROXY_HOPS to the number of proxies in front "
+                    "(README: Configuration)")
 
 
 def _forwarded_ignored(settings: Settings, warned: list[bool]) -> None:
