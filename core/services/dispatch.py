@@ -193,8 +193,8 @@ def _sms_partner(session: Session, partner: PartnerProfile, key: str, *, dedupe_
     person = _person(session, partner)
     if not person.phone:
         return None
-    return notify.notify_phone(session, person.phone, key, lang=_lang(person), sms_only=True,
-                               dedupe_key=dedupe_key, booking_id=booking_id, **params)
+    return notify.notify_known_phone(session, person, key, lang=_lang(person), sms_only=True,
+                                     dedupe_key=dedupe_key, booking_id=booking_id, **params)
 
 
 # Alerts of one cause that hit many bookings at once (a gateway outage, nobody on duty):

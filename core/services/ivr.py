@@ -266,8 +266,8 @@ class VoicePorts(SessionPorts):
         key = DETAILS.get(self.reach())  # none where nothing can reach them
         if booking is not None and self.person.phone and key is not None:
             lang = self.person.preferred_language or i18n.DEFAULT_LANGUAGE
-            notify.notify_phone(
-                self.session, self.person.phone, key, lang=lang,
+            notify.notify_known_phone(
+                self.session, self.person, key, lang=lang,
                 dedupe_key=details_key(booking.id), booking_id=booking.id,
                 **details_params(
                     key, lang, ref=booking.reference, pickup=slots["pickup"]["name"],

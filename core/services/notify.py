@@ -179,6 +179,24 @@ def notify_phone(session: Session, phone: str, key: str, *, lang: str | None = N
     answered by SMS, never go another way, and a STOP on WhatsApp does not end them (only
     an SMS opt-out does). ``lang`` None: the phone's own (_phone_language)."""
     person = session.scalar(select(Person).where(Person.phone == phone))
+    return _to_phone(session, phone, person, key, lang, dedupe_key, booking_id, sms_only,
+                     params)
+
+
+def notify_known_phone(session: Session, person: Person, key: str, *,
+                       lang: str | None = None, dedupe_key: str | None = None,
+                       booking_id: int | None = None, sms_only: bool = False,
+                       **params: object) -> int | None:
+    """notify_phone to the phone of ``person``, whom the caller holds already (a caller's
+    turn, a partner's job): the person is not read again by the number."""
+    assert person.phone, "a person to write to has a phone"
+    return _to_phone(session, person.phone, person, key, lang, dedupe_key, booking_id,
+                     sms_only, params)
+
+
+def _to_phone(session: Session, phone: str, person: Person | None, key: str,
+              lang: str | None, dedupe_key: str | None, booking_id: int | None,
+              sms_only: bool, params: dict[str, object]) -> int | None:
     if lang is None:
         lang = _phone_language(session, person, booking_id, sms_only)
     body = i18n.t(key, lang, **params)
