@@ -86,7 +86,7 @@ REQUIRED_KEYS = (
     | {"bot.parcel.weight_too_heavy"}  # booking.weight_typed: a weight above them all
     | {"ivr.done.other_phone", "pay.link_other"}  # the link to another mobile (voice)
     | {f"ivr.link_phone.{k}" for k in ("ask", "sent", "not_ready", "closed", "limit",
-                                         "stopped")}  # voice._link_phone_handle
+                                         "day_limit", "stopped")}  # voice._link_check_handle
     | {"ivr.person.busy", "ivr.not_mobile"}  # ivr.dial_ended, the voice webhook
     | {"ivr.ops.screen"}  # twiml.screen: the operators' phone takes a caller
     | {"payment.link_failed", "payment.ops_link_refused",  # payments._link_refused

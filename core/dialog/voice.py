@@ -361,12 +361,8 @@ def _outside(res: Any) -> Say:
 # --- the recipient's mobile ------------------------------------------------------------
 
 def _phone_handle(ctx: Ctx, inp: UserInput) -> Result:
-    digits = words.only_digits(inp.text) or ""
-    try:
-        phone = normalize_phone(digits)
-        if not is_indian_mobile(phone):
-            raise ValidationError("not an Indian mobile", code="bad_phone")
-    except ValidationError:
+    phone = _keyed_mobile(inp)
+    if phone is None:
         return Retry([Say("ivr.phone.bad")])
     ctx.state.data["phone_pick"] = phone
     return Goto("recipient_check")
@@ -541,29 +537,58 @@ def _done_handle(ctx: Ctx, inp: UserInput) -> Result:
     return Retry()
 
 
-# How many other numbers one booking's payment link may be sent to from a call (each is an
-# SMS we pay for, to a number the caller keyed in; VoicePorts.send_link_to keeps to it).
+# How many SMS one booking's payment link may go in to other numbers from calls, and one
+# caller's in a day over all their bookings (each is an SMS we pay for, to a number the
+# caller keyed in: VoicePorts.send_link_to keeps to them; SMS pumping and nuisance).
 OTHER_PAYERS = 3
+OTHER_PAYERS_A_DAY = 6
 # What the caller hears once a link to another phone was asked for (VoicePorts.send_link_to).
 _LINK_SENT = {"not_ready": Say("ivr.link_phone.not_ready"),
               "not_payable": Say("ivr.link_phone.closed"),
               "limit": Say("ivr.link_phone.limit", {"count": OTHER_PAYERS}),
+              "day_limit": Say("ivr.link_phone.day_limit"),
               "stopped": Say("ivr.link_phone.stopped")}
+
+
+def _keyed_mobile(inp: UserInput) -> str | None:
+    """The Indian mobile the caller keyed in (10 digits), E.164; None if it is not one."""
+    try:
+        phone = normalize_phone(words.only_digits(inp.text) or "")
+    except ValidationError:
+        return None
+    return phone if is_indian_mobile(phone) else None
 
 
 def _link_phone_handle(ctx: Ctx, inp: UserInput) -> Result:
     """The mobile that should get the payment link (a feature phone opens no link: a
-    relative's smartphone can pay it); back to the done step, told how it went."""
-    ref = ctx.state.data.get("last_ref")
-    if not ref:
+    relative's smartphone can pay it), read back before anything is sent."""
+    if not ctx.state.data.get("last_ref"):
         return Goto(MENU)
-    digits = words.only_digits(inp.text) or ""
-    try:
-        phone = normalize_phone(digits)
-        if not is_indian_mobile(phone):
-            raise ValidationError("not an Indian mobile", code="bad_phone")
-    except ValidationError:
+    phone = _keyed_mobile(inp)
+    if phone is None:
         return Retry([Say("ivr.phone.bad")])
+    ctx.state.data["link_pick"] = phone
+    return Goto("link_check")
+
+
+def _link_check_prompt(ctx: Ctx) -> list[Out]:
+    phone = ctx.state.data.get("link_pick") or ""
+    return [Say("ivr.phone.confirm", {"digits": spoken.spell_digits(phone[-10:])}),
+            _right_or_again()]
+
+
+def _link_check_handle(ctx: Ctx, inp: UserInput) -> Result:
+    """1: the link goes to the number read back, and the caller is back at the done step,
+    told how it went; 2: key it again."""
+    picked = choice(inp, 2)
+    ref, phone = ctx.state.data.get("last_ref"), ctx.state.data.get("link_pick")
+    if not ref or not phone:
+        return Goto(MENU)
+    if picked == 2:
+        return Goto("link_phone")
+    if picked != 1:
+        return Retry()
+    ctx.state.data.pop("link_pick", None)
     sent = ctx.ports.send_link_to(ref, phone)
     if sent == "sent":
         return Goto("done", [Say("ivr.link_phone.sent",
@@ -840,6 +865,7 @@ def _steps() -> list[Step]:
         Step("done", _done_prompt, _done_handle, "ivr.hint"),
         Step("link_phone", lambda ctx: [Say("ivr.link_phone.ask")], _link_phone_handle,
              "ivr.link_phone.ask"),
+        Step("link_check", _link_check_prompt, _link_check_handle, "ivr.hint"),
         Step("track", _track_prompt, _track_handle, "ivr.hint"),
         Step("pickup_code", _pickup_code_prompt, _pickup_code_handle, "ivr.hint"),
         Step("code_again", _code_again_prompt, _code_again_handle, "ivr.hint"),

@@ -64,6 +64,7 @@ from core.dialog.voice import (
     FINISHED,
     HEARD_CODE,
     OTHER_PAYERS,
+    OTHER_PAYERS_A_DAY,
     PAGE_TURNED,
     VOICE_DIALOG,
     clear_draft,
@@ -313,10 +314,12 @@ class VoicePorts(SessionPorts):
     def send_link_to(self, reference: str, phone: str) -> str:
         """Send their unpaid booking's payment link by SMS to another mobile (a relative's:
         the caller's phone may open no link): "sent", "not_ready" (the link is still being
-        made), "not_payable" (paid, closed, out of time, or not theirs), "limit" (already
-        sent to OTHER_PAYERS other numbers; the same one again is fine) or "stopped" (that
-        number stopped our SMS). The caller's own number is the link again, as tracking
-        sends it. The same number is sent it once per payments.LINK_AGAIN_EVERY."""
+        made), "not_payable" (paid, closed, out of time, or not theirs), "limit" (the
+        booking's OTHER_PAYERS such SMS went already), "day_limit" (the caller's
+        OTHER_PAYERS_A_DAY over all their bookings did) or "stopped" (that number stopped
+        our SMS). The same number again within payments.LINK_AGAIN_EVERY is told sent (it
+        was, just now) and sends nothing. The caller's own number is the link again, as
+        tracking sends it."""
         booking = self._mine(reference)
         if booking is None or booking.status != BookingStatus.AWAITING_PAYMENT.value or (
                 booking.expires_at is not None and booking.expires_at <= clock.now()):
@@ -327,23 +330,36 @@ class VoicePorts(SessionPorts):
         if phone == self.person.phone:
             payments.send_link_again(self.session, booking, phone)
             return "sent"
-        tag = outbox.number_hash(phone)[:16]
-        prefix = f"paylink-{booking.id}-other-"
-        asked = {(key or "").removeprefix(prefix).split("-", 1)[0]
-                 for key in self.session.scalars(select(OutboxMessage.dedupe_key).where(
-                     OutboxMessage.booking_id == booking.id,
-                     OutboxMessage.dedupe_key.like(f"{prefix}%")))}
-        if tag not in asked and len(asked) >= OTHER_PAYERS:
-            return "limit"
         slot = int(clock.now().timestamp() // payments.LINK_AGAIN_EVERY.total_seconds())
+        prefix = f"paylink-{booking.id}-other-"
+        key = f"{prefix}{outbox.number_hash(phone)[:16]}-{slot}"
+        sent_before = list(self.session.scalars(select(OutboxMessage.dedupe_key).where(
+            OutboxMessage.booking_id == booking.id,
+            OutboxMessage.dedupe_key.like(f"{prefix}%"))))
+        if key in sent_before:
+            return "sent"
+        if len(sent_before) >= OTHER_PAYERS:
+            return "limit"
+        if self._links_to_others_since(slot - _SLOTS_A_DAY) >= OTHER_PAYERS_A_DAY:
+            return "day_limit"
         lang = self.person.preferred_language or i18n.DEFAULT_LANGUAGE
         sent = notify.notify_phone(
             self.session, phone, "pay.link_other", booking_id=booking.id,
-            lang=None if _has_language(self.session, phone) else lang,
-            dedupe_key=f"{prefix}{tag}-{slot}", ref=booking.reference,
-            total_paise=booking.total_paise, url=url, minutes=payments.minutes_to_pay(booking),
-            asker=(self.person.phone or "")[-4:])
-        return "sent" if sent or tag in asked else "stopped"
+            lang=None if _has_language(self.session, phone) else lang, dedupe_key=key,
+            ref=booking.reference, total_paise=booking.total_paise, url=url,
+            minutes=payments.minutes_to_pay(booking), asker=(self.person.phone or "")[-4:])
+        return "sent" if sent else "stopped"
+
+    def _links_to_others_since(self, slot: int) -> int:
+        """The payment-link SMS the caller had sent to other numbers, over all their
+        bookings, in LINK_AGAIN_EVERY slots after ``slot`` (their keys end in theirs: the
+        service's clock, as they were made by it)."""
+        keys = self.session.scalars(select(OutboxMessage.dedupe_key).join(
+            Booking, Booking.id == OutboxMessage.booking_id).where(
+            Booking.customer_id == self.person.id,
+            OutboxMessage.dedupe_key.like("paylink-%-other-%")))
+        tails = [(key or "").rsplit("-", 1)[-1] for key in keys]
+        return sum(1 for tail in tails if not tail.isdigit() or int(tail) > slot)
 
     def _messages_about(self, booking_id: int) -> int:
         return _messages_to(self.session, self.person, booking_id)
@@ -443,6 +459,10 @@ class VoicePorts(SessionPorts):
         if booking is None:
             return {"refused": "not_now"}
         return read_pickup_code(self.session, self.person, booking)
+
+
+# A day in payments.LINK_AGAIN_EVERY slots (the keys of the links sent to other numbers).
+_SLOTS_A_DAY = int(timedelta(days=1) / payments.LINK_AGAIN_EVERY)
 
 
 def _has_language(session: Session, phone: str) -> bool:
