@@ -439,7 +439,8 @@ class SessionPorts:
             return None
         if booking.expires_at is not None and booking.expires_at <= clock.now():
             return None  # no longer payable: the sweep closes it and tells them
-        url = payments.payment_url(self.session, booking)
+        # A booking made in this turn has no link yet: its job makes it once this commits.
+        url = None if booking is self.made else payments.payment_url(self.session, booking)
         if url is not None and by_sms and self.person.phone:
             payments.send_link_again(self.session, booking, self.person.phone)
         return {"url": url, "total_paise": booking.total_paise}
