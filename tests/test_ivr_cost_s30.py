@@ -99,3 +99,18 @@ def test_the_confirm_turn_counts_unpaid_once_and_reads_the_booking_made_never(
             OutboxMessage.to_addr == phone.phone, OutboxMessage.booking_id == booking.id))
     assert booking.status == "awaiting_payment" and sms == 1
     assert heard.text.count(spoken.spell_digits(booking.reference)) == 2, heard.text
+
+
+def test_no_turn_reads_the_rate_card_twice(phone: Caller) -> None:  # noqa: F811
+    """Session 31: the turns that quote and then look for a free rider near the pickup read
+    the active rate card twice (quote_trip, then rider_free_near); once per transaction."""
+    hindi_caller(phone)
+    phone.call()
+    reads = []
+    for keys in ("1", "845438#", "2", "1", "845450#", "7", "1", "9876543210#", "1", "1",
+                 "1", "2"):
+        with statements() as sql:
+            phone.press(keys)
+        reads.append(sum("FROM rate_cards" in s for s in sql))
+    assert max(reads) == 1, reads  # read at all: the counting sees the card's query
+    assert step_of(phone.phone) == "confirm"

@@ -145,11 +145,25 @@ def check_service_area(session: Session, pickup: Place, drop: Place) -> None:
 
 
 def active_rate_card(session: Session) -> RateCard:
-    """The newest active rate card in the database (the built-in default if none)."""
+    """The newest active rate card in the database (the built-in default if none).
+
+    Read once per transaction: a phone turn that quotes and then looks for a free rider
+    asks twice. A card activated in the same transaction is not seen by a later call in
+    it (ops activate cards in transactions of their own)."""
+    tx = session.get_transaction()
+    held = session.info.get(_RATE_CARD_KEY)
+    if held is not None and tx is not None and held[0] is tx:
+        return held[1]
     row = session.scalar(
         select(RateCardRow).where(RateCardRow.active.is_(True)).order_by(RateCardRow.id.desc())
     )
-    return RateCard.from_dict(row.card) if row is not None else DEFAULT_RATE_CARD
+    card = RateCard.from_dict(row.card) if row is not None else DEFAULT_RATE_CARD
+    if tx is not None:
+        session.info[_RATE_CARD_KEY] = (tx, card)
+    return card
+
+
+_RATE_CARD_KEY = "ridechain.rate_card"
 
 
 def quote_trip(session: Session, pickup: Place, drop: Place, parcel: ParcelSpec) -> Quote:
