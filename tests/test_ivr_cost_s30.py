@@ -15,6 +15,10 @@ not), so a regression fails here rather than only in the benchmark:
    details SMS is given the caller's person the turn holds, not read again by phone: 18.
    The done step's question (is it still to be paid?) does not look for the payment link
    of a booking made in this very turn (its job makes it after the commit): 17.
+3. Session 31: the turn's place in the dialog is saved by the statement that records its
+   answer (a WITH ... UPDATE conversations before the INSERT INTO inbound_events): a menu
+   turn 3 -> 2 statements, the confirm turn 17 -> 16. A duplicate answer (the INSERT
+   writes nothing) still rolls the turn back whole, its UPDATE with it.
 """
 
 from __future__ import annotations
@@ -33,8 +37,8 @@ from tests.test_ivr_s30 import hindi_caller
 
 pytestmark = pytest.mark.db
 
-MENU_TURN_STATEMENTS = 3
-CONFIRM_TURN_STATEMENTS = 17  # 23 before session 30: see the module docstring
+MENU_TURN_STATEMENTS = 2  # 3 before session 31
+CONFIRM_TURN_STATEMENTS = 16  # 23 before session 30, 17 before session 31: see above
 
 
 @contextmanager
@@ -62,7 +66,7 @@ def to_the_confirmation(caller: Caller) -> None:
     assert t("ivr.confirm.yes") in heard.text, heard.text
 
 
-def test_a_menu_turn_costs_three_statements(phone: Caller) -> None:  # noqa: F811
+def test_a_menu_turn_costs_two_statements(phone: Caller) -> None:  # noqa: F811
     hindi_caller(phone)
     phone.call()
     assert step_of(phone.phone) == "menu"
@@ -71,8 +75,8 @@ def test_a_menu_turn_costs_three_statements(phone: Caller) -> None:  # noqa: F81
     assert heard.gather is not None and step_of(phone.phone) != "menu", heard.text
     assert len(sql) == MENU_TURN_STATEMENTS, "\n".join(sql)
     assert sql[0].startswith("SELECT conversations.") and "FOR UPDATE" in sql[0]
-    assert sql[1].startswith("UPDATE conversations ")
-    assert sql[2].startswith("INSERT INTO inbound_events ")
+    assert sql[1].startswith("WITH state_saved AS (UPDATE conversations ")
+    assert ") INSERT INTO inbound_events " in sql[1]
 
 
 def test_the_confirm_turn_counts_unpaid_once_and_reads_the_booking_made_never(
@@ -114,3 +118,37 @@ def test_no_turn_reads_the_rate_card_twice(phone: Caller) -> None:  # noqa: F811
         reads.append(sum("FROM rate_cards" in s for s in sql))
     assert max(reads) == 1, reads  # read at all: the counting sees the card's query
     assert step_of(phone.phone) == "confirm"
+
+
+def test_an_answer_recorded_already_rolls_the_turns_saved_state_back(
+        phone: Caller) -> None:  # noqa: F811
+    """The turn's state is saved by the statement that records its answer; when that
+    answer was recorded already (a twin committed it while the number's call state did
+    not say so), the INSERT writes nothing and the turn, its saved state included, rolls
+    back: the caller hears the stored answer and the conversation is as it was."""
+    from urllib.parse import parse_qs, urlparse
+
+    from core.adapters.models import Conversation, InboundEvent
+
+    hindi_caller(phone)
+    phone.call()
+    assert phone.action is not None
+    turn = int(parse_qs(urlparse(phone.action).query)["turn"][0])
+    stored = ('<?xml version="1.0" encoding="UTF-8"?><Response><Say>recorded</Say>'
+              "<Hangup/></Response>")
+
+    def row() -> tuple:
+        with transaction() as s:
+            conv = s.scalar(select(Conversation).where(Conversation.contact == phone.phone,
+                                                       Conversation.channel == "voice"))
+            return conv.step, conv.state, conv.misses, conv.last_inbound_at, conv.updated_at
+
+    with transaction() as s:
+        s.add(InboundEvent(provider="twilio-voice", external_id=f"{phone.sid}:{turn}",
+                           channel="voice", response_body=stored))
+    before = row()
+    with statements() as sql:
+        heard = phone.press("1")  # book: would move the dialog on
+    assert any(s.startswith("WITH state_saved AS (UPDATE conversations ") for s in sql)
+    assert "recorded" in heard.text and heard.gather is None, heard.text
+    assert row() == before

@@ -16,7 +16,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
 from rq import Retry
-from sqlalchemy import Table, bindparam, case, or_, select, update
+from sqlalchemy import Table, bindparam, case, func, or_, select, update
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, object_session
 from sqlalchemy.orm.attributes import set_committed_value
@@ -529,15 +529,45 @@ def save_state(conv: Conversation, state: DialogState, *, at: datetime | None = 
     # one of them is replaced by the turn's final value, as the ORM assignment did before.
     session = object_session(conv)
     assert session is not None and conv.id is not None, "a conversation of this session"
+    values = _state_values(conv, state, at)
+    session.execute(_SAVE_STATE if at is None else _SAVE_STATE_AT, values)
+    session.expire(conv, ["updated_at"])  # the UPDATE set it (onupdate)
+
+
+def _state_values(conv: Conversation, state: DialogState, at: datetime | None
+                  ) -> dict[str, Any]:
+    """The parameters of the UPDATE saving ``state`` on ``conv``'s row; ``conv`` shows them
+    as saved from now on (so the unit of work does not write them again)."""
     values: dict[str, Any] = {"step": state.step, "state": engine.copy_data(state.data),
                               "misses": state.misses}
     if at is not None:
         values["last_inbound_at"] = at
-    session.execute(_SAVE_STATE if at is None else _SAVE_STATE_AT,
-                    dict(values, conv_id=conv.id))
     for key, value in values.items():
         set_committed_value(conv, key, value)
-    session.expire(conv, ["updated_at"])  # the UPDATE set it (onupdate)
+    values["conv_id"] = conv.id
+    return values
+
+
+# The same UPDATE as a data-modifying WITH of another statement (with_state_saved): a
+# phone turn saves its place in the statement that records its answer, one round trip
+# of its three (issue 8). The UPDATE runs whether or not that statement writes a row, and
+# its effect goes with the transaction's: a duplicate answer rolls the turn back whole.
+_STATE_SAVED = (_SAVE_STATE_AT.values(updated_at=func.now())
+                .returning(_CONVERSATIONS.c.id).cte("state_saved"))
+
+
+def with_state_saved(statement: Any, params: dict[str, Any], *, conv: Conversation,
+                     state: DialogState, at: datetime) -> tuple[Any, dict[str, Any]]:
+    """``statement`` (an INSERT, UPDATE or DELETE whose parameters are ``params``) that also
+    saves ``state`` on ``conv``'s row, with ``at`` as the time of the contact's message
+    (save_state(conv, state, at=at) folded into it); run it in ``conv``'s transaction
+    before anything else reads the row. ``conv`` shows the state as saved; its
+    updated_at is expired (the UPDATE sets it)."""
+    session = object_session(conv)
+    assert session is not None and conv.id is not None, "a conversation of this session"
+    values = _state_values(conv, state, at)
+    session.expire(conv, ["updated_at"])
+    return statement.add_cte(_STATE_SAVED), {**params, **values}
 
 
 def _rating_late(state: DialogState, at: datetime | None) -> str | None:

@@ -230,9 +230,13 @@ _CLAIM = (insert(_EVENTS)
 _STORED = select(_EVENTS.c.response_body).where(
     _EVENTS.c.provider == bindparam("provider"),
     _EVENTS.c.external_id == bindparam("external_id"))
+# Its parameters are not named after columns: folded into a statement that updates
+# another table (``saving``), a parameter named like one of its columns ("channel") would
+# be set there too.
 _RECORD = (insert(_EVENTS)
-           .values(provider=bindparam("provider"), external_id=bindparam("external_id"),
-                   channel=bindparam("channel"), response_body=bindparam("body"))
+           .values(provider=bindparam("event_provider"),
+                   external_id=bindparam("event_external_id"),
+                   channel=bindparam("event_channel"), response_body=bindparam("event_body"))
            .on_conflict_do_nothing(constraint="uq_inbound_events_provider_external")
            .returning(_EVENTS.c.id))
 _SAVE = (update(_EVENTS).where(_EVENTS.c.id == bindparam("event_id"))
@@ -252,12 +256,19 @@ def stored_answer(session: Session, provider: str, external_id: str) -> str | No
 
 
 def record_answer(session: Session, provider: str, external_id: str, channel: str,
-                  body: str) -> int | None:
+                  body: str, *, saving: Callable[[Any, dict[str, Any]],
+                                                 tuple[Any, dict[str, Any]]] | None = None
+                  ) -> int | None:
     """Claim a webhook and store its answer in one statement, at the end of a turn that
     ran under a lock serializing its twins: its row id, or None if it was recorded
-    already (the caller rolls the turn back and answers from record)."""
-    return session.scalar(_RECORD, {"provider": provider, "external_id": external_id,
-                                    "channel": channel, "body": body})
+    already (the caller rolls the turn back and answers from record). ``saving`` folds
+    another write into that statement (conversation.with_state_saved)."""
+    params = {"event_provider": provider, "event_external_id": external_id,
+              "event_channel": channel, "event_body": body}
+    statement: Any = _RECORD
+    if saving is not None:
+        statement, params = saving(statement, params)
+    return session.scalar(statement, params)
 
 
 def save_answer(session: Session, event_id: int, body: str) -> None:

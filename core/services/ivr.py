@@ -78,7 +78,13 @@ from core.domain.office_names import told_apart
 from core.domain.text import fits_two_sms_parts
 from core.services import booking as booking_service
 from core.services import handoff, inbound, notify, outbox, payments
-from core.services.conversation import SessionPorts, contact_for, load_state, save_state
+from core.services.conversation import (
+    SessionPorts,
+    contact_for,
+    load_state,
+    save_state,
+    with_state_saved,
+)
 from core.services.inbound import InboundMessage
 
 log = logging.getLogger(__name__)
@@ -149,7 +155,9 @@ def _process_once(call: CallRequest, handler: Callable[[Session, CallRequest], s
             # An answer that reads a code out is marked as such when it is stored.
             channel = (CODE_CHANNEL if external_id in session.info.get(_CODE_READ_IN, ())
                        else CHANNEL)
-            if inbound.record_answer(session, PROVIDER, external_id, channel, twiml) is None:
+            saving = session.info.pop(_STATE_TO_SAVE, None)
+            if inbound.record_answer(session, PROVIDER, external_id, channel, twiml,
+                                     saving=saving) is None:
                 # Recorded already, though the call's state did not say so (the call was
                 # closed since, or a twin committed first): this turn's effects roll back.
                 raise AlreadyAnswered
@@ -162,6 +170,10 @@ def _process_once(call: CallRequest, handler: Callable[[Session, CallRequest], s
             if inbound.record_answer(session, PROVIDER, external_id, CHANNEL, twiml) is None:
                 return _duplicate(external_id)
     return twiml, False
+
+
+# session.info's key for the dialog state a turn leaves to be saved with its answer.
+_STATE_TO_SAVE = "ridechain.ivr.state_to_save"
 
 
 def _duplicate(external_id: str) -> tuple[str, bool]:
@@ -748,7 +760,11 @@ def voice_turn(session: Session, call: CallRequest) -> VoiceTurn:
             state.data["dial"] = {"sid": call.sid}
         if action != "gather":
             _end_of_call(session, state)
-        save_state(conv, state, at=clock.now())
+        # Saved by the statement that records the turn's answer (_process_once), the
+        # turn's last; nothing after this reads the conversation's row.
+        at = clock.now()
+        session.info[_STATE_TO_SAVE] = functools.partial(with_state_saved, conv=conv,
+                                                         state=state, at=at)
     except Exception as exc:
         # Nothing of this turn is kept (its transaction rolls back); the draft stays.
         log.exception("voice turn failed", extra={"step": step})
