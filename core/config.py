@@ -11,10 +11,12 @@ import ipaddress
 import os
 import re
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from functools import lru_cache
 from pathlib import Path
 from urllib.parse import SplitResult, urlsplit
 
+from core import clock
 from core.i18n import LANGUAGES, unreadable_catalogs
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -203,8 +205,10 @@ class Settings:
     # it (and names in X-Twilio-Webhooks-Signature-Settings) instead of the auth token.
     twilio_webhook_shared_key: str | None = None
     # Twilio's secondary auth token while the auth token is rotated: webhooks signed with
-    # it pass too (the REST API is called with TWILIO_AUTH_TOKEN only).
-    twilio_auth_token_secondary: tuple[str, ...] = ()
+    # it pass too (the REST API is called with TWILIO_AUTH_TOKEN only), until
+    # TWILIO_AUTH_TOKEN_SECONDARY_UNTIL (twilio_auth_token_secondary: those verifying now).
+    twilio_auth_token_secondary_keys: tuple[str, ...] = ()
+    twilio_auth_token_secondary_until: datetime | None = None
     # How many proxies in front of us set X-Forwarded-For/-Proto/-Host (0: none; the
     # headers are then anybody's and ignored).
     proxy_hops: int = 0
@@ -214,8 +218,10 @@ class Settings:
     # always. Outside them a request for a person waits for the opening, said plainly.
     ops_hours: tuple[int, int] | None = (8 * 60, 21 * 60)
     # Razorpay signs the retries of events sent before a webhook secret change with the
-    # old secret: RAZORPAY_WEBHOOK_SECRET_PREVIOUS (comma-separated) still verifies them.
-    razorpay_webhook_previous: tuple[str, ...] = ()
+    # old secret: RAZORPAY_WEBHOOK_SECRET_PREVIOUS (comma-separated) still verifies them,
+    # until RAZORPAY_WEBHOOK_SECRET_PREVIOUS_UNTIL (razorpay_webhook_previous: those now).
+    razorpay_webhook_previous_keys: tuple[str, ...] = ()
+    razorpay_webhook_previous_until: datetime | None = None
     # /metrics (and /readyz's details) ask for `Authorization: Bearer <metrics_token>` when
     # it is set; without one they are open to anyone who reaches the web: production
     # refuses that unless METRICS_PUBLIC=1 says the network in front is private.
@@ -232,8 +238,71 @@ class Settings:
         return self.app_env == "production"
 
     @property
+    def twilio_auth_token_secondary(self) -> tuple[str, ...]:
+        """The secondary auth tokens that verify webhooks now: none once their end
+        (TWILIO_AUTH_TOKEN_SECONDARY_UNTIL) has passed on the service clock."""
+        return old_secrets_in_force(self.twilio_auth_token_secondary_keys,
+                                    self.twilio_auth_token_secondary_until)
+
+    @property
+    def razorpay_webhook_previous(self) -> tuple[str, ...]:
+        """The previous webhook secrets that verify webhooks now: none once their end
+        (RAZORPAY_WEBHOOK_SECRET_PREVIOUS_UNTIL) has passed on the service clock."""
+        return old_secrets_in_force(self.razorpay_webhook_previous_keys,
+                                    self.razorpay_webhook_previous_until)
+
+    @property
     def is_sandbox(self) -> bool:
         return self.app_env == "sandbox"
+
+
+def old_secrets_in_force(keys: tuple[str, ...], until: datetime | None) -> tuple[str, ...]:
+    """``keys`` while the service clock is before ``until`` (None: no end, sandbox only);
+    after it, none."""
+    return keys if until is None or clock.now() < until else ()
+
+
+# An old secret kept beside the current one (RAZORPAY_WEBHOOK_SECRET_PREVIOUS,
+# TWILIO_AUTH_TOKEN_SECONDARY) verifies webhooks until its <NAME>_UNTIL, which production
+# requires with it: a secret forgotten there would verify a leaked copy's forgeries for
+# ever. At most OLD_SECRET_MAX_DAYS ahead at start: Razorpay retries an event for 24 hours,
+# so none signed with the old webhook secret comes a day after the change, and a Twilio
+# rotation (promote the secondary, deploy the new token) is a day's work; a week covers a
+# weekend and a late deploy, and bounds what a leaked old secret is good for.
+OLD_SECRET_MAX_DAYS = 7
+OLD_SECRETS = {"RAZORPAY_WEBHOOK_SECRET_PREVIOUS": "RAZORPAY_WEBHOOK_SECRET_PREVIOUS_UNTIL",
+               "TWILIO_AUTH_TOKEN_SECONDARY": "TWILIO_AUTH_TOKEN_SECONDARY_UNTIL"}
+_UNTIL_EXAMPLE = "2026-12-12T18:00+05:30"
+
+
+def _old_secret_until(env: dict[str, str], name: str, *, required: bool,
+                      problems: list[str]) -> datetime | None:
+    """The end of an old secret (``name``'s <NAME>_UNTIL): an ISO 8601 time with its UTC
+    offset, at most OLD_SECRET_MAX_DAYS after now. One already past is taken (the secret
+    then verifies nothing, and the web says so once): a restart must not fail on it."""
+    until_name = OLD_SECRETS[name]
+    raw = env.get(until_name, "").strip()
+    if not raw:
+        if required:
+            problems.append(f"{until_name} is required in production with {name}: when the "
+                            f"old secret stops verifying webhooks, at most "
+                            f"{OLD_SECRET_MAX_DAYS} days ahead (e.g. {_UNTIL_EXAMPLE})")
+        return None
+    try:
+        until = datetime.fromisoformat(raw)
+    except ValueError:
+        problems.append(f"{until_name} must be an ISO 8601 date and time with its UTC offset "
+                        f"(e.g. {_UNTIL_EXAMPLE}), got {raw!r}")
+        return None
+    if until.tzinfo is None or until.utcoffset() is None:
+        problems.append(f"{until_name} has no UTC offset: add +05:30 (India time) or Z (UTC), "
+                        f"e.g. {_UNTIL_EXAMPLE}; got {raw!r}")
+        return None
+    if until > clock.now() + timedelta(days=OLD_SECRET_MAX_DAYS):
+        problems.append(f"{until_name} is more than {OLD_SECRET_MAX_DAYS} days ahead: an old "
+                        f"secret is kept for the rotation only; got {raw!r}")
+        return None
+    return until
 
 
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1", "0.0.0.0")
@@ -449,6 +518,8 @@ def load_settings(environ: dict[str, str] | None = None) -> Settings:
     rzp_hook = secret("RAZORPAY_WEBHOOK_SECRET", SANDBOX_RAZORPAY_WEBHOOK_SECRET,
                       OWN_SECRET_MIN)
     rzp_hook_previous = listed_secrets(env.get("RAZORPAY_WEBHOOK_SECRET_PREVIOUS", ""))
+    twilio_secondary = listed_secrets(env.get("TWILIO_AUTH_TOKEN_SECONDARY", ""))
+    refused_lists: set[str] = set()
     metrics_token = env.get("METRICS_TOKEN") or None
     raw_public = env.get("METRICS_PUBLIC", "")
     metrics_public = raw_public.strip().lower() in YES
@@ -490,6 +561,7 @@ def load_settings(environ: dict[str, str] | None = None) -> Settings:
         for name, minimum in (("RAZORPAY_WEBHOOK_SECRET_PREVIOUS", 1),
                               ("TWILIO_WEBHOOK_SHARED_KEY", ISSUED_SECRET_MIN),
                               ("TWILIO_AUTH_TOKEN_SECONDARY", ISSUED_SECRET_MIN)):
+            before = len(problems)
             raw = env.get(name, "")
             if raw != raw.strip():  # refused, not trimmed, as a single secret is
                 problems.append(f"{name} starts or ends with a space or line break; "
@@ -503,6 +575,18 @@ def load_settings(environ: dict[str, str] | None = None) -> Settings:
                 elif any(key == other for _, other in named):
                     problems.append(f"{name} is the same as another secret; give each its "
                                     "own")
+            if len(problems) > before:
+                refused_lists.add(name)  # its end is asked for once the secret itself is good
+
+    # Each old secret's end: production asks for one with the secret (sandbox: optional).
+    rzp_hook_previous_until = _old_secret_until(
+        env, "RAZORPAY_WEBHOOK_SECRET_PREVIOUS", problems=problems,
+        required=(production and bool(rzp_hook_previous)
+                  and "RAZORPAY_WEBHOOK_SECRET_PREVIOUS" not in refused_lists))
+    twilio_secondary_until = _old_secret_until(
+        env, "TWILIO_AUTH_TOKEN_SECONDARY", problems=problems,
+        required=(production and bool(twilio_secondary)
+                  and "TWILIO_AUTH_TOKEN_SECONDARY" not in refused_lists))
 
     # In sandbox mode the real clients talk to our emulators mounted under /sandbox.
     twilio_api_base = env.get("TWILIO_API_BASE") or None
@@ -629,13 +713,14 @@ def load_settings(environ: dict[str, str] | None = None) -> Settings:
         drain_linger_ms=num("DRAIN_LINGER_MS", 500, minimum=0, maximum=4000),
         log_level=log_level,
         twilio_webhook_shared_key=env.get("TWILIO_WEBHOOK_SHARED_KEY") or None,
-        twilio_auth_token_secondary=tuple(listed_secrets(
-            env.get("TWILIO_AUTH_TOKEN_SECONDARY", ""))),
+        twilio_auth_token_secondary_keys=twilio_secondary,
+        twilio_auth_token_secondary_until=twilio_secondary_until,
         proxy_hops=num("PROXY_HOPS", 0, minimum=0, maximum=5),
         otp_failures_per_day=num("OTP_FAILURES_PER_DAY", 10, minimum=1,
                                  maximum=OTP_FAILURES_MAX),
         ops_hours=ops_hours,
-        razorpay_webhook_previous=rzp_hook_previous,
+        razorpay_webhook_previous_keys=rzp_hook_previous,
+        razorpay_webhook_previous_until=rzp_hook_previous_until,
         metrics_token=metrics_token,
         metrics_public=metrics_public,
         signin_codes_per_hour=num("SIGNIN_CODES_PER_HOUR", 600, minimum=1),

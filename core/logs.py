@@ -113,8 +113,20 @@ _DB_DETAIL = re.compile(r"DETAIL:.*?(?=\n\[SQL: |\nHINT: |\n\(Background on this
                         re.S)
 
 
+# A pre-signed URL's query (S3's X-Amz-Signature and X-Amz-Credential, the older
+# Signature and AWSAccessKeyId, a security token) is a key to the object until it expires:
+# Twilio's media URL redirects to one, and requests names it in its errors ("403 Client
+# Error: Forbidden for url: https://...amazonaws.com/...?X-Amz-..."). Its whole query goes.
+_SIGNED_QUERY = re.compile(
+    r"\?(?=[^\s'\"<>]*?(?:x-amz-|signature=|awsaccesskeyid=|security-token=))[^\s'\"<>]*",
+    re.IGNORECASE)
+SIGNED_QUERY_HIDDEN = "?(signed query hidden)"
+
+
 def scrub(text: str) -> str:
-    """A log text without database row values and with phone numbers masked."""
+    """A log text without database row values nor signed URLs' queries, and with phone
+    numbers masked."""
+    text = _SIGNED_QUERY.sub(SIGNED_QUERY_HIDDEN, text) if "?" in text else text
     return mask_phones(_DB_DETAIL.sub("DETAIL: (values hidden)", text))
 
 
@@ -187,13 +199,48 @@ QUIET_LOGGERS = ("twilio", "twilio.http_client", "urllib3", "werkzeug",
                  "botocore", "boto3", "s3transfer", "gtts")
 
 
+# RQ logs a finished job's return value at DEBUG ("Worker <name>: result: <repr>"): a
+# job's result may be a person's details (a booking's answer, a photo's URL), so that
+# record is never written, whatever LOG_LEVEL.
+RQ_RESULT_LINE = "Worker %s: result: %r"
+# RQ's loggers that its setup_loghandlers gives plain-text handlers of their own (and
+# propagate=False) when it finds none above them: RQ's CLI (`rq worker`) does at start.
+RQ_LOGGERS = ("rq.worker", "rq.job", "rq.scheduler")
+
+
+def _no_job_result(record: logging.LogRecord) -> bool:
+    return record.msg != RQ_RESULT_LINE
+
+
+def _take_over_rq_loggers() -> None:
+    """RQ's loggers write through our JSON handler: RQ's own plain-text handlers, if it
+    added them, go; and its line with a job's return value is dropped."""
+    for name in RQ_LOGGERS:
+        logger = logging.getLogger(name)
+        for handler in list(logger.handlers):
+            if type(handler).__name__ == "ColorizingStreamHandler":  # rq.logutils'
+                logger.removeHandler(handler)
+                logger.propagate = True
+        if name == "rq.worker" and _no_job_result not in logger.filters:
+            logger.addFilter(_no_job_result)
+
+
+def configured() -> bool:
+    """Whether configure() has put our JSON handler on the root logger in this process."""
+    return any(getattr(h, "_ridechain", False) for h in logging.getLogger().handlers)
+
+
 def configure(level: str = "INFO") -> None:
     """Send every log record to stdout as JSON (idempotent)."""
     # Set at every call: LOG_LEVEL=DEBUG must not open them up however often it is applied.
     for noisy in QUIET_LOGGERS:
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    _take_over_rq_loggers()
+    # Python's warnings (a library's, or one a job raises) are printed to stderr as plain
+    # text unless they are log records: they go through the "py.warnings" logger.
+    logging.captureWarnings(True)
     root = logging.getLogger()
-    if any(getattr(h, "_ridechain", False) for h in root.handlers):
+    if configured():
         root.setLevel(level)
         return
     handler = logging.StreamHandler(sys.stdout)

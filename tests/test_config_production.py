@@ -47,6 +47,17 @@ def production_env(**extra: str) -> dict[str, str]:
     }
 
 
+def ends_soon(name: str) -> dict[str, str]:
+    """The end production asks for with an old secret (core.config.OLD_SECRETS)."""
+    from datetime import timedelta
+
+    from core import clock
+    from core.config import OLD_SECRETS
+
+    return ({f"{name}_UNTIL": (clock.now() + timedelta(days=1)).isoformat()}
+            if name in OLD_SECRETS else {})
+
+
 def refusal(env: dict[str, str]) -> list[str]:
     with pytest.raises(ConfigError) as info:
         load_settings(env)
@@ -222,7 +233,8 @@ def test_the_previous_razorpay_webhook_secret_is_not_a_sandbox_default_nor_the_c
     for previous in (SANDBOX_RAZORPAY_WEBHOOK_SECRET, env["RAZORPAY_WEBHOOK_SECRET"]):
         with pytest.raises(ConfigError, match="RAZORPAY_WEBHOOK_SECRET_PREVIOUS"):
             load_settings({**env, "RAZORPAY_WEBHOOK_SECRET_PREVIOUS": previous})
-    fine = load_settings({**env, "RAZORPAY_WEBHOOK_SECRET_PREVIOUS": "the-old-one-7f6e5d4c3b2a1"})
+    fine = load_settings({**env, "RAZORPAY_WEBHOOK_SECRET_PREVIOUS": "the-old-one-7f6e5d4c3b2a1",
+                          **ends_soon("RAZORPAY_WEBHOOK_SECRET_PREVIOUS")})
     assert fine.razorpay_webhook_previous == ("the-old-one-7f6e5d4c3b2a1",)
 
 
@@ -237,7 +249,7 @@ def test_a_padded_list_of_secrets_is_refused_not_trimmed(name, pad):
         assert lines == [f"{name} starts or ends with a space or line break; remove it"]
         assert "a1a1" not in "\n".join(lines)
     # A space next to the comma separates; it is not part of a secret.
-    assert load_settings(production_env(**{name: keys.replace(",", ", ")}))
+    assert load_settings(production_env(**{name: keys.replace(",", ", ")}, **ends_soon(name)))
 
 
 @pytest.mark.parametrize("other", ["SECRET_KEY", "OTP_KEY", "TWILIO_AUTH_TOKEN",
@@ -253,5 +265,6 @@ def test_the_previous_webhook_secret_is_no_other_settings_secret(other):
 
 def test_a_short_previous_webhook_secret_may_be_rotated_away_from():
     """The secret a rotation replaces may be one set up before the length rule."""
-    assert load_settings(production_env(RAZORPAY_WEBHOOK_SECRET_PREVIOUS="old12345"))\
+    assert load_settings(production_env(RAZORPAY_WEBHOOK_SECRET_PREVIOUS="old12345",
+                                        **ends_soon("RAZORPAY_WEBHOOK_SECRET_PREVIOUS")))\
         .razorpay_webhook_previous == ("old12345",)

@@ -60,5 +60,11 @@ def test_production_refuses_a_secondary_token_that_is_short_the_same_or_padded(v
 
 
 def test_production_takes_a_secondary_token():
-    s = load_settings(production_env(TWILIO_AUTH_TOKEN_SECONDARY=SECONDARY))
+    from datetime import timedelta
+
+    from core import clock
+
+    s = load_settings(production_env(
+        TWILIO_AUTH_TOKEN_SECONDARY=SECONDARY,
+        TWILIO_AUTH_TOKEN_SECONDARY_UNTIL=(clock.now() + timedelta(days=1)).isoformat()))
     assert s.twilio_auth_token_secondary == (SECONDARY,)

@@ -54,6 +54,19 @@ class _JobIdLogging:
         # record are dropped by core.logs.JsonFormatter.)
         self.log_job_description = False
 
+    def bootstrap(self, logging_level: str | None = "INFO", *args: Any, **kwargs: Any) -> None:
+        """Our JSON logs before RQ looks for a handler: started other than by core.cli
+        (RQ's CLI, a script), RQ would give its loggers plain-text handlers, which a
+        forked job's process inherits. Already configured (core.cli), this changes no
+        level, and still drops RQ's job result line (core.logs)."""
+        from core import logs
+
+        if logs.configured():
+            logs.configure(logging.getLevelName(logging.getLogger().level))
+        else:
+            logs.configure(logging_level or "INFO")
+        super().bootstrap(logging_level, *args, **kwargs)  # type: ignore[misc]
+
     def perform_job(self, job, queue, execution):
         from core import logs
 

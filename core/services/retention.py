@@ -886,7 +886,12 @@ def erase_recipient(session: Session, phone: str, *, actor: str,
 def _holds_account(session: Session, person_id: int) -> bool:
     """Whether a person is more than a contact: an operator or a partner, someone who
     booked, or who signed in to the app. A row made by a recipient's STOP (partner_sms)
-    or her call (the IVR's contact) is none of these: erase_recipient erases it."""
+    or her call (the IVR's contact) is none of these: erase_recipient erases it.
+
+    Her API sessions' rows are the sign of a sign-in, and a lasting one: none is ever
+    deleted (expired, signed out, or revoked by an erasure or an operator, it stays). A
+    purge of old sessions must keep each person's latest row, or she would be taken for
+    a contact and erased with the recipient (tests/test_security_s31.py pins this)."""
     role = session.scalar(select(Person.role).where(Person.id == person_id))
     if role != "customer":
         return True

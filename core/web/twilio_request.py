@@ -22,6 +22,9 @@ from core.config import get_settings, listed_secrets
 from core.domain.errors import ValidationError
 from core.domain.phone import normalize_phone
 from core.services.inbound import InboundMessage
+from core.web import old_secrets
+
+SECONDARY = "TWILIO_AUTH_TOKEN_SECONDARY"
 
 log = logging.getLogger(__name__)
 
@@ -59,10 +62,21 @@ def signed(view):
             abort(403, "invalid Twilio signature")
         if "bodySHA256" in request.args:
             params = {}  # the body is signed by its hash, in the URL
+        # A secondary token past its end signs nothing of Twilio's: refused, and counted.
+        ended = old_secrets.expired_keys(settings.twilio_auth_token_secondary_keys,
+                                         settings.twilio_auth_token_secondary_until)
+        old_secrets.note_ended(SECONDARY, settings.twilio_auth_token_secondary_until, ended)
         if not signature or not any(
                 signature_matches(RequestValidator(key), url, params, signature, algorithm)
                 for key in keys):
-            log.warning("bad twilio signature", extra={"path": request.path})
+            extra = {"path": request.path}
+            if (signature and algorithm == HMAC_SHA1 and SIGNATURE_SETTINGS_HEADER not in
+                    request.headers and any(
+                        signature_matches(RequestValidator(key), url, params, signature)
+                        for key in ended)):
+                old_secrets.count_expired(SECONDARY)
+                extra["expired_secret"] = SECONDARY
+            log.warning("bad twilio signature", extra=extra)
             abort(403, "invalid Twilio signature")
         return view(*args, **kwargs)
 
@@ -86,7 +100,8 @@ def signing_keys(settings) -> tuple[tuple[str, ...], str]:  # noqa: ANN001 (core
     """The secrets, and the algorithm, this request says Twilio signed it with.
 
     By default Twilio signs with the auth token and HMAC-SHA1 (or, while the token is
-    rotated, TWILIO_AUTH_TOKEN_SECONDARY's, as Twilio signs with its primary). A webhook
+    rotated, TWILIO_AUTH_TOKEN_SECONDARY's, as Twilio signs with its primary, until
+    TWILIO_AUTH_TOKEN_SECONDARY_UNTIL: Settings gives none after it). A webhook
     that a Twilio Webhook Rule sends through a Webhook Setting with a SharedKey is signed with that
     key instead, and says so in X-Twilio-Webhooks-Signature-Settings
     ("key=<id>,algorithm=HMAC_SHA256"). Such a request is checked against the secrets in
