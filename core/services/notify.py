@@ -123,11 +123,13 @@ def send_to_person(session: Session, person: Person, body: str, *,
         to = person.phone or conv.contact
         if in_whatsapp_window(conv):
             return outbox.queue_message(session, channel="whatsapp", to=to, body=body,
-                                        dedupe_key=dedupe_key, booking_id=booking_id)
+                                        dedupe_key=dedupe_key, booking_id=booking_id,
+                                        person=person)
         sid = whatsapp_template(person, only_way=whatsapp_only or not sms_open, lang=lang)
         if sid and outbox.fits_template(body):
             row_id = outbox.queue_message(session, channel="whatsapp", to=to, body=body,
-                                          dedupe_key=dedupe_key, booking_id=booking_id)
+                                          dedupe_key=dedupe_key, booking_id=booking_id,
+                                          person=person)
             if row_id is not None:
                 session.add(WhatsappTemplateSend(outbox_id=row_id, content_sid=sid,
                                                  content_variables={"1": body}))
@@ -138,7 +140,7 @@ def send_to_person(session: Session, person: Person, body: str, *,
         log.warning("no phone number to reach the customer by SMS")
         return None
     return outbox.queue_message(session, channel="sms", to=person.phone, body=body,
-                                dedupe_key=dedupe_key, booking_id=booking_id)
+                                dedupe_key=dedupe_key, booking_id=booking_id, person=person)
 
 
 def notify_customer(session: Session, booking: Booking, key: str, *,
@@ -205,4 +207,4 @@ def _to_phone(session: Session, phone: str, person: Person | None, key: str,
                               booking_id=booking_id, lang=lang)
     return outbox.queue_message(session, channel="sms", to=phone, body=body,
                                 dedupe_key=dedupe_key, booking_id=booking_id,
-                                needed=key in NEEDED_KEYS, work=sms_only)
+                                needed=key in NEEDED_KEYS, work=sms_only, person=person)

@@ -32,6 +32,9 @@ Delivery guarantees, and why:
   for an answer, up to GIVE_UP_PAUSED (72 h). That, or a twin with the same text sent
   within the same minutes by another row whose outcome was lost too, is the only way
   left for a message to go twice.
+- One person's messages reach Twilio in the order they were written, however many workers
+  send: a sender holds the address's turn (a PostgreSQL advisory lock) and sends its
+  waiting messages in id order (see _turn_of and IN_ORDER_FOR).
 """
 
 from __future__ import annotations
@@ -44,6 +47,8 @@ import logging
 import re
 import secrets
 import string
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, cast
@@ -54,6 +59,7 @@ from redis.exceptions import RedisError
 from rq import Retry
 from sqlalchemy import (
     ColumnElement,
+    Connection,
     CursorResult,
     Table,
     bindparam,
@@ -179,6 +185,7 @@ def queue_message(
     asked: bool = False,
     work: bool = False,
     send_after_commit: bool = False,
+    person: Person | None = None,
 ) -> int | None:
     """Add a message to the outbox in the caller's transaction; deliver after commit.
 
@@ -197,14 +204,16 @@ def queue_message(
     is honoured when it is sent as it would have been here (_stopped_since).
     ``send_after_commit`` is for callers that already run in a worker (a drain job): the
     row is sent right after the commit, in the caller's order, and only a failed first try
-    becomes a delivery job with retries.
+    becomes a delivery job with retries. ``person``: the person at ``to``, whom the caller
+    holds already (notify): their opt-outs are read from it, not again by the address.
     """
     if not body.strip() and not media_url:
         raise ValidationError("a message needs a body or media", code="empty_message")
     settings = get_settings()
     to_addr = address(channel, to)
     if not reply and not needed and _opted_out(session, channel, to_addr,
-                                               booking_id is not None or asked or work):
+                                               booking_id is not None or asked or work,
+                                               person):
         log.info("recipient opted out; message dropped", extra={"channel": channel})
         return None
     from_addr = settings.twilio_whatsapp_from if channel == "whatsapp" else settings.twilio_sms_from
@@ -366,10 +375,13 @@ def withdraw_leg_codes(session: Session, leg_id: int,
     return len(withdrawn)
 
 
-# Messages to one person go out in the order they were written: one waits while an
-# earlier message to the same address is waiting for a retry (a try failed), or waits
-# behind one itself (held back untried: its last_error says so), at most this long after
-# that one was written (then it no longer holds the others back). Not a sign-in code's.
+# Messages to one person go out in the order they were written (each address in its turn,
+# _turn_of): one waits while an earlier message to the same address waits for a retry (a
+# try failed), at most this long after that one was written (then it no longer holds the
+# others back: its own retries send it, after them). One that failed for good holds
+# nothing back, and when the one waited for goes, or fails for good, those behind it go at
+# once in its turn. Rows waiting behind it say so (last_error HELD_BACK). A row whose send
+# outcome is unknown holds nothing back. Not a sign-in code's: it neither waits nor holds.
 IN_ORDER_FOR = timedelta(minutes=10)
 HELD_BACK = "held back behind an earlier message waiting for a retry"
 
@@ -450,36 +462,119 @@ def _offer_over(session: Session, row: OutboxMessage) -> bool:
         or clock.now() > offer.expires_at + timedelta(seconds=config().offer_grace_s)
 
 
-def _behind_a_retry(outbox_id: int, to_addr: str) -> bool:
-    """An earlier message to ``to_addr`` failed a try and waits for its retry, or waits
-    behind such a one (a later message must not overtake it either)."""
-    with db.autocommit() as conn:
-        return conn.execute(select(OutboxMessage.id).where(
-            OutboxMessage.status == "pending", OutboxMessage.to_addr == to_addr,
-            OutboxMessage.id < outbox_id,
-            (OutboxMessage.attempts > 0) | (OutboxMessage.last_error == HELD_BACK),
-            OutboxMessage.dedupe_key.is_(None) | ~_sign_in_row(),
-            OutboxMessage.created_at > clock.now() - IN_ORDER_FOR).limit(1)).first() is not None
+# One sender at a time per address: a worker holds the address's turn (PostgreSQL's
+# advisory lock on TURN_LOCK_KEY and the address's hashtext, on a connection of its own,
+# so a killed worker's closed connection frees it) while it sends to it, and sends the
+# address's waiting messages in id order: the earlier ones first, then its own, then up to
+# IN_ORDER_AFTER later ones (those held back behind it among them). With two workers, two
+# messages to one person can no longer reach Twilio the wrong way round: the second's job
+# waits for the first's turn, and finds its row sent in that turn. What a turn waits for is
+# bounded: each send by the Twilio client's timeout, a turn by the rows it reads
+# (IN_ORDER_SCAN), and a job by RQ's job timeout. A row "sending" with its outcome unknown
+# does not hold the others back (Twilio most likely holds it; a reconcile settles it). The
+# turn's connection also records what Twilio answered: a sender holds one connection, and
+# a second only for its claim's transaction (or a failure's).
+TURN_LOCK_KEY = int.from_bytes(b"RCob", "big")
+IN_ORDER_SCAN = 100
+IN_ORDER_AFTER = 10
+
+
+@contextmanager
+def _turn_of(outbox_id: int, to_addr: str | None = None
+             ) -> Iterator[tuple[str | None, Connection]]:
+    """Wait for the turn of the row's address and hold it in the block; yield the address
+    (None: nothing taken, the row is no longer pending or is a sign-in code's SMS, which
+    goes on its own) and the turn's connection (autocommit). ``to_addr``: the row's,
+    known (a row claimed at insert)."""
+    m = OutboxMessage
+    with db.engine().connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        if to_addr is None:
+            # One statement: the row's address, locked only if the row still waits.
+            to_addr = conn.scalar(select(m.to_addr, func.pg_advisory_lock(
+                TURN_LOCK_KEY, func.hashtext(m.to_addr))).where(
+                m.id == outbox_id, m.status == "pending",
+                m.dedupe_key.is_(None) | ~_sign_in_row()))
+        else:
+            conn.execute(select(func.pg_advisory_lock(TURN_LOCK_KEY, func.hashtext(to_addr))))
+        if to_addr is None:
+            yield None, conn
+            return
+        try:
+            yield to_addr, conn
+        finally:
+            try:
+                conn.execute(select(func.pg_advisory_unlock(TURN_LOCK_KEY,
+                                                            func.hashtext(to_addr))))
+            except DBAPIError:
+                conn.invalidate()  # closed: PostgreSQL frees the lock with the session
+
+
+def _waiting_to(turn: Connection, to_addr: str, mine: int) -> tuple[list[Any], list[Any]]:
+    """The address's other waiting rows (pending, not a sign-in code's), in id order: those
+    before ``mine`` and up to IN_ORDER_AFTER after it. Read once the turn is held: a
+    statement begun before would not see what the turn before sent."""
+    m = OutboxMessage
+    rows = turn.execute(select(m.id, m.attempts, m.created_at).where(
+        m.to_addr == to_addr, m.status == "pending", m.id != mine,
+        m.dedupe_key.is_(None) | ~_sign_in_row()).order_by(m.id)
+        .limit(IN_ORDER_SCAN)).all()
+    return ([r for r in rows if r.id < mine],
+            [r for r in rows if r.id > mine][:IN_ORDER_AFTER])
+
+
+def _holds_back(row: Any) -> bool:
+    """Whether a waiting row holds the later ones back: it failed a try and waits for its
+    retry, and was written less than IN_ORDER_FOR ago."""
+    return bool(row.attempts > 0 and row.created_at > clock.now() - IN_ORDER_FOR)
+
+
+def _earlier_first(turn: Connection, earlier: list[Any]) -> bool:
+    """In the address's turn: send the waiting rows written before ours, in order; return
+    whether ours may go now (no earlier one waits for a retry, none failed its try now)."""
+    for row in earlier:
+        if row.attempts > 0:
+            if _holds_back(row):
+                return False
+            continue  # waited past IN_ORDER_FOR: its own retries send it
+        try:
+            _deliver_one(row.id, turn)
+        except TransientSendError:
+            return False  # it waits for its retry now: ours waits behind it
+    return True
+
+
+def _later_follow(turn: Connection, later: list[Any]) -> None:
+    """In the address's turn, ours sent: the next waiting rows go at once (those held
+    back behind ours included), until one waits for its own retry or fails its try."""
+    for row in later:
+        if row.attempts > 0:
+            return
+        try:
+            _deliver_one(row.id, turn)
+        except TransientSendError:
+            return
 
 
 def send_now(claimed: _Claimed) -> str:
     """Send a row claimed at insert, in this worker; a failed try becomes the retrying job.
-    A row behind an earlier one to the same person that waits for a retry waits too (its
-    job, after that retry): a reply must not overtake the one it follows. Its opt-out was
-    asked as it was written, just now (a retry is a deliver job, which asks again)."""
-    if _behind_a_retry(claimed.outbox_id, claimed.to):
-        with db.autocommit() as conn:  # given back untried
-            conn.execute(update(OutboxMessage).where(
+    In the address's turn, after the earlier messages still waiting to go to it; behind one
+    that waits for a retry it waits too (its job, after that retry): a reply must not
+    overtake the one it follows. Its opt-out was asked as it was written, just now (a
+    retry is a deliver job, which asks again)."""
+    with _turn_of(claimed.outbox_id, claimed.to) as (_, turn):
+        earlier, _later = _waiting_to(turn, claimed.to, claimed.outbox_id)
+        if not _earlier_first(turn, earlier):
+            turn.execute(update(OutboxMessage).where(  # given back untried
                 OutboxMessage.id == claimed.outbox_id, OutboxMessage.status == "sending")
                 .values(status="pending", attempts=OutboxMessage.attempts - 1,
                         last_error=HELD_BACK))
-        _retry_later(claimed.outbox_id, extra_s=1)
-        return "waiting"
-    try:
-        return _send(claimed)
-    except TransientSendError:
-        _retry_later(claimed.outbox_id)
-        return "retrying"
+            _retry_later(claimed.outbox_id, extra_s=1)
+            return "waiting"
+        try:
+            return _send(claimed, turn)
+        except TransientSendError:
+            _retry_later(claimed.outbox_id)
+            return "retrying"
 
 
 def _retry_later(outbox_id: int, *, extra_s: int = 0) -> None:
@@ -513,11 +608,34 @@ class TransientSendError(RuntimeError):
 def deliver(outbox_id: int) -> str:
     """Send one outbox row through Twilio; return what happened (for logs and tests).
 
+    In its address's turn (_turn_of), in order: the earlier messages still waiting to go
+    to the same address go first; behind one that waits for a retry (IN_ORDER_FOR) this
+    one waits too (TransientSendError: RQ tries again); once it went, the later ones
+    waiting go at once. A sign-in code's SMS goes on its own, at once, or not at all once
+    its code has expired."""
+    with _turn_of(outbox_id) as (to_addr, turn):
+        if to_addr is None:  # not pending any more, or a sign-in code's: as it is
+            return _deliver_one(outbox_id, turn)
+        earlier, later = _waiting_to(turn, to_addr, outbox_id)
+        if not _earlier_first(turn, earlier):
+            turn.execute(update(OutboxMessage).where(  # tried after the earlier one
+                OutboxMessage.id == outbox_id, OutboxMessage.status == "pending",
+                OutboxMessage.attempts == 0).values(last_error=HELD_BACK))
+            raise TransientSendError("an earlier message to the same person waits for a retry")
+        outcome = _deliver_one(outbox_id, turn)  # a failed try raises: the later ones wait
+        _later_follow(turn, later)
+        return outcome
+
+
+def _deliver_one(outbox_id: int, turn: Connection | None = None) -> str:
+    """Send one row now, if it still waits (the caller keeps the order).
+
     A row whose recipient opted out since it was written (a STOP while it waited, for a
     retry or behind one, or while a reconcile looked for it) is not sent: it fails, or
     goes the other way, as queue_message would have decided (_refuse_stopped). A sign-in
-    code's SMS goes at once, or not at all once its code has expired; a job offer's, not
-    once the offer is over (_offer_over)."""
+    code's SMS is not sent once its code has expired; a job offer's, not once the offer
+    is over (_offer_over). ``turn``: the connection holding the address's turn, which
+    records Twilio's answer."""
     with transaction() as session:
         row = session.get(OutboxMessage, outbox_id, with_for_update=True)
         if row is None:
@@ -543,10 +661,6 @@ def deliver(outbox_id: int) -> str:
         stopped = _stopped_since(session, row)
         if stopped:
             code_kept = _refuse_stopped(session, row)
-        elif not (row.dedupe_key or "").startswith(SIGN_IN_PREFIX) \
-                and _behind_a_retry(outbox_id, row.to_addr):  # RQ tries again after it
-            if row.attempts == 0:  # later messages wait behind this one (a retry does)
-                row.last_error = HELD_BACK
         else:
             row.status = "sending"
             row.attempts += 1
@@ -562,9 +676,8 @@ def deliver(outbox_id: int) -> str:
         if code_kept:  # its copy, if any, has its own text
             _mask_later([outbox_id], CODE_KEPT_FOR)
         return "opted-out"
-    if claimed is None:
-        raise TransientSendError("an earlier message to the same person waits for a retry")
-    return _send(claimed)
+    assert claimed is not None
+    return _send(claimed, turn)
 
 
 _LINE_BREAKS = re.compile(r"\s*[\r\n]+\s*")
@@ -623,8 +736,9 @@ def _never_sent(exc: requests.exceptions.ConnectionError) -> bool:
                                urllib3.exceptions.ConnectTimeoutError))
 
 
-def _send(c: _Claimed) -> str:
-    """Hand a claimed row to Twilio and record the outcome (see the module's guarantees)."""
+def _send(c: _Claimed, turn: Connection | None = None) -> str:
+    """Hand a claimed row to Twilio and record the outcome (see the module's guarantees);
+    ``turn``: the connection holding the address's turn, which records it."""
     settings = get_settings()
     outbox_id, attempts, to = c.outbox_id, c.attempts, c.to
     callback = f"{settings.public_base_url}/webhooks/twilio/status?outbox_id={outbox_id}"
@@ -690,7 +804,7 @@ def _send(c: _Claimed) -> str:
         return "unknown"
 
     try:
-        _handed_over(outbox_id, result.sid)
+        _handed_over(outbox_id, result.sid, conn=turn)
     except IntegrityError:
         # A reconcile took this very message for a twin (same text, same recipient) whose
         # outcome was lost, while Twilio's answer was on its way (provider_sid is unique).
@@ -706,15 +820,16 @@ def _send(c: _Claimed) -> str:
 
 
 def _handed_over(outbox_id: int, sid: str, *, sent_at: datetime | None = None,
-                 claimed_at: datetime | None = None) -> bool:
+                 claimed_at: datetime | None = None, conn: Connection | None = None) -> bool:
     """Record that Twilio took the row's message as ``sid``: "queued", unless a status
     callback came first ("sent", "delivered" stay). With ``claimed_at`` (a reconcile that
     found it late) only while the row is still that claim without a sid."""
     stmt = update(OutboxMessage).where(OutboxMessage.id == outbox_id)
     if claimed_at is not None:
         stmt = stmt.where(*_same_claim(claimed_at))
-    with db.autocommit() as conn:  # one statement, its own transaction
-        return conn.execute(stmt.values(
+    with nullcontext(conn) if conn is not None else db.autocommit() as c:
+        # One statement, its own transaction (autocommit; the sender's turn's, if given).
+        return c.execute(stmt.values(
             provider_sid=sid, sent_at=sent_at or clock.now(), last_error=None,
             updated_at=clock.now(),
             status=case((OutboxMessage.status == "sending", "queued"),
@@ -749,12 +864,18 @@ def _phone_first(to_addr: str) -> ColumnElement[int]:
     return case((Person.phone == who, 0), else_=1)
 
 
-def _opted_out(session: Session, channel: str, to_addr: str, wanted: bool) -> bool:
+def _opted_out(session: Session, channel: str, to_addr: str, wanted: bool,
+               person: Person | None = None) -> bool:
     """Whether ``to_addr`` stopped this channel: an SMS also after a STOP on WhatsApp,
     unless ``wanted`` (about a booking of theirs, an answer they asked for, a work SMS).
     The person at the address says; an address nobody holds now, the opt-out kept there
     when its person was erased, or when Twilio refused a message to it for a STOP
-    (``NumberOptOut``, _stopped_at)."""
+    (``NumberOptOut``, _stopped_at). ``person``: the one the caller holds; it says when
+    the address is its phone's (the one _person_at finds first), else it is read."""
+    if person is not None and person.phone is not None \
+            and to_addr.removeprefix("whatsapp:") == person.phone:
+        return _stopped_for(channel, bool(person.opted_out), bool(person.sms_opted_out),
+                            wanted)
     row: Any = session.execute(select(Person.opted_out, Person.sms_opted_out)
                                .where(_person_at(to_addr))
                                .order_by(_phone_first(to_addr)).limit(1)).first()
@@ -763,7 +884,11 @@ def _opted_out(session: Session, channel: str, to_addr: str, wanted: bool) -> bo
             NumberOptOut.number_hash == number_hash(to_addr))).first()
     if row is None:
         return False
-    whatsapp_stopped, sms_stopped = bool(row[0]), bool(row[1])
+    return _stopped_for(channel, bool(row[0]), bool(row[1]), wanted)
+
+
+def _stopped_for(channel: str, whatsapp_stopped: bool, sms_stopped: bool,
+                 wanted: bool) -> bool:
     if channel == "whatsapp":
         return whatsapp_stopped
     return sms_stopped or (whatsapp_stopped and not wanted)
