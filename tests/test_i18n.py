@@ -125,6 +125,8 @@ REQUIRED_KEYS = (
     | {f"{c}.{s}.no_rider" for c in ("bot", "ivr") for s in ("speed", "confirm")}  # nobody near
     | {f"dispatch.{k}_new" for k in ("pickup_otp", "drop_otp", "drop_otp_sender")}  # resent
     | {"dispatch.duty_off_assigned", "dispatch.duty_off_carrying"}  # set_duty, OFF
+    | {"dispatch.duty_off_locked", "dispatch.duty_off_jobs",  # set_duty, OFF: a job
+       "dispatch.app.duty_off_jobs"}  # locked; several jobs (the app: api.partner)
     | {"dispatch.customer_next_rider", "dispatch.recipient_no_rider"}  # accept, no rider
     | {"dispatch.recipient_no_rider_no_code",  # a recipient told by SMS before any code
        "dispatch.recipient_cancelled_no_code"}

@@ -37,3 +37,17 @@ def test_another_host_is_not_fetched_and_gets_no_credentials(url, monkeypatch):
     assert not dispatch.twilio_media_url(url)
     assert dispatch.fetch_pod_photo(1, 1, url, "image/jpeg") == "not-twilio"
     assert sent == []  # no request at all, so no Authorization header anywhere
+
+
+def test_a_failed_fetch_names_no_url(live):
+    """Twilio redirects a media URL to its store's signed URL (a credential for a while);
+    requests' error named the URL that answered, and RQ logs a failed job's error and
+    keeps it in Redis. The job's error now says what failed, not where."""
+    from sandbox.twilio import store_media
+
+    url = (store_media(b"\xff\xd8x", "image/jpeg").rsplit("/", 1)[0]
+           + "/MEgone?X-Amz-Signature=s3cr3tsig")
+    with pytest.raises(dispatch.MediaFetchError) as failed:
+        dispatch.fetch_pod_photo(1, 1, url, "image/jpeg")
+    assert "404" in str(failed.value)
+    assert "s3cr3tsig" not in str(failed.value) and "MEgone" not in str(failed.value)

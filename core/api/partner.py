@@ -78,7 +78,7 @@ APP_TEXT = {key: f"dispatch.app.{key.removeprefix('dispatch.')}" for key in (
     "dispatch.accepted", "dispatch.picked", "dispatch.pick_first",
     "dispatch.pick_first_handed", "dispatch.already_picked", "dispatch.no_such_job",
     "dispatch.cancel_hint", "dispatch.duty_off", "dispatch.duty_off_assigned",
-    "dispatch.duty_off_carrying", "dispatch.duty_off_handed")}
+    "dispatch.duty_off_carrying", "dispatch.duty_off_handed", "dispatch.duty_off_jobs")}
 
 
 class DutyIn(Strict):

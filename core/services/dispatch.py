@@ -84,6 +84,7 @@ from core.adapters.models import (
     Booking,
     Leg,
     OutboxMessage,
+    PartnerPoint,
     PartnerProfile,
     Person,
     Point,
@@ -3874,6 +3875,20 @@ def _no_point() -> Reply:
     return _r(DUTY_NO_POINT, ops_phone=get_settings().ops_phone)
 
 
+def _lock_points_of(session: Session, partner: PartnerProfile) -> None:
+    """Lock (shared, by id) the Points an SMS-only partner may be placed at: their home
+    and those they serve. Closing one (admin.close_point) holds it for update from before
+    it lists the riders on duty there to tell (point_closed) until it commits; an ON
+    holding these waits for such a close and then sees the Point closed (duty_no_point),
+    or is waited for by it and then is on duty in its list. Without them an ON that read
+    the Point open could commit after the close's list was taken: on duty, placed
+    nowhere, and told neither."""
+    served = select(PartnerPoint.point_id).where(PartnerPoint.partner_id == partner.id)
+    session.execute(select(Point.id).where(
+        or_(Point.id == partner.home_point_id, Point.id.in_(served)))
+        .order_by(Point.id).with_for_update(read=True))
+
+
 def set_duty(session: Session, partner: PartnerProfile, on: bool) -> Reply:
     """ON/OFF duty; an SMS-only partner is (re)placed at their home Point. A suspended or
     rejected partner cannot go on duty, nor one who cannot be paid yet (KYC pending, or no
@@ -3894,6 +3909,8 @@ def set_duty(session: Session, partner: PartnerProfile, on: bool) -> Reply:
         # Their number stopped our SMS (STOP; Twilio refuses every SMS to it until they
         # send START): no offer could reach a partner without the app.
         return _r(DUTY_SMS_STOPPED)
+    if on and not partner.has_app:
+        _lock_points_of(session, partner)  # a Point closing meanwhile: one after the other
     if on and placed_nowhere(session, partner):
         # Their home Point closed and no other they serve open: no search finds them, so
         # no "offers will come"; they hear to call ops for a new Point (STATUS says so too).
@@ -3925,21 +3942,32 @@ def set_duty(session: Session, partner: PartnerProfile, on: bool) -> Reply:
     _home_follows_duty(session, partner)
     if on:
         return _r("dispatch.duty_on")
-    # OFF stops new offers only: a job taken stays theirs (reminded, taken back if not
-    # picked up in time), so the answer says what is still in their hands, and the next
-    # step: a relay parcel handed over to them (leg still "assigned") wants their PICK
-    # first, with the code the rider gave them (handed_over_to).
+    return _off_reply(session, partner)
+
+
+def _off_reply(session: Session, partner: PartnerProfile) -> Reply:
+    """What OFF answers. OFF stops new offers only: a job taken stays theirs (reminded,
+    taken back if not picked up in time), so the answer names every job still in their
+    hands and the next step. One job: what to do with it (a relay parcel handed over to
+    them, leg still "assigned", wants their PICK first with the code the rider gave them:
+    handed_over_to; one locked after wrong codes waits for ops, whom they call). More than
+    one: all their numbers, to finish, or CANCEL one not picked up (STATUS tells each).
+    ``job`` is the first of them either way (auto_off names it)."""
     legs = active_legs_of(session, partner)
-    handed = [leg for leg in legs if handed_over_to(session, leg)]
-    carrying = [leg for leg in legs if leg.status == LegStatus.PICKED_UP.value]
-    to_collect = [leg for leg in legs
-                  if leg.status == LegStatus.ASSIGNED.value and leg not in handed]
-    for held, key in ((to_collect, "dispatch.duty_off_assigned"),
-                      (handed, "dispatch.duty_off_handed"),
-                      (carrying, "dispatch.duty_off_carrying")):
-        if held:
-            return _r(key, job=job_code(held[0]))
-    return _r("dispatch.duty_off")
+    if not legs:
+        return _r("dispatch.duty_off")
+    job = job_code(legs[0])
+    if len(legs) > 1:
+        return _r("dispatch.duty_off_jobs", job=job,
+                  jobs=" ".join(job_code(leg) for leg in legs))
+    leg = legs[0]
+    if leg.status == LegStatus.LOCKED.value:
+        return _r("dispatch.duty_off_locked", job=job, ops_phone=get_settings().ops_phone)
+    if leg.status == LegStatus.PICKED_UP.value:
+        return _r("dispatch.duty_off_carrying", job=job)
+    if handed_over_to(session, leg):
+        return _r("dispatch.duty_off_handed", job=job)
+    return _r("dispatch.duty_off_assigned", job=job)
 
 
 def status_lines(session: Session, partner: PartnerProfile, lang: str) -> list[str]:
@@ -4130,6 +4158,10 @@ def twilio_media_url(url: str) -> bool:
     return parts.scheme == "https" and host == TWILIO_MEDIA_HOST and parts.port in (None, 443)
 
 
+class MediaFetchError(RuntimeError):
+    """A partner's photo could not be fetched from Twilio (RQ retries the job)."""
+
+
 def fetch_pod_photo(leg_id: int, partner_id: int, url: str, content_type: str,
                     before_drop: bool = False) -> str:
     """Job: download a partner's WhatsApp photo from Twilio (HTTP Basic, as Twilio's media
@@ -4143,10 +4175,17 @@ def fetch_pod_photo(leg_id: int, partner_id: int, url: str, content_type: str,
         log.error("photo URL not Twilio's; not fetched", extra={"leg_id": leg_id})
         return "not-twilio"
     limit = storage.load_config().max_bytes
-    with requests.get(url, auth=(settings.twilio_account_sid, settings.twilio_auth_token),
-                      timeout=15, stream=True) as resp:
-        resp.raise_for_status()  # RQ retries: Twilio keeps media for a while
-        data = resp.raw.read(limit + 1, decode_content=True)
+    # An error names no URL: Twilio's redirects to its media store, whose URL is signed
+    # (a credential for a while), and RQ keeps a failed job's error in Redis and logs it.
+    try:
+        with requests.get(url, auth=(settings.twilio_account_sid, settings.twilio_auth_token),
+                          timeout=15, stream=True) as resp:
+            status = resp.status_code
+            data = resp.raw.read(limit + 1, decode_content=True) if resp.ok else b""
+    except requests.RequestException as exc:
+        raise MediaFetchError(f"Twilio media not fetched ({type(exc).__name__})") from None
+    if not 200 <= status < 400:
+        raise MediaFetchError(f"Twilio media answered {status}")  # RQ retries: kept a while
     if len(data) > limit:
         log.warning("proof-of-delivery photo too large", extra={"leg_id": leg_id})
         _pod_not_kept(leg_id, partner_id, url, "dispatch.pod_too_large")
