@@ -58,6 +58,7 @@ REQUIRED_KEYS = (
        "dispatch.state.handed_over"}  # over, PICK not sent: confirm, set_duty, STATUS
     | {"dispatch.given_back", "dispatch.taken_from_you"}  # accept: a job theirs before
     | {"dispatch.unknown_offer"}  # not_understood: one offer open
+    | {"sms.phone_moved_new", "sms.phone_moved_old"}  # partner_profile.set_phone
     | {f"dispatch.app.{k}" for k in ("accepted", "picked", "pick_first",  # the app's
                                      "pick_first_handed", "already_picked",
                                      "no_such_job", "cancel_hint", "duty_off",
@@ -446,6 +447,7 @@ def test_placeholders_helper() -> None:
 SMS_VALUES = {"ref": "48217730", "job": "48217", "jobs": "48217, 48218", "otp": "4821",
               "typed": "48219",  # a job code a partner typed (sms.offer_not_that)
               "asker": "3210",  # the last digits of who asked (pay.link_other)
+              "last4": "3210",  # a partner's new number's last digits (sms.phone_moved_old)
               "ops_phone": "+919876543210", "ivr_phone": "+918069451234",
               "phone": "+919876543210", "name": "Ramesh", "vehicle": "auto",
               # Places as dispatch.place() names them, as long as it keeps them

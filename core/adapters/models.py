@@ -215,6 +215,13 @@ class Booking(Base):
         CheckConstraint(one_of("channel", CHANNELS), name="channel"),
         CheckConstraint("total_paise >= 0", name="total"),
         CheckConstraint("commission_paise + partner_share_paise = total_paise", name="split"),
+        # The open bookings to a number (a parcel under way to it), for the two lookups
+        # that filter on these statuses (partner_sms._parcel_coming,
+        # conversation._coming_to_me); they write them into the SQL (literal_execute), or
+        # a prepared statement's generic plan cannot use the index (migration 0047).
+        Index("ix_bookings_open_recipient_phone", "recipient_phone",
+              postgresql_where=text("status IN ('paid', 'dispatching', 'assigned', "
+                                    "'picked_up', 'in_transit')")),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)

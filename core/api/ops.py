@@ -89,8 +89,17 @@ class LegFilter(CursorQuery):
     status: LegStatus | None = None
 
 
+# What partner_profiles.kyc_status holds: KycIn's statuses (ops set them; a new partner
+# starts pending).
+KYC_STATUSES = ("pending", "verified", "rejected", "suspended")
+
+
 class PartnerFilter(CursorQuery):
     on_duty: bool | None = None
+    kyc: str | None = Field(default=None, max_length=20,
+                            description="only partners whose KYC is this: "
+                                        + " ".join(KYC_STATUSES) + " (another is 400 bad_kyc)",
+                            json_schema_extra={"enum": list(KYC_STATUSES)})
 
 
 class LegRow(BaseModel):
@@ -189,7 +198,7 @@ class Done(BaseModel):
 
 
 class KycIn(Strict):
-    status: str = Field(pattern="^(pending|verified|rejected|suspended)$")
+    status: str = Field(pattern=f"^({'|'.join(KYC_STATUSES)})$")
     note: str = Field(min_length=3, max_length=300)
 
 
@@ -226,6 +235,14 @@ class LanguageIn(Strict):
 class AppIn(Strict):
     app: bool = Field(description="true: the partner works from the partner app; false: by "
                                   "SMS alone")
+    note: str | None = Field(default=None, min_length=3, max_length=300,
+                             description="why, for the audit log (numbers kept masked)")
+
+
+class PhoneIn(Strict):
+    phone: str = Field(max_length=64,
+                       description="the partner's new number (a new SIM), as typed: "
+                                   "98123 45678, +91 98123 45678; kept in E.164")
     note: str | None = Field(default=None, min_length=3, max_length=300,
                              description="why, for the audit log (numbers kept masked)")
 
@@ -418,10 +435,14 @@ def ops_legs(query: LegFilter) -> CursorPage[LegRow]:
             next_offset=nxt.offset, next_after=nxt.after)
 
 
-@endpoint(bp, "GET", "/ops/partners", summary="Partners, oldest first (filter by duty)"
+@endpoint(bp, "GET", "/ops/partners", summary="Partners, oldest first (filter by duty, by "
+          "KYC status)"
           + BY_CURSOR, roles=OPS, query=PartnerFilter, response=CursorPage[PartnerRow],
           tags=("ops",))
 def ops_partners(query: PartnerFilter) -> CursorPage[PartnerRow]:
+    if query.kyc is not None and query.kyc not in KYC_STATUSES:
+        raise ApiError(400, "bad_kyc", f"kyc is one of {', '.join(KYC_STATUSES)}",
+                       field="kyc")
     after = page_after(query, PARTNERS)
     with transaction() as session:
         stmt = select(PartnerProfile, Person.phone).join(
@@ -429,6 +450,8 @@ def ops_partners(query: PartnerFilter) -> CursorPage[PartnerRow]:
             .options(selectinload(PartnerProfile.person), selectinload(PartnerProfile.vehicles))
         if query.on_duty is not None:
             stmt = stmt.where(PartnerProfile.on_duty.is_(query.on_duty))
+        if query.kyc is not None:
+            stmt = stmt.where(PartnerProfile.kyc_status == query.kyc)
         stmt = stmt.offset(query.offset) if after is None \
             else stmt.where(PartnerProfile.id > after[0])
         rows, nxt = keyset_page(list(session.execute(stmt.limit(query.limit + 1)).all()),
@@ -784,6 +807,25 @@ def ops_partner_language(partner_id: int, body: LanguageIn) -> PartnerRow:
 def ops_partner_app(partner_id: int, body: AppIn) -> PartnerRow:
     return _partner_changed(partner_id, lambda session, actor: partner_profile.set_has_app(
         session, partner_id, body.app, actor=actor, note=body.note))
+
+
+@endpoint(bp, "PUT", "/ops/partners/<int:partner_id>/phone",
+          summary="Move a partner to a new number (a new SIM; audited, both numbers "
+                  "masked): offers and SMS go to it at once, an SMS from the old number is "
+                  "a stranger's, the partner's app sessions end; both numbers are told by "
+                  "SMS. 400 bad_phone; 409 phone_taken (another person's number, a "
+                  "contact's too), erased. The same number again changes nothing",
+          roles=OPS, body=PhoneIn, response=PartnerRow, tags=("ops",),
+          errors=(400, 404, 409))
+def ops_partner_phone(partner_id: int, body: PhoneIn) -> PartnerRow:
+    try:
+        phone = normalize_phone(body.phone)
+    except ValidationError:
+        raise ApiError(400, "bad_phone", "phone: not a number we can send SMS to: an Indian "
+                       "mobile (10 digits, the first 6 to 9; +91 or not) or a full "
+                       "number with its country code (+...)", field="phone") from None
+    return _partner_changed(partner_id, lambda session, actor: partner_profile.set_phone(
+        session, partner_id, phone, actor=actor, note=body.note))
 
 
 class PointRow(BaseModel):

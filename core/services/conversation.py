@@ -350,7 +350,11 @@ class SessionPorts:
             return []
         found = self.session.scalars(
             select(Booking).where(Booking.recipient_phone == self.person.phone,
-                                  Booking.status.in_(_COMING_TO_YOU),
+                                  # Written into the SQL: the partial index of open
+                                  # bookings by number serves it (migration 0047).
+                                  Booking.status.in_(bindparam(
+                                      "coming", _COMING_TO_YOU, expanding=True,
+                                      literal_execute=True)),
                                   Booking.customer_id != self.person.id)
             .order_by(Booking.created_at.desc(), Booking.id.desc())
             .limit(COMING_SHOWN)).all()
