@@ -33,7 +33,10 @@ captured payments less Razorpay's fee on each, less refunds and transfers not fa
 
 A captured payment carries Razorpay's ``fee`` (GST included) and ``tax`` (the GST), in
 paise: ``FEE_BPS`` of its amount plus 18% GST on that, as Razorpay's standard plan takes
-them out of the platform's balance.
+them out of the platform's balance. A transfer processed carries Route's ``fees`` (GST
+included) and ``tax`` the same way under the ``transfer_fee_bps`` control: that rate of
+what it moves plus GST, taken out of the platform's balance beside the amount (kept if the
+transfer is reversed later: Razorpay's docs do not say a reversal gives it back).
 
 A refund is of at least INR 1.00 (100 paise), paid out of the platform's balance: one the
 balance cannot cover is refused (400, "does not have enough balance"). Its optional
@@ -65,6 +68,9 @@ Controls for tests and demos (Redis keys, or the helpers below):
   cannot take transfers (not activated, suspended): a transfer to one gets a 400;
 - ``sandbox:razorpay:fee_bps`` = N: Razorpay's rate on captured payments, in basis points
   before GST (default FEE_BPS, 2%; 0: no fee);
+- ``sandbox:razorpay:transfer_fee_bps`` = N: Route's rate on each transfer it processes,
+  in basis points before GST (Razorpay's standard plan: 25, 0.25%; default
+  TRANSFER_FEE_BPS, 0: no fee);
 - ``sandbox:razorpay:opening_balance`` = N paise: the platform's balance before any
   payment (default OPENING_BALANCE);
 - ``sandbox:razorpay:payment_notes`` = ``none``: payments made by a link carry no notes.
@@ -478,11 +484,27 @@ def _int_control(name: str, default: int) -> int:
     return int(raw) if raw.lstrip("-").isdigit() else default
 
 
-def fee_and_tax(amount: int) -> tuple[int, int]:
-    """(fee with its GST, the GST) Razorpay takes on a captured payment of ``amount``."""
-    base = (amount * _int_control("fee_bps", FEE_BPS) + 5_000) // 10_000
+def _fee_and_tax(amount: int, control: str, bps: int) -> tuple[int, int]:
+    base = (amount * _int_control(control, bps) + 5_000) // 10_000
     tax = (base * GST_PERCENT + 50) // 100
     return base + tax, tax
+
+
+def fee_and_tax(amount: int) -> tuple[int, int]:
+    """(fee with its GST, the GST) Razorpay takes on a captured payment of ``amount``."""
+    return _fee_and_tax(amount, "fee_bps", FEE_BPS)
+
+
+# Route's fee on a transfer it processes: a rate of the amount moved (0.25%, 25 bps, in
+# Razorpay's "Transfers and Related Fees" example) plus GST, out of the platform's balance
+# beside the amount. None unless the ``transfer_fee_bps`` control sets the rate: tests
+# older than it count the platform's commission to the paisa without it.
+TRANSFER_FEE_BPS = 0
+
+
+def transfer_fee_and_tax(amount: int) -> tuple[int, int]:
+    """(fee with its GST, the GST) Route takes for processing a transfer of ``amount``."""
+    return _fee_and_tax(amount, "transfer_fee_bps", TRANSFER_FEE_BPS)
 
 
 def _payment(link: dict, status: str) -> dict:
@@ -770,6 +792,7 @@ def settle_transfer(transfer_id: str) -> dict:
     else:
         t["status"] = "partially_reversed" if t["amount_reversed"] else "processed"
         t["processed_at"] = _now()
+        t["fees"], t["tax"] = transfer_fee_and_tax(t["amount"] - t["amount_reversed"])
     put_object(t)
     send_webhooks([_event("transfer.failed" if failed else "transfer.processed",
                           {"transfer": t})])
@@ -793,12 +816,12 @@ def platform_balance() -> int:
     """The platform's balance as the emulator models it: its opening balance and what
     customers paid, less Razorpay's fees on it (kept at capture, never given back by a
     refund), less what was refunded or transferred (not failed; less what transfers had
-    reversed)."""
+    reversed) and Route's fee on each transfer processed."""
     captured = [p for p in _all("payment") if p["captured"]]
     paid = sum(p["amount"] - (p.get("fee") or 0) for p in captured)
     refunded = sum(r["amount"] for r in _all("refund") if r["status"] != "failed")
-    moved = sum(t["amount"] - t["amount_reversed"] for t in _all("transfer")
-                if t["status"] != "failed")
+    moved = sum(t["amount"] - t["amount_reversed"] + (t.get("fees") or 0)
+                for t in _all("transfer") if t["status"] != "failed")
     return _int_control("opening_balance", OPENING_BALANCE) + paid - refunded - moved
 
 

@@ -365,6 +365,12 @@ def test_only_the_payable_kinds_post_to_a_partners_payable():
     assert to_payable == set(payments._PAYABLE_KINDS)
 
 
+def test_owed_without_account_reads_only_the_postings_of_legs_owed_lately(history):
+    assert_reads_by_index(payments.owed_without_account, "ledger_postings",
+                          "ix_ledger_postings_payable_created_at",
+                          "ix_ledger_postings_payable_leg_id")
+
+
 def test_waiting_refunds_reads_only_the_postings_of_its_few_bookings(history):
     assert_reads_by_index(payments.waiting_refunds, "ledger_postings",
                           "ix_ledger_postings_booking_id")
@@ -515,3 +521,44 @@ def test_unprocessed_events_are_those_never_processed_and_not_just_received(hist
     assert names == {f"evt_{g}" for g in range(1, BOOKINGS + 1)
                      if g % 50 == 7 and g_at(g) + timedelta(minutes=10)
                      < NOW - timedelta(minutes=5)}
+
+
+def expected_owed_without_account(within: timedelta) -> list[int]:
+    """owed_without_account's legs as GENERATE makes them: delivered and released for a
+    partner with no linked account (1 + g % 20 in 5, 10, 15, 20), still owed (never
+    transferred, transferred in part, or a failed transfer voided 40 days on), a payable
+    posting of it in ``within``, and last owed a week ago at least; the most lately owed
+    first, SETTLE_BATCH of them."""
+    waiting: list[tuple[datetime, int]] = []
+    for g in range(1, BOOKINGS + 1):
+        if g % 20 not in (4, 9, 14, 19) or g % 7 == 3:
+            continue
+        delivered = min(g_at(g) + timedelta(hours=2), NOW - timedelta(minutes=1))
+        postings = [(delivered, 8000)]
+        if g % 11 != 4:
+            paid = 5000 if g % 13 == 5 else 8000
+            postings.append((min(delivered + timedelta(hours=1), NOW), -paid))
+            if g % 17 == 6:
+                postings.append((min(delivered + timedelta(days=40), NOW), paid))
+        if sum(a for _, a in postings) <= 0 or all(at <= NOW - within for at, _ in postings):
+            continue
+        owed_since = max(at for at, a in postings if a > 0)
+        if owed_since <= NOW - payments.OWED_LONG:
+            waiting.append((owed_since, g))
+    waiting.sort(key=lambda w: (-w[0].timestamp(), w[1]))
+    return [g for _, g in waiting[:payments.SETTLE_BATCH]]
+
+
+def test_owed_without_account_takes_the_legs_owed_a_week_most_lately_owed_first(history):
+    with transaction() as s:
+        legs = payments.owed_without_account(s)
+        assert legs == expected_owed_without_account(timedelta(days=30))
+        # More legs wait than a sweep takes: the most lately owed come first, and legs owed
+        # less than a week (told of only then) take no place.
+        more = payments.owed_without_account(s, timedelta(days=120))
+        assert more == expected_owed_without_account(timedelta(days=120))
+    assert len(more) == payments.SETTLE_BATCH and set(legs) < set(more)
+    assert any(g % 17 == 6 for g in more)  # owed again by a transfer failed 40 days on
+    young = {g for g in range(1, BOOKINGS + 1) if g % 20 in (4, 9, 14, 19) and g % 7 != 3
+             and g % 11 == 4 and g_at(g) > NOW - payments.OWED_LONG}
+    assert young and not young & set(more)

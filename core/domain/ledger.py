@@ -37,7 +37,8 @@ Razorpay keeps its fee (GST included) on each captured payment out of the platfo
 balance: ``gateway_fee`` moves it from the platform's commission to ``gateway_fees`` (money
 gone to the gateway, like ``gateway_clearing``), so what the platform's accounts hold is
 what its Razorpay balance holds; the booking's escrow and the partners' payouts do not
-change (the platform bears the fee).
+change (the platform bears the fee). Route's fee on each transfer it processes is booked
+the same way (``transfer_fee``: a ``gateway_fee`` entry keyed by the transfer).
 
 Every entry has an idempotency key derived from what caused it (a gateway payment id, a
 leg id, our refund id), so recording the same cause twice is a no-op in the database; the
@@ -214,6 +215,18 @@ def gateway_fee(booking_id: int, payment_id: str, fee_paise: int) -> Entry:
                  tuple(_move(COMMISSION, FEES, fee_paise)),
                  memo="gateway fee (GST included) on a captured payment",
                  gateway_ref=payment_id)
+
+
+def transfer_fee(booking_id: int, transfer_id: str, fee_paise: int) -> Entry:
+    """Razorpay kept Route's fee (``fees``, its GST ``tax`` included) for processing a leg's
+    transfer, out of the platform's balance beside the amount moved: the platform bears
+    it as it bears the payment's (gateway_fee's kind and accounts); the partner gets the
+    transfer's amount whole. Once per transfer, whatever becomes of it after."""
+    _amount("fee_paise", fee_paise)
+    return Entry(EntryKind.GATEWAY_FEE, f"transfer:{transfer_id}:fee", booking_id,
+                 tuple(_move(COMMISSION, FEES, fee_paise)),
+                 memo="gateway fee (GST included) on a Route transfer",
+                 gateway_ref=transfer_id)
 
 
 def leg_commission(commission_total: int, partner_share_total: int, leg_payout: int,

@@ -1692,6 +1692,46 @@ def _noted_leg(entity: dict) -> int | None:
     return leg_id if owner == booking_id else None
 
 
+def processed_fee(transfer: dict) -> int | None:
+    """Route's fee on a transfer the gateway processed (``fees``, its GST included), None
+    for one not processed (on its way, failed) or told without a fee."""
+    fees = transfer.get("fees")
+    if transfer.get("status") == "failed" or not transfer.get("processed_at") \
+            or isinstance(fees, bool) or not isinstance(fees, int) or fees <= 0:
+        return None
+    return fees
+
+
+def _book_transfer_fee(session: Session, booking_id: int, transfer: dict, cause: str) -> bool:
+    """Route's fee on a transfer of the booking the gateway processed: the platform's cost
+    (rules.transfer_fee), once per transfer whichever path tells it first; one told
+    otherwise than booked is left to the reconciliation (fee_differs). The caller holds
+    the booking's lock. True if booked now."""
+    tid, fee = _gateway_id(transfer), processed_fee(transfer)
+    if tid is None or fee is None:
+        return False
+    try:
+        return ledger.post(session, rules.transfer_fee(booking_id, tid, fee),
+                           actor="gateway:razorpay", cause=cause)
+    except rules.EntryConflict:
+        return False
+
+
+def record_transfer_fee(transfer: dict, cause: str) -> bool:
+    """Book Route's fee on a transfer of ours (its notes name our leg) the gateway
+    processed, as its transfer.processed does: the reconciliation's way to book one whose
+    event was lost. True if booked now."""
+    leg_id = _noted_leg(transfer)
+    if leg_id is None or processed_fee(transfer) is None:
+        return False
+    with transaction() as session:
+        booking_id = session.scalar(select(Leg.booking_id).where(Leg.id == leg_id))
+        if booking_id is None:
+            return False
+        ledger.lock_booking(session, booking_id)
+        return _book_transfer_fee(session, booking_id, transfer, cause)
+
+
 def _on_transfer(data: dict, cause: str) -> str:
     """A leg's transfer was processed or failed at the gateway.
 
@@ -1710,6 +1750,8 @@ def _on_transfer(data: dict, cause: str) -> str:
         # An amount no ledger entry can take: a malformed event, nothing changed by it.
         log.warning("transfer event with a bad amount", extra={"leg_id": leg_id})
         return "bad-payload"
+    if processed:  # charged however the transfer ends: the platform's cost at once
+        record_transfer_fee(entity, cause)
     if _is_repay(entity) and leg_id is not None:
         return _on_repay_transfer(entity, str(tid), leg_id, processed, cause)
     with transaction() as session:
@@ -2228,6 +2270,13 @@ def _settle_leg_transfer(leg_id: int) -> str:
             return "nothing-to-transfer"
         if _left(live) > 0:
             c.transfer.reverse(live["id"], {"amount": _left(live)})
+        if not account:
+            # No rider (or one without an account) to tell holds apart by: every hold
+            # still made for the leg goes back, not only the first the gateway lists.
+            _reverse_others(c, [t for t in transfers if t is not live], leg_id, None)
+            # The row follows its own transfer (reversed now), whichever was listed first.
+            live = next((t for t in transfers if row_transfer is not None
+                         and t.get("id") == row_transfer and t.get("on_hold")), live)
         _save_transfer(leg_id, booking_id, partner_id, payment_id, account, live, "reversed")
         return "reversed"
     if partner_id is None or not account:
@@ -2468,6 +2517,8 @@ def _save_transfer(leg_id: int, booking_id: int, partner_id: int | None, payment
             ledger.post(session, rules.transfer_processed(booking_id, leg_id, partner_id, tid,
                                                           paid_out),
                         actor=str(SYSTEM), cause=f"leg:{leg_id}:transfer-released")
+            _book_transfer_fee(session, booking_id, entity or {},
+                               f"leg:{leg_id}:transfer-released")
             _transfer_went_through(leg_id)
 
 

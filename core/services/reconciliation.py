@@ -13,7 +13,9 @@ read them with ``list_mismatches`` (the ops REST endpoint comes with the REST AP
 
 Razorpay's fee on each captured payment compared (``fee_differs``) with the ledger's
 ``gateway_fee`` entry of it; one the ledger lacks (the payment recorded without its
-webhook) is booked first (payments.record_fee).
+webhook) is booked first (payments.record_fee). Route's fee on each transfer of ours
+processed in the window likewise (payments.record_transfer_fee, ``fee_differs`` of the
+transfer).
 
 A payout the gateway shows less of than the ledger paid out (the transfer reversed since,
 all or part, by ops in the dashboard: Razorpay sends no webhook for it) is recorded first
@@ -253,6 +255,45 @@ def _fee_findings(payments: dict[str, dict], led_pay: dict[str, tuple[int, int |
             for gid, fee in told.items() if led_fee.get(gid, (0, None))[0] != fee]
 
 
+def _transfer_fee_findings(listed: dict[str, dict], compared: set[str]) -> list[Finding]:
+    """Route's fee on each transfer of ours the gateway processed in the window: one the
+    ledger lacks (its transfer.processed lost) is booked as that event would
+    (payments.record_transfer_fee). Of the transfers this run ``compared`` (released ones
+    the gateway showed: a fee_differs found no more of them is resolved with them), a fee
+    the ledger shows otherwise (none counts as 0) is a ``fee_differs`` mismatch of the
+    transfer, as _fee_findings finds a payment's."""
+    from core.services import payments as pay  # payments imports nothing of this module
+
+    charged = {gid: (fee, item) for gid, item in listed.items()
+               if (fee := pay.processed_fee(item)) is not None}
+    noted = {gid: (gw.note_int(item, "leg_id"), gw.note_int(item, "booking_id"))
+             for gid, (_, item) in charged.items()}
+    if not charged:
+        return []
+    with transaction() as session:  # ours: the noted leg is of the noted booking (one query)
+        legs = dict(session.execute(select(Leg.id, Leg.booking_id).where(
+            Leg.id.in_({leg for leg, _ in noted.values() if leg is not None}))).tuples().all())
+    told = {gid: v for gid, v in charged.items()
+            if (leg := noted[gid][0]) is not None and legs.get(leg) == noted[gid][1]}
+    if not told:
+        return []
+
+    def booked() -> dict[str, tuple[int, int | None]]:
+        with transaction() as session:
+            return _ledger_amounts(session, EntryKind.GATEWAY_FEE, AccountKind.GATEWAY_FEES,
+                                   clock.now(), None, set(told))
+
+    led_fee = booked()
+    if any([pay.record_transfer_fee(item, f"reconcile:{gid}")
+            for gid, (_, item) in told.items() if gid not in led_fee]):
+        led_fee = booked()
+    return [Finding("fee_differs", "transfer", gid, gw.note_int(item, "booking_id"),
+                    led_fee.get(gid, (0, None))[0], fee,
+                    "Route's fee on the transfer differs between ledger and gateway")
+            for gid, (fee, item) in told.items()
+            if gid in compared and led_fee.get(gid, (0, None))[0] != fee]
+
+
 def _gateway_amount(entity: str, item: dict | None) -> int | None:
     if not item:
         return None
@@ -476,7 +517,8 @@ def _run(since: datetime | None, until: datetime | None) -> dict[str, int]:
     listed = list(_pages(c.refund.all, since, until))
     refunds = {r["id"]: r for r in listed if r.get("status") == "processed"}
     waiting = {r["id"]: r for r in listed if r.get("status") == "pending"}
-    transfers = {t["id"]: t for t in _pages(c.transfer.all, since, until) if _released(t)}
+    listed_trf = {t["id"]: t for t in _pages(c.transfer.all, since, until)}
+    transfers = {gid: t for gid, t in listed_trf.items() if _released(t)}
     _add_open_items(c, refunds, transfers)
     fetch_transfer = _cached(c.transfer.fetch)  # each transfer asked once a run
     # A payment or refund the gateway could not show once is not compared this run (its
@@ -545,6 +587,7 @@ def _run(since: datetime | None, until: datetime | None) -> dict[str, int]:
                          "recorded once processed")
                  for gid, (booking_id, amount) in outside_pending.items()]
     findings += _fee_findings(payments, led_pay)
+    findings += _transfer_fee_findings(listed_trf, checked["transfer"] - unanswered)
     _alert_new(_record(findings, checked))
     if default_window:
         redis_client().set(LAST_UNTIL_KEY, int(_marker(until, unanswered).timestamp()))
