@@ -71,6 +71,35 @@ def on_payment(payment_id: str) -> list[dict]:
     return gw.client().payment.transfers(payment_id, {})["items"]
 
 
+def test_a_leg_earning_nothing_gives_back_its_riders_second_hold_too(live):
+    """Ravi keeps the job and the booking is cancelled with nothing earned by his leg; a
+    hold job that outlived the leg's lock made him a second hold. The settle reversed
+    only the first of his holds the gateway listed (the others' holds go by account, and
+    his own second one was never looked for): it stayed on the customer's payment."""
+    ravi = new_partner()
+    bid = paid_booking()
+    leg_id = advance(bid, ravi, to="assigned")
+    (payment,) = emu._all("payment")
+    assert payments.hold_leg_transfer(leg_id) == "held"
+    gw.client().payment.transfer(payment["id"], {"transfers": [{
+        "account": "acc_partner0001", "amount": 200, "currency": "INR", "on_hold": True,
+        "notes": {"leg_id": str(leg_id), "booking_id": str(bid)}}]})
+    run()
+    held = on_payment(payment["id"])
+    assert [(t["recipient"], t["on_hold"]) for t in held] == [
+        ("acc_partner0001", True), ("acc_partner0001", True)]
+    clock.freeze(clock.now() + timedelta(hours=6))  # he never came: no fee for him
+    with transaction() as s:
+        quote = payments.cancel_booking(s, ledger.lock_booking(s, bid), CUSTOMER, "late")
+    assert quote.fee_paise == 0, "a leg that earns nothing"
+    with transaction() as s:  # kept, as a cancellation keeps it
+        assert s.scalar(select(Leg.partner_id).where(Leg.id == leg_id)) == ravi
+    run()
+    assert not failed_jobs()
+    assert [t["status"] for t in on_payment(payment["id"])] == ["reversed", "reversed"]
+    assert emu.get_object(payment["id"])["amount_transferred"] == 0
+
+
 @pytest.mark.parametrize("stray_first", [False, True])
 def test_a_leg_with_no_rider_gives_back_every_hold_made_for_it(live, monkeypatch,
                                                                stray_first):
@@ -339,6 +368,12 @@ def test_the_reconciliation_books_a_lost_transfer_fee_and_reports_one_that_diffe
         "fee_differs", "transfer", transfer["id"], bid)
     assert (found["ledger_amount_paise"], found["gateway_amount_paise"]) == (
         transfer["fees"], transfer["fees"] + 100)
+    # A later run whose window the transfer is out of asks it again (an open mismatch):
+    # its fee is compared again, and the mismatch stays open while it differs.
+    later = clock.now() + timedelta(days=2)
+    assert reconciliation.run(later, later + timedelta(days=1))["mismatches"] == 1
+    with transaction() as s:
+        assert [m["gateway_id"] for m in reconciliation.list_mismatches(s)] == [transfer["id"]]
     emu.set_fields(transfer["id"], fees=transfer["fees"])  # it agrees again: resolved
     assert reconciliation.run()["mismatches"] == 0
     with transaction() as s:

@@ -1729,6 +1729,10 @@ def record_transfer_fee(transfer: dict, cause: str) -> bool:
         if booking_id is None:
             return False
         ledger.lock_booking(session, booking_id)
+        if ledger.recorded(session, f"transfer:{_gateway_id(transfer)}:failed"):
+            # A late processed event of a transfer that failed since: processed_fee books
+            # none for a failed transfer, and the reconciliation compares none.
+            return False
         return _book_transfer_fee(session, booking_id, transfer, cause)
 
 
@@ -2270,13 +2274,16 @@ def _settle_leg_transfer(leg_id: int) -> str:
             return "nothing-to-transfer"
         if _left(live) > 0:
             c.transfer.reverse(live["id"], {"amount": _left(live)})
-        if not account:
-            # No rider (or one without an account) to tell holds apart by: every hold
-            # still made for the leg goes back, not only the first the gateway lists.
-            _reverse_others(c, [t for t in transfers if t is not live], leg_id, None)
-            # The row follows its own transfer (reversed now), whichever was listed first.
-            live = next((t for t in transfers if row_transfer is not None
-                         and t.get("id") == row_transfer and t.get("on_hold")), live)
+        # Every hold still made for the leg goes back, not only the first the gateway
+        # lists: with no rider (or one without an account) all of them; with one, his
+        # own second hold (a job past its lock; the others' went above).
+        _reverse_others(c, [t for t in transfers if t is not live
+                            and (not account or t.get("recipient") == account)],
+                        leg_id, None)
+        # The row follows its own transfer (reversed now), whichever was listed first.
+        live = next((t for t in transfers if row_transfer is not None
+                     and t.get("id") == row_transfer and t.get("on_hold")
+                     and t.get("status") != "failed"), live)
         _save_transfer(leg_id, booking_id, partner_id, payment_id, account, live, "reversed")
         return "reversed"
     if partner_id is None or not account:

@@ -587,7 +587,10 @@ def _run(since: datetime | None, until: datetime | None) -> dict[str, int]:
                          "recorded once processed")
                  for gid, (booking_id, amount) in outside_pending.items()]
     findings += _fee_findings(payments, led_pay)
-    findings += _transfer_fee_findings(listed_trf, checked["transfer"] - unanswered)
+    # The window's transfers and those asked again (open mismatches, recent payouts): a
+    # fee_differs of a transfer out of the window is compared again, not resolved unseen.
+    findings += _transfer_fee_findings({**listed_trf, **transfers},
+                                       checked["transfer"] - unanswered)
     _alert_new(_record(findings, checked))
     if default_window:
         redis_client().set(LAST_UNTIL_KEY, int(_marker(until, unanswered).timestamp()))
