@@ -167,6 +167,46 @@ def test_what_waits_for_the_old_number_goes_to_the_new_one_and_its_stop_stays(
         assert told is not None and told.body == i18n.t("sms.phone_moved_new", "hi")
 
 
+def test_stops_stay_with_their_numbers_both_ways(client, live, frozen):  # noqa: F811
+    """Review: a STOP kept for the new number (its erased last holder sent it) was not
+    carried onto the partner, so the move's SMS and his offers went to a number that had
+    stopped us (Twilio refuses them, 21610); and the old number's WhatsApp STOP was not
+    kept for it, while the partner carried it to the new SIM."""
+    pid, old = make_partner("Ramesh", LAXMIPUR, lang="hi", on_duty=False)
+    with transaction() as s:
+        outbox.keep_opt_out(s, [NEW], whatsapp=False, sms=True)  # an erased holder's STOP
+        person = s.scalar(select(Person).where(Person.phone == old))
+        assert person is not None
+        person.opted_out = True  # the old number stopped us on WhatsApp
+    with transaction() as s:
+        partner_profile.set_phone(s, pid, NEW, actor="ops:test")
+    with transaction() as s:
+        person = s.scalar(select(Person).where(Person.phone == NEW))
+        assert person is not None
+        assert person.sms_opted_out and not person.opted_out
+        assert outbox._opted_out(s, "whatsapp", "whatsapp:" + old, False)
+        assert not s.scalar(select(OutboxMessage.id).where(
+            OutboxMessage.to_addr == NEW, OutboxMessage.status == "pending"))
+
+
+def test_a_partner_with_a_job_in_hand_is_not_moved(client, live, frozen):  # noqa: F811
+    """Review: his job's codes (a Point handover's) went to the old SIM, lost or someone
+    else's now, and the new one has none: refused until ops take the job back."""
+    pid, old = make_partner("Ramesh", LAXMIPUR, lang="en")
+    booking_id = paid_booking()
+    start(booking_id)
+    sms(client, old, "1")
+    leg = legs_of(booking_id)[0]
+    assert leg.partner_id == pid
+    r = _move(client, sign_in(client, OPS), pid, NEW)
+    assert r.status_code == 409, r.get_json()
+    error = r.get_json()["error"]
+    assert error["code"] == "partner_has_jobs" and str(leg.id) in error["message"], error
+    with transaction() as s:
+        assert s.scalar(select(Person.id).where(Person.phone == old)) is not None
+    assert _audits("partner.phone") == []
+
+
 def test_two_partners_moved_to_one_number_at_once_one_is_refused(
         client, live, frozen):  # noqa: F811
     first, _ = make_partner("Ramesh", LAXMIPUR, lang="en", on_duty=False)

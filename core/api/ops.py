@@ -814,7 +814,9 @@ def ops_partner_app(partner_id: int, body: AppIn) -> PartnerRow:
                   "masked): offers and SMS go to it at once, an SMS from the old number is "
                   "a stranger's, the partner's app sessions end; both numbers are told by "
                   "SMS. 400 bad_phone; 409 phone_taken (another person's number, a "
-                  "contact's too), erased. The same number again changes nothing",
+                  "contact's too), partner_has_jobs (jobs in hand: their codes went to "
+                  "the old SIM; take them back first), erased. The same number again "
+                  "changes nothing",
           roles=OPS, body=PhoneIn, response=PartnerRow, tags=("ops",),
           errors=(400, 404, 409))
 def ops_partner_phone(partner_id: int, body: PhoneIn) -> PartnerRow:

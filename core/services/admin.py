@@ -776,7 +776,7 @@ def locked_partner(session: Session, partner_id: int) -> tuple[PartnerProfile, s
     return p, f"partner {p.id} ({p.first_name}, {mask_phone(phone) if phone else '-'})"
 
 
-_IN_HAND = ("assigned", "locked", "picked_up")
+IN_HAND = ("assigned", "locked", "picked_up")  # a partner's jobs taken, not yet delivered
 
 
 def set_payout_account(session: Session, partner_id: int, account: str, *, actor: str,
@@ -809,7 +809,7 @@ def set_payout_account(session: Session, partner_id: int, account: str, *, actor
         raise _account_taken(account, f"partner {holder}'s")
     if before is not None:
         jobs = list(session.scalars(select(Leg.id).where(
-            Leg.partner_id == p.id, Leg.status.in_(_IN_HAND)).order_by(Leg.id)))
+            Leg.partner_id == p.id, Leg.status.in_(IN_HAND)).order_by(Leg.id)))
         held = list(session.scalars(select(LegTransfer.leg_id).where(
             LegTransfer.partner_id == p.id, LegTransfer.status == "on_hold")
             .order_by(LegTransfer.leg_id)))

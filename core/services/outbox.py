@@ -1058,6 +1058,12 @@ def _carry_opt_out(mapper: Any, connection: Any, person: Person) -> None:
         person.sms_opted_out = bool(person.sms_opted_out) or sms
 
 
+def carry_kept_opt_out(session: Session, person: Person) -> None:
+    """_carry_opt_out for a person whose number changed (ops moved a partner to a new
+    SIM): a STOP kept for the new number, from its erased last holder, is theirs now."""
+    _carry_opt_out(None, session.connection(), person)
+
+
 def _opt_out_at(to_addr: str, blocked: bool) -> dict[str, Any]:
     """What Twilio's refusal of a message to ``to_addr`` sets: its channel's flag, and on
     WhatsApp why: a STOP (21610) is one whatever came before; a block (63014) unless she

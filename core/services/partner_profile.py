@@ -36,6 +36,7 @@ from core.adapters.api_models import ApiSession
 from core.adapters.models import (
     Booking,
     Conversation,
+    Leg,
     OutboxMessage,
     PartnerProfile,
     Person,
@@ -148,7 +149,7 @@ def _holder(session: Session, person: Person, phone: str) -> Person | None:
     return session.scalar(select(Person).where(
         Person.id != person.id,
         or_(Person.phone == phone, Person.wa_id.in_([phone, phone[1:]])))
-        .order_by(Person.id).limit(1).with_for_update())
+        .order_by(Person.id).limit(1))  # read only: uq_people_phone settles a race
 
 
 def _taken(session: Session, holder: Person, phone: str) -> Conflict:
@@ -198,15 +199,31 @@ def set_phone(session: Session, partner_id: int, phone: str, *, actor: str,
     holder = _holder(session, person, new)
     if holder is not None:
         raise _taken(session, holder, new)
+    jobs = list(session.scalars(select(Leg.id).where(
+        Leg.partner_id == p.id, Leg.status.in_(admin.IN_HAND)).order_by(Leg.id)))
+    if jobs:
+        # Codes for them (a Point handover's) went to the old SIM, which may be lost or
+        # another's now, and the new one has none: ops take the jobs back first.
+        raise Conflict(f"{who} holds leg(s) {', '.join(map(str, jobs))}, whose codes went "
+                       "to the old number; take them back (or wait until delivered), then "
+                       "move the number; nothing changed", code="partner_has_jobs",
+                       field="phone")
     lang = person.preferred_language or i18n.DEFAULT_LANGUAGE
-    person.phone = new
-    if person.sms_opted_out and old is not None:
-        # The STOP was the old number's (Twilio keeps one per number): it stays with it.
-        outbox.keep_opt_out(session, [old], whatsapp=False, sms=True)
-        person.sms_opted_out = False
     contacts = [c for c in (old, old[1:] if old else None) if c]
-    if person.wa_id is not None and person.wa_id in contacts:
+    # WhatsApp was the old number's too (their WhatsApp id, or none: the phone's).
+    wa_old = person.wa_id is None or person.wa_id in contacts
+    if old is not None and (person.sms_opted_out or (wa_old and person.opted_out)):
+        # A STOP was the old number's (Twilio keeps one per number): it stays with it.
+        outbox.keep_opt_out(session, [old], whatsapp=wa_old and bool(person.opted_out),
+                            sms=bool(person.sms_opted_out),
+                            wa_blocked=wa_old and bool(person.wa_blocked))
+    person.sms_opted_out = False
+    if wa_old:
         person.wa_id = None  # the old number's WhatsApp is not theirs either
+        person.opted_out = person.wa_blocked = False
+    person.phone = new
+    # A STOP kept for the new number (its erased last holder's) is theirs now.
+    outbox.carry_kept_opt_out(session, person)
     try:
         session.flush()
     except IntegrityError as exc:  # someone took the number since the check above
