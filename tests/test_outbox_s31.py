@@ -245,3 +245,30 @@ def test_a_stopped_person_held_by_the_caller_gets_nothing(clean_db, flags, sms_o
         assert notify.notify_known_phone(s, person, "dispatch.duty_on",
                                          sms_only=sms_only) is None
         assert s.scalar(select(OutboxMessage.id)) is None
+
+
+def test_a_reply_waits_for_its_turn_a_bounded_time_then_goes_back_to_its_job(
+        client, live, monkeypatch):
+    """Review: a reply sent at once (send_now) runs in a drainer's thread, which RQ's job
+    timeout does not reach, holding the contact's inbox lock: it waited for the address's
+    turn without end. It waits TURN_WAIT_MS, then is given back untried to its job, which
+    sends it once the turn is free."""
+    monkeypatch.setattr(outbox, "TURN_WAIT_MS", 50)
+    from core.adapters.db import engine
+
+    with engine().connect().execution_options(isolation_level="AUTOCOMMIT") as holder:
+        holder.execute(text("SELECT pg_advisory_lock(:k, hashtext(:a))"),
+                       {"k": outbox.TURN_LOCK_KEY, "a": RAMESH})
+        with transaction() as s:
+            row_id = outbox.queue_message(s, channel="sms", to=RAMESH, body="1. Hello",
+                                          send_after_commit=True)
+        assert row_id is not None
+        row = _row(row_id)
+        assert (row.status, row.attempts, row.last_error) == ("pending", 0, outbox.HELD_BACK)
+        assert _at_twilio() == []
+        holder.execute(text("SELECT pg_advisory_unlock(:k, hashtext(:a))"),
+                       {"k": outbox.TURN_LOCK_KEY, "a": RAMESH})
+    _run_retry_of(row_id)
+    assert _at_twilio() == ["1. Hello"]
+    with engine().connect() as conn:  # the pool's connections wait as long as before
+        assert conn.scalar(text("SHOW lock_timeout")) == "0"

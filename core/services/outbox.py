@@ -69,10 +69,11 @@ from sqlalchemy import (
     func,
     or_,
     select,
+    text,
     update,
 )
 from sqlalchemy.dialects.postgresql import insert
-from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.orm import Session
 
 from core import clock, i18n
@@ -477,6 +478,15 @@ def _offer_over(session: Session, row: OutboxMessage) -> bool:
 TURN_LOCK_KEY = int.from_bytes(b"RCob", "big")
 IN_ORDER_SCAN = 100
 IN_ORDER_AFTER = 10
+# How long a reply sent at once (send_now, in a drainer's thread, where RQ's job timeout
+# does not reach, holding the contact's inbox lock) waits for its address's turn; then it
+# is given back to its job, as one behind a retry is (the turn's holder most likely
+# sends it meanwhile).
+TURN_WAIT_MS = 5000
+
+
+class TurnBusy(RuntimeError):
+    """The address's turn was not free within TURN_WAIT_MS."""
 
 
 @contextmanager
@@ -495,7 +505,18 @@ def _turn_of(outbox_id: int, to_addr: str | None = None
                 m.id == outbox_id, m.status == "pending",
                 m.dedupe_key.is_(None) | ~_sign_in_row()))
         else:
-            conn.execute(select(func.pg_advisory_lock(TURN_LOCK_KEY, func.hashtext(to_addr))))
+            # A bounded wait (the session's lock_timeout, set back at once: the connection
+            # goes back to the pool).
+            conn.execute(text(f"SET lock_timeout = {int(TURN_WAIT_MS)}"))
+            try:
+                conn.execute(select(func.pg_advisory_lock(TURN_LOCK_KEY,
+                                                          func.hashtext(to_addr))))
+            except OperationalError as exc:
+                if getattr(exc.orig, "sqlstate", None) != "55P03":  # lock_not_available
+                    raise
+                conn.execute(text("RESET lock_timeout"))
+                raise TurnBusy(to_addr) from None
+            conn.execute(text("RESET lock_timeout"))
         if to_addr is None:
             yield None, conn
             return
@@ -561,20 +582,29 @@ def send_now(claimed: _Claimed) -> str:
     that waits for a retry it waits too (its job, after that retry): a reply must not
     overtake the one it follows. Its opt-out was asked as it was written, just now (a
     retry is a deliver job, which asks again)."""
-    with _turn_of(claimed.outbox_id, claimed.to) as (_, turn):
-        earlier, _later = _waiting_to(turn, claimed.to, claimed.outbox_id)
-        if not _earlier_first(turn, earlier):
-            turn.execute(update(OutboxMessage).where(  # given back untried
-                OutboxMessage.id == claimed.outbox_id, OutboxMessage.status == "sending")
-                .values(status="pending", attempts=OutboxMessage.attempts - 1,
-                        last_error=HELD_BACK))
-            _retry_later(claimed.outbox_id, extra_s=1)
-            return "waiting"
-        try:
-            return _send(claimed, turn)
-        except TransientSendError:
-            _retry_later(claimed.outbox_id)
-            return "retrying"
+    try:
+        with _turn_of(claimed.outbox_id, claimed.to) as (_, turn):
+            earlier, _later = _waiting_to(turn, claimed.to, claimed.outbox_id)
+            if not _earlier_first(turn, earlier):
+                _given_back(turn, claimed.outbox_id)
+                return "waiting"
+            try:
+                return _send(claimed, turn)
+            except TransientSendError:
+                _retry_later(claimed.outbox_id)
+                return "retrying"
+    except TurnBusy:  # another sender holds the turn long: its job sends it
+        with db.engine().connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+            _given_back(conn, claimed.outbox_id)
+        return "waiting"
+
+
+def _given_back(conn: Connection, outbox_id: int) -> None:
+    """A row claimed at insert goes back to waiting, untried, for its job a moment later."""
+    conn.execute(update(OutboxMessage).where(
+        OutboxMessage.id == outbox_id, OutboxMessage.status == "sending")
+        .values(status="pending", attempts=OutboxMessage.attempts - 1, last_error=HELD_BACK))
+    _retry_later(outbox_id, extra_s=1)
 
 
 def _retry_later(outbox_id: int, *, extra_s: int = 0) -> None:
