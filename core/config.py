@@ -738,16 +738,16 @@ _POOL_OVERFLOW = 5
 def connections_wanted(env: dict[str, str]) -> int:
     """The most PostgreSQL connections the service's processes may hold at once: the web's
     (WEB_CONCURRENCY, 2 by default) and the workers' (WORKER_PROCESSES, 2 by default)
-    processes, each with its pool (core.adapters.db.pool_size: one a thread, WEB_THREADS
-    or DRAIN_THREADS) and its overflow."""
+    processes, each with its pool (core.adapters.db.pool_size: one a WEB_THREADS thread,
+    two a DRAIN_THREADS one) and its overflow."""
     from core.adapters.db import POOL_MAX, POOL_MIN
 
     def count(name: str, default: int) -> int:
         raw = env.get(name, "").strip()
         return int(raw) if raw.isascii() and raw.isdigit() else default
 
-    pool = min(max(POOL_MIN, count("WEB_THREADS", 4) + 1, count("DRAIN_THREADS", 0) + 1),
-               POOL_MAX)
+    pool = min(max(POOL_MIN, count("WEB_THREADS", 4) + 1,
+                   count("DRAIN_THREADS", 0) * 2 + 1), POOL_MAX)
     processes = count("WEB_CONCURRENCY", 2) + count("WORKER_PROCESSES", 2)
     return processes * (pool + _POOL_OVERFLOW)
 

@@ -96,15 +96,16 @@ POOL_MAX = 32
 
 
 def pool_size() -> int:
-    """Connections a process keeps: one per thread that may hold one at a time (gunicorn's
-    ``WEB_THREADS``, a drainer job's ``DRAIN_THREADS``), plus one for the process's own
-    work, at least POOL_MIN. A pool smaller than that opens and closes overflow
-    connections all the time, a new PostgreSQL backend each."""
+    """Connections a process keeps: as many per thread as it may hold at a time (gunicorn's
+    ``WEB_THREADS`` one each; a drainer job's ``DRAIN_THREADS`` two each: a reply sent at
+    once holds its address's turn on one while it records the send on another), plus
+    one for the process's own work, at least POOL_MIN. A pool smaller than that opens and
+    closes overflow connections all the time, a new PostgreSQL backend each."""
     wanted = POOL_MIN
-    for name in ("WEB_THREADS", "DRAIN_THREADS"):
+    for name, each in (("WEB_THREADS", 1), ("DRAIN_THREADS", 2)):
         raw = os.environ.get(name, "").strip()
         if raw.isascii() and raw.isdigit():
-            wanted = max(wanted, int(raw) + 1)
+            wanted = max(wanted, int(raw) * each + 1)
     return min(wanted, POOL_MAX)
 
 
