@@ -69,8 +69,8 @@ Controls for tests and demos (Redis keys, or the helpers below):
 - ``sandbox:razorpay:fee_bps`` = N: Razorpay's rate on captured payments, in basis points
   before GST (default FEE_BPS, 2%; 0: no fee);
 - ``sandbox:razorpay:transfer_fee_bps`` = N: Route's rate on each transfer it processes,
-  in basis points before GST (Razorpay's standard plan: 25, 0.25%; default
-  TRANSFER_FEE_BPS, 0: no fee);
+  in basis points before GST (default TRANSFER_FEE_BPS, 25: 0.25%, Razorpay's standard
+  plan; 0: no fee);
 - ``sandbox:razorpay:opening_balance`` = N paise: the platform's balance before any
   payment (default OPENING_BALANCE);
 - ``sandbox:razorpay:payment_notes`` = ``none``: payments made by a link carry no notes.
@@ -497,9 +497,8 @@ def fee_and_tax(amount: int) -> tuple[int, int]:
 
 # Route's fee on a transfer it processes: a rate of the amount moved (0.25%, 25 bps, in
 # Razorpay's "Transfers and Related Fees" example) plus GST, out of the platform's balance
-# beside the amount. None unless the ``transfer_fee_bps`` control sets the rate: tests
-# older than it count the platform's commission to the paisa without it.
-TRANSFER_FEE_BPS = 0
+# beside the amount; the ``transfer_fee_bps`` control sets another rate (0: none).
+TRANSFER_FEE_BPS = 25
 
 
 def transfer_fee_and_tax(amount: int) -> tuple[int, int]:

@@ -284,9 +284,11 @@ def test_a_delivered_booking_pays_the_rider_in_full_and_the_platform_bears_the_f
     (payment,) = emu._all("payment")
     (transfer,) = emu._all("transfer")
     assert transfer["amount"] == b.partner_share_paise  # the rider's payout untouched
+    assert transfer["fees"] > 0  # Route's fee on it, the platform's too (session 31)
     with transaction() as s:
-        assert ledger.balance(s, rules.COMMISSION) == b.commission_paise - payment["fee"]
-        assert ledger.balance(s, rules.FEES) == payment["fee"]
+        assert ledger.balance(s, rules.COMMISSION) == (
+            b.commission_paise - payment["fee"] - transfer["fees"])
+        assert ledger.balance(s, rules.FEES) == payment["fee"] + transfer["fees"]
     assert summary(bid)["escrow_paise"] == 0
     assert platform_holds() == emu.platform_balance() - emu.OPENING_BALANCE
 

@@ -154,10 +154,12 @@ def test_delivering_the_leg_releases_payout_and_commission_and_transfers_once(li
         assert ledger.partner_balance(sess, partner) == 0
         # The platform bears Razorpay's fee on the payment (session 30): its commission
         # less that fee, which the gateway's fees hold.
+        # And Route's fee on the transfer (session 31), out of the platform's balance too.
         (fee,) = [p["fee"] for p in emu._all("payment")]
-        assert fee > 0
-        assert ledger.balance(sess, rules.COMMISSION) == b.commission_paise - fee
-        assert ledger.balance(sess, rules.FEES) == fee
+        (route_fee,) = [t["fees"] for t in emu._all("transfer")]
+        assert fee > 0 and route_fee > 0
+        assert ledger.balance(sess, rules.COMMISSION) == b.commission_paise - fee - route_fee
+        assert ledger.balance(sess, rules.FEES) == fee + route_fee
     gw = emu._all("transfer")
     assert len(gw) == 1 and gw[0]["on_hold"] is False and gw[0]["amount"] == b.partner_share_paise
     # A second release (retried job, duplicate enqueue) changes nothing, creates no transfer.
