@@ -18,7 +18,7 @@ from sqlalchemy import select, text
 from core import i18n
 from core.adapters.db import autocommit, transaction
 from core.adapters.dispatch_models import DispatchOffer
-from core.adapters.models import OutboxMessage, PartnerProfile
+from core.adapters.models import Leg, OutboxMessage, PartnerProfile
 from core.config import get_settings
 from core.domain import dispatch as rules
 from core.domain.pricing import (
@@ -39,6 +39,12 @@ from tests.test_dispatch import (
     paid_booking,
     sms,
     start,
+)
+from tests.test_missed_offers import FAR as FAR_AWAY
+from tests.test_missed_offers import (
+    a_job,
+    events,
+    missed_setting,  # noqa: F401  (fixture)
 )
 
 pytestmark = pytest.mark.db
@@ -269,3 +275,118 @@ def test_off_in_the_app_with_two_jobs_names_both_in_the_apps_words(
     assert off.get_json() == {"on_duty": False, "message": i18n.t(
         "dispatch.app.duty_off_jobs", "en", jobs=" ".join(jobs))}, off.get_json()
     assert "CANCEL" not in off.get_json()["message"]
+
+
+# --- 4. a yes from one off duty at the moment his Point closes ------------------------------
+
+
+def _off_with_an_offer(client) -> tuple[int, int, str, int]:  # noqa: ANN001
+    """Ramesh, at his only Point, is offered a job and sends OFF (the offer closed as he
+    went off, his to take in time naming the job): (Point, partner id, phone, leg id)."""
+    home = make_point("Laxmipur", *LAXMIPUR)
+    pid, phone = make_partner("Ramesh", LAXMIPUR, lang="en", point_id=home)
+    booking_id = paid_booking()
+    start(booking_id)
+    (leg,) = legs_of(booking_id)
+    assert _offered(leg.id) == {pid}
+    assert sms(client, phone, "OFF") == [i18n.t("dispatch.duty_off", "en")]
+    assert not _on_duty(pid)
+    return home, pid, phone, leg.id
+
+
+def test_a_yes_sent_off_duty_while_his_point_is_closing_is_refused_once_it_closed(
+        client, live, frozen):  # noqa: F811
+    """Ramesh, off duty, says yes to a job (taking a job puts him on duty) as ops close
+    his only Point. The yes read the Point open and committed the job and "on duty":
+    placed nowhere, and the close, whose list of riders to tell (point_closed) was taken
+    before, told him nothing. Now the yes waits for the close, then is refused as ON is
+    (duty_no_point): off duty, and the job not his."""
+    home, pid, phone, leg_id = _off_with_an_offer(client)
+    outcome: list = []
+
+    def yes() -> None:
+        try:
+            with transaction() as s:
+                partner = s.get(PartnerProfile, pid)
+                outcome.append(dispatch.accept(s, partner, str(leg_id)).key)
+        except BaseException as exc:  # noqa: BLE001 (the test looks at it)
+            outcome.append(exc)
+
+    with transaction() as closing:
+        admin.close_point(closing, home, actor="ops:1")  # flushed, lock held
+        racer = threading.Thread(target=yes, daemon=True)
+        racer.start()
+        _wait_for_lock_or_end(racer, outcome)
+    racer.join(30)
+    assert not racer.is_alive()
+    told = [b for b in _bodies(phone) if b == i18n.t("dispatch.point_closed", "en",
+                                                     ops_phone=get_settings().ops_phone)]
+    on_duty = _on_duty(pid)
+    assert (outcome == [dispatch.DUTY_NO_POINT] and not on_duty) or (on_duty and told), (
+        outcome, on_duty, told)
+    assert outcome == [dispatch.DUTY_NO_POINT] and not on_duty
+    with transaction() as s:
+        leg = s.get(Leg, leg_id)
+        assert leg is not None and leg.partner_id is None
+
+
+def test_a_point_closed_while_a_yes_off_duty_commits_tells_the_rider(
+        client, live, frozen):  # noqa: F811
+    """Ramesh's yes (off duty: it puts him on duty) runs first, not committed yet, when
+    ops close his only Point. The close did not wait for it: its list of on-duty riders
+    did not have him, then his yes committed: on duty with the job, placed nowhere, never
+    told. Now the close waits for the yes and tells him (point_closed)."""
+    home, pid, phone, leg_id = _off_with_an_offer(client)
+    outcome: list = []
+
+    def close() -> None:
+        try:
+            with transaction() as s:
+                outcome.append(admin.close_point(s, home, actor="ops:1").changed)
+        except BaseException as exc:  # noqa: BLE001 (the test looks at it)
+            outcome.append(exc)
+
+    with transaction() as s:
+        partner = s.get(PartnerProfile, pid)
+        assert dispatch.accept(s, partner, str(leg_id)).key == "dispatch.accepted"
+        racer = threading.Thread(target=close, daemon=True)
+        racer.start()
+        _wait_for_lock_or_end(racer, outcome)
+    racer.join(30)
+    assert not racer.is_alive() and outcome == [True], outcome
+    assert _on_duty(pid)
+    with transaction() as s:
+        assert dispatch.placed_nowhere(s, s.get(PartnerProfile, pid))
+        leg = s.get(Leg, leg_id)
+        assert leg is not None and leg.partner_id == pid
+    told = i18n.t("dispatch.point_closed", "en", ops_phone=get_settings().ops_phone)
+    assert told in _bodies(phone), _bodies(phone)
+
+
+# --- 5. put OFF after missed offers with several jobs in hand: each named ------------------
+
+
+def test_put_off_after_missed_offers_with_two_jobs_names_both(
+        client, live, frozen, missed_setting):  # noqa: F811
+    """Ramesh holds two jobs, then lets two offers in a row expire: put OFF, his SMS
+    (auto_off_job) named only the first job. Now both, as OFF names them."""
+    missed_setting("2")
+    near, near_phone = make_partner("Ramesh", LAXMIPUR, lang="en", max_active_legs=3)
+    _, far_phone = make_partner("Far", FAR_AWAY, max_active_legs=50)
+    jobs = [str(a_job(client, k, near, near_phone, far_phone, near_says="1"))
+            for k in (1, 2)]
+    for k in (3, 4):
+        a_job(client, k, near, near_phone, far_phone)
+    assert not _on_duty(near) and events(near)[-2:] == ["duty_off", "auto_off"]
+    told = [b for b in _bodies(near_phone) if "OFF duty" in b]
+    assert told == [i18n.t("dispatch.auto_off_jobs", "en", n=2, jobs=" ".join(jobs))], told
+    assert all(job in told[0] for job in jobs)
+
+
+@pytest.mark.parametrize("lang", sorted(i18n.LANGUAGES))
+def test_the_auto_off_answer_with_jobs_fits_two_sms_parts(lang: str) -> None:
+    from core.domain.text import fits_two_sms_parts
+
+    said = i18n.t("dispatch.auto_off_jobs", lang, n=10, jobs="123456 123457 123458")
+    assert fits_two_sms_parts(said), (lang, said)
+    assert all(job in said for job in ("123456", "123457", "123458"))

@@ -122,6 +122,7 @@ REQUIRED_KEYS = (
     | {"dispatch.duty_no_point"}  # set_duty: ON from an SMS-only partner placed nowhere
     | {"dispatch.point_closed"}  # admin.close_point: an on-duty rider placed nowhere
     | {"dispatch.auto_off", "dispatch.auto_off_job"}  # put OFF after missed offers
+    | {"dispatch.auto_off_jobs"}  # put OFF after missed offers, several jobs in hand
     | {"bot.confirm.too_many_unpaid", "ivr.confirm.too_many_unpaid"}  # the unpaid cap
     | {f"{c}.{s}.no_rider" for c in ("bot", "ivr") for s in ("speed", "confirm")}  # nobody near
     | {f"dispatch.{k}_new" for k in ("pickup_otp", "drop_otp", "drop_otp_sender")}  # resent

@@ -1449,8 +1449,11 @@ def _off_after_missed(session: Session, offer: DispatchOffer) -> bool:
         return False
     answer = set_duty(session, partner, False)
     session.add(PartnerEvent(partner_id=partner.id, kind="auto_off", at=clock.now()))
-    job = answer.params.get("job")
-    if job is not None:  # a job in hand stays theirs: the SMS says so
+    job, jobs = answer.params.get("job"), answer.params.get("jobs")
+    if jobs is not None:  # jobs in hand stay theirs: the SMS names each, as OFF does
+        _sms_partner(session, partner, "dispatch.auto_off_jobs",
+                     dedupe_key=f"offer-{offer.id}-auto-off", n=n, jobs=jobs)
+    elif job is not None:  # a job in hand stays theirs: the SMS says so
         _sms_partner(session, partner, "dispatch.auto_off_job",
                      dedupe_key=f"offer-{offer.id}-auto-off", n=n, job=job)
     else:
@@ -2532,6 +2535,17 @@ def accept(session: Session, partner: PartnerProfile, code: str | None) -> Reply
             _withdraw(offer, partner)
             _maybe_continue(session, leg)
         return _r(DUTY_SMS_STOPPED)
+    if not partner.on_duty and not partner.has_app:
+        # Taking the job puts them on duty (below), as ON does, so as ON: their Points
+        # locked after their row (a close of one meanwhile: one after the other), and
+        # refused while they can be placed at none (the close saw them off duty and told
+        # them nothing). The job goes on to the next partner.
+        _lock_points_of(session, partner)
+        if placed_nowhere(session, partner):
+            if still_open:
+                _withdraw(offer, partner)
+                _maybe_continue(session, leg)
+            return _no_point()
     facts = partner_facts(session, [partner])[partner.id]
     reason = rules.ineligible_reason(
         rules.PartnerFacts(partner.id, True, facts.active_legs, facts.max_active_legs,
@@ -3882,7 +3896,8 @@ def _lock_points_of(session: Session, partner: PartnerProfile) -> None:
     holding these waits for such a close and then sees the Point closed (duty_no_point),
     or is waited for by it and then is on duty in its list. Without them an ON that read
     the Point open could commit after the close's list was taken: on duty, placed
-    nowhere, and told neither."""
+    nowhere, and told neither. The same for a yes from one off duty (accept), which puts
+    them on duty."""
     served = select(PartnerPoint.point_id).where(PartnerPoint.partner_id == partner.id)
     session.execute(select(Point.id).where(
         or_(Point.id == partner.home_point_id, Point.id.in_(served)))
@@ -3952,7 +3967,7 @@ def _off_reply(session: Session, partner: PartnerProfile) -> Reply:
     them, leg still "assigned", wants their PICK first with the code the rider gave them:
     handed_over_to; one locked after wrong codes waits for ops, whom they call). More than
     one: all their numbers, to finish, or CANCEL one not picked up (STATUS tells each).
-    ``job`` is the first of them either way (auto_off names it)."""
+    ``job`` is the first of them either way (auto_off names ``jobs``, else it)."""
     legs = active_legs_of(session, partner)
     if not legs:
         return _r("dispatch.duty_off")
