@@ -239,20 +239,22 @@ def _fee_findings(payments: dict[str, dict], led_pay: dict[str, tuple[int, int |
     if not told:
         return []
 
-    def booked() -> dict[str, tuple[int, int | None]]:
-        with transaction() as session:
-            return _ledger_amounts(session, EntryKind.GATEWAY_FEE, AccountKind.GATEWAY_FEES,
-                                   clock.now(), None, set(told))
-
-    led_fee = booked()
+    led_fee = _fees_booked(set(told))
     made = [pay.record_fee(payments[gid], f"reconcile:{gid}")
             for gid, fee in told.items() if fee and gid not in led_fee]
     if any(made):
-        led_fee = booked()
+        led_fee = _fees_booked(set(told))
     return [Finding("fee_differs", "payment", gid, led_pay[gid][1],
                     led_fee.get(gid, (0, None))[0], fee,
                     "Razorpay's fee on the payment differs between ledger and gateway")
             for gid, fee in told.items() if led_fee.get(gid, (0, None))[0] != fee]
+
+
+def _fees_booked(gateway_ids: set[str]) -> dict[str, tuple[int, int | None]]:
+    """The gateway fees the ledger holds for these payments or transfers, by gateway id."""
+    with transaction() as session:
+        return _ledger_amounts(session, EntryKind.GATEWAY_FEE, AccountKind.GATEWAY_FEES,
+                               clock.now(), None, gateway_ids)
 
 
 def _transfer_fee_findings(listed: dict[str, dict], compared: set[str]) -> list[Finding]:
@@ -278,15 +280,10 @@ def _transfer_fee_findings(listed: dict[str, dict], compared: set[str]) -> list[
     if not told:
         return []
 
-    def booked() -> dict[str, tuple[int, int | None]]:
-        with transaction() as session:
-            return _ledger_amounts(session, EntryKind.GATEWAY_FEE, AccountKind.GATEWAY_FEES,
-                                   clock.now(), None, set(told))
-
-    led_fee = booked()
+    led_fee = _fees_booked(set(told))
     if any([pay.record_transfer_fee(item, f"reconcile:{gid}")
             for gid, (_, item) in told.items() if gid not in led_fee]):
-        led_fee = booked()
+        led_fee = _fees_booked(set(told))
     return [Finding("fee_differs", "transfer", gid, gw.note_int(item, "booking_id"),
                     led_fee.get(gid, (0, None))[0], fee,
                     "Route's fee on the transfer differs between ledger and gateway")
