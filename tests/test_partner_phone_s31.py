@@ -20,6 +20,7 @@ from core import i18n
 from core.adapters import db
 from core.adapters.api_models import AuditEntry
 from core.adapters.db import transaction
+from core.adapters.dialog_models import Handoff
 from core.adapters.models import Conversation, OutboxMessage, PartnerProfile, Person
 from core.domain.errors import Conflict
 from core.services import outbox, partner_profile
@@ -61,10 +62,14 @@ def test_the_next_offer_goes_to_the_new_sim_and_the_old_number_is_a_stranger(
     pid, old = make_partner("Ramesh", LAXMIPUR, lang="en")
     app = sign_in(client, old)  # the partner app on the old phone
     assert client.get(f"{API}/partners/me", headers=app).status_code == 200
-    with transaction() as s:  # he once called the IVR from the old phone
-        person_id = s.scalar(select(Person.id).where(Person.phone == old))
-        s.add(Conversation(channel="voice", contact=old, person_id=person_id, step="menu",
-                           state={"lang": "en"}, misses=0, handoff=False))
+    with transaction() as s:  # he once called the IVR from the old phone, and asked for
+        person_id = s.scalar(select(Person.id).where(Person.phone == old))  # a person
+        conv = Conversation(channel="voice", contact=old, person_id=person_id, step="menu",
+                            state={"lang": "en"}, misses=0, handoff=True)
+        s.add(conv)
+        s.flush()
+        s.add(Handoff(conversation_id=conv.id, person_id=person_id, channel="voice",
+                      reason="asked", status="waiting"))
     ops = sign_in(client, OPS)
     r = _move(client, ops, pid, "98123 45601", note="new SIM, old one +919812388802 lost")
     assert r.status_code == 200, r.get_json()
@@ -81,6 +86,10 @@ def test_the_next_offer_goes_to_the_new_sim_and_the_old_number_is_a_stranger(
     with transaction() as s:  # the old phone calling is a new contact, not him
         conv = s.scalar(select(Conversation).where(Conversation.contact == old))
         assert conv is not None and conv.person_id is None and conv.state == {}
+        # Review: his request for a person there ends with it (an operator's close would
+        # have put the stranger now at that number back at the menu).
+        assert s.scalar(select(Handoff.status).where(
+            Handoff.conversation_id == conv.id)) == "closed"
 
     booking_id = paid_booking()
     start(booking_id)
@@ -122,7 +131,7 @@ def test_a_number_that_is_someone_elses_or_no_number_is_refused(
         assert number[-6:] not in error["message"]  # masked
     for bad in ("12345", "+91 5812345678", "98123 456789", "call me", " "):
         r = _move(client, ops, pid, bad)
-        assert r.status_code == 400, (bad, r.get_json())
+        assert r.status_code == 422, (bad, r.get_json())  # as the ops search says it
         assert r.get_json()["error"]["code"] == "bad_phone"
     assert _move(client, ops, 999999, NEW).status_code == 404
     with transaction() as s:
@@ -249,7 +258,7 @@ def test_the_partner_list_filters_by_kyc(client, live, frozen):  # noqa: F811
     assert [row["id"] for row in r.get_json()["items"]] == [verified, pending, suspended]
     for bad in ("approved", "VERIFIED", ""):
         r = client.get(f"{API}/ops/partners?kyc={bad}", headers=ops)
-        assert r.status_code == 400, (bad, r.get_json())
+        assert r.status_code == 422, (bad, r.get_json())  # as other invalid filters
         assert r.get_json()["error"]["code"] == "bad_kyc"
 
 

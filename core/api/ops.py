@@ -98,7 +98,7 @@ class PartnerFilter(CursorQuery):
     on_duty: bool | None = None
     kyc: str | None = Field(default=None, max_length=20,
                             description="only partners whose KYC is this: "
-                                        + " ".join(KYC_STATUSES) + " (another is 400 bad_kyc)",
+                                        + " ".join(KYC_STATUSES) + " (another is 422 bad_kyc, as other invalid filters)",
                             json_schema_extra={"enum": list(KYC_STATUSES)})
 
 
@@ -441,7 +441,7 @@ def ops_legs(query: LegFilter) -> CursorPage[LegRow]:
           tags=("ops",))
 def ops_partners(query: PartnerFilter) -> CursorPage[PartnerRow]:
     if query.kyc is not None and query.kyc not in KYC_STATUSES:
-        raise ApiError(400, "bad_kyc", f"kyc is one of {', '.join(KYC_STATUSES)}",
+        raise ApiError(422, "bad_kyc", f"kyc is one of {', '.join(KYC_STATUSES)}",
                        field="kyc")
     after = page_after(query, PARTNERS)
     with transaction() as session:
@@ -813,17 +813,17 @@ def ops_partner_app(partner_id: int, body: AppIn) -> PartnerRow:
           summary="Move a partner to a new number (a new SIM; audited, both numbers "
                   "masked): offers and SMS go to it at once, an SMS from the old number is "
                   "a stranger's, the partner's app sessions end; both numbers are told by "
-                  "SMS. 400 bad_phone; 409 phone_taken (another person's number, a "
+                  "SMS. 422 bad_phone; 409 phone_taken (another person's number, a "
                   "contact's too), partner_has_jobs (jobs in hand: their codes went to "
                   "the old SIM; take them back first), erased. The same number again "
                   "changes nothing",
           roles=OPS, body=PhoneIn, response=PartnerRow, tags=("ops",),
-          errors=(400, 404, 409))
+          errors=(404, 409, 422))
 def ops_partner_phone(partner_id: int, body: PhoneIn) -> PartnerRow:
     try:
         phone = normalize_phone(body.phone)
     except ValidationError:
-        raise ApiError(400, "bad_phone", "phone: not a number we can send SMS to: an Indian "
+        raise ApiError(422, "bad_phone", "phone: not a number we can send SMS to: an Indian "
                        "mobile (10 digits, the first 6 to 9; +91 or not) or a full "
                        "number with its country code (+...)", field="phone") from None
     return _partner_changed(partner_id, lambda session, actor: partner_profile.set_phone(

@@ -31,8 +31,9 @@ from sqlalchemy import exists, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from core import i18n
+from core import clock, i18n
 from core.adapters.api_models import ApiSession
+from core.adapters.dialog_models import Handoff
 from core.adapters.models import (
     Booking,
     Conversation,
@@ -233,6 +234,15 @@ def set_phone(session: Session, partner_id: int, phone: str, *, actor: str,
         raise
     ended = admin._end_sessions(session, person.id)
     if contacts:
+        # A request for a person waiting on the old number's chat or call ends with it:
+        # its conversation is a stranger's from now on (an operator's close would put
+        # that stranger back at the menu).
+        for waiting in session.scalars(select(Handoff).join(
+                Conversation, Conversation.id == Handoff.conversation_id).where(
+                Conversation.person_id == person.id, Conversation.contact.in_(contacts),
+                Handoff.status == "waiting").with_for_update(of=Handoff)):
+            waiting.status, waiting.closed_at = "closed", clock.now()
+            waiting.operator = waiting.operator or actor
         # The old SIM calling or writing is a new contact now, not this partner.
         session.execute(update(Conversation).where(
             Conversation.person_id == person.id, Conversation.contact.in_(contacts))
