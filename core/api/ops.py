@@ -98,7 +98,8 @@ class PartnerFilter(CursorQuery):
     on_duty: bool | None = None
     kyc: str | None = Field(default=None, max_length=20,
                             description="only partners whose KYC is this: "
-                                        + " ".join(KYC_STATUSES) + " (another is 422 bad_kyc, as other invalid filters)",
+                                        + " ".join(KYC_STATUSES)
+                                        + " (another is 422 bad_kyc)",
                             json_schema_extra={"enum": list(KYC_STATUSES)})
 
 
