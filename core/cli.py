@@ -1,7 +1,7 @@
 """Operator commands: `python -m core.cli migrate|seed|release|worker|sandbox-worker|retention`,
 and setting production up: `add-operator|add-point|rate-card --default|add-partner`, and
-later `close-point|move-point|rename-point|set-payout-account|set-home-point|
-remove-operator`."""
+later `close-point|move-point|rename-point|set-payout-account|clear-payout-account|
+set-home-point|remove-operator`."""
 
 from __future__ import annotations
 
@@ -346,6 +346,9 @@ def set_up(args: argparse.Namespace) -> int:
             elif args.cmd == "set-payout-account":
                 done = setup.set_payout_account(session, _partner_id(session, args),
                                                 args.account, actor=CLI_ACTOR, note=args.note)
+            elif args.cmd == "clear-payout-account":
+                done = setup.clear_payout_account(session, _partner_id(session, args),
+                                                  actor=CLI_ACTOR, note=args.note)
             elif args.cmd == "set-home-point":
                 done = setup.set_home_point(session, _partner_id(session, args), args.point,
                                             actor=CLI_ACTOR, note=args.note)
@@ -470,6 +473,15 @@ def main(argv: list[str] | None = None) -> int:
     who.add_argument("--phone", help="the partner's mobile number")
     sp.add_argument("--account", required=True, help="Razorpay Route linked account (acc_...)")
     sp.add_argument("--note", help="why (kept in the audit log, numbers masked)")
+    cl = sub.add_parser("clear-payout-account",
+                        help="take a partner's payout account away (the bank account "
+                             "closed, the linked account suspended, it was another's): "
+                             "they go OFF until given a new one; refused while they hold "
+                             "a job or a payout on hold")
+    who = cl.add_mutually_exclusive_group(required=True)
+    who.add_argument("--partner", type=int, help="the partner's id")
+    who.add_argument("--phone", help="the partner's mobile number")
+    cl.add_argument("--note", help="why (kept in the audit log, numbers masked)")
     hp = sub.add_parser("set-home-point",
                         help="move a partner's home Point (they moved villages); jobs in "
                              "hand stay theirs")
@@ -617,8 +629,9 @@ def run_command(args: argparse.Namespace) -> int:
         check_schema()
         print(json.dumps(retention.run()))
     elif args.cmd in ("add-operator", "remove-operator", "add-point", "rate-card",
-                      "add-partner", "set-payout-account", "set-home-point", "close-point",
-                      "move-point", "rename-point", "erase-recipient"):
+                      "add-partner", "set-payout-account", "clear-payout-account",
+                      "set-home-point", "close-point", "move-point", "rename-point",
+                      "erase-recipient"):
         return set_up(args)
     return 0
 

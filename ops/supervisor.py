@@ -67,7 +67,8 @@ usage: ./run <command> [args]
   seed            load the demo data (python -m core.cli seed)
   worker          run only the RQ worker
   add-operator, remove-operator, add-point, rate-card, add-partner, set-payout-account,
-  set-home-point, close-point, move-point, rename-point, erase-recipient, retention [args]
+  clear-payout-account, set-home-point, close-point, move-point, rename-point,
+  erase-recipient, retention [args]
                   production set-up, a recipient's erasure and the retention job
                   (python -m core.cli <command>; README: Setting up production, Keeping
                   and erasing personal data); --help on each says its arguments
@@ -85,7 +86,8 @@ usage: ./run <command> [args]
 # Commands that are core.cli's own, run with the same service URLs as `./run serve`.
 CLI_COMMANDS = frozenset({"migrate", "seed", "worker", "retention", "add-operator",
                           "remove-operator", "add-point", "rate-card", "add-partner",
-                          "set-payout-account", "set-home-point", "close-point", "move-point",
+                          "set-payout-account", "clear-payout-account", "set-home-point",
+                          "close-point", "move-point",
                           "rename-point", "erase-recipient"})
 
 

@@ -121,6 +121,7 @@ REQUIRED_KEYS = (
     | {"dispatch.pod_before_pick"}  # conversation: a WhatsApp photo before the PICK
     | {"dispatch.duty_no_point"}  # set_duty: ON from an SMS-only partner placed nowhere
     | {"dispatch.point_closed"}  # admin.close_point: an on-duty rider placed nowhere
+    | {"dispatch.payout_account_cleared"}  # admin.clear_payout_account: an on-duty rider
     | {"dispatch.auto_off", "dispatch.auto_off_job"}  # put OFF after missed offers
     | {"dispatch.auto_off_jobs"}  # put OFF after missed offers, several jobs in hand
     | {"bot.confirm.too_many_unpaid", "ivr.confirm.too_many_unpaid"}  # the unpaid cap

@@ -131,7 +131,7 @@ class PartnerRow(BaseModel):
     payout_account: str | None = Field(
         description="their Razorpay Route linked account (acc_...), null if none yet: "
                     "without one they cannot go on duty, whatever their KYC (PUT "
-                    "/ops/partners/{partner_id}/payout-account sets it)")
+                    "/ops/partners/{partner_id}/payout-account sets it, DELETE clears it)")
     vehicles: list[str]
     payload_kg: int | None = Field(default=None, description="what their vehicle in use "
                                    "carries (PUT /ops/partners/{partner_id}/vehicle changes "
@@ -766,6 +766,31 @@ def ops_partner_payout_account(partner_id: int, body: PayoutAccountIn) -> Partne
     # the next leg's goes to this one. Committed changes drop the cached dispatch facts.
     return _partner_changed(partner_id, lambda session, actor: admin.set_payout_account(
         session, partner_id, body.account_id, actor=actor, note=body.note))
+
+
+class ClearPayoutAccountQuery(Strict):
+    # In the query string: a DELETE's body has no defined meaning (RFC 9110 9.3.5), and
+    # some clients and proxies drop it.
+    note: str | None = Field(default=None, min_length=3, max_length=300,
+                             description="why (the bank account closed, the linked "
+                                         "account suspended), for the audit log (numbers "
+                                         "kept masked)")
+
+
+@endpoint(bp, "DELETE", "/ops/partners/<int:partner_id>/payout-account",
+          summary="Take a partner's payout account away (the bank account closed, the "
+                  "linked account suspended, it was someone else's; audited, "
+                  "partner.payout_account before -> null). They cannot be paid: on duty "
+                  "they go OFF (their open offers go to others) and hear why by SMS; "
+                  "their ON is refused, and what they are owed waits, until PUT gives "
+                  "them a new one. 409 partner_has_jobs while they hold a job or a "
+                  "payout on hold; erased. None already: nothing changes",
+          roles=OPS, query=ClearPayoutAccountQuery, response=PartnerRow, tags=("ops",),
+          errors=(404, 409))
+def ops_partner_clear_payout_account(partner_id: int,
+                                     query: ClearPayoutAccountQuery) -> PartnerRow:
+    return _partner_changed(partner_id, lambda session, actor: admin.clear_payout_account(
+        session, partner_id, actor=actor, note=query.note))
 
 
 @endpoint(bp, "PUT", "/ops/partners/<int:partner_id>/home-point",

@@ -808,17 +808,7 @@ def set_payout_account(session: Session, partner_id: int, account: str, *, actor
     if holder is not None:
         raise _account_taken(account, f"partner {holder}'s")
     if before is not None:
-        jobs = list(session.scalars(select(Leg.id).where(
-            Leg.partner_id == p.id, Leg.status.in_(IN_HAND)).order_by(Leg.id)))
-        held = list(session.scalars(select(LegTransfer.leg_id).where(
-            LegTransfer.partner_id == p.id, LegTransfer.status == "on_hold")
-            .order_by(LegTransfer.leg_id)))
-        if jobs or held:
-            what = (f"holds leg(s) {', '.join(map(str, jobs))}" if jobs else
-                    f"has payouts on hold to {before} (leg(s) {', '.join(map(str, held))})")
-            raise Conflict(f"{who} {what}; change the payout account once those are "
-                           "delivered and paid", code="partner_has_jobs",
-                           field="account_id")
+        _refuse_while_paid_to(session, p, who, before, "change", "account_id")
     p.payout_account_id = account
     try:
         session.flush()
@@ -837,6 +827,56 @@ def set_payout_account(session: Session, partner_id: int, account: str, *, actor
         then = f"they can go ON once their KYC is verified (now {p.kyc_status})"
     was = f"was {before}" if before else "had none"
     return Outcome(True, p.id, f"{who} is paid to {account} ({was}); {then}")
+
+
+def _refuse_while_paid_to(session: Session, p: PartnerProfile, who: str, account: str,
+                          doing: str, field: str) -> None:
+    """Conflict ``partner_has_jobs`` while the partner (their row locked) holds a job
+    (taken, not yet delivered) or a leg's transfer is on hold to ``account``: a hold
+    would be reversed and made anew to another account (or to none) mid-job."""
+    jobs = list(session.scalars(select(Leg.id).where(
+        Leg.partner_id == p.id, Leg.status.in_(IN_HAND)).order_by(Leg.id)))
+    held = list(session.scalars(select(LegTransfer.leg_id).where(
+        LegTransfer.partner_id == p.id, LegTransfer.status == "on_hold")
+        .order_by(LegTransfer.leg_id)))
+    if jobs or held:
+        what = (f"holds leg(s) {', '.join(map(str, jobs))}" if jobs else
+                f"has payouts on hold to {account} (leg(s) {', '.join(map(str, held))})")
+        raise Conflict(f"{who} {what}; {doing} the payout account once those are "
+                       "delivered and paid", code="partner_has_jobs", field=field)
+
+
+def clear_payout_account(session: Session, partner_id: int, *, actor: str,
+                         note: str | None = None) -> Outcome:
+    """Take a partner's payout account away (their bank account closed, Razorpay
+    suspended the linked account, it was someone else's), audited
+    (``partner.payout_account``, before -> none).
+
+    Refused as a change is (Conflict ``partner_has_jobs``) while they hold a job or a
+    payout on hold to it. After it they cannot be paid (dispatch.payable): on duty they
+    go OFF, their open offers go to others, and they hear why by SMS
+    (dispatch.payout_account_gone); their ON is refused until set_payout_account gives
+    them a new account. What they are still owed waits for it (no transfer can be made
+    to none; payments.owed_without_account tells ops of legs owed long), and is paid once
+    it is set (payments.pay_owed_now). None already: nothing changed, nothing audited."""
+    # The legs of their open offers and the offers before their row, as OFF locks them:
+    # a rival's acceptance of one of those jobs holds its leg, then writes this row.
+    offers = dispatch.lock_open_offers(session, partner_id) \
+        if 1 <= partner_id <= MAX_ID else []
+    p, who = locked_partner(session, partner_id)
+    before = p.payout_account_id
+    if before is None:
+        return Outcome(False, p.id, f"{who} has no payout account; nothing changed")
+    _refuse_while_paid_to(session, p, who, before, "clear", "partner")
+    p.payout_account_id = None
+    session.flush()
+    record(session, actor, "partner.payout_account", f"partner:{p.id}", before=before,
+           after=None, **({"note": mask_phones(note)} if note else {}))
+    stopped = dispatch.payout_account_gone(session, p, offers)
+    then = "taken off duty and told by SMS" if stopped else "off duty"
+    return Outcome(True, p.id, f"{who} has no payout account now (was {before}); {then}; "
+                   "they cannot go ON, and what they are owed waits, until one is set "
+                   f"(set-payout-account --partner {p.id} --account acc_...)")
 
 
 def set_home_point(session: Session, partner_id: int, point: str | int, *, actor: str,
@@ -884,5 +924,6 @@ def _account_taken(account: str | None, whose: str) -> Conflict:
 
 __all__ = ["POINT_MOVE_MAX_M", "POINT_NAME_MAX", "NewPartner", "Outcome",
            "activate_default_rate_card", "add_operator", "add_partner", "add_point",
-           "close_point", "find_point", "home_partners", "move_point", "relays_through",
-           "remove_operator", "rename_point", "set_home_point", "set_payout_account"]
+           "clear_payout_account", "close_point", "find_point", "home_partners",
+           "move_point", "relays_through", "remove_operator", "rename_point",
+           "set_home_point", "set_payout_account"]

@@ -191,7 +191,17 @@ def _lang(person: Person | None) -> str:
 
 def _sms_partner(session: Session, partner: PartnerProfile, key: str, *, dedupe_key: str,
                  booking_id: int | None = None, **params: object) -> int | None:
-    person = _person(session, partner)
+    """Queue an SMS to the partner's number in their language (sent after the commit).
+
+    Their person's row is read again share-locked: ops moving them to a new number
+    (partner_profile.set_phone) hold it from their update until they commit, so an SMS
+    written at that moment waits for the move and goes to the new number; the move waits
+    for one that read the number first (the number theirs then; its row, if not yet
+    sent, is carried to the new one). Read without the lock, an SMS could be queued to
+    the old number after the move had committed."""
+    person = session.get(Person, partner.person_id, with_for_update={"read": True},
+                         populate_existing=True)
+    assert person is not None, "a profile's person is never deleted (erasure blanks it)"
     if not person.phone:
         return None
     return notify.notify_known_phone(session, person, key, lang=_lang(person), sms_only=True,
@@ -3838,6 +3848,56 @@ def block_partner(session: Session, partner_id: int, actor: Actor) -> list[int]:
             and (_picked_before(session, leg) or _handed_over(session, leg)))]
 
 
+def lock_open_offers(session: Session, partner_id: int) -> list[tuple[Leg, DispatchOffer]]:
+    """The partner's open offers, each with its leg, locked: the legs in id order, each
+    before its offer, and all before the caller locks or writes the partner's row (ops
+    taking their payout account away), as OFF locks them (set_duty). A rival's
+    acceptance holds such a leg and then withdraws this partner's offer, writing their
+    row: holding the row first deadlocked with it. An offer closed meanwhile is left
+    out."""
+    offered = sorted(session.execute(select(DispatchOffer.leg_id, DispatchOffer.id).where(
+        DispatchOffer.partner_id == partner_id,
+        DispatchOffer.status == rules.OfferStatus.OPEN.value)).tuples())
+    held = []
+    for leg_id, offer_id in offered:
+        leg = _lock_leg(session, leg_id)
+        offer = session.get(DispatchOffer, offer_id, with_for_update=True,
+                            populate_existing=True)
+        if leg is not None and offer is not None \
+                and offer.status == rules.OfferStatus.OPEN.value:
+            held.append((leg, offer))
+    return held
+
+
+# What a partner hears when ops take their payout account away (payout_account_gone).
+PAYOUT_ACCOUNT_CLEARED = "dispatch.payout_account_cleared"
+
+
+def payout_account_gone(session: Session, partner: PartnerProfile,
+                        offers: list[tuple[Leg, DispatchOffer]]) -> bool:
+    """Ops took the partner's payout account away (admin.clear_payout_account: their row
+    locked, the account cleared): their payouts can reach no one (payable), so, as when
+    their KYC is suspended (block_partner), on duty they go OFF, their open offers
+    (``offers``, locked before their row: lock_open_offers) are withdrawn and those jobs
+    go on to the next partners, and they hear why by SMS in their language, once
+    (PAYOUT_ACCOUNT_CLEARED). Their ON is refused until ops give them a new account
+    (duty_no_payout_account). True if they were on duty or held offers."""
+    if not partner.on_duty and not offers:
+        return False
+    _sms_partner(session, partner, PAYOUT_ACCOUNT_CLEARED,
+                 dedupe_key=f"partner-{partner.id}-account-cleared-"
+                            f"{clock.now().timestamp():.0f}",
+                 ops_phone=get_settings().ops_phone)
+    if partner.on_duty:
+        partner.on_duty = False
+        session.add(PartnerEvent(partner_id=partner.id, kind="duty_off", at=clock.now()))
+    for leg, offer in offers:
+        _withdraw(offer, partner)  # the platform's doing: not held against them
+        _maybe_continue(session, leg)
+    _home_follows_duty(session, partner)
+    return True
+
+
 def _home_follows_duty(session: Session, partner: PartnerProfile) -> None:
     """Once committed, the partner is in the home set at their home Point (or where
     they are placed while it is closed) while on duty, and out of it while off or with no
@@ -4492,8 +4552,8 @@ def find_partner(session: Session, phone: str | None) -> tuple[Person | None,
 __all__ = ["accept", "attach_pod", "cancel_by_partner", "config", "confirm", "continue_search",
            "decline", "delivery_late", "drop_code_lost", "find_candidates", "handed_over_to",
            "handover_code_lost",
-           "handed_pickup_late", "new_leg_code", "not_understood", "offer_timeout",
-           "parcel_in_hand", "parties",
+           "handed_pickup_late", "lock_open_offers", "new_leg_code", "not_understood",
+           "offer_timeout", "parcel_in_hand", "parties", "payout_account_gone",
            "pickup_code_lost", "pickup_late", "pickup_window", "place",
            "plan_legs", "point_pickup_late", "recipient_language",
            "recipient_said_wrong_number", "search_deadline",
