@@ -4,15 +4,26 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
+from rq import Retry
+
 from core import clock
 from core.services import outbox
 
 SWEEP_EVERY_S = 60
 
 
-def deliver(outbox_id: int) -> str:
-    """Send one outbox row (job id ``outbox-<id>``; RQ retries it with backoff)."""
-    return outbox.deliver(outbox_id)
+def deliver(outbox_id: int) -> str | Retry:
+    """Send one outbox row (job id ``outbox-<id>``; RQ retries a failed try with backoff).
+
+    A row that could not go yet, untried (its address's turn busy, an earlier message
+    first), comes back as this same job: a Retry returned, not raised, has RQ run it again
+    after the pause without using one of the job's retries (RQ counts returned Retries
+    apart, in number_of_retries, bounded by the returned max; retries_left is untouched).
+    """
+    outcome = outbox.deliver(outbox_id)
+    if isinstance(outcome, outbox.ComeBack):
+        return Retry(max=outbox.COME_BACK_MAX, interval=outcome.after_s)
+    return outcome
 
 
 def apply_statuses() -> int:

@@ -34,7 +34,8 @@ Delivery guarantees, and why:
   left for a message to go twice.
 - One person's messages reach Twilio in the order they were written, however many workers
   send: a sender holds the address's turn (a PostgreSQL advisory lock) and sends its
-  waiting messages in id order (see _turn_of and IN_ORDER_FOR).
+  waiting messages in id order (see _turn_of and IN_ORDER_FOR), a reply claimed as it was
+  written and not tried yet among them.
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ import hashlib
 import hmac
 import json
 import logging
+import math
 import re
 import secrets
 import string
@@ -73,7 +75,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.dialects.postgresql import insert
-from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.orm import Session
 
 from core import clock, i18n
@@ -218,16 +220,18 @@ def queue_message(
         log.info("recipient opted out; message dropped", extra={"channel": channel})
         return None
     from_addr = settings.twilio_whatsapp_from if channel == "whatsapp" else settings.twilio_sms_from
-    # A row sent right after the commit is claimed ("sending", first attempt) as it is
-    # written: no other sender can take it, and if this worker dies before sending, the
-    # sweep gives a stale "sending" row back to "pending" as for any lost outcome.
+    # A row sent right after the commit is claimed ("sending") as it is written, its try
+    # not made yet (attempts 0, counted in its turn: _claim_kept): no other job sends it,
+    # and a later message's turn that finds it sends it first (_send_waiting). If this
+    # worker dies before its turn and none comes, the sweep gives a stale "sending" row
+    # back to "pending" as for any lost outcome.
     spans = _spans_for(session, body, dedupe_key)
     kind = ("reply" if reply else "needed" if needed else "asked" if asked
             else "work" if work else "plain")
     params = {"channel": channel, "to_addr": to_addr, "from_addr": from_addr, "body": body,
               "media_url": media_url, "dedupe_key": dedupe_key, "booking_id": booking_id,
               "status": "sending" if send_after_commit else "pending",
-              "attempts": 1 if send_after_commit else 0, "code_spans": spans, "kind": kind}
+              "attempts": 0, "code_spans": spans, "kind": kind}
     row_id = session.scalar(_INSERT, params)
     if row_id is None:
         return None
@@ -381,8 +385,10 @@ def withdraw_leg_codes(session: Session, leg_id: int,
 # try failed), at most this long after that one was written (then it no longer holds the
 # others back: its own retries send it, after them). One that failed for good holds
 # nothing back, and when the one waited for goes, or fails for good, those behind it go at
-# once in its turn. Rows waiting behind it say so (last_error HELD_BACK). A row whose send
-# outcome is unknown holds nothing back. Not a sign-in code's: it neither waits nor holds.
+# once in its turn; when it stops holding them back, their jobs come back then, not at a
+# retry of theirs (_held_again). Rows waiting behind it say so (last_error HELD_BACK). A
+# row whose send outcome is unknown holds nothing back. Not a sign-in code's: it neither
+# waits nor holds.
 IN_ORDER_FOR = timedelta(minutes=10)
 HELD_BACK = "held back behind an earlier message waiting for a retry"
 
@@ -471,52 +477,69 @@ def _offer_over(session: Session, row: OutboxMessage) -> bool:
 # messages to one person can no longer reach Twilio the wrong way round: the second's job
 # waits for the first's turn, and finds its row sent in that turn. What a turn waits for is
 # bounded: each send by the Twilio client's timeout, a turn by the rows it reads
-# (IN_ORDER_SCAN), and a job by RQ's job timeout. A row "sending" with its outcome unknown
+# (IN_ORDER_SCAN: when that many earlier ones wait, they go and ours comes back after
+# them), and the wait for a turn by TURN_WAIT_MS. A chat reply claimed as it is written
+# (send_after_commit: "sending" with no try yet, attempts 0) waits as any earlier row: the
+# turn that finds it sends it, taking it over from its drainer, which then leaves it
+# (_claim_kept). A row "sending" once tried (attempts 1 or more) whose outcome is unknown
 # does not hold the others back (Twilio most likely holds it; a reconcile settles it). The
 # turn's connection also records what Twilio answered: a sender holds one connection, and
 # a second only for its claim's transaction (or a failure's).
 TURN_LOCK_KEY = int.from_bytes(b"RCob", "big")
 IN_ORDER_SCAN = 100
 IN_ORDER_AFTER = 10
-# How long a reply sent at once (send_now, in a drainer's thread, where RQ's job timeout
-# does not reach, holding the contact's inbox lock) waits for its address's turn; then it
-# is given back to its job, as one behind a retry is (the turn's holder most likely
-# sends it meanwhile).
+# How long a sender waits for its address's turn: a reply sent at once (send_now, in a
+# drainer's thread, where RQ's job timeout does not reach, holding the contact's inbox
+# lock) and a delivery job alike (several jobs for one busy address would hold every
+# outbox worker, a sign-in code's job queued behind them). Then the reply is given back to
+# its job, and a job comes back later (the turn's holder most likely sends the row
+# meanwhile: it sends the later rows too).
 TURN_WAIT_MS = 5000
+# When a delivery job whose row could not go yet, untried, comes back (ComeBack): after
+# TURN_AGAIN_S when the turn was busy or a full scan of earlier rows went first; behind an
+# earlier row waiting for its retry, after HELD_AGAIN_S or when that row stops holding it
+# back (IN_ORDER_FOR after it was written), whichever is sooner. The job returns RQ's
+# Retry (workers.outbox): RQ runs the same job again then without using one of the row's
+# retries for a failed try (it counts them apart: number_of_retries, not retries_left), at
+# most COME_BACK_MAX times in the job's life; past that the job fails, and the sweep
+# enqueues the still pending row again.
+TURN_AGAIN_S = 5
+HELD_AGAIN_S = 30
+COME_BACK_MAX = 1000
 
 
 class TurnBusy(RuntimeError):
     """The address's turn was not free within TURN_WAIT_MS."""
 
 
+@dataclass(frozen=True)
+class ComeBack:
+    """What deliver answers when its row could not go yet and was not tried: its job runs
+    again in ``after_s`` seconds (``why``: for logs and tests)."""
+
+    why: str
+    after_s: int
+
+
 @contextmanager
 def _turn_of(outbox_id: int, to_addr: str | None = None
              ) -> Iterator[tuple[str | None, Connection]]:
-    """Wait for the turn of the row's address and hold it in the block; yield the address
-    (None: nothing taken, the row is no longer pending or is a sign-in code's SMS, which
-    goes on its own) and the turn's connection (autocommit). ``to_addr``: the row's,
-    known (a row claimed at insert)."""
+    """Wait for the turn of the row's address, at most TURN_WAIT_MS (then TurnBusy), and
+    hold it in the block; yield the address (None: nothing taken, the row is no longer
+    pending or is a sign-in code's SMS, which goes on its own) and the turn's connection
+    (autocommit). ``to_addr``: the row's, known (a row claimed at insert)."""
     m = OutboxMessage
     with db.engine().connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
         if to_addr is None:
             # One statement: the row's address, locked only if the row still waits.
-            to_addr = conn.scalar(select(m.to_addr, func.pg_advisory_lock(
+            found = _within_wait(conn, select(m.to_addr, func.pg_advisory_lock(
                 TURN_LOCK_KEY, func.hashtext(m.to_addr))).where(
                 m.id == outbox_id, m.status == "pending",
                 m.dedupe_key.is_(None) | ~_sign_in_row()))
+            to_addr = found.to_addr if found is not None else None
         else:
-            # A bounded wait (the session's lock_timeout, set back at once: the connection
-            # goes back to the pool).
-            conn.execute(text(f"SET lock_timeout = {int(TURN_WAIT_MS)}"))
-            try:
-                conn.execute(select(func.pg_advisory_lock(TURN_LOCK_KEY,
-                                                          func.hashtext(to_addr))))
-            except OperationalError as exc:
-                if getattr(exc.orig, "sqlstate", None) != "55P03":  # lock_not_available
-                    raise
-                conn.execute(text("RESET lock_timeout"))
-                raise TurnBusy(to_addr) from None
-            conn.execute(text("RESET lock_timeout"))
+            _within_wait(conn, select(func.pg_advisory_lock(TURN_LOCK_KEY,
+                                                            func.hashtext(to_addr))))
         if to_addr is None:
             yield None, conn
             return
@@ -530,17 +553,53 @@ def _turn_of(outbox_id: int, to_addr: str | None = None
                 conn.invalidate()  # closed: PostgreSQL frees the lock with the session
 
 
-def _waiting_to(turn: Connection, to_addr: str, mine: int) -> tuple[list[Any], list[Any]]:
-    """The address's other waiting rows (pending, not a sign-in code's), in id order: those
-    before ``mine`` and up to IN_ORDER_AFTER after it. Read once the turn is held: a
-    statement begun before would not see what the turn before sent."""
+def _within_wait(conn: Connection, statement: Any) -> Any:
+    """Run ``statement``, which takes an address's turn, waiting at most TURN_WAIT_MS for
+    it (the session's lock_timeout, set back at once: the connection goes back to the
+    pool); return its row. TurnBusy if the turn was not free by then."""
+    conn.execute(text(f"SET lock_timeout = {int(TURN_WAIT_MS)}"))
+    try:
+        found = conn.execute(statement).first()
+    except DBAPIError as exc:
+        if getattr(exc.orig, "sqlstate", None) != "55P03":  # lock_not_available
+            conn.invalidate()  # not back to the pool with the short lock_timeout
+            raise
+        conn.execute(text("RESET lock_timeout"))
+        raise TurnBusy() from None
+    conn.execute(text("RESET lock_timeout"))
+    return found
+
+
+def _untried_claim() -> ColumnElement[bool]:
+    """A reply claimed at insert that its drainer has not tried yet (_claim_kept)."""
+    return (OutboxMessage.status == "sending") & (OutboxMessage.attempts == 0)
+
+
+@dataclass(frozen=True)
+class _Waiting:
+    """The address's other rows waiting to go, as a turn read them (id order)."""
+
+    earlier: list[Any]
+    later: list[Any]  # up to IN_ORDER_AFTER
+    more_earlier: bool  # the scan was full of earlier rows: more may wait beyond it
+
+
+def _waiting_to(turn: Connection, to_addr: str, mine: int) -> _Waiting:
+    """The address's other waiting rows (pending, or a reply claimed at insert and not
+    tried yet; not a sign-in code's): those before ``mine`` and up to IN_ORDER_AFTER after
+    it. An earlier row that failed a try and was written over IN_ORDER_FOR ago is not read:
+    it holds nothing back and its own retries send it, so it must not fill the scan. Read
+    once the turn is held: a statement begun before would not see what the turn before
+    sent."""
     m = OutboxMessage
-    rows = turn.execute(select(m.id, m.attempts, m.created_at).where(
-        m.to_addr == to_addr, m.status == "pending", m.id != mine,
-        m.dedupe_key.is_(None) | ~_sign_in_row()).order_by(m.id)
-        .limit(IN_ORDER_SCAN)).all()
-    return ([r for r in rows if r.id < mine],
-            [r for r in rows if r.id > mine][:IN_ORDER_AFTER])
+    rows = turn.execute(select(m.id, m.status, m.attempts, m.created_at).where(
+        m.to_addr == to_addr, (m.status == "pending") | _untried_claim(), m.id != mine,
+        m.dedupe_key.is_(None) | ~_sign_in_row(),
+        (m.id > mine) | (m.attempts == 0) | (m.created_at > clock.now() - IN_ORDER_FOR))
+        .order_by(m.id).limit(IN_ORDER_SCAN)).all()
+    earlier = [r for r in rows if r.id < mine]
+    return _Waiting(earlier, [r for r in rows if r.id > mine][:IN_ORDER_AFTER],
+                    more_earlier=len(earlier) == IN_ORDER_SCAN)
 
 
 def _holds_back(row: Any) -> bool:
@@ -549,19 +608,20 @@ def _holds_back(row: Any) -> bool:
     return bool(row.attempts > 0 and row.created_at > clock.now() - IN_ORDER_FOR)
 
 
-def _earlier_first(turn: Connection, earlier: list[Any]) -> bool:
+def _earlier_first(turn: Connection, earlier: list[Any]) -> Any | None:
     """In the address's turn: send the waiting rows written before ours, in order; return
-    whether ours may go now (no earlier one waits for a retry, none failed its try now)."""
+    the one ours waits behind (it waits for a retry, or failed its try now), or None: ours
+    may go now."""
     for row in earlier:
         if row.attempts > 0:
             if _holds_back(row):
-                return False
+                return row
             continue  # waited past IN_ORDER_FOR: its own retries send it
         try:
-            _deliver_one(row.id, turn)
+            _send_waiting(turn, row)
         except TransientSendError:
-            return False  # it waits for its retry now: ours waits behind it
-    return True
+            return row  # it waits for its retry now: ours waits behind it
+    return None
 
 
 def _later_follow(turn: Connection, later: list[Any]) -> None:
@@ -571,23 +631,55 @@ def _later_follow(turn: Connection, later: list[Any]) -> None:
         if row.attempts > 0:
             return
         try:
-            _deliver_one(row.id, turn)
+            _send_waiting(turn, row)
         except TransientSendError:
             return
+
+
+def _send_waiting(turn: Connection, row: Any) -> None:
+    """Send a waiting row, untried, in this turn (a failed try raises TransientSendError).
+    A reply claimed at insert that its drainer has not tried yet is taken over: back to
+    pending, then sent as any (its drainer, finding its claim gone, leaves it); a failed
+    try gets it the retrying job it did not have."""
+    if row.status == "pending":
+        _deliver_one(row.id, turn)
+        return
+    m = OutboxMessage
+    taken = turn.execute(update(m).where(m.id == row.id, _untried_claim())
+                         .values(status="pending")).rowcount == 1
+    if taken:
+        log.info("a reply not tried yet is sent in a later message's turn",
+                 extra={"outbox_id": row.id})
+    try:
+        _deliver_one(row.id, turn)
+    except TransientSendError:
+        if taken:
+            _retry_later(row.id)
+        raise
+
+
+def _held_again(holder: Any) -> int:
+    """When a job held back behind ``holder`` comes back: after HELD_AGAIN_S, or once the
+    holder stops holding it back (IN_ORDER_FOR after it was written), if sooner."""
+    left = holder.created_at + IN_ORDER_FOR - clock.now()
+    return max(1, min(HELD_AGAIN_S, math.ceil(left.total_seconds()) + 1))
 
 
 def send_now(claimed: _Claimed) -> str:
     """Send a row claimed at insert, in this worker; a failed try becomes the retrying job.
     In the address's turn, after the earlier messages still waiting to go to it; behind one
     that waits for a retry it waits too (its job, after that retry): a reply must not
-    overtake the one it follows. Its opt-out was asked as it was written, just now (a
-    retry is a deliver job, which asks again)."""
+    overtake the one it follows. A turn that found it first (a later message's) sent it:
+    it is left to that one. Its opt-out was asked as it was written, just now (a retry is
+    a deliver job, which asks again)."""
     try:
         with _turn_of(claimed.outbox_id, claimed.to) as (_, turn):
-            earlier, _later = _waiting_to(turn, claimed.to, claimed.outbox_id)
-            if not _earlier_first(turn, earlier):
+            waiting = _waiting_to(turn, claimed.to, claimed.outbox_id)
+            if _earlier_first(turn, waiting.earlier) is not None or waiting.more_earlier:
                 _given_back(turn, claimed.outbox_id)
                 return "waiting"
+            if not _claim_kept(turn, claimed.outbox_id):
+                return "taken-over"
             try:
                 return _send(claimed, turn)
             except TransientSendError:
@@ -599,12 +691,23 @@ def send_now(claimed: _Claimed) -> str:
         return "waiting"
 
 
+def _claim_kept(turn: Connection, outbox_id: int) -> bool:
+    """In the turn, just before Twilio is called: whether the drainer still holds its
+    row's claim (no later message's turn took it over), marking its try (attempts) with
+    it. From here on a lost outcome is unknown: the row holds nothing back and no turn
+    takes it over."""
+    m = OutboxMessage
+    return turn.execute(update(m).where(m.id == outbox_id, _untried_claim()).values(
+        attempts=m.attempts + 1, updated_at=clock.now())).rowcount == 1
+
+
 def _given_back(conn: Connection, outbox_id: int) -> None:
-    """A row claimed at insert goes back to waiting, untried, for its job a moment later."""
-    conn.execute(update(OutboxMessage).where(
-        OutboxMessage.id == outbox_id, OutboxMessage.status == "sending")
-        .values(status="pending", attempts=OutboxMessage.attempts - 1, last_error=HELD_BACK))
-    _retry_later(outbox_id, extra_s=1)
+    """A row claimed at insert and not tried goes back to waiting, for its job a moment
+    later; unless a later message's turn took it over meanwhile (that one sends it)."""
+    m = OutboxMessage
+    if conn.execute(update(m).where(m.id == outbox_id, _untried_claim())
+                    .values(status="pending", last_error=HELD_BACK)).rowcount == 1:
+        _retry_later(outbox_id, extra_s=1)
 
 
 def _retry_later(outbox_id: int, *, extra_s: int = 0) -> None:
@@ -635,26 +738,35 @@ class TransientSendError(RuntimeError):
     """Twilio did not take the message this time; RQ retries the job."""
 
 
-def deliver(outbox_id: int) -> str:
+def deliver(outbox_id: int) -> str | ComeBack:
     """Send one outbox row through Twilio; return what happened (for logs and tests).
 
     In its address's turn (_turn_of), in order: the earlier messages still waiting to go
     to the same address go first; behind one that waits for a retry (IN_ORDER_FOR) this
-    one waits too (TransientSendError: RQ tries again); once it went, the later ones
-    waiting go at once. A sign-in code's SMS goes on its own, at once, or not at all once
-    its code has expired."""
-    with _turn_of(outbox_id) as (to_addr, turn):
-        if to_addr is None:  # not pending any more, or a sign-in code's: as it is
-            return _deliver_one(outbox_id, turn)
-        earlier, later = _waiting_to(turn, to_addr, outbox_id)
-        if not _earlier_first(turn, earlier):
-            turn.execute(update(OutboxMessage).where(  # tried after the earlier one
-                OutboxMessage.id == outbox_id, OutboxMessage.status == "pending",
-                OutboxMessage.attempts == 0).values(last_error=HELD_BACK))
-            raise TransientSendError("an earlier message to the same person waits for a retry")
-        outcome = _deliver_one(outbox_id, turn)  # a failed try raises: the later ones wait
-        _later_follow(turn, later)
-        return outcome
+    one waits too; once it went, the later ones waiting go at once. A row that could not
+    go, untried (the turn busy past TURN_WAIT_MS, held back, more earlier rows than a turn
+    reads), is not a failed try: its job comes back (ComeBack). A sign-in code's SMS goes
+    on its own, at once, or not at all once its code has expired."""
+    try:
+        with _turn_of(outbox_id) as (to_addr, turn):
+            if to_addr is None:  # not pending any more, or a sign-in code's: as it is
+                return _deliver_one(outbox_id, turn)
+            waiting = _waiting_to(turn, to_addr, outbox_id)
+            holder = _earlier_first(turn, waiting.earlier)
+            if holder is not None:
+                turn.execute(update(OutboxMessage).where(  # tried after the earlier one
+                    OutboxMessage.id == outbox_id, OutboxMessage.status == "pending",
+                    OutboxMessage.attempts == 0).values(last_error=HELD_BACK))
+                return ComeBack("an earlier message to the same person waits for a retry",
+                                _held_again(holder))
+            if waiting.more_earlier:  # those read went: the rest, then ours, next time
+                return ComeBack("more earlier messages wait than a turn reads",
+                                TURN_AGAIN_S)
+            outcome = _deliver_one(outbox_id, turn)  # a failed try raises: later ones wait
+            _later_follow(turn, waiting.later)
+            return outcome
+    except TurnBusy:  # its holder most likely sends this row meanwhile
+        return ComeBack("the address's turn is busy", TURN_AGAIN_S)
 
 
 def _deliver_one(outbox_id: int, turn: Connection | None = None) -> str:
@@ -1979,10 +2091,14 @@ def reconcile(outbox_id: int) -> str:
         claimed_at = row.updated_at
         if clock.now() - claimed_at < STALE_SENDING:
             return "in-flight"  # claimed again since the sweep looked: a send may be on
+        never_tried = row.attempts == 0  # claimed at insert; its drainer died first
         template = session.get(WhatsappTemplateSend, outbox_id)
         values = ([template_value(str(v)) for v in template.content_variables.values()]
                   if template else None)
         to, from_, body = row.to_addr, row.from_addr, row.body
+    if never_tried:  # Twilio cannot hold it: nothing to ask
+        return "given-back" if _give_back(outbox_id, claimed_at, "claimed but never tried; "
+                                          "sending") else "settled"
     mine = _row_lookups({outbox_id: claimed_at}).get(outbox_id)
     if _lookups_paused() or _held_back(mine):
         # Twilio could not be asked moments ago: no call now (see _gone_unasked).
