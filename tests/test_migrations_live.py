@@ -441,3 +441,40 @@ def test_0023_validates_the_ledger_check_without_holding_the_ledger_locked(db, e
         event.remove(Engine, "before_cursor_execute", before_validate)
         probe.dispose()
     assert waited == ["no"], f"a balance read waited for 0023's lock: {waited}"
+
+
+def test_0048_adds_former_phones_to_people_without_rewriting_it_or_holding_up_the_web(
+        db, engine):
+    """people is read by every message and call. 0048's column is nullable with no
+    default: a change to the catalog alone (the table is not rewritten: its file stays),
+    under an ACCESS EXCLUSIVE lock that, behind a long transaction on people, gives up
+    after lock_timeout (and is run again) instead of queueing every read behind it. The
+    previous release's insert, without the column, leaves it NULL."""
+    upgrade(db, "0047")
+    read = "SELECT id FROM people WHERE phone = '+919800000002'"  # a message comes in
+    with engine.connect() as report, autocommit(engine) as watch:
+        before = watch.scalar(text("SELECT relfilenode FROM pg_class WHERE relname = 'people'"))
+        report.execute(text("SELECT count(*) FROM people"))  # its transaction holds people
+        up = Upgrade(db, "0048", retry_waits=[0] * 50)
+        up.start()
+        wait_until(watch, waiting_on("people"), up)
+        took = timed(engine, read)
+        report.rollback()
+        assert up.finish() is None
+        assert version(watch) == "0048"
+        assert watch.execute(text(
+            "SELECT data_type, is_nullable, column_default FROM information_schema.columns "
+            "WHERE table_name = 'people' AND column_name = 'former_phones'")).one() == (
+            "jsonb", "YES", None)
+        assert watch.scalar(text(
+            "SELECT relfilenode FROM pg_class WHERE relname = 'people'")) == before
+    assert took < WEB_BOUND_S
+    with engine.begin() as conn:  # the previous release's insert, without the column
+        conn.execute(text("INSERT INTO people (id, phone, role, opted_out) "
+                          "VALUES (8, '+919800000008', 'customer', false)"))
+        assert conn.scalar(text("SELECT former_phones FROM people WHERE id = 8")) is None
+    command.downgrade(alembic_config(db, LOCK_TIMEOUT_MS, []), "0047")  # the column goes
+    with engine.connect() as conn:
+        assert conn.scalar(text("SELECT count(*) FROM information_schema.columns WHERE "
+                                "table_name = 'people' AND column_name = 'former_phones'")) == 0
+        assert conn.scalar(text("SELECT count(*) FROM people WHERE id = 8")) == 1

@@ -86,6 +86,13 @@ class Person(Base):
                                                 server_default=false())
     # Read only beside ``opted_out`` (true alone means nothing). Migration 0037.
     wa_blocked: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    # The numbers ops moved them off (a partner's new SIM: partner_profile.set_phone), each
+    # with when it stopped being theirs (ISO 8601, the database's time, as created_at):
+    # {"+919812300062": "2026-12-06T01:20:00+00:00"}. Read by their erasure alone, which
+    # takes what was theirs at a number until then (messages to it, its chats let go,
+    # parcels sent to it) and clears these. Kept until then: those rows keep the number
+    # for good (the retention job redacts texts, not addresses). Migration 0048.
+    former_phones: Mapped[dict[str, str] | None] = mapped_column(JSONB)
     created_at: Mapped[datetime] = created_col()
 
     partner: Mapped[PartnerProfile | None] = relationship(back_populates="person")

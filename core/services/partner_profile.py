@@ -19,7 +19,9 @@ What follows a change:
   are found at their home Point; with it, only by a fresh position from the app);
 * the phone (a new SIM): every later offer and SMS goes to the new number, and the old
   one is nobody's: an SMS from it is a stranger's, its app sessions are ended, its calls
-  and chats start afresh as a new contact's (set_phone).
+  and chats start afresh as a new contact's; parcels under way to the old number follow
+  him to the new one, with a new drop code; the old number is kept as a former one, for
+  his erasure (set_phone).
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from __future__ import annotations
 import logging
 import secrets
 
-from sqlalchemy import exists, or_, select, update
+from sqlalchemy import exists, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -43,12 +45,13 @@ from core.adapters.models import (
     Person,
     Vehicle,
 )
-from core.domain.errors import Conflict, ValidationError
+from core.domain.booking import BOOKING, Actor
+from core.domain.errors import Conflict, DomainError, ValidationError
 from core.domain.phone import mask_phone, normalize_phone
 from core.domain.pricing import VEHICLE_CAPACITY, VehicleType
 from core.i18n import LANGUAGES
 from core.logs import mask_phones
-from core.services import admin, dispatch, notify, outbox
+from core.services import admin, dispatch, notify, outbox, partner_app, partner_sms
 from core.services.admin import MIN_PAYLOAD_KG, Outcome, locked_partner, record
 
 log = logging.getLogger(__name__)
@@ -186,10 +189,14 @@ def set_phone(session: Session, partner_id: int, phone: str, *, actor: str,
     SIM is a new contact to us; its SMS opt-out stays with it (kept hashed, as an
     erasure keeps one); SMS still waiting to go to it go to the new number, its sign-in
     codes not at all. Offers and replies follow at once: dispatch reads the number from
-    the person when it writes, and a partner SMS is known by its number. The new number
-    is told it is their RideChain number now, the old one that it was moved (with the new
-    one's last 4 digits), both in their language. Audited (``partner.phone``, both
-    numbers masked). Same number again: nothing changed, nothing audited."""
+    the person when it writes, and a partner SMS is known by its number. Parcels under
+    way to the old number (he was their recipient) follow him (_parcels_follow). The old
+    number is kept among the person's former ones (people.former_phones), with when it
+    stopped being theirs, so that an erasure of them finds what was theirs at it. The new
+    number is told it is their RideChain number now, the old one that it was moved (with
+    the new one's last 4 digits), both in their language. Audited (``partner.phone``, both
+    numbers masked, the parcels moved by reference). Same number again: nothing changed,
+    nothing audited."""
     new = normalize_phone(phone)
     p, who = locked_partner(session, partner_id)
     person = session.get(Person, p.person_id, with_for_update=True, populate_existing=True)
@@ -232,6 +239,8 @@ def set_phone(session: Session, partner_id: int, phone: str, *, actor: str,
             raise Conflict(f"{mask_phone(new)} became another person's just now; nothing "
                            "changed", code="phone_taken", field="phone") from None
         raise
+    if old is not None:
+        person.former_phones = _former_with(session, person.former_phones, old, new)
     ended = admin._end_sessions(session, person.id)
     if contacts:
         # A request for a person waiting on the old number's chat or call ends with it:
@@ -255,17 +264,116 @@ def set_phone(session: Session, partner_id: int, phone: str, *, actor: str,
             m.channel == "sms", m.to_addr == outbox.address("sms", old),
             m.status == "pending").values(to_addr=outbox.address("sms", new))
             .returning(m.id)).all())
-    record(session, actor, "partner.phone", f"partner:{p.id}",
-           before=mask_phone(old) if old else None, after=mask_phone(new),
-           sessions_ended=ended, **_noted(note))
     tag = secrets.token_hex(6)  # each move its own messages (moved back and forth)
     notify.notify_phone(session, new, "sms.phone_moved_new", lang=lang, sms_only=True,
                         dedupe_key=f"phone-moved-{p.id}-{tag}-new")
     if old is not None:
         notify.notify_phone(session, old, "sms.phone_moved_old", lang=lang, sms_only=True,
                             dedupe_key=f"phone-moved-{p.id}-{tag}-old", last4=new[-4:])
+    # After the SMS above moved: a drop code still waiting to go by SMS went with them.
+    # After the move's own SMS too: the new SIM hears it is his number before any code.
+    parcels, new_codes = _parcels_follow(session, old, new, tag) if old else ([], [])
+    record(session, actor, "partner.phone", f"partner:{p.id}",
+           before=mask_phone(old) if old else None, after=mask_phone(new),
+           sessions_ended=ended, parcels_moved=parcels, drop_codes_renewed=new_codes,
+           **_noted(note))
     log.info("partner phone moved", extra={"partner": p.id, "sessions_ended": ended,
-                                           "messages_moved": moved})
+                                           "messages_moved": moved,
+                                           "parcels_moved": len(parcels)})
     was = mask_phone(old) if old else "none"
+    coming = (f"; {len(parcels)} parcel(s) coming to him follow him "
+              f"({len(new_codes)} with a new drop code)" if parcels else "")
     return Outcome(True, p.id, f"{who} is reached at {mask_phone(new)} now (was {was}); "
-                   f"signed out of {ended} session(s); offers and SMS go to the new number")
+                   f"signed out of {ended} session(s); offers and SMS go to the new "
+                   f"number{coming}")
+
+
+def _former_with(session: Session, former: dict[str, str] | None, old: str,
+                 new: str) -> dict[str, str]:
+    """The person's former numbers (people.former_phones) with ``old`` added, stamped
+    with the database's time of the move (as the rows' created_at: the erasure compares
+    them), and without ``new`` (theirs again: their current number covers it)."""
+    until = session.scalar(select(func.now()))
+    assert until is not None
+    kept = {number: at for number, at in (former or {}).items() if number != new}
+    return {**kept, old: until.isoformat()}
+
+
+# A parcel under way: what a booking to the old number is until it is delivered or ends.
+_UNDER_WAY = tuple(s.value for s in BOOKING.states if s not in BOOKING.closed)
+
+
+def _parcels_follow(session: Session, old: str, new: str, tag: str
+                    ) -> tuple[list[str], list[str]]:
+    """The bookings to the old number not finished yet (the partner was their
+    recipient) are to the new one now: a stranger at the old number finds none of them
+    (partner_sms._parcel_coming, conversation._coming_to_me), their drop code and news go
+    to him, their rider calls him there. A drop code that went to the old number (sent,
+    or waiting on WhatsApp: one waiting by SMS went with the other SMS) is made void and a
+    new one goes to the new number (_new_drop_code); a rider who holds such a parcel
+    (told the old number at his PICK) hears the new one. The old number is told nothing
+    of them: it may be someone else's now. Finished bookings keep the number they were
+    sent to (an erasure finds them by people.former_phones). Each booking under its
+    legs' locks, then its own, as dispatch takes them. Returns the references moved, and
+    those given a new drop code."""
+    ids = list(session.scalars(select(Booking.id).where(
+        Booking.recipient_phone == old, Booking.status.in_(_UNDER_WAY)).order_by(Booking.id)))
+    moved: list[str] = []
+    renewed: list[str] = []
+    for booking_id in ids:
+        legs = dispatch.lock_legs(session, booking_id)
+        booking = session.get(Booking, booking_id, with_for_update=True,
+                              populate_existing=True)
+        assert booking is not None
+        if booking.recipient_phone != old or booking.status not in _UNDER_WAY:
+            continue  # changed since it was looked up
+        code_was_his = partner_sms.code_holder(session, booking) == partner_sms.HER
+        booking.recipient_phone = new
+        session.flush()
+        moved.append(booking.reference)
+        last = legs[-1] if legs else None
+        if last is None:
+            continue
+        if code_was_his and _new_drop_code(session, booking, last):
+            renewed.append(booking.reference)
+        _tell_rider(session, booking, last, tag)
+    return moved, renewed
+
+
+def _new_drop_code(session: Session, booking: Booking, leg: Leg) -> bool:
+    """The drop code the old number holds is made void, a new one sent to the new number
+    (dispatch.new_leg_code: audited, one of the leg's OPS_CODES_PER_LEG; it goes to the
+    sender to pass on if the new number stopped our SMS). None can be made (the leg is
+    locked: its unlock sends new codes, to the new number now; too many codes already):
+    the old code stays, as ops would find it. Made but sent to nobody: ops hear nobody
+    holds a code. Whether a new code was made."""
+    savepoint = session.begin_nested()
+    try:
+        made = dispatch.new_leg_code(session, leg.id, "drop", Actor.system(), send=True,
+                                     reason="the recipient's number moved to a new SIM")
+    except DomainError as exc:
+        savepoint.rollback()
+        log.info("no new drop code for a moved recipient",
+                 extra={"booking_id": booking.id, "code": exc.code})
+        return False
+    savepoint.commit()
+    if not made.sent:
+        dispatch.alert_ops(session, "dispatch.ops_drop_code_unsent",
+                           dedupe_key=f"leg-{leg.id}-dropunsent-ops{made.issued}",
+                           booking_id=booking.id, ref=booking.reference,
+                           job=dispatch.job_code(leg))
+    return True
+
+
+def _tell_rider(session: Session, booking: Booking, leg: Leg, tag: str) -> None:
+    """The rider holding the parcel on its last leg was told whom it is for and the old
+    number (the SMS after his PICK): he hears the new one, as that SMS says it."""
+    to = partner_app.drop_contact(session, booking, leg)
+    rider = session.get(PartnerProfile, leg.partner_id) if leg.partner_id else None
+    if to is None or to.phone is None or rider is None:
+        return
+    params = {"name": to.name} if to.name else {}
+    dispatch._sms_partner(session, rider,
+                          "dispatch.drop_contact" if to.name else "dispatch.drop_contact_phone",
+                          booking_id=booking.id, dedupe_key=f"leg-{leg.id}-dropphone-{tag}",
+                          job=dispatch.job_code(leg), phone=to.phone, **params)

@@ -12,7 +12,8 @@ answered nothing: every answer is an SMS we pay for (SMS pumping). A
 customer waiting for a person (a caller the operator answers by SMS) is not answered by
 the bot: their SMS is kept for the operator; so is a partner's that is no command.
 A recipient who says the parcel is not hers ("wrong number") is told sorry and the
-sender and ops hear of it; one who asks for her code ("code nahi mila") gets a new one.
+sender and ops hear of it; one who asks for her code ("code nahi mila") gets a new one,
+a partner too (a parcel sent to him).
 A rider who picks up a parcel for its last stretch is told whom it is for.
 """
 
@@ -84,6 +85,8 @@ def handle(session: Session, msg: InboundMessage) -> list[str]:
                 # what is no command is his answer, kept for the operator, no bot answer.
                 handoff.keep_inbound(session, waiting, msg.body)
                 replies = []
+        if replies is None:
+            replies = _partner_asks_for_code(session, person, cmd, msg.body, lang)
         if replies is None:
             replies = _run(session, partner, cmd, lang)
         savepoint.commit()
@@ -465,6 +468,33 @@ def _code_again(session: Session, parcel: Booking, person: Person | None,
     log.info("a recipient asked for her drop code: a new one sent",
              extra={"booking_id": parcel.id, "leg_id": leg.id})
     return Asked([])
+
+
+# What a partner's request for his code parses as: nothing ("code dobara bhejo"), a no
+# ("code nahi mila"), a question ("otp?"); with no job number (PICK 57 ... is his job's).
+_CODE_ASKED_AS = (Kind.UNKNOWN, Kind.DECLINE, Kind.HELP)
+
+
+def _partner_asks_for_code(session: Session, person: Person | None, cmd, body: str,
+                           lang: str) -> list[str] | None:
+    """A partner is a recipient too (a parcel sent to his number, one that followed him
+    to a new SIM: partner_profile.set_phone): asking for his drop code ("code nahi
+    mila"), he gets a new one as any recipient does (_code_again), not a NO to an offer;
+    before a rider took its last leg, that the code will come. None when it is no such
+    request, or no parcel is coming to him."""
+    if (person is None or cmd.kind not in _CODE_ASKED_AS or cmd.numbers
+            or not asks_for_code(body)):
+        return None
+    parcel = _parcel_coming(session, person.phone, person)
+    if parcel is None or _said_wrong_number(session, parcel):
+        return None
+    asked = _code_again(session, parcel, person, lang)
+    if asked is not None:
+        return asked.answer
+    # No code yet (no rider on its last leg): as _tell_stranger says it to a recipient.
+    answer = ("sms.recipient_on_the_way_no_code" if parcel.status in _ON_THE_WAY
+              else "sms.recipient_coming")
+    return [i18n.t(answer, lang, ref=parcel.reference)]
 
 
 def _for_the_operator(session: Session, partner, cmd) -> bool:

@@ -35,7 +35,10 @@ Where personal data lives, and what happens to it:
 - people, bookings (recipient, landmarks, exact places), partner profiles: kept while the
   service needs them, erased on the person's request (``erase_person``, India's DPDP Act
   2023); a recipient with no account (only her number on the bookings sent to her), by
-  her number (``erase_recipient``).
+  her number (``erase_recipient``). A person's former numbers (``people.former_phones``,
+  a partner's old SIM) are kept until their erasure, which takes what was theirs at them
+  until they left them: the rows naming a number keep it for good (the daily job redacts
+  texts, not addresses), so an erasure needs it for as long as the person is kept.
 - ``number_opt_outs``: an erased person's STOP, under a keyed hash of the number (no
   number): kept, so that nobody new at that number is written to before START.
 
@@ -698,26 +701,35 @@ def erase_person(session: Session, person_id: int) -> Erasure:
     its writer is asked for again; handoffs waiting for ops lose the messages that say
     their number; call answers stored for Twilio's retries that say their number (or their
     recipients'), written or read out digit by digit, or a landmark erased; their messages
-    in Redis's dead-letter list. Run again, it finds nothing left to change. A later
-    message from the same number makes a new person.
+    in Redis's dead-letter list. A number ops moved them off (people.former_phones) counts
+    as theirs until the move: the messages sent to it and the bookings sent to it until
+    then, its chats they left (unless someone wrote from it since: those are the new
+    holder's), and any text that says it; their former numbers go too. Run again, it
+    finds nothing left to change. A later message from the same number makes a new
+    person.
     """
     # Who may have named them, read before any lock: the drafts naming them are locked
     # with their own conversations, below.
-    known = session.execute(select(Person.phone, Person.wa_id).where(
+    known = session.execute(select(Person.phone, Person.wa_id, Person.former_phones).where(
         Person.id == person_id)).first()
     if known is None:
         raise NotFound("no such person", code="not_found")
-    senders = _senders_of(session, known.phone)
-    named = _ten_digits(known.phone, known.wa_id, *session.scalars(
+    former = _former(known.former_phones)
+    senders = _senders_of(session, known.phone, former)
+    named = _ten_digits(known.phone, known.wa_id, *former, *session.scalars(
         select(Conversation.contact).where(Conversation.person_id == person_id)))
     # Lock order as a chat turn takes it (its conversation, then the person row when it
     # books), so a turn running now either finished first or finds the contact gone: their
-    # conversations and the other contacts' drafts naming them, all in id order, first.
+    # conversations, those of their former numbers they left (nobody wrote from there
+    # since), and the other contacts' drafts naming them, all in id order, first.
+    left = _left_at(former)
     locked = list(session.scalars(select(Conversation).where(or_(
-        Conversation.person_id == person_id,
+        Conversation.person_id == person_id, left,
         _drafts_naming(named, senders))).order_by(Conversation.id).with_for_update()))
-    convs = [c for c in locked if c.person_id == person_id]
-    drafts = [c for c in locked if c.person_id != person_id]
+    left_behind = {c.id for c in locked if c.person_id is None and c.contact in
+                   _contacts(former)}
+    convs = [c for c in locked if c.person_id == person_id or c.id in left_behind]
+    drafts = [c for c in locked if c.person_id != person_id and c.id not in left_behind]
     person = session.get(Person, person_id, with_for_update=True)
     if person is None:
         raise NotFound("no such person", code="not_found")
@@ -731,9 +743,10 @@ def erase_person(session: Session, person_id: int) -> Erasure:
     # them: erase_recipient does the same).
     own_ids = list(session.scalars(select(Booking.id).where(
         Booking.customer_id == person.id).order_by(Booking.id)))
-    received_ids = list(session.scalars(select(Booking.id).where(
-        Booking.recipient_phone == person.phone).order_by(Booking.id))) if person.phone else []
-    _refuse_if_in_use(session, person, partner, conv_ids)
+    received_ids = list(session.scalars(select(Booking.id).where(or_(
+        Booking.recipient_phone == person.phone if person.phone else false(),
+        *_sent_to_former(former))).order_by(Booking.id)))
+    _refuse_if_in_use(session, person, partner, conv_ids, former)
 
     done = Erasure(person.id)
     own = select(Booking.id).where(_among(Booking.id, own_ids))
@@ -744,13 +757,18 @@ def erase_person(session: Session, person_id: int) -> Erasure:
     # too (a rider's job offer, a stored answer to his PICK), read before the bookings
     # lose them.
     places = _landmarks(session, own_ids, received_ids)
-    theirs = _addresses(person.phone, person.wa_id, *(c.contact for c in convs))
+    # Their own contacts' messages, whenever sent; a former number's, until they left it
+    # (after that, whoever holds it now: _erase_messages).
+    theirs = _addresses(person.phone, person.wa_id,
+                        *(c.contact for c in convs if c.id not in left_behind))
     # Read before the bookings lose the recipient: the senders' saved answers (replayed
     # on a retry) hold the recipient's name and the exact drop of these bookings.
     received_refs = list(session.scalars(select(Booking.reference).where(
         Booking.id.in_(received))))
-    numbers = _ten_digits(person.phone, person.wa_id, *(c.contact for c in convs))
-    _erase_messages(session, done, own, theirs, _addresses(*recipients))
+    # A text that says a former number of theirs is taken as about them, whenever written:
+    # a text is not known to be of the time the number was theirs.
+    numbers = _ten_digits(person.phone, person.wa_id, *former, *(c.contact for c in convs))
+    _erase_messages(session, done, own, theirs, _addresses(*recipients), former)
     # Before the drafts lose the recipient: the names their writers gave are read there.
     _erase_recipient_copies(session, done, received, numbers, senders, drafts, places)
     _erase_waiting_handoffs(session, done, numbers)
@@ -785,8 +803,10 @@ def erase_person(session: Session, person_id: int) -> Erasure:
     # number, until the number writes to us there.
     outbox.keep_opt_out(session, [person.phone, person.wa_id], whatsapp=person.opted_out,
                         sms=person.sms_opted_out, wa_blocked=bool(person.wa_blocked))
-    if any((person.name, person.phone, person.wa_id, person.preferred_language)):
+    if any((person.name, person.phone, person.wa_id, person.preferred_language,
+            person.former_phones)):
         person.name = person.phone = person.wa_id = person.preferred_language = None
+        person.former_phones = None
         done.add("people", 1)
     session.flush()
     return done
@@ -902,13 +922,13 @@ def _holds_account(session: Session, person_id: int) -> bool:
 
 
 def _refuse_if_in_use(session: Session, person: Person, partner: PartnerProfile | None,
-                      conv_ids: list[int]) -> None:
+                      conv_ids: list[int], former: Former | None = None) -> None:
     if person.role == "ops":
         raise Conflict("an operator cannot be erased", code="operator")
     if partner is not None and partner.kyc_status not in BLOCKED_KYC:
         raise Conflict("an active partner: suspend or reject their KYC first",
                        code="active_partner")
-    mine = Booking.customer_id == person.id
+    mine = or_(Booking.customer_id == person.id, *_sent_to_former(former or {}))
     if person.phone:
         mine = or_(mine, Booking.recipient_phone == person.phone)
     ref = session.scalar(select(Booking.reference).where(
@@ -1024,13 +1044,17 @@ def _reversed_payout_held(session: Session, partner_id: int) -> bool:
 
 
 def _erase_messages(session: Session, done: Erasure, own: Any, theirs: set[str],
-                    recipients: set[str]) -> None:
+                    recipients: set[str], former: Former | None = None) -> None:
     """Messages to the person (and to the recipients of their bookings) lose text and
-    address; the other messages about their bookings (to partners, ops) their text."""
+    address, those to a former number of theirs until they left it (``former``: the
+    later ones are its new holder's); the other messages about their bookings (to
+    partners, ops) their text."""
     m = OutboxMessage
     # By ix_outbox_messages_to_addr (an empty IN would have the whole table read).
     to_them = or_(_among(m.to_addr, theirs),
-                  and_(m.booking_id.in_(own), _among(m.to_addr, recipients)))
+                  and_(m.booking_id.in_(own), _among(m.to_addr, recipients)),
+                  *(and_(_among(m.to_addr, _addresses(number)), m.created_at <= until)
+                    for number, until in (former or {}).items()))
     about = m.booking_id.in_(own)
     texted = or_(m.body != REDACTED, m.media_url.is_not(None))
     _withdraw_unsent(session, or_(to_them, about))
@@ -1172,14 +1196,47 @@ def _cut_in_sms(office: str | None, pincode: str | None, landmark: str | None) -
     return cuts
 
 
-def _senders_of(session: Session, phone: str | None) -> Senders:
-    """The senders of bookings to this number, and the names they gave (by the bookings'
-    recipient index)."""
-    if not phone:
+def _senders_of(session: Session, phone: str | None,
+                former: Former | None = None) -> Senders:
+    """The senders of bookings to this number (and to these former numbers, until the
+    person left them), and the names they gave (by the bookings' recipient index)."""
+    sent_to = [*([Booking.recipient_phone == phone] if phone else []),
+               *_sent_to_former(former or {})]
+    if not sent_to:
         return set(), set()
     rows = session.execute(select(Booking.customer_id, Booking.recipient_name)
-                           .where(Booking.recipient_phone == phone)).all()
+                           .where(or_(*sent_to))).all()
     return {customer_id for customer_id, _ in rows}, _names(n for _, n in rows)
+
+
+# A person's former numbers (people.former_phones: partner_profile.set_phone), each with
+# when it stopped being theirs. What went to one, or was kept under it, until then was
+# theirs; what came after, its new holder's.
+Former = dict[str, datetime]
+
+
+def _former(kept: dict[str, str] | None) -> Former:
+    return {number: datetime.fromisoformat(until) for number, until in (kept or {}).items()}
+
+
+def _contacts(former: Former) -> set[str]:
+    """The conversation contacts of these numbers: the number for SMS and calls, its
+    digits on WhatsApp (as partner_profile.set_phone lets them go)."""
+    return {c for number in former for c in (number, number.removeprefix("+"))}
+
+
+def _left_at(former: Former) -> Any:
+    """The condition that a conversation is one of a former number, let go when the
+    person left it, that nobody took up since (their first message makes a person)."""
+    return and_(Conversation.person_id.is_(None),
+                _among(Conversation.contact, _contacts(former)))
+
+
+def _sent_to_former(former: Former) -> list[Any]:
+    """The conditions that a booking was sent to a former number before the person left
+    it (the ones under way then followed them to the new number)."""
+    return [and_(Booking.recipient_phone == number, Booking.created_at <= until)
+            for number, until in sorted(former.items())]
 
 
 def _among(col: Any, values: Iterable[Any]) -> Any:
