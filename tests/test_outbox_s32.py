@@ -266,3 +266,35 @@ def test_a_message_held_behind_a_retry_goes_when_the_hold_ends(live, monkeypatch
     assert went <= outbox.IN_ORDER_FOR + timedelta(seconds=5), f"went {went} after"
     job = queue("outbox").fetch_job(f"outbox-{held}")
     assert job is not None and job.retries_left == 5
+
+
+# --- the cost of a free turn -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("sender", ["its-job", "sent-after-commit"])
+def test_a_free_turn_is_taken_in_one_statement(live, monkeypatch, sender):
+    """Session 32: the bounded wait (set lock_timeout, take the turn, set it back) cost
+    every delivery job and every chat reply three statements for a turn that is nearly
+    always free. The turn is asked for without waiting first: one statement when free (the
+    wait only when another sender holds it, tests above); the message still goes."""
+    from sqlalchemy import event
+
+    seen: list[str] = []
+
+    def count(conn, cursor, statement, *args) -> None:  # noqa: ANN001 (SQLAlchemy's event)
+        seen.append(" ".join(statement.split()))
+
+    event.listen(engine(), "before_cursor_execute", count)
+    try:
+        if sender == "its-job":
+            row = _to_ramesh("1. A rider is on the way.")
+            run_jobs(("outbox",))
+        else:
+            row = _reply_to_ramesh("1. A rider is on the way.")
+    finally:
+        event.remove(engine(), "before_cursor_execute", count)
+    assert _at_twilio() == ["1. A rider is on the way."]
+    assert _row(row).status in SENT
+    turn = [s for s in seen if "advisory_lock" in s and "unlock" not in s]
+    assert len(turn) == 1, turn
+    assert not [s for s in seen if "lock_timeout" in s], "a free turn waited as a busy one"

@@ -530,14 +530,22 @@ def _turn_of(outbox_id: int, to_addr: str | None = None
     (autocommit). ``to_addr``: the row's, known (a row claimed at insert)."""
     m = OutboxMessage
     with db.engine().connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        # The turn asked for without waiting first: free, as it mostly is, that is one
+        # statement; only a busy one costs the bounded wait's three (_within_wait).
         if to_addr is None:
-            # One statement: the row's address, locked only if the row still waits.
-            found = _within_wait(conn, select(m.to_addr, func.pg_advisory_lock(
-                TURN_LOCK_KEY, func.hashtext(m.to_addr))).where(
+            # One statement: the row's address, its turn taken if free, only if the row
+            # still waits.
+            found = conn.execute(select(m.to_addr, func.pg_try_advisory_lock(
+                TURN_LOCK_KEY, func.hashtext(m.to_addr)).label("taken")).where(
                 m.id == outbox_id, m.status == "pending",
-                m.dedupe_key.is_(None) | ~_sign_in_row()))
-            to_addr = found.to_addr if found is not None else None
+                m.dedupe_key.is_(None) | ~_sign_in_row())).first()
+            to_addr, taken = (found.to_addr, found.taken) if found else (None, False)
         else:
+            taken = conn.scalar(select(func.pg_try_advisory_lock(TURN_LOCK_KEY,
+                                                                 func.hashtext(to_addr))))
+        if to_addr is not None and not taken:
+            # Another sender holds it. Once it is ours the row may have gone in that
+            # sender's turn: what follows reads it again (_waiting_to, _deliver_one).
             _within_wait(conn, select(func.pg_advisory_lock(TURN_LOCK_KEY,
                                                             func.hashtext(to_addr))))
         if to_addr is None:
