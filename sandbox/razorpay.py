@@ -19,8 +19,13 @@ Payments: ``"status": "pending"``, ``"processed_at": null``): the transfer is pr
 asynchronously, and only then is it ``processed`` (money debited from the platform and
 credited to the linked account) or ``failed``, with the webhook ``transfer.processed`` /
 ``transfer.failed``. Here an RQ job on the sandbox queue (``settle_transfer``) does that a
-moment later, as ``settle_refund`` does for refunds. Its hold can be edited meanwhile; a
-transfer reversed before it is processed stays reversed.
+moment later, as ``settle_refund`` does for refunds. Its hold can be edited meanwhile, but
+it cannot be reversed until it is processed: a reversal takes the money back from the linked
+account's balance, which an unprocessed transfer has not credited yet, so the reversal of a
+``created`` or ``pending`` transfer is refused with a 400 (Razorpay's BAD_REQUEST_ERROR,
+"The linked account does not have sufficient balance to process a reversal.", its
+description of a reversal the linked account's balance cannot cover). Asked again once the
+transfer is processed, it is made.
 
 No new transfer is taken on a payment once a refund of it was asked. A Direct Transfer
 (``POST /v1/transfers``: account, amount, currency, notes) pays a linked account out of
@@ -60,10 +65,11 @@ Controls for tests and demos (Redis keys, or the helpers below):
 - ``sandbox:razorpay:lose_next:direct_transfer``: make the direct transfer, but answer 503;
 - ``sandbox:razorpay:webhook_order`` = ``reversed``: send a batch of webhooks backwards;
 - ``sandbox:razorpay:webhook_repeat`` = N: deliver every webhook N times;
-- ``sandbox:razorpay:refund_outcome`` / ``transfer_outcome`` = ``failed``;
-- ``sandbox:razorpay:pending_next:transfer`` = N: the next N transfers made stay
-  ``pending`` until ``settle_transfer(id)`` is called (a transfer the gateway is slow to
-  process; see below);
+- ``sandbox:razorpay:refund_outcome`` / ``transfer_outcome`` = ``failed`` (a failed
+  transfer's ``error`` says why: ``sandbox:razorpay:transfer_error`` is its description);
+- ``sandbox:razorpay:pending_next:transfer`` = N (``hold_unprocessed``): the next N
+  transfers made stay ``pending`` until ``settle_transfer(id)`` is called (a transfer the
+  gateway is slow to process: its hold can be released, not reversed, meanwhile);
 - ``sandbox:razorpay:refused_accounts`` (a set; ``refuse_account``): linked accounts that
   cannot take transfers (not activated, suspended): a transfer to one gets a 400;
 - ``sandbox:razorpay:fee_bps`` = N: Razorpay's rate on captured payments, in basis points
@@ -172,6 +178,12 @@ def refuse_account(account: str, refused: bool = True) -> None:
 
 def control(name: str, value: str | int) -> None:
     redis_client().set(f"{PREFIX}:{name}", value)
+
+
+def hold_unprocessed(transfers: int = 1) -> None:
+    """The next ``transfers`` transfers made stay pending (unprocessed, not reversible)
+    until ``settle_transfer(id)`` is called for each."""
+    control("pending_next:transfer", transfers)
 
 
 def _control(name: str) -> str:
@@ -773,17 +785,31 @@ def create_transfers(payment_id: str):
     return jsonify(_collection(items))
 
 
+# A failed transfer's error description unless the ``transfer_error`` control says another.
+TRANSFER_FAILED = "The linked account cannot receive the transfer"
+# A transfer Razorpay has not processed yet (made, or being processed): its reversal is
+# refused with this description, as one the linked account's balance cannot cover.
+UNPROCESSED = ("created", "pending")
+REVERSAL_UNPROCESSED = ("The linked account does not have sufficient balance to process a "
+                        "reversal.")
+
+
 def settle_transfer(transfer_id: str) -> dict:
     """Razorpay processes a pending transfer: ``processed`` (or ``failed``, per the test
     control ``transfer_outcome``), and says so by webhook. A transfer no longer pending
-    (reversed meanwhile, settled before) is left as it is, and nothing is sent."""
+    (settled before) is left as it is, and nothing is sent."""
     t = _transfer_or_none(transfer_id)
     assert t is not None, transfer_id
-    if t["status"] not in ("created", "pending"):
+    if t["status"] not in UNPROCESSED:
         return t
     failed = _control("transfer_outcome") == "failed"
     if failed:
         t["status"] = "failed"
+        # Why, in the entity's error object as Razorpay's errors say it ("NA" where it
+        # has nothing to say); the ``transfer_error`` control gives the description.
+        t["error"] = {**(t.get("error") or {}), "code": "BAD_REQUEST_ERROR",
+                      "description": _control("transfer_error") or TRANSFER_FAILED,
+                      "source": "NA", "step": "NA", "reason": "NA"}
         p = get_object(t["source"])
         if p is not None:  # what the transfer took from the payment goes back
             p["amount_transferred"] -= t["amount"] - t["amount_reversed"]
@@ -920,6 +946,9 @@ def reverse_transfer(transfer_id: str):
         return _not_found(transfer_id)
     if t["status"] == "failed":
         return _error(400, "A failed transfer cannot be reversed")
+    if t["status"] in UNPROCESSED:
+        # Nothing is in the linked account's balance yet to take back.
+        return _error(400, REVERSAL_UNPROCESSED)
     left = t["amount"] - t["amount_reversed"]
     amount = _json().get("amount", left)
     if isinstance(amount, bool) or not isinstance(amount, int) or not 0 < amount <= left:

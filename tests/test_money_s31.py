@@ -178,8 +178,9 @@ def test_the_owed_without_account_sweep_takes_a_newer_leg_past_twenty_told_ones(
     """Twenty legs of a rider without a payout account are owed a week and told; another,
     owed since two days later, is owed a week in turn. The sweep took the 20 lowest legs
     owed lately: the twenty told ones kept it out for as long as they were owed. Now it
-    takes the legs owed a week already, the most lately owed first; a leg owed less than
-    a week takes no place."""
+    takes the legs owed a week already, in turn (session 32: the oldest leg first, each
+    sweep going on from the last leg it took); a leg owed less than a week takes no
+    place."""
     assert payments.SETTLE_BATCH == 20
     with transaction() as s:
         s.add(Person(phone=OPERATOR, name="Meena", preferred_language="en", role="ops"))
@@ -200,8 +201,8 @@ def test_the_owed_without_account_sweep_takes_a_newer_leg_past_twenty_told_ones(
     run()
     assert owed_legs_told()[20:] == [later]
     assert young not in owed_legs_told()
-    with transaction() as s:  # the most lately owed first, of those owed a week
-        assert payments.owed_without_account(s) == [later, *first[:19]]
+    with transaction() as s:  # the oldest first, of those owed a week
+        assert payments.owed_without_account(s) == first
     assert not failed_jobs()
 
 

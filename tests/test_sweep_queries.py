@@ -523,7 +523,7 @@ def test_unprocessed_events_are_those_never_processed_and_not_just_received(hist
                      < NOW - timedelta(minutes=5)}
 
 
-def expected_owed_without_account(within: timedelta) -> list[int]:
+def expected_owed_without_account(within: timedelta, after: int = 0) -> list[int]:
     """owed_without_account's legs as GENERATE makes them: delivered and released for a
     partner with no linked account (1 + g % 20 in 5, 10, 15, 20), still owed (never
     transferred, transferred in part, or a failed transfer voided 40 days on), a payable
@@ -531,7 +531,7 @@ def expected_owed_without_account(within: timedelta) -> list[int]:
     first, SETTLE_BATCH of them."""
     waiting: list[tuple[datetime, int]] = []
     for g in range(1, BOOKINGS + 1):
-        if g % 20 not in (4, 9, 14, 19) or g % 7 == 3:
+        if g % 20 not in (4, 9, 14, 19) or g % 7 == 3 or g <= after:
             continue
         delivered = min(g_at(g) + timedelta(hours=2), NOW - timedelta(minutes=1))
         postings = [(delivered, 8000)]
@@ -545,19 +545,23 @@ def expected_owed_without_account(within: timedelta) -> list[int]:
         owed_since = max(at for at, a in postings if a > 0)
         if owed_since <= NOW - payments.OWED_LONG:
             waiting.append((owed_since, g))
-    waiting.sort(key=lambda w: (-w[0].timestamp(), w[1]))
+    waiting.sort(key=lambda w: w[1])
     return [g for _, g in waiting[:payments.SETTLE_BATCH]]
 
 
-def test_owed_without_account_takes_the_legs_owed_a_week_most_lately_owed_first(history):
+def test_owed_without_account_takes_the_legs_owed_a_week_oldest_first(history):
     with transaction() as s:
         legs = payments.owed_without_account(s)
         assert legs == expected_owed_without_account(timedelta(days=30))
-        # More legs wait than a sweep takes: the most lately owed come first, and legs owed
-        # less than a week (told of only then) take no place.
+        # More legs wait than a sweep takes: the oldest come first (the sweep goes on
+        # from the last one it took), and legs owed less than a week (told of only then)
+        # take no place.
         more = payments.owed_without_account(s, timedelta(days=120))
         assert more == expected_owed_without_account(timedelta(days=120))
-    assert len(more) == payments.SETTLE_BATCH and set(legs) < set(more)
+        # The next sweep's, after the last leg this one took.
+        assert payments.owed_without_account(s, timedelta(days=120), after=more[-1]) \
+            == expected_owed_without_account(timedelta(days=120), after=more[-1])
+    assert len(more) == payments.SETTLE_BATCH and min(more) < min(legs)
     assert any(g % 17 == 6 for g in more)  # owed again by a transfer failed 40 days on
     young = {g for g in range(1, BOOKINGS + 1) if g % 20 in (4, 9, 14, 19) and g % 7 != 3
              and g % 11 == 4 and g_at(g) > NOW - payments.OWED_LONG}

@@ -10,9 +10,13 @@ Jobs (enqueued after commit, natural job ids):
 - ``workers.payments.create_payment_link(booking_id)``   ``paylink-<booking>``
 - ``workers.payments.process_event(event_row_id)``         ``rzp-event-<event id>``
 - ``workers.payments.release_leg(leg_id)``                 ``release-<leg>`` (dispatch)
-- ``workers.payments.hold_leg_transfer(leg_id)``           ``hold-<leg>-<offer>`` (dispatch)
+- ``workers.payments.hold_leg_transfer(leg_id)``           ``hold-<leg>-<offer>`` (dispatch),
+                                                            ``hold-<leg>-after-<id>`` once a
+                                                            transfer whose reversal waited is
+                                                            processed
 - ``workers.payments.settle_leg_transfer(leg_id)``         ``transfer-<leg>``, after a failed
-                                                            transfer ``transfer-<leg>-failed-<id>``
+                                                            transfer ``transfer-<leg>-failed-<id>``,
+                                                            ``transfer-<leg>-after-<id>`` as above
 - ``workers.payments.refund_booking(booking_id, reason)``  ``refund-<booking>`` (attempt 1),
                                                             ``refund-<booking>-<attempt>``
 - ``workers.payments.retry_refund(booking_id, attempt)``   ``refund-retry-<booking>-<attempt>``
@@ -29,6 +33,7 @@ import math
 import re
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -1771,6 +1776,10 @@ def _on_transfer(data: dict, cause: str) -> str:
         ledger.lock_booking(session, row.booking_id)
         row = session.get(LegTransfer, row.id, with_for_update=True, populate_existing=True)
         assert row is not None
+        # A reversal of the leg's transfers waited for the gateway to process one: now
+        # it can be made (or, failed, it is not needed), by the leg's job.
+        redo = _after_reversal_wait(session, row.leg_id, str(tid)) \
+            if row.last_error == REVERSAL_WAITS else None
         stale = row.transfer_id not in (None, tid) or (
             row.transfer_id is None and entity.get("recipient") != row.account)
         if not processed and stale:
@@ -1791,7 +1800,8 @@ def _on_transfer(data: dict, cause: str) -> str:
                               f"{_transfer_failed_reason(entity)}")[:200]
             # Released and posted as paid out already: the partner is owed it again.
             _void_payout(session, str(tid), cause)
-            _resettle_after_failure(session, row.leg_id, tid, entity)
+            if redo != "hold":  # a rider's leg: its hold job (above) makes his hold
+                _resettle_after_failure(session, row.leg_id, tid, entity)
             return "transfer-failed"
         if row.status == "failed" or ledger.recorded(session, f"transfer:{tid}:failed"):
             return "transfer-failed-before"  # a late processed event of a failed transfer
@@ -2068,15 +2078,98 @@ def _live(transfers: list[dict], leg_id: int, account: str | None = None) -> dic
 def _reverse_others(c, transfers: list[dict], leg_id: int, account: str | None) -> int:
     """Reverse the leg's transfers still on hold for someone else (a partner who gave the
     job back); return how many. An on-hold transfer was never posted as a payout, so its
-    reversal posts nothing; a released one is paid out for good and is left alone."""
+    reversal posts nothing; a released one is paid out for good and is left alone. One
+    the gateway has not processed yet waits for it (_reverse)."""
     n = 0
     for t in transfers:
         left = _left(t)
         if gw.note_int(t, "leg_id") == leg_id and t.get("status") not in ("failed", "reversed") \
                 and t.get("on_hold") and t.get("recipient") != account and left > 0:
-            c.transfer.reverse(t["id"], {"amount": left})
-            n += 1
+            n += _reverse(c, t, left, leg_id)
     return n
+
+
+# Our note on a leg's transfer row while a reversal of one of the leg's transfers waits for
+# the gateway to process that transfer (_reverse): its transfer.processed (or .failed)
+# then runs the leg's job again (_after_reversal_wait).
+REVERSAL_WAITS = "a reversal waits until the gateway processes the transfer"
+# The transfers whose reversal waits, of the leg whose lock this job holds (one set a lock).
+_waiting: ContextVar[set[str] | None] = ContextVar("reversals_waiting", default=None)
+
+
+def _reverse(c, transfer: dict, amount: int, leg_id: int) -> bool:
+    """Reverse ``amount`` of a gateway transfer (our copy of it follows: what is left on
+    it, reversed once nothing is). Razorpay refuses the reversal of a transfer it has not
+    processed yet (a 400: nothing is in the linked account to take back): then False, and
+    the reversal waits, noted on the leg's row (_leg_transfer_lock), for the transfer's
+    transfer.processed to run the leg's job again (_after_reversal_wait). Another
+    refusal is raised."""
+    try:
+        c.transfer.reverse(transfer["id"], {"amount": amount})
+    except gw.BadRequestError:
+        if transfer.get("status") not in _UNPROCESSED_TRANSFER or \
+                c.transfer.fetch(transfer["id"]).get("status") not in _UNPROCESSED_TRANSFER:
+            raise
+        log.info("a reversal waits until the gateway processes its transfer",
+                 extra={"leg_id": leg_id})
+        waiting = _waiting.get()
+        if waiting is not None:
+            waiting.add(str(transfer["id"]))
+        return False
+    transfer["amount_reversed"] = int(transfer.get("amount_reversed") or 0) + amount
+    if _left(transfer) <= 0:
+        transfer["status"] = "reversed"
+    return True
+
+
+def _keep_reversal_waiting(leg_id: int) -> None:
+    """Note on the leg's row that a reversal of its transfers waits (REVERSAL_WAITS), after
+    the job's own saves: the next save of the row (a later job that got further) clears
+    it. A leg without a row (its hold job died before saving it) is reversed at its next
+    settle instead."""
+    with transaction() as session:
+        row = session.scalar(select(LegTransfer).where(LegTransfer.leg_id == leg_id)
+                             .with_for_update())
+        if row is None:
+            log.warning("a reversal waits for a leg without a transfer row",
+                        extra={"leg_id": leg_id})
+            return
+        row.last_error = REVERSAL_WAITS
+
+
+def resume_waiting_reversals(transfers: dict[str, dict]) -> int:
+    """The reconciliation's way to finish reversals whose transfer.processed was lost: of
+    these gateway transfers (by id), each the gateway no longer shows unprocessed whose
+    leg's row still notes a waiting reversal (REVERSAL_WAITS) runs that leg's job again
+    (_after_reversal_wait), as its event would have. How many."""
+    done = {tid for tid, t in transfers.items() if t.get("status") not in _UNPROCESSED_TRANSFER}
+    if not done:
+        return 0
+    with transaction() as session:
+        waiting = session.execute(select(LegTransfer.leg_id, LegTransfer.transfer_id).where(
+            LegTransfer.transfer_id.in_(done), LegTransfer.last_error == REVERSAL_WAITS)).all()
+        for leg_id, tid in waiting:
+            _after_reversal_wait(session, leg_id, str(tid))
+    return len(waiting)
+
+
+def _after_reversal_wait(session: Session, leg_id: int, transfer_id: str) -> str | None:
+    """A transfer of a leg whose reversal waited was processed (or failed) at the gateway:
+    the leg's job runs again and reverses what must go, after the commit; which one it is
+    ("hold", "transfer"). A leg a rider has (assigned, picked up, or locked at pickup):
+    its hold job, which reverses the holds of others and keeps or makes his (a settle
+    would reverse his too, unearned yet; a locked leg's others go at its settle). Any
+    other: its settle."""
+    leg = session.get(Leg, leg_id)
+    if leg is None:
+        return None
+    riding = leg.partner_id is not None and leg.status in (
+        LegStatus.ASSIGNED.value, LegStatus.PICKED_UP.value, LegStatus.LOCKED.value)
+    func = "hold_leg_transfer" if riding else "settle_leg_transfer"
+    job = "hold" if riding else "transfer"
+    _enqueue_after_commit(session, f"workers.payments.{func}", leg_id,
+                          job_id=f"{job}-{leg_id}-after-{transfer_id}"[:120])
+    return job
 
 
 class LegBusy(RuntimeError):
@@ -2105,14 +2198,20 @@ def _leg_transfer_lock(leg_id: int) -> Iterator[None]:
             job.retries_left = len(BUSY_RETRY_INTERVALS)
             job.retry_intervals = list(BUSY_RETRY_INTERVALS)
         raise LegBusy(f"leg {leg_id}: another job is working on its transfer")
+    waiting = _waiting.set(set())
     try:
         yield
     finally:
         try:
-            lock.release()
-        except LockError:
-            log.warning("leg transfer lock expired before its job ended",
-                        extra={"leg_id": leg_id})
+            if _waiting.get():
+                _keep_reversal_waiting(leg_id)
+        finally:
+            _waiting.reset(waiting)
+            try:
+                lock.release()
+            except LockError:
+                log.warning("leg transfer lock expired before its job ended",
+                            extra={"leg_id": leg_id})
 
 
 def hold_leg_transfer(leg_id: int) -> str:
@@ -2150,6 +2249,10 @@ def _hold_leg_transfer(leg_id: int) -> str:
     _reverse_others(c, transfers, leg_id, account)
     if _live(transfers, leg_id, account) is not None:
         return "already-held"
+    if _waiting.get():
+        # The last rider's hold cannot go back before the gateway processed it, and the
+        # payment may not carry both: his is reversed and this one made once it is.
+        return "reversal-waits"
     if refunded:
         return _no_hold_after_refund(leg_id)
     try:
@@ -2257,6 +2360,10 @@ def _settle_leg_transfer(leg_id: int) -> str:
         if owed > 0 and seq > 0:
             return _repay_reversed(c, leg_id, booking_id, partner_id, account, owed,
                                    since, seq, transfers)
+        if account:
+            # Paid: a hold still left for someone else (one whose reversal waited until
+            # the gateway processed it) goes back now. A released transfer is not touched.
+            _reverse_others(c, transfers, leg_id, account)
         return "already-paid"
     if account:
         _reverse_others(c, transfers, leg_id, account)
@@ -2273,7 +2380,7 @@ def _settle_leg_transfer(leg_id: int) -> str:
                                "reversed")
             return "nothing-to-transfer"
         if _left(live) > 0:
-            c.transfer.reverse(live["id"], {"amount": _left(live)})
+            _reverse(c, live, _left(live), leg_id)
         # Every hold still made for the leg goes back, not only the first the gateway
         # lists: with no rider (or one without an account) all of them; with one, his
         # own second hold (a job past its lock; the others' went above).
@@ -2284,8 +2391,11 @@ def _settle_leg_transfer(leg_id: int) -> str:
         live = next((t for t in transfers if row_transfer is not None
                      and t.get("id") == row_transfer and t.get("on_hold")
                      and t.get("status") != "failed"), live)
+        if live.get("status") != "reversed":
+            # Not processed yet at the gateway: the row stays on hold until its reversal.
+            return "reversal-waits"
         _save_transfer(leg_id, booking_id, partner_id, payment_id, account, live, "reversed")
-        return "reversed"
+        return "reversal-waits" if _waiting.get() else "reversed"
     if partner_id is None or not account:
         _save_transfer(leg_id, booking_id, partner_id, payment_id, account, None, "pending",
                        error=NO_ACCOUNT_ERROR, amount=target)
@@ -2295,7 +2405,8 @@ def _settle_leg_transfer(leg_id: int) -> str:
     if live is not None and live.get("on_hold", True) and _left(live) < target:
         # Held for less than the leg earned (a cancellation fee above the leg's payout): a
         # transfer cannot grow, so the hold goes back and one for the target is made.
-        c.transfer.reverse(live["id"], {"amount": _left(live)})
+        if not _reverse(c, live, _left(live), leg_id):
+            return "reversal-waits"
         live = None
     if live is None and _in_flight(transfers, leg_id) is not None:
         # Released already and on its way (to an account the partner had before): its
@@ -2346,7 +2457,8 @@ def _settle_leg_transfer(leg_id: int) -> str:
     if live.get("on_hold", True):
         # A retry after a failed release finds the excess already reversed: _left sees it.
         if paid > target:
-            c.transfer.reverse(live["id"], {"amount": paid - target})
+            if not _reverse(c, live, paid - target, leg_id):
+                return "reversal-waits"  # released once the excess went back
             paid = target
         released = c.transfer.edit(live["id"], {"on_hold": False})
         if "amount" in released:
@@ -3623,13 +3735,19 @@ def owed_legs_in_turn(session: Session) -> list[int]:
         .order_by(LedgerPosting.leg_id)))
 
 
-def owed_without_account(session: Session, within: timedelta = timedelta(days=30)
-                         ) -> list[int]:
+OWED_NO_ACCOUNT_CURSOR_KEY = "payments:owed-without-account-after"
+
+
+def owed_without_account(session: Session, within: timedelta = timedelta(days=30),
+                         after: int = 0) -> list[int]:
     """Legs still owed to a partner with no linked account, owed lately (a payable entry
     in the last ``within``): unpaid_legs and owed_legs_in_turn leave them out (no transfer
     can pay them), so without this ops never heard that a rider waits for want of one
     (_tell_owed_long, once OWED_LONG on). Found as unpaid_legs finds its legs: the recent
-    payable postings of those partners, then only those legs' postings."""
+    payable postings of those partners, then only those legs' postings.
+
+    At most SETTLE_BATCH, the oldest leg first, of the legs after ``after``: the sweep
+    takes them in turn (owed_without_account_in_turn)."""
     from core.adapters.payment_models import LedgerPosting
 
     payable = (LedgerPosting.account_kind == _const(rules.AccountKind.PARTNER_PAYABLE.value),
@@ -3638,19 +3756,40 @@ def owed_without_account(session: Session, within: timedelta = timedelta(days=30
     recent = select(LedgerPosting.leg_id).where(
         *payable, LedgerPosting.created_at > clock.now() - within,
         LedgerPosting.partner_id.in_(no_account))
-    return list(session.scalars(
+    owed_long = (
         select(LedgerPosting.leg_id)
         .where(*payable, LedgerPosting.leg_id == any_(func.array(recent.scalar_subquery())))
         .group_by(LedgerPosting.leg_id)
         .having(func.sum(LedgerPosting.amount_paise).filter(
             LedgerPosting.partner_id.in_(no_account)) > 0)
-        # Owed OWED_LONG already (younger legs would take the places), the most lately
-        # owed first: legs told before (each once) do not keep a newer one out for weeks.
+        # Owed OWED_LONG already: younger legs would take places, told of too early.
         .having(func.max(LedgerPosting.created_at).filter(LedgerPosting.amount_paise > 0)
-                <= clock.now() - OWED_LONG)
-        .order_by(func.max(LedgerPosting.created_at).filter(
-            LedgerPosting.amount_paise > 0).desc(), LedgerPosting.leg_id)
-        .limit(SETTLE_BATCH)))
+                <= clock.now() - OWED_LONG))
+    return list(session.scalars(owed_long.where(LedgerPosting.leg_id > after)
+                                .order_by(LedgerPosting.leg_id).limit(SETTLE_BATCH)))
+
+
+def owed_without_account_in_turn(session: Session) -> list[int]:
+    """owed_without_account's legs, taking up after the last sweep's (their place kept in
+    Redis; from the first again after the last, or without Redis): legs told already stay
+    owed, and the same first ones every sweep would keep the others from ever being told
+    (with the most lately owed first, the oldest were told only as others got paid)."""
+    try:
+        after = int(redis_client().get(OWED_NO_ACCOUNT_CURSOR_KEY) or 0)
+    except (RedisError, ValueError):
+        after = 0
+    legs = owed_without_account(session, after=after)
+    if len(legs) < SETTLE_BATCH and after:  # the end: on from the first
+        legs += [g for g in owed_without_account(session) if g <= after][
+            :SETTLE_BATCH - len(legs)]
+        nxt = legs[-1] if legs else 0
+    else:
+        nxt = legs[-1] if len(legs) == SETTLE_BATCH else 0
+    try:
+        redis_client().set(OWED_NO_ACCOUNT_CURSOR_KEY, nxt)
+    except RedisError:
+        log.warning("payments: the owed legs' place was not kept")
+    return legs
 
 
 # How a leg transfer's last_error quotes the gateway (_transfer_refused, _on_transfer);
@@ -3900,7 +4039,7 @@ def sweep() -> dict[str, int]:
         unreleased = unreleased_legs(session)
         # Owed lately first (unpaid_legs), then those owed for longer, in turn.
         unpaid = list(dict.fromkeys(unpaid_legs(session) + owed_legs_in_turn(session)))
-        waiting_account = owed_without_account(session)
+        waiting_account = owed_without_account_in_turn(session)
     for leg_id in unreleased:
         enqueue("workers.payments.release_leg", leg_id, job_id=f"release-{leg_id}",
                 retry=GATEWAY_RETRY)

@@ -14,8 +14,11 @@ read them with ``list_mismatches`` (the ops REST endpoint comes with the REST AP
 Razorpay's fee on each captured payment compared (``fee_differs``) with the ledger's
 ``gateway_fee`` entry of it; one the ledger lacks (the payment recorded without its
 webhook) is booked first (payments.record_fee). Route's fee on each transfer of ours
-processed in the window likewise (payments.record_transfer_fee, ``fee_differs`` of the
-transfer).
+processed likewise (payments.record_transfer_fee, ``fee_differs`` of the transfer):
+released or still on hold (or given back: a hold is charged when processed), listed in the
+window or asked again (open rows, open mismatches, recent payouts). A hold whose reversal
+waited for the gateway to process it, shown processed now (its transfer.processed lost),
+has its leg's job run again (payments.resume_waiting_reversals).
 
 A payout the gateway shows less of than the ledger paid out (the transfer reversed since,
 all or part, by ops in the dashboard: Razorpay sends no webhook for it) is recorded first
@@ -257,28 +260,30 @@ def _fees_booked(gateway_ids: set[str]) -> dict[str, tuple[int, int | None]]:
                                clock.now(), None, gateway_ids)
 
 
-def _transfer_fee_findings(listed: dict[str, dict], compared: set[str]) -> list[Finding]:
-    """Route's fee on each transfer of ours the gateway processed in the window: one the
-    ledger lacks (its transfer.processed lost) is booked as that event would
-    (payments.record_transfer_fee). Of the transfers this run ``compared`` (released ones
-    the gateway showed: a fee_differs found no more of them is resolved with them), a fee
-    the ledger shows otherwise (none counts as 0) is a ``fee_differs`` mismatch of the
-    transfer, as _fee_findings finds a payment's."""
+def _transfer_fee_findings(seen: dict[str, dict]) -> tuple[list[Finding], set[str]]:
+    """Route's fee on each transfer of ours the gateway showed this run processed (listed
+    in the window, or asked again: open rows, open mismatches, recent payouts), released
+    or not: a hold is charged when processed, and one never released (still on hold,
+    given back) is the platform's cost as much. One the ledger lacks (its
+    transfer.processed lost) is booked as that event would (payments.record_transfer_fee);
+    a fee the ledger shows otherwise (none counts as 0) is a ``fee_differs`` mismatch of
+    the transfer, as _fee_findings finds a payment's. Also returns the transfers whose fee
+    was compared: a fee_differs found no more of them is resolved."""
     from core.services import payments as pay  # payments imports nothing of this module
 
-    charged = {gid: (fee, item) for gid, item in listed.items()
+    charged = {gid: (fee, item) for gid, item in seen.items()
                if (fee := pay.processed_fee(item)) is not None}
     noted = {gid: (gw.note_int(item, "leg_id"), gw.note_int(item, "booking_id"))
              for gid, (_, item) in charged.items()}
     if not charged:
-        return []
+        return [], set()
     with transaction() as session:  # ours: the noted leg is of the noted booking (one query)
         legs = dict(session.execute(select(Leg.id, Leg.booking_id).where(
             Leg.id.in_({leg for leg, _ in noted.values() if leg is not None}))).tuples().all())
     told = {gid: v for gid, v in charged.items()
             if (leg := noted[gid][0]) is not None and legs.get(leg) == noted[gid][1]}
     if not told:
-        return []
+        return [], set()
 
     led_fee = _fees_booked(set(told))
     if any([pay.record_transfer_fee(item, f"reconcile:{gid}")
@@ -288,7 +293,7 @@ def _transfer_fee_findings(listed: dict[str, dict], compared: set[str]) -> list[
                     led_fee.get(gid, (0, None))[0], fee,
                     "Route's fee on the transfer differs between ledger and gateway")
             for gid, (fee, item) in told.items()
-            if gid in compared and led_fee.get(gid, (0, None))[0] != fee]
+            if led_fee.get(gid, (0, None))[0] != fee], set(told)
 
 
 def _gateway_amount(entity: str, item: dict | None) -> int | None:
@@ -336,11 +341,13 @@ def _open_page(session: Session, id_col, gid_col, is_open, cursor_key: str,
     return {gid for _, gid in rows}
 
 
-def _add_open_items(c, refunds: dict[str, dict], transfers: dict[str, dict]) -> None:
+def _add_open_items(c, refunds: dict[str, dict], transfers: dict[str, dict],
+                    held: dict[str, dict] | None = None) -> None:
     """Add what our rows still show open (refunds pending, transfers on hold or pending),
     fetched one by one, when the gateway settled them: a refund processed or a transfer
     released days after it was created falls outside every later window. Open rows are
-    fetched again every run: one the gateway cannot show now is asked next run."""
+    fetched again every run: one the gateway cannot show now is asked next run. The
+    transfers not released go to ``held``, if given (their fee is compared all the same)."""
     with transaction() as session:
         refund_ids = _open_page(session, Refund.id, Refund.gateway_refund_id,
                                 Refund.status == "pending", OPEN_CURSOR_KEY + "refunds")
@@ -369,6 +376,8 @@ def _add_open_items(c, refunds: dict[str, dict], transfers: dict[str, dict]) -> 
             continue
         if item and _released(item):
             transfers[tid] = item
+        elif item and held is not None:
+            held[tid] = item
 
 
 def _mismatched(entity: str) -> set[str]:
@@ -516,8 +525,14 @@ def _run(since: datetime | None, until: datetime | None) -> dict[str, int]:
     waiting = {r["id"]: r for r in listed if r.get("status") == "pending"}
     listed_trf = {t["id"]: t for t in _pages(c.transfer.all, since, until)}
     transfers = {gid: t for gid, t in listed_trf.items() if _released(t)}
-    _add_open_items(c, refunds, transfers)
-    fetch_transfer = _cached(c.transfer.fetch)  # each transfer asked once a run
+    held: dict[str, dict] = {}  # transfers asked again this run, whatever their state
+    _add_open_items(c, refunds, transfers, held)
+    # A hold whose reversal waited for the gateway to process it, its transfer.processed
+    # lost: the leg's job runs again now (payments.resume_waiting_reversals).
+    from core.services import payments as pay  # payments imports nothing of this module
+
+    pay.resume_waiting_reversals(held)
+    fetch_transfer = _cached(c.transfer.fetch, seen=held)  # each transfer asked once a run
     # A payment or refund the gateway could not show once is not compared this run (its
     # open mismatch stays as it was, the window marker at its entry), as ever.
     fetch_payment = _cached(c.payment.fetch, keep_no_answer=True)
@@ -584,10 +599,12 @@ def _run(since: datetime | None, until: datetime | None) -> dict[str, int]:
                          "recorded once processed")
                  for gid, (booking_id, amount) in outside_pending.items()]
     findings += _fee_findings(payments, led_pay)
-    # The window's transfers and those asked again (open mismatches, recent payouts): a
-    # fee_differs of a transfer out of the window is compared again, not resolved unseen.
-    findings += _transfer_fee_findings({**listed_trf, **transfers},
-                                       checked["transfer"] - unanswered)
+    # The window's transfers and those asked again (open rows, open mismatches, recent
+    # payouts), on hold or released: a fee_differs of a transfer out of the window is
+    # compared again, not resolved unseen.
+    fee_found, checked["transfer:fee"] = _transfer_fee_findings(
+        {**held, **listed_trf, **transfers})
+    findings += fee_found
     _alert_new(_record(findings, checked))
     if default_window:
         redis_client().set(LAST_UNTIL_KEY, int(_marker(until, unanswered).timestamp()))
@@ -643,10 +660,11 @@ def _ledger_transfers(session: Session, since: datetime, until: datetime, refs: 
     return led_trf, gone
 
 
-def _cached(fetch, *, keep_no_answer: bool = False):
+def _cached(fetch, *, keep_no_answer: bool = False, seen: dict[str, dict] | None = None):
     """_fetch_one of ``fetch``, each item asked of the gateway once a run (a _NoAnswer is
     not kept: asked again, it may answer; unless ``keep_no_answer``: an item the gateway
-    could not show is then not compared this run however often it comes up in it)."""
+    could not show is then not compared this run however often it comes up in it). Each
+    item the gateway showed is kept in ``seen`` too, if given."""
     known: dict[str, dict | None] = {}
     unanswered: set[str] = set()
 
@@ -660,6 +678,9 @@ def _cached(fetch, *, keep_no_answer: bool = False):
                 if keep_no_answer:
                     unanswered.add(gateway_id)
                 raise
+            item = known[gateway_id]
+            if seen is not None and item:
+                seen[gateway_id] = item
         return known[gateway_id]
 
     return fetch_one
@@ -810,7 +831,10 @@ def _record(findings: list[Finding], checked: dict[str, set[str]]) -> list[Findi
         for row in session.scalars(select(ReconciliationMismatch).where(
                 ReconciliationMismatch.resolved_at.is_(None))):
             if (row.kind, row.entity, row.gateway_id) not in keys and (
-                    row.gateway_id in checked.get(row.entity, set())):
+                    row.gateway_id in checked.get(row.entity, set()) or (
+                        # A fee compared apart from the money (a transfer's, on hold).
+                        row.kind == "fee_differs"
+                        and row.gateway_id in checked.get(f"{row.entity}:fee", set()))):
                 row.resolved_at = now
     return new
 
