@@ -298,3 +298,88 @@ def test_a_free_turn_is_taken_in_one_statement(live, monkeypatch, sender):
     turn = [s for s in seen if "advisory_lock" in s and "unlock" not in s]
     assert len(turn) == 1, turn
     assert not [s for s in seen if "lock_timeout" in s], "a free turn waited as a busy one"
+
+
+# --- review of the above (session 32) ---------------------------------------------------
+
+
+def _due_now(job_id: str) -> None:
+    """A scheduled job's time has come (RQ's scheduler, run by hand)."""
+    q = queue("outbox")
+    registry = ScheduledJobRegistry(queue=q)
+    assert job_id in registry.get_job_ids(), f"{job_id} is not scheduled"
+    registry.remove(job_id)
+    job = q.fetch_job(job_id)
+    assert job is not None
+    q._enqueue_job(job)
+
+
+def test_a_new_job_under_an_old_jobs_id_starts_its_own_come_backs(live, monkeypatch):
+    """Review: RQ saves a job over the hash an earlier job of its id left, so the sweep's
+    new job for a row whose job had used up its come-backs started with that count and
+    failed at its first come-back (the row then went once a sweep minute). A new job
+    under the id starts its own count."""
+    monkeypatch.setattr(outbox, "TURN_WAIT_MS", 20)
+    monkeypatch.setattr(outbox, "COME_BACK_MAX", 2)
+    q = queue("outbox")
+    with engine().connect().execution_options(isolation_level="AUTOCOMMIT") as holder:
+        _hold_the_turn(holder, RAMESH, take=True)
+        try:
+            row = _to_ramesh("1. Your job is ready.")
+            job_id = f"outbox-{row}"
+            run_jobs(("outbox",))  # come-back 1
+            _due_now(job_id)
+            run_jobs(("outbox",))  # come-back 2
+            _due_now(job_id)
+            run_jobs(("outbox",))  # past COME_BACK_MAX: failed
+            failed = q.fetch_job(job_id)
+            assert failed is not None and failed.get_status() == "failed"
+            clock.freeze(datetime.now(UTC) + timedelta(minutes=2))
+            outbox.sweep()  # the still pending row's new job
+            run_jobs(("outbox",))  # the turn still busy: its first come-back
+            again = q.fetch_job(job_id)
+            assert again is not None and again.get_status() == "scheduled", \
+                "the sweep's new job inherited the old one's come-backs"
+        finally:
+            _hold_the_turn(holder, RAMESH, take=False)
+    _due_now(job_id)
+    run_jobs(("outbox",))
+    assert _at_twilio() == ["1. Your job is ready."]
+
+
+def test_a_reply_given_back_for_a_busy_turn_comes_back_soon_with_all_its_retries(
+        live, monkeypatch):
+    """Review: a chat reply given back untried (its address's turn busy) got a job that
+    first ran after the first retry interval, with one retry fewer, though it was never
+    tried. It comes back after TURN_AGAIN_S, as a delivery job does, every retry kept."""
+    monkeypatch.setattr(outbox, "TURN_WAIT_MS", 20)
+    with engine().connect().execution_options(isolation_level="AUTOCOMMIT") as holder:
+        _hold_the_turn(holder, RAMESH, take=True)
+        try:
+            reply = _reply_to_ramesh("1. Your booking RC-1 is confirmed.")
+        finally:
+            _hold_the_turn(holder, RAMESH, take=False)
+    assert (_row(reply).status, _row(reply).attempts) == ("pending", 0)
+    job = queue("outbox").fetch_job(f"outbox-{reply}")
+    assert job is not None and job.retries_left == get_settings().outbox_max_retries
+    assert _runs_in(f"outbox-{reply}") <= outbox.TURN_AGAIN_S
+    _due_now(f"outbox-{reply}")
+    run_jobs(("outbox",))
+    assert _at_twilio() == ["1. Your booking RC-1 is confirmed."]
+
+
+def test_a_reply_its_drainer_never_tried_is_given_back_while_lookups_pause(
+        live, monkeypatch):
+    """Review: a reply whose drainer died before its try needs no look-up (Twilio cannot
+    hold it), but the sweep gave it no reconcile job while look-ups paused for another
+    row's failed look-up: it waited out the pause, unsent."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(outbox, "send_now", lambda claimed: None)
+        reply = _reply_to_ramesh("1. Your booking RC-1 is confirmed.")
+    assert (_row(reply).status, _row(reply).attempts) == ("sending", 0)  # never tried
+    clock.freeze(datetime.now(UTC) + outbox.STALE_SENDING + timedelta(minutes=1))
+    until = int((clock.now() + timedelta(minutes=10)).timestamp())
+    redis_client().set(outbox.LOOKUP_PAUSE_KEY, f"{until} 1")
+    outbox.sweep()
+    run_jobs(("outbox",))  # its reconcile gives it back; its delivery job sends it
+    assert _at_twilio() == ["1. Your booking RC-1 is confirmed."]

@@ -235,10 +235,28 @@ def enqueue(
     ``known_new``: the caller knows no job with this id exists (skips a round trip).
     """
     q = queue(queue_name)
-    if job_id is not None and not known_new and _pending(q, job_id):
-        return
+    if job_id is not None and not known_new:
+        if _pending(q, job_id):
+            return
+        forget_earlier_run(q, job_id)
     q.enqueue(func, *args, job_id=job_id, retry=retry, at_front=at_front,
               result_ttl=3600, failure_ttl=7 * 86400)
+
+
+# What an earlier job of the same id counted of its retries. RQ saves a job by writing its
+# fields over the hash under its id, which an earlier job of that id left (for its
+# result_ttl or failure_ttl) and which is not cleared: a field the new job does not write
+# is the old one's. Its count of returned Retries (number_of_retries, written only once
+# set) would end the new job's come-backs early (outbox.ComeBack), and an old exception
+# retry budget (retries_left, retry_intervals; not written by a job enqueued without a
+# Retry) would retry a job that was to have none.
+_EARLIER_RUN_FIELDS = ("number_of_retries", "retries_left", "retry_intervals")
+
+
+def forget_earlier_run(q: Queue, job_id: str) -> None:
+    """Before a job is enqueued under the natural key ``job_id`` of one that is no longer
+    pending: clear what the earlier one counted of its retries (its result stays)."""
+    q.connection.hdel(Job.key_for(job_id), *_EARLIER_RUN_FIELDS)
 
 
 def job_alive(job_id: str, queue_name: str = "default") -> bool:

@@ -90,7 +90,7 @@ from core.adapters.models import (
     OutboxMessage,
     Person,
 )
-from core.adapters.queue import after_commit, enqueue, queue
+from core.adapters.queue import after_commit, enqueue, forget_earlier_run, queue
 from core.adapters.redis_conn import redis_client, run_script
 from core.config import get_settings
 from core.domain.booking import BookingStatus
@@ -683,8 +683,10 @@ def send_now(claimed: _Claimed) -> str:
     try:
         with _turn_of(claimed.outbox_id, claimed.to) as (_, turn):
             waiting = _waiting_to(turn, claimed.to, claimed.outbox_id)
-            if _earlier_first(turn, waiting.earlier) is not None or waiting.more_earlier:
-                _given_back(turn, claimed.outbox_id)
+            holder = _earlier_first(turn, waiting.earlier)
+            if holder is not None or waiting.more_earlier:
+                _given_back(turn, claimed.outbox_id,
+                            _held_again(holder) if holder is not None else TURN_AGAIN_S)
                 return "waiting"
             if not _claim_kept(turn, claimed.outbox_id):
                 return "taken-over"
@@ -695,7 +697,7 @@ def send_now(claimed: _Claimed) -> str:
                 return "retrying"
     except TurnBusy:  # another sender holds the turn long: its job sends it
         with db.engine().connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
-            _given_back(conn, claimed.outbox_id)
+            _given_back(conn, claimed.outbox_id, TURN_AGAIN_S)
         return "waiting"
 
 
@@ -709,19 +711,29 @@ def _claim_kept(turn: Connection, outbox_id: int) -> bool:
         attempts=m.attempts + 1, updated_at=clock.now())).rowcount == 1
 
 
-def _given_back(conn: Connection, outbox_id: int) -> None:
-    """A row claimed at insert and not tried goes back to waiting, for its job a moment
-    later; unless a later message's turn took it over meanwhile (that one sends it)."""
+def _given_back(conn: Connection, outbox_id: int, after_s: int) -> None:
+    """A row claimed at insert and not tried goes back to waiting, for its job in
+    ``after_s`` seconds, as a delivery job that could not go comes back (ComeBack): none
+    of its retries used, for it was not tried; unless a later message's turn took it
+    over meanwhile (that one sends it)."""
     m = OutboxMessage
     if conn.execute(update(m).where(m.id == outbox_id, _untried_claim())
                     .values(status="pending", last_error=HELD_BACK)).rowcount == 1:
-        _retry_later(outbox_id, extra_s=1)
+        s = get_settings()
+        q = queue("outbox")
+        forget_earlier_run(q, f"outbox-{outbox_id}")
+        q.enqueue_in(timedelta(seconds=after_s), DELIVER_JOB, outbox_id,
+                     job_id=f"outbox-{outbox_id}",
+                     retry=Retry(max=s.outbox_max_retries,
+                                 interval=list(s.outbox_retry_intervals)),
+                     result_ttl=3600, failure_ttl=7 * 86400)
 
 
 def _retry_later(outbox_id: int, *, extra_s: int = 0) -> None:
     s = get_settings()
     intervals = list(s.outbox_retry_intervals)
     left = s.outbox_max_retries - 1  # this try is the first retry
+    forget_earlier_run(queue("outbox"), f"outbox-{outbox_id}")
     queue("outbox").enqueue_in(
         timedelta(seconds=intervals[0] + extra_s), DELIVER_JOB, outbox_id,
         job_id=f"outbox-{outbox_id}",
@@ -2050,18 +2062,26 @@ def sweep(now_age: timedelta = timedelta(seconds=60)) -> int:
     """
     cutoff = clock.now() - now_age
     with transaction() as session:
-        claims = {row_id: claimed_at for row_id, claimed_at in session.execute(
-            select(OutboxMessage.id, OutboxMessage.updated_at)
-            .where(OutboxMessage.status == "sending", OutboxMessage.provider_sid.is_(None),
-                   OutboxMessage.updated_at < clock.now() - STALE_SENDING)
-            .order_by(OutboxMessage.updated_at).limit(RECONCILE_SCAN)
-        )}
+        claims, untried = {}, set()
+        for row_id, claimed_at, attempts in session.execute(
+                select(OutboxMessage.id, OutboxMessage.updated_at, OutboxMessage.attempts)
+                .where(OutboxMessage.status == "sending",
+                       OutboxMessage.provider_sid.is_(None),
+                       OutboxMessage.updated_at < clock.now() - STALE_SENDING)
+                .order_by(OutboxMessage.updated_at).limit(RECONCILE_SCAN)):
+            claims[row_id] = claimed_at
+            if attempts == 0:
+                untried.add(row_id)
         ids = list(session.scalars(
             select(OutboxMessage.id).where(OutboxMessage.status == "pending",
                                            OutboxMessage.created_at < cutoff)
             .order_by(OutboxMessage.id).limit(500)
         ))
-    unknown = _due_reconciles(claims) if claims else []
+    # A reply claimed at insert whose drainer died before its try: Twilio cannot hold it,
+    # so its reconcile gives it back unasked, look-ups paused or not.
+    unknown = [row_id for row_id in claims if row_id in untried] + (
+        _due_reconciles({k: v for k, v in claims.items() if k not in untried})
+        if len(claims) > len(untried) else [])
     for row_id in unknown:
         enqueue(RECONCILE_JOB, row_id, queue_name="outbox", job_id=f"outbox-reconcile-{row_id}")
     for row_id in ids:
