@@ -26,6 +26,7 @@ from core.config import ROOT, ConfigError, get_settings
 
 if TYPE_CHECKING:
     from core.adapters.queue import JobLoggingSimpleWorker, JobLoggingWorker
+    from core.adapters.roles import Granted
 
 log = logging.getLogger("core.cli")
 
@@ -150,7 +151,7 @@ def migrate(url: str | None = None) -> None:
 
     from core.adapters.schema import code_revisions
 
-    url = url or get_settings().database_url
+    url = url or get_settings().owner_database_url
     if ensure_database(url):
         log.info("created database", extra={"database": make_url(url).database})
     cfg = Config(str(ROOT / "alembic.ini"))
@@ -172,6 +173,64 @@ def _database_versions(url: str) -> set[str]:
             return set(conn.scalars(text("SELECT version_num FROM alembic_version")))
     finally:
         engine.dispose()
+
+
+def _current_user(url: str) -> str:
+    """The role a connection to ``url`` runs as (asked, not read from the URL: a pooler's
+    user name may be another)."""
+    engine = create_engine(url, poolclass=NullPool)
+    try:
+        with engine.connect() as conn:
+            return str(conn.scalar(text("SELECT current_user")))
+    finally:
+        engine.dispose()
+
+
+def grant_service_role(role: str) -> Granted:
+    """As the schema's owner (MIGRATE_DATABASE_URL, else DATABASE_URL), give ``role``
+    what the service needs and no more (core.adapters.roles.grant_service_role)."""
+    from core.adapters import roles
+
+    engine = create_engine(get_settings().owner_database_url, poolclass=NullPool)
+    try:
+        with engine.begin() as conn:
+            return roles.grant_service_role(conn, role)
+    finally:
+        engine.dispose()
+
+
+def grant_after_migrate() -> None:
+    """With MIGRATE_DATABASE_URL set, `migrate` and `release` grant DATABASE_URL's role
+    after upgrading: on every deploy, so tables made before the default privileges and a
+    grant changed by hand since are put right, with nothing more to configure. A role
+    that cannot be the service's (the owner itself, a superuser) is warned, not refused:
+    the deploy goes on as before."""
+    from core.adapters import roles
+
+    settings = get_settings()
+    if not settings.migrate_database_url:
+        return
+    service = _current_user(settings.database_url)
+    if service == _current_user(settings.migrate_database_url):
+        log.warning("DATABASE_URL and MIGRATE_DATABASE_URL connect as the same role: the "
+                    "service owns the schema (README: Setting up production)",
+                    extra={"role": service})
+        return
+    try:
+        # Under migrate's lock: two releases granting at once could fail one of them on
+        # the same catalog rows ("tuple concurrently updated").
+        with migration_lock(settings.migrate_database_url):
+            granted = grant_service_role(service)
+    except roles.RoleRefused as err:
+        log.warning("the service's database role was not granted", extra={"reason": str(err)})
+        return
+    log.info("service role granted", extra={"role": granted.role, "owner": granted.owner,
+                                            "schema": granted.schema})
+    if granted.left:
+        log.warning("the service's database role still may more than it needs: revoke it "
+                    "as whoever granted it (a role it belongs to; PUBLIC's, as the "
+                    "database's owner), then release again",
+                    extra={"role": granted.role, "left": list(granted.left)})
 
 
 class SchemaNotReady(RuntimeError):
@@ -293,6 +352,9 @@ def worker(burst: bool = False) -> None:
     # A Redis away at start is said at once (main), before the directory's warm-up; one
     # lost later is the worker loop's to ride out.
     redis_client().ping()
+    from core.adapters.roles import warn_if_overpowered
+
+    warn_if_overpowered(get_settings().database_url, production=get_settings().is_production)
     lower_priority()
 
     from core.adapters import pincode
@@ -611,14 +673,17 @@ def _first_lines(text_: str, limit: int = 300) -> str:
 
 def run_command(args: argparse.Namespace) -> int:
     """Run the command ``args`` names; its exit status."""
-    if args.cmd == "migrate":
+    settings = get_settings()
+    if args.cmd in ("migrate", "release"):
         migrate()
+        grant_after_migrate()
+        from core.adapters.roles import warn_if_overpowered
+
+        warn_if_overpowered(settings.database_url, production=settings.is_production)
+        if args.cmd == "release" and settings.is_sandbox:
+            return seed()
     elif args.cmd == "seed":
         return seed()
-    elif args.cmd == "release":
-        migrate()
-        if get_settings().is_sandbox:
-            return seed()
     elif args.cmd == "worker":
         worker(burst=args.burst)
     elif args.cmd == "sandbox-worker":

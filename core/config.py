@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from functools import lru_cache
 from pathlib import Path
-from urllib.parse import SplitResult, urlsplit
+from urllib.parse import SplitResult, unquote, urlsplit
 
 from core import clock
 from core.i18n import LANGUAGES, unreadable_catalogs
@@ -232,6 +232,15 @@ class Settings:
     signin_codes_per_hour: int = 600
     # RQ_FORK_PER_JOB: the workers fork a process per job (core.cli.worker).
     rq_fork_per_job: bool = False
+    # MIGRATE_DATABASE_URL: the schema owner's URL, for `release` and `migrate`, which then
+    # grant DATABASE_URL's role (the service's, owning nothing) what it uses, so that it
+    # cannot turn the ledger's checks off (core.adapters.roles). Unset: one role does all.
+    migrate_database_url: str | None = None
+
+    @property
+    def owner_database_url(self) -> str:
+        """The URL migrations run with: MIGRATE_DATABASE_URL, else DATABASE_URL."""
+        return self.migrate_database_url or self.database_url
 
     @property
     def is_production(self) -> bool:
@@ -378,6 +387,34 @@ def _voice_problems(env: dict[str, str]) -> list[str]:
 TWILIO_ACCOUNT_SID = re.compile(r"AC[0-9a-fA-F]{32}")
 
 
+def _migrate_url_problems(migrate_url: str, database_url: str) -> list[str]:
+    """What is wrong with MIGRATE_DATABASE_URL (optional): it must be a PostgreSQL URL of
+    the very database DATABASE_URL names (its host may differ: a pooler in front of the
+    service, the server itself for migrations), else the release would migrate another
+    database than the one the service uses."""
+    if not migrate_url:
+        return []
+    if migrate_url != migrate_url.strip():
+        return ["MIGRATE_DATABASE_URL starts or ends with a space or line break; remove it"]
+    if urlsplit(migrate_url).scheme not in DATABASE_SCHEMES:
+        return ["MIGRATE_DATABASE_URL must be a PostgreSQL URL (postgresql://owner@host/db)"]
+    if database_url and _database_name(migrate_url) != _database_name(database_url):
+        return ["MIGRATE_DATABASE_URL must name the database DATABASE_URL names "
+                f"({_database_name(database_url) or 'none'}), not "
+                f"{_database_name(migrate_url) or 'none'}"]
+    return []
+
+
+def _database_name(url: str) -> str:
+    """The database a PostgreSQL URL names (its path, or a dbname= of its query)."""
+    parts = urlsplit(url)
+    for pair in parts.query.split("&"):
+        key, _, value = pair.partition("=")
+        if key == "dbname" and value:
+            return unquote(value)
+    return unquote(parts.path.lstrip("/"))
+
+
 def _flag(env: dict[str, str], name: str, problems: list[str]) -> bool:
     """An on/off setting: 1/0, true/false, yes/no, on/off (any case; unset is off). Any
     other value is one more line of the refusal, not a silent off."""
@@ -503,6 +540,8 @@ def load_settings(environ: dict[str, str] | None = None) -> Settings:
             and urlsplit(redis_url).scheme not in REDIS_SCHEMES):
         problems.append("REDIS_URL must be a Redis URL (redis://host:6379/0, rediss:// or "
                         "unix://)")
+    migrate_url = env.get("MIGRATE_DATABASE_URL", "")
+    problems += _migrate_url_problems(migrate_url, database_url)
 
     secret_key = secret("SECRET_KEY", SANDBOX_SECRET_KEY, OWN_SECRET_MIN)
     otp_key = secret("OTP_KEY", SANDBOX_OTP_KEY, OWN_SECRET_MIN)
@@ -685,6 +724,7 @@ def load_settings(environ: dict[str, str] | None = None) -> Settings:
         app_env=app_env,
         database_url=sqlalchemy_url(database_url),
         redis_url=redis_url,
+        migrate_database_url=sqlalchemy_url(migrate_url) if migrate_url else None,
         port=port,
         public_base_url=public_base_url,
         secret_key=secret_key,

@@ -1,4 +1,5 @@
-"""Alembic environment: the URL comes from core.config (DATABASE_URL), online mode only.
+"""Alembic environment: the URL comes from core.config (MIGRATE_DATABASE_URL, else
+DATABASE_URL: the schema's owner), online mode only.
 
 Migrations run while the previous release still serves (migrations/README.md): each one
 commits on its own, and no statement waits more than LOCK_TIMEOUT for a lock, since every
@@ -39,7 +40,7 @@ RETRY_WAITS = (1, 2, 4, 8, 15, 30)
 
 def run_migrations_online() -> None:
     attributes = context.config.attributes  # tests set shorter timeouts here
-    url = attributes.get("url") or get_settings().database_url
+    url = attributes.get("url") or get_settings().owner_database_url  # alembic run by hand
     lock_timeout_ms = int(attributes.get("lock_timeout_ms", LOCK_TIMEOUT_MS))
     retry_waits = attributes.get("retry_waits", RETRY_WAITS)
     connectable = create_engine(url, poolclass=pool.NullPool)

@@ -1,0 +1,306 @@
+"""The service on a PostgreSQL role of its own, which owns nothing (core.adapters.roles):
+the product's paths work as that role, and the ledger's checks cannot be turned off by it.
+
+The test database's owner is the superuser of DATABASE_URL (it migrated it); each test
+makes a login role, grants it as a release with MIGRATE_DATABASE_URL does, points the
+service at it (DATABASE_URL), and drops it afterwards.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterator
+from datetime import timedelta
+
+import pytest
+from sqlalchemy import create_engine, func, select, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.pool import NullPool
+
+from core import cli, clock
+from core.adapters import db as db_adapter
+from core.adapters import roles
+from core.adapters.db import transaction
+from core.adapters.models import MessageStatusEvent, OutboxMessage
+from core.adapters.payment_models import LedgerPosting, LedgerTransaction
+from core.config import ConfigError, load_settings, reset_settings
+from core.services import ledger, outbox, payments, retention
+from tests.conftest import run_jobs
+from tests.test_payments_support import advance, new_partner, paid_booking, summary
+
+pytestmark = pytest.mark.db
+
+SERVICE_ROLE = f"rc_app_s32_{os.getpid()}"
+OWNER_ROLE = f"rc_own_s32_{os.getpid()}"
+INSUFFICIENT_PRIVILEGE = "42501"  # "permission denied for table", "must be owner of"
+
+
+def _as(url: str, role: str) -> str:
+    return make_url(url).set(username=role).render_as_string(hide_password=False)
+
+
+def _owner_sql(url: str, *statements: str) -> None:
+    engine = create_engine(url, poolclass=NullPool, isolation_level="AUTOCOMMIT")
+    try:
+        with engine.connect() as conn:
+            for statement in statements:
+                conn.execute(text(statement))
+    finally:
+        engine.dispose()
+
+
+def _use_database(url: str) -> None:
+    """Point the service (settings, pools) at ``url``."""
+    os.environ["DATABASE_URL"] = url
+    reset_settings()
+    db_adapter.dispose_all()
+
+
+@pytest.fixture
+def owner_url(clean_db) -> Iterator[str]:
+    """The owner's URL (the suite's DATABASE_URL); the roles made here are dropped after,
+    and the database's TEMPORARY for PUBLIC, which the grant takes away, given back."""
+    url = os.environ["DATABASE_URL"]
+    yield url
+    _use_database(url)  # before clean_db empties the tables as the superuser
+    database = make_url(url).database
+    for role in (SERVICE_ROLE, OWNER_ROLE):
+        _owner_sql(url, f"DO $$ BEGIN IF EXISTS (SELECT 1 FROM pg_roles WHERE rolname = "
+                        f"'{role}') THEN EXECUTE 'DROP OWNED BY {role}'; "
+                        f"EXECUTE 'DROP ROLE {role}'; END IF; END $$")
+    _owner_sql(url, f'GRANT TEMPORARY ON DATABASE "{database}" TO PUBLIC')
+
+
+@pytest.fixture
+def service_url(owner_url: str) -> Iterator[str]:
+    """A login role that owns nothing, granted, and the service running as it."""
+    _owner_sql(owner_url, f"CREATE ROLE {SERVICE_ROLE} LOGIN")
+    assert cli.grant_service_role(SERVICE_ROLE).left == ()
+    url = _as(owner_url, SERVICE_ROLE)
+    _use_database(url)
+    yield url
+    _use_database(owner_url)
+
+
+def _refused(url: str, statement: str) -> str:
+    """The SQLSTATE PostgreSQL refuses ``statement`` with, run on its own as ``url``."""
+    engine = create_engine(url, poolclass=NullPool)
+    try:
+        with pytest.raises(DBAPIError) as refused, engine.begin() as conn:
+            conn.execute(text(statement))
+    finally:
+        engine.dispose()
+    return getattr(refused.value.orig, "sqlstate", "")
+
+
+LEDGER_POST = ("ledger_post(p_booking_id bigint, p_key text, p_kind text, p_gateway_ref "
+               "text, p_actor text, p_cause text, p_memo text, p_at timestamptz, p_postings "
+               "jsonb, p_guarded jsonb)")
+TURNING_CHECKS_OFF = (
+    "UPDATE ledger_postings SET amount_paise = amount_paise * 2",
+    "UPDATE ledger_transactions SET memo = 'edited'",
+    "DELETE FROM ledger_postings",
+    "DELETE FROM ledger_transactions",
+    "TRUNCATE ledger_postings, ledger_transactions",
+    "ALTER TABLE ledger_postings DISABLE TRIGGER ledger_postings_append_only",
+    "ALTER TABLE ledger_postings DISABLE TRIGGER ledger_postings_balanced",
+    "ALTER TABLE ledger_transactions DISABLE TRIGGER USER",
+    "DROP TRIGGER ledger_postings_balanced ON ledger_postings",
+    "DROP TRIGGER ledger_transactions_append_only ON ledger_transactions",
+    f"CREATE OR REPLACE FUNCTION {LEDGER_POST} "
+    "RETURNS text LANGUAGE sql AS $$ SELECT 'posted' $$",
+    "CREATE OR REPLACE FUNCTION ledger_check_posting() RETURNS trigger LANGUAGE plpgsql "
+    "AS $$ BEGIN RETURN NULL; END $$",
+    "ALTER FUNCTION ledger_check_posting() RENAME TO ledger_check_posting_off",
+    "DROP FUNCTION forbid_history_change() CASCADE",
+    "SET session_replication_role = replica",  # what skips the triggers in a restore
+    # A table of its own named as the ledger's, read by the checks in its place.
+    "CREATE TEMP TABLE ledger_postings (transaction_id bigint, amount_paise bigint)",
+    "CREATE TABLE public.shadow (id int)",
+)
+
+
+def test_the_service_role_posts_through_the_ledger_and_cannot_turn_its_checks_off(
+        live, service_url):
+    partner = new_partner()
+    bid = paid_booking()  # the payment link, paid on the emulator: capture, as the role
+    leg_id = advance(bid, partner, to="delivered")
+    assert payments.release_leg(leg_id) == "released"
+    run_jobs()
+    money = summary(bid)
+    assert money["escrow_paise"] == 0 and money["captured_paise"] > 0
+    with transaction() as s:
+        kinds = set(s.scalars(select(LedgerTransaction.kind)))
+        before = s.scalar(select(func.count()).select_from(LedgerPosting))
+        assert {"capture", "release"} <= kinds and ledger.total(s) == 0
+
+    for statement in TURNING_CHECKS_OFF:
+        assert _refused(service_url, statement) == INSUFFICIENT_PRIVILEGE, statement
+    # Its checks stand: an unbalanced entry is refused at commit, as for anyone.
+    with pytest.raises(DBAPIError, match="does not balance"), \
+            db_adapter.engine().begin() as conn:
+        tx = conn.scalar(text(
+            "INSERT INTO ledger_transactions (idempotency_key, kind, booking_id, actor, "
+            "memo, created_at) VALUES ('s32-odd', 'capture', :b, 'test', 'm', now()) "
+            "RETURNING id"), {"b": bid})
+        conn.execute(text(
+            "INSERT INTO ledger_postings (transaction_id, account, account_kind, "
+            "booking_id, amount_paise, created_at) VALUES (:t, 'gateway_clearing', "
+            "'gateway_clearing', :b, -100, now()), (:t, 'escrow:b' || :b, 'escrow', :b, "
+            "50, now())"), {"t": tx, "b": bid})
+    with transaction() as s:
+        assert s.scalar(select(func.count()).select_from(LedgerPosting)) == before
+        assert ledger.total(s) == 0
+    with db_adapter.engine().connect() as conn:
+        assert roles.excess_powers(conn) == []
+
+
+def test_the_other_run_time_paths_write_as_the_service_role(live, service_url):
+    with transaction() as s:
+        oid = outbox.queue_message(s, channel="sms", to="+919876500001", body="Namaste")
+    assert oid is not None
+    run_jobs()  # the send, and the emulator's status callbacks
+    with transaction() as s:
+        assert s.get(OutboxMessage, oid).status == "delivered"
+        assert s.scalar(select(func.count()).select_from(MessageStatusEvent)) > 0
+    # A month on, the retention run deletes the status history and redacts nothing yet.
+    clock.freeze(clock.now() + timedelta(days=31))
+    done = retention.run()
+    assert done["status_events"] > 0 and not done["unfinished"]
+    with transaction() as s:
+        assert s.scalar(select(func.count()).select_from(MessageStatusEvent)) == 0
+
+
+def test_a_table_a_later_migration_adds_is_the_service_roles_to_use(owner_url, service_url):
+    _owner_sql(owner_url, "CREATE TABLE s32_later (id bigserial PRIMARY KEY, note text)")
+    try:
+        with db_adapter.engine().begin() as conn:
+            conn.execute(text("INSERT INTO s32_later (note) VALUES ('a'), ('b')"))
+            conn.execute(text("UPDATE s32_later SET note = 'c' WHERE note = 'a'"))
+            conn.execute(text("DELETE FROM s32_later WHERE note = 'b'"))
+            assert conn.scalar(text("SELECT string_agg(note, ',') FROM s32_later")) == "c"
+        for statement in ("TRUNCATE s32_later", "DROP TABLE s32_later",
+                          "ALTER TABLE s32_later ADD COLUMN x int"):
+            assert _refused(service_url, statement) == INSUFFICIENT_PRIVILEGE, statement
+    finally:
+        _owner_sql(owner_url, "DROP TABLE IF EXISTS s32_later")
+
+
+def test_the_warning_fires_for_an_owner_and_not_for_the_service_role(
+        owner_url, service_url, caplog):
+    caplog.set_level(logging.WARNING, logger="core.adapters.roles")
+
+    def warned() -> list[logging.LogRecord]:
+        return [r for r in caplog.records if "ledger's checks off" in r.getMessage()]
+
+    assert roles.warn_if_overpowered(service_url, production=True) == []
+    assert warned() == []
+    # The superuser that migrated: warned in production, quiet in the sandbox (./run serve).
+    assert roles.warn_if_overpowered(owner_url, production=False) == []
+    assert warned() == []
+    assert roles.warn_if_overpowered(owner_url, production=True) == ["superuser"]
+    [record] = warned()
+    assert record.powers == ["superuser"] and record.role == make_url(owner_url).username
+    # A plain owner of the ledger (an install on one role), and a service role given more
+    # by hand: seen, in a transaction that leaves nothing behind.
+    engine = create_engine(owner_url, poolclass=NullPool)
+    try:
+        with engine.connect() as conn, conn.begin() as tx:
+            conn.execute(text(f"CREATE ROLE {OWNER_ROLE}"))
+            conn.execute(text(f"ALTER TABLE ledger_postings OWNER TO {OWNER_ROLE}"))
+            conn.execute(text(f"GRANT UPDATE (memo) ON ledger_transactions TO {SERVICE_ROLE}"))
+            conn.execute(text(f"SET LOCAL ROLE {OWNER_ROLE}"))
+            assert "owns ledger_postings" in roles.excess_powers(conn)
+            conn.execute(text(f"SET LOCAL ROLE {SERVICE_ROLE}"))
+            assert roles.excess_powers(conn) == ["may UPDATE ledger_transactions"]
+            tx.rollback()
+    finally:
+        engine.dispose()
+
+
+def test_the_grant_is_idempotent_and_puts_right_what_was_granted_by_hand(
+        owner_url, service_url, monkeypatch):
+    _owner_sql(owner_url, f"GRANT ALL ON ALL TABLES IN SCHEMA public TO {SERVICE_ROLE}",
+               "GRANT UPDATE, DELETE ON ledger_postings TO PUBLIC",
+               f'GRANT TEMPORARY ON DATABASE "{make_url(owner_url).database}" TO PUBLIC')
+    engine = create_engine(service_url, poolclass=NullPool)
+    try:
+        with engine.connect() as conn:
+            assert "may UPDATE ledger_postings" in roles.excess_powers(conn)
+            assert "may TEMPORARY on the database" in roles.excess_powers(conn)
+        monkeypatch.setenv("MIGRATE_DATABASE_URL", owner_url)  # the service's is DATABASE_URL
+        reset_settings()
+        assert cli.grant_service_role(SERVICE_ROLE).owner == make_url(owner_url).username
+        assert cli.grant_service_role(SERVICE_ROLE).left == ()
+        with engine.connect() as conn:
+            assert roles.excess_powers(conn) == []
+        # Through a role it belongs to: not the grant's to take away, said instead.
+        _owner_sql(owner_url, f"CREATE ROLE {OWNER_ROLE}",
+                   f"GRANT DELETE ON ledger_postings TO {OWNER_ROLE}",
+                   f"GRANT {OWNER_ROLE} TO {SERVICE_ROLE}")
+        assert cli.grant_service_role(SERVICE_ROLE).left == ("DELETE ledger_postings",)
+        with engine.connect() as conn:
+            assert roles.excess_powers(conn) == ["may DELETE ledger_postings"]
+        _owner_sql(owner_url, f"REVOKE {OWNER_ROLE} FROM {SERVICE_ROLE}")
+    finally:
+        engine.dispose()
+    assert _refused(service_url, "DELETE FROM ledger_postings") == INSUFFICIENT_PRIVILEGE
+
+
+def test_the_grant_refuses_a_role_that_could_get_round_it(owner_url):
+    owner = make_url(owner_url).username
+    with pytest.raises(roles.RoleRefused, match="no role 'rc_nobody_s32'"):
+        cli.grant_service_role("rc_nobody_s32")
+    with pytest.raises(roles.RoleRefused, match="superuser"):
+        cli.grant_service_role(owner)
+    _owner_sql(owner_url, f"CREATE ROLE {OWNER_ROLE} LOGIN CREATEROLE")
+    with pytest.raises(roles.RoleRefused, match="CREATEROLE"):
+        cli.grant_service_role(OWNER_ROLE)
+    _owner_sql(owner_url, f"ALTER ROLE {OWNER_ROLE} NOCREATEROLE",
+               f"ALTER TABLE ledger_transactions OWNER TO {OWNER_ROLE}")
+    try:
+        with pytest.raises(roles.RoleRefused, match="owns ledger_transactions"):
+            cli.grant_service_role(OWNER_ROLE)
+    finally:
+        _owner_sql(owner_url, f"ALTER TABLE ledger_transactions OWNER TO {owner}")
+
+
+def test_a_release_with_the_owners_url_grants_the_service_role(owner_url, monkeypatch,
+                                                               caplog):
+    caplog.set_level(logging.INFO, logger="core.cli")
+    _owner_sql(owner_url, f"CREATE ROLE {SERVICE_ROLE} LOGIN")
+    service_url = _as(owner_url, SERVICE_ROLE)
+    assert _refused(service_url, "SELECT 1 FROM bookings") == INSUFFICIENT_PRIVILEGE
+    monkeypatch.setenv("MIGRATE_DATABASE_URL", owner_url)
+    reset_settings()
+    assert cli.main(["migrate"]) == 0  # one role in both URLs: said, and nothing else
+    assert [r.role for r in caplog.records if "same role" in r.getMessage()] == [
+        make_url(owner_url).username]
+    _use_database(service_url)
+    try:
+        assert cli.main(["release"]) == 0  # at head already: the grant (and the seed)
+        assert [r.role for r in caplog.records if r.getMessage() == "service role granted"
+                ] == [SERVICE_ROLE]
+        with db_adapter.engine().connect() as conn:
+            assert conn.scalar(text("SELECT count(*) FROM points")) > 0  # the seed's
+            assert roles.excess_powers(conn) == []
+    finally:
+        monkeypatch.delenv("MIGRATE_DATABASE_URL")
+        _use_database(owner_url)
+
+
+def test_the_owners_url_falls_back_to_database_url_and_must_name_its_database():
+    env = {"DATABASE_URL": "postgresql://app@pooler:6432/ridechain",
+           "REDIS_URL": "redis://127.0.0.1:6379/0"}
+    assert load_settings(env).owner_database_url == "postgresql+psycopg://app@pooler:6432/ridechain"
+    owner = "postgresql://owner:pw@db.internal:5432/ridechain"
+    settings = load_settings({**env, "MIGRATE_DATABASE_URL": owner})
+    assert settings.owner_database_url == "postgresql+psycopg://owner:pw@db.internal:5432/ridechain"
+    assert settings.database_url.startswith("postgresql+psycopg://app@")
+    for wrong, said in (("postgresql://owner@db/other", "must name the database"),
+                        ("mysql://owner@db/ridechain", "PostgreSQL URL"),
+                        (owner + "\n", "space or line break")):
+        with pytest.raises(ConfigError, match=said):
+            load_settings({**env, "MIGRATE_DATABASE_URL": wrong})
