@@ -304,3 +304,47 @@ def test_the_owners_url_falls_back_to_database_url_and_must_name_its_database():
                         (owner + "\n", "space or line break")):
         with pytest.raises(ConfigError, match=said):
             load_settings({**env, "MIGRATE_DATABASE_URL": wrong})
+
+
+# --- migration 0049: the functions' own search_path ------------------------------------
+
+
+def test_a_temporary_table_named_as_the_ledgers_is_not_read_by_its_checks(clean_db):
+    """Session 32 (0049): the checks named their tables without a schema, and pg_temp
+    comes first on a session's search_path, so a role that may make temporary tables (as
+    every role could by PUBLIC's grant) had them read its own ledger_postings: an entry
+    with no postings committed. Each function now looks in the schema, then pg_temp."""
+    from core.adapters.db import engine
+
+    with engine().connect() as conn, pytest.raises(DBAPIError) as refused:
+        with conn.begin():
+            conn.execute(text("CREATE TEMP TABLE ledger_postings "
+                              "(transaction_id bigint, amount_paise bigint) "
+                              "ON COMMIT DROP"))
+            entry = conn.scalar(text(
+                "INSERT INTO public.ledger_transactions (idempotency_key, kind, actor, "
+                "memo, created_at) VALUES ('s32-shadow', 'capture', 'test', 'shadowed', "
+                "now()) RETURNING id"))
+            conn.execute(text("INSERT INTO ledger_postings VALUES (:e, 100), (:e, -100)"),
+                         {"e": entry})
+    assert "posting(s): an entry needs two or more" in str(refused.value)
+    with transaction() as s:
+        assert s.scalar(select(func.count()).select_from(LedgerTransaction)) == 0
+
+
+def test_every_function_of_the_schema_keeps_its_search_path():
+    """A later migration that replaces a function (CREATE OR REPLACE) drops its
+    search_path unless it sets it again: each function of the schema must have it."""
+    from core.adapters.db import engine
+
+    with engine().connect() as conn:
+        loose = conn.execute(text(
+            "SELECT p.oid::regprocedure::text FROM pg_proc p "
+            "WHERE p.pronamespace = current_schema()::regnamespace AND p.prokind = 'f' "
+            "AND NOT coalesce(p.proconfig, '{}') @> "
+            "ARRAY['search_path=' || quote_ident(current_schema()) || ', pg_temp']"
+        )).scalars().all()
+        named = conn.scalar(text("SELECT count(*) FROM pg_proc p WHERE p.pronamespace = "
+                                 "current_schema()::regnamespace AND p.prokind = 'f'"))
+    assert named >= 6  # the ledger's checks, ledger_post(), the history guard, ...
+    assert loose == [], f"functions without their search_path: {loose}"
