@@ -348,3 +348,20 @@ def test_every_function_of_the_schema_keeps_its_search_path():
                                  "current_schema()::regnamespace AND p.prokind = 'f'"))
     assert named >= 6  # the ledger's checks, ledger_post(), the history guard, ...
     assert loose == [], f"functions without their search_path: {loose}"
+
+
+def test_the_web_says_it_at_its_start_too(monkeypatch, tmp_path):
+    """The web writes the ledger as the workers do: gunicorn's master asks, as a release
+    and a worker's start do, whether the service's role could turn the checks off."""
+    import types
+
+    from core.config import get_settings
+    from core.web import gunicorn_conf
+
+    asked: list[tuple[str, bool]] = []
+    monkeypatch.setattr(roles, "warn_if_overpowered",
+                        lambda url, *, production: asked.append((url, production)) or [])
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path / "metrics"))
+    server = types.SimpleNamespace(log=logging.getLogger("test.gunicorn"))
+    gunicorn_conf.on_starting(server)
+    assert asked == [(get_settings().database_url, get_settings().is_production)]

@@ -60,6 +60,11 @@ def on_starting(server) -> None:  # noqa: ANN001 (gunicorn's hook signature)
     over = connection_budget_warning(get_settings().database_url, dict(_os.environ))
     if over:
         server.log.warning(over)
+    # The web writes the ledger too: a role that could turn its checks off is said at the
+    # web's start as well as at the release's and each worker's (JSON, production only).
+    from core.adapters.roles import warn_if_overpowered
+
+    warn_if_overpowered(get_settings().database_url, production=get_settings().is_production)
     path = _os.environ[_MULTIPROC]
     _os.makedirs(path, exist_ok=True)
     for name in _os.listdir(path):
