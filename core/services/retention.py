@@ -38,7 +38,9 @@ Where personal data lives, and what happens to it:
   her number (``erase_recipient``). A person's former numbers (``people.former_phones``,
   a partner's old SIM) are kept until their erasure, which takes what was theirs at them
   until they left them: the rows naming a number keep it for good (the daily job redacts
-  texts, not addresses), so an erasure needs it for as long as the person is kept.
+  texts, not addresses), so an erasure needs it for as long as the person is kept. The
+  same record tells the erasure of the number's next holder (the telco gave it to someone
+  else), or of a recipient by that number, to take only what came after (``_recycled``).
 - ``number_opt_outs``: an erased person's STOP, under a keyed hash of the number (no
   number): kept, so that nobody new at that number is written to before START.
 
@@ -55,7 +57,7 @@ import re
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
 from redis.exceptions import RedisError
@@ -73,6 +75,7 @@ from sqlalchemy import (
     or_,
     select,
     text,
+    true,
     tuple_,
     update,
 )
@@ -704,7 +707,13 @@ def erase_person(session: Session, person_id: int) -> Erasure:
     in Redis's dead-letter list. A number ops moved them off (people.former_phones) counts
     as theirs until the move: the messages sent to it and the bookings sent to it until
     then, its chats they left (unless someone wrote from it since: those are the new
-    holder's), and any text that says it; their former numbers go too. Run again, it
+    holder's), and any text that says it; their former numbers go too. A number of theirs
+    that was someone else's before (in another person's former_phones: the telco gave a
+    partner's old SIM to them) counts as theirs only since that one left it (the latest
+    leaving): the messages and bookings sent to it before, the handoffs opened by the
+    one before them in a chat they took up, and the dated texts written before that say
+    it stay (a text of no known time, a dead letter set aside before entries carried
+    one, goes; a booking draft naming it is about whoever holds it now). Run again, it
     finds nothing left to change. A later message from the same number makes a new
     person.
     """
@@ -715,9 +724,14 @@ def erase_person(session: Session, person_id: int) -> Erasure:
     if known is None:
         raise NotFound("no such person", code="not_found")
     former = _former(known.former_phones)
-    senders = _senders_of(session, known.phone, former)
-    named = _ten_digits(known.phone, known.wa_id, *former, *session.scalars(
-        select(Conversation.contact).where(Conversation.person_id == person_id)))
+    contacts = list(session.scalars(select(Conversation.contact).where(
+        Conversation.person_id == person_id)))
+    # Their numbers that were someone else's before (a partner's old SIM the telco gave
+    # them): theirs only since that one left it (_recycled).
+    recycled = _recycled(session, person_id, known.phone, known.wa_id, *former, *contacts,
+                         former=former)
+    senders = _senders_of(session, known.phone, former, recycled)
+    named = _ten_digits(known.phone, known.wa_id, *former, *contacts)
     # Lock order as a chat turn takes it (its conversation, then the person row when it
     # books), so a turn running now either finished first or finds the contact gone: their
     # conversations, those of their former numbers they left (nobody wrote from there
@@ -744,9 +758,9 @@ def erase_person(session: Session, person_id: int) -> Erasure:
     own_ids = list(session.scalars(select(Booking.id).where(
         Booking.customer_id == person.id).order_by(Booking.id)))
     received_ids = list(session.scalars(select(Booking.id).where(or_(
-        Booking.recipient_phone == person.phone if person.phone else false(),
-        *_sent_to_former(former))).order_by(Booking.id)))
-    _refuse_if_in_use(session, person, partner, conv_ids, former)
+        _sent_to(person.phone, recycled), *_sent_to_former(former, recycled)))
+        .order_by(Booking.id)))
+    _refuse_if_in_use(session, person, partner, conv_ids, former, recycled)
 
     done = Erasure(person.id)
     own = select(Booking.id).where(_among(Booking.id, own_ids))
@@ -757,8 +771,9 @@ def erase_person(session: Session, person_id: int) -> Erasure:
     # too (a rider's job offer, a stored answer to his PICK), read before the bookings
     # lose them.
     places = _landmarks(session, own_ids, received_ids)
-    # Their own contacts' messages, whenever sent; a former number's, until they left it
-    # (after that, whoever holds it now: _erase_messages).
+    # Their own contacts' messages, whenever sent (since the holder before them left the
+    # number, if one did); a former number's, until they left it (after that, whoever
+    # holds it now: _erase_messages).
     theirs = _addresses(person.phone, person.wa_id,
                         *(c.contact for c in convs if c.id not in left_behind))
     # Read before the bookings lose the recipient: the senders' saved answers (replayed
@@ -766,20 +781,25 @@ def erase_person(session: Session, person_id: int) -> Erasure:
     received_refs = list(session.scalars(select(Booking.reference).where(
         Booking.id.in_(received))))
     # A text that says a former number of theirs is taken as about them, whenever written:
-    # a text is not known to be of the time the number was theirs.
+    # a text is not known to be of the time the number was theirs. (One written before
+    # they held a number at all, before someone else left it, cannot be: _recycled.)
     numbers = _ten_digits(person.phone, person.wa_id, *former, *(c.contact for c in convs))
-    _erase_messages(session, done, own, theirs, _addresses(*recipients), former)
+    _erase_messages(session, done, own, theirs, _addresses(*recipients), former, recycled)
     # Before the drafts lose the recipient: the names their writers gave are read there.
-    _erase_recipient_copies(session, done, received, numbers, senders, drafts, places)
-    _erase_waiting_handoffs(session, done, numbers)
+    _erase_recipient_copies(session, done, received, numbers, senders, drafts, places,
+                            recycled)
+    _erase_waiting_handoffs(session, done, numbers, recycled)
     _scrub_drafts(done, drafts)
-    _erase_stored_answers(session, done, numbers | _ten_digits(*recipients), places)
+    _erase_stored_answers(session, done, numbers | _ten_digits(*recipients), places,
+                          recycled)
     # Before the bookings lose the recipient's number, by which ``received`` finds them.
     _erase_photos(session, done, own, received, photo_job_id(person.id))
     _erase_bookings(session, done, own, received)
 
-    handoffs = select(Handoff.id).where(or_(Handoff.person_id == person.id,
-                                            Handoff.conversation_id.in_(conv_ids)))
+    # A handoff is of the person it was opened for: one in a conversation they took up
+    # at a recycled number is its former holder's.
+    handoffs = select(Handoff.id).where(or_(Handoff.person_id == person.id, and_(
+        Handoff.conversation_id.in_(conv_ids), Handoff.person_id.is_(None))))
     done.add("handoff_messages", _changed(session, update(HandoffMessage).where(
         HandoffMessage.handoff_id.in_(handoffs), HandoffMessage.body != REDACTED)
         .values(body=REDACTED)))
@@ -797,7 +817,7 @@ def erase_person(session: Session, person_id: int) -> Erasure:
     _scrub_saved_answers(session, done, received_refs)
     if partner is not None:
         _erase_partner(session, done, partner)
-    _erase_dead_letters(done, numbers)
+    _erase_dead_letters(done, numbers, recycled)
     # Their STOP outlives them, under a hash of the number: nobody new at that number is
     # written to before they say START (outbox.NumberOptOut); a block of our WhatsApp
     # number, until the number writes to us there.
@@ -844,9 +864,11 @@ def erase_recipient(session: Session, phone: str, *, actor: str,
     to her lose text and address; the texts naming her or saying her drop's landmark (the
     senders' chats with the bot, those bookings' messages to riders and ops, handoffs,
     booking drafts, stored SMS and call answers, Redis's dead letters) lose it. Her
-    opt-out, if kept, stays (a hash only). Run again, it finds nothing (no booking has
-    her number) and records nothing. The audit entry names the bookings by id, never the
-    number."""
+    opt-out, if kept, stays (a hash only). A number that was someone else's before (a
+    partner's old SIM: people.former_phones) is hers only since that one left it: what
+    was sent to it or said of it before stays theirs, as ``erase_person`` leaves it. Run
+    again, it finds nothing (no booking has her number) and records nothing. The audit
+    entry names the bookings by id, never the number."""
     number = normalize_phone(phone)
     holders = list(session.scalars(select(Person.id).where(or_(
         Person.phone == number, Person.wa_id == number.removeprefix("+")))
@@ -859,17 +881,20 @@ def erase_recipient(session: Session, phone: str, *, actor: str,
     # is, first (its conversations and the drafts naming her locked in a chat turn's
     # order; the bookings sent to her read before they lose her number): her opt-out
     # stays, under a hash (outbox.keep_opt_out), and the row keeps only its id and role.
+    # A number that was someone else's before (a partner's old SIM) is hers only since
+    # it stopped being theirs: what came to it before is theirs (_recycled).
+    recycled = _recycled(session, None, number)
+    sent_to_her = _sent_to(number, recycled)
     received_before = list(session.scalars(select(Booking.id).where(
-        Booking.recipient_phone == number).order_by(Booking.id))) if holders else []
+        sent_to_her).order_by(Booking.id))) if holders else []
     as_people = [erase_person(session, pid) for pid in holders]
-    senders = _senders_of(session, number)
+    senders = _senders_of(session, number, recycled=recycled)
     tens = _ten_digits(number)
     # Lock order as a chat turn takes it: the booking drafts naming her first.
     drafts = list(session.scalars(select(Conversation).where(_drafts_naming(tens, senders))
                                   .order_by(Conversation.id).with_for_update()))
     found = session.execute(select(Booking.id, Booking.reference, Booking.status)
-                            .where(Booking.recipient_phone == number)
-                            .order_by(Booking.id)).all()
+                            .where(sent_to_her).order_by(Booking.id)).all()
     on_way = next((ref for _, ref, status in found if status not in CLOSED_BOOKINGS), None)
     if on_way is not None:
         raise Conflict(f"booking {on_way} to this number is not finished yet; nothing was "
@@ -883,15 +908,16 @@ def erase_recipient(session: Session, phone: str, *, actor: str,
     received = select(Booking.id).where(_among(Booking.id, ids))
     nothing = select(Booking.id).where(false())
     places = _landmarks(session, [], ids)  # where her door is
-    _erase_messages(session, done, nothing, _addresses(number), set())
-    _erase_recipient_copies(session, done, received, tens, senders, drafts, places)
-    _erase_waiting_handoffs(session, done, tens)
+    _erase_messages(session, done, nothing, _addresses(number), set(), recycled=recycled)
+    _erase_recipient_copies(session, done, received, tens, senders, drafts, places,
+                            recycled)
+    _erase_waiting_handoffs(session, done, tens, recycled)
     _scrub_drafts(done, drafts)
-    _erase_stored_answers(session, done, tens, places)
+    _erase_stored_answers(session, done, tens, places, recycled)
     _erase_photos(session, done, nothing, received, f"erased-photos-b{ids[0] if ids else 0}")
     _erase_bookings(session, done, nothing, received)
     _scrub_saved_answers(session, done, [ref for _, ref, _ in found])
-    _erase_dead_letters(done, tens)
+    _erase_dead_letters(done, tens, recycled)
     session.flush()
     if done.changed:
         ids = done.booking_ids
@@ -922,15 +948,15 @@ def _holds_account(session: Session, person_id: int) -> bool:
 
 
 def _refuse_if_in_use(session: Session, person: Person, partner: PartnerProfile | None,
-                      conv_ids: list[int], former: Former | None = None) -> None:
+                      conv_ids: list[int], former: Former | None = None,
+                      recycled: Since | None = None) -> None:
     if person.role == "ops":
         raise Conflict("an operator cannot be erased", code="operator")
     if partner is not None and partner.kyc_status not in BLOCKED_KYC:
         raise Conflict("an active partner: suspend or reject their KYC first",
                        code="active_partner")
-    mine = or_(Booking.customer_id == person.id, *_sent_to_former(former or {}))
-    if person.phone:
-        mine = or_(mine, Booking.recipient_phone == person.phone)
+    mine = or_(Booking.customer_id == person.id, _sent_to(person.phone, recycled),
+               *_sent_to_former(former or {}, recycled))
     ref = session.scalar(select(Booking.reference).where(
         mine, Booking.status.not_in(CLOSED_BOOKINGS)).order_by(Booking.id).limit(1))
     if ref is not None:
@@ -1044,16 +1070,22 @@ def _reversed_payout_held(session: Session, partner_id: int) -> bool:
 
 
 def _erase_messages(session: Session, done: Erasure, own: Any, theirs: set[str],
-                    recipients: set[str], former: Former | None = None) -> None:
+                    recipients: set[str], former: Former | None = None,
+                    recycled: Since | None = None) -> None:
     """Messages to the person (and to the recipients of their bookings) lose text and
     address, those to a former number of theirs until they left it (``former``: the
-    later ones are its new holder's); the other messages about their bookings (to
-    partners, ops) their text."""
+    later ones are its new holder's), those to a number that was someone else's before
+    since it stopped being theirs (``recycled``: the earlier ones are theirs); the other
+    messages about their bookings (to partners, ops) their text."""
     m = OutboxMessage
+    recycled = recycled or {}
     # By ix_outbox_messages_to_addr (an empty IN would have the whole table read).
-    to_them = or_(_among(m.to_addr, theirs),
+    to_them = or_(_among(m.to_addr, {a for a in theirs if not _ten_digits(a) & recycled.keys()}),
+                  *(and_(_among(m.to_addr, {a for a in theirs if ten in _ten_digits(a)}),
+                         m.created_at > since) for ten, since in sorted(recycled.items())),
                   and_(m.booking_id.in_(own), _among(m.to_addr, recipients)),
-                  *(and_(_among(m.to_addr, _addresses(number)), m.created_at <= until)
+                  *(and_(_among(m.to_addr, _addresses(number)), m.created_at <= until,
+                         _since_left(recycled, number, m.created_at))
                     for number, until in (former or {}).items()))
     about = m.booking_id.in_(own)
     texted = or_(m.body != REDACTED, m.media_url.is_not(None))
@@ -1093,12 +1125,29 @@ def _number_pattern(tens: Iterable[str]) -> str | None:
     return f"(?:{'|'.join(forms)})" if forms else None
 
 
-def _mentions(col: Any, tens: Iterable[str], names: Iterable[str] = ()) -> Any:
-    """The condition that a text column names one of these numbers or names."""
+def _mentions(col: Any, tens: Iterable[str], names: Iterable[str] = (),
+              recycled: Since | None = None, at: Any = None) -> Any:
+    """The condition that a text column names one of these numbers or names. A number
+    that was someone else's before (``recycled``) only in a text written (``at``: its
+    time column) since it stopped being theirs: an earlier one can only be about them.
+    A text with no time (``at`` None) is taken as about the number's holder now."""
+    tens, later = _split(tens, recycled if at is not None else None)
     pattern = _number_pattern(tens)
     found = [col.regexp_match(pattern)] if pattern else []
+    found += [and_(col.regexp_match(_number_pattern([ten])), at > since)
+              for ten, since in later]
     found += [col.icontains(name, autoescape=True) for name in sorted(names)]
     return or_(*found) if found else false()
+
+
+def _split(tens: Iterable[str],
+           recycled: Since | None) -> tuple[set[str], list[tuple[str, datetime]]]:
+    """These numbers (last ten digits): those looked for in any text, and those that were
+    someone else's before with the time they stopped being theirs."""
+    recycled = recycled or {}
+    tens = set(tens)
+    return ({ten for ten in tens if ten not in recycled},
+            [(ten, since) for ten, since in sorted(recycled.items()) if ten in tens])
 
 
 def _withdraw_unsent(session: Session, where: Any) -> None:
@@ -1116,14 +1165,15 @@ def _withdraw_unsent(session: Session, where: Any) -> None:
 
 
 def _redact_mentions(session: Session, done: Erasure, where: Any, said: Any,
-                     says: Callable[[str], bool]) -> None:
+                     says: Says) -> None:
     """Messages picked by ``where`` whose text names the erased person lose it; those not
     sent yet are not sent now. ``said`` finds the texts that may (in SQL, by the text as
     is); ``says`` keeps those that do (a name as a word of its own: a rider called Ram is
     not named by "Rampur")."""
     m = OutboxMessage
-    ids = [i for i, body in session.execute(select(m.id, m.body).where(where, said))
-           if says(body or "")]
+    ids = [i for i, body, at in session.execute(select(m.id, m.body, m.created_at)
+                                                .where(where, said))
+           if says(body or "", at)]
     if not ids:
         return
     _withdraw_unsent(session, m.id.in_(ids))
@@ -1134,14 +1184,27 @@ def _redact_mentions(session: Session, done: Erasure, where: Any, said: Any,
     done.add("messages", len(changed))
 
 
-def _saying(tens: Iterable[str], names: Iterable[str] = ()) -> Callable[[str], bool]:
+# The check that a text (written at a time, None: not known) names the erased person.
+Says = Callable[[str, datetime | None], bool]
+
+
+def _saying(tens: Iterable[str], names: Iterable[str] = (),
+            recycled: Since | None = None) -> Says:
     """The check, on a text _mentions found, that it names one of these numbers or names:
-    a name as a word of its own."""
-    pattern = _number_pattern(tens)
+    a name as a word of its own; a number that was someone else's before (``recycled``)
+    in a text written since it stopped being theirs, or of no known time."""
+    always, later = _split(tens, recycled)
+    pattern = _number_pattern(always)
     number = re.compile(pattern) if pattern else None
+    recent = [(re.compile(_number_pattern([ten]) or ""), since) for ten, since in later]
     words = sorted(names)
-    return lambda text: bool(number and number.search(text)) or any(
-        names_word(text, name) for name in words)
+
+    def says(text: str, at: datetime | None) -> bool:
+        return (bool(number and number.search(text))
+                or any(found.search(text) is not None and (at is None or at > since)
+                       for found, since in recent)
+                or any(names_word(text, name) for name in words))
+    return says
 
 
 # Who named a person: the senders of bookings to them (person ids), and the names they
@@ -1196,12 +1259,13 @@ def _cut_in_sms(office: str | None, pincode: str | None, landmark: str | None) -
     return cuts
 
 
-def _senders_of(session: Session, phone: str | None,
-                former: Former | None = None) -> Senders:
-    """The senders of bookings to this number (and to these former numbers, until the
-    person left them), and the names they gave (by the bookings' recipient index)."""
-    sent_to = [*([Booking.recipient_phone == phone] if phone else []),
-               *_sent_to_former(former or {})]
+def _senders_of(session: Session, phone: str | None, former: Former | None = None,
+                recycled: Since | None = None) -> Senders:
+    """The senders of bookings to this number (since it stopped being someone else's, if
+    it was: ``recycled``; and to these former numbers, until the person left them), and
+    the names they gave (by the bookings' recipient index)."""
+    sent_to = [*([_sent_to(phone, recycled)] if phone else []),
+               *_sent_to_former(former or {}, recycled)]
     if not sent_to:
         return set(), set()
     rows = session.execute(select(Booking.customer_id, Booking.recipient_name)
@@ -1232,11 +1296,73 @@ def _left_at(former: Former) -> Any:
                 _among(Conversation.contact, _contacts(former)))
 
 
-def _sent_to_former(former: Former) -> list[Any]:
+def _sent_to_former(former: Former, recycled: Since | None = None) -> list[Any]:
     """The conditions that a booking was sent to a former number before the person left
-    it (the ones under way then followed them to the new number)."""
-    return [and_(Booking.recipient_phone == number, Booking.created_at <= until)
+    it (the ones under way then followed them to the new number), and after its holder
+    before them left it, if it had one (``recycled``)."""
+    return [and_(Booking.recipient_phone == number, Booking.created_at <= until,
+                 _since_left(recycled, number, Booking.created_at))
             for number, until in sorted(former.items())]
+
+
+# The numbers an erasure looks for that were someone else's before (a partner's old SIM
+# the telco gave to a stranger), by their last ten digits, each with when it stopped being
+# theirs (the latest such time): what came to the number, or was said of it, until then
+# is its former holder's, and stays.
+Since = dict[str, datetime]
+
+
+def _recycled(session: Session, person_id: int | None, *numbers: str | None,
+              former: Former | None = None) -> Since:
+    """Those of these numbers (phones, WhatsApp ids, contacts) that are another person's
+    former ones (people.former_phones), with the latest time one of them left it; for a
+    former number of the person's own (``former``), the latest before they left it
+    themselves (a later one is of a holder after them).
+
+    Not indexed (``former_phones ? number`` reads every person): an erasure is a rare
+    ops action, and on 200,000 people the lookup takes about 25 ms a number (measured)."""
+    found: Since = {}
+    for number in sorted(_e164(*numbers)):
+        theirs_until = (former or {}).get(number)
+        left = Person.former_phones[number].astext
+        for until in session.scalars(select(left).where(
+                Person.former_phones.has_key(number),
+                Person.id != person_id if person_id is not None else true())):
+            at = datetime.fromisoformat(until)
+            if theirs_until is not None and at >= theirs_until:
+                continue
+            ten = number[-10:]
+            found[ten] = max(found.get(ten, at), at)
+    return found
+
+
+def _e164(*numbers: str | None) -> set[str]:
+    """These phones, WhatsApp ids and contacts as people.former_phones keys them (E.164,
+    as set_phone writes them: a WhatsApp id is the number's digits)."""
+    found = set()
+    for number in numbers:
+        digits = "".join(ch for ch in (number or "").removeprefix("whatsapp:")
+                         if ch in "+0123456789").removeprefix("+")
+        if len(digits) >= 10 and digits.isdigit():
+            found.add(f"+{digits}")
+    return found
+
+
+def _since_left(recycled: Since | None, number: str | None, at: Any) -> Any:
+    """The condition that a row of time ``at`` (a column) at ``number`` came after the
+    number's former holder left it (true for a number nobody held before)."""
+    since = next((s for ten, s in (recycled or {}).items() if ten in _ten_digits(number)),
+                 None)
+    return true() if since is None else at > since
+
+
+def _sent_to(phone: str | None, recycled: Since | None) -> Any:
+    """The condition that a booking was sent to ``phone`` while it was this person's:
+    since its former holder left it, if it had one (by the bookings' recipient index)."""
+    if not phone:
+        return false()
+    return and_(Booking.recipient_phone == phone,
+                _since_left(recycled, phone, Booking.created_at))
 
 
 def _among(col: Any, values: Iterable[Any]) -> Any:
@@ -1265,7 +1391,7 @@ def _drafts_naming(tens: set[str], senders: Senders) -> Any:
 
 def _erase_recipient_copies(session: Session, done: Erasure, received: Any, tens: set[str],
                             senders: Senders, drafts: list[Conversation],
-                            places: set[str]) -> None:
+                            places: set[str], recycled: Since | None = None) -> None:
     """Where the senders of bookings to the erased person kept them, and the contacts
     whose booking draft names them: the bot's questions and summaries in their chats
     ("What is the mobile number of Sita Devi?", "For: Sita Devi, +91..."), other messages
@@ -1289,20 +1415,22 @@ def _erase_recipient_copies(session: Session, done: Erasure, received: Any, tens
         Conversation.person_id.in_(sorted(people)))))
     m = OutboxMessage
     # Plain lists, not subqueries: under an OR each side must be one an index can serve.
-    says = _saying(tens, names)
+    says = _saying(tens, names, recycled)
     _redact_mentions(session, done, or_(_among(m.booking_id, session.scalars(received)),
                                         _among(m.to_addr, addrs)),
-                     _mentions(m.body, tens, names), says)
+                     _mentions(m.body, tens, names, recycled, m.created_at), says)
     h = HandoffMessage
     theirs = select(Handoff.id).where(Handoff.person_id.in_(sorted(people)))
-    named = [i for i, body in session.execute(select(h.id, h.body).where(
-        h.handoff_id.in_(theirs), h.body != REDACTED, _mentions(h.body, tens, names)))
-        if says(body or "")]
+    named = [i for i, body, at in session.execute(select(h.id, h.body, h.created_at).where(
+        h.handoff_id.in_(theirs), h.body != REDACTED,
+        _mentions(h.body, tens, names, recycled, h.created_at)))
+        if says(body or "", at)]
     done.add("handoff_messages", _changed(session, update(h).where(
         _among(h.id, named)).values(body=REDACTED)))
 
 
-def _erase_waiting_handoffs(session: Session, done: Erasure, tens: set[str]) -> None:
+def _erase_waiting_handoffs(session: Session, done: Erasure, tens: set[str],
+                            recycled: Since | None = None) -> None:
     """Anyone's handoff still waiting for ops whose messages say the erased person's
     number (someone asking ops to send them a parcel, say): those texts are masked as a
     closed handoff's are, and the handoff stays open for ops to answer. The waiting list
@@ -1312,7 +1440,8 @@ def _erase_waiting_handoffs(session: Session, done: Erasure, tens: set[str]) -> 
     h = HandoffMessage
     waiting = select(Handoff.id).where(Handoff.status == "waiting")
     done.add("handoff_messages", _changed(session, update(h).where(
-        h.handoff_id.in_(waiting), h.body != REDACTED, _mentions(h.body, tens))
+        h.handoff_id.in_(waiting), h.body != REDACTED,
+        _mentions(h.body, tens, (), recycled, h.created_at))
         .values(body=REDACTED)))
 
 
@@ -1367,7 +1496,7 @@ def _recipient_asked_again(channel: str, step: str,
 
 
 def _erase_stored_answers(session: Session, done: Erasure, tens: set[str],
-                          places: set[str]) -> None:
+                          places: set[str], recycled: Since | None = None) -> None:
     """Our stored answers to SMS and calls (kept for Twilio's retries, cleared by the
     retention job with the messages) that say one of these numbers, or one of the
     landmarks the erasure takes (``places``): a rider's "job is yours, the sender's phone
@@ -1377,20 +1506,22 @@ def _erase_stored_answers(session: Session, done: Erasure, tens: set[str],
     and places they say, the caller's own and their recipients'."""
     e = InboundEvent
     done.add("stored_answers", _changed(session, update(e).where(
-        e.response_body.is_not(None), _mentions(e.response_body, tens, places))
+        e.response_body.is_not(None),
+        _mentions(e.response_body, tens, places, recycled, e.received_at))
         .values(response_body=None)))
 
 
-def _erase_dead_letters(done: Erasure, tens: set[str]) -> None:
+def _erase_dead_letters(done: Erasure, tens: set[str], recycled: Since | None = None) -> None:
     """Their chat messages set aside in Redis (inbound's dead-letter list), and any other
-    that says their number. Before the commit: if Redis cannot be reached, nothing is
-    committed and ops try again."""
-    pattern = _number_pattern(tens)
-    if pattern is None:
+    that says their number (one that was someone else's before: set aside since they
+    left it, or at a time not known). Before the commit: if Redis cannot be reached,
+    nothing is committed and ops try again."""
+    if not tens:
         return
-    found = re.compile(pattern)
+    says = _saying(tens, (), recycled)
     try:
-        done.add("dead_letters", inbound.drop_dead_letters(lambda d: bool(found.search(d.text))))
+        done.add("dead_letters", inbound.drop_dead_letters(lambda d: says(
+            d.text, None if d.at is None else datetime.fromtimestamp(d.at, UTC))))
     except RedisError as exc:
         raise Unavailable("the chat queue (Redis) cannot be reached: nothing was erased; "
                           "try again", code="queue_unavailable") from exc
