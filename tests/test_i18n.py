@@ -170,6 +170,7 @@ REQUIRED_KEYS = (
     | {"dispatch.drop_otp_pass_on", "dispatch.ops_drop_code_lost"}  # a drop code lost
     | {f"dispatch.{k}" for k in ("ops_drop_code_unsent", "pickup_code_lost_rider",  # codes lost
                                  "ops_pickup_code_lost", "ops_pickup_code_unsent")}
+    | {"dispatch.ops_drop_code_old_number"}  # a recipient's move kept no new drop code
     | {"dispatch.customer_handed_on"}  # a relay's later handover
     | {"bot.handoff.after_hours", "bot.media.callback_after_hours",  # outside OPS_HOURS
        "ivr.person.after_hours"}

@@ -4,7 +4,8 @@ Parcels sent to the partner's old number (he was their recipient) stayed with it
 stranger now at that number was told of them, and asking for "her" code got a new one.
 They follow him to the new number now, a drop code the old number holds is made void and
 a new one sent to him, and the rider holding the parcel hears the new number. A partner
-asking for his code ("code nahi mila") gets one, not a NO to an offer. And his old number
+asking for his code ("code nahi mila") with no work in hand nor offered gets one (with work,
+tests/test_review_s32.py: it may be about that work's code). And his old number
 is kept (people.former_phones, migration 0048) so that his erasure takes what was his at
 it: its messages and chats until the move, the parcels sent to it.
 

@@ -193,13 +193,17 @@ def _sms_partner(session: Session, partner: PartnerProfile, key: str, *, dedupe_
                  booking_id: int | None = None, **params: object) -> int | None:
     """Queue an SMS to the partner's number in their language (sent after the commit).
 
-    Their person's row is read again share-locked: ops moving them to a new number
-    (partner_profile.set_phone) hold it from their update until they commit, so an SMS
-    written at that moment waits for the move and goes to the new number; the move waits
-    for one that read the number first (the number theirs then; its row, if not yet
-    sent, is carried to the new one). Read without the lock, an SMS could be queued to
-    the old number after the move had committed."""
-    person = session.get(Person, partner.person_id, with_for_update={"read": True},
+    Their person's row is read again key-share-locked: ops moving them to a new number
+    (partner_profile.set_phone) hold it FOR UPDATE until they commit, so an SMS written
+    at that moment waits for the move and goes to the new number; the move waits for one
+    that read the number first (the number theirs then; its row, if not yet sent, is
+    carried to the new one). Read without the lock, an SMS could be queued to the old
+    number after the move had committed. Only the key share: a write that changes no key
+    (his STOP, say) takes FOR NO KEY UPDATE, which it does not wait for; a share lock
+    did, and deadlocked his STOP (row written, then his offers' legs locked) with a
+    rival's yes to one of those legs (leg locked, then this SMS to him)."""
+    person = session.get(Person, partner.person_id,
+                         with_for_update={"read": True, "key_share": True},
                          populate_existing=True)
     assert person is not None, "a profile's person is never deleted (erasure blanks it)"
     if not person.phone:

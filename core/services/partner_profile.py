@@ -199,6 +199,8 @@ def set_phone(session: Session, partner_id: int, phone: str, *, actor: str,
     nothing audited."""
     new = normalize_phone(phone)
     p, who = locked_partner(session, partner_id)
+    # FOR UPDATE, whatever the UPDATE below would take: an SMS to him reads the row FOR
+    # KEY SHARE (dispatch._sms_partner), which only this lock makes wait for the move.
     person = session.get(Person, p.person_id, with_for_update=True, populate_existing=True)
     assert person is not None, "a profile's person is never deleted (erasure blanks it)"
     old = person.phone
@@ -334,18 +336,19 @@ def _parcels_follow(session: Session, old: str, new: str, tag: str
         last = legs[-1] if legs else None
         if last is None:
             continue
-        if code_was_his and _new_drop_code(session, booking, last):
+        if code_was_his and _new_drop_code(session, booking, last, tag):
             renewed.append(booking.reference)
         _tell_rider(session, booking, last, tag)
     return moved, renewed
 
 
-def _new_drop_code(session: Session, booking: Booking, leg: Leg) -> bool:
+def _new_drop_code(session: Session, booking: Booking, leg: Leg, tag: str) -> bool:
     """The drop code the old number holds is made void, a new one sent to the new number
     (dispatch.new_leg_code: audited, one of the leg's OPS_CODES_PER_LEG; it goes to the
     sender to pass on if the new number stopped our SMS). None can be made (the leg is
     locked: its unlock sends new codes, to the new number now; too many codes already):
-    the old code stays, as ops would find it. Made but sent to nobody: ops hear nobody
+    the working code stays with the old number, which may be a stranger's now, so ops
+    hear of it, once for the move (``tag``). Made but sent to nobody: ops hear nobody
     holds a code. Whether a new code was made."""
     savepoint = session.begin_nested()
     try:
@@ -355,6 +358,10 @@ def _new_drop_code(session: Session, booking: Booking, leg: Leg) -> bool:
         savepoint.rollback()
         log.info("no new drop code for a moved recipient",
                  extra={"booking_id": booking.id, "code": exc.code})
+        dispatch.alert_ops(session, "dispatch.ops_drop_code_old_number",
+                           dedupe_key=f"leg-{leg.id}-dropold-{tag}-ops",
+                           booking_id=booking.id, ref=booking.reference,
+                           job=dispatch.job_code(leg))
         return False
     savepoint.commit()
     if not made.sent:

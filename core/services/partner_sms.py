@@ -13,7 +13,7 @@ customer waiting for a person (a caller the operator answers by SMS) is not answ
 the bot: their SMS is kept for the operator; so is a partner's that is no command.
 A recipient who says the parcel is not hers ("wrong number") is told sorry and the
 sender and ops hear of it; one who asks for her code ("code nahi mila") gets a new one,
-a partner too (a parcel sent to him).
+a partner too (a parcel sent to him), when it cannot be about his work.
 A rider who picks up a parcel for its last stretch is told whom it is for.
 """
 
@@ -86,7 +86,8 @@ def handle(session: Session, msg: InboundMessage) -> list[str]:
                 handoff.keep_inbound(session, waiting, msg.body)
                 replies = []
         if replies is None:
-            replies = _partner_asks_for_code(session, person, cmd, msg.body, lang)
+            replies = _partner_asks_for_code(session, person, partner, cmd, msg.body,
+                                             lang)
         if replies is None:
             replies = _run(session, partner, cmd, lang)
         savepoint.commit()
@@ -475,18 +476,21 @@ def _code_again(session: Session, parcel: Booking, person: Person | None,
 _CODE_ASKED_AS = (Kind.UNKNOWN, Kind.DECLINE, Kind.HELP)
 
 
-def _partner_asks_for_code(session: Session, person: Person | None, cmd, body: str,
-                           lang: str) -> list[str] | None:
+def _partner_asks_for_code(session: Session, person: Person | None, partner, cmd,
+                           body: str, lang: str) -> list[str] | None:
     """A partner is a recipient too (a parcel sent to his number, one that followed him
     to a new SIM: partner_profile.set_phone): asking for his drop code ("code nahi
     mila"), he gets a new one as any recipient does (_code_again), not a NO to an offer;
     before a rider took its last leg, that the code will come. None when it is no such
-    request, or no parcel is coming to him."""
-    if (person is None or cmd.kind not in _CODE_ASKED_AS or cmd.numbers
-            or not asks_for_code(body)):
+    request, no parcel is coming to him, or it may be about his work (_names_a_command,
+    _free_of_work): his command then answers it, as before."""
+    if (person is None or cmd.kind not in _CODE_ASKED_AS or not asks_for_code(body)
+            or _names_a_command(cmd)):
         return None
-    parcel = _parcel_coming(session, person.phone, person)
-    if parcel is None or _said_wrong_number(session, parcel):
+    parcel = (_parcel_named(session, person, "".join(cmd.numbers)) if cmd.numbers
+              else _parcel_coming(session, person.phone, person))
+    if parcel is None or _said_wrong_number(session, parcel) \
+            or not (cmd.numbers or _free_of_work(session, partner)):
         return None
     asked = _code_again(session, parcel, person, lang)
     if asked is not None:
@@ -495,6 +499,36 @@ def _partner_asks_for_code(session: Session, person: Person | None, cmd, body: s
     answer = ("sms.recipient_on_the_way_no_code" if parcel.status in _ON_THE_WAY
               else "sms.recipient_coming")
     return [i18n.t(answer, lang, ref=parcel.reference)]
+
+
+def _names_a_command(cmd) -> bool:
+    """Whether a message asking for a code names a command too ("PICK code nahi mila",
+    "delivered, code nahi mila", "nahi jaunga, otp wala kaam"): then it is about a job.
+    The words that ask for a code (a no, a question mark, "dobara") do not count."""
+    rest = [w for w in cmd.words if w not in _CODE_WORDS and w not in _ASKING_WORDS]
+    # Two words in a row may be one command ("पहुँच गया") that neither is alone.
+    said = rest + [f"{a} {b}" for a, b in zip(rest, rest[1:], strict=False)]
+    return any(parse_command(words).kind is not Kind.UNKNOWN for words in said)
+
+
+def _parcel_named(session: Session, person: Person, reference: str) -> Booking | None:
+    """The parcel coming to the partner (_parcel_coming) whose booking reference he typed
+    ("code nahi mila 4821 7730"), if that is what the number is."""
+    if person.phone is None:
+        return None
+    return session.scalar(select(Booking).where(
+        Booking.reference == reference, Booking.recipient_phone == person.phone,
+        Booking.status.in_([s.value for s in _COMING]), Booking.customer_id != person.id))
+
+
+def _free_of_work(session: Session, partner) -> bool:
+    """Whether a partner's request for a code ("code nahi mila"), naming no parcel, can
+    only be for the drop code of one coming to him: he has no job in hand (taken, not
+    delivered: admin.IN_HAND) and no offer open. With work it may be about that work's
+    code ("sender OTP nahi de raha", "OTP?") or a NO to the offer ("NO code"), and each
+    renewal of his own code voids the one he holds and uses one of the leg's few codes."""
+    return not dispatch.active_legs_of(session, partner) \
+        and not dispatch.open_offers_of(session, partner)
 
 
 def _for_the_operator(session: Session, partner, cmd) -> bool:
