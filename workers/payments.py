@@ -3,8 +3,9 @@
 Job ids are natural keys: ``paylink-<booking>``, ``rzp-event-<event id>``,
 ``release-<leg>``, ``transfer-<leg>`` (``transfer-<leg>-failed-<transfer>`` after a
 transfer.failed; ``transfer-<leg>-after-<transfer>`` once a transfer whose reversal
-waited is processed), ``hold-<leg>-<offer>`` (``hold-<leg>-after-<transfer>`` likewise),
-``refund-<booking>`` (``refund-<booking>-<attempt>``
+waited is processed), ``hold-<leg>-<offer>`` (``hold-<leg>-after-<transfer>`` likewise;
+``hold-<leg>-after-resumed`` and ``transfer-<leg>-after-resumed`` from the hourly
+reconciliation), ``refund-<booking>`` (``refund-<booking>-<attempt>``
 from the second attempt), ``refund-retry-<booking>-<attempt>``, ``paylink-cancel-<booking>``,
 ``payments-sweep-<minute>``, ``reconcile-<hour>``.
 """

@@ -13,7 +13,8 @@ Jobs (enqueued after commit, natural job ids):
 - ``workers.payments.hold_leg_transfer(leg_id)``           ``hold-<leg>-<offer>`` (dispatch),
                                                             ``hold-<leg>-after-<id>`` once a
                                                             transfer whose reversal waited is
-                                                            processed
+                                                            processed (``-after-resumed`` by
+                                                            the reconciliation)
 - ``workers.payments.settle_leg_transfer(leg_id)``         ``transfer-<leg>``, after a failed
                                                             transfer ``transfer-<leg>-failed-<id>``,
                                                             ``transfer-<leg>-after-<id>`` as above
@@ -40,7 +41,7 @@ from typing import Any
 
 from redis.exceptions import LockError, RedisError
 from rq import Retry, get_current_job
-from sqlalchemy import any_, func, literal, select, union
+from sqlalchemy import any_, func, literal, select, union, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session, aliased
 
@@ -2103,7 +2104,7 @@ def _reverse(c, transfer: dict, amount: int, leg_id: int) -> bool:
     processed yet (a 400: nothing is in the linked account to take back): then False, and
     the reversal waits, noted on the leg's row (_leg_transfer_lock), for the transfer's
     transfer.processed to run the leg's job again (_after_reversal_wait). Another
-    refusal is raised."""
+    refusal is raised (and the note goes: no rerun would change it)."""
     try:
         c.transfer.reverse(transfer["id"], {"amount": amount})
     except gw.BadRequestError:
@@ -2124,9 +2125,10 @@ def _reverse(c, transfer: dict, amount: int, leg_id: int) -> bool:
 
 def _keep_reversal_waiting(leg_id: int) -> None:
     """Note on the leg's row that a reversal of its transfers waits (REVERSAL_WAITS), after
-    the job's own saves: the next save of the row (a later job that got further) clears
-    it. A leg without a row (its hold job died before saving it) is reversed at its next
-    settle instead."""
+    the job's own saves: the next save of the row (a later job that got further), or a
+    job of the leg that ends with none waiting (_end_reversal_wait), clears it. A leg
+    without a row (its hold job died before saving it) is reversed at its next settle
+    instead."""
     with transaction() as session:
         row = session.scalar(select(LegTransfer).where(LegTransfer.leg_id == leg_id)
                              .with_for_update())
@@ -2137,38 +2139,70 @@ def _keep_reversal_waiting(leg_id: int) -> None:
         row.last_error = REVERSAL_WAITS
 
 
-def resume_waiting_reversals(transfers: dict[str, dict]) -> int:
-    """The reconciliation's way to finish reversals whose transfer.processed was lost: of
-    these gateway transfers (by id), each the gateway no longer shows unprocessed whose
-    leg's row still notes a waiting reversal (REVERSAL_WAITS) runs that leg's job again
-    (_after_reversal_wait), as its event would have. How many."""
-    done = {tid for tid, t in transfers.items() if t.get("status") not in _UNPROCESSED_TRANSFER}
-    if not done:
-        return 0
+def _end_reversal_wait(leg_id: int) -> None:
+    """A job of the leg ended with no reversal waiting: a note of one (REVERSAL_WAITS) left
+    by an earlier job goes (a path that reversed without saving the row, a reversal made
+    by another job), or the reconciliation would run the leg's job every hour for good."""
     with transaction() as session:
-        waiting = session.execute(select(LegTransfer.leg_id, LegTransfer.transfer_id).where(
-            LegTransfer.transfer_id.in_(done), LegTransfer.last_error == REVERSAL_WAITS)).all()
-        for leg_id, tid in waiting:
-            _after_reversal_wait(session, leg_id, str(tid))
+        session.execute(update(LegTransfer).where(
+            LegTransfer.leg_id == leg_id, LegTransfer.last_error == REVERSAL_WAITS)
+            .values(last_error=None))
+
+
+def _look_again(leg_id: int, waiting: set[str]) -> None:
+    """Once the note of a waiting reversal is committed, ask the gateway about the
+    transfers once more: one processed (or failed) between its refusal and the note had
+    its transfer.processed handled with no note to find. The leg's job then runs at once,
+    under the id that event would have given it (so the two make one job). A gateway
+    that does not answer now leaves it to the event or the reconciliation."""
+    c = gw.client()
+    for tid in sorted(waiting):
+        try:
+            status = c.transfer.fetch(tid).get("status")
+        except Exception:  # the job's outcome stands; the event or the reconciliation acts
+            log.warning("a waiting reversal's transfer was not asked about again",
+                        extra={"leg_id": leg_id})
+            return
+        if status not in _UNPROCESSED_TRANSFER:
+            with transaction() as session:
+                _after_reversal_wait(session, leg_id, tid)
+            return  # the leg's job reverses every transfer of it that can go
+
+
+def resume_waiting_reversals() -> int:
+    """The reconciliation's way to finish reversals whose transfer.processed was lost:
+    each leg whose row still notes a waiting reversal (REVERSAL_WAITS), whatever the row's
+    status or transfer (the waiting transfer may be another rider's than the one the row
+    names: a settle saves the leg's own), runs its job again (_after_reversal_wait), as
+    the event would have. The job notes it again if it still waits, and clears it once
+    nothing does. One job a leg however often this runs (``-resumed``). How many."""
+    with transaction() as session:
+        waiting = list(session.scalars(select(LegTransfer.leg_id).where(
+            LegTransfer.last_error == REVERSAL_WAITS)))
+        for leg_id in waiting:
+            _after_reversal_wait(session, leg_id, "resumed")
     return len(waiting)
 
 
-def _after_reversal_wait(session: Session, leg_id: int, transfer_id: str) -> str | None:
+# A leg in these states is its rider's: his hold is kept (or made) and others' go back.
+_RIDING = (LegStatus.ASSIGNED.value, LegStatus.PICKED_UP.value, LegStatus.LOCKED.value)
+
+
+def _after_reversal_wait(session: Session, leg_id: int, after: str) -> str | None:
     """A transfer of a leg whose reversal waited was processed (or failed) at the gateway:
     the leg's job runs again and reverses what must go, after the commit; which one it is
-    ("hold", "transfer"). A leg a rider has (assigned, picked up, or locked at pickup):
-    its hold job, which reverses the holds of others and keeps or makes his (a settle
-    would reverse his too, unearned yet; a locked leg's others go at its settle). Any
-    other: its settle."""
+    ("hold", "transfer"). Its job id names what it runs after (``after``: the transfer's
+    id, or ``resumed`` by the reconciliation). A leg a rider has (assigned, picked up, or
+    locked at pickup): its hold job, which reverses the holds of others and keeps or makes
+    his (a settle would reverse his too, unearned yet). Any other: its settle."""
     leg = session.get(Leg, leg_id)
     if leg is None:
         return None
-    riding = leg.partner_id is not None and leg.status in (
-        LegStatus.ASSIGNED.value, LegStatus.PICKED_UP.value, LegStatus.LOCKED.value)
+    riding = leg.partner_id is not None and leg.status in _RIDING
     func = "hold_leg_transfer" if riding else "settle_leg_transfer"
     job = "hold" if riding else "transfer"
     _enqueue_after_commit(session, f"workers.payments.{func}", leg_id,
-                          job_id=f"{job}-{leg_id}-after-{transfer_id}"[:120])
+                          job_id=f"{job}-{leg_id}-after-{after}"[:120])
     return job
 
 
@@ -2198,20 +2232,33 @@ def _leg_transfer_lock(leg_id: int) -> Iterator[None]:
             job.retries_left = len(BUSY_RETRY_INTERVALS)
             job.retry_intervals = list(BUSY_RETRY_INTERVALS)
         raise LegBusy(f"leg {leg_id}: another job is working on its transfer")
-    waiting = _waiting.set(set())
+    token = _waiting.set(set())
+    ended = False
     try:
         yield
+        ended = True
+    except gw.BadRequestError as exc:
+        # Refused (a reversal of a processed transfer, say): no rerun of ours changes
+        # that, so no note may keep the reconciliation running the job every hour; RQ's
+        # retries, then its failed jobs, are where it ends.
+        ended = not gw.is_in_progress(exc)
+        raise
     finally:
+        waiting = _waiting.get() or set()
         try:
-            if _waiting.get():
+            if waiting:
                 _keep_reversal_waiting(leg_id)
+            elif ended:
+                _end_reversal_wait(leg_id)
         finally:
-            _waiting.reset(waiting)
+            _waiting.reset(token)
             try:
                 lock.release()
             except LockError:
                 log.warning("leg transfer lock expired before its job ended",
                             extra={"leg_id": leg_id})
+        if waiting:
+            _look_again(leg_id, waiting)
 
 
 def hold_leg_transfer(leg_id: int) -> str:
@@ -2232,9 +2279,8 @@ def _hold_leg_transfer(leg_id: int) -> str:
         leg = session.get(Leg, leg_id)
         if leg is None:
             return "missing"
-        if leg.status not in (LegStatus.ASSIGNED.value, LegStatus.PICKED_UP.value) \
-                or leg.partner_id is None:
-            return "not-assigned"
+        if leg.status not in _RIDING or leg.partner_id is None:
+            return "not-assigned"  # a leg locked at pickup is still its rider's
         booking_id, partner_id, amount = leg.booking_id, leg.partner_id, leg.payout_paise
         payment_id = _capture_payment_id(session, booking_id)
         partner = session.get(PartnerProfile, partner_id)
@@ -2408,6 +2454,11 @@ def _settle_leg_transfer(leg_id: int) -> str:
         if not _reverse(c, live, _left(live), leg_id):
             return "reversal-waits"
         live = None
+    if live is None and _waiting.get():
+        # Another rider's hold goes back only once the gateway has processed it, and the
+        # payment may not carry both (a new transfer refused, ops told for nothing) or
+        # the leg would have two: the leg is paid by the job its processing runs.
+        return "reversal-waits"
     if live is None and _in_flight(transfers, leg_id) is not None:
         # Released already and on its way (to an account the partner had before): its
         # outcome decides (processed: its event posts the payout; failed: made again).
@@ -2922,16 +2973,23 @@ def refund_booking(booking_id: int, reason: str) -> str:
     """Job: ask the gateway for the booking's open refund attempt.
 
     ``cancelled``: the amount was fixed by cancel_booking. ``no_partner`` / other reasons:
-    whatever is still in escrow goes back. Transfers made for legs that earned nothing are
-    reversed first, so the platform's balance covers the refund, and legs owed a payout
-    (a cancellation fee) are paid first: Razorpay refuses new transfers on a payment once
-    a refund of it was asked for. X-Refund-Idempotency is
-    the attempt's row id: the same for every retry of an attempt, new for the next one.
+    whatever is still in escrow goes back. The legs' transfers are settled first
+    (settle_leg_transfer): holds made for legs that earned nothing are reversed, so the
+    platform's balance covers the refund, and legs owed a payout (a cancellation fee) are
+    paid on the payment, which takes no new transfer once a refund of it was asked. A
+    hold the gateway has not processed yet cannot be reversed: its reversal waits (the
+    settle says "reversal-waits") and the refund is asked all the same; the hold goes
+    back when the gateway processes it, and a fee of such a leg is paid then, by a direct
+    transfer from the platform's balance. X-Refund-Idempotency is the attempt's row id:
+    the same for every retry of an attempt, new for the next one.
 
     A refusal (4xx: the refund does not exist, e.g. the balance is too low after payouts)
     is raised for RQ to try again; on the job's last try it ends the attempt instead (the
-    money goes back to escrow, the next attempt follows later: _attempt_failed). Any other
-    error may have reached the gateway, so it only ever repeats this attempt."""
+    money goes back to escrow, the next attempt follows later: _attempt_failed). Ops hear
+    at once of a balance too low, unless a hold whose reversal waits is still taken out
+    of it: its reversal gives the balance back, and no top-up is needed for it (if the
+    retries run out all the same, payment.ops_refund_stuck still comes). Any other error
+    may have reached the gateway, so it only ever repeats this attempt."""
     if reason not in REFUND_REASONS:
         raise ValidationError(f"unknown refund reason {reason!r}", field="reason")
     with transaction() as session:
@@ -2954,8 +3012,8 @@ def refund_booking(booking_id: int, reason: str) -> str:
         _end_refused_attempt(refund_id, f"under the gateway's minimum of {REFUND_MIN_PAISE}"
                              " paise; not asked")
         return "refused"
-    for leg_id in legs:
-        settle_leg_transfer(leg_id)
+    # A hold still taken out of the balance until the gateway processes it and it goes back.
+    waits = [leg_id for leg_id in legs if settle_leg_transfer(leg_id) == "reversal-waits"]
     c = gw.client()
     try:
         entity = c.payment.refund(payment_id, {
@@ -2971,7 +3029,7 @@ def refund_booking(booking_id: int, reason: str) -> str:
             # More than the payment has left (a refund made in the dashboard took part of
             # it): no retry changes that. Refused, so nothing was made under this key.
             return _cut_attempt(refund_id, left, str(exc))
-        if _low_balance(exc):
+        if _low_balance(exc) and not waits:
             try:
                 _tell_low_balance(refund_id)
             except Exception:  # the alert must not keep the attempt from ending

@@ -16,9 +16,11 @@ Razorpay's fee on each captured payment compared (``fee_differs``) with the ledg
 webhook) is booked first (payments.record_fee). Route's fee on each transfer of ours
 processed likewise (payments.record_transfer_fee, ``fee_differs`` of the transfer):
 released or still on hold (or given back: a hold is charged when processed), listed in the
-window or asked again (open rows, open mismatches, recent payouts). A hold whose reversal
-waited for the gateway to process it, shown processed now (its transfer.processed lost),
-has its leg's job run again (payments.resume_waiting_reversals).
+window or asked again (open rows, open mismatches, recent payouts). Each leg whose row
+still notes a reversal waiting for the gateway to process a transfer (its
+transfer.processed may be lost), whatever the row's status, has its job run again
+(payments.resume_waiting_reversals): it reverses what can go, and notes again what
+still waits.
 
 A payout the gateway shows less of than the ledger paid out (the transfer reversed since,
 all or part, by ops in the dashboard: Razorpay sends no webhook for it) is recorded first
@@ -527,11 +529,11 @@ def _run(since: datetime | None, until: datetime | None) -> dict[str, int]:
     transfers = {gid: t for gid, t in listed_trf.items() if _released(t)}
     held: dict[str, dict] = {}  # transfers asked again this run, whatever their state
     _add_open_items(c, refunds, transfers, held)
-    # A hold whose reversal waited for the gateway to process it, its transfer.processed
-    # lost: the leg's job runs again now (payments.resume_waiting_reversals).
+    # A reversal that waited for the gateway to process a transfer, its transfer.processed
+    # maybe lost: the leg's job runs again now (payments.resume_waiting_reversals).
     from core.services import payments as pay  # payments imports nothing of this module
 
-    pay.resume_waiting_reversals(held)
+    pay.resume_waiting_reversals()
     fetch_transfer = _cached(c.transfer.fetch, seen=held)  # each transfer asked once a run
     # A payment or refund the gateway could not show once is not compared this run (its
     # open mismatch stays as it was, the window marker at its entry), as ever.
