@@ -37,6 +37,7 @@ Where personal data lives, and what happens to it:
   2023); a recipient with no account (only her number on the bookings sent to her), by
   her number (``erase_recipient``). A person's former numbers (``people.former_phones``,
   a partner's old SIM) are kept until their erasure, which takes what was theirs at them
+  from when they came to them (their person row, or ops' move onto one: ``audit_log``)
   until they left them: the rows naming a number keep it for good (the daily job redacts
   texts, not addresses), so an erasure needs it for as long as the person is kept. The
   same record tells the erasure of the number's next holder (the telco gave it to someone
@@ -119,7 +120,7 @@ from core.domain import ledger as rules
 from core.domain.booking import BOOKING, LEG, LegStatus
 from core.domain.dispatch import OfferStatus
 from core.domain.errors import Conflict, NotFound, Unavailable, ValidationError
-from core.domain.phone import normalize_phone
+from core.domain.phone import mask_phone, normalize_phone
 from core.domain.text import names_word
 from core.logs import mask_phones
 from core.services import inbound, ivr, ledger, outbox
@@ -705,9 +706,14 @@ def erase_person(session: Session, person_id: int) -> Erasure:
     their number; call answers stored for Twilio's retries that say their number (or their
     recipients'), written or read out digit by digit, or a landmark erased; their messages
     in Redis's dead-letter list. A number ops moved them off (people.former_phones) counts
-    as theirs until the move: the messages sent to it and the bookings sent to it until
-    then, its chats they left (unless someone wrote from it since: those are the new
-    holder's), and any text that says it; their former numbers go too. A number of theirs
+    as theirs from when they came to it (the first we knew of them at it: their person
+    row for the number they came with, ops' move onto it for another) until they left it:
+    the messages and bookings sent to it then (and those under way to them at a move,
+    which followed them to the new number), its chats they left (unless someone wrote
+    from it since: those are the new holder's), the texts written then that say it (one
+    of no known time goes too), and the booking drafts naming it last active then (one
+    touched since is for its holder now); what came before or after is its other
+    holders', and stays. Their former numbers go too. A number of theirs
     that was someone else's before (in another person's former_phones: the telco gave a
     partner's old SIM to them) counts as theirs only since that one left it (the latest
     leaving): the messages and bookings sent to it before, the handoffs opened by the
@@ -719,17 +725,22 @@ def erase_person(session: Session, person_id: int) -> Erasure:
     """
     # Who may have named them, read before any lock: the drafts naming them are locked
     # with their own conversations, below.
-    known = session.execute(select(Person.phone, Person.wa_id, Person.former_phones).where(
-        Person.id == person_id)).first()
+    known = session.execute(select(Person.phone, Person.wa_id, Person.former_phones,
+                                   Person.created_at).where(Person.id == person_id)).first()
     if known is None:
         raise NotFound("no such person", code="not_found")
     former = _former(known.former_phones)
     contacts = list(session.scalars(select(Conversation.contact).where(
         Conversation.person_id == person_id)))
     # Their numbers that were someone else's before (a partner's old SIM the telco gave
-    # them): theirs only since that one left it (_recycled).
+    # them): theirs only since that one left it (_recycled); a former number of theirs,
+    # only since they came to it, too (_came_to), and until they left it (``spans``).
+    moves = _moves(session, person_id) if former else []
     recycled = _recycled(session, person_id, known.phone, known.wa_id, *former, *contacts,
                          former=former)
+    for ten, came in _came_to(former, known.created_at, moves).items():
+        recycled[ten] = max(recycled.get(ten, came), came)
+    spans = _spans(recycled, former)
     senders = _senders_of(session, known.phone, former, recycled)
     named = _ten_digits(known.phone, known.wa_id, *former, *contacts)
     # Lock order as a chat turn takes it (its conversation, then the person row when it
@@ -737,9 +748,15 @@ def erase_person(session: Session, person_id: int) -> Erasure:
     # conversations, those of their former numbers they left (nobody wrote from there
     # since), and the other contacts' drafts naming them, all in id order, first.
     left = _left_at(former)
+    # A draft naming a number of theirs they came to from someone else is about them
+    # whenever written (the number is theirs now); one naming a former number, only if
+    # last active while it was theirs.
+    formerly = _ten_digits(*former)
     locked = list(session.scalars(select(Conversation).where(or_(
         Conversation.person_id == person_id, left,
-        _drafts_naming(named, senders))).order_by(Conversation.id).with_for_update()))
+        _drafts_naming(named, senders, {ten: span for ten, span in spans.items()
+                                        if ten in formerly})))
+        .order_by(Conversation.id).with_for_update()))
     left_behind = {c.id for c in locked if c.person_id is None and c.contact in
                    _contacts(former)}
     convs = [c for c in locked if c.person_id == person_id or c.id in left_behind]
@@ -758,8 +775,8 @@ def erase_person(session: Session, person_id: int) -> Erasure:
     own_ids = list(session.scalars(select(Booking.id).where(
         Booking.customer_id == person.id).order_by(Booking.id)))
     received_ids = list(session.scalars(select(Booking.id).where(or_(
-        _sent_to(person.phone, recycled), *_sent_to_former(former, recycled)))
-        .order_by(Booking.id)))
+        _sent_to(person.phone, recycled), *_sent_to_former(former, recycled),
+        _followed(moves, [person.phone, *former]))).order_by(Booking.id)))
     _refuse_if_in_use(session, person, partner, conv_ids, former, recycled)
 
     done = Erasure(person.id)
@@ -780,18 +797,18 @@ def erase_person(session: Session, person_id: int) -> Erasure:
     # on a retry) hold the recipient's name and the exact drop of these bookings.
     received_refs = list(session.scalars(select(Booking.reference).where(
         Booking.id.in_(received))))
-    # A text that says a former number of theirs is taken as about them, whenever written:
-    # a text is not known to be of the time the number was theirs. (One written before
-    # they held a number at all, before someone else left it, cannot be: _recycled.)
+    # A text that says a number of theirs is about them if written while it was theirs
+    # (``spans``: after someone else left it or they came to it, until they left it;
+    # one of no known time, as about its holder now, goes).
     numbers = _ten_digits(person.phone, person.wa_id, *former, *(c.contact for c in convs))
     _erase_messages(session, done, own, theirs, _addresses(*recipients), former, recycled)
     # Before the drafts lose the recipient: the names their writers gave are read there.
     _erase_recipient_copies(session, done, received, numbers, senders, drafts, places,
-                            recycled)
-    _erase_waiting_handoffs(session, done, numbers, recycled)
+                            spans)
+    _erase_waiting_handoffs(session, done, numbers, spans)
     _scrub_drafts(done, drafts)
     _erase_stored_answers(session, done, numbers | _ten_digits(*recipients), places,
-                          recycled)
+                          spans)
     # Before the bookings lose the recipient's number, by which ``received`` finds them.
     _erase_photos(session, done, own, received, photo_job_id(person.id))
     _erase_bookings(session, done, own, received)
@@ -817,7 +834,7 @@ def erase_person(session: Session, person_id: int) -> Erasure:
     _scrub_saved_answers(session, done, received_refs)
     if partner is not None:
         _erase_partner(session, done, partner)
-    _erase_dead_letters(done, numbers, recycled)
+    _erase_dead_letters(done, numbers, spans)
     # Their STOP outlives them, under a hash of the number: nobody new at that number is
     # written to before they say START (outbox.NumberOptOut); a block of our WhatsApp
     # number, until the number writes to us there.
@@ -909,15 +926,15 @@ def erase_recipient(session: Session, phone: str, *, actor: str,
     nothing = select(Booking.id).where(false())
     places = _landmarks(session, [], ids)  # where her door is
     _erase_messages(session, done, nothing, _addresses(number), set(), recycled=recycled)
-    _erase_recipient_copies(session, done, received, tens, senders, drafts, places,
-                            recycled)
-    _erase_waiting_handoffs(session, done, tens, recycled)
+    spans = _spans(recycled)
+    _erase_recipient_copies(session, done, received, tens, senders, drafts, places, spans)
+    _erase_waiting_handoffs(session, done, tens, spans)
     _scrub_drafts(done, drafts)
-    _erase_stored_answers(session, done, tens, places, recycled)
+    _erase_stored_answers(session, done, tens, places, spans)
     _erase_photos(session, done, nothing, received, f"erased-photos-b{ids[0] if ids else 0}")
     _erase_bookings(session, done, nothing, received)
     _scrub_saved_answers(session, done, [ref for _, ref, _ in found])
-    _erase_dead_letters(done, tens, recycled)
+    _erase_dead_letters(done, tens, spans)
     session.flush()
     if done.changed:
         ids = done.booking_ids
@@ -1075,17 +1092,21 @@ def _erase_messages(session: Session, done: Erasure, own: Any, theirs: set[str],
     """Messages to the person (and to the recipients of their bookings) lose text and
     address, those to a former number of theirs until they left it (``former``: the
     later ones are its new holder's), those to a number that was someone else's before
-    since it stopped being theirs (``recycled``: the earlier ones are theirs); the other
-    messages about their bookings (to partners, ops) their text."""
+    (or a former number they came to: ``recycled``) since it stopped being theirs (the
+    earlier ones are theirs); the other messages about their bookings (to partners, ops)
+    their text. A message to a former number counts from when it went: an SMS still
+    waiting to go to the number they left went to the new one at the move (set_phone),
+    written before they came to it."""
     m = OutboxMessage
     recycled = recycled or {}
+    went = func.coalesce(m.sent_at, m.created_at)
     # By ix_outbox_messages_to_addr (an empty IN would have the whole table read).
     to_them = or_(_among(m.to_addr, {a for a in theirs if not _ten_digits(a) & recycled.keys()}),
                   *(and_(_among(m.to_addr, {a for a in theirs if ten in _ten_digits(a)}),
                          m.created_at > since) for ten, since in sorted(recycled.items())),
                   and_(m.booking_id.in_(own), _among(m.to_addr, recipients)),
                   *(and_(_among(m.to_addr, _addresses(number)), m.created_at <= until,
-                         _since_left(recycled, number, m.created_at))
+                         _since_left(recycled, number, went))
                     for number, until in (former or {}).items()))
     about = m.booking_id.in_(own)
     texted = or_(m.body != REDACTED, m.media_url.is_not(None))
@@ -1126,28 +1147,53 @@ def _number_pattern(tens: Iterable[str]) -> str | None:
 
 
 def _mentions(col: Any, tens: Iterable[str], names: Iterable[str] = (),
-              recycled: Since | None = None, at: Any = None) -> Any:
+              spans: Spans | None = None, at: Any = None) -> Any:
     """The condition that a text column names one of these numbers or names. A number
-    that was someone else's before (``recycled``) only in a text written (``at``: its
-    time column) since it stopped being theirs: an earlier one can only be about them.
-    A text with no time (``at`` None) is taken as about the number's holder now."""
-    tens, later = _split(tens, recycled if at is not None else None)
+    the erased person held for a time only (``spans``: someone else's before, a former
+    number of theirs) only in a text written (``at``: its time column) in that time:
+    one from before or after can only be about its holder then. A text with no time
+    (``at`` None) is taken as about the number's holder now."""
+    tens, bounded = _split(tens, spans if at is not None else None)
     pattern = _number_pattern(tens)
     found = [col.regexp_match(pattern)] if pattern else []
-    found += [and_(col.regexp_match(_number_pattern([ten])), at > since)
-              for ten, since in later]
+    found += [and_(col.regexp_match(_number_pattern([ten])), *_within(at, span))
+              for ten, span in bounded]
     found += [col.icontains(name, autoescape=True) for name in sorted(names)]
     return or_(*found) if found else false()
 
 
-def _split(tens: Iterable[str],
-           recycled: Since | None) -> tuple[set[str], list[tuple[str, datetime]]]:
-    """These numbers (last ten digits): those looked for in any text, and those that were
-    someone else's before with the time they stopped being theirs."""
-    recycled = recycled or {}
+# The time a number was the erased person's, for the texts that say it: after the first
+# (exclusive; None: since before anything we hold) and until the second (inclusive; None:
+# still theirs).
+Span = tuple[datetime | None, datetime | None]
+# Those numbers, by their last ten digits.
+Spans = dict[str, Span]
+
+
+def _spans(recycled: Since | None, former: Former | None = None) -> Spans:
+    """The times the erased person held the numbers they did not always hold: since the
+    one before them left it or they came to it (``recycled``), until they left it
+    themselves (``former``)."""
+    found: Spans = {ten: (since, None) for ten, since in (recycled or {}).items()}
+    for number, until in (former or {}).items():
+        found[number[-10:]] = (found.get(number[-10:], (None, None))[0], until)
+    return found
+
+
+def _within(at: Any, span: Span) -> list[Any]:
+    """The conditions that a time column ``at`` falls in ``span``."""
+    after, until = span
+    return [*([at > after] if after is not None else []),
+            *([at <= until] if until is not None else [])]
+
+
+def _split(tens: Iterable[str], spans: Spans | None) -> tuple[set[str], list[tuple[str, Span]]]:
+    """These numbers (last ten digits): those looked for in any text, and those the
+    person held for a time only, with that time."""
+    spans = spans or {}
     tens = set(tens)
-    return ({ten for ten in tens if ten not in recycled},
-            [(ten, since) for ten, since in sorted(recycled.items()) if ten in tens])
+    return ({ten for ten in tens if ten not in spans},
+            [(ten, span) for ten, span in sorted(spans.items()) if ten in tens])
 
 
 def _withdraw_unsent(session: Session, where: Any) -> None:
@@ -1189,20 +1235,25 @@ Says = Callable[[str, datetime | None], bool]
 
 
 def _saying(tens: Iterable[str], names: Iterable[str] = (),
-            recycled: Since | None = None) -> Says:
+            spans: Spans | None = None) -> Says:
     """The check, on a text _mentions found, that it names one of these numbers or names:
-    a name as a word of its own; a number that was someone else's before (``recycled``)
-    in a text written since it stopped being theirs, or of no known time."""
-    always, later = _split(tens, recycled)
+    a name as a word of its own; a number the person held for a time only (``spans``)
+    in a text written in that time, or of no known time."""
+    always, bounded = _split(tens, spans)
     pattern = _number_pattern(always)
     number = re.compile(pattern) if pattern else None
-    recent = [(re.compile(_number_pattern([ten]) or ""), since) for ten, since in later]
+    held = [(re.compile(_number_pattern([ten]) or ""), span) for ten, span in bounded]
     words = sorted(names)
+
+    def in_span(at: datetime | None, span: Span) -> bool:
+        after, until = span
+        return at is None or ((after is None or at > after)
+                              and (until is None or at <= until))
 
     def says(text: str, at: datetime | None) -> bool:
         return (bool(number and number.search(text))
-                or any(found.search(text) is not None and (at is None or at > since)
-                       for found, since in recent)
+                or any(found.search(text) is not None and in_span(at, span)
+                       for found, span in held)
                 or any(names_word(text, name) for name in words))
     return says
 
@@ -1299,16 +1350,82 @@ def _left_at(former: Former) -> Any:
 def _sent_to_former(former: Former, recycled: Since | None = None) -> list[Any]:
     """The conditions that a booking was sent to a former number before the person left
     it (the ones under way then followed them to the new number), and after its holder
-    before them left it, if it had one (``recycled``)."""
+    before them left it, if it had one, and they came to it (``recycled``; one that
+    followed them to it is found by their moves: _followed)."""
     return [and_(Booking.recipient_phone == number, Booking.created_at <= until,
                  _since_left(recycled, number, Booking.created_at))
             for number, until in sorted(former.items())]
 
 
+# partner_profile.set_phone's audit entry of a move to a new SIM: the numbers before and
+# after, masked (mask_phone), and the references of the parcels under way that followed
+# the partner to the new one (parcels_moved).
+PHONE_MOVED = "partner.phone"
+# A lower bound a row must come after, a microsecond before the transaction that made a
+# number someone's (their person row, the move onto it): what that transaction wrote at
+# the number (the new SIM's "this is your number now") is theirs.
+_SAME_TRANSACTION = timedelta(microseconds=1)
+
+
+@dataclass(frozen=True)
+class Move:
+    """A partner's move to a new SIM, as its audit entry records it."""
+
+    at: datetime
+    before: str | None  # masked
+    after: str | None  # masked
+    parcels: tuple[str, ...]  # references
+
+
+def _moves(session: Session, person_id: int) -> list[Move]:
+    """The person's moves to a new SIM (set_phone's audit entries), oldest first; none
+    for one who is no partner. Not indexed (the audit log by action and target): an
+    erasure is a rare ops action, and ops' audit entries are few next to the messages."""
+    partner_id = session.scalar(select(PartnerProfile.id).where(
+        PartnerProfile.person_id == person_id))
+    if partner_id is None:
+        return []
+    a = AuditEntry
+    return [Move(at, details.get("before"), details.get("after"),
+                 tuple(details.get("parcels_moved") or ()))
+            for at, details in session.execute(select(a.at, a.details).where(
+                a.action == PHONE_MOVED, a.target == f"partner:{partner_id}")
+                .order_by(a.at, a.id))]
+
+
+def _came_to(former: Former, created: datetime, moves: list[Move]) -> Since:
+    """When the person came to each former number they were moved onto (by its last ten
+    digits; a _SAME_TRANSACTION before): at the first of their moves that names it, if
+    that moved them onto it. What came to it before was its holder's before them (a
+    recycled SIM). The number they came to us with has no such time (none in the
+    result): as for a current number, all that came to it is theirs unless another person
+    left it before (_recycled), so that a move does not leave their parcels from before
+    they signed up to nobody's erasure. The moves name numbers by their last four digits:
+    two of theirs alike make the number theirs from the earlier time, never the later.
+    (people.former_phones alone cannot say it: a number they moved back to loses its
+    first leaving there.) ``created``: their person row's, kept for the signature."""
+    found: Since = {}
+    for number in former:
+        masked = mask_phone(number)
+        first = next((m for m in moves if masked in (m.before, m.after)), None)
+        if first is not None and first.before != masked:
+            found[number[-10:]] = first.at - _SAME_TRANSACTION
+    return found
+
+
+def _followed(moves: list[Move], numbers: list[str | None]) -> Any:
+    """The condition that a booking is a parcel under way to the person that followed
+    them to a new SIM (sent before they came to that number), still to one of theirs."""
+    refs = [ref for move in moves for ref in move.parcels]
+    return and_(_among(Booking.reference, refs),
+                _among(Booking.recipient_phone, [n for n in numbers if n]))
+
+
 # The numbers an erasure looks for that were someone else's before (a partner's old SIM
 # the telco gave to a stranger), by their last ten digits, each with when it stopped being
 # theirs (the latest such time): what came to the number, or was said of it, until then
-# is its former holder's, and stays.
+# is its former holder's, and stays. A former number of the person's own is there too,
+# with when they came to it, if later (_came_to).
 Since = dict[str, datetime]
 
 
@@ -1372,16 +1489,20 @@ def _among(col: Any, values: Iterable[Any]) -> Any:
     return col.in_(found) if found else false()
 
 
-def _drafts_naming(tens: set[str], senders: Senders) -> Any:
+def _drafts_naming(tens: set[str], senders: Senders, spans: Spans | None = None) -> Any:
     """The condition that a conversation's booking draft names the person: their number
     as the recipient's (a call holds it in ``phone_pick`` until the caller says it is
     right), or, in the chat of someone who sent them a booking, a name given them there
-    while the draft has no number yet. (Not indexed: one pass over the conversations,
-    one row per contact; an index on the state would cost every chat turn a write.)"""
+    while the draft has no number yet. A number they held for a time only (``spans``: a
+    former one) names them in a draft last active in that time: one its writer touched
+    since is for the number's holder now, as the booking it makes would be. (Not
+    indexed: one pass over the conversations, one row per contact; an index on the
+    state would cost every chat turn a write.)"""
     c = Conversation
     slots = c.state["slots"]
     phone = slots["recipient_phone"].astext
-    found = [_mentions(phone, tens), _mentions(c.state["phone_pick"].astext, tens)]
+    found = [_mentions(phone, tens, (), spans, c.updated_at),
+             _mentions(c.state["phone_pick"].astext, tens, (), spans, c.updated_at)]
     people, names = senders
     if people and names:
         found.append(and_(c.person_id.in_(sorted(people)), phone.is_(None),
@@ -1391,7 +1512,7 @@ def _drafts_naming(tens: set[str], senders: Senders) -> Any:
 
 def _erase_recipient_copies(session: Session, done: Erasure, received: Any, tens: set[str],
                             senders: Senders, drafts: list[Conversation],
-                            places: set[str], recycled: Since | None = None) -> None:
+                            places: set[str], spans: Spans | None = None) -> None:
     """Where the senders of bookings to the erased person kept them, and the contacts
     whose booking draft names them: the bot's questions and summaries in their chats
     ("What is the mobile number of Sita Devi?", "For: Sita Devi, +91..."), other messages
@@ -1415,22 +1536,22 @@ def _erase_recipient_copies(session: Session, done: Erasure, received: Any, tens
         Conversation.person_id.in_(sorted(people)))))
     m = OutboxMessage
     # Plain lists, not subqueries: under an OR each side must be one an index can serve.
-    says = _saying(tens, names, recycled)
+    says = _saying(tens, names, spans)
     _redact_mentions(session, done, or_(_among(m.booking_id, session.scalars(received)),
                                         _among(m.to_addr, addrs)),
-                     _mentions(m.body, tens, names, recycled, m.created_at), says)
+                     _mentions(m.body, tens, names, spans, m.created_at), says)
     h = HandoffMessage
     theirs = select(Handoff.id).where(Handoff.person_id.in_(sorted(people)))
     named = [i for i, body, at in session.execute(select(h.id, h.body, h.created_at).where(
         h.handoff_id.in_(theirs), h.body != REDACTED,
-        _mentions(h.body, tens, names, recycled, h.created_at)))
+        _mentions(h.body, tens, names, spans, h.created_at)))
         if says(body or "", at)]
     done.add("handoff_messages", _changed(session, update(h).where(
         _among(h.id, named)).values(body=REDACTED)))
 
 
 def _erase_waiting_handoffs(session: Session, done: Erasure, tens: set[str],
-                            recycled: Since | None = None) -> None:
+                            spans: Spans | None = None) -> None:
     """Anyone's handoff still waiting for ops whose messages say the erased person's
     number (someone asking ops to send them a parcel, say): those texts are masked as a
     closed handoff's are, and the handoff stays open for ops to answer. The waiting list
@@ -1441,7 +1562,7 @@ def _erase_waiting_handoffs(session: Session, done: Erasure, tens: set[str],
     waiting = select(Handoff.id).where(Handoff.status == "waiting")
     done.add("handoff_messages", _changed(session, update(h).where(
         h.handoff_id.in_(waiting), h.body != REDACTED,
-        _mentions(h.body, tens, (), recycled, h.created_at))
+        _mentions(h.body, tens, (), spans, h.created_at))
         .values(body=REDACTED)))
 
 
@@ -1496,7 +1617,7 @@ def _recipient_asked_again(channel: str, step: str,
 
 
 def _erase_stored_answers(session: Session, done: Erasure, tens: set[str],
-                          places: set[str], recycled: Since | None = None) -> None:
+                          places: set[str], spans: Spans | None = None) -> None:
     """Our stored answers to SMS and calls (kept for Twilio's retries, cleared by the
     retention job with the messages) that say one of these numbers, or one of the
     landmarks the erasure takes (``places``): a rider's "job is yours, the sender's phone
@@ -1507,18 +1628,18 @@ def _erase_stored_answers(session: Session, done: Erasure, tens: set[str],
     e = InboundEvent
     done.add("stored_answers", _changed(session, update(e).where(
         e.response_body.is_not(None),
-        _mentions(e.response_body, tens, places, recycled, e.received_at))
+        _mentions(e.response_body, tens, places, spans, e.received_at))
         .values(response_body=None)))
 
 
-def _erase_dead_letters(done: Erasure, tens: set[str], recycled: Since | None = None) -> None:
+def _erase_dead_letters(done: Erasure, tens: set[str], spans: Spans | None = None) -> None:
     """Their chat messages set aside in Redis (inbound's dead-letter list), and any other
-    that says their number (one that was someone else's before: set aside since they
-    left it, or at a time not known). Before the commit: if Redis cannot be reached,
+    that says their number (one they held for a time only, ``spans``: set aside in that
+    time, or at a time not known). Before the commit: if Redis cannot be reached,
     nothing is committed and ops try again."""
     if not tens:
         return
-    says = _saying(tens, (), recycled)
+    says = _saying(tens, (), spans)
     try:
         done.add("dead_letters", inbound.drop_dead_letters(lambda d: says(
             d.text, None if d.at is None else datetime.fromtimestamp(d.at, UTC))))
