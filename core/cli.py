@@ -199,31 +199,35 @@ def grant_service_role(role: str) -> Granted:
         engine.dispose()
 
 
-def grant_after_migrate() -> None:
+def grant_after_migrate() -> bool:
     """With MIGRATE_DATABASE_URL set, `migrate` and `release` grant DATABASE_URL's role
     after upgrading: on every deploy, so tables made before the default privileges and a
-    grant changed by hand since are put right, with nothing more to configure. A role
-    that cannot be the service's (the owner itself, a superuser) is warned, not refused:
-    the deploy goes on as before."""
+    grant changed by hand since are put right, with nothing more to configure. The same
+    role in both URLs is warned (one role does all, as without the setting). A role the
+    grant refuses (a superuser, the ledger's owner, a member of a CREATEROLE group) fails
+    the release (False): two URLs ask for two roles, and the deploy going on would leave
+    the tables of this and later migrations, owned by the migrating role, ungranted to the
+    service (permission denied at run time) or the service able to turn the checks off."""
     from core.adapters import roles
 
     settings = get_settings()
     if not settings.migrate_database_url:
-        return
+        return True
     service = _current_user(settings.database_url)
     if service == _current_user(settings.migrate_database_url):
         log.warning("DATABASE_URL and MIGRATE_DATABASE_URL connect as the same role: the "
                     "service owns the schema (README: Setting up production)",
                     extra={"role": service})
-        return
+        return True
     try:
         # Under migrate's lock: two releases granting at once could fail one of them on
         # the same catalog rows ("tuple concurrently updated").
         with migration_lock(settings.migrate_database_url):
             granted = grant_service_role(service)
     except roles.RoleRefused as err:
-        log.warning("the service's database role was not granted", extra={"reason": str(err)})
-        return
+        log.error("the service's database role was not granted: the release stops "
+                  "(README: Setting up production)", extra={"reason": str(err)})
+        return False
     log.info("service role granted", extra={"role": granted.role, "owner": granted.owner,
                                             "schema": granted.schema})
     if granted.left:
@@ -231,6 +235,7 @@ def grant_after_migrate() -> None:
                     "as whoever granted it (a role it belongs to; PUBLIC's, as the "
                     "database's owner), then release again",
                     extra={"role": granted.role, "left": list(granted.left)})
+    return True
 
 
 class SchemaNotReady(RuntimeError):
@@ -676,7 +681,8 @@ def run_command(args: argparse.Namespace) -> int:
     settings = get_settings()
     if args.cmd in ("migrate", "release"):
         migrate()
-        grant_after_migrate()
+        if not grant_after_migrate():
+            return 1
         from core.adapters.roles import warn_if_overpowered
 
         warn_if_overpowered(settings.database_url, production=settings.is_production)

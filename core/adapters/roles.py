@@ -89,6 +89,11 @@ def grant_service_role(conn: Connection, role: str) -> Granted:
     if row[2]:
         raise RoleRefused(f"{role!r} is the owner running this: the service's role must "
                           "be another, which owns nothing")
+    groups = _powerful_groups(conn, role)
+    if groups:
+        raise RoleRefused(f"{role!r} belongs to {', '.join(groups)} (a superuser, or one "
+                          "that may create roles and so join the owner's): SET ROLE gets "
+                          f"round any grant; REVOKE {', '.join(groups)} FROM {role} first")
     owners = _ledger_owners_reachable(conn, role)
     if owners:
         raise RoleRefused(f"{role!r} owns {', '.join(owners)}, or belongs to its owner: "
@@ -171,6 +176,15 @@ def shadow_powers(conn: Connection, role: str) -> list[str]:
     return found
 
 
+def _powerful_groups(conn: Connection, role: str) -> list[str]:
+    """The roles ``role`` belongs to (directly or not) that are superusers or may create
+    roles: by SET ROLE it may act as them, and CREATEROLE may grant itself the owner's
+    role. Its own attributes are asked apart."""
+    return list(conn.scalars(text(
+        "SELECT rolname FROM pg_roles WHERE (rolsuper OR rolcreaterole) AND rolname <> :r "
+        "AND pg_has_role(:r, oid, 'MEMBER') ORDER BY rolname"), {"r": role}))
+
+
 def excess_powers(conn: Connection) -> list[str]:
     """What the connection's role may do to the ledger beyond what the service needs:
     'superuser', 'owns ledger_postings' (or may act as its owner), 'may UPDATE
@@ -182,6 +196,8 @@ def excess_powers(conn: Connection) -> list[str]:
     if superuser:
         return ["superuser"]
     found = ["createrole"] if createrole else []
+    found += [f"member of {name} (superuser or createrole)"
+              for name in _powerful_groups(conn, role)]
     if conn.scalar(text("SELECT to_regclass('ledger_postings')")) is None:
         return found
     owned = [f"owns {name}" for name in _ledger_owners_reachable(conn, role)]

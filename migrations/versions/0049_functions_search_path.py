@@ -25,15 +25,23 @@ branch_labels = None
 depends_on = None
 
 # Every function the schema's migrations made (in the schema the tables are in: the
-# migrating connection's current schema), with its arguments, pinned or set back.
+# migrating connection's current schema), with its arguments, pinned or set back. Not an
+# extension's (pg_stat_statements, pg_trgm, pgcrypto are often installed in public, owned
+# by whoever installed them: on a managed server the migrating role may not alter them,
+# and they are not ours to change), nor one the migrating role does not own.
+OURS = """
+    p.pronamespace = current_schema()::regnamespace AND p.prokind = 'f'
+    AND pg_has_role(current_user, p.proowner, 'USAGE')
+    AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_proc'::regclass
+                    AND d.objid = p.oid AND d.deptype = 'e')
+"""
 EACH_FUNCTION = """
     DO $$
     DECLARE
         f regprocedure;
     BEGIN
         FOR f IN SELECT p.oid::regprocedure FROM pg_proc p
-                  WHERE p.pronamespace = current_schema()::regnamespace
-                    AND p.prokind = 'f'
+                  WHERE {ours}
                   ORDER BY p.oid LOOP
             EXECUTE format('ALTER FUNCTION %s {action}', f, current_schema());
         END LOOP;
@@ -42,8 +50,9 @@ EACH_FUNCTION = """
 
 
 def upgrade() -> None:
-    op.execute(EACH_FUNCTION.replace("{action}", "SET search_path = %I, pg_temp"))
+    op.execute(EACH_FUNCTION.replace("{ours}", OURS)
+               .replace("{action}", "SET search_path = %I, pg_temp"))
 
 
 def downgrade() -> None:
-    op.execute(EACH_FUNCTION.replace("{action}", "RESET search_path"))
+    op.execute(EACH_FUNCTION.replace("{ours}", OURS).replace("{action}", "RESET search_path"))
