@@ -538,6 +538,7 @@ def _reuse(
                         "uses an external DATABASE_URL: set it here too"
                     )
                 env["DATABASE_URL"] = state["database_url"]
+                env["MIGRATE_DATABASE_URL"] = ""  # the embedded server's, not a shell's
             if need_redis:
                 if not state.get("redis_url"):
                     raise EmbeddedError(
@@ -600,6 +601,11 @@ def start_services(command: str, *, exclusive: bool) -> Services:
             services.postgres = EmbeddedPostgres(directory / "pg")
             services.postgres.start()
             services.env["DATABASE_URL"] = services.postgres.url()
+            # A MIGRATE_DATABASE_URL left in the shell (an install's, of the same database
+            # name) would have the release migrate that server and grant a role there,
+            # while this one stays unmigrated: the embedded server has one role, and
+            # empty is unset (core.config).
+            services.env["MIGRATE_DATABASE_URL"] = ""
         if need_redis:
             services.redis = EmbeddedRedis(directory / "redis")
             services.redis.start()

@@ -50,6 +50,7 @@ def serve_env(port: int, data_dir: Path) -> dict[str, str]:
         if key
         not in {
             "DATABASE_URL",
+            "MIGRATE_DATABASE_URL",
             "REDIS_URL",
             "PUBLIC_BASE_URL",
             "TWILIO_AUTH_TOKEN",

@@ -247,3 +247,20 @@ def test_a_number_he_moved_onto_is_his_from_the_move(client, live, frozen):  # n
         "what came to his second number before he had it was erased")
     with transaction() as s:  # run again: nothing left
         assert not retention.erase_person(s, _person_of(pid)).changed
+
+
+def test_the_number_he_was_moved_onto_and_still_holds_is_his_from_the_move(
+        client, live, frozen):  # noqa: F811
+    """Review: the lower bound held only once he had left a number he was moved onto:
+    erased while he still held it, what its holder before him had there (a parcel to
+    him, messages, texts saying it) went with him. His current number is his from the
+    move onto it too (a draft naming a number he holds is about him, and goes)."""
+    second = "+919812344401"
+    pid, _ = make_partner("Ramesh", LAXMIPUR, lang="en", on_duty=False)
+    before = _said_of(second, "Mohan before")
+    _move(pid, second)
+    his = _said_of(second, "Ramesh since")
+    _erase_partner(pid, _person_of(pid))
+    assert _taken(his) == [], "what was his at the number he holds was left"
+    assert [lost for lost in _as_said(before, second) if lost != "draft"] == [], (
+        "what came to the number before he was moved onto it was erased")

@@ -733,12 +733,14 @@ def erase_person(session: Session, person_id: int) -> Erasure:
     contacts = list(session.scalars(select(Conversation.contact).where(
         Conversation.person_id == person_id)))
     # Their numbers that were someone else's before (a partner's old SIM the telco gave
-    # them): theirs only since that one left it (_recycled); a former number of theirs,
-    # only since they came to it, too (_came_to), and until they left it (``spans``).
-    moves = _moves(session, person_id) if former else []
+    # them): theirs only since that one left it (_recycled); a number of theirs ops moved
+    # them onto, their current one too, only since they came to it (_came_to), and a
+    # former one until they left it (``spans``).
+    moves = _moves(session, person_id)
     recycled = _recycled(session, person_id, known.phone, known.wa_id, *former, *contacts,
                          former=former)
-    for ten, came in _came_to(former, known.created_at, moves).items():
+    for ten, came in _came_to([*former, *([known.phone] if known.phone else [])],
+                              known.created_at, moves).items():
         recycled[ten] = max(recycled.get(ten, came), came)
     spans = _spans(recycled, former)
     senders = _senders_of(session, known.phone, former, recycled)
@@ -1102,8 +1104,9 @@ def _erase_messages(session: Session, done: Erasure, own: Any, theirs: set[str],
     went = func.coalesce(m.sent_at, m.created_at)
     # By ix_outbox_messages_to_addr (an empty IN would have the whole table read).
     to_them = or_(_among(m.to_addr, {a for a in theirs if not _ten_digits(a) & recycled.keys()}),
+                  # From when it went, as below: an SMS that followed them at a move.
                   *(and_(_among(m.to_addr, {a for a in theirs if ten in _ten_digits(a)}),
-                         m.created_at > since) for ten, since in sorted(recycled.items())),
+                         went > since) for ten, since in sorted(recycled.items())),
                   and_(m.booking_id.in_(own), _among(m.to_addr, recipients)),
                   *(and_(_among(m.to_addr, _addresses(number)), m.created_at <= until,
                          _since_left(recycled, number, went))
@@ -1393,8 +1396,8 @@ def _moves(session: Session, person_id: int) -> list[Move]:
                 .order_by(a.at, a.id))]
 
 
-def _came_to(former: Former, created: datetime, moves: list[Move]) -> Since:
-    """When the person came to each former number they were moved onto (by its last ten
+def _came_to(former: Iterable[str], created: datetime, moves: list[Move]) -> Since:
+    """When the person came to each number they were moved onto (by its last ten
     digits; a _SAME_TRANSACTION before): at the first of their moves that names it, if
     that moved them onto it. What came to it before was its holder's before them (a
     recycled SIM). The number they came to us with has no such time (none in the
