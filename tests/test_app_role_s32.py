@@ -348,21 +348,28 @@ def test_every_function_of_the_schema_keeps_its_search_path():
     assert loose == [], f"functions without their search_path: {loose}"
 
 
-def test_the_web_says_it_at_its_start_too(monkeypatch, tmp_path):
+def test_the_web_says_it_at_its_start_too():
     """The web writes the ledger as the workers do: gunicorn's master asks, as a release
-    and a worker's start do, whether the service's role could turn the checks off."""
-    import types
+    and a worker's start do, whether the service's role could turn the checks off. In a
+    process of its own: loading gunicorn_conf sets PROMETHEUS_MULTIPROC_DIR for good,
+    which would put every later test's metrics in files."""
+    import subprocess
+    import sys
 
-    from core.config import get_settings
-    from core.web import gunicorn_conf
+    from core.config import ROOT
 
-    asked: list[tuple[str, bool]] = []
-    monkeypatch.setattr(roles, "warn_if_overpowered",
-                        lambda url, *, production: asked.append((url, production)) or [])
-    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path / "metrics"))
-    server = types.SimpleNamespace(log=logging.getLogger("test.gunicorn"))
-    gunicorn_conf.on_starting(server)
-    assert asked == [(get_settings().database_url, get_settings().is_production)]
+    code = (
+        "import logging, types\n"
+        "from core.adapters import roles\n"
+        "from core.config import get_settings\n"
+        "roles.warn_if_overpowered = lambda url, *, production: print(\n"
+        "    'ASKED', url == get_settings().database_url, production) or []\n"
+        "from core.web import gunicorn_conf\n"
+        "gunicorn_conf.on_starting(types.SimpleNamespace(log=logging.getLogger('t')))\n")
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
+                          text=True, timeout=60, env={**os.environ, "APP_ENV": "sandbox"})
+    assert done.returncode == 0, done.stderr[-1500:]
+    assert "ASKED True False" in done.stdout, done.stdout + done.stderr[-1500:]
 
 
 def _0049():  # noqa: ANN202 (a migration module, loaded by its path: its name is a number)
