@@ -53,6 +53,7 @@ from core.i18n import LANGUAGES
 from core.logs import mask_phones
 from core.services import admin, dispatch, notify, outbox, partner_app, partner_sms
 from core.services.admin import MIN_PAYLOAD_KG, Outcome, locked_partner, record
+from core.services.retention import PHONE_MOVED
 
 log = logging.getLogger(__name__)
 
@@ -275,7 +276,7 @@ def set_phone(session: Session, partner_id: int, phone: str, *, actor: str,
     # After the SMS above moved: a drop code still waiting to go by SMS went with them.
     # After the move's own SMS too: the new SIM hears it is his number before any code.
     parcels, new_codes = _parcels_follow(session, old, new, tag) if old else ([], [])
-    record(session, actor, "partner.phone", f"partner:{p.id}",
+    record(session, actor, PHONE_MOVED, f"partner:{p.id}",
            before=mask_phone(old) if old else None, after=mask_phone(new),
            sessions_ended=ended, parcels_moved=parcels, drop_codes_renewed=new_codes,
            **_noted(note))

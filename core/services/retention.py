@@ -1360,9 +1360,9 @@ def _sent_to_former(former: Former, recycled: Since | None = None) -> list[Any]:
             for number, until in sorted(former.items())]
 
 
-# partner_profile.set_phone's audit entry of a move to a new SIM: the numbers before and
-# after, masked (mask_phone), and the references of the parcels under way that followed
-# the partner to the new one (parcels_moved).
+# The audit action of partner_profile.set_phone's move to a new SIM (it writes it with this
+# name; erasure reads it back): the numbers before and after, masked (mask_phone), and the
+# references of the parcels under way that followed the partner to the new one.
 PHONE_MOVED = "partner.phone"
 # A lower bound a row must come after, a microsecond before the transaction that made a
 # number someone's (their person row, the move onto it): what that transaction wrote at
