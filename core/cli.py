@@ -186,6 +186,33 @@ def _current_user(url: str) -> str:
         engine.dispose()
 
 
+def _service_role(url: str, owner_url: str) -> str:
+    """The role ``url`` (DATABASE_URL) connects as, asked as in _current_user. A database
+    whose CONNECT was taken from PUBLIC (a common hardening) refuses that role until its
+    first grant gives it CONNECT: then, if the owner (``owner_url``) finds that the URL's
+    user is a role lacking CONNECT here, that is the service's role. Any other refusal
+    (a wrong password, a server away) is raised as it was."""
+    try:
+        return _current_user(url)
+    except OperationalError:
+        user = make_url(url).username
+        if not user:
+            raise
+        engine = create_engine(owner_url, poolclass=NullPool)
+        try:
+            with engine.connect() as conn:
+                lacks = conn.scalar(text(
+                    "SELECT NOT has_database_privilege(oid, current_database(), 'CONNECT') "
+                    "FROM pg_roles WHERE rolname = :r"), {"r": user})
+        finally:
+            engine.dispose()
+        if not lacks:
+            raise
+        log.info("the service's role may not connect yet: the grant gives it CONNECT",
+                 extra={"role": user})
+        return user
+
+
 def grant_service_role(role: str) -> Granted:
     """As the schema's owner (MIGRATE_DATABASE_URL, else DATABASE_URL), give ``role``
     what the service needs and no more (core.adapters.roles.grant_service_role)."""
@@ -204,16 +231,18 @@ def grant_after_migrate() -> bool:
     after upgrading: on every deploy, so tables made before the default privileges and a
     grant changed by hand since are put right, with nothing more to configure. The same
     role in both URLs is warned (one role does all, as without the setting). A role the
-    grant refuses (a superuser, the ledger's owner, a member of a CREATEROLE group) fails
-    the release (False): two URLs ask for two roles, and the deploy going on would leave
-    the tables of this and later migrations, owned by the migrating role, ungranted to the
-    service (permission denied at run time) or the service able to turn the checks off."""
+    grant refuses (a superuser, the ledger's owner, the database's or schema's owner, a
+    member of a CREATEROLE group) fails the release (False): two URLs ask for two roles,
+    and the deploy going on would leave the tables of this and later migrations, owned by
+    the migrating role, ungranted to the service (permission denied at run time) or the
+    service able to turn the checks off. DATABASE_URL's role is asked by connecting as
+    it (_service_role), or read from the URL where CONNECT is not yet its."""
     from core.adapters import roles
 
     settings = get_settings()
     if not settings.migrate_database_url:
         return True
-    service = _current_user(settings.database_url)
+    service = _service_role(settings.database_url, settings.migrate_database_url)
     if service == _current_user(settings.migrate_database_url):
         log.warning("DATABASE_URL and MIGRATE_DATABASE_URL connect as the same role: the "
                     "service owns the schema (README: Setting up production)",

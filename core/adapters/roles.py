@@ -7,13 +7,20 @@ replace it. Connected as the owner, the service could turn its own checks off an
 rewrite history. As a role that owns nothing, it may read and write the rows as the code
 does (SELECT, INSERT, UPDATE, DELETE; sequences; the functions), and on the ledger's two
 tables only read and append: TRUNCATE, ALTER, DROP and CREATE OR REPLACE of the owner's
-objects are refused to it by PostgreSQL itself ("must be owner").
+objects are refused to it by PostgreSQL itself ("must be owner"). Nor may it own the
+schema or the database: a schema's owner may drop any table or function in it (DROP
+FUNCTION ledger_check_posting() CASCADE takes the trigger along), and from PostgreSQL 15
+the database's owner owns public (pg_database_owner) and may give itself back whatever
+is revoked on the database.
 
-Nor may it create tables anywhere: the check functions name the ledger's tables without
-a schema, and a temporary table (pg_temp comes first in every search_path) or one in a
-schema of its own called ledger_postings would be read in their place, so that an
-unbalanced entry passes. The grant takes TEMPORARY on the database away from PUBLIC
-(the service makes no temporary tables) and CREATE on the schema.
+Nor may it create tables anywhere: before migration 0049 the check functions named the
+ledger's tables without a schema, and a temporary table (pg_temp comes first in every
+search_path) or one in a schema of its own called ledger_postings was read in their
+place, so that an unbalanced entry passed. 0049 pins each function to its schema, then
+pg_temp; the grant still keeps the service from making tables, so that no check rests on
+one of the two alone. The grant takes TEMPORARY on the database away from PUBLIC
+(the service makes no temporary tables) and CREATE on the schema and on the database
+(a schema named as the owner's role comes first, "$user", in the owner's search_path).
 """
 
 from __future__ import annotations
@@ -100,6 +107,16 @@ def grant_service_role(conn: Connection, role: str) -> Granted:
                           "give the service another role, which owns nothing")
     owner, schema, database = conn.execute(text(
         "SELECT current_user, current_schema(), current_database()")).one()
+    holds = _containers_reachable(conn, role)
+    if holds:
+        # The schema's owner may drop any table or function in it, CASCADE taking the
+        # triggers along; the database's may give itself CREATE back whatever is revoked
+        # here, then make a schema, or set the database's search_path.
+        raise RoleRefused(
+            f"{role!r} owns {' and '.join(what for what, _ in holds)}, or belongs to its "
+            "owner: it may drop the ledger's functions and tables. As an administrator: "
+            + "; ".join(f"ALTER {thing} OWNER TO {_quote(conn, owner)}" for _, thing in holds)
+            + ", or give the service another role")
     who, where = _quote(conn, role), _quote(conn, schema)
     me, db = _quote(conn, owner), _quote(conn, database)
     ledger = ", ".join(f"{where}.{t}" for t in LEDGER_TABLES)
@@ -144,6 +161,22 @@ def _ledger_owners_reachable(conn: Connection, role: str) -> list[str]:
         {"tables": list(LEDGER_TABLES), "functions": list(LEDGER_FUNCTIONS), "r": role}))
 
 
+def _containers_reachable(conn: Connection, role: str) -> list[tuple[str, str]]:
+    """The connection's database and schema if ``role`` owns them or may act as their
+    owner: ('the database', 'DATABASE name'), ('schema public', 'SCHEMA public'). From
+    PostgreSQL 15 the database's owner owns public too (pg_database_owner): the
+    database alone is named then, whose new owner takes public with it."""
+    database, schema, owns_database, owns_schema = conn.execute(text(
+        "SELECT quote_ident(d.datname), quote_ident(n.nspname), "
+        "pg_has_role(:r, d.datdba, 'MEMBER'), pg_has_role(:r, n.nspowner, 'MEMBER') "
+        "AND n.nspowner IS DISTINCT FROM to_regrole('pg_database_owner') "
+        "FROM pg_database d LEFT JOIN pg_namespace n "
+        "ON n.oid = to_regnamespace(current_schema()) WHERE d.datname = current_database()"),
+        {"r": role}).one()
+    return ([("the database", f"DATABASE {database}")] if owns_database else []) + (
+        [(f"schema {schema}", f"SCHEMA {schema}")] if owns_schema else [])
+
+
 def ledger_powers(conn: Connection, role: str) -> list[str]:
     """The privileges beyond reading and appending that ``role`` holds on the ledger's
     tables (granted to it, to PUBLIC, or to a role it belongs to), as 'UPDATE
@@ -169,6 +202,11 @@ def shadow_powers(conn: Connection, role: str) -> list[str]:
     if conn.scalar(text("SELECT has_database_privilege(:r, current_database(), 'TEMP')"),
                    {"r": role}):
         found.append("TEMPORARY on the database")
+    # CREATE SCHEMA: one named as the owner's role comes first ("$user") in the owner's
+    # search_path, so that the next migration's tables, or its reads, go there.
+    if conn.scalar(text("SELECT has_database_privilege(:r, current_database(), 'CREATE')"),
+                   {"r": role}):
+        found.append("CREATE on the database")
     found += [f"CREATE on schema {name}" for name in conn.scalars(text(
         "SELECT nspname FROM pg_namespace WHERE has_schema_privilege(:r, oid, 'CREATE') "
         "AND nspname NOT LIKE 'pg\\_%' AND nspname <> 'information_schema' "
@@ -187,7 +225,8 @@ def _powerful_groups(conn: Connection, role: str) -> list[str]:
 
 def excess_powers(conn: Connection) -> list[str]:
     """What the connection's role may do to the ledger beyond what the service needs:
-    'superuser', 'owns ledger_postings' (or may act as its owner), 'may UPDATE
+    'superuser', 'owns the database' (or 'schema public', where it may drop the ledger's
+    tables and functions), 'owns ledger_postings' (or may act as its owner), 'may UPDATE
     ledger_postings'. Empty for a service role set up by grant_service_role; a schema
     without the ledger yet (never migrated) gives nothing to say."""
     role, superuser, createrole = conn.execute(text(
@@ -200,6 +239,7 @@ def excess_powers(conn: Connection) -> list[str]:
               for name in _powerful_groups(conn, role)]
     if conn.scalar(text("SELECT to_regclass('ledger_postings')")) is None:
         return found
+    found += [f"owns {what}" for what, _ in _containers_reachable(conn, role)]
     owned = [f"owns {name}" for name in _ledger_owners_reachable(conn, role)]
     if owned:  # an owner holds every privilege too: saying so adds nothing
         return found + owned
