@@ -382,7 +382,9 @@ class TooManyCancelled(DomainError):
 
 def check_cancel_loop(session: Session, customer_id: int) -> None:
     """TooManyCancelled when the customer cancelled ``max_cancelled()`` bookings before
-    paying them within the last hour (a sliding window on the transitions' times)."""
+    paying them within the last hour (a sliding window on the transitions' times). Her
+    own cancels only (chat, IVR and API cancel as her): ops clearing a shop's mistaken
+    bookings is not her loop."""
     limit = max_cancelled()
     now = clock.now()
     oldest = session.scalar(
@@ -391,6 +393,7 @@ def check_cancel_loop(session: Session, customer_id: int) -> None:
             Booking.status == BookingStatus.CANCELLED.value,
             TransitionLog.entity == "booking",
             TransitionLog.to_status == BookingStatus.CANCELLED.value,
+            TransitionLog.actor == str(Actor("customer", str(customer_id))),
             TransitionLog.from_status.in_((BookingStatus.DRAFT.value, BookingStatus.QUOTED.value,
                                            BookingStatus.AWAITING_PAYMENT.value)),
             TransitionLog.at > now - timedelta(seconds=CANCELLED_WINDOW_S))
