@@ -67,6 +67,9 @@ REPLY_STATUS = {
     # the offer went out): the offer is closed, the job goes to another partner.
     "dispatch.unfit_vehicle": (409, "offer_closed"),
     "dispatch.unfit_trust_tier": (409, "offer_closed"),
+    # A relay's carrier at the Point before anyone took the next leg: nobody to hand the
+    # parcel to yet; he keeps it safe and is told when the next rider comes.
+    "dispatch.carrier_wait": (409, "next_rider_not_found"),
 }
 
 # Dispatch replies worded for SMS ("send PICK and the OTP"), with the app's own words: in
@@ -461,7 +464,10 @@ def pickup_leg(leg_id: int, body: OtpIn) -> ActionOut:
     return _confirm(leg_id, "pickup", body.otp, "dispatch.picked")
 
 
-@endpoint(bp, "POST", "/legs/<int:leg_id>/drop", summary="Confirm delivery with the OTP",
+@endpoint(bp, "POST", "/legs/<int:leg_id>/drop",
+          summary="Confirm delivery with the OTP (at a relay's Point, the next rider's "
+                  "code; 409 next_rider_not_found while nobody has taken the next leg: "
+                  "keep the parcel, you are told when someone does)",
           roles=PARTNER, body=OtpIn, response=ActionOut, tags=("partner",),
           errors=(404, 409, 423))
 def drop_leg(leg_id: int, body: OtpIn) -> ActionOut:
