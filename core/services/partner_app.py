@@ -37,6 +37,9 @@ MAX_SPEED_KMH = 150  # faster than any of our vehicles on a village road
 # "accurate to 5 km" one after another walked a partner 30 km in 5 seconds, each within
 # its own slack of the last.
 MAX_SLACK_M = 500
+MAX_ACCURACY_M = 5000  # the widest accuracy the app may report (core.api.partner)
+# partner id -> "lat,lng,unix time,accuracy in m" of the last fix taken. Values written
+# before the accuracy was kept have three fields: read as accuracy 0 (see last_fix).
 LAST_FIX_KEY = "partner:lastfix"
 INDIA = ZoneInfo("Asia/Kolkata")  # a partner's "today" is India's day, not UTC's
 # Photos the app may keep of one job, of each kind (with the parcel in hand; after the
@@ -53,6 +56,7 @@ class Fix:
     lat: float
     lng: float
     at: datetime
+    accuracy_m: float = 0.0  # as the phone reported it (0: not known)
 
 
 def last_fix(partner_id: int) -> Fix | None:
@@ -60,8 +64,12 @@ def last_fix(partner_id: int) -> Fix | None:
     raw = cast(bytes | None, redis_client().hget(LAST_FIX_KEY, str(partner_id)))
     if not raw:
         return None
-    lat, lng, ts = raw.decode().split(",")
-    return Fix(float(lat), float(lng), datetime.fromtimestamp(float(ts), clock.now().tzinfo))
+    lat, lng, ts, *rest = raw.decode().split(",")
+    # A value written before the accuracy was kept (three fields) reads as accuracy 0: the
+    # speed check gave it no slack then, so it gives none now (and only for MAX_AGE).
+    accuracy = float(rest[0]) if rest else 0.0
+    return Fix(float(lat), float(lng), datetime.fromtimestamp(float(ts), clock.now().tzinfo),
+               accuracy)
 
 
 def record_location(partner_id: int, lat: float, lng: float, accuracy_m: float,
@@ -92,15 +100,36 @@ def record_location(partner_id: int, lat: float, lng: float, accuracy_m: float,
                                   code="out_of_order", field="timestamp")
         metres = haversine_m(prev.lat, prev.lng, lat, lng)
         seconds = (at - prev.at).total_seconds()
-        # Allow the reported accuracy as slack: GPS jitter is not movement. Only a recent
-        # fix says where they can be now: an old one is no reason to refuse this one.
-        moved = max(0.0, metres - min(accuracy_m, MAX_SLACK_M) - 100)
-        if prev.at >= now - MAX_AGE and moved / seconds * 3.6 > MAX_SPEED_KMH:
+        recent = prev.at >= now - MAX_AGE  # an old fix says nothing of where they are now
+        if recent and _coarse(accuracy_m) and not _coarse(prev.accuracy_m) \
+                and metres <= accuracy_m:
+            # A wide fix (the phone's network fix, GPS lost for a moment) that agrees with a
+            # recent precise one tells nothing new: the precise one stays. Taken, it would
+            # let the next precise fix move them by all its width (below), again and again.
+            return prev
+        # Both fixes' reported accuracies are slack (GPS jitter is not movement), each
+        # capped: fixes "accurate to 5 km" one after another must not walk a partner off.
+        # A precise fix after a wide one may be anywhere in that one's whole width: the
+        # phone woke with a network fix 2 km off, then GPS locked on. (After a recent
+        # precise fix, a wide one is kept only if it lies outside its own width yet within
+        # the speed check: so its width is no more than that check's slack and travel.)
+        if _coarse(prev.accuracy_m) and not _coarse(accuracy_m):
+            prev_slack = min(prev.accuracy_m, MAX_ACCURACY_M)
+        else:
+            prev_slack = min(prev.accuracy_m, MAX_SLACK_M)
+        moved = max(0.0, metres - min(accuracy_m, MAX_SLACK_M) - prev_slack - 100)
+        if recent and moved / seconds * 3.6 > MAX_SPEED_KMH:
             raise ValidationError("that jump is too far for the time", code="impossible_jump",
                                   field="lat")
-    redis_client().hset(LAST_FIX_KEY, str(partner_id), f"{lat},{lng},{at.timestamp()}")
+    redis_client().hset(LAST_FIX_KEY, str(partner_id),
+                        f"{lat},{lng},{at.timestamp()},{accuracy_m}")
     dispatch.update_location(partner_id, lat, lng, at)  # as old as the fix, not the upload
-    return Fix(lat, lng, at)
+    return Fix(lat, lng, at, accuracy_m)
+
+
+def _coarse(accuracy_m: float) -> bool:
+    """Wider than the speed check's slack for one fix (MAX_SLACK_M)."""
+    return accuracy_m > MAX_SLACK_M
 
 
 @dataclass(frozen=True)
