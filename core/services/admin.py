@@ -791,7 +791,12 @@ def set_payout_account(session: Session, partner_id: int, account: str, *, actor
     released stays with the account it was made to (its row keeps it). With
     ``only_if_missing`` (``add-partner`` run again) another account than theirs is refused,
     pointing to ``set-payout-account``. The account is each partner's own (Conflict
-    ``payout_account_taken``). Same account again: nothing changed, nothing audited."""
+    ``payout_account_taken``). Same account again: nothing changed, nothing audited.
+
+    A payout job inside its gateway call to the old account (a delivered leg's hold made
+    or released, a direct transfer) holds the partner's row (payments._paying_to): the
+    change waits for that call (at most the gateway's timeout); a job that read the old
+    account before this commits reads it again before its call, and pays the new one."""
     if not isinstance(account, str) or not PAYOUT_ACCOUNT.fullmatch(account):
         raise ValidationError("account_id is a Razorpay linked account id (acc_...)",
                               code="bad_payout_account", field="account_id")
@@ -858,7 +863,8 @@ def clear_payout_account(session: Session, partner_id: int, *, actor: str,
     (dispatch.payout_account_gone); their ON is refused until set_payout_account gives
     them a new account. What they are still owed waits for it (no transfer can be made
     to none; payments.owed_without_account tells ops of legs owed long), and is paid once
-    it is set (payments.pay_owed_now). None already: nothing changed, nothing audited."""
+    it is set (payments.pay_owed_now). None already: nothing changed, nothing audited.
+    Like set_payout_account, it waits for a payout job's gateway call to the account."""
     # The legs of their open offers and the offers before their row, as OFF locks them:
     # a rival's acceptance of one of those jobs holds its leg, then writes this row.
     offers = dispatch.lock_open_offers(session, partner_id) \

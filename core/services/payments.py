@@ -2261,6 +2261,44 @@ def _leg_transfer_lock(leg_id: int) -> Iterator[None]:
             _look_again(leg_id, waiting)
 
 
+class AccountChanged(RuntimeError):
+    """The partner's payout account is no longer the one the job read: ops changed or
+    cleared it since (_paying_to). The job starts again, with the account now."""
+
+
+@contextmanager
+def _paying_to(partner_id: int | None, account: str) -> Iterator[None]:
+    """Around a gateway call that sends money to a partner's payout account (a hold made,
+    released, a direct transfer): read the account again, its row held FOR KEY SHARE until
+    the call returns. Changed or cleared since the job read it: AccountChanged, and no
+    call. An UPDATE of payout_account_id (a column with a unique index) conflicts with
+    that lock, as do ops' set_payout_account and clear_payout_account (their FOR UPDATE):
+    so no transfer is made to an account after a change of it has committed, and a change
+    made while a transfer to the old one is being made waits for the call (at most the
+    gateway's timeout). Other writes of the row (duty, offers) do not wait. Nothing else
+    is done under the lock: the job's other transactions must never wait for one that
+    waits for it."""
+    with transaction() as session:
+        now = session.scalar(select(PartnerProfile.payout_account_id).where(
+            PartnerProfile.id == partner_id).with_for_update(read=True, key_share=True)) \
+            if partner_id is not None else None
+        if now != account:
+            log.warning("partner's payout account changed while paying them; the job "
+                        "starts again with the account now", extra={"partner_id": partner_id})
+            raise AccountChanged(f"partner {partner_id}: payout account changed")
+        yield
+
+
+def _again_if_account_changed(job: Callable[[int], str], leg_id: int) -> str:
+    """Run a leg's job (under its lock); once more if the partner's payout account changed
+    while it ran (AccountChanged): it reads everything again, the account too. Changed
+    again: raised, for RQ's retry."""
+    try:
+        return job(leg_id)
+    except AccountChanged:
+        return job(leg_id)
+
+
 def hold_leg_transfer(leg_id: int) -> str:
     """Job: once a partner is assigned, create the leg's Route transfer to them on hold.
 
@@ -2271,7 +2309,7 @@ def hold_leg_transfer(leg_id: int) -> str:
     so neither does a settle_leg_transfer running at the same time.
     """
     with _leg_transfer_lock(leg_id):
-        return _hold_leg_transfer(leg_id)
+        return _again_if_account_changed(_hold_leg_transfer, leg_id)
 
 
 def _hold_leg_transfer(leg_id: int) -> str:
@@ -2286,11 +2324,18 @@ def _hold_leg_transfer(leg_id: int) -> str:
         partner = session.get(PartnerProfile, partner_id)
         account = partner.payout_account_id if partner else None
         refunded = payment_id is not None and _refund_asked(session, payment_id)
+        row_transfer = session.scalar(select(LegTransfer.transfer_id).where(
+            LegTransfer.leg_id == leg_id))
     if payment_id is None:
         return "no-payment"
-    if not account or amount <= 0:
-        return "no-account" if not account else "nothing-to-hold"
     c = gw.client()
+    if not account:
+        # No hold for him (his pay waits for set-payout-account), but the holds of the
+        # riders before him go back now all the same, not at the leg's settle.
+        _reverse_given_back(c, leg_id, booking_id, payment_id, row_transfer)
+        return "no-account"
+    if amount <= 0:
+        return "nothing-to-hold"
     transfers = c.payment.transfers(payment_id, {}).get("items") or []
     _reverse_others(c, transfers, leg_id, account)
     if _live(transfers, leg_id, account) is not None:
@@ -2302,10 +2347,11 @@ def _hold_leg_transfer(leg_id: int) -> str:
     if refunded:
         return _no_hold_after_refund(leg_id)
     try:
-        created = c.payment.transfer(payment_id, {"transfers": [{
-            "account": account, "amount": amount, "currency": "INR", "on_hold": True,
-            "notes": {"leg_id": str(leg_id), "booking_id": str(booking_id)},
-        }]})
+        with _paying_to(partner_id, account):
+            created = c.payment.transfer(payment_id, {"transfers": [{
+                "account": account, "amount": amount, "currency": "INR", "on_hold": True,
+                "notes": {"leg_id": str(leg_id), "booking_id": str(booking_id)},
+            }]})
     except gw.BadRequestError as exc:
         if not _takes_no_transfer(c, payment_id, exc):
             raise
@@ -2314,6 +2360,23 @@ def _hold_leg_transfer(leg_id: int) -> str:
     live = _live(items, leg_id) or items[0]
     _save_transfer(leg_id, booking_id, partner_id, payment_id, account, live, "on_hold")
     return "held"
+
+
+def _reverse_given_back(c, leg_id: int, booking_id: int, payment_id: str,
+                        row_transfer: str | None, transfers: list[dict] | None = None) -> None:
+    """The leg's rider has no payout account: every hold still on the leg is for a rider
+    before him (who gave the job back), and goes back now (_reverse_others: one the
+    gateway has not processed yet waits for it, noted on the leg's row). The row, naming
+    the last of them, says it is reversed: else it would show a payout on hold to that
+    rider (set_payout_account refuses to change his account while it does)."""
+    if transfers is None:
+        transfers = c.payment.transfers(payment_id, {}).get("items") or []
+    if not _reverse_others(c, transfers, leg_id, None):
+        return
+    ended = next((t for t in transfers if row_transfer is not None
+                  and t.get("id") == row_transfer and t.get("status") == "reversed"), None)
+    if ended is not None:
+        _save_transfer(leg_id, booking_id, None, payment_id, None, ended, "reversed")
 
 
 def _no_hold_after_refund(leg_id: int) -> str:
@@ -2353,9 +2416,13 @@ def settle_leg_transfer(leg_id: int) -> str:
 
     A transfer released for more than the leg earned (its hold released in the Razorpay
     dashboard before a cancellation fee cut the leg's earnings) cannot be cut any more:
-    the payout is recorded as the gateway made it, and ops hear of the excess once."""
+    the payout is recorded as the gateway made it, and ops hear of the excess once.
+
+    Each call that sends money to the partner's account reads it again under a lock of
+    their row (_paying_to): ops' change of it waits for the call, and one committed since
+    the job read it starts the job again, with the account now."""
     with _leg_transfer_lock(leg_id):
-        return _settle_leg_transfer(leg_id)
+        return _again_if_account_changed(_settle_leg_transfer, leg_id)
 
 
 def _settle_leg_transfer(leg_id: int) -> str:
@@ -2413,6 +2480,10 @@ def _settle_leg_transfer(leg_id: int) -> str:
         return "already-paid"
     if account:
         _reverse_others(c, transfers, leg_id, account)
+    elif partner_id is not None and target > 0:
+        # His pay waits for an account (the row says so below); the holds of the riders
+        # before him go back.
+        _reverse_given_back(c, leg_id, booking_id, payment_id, None, transfers)
     live = _live(transfers, leg_id, account) if account else _live(transfers, leg_id)
     if target <= 0:
         if live is None:
@@ -2465,10 +2536,12 @@ def _settle_leg_transfer(leg_id: int) -> str:
         return "transfer-pending"
     if live is None and not direct:
         try:
-            created = c.payment.transfer(payment_id, {"transfers": [{
-                "account": account, "amount": target, "currency": "INR", "on_hold": True,
-                "notes": {"leg_id": str(leg_id), "booking_id": str(booking_id)},
-            }]})
+            with _paying_to(partner_id, account):
+                created = c.payment.transfer(payment_id, {"transfers": [{
+                    "account": account, "amount": target, "currency": "INR",
+                    "on_hold": True,
+                    "notes": {"leg_id": str(leg_id), "booking_id": str(booking_id)},
+                }]})
         except gw.BadRequestError as exc:  # no retry will change it: a person must act
             if not _takes_no_transfer(c, payment_id, exc):
                 _transfer_refused(leg_id, booking_id, partner_id, payment_id, account,
@@ -2493,11 +2566,12 @@ def _settle_leg_transfer(leg_id: int) -> str:
         _save_transfer(leg_id, booking_id, partner_id, payment_id, account, None, "pending",
                        error="direct transfer asked", amount=target)
         try:
-            live = c.transfer.create({
-                "account": account, "amount": target, "currency": "INR",
-                "notes": {"leg_id": str(leg_id), "booking_id": str(booking_id),
-                          "partner_id": str(partner_id)},
-            }, headers={"X-Transfer-Idempotency": _direct_key(transfers, leg_id)})
+            with _paying_to(partner_id, account):
+                live = c.transfer.create({
+                    "account": account, "amount": target, "currency": "INR",
+                    "notes": {"leg_id": str(leg_id), "booking_id": str(booking_id),
+                              "partner_id": str(partner_id)},
+                }, headers={"X-Transfer-Idempotency": _direct_key(transfers, leg_id)})
         except gw.BadRequestError as exc:
             if gw.is_in_progress(exc):  # a twin request may make it: ask again later
                 raise
@@ -2511,7 +2585,8 @@ def _settle_leg_transfer(leg_id: int) -> str:
             if not _reverse(c, live, paid - target, leg_id):
                 return "reversal-waits"  # released once the excess went back
             paid = target
-        released = c.transfer.edit(live["id"], {"on_hold": False})
+        with _paying_to(partner_id, account):
+            released = c.transfer.edit(live["id"], {"on_hold": False})
         if "amount" in released:
             paid = _left(released)
         live = {**live, **released}
@@ -2754,11 +2829,12 @@ def _repay_reversed(c, leg_id: int, booking_id: int, partner_id: int | None,
         return "repaid"
     ended = sum(1 for t in found if t.get("status") in ("failed", "reversed"))
     try:
-        t = c.transfer.create({
-            "account": account, "amount": owed, "currency": "INR",
-            "notes": {"leg_id": str(leg_id), "booking_id": str(booking_id),
-                      "partner_id": str(partner_id), "repay": str(seq)},
-        }, headers={"X-Transfer-Idempotency": f"rc-repay-{leg_id}-{seq}-{ended}"})
+        with _paying_to(partner_id, account):
+            t = c.transfer.create({
+                "account": account, "amount": owed, "currency": "INR",
+                "notes": {"leg_id": str(leg_id), "booking_id": str(booking_id),
+                          "partner_id": str(partner_id), "repay": str(seq)},
+            }, headers={"X-Transfer-Idempotency": f"rc-repay-{leg_id}-{seq}-{ended}"})
     except gw.BadRequestError as exc:
         if gw.is_in_progress(exc):
             raise
