@@ -58,6 +58,8 @@ REQUIRED_KEYS = (
        "dispatch.state.handed_over"}  # over, PICK not sent: confirm, set_duty, STATUS
     | {"dispatch.given_back", "dispatch.taken_from_you"}  # accept: a job theirs before
     | {"dispatch.unknown_offer"}  # not_understood: one offer open
+    | {"dispatch.offer_open_no_code",  # partner_sms._code_while_offered: a code
+       "dispatch.offer_open_code"}  # asked for, one offer open
     | {"sms.phone_moved_new", "sms.phone_moved_old"}  # partner_profile.set_phone
     | {f"dispatch.app.{k}" for k in ("accepted", "picked", "pick_first",  # the app's
                                      "pick_first_handed", "already_picked",

@@ -13,7 +13,8 @@ customer waiting for a person (a caller the operator answers by SMS) is not answ
 the bot: their SMS is kept for the operator; so is a partner's that is no command.
 A recipient who says the parcel is not hers ("wrong number") is told sorry and the
 sender and ops hear of it; one who asks for her code ("code nahi mila") gets a new one,
-a partner too (a parcel sent to him), when it cannot be about his work.
+a partner too (a parcel sent to him), when it cannot be about his work. A partner who
+asks for a code while a job is offered to him is no NO to it: he hears its two choices.
 A rider who picks up a parcel for its last stretch is told whom it is for.
 """
 
@@ -35,6 +36,7 @@ from core.config import get_settings
 from core.dialog import words
 from core.domain.booking import BOOKING, Actor, BookingStatus, LegStatus
 from core.domain.dispatch import NEGATORS, Kind, parse_command, tokens
+from core.domain.dispatch import WORDS as COMMAND_WORDS
 from core.domain.errors import DomainError
 from core.domain.phone import is_indian_mobile
 from core.services import dispatch, handoff, notify, outbox, partner_app
@@ -88,6 +90,8 @@ def handle(session: Session, msg: InboundMessage) -> list[str]:
         if replies is None:
             replies = _partner_asks_for_code(session, person, partner, cmd, msg.body,
                                              lang)
+        if replies is None:
+            replies = _code_while_offered(session, person, partner, cmd, msg.body, lang)
         if replies is None:
             replies = _run(session, partner, cmd, lang)
         savepoint.commit()
@@ -483,7 +487,8 @@ def _partner_asks_for_code(session: Session, person: Person | None, partner, cmd
     mila"), he gets a new one as any recipient does (_code_again), not a NO to an offer;
     before a rider took its last leg, that the code will come. None when it is no such
     request, no parcel is coming to him, or it may be about his work (_names_a_command,
-    _free_of_work): his command then answers it, as before."""
+    _free_of_work): with an offer open, _code_while_offered answers it; else his
+    command, as before."""
     if (person is None or cmd.kind not in _CODE_ASKED_AS or not asks_for_code(body)
             or _names_a_command(cmd)):
         return None
@@ -529,6 +534,69 @@ def _free_of_work(session: Session, partner) -> bool:
     renewal of his own code voids the one he holds and uses one of the leg's few codes."""
     return not dispatch.active_legs_of(session, partner) \
         and not dispatch.open_offers_of(session, partner)
+
+
+# A code "not come" ("code nahi mila", "कोड मिळाला नाही", "no code received"): with one of
+# these the message's no says the code did not come, not no to an offer. In each catalog
+# language, in its script and as typed in Latin letters; none is a command word.
+RECEIVED_WORDS = frozenset({
+    "got", "get", "getting", "received", "receive", "recieved", "came", "come", "coming",
+    "arrived", "reached",  # en
+    "mila", "mili", "mile", "milla", "milaa", "aaya", "aya", "aayi", "ayi", "aai", "aaye",
+    "मिला", "मिली", "मिले", "आया", "आयी", "आई", "आए", "आये",  # hi
+    "मिळाला", "मिळाली", "मिळालं", "मिळाले", "आला", "आली", "आलं", "milala", "milali",
+    "aala",  # mr
+    "পেলাম", "পাইনি", "পাই", "আসেনি", "এল", "এলো", "এসেছে", "paini",  # bn
+    "வரவில்லை", "வரலை", "வரல", "கிடைக்கவில்லை", "கிடைக்கல", "வந்தது", "கிடைத்தது",
+    "varala", "kidaikala",  # ta
+    "రాలేదు", "అందలేదు", "వచ్చింది", "అందింది", "raledu", "andaledu",  # te
+    "મળ્યો", "મળ્યું", "મળી", "આવ્યો", "આવ્યું", "આવી", "malyo", "aavyo",  # gu
+    "ಬಂದಿಲ್ಲ", "ಬರಲಿಲ್ಲ", "ಸಿಕ್ಕಿಲ್ಲ", "ಸಿಗಲಿಲ್ಲ", "ಬಂತು", "ಸಿಕ್ಕಿತು", "bandilla",
+    "sikkilla",  # kn
+})
+_RECEIVED = frozenset(" ".join(tokens(w)) for w in RECEIVED_WORDS)
+_NO_WORDS = frozenset(" ".join(tokens(w)) for w in COMMAND_WORDS[Kind.DECLINE])
+# What a partner with an offer open hears when he asks for a code (_code_while_offered).
+OFFER_OPEN_NO_CODE = "dispatch.offer_open_no_code"  # no job in hand: no code is his
+OFFER_OPEN_CODE = "dispatch.offer_open_code"  # a job in hand (or a parcel coming to him)
+
+
+def _code_while_offered(session: Session, person: Person | None, partner, cmd, body: str,
+                        lang: str) -> list[str] | None:
+    """A partner with one offer open who asks for a code ("code nahi mila", "OTP?",
+    "code bhejo") and says no clear yes or no to it: the offer stays open (read as a no,
+    "code nahi mila" skipped the job he may have wanted), and he hears what he can send
+    for it, numbered as the offer's SMS is (1 to take it, 2 to skip it), and, with no job
+    in hand and no parcel coming to him, that there is no code for him now (an offer
+    carries none). His parcel's code is not renewed here: he may name its reference
+    (_partner_asks_for_code), or ask once the offer is answered. A clear no stays a no
+    (_no_to_the_offer: "NO code"), as does a message naming a command or a number (a
+    job's, or his parcel's reference: _partner_asks_for_code); None then, and when no
+    offer or several are open (a bare no then names no job: dispatch.decline asks which)."""
+    if (cmd.kind not in _CODE_ASKED_AS or cmd.numbers or not asks_for_code(body)
+            or _names_a_command(cmd) or _no_to_the_offer(cmd)):
+        return None
+    offers = dispatch.open_offers_of(session, partner)
+    if len(offers) != 1:
+        return None
+    job = offers[0].leg_id
+    mine = person is not None and _parcel_coming(session, person.phone, person) is not None
+    key = OFFER_OPEN_CODE if mine or dispatch.active_legs_of(session, partner) \
+        else OFFER_OPEN_NO_CODE
+    log.info("a code asked for with an offer open: the offer stays open",
+             extra={"partner_id": partner.id, "offer_id": offers[0].id})
+    return [i18n.t(key, lang, job=job)]
+
+
+def _no_to_the_offer(cmd) -> bool:
+    """Whether a message asking for a code is still a clear no to an offer: it begins with
+    a no ("NO code", "nahi, otp wala kaam") and no word in it says the code did not come
+    (RECEIVED_WORDS: "nahi mila code"). A no after the code word ("code nahi", "கோடு
+    இல்லை": there is no code) or with such a word ("code nahi mila") is not."""
+    if cmd.kind is not Kind.DECLINE or _RECEIVED.intersection(cmd.words):
+        return False
+    return bool(cmd.words) and (cmd.words[0] in _NO_WORDS
+                                or " ".join(cmd.words[:2]) in _NO_WORDS)
 
 
 def _for_the_operator(session: Session, partner, cmd) -> bool:
