@@ -92,7 +92,7 @@ def test_going_off_duty_while_a_rival_takes_the_offered_job_does_not_deadlock(
             accept_has_leg.set()
             _wait_for_a_lock_waiter()  # OFF now waits for a lock this acceptance holds
             return got
-        if caller == "set_duty":
+        if caller in ("set_duty", "lock_open_offers"):  # OFF locks through it
             assert accept_has_leg.wait(10)
         return real(session, leg_id)
 

@@ -3855,10 +3855,9 @@ def block_partner(session: Session, partner_id: int, actor: Actor) -> list[int]:
 def lock_open_offers(session: Session, partner_id: int) -> list[tuple[Leg, DispatchOffer]]:
     """The partner's open offers, each with its leg, locked: the legs in id order, each
     before its offer, and all before the caller locks or writes the partner's row (ops
-    taking their payout account away), as OFF locks them (set_duty). A rival's
-    acceptance holds such a leg and then withdraws this partner's offer, writing their
-    row: holding the row first deadlocked with it. An offer closed meanwhile is left
-    out."""
+    taking their payout account away; their OFF: set_duty). A rival's acceptance holds
+    such a leg and then withdraws this partner's offer, writing their row: holding the
+    row first deadlocked with it. An offer closed meanwhile is left out."""
     offered = sorted(session.execute(select(DispatchOffer.leg_id, DispatchOffer.id).where(
         DispatchOffer.partner_id == partner_id,
         DispatchOffer.status == rules.OfferStatus.OPEN.value)).tuples())
@@ -3994,19 +3993,10 @@ def set_duty(session: Session, partner: PartnerProfile, on: bool) -> Reply:
         # Their home Point closed and no other they serve open: no search finds them, so
         # no "offers will come"; they hear to call ops for a new Point (STATUS says so too).
         return _no_point()
-    in_hand: list[tuple[Leg, DispatchOffer]] = []
-    if not on:
-        # The legs of the offers in hand, then the offers, are locked before the partner's
-        # own row changes: a rival's acceptance holds such a leg and then withdraws this
-        # partner's offer, writing their row. Writing the row first deadlocked with it.
-        offered = sorted((o.leg_id, o.id) for o in open_offers_of(session, partner))
-        for leg_id, offer_id in offered:
-            leg = _lock_leg(session, leg_id)
-            offer = session.get(DispatchOffer, offer_id, with_for_update=True,
-                                populate_existing=True)
-            if leg is not None and offer is not None \
-                    and offer.status == rules.OfferStatus.OPEN.value:
-                in_hand.append((leg, offer))
+    # OFF: the legs of the offers in hand, then the offers, are locked before the
+    # partner's own row changes: a rival's acceptance holds such a leg and then withdraws
+    # this partner's offer, writing their row. Writing the row first deadlocked with it.
+    in_hand = [] if on else lock_open_offers(session, partner.id)
     partner.on_duty = on
     session.add(PartnerEvent(partner_id=partner.id, kind="duty_on" if on else "duty_off",
                              at=clock.now()))
