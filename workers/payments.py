@@ -5,7 +5,8 @@ Job ids are natural keys: ``paylink-<booking>``, ``rzp-event-<event id>``,
 transfer.failed; ``transfer-<leg>-after-<transfer>`` once a transfer whose reversal
 waited is processed), ``hold-<leg>-<offer>`` (``hold-<leg>-after-<transfer>`` likewise;
 ``hold-<leg>-after-resumed`` and ``transfer-<leg>-after-resumed`` from the hourly
-reconciliation), ``refund-<booking>`` (``refund-<booking>-<attempt>``
+reconciliation, which also queues ``transfer-<leg>`` for a hold left on a closed
+booking's leg), ``refund-<booking>`` (``refund-<booking>-<attempt>``
 from the second attempt), ``refund-retry-<booking>-<attempt>``, ``paylink-cancel-<booking>``,
 ``payments-sweep-<minute>``, ``reconcile-<hour>``.
 """
@@ -74,7 +75,8 @@ def sweep() -> dict[str, int]:
 
 def reconcile() -> dict[str, int]:
     """Apply refunds the gateway settled whose webhook never came, compare the ledger
-    with the gateway (the last day, and what is still open); then schedule the next run."""
+    with the gateway (the last day, and what is still open), settle the holds left on
+    closed bookings' legs; then schedule the next run."""
     try:
         payments.poll_refunds()
         return reconciliation.run()

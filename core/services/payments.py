@@ -481,6 +481,10 @@ def cancel_booking(session: Session, booking: Booking, actor: Actor,
     escrow short of it: support's refund is the platform's cost (_platform_gives:
     rules.fee_platform).
 
+    Each stopped leg whose transfer row is still on hold (its rider's, or one given back)
+    has its settle queued, ``transfer-<leg>``, whether or not a refund or a fee follows
+    (_settle_left_holds_of): with nothing to refund, nothing else would reverse it.
+
     Ops may also end a relay stuck for want of a rider (_end_stuck_relay), only saying why
     (``reasoned``: 422 reason_required otherwise)."""
     from core.services import dispatch
@@ -520,6 +524,10 @@ def cancel_booking(session: Session, booking: Booking, actor: Actor,
                         actor=str(actor), cause=cause)
             _enqueue_after_commit(session, "workers.payments.settle_leg_transfer", leg.id,
                                   job_id=f"transfer-{leg.id}")
+    # A rider's hold left on a stopped leg goes back, refund or not (before the refund
+    # job, so the balance has it back first).
+    _settle_left_holds_of(session, booking.id,
+                          done={fee_leg.id} if fee and fee_leg is not None else set())
     refund_paise = quote.refund_paise + (quote.fee_paise - fee)
     if refund_paise > 0:
         _open_refund(session, booking, refund_paise, fee, "cancelled", str(actor))
@@ -542,7 +550,9 @@ def _end_stuck_relay(session: Session, booking: Booking, actor: Actor, reason: s
     (_platform_gives: rules.fee_platform). The customer gets back what escrow holds
     beyond it (what delivered legs earned stays theirs); the customer and a recipient
     holding a delivery code are told, and nobody of a sum of nothing
-    (dispatch.holder_cancelled_no_fee, customer_stuck_no_refund).
+    (dispatch.holder_cancelled_no_fee, customer_stuck_no_refund). A hold left on a leg
+    stopped now (a later leg taken back from its rider) goes back by its settle, refund or
+    not (_settle_left_holds_of).
     The caller holds the legs' locks, then the booking's."""
     from core.services import dispatch
 
@@ -565,6 +575,9 @@ def _end_stuck_relay(session: Session, booking: Booking, actor: Actor, reason: s
                                                     fee), actor=str(actor), cause=cause)
         _enqueue_after_commit(session, "workers.payments.settle_leg_transfer", holder.id,
                               job_id=f"transfer-{holder.id}")
+    # A hold left on a leg stopped now (a later leg taken back from its rider, whose hold
+    # waited for a next rider's) goes back, refund or not.
+    _settle_left_holds_of(session, booking.id, done={holder.id} if fee else set())
     if quote.refund_paise > 0:
         _open_refund(session, booking, quote.refund_paise, fee, "cancelled", str(actor))
     # Nothing left to give back (support refunded her from the dashboard, or the riders
@@ -600,6 +613,38 @@ def _tell_cancelled(session: Session, booking: Booking, actor: Actor, refund_pai
     # customer's status line: she may not know the booking number.
     dispatch.tell_recipient_not_coming(session, booking, "dispatch.recipient_cancelled",
                                        dedupe_key=f"cancelled-{booking.id}-recipient")
+
+
+# Legs of these states keep their rider's hold: riding (_RIDING), or delivered (its settle
+# after the release pays it).
+_HOLD_KEPT = (LegStatus.ASSIGNED.value, LegStatus.PICKED_UP.value, LegStatus.LOCKED.value,
+              LegStatus.DELIVERED.value)
+
+
+def _left_holds(booking_id: int | None = None) -> Any:
+    """Leg transfer rows (id, leg) still on hold for a leg no rider has now (stopped by a
+    cancel, failed, given back): of the booking ``booking_id``, or of any."""
+    stmt = select(LegTransfer.id, LegTransfer.leg_id).join(
+        Leg, Leg.id == LegTransfer.leg_id).where(
+        LegTransfer.status == "on_hold", Leg.status.not_in(_HOLD_KEPT))
+    return stmt if booking_id is None else stmt.where(Leg.booking_id == booking_id)
+
+
+def _settle_left_holds_of(session: Session, booking_id: int, done: set[int]) -> list[int]:
+    """Queue the settle (``transfer-<leg>``) of each leg of a booking that closes (a
+    cancel, a stuck relay ended, a refund with nothing to ask) whose transfer row is still
+    on hold, but those in ``done`` (queued already): the hold of its rider (or of one who
+    gave it back, waiting for a next rider's hold that will not come) goes back. Else only
+    a refund did that (refund_booking settles the legs before asking it), or a fee (its
+    leg's settle): a booking that closed with neither (support refunded it all from the
+    dashboard) left the platform's money on hold at the rider for good, and ops could not
+    change his payout account (admin: partner_has_jobs). The leg ids queued."""
+    legs = [leg_id for _, leg_id in session.execute(
+        _left_holds(booking_id).order_by(LegTransfer.leg_id)) if leg_id not in done]
+    for leg_id in legs:
+        _enqueue_after_commit(session, "workers.payments.settle_leg_transfer", leg_id,
+                              job_id=f"transfer-{leg_id}")
+    return legs
 
 
 # A rider's leg that earns the cancellation fee: taken, or locked at the pickup after
@@ -2184,6 +2229,45 @@ def resume_waiting_reversals() -> int:
     return len(waiting)
 
 
+# Bookings closed for good: no rider will have their legs again, nor a refund settle them.
+_CLOSED_BOOKINGS = (BookingStatus.CANCELLED.value, BookingStatus.FAILED.value,
+                    BookingStatus.REFUNDED.value, BookingStatus.EXPIRED.value)
+LEFT_HOLDS_PAGE = 200  # rows looked at a run, in turn
+LEFT_HOLDS_CURSOR_KEY = "payments:left-holds-after"
+
+
+def settle_left_holds() -> int:
+    """The reconciliation's safety net for holds left on closed bookings: each leg of a
+    cancelled, failed or refunded booking that no rider has (_left_holds) whose transfer
+    row is still on hold has its settle queued (``transfer-<leg>``), which reverses what
+    the leg did not earn and pays what it did (a fee). A cancel queues that settle itself
+    (_settle_left_holds_of); this finds those whose job was lost, and any left before.
+
+    A row noting a reversal that waits for the gateway to process the transfer
+    (REVERSAL_WAITS) is left to its transfer.processed, or to resume_waiting_reversals:
+    a settle now would only note it again. Nor is a leg whose settle is queued or running
+    asked again, and one asked lately waits its back-off (_settle_due: a leg the gateway
+    keeps refusing is not asked every run). LEFT_HOLDS_PAGE rows a run, in turn
+    (_in_turn). How many settles were queued."""
+    with transaction() as session:
+        base = _left_holds().join(Booking, Booking.id == Leg.booking_id).where(
+            Booking.status.in_(_CLOSED_BOOKINGS),
+            LegTransfer.last_error.is_distinct_from(REVERSAL_WAITS))
+        legs = [leg_id for _, leg_id in _in_turn(session, base, LegTransfer.id,
+                                                 LEFT_HOLDS_CURSOR_KEY, LEFT_HOLDS_PAGE)]
+    queued = 0
+    for leg_id in legs:
+        job_id = f"transfer-{leg_id}"
+        if _job_alive(job_id) or not _settle_due(leg_id):
+            continue
+        log.warning("a hold left on a closed booking's leg: its settle is queued",
+                    extra={"leg_id": leg_id})
+        enqueue("workers.payments.settle_leg_transfer", leg_id, job_id=job_id,
+                retry=GATEWAY_RETRY)
+        queued += 1
+    return queued
+
+
 # A leg in these states is its rider's: his hold is kept (or made) and others' go back.
 _RIDING = (LegStatus.ASSIGNED.value, LegStatus.PICKED_UP.value, LegStatus.LOCKED.value)
 
@@ -3059,6 +3143,11 @@ def refund_booking(booking_id: int, reason: str) -> str:
     transfer from the platform's balance. X-Refund-Idempotency is the attempt's row id:
     the same for every retry of an attempt, new for the next one.
 
+    With nothing to ask (``nothing-to-refund``; ``already-<status>``: support refunded it
+    all from the dashboard before a booking failed for want of a rider, or a retry), the
+    holds left on the booking's legs go back all the same: their settles are queued
+    (_settle_left_holds_of; not for an extra payment's or a reversed payout's refund).
+
     A refusal (4xx: the refund does not exist, e.g. the balance is too low after payouts)
     is raised for RQ to try again; on the job's last try it ends the attempt instead (the
     money goes back to escrow, the next attempt follows later: _attempt_failed). Ops hear
@@ -3074,10 +3163,14 @@ def refund_booking(booking_id: int, reason: str) -> str:
         if refund is None and reason not in OWN_CHAIN_REFUNDS:
             refund = _open_main_refund(session, booking, reason, "system")
         refund = refund or _latest_refund(session, booking_id)
-        if refund is None:
-            return "nothing-to-refund"
-        if refund.status not in ("requested",):
-            return "already-" + refund.status
+        if refund is None or refund.status not in ("requested",):
+            # Nothing to ask (support refunded it all from the dashboard, or a retry finds
+            # it asked): the holds left on the booking's legs go back all the same, as
+            # they would before a refund. Not for an extra payment's or a reversed
+            # payout's refund: the booking's legs are not theirs.
+            if reason not in OWN_CHAIN_REFUNDS:
+                _settle_left_holds_of(session, booking_id, set())
+            return "nothing-to-refund" if refund is None else "already-" + refund.status
         refund_id, payment_id, amount = refund.id, refund.payment_id, refund.amount_paise
         # A reversed payout's refund is of money back in the platform's balance: the
         # booking's legs are left as they are (a relay's next leg keeps its hold).

@@ -20,7 +20,10 @@ window or asked again (open rows, open mismatches, recent payouts). Each leg who
 still notes a reversal waiting for the gateway to process a transfer (its
 transfer.processed may be lost), whatever the row's status, has its job run again
 (payments.resume_waiting_reversals): it reverses what can go, and notes again what
-still waits.
+still waits. A leg of a closed booking (cancelled, failed, refunded) that no rider has,
+whose row is still on hold but notes no such wait, has its settle queued
+(payments.settle_left_holds): a hold its cancel's settle job (lost) would have given
+back, which no comparison here shows (a hold is no payout).
 
 A payout the gateway shows less of than the ledger paid out (the transfer reversed since,
 all or part, by ops in the dashboard: Razorpay sends no webhook for it) is recorded first
@@ -534,6 +537,8 @@ def _run(since: datetime | None, until: datetime | None) -> dict[str, int]:
     from core.services import payments as pay  # payments imports nothing of this module
 
     pay.resume_waiting_reversals()
+    # A rider's hold left on a closed booking's leg (its settle lost): settled now.
+    pay.settle_left_holds()
     fetch_transfer = _cached(c.transfer.fetch, seen=held)  # each transfer asked once a run
     # A payment or refund the gateway could not show once is not compared this run (its
     # open mismatch stays as it was, the window marker at its entry), as ever.
