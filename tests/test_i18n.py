@@ -452,6 +452,7 @@ def test_placeholders_helper() -> None:
 SMS_VALUES = {"ref": "48217730", "job": "48217", "jobs": "48217, 48218", "otp": "4821",
               "typed": "48219",  # a job code a partner typed (sms.offer_not_that)
               "asker": "3210",  # the last digits of who asked (pay.link_other)
+              "offered": "48218",  # a new offer's job (dispatch.*_then_offer)
               "last4": "3210",  # a partner's new number's last digits (sms.phone_moved_old)
               "ops_phone": "+919876543210", "ivr_phone": "+918069451234",
               "phone": "+919876543210", "name": "Ramesh", "vehicle": "auto",

@@ -2370,7 +2370,42 @@ def _pick_offer(session: Session, partner: PartnerProfile,
     if len(offers) > 1:
         return _r("dispatch.several_offers", jobs=" ".join(str(o.leg_id) for o in offers),
                   job=offers[0].leg_id)
-    return offers[0]
+    return _answered_before(session, partner, offers[0]) or offers[0]
+
+
+# A bare yes or no this soon after the partner answered an offer, while the one offer open
+# was made after that answer, is taken for that answer again, never for the new offer.
+ANSWERED_JUST_NOW = timedelta(minutes=2)
+
+
+def _answered_before(session: Session, partner: PartnerProfile,
+                     offer: DispatchOffer) -> Reply | None:
+    """The answer to a bare yes or no (or a bare CANCEL, a no) while ``offer`` is the one
+    open, when the partner answered another offer within ANSWERED_JUST_NOW and ``offer``
+    was made after that answer: the same SMS sent again by the phone or the carrier (a new
+    MessageSid), his "1" typed again on slow 2G, or his SMS "1" after his tap in the app.
+    It is about the job he answered, not the new one, which he may not have seen: the job
+    he answered is named, and he is asked to name the new one to answer it ("1 58"). His
+    answer to the new offer naming it, or a bare one after the window, acts on it. None
+    when no such answer is that recent."""
+    last = session.scalar(select(DispatchOffer).where(
+        DispatchOffer.partner_id == partner.id, DispatchOffer.id != offer.id,
+        DispatchOffer.status.in_((rules.OfferStatus.ACCEPTED.value,
+                                  rules.OfferStatus.DECLINED.value,
+                                  rules.OfferStatus.CANCELLED.value)),
+        DispatchOffer.responded_at >= clock.now() - ANSWERED_JUST_NOW)
+        .order_by(DispatchOffer.responded_at.desc(), DispatchOffer.id.desc()).limit(1))
+    if last is None or last.responded_at is None or last.responded_at >= offer.offered_at:
+        return None  # the offer was open when he answered: it may be what he answers now
+    if last.status == rules.OfferStatus.CANCELLED.value \
+            and not _gave_back(session, partner, last.leg_id):
+        return None  # taken back from him (not his answer): the new offer is his to answer
+    leg = session.get(Leg, last.leg_id)
+    assert leg is not None
+    if last.status == rules.OfferStatus.ACCEPTED.value and leg.partner_id == partner.id \
+            and leg.status in ACTIVE_LEG_STATES:
+        return _r("dispatch.yours_then_offer", job=job_code(leg), offered=offer.leg_id)
+    return _r("dispatch.answered_then_offer", job=job_code(leg), offered=offer.leg_id)
 
 
 # A bare yes or no this soon after the partner's newest offer expired unanswered, with
@@ -2493,10 +2528,14 @@ def accept(session: Session, partner: PartnerProfile, code: str | None) -> Reply
     # the partner up, those offers are withdrawn below and their legs move on. In id
     # order, two acceptances (a rival taking one of those jobs right now, whose
     # acceptance withdraws this partner's offer of it) cannot each hold what the other
-    # waits for; the leg serialises competing acceptances.
+    # waits for; the leg serialises competing acceptances. On a relay, the legs before
+    # this one too, in the same pass: send_leg_codes writes the one before (a new handover
+    # code), and whoever locks a booking's legs (lock_legs: a cancel, ops ending a stuck
+    # relay) takes them in order before the booking, as must we.
     others = {o.id: o.leg_id for o in open_offers_of(session, partner) if o.id != found.id}
+    earlier = set(session.scalars(_earlier_legs((found.leg_id,)).with_only_columns(Leg.id)))
     held: dict[int, Leg | None] = {}
-    for leg_id in sorted({found.leg_id, *others.values()}):
+    for leg_id in sorted({found.leg_id, *others.values(), *earlier}):
         held[leg_id] = _lock_leg(session, leg_id)
     leg = held[found.leg_id]
     offer = session.get(DispatchOffer, found.id, with_for_update=True, populate_existing=True)
@@ -3277,12 +3316,17 @@ def _leg_of_code(session: Session, partner: PartnerProfile, kind: str, otp: str,
     try. A code of none is a wrong try on each of them, since it was tried against each:
     sent without its job, a code wins no more guesses than with it (a job locked after
     too many, ops alerted, as confirm does). The code of a job done before, sent again,
-    is answered as done. The legs are locked (in id order) before their codes are read."""
+    is answered as done. The legs are locked (in id order) before their codes are read;
+    for a PICK, with the relay legs before them in the same pass (confirm's order: a relay
+    PICK may close the leg before it, _handover_proven)."""
+    candidates = [c.id for c in active_legs_of(session, partner) if c.status in wanted]
+    ids = set(candidates)
+    if kind == "pickup" and ids:
+        ids.update(session.scalars(_earlier_legs(ids).with_only_columns(Leg.id)))
+    locked_legs = {leg_id: _lock_leg(session, leg_id) for leg_id in sorted(ids)}
     waiting = []
-    for candidate in active_legs_of(session, partner):
-        if candidate.status not in wanted:
-            continue
-        leg = _lock_leg(session, candidate.id)
+    for candidate_id in candidates:
+        leg = locked_legs[candidate_id]
         if leg is None or leg.partner_id != partner.id or leg.status not in wanted \
                 or _booking_closed(session, leg):
             continue
@@ -3637,9 +3681,15 @@ def cancel_by_partner(session: Session, partner: PartnerProfile,
     offered to them says no to the offer, and so does a bare CANCEL ("chhod do") while an
     offer is open, as a bare no does, with a job in hand too: it most likely refuses the
     job just offered, and a job is never given back on a guess (the answer names the job
-    skipped; CANCEL and its number gives one back)."""
+    skipped; CANCEL and its number gives one back). Nor is it just after such an offer
+    closed (_late_no): the same "chhod do" sent again, or come after the offer's time, is
+    still a no to it."""
     if not numbers and open_offers_of(session, partner):
         return decline(session, partner, None)
+    if not numbers:
+        late = _late_no(session, partner)
+        if late is not None:
+            return late
     number = _job_number(numbers[0]) if numbers else None
     if number is not None and not any(
             leg.id == number for leg in active_legs_of(session, partner)) and any(
@@ -3681,6 +3731,43 @@ def cancel_by_partner(session: Session, partner: PartnerProfile,
     _tell_carrier_to_wait(session, booking, leg, start_search(session, booking, leg,
                                                               actor=actor))
     return _r("dispatch.cancelled", job=job)
+
+
+def _late_no(session: Session, partner: PartnerProfile) -> Reply | None:
+    """A bare CANCEL with no offer open, within ANSWERED_JUST_AFTER of the partner's newest
+    offer closing unaccepted (said no to, left to expire, withdrawn): a no to that offer,
+    come again or too late (the same "chhod do" sent twice, or typed as the offer's time
+    ran out), never a give-back of the job he holds, which he did not name. An offer
+    expired unanswered is answered late (not missed, as _late_to_newest). He hears the
+    offer's job is not his and, holding one job he may give back, how to give it back
+    (CANCEL and its number). None when no offer of his closed that recently: a bare
+    CANCEL then gives back his one job, as ever."""
+    newest = session.scalar(select(DispatchOffer).where(
+        DispatchOffer.partner_id == partner.id).order_by(DispatchOffer.id.desc()).limit(1))
+    if newest is None or newest.status not in (rules.OfferStatus.DECLINED.value,
+                                               rules.OfferStatus.EXPIRED.value,
+                                               rules.OfferStatus.WITHDRAWN.value):
+        return None
+    closed_at = newest.responded_at or newest.expires_at
+    if closed_at < clock.now() - ANSWERED_JUST_AFTER:
+        return None
+    if _missed(newest.status, newest.responded_at, newest.expires_at):
+        _answer_to_expired(session, newest)
+    offered = str(newest.leg_id)
+    leg, _, problem = _choose_leg(session, partner, (), (LegStatus.ASSIGNED.value,),
+                                  job_only=True)
+    if problem is not None and problem.key != "dispatch.no_job":
+        return problem  # several jobs: he is asked which, as ever
+    if leg is not None and leg.status == LegStatus.ASSIGNED.value \
+            and not parcel_in_hand(session, leg):
+        return _r("dispatch.kept_after_no", offered=offered, job=job_code(leg))
+    if newest.status == rules.OfferStatus.DECLINED.value:
+        return _r("dispatch.declined", job=offered)
+    if newest.status == rules.OfferStatus.WITHDRAWN.value:
+        offered_leg = session.get(Leg, newest.leg_id)
+        assert offered_leg is not None
+        return _gone(offered_leg, offered)
+    return _r("dispatch.offer_expired", job=offered)
 
 
 def _previous_leg(session: Session, leg: Leg) -> Leg | None:
