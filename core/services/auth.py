@@ -1,16 +1,20 @@
 """Phone sign-in for the apps: a 6-digit OTP by SMS, then a signed, expiring bearer token.
 
 OTPs are kept hashed in Redis with a short life and an attempt budget; sends and
-attempts are rate limited per phone and per IP (sliding windows), all codes sent are
-capped per hour (SIGNIN_CODES_PER_HOUR, against SMS pumping), and a phone's wrong codes
-are counted over a day across all its codes (a fresh code must not buy a fresh set of
-guesses). Redis keys name a phone by a keyed hash, never the number. A token names a
-session row, so signing out (or an operator) revokes it at once. Neither OTPs nor tokens
-are ever logged.
+attempts are rate limited per phone and per IP (sliding windows; an IPv6 client by its
+/64, and its /56 and /48 too), all codes sent are capped per hour (SIGNIN_CODES_PER_HOUR,
+against SMS pumping; a quarter kept for numbers we know), and a phone's wrong codes are
+counted over a day across all its codes (a fresh code must not buy a fresh set of
+guesses). One ask of a phone runs at a time (the code stored and its SMS queued in one
+turn). A verify retried with its Idempotency-Key, from its client, within RETRY_WINDOW
+(its answer lost) gets the same token. Redis keys name a phone by a keyed hash, never the
+number. A token names a session row, so signing out (or an operator) revokes it at once.
+Neither OTPs nor tokens are ever logged.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import ipaddress
@@ -20,12 +24,13 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 import jwt
-from sqlalchemy import select
+from redis.exceptions import RedisError
+from sqlalchemy import exists, func, select
 
 from core import clock, i18n
 from core.adapters.api_models import ApiSession
 from core.adapters.db import transaction
-from core.adapters.models import Person
+from core.adapters.models import Booking, Person
 from core.adapters.redis_conn import hit_sliding_limits, redis_client, run_script
 from core.config import get_settings
 from core.dialog.words import ascii_digits
@@ -44,7 +49,13 @@ SENDS_PER_PHONE = (3, 600)  # 3 codes per 10 minutes
 # ... and 10 a day: more help nobody (10 wrong codes a day is the default budget), and
 # without it a stranger's phone could be sent 432 codes a day from a few addresses.
 SENDS_PER_PHONE_DAY = (10, 86400)
-SENDS_PER_IP = (20, 3600)
+SENDS_PER_IP = (20, 3600)  # per client: an IPv4 address, an IPv6 /64
+# A home line is delegated an IPv6 /56 (256 /64s), some a /48 (a tunnel broker gives one
+# to anyone): counted by its /64s alone, one home could ask for thousands of codes an
+# hour. Its wider prefixes are counted too, with room for a few clients each (a carrier
+# gives its phones /64s of one pool: neighbours there are other people).
+SENDS_PER_IPV6_56 = (40, 3600)
+SENDS_PER_IPV6_48 = (100, 3600)
 VERIFY_PER_IP = (60, 3600)
 
 
@@ -83,6 +94,22 @@ def _failures_key(phone: str) -> str:
     return f"auth:otp-failures:{_phone_tag(phone)}"
 
 
+def _used_key(phone: str) -> str:
+    """The phone's code used last, for RETRY_WINDOW: a verify sent again after its answer
+    was lost gets the session the code made (verify_otp)."""
+    return f"auth:otp-used:{_phone_tag(phone)}"
+
+
+# The PostgreSQL advisory lock (with the phone's tag) an ask for a code holds from storing
+# the code to queueing its SMS: "RCsi" in ASCII (pg_locks: locktype advisory, classid
+# 1380152169).
+SIGN_IN_LOCK_KEY = int.from_bytes(b"RCsi", "big")
+
+
+def _lock_of(tag: str) -> int:
+    return int.from_bytes(bytes.fromhex(tag[:8]), "big", signed=True)
+
+
 # One step, so that nothing can change between the check and the count: a code that
 # expired or was used meanwhile is simply missing (never re-created without its TTL by
 # HINCRBY), and concurrent guesses cannot overrun either budget. Every try is counted as
@@ -107,30 +134,92 @@ redis.call('INCR', KEYS[2])
 return {'check', stored}
 """
 
-# The code was right: use it up (1), unless a concurrent verify did first (0), and take
-# back the failure counted for this try. With no failure left the day's window closes
-# too, so that it runs from the next failure, not from this sign-in.
+# The code was right: use it up ({time left, tries}), unless a concurrent verify did first
+# or a new code replaced it meanwhile ({0, 0}), and take back the failure counted for this
+# try. With no failure left the day's window closes too, so that it runs from the next
+# failure, not from this sign-in. The used code is kept for RETRY_WINDOW (its hash and the
+# retry's tag: verify_otp), the session to be added once saved.
+# KEYS: the code, the phone's failure count, the used code. ARGV: the hash checked, the
+# retry's tag ("" if none), RETRY_WINDOW in ms.
 _USE_CODE = """
+if redis.call('HGET', KEYS[1], 'hash') ~= ARGV[1] then return {0, 0} end
 local ttl = redis.call('PTTL', KEYS[1])
 local attempts = redis.call('HGET', KEYS[1], 'attempts') or '0'
-if redis.call('DEL', KEYS[1]) == 0 then return {0, 0} end
+redis.call('DEL', KEYS[1])
 if redis.call('EXISTS', KEYS[2]) == 1 and redis.call('DECR', KEYS[2]) <= 0 then
   redis.call('DEL', KEYS[2])
 end
+redis.call('DEL', KEYS[3])
+redis.call('HSET', KEYS[3], 'hash', ARGV[1], 'retry', ARGV[2])
+redis.call('PEXPIRE', KEYS[3], ARGV[3])
 return {math.max(ttl, 1), tonumber(attempts)}
+"""
+
+# The used code's session was saved: a retry of its verify gets it. KEYS: the used code.
+# ARGV: its hash, the session's id, its token's iat and exp.
+_KEEP_SESSION = """
+if redis.call('HGET', KEYS[1], 'hash') ~= ARGV[1] then return 0 end
+redis.call('HSET', KEYS[1], 'sid', ARGV[2], 'iat', ARGV[3], 'exp', ARGV[4])
+return 1
+"""
+
+# A code that is not (or no longer) waiting, checked against the phone's code used last.
+# A wrong one counts as any wrong code of the day (else guesses within RETRY_WINDOW would
+# be free). KEYS: the used code, the phone's failure count. ARGV: the hash of the code
+# sent, the retry's tag ("" if none), failures per day, the day in seconds, "1" if this
+# try was counted already (found right, then used by a concurrent verify: given back).
+# Returns {"missing"} | {"spent"} | {"wrong"} | {"used"} | {"retry", sid, iat, exp}.
+_CHECK_USED = """
+local stored = redis.call('HGET', KEYS[1], 'hash')
+if not stored then return {'missing'} end
+if stored ~= ARGV[1] then
+  if ARGV[5] == '1' then return {'missing'} end
+  if tonumber(redis.call('GET', KEYS[2]) or '0') >= tonumber(ARGV[3]) then
+    return {'spent'}
+  end
+  redis.call('SET', KEYS[2], 0, 'EX', ARGV[4], 'NX')
+  redis.call('INCR', KEYS[2])
+  return {'wrong'}
+end
+if ARGV[5] == '1' and redis.call('EXISTS', KEYS[2]) == 1
+    and redis.call('DECR', KEYS[2]) <= 0 then
+  redis.call('DEL', KEYS[2])
+end
+local sid = redis.call('HGET', KEYS[1], 'sid')
+if ARGV[2] == '' or redis.call('HGET', KEYS[1], 'retry') ~= ARGV[2] or not sid then
+  return {'used'}
+end
+return {'retry', sid, redis.call('HGET', KEYS[1], 'iat'), redis.call('HGET', KEYS[1], 'exp')}
 """
 
 # The code was used up but its session could not be saved (the database failed): give it
 # back for the retry the 503 asks for, with its tries and its time left, unless a new code
-# was asked for meanwhile.
+# was asked for meanwhile; it was not used (KEYS[2], the used code, if it is this one).
 _GIVE_BACK_CODE = """
+if redis.call('HGET', KEYS[2], 'hash') == ARGV[1] then redis.call('DEL', KEYS[2]) end
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
 redis.call('HSET', KEYS[1], 'hash', ARGV[1], 'attempts', ARGV[2])
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
 return 1
 """
 
+# An ask for a code failed after its code was stored (the database failed): the code it
+# replaced comes back (its SMS, still waiting, was not withdrawn), unless another ask
+# stored its own meanwhile. KEYS: the code. ARGV: the new code's hash, the old one's (""
+# if none), its tries, its time left in ms.
+_PUT_BACK_CODE = """
+if redis.call('HGET', KEYS[1], 'hash') ~= ARGV[1] then return 0 end
+redis.call('DEL', KEYS[1])
+if ARGV[2] ~= '' and tonumber(ARGV[4]) > 0 then
+  redis.call('HSET', KEYS[1], 'hash', ARGV[2], 'attempts', ARGV[3])
+  redis.call('PEXPIRE', KEYS[1], ARGV[4])
+end
+return 1
+"""
+
 _INVALID = ("otp_invalid", "the code is wrong or has expired")
+_USED = ("otp_used", "this code was used already; ask for a new one if you are not "
+         "signed in")
 _SPENT = ("rate_limited", "too many wrong codes for this phone; please try again tomorrow")
 
 
@@ -167,6 +256,19 @@ def client_of(ip: str) -> str:
     return str(addr)
 
 
+def _send_limits(ip: str) -> list[tuple[str, tuple[int, int]]]:
+    """The per-address rules a code's ask counts in: its client's (client_of), and for
+    an IPv6 client also its /56 and /48 (one home's or one site's prefix)."""
+    client = client_of(ip)
+    rules = [(f"otp-send-ip:{client}", SENDS_PER_IP)]
+    if client.endswith("/64"):
+        first = int(ipaddress.IPv6Network(client).network_address)
+        for bits, limit in ((56, SENDS_PER_IPV6_56), (48, SENDS_PER_IPV6_48)):
+            wide = ipaddress.IPv6Network((first >> (128 - bits) << (128 - bits), bits))
+            rules.append((f"otp-send-ip:{wide}", limit))
+    return rules
+
+
 def _hash(phone: str, otp: str) -> str:
     key = get_settings().otp_key
     return hmac.new(key, f"login:{phone}:{otp}".encode(), hashlib.sha256).hexdigest()
@@ -185,17 +287,30 @@ def _limit(*rules: tuple[str, tuple[int, int]]) -> None:
 # Every sign-in code sent, whoever asked: a window of an hour against SIGNIN_CODES_PER_HOUR.
 SENDS_ALL_KEY = "otp-send-all"
 SENDS_ALL_WINDOW_S = 3600
+# ... of which codes to numbers we do not know (_known) may take all but a quarter: a
+# flood of made-up numbers (SMS pumping, from many addresses) cannot lock out the
+# customers, partners and operators we know. Their own window, of the same hour.
+SENDS_UNKNOWN_KEY = "otp-send-unknown"
+
+
+def _unknown_share(cap: int) -> int:
+    """Of the hour's ``cap`` codes, how many may go to numbers we do not know."""
+    return cap - cap // 4
 # While the cap refuses codes, the operators are told once an hour (not once a refusal).
 _CAP_WARNED_KEY = "auth:signin-cap-warned"
 
 
-def _cap_reached(limit: int) -> bool:
-    """Whether the hour's window of all codes sent is full (what refused an ask, when the
-    address's and the phone's windows had room)."""
+def _cap_reached(limit: int, known: bool) -> bool:
+    """Whether the hour's window of all codes sent is full, or for a number we do not
+    know, that of the codes to such numbers (what refused an ask, when the address's and
+    the phone's windows had room)."""
     now_ms = int(clock.now().timestamp() * 1000)
-    sent = redis_client().zcount(f"ratelimit:{SENDS_ALL_KEY}",
-                                 now_ms - SENDS_ALL_WINDOW_S * 1000 + 1, "+inf")
-    return sent >= limit
+    windows = [(SENDS_ALL_KEY, limit)]
+    if not known:
+        windows.append((SENDS_UNKNOWN_KEY, _unknown_share(limit)))
+    return any(redis_client().zcount(f"ratelimit:{key}",
+                                      now_ms - SENDS_ALL_WINDOW_S * 1000 + 1, "+inf") >= n
+               for key, n in windows)
 
 
 def _refuse_over_cap(limit: int, wait: int) -> None:
@@ -208,22 +323,30 @@ def _refuse_over_cap(limit: int, wait: int) -> None:
                     "please try again later", retry_after=wait)
 
 
-def _known_staff(phone: str) -> bool:
+def _standing(phone: str) -> tuple[bool, bool]:
+    """(staff, known) for a number: staff, an operator's or a partner's; known, staff or
+    a customer who has booked (what SMS pumping's made-up numbers are not)."""
     with transaction() as session:
-        role = session.scalar(select(Person.role).where(Person.phone == phone))
-    return role in ("ops", "partner")
+        row = session.execute(
+            select(Person.role, exists().where(Booking.customer_id == Person.id))
+            .where(Person.phone == phone)).first()
+    if row is None:
+        return False, False
+    staff = row[0] in ("ops", "partner")
+    return staff, staff or bool(row[1])
 
 
 def request_otp(raw_phone: str, ip: str) -> str:
     """Send a sign-in code to a phone by SMS; return the E.164 phone."""
     phone = normalize_phone(raw_phone)
-    by_ip = (f"otp-send-ip:{client_of(ip)}", SENDS_PER_IP)
-    if not is_indian_mobile(phone) and not _known_staff(phone):
+    by_ip = _send_limits(ip)
+    staff, known = _standing(phone)
+    if not is_indian_mobile(phone) and not staff:
         # Codes go by SMS to Indian mobiles (a foreign or premium number is the classic
         # SMS-pumping target); operators and partners we set up may have others. The
         # refusal counts against the address too, or its answer (422 for anyone, a code
         # for staff) would tell who is staff, as often as asked.
-        _limit(by_ip)
+        _limit(*by_ip)
         raise AuthError(422, "bad_phone", "sign-in codes go only to Indian mobile numbers",
                         "phone")
     if _failures_spent(phone):  # a code it could not use would only cost an SMS
@@ -234,32 +357,114 @@ def request_otp(raw_phone: str, ip: str) -> str:
     # none: an ask one of them refuses uses up none of the others (a "resend" the phone's
     # limit refuses does not take from everyone behind the same carrier NAT, nor from the
     # hour's codes), and concurrent asks cannot get past any of them.
+    rules = [*by_ip, (f"otp-send-phone:{tag}", SENDS_PER_PHONE),
+             (f"otp-send-phone-day:{tag}", SENDS_PER_PHONE_DAY),
+             (SENDS_ALL_KEY, (cap, SENDS_ALL_WINDOW_S))]
+    if not known:
+        rules.append((SENDS_UNKNOWN_KEY, (_unknown_share(cap), SENDS_ALL_WINDOW_S)))
     try:
-        _limit(by_ip, (f"otp-send-phone:{tag}", SENDS_PER_PHONE),
-               (f"otp-send-phone-day:{tag}", SENDS_PER_PHONE_DAY),
-               (SENDS_ALL_KEY, (cap, SENDS_ALL_WINDOW_S)))
+        _limit(*rules)
     except AuthError as err:
-        if _cap_reached(cap):
+        if _cap_reached(cap, known):
             _refuse_over_cap(cap, err.retry_after or 1)
         raise
     otp = generate_otp(6)
+    new_hash = _hash(phone, otp)
     r = redis_client()
-    pipe = r.pipeline()
-    pipe.delete(_otp_key(phone))
-    pipe.hset(_otp_key(phone), mapping={"hash": _hash(phone, otp), "attempts": 0})
-    pipe.expire(_otp_key(phone), int(OTP_TTL.total_seconds()))
-    pipe.execute()
-    with transaction() as session:
-        # The codes it replaced no longer work: their SMS, if still waiting (for a retry
-        # after Twilio refused a try), are not sent.
-        outbox.withdraw_sign_in_codes(session, phone)
-        notify.notify_phone(session, phone, "auth.otp", dedupe_key=outbox.sign_in_key(),
-                            otp=otp)
+    old: dict[bytes, bytes] = {}
+    old_ttl_ms, stored = 0, False
+    try:
+        with transaction() as session:
+            # One ask of a phone at a time, from storing its code to queueing its SMS (a
+            # double tap, an app's retry): two at once stored their codes and queued
+            # their SMS in opposite orders, the SMS left to go carrying the code Redis no
+            # longer held. The later ask waits here, then replaces the earlier's code
+            # and withdraws its SMS, if still waiting.
+            session.execute(select(func.pg_advisory_xact_lock(SIGN_IN_LOCK_KEY,
+                                                              _lock_of(tag))))
+            pipe = r.pipeline()
+            pipe.hgetall(_otp_key(phone))
+            pipe.pttl(_otp_key(phone))
+            pipe.delete(_otp_key(phone), _used_key(phone))
+            pipe.hset(_otp_key(phone), mapping={"hash": new_hash, "attempts": 0})
+            pipe.expire(_otp_key(phone), int(OTP_TTL.total_seconds()))
+            old, old_ttl_ms, *_ = pipe.execute()
+            stored = True
+            # The codes it replaced no longer work: their SMS, if still waiting (for a
+            # retry after Twilio refused a try), are not sent.
+            outbox.withdraw_sign_in_codes(session, phone)
+            notify.notify_phone(session, phone, "auth.otp", dedupe_key=outbox.sign_in_key(),
+                                otp=otp)
+    except Exception:
+        # Nothing was queued nor withdrawn: the code before (whose SMS may still go)
+        # works again, not the new one, which no SMS carries.
+        # (A commit whose answer was lost may have queued it after all: rare, and the
+        # answer the client got, an error, asks it to ask again.)
+        if stored:
+            with contextlib.suppress(RedisError):
+                run_script(r, _PUT_BACK_CODE, [_otp_key(phone)], [
+                    new_hash, old.get(b"hash", b""), old.get(b"attempts", b"0"),
+                    old_ttl_ms if old.get(b"hash") else 0])
+        raise
     return phone
 
 
-def verify_otp(raw_phone: str, otp: str, ip: str) -> tuple[str, Principal, datetime]:
-    """Check a sign-in code; return (token, principal, expiry). One code, one session."""
+# How long a used code answers a retry of its verify (the answer lost on a slow line).
+RETRY_WINDOW = timedelta(minutes=2)
+
+
+def _retry_tag(phone: str, ip: str, retry_key: str | None) -> str:
+    """What a retry of a verify must send again to get its session: the client's
+    Idempotency-Key, from the same client (client_of). Without a key, "": no retry gets
+    a session (the code alone, which anyone who saw the SMS has, is not enough)."""
+    if not retry_key:
+        return ""
+    key = get_settings().otp_key
+    return hmac.new(key, f"retry:{phone}:{client_of(ip)}:{retry_key}".encode(),
+                    hashlib.sha256).hexdigest()
+
+
+def _token(person_id: int, sid: str, iat: int, exp: int) -> str:
+    return jwt.encode({"sub": str(person_id), "sid": sid, "iat": iat, "exp": exp},
+                      get_settings().secret_key, algorithm="HS256")
+
+
+def _retried(phone: str, code_hash: str, retry: str,
+             counted: bool = False) -> tuple[str, Principal, datetime]:
+    """A code not waiting (expired, replaced, used): if it is the one the phone used
+    last, within RETRY_WINDOW, and this is a retry of that verify (its tag), the session
+    it made, in the same token; else 401 (otp_used for that code)."""
+    verdict, *facts = run_script(redis_client(), _CHECK_USED,
+                                 [_used_key(phone), _failures_key(phone)],
+                                 [code_hash, retry, get_settings().otp_failures_per_day,
+                                  int(OTP_FAILURE_WINDOW.total_seconds()),
+                                  "1" if counted else "0"])
+    if verdict == b"spent":
+        raise AuthError(429, *_SPENT, "otp", retry_after=_seconds_left(_failures_key(phone)))
+    if verdict == b"used":
+        raise AuthError(401, *_USED, "otp")
+    if verdict != b"retry":
+        raise AuthError(401, *_INVALID, "otp")
+    sid, iat, exp = facts[0].decode(), int(facts[1]), int(facts[2])
+    with transaction() as session:
+        s = session.get(ApiSession, sid)
+        if s is None or s.revoked_at is not None or s.expires_at <= clock.now():
+            raise AuthError(401, *_USED, "otp")  # signed out (or erased) since
+        person = session.get(Person, s.person_id)
+        if person is None:
+            raise AuthError(401, *_USED, "otp")
+        principal = Principal(person.id, person.role, sid)
+        expires = s.expires_at
+    log.info("sign-in answered again: a retry of its verify",
+             extra={"phone": mask_phone(phone)})
+    return _token(principal.person_id, sid, iat, exp), principal, expires
+
+
+def verify_otp(raw_phone: str, otp: str, ip: str,
+               retry_key: str | None = None) -> tuple[str, Principal, datetime]:
+    """Check a sign-in code; return (token, principal, expiry). One code, one session:
+    a verify sent again with the same Idempotency-Key (``retry_key``) from the same
+    client within RETRY_WINDOW (its answer lost) gets the same token."""
     phone = normalize_phone(raw_phone)
     _limit((f"otp-verify-ip:{client_of(ip)}", VERIFY_PER_IP))
     r = redis_client()
@@ -271,16 +476,20 @@ def verify_otp(raw_phone: str, otp: str, ip: str) -> tuple[str, Principal, datet
         log.warning("sign-in refused: the phone's wrong codes for the day are spent",
                     extra={"phone": mask_phone(phone)})
         raise AuthError(429, *_SPENT, "otp", retry_after=_seconds_left(_failures_key(phone)))
+    # The code as typed, in any script's digits ("४८२९१३", as SMS keyboards send them).
+    given = _hash(phone, ascii_digits(otp.strip()))
+    retry = _retry_tag(phone, ip, retry_key)
     if verdict == b"missing":
-        raise AuthError(401, *_INVALID, "otp")
+        return _retried(phone, given, retry)
     if verdict == b"locked":
         raise AuthError(429, "otp_locked", "too many wrong codes; ask for a new one", "otp")
-    # The code as typed, in any script's digits ("४८२९१३", as SMS keyboards send them).
-    if not hmac.compare_digest(stored[0], _hash(phone, ascii_digits(otp.strip())).encode()):
+    if not hmac.compare_digest(stored[0], given.encode()):
         raise AuthError(401, *_INVALID, "otp")
-    ttl_ms, attempts = run_script(r, _USE_CODE, keys, [])
-    if not ttl_ms:  # a concurrent verify used this code first
-        raise AuthError(401, *_INVALID, "otp")
+    used_key = _used_key(phone)
+    ttl_ms, attempts = run_script(r, _USE_CODE, [*keys, used_key], [
+        stored[0], retry, int(RETRY_WINDOW.total_seconds() * 1000)])
+    if not ttl_ms:  # a concurrent verify used this code first (or a new one replaced it)
+        return _retried(phone, given, retry, counted=True)
     now = clock.now()
     try:
         with transaction() as session:
@@ -297,12 +506,16 @@ def verify_otp(raw_phone: str, otp: str, ip: str) -> tuple[str, Principal, datet
             session.add(ApiSession(id=sid, person_id=person.id, expires_at=expires))
             principal = Principal(person.id, person.role, sid)
     except Exception:
-        run_script(r, _GIVE_BACK_CODE, keys[:1], [stored[0], attempts, ttl_ms])
+        run_script(r, _GIVE_BACK_CODE, [keys[0], used_key], [stored[0], attempts, ttl_ms])
         raise
-    token = jwt.encode({"sub": str(principal.person_id), "sid": sid, "iat": int(now.timestamp()),
-                        "exp": int(expires.timestamp())}, get_settings().secret_key,
-                       algorithm="HS256")
-    return token, principal, expires
+    iat, exp = int(now.timestamp()), int(expires.timestamp())
+    if retry:
+        try:
+            run_script(r, _KEEP_SESSION, [used_key], [stored[0], sid, iat, exp])
+        except RedisError:  # signed in all the same: only a retry would be refused
+            log.warning("sign-in: could not keep its session for a retry",
+                        extra={"phone": mask_phone(phone)})
+    return _token(principal.person_id, sid, iat, exp), principal, expires
 
 
 def authenticate(token: str) -> Principal:
