@@ -129,7 +129,9 @@ def _answer(turn: int) -> Response:
         except ValidationError:
             langs = (i18n.DEFAULT_LANGUAGE, "en")
         return _xml(twiml.hangup_with("ivr.not_mobile", *langs))
-    digits = request.form.get("Digits", "")[:32]
+    # The tail: keys after the last "*" are the answer (ivr._answer), and a caller who
+    # started again a few times keyed more than 32.
+    digits = request.form.get("Digits", "")[-32:]
     call = CallRequest(sid=sid, turn=turn, phone=phone, to_addr=request.form.get("To", ""),
                        digits=digits)
     body, _duplicate = ivr.process(call, _handle)
@@ -208,12 +210,43 @@ def voice_screen_take():
     return _xml(str(response))
 
 
+# Twilio's error codes for an answer it could not fetch (11xxx: no answer in time, a
+# connection or HTTP failure). Others (12xxx: a document it could not parse or play) are
+# of an answer it got: sent again, it would fail again.
+NOT_FETCHED = "11"
+
+
+def _failed_turn() -> tuple[str, int] | None:
+    """(CallSid, turn) of the answer Twilio could not fetch, at the Fallback URL: the
+    call's first webhook (turn 0) or a Gather's action (its ``turn``), named by ErrorUrl;
+    None for any other URL (the dial's, the status callback's), a malformed one, or an
+    answer fetched that Twilio could not play."""
+    sid = request.form.get("CallSid", "")
+    failed = urlsplit(request.form.get("ErrorUrl", ""))
+    if not _SID.match(sid) or not request.form.get("ErrorCode", "").startswith(NOT_FETCHED):
+        return None
+    path = failed.path.rstrip("/")
+    if path.endswith("/webhooks/voice"):
+        return sid, 0
+    if not path.endswith("/webhooks/voice/gather"):
+        return None
+    raw = (parse_qs(failed.query).get("turn") or [""])[0]
+    if not raw.isascii() or not raw.isdigit() or not 1 <= int(raw) <= MAX_TURN:
+        return None
+    return sid, int(raw)
+
+
 @bp.post("/webhooks/voice/fallback")
 @_twiml_even_on_failure
 @signed
 def voice_fallback():
-    """The number's Fallback URL: Twilio could not fetch or play our answer. Apologise and
-    hang up; never the flow again (it is what just failed)."""
+    """The number's Fallback URL: Twilio could not fetch or play our answer. A turn that
+    was done all the same (its answer stored: a slow turn whose answer came after
+    Twilio's 15 seconds) is answered with what it answered, so the caller hears what was
+    done ("booked, number ...") and goes on from there, as a retry of it would. Else
+    apologise and hang up; never the flow again (it is what just failed)."""
     log.warning("voice fallback called",
                 extra={"error_code": request.form.get("ErrorCode", "")[:8]})
-    return _apology()
+    failed = _failed_turn()
+    answer = ivr.answer_on_record(*failed) if failed is not None else None
+    return _xml(answer) if answer else _apology()

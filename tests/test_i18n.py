@@ -191,6 +191,7 @@ REQUIRED_KEYS = (
                                "fifth")}  # office_names.ORDINALS, never a number
     | {"ivr.other_language"}  # ivr._start: the key to the list, in each other language
     | {"ivr.confirm.pay_time"}  # voice._booked: the minutes left to pay
+    | {"ivr.callback.booked", "ivr.callback.link_sms"}  # ivr._start: a booking not heard
     | {f"booking.status.to_you_{k}" for k in ("coming", "coming_code_sent",  # a parcel
                                                "on_the_way", "on_the_way_no_code",  # to
                                                "code_with_sender")}  # her: tracked
@@ -451,8 +452,8 @@ def test_placeholders_helper() -> None:
 # Values as long as real ones, for the texts that go out by SMS.
 SMS_VALUES = {"ref": "48217730", "job": "48217", "jobs": "48217, 48218", "otp": "4821",
               "typed": "48219",  # a job code a partner typed (sms.offer_not_that)
-              "asker": "3210",  # the last digits of who asked (pay.link_other)
               "offered": "48218",  # a new offer's job (dispatch.*_then_offer)
+              "asker": "3210",  # the last digits of who asked (pay.link_other)
               "last4": "3210",  # a partner's new number's last digits (sms.phone_moved_old)
               "ops_phone": "+919876543210", "ivr_phone": "+918069451234",
               "phone": "+919876543210", "name": "Ramesh", "vehicle": "auto",

@@ -83,7 +83,8 @@ class VoicePorts(Ports, Protocol):
     # or paid meanwhile / not theirs (False): only a closed one is booked again.
     def overdue_closed(self, reference: str) -> bool | None: ...
     # Their unpaid booking's payment link sent by SMS to another mobile: "sent",
-    # "not_ready", "not_payable", "limit", "day_limit" or "stopped" (core.services.ivr).
+    # "not_ready", "not_payable", "limit", "day_limit" or "stopped" (core.services.ivr);
+    # "own": the number keyed is the caller's, whose link goes as tracking sends it.
     def send_link_to(self, reference: str, phone: str) -> str: ...
     # Whether a new pickup code may be read out for their booking now.
     def pickup_code_left(self, reference: str) -> bool: ...

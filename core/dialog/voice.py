@@ -494,6 +494,17 @@ def _booked(ctx: Ctx, ref: str, pay_minutes: int | None = None) -> list[Out]:
     return said
 
 
+def booked_before(ctx: Ctx, ref: str, pay_minutes: int) -> list[Out]:
+    """At the start of a call, a booking the caller's last call made that they may not have
+    heard made (the line dropped as they pressed "book"): its number, that it needs no
+    booking again, how its payment link comes (as _booked says it) and the minutes left to
+    pay. Said by core.services.ivr, before the menu."""
+    reach = ctx.ports.reach()
+    return [Say("ivr.callback.booked", {"digits": spoken.spell_digits(ref)}),
+            Say("ivr.callback.link_sms") if reach == "sms" else _link_way(reach, sent=False),
+            Say("ivr.confirm.pay_time", {"minutes": pay_minutes})]
+
+
 def _link_way(reach: str, *, sent: bool) -> Say:
     """What a caller hears about a payment link that was just sent (or is being made and
     follows), by how messages reach them now (VoicePorts.reach)."""
@@ -590,6 +601,12 @@ def _link_check_handle(ctx: Ctx, inp: UserInput) -> Result:
         return Retry()
     ctx.state.data.pop("link_pick", None)
     sent = ctx.ports.send_link_to(ref, phone)
+    if sent == "own":
+        # Their own number: the link again, as tracking sends it, and what that did (sent;
+        # sent a few minutes ago, again after N minutes; or why our SMS cannot reach them).
+        link = ctx.ports.payment_link(ref, by_sms=True)
+        return Goto("done", [_link_again(ctx.ports.reach(), link) if link is not None
+                             else _LINK_SENT["not_payable"]])
     if sent == "sent":
         return Goto("done", [Say("ivr.link_phone.sent",
                                  {"digits": spoken.spell_digits(phone[-4:])}, private=True)])

@@ -18,7 +18,10 @@ live here, not in the dialog: silence repeats the prompt at most twice and then 
 person (or ends the call), ``*`` repeats (keys after it in a Gather of several digits are
 the answer), at the language list silence and keys it has not get the list again, a call
 has at most ``MAX_TURNS`` turns (a 9 to a page of a village list not heard yet is none) for
-each thing done in it (a booking made, cancelled or tracked: _finished).
+each thing done in it (a booking made, cancelled or tracked: _finished). A booking
+made in a turn whose answer the caller may not have heard (the line dropped as they
+pressed "book") is said at the start of their next call (UNHEARD), and the number's
+Fallback URL answers a turn that was done with its stored answer (answer_on_record).
 Nothing here calls the network.
 """
 
@@ -32,7 +35,7 @@ import re
 import string
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import func, select, update
@@ -67,6 +70,7 @@ from core.dialog.voice import (
     OTHER_PAYERS_A_DAY,
     PAGE_TURNED,
     VOICE_DIALOG,
+    booked_before,
     clear_draft,
     full_slots,
     has_draft,
@@ -182,6 +186,16 @@ def _duplicate(external_id: str) -> tuple[str, bool]:
         return inbound.stored_answer(session, PROVIDER, external_id) or "", True
 
 
+def answer_on_record(sid: str, turn: int) -> str | None:
+    """The answer stored for turn ``turn`` of call ``sid``, for the number's Fallback URL
+    (Twilio gave up waiting for it): the turn was done, and its effects are kept. None if
+    it was not (not yet, or rolled back), or its answer was blanked (it read a code, and
+    the call is over)."""
+    with transaction() as session:
+        answer = inbound.stored_answer(session, PROVIDER, f"{sid}:{turn}")
+    return answer if answer and answer != BLANKED_ANSWER else None
+
+
 # --- ports: the chat's, plus the booking details by SMS ---------------------------------
 
 # The booking's details after a call, by how they reach the caller (reach()): each says
@@ -276,6 +290,9 @@ class VoicePorts(SessionPorts):
             done["pay_minutes"] = payments.minutes_to_pay(booking)  # as its SMS says them
         if booking is not None and self._call():
             self._call().setdefault("booked", []).append(booking.id)
+            # Not heard until the caller answers the next prompt (_answer): should the
+            # line drop now, the next call says it was made (_booked_unheard).
+            self._call().setdefault(UNHEARD, []).append(booking.id)
         key = DETAILS.get(self.reach())  # none where nothing can reach them
         if booking is not None and self.person.phone and key is not None:
             lang = self.person.preferred_language or i18n.DEFAULT_LANGUAGE
@@ -330,8 +347,10 @@ class VoicePorts(SessionPorts):
         booking's OTHER_PAYERS such SMS went already), "day_limit" (the caller's
         OTHER_PAYERS_A_DAY over all their bookings did) or "stopped" (that number stopped
         our SMS). The same number again within payments.LINK_AGAIN_EVERY is told sent (it
-        was, just now) and sends nothing. The caller's own number is the link again, as
-        tracking sends it."""
+        was, just now) and sends nothing. The caller's own number sends nothing here:
+        "own", and the dialog sends the link again as tracking does (payment_link with
+        by_sms: the way messages reach them now, at most once per LINK_AGAIN_EVERY), and
+        says what that did."""
         booking = self._mine(reference)
         if booking is None or booking.status != BookingStatus.AWAITING_PAYMENT.value or (
                 booking.expires_at is not None and booking.expires_at <= clock.now()):
@@ -340,20 +359,26 @@ class VoicePorts(SessionPorts):
         if url is None:
             return "not_ready"
         if phone == self.person.phone:
-            payments.send_link_again(self.session, booking, phone)
-            return "sent"
-        slot = int(clock.now().timestamp() // payments.LINK_AGAIN_EVERY.total_seconds())
+            return "own"
+        now = clock.now()
         prefix = f"paylink-{booking.id}-other-"
-        key = f"{prefix}{outbox.number_hash(phone)[:16]}-{slot}"
-        sent_before = list(self.session.scalars(select(OutboxMessage.dedupe_key).where(
-            OutboxMessage.booking_id == booking.id,
-            OutboxMessage.dedupe_key.like(f"{prefix}%"))))
-        if key in sent_before:
+        to_number = f"{prefix}{outbox.number_hash(phone)[:16]}-"
+        sent_before = [key or "" for key in self.session.scalars(
+            select(OutboxMessage.dedupe_key).where(
+                OutboxMessage.booking_id == booking.id,
+                OutboxMessage.dedupe_key.like(f"{prefix}%")))]
+        # The same number within LINK_AGAIN_EVERY of when it went (not in the same slot of
+        # the clock: 20 seconds apart across a slot's edge was two SMS, and one of the
+        # booking's OTHER_PAYERS spent).
+        if any(key.startswith(to_number)
+               and _other_link_sent_at(key) > now - payments.LINK_AGAIN_EVERY
+               for key in sent_before):
             return "sent"
         if len(sent_before) >= OTHER_PAYERS:
             return "limit"
-        if self._links_to_others_since(slot - _SLOTS_A_DAY) >= OTHER_PAYERS_A_DAY:
+        if self._links_to_others_since(now - timedelta(days=1)) >= OTHER_PAYERS_A_DAY:
             return "day_limit"
+        key = f"{to_number}{_SENT_AT}{int(now.timestamp())}"
         lang = self.person.preferred_language or i18n.DEFAULT_LANGUAGE
         sent = notify.notify_phone(
             self.session, phone, "pay.link_other", booking_id=booking.id,
@@ -362,16 +387,14 @@ class VoicePorts(SessionPorts):
             minutes=payments.minutes_to_pay(booking), asker=(self.person.phone or "")[-4:])
         return "sent" if sent else "stopped"
 
-    def _links_to_others_since(self, slot: int) -> int:
+    def _links_to_others_since(self, since: datetime) -> int:
         """The payment-link SMS the caller had sent to other numbers, over all their
-        bookings, in LINK_AGAIN_EVERY slots after ``slot`` (their keys end in theirs: the
-        service's clock, as they were made by it)."""
+        bookings, after ``since`` (by when their keys say they went: _other_link_sent_at)."""
         keys = self.session.scalars(select(OutboxMessage.dedupe_key).join(
             Booking, Booking.id == OutboxMessage.booking_id).where(
             Booking.customer_id == self.person.id,
             OutboxMessage.dedupe_key.like("paylink-%-other-%")))
-        tails = [(key or "").rsplit("-", 1)[-1] for key in keys]
-        return sum(1 for tail in tails if not tail.isdigit() or int(tail) > slot)
+        return sum(1 for key in keys if _other_link_sent_at(key or "") > since)
 
     def _messages_about(self, booking_id: int) -> int:
         return _messages_to(self.session, self.person, booking_id)
@@ -473,8 +496,22 @@ class VoicePorts(SessionPorts):
         return read_pickup_code(self.session, self.person, booking)
 
 
-# A day in payments.LINK_AGAIN_EVERY slots (the keys of the links sent to other numbers).
-_SLOTS_A_DAY = int(timedelta(days=1) / payments.LINK_AGAIN_EVERY)
+# The dedupe key of a payment link sent to another number ends in when it went, by the
+# service's clock: "paylink-<booking>-other-<number's hash>-s<Unix seconds>".
+_SENT_AT = "s"
+
+
+def _other_link_sent_at(key: str) -> datetime:
+    """When the link whose dedupe key is ``key`` went to another number. A key written
+    before they said the second ends in its payments.LINK_AGAIN_EVERY slot of the clock:
+    the slot's start. A key of no known form counts as just sent."""
+    tail = key.rsplit("-", 1)[-1]
+    if tail.startswith(_SENT_AT) and tail[len(_SENT_AT):].isdigit():
+        return datetime.fromtimestamp(int(tail[len(_SENT_AT):]), UTC)
+    if tail.isdigit():
+        return datetime.fromtimestamp(
+            int(tail) * payments.LINK_AGAIN_EVERY.total_seconds(), UTC)
+    return clock.now()
 
 
 def _has_language(session: Session, phone: str) -> bool:
@@ -705,10 +742,22 @@ def _end_of_call(session: Session, state: DialogState) -> None:
 
 # --- one turn --------------------------------------------------------------------------
 
+# A booking the caller may not have heard made: the line dropped as they pressed "book",
+# or its answer came too late and Twilio played the Fallback URL's. Without a word of it
+# they would book the same parcel again on calling back (the draft went with the booking).
+# Kept in the call's state (``call[UNHEARD]``: the bookings made, or said, in the turn
+# last answered; the caller's next answer shows they heard it), then, when the call
+# closes, in the conversation's (``data[UNHEARD]``), where the next call takes it: said
+# at its start while the booking still waits for payment in its time (_booked_unheard).
+UNHEARD = "booked_unheard"
+
+
 def _close_call(state: DialogState) -> None:
     """The call is over: forget it (and a code kept to say again), keep a half-finished
-    booking as a draft."""
-    state.data.pop("call", None)
+    booking as a draft, and the bookings the caller may not have heard made (UNHEARD)."""
+    unheard = (state.data.pop("call", None) or {}).get(UNHEARD)
+    if unheard:
+        state.data[UNHEARD] = unheard
     state.data.pop("call_action", None)
     state.data.pop(HEARD_CODE, None)
     step = VOICE_DIALOG.steps.get(state.step)
@@ -792,7 +841,8 @@ def _start(session: Session, state: DialogState, ports: VoicePorts, person: Pers
         return [Say("ivr.welcome", lang=i18n.DEFAULT_LANGUAGE)] + engine.enter(
             VOICE_DIALOG, ctx, VOICE_DIALOG.language)
     first = "resume" if has_draft(state.data) else MENU
-    outs = [Say("ivr.welcome"), Say("ivr.hint")] + engine.enter(VOICE_DIALOG, ctx, first)
+    outs = ([Say("ivr.welcome"), *_booked_unheard(session, state, ctx, person), Say("ivr.hint")]
+            + engine.enter(VOICE_DIALOG, ctx, first))
     if state.step in (MENU, "resume"):
         # A phone is often a family's: whoever calls from it after one of them chose a
         # language hears, in each other one, the key to the language list ("for Telugu,
@@ -803,10 +853,34 @@ def _start(session: Session, state: DialogState, ports: VoicePorts, person: Pers
     return outs
 
 
+def _booked_unheard(session: Session, state: DialogState, ctx: Ctx, person: Person
+                    ) -> list[Out]:
+    """At a call's start, each booking the caller's last call made and they may not have
+    heard made (UNHEARD) that still waits for payment in its time: its number, and how its
+    link comes. Said again at each call's start until an answer shows it was heard; one
+    paid, closed or out of time is forgotten."""
+    said: list[Out] = []
+    kept: list[int] = []
+    for booking_id in state.data.pop(UNHEARD, None) or []:
+        booking = session.get(Booking, booking_id)
+        if booking is None or booking.customer_id != person.id or (
+                booking.status != BookingStatus.AWAITING_PAYMENT.value) or (
+                booking.expires_at is not None and booking.expires_at <= clock.now()):
+            continue
+        kept.append(booking_id)
+        said += booked_before(ctx, booking.reference, payments.minutes_to_pay(booking))
+    if kept:
+        state.data["call"][UNHEARD] = kept
+    return said
+
+
 def _answer(state: DialogState, ports: VoicePorts, person: Person,
             call: CallRequest) -> list[Out]:
     call_state = state.data["call"]
     call_state["turns"] = call_state.get("turns", 0) + 1
+    # An answer (keys, or a Gather's silence) comes once the last prompt was played: a
+    # booking it said was made was heard.
+    call_state.pop(UNHEARD, None)
     ctx = Ctx(state, ports, _language(person))
     step = VOICE_DIALOG.step(state.step)
     if call_state["turns"] > MAX_TURNS:
