@@ -24,16 +24,20 @@ def _db_of(url: str) -> int:
     return int(parts.path.strip("/") or 0)
 
 
-def _held() -> set[int]:
+def _held(live_only: bool = False) -> set[int]:
+    """The databases claimed; ``live_only``: by a process still running (a run killed
+    with SIGKILL leaves its claim for 12 hours, which the next claim takes over)."""
     import redis
 
     admin = redis.Redis.from_url(redis_slots.with_db(get_settings().redis_url, 0))
-    return {n for n in redis_slots.SLOTS if admin.get(f"ridechain:test-slot:{n}")}
+    owners = {n: admin.get(f"ridechain:test-slot:{n}") for n in redis_slots.SLOTS}
+    return {n for n, owner in owners.items()
+            if owner and (not live_only or redis_slots._pid_alive(int(owner)))}
 
 
 def test_the_bench_takes_a_database_no_other_run_holds_and_gives_it_back():
     base = redis_slots.with_db(get_settings().redis_url, 0)
-    held_before = _held()
+    held_before = _held(live_only=True)  # a killed run's claim is free to take over
     ours = _db_of(get_settings().redis_url)  # this test run's own claim
     assert ours in held_before
     # A bench process: its database, and the claims while it runs (printed before it exits).
