@@ -98,13 +98,24 @@ class LocationIn(Strict):
     lat: float = Field(ge=-90, le=90)
     lng: float = Field(ge=-180, le=180)
     accuracy_m: float = Field(default=50, ge=0, le=5000)
-    timestamp: datetime
+    timestamp: datetime = Field(description="when the phone took the fix, with its time "
+                                            "zone: at most 5 minutes old and 60 s ahead of "
+                                            "the server's clock, and later than the last "
+                                            "one sent. Send one every few seconds at most "
+                                            "(more is 429, with Retry-After)")
 
 
 class LocationOut(BaseModel):
-    accepted: bool
-    lat: float
-    lng: float
+    accepted: bool = Field(description="always true: a position refused is an error answer "
+                                       "(422, or 429 when sent too often)")
+    taken: bool = Field(description="whether this fix became the rider's position. False "
+                                    "when a wide fix (accuracy_m over 500, the phone's "
+                                    "network fix) agrees with a recent precise one: that "
+                                    "one is kept, and lat/lng are its")
+    lat: float = Field(description="the rider's position now, as dispatch and the "
+                                   "customer's map see it: this fix's if taken, else the "
+                                   "one kept (not the lat sent)")
+    lng: float = Field(description="as lat: this fix's if taken, else the one kept")
 
 
 class OfferOut(BaseModel):
@@ -261,14 +272,15 @@ def put_duty(body: DutyIn) -> DutyOut:
 
 
 @endpoint(bp, "PUT", "/partners/me/location", summary="Report the phone's live position",
-          roles=PARTNER, body=LocationIn, response=LocationOut, tags=("partner",))
+          roles=PARTNER, body=LocationIn, response=LocationOut, tags=("partner",),
+          errors=(429,))
 def put_location(body: LocationIn) -> LocationOut:
     with transaction() as session:
         _, partner = _me(session)
         partner_id = partner.id
-    fix = partner_app.record_location(partner_id, body.lat, body.lng, body.accuracy_m,
+    got = partner_app.report_location(partner_id, body.lat, body.lng, body.accuracy_m,
                                       body.timestamp)
-    return LocationOut(accepted=True, lat=fix.lat, lng=fix.lng)
+    return LocationOut(accepted=True, taken=got.taken, lat=got.fix.lat, lng=got.fix.lng)
 
 
 @endpoint(bp, "GET", "/partners/me/offers", summary="My open job offers", roles=PARTNER,

@@ -21,11 +21,11 @@ from core.adapters.db import transaction
 from core.adapters.dispatch_models import DispatchOffer, PodPhoto
 from core.adapters.models import Booking, Leg, PartnerProfile, Person, TransitionLog, Vehicle
 from core.adapters.payment_models import LedgerPosting, LedgerTransaction
-from core.adapters.redis_conn import redis_client
+from core.adapters.redis_conn import hit_sliding_limits, redis_client
 from core.config import get_settings
 from core.domain.booking import Actor, LegStatus
 from core.domain.dispatch import OfferStatus
-from core.domain.errors import Conflict, NotFound, ValidationError
+from core.domain.errors import Conflict, DomainError, NotFound, ValidationError
 from core.domain.geo import haversine_m, in_india, validate_lat_lng
 from core.domain.ledger import AccountKind, EntryKind
 from core.services import dispatch
@@ -38,9 +38,25 @@ MAX_SPEED_KMH = 150  # faster than any of our vehicles on a village road
 # its own slack of the last.
 MAX_SLACK_M = 500
 MAX_ACCURACY_M = 5000  # the widest accuracy the app may report (core.api.partner)
-# partner id -> "lat,lng,unix time,accuracy in m" of the last fix taken. Values written
-# before the accuracy was kept have three fields: read as accuracy 0 (see last_fix).
+JITTER_M = 100  # GPS wanders this much between two fixes even when both say "8 m"
+# partner id -> "lat,lng,unix time,accuracy in m" of the last fix taken, then (session 34)
+# the same four fields of each earlier fix kept for the speed check over a window (the
+# trail, newest first). Values written before the accuracy was kept have three fields:
+# read as accuracy 0 (see last_fix). Code reading only the first four fields reads the
+# last fix alike.
 LAST_FIX_KEY = "partner:lastfix"
+# The trail: a fix taken at least TRAIL_EVERY after the one kept before it, for MAX_AGE.
+# Each new fix is checked against every one of them as well as the last: checked only
+# against the last, each fix had its slack (JITTER_M and the accuracies, up to 1.1 km)
+# again, and many fixes a moment apart added up to any distance in no time.
+TRAIL_EVERY = timedelta(seconds=15)
+TRAIL_MAX = 24  # MAX_AGE / TRAIL_EVERY, and a few more
+# What a real app sends: a fix every few seconds, a retry or two after a lost answer, a
+# short burst after a dead spot. More is refused 429 with Retry-After (counted in sliding
+# windows per partner, every try, a refused one too: a faked app cannot probe the speed
+# check at will). A refused try leaves the last fix, fresh for dispatch's
+# DISPATCH_LOCATION_MAX_AGE_S (900 s); a window lets a fix through within its length.
+LOCATION_LIMITS = ((5, 10), (20, 60))  # (fixes, seconds)
 INDIA = ZoneInfo("Asia/Kolkata")  # a partner's "today" is India's day, not UTC's
 # Photos the app may keep of one job, of each kind (with the parcel in hand; after the
 # drop, the proof): enough for any parcel, and a retry loop or a stolen token cannot fill
@@ -59,22 +75,70 @@ class Fix:
     accuracy_m: float = 0.0  # as the phone reported it (0: not known)
 
 
-def last_fix(partner_id: int) -> Fix | None:
+@dataclass(frozen=True)
+class Reported:
+    """What became of a position the app sent: ``fix`` is where the partner is now (this
+    fix, or the one kept when ``taken`` is False: a wide fix agreeing with a recent
+    precise one tells nothing new)."""
+
+    fix: Fix
+    taken: bool
+
+
+class TooManyFixes(DomainError):
+    """More positions than LOCATION_LIMITS let through (API: 429 with Retry-After);
+    ``retry_after``: seconds until a window that refused it has room."""
+
+    code = "rate_limited"
+    status = 429
+
+    def __init__(self, retry_after: int) -> None:
+        super().__init__("too many positions sent: send one every few seconds, and again "
+                         "after Retry-After")
+        self.retry_after = retry_after
+
+
+def _trail(partner_id: int) -> list[Fix]:
+    """The last fix taken, then the earlier ones kept (newest first; see LAST_FIX_KEY)."""
     # Our client does not decode replies: bytes, not the bytes | str redis-py types.
     raw = cast(bytes | None, redis_client().hget(LAST_FIX_KEY, str(partner_id)))
     if not raw:
-        return None
-    lat, lng, ts, *rest = raw.decode().split(",")
-    # A value written before the accuracy was kept (three fields) reads as accuracy 0: the
-    # speed check gave it no slack then, so it gives none now (and only for MAX_AGE).
-    accuracy = float(rest[0]) if rest else 0.0
-    return Fix(float(lat), float(lng), datetime.fromtimestamp(float(ts), clock.now().tzinfo),
-               accuracy)
+        return []
+    fields = raw.decode().split(",")
+    if len(fields) == 3:
+        # A value written before the accuracy was kept reads as accuracy 0: the speed
+        # check gave it no slack then, so it gives none now (and only for MAX_AGE).
+        fields.append("0")
+    tz = clock.now().tzinfo
+    return [Fix(float(lat), float(lng), datetime.fromtimestamp(float(ts), tz), float(acc))
+            for lat, lng, ts, acc in (fields[i:i + 4] for i in range(0, len(fields) - 3, 4))]
+
+
+def last_fix(partner_id: int) -> Fix | None:
+    fixes = _trail(partner_id)
+    return fixes[0] if fixes else None
 
 
 def record_location(partner_id: int, lat: float, lng: float, accuracy_m: float,
                     at: datetime) -> Fix:
-    """Accept a position from the app unless it is stale, from the future or impossible."""
+    """Accept a position from the app unless it is stale, from the future or impossible;
+    the partner's position after it (see ``Reported``)."""
+    return _record(partner_id, lat, lng, accuracy_m, at).fix
+
+
+def report_location(partner_id: int, lat: float, lng: float, accuracy_m: float,
+                    at: datetime) -> Reported:
+    """A position the app sent: counted against LOCATION_LIMITS (TooManyFixes, nothing
+    counted), then checked and taken as by record_location."""
+    wait = hit_sliding_limits([(f"location:{partner_id}:{seconds}", limit, seconds)
+                               for limit, seconds in LOCATION_LIMITS])
+    if wait:
+        raise TooManyFixes(wait)
+    return _record(partner_id, lat, lng, accuracy_m, at)
+
+
+def _record(partner_id: int, lat: float, lng: float, accuracy_m: float,
+            at: datetime) -> Reported:
     lat, lng = validate_lat_lng(lat, lng)
     if not in_india(lat, lng):  # a GPS glitch (0, 0) would hide them from dispatch
         raise ValidationError("that position is outside India", code="bad_location",
@@ -89,42 +153,60 @@ def record_location(partner_id: int, lat: float, lng: float, accuracy_m: float,
     if at < now - MAX_AGE:
         raise ValidationError("this position is too old", code="stale_location",
                               field="timestamp")
-    prev = last_fix(partner_id)
+    trail = _trail(partner_id)
+    prev = trail[0] if trail else None
     if prev is not None:
         if at == prev.at and (lat, lng) == (prev.lat, prev.lng):
             # The same fix sent again (its answer was lost on a weak network and the app
             # retried the PUT): taken already, answered as the first time.
-            return prev
+            return Reported(prev, True)
         if at <= prev.at:
             raise ValidationError("an equal or newer position was already received",
                                   code="out_of_order", field="timestamp")
-        metres = haversine_m(prev.lat, prev.lng, lat, lng)
-        seconds = (at - prev.at).total_seconds()
-        recent = prev.at >= now - MAX_AGE  # an old fix says nothing of where they are now
-        if recent and _coarse(accuracy_m) and not _coarse(prev.accuracy_m) \
-                and metres <= accuracy_m:
+        if prev.at >= now - MAX_AGE and _coarse(accuracy_m) and not _coarse(prev.accuracy_m) \
+                and haversine_m(prev.lat, prev.lng, lat, lng) <= accuracy_m:
             # A wide fix (the phone's network fix, GPS lost for a moment) that agrees with a
             # recent precise one tells nothing new: the precise one stays. Taken, it would
             # let the next precise fix move them by all its width (below), again and again.
-            return prev
-        # Both fixes' reported accuracies are slack (GPS jitter is not movement), each
-        # capped: fixes "accurate to 5 km" one after another must not walk a partner off.
-        # A precise fix after a wide one may be anywhere in that one's whole width: the
-        # phone woke with a network fix 2 km off, then GPS locked on. (After a recent
-        # precise fix, a wide one is kept only if it lies outside its own width yet within
-        # the speed check: so its width is no more than that check's slack and travel.)
-        if _coarse(prev.accuracy_m) and not _coarse(accuracy_m):
-            prev_slack = min(prev.accuracy_m, MAX_ACCURACY_M)
-        else:
-            prev_slack = min(prev.accuracy_m, MAX_SLACK_M)
-        moved = max(0.0, metres - min(accuracy_m, MAX_SLACK_M) - prev_slack - 100)
-        if recent and moved / seconds * 3.6 > MAX_SPEED_KMH:
-            raise ValidationError("that jump is too far for the time", code="impossible_jump",
-                                  field="lat")
-    redis_client().hset(LAST_FIX_KEY, str(partner_id),
-                        f"{lat},{lng},{at.timestamp()},{accuracy_m}")
-    dispatch.update_location(partner_id, lat, lng, at)  # as old as the fix, not the upload
-    return Fix(lat, lng, at, accuracy_m)
+            return Reported(prev, False)
+    # A fix is taken as of its time, but never later than now: a phone's clock a little
+    # ahead is let be, and a faked one stamping its fixes up to MAX_AHEAD ahead gains no
+    # time for the speed check (nor keeps its position fresh for dispatch any longer).
+    new = Fix(lat, lng, min(at, now), accuracy_m)
+    # An old fix says nothing of where they are now: only those of the last MAX_AGE count.
+    recent = [f for f in trail if f.at >= now - MAX_AGE]
+    if any(_too_fast(old, new) for old in recent):
+        raise ValidationError("that jump is too far for the time", code="impossible_jump",
+                              field="lat")
+    # The last fix joins the trail if the trail has none from the TRAIL_EVERY before it
+    # (the trail is newest first: recent[0] is the last fix, when recent).
+    kept = recent[1:]
+    if recent and (not kept or recent[0].at - kept[0].at >= TRAIL_EVERY):
+        kept.insert(0, recent[0])
+    redis_client().hset(LAST_FIX_KEY, str(partner_id), ",".join(
+        f"{f.lat},{f.lng},{f.at.timestamp()},{f.accuracy_m}" for f in [new, *kept][:TRAIL_MAX]))
+    dispatch.update_location(partner_id, lat, lng, new.at)  # as old as the fix, not the upload
+    return Reported(new, True)
+
+
+def _too_fast(prev: Fix, new: Fix) -> bool:
+    """Whether going from ``prev`` to ``new`` in their times beats MAX_SPEED_KMH."""
+    # Both fixes' reported accuracies are slack (GPS jitter is not movement), each capped:
+    # fixes "accurate to 5 km" one after another must not walk a partner off. A precise fix
+    # after a wide one may be anywhere in that one's whole width: the phone woke with a
+    # network fix 2 km off, then GPS locked on. (After a recent precise fix, a wide one is
+    # kept only if it lies outside its own width yet within the speed check: so its width
+    # is no more than that check's slack and travel.)
+    if _coarse(prev.accuracy_m) and not _coarse(new.accuracy_m):
+        prev_slack = min(prev.accuracy_m, MAX_ACCURACY_M)
+    else:
+        prev_slack = min(prev.accuracy_m, MAX_SLACK_M)
+    metres = haversine_m(prev.lat, prev.lng, new.lat, new.lng)
+    moved = max(0.0, metres - min(new.accuracy_m, MAX_SLACK_M) - prev_slack - JITTER_M)
+    seconds = (new.at - prev.at).total_seconds()
+    # Two fixes at one moment (a phone's clock ahead, both taken as of now): no time to
+    # move at all beyond the slack.
+    return moved > 0 and (seconds <= 0 or moved / seconds * 3.6 > MAX_SPEED_KMH)
 
 
 def _coarse(accuracy_m: float) -> bool:
