@@ -243,10 +243,12 @@ def voice_fallback():
     """The number's Fallback URL: Twilio could not fetch or play our answer. A turn that
     was done all the same (its answer stored: a slow turn whose answer came after
     Twilio's 15 seconds) is answered with what it answered, so the caller hears what was
-    done ("booked, number ...") and goes on from there, as a retry of it would. Else
-    apologise and hang up; never the flow again (it is what just failed)."""
+    done ("booked, number ...") and goes on from there, as a retry of it would; one still
+    running is waited for a few seconds (ivr.FALLBACK_WAITS_FOR_TURN), as it may yet
+    book. Else apologise and hang up; never the flow again (it is what just failed)."""
     log.warning("voice fallback called",
                 extra={"error_code": request.form.get("ErrorCode", "")[:8]})
     failed = _failed_turn()
-    answer = ivr.answer_on_record(*failed) if failed is not None else None
+    phone = _caller()[1] if failed is not None else None
+    answer = ivr.answer_on_record(*failed, phone) if failed is not None and phone else None
     return _xml(answer) if answer else _apology()

@@ -21,7 +21,8 @@ has at most ``MAX_TURNS`` turns (a 9 to a page of a village list not heard yet i
 each thing done in it (a booking made, cancelled or tracked: _finished). A booking
 made in a turn whose answer the caller may not have heard (the line dropped as they
 pressed "book") is said at the start of their next call (UNHEARD), and the number's
-Fallback URL answers a turn that was done with its stored answer (answer_on_record).
+Fallback URL answers a turn that was done with its stored answer, waiting a few seconds
+for one still running (answer_on_record).
 Nothing here calls the network.
 """
 
@@ -38,8 +39,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func, select, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import func, select, text, update
+from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session
 
 from core import clock, i18n
@@ -186,13 +187,36 @@ def _duplicate(external_id: str) -> tuple[str, bool]:
         return inbound.stored_answer(session, PROVIDER, external_id) or "", True
 
 
-def answer_on_record(sid: str, turn: int) -> str | None:
-    """The answer stored for turn ``turn`` of call ``sid``, for the number's Fallback URL
-    (Twilio gave up waiting for it): the turn was done, and its effects are kept. None if
-    it was not (not yet, or rolled back), or its answer was blanked (it read a code, and
-    the call is over)."""
-    with transaction() as session:
-        answer = inbound.stored_answer(session, PROVIDER, f"{sid}:{turn}")
+# How long the Fallback URL waits for a turn still running to finish: Twilio gave up on
+# it after its 15 seconds and waits as long for the Fallback's answer, in silence. Well
+# under that, so that the apology still comes in time when the turn does not finish.
+FALLBACK_WAITS_FOR_TURN = timedelta(seconds=8)
+
+
+def answer_on_record(sid: str, turn: int, phone: str) -> str | None:
+    """The answer stored for turn ``turn`` of call ``sid`` from ``phone``, for the number's
+    Fallback URL (Twilio gave up waiting for it): the turn was done, and its effects are
+    kept. A turn still running (a slow one: Twilio gave up, the turn goes on and may book)
+    is waited for, at most FALLBACK_WAITS_FOR_TURN, on the caller's conversation row that
+    every turn holds locked to its commit (conversation.py: FOR UPDATE); a turn costs no
+    statement more for it. None if it was not done (not started, rolled back, or still
+    running after that wait), or its answer was blanked (it read a code, and the call is
+    over)."""
+    external_id = f"{sid}:{turn}"
+    wait_ms = int(FALLBACK_WAITS_FOR_TURN.total_seconds() * 1000)
+    try:
+        with transaction() as session:
+            session.execute(text(f"SET LOCAL lock_timeout = {wait_ms}"))
+            session.execute(select(Conversation.id).where(
+                Conversation.channel == CHANNEL, Conversation.contact == phone)
+                .with_for_update(read=True))
+            answer = inbound.stored_answer(session, PROVIDER, external_id)
+    except OperationalError as exc:
+        if getattr(exc.orig, "sqlstate", None) != "55P03":  # lock_not_available
+            raise
+        log.warning("voice fallback: the turn it replaces is still running; apologised",
+                    extra={"waited_ms": wait_ms})
+        return None
     return answer if answer and answer != BLANKED_ANSWER else None
 
 
@@ -231,12 +255,12 @@ def details_params(key: str, lang: str, *, pickup: str, drop: str, **params: Any
     return fields
 
 
-def link_again_in(now: datetime) -> int:
-    """Minutes until a payment link asked for again can go again: payments.send_link_again
-    sends one per LINK_AGAIN_EVERY slot of the clock. At least 2 (true all the same: it can
-    go by then), so that no caller hears "after 1 minutes" or "after 0 minutes"."""
-    every = payments.LINK_AGAIN_EVERY.total_seconds()
-    return max(2, math.ceil((every - now.timestamp() % every) / 60))
+def link_again_in(now: datetime, again_at: datetime) -> int:
+    """Minutes from ``now`` until a payment link asked for again can go again, at
+    ``again_at`` (payments.link_again_at: LINK_AGAIN_EVERY after the last one went). At
+    least 2 (true all the same: it can go by then), so that no caller hears "after 1
+    minutes" or "after 0 minutes"."""
+    return max(2, math.ceil((again_at - now).total_seconds() / 60))
 
 
 def booked_place(post_office: str | None, pin: str | None) -> dict[str, Any]:
@@ -328,16 +352,19 @@ class VoicePorts(SessionPorts):
         return result
 
     def payment_link(self, reference: str, *, by_sms: bool = False) -> dict[str, Any] | None:
-        """The chat's payment_link; asked to send the link again when one went already in
-        this LINK_AGAIN_EVERY slot (nothing goes now), it says so: ``again_in_minutes``,
+        """The chat's payment_link; asked to send the link again when one went to them
+        less than LINK_AGAIN_EVERY ago (nothing goes now), it says so: ``again_in_minutes``,
         when it can go again (link_again_in)."""
         booking = self._mine(reference) if by_sms else None
         before = self._messages_about(booking.id) if booking is not None else 0
         link = super().payment_link(reference, by_sms=by_sms)
-        if (link is not None and booking is not None and link["url"]
+        if (link is not None and booking is not None and link["url"] and self.person.phone
                 and self.reach() in DETAILS  # else nothing could go: the dialog says why
                 and self._messages_about(booking.id) == before):
-            link["again_in_minutes"] = link_again_in(clock.now())
+            now = clock.now()
+            again_at = payments.link_again_at(self.session, booking, self.person.phone, now)
+            link["again_in_minutes"] = link_again_in(
+                now, again_at or now + payments.LINK_AGAIN_EVERY)
         return link
 
     def send_link_to(self, reference: str, phone: str) -> str:

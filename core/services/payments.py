@@ -143,17 +143,88 @@ LINK_AGAIN_EVERY = timedelta(minutes=10)
 
 def send_link_again(session: Session, booking: Booking, phone: str) -> bool:
     """Send the booking's payment link by SMS to ``phone`` again (someone tracking an unpaid
-    booking, who may have lost the first one); False while there is no link to send. The
-    outbox's dedupe key names the booking and the LINK_AGAIN_EVERY slot of now."""
+    booking, who may have lost the first one); False while there is no link to send. At
+    most one per LINK_AGAIN_EVERY to a phone, counted from when the last one to it was
+    queued (link_again_at): asked again before, nothing goes (True all the same; the
+    caller tells them when it can go). Callers are one at a time per phone (a caller's
+    turns hold their conversation's row lock), and two of one second share a dedupe key."""
     url = payment_url(session, booking)
     if url is None:
         return False
-    slot = int(clock.now().timestamp() // LINK_AGAIN_EVERY.total_seconds())
+    now = clock.now()
+    if link_again_at(session, booking, phone, now) is not None:
+        return True
     notify.notify_phone(session, phone, "pay.link", booking_id=booking.id,
-                        dedupe_key=f"paylink-{booking.id}-again-{slot}",
+                        dedupe_key=_link_again_key(booking.id, phone, now),
                         ref=booking.reference, total_paise=booking.total_paise, url=url,
                         minutes=minutes_to_pay(booking))
     return True
+
+
+# The dedupe key of a payment link sent again names the booking, the phone (its keyed
+# hash, as an opt-out's) and when it went by the service's clock:
+# "paylink-<booking>-again-<number's hash>-s<Unix seconds>". One written before named
+# the LINK_AGAIN_EVERY slot of the clock it went in: "paylink-<booking>-again-<slot>".
+_AGAIN_SENT_AT = "s"
+# How the outbox says a message did not reach them: such a send does not hold the next
+# one back (asked again, they get a new one), unless a copy went another way
+# (outbox._by_sms_instead: "sms-for-<row id>", ...) and did not fail too.
+_NOT_DELIVERED = ("failed", "undelivered")
+_COPY_PREFIXES = ("sms-for-", "tpl-for-", "wa-for-")
+
+
+def _link_again_prefix(booking_id: int) -> str:
+    return f"paylink-{booking_id}-again-"
+
+
+def _link_again_key(booking_id: int, phone: str, at: datetime) -> str:
+    from core.services import outbox
+
+    return (f"{_link_again_prefix(booking_id)}{outbox.number_hash(phone)[:16]}-"
+            f"{_AGAIN_SENT_AT}{int(at.timestamp())}")
+
+
+def _link_again_sent_at(key: str, number: str) -> datetime | None:
+    """When the link again whose dedupe key is ``key`` went, if it went to the phone whose
+    hash begins ``number``; a key of the old form (its slot's start) went to any phone;
+    a key of no known form counts as just sent, to any phone."""
+    to, _, tail = key.partition("-again-")[2].rpartition("-")
+    if not to and tail.isdigit():  # "...-again-<slot>": before the phone was named
+        return datetime.fromtimestamp(int(tail) * LINK_AGAIN_EVERY.total_seconds(), UTC)
+    if not (tail.startswith(_AGAIN_SENT_AT) and tail[len(_AGAIN_SENT_AT):].isdigit()):
+        return clock.now()
+    if to != number:
+        return None
+    return datetime.fromtimestamp(int(tail[len(_AGAIN_SENT_AT):]), UTC)
+
+
+def link_again_at(session: Session, booking: Booking, phone: str,
+                  now: datetime | None = None) -> datetime | None:
+    """When the booking's payment link asked for again (send_link_again) can next go to
+    ``phone``: LINK_AGAIN_EVERY after the last one queued to it; None if it can go now.
+    A send that failed or was undelivered (and went no other way) does not count."""
+    from core.adapters.models import OutboxMessage
+    from core.services import outbox
+
+    now = now or clock.now()
+    prefix = _link_again_prefix(booking.id)
+    rows = session.execute(select(OutboxMessage.id, OutboxMessage.dedupe_key,
+                                  OutboxMessage.status).where(
+        OutboxMessage.booking_id == booking.id,
+        OutboxMessage.dedupe_key.startswith(prefix, autoescape=True))).all()
+    number = outbox.number_hash(phone)[:16]
+    sent = {row.id: at for row in rows
+            if (at := _link_again_sent_at(row.dedupe_key or "", number)) is not None
+            and at > now - LINK_AGAIN_EVERY}
+    failed = [row.id for row in rows if row.id in sent and row.status in _NOT_DELIVERED]
+    if failed:
+        copied = {key or "" for key in session.scalars(select(OutboxMessage.dedupe_key).where(
+            OutboxMessage.dedupe_key.in_([f"{p}{i}" for p in _COPY_PREFIXES for i in failed]),
+            OutboxMessage.status.not_in(_NOT_DELIVERED)))}
+        for row_id in failed:
+            if not any(f"{p}{row_id}" in copied for p in _COPY_PREFIXES):
+                del sent[row_id]
+    return max(sent.values()) + LINK_AGAIN_EVERY if sent else None
 
 
 def minutes_to_pay(booking: Booking, link: PaymentLink | None = None) -> int:
