@@ -516,11 +516,28 @@ def change_my_profile(body: CustomerProfileChange) -> CustomerProfileOut:
     return _profile_out(auth.set_language(principal(), body.language))
 
 
-@endpoint(bp, "POST", "/bookings/<ref>/rating", summary="Rate a delivered booking",
+@endpoint(bp, "POST", "/bookings/<ref>/rating",
+          summary="Rate a delivered booking (201). Send Idempotency-Key to retry safely: a "
+                  "retry answers the first answer. Without it, the same stars and comment "
+                  "sent again within 10 minutes are answered as the first too; another "
+                  "rating of a rated booking is 409 already_rated",
           roles=SENDER, body=RatingIn, response=RatingOut, status=201, tags=("customer",),
-          errors=(404, 409))
-def rate_booking(ref: str, body: RatingIn) -> RatingOut:
+          errors=(404, 409), headers=(KEY_HEADER,))
+def rate_booking(ref: str, body: RatingIn) -> RatingOut | Response:
+    who = principal()
+    # A retry after the answer was lost (a timeout) is answered as the first, not 409
+    # already_rated for the rating it saved. The route is in the fingerprint, so the key
+    # of another request (a booking, a cancel) is refused.
+    once = idempotent(who.person_id, {"route": "customer.rate_booking", "reference": ref,
+                                      "stars": body.stars, "comment": body.comment})
     with transaction() as session:
+        if (saved := once.claim(session)) is not None:
+            return saved
         b = visible_booking(session, ref, for_update=True)
-        rating.rate_booking(session, b, body.stars, body.comment)
-        return RatingOut(reference=b.reference, stars=body.stars)
+        if rating.repeated_rating(session, b, body.stars, body.comment) is None:
+            rating.rate_booking(session, b, body.stars, body.comment)
+        # else sent again without a key, the same rating just saved: answered as the first
+        # (201, the same body: the document's one answer), and nothing done again.
+        out = RatingOut(reference=b.reference, stars=body.stars)
+        once.save(session, 201, out)
+    return out

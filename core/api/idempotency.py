@@ -1,7 +1,9 @@
 """Idempotency-Key for the REST API's POSTs that must not act twice on a client's retry
 (a timeout, a double tap): POST /bookings, POST /bookings/{ref}/cancel, POST
-/ops/handoffs/{id}/reply, POST /ops/legs/{id}/new-code. Each declares the header
-(``KEY_HEADER``), so the OpenAPI document shows it to the clients generated from it.
+/bookings/{ref}/rating, POST /ops/handoffs/{id}/reply, POST /ops/legs/{id}/new-code
+(POST /auth/verify reads the header too, for its own retry: core.services.auth). Each
+declares the header (``KEY_HEADER``), so the OpenAPI document shows it to the clients
+generated from it.
 
 The first request with a key claims it (``idempotency_records``, one row per person and
 key) in the transaction that does the work, and saves its answer there; a retry with the

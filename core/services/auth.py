@@ -5,7 +5,9 @@ attempts are rate limited per phone and per IP (sliding windows; an IPv6 client 
 /64, and its /56 and /48 too), all codes sent are capped per hour (SIGNIN_CODES_PER_HOUR,
 against SMS pumping; a quarter kept for numbers we know), and a phone's wrong codes are
 counted over a day across all its codes (a fresh code must not buy a fresh set of
-guesses). One ask of a phone runs at a time (the code stored and its SMS queued in one
+guesses); a few of them are kept for the clients that signed the phone in before, so a
+stranger who asks for codes and guesses wrong cannot lock its owner out (known_reserve).
+One ask of a phone runs at a time (the code stored and its SMS queued in one
 turn). A verify retried with its Idempotency-Key, from its client, within RETRY_WINDOW
 (its answer lost) gets the same token. Redis keys name a phone by a keyed hash, never the
 number. A token names a session row, so signing out (or an operator) revokes it at once.
@@ -57,6 +59,22 @@ SENDS_PER_IP = (20, 3600)  # per client: an IPv4 address, an IPv6 /64
 SENDS_PER_IPV6_56 = (40, 3600)
 SENDS_PER_IPV6_48 = (100, 3600)
 VERIFY_PER_IP = (60, 3600)
+# A stranger who asks a phone's codes and guesses wrong spends the day's wrong codes, and
+# the phone's codes (10 a day): its owner could not sign in for a day. A client (client_of)
+# that signed the phone in within KNOWN_CLIENT_TTL is known: a few of the day's wrong
+# codes are kept for the known clients (known_reserve), which strangers cannot spend, and
+# their asks for a code have windows of their own. The day's wrong codes stay
+# OTP_FAILURES_PER_DAY in all, whoever sends them (strangers get the rest while the phone
+# has a known client, all of them while it has none).
+KNOWN_CLIENT_TTL = SESSION_TTL
+SENDS_PER_KNOWN = (3, 600)
+SENDS_PER_KNOWN_DAY = (5, 86400)
+
+
+def known_reserve(budget: int) -> int:
+    """Of a day's ``budget`` wrong codes, how many only known clients may send: 3 of the
+    default 10, none of a budget under 3 (nothing to keep back)."""
+    return min(3, budget // 3)
 
 
 class AuthError(DomainError):
@@ -94,6 +112,25 @@ def _failures_key(phone: str) -> str:
     return f"auth:otp-failures:{_phone_tag(phone)}"
 
 
+def _reserve_key(phone: str) -> str:
+    """The day's wrong codes sent by known clients once strangers could send no more."""
+    return f"auth:otp-failures-known:{_phone_tag(phone)}"
+
+
+def _known_key(phone: str, ip: str) -> str:
+    """Present while the client of ``ip`` is known to the phone: it signed the phone in
+    within KNOWN_CLIENT_TTL. Named by a keyed hash of both (no number, no address)."""
+    key = get_settings().otp_key
+    client = hmac.new(key, f"known:{phone}:{client_of(ip)}".encode(),
+                      hashlib.sha256).hexdigest()[:32]
+    return f"auth:known-client:{_phone_tag(phone)}:{client}"
+
+
+def _has_known_key(phone: str) -> str:
+    """Present while the phone has a known client (strangers then get fewer wrong codes)."""
+    return f"auth:known-clients:{_phone_tag(phone)}"
+
+
 def _used_key(phone: str) -> str:
     """The phone's code used last, for RETRY_WINDOW: a verify sent again after its answer
     was lost gets the session the code made (verify_otp)."""
@@ -110,16 +147,35 @@ def _lock_of(tag: str) -> int:
     return int.from_bytes(bytes.fromhex(tag[:8]), "big", signed=True)
 
 
+# Which count of the day's wrong codes a try is counted in: the phone's (gk), or that of
+# those kept for its known clients (rk); nil if none is left to this client. ``budget``: all of
+# the day's (both counts together never pass it); ``open``: how many of the phone's count
+# strangers may send; ``known``: '1' for a known client.
+_POOL = """
+local function pool(gk, rk, budget, open, known)
+  local g = tonumber(redis.call('GET', gk) or '0')
+  local r = tonumber(redis.call('GET', rk) or '0')
+  if g + r >= budget then return nil end
+  if g < open then return gk end
+  if known == '1' then return rk end
+  return nil
+end
+local function count(key, window)
+  redis.call('SET', key, 0, 'EX', window, 'NX')
+  redis.call('INCR', key)
+end
+"""
+
 # One step, so that nothing can change between the check and the count: a code that
 # expired or was used meanwhile is simply missing (never re-created without its TTL by
 # HINCRBY), and concurrent guesses cannot overrun either budget. Every try is counted as
 # a failure of the day until the code is found right (_USE_CODE gives it back).
-# KEYS: the code's hash {hash, attempts}, the phone's failure count.
-# ARGV: tries per code, failures per day, the day in seconds.
-# Returns {"spent"} | {"missing"} | {"locked"} | {"check", stored hash}.
-_CHECK_AND_COUNT = """
-local failures = tonumber(redis.call('GET', KEYS[2]) or '0')
-if failures >= tonumber(ARGV[2]) then return {'spent'} end
+# KEYS: the code's hash {hash, attempts}, the phone's failure count, the known clients'.
+# ARGV: tries per code, then _POOL's budget, open and known, the day in seconds.
+# Returns {"spent"} | {"missing"} | {"locked"} | {"check", stored hash, count key}.
+_CHECK_AND_COUNT = _POOL + """
+local counted = pool(KEYS[2], KEYS[3], tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4])
+if not counted then return {'spent'} end
 local stored = redis.call('HGET', KEYS[1], 'hash')
 if not stored then
   redis.call('DEL', KEYS[1])
@@ -129,9 +185,8 @@ if redis.call('HINCRBY', KEYS[1], 'attempts', 1) > tonumber(ARGV[1]) then
   redis.call('DEL', KEYS[1])
   return {'locked'}
 end
-redis.call('SET', KEYS[2], 0, 'EX', ARGV[3], 'NX')
-redis.call('INCR', KEYS[2])
-return {'check', stored}
+count(counted, ARGV[5])
+return {'check', stored, counted}
 """
 
 # The code was right: use it up ({time left, tries}), unless a concurrent verify did first
@@ -139,8 +194,8 @@ return {'check', stored}
 # try. With no failure left the day's window closes too, so that it runs from the next
 # failure, not from this sign-in. The used code is kept for RETRY_WINDOW (its hash and the
 # retry's tag: verify_otp), the session to be added once saved.
-# KEYS: the code, the phone's failure count, the used code. ARGV: the hash checked, the
-# retry's tag ("" if none), RETRY_WINDOW in ms.
+# KEYS: the code, the failure count the try was counted in, the used code. ARGV: the hash
+# checked, the retry's tag ("" if none), RETRY_WINDOW in ms.
 _USE_CODE = """
 if redis.call('HGET', KEYS[1], 'hash') ~= ARGV[1] then return {0, 0} end
 local ttl = redis.call('PTTL', KEYS[1])
@@ -165,25 +220,26 @@ return 1
 
 # A code that is not (or no longer) waiting, checked against the phone's code used last.
 # A wrong one counts as any wrong code of the day (else guesses within RETRY_WINDOW would
-# be free). KEYS: the used code, the phone's failure count. ARGV: the hash of the code
-# sent, the retry's tag ("" if none), failures per day, the day in seconds, "1" if this
-# try was counted already (found right, then used by a concurrent verify: given back).
+# be free). KEYS: the used code, the phone's failure count, the known clients'. ARGV: the
+# hash of the code sent, the retry's tag ("" if none), _POOL's budget, open and known,
+# the day in seconds, the count this try was counted in already ("" if none: found
+# right, then used by a concurrent verify, it is given back).
 # Returns {"missing"} | {"spent"} | {"wrong"} | {"used"} | {"retry", sid, iat, exp}.
-_CHECK_USED = """
+_CHECK_USED = _POOL + """
 local stored = redis.call('HGET', KEYS[1], 'hash')
 if not stored then return {'missing'} end
 if stored ~= ARGV[1] then
-  if ARGV[5] == '1' then return {'missing'} end
-  if tonumber(redis.call('GET', KEYS[2]) or '0') >= tonumber(ARGV[3]) then
-    return {'spent'}
-  end
-  redis.call('SET', KEYS[2], 0, 'EX', ARGV[4], 'NX')
-  redis.call('INCR', KEYS[2])
+  if ARGV[7] ~= '' then return {'missing'} end
+  local counted = pool(KEYS[2], KEYS[3], tonumber(ARGV[3]), tonumber(ARGV[4]), ARGV[5])
+  if not counted then return {'spent'} end
+  count(counted, ARGV[6])
   return {'wrong'}
 end
-if ARGV[5] == '1' and redis.call('EXISTS', KEYS[2]) == 1
-    and redis.call('DECR', KEYS[2]) <= 0 then
-  redis.call('DEL', KEYS[2])
+if ARGV[7] ~= '' then
+  local given = ARGV[7] == KEYS[3] and KEYS[3] or KEYS[2]
+  if redis.call('EXISTS', given) == 1 and redis.call('DECR', given) <= 0 then
+    redis.call('DEL', given)
+  end
 end
 local sid = redis.call('HGET', KEYS[1], 'sid')
 if ARGV[2] == '' or redis.call('HGET', KEYS[1], 'retry') ~= ARGV[2] or not sid then
@@ -223,9 +279,44 @@ _USED = ("otp_used", "this code was used already; ask for a new one if you are n
 _SPENT = ("rate_limited", "too many wrong codes for this phone; please try again tomorrow")
 
 
-def _failures_spent(phone: str) -> bool:
-    spent = redis_client().get(_failures_key(phone))
-    return spent is not None and int(spent) >= get_settings().otp_failures_per_day
+@dataclass(frozen=True)
+class _Pools:
+    """The day's wrong codes as one client may send them (_POOL): the counts' keys, and
+    the script's budget, open and known."""
+
+    keys: list[str]
+    budget: int
+    open: int
+    known: bool
+
+    @property
+    def args(self) -> list[int | str]:
+        return [self.budget, self.open, "1" if self.known else "0"]
+
+
+def _pools(phone: str, ip: str) -> _Pools:
+    """The day's wrong codes of ``phone`` as the client of ``ip`` may send them: a
+    stranger, those of the phone's count strangers may send (all of the day's budget if
+    the phone has no known client, else all but known_reserve); a known client, any left."""
+    budget = get_settings().otp_failures_per_day
+    pipe = redis_client().pipeline(transaction=False)
+    pipe.exists(_known_key(phone, ip))
+    pipe.exists(_has_known_key(phone))
+    known, any_known = pipe.execute()
+    open_ = budget - known_reserve(budget) if any_known else budget
+    return _Pools([_failures_key(phone), _reserve_key(phone)], budget, open_, bool(known))
+
+
+def _failures_spent(phone: str, pools: _Pools) -> int | None:
+    """If this client may send no wrong code of the phone's today: the seconds until it
+    may (or 1 if unknown); else None."""
+    raw = redis_client().mget(pools.keys)
+    phones, kept = (int(v) if v is not None else 0 for v in raw)
+    if phones + kept < pools.budget and (phones < pools.open or pools.known):
+        return None
+    # Once the phone's count is a day old, every client may send wrong codes again (the
+    # known clients' count is at most known_reserve then, under what strangers may send).
+    return _seconds_left(pools.keys[0]) or _seconds_left(pools.keys[1]) or 1
 
 
 def _seconds_left(key: str) -> int | None:
@@ -349,17 +440,22 @@ def request_otp(raw_phone: str, ip: str) -> str:
         _limit(*by_ip)
         raise AuthError(422, "bad_phone", "sign-in codes go only to Indian mobile numbers",
                         "phone")
-    if _failures_spent(phone):  # a code it could not use would only cost an SMS
-        raise AuthError(429, *_SPENT, retry_after=_seconds_left(_failures_key(phone)))
+    pools = _pools(phone, ip)
+    wait = _failures_spent(phone, pools)
+    if wait is not None:  # a code it could not use would only cost an SMS
+        raise AuthError(429, *_SPENT, retry_after=wait)
     tag = _phone_tag(phone)
     cap = get_settings().signin_codes_per_hour
     # The address's, the phone's and the hour's (all codes) windows in one script, all or
     # none: an ask one of them refuses uses up none of the others (a "resend" the phone's
     # limit refuses does not take from everyone behind the same carrier NAT, nor from the
-    # hour's codes), and concurrent asks cannot get past any of them.
-    rules = [*by_ip, (f"otp-send-phone:{tag}", SENDS_PER_PHONE),
-             (f"otp-send-phone-day:{tag}", SENDS_PER_PHONE_DAY),
-             (SENDS_ALL_KEY, (cap, SENDS_ALL_WINDOW_S))]
+    # hour's codes), and concurrent asks cannot get past any of them. A known client's
+    # asks have the phone's windows of their own: a stranger's cannot spend them.
+    by_phone = ([(f"otp-send-known:{tag}", SENDS_PER_KNOWN),
+                 (f"otp-send-known-day:{tag}", SENDS_PER_KNOWN_DAY)] if pools.known else
+                [(f"otp-send-phone:{tag}", SENDS_PER_PHONE),
+                 (f"otp-send-phone-day:{tag}", SENDS_PER_PHONE_DAY)])
+    rules = [*by_ip, *by_phone, (SENDS_ALL_KEY, (cap, SENDS_ALL_WINDOW_S))]
     if not known:
         rules.append((SENDS_UNKNOWN_KEY, (_unknown_share(cap), SENDS_ALL_WINDOW_S)))
     try:
@@ -429,18 +525,18 @@ def _token(person_id: int, sid: str, iat: int, exp: int) -> str:
                       get_settings().secret_key, algorithm="HS256")
 
 
-def _retried(phone: str, code_hash: str, retry: str,
-             counted: bool = False) -> tuple[str, Principal, datetime]:
+def _retried(phone: str, code_hash: str, retry: str, pools: _Pools,
+             counted: str = "") -> tuple[str, Principal, datetime]:
     """A code not waiting (expired, replaced, used): if it is the one the phone used
     last, within RETRY_WINDOW, and this is a retry of that verify (its tag), the session
-    it made, in the same token; else 401 (otp_used for that code)."""
+    it made, in the same token; else 401 (otp_used for that code). ``counted``: the
+    count this try was counted in already, if any."""
     verdict, *facts = run_script(redis_client(), _CHECK_USED,
-                                 [_used_key(phone), _failures_key(phone)],
-                                 [code_hash, retry, get_settings().otp_failures_per_day,
-                                  int(OTP_FAILURE_WINDOW.total_seconds()),
-                                  "1" if counted else "0"])
+                                 [_used_key(phone), *pools.keys],
+                                 [code_hash, retry, *pools.args,
+                                  int(OTP_FAILURE_WINDOW.total_seconds()), counted])
     if verdict == b"spent":
-        raise AuthError(429, *_SPENT, "otp", retry_after=_seconds_left(_failures_key(phone)))
+        raise AuthError(429, *_SPENT, "otp", retry_after=_failures_spent(phone, pools) or 1)
     if verdict == b"used":
         raise AuthError(401, *_USED, "otp")
     if verdict != b"retry":
@@ -468,28 +564,27 @@ def verify_otp(raw_phone: str, otp: str, ip: str,
     phone = normalize_phone(raw_phone)
     _limit((f"otp-verify-ip:{client_of(ip)}", VERIFY_PER_IP))
     r = redis_client()
-    keys = [_otp_key(phone), _failures_key(phone)]
-    budget = get_settings().otp_failures_per_day
-    verdict, *stored = run_script(r, _CHECK_AND_COUNT, keys, [
-        OTP_MAX_ATTEMPTS, budget, int(OTP_FAILURE_WINDOW.total_seconds())])
+    pools = _pools(phone, ip)
+    verdict, *stored = run_script(r, _CHECK_AND_COUNT, [_otp_key(phone), *pools.keys], [
+        OTP_MAX_ATTEMPTS, *pools.args, int(OTP_FAILURE_WINDOW.total_seconds())])
     if verdict == b"spent":
         log.warning("sign-in refused: the phone's wrong codes for the day are spent",
-                    extra={"phone": mask_phone(phone)})
-        raise AuthError(429, *_SPENT, "otp", retry_after=_seconds_left(_failures_key(phone)))
+                    extra={"phone": mask_phone(phone), "known_client": pools.known})
+        raise AuthError(429, *_SPENT, "otp", retry_after=_failures_spent(phone, pools) or 1)
     # The code as typed, in any script's digits ("४८२९१३", as SMS keyboards send them).
     given = _hash(phone, ascii_digits(otp.strip()))
     retry = _retry_tag(phone, ip, retry_key)
     if verdict == b"missing":
-        return _retried(phone, given, retry)
+        return _retried(phone, given, retry, pools)
     if verdict == b"locked":
         raise AuthError(429, "otp_locked", "too many wrong codes; ask for a new one", "otp")
     if not hmac.compare_digest(stored[0], given.encode()):
         raise AuthError(401, *_INVALID, "otp")
-    used_key = _used_key(phone)
-    ttl_ms, attempts = run_script(r, _USE_CODE, [*keys, used_key], [
+    used_key, counted = _used_key(phone), stored[1].decode()
+    ttl_ms, attempts = run_script(r, _USE_CODE, [_otp_key(phone), counted, used_key], [
         stored[0], retry, int(RETRY_WINDOW.total_seconds() * 1000)])
     if not ttl_ms:  # a concurrent verify used this code first (or a new one replaced it)
-        return _retried(phone, given, retry, counted=True)
+        return _retried(phone, given, retry, pools, counted=counted)
     now = clock.now()
     try:
         with transaction() as session:
@@ -506,8 +601,10 @@ def verify_otp(raw_phone: str, otp: str, ip: str,
             session.add(ApiSession(id=sid, person_id=person.id, expires_at=expires))
             principal = Principal(person.id, person.role, sid)
     except Exception:
-        run_script(r, _GIVE_BACK_CODE, [keys[0], used_key], [stored[0], attempts, ttl_ms])
+        run_script(r, _GIVE_BACK_CODE, [_otp_key(phone), used_key],
+                   [stored[0], attempts, ttl_ms])
         raise
+    _know(phone, ip)
     iat, exp = int(now.timestamp()), int(expires.timestamp())
     if retry:
         try:
@@ -516,6 +613,20 @@ def verify_otp(raw_phone: str, otp: str, ip: str,
             log.warning("sign-in: could not keep its session for a retry",
                         extra={"phone": mask_phone(phone)})
     return _token(principal.person_id, sid, iat, exp), principal, expires
+
+
+def _know(phone: str, ip: str) -> None:
+    """The client of ``ip`` signed ``phone`` in: it is known to the phone for
+    KNOWN_CLIENT_TTL (from its last sign-in)."""
+    ttl = int(KNOWN_CLIENT_TTL.total_seconds())
+    try:
+        pipe = redis_client().pipeline()
+        pipe.set(_known_key(phone, ip), 1, ex=ttl)
+        pipe.set(_has_known_key(phone), 1, ex=ttl)
+        pipe.execute()
+    except RedisError:  # signed in all the same: only its reserve is not kept
+        log.warning("sign-in: could not keep its client as known",
+                    extra={"phone": mask_phone(phone)})
 
 
 def authenticate(token: str) -> Principal:

@@ -82,6 +82,11 @@ def is_rated(session: Session, booking_id: int) -> bool:
                                .where(BookingRating.booking_id == booking_id)))
 
 
+# A rating sent again this soon with the same stars and comment (its answer lost: a
+# timeout, a double tap) is the same rating: answered with the saved one, not 409.
+REPEAT_WINDOW = timedelta(minutes=10)
+
+
 def rate_booking(session: Session, booking: Booking, stars: int,
                  comment: str | None = None) -> None:
     """Store the customer's rating of ``booking`` (locked by the caller, which checked
@@ -92,11 +97,26 @@ def rate_booking(session: Session, booking: Booking, stars: int,
         raise Conflict("only a delivered booking can be rated", code="not_delivered")
     if is_rated(session, booking.id):
         raise Conflict("this booking is already rated", code="already_rated")
-    session.add(BookingRating(booking_id=booking.id, stars=stars, comment=comment))
+    # The service clock's time (as REPEAT_WINDOW is measured), not the database's.
+    session.add(BookingRating(booking_id=booking.id, stars=stars, comment=comment,
+                              created_at=clock.now()))
     _update_partner_ratings(session, booking, stars)
     _settle(session, booking.id)  # rated (in the app, say): the chat need not ask
     session.flush()
     ask_next_soon(session, booking.customer_id)  # in the chat or the app: the next may come
+
+
+def repeated_rating(session: Session, booking: Booking, stars: int,
+                    comment: str | None = None) -> BookingRating | None:
+    """The booking's saved rating if this one repeats it: the same stars and comment
+    (blank as none, spaces around ignored), saved less than REPEAT_WINDOW ago; else None
+    (a different rating of a rated booking stays a conflict)."""
+    saved = session.scalar(select(BookingRating).where(BookingRating.booking_id == booking.id))
+    if saved is None or saved.stars != stars:
+        return None
+    if (saved.comment or "").strip() != (comment or "").strip():
+        return None
+    return saved if clock.now() - saved.created_at < REPEAT_WINDOW else None
 
 
 def _update_partner_ratings(session: Session, b: Booking, stars: int) -> None:
