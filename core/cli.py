@@ -610,6 +610,15 @@ def main(argv: list[str] | None = None) -> int:
                              "on her request (refused while a parcel to her is on its way)")
     er.add_argument("--phone", required=True, help="her number, e.g. +91 98765 43210")
     er.add_argument("--reason", required=True, help="why: her request, as received (audited)")
+    sl = sub.add_parser("settle-leg",
+                        help="settle one leg now, after an incident: its rider's hold "
+                             "released if the leg earned it (delivered, a cancellation "
+                             "fee), else given back (no rider has it); through the leg's "
+                             "own settle job, so a repeat changes nothing; refused while a "
+                             "rider has the leg")
+    sl.add_argument("--leg", required=True, type=int, help="the leg's id")
+    sl.add_argument("--booking", help="its booking's reference (8 digits), to check it")
+    sl.add_argument("--reason", required=True, help="why (audited, numbers masked)")
     args = parser.parse_args(argv)
     garbled = _not_text(args)
     if garbled is not None:
@@ -733,6 +742,41 @@ def run_command(args: argparse.Namespace) -> int:
                       "set-home-point", "close-point", "move-point", "rename-point",
                       "erase-recipient"):
         return set_up(args)
+    elif args.cmd == "settle-leg":
+        return settle_leg(args)
+    return 0
+
+
+def settle_leg(args: argparse.Namespace) -> int:
+    """settle-leg: payments.settle_leg_by_hand (the leg's own settle job, audited as done
+    from this command line); what it did, or why it refused (2)."""
+    from core.adapters.db import transaction
+    from core.domain.booking import Actor
+    from core.domain.errors import DomainError, NotFound
+    from core.domain.reference import normalize_reference
+    from core.services import payments
+
+    check_schema()
+    try:
+        booking_id = None
+        if args.booking is not None:
+            from sqlalchemy import select
+
+            from core.adapters.models import Booking
+
+            ref = normalize_reference(args.booking)
+            with transaction() as session:
+                booking_id = session.scalar(select(Booking.id).where(
+                    Booking.reference == ref)) if ref else None
+            if booking_id is None:
+                raise NotFound("no booking has that reference", code="not_found",
+                               field="booking")
+        done = payments.settle_leg_by_hand(args.leg, Actor("ops", CLI_ACTOR), args.reason,
+                                           booking_id=booking_id)
+    except DomainError as err:
+        print(f"{args.cmd}: {err.code}: {err.message}", file=sys.stderr)
+        return 2
+    print(f"leg {done.leg_id} of booking {done.reference}: {done.outcome}: {done.message}")
     return 0
 
 

@@ -6,7 +6,8 @@ transfer.failed; ``transfer-<leg>-after-<transfer>`` once a transfer whose rever
 waited is processed), ``hold-<leg>-<offer>`` (``hold-<leg>-after-<transfer>`` likewise;
 ``hold-<leg>-after-resumed`` and ``transfer-<leg>-after-resumed`` from the hourly
 reconciliation, which also queues ``transfer-<leg>`` for a hold left on a closed
-booking's leg), ``refund-<booking>`` (``refund-<booking>-<attempt>``
+booking's leg, and for a hold no row named that it records on a leg that earned
+something), ``refund-<booking>`` (``refund-<booking>-<attempt>``
 from the second attempt), ``refund-retry-<booking>-<attempt>``, ``paylink-cancel-<booking>``,
 ``payments-sweep-<minute>``, ``reconcile-<hour>``.
 """

@@ -1203,6 +1203,45 @@ def ops_resolve_reversed_payout(ref: str, leg_id: int, query: ResolveQuery,
                            refund_attempt=done.refund_attempt)
 
 
+class SettleLegIn(Strict):
+    reason: str = Field(min_length=payments.SETTLE_REASON_MIN,
+                        max_length=payments.SETTLE_REASON_MAX,
+                        description="why, for the audit log (numbers kept masked)")
+
+
+class LegSettledOut(BaseModel):
+    reference: str
+    leg_id: int
+    outcome: Literal["released", "reversed", "already_settled", "transfer_pending"] = Field(
+        description="released: the rider's hold is released (he is paid); reversed: the "
+                    "hold went back (no rider has the leg); already_settled: nothing was "
+                    "left to settle; transfer_pending: a transfer of the leg is on its way "
+                    "at the gateway, its outcome decides")
+    changed: bool = Field(description="false: nothing was done (nor audited)")
+    message: str
+
+
+@endpoint(bp, "POST", "/ops/bookings/<ref>/legs/<int:leg_id>/settle",
+          summary="Settle one leg now, after an incident: its rider's hold released if the "
+                  "leg earned it (delivered, a cancellation fee), else given back; through "
+                  "the leg's own settle job, so a repeat changes nothing (audited "
+                  "leg.settle when something was done). 409 leg_in_progress (a rider has "
+                  "the leg: his hold stays), no_payment, partner_no_account, "
+                  "reversal_waits (the gateway has not processed the hold yet: it goes "
+                  "back by itself), leg_busy (a job of the leg is running: try again), "
+                  "transfer_refused; 503 gateway_unavailable", roles=OPS,
+          body=SettleLegIn, response=LegSettledOut, tags=("ops",),
+          errors=(404, 409, 422, 503))
+def ops_settle_leg(ref: str, leg_id: int, body: SettleLegIn) -> LegSettledOut:
+    with transaction() as session:
+        b = visible_booking(session, ref)  # 404 not_found, as every booking route answers
+        booking_id = b.id
+    done = payments.settle_leg_by_hand(leg_id, ops_actor(), body.reason, booking_id=booking_id)
+    return LegSettledOut(reference=done.reference, leg_id=leg_id,
+                         outcome=done.outcome,  # type: ignore[arg-type]
+                         changed=done.changed, message=done.message)
+
+
 class ParcelReturnedIn(Strict):
     note: str = Field(min_length=3, max_length=300,
                       description="how it came back (who brought it, when), for the audit log")

@@ -2339,6 +2339,232 @@ def settle_left_holds() -> int:
     return queued
 
 
+def hold_payments(booking_ids: set[int]) -> dict[str, int]:
+    """The payment each booking's holds are made on (_capture_payment_id), by payment id:
+    those the reconciliation lists the transfers of (unrecorded holds)."""
+    out: dict[str, int] = {}
+    with transaction() as session:
+        for booking_id in sorted(booking_ids):
+            payment_id = _capture_payment_id(session, booking_id)
+            if payment_id is not None:
+                out[payment_id] = booking_id
+    return out
+
+
+def unrecorded_holds(booking_id: int, transfers: list[dict]) -> list[dict]:
+    """Of a booking's payment's transfers (GET /payments/{id}/transfers), the holds still
+    on it that name a leg of the booking in their notes and that no transfer row of ours
+    names: made by a hold job that died (its worker killed) between the gateway's answer
+    and the row's commit, and never retried. No comparison shows them (a hold is no
+    payout), nor does any sweep of the rows."""
+    held = {str(t["id"]): t for t in transfers
+            if isinstance(t.get("id"), str) and t.get("on_hold") and _left(t) > 0
+            and t.get("status") not in ("failed", "reversed")
+            and gw.note_int(t, "leg_id") is not None
+            and gw.note_int(t, "booking_id") == booking_id and not _is_repay(t)}
+    if not held:
+        return []
+    with transaction() as session:
+        known = set(session.scalars(select(LegTransfer.transfer_id).where(
+            LegTransfer.transfer_id.in_(set(held)))))
+        legs = set(session.scalars(select(Leg.id).where(
+            Leg.booking_id == booking_id,
+            Leg.id.in_({gw.note_int(t, "leg_id") for t in held.values()}))))
+    return [t for tid, t in held.items() if tid not in known and gw.note_int(t, "leg_id") in legs]
+
+
+def adopt_unrecorded_hold(transfer: dict, booking_id: int) -> str:
+    """The reconciliation found a hold of a leg of ours that no row names (unrecorded_holds):
+    recorded as the leg's hold (``adopted``), as its job would have, when it is the hold
+    of the leg's rider now (to his payout account now) and the leg is his or earned
+    something (a delivered leg, a fee: its settle is queued, and releases it); else it
+    goes back (``reversed``; ``reversal-waits`` while the gateway has not processed it: a
+    later run finds it again). ``recorded`` (a retry of its job saved it meanwhile),
+    ``settled`` (no longer on hold), ``busy`` (a job of the leg runs: next run),
+    ``waits`` (a reversal of the leg waits already: its event runs the leg's job).
+    Under the leg's lock, as its jobs."""
+    leg_id, tid = gw.note_int(transfer, "leg_id"), transfer.get("id")
+    if leg_id is None or not isinstance(tid, str):
+        return "not-ours"
+    with transaction() as session:
+        if session.scalar(select(LegTransfer.id).where(
+                LegTransfer.leg_id == leg_id, LegTransfer.last_error == REVERSAL_WAITS)):
+            return "waits"  # the lock's end would clear the note: left to its event
+    try:
+        with _leg_transfer_lock(leg_id):
+            return _adopt_unrecorded_hold(leg_id, booking_id, tid)
+    except LegBusy:
+        return "busy"
+
+
+def _adopt_unrecorded_hold(leg_id: int, booking_id: int, tid: str) -> str:
+    with transaction() as session:
+        if session.scalar(select(LegTransfer.id).where(LegTransfer.transfer_id == tid)):
+            return "recorded"
+        leg = session.get(Leg, leg_id)
+        if leg is None or leg.booking_id != booking_id:
+            return "not-ours"
+        if session.scalar(select(LegTransfer.id).where(
+                LegTransfer.leg_id == leg_id, LegTransfer.last_error == REVERSAL_WAITS)):
+            waiting = _waiting.get()
+            if waiting is not None:
+                waiting.add(tid)  # the note stays (_leg_transfer_lock)
+            return "waits"
+        payment_id = _capture_payment_id(session, booking_id)
+        partner_id = leg.partner_id
+        partner = session.get(PartnerProfile, partner_id) if partner_id else None
+        account = partner.payout_account_id if partner else None
+        riding = partner_id is not None and leg.status in _RIDING
+        earns = ledger.leg_payable(session, leg_id) > ledger.leg_paid_out(session, leg_id)
+    if payment_id is None:
+        return "not-ours"
+    c = gw.client()
+    transfers = c.payment.transfers(payment_id, {}).get("items") or []
+    found = next((t for t in transfers if t.get("id") == tid), None)
+    if found is None or gw.note_int(found, "leg_id") != leg_id:
+        return "not-ours"
+    if not found.get("on_hold") or found.get("status") in ("failed", "reversed") \
+            or _left(found) <= 0:
+        return "settled"
+    if account and found.get("recipient") == account and (riding or earns) \
+            and _live(transfers, leg_id, account) is found:
+        _save_transfer(leg_id, booking_id, partner_id, payment_id, account, found, "on_hold")
+        if not riding and not _job_alive(f"transfer-{leg_id}"):
+            enqueue("workers.payments.settle_leg_transfer", leg_id,
+                    job_id=f"transfer-{leg_id}", retry=GATEWAY_RETRY)
+        log.warning("an unrecorded hold is recorded as the leg's", extra={"leg_id": leg_id})
+        return "adopted"
+    log.warning("an unrecorded hold of a rider who does not have the leg goes back",
+                extra={"leg_id": leg_id})
+    return "reversed" if _reverse(c, found, _left(found), leg_id) else "reversal-waits"
+
+
+# --- one leg settled by hand (ops, after an incident) ---------------------------------------
+
+
+@dataclass(frozen=True)
+class LegSettled:
+    """What an operator's settle of one leg did (settle_leg_by_hand)."""
+
+    leg_id: int
+    reference: str
+    outcome: str  # released | reversed | already_settled | transfer_pending
+    changed: bool  # False: nothing left to settle; nothing was done (nor audited)
+    message: str
+
+
+SETTLE_REASON_MIN, SETTLE_REASON_MAX = 3, 300
+# settle_leg_transfer's outcome -> (outcome, changed, what the operator reads)
+_BY_HAND = {
+    "released": ("released", True, "the hold is released: the rider is paid"),
+    "released-pending": ("released", True, "the hold is released: the rider is paid once "
+                                           "the gateway has processed the transfer"),
+    "reversed": ("reversed", True, "the hold went back: the rider does not have the leg"),
+    "already-paid": ("already_settled", False, "the leg is paid already; nothing was done"),
+    "nothing-to-transfer": ("already_settled", False,
+                            "nothing is held for the leg; nothing was done"),
+    "repaid": ("released", True, "the payout ops chose to pay again is paid"),
+    "repay-pending": ("released", True, "the payout ops chose to pay again is on its way"),
+    "transfer-pending": ("transfer_pending", False,
+                         "a transfer of the leg is on its way at the gateway: its outcome "
+                         "decides (a failed one is made again); nothing was done"),
+}
+
+
+def settle_leg_by_hand(leg_id: int, actor: Actor, reason: str, *,
+                       booking_id: int | None = None) -> LegSettled:
+    """Ops settle one leg now (after an incident): its rider's hold released if the leg
+    earned it, or given back if no rider has the leg. Through the leg's own settle job
+    (settle_leg_transfer, run here under the leg's lock; a delivered leg's payout first
+    leaves escrow as release_leg posts it, with ops as the actor): never a second money
+    path, and a repeat finds it settled (``changed`` False, not audited). Audited
+    ``leg.settle`` with ``actor``. Refused (Conflict): leg_in_progress (a rider has the
+    leg: his hold stays), no_payment, partner_no_account, reversal_waits (the gateway has
+    not processed the hold yet: it goes back by itself once it has), leg_busy (a job of
+    the leg is running), transfer_refused; Unavailable gateway_unavailable."""
+    from core.adapters.api_models import AuditEntry
+    from core.domain.errors import NotFound
+    from core.logs import mask_phones
+
+    reason = (reason or "").strip()
+    if not SETTLE_REASON_MIN <= len(reason) <= SETTLE_REASON_MAX:
+        raise ValidationError(f"give a reason of {SETTLE_REASON_MIN} to {SETTLE_REASON_MAX} "
+                              "characters: the audit log keeps it", code="bad_reason",
+                              field="reason")
+    with transaction() as session:
+        # A number past PostgreSQL's integer names no leg (and is no query's error).
+        leg = session.get(Leg, leg_id) if 1 <= leg_id <= 2**31 - 1 else None
+        if leg is None or (booking_id is not None and leg.booking_id != booking_id):
+            raise NotFound(f"no leg {leg_id}" + (" on this booking" if booking_id else ""),
+                           code="not_found", field="leg_id")
+        booking = session.get(Booking, leg.booking_id)
+        assert booking is not None
+        reference = booking.reference
+        if leg.partner_id is not None and leg.status in _RIDING:
+            raise Conflict(f"leg {leg_id} of booking {reference} is its rider's "
+                           f"({leg.status}): his hold stays until the leg is delivered or "
+                           "stopped", code="leg_in_progress", field="leg_id")
+        if _capture_payment_id(session, leg.booking_id) is None:
+            raise Conflict(f"booking {reference} has no payment: nothing is held for the "
+                           "leg", code="no_payment", field="leg_id")
+        if session.scalar(select(LegTransfer.id).where(
+                LegTransfer.leg_id == leg_id, LegTransfer.last_error == REVERSAL_WAITS)):
+            raise _reversal_waits(leg_id)
+        unreleased = leg.status == LegStatus.DELIVERED.value and not ledger.recorded(
+            session, f"release:leg:{leg_id}")
+        partner = session.get(PartnerProfile, leg.partner_id) if leg.partner_id else None
+        has_account = bool(partner and partner.payout_account_id)
+        owed = unreleased or ledger.leg_payable(session, leg_id) > ledger.leg_paid_out(
+            session, leg_id)
+    if owed and leg.partner_id is not None and not has_account:
+        raise Conflict(f"the rider of leg {leg_id} has no payout account: set-payout-account "
+                       "first (what he is owed is paid then)", code="partner_no_account",
+                       field="leg_id")
+    if unreleased:
+        release_leg(leg_id, actor)  # the payout leaves escrow as the automatic release does
+    try:
+        result = settle_leg_transfer(leg_id)
+    except (LegBusy, AccountChanged) as exc:
+        raise Conflict(f"a job of leg {leg_id} is working on its transfer now: try again in "
+                       "a minute", code="leg_busy", field="leg_id") from exc
+    except gw.BadRequestError as exc:
+        raise Conflict(f"the gateway refused: {str(exc)[:200]}", code="transfer_refused",
+                       field="leg_id") from exc
+    except (gw.ServerError, gw.GatewayError, OSError) as exc:
+        # requests' errors are OSErrors: the gateway did not answer.
+        raise Unavailable("the payment gateway did not answer: try again in a minute",
+                          code="gateway_unavailable") from exc
+    if result == "reversal-waits":
+        raise _reversal_waits(leg_id)
+    if result == "refused":
+        raise Conflict("the gateway refused the transfer (ops were told why)",
+                       code="transfer_refused", field="leg_id")
+    if result == "no-account":
+        raise Conflict(f"the rider of leg {leg_id} has no payout account",
+                       code="partner_no_account", field="leg_id")
+    if result == "no-payment":
+        raise Conflict("the booking has no payment: nothing is held for the leg",
+                       code="no_payment", field="leg_id")
+    if result not in _BY_HAND:  # "missing": the leg went meanwhile
+        raise Conflict(f"leg {leg_id} was not settled ({result})", code="not_settled",
+                       field="leg_id")
+    outcome, changed, message = _BY_HAND[result]
+    if changed:
+        with transaction() as session:
+            session.add(AuditEntry(actor=str(actor), action="leg.settle",
+                                   target=f"leg:{leg_id}",
+                                   details={"booking": reference, "outcome": outcome,
+                                            "reason": mask_phones(reason)}))
+    log.info("leg settled by hand", extra={"leg_id": leg_id, "outcome": outcome})
+    return LegSettled(leg_id, reference, outcome, changed, message)
+
+
+def _reversal_waits(leg_id: int) -> Conflict:
+    return Conflict(f"a hold of leg {leg_id} cannot go back before the gateway has processed "
+                    "it: it goes back by itself once it has", code="reversal_waits",
+                    field="leg_id")
+
+
 # A leg in these states is its rider's: his hold is kept (or made) and others' go back.
 _RIDING = (LegStatus.ASSIGNED.value, LegStatus.PICKED_UP.value, LegStatus.LOCKED.value)
 
@@ -2493,7 +2719,18 @@ def _hold_leg_transfer(leg_id: int) -> str:
         return "nothing-to-hold"
     transfers = c.payment.transfers(payment_id, {}).get("items") or []
     _reverse_others(c, transfers, leg_id, account)
-    if _live(transfers, leg_id, account) is not None:
+    held = _live(transfers, leg_id, account)
+    if held is not None:
+        if held.get("id") != row_transfer and held.get("on_hold"):
+            # Made by a run that died (its worker killed) between the gateway's answer and
+            # the row's commit: no twin is made, and it is recorded now as that run would
+            # have, or no sweep would know of the money held (set_payout_account, a
+            # cancel's settle of left holds go by the row).
+            _save_transfer(leg_id, booking_id, partner_id, payment_id, account, held,
+                           "on_hold")
+            log.warning("a hold made by a run that died is recorded now",
+                        extra={"leg_id": leg_id})
+            return "held-found"
         return "already-held"
     if _waiting.get():
         # The last rider's hold cannot go back before the gateway processed it, and the

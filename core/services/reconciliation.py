@@ -23,7 +23,12 @@ transfer.processed may be lost), whatever the row's status, has its job run agai
 still waits. A leg of a closed booking (cancelled, failed, refunded) that no rider has,
 whose row is still on hold but notes no such wait, has its settle queued
 (payments.settle_left_holds): a hold its cancel's settle job (lost) would have given
-back, which no comparison here shows (a hold is no payout).
+back, which no comparison here shows (a hold is no payout). A hold that no row of ours
+names at all (its hold job killed between the gateway's answer and its commit, and never
+run again) is found by listing the transfers of the payments of bookings whose legs
+changed lately (GET /payments/{id}/transfers, our leg in the notes): recorded as the leg's
+hold when it is its rider's now, else reversed (payments.adopt_unrecorded_hold), and
+reported as a ``missing_in_ledger`` transfer saying which, resolved by the next run.
 
 A payout the gateway shows less of than the ledger paid out (the transfer reversed since,
 all or part, by ops in the dashboard: Razorpay sends no webhook for it) is recorded first
@@ -116,6 +121,28 @@ REVERSAL_ITEMS = 500
 # (pg_locks: locktype advisory, objid 1380151907). Migrate holds "RCmg" (core.cli), a
 # seed "RCsd" (core.services.seed).
 RECONCILE_LOCK_KEY = int.from_bytes(b"RCrc", "big")
+# Unrecorded holds: the payments (captured within HOLD_LOOKBACK) of bookings whose legs
+# changed since the window's start less HOLD_MARGIN (a hold job runs just after its leg
+# is taken, its retries later), HOLD_BOOKINGS a run, in turn.
+HOLD_LOOKBACK = timedelta(days=30)
+HOLD_MARGIN = timedelta(hours=6)
+HOLD_BOOKINGS = 500
+# What a run did with a hold no row of ours named (payments.adopt_unrecorded_hold).
+_HOLD_OUTCOMES = {
+    "adopted": "hold of leg {leg} with no row of ours (its job died after making it): "
+               "recorded as the leg's hold",
+    "reversed": "hold of leg {leg} with no row of ours (its job died after making it), "
+                "for a rider who does not have the leg: reversed",
+    "reversal-waits": "hold of leg {leg} with no row of ours (its job died after making "
+                      "it), for a rider who does not have the leg: reversed once the "
+                      "gateway processes it",
+    "busy": "hold of leg {leg} with no row of ours (its job died after making it): a job "
+            "of the leg is running; looked at again next run",
+    "unanswered": "hold of leg {leg} with no row of ours (its job died after making it): "
+                  "the gateway did not answer; looked at again next run",
+    "waits": "hold of leg {leg} with no row of ours (its job died after making it): a "
+             "reversal of the leg waits for the gateway; looked at again next run",
+}
 
 
 @dataclass(frozen=True)
@@ -539,6 +566,9 @@ def _run(since: datetime | None, until: datetime | None) -> dict[str, int]:
     pay.resume_waiting_reversals()
     # A rider's hold left on a closed booking's leg (its settle lost): settled now.
     pay.settle_left_holds()
+    # A hold at the gateway that no row of ours names (its job died before saving it):
+    # recorded as the leg's, or given back; said in the findings either way.
+    hold_found = _unrecorded_holds(c, since, listed_trf)
     fetch_transfer = _cached(c.transfer.fetch, seen=held)  # each transfer asked once a run
     # A payment or refund the gateway could not show once is not compared this run (its
     # open mismatch stays as it was, the window marker at its entry), as ever.
@@ -605,6 +635,7 @@ def _run(since: datetime | None, until: datetime | None) -> dict[str, int]:
                          "refund made outside the service, pending at the gateway: "
                          "recorded once processed")
                  for gid, (booking_id, amount) in outside_pending.items()]
+    findings += hold_found
     findings += _fee_findings(payments, led_pay)
     # The window's transfers and those asked again (open rows, open mismatches, recent
     # payouts), on hold or released: a fee_differs of a transfer out of the window is
@@ -619,6 +650,65 @@ def _run(since: datetime | None, until: datetime | None) -> dict[str, int]:
         log.warning("reconciliation found mismatches", extra={"count": len(findings)})
     return {"mismatches": len(findings), "payments": len(payments), "refunds": len(refunds),
             "transfers": len(transfers)}
+
+
+def _changed_bookings(since: datetime) -> set[int]:
+    """Bookings paid within HOLD_LOOKBACK a leg of which changed since ``since`` less
+    HOLD_MARGIN (taken, given back, delivered, stopped): HOLD_BOOKINGS a run, in turn. By
+    their capture entries from the first of the lookback (the created_at index), each
+    looked up by its legs' booking index: no scan of every leg."""
+    t = LedgerTransaction
+    with transaction() as session:
+        first = session.scalar(select(func.min(t.id)).where(
+            t.created_at >= since - HOLD_LOOKBACK))
+        if first is None:
+            return set()
+        changed = select(Leg.id).where(Leg.booking_id == t.booking_id,
+                                       Leg.updated_at >= since - HOLD_MARGIN).exists()
+        return {int(b) for b in _open_page(
+            session, t.id, t.booking_id,
+            (t.kind == EntryKind.CAPTURE.value) & (t.id >= first) & changed,
+            OPEN_CURSOR_KEY + "holds", HOLD_BOOKINGS)}
+
+
+def _unrecorded_holds(c, since: datetime, listed_trf: dict[str, dict]) -> list[Finding]:
+    """Holds on our payments that no transfer row of ours names (a hold job killed
+    between the gateway's answer and its commit, and never run again), found by listing
+    each payment's transfers (GET /payments/{id}/transfers) and reading our leg in their
+    notes: the payments of bookings whose legs changed lately, and of holds the window
+    lists. Each is recorded as its leg's hold or given back (payments.adopt_unrecorded_hold)
+    and reported as a ``missing_in_ledger`` transfer saying which; the next run, finding
+    it named by a row, reversed, or released, resolves it. A payment the gateway cannot
+    show now is asked next run."""
+    from core.services import payments as pay  # payments imports nothing of this module
+
+    bookings = _changed_bookings(since)
+    bookings |= {b for t in listed_trf.values() if t.get("on_hold")
+                 and isinstance(t.get("source"), str) and t["source"].startswith("pay_")
+                 and (b := gw.note_int(t, "booking_id")) is not None}
+    found: list[Finding] = []
+    for payment_id, booking_id in pay.hold_payments(bookings).items():
+        try:
+            items = c.payment.transfers(payment_id, {}).get("items") or []
+        except (gw.BadRequestError, gw.ServerError, gw.GatewayError) as exc:
+            log.warning("a payment's transfers were not listed; asked next run",
+                        extra={"booking_id": booking_id, "error": str(exc)[:200]})
+            continue
+        for t in pay.unrecorded_holds(booking_id, items):
+            try:
+                outcome = pay.adopt_unrecorded_hold(t, booking_id)
+            except (gw.BadRequestError, gw.ServerError, gw.GatewayError) as exc:
+                log.warning("an unrecorded hold was not settled; looked at next run",
+                            extra={"booking_id": booking_id, "error": str(exc)[:200]})
+                outcome = "unanswered"
+            detail = _HOLD_OUTCOMES.get(outcome)
+            if detail is None:
+                continue
+            found.append(Finding("missing_in_ledger", "transfer", str(t["id"]), booking_id,
+                                 None, int(t.get("amount") or 0)
+                                 - int(t.get("amount_reversed") or 0),
+                                 detail.format(leg=gw.note_int(t, "leg_id"))))
+    return found
 
 
 def _ledger_refunds(session: Session, since: datetime, until: datetime, refs: set[str]
