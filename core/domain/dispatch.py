@@ -512,11 +512,27 @@ _YES_ELSEWHERE = frozenset({
 })
 _NO_ELSEWHERE = frozenset({
     "नाही", "नको", "nako", "naahi",  # mr
-    "না",  # bn
-    "இல்லை", "வேண்டாம்", "illai", "vendam",  # ta
-    "కాదు", "వద్దు", "లేదు", "vaddu", "ledu", "kaadu",  # te
-    "ના",  # gu
-    "ಇಲ್ಲ", "ಬೇಡ", "illa", "beda",  # kn
+    # bn: a no, and the negated verbs as riders type them in one word ("পারবনা": I
+    # cannot, "যাবনা": I will not go, "নেবনা": I will not take, "লাগবেনা": not needed,
+    # "চাইনা": I do not want); written apart ("পারব না") their "না" says it.
+    "না", "নাহ", "পারবনা", "পারবোনা", "যাবনা", "যাবোনা", "নেবনা", "নেবোনা", "নিবনা",
+    "করবনা", "করবোনা", "লাগবেনা", "চাইনা", "parbona", "parbo na", "jabona", "jabo na",
+    "nebona", "nebo na", "korbona", "korbo na", "lagbena", "lagbe na",
+    # ta: "முடியாது" (cannot), "மாட்டேன்" (I will not), and the spoken "இல்ல", "வேணாம்"
+    "இல்லை", "இல்ல", "வேண்டாம்", "வேணாம்", "முடியாது", "முடியல", "மாட்டேன்",
+    "வரமாட்டேன்", "வரமுடியாது", "illai", "vendam", "vendaam", "venaam", "mudiyathu",
+    "mudiyadhu", "mudiyaathu", "mudiyaadhu", "mudiyala", "maatten", "varamaatten",
+    # te: "రాను" (I will not come), "రాలేను" (I cannot come), "కుదరదు" (not possible),
+    # "చేయను" (I will not do it), "తీసుకోను" (I will not take it), and the polite "-అండి"
+    "కాదు", "వద్దు", "లేదు", "వద్దండి", "లేదండి", "రాను", "రాలేను", "లేను", "కుదరదు",
+    "కుదరదండి", "చేయను", "చేయలేను", "తీసుకోను", "vaddu", "vaddhu", "vaddandi", "ledu",
+    "ledandi", "kaadu", "raanu", "raalenu", "kudaradu", "kudaradhu", "kudaradandi",
+    # gu: "નથી" (is not: "નથી જોઈતું", "આવીશ નથી"), "નહીં"
+    "ના", "નથી", "નહીં", "નહિ", "nathi",
+    # kn: "ಆಗಲ್ಲ" (cannot), "ಬರಲ್ಲ" (I will not come), "ಮಾಡಲ್ಲ" (I will not do it)
+    "ಇಲ್ಲ", "ಇಲ್ಲಾ", "ಬೇಡ", "ಬೇಡಾ", "ಆಗಲ್ಲ", "ಆಗೋದಿಲ್ಲ", "ಆಗುವುದಿಲ್ಲ", "ಬರಲ್ಲ",
+    "ಬರೋದಿಲ್ಲ", "ಬರುವುದಿಲ್ಲ", "ಮಾಡಲ್ಲ", "illa", "beda", "bedaa", "aagalla", "agalla",
+    "aagodilla", "baralla", "barodilla", "madalla", "maadalla",
 })
 
 # Yes only as the whole message: Marathi's short "हो" is Hindi's "be" in every "हो गया"
@@ -625,7 +641,14 @@ NO_PROBLEM = frozenset({
     "काही हरकत नाही", "हरकत नाही", "kahi harkat nahi", "harkat nahi",  # mr
     "பிரச்சனை இல்லை", "prachanai illai", "problem illai",  # ta
     "సమస్య లేదు", "problem ledu", "samasya ledu",  # te
+    "பிரச்சனை இல்ல", "prachanai illa",  # ta, spoken
+    "ఇబ్బంది లేదు", "ibbandi ledu",  # te
+    # gu: "વાંધો નથી" (no objection) is Gujarati's "no problem"
+    "વાંધો નથી", "કોઈ વાંધો નથી", "વાંધો નહીં", "ચિંતા નથી", "તકલીફ નથી", "vandho nathi",
+    "vaandho nathi", "koi vandho nathi", "vandho nahi", "chinta nathi", "problem nathi",
     "ತೊಂದರೆ ಇಲ್ಲ", "problem illa", "tondare illa",  # kn
+    "ತೊಂದರೆ ಆಗಲ್ಲ", "ಪ್ರಾಬ್ಲಮ್ ಇಲ್ಲ", "ಪ್ರಾಬ್ಲಮ್ ಆಗಲ್ಲ", "problem aagalla",  # kn
+    "tondare aagalla",
 })
 _LOOKUP: dict[str, Kind] = {}
 _NO_PROBLEM: list[tuple[str, ...]] = []  # as tokens, longest first

@@ -35,7 +35,7 @@ from core.adapters.redis_conn import redis_client, redis_down
 from core.config import get_settings
 from core.dialog import words
 from core.domain.booking import BOOKING, Actor, BookingStatus, LegStatus
-from core.domain.dispatch import NEGATORS, Kind, parse_command, tokens
+from core.domain.dispatch import NEGATORS, Command, Kind, parse_command, tokens
 from core.domain.dispatch import WORDS as COMMAND_WORDS
 from core.domain.errors import DomainError
 from core.domain.phone import is_indian_mobile
@@ -218,8 +218,16 @@ _FAILED = ("failed", "undelivered")
 
 def code_holder(session: Session, parcel: Booking) -> str | None:
     """Who holds the working drop code of the parcel (HER, SENDER or None): a new code
-    voids the old ones, so only the latest drop-code message counts."""
+    voids the old ones, so only the latest drop-code message counts, and only while the
+    last leg has a code at all. A rider who gives the job back (or ops who take it back:
+    dispatch._give_back) voids it at once, and the next rider's accept sends a new one;
+    one kept from the night (dispatch._hold_drop_code) is not made yet: nobody holds one
+    then, whatever an earlier message carried."""
     assert parcel.recipient_phone is not None
+    last = session.scalar(select(Leg).where(Leg.booking_id == parcel.id)
+                          .order_by(Leg.sequence.desc()).limit(1))
+    if last is None or last.drop_otp_hash is None:
+        return None
     latest = session.execute(
         select(OutboxMessage.to_addr, OutboxMessage.status)
         .where(OutboxMessage.booking_id == parcel.id,
@@ -570,22 +578,39 @@ def _code_while_offered(session: Session, person: Person | None, partner, cmd, b
     in hand and no parcel coming to him, that there is no code for him now (an offer
     carries none). His parcel's code is not renewed here: he may name its reference
     (_partner_asks_for_code), or ask once the offer is answered. A clear no stays a no
-    (_no_to_the_offer: "NO code"), as does a message naming a command or a number (a
-    job's, or his parcel's reference: _partner_asks_for_code); None then, and when no
-    offer or several are open (a bare no then names no job: dispatch.decline asks which)."""
-    if (cmd.kind not in _CODE_ASKED_AS or cmd.numbers or not asks_for_code(body)
-            or _names_a_command(cmd) or _no_to_the_offer(cmd)):
+    (_no_to_the_offer: "NO code"), as does a message naming a command or another
+    number (his job's, or his parcel's reference: _partner_asks_for_code); None then, and
+    when no offer or several are open (a bare no then names no job: dispatch.decline asks
+    which). The open offer's own job number ("code nahi mila 57", "code nahi mila job
+    57") names the job he asks about: as without it, the offer stays open."""
+    if (cmd.kind not in _CODE_ASKED_AS or not asks_for_code(body)
+            or _no_to_the_offer(cmd)):
         return None
     offers = dispatch.open_offers_of(session, partner)
     if len(offers) != 1:
         return None
     job = offers[0].leg_id
+    if cmd.numbers and not _names_the_offer(cmd.numbers, job):
+        return None
+    if _names_a_command(cmd if not cmd.numbers else Command(
+            cmd.kind, cmd.numbers, tuple(w for w in cmd.words if w not in _JOB_WORDS))):
+        return None
     mine = person is not None and _parcel_coming(session, person.phone, person) is not None
     key = OFFER_OPEN_CODE if mine or dispatch.active_legs_of(session, partner) \
         else OFFER_OPEN_NO_CODE
     log.info("a code asked for with an offer open: the offer stays open",
              extra={"partner_id": partner.id, "offer_id": offers[0].id})
     return [i18n.t(key, lang, job=job)]
+
+
+# "Job 57": with the offer's number, these name it (no STATUS command).
+_JOB_WORDS = frozenset({"job", "jobs", "जॉब"})
+
+
+def _names_the_offer(numbers: tuple[str, ...], job: int) -> bool:
+    """Whether every number of a message is the open offer's job number ("057" too)."""
+    return all(n.isascii() and n.isdigit() and len(n) <= JOB_CODE_MAX_DIGITS
+               and int(n) == job for n in numbers)
 
 
 def _no_to_the_offer(cmd) -> bool:
