@@ -72,6 +72,7 @@ REQUIRED_KEYS = (
        "payment.ops_link_timeout", "payment.ops_refund_unanswered",
        "payment.ops_reconcile_mismatch"}  # payments, reconciliation alerts
     | {"payment.after_cancel"}  # payments.record_capture: a link paid after cancelling
+    | {"payment.link_cancelled"}  # payments._close_link_cancelled: cancelled in the dashboard
     | {"payment.ops_owed_long", "payment.ops_owed_long_error",  # payments._tell_owed_long
        "payment.ops_owed_long_no_account",  # ... when the rider has no payout account
        "payment.ops_refund_no_balance"}  # payments.refund_booking: refused for balance

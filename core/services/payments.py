@@ -1583,19 +1583,39 @@ def _on_link_closed(data: dict, cause: str) -> str:
     link = _entity(data, "payment_link")
     gateway_id = _gateway_id(link)
     status = "expired" if data.get("event") == "payment_link.expired" else "cancelled"
+    of_link = select(PaymentLink).where(PaymentLink.gateway_id == gateway_id)
     with transaction() as session:
-        row = session.scalar(select(PaymentLink).where(PaymentLink.gateway_id == gateway_id))
-        if row is None:
+        booking_id = session.scalar(of_link.with_only_columns(PaymentLink.booking_id))
+        if booking_id is None:
             return "unknown-link"
-        booking = ledger.lock_booking(session, row.booking_id)
+        booking = ledger.lock_booking(session, booking_id)
+        # The row as it is now, under the booking's lock (record_capture marks the link
+        # paid under it, and the lock order is booking, then link): a capture committed
+        # since the read above leaves it "paid", never overwritten as closed.
+        row = session.scalar(of_link.with_for_update()
+                             .execution_options(populate_existing=True))
+        assert row is not None  # a link row is never deleted
         if row.status == "created":
             row.status = status
         if booking.status != BookingStatus.AWAITING_PAYMENT.value:
             return "ignored-" + booking.status
         if _kept_capture(session, booking.id):
             return "already-paid"  # a capture came first: the money wins
-        _expire(session, booking, f"payment link {status}")
+        if status == "cancelled":
+            _close_link_cancelled(session, booking)
+        else:
+            _expire(session, booking, "payment link expired")
         return "expired"
+
+
+def _close_link_cancelled(session: Session, booking: Booking) -> None:
+    """Close a booking awaiting payment whose link was cancelled at the gateway (from
+    Razorpay's dashboard: the service cancels only closed bookings' links). Her booking
+    has one link, so none is sent again: she hears the link was stopped and the booking
+    closed with nothing to pay, not "the time to pay is over" (she may be inside it)."""
+    move_booking(session, booking, BookingStatus.EXPIRED, SYSTEM, "payment link cancelled")
+    notify.notify_customer(session, booking, "payment.link_cancelled",
+                           dedupe_key=f"payexpired-{booking.id}")
 
 
 def _expire(session: Session, booking: Booking, reason: str) -> None:
