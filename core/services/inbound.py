@@ -188,7 +188,7 @@ def _process_once(msg: InboundMessage, handler: Handler, send_replies: bool) -> 
         with transaction() as session:
             claimed = claim(session, "twilio", msg.sid, msg.channel)
             if claimed is None:
-                return _duplicate(session, msg)
+                return _duplicate(session, msg, send_replies)
             replies = handler(session, msg)
             _record_answer(session, msg, claimed, replies, send_replies)
     except TurnFailed as failed:
@@ -196,16 +196,40 @@ def _process_once(msg: InboundMessage, handler: Handler, send_replies: bool) -> 
         with transaction() as session:
             claimed = claim(session, "twilio", msg.sid, msg.channel)
             if claimed is None:
-                return _duplicate(session, msg)
+                return _duplicate(session, msg, send_replies)
             replies = failed.answer
             _record_answer(session, msg, claimed, replies, send_replies)
     return Outcome(replies)
 
 
-def _duplicate(session: Session, msg: InboundMessage) -> Outcome:
+def _duplicate(session: Session, msg: InboundMessage, send_replies: bool = False
+               ) -> Outcome:
+    """A message handled before: answered from record. Drained again (``send_replies``),
+    its replies that the turn claimed and never tried go now: the drainer that made them
+    died after the turn's commit, before it sent them (_untried_replies_go)."""
+    if send_replies:
+        _untried_replies_go(session, msg)
     stored = stored_answer(session, "twilio", msg.sid)
     log.info("duplicate webhook answered from record", extra={"channel": msg.channel})
     return Outcome(json.loads(stored) if stored else [], duplicate=True)
+
+
+REPLY_KEYS_BATCH = 8  # a turn's replies are asked for this many keys at a time
+
+
+def _untried_replies_go(session: Session, msg: InboundMessage) -> None:
+    """Give the replies to ``msg`` still claimed and never tried back to their delivery
+    jobs, in this transaction (outbox.give_back_untried: a drainer merely slow, not dead,
+    finds its claim gone and sends nothing twice). The keys are read by their unique
+    index, a few at a time, until one is missing: a turn's replies are 0, 1, 2..."""
+    from core.services import outbox
+
+    start = 0
+    while True:
+        keys = [reply_key(msg.sid, i) for i in range(start, start + REPLY_KEYS_BATCH)]
+        if outbox.give_back_untried(session, keys) < len(keys):
+            return
+        start += REPLY_KEYS_BATCH
 
 
 def _record_answer(session: Session, msg: InboundMessage, claimed: int, replies: list[str],

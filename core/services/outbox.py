@@ -123,6 +123,13 @@ CONTENT_REFUSED_CODE = "63021"
 # WhatsApp refusals whose text goes by SMS instead (once).
 BY_SMS_CODES = frozenset({WINDOW_CLOSED_CODE, RATE_LIMITED_CODE, CONTENT_REFUSED_CODE})
 STALE_SENDING = timedelta(minutes=15)
+# A reply claimed at insert and never tried (attempts 0) this long: its drainer most likely
+# died between the turn's commit and its send (send_now). Twilio cannot hold it, so it is
+# simply given back (pending, its delivery job) without waiting STALE_SENDING. A drainer
+# merely slow loses nothing by it: its try begins by taking the claim (_claim_kept), which
+# it finds gone, and leaves the row to the job; the job's send waits for the address's
+# turn, so the order holds. Never twice: only one of them can move the claim.
+STALE_UNTRIED = timedelta(seconds=60)
 # A row whose own look-ups failed for this long since its claim is sent again unasked.
 GIVE_UP_UNKNOWN = timedelta(hours=24)
 # A row only ever held back by pauses (its own look-ups never failed, it was not asked)
@@ -223,8 +230,9 @@ def queue_message(
     # A row sent right after the commit is claimed ("sending") as it is written, its try
     # not made yet (attempts 0, counted in its turn: _claim_kept): no other job sends it,
     # and a later message's turn that finds it sends it first (_send_waiting). If this
-    # worker dies before its turn and none comes, the sweep gives a stale "sending" row
-    # back to "pending" as for any lost outcome.
+    # worker dies before its turn and none comes, the drain run again for its message
+    # gives it back to "pending" and its job at once (give_back_untried), else the sweep
+    # after STALE_UNTRIED.
     spans = _spans_for(session, body, dedupe_key)
     kind = ("reply" if reply else "needed" if needed else "asked" if asked
             else "work" if work else "plain")
@@ -699,6 +707,31 @@ def send_now(claimed: _Claimed) -> str:
         with db.engine().connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
             _given_back(conn, claimed.outbox_id, TURN_AGAIN_S)
         return "waiting"
+
+
+def give_back_untried(session: Session, dedupe_keys: list[str]) -> int:
+    """Of the rows with these keys (a chat message's replies, claimed at insert), those
+    still claimed and never tried go back to ``pending`` and get their delivery job once
+    the caller's transaction commits; how many rows have these keys at all (the caller
+    asks for the next keys while all were there). A re-run drain finds its message
+    handled by the turn that claimed these replies and died before sending them (the
+    worker killed after the commit): without this they waited for the sweep. A drainer
+    merely slow (its contact's lock lapsed while it sent) keeps nothing twice: its try
+    begins by taking the claim (_claim_kept), finds it gone, and leaves the row to its
+    job, which waits for the address's turn, so the order holds."""
+    m = OutboxMessage
+    found = session.execute(select(m.id, m.status, m.attempts)
+                            .where(m.dedupe_key.in_(dedupe_keys))).all()
+    if any((r.status, r.attempts) == ("sending", 0) for r in found):
+        given = list(session.scalars(
+            update(m).where(m.dedupe_key.in_(dedupe_keys), _untried_claim())
+            .values(status="pending", last_error="claimed but never tried; sending")
+            .returning(m.id).execution_options(synchronize_session=False)))
+        for row_id in sorted(given):
+            log.info("a reply its drainer never tried is sent by its job",
+                     extra={"outbox_id": row_id})
+            after_commit(session, functools.partial(schedule_delivery, row_id))
+    return len(found)
 
 
 def _claim_kept(turn: Connection, outbox_id: int) -> bool:
@@ -1599,8 +1632,9 @@ def _by_sms_instead(session: Session, row: OutboxMessage, code: str | None = Non
     its messaging limit, goes by SMS, as notify does outside the window without a template
     (once: its own dedupe key); not a question whose answer only the chat takes (a rating
     question, which rating asks again later; a chat reply ending in numbered choices). A
-    free-form message that missed the window goes as the language's approved template
-    first, where one is configured, as notify would have sent it (a WhatsApp user known
+    free-form message that missed the window goes as the approved template of its text's
+    language (_text_language) first, where one is configured (else, where no SMS can reach
+    her, the default language's), as notify would have sent it (a WhatsApp user known
     only by their WhatsApp id has no number to text). Returns the copy's row id (one
     already queued for an earlier report of the same failure: nothing is sent again),
     None if it could not go another way."""
@@ -1618,8 +1652,11 @@ def _by_sms_instead(session: Session, row: OutboxMessage, code: str | None = Non
 
         person = session.scalar(select(Person).where(_person_at(row.to_addr))
                                     .order_by(_phone_first(row.to_addr)).limit(1))
+        # The template around the text is of the text's language (_text_language), as
+        # notify picked it: not the language the phone's person chose since.
         sid = notify.whatsapp_template(person, only_way=_sms_number(row.to_addr) is None
-                                       or (person is not None and person.sms_opted_out))
+                                       or (person is not None and person.sms_opted_out),
+                                       lang=_text_language(session, row, person))
         if sid:
             log.info("whatsapp missed the window; sent as the template",
                      extra={"outbox_id": row.id})
@@ -1643,6 +1680,48 @@ def _by_sms_instead(session: Session, row: OutboxMessage, code: str | None = Non
     log.info("whatsapp refused; sent by SMS instead", extra={"outbox_id": row.id})
     return queue_message(session, channel="sms", to=phone, body=row.body,
                          dedupe_key=f"sms-for-{row.id}", booking_id=row.booking_id)
+
+
+def _text_language(session: Session, row: OutboxMessage, person: Person | None) -> str:
+    """The language ``row``'s text was written in, found again as its writer chose it (a
+    row does not keep it; a template copy's template must be of it): a recipient's drop
+    code and news in recipient_language (her own when we know it, else the booking's),
+    what else goes to a booking's customer in the booking's (notify.booking_language),
+    a work message (a partner's job, an ops alert), a rating question (the chat's) and the
+    rest in the person's own. The phone's person may have chosen another language since:
+    that one is not the text's. A copy (by SMS, as the template, on WhatsApp) is read as
+    the row it copies."""
+    from core.services import dispatch, notify  # both send through this module
+
+    booking = session.get(Booking, row.booking_id) if row.booking_id is not None else None
+    key = _writer_key(session, row)
+    if booking is None or _kind_of(row) == "work" or key.startswith(RATING_ASK_PREFIX):
+        return notify.language_of(person)
+    to_customer = person is not None and person.id == booking.customer_id
+    if booking.recipient_phone is not None \
+            and _number_of(row.to_addr) == booking.recipient_phone \
+            and (not to_customer or "-dropotp-" in key):
+        # To the recipient; to a customer who is her own recipient, only her drop code
+        # was written as the recipient's (dispatch tells her the rest as the customer).
+        return dispatch.recipient_language(session, booking)
+    if to_customer:
+        return notify.booking_language(booking, person)
+    return notify.language_of(person)
+
+
+def _writer_key(session: Session, row: OutboxMessage) -> str:
+    """The dedupe key its writer gave the text of ``row``: a copy's (``sms-for-<id>``...)
+    is its original's."""
+    key = row.dedupe_key or ""
+    for _ in range(len(_COPY_PREFIXES) + 1):  # a copy of a copy at most, in practice
+        copied = next((key[len(p):] for p in _COPY_PREFIXES if key.startswith(p)), None)
+        if copied is None or not copied.isdigit():
+            break
+        original = session.get(OutboxMessage, int(copied))
+        if original is None:
+            break
+        key = original.dedupe_key or ""
+    return key
 
 
 def _sms_number(to_addr: str) -> str | None:
@@ -1792,13 +1871,11 @@ def _on_whatsapp_instead(session: Session, row: OutboxMessage) -> int | None:
                        .where(Leg.booking_id == row.booking_id,
                               DispatchOffer.partner_id == partner_id)).exists())):
         return None
-    # The text is in its booking's language when it went to the booking's customer: the
-    # WhatsApp template that carries it outside the window must be of that language too.
-    booking = session.get(Booking, row.booking_id) if row.booking_id is not None else None
-    lang = (notify.booking_language(booking, person)
-            if booking is not None and booking.customer_id == person.id else None)
+    # The WhatsApp template that carries the text outside the window must be of the
+    # text's language (a booking's for its customer, the recipient's for a drop code).
     new_id = notify.send_to_person(session, person, row.body, dedupe_key=f"wa-for-{row.id}",
-                                   booking_id=row.booking_id, lang=lang)
+                                   booking_id=row.booking_id,
+                                   lang=_text_language(session, row, person))
     if new_id is not None:
         log.info("sms refused for STOP; sent on WhatsApp instead", extra={"outbox_id": row.id})
     return new_id
@@ -2057,8 +2134,9 @@ def sweep(now_age: timedelta = timedelta(seconds=60)) -> int:
     ``pending`` rows older than ``now_age`` are re-enqueued (the job id dedupes). A
     ``sending`` row without a provider sid and silent for STALE_SENDING gets a reconcile
     job (see _due_reconciles), which asks Twilio before anything is sent again: a job per
-    row, for those look-ups are network calls, too slow to make here. Then the codes due
-    to be masked are (mask_due_codes; not counted).
+    row, for those look-ups are network calls, too slow to make here; a reply claimed at
+    insert and never tried, after STALE_UNTRIED already, and its job asks nothing. Then
+    the codes due to be masked are (mask_due_codes; not counted).
     """
     cutoff = clock.now() - now_age
     with transaction() as session:
@@ -2067,7 +2145,9 @@ def sweep(now_age: timedelta = timedelta(seconds=60)) -> int:
                 select(OutboxMessage.id, OutboxMessage.updated_at, OutboxMessage.attempts)
                 .where(OutboxMessage.status == "sending",
                        OutboxMessage.provider_sid.is_(None),
-                       OutboxMessage.updated_at < clock.now() - STALE_SENDING)
+                       (OutboxMessage.updated_at < clock.now() - STALE_SENDING)
+                       | ((OutboxMessage.attempts == 0)
+                          & (OutboxMessage.updated_at < clock.now() - STALE_UNTRIED)))
                 .order_by(OutboxMessage.updated_at).limit(RECONCILE_SCAN)):
             claims[row_id] = claimed_at
             if attempts == 0:
@@ -2117,16 +2197,16 @@ def reconcile(outbox_id: int) -> str:
         if row is None or row.status != "sending" or row.provider_sid is not None:
             return "settled"
         claimed_at = row.updated_at
-        if clock.now() - claimed_at < STALE_SENDING:
-            return "in-flight"  # claimed again since the sweep looked: a send may be on
         never_tried = row.attempts == 0  # claimed at insert; its drainer died first
+        if clock.now() - claimed_at < (STALE_UNTRIED if never_tried else STALE_SENDING):
+            return "in-flight"  # claimed again since the sweep looked: a send may be on
         template = session.get(WhatsappTemplateSend, outbox_id)
         values = ([template_value(str(v)) for v in template.content_variables.values()]
                   if template else None)
         to, from_, body = row.to_addr, row.from_addr, row.body
     if never_tried:  # Twilio cannot hold it: nothing to ask
         return "given-back" if _give_back(outbox_id, claimed_at, "claimed but never tried; "
-                                          "sending") else "settled"
+                                          "sending", untried=True) else "settled"
     mine = _row_lookups({outbox_id: claimed_at}).get(outbox_id)
     if _lookups_paused() or _held_back(mine):
         # Twilio could not be asked moments ago: no call now (see _gone_unasked).
@@ -2236,11 +2316,14 @@ def _same_claim(claimed_at: datetime) -> tuple[ColumnElement[bool], ...]:
             OutboxMessage.updated_at == claimed_at)
 
 
-def _give_back(outbox_id: int, claimed_at: datetime, why: str) -> bool:
-    """Back to ``pending`` and on its way again, unless it was settled meanwhile."""
+def _give_back(outbox_id: int, claimed_at: datetime, why: str, *,
+               untried: bool = False) -> bool:
+    """Back to ``pending`` and on its way again, unless it was settled meanwhile;
+    ``untried``: only if still not tried (a slow drainer's _claim_kept took it first)."""
+    still = (*_same_claim(claimed_at), *((OutboxMessage.attempts == 0,) if untried else ()))
     with db.autocommit() as conn:
         done = conn.execute(update(OutboxMessage)
-                            .where(OutboxMessage.id == outbox_id, *_same_claim(claimed_at))
+                            .where(OutboxMessage.id == outbox_id, *still)
                             .values(status="pending", last_error=why[:300])).rowcount == 1
     if done:
         schedule_delivery(outbox_id)
