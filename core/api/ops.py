@@ -56,9 +56,10 @@ log = logging.getLogger(__name__)
 OPS = ("ops",)
 
 
-# Details an operator types in their own words (an erasure's reason, "the person's
-# request, as received"; a cancellation's reason; a KYC note). The audit log is kept for
-# good, past any erasure: phone numbers in them are kept masked (+91******3210).
+# Details an operator types in their own words (an erasure's reason: where the request
+# came from; a cancellation's reason; a KYC note). The audit log is kept for good, past any
+# erasure: phone numbers in them are kept masked (+91******3210), and an erasure's reason
+# loses the names that erasure takes (retention.without_names).
 FREE_TEXT = frozenset({"reason", "note"})
 
 
@@ -484,7 +485,7 @@ def ops_handoffs(query: CursorQuery) -> CursorPage[HandoffRow]:
             out.append(HandoffRow(
                 id=h.id, channel=h.channel, reason=h.reason, waiting_since=h.created_at,
                 person_id=h.person_id, person_name=person.name if person else None,
-                phone_masked=mask_phone(person.phone) if person and person.phone else None,
+                phone_masked=masked_contact(person.phone, person.wa_id) if person else None,
                 language=handoff.language(session, person, conv) if person else None,
                 taken_by=handoff.operator_id(h) or (
                     answering.get(h.person_id) if h.person_id is not None else None),
@@ -558,20 +559,31 @@ class CloseQuery(Strict):
 
 
 @endpoint(bp, "POST", "/ops/handoffs/<int:handoff_id>/close",
-          summary="Give the conversation back to the bot (audited). 409 taken_by_other "
-                  "while another operator answers the person (?take_over=true closes it "
-                  "all the same); 409 new_message when the person wrote after the message "
-                  "?seen= names",
-          roles=OPS, query=CloseQuery, response=Done, tags=("ops",), errors=(404, 409))
-def ops_handoff_close(handoff_id: int, query: CloseQuery) -> Done:
+          summary="Give the conversation back to the bot (audited; send Idempotency-Key "
+                  "to retry safely: a retry answers the first answer, not 409 "
+                  "handoff_closed). 409 taken_by_other while another operator answers the "
+                  "person (?take_over=true closes it all the same); 409 new_message when "
+                  "the person wrote after the message ?seen= names",
+          roles=OPS, query=CloseQuery, response=Done, tags=("ops",), errors=(404, 409, 422),
+          headers=(KEY_HEADER,))
+def ops_handoff_close(handoff_id: int, query: CloseQuery) -> Done | Response:
+    who = principal()
+    # As ops_handoff_reply: the route in the fingerprint, so a key reused for another
+    # handoff or close (or another endpoint) is refused, never answered.
+    once = idempotent(who.person_id, {"route": "ops.handoff_close", "handoff_id": handoff_id,
+                                      "take_over": query.take_over, "seen": query.seen})
     with transaction() as session:
-        took_from = handoff.close(session, handoff_id, f"ops:{principal().person_id}",
+        if (saved := once.claim(session)) is not None:
+            return saved  # closed the first time: nothing changes, nothing is sent
+        took_from = handoff.close(session, handoff_id, f"ops:{who.person_id}",
                                   take_over=query.take_over, seen=query.seen)
         if took_from is not None:
             audit(session, "handoff.take_over", f"handoff:{handoff_id}",
                   from_operator=took_from)
         audit(session, "handoff.close", f"handoff:{handoff_id}")
-    return Done()
+        done = Done()
+        once.save(session, 200, done)
+    return done
 
 
 @endpoint(bp, "POST", "/ops/legs/<int:leg_id>/unlock",
@@ -1365,7 +1377,10 @@ def ops_mismatches(query: MismatchQuery) -> CursorPage[MismatchOut]:
 
 class EraseIn(Strict):
     reason: str = Field(min_length=3, max_length=300,
-                        description="why: the person's request, as received")
+                        description="where the request came from and when (\"her call on "
+                                    "3 Dec\", \"letter to the Bettiah office\"), not what "
+                                    "it says: the audit log keeps this for good (numbers "
+                                    "masked, the names this erasure takes removed)")
 
 
 class ErasedOut(BaseModel):
@@ -1392,7 +1407,8 @@ def _erase(session: Session, person_id: int, reason: str) -> ErasedOut:
     role, phone = who
     done = retention.erase_person(session, person_id)
     if done.changed:
-        audit(session, "person.erase", f"person:{person_id}", reason=reason, **done.counts)
+        audit(session, "person.erase", f"person:{person_id}",
+              reason=retention.without_names(reason, done.names), **done.counts)
     partner_id = session.scalar(select(PartnerProfile.id).where(
         PartnerProfile.person_id == person_id))
     return ErasedOut(person_id=person_id, role=role, partner_id=partner_id,

@@ -27,6 +27,7 @@ from core.adapters.api_models import ApiSession, AuditEntry
 from core.adapters.dialog_models import Handoff
 from core.adapters.models import (
     Booking,
+    Conversation,
     Leg,
     PartnerPoint,
     PartnerProfile,
@@ -147,7 +148,9 @@ def remove_operator(session: Session, phone: str | None = None, *,
     Refused (Conflict ``last_operator``) for the last operator: nobody could sign in to
     the ops API any more (add-operator another first). Someone who is not an operator:
     nothing changed, nothing audited (run again, it says so). The people they were
-    answering (open handoffs) wait for another operator, who takes them over."""
+    answering (their waiting handoffs) go back to the queue, in the same transaction
+    (the audit entry names them, ``handoffs_released``): nobody's, so the unanswered
+    alert counts them and any operator answers them without taking over."""
     if (phone is None) == (person_id is None):
         raise ValidationError("name the operator by their phone or their person id",
                               code="bad_request", field="phone")
@@ -180,14 +183,29 @@ def remove_operator(session: Session, phone: str | None = None, *,
                        code="last_operator", field="phone" if phone else "person")
     person.role = "customer"
     ended = _end_sessions(session, person.id)
-    answering = session.scalar(select(func.count()).select_from(Handoff).where(
-        Handoff.status == "waiting", Handoff.operator == f"ops:{person.id}")) or 0
+    released = _release_handoffs(session, f"ops:{person.id}")
     record(session, actor, "operator.remove", f"person:{person.id}", phone=masked,
-           sessions_ended=ended, **({"note": mask_phones(note)} if note else {}))
-    waiting = (f"; {answering} open handoff(s) they were answering wait for another "
-               "operator (take_over)" if answering else "")
+           sessions_ended=ended, handoffs_released=released,
+           **({"note": mask_phones(note)} if note else {}))
+    waiting = (f"; {len(released)} open handoff(s) they were answering are back in the "
+               "queue for any operator" if released else "")
     return Outcome(True, person.id, f"operator {who} removed: a customer now, signed out "
                    f"of {ended} session(s){waiting}")
+
+
+def _release_handoffs(session: Session, operator: str) -> list[int]:
+    """The waiting handoffs ``operator`` was answering become nobody's (their ids, in
+    order). Their conversations are locked first, by id: the order a chat turn, a reply
+    or a close takes them (conversation, then handoff)."""
+    conv_ids = list(session.scalars(select(Handoff.conversation_id).where(
+        Handoff.status == "waiting", Handoff.operator == operator)))
+    if not conv_ids:
+        return []
+    list(session.scalars(select(Conversation.id).where(Conversation.id.in_(conv_ids))
+                         .order_by(Conversation.id).with_for_update()))
+    return sorted(session.scalars(update(Handoff).where(
+        Handoff.status == "waiting", Handoff.operator == operator)
+        .values(operator=None).returning(Handoff.id)))
 
 
 def _office_list(offices: list) -> str:

@@ -32,6 +32,7 @@ from core.adapters.queue import after_commit
 from core.adapters.redis_conn import redis_client
 from core.config import get_settings, int_setting
 from core.domain.errors import Conflict, NotFound, ValidationError
+from core.domain.phone import is_e164
 from core.services import notify, outbox
 
 log = logging.getLogger(__name__)
@@ -252,14 +253,23 @@ def phone_to_call(session: Session, handoff_id: int, operator: str, *,
     it: activity, so the idle close neither apologises that nobody answered nor cuts in
     while they talk. A call is an answer: a person another operator is answering is
     refused (Conflict ``taken_by_other``) unless ``take_over``. The number, and the
-    operator taken over from, if any (for the audit log)."""
+    operator taken over from, if any (for the audit log). A WhatsApp customer kept by
+    their WhatsApp id alone (a business account on a landline) is called at that number,
+    as ops call a booking's customer; none that is a number: NotFound ``no_phone``."""
     handoff, _conv, person = _get_open(session, handoff_id)
-    if not person.phone:
+    number = person.phone or _whatsapp_number(person.wa_id)
+    if not number:
         raise NotFound("this person has no phone number", code="no_phone")
     taken_from = _take(session, handoff, operator, take_over)
     session.add(HandoffMessage(handoff_id=handoff.id, direction="out", body="[phone call]",
                                operator=operator, created_at=clock.now()))
-    return person.phone, taken_from
+    return number, taken_from
+
+
+def _whatsapp_number(wa_id: str | None) -> str | None:
+    """The E.164 number of a WhatsApp id (its digits), None if it is none."""
+    number = "+" + wa_id.removeprefix("+") if wa_id else ""
+    return number if is_e164(number) else None
 
 
 def _get_open(session: Session, handoff_id: int) -> tuple[Handoff, Conversation, Person]:

@@ -56,6 +56,7 @@ from __future__ import annotations
 import logging
 import re
 import time
+import unicodedata
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -613,6 +614,9 @@ def run(now: datetime | None = None) -> dict[str, int]:
     # with no time (set aside before entries carried one) is of unknown age: it goes too.
     done["dead_letters"] = inbound.drop_dead_letters(
         lambda d: d.at is None or d.at < message_cutoff.timestamp())
+    # An erased partner's positions and last exact fix: the erasure removes them before its
+    # commit; one written while it ran (or left by an erasure before that was so) goes here.
+    done["partner_positions"] = forget_erased_positions()
     unfinished = False
     # Codes a lost schedule left in messages done with for a day (outbox.mask_due_codes
     # masks the others within minutes).
@@ -652,6 +656,9 @@ class Erasure:
 
     person_id: int | None  # None: a recipient with no account, erased by her number
     counts: dict[str, int] = field(default_factory=dict)
+    # The names it took (the person's, a partner's first name, the recipients' of the
+    # bookings it erased): the audit entry's reason must not keep them (without_names).
+    names: set[str] = field(default_factory=set)
 
     @property
     def changed(self) -> bool:
@@ -782,6 +789,10 @@ def erase_person(session: Session, person_id: int) -> Erasure:
     _refuse_if_in_use(session, person, partner, conv_ids, former, recycled)
 
     done = Erasure(person.id)
+    # The names this erasure takes, read before they go: kept out of its audit entry.
+    done.names |= _names([person.name, partner.first_name if partner else None,
+                          *session.scalars(select(Booking.recipient_name).where(
+                              _among(Booking.id, own_ids + received_ids)))])
     own = select(Booking.id).where(_among(Booking.id, own_ids))
     received = select(Booking.id).where(_among(Booking.id, received_ids))
     recipients = set(session.scalars(select(Booking.recipient_phone).where(
@@ -923,6 +934,11 @@ def erase_recipient(session: Session, phone: str, *, actor: str,
     for erased in as_people:
         for kind, n in erased.counts.items():
             done.add(kind, n)
+        done.names |= erased.names
+    # Her name as the senders gave it, read before the bookings lose it: kept out of the
+    # audit entry.
+    done.names |= _names(session.scalars(select(Booking.recipient_name).where(
+        _among(Booking.id, done.booking_ids))))
     # These bookings alone (finished: they stay so), not one made to her since.
     received = select(Booking.id).where(_among(Booking.id, ids))
     nothing = select(Booking.id).where(false())
@@ -943,7 +959,8 @@ def erase_recipient(session: Session, phone: str, *, actor: str,
         people = {"person_ids": holders} if holders else {}
         session.add(AuditEntry(actor=actor, action=RECIPIENT_ERASED,
                                target=f"booking:{ids[0]}" if ids else "recipient",
-                               details={"reason": mask_phones(reason), **done.counts,
+                               details={"reason": mask_phones(without_names(
+                                   reason, done.names)), **done.counts,
                                         "booking_ids": ids, **people}))
     return done
 
@@ -1739,7 +1756,16 @@ def _erase_partner(session: Session, done: Erasure, partner: PartnerProfile) -> 
     # Their proof-of-delivery photos stay: they show the customers' parcels and doors, not
     # them, and are those bookings' proof; they go with the erasure of a booking's sender
     # or recipient, or after the retention window (_erase_photos, _pod_photos).
+    # Before the commit: if Redis cannot be reached, nothing is committed and ops try
+    # again (an after-commit action that failed would leave the trail for good). Once
+    # more after the commit, for a fix the app sent meanwhile; the daily run sweeps what
+    # that misses (forget_erased_positions).
     partner_id = partner.id
+    try:
+        _forget_positions(partner_id)
+    except RedisError as exc:
+        raise Unavailable("the dispatch store (Redis) cannot be reached: nothing was "
+                          "erased; try again", code="queue_unavailable") from exc
     after_commit(session, lambda: _forget_positions(partner_id))
 
 
@@ -1768,6 +1794,80 @@ def _forget_positions(partner_id: int) -> None:
     """A partner's positions in the GEO sets and the app's last exact fix."""
     geo_index.remove(partner_id)
     redis_client().hdel(LAST_FIX_KEY, str(partner_id))
+
+
+def _ids_in(members: Iterable[Any]) -> set[int]:
+    found = set()
+    for m in members:
+        raw = m.decode() if isinstance(m, bytes) else str(m)
+        if raw.isdigit():
+            found.add(int(raw))
+    return found
+
+
+def forget_erased_positions() -> int:
+    """The daily run's backstop: the positions (GEO sets) and last exact fixes of erased
+    partners (a profile whose first name the erasure blanked) still in Redis, a fix the
+    app sent while the erasure ran, say. How many partners' were removed."""
+    r = redis_client()
+    ids = _ids_in(k for k, _ in r.hscan_iter(LAST_FIX_KEY))
+    ids |= _ids_in(k for k, _ in r.hscan_iter(geo_index.SEEN_KEY))
+    for key in (geo_index.LIVE_KEY, geo_index.HOME_KEY):
+        ids |= _ids_in(m for m, _ in r.zscan_iter(key))
+    if not ids:
+        return 0
+    erased: list[int] = []
+    ordered = sorted(ids)
+    with transaction() as session:
+        for start in range(0, len(ordered), BATCH):
+            erased += session.scalars(select(PartnerProfile.id).join(
+                Person, Person.id == PartnerProfile.person_id).where(
+                PartnerProfile.id.in_(ordered[start:start + BATCH]),
+                PartnerProfile.first_name == "", Person.phone.is_(None)))
+    for partner_id in erased:
+        _forget_positions(partner_id)
+    return len(erased)
+
+
+# What an erased name reads as in the texts kept for good (an erasure's audit reason).
+NAME_REMOVED = "[name]"
+
+
+def _in_word(ch: str) -> bool:
+    """A letter, a digit or a mark of the letter before it (core.domain.text's word)."""
+    return unicodedata.category(ch)[0] in "LMN"
+
+
+def without_names(text: str, names: Iterable[str | None]) -> str:
+    """``text`` with each of these names (and each word of them MIN_NAME long or more:
+    "Sunita" of "Sunita Kumari") said as a word of its own, in any case, replaced by
+    NAME_REMOVED: "SUNITA wrote" loses it, "Sunitadevi" and "Rampur" keep theirs
+    (names_word's reading)."""
+    words: set[str] = set()
+    for name in names:
+        parts = (name or "").split()
+        if len(" ".join(parts)) >= MIN_NAME:
+            words.add(r"\s+".join(re.escape(p) for p in parts))
+        words |= {re.escape(p) for p in parts if len(p) >= MIN_NAME}
+    spans: list[tuple[int, int]] = []
+    for word in words:
+        for found in re.finditer(word, text, re.IGNORECASE):
+            start, end = found.span()
+            if start == end:
+                continue
+            before = start > 0 and _in_word(text[start - 1]) and _in_word(text[start])
+            after = end < len(text) and _in_word(text[end]) and _in_word(text[end - 1])
+            if not before and not after:
+                spans.append((start, end))
+    out, at = [], 0
+    for start, end in sorted(spans):
+        if start < at:  # overlaps the one before (a full name and its first word)
+            if end > at:
+                at = end
+            continue
+        out += [text[at:start], NAME_REMOVED]
+        at = end
+    return "".join(out) + text[at:]
 
 
 def delete_photo(uri: str) -> None:
