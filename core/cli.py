@@ -491,7 +491,8 @@ def _erase_recipient(session, args: argparse.Namespace):  # noqa: ANN202 (admin.
     reason = args.reason.strip()
     if not REASON_MIN <= len(reason) <= REASON_MAX:
         raise ValidationError(f"give a reason of {REASON_MIN} to {REASON_MAX} characters "
-                              "(her request, as received): the audit log keeps it",
+                              "(where her request came from and when, \"her call on 3 Dec\"): "
+                              "the audit log keeps it",
                               code="bad_reason", field="reason")
     done = retention.erase_recipient(session, args.phone, actor=CLI_ACTOR, reason=reason)
     masked = mask_phone(normalize_phone(args.phone))
@@ -609,7 +610,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="erase a parcel recipient who has no account, by her number, "
                              "on her request (refused while a parcel to her is on its way)")
     er.add_argument("--phone", required=True, help="her number, e.g. +91 98765 43210")
-    er.add_argument("--reason", required=True, help="why: her request, as received (audited)")
+    er.add_argument("--reason", required=True,
+                    help="why: where her request came from and when, \"her call on 3 Dec\" "
+                         "(audited)")
     sl = sub.add_parser("settle-leg",
                         help="settle one leg now, after an incident: its rider's hold "
                              "released if the leg earned it (delivered, a cancellation "

@@ -1,6 +1,7 @@
 """Idempotency-Key for the REST API's POSTs that must not act twice on a client's retry
 (a timeout, a double tap): POST /bookings, POST /bookings/{ref}/cancel, POST
-/bookings/{ref}/rating, POST /ops/handoffs/{id}/reply, POST /ops/legs/{id}/new-code
+/bookings/{ref}/rating, POST /ops/handoffs/{id}/reply, POST /ops/handoffs/{id}/close,
+POST /ops/legs/{id}/new-code
 (POST /auth/verify reads the header too, for its own retry: core.services.auth). Each
 declares the header (``KEY_HEADER``), so the OpenAPI document shows it to the clients
 generated from it.
