@@ -206,7 +206,7 @@ def _place(p: PlaceIn) -> booking_service.Place:
     if p.lat is not None and p.lng is not None:
         office = nearest(p.lat, p.lng)
         return booking_service.Place(p.lat, p.lng, office.pincode, office.office_name,
-                                     p.landmark)
+                                     p.landmark, pinned=True)
     assert p.pincode is not None
     pin = normalize_pincode(p.pincode)
     # One name twice at one spot ("UMRI BO", "Umri BO") is one office: offered once.

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any
+from typing import Any, NoReturn
 
 from redis.exceptions import RedisError
 from sqlalchemy import func, select
@@ -69,6 +69,9 @@ class Place:
     pincode: str | None = None
     post_office: str | None = None
     landmark: str | None = None
+    # The position is the customer's own (a map pin), not their post office's spot on our
+    # map: two pins near each other are one place whichever offices are nearest them.
+    pinned: bool = False
 
 
 @dataclass(frozen=True)
@@ -98,6 +101,10 @@ class Quote:
     # able to carry the parcel goes) the relay's first leg, from the pickup to a Point.
     # A rider counts as free near the pickup only if his vehicle has the range for it.
     ride_m: int = 0
+    # The tiers not offered because on this trip they cost no less than a faster one
+    # (economy at standard's minimum fare), each with that faster tier: a booking asking
+    # for one is told so, not that its hours cannot be kept.
+    not_cheaper: dict[SpeedTier, SpeedTier] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -171,18 +178,15 @@ def quote_trip(session: Session, pickup: Place, drop: Place, parcel: ParcelSpec)
     kept over the trip (_keepable: a long one has no express). ValidationError
     ``same_place`` if they are one place: the minimum fare for carrying nothing;
     ``position_needed`` if they are two post offices India Post puts at one spot, often
-    their pincode's centre: not one place, but no distance to price by without a pin;
-    ``too_far`` if nothing we have can carry the parcel that far (_legs_m), or not
-    within any tier's hours."""
+    their pincode's centre: not one place, but no distance to price by without a pin
+    (asked for the one not pinned: the drop's when neither is); two pins near each other
+    are one place, whichever offices are nearest them; ``too_far`` if nothing we have
+    can carry the parcel that far (_legs_m), or not within any tier's hours."""
     validate_lat_lng(pickup.lat, pickup.lng)
     validate_lat_lng(drop.lat, drop.lng)
     if same_place((pickup.lat, pickup.lng), (drop.lat, drop.lng)):
-        if two_offices(pickup, drop):
-            raise ValidationError(
-                f"{drop.post_office} ({drop.pincode}) and {pickup.post_office} "
-                f"({pickup.pincode}) are at one spot on our map, so the distance is not "
-                "known: send the drop's position as lat and lng (a location pin)",
-                code="position_needed", field="drop.lat")
+        if two_offices(pickup, drop) and not (pickup.pinned and drop.pinned):
+            _position_needed(pickup, drop)
         raise ValidationError("pickup and drop are the same place: there is nothing to carry",
                               code="same_place", field="drop")
     card, dist, vehicle, legs = _route(session, pickup, drop, parcel)
@@ -193,10 +197,12 @@ def quote_trip(session: Session, pickup: Place, drop: Place, parcel: ParcelSpec)
     hours = {t: tier_hours(t) for t in fares}
     fares = {t: f for t, f in fares.items() if _keepable(card, parcel, legs, hours[t])}
     slow, normal = fares.get(SpeedTier.ECONOMY), fares.get(SpeedTier.STANDARD)
+    not_cheaper: dict[SpeedTier, SpeedTier] = {}
     if slow is not None and normal is not None and slow.total_paise >= normal.total_paise:
         # "Cheap" at the price of "Normal" (both the minimum fare) is no cheaper, only
         # slower: not offered.
         del fares[SpeedTier.ECONOMY]
+        not_cheaper[SpeedTier.ECONOMY] = SpeedTier.STANDARD
     if not fares:
         raise ValidationError(
             f"we cannot deliver this parcel within any of our times: it is "
@@ -207,7 +213,30 @@ def quote_trip(session: Session, pickup: Place, drop: Place, parcel: ParcelSpec)
     return Quote(dist.metres, dist.source, vehicle.value, fares, hours=hours,
                  search_minutes={t: dispatch.config().search_deadline_s[t] // 60
                                  for t in fares},
-                 ride_m=legs[0])
+                 ride_m=legs[0], not_cheaper=not_cheaper)
+
+
+def _position_needed(pickup: Place, drop: Place) -> NoReturn:
+    """ValidationError ``position_needed`` for two post offices India Post puts at one
+    spot (or an office at a pin's spot): it asks for the position of a place given by
+    its office, the drop's when both are, the pickup's when only the drop is pinned."""
+    if drop.pinned:
+        raise ValidationError(
+            f"the pickup's post office, {pickup.post_office} ({pickup.pincode}), is at the "
+            "drop's spot on our map, so the distance is not known: send the pickup's "
+            "position as lat and lng (a location pin)",
+            code="position_needed", field="pickup.lat")
+    if pickup.pinned:
+        raise ValidationError(
+            f"the drop's post office, {drop.post_office} ({drop.pincode}), is at the "
+            "pickup's spot on our map, so the distance is not known: send the drop's "
+            "position as lat and lng (a location pin)",
+            code="position_needed", field="drop.lat")
+    raise ValidationError(
+        f"{drop.post_office} ({drop.pincode}) and {pickup.post_office} "
+        f"({pickup.pincode}) are at one spot on our map, so the distance is not "
+        "known: send the drop's position as lat and lng (a location pin)",
+        code="position_needed", field="drop.lat")
 
 
 def _route(session: Session, pickup: Place, drop: Place, parcel: ParcelSpec
@@ -458,6 +487,11 @@ def create_booking(
     phone = recipient_mobile(recipient_phone) if recipient_phone else None
     q = quote_trip(session, pickup, drop, parcel)
     fare = q.fares.get(SpeedTier(tier))
+    if fare is None and SpeedTier(tier) in q.not_cheaper:
+        faster = q.not_cheaper[SpeedTier(tier)]
+        raise ValidationError(
+            f"on this trip {tier} costs no less than {faster}, which is faster: "
+            f"choose {faster}", code="tier_not_offered", field="tier")
     if fare is None:
         offered = ", ".join(str(t) for t in q.fares)
         raise ValidationError(
