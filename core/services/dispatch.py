@@ -1462,7 +1462,10 @@ def _off_after_missed(session: Session, offer: DispatchOffer) -> bool:
     if len(last) < n or not all(_missed(*row) for row in last):
         return False
     answer = set_duty(session, partner, False)
-    session.add(PartnerEvent(partner_id=partner.id, kind="auto_off", at=clock.now()))
+    # The offer whose expiry put them OFF, by its job: their answer to it, come as it
+    # expired, undoes this (_back_on_after_late_answer).
+    session.add(PartnerEvent(partner_id=partner.id, leg_id=offer.leg_id, kind="auto_off",
+                             at=clock.now()))
     job, jobs = answer.params.get("job"), answer.params.get("jobs")
     if jobs is not None:  # jobs in hand stay theirs: the SMS names each, as OFF does
         _sms_partner(session, partner, "dispatch.auto_off_jobs",
@@ -2426,13 +2429,47 @@ def _late_to_newest(session: Session, partner: PartnerProfile) -> None:
 
 def _answer_to_expired(session: Session, offer: DispatchOffer) -> None:
     """A yes or no to an offer of this partner's that expired unanswered (its timeout ran
-    before their answer came): answered late (_answered_late), under the offer's lock,
+    before their answer came): answered late (_late_answer), under the offer's lock,
     in the leg-then-offer order the timeout takes."""
     _lock_leg(session, offer.leg_id)
     locked = session.get(DispatchOffer, offer.id, with_for_update=True, populate_existing=True)
     assert locked is not None
     if _missed(locked.status, locked.responded_at, locked.expires_at):
-        _answered_late(locked)
+        _late_answer(session, locked)
+
+
+def _late_answer(session: Session, offer: DispatchOffer) -> None:
+    """A yes or no to ``offer`` (locked, leg then offer), which expired unanswered: it is
+    answered late (_answered_late), so not missed; and if that expiry put the partner OFF
+    (its auto_off), they are put back ON (_back_on_after_late_answer)."""
+    _answered_late(offer)
+    _back_on_after_late_answer(session, offer)
+
+
+_DUTY_EVENTS = ("duty_on", "duty_off", "auto_off")
+
+
+def _back_on_after_late_answer(session: Session, offer: DispatchOffer) -> None:
+    """The partner answered ``offer`` (late) after its expiry put them OFF as their last
+    missed offer in a row (_off_after_missed: its auto_off names the offer's job): the run
+    was not all missed, so the automatic OFF is undone, as if they had sent ON (set_duty:
+    its checks, a duty_on event), and they hear it by SMS, after the auto_off's SMS they
+    may have had. Not when their duty changed since (ON or OFF sent, or ops), nor when the
+    ON is refused (suspended, our SMS stopped, ...): they stay OFF, as the auto_off said."""
+    last = session.execute(select(PartnerEvent.kind, PartnerEvent.leg_id).where(
+        PartnerEvent.partner_id == offer.partner_id, PartnerEvent.kind.in_(_DUTY_EVENTS))
+        .order_by(PartnerEvent.at.desc(), PartnerEvent.id.desc()).limit(1)).first()
+    if last is None or last.kind != "auto_off" or last.leg_id != offer.leg_id:
+        return
+    partner = session.get(PartnerProfile, offer.partner_id, with_for_update=True,
+                          populate_existing=True)  # as the timeout left it
+    assert partner is not None
+    if partner.on_duty or set_duty(session, partner, True).key != "dispatch.duty_on":
+        return
+    _sms_partner(session, partner, "dispatch.auto_off_undone",
+                 dedupe_key=f"offer-{offer.id}-back-on", job=offer.leg_id)
+    log.info("automatic OFF undone: the partner answered the offer as it expired",
+             extra={"partner_id": partner.id, "offer_id": offer.id})
 
 
 def _accepted_before(session: Session, partner: PartnerProfile, offer: DispatchOffer,
@@ -2562,6 +2599,11 @@ def accept(session: Session, partner: PartnerProfile, code: str | None) -> Reply
             # Their own yes by the other channel (the app's tap and the SMS "1" at once)
             # got there first: the job is theirs, not "another partner's".
             return _r("dispatch.already_yours", job=job)
+        if _missed(offer.status, offer.responded_at, offer.expires_at):
+            # Its timeout expired it between _pick_offer's read and this lock: a late
+            # answer, as one a second later (_answer_to_expired), not a missed offer.
+            _late_answer(session, offer)
+            return _r("dispatch.offer_expired", job=job)
         return _gone(leg, job)
     elif leg.status != LegStatus.OFFERING.value:
         _withdraw(offer, partner)
@@ -3238,6 +3280,11 @@ def decline(session: Session, partner: PartnerProfile, code: str | None) -> Repl
     leg = _lock_leg(session, found.leg_id)
     offer = session.get(DispatchOffer, found.id, with_for_update=True, populate_existing=True)
     assert leg is not None and offer is not None
+    if _missed(offer.status, offer.responded_at, offer.expires_at):
+        # Its timeout expired it between _pick_offer's read and this lock: a late answer,
+        # as one a second later (_answer_to_expired), not a missed offer.
+        _late_answer(session, offer)
+        return _r("dispatch.offer_expired", job=job_code(leg))
     if offer.status != rules.OfferStatus.OPEN.value:
         return _r("dispatch.declined", job=job_code(leg))
     offer.status = rules.OfferStatus.DECLINED.value
@@ -4084,9 +4131,16 @@ def set_duty(session: Session, partner: PartnerProfile, on: bool) -> Reply:
     # partner's own row changes: a rival's acceptance holds such a leg and then withdraws
     # this partner's offer, writing their row. Writing the row first deadlocked with it.
     in_hand = [] if on else lock_open_offers(session, partner.id)
+    # The row locked (ON: above; OFF: after the offers' legs) and its duty read afresh: ON
+    # while on (the app's PUT retried, or sent at each launch) or OFF while off changes
+    # nothing and records nothing. A duty_on starts the missed-offer run again
+    # (_off_after_missed), and the duty history would show breaks never taken.
+    changed = session.scalar(select(PartnerProfile.on_duty).where(
+        PartnerProfile.id == partner.id).with_for_update()) != on
     partner.on_duty = on
-    session.add(PartnerEvent(partner_id=partner.id, kind="duty_on" if on else "duty_off",
-                             at=clock.now()))
+    if changed:
+        session.add(PartnerEvent(partner_id=partner.id, kind="duty_on" if on else "duty_off",
+                                 at=clock.now()))
     # Stopping work closes the offers in hand, so the next partner need not wait out
     # their timeout. Closed as if left to expire, not as a no: a no keeps a partner off
     # that job for the rest of its search (_excluded), while this one only stopped for a

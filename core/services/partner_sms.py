@@ -654,15 +654,21 @@ def _drop_contact(session: Session, partner, reply: dispatch.Reply, lang: str) -
 JOB_CODE_MAX_DIGITS = 9  # a leg id as dispatch reads a typed job code (_job_number)
 
 
+# The digit that says the command again ("ok 1", "nahi 2", "cancel 2": his no, as "2").
+_SAID_AGAIN = {Kind.ACCEPT: "1", Kind.DECLINE: "2", Kind.CANCEL: "2"}
+
+
 def _names_a_job(cmd) -> bool:
-    """Whether the number sent with a yes stands alone as a job's code ("ok 2", "1 2",
-    "yes job 58"): nothing but yes words and job words are with it, so it can only name
-    the job he means, or be a "2" (no) after the yes. Taking his one open offer for it
-    would give him a job he may not want: he is asked. A "1" after a yes says yes again
-    ("ok 1"); a number with other words ("haan ji 5 minute") is about something else."""
-    if len(cmd.numbers) != 1 or cmd.numbers[0] == "1":
+    """Whether the number sent with a yes (a no, a CANCEL) stands alone as a job's code
+    ("ok 2", "1 2", "yes job 58", "nahi 58", "cancel 58"): nothing but the command's
+    words and job words are with it, so it can only name the job he means, or be the
+    other answer after his. Taking his one open offer for it would answer for a job he
+    did not name: he is asked. The command's own digit after it says it again ("ok 1",
+    "no 2"); a number with other words ("haan ji 5 minute", "nahi 20 km door hai") is
+    about something else."""
+    if len(cmd.numbers) != 1 or cmd.numbers[0] == _SAID_AGAIN.get(cmd.kind):
         return False
-    return all(word == "?" or parse_command(word).kind in (Kind.ACCEPT, Kind.STATUS)
+    return all(word == "?" or parse_command(word).kind in (cmd.kind, Kind.STATUS)
                for word in cmd.words)
 
 
@@ -700,7 +706,12 @@ def _run(session: Session, partner, cmd, lang: str) -> list[str]:
             code = None  # "haan ji 5 minute": yes to his one offer; 5 names no job of his
         reply = dispatch.accept(session, partner, code)
     elif cmd.kind is Kind.DECLINE:
-        reply = dispatch.decline(session, partner, cmd.numbers[0] if cmd.numbers else None)
+        code = cmd.numbers[0] if cmd.numbers else None
+        if code is not None and dispatch.stray_number(session, partner, code):
+            if _names_a_job(cmd):
+                return [_offer_not_that(session, partner, code, lang)]
+            code = None  # "nahi 20 km door hai": no to his one offer; 20 names no job
+        reply = dispatch.decline(session, partner, code)
     elif cmd.kind is Kind.PICK:
         reply = dispatch.confirm(session, partner, "pickup", cmd.numbers)
         if reply.key == "dispatch.picked":
@@ -708,7 +719,13 @@ def _run(session: Session, partner, cmd, lang: str) -> list[str]:
     elif cmd.kind is Kind.DROP:
         reply = dispatch.confirm(session, partner, "drop", cmd.numbers)
     elif cmd.kind is Kind.CANCEL:
-        reply = dispatch.cancel_by_partner(session, partner, cmd.numbers)
+        numbers = cmd.numbers
+        if numbers and not _names_a_job(cmd) and not dispatch.active_legs_of(session, partner) \
+                and dispatch.stray_number(session, partner, numbers[0]):
+            # "cancel 10 min" with one offer open and no job in hand: a no to that offer
+            # (a bare CANCEL is); 10 names no job of his. "cancel 58" still names job 58.
+            numbers = ()
+        reply = dispatch.cancel_by_partner(session, partner, numbers)
     elif cmd.kind is Kind.STATUS:
         return dispatch.status_lines(session, partner, lang)
     elif cmd.kind is Kind.HELP:
