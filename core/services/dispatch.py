@@ -2988,10 +2988,11 @@ def drop_code_lost(session: Session, row: OutboxMessage) -> int | None:
             recipient.id != booking.customer_id):
         holds_one = _holds_code(session, booking, leg, "dropotp", phone, other_than=row.id)
         key = "dispatch.drop_otp_new" if holds_one else "dispatch.drop_otp"
-        body = i18n.t(key, recipient_language(session, booking), ref=booking.reference,
-                      otp=code)
+        lang = recipient_language(session, booking)  # hers, the template's too
+        body = i18n.t(key, lang, ref=booking.reference, otp=code)
         sent = notify.send_to_person(session, recipient, body, booking_id=booking.id,
-                                     dedupe_key=f"{row.dedupe_key}-wa", whatsapp_only=True)
+                                     dedupe_key=f"{row.dedupe_key}-wa", whatsapp_only=True,
+                                     lang=lang)
         if sent is not None:
             log.info("drop code SMS lost; a new code sent on WhatsApp",
                      extra={"booking_id": booking.id, "leg_id": leg.id})
