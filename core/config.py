@@ -232,6 +232,9 @@ class Settings:
     signin_codes_per_hour: int = 600
     # RQ_FORK_PER_JOB: the workers fork a process per job (core.cli.worker).
     rq_fork_per_job: bool = False
+    # SANDBOX_PUBLIC: the sandbox's routes (/sandbox/..., its outbox showing every sign-in
+    # code) answer other machines too, not only this one (sandbox.access).
+    sandbox_public: bool = False
     # MIGRATE_DATABASE_URL: the schema owner's URL, for `release` and `migrate`, which then
     # grant DATABASE_URL's role (the service's, owning nothing) what it uses, so that it
     # cannot turn the ledger's checks off (core.adapters.roles). Unset: one role does all.
@@ -426,9 +429,52 @@ def _flag(env: dict[str, str], name: str, problems: list[str]) -> bool:
     return value in YES
 
 
+# Secret settings whose value, other than the sandbox's own, only a real deploy has.
+_DEPLOY_SECRETS = {
+    "SECRET_KEY": SANDBOX_SECRET_KEY, "OTP_KEY": SANDBOX_OTP_KEY,
+    "TWILIO_ACCOUNT_SID": SANDBOX_TWILIO_ACCOUNT_SID,
+    "TWILIO_AUTH_TOKEN": SANDBOX_TWILIO_AUTH_TOKEN,
+    "TWILIO_AUTH_TOKEN_SECONDARY": "", "TWILIO_WEBHOOK_SHARED_KEY": "",
+    "RAZORPAY_KEY_ID": SANDBOX_RAZORPAY_KEY_ID,
+    "RAZORPAY_KEY_SECRET": SANDBOX_RAZORPAY_KEY_SECRET,
+    "RAZORPAY_WEBHOOK_SECRET": SANDBOX_RAZORPAY_WEBHOOK_SECRET,
+    "RAZORPAY_WEBHOOK_SECRET_PREVIOUS": "", "METRICS_TOKEN": "",
+}
+
+
+def production_settings_given(env: dict[str, str]) -> list[str]:
+    """The settings of ``env`` only a production deploy has: a live Razorpay key, a public
+    https PUBLIC_BASE_URL (not this machine or its network), a secret other than its
+    sandbox default. Without APP_ENV they mean APP_ENV=production was forgotten: the
+    default sandbox would seed a demo operator, show every sign-in code at /sandbox/outbox
+    and send messages and payments to the emulators, on the Procfile's 0.0.0.0."""
+    given = []
+    url = env.get("PUBLIC_BASE_URL", "").strip()
+    try:
+        parts = urlsplit(url)
+        public = (parts.scheme == "https" and bool(parts.hostname)
+                  and not is_inside_host(parts.hostname or ""))
+    except ValueError:
+        public = False
+    if public:
+        given.append("PUBLIC_BASE_URL")
+    for name, sandbox_value in _DEPLOY_SECRETS.items():
+        value = env.get(name, "").strip()
+        if value and value != sandbox_value:
+            given.append(name)
+    return given
+
+
 def load_settings(environ: dict[str, str] | None = None) -> Settings:
     """Read and validate the environment; raise ConfigError with every problem at once."""
     env = dict(os.environ if environ is None else environ)
+    if "APP_ENV" not in env:
+        deploy_settings = production_settings_given(env)
+        if deploy_settings:
+            # One line, not a list of sandbox problems: the fix is the one word.
+            raise ConfigError(f"APP_ENV is not set but production settings were given "
+                              f"({', '.join(deploy_settings)}): set APP_ENV=production, or "
+                              "APP_ENV=sandbox for a demo")
     app_env = env.get("APP_ENV", "sandbox").strip().lower()
     if app_env not in ("sandbox", "production"):
         raise ConfigError(f"APP_ENV must be 'sandbox' or 'production', got {app_env!r}")
@@ -519,6 +565,7 @@ def load_settings(environ: dict[str, str] | None = None) -> Settings:
     problems += _template_problems(env)
     problems += _voice_problems(env)
     rq_fork_per_job = _flag(env, "RQ_FORK_PER_JOB", problems)
+    sandbox_public = _flag(env, "SANDBOX_PUBLIC", problems)
 
     database_url = env.get("DATABASE_URL", "")
     redis_url = env.get("REDIS_URL", "")
@@ -765,6 +812,7 @@ def load_settings(environ: dict[str, str] | None = None) -> Settings:
         metrics_public=metrics_public,
         signin_codes_per_hour=num("SIGNIN_CODES_PER_HOUR", 600, minimum=1),
         rq_fork_per_job=rq_fork_per_job,
+        sandbox_public=sandbox_public,
     )
     if problems:
         raise ConfigError("\n".join(problems))  # a line each

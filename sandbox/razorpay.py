@@ -11,8 +11,10 @@ Responses follow Razorpay's shapes: entities with ``id``/``entity``, collections
 Paying a link (``POST /sandbox/payment_links/<id>/pay``) captures a payment and sends the
 signed webhooks ``payment.captured`` and ``payment_link.paid``, each delivery an RQ job
 of its own; one the service answers non-2xx is delivered again later, as Razorpay does
-for 24 hours (``WEBHOOK_RETRY_S``). A link that can still be paid may be edited (``PATCH
-/v1/payment_links/<id>``: a later expire_by, 15 minutes away at least, say).
+for 24 hours (``WEBHOOK_RETRY_S``). A link is paid once: a second POST (the button
+clicked twice) is answered 400 "Payment Link is paid", even while the first is paying.
+A link that can still be paid may be edited (``PATCH /v1/payment_links/<id>``: a later
+expire_by, 15 minutes away at least, say).
 
 A Route transfer made on a payment starts as Razorpay documents it (Create Transfers from
 Payments: ``"status": "pending"``, ``"processed_at": null``): the transfer is processed
@@ -102,8 +104,11 @@ from core.adapters.queue import SANDBOX_QUEUE, enqueue
 from core.adapters.redis_conn import redis_client
 from core.config import get_settings
 from core.domain.money import format_inr
+from sandbox.access import local_only
 
 bp = Blueprint("sandbox_razorpay", __name__, url_prefix="/sandbox")
+# First of its checks: other machines are refused before anything is read.
+bp.before_request(local_only)
 
 PREFIX = "sandbox:razorpay"
 PLATFORM_ACCOUNT = "acc_sandboxplatform"  # the source of a direct transfer
@@ -585,6 +590,27 @@ def pay(plink_id: str):
         failed = _attempt(link, "failed")
         send_webhooks([_event("payment.failed", {"payment": failed})])
         return jsonify({"status": "failed", "payment_id": failed["id"]}), 200
+    # A link is paid once: the Pay button clicked twice sends two POSTs together, and both
+    # read the link "created". The first to claim it pays; the other is answered as
+    # Razorpay answers a paid link.
+    claim = f"{PREFIX}:paying:{plink_id}"
+    if not redis_client().set(claim, "1", nx=True):
+        return _error(400, "Payment Link is paid")
+    try:
+        return _capture(plink_id)
+    except Exception:
+        redis_client().delete(claim)  # a failed request: the link may be paid again
+        raise
+
+
+def _capture(plink_id: str):
+    """Pay the link ``pay`` claimed: a captured payment, the link and its order paid, and
+    their webhooks."""
+    link = _link_or_error(plink_id)  # read again: cancelled or expired meanwhile?
+    if link is None:
+        return _not_found(plink_id)
+    if link["status"] != "created":
+        return _error(400, f"Payment Link is {link['status']}")
     payment = _attempt(link, "captured")
     link.update(status="paid", amount_paid=link["amount"], order_id=payment["order_id"],
                 updated_at=_now(),

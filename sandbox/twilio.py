@@ -39,9 +39,12 @@ from core.adapters.redis_conn import redis_client
 from core.config import get_settings
 from core.domain.errors import ValidationError
 from core.domain.phone import is_e164, normalize_phone
+from sandbox.access import local_only
 from sandbox.jobs import UNDELIVERED_TO_KEY
 
 bp = Blueprint("sandbox_twilio", __name__, url_prefix="/sandbox")
+# First of its checks: other machines are refused before anything is read.
+bp.before_request(local_only)
 
 FAIL_NEXT_KEY = "sandbox:twilio:fail_next"
 FAIL_LIST_KEY = "sandbox:twilio:fail_list"
