@@ -170,6 +170,8 @@ REQUIRED_KEYS = (
        "sms.recipient_wrong_number", "dispatch.customer_recipient_wrong_number",  # "not
        "dispatch.ops_recipient_wrong_number"}  # mine": she, the sender and ops told
     | {"dispatch.drop_contact", "dispatch.drop_contact_phone"}  # PICK: whom it is for
+    | {"dispatch.drop_contact_sender"}  # ... after "wrong number": the sender to call
+    | {"sms.recipient_code_sent_at"}  # her new code asked again while on its way
     | {"dispatch.drop_otp_pass_on", "dispatch.ops_drop_code_lost"}  # a drop code lost
     | {f"dispatch.{k}" for k in ("ops_drop_code_unsent", "pickup_code_lost_rider",  # codes lost
                                  "ops_pickup_code_lost", "ops_pickup_code_unsent")}
@@ -451,25 +453,31 @@ def test_placeholders_helper() -> None:
 
 
 # Values as long as real ones, for the texts that go out by SMS.
-SMS_VALUES = {"ref": "48217730", "job": "48217", "jobs": "48217, 48218", "otp": "4821",
-              "typed": "48219",  # a job code a partner typed (sms.offer_not_that)
-              "offered": "48218",  # a new offer's job (dispatch.*_then_offer)
+# At their longest: a job code is the leg's id (dispatch.job_code), 7 digits from the
+# millionth leg on; amounts with paise: a fee over ₹1,000, a total and its refund over
+# ₹10,000 (a relay of a vehicle's load).
+SMS_VALUES = {"ref": "48217730", "job": "1234567", "jobs": "1234567, 1234568", "otp": "4821",
+              "typed": "1234569",  # a job code a partner typed (sms.offer_not_that)
+              "offered": "1234568",  # a new offer's job (dispatch.*_then_offer)
               "asker": "3210",  # the last digits of who asked (pay.link_other)
               "last4": "3210",  # a partner's new number's last digits (sms.phone_moved_old)
+              "time": "11:45 pm",  # a time of day (time_of_day.*): sms.recipient_code_sent_at
               "ops_phone": "+919876543210", "ivr_phone": "+918069451234",
               "phone": "+919876543210", "name": "Ramesh", "vehicle": "auto",
               # Places as dispatch.place() names them, as long as it keeps them
-              # (PLACE_NAME_MAX): a real office name, and an office with the customer's
-              # landmark cut at a word ("Thygarayanagar North, Pondy Bazaar, next to ...").
-              "pickup": "Vileparle Railway Station East", "drop": "Thygarayanagar North, Pondy...",
-              "point": "Vileparle Railway Station East",
+              # (PLACE_NAME_MAX), in Devanagari for every language: ops name Points in any
+              # script (admin.create_point), customers type landmarks in theirs, and one
+              # such letter makes even an English SMS UCS-2 (67 characters a part, not 153).
+              # A Point's name, and an office with the customer's landmark cut at a word.
+              "pickup": "बेतिया रेलवे स्टेशन पूर्वी गेट", "drop": "मझौलिया ब्लॉक, हनुमान मंदिर...",
+              "point": "बेतिया रेलवे स्टेशन पूर्वी गेट",
               "state": "picked up", "left": 2, "n": 2, "minutes": 25, "hours": 3,
               # A job offer's leg at its longest (a pickup's range, 150 km), with the
               # largest load and the heaviest weight bucket.
               "km": "150.0", "size": "big load", "kg": 750,
               "tier": "",  # filled per language: the tier's own words (ivr.sms.details)
-              "total_paise": 125_000, "payout_paise": 125_000, "fee_paise": 18_753,
-              "refund_paise": 141_247, "url": "https://rzp.io/i/AbCdEf1234",
+              "total_paise": 1_234_560, "payout_paise": 148_420, "fee_paise": 148_420,
+              "refund_paise": 1_234_560, "url": "https://rzp.io/i/AbCdEf1234",
               # A rider's earnings (sms.earnings) at their longest likely
               "today_paise": 1_250_000, "week_paise": 8_750_000,
               "legs": 12_345}

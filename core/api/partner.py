@@ -195,7 +195,11 @@ class JobOut(BaseModel):
                     "name given)")
     drop_phone: str | None = Field(
         description="her number to call, at the same times as drop_name (null: not yet, "
-                    "or none kept)")
+                    "or none kept); the sender's when drop_phone_is_sender")
+    drop_phone_is_sender: bool = Field(
+        False, description="drop_phone is the sender's: the recipient's number told us the "
+                           "parcel is not hers, the sender has the code and knows where "
+                           "it goes")
     payout_paise: int
 
 
@@ -330,6 +334,7 @@ def get_jobs() -> list[JobOut]:
                 pickup_phone=(partner_app.pickup_contact(session, booking, leg)
                               if leg.status == LegStatus.ASSIGNED.value else None),
                 drop_name=to.name if to else None, drop_phone=to.phone if to else None,
+                drop_phone_is_sender=bool(to and to.sender),
                 payout_paise=leg.payout_paise))
         return out
 

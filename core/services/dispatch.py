@@ -3030,9 +3030,12 @@ def _ops_code_since(session: Session, leg: Leg, kind: str, row: OutboxMessage) -
     """Whether ops made a new ``kind`` code for the leg after ``row`` was queued (read out
     on the phone, maybe not sent: new_leg_code), or, for a pickup code, the customer
     heard a new one on a call. Its late failure report must not make
-    another code, which would void the one ops gave."""
+    another code, which would void the one ops gave. Only codes ops made count: one the
+    recipient asked for (RECIPIENT_NEW_CODE) or the service made (a wrong number, a
+    recipient's new SIM) was read out to nobody, and its loss has the usual fallback."""
     given = (AuditEntry.action == OPS_NEW_CODE) & (AuditEntry.target == f"leg:{leg.id}") & (
-        AuditEntry.details["kind"].astext == kind)
+        AuditEntry.details["kind"].astext == kind) & (
+        AuditEntry.actor.not_like(f"{SYSTEM.kind}:%"))
     if kind == "pickup":  # or the customer heard one on a call (core.services.ivr)
         given = given | ((AuditEntry.action == IVR_CODE_READ)
                          & (AuditEntry.target == f"booking:{leg.booking_id}")
@@ -4530,6 +4533,13 @@ def _picked_before(session: Session, leg: Leg) -> bool:
 # cannot farm working codes; the audit log, which cannot be deleted, counts them.
 OPS_CODES_PER_LEG = 5
 OPS_NEW_CODE = "leg.new_code"
+# The recipient asks for her drop code again by SMS ("code nahi mila": partner_sms): a
+# budget of her own, audited apart, so her asking never uses up the codes ops need to
+# give her one on the phone. Its message is ``leg-<id>-dropotp-r<n>``: a drop code's
+# key (_DROP_CODE_KEY), so a lost one has the usual fallback (drop_code_lost).
+RECIPIENT_CODES_PER_LEG = 3
+RECIPIENT_NEW_CODE = "leg.recipient_new_code"
+RECIPIENT_CODE_SPACING = timedelta(minutes=10)  # her next ask waits for the last code
 # core.services.ivr audits a pickup code read out on a call by this action (ivr.CODE_READ).
 IVR_CODE_READ = "ivr_pickup_code_read"
 
@@ -4540,17 +4550,19 @@ class NewCode:
     kind: str
     code: str  # to be read out once; never logged, never audited
     sent: bool  # also queued to whoever holds that code the usual way
-    issued: int  # ops codes given for the leg so far, this one included
+    issued: int  # ops codes (or hers: by_recipient) given for the leg so far, this one too
 
 
 def new_leg_code(session: Session, leg_id: int, kind: str, actor: Actor, *, reason: str,
-                 send: bool = False) -> NewCode:
+                 send: bool = False, by_recipient: bool = False) -> NewCode:
     """Ops make a new ``kind`` ("pickup" or "drop") code for a leg whose code reached
     nobody (pickup_code_lost, drop_code_lost told them to call the customer): only its
     hash is kept, the old one is void, the other kind's code stays, and the tries are
     those of a code made again (tries_after_lost_code). The code is returned to be read
     out on the phone; ``send`` also queues it the way send_leg_codes would. Audited
-    without the code, at most OPS_CODES_PER_LEG per leg.
+    without the code, at most OPS_CODES_PER_LEG per leg. ``by_recipient``: a drop code
+    the recipient asked for by SMS, audited as RECIPIENT_NEW_CODE, at most
+    RECIPIENT_CODES_PER_LEG, tagged ``r<n>``: none of ops' codes.
 
     Conflict (precise codes) when the leg takes no such code: no rider yet, locked (ops
     unlock it, which sends new codes), a pickup code once picked up, a drop code once
@@ -4587,11 +4599,17 @@ def new_leg_code(session: Session, leg_id: int, kind: str, actor: Actor, *, reas
             # with nobody to hold it, it would let the carrier "hand over" to nobody.
             raise Conflict(f"leg {leg.id}'s next leg has no rider yet: no one to hold its "
                            "drop code", code="no_rider")
+    if by_recipient and kind != "drop":
+        raise ValidationError("a recipient has a drop code only", code="bad_kind",
+                              field="kind")
+    action, limit, prefix = ((RECIPIENT_NEW_CODE, RECIPIENT_CODES_PER_LEG, "r")
+                             if by_recipient else (OPS_NEW_CODE, OPS_CODES_PER_LEG, "ops"))
     issued = int(session.scalar(select(func.count()).select_from(AuditEntry).where(
-        AuditEntry.action == OPS_NEW_CODE, AuditEntry.target == f"leg:{leg.id}")) or 0)
-    if issued >= OPS_CODES_PER_LEG:
-        log.warning("ops asked for a new code past the limit",
-                    extra={"booking_id": booking.id, "leg_id": leg.id})
+        AuditEntry.action == action, AuditEntry.target == f"leg:{leg.id}")) or 0)
+    if issued >= limit:
+        log.warning("a new code asked for past the limit",
+                    extra={"booking_id": booking.id, "leg_id": leg.id,
+                           "by_recipient": by_recipient})
         raise Conflict(f"{issued} codes were given for leg {leg.id} already: no more",
                        code="too_many_codes")
     before = leg.pickup_otp_hash, leg.drop_otp_hash
@@ -4606,16 +4624,45 @@ def new_leg_code(session: Session, leg_id: int, kind: str, actor: Actor, *, reas
     else:
         code, leg.pickup_otp_hash = drop_code, before[0]
     leg.otp_failures = failures
-    tag = f"ops{issued + 1}"
+    tag = f"{prefix}{issued + 1}"
     sent = send and _send_new_code(session, booking, leg, kind, code, tag=tag)
-    session.add(AuditEntry(actor=f"{actor.kind}:{actor.id}", action=OPS_NEW_CODE,
+    session.add(AuditEntry(actor=f"{actor.kind}:{actor.id}", action=action,
                            target=f"leg:{leg.id}",
                            details={"booking": booking.reference, "kind": kind,
                                     "sent": sent, "issued": issued + 1,
+                                    # The service's clock (the row's own is the database's):
+                                    # her next ask is spaced by it (recipient_code_pending).
+                                    "made_at": clock.now().isoformat(),
                                     "reason": mask_phones(reason)}))
-    log.warning("ops gave a new code", extra={"booking_id": booking.id, "leg_id": leg.id,
-                                              "kind": kind, "sent": sent})
+    log.warning("the recipient was sent a new code" if by_recipient else "ops gave a new code",
+                extra={"booking_id": booking.id, "leg_id": leg.id, "kind": kind,
+                       "sent": sent})
     return NewCode(leg, kind, code, sent, issued + 1)
+
+
+def recipient_code_pending(session: Session, leg: Leg) -> datetime | None:
+    """When the drop code the recipient last asked for (new_leg_code by_recipient) was
+    made, while it may still be on its way: less than RECIPIENT_CODE_SPACING ago, still
+    the leg's latest drop code message, and not reported failed. Asking again then would
+    void it on its way (an SMS can take minutes) and use up her few codes: she is told
+    when it went instead. None otherwise."""
+    audit = session.execute(select(AuditEntry.details).where(
+        AuditEntry.action == RECIPIENT_NEW_CODE, AuditEntry.target == f"leg:{leg.id}")
+        .order_by(AuditEntry.id.desc()).limit(1)).scalar()
+    if not audit or not audit.get("made_at") or not audit.get("sent"):
+        return None
+    made_at = datetime.fromisoformat(audit["made_at"])
+    if clock.now() - made_at >= RECIPIENT_CODE_SPACING:
+        return None
+    latest = session.execute(
+        select(OutboxMessage.dedupe_key, OutboxMessage.status)
+        .where(OutboxMessage.booking_id == leg.booking_id,
+               OutboxMessage.dedupe_key.like(f"leg-{leg.id}-dropotp-%"))
+        .order_by(OutboxMessage.id.desc()).limit(1)).first()
+    if (latest is None or latest.dedupe_key != f"leg-{leg.id}-dropotp-r{audit.get('issued')}"
+            or latest.status in ("failed", "undelivered")):
+        return None
+    return made_at
 
 
 def _send_new_code(session: Session, booking: Booking, leg: Leg, kind: str, code: str, *,
@@ -4692,7 +4739,7 @@ __all__ = ["accept", "attach_pod", "cancel_by_partner", "config", "confirm", "co
            "offer_timeout", "parcel_in_hand", "parties", "payout_account_gone",
            "pickup_code_lost", "pickup_late", "pickup_window", "place",
            "plan_legs", "point_pickup_late", "recipient_language",
-           "recipient_said_wrong_number", "search_deadline",
+           "recipient_code_pending", "recipient_said_wrong_number", "search_deadline",
            "set_duty", "start_dispatch",
            "start_search", "status_lines", "sweep", "tell_recipient_not_coming",
            "tries_after_lost_code", "unlock_leg", "update_location"]

@@ -382,6 +382,9 @@ def pickup_contact(session: Session, booking: Booking, leg: Leg) -> str | None:
 class DropContact:
     name: str | None
     phone: str | None
+    # The number is the sender's: the recipient's told us the parcel is not hers (the
+    # sender has her code and knows where it goes).
+    sender: bool = False
 
 
 def drop_contact(session: Session, booking: Booking, leg: Leg) -> DropContact | None:
@@ -389,11 +392,17 @@ def drop_contact(session: Session, booking: Booking, leg: Leg) -> DropContact | 
     them (a recipient erased on her request has neither): only once the parcel is in his
     hands on its last leg (picked up, or handed over to him at the Point). None before
     that, and on a relay leg that ends at a Point, as for a booking whose recipient
-    number is unknown."""
+    number is unknown. Once her number told us the parcel is not hers ("galat number":
+    dispatch.recipient_said_wrong_number), the number is the sender's (``sender``; None
+    when none is kept): the rider must not call a stranger, nor give her the parcel."""
     last = session.scalar(select(func.max(Leg.sequence)).where(Leg.booking_id == booking.id))
     if (leg.sequence != last or not booking.recipient_phone
             or not dispatch.parcel_in_hand(session, leg)):
         return None
+    if dispatch.recipient_said_wrong_number(session, booking):
+        customer = session.get(Person, booking.customer_id)
+        return DropContact(booking.recipient_name or None,
+                           customer.phone if customer is not None else None, sender=True)
     return DropContact(booking.recipient_name or None, booking.recipient_phone)
 
 

@@ -378,8 +378,8 @@ def _tell_rider(session: Session, booking: Booking, leg: Leg, tag: str) -> None:
     number (the SMS after his PICK): he hears the new one, as that SMS says it."""
     to = partner_app.drop_contact(session, booking, leg)
     rider = session.get(PartnerProfile, leg.partner_id) if leg.partner_id else None
-    if to is None or to.phone is None or rider is None:
-        return
+    if to is None or to.phone is None or to.sender or rider is None:
+        return  # to.sender: he was sent to the sender, whose number did not change
     params = {"name": to.name} if to.name else {}
     dispatch._sms_partner(session, rider,
                           "dispatch.drop_contact" if to.name else "dispatch.drop_contact_phone",

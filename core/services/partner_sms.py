@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from datetime import timedelta
 from zoneinfo import ZoneInfo
 
 from sqlalchemy import BindParameter, bindparam, func, select
@@ -34,11 +35,13 @@ from core.adapters.queue import after_commit
 from core.adapters.redis_conn import redis_client, redis_down
 from core.config import get_settings
 from core.dialog import words
+from core.dialog.booking import said_time
 from core.domain.booking import BOOKING, Actor, BookingStatus, LegStatus
 from core.domain.dispatch import NEGATORS, Command, Kind, parse_command, tokens
 from core.domain.dispatch import WORDS as COMMAND_WORDS
 from core.domain.errors import DomainError
 from core.domain.phone import is_indian_mobile
+from core.domain.reference import is_valid_reference, normalize_reference
 from core.services import dispatch, handoff, notify, outbox, partner_app
 from core.services.inbound import InboundMessage, lost_a_race
 
@@ -185,6 +188,9 @@ def _to_her(phone: str) -> list[str]:
     return [phone, f"whatsapp:{phone}"]
 
 
+_DISOWNED = dispatch.WRONG_NUMBER_KEY.split("{booking}")  # around the booking's id
+
+
 def _parcel_coming(session: Session, phone: str | None,
                    person: Person | None = None) -> Booking | None:
     """The parcel under way to this number (its booking's recipient) she most likely asks
@@ -200,8 +206,15 @@ def _parcel_coming(session: Session, phone: str | None,
     # serves the prepared statement's generic plan too (migration 0047).
     coming: BindParameter[list[str]] = bindparam(
         "coming", [s.value for s in _COMING], expanding=True, literal_execute=True)
+    # One her number disowned ("galat number": dispatch.recipient_said_wrong_number) is
+    # no parcel of hers: were it the last we texted her of, it would hide her real one.
+    disowned = (select(OutboxMessage.id)
+                .where(OutboxMessage.booking_id == Booking.id,
+                       OutboxMessage.dedupe_key.like(func.concat(
+                           _DISOWNED[0], Booking.id, f"{_DISOWNED[1]}%")))
+                .correlate(Booking).exists())
     query = select(Booking).where(Booking.recipient_phone == phone,
-                                  Booking.status.in_(coming))
+                                  Booking.status.in_(coming), ~disowned)
     if person is not None:
         query = query.where(Booking.customer_id != person.id)
     return session.scalar(query.order_by(last_told.desc().nulls_last(),
@@ -271,9 +284,13 @@ def _tell_stranger(session: Session, msg: InboundMessage, lang: str,
         person.preferred_language = written_in  # our later notices to her, in it too
     lang = (person.preferred_language if person else None) or written_in or lang
     open_ref = _open_booking(session, person)
-    parcel = _parcel_coming(session, contact, person)
+    # The parcel she names by its reference ("code nahi mila 4821 7730"), else the one
+    # she most likely means.
+    named = _parcel_named(session, contact, parse_command(msg.body).numbers, person)
+    parcel = named or _parcel_coming(session, contact, person)
     if parcel is not None and (_said_wrong_number(session, parcel) or (
-            open_ref is not None and not _answers_parcel(session, contact, open_ref, parcel))):
+            named is None and open_ref is not None
+            and not _answers_parcel(session, contact, open_ref, parcel))):
         parcel = None  # not hers (she told us so), or her own booking comes first
     # Hers as she writes it: her saved language, the script she writes in, else the one
     # her drop code came in (the sender's).
@@ -315,6 +332,15 @@ def _first_today(session: Session, contact: str) -> bool:
     if redis_client().exists(key):
         return False
     after_commit(session, lambda: redis_client().set(key, 1, ex=2 * 24 * 3600))
+    return True
+
+
+def _first_for(session: Session, key: str, ttl: timedelta) -> bool:
+    """Whether ``key`` is not marked yet (then marked for ``ttl`` once the turn commits)."""
+    if redis_client().exists(key):
+        return False
+    seconds = int(ttl.total_seconds())
+    after_commit(session, lambda: redis_client().set(key, 1, ex=seconds))
     return True
 
 
@@ -453,11 +479,13 @@ def _code_again(session: Session, parcel: Booking, person: Person | None,
                 lang: str) -> Asked | None:
     """The parcel's recipient number asks for her drop code (lost, deleted, never seen): a
     new one is made, as ops make one (dispatch.new_leg_code: the old one stops working,
-    at most OPS_CODES_PER_LEG for the leg, audited) and sent to this number only; the SMS
-    with it is the answer. Before a rider took the leg there is no code yet (None: she
-    hears where the parcel is, and that the code will come). When none can be made or
-    reach her here (the leg locked, too many codes, our SMS stopped), she is told to call
-    us."""
+    audited), from a budget of her own (RECIPIENT_CODES_PER_LEG: ops' codes stay for the
+    phone), and sent to this number only; the SMS with it is the answer. One she asked
+    for minutes ago still on its way (dispatch.recipient_code_pending) is not voided by
+    another: she hears when it was sent (once for it; then nothing till it is late).
+    Before a rider took the leg there is no code yet (None: she hears where the parcel
+    is, and that the code will come). When none can be made or reach her here (the leg
+    locked, too many codes, our SMS stopped), she is told to call us."""
     leg = _drop_leg(session, parcel)
     if leg is None:
         return None
@@ -465,9 +493,19 @@ def _code_again(session: Session, parcel: Booking, person: Person | None,
                    once_a_day=True)
     if person is not None and person.sms_opted_out:
         return cannot
+    pending = dispatch.recipient_code_pending(session, leg)
+    if pending is not None:
+        if not _first_for(session, f"sms:code-sent-told:{leg.id}:{int(pending.timestamp())}",
+                          dispatch.RECIPIENT_CODE_SPACING):
+            return Asked([])
+        local = pending.astimezone(_INDIA)  # her time, as people say it ("शाम 7:05")
+        said = said_time(local.hour * 60 + local.minute)
+        return Asked([i18n.t("sms.recipient_code_sent_at", lang, ref=parcel.reference,
+                             time=i18n.t(said.key, lang, **said.params))])
     savepoint = session.begin_nested()
     try:
         dispatch.new_leg_code(session, leg.id, "drop", Actor.system(), send=True,
+                              by_recipient=True,
                               reason="the recipient asked for her code again by SMS")
     except DomainError as exc:
         savepoint.rollback()
@@ -500,7 +538,7 @@ def _partner_asks_for_code(session: Session, person: Person | None, partner, cmd
     if (person is None or cmd.kind not in _CODE_ASKED_AS or not asks_for_code(body)
             or _names_a_command(cmd)):
         return None
-    parcel = (_parcel_named(session, person, "".join(cmd.numbers)) if cmd.numbers
+    parcel = (_parcel_named(session, person.phone, cmd.numbers, person) if cmd.numbers
               else _parcel_coming(session, person.phone, person))
     if parcel is None or _said_wrong_number(session, parcel) \
             or not (cmd.numbers or _free_of_work(session, partner)):
@@ -524,14 +562,23 @@ def _names_a_command(cmd) -> bool:
     return any(parse_command(words).kind is not Kind.UNKNOWN for words in said)
 
 
-def _parcel_named(session: Session, person: Person, reference: str) -> Booking | None:
-    """The parcel coming to the partner (_parcel_coming) whose booking reference he typed
-    ("code nahi mila 4821 7730"), if that is what the number is."""
-    if person.phone is None:
+def _parcel_named(session: Session, phone: str | None, numbers: tuple[str, ...],
+                  person: Person | None = None) -> Booking | None:
+    """The parcel coming to this number (as _parcel_coming, never a booking of her own:
+    ``person``) whose booking reference the message's numbers are ("code nahi mila 4821
+    7730", "galat number 48217730"), if one of them, or two in a row, is; None if none
+    is. One her number disowned is found too: she may say so again."""
+    typed = set(numbers) | {a + b for a, b in zip(numbers, numbers[1:], strict=False)}
+    refs = [r for r in (normalize_reference(t) for t in typed)
+            if r is not None and is_valid_reference(r)]
+    if phone is None or not refs:
         return None
-    return session.scalar(select(Booking).where(
-        Booking.reference == reference, Booking.recipient_phone == person.phone,
-        Booking.status.in_([s.value for s in _COMING]), Booking.customer_id != person.id))
+    query = select(Booking).where(
+        Booking.reference.in_(refs), Booking.recipient_phone == phone,
+        Booking.status.in_([s.value for s in _COMING]))
+    if person is not None:
+        query = query.where(Booking.customer_id != person.id)
+    return session.scalar(query.order_by(Booking.id.desc()).limit(1))
 
 
 def _free_of_work(session: Session, partner) -> bool:
@@ -644,6 +691,9 @@ def _drop_contact(session: Session, partner, reply: dispatch.Reply, lang: str) -
     to = partner_app.drop_contact(session, booking, leg) if leg and booking else None
     if to is None or to.phone is None:
         return []
+    if to.sender:  # her number was wrong: the sender has the code and knows the place
+        return [i18n.t("dispatch.drop_contact_sender", lang, job=reply.params["job"],
+                       phone=to.phone)]
     if to.name:
         return [i18n.t("dispatch.drop_contact", lang, job=reply.params["job"], name=to.name,
                        phone=to.phone)]
