@@ -120,7 +120,8 @@ def test_replies_to_one_contact_go_out_in_order_when_a_send_fails_once(client, l
 
 def test_a_failed_drainer_enqueue_does_not_strand_the_message(client, monkeypatch):
     """Redis drops the connection just after the accept script queued the message, while
-    RQ enqueues the drainer: the webhook answers 503, Twilio's retry is a duplicate (200).
+    RQ enqueues the drainer: the webhook parks it in PostgreSQL and answers 200 (session
+    34: Twilio does not retry a 503), and a retry of it is a duplicate (200).
     The message is in the inbox and the contact in READY, but no drainer exists and the
     drainer count says one does: neither the retry, nor the next jobs, nor the minute
     sweep get it answered."""
@@ -143,7 +144,7 @@ def test_a_failed_drainer_enqueue_does_not_strand_the_message(client, monkeypatc
     monkeypatch.setattr(redis.Redis, "decr", decr_fails)  # nor can the count be undone
     first = post_twilio(client, "/webhooks/whatsapp", params)
     monkeypatch.undo()
-    assert failed and first.status_code == 503
+    assert failed and first.status_code == 200
     assert post_twilio(client, "/webhooks/whatsapp", params).status_code == 200  # retry
     r = redis_client()
     assert r.llen("inbox:whatsapp:919817000004") == 1  # queued by the first try
@@ -155,17 +156,25 @@ def test_a_failed_drainer_enqueue_does_not_strand_the_message(client, monkeypatc
         "accepted message stranded: no drainer, and a phantom drainer count blocks the sweep"
 
 
-def test_redis_read_only_after_a_failover_is_a_503_not_a_500(client, monkeypatch):
+def test_redis_read_only_after_a_failover_parks_the_message_not_a_500(client, monkeypatch):
     """After a failover the old primary answers READONLY to the accept script: the
-    webhook should say 'briefly unavailable' (503, Retry-After) as for any Redis outage,
-    not 500 with an 'unhandled error' traceback."""
+    webhook treats it as any Redis outage, never 500 with an 'unhandled error' traceback:
+    the message is parked in PostgreSQL and the answer is 200 (Twilio does not retry a
+    messaging webhook answered 5xx)."""
+    from sqlalchemy import select
+
+    from core.adapters.db import transaction
+    from core.adapters.models import InboundParked
+
     def read_only(self, *args, **kwargs):  # noqa: ANN001, ANN202
         raise redis.exceptions.ReadOnlyError("You can't write against a read only replica.")
 
     monkeypatch.setattr(redis.Redis, "evalsha", read_only)
     r = post_twilio(client, "/webhooks/whatsapp", wa("+919817000005", "hi", "SMrev17ro"))
     monkeypatch.undo()
-    assert r.status_code == 503, r.get_data(as_text=True)
+    assert r.status_code == 200, r.get_data(as_text=True)
+    with transaction() as s:
+        assert list(s.scalars(select(InboundParked.sid))) == ["SMrev17ro"]
 
 
 def test_a_deadlock_mid_turn_is_retried_and_answered_once(client):
@@ -200,7 +209,7 @@ def test_a_drainer_count_for_an_enqueue_that_failed_is_undone(client, monkeypatc
     monkeypatch.setattr(Pipeline, "execute", execute_fails_once)
     first = post_twilio(client, "/webhooks/whatsapp", wa("+919817000005", "hi", "SMr17u1"))
     monkeypatch.undo()
-    assert failed and first.status_code == 503
+    assert failed and first.status_code == 200  # parked (session 34)
     assert int(redis_client().get(inbound.DRAINER_COUNT) or 0) == 0
     assert post_twilio(client, "/webhooks/whatsapp",
                        wa("+919817000006", "hi", "SMr17u2")).status_code == 200

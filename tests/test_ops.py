@@ -95,13 +95,18 @@ def test_message_waits_in_its_inbox_while_postgres_is_down(app, monkeypatch):
     assert replies_to("SMdown") and redis_client().llen("inbox:whatsapp:919812345678") == 0
 
 
-def test_webhook_answers_503_when_redis_is_down_so_twilio_retries(app, monkeypatch):
+def test_webhook_answers_503_when_redis_and_the_database_are_down(app, monkeypatch):
     from redis.exceptions import ConnectionError as RedisConnectionError
+    from sqlalchemy.exc import OperationalError
 
     def down(*args, **kwargs):
         raise RedisConnectionError("Error 111 connecting to 127.0.0.1:1")
 
+    def db_down(*args, **kwargs):
+        raise OperationalError("INSERT", {}, Exception("connection refused"))
+
     monkeypatch.setattr("core.services.inbound.redis_client", down)
+    monkeypatch.setattr("core.services.inbound.park", db_down)  # nowhere to park it either
     params = {"MessageSid": "SMnoredis", "From": "whatsapp:+919812345678", "Body": "hi",
               "WaId": "919812345678"}
     r = post_twilio(app.test_client(), "/webhooks/whatsapp", params)

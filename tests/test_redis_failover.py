@@ -76,23 +76,37 @@ def replica_62() -> Iterator[redis.Redis]:
 # runs on a replica: Redis 6.2 (the embedded server, and many managed ones) reports the
 # READONLY refusal from inside a script as a plain ResponseError ("Error running script
 # ... -READONLY ..."), which core.adapters.redis_conn.redis_down does not recognise.
-# Now: 503, as for any Redis that cannot take writes.
-def test_read_only_replica_6_2_refusing_the_accept_script_is_a_503(client, monkeypatch,
+# Now: parked in PostgreSQL and 200, as for any Redis that cannot take writes.
+def test_read_only_replica_6_2_refusing_the_accept_script_parks_the_message(client, monkeypatch,
                                                                     replica_62):
     monkeypatch.setattr(inbound, "redis_client", lambda: replica_62)
     r = post_twilio(client, "/webhooks/whatsapp", wa("+919817170001", "hi", "SMr17ro62"))
-    assert r.status_code == 503, (r.status_code, r.get_data(as_text=True))
+    assert r.status_code == 200, (r.status_code, r.get_data(as_text=True))
+    from sqlalchemy import select
+
+    from core.adapters.db import transaction
+    from core.adapters.models import InboundParked
+
+    with transaction() as s:  # Redis away: parked in PostgreSQL (session 34), not a 500
+        assert 'SMr17ro62' in set(s.scalars(select(InboundParked.sid)))
 
 
 # Was: same webhook, Redis 7: a replica whose link to its master is down and that is
 # set not to serve stale data (replica-serve-stale-data no, as while a demoted primary
 # resyncs) answers MASTERDOWN; redis-py raises MasterDownError (a ResponseError), not one
-# of the classes redis_down knows, so the webhook answers 500. Now: 503 (Redis is away).
-def test_masterdown_during_failover_is_a_503_not_a_500(client, monkeypatch, replica_7):
+# of the classes redis_down knows, so the webhook answers 500. Now: parked, 200 (Redis is away).
+def test_masterdown_during_failover_parks_the_message_not_a_500(client, monkeypatch, replica_7):
     replica_7.config_set("replica-serve-stale-data", "no")
     monkeypatch.setattr(inbound, "redis_client", lambda: replica_7)
     r = post_twilio(client, "/webhooks/whatsapp", wa("+919817170002", "hi", "SMr17md"))
-    assert r.status_code == 503, (r.status_code, r.get_data(as_text=True))
+    assert r.status_code == 200, (r.status_code, r.get_data(as_text=True))
+    from sqlalchemy import select
+
+    from core.adapters.db import transaction
+    from core.adapters.models import InboundParked
+
+    with transaction() as s:  # Redis away: parked in PostgreSQL (session 34), not a 500
+        assert 'SMr17md' in set(s.scalars(select(InboundParked.sid)))
 
 
 @pytest.mark.parametrize(("error", "away"), [

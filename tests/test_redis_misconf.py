@@ -52,7 +52,8 @@ def misconf_redis(tmp_path: Path) -> Iterator[redis.Redis]:
 def test_a_redis_that_cannot_save_is_away_for_webhooks_and_readyz(client, monkeypatch,
                                                                     misconf_redis):
     """Was: the webhook answered 500 (MISCONF is a plain ResponseError that redis_down did
-    not count) and /readyz's error was not one it expected. Now 503 on both."""
+    not count) and /readyz's error was not one it expected. Now the message is parked
+    (200) and /readyz is 503."""
     from core.services import inbound
     from core.web import ops as web_ops
 
@@ -62,7 +63,14 @@ def test_a_redis_that_cannot_save_is_away_for_webhooks_and_readyz(client, monkey
            "From": "whatsapp:+919812300074", "To": "whatsapp:+14155238886", "Body": "hi",
            "NumMedia": "0", "WaId": "919812300074", "ProfileName": "Asha"}
     hook = post_twilio(client, "/webhooks/whatsapp", msg)
-    assert hook.status_code == 503, hook.get_data(as_text=True)
+    assert hook.status_code == 200, hook.get_data(as_text=True)
+    from sqlalchemy import select
+
+    from core.adapters.db import transaction
+    from core.adapters.models import InboundParked
+
+    with transaction() as s:  # Redis away: parked in PostgreSQL (session 34), not a 500
+        assert 'SMmisconf1' in set(s.scalars(select(InboundParked.sid)))
     ready = client.get("/readyz")
     assert ready.status_code == 503, ready.get_json()
     assert ready.get_json()["checks"]["redis"] != "ok", ready.get_json()

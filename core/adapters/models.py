@@ -500,6 +500,23 @@ class SandboxMessage(Base):
     created_at: Mapped[datetime] = created_col()
 
 
+class InboundParked(Base):
+    """A WhatsApp message that came while Redis was away, as ``inbound.encode`` wrote it,
+    until the sweep queues it in Redis (migration 0050; core.services.inbound.park)."""
+
+    __tablename__ = "inbound_parked"
+    __table_args__ = (
+        UniqueConstraint("sid", name="uq_inbound_parked_sid"),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    channel: Mapped[str] = mapped_column(String(20))
+    contact: Mapped[str] = mapped_column(String(80))
+    sid: Mapped[str] = mapped_column(String(80))
+    message: Mapped[str] = mapped_column(Text)
+    received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[datetime] = created_col()
+
 # Each area keeps its tables in its own module; importing them here puts every table in
 # Base.metadata for Alembic and the tests; facts_watch registers the Session listeners
 # that keep dispatch's cached partner facts honest, wherever these models are used.

@@ -5,6 +5,9 @@ Two ways in, one way through:
 - ``accept`` + ``drain`` is the courier way (WhatsApp): the webhook only checks, counts and
   queues the message in Redis (one round trip) and answers an empty ``<Response/>``; an RQ
   job drains that contact's inbox in order and sends each turn's reply through the outbox.
+  While Redis is away the webhook parks the message in PostgreSQL instead (``park``), and
+  the sweep queues it once Redis is back (``unpark``): Twilio does not retry a messaging
+  webhook answered 5xx.
   A flood of messages costs the webhook almost nothing, and a slow turn never holds a
   Twilio connection.
 
@@ -24,20 +27,21 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
 from typing import Any, cast
 
 from redis.exceptions import RedisError
 from rq import Retry
-from sqlalchemy import Table, bindparam, select, update
+from sqlalchemy import Table, bindparam, delete, func, select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.exc import StaleDataError
 
 from core import clock, i18n
-from core.adapters.db import database_away, transaction
-from core.adapters.models import Conversation, InboundEvent, Person
-from core.adapters.redis_conn import redis_client, run_script
+from core.adapters.db import autocommit, database_away, transaction
+from core.adapters.models import Conversation, InboundEvent, InboundParked, Person
+from core.adapters.redis_conn import redis_client, redis_down, run_script
 from core.config import get_settings, int_setting
 from core.dialog import words
 
@@ -173,9 +177,9 @@ def _claimed_turn(msg: InboundMessage, handler: Handler, *, send_replies: bool =
             # A deadlock or serialization failure with a concurrent turn or job (a partner's
             # OFF while a rival takes the same leg), or a row changed between its read and
             # its lock (a PICK crossing the customer's cancel): the loser rolled back
-            # whole, and runs again. Anything else (the database away) goes up: the
-            # webhook answers 503, the drain job is retried, and the message is not lost
-            # either way.
+            # whole, and runs again. Anything else (the database away) goes up: the drain
+            # job is retried and keeps the message; the SMS webhook answers 503 (Twilio
+            # does not retry it, but calls the number's Fallback URL once: README).
             if not lost_a_race(exc) or attempt == TURN_ATTEMPTS:
                 raise
             log.warning("retrying inbound message after a lock conflict",
@@ -370,6 +374,39 @@ redis.call('EXPIRE', KEYS[7], ARGV[9])
 return {state, 1}
 """
 
+# The same, for a message parked while Redis was away (``unpark``): KEYS[8] the contact's
+# drain lock, ARGV[10] the message's received_at. It goes into the inbox in the order it
+# was written, before the messages that came after it and are still waiting there (the
+# contact's later messages, accepted straight into Redis once it was back), though never
+# before the head while a drainer holds the contact (it may be handling that one now).
+_PUSH = "redis.call('RPUSH', KEYS[3], item)\n"
+_PUSH_IN_ORDER = """local at = tonumber(ARGV[10]) or 0
+local len = redis.call('LLEN', KEYS[3])
+local floor = 0
+if redis.call('EXISTS', KEYS[8]) == 1 then floor = 1 end
+local i = len - 1
+while i >= floor do
+  local entry = redis.call('LINDEX', KEYS[3], i)
+  if string.sub(entry, 1, 1) == '!' then entry = string.sub(entry, 2) end
+  local ok, data = pcall(cjson.decode, entry)
+  local t = 0
+  if ok and type(data) == 'table' and type(data['received_at']) == 'number' then
+    t = data['received_at']
+  end
+  if t <= at then break end
+  i = i - 1
+end
+if i >= len - 1 then
+  redis.call('RPUSH', KEYS[3], item)
+elseif i >= 0 then
+  redis.call('LINSERT', KEYS[3], 'AFTER', redis.call('LINDEX', KEYS[3], i), item)
+else
+  redis.call('LPUSH', KEYS[3], item)
+end
+"""
+assert _ACCEPT_LUA.count(_PUSH) == 1
+_ACCEPT_IN_ORDER_LUA = _ACCEPT_LUA.replace(_PUSH, _PUSH_IN_ORDER)
+
 # KEYS: inbox, scheduled flag, lock, inboxes. ARGV: lock token.
 # A contact is let go only when its inbox is empty, checked atomically with accept's
 # RPUSH: a message queued after this ran finds no flag and puts the contact back in READY.
@@ -415,6 +452,7 @@ class Acceptance:
     duplicate: bool = False
     dropped: bool = False
     queued: bool = False
+    parked: bool = False  # Redis was away: kept in PostgreSQL until the sweep queues it
 
 
 def _keys(channel: str, contact: str) -> tuple[str, str, str]:
@@ -444,20 +482,47 @@ def accept(msg: InboundMessage) -> Acceptance:
 
     One Redis round trip (a script), plus an RQ enqueue when fewer than DRAINERS drainer
     jobs are about. No database work: the drainers do that, in order, per contact.
+
+    While Redis is away (a restart, a failover) the message is parked in PostgreSQL
+    instead (``park``: one statement) and the webhook answers as usual: Twilio does not
+    retry a messaging webhook answered 5xx, so a 503 would lose it. Only with PostgreSQL
+    away too does this raise (and the webhook answer 503).
     """
-    settings = get_settings()
-    r = redis_client()
     if msg.received_at is None:  # the time the user wrote, not when a drainer gets to it
         msg = replace(msg, received_at=clock.now().timestamp())
-    inbox, scheduled, _lock = _keys(msg.channel, msg.contact)
-    state, schedule = _run(
-        r, _ACCEPT_LUA,
-        keys=[f"inbound:seen:{msg.channel}:{msg.sid}", f"ratelimit:{msg.channel}:{msg.contact}",
-              inbox, scheduled, INBOXES, READY, DRAINER_COUNT],
-        args=[encode(msg), SEEN_TTL_S, _limit_for(msg, settings.inbound_rate_limit),
-              settings.inbound_rate_window_s, SCHEDULED_TTL_S, INBOX_TTL_S,
-              f"{msg.channel}:{msg.contact}", DRAINERS, DRAINERS_TTL_S],
-    )
+    try:
+        return _queue(msg)
+    except RedisError as exc:
+        if not redis_down(exc):
+            raise  # an error of ours (a script's), not Redis away: parking would not help
+        try:
+            park(msg)
+        except Exception as db_exc:
+            if not database_away(db_exc):
+                raise
+            log.error("redis and database both away: inbound message refused",
+                      extra={"channel": msg.channel})
+            raise exc from db_exc  # answered 503 (cache_unavailable)
+        log.warning("redis away: inbound message parked in the database",
+                    extra={"channel": msg.channel, "reason": type(exc).__name__})
+        return Acceptance(parked=True)
+
+
+def _queue(msg: InboundMessage, *, in_order: bool = False) -> Acceptance:
+    """Run the accept script (``in_order``: its variant for a parked message)."""
+    settings = get_settings()
+    r = redis_client()
+    inbox, scheduled, lock = _keys(msg.channel, msg.contact)
+    keys = [f"inbound:seen:{msg.channel}:{msg.sid}", f"ratelimit:{msg.channel}:{msg.contact}",
+            inbox, scheduled, INBOXES, READY, DRAINER_COUNT]
+    args: list[Any] = [encode(msg), SEEN_TTL_S, _limit_for(msg, settings.inbound_rate_limit),
+                       settings.inbound_rate_window_s, SCHEDULED_TTL_S, INBOX_TTL_S,
+                       f"{msg.channel}:{msg.contact}", DRAINERS, DRAINERS_TTL_S]
+    if in_order:
+        keys.append(lock)
+        args.append(repr(msg.received_at or 0.0))
+    state, schedule = _run(r, _ACCEPT_IN_ORDER_LUA if in_order else _ACCEPT_LUA,
+                           keys=keys, args=args)
     if int(schedule):
         try:
             schedule_drainer()
@@ -471,6 +536,91 @@ def accept(msg: InboundMessage) -> Acceptance:
     if state == 0:
         log.info("duplicate webhook ignored", extra={"channel": msg.channel})
     return Acceptance(duplicate=state == 0, dropped=state == 1, queued=state >= 2)
+
+
+# --- parked messages: what came while Redis was away ----------------------------------
+#
+# inbound_parked keeps each message as ``encode`` wrote it, with its received_at, until
+# ``unpark`` runs it through the accept script (in order), after which the row goes. The
+# script's dedupe (and, past its hour, the turn's claim on the sid) makes a parked
+# message whose retry got through to Redis, or one queued before the enqueue after it
+# failed, handled once. The minute sweep unparks, and so does each drain job before it
+# starts (a drain job runs only with Redis back): a contact's later message, queued
+# straight into Redis, then waits behind the parked one instead of overtaking it.
+
+_PARKED = cast(Table, InboundParked.__table__)
+_PARK = (insert(_PARKED)
+         .values(channel=bindparam("channel"), contact=bindparam("contact"),
+                 sid=bindparam("sid"), message=bindparam("message"),
+                 received_at=bindparam("received_at"))
+         .on_conflict_do_nothing(constraint="uq_inbound_parked_sid"))
+_ANY_PARKED = select(_PARKED.c.id).limit(1)
+UNPARK_LOCK_KEY = int.from_bytes(b"RCup", "big")  # one unparker at a time: in order
+UNPARK_BATCH = 100
+
+
+def park(msg: InboundMessage) -> None:
+    """Keep ``msg`` in PostgreSQL until Redis is back: one statement, its own transaction
+    (a retry of a parked message is parked once)."""
+    at = msg.received_at if msg.received_at is not None else clock.now().timestamp()
+    with autocommit() as conn:
+        conn.execute(_PARK, {"channel": msg.channel, "contact": msg.contact, "sid": msg.sid,
+                             "message": encode(msg),
+                             "received_at": datetime.fromtimestamp(at, UTC)})
+
+
+def unpark_if_any() -> int:
+    """``unpark`` if a message is parked (one cheap look first: the table is nearly
+    always empty); how many were moved."""
+    with autocommit() as conn:
+        if conn.execute(_ANY_PARKED).first() is None:
+            return 0
+    return unpark()
+
+
+def unpark() -> int:
+    """Move the parked messages into their Redis inboxes, oldest first, through the
+    accept script; each row goes once Redis took it (queued, or a duplicate, or over the
+    rate limit, as it would have been at the webhook). Returns how many went; raises the
+    Redis error that stopped it (the rows not taken stay for the next run)."""
+    moved = 0
+    while True:
+        failed: RedisError | None = None
+        with transaction() as session:
+            session.execute(select(func.pg_advisory_xact_lock(UNPARK_LOCK_KEY)))
+            rows = session.execute(select(_PARKED.c.id, _PARKED.c.message)
+                                   .order_by(_PARKED.c.received_at, _PARKED.c.id)
+                                   .limit(UNPARK_BATCH)).all()
+            done: list[int] = []
+            for row_id, raw in rows:
+                try:
+                    msg = decode(raw)
+                except (ValueError, TypeError):
+                    # Not a message this code can read: set aside, not blocking the others.
+                    log.error("parked inbound message unreadable; moved to the dead-letter "
+                              "list")
+                    try:
+                        redis_client().rpush(DEAD_LETTER, set_aside(raw.encode()))
+                    except RedisError as exc:
+                        failed = exc
+                        break
+                    done.append(row_id)
+                    continue
+                try:
+                    _queue(msg, in_order=True)
+                except RedisError as exc:
+                    failed = exc
+                    break
+                done.append(row_id)
+            if done:
+                session.execute(delete(_PARKED).where(_PARKED.c.id.in_(done)))
+        moved += len(done)
+        if failed is not None:
+            raise failed
+        if len(rows) < UNPARK_BATCH:
+            if moved:
+                log.info("parked inbound messages queued", extra={"count": moved})
+            return moved
 
 
 # A drainer that used its budget with contacts still waiting hands over to a fresh job

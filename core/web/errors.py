@@ -85,7 +85,8 @@ def register(app: Flask) -> None:
     @app.errorhandler(OperationalError)
     @app.errorhandler(InterfaceError)
     def database_down(exc: Exception):
-        # Twilio and Razorpay retry on 5xx; the transaction was rolled back, nothing half-saved.
+        # Razorpay retries a 5xx; Twilio calls the Fallback URL once (a messaging webhook is
+        # not retried). The transaction was rolled back, nothing half-saved.
         log.error("database unavailable: %s", type(exc).__name__)
         return error_response(503, "database_unavailable",
                               "The service is briefly unavailable; please retry.")
