@@ -3,7 +3,9 @@
 Job ids are natural keys: ``dispatch-<booking>``, ``offer-timeout-<offer>``,
 ``dispatch-deadline-<leg>-<round>``, ``dispatch-retry-<leg>-<round>-<pass>``,
 ``drop-code-morning-<leg>-<tag>``,
-``dispatch-sweep-<minute>``; the sweep also re-schedules lost rating questions
+``dispatch-sweep-<minute>``, ``ops-summary-<key>-<time>``, ``ops-deferred-<dedupe key>``
+(both with retries; a night's alert is also kept in PostgreSQL and sent by the sweep if
+its job did not); the sweep also re-schedules lost rating questions
 (``rate-ask-<booking>-<try>``, core.services.rating) and tells ops of handoffs nobody
 answered in time (core.services.handoff.alert_unanswered).
 """

@@ -517,6 +517,26 @@ class InboundParked(Base):
     received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     created_at: Mapped[datetime] = created_col()
 
+
+class OpsDeferredAlert(Base):
+    """A daytime ops alert raised outside the team's hours, kept until it is sent at their
+    opening (``due_at``): by its RQ job, else by the dispatch sweep, so neither a failed
+    run nor a Redis flush loses it (migration 0051; core.services.dispatch.alert_ops).
+    Deleted in the transaction that queues its SMS."""
+
+    __tablename__ = "ops_deferred_alerts"
+    __table_args__ = (
+        UniqueConstraint("dedupe_key", name="uq_ops_deferred_alerts_dedupe_key"),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    dedupe_key: Mapped[str] = mapped_column(String(120))
+    key: Mapped[str] = mapped_column(String(80))
+    booking_id: Mapped[int | None] = mapped_column(BigInteger)
+    params: Mapped[dict[str, Any]] = mapped_column(JSONB)
+    due_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[datetime] = created_col()
+
 # Each area keeps its tables in its own module; importing them here puts every table in
 # Base.metadata for Alembic and the tests; facts_watch registers the Session listeners
 # that keep dispatch's cached partner facts honest, wherever these models are used.

@@ -57,7 +57,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta
 from functools import lru_cache
-from typing import TypeVar
+from typing import TypeVar, cast
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo
 
@@ -65,7 +65,8 @@ import requests
 from redis import Redis
 from redis.exceptions import RedisError
 from rq import Retry
-from sqlalchemy import ColumnElement, Select, false, func, or_, select, text, update
+from sqlalchemy import ColumnElement, Select, Table, false, func, or_, select, text, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.orm import Session, aliased
 
 from core import clock, i18n
@@ -83,6 +84,7 @@ from core.adapters.distance import road_distance_m
 from core.adapters.models import (
     Booking,
     Leg,
+    OpsDeferredAlert,
     OutboxMessage,
     PartnerPoint,
     PartnerProfile,
@@ -92,7 +94,7 @@ from core.adapters.models import (
     Vehicle,
 )
 from core.adapters.pincode import display_name
-from core.adapters.queue import after_commit, enqueue, queue
+from core.adapters.queue import after_commit, enqueue, forget_earlier_run, job_alive, queue
 from core.adapters.redis_conn import redis_client, redis_down
 from core.config import ConfigError, get_settings, int_setting
 from core.domain import dispatch as rules
@@ -157,15 +159,20 @@ def reset_config() -> None:
 
 
 def _schedule_in(session: Session, seconds: float, func_path: str, *args: object,
-                 job_id: str) -> None:
-    """Schedule an RQ job ``seconds`` from now, once this transaction commits."""
+                 job_id: str, retry: Retry | None = None) -> None:
+    """Schedule an RQ job ``seconds`` from now, once this transaction commits. Not when
+    the job of this natural id waits, runs or ran: when it failed for good (kept 7 days
+    in that state), a later cause schedules it again, as ``enqueue`` does."""
 
     def go() -> None:
         q = queue("default")
-        if q.fetch_job(job_id) is not None:
-            return  # natural job id: already scheduled (or ran) for this cause
+        job = q.fetch_job(job_id)
+        if job is not None:
+            if job.get_status(refresh=False) == "finished" or job_alive(job_id):
+                return  # natural job id: already scheduled (or ran) for this cause
+            forget_earlier_run(q, job_id)  # its spent retries are not the new job's
         q.enqueue_in(timedelta(seconds=max(seconds, 0)), func_path, *args, job_id=job_id,
-                     result_ttl=3600, failure_ttl=7 * 86400)
+                     retry=retry, result_ttl=3600, failure_ttl=7 * 86400)
 
     after_commit(session, go)
 
@@ -233,6 +240,14 @@ FAILED_SMS = ("failed", "undelivered")
 # Alerts that ask nothing of anyone at night (the refund is automatic, nobody on duty to
 # call riders): outside OPS_HOURS they wait for the team's next opening.
 DAYTIME_ALERTS = frozenset({"dispatch.ops_failed", "dispatch.ops_no_partner"})
+# The jobs that send an ops alert later (a window's summary, a night's alert at the
+# opening) try again with backoff: a run that meets PostgreSQL or Redis restarting must
+# not be the alert's only chance. A night's alert is also kept in PostgreSQL
+# (ops_deferred_alerts): the sweep sends it DEFERRED_GRACE past its time if its job did
+# not (failed for good, or lost with Redis).
+OPS_ALERT_RETRY = Retry(max=5, interval=[30, 120, 600, 1800, 3600])
+DEFERRED_GRACE = timedelta(minutes=5)
+_DEFERRED = cast(Table, OpsDeferredAlert.__table__)
 # Atomically: inside an open window, hold the ref (0); else open a new window (1), whose
 # opener is not known until its alert commits (an old window's is dropped).
 _WINDOW_LUA = """
@@ -291,7 +306,8 @@ def _summary_window(session: Session, key: str, ref: str) -> str:
         log.info("ops alert held for the summary", extra={"key": key})
         return HELD
     _schedule_in(session, ALERT_WINDOW.total_seconds(), "workers.dispatch.ops_alert_summary",
-                 key, ref, job_id=_job_id(f"ops-summary-{key}-{now.timestamp():.0f}"))
+                 key, ref, job_id=_job_id(f"ops-summary-{key}-{now.timestamp():.0f}"),
+                 retry=OPS_ALERT_RETRY)
     return OPENED
 
 
@@ -347,31 +363,77 @@ def send_alert_summary(key: str, first_ref: str) -> int:
     """An alert window ended: ops hear in one SMS how many more bookings had the same
     problem as the alert the window counted on (``first_ref``, or the one sent in its
     place: its own alert went at once), naming the first few, those whose alert reached
-    nobody included."""
+    nobody included. The held refs are dropped only once the summary is in the outbox: a
+    run that fails (PostgreSQL restarting) leaves them for its retry, which writes the
+    same summary (same dedupe key) if the first had committed after all."""
     r = redis_client()
     held_key = ALERT_HELD_KEY.format(key=key)
     with r.pipeline() as pipe:
         pipe.lrange(held_key, 0, -1)
-        pipe.delete(held_key)
         pipe.get(ALERT_OPENER_KEY.format(key=key))
-        held, _, record = pipe.execute()
+        held, record = pipe.execute()
     first = _text(record).partition(" ")[0] if record else first_ref
-    refs = [ref for ref in dict.fromkeys(
-        v.decode() if isinstance(v, bytes) else str(v) for v in held) if ref != first]
-    if not refs:
-        return 0
-    shown = ", ".join(refs[:SUMMARY_REFS]) + (" ..." if len(refs) > SUMMARY_REFS else "")
-    with transaction() as session:
-        return alert_ops(session, "dispatch.ops_more_like",
-                         dedupe_key=f"ops-summary-{key}-{first_ref}-{len(refs)}",
-                         n=len(refs), first=first, refs=shown)
+    refs = [ref for ref in dict.fromkeys(_text(v) for v in held) if ref != first]
+    if refs:
+        shown = ", ".join(refs[:SUMMARY_REFS]) + (" ..." if len(refs) > SUMMARY_REFS else "")
+        with transaction() as session:
+            sent = alert_ops(session, "dispatch.ops_more_like",
+                             dedupe_key=f"ops-summary-{key}-{first_ref}-{len(refs)}",
+                             n=len(refs), first=first, refs=shown)
+    else:
+        sent = 0
+    if held:
+        r.ltrim(held_key, len(held), -1)  # those read; any held since stay for the next
+    return sent
+
+
+def _keep_deferred(session: Session, key: str, dedupe_key: str, booking_id: int | None,
+                   params: dict[str, object], due_at: datetime) -> None:
+    """Keep a daytime alert raised at night in PostgreSQL until it is sent (once a
+    dedupe key: a cause raised again keeps the first)."""
+    session.execute(pg_insert(_DEFERRED).values(
+        dedupe_key=dedupe_key, key=key, booking_id=booking_id, params=params, due_at=due_at)
+        .on_conflict_do_nothing(constraint="uq_ops_deferred_alerts_dedupe_key"))
 
 
 def send_deferred_alert(key: str, dedupe_key: str, booking_id: int | None,
                         params: dict[str, object]) -> int:
-    """A daytime alert kept from the night goes now (the team's hours began)."""
+    """A daytime alert kept from the night goes now (the team's hours began): its row is
+    taken (locked, deleted) in the transaction that queues its SMS. No row: the sweep
+    sent it already, or the job was scheduled by a release that kept none (sent, unless
+    its SMS are in the outbox already)."""
     with transaction() as session:
-        return alert_ops(session, key, dedupe_key=dedupe_key, booking_id=booking_id, **params)
+        row = session.scalar(select(OpsDeferredAlert).where(
+            OpsDeferredAlert.dedupe_key == dedupe_key).with_for_update())
+        if row is not None:
+            session.delete(row)
+        elif session.scalar(select(OutboxMessage.id).where(OutboxMessage.dedupe_key.startswith(
+                f"{dedupe_key}-"[:120], autoescape=True)).limit(1)) is not None:
+            return 0
+        return _alert_now(session, key, dedupe_key, booking_id, params)
+
+
+def _deferred_alerts_due(now: datetime) -> list[int]:
+    """Kept alerts DEFERRED_GRACE past their time: their job failed for good or was lost."""
+    with transaction() as session:
+        return list(session.scalars(select(OpsDeferredAlert.id).where(
+            OpsDeferredAlert.due_at < now - DEFERRED_GRACE)
+            .order_by(OpsDeferredAlert.due_at, OpsDeferredAlert.id).limit(100)))
+
+
+def send_kept_alert(alert_id: int) -> str:
+    """The sweep sends a kept alert its job did not ("sent"); "gone" when the job (or
+    another sweep) has it or sent it."""
+    with transaction() as session:
+        row = session.scalar(select(OpsDeferredAlert).where(
+            OpsDeferredAlert.id == alert_id).with_for_update(skip_locked=True))
+        if row is None:
+            return "gone"
+        session.delete(row)
+        log.warning("deferred ops alert sent by the sweep (its job did not run)",
+                    extra={"key": row.key})
+        _alert_now(session, row.key, row.dedupe_key, row.booking_id, row.params)
+        return "sent"
 
 
 def alert_ops(session: Session, key: str, *, dedupe_key: str, booking_id: int | None = None,
@@ -381,15 +443,25 @@ def alert_ops(session: Session, key: str, *, dedupe_key: str, booking_id: int | 
     queued: whether they reach anyone is known later (the outbox row's status; /metrics
     counts the failures), and a window counts on an alert only while that is not known to
     have failed (_opener_reached_nobody).
-    A DAYTIME_ALERTS key outside OPS_HOURS waits for the next opening (0 now); a
-    GROUPED_ALERTS key inside another's window is held for its summary (0)."""
+    A DAYTIME_ALERTS key outside OPS_HOURS waits for the next opening (0 now), kept in
+    PostgreSQL (then sent by ``_alert_now``); a GROUPED_ALERTS key inside another's
+    window is held for its summary (0)."""
     if key in DAYTIME_ALERTS:
         opening = _next_opening(clock.now())
         if opening is not None:
+            _keep_deferred(session, key, dedupe_key, booking_id, params, opening)
             _schedule_in(session, (opening - clock.now()).total_seconds(),
                          "workers.dispatch.ops_deferred_alert", key, dedupe_key, booking_id,
-                         params, job_id=_job_id(f"ops-deferred-{dedupe_key}"))
+                         params, job_id=_job_id(f"ops-deferred-{dedupe_key}"),
+                         retry=OPS_ALERT_RETRY)
             return 0
+    return _alert_now(session, key, dedupe_key, booking_id, params)
+
+
+def _alert_now(session: Session, key: str, dedupe_key: str, booking_id: int | None,
+               params: dict[str, object]) -> int:
+    """``alert_ops`` without the wait for the team's hours (a kept alert waited already:
+    a retry of its job after closing sends it rather than keep it again)."""
     ref = params.get("ref")
     window = UNGROUPED
     if key in GROUPED_ALERTS and isinstance(ref, str):
@@ -1784,8 +1856,9 @@ def sweep() -> dict[str, int]:
     """Periodic safety net: expire offers past their time (their timeout job was lost),
     move stalled searches on, apply deadlines, resume paused relay legs whose job was
     lost, start paid bookings whose start_dispatch job was lost, and chase taken jobs not
-    picked up or delivered in time. Each item on its own (_SweepRun): one that fails
-    stops none of the others; the first failure is raised at the end."""
+    picked up or delivered in time, and send the ops alerts kept from the night whose job
+    did not. Each item on its own (_SweepRun): one that fails stops none of the others;
+    the first failure is raised at the end."""
     cfg = config()
     now = clock.now()
     run = _SweepRun()
@@ -1844,6 +1917,8 @@ def sweep() -> dict[str, int]:
                                    handed_pickup_late).count("reminded")
     done["late_deliveries"] = each("delivery late", _late_deliveries,
                                    delivery_late).count("alerted")
+    done["deferred_alerts"] = each("deferred ops alert", _deferred_alerts_due,
+                                   send_kept_alert).count("sent")
     run.finish()
     return done
 
