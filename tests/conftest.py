@@ -195,6 +195,21 @@ def replies_to(sid: str) -> list[str]:
                               .order_by(OutboxMessage.id)))
 
 
+def read_first(monkeypatch=None) -> None:  # noqa: ANN001
+    """The customer reads the question on her screen before she answers it: the service
+    clock moves on past conversation.SEEN_GRACE (within which an answer to a question
+    that commits money is taken as written before it came), frozen there for the rest of
+    the test: with ``monkeypatch`` a running clock runs again after it; without, or when
+    the test froze it, the test's own fixture lets it run again."""
+    from core.services.conversation import SEEN_GRACE
+
+    later = clock.now() + SEEN_GRACE + timedelta(seconds=1)
+    if monkeypatch is None or clock._frozen is not None:  # noqa: SLF001
+        clock.freeze(later)
+    else:
+        monkeypatch.setattr(clock, "_frozen", later)
+
+
 def send_whatsapp(client, params: dict[str, str]) -> str:
     """One customer message through the signed webhook and its drain job (as the worker
     runs it); return the bot's reply text ("" when it stayed silent)."""

@@ -22,6 +22,7 @@ from core.adapters.db import transaction
 from core.adapters.models import Booking
 from core.domain.booking import BookingStatus
 from core.services import payments
+from tests.conftest import read_first
 from tests.test_cancel_fee_platform import assigned, full_fee, paid_in_full
 from tests.test_dialog_gaps import Chat
 from tests.test_ivr import phone, prompts, t  # noqa: F401
@@ -70,7 +71,8 @@ def cancel_question(client, ref: str) -> tuple[Chat, str]:  # noqa: ANN001
 
 
 @pytest.mark.parametrize("left", [0, 400], ids=["all", "all_but_rs4"])
-def test_chat_with_a_rider_coming_says_our_team_gave_it_back(client, live, left) -> None:
+def test_chat_with_a_rider_coming_says_our_team_gave_it_back(client, live, left,
+                                                             monkeypatch) -> None:
     """A rider is on the way; support gave back all of it (or all but Rs 4, less than
     his fee). The question says our team gave her money back, names no fee (the
     platform pays what her payment lacks of it) and no sum of nothing; "yes" cancels:
@@ -85,6 +87,7 @@ def test_chat_with_a_rider_coming_says_our_team_gave_it_back(client, live, left)
     assert i18n.t("bot.cancel.fee_only", "en", ref=ref, fee_paise=fee) not in asked
     assert i18n.t("bot.cancel.paid_back", "en", ref=ref) in asked, asked
 
+    read_first(monkeypatch)
     done = chat.send("1")
     assert booking(bid).status == BookingStatus.CANCELLED.value, done
     assert i18n.t("bot.cancel.done", "en", ref=ref) in done and NOTHING not in done
@@ -94,7 +97,8 @@ def test_chat_with_a_rider_coming_says_our_team_gave_it_back(client, live, left)
     assert ours(bid) == []
 
 
-def test_chat_without_a_rider_does_not_say_nothing_was_paid(client, live) -> None:
+def test_chat_without_a_rider_does_not_say_nothing_was_paid(client, live,
+                                                            monkeypatch) -> None:
     """No rider yet; support gave back everything. She paid: the question says our team
     gave her money back, not that nothing was paid; "yes" cancels, and nothing more is
     asked of the gateway."""
@@ -106,6 +110,7 @@ def test_chat_without_a_rider_does_not_say_nothing_was_paid(client, live) -> Non
     assert i18n.t("bot.cancel.paid_back", "en", ref=ref) in asked, asked
     assert NOTHING not in asked
 
+    read_first(monkeypatch)
     done = chat.send("1")
     assert booking(bid).status == BookingStatus.CANCELLED.value, done
     assert i18n.t("bot.cancel.done", "en", ref=ref) in done and NOTHING not in done

@@ -392,11 +392,12 @@ def test_a_language_name_as_a_landmark_is_the_landmark(said: str) -> None:
     assert "lang.saved" not in keys(outs)
 
 
-def test_a_thumbs_up_does_not_cancel_a_booking(client, live) -> None:
+def test_a_thumbs_up_does_not_cancel_a_booking(client, live, monkeypatch) -> None:
     """Cancelling may cost a fee, and on WhatsApp a thumbs-up often means only "seen": at
     "cancel this booking? 1. Yes 2. No" it is asked again; "1" cancels."""
     from core.adapters.db import transaction
     from core.adapters.models import Booking as BookingRow
+    from tests.conftest import read_first
     from tests.test_dialog_gaps import CUSTOMER, Chat
     from tests.test_payments_support import paid_booking
 
@@ -406,6 +407,7 @@ def test_a_thumbs_up_does_not_cancel_a_booking(client, live) -> None:
     chat.send("3")
     chat.send("1")
     assert chat.step() == "cancel_confirm"
+    read_first(monkeypatch)
     chat.send("👍")
     with transaction() as s:
         assert s.get(BookingRow, bid).status == "paid"

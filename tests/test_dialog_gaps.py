@@ -13,7 +13,7 @@ from core.adapters.db import transaction
 from core.adapters.models import Booking, Conversation, Leg
 from core.domain.booking import BookingStatus
 from core.services import payments
-from tests.conftest import send_whatsapp
+from tests.conftest import read_first, send_whatsapp
 
 _sid = count(1)
 
@@ -42,7 +42,8 @@ class Chat:
 CUSTOMER = "+919812340001"  # the payment helpers' customer (English)
 
 
-def test_a_cancel_whose_fee_changed_after_the_question_asks_again(client, live) -> None:
+def test_a_cancel_whose_fee_changed_after_the_question_asks_again(client, live,
+                                                                 monkeypatch) -> None:
     from tests.test_payments_support import advance, booking, new_partner, paid_booking
 
     bid = paid_booking(CUSTOMER)
@@ -54,6 +55,7 @@ def test_a_cancel_whose_fee_changed_after_the_question_asks_again(client, live) 
     assert i18n.t("bot.cancel.refund", "en", ref=ref, refund_paise=total) in asked
     advance(bid, new_partner(), to="assigned")  # a rider takes the job meanwhile
 
+    read_first(monkeypatch)
     again = chat.send("1")
     assert booking(bid).status == BookingStatus.ASSIGNED.value, again
     assert chat.step() == "cancel_confirm"
@@ -62,6 +64,7 @@ def test_a_cancel_whose_fee_changed_after_the_question_asks_again(client, live) 
     assert quote.fee_paise > 0
     assert i18n.t("bot.cancel.fee", "en", ref=ref, refund_paise=quote.refund_paise,
                   fee_paise=quote.fee_paise) in again, again
+    read_first(monkeypatch)
     done = chat.send("1")  # yes, knowing the fee now
     assert booking(bid).status == BookingStatus.CANCELLED.value, done
     assert ref in done and chat.step() == "menu"
@@ -331,7 +334,8 @@ def test_stop_while_waiting_for_a_person_leaves_the_waiting_list(client) -> None
 # --- "yes" books at the price the customer saw ----------------------------------------
 
 
-def test_a_price_that_changed_after_the_confirmation_is_shown_again(client) -> None:
+def test_a_price_that_changed_after_the_confirmation_is_shown_again(client,
+                                                                    monkeypatch) -> None:
     from core.adapters import surge
     from core.services.seed import seed_demo
 
@@ -343,12 +347,14 @@ def test_a_price_that_changed_after_the_confirmation_is_shown_again(client) -> N
     shown = chat.send("2")  # Normal: the confirmation with its total
     assert "Total: ₹" in shown and chat.step() == "confirm"
     surge.set_surge_bp("413739", 15_000)  # demand rises while they read it
+    read_first(monkeypatch)
     again = chat.send("1")
     assert i18n.t("bot.confirm.new_price", "en") in again and "Total: ₹" in again
     assert chat.step() == "confirm"
     with transaction() as s:
         assert s.scalar(select(Booking)) is None  # nothing booked at a price not seen
     new_total = int(again.split("Total: ₹")[1].split()[0].replace(",", "")) * 100
+    read_first(monkeypatch)
     done = chat.send("1")  # yes, to the new price
     assert "Booked!" in done
     with transaction() as s:

@@ -23,6 +23,7 @@ from core.adapters.models import Booking, Conversation, OutboxMessage, Person
 from core.adapters.redis_conn import redis_client
 from core.services import retention
 from core.services.seed import OPS_PERSON, seed_demo
+from tests.conftest import read_first
 from tests.test_api import API, sign_in
 from tests.test_retention import erase, person_id, wa
 
@@ -91,6 +92,7 @@ def _draft_to_the_confirmation(phone: str, client) -> str:
 def _book_then_cancel(client) -> None:
     """The sender books for Sita Devi on WhatsApp, then cancels unpaid."""
     _draft_to_the_confirmation(SENDER, client)
+    read_first()  # the clock frozen from here on (_clock lets it run again)
     assert wa(client, SENDER, "1")  # book it
     for text in ("0", "3", "1"):
         wa(client, SENDER, text)
@@ -106,6 +108,7 @@ def _new_recipient_then_book(client, reply: str) -> None:
     assert "What is the mobile number of Gita Kumari?" in reply, reply
     reply = wa(client, SENDER, NEW_RECIPIENT[3:])
     assert "Please check your booking:" in reply and "Gita Kumari" in reply, reply
+    read_first()
     wa(client, SENDER, "1")
     with transaction() as s:
         (booking,) = s.scalars(select(Booking).where(Booking.status != "cancelled"))
@@ -139,6 +142,7 @@ def test_a_sender_at_the_confirmation_is_not_booked_for_an_erased_recipient(clie
     _draft_to_the_confirmation(SENDER, client)
     _erase_recipient(client)
 
+    read_first()
     reply = wa(client, SENDER, "1")  # yes, book it
     with transaction() as s:
         assert s.scalars(select(Booking)).all() == []

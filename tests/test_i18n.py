@@ -67,6 +67,8 @@ REQUIRED_KEYS = (
                                      "duty_off_assigned", "duty_off_carrying",
                                      "duty_off_handed")}  # words
     | {"bot.parcel.no_vehicle"}  # quote_or_resize
+    | {"bot.read_first"}  # conversation.dialog_turn: an answer sent before its question
+    | {f"bot.help.speed_{k}" for k in ("normal_cheap", "fast_normal", "one")}  # _speed_help
     | {"payment.ops_refund_retry", "payment.ops_refund_stuck"}  # payments._attempt_failed
     | {"dispatch.ops_more_like",  # dispatch.send_alert_summary
        "payment.ops_link_timeout", "payment.ops_refund_unanswered",

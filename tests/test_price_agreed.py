@@ -22,6 +22,7 @@ from core.domain.errors import Conflict
 from core.domain.pricing import ParcelCategory, SizeBucket, SpeedTier, WeightBucket
 from core.services import booking as booking_service
 from ivr_flows.twiml import segments
+from tests.conftest import read_first
 from tests.test_api import (
     API,
     BETTIAH,
@@ -91,11 +92,13 @@ def test_chat_yes_does_not_book_a_price_that_moved_as_it_was_booked(client,
                                                                   monkeypatch) -> None:
     chat, shown = chat_at_confirmation(client, "+919812377501")
     surge_as_it_books(monkeypatch, "413739")
+    read_first(monkeypatch)
     again = chat.send("1")
     assert bookings() == []  # nothing booked at a price they never saw
     assert i18n.t("bot.confirm.new_price", "en") in again and chat.step() == "confirm"
     new_total = chat_total(again)
     assert new_total > chat_total(shown)
+    read_first(monkeypatch)
     done = chat.send("1")  # yes, to the new price
     assert "Booked!" in done
     assert bookings() == [new_total]
@@ -104,6 +107,7 @@ def test_chat_yes_does_not_book_a_price_that_moved_as_it_was_booked(client,
 def test_chat_yes_works_the_fare_out_once(client, monkeypatch) -> None:
     chat, shown = chat_at_confirmation(client, "+919812377502")
     quotes = count_quotes(monkeypatch)
+    read_first(monkeypatch)
     assert "Booked!" in chat.send("1")
     assert len(quotes) == 1  # the booking's own: no separate re-check before it
     assert bookings() == [chat_total(shown)]

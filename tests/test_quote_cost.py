@@ -10,6 +10,7 @@ from sqlalchemy import select
 from core.adapters.db import transaction
 from core.adapters.models import Booking
 from core.services import booking as booking_service
+from tests.conftest import read_first
 from tests.test_ivr import Caller, phone, prompts  # noqa: F401 (fixtures)
 from tests.test_tier_promise import chat_to_the_speed_question
 
@@ -30,7 +31,8 @@ def lookups(monkeypatch) -> list[int]:  # noqa: ANN001
     return calls
 
 
-def test_a_chat_booking_looks_for_riders_only_when_it_says_so(client, lookups) -> None:
+def test_a_chat_booking_looks_for_riders_only_when_it_says_so(client, lookups,
+                                                              monkeypatch) -> None:
     from core.services.seed import seed_demo
 
     seed_demo()
@@ -40,6 +42,7 @@ def test_a_chat_booking_looks_for_riders_only_when_it_says_so(client, lookups) -
     assert len(lookups) == 2
     chat.send("2")  # the confirmation says it too
     assert len(lookups) == 3
+    read_first(monkeypatch)
     assert "Booked!" in chat.send("1")  # "yes" only checks the price is still the one shown
     assert len(lookups) == 3
 

@@ -25,6 +25,7 @@ from core.adapters.db import transaction
 from core.adapters.payment_models import LedgerTransaction
 from core.domain.booking import BookingStatus
 from core.services import payments, reconciliation
+from tests.conftest import read_first
 from tests.test_api import API
 from tests.test_cancel_after_support_refund import CUSTOMER, cancel_question
 from tests.test_migrations_live import db, engine, template  # noqa: F401 (fixtures)
@@ -62,7 +63,8 @@ def all_but(booking_id: int, left: int) -> None:
     assert summary(booking_id)["escrow_paise"] == left
 
 
-def test_a_cancel_promises_no_paise_and_the_platform_keeps_them(client, live, ops) -> None:  # noqa: F811
+def test_a_cancel_promises_no_paise_and_the_platform_keeps_them(client, live, ops,  # noqa: F811
+                                                              monkeypatch) -> None:
     bid = paid_booking(CUSTOMER)
     all_but(bid, LEFT)
     ref = booking(bid).reference
@@ -70,6 +72,7 @@ def test_a_cancel_promises_no_paise_and_the_platform_keeps_them(client, live, op
     chat, asked = cancel_question(client, ref)
     assert i18n.format_inr(LEFT) not in asked, asked
     assert i18n.t("bot.cancel.paid_back", "en", ref=ref) in asked, asked
+    read_first(monkeypatch)
     done = chat.send("1")
     assert booking(bid).status == BookingStatus.CANCELLED.value, done
     assert i18n.format_inr(LEFT) not in done, done
@@ -102,7 +105,7 @@ def test_a_booking_failed_for_want_of_a_rider_leaves_no_paise_in_escrow(live) ->
     assert len(kept) == 1 and "least refund" in kept[0], kept
 
 
-def test_a_rupee_or_more_left_is_still_refunded(client, live) -> None:
+def test_a_rupee_or_more_left_is_still_refunded(client, live, monkeypatch) -> None:
     """The floor is the gateway's least refund: Rs 1 left is refunded, nothing kept."""
     bid = paid_booking(CUSTOMER)
     all_but(bid, payments.REFUND_MIN_PAISE)
@@ -110,6 +113,7 @@ def test_a_rupee_or_more_left_is_still_refunded(client, live) -> None:
 
     chat, asked = cancel_question(client, ref)
     assert i18n.format_inr(payments.REFUND_MIN_PAISE) in asked, asked
+    read_first(monkeypatch)
     chat.send("1")
     run()
     assert ours(bid) == [payments.REFUND_MIN_PAISE]

@@ -22,7 +22,7 @@ from core.adapters.models import Booking, Leg, Person, Point
 from core.dialog.engine import Say
 from core.domain.office_names import offered_names, told_apart
 from core.services import dispatch
-from tests.conftest import send_whatsapp
+from tests.conftest import read_first, send_whatsapp
 from tests.test_ivr import Caller, phone, prompts, t  # noqa: F401  (fixtures)
 
 pytestmark = pytest.mark.db
@@ -97,7 +97,8 @@ def _send(client, text: str) -> str:  # noqa: ANN001
         "WaId": CUSTOMER.lstrip("+"), "ProfileName": "Sita", "NumMedia": "0", "Body": text})
 
 
-def test_chat_lists_each_arjunganj_by_its_own_name_and_books_it_so(client) -> None:
+def test_chat_lists_each_arjunganj_by_its_own_name_and_books_it_so(client,
+                                                                monkeypatch) -> None:
     """The chat's list read "1. Arjunganj" and, on its second page, "5. Arjunganj"; picked,
     either was "Arjunganj, Lucknow (226002)" in the booking's summary and booked as
     "Arjunganj". Now the list says which office each is, the summary and the booking name
@@ -115,6 +116,7 @@ def test_chat_lists_each_arjunganj_by_its_own_name_and_books_it_so(client) -> No
         _send(client, text)
     summary = _send(client, "2")  # standard
     assert "Arjunganj Sub Office, Lucknow (226002)" in summary, summary
+    read_first(monkeypatch)
     _send(client, "1")  # book
     assert _booked() == ("Arjunganj Sub Office", "Arjunganj Sub Office")
 

@@ -100,7 +100,7 @@ def _one_cancelled(client, monkeypatch, number: str) -> None:
 
 
 def test_the_chat_says_so_past_the_cancel_limit_and_keeps_the_draft(client, live, monkeypatch):
-    from tests.conftest import send_whatsapp
+    from tests.conftest import read_first, send_whatsapp
     from tests.test_unpaid_cap import HINGLISH_BOOKING
 
     _one_cancelled(client, monkeypatch, PHONE)
@@ -113,6 +113,7 @@ def test_the_chat_says_so_past_the_cancel_limit_and_keeps_the_draft(client, live
 
     for text in HINGLISH_BOOKING:
         say(text)
+    read_first(monkeypatch)
     reply = say("ha")
     assert i18n.t("common.too_many_cancelled", "hi") in reply
     assert i18n.t("bot.resume.continue", "hi") in say("ek")  # the draft is kept

@@ -184,6 +184,10 @@ def _language_chosen(ctx: Ctx, lang: str) -> Result:
     if at is not None and at.group == BOOKING:  # a booking's question: asked again
         ctx.state.data.pop("draft_step", None)  # not left: no draft to offer again
         return Goto(at.name, [saved])
+    if at is not None and at.after_language:
+        # "Cancel booking ...?" (or the list it came from): asked again, not the menu,
+        # where her next "1" would start a booking.
+        return Goto(at.name, [saved])
     asked = ctx.state.data.pop(ASKED_FIRST, None)
     if asked is not None:  # what the first message asked for, now it can be answered
         return _with_say(_menu_option(ctx, asked), [saved])
@@ -305,6 +309,8 @@ def _with_say(result: Result, say: Sequence[Out]) -> Result:
 
 
 def _menu_handle(ctx: Ctx, inp: UserInput) -> Result:
+    if inp.has_location:
+        return _pinned_at_menu(ctx, inp)
     picked = choice(inp, 5, MENU_WORDS)
     if picked is None and not inp.has_location:
         picked = menu_intent(inp.text)
@@ -319,6 +325,20 @@ def _menu_handle(ctx: Ctx, inp: UserInput) -> Result:
         # "ok", "👍", "dhanyavad" after a booking or a status: understood, nothing asked.
         return Goto(MENU, [Say("bot.welcome")], prompt=False)
     return Retry()
+
+
+def _pinned_at_menu(ctx: Ctx, inp: UserInput) -> Result:
+    """A location shared at the menu: a parcel to send from there, as option 1 with the
+    pin as the answer to its pickup question. A draft offered is asked about first
+    (continue it, or a new one): it is not dropped unasked for a pin."""
+    if ctx.slots and ctx.state.data.get("draft_step"):
+        return Goto("resume")
+    _clear_draft(ctx)
+    result = BOOKING_DIALOG.step("pickup").handle(ctx, inp)
+    if isinstance(result, Goto):
+        return result
+    # Not served there, or not found: said, then the pickup question.
+    return Goto("pickup", list(result.say))
 
 
 def _menu_option(ctx: Ctx, picked: int) -> Result:
@@ -594,8 +614,15 @@ def _names_the_language_in_use(ctx: Ctx, inp: UserInput) -> bool:
     """The bare name of the language already spoken ("தமிழ்", "Tamizh" in a Tamil chat) at
     the receiver's name: a given name, since switching to it would change nothing (and
     ask the same question again, as often as it is sent). Another language's name, or
-    "in Tamil" (தமிழில்), still switches (_language_named)."""
-    return words.LANGUAGE_BY_NAME.get(words.clean(inp.text)) == ctx.lang
+    "in Tamil" (தமிழில்), still switches (_language_named). So is a word for "language"
+    in an Indian tongue ("Bhasha", "भाषा": a woman's name; the list is a "0" away, at the
+    menu), unlike the English "language", nobody's name, which opens the list."""
+    said = words.clean(inp.text)
+    return (words.LANGUAGE_BY_NAME.get(said) == ctx.lang
+            or (not inp.has_location and said in _NAMES_FOR_LANGUAGE))
+
+
+_NAMES_FOR_LANGUAGE = words.LANGUAGE_WORDS - {"language", "lang"}
 
 
 def mobile(typed: str) -> str | None:
@@ -784,11 +811,30 @@ def _speed_prompt(ctx: Ctx) -> list[Out]:
 def _speed_handle(ctx: Ctx, inp: UserInput) -> Result:
     # The options as shown (offered_tiers): option 1 is "Normal" where "Fast" is not sold.
     tiers = ctx.scratch.get("tiers") or TIERS
-    picked = choice(inp, len(tiers))
+    # Or a tier shown typed back ("normal", "sasta", "जल्दी"): only those shown are read.
+    picked = choice(inp, len(tiers)) or label_typed(tuple(f"tier.{t}" for t in tiers), inp)
     if picked is None:
         return Retry()
     ctx.slots["tier"] = tiers[picked - 1]
     return Goto("confirm")
+
+
+# The speed question's help for the options it shows (offered_tiers): a long trip has no
+# "Fast", a short one at the minimum fare no "Cheap" (it would be no cheaper); a very long
+# one may have Cheap alone (bot.help.speed_one).
+_SPEED_HELP = {
+    TIERS: "bot.help.speed",
+    ("standard", "economy"): "bot.help.speed_normal_cheap",
+    ("express", "standard"): "bot.help.speed_fast_normal",
+}
+
+
+def _speed_help(ctx: Ctx) -> str:
+    """The speed question's help, naming only the options shown (and their numbers)."""
+    shown = tuple(ctx.scratch.get("tiers") or TIERS)
+    if len(shown) == 1:
+        return "bot.help.speed_one"
+    return _SPEED_HELP.get(shown, "bot.help.choice")
 
 
 def _confirm_prompt(ctx: Ctx) -> list[Out]:
@@ -1359,6 +1405,11 @@ def stars_given(text: str, lang: str) -> int | None:
     return stars if worded is None or _mood(worded) == _mood(stars) else None
 
 
+# state.data key: the rating just given ({"ref", "said"}; the chat's turn adds when), so
+# the same answer sent again soon after is told it is saved (conversation.dialog_turn).
+RATED = "rated"
+
+
 def _rate_prompt(ctx: Ctx) -> list[Out]:
     return [Say("bot.rate.ask", {"ref": ctx.state.data.get("rate_ref", "")})]
 
@@ -1394,6 +1445,7 @@ def _rate_handle(ctx: Ctx, inp: UserInput) -> Result:
         return Retry([Say("bot.rate.help")])
     done = ctx.ports.rate(ref, stars)
     _end_rating(ctx)
+    ctx.state.data[RATED] = {"ref": ref, "said": words.clean(inp.text)}
     if done.get("refused"):  # rated already (in the app)
         return Goto(MENU, [Say("bot.rate.already", {"ref": ref}), next_hint()], prompt=False)
     return Goto(MENU, [Say("bot.rate.thanks", {"ref": ref, "stars": "⭐" * stars}),
@@ -1535,13 +1587,14 @@ def _steps() -> list[Step]:
         _choice_step("fragile", "bot.parcel.fragile", ["bot.yes", "bot.no"], "fragile",
                      (True, False), "value", aliases=YES_NO),
         Step("value", _value_prompt, _value_handle, "bot.help.value", BOOKING),
-        Step("speed", _speed_prompt, _speed_handle, "bot.help.speed", BOOKING),
+        Step("speed", _speed_prompt, _speed_handle, _speed_help, BOOKING),
         Step("confirm", _confirm_prompt, _confirm_handle, "bot.help.confirm", BOOKING),
         Step("change", _change_prompt, _change_handle, "bot.help.choice", BOOKING),
-        Step("track", _track_prompt, _track_handle, "bot.help.track"),
-        Step("cancel_pick", _cancel_pick_prompt, _cancel_pick_handle, "bot.help.track"),
+        Step("track", _track_prompt, _track_handle, "bot.help.track", after_language=True),
+        Step("cancel_pick", _cancel_pick_prompt, _cancel_pick_handle, "bot.help.track",
+             after_language=True),
         Step("cancel_confirm", _cancel_confirm_prompt, _cancel_confirm_handle,
-             "bot.help.choice"),
+             "bot.help.choice", after_language=True),
         Step(RATE, _rate_prompt, _rate_handle, "bot.rate.help", own_answer=_language_word),
         Step("offer_person", _offer_prompt, _offer_handle, "bot.help.choice"),
         Step("voice_callback", _voice_prompt, _voice_handle, "bot.help.choice"),

@@ -7,8 +7,9 @@ PostgreSQL by the caller) and the ``ports`` (the outside world), and returns wha
 
 Rules every step gets for free:
 - global commands: "0"/"menu" -> main menu (a draft booking is kept), "help" -> the
-  step's help and its prompt again, "language" -> the language list (at a booking step,
-  ``BACK_AFTER_LANGUAGE`` keeps which, to be asked again once one is chosen), a language's name
+  step's help and its prompt again, "language" -> the language list (at a booking step, or
+  one marked ``after_language``, ``BACK_AFTER_LANGUAGE`` keeps which, to be asked again once
+  one is chosen), a language's name
   ("English", "தமிழ்") -> that language and the same question in it, "back" -> the
   previous question (in a dialog that says which one it is: ``Dialog.previous``), unless
   the step takes the words as its own answer (``Step.own_answer``: a village so named);
@@ -169,7 +170,9 @@ class Step:
     takes a shared location; ``any_text`` that any words may be its answer (a landmark:
     "Bangla", a bungalow, is no switch to Bengali there); ``own_answer`` says of an input
     that it is this step's answer before any global word is looked for (a village named
-    "Char" or "Pachal" on the village list: that village, not 4 nor "back")."""
+    "Char" or "Pachal" on the village list: that village, not 4 nor "back"). A step of a
+    group, or one with ``after_language`` (a question that is no booking's, "Cancel booking
+    ...?"), is asked again once a language is chosen from it (BACK_AFTER_LANGUAGE)."""
 
     name: str
     prompt: Callable[[Ctx], list[Out]]
@@ -179,6 +182,7 @@ class Step:
     location: bool = False
     any_text: bool = False
     own_answer: Callable[[Ctx, UserInput], bool] | None = None
+    after_language: bool = False
 
     def help_key(self, ctx: Ctx) -> str:
         return self.help(ctx) if callable(self.help) else self.help
@@ -275,6 +279,8 @@ def turn(dialog: Dialog, state: DialogState, inp: UserInput, ports: Any,
     if cmd == "language":
         if step.group is not None:
             state.data["draft_step"] = step.name
+            state.data[BACK_AFTER_LANGUAGE] = step.name
+        elif step.after_language:
             state.data[BACK_AFTER_LANGUAGE] = step.name
         return enter(dialog, ctx, dialog.language)
     # "English" at "Who will receive the parcel?" is no name: the language.

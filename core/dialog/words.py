@@ -532,4 +532,10 @@ CHOICE_WORDS: dict[str, frozenset[str]] = {
     "bot.category.household": frozenset({"ghar ka saman", "ghar ka samaan"}),
     "bot.category.other": frozenset({"kuch aur", "kuchh aur", "other"}),
     "bot.weight.w5": frozenset({"halka", "halki"}),
+    "tier.express": frozenset({"jaldi", "jaldi wala", "jaldi wali", "jaldi se", "fast",
+                               "express", "tez"}),
+    "tier.standard": frozenset({"normal", "normal wala", "sadharan", "saadharan", "samanya",
+                                "standard"}),
+    "tier.economy": frozenset({"sasta", "sasta wala", "sasta wali", "saste wala", "sasti",
+                               "cheap", "economy"}),
 }

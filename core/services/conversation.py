@@ -35,6 +35,7 @@ from core.dialog.booking import (
     BOOKING_DIALOG,
     MENU,
     RATE,
+    RATED,
     names_a_listed_village,
     note_request,
 )
@@ -588,6 +589,47 @@ def _rating_late(state: DialogState, at: datetime | None) -> str | None:
     return "stale" if at - asked_at > rating.RATING_WINDOW else None
 
 
+# The questions whose "yes" commits money: the booking's summary and total (confirm) and
+# "Cancel booking ...? (a fee may be kept)" (cancel_confirm). An answer to them must have
+# been written after the question reached the customer: a message sent twice on a slow
+# line ("1" at the speed question, "1" at "which booking to cancel?"), or held by the
+# phone and sent with others, is no answer to a question it came before (_unseen_answer).
+SEEN_FIRST = frozenset({"confirm", "cancel_confirm"})
+# state.data key: when such a question was last put to the customer (the turn's own
+# time, when it was made, not the time of the message it answered).
+ASKED_AT = "asked_at"
+# How long after the question is made an answer is still taken as written before it was
+# on the customer's screen (sending it, a second copy of the message before on its way).
+SEEN_GRACE = timedelta(seconds=2)
+# Times this close are one instant, which neither came before the other (a timestamp's
+# float round trip moves one by a microsecond; a test's frozen clock stamps all alike).
+_SAME_INSTANT = timedelta(milliseconds=1)
+# The rating just given (booking.RATED), sent again soon after (twice on a slow line): told
+# it is saved, not read as the menu's "5 = Help".
+RATED_REPEAT = timedelta(minutes=2)
+
+
+def _unseen_answer(state: DialogState, inp: UserInput, at: datetime | None) -> bool:
+    """Whether ``inp`` at a SEEN_FIRST question was written before the customer could
+    have read it: received before it was made, or within SEEN_GRACE after. A global word
+    ("0", "help", "language") is taken: it commits nothing."""
+    asked = state.data.get(ASKED_AT)
+    if state.step not in SEEN_FIRST or not asked or at is None:
+        return False
+    if not inp.has_location and words.command(inp.text) is not None:
+        return False
+    after = at - datetime.fromisoformat(asked)
+    return after < -_SAME_INSTANT or _SAME_INSTANT < after < SEEN_GRACE
+
+
+def _repeated_rating(rated: dict[str, Any], inp: UserInput, at: datetime | None) -> bool:
+    """Whether ``inp`` is the rating just given (RATED) sent again, soon after it."""
+    given = rated.get("at")
+    if not given or inp.has_location or words.clean(inp.text) != rated.get("said"):
+        return False
+    return (at or clock.now()) - datetime.fromisoformat(given) <= RATED_REPEAT
+
+
 def dialog_turn(session: Session, person: Person, conv: Conversation, inp: UserInput,
                 idle: timedelta | None, at: datetime | None = None) -> list[Out]:
     """One turn of the booking dialog for any channel; state saved on ``conv`` (with
@@ -597,6 +639,7 @@ def dialog_turn(session: Session, person: Person, conv: Conversation, inp: UserI
     ports = SessionPorts(session, person, conv)
     lang = person.preferred_language or state.data.get("lang_guess") or i18n.DEFAULT_LANGUAGE
     ctx = Ctx(state, ports, lang)
+    rated = state.data.pop(RATED, None)
     if person.preferred_language is None and state.step not in (
             "language", "language_guess", dialog.offer_person, dialog.voice_callback):
         # No language yet: every message goes to the language list, except the answer to
@@ -642,8 +685,22 @@ def dialog_turn(session: Session, person: Person, conv: Conversation, inp: UserI
             outs = engine.enter(dialog, ctx, "resume")
         else:
             outs = engine.enter(dialog, ctx, MENU)
+    elif _unseen_answer(state, inp, at):
+        # Not taken: the question again, as a question that stands is (a miss it is not).
+        outs = [Say("bot.read_first"),
+                *engine.ask_again(dialog, ctx, dialog.step(state.step))]
+    elif rated is not None and state.step == MENU and _repeated_rating(rated, inp, at):
+        state.data[RATED] = rated  # a third copy is the same
+        outs = [Say("bot.rate.already", {"ref": rated.get("ref", "")})]
     else:
         outs = engine.turn(dialog, state, inp, ports, lang)
+    given = state.data.get(RATED)
+    if given is not None and given is not rated:  # a rating saved in this turn
+        given["at"] = (at or clock.now()).isoformat()
+    if state.step in SEEN_FIRST:  # the question was put (again) in this turn: now
+        state.data[ASKED_AT] = clock.now().isoformat()
+    else:
+        state.data.pop(ASKED_AT, None)
     save_state(conv, state, at=at)
     return outs
 
