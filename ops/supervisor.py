@@ -88,7 +88,7 @@ CLI_COMMANDS = frozenset({"migrate", "seed", "worker", "retention", "add-operato
                           "remove-operator", "add-point", "rate-card", "add-partner",
                           "set-payout-account", "clear-payout-account", "set-home-point",
                           "close-point", "move-point",
-                          "rename-point", "erase-recipient"})
+                          "rename-point", "erase-recipient", "settle-leg"})
 
 
 class Interrupted(Exception):
