@@ -445,12 +445,14 @@ class PriceChanged(Conflict):
         self.total_paise = total_paise
 
 
-def _language_now(session: Session, customer_id: int) -> str | None:
-    """The customer's language as the booking is made: its messages keep it, whoever on
-    the same phone chooses another later. None when they never chose one (the person's,
-    whenever it is known, as before)."""
-    person = session.get(Person, customer_id)
-    return person.preferred_language if person is not None else None
+def _language_now(session: Session, customer_id: int) -> str:
+    """The customer's language as the booking is made, the one its first messages (its
+    payment link) go in: its messages keep it, whoever on the same phone chooses another
+    later. One who never chose gets the default language, and keeps it too: a relative
+    choosing Tamil later must not turn the rest of her booking's news into Tamil."""
+    from core.services.notify import language_of  # notify's rule: the link goes by it
+
+    return language_of(session.get(Person, customer_id))
 
 
 def create_booking(
