@@ -98,6 +98,7 @@ AREA_INTS: dict[str, tuple[int, int | None]] = {
     "CANCELLED_BOOKINGS_MAX": (1, None),
     "DISPATCH_PICKUP_MINUTES": (1, None),
     "DISPATCH_MISSED_OFFERS_OFF": (0, 100),  # 0: never put OFF for missed offers
+    "CHAT_READ_FIRST_MS": (0, 60_000),  # core.services.conversation; 0: the guard off
     "RETENTION_STATUS_DAYS": (1, 3650),
     "RETENTION_MESSAGE_DAYS": (7, 3650),  # a booking and its refunds are over by then
     "RETENTION_RUN_SECONDS": (1, 600),  # the job's RQ timeout is this plus a minute

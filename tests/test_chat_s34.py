@@ -273,3 +273,17 @@ def test_a_rating_sent_twice_is_told_saved_not_the_menu_help(english) -> None:
     # Later, or another answer, "5" is the menu's Help again.
     clock.freeze(clock.now() + conversation.RATED_REPEAT + timedelta(seconds=1))
     assert t("menu.help") in wa(chat, "5")
+
+
+def test_the_guard_is_off_with_read_first_zero(client, demo, monkeypatch) -> None:  # noqa: F811
+    """CHAT_READ_FIRST_MS=0 (the bench's scripted customers, who answer on a clock): a
+    "1" sent twice at the speed question books, as it did before the guard; the default
+    (the tests above) does not."""
+    monkeypatch.setenv("CHAT_READ_FIRST_MS", "0")
+    chat = Chat(client, "+919812377509")
+    chat.play(*TO_PICKUP, *PICKUP_BETTIAH)
+    _quiet(chat)
+    chat.play(*REST[:-1])
+    assert chat.step() == "speed"
+    _sent_twice(client, chat, "1")
+    assert newest_ref(chat.phone) is not None

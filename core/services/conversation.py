@@ -28,6 +28,7 @@ from core.adapters.models import Booking, Conversation, Leg, PartnerProfile, Per
 from core.adapters.payment_models import LedgerTransaction, PaymentLink
 from core.adapters.queue import after_commit, enqueue
 from core.adapters.redis_conn import redis_down
+from core.config import int_setting
 from core.dialog import engine, words
 from core.dialog.booking import (
     AGREED_TOTAL,
@@ -599,8 +600,11 @@ SEEN_FIRST = frozenset({"confirm", "cancel_confirm"})
 # time, when it was made, not the time of the message it answered).
 ASKED_AT = "asked_at"
 # How long after the question is made an answer is still taken as written before it was
-# on the customer's screen (sending it, a second copy of the message before on its way).
-SEEN_GRACE = timedelta(seconds=2)
+# on the customer's screen (sending it, a second copy of the message before on its way):
+# CHAT_READ_FIRST_MS, 2 s by default; 0 turns the guard off, for a load generator whose
+# scripted customers answer before the question is made, as no person can (bench/).
+SEEN_GRACE_MS = 2000
+SEEN_GRACE = timedelta(milliseconds=SEEN_GRACE_MS)  # the default
 # Times this close are one instant, which neither came before the other (a timestamp's
 # float round trip moves one by a microsecond; a test's frozen clock stamps all alike).
 _SAME_INSTANT = timedelta(milliseconds=1)
@@ -611,15 +615,18 @@ RATED_REPEAT = timedelta(minutes=2)
 
 def _unseen_answer(state: DialogState, inp: UserInput, at: datetime | None) -> bool:
     """Whether ``inp`` at a SEEN_FIRST question was written before the customer could
-    have read it: received before it was made, or within SEEN_GRACE after. A global word
+    have read it: received before it was made, or within CHAT_READ_FIRST_MS after. A global word
     ("0", "help", "language") is taken: it commits nothing."""
     asked = state.data.get(ASKED_AT)
     if state.step not in SEEN_FIRST or not asked or at is None:
         return False
+    grace = int_setting("CHAT_READ_FIRST_MS", SEEN_GRACE_MS)
+    if not grace:
+        return False
     if not inp.has_location and words.command(inp.text) is not None:
         return False
     after = at - datetime.fromisoformat(asked)
-    return after < -_SAME_INSTANT or _SAME_INSTANT < after < SEEN_GRACE
+    return after < -_SAME_INSTANT or _SAME_INSTANT < after < timedelta(milliseconds=grace)
 
 
 def _repeated_rating(rated: dict[str, Any], inp: UserInput, at: datetime | None) -> bool:
