@@ -162,6 +162,9 @@ REQUIRED_KEYS = (
     | {"booking.status.fee_refunded"}  # tracking a booking cancelled with a rider's fee
     | {"booking.status.pay_time_over",  # conversation.SessionPorts._told: unpaid past its
        "booking.status.no_link"}  # time; closed for want of a payment link
+    | {"booking.status.pay_checking"}  # ... past its time with a link: paid late? asked
+    | {"booking.status.link_stopped"}  # ... closed: its link cancelled in the dashboard
+    | {"bot.more_again"}  # booking office_prompt: the last page of names, 9 starts again
     | {"bot.cancel.changed"}  # booking._cancel_confirm_handle: a yes to old amounts
     | {f"dispatch.handover_{k}_new" for k in ("give", "take")}  # relay codes resent
     | {"sms.customer_help"}  # partner_sms: a customer texting our SMS number

@@ -483,8 +483,13 @@ def _place_steps(kind: str, default_next: str) -> list[Step]:
         page = ctx.state.data.get("page", 0)
         shown = offices[page * PAGE_SIZE:(page + 1) * PAGE_SIZE]
         pin = offices[0]["pincode"] if offices else ""
+        paged = len(offices) > PAGE_SIZE
+        # On the last page 9 starts the list again (office_handle): not "9. More" but
+        # "9. Names from the start", on the line after the names (as the IVR says it).
+        last = paged and (page + 1) * PAGE_SIZE >= len(offices)
         return [Say("bot.place.office", {"pincode": pin}),
-                Choices(tuple(said_name(o) for o in shown), more=len(offices) > PAGE_SIZE)]
+                Choices(tuple(said_name(o) for o in shown), more=paged and not last),
+                *([Say("bot.more_again", joined=True)] if last else [])]
 
     def office_help(ctx: Ctx) -> str:
         offices = ctx.state.data.get("offices") or []

@@ -658,10 +658,12 @@ def _track_handle(ctx: Ctx, inp: UserInput) -> Result:
         if ctx.ports.overdue_closed(ref) is None:
             # Its time just ran out: we ask the gateway whether it was paid first.
             return Goto(MENU, [Say("ivr.rebook.checking")])
-        # Its time to pay ran out (closed): the same parcel can be booked again here,
-        # with a new link, instead of key by key from the start.
+        # Its time to pay ran out (closed), or its link was stopped in the gateway's
+        # dashboard (booking_status: link_stopped), said as the chat says it: the same
+        # parcel can be booked again here, with a new link, instead of key by key.
         ctx.state.data[_TRACKED] = ref
-        return Goto("rebook", [Say("booking.status.expired", {"ref": spelled})])
+        said_closed = status if status in ("expired", "link_stopped") else "expired"
+        return Goto("rebook", [Say(f"booking.status.{said_closed}", {"ref": spelled})])
     said = [Say(f"booking.status.{status}", {"ref": spelled})]
     if status == "awaiting_payment":
         # The link goes again (a caller may have lost it), the way messages reach them now:

@@ -24,7 +24,7 @@ from sqlalchemy.orm.attributes import set_committed_value
 from core import clock, i18n
 from core.adapters import pincode
 from core.adapters.dialog_models import Handoff
-from core.adapters.models import Booking, Conversation, Leg, PartnerProfile, Person
+from core.adapters.models import Booking, Conversation, Leg, PartnerProfile, Person, TransitionLog
 from core.adapters.payment_models import LedgerTransaction, PaymentLink
 from core.adapters.queue import after_commit, enqueue
 from core.adapters.redis_conn import redis_down
@@ -76,6 +76,16 @@ _REFUNDED_LESS_FEE = "fee_refunded"
 # expiry sweep closes it a minute on (after asking the gateway whether it was paid in
 # time, so not yet "closed"). Not "waiting for payment", with no link to pay by.
 _PAY_TIME_OVER = "pay_time_over"
+# Such a booking with a link: she may have paid in its last minute, the webhook (or its
+# job) late; the sweep asks the gateway before it closes it (payments.expire_unpaid, up
+# to an hour if the gateway is away). Not "the time to pay is over": we are checking
+# whether her payment came, and she hears which (as the IVR says: ivr.rebook.checking).
+_PAY_CHECKING = "pay_checking"
+# A booking closed because its payment link was cancelled in the gateway's dashboard
+# (payments._close_link_cancelled, this reason in its transition): she was told the link
+# was stopped and she need not pay (payment.link_cancelled), never that time ran out.
+_LINK_CANCELLED_REASON = payments.LINK_CANCELLED_REASON
+_LINK_STOPPED = "link_stopped"
 # A booking closed because its payment link could not be made (payments._close_unlinked:
 # refused by the gateway, or not made in its time): she was told so, never that her time
 # to pay ran out; so it is tracked.
@@ -401,17 +411,20 @@ class SessionPorts:
         or "your money will be sent back" for a booking no rider took whose money support
         gave back already (_NO_RIDER_NOTHING_BACK, as dispatch._fail_search told it).
         A booking refunded less a rider's cancellation fee: ``_REFUNDED_LESS_FEE``; one
-        waiting for payment past ``expires_at``: ``_PAY_TIME_OVER``; one closed because its
-        payment link could not be made: ``_CLOSED_NO_LINK``."""
+        waiting for payment past ``expires_at``: ``_PAY_CHECKING`` if she has a link (we
+        ask the gateway whether she paid), else ``_PAY_TIME_OVER``; one closed because its
+        payment link could not be made: ``_CLOSED_NO_LINK``; one closed because its link
+        was cancelled in the gateway's dashboard: ``_LINK_STOPPED``."""
         if status == BookingStatus.AWAITING_PAYMENT.value:
-            over = expires_at is not None and expires_at <= clock.now()
-            return _PAY_TIME_OVER if over else status
+            if expires_at is None or expires_at > clock.now():
+                return status
+            return _PAY_CHECKING if self._linked(booking_id) else _PAY_TIME_OVER
         if status == BookingStatus.EXPIRED.value:
             # Its time ran out on the link she was sent (the row saved once the gateway
             # made it); with no link row, it closed for want of one (_close_unlinked).
-            linked = self.session.scalar(select(PaymentLink.id).where(
-                PaymentLink.booking_id == booking_id).limit(1)) is not None
-            return status if linked else _CLOSED_NO_LINK
+            if not self._linked(booking_id):
+                return _CLOSED_NO_LINK
+            return _LINK_STOPPED if self._link_cancelled(booking_id) else status
         told = _ENDED_WITH_PARCEL_HELD.get(status)
         if told is not None and self.session.scalar(select(Leg.id).where(
                 Leg.booking_id == booking_id, Leg.status == LegStatus.FAILED.value,
@@ -430,6 +443,18 @@ class SessionPorts:
             # "Your money has been returned" would be untrue.
             return _REFUNDED_LESS_FEE
         return status
+
+    def _linked(self, booking_id: int) -> bool:
+        """Whether the booking has a payment link (its row saved once the gateway made it)."""
+        return self.session.scalar(select(PaymentLink.id).where(
+            PaymentLink.booking_id == booking_id).limit(1)) is not None
+
+    def _link_cancelled(self, booking_id: int) -> bool:
+        """Whether the booking was closed because its link was cancelled at the gateway."""
+        return self.session.scalar(select(TransitionLog.id).where(
+            TransitionLog.entity == "booking", TransitionLog.entity_id == booking_id,
+            TransitionLog.to_status == BookingStatus.EXPIRED.value,
+            TransitionLog.reason == _LINK_CANCELLED_REASON).limit(1)) is not None
 
     def _coming_back(self, booking_id: int) -> bool:
         """Whether any of the booking's money is still to come back to the customer

@@ -454,12 +454,14 @@ class VoicePorts(SessionPorts):
         return "chat"
 
     def payment_over(self, reference: str) -> bool:
-        """Whether the caller's booking can no longer be paid because its time to pay ran
-        out: closed for it (expired, on the link they were sent), or waiting for payment
-        past its time (the sweep closes it in a minute). Not one closed because its link
-        could not be made (payments._close_unlinked: refused by the gateway, or not made
-        in its time; no link row): they never had a link whose time could run out, and
-        hear why it closed (booking_status: ``no_link``), as the chat tells it."""
+        """Whether the caller's booking can no longer be paid, so it may be booked again:
+        closed because its time to pay ran out (expired, on the link they were sent) or its
+        link was stopped in the gateway's dashboard (said as such: booking_status
+        ``link_stopped``), or waiting for payment past its time (the sweep closes it in a
+        minute). Not one closed because its link could not be made (payments.
+        _close_unlinked: refused by the gateway, or not made in its time; no link row):
+        they never had a link whose time could run out, and hear why it closed
+        (booking_status: ``no_link``), as the chat tells it."""
         booking = self._mine(reference)
         if booking is None:
             return False

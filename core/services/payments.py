@@ -1608,12 +1608,17 @@ def _on_link_closed(data: dict, cause: str) -> str:
         return "expired"
 
 
+# The reason a booking closed by _close_link_cancelled carries in its transition: tracking
+# reads it (conversation._told) to say the link was stopped, not that time ran out.
+LINK_CANCELLED_REASON = "payment link cancelled"
+
+
 def _close_link_cancelled(session: Session, booking: Booking) -> None:
     """Close a booking awaiting payment whose link was cancelled at the gateway (from
     Razorpay's dashboard: the service cancels only closed bookings' links). Her booking
     has one link, so none is sent again: she hears the link was stopped and the booking
     closed with nothing to pay, not "the time to pay is over" (she may be inside it)."""
-    move_booking(session, booking, BookingStatus.EXPIRED, SYSTEM, "payment link cancelled")
+    move_booking(session, booking, BookingStatus.EXPIRED, SYSTEM, LINK_CANCELLED_REASON)
     notify.notify_customer(session, booking, "payment.link_cancelled",
                            dedupe_key=f"payexpired-{booking.id}")
 
