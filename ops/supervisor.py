@@ -68,10 +68,11 @@ usage: ./run <command> [args]
   worker          run only the RQ worker
   add-operator, remove-operator, add-point, rate-card, add-partner, set-payout-account,
   clear-payout-account, set-home-point, close-point, move-point, rename-point,
-  erase-recipient, retention [args]
-                  production set-up, a recipient's erasure and the retention job
-                  (python -m core.cli <command>; README: Setting up production, Keeping
-                  and erasing personal data); --help on each says its arguments
+  erase-recipient, retention, settle-leg [args]
+                  production set-up, a recipient's erasure, the retention job and one
+                  leg settled by hand (python -m core.cli <command>; README: Setting up
+                  production, Keeping and erasing personal data, Money); --help on each
+                  says its arguments
   lint [args]     ruff check . (args are passed to ruff), then mypy on core/
   chat [args]     chat with a running `./run serve` as a WhatsApp customer (signed webhooks;
                   /loc <lat> <lng> shares a location; --phone +91... picks your number)
