@@ -12,7 +12,8 @@ Paying a link (``POST /sandbox/payment_links/<id>/pay``) captures a payment and 
 signed webhooks ``payment.captured`` and ``payment_link.paid``, each delivery an RQ job
 of its own; one the service answers non-2xx is delivered again later, as Razorpay does
 for 24 hours (``WEBHOOK_RETRY_S``). A link is paid once: a second POST (the button
-clicked twice) is answered 400 "Payment Link is paid", even while the first is paying.
+clicked twice) is answered 400 "Payment Link is paid", even while the first is paying; a
+cancel and a Pay click at once: the first to claim the link has it, the other is a 400.
 A link that can still be paid may be edited (``PATCH /v1/payment_links/<id>``: a later
 expire_by, 15 minutes away at least, say).
 
@@ -373,6 +374,22 @@ def fetch_link(plink_id: str):
     return jsonify(link) if link else _not_found(plink_id)
 
 
+def _claim_key(plink_id: str) -> str:
+    return f"{PREFIX}:claim:{plink_id}"
+
+
+def _claim(plink_id: str, to: str) -> str | None:
+    """Claim a created link for its one way out of ``created`` by a request (``to``:
+    ``paid`` by the Pay button, ``cancelled`` by the API): None if this request has it,
+    else what the request that has it makes the link. Both read the link "created" first,
+    then write it: without the claim a Pay click and a cancel at once both succeeded (a
+    link cancelled and paid, both webhooks sent), as did two clicks of Pay."""
+    if redis_client().set(_claim_key(plink_id), to, nx=True):
+        return None
+    raw = redis_client().get(_claim_key(plink_id))
+    return raw.decode() if raw else to
+
+
 @bp.post("/razorpay/v1/payment_links/<plink_id>/cancel")
 def cancel_link(plink_id: str):
     link = _link_or_error(plink_id)
@@ -380,8 +397,20 @@ def cancel_link(plink_id: str):
         return _not_found(plink_id)
     if link["status"] != "created":
         return _error(400, f"Payment Link cannot be cancelled in {link['status']} state")
-    link.update(status="cancelled", cancelled_at=_now(), updated_at=_now())
-    put_object(link)
+    holder = _claim(plink_id, "cancelled")
+    if holder is not None:  # being paid (or cancelled) by another request
+        return _error(400, f"Payment Link cannot be cancelled in {holder} state")
+    try:
+        link = _link_or_error(plink_id)  # read again: expired meanwhile?
+        if link is None:
+            return _not_found(plink_id)
+        if link["status"] != "created":
+            return _error(400, f"Payment Link cannot be cancelled in {link['status']} state")
+        link.update(status="cancelled", cancelled_at=_now(), updated_at=_now())
+        put_object(link)
+    except Exception:
+        redis_client().delete(_claim_key(plink_id))  # a failed request: may be tried again
+        raise
     send_webhooks([_event("payment_link.cancelled", {"payment_link": link})])
     return jsonify(link)
 
@@ -592,14 +621,14 @@ def pay(plink_id: str):
         return jsonify({"status": "failed", "payment_id": failed["id"]}), 200
     # A link is paid once: the Pay button clicked twice sends two POSTs together, and both
     # read the link "created". The first to claim it pays; the other is answered as
-    # Razorpay answers a paid link.
-    claim = f"{PREFIX}:paying:{plink_id}"
-    if not redis_client().set(claim, "1", nx=True):
-        return _error(400, "Payment Link is paid")
+    # Razorpay answers a paid link (or a cancelled one, a cancel having claimed it).
+    holder = _claim(plink_id, "paid")
+    if holder is not None:
+        return _error(400, f"Payment Link is {holder}")
     try:
         return _capture(plink_id)
     except Exception:
-        redis_client().delete(claim)  # a failed request: the link may be paid again
+        redis_client().delete(_claim_key(plink_id))  # a failed request: may be paid again
         raise
 
 

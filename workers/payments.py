@@ -77,9 +77,19 @@ def sweep() -> dict[str, int]:
 def reconcile() -> dict[str, int]:
     """Apply refunds the gateway settled whose webhook never came, compare the ledger
     with the gateway (the last day, and what is still open), settle the holds left on
-    closed bookings' legs; then schedule the next run."""
+    closed bookings' legs; then schedule the next run.
+
+    One part failing does not keep the other from running (the gateway refusing the
+    poll's questions must not cost the hour its comparison): the reconciliation runs, and
+    the poll's error is raised after it, so the job ends failed and RQ logs it, once. Both
+    failing: the reconciliation's error is raised, the poll's chained to it in the same
+    traceback."""
     try:
-        payments.poll_refunds()
+        try:
+            payments.poll_refunds()
+        except Exception:
+            reconciliation.run()
+            raise
         return reconciliation.run()
     finally:
         schedule_periodic()
