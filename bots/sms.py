@@ -15,5 +15,6 @@ bp = Blueprint("sms", __name__)
 @signed
 def sms_webhook():
     msg = parse_message("sms")
-    outcome = inbound.process(msg, partner_sms.handle)
+    # Redis away: parked, answered with no reply, handled once it is back (by SMS then).
+    outcome = inbound.answer(msg, partner_sms.handle)
     return messages(outcome.replies)

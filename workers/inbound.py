@@ -6,12 +6,14 @@ import logging
 
 from bots.whatsapp import handle as whatsapp_turn
 from core.adapters.db import database_away
-from core.services import inbound
+from core.services import inbound, partner_sms
 from core.services.inbound import Handler
 
 log = logging.getLogger(__name__)
 
-HANDLERS: dict[str, Handler] = {"whatsapp": whatsapp_turn}
+# A partner SMS is answered inside its webhook, and comes here only when it was parked
+# while Redis was away, or queued behind such a one (inbound.answer).
+HANDLERS: dict[str, Handler] = {"whatsapp": whatsapp_turn, "sms": partner_sms.handle}
 
 
 def drain() -> int:

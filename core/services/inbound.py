@@ -1,7 +1,11 @@
 """What every inbound Twilio message goes through: rate limit, dedupe, one transaction.
 
 Two ways in, one way through:
-- ``process`` answers inside the webhook (partner SMS: short, and the reply is the TwiML).
+- ``process`` answers inside the webhook (partner SMS: short, and the reply is the TwiML;
+  ``answer`` is its webhook's way in). While Redis is away a partner SMS is parked as a
+  WhatsApp message is (below), answered with an empty TwiML, and handled by the drain once
+  Redis is back, its reply sent as an SMS through the outbox; so is one from a partner
+  with messages still parked or queued, behind them.
 - ``accept`` + ``drain`` is the courier way (WhatsApp): the webhook only checks, counts and
   queues the message in Redis (one round trip) and answers an empty ``<Response/>``; an RQ
   job drains that contact's inbox in order and sends each turn's reply through the outbox.
@@ -25,7 +29,7 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any, cast
@@ -75,6 +79,8 @@ class Outcome:
     replies: list[str] = field(default_factory=list)
     duplicate: bool = False
     rate_limited: bool = False
+    queued: bool = False  # left to the drain (answer): its replies go through the outbox
+    parked: bool = False  # Redis was away: kept in PostgreSQL until the sweep queues it
 
 
 Handler = Callable[[Session, InboundMessage], list[str]]
@@ -141,6 +147,46 @@ def process(msg: InboundMessage, handler: Handler) -> Outcome:
         return Outcome(rate_limited=True)
 
     return _claimed_turn(msg, handler)
+
+
+def answer(msg: InboundMessage, handler: Handler) -> Outcome:
+    """A partner SMS (the SMS webhook): ``process`` it, its replies the TwiML.
+
+    While Redis is away (its rate limit, and what the handler keeps there, need it) the
+    message is parked in PostgreSQL (``park``) and answered with no reply: Twilio does not
+    retry a messaging webhook answered 5xx, so a 503 lost the rider's "YES 57". Once
+    Redis is back the sweep (or a drain job) queues it and the drain handles it as any
+    queued message, then: its replies go by SMS through the outbox, once (the claim on
+    the sid; a retry of it parked or queued too is a duplicate). It is handled as of
+    then: a yes to an offer whose time and grace ran out meanwhile gets the late answer
+    (dispatch.offer_expired), as any late yes. A message from a contact with messages
+    still parked or queued is queued behind them (``accept``), not handled before them.
+    Only with PostgreSQL away too does this raise (the webhook answers 503)."""
+    if msg.received_at is None:  # its place behind the contact's parked ones (unpark)
+        msg = replace(msg, received_at=clock.now().timestamp())
+    try:
+        if _waiting(msg):
+            got = accept(msg)
+            return Outcome(duplicate=got.duplicate, rate_limited=got.dropped,
+                           queued=got.queued, parked=got.parked)
+        return process(msg, handler)
+    except RedisError as exc:
+        # Redis away before the turn, or during it (the handler raises it: the turn's
+        # transaction rolled back whole, nothing of it kept).
+        if not redis_down(exc):
+            raise
+        _park_instead(msg, exc)
+        return Outcome(parked=True)
+
+
+def _waiting(msg: InboundMessage) -> bool:
+    """Whether the contact has messages queued in Redis or parked in PostgreSQL, which
+    this one must not overtake. Raises RedisError while Redis is away."""
+    if redis_client().exists(_keys(msg.channel, msg.contact)[0]):
+        return True
+    with autocommit() as conn:
+        return conn.execute(_ANY_PARKED_FROM, {"channel": msg.channel,
+                                               "contact": msg.contact}).first() is not None
 
 
 # PostgreSQL aborted the transaction to let a concurrent one through: deadlock detected,
@@ -495,17 +541,23 @@ def accept(msg: InboundMessage) -> Acceptance:
     except RedisError as exc:
         if not redis_down(exc):
             raise  # an error of ours (a script's), not Redis away: parking would not help
-        try:
-            park(msg)
-        except Exception as db_exc:
-            if not database_away(db_exc):
-                raise
-            log.error("redis and database both away: inbound message refused",
-                      extra={"channel": msg.channel})
-            raise exc from db_exc  # answered 503 (cache_unavailable)
-        log.warning("redis away: inbound message parked in the database",
-                    extra={"channel": msg.channel, "reason": type(exc).__name__})
+        _park_instead(msg, exc)
         return Acceptance(parked=True)
+
+
+def _park_instead(msg: InboundMessage, exc: RedisError) -> None:
+    """Redis is away (``exc``): park ``msg``; with PostgreSQL away too, raise ``exc``
+    (the webhook answers 503, cache_unavailable)."""
+    try:
+        park(msg)
+    except Exception as db_exc:
+        if not database_away(db_exc):
+            raise
+        log.error("redis and database both away: inbound message refused",
+                  extra={"channel": msg.channel})
+        raise exc from db_exc
+    log.warning("redis away: inbound message parked in the database",
+                extra={"channel": msg.channel, "reason": type(exc).__name__})
 
 
 def _queue(msg: InboundMessage, *, in_order: bool = False) -> Acceptance:
@@ -540,13 +592,15 @@ def _queue(msg: InboundMessage, *, in_order: bool = False) -> Acceptance:
 
 # --- parked messages: what came while Redis was away ----------------------------------
 #
-# inbound_parked keeps each message as ``encode`` wrote it, with its received_at, until
+# inbound_parked keeps each message (a WhatsApp message, a partner SMS: ``answer``) as
+# ``encode`` wrote it, with its received_at, until
 # ``unpark`` runs it through the accept script (in order), after which the row goes. The
 # script's dedupe (and, past its hour, the turn's claim on the sid) makes a parked
 # message whose retry got through to Redis, or one queued before the enqueue after it
 # failed, handled once. The minute sweep unparks, and so does each drain job before it
 # starts (a drain job runs only with Redis back): a contact's later message, queued
 # straight into Redis, then waits behind the parked one instead of overtaking it.
+# An erasure deletes the person's parked messages (``drop_parked``).
 
 _PARKED = cast(Table, InboundParked.__table__)
 _PARK = (insert(_PARKED)
@@ -555,6 +609,9 @@ _PARK = (insert(_PARKED)
                  received_at=bindparam("received_at"))
          .on_conflict_do_nothing(constraint="uq_inbound_parked_sid"))
 _ANY_PARKED = select(_PARKED.c.id).limit(1)
+_ANY_PARKED_FROM = select(_PARKED.c.id).where(_PARKED.c.channel == bindparam("channel"),
+                                             _PARKED.c.contact == bindparam("contact")
+                                             ).limit(1)
 UNPARK_LOCK_KEY = int.from_bytes(b"RCup", "big")  # one unparker at a time: in order
 UNPARK_BATCH = 100
 
@@ -621,6 +678,23 @@ def unpark() -> int:
             if moved:
                 log.info("parked inbound messages queued", extra={"count": moved})
             return moved
+
+
+def drop_parked(session: Session, addresses: Iterable[str]) -> int:
+    """Delete the messages parked from these numbers (E.164 phones, WhatsApp ids, either
+    with "whatsapp:"), in the caller's transaction (an erasure's): how many went. Under
+    the unpark lock, held to the commit: an unpark running now queued them before this
+    (too late for this), or finds them gone; none is handled after the erasure."""
+    contacts: set[str] = set()
+    for address in addresses:
+        digits = address.removeprefix("whatsapp:").removeprefix("+")
+        if digits:
+            contacts |= {digits, f"+{digits}"}  # WhatsApp's WaId, the SMS's E.164
+    if not contacts:
+        return 0
+    session.execute(select(func.pg_advisory_xact_lock(UNPARK_LOCK_KEY)))
+    gone = session.execute(delete(_PARKED).where(_PARKED.c.contact.in_(sorted(contacts))))
+    return int(getattr(gone, "rowcount", 0) or 0)
 
 
 # A drainer that used its budget with contacts still waiting hands over to a fresh job
@@ -875,8 +949,11 @@ def drop_dead_letters(which: Callable[[DeadLetter], bool]) -> int:
 
 
 def _too_many(msg: InboundMessage) -> None:
-    """Tell the contact once per window that they are sending too fast."""
-    lang = _language_of(msg)
+    """Tell the contact once per window that they are sending too fast (by SMS only where
+    we text: _notice_language)."""
+    lang = _notice_language(msg)
+    if lang is None:
+        return
     with transaction() as session:
         _queue_replies(session, msg, [i18n.t("common.too_many_messages", lang)])
 

@@ -712,7 +712,8 @@ def erase_person(session: Session, person_id: int) -> Erasure:
     its writer is asked for again; handoffs waiting for ops lose the messages that say
     their number; call answers stored for Twilio's retries that say their number (or their
     recipients'), written or read out digit by digit, or a landmark erased; their messages
-    in Redis's dead-letter list. A number ops moved them off (people.former_phones) counts
+    in Redis's dead-letter list; their messages parked while Redis was away, not handled
+    yet. A number ops moved them off (people.former_phones) counts
     as theirs from when they came to it (the first we knew of them at it: their person
     row for the number they came with, ops' move onto it for another) until they left it:
     the messages and bookings sent to it then (and those under way to them at a move,
@@ -848,6 +849,7 @@ def erase_person(session: Session, person_id: int) -> Erasure:
     if partner is not None:
         _erase_partner(session, done, partner)
     _erase_dead_letters(done, numbers, spans)
+    _erase_parked(session, done, theirs)
     # Their STOP outlives them, under a hash of the number: nobody new at that number is
     # written to before they say START (outbox.NumberOptOut); a block of our WhatsApp
     # number, until the number writes to us there.
@@ -893,7 +895,8 @@ def erase_recipient(session: Session, phone: str, *, actor: str,
     the ledger stay), their photos go (her door; the files after the commit); the messages
     to her lose text and address; the texts naming her or saying her drop's landmark (the
     senders' chats with the bot, those bookings' messages to riders and ops, handoffs,
-    booking drafts, stored SMS and call answers, Redis's dead letters) lose it. Her
+    booking drafts, stored SMS and call answers, Redis's dead letters) lose it; her
+    messages parked while Redis was away go. Her
     opt-out, if kept, stays (a hash only). A number that was someone else's before (a
     partner's old SIM: people.former_phones) is hers only since that one left it: what
     was sent to it or said of it before stays theirs, as ``erase_person`` leaves it. Run
@@ -953,6 +956,7 @@ def erase_recipient(session: Session, phone: str, *, actor: str,
     _erase_bookings(session, done, nothing, received)
     _scrub_saved_answers(session, done, [ref for _, ref, _ in found])
     _erase_dead_letters(done, tens, spans)
+    _erase_parked(session, done, _addresses(number))
     session.flush()
     if done.changed:
         ids = done.booking_ids
@@ -1666,6 +1670,15 @@ def _erase_dead_letters(done: Erasure, tens: set[str], spans: Spans | None = Non
     except RedisError as exc:
         raise Unavailable("the chat queue (Redis) cannot be reached: nothing was erased; "
                           "try again", code="queue_unavailable") from exc
+
+
+def _erase_parked(session: Session, done: Erasure, addresses: set[str]) -> None:
+    """Their messages parked while Redis was away (``inbound_parked``, not handled yet):
+    deleted in this transaction, or the sweep would handle them after the erasure (a new
+    person, a chat, an answer saying what they wrote)."""
+    gone = inbound.drop_parked(session, addresses)
+    if gone:
+        done.add("parked_messages", gone)
 
 
 def _scrub_saved_answers(session: Session, done: Erasure, refs: list[str]) -> None:
