@@ -106,3 +106,20 @@ def test_a_connection_killed_under_a_post_is_not_handed_out_again(clean_db):
     with transaction() as s:
         assert ledger.post(s, rules.capture(bid, "pay_gone", 10_000), actor="test")
     assert _escrow(bid) == 10_000
+
+
+def test_a_booking_added_in_the_same_session_is_flushed_before_the_post(clean_db):
+    # session.scalar() flushed pending ORM rows before the call; the driver's cursor must
+    # see them too: here a booking's row added just now (its lock, the entry's foreign key).
+    from core.adapters.models import Booking
+
+    bid = confirmed_booking()
+    new_id = bid + 1000
+    with transaction() as s:
+        original = s.get(Booking, bid)
+        assert original is not None
+        s.add(Booking(**{c.key: getattr(original, c.key) for c in Booking.__table__.columns
+                         if c.key not in ("id", "reference")},
+                      id=new_id, reference=f"{original.reference[:-1]}Z"))
+        assert ledger.post(s, rules.capture(new_id, "pay_new", 7_000), actor="test")
+    assert _escrow(new_id) == 7_000

@@ -60,8 +60,8 @@ def post(session: Session, entry: rules.Entry, *, actor: str, cause: str | None 
     commit-time triggers check it all again.
     """
     params = post_arguments(entry, actor=actor, cause=cause)
-    outcome = _call_post(session, dict(params, postings=json.dumps(params["postings"]),
-                                       guarded=json.dumps(params["guarded"])))
+    outcome = call_function(session, _POST_SQL, dict(
+        params, postings=json.dumps(params["postings"]), guarded=json.dumps(params["guarded"])))
     if outcome == "posted":
         return True
     if outcome == "exists":  # recorded before (a retry), or by a concurrent twin just now
@@ -78,14 +78,19 @@ def post(session: Session, entry: rules.Entry, *, actor: str, cause: str | None 
     raise rules.InsufficientEscrow(f"{account} would go to {after} paise", field="amount_paise")
 
 
-def _call_post(session: Session, params: dict[str, Any]) -> str:
-    """ledger_post(``params``) on the session's connection, in its transaction."""
+def call_function(session: Session, sql: str, params: dict[str, Any]) -> str:
+    """The one value of ``sql`` (a function's call in the driver's %(name)s style, as
+    _POST_SQL) on the session's connection, in its transaction, as text. Pending ORM
+    changes are flushed first, as session.execute() would (ledger_post() locks the booking
+    and its postings name legs and partners, which may be rows added just now)."""
+    if session.autoflush:  # False inside ``session.no_autoflush``, as for execute()
+        session.flush()
     conn = session.connection()
     dbapi_conn = conn.connection.driver_connection
     assert dbapi_conn is not None
     try:
         with dbapi_conn.cursor() as cur:
-            cur.execute(_POST_SQL, params)
+            cur.execute(sql, params)
             row = cur.fetchone()
     except Exception as err:
         dialect = conn.dialect
@@ -95,7 +100,7 @@ def _call_post(session: Session, params: dict[str, Any]) -> str:
         gone = dialect.is_disconnect(err, dbapi_conn, None)
         if gone:  # as SQLAlchemy does: this connection is not handed out again
             conn.invalidate(err)
-        raise exc.DBAPIError.instance(_POST_SQL, None, err, dbapi_error,
+        raise exc.DBAPIError.instance(sql, None, err, dbapi_error,
                                       hide_parameters=True, connection_invalidated=gone,
                                       dialect=dialect) from err
     assert row is not None
