@@ -30,7 +30,7 @@ from sqlalchemy.exc import OperationalError
 from core import clock, i18n
 from core.adapters.db import transaction
 from core.adapters.models import InboundEvent, InboundParked, Leg, OutboxMessage, Person
-from core.adapters.redis_conn import reset_clients
+from core.adapters.redis_conn import redis_client, reset_clients
 from core.config import reset_settings
 from core.services import dispatch, inbound, retention
 from tests.conftest import post_twilio, replies_to, run_jobs
@@ -285,3 +285,58 @@ def test_a_recipients_erasure_deletes_her_parked_sms(
         done = retention.erase_recipient(s, her, actor="ops:test", reason="her request")
     assert done.counts.get("parked_messages") == 1
     assert _parked() == []
+
+
+# --- review (r1): the parked one first, whoever drains ------------------------------------
+
+
+def test_a_drainer_already_running_takes_the_parked_one_first(
+        client, live, frozen, monkeypatch):  # noqa: F811
+    """"1" parked; "OFF" once Redis is back while every drainer is busy (no new drain job,
+    none of which would unpark first): the running drainer took "OFF" before the parked
+    "1" (his offer lost as he went off duty). The webhook now moves the parked ones into
+    Redis before it queues his new one."""
+    from workers import inbound as inbound_jobs
+
+    me_id, me, leg_id = _offered()
+    with redis_away(monkeypatch):
+        assert post_sms(client, sms_params(me, "1", "SMs35run01"))[0] == 200
+    redis_client().set(inbound.DRAINER_COUNT, inbound.DRAINERS, ex=60)  # all busy
+    clock.freeze(clock.now() + timedelta(seconds=5))
+    assert post_sms(client, sms_params(me, "OFF", "SMs35run02")) == (200, [])
+    inbound.drain_ready(inbound_jobs.HANDLERS.__getitem__, threads=1)  # the running one
+    _redis_back()
+    assert _claims() == ["SMs35run01", "SMs35run02"], "the later SMS overtook"
+    assert [o.status for o in offers(leg_id)] == ["accepted"]
+    assert legs_of(_booking_of(leg_id))[0].partner_id == me_id
+
+
+def test_a_row_unparked_between_the_two_looks_is_not_overtaken(
+        client, live, frozen, monkeypatch):  # noqa: F811
+    """The webhook's look for waiting messages read Redis, then PostgreSQL: an unpark (the
+    sweep's) committing between the two found an empty inbox and then no row, and "OFF"
+    was answered in the webhook before the parked "1". PostgreSQL is read first now."""
+    import contextlib
+
+    me_id, me, leg_id = _offered()
+    with redis_away(monkeypatch):
+        assert post_sms(client, sms_params(me, "1", "SMs35rac01"))[0] == 200
+    real = inbound.autocommit
+    fired: list[int] = []
+
+    @contextlib.contextmanager
+    def unpark_first():  # noqa: ANN202
+        # The first connection the webhook asks for: the sweep's unpark commits just then.
+        if not fired:
+            fired.append(1)
+            inbound.unpark()
+        with real() as conn:
+            yield conn
+
+    monkeypatch.setattr(inbound, "autocommit", unpark_first)
+    clock.freeze(clock.now() + timedelta(seconds=5))
+    post_sms(client, sms_params(me, "OFF", "SMs35rac02"))
+    monkeypatch.setattr(inbound, "autocommit", real)
+    _redis_back()
+    assert _claims() == ["SMs35rac01", "SMs35rac02"], "the later SMS overtook"
+    assert legs_of(_booking_of(leg_id))[0].partner_id == me_id

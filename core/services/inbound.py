@@ -165,7 +165,12 @@ def answer(msg: InboundMessage, handler: Handler) -> Outcome:
     if msg.received_at is None:  # its place behind the contact's parked ones (unpark)
         msg = replace(msg, received_at=clock.now().timestamp())
     try:
-        if _waiting(msg):
+        waiting = _waiting(msg)
+        if waiting is not None:
+            if waiting == "parked":
+                # Into Redis first, in order: a drainer already running (it does not
+                # unpark) would otherwise take this one before the parked ones.
+                unpark()
             got = accept(msg)
             return Outcome(duplicate=got.duplicate, rate_limited=got.dropped,
                            queued=got.queued, parked=got.parked)
@@ -179,14 +184,20 @@ def answer(msg: InboundMessage, handler: Handler) -> Outcome:
         return Outcome(parked=True)
 
 
-def _waiting(msg: InboundMessage) -> bool:
-    """Whether the contact has messages queued in Redis or parked in PostgreSQL, which
-    this one must not overtake. Raises RedisError while Redis is away."""
-    if redis_client().exists(_keys(msg.channel, msg.contact)[0]):
-        return True
+def _waiting(msg: InboundMessage) -> str | None:
+    """Whether the contact has messages parked in PostgreSQL ("parked") or queued in
+    Redis ("queued"), which this one must not overtake; None if neither. PostgreSQL is
+    read first: ``unpark`` queues a row into Redis before it deletes it, and an inbox
+    stays until its last message was handled, so no row and then no inbox means nothing
+    waits (the other order missed a row unparked between the two looks). Raises
+    RedisError while Redis is away."""
     with autocommit() as conn:
-        return conn.execute(_ANY_PARKED_FROM, {"channel": msg.channel,
-                                               "contact": msg.contact}).first() is not None
+        if conn.execute(_ANY_PARKED_FROM, {"channel": msg.channel,
+                                           "contact": msg.contact}).first() is not None:
+            return "parked"
+    if redis_client().exists(_keys(msg.channel, msg.contact)[0]):
+        return "queued"
+    return None
 
 
 # PostgreSQL aborted the transaction to let a concurrent one through: deadlock detected,
