@@ -79,7 +79,10 @@ GREETINGS = frozenset({
 # --- helpers ---------------------------------------------------------------------------
 
 def choice(inp: UserInput, n: int, aliases: Sequence[frozenset[str]] = ()) -> int | None:
-    """1-based option picked by a digit/number word, or by an alias word of an option."""
+    """1-based option picked by a digit/number word, or by an alias word of an option. A
+    "no problem" beside the answer is left out ("koi baat nahi, haan": yes); alone it
+    picks nothing (asked again). A no in a few words ("no thanks", "nahi ji", "ji nahi")
+    picks the option whose aliases are every no (words.refuses)."""
     if inp.has_location:
         return None
     num = words.number(inp.text)
@@ -89,6 +92,12 @@ def choice(inp: UserInput, n: int, aliases: Sequence[frozenset[str]] = ()) -> in
     for i, names in enumerate(aliases, start=1):
         if text in names:
             return i
+    rest = words.without_no_problem(inp.text)
+    if rest is not None:
+        return choice(UserInput(text=rest), n, aliases) if rest else None
+    if aliases and words.refuses(inp.text):
+        return next((i for i, names in enumerate(aliases, start=1)
+                     if words.NO_WORDS <= names), None)
     return None
 
 
@@ -221,7 +230,7 @@ def _guess_handle(ctx: Ctx, inp: UserInput) -> Result:
     # "no, Tamil") which one is meant is not sure: the list is shown.
     named = None if inp.has_location else words.language_mentioned(inp.text)
     if named is not None:
-        if words.tokens(inp.text) & words.NO_WORDS:
+        if words.negated(inp.text):  # "Tamil nahi", "not Tamil", "Tamil வேணாம்"
             return Goto("language")
         return _language_chosen(ctx, named)
     return Retry()
@@ -269,11 +278,13 @@ MENU_INTENTS: tuple[frozenset[str], ...] = (
 
 def menu_intent(text: str) -> int | None:
     """The menu option a sentence asks for by one of MENU_INTENTS' words (1-4), or None:
-    none of them, words of two options ("where do I send it"), or a no in it ("cancel
-    nahi karna"): the menu is asked again rather than guessed."""
-    said = words.tokens(text)
-    if said & words.NO_WORDS:
+    none of them, words of two options ("where do I send it"), or a no or a "not" in it
+    ("cancel nahi karna", "cancel mat karo", "don't cancel", "বাতিল করবনা"): the menu is
+    asked again rather than guessed. A "no problem" negates nothing (words.negated)."""
+    if words.negated(text):
         return None
+    rest = words.without_no_problem(text)  # "koi baat nahi": no "baat" (talk) asked for
+    said = words.tokens(text) if rest is None else set(rest.split())
     found = {i for i, keys in enumerate(MENU_INTENTS, start=1) if said & keys}
     return found.pop() if len(found) == 1 else None
 
@@ -546,8 +557,9 @@ def _place_steps(kind: str, default_next: str) -> list[Step]:
             # "nahi, dusra gaon", "galat gaon hai": the village chosen is the wrong one,
             # no landmark; the village list (or the place question) again.
             return Goto(_previous(ctx) or where)
-        if words.number(text) == 1 or said in words.SKIP_WORDS:
-            place["landmark"] = None  # "1", "skip", "nahi", "नहीं है", "নেই": none
+        if words.number(text) == 1 or said in words.SKIP_WORDS or words.refuses(text):
+            # "1", "skip", "nahi", "नहीं है", "নেই", "nahi ji", "no no": none
+            place["landmark"] = None
         elif said in words.YES_WORDS:
             return Retry([Say("bot.place.landmark_bad")])  # "haan": there is one; which?
         elif len(text) >= 2 and not words.only_digits(text):

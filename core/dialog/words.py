@@ -8,6 +8,9 @@ from __future__ import annotations
 import re
 import unicodedata
 
+from core.domain.dispatch import NEGATORS as PARTNER_NEGATORS
+from core.domain.dispatch import NO_PROBLEM, Kind
+from core.domain.dispatch import WORDS as PARTNER_WORDS
 from core.domain.text import visible, without_format_marks  # noqa: F401 (words.visible)
 
 # Script ranges used to guess a first-time user's language from what they typed.
@@ -87,7 +90,11 @@ NO_WORDS = frozenset({
     "ledandi", "ledhandi", "kaadandi", "లేదండి", "కాదండి", "వద్దండి",  # te, politely
     "nathi", "ના", "નથી", "નહીં", "નહિ", "ના જી",  # gu
     "beda", "bedaa", "ಇಲ್ಲ", "ಬೇಡ", "ಬೇಡಾ",  # kn (illa: as in Tamil)
-})
+    # The partner SMS parser's refusals are the chat's too, one list (core.domain.dispatch,
+    # Kind.DECLINE): "nhi", "ji nahi", and the one-word refusals of each language, the
+    # negated verbs as people text them ("முடியாது" cannot, "వద్దండి", "కుదరదు" not
+    # possible, "ಆಗಲ್ಲ", "ಬೇಡಾ", "পারবনা", "লাগবেনা" not needed, "চাইনা" I do not want).
+}) | PARTNER_WORDS[Kind.DECLINE]
 MENU_WORDS = frozenset({
     "0", "menu", "main menu", "menyu", "मेनू", "मेन्यू", "मेन्यु", "मेनु",  # hi, mr
     "মেনু", "মেন্যু", "மெனு", "மெனூ", "మెనూ", "మెను", "મેનુ", "મેનૂ", "ಮೆನು", "ಮೆನ್ಯು",
@@ -170,7 +177,10 @@ THANK_WORDS = frozenset({
 _POLITE = frozenset({
     "ji", "sir", "madam", "mam", "bhai", "bhaiya", "you", "u", "so", "very", "much", "a",
     "lot", "hai", "bahut", "bohot", "romba", "जी", "सर", "है", "बहुत", "खूप", "ரொம்ப",
-    "చాలా", "ખૂબ", "ತುಂಬಾ", "অনেক"})
+    "చాలా", "ખૂબ", "ತುಂಬಾ", "অনেক",
+    # sir and madam as each script spells them ("ಬೇಡ ಸರ್", "சரி சார்")
+    "sar", "saar", "मैडम", "স্যার", "ম্যাডাম", "சார்", "மேடம்", "సార్", "మేడం", "સર",
+    "મેડમ", "ಸರ್", "ಮೇಡಂ"})
 
 # "No, (an)other village", "galat gaon hai": the village or office chosen is not the one.
 # Other or wrong, romanized and in each script...
@@ -395,18 +405,102 @@ def kilograms(text: str) -> float | None:
     return n * 100 if found["q"] else n / 1000 if found["g"] else n
 
 
+# --- yes, no, "no problem" and a "not" in a sentence ----------------------------------
+# Read as the partner SMS parser reads them (core.domain.dispatch.parse_command): its
+# refusals are NO_WORDS', its "no problem" phrases and its negators are these.
+
+# "No problem" and its like ("koi baat nahi", "વાંધો નથી", "பிரச்சனை இல்லை", "ತೊಂದರೆ
+# ಇಲ್ಲ") begin or end with a no, and refuse nothing: left out before a message is read.
+# Alone, it is no answer to a yes/no question ("koi baat nahi" is also "never mind": book
+# it, or forget it?): asked again; a yes or a no said with it is the answer.
+_NO_PROBLEM: tuple[tuple[str, ...], ...] = tuple(sorted(
+    {tuple(clean(p).split()) for p in NO_PROBLEM}, key=len, reverse=True))
+# A word that turns a sentence around ("cancel mat karo", "don't cancel", "বাতিল করবনা").
+NEGATORS = PARTNER_NEGATORS | NO_WORDS
+# What may go with a no and change nothing: a "ji" or "sir", a thanks ("no thanks"),
+# "want" or "do" ("nahi chahiye": not wanted, "nahi karna", "નથી જોઈતું").
+_WITH_A_NO = _POLITE | THANK_WORDS | {
+    "chahiye", "chaiye", "chahie", "चाहिए", "चाहिये", "karna", "karni", "करना", "करनी",
+    "જોઈતું", "જોઈએ", "joitu", "joie"}
+_SPLIT = re.compile(r"[\s.,!?।॥;:\"()\[\]]+")
+
+
+def said_words(text: str) -> list[str]:
+    """The words of ``text`` in order (cleaned), punctuation between them dropped, and an
+    apostrophe inside one ("don't" is "dont", as NEGATORS has it)."""
+    plain = clean(text).replace("'", "").replace("\u2019", "")
+    return [w for w in _SPLIT.split(plain) if w]
+
+
+def _words_without_no_problem(text: str) -> tuple[list[str], bool]:
+    """The words of ``text`` without its "no problem" phrases, and whether it had one."""
+    said, out, i, found = said_words(text), [], 0, False
+    while i < len(said):
+        phrase = next((p for p in _NO_PROBLEM if tuple(said[i:i + len(p)]) == p), None)
+        if phrase is None:
+            out.append(said[i])
+            i += 1
+        else:
+            found, i = True, i + len(phrase)
+    return out, found
+
+
+def without_no_problem(text: str) -> str | None:
+    """What a message says besides its "no problem" phrase ("koi baat nahi, haan" ->
+    "haan"; "" if nothing), or None when it has none."""
+    rest, found = _words_without_no_problem(text)
+    return " ".join(rest) if found else None
+
+
+def refuses(text: str) -> bool:
+    """A no, in a word or a few: "nahi", "no no", "nahi ji", "ji nahi", "no thanks",
+    "nahi chahiye", "முடியாது", "ಬೇಡ ಸರ್". Every word a no or one that goes with one, a
+    no among them; "no problem" is none ("વાંધો નથી"), nor a no with another word ("ok
+    nahi", "code nahi mila": asked again)."""
+    said, _ = _words_without_no_problem(text)
+    if " ".join(said) in NO_WORDS:
+        return True
+    any_no, i = False, 0
+    while i < len(said):
+        if i + 1 < len(said) and f"{said[i]} {said[i + 1]}" in NO_WORDS:
+            any_no, i = True, i + 2  # "parbo na", "lagbe na"
+        elif said[i] in NO_WORDS:
+            any_no, i = True, i + 1
+        elif said[i] in _WITH_A_NO:
+            i += 1
+        else:
+            return False
+    return any_no
+
+
+def negated(text: str) -> bool:
+    """Whether a no or a "not" is among the words ("cancel mat karo", "don't cancel",
+    "cancel வேணாம்", "বাতিল করবনা"); a "no problem" phrase negates nothing."""
+    said, _ = _words_without_no_problem(text)
+    return any(w in NEGATORS for w in said) or any(
+        f"{a} {b}" in NO_WORDS for a, b in zip(said, said[1:], strict=False))
+
+
 def is_yes(text: str) -> bool:
-    return clean(text) in YES_WORDS
+    """A yes, alone or with a "no problem" ("koi baat nahi, haan")."""
+    rest = without_no_problem(text)
+    return clean(text) in YES_WORDS or (rest is not None and rest in YES_WORDS)
 
 
 def is_no(text: str) -> bool:
-    return clean(text) in NO_WORDS
+    """A no (refuses): "nahi", "no thanks", "முடியாது"; never a "no problem"."""
+    return refuses(text)
 
 
 def acknowledged(text: str) -> bool:
-    """An ok or a thanks, nothing asked: "ok", "👍", "dhanyavad", "ok thank you ji"."""
+    """An ok or a thanks, nothing asked: "ok", "👍", "dhanyavad", "ok thank you ji"; a
+    "no problem" too ("koi baat nahi", "no problem, thanks", "વાંધો નથી")."""
     if clean(text) in YES_WORDS | THANK_WORDS:
         return True
+    rest = without_no_problem(text)
+    if rest is not None:
+        meant = set(rest.split()) - _POLITE
+        return all(w in YES_WORDS or w in THANK_WORDS for w in meant)
     meant = tokens(text) - _POLITE
     return bool(meant) and all(w in YES_WORDS or w in THANK_WORDS for w in meant)
 
