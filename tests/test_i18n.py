@@ -178,6 +178,7 @@ REQUIRED_KEYS = (
     | {"dispatch.drop_contact_sender"}  # ... after "wrong number": the sender to call
     | {"sms.recipient_code_sent_at"}  # her new code asked again while on its way
     | {"dispatch.drop_otp_pass_on", "dispatch.ops_drop_code_lost"}  # a drop code lost
+    | {"dispatch.drop_otp_void"}  # dispatch._give_back: the code she holds is void
     | {f"dispatch.{k}" for k in ("ops_drop_code_unsent", "pickup_code_lost_rider",  # codes lost
                                  "ops_pickup_code_lost", "ops_pickup_code_unsent")}
     | {"dispatch.ops_drop_code_old_number"}  # a recipient's move kept no new drop code

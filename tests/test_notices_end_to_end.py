@@ -115,7 +115,9 @@ def test_no_rider_after_a_give_back_tells_customer_and_recipient_what_happened(c
     run_jobs_expecting_refund(booking_id)
     assert booking_status(booking_id) == "failed"
     ref = ref_of(booking_id)
-    assert bodies_to(RECIPIENT)[1:] == [i18n.t("dispatch.recipient_no_rider", "en", ref=ref)]
+    # The give-back voided the code she held: she was told at once (dispatch.drop_otp_void).
+    assert bodies_to(RECIPIENT)[1:] == [i18n.t("dispatch.drop_otp_void", "en", ref=ref),
+                                        i18n.t("dispatch.recipient_no_rider", "en", ref=ref)]
     told = bodies_to(CUSTOMER)[-1]
     assert told == i18n.t("booking.status.failed", "en", ref=ref)
     assert "could not find a rider" in told and "money" in told

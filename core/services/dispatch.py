@@ -3935,12 +3935,16 @@ def _give_back(session: Session, booking: Booking, leg: Leg, partner: PartnerPro
 
     On a relay leg whose previous rider still carries the parcel, that rider's handover
     code (the one this partner would read out at the Point) is replaced: it must not work
-    for them any more. The next partner to take the leg gets the new one."""
+    for them any more. The next partner to take the leg gets the new one. On the last leg
+    the recipient's drop code goes void too: if she holds it, she is told so at once
+    (_drop_code_void_to_recipient), or she would give the next rider a code that fails;
+    the next rider's accept sends her the new one (dispatch.drop_otp_new)."""
     prev = _previous_leg(session, leg)
     if prev is not None and prev.status == LegStatus.PICKED_UP.value:
         outbox.withdraw_leg_codes(session, prev.id, kinds=("drop",))
         _new_handover_code(prev)
     outbox.withdraw_leg_codes(session, leg.id)  # its codes go void below
+    held = _recipient_code_message(session, booking, leg)  # one withdrawn reached nobody
     session.execute(update(DispatchOffer).where(
         DispatchOffer.leg_id == leg.id, DispatchOffer.partner_id == partner.id,
         DispatchOffer.status == rules.OfferStatus.ACCEPTED.value)
@@ -3955,11 +3959,59 @@ def _give_back(session: Session, booking: Booking, leg: Leg, partner: PartnerPro
     session.flush()
     leg.partner_id = None
     leg.pickup_otp_hash = leg.drop_otp_hash = None
+    if held is not None:
+        _drop_code_void_to_recipient(session, booking, leg, held, event)
     move_leg(session, leg, LegStatus.OFFERING, actor, reason)
     if booking.status != BookingStatus.ASSIGNED.value:
         return event, False
     move_booking(session, booking, BookingStatus.DISPATCHING, actor, reason)
     return event, True
+
+
+def _recipient_code_message(session: Session, booking: Booking,
+                            leg: Leg) -> OutboxMessage | None:
+    """The message that gave the recipient the leg's working drop code, if she holds one:
+    the last leg has a drop code (none while one is kept from the night), and the leg's
+    latest drop-code message went to her number (by SMS, or WhatsApp) and was not
+    withdrawn or reported failed. None otherwise: the code went to the sender (no number,
+    or hers said "wrong number"), or never reached her."""
+    phone = _code_phone(session, booking)
+    if (phone is None or leg.drop_otp_hash is None
+            or leg.sequence != len(_legs(session, booking))):
+        return None
+    latest = session.scalar(select(OutboxMessage).where(
+        OutboxMessage.booking_id == booking.id,
+        OutboxMessage.dedupe_key.like(f"leg-{leg.id}-dropotp-%"))
+        .order_by(OutboxMessage.id.desc()).limit(1))
+    if (latest is None or latest.status in ("failed", "undelivered")
+            or latest.to_addr not in (outbox.address("sms", phone),
+                                      outbox.address("whatsapp", phone))):
+        return None
+    return latest
+
+
+def _drop_code_void_to_recipient(session: Session, booking: Booking, leg: Leg,
+                                 held: OutboxMessage, event: PartnerEvent) -> None:
+    """The last leg went back to offering (_give_back) and the drop code the recipient
+    holds (``held``) is void: she hears it, in her language, the way that code reached
+    her (WhatsApp if it came there, else as her drop code goes: notify_phone), and that a
+    new one comes when a rider takes the parcel (send_leg_codes: drop_otp_new). Once for
+    each give-back (``event``). Its key is no drop code's (``dropvoid``)."""
+    phone = booking.recipient_phone
+    assert phone is not None
+    lang = recipient_language(session, booking)
+    dedupe_key = f"leg-{leg.id}-dropvoid-{event.id}"
+    log.info("the recipient's drop code is void: she is told",
+             extra={"booking_id": booking.id, "leg_id": leg.id})
+    if held.channel == "whatsapp":
+        person = session.scalar(select(Person).where(Person.phone == phone))
+        if person is not None and notify.send_to_person(
+                session, person, i18n.t("dispatch.drop_otp_void", lang, ref=booking.reference),
+                booking_id=booking.id, dedupe_key=dedupe_key, whatsapp_only=True,
+                lang=lang) is not None:
+            return
+    notify.notify_phone(session, phone, "dispatch.drop_otp_void", lang=lang,
+                        booking_id=booking.id, dedupe_key=dedupe_key, ref=booking.reference)
 
 
 # KYC states in which a partner takes no jobs (ops set them; the ops endpoint also takes
@@ -4615,6 +4667,15 @@ OPS_NEW_CODE = "leg.new_code"
 RECIPIENT_CODES_PER_LEG = 3
 RECIPIENT_NEW_CODE = "leg.recipient_new_code"
 RECIPIENT_CODE_SPACING = timedelta(minutes=10)  # her next ask waits for the last code
+# Codes the service makes itself, asked for by nobody at ops: a new one for the sender to
+# pass on when the recipient's number says the parcel is not hers (partner_sms), one
+# for her new number when it moved to a new SIM (partner_profile). None of ops' 5: each
+# cause has a budget of its own. Audited as OPS_NEW_CODE by the system actor with its
+# ``cause`` (one numbering of the ``ops<n>`` tags with ops' codes, so no two messages
+# share a key).
+WRONG_NUMBER_CODE = "wrong_number"
+NEW_SIM_CODE = "new_sim"
+SERVICE_CODES_PER_LEG = {WRONG_NUMBER_CODE: 2, NEW_SIM_CODE: 3}
 # core.services.ivr audits a pickup code read out on a call by this action (ivr.CODE_READ).
 IVR_CODE_READ = "ivr_pickup_code_read"
 
@@ -4625,11 +4686,53 @@ class NewCode:
     kind: str
     code: str  # to be read out once; never logged, never audited
     sent: bool  # also queued to whoever holds that code the usual way
-    issued: int  # ops codes (or hers: by_recipient) given for the leg so far, this one too
+    # Ops' codes (or hers: by_recipient) given for the leg so far, this one too; for a
+    # code the service made (``cause``), the number in its tag (``ops<n>``), which its
+    # caller keys its own messages by.
+    issued: int
+
+
+def _code_cause(session: Session, booking: Booking, actor: Actor, cause: str | None,
+                by_recipient: bool) -> str:
+    """Whose ask a new code is (new_leg_code): hers, ops', or the service's own
+    (SERVICE_CODES_PER_LEG): one the system makes for a number that said it is not hers
+    is WRONG_NUMBER_CODE, any other NEW_SIM_CODE (the only other the service makes)."""
+    if by_recipient:
+        return "recipient"
+    if actor.kind != SYSTEM.kind:
+        return "ops"
+    if cause is not None:
+        if cause not in SERVICE_CODES_PER_LEG:
+            raise ValueError(f"no such cause of a new code: {cause}")
+        return cause
+    return (WRONG_NUMBER_CODE if recipient_said_wrong_number(session, booking)
+            else NEW_SIM_CODE)
+
+
+def _codes_given(session: Session, leg: Leg, cause: str) -> tuple[int, int]:
+    """(codes of ``cause`` given for the leg so far, the number of the last tag of its
+    kind): hers are RECIPIENT_NEW_CODE's; ops' and the service's share OPS_NEW_CODE's
+    numbering, each counted apart (the system's codes by their ``cause``; one audited
+    before causes were kept counts for none)."""
+    if cause == "recipient":
+        given = int(session.scalar(select(func.count()).select_from(AuditEntry).where(
+            AuditEntry.action == RECIPIENT_NEW_CODE,
+            AuditEntry.target == f"leg:{leg.id}")) or 0)
+        return given, given
+    rows = session.execute(select(AuditEntry.actor, AuditEntry.details["cause"].astext)
+                           .where(AuditEntry.action == OPS_NEW_CODE,
+                                  AuditEntry.target == f"leg:{leg.id}")).all()
+    system = f"{SYSTEM.kind}:"
+    if cause == "ops":
+        given = sum(1 for who, _ in rows if not who.startswith(system))
+    else:
+        given = sum(1 for who, why in rows if who.startswith(system) and why == cause)
+    return given, len(rows)
 
 
 def new_leg_code(session: Session, leg_id: int, kind: str, actor: Actor, *, reason: str,
-                 send: bool = False, by_recipient: bool = False) -> NewCode:
+                 send: bool = False, by_recipient: bool = False,
+                 cause: str | None = None) -> NewCode:
     """Ops make a new ``kind`` ("pickup" or "drop") code for a leg whose code reached
     nobody (pickup_code_lost, drop_code_lost told them to call the customer): only its
     hash is kept, the old one is void, the other kind's code stays, and the tries are
@@ -4637,7 +4740,9 @@ def new_leg_code(session: Session, leg_id: int, kind: str, actor: Actor, *, reas
     out on the phone; ``send`` also queues it the way send_leg_codes would. Audited
     without the code, at most OPS_CODES_PER_LEG per leg. ``by_recipient``: a drop code
     the recipient asked for by SMS, audited as RECIPIENT_NEW_CODE, at most
-    RECIPIENT_CODES_PER_LEG, tagged ``r<n>``: none of ops' codes.
+    RECIPIENT_CODES_PER_LEG, tagged ``r<n>``: none of ops' codes. One the service makes
+    (``actor`` the system: a wrong number, a new SIM; ``cause`` names which, else it is
+    told by the booking) is none of ops' either: SERVICE_CODES_PER_LEG of its cause.
 
     Conflict (precise codes) when the leg takes no such code: no rider yet, locked (ops
     unlock it, which sends new codes), a pickup code once picked up, a drop code once
@@ -4677,16 +4782,19 @@ def new_leg_code(session: Session, leg_id: int, kind: str, actor: Actor, *, reas
     if by_recipient and kind != "drop":
         raise ValidationError("a recipient has a drop code only", code="bad_kind",
                               field="kind")
+    cause = _code_cause(session, booking, actor, cause, by_recipient)
     action, limit, prefix = ((RECIPIENT_NEW_CODE, RECIPIENT_CODES_PER_LEG, "r")
-                             if by_recipient else (OPS_NEW_CODE, OPS_CODES_PER_LEG, "ops"))
-    issued = int(session.scalar(select(func.count()).select_from(AuditEntry).where(
-        AuditEntry.action == action, AuditEntry.target == f"leg:{leg.id}")) or 0)
-    if issued >= limit:
+                             if by_recipient else
+                             (OPS_NEW_CODE, SERVICE_CODES_PER_LEG.get(cause, OPS_CODES_PER_LEG),
+                              "ops"))
+    given, numbered = _codes_given(session, leg, cause)
+    if given >= limit:
         log.warning("a new code asked for past the limit",
-                    extra={"booking_id": booking.id, "leg_id": leg.id,
+                    extra={"booking_id": booking.id, "leg_id": leg.id, "cause": cause,
                            "by_recipient": by_recipient})
-        raise Conflict(f"{issued} codes were given for leg {leg.id} already: no more",
+        raise Conflict(f"{given} codes were given for leg {leg.id} already: no more",
                        code="too_many_codes")
+    issued = given if cause in ("ops", "recipient") else numbered
     before = leg.pickup_otp_hash, leg.drop_otp_hash
     # Before the pickup the leg's one counter holds the wrong PICK codes: a new drop code
     # leaves them (as drop_code_lost does).
@@ -4699,19 +4807,20 @@ def new_leg_code(session: Session, leg_id: int, kind: str, actor: Actor, *, reas
     else:
         code, leg.pickup_otp_hash = drop_code, before[0]
     leg.otp_failures = failures
-    tag = f"{prefix}{issued + 1}"
+    tag = f"{prefix}{numbered + 1}"
     sent = send and _send_new_code(session, booking, leg, kind, code, tag=tag)
     session.add(AuditEntry(actor=f"{actor.kind}:{actor.id}", action=action,
                            target=f"leg:{leg.id}",
                            details={"booking": booking.reference, "kind": kind,
-                                    "sent": sent, "issued": issued + 1,
+                                    "sent": sent, "issued": issued + 1, "cause": cause,
                                     # The service's clock (the row's own is the database's):
                                     # her next ask is spaced by it (recipient_code_pending).
                                     "made_at": clock.now().isoformat(),
                                     "reason": mask_phones(reason)}))
-    log.warning("the recipient was sent a new code" if by_recipient else "ops gave a new code",
+    log.warning("the recipient was sent a new code" if by_recipient else
+                "ops gave a new code" if cause == "ops" else "the service made a new code",
                 extra={"booking_id": booking.id, "leg_id": leg.id, "kind": kind,
-                       "sent": sent})
+                       "sent": sent, "cause": cause})
     return NewCode(leg, kind, code, sent, issued + 1)
 
 

@@ -345,7 +345,8 @@ def _parcels_follow(session: Session, old: str, new: str, tag: str
 
 def _new_drop_code(session: Session, booking: Booking, leg: Leg, tag: str) -> bool:
     """The drop code the old number holds is made void, a new one sent to the new number
-    (dispatch.new_leg_code: audited, one of the leg's OPS_CODES_PER_LEG; it goes to the
+    (dispatch.new_leg_code: audited, one of the few the service may make a leg for a new
+    SIM, SERVICE_CODES_PER_LEG, apart from ops' own; it goes to the
     sender to pass on if the new number stopped our SMS). None can be made (the leg is
     locked: its unlock sends new codes, to the new number now; too many codes already):
     the working code stays with the old number, which may be a stranger's now, so ops
@@ -354,7 +355,8 @@ def _new_drop_code(session: Session, booking: Booking, leg: Leg, tag: str) -> bo
     savepoint = session.begin_nested()
     try:
         made = dispatch.new_leg_code(session, leg.id, "drop", Actor.system(), send=True,
-                                     reason="the recipient's number moved to a new SIM")
+                                     reason="the recipient's number moved to a new SIM",
+                                     cause=dispatch.NEW_SIM_CODE)
     except DomainError as exc:
         savepoint.rollback()
         log.info("no new drop code for a moved recipient",

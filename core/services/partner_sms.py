@@ -446,7 +446,8 @@ def _wrong_number(session: Session, parcel: Booking, lang: str) -> Asked:
         savepoint = session.begin_nested()
         try:
             made = dispatch.new_leg_code(session, leg.id, "drop", Actor.system(),
-                                         reason="the recipient's number says it is wrong")
+                                         reason="the recipient's number says it is wrong",
+                                         cause=dispatch.WRONG_NUMBER_CODE)
         except DomainError as exc:  # no more codes for the leg, locked: ops are told
             savepoint.rollback()
             log.info("no new drop code for a wrong number", extra={"code": exc.code})
