@@ -13,9 +13,11 @@ signed webhooks ``payment.captured`` and ``payment_link.paid``, each delivery an
 of its own; one the service answers non-2xx is delivered again later, as Razorpay does
 for 24 hours (``WEBHOOK_RETRY_S``). A link is paid once: a second POST (the button
 clicked twice) is answered 400 "Payment Link is paid", even while the first is paying; a
-cancel and a Pay click at once: the first to claim the link has it, the other is a 400.
-A link that can still be paid may be edited (``PATCH /v1/payment_links/<id>``: a later
-expire_by, 15 minutes away at least, say).
+cancel and a Pay click at once: the first to claim the link has it, the other is a 400 (a
+claim left by a killed request ends after CLAIM_TTL_MS). A link that can still be paid may
+be edited (``PATCH /v1/payment_links/<id>``: a later expire_by, 15 minutes away at least,
+say); an edit meeting a Pay or a cancel of the link is answered as for a paid (cancelled)
+link, and never writes over one.
 
 A Route transfer made on a payment starts as Razorpay documents it (Create Transfers from
 Payments: ``"status": "pending"``, ``"processed_at": null``): the transfer is processed
@@ -95,9 +97,13 @@ import html
 import json
 import re
 import secrets
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from flask import Blueprint, Response, jsonify, request
+from redis.client import Pipeline
+from redis.exceptions import WatchError
 from rq import Retry
 
 from core import clock
@@ -378,16 +384,46 @@ def _claim_key(plink_id: str) -> str:
     return f"{PREFIX}:claim:{plink_id}"
 
 
-def _claim(plink_id: str, to: str) -> str | None:
+# A request killed while it held a link's claim (its worker gone mid-Pay) must not leave
+# the link unpayable and uncancellable for good: the claim ends on its own after this. The
+# link's status, written last, is what survives a crash; the claim only guards the change.
+CLAIM_TTL_MS = 60_000
+
+# Release a claim only if it is still ours (one past its TTL may be another request's).
+_RELEASE = """
+if redis.call('get', KEYS[1]) == ARGV[1] then
+    return redis.call('del', KEYS[1])
+end
+return 0
+"""
+
+
+@contextmanager
+def _claimed(plink_id: str, to: str) -> Iterator[str | None]:
     """Claim a created link for its one way out of ``created`` by a request (``to``:
-    ``paid`` by the Pay button, ``cancelled`` by the API): None if this request has it,
-    else what the request that has it makes the link. Both read the link "created" first,
-    then write it: without the claim a Pay click and a cancel at once both succeeded (a
-    link cancelled and paid, both webhooks sent), as did two clicks of Pay."""
-    if redis_client().set(_claim_key(plink_id), to, nx=True):
-        return None
-    raw = redis_client().get(_claim_key(plink_id))
-    return raw.decode() if raw else to
+    ``paid`` by the Pay button, ``cancelled`` by the API). Yields None if this request has
+    it (released when the request ends: the link's status then answers), else what the
+    request that has it makes the link. Both read the link "created" first, then write it:
+    without the claim a Pay click and a cancel at once both succeeded (a link cancelled and
+    paid, both webhooks sent), as did two clicks of Pay. The one holding it reads the link
+    again; an edit does not write a claimed link (edit_link)."""
+    r = redis_client()
+    key = _claim_key(plink_id)
+    mine = f"{to} {secrets.token_hex(8)}"
+    for _ in range(3):  # a claim released between our two calls: ask again
+        if r.set(key, mine, nx=True, px=CLAIM_TTL_MS):
+            break
+        raw = r.get(key)
+        if raw is not None:
+            yield raw.decode().split(" ")[0]
+            return
+    else:
+        yield to
+        return
+    try:
+        yield None
+    finally:
+        r.eval(_RELEASE, 1, key, mine)
 
 
 @bp.post("/razorpay/v1/payment_links/<plink_id>/cancel")
@@ -397,39 +433,62 @@ def cancel_link(plink_id: str):
         return _not_found(plink_id)
     if link["status"] != "created":
         return _error(400, f"Payment Link cannot be cancelled in {link['status']} state")
-    holder = _claim(plink_id, "cancelled")
-    if holder is not None:  # being paid (or cancelled) by another request
-        return _error(400, f"Payment Link cannot be cancelled in {holder} state")
-    try:
-        link = _link_or_error(plink_id)  # read again: expired meanwhile?
+    with _claimed(plink_id, "cancelled") as holder:
+        if holder is not None:  # being paid (or cancelled) by another request
+            return _error(400, f"Payment Link cannot be cancelled in {holder} state")
+        link = _link_or_error(plink_id)  # read again: paid or expired meanwhile?
         if link is None:
             return _not_found(plink_id)
         if link["status"] != "created":
             return _error(400, f"Payment Link cannot be cancelled in {link['status']} state")
         link.update(status="cancelled", cancelled_at=_now(), updated_at=_now())
         put_object(link)
-    except Exception:
-        redis_client().delete(_claim_key(plink_id))  # a failed request: may be tried again
-        raise
     send_webhooks([_event("payment_link.cancelled", {"payment_link": link})])
     return jsonify(link)
+
+
+# An edit that met another write of the link between its read and its own (a Pay, a
+# cancel, another edit) reads the link again and starts over, this many times in all.
+EDIT_TRIES = 5
 
 
 @bp.patch("/razorpay/v1/payment_links/<plink_id>")
 def edit_link(plink_id: str):
     """Update Standard Payment Link: reference_id, expire_by, notes, reminder_enable,
     accept_partial. Only a link that can still be paid is edited; a new expire_by is held
-    to the rule of a new link's (15 minutes from now at least)."""
+    to the rule of a new link's (15 minutes from now at least).
+
+    The edit reads the link, changes it and writes it back: it writes only if neither the
+    link nor its claim (``_claimed``: a Pay or a cancel at work) changed since its read
+    (Redis WATCH), else it reads again. Without that a Pay landing in between was undone
+    (the link "created" again, a payment captured on it)."""
     if _take("fail_next:edit_link"):
         return _unavailable()
-    link = _link_or_error(plink_id)
-    if link is None:
-        return _not_found(plink_id)
-    if _take("refuse_next:edit_link"):
-        return _error(400, "Payment Link cannot be updated (sandbox refusal injection)")
-    if link["status"] not in ("created", "partially_paid"):
-        return _error(400, f"Payment Link cannot be updated in {link['status']} state")
     data = _json()
+    first = True
+    for _ in range(EDIT_TRIES):
+        with redis_client().pipeline() as pipe:
+            pipe.watch(f"{PREFIX}:obj:{plink_id}", _claim_key(plink_id))
+            link = _link_or_error(plink_id)
+            if link is None:
+                return _not_found(plink_id)
+            if first and _take("refuse_next:edit_link"):
+                return _error(400, "Payment Link cannot be updated (sandbox refusal injection)")
+            first = False
+            try:
+                return _edit(pipe, link, data)
+            except WatchError:
+                continue  # written meanwhile: read it again
+    return _unavailable()
+
+
+def _edit(pipe: Pipeline, link: dict, data: dict):
+    """edit_link's read-check-write of ``link`` (read after ``pipe``'s WATCH)."""
+    plink_id = link["id"]
+    claimed = pipe.get(_claim_key(plink_id))
+    status = claimed.decode().split(" ")[0] if claimed else link["status"]
+    if status not in ("created", "partially_paid"):
+        return _error(400, f"Payment Link cannot be updated in {status} state")
     unknown = set(data) - {"reference_id", "expire_by", "notes", "reminder_enable",
                            "accept_partial"}
     if unknown:
@@ -447,22 +506,32 @@ def edit_link(plink_id: str):
         if not isinstance(notes, dict) or len(notes) > 15:
             return _error(400, "notes must be an object of at most 15 keys", field="notes")
         link["notes"] = notes
+    ref_key = None
     if "reference_id" in data:
         ref = str(data["reference_id"] or "")
         if len(ref) > 40:
             return _error(400, "reference_id may not be greater than 40 characters",
                           field="reference_id")
         if ref != link["reference_id"]:
-            r = redis_client()
-            if ref and not r.set(f"{PREFIX}:ref:{ref}", plink_id, nx=True):
-                return _error(400, "payment link with reference ID already exists",
-                              field="reference_id")
+            if ref:
+                ref_key = f"{PREFIX}:ref:{ref}"
+                pipe.watch(ref_key)  # another link taking it meanwhile: read again
+                owner = pipe.get(ref_key)
+                if owner is not None and owner.decode() != plink_id:
+                    return _error(400, "payment link with reference ID already exists",
+                                  field="reference_id")
             link["reference_id"] = ref
     for flag in ("reminder_enable", "accept_partial"):
         if flag in data:
             link[flag] = bool(data[flag])
     link["updated_at"] = _now()
-    return jsonify(put_object(link))
+    pipe.multi()
+    if ref_key is not None:
+        pipe.set(ref_key, plink_id)
+    pipe.set(f"{PREFIX}:obj:{plink_id}", json.dumps(link))
+    pipe.zadd(f"{PREFIX}:index:{link['entity']}", {plink_id: link["created_at"]})
+    pipe.execute()
+    return jsonify(link)
 
 
 def expire_link(plink_id: str) -> dict:
@@ -622,14 +691,10 @@ def pay(plink_id: str):
     # A link is paid once: the Pay button clicked twice sends two POSTs together, and both
     # read the link "created". The first to claim it pays; the other is answered as
     # Razorpay answers a paid link (or a cancelled one, a cancel having claimed it).
-    holder = _claim(plink_id, "paid")
-    if holder is not None:
-        return _error(400, f"Payment Link is {holder}")
-    try:
+    with _claimed(plink_id, "paid") as holder:
+        if holder is not None:
+            return _error(400, f"Payment Link is {holder}")
         return _capture(plink_id)
-    except Exception:
-        redis_client().delete(_claim_key(plink_id))  # a failed request: may be paid again
-        raise
 
 
 def _capture(plink_id: str):

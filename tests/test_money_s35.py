@@ -1,18 +1,17 @@
 """Session 35, money leftovers: the hourly job's refund poll failing no longer skips the
-reconciliation; a leg's lock left by a killed job does not stand its 300 s against the
-job's retries (a live holder still blocks); the emulator's payment-link cancel and a Pay
-click at once no longer both succeed."""
+reconciliation (its time running out still ends the job at once); a leg's transfer lock
+held by a live job keeps another out (no lock is taken over: RQ can call a live run gone);
+the emulator's payment-link cancel and a Pay click at once no longer both succeed, an edit
+no longer undoes a Pay, and a claim left by a killed request ends with its TTL."""
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 from datetime import timedelta
 
 import pytest
 import requests
-from rq import Retry
 
 from core import clock
 from core.adapters import razorpay_gateway as gw
@@ -21,7 +20,7 @@ from core.adapters.queue import enqueue
 from core.adapters.redis_conn import redis_client
 from core.services import payments, reconciliation
 from sandbox import razorpay as emu
-from tests.conftest import release_scheduled, run_jobs
+from tests.conftest import run_jobs
 from tests.test_payments_support import (
     advance,
     failed_jobs,
@@ -98,75 +97,70 @@ def test_the_hourly_job_raises_the_reconciliations_error_with_the_polls(live, mo
     assert isinstance(info.value.__context__, ConnectionError)
 
 
-# --- 2. a leg's lock left by a killed job ------------------------------------------------
 
-def _lock_key(leg_id: int) -> str:
-    return f"lock:leg-transfer:{leg_id}"
+def test_the_hourly_job_out_of_time_in_the_poll_ends_without_reconciling(live, monkeypatch):
+    """RQ's job timeout raised inside the refund poll (JobTimeoutException, an Exception)
+    was caught as the poll's failure, and the reconciliation then ran with no time limit
+    left (the timeout fires once). It is raised at once; the job ends failed; the next
+    hour is still scheduled."""
+    from rq.timeouts import JobTimeoutException
 
+    from workers import payments as payment_jobs
 
-def _killed_inside_the_lock(monkeypatch, leg_id: int) -> dict:
-    """The leg's job runs into its lock, and its worker is killed there: what the run
-    left in Redis (the lock's value and time left) is kept; the job itself fails (RQ's
-    handling of a killed work horse: its Retry, if any, schedules it again)."""
-    left: dict = {}
+    ran: list[str] = []
 
-    def killed(leg: int) -> str:
-        r = redis_client()
-        left.update(value=r.get(_lock_key(leg)), pttl=r.pttl(_lock_key(leg)))
-        raise RuntimeError("the worker was killed here (test)")
+    def poll_out_of_time(*args, **kwargs):
+        raise JobTimeoutException("Task exceeded maximum timeout value (test)")
 
-    monkeypatch.setattr(payments, "_hold_leg_transfer", killed)
-    return left
-
-
-def _as_the_kill_left_it(left: dict, leg_id: int) -> None:
-    """The lock back as the killed run left it: nobody released it."""
-    assert left["value"] and left["pttl"] > 250_000, left
-    redis_client().set(_lock_key(leg_id), left["value"], px=left["pttl"])
-
-
-@pytest.mark.parametrize("same_job", [True, False])
-def test_a_lock_left_by_a_killed_job_does_not_hold_up_the_next_run(live, monkeypatch,
-                                                                    same_job):
-    """A worker killed while its job held the leg's lock left it for LEG_LOCK_TTL_S (300 s):
-    the job's retry (or the next job of the leg) found the leg busy, and each retry within
-    those 300 s was spent against it. The lock names the run holding it; a run that ended
-    without releasing it no longer holds it."""
-    monkeypatch.setattr(payments, "LEG_LOCK_WAIT_S", 0)  # no waiting in a test
-    real = payments._hold_leg_transfer
-    partner = new_partner()
-    bid = paid_booking()
-    leg_id = advance(bid, partner, to="assigned")
-    left = _killed_inside_the_lock(monkeypatch, leg_id)
-    retry = Retry(max=3, interval=[5, 30, 120]) if same_job else None
-    enqueue("workers.payments.hold_leg_transfer", leg_id, job_id=f"hold-{leg_id}-1",
-            retry=retry)
+    monkeypatch.setattr(payments, "poll_refunds", poll_out_of_time)
+    monkeypatch.setattr(reconciliation, "run", lambda *a, **k: ran.append("run") or {})
+    with pytest.raises(JobTimeoutException):
+        payment_jobs.reconcile()
+    assert ran == []
+    enqueue("workers.payments.reconcile", job_id="reconcile-s35-timeout")
     run()
-    _as_the_kill_left_it(left, leg_id)
-    monkeypatch.setattr(payments, "_hold_leg_transfer", real)
-    if same_job:  # its retry, 5 s later
-        assert release_scheduled(timedelta(seconds=6)) == 1
-    else:  # no retry (as dispatch enqueues it): the next offer's hold job
-        assert failed_jobs() == [f"hold-{leg_id}-1"]
-        enqueue("workers.payments.hold_leg_transfer", leg_id, job_id=f"hold-{leg_id}-2")
-    run()
-    transfers = emu._all("transfer")
-    assert [(t["on_hold"], t["recipient"]) for t in transfers] == [(True, "acc_partner0001")]
-    assert redis_client().get(_lock_key(leg_id)) is None  # released by the run that took it
-    assert release_scheduled(timedelta(hours=1)) == 0  # no retry is left waiting on it
+    assert ran == []
+    assert "reconcile-s35-timeout" in failed_jobs()
+    assert any(j.startswith("reconcile-") and j != "reconcile-s35-timeout"
+               for j in _scheduled_ids()), "the next hour was not scheduled"
 
 
-def test_a_live_job_holding_the_lock_still_keeps_another_out(live, monkeypatch):
-    """While one job's run holds the leg's lock (its worker alive), another caller finds
-    the leg busy: the run is not taken for dead."""
+def _scheduled_ids() -> list[str]:
+    from rq.registry import ScheduledJobRegistry
+
+    from core.adapters.queue import queue
+
+    return ScheduledJobRegistry(queue=queue("default")).get_job_ids()  # schedule_periodic's
+
+
+# --- 2. a leg's transfer lock: a live holder keeps another job out ----------------------
+
+@pytest.mark.parametrize("rq_says", ["started", "failed"])
+def test_a_live_job_holding_the_lock_still_keeps_another_out(live, monkeypatch, rq_says):
+    """While one job's run holds the leg's lock, another caller finds the leg busy (and
+    RQ's retry runs it later). Nothing takes a held lock over, even when RQ has marked
+    the holder's job failed (StartedJobRegistry.cleanup, queue.pending_ids do that to a
+    run whose work horse still runs on): the takeover made two transfers for one leg."""
     monkeypatch.setattr(payments, "LEG_LOCK_WAIT_S", 0)
     real = payments._hold_leg_transfer
     partner = new_partner()
     bid = paid_booking()
     leg_id = advance(bid, partner, to="assigned")
     other: list[object] = []
+    calls: list[int] = []
 
     def meanwhile(leg: int) -> str:
+        calls.append(leg)
+        if len(calls) > 1:  # the other caller got in after all: its own hold, no nesting
+            return real(leg)
+        if rq_says == "failed":  # as RQ's registry cleanup marks a run it takes for dead
+            from rq import get_current_job
+            from rq.job import JobStatus
+
+            job = get_current_job()
+            assert job is not None
+            job.set_status(JobStatus.FAILED)
+
         def second() -> None:  # another worker's job on the same leg, at the same time
             try:
                 other.append(payments.hold_leg_transfer(leg))
@@ -184,22 +178,6 @@ def test_a_live_job_holding_the_lock_still_keeps_another_out(live, monkeypatch):
     assert len(other) == 1 and isinstance(other[0], payments.LegBusy), other
     assert len(emu._all("transfer")) == 1
     assert not failed_jobs()
-
-
-def test_a_lock_naming_no_job_run_holds_one_naming_a_gone_job_does_not(live, monkeypatch):
-    """A lock whose value names no job run (./run settle-leg, another tool) holds for its
-    TTL, as before; one naming a job that is no more (its result expired) does not."""
-    monkeypatch.setattr(payments, "LEG_LOCK_WAIT_S", 0)
-    partner = new_partner()
-    bid = paid_booking()
-    leg_id = advance(bid, partner, to="assigned")
-    redis_client().set(_lock_key(leg_id), "not-a-job", ex=60)
-    with pytest.raises(payments.LegBusy):
-        payments.hold_leg_transfer(leg_id)
-    gone = {"job": f"hold-{leg_id}-gone", "worker": "w", "started": "x", "token": "t"}
-    redis_client().set(_lock_key(leg_id), json.dumps(gone), ex=300)
-    assert payments.hold_leg_transfer(leg_id) == "held"
-    assert redis_client().get(_lock_key(leg_id)) is None
 
 
 # --- 3. the emulator: a payment link's cancel and its Pay at once --------------------------
@@ -314,3 +292,121 @@ def test_a_cancel_that_claimed_the_link_first_makes_a_pay_click_a_400(live, monk
     assert click.json()["error"]["description"] == "Payment Link is cancelled"
     assert emu.get_object(link["id"])["status"] == "cancelled"
     assert [p for p in emu._all("payment") if p["status"] == "captured"] == []
+
+
+# --- 4. the emulator: an edit of a link and its Pay at once; a claim a kill left ----------
+
+def _patch(link: dict, body: dict) -> requests.Response:
+    from core.config import get_settings
+
+    s = get_settings()
+    base = link["short_url"].split("/sandbox/")[0]
+    return requests.patch(f"{base}/sandbox/razorpay/v1/payment_links/{link['id']}",
+                          json=body, auth=(s.razorpay_key_id, s.razorpay_key_secret),
+                          timeout=15)
+
+
+@pytest.mark.parametrize("first", ["edit", "pay"])
+def test_an_edit_and_a_pay_click_at_once_do_not_undo_the_payment(live, monkeypatch, first):
+    """The service edits a link (a later expire_by) while the customer pays it: the edit
+    read the link "created", the Pay made it paid, and the edit wrote its copy back (the
+    link "created" again, a payment captured on it). The Pay stands; the edit is answered
+    as Razorpay answers an edit of a paid link."""
+    link = _new_link(f"S35-EDIT-{first}")
+    later = int(clock.now().timestamp()) + 7200
+    entered, release = threading.Event(), threading.Event()
+    held = {"done": False}
+    if first == "edit":  # the edit has read the link "created" when the click comes
+        from flask import request
+
+        real_read = emu._link_or_error
+
+        def read(plink_id):
+            found = real_read(plink_id)
+            if request.method == "PATCH" and not held["done"]:
+                held["done"] = True
+                entered.set()
+                release.wait(timeout=10)
+            return found
+
+        monkeypatch.setattr(emu, "_link_or_error", read)
+    else:  # the click is inside its capture when the edit comes
+        real_attempt = emu._attempt
+
+        def attempt(link_obj, status):
+            if not held["done"]:
+                held["done"] = True
+                entered.set()
+                release.wait(timeout=10)
+            return real_attempt(link_obj, status)
+
+        monkeypatch.setattr(emu, "_attempt", attempt)
+    answers: dict[str, requests.Response] = {}
+
+    def do(what: str) -> None:
+        answers[what] = (requests.post(link["short_url"] + "/pay", timeout=15)
+                         if what == "pay" else _patch(link, {"expire_by": later}))
+
+    second = "pay" if first == "edit" else "edit"
+    thread = threading.Thread(target=do, args=(first,))
+    thread.start()
+    try:
+        assert entered.wait(timeout=10), f"the {first} never got there"
+        do(second)  # the click paid while the edit waits; the edit while the click pays
+    finally:
+        release.set()
+        thread.join(timeout=15)
+    codes = {what: r.status_code for what, r in answers.items()}
+    final = emu.get_object(link["id"])
+    captured = [p for p in emu._all("payment") if p["status"] == "captured"]
+    assert codes == {"pay": 200, "edit": 400}, (codes, final["status"])
+    assert answers["edit"].json()["error"]["description"] \
+        == "Payment Link cannot be updated in paid state"
+    assert final["status"] == "paid" and len(captured) == 1
+    assert final["payments"][0]["payment_id"] == captured[0]["id"]
+    assert final["expire_by"] != later  # the refused edit changed nothing
+    # Afterwards, as Razorpay answers a paid link.
+    assert _patch(link, {"expire_by": later}).status_code == 400
+    assert requests.post(link["short_url"] + "/pay", timeout=15).status_code == 400
+
+
+def test_an_edit_still_applies_when_nothing_else_writes_the_link(live):
+    """The edit's discipline changes nothing for an edit alone, nor for a Pay after it."""
+    link = _new_link("S35-EDIT-alone")
+    later = int(clock.now().timestamp()) + 7200
+    answer = _patch(link, {"expire_by": later, "notes": {"k": "v"}})
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["expire_by"] == later and answer.json()["notes"] == {"k": "v"}
+    assert requests.post(link["short_url"] + "/pay", timeout=15).status_code == 200
+    final = emu.get_object(link["id"])
+    assert (final["status"], final["expire_by"], final["notes"]) == ("paid", later, {"k": "v"})
+
+
+@pytest.mark.parametrize("how", ["pay", "cancel"])
+def test_a_claim_left_by_a_killed_request_does_not_keep_the_link_for_good(live, monkeypatch,
+                                                                          how):
+    """A Pay (or a cancel) whose worker was killed after it claimed the link left the
+    claim with no TTL: the link could never be paid nor cancelled again. The claim ends
+    with its TTL (a minute); the link's status, written last, is what survives."""
+    link = _new_link(f"S35-CLAIM-{how}")
+    key = emu._claim_key(link["id"])
+    left: dict = {}
+    real_read = emu._link_or_error
+
+    def killed_after_the_claim(plink_id):  # the read after the claim: the kill comes here
+        found = real_read(plink_id)
+        if redis_client().exists(key) and not left:
+            left.update(value=redis_client().get(key), pttl=redis_client().pttl(key))
+        return found
+
+    monkeypatch.setattr(emu, "_link_or_error", killed_after_the_claim)
+    answer = (requests.post(link["short_url"] + "/pay", timeout=15) if how == "pay"
+              else _post_cancel(link))
+    assert answer.status_code == 200, answer.text
+    assert left, "the request never claimed the link"
+    assert 0 < left["pttl"] <= 60_000, left
+    # As the kill left it: nobody released it. Others are refused while it stands ...
+    redis_client().set(key, left["value"], px=left["pttl"])
+    emu.set_fields(link["id"], status="created")
+    assert requests.post(link["short_url"] + "/pay", timeout=15).status_code == 400
+    assert redis_client().pttl(key) > 0  # ... and it ends on its own

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
+from rq.timeouts import BaseTimeoutException
+
 from core import clock
 from core.services import payments, reconciliation
 
@@ -83,10 +85,13 @@ def reconcile() -> dict[str, int]:
     poll's questions must not cost the hour its comparison): the reconciliation runs, and
     the poll's error is raised after it, so the job ends failed and RQ logs it, once. Both
     failing: the reconciliation's error is raised, the poll's chained to it in the same
-    traceback."""
+    traceback. The job's time running out (RQ's timeout, raised inside the poll) is
+    raised at once: the reconciliation would run with no time limit left."""
     try:
         try:
             payments.poll_refunds()
+        except BaseTimeoutException:
+            raise
         except Exception:
             reconciliation.run()
             raise

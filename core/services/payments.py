@@ -32,7 +32,6 @@ import json
 import logging
 import math
 import re
-import secrets
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -41,7 +40,6 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from redis.exceptions import LockError, RedisError
-from redis.lock import Lock
 from rq import Retry, get_current_job
 from sqlalchemy import any_, func, literal, select, union, update
 from sqlalchemy.dialects.postgresql import insert
@@ -52,7 +50,7 @@ from core.adapters import razorpay_gateway as gw
 from core.adapters.db import transaction
 from core.adapters.models import Booking, Leg, PartnerProfile, Person
 from core.adapters.payment_models import GatewayEvent, LegTransfer, PaymentLink, Refund
-from core.adapters.queue import after_commit, enqueue, job_alive, pending_ids, queue
+from core.adapters.queue import after_commit, enqueue, job_alive, queue
 from core.adapters.redis_conn import redis_client
 from core.config import get_settings, int_setting
 from core.domain import ledger as rules
@@ -2625,95 +2623,14 @@ LEG_LOCK_WAIT_S = 30
 BUSY_RETRY_INTERVALS = (5, 30, 120)
 
 
-def _lock_holder() -> str:
-    """The value of a leg's lock taken now: which run of which RQ job holds it (its id,
-    worker and start, as RQ records the run), with a token of its own; a bare token when
-    taken outside a job (./run settle-leg, a test), which only its TTL ends."""
-    token = secrets.token_hex(8)
-    job = get_current_job()
-    if job is None:
-        return token
-    worker, started = _job_run(job.id)  # as stored: the worker's copy may differ
-    if worker is None or started is None:
-        return token
-    return json.dumps({"job": job.id, "worker": worker, "started": started, "token": token})
-
-
-def _job_run(job_id: str, status: bool = False) -> tuple[str | None, ...]:
-    """(worker name, start) of the job's run as RQ stored it (and its status first)."""
-    from rq.job import Job
-    from rq.utils import as_text
-
-    fields = ["status"] * status + ["worker_name", "started_at"]
-    return tuple(as_text(v) if v is not None else None
-                 for v in redis_client().hmget(Job.key_for(job_id), fields))
-
-
-def _holder_gone(raw: bytes | str) -> bool:
-    """True if the job run named by a leg lock's value has ended without releasing it (its
-    worker killed mid-job): the job is gone, has run again since (a retry of it, the one
-    asking maybe), waits for a retry, or ended, or its run is one RQ counts as abandoned
-    (queue.pending_ids: its worker's death recorded, its time up). A value naming no job,
-    or a run still going, holds."""
-    try:
-        holder = json.loads(raw)
-    except ValueError:
-        return False
-    if not isinstance(holder, dict) or not isinstance(holder.get("job"), str):
-        return False
-    job_id, run = holder["job"], (holder.get("worker"), holder.get("started"))
-
-    def ended() -> bool:
-        status, worker, started = _job_run(job_id, status=True)
-        return status != "started" or (worker, started) != run
-
-    if ended():
-        return True
-    pending_ids([job_id])  # a run no live worker has is failed (or retried) now
-    return ended()
-
-
-# Swap a lock's value for ours if it is still the one read (another asker may have taken
-# it over first), with a full TTL.
-_TAKE_OVER = """
-if redis.call('get', KEYS[1]) == ARGV[1] then
-    redis.call('set', KEYS[1], ARGV[2], 'PX', ARGV[3])
-    return 1
-end
-return 0
-"""
-
-
-def _take_over(lock: Lock, key: str, mine: str, leg_id: int) -> bool:
-    """Take a leg's lock left by a job run that ended without releasing it (_holder_gone):
-    a killed worker's lock would otherwise stand LEG_LOCK_TTL_S, longer than the job's
-    retries (BUSY_RETRY_INTERVALS) wait for it, and they would all be spent against it.
-    A live holder keeps it."""
-    r = redis_client()
-    raw = r.get(key)
-    if raw is None or not _holder_gone(raw):
-        return False
-    if not r.eval(_TAKE_OVER, 1, key, raw, mine, LEG_LOCK_TTL_S * 1000):
-        return False
-    lock.local.token = mine.encode()
-    holder = json.loads(raw)
-    log.warning("a leg's transfer lock left by a job run that ended was taken over",
-                extra={"leg_id": leg_id, "holder_job": holder.get("job")})
-    return True
-
-
 @contextmanager
 def _leg_transfer_lock(leg_id: int) -> Iterator[None]:
     """Serialise the jobs that read a leg and list its transfers before creating one
     (hold_leg_transfer, settle_leg_transfer): two at once would each find none and each
-    create one. Raises LegBusy when another job keeps it past LEG_LOCK_WAIT_S. The lock
-    names the job run holding it (_lock_holder): one left by a run that ended without
-    releasing it (its worker killed) is taken over at once (_take_over), not waited out."""
-    key = f"lock:leg-transfer:{leg_id}"
-    lock = redis_client().lock(key, timeout=LEG_LOCK_TTL_S, blocking_timeout=LEG_LOCK_WAIT_S)
-    mine = _lock_holder()
-    if not (lock.acquire(blocking=False, token=mine) or _take_over(lock, key, mine, leg_id)
-            or lock.acquire(token=mine)):
+    create one. Raises LegBusy when another job keeps it past LEG_LOCK_WAIT_S."""
+    lock = redis_client().lock(f"lock:leg-transfer:{leg_id}", timeout=LEG_LOCK_TTL_S,
+                               blocking_timeout=LEG_LOCK_WAIT_S)
+    if not lock.acquire():
         job = get_current_job()
         if job is not None and job.retries_left is None:
             # Enqueued without a Retry (dispatch's hold-<leg>-<offer>): give it one, or
