@@ -65,7 +65,7 @@ REQUIRED_KEYS = (
                                      "pick_first_handed", "already_picked",
                                      "no_such_job", "cancel_hint", "duty_off",
                                      "duty_off_assigned", "duty_off_carrying",
-                                     "duty_off_handed")}  # words
+                                     "duty_off_handed", "duty_on")}  # words
     | {"bot.parcel.no_vehicle"}  # quote_or_resize
     | {"bot.read_first"}  # conversation.dialog_turn: an answer sent before its question
     | {f"bot.help.speed_{k}" for k in ("normal_cheap", "fast_normal", "one")}  # _speed_help

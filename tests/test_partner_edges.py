@@ -527,10 +527,11 @@ def test_app_pickup_of_a_job_cancelled_meanwhile_does_not_say_send_status(
     for kind in ("pickup", "drop"):
         r = client.post(f"{API}/legs/{leg}/{kind}", headers=headers,
                         json={"otp": last_code(CUSTOMER, PICK_MARK)})
-        assert r.status_code == 404, r.get_json()
+        # The job was cancelled, not taken from him: he hears so (409), as at its accept.
+        assert r.status_code == 409, r.get_json()
         error = r.get_json()["error"]
         assert (error["code"], error["message"]) == (
-            "not_found", i18n.t("dispatch.app.no_such_job", "en", job=str(leg)))
+            "job_cancelled", i18n.t("dispatch.job_cancelled", "en", job=str(leg)))
         assert "STATUS" not in error["message"] and "Send" not in error["message"]
     # Over SMS the same refusal keeps its command.
     assert sms(client, phone, f"PICK {last_code(CUSTOMER, PICK_MARK)} {leg}")[0] == i18n.t(

@@ -77,11 +77,13 @@ REPLY_STATUS = {
 # of theirs that is not theirs any more (the booking cancelled, or the job taken off them
 # while the screen was open) is said so, not "Send STATUS", a command the app has not.
 # A job of theirs is given back, and duty turned on again, in the app, not by CANCEL or ON.
+# On duty in the app, the offers appear in it (not "by SMS").
 APP_TEXT = {key: f"dispatch.app.{key.removeprefix('dispatch.')}" for key in (
     "dispatch.accepted", "dispatch.picked", "dispatch.pick_first",
     "dispatch.pick_first_handed", "dispatch.already_picked", "dispatch.no_such_job",
-    "dispatch.cancel_hint", "dispatch.duty_off", "dispatch.duty_off_assigned",
-    "dispatch.duty_off_carrying", "dispatch.duty_off_handed", "dispatch.duty_off_jobs")}
+    "dispatch.cancel_hint", "dispatch.duty_on", "dispatch.duty_off",
+    "dispatch.duty_off_assigned", "dispatch.duty_off_carrying", "dispatch.duty_off_handed",
+    "dispatch.duty_off_jobs")}
 
 
 class DutyIn(Strict):
@@ -419,12 +421,15 @@ def _not_yours(session: Session, person: Person, partner: PartnerProfile, leg: L
     said as dispatch says a job taken off them while the request waited, in their words:
     no longer theirs; and to a pickup by a rider suspended since, that they cannot take
     jobs now and whom to call, as PICK by SMS answers (not "no such job", which reads as
-    the app broken at the sender's door). Any other leg: the bare 404, naming nothing."""
+    the app broken at the sender's door); its booking cancelled since, 409 job_cancelled.
+    Any other leg: the bare 404, naming nothing."""
     if leg is None or not partner_app.held_once(session, partner, leg.id):
         return NotFound("no such job", code="not_found")
     if kind == "pickup" and partner.kyc_status in dispatch.BLOCKED_KYC:
         reply = dispatch.Reply("dispatch.duty_blocked",
                                {"ops_phone": get_settings().ops_phone})
+    elif partner_app.job_off(session, leg):
+        reply = dispatch.Reply("dispatch.job_cancelled", {"job": dispatch.job_code(leg)})
     else:
         reply = dispatch.Reply("dispatch.no_such_job", {"job": dispatch.job_code(leg)})
     status, code = REPLY_STATUS[reply.key]
@@ -442,8 +447,14 @@ def _confirm(leg_id: int, kind: str, otp: str, ok_key: str) -> ActionOut:
             # a retried drop of a delivered leg whose code was another job's number went to
             # that job (its code checked, a try counted). Answered as dispatch answers a
             # job of his not active (delivered, or handed on, cancelled), the code unread.
-            key = ("dispatch.already_delivered" if leg.status == LegStatus.DELIVERED.value
-                   else "dispatch.no_such_job")
+            # Its booking cancelled (the leg stopped, still naming him): said so, as his
+            # yes to its offer is (409 job_cancelled), not "no longer yours".
+            if leg.status == LegStatus.DELIVERED.value:
+                key = "dispatch.already_delivered"
+            elif partner_app.job_off(session, leg):
+                key = "dispatch.job_cancelled"
+            else:
+                key = "dispatch.no_such_job"
             reply = dispatch.Reply(key, {"job": job})
         else:
             # Active, the leg is in the job numbers dispatch reads, so it is the job taken

@@ -4079,7 +4079,11 @@ def block_partner(session: Session, partner_id: int, actor: Actor) -> list[int]:
         _sms_partner(session, partner, why.key,
                      dedupe_key=f"partner-{partner.id}-blocked-{clock.now().timestamp():.0f}",
                      ops_phone=get_settings().ops_phone)  # the one parameter of either
-    partner.on_duty = False
+    if partner.on_duty:
+        # In their duty history as every other OFF (set_duty, payout_account_gone): a
+        # suspended rider is not shown working on. Run again, it writes nothing twice.
+        partner.on_duty = False
+        session.add(PartnerEvent(partner_id=partner.id, kind="duty_off", at=clock.now()))
     _home_follows_duty(session, partner)
     for offer in offers:
         _withdraw(offer, partner)

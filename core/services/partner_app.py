@@ -445,10 +445,22 @@ def held_once(session: Session, partner: PartnerProfile, leg_id: int) -> bool:
         DispatchOffer.status == OfferStatus.CANCELLED.value).limit(1)) is not None
 
 
+def job_off(session: Session, leg: Leg) -> bool:
+    """Whether the leg's job is off: its booking closed (cancelled by the customer,
+    failed, refunded, expired: dispatch.CLOSED_BOOKING) before the leg was delivered. A
+    rider's request about it is answered as his yes to its offer is (dispatch.accept):
+    ``job_cancelled``, not "no longer yours", which reads as the job given to another."""
+    if leg.status == LegStatus.DELIVERED.value:
+        return False
+    return session.scalar(select(Booking.status).where(
+        Booking.id == leg.booking_id)) in dispatch.CLOSED_BOOKING
+
+
 def give_back(session: Session, partner: PartnerProfile, leg_id: int) -> dispatch.Reply:
     """The app's "give this job back" (SMS: CANCEL <job>), through the same dispatch path.
     Sent again after its answer was lost, it is answered as the first time: the job is
-    no longer theirs because they gave it back."""
+    no longer theirs because they gave it back. A job whose booking was closed since
+    (the customer cancelled it) is said to be cancelled (job_off)."""
     leg = session.get(Leg, leg_id)
     if leg is None:
         raise NotFound("no such job", code="not_found")
@@ -458,9 +470,14 @@ def give_back(session: Session, partner: PartnerProfile, leg_id: int) -> dispatc
             return dispatch.Reply("dispatch.cancelled", {"job": job})
         if held_once(session, partner, leg_id):
             # Taken back meanwhile (not picked up in time, or ops suspended them): no
-            # longer theirs, said in their words as dispatch says it, not "no such job".
-            return dispatch.Reply("dispatch.no_such_job", {"job": job})
+            # longer theirs, said in their words as dispatch says it, not "no such job";
+            # or cancelled since, said so.
+            key = "dispatch.job_cancelled" if job_off(session, leg) else "dispatch.no_such_job"
+            return dispatch.Reply(key, {"job": job})
         raise NotFound("no such job", code="not_found")
+    if leg.status not in dispatch.ACTIVE_LEG_STATES and job_off(session, leg):
+        # The customer cancelled: the leg stopped, still naming him (booking_cancelled).
+        return dispatch.Reply("dispatch.job_cancelled", {"job": job})
     reply = dispatch.cancel_by_partner(session, partner, (str(leg_id),))
     if reply.key == "dispatch.no_such_job" and gave_back(session, partner, leg_id):
         # Two requests at once: the other one gave it back while this one waited.

@@ -128,17 +128,36 @@ def set_language(session: Session, partner_id: int, language: str, *, actor: str
 def set_has_app(session: Session, partner_id: int, has_app: bool, *, actor: str,
                 note: str | None = None) -> Outcome:
     """Whether the partner works from the app (found by its fresh position) or by SMS
-    alone (found at their home Point while on duty). Same again: nothing changed."""
+    alone (found at their home Point while on duty). Same again: nothing changed.
+
+    Without the app, a partner on duty whose number stopped our SMS (dispatch.sms_stopped:
+    an app rider may keep working after STOP, the app brings his offers) could be reached
+    by no offer: he goes OFF as the STOP itself takes an SMS-only rider off
+    (dispatch.set_duty: a duty_off event, his open offers closed, jobs in hand his), and
+    the answer says so; his ON is refused until he sends START."""
+    # OFF locks the legs of his open offers, then the offers, before his row (a rival's
+    # acceptance holds such a leg, then writes his row): taken here before his row, as
+    # admin.clear_payout_account takes them.
+    if not has_app and 1 <= partner_id <= admin.MAX_ID:
+        dispatch.lock_open_offers(session, partner_id)
     p, who = locked_partner(session, partner_id)
     if p.has_app is has_app:
         return Outcome(False, p.id, f"{who} {'has' if has_app else 'has no'} app already; "
                        "nothing changed")
     p.has_app = has_app
     session.flush()
-    # The home set (Redis) follows once committed, as a move of home Point does.
-    dispatch._home_follows_duty(session, p)
+    stopped = p.on_duty and dispatch.sms_stopped(session, p)
+    if stopped:
+        dispatch.set_duty(session, p, False)  # also places him in the home set (out)
+    else:
+        # The home set (Redis) follows once committed, as a move of home Point does.
+        dispatch._home_follows_duty(session, p)
     record(session, actor, "partner.app", f"partner:{p.id}", before=not has_app,
-           after=has_app, **_noted(note))
+           after=has_app, **_noted(note), **({"duty": "off: SMS stopped"} if stopped else {}))
+    if stopped:
+        return Outcome(True, p.id, f"{who} has no app now, and his number stopped our SMS "
+                       "(STOP): no offer could reach him, so he is OFF duty; jobs in hand "
+                       "stay his; he can go ON once he sends START")
     how = ("found by the app's position" if has_app
            else "found at their home Point, offered jobs by SMS")
     return Outcome(True, p.id, f"{who} {'has the app' if has_app else 'has no app'} now: "
