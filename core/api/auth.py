@@ -10,6 +10,7 @@ from pydantic import BaseModel, Field
 from core.api import bp
 from core.api.auth_guard import principal
 from core.api.idempotency import HEADER, MAX_KEY
+from core.api.schemas import PhoneText
 from core.api.spec import ApiError, Header, Strict, endpoint
 from core.services import auth
 
@@ -17,7 +18,7 @@ ROLES_ALL = ("customer", "partner", "ops")
 
 
 class OtpRequest(Strict):
-    phone: str = Field(min_length=8, max_length=20, examples=["+919812345678"])
+    phone: PhoneText = Field(min_length=8, max_length=20, examples=["+919812345678"])
 
 
 class OtpSent(BaseModel):
@@ -26,7 +27,7 @@ class OtpSent(BaseModel):
 
 
 class VerifyRequest(Strict):
-    phone: str = Field(min_length=8, max_length=20)
+    phone: PhoneText = Field(min_length=8, max_length=20)
     otp: str = Field(pattern=r"^\s*\d{6}\s*$")
 
 

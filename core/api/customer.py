@@ -23,10 +23,13 @@ from core.api.schemas import (
     FareOut,
     Keyset,
     LegOut,
+    PaiseIn,
     ParcelIn,
     PlaceIn,
     PlaceOut,
     RecipientIn,
+    SaidText,
+    StarsIn,
 )
 from core.api.spec import Strict, endpoint
 from core.domain.booking import Actor, ActorKind, BookingStatus, LegStatus
@@ -35,6 +38,7 @@ from core.domain.money import format_inr
 from core.domain.office_names import distinct, offered_names
 from core.domain.phone import mask_phone
 from core.domain.pricing import SpeedTier
+from core.domain.reference import normalize_reference
 from core.domain.text import visible
 from core.logs import mask_phones
 from core.services import auth, ledger, payments, rating
@@ -75,8 +79,8 @@ class BookingRequest(Strict):
     parcel: ParcelIn
     tier: SpeedTier = SpeedTier.STANDARD
     recipient: RecipientIn
-    quoted_total_paise: int | None = Field(
-        default=None, ge=0,
+    quoted_total_paise: PaiseIn | None = Field(
+        default=None,
         description="the total the app showed for this tier (POST /quotes): if the fare "
                     "is another now, nothing is booked and the answer is 409 "
                     "price_changed with the fare's total_paise")
@@ -91,11 +95,12 @@ class CancelQuery(Strict):
                     "409 fee_changed with the fee_paise and refund_paise of now")
     # 180: "cancelled by ops: " and the reason fit the history's 200 characters; after
     # "cancelled in the app: ", history_reason cuts a customer's longest to them
-    reason: str | None = Field(default=None, min_length=3, max_length=180,
-                               description="why you cancel, kept with the booking's "
-                                           "history (numbers in it masked); ops: the "
-                                           "customer's request by phone, ..., also kept in "
-                                           "the audit log, and needed to end a stuck relay")
+    # Counted as read (SaidText): invisible marks alone ("\u200b\u200b\u200b") say no why.
+    reason: SaidText | None = Field(default=None, min_length=3, max_length=180,
+                                    description="why you cancel, kept with the booking's "
+                                                "history (numbers in it masked); ops: the "
+                                                "customer's request by phone, ..., also kept in "
+                                                "the audit log, and needed to end a stuck relay")
 
 
 # transitions.reason
@@ -121,7 +126,7 @@ class CancellationOut(BaseModel):
 
 
 class RatingIn(Strict):
-    stars: int = Field(ge=1, le=5)
+    stars: StarsIn
     comment: str | None = Field(default=None, max_length=500)
 
 
@@ -409,7 +414,9 @@ def cancel_booking(ref: str, query: CancelQuery) -> CancellationOut | Response:
     # As POST /bookings: a retry with the key (the first answer lost) answers the first
     # answer, not 409 already_closed for the booking it cancelled. The route is in the
     # fingerprint, so the key of another request (a booking, another cancel) is refused.
-    once = idempotent(who.person_id, {"route": "customer.cancel_booking", "reference": ref,
+    # The reference as read ("1234 5678" is 12345678): a retry may write it otherwise.
+    once = idempotent(who.person_id, {"route": "customer.cancel_booking",
+                                      "reference": normalize_reference(ref) or ref,
                                       "expected_fee_paise": query.expected_fee_paise,
                                       "reason": query.reason})
     with transaction() as session:
@@ -528,7 +535,9 @@ def rate_booking(ref: str, body: RatingIn) -> RatingOut | Response:
     # A retry after the answer was lost (a timeout) is answered as the first, not 409
     # already_rated for the rating it saved. The route is in the fingerprint, so the key
     # of another request (a booking, a cancel) is refused.
-    once = idempotent(who.person_id, {"route": "customer.rate_booking", "reference": ref,
+    # The reference as read, as a cancel's (a retry may write it "1234 5678").
+    once = idempotent(who.person_id, {"route": "customer.rate_booking",
+                                      "reference": normalize_reference(ref) or ref,
                                       "stars": body.stars, "comment": body.comment})
     with transaction() as session:
         if (saved := once.claim(session)) is not None:

@@ -39,7 +39,14 @@ from core.api import bp
 from core.api.auth_guard import principal
 from core.api.customer import bookings_out, visible_booking
 from core.api.idempotency import KEY_HEADER, idempotent
-from core.api.schemas import CursorPage, CursorQuery, Keyset, OpsBookingOut, ShownText
+from core.api.schemas import (
+    CursorPage,
+    CursorQuery,
+    Keyset,
+    OpsBookingOut,
+    PhoneText,
+    ShownText,
+)
 from core.api.spec import MAX_ID, ApiError, Strict, endpoint
 from core.domain.booking import Actor, BookingStatus, LegStatus
 from core.domain.dispatch import OfferStatus
@@ -78,10 +85,10 @@ def ops_actor() -> Actor:
 
 class BookingFilter(CursorQuery):
     status: BookingStatus | None = None
-    phone: str | None = Field(default=None, min_length=8, max_length=20,
-                              description="the customer's or the recipient's number, as "
-                                          "typed (98123 45678, +91 98123 45678; a "
-                                          "WhatsApp customer's landline, 0522 2345678)")
+    phone: PhoneText | None = Field(default=None, min_length=8, max_length=20,
+                                    description="the customer's or the recipient's number, "
+                                                "as typed (98123 45678, +91 98123 45678; a "
+                                                "WhatsApp customer's landline, 0522 2345678)")
     reference: str | None = Field(default=None, max_length=20,
                                   description="the booking's 8 digits, as typed")
 
@@ -242,9 +249,9 @@ class AppIn(Strict):
 
 
 class PhoneIn(Strict):
-    phone: str = Field(max_length=64,
-                       description="the partner's new number (a new SIM), as typed: "
-                                   "98123 45678, +91 98123 45678; kept in E.164")
+    phone: PhoneText = Field(max_length=64,
+                             description="the partner's new number (a new SIM), as typed: "
+                                         "98123 45678, +91 98123 45678; kept in E.164")
     note: str | None = Field(default=None, min_length=3, max_length=300,
                              description="why, for the audit log (numbers kept masked)")
 
@@ -252,7 +259,7 @@ class PhoneIn(Strict):
 class PartnerIn(Strict):
     """A new partner, as `python -m core.cli add-partner` takes them."""
 
-    phone: str = Field(min_length=8, max_length=20)
+    phone: PhoneText = Field(min_length=8, max_length=20)
     name: ShownText = Field(min_length=1, max_length=admin.NAME_MAX)
     language: str = Field(min_length=2, max_length=5, description="hi en bn mr ta te gu kn")
     vehicle: VehicleType
@@ -1437,9 +1444,9 @@ def ops_erase_person(person_id: int, body: EraseIn) -> ErasedOut:
 
 
 class RecipientEraseIn(EraseIn):
-    phone: str = Field(min_length=8, max_length=20,
-                       description="her number, as typed (98765 43210, +91 98765 43210): in "
-                                   "the body, so it stays out of access logs")
+    phone: PhoneText = Field(min_length=8, max_length=20,
+                             description="her number, as typed (98765 43210, +91 98765 "
+                                         "43210): in the body, so it stays out of access logs")
 
 
 class RecipientErasedOut(BaseModel):

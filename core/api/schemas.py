@@ -9,9 +9,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Annotated, Any, Generic, TypeVar
 
-from pydantic import AfterValidator, BaseModel, Field, model_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, Field, model_validator
 
 from core.api.spec import MAX_ID, ApiError, Strict
+from core.dialog.words import ascii_digits
 from core.domain.booking import BookingStatus, LegStatus
 from core.domain.pricing import (
     MAX_DECLARED_VALUE_PAISE,  # one rule for every channel: the chat's too
@@ -20,7 +21,7 @@ from core.domain.pricing import (
     SpeedTier,
     WeightBucket,
 )
-from core.domain.text import visible
+from core.domain.text import visible, without_format_marks
 
 T = TypeVar("T")
 
@@ -37,6 +38,59 @@ def _readable(value: str) -> str:
 
 # Text we keep and show to others, made readable (see _readable).
 ShownText = Annotated[str, AfterValidator(_readable)]
+
+
+def _phone_as_typed(value: Any) -> Any:
+    """A phone number read as the chat reads one (core.dialog.booking.mobile): its digits
+    in any script ("९८७६५४३२१०") as ASCII, without the invisible direction marks a number
+    copied from a phone's contacts comes wrapped in ("\u202a+91 98765 43210\u202c"), a
+    minus sign for a dash. What is then no phone is still refused (bad_phone) where the
+    number is read (normalize_phone)."""
+    if not isinstance(value, str):
+        return value
+    return ascii_digits(without_format_marks(value)).replace("\u2212", "-")
+
+
+# A phone number as typed or pasted: every phone field of a request takes this type.
+PhoneText = Annotated[str, BeforeValidator(_phone_as_typed)]
+
+
+def _json_integer(value: Any) -> Any:
+    """A whole number (paise, stars) only as a JSON integer: pydantic's lax mode read
+    "9200" and 9200.0 as 9200. Money is integer paise; an app sending text or a decimal
+    has a bug to be shown, not guessed around."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    raise ValueError("must be a whole number written as a JSON integer (no quotes, "
+                     "no decimal point)")
+
+
+# An amount in paise in a JSON body. Bounds go inside, before the check: given on top (a
+# field's Field(ge=0)) the OpenAPI document would show them as "ge", not "minimum".
+PaiseIn = Annotated[int, Field(ge=0), BeforeValidator(_json_integer)]
+DeclaredValueIn = Annotated[int, Field(ge=0, le=MAX_DECLARED_VALUE_PAISE),
+                            BeforeValidator(_json_integer)]
+StarsIn = Annotated[int, Field(ge=1, le=5), BeforeValidator(_json_integer)]
+
+
+def _said_readably(value: Any) -> Any:
+    """Free text someone wrote (a cancel's reason) as it is read (core.domain.text.visible),
+    so a length check counts what one can see: "\u200b\u200b\u200b" is nothing said."""
+    return visible(value) if isinstance(value, str) else value
+
+
+def _at_least_visible(count: int) -> AfterValidator:
+    def check(value: str) -> str:
+        # visible() keeps the joiners a spelling needs; alone they say nothing either.
+        if len(without_format_marks(value)) < count:
+            raise ValueError(f"say it in at least {count} characters one can see")
+        return value
+
+    return AfterValidator(check)
+
+
+# Free text of at least 3 visible characters (a reason): made readable, then counted.
+SaidText = Annotated[str, BeforeValidator(_said_readably), _at_least_visible(3)]
 
 
 class PlaceIn(Strict):
@@ -66,13 +120,13 @@ class ParcelIn(Strict):
     size: SizeBucket
     weight: WeightBucket
     fragile: bool = False
-    declared_value_paise: int = Field(default=0, ge=0, le=MAX_DECLARED_VALUE_PAISE)
+    declared_value_paise: DeclaredValueIn = 0
     description: ShownText | None = Field(default=None, max_length=200)
 
 
 class RecipientIn(Strict):
     name: ShownText = Field(min_length=1, max_length=120)
-    phone: str = Field(min_length=8, max_length=20)
+    phone: PhoneText = Field(min_length=8, max_length=20)
 
 
 class FareLineOut(BaseModel):
