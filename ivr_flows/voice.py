@@ -11,7 +11,8 @@ core.services.ivr; this module only parses and renders.
 Every answer is TwiML, even when something fails (the database, a bug): Twilio cannot
 play a JSON error and would speak its own, in English. The apology is in the language of
 the call's last prompt, which each action URL we hand Twilio carries (``lang=``), so
-saying it needs no database.
+saying it needs no database; only the call's first request, whose URL has none, reads the
+language the caller chose, if the database answers at once (else Hindi).
 """
 
 from __future__ import annotations
@@ -50,12 +51,40 @@ def _xml(body: str) -> Response:
 
 def _call_language() -> str:
     """The language of the call's last prompt, from the URL Twilio called (at the Fallback
-    URL: the one that failed, ErrorUrl); Hindi when no URL says."""
+    URL: the one that failed, ErrorUrl). The call's first request has none (it is the
+    number's own URL, /webhooks/voice): the language the caller chose with us, if the
+    database says it at once (_chosen_language). Else Hindi."""
     lang = request.args.get("lang")
+    failed = urlsplit(request.form.get("ErrorUrl", ""))
     if lang is None:
-        failed = urlsplit(request.form.get("ErrorUrl", ""))
         lang = (parse_qs(failed.query).get("lang") or [""])[0]
-    return lang if lang in i18n.LANGUAGES else i18n.DEFAULT_LANGUAGE
+    if lang in i18n.LANGUAGES:
+        return lang
+    first = request.endpoint == "voice.voice_webhook" or (
+        request.endpoint == "voice.voice_fallback"
+        and failed.path.rstrip("/").endswith("/webhooks/voice"))
+    return (_chosen_language() if first else None) or i18n.DEFAULT_LANGUAGE
+
+
+# The apology's read of the caller's language: a database that answers slower than this is
+# not waited for (the apology must come within Twilio's 15 seconds, after what failed).
+CHOSEN_LANGUAGE_TIMEOUT_MS = 1000
+
+
+def _chosen_language() -> str | None:
+    """The language the caller (the request's From) chose with us; None when it cannot be
+    read (hidden number, a database that is away or slow, anything): never raises, as it
+    is part of the apology for a failure."""
+    try:
+        from_addr = request.form.get("From", "")
+        if not from_addr or is_hidden_number(from_addr):
+            return None
+        return ivr.chosen_language(normalize_phone(from_addr),
+                                   timeout_ms=CHOSEN_LANGUAGE_TIMEOUT_MS)
+    except Exception as exc:  # its message may hold the number: only its kind is logged
+        log.warning("voice apology: the caller's language could not be read; Hindi",
+                    extra={"error": type(exc).__name__})
+        return None
 
 
 def _apology() -> Response:

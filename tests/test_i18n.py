@@ -199,7 +199,8 @@ REQUIRED_KEYS = (
     | {f"office.{k}" for k in ("first", "second", "third", "fourth",  # alike in all else:
                                "fifth")}  # office_names.ORDINALS, never a number
     | {"ivr.other_language"}  # ivr._start: the key to the list, in each other language
-    | {"ivr.confirm.pay_time"}  # voice._booked: the minutes left to pay
+    | {"ivr.confirm.pay_time", "ivr.confirm.pay_time_one"}  # voice.pay_time: minutes left
+    | {"ivr.taken_over"}  # ivr.voice_turn: keys of a call another call took over
     | {"ivr.callback.booked", "ivr.callback.link_sms"}  # ivr._start: a booking not heard
     | {f"booking.status.to_you_{k}" for k in ("coming", "coming_code_sent",  # a parcel
                                                "on_the_way", "on_the_way_no_code",  # to

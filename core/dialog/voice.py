@@ -90,6 +90,11 @@ DONE_ON_SILENCE = frozenset({"done", "code_again"})
 # Steps where silence ends the call politely at once (the caller is done, or was already
 # offered a person).
 END_ON_SILENCE = DONE_ON_SILENCE | {"offer_person"}
+# state.data key: the caller was just told to wait and press a key again in a minute (the
+# payment link for another phone is still being made), at the step they are now at. For
+# core.services.ivr, where silence at that step then repeats its prompt instead of ending
+# the call (DONE_ON_SILENCE): waiting as told is not "that is all".
+TOLD_TO_WAIT = "call_told_to_wait"
 
 # Slots a keypad caller is not asked for, with the values their booking gets.
 VOICE_DEFAULTS: dict[str, Any] = {"category": "other", "fragile": False, "value_paise": 0,
@@ -490,8 +495,17 @@ def _booked(ctx: Ctx, ref: str, pay_minutes: int | None = None) -> list[Out]:
                        [Say("ivr.confirm.booked", {"digits": digits}),
                         _link_way(reach, sent=False)])
     if pay_minutes:
-        said.append(Say("ivr.confirm.pay_time", {"minutes": pay_minutes}))
+        said.append(pay_time(pay_minutes))
     return said
+
+
+def pay_time(minutes: int) -> Say:
+    """"Please pay within N minutes": one minute (payments.minutes_to_pay rounds up, at
+    least 1) said as one, not "within 1 minutes" (English, and the plural endings of
+    Marathi and Telugu); never more than is left, which would close before they paid."""
+    if minutes <= 1:
+        return Say("ivr.confirm.pay_time_one")
+    return Say("ivr.confirm.pay_time", {"minutes": minutes})
 
 
 def booked_before(ctx: Ctx, ref: str, pay_minutes: int) -> list[Out]:
@@ -502,7 +516,7 @@ def booked_before(ctx: Ctx, ref: str, pay_minutes: int) -> list[Out]:
     reach = ctx.ports.reach()
     return [Say("ivr.callback.booked", {"digits": spoken.spell_digits(ref)}),
             Say("ivr.callback.link_sms") if reach == "sms" else _link_way(reach, sent=False),
-            Say("ivr.confirm.pay_time", {"minutes": pay_minutes})]
+            pay_time(pay_minutes)]
 
 
 def _link_way(reach: str, *, sent: bool) -> Say:
@@ -610,6 +624,8 @@ def _link_check_handle(ctx: Ctx, inp: UserInput) -> Result:
     if sent == "sent":
         return Goto("done", [Say("ivr.link_phone.sent",
                                  {"digits": spoken.spell_digits(phone[-4:])}, private=True)])
+    if sent == "not_ready":  # "press 2 again in a minute": they may wait on the line
+        ctx.state.data[TOLD_TO_WAIT] = "done"
     return Goto("done", [_LINK_SENT.get(sent, _LINK_SENT["not_payable"])])
 
 

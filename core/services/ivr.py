@@ -70,6 +70,7 @@ from core.dialog.voice import (
     OTHER_PAYERS,
     OTHER_PAYERS_A_DAY,
     PAGE_TURNED,
+    TOLD_TO_WAIT,
     VOICE_DIALOG,
     booked_before,
     clear_draft,
@@ -798,11 +799,20 @@ def _language(person: Person) -> str:
     return person.preferred_language or i18n.DEFAULT_LANGUAGE
 
 
+def chosen_language(phone: str, *, timeout_ms: int | None = None) -> str | None:
+    """The language the person with this number chose with us, if any. Read only; with
+    ``timeout_ms``, a read that takes longer fails (raises)."""
+    with transaction() as session:
+        if timeout_ms is not None:
+            session.execute(text(f"SET LOCAL statement_timeout = {int(timeout_ms)}"))
+        chosen = session.scalar(select(Person.preferred_language).where(Person.phone == phone))
+    return chosen if chosen in i18n.LANGUAGES else None
+
+
 def languages_of_caller(phone: str) -> tuple[str, ...]:
     """The languages to tell a caller we cannot serve (a foreign number) why: the one they
     chose with us (a WhatsApp customer abroad), else Hindi and then English. Read only."""
-    with transaction() as session:
-        chosen = session.scalar(select(Person.preferred_language).where(Person.phone == phone))
+    chosen = chosen_language(phone)
     if chosen:
         return (chosen,)
     return tuple(dict.fromkeys((i18n.DEFAULT_LANGUAGE, "en")))
@@ -823,8 +833,12 @@ def voice_turn(session: Session, call: CallRequest) -> VoiceTurn:
         # Keys of a call that is not this number's live one: its status callback came
         # first (the caller hung up), or the number called again and that call took
         # over (a dropped line Twilio still holds). Starting it again would close the
-        # live call and restart each on the other's keys: it ends, nothing changes.
-        return VoiceTurn(_language(person), [], action="hangup")
+        # live call and restart each on the other's keys: it ends, nothing changes. A
+        # caller still on it (another call is live) hears why: the keys they just pressed
+        # did nothing. (A retry of a turn of it that did something is answered from
+        # record: _process_once finds its answer stored.)
+        said: list[Out] = [Say("ivr.taken_over")] if current.get("sid") else []
+        return VoiceTurn(_language(person), said, action="hangup")
     before, step = _language(person), conv.step  # a failed turn may leave them unreadable
     try:
         if call.turn == 0 or current.get("sid") != call.sid:
@@ -927,6 +941,8 @@ def _answer(state: DialogState, ports: VoicePorts, person: Person,
         return _list_again(state, ctx, step)
     if not keys:
         call_state["silences"] = call_state.get("silences", 0) + 1
+        if call_state.get(WAITING) == step.name:
+            return _waited(state, ctx, step)
         if step.name in END_ON_SILENCE or call_state["silences"] > MAX_SILENT_REPEATS + 1:
             state.data["call_action"] = "hangup"
             # After a booking or the pickup code the caller has all they called for:
@@ -947,9 +963,36 @@ def _answer(state: DialogState, ports: VoicePorts, person: Person,
         return engine.ask_again(VOICE_DIALOG, ctx, step)
     outs = engine.turn(VOICE_DIALOG, state, UserInput(text=keys.rstrip("#")), ports,
                        ctx.lang)
+    _told_to_wait(call_state, state, state.data.pop(TOLD_TO_WAIT, None))
     _page_turn(call_state, state.data.pop(PAGE_TURNED, None))
     _finished(call_state, state.data.pop(FINISHED, None))
     return outs
+
+
+# call[WAITING]: the step at which the caller was told to wait and press a key again in a
+# minute (voice.TOLD_TO_WAIT), while they are still at it.
+WAITING = "waiting"
+
+
+def _told_to_wait(call_state: dict[str, Any], state: DialogState, told: str | None) -> None:
+    """Remember where the caller was told to wait (``told``: voice.TOLD_TO_WAIT), until an
+    answer takes them from that step."""
+    if told is not None:
+        call_state[WAITING] = told
+    elif call_state.get(WAITING) != state.step:
+        call_state.pop(WAITING, None)
+
+
+def _waited(state: DialogState, ctx: Ctx, step: Step) -> list[Out]:
+    """Silence at a step where the caller was told to wait and press a key again ("the
+    link is still being made: press 2 again in a minute"): they did as told. The prompt
+    again, with no "we did not hear a key", MAX_SILENT_REPEATS times (some 20 seconds
+    each: its words and the Gather's wait); then the call ends as silence at that step
+    ends it (a done step: thanks and goodbye), never with an offer of a person."""
+    if state.data["call"]["silences"] > MAX_SILENT_REPEATS:
+        state.data["call_action"] = "hangup"
+        return [] if step.name in DONE_ON_SILENCE else [Say("ivr.no_answer")]
+    return engine.ask_again(VOICE_DIALOG, ctx, step)
 
 
 def _finished(call_state: dict[str, Any], done: str | None) -> None:
