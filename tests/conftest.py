@@ -195,6 +195,27 @@ def replies_to(sid: str) -> list[str]:
                               .order_by(OutboxMessage.id)))
 
 
+def never_reached(sid: str) -> None:
+    """The sandbox emulator reported the message ``sid`` delivered, and the test is about
+    to post Twilio's refusal of it (a refusal is Twilio's final word: it never reached the
+    person). The row goes back to "sent" and its delivered/read reports go, as if those
+    callbacks had never come: a refusal after a real "delivered" is kept in the history
+    only (outbox.apply_reports) and would send no copy."""
+    from sqlalchemy import delete, select
+
+    from core.adapters.db import transaction
+    from core.adapters.models import MessageStatusEvent, OutboxMessage
+
+    with transaction() as s:
+        row = s.scalar(select(OutboxMessage).where(OutboxMessage.provider_sid == sid))
+        assert row is not None, f"no message {sid}"
+        if row.status in ("delivered", "read"):
+            row.status = "sent"
+            s.execute(delete(MessageStatusEvent).where(
+                MessageStatusEvent.outbox_id == row.id,
+                MessageStatusEvent.status.in_(("delivered", "read"))))
+
+
 def read_first(monkeypatch=None) -> None:  # noqa: ANN001
     """The customer reads the question on her screen before she answers it: the service
     clock moves on past conversation.SEEN_GRACE (within which an answer to a question

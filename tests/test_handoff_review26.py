@@ -16,7 +16,7 @@ from core.adapters.dialog_models import Handoff
 from core.adapters.models import Conversation, OutboxMessage, Person
 from core.domain.errors import ValidationError
 from core.services import handoff
-from tests.conftest import post_twilio, run_jobs, send_whatsapp
+from tests.conftest import never_reached, post_twilio, run_jobs, send_whatsapp
 from tests.test_api import API, sign_in
 from tests.test_ivr import prompts  # noqa: F401  (fixture)
 from tests.test_ivr_gaps import AbsoluteCaller
@@ -143,6 +143,7 @@ def test_the_ops_list_says_when_an_operators_reply_did_not_reach_the_person(
     with transaction() as s:
         sid = s.scalar(select(OutboxMessage.provider_sid).where(OutboxMessage.body == text))
     assert sid
+    never_reached(sid)  # the emulator said delivered; Twilio's word is this undelivered
     r = post_twilio(client, "/webhooks/twilio/status",
                     {"MessageSid": sid, "MessageStatus": "undelivered", "ErrorCode": "30003"})
     assert r.status_code == 204

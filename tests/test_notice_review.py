@@ -28,7 +28,7 @@ from core.adapters.redis_conn import redis_client
 from core.config import get_settings
 from core.domain.booking import Actor
 from core.services import outbox, rating
-from tests.conftest import post_twilio, release_scheduled, run_jobs
+from tests.conftest import never_reached, post_twilio, release_scheduled, run_jobs
 from tests.test_dispatch import (
     CUSTOMER,
     LAXMIPUR,
@@ -157,6 +157,7 @@ def test_a_recipient_with_a_booking_of_her_own_hears_of_what_we_last_texted(
 
 def refuse(client, sid: str, code: str) -> None:
     """Twilio reports that WhatsApp refused the message ``sid`` (error ``code``)."""
+    never_reached(sid)
     r = post_twilio(client, "/webhooks/twilio/status",
                     {"MessageSid": sid, "MessageStatus": "failed", "ErrorCode": code})
     assert r.status_code == 204

@@ -12,7 +12,7 @@ from core.adapters.db import transaction
 from core.adapters.models import Booking, OutboxMessage, Person
 from core.domain.booking import Actor
 from core.services import notify
-from tests.conftest import run_jobs, send_whatsapp
+from tests.conftest import never_reached, run_jobs, send_whatsapp
 from tests.test_dispatch import (
     CUSTOMER,
     LAXMIPUR,
@@ -309,6 +309,7 @@ def test_a_drop_code_refused_by_sms_for_stop_goes_on_whatsapp_to_a_chatting_reci
             OutboxMessage.dedupe_key.like("leg-%-dropotp-%")))
         assert row.channel == "sms"
         sid, body = row.provider_sid, row.body
+    never_reached(sid)
     r = post_twilio(client, "/webhooks/twilio/status",
                     {"MessageSid": sid, "MessageStatus": "failed", "ErrorCode": "21610"})
     assert r.status_code == 204

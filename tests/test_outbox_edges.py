@@ -15,7 +15,7 @@ from core.adapters.db import transaction
 from core.adapters.models import OutboxMessage, Person, SandboxMessage
 from core.config import reset_settings
 from core.services import notify, outbox
-from tests.conftest import post_twilio, release_scheduled, run_jobs
+from tests.conftest import never_reached, post_twilio, release_scheduled, run_jobs
 from tests.test_dispatch import CUSTOMER, frozen, paid_booking  # noqa: F401 (fixture)
 
 pytestmark = pytest.mark.db
@@ -141,6 +141,7 @@ def test_a_free_form_message_that_missed_the_window_reaches_a_whatsapp_id_user(
             oid = outbox.queue_message(s, channel="whatsapp", to=wa_id,
                                        body="Booking 12345678: pay with this link")
         run_jobs()
+        never_reached(_row(oid).provider_sid)
         r = post_twilio(client, "/webhooks/twilio/status",
                         {"MessageSid": _row(oid).provider_sid, "MessageStatus": "failed",
                          "ErrorCode": "63016"})

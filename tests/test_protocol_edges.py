@@ -25,7 +25,7 @@ from core.config import get_settings
 from core.domain.booking import BookingStatus
 from core.services import notify, outbox
 from sandbox import razorpay as emu
-from tests.conftest import post_twilio, release_scheduled, run_jobs
+from tests.conftest import never_reached, post_twilio, release_scheduled, run_jobs
 from tests.test_payments_support import booking, confirmed_booking, link_of, run
 
 pytestmark = pytest.mark.db
@@ -115,6 +115,7 @@ def test_a_long_message_that_missed_the_window_is_not_resent_as_an_oversized_tem
             row = s.get(OutboxMessage, oid)
             assert row is not None and row.provider_sid
             sid = row.provider_sid
+        never_reached(sid)
         r = post_twilio(client, "/webhooks/twilio/status",
                         {"MessageSid": sid, "MessageStatus": "failed", "ErrorCode": "63016"})
         assert r.status_code == 204

@@ -100,18 +100,29 @@ class TurnFailed(Exception):  # noqa: N818 (an outcome, not a programming error)
         self.answer = answer
 
 
-def _limit_for(msg: InboundMessage, limit: int) -> int:
-    """The rate limit for this message: none for STOP, which must always get through (an
-    annoyed user sends it many times); by SMS none for any of Twilio's opt-out words
-    (END, QUIT...): Twilio stops our SMS to the number for each, and we must know it."""
-    if words.command(msg.body) == "stop":
-        return NO_LIMIT
-    if msg.channel == "sms":
-        from core.services.partner_sms import OPT_OUT_WORDS  # it runs inside process
+def _counter_for(msg: InboundMessage, limit: int) -> tuple[str, int]:
+    """The rate counter this message counts on, and its limit.
 
-        if msg.body.strip().casefold() in OPT_OUT_WORDS:
-            return NO_LIMIT
-    return limit
+    Opt-out and opt-in words keep a counter of their own, so that no other message fills
+    theirs nor theirs another's: STOP (and by SMS any of Twilio's opt-out words, END,
+    QUIT...: Twilio stops our SMS to the number for each, and we must know it) has no
+    limit at all, as an annoyed user sends it many times; a flood of it costs a turn each
+    and no message (it is answered only when it changes something), and no later message
+    is dropped for it. An opt-in word (by SMS Twilio's: START, UNSTOP, YES; on WhatsApp
+    the START command) gets through whatever came before it (Twilio lets our SMS through
+    again for it; she wants our messages again), under a limit of its own, as it is
+    answered each time (the menu, a partner's status)."""
+    contact = f"ratelimit:{msg.channel}:{msg.contact}"
+    word = msg.body.strip().casefold()
+    command = words.command(msg.body)
+    from core.services.partner_sms import OPT_IN_WORDS, OPT_OUT_WORDS  # it imports us
+
+    if command == "stop" or (msg.channel == "sms" and word in OPT_OUT_WORDS):
+        return contact + ":stop", NO_LIMIT
+    if (msg.channel == "sms" and word in OPT_IN_WORDS) or (
+            msg.channel == "whatsapp" and command == "start"):
+        return contact + ":start", limit
+    return contact, limit
 
 
 NO_LIMIT = 2**31 - 1
@@ -133,10 +144,9 @@ def process(msg: InboundMessage, handler: Handler) -> Outcome:
     """Run ``handler`` once per MessageSid, inside one transaction, under a rate limit
     (a retried webhook counts once: it is answered as the first delivery was)."""
     settings = get_settings()
-    limit = _limit_for(msg, settings.inbound_rate_limit)
+    counter, limit = _counter_for(msg, settings.inbound_rate_limit)
     count = int(_run(redis_client(), _COUNT_ONCE_LUA,
-                     keys=[f"inbound:counted:{msg.channel}:{msg.sid}",
-                           f"ratelimit:{msg.channel}:{msg.contact}"],
+                     keys=[f"inbound:counted:{msg.channel}:{msg.sid}", counter],
                      args=[SEEN_TTL_S, settings.inbound_rate_window_s]))
     if count > limit:
         # Say it once per window; after that stay silent so a flood costs us nothing.
@@ -576,9 +586,10 @@ def _queue(msg: InboundMessage, *, in_order: bool = False) -> Acceptance:
     settings = get_settings()
     r = redis_client()
     inbox, scheduled, lock = _keys(msg.channel, msg.contact)
-    keys = [f"inbound:seen:{msg.channel}:{msg.sid}", f"ratelimit:{msg.channel}:{msg.contact}",
+    counter, limit = _counter_for(msg, settings.inbound_rate_limit)
+    keys = [f"inbound:seen:{msg.channel}:{msg.sid}", counter,
             inbox, scheduled, INBOXES, READY, DRAINER_COUNT]
-    args: list[Any] = [encode(msg), SEEN_TTL_S, _limit_for(msg, settings.inbound_rate_limit),
+    args: list[Any] = [encode(msg), SEEN_TTL_S, limit,
                        settings.inbound_rate_window_s, SCHEDULED_TTL_S, INBOX_TTL_S,
                        f"{msg.channel}:{msg.contact}", DRAINERS, DRAINERS_TTL_S]
     if in_order:

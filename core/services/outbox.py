@@ -1513,9 +1513,12 @@ def apply_reports(reports: list[StatusReport]) -> int:
         stopped_rows: list[OutboxMessage] = []
         closed: list[tuple[OutboxMessage, str]] = []
         failed: dict[int, OutboxMessage] = {}
-        # Rows that reached the person (delivered or read, before this batch or in it
-        # before a failure): a later failure report changes the row's status, but what
-        # it carried did arrive, and a code they hold must not be made void.
+        # Rows that reached the person (delivered or read, before this batch or in it):
+        # a failure reported after that (a late or contradictory callback) is kept in the
+        # history only. What the row carried did arrive: its status does not go back, it
+        # is not sent again another way (a copy they have read already), and a code they
+        # hold is not made void. An opt-out code (21610, 63014) still closes the channel:
+        # that is about the address, not the row.
         reached = {row.id for row in rows if row.status in _REACHED}
         # When each row last went to Twilio (its claim, while its outcome is unknown), as
         # loaded: a block refusing it is old news once she has written since (_wrote_since).
@@ -1541,9 +1544,10 @@ def apply_reports(reports: list[StatusReport]) -> int:
             if status in _REACHED:
                 reached.add(row.id)
             if status in _FINAL_FAILURES:
-                row.status = status
-                row.error_code = report.error_code
-                failed[row.id] = row
+                if row.id not in reached:
+                    row.status = status
+                    row.error_code = report.error_code
+                    failed[row.id] = row
             elif row.status not in _FINAL_FAILURES and _RANK.get(status, -1) > _RANK.get(
                 row.status, -1
             ):
@@ -1558,14 +1562,19 @@ def apply_reports(reports: list[StatusReport]) -> int:
         session.execute(insert(MessageStatusEvent), events)
         for to_addr in sorted(stopped):
             _stopped_at(session, to_addr, blocked=stopped[to_addr])
+        if stopped_rows or closed:
+            reached |= _reached_before(session, [row.id for row in stopped_rows]
+                                       + [row.id for row, _ in closed])
         resent: set[int] = set()
         for row in dict.fromkeys(stopped_rows):  # a row reported twice in the batch once
+            if row.id in reached:
+                continue  # it arrived: nothing to send again, no question to owe anew
             if (row.channel == "sms" or row.status in _FINAL_FAILURES) and \
                     _instead_after_stop(session, row) is not None:
                 resent.add(row.id)
             _question_refused(session, row)
         for row, code in closed:
-            if _by_sms_instead(session, row, code) is not None:
+            if row.id not in reached and _by_sms_instead(session, row, code) is not None:
                 resent.add(row.id)
         lost = [row_id for row_id in failed if row_id not in resent and row_id not in reached]
         if lost:
@@ -1594,6 +1603,14 @@ def apply_reports(reports: list[StatusReport]) -> int:
     _mask_later(done_with, CODE_KEPT_FOR)
     _mask_later(held, CODE_KEPT_UNSETTLED, first=True)
     return matched
+
+
+def _reached_before(session: Session, ids: list[int]) -> set[int]:
+    """Of the rows ``ids``, those whose history says they reached the person (a row
+    failed before a "delivered" came, out of order, keeps its failure as its status)."""
+    return set(session.scalars(select(MessageStatusEvent.outbox_id).where(
+        MessageStatusEvent.outbox_id.in_(set(ids)),
+        MessageStatusEvent.status.in_(_REACHED))))
 
 
 def _code_lost(session: Session, row: OutboxMessage) -> None:
@@ -1658,14 +1675,17 @@ def _by_sms_instead(session: Session, row: OutboxMessage, code: str | None = Non
                                        or (person is not None and person.sms_opted_out),
                                        lang=_text_language(session, row, person))
         if sid:
-            log.info("whatsapp missed the window; sent as the template",
-                     extra={"outbox_id": row.id})
             new_id = queue_message(session, channel="whatsapp", to=row.to_addr, body=row.body,
                                    dedupe_key=f"tpl-for-{row.id}", booking_id=row.booking_id)
             if new_id is not None:
+                log.info("whatsapp missed the window; sent as the template",
+                         extra={"outbox_id": row.id})
                 session.add(WhatsappTemplateSend(outbox_id=new_id, content_sid=sid,
                                                  content_variables={"1": row.body}))
-            return new_id
+                return new_id
+            # Not made: her WhatsApp is closed to us now (her STOP since the message
+            # went). What a booking needs reaches her by SMS after a WhatsApp STOP, as
+            # notify sends it: on to the SMS below.
     asked = _answered_on_whatsapp(session, row) if row.channel == "whatsapp" else None
     if asked is not None:
         # Its answer would reach the riders' SMS number ("5" answered with how to book).
