@@ -123,6 +123,10 @@ STOP_WORDS = frozenset({
     "બંધ", "બંધ કરો",  # gu
     "ನಿಲ್ಲಿಸಿ", "ನಿಲ್ಲಿಸು", "nillisi",  # kn
 })
+# The STOP words that also mean "closed" (a shop, a road): a bare one answers "open or
+# closed?". While an operator talks with her it goes to them (conversation); "band karo",
+# "STOP" still stop.
+CLOSED_WORDS = frozenset({"बंद", "band", "bandh", "बन्द", "বন্ধ", "bondho", "બંધ"})
 START_WORDS = frozenset({
     "start", "unstop", "शुरू", "shuru", "chalu", "चालू",
     "শুরু", "shuru koro",  # bn

@@ -765,6 +765,8 @@ def _whatsapp_turn(session: Session, msg: InboundMessage, person: Person, conv: 
     cmd = words.command(text)
     if cmd == "stop" and _village_answer(conv, idle, text):
         cmd = None  # "Band", her village on the list shown, is her answer: no STOP
+    if cmd == "stop" and _closed_to_an_operator(session, person, conv, text):
+        cmd = None  # "बंद" (closed) answering an operator's question: kept for them
     if cmd == "stop":
         # Answered only when it changes something: STOP passes the rate limit, so a flood
         # of them from someone stopped already must cost us no message each.
@@ -795,6 +797,10 @@ def _whatsapp_turn(session: Session, msg: InboundMessage, person: Person, conv: 
             # list, even once an operator answered (who sees it closed, left for the menu).
             handoff.withdraw(session, conv, engaged_too=True)
             return Turn(lang(), [Say("menu.main")])
+        # A partner's delivery photo is filed for his drop, as when he waits elsewhere.
+        pod = _partner_photo(session, person, msg, now, booking=True)
+        if pod is not None:
+            return Turn(lang(), [pod])
         location = (msg.latitude, msg.longitude) if (
             msg.latitude is not None and msg.longitude is not None) else None
         handoff.record_inbound(session, conv, text,
@@ -852,6 +858,21 @@ def _village_answer(conv: Conversation, idle: timedelta | None, text: str) -> bo
     if conv.handoff or (idle is not None and idle > IDLE_RESUME):
         return False
     return names_a_listed_village(conv.step or "", conv.state or {}, text)
+
+
+def _closed_to_an_operator(session: Session, person: Person, conv: Conversation,
+                           text: str) -> bool:
+    """Whether a STOP word is one that also means "closed" ("बंद", "band", "বন্ধ":
+    words.CLOSED_WORDS) sent while an operator talks with her: this chat's handoff, or one
+    of hers elsewhere (a call) an operator answered here. Then it answers their question
+    ("was the shop open or closed?") and goes to them; an unambiguous STOP ("STOP", "बंद
+    करो", "message band karo") still stops. Anywhere else STOP stops."""
+    if words.clean(text) not in words.CLOSED_WORDS:
+        return False
+    if conv.handoff:
+        return True
+    elsewhere = handoff.waiting_for(session, person.id, besides=conv.id)
+    return elsewhere is not None and handoff.answered_on_whatsapp(session, elsewhere)
 
 
 _KEPT_NOTE = "kept_note_for"  # state: the other channel's request she was told of

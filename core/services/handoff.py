@@ -21,8 +21,18 @@ from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 
 from redis.exceptions import RedisError
-from sqlalchemy import ColumnElement, func, select, tuple_
-from sqlalchemy.orm import Session
+from sqlalchemy import (
+    BigInteger,
+    ColumnElement,
+    func,
+    literal_column,
+    null,
+    select,
+    tuple_,
+    union_all,
+    update,
+)
+from sqlalchemy.orm import Session, aliased
 
 from core import clock, i18n
 from core.adapters.db import transaction
@@ -362,18 +372,20 @@ def reply(session: Session, handoff_id: int, operator: str, body: str, *,
     if not body.strip():
         raise ValidationError("write the reply: it is empty", code="empty_message",
                               field="body")
-    handoff, _conv, person = _get_open(session, handoff_id)
+    handoff, conv, person = _get_open(session, handoff_id)
     taken_from = _take(session, handoff, operator, take_over)
-    row_id = _send(session, person, body.strip())
+    lang = language(session, person, conv)
+    row_id = _send(session, person, body.strip(), lang=lang)
     if row_id is None:
-        raise _unreachable(session, person, body.strip())
+        raise _unreachable(session, person, body.strip(), lang)
     session.add(HandoffMessage(handoff_id=handoff.id, direction="out", body=body.strip(),
                                operator=operator, outbox_id=row_id, created_at=clock.now()))
     return taken_from
 
 
-def _unreachable(session: Session, person: Person, body: str) -> Conflict:
-    """Why a reply found no way to the person (``_send`` queued nothing), for the operator:
+def _unreachable(session: Session, person: Person, body: str, lang: str) -> Conflict:
+    """Why a reply found no way to the person (``_send`` queued nothing, in ``lang``: the
+    language they are spoken to in, whose template would carry it), for the operator:
     ``whatsapp_window_closed`` when WhatsApp would take it once they write again (over 24
     hours since they last did, no approved template for it, and no SMS to send instead),
     else ``recipient_unreachable``, saying whether they stopped our messages or we have
@@ -388,7 +400,6 @@ def _unreachable(session: Session, person: Person, body: str) -> Conflict:
         .order_by(Conversation.last_inbound_at.desc().nulls_last()).limit(1))
     no_sms = "they turned off our SMS" if person.phone else "we have no number for an SMS"
     if chat is not None and not notify.in_whatsapp_window(chat):
-        lang = notify.language_of(person)
         template = lang in notify.whatsapp_templates()
         if template and not outbox.fits_template(body):
             return Conflict(
@@ -448,7 +459,7 @@ def _finish(session: Session, handoff: Handoff, conv: Conversation, person: Pers
         return
     lang = language(session, person, conv)
     _send(session, person, i18n.t(message, lang, **values),
-          dedupe_key=f"handoff-{handoff.id}-closed")
+          dedupe_key=f"handoff-{handoff.id}-closed", lang=lang)
 
 
 def language(session: Session, person: Person, conv: Conversation | None) -> str:
@@ -468,14 +479,16 @@ def language(session: Session, person: Person, conv: Conversation | None) -> str
 
 
 def _send(session: Session, person: Person, body: str,
-          dedupe_key: str | None = None) -> int | None:
+          dedupe_key: str | None = None, *, lang: str) -> int | None:
     """An answer to the person's own call for help, on the channel notify picks. After a
     STOP on WhatsApp it goes by SMS all the same (they asked for it, as for a sign-in
-    code); after an SMS opt-out (or with neither channel open), not at all."""
+    code); after an SMS opt-out (or with neither channel open), not at all. ``lang``: the
+    language they are spoken to in (``language``: the one guessed, while they chose
+    none), whose approved template carries it outside WhatsApp's 24 hours."""
     if person.opted_out and person.phone and not person.sms_opted_out:
         return outbox.queue_message(session, channel="sms", to=person.phone, body=body,
                                     dedupe_key=dedupe_key, asked=True)
-    return notify.send_to_person(session, person, body, dedupe_key=dedupe_key)
+    return notify.send_to_person(session, person, body, dedupe_key=dedupe_key, lang=lang)
 
 
 def _last_activity() -> ColumnElement[datetime]:
@@ -538,20 +551,30 @@ def expire_idle(now: datetime | None = None) -> int:
     return closed
 
 
-# Ops heard that nobody answered this handoff in time (alert_unanswered): once per handoff.
+# Ops heard that nobody answered this handoff in time (alert_unanswered): once per handoff;
+# of a message of the person's nobody answered after an operator's answer: once per message.
 OPS_TOLD_KEY = "handoff:ops-told:{handoff}"
+OPS_TOLD_AGAIN_KEY = "handoff:ops-told:{handoff}:{message}"
 OPS_TOLD_S = 7 * 86400  # longer than a handoff stays open (expire_idle)
 
 
 def alert_unanswered(now: datetime | None = None) -> int:
-    """Ops hear, once per handoff, of a person still waiting for an answer when the reply
-    we promised is due (run by the dispatch sweep, every minute): nobody took the handoff
-    (no reply, no call, no close) in ``reply_minutes()`` of the team's hours since it was
-    asked for. Only the team's time counts, as for the idle close: a request at night was
-    told when the team starts, not promised minutes, so it is due that long after the
-    opening, and nothing goes while the team is away. The SMS names the handoff's id (as
-    the ops list shows it) and how long the person has waited, never their number.
-    Returns how many handoffs were alerted."""
+    """Ops hear of a person still waiting for an answer when the reply we promised is due
+    (run by the dispatch sweep, every minute):
+
+    - once per handoff, when nobody took it (no reply, no call, no close) in
+      ``reply_minutes()`` of the team's hours since it was asked for;
+    - once per message, when the person's newest message in a handoff an operator answered
+      (or took) has waited that long with no operator's message after it: the operator
+      may have gone home, and the idle close never comes while she keeps writing. The
+      handoff goes back to the queue (``_give_back``): any operator may answer her now, and
+      the first to do so has her (``_take``: never two at once).
+
+    Only the team's time counts, as for the idle close: a request at night was told when
+    the team starts, not promised minutes, so it is due that long after the opening, and
+    nothing goes while the team is away. The SMS names the handoff's id (as the ops list
+    shows it) and how long the person has waited, never their number. Returns how many
+    alerts went."""
     from core.services.dispatch import alert_ops  # dispatch imports handoff's callers
 
     now = now or clock.now()
@@ -559,49 +582,122 @@ def alert_unanswered(now: datetime | None = None) -> int:
     if not is_open(hours, now):
         return 0
     wait = timedelta(minutes=reply_minutes())
+    out = aliased(HandoffMessage)
+    answered = select(out.id).where(out.handoff_id == Handoff.id,
+                                    out.direction == "out").exists()
+    newest_in = aliased(HandoffMessage)
+    last_in = (select(func.max(newest_in.id)).where(newest_in.handoff_id == Handoff.id,
+                                                    newest_in.direction == "in")
+               .correlate(Handoff).scalar_subquery())
+    # Never answered: due from when it was asked for (by ix_handoffs_waiting_created_at);
+    # answered once: by its newest message of the person's with no answer after it. Due
+    # no sooner than that long after; the team's share of the time is counted here.
+    never = select(Handoff.id.label("hid"), null().cast(BigInteger).label("mid"),
+                   Handoff.created_at.label("at")).where(
+        Handoff.status == "waiting", Handoff.operator.is_(None), ~answered,
+        Handoff.created_at <= now - wait)
+    again = (select(Handoff.id.label("hid"), HandoffMessage.id.label("mid"),
+                    HandoffMessage.created_at.label("at"))
+             .join(HandoffMessage, HandoffMessage.id == last_in)
+             .where(Handoff.status == "waiting", Handoff.operator.is_not(None) | answered,
+                    HandoffMessage.created_at <= now - wait,
+                    ~select(out.id).where(out.handoff_id == Handoff.id,
+                                          out.direction == "out",
+                                          out.id > HandoffMessage.id).exists()))
     with transaction() as session:
-        # By ix_handoffs_waiting_created_at; a handoff is due no sooner than that long
-        # after it was asked for, and the team's share of the time is counted here.
-        rows = session.execute(select(Handoff.id, Handoff.created_at).where(
-            Handoff.status == "waiting", Handoff.operator.is_(None),
-            Handoff.created_at <= now - wait).order_by(Handoff.created_at, Handoff.id)).all()
-    due = [(hid, at) for hid, at in rows if team_time(hours, at, now) >= wait]
+        rows = session.execute(union_all(never, again).order_by(
+            literal_column("at"), literal_column("hid"))).all()
+    due: list[tuple[int, int | None, datetime]] = [
+        (hid, mid, at) for hid, mid, at in rows if team_time(hours, at, now) >= wait]
     if not due:
         return 0
     r = redis_client()
     try:
         with r.pipeline(transaction=False) as pipe:
-            for hid, _at in due:
-                pipe.exists(OPS_TOLD_KEY.format(handoff=hid))
+            for hid, mid, _at in due:
+                pipe.exists(_told_key(hid, mid))
             told = pipe.execute()
     except RedisError:
         log.warning("unanswered handoffs not checked: Redis away")
         return 0
     alerted = 0
-    for (hid, at), done in zip(due, told, strict=True):
+    for (hid, mid, at), done in zip(due, told, strict=True):
         if done:
             continue
         with transaction() as session:
-            # Read again: an operator may have answered since (no lock: a turn holds the
-            # conversation, then the handoff; at worst one alert comes as they answer).
-            if session.scalar(select(Handoff.id).where(
-                    Handoff.id == hid, Handoff.status == "waiting",
-                    Handoff.operator.is_(None))) is None:
+            if mid is None:
+                # Read again: an operator may have answered since (no lock: a turn holds
+                # the conversation, then the handoff; at worst one alert comes as they
+                # answer).
+                if session.scalar(select(Handoff.id).where(
+                        Handoff.id == hid, Handoff.status == "waiting",
+                        Handoff.operator.is_(None))) is None:
+                    continue
+                dedupe = f"handoff-{hid}-ops-waiting"
+            elif not _give_back(session, hid, mid):
                 continue
-            alert_ops(session, "handoff.ops_waiting", dedupe_key=f"handoff-{hid}-ops-waiting",
-                      ref=str(hid), minutes=int((now - at).total_seconds() // 60))
-            after_commit(session, functools.partial(_mark_told, hid))
+            else:
+                dedupe = f"handoff-{hid}-ops-waiting-{mid}"
+            alert_ops(session, "handoff.ops_waiting", dedupe_key=dedupe, ref=str(hid),
+                      minutes=int((now - at).total_seconds() // 60))
+            after_commit(session, functools.partial(_mark_told, hid, mid))
         alerted += 1
     if alerted:
         log.warning("handoffs unanswered past the promised reply", extra={"count": alerted})
     return alerted
 
 
-def _mark_told(handoff_id: int) -> None:
-    """Remember that ops heard of ``handoff_id`` (Redis away: its outbox rows' dedupe key
-    keeps a second alert from going; the next sweep only asks again)."""
+def _told_key(handoff_id: int, message_id: int | None) -> str:
+    if message_id is None:
+        return OPS_TOLD_KEY.format(handoff=handoff_id)
+    return OPS_TOLD_AGAIN_KEY.format(handoff=handoff_id, message=message_id)
+
+
+def _give_back(session: Session, handoff_id: int, message_id: int) -> bool:
+    """Message ``message_id`` of the person's still waits for an answer in ``handoff_id``
+    (locked and read again: nothing came since, either way): the handoff is nobody's again,
+    with the person's other waiting ones the same operator had (one operator a person), as
+    when an operator is removed. One taken by phone stays so (anyone may answer it). True
+    if ops are to hear of it. The conversations of the person's waiting handoffs are locked
+    first, by id, then the handoff: a turn, a reply or a close takes a conversation before
+    its handoff, and a reply another handoff of the person's after its own (``_take``)."""
+    found = session.get(Handoff, handoff_id)
+    if found is None:
+        return False
+    mine = Handoff.id == handoff_id
+    if found.person_id is not None:
+        mine = mine | (Handoff.person_id == found.person_id)
+    conv_ids = sorted(set(session.scalars(select(Handoff.conversation_id).where(
+        mine, Handoff.status == "waiting"))) | {found.conversation_id})
+    list(session.scalars(select(Conversation.id).where(Conversation.id.in_(conv_ids))
+                         .order_by(Conversation.id).with_for_update()))
+    handoff = session.get(Handoff, handoff_id, with_for_update=True, populate_existing=True)
+    if handoff is None or handoff.status != "waiting" or session.scalar(
+            select(func.max(HandoffMessage.id)).where(
+                HandoffMessage.handoff_id == handoff_id)) != message_id:
+        return False  # answered since, closed, or a newer message of hers is due later
+    who = handoff.operator
+    if operator_id(handoff) is None:
+        return True
+    released = [handoff_id]
+    handoff.operator = None
+    if handoff.person_id is not None:
+        released += session.scalars(update(Handoff).where(
+            Handoff.person_id == handoff.person_id, Handoff.status == "waiting",
+            Handoff.operator == who, Handoff.id != handoff_id)
+            .values(operator=None).returning(Handoff.id)
+            .execution_options(synchronize_session=False)).all()
+    log.warning("handoff back in the queue: a message waited for its operator too long",
+                extra={"handoff_ids": sorted(released)})
+    return True
+
+
+def _mark_told(handoff_id: int, message_id: int | None = None) -> None:
+    """Remember that ops heard of ``handoff_id`` (of its message ``message_id``) (Redis
+    away: its outbox rows' dedupe key keeps a second alert from going; the next sweep only
+    asks again)."""
     try:
-        redis_client().set(OPS_TOLD_KEY.format(handoff=handoff_id), 1, ex=OPS_TOLD_S)
+        redis_client().set(_told_key(handoff_id, message_id), 1, ex=OPS_TOLD_S)
     except RedisError:
         log.warning("handoff alert not remembered: Redis away",
                     extra={"handoff_id": handoff_id})
