@@ -104,20 +104,25 @@ def _counter_for(msg: InboundMessage, limit: int) -> tuple[str, int]:
     """The rate counter this message counts on, and its limit.
 
     Opt-out and opt-in words keep a counter of their own, so that no other message fills
-    theirs nor theirs another's: STOP (and by SMS any of Twilio's opt-out words, END,
-    QUIT...: Twilio stops our SMS to the number for each, and we must know it) has no
-    limit at all, as an annoyed user sends it many times; a flood of it costs a turn each
-    and no message (it is answered only when it changes something), and no later message
-    is dropped for it. An opt-in word (by SMS Twilio's: START, UNSTOP, YES; on WhatsApp
-    the START command) gets through whatever came before it (Twilio lets our SMS through
-    again for it; she wants our messages again), under a limit of its own, as it is
-    answered each time (the menu, a partner's status)."""
+    theirs nor theirs another's. STOP (on WhatsApp; by SMS only Twilio's own opt-out
+    words, END, QUIT...: Twilio stops our SMS to the number for each, and we must know
+    it) has no limit at all, as an annoyed user sends it many times; a flood of it costs
+    a turn each and no message (it is answered only when it changes something), and no
+    later message is dropped for it. An opt-in word (by SMS Twilio's: START, UNSTOP,
+    YES; on WhatsApp the START command) gets through whatever came before it (Twilio
+    lets our SMS through again for it; she wants our messages again), under a limit of
+    its own, as it is answered each time (the menu, a partner's status)."""
     contact = f"ratelimit:{msg.channel}:{msg.contact}"
     word = msg.body.strip().casefold()
     command = words.command(msg.body)
     from core.services.partner_sms import OPT_IN_WORDS, OPT_OUT_WORDS  # it imports us
 
-    if command == "stop" or (msg.channel == "sms" and word in OPT_OUT_WORDS):
+    # By SMS only Twilio's own opt-out words: "band" there is a partner going off duty,
+    # answered each time; a bare "band" ("closed", words.CLOSED_WORDS) may be an answer
+    # to an operator on WhatsApp (a turn and a hand-off message each). Either on the
+    # ordinary counter: the first of them did what it does, a flood of them is a flood.
+    if (word in OPT_OUT_WORDS if msg.channel == "sms"
+            else command == "stop" and words.clean(msg.body) not in words.CLOSED_WORDS):
         return contact + ":stop", NO_LIMIT
     if (msg.channel == "sms" and word in OPT_IN_WORDS) or (
             msg.channel == "whatsapp" and command == "start"):
