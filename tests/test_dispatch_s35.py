@@ -8,6 +8,9 @@
 2. A drop code the service made itself (the recipient's number said "wrong number", her
    number moved to a new SIM) used one of the 5 new codes a leg ops may give
    (OPS_CODES_PER_LEG). Each such cause has a budget of its own now.
+3. (HK) Whether she holds the code was read from the latest drop-code message alone: an
+   SMS refused for her STOP whose WhatsApp copy reached her counted as no code. The
+   messages carrying the leg's current code, copies too, are read now.
 """
 
 from __future__ import annotations
@@ -259,3 +262,100 @@ def test_a_code_for_a_number_that_said_wrong_number_counts_as_such(client, live,
     run_jobs()
     left = dispatch.SERVICE_CODES_PER_LEG[dispatch.WRONG_NUMBER_CODE] - 1  # one made
     assert service_codes(leg_of(booking_id)) == left
+
+
+# --- 3. the code she holds, after review (task HK) ----------------------------------------
+#
+# Whether she holds the leg's code was read from the latest drop-code message alone. It is
+# read now from the messages that carry the leg's current code: that message and its
+# copies sent another way (wa-for-, sms-for-, tpl-for-), any of them that reached her.
+
+
+def sita_on_whatsapp() -> None:
+    """Sita, who reads English, chats with us on WhatsApp (its window is open)."""
+    with transaction() as s:
+        sita = Person(phone=RECIPIENT, role="customer", preferred_language="en")
+        s.add(sita)
+        s.flush()
+        s.add(Conversation(channel="whatsapp", contact=RECIPIENT.lstrip("+"),
+                           person_id=sita.id, last_inbound_at=clock.now()))
+
+
+def drop_code_rows(booking_id: int) -> list[tuple[str, str, str]]:
+    """(dedupe key, to, status) of the booking's drop-code messages and their copies."""
+    with transaction() as s:
+        return [(r.dedupe_key, r.to_addr, r.status) for r in s.scalars(
+            select(OutboxMessage).where(
+                OutboxMessage.booking_id == booking_id,
+                OutboxMessage.dedupe_key.like("leg-%-dropotp-%")
+                | OutboxMessage.dedupe_key.like("%-for-%"))
+            .order_by(OutboxMessage.id))]
+
+
+def test_her_code_sms_refused_for_stop_came_on_whatsapp_she_is_told(client, live,
+                                                                    frozen):  # noqa: F811
+    """Her drop-code SMS was refused (21610: she stopped our SMS) and the same code
+    reached her as its WhatsApp copy (wa-for-<id>). The latest drop-code message is the
+    refused SMS, but she holds the code: a give-back tells her, on WhatsApp."""
+    sita_on_whatsapp()
+    cannot_deliver(RECIPIENT, "undelivered", "21610")
+    booking_id, ramesh = assigned_booking(client)
+    rows = drop_code_rows(booking_id)
+    assert [(to, status) for key, to, status in rows if key.startswith("leg-")] == [
+        (RECIPIENT, "undelivered")], f"setup: {rows}"
+    assert [to for key, to, status in rows if key.startswith("wa-for-")
+            and status not in ("failed", "undelivered")] == [f"whatsapp:{RECIPIENT}"], (
+        f"setup: the code reached her as the SMS's WhatsApp copy: {rows}")
+    assert sms(client, ramesh, "CANCEL")
+    run_jobs()
+    assert void_notices(booking_id) == [(f"whatsapp:{RECIPIENT}",
+                                         void_text(booking_id, "en"))], (
+        f"she holds the code (on WhatsApp) and was not told it is void: {rows}")
+
+
+def test_an_ops_code_withdrawn_unsent_leaves_her_nothing_to_be_told(client, live,
+                                                                    frozen):  # noqa: F811
+    """She holds o1 (delivered). Ops make a new code (ops1), to be sent; the rider gives
+    the job back before it goes: ops1 is withdrawn unsent, and o1 was void the moment ops1
+    was made. She holds no working code: nothing is said of one (and nothing of o1)."""
+    booking_id, ramesh = assigned_booking(client)
+    assert [s for k, _, s in drop_code_rows(booking_id)] == ["delivered"], "setup: o1"
+    r = new_code(client, sign_in(client, OPS), leg_of(booking_id), "drop", send=True)
+    assert r.status_code == 200, r.get_json()
+    assert sms(client, ramesh, "CANCEL")
+    run_jobs()
+    assert [(k.rsplit("-", 1)[-1], s) for k, _, s in drop_code_rows(booking_id)][-1] == (
+        "ops1", "failed"), "setup: ops1 was withdrawn unsent"
+    assert void_notices(booking_id) == []
+
+
+def test_an_ops_code_that_reached_her_is_the_one_made_void(client, live,
+                                                           frozen):  # noqa: F811
+    """Ops1 went and reached her (by SMS): the give-back voids it and she is told, once."""
+    booking_id, ramesh = assigned_booking(client)
+    r = new_code(client, sign_in(client, OPS), leg_of(booking_id), "drop", send=True)
+    assert r.status_code == 200, r.get_json()
+    run_jobs()
+    assert drop_code_rows(booking_id)[-1][2] == "delivered", "setup: ops1 reached her"
+    assert sms(client, ramesh, "CANCEL")
+    run_jobs()
+    assert void_notices(booking_id) == [(RECIPIENT, void_text(booking_id, "en"))]
+
+
+def test_an_ops_code_refused_for_stop_that_came_on_whatsapp_is_told_there(
+        client, live, frozen):  # noqa: F811
+    """O1 reached her by SMS; she stopped our SMS since, and ops1's SMS was refused
+    (21610), its WhatsApp copy reaching her: ops1 is the code she holds, told there."""
+    sita_on_whatsapp()
+    booking_id, ramesh = assigned_booking(client)
+    cannot_deliver(RECIPIENT, "undelivered", "21610")
+    r = new_code(client, sign_in(client, OPS), leg_of(booking_id), "drop", send=True)
+    assert r.status_code == 200, r.get_json()
+    run_jobs()
+    rows = drop_code_rows(booking_id)
+    assert rows[-1][0].startswith("wa-for-") and rows[-1][2] not in ("failed",
+                                                                     "undelivered"), rows
+    assert sms(client, ramesh, "CANCEL")
+    run_jobs()
+    assert void_notices(booking_id) == [(f"whatsapp:{RECIPIENT}",
+                                         void_text(booking_id, "en"))]

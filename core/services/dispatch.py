@@ -3971,10 +3971,14 @@ def _give_back(session: Session, booking: Booking, leg: Leg, partner: PartnerPro
 def _recipient_code_message(session: Session, booking: Booking,
                             leg: Leg) -> OutboxMessage | None:
     """The message that gave the recipient the leg's working drop code, if she holds one:
-    the last leg has a drop code (none while one is kept from the night), and the leg's
-    latest drop-code message went to her number (by SMS, or WhatsApp) and was not
-    withdrawn or reported failed. None otherwise: the code went to the sender (no number,
-    or hers said "wrong number"), or never reached her."""
+    the last leg has a drop code (none while one is kept from the night), and the message
+    of the leg's current code (the latest drop-code message: a code sent is written after
+    the one it voids), or a copy of it sent another way
+    (an SMS she stopped, its copy on her WhatsApp: outbox._COPY_PREFIXES), went to her
+    number (by SMS, or WhatsApp) and was not withdrawn or reported failed; the latest of
+    those, whose channel the notice takes. None otherwise: the code went to the sender
+    (no number, or hers said "wrong number"), or never reached her (an older code she
+    holds was void already when the current one was made)."""
     phone = _code_phone(session, booking)
     if (phone is None or leg.drop_otp_hash is None
             or leg.sequence != len(_legs(session, booking))):
@@ -3983,11 +3987,19 @@ def _recipient_code_message(session: Session, booking: Booking,
         OutboxMessage.booking_id == booking.id,
         OutboxMessage.dedupe_key.like(f"leg-{leg.id}-dropotp-%"))
         .order_by(OutboxMessage.id.desc()).limit(1))
-    if (latest is None or latest.status in ("failed", "undelivered")
-            or latest.to_addr not in (outbox.address("sms", phone),
-                                      outbox.address("whatsapp", phone))):
+    if latest is None:
         return None
-    return latest
+    carriers, found = [latest], [latest.id]
+    while found:  # its copies, and theirs (a template's SMS), as withdraw_leg_codes
+        copies = list(session.scalars(select(OutboxMessage).where(
+            OutboxMessage.dedupe_key.in_([prefix + str(row_id) for row_id in found
+                                          for prefix in outbox._COPY_PREFIXES]))))
+        carriers += copies
+        found = [row.id for row in copies]
+    hers = (outbox.address("sms", phone), outbox.address("whatsapp", phone))
+    return max((row for row in carriers
+                if row.to_addr in hers and row.status not in ("failed", "undelivered")),
+               key=lambda row: row.id, default=None)
 
 
 def _drop_code_void_to_recipient(session: Session, booking: Booking, leg: Leg,
