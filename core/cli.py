@@ -1,7 +1,7 @@
 """Operator commands: `python -m core.cli migrate|seed|release|worker|sandbox-worker|retention`,
 and setting production up: `add-operator|add-point|rate-card --default|add-partner`, and
 later `close-point|move-point|rename-point|set-payout-account|clear-payout-account|
-set-home-point|remove-operator`."""
+set-home-point|remove-operator|sign-out-person`."""
 
 from __future__ import annotations
 
@@ -434,6 +434,9 @@ def set_up(args: argparse.Namespace) -> int:
             elif args.cmd == "remove-operator":
                 done = setup.remove_operator(session, args.phone, person_id=args.person,
                                              actor=CLI_ACTOR, note=args.note)
+            elif args.cmd == "sign-out-person":
+                done = setup.sign_out_person(session, args.phone, person_id=args.person,
+                                             actor=CLI_ACTOR, note=args.note)
             elif args.cmd == "add-point":
                 done = setup.add_point(session, args.pincode, args.office, actor=CLI_ACTOR,
                                        name=args.name)
@@ -544,6 +547,14 @@ def main(argv: list[str] | None = None) -> int:
     who.add_argument("--phone", help="the operator's mobile number, e.g. +919812345678")
     who.add_argument("--person", type=int, help="the operator's person id")
     ro.add_argument("--note", help="why (kept in the audit log, numbers masked)")
+    so = sub.add_parser("sign-out-person",
+                        help="sign a person (customer, partner or operator) out everywhere "
+                             "at once: a lost or stolen phone's sign-in stops working; "
+                             "their role stays")
+    who = so.add_mutually_exclusive_group(required=True)
+    who.add_argument("--phone", help="their mobile number, e.g. +919812345678")
+    who.add_argument("--person", type=int, help="their person id")
+    so.add_argument("--note", help="why (kept in the audit log, numbers masked)")
     pt = sub.add_parser("add-point", help="open a Point at an India Post office")
     pt.add_argument("--pincode", required=True)
     pt.add_argument("--office", required=True, help='as India Post names it: "Laxmipur BO"')
@@ -740,8 +751,8 @@ def run_command(args: argparse.Namespace) -> int:
 
         check_schema()
         print(json.dumps(retention.run()))
-    elif args.cmd in ("add-operator", "remove-operator", "add-point", "rate-card",
-                      "add-partner", "set-payout-account", "clear-payout-account",
+    elif args.cmd in ("add-operator", "remove-operator", "sign-out-person", "add-point",
+                      "rate-card", "add-partner", "set-payout-account", "clear-payout-account",
                       "set-home-point", "close-point", "move-point", "rename-point",
                       "erase-recipient"):
         return set_up(args)

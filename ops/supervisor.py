@@ -66,9 +66,9 @@ usage: ./run <command> [args]
   migrate         apply database migrations (python -m core.cli migrate)
   seed            load the demo data (python -m core.cli seed)
   worker          run only the RQ worker
-  add-operator, remove-operator, add-point, rate-card, add-partner, set-payout-account,
-  clear-payout-account, set-home-point, close-point, move-point, rename-point,
-  erase-recipient, retention, settle-leg [args]
+  add-operator, remove-operator, sign-out-person, add-point, rate-card, add-partner,
+  set-payout-account, clear-payout-account, set-home-point, close-point, move-point,
+  rename-point, erase-recipient, retention, settle-leg [args]
                   production set-up, a recipient's erasure, the retention job and one
                   leg settled by hand (python -m core.cli <command>; README: Setting up
                   production, Keeping and erasing personal data, Money); --help on each
@@ -86,9 +86,9 @@ usage: ./run <command> [args]
 
 # Commands that are core.cli's own, run with the same service URLs as `./run serve`.
 CLI_COMMANDS = frozenset({"migrate", "seed", "worker", "retention", "add-operator",
-                          "remove-operator", "add-point", "rate-card", "add-partner",
-                          "set-payout-account", "clear-payout-account", "set-home-point",
-                          "close-point", "move-point",
+                          "remove-operator", "sign-out-person", "add-point", "rate-card",
+                          "add-partner", "set-payout-account", "clear-payout-account",
+                          "set-home-point", "close-point", "move-point",
                           "rename-point", "erase-recipient", "settle-leg"})
 
 

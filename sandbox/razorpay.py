@@ -232,8 +232,9 @@ def _authorised() -> bool:
         user, _, password = base64.b64decode(header[6:]).decode().partition(":")
     except (ValueError, UnicodeDecodeError):
         return False
-    return (secrets.compare_digest(user, s.razorpay_key_id)
-            and secrets.compare_digest(password, s.razorpay_key_secret))
+    # bytes, not str: compare_digest raises TypeError on a non-ASCII str (a 500)
+    return (secrets.compare_digest(user.encode(), s.razorpay_key_id.encode())
+            and secrets.compare_digest(password.encode(), s.razorpay_key_secret.encode()))
 
 
 @bp.before_request

@@ -715,7 +715,8 @@ def _holds_work(session: Session, partner_id: int) -> bool:
 
 @endpoint(bp, "PUT", "/ops/partners/<int:partner_id>/kyc",
           summary="Set a partner's KYC status (audited; the same status again changes "
-                  "nothing). 409 erased",
+                  "nothing). Suspended or rejected: every sign-in of theirs ends (a token "
+                  "on a stolen phone too). 409 erased",
           roles=OPS, body=KycIn, response=PartnerRow, tags=("ops",), errors=(404, 409))
 def ops_partner_kyc(partner_id: int, body: KycIn) -> PartnerRow:
     # First the status alone, under the partner's row lock, committed: an acceptance holds
@@ -742,8 +743,13 @@ def ops_partner_kyc(partner_id: int, body: KycIn) -> PartnerRow:
         # Suspended, rejected, or pending again: they cannot be paid, so they stop.
         stops = body.status != dispatch.VERIFIED_KYC
         if before != body.status:
+            # Suspended or rejected (a stolen phone, fraud): every session of theirs ends
+            # now, so a token on that phone is not a partner's again when they are
+            # verified again; they sign in again with a new code.
+            ended = {"sessions_ended": admin._end_sessions(session, p.person_id)} \
+                if body.status in dispatch.BLOCKED_KYC else {}
             audit(session, "partner.kyc", f"partner:{p.id}", before=before,
-                  after=body.status, note=body.note)
+                  after=body.status, note=body.note, **ended)
     with transaction() as session:
         # The same status again changes nothing and is not audited (as every other ops
         # change): its take-back runs only if one before failed and left them something.
@@ -1441,6 +1447,38 @@ def ops_erase_person(person_id: int, body: EraseIn) -> ErasedOut:
                            f"POST {bp.url_prefix}/ops/partners/{partner_id}/erase; "
                            "nothing was changed", code="is_partner")
         return _erase(session, person_id, body.reason)
+
+
+class SignOutIn(Strict):
+    note: str | None = Field(default=None, min_length=3, max_length=300,
+                             description="why (\"phone stolen, his call on 3 Dec\"), for "
+                                         "the audit log (numbers kept masked)")
+
+
+class SignedOutOut(BaseModel):
+    person_id: int
+    role: str
+    sessions_ended: int = Field(description="how many sign-ins ended; 0: none was open, "
+                                            "nothing was changed (nor audited)")
+
+
+@endpoint(bp, "POST", "/ops/people/<int:person_id>/sign-out",
+          summary="Sign a person out everywhere (a customer, a partner or an operator; a "
+                  "lost or stolen phone): every token of theirs stops working at once; "
+                  "their role and data stay, they sign in again with a new code. Audited "
+                  "(person.sign_out) when one ended. A person id, as booking rows show "
+                  "customer_id and partner rows person_id",
+          roles=OPS, body=SignOutIn, response=SignedOutOut, tags=("ops",),
+          errors=(404, 422))
+def ops_sign_out_person(person_id: int, body: SignOutIn) -> SignedOutOut:
+    with transaction() as session:
+        try:
+            done = admin.sign_out_person(session, person_id=person_id,
+                                         actor=f"ops:{principal().person_id}",
+                                         note=body.note)
+        except NotFound:
+            raise NotFound("no such person", code="not_found") from None
+        return SignedOutOut(person_id=done.id, role=done.role, sessions_ended=done.ended)
 
 
 class RecipientEraseIn(EraseIn):

@@ -131,11 +131,58 @@ def add_operator(session: Session, phone: str, name: str | None = None, *,
 def _end_sessions(session: Session, person_id: int) -> int:
     """A customer given a new role signs in again: a token made for a customer (on a
     phone they may have lent, or one stolen) must not gain an operator's or a partner's
-    powers by itself (the role is read on every request). An operator removed is signed
-    out everywhere at once (remove_operator). How many sessions it ended."""
+    powers by itself (the role is read on every request). An operator removed, a partner
+    suspended or rejected (PUT /ops/partners/<id>/kyc) or moved to a new number, or
+    anyone ops sign out (sign_out_person) is signed out everywhere at once. How many
+    sessions it ended."""
     return len(session.scalars(update(ApiSession).where(
         ApiSession.person_id == person_id, ApiSession.revoked_at.is_(None))
         .values(revoked_at=clock.now()).returning(ApiSession.id)).all())
+
+
+@dataclass(frozen=True)
+class SignedOut(Outcome):
+    """sign_out_person's outcome: whose sessions, and how many it ended."""
+
+    role: str
+    ended: int
+
+
+def sign_out_person(session: Session, phone: str | None = None, *,
+                    person_id: int | None = None, actor: str,
+                    note: str | None = None) -> SignedOut:
+    """End every API session of a person (customer, partner or operator), named by
+    ``phone`` or ``person_id``: a stolen or lost phone's token stops working at once (the
+    session is read on every request), audited (``person.sign_out``, ``sessions_ended``).
+    Their role and everything else stay; they sign in again with a new code. None to end:
+    nothing changed, nothing audited (run again, it says so). NotFound for nobody."""
+    if (phone is None) == (person_id is None):
+        raise ValidationError("name the person by their phone or their person id",
+                              code="bad_request", field="phone")
+    if phone is not None:
+        number = normalize_phone(phone)
+        person = _person(session, number)
+        if person is None:
+            raise NotFound(f"nobody has {mask_phone(number)}; nothing changed",
+                           code="not_found", field="phone")
+    else:
+        assert person_id is not None
+        person = session.get(Person, person_id, with_for_update=True) \
+            if 1 <= person_id <= MAX_ID else None
+        if person is None:
+            raise NotFound(f"no person has id {person_id}; nothing changed",
+                           code="not_found", field="person")
+    masked = mask_phone(person.phone) if person.phone else "-"
+    who = f"{masked} (person {person.id}, {person.role})"
+    ended = _end_sessions(session, person.id)
+    if not ended:
+        return SignedOut(False, person.id, f"{who} has no session to end; nothing changed",
+                         person.role, 0)
+    record(session, actor, "person.sign_out", f"person:{person.id}", phone=masked,
+           role=person.role, sessions_ended=ended,
+           **({"note": mask_phones(note)} if note else {}))
+    return SignedOut(True, person.id, f"{who} signed out of {ended} session(s): they sign "
+                     "in again with a new code", person.role, ended)
 
 
 def remove_operator(session: Session, phone: str | None = None, *,
