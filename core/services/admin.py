@@ -148,6 +148,28 @@ class SignedOut(Outcome):
     ended: int
 
 
+def _named(session: Session, phone: str | None, person_id: int | None,
+           what: str) -> Person:
+    """The person named by ``phone`` or ``person_id`` (exactly one), row-locked by id;
+    ValidationError when both or neither are given, NotFound for nobody."""
+    if (phone is None) == (person_id is None):
+        raise ValidationError(f"name {what} by their phone or their person id",
+                              code="bad_request", field="phone")
+    if phone is not None:
+        number = normalize_phone(phone)
+        person = _person(session, number)
+        if person is None:
+            raise NotFound(f"nobody has {mask_phone(number)}; nothing changed",
+                           code="not_found", field="phone")
+        return person
+    person = session.get(Person, person_id, with_for_update=True) \
+        if person_id is not None and 1 <= person_id <= MAX_ID else None
+    if person is None:
+        raise NotFound(f"no person has id {person_id}; nothing changed",
+                       code="not_found", field="person")
+    return person
+
+
 def sign_out_person(session: Session, phone: str | None = None, *,
                     person_id: int | None = None, actor: str,
                     note: str | None = None) -> SignedOut:
@@ -156,22 +178,7 @@ def sign_out_person(session: Session, phone: str | None = None, *,
     session is read on every request), audited (``person.sign_out``, ``sessions_ended``).
     Their role and everything else stay; they sign in again with a new code. None to end:
     nothing changed, nothing audited (run again, it says so). NotFound for nobody."""
-    if (phone is None) == (person_id is None):
-        raise ValidationError("name the person by their phone or their person id",
-                              code="bad_request", field="phone")
-    if phone is not None:
-        number = normalize_phone(phone)
-        person = _person(session, number)
-        if person is None:
-            raise NotFound(f"nobody has {mask_phone(number)}; nothing changed",
-                           code="not_found", field="phone")
-    else:
-        assert person_id is not None
-        person = session.get(Person, person_id, with_for_update=True) \
-            if 1 <= person_id <= MAX_ID else None
-        if person is None:
-            raise NotFound(f"no person has id {person_id}; nothing changed",
-                           code="not_found", field="person")
+    person = _named(session, phone, person_id, "the person")
     masked = mask_phone(person.phone) if person.phone else "-"
     who = f"{masked} (person {person.id}, {person.role})"
     ended = _end_sessions(session, person.id)
@@ -206,19 +213,7 @@ def remove_operator(session: Session, phone: str | None = None, *,
     # longer an operator's is not returned), so one operator always stays.
     operators = list(session.scalars(select(Person.id).where(Person.role == "ops")
                                      .order_by(Person.id).with_for_update()))
-    if phone is not None:
-        number = normalize_phone(phone)
-        person = _person(session, number)
-        if person is None:
-            raise NotFound(f"nobody has {mask_phone(number)}; nothing changed",
-                           code="not_found", field="phone")
-    else:
-        assert person_id is not None
-        person = session.get(Person, person_id, with_for_update=True) \
-            if 1 <= person_id <= MAX_ID else None
-        if person is None:
-            raise NotFound(f"no person has id {person_id}; nothing changed",
-                           code="not_found", field="person")
+    person = _named(session, phone, person_id, "the operator")
     masked = mask_phone(person.phone) if person.phone else "-"
     who = f"{masked} (person {person.id})"
     if person.role != "ops":
