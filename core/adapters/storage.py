@@ -44,6 +44,28 @@ class StorageConfigError(RuntimeError):
     """POD_* variables do not describe a usable store."""
 
 
+class NotThisStore(Unavailable):
+    """A photo's URI names a store not configured here (POD_STORAGE, POD_S3_BUCKET changed
+    since): that one file cannot be deleted here, the store itself is not away."""
+
+
+# The S3 client's time limits: a store that hangs must not hold a request, the daily
+# retention run or an erasure's photo job for minutes (boto3's defaults: 60 s to connect,
+# 60 s per read, retried up to 5 times). At worst one call takes about
+# S3_ATTEMPTS * (S3_CONNECT_S + S3_READ_S) s, well within the minute the retention job's
+# RQ timeout leaves after its run's time (core.services.retention.MAX_RUN_SECONDS).
+S3_CONNECT_S = 5
+S3_READ_S = 15  # between bytes of an answer: a 5 MB put's answer comes once it is sent
+S3_ATTEMPTS = 2  # in all, the first included
+
+
+def s3_config():  # -> botocore.config.Config (boto3 is only needed for POD_STORAGE=s3)
+    from botocore.config import Config
+
+    return Config(connect_timeout=S3_CONNECT_S, read_timeout=S3_READ_S,
+                  retries={"total_max_attempts": S3_ATTEMPTS, "mode": "standard"})
+
+
 @dataclass(frozen=True)
 class StoredPhoto:
     uri: str
@@ -175,7 +197,8 @@ def build_store(cfg: StorageConfig) -> PhotoStore:
 
         client = boto3.client("s3", endpoint_url=cfg.endpoint_url, region_name=cfg.region,
                               aws_access_key_id=cfg.access_key_id,
-                              aws_secret_access_key=cfg.secret_access_key)
+                              aws_secret_access_key=cfg.secret_access_key,
+                              config=s3_config())
         return S3Store(cfg.bucket or "", client)
     return LocalStore(cfg.local_dir)
 
@@ -245,8 +268,9 @@ def is_stored(uri: str | None) -> bool:
 
 def delete_photo(uri: str, store: PhotoStore | None = None) -> None:
     """Delete a stored photo by its URI; one already gone is no error. Unavailable when the
-    store cannot now (a disk or an endpoint away), or the URI is of a store not configured
-    here (POD_STORAGE, POD_S3_BUCKET changed since): the caller keeps it to try again."""
+    store cannot now (a disk or an endpoint away), or NotThisStore (an Unavailable) when
+    the URI is of a store not configured here (POD_STORAGE, POD_S3_BUCKET changed since):
+    the caller keeps it to try again."""
     store = store or _default()[1]
     key = None
     if uri.startswith("local://") and isinstance(store, LocalStore):
@@ -255,8 +279,8 @@ def delete_photo(uri: str, store: PhotoStore | None = None) -> None:
         bucket, _, rest = uri.removeprefix("s3://").partition("/")
         key = rest if bucket == store.bucket else None
     if key is None:
-        raise Unavailable("the store this photo is in is not configured (POD_STORAGE)",
-                          code="photo_store_unavailable")
+        raise NotThisStore("the store this photo is in is not configured (POD_STORAGE)",
+                           code="photo_store_unavailable")
     try:
         store.delete(key)
     except _store_errors() as exc:

@@ -551,23 +551,40 @@ def _forget_files(session: Session, uris: Iterable[str | None], *,
 
 def delete_photo_files(deadline: float | None = None) -> tuple[int, int]:
     """Delete the photo files waiting in pod_photo_deletions, each row with its file, until
-    none is left or ``deadline`` (a _monotonic time) passes: (deleted, not deleted). A file
-    already gone counts as deleted; one the store could not delete keeps its row for the
-    next try. Rows another run holds are skipped."""
+    none is left, ``deadline`` (a _monotonic time) passes (checked before each file: one
+    store call may take long, core.adapters.storage.s3_config) or the store is away:
+    (deleted, left). A file already gone counts as deleted; one the store could not delete
+    keeps its row for the next try, and so does one not tried. A store away (Unavailable)
+    ends the batch and the call: the next try comes later (the job's retry, the next
+    day's run), not 500 more calls that time out; a URI of a store not configured here
+    (storage.NotThisStore) or a bad one keeps its row and the walk goes on. The rows of
+    the files deleted go in their batch's commit; a file deleted whose row a crash kept is
+    deleted again, which is no error. Rows another run holds are skipped."""
     d = PodPhotoDeletion
     deleted = failed = 0
     after: Key | None = None
-    while deadline is None or _monotonic() < deadline:
+    stopped = False
+    while not stopped:
         with transaction() as session:
             batch = session.execute(_batch(select(d.id, d.storage_uri), d, (d.id,),
                                            after)).all()
             gone = []
             for row in batch:
+                if deadline is not None and _monotonic() >= deadline:
+                    stopped = True
+                    break
+                after = (row.id,)
                 try:
                     storage.delete_photo(row.storage_uri)
-                except (Unavailable, ValidationError) as exc:
+                except (storage.NotThisStore, ValidationError) as exc:
                     failed += 1
                     log.warning("photo file not deleted yet", extra={"code": exc.code})
+                except Unavailable as exc:
+                    failed += 1
+                    log.warning("photo store away: photo files left for later",
+                                extra={"code": exc.code})
+                    stopped = True
+                    break
                 else:
                     gone.append(row.id)
             if gone:
@@ -575,16 +592,24 @@ def delete_photo_files(deadline: float | None = None) -> tuple[int, int]:
         deleted += len(gone)
         if len(batch) < BATCH:
             break
-        after = (batch[-1].id,)
+    if stopped:  # those not tried wait too
+        with transaction() as session:
+            failed += session.scalar(select(func.count()).select_from(d).where(
+                true() if after is None else d.id > after[0])) or 0
     return deleted, failed
 
 
+# How long the erasure's photo job may work (its RQ timeout is RQ's default, 180 s: this,
+# and one store call begun before it ends, fit in it); what is left, its retry does.
+PHOTO_JOB_SECONDS = 90
+
+
 def photo_job() -> int:
-    """The RQ job deleting an erasure's photo files; raises while some are left, so RQ
-    tries again (PHOTO_RETRY_S). How many went."""
-    deleted, failed = delete_photo_files()
-    if failed:
-        raise Unavailable(f"{failed} photo files not deleted yet; tried again later",
+    """The RQ job deleting an erasure's photo files, for PHOTO_JOB_SECONDS at most; raises
+    while some are left, so RQ tries again (PHOTO_RETRY_S). How many went."""
+    deleted, left = delete_photo_files(_monotonic() + PHOTO_JOB_SECONDS)
+    if left:
+        raise Unavailable(f"{left} photo files not deleted yet; tried again later",
                           code="photo_store_unavailable")
     return deleted
 
@@ -593,9 +618,14 @@ def photo_job_id(person_id: int) -> str:
     return f"erased-photos-{person_id}"
 
 
+class RetentionIncomplete(Unavailable):
+    """A daily run that did the database steps but not those on Redis (Redis away)."""
+
+
 def run(now: datetime | None = None) -> dict[str, int]:
     """One daily run, batch by batch until done or RETENTION_RUN_SECONDS are up; how many
-    rows each step changed (``unfinished``: 1 if time ran out first)."""
+    rows each step changed (``unfinished``: 1 if time ran out first). RetentionIncomplete
+    when its Redis steps failed (the database steps ran all the same)."""
     now = now or clock.now()
     status_cutoff = now - timedelta(days=status_days())
     message_cutoff = now - timedelta(days=message_days())
@@ -612,11 +642,26 @@ def run(now: datetime | None = None) -> dict[str, int]:
     done = {name: 0 for name, _, _ in passes}
     # Redis first: one short pass, whatever the database steps leave for tomorrow. An entry
     # with no time (set aside before entries carried one) is of unknown age: it goes too.
-    done["dead_letters"] = inbound.drop_dead_letters(
-        lambda d: d.at is None or d.at < message_cutoff.timestamp())
-    # An erased partner's positions and last exact fix: the erasure removes them before its
-    # commit; one written while it ran (or left by an erasure before that was so) goes here.
-    done["partner_positions"] = forget_erased_positions()
+    # Redis away stops neither the other Redis step nor the database's: the run does them,
+    # then fails (RetentionIncomplete), so that the failure is seen; tomorrow's run tries
+    # again (workers.retention.run schedules it whatever happens).
+    redis_error: RedisError | None = None
+    done["dead_letters"] = done["partner_positions"] = 0
+    redis_steps: list[tuple[str, Callable[[], int]]] = [
+        ("dead_letters", lambda: inbound.drop_dead_letters(
+            lambda d: d.at is None or d.at < message_cutoff.timestamp())),
+        # An erased partner's positions and last exact fix: the erasure removes them before
+        # its commit; one written while it ran (or left by an erasure before) goes here.
+        ("partner_positions", forget_erased_positions),
+    ]
+    for name, redis_step in redis_steps:
+        try:
+            done[name] = redis_step()
+        except RedisError as exc:
+            if redis_error is None:
+                log.warning("retention run: Redis cannot be reached; its steps wait for "
+                            "the next run", extra={"step": name, "error": type(exc).__name__})
+            redis_error = redis_error or exc
     unfinished = False
     # Codes a lost schedule left in messages done with for a day (outbox.mask_due_codes
     # masks the others within minutes).
@@ -644,6 +689,9 @@ def run(now: datetime | None = None) -> dict[str, int]:
     done["photo_files"], done["photo_files_left"] = delete_photo_files(deadline)
     done["unfinished"] = int(unfinished)
     log.info("retention run", extra=done)
+    if redis_error is not None:
+        raise RetentionIncomplete("retention run: the Redis steps failed (Redis away); the "
+                                  "database steps ran", code="queue_unavailable") from redis_error
     return done
 
 
