@@ -503,7 +503,8 @@ class Command:
 # Yes and no in the other catalog languages, in their scripts and as typed in Latin
 # letters: partners are offered jobs in their language and answer in it.
 _YES_ELSEWHERE = frozenset({
-    "होय", "hoy", "ठीक आहे", "बरं",  # mr ("हो" alone: _YES_ALONE)
+    # mr ("हो" alone: _YES_ALONE); "घ्यायचं" (I want to take it): HELP's "काम घ्यायचं"
+    "होय", "hoy", "ठीक आहे", "बरं", "घ्यायचं", "घ्यायचे", "घ्यायचा", "ghyaycha",
     "হ্যাঁ", "হাঁ", "হ্যা", "ঠিক আছে", "ঠিক", "ওকে",  # bn
     "ஆம்", "ஆமா", "ஆமாம்", "aama", "aam", "aamaam", "aamam", "சரி", "sari", "ஓகே",  # ta
     "అవును", "avunu", "సరే", "sare", "ఓకే",  # te
@@ -597,12 +598,13 @@ _WORDS: dict[Kind, frozenset[str]] = {
     # opt-out, and "STOP 57" no OFF.
     Kind.OFF: frozenset({"off", "stop work", "band", "bandh", "bund", "बंद", "बन्द", "ऑफ",
                          "ओफ"}),
+    # "take"/"refuse": the English HELP's "take the job", "refuse the job".
     Kind.ACCEPT: frozenset({"yes", "y", "haan", "han", "ha", "haa", "haan ji", "haanji",
-                            "hanji", "ji", "ok",
-                            "okay", "accept", "accepted", "hn", "theek", "thik", "हाँ", "हां",
+                            "hanji", "ji", "ok", "okay", "accept", "accepted", "take",
+                            "hn", "theek", "thik", "हाँ", "हां",
                             "हा", "जी", "ठीक", "यस", "ओके"}) | _YES_ELSEWHERE,
     Kind.DECLINE: frozenset({"no", "n", "nahi", "nahin", "nai", "na", "nhi", "decline",
-                             "reject", "नहीं", "नही", "ना", "नो", "ji nahi", "ji nahin",
+                             "reject", "refuse", "नहीं", "नही", "ना", "नो", "ji nahi", "ji nahin",
                              "जी नहीं", "जी नही"}) | _NO_ELSEWHERE,
     # The everyday words as partners text them, in Latin letters as in Devanagari ("le
     # liya" as "लिया", "pahunch gaya" as "पहुंच गया"), and their common misspellings.
@@ -749,6 +751,51 @@ def _tag_no_alone(words: Sequence[str]) -> bool:
 def parse_command(raw: str) -> Command:
     """What a partner's SMS asks for. ``1``/``2`` alone are accept/decline."""
     toks = _without_number_sign(_without_no_problem(tokens(raw)))
+    signs = [i for i, t in enumerate(toks)
+             if t in _NUMBER_SIGN and i + 1 < len(toks) and toks[i + 1].isdigit()]
+    if signs:
+        return _with_number_sign(toks, signs)
+    return _parse(toks)
+
+
+# What a message says once a "No." before a number is read as the number's sign ("No.57
+# PICK 4821", "DONE 4567 No.57"): a command of its own, so the no is no refusal.
+_AFTER_NUMBER_SIGN = frozenset({Kind.PICK, Kind.DROP, Kind.CANCEL, Kind.STATUS, Kind.EARN,
+                                Kind.HELP})
+
+
+def _with_number_sign(toks: list[str], signs: Sequence[int]) -> Command:
+    """A message with "no"/"नं" right before a number (``signs``: their places). "नं" is
+    only ever the sign. "No" may be the sign or a no ("no 57": no to job 57): it is the
+    sign when the rest names another command ("No.57 PICK 4821"); with a yes beside it
+    ("No.57 yes", "No 57 haan", "No.57 1") or ON/OFF the message says both, and is not
+    understood (the partner is asked again, the offer named); else it is a no, as always."""
+    rest = [t for i, t in enumerate(toks) if i not in signs]
+    said = _parse(rest)
+    if all(toks[i] not in _LOOKUP for i in signs):
+        return said
+    if said.kind in _AFTER_NUMBER_SIGN and said.words != ("?",):
+        return said
+    named = {i + 1 for i in signs}
+    answer = [t for i, t in enumerate(toks) if t.isdigit() and i not in named]
+    whole = _parse(toks)
+    if (answer == ["1"] if not said.words else said.kind in (Kind.ACCEPT, Kind.ON, Kind.OFF)):
+        return Command(Kind.UNKNOWN, whole.numbers, whole.words)
+    return whole
+
+
+# "Chalo" is "let's go" (ON) as much as "alright": with a yes ("chalo theek hai", "chalo
+# 1", "haan chalo") it is the yes's "alright", as "चलो ठीक है" always was ("चलो" is no
+# command word), and the offer is taken.
+_ALRIGHT = frozenset({"chalo"})
+# ON/OFF's words after another word ("duty on", "kaam band", "কাজ চালু"): with a word
+# that says work, or with only words we know; "phone band tha" (my phone was off), "raasta
+# band hai" (the road is closed) put nobody off duty.
+_DUTY_WORDS = frozenset({"duty", "ड्यूटी", "ड्युटी", "kaam", "kam", "काम", "কাজ", "வேலை",
+                         "పని", "કામ", "ಕೆಲಸ"})
+
+
+def _parse(toks: list[str]) -> Command:
     if not toks:
         return Command(Kind.UNKNOWN)
     if len(toks) == 2 and toks[0] == "0" and toks[1] in ("n", "ff"):
@@ -766,16 +813,30 @@ def parse_command(raw: str) -> Command:
         if numbers[0] == "2":
             return Command(Kind.DECLINE, numbers[1:])
         return Command(Kind.UNKNOWN, numbers)
+    if _ALRIGHT.intersection(words) and len(toks) > 1:
+        said = _parse([t for t in toks if t not in _ALRIGHT])
+        if said.kind is Kind.ACCEPT:
+            return Command(Kind.ACCEPT, said.numbers, words)
     kinds = {_LOOKUP[w] for w in words if w in _LOOKUP}
     kind = _LOOKUP.get(f"{words[0]} {words[1]}") if len(words) >= 2 else None
     if kind is None:
         kind = _LOOKUP.get(words[0])
+    led = kind
     if kind in (Kind.STATUS, Kind.ACCEPT):
         kind = _action_after(kind, words, numbers)  # "Job 57 delivered 4821", "ok off"
     elif Kind.STATUS in kinds and len(kinds) == 2 and kinds & {Kind.ON, Kind.OFF}:
         kind = (kinds - {Kind.STATUS}).pop()  # "mera kaam band", "duty job off"
     elif kind is None and len(kinds) == 1 and len(words) <= 3:
         kind = next(iter(kinds))  # "duty on", "ok yes": a known word in a short message
+        if kind in (Kind.ON, Kind.OFF) and not _DUTY_WORDS.intersection(words) and not all(
+                w in _LOOKUP for w in words):
+            kind = None  # "phone band tha", "raasta band hai": no word for his duty
+    if kind in (Kind.ON, Kind.OFF) and led not in (Kind.STATUS, Kind.ACCEPT) and (
+            kinds & {Kind.ACCEPT, Kind.DECLINE} or {"1", "2"}.intersection(numbers)):
+        # "on 1", "start haan", "band 2": ON/OFF, or an answer to an offer? As after a
+        # leading yes (_action_after: "haan start"), the partner is asked again, the
+        # offer named. After a yes, _action_after decided ("ok off" is OFF).
+        kind = None
     # A no turns a command around, but not a question about his money: "paisa nahi
     # mila" (the money did not come) asks for his earnings all the more.
     if kind is None or (kind not in (Kind.DECLINE, Kind.EARN) and _negated(words)) or (
@@ -810,18 +871,21 @@ def _action_after(lead: Kind, words: Sequence[str], numbers: Sequence[str]) -> K
     """The command of a message led by a yes or a STATUS word: the other command its words
     name wins ("Job 57 delivered 4821", "kaam band", "OK delivered 4821", "ok off").
 
-    After STATUS, one other command alone wins, as ON/OFF always did; anything else stays
-    STATUS (a list, no guess). After a yes the message is no yes to an offer once it names
+    After STATUS, one other command alone wins, as ON/OFF always did, a yes or a no too
+    (the HELP's "काम नको", "काम घ्यायचं", "kaam nahi"); anything else stays STATUS (a
+    list, no guess). After a yes the message is no yes to an offer once it names
     another command: OFF, CANCEL and HELP win ("ok off", "haan chhod do"); PICK and DROP
     win with a number (the code: "haan pahuncha diya 4821"), while without one they may
     as well agree to the offer ("haan utha lunga": yes, I will pick it up), and ON may
-    ("haan chalo"), so those, a no ("ok decline") and two commands at once are not
-    understood: the partner is asked again, the offer named."""
+    ("haan start"; "haan chalo" is a yes: _ALRIGHT), so those, a no ("ok decline") and
+    two commands at once are not understood: the partner is asked again, the offer
+    named."""
     others = set(_kinds_in(words)) - {lead, Kind.STATUS}
     if not others:
         return lead
     if lead is Kind.STATUS:
-        return others.pop() if len(others) == 1 and others <= _ACTIONS else lead
+        return others.pop() if len(others) == 1 and others <= _ACTIONS | {
+            Kind.ACCEPT, Kind.DECLINE} else lead
     if len(others) > 1:
         return Kind.UNKNOWN
     other = others.pop()

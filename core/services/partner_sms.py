@@ -723,6 +723,12 @@ def _names_a_job(cmd) -> bool:
                for word in cmd.words)
 
 
+def _names_pick_or_drop(cmd) -> bool:
+    """Whether a message's words (or two in a row: "पहुँच गया") name PICK or DROP."""
+    said = [*cmd.words, *(f"{a} {b}" for a, b in zip(cmd.words, cmd.words[1:], strict=False))]
+    return any(parse_command(words).kind in (Kind.PICK, Kind.DROP) for words in said)
+
+
 def _offer_not_that(session: Session, partner, typed: str, lang: str) -> str:
     """The answer to a yes naming a job he was never offered while one offer is open: no
     such offer, and how to answer the one he has (dispatch.stray_number). A number too
@@ -763,6 +769,10 @@ def _run(session: Session, partner, cmd, lang: str) -> list[str]:
                 return [_offer_not_that(session, partner, code, lang)]
             code = None  # "nahi 20 km door hai": no to his one offer; 20 names no job
         reply = dispatch.decline(session, partner, code)
+        if reply.key == "dispatch.cancel_hint" and _names_pick_or_drop(cmd):
+            # "No.57 PICK 4821 nahi", "nahi pick 57": a no beside PICK/DROP is about his
+            # pickup or drop, never a wish to give his job back (CANCEL's hint).
+            reply = dispatch.not_understood(session, partner)
     elif cmd.kind is Kind.PICK:
         reply = dispatch.confirm(session, partner, "pickup", cmd.numbers)
         if reply.key == "dispatch.picked":
