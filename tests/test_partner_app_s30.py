@@ -117,11 +117,17 @@ def test_a_pickup_by_a_rider_suspended_since_says_they_cannot_take_jobs(
     rider thinks the app broken; PICK by SMS answers that they cannot take jobs now and
     whom to call. The app now says the same, 403 ``duty_blocked``, in their language; and
     to a give-back of it, that the job is no longer theirs (404, in their words too)."""
-    pid, _, headers, leg_id = _app_rider_with_a_job(client, lang="hi")
+    pid, phone, headers, leg_id = _app_rider_with_a_job(client, lang="hi")
     code = last_code(CUSTOMER, "पार्सल उठाने")
     r = client.put(f"{API}/ops/partners/{pid}/kyc", headers=sign_in(client, OPS),
                    json={"status": "suspended", "note": "documents expired"})
     assert r.status_code == 200, r.get_json()
+    # Since session 35 a suspension also signs him out (a stolen phone's token must not
+    # come back with a re-verification): the app asks him to sign in again, and then
+    # hears why he cannot take the job.
+    r = client.post(f"{API}/legs/{leg_id}/pickup", headers=headers, json={"otp": code})
+    assert r.status_code == 401, r.get_json()
+    headers = sign_in(client, phone)
     r = client.post(f"{API}/legs/{leg_id}/pickup", headers=headers, json={"otp": code})
     assert r.status_code == 403, r.get_json()
     assert r.get_json()["error"] == {
