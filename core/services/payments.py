@@ -41,6 +41,7 @@ from typing import Any
 
 from redis.exceptions import LockError, RedisError
 from rq import Retry, get_current_job
+from rq.timeouts import BaseTimeoutException
 from sqlalchemy import any_, func, literal, select, union, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session, aliased
@@ -3947,6 +3948,8 @@ def expire_unpaid(now: datetime | None = None) -> int:
             except gw.BadRequestError:
                 log.error("the gateway would not show a booking's link",
                           extra={"booking_id": booking_id})
+            except BaseTimeoutException:
+                raise
             except Exception:
                 # Unreachable (a timeout is 15 s): the other links wait for the next
                 # sweep too, so a gateway outage cannot stretch this one out.
@@ -3956,6 +3959,8 @@ def expire_unpaid(now: datetime | None = None) -> int:
         try:
             unasked_ok = expires_at is not None and now - expires_at > LINK_CHECK_GRACE
             count += _expire_if_unpaid(booking_id, gateway_id, entity, unasked_ok=unasked_ok)
+        except BaseTimeoutException:
+            raise
         except Exception:  # one booking's trouble must not stop the sweep for the others
             log.exception("could not close an unpaid booking", extra={"booking_id": booking_id})
     return count
@@ -4177,6 +4182,8 @@ def _start_waiting_refunds(ids: list[int]) -> int:
                 refund = _open_due_refund(session, booking)
                 started += refund is not None and (
                     last is None or refund.attempt > last.attempt)
+        except BaseTimeoutException:
+            raise
         except Exception:  # one booking's trouble must not stop the sweep for the others
             log.exception("could not start a waiting refund", extra={"booking_id": booking_id})
     return started
@@ -4485,6 +4492,8 @@ def _resettle_unpaid(leg_ids: list[int]) -> int:
         enqueued += 1
         try:
             _tell_owed_long(leg_id)
+        except BaseTimeoutException:
+            raise
         except Exception:  # telling ops must not stop the sweep for the other legs
             log.exception("could not tell ops of a leg owed long", extra={"leg_id": leg_id})
     return enqueued
@@ -4610,12 +4619,16 @@ def sweep() -> dict[str, int]:
     for booking_id, attempt in due:
         try:
             retried += retry_refund(booking_id, attempt) == "retried"
+        except BaseTimeoutException:
+            raise
         except Exception:  # one booking's trouble must not stop the sweep for the others
             log.exception("could not make a due refund attempt", extra={"booking_id": booking_id})
     _alert_unanswered_refunds()
     for leg_id in waiting_account:  # no transfer to make: ops add the account
         try:
             _tell_owed_long(leg_id)
+        except BaseTimeoutException:
+            raise
         except Exception:  # telling ops must not stop the sweep
             log.exception("could not tell ops of a leg owed long", extra={"leg_id": leg_id})
     requeued = 0
