@@ -60,8 +60,9 @@ def test_cancelling_an_assigned_booking_stops_the_leg_and_frees_the_partner(clie
     assert legs_of(booking_id)[0].status == "cancelled"
     assert bodies_to(phone)[-1] == i18n.t("dispatch.job_cancelled", "en", job=str(leg.id))
     assert active_legs(partner) == 0
-    # The cancelled parcel cannot be picked up any more.
-    assert sms(client, phone, f"PICK {pickup_code}") == [i18n.t("dispatch.no_job", "en")]
+    # The cancelled parcel cannot be picked up any more: its code names the job cancelled.
+    assert sms(client, phone, f"PICK {pickup_code}") == [
+        i18n.t("dispatch.job_cancelled", "en", job=str(leg.id))]
     assert legs_of(booking_id)[0].status == "cancelled"
     # The freed partner gets the next job nearby (max_active_legs=1).
     second = paid_booking()

@@ -271,7 +271,8 @@ def test_set_duty_on_is_refused_with_a_code_for_an_opted_out_sms_only_partner(
         reply = dispatch.set_duty(s, profile, True)
         assert reply.key == dispatch.DUTY_SMS_STOPPED == "dispatch.duty_sms_stopped"
         assert "START" in reply.render("en")
-        assert dispatch.set_duty(s, s.get(PartnerProfile, appy), True).key == "dispatch.duty_on"
+        assert dispatch.set_duty(s, s.get(PartnerProfile, appy), True).key == \
+            dispatch.DUTY_ON_APP
     assert _on_duty(ramesh) is False and _on_duty(appy) is True
     with transaction() as s:
         assert s.scalar(select(func.count()).select_from(PartnerEvent).where(

@@ -121,9 +121,9 @@ def test_on_duty_in_the_app_says_offers_appear_in_the_app(client, live, frozen, 
     assert body["message"] == i18n.t("dispatch.app.duty_on", lang)
     assert body["message"] != i18n.t("dispatch.duty_on", lang)
     assert "SMS" not in body["message"]
-    # By SMS, ON still says the offers come by SMS.
+    # By SMS too, his ON says the offers appear in the app (test_dispatch_s36).
     sms(client, phone, "OFF")
-    assert sms(client, phone, "ON") == [i18n.t("dispatch.duty_on", lang)]
+    assert sms(client, phone, "ON") == [i18n.t("dispatch.app.duty_on", lang)]
 
 
 # --- 3. a job the customer cancelled -----------------------------------------------------

@@ -533,6 +533,6 @@ def test_app_pickup_of_a_job_cancelled_meanwhile_does_not_say_send_status(
         assert (error["code"], error["message"]) == (
             "job_cancelled", i18n.t("dispatch.job_cancelled", "en", job=str(leg)))
         assert "STATUS" not in error["message"] and "Send" not in error["message"]
-    # Over SMS the same refusal keeps its command.
+    # Over SMS the same: cancelled (test_dispatch_s36), not "no job N".
     assert sms(client, phone, f"PICK {last_code(CUSTOMER, PICK_MARK)} {leg}")[0] == i18n.t(
-        "dispatch.no_such_job", "en", job=str(leg))
+        "dispatch.job_cancelled", "en", job=str(leg))

@@ -248,6 +248,24 @@ class AppIn(Strict):
                              description="why, for the audit log (numbers kept masked)")
 
 
+class PartnerAppOut(PartnerRow):
+    changed: bool = Field(description="false: they were so already; nothing changed (nor "
+                                      "audited)")
+    went_off_duty: bool = Field(
+        description="true: this change put them OFF duty (on_duty is false): made SMS-only "
+                    "while their number stops our SMS (they sent STOP), no offer could "
+                    "reach them. Their open offers went to others, jobs in hand stay "
+                    "theirs; their ON is refused until they send START")
+    placed_nowhere: bool = Field(
+        description="true: without the app, their home Point is closed and no other "
+                    "Point they serve is open, so no search can find them. On duty, they "
+                    "stay on duty and were told by SMS that no offer can reach them and "
+                    "to call ops; off duty, their ON is refused. Give them a new home: PUT "
+                    "/ops/partners/{partner_id}/home-point")
+    message: str = Field(description="what was done, in one line for the operator (numbers "
+                                     "masked)")
+
+
 class PhoneIn(Strict):
     phone: PhoneText = Field(max_length=64,
                              description="the partner's new number (a new SIM), as typed: "
@@ -853,11 +871,22 @@ def ops_partner_language(partner_id: int, body: LanguageIn) -> PartnerRow:
 @endpoint(bp, "PUT", "/ops/partners/<int:partner_id>/app",
           summary="Whether a partner works from the app (found by its position) or by SMS "
                   "alone (found at their home Point while on duty); audited, the same again "
-                  "changes nothing. 409 erased",
-          roles=OPS, body=AppIn, response=PartnerRow, tags=("ops",), errors=(404, 409))
-def ops_partner_app(partner_id: int, body: AppIn) -> PartnerRow:
-    return _partner_changed(partner_id, lambda session, actor: partner_profile.set_has_app(
-        session, partner_id, body.app, actor=actor, note=body.note))
+                  "changes nothing. Made SMS-only while their number stops our SMS (STOP), "
+                  "they go OFF duty (went_off_duty); with their home Point closed and no "
+                  "other open, no offer can reach them (placed_nowhere): they are told by "
+                  "SMS, and need a new home Point. The partner's row after it, and what "
+                  "was done (message). 409 erased",
+          roles=OPS, body=AppIn, response=PartnerAppOut, tags=("ops",), errors=(404, 409))
+def ops_partner_app(partner_id: int, body: AppIn) -> PartnerAppOut:
+    with transaction() as session:
+        done = partner_profile.set_has_app(session, partner_id, body.app,
+                                           actor=f"ops:{principal().person_id}",
+                                           note=body.note)
+        p = session.get(PartnerProfile, partner_id)
+        assert p is not None
+        return PartnerAppOut(**partner_row(p, p.person.phone).model_dump(),
+                             changed=done.changed, went_off_duty=done.went_off_duty,
+                             placed_nowhere=done.placed_nowhere, message=done.message)
 
 
 @endpoint(bp, "PUT", "/ops/partners/<int:partner_id>/phone",

@@ -2539,7 +2539,7 @@ def _back_on_after_late_answer(session: Session, offer: DispatchOffer) -> None:
     partner = session.get(PartnerProfile, offer.partner_id, with_for_update=True,
                           populate_existing=True)  # as the timeout left it
     assert partner is not None
-    if partner.on_duty or set_duty(session, partner, True).key != "dispatch.duty_on":
+    if partner.on_duty or set_duty(session, partner, True).key not in DUTY_ON_KEYS:
         return
     _sms_partner(session, partner, "dispatch.auto_off_undone",
                  dedupe_key=f"offer-{offer.id}-back-on", job=offer.leg_id)
@@ -3536,6 +3536,55 @@ def _done_before(session: Session, partner: PartnerProfile, kind: str, otp: str 
     return None
 
 
+# A job this partner held (took, and still names him, or was taken back from him) whose
+# booking closed before it was delivered: the customer cancelled it (or it failed).
+_HELD_STATES = (rules.OfferStatus.ACCEPTED.value, rules.OfferStatus.CANCELLED.value)
+# The cancelled jobs of his a code alone (no job named) is tried against, newest first.
+CANCELLED_CODE_LEGS = 5
+
+
+def _cancelled_of(partner: PartnerProfile) -> Select[Leg]:
+    """His legs whose booking closed (dispatch.CLOSED_BOOKING) before they were done: one
+    he took (the leg still names him after the cancel) or had taken back from him (his
+    accepted offer of it cancelled, _give_back), neither active nor delivered."""
+    held = select(DispatchOffer.leg_id).where(DispatchOffer.partner_id == partner.id,
+                                              DispatchOffer.status.in_(_HELD_STATES))
+    return (select(Leg).join(Booking, Booking.id == Leg.booking_id)
+            .where(or_(Leg.partner_id == partner.id, Leg.id.in_(held)),
+                   Leg.status.not_in(ACTIVE_LEG_STATES + (LegStatus.DELIVERED.value,)),
+                   Booking.status.in_(CLOSED_BOOKING)))
+
+
+def cancelled_job_named(session: Session, partner: PartnerProfile, numbers: tuple[str, ...],
+                        kind: str | None = None) -> Reply | None:
+    """The answer to a PICK, DROP or CANCEL that found no job of his to act on when it
+    names a job of his the customer cancelled ("PICK 57 4821", "PICK 4821 57", "CANCEL
+    57"): that job N is cancelled, do not go (dispatch.job_cancelled, as his yes to its
+    offer and the app's pickup say it), not "you have no job N", which reads as a number
+    mistyped. ``kind`` (pickup/drop) given and no job named, a code alone that is the
+    right code of one of his cancelled jobs names it too; no try is counted either way.
+    None when the message names no such job."""
+    named = [(len(n) == OTP_DIGITS, i, number) for i, n in enumerate(numbers)
+             if (number := _job_number(n)) is not None]
+    if named:
+        ids = {number for *_, number in named}
+        off = set(session.scalars(_cancelled_of(partner).where(Leg.id.in_(ids))
+                                  .with_only_columns(Leg.id)))
+        for *_, number in sorted(named):  # a job number before a 4-digit code
+            if number in off:
+                return _r("dispatch.job_cancelled", job=str(number))
+    codes = [n for n in numbers if _is_code(n)]
+    if kind is None or not codes:
+        return None
+    from core.services.booking import check_leg_otp
+
+    for leg in session.scalars(_cancelled_of(partner)
+                               .order_by(Leg.id.desc()).limit(CANCELLED_CODE_LEGS)):
+        if any(check_leg_otp(leg, kind, code) for code in codes):
+            return _r("dispatch.job_cancelled", job=job_code(leg))
+    return None
+
+
 def _booking_closed(session: Session, leg: Leg) -> bool:
     """Whether the leg's booking is closed (cancelled, failed...), read as committed now:
     the caller holds the leg's lock, which a cancel takes before the booking's."""
@@ -3577,9 +3626,15 @@ def confirm(session: Session, partner: PartnerProfile, kind: str,
         coded = _code_sent_as_job(session, partner, kind, numbers, leg, wanted)
         if coded is not None:  # "PICK 4821": job 4821's code, or the code 4821 of it
             leg, otp = coded, numbers[0]
+    if problem is not None and problem.key == "dispatch.no_such_job":
+        # The job named is not one of his now: maybe the customer cancelled it.
+        return cancelled_job_named(session, partner, numbers) or problem
     if problem is not None:
-        if problem.key == "dispatch.no_job":  # no job to confirm: maybe one just done
-            return _done_before(session, partner, kind, otp) or problem
+        if problem.key == "dispatch.no_job":  # no job to confirm: maybe one just done,
+            # or cancelled ("PICK 57 4821" reads 57 as a code typed short: no job named)
+            return (cancelled_job_named(session, partner, numbers)
+                    or _done_before(session, partner, kind, otp)
+                    or cancelled_job_named(session, partner, numbers, kind) or problem)
         return problem
     assert leg is not None
     if kind == "pickup" and leg.sequence > 1:
@@ -3823,6 +3878,9 @@ def cancel_by_partner(session: Session, partner: PartnerProfile,
         return decline(session, partner, numbers[0])
     leg, _, problem = _choose_leg(session, partner, numbers, (LegStatus.ASSIGNED.value,),
                                   job_only=True)
+    if problem is not None and problem.key == "dispatch.no_such_job":
+        # "CANCEL 57" of a job the customer cancelled: said so, not "no job 57".
+        return cancelled_job_named(session, partner, numbers[:1]) or problem
     if problem is not None:
         return problem
     assert leg is not None
@@ -4199,6 +4257,11 @@ def _home_follows_duty(session: Session, partner: PartnerProfile) -> None:
 # set_duty's answer to ON from a partner without the app whose number stopped our SMS
 # (accept's too, to a yes from them).
 DUTY_SMS_STOPPED = "dispatch.duty_sms_stopped"
+# set_duty's answer to an ON that put the partner on duty: without the app, offers come
+# by SMS; with it, they appear in the app (his ON sent by SMS or from the app alike).
+DUTY_ON = "dispatch.duty_on"
+DUTY_ON_APP = "dispatch.app.duty_on"
+DUTY_ON_KEYS = frozenset({DUTY_ON, DUTY_ON_APP})
 # set_duty's answer to ON from a partner without the app who can be placed at no active
 # Point (their home closed, none other they serve open): no search could find them.
 DUTY_NO_POINT = "dispatch.duty_no_point"
@@ -4231,6 +4294,27 @@ def placed_nowhere(session: Session, partner: PartnerProfile) -> bool:
 
 def _no_point() -> Reply:
     return _r(DUTY_NO_POINT, ops_phone=get_settings().ops_phone)
+
+
+# What a rider on duty hears by SMS when a change leaves him placed at no Point
+# (admin.close_point: his Point closed; partner_profile.set_has_app: made SMS-only while
+# his home Point is closed): no offer can reach him until ops give him a new Point.
+POINT_CLOSED = "dispatch.point_closed"
+
+
+def tell_placed_nowhere(session: Session, partner: PartnerProfile, *,
+                        dedupe_key: str) -> int | None:
+    """Tell the partner by SMS, in his language, that no offer can reach him now (his
+    Point closed) and whom to call for a new one: he stays on duty, and is placed at the
+    new Point at once (set_home_point), offers coming again."""
+    return _sms_partner(session, partner, POINT_CLOSED, dedupe_key=dedupe_key,
+                        ops_phone=get_settings().ops_phone)
+
+
+def lock_points_of(session: Session, partner: PartnerProfile) -> None:
+    """_lock_points_of, for a change elsewhere that makes a partner SMS-only on duty
+    (partner_profile.set_has_app): a Point closing meanwhile, one after the other."""
+    _lock_points_of(session, partner)
 
 
 def _lock_points_of(session: Session, partner: PartnerProfile) -> None:
@@ -4298,7 +4382,9 @@ def set_duty(session: Session, partner: PartnerProfile, on: bool) -> Reply:
         _maybe_continue(session, leg)
     _home_follows_duty(session, partner)
     if on:
-        return _r("dispatch.duty_on")
+        # With the app, his offers appear in it (by SMS too while his number takes ours):
+        # "offers will come by SMS" is an SMS-only rider's, whichever way he sent ON.
+        return _r(DUTY_ON_APP if partner.has_app else DUTY_ON)
     return _off_reply(session, partner)
 
 

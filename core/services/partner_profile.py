@@ -16,7 +16,9 @@ What follows a change:
   fit again); jobs in hand stay theirs, as with a move of home Point;
 * the language: every later offer, SMS and call to them is in it;
 * the app: on duty, they are placed again in the dispatch home set (without the app they
-  are found at their home Point; with it, only by a fresh position from the app);
+  are found at their home Point; with it, only by a fresh position from the app); made
+  SMS-only, one whose number stopped our SMS goes OFF, and one whose home Point is closed
+  hears by SMS that no offer can reach him (the answer says either: set_has_app);
 * the phone (a new SIM): every later offer and SMS goes to the new number, and the old
   one is nobody's: an SMS from it is a stranger's, its app sessions are ended, its calls
   and chats start afresh as a new contact's; parcels under way to the old number follow
@@ -28,6 +30,7 @@ from __future__ import annotations
 
 import logging
 import secrets
+from dataclasses import dataclass
 
 from sqlalchemy import exists, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
@@ -125,8 +128,18 @@ def set_language(session: Session, partner_id: int, language: str, *, actor: str
                    f"{before or 'not chosen'})")
 
 
+@dataclass(frozen=True)
+class AppOutcome(Outcome):
+    """What set_has_app did, and what it means for the partner's duty: ``went_off_duty``,
+    the change put him OFF; ``placed_nowhere``, without the app no search can find him
+    (his home Point closed, none other he serves open: dispatch.placed_nowhere)."""
+
+    went_off_duty: bool = False
+    placed_nowhere: bool = False
+
+
 def set_has_app(session: Session, partner_id: int, has_app: bool, *, actor: str,
-                note: str | None = None) -> Outcome:
+                note: str | None = None) -> AppOutcome:
     """Whether the partner works from the app (found by its fresh position) or by SMS
     alone (found at their home Point while on duty). Same again: nothing changed.
 
@@ -134,7 +147,13 @@ def set_has_app(session: Session, partner_id: int, has_app: bool, *, actor: str,
     an app rider may keep working after STOP, the app brings his offers) could be reached
     by no offer: he goes OFF as the STOP itself takes an SMS-only rider off
     (dispatch.set_duty: a duty_off event, his open offers closed, jobs in hand his), and
-    the answer says so; his ON is refused until he sends START."""
+    the answer says so; his ON is refused until he sends START.
+
+    Without the app, a partner on duty whose home Point is closed, with no other Point he
+    serves open (dispatch.placed_nowhere), is found by no search: as when his Point closes
+    under him (admin.close_point), he stays on duty and hears by SMS that no offer can
+    reach him and whom to call; the answer says so, and that ops give him a new home
+    (set_home_point places him there at once). Off duty, his ON is refused until then."""
     # OFF locks the legs of his open offers, then the offers, before his row (a rival's
     # acceptance holds such a leg, then writes his row): taken here before his row, as
     # admin.clear_payout_account takes them.
@@ -142,8 +161,9 @@ def set_has_app(session: Session, partner_id: int, has_app: bool, *, actor: str,
         dispatch.lock_open_offers(session, partner_id)
     p, who = locked_partner(session, partner_id)
     if p.has_app is has_app:
-        return Outcome(False, p.id, f"{who} {'has' if has_app else 'has no'} app already; "
-                       "nothing changed")
+        return AppOutcome(False, p.id, f"{who} {'has' if has_app else 'has no'} app "
+                          "already; nothing changed", placed_nowhere=(
+                              not has_app and dispatch.placed_nowhere(session, p)))
     p.has_app = has_app
     session.flush()
     stopped = p.on_duty and dispatch.sms_stopped(session, p)
@@ -152,16 +172,43 @@ def set_has_app(session: Session, partner_id: int, has_app: bool, *, actor: str,
     else:
         # The home set (Redis) follows once committed, as a move of home Point does.
         dispatch._home_follows_duty(session, p)
-    record(session, actor, "partner.app", f"partner:{p.id}", before=not has_app,
-           after=has_app, **_noted(note), **({"duty": "off: SMS stopped"} if stopped else {}))
+    if not has_app and p.on_duty:
+        # His Points locked after his row, as his ON locks them (dispatch.set_duty): a
+        # close of one meanwhile either committed first (seen closed here: he is told
+        # below) or waits for this commit and finds him SMS-only on duty (it tells him).
+        dispatch.lock_points_of(session, p)
+    nowhere = not has_app and dispatch.placed_nowhere(session, p)
+    if nowhere and p.on_duty:
+        stamp = f"{clock.now().timestamp():.0f}"
+        dispatch.tell_placed_nowhere(session, p,
+                                     dedupe_key=f"partner-{p.id}-no-app-no-point-{stamp}")
+    duty = {}
     if stopped:
-        return Outcome(True, p.id, f"{who} has no app now, and his number stopped our SMS "
-                       "(STOP): no offer could reach him, so he is OFF duty; jobs in hand "
-                       "stay his; he can go ON once he sends START")
+        duty = {"duty": "off: SMS stopped"}
+    elif nowhere and p.on_duty:
+        duty = {"duty": "on, placed at no Point (home closed): told by SMS"}
+    record(session, actor, "partner.app", f"partner:{p.id}", before=not has_app,
+           after=has_app, **_noted(note), **duty)
+    if stopped:
+        return AppOutcome(True, p.id, f"{who} has no app now, and his number stopped our "
+                          "SMS (STOP): no offer could reach him, so he is OFF duty; jobs in "
+                          "hand stay his; he can go ON once he sends START",
+                          went_off_duty=True)
+    if nowhere:
+        new_home = (f"give him a new home Point (PUT /ops/partners/{p.id}/home-point): "
+                    "he is offered jobs there at once")
+        if p.on_duty:
+            return AppOutcome(True, p.id, f"{who} has no app now, and his home Point is "
+                              "closed with no other Point he serves open: on duty, but no "
+                              "offer can reach him; he was told so by SMS; " + new_home,
+                              placed_nowhere=True)
+        return AppOutcome(True, p.id, f"{who} has no app now, and his home Point is closed "
+                          "with no other Point he serves open: his ON is refused until "
+                          "he has a new one; " + new_home, placed_nowhere=True)
     how = ("found by the app's position" if has_app
            else "found at their home Point, offered jobs by SMS")
-    return Outcome(True, p.id, f"{who} {'has the app' if has_app else 'has no app'} now: "
-                   f"{how} while on duty")
+    return AppOutcome(True, p.id, f"{who} {'has the app' if has_app else 'has no app'} "
+                      f"now: {how} while on duty")
 
 
 _PHONE_INDEX = "uq_people_phone"
