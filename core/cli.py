@@ -525,7 +525,27 @@ def _partner_id(session, args: argparse.Namespace) -> int:
     return int(found)
 
 
+# prometheus_client's multiprocess mode (core.web.gunicorn_conf): the web's directory.
+METRICS_DIR_SETTING = "PROMETHEUS_MULTIPROC_DIR"
+
+
+def leave_the_webs_metrics_dir() -> None:
+    """Forget PROMETHEUS_MULTIPROC_DIR in this process (and in what it starts: RQ's work
+    horses and scheduler), before anything imports prometheus_client.
+
+    The operator may set it for every process (README: Configuration), but only the web
+    serves /metrics. A worker's job imports the web's helpers (the inbound drain: the
+    bots, their webhook checks, core.web.ops and its module-level Counters), and with the
+    setting prometheus_client opens <dir>/counter_<pid>.db at that import: a directory
+    gunicorn has not made (a worker's own machine, a worker started first) failed every
+    such job with FileNotFoundError, and one it has made got the worker's files, added
+    into the web's /metrics. None of these commands serves /metrics: each counts in its
+    own memory, as any single process does."""
+    os.environ.pop(METRICS_DIR_SETTING, None)
+
+
 def main(argv: list[str] | None = None) -> int:
+    leave_the_webs_metrics_dir()  # first: nothing of prometheus_client is imported yet
     parser = argparse.ArgumentParser(prog="python -m core.cli")
     sub = parser.add_subparsers(dest="cmd", required=True)
     sub.add_parser("migrate", help="apply Alembic migrations (creates the database)")

@@ -7,8 +7,10 @@ name, like honcho / foreman) and stops everything cleanly on Ctrl-C / SIGTERM.
 
 A process that dies is started again after a pause that doubles with each crash (1 s, 2 s,
 4 s, ... at most 30 s); one that crashes RESTART_LIMIT times within RESTART_WINDOW_S
-cannot start, and serve then stops everything (exit 1) saying so. The embedded
-PostgreSQL or Redis dying stops everything at once: nothing works without them.
+cannot start, and serve then stops everything (exit 1) saying so. A crash while the
+external PostgreSQL or Redis (DATABASE_URL, REDIS_URL) does not answer is not counted:
+serve waits for the server, starting the process again at the same growing pauses. The
+embedded PostgreSQL or Redis dying stops everything at once: nothing works without them.
 
 A stop sends each process group one SIGTERM (RQ's warm shutdown: a worker finishes the job
 it is running, then exits; a second SIGTERM would kill the job) and waits up to
@@ -43,8 +45,9 @@ from ops.embedded import REPO_DIR, EmbeddedError, Services, services_for
 NOT_SERVED = {"release", "actions"}
 SANDBOX_WORKER = "python -m core.cli sandbox-worker"
 # Restarts: the first pause, its ceiling, and how many crashes of one process within the
-# window make serve give up (the pauses alone add up to 15 s before the fifth), unless
-# the database or Redis it needs does not answer: then it waits for them (_unanswered).
+# window make serve give up (the pauses alone add up to 15 s before the fifth). A crash
+# while the database or Redis it needs does not answer (_unanswered, asked at every crash)
+# is not counted: serve waits for them.
 RESTART_DELAY_S = 1.0
 RESTART_MAX_DELAY_S = 30.0
 RESTART_LIMIT = 5
@@ -344,6 +347,7 @@ class Server:
         self.restart_limit = RESTART_LIMIT
         self.restart_window_s = RESTART_WINDOW_S
         self._crashes: dict[str, list[float]] = {}  # name -> monotonic times of its crashes
+        self._away_crashes: dict[str, list[float]] = {}  # the same, while a server was away
         self._restart_at: dict[str, float] = {}  # name -> when to start it again
         try:
             self.stop_grace_s = stop_grace()
@@ -450,26 +454,30 @@ class Server:
                     f"embedded PostgreSQL died (see {services.postgres.pgdata}/log); stopping")
                 return 1
             now = time.monotonic()
+            away: list[str] | None = None  # asked once a round, at the first crash
             for child in self.children:
                 if child.name in self._restart_at:
                     continue  # dead, waiting for its pause to end
                 code = child.poll()
                 if code is None:
                     continue
-                delay = self._crash_delay(child.name, now)
-                away = _unanswered(services) if delay is None else []
+                if away is None:
+                    away = _unanswered(services)
                 if away:
                     # Not a process that cannot start: one whose server is away (a Redis
-                    # restarting, a database failing over). Giving up would stop the web
-                    # too; serve waits for the server instead, trying at the longest pause.
-                    delay = self.restart_max_delay_s
+                    # restarting, a database failing over). Such a crash is not counted
+                    # against the limit (once the server is back, one more crash must not
+                    # stop the web too); serve waits for the server instead, trying again
+                    # after a pause that grows to the longest.
+                    away_delay = self._away_delay(child.name, now)
                     self.output.system(
                         f"{child.name} stopped unexpectedly ({describe_exit(code)}) while "
                         f"{' and '.join(away)} does not answer; starting it again in "
-                        f"{delay:g} s (serve waits for it)")
+                        f"{away_delay:g} s (serve waits for it)")
                     child.terminate()
-                    self._restart_at[child.name] = now + delay
+                    self._restart_at[child.name] = now + away_delay
                     continue
+                delay = self._crash_delay(child.name, now)
                 if delay is None:
                     self.output.system(
                         f"{child.name} crashed {len(self._crashes[child.name])} times in "
@@ -502,6 +510,15 @@ class Server:
         self._crashes[name] = recent
         if len(recent) >= self.restart_limit:
             return None
+        return min(self.restart_max_delay_s, self.restart_delay_s * 2 ** (len(recent) - 1))
+
+    def _away_delay(self, name: str, now: float) -> float:
+        """The pause before starting `name` again after a crash at `now` while a server it
+        needs is away: doubling with each such crash within the window, as for any crash,
+        up to the longest; never giving up, and not counted against the limit."""
+        recent = [t for t in self._away_crashes.get(name, []) if now - t < self.restart_window_s]
+        recent.append(now)
+        self._away_crashes[name] = recent
         return min(self.restart_max_delay_s, self.restart_delay_s * 2 ** (len(recent) - 1))
 
     def _restart_due(self, services: Services, now: float) -> None:

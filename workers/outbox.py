@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 from datetime import UTC, datetime
 
 from rq import Retry
@@ -10,6 +11,14 @@ from core import clock
 from core.services import outbox
 
 SWEEP_EVERY_S = 60
+# What each sweep does, in order: (module, function), imported when the sweep runs.
+_SWEEP_PARTS = (
+    ("core.services.outbox", "sweep"),
+    ("workers.inbound", "sweep"),
+    ("core.services.outbox", "kick_statuses"),
+    ("core.services.handoff", "expire_idle"),
+    ("core.services.retention", "redact_saved_codes"),
+)
 
 
 def deliver(outbox_id: int) -> str | Retry:
@@ -35,18 +44,16 @@ def sweep() -> int:
     """Re-enqueue outbox rows (and drain inboxes, and apply status reports) whose job was
     lost, close handoffs idle too long, take ops' codes out of saved API answers past
     their replay window (core.services.retention); schedule the next."""
-    from core.services import handoff, retention
-    from workers import inbound as inbound_jobs
-
     try:
         # Each part on its own: PostgreSQL away must not keep the Redis-only parts (the
         # inboxes, the status queue) from running, nor the reverse. The first error is
-        # raised once all have run.
+        # raised once all have run. Each part's module is imported in its own try too: one
+        # that cannot be imported (workers.inbound imports the bots and the web's helpers)
+        # must neither keep the others from running nor end the chain.
         count, failed = 0, None
-        for part in (outbox.sweep, inbound_jobs.sweep, outbox.kick_statuses,
-                     handoff.expire_idle, retention.redact_saved_codes):
+        for module, name in _SWEEP_PARTS:
             try:
-                count += int(part())
+                count += int(getattr(importlib.import_module(module), name)())
             except Exception as exc:  # noqa: BLE001 (raised below, after the others ran)
                 failed = failed or exc
         if failed is not None:
