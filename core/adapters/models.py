@@ -501,8 +501,10 @@ class SandboxMessage(Base):
 
 
 class InboundParked(Base):
-    """A WhatsApp message that came while Redis was away, as ``inbound.encode`` wrote it,
-    until the sweep queues it in Redis (migration 0050; core.services.inbound.park)."""
+    """An inbound message that came while Redis was away (a WhatsApp message, or an SMS
+    from a partner: ``inbound.answer``), as ``inbound.encode`` wrote it, until the
+    sweep or a drain job queues it in Redis (migration 0050, whose docstring still says
+    WhatsApp only; core.services.inbound.park)."""
 
     __tablename__ = "inbound_parked"
     __table_args__ = (

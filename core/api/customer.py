@@ -28,6 +28,7 @@ from core.api.schemas import (
     PlaceIn,
     PlaceOut,
     RecipientIn,
+    RemarkText,
     SaidText,
     StarsIn,
 )
@@ -127,7 +128,8 @@ class CancellationOut(BaseModel):
 
 class RatingIn(Strict):
     stars: StarsIn
-    comment: str | None = Field(default=None, max_length=500)
+    # Counted as read (RemarkText): invisible marks alone are no comment (None).
+    comment: RemarkText = Field(default=None, max_length=500)
 
 
 class RatingOut(BaseModel):

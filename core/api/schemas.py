@@ -93,6 +93,21 @@ def _at_least_visible(count: int) -> AfterValidator:
 SaidText = Annotated[str, BeforeValidator(_said_readably), _at_least_visible(3)]
 
 
+def _remark_or_none(value: Any) -> Any:
+    """Free text one may leave out (a rating's comment) as it is read (core.domain.text.
+    visible); nothing one can see (direction marks, zero-width joiners as filler, spaces)
+    is no remark: None, as if none was sent."""
+    if not isinstance(value, str):
+        return value
+    kept = visible(value)
+    # visible() keeps the joiners a spelling needs; alone they say nothing.
+    return kept if without_format_marks(kept) else None
+
+
+# Optional free text (a rating's comment): made readable; blank or invisible is None.
+RemarkText = Annotated[str | None, BeforeValidator(_remark_or_none)]
+
+
 class PlaceIn(Strict):
     """A place: a map position, or a pincode with (optionally) its post office name."""
 

@@ -9,8 +9,10 @@ from __future__ import annotations
 import random
 import re
 import secrets
+import unicodedata
 
 from core.domain.errors import ValidationError
+from core.domain.text import without_format_marks
 
 REFERENCE_LENGTH = 8
 
@@ -39,7 +41,9 @@ _P = (
 )
 _INV = (0, 4, 3, 2, 1, 5, 6, 7, 8, 9)
 
-_SEPARATORS = re.compile(r"[\s\-\u2010-\u2015.]+")
+# Spaces, a hyphen, the Unicode dashes and the minus sign (a phone's keyboard, a copied
+# message), a dot: what may stand between a reference's digits as people type it.
+_SEPARATORS = re.compile(r"[\s\-\u2010-\u2015\u2212.]+")
 _SHAPE = re.compile(r"[1-9][0-9]{7}")  # REFERENCE_LENGTH digits, no leading zero
 
 
@@ -65,14 +69,24 @@ def new_reference(rng: random.Random | None = None) -> str:
     return body + verhoeff_check_digit(body)
 
 
+def _ascii_digits(text: str) -> str:
+    """``text`` with the decimal digits of any script (Devanagari ४८२१, Bengali, Gujarati,
+    Tamil, Telugu, Kannada, fullwidth) as ASCII ones, as a phone field reads them
+    (core.dialog.words.ascii_digits); everything else kept."""
+    return "".join(str(d) if (d := unicodedata.decimal(ch, None)) is not None else ch
+                   for ch in text)
+
+
 def normalize_reference(s: str) -> str | None:
-    """The 8 digits of a reference as typed ("4821 7730", "4821-7730"), or None if not shaped so.
+    """The 8 ASCII digits of a reference as typed ("4821 7730", "4821-7730", "४८२१ ७७३०"
+    on a Hindi keyboard, wrapped in the direction marks of a copied message), or None if
+    not shaped so.
 
     Only the shape is checked here; ``is_valid_reference`` also checks the check digit.
     """
     if not isinstance(s, str):
         return None
-    cleaned = _SEPARATORS.sub("", s.strip())
+    cleaned = _SEPARATORS.sub("", _ascii_digits(without_format_marks(s)).strip())
     return cleaned if _SHAPE.fullmatch(cleaned) and cleaned.isascii() else None
 
 

@@ -96,6 +96,7 @@ from core.config import get_settings
 from core.domain.booking import BookingStatus
 from core.domain.errors import ValidationError
 from core.domain.phone import is_e164, normalize_phone
+from core.logs import scrub
 
 log = logging.getLogger(__name__)
 
@@ -971,7 +972,7 @@ def _send(c: _Claimed, turn: Connection | None = None) -> str:
             if carries_code(c.body, c.code_spans):  # its copy, if any, has its own text
                 _mask_later([outbox_id], CODE_KEPT_FOR)
             return "failed"
-        raise TransientSendError(str(exc)) from None
+        raise TransientSendError(scrub(str(exc))) from None
     except requests.exceptions.ConnectionError as exc:
         if not _never_sent(exc):
             # The connection broke after the request went out (aborted, reset while
@@ -1038,7 +1039,8 @@ def _record_failure(outbox_id: int, *, code: str | None, error: str, final: bool
             return
         row.status = "failed" if final else "pending"
         row.error_code = code
-        row.last_error = error[:300]
+        # Twilio's error text may name the number it refused: masked, as in the logs.
+        row.last_error = scrub(error)[:300]
 
 
 def _person_at(to_addr: str) -> ColumnElement[bool]:

@@ -7,7 +7,9 @@ Where personal data lives, and what happens to it:
   (our inline answers to SMS and calls), ``conversations.state`` (the dialog's slots and
   drafts), ``idempotency_records`` (a booking's API answer, recipient included): after
   RETENTION_MESSAGE_DAYS the texts become REDACTED (the rows stay: they record that a
-  message went or came), the slots are cleared and the API answers deleted.
+  message went or came), the slots are cleared and the API answers deleted. A message's
+  ``last_error`` (Twilio's error text may name the number it refused) keeps what went
+  wrong, its numbers masked, when its text goes.
 - ``message_status_events`` (Twilio's status history): deleted after RETENTION_STATUS_DAYS.
 - Redis: the dead-letter list of chat messages whose turn failed (``inbox-dead``): entries
   older than RETENTION_MESSAGE_DAYS are dropped, and an erased person's at once; a
@@ -123,7 +125,7 @@ from core.domain.dispatch import OfferStatus
 from core.domain.errors import Conflict, NotFound, Unavailable, ValidationError
 from core.domain.phone import mask_phone, normalize_phone
 from core.domain.text import names_word
-from core.logs import mask_phones
+from core.logs import mask_phones, scrub
 from core.services import inbound, ivr, ledger, outbox
 from core.services.booking import check_leg_otp
 from core.services.dispatch import (
@@ -333,7 +335,24 @@ def _outbox(session: Session, after: Key | None, cutoff: datetime) -> tuple[list
     if ids:
         _changed(session, update(m).where(m.id.in_(ids)).values(body=REDACTED, media_url=None))
         _redact_templates(session, ids)
+        _mask_errors(session, ids)
     return [(r.created_at, r.id) for r in batch], len(ids)
+
+
+def _mask_errors(session: Session, outbox_ids: list[int]) -> int:
+    """The numbers in these messages' last errors masked, as their texts go: Twilio's
+    error text names the number it refused ("The 'To' number +9198... is not a valid
+    phone number"). The rest of the error (what went wrong) stays, with error_code; how
+    many were changed."""
+    m = OutboxMessage
+    masked = []
+    for i, error in session.execute(select(m.id, m.last_error).where(
+            m.id.in_(outbox_ids), m.last_error.is_not(None))):
+        if (kept := scrub(error or "")[:300]) != error:
+            masked.append({"id": i, "last_error": kept})
+    if masked:
+        session.execute(update(m), masked)  # by primary key, one statement
+    return len(masked)
 
 
 def _money_held(booking_id: Any) -> Any:
