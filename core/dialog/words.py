@@ -79,7 +79,11 @@ YES_WORDS = frozenset({
     "haji", "હા", "હાજી", "બરાબર", "ઠીક છે", "ઓકે", "હા જી", "હાં", "હાં જી",  # gu
     "houdu", "haudu", "hawdu", "howdu", "ಹೌದು", "ಸರಿ", "ಆಯ್ತು", "aytu", "ಓಕೆ",  # kn
     "👍",  # a thumbs-up, any skin tone (clean drops the tone): "ok" is yes too
-})
+    # The partner SMS parser's yes words are the chat's too (core.domain.dispatch,
+    # Kind.ACCEPT: "ঠিক", "ઠીક", "यस", "aamaam"), but its commands for an offer ("take",
+    # "accept", Marathi's "घ्यायचं": I will take it), no answer to the chat's questions.
+}) | (PARTNER_WORDS[Kind.ACCEPT] - {"take", "accept", "घ्यायचं", "घ्यायचे", "घ्यायचा",
+                                    "ghyaycha"})
 NO_WORDS = frozenset({
     "no", "n", "nope", "nahi", "nahin", "nai", "na", "naa", "नहीं", "नही", "ना",
     "না", "নাহ", "নাই",  # bn

@@ -506,7 +506,8 @@ _YES_ELSEWHERE = frozenset({
     # mr ("हो" alone: _YES_ALONE); "घ्यायचं" (I want to take it): HELP's "काम घ्यायचं"
     "होय", "hoy", "ठीक आहे", "बरं", "घ्यायचं", "घ्यायचे", "घ्यायचा", "ghyaycha",
     "হ্যাঁ", "হাঁ", "হ্যা", "ঠিক আছে", "ঠিক", "ওকে",  # bn
-    "ஆம்", "ஆமா", "ஆமாம்", "aama", "aam", "aamaam", "aamam", "சரி", "sari", "ஓகே",  # ta
+    # ta; not "aam" (Tamil's "ஆம்" in Latin letters is Hindi's "mango" and "common")
+    "ஆம்", "ஆமா", "ஆமாம்", "aama", "aamaam", "aamam", "சரி", "sari", "ஓகே",
     "అవును", "avunu", "సరే", "sare", "ఓకే",  # te
     "હા", "હાં", "ઠીક છે", "ઠીક", "બરાબર", "ઓકે",  # gu
     "ಹೌದು", "houdu", "haudu", "ಸರಿ", "ಆಯ್ತು", "aytu", "ಓಕೆ",  # kn
@@ -516,20 +517,22 @@ _NO_ELSEWHERE = frozenset({
     # bn: a no, and the negated verbs as riders type them in one word ("পারবনা": I
     # cannot, "যাবনা": I will not go, "নেবনা": I will not take, "লাগবেনা": not needed,
     # "চাইনা": I do not want); written apart ("পারব না") their "না" says it.
-    "না", "নাহ", "পারবনা", "পারবোনা", "যাবনা", "যাবোনা", "নেবনা", "নেবোনা", "নিবনা",
+    "না", "নাহ", "নাই", "পারবনা", "পারবোনা", "যাবনা", "যাবোনা", "নেবনা", "নেবোনা", "নিবনা",
     "করবনা", "করবোনা", "লাগবেনা", "চাইনা", "parbona", "parbo na", "jabona", "jabo na",
     "nebona", "nebo na", "korbona", "korbo na", "lagbena", "lagbe na",
     # ta: "முடியாது" (cannot), "மாட்டேன்" (I will not), and the spoken "இல்ல", "வேணாம்"
     "இல்லை", "இல்ல", "வேண்டாம்", "வேணாம்", "முடியாது", "முடியல", "மாட்டேன்",
     "வரமாட்டேன்", "வரமுடியாது", "illai", "vendam", "vendaam", "venaam", "mudiyathu",
     "mudiyadhu", "mudiyaathu", "mudiyaadhu", "mudiyala", "maatten", "varamaatten",
+    "இல்லீங்க", "இல்லைங்க", "வேண்டாங்க", "illinga", "illeenga",  # ta, politely
     # te: "రాను" (I will not come), "రాలేను" (I cannot come), "కుదరదు" (not possible),
     # "చేయను" (I will not do it), "తీసుకోను" (I will not take it), and the polite "-అండి"
     "కాదు", "వద్దు", "లేదు", "వద్దండి", "లేదండి", "రాను", "రాలేను", "లేను", "కుదరదు",
     "కుదరదండి", "చేయను", "చేయలేను", "తీసుకోను", "vaddu", "vaddhu", "vaddandi", "ledu",
     "ledandi", "kaadu", "raanu", "raalenu", "kudaradu", "kudaradhu", "kudaradandi",
+    "ledhu", "kadu", "ledhandi", "kaadandi", "కాదండి",
     # gu: "નથી" (is not: "નથી જોઈતું", "આવીશ નથી"), "નહીં"
-    "ના", "નથી", "નહીં", "નહિ", "nathi",
+    "ના", "નથી", "નહીં", "નહિ", "nathi", "ના જી",
     # kn: "ಆಗಲ್ಲ" (cannot), "ಬರಲ್ಲ" (I will not come), "ಮಾಡಲ್ಲ" (I will not do it)
     "ಇಲ್ಲ", "ಇಲ್ಲಾ", "ಬೇಡ", "ಬೇಡಾ", "ಆಗಲ್ಲ", "ಆಗೋದಿಲ್ಲ", "ಆಗುವುದಿಲ್ಲ", "ಬರಲ್ಲ",
     "ಬರೋದಿಲ್ಲ", "ಬರುವುದಿಲ್ಲ", "ಮಾಡಲ್ಲ", "illa", "beda", "bedaa", "aagalla", "agalla",
@@ -603,9 +606,11 @@ _WORDS: dict[Kind, frozenset[str]] = {
                             "hanji", "ji", "ok", "okay", "accept", "accepted", "take",
                             "hn", "theek", "thik", "हाँ", "हां",
                             "हा", "जी", "ठीक", "यस", "ओके"}) | _YES_ELSEWHERE,
-    Kind.DECLINE: frozenset({"no", "n", "nahi", "nahin", "nai", "na", "nhi", "decline",
-                             "reject", "refuse", "नहीं", "नही", "ना", "नो", "ji nahi", "ji nahin",
-                             "जी नहीं", "जी नही"}) | _NO_ELSEWHERE,
+    # "skip": the offer's own SMS says "2 to skip".
+    Kind.DECLINE: frozenset({"no", "n", "nope", "nahi", "nahin", "nai", "na", "naa", "nhi",
+                             "decline", "reject", "refuse", "skip", "skip it", "नहीं", "नही",
+                             "ना", "नो", "ji nahi", "ji nahin", "जी नहीं", "जी नही"}
+                            ) | _NO_ELSEWHERE,
     # The everyday words as partners text them, in Latin letters as in Devanagari ("le
     # liya" as "लिया", "pahunch gaya" as "पहुंच गया"), and their common misspellings.
     Kind.PICK: frozenset({"pick", "pickup", "picked", "pik", "pikup", "uthaya", "uthaa", "utha",
@@ -656,10 +661,37 @@ _LOOKUP: dict[str, Kind] = {}
 _NO_PROBLEM: list[tuple[str, ...]] = []  # as tokens, longest first
 # A word that turns a command around ("ok nahi", "cancel mat karo", "can't accept"): with
 # one of these, anything but a refusal is not taken as said; the partner is asked again.
-NEGATORS = frozenset({"no", "not", "nahi", "nahin", "nai", "nhi", "na", "mat", "never",
-                      "cannot", "cant", "dont", "wont", "नहीं", "नही", "ना", "मत", "मना"}
-                     ) | _NO_ELSEWHERE
+NEGATORS = frozenset({"no", "nope", "not", "nahi", "nahin", "nai", "nhi", "na", "naa", "mat",
+                      "never", "cannot", "cant", "dont", "wont", "नहीं", "नही", "ना", "मत",
+                      "मना"}) | _NO_ELSEWHERE
 _NEGATED_PAIRS = frozenset({("can", "t"), ("don", "t"), ("won", "t")})  # can't -> can, t
+
+# A code word: "code nahi mila" asks for a code (core.services.partner_sms), no refusal.
+CODE_WORDS = frozenset({
+    "code", "otp", "kod", "कोड", "ओटीपी", "কোড", "ওটিপি", "கோட்", "கோடு", "ஓடிபி",
+    "కోడ్", "ఓటీపీ", "કોડ", "ઓટીપી", "ಕೋಡ್", "ಒಟಿಪಿ", "ಓಟಿಪಿ",
+})
+# A code or a job "not come" ("code nahi mila", "कोड मिळाला नाही", "no code received",
+# "kaam nahi mila"): with one of these the message's no says what did not come, not no
+# to an offer. In each catalog language, in its script and as typed in Latin letters;
+# none is a command word.
+RECEIVED_WORDS = frozenset({
+    "got", "get", "getting", "received", "receive", "recieved", "came", "come", "coming",
+    "arrived", "reached",  # en
+    "mila", "mili", "mile", "milla", "milaa", "aaya", "aya", "aayi", "ayi", "aai", "aaye",
+    "mil", "milta", "milti", "milte", "milega", "milegi", "milenge",
+    "मिला", "मिली", "मिले", "आया", "आयी", "आई", "आए", "आये",
+    "मिल", "मिलता", "मिलती", "मिलते", "मिलेगा", "मिलेगी", "मिलेंगे",  # hi
+    "मिळाला", "मिळाली", "मिळालं", "मिळाले", "आला", "आली", "आलं", "milala", "milali",
+    "aala", "मिळत",  # mr
+    "পেলাম", "পাইনি", "পাই", "আসেনি", "এল", "এলো", "এসেছে", "paini",  # bn
+    "வரவில்லை", "வரலை", "வரல", "கிடைக்கவில்லை", "கிடைக்கல", "வந்தது", "கிடைத்தது",
+    "varala", "kidaikala",  # ta
+    "రాలేదు", "అందలేదు", "వచ్చింది", "అందింది", "raledu", "andaledu",  # te
+    "મળ્યો", "મળ્યું", "મળી", "આવ્યો", "આવ્યું", "આવી", "malyo", "aavyo",  # gu
+    "ಬಂದಿಲ್ಲ", "ಬರಲಿಲ್ಲ", "ಸಿಕ್ಕಿಲ್ಲ", "ಸಿಗಲಿಲ್ಲ", "ಬಂತು", "ಸಿಕ್ಕಿತು", "bandilla",
+    "sikkilla",  # kn
+})
 
 
 def normalize_text(raw: str) -> str:
@@ -730,7 +762,7 @@ _NUMBER_SIGN = frozenset({"no", "नं"})
 # sure answer ("yes, sure"), as often as a late no. It refuses nothing on its own: such a
 # message is not understood (the partner is asked again, the offer named). It still
 # turns any other command around, as every no does ("ok na", "PICK 4821 na").
-_TAG_NO = frozenset({"ना", "na"})
+_TAG_NO = frozenset({"ना", "na", "naa"})
 
 
 def _without_number_sign(toks: list[str]) -> list[str]:
@@ -793,6 +825,27 @@ _ALRIGHT = frozenset({"chalo"})
 # band hai" (the road is closed) put nobody off duty.
 _DUTY_WORDS = frozenset({"duty", "ड्यूटी", "ड्युटी", "kaam", "kam", "काम", "কাজ", "வேலை",
                          "పని", "કામ", "ಕೆಲಸ"})
+# "Please on", "sir off kar do": the words of a polite request, which leave ON/OFF as it
+# is (ON/OFF after another word needs a duty word or only words we know: _DUTY_WORDS).
+# Not "ji": that is a yes ("on ji" is asked again, as "on haan").
+_POLITE = frozenset({
+    "please", "pls", "plz", "plzz", "plss", "pliz", "kindly", "sir", "bhai", "bhaiya",
+    "madam", "mam", "kar", "karo", "kardo", "karde", "karein", "kare", "kijiye", "kijie",
+    "dijiye", "do", "प्लीज", "प्लीज़", "कृपया", "सर", "भाई", "भैया", "कर", "करो", "करें",
+    "करदो", "कीजिए", "कीजिये", "दीजिए", "दीजिये", "दो",
+})
+# "Kaam nahi mila" (I got no work), "job nahi aaya", "no job received", "কাজ পাইনি": a
+# complaint, no refusal of the offer; STATUS answers it (on duty or not, the offer open).
+# The words for work, offer and job, and RECEIVED_WORDS but those that say he will not
+# come ("no, can't come for this job" refuses it).
+_WORK_WORDS = _DUTY_WORDS | frozenset({"job", "jobs", "जॉब", "work", "offer", "offers",
+                                       "ऑफर"})
+_GOT_WORDS = frozenset(" ".join(tokens(w)) for w in RECEIVED_WORDS
+                       - {"come", "coming", "get", "receive", "reached"})
+_CODE_WORDS = frozenset(" ".join(tokens(w)) for w in CODE_WORDS)
+# "Skip" turned around by a "not" that is no refusal itself ("don't skip", "skip mat
+# karo"): not understood, the offer named again.
+_SKIP = frozenset({"skip"})
 
 
 def _parse(toks: list[str]) -> Command:
@@ -818,6 +871,8 @@ def _parse(toks: list[str]) -> Command:
         if said.kind is Kind.ACCEPT:
             return Command(Kind.ACCEPT, said.numbers, words)
     kinds = {_LOOKUP[w] for w in words if w in _LOOKUP}
+    if _no_work_came(words):
+        return Command(Kind.STATUS, numbers, words)
     kind = _LOOKUP.get(f"{words[0]} {words[1]}") if len(words) >= 2 else None
     if kind is None:
         kind = _LOOKUP.get(words[0])
@@ -826,10 +881,11 @@ def _parse(toks: list[str]) -> Command:
         kind = _action_after(kind, words, numbers)  # "Job 57 delivered 4821", "ok off"
     elif Kind.STATUS in kinds and len(kinds) == 2 and kinds & {Kind.ON, Kind.OFF}:
         kind = (kinds - {Kind.STATUS}).pop()  # "mera kaam band", "duty job off"
-    elif kind is None and len(kinds) == 1 and len(words) <= 3:
+    elif kind is None and len(kinds) == 1 and len(
+            asked := [w for w in words if w not in _POLITE]) <= 3:
         kind = next(iter(kinds))  # "duty on", "ok yes": a known word in a short message
         if kind in (Kind.ON, Kind.OFF) and not _DUTY_WORDS.intersection(words) and not all(
-                w in _LOOKUP for w in words):
+                w in _LOOKUP for w in asked):
             kind = None  # "phone band tha", "raasta band hai": no word for his duty
     if kind in (Kind.ON, Kind.OFF) and led not in (Kind.STATUS, Kind.ACCEPT) and (
             kinds & {Kind.ACCEPT, Kind.DECLINE} or {"1", "2"}.intersection(numbers)):
@@ -840,7 +896,7 @@ def _parse(toks: list[str]) -> Command:
     # A no turns a command around, but not a question about his money: "paisa nahi
     # mila" (the money did not come) asks for his earnings all the more.
     if kind is None or (kind not in (Kind.DECLINE, Kind.EARN) and _negated(words)) or (
-            kind is Kind.DECLINE and _tag_no_alone(words)):
+            kind is Kind.DECLINE and (_tag_no_alone(words) or _skip_turned(words))):
         return Command(Kind.UNKNOWN, numbers, words)
     return Command(kind, numbers, words)
 
@@ -893,6 +949,24 @@ def _action_after(lead: Kind, words: Sequence[str], numbers: Sequence[str]) -> K
             other in (Kind.PICK, Kind.DROP) and numbers):
         return other
     return Kind.UNKNOWN
+
+
+def _no_work_came(words: Sequence[str]) -> bool:
+    """Whether the words say no work (no job, no offer) came: "kaam nahi mila", "aaj koi
+    job nahi aaya", "no job received", "কাজ পাইনি". A word for work and one for "came",
+    no code word ("job ka code nahi mila" asks for a code), and no command but STATUS and
+    a no among them."""
+    return bool(_WORK_WORDS.intersection(words) and _GOT_WORDS.intersection(words)
+                and not _CODE_WORDS.intersection(words)
+                and set(_kinds_in(words)) <= {Kind.STATUS, Kind.DECLINE})
+
+
+def _skip_turned(words: Sequence[str]) -> bool:
+    """Whether a "skip" is turned around by a "not" that is no refusal of its own ("don't
+    skip", "skip mat karo"); "nahi, skip" is a no twice."""
+    return bool(_SKIP.intersection(words)) and (
+        any(w in NEGATORS and _LOOKUP.get(w) is not Kind.DECLINE for w in words)
+        or any(pair in _NEGATED_PAIRS for pair in zip(words, words[1:], strict=False)))
 
 
 def _negated(words: Sequence[str]) -> bool:

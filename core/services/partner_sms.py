@@ -14,7 +14,9 @@ the bot: their SMS is kept for the operator; so is a partner's that is no comman
 A recipient who says the parcel is not hers ("wrong number") is told sorry and the
 sender and ops hear of it; one who asks for her code ("code nahi mila") gets a new one,
 a partner too (a parcel sent to him), when it cannot be about his work. A partner who
-asks for a code while a job is offered to him is no NO to it: he hears its two choices.
+asks for a code while a job is offered to him is no NO to it: he hears its two choices;
+nor is a "Done" (India's "ok") a delivery: without the code DROP asks for it, and with
+an offer open and no parcel in his hands he hears the offer's two choices.
 A rider who picks up a parcel for its last stretch is told whom it is for.
 """
 
@@ -37,7 +39,15 @@ from core.config import get_settings
 from core.dialog import words
 from core.dialog.booking import said_time
 from core.domain.booking import BOOKING, Actor, BookingStatus, LegStatus
-from core.domain.dispatch import NEGATORS, Command, Kind, parse_command, tokens
+from core.domain.dispatch import (
+    CODE_WORDS,
+    NEGATORS,
+    RECEIVED_WORDS,
+    Command,
+    Kind,
+    parse_command,
+    tokens,
+)
 from core.domain.dispatch import WORDS as COMMAND_WORDS
 from core.domain.errors import DomainError
 from core.domain.phone import is_indian_mobile
@@ -366,12 +376,8 @@ WRONG_NUMBER = frozenset({
     "ખોટો નંબર", "રોંગ નંબર", "khoto number", "મારું નથી",  # gu
     "ತಪ್ಪು ನಂಬರ್", "ತಪ್ಪು ಸಂಖ್ಯೆ", "ರಾಂಗ್ ನಂಬರ್", "ನನ್ನದಲ್ಲ", "ನನ್ನದು ಅಲ್ಲ",  # kn
 })
-# "Code nahi mila", "send the code again": a code word and a word that asks for it (a no,
-# again, send, lost, which, a question mark), in any order.
-CODE_WORDS = frozenset({
-    "code", "otp", "kod", "कोड", "ओटीपी", "কোড", "ওটিপি", "கோட்", "கோடு", "ஓடிபி",
-    "కోడ్", "ఓటీపీ", "કોડ", "ઓટીપી", "ಕೋಡ್", "ಒಟಿಪಿ", "ಓಟಿಪಿ",
-})
+# "Code nahi mila", "send the code again": a code word (CODE_WORDS) and a word that asks
+# for it (a no, again, send, lost, which, a question mark), in any order.
 _ASKING = NEGATORS | {
     "?", "again", "resend", "send", "lost", "forgot", "deleted", "missing", "didn", "didnt",
     "don", "haven", "what", "which", "where", "need", "please", "pls", "plz", "dobara",
@@ -592,24 +598,8 @@ def _free_of_work(session: Session, partner) -> bool:
         and not dispatch.open_offers_of(session, partner)
 
 
-# A code "not come" ("code nahi mila", "कोड मिळाला नाही", "no code received"): with one of
-# these the message's no says the code did not come, not no to an offer. In each catalog
-# language, in its script and as typed in Latin letters; none is a command word.
-RECEIVED_WORDS = frozenset({
-    "got", "get", "getting", "received", "receive", "recieved", "came", "come", "coming",
-    "arrived", "reached",  # en
-    "mila", "mili", "mile", "milla", "milaa", "aaya", "aya", "aayi", "ayi", "aai", "aaye",
-    "मिला", "मिली", "मिले", "आया", "आयी", "आई", "आए", "आये",  # hi
-    "मिळाला", "मिळाली", "मिळालं", "मिळाले", "आला", "आली", "आलं", "milala", "milali",
-    "aala",  # mr
-    "পেলাম", "পাইনি", "পাই", "আসেনি", "এল", "এলো", "এসেছে", "paini",  # bn
-    "வரவில்லை", "வரலை", "வரல", "கிடைக்கவில்லை", "கிடைக்கல", "வந்தது", "கிடைத்தது",
-    "varala", "kidaikala",  # ta
-    "రాలేదు", "అందలేదు", "వచ్చింది", "అందింది", "raledu", "andaledu",  # te
-    "મળ્યો", "મળ્યું", "મળી", "આવ્યો", "આવ્યું", "આવી", "malyo", "aavyo",  # gu
-    "ಬಂದಿಲ್ಲ", "ಬರಲಿಲ್ಲ", "ಸಿಕ್ಕಿಲ್ಲ", "ಸಿಗಲಿಲ್ಲ", "ಬಂತು", "ಸಿಕ್ಕಿತು", "bandilla",
-    "sikkilla",  # kn
-})
+# A code "not come" ("code nahi mila", "no code received"): with one of RECEIVED_WORDS
+# the message's no says the code did not come, not no to an offer.
 _RECEIVED = frozenset(" ".join(tokens(w)) for w in RECEIVED_WORDS)
 _NO_WORDS = frozenset(" ".join(tokens(w)) for w in COMMAND_WORDS[Kind.DECLINE])
 # What a partner with an offer open hears when he asks for a code (_code_while_offered).
@@ -729,6 +719,21 @@ def _names_pick_or_drop(cmd) -> bool:
     return any(parse_command(words).kind in (Kind.PICK, Kind.DROP) for words in said)
 
 
+# "Done": DROP's word, and India's "ok" ("done, I will come"). Without a code it delivers
+# nothing either way: DROP asks for the code (dispatch.confirm); with an offer open and
+# no parcel in hand the offer is named again (_run).
+_DONE = frozenset({"done"})
+
+
+def _done_alone(cmd) -> bool:
+    """Whether a DROP is "done" without a number and no other word for a delivery ("Done",
+    "done sir"; not "delivered, done")."""
+    if cmd.numbers or not _DONE.intersection(cmd.words):
+        return False
+    return not _names_pick_or_drop(Command(cmd.kind, (), tuple(
+        w for w in cmd.words if w not in _DONE)))
+
+
 def _offer_not_that(session: Session, partner, typed: str, lang: str) -> str:
     """The answer to a yes naming a job he was never offered while one offer is open: no
     such offer, and how to answer the one he has (dispatch.stray_number). A number too
@@ -778,7 +783,14 @@ def _run(session: Session, partner, cmd, lang: str) -> list[str]:
         if reply.key == "dispatch.picked":
             return [reply.render(lang), *_drop_contact(session, partner, reply, lang)]
     elif cmd.kind is Kind.DROP:
-        reply = dispatch.confirm(session, partner, "drop", cmd.numbers)
+        if _done_alone(cmd) and dispatch.open_offers_of(session, partner) and not any(
+                dispatch.parcel_in_hand(session, leg)
+                for leg in dispatch.active_legs_of(session, partner)):
+            # "Done" (India's "ok") with an offer open and no parcel in his hands to
+            # deliver: no delivery, and no yes for sure either; the offer named again.
+            reply = dispatch.not_understood(session, partner)
+        else:
+            reply = dispatch.confirm(session, partner, "drop", cmd.numbers)
     elif cmd.kind is Kind.CANCEL:
         numbers = cmd.numbers
         if numbers and not _names_a_job(cmd) and not dispatch.active_legs_of(session, partner) \
