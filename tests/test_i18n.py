@@ -83,6 +83,8 @@ REQUIRED_KEYS = (
     | {"bot.handoff.closed", "bot.handoff.expired"}  # handoff.close, handoff.expire_idle
     | {"bot.handoff.kept"}  # conversation._kept_for_the_team: a call's request waits
     | {"handoff.ops_waiting"}  # handoff.alert_unanswered: nobody answered in time
+    | {"handoff.ops_given_back"}  # handoff._give_back: to the operator who had her
+    | {"bot.handoff.zero_kept"}  # conversation._zero_note: a "0" went to the operator
     | {"address.same_place", "ivr.place.same"}  # the dialogs, when drop == pickup
     | {"bot.confirm.new_price", "ivr.confirm.new_price"}  # booking.confirm_as_shown
     | {"bot.confirm.with_landmark"}  # booking._place_told: the landmark the rider is told
@@ -91,6 +93,8 @@ REQUIRED_KEYS = (
     | {"ivr.too_long_kept"}  # ivr._too_long: the call's limit, a draft kept
     | {"bot.parcel.weight_too_heavy"}  # booking.weight_typed: a weight above them all
     | {"ivr.done.other_phone", "pay.link_other"}  # the link to another mobile (voice)
+    | {"payment.refunded_payer",  # payments._tell_refunded: that mobile hears a refund
+       "payment.failed_other"}  # _on_payment_failed: either phone may try the link again
     | {f"ivr.link_phone.{k}" for k in ("ask", "sent", "not_ready", "closed", "limit",
                                          "day_limit", "stopped")}  # voice._link_check_handle
     | {"ivr.person.busy", "ivr.not_mobile"}  # ivr.dial_ended, the voice webhook

@@ -792,9 +792,14 @@ def _whatsapp_turn(session: Session, msg: InboundMessage, person: Person, conv: 
             return Turn(lang(), [Say("bot.optout.started"), Say("menu.main")])
         return Turn(lang(), [Say("bot.optout.hint")])
     if conv.handoff:
-        if cmd == "menu":
+        waiting = handoff.open_handoff(session, conv)
+        if cmd == "menu" and not (waiting is not None and _zero_answers(text)
+                                  and handoff.team_wrote(session, waiting)):
             # "Send 0 for the menu", as the waiting message says: they leave the waiting
-            # list, even once an operator answered (who sees it closed, left for the menu).
+            # list (an operator who answered sees it closed, left for the menu). Once the
+            # team wrote to them, a bare "0" may answer their question ("how many
+            # parcels?"): it goes to them, and she is told once that MENU leaves
+            # (_zero_note); a menu word leaves always.
             handoff.withdraw(session, conv, engaged_too=True)
             return Turn(lang(), [Say("menu.main")])
         # A partner's delivery photo is filed for his drop, as when he waits elsewhere.
@@ -806,6 +811,8 @@ def _whatsapp_turn(session: Session, msg: InboundMessage, person: Person, conv: 
         handoff.record_inbound(session, conv, text,
                                list(zip(msg.media_types, msg.media_urls, strict=False)),
                                location, msg.place)
+        if cmd == "menu" and waiting is not None:  # a bare "0" answering the operator
+            return Turn(lang(), _zero_note(conv, waiting))
         return Turn(lang(), [])  # an operator owns this conversation; the bot stays quiet
     elsewhere = handoff.waiting_for(session, person.id, besides=conv.id)
     if elsewhere is not None:
@@ -814,17 +821,24 @@ def _whatsapp_turn(session: Session, msg: InboundMessage, person: Person, conv: 
         # answer where it came, so what they write is kept for the operator, as their SMS
         # would be (partner_sms) and as in a chat's own handoff; no bot answer once an
         # operator wrote to them here, else they are told once that it is kept and that
-        # "0" brings the menu (_kept_for_the_team). "0" keeps its meaning: they leave the
-        # waiting list for the menu; a partner's delivery photo is still filed for his drop.
+        # "0" brings the menu (_kept_for_the_team). "0" keeps that meaning until the
+        # operator writes to them here; a menu word always leaves the waiting list for the
+        # menu; a partner's delivery photo is still filed for his drop.
         pod = _partner_photo(session, person, msg, now, booking=True)
         if pod is not None:
             return Turn(lang(), [pod])
-        if cmd != "menu":
+        # A bare "0" once the operator wrote to her here answers them, as in a chat's own
+        # handoff (_zero_answers); a menu word leaves.
+        zero = cmd == "menu" and _zero_answers(text) and handoff.answered_on_whatsapp(
+            session, elsewhere)
+        if cmd != "menu" or zero:
             location = (msg.latitude, msg.longitude) if (
                 msg.latitude is not None and msg.longitude is not None) else None
             handoff.keep_inbound(session, elsewhere, text,
                                  list(zip(msg.media_types, msg.media_urls, strict=False)),
                                  location, msg.place)
+            if zero:
+                return Turn(lang(), _zero_note(conv, elsewhere))
             return Turn(lang(), _kept_for_the_team(session, conv, elsewhere))
         handoff.withdraw_elsewhere(session, elsewhere)
     at = BOOKING_DIALOG.steps.get(conv.step)
@@ -873,6 +887,28 @@ def _closed_to_an_operator(session: Session, person: Person, conv: Conversation,
         return True
     elsewhere = handoff.waiting_for(session, person.id, besides=conv.id)
     return elsewhere is not None and handoff.answered_on_whatsapp(session, elsewhere)
+
+
+def _zero_answers(text: str) -> bool:
+    """Whether ``text`` is the menu key alone ("0", "०", "0."), which during a handoff an
+    operator has taken up may be the answer to their question ("how many parcels?" "0"),
+    not a menu word ("MENU", "मेनू"), which always leaves for the menu."""
+    return words.command(text) == "menu" and not any(ch.isalpha() for ch in text)
+
+
+_ZERO_NOTE = "zero_note_for"  # state: the handoff she was told "0 went to the team" in
+
+
+def _zero_note(conv: Conversation, waiting: Handoff) -> list[Out]:
+    """A bare "0" went to the operator of ``waiting`` (the team wrote to her in it): she
+    may have meant the menu, as the bot's hint said before the team answered, so she is
+    told, once per handoff, that it went to the team and that MENU leaves for the menu;
+    after that, silence (the operator has the chat)."""
+    state = conv.state or {}
+    if state.get(_ZERO_NOTE) == waiting.id:
+        return []
+    conv.state = {**engine.copy_data(state), _ZERO_NOTE: waiting.id}
+    return [Say("bot.handoff.zero_kept")]
 
 
 _KEPT_NOTE = "kept_note_for"  # state: the other channel's request she was told of

@@ -22,14 +22,10 @@ from zoneinfo import ZoneInfo
 
 from redis.exceptions import RedisError
 from sqlalchemy import (
-    BigInteger,
     ColumnElement,
     func,
-    literal_column,
-    null,
     select,
     tuple_,
-    union_all,
     update,
 )
 from sqlalchemy.orm import Session, aliased
@@ -162,6 +158,7 @@ def withdraw(session: Session, conv: Conversation, *, engaged_too: bool = False)
         handoff.status = "closed"
         handoff.operator = handoff.operator or "customer"
         handoff.closed_at = clock.now()
+        _rating_owed(session, handoff.person_id)
     conv.handoff = False
     conv.step = "menu"
     conv.misses = 0
@@ -219,6 +216,14 @@ def answered_on_whatsapp(session: Session, handoff: Handoff) -> bool:
         .where(HandoffMessage.handoff_id == handoff.id, HandoffMessage.direction == "out",
                OutboxMessage.channel == "whatsapp")
         .limit(1)) is not None
+
+
+def team_wrote(session: Session, handoff: Handoff) -> bool:
+    """Whether someone of the team wrote to (or called) the person in ``handoff``: what
+    she sends now, a bare "0" too, may answer their question."""
+    return session.scalar(
+        select(HandoffMessage.id).where(HandoffMessage.handoff_id == handoff.id,
+                                        HandoffMessage.direction == "out").limit(1)) is not None
 
 
 def keep_inbound(session: Session, handoff: Handoff, body: str,
@@ -460,6 +465,17 @@ def _finish(session: Session, handoff: Handoff, conv: Conversation, person: Pers
     lang = language(session, person, conv)
     _send(session, person, i18n.t(message, lang, **values),
           dedupe_key=f"handoff-{handoff.id}-closed", lang=lang)
+    _rating_owed(session, person.id)
+
+
+def _rating_owed(session: Session, person_id: int | None) -> None:
+    """The person's handoff closed: a rating question that fell due while it was open
+    (rating.ask_after_delivery waits while a person has the chat) is tried once the chat
+    has been quiet a while, not at its backed-off time hours away."""
+    from core.services import rating  # rating asks whether a person has the chat
+
+    if person_id is not None:
+        rating.ask_next_soon(session, person_id)
 
 
 def language(session: Session, person: Person, conv: Conversation | None) -> str:
@@ -551,8 +567,8 @@ def expire_idle(now: datetime | None = None) -> int:
     return closed
 
 
-# Ops heard that nobody answered this handoff in time (alert_unanswered): once per handoff;
-# of a message of the person's nobody answered after an operator's answer: once per message.
+# Ops heard that nobody answered this handoff in time (alert_unanswered): once per wait, by
+# the wait's first message (none: the handoff's own, never answered, first wait).
 OPS_TOLD_KEY = "handoff:ops-told:{handoff}"
 OPS_TOLD_AGAIN_KEY = "handoff:ops-told:{handoff}:{message}"
 OPS_TOLD_S = 7 * 86400  # longer than a handoff stays open (expire_idle)
@@ -560,21 +576,24 @@ OPS_TOLD_S = 7 * 86400  # longer than a handoff stays open (expire_idle)
 
 def alert_unanswered(now: datetime | None = None) -> int:
     """Ops hear of a person still waiting for an answer when the reply we promised is due
-    (run by the dispatch sweep, every minute):
+    (run by the dispatch sweep, every minute): once per wait, when it has lasted
+    ``reply_minutes()`` of the team's hours. A wait is what an operator team counts as
+    "she is waiting for us" (``_wait_start``):
 
-    - once per handoff, when nobody took it (no reply, no call, no close) in
-      ``reply_minutes()`` of the team's hours since it was asked for;
-    - once per message, when the person's newest message in a handoff an operator answered
-      (or took) has waited that long with no operator's message after it: the operator
-      may have gone home, and the idle close never comes while she keeps writing. The
-      handoff goes back to the queue (``_give_back``): any operator may answer her now, and
-      the first to do so has her (``_take``: never two at once).
+    - a handoff nobody took (no reply, no call, no close): from when it was asked for;
+    - one an operator answered, or took (by phone too): from the person's first message
+      with no message of the team's after it, until someone of the team writes, calls or
+      closes; what more she writes meanwhile is the same wait (no SMS per message);
+    - the person asking again (ASKED_AGAIN: a caller back on the line) once the wait she
+      was in was due: a new wait, from then, alerted as a new message would be.
 
-    Only the team's time counts, as for the idle close: a request at night was told when
-    the team starts, not promised minutes, so it is due that long after the opening, and
-    nothing goes while the team is away. The SMS names the handoff's id (as the ops list
-    shows it) and how long the person has waited, never their number. Returns how many
-    alerts went."""
+    An operator's handoff whose wait is due goes back to the queue (``_give_back``): she
+    may have gone home, and the idle close never comes while the person keeps writing;
+    any operator may answer now, the first to do so has her (``_take``), and the operator
+    who had her is told by SMS. Only the team's time counts, as for the idle close: a
+    request at night was told when the team starts, not promised minutes, and nothing goes
+    while the team is away. The SMS names the handoff's id (as the ops list shows it) and
+    how long the person has waited, never their number. Returns how many alerts went."""
     from core.services.dispatch import alert_ops  # dispatch imports handoff's callers
 
     now = now or clock.now()
@@ -583,32 +602,37 @@ def alert_unanswered(now: datetime | None = None) -> int:
         return 0
     wait = timedelta(minutes=reply_minutes())
     out = aliased(HandoffMessage)
-    answered = select(out.id).where(out.handoff_id == Handoff.id,
-                                    out.direction == "out").exists()
-    newest_in = aliased(HandoffMessage)
-    last_in = (select(func.max(newest_in.id)).where(newest_in.handoff_id == Handoff.id,
-                                                    newest_in.direction == "in")
-               .correlate(Handoff).scalar_subquery())
-    # Never answered: due from when it was asked for (by ix_handoffs_waiting_created_at);
-    # answered once: by its newest message of the person's with no answer after it. Due
-    # no sooner than that long after; the team's share of the time is counted here.
-    never = select(Handoff.id.label("hid"), null().cast(BigInteger).label("mid"),
-                   Handoff.created_at.label("at")).where(
-        Handoff.status == "waiting", Handoff.operator.is_(None), ~answered,
-        Handoff.created_at <= now - wait)
-    again = (select(Handoff.id.label("hid"), HandoffMessage.id.label("mid"),
-                    HandoffMessage.created_at.label("at"))
-             .join(HandoffMessage, HandoffMessage.id == last_in)
-             .where(Handoff.status == "waiting", Handoff.operator.is_not(None) | answered,
-                    HandoffMessage.created_at <= now - wait,
-                    ~select(out.id).where(out.handoff_id == Handoff.id,
-                                          out.direction == "out",
-                                          out.id > HandoffMessage.id).exists()))
+    last_out = (select(func.max(out.id)).where(out.handoff_id == Handoff.id,
+                                               out.direction == "out")
+                .correlate(Handoff).scalar_subquery())
     with transaction() as session:
-        rows = session.execute(union_all(never, again).order_by(
-            literal_column("at"), literal_column("hid"))).all()
-    due: list[tuple[int, int | None, datetime]] = [
-        (hid, mid, at) for hid, mid, at in rows if team_time(hours, at, now) >= wait]
+        # A wait begins no sooner than the handoff (by ix_handoffs_waiting_created_at).
+        handoffs = session.execute(select(
+            Handoff.id, Handoff.operator, Handoff.created_at, last_out.label("last_out"))
+            .where(Handoff.status == "waiting", Handoff.created_at <= now - wait)
+            .order_by(Handoff.created_at, Handoff.id)).all()
+        # The person's messages since the team's last one, of each.
+        ins: dict[int, list[tuple[int, datetime, bool]]] = {hid: [] for hid, *_ in handoffs}
+        team_last = (select(func.max(out.id)).where(
+            out.handoff_id == HandoffMessage.handoff_id, out.direction == "out")
+            .correlate(HandoffMessage).scalar_subquery())
+        if handoffs:
+            for of, message_id, sent_at, asked in session.execute(
+                    select(HandoffMessage.handoff_id, HandoffMessage.id,
+                           HandoffMessage.created_at,
+                           HandoffMessage.body.startswith(ASKED_AGAIN, autoescape=True))
+                    .where(HandoffMessage.handoff_id.in_(list(ins)),
+                           HandoffMessage.direction == "in",
+                           HandoffMessage.id > func.coalesce(team_last, 0))
+                    .order_by(HandoffMessage.handoff_id, HandoffMessage.id)):
+                ins[of].append((message_id, sent_at, bool(asked)))
+    due: list[tuple[int, int | None, datetime]] = []
+    for hid, operator, created_at, last in handoffs:
+        start = _wait_start(hours, wait, created_at, ins[hid],
+                            taken=last is not None or operator is not None)
+        if start is not None and team_time(hours, start[1], now) >= wait:
+            due.append((hid, *start))
+    due.sort(key=lambda row: (row[2], row[0]))
     if not due:
         return 0
     r = redis_client()
@@ -624,6 +648,7 @@ def alert_unanswered(now: datetime | None = None) -> int:
     for (hid, mid, at), done in zip(due, told, strict=True):
         if done:
             continue
+        minutes = int((now - at).total_seconds() // 60)
         with transaction() as session:
             if mid is None:
                 # Read again: an operator may have answered since (no lock: a turn holds
@@ -634,17 +659,41 @@ def alert_unanswered(now: datetime | None = None) -> int:
                         Handoff.operator.is_(None))) is None:
                     continue
                 dedupe = f"handoff-{hid}-ops-waiting"
-            elif not _give_back(session, hid, mid):
+            elif not _give_back(session, hid, mid, minutes):
                 continue
             else:
                 dedupe = f"handoff-{hid}-ops-waiting-{mid}"
             alert_ops(session, "handoff.ops_waiting", dedupe_key=dedupe, ref=str(hid),
-                      minutes=int((now - at).total_seconds() // 60))
+                      minutes=minutes)
             after_commit(session, functools.partial(_mark_told, hid, mid))
         alerted += 1
     if alerted:
         log.warning("handoffs unanswered past the promised reply", extra={"count": alerted})
     return alerted
+
+
+def _wait_start(hours: tuple[int, int] | None, wait: timedelta, created_at: datetime,
+                ins: Sequence[tuple[int, datetime, bool]], *, taken: bool
+                ) -> tuple[int | None, datetime] | None:
+    """Where the person's current wait in a handoff began: (the message it began with,
+    None for the handoff's own asking; when). ``ins``: her messages since the team's last
+    one (id, time, whether it is ASKED_AGAIN), oldest first; ``taken``: an operator wrote,
+    called or took it (by phone too). None: she waits for nobody (taken, and nothing of
+    hers since). Asking again once the wait was due (``wait`` of team time) begins a new
+    one; anything else she writes is part of the wait she is in."""
+    start: tuple[int | None, datetime]
+    rest = list(ins)
+    if taken:
+        if not rest:
+            return None
+        start = (rest[0][0], rest[0][1])
+        rest = rest[1:]
+    else:
+        start = (None, created_at)
+    for mid, at, asked in rest:
+        if asked and team_time(hours, start[1], at) >= wait:
+            start = (mid, at)
+    return start
 
 
 def _told_key(handoff_id: int, message_id: int | None) -> str:
@@ -653,14 +702,16 @@ def _told_key(handoff_id: int, message_id: int | None) -> str:
     return OPS_TOLD_AGAIN_KEY.format(handoff=handoff_id, message=message_id)
 
 
-def _give_back(session: Session, handoff_id: int, message_id: int) -> bool:
-    """Message ``message_id`` of the person's still waits for an answer in ``handoff_id``
-    (locked and read again: nothing came since, either way): the handoff is nobody's again,
-    with the person's other waiting ones the same operator had (one operator a person), as
-    when an operator is removed. One taken by phone stays so (anyone may answer it). True
-    if ops are to hear of it. The conversations of the person's waiting handoffs are locked
-    first, by id, then the handoff: a turn, a reply or a close takes a conversation before
-    its handoff, and a reply another handoff of the person's after its own (``_take``)."""
+def _give_back(session: Session, handoff_id: int, message_id: int, minutes: int) -> bool:
+    """The wait that began with message ``message_id`` of the person's is still unanswered
+    in ``handoff_id`` (locked and read again: no message of the team's since, and still
+    open): the handoff is nobody's again, with the person's other waiting ones the same
+    operator had (one operator a person), as when an operator is removed, and that operator
+    hears by SMS that it went back to the queue (``minutes``: how long the person has
+    waited). One taken by phone stays so (anyone may answer it). True if ops are to hear
+    of it. The conversations of the person's waiting handoffs are locked first, by id,
+    then the handoff: a turn, a reply or a close takes a conversation before its handoff,
+    and a reply another handoff of the person's after its own (``_take``)."""
     found = session.get(Handoff, handoff_id)
     if found is None:
         return False
@@ -673,11 +724,12 @@ def _give_back(session: Session, handoff_id: int, message_id: int) -> bool:
                          .order_by(Conversation.id).with_for_update()))
     handoff = session.get(Handoff, handoff_id, with_for_update=True, populate_existing=True)
     if handoff is None or handoff.status != "waiting" or session.scalar(
-            select(func.max(HandoffMessage.id)).where(
-                HandoffMessage.handoff_id == handoff_id)) != message_id:
-        return False  # answered since, closed, or a newer message of hers is due later
-    who = handoff.operator
-    if operator_id(handoff) is None:
+            select(HandoffMessage.id).where(
+                HandoffMessage.handoff_id == handoff_id, HandoffMessage.direction == "out",
+                HandoffMessage.id > message_id).limit(1)) is not None:
+        return False  # answered since, or closed
+    who, had_id = handoff.operator, operator_id(handoff)
+    if had_id is None:
         return True
     released = [handoff_id]
     handoff.operator = None
@@ -689,6 +741,13 @@ def _give_back(session: Session, handoff_id: int, message_id: int) -> bool:
             .execution_options(synchronize_session=False)).all()
     log.warning("handoff back in the queue: a message waited for its operator too long",
                 extra={"handoff_ids": sorted(released)})
+    had = session.get(Person, had_id)
+    if had is not None and had.phone:
+        # She may be away from the ops screen: told where ops alerts reach her, that the
+        # person is not hers now (another operator may answer before she is back).
+        notify.notify_known_phone(session, had, "handoff.ops_given_back", sms_only=True,
+                                  dedupe_key=f"handoff-{handoff_id}-given-back-{message_id}",
+                                  ref=str(handoff_id), minutes=minutes)
     return True
 
 

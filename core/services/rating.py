@@ -151,12 +151,12 @@ def ask_after_delivery(session: Session, booking: Booking, tries: int = 1) -> bo
     transaction, and put their chat on the rating step; True if asked (once per booking).
 
     Not asked: bookings made elsewhere (the app rates in the app; a caller reads SMS and
-    cannot answer one), after STOP, while a person handles the chat, while the customer
-    is in the middle of something else, or when the question could only go by SMS. A
+    cannot answer one), after STOP, or when the question could only go by SMS. A
     customer who wrote in the last QUIET, is in the middle of something else, or waits
-    for a person on another channel (a call: her chat messages are kept for them), is
-    tried later (``ask_later``, ``tries``-th), up to RATING_WINDOW after the delivery;
-    meanwhile its ``rating_asks`` row says it is still to be asked."""
+    for a person (in this chat, or on another channel: her chat messages are kept for
+    them; the handoff's close tries it again soon), is tried later (``ask_later``,
+    ``tries``-th), up to RATING_WINDOW after the delivery; meanwhile its ``rating_asks``
+    row says it is still to be asked."""
     if booking.channel != "whatsapp":
         return False  # never owed a question: no row to settle
     outcome = _ask(session, booking, tries)
@@ -192,12 +192,12 @@ def _ask(session: Session, booking: Booking, tries: int) -> bool | timedelta:
                           .execution_options(populate_existing=True))
     if conv is None:  # a turn holds it: they are writing now
         return QUIET
-    if conv.handoff:
-        return False
-    if handoff.waiting_for(session, person.id, besides=conv.id) is not None:
-        # She waits for a person on another channel (she called us): what she writes in
-        # the chat is kept for that operator (conversation._whatsapp_turn), so her "5"
-        # would not rate. Asked once nobody is waiting for her.
+    if conv.handoff or handoff.waiting_for(session, person.id,
+                                           besides=conv.id) is not None:
+        # A person of our team has her chat, or she waits for one on another channel (she
+        # called us): what she writes in the chat is kept for that operator
+        # (conversation._whatsapp_turn), so her "5" would not rate. Kept, and asked once
+        # nobody is waiting for her (the handoff's close tries it soon: handoff._finish).
         return QUIET
     now = clock.now()
     since = now - conv.last_inbound_at if conv.last_inbound_at is not None else None
