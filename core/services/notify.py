@@ -28,7 +28,7 @@ from sqlalchemy.orm import Session
 
 from core import clock, i18n
 from core.adapters.dialog_models import WhatsappTemplateSend
-from core.adapters.models import Booking, Conversation, Person
+from core.adapters.models import Booking, Conversation, OutboxMessage, Person
 from core.services import outbox
 
 log = logging.getLogger(__name__)
@@ -208,3 +208,48 @@ def _to_phone(session: Session, phone: str, person: Person | None, key: str,
     return outbox.queue_message(session, channel="sms", to=phone, body=body,
                                 dedupe_key=dedupe_key, booking_id=booking_id,
                                 needed=key in NEEDED_KEYS, work=sms_only, person=person)
+
+
+# A phone booking's payment link sent to another mobile (ivr.VoicePorts.send_link_to: a
+# son's, a shopkeeper's, who pays from his own UPI) is an outbox row about the booking
+# keyed "paylink-<booking>-other-<number's hash>-s<Unix seconds>".
+_LINK_OTHER = "paylink-{booking}-other-%"
+# A link SMS that never reached the number: nobody paid from it.
+_NOT_DELIVERED = ("failed", "undelivered")
+
+
+def link_payers(session: Session, booking: Booking) -> list[str]:
+    """The other mobiles (E.164) the booking's payment link was sent to, in the order it
+    went, each once: any of them may have paid it, from their own account. Not the
+    customer's own number, nor one whose link SMS failed or whose address was erased."""
+    customer = session.get(Person, booking.customer_id)
+    own = customer.phone if customer is not None else None
+    rows = session.scalars(select(OutboxMessage.to_addr).where(
+        OutboxMessage.booking_id == booking.id,
+        OutboxMessage.dedupe_key.like(_LINK_OTHER.format(booking=booking.id)),
+        OutboxMessage.status.not_in(_NOT_DELIVERED)).order_by(OutboxMessage.id))
+    found: list[str] = []
+    for addr in rows:
+        phone = addr.removeprefix("whatsapp:")
+        if phone.startswith("+") and phone != own and phone not in found:
+            found.append(phone)
+    return found
+
+
+def notify_link_payers(session: Session, booking: Booking, key: str, *, dedupe_key: str,
+                       **params: object) -> int:
+    """Queue catalog message ``key`` (``ref`` is filled in) to each other mobile the
+    booking's payment link went to (link_payers), once each under ``dedupe_key`` and the
+    number's hash; how many were queued. In the number's own language when we know it,
+    else the booking's (the link went in its caller's)."""
+    customer = session.get(Person, booking.customer_id)
+    lang = booking_language(booking, customer)
+    queued = 0
+    for phone in link_payers(session, booking):
+        person = session.scalar(select(Person).where(Person.phone == phone))
+        own = person.preferred_language if person is not None else None
+        key_of = f"{dedupe_key}-{outbox.number_hash(phone)[:16]}"
+        if _to_phone(session, phone, person, key, own or lang, key_of, booking.id, False,
+                     {"ref": booking.reference, **params}) is not None:
+            queued += 1
+    return queued

@@ -1649,7 +1649,11 @@ def _on_payment_failed(data: dict, cause: str) -> str:
         # "Try again with the same link" only while that link can still be paid; past it,
         # the expiry notice (the sweep, or the link's own webhook) says what to do.
         if _link_payable(booking, link):
-            notify.notify_customer(session, booking, "payment.failed",
+            # A link sent to another mobile too may have failed there (or on hers): she
+            # hears it may be tried again from either phone (payment.failed_other).
+            key = "payment.failed_other" if notify.link_payers(session, booking) else (
+                "payment.failed")
+            notify.notify_customer(session, booking, key,
                                    dedupe_key=f"payfail-{_gateway_id(payment)}")
     return "payment-failed"
 
@@ -1732,9 +1736,7 @@ def _settle_refund_row(session: Session, refund: Refund, rid: str, processed: bo
         if refund.reason not in OWN_CHAIN_REFUNDS and booking.status in (
                 BookingStatus.CANCELLED.value, BookingStatus.FAILED.value):
             move_booking(session, booking, BookingStatus.REFUNDED, SYSTEM, "refund processed")
-        notify.notify_customer(session, booking, "payment.refunded",
-                               refund_paise=refund.amount_paise,
-                               dedupe_key=f"refund-{refund.id}-processed")
+        _tell_refunded(session, booking, refund.id, refund.amount_paise)
         _open_due_refund(session, booking)
         return "refunded"
     refund.status = "failed"
@@ -1742,6 +1744,18 @@ def _settle_refund_row(session: Session, refund: Refund, rid: str, processed: bo
     _attempt_failed(session, booking, refund)
     _open_due_refund(session, booking)
     return "refund-failed"
+
+
+def _tell_refunded(session: Session, booking: Booking, refund_id: int, amount: int) -> None:
+    """A refund processed (``refund_id`` of ``amount`` paise): the customer hears it goes
+    back to the account it was paid from, not "to you": a phone booking's link may have
+    been paid from another mobile (ivr send_link_to: a son's UPI), whose account Razorpay
+    refunds. Each mobile the link went to hears it too, in a short SMS of its own
+    (payment.refunded_payer: the booking, the sum, when), once per refund and number."""
+    notify.notify_customer(session, booking, "payment.refunded", refund_paise=amount,
+                           dedupe_key=f"refund-{refund_id}-processed")
+    notify.notify_link_payers(session, booking, "payment.refunded_payer", refund_paise=amount,
+                              dedupe_key=f"refund-{refund_id}-payer")
 
 
 def record_outside_refund(refund: dict, cause: str) -> str:
@@ -1811,8 +1825,7 @@ def record_outside_refund(refund: dict, cause: str) -> str:
             # It gave back all the closed booking still held (support refunded it by hand).
             move_booking(session, booking, BookingStatus.REFUNDED, SYSTEM,
                          "refunded outside the service")
-        notify.notify_customer(session, booking, "payment.refunded", refund_paise=amount,
-                               dedupe_key=f"refund-{row.id}-processed")
+        _tell_refunded(session, booking, row.id, amount)
         log.warning("a refund made outside the service was recorded",
                     extra={"booking_id": booking_id, "amount": amount})
         return "outside-refund"
