@@ -533,17 +533,17 @@ def tell_recipient_not_coming(session: Session, booking: Booking, key: str, *,
     for it or gives the code to anyone; one we told of it before any code (she asked us
     by SMS) hears it too, with no word of a code (``<key>_no_code``). Not when the
     recipient is the customer, who hears it as the customer. A code that never reached her
-    (reported failed; a new one went to the sender) is no code of hers; a number that told
-    us the parcel is not hers hears nothing more."""
+    (reported failed; a new one went to the sender) is no code of hers, but one whose copy
+    reached her is (an SMS refused for her STOP, the copy on her WhatsApp); a number that
+    told us the parcel is not hers hears nothing more."""
     phone = booking.recipient_phone
     if not phone or recipient_said_wrong_number(session, booking):
         return
-    code_sent = session.scalar(select(OutboxMessage.id).where(
+    # Any code of hers, the working one or one void already (a give-back told her a new
+    # one comes with the next rider): a copy that reached her counts (_reached_her).
+    code_sent = _reached_her(session, phone, list(session.scalars(select(OutboxMessage).where(
         OutboxMessage.booking_id == booking.id,
-        OutboxMessage.dedupe_key.like("leg-%-dropotp-%"),
-        OutboxMessage.to_addr.in_([outbox.address("sms", phone),
-                                   outbox.address("whatsapp", phone)]),
-        OutboxMessage.status.not_in(("failed", "undelivered"))).limit(1)) is not None
+        OutboxMessage.dedupe_key.like("leg-%-dropotp-%"))))) is not None
     if not code_sent and not _told_parcel_coming(booking):
         return
     customer = session.get(Person, booking.customer_id)
@@ -2136,7 +2136,8 @@ def _late_to_recipient(session: Session, booking: Booking) -> None:
     late, in her language, only if we told her of it before (a code or its news reached
     her, not reported failed, or we answered her SMS about it before any code:
     mark_recipient_told; no surprise message to a stranger), and not when she is the
-    customer, who heard it as the customer. Without a code of hers, no word of one
+    customer, who heard it as the customer. Without the working code in her hands
+    (recipient_holds_code: a copy of its message that reached her counts), no word of one
     (``_no_code``)."""
     phone = booking.recipient_phone
     customer = session.get(Person, booking.customer_id)
@@ -2148,8 +2149,7 @@ def _late_to_recipient(session: Session, booking: Booking) -> None:
         OutboxMessage.to_addr.in_([outbox.address("sms", phone),
                                    outbox.address("whatsapp", phone)]),
         OutboxMessage.status.not_in(("failed", "undelivered")))
-    has_code = session.scalar(reached.where(
-        OutboxMessage.dedupe_key.like("leg-%-dropotp-%")).limit(1)) is not None
+    has_code = recipient_holds_code(session, booking)
     if not has_code and session.scalar(reached.limit(1)) is None \
             and not _told_parcel_coming(booking):
         return
@@ -4045,10 +4045,17 @@ def _recipient_code_message(session: Session, booking: Booking,
         OutboxMessage.booking_id == booking.id,
         OutboxMessage.dedupe_key.like(f"leg-{leg.id}-dropotp-%"))
         .order_by(OutboxMessage.id.desc()).limit(1))
-    if latest is None:
-        return None
-    carriers, found = [latest], [latest.id]
-    while found:  # its copies, and theirs (a template's SMS), as withdraw_leg_codes
+    return None if latest is None else _reached_her(session, phone, [latest])
+
+
+def _reached_her(session: Session, phone: str,
+                 messages: list[OutboxMessage]) -> OutboxMessage | None:
+    """The latest of ``messages``, or of their copies sent another way (an SMS she
+    stopped, its copy on her WhatsApp: outbox._COPY_PREFIXES, and theirs: a template's
+    SMS, as withdraw_leg_codes finds them), that went to ``phone`` (by SMS, or WhatsApp)
+    and was not withdrawn or reported failed; None if none did."""
+    carriers, found = list(messages), [row.id for row in messages]
+    while found:
         copies = list(session.scalars(select(OutboxMessage).where(
             OutboxMessage.dedupe_key.in_([prefix + str(row_id) for row_id in found
                                           for prefix in outbox._COPY_PREFIXES]))))
@@ -4058,6 +4065,14 @@ def _recipient_code_message(session: Session, booking: Booking,
     return max((row for row in carriers
                 if row.to_addr in hers and row.status not in ("failed", "undelivered")),
                key=lambda row: row.id, default=None)
+
+
+def recipient_holds_code(session: Session, booking: Booking) -> bool:
+    """Whether the booking's recipient holds its last leg's working drop code: the
+    message of that code, or a copy of it, reached her number (_recipient_code_message:
+    an SMS refused for her STOP whose WhatsApp copy reached her counts)."""
+    legs = _legs(session, booking)
+    return bool(legs) and _recipient_code_message(session, booking, legs[-1]) is not None
 
 
 def _drop_code_void_to_recipient(session: Session, booking: Booking, leg: Leg,

@@ -232,7 +232,8 @@ def _parcel_coming(session: Session, phone: str | None,
 
 
 # Who holds the parcel's drop code now, by the latest message that carried one: she does
-# (it went to her, by SMS or on WhatsApp, and was not reported failed), the sender does
+# (it, or its copy sent another way, went to her, by SMS or on WhatsApp, and was not
+# reported failed: dispatch.recipient_holds_code), the sender does
 # (hers was lost and a new one went to them to pass on: dispatch.drop_code_lost), or
 # nobody yet (none was sent, or the latest failed too).
 HER, SENDER = "her", "sender"
@@ -251,6 +252,8 @@ def code_holder(session: Session, parcel: Booking) -> str | None:
                           .order_by(Leg.sequence.desc()).limit(1))
     if last is None or last.drop_otp_hash is None:
         return None
+    if dispatch.recipient_holds_code(session, parcel):  # a copy that reached her counts
+        return HER
     latest = session.execute(
         select(OutboxMessage.to_addr, OutboxMessage.status)
         .where(OutboxMessage.booking_id == parcel.id,
