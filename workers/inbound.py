@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 
+from rq.timeouts import BaseTimeoutException
+
 from bots.whatsapp import handle as whatsapp_turn
 from core.adapters.db import database_away
 from core.services import inbound, partner_sms
@@ -40,6 +42,8 @@ def sweep() -> int:
     for part in (inbound.unpark, inbound.sweep_inboxes):
         try:
             count += part()
+        except BaseTimeoutException:
+            raise  # the job's time is up: the rest waits for the next run
         except Exception as exc:  # noqa: BLE001 (raised below, after the other ran)
             failed = failed or exc
     if failed is not None:

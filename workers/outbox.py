@@ -6,6 +6,7 @@ import importlib
 from datetime import UTC, datetime
 
 from rq import Retry
+from rq.timeouts import BaseTimeoutException
 
 from core import clock
 from core.services import outbox
@@ -54,6 +55,8 @@ def sweep() -> int:
         for module, name in _SWEEP_PARTS:
             try:
                 count += int(getattr(importlib.import_module(module), name)())
+            except BaseTimeoutException:
+                raise  # the job's time is up: the rest waits for the next minute's run
             except Exception as exc:  # noqa: BLE001 (raised below, after the others ran)
                 failed = failed or exc
         if failed is not None:
