@@ -36,23 +36,11 @@ from tests.test_dispatch import (
     RECIPIENT,
     frozen,  # noqa: F401  (fixture)
     last_code,
-    legs_of,
     make_partner,
     offers,
-    paid_booking,
     sms,
-    start,
 )
-
-
-def _offered(lang: str = "hi") -> tuple[int, str, int]:
-    """A partner (in ``lang``) on duty with one offer open: (partner id, phone, job)."""
-    me_id, me = make_partner("Ramesh", LAXMIPUR, lang=lang)
-    job = paid_booking()
-    start(job)
-    leg = legs_of(job)[0]
-    assert [(o.partner_id, o.status) for o in offers(leg.id)] == [(me_id, "open")]
-    return me_id, me, leg.id
+from tests.test_partner_sms_s35 import _offered
 
 
 def _picked_up(client) -> tuple[str, int, str]:
