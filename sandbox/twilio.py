@@ -51,6 +51,7 @@ FAIL_LIST_KEY = "sandbox:twilio:fail_list"
 FAIL_LIST_TO_KEY = "sandbox:twilio:fail_list_to"
 MAGIC_INVALID = "+15005550001"
 MAGIC_UNREACHABLE = "+15005550009"
+ADDR_MAX = 80  # sandbox_messages.to_addr and from_addr
 TEMPLATE_MAX = 1024  # WhatsApp: a template's text with its parameters (Twilio 63021)
 
 
@@ -59,6 +60,21 @@ def _twilio_error(status: int, code: int, message: str):
                     "more_info": f"https://www.twilio.com/docs/errors/{code}"})
     resp.status_code = status
     return resp
+
+
+def _has_nul(values) -> bool:  # noqa: ANN001 (strings)
+    """A NUL in any of ``values``: PostgreSQL's text cannot hold one (the query would
+    fail), and no Twilio parameter has one."""
+    return any("\x00" in v for v in values)
+
+
+def _id_after(value: str, prefix: str = "") -> int | None:
+    """The message id in a paging value (``since=<id>``, ``PageToken=PA<id>``), else None:
+    ASCII digits only ("²" is a digit to str.isdigit, not to int()) that fit a bigint."""
+    digits = value.removeprefix(prefix) if value.startswith(prefix) else ""
+    if not (digits.isascii() and digits.isdigit()) or len(digits) > 18:
+        return None
+    return int(digits)
 
 
 def _authorised(account_sid: str) -> bool:
@@ -127,6 +143,8 @@ def create_message(account_sid: str):
     if int(r.get(FAIL_NEXT_KEY) or 0) > 0:
         r.decr(FAIL_NEXT_KEY)
         return _twilio_error(503, 20500, "Service unavailable (sandbox failure injection)")
+    if _has_nul(request.form.values()):
+        return _twilio_error(400, 20001, "A parameter holds a NUL character.")
     to = request.form.get("To", "")
     from_ = request.form.get("From", "")
     body = request.form.get("Body", "")
@@ -157,6 +175,10 @@ def create_message(account_sid: str):
         return _twilio_error(400, 21604, "A 'To' phone number is required.")
     if not from_:
         return _twilio_error(400, 21603, "A 'From' phone number is required.")
+    if len(to) > ADDR_MAX:
+        return _twilio_error(400, 21211, "The 'To' number is not a valid phone number.")
+    if len(from_) > ADDR_MAX:
+        return _twilio_error(400, 21212, "The 'From' number is not a valid phone number.")
     if not body and not media:
         return _twilio_error(400, 21602, "Message body is required.")
     channel = "whatsapp" if to.startswith("whatsapp:") else "sms"
@@ -235,6 +257,8 @@ def list_messages(account_sid: str):
         r.decr(FAIL_LIST_KEY)
         return _twilio_error(503, 20500, "Service unavailable (sandbox failure injection)")
     args = request.args
+    if _has_nul(args.values()):
+        return _twilio_error(400, 20001, "A parameter holds a NUL character.")
     failing = int(r.hget(FAIL_LIST_TO_KEY, args["To"]) or 0) if args.get("To") else 0
     if failing:
         return _twilio_error(failing, 20500 if failing >= 500 else 20001,
@@ -255,7 +279,7 @@ def list_messages(account_sid: str):
         stmt = stmt.where(SandboxMessage.status != "queued")
         if name != "DateSent<":
             stmt = stmt.where(SandboxMessage.created_at >= day)
-        if name != "DateSent>":
+        if name != "DateSent>" and day.date() < date.max:  # on or before the last day: all
             stmt = stmt.where(SandboxMessage.created_at < day + timedelta(days=1))
     try:
         size = int(args.get("PageSize", "50"))
@@ -266,9 +290,10 @@ def list_messages(account_sid: str):
         return _twilio_error(400, 20001, "PageSize must be 1 to 1000")
     token = args.get("PageToken", "")
     if token:  # the last message of the page before (newest first: ids fall)
-        if not (token.startswith("PA") and token[2:].isdigit()):
+        before = _id_after(token, "PA")
+        if before is None:
             return _twilio_error(400, 20001, "Invalid PageToken")
-        stmt = stmt.where(SandboxMessage.id < int(token[2:]))
+        stmt = stmt.where(SandboxMessage.id < before)
     with transaction() as session:
         rows = session.scalars(stmt.order_by(SandboxMessage.id.desc()).limit(size + 1)).all()
         codes = _error_codes()
@@ -295,7 +320,8 @@ def fetch_message(account_sid: str, sid: str):
     if not _authorised(account_sid):
         return _twilio_error(401, 20003, "Authenticate")
     with transaction() as session:
-        msg = session.scalar(select(SandboxMessage).where(SandboxMessage.sid == sid))
+        msg = session.scalar(select(SandboxMessage).where(SandboxMessage.sid == sid)) \
+            if sid.isprintable() else None  # a NUL cannot be looked up: no such message
         if msg is None:
             return _twilio_error(404, 20404, f"The requested resource {request.path} was not "
                                              "found")
@@ -338,9 +364,13 @@ def outbox():
     # An unencoded "+" in a query string arrives as a space: ?to=+9198... too.
     to = request.args.get("to", "").replace(" ", "+").strip()
     since = request.args.get("since", "")
-    if since and not since.isdigit():
+    after = _id_after(since) if since else None
+    if since and after is None:
         return jsonify({"error": {"code": "bad_since", "message": "since must be a message id",
                                   "field": "since"}}), 400
+    if "\x00" in to:
+        return jsonify({"error": {"code": "bad_to", "message": "to must be an address",
+                                  "field": "to"}}), 400
     try:
         limit = min(max(int(request.args.get("limit", "200")), 1), 1000)
     except ValueError:
@@ -352,8 +382,8 @@ def outbox():
         stmt = stmt.where(SandboxMessage.to_addr.in_([bare, "whatsapp:" + bare])
                           if not to.startswith("whatsapp:")
                           else SandboxMessage.to_addr == to)
-    if since:
-        stmt = stmt.where(SandboxMessage.id > int(since))
+    if after is not None:
+        stmt = stmt.where(SandboxMessage.id > after)
     with transaction() as session:
         rows = sorted(session.scalars(stmt).all(), key=lambda m: m.id)
         return jsonify([

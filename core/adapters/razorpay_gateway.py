@@ -123,17 +123,26 @@ def is_in_progress(exc: Exception) -> bool:
         IN_PROGRESS_409.lower() in said or ("idempotency" in said and "progress" in said))
 
 
+# Our ids are PostgreSQL integers (bookings, legs, payment_refunds): a bigger number names
+# nothing of ours. The same bound as core.api.spec.MAX_ID, which an adapter cannot import
+# (core.api's package imports the services, which import this module).
+MAX_ID = 2**31 - 1
+
+
 def note_int(entity: dict, name: str) -> int | None:
     """A positive id we put in an entity's notes (a string there, or a number), else None:
     notes come back as sent, but an event's may be malformed ("²" is a digit to
-    str.isdigit, not to int())."""
+    str.isdigit, not to int()), and another system on the same account may note its own
+    ids there, past our integer columns (looking one up would raise, not miss)."""
     notes = entity.get("notes")
     raw = notes.get(name) if isinstance(notes, dict) else None
     if isinstance(raw, int) and not isinstance(raw, bool):
         raw = str(raw)
-    if not isinstance(raw, str) or not (raw.isascii() and raw.isdigit()) or len(raw) > 18:
+    if not isinstance(raw, str) or not (raw.isascii() and raw.isdigit()) \
+            or len(raw) > len(str(MAX_ID)):
         return None
-    return int(raw) or None
+    value = int(raw)
+    return value if 1 <= value <= MAX_ID else None
 
 
 def is_duplicate_reference(exc: Exception) -> bool:

@@ -1287,11 +1287,12 @@ def receive_webhook(body: str, signature: str, event_id: str) -> WebhookResult:
     The caller has checked the signature over exactly ``body``."""
     try:
         data = json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: a body nested thousands deep
         raise ValidationError("the body is not JSON", code="bad_json") from None
-    if not isinstance(data, dict) or not isinstance(data.get("event"), str):
+    if not isinstance(data, dict) or not isinstance(data.get("event"), str) \
+            or not data["event"].isprintable():  # a NUL cannot be stored in a text column
         raise ValidationError("the body has no event name", code="bad_event", field="event")
-    if not event_id or len(event_id) > 64:
+    if not event_id or len(event_id) > 64 or not event_id.isprintable():
         raise ValidationError("X-Razorpay-Event-Id is required", code="missing_event_id",
                               field="X-Razorpay-Event-Id")
     event = data["event"][:40]
@@ -1330,10 +1331,11 @@ def _entity(data: dict, name: str) -> dict:
 
 
 def _gateway_id(entity: dict) -> str | None:
-    """The gateway's id of an entity ("rfnd_...", "trf_..."): a string that fits our
-    columns, else None (nothing to key an effect on)."""
+    """The gateway's id of an entity ("rfnd_...", "trf_..."): a printable string that fits
+    our columns, else None (nothing to key an effect on; a NUL cannot be stored)."""
     raw = entity.get("id")
-    return raw if isinstance(raw, str) and 0 < len(raw) <= GATEWAY_ID_MAX else None
+    return raw if isinstance(raw, str) and 0 < len(raw) <= GATEWAY_ID_MAX \
+        and raw.isprintable() else None
 
 
 GATEWAY_ID_MAX = 40  # gateway ids in our tables (String(40)); Razorpay's are 18-20
@@ -1424,7 +1426,8 @@ def named_bookings(entities: list[dict]) -> list[int | None]:
     named: list[tuple[int, set[str]] | None] = []
     for entity in entities:
         booking_id = gw.note_int(entity, "booking_id")
-        refs = {_note_str(entity, "reference"), entity.get("reference_id")}
+        link_ref = entity.get("reference_id")  # a malformed event's may be a list: unhashable
+        refs = {_note_str(entity, "reference"), link_ref if isinstance(link_ref, str) else None}
         named.append(None if booking_id is None else
                      (booking_id, {r for r in refs if isinstance(r, str) and r}))
     ids = {n[0] for n in named if n is not None}

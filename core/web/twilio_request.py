@@ -158,6 +158,9 @@ def _text(value: str | None, limit: int) -> str:
     return (value or "").replace("\x00", "")[:limit]
 
 
+FROM_MAX = 80  # outbox.to_addr; Twilio's longest, "whatsapp:+" and 15 digits, is 25
+
+
 def parse_message(channel: str) -> InboundMessage:
     """Read Twilio's message parameters (ignoring any we do not know)."""
     form = request.form
@@ -165,8 +168,13 @@ def parse_message(channel: str) -> InboundMessage:
     from_addr = form.get("From", "")
     if not sid:
         abort(400, "MessageSid is required")
+    if not sid.isprintable():  # Twilio's are "SM" + 32 hex; a NUL cannot be stored
+        abort(400, "MessageSid is not a message id")
     if not from_addr:
         abort(400, "From is required")
+    if not from_addr.isprintable() or len(from_addr) > FROM_MAX:
+        # Replies go to From as given (outbox.to_addr): a cut address would reach nobody.
+        abort(400, "From is not an address")
     raw_from = from_addr.removeprefix("whatsapp:")
     try:
         phone: str | None = normalize_phone(raw_from)
