@@ -606,8 +606,8 @@ _WORDS: dict[Kind, frozenset[str]] = {
                             "hanji", "ji", "ok", "okay", "accept", "accepted", "take",
                             "hn", "theek", "thik", "हाँ", "हां",
                             "हा", "जी", "ठीक", "यस", "ओके"}) | _YES_ELSEWHERE,
-    # "skip": the offer's own SMS says "2 to skip".
-    Kind.DECLINE: frozenset({"no", "n", "nope", "nahi", "nahin", "nai", "na", "naa", "nhi",
+    # "skip": the offer's own SMS says "2 to skip". Not "naa": a no only alone (_NO_ALONE).
+    Kind.DECLINE: frozenset({"no", "n", "nope", "nahi", "nahin", "nai", "na", "nhi",
                              "decline", "reject", "refuse", "skip", "skip it", "नहीं", "नही",
                              "ना", "नो", "ji nahi", "ji nahin", "जी नहीं", "जी नही"}
                             ) | _NO_ELSEWHERE,
@@ -661,7 +661,9 @@ _LOOKUP: dict[str, Kind] = {}
 _NO_PROBLEM: list[tuple[str, ...]] = []  # as tokens, longest first
 # A word that turns a command around ("ok nahi", "cancel mat karo", "can't accept"): with
 # one of these, anything but a refusal is not taken as said; the partner is asked again.
-NEGATORS = frozenset({"no", "nope", "not", "nahi", "nahin", "nai", "nhi", "na", "naa", "mat",
+# Not "naa": in Latin-letter Tamil it is "I" ("naa varen": I will come), so it turns
+# nothing around (_NO_ALONE).
+NEGATORS = frozenset({"no", "nope", "not", "nahi", "nahin", "nai", "nhi", "na", "mat",
                       "never", "cannot", "cant", "dont", "wont", "नहीं", "नही", "ना", "मत",
                       "मना"}) | _NO_ELSEWHERE
 _NEGATED_PAIRS = frozenset({("can", "t"), ("don", "t"), ("won", "t")})  # can't -> can, t
@@ -762,7 +764,7 @@ _NUMBER_SIGN = frozenset({"no", "नं"})
 # sure answer ("yes, sure"), as often as a late no. It refuses nothing on its own: such a
 # message is not understood (the partner is asked again, the offer named). It still
 # turns any other command around, as every no does ("ok na", "PICK 4821 na").
-_TAG_NO = frozenset({"ना", "na", "naa"})
+_TAG_NO = frozenset({"ना", "na"})
 
 
 def _without_number_sign(toks: list[str]) -> list[str]:
@@ -843,9 +845,46 @@ _WORK_WORDS = _DUTY_WORDS | frozenset({"job", "jobs", "जॉब", "work", "offe
 _GOT_WORDS = frozenset(" ".join(tokens(w)) for w in RECEIVED_WORDS
                        - {"come", "coming", "get", "receive", "reached"})
 _CODE_WORDS = frozenset(" ".join(tokens(w)) for w in CODE_WORDS)
-# "Skip" turned around by a "not" that is no refusal itself ("don't skip", "skip mat
-# karo"): not understood, the offer named again.
+# "Skip" turned around ("don't skip", "skip mat karo", "skip nahi karunga"): not
+# understood, the offer named again (_skip_turned).
 _SKIP = frozenset({"skip"})
+# What makes a word for work with one for "came" a refusal with its reason, no complaint
+# (_no_work_came): a word that refuses ("decline, got another job", "reject, got other
+# offer"; a plain no is no such word, "kaam nahi mila" has one), a lone "2" (the offer's
+# "2 to skip"; not "2 din se": two days), or a word for another job ("no, I got another
+# job", "nahi, dusra kaam mil gaya", "অন্য কাজ পেলাম").
+_REFUSAL_WORDS = frozenset({"decline", "reject", "refuse", "skip"})
+_OTHER_WORDS = frozenset(" ".join(tokens(w)) for w in {
+    "other", "another", "others", "dusra", "dusri", "dusre", "doosra", "doosri", "doosre",
+    "दूसरा", "दूसरी", "दूसरे", "दुसरा", "दुसरी", "दुसरे", "दुसरं",  # hi, mr
+    "অন্য", "வேற", "வேறு", "వేరే", "બીજું", "બીજો", "બીજી", "ಬೇರೆ",
+})
+_TIME_WORDS = frozenset({
+    "din", "dino", "dinon", "day", "days", "ghanta", "ghante", "ghanton", "hour", "hours",
+    "hr", "hrs", "hafta", "hafte", "week", "weeks", "mahina", "mahine", "month", "months",
+    "baar", "bar", "time", "times", "baje", "minute", "minutes", "min", "mins",
+    "दिन", "दिनों", "घंटा", "घंटे", "हफ्ता", "हफ्ते", "हफ़्ते", "महीना", "महीने", "बार", "बजे",
+    "मिनट",
+})
+# The words for "came" that carry their own "not" ("কাজ পাইনি", "வேலை வரவில்லை").
+_GOT_NOT = _GOT_WORDS & frozenset(" ".join(tokens(w)) for w in {
+    "পাইনি", "আসেনি", "paini", "வரவில்லை", "வரலை", "வரல", "கிடைக்கவில்லை", "கிடைக்கல",
+    "varala", "kidaikala", "రాలేదు", "అందలేదు", "raledu", "andaledu", "ಬಂದಿಲ್ಲ",
+    "ಬರಲಿಲ್ಲ", "ಸಿಕ್ಕಿಲ್ಲ", "ಸಿಗಲಿಲ್ಲ", "bandilla", "sikkilla",
+})
+# "Mil gaya" (it came): after "no job mil" the no is a no to the offer ("no, job mil
+# gaya": I got a job), not what did not come.
+_CAME_DONE = frozenset({"gaya", "gayi", "gaye", "gya", "gyi", "gye", "गया", "गयी", "गई",
+                        "गए", "गये"})
+# "Naa": Hindi's no, and in Latin-letter Tamil "I" ("naa varen": I will come, "naa ok",
+# "naa pick pannuren", "naa on duty"). A no only when every word of the message is one
+# ("naa", "naa naa", "naa ji", "naa nahi"), no number with it. Else it refuses nothing
+# and turns nothing around: the message is read without it ("naa on duty" is ON, "naa,
+# nahi chahiye" a no either way), but a yes there ("naa ok", "1 naa") is not understood
+# (asked again, the offer named): Hindi's "naa" would turn it around.
+_NO_ALONE = frozenset({"naa"})
+_WITH_A_NO = frozenset({"ji", "जी", "sir", "सर", "bhai", "भाई", "bhaiya", "भैया", "madam",
+                        "mam"})
 
 
 def _parse(toks: list[str]) -> Command:
@@ -866,12 +905,19 @@ def _parse(toks: list[str]) -> Command:
         if numbers[0] == "2":
             return Command(Kind.DECLINE, numbers[1:])
         return Command(Kind.UNKNOWN, numbers)
+    if _NO_ALONE.intersection(words):
+        if _only_no(words, numbers):  # "naa", "naa ji", "nahi naa"; "skip naa" as "skip na"
+            return Command(Kind.UNKNOWN if _skip_turned(words) else Kind.DECLINE, (), words)
+        said = _parse([t for t in toks if t not in _NO_ALONE])
+        if said.kind in (Kind.ACCEPT, Kind.UNKNOWN):
+            return Command(Kind.UNKNOWN, numbers, words)
+        return Command(said.kind, said.numbers, words)
     if _ALRIGHT.intersection(words) and len(toks) > 1:
         said = _parse([t for t in toks if t not in _ALRIGHT])
         if said.kind is Kind.ACCEPT:
             return Command(Kind.ACCEPT, said.numbers, words)
     kinds = {_LOOKUP[w] for w in words if w in _LOOKUP}
-    if _no_work_came(words):
+    if _no_work_came(toks, words):
         return Command(Kind.STATUS, numbers, words)
     kind = _LOOKUP.get(f"{words[0]} {words[1]}") if len(words) >= 2 else None
     if kind is None:
@@ -951,22 +997,60 @@ def _action_after(lead: Kind, words: Sequence[str], numbers: Sequence[str]) -> K
     return Kind.UNKNOWN
 
 
-def _no_work_came(words: Sequence[str]) -> bool:
-    """Whether the words say no work (no job, no offer) came: "kaam nahi mila", "aaj koi
-    job nahi aaya", "no job received", "কাজ পাইনি". A word for work and one for "came",
-    no code word ("job ka code nahi mila" asks for a code), and no command but STATUS and
-    a no among them."""
-    return bool(_WORK_WORDS.intersection(words) and _GOT_WORDS.intersection(words)
-                and not _CODE_WORDS.intersection(words)
-                and set(_kinds_in(words)) <= {Kind.STATUS, Kind.DECLINE})
+def _no_work_came(toks: Sequence[str], words: Sequence[str]) -> bool:
+    """Whether the message says no work (no job, no offer) came: "kaam nahi mila", "aaj
+    koi job nahi aaya", "no job received", "কাজ পাইনি". A word for work and one for
+    "came" that a no is said of (_not_came), no code word ("job ka code nahi mila" asks
+    for a code), no command but STATUS and a no among them, and nothing that makes it a
+    refusal with its reason ("decline, got another job", "no, I got another job", "na
+    kaam mil gaya": _REFUSAL_WORDS, _OTHER_WORDS, a lone "2")."""
+    if not (_WORK_WORDS.intersection(words) and _GOT_WORDS.intersection(words)
+            and not _CODE_WORDS.intersection(words)
+            and set(_kinds_in(words)) <= {Kind.STATUS, Kind.DECLINE}):
+        return False
+    if _REFUSAL_WORDS.intersection(words) or _OTHER_WORDS.intersection(words) or any(
+            t == "2" and not _TIME_WORDS.intersection(toks[i + 1:i + 2])
+            for i, t in enumerate(toks)):
+        return False
+    return any(_not_came(words, i) for i, w in enumerate(words) if w in _GOT_WORDS)
+
+
+def _not_came(words: Sequence[str], i: int) -> bool:
+    """Whether the "came" word at ``i`` is said not to have come: it carries its own not
+    ("পাইনি", "வரவில்லை", "రాలేదు"), a no is right before or after it ("kaam nahi mila",
+    "kaam milta nahi", "काम मिळालं नाही"), or "no" is right before the word for work
+    before it ("no job received"; not "no, job mil gaya": I got a job)."""
+    if words[i] in _GOT_NOT or any(w in NEGATORS for w in [*words[i - 1:i], *words[i + 1:i + 2]]):
+        return True
+    return any(words[j] == "no" and words[j + 1] in _WORK_WORDS for j in range(i - 1)) \
+        and not _CAME_DONE.intersection(words[i + 1:i + 2])
+
+
+def _only_no(words: Sequence[str], numbers: Sequence[str]) -> bool:
+    """Whether a message is no words but refusals and a "ji" or "sir" ("naa", "naa naa",
+    "naa ji", "ji nahi"), no number with them."""
+    i = 0
+    while i < len(words):
+        if i + 1 < len(words) and _LOOKUP.get(f"{words[i]} {words[i + 1]}") is Kind.DECLINE:
+            i += 2
+        elif _LOOKUP.get(words[i]) is Kind.DECLINE or words[i] in _NO_ALONE | _WITH_A_NO:
+            i += 1
+        else:
+            return False
+    return not numbers
 
 
 def _skip_turned(words: Sequence[str]) -> bool:
-    """Whether a "skip" is turned around by a "not" that is no refusal of its own ("don't
-    skip", "skip mat karo"); "nahi, skip" is a no twice."""
-    return bool(_SKIP.intersection(words)) and (
-        any(w in NEGATORS and _LOOKUP.get(w) is not Kind.DECLINE for w in words)
-        or any(pair in _NEGATED_PAIRS for pair in zip(words, words[1:], strict=False)))
+    """Whether a "skip" is turned around: by any no after it ("skip nahi karunga": I will
+    not skip it, "skip na karo", "skip nahi, le lunga"), or by a "not" anywhere that is
+    no refusal of its own ("don't skip", "skip mat karo"). A no before it is a no twice
+    ("nahi, skip")."""
+    first = next((i for i, w in enumerate(words) if w in _SKIP), None)
+    if first is None:
+        return False
+    return (any(w in NEGATORS or w in _NO_ALONE for w in words[first + 1:])
+            or any(w in NEGATORS and _LOOKUP.get(w) is not Kind.DECLINE for w in words)
+            or any(pair in _NEGATED_PAIRS for pair in zip(words, words[1:], strict=False)))
 
 
 def _negated(words: Sequence[str]) -> bool:
