@@ -2212,12 +2212,16 @@ def _moved(transfer: dict) -> bool:
     return transfer.get("status") in _MOVED_TRANSFER
 
 
-def _in_flight(transfers: list[dict], leg_id: int) -> dict | None:
-    """The leg's transfer released from its hold but not processed yet, if any: money on
-    its way to a partner, whatever their account is now."""
+def _released_before(transfers: list[dict], leg_id: int, account: str | None) -> dict | None:
+    """The leg's transfer released from its hold (or made without one) to another account
+    than ``account`` (one the partner had before ops changed it), not failed, not
+    reversed, with money left on it: the leg's payout, paid there or on its way there.
+    Processed or not, no new transfer is made while it stands (it would pay the leg
+    twice). A transfer paying a reversed payout again is not one (_repay_reversed)."""
     return next((t for t in transfers if gw.note_int(t, "leg_id") == leg_id
-                 and t.get("status") in _UNPROCESSED_TRANSFER
-                 and not t.get("on_hold", True) and _left(t) > 0), None)
+                 and t.get("recipient") != account
+                 and t.get("status") not in ("failed", "reversed")
+                 and not t.get("on_hold", True) and not _is_repay(t) and _left(t) > 0), None)
 
 
 def _left(transfer: dict) -> int:
@@ -2854,7 +2858,10 @@ def settle_leg_transfer(leg_id: int) -> str:
 
     Each call that sends money to the partner's account reads it again under a lock of
     their row (_paying_to): ops' change of it waits for the call, and one committed since
-    the job read it starts the job again, with the account now."""
+    the job read it starts the job again, with the account now. A transfer of the leg
+    released to the account they had before is the leg's payout all the same: processed,
+    it is posted (its transfer.processed late or lost); still on its way, it is waited
+    for; no transfer is made to the new account while it stands (_paid_before)."""
     with _leg_transfer_lock(leg_id):
         return _again_if_account_changed(_settle_leg_transfer, leg_id)
 
@@ -2964,10 +2971,12 @@ def _settle_leg_transfer(leg_id: int) -> str:
         # payment may not carry both (a new transfer refused, ops told for nothing) or
         # the leg would have two: the leg is paid by the job its processing runs.
         return "reversal-waits"
-    if live is None and _in_flight(transfers, leg_id) is not None:
-        # Released already and on its way (to an account the partner had before): its
-        # outcome decides (processed: its event posts the payout; failed: made again).
-        return "transfer-pending"
+    if live is None:
+        before = _released_before(transfers, leg_id, account)
+        if before is not None:
+            # Released already to an account the partner had before ops changed it: his
+            # payout, paid there or on its way there; none is made to the new account.
+            return _paid_before(leg_id, booking_id, partner_id, payment_id, before)
     if live is None and not direct:
         try:
             with _paying_to(partner_id, account):
@@ -2987,8 +2996,9 @@ def _settle_leg_transfer(leg_id: int) -> str:
             found = _direct_transfers(c, leg_id, since, transfers)
             transfers += found
             live = _live(found, leg_id, account)
-            if live is None and _in_flight(found, leg_id) is not None:
-                return "transfer-pending"
+            before = _released_before(found, leg_id, account) if live is None else None
+            if before is not None:
+                return _paid_before(leg_id, booking_id, partner_id, payment_id, before)
         else:
             items = created.get("items") or [created]
             live = _live(items, leg_id) or items[0]
@@ -3044,6 +3054,32 @@ def _settle_leg_transfer(leg_id: int) -> str:
     _save_transfer(leg_id, booking_id, partner_id, payment_id, account, live, "released",
                    amount=paid, paid_out=paid)
     return "released"
+
+
+def _paid_before(leg_id: int, booking_id: int, partner_id: int, payment_id: str,
+                 transfer: dict) -> str:
+    """The leg's transfer released to an account its partner had before (_released_before)
+    is its payout. Processed at the gateway (its transfer.processed late, or lost): posted
+    now as that event posts it, to the partner the leg's row names for it, for what is
+    left on it, keyed by the transfer (so once, whichever comes first), the row naming
+    it and its own account. Not processed yet: its outcome decides (processed: its event
+    posts the payout; failed: the leg's transfer is made again, to the account now)."""
+    if not _moved(transfer):
+        return "transfer-pending"
+    tid, left = str(transfer["id"]), _left(transfer)
+    with transaction() as session:
+        row = session.scalar(select(LegTransfer).where(LegTransfer.leg_id == leg_id))
+        if row is not None and row.transfer_id == tid and row.partner_id is not None:
+            partner_id = row.partner_id  # whom it was made for
+        differs = _payout_differs(session, tid, left, leg_id)
+    if not differs:
+        _save_transfer(leg_id, booking_id, partner_id, payment_id,
+                       transfer.get("recipient"), transfer, "released", amount=left,
+                       paid_out=left)
+    log.warning("a leg's payout was released to an account its partner had before; it is "
+                "the leg's payout, none is made to the account now",
+                extra={"leg_id": leg_id, "paid_paise": left})
+    return "paid-before"
 
 
 DIRECT_LOOKBACK = timedelta(hours=1)  # before the leg's row: clocks and the row's commit
