@@ -105,6 +105,33 @@ def mask_phones(text: str) -> str:
     return "".join([*out, text[at:]])
 
 
+# A bank account or an Aadhaar number an operator types in a note ("a/c 3012 3456 7890"):
+# 9 digits or more, in any script's digits, with spaces or dashes between (at most two in
+# a row). Not in mask_phones: log lines keep their ids and numbers as they are.
+_DASHES = "-" + "".join(map(chr, range(0x2010, 0x2016)))
+_LONG_NUMBER = re.compile(rf"(?<!\d)\d(?:(?:{_SPACE}|[{re.escape(_DASHES)}]){{0,2}}\d){{8,}}"
+                          r"(?!\d)", re.ASCII)
+
+
+def _mask_long(m: re.Match[str]) -> str:
+    digits = re.sub(r"\D", "", m.group(0))
+    return "*" * (len(digits) - 4) + digits[-4:]
+
+
+def mask_note(text: str) -> str:
+    """Free text an operator typed, as the audit log keeps it for good (a note, a reason):
+    phone numbers masked as mask_phones masks them (+91******3210), and any other run of 9
+    digits or more (a bank account, an Aadhaar number; spaces and dashes between them
+    allowed) cut to its last 4 digits (********9012)."""
+    text = mask_phones(text)
+    ascii_digits = text if text.isascii() else text.translate(_DIGITS)
+    out, at = [], 0
+    for m in _LONG_NUMBER.finditer(ascii_digits):
+        out += [text[at:m.start()], _mask_long(m)]
+        at = m.end()
+    return "".join([*out, text[at:]])
+
+
 # A database error's DETAIL repeats the values of the row or key that failed ("Failing
 # row contains (...)", "Key (phone)=(...)"): message bodies, codes, numbers. It is cut
 # up to the next part of the error or traceback.

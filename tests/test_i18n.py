@@ -61,6 +61,8 @@ REQUIRED_KEYS = (
     | {"dispatch.offer_open_no_code",  # partner_sms._code_while_offered: a code
        "dispatch.offer_open_code"}  # asked for, one offer open
     | {"sms.phone_moved_new", "sms.phone_moved_old"}  # partner_profile.set_phone
+    | {"sms.payout_account_changed",  # admin.set_payout_account
+       "sms.payout_account_removed"}  # admin.clear_payout_account
     | {f"dispatch.app.{k}" for k in ("accepted", "picked", "pick_first",  # the app's
                                      "pick_first_handed", "already_picked",
                                      "no_such_job", "cancel_hint", "duty_off",

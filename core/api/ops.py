@@ -55,7 +55,7 @@ from core.domain.phone import is_e164, mask_phone, normalize_phone
 from core.domain.pricing import VehicleType
 from core.domain.reference import normalize_reference
 from core.i18n import LANGUAGES
-from core.logs import mask_phones
+from core.logs import mask_note, mask_phones
 from core.services import admin, dispatch, handoff, partner_profile, payments, retention
 
 log = logging.getLogger(__name__)
@@ -65,7 +65,8 @@ OPS = ("ops",)
 
 # Details an operator types in their own words (an erasure's reason: where the request
 # came from; a cancellation's reason; a KYC note). The audit log is kept for good, past any
-# erasure: phone numbers in them are kept masked (+91******3210), and an erasure's reason
+# erasure: phone numbers in them are kept masked (+91******3210), bank account and Aadhaar
+# numbers (9 digits or more) to their last 4 (logs.mask_note), and an erasure's reason
 # loses the names that erasure takes (retention.without_names).
 FREE_TEXT = frozenset({"reason", "note"})
 
@@ -73,7 +74,7 @@ FREE_TEXT = frozenset({"reason", "note"})
 def audit(session: Session, action: str, target: str, **details: object) -> None:
     """Append who did what to which thing (same transaction as the action itself)."""
     who = principal()
-    kept = {k: mask_phones(v) if k in FREE_TEXT and isinstance(v, str) else v
+    kept = {k: mask_note(v) if k in FREE_TEXT and isinstance(v, str) else v
             for k, v in details.items()}
     session.add(AuditEntry(actor=f"ops:{who.person_id}", action=action, target=target,
                            details=kept))
@@ -801,7 +802,8 @@ def _partner_changed(partner_id: int, change: Callable[[Session, str], object]) 
 
 @endpoint(bp, "PUT", "/ops/partners/<int:partner_id>/payout-account",
           summary="Give a partner their payout account, or change it (not while they hold "
-                  "a job or a payout on hold: 409 partner_has_jobs)",
+                  "a job or a payout on hold: 409 partner_has_jobs). They are told by SMS "
+                  "(the new account's last 4, and to call ops if they did not ask for it)",
           roles=OPS, body=PayoutAccountIn, response=PartnerRow, tags=("ops",),
           errors=(404, 409))
 def ops_partner_payout_account(partner_id: int, body: PayoutAccountIn) -> PartnerRow:
@@ -824,7 +826,8 @@ class ClearPayoutAccountQuery(Strict):
           summary="Take a partner's payout account away (the bank account closed, the "
                   "linked account suspended, it was someone else's; audited, "
                   "partner.payout_account before -> null). They cannot be paid: on duty "
-                  "they go OFF (their open offers go to others) and hear why by SMS; "
+                  "they go OFF (their open offers go to others) and hear why by SMS "
+                  "(off duty, they are told by SMS it was removed); "
                   "their ON is refused, and what they are owed waits, until PUT gives "
                   "them a new one. 409 partner_has_jobs while they hold a job or a "
                   "payout on hold; erased. None already: nothing changes",

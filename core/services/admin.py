@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import secrets
 from dataclasses import dataclass
 
 from sqlalchemy import ColumnElement, func, or_, select, update
@@ -47,7 +48,7 @@ from core.domain.phone import mask_phone, normalize_phone
 from core.domain.pricing import DEFAULT_RATE_CARD, VEHICLE_CAPACITY, VehicleType, WeightBucket
 from core.domain.text import visible
 from core.i18n import LANGUAGES
-from core.logs import mask_phones
+from core.logs import mask_note, mask_phones
 from core.services import dispatch, payments
 
 MAX_ID = 2**31 - 1  # PostgreSQL integer ids: a bigger number names nothing
@@ -86,6 +87,12 @@ class NewPartner:
 def record(session: Session, actor: str, action: str, target: str, **details: object) -> None:
     """Append who set what up to the audit log (same transaction as the change)."""
     session.add(AuditEntry(actor=actor, action=action, target=target, details=details))
+
+
+def _noted(note: str | None) -> dict[str, str]:
+    """An operator's note for the audit log, which keeps it for good: phone numbers, bank
+    account and Aadhaar numbers in it masked (logs.mask_note)."""
+    return {"note": mask_note(note)} if note else {}
 
 
 def _person(session: Session, phone: str) -> Person | None:
@@ -187,7 +194,7 @@ def sign_out_person(session: Session, phone: str | None = None, *,
                          person.role, 0)
     record(session, actor, "person.sign_out", f"person:{person.id}", phone=masked,
            role=person.role, sessions_ended=ended,
-           **({"note": mask_phones(note)} if note else {}))
+           **_noted(note))
     return SignedOut(True, person.id, f"{who} signed out of {ended} session(s): they sign "
                      "in again with a new code", person.role, ended)
 
@@ -228,7 +235,7 @@ def remove_operator(session: Session, phone: str | None = None, *,
     released = _release_handoffs(session, f"ops:{person.id}")
     record(session, actor, "operator.remove", f"person:{person.id}", phone=masked,
            sessions_ended=ended, handoffs_released=released,
-           **({"note": mask_phones(note)} if note else {}))
+           **_noted(note))
     waiting = (f"; {len(released)} open handoff(s) they were answering are back in the "
                "queue for any operator" if released else "")
     return Outcome(True, person.id, f"operator {who} removed: a customer now, signed out "
@@ -504,7 +511,7 @@ def close_point(session: Session, point: str | int, *, actor: str,
     # The home set is rebuilt at the next search, from _home_positions: its partners off it.
     after_commit(session, geo_index.invalidate_homes)
     record(session, actor, "point.close", f"point:{p.id}", name=p.name,
-           home_partner_ids=homed, note=mask_phones(note) if note else None)
+           home_partner_ids=homed, note=mask_note(note) if note else None)
     told = _tell_placed_nowhere(session, p)
     if homed:
         shown = ", ".join(map(str, homed[:20])) + (" ..." if len(homed) > 20 else "")
@@ -570,7 +577,7 @@ def move_point(session: Session, point: str | int, lat: float, lng: float, *, ac
     session.flush()
     after_commit(session, geo_index.invalidate_homes)
     record(session, actor, "point.move", f"point:{p.id}", before=list(before),
-           after=[lat, lng], distance_m=far, note=mask_phones(note) if note else None)
+           after=[lat, lng], distance_m=far, note=mask_note(note) if note else None)
     closed = "" if p.active else " (closed: add-point opens it again)"
     return Outcome(True, p.id, f"Point {p.name} (id {p.id}) moved {far} m to {lat}, {lng}"
                    f"{closed}")
@@ -656,7 +663,7 @@ def rename_point(session: Session, point: str | int, name: str, *, actor: str,
     p.name = name
     session.flush()
     record(session, actor, "point.rename", f"point:{p.id}", before=before, after=name,
-           note=mask_phones(note) if note else None)
+           note=mask_note(note) if note else None)
     closed = "" if p.active else " (closed: add-point opens it again)"
     return Outcome(True, p.id, f"Point {before} (id {p.id}) is now called {name}{closed}")
 
@@ -882,7 +889,8 @@ def set_payout_account(session: Session, partner_id: int, account: str, *, actor
             raise _account_taken(account, "another partner's") from None
         raise
     record(session, actor, "partner.payout_account", f"partner:{p.id}", before=before,
-           after=account, **({"note": mask_phones(note)} if note else {}))
+           after=account, **_noted(note))
+    _tell_payout_account(session, p, account)
     # What they are owed (a transfer Razorpay refused to the old account, backing off for
     # up to 6 hours) goes to the new one now.
     payments.pay_owed_now(session, p.id, account)
@@ -937,12 +945,37 @@ def clear_payout_account(session: Session, partner_id: int, *, actor: str,
     p.payout_account_id = None
     session.flush()
     record(session, actor, "partner.payout_account", f"partner:{p.id}", before=before,
-           after=None, **({"note": mask_phones(note)} if note else {}))
+           after=None, **_noted(note))
     stopped = dispatch.payout_account_gone(session, p, offers)
+    if not stopped:  # on duty or offered, they were told already (payout_account_cleared)
+        _tell_payout_account(session, p, None)
     then = "taken off duty and told by SMS" if stopped else "off duty"
     return Outcome(True, p.id, f"{who} has no payout account now (was {before}); {then}; "
                    "they cannot go ON, and what they are owed waits, until one is set "
                    f"(set-payout-account --partner {p.id} --account acc_...)")
+
+
+# Ops gave a partner a payout account or took it away: they hear it by SMS, so a change
+# made for someone else (a thief talking ops into "my new account is acc_...") does not
+# go unnoticed until their pay stops coming.
+PAYOUT_ACCOUNT_CHANGED = "sms.payout_account_changed"
+PAYOUT_ACCOUNT_REMOVED = "sms.payout_account_removed"
+
+
+def _tell_payout_account(session: Session, p: PartnerProfile, account: str | None) -> None:
+    """Tell the partner by SMS, in their language, that their payouts go to ``account``
+    now (its last 4 characters) or, None, that it was removed, and to call ops if they
+    did not ask for it. Written with the change (sent once it commits, not if it rolls
+    back); each change its own message, as a phone move's (partner_profile.set_phone): a
+    request run again changes nothing, so tells nothing."""
+    tag = secrets.token_hex(6)  # each change its own message (changed back and forth)
+    key, ops_phone = f"partner-{p.id}-payout-account-{tag}", get_settings().ops_phone
+    if account is None:
+        dispatch._sms_partner(session, p, PAYOUT_ACCOUNT_REMOVED, dedupe_key=key,
+                              ops_phone=ops_phone)
+    else:
+        dispatch._sms_partner(session, p, PAYOUT_ACCOUNT_CHANGED, dedupe_key=key,
+                              ops_phone=ops_phone, last4=account[-4:])
 
 
 def set_home_point(session: Session, partner_id: int, point: str | int, *, actor: str,
@@ -972,7 +1005,7 @@ def set_home_point(session: Session, partner_id: int, point: str | int, *, actor
     # The home set (Redis) follows once committed: on duty, at the new Point.
     dispatch._home_follows_duty(session, p)
     record(session, actor, "partner.home_point", f"partner:{p.id}", before=before,
-           after=home.id, **({"note": mask_phones(note)} if note else {}))
+           after=home.id, **_noted(note))
     old = session.get(Point, before) if before is not None else None
     was = f"was {old.name} (id {old.id})" if old is not None else "had none"
     duty = "on duty: offered jobs near it now" if p.on_duty else "off duty"

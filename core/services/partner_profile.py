@@ -53,7 +53,7 @@ from core.domain.errors import Conflict, DomainError, ValidationError
 from core.domain.phone import mask_phone, normalize_phone
 from core.domain.pricing import VEHICLE_CAPACITY, VehicleType
 from core.i18n import LANGUAGES
-from core.logs import mask_phones
+from core.logs import mask_note
 from core.services import admin, dispatch, notify, outbox, partner_app, partner_sms
 from core.services.admin import MIN_PAYLOAD_KG, Outcome, locked_partner, record
 from core.services.retention import PHONE_MOVED
@@ -62,7 +62,9 @@ log = logging.getLogger(__name__)
 
 
 def _noted(note: str | None) -> dict[str, str]:
-    return {"note": mask_phones(note)} if note else {}
+    """An operator's note as the audit log keeps it for good: phones, bank account and
+    Aadhaar numbers in it masked (logs.mask_note, as admin's notes)."""
+    return {"note": mask_note(note)} if note else {}
 
 
 def vehicle_of(p: PartnerProfile) -> Vehicle | None:
