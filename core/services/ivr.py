@@ -389,7 +389,7 @@ class VoicePorts(SessionPorts):
         if phone == self.person.phone:
             return "own"
         now = clock.now()
-        prefix = f"paylink-{booking.id}-other-"
+        prefix = notify.link_other_prefix(booking.id)
         to_number = f"{prefix}{outbox.number_hash(phone)[:16]}-"
         sent_before = [key or "" for key in self.session.scalars(
             select(OutboxMessage.dedupe_key).where(
@@ -421,7 +421,7 @@ class VoicePorts(SessionPorts):
         keys = self.session.scalars(select(OutboxMessage.dedupe_key).join(
             Booking, Booking.id == OutboxMessage.booking_id).where(
             Booking.customer_id == self.person.id,
-            OutboxMessage.dedupe_key.like("paylink-%-other-%")))
+            OutboxMessage.dedupe_key.like(f"{notify.link_other_prefix('%')}%")))
         return sum(1 for key in keys if _other_link_sent_at(key or "") > since)
 
     def _messages_about(self, booking_id: int) -> int:

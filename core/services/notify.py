@@ -213,7 +213,13 @@ def _to_phone(session: Session, phone: str, person: Person | None, key: str,
 # A phone booking's payment link sent to another mobile (ivr.VoicePorts.send_link_to: a
 # son's, a shopkeeper's, who pays from his own UPI) is an outbox row about the booking
 # keyed "paylink-<booking>-other-<number's hash>-s<Unix seconds>".
-_LINK_OTHER = "paylink-{booking}-other-%"
+def link_other_prefix(booking_id: int | str) -> str:
+    """How the dedupe key of a booking's payment link sent to another mobile starts: the
+    one place its form is written (ivr.VoicePorts.send_link_to builds the key, link_payers
+    finds it). ``"%"`` for any booking's, in a LIKE pattern."""
+    return f"paylink-{booking_id}-other-"
+
+
 # A link SMS that never reached the number: nobody paid from it.
 _NOT_DELIVERED = ("failed", "undelivered")
 
@@ -226,7 +232,7 @@ def link_payers(session: Session, booking: Booking) -> list[str]:
     own = customer.phone if customer is not None else None
     rows = session.scalars(select(OutboxMessage.to_addr).where(
         OutboxMessage.booking_id == booking.id,
-        OutboxMessage.dedupe_key.like(_LINK_OTHER.format(booking=booking.id)),
+        OutboxMessage.dedupe_key.like(f"{link_other_prefix(booking.id)}%"),
         OutboxMessage.status.not_in(_NOT_DELIVERED)).order_by(OutboxMessage.id))
     found: list[str] = []
     for addr in rows:

@@ -1,0 +1,123 @@
+"""Refund texts where someone else may have paid (session 37, after session 36).
+
+A phone caller can have the payment link sent to another mobile (a son's) who pays from
+his own UPI; Razorpay gives a refund back to the account it was paid from. Session 36
+changed ``payment.refunded`` and told the other phones; five texts still said the money
+comes "back to you": a payment after the cancel (``payment.after_cancel``), a second
+payment (``payment.extra``), a wrong amount with no link left
+(``payment.wrong_amount_no_link``), no rider found (``booking.status.failed``) and the
+IVR's cancel question (``ivr.cancel.refund``). Each says now, in every language, that it
+goes back to the account it was paid from.
+
+The dedupe key of a link sent to another mobile is built in one place
+(notify.link_other_prefix): what ivr.VoicePorts.send_link_to writes, link_payers finds.
+"""
+from __future__ import annotations
+
+import re
+
+import pytest
+from sqlalchemy import select
+
+from core import i18n
+from core.adapters.db import transaction
+from core.adapters.models import Booking
+from core.domain.booking import Actor
+from core.services import ledger, notify, payments
+from core.services.outbox import OutboxMessage
+from tests.conftest import run_jobs
+from tests.test_ivr import Caller, phone, prompts, t  # noqa: F401
+from tests.test_ivr_cancel import DROP, said
+from tests.test_ivr_link_other import SON, _booked, _send_to
+from tests.test_payments_support import paid_booking, pay, run
+
+REFUND_KEYS = ("payment.after_cancel", "payment.extra", "payment.wrong_amount_no_link",
+               "booking.status.failed", "ivr.cancel.refund")
+# "The money comes back to you" in English: whoever paid gets it, not the customer.
+TO_YOU = re.compile(r"back to you|get back|your (account|money|payment)|you paid", re.I)
+# Each language's word for the account, as payment.refunded (session 36) says it.
+ACCOUNT = {"en": "account it was paid from", "hi": "खाते", "bn": "অ্যাকাউন্ট", "gu": "ખાતા",
+           "kn": "ಖಾತೆ", "mr": "खात्या", "ta": "கணக்கி", "te": "ఖాతా"}
+
+
+@pytest.mark.parametrize("key", REFUND_KEYS)
+def test_english_refund_texts_say_the_account_it_was_paid_from_not_you(key: str) -> None:
+    text = i18n.raw(key, "en")
+    assert not TO_YOU.search(text), text
+    assert "the account it was paid from" in text, text
+
+
+@pytest.mark.parametrize("lang", i18n.LANGUAGES)
+def test_every_language_names_the_account_in_the_refund_texts(lang: str) -> None:
+    assert set(ACCOUNT) == set(i18n.LANGUAGES)
+    assert ACCOUNT[lang] in i18n.raw("payment.refunded", lang)  # the session-36 word
+    missing = [k for k in REFUND_KEYS if ACCOUNT[lang] not in i18n.raw(k, lang)]
+    assert not missing, f"{lang}: {missing}"
+
+
+def _booking_id(ref: str) -> int:
+    with transaction() as s:
+        bid = s.scalar(select(Booking.id).where(Booking.reference == ref))
+    assert bid is not None
+    return bid
+
+
+def _to(booking_id: int, number: str) -> list[str]:
+    with transaction() as s:
+        return list(s.scalars(select(OutboxMessage.body).where(
+            OutboxMessage.booking_id == booking_id, OutboxMessage.to_addr == number)
+            .order_by(OutboxMessage.id)))
+
+
+@pytest.mark.db
+def test_the_caller_hears_the_refund_goes_to_the_account_it_was_paid_from(
+        live, phone: Caller) -> None:  # noqa: F811
+    bid = paid_booking(phone.phone)  # an English-speaking caller
+    with transaction() as s:
+        b = s.get(Booking, bid)
+        assert b is not None
+        total = b.total_paise
+    phone.call()
+    phone.press("5")  # cancel
+    heard = phone.press("1")  # the paid booking
+    assert t("ivr.cancel.refund", "en", place=DROP, refund=said(total)) in heard.text
+    assert "the account it was paid from" in heard.text, heard.text
+    assert "You will get back" not in heard.text
+
+
+@pytest.mark.db
+def test_the_sons_payment_after_the_cancel_is_told_going_back_to_his_account(
+        live, phone: Caller) -> None:  # noqa: F811
+    ref = _booked(phone)  # a Hindi caller
+    run_jobs()  # the payment link is made
+    _send_to(phone, SON)
+    bid = _booking_id(ref)
+    with transaction() as s:  # she cancels; her son pays before the link is closed
+        payments.cancel_booking(s, ledger.lock_booking(s, bid), Actor("ops", "1"),
+                                "customer called")
+    assert pay(bid).status_code == 200
+    run()
+    with transaction() as s:
+        b = s.get(Booking, bid)
+        assert b is not None and b.status == "cancelled"
+        total = b.total_paise
+    told = i18n.t("payment.after_cancel", "hi", ref=ref, refund_paise=total)
+    to_caller = _to(bid, phone.phone)
+    assert told in to_caller, to_caller
+    assert "जिससे पेमेंट हुआ था" in told and "आपको" not in told and "आपका" not in told
+
+
+@pytest.mark.db
+def test_the_key_the_ivr_writes_is_the_one_link_payers_finds(live, phone: Caller) -> None:  # noqa: F811
+    ref = _booked(phone)
+    run_jobs()
+    _send_to(phone, SON)
+    bid = _booking_id(ref)
+    with transaction() as s:
+        keys = list(s.scalars(select(OutboxMessage.dedupe_key).where(
+            OutboxMessage.booking_id == bid, OutboxMessage.to_addr == SON)))
+        assert len(keys) == 1 and keys[0].startswith(notify.link_other_prefix(bid)), keys
+        booking = s.get(Booking, bid)
+        assert booking is not None
+        assert notify.link_payers(s, booking) == [SON]
+    assert notify.link_other_prefix(bid) == f"paylink-{bid}-other-"  # the stored form
