@@ -876,6 +876,27 @@ _GOT_NOT = _GOT_WORDS & frozenset(" ".join(tokens(w)) for w in {
 # gaya": I got a job), not what did not come.
 _CAME_DONE = frozenset({"gaya", "gayi", "gaye", "gya", "gyi", "gye", "गया", "गयी", "गई",
                         "गए", "गये"})
+# "Kaam nahi hai" (there is no work), "koi job nahi h", "काम नहीं है": a no said of
+# "is" right after a word for work is the same complaint as "kaam nahi mila" (_no_work_is).
+# "Kaam nahi" alone stays the HELP's no, and "kaam nahi karna hai" (I will not do the work),
+# "kaam nahi chahiye hai" a no: the no is not right before "hai", or no work word before it.
+_IS_WORDS = frozenset({"hai", "hain", "h", "he", "hae", "है", "हैं"})
+# "Can't come", "cannot come", "main nahi aa sakta", "aaj nahi aa paunga": he will not come
+# for the offer, a refusal whatever his reason ("can't come, got another job"), as "nahi"
+# is (_cant_come). Kept as token runs ("can't" is "can", "t").
+_HI_NO = ("nahi", "nahin", "nhi", "nai", "नहीं", "नही")
+_HI_ABLE = ("sakta", "sakti", "sakte", "skta", "skti", "paunga", "paungi", "paaunga",
+            "paaungi", "payenge", "सकता", "सकती", "सकते", "पाऊंगा", "पाऊँगा", "पाउंगा",
+            "पाऊंगी", "पाऊँगी", "पाउंगी")
+_CANT_COME = frozenset(tuple(tokens(" ".join(phrase))) for phrase in (
+    {(cant, come) for cant in ("can't", "cant", "cannot", "can not", "cnt", "unable to")
+     for come in ("come", "cum")}
+    | {(no, aa, able) for no in _HI_NO for aa in ("aa", "a", "आ") for able in _HI_ABLE}
+    | {(aa, no, able) for aa in ("aa", "आ") for no in _HI_NO for able in _HI_ABLE}
+    | {(no, will) for no in _HI_NO
+       for will in ("aaunga", "aaungi", "aunga", "aungi", "आऊंगा", "आऊँगा", "आउंगा",
+                    "आऊंगी", "आऊँगी")}))
+_CANT_COME_LENGTHS = frozenset(len(phrase) for phrase in _CANT_COME)
 # "Naa": Hindi's no, and in Latin-letter Tamil "I" ("naa varen": I will come, "naa ok",
 # "naa pick pannuren", "naa on duty"). A no only when every word of the message is one
 # ("naa", "naa naa", "naa ji", "naa nahi"), no number with it. Else it refuses nothing
@@ -917,6 +938,8 @@ def _parse(toks: list[str]) -> Command:
         if said.kind is Kind.ACCEPT:
             return Command(Kind.ACCEPT, said.numbers, words)
     kinds = {_LOOKUP[w] for w in words if w in _LOOKUP}
+    if _cant_come(toks, words):
+        return Command(Kind.DECLINE, numbers, words)
     if _no_work_came(toks, words):
         return Command(Kind.STATUS, numbers, words)
     kind = _LOOKUP.get(f"{words[0]} {words[1]}") if len(words) >= 2 else None
@@ -1004,7 +1027,7 @@ def _no_work_came(toks: Sequence[str], words: Sequence[str]) -> bool:
     for a code), no command but STATUS and a no among them, and nothing that makes it a
     refusal with its reason ("decline, got another job", "no, I got another job", "na
     kaam mil gaya": _REFUSAL_WORDS, _OTHER_WORDS, a lone "2")."""
-    if not (_WORK_WORDS.intersection(words) and _GOT_WORDS.intersection(words)
+    if not (_WORK_WORDS.intersection(words) and (_GOT_WORDS | _IS_WORDS).intersection(words)
             and not _CODE_WORDS.intersection(words)
             and set(_kinds_in(words)) <= {Kind.STATUS, Kind.DECLINE}):
         return False
@@ -1012,7 +1035,24 @@ def _no_work_came(toks: Sequence[str], words: Sequence[str]) -> bool:
             t == "2" and not _TIME_WORDS.intersection(toks[i + 1:i + 2])
             for i, t in enumerate(toks)):
         return False
-    return any(_not_came(words, i) for i, w in enumerate(words) if w in _GOT_WORDS)
+    return any(_not_came(words, i) for i, w in enumerate(words) if w in _GOT_WORDS) \
+        or any(_no_work_is(words, i) for i, w in enumerate(words) if w in _IS_WORDS)
+
+
+def _no_work_is(words: Sequence[str], i: int) -> bool:
+    """Whether the "is" word at ``i`` says there is no work: a no right before it and a
+    word for work right before the no ("kaam nahi hai", "koi job nahi h")."""
+    return i >= 2 and words[i - 1] in NEGATORS and words[i - 2] in _WORK_WORDS
+
+
+def _cant_come(toks: Sequence[str], words: Sequence[str]) -> bool:
+    """Whether the message says he cannot come (_CANT_COME: "can't come", "main nahi aa
+    sakta"), with nothing but words for work and refusals among its commands ("can't come,
+    got another job"; not "ok, can't come": a yes too, asked again) and no code word
+    ("code nahi aa sakta" is about a code)."""
+    runs = {tuple(toks[i:i + n]) for n in _CANT_COME_LENGTHS for i in range(len(toks) - n + 1)}
+    return bool(runs & _CANT_COME) and not _CODE_WORDS.intersection(words) \
+        and set(_kinds_in(words)) <= {Kind.STATUS, Kind.DECLINE}
 
 
 def _not_came(words: Sequence[str], i: int) -> bool:

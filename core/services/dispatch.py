@@ -105,7 +105,7 @@ from core.domain.otp import OTP_DIGITS
 from core.domain.phone import normalize_phone
 from core.domain.pricing import SizeBucket, SpeedTier, VehicleType, WeightBucket, can_carry
 from core.domain.text import fits_two_sms_parts
-from core.logs import mask_phones
+from core.logs import mask_note
 from core.services import notify, outbox, rating
 from core.services.booking import active_rate_card, issue_leg_otps, move_booking, move_leg
 from core.services.payments import GATEWAY_RETRY, given_back_outside
@@ -3476,8 +3476,9 @@ def _leg_of_code(session: Session, partner: PartnerProfile, kind: str, otp: str,
                                 ops_phone=get_settings().ops_phone)
     if right or not waiting:
         return None, None
-    done = _done_before(session, partner, kind, otp)
-    if done is not None:
+    done = _done_before(session, partner, kind, otp) or _cancelled_code(
+        session, partner, kind, [otp])
+    if done is not None:  # a job's done or cancelled: no try counted on the others
         return None, done
     cfg = config()
     actor = _partner_actor(partner)
@@ -3576,6 +3577,13 @@ def cancelled_job_named(session: Session, partner: PartnerProfile, numbers: tupl
     codes = [n for n in numbers if _is_code(n)]
     if kind is None or not codes:
         return None
+    return _cancelled_code(session, partner, kind, codes)
+
+
+def _cancelled_code(session: Session, partner: PartnerProfile, kind: str,
+                    codes: list[str]) -> Reply | None:
+    """dispatch.job_cancelled when one of ``codes`` is the right ``kind`` code of one of
+    his newest cancelled jobs (CANCELLED_CODE_LEGS); None if none is."""
     from core.services.booking import check_leg_otp
 
     for leg in session.scalars(_cancelled_of(partner)
@@ -3583,6 +3591,20 @@ def cancelled_job_named(session: Session, partner: PartnerProfile, numbers: tupl
         if any(check_leg_otp(leg, kind, code) for code in codes):
             return _r("dispatch.job_cancelled", job=job_code(leg))
     return None
+
+
+def _cancelled_beside(session: Session, partner: PartnerProfile, kind: str,
+                      numbers: tuple[str, ...], leg: Leg, otp: str | None) -> Reply | None:
+    """A PICK/DROP whose code is wrong (or malformed) for his live ``leg`` that is about a
+    job of his the customer cancelled: job N is cancelled, and no try is counted against
+    the live job. "PICK 57 4821" with job 57 cancelled and job 60 live reads 57 as a code
+    typed short for job 60; "PICK 4821" may be job 57's code. When the message names the
+    live job itself ("PICK 60 12"), its other number is his code: only a cancelled job's
+    right code counts then. None when it is about no cancelled job."""
+    if any(_job_number(n) == leg.id for n in numbers):
+        return _cancelled_code(session, partner, kind, [otp]) \
+            if otp is not None and _is_code(otp) else None
+    return cancelled_job_named(session, partner, numbers, kind)
 
 
 def _booking_closed(session: Session, leg: Leg) -> bool:
@@ -3635,6 +3657,8 @@ def confirm(session: Session, partner: PartnerProfile, kind: str,
             return (cancelled_job_named(session, partner, numbers)
                     or _done_before(session, partner, kind, otp)
                     or cancelled_job_named(session, partner, numbers, kind) or problem)
+        if problem.key == "dispatch.which_job":  # "PICK 57 4821", 57 read as a short code
+            return cancelled_job_named(session, partner, numbers, kind) or problem
         return problem
     assert leg is not None
     if kind == "pickup" and leg.sequence > 1:
@@ -3680,14 +3704,16 @@ def confirm(session: Session, partner: PartnerProfile, kind: str,
                   point=place(session, booking, waiting_for, "from"),
                   ops_phone=get_settings().ops_phone)
     if otp is None or not (otp.isascii() and otp.isdigit() and len(otp) == 4):
-        return _r("dispatch.otp_format_pick" if kind == "pickup" else "dispatch.otp_format_drop")
+        return _cancelled_beside(session, partner, kind, numbers, leg, otp) or _r(
+            "dispatch.otp_format_pick" if kind == "pickup" else "dispatch.otp_format_drop")
     from core.services.booking import check_leg_otp
 
     ok = check_leg_otp(leg, kind, otp)
     if not ok:
-        done = _done_before(session, partner, kind, otp, other_than=leg.id)
+        done = _done_before(session, partner, kind, otp, other_than=leg.id) \
+            or _cancelled_beside(session, partner, kind, numbers, leg, otp)
         if done is not None:
-            return done  # the code of a job done before, sent again: no try counted
+            return done  # a job done before or cancelled, named or its code: no try counted
         if retries:
             wrong = _wrong_code_mark(leg, partner, kind, otp)
             if _same_wrong_code(leg, partner, wrong):
@@ -4933,7 +4959,9 @@ def new_leg_code(session: Session, leg_id: int, kind: str, actor: Actor, *, reas
                                     # The service's clock (the row's own is the database's):
                                     # her next ask is spaced by it (recipient_code_pending).
                                     "made_at": clock.now().isoformat(),
-                                    "reason": mask_phones(reason)}))
+                                    # Ops' own words, kept for good: a bank account or
+                                    # Aadhaar number in them cut to its last 4.
+                                    "reason": mask_note(reason)}))
     log.warning("the recipient was sent a new code" if by_recipient else
                 "ops gave a new code" if cause == "ops" else "the service made a new code",
                 extra={"booking_id": booking.id, "leg_id": leg.id, "kind": kind,

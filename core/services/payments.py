@@ -2530,7 +2530,7 @@ def settle_leg_by_hand(leg_id: int, actor: Actor, reason: str, *,
     the leg is running), transfer_refused; Unavailable gateway_unavailable."""
     from core.adapters.api_models import AuditEntry
     from core.domain.errors import NotFound
-    from core.logs import mask_phones
+    from core.logs import mask_note
 
     reason = (reason or "").strip()
     if not SETTLE_REASON_MIN <= len(reason) <= SETTLE_REASON_MAX:
@@ -2600,7 +2600,7 @@ def settle_leg_by_hand(leg_id: int, actor: Actor, reason: str, *,
             session.add(AuditEntry(actor=str(actor), action="leg.settle",
                                    target=f"leg:{leg_id}",
                                    details={"booking": reference, "outcome": outcome,
-                                            "reason": mask_phones(reason)}))
+                                            "reason": mask_note(reason)}))
     log.info("leg settled by hand", extra={"leg_id": leg_id, "outcome": outcome})
     return LegSettled(leg_id, reference, outcome, changed, message)
 

@@ -125,7 +125,7 @@ from core.domain.dispatch import OfferStatus
 from core.domain.errors import Conflict, NotFound, Unavailable, ValidationError
 from core.domain.phone import mask_phone, normalize_phone
 from core.domain.text import names_word
-from core.logs import mask_phones, scrub
+from core.logs import mask_note, scrub
 from core.services import inbound, ivr, ledger, outbox
 from core.services.booking import check_leg_otp
 from core.services.dispatch import (
@@ -353,6 +353,42 @@ def _mask_errors(session: Session, outbox_ids: list[int]) -> int:
     if masked:
         session.execute(update(m), masked)  # by primary key, one statement
     return len(masked)
+
+
+# What scrub would still change in a message's last error (a superset: the pass below
+# asks scrub itself): a number of 8 digits or more after "+" (or %2B), or a mobile's 10
+# digits from a 6-9 (with what logs.mask_phones takes between digits: spaces, dashes,
+# brackets, a dot); a WhatsApp id; a database error's row values; a signed URL's query.
+# What scrub leaves has none ("+91******3210", "DETAIL: (values hidden)", "?(signed query
+# hidden)"): a masked error is not read again, night after night.
+_GAP_SQL = "[-[:space:]().\u2010-\u2015]{0,2}"
+_UNMASKED_ERROR = (rf"(\+|%2b)[0-9]({_GAP_SQL}[0-9]){{7}}|[6-9]({_GAP_SQL}[0-9]){{9}}"
+                   r"""|wa_?id["']?[[:space:]]*[:=][[:space:]]*["']?[0-9]{7}"""
+                   r"|detail: (?!\(values hidden\))"
+                   r"|x-amz-|signature=|awsaccesskeyid=|security-token=")
+# In the statement (as _REDACTED_SQL): a partial index of the errors left to mask can only
+# serve a condition whose value the plan sees.
+_UNMASKED_ERROR_SQL = literal(_UNMASKED_ERROR, literal_execute=True)
+# A message that failed, or that Twilio could not deliver, is the only one left with a
+# last error: one Twilio took clears it (outbox._handed_over), as it always has.
+_FAILED = ("failed", "undelivered")
+
+
+def _redacted_errors(session: Session, after: Key | None,
+                     cutoff: datetime) -> tuple[list[Key], int]:
+    """The last errors of messages whose texts went before their errors were masked with
+    them (_mask_errors came later: before, the redaction left Twilio's error text as it
+    was, the full number it refused in it), masked now as _mask_errors masks them; the
+    _outbox pass never reads a redacted text again. Found by the failed messages' status
+    and what the error still shows (_UNMASKED_ERROR): a masked one is not read again, and
+    masking one again changes nothing. ``cutoff``: unused (any age: the text is gone)."""
+    m = OutboxMessage
+    batch = session.execute(_after(select(m.id).where(
+        m.status.in_(_FAILED), m.body == _REDACTED_SQL, m.last_error.is_not(None),
+        m.last_error.regexp_match(_UNMASKED_ERROR_SQL, flags="i")), (m.id,), after)).all()
+    ids = list(session.scalars(select(m.id).where(m.id.in_([r.id for r in batch]))
+                               .with_for_update(skip_locked=True))) if batch else []
+    return [(r.id,) for r in batch], _mask_errors(session, ids) if ids else 0
 
 
 def _money_held(booking_id: Any) -> Any:
@@ -652,6 +688,7 @@ def run(now: datetime | None = None) -> dict[str, int]:
     passes: list[tuple[str, Pass, datetime]] = [
         ("status_events", _all_changed(_status_events), status_cutoff),
         ("outbox_messages", _outbox, message_cutoff),
+        ("redacted_errors", _redacted_errors, message_cutoff),
         ("inbound_answers", _all_changed(_inbound_answers), message_cutoff),
         ("handoff_messages", _all_changed(_handoff_messages), message_cutoff),
         ("conversations", _all_changed(_conversations), message_cutoff),
@@ -948,7 +985,8 @@ def erase_recipient(session: Session, phone: str, *, actor: str,
     sent to her, or on a row her STOP or her call made: that row is erased as
     ``erase_person`` does, her opt-out kept), on her request, in the caller's
     transaction; audited (``actor``: who, as the audit log names them; ``reason`` kept
-    with any number in it masked).
+    without the names it took, its phone numbers masked and a bank account or Aadhaar
+    number cut to its last 4: logs.mask_note).
 
     ``phone`` as typed (any form ``normalize_phone`` reads): ValidationError ``bad_phone``.
     Refused (Conflict) while a booking to her is not finished (``in_flight``: the rider
@@ -1030,7 +1068,7 @@ def erase_recipient(session: Session, phone: str, *, actor: str,
         people = {"person_ids": holders} if holders else {}
         session.add(AuditEntry(actor=actor, action=RECIPIENT_ERASED,
                                target=f"booking:{ids[0]}" if ids else "recipient",
-                               details={"reason": mask_phones(without_names(
+                               details={"reason": mask_note(without_names(
                                    reason, done.names)), **done.counts,
                                         "booking_ids": ids, **people}))
     return done
