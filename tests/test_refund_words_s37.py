@@ -9,6 +9,12 @@ payment (``payment.extra``), a wrong amount with no link left
 IVR's cancel question (``ivr.cancel.refund``). Each says now, in every language, that it
 goes back to the account it was paid from.
 
+The same words were left in the cancel questions (chat and call: ``*.cancel.refund``,
+``*.cancel.fee``, ``*.cancel.paid_back``; ``*.cancel.fee_only`` gives nothing back and
+now says no "to you"), two tracking texts (``booking.status.stuck_ended`` and
+``no_rider_no_refund``) and the call's ``ivr.cancel.done_refund``, which named the account
+in English only: they say it the same way now.
+
 The dedupe key of a link sent to another mobile is built in one place
 (notify.link_other_prefix): what ivr.VoicePorts.send_link_to writes, link_payers finds.
 """
@@ -40,7 +46,21 @@ ACCOUNT = {"en": "account it was paid from", "hi": "खाते", "bn": "অ্
            "kn": "ಖಾತೆ", "mr": "खात्या", "ta": "கணக்கி", "te": "ఖాతా"}
 
 
-@pytest.mark.parametrize("key", REFUND_KEYS)
+# The cancel questions and tracking texts said so too (the chat's and the call's cancel
+# with a rider's fee or after our team gave the money back, a stuck relay ended, no rider
+# after a refund from the dashboard), and the call's "cancelled" named the account in
+# English only. The fee_only questions give nothing back, so they name no account.
+MORE_REFUND_KEYS = (*(f"{c}.cancel.{k}" for c in ("bot", "ivr") for k in ("fee", "paid_back")),
+                    "bot.cancel.refund", "booking.status.stuck_ended",
+                    "booking.status.no_rider_no_refund", "ivr.cancel.done_refund")
+NOTHING_BACK_KEYS = ("bot.cancel.fee_only", "ivr.cancel.fee_only")
+# "To you" / "your money" in each language, as these texts said it.
+TO_YOU_IN = {"en": TO_YOU.pattern, "hi": "आपको|आपके पैसे", "bn": "আপনি|আপনাকে|আপনার (টাকা|কাছে)",
+             "gu": "તમને|તમારા પૈસા", "kn": "ನಿಮಗೆ|ನಿಮ್ಮ ಹಣ", "mr": "तुम्हाला|तुमचे पैसे",
+             "ta": "உங்களுக்கு|உங்கள் பண", "te": "మీకు|మీ డబ్బు"}
+
+
+@pytest.mark.parametrize("key", REFUND_KEYS + MORE_REFUND_KEYS)
 def test_english_refund_texts_say_the_account_it_was_paid_from_not_you(key: str) -> None:
     text = i18n.raw(key, "en")
     assert not TO_YOU.search(text), text
@@ -53,6 +73,21 @@ def test_every_language_names_the_account_in_the_refund_texts(lang: str) -> None
     assert ACCOUNT[lang] in i18n.raw("payment.refunded", lang)  # the session-36 word
     missing = [k for k in REFUND_KEYS if ACCOUNT[lang] not in i18n.raw(k, lang)]
     assert not missing, f"{lang}: {missing}"
+
+
+@pytest.mark.parametrize("lang", i18n.LANGUAGES)
+def test_every_language_names_the_account_in_the_cancel_and_tracking_texts(lang: str) -> None:
+    missing = [k for k in MORE_REFUND_KEYS if ACCOUNT[lang] not in i18n.raw(k, lang)]
+    assert not missing, f"{lang}: {missing}"
+
+
+@pytest.mark.parametrize("lang", i18n.LANGUAGES)
+def test_no_refund_or_cancel_text_says_the_money_comes_back_to_you(lang: str) -> None:
+    assert set(TO_YOU_IN) == set(i18n.LANGUAGES)
+    to_you = re.compile(TO_YOU_IN[lang], re.I)
+    said = {k: i18n.raw(k, lang) for k in REFUND_KEYS + MORE_REFUND_KEYS + NOTHING_BACK_KEYS}
+    bad = {k: v for k, v in said.items() if to_you.search(v)}
+    assert not bad, f"{lang}: {bad}"
 
 
 def _booking_id(ref: str) -> int:
