@@ -35,6 +35,7 @@ from tests.conftest import run_jobs
 from tests.test_ivr import Caller, phone, prompts, t  # noqa: F401
 from tests.test_ivr_cancel import DROP, said
 from tests.test_ivr_link_other import SON, _booked, _send_to
+from tests.test_payer_s36 import _booking_id, _to
 from tests.test_payments_support import paid_booking, pay, run
 
 REFUND_KEYS = ("payment.after_cancel", "payment.extra", "payment.wrong_amount_no_link",
@@ -88,20 +89,6 @@ def test_no_refund_or_cancel_text_says_the_money_comes_back_to_you(lang: str) ->
     said = {k: i18n.raw(k, lang) for k in REFUND_KEYS + MORE_REFUND_KEYS + NOTHING_BACK_KEYS}
     bad = {k: v for k, v in said.items() if to_you.search(v)}
     assert not bad, f"{lang}: {bad}"
-
-
-def _booking_id(ref: str) -> int:
-    with transaction() as s:
-        bid = s.scalar(select(Booking.id).where(Booking.reference == ref))
-    assert bid is not None
-    return bid
-
-
-def _to(booking_id: int, number: str) -> list[str]:
-    with transaction() as s:
-        return list(s.scalars(select(OutboxMessage.body).where(
-            OutboxMessage.booking_id == booking_id, OutboxMessage.to_addr == number)
-            .order_by(OutboxMessage.id)))
 
 
 @pytest.mark.db
