@@ -15,6 +15,13 @@ now says no "to you"), two tracking texts (``booking.status.stuck_ended`` and
 ``no_rider_no_refund``) and the call's ``ivr.cancel.done_refund``, which named the account
 in English only: they say it the same way now.
 
+Tracking a refunded booking (``booking.status.refunded``, ``stuck_refunded``,
+``fee_refunded``: "your money has been returned", "the rest has been returned to you"), the
+"no rider near you" notice before paying (``*.confirm.no_rider``) and the late rider's SMS
+(``dispatch.customer_rider_late``: "all your money comes back") name the account now too;
+the cancel answered after the amounts moved (``*.cancel.changed``) says "the amount that
+goes back has changed", not "what you get back".
+
 The dedupe key of a link sent to another mobile is built in one place
 (notify.link_other_prefix): what ivr.VoicePorts.send_link_to writes, link_payers finds.
 """
@@ -60,8 +67,21 @@ TO_YOU_IN = {"en": TO_YOU.pattern, "hi": "आपको|आपके पैसे
              "gu": "તમને|તમારા પૈસા", "kn": "ನಿಮಗೆ|ನಿಮ್ಮ ಹಣ", "mr": "तुम्हाला|तुमचे पैसे",
              "ta": "உங்களுக்கு|உங்கள் பண", "te": "మీకు|మీ డబ్బు"}
 
+# Tracking a refunded booking, the notice of no rider near before paying and the late
+# rider's SMS said "your money" / "all your money comes back" as well.
+STATUS_REFUND_KEYS = (*(f"booking.status.{s}" for s in ("refunded", "stuck_refunded",
+                                                        "fee_refunded")),
+                      "dispatch.customer_rider_late")
+# The no-rider notices say "near you" and "you can book later" (bn: "আপনার কাছাকাছি",
+# "আপনি"), so TO_YOU_IN does not fit them: they are checked for the account word.
+NO_RIDER_KEYS = ("bot.confirm.no_rider", "ivr.confirm.no_rider")
+CHANGED_KEYS = ("bot.cancel.changed", "ivr.cancel.changed")  # "what you get back has changed"
+# "You get (it) back" where the texts said so without a "you": Hindi's "वापस मिलेंगे".
+GET_BACK_IN = {"hi": "वापस मिल", "bn": "ফেরত পাবেন", "gu": "પાછા મળ", "mr": "परत मिळ"}
 
-@pytest.mark.parametrize("key", REFUND_KEYS + MORE_REFUND_KEYS)
+
+@pytest.mark.parametrize("key", REFUND_KEYS + MORE_REFUND_KEYS + STATUS_REFUND_KEYS
+                         + NO_RIDER_KEYS)
 def test_english_refund_texts_say_the_account_it_was_paid_from_not_you(key: str) -> None:
     text = i18n.raw(key, "en")
     assert not TO_YOU.search(text), text
@@ -78,7 +98,8 @@ def test_every_language_names_the_account_in_the_refund_texts(lang: str) -> None
 
 @pytest.mark.parametrize("lang", i18n.LANGUAGES)
 def test_every_language_names_the_account_in_the_cancel_and_tracking_texts(lang: str) -> None:
-    missing = [k for k in MORE_REFUND_KEYS if ACCOUNT[lang] not in i18n.raw(k, lang)]
+    missing = [k for k in MORE_REFUND_KEYS + STATUS_REFUND_KEYS + NO_RIDER_KEYS
+               if ACCOUNT[lang] not in i18n.raw(k, lang)]
     assert not missing, f"{lang}: {missing}"
 
 
@@ -86,9 +107,25 @@ def test_every_language_names_the_account_in_the_cancel_and_tracking_texts(lang:
 def test_no_refund_or_cancel_text_says_the_money_comes_back_to_you(lang: str) -> None:
     assert set(TO_YOU_IN) == set(i18n.LANGUAGES)
     to_you = re.compile(TO_YOU_IN[lang], re.I)
-    said = {k: i18n.raw(k, lang) for k in REFUND_KEYS + MORE_REFUND_KEYS + NOTHING_BACK_KEYS}
+    said = {k: i18n.raw(k, lang) for k in REFUND_KEYS + MORE_REFUND_KEYS + NOTHING_BACK_KEYS
+            + STATUS_REFUND_KEYS + CHANGED_KEYS}
     bad = {k: v for k, v in said.items() if to_you.search(v)}
     assert not bad, f"{lang}: {bad}"
+
+
+@pytest.mark.parametrize("lang", sorted(GET_BACK_IN))
+def test_no_refund_text_says_you_get_the_money_back(lang: str) -> None:
+    get_back = re.compile(GET_BACK_IN[lang])
+    keys = (REFUND_KEYS + MORE_REFUND_KEYS + NOTHING_BACK_KEYS + STATUS_REFUND_KEYS
+            + NO_RIDER_KEYS + CHANGED_KEYS)
+    bad = {k: i18n.raw(k, lang) for k in keys if get_back.search(i18n.raw(k, lang))}
+    assert not bad, f"{lang}: {bad}"
+
+
+def test_the_changed_amount_is_the_amount_that_goes_back() -> None:
+    for key in CHANGED_KEYS:
+        text = i18n.raw(key, "en")
+        assert not TO_YOU.search(text) and "the amount that goes back" in text.lower(), text
 
 
 @pytest.mark.db
