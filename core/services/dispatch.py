@@ -2622,6 +2622,39 @@ def not_understood(session: Session, partner: PartnerProfile) -> Reply:
     return _r("dispatch.unknown")
 
 
+def code_help(session: Session, partner: PartnerProfile,
+              numbers: tuple[str, ...] = ()) -> list[Reply]:
+    """What a rider with a job in hand hears when he says he has no code ("no code",
+    "code nahi mila", "OTP nahi aaya"): for the job named (else each of his jobs), who has
+    the code of his step (pickup: who gives him the parcel; drop: who takes it) and to
+    call ops for a new one; a locked job, to call ops; a relay carrier whose next rider is
+    not found yet, to keep the parcel (nobody has that code yet). Never CANCEL's hint: the
+    job is his to finish. No try is counted. Empty with no job in hand or with an offer
+    open: the offer's answer decides then ("NO code" declines it), as before."""
+    if open_offers_of(session, partner):
+        return []
+    legs = active_legs_of(session, partner)
+    named = {_job_number(n) for n in numbers}
+    legs = [leg for leg in legs if leg.id in named] or legs
+    ops_phone = get_settings().ops_phone
+    out = []
+    for leg in legs:
+        job = job_code(leg)
+        if leg.status == LegStatus.LOCKED.value:
+            out.append(_r("dispatch.otp_locked", job=job, ops_phone=ops_phone))
+        elif leg.status == LegStatus.ASSIGNED.value:  # handed over to him too: PICK first
+            out.append(_r("dispatch.code_help_pick", job=job, ops_phone=ops_phone))
+        elif (waiting_for := _next_leg_untaken(session, leg)) is not None:
+            booking = session.get(Booking, leg.booking_id)
+            assert booking is not None
+            out.append(_r("dispatch.carrier_wait", job=job,
+                          point=place(session, booking, waiting_for, "from"),
+                          ops_phone=ops_phone))
+        else:
+            out.append(_r("dispatch.code_help_drop", job=job, ops_phone=ops_phone))
+    return out
+
+
 def accept(session: Session, partner: PartnerProfile, code: str | None) -> Reply:
     """The partner says yes. The first valid acceptance wins; later ones hear it is taken.
 

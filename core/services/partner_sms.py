@@ -106,6 +106,8 @@ def handle(session: Session, msg: InboundMessage) -> list[str]:
         if replies is None:
             replies = _code_while_offered(session, person, partner, cmd, msg.body, lang)
         if replies is None:
+            replies = _code_step_help(session, partner, cmd, msg.body, lang)
+        if replies is None:
             replies = _run(session, partner, cmd, lang)
         savepoint.commit()
         return replies
@@ -642,6 +644,18 @@ def _code_while_offered(session: Session, person: Person | None, partner, cmd, b
     log.info("a code asked for with an offer open: the offer stays open",
              extra={"partner_id": partner.id, "offer_id": offers[0].id})
     return [i18n.t(key, lang, job=job)]
+
+
+def _code_step_help(session: Session, partner, cmd, body: str, lang: str) -> list[str] | None:
+    """A rider with a job in hand and no offer open who says he has no code ("no code",
+    "code nahi mila", "OTP nahi aaya"): who has his step's code, and to call ops if they
+    have none (dispatch.code_help), never a no that CANCEL's hint answers, and no try
+    counted. None for anything else: a message naming a command ("PICK code nahi mila"),
+    no job in hand, or an offer open (_code_while_offered, or a no to it: "NO code")."""
+    if cmd.kind not in _CODE_ASKED_AS or not asks_for_code(body) or _names_a_command(cmd):
+        return None
+    return [reply.render(lang) for reply in dispatch.code_help(session, partner, cmd.numbers)] \
+        or None
 
 
 # "Job 57": with the offer's number, these name it (no STATUS command).
