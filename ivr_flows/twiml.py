@@ -101,11 +101,14 @@ def render(turn: VoiceTurn) -> str:
     root = str(audio.cache_dir())  # looked up once for all the turn's prompts
     goodbye = i18n.t("voice.goodbye", turn.lang)
     if turn.action == "gather":
-        options: dict[str, Any] = {"finish_on_key": "#"}
         if turn.keypad == 1:
-            options.update(num_digits=1, timeout=KEY_TIMEOUT_S)
+            # No finishing key: a "#" pressed alone is sent as the answer ("#", a wrong
+            # key), not taken as the end of nothing (an empty answer, heard as silence:
+            # "no key was pressed"). Twilio's finishOnKey="" turns it off.
+            options: dict[str, Any] = {"finish_on_key": "", "num_digits": 1,
+                                       "timeout": KEY_TIMEOUT_S}
         else:
-            options.update(timeout=ENTRY_TIMEOUT_S)
+            options = {"finish_on_key": "#", "timeout": ENTRY_TIMEOUT_S}
         action = webhook_url(GATHER_PATH, turn=turn.next_turn, lang=turn.lang)
         gather = response.gather(input="dtmf", action=action, method="POST",
                                  action_on_empty_result=True, **options)

@@ -15,14 +15,14 @@ effects, in one INSERT whose unique key is the last word on a duplicate (an answ
 reads out a pickup code is stored under CODE_CHANNEL and blanked once the call ends: see
 forget_code_answers). Channel rules
 live here, not in the dialog: silence repeats the prompt at most twice and then offers a
-person (or ends the call), ``*`` repeats (keys after it in a Gather of several digits are
-the answer), at the language list silence and keys it has not get the list again, a call
-has at most ``MAX_TURNS`` turns (a 9 to a page of a village list not heard yet is none) for
-each thing done in it (a booking made, cancelled or tracked: _finished). A booking
-made in a turn whose answer the caller may not have heard (the line dropped as they
-pressed "book") is said at the start of their next call (UNHEARD), and the number's
-Fallback URL answers a turn that was done with its stored answer, waiting a few seconds
-for one still running (answer_on_record).
+person (or ends the call; so do MAX_MISSES wrong keys at that offer), ``*`` repeats (keys
+after it in a Gather of several digits are the answer), at the language list silence and
+keys it has not get the list again, a call has at most ``MAX_TURNS`` turns (a 9 to a page
+of a village list not heard yet is none) for each thing done in it (a booking made,
+cancelled or tracked: _finished). A booking made in a turn whose answer the caller may
+not have heard (the line dropped as they pressed "book") is said at the start of their
+next call (UNHEARD), and the number's Fallback URL answers a turn that was done with its
+stored answer, waiting a few seconds for one still running (answer_on_record).
 Nothing here calls the network.
 """
 
@@ -963,6 +963,13 @@ def _answer(state: DialogState, ports: VoicePorts, person: Person,
         return engine.ask_again(VOICE_DIALOG, ctx, step)
     outs = engine.turn(VOICE_DIALOG, state, UserInput(text=keys.rstrip("#")), ports,
                        ctx.lang)
+    if (step.name == VOICE_DIALOG.offer_person == state.step
+            and state.misses >= engine.MAX_MISSES):
+        # The engine offers a person after MAX_MISSES misses, and so never gives up at
+        # the offer itself: wrong keys there would loop to MAX_TURNS. They end the call
+        # as silence there does.
+        state.data["call_action"] = "hangup"
+        return [Say(VOICE_DIALOG.not_understood), Say("ivr.no_answer")]
     _told_to_wait(call_state, state, state.data.pop(TOLD_TO_WAIT, None))
     _page_turn(call_state, state.data.pop(PAGE_TURNED, None))
     _finished(call_state, state.data.pop(FINISHED, None))
@@ -1087,10 +1094,11 @@ def end_call(session: Session, phone: str, sid: str, status: str) -> bool:
         return False
     state = load_state(conv)
     dial = state.data.get("dial") or {}
-    if dial.get("sid") == sid and not dial.get("taken"):
+    if dial.get("sid") == sid and (not dial.get("taken") or DIAL_DONE in dial):
         # The caller hung up while the operators' phone rang (or heard who calls): a key
         # pressed there now takes nobody. A taken one stays for dial_ended, which Twilio
-        # may call after this callback.
+        # may call after this callback, until it has answered (DIAL_DONE): the call is
+        # over, and a retry of that answer would play to nobody.
         state.data.pop("dial")
         if (state.data.get("call") or {}).get("sid") != sid:
             save_state(conv, state)
@@ -1111,6 +1119,11 @@ def ops_language() -> str:
     return chosen if chosen in i18n.LANGUAGES else i18n.DEFAULT_LANGUAGE
 
 
+# state.data["dial"][DIAL_DONE]: how the <Dial> ended ("taken" or "not_taken"), as
+# dial_ended first told it; a retry of that request hears the same and changes nothing.
+DIAL_DONE = "done"
+
+
 def operator_took(conv_id: int, sid: str) -> bool:
     """Someone at the operators' phone pressed the key that takes the caller of
     conversation ``conv_id``'s call ``sid``: noted on the call, for dial_ended. False when
@@ -1121,7 +1134,7 @@ def operator_took(conv_id: int, sid: str) -> bool:
             return False
         state = load_state(conv)
         dial = state.data.get("dial") or {}
-        if dial.get("sid") != sid:
+        if dial.get("sid") != sid or DIAL_DONE in dial:  # over: dial_ended told the caller
             return False
         dial["taken"] = True
         save_state(conv, state)
@@ -1145,16 +1158,21 @@ def dial_ended(phone: str | None, status: str, lang: str, sid: str | None = None
                 .with_for_update())
             state = load_state(conv) if conv is not None else None
             dial = (state.data.get("dial") or {}) if state is not None else {}
-            # Answered is not enough: a voicemail or a switched-off phone's network message
-            # answers too. Only a key pressed at the operators' phone (operator_took) says
-            # a person took the caller.
-            taken = bool(dial.get("taken")) and (sid is None or dial.get("sid") == sid)
-            if conv is not None and state is not None and dial.get("sid") == sid:
-                state.data.pop("dial")  # done with
-                save_state(conv, state)
-            waiting = handoff.open_handoff(session, conv) if taken and conv else None
-            if waiting is not None and waiting.operator is None:
-                waiting.operator = ANSWERED_BY_PHONE
+            if dial.get("sid") == sid and DIAL_DONE in dial:
+                # Twilio's retry of this request (our first answer was late or lost): the
+                # same answer, and nothing done again.
+                taken = dial[DIAL_DONE] == "taken"
+            else:
+                # Answered is not enough: a voicemail or a switched-off phone's network
+                # message answers too. Only a key pressed at the operators' phone
+                # (operator_took) says a person took the caller.
+                taken = bool(dial.get("taken")) and (sid is None or dial.get("sid") == sid)
+                if conv is not None and state is not None and dial.get("sid") == sid:
+                    dial[DIAL_DONE] = "taken" if taken else "not_taken"
+                    save_state(conv, state)
+                waiting = handoff.open_handoff(session, conv) if taken and conv else None
+                if waiting is not None and waiting.operator is None:
+                    waiting.operator = ANSWERED_BY_PHONE
     if not taken:
         info = {"minutes": handoff.reply_minutes(), **handoff.team_hours()}
         return VoiceTurn(lang, [person_said(info, "ivr.person.busy", "ivr.person.after_hours")],
