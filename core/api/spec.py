@@ -317,7 +317,9 @@ _NUL = "must not contain a NUL character"
 def _reject_nul(data: dict[str, Any]) -> None:
     """Refuse (422, naming the field) a NUL in any string, key or value: no PostgreSQL text
     column takes one, and it would fail there as a 500. Pydantic lets it through (a lone
-    surrogate it refuses itself). Iterative: a deeply nested body must not overflow."""
+    surrogate in a value it refuses itself, naming the field; in a name it could say only
+    that some string is not valid, so a name is checked for one here too). Iterative: a
+    deeply nested body must not overflow."""
     stack: list[tuple[tuple[Any, ...], Any]] = [((), data)]
     while stack:
         loc, item = stack.pop()
@@ -326,12 +328,24 @@ def _reject_nul(data: dict[str, Any]) -> None:
             for key, value in item.items():
                 if "\x00" in key:
                     raise _field_error(loc, f"a field name {_NUL}")
+                if not _is_text(key):  # "\ud800x": not said back (no reply or log holds it)
+                    raise _field_error(loc, "a field name is not valid text (it holds a "
+                                       "lone surrogate \\uD800-\\uDFFF)")
                 children.append(((*loc, key), value))
         elif isinstance(item, list):
             children = [((*loc, i), value) for i, value in enumerate(item)]
         elif isinstance(item, str) and "\x00" in item:
             raise _field_error(loc, _NUL)
         stack.extend(reversed(children))  # report the first bad field in document order
+
+
+def _is_text(name: str) -> bool:
+    """Whether ``name`` is Unicode text: JSON's \\u escapes can make a lone surrogate."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 class _Repeated(dict[str, Any]):
@@ -355,14 +369,14 @@ def _object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 
 def _reject_repeated(data: dict[str, Any]) -> None:
     """Refuse (422, naming it) the first field given twice in an object, at any depth.
-    Run after _reject_nul: a name said back holds no NUL."""
+    Run after _reject_nul: a name said back holds no NUL, nor a lone surrogate."""
     stack: list[tuple[tuple[Any, ...], Any]] = [((), data)]
     while stack:
         loc, item = stack.pop()
         children: list[tuple[tuple[Any, ...], Any]] = []
         if isinstance(item, _Repeated):
             where = (*loc, item.repeated)
-            if not ".".join(map(str, where)).isprintable():  # a lone surrogate: not said
+            if not ".".join(map(str, where)).isprintable():  # a control character: not said
                 raise _field_error((), "a field is given more than once; give it once")
             raise _field_error(where, "given more than once; give it once")
         if isinstance(item, dict):
@@ -382,7 +396,8 @@ def parse_body(model: type[BaseModel]) -> BaseModel:
         raise ApiError(415, "unsupported_media_type", "send the body as application/json")
     raw = request.get_data(cache=True)
     try:
-        data = json.loads(raw.decode("utf-8"), object_pairs_hook=_object) if raw else None
+        # "utf-8-sig": a byte-order mark before the JSON is let be (RFC 8259 section 8.1).
+        data = json.loads(raw.decode("utf-8-sig"), object_pairs_hook=_object) if raw else None
     except (ValueError, RecursionError):
         # ValueError: bad UTF-8, bad JSON, or an integer past Python's 4300-digit limit;
         # RecursionError: arrays or objects nested deeper than the parser goes.
@@ -406,7 +421,7 @@ def refuse_unread_body(query: type[BaseModel] | None) -> None:
     if not raw.strip():
         return
     try:
-        data = json.loads(raw.decode("utf-8"))
+        data = json.loads(raw.decode("utf-8-sig"))  # as parse_body reads it
     except (ValueError, RecursionError):
         data = raw
     if data == {}:
@@ -596,10 +611,12 @@ def openapi_document(prefix: str) -> dict[str, Any]:
                 "content": {"application/json": {"schema": schema_of(ep.response)}},
             }
         codes = set(ep.errors)
-        # Any route refuses a body it does not read (400) and a query it does not take (422).
-        codes |= {400, 422}
+        # Any route refuses a body it does not read (400) and a query it does not take (422),
+        # and answers 413 to a body past MAX_CONTENT_LENGTH: one it reads no body from
+        # reads it to see whether it says anything (refuse_unread_body).
+        codes |= {400, 413, 422}
         if ep.body is not None or ep.raw_body:
-            codes |= {400, 413, 415}
+            codes |= {415}
         if ep.roles is not None:
             codes |= {401, 403}
             op["security"] = [{"bearer": []}]

@@ -129,12 +129,24 @@ def record_location(partner_id: int, lat: float, lng: float, accuracy_m: float,
 def report_location(partner_id: int, lat: float, lng: float, accuracy_m: float,
                     at: datetime) -> Reported:
     """A position the app sent: counted against LOCATION_LIMITS (TooManyFixes, nothing
-    counted), then checked and taken as by record_location."""
+    counted), then checked and taken as by record_location. The last fix taken sent again
+    (its answer was lost) is answered as the first time, not counted: an app retrying on a
+    weak network must not be locked out by its own retries. Any other fix is counted, one
+    refused too (stale, out of order, impossible), so a broken app cannot hammer."""
+    prev = last_fix(partner_id)
+    if prev is not None and _same_fix(prev, lat, lng, at) \
+            and at >= clock.now() - MAX_AGE:  # else refused as stale below, and counted
+        return _record(partner_id, lat, lng, accuracy_m, at)
     wait = hit_sliding_limits([(f"location:{partner_id}:{seconds}", limit, seconds)
                                for limit, seconds in LOCATION_LIMITS])
     if wait:
         raise TooManyFixes(wait)
     return _record(partner_id, lat, lng, accuracy_m, at)
+
+
+def _same_fix(prev: Fix, lat: float, lng: float, at: datetime) -> bool:
+    """Whether a fix sent is ``prev`` again: same time and place (its accuracy may differ)."""
+    return at == prev.at and (lat, lng) == (prev.lat, prev.lng)
 
 
 def _record(partner_id: int, lat: float, lng: float, accuracy_m: float,
@@ -156,7 +168,7 @@ def _record(partner_id: int, lat: float, lng: float, accuracy_m: float,
     trail = _trail(partner_id)
     prev = trail[0] if trail else None
     if prev is not None:
-        if at == prev.at and (lat, lng) == (prev.lat, prev.lng):
+        if _same_fix(prev, lat, lng, at):
             # The same fix sent again (its answer was lost on a weak network and the app
             # retried the PUT): taken already, answered as the first time.
             return Reported(prev, True)
