@@ -881,6 +881,15 @@ _CAME_DONE = frozenset({"gaya", "gayi", "gaye", "gya", "gyi", "gye", "गया"
 # "Kaam nahi" alone stays the HELP's no, and "kaam nahi karna hai" (I will not do the work),
 # "kaam nahi chahiye hai" a no: the no is not right before "hai", or no work word before it.
 _IS_WORDS = frozenset({"hai", "hain", "h", "he", "hae", "है", "हैं"})
+# The words for work and job that "nahi hai" is said of ("kaam nahi hai": there is no
+# work). Not duty ("duty nahi hai": I am not on duty) nor offer ("offer nahi hai"): a no.
+_JOB_WORDS = _WORK_WORDS - {"duty", "ड्यूटी", "ड्युटी", "offer", "offers", "ऑफर"}
+# "Job nahi hai mere liye" (this job is not for me), "kaam nahi hai mere area ka", "job
+# nahi hai for me": a no to the offer, no complaint that no work came.
+_FOR_ME = frozenset((me, what) for me in ("mere", "mera", "meri", "mujhe", "मेरे", "मेरा",
+                                          "मेरी")
+                    for what in ("liye", "liya", "lie", "area", "लिए", "लिये", "एरिया")) \
+    | {("for", "me"), ("for", "my")}
 # "Can't come", "cannot come", "main nahi aa sakta", "aaj nahi aa paunga": he will not come
 # for the offer, a refusal whatever his reason ("can't come, got another job"), as "nahi"
 # is (_cant_come). Kept as token runs ("can't" is "can", "t").
@@ -896,7 +905,32 @@ _CANT_COME = frozenset(tuple(tokens(" ".join(phrase))) for phrase in (
     | {(no, will) for no in _HI_NO
        for will in ("aaunga", "aaungi", "aunga", "aungi", "आऊंगा", "आऊँगा", "आउंगा",
                     "आऊंगी", "आऊँगी")}))
+_WILL_COME = frozenset(" ".join(tokens(w)) for w in (
+    "aaunga", "aaungi", "aunga", "aungi", "आऊंगा", "आऊँगा", "आउंगा", "आऊंगी", "आऊँगी"))
 _CANT_COME_LENGTHS = frozenset(len(phrase) for phrase in _CANT_COME)
+# What makes "can't come" no refusal of the offer (_not_a_refusal): a delay ("cant come
+# now, will come in 10 min", "abhi nahi aa sakta, baad me aata hu", "late nahi aaunga"),
+# a problem on the way or at the door of a job he holds ("gate pe guard hai andar nahi aa
+# sakta", "address nahi mil raha, aage nahi aa sakta") or a question ("kyu nahi aa
+# sakta?"). Such a message is asked again, as before "can't come" declined.
+_DELAY_WORDS = frozenset(" ".join(tokens(w)) for w in {
+    "min", "mins", "minute", "minutes", "minat", "मिनट", "sec", "second", "seconds",
+    "ghanta", "ghante", "ghnte", "hour", "hours", "hr", "hrs", "घंटा", "घंटे", "baje", "बजे",
+    "late", "लेट", "der", "dair", "देर", "baad", "bad", "बाद", "later", "thodi", "थोड़ी",
+    "wait", "ruko", "rukiye", "rukna", "रुको", "रुकिए", "coming", "way", "traffic", "jam",
+    "ट्रैफिक", "जाम", "aata", "aati", "ata", "ati", "आता", "आती", "raha", "rahi", "rha",
+    "rhi", "रहा", "रही", "will", "pahunch", "pahuch", "पहुंच", "पहुँच",
+})
+_PLACE_WORDS = frozenset(" ".join(tokens(w)) for w in {
+    "gate", "guard", "security", "andar", "ander", "inside", "aage", "age", "upar",
+    "address", "location", "loc", "building", "society", "lift", "floor", "entry",
+    "parking", "gali", "raasta", "rasta", "road", "wahan", "waha", "vaha", "vahan",
+    "गेट", "गार्ड", "अंदर", "अन्दर", "आगे", "ऊपर", "एड्रेस", "पता", "लोकेशन", "गली", "रास्ता",
+    "वहाँ", "वहां",
+})
+_ASKING_WORDS = frozenset(" ".join(tokens(w)) for w in {
+    "?", "kyu", "kyun", "kyon", "kyo", "kiyu", "why", "kya", "क्यों", "क्यूं", "क्यूँ", "क्या",
+})
 # "Naa": Hindi's no, and in Latin-letter Tamil "I" ("naa varen": I will come, "naa ok",
 # "naa pick pannuren", "naa on duty"). A no only when every word of the message is one
 # ("naa", "naa naa", "naa ji", "naa nahi"), no number with it. Else it refuses nothing
@@ -1041,8 +1075,11 @@ def _no_work_came(toks: Sequence[str], words: Sequence[str]) -> bool:
 
 def _no_work_is(words: Sequence[str], i: int) -> bool:
     """Whether the "is" word at ``i`` says there is no work: a no right before it and a
-    word for work right before the no ("kaam nahi hai", "koi job nahi h")."""
-    return i >= 2 and words[i - 1] in NEGATORS and words[i - 2] in _WORK_WORDS
+    word for work or job right before the no ("kaam nahi hai", "koi job nahi h"; not
+    "duty nahi hai", "offer nahi hai": _JOB_WORDS), not said of him ("job nahi hai mere
+    liye": the job is not for him, _FOR_ME)."""
+    return i >= 2 and words[i - 1] in NEGATORS and words[i - 2] in _JOB_WORDS \
+        and tuple(words[i + 1:i + 3]) not in _FOR_ME
 
 
 def _cant_come(toks: Sequence[str], words: Sequence[str]) -> bool:
@@ -1052,7 +1089,19 @@ def _cant_come(toks: Sequence[str], words: Sequence[str]) -> bool:
     ("code nahi aa sakta" is about a code)."""
     runs = {tuple(toks[i:i + n]) for n in _CANT_COME_LENGTHS for i in range(len(toks) - n + 1)}
     return bool(runs & _CANT_COME) and not _CODE_WORDS.intersection(words) \
-        and set(_kinds_in(words)) <= {Kind.STATUS, Kind.DECLINE}
+        and set(_kinds_in(words)) <= {Kind.STATUS, Kind.DECLINE} \
+        and not _not_a_refusal(toks, words)
+
+
+def _not_a_refusal(toks: Sequence[str], words: Sequence[str]) -> bool:
+    """Whether a "can't come" is said of a delay, a problem on the way or at a job's door,
+    or asked (_DELAY_WORDS, _PLACE_WORDS, _ASKING_WORDS): "cant come now, will come in 10
+    min", "gate pe guard hai andar nahi aa sakta", "kyu nahi aa sakta". A "will come" that
+    is no "won't come" ("aaunga" after no no: "baad me aaunga") is a delay too."""
+    if (_DELAY_WORDS | _PLACE_WORDS | _ASKING_WORDS).intersection(toks):
+        return True
+    return any(w in _WILL_COME and (i == 0 or words[i - 1] not in _HI_NO)
+               for i, w in enumerate(words))
 
 
 def _not_came(words: Sequence[str], i: int) -> bool:
