@@ -22,6 +22,13 @@ Tracking a refunded booking (``booking.status.refunded``, ``stuck_refunded``,
 the cancel answered after the amounts moved (``*.cancel.changed``) says "the amount that
 goes back has changed", not "what you get back".
 
+The last ones: a relay cancelled halfway (``dispatch.customer_stuck_cancelled``: "{refund}
+comes back"), a payment after the time to pay or of the wrong amount
+(``payment.after_expiry``, ``payment.wrong_amount``: "you paid {refund} ... It comes
+back") and an ops cancel with a rider's fee (``bot.cancel.done_fee``: "the account that
+paid" in English, no account but in Hindi) name the account as the others do, and the
+payment texts say "{refund} was paid", not who paid it.
+
 The dedupe key of a link sent to another mobile is built in one place
 (notify.link_other_prefix): what ivr.VoicePorts.send_link_to writes, link_payers finds.
 """
@@ -79,9 +86,22 @@ CHANGED_KEYS = ("bot.cancel.changed", "ivr.cancel.changed")  # "what you get bac
 # "You get (it) back" where the texts said so without a "you": Hindi's "वापस मिलेंगे".
 GET_BACK_IN = {"hi": "वापस मिल", "bn": "ফেরত পাবেন", "gu": "પાછા મળ", "mr": "परत मिळ"}
 
+# The halfway relay's cancel, a payment after the time to pay or of the wrong amount, and
+# the ops cancel with a rider's fee ("the account that paid" in English, none in six).
+LAST_REFUND_KEYS = ("dispatch.customer_stuck_cancelled", "payment.after_expiry",
+                    "payment.wrong_amount", "bot.cancel.done_fee", "bot.cancel.done_refund")
+# The texts about a payment that goes back say what was paid, not who paid it.
+PAID_KEYS = ("payment.after_cancel", "payment.extra", "payment.wrong_amount_no_link",
+             "payment.after_expiry", "payment.wrong_amount")
+# "You paid {refund}" / "your {refund}" in each language, as these texts said it.
+YOU_PAID_IN = {"en": r"you paid|your \{refund\}", "hi": r"आपने|आपके \{refund\}",
+               "bn": r"আপনি|আপনার \{refund\}", "gu": r"તમે|તમારા \{refund\}",
+               "kn": r"ಕಟ್ಟಿದ್ದೀರಿ|ನಿಮ್ಮ \{refund\}", "mr": r"तुम्ही|तुमचे \{refund\}",
+               "ta": r"நீங்கள்|உங்கள் \{refund\}", "te": r"మీరు|మీ \{refund\}"}
+
 
 @pytest.mark.parametrize("key", REFUND_KEYS + MORE_REFUND_KEYS + STATUS_REFUND_KEYS
-                         + NO_RIDER_KEYS)
+                         + NO_RIDER_KEYS + LAST_REFUND_KEYS)
 def test_english_refund_texts_say_the_account_it_was_paid_from_not_you(key: str) -> None:
     text = i18n.raw(key, "en")
     assert not TO_YOU.search(text), text
@@ -99,7 +119,7 @@ def test_every_language_names_the_account_in_the_refund_texts(lang: str) -> None
 @pytest.mark.parametrize("lang", i18n.LANGUAGES)
 def test_every_language_names_the_account_in_the_cancel_and_tracking_texts(lang: str) -> None:
     missing = [k for k in MORE_REFUND_KEYS + STATUS_REFUND_KEYS + NO_RIDER_KEYS
-               if ACCOUNT[lang] not in i18n.raw(k, lang)]
+               + LAST_REFUND_KEYS if ACCOUNT[lang] not in i18n.raw(k, lang)]
     assert not missing, f"{lang}: {missing}"
 
 
@@ -108,7 +128,7 @@ def test_no_refund_or_cancel_text_says_the_money_comes_back_to_you(lang: str) ->
     assert set(TO_YOU_IN) == set(i18n.LANGUAGES)
     to_you = re.compile(TO_YOU_IN[lang], re.I)
     said = {k: i18n.raw(k, lang) for k in REFUND_KEYS + MORE_REFUND_KEYS + NOTHING_BACK_KEYS
-            + STATUS_REFUND_KEYS + CHANGED_KEYS}
+            + STATUS_REFUND_KEYS + CHANGED_KEYS + LAST_REFUND_KEYS}
     bad = {k: v for k, v in said.items() if to_you.search(v)}
     assert not bad, f"{lang}: {bad}"
 
@@ -117,9 +137,22 @@ def test_no_refund_or_cancel_text_says_the_money_comes_back_to_you(lang: str) ->
 def test_no_refund_text_says_you_get_the_money_back(lang: str) -> None:
     get_back = re.compile(GET_BACK_IN[lang])
     keys = (REFUND_KEYS + MORE_REFUND_KEYS + NOTHING_BACK_KEYS + STATUS_REFUND_KEYS
-            + NO_RIDER_KEYS + CHANGED_KEYS)
+            + NO_RIDER_KEYS + CHANGED_KEYS + LAST_REFUND_KEYS)
     bad = {k: i18n.raw(k, lang) for k in keys if get_back.search(i18n.raw(k, lang))}
     assert not bad, f"{lang}: {bad}"
+
+
+@pytest.mark.parametrize("lang", i18n.LANGUAGES)
+def test_no_payment_text_says_you_paid(lang: str) -> None:
+    assert set(YOU_PAID_IN) == set(i18n.LANGUAGES)
+    you_paid = re.compile(YOU_PAID_IN[lang], re.I)
+    bad = {k: i18n.raw(k, lang) for k in PAID_KEYS if you_paid.search(i18n.raw(k, lang))}
+    assert not bad, f"{lang}: {bad}"
+
+
+def test_english_payment_texts_say_what_was_paid() -> None:
+    for key in PAID_KEYS[2:]:  # the wrong amounts and the payment after the time to pay
+        assert "{refund} was paid" in i18n.raw(key, "en"), key
 
 
 def test_the_changed_amount_is_the_amount_that_goes_back() -> None:
