@@ -770,7 +770,15 @@ def run_command(args: argparse.Namespace) -> int:
         from core.services import retention
 
         check_schema()
-        print(json.dumps(retention.run()))
+        try:
+            print(json.dumps(retention.run()))
+        except retention.RetentionIncomplete as err:
+            # Redis away: the database steps ran; one line says so (what failed, what was
+            # done), not the traceback of the Redis error and of this one raised from it.
+            away = service_away(err.__cause__) if err.__cause__ is not None else None
+            print(f"{args.cmd}: {err.message}: {json.dumps(err.done)}"
+                  + (f"; {away}" if away else ""), file=sys.stderr)
+            return 1
     elif args.cmd in ("add-operator", "remove-operator", "sign-out-person", "add-point",
                       "rate-card", "add-partner", "set-payout-account", "clear-payout-account",
                       "set-home-point", "close-point", "move-point", "rename-point",

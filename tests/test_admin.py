@@ -384,7 +384,7 @@ def test_ops_sign_a_partner_up(client, operator):
 
     again = client.post(f"{API}/ops/partners", json={**BODY, "phone": RIDER},
                         headers=headers)
-    assert again.status_code == 409 and again.get_json()["error"]["code"] == "conflict"
+    assert again.status_code == 409 and again.get_json()["error"]["code"] == "partner_exists"
     assert count(PartnerProfile) == 1 and len(audit_rows()) == 3  # point, operator, partner
 
 

@@ -612,10 +612,20 @@ def ops_handoff_close(handoff_id: int, query: CloseQuery) -> Done | Response:
     return done
 
 
+class UnlockIn(Strict):
+    """Why a leg is unlocked; the body is optional (apps send none)."""
+
+    note: str | None = Field(default=None, min_length=3, max_length=300,
+                             description="why, for the audit log (numbers kept masked)")
+
+
 @endpoint(bp, "POST", "/ops/legs/<int:leg_id>/unlock",
-          summary="Unlock a leg locked by wrong OTPs (new codes are sent)", roles=OPS,
-          response=LegRow, tags=("ops",), errors=(404, 409))
-def ops_unlock_leg(leg_id: int) -> LegRow:
+          summary="Unlock a leg locked by wrong OTPs (new codes are sent); the body, "
+                  "{\"note\": ...} saying why (audited leg.unlock, numbers masked), may be "
+                  "left out", roles=OPS,
+          body=UnlockIn, body_optional=True, response=LegRow, tags=("ops",),
+          errors=(404, 409, 422))
+def ops_unlock_leg(leg_id: int, body: UnlockIn) -> LegRow:
     with transaction() as session:
         try:
             leg = dispatch.unlock_leg(session, leg_id, ops_actor())
@@ -627,7 +637,8 @@ def ops_unlock_leg(leg_id: int) -> LegRow:
             raise NotFound("no such leg", code="not_found") from None
         booking = session.get(Booking, leg.booking_id)
         assert booking is not None
-        audit(session, "leg.unlock", f"leg:{leg.id}", booking=booking.reference)
+        audit(session, "leg.unlock", f"leg:{leg.id}", booking=booking.reference,
+              **({"note": body.note} if body.note else {}))
         return LegRow(id=leg.id, booking_reference=booking.reference, sequence=leg.sequence,
                       status=LegStatus(leg.status), partner_id=leg.partner_id,
                       payout_paise=leg.payout_paise, otp_failures=leg.otp_failures,
@@ -1029,9 +1040,11 @@ def ops_rename_point(point_id: int, body: RenamePointIn) -> PointRow:
 
 
 @endpoint(bp, "POST", "/ops/partners",
-          summary="Sign a partner up: person, vehicle, home Point (KYC pending, off duty)",
+          summary="Sign a partner up: person, vehicle, home Point (KYC pending, off duty). "
+                  "409 partner_exists (the phone is a partner already), conflict (the "
+                  "phone is an operator's); 422 bad_name (a phone number in the name too)",
           roles=OPS, body=PartnerIn, response=PartnerRow, status=201, tags=("ops",),
-          errors=(409,))
+          errors=(409, 422))
 def ops_add_partner(body: PartnerIn) -> PartnerRow:
     with transaction() as session:
         done = admin.add_partner(session, admin.NewPartner(
@@ -1040,7 +1053,8 @@ def ops_add_partner(body: PartnerIn) -> PartnerRow:
             payout_account=body.payout_account, has_app=body.app),
             actor=f"ops:{principal().person_id}")
         if not done.changed:
-            raise Conflict("this phone is a partner already", code="conflict", field="phone")
+            raise Conflict("this phone is a partner already", code="partner_exists",
+                           field="phone")
         p = session.get(PartnerProfile, done.id)
         assert p is not None
         return partner_row(p, p.person.phone)

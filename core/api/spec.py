@@ -157,6 +157,7 @@ class Endpoint:
     raw_body: tuple[str, ...] = ()  # media types of a binary body (photo uploads)
     raw_limit: BodyLimit | None = None
     headers: tuple[Header, ...] = ()  # request headers it reads, for the document
+    body_optional: bool = False  # no body (or {}) is the body model's defaults
 
     @property
     def openapi_path(self) -> str:
@@ -412,6 +413,18 @@ def parse_body(model: type[BaseModel]) -> BaseModel:
         raise _validation_error(exc, model) from None
 
 
+def _nothing_sent() -> bool:
+    """No body, or ``{}`` (which some clients always send, as refuse_unread_body lets
+    be), whatever its media type."""
+    raw = request.get_data(cache=True)
+    if not raw.strip():
+        return True
+    try:
+        return bool(json.loads(raw.decode("utf-8-sig")) == {})
+    except (ValueError, RecursionError):
+        return False
+
+
 def refuse_unread_body(query: type[BaseModel] | None) -> None:
     """A route that reads no body refuses one that says something: a field sent in the
     body that belongs in the query string (``expected_fee_paise`` of a cancel) would be
@@ -492,8 +505,11 @@ def endpoint(
     raw_body: tuple[str, ...] = (),
     raw_limit: BodyLimit | None = None,
     headers: tuple[Header, ...] = (),
+    body_optional: bool = False,
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """Declare an API endpoint: route, auth, validation, serialisation, and its docs."""
+    """Declare an API endpoint: route, auth, validation, serialisation, and its docs.
+    ``body_optional``: a request with no body (or ``{}``) gets ``body()``, the model's
+    defaults, so a body added to a route that read none keeps its callers working."""
 
     def decorate(func: Callable[..., Any]) -> Callable[..., Any]:
         @wraps(func)
@@ -512,7 +528,8 @@ def endpoint(
             else:
                 refuse_query()
             if body is not None:
-                kwargs["body"] = parse_body(body)
+                kwargs["body"] = body() if body_optional and _nothing_sent() else (
+                    parse_body(body))
             elif not raw_body:
                 refuse_unread_body(query)
             if raw_body:
@@ -532,7 +549,7 @@ def endpoint(
         bp.add_url_rule(path, endpoint=view_name, view_func=view, methods=[method])
         REGISTRY.append(Endpoint(method.upper(), path, func, summary, roles, body, query,
                                  response, status, tags, errors, raw_body, raw_limit,
-                                 headers))
+                                 headers, body_optional))
         return view
 
     return decorate
@@ -598,7 +615,7 @@ def openapi_document(prefix: str) -> dict[str, Any]:
                                          "required": name in required, "schema": prop})
         op["parameters"].extend(h.parameter() for h in ep.headers)
         if ep.body is not None:
-            op["requestBody"] = {"required": True, "content": {
+            op["requestBody"] = {"required": not ep.body_optional, "content": {
                 "application/json": {"schema": request_schema(ep.body)}}}
         if ep.raw_body:
             op["requestBody"] = {"required": True, "content": {

@@ -112,6 +112,8 @@ def add_operator(session: Session, phone: str, name: str | None = None, *,
     if name is not None and len(name) > PERSON_NAME_MAX:  # people.name would refuse it
         raise ValidationError(f"give a name of at most {PERSON_NAME_MAX} characters (or "
                               "none)", code="bad_name", field="name")
+    if name is not None:
+        _without_phone(name)
     person = _person(session, phone)
     if person is not None and person.role == "ops":
         return Outcome(False, person.id, f"{masked} is already an operator (person "
@@ -611,6 +613,13 @@ def _point_name(raw: str) -> str:
         raise ValidationError(f"give a name of 1 to {POINT_NAME_MAX} characters, with a "
                               "letter (a name people say, not a number)", code="bad_name",
                               field="name")
+    return _without_phone(name)
+
+
+def _without_phone(name: str) -> str:
+    """``name``, unless a phone number is in it ("Raju 9812345678"): ValidationError
+    ``bad_name`` then, its number masked. A Point's name, a partner's or an operator's is
+    kept for good (the audit log, people.name) and read out in messages."""
     if mask_phones(name) != name:
         raise ValidationError(f"{mask_phones(name)!r} has a phone number in it: give the "
                               "name without it (the audit log keeps every name for good, "
@@ -749,6 +758,7 @@ def _checked(spec: NewPartner) -> tuple[str, str, VehicleType]:
     if not name or len(name) > NAME_MAX:
         raise ValidationError(f"give a name of 1 to {NAME_MAX} characters", code="bad_name",
                               field="name")
+    _without_phone(name)
     if spec.language not in LANGUAGES:
         raise ValidationError(f"language must be one of {', '.join(LANGUAGES)}",
                               code="bad_language", field="language")

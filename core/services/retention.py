@@ -674,7 +674,12 @@ def photo_job_id(person_id: int) -> str:
 
 
 class RetentionIncomplete(Unavailable):
-    """A daily run that did the database steps but not those on Redis (Redis away)."""
+    """A daily run that did the database steps but not those on Redis (Redis away);
+    ``done``: how many rows each step changed, as run() returns them."""
+
+    def __init__(self, message: str, done: dict[str, int], *, code: str | None = None):
+        super().__init__(message, code=code)
+        self.done = done
 
 
 def run(now: datetime | None = None) -> dict[str, int]:
@@ -747,7 +752,8 @@ def run(now: datetime | None = None) -> dict[str, int]:
     log.info("retention run", extra=done)
     if redis_error is not None:
         raise RetentionIncomplete("retention run: the Redis steps failed (Redis away); the "
-                                  "database steps ran", code="queue_unavailable") from redis_error
+                                  "database steps ran", done,
+                                  code="queue_unavailable") from redis_error
     return done
 
 
