@@ -178,7 +178,17 @@ def _language_handle(ctx: Ctx, inp: UserInput) -> Result:
         return _language_chosen(ctx, LANGUAGES[num - 1])
     # "Tamil please", "मराठी में": as a first message is read (language_mentioned).
     lang = words.language_mentioned(inp.text)
-    return _language_chosen(ctx, lang) if lang else Retry()
+    if lang:
+        return _language_chosen(ctx, lang)
+    if not inp.has_location and words.hinglish(inp.text) and (
+            _BACK_AFTER_LANGUAGE not in ctx.scratch and ctx.state.data.get("lang_guess") != "hi"):
+        # "haan", "parcel bhejna hai": Hindi in Latin letters, no number. Asked as a
+        # Devanagari message is ("shall we talk in Hindi?"), not "not understood". Not
+        # when a question waits for the language (it would be lost with the list), nor
+        # when Hindi was offered already and she asked for the list.
+        ctx.state.data["lang_guess"] = "hi"
+        return Goto("language_guess")
+    return Retry()
 
 
 def _language_chosen(ctx: Ctx, lang: str) -> Result:
@@ -276,16 +286,83 @@ MENU_INTENTS: tuple[frozenset[str], ...] = (
 )
 
 
+# "When will it come?", "has it arrived?": tracking too, though no "where" is said. A
+# word for when ("kab", "কখন", "எப்போ") with one for come, arrive or get ("aayega",
+# "আসবে", "வரும்", "milega"); alone either is too common a word ("kab" in "cancel kab tak
+# kar sakte hain", "aaya" in "samajh aaya"), and a "kab" with no come ("parcel kab
+# bhejna hai") is no tracking. One line per language, romanised then its script.
+_WHEN = frozenset({
+    "kab", "kitne", "कब", "कितने",  # hi ("kitne baje aayega")
+    "when",  # en
+    "kokhon", "kakhon", "কখন", "কবে",  # bn
+    "kevha", "kadhi", "केव्हा", "कधी",  # mr
+    "eppo", "eppa", "eppodhu", "eppothu", "எப்போ", "எப்போது", "எப்ப",  # ta
+    "eppudu", "epudu", "ఎప్పుడు", "ఎప్పుడో",  # te
+    "kyare", "kyaare", "ક્યારે",  # gu
+    "yavaga", "yaavaga", "ಯಾವಾಗ",  # kn
+})
+_COMES = frozenset({
+    "aayega", "ayega", "aaega", "aega", "aayegi", "ayegi", "aaegi", "aegi", "aaya", "aya",
+    "aayi", "aai", "ayi", "milega", "milegi", "mila", "pahunchega", "pahuchega",
+    "pahunchegi", "pahuchegi", "pohchega", "pahuncha", "pahucha", "pahunchi", "pahuchi",
+    "pohcha", "आएगा", "आयेगा", "आएगी", "आयेगी", "आया", "आई", "आयी", "मिलेगा", "मिलेगी",
+    "मिला", "पहुंचेगा", "पहुँचेगा", "पहुंचेगी", "पहुँचेगी", "पहुंचा", "पहुँचा", "पहुंची",
+    "पहुँची",  # hi
+    "come", "comes", "coming", "came", "arrive", "arrives", "arriving", "arrived", "reach",
+    "reaches", "reached", "delivered", "get",  # en
+    "asbe", "ashbe", "ascche", "asche", "eseche", "pouchabe", "pouchbe", "আসবে", "আসছে",
+    "এসেছে", "এলো", "এল", "পৌঁছাবে", "পৌঁছবে", "পৌঁছেছে", "পৌঁছালো", "পাব", "পাবো",  # bn
+    "yeil", "yeel", "yenar", "pohochel", "pochel", "milel", "येईल", "येणार", "आला", "आले",
+    "पोहोचेल", "पोचेल", "पोहोचला", "पोहोचले", "मिळेल",  # mr
+    "varum", "varuma", "vandhucha", "vanthucha", "vanducha", "serum", "kidaikkum",
+    "வரும்", "வருமா", "வந்துச்சா", "வந்ததா", "வந்தது", "சேரும்", "சேருமா", "கிடைக்கும்",  # ta
+    "vastundi", "vasthundi", "vastunda", "vachindi", "vachinda", "వస్తుంది", "వస్తుందా",
+    "వచ్చింది", "వచ్చిందా", "చేరుతుంది", "చేరింది", "చేరిందా", "అందుతుంది",  # te
+    "aavshe", "avshe", "aavse", "avse", "malshe", "આવશે", "આવ્યું", "આવ્યો", "પહોંચશે",
+    "પહોંચ્યું", "મળશે",  # gu
+    "barutte", "baruthe", "bartade", "banta", "bantha", "ಬರುತ್ತೆ", "ಬರುತ್ತದೆ", "ಬರುತ್ತಾ",
+    "ಬಂತಾ", "ಬಂತು", "ತಲುಪುತ್ತೆ", "ತಲುಪುತ್ತದೆ", "ತಲುಪಿದೆ", "ತಲುಪಿತಾ", "ಸಿಗುತ್ತೆ",  # kn
+})
+# "Parcel pahucha kya", "has it arrived yet", "পার্সেল এসেছে কি": come asked as a
+# question, without a when (Tamil, Telugu and Kannada ask it in the word: "வந்ததா").
+_ASKED = frozenset({"kya", "क्या", "yet", "did", "will", "কি", "શું"})
+# English "come" and "get" asked without a when are as often about a pickup ("can the
+# rider come to my house?", "how do I get a parcel sent?"): a when must go with them.
+_COMES_WITH_WHEN = frozenset({"come", "comes", "coming", "get", "reach", "reaches", "arrive",
+                              "arrives"})
+_COME_ASKED = frozenset({
+    "varuma", "vandhucha", "vanthucha", "vanducha", "வருமா", "வந்துச்சா", "வந்ததா",
+    "சேருமா", "vastunda", "vachinda", "వస్తుందా", "వచ్చిందా", "చేరిందా", "ಬರುತ್ತಾ",
+    "ಬಂತಾ", "ತಲುಪಿತಾ", "banta", "bantha"})
+_TRACK = 2  # the menu's option for where a parcel is
+
+
+def asks_when_it_comes(said: set[str], text: str) -> bool:
+    """Whether words ``said`` (of ``text``) ask when a parcel comes or if it came:
+    "kab aayega", "when will it come", "parcel pahucha kya", "এসেছে কি?", "வந்ததா"."""
+    comes = said & _COMES
+    if not comes:
+        return False
+    if said & _WHEN or comes & _COME_ASKED:
+        return True
+    return bool(comes - _COMES_WITH_WHEN) and bool(said & _ASKED or text.rstrip().endswith("?"))
+
+
 def menu_intent(text: str) -> int | None:
     """The menu option a sentence asks for by one of MENU_INTENTS' words (1-4), or None:
     none of them, words of two options ("where do I send it"), or a no or a "not" in it
     ("cancel nahi karna", "cancel mat karo", "don't cancel", "বাতিল করবনা"): the menu is
-    asked again rather than guessed. A "no problem" negates nothing (words.negated)."""
-    if words.negated(text):
-        return None
+    asked again rather than guessed. A "no problem" negates nothing (words.negated).
+    Asked when it comes ("kab aayega", asks_when_it_comes) is tracking, a "not" in it
+    too ("kab aayega, abhi tak nahi aaya")."""
     rest = words.without_no_problem(text)  # "koi baat nahi": no "baat" (talk) asked for
     said = words.tokens(text) if rest is None else set(rest.split())
     found = {i for i, keys in enumerate(MENU_INTENTS, start=1) if said & keys}
+    when = asks_when_it_comes(said, text)
+    if words.negated(text):
+        return _TRACK if when and found <= {_TRACK} else None
+    if when:
+        found.add(_TRACK)
     return found.pop() if len(found) == 1 else None
 
 

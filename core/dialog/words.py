@@ -534,6 +534,24 @@ def guess_language(text: str) -> str | None:
     return max(counts, key=lambda k: counts[k])
 
 
+# Words only Hindi written in Latin letters has ("parcel bhejna hai", "mujhe", "haan"):
+# one of them and no other script is Hindi, asked as a Devanagari message is ("shall we
+# talk in Hindi?"). Not the words other languages write alike: "thik", "accha", "bhai"
+# (Bengali too), "dhanyavad", "namaskar" (Marathi, Kannada), "ha", "na" (Gujarati).
+HINGLISH_WORDS = frozenset({
+    "hai", "hain", "haan", "haanji", "hanji", "nahi", "nahin", "nhi", "kya", "kyu", "kyun",
+    "kaise", "kahan", "kab", "mujhe", "mujhko", "mera", "meri", "mere", "humko", "hamko",
+    "aap", "aapka", "aapko", "karna", "karni", "karo", "kijiye", "chahiye", "chaiye",
+    "bhejna", "bhejni", "bhejana", "namaste", "namastey", "batao", "bataiye", "aayega",
+    "milega", "shukriya"})
+
+
+def hinglish(text: str) -> bool:
+    """Whether ``text`` is Hindi in Latin letters: one of HINGLISH_WORDS, no other
+    script ("mujhe parcel bhejna hai", "haan"; not "hello", "ok")."""
+    return guess_language(text) is None and bool(tokens(text) & HINGLISH_WORDS)
+
+
 def language_in_word(word: str) -> str | None:
     """The language a word names: its name ("தமிழ்") or its name with a case ending
     ("தமிழில்", "मराठीत", "ಕನ್ನಡದಲ್ಲಿ": in Tamil, Marathi, Kannada); else None."""
