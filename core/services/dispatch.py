@@ -1653,17 +1653,18 @@ def stuck_holder(session: Session, booking: Booking) -> Leg | None:
     """The leg whose rider holds the parcel of a relay stuck for want of a rider; None if
     the booking is not stuck.
 
-    Stuck: a leg is picked up (the parcel is in its rider's hands) and a later leg has no
-    rider and its search is past the tier's deadline: paused (or failed), or searching a
-    new round after a pause. A paused search starts again after DISPATCH_RETRY_S (two
-    minutes) and searches a whole deadline before it pauses again, so "paused" alone would
-    be a moment of each round. A later leg still before its first deadline is not stuck.
-    The holder is the latest leg picked up: the rider who has the parcel now."""
+    Stuck: a leg carries the parcel (picked up, or locked at wrong codes with the parcel in
+    its rider's hands: _carrying) and a later leg has no rider and its search is past the
+    tier's deadline: paused (or failed), or searching a new round after a pause. A paused
+    search starts again after DISPATCH_RETRY_S (two minutes) and searches a whole deadline
+    before it pauses again, so "paused" alone would be a moment of each round. A later
+    leg still before its first deadline is not stuck. The holder is the latest leg
+    carrying it: the rider who has the parcel now."""
     legs = _legs(session, booking)
-    # The latest leg picked up: an earlier one still "picked up" is a handover whose
+    # The latest leg carrying it: an earlier one still "picked up" is a handover whose
     # carrier never sent DROP (closed by the next rider's PICK since: _handover_proven).
-    holder = next((leg for leg in reversed(legs) if leg.status == LegStatus.PICKED_UP.value
-                   and leg.partner_id is not None), None)
+    holder = next((leg for leg in reversed(legs) if leg.partner_id is not None
+                   and _carrying(session, leg)), None)
     if holder is None:
         return None
     for leg in legs:
@@ -1696,11 +1697,14 @@ def stuck_relay_ended(session: Session, booking: Booking, holder: Leg, actor: Ac
     safe and call ops, who arrange its return. His fee is paid in full even where a
     refund made outside the service left the booking nothing (payments._stuck_quote: the
     platform's cost); with a real zero fee (the refund floor gave his few paise to the
-    customer) he is not told he gets Rs 0. The caller holds the legs' locks, then the
-    booking's, and has moved the booking to failed."""
-    booking_cancelled(session, booking, actor)
+    customer) he is not told he gets Rs 0. A holder whose leg locked at wrong codes, the
+    parcel in his hands (stuck_holder), fails as one picked up does: his leg fails before
+    the others stop, so it is never cancelled with them (a cancelled leg pays nothing).
+    The caller holds the legs' locks, then the booking's, and has moved the booking to
+    failed."""
     move_leg(session, holder, LegStatus.FAILED, actor,
              "booking ended by ops: the parcel goes back to the sender")
+    booking_cancelled(session, booking, actor)
     partner = session.get(PartnerProfile, holder.partner_id) if holder.partner_id else None
     if partner is not None:
         key = "dispatch.holder_cancelled" if fee_paise > 0 else (
@@ -1980,7 +1984,8 @@ ORDER BY l.id LIMIT 500
 """)
 
 # Legs holding their parcel (picked up, or a relay leg handed the parcel at its Point
-# whose rider has not sent PICK: parcel_in_hand) of bookings whose parcel left the sender
+# whose rider has not sent PICK: parcel_in_hand; or locked at wrong codes with the parcel
+# in hand, picked up before or handed over: _carrying) of bookings whose parcel left the sender
 # longer ago than the tier's delivery hours, ops not yet alerted. Never of a delivered
 # booking: its parcel is with the recipient, whatever a leg still says.
 _LATE_DELIVERIES = text("""
@@ -1992,9 +1997,12 @@ JOIN unnest(CAST(:tiers AS text[]), CAST(:cutoffs AS timestamptz[])) AS c(tier, 
 CROSS JOIN LATERAL (SELECT min(t.at) AS at FROM transitions t
                     WHERE t.entity = 'leg' AND t.entity_id = f.id
                       AND t.to_status = 'picked_up') p
-WHERE (l.status = 'picked_up' OR (l.status = 'assigned' AND EXISTS (
+WHERE (l.status = 'picked_up' OR (l.status IN ('assigned', 'locked') AND EXISTS (
          SELECT 1 FROM legs pv WHERE pv.booking_id = l.booking_id
-           AND pv.sequence = l.sequence - 1 AND pv.status = 'delivered')))
+           AND pv.sequence = l.sequence - 1 AND pv.status = 'delivered'))
+       OR (l.status = 'locked' AND EXISTS (
+         SELECT 1 FROM dispatch_otp_attempts oa WHERE oa.leg_id = l.id
+           AND oa.kind = 'pickup' AND oa.ok)))
   AND b.status <> 'delivered'
   AND p.at < c.cutoff
   AND NOT EXISTS (SELECT 1 FROM outbox_messages o WHERE o.booking_id = l.booking_id
@@ -2097,10 +2105,11 @@ def pickup_late(leg_id: int) -> str:
 
 
 def delivery_late(leg_id: int) -> str:
-    """A leg holding its parcel (``parcel_in_hand``) whose parcel left the sender longer ago
-    than the tier's delivery hours (DISPATCH_DELIVERY_HOURS): ops are alerted once for the
-    leg, and the customer, promised those hours, hears once for the booking (a relay late
-    on two legs broke one promise) that it is late, that ops are on it, and that they will
+    """A leg holding its parcel (``parcel_in_hand``, or locked at wrong codes with the
+    parcel in hand: _carrying) whose parcel left the sender longer ago than the tier's
+    delivery hours (DISPATCH_DELIVERY_HOURS): ops are alerted once for the leg, and the
+    customer, promised those hours, hears once for the booking (a relay late on two legs
+    broke one promise) that it is late, that ops are on it, and that they will
     hear of the delivery; so does a recipient we told of the parcel (_late_to_recipient).
     The parcel is with the partner, so the leg is not offered again.
     Nothing about money: no rule gives anything back for a late parcel."""
@@ -2108,7 +2117,7 @@ def delivery_late(leg_id: int) -> str:
         leg = _lock_leg(session, leg_id)
         if leg is None:
             return "missing"
-        if not parcel_in_hand(session, leg):
+        if not (parcel_in_hand(session, leg) or _carrying(session, leg)):
             return "stale"
         booking = session.get(Booking, leg.booking_id)
         assert booking is not None
