@@ -106,27 +106,33 @@ def _live_code() -> str:
 
 @pytest.mark.db
 @pytest.mark.parametrize("order", ["job_first", "code_first"])
-def test_the_live_jobs_right_code_beside_a_cancelled_job_picks_up(
-        client, live, frozen, order):  # noqa: F811
-    """Before: "job 57 is cancelled", the live job not picked up."""
+def test_codes_beside_a_cancelled_job_cannot_be_guessed(client, live, frozen, order):  # noqa: F811
+    """Review (rnew2a): 047085e picked the live job up when its right code stood beside a
+    cancelled job's number, while a wrong one there cost no try: a rider could guess the
+    code 10,000 ways without the lock. A code beside a cancelled job's number answers
+    "job N is cancelled" whether right or wrong, and picks nothing up."""
     phone, job, code, (live_job,) = _cancelled_and_live(client)
     right = _live_code()
-    assert right != code
-    body = f"PICK {job} {right}" if order == "job_first" else f"PICK {right} {job}"
-    replies = sms(client, phone, body)
-    assert replies != [i18n.t("dispatch.job_cancelled", "en", job=job)]
-    assert _status(live_job) == "picked_up"
-    assert _failures(live_job) == 0
+    wrongs = [f"{i:04d}" for i in range(0, 10000, 7) if f"{i:04d}" not in (right, code)][:6]
+    for guess in [*wrongs, right]:
+        body = f"PICK {job} {guess}" if order == "job_first" else f"PICK {guess} {job}"
+        sms(client, phone, body)
+    assert _status(live_job) == "assigned"
 
 
 @pytest.mark.db
-def test_the_right_code_beside_a_cancelled_job_with_two_live_jobs(
-        client, live, frozen):  # noqa: F811
-    phone, job, _, live_jobs = _cancelled_and_live(client, live_jobs=2)
-    right = _live_code()  # the second live job's
-    sms(client, phone, f"PICK {job} {right}")
-    assert [_status(j) for j in live_jobs] == ["assigned", "picked_up"]
-    assert [_failures(j) for j in live_jobs] == [0, 0]
+def test_a_drop_code_beside_a_cancelled_job_cannot_be_guessed(client, live, frozen):  # noqa: F811
+    from tests.test_dispatch import RECIPIENT
+
+    phone, job, code, (live_job,) = _cancelled_and_live(client)
+    sms(client, phone, f"PICK {live_job} {_live_code()}")
+    assert _status(live_job) == "picked_up"
+    run_jobs()
+    right = last_code(RECIPIENT)
+    for guess in ("0001", "0014", right):
+        if guess != code:
+            sms(client, phone, f"DROP {job} {guess}")
+    assert _status(live_job) == "picked_up"
 
 
 @pytest.mark.db

@@ -3649,26 +3649,6 @@ def _cancelled_beside(session: Session, partner: PartnerProfile, kind: str,
     return cancelled_job_named(session, partner, numbers, kind)
 
 
-def _live_code_beside(session: Session, partner: PartnerProfile, kind: str,
-                      numbers: tuple[str, ...], wanted: tuple[str, ...],
-                      leg: Leg | None = None) -> tuple[Leg, str] | None:
-    """The live leg and its right ``kind`` code among ``numbers`` of a PICK/DROP that also
-    names a cancelled job ("PICK 57 4821": job 57 cancelled, 4821 the code of his live job
-    60): he typed the right code, and the step goes through rather than "job 57 is
-    cancelled". ``leg`` given, only that leg; else each of his legs waiting for the code.
-    None unless exactly one leg and code match (no try is counted by looking)."""
-    from core.services.booking import check_leg_otp
-
-    legs = [leg] if leg is not None else [
-        x for x in active_legs_of(session, partner) if x.status in wanted]
-    right = {(x.id, n): x for x in legs for n in numbers
-             if _is_code(n) and check_leg_otp(x, kind, n)}
-    if len(right) != 1:
-        return None
-    ((_, code), found), = right.items()
-    return found, code
-
-
 def _booking_closed(session: Session, leg: Leg) -> bool:
     """Whether the leg's booking is closed (cancelled, failed...), read as committed now:
     the caller holds the leg's lock, which a cancel takes before the booking's."""
@@ -3711,14 +3691,8 @@ def confirm(session: Session, partner: PartnerProfile, kind: str,
         if coded is not None:  # "PICK 4821": job 4821's code, or the code 4821 of it
             leg, otp = coded, numbers[0]
     if problem is not None and problem.key == "dispatch.no_such_job":
-        # The job named is not one of his now: maybe the customer cancelled it ("PICK
-        # 4821 57"), unless 4821 is the right code of his live job (_live_code_beside).
-        cancelled = cancelled_job_named(session, partner, numbers)
-        live = _live_code_beside(session, partner, kind, numbers, wanted) \
-            if cancelled is not None else None
-        if live is None:
-            return cancelled or problem
-        (leg, otp), problem = live, None
+        # The job named is not one of his now: maybe the customer cancelled it.
+        return cancelled_job_named(session, partner, numbers) or problem
     if problem is not None:
         if problem.key == "dispatch.no_job":  # no job to confirm: maybe one just done,
             # or cancelled ("PICK 57 4821" reads 57 as a code typed short: no job named)
@@ -3726,14 +3700,8 @@ def confirm(session: Session, partner: PartnerProfile, kind: str,
                     or _done_before(session, partner, kind, otp)
                     or cancelled_job_named(session, partner, numbers, kind) or problem)
         if problem.key == "dispatch.which_job":  # "PICK 57 4821", 57 read as a short code
-            cancelled = cancelled_job_named(session, partner, numbers, kind)
-            live = _live_code_beside(session, partner, kind, numbers, wanted) \
-                if cancelled is not None else None
-            if live is None:
-                return cancelled or problem
-            (leg, otp), problem = live, None
-        else:
-            return problem
+            return cancelled_job_named(session, partner, numbers, kind) or problem
+        return problem
     assert leg is not None
     if kind == "pickup" and leg.sequence > 1:
         # A relay PICK may close the leg before it (_handover_proven): that leg's lock
@@ -3778,13 +3746,8 @@ def confirm(session: Session, partner: PartnerProfile, kind: str,
                   point=place(session, booking, waiting_for, "from"),
                   ops_phone=get_settings().ops_phone)
     if otp is None or not (otp.isascii() and otp.isdigit() and len(otp) == 4):
-        cancelled = _cancelled_beside(session, partner, kind, numbers, leg, otp)
-        live = _live_code_beside(session, partner, kind, numbers, wanted, leg) \
-            if cancelled is not None else None
-        if live is None:
-            return cancelled or _r("dispatch.otp_format_pick" if kind == "pickup"
-                                   else "dispatch.otp_format_drop")
-        otp = live[1]  # "PICK 57 4821": job 57 cancelled, 4821 this job's right code
+        return _cancelled_beside(session, partner, kind, numbers, leg, otp) or _r(
+            "dispatch.otp_format_pick" if kind == "pickup" else "dispatch.otp_format_drop")
     from core.services.booking import check_leg_otp
 
     ok = check_leg_otp(leg, kind, otp)
