@@ -178,3 +178,32 @@ def test_a_byte_order_mark_alone_or_twice_is_still_bad_json(client):
     for data in (BOM, BOM + BOM + b'{"phone": "+919812337008"}'):
         r = client.post(f"{API}/auth/otp", data=data, content_type="application/json")
         assert r.status_code == 400 and _error(r)["code"] == "bad_json", (data, r.get_json())
+
+
+@pytest.mark.db
+def test_a_fix_from_a_phone_a_second_ahead_sent_again_is_answered_not_429(
+        client, live, frozen):  # noqa: F811
+    """Review (rnew2b): a fix stamped ahead of our clock is kept as of now, so its retry
+    (the time the app sent) never matched the fix kept, and each copy was counted: the
+    fourth got 429. The time the app sent is kept beside it (LAST_SENT_KEY)."""
+    from datetime import timedelta
+
+    pid, _, h = _app_partner(client)
+    freeze_at(1)
+    fix = {"lat": _north(0.01)[0], "lng": _north(0.01)[1], "accuracy_m": 10,
+           "timestamp": (clock.now() + timedelta(seconds=1)).isoformat()}
+    first = client.put(f"{API}/partners/me/location", headers=h, json=fix)
+    assert first.status_code == 200, first.get_json()
+    codes = []
+    for i in range(8):
+        freeze_at(1.2 + i * 0.1)
+        codes.append(client.put(f"{API}/partners/me/location", headers=h, json=fix).status_code)
+    assert codes == [200] * 8, codes
+    # A new fix at the same place a moment later is a new fix, taken as of its time.
+    freeze_at(3)
+    moved_on = dict(fix, timestamp=(clock.now() + timedelta(seconds=1)).isoformat())
+    again = client.put(f"{API}/partners/me/location", headers=h, json=moved_on)
+    assert again.status_code == 200, again.get_json()
+    from core.services.partner_app import last_fix
+    kept = last_fix(pid)
+    assert kept is not None and kept.at == clock.now()

@@ -45,6 +45,10 @@ JITTER_M = 100  # GPS wanders this much between two fixes even when both say "8 
 # read as accuracy 0 (see last_fix). Code reading only the first four fields reads the
 # last fix alike.
 LAST_FIX_KEY = "partner:lastfix"
+# partner id -> the unix time the app sent with the last fix taken, which LAST_FIX_KEY
+# keeps as of now when it was ahead of our clock: a retry of that fix (same time and
+# place as sent) is then still known as the same fix (_same_fix).
+LAST_SENT_KEY = "partner:lastfix:sent"
 # The trail: a fix taken at least TRAIL_EVERY after the one kept before it, for MAX_AGE.
 # Each new fix is checked against every one of them as well as the last: checked only
 # against the last, each fix had its slack (JITTER_M and the accuracies, up to 1.1 km)
@@ -134,7 +138,7 @@ def report_location(partner_id: int, lat: float, lng: float, accuracy_m: float,
     weak network must not be locked out by its own retries. Any other fix is counted, one
     refused too (stale, out of order, impossible), so a broken app cannot hammer."""
     prev = last_fix(partner_id)
-    if prev is not None and _same_fix(prev, lat, lng, at) \
+    if prev is not None and _same_fix(prev, lat, lng, at, _sent_at(partner_id)) \
             and at >= clock.now() - MAX_AGE:  # else refused as stale below, and counted
         return _record(partner_id, lat, lng, accuracy_m, at)
     wait = hit_sliding_limits([(f"location:{partner_id}:{seconds}", limit, seconds)
@@ -144,9 +148,20 @@ def report_location(partner_id: int, lat: float, lng: float, accuracy_m: float,
     return _record(partner_id, lat, lng, accuracy_m, at)
 
 
-def _same_fix(prev: Fix, lat: float, lng: float, at: datetime) -> bool:
-    """Whether a fix sent is ``prev`` again: same time and place (its accuracy may differ)."""
-    return at == prev.at and (lat, lng) == (prev.lat, prev.lng)
+def _same_fix(prev: Fix, lat: float, lng: float, at: datetime, sent: float | None) -> bool:
+    """Whether a fix sent is ``prev`` again: same place, and the time it was taken as or
+    the time the app sent with it (``sent``, LAST_SENT_KEY: a phone's clock a little ahead
+    is taken as of now); its accuracy may differ."""
+    return (lat, lng) == (prev.lat, prev.lng) and (
+        at == prev.at or (sent is not None and at.timestamp() == sent))
+
+
+def _sent_at(partner_id: int) -> float | None:
+    raw = cast(bytes | None, redis_client().hget(LAST_SENT_KEY, str(partner_id)))
+    try:
+        return float(raw) if raw else None
+    except ValueError:
+        return None
 
 
 def _record(partner_id: int, lat: float, lng: float, accuracy_m: float,
@@ -168,7 +183,7 @@ def _record(partner_id: int, lat: float, lng: float, accuracy_m: float,
     trail = _trail(partner_id)
     prev = trail[0] if trail else None
     if prev is not None:
-        if _same_fix(prev, lat, lng, at):
+        if _same_fix(prev, lat, lng, at, _sent_at(partner_id)):
             # The same fix sent again (its answer was lost on a weak network and the app
             # retried the PUT): taken already, answered as the first time.
             return Reported(prev, True)
@@ -195,8 +210,11 @@ def _record(partner_id: int, lat: float, lng: float, accuracy_m: float,
     kept = recent[1:]
     if recent and (not kept or recent[0].at - kept[0].at >= TRAIL_EVERY):
         kept.insert(0, recent[0])
-    redis_client().hset(LAST_FIX_KEY, str(partner_id), ",".join(
+    pipe = redis_client().pipeline(transaction=True)
+    pipe.hset(LAST_FIX_KEY, str(partner_id), ",".join(
         f"{f.lat},{f.lng},{f.at.timestamp()},{f.accuracy_m}" for f in [new, *kept][:TRAIL_MAX]))
+    pipe.hset(LAST_SENT_KEY, str(partner_id), str(at.timestamp()))
+    pipe.execute()
     dispatch.update_location(partner_id, lat, lng, new.at)  # as old as the fix, not the upload
     return Reported(new, True)
 

@@ -136,7 +136,7 @@ from core.services.dispatch import (
     booked_place_name,
     short_place_name,
 )
-from core.services.partner_app import LAST_FIX_KEY
+from core.services.partner_app import LAST_FIX_KEY, LAST_SENT_KEY
 
 log = logging.getLogger(__name__)
 
@@ -1918,6 +1918,7 @@ def _forget_positions(partner_id: int) -> None:
     """A partner's positions in the GEO sets and the app's last exact fix."""
     geo_index.remove(partner_id)
     redis_client().hdel(LAST_FIX_KEY, str(partner_id))
+    redis_client().hdel(LAST_SENT_KEY, str(partner_id))
 
 
 def _ids_in(members: Iterable[Any]) -> set[int]:
@@ -1935,6 +1936,7 @@ def forget_erased_positions() -> int:
     app sent while the erasure ran, say. How many partners' were removed."""
     r = redis_client()
     ids = _ids_in(k for k, _ in r.hscan_iter(LAST_FIX_KEY))
+    ids |= _ids_in(k for k, _ in r.hscan_iter(LAST_SENT_KEY))
     ids |= _ids_in(k for k, _ in r.hscan_iter(geo_index.SEEN_KEY))
     for key in (geo_index.LIVE_KEY, geo_index.HOME_KEY):
         ids |= _ids_in(m for m, _ in r.zscan_iter(key))
