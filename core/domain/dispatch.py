@@ -885,11 +885,15 @@ _IS_WORDS = frozenset({"hai", "hain", "h", "he", "hae", "है", "हैं"})
 # work). Not duty ("duty nahi hai": I am not on duty) nor offer ("offer nahi hai"): a no.
 _JOB_WORDS = _WORK_WORDS - {"duty", "ड्यूटी", "ड्युटी", "offer", "offers", "ऑफर"}
 # "Job nahi hai mere liye" (this job is not for me), "kaam nahi hai mere area ka", "job
-# nahi hai for me": a no to the offer, no complaint that no work came.
+# nahi hai for me": a no to the offer, no complaint that no work came. Not with "koi"
+# before the word for work or offer ("koi kaam nahi hai mere area me", "koi job nahi hai
+# mere liye", "koi offer nahi hai": there is none at all, a complaint: _ANY_WORDS).
 _FOR_ME = frozenset((me, what) for me in ("mere", "mera", "meri", "mujhe", "मेरे", "मेरा",
                                           "मेरी")
                     for what in ("liye", "liya", "lie", "area", "लिए", "लिये", "एरिया")) \
     | {("for", "me"), ("for", "my")}
+_ANY_WORDS = frozenset({"koi", "koy", "kuch", "कोई", "कुछ"})
+_ANY_OF = _JOB_WORDS | frozenset({"offer", "offers", "ऑफर"})
 # "Can't come", "cannot come", "main nahi aa sakta", "aaj nahi aa paunga": he will not come
 # for the offer, a refusal whatever his reason ("can't come, got another job"), as "nahi"
 # is (_cant_come). Kept as token runs ("can't" is "can", "t").
@@ -908,19 +912,32 @@ _CANT_COME = frozenset(tuple(tokens(" ".join(phrase))) for phrase in (
 _WILL_COME = frozenset(" ".join(tokens(w)) for w in (
     "aaunga", "aaungi", "aunga", "aungi", "आऊंगा", "आऊँगा", "आउंगा", "आऊंगी", "आऊँगी"))
 _CANT_COME_LENGTHS = frozenset(len(phrase) for phrase in _CANT_COME)
-# What makes "can't come" no refusal of the offer (_not_a_refusal): a delay ("cant come
-# now, will come in 10 min", "abhi nahi aa sakta, baad me aata hu", "late nahi aaunga"),
-# a problem on the way or at the door of a job he holds ("gate pe guard hai andar nahi aa
-# sakta", "address nahi mil raha, aage nahi aa sakta") or a question ("kyu nahi aa
-# sakta?"). Such a message is asked again, as before "can't come" declined.
-_DELAY_WORDS = frozenset(" ".join(tokens(w)) for w in {
+# What makes "can't come" no refusal of the offer (_not_a_refusal): a "not now, in a few
+# minutes" ("cant come now, will come in 10 min", "abhi nahi aa sakta, baad me aaunga"):
+# a word for now or minutes (_NOW_WORDS) with a delay word or a "will come" that is no
+# "won't come"; a day, hours or being busy alone is no delay ("aaj nahi aa sakta, kal
+# aaunga", "can't come, busy for 2 hours", "can't come, traffic jam": refusals with their
+# reason); a "won't be late" ("main aa raha hu late nahi aaunga"); a problem on the way or
+# at the door of a job he holds ("gate pe guard hai andar nahi aa sakta", "address nahi
+# mil raha, aage nahi aa sakta"); or a question ("kyu nahi aa sakta", "nahi aa sakta?";
+# not "kya karu": what can I do). Such a message is asked again, as before "can't come"
+# declined.
+_MINUTE_WORDS = frozenset(" ".join(tokens(w)) for w in {
     "min", "mins", "minute", "minutes", "minat", "मिनट", "sec", "second", "seconds",
+})
+_NOW_WORDS = _MINUTE_WORDS | frozenset(" ".join(tokens(w)) for w in {
+    "abhi", "abi", "abhhi", "now", "अभी",
+})
+_DELAY_WORDS = _MINUTE_WORDS | frozenset(" ".join(tokens(w)) for w in {
     "ghanta", "ghante", "ghnte", "hour", "hours", "hr", "hrs", "घंटा", "घंटे", "baje", "बजे",
     "late", "लेट", "der", "dair", "देर", "baad", "bad", "बाद", "later", "thodi", "थोड़ी",
     "wait", "ruko", "rukiye", "rukna", "रुको", "रुकिए", "coming", "way", "traffic", "jam",
     "ट्रैफिक", "जाम", "aata", "aati", "ata", "ati", "आता", "आती", "raha", "rahi", "rha",
-    "rhi", "रहा", "रही", "will", "pahunch", "pahuch", "पहुंच", "पहुँच",
+    "rhi", "रहा", "रही", "pahunch", "pahuch", "पहुंच", "पहुँच",
 })
+# "Late nahi aaunga", "der nahi karunga": the no is said of being late, no "won't come".
+_LATE_WORDS = frozenset(" ".join(tokens(w)) for w in {
+    "late", "लेट", "der", "dair", "देर"})
 _PLACE_WORDS = frozenset(" ".join(tokens(w)) for w in {
     "gate", "guard", "security", "andar", "ander", "inside", "aage", "age", "upar",
     "address", "location", "loc", "building", "society", "lift", "floor", "entry",
@@ -929,7 +946,7 @@ _PLACE_WORDS = frozenset(" ".join(tokens(w)) for w in {
     "वहाँ", "वहां",
 })
 _ASKING_WORDS = frozenset(" ".join(tokens(w)) for w in {
-    "?", "kyu", "kyun", "kyon", "kyo", "kiyu", "why", "kya", "क्यों", "क्यूं", "क्यूँ", "क्या",
+    "?", "kyu", "kyun", "kyon", "kyo", "kiyu", "why", "क्यों", "क्यूं", "क्यूँ",
 })
 # "Naa": Hindi's no, and in Latin-letter Tamil "I" ("naa varen": I will come, "naa ok",
 # "naa pick pannuren", "naa on duty"). A no only when every word of the message is one
@@ -1077,9 +1094,14 @@ def _no_work_is(words: Sequence[str], i: int) -> bool:
     """Whether the "is" word at ``i`` says there is no work: a no right before it and a
     word for work or job right before the no ("kaam nahi hai", "koi job nahi h"; not
     "duty nahi hai", "offer nahi hai": _JOB_WORDS), not said of him ("job nahi hai mere
-    liye": the job is not for him, _FOR_ME)."""
-    return i >= 2 and words[i - 1] in NEGATORS and words[i - 2] in _JOB_WORDS \
-        and tuple(words[i + 1:i + 3]) not in _FOR_ME
+    liye": the job is not for him, _FOR_ME); with "koi" before it any word for work or
+    offer, for him or not ("koi offer nahi hai", "koi kaam nahi hai mere area me":
+    _ANY_WORDS)."""
+    if i < 2 or words[i - 1] not in NEGATORS:
+        return False
+    if words[i - 2] in _ANY_OF and _ANY_WORDS.intersection(words[max(i - 4, 0):i - 2]):
+        return True
+    return words[i - 2] in _JOB_WORDS and tuple(words[i + 1:i + 3]) not in _FOR_ME
 
 
 def _cant_come(toks: Sequence[str], words: Sequence[str]) -> bool:
@@ -1094,14 +1116,22 @@ def _cant_come(toks: Sequence[str], words: Sequence[str]) -> bool:
 
 
 def _not_a_refusal(toks: Sequence[str], words: Sequence[str]) -> bool:
-    """Whether a "can't come" is said of a delay, a problem on the way or at a job's door,
-    or asked (_DELAY_WORDS, _PLACE_WORDS, _ASKING_WORDS): "cant come now, will come in 10
-    min", "gate pe guard hai andar nahi aa sakta", "kyu nahi aa sakta". A "will come" that
-    is no "won't come" ("aaunga" after no no: "baad me aaunga") is a delay too."""
-    if (_DELAY_WORDS | _PLACE_WORDS | _ASKING_WORDS).intersection(toks):
+    """Whether a "can't come" is said of a "not now, in a few minutes", a "won't be late",
+    a problem on the way or at a job's door, or asked (_NOW_WORDS with _DELAY_WORDS or a
+    "will come", _LATE_WORDS, _PLACE_WORDS, _ASKING_WORDS): "cant come now, will come in
+    10 min", "abhi nahi aa sakta, baad me aaunga", "main aa raha hu late nahi aaunga",
+    "gate pe guard hai andar nahi aa sakta", "kyu nahi aa sakta". Not "aaj nahi aa sakta,
+    kal aaunga", "can't come, traffic jam": no word for now or minutes."""
+    if (_PLACE_WORDS | _ASKING_WORDS).intersection(toks):
         return True
-    return any(w in _WILL_COME and (i == 0 or words[i - 1] not in _HI_NO)
-               for i, w in enumerate(words))
+    if any(w in _LATE_WORDS and words[i + 1:i + 2] and words[i + 1] in _HI_NO
+           for i, w in enumerate(words)):
+        return True
+    if not _NOW_WORDS.intersection(toks):
+        return False
+    return bool(_DELAY_WORDS.intersection(toks)) or any(
+        w in _WILL_COME and (i == 0 or words[i - 1] not in _HI_NO)
+        for i, w in enumerate(words))
 
 
 def _not_came(words: Sequence[str], i: int) -> bool:
