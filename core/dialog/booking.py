@@ -325,7 +325,19 @@ _COMES = frozenset({
 })
 # "Parcel pahucha kya", "has it arrived yet", "পার্সেল এসেছে কি": come asked as a
 # question, without a when (Tamil, Telugu and Kannada ask it in the word: "வந்ததா").
-_ASKED = frozenset({"kya", "क्या", "yet", "did", "will", "কি", "શું"})
+# Not "will" or "did" ("delivered on time, will use again"); "kya" only right after the
+# come (_ASKED_AFTER): elsewhere it is "what" ("kya fast aaya", "toot ke aaya kya karu").
+_ASKED = frozenset({"yet", "কি", "শું"})
+_ASKED_AFTER = frozenset({"kya", "क्या"})
+# "What to do" after a "kya": a complaint ("damaged mila kya karein"), not "did it come?".
+_DO = ("kar", "कर")
+# Another subject, or a complaint, beside a come: "refund kab milega", "OTP kab milega",
+# "reply kab aayega", "toot ke aaya", "itna late kyu aaya?". Not where the parcel is.
+_OTHER_THAN_PARCEL = frozenset({
+    "refund", "otp", "code", "bill", "invoice", "receipt", "paisa", "paise", "money",
+    "reply", "jawab", "damaged", "damage", "broken", "toot", "tut", "tuta", "toota",
+    "tuti", "tooti", "kharab", "why", "kyu", "kyun", "kyon", "रिफंड", "ओटीपी", "कोड",
+    "बिल", "पैसा", "पैसे", "जवाब", "टूट", "टूटा", "टूटी", "खराब", "ख़राब", "क्यों", "क्यूं"})
 # English "come" and "get" asked without a when are as often about a pickup ("can the
 # rider come to my house?", "how do I get a parcel sent?"): a when must go with them.
 _COMES_WITH_WHEN = frozenset({"come", "comes", "coming", "get", "reach", "reaches", "arrive",
@@ -337,41 +349,56 @@ _COME_ASKED = frozenset({
 _TRACK = 2  # the menu's option for where a parcel is
 
 
-def asks_when_it_comes(said: set[str], text: str) -> bool:
-    """Whether words ``said`` (of ``text``) ask when a parcel comes or if it came:
-    "kab aayega", "when will it come", "parcel pahucha kya", "এসেছে কি?", "வந்ததா"."""
-    comes = said & _COMES
-    if not comes:
+def asks_when_it_comes(said: list[str], text: str) -> bool:
+    """Whether words ``said`` (of ``text``, in order) ask when a parcel comes or if it
+    came: "kab aayega", "when will it come", "parcel pahucha kya", "এসেছে কি?", "வந்ததா";
+    not when another subject is named ("refund kab milega", "toot ke aaya")."""
+    words_said = set(said)
+    comes = words_said & _COMES
+    if not comes or words_said & _OTHER_THAN_PARCEL:
         return False
-    if said & _WHEN or comes & _COME_ASKED:
+    if words_said & _WHEN or comes & _COME_ASKED:
         return True
-    return bool(comes - _COMES_WITH_WHEN) and bool(said & _ASKED or text.rstrip().endswith("?"))
+    if not comes - _COMES_WITH_WHEN:
+        return False
+    kya_after = any(
+        w in _COMES and said[i + 1] in _ASKED_AFTER
+        and not (i + 2 < len(said) and said[i + 2].startswith(_DO))
+        for i, w in enumerate(said[:-1]))
+    return kya_after or bool(words_said & _ASKED) or text.rstrip().endswith("?")
 
 
-def menu_intent(text: str) -> int | None:
+def menu_intent(text: str, when: bool = True) -> int | None:
     """The menu option a sentence asks for by one of MENU_INTENTS' words (1-4), or None:
     none of them, words of two options ("where do I send it"), or a no or a "not" in it
     ("cancel nahi karna", "cancel mat karo", "don't cancel", "বাতিল করবনা"): the menu is
     asked again rather than guessed. A "no problem" negates nothing (words.negated).
-    Asked when it comes ("kab aayega", asks_when_it_comes) is tracking, a "not" in it
-    too ("kab aayega, abhi tak nahi aaya")."""
+    With ``when``, asked when it comes ("kab aayega", asks_when_it_comes) is tracking;
+    not at the rating question, where "delivered on time, mila" is praise."""
+    if words.negated(text):  # "did not like it", "cancel nahi karna": asked again; but
+        # "abhi tak nahi aaya, kab aayega" (not come yet: when?) names when: tracking
+        said_in_order = words.said_words(text)
+        others = set().union(*(keys for i, keys in enumerate(MENU_INTENTS, start=1)
+                               if i != _TRACK))
+        if when and set(said_in_order) & _WHEN and asks_when_it_comes(said_in_order, text) \
+                and not words.tokens(text) & others:
+            return _TRACK
+        return None
     rest = words.without_no_problem(text)  # "koi baat nahi": no "baat" (talk) asked for
     said = words.tokens(text) if rest is None else set(rest.split())
     found = {i for i, keys in enumerate(MENU_INTENTS, start=1) if said & keys}
-    when = asks_when_it_comes(said, text)
-    if words.negated(text):
-        return _TRACK if when and found <= {_TRACK} else None
-    if when:
+    if when and asks_when_it_comes(words.said_words(text), text):
         found.add(_TRACK)
     return found.pop() if len(found) == 1 else None
 
 
-def menu_request(text: str) -> int | None:
+def menu_request(text: str, when: bool = True) -> int | None:
     """The menu option words ask for, without its number: the option's own words
-    (MENU_WORDS: "parcel bhejna hai") or a sentence naming it (menu_intent)."""
+    (MENU_WORDS: "parcel bhejna hai") or a sentence naming it (menu_intent, ``when`` as
+    there)."""
     said = words.clean(text)
     found = next((i for i, names in enumerate(MENU_WORDS, start=1) if said in names), None)
-    return found or menu_intent(text)
+    return found or menu_intent(text, when)
 
 
 # state.data key: the menu option a new customer's first message asked for ("पार्सल
@@ -1523,10 +1550,12 @@ def _rate_handle(ctx: Ctx, inp: UserInput) -> Result:
     stars = stars_given(inp.text, ctx.lang) if not inp.has_location else None
     if ref is None:
         return Goto(MENU)
-    asked = menu_request(inp.text) if stars is None and not inp.has_location else None
+    asked = (menu_request(inp.text, when=False) if stars is None and not inp.has_location
+             else None)
     if asked is not None:
         # "ek aur parcel bhejna hai", "mera parcel kahan hai": no rating, a request the
-        # menu takes; the question is left, and the request answered.
+        # menu takes; the question is left, and the request answered. Not a come read as
+        # "when will it come" (menu_intent): here "delivered on time", "mila" is praise.
         _end_rating(ctx)
         return _with_say(_menu_option(ctx, asked), [])
     if stars is None:

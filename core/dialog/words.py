@@ -537,11 +537,12 @@ def guess_language(text: str) -> str | None:
 # Words only Hindi written in Latin letters has ("parcel bhejna hai", "mujhe", "haan"):
 # one of them and no other script is Hindi, asked as a Devanagari message is ("shall we
 # talk in Hindi?"). Not the words other languages write alike: "thik", "accha", "bhai"
-# (Bengali too), "dhanyavad", "namaskar" (Marathi, Kannada), "ha", "na" (Gujarati).
+# (Bengali too), "dhanyavad", "namaskar" (Marathi, Kannada), "ha", "na" (Gujarati),
+# "nahi", "nhi" (Marathi: "samajla nahi"), "kya", "aap" (Gujarati: "kya che", "aap kem").
 HINGLISH_WORDS = frozenset({
-    "hai", "hain", "haan", "haanji", "hanji", "nahi", "nahin", "nhi", "kya", "kyu", "kyun",
+    "hai", "hain", "haan", "haanji", "hanji", "nahin", "kyu", "kyun",
     "kaise", "kahan", "kab", "mujhe", "mujhko", "mera", "meri", "mere", "humko", "hamko",
-    "aap", "aapka", "aapko", "karna", "karni", "karo", "kijiye", "chahiye", "chaiye",
+    "aapka", "aapko", "karna", "karni", "karo", "kijiye", "chahiye", "chaiye",
     "bhejna", "bhejni", "bhejana", "namaste", "namastey", "batao", "bataiye", "aayega",
     "milega", "shukriya"})
 
