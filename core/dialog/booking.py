@@ -329,6 +329,9 @@ _COMES = frozenset({
 # come (_ASKED_AFTER): elsewhere it is "what" ("kya fast aaya", "toot ke aaya kya karu").
 _ASKED = frozenset({"yet", "কি", "শું"})
 _ASKED_AFTER = frozenset({"kya", "क्या"})
+# A yes/no question's first word: "kya parcel pahuncha", "क्या मेरा पार्सल आया", "did my
+# parcel delivered" (Indian English). First only: "kya fast aaya yaar" is "how fast".
+_ASKED_FIRST = frozenset({"kya", "क्या", "did", "has"})
 # "What to do" after a "kya": a complaint ("damaged mila kya karein"), not "did it come?".
 _DO = ("kar", "कर")
 # Another subject, or a complaint, beside a come: "refund kab milega", "OTP kab milega",
@@ -361,11 +364,21 @@ def asks_when_it_comes(said: list[str], text: str) -> bool:
         return True
     if not comes - _COMES_WITH_WHEN:
         return False
+    if said[0] in _ASKED_FIRST:  # "kya mera parcel aaya", "did my parcel delivered"
+        return True
     kya_after = any(
         w in _COMES and said[i + 1] in _ASKED_AFTER
         and not (i + 2 < len(said) and said[i + 2].startswith(_DO))
         for i, w in enumerate(said[:-1]))
     return kya_after or bool(words_said & _ASKED) or text.rstrip().endswith("?")
+
+
+def _names_when(text: str) -> int | None:
+    """Tracking (_TRACK) when ``text`` asks when a parcel comes with a when word ("mera
+    doosra parcel kab aayega"), else None: at the rating question, where a come without
+    one is praise."""
+    said = words.said_words(text)
+    return _TRACK if set(said) & _WHEN and asks_when_it_comes(said, text) else None
 
 
 def menu_intent(text: str, when: bool = True) -> int | None:
@@ -1550,12 +1563,13 @@ def _rate_handle(ctx: Ctx, inp: UserInput) -> Result:
     stars = stars_given(inp.text, ctx.lang) if not inp.has_location else None
     if ref is None:
         return Goto(MENU)
-    asked = (menu_request(inp.text, when=False) if stars is None and not inp.has_location
-             else None)
+    asked = ((menu_request(inp.text, when=False) or _names_when(inp.text))
+             if stars is None and not inp.has_location else None)
     if asked is not None:
         # "ek aur parcel bhejna hai", "mera parcel kahan hai": no rating, a request the
-        # menu takes; the question is left, and the request answered. Not a come read as
-        # "when will it come" (menu_intent): here "delivered on time", "mila" is praise.
+        # menu takes; the question is left, and the request answered. A come is read as
+        # "when will it come" only with a when ("dusra parcel kab aayega"): here
+        # "delivered on time, will use again", "kya fast aaya" is praise.
         _end_rating(ctx)
         return _with_say(_menu_option(ctx, asked), [])
     if stars is None:

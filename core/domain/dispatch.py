@@ -935,6 +935,14 @@ _DELAY_WORDS = _MINUTE_WORDS | frozenset(" ".join(tokens(w)) for w in {
     "ट्रैफिक", "जाम", "aata", "aati", "ata", "ati", "आता", "आती", "raha", "rahi", "rha",
     "rhi", "रहा", "रही", "pahunch", "pahuch", "पहुंच", "पहुँच",
 })
+# Coming, only late: these say it alone ("can't come, running late", "time pe nahi aa
+# sakta, late ho jaunga", "can't come yet, wait", "cant come, coming in 10", "will reach
+# soon"), with no word for now; hours, "baad", traffic or a day need one (above).
+_ON_MY_WAY = frozenset(" ".join(tokens(w)) for w in {
+    "late", "लेट", "der", "dair", "देर", "wait", "ruko", "rukiye", "rukna", "रुको", "रुकिए",
+    "coming", "reach", "soon", "yet", "pahunch", "pahuch", "pahunchta", "पहुंच", "पहुँच",
+    "thoda", "thodi", "थोड़ा", "थोड़ी",
+})
 # "Late nahi aaunga", "der nahi karunga": the no is said of being late, no "won't come".
 _LATE_WORDS = frozenset(" ".join(tokens(w)) for w in {
     "late", "लेट", "der", "dair", "देर"})
@@ -1126,6 +1134,8 @@ def _not_a_refusal(toks: Sequence[str], words: Sequence[str]) -> bool:
         return True
     if any(w in _LATE_WORDS and words[i + 1:i + 2] and words[i + 1] in _HI_NO
            for i, w in enumerate(words)):
+        return True
+    if _ON_MY_WAY.intersection(toks):  # "can't come, running late", "will reach soon"
         return True
     if not _NOW_WORDS.intersection(toks):
         return False
