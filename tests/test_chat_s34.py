@@ -17,6 +17,7 @@ from core.adapters.db import transaction
 from core.adapters.models import Booking
 from core.adapters.redis_conn import redis_client
 from core.services import conversation
+from core.services.inbound import rate_counter
 from tests.conftest import post_twilio, replies_to, run_jobs
 from tests.test_chat_journey_review29 import (  # noqa: F401  (demo: a fixture)
     PICKUP_BETTIAH,
@@ -61,7 +62,7 @@ def _status(ref: str) -> str:
 
 
 def _quiet(chat: Chat) -> None:
-    redis_client().delete(f"ratelimit:whatsapp:{chat.phone.lstrip('+')}")
+    redis_client().delete(rate_counter("whatsapp", chat.phone.lstrip("+")))
 
 
 def _later(seconds: float) -> None:

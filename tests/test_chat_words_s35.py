@@ -22,6 +22,7 @@ from core.adapters.redis_conn import redis_client
 from core.dialog import words
 from core.domain.dispatch import NO_PROBLEM, WORDS, Kind, parse_command
 from core.services import conversation
+from core.services.inbound import rate_counter
 from tests.test_chat_journey_review29 import (  # noqa: F401  (demo: a fixture)
     PICKUP_BETTIAH,
     REST,
@@ -45,7 +46,7 @@ def _phone() -> str:
 
 
 def _quiet(chat: Chat) -> None:
-    redis_client().delete(f"ratelimit:whatsapp:{chat.phone.lstrip('+')}")
+    redis_client().delete(rate_counter("whatsapp", chat.phone.lstrip("+")))
 
 
 def _read_on() -> None:

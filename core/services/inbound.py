@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import hashlib
+import hmac
 import json
 import logging
 import threading
@@ -100,6 +102,15 @@ class TurnFailed(Exception):  # noqa: N818 (an outcome, not a programming error)
         self.answer = answer
 
 
+def rate_counter(channel: str, contact: str) -> str:
+    """The Redis key of a contact's inbound rate counter: named by a keyed hash (HMAC-SHA256
+    with OTP_KEY) of the channel and contact, not the number, which an erasure must not
+    leave behind (as auth's keys)."""
+    tag = hmac.new(get_settings().otp_key, f"inbound-rate:{channel}:{contact}".encode(),
+                   hashlib.sha256).hexdigest()[:32]
+    return f"ratelimit:{channel}:{tag}"
+
+
 def _counter_for(msg: InboundMessage, limit: int) -> tuple[str, int]:
     """The rate counter this message counts on, and its limit.
 
@@ -112,7 +123,7 @@ def _counter_for(msg: InboundMessage, limit: int) -> tuple[str, int]:
     YES; on WhatsApp the START command) gets through whatever came before it (Twilio
     lets our SMS through again for it; she wants our messages again), under a limit of
     its own, as it is answered each time (the menu, a partner's status)."""
-    contact = f"ratelimit:{msg.channel}:{msg.contact}"
+    contact = rate_counter(msg.channel, msg.contact)
     word = msg.body.strip().casefold()
     command = words.command(msg.body)
     from core.services.partner_sms import OPT_IN_WORDS, OPT_OUT_WORDS  # it imports us
