@@ -72,14 +72,21 @@ def private_texts(outs: list[Out], lang: str) -> set[str]:
     return {" ".join(text_of(say, lang).split()) for say in says}
 
 
+# The standard Google voice Twilio lists for each locale (its Text-to-Speech voice table):
+# the A voice where Twilio has one; for Bengali, Gujarati, Kannada and Tamil Twilio lists
+# only the C and D voices (Google replaced A and B there), so C (also a woman's voice).
+_DEFAULT_VOICE_LETTER = {"bn": "C", "gu": "C", "kn": "C", "ta": "C"}
+
+
 @functools.cache
 def say_voices() -> dict[str, str]:
     """Twilio's <Say> voice per language. Twilio's default voice ("man") speaks none of
     our Indian locales, and a voice that cannot speak the language fails the <Say>; so a
-    voice is always named: IVR_VOICE_<LANG> if set, else Google's standard voice for the
-    locale (Google.ta-IN-Standard-A)."""
+    voice is always named: IVR_VOICE_<LANG> if set, else a standard Google voice Twilio
+    lists for the locale (Google.hi-IN-Standard-A, Google.ta-IN-Standard-C)."""
     return {lang: os.environ.get(f"IVR_VOICE_{lang.upper()}", "").strip()
-            or f"Google.{locale}-Standard-A" for lang, locale in i18n.SAY_LOCALES.items()}
+            or f"Google.{locale}-Standard-{_DEFAULT_VOICE_LETTER.get(lang, 'A')}"
+            for lang, locale in i18n.SAY_LOCALES.items()}
 
 
 def _speak(verb: Any, seg_lang: str, text: str, missing: list[tuple[str, str]],

@@ -151,9 +151,18 @@ def test_a_prompt_without_audio_is_said_in_its_language_by_a_voice_that_speaks_i
                 for say in ET.fromstring(str(response)).iter("Say")}
 
     try:
-        assert said() == {lang: (i18n.SAY_LOCALES[lang],
-                                 f"Google.{i18n.SAY_LOCALES[lang]}-Standard-A")
-                          for lang in i18n.LANGUAGES}
+        # Voices Twilio's Text-to-Speech table lists: for bn, gu, kn and ta only the C and
+        # D standard voices (an A there may fail the <Say>).
+        assert said() == {
+            "hi": ("hi-IN", "Google.hi-IN-Standard-A"),
+            "en": ("en-IN", "Google.en-IN-Standard-A"),
+            "bn": ("bn-IN", "Google.bn-IN-Standard-C"),
+            "mr": ("mr-IN", "Google.mr-IN-Standard-A"),
+            "ta": ("ta-IN", "Google.ta-IN-Standard-C"),
+            "te": ("te-IN", "Google.te-IN-Standard-A"),
+            "gu": ("gu-IN", "Google.gu-IN-Standard-C"),
+            "kn": ("kn-IN", "Google.kn-IN-Standard-C"),
+        }
         monkeypatch.setenv("IVR_VOICE_TA", "Google.ta-IN-Wavenet-B")
         assert said()["ta"] == ("ta-IN", "Google.ta-IN-Wavenet-B")
     finally:
