@@ -956,6 +956,27 @@ _PLACE_WORDS = frozenset(" ".join(tokens(w)) for w in {
 _ASKING_WORDS = frozenset(" ".join(tokens(w)) for w in {
     "?", "kyu", "kyun", "kyon", "kyo", "kiyu", "why", "क्यों", "क्यूं", "क्यूँ",
 })
+# "Itna late nahi aa sakta", "can't come that late": the late is the hour of the offer,
+# not his delay; the late word after one of these is read as neither (_not_a_refusal).
+_SO_WORDS = frozenset(" ".join(tokens(w)) for w in {
+    "itna", "itni", "itne", "itnaa", "इतना", "इतनी", "इतने", "that"})
+_LATE_HOUR = frozenset(" ".join(tokens(w)) for w in {"late", "लेट"})
+# "Abhi nahi aa sakta, kal aaunga", "can't come now, coming tomorrow": his coming is
+# another day's, a refusal of the offer whatever else he says of it.
+_DAY_WORDS = frozenset(" ".join(tokens(w)) for w in {
+    "kal", "kall", "tomorrow", "tmrw", "tmr", "tomorow", "tommorow", "tommorrow", "parso",
+    "parson", "parsho", "कल", "परसों", "परसो"})
+# "Abhi nahi aa sakta, 2 ghante busy hu", "5 baje tak busy hu", "thoda busy hu": with
+# being busy, hours and "a little" say how long he is busy, no delay of his coming.
+_BUSY_WORDS = frozenset(" ".join(tokens(w)) for w in {
+    "busy", "bizy", "bussy", "vyast", "व्यस्त", "बिजी", "बीजी"})
+_BUSY_FOR = frozenset(" ".join(tokens(w)) for w in {
+    "ghanta", "ghante", "ghnte", "hour", "hours", "hr", "hrs", "घंटा", "घंटे", "baje", "बजे",
+    "thoda", "thodi", "थोड़ा", "थोड़ी"})
+# "Will be there in 5", "10 me aata hu": a number with "in" before it or "me" after it,
+# no word for hours, days or work after it, is minutes (not a job's: "job 5 me").
+_IN_BEFORE = frozenset({"in"})
+_IN_AFTER = frozenset(" ".join(tokens(w)) for w in {"me", "mein", "mai", "mei", "में"})
 # "Naa": Hindi's no, and in Latin-letter Tamil "I" ("naa varen": I will come, "naa ok",
 # "naa pick pannuren", "naa on duty"). A no only when every word of the message is one
 # ("naa", "naa naa", "naa ji", "naa nahi"), no number with it. Else it refuses nothing
@@ -1127,21 +1148,50 @@ def _not_a_refusal(toks: Sequence[str], words: Sequence[str]) -> bool:
     """Whether a "can't come" is said of a "not now, in a few minutes", a "won't be late",
     a problem on the way or at a job's door, or asked (_NOW_WORDS with _DELAY_WORDS or a
     "will come", _LATE_WORDS, _PLACE_WORDS, _ASKING_WORDS): "cant come now, will come in
-    10 min", "abhi nahi aa sakta, baad me aaunga", "main aa raha hu late nahi aaunga",
-    "gate pe guard hai andar nahi aa sakta", "kyu nahi aa sakta". Not "aaj nahi aa sakta,
-    kal aaunga", "can't come, traffic jam": no word for now or minutes."""
+    10 min", "can't come, will be there in 5", "abhi nahi aa sakta, baad me aaunga", "main
+    aa raha hu late nahi aaunga", "gate pe guard hai andar nahi aa sakta", "kyu nahi aa
+    sakta". Not "aaj nahi aa sakta, kal aaunga", "can't come, traffic jam": no word for now
+    or minutes; not "abhi nahi aa sakta, kal aaunga": another day (_DAY_WORDS); not "abhi
+    nahi aa sakta, 2 ghante busy hu": how long he is busy (_BUSY_FOR); not "itna late nahi
+    aa sakta": the offer's hour (_SO_WORDS)."""
     if (_PLACE_WORDS | _ASKING_WORDS).intersection(toks):
         return True
+    toks = [t for i, t in enumerate(toks)
+            if not (t in _LATE_HOUR and i and toks[i - 1] in _SO_WORDS)]
+    words = [t for t in toks if not t.isdigit()]
     if any(w in _LATE_WORDS and words[i + 1:i + 2] and words[i + 1] in _HI_NO
            for i, w in enumerate(words)):
         return True
+    if _DAY_WORDS.intersection(toks):
+        return False
+    if _BUSY_WORDS.intersection(toks):
+        toks = [t for t in toks if t not in _BUSY_FOR]
+        words = [t for t in toks if not t.isdigit()]
     if _ON_MY_WAY.intersection(toks):  # "can't come, running late", "will reach soon"
+        return True
+    if _in_minutes(toks):
         return True
     if not _NOW_WORDS.intersection(toks):
         return False
     return bool(_DELAY_WORDS.intersection(toks)) or any(
         w in _WILL_COME and (i == 0 or words[i - 1] not in _HI_NO)
         for i, w in enumerate(words))
+
+
+def _in_minutes(toks: Sequence[str]) -> bool:
+    """Whether a number is said as minutes without the word ("will be there in 5", "10 me
+    aata hu": _IN_BEFORE, _IN_AFTER): at most 60, no job's ("job 5 me"), and no word for
+    hours, days or work after it ("in 2 hours")."""
+    for i, t in enumerate(toks):
+        if not (t.isascii() and t.isdigit() and int(t) <= 60):
+            continue
+        after = toks[i + 1:i + 2]
+        if (i and toks[i - 1] in _NUMBER_NAMED) or (
+                after and after[0] in _TIME_WORDS | _WORK_WORDS):
+            continue
+        if (i and toks[i - 1] in _IN_BEFORE) or (after and after[0] in _IN_AFTER):
+            return True
+    return False
 
 
 def _not_came(words: Sequence[str], i: int) -> bool:
