@@ -478,6 +478,12 @@ def set_up(args: argparse.Namespace) -> int:
         print(f"{args.cmd}: another change made the same thing at the same moment; run "
               "the command again to see it", file=sys.stderr)
         return 2
+    if args.cmd == "remove-operator" and not done.changed:
+        # Nobody's access was taken away (not an operator, or removed already): a script
+        # or a runbook that meant to cut someone off must not read it as done. Refused as
+        # a number nobody has is (2), in one line (the number masked).
+        print(f"{args.cmd}: {done.message}", file=sys.stderr)
+        return 2
     print(done.message)
     log.info("set-up done", extra={"command": args.cmd, "changed": done.changed,
                                    "id": done.id})
@@ -562,7 +568,8 @@ def main(argv: list[str] | None = None) -> int:
     op.add_argument("--name")
     ro = sub.add_parser("remove-operator",
                         help="take an operator's access away (role ops) and sign them out "
-                             "everywhere at once (refused for the last operator)")
+                             "everywhere at once (refused, exit 2, for the last operator and "
+                             "for someone who is not an operator)")
     who = ro.add_mutually_exclusive_group(required=True)
     who.add_argument("--phone", help="the operator's mobile number, e.g. +919812345678")
     who.add_argument("--person", type=int, help="the operator's person id")

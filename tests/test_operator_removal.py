@@ -77,7 +77,7 @@ def test_remove_operator_by_person_id_and_run_again_changes_nothing(client, caps
     assert run(capsys, "remove-operator", "--person", str(asha_id))[0] == 0
     assert _role(ASHA) == "customer"
     code, out, err = run(capsys, "remove-operator", "--person", str(asha_id))
-    assert code == 0 and "not an operator" in out and ASHA not in out + err
+    assert code == 2 and "not an operator" in err and ASHA not in out + err
     assert len(_audits("operator.remove")) == 1
     code, _, err = run(capsys, "remove-operator", "--phone", "+919812377719")  # nobody's
     assert code == 2 and "nobody has" in err

@@ -365,6 +365,19 @@ class TransitionLog(Base):
     at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
 
+# What scrub would still change in a message's last error (a superset: the pass below
+# asks scrub itself): a number of 8 digits or more after "+" (or %2B), or a mobile's 10
+# digits from a 6-9 (with what logs.mask_phones takes between digits: spaces, dashes,
+# brackets, a dot); a WhatsApp id; a database error's row values; a signed URL's query.
+# What scrub leaves has none ("+91******3210", "DETAIL: (values hidden)", "?(signed query
+# hidden)"): a masked error is not read again, night after night.
+_ERROR_GAP = "[-[:space:]().\u2010-\u2015]{0,2}"
+UNMASKED_ERROR = (rf"(\+|%2b)[0-9]({_ERROR_GAP}[0-9]){{7}}|[6-9]({_ERROR_GAP}[0-9]){{9}}"
+                  r"""|wa_?id["']?[[:space:]]*[:=][[:space:]]*["']?[0-9]{7}"""
+                  r"|detail: (?!\(values hidden\))"
+                  r"|x-amz-|signature=|awsaccesskeyid=|security-token=")
+
+
 class OutboxMessage(Base):
     """A message we will send (written in the same transaction as its cause)."""
 
@@ -382,6 +395,12 @@ class OutboxMessage(Base):
         Index("ix_outbox_messages_unredacted_sent_at",
               func.coalesce(text("sent_at"), text("created_at")), "id",
               postgresql_where=text("body <> '[removed]'")),
+        # The retention run's redacted_errors pass (migration 0053): the redacted messages
+        # whose last error still shows what scrub masks (UNMASKED_ERROR).
+        Index("ix_outbox_messages_unmasked_errors", "id", postgresql_where=text(
+            "status IN ('failed', 'undelivered') AND body = '[removed]'"
+            " AND last_error IS NOT NULL AND last_error ~* '"
+            + UNMASKED_ERROR.replace("'", "''") + "'")),
     )
 
     id: Mapped[int] = mapped_column(BigInteger, primary_key=True)

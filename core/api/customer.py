@@ -41,7 +41,7 @@ from core.domain.phone import mask_phone
 from core.domain.pricing import SpeedTier
 from core.domain.reference import normalize_reference
 from core.domain.text import visible
-from core.logs import mask_phones
+from core.logs import mask_note
 from core.services import auth, ledger, payments, rating
 from core.services import booking as booking_service
 
@@ -111,9 +111,11 @@ HISTORY_REASON_MAX = 200
 def history_reason(said: str, reason: str | None) -> str:
     """What a booking's history keeps of a cancel: who (``said``: "cancelled in the app")
     and, when they gave one, why in their own words, as read (core.domain.text.visible: no
-    control characters or direction marks for an operator's screen), a number in it
-    masked, within the history's column."""
-    words = mask_phones(visible(reason or ""))
+    control characters or direction marks for an operator's screen), within the history's
+    column. Kept for good, as the audit log keeps an operator's reason (logs.mask_note): a
+    phone number in it masked (+91******3210), a bank account or Aadhaar number (9 digits
+    or more) cut to its last 4."""
+    words = mask_note(visible(reason or ""))
     return (f"{said}: {words}" if words else said)[:HISTORY_REASON_MAX]
 
 

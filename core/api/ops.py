@@ -622,11 +622,21 @@ class UnlockIn(Strict):
 @endpoint(bp, "POST", "/ops/legs/<int:leg_id>/unlock",
           summary="Unlock a leg locked by wrong OTPs (new codes are sent); the body, "
                   "{\"note\": ...} saying why (audited leg.unlock, numbers masked), may be "
-                  "left out", roles=OPS,
+                  "left out. 409 not_locked. Send Idempotency-Key to retry safely: a retry "
+                  "answers the first answer and sends no codes again (not 409 not_locked; "
+                  "422 idempotency_key_reused for the key of another request)", roles=OPS,
           body=UnlockIn, body_optional=True, response=LegRow, tags=("ops",),
-          errors=(404, 409, 422))
-def ops_unlock_leg(leg_id: int, body: UnlockIn) -> LegRow:
+          errors=(404, 409, 422), headers=(KEY_HEADER,))
+def ops_unlock_leg(leg_id: int, body: UnlockIn) -> LegRow | Response:
+    who = principal()
+    # As ops_handoff_reply: the route in the fingerprint, so a key reused for another leg
+    # or another note (or another endpoint) is refused, never answered. No body and {}
+    # are the same request (note None).
+    once = idempotent(who.person_id, {"route": "ops.unlock_leg", "leg_id": leg_id,
+                                      "note": body.note})
     with transaction() as session:
+        if (saved := once.claim(session)) is not None:
+            return saved  # unlocked the first time: no new codes, nothing audited again
         try:
             leg = dispatch.unlock_leg(session, leg_id, ops_actor())
         except NotFound as exc:
@@ -639,10 +649,12 @@ def ops_unlock_leg(leg_id: int, body: UnlockIn) -> LegRow:
         assert booking is not None
         audit(session, "leg.unlock", f"leg:{leg.id}", booking=booking.reference,
               **({"note": body.note} if body.note else {}))
-        return LegRow(id=leg.id, booking_reference=booking.reference, sequence=leg.sequence,
-                      status=LegStatus(leg.status), partner_id=leg.partner_id,
-                      payout_paise=leg.payout_paise, otp_failures=leg.otp_failures,
-                      updated_at=leg.updated_at)
+        out = LegRow(id=leg.id, booking_reference=booking.reference, sequence=leg.sequence,
+                     status=LegStatus(leg.status), partner_id=leg.partner_id,
+                     payout_paise=leg.payout_paise, otp_failures=leg.otp_failures,
+                     updated_at=leg.updated_at)
+        once.save(session, 200, out)
+    return out
 
 
 # How long a new code stays in the saved answer of a request with an Idempotency-Key.

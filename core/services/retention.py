@@ -99,6 +99,7 @@ from core.adapters.db import transaction
 from core.adapters.dialog_models import Handoff, HandoffMessage, WhatsappTemplateSend
 from core.adapters.dispatch_models import DispatchOffer, PodPhoto, PodPhotoDeletion
 from core.adapters.models import (
+    UNMASKED_ERROR,
     Booking,
     Conversation,
     InboundEvent,
@@ -355,19 +356,13 @@ def _mask_errors(session: Session, outbox_ids: list[int]) -> int:
     return len(masked)
 
 
-# What scrub would still change in a message's last error (a superset: the pass below
-# asks scrub itself): a number of 8 digits or more after "+" (or %2B), or a mobile's 10
-# digits from a 6-9 (with what logs.mask_phones takes between digits: spaces, dashes,
-# brackets, a dot); a WhatsApp id; a database error's row values; a signed URL's query.
-# What scrub leaves has none ("+91******3210", "DETAIL: (values hidden)", "?(signed query
-# hidden)"): a masked error is not read again, night after night.
-_GAP_SQL = "[-[:space:]().\u2010-\u2015]{0,2}"
-_UNMASKED_ERROR = (rf"(\+|%2b)[0-9]({_GAP_SQL}[0-9]){{7}}|[6-9]({_GAP_SQL}[0-9]){{9}}"
-                   r"""|wa_?id["']?[[:space:]]*[:=][[:space:]]*["']?[0-9]{7}"""
-                   r"|detail: (?!\(values hidden\))"
-                   r"|x-amz-|signature=|awsaccesskeyid=|security-token=")
-# In the statement (as _REDACTED_SQL): a partial index of the errors left to mask can only
-# serve a condition whose value the plan sees.
+# What scrub would still change in a message's last error: models.UNMASKED_ERROR, which
+# the partial index of the errors left to mask says too (migration 0053).
+_UNMASKED_ERROR = UNMASKED_ERROR
+# In the statement (as _REDACTED_SQL): the partial index of the errors left to mask
+# (migration 0053, _redacted_errors' WHERE written out) serves only a condition whose value
+# the plan sees. Changed here (or that WHERE), the index no longer serves it: a new
+# migration builds one that says the new form (tests/test_ops_s38.py checks the plan).
 _UNMASKED_ERROR_SQL = literal(_UNMASKED_ERROR, literal_execute=True)
 # A message that failed, or that Twilio could not deliver, is the only one left with a
 # last error: one Twilio took clears it (outbox._handed_over), as it always has.
@@ -380,8 +375,9 @@ def _redacted_errors(session: Session, after: Key | None,
     them (_mask_errors came later: before, the redaction left Twilio's error text as it
     was, the full number it refused in it), masked now as _mask_errors masks them; the
     _outbox pass never reads a redacted text again. Found by the failed messages' status
-    and what the error still shows (_UNMASKED_ERROR): a masked one is not read again, and
-    masking one again changes nothing. ``cutoff``: unused (any age: the text is gone)."""
+    and what the error still shows (_UNMASKED_ERROR), by the partial index of exactly
+    those (migration 0053): a masked one leaves it and is not read again, and masking one
+    again changes nothing. ``cutoff``: unused (any age: the text is gone)."""
     m = OutboxMessage
     batch = session.execute(_after(select(m.id).where(
         m.status.in_(_FAILED), m.body == _REDACTED_SQL, m.last_error.is_not(None),
