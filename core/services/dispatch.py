@@ -2635,7 +2635,8 @@ def code_help(session: Session, partner: PartnerProfile,
               numbers: tuple[str, ...] = ()) -> list[Reply]:
     """What a rider with a job in hand hears when he says he has no code ("no code",
     "code nahi mila", "OTP nahi aaya"): for the job named (else each of his jobs), who has
-    the code of his step (pickup: who gives him the parcel; drop: who takes it) and to
+    the code of his step (pickup: who gives him the parcel, on a relay the rider before
+    him, _pickup_code_help; drop: who takes it, on a relay the next rider) and to
     call ops for a new one; a locked job, to call ops; a relay carrier whose next rider is
     not found yet, to keep the parcel (nobody has that code yet). Never CANCEL's hint: the
     job is his to finish. No try is counted. Empty with no job in hand or with an offer
@@ -2652,16 +2653,30 @@ def code_help(session: Session, partner: PartnerProfile,
         if leg.status == LegStatus.LOCKED.value:
             out.append(_r("dispatch.otp_locked", job=job, ops_phone=ops_phone))
         elif leg.status == LegStatus.ASSIGNED.value:  # handed over to him too: PICK first
-            out.append(_r("dispatch.code_help_pick", job=job, ops_phone=ops_phone))
+            out.append(_r(_pickup_code_help(session, leg), job=job, ops_phone=ops_phone))
         elif (waiting_for := _next_leg_untaken(session, leg)) is not None:
             booking = session.get(Booking, leg.booking_id)
             assert booking is not None
             out.append(_r("dispatch.carrier_wait", job=job,
                           point=place(session, booking, waiting_for, "from"),
                           ops_phone=ops_phone))
+        elif _next_leg(session, leg) is not None:  # the next rider at the Point has it
+            out.append(_r("dispatch.code_help_drop_relay", job=job, ops_phone=ops_phone))
         else:
             out.append(_r("dispatch.code_help_drop", job=job, ops_phone=ops_phone))
     return out
+
+
+def _pickup_code_help(session: Session, leg: Leg) -> str:
+    """code_help's key for a leg not picked up: a first leg's code is with the sender (who
+    gives the parcel); a relay leg's went to the rider before him (handover_give), who
+    brings the parcel to the Point, or, the parcel handed over already (handed_over_to),
+    who gave it to him and has left: ask that rider, or ops for a new code."""
+    if leg.sequence <= 1:
+        return "dispatch.code_help_pick"
+    if handed_over_to(session, leg):
+        return "dispatch.code_help_pick_handed"
+    return "dispatch.code_help_pick_relay"
 
 
 def accept(session: Session, partner: PartnerProfile, code: str | None) -> Reply:
@@ -3423,7 +3438,7 @@ def _choose_leg(session: Session, partner: PartnerProfile, numbers: tuple[str, .
     if job_only:
         otp, job = None, (numbers[0] if numbers else None)
     else:
-        otp, job = rules.split_otp_and_job(numbers, codes)
+        otp, job = _job_then_code(numbers, codes) or rules.split_otp_and_job(numbers, codes)
     if job is not None:
         number = _job_number(job)
         chosen = [leg for leg in legs if leg.id == number]
@@ -3445,6 +3460,24 @@ def _choose_leg(session: Session, partner: PartnerProfile, numbers: tuple[str, .
             return None, otp, _r(key, jobs=" ".join(job_code(x) for x in chosen),
                                  job=job_code(chosen[0]))
     return chosen[0], otp, None
+
+
+def _job_then_code(numbers: tuple[str, ...], codes: list[str]) -> tuple[str, str] | None:
+    """(otp, job) of "PICK 99 4821": a number naming none of his jobs, shorter than a code,
+    then a code. rules.split_otp_and_job reads such a first number as a code typed short
+    ("PICK 62 0"), so he heard "Send PICK and the 4-digit OTP" (or "which job?"), as if his
+    code were at fault, and sent it again alone: a wrong try on his own job. It names the
+    job he means: not his (another rider's or none: the same answer, "you have no job 99",
+    nothing about it said; no code is checked, so none is tested for free), his cancelled
+    or done one, or his own typed with a 0 ("057"). None for
+    anything else (two codes: the OTP first, as the texts show it)."""
+    if len(numbers) != 2:
+        return None
+    job, otp = numbers
+    if job in codes or otp in codes or not _is_code(otp) or len(job) >= OTP_DIGITS \
+            or _job_number(job) is None:
+        return None
+    return otp, job
 
 
 def _code_sent_as_job(session: Session, partner: PartnerProfile, kind: str,
@@ -3509,9 +3542,11 @@ def _leg_of_code(session: Session, partner: PartnerProfile, kind: str, otp: str,
     right = [leg for leg in waiting if check_leg_otp(leg, kind, otp)]
     if len(right) == 1:
         return right[0], None
-    if not right:
+    if not right and waiting:
         # The right code of a job locked after wrong codes ("which job?" counted it): that
-        # job's answer, as with its number; no other job pays a try for it.
+        # job's answer, as with its number; no other job pays a try for it. Only while a
+        # wrong code costs a try on a job waiting for one: with none (every job locked),
+        # "which job?" whatever the code, never a free test of a locked job's code.
         for leg in active_legs_of(session, partner):
             if leg.status == LegStatus.LOCKED.value and check_leg_otp(leg, kind, otp):
                 return None, _r("dispatch.otp_locked", job=job_code(leg),
