@@ -334,13 +334,55 @@ _ASKED_AFTER = frozenset({"kya", "क्या"})
 _ASKED_FIRST = frozenset({"kya", "क्या", "did", "has"})
 # "What to do" after a "kya": a complaint ("damaged mila kya karein"), not "did it come?".
 _DO = ("kar", "कर")
-# Another subject, or a complaint, beside a come: "refund kab milega", "OTP kab milega",
-# "reply kab aayega", "toot ke aaya", "itna late kyu aaya?". Not where the parcel is.
-_OTHER_THAN_PARCEL = frozenset({
+# Another subject beside a come: "refund kab milega", "OTP kab milega", "reply kab
+# aayega", "samajh nahi aaya" (not understood). Not where the parcel is, unless the
+# parcel is named as what comes ("refund ke saath parcel kab aayega": _of_the_parcel).
+_OTHER_SUBJECT = frozenset({
     "refund", "otp", "code", "bill", "invoice", "receipt", "paisa", "paise", "money",
-    "reply", "jawab", "damaged", "damage", "broken", "toot", "tut", "tuta", "toota",
-    "tuti", "tooti", "kharab", "why", "kyu", "kyun", "kyon", "रिफंड", "ओटीपी", "कोड",
-    "बिल", "पैसा", "पैसे", "जवाब", "टूट", "टूटा", "टूटी", "खराब", "ख़राब", "क्यों", "क्यूं"})
+    "reply", "jawab", "samajh", "samajhme", "samjh", "samaj", "रिफंड", "ओटीपी", "कोड", "बिल",
+    "पैसा", "पैसे", "जवाब", "समझ"})
+# A complaint beside a come: "toot ke aaya", "damaged mila", "itna late kyu aaya?" (a
+# why of what came). A why of what did not come is no complaint (_NOT_COME_ASKED).
+_COMPLAINT = frozenset({
+    "damaged", "damage", "broken", "toot", "tut", "tuta", "toota", "tuti", "tooti",
+    "kharab", "टूट", "टूटा", "टूटी", "खराब", "ख़राब"})
+_WHY = frozenset({
+    "why", "kyu", "kyun", "kyon", "kyo", "क्यों", "क्यूं", "क्यो",  # en, hi
+    "keno", "কেন",  # bn
+    "yen", "ஏன்",  # ta
+    "enduku", "ఎందుకు",  # te
+    "kem", "કેમ",  # gu
+    "yaake", "yake", "ಯಾಕೆ",  # kn
+})
+_OTHER_THAN_PARCEL = _OTHER_SUBJECT | _COMPLAINT | _WHY
+# The parcel named as what comes ("refund ke saath parcel kab aayega"), or asked about
+# with a come that did not happen ("mera parcel nahi aaya").
+_PARCEL = frozenset({
+    "parcel", "parsal", "parcal", "parsel", "saman", "samaan", "package", "courier",
+    "पार्सल", "सामान", "पारसल",  # hi, mr
+    "পার্সেল", "পার্সেলটা",  # bn
+    "பார்சல்", "పార్సెల్", "પાર્સલ", "ಪಾರ್ಸೆಲ್",  # ta, te, gu, kn
+})
+# Not yet, still: "abhi tak nahi aaya", "not come yet", "এখনো আসেনি", "இன்னும் வரல".
+_YET = frozenset({
+    "yet", "still", "abhi", "abhee", "abi", "tak", "अभी", "तक",  # en, hi
+    "ekhono", "ekhon", "এখনো", "এখনও",  # bn
+    "ajun", "ajoon", "अजून",  # mr
+    "innum", "இன்னும்",  # ta
+    "inka", "inkaa", "ఇంకా",  # te
+    "haju", "હજુ", "હજી",  # gu
+    "innu", "innoo", "ಇನ್ನೂ",  # kn
+})
+# A come and its not in one word, as Bengali, Tamil, Telugu and Kannada say it: "আসেনি"
+# (has not come), "வரவில்லை", "రాలేదు", "ಬಂದಿಲ್ಲ" (Hindi, Marathi, Gujarati and English say
+# the not beside the come: _NOT_BESIDE).
+_NOT_COME = frozenset({
+    "aseni", "ashe ni", "আসেনি", "পৌঁছায়নি", "পৌঁছেনি", "পাইনি", "paini",  # bn
+    "varala", "varalai", "varavillai", "வரல", "வரலை", "வரவில்லை", "சேரவில்லை",
+    "கிடைக்கவில்லை", "kidaikkala",  # ta
+    "raledu", "raaledu", "andaledu", "రాలేదు", "అందలేదు", "చేరలేదు",  # te
+    "bandilla", "baralilla", "ಬಂದಿಲ್ಲ", "ಬರಲಿಲ್ಲ", "ತಲುಪಿಲ್ಲ", "ಸಿಕ್ಕಿಲ್ಲ", "sikkilla",  # kn
+})
 # English "come" and "get" asked without a when are as often about a pickup ("can the
 # rider come to my house?", "how do I get a parcel sent?"): a when must go with them.
 _COMES_WITH_WHEN = frozenset({"come", "comes", "coming", "get", "reach", "reaches", "arrive",
@@ -358,7 +400,7 @@ def asks_when_it_comes(said: list[str], text: str) -> bool:
     not when another subject is named ("refund kab milega", "toot ke aaya")."""
     words_said = set(said)
     comes = words_said & _COMES
-    if not comes or words_said & _OTHER_THAN_PARCEL:
+    if not comes or words_said & _WHY or not _of_the_parcel(said):
         return False
     if words_said & _WHEN or comes & _COME_ASKED:
         return True
@@ -371,6 +413,47 @@ def asks_when_it_comes(said: list[str], text: str) -> bool:
         and not (i + 2 < len(said) and said[i + 2].startswith(_DO))
         for i, w in enumerate(said[:-1]))
     return kya_after or bool(words_said & _ASKED) or text.rstrip().endswith("?")
+
+
+def _of_the_parcel(said: list[str]) -> bool:
+    """Whether a come in ``said`` is the parcel's: no complaint ("toot ke aaya"), and no
+    other subject, or the parcel the last one named before a come ("refund ke saath
+    parcel kab aayega"; not "parcel ka refund kab milega", "refund kab milega")."""
+    if set(said) & _COMPLAINT:
+        return False
+    if not set(said) & _OTHER_SUBJECT:
+        return True
+    for i, w in enumerate(said):
+        if w in _COMES or w in _NOT_COME:
+            named = next((x for x in reversed(said[:i]) if x in _PARCEL or x in _OTHER_SUBJECT),
+                         None)
+            if named in _PARCEL:
+                return True
+    return False
+
+
+def _not_beside(said: list[str], i: int) -> bool:
+    """Whether the come ``said[i]`` is said with a not beside it: "nahi aaya", "not
+    come", "not yet arrived", "आला नाही", "આવ્યું નથી", "aaya ya nahi"."""
+    before = said[max(0, i - 2):i]
+    after = said[i + 1:i + 3]
+    return (any(w in words.NEGATORS for w in before) or bool(after and after[0] in words.NEGATORS)
+            or after in (["ya", "nahi"], ["ya", "nahin"], ["or", "not"], ["ki", "nahi"]))
+
+
+def not_come_yet(said: list[str]) -> bool:
+    """Whether words ``said`` ask about a parcel that has not come: "parcel kyu nahi aaya
+    abhi tak?", "why has my parcel not come yet", "पार्सल अभी तक नहीं आया", "mera parcel
+    nahi aaya", "পার্সেল এখনো আসেনি কেন", "இன்னும் வரல". A come with a not beside it
+    (or a word saying both) and a why, a yet, a when or the parcel named; not another
+    subject's ("OTP nahi aaya", "samajh nahi aaya") nor a complaint."""
+    if not _of_the_parcel(said):
+        return False
+    words_said = set(said)
+    if not words_said & (_WHY | _YET | _WHEN | _PARCEL):
+        return False
+    return bool(words_said & _NOT_COME) or any(
+        w in _COMES and _not_beside(said, i) for i, w in enumerate(said))
 
 
 def _names_when(text: str) -> int | None:
@@ -388,11 +471,15 @@ def menu_intent(text: str, when: bool = True) -> int | None:
     asked again rather than guessed. A "no problem" negates nothing (words.negated).
     With ``when``, asked when it comes ("kab aayega", asks_when_it_comes) is tracking;
     not at the rating question, where "delivered on time, mila" is praise."""
+    said_in_order = words.said_words(text)
+    others = set().union(*(keys for i, keys in enumerate(MENU_INTENTS, start=1)
+                           if i != _TRACK))
+    if when and not_come_yet(said_in_order):
+        # "parcel kyu nahi aaya abhi tak?": where it is, as "kab aayega" is; with another
+        # option's word ("nahi aaya, cancel karna hai") asked again.
+        return None if words.tokens(text) & others else _TRACK
     if words.negated(text):  # "did not like it", "cancel nahi karna": asked again; but
         # "abhi tak nahi aaya, kab aayega" (not come yet: when?) names when: tracking
-        said_in_order = words.said_words(text)
-        others = set().union(*(keys for i, keys in enumerate(MENU_INTENTS, start=1)
-                               if i != _TRACK))
         if when and set(said_in_order) & _WHEN and asks_when_it_comes(said_in_order, text) \
                 and not words.tokens(text) & others:
             return _TRACK
@@ -512,6 +599,11 @@ def _resume_handle(ctx: Ctx, inp: UserInput) -> Result:
 # --- places: pin or pincode, then the village post office, then a landmark -------------
 
 OFFICE_STEPS = ("pickup_office", "drop_office")  # the village lists
+# state.data key: the name a shared location came with (WhatsApp's Label and Address of a
+# named place: a shop, a school), put by the chat before the turn; kept as the landmark
+# of the place the pin gives (its landmark question is not asked), else forgotten.
+PIN_PLACE = "pin_place"
+LANDMARK_MAX = 120  # characters of a landmark kept
 
 
 def listed_offices(data: dict[str, Any], text: str) -> list[dict[str, Any]]:
@@ -564,7 +656,40 @@ def _place_steps(kind: str, default_next: str) -> list[Step]:
             return Goto(where, [Say("address.same_place")])
         ctx.slots[kind] = place
         say: list[Out] = [Say("bot.place.found", {"place": place_label(place)})] if found else []
+        named = ctx.state.data.pop(PIN_PLACE, None) if pinned else None
+        if named:
+            # A named place shared ("Saraswati Vidya Mandir, Main Road"): its name is the
+            # landmark, said back; she is not asked for one.
+            place["landmark"] = named[:LANDMARK_MAX]
+            ctx.state.data.pop("offices", None)
+            return Goto(ctx.after(default_next),
+                        [*say, Say("bot.place.landmark_kept", {"landmark": place["landmark"]})])
         return Goto(landmark, say)
+
+    def _village_named(ctx: Ctx, inp: UserInput) -> Result:
+        """A village typed by its name, no pincode nor pin: the post offices of the
+        service area called so (the ports' offices_named). One: taken (said back with
+        its pincode; "dusra gaon" at the landmark undoes it); several of one pincode:
+        that pincode's list; of several pincodes: which pincode is asked. Not found:
+        what to send instead, and where a pincode is written."""
+        name = words.village_typed(inp.text)
+        find = getattr(ctx.ports, "offices_named", None)  # the chat's; the phone has none
+        if name is None or find is None or is_greeting(inp.text):
+            return Retry([Say("bot.place.bad")])
+        res = find(name)
+        if res.kind != "list" or not res.offices:
+            return Retry([Say("bot.place.name_unknown", {"name": echo(words.visible(
+                inp.text).strip())})])
+        pins = sorted({o["pincode"] for o in res.offices})
+        if len(pins) > 1:
+            return Retry([Say("bot.place.name_pincodes", {"name": res.offices[0]["name"],
+                                                          "pincodes": ", ".join(pins)})])
+        offices = told_apart(res.offices)
+        if len(offices) == 1:
+            return accept(ctx, offices[0], True)
+        ctx.state.data["offices"] = offices
+        ctx.state.data["page"] = 0
+        return Goto(office)
 
     def outside(res: Any) -> Result:
         label = place_label(res.place) if res.place else ""
@@ -582,7 +707,7 @@ def _place_steps(kind: str, default_next: str) -> list[Step]:
         elif digits:
             res = ctx.ports.offices(digits)
         else:
-            return Retry([Say("bot.place.bad")])
+            return _village_named(ctx, inp)
         if res.kind == "error":
             return Retry([Say(_PLACE_ERRORS.get(res.code, "bot.place.bad"),
                               {"pincode": echo(digits or "")})])
@@ -682,7 +807,7 @@ def _place_steps(kind: str, default_next: str) -> list[Step]:
         elif len(text) >= 2 and not words.only_digits(text):
             # Digits alone are no landmark: a phone number (hers, or the receiver's
             # typed a step early) or the pincode again would be kept and shown to riders.
-            place["landmark"] = text[:120]
+            place["landmark"] = text[:LANDMARK_MAX]
         else:
             return Retry([Say("bot.place.landmark_bad")])
         ctx.state.data.pop("offices", None)

@@ -660,3 +660,32 @@ CHOICE_WORDS: dict[str, frozenset[str]] = {
     "tier.economy": frozenset({"sasta", "sasta wala", "sasta wali", "saste wala", "sasti",
                                "cheap", "economy"}),
 }
+
+
+# --- a village typed by its name at the place question ----------------------------------
+
+# The words said around a village's name ("Lauriya gaon", "village Lauriya", "गाँव
+# Lauriya"): left out before the name is looked up.
+_AROUND_A_NAME = frozenset({"village", "gaon", "gaanv", "gav", "gaav", "gao", "gram", "po",
+                            "post", "office", "गाँव", "गांव", "गाव", "গ্রাম", "ஊர்",
+                            "கிராமம்", "ఊరు", "గ్రామం", "ગામ", "ಊರು", "ಗ್ರಾಮ"})
+MAX_NAME_WORDS = 3
+
+
+def village_typed(text: str) -> str | None:
+    """The name of a village as typed alone at the place question ("Lauriya", "Lauriya
+    gaon", "village Bairiya"): one to MAX_NAME_WORDS words of letters, cleaned, the
+    place's words around it left out; None for anything else (a sentence, digits, a
+    yes, no, thanks or Hindi in Latin letters: "kal bhejna hai", "haan")."""
+    said = [w.strip(_TRIM) for w in clean(visible(text)).split()]
+    said = [w for w in said if w and w not in _AROUND_A_NAME]
+    if not said or len(said) > MAX_NAME_WORDS:
+        return None
+    if not all(ch.isalpha() or ch in ".-'" or unicodedata.category(ch) in ("Mn", "Mc")
+               for w in said for ch in w):
+        return None
+    meant = set(said)
+    if meant & (YES_WORDS | NO_WORDS | THANK_WORDS | HINGLISH_WORDS | SKIP_WORDS) or (
+            " ".join(said) in YES_WORDS | NO_WORDS | SKIP_WORDS):
+        return None
+    return " ".join(said)

