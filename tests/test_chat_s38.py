@@ -9,8 +9,8 @@
   found is told so, with where a pincode is written.
 - A shared location with a name (WhatsApp's Label and Address: a shop, a school) left the
   name unused and asked for a landmark: the name is the landmark now.
-- A voice note in the middle of a booking, then "yes, call me": the draft was dropped
-  (the menu's "1" started afresh once she was back): it is kept and offered again.
+- A voice note in the middle of a booking, then "yes, call me": the draft is kept and
+  offered again once she is back (a guard: it was so before).
 Played through the signed WhatsApp webhook; real PostgreSQL and Redis."""
 
 from __future__ import annotations
