@@ -580,7 +580,10 @@ _COMMANDS_ELSEWHERE: Mapping[Kind, frozenset[str]] = {
         "ડ્રોપ", "પહોંચાડ્યું",  # gu
         "ಡ್ರಾಪ್", "ಕೊಟ್ಟೆ",  # kn
     }),
-    Kind.STATUS: frozenset({"স্ট্যাটাস", "ஸ்டேட்டஸ்", "స్టేటస్", "સ્ટેટસ", "ಸ್ಟೇಟಸ್"}),
+    Kind.STATUS: frozenset({
+        "স্ট্যাটাস", "ஸ்டேட்டஸ்", "స్టేటస్", "સ્ટેટસ", "ಸ್ಟೇಟಸ್",  # the English word
+        "स्थिती", "অবস্থা", "நிலை", "స్థితి", "સ્થિતિ", "ಸ್ಥಿತಿ",  # their own ("state")
+    }),
     Kind.HELP: frozenset({"मदत", "সাহায্য", "உதவி", "సహాయం", "મદદ", "ಸಹಾಯ"}),
     Kind.CANCEL: frozenset({"বাতিল", "ரத்து", "రద్దు", "રદ", "રદ્દ", "ರದ್ದು"}),
     Kind.EARN: frozenset({
