@@ -340,12 +340,18 @@ _DO = ("kar", "कर")
 _OTHER_SUBJECT = frozenset({
     "refund", "otp", "code", "bill", "invoice", "receipt", "paisa", "paise", "money",
     "reply", "jawab", "samajh", "samajhme", "samjh", "samaj", "रिफंड", "ओटीपी", "कोड", "बिल",
-    "पैसा", "पैसे", "जवाब", "समझ"})
+    "पैसा", "पैसे", "जवाब", "समझ",
+    # What else may not have come: the payment link, an SMS, a photo of the parcel.
+    "link", "sms", "message", "msg", "photo", "photu", "pic", "लिंक", "मैसेज", "फोटो"})
 # A complaint beside a come: "toot ke aaya", "damaged mila", "itna late kyu aaya?" (a
 # why of what came). A why of what did not come is no complaint (_NOT_COME_ASKED).
 _COMPLAINT = frozenset({
     "damaged", "damage", "broken", "toot", "tut", "tuta", "toota", "tuti", "tooti",
-    "kharab", "टूट", "टूटा", "टूटी", "खराब", "ख़राब"})
+    "kharab", "टूट", "टूटा", "टूटी", "खराब", "ख़राब",
+    # A complaint or a return named beside a not-come: "parcel nahi aaya complaint karni
+    # hai", "rider kyu nahi aaya, bekar service", "parcel wapas nahi aaya" (a return).
+    "complaint", "shikayat", "शिकायत", "bekar", "bekaar", "बेकार", "worst", "ghatiya",
+    "घटिया", "wapas", "vapas", "वापस"})
 _WHY = frozenset({
     "why", "kyu", "kyun", "kyon", "kyo", "क्यों", "क्यूं", "क्यो",  # en, hi
     "keno", "কেন",  # bn
@@ -427,7 +433,9 @@ def _of_the_parcel(said: list[str]) -> bool:
         if w in _COMES or w in _NOT_COME:
             named = next((x for x in reversed(said[:i]) if x in _PARCEL or x in _OTHER_SUBJECT),
                          None)
-            if named in _PARCEL:
+            # ... and no other subject after it: "parcel nahi aaya, paisa wapas chahiye",
+            # "the parcel did not come, I want my money back" ask for the money.
+            if named in _PARCEL and not set(said[i + 1:]) & _OTHER_SUBJECT:
                 return True
     return False
 

@@ -672,6 +672,13 @@ _AROUND_A_NAME = frozenset({"village", "gaon", "gaanv", "gav", "gaav", "gao", "g
 MAX_NAME_WORDS = 3
 
 
+def village_key(name: str) -> str:
+    """A village's name as village_typed gives it: cleaned, the place's words around it
+    left out (India Post's "Sundar Gaon" is found as "Sundar Gaon" and as "Sundar")."""
+    said = [w.strip(_TRIM) for w in clean(visible(name)).split()]
+    return " ".join(w for w in said if w and w not in _AROUND_A_NAME)
+
+
 def village_typed(text: str) -> str | None:
     """The name of a village as typed alone at the place question ("Lauriya", "Lauriya
     gaon", "village Bairiya"): one to MAX_NAME_WORDS words of letters, cleaned, the

@@ -979,6 +979,10 @@ _BUSY_FOR = frozenset(" ".join(tokens(w)) for w in {
 # "Will be there in 5", "10 me aata hu": a number with "in" before it or "me" after it,
 # no word for hours, days or work after it, is minutes (not a job's: "job 5 me").
 _IN_BEFORE = frozenset({"in"})
+# What a number counts that is no minutes: "I am in 3 km", "stuck in 2 deliveries".
+_COUNTED = frozenset({"km", "kms", "kilometer", "kilometers", "kilometre", "kilometres",
+                      "delivery", "deliveries", "parcel", "parcels", "order", "orders",
+                      "किमी", "किलोमीटर", "पार्सल", "डिलीवरी"})
 _IN_AFTER = frozenset(" ".join(tokens(w)) for w in {"me", "mein", "mai", "mei", "में"})
 # "Naa": Hindi's no, and in Latin-letter Tamil "I" ("naa varen": I will come, "naa ok",
 # "naa pick pannuren", "naa on duty"). A no only when every word of the message is one
@@ -1165,8 +1169,9 @@ def _not_a_refusal(toks: Sequence[str], words: Sequence[str]) -> bool:
     if any(w in _LATE_WORDS and words[i + 1:i + 2] and words[i + 1] in _HI_NO
            for i, w in enumerate(words)):
         return True
-    if _DAY_WORDS.intersection(toks):
-        return False
+    if _DAY_WORDS.intersection(toks) and not (
+            _MINUTE_WORDS.intersection(toks) or _in_minutes(toks)):
+        return False  # another day, unless he says minutes too ("kal wala parcel ... 10 min")
     if _BUSY_WORDS.intersection(toks):
         toks = [t for t in toks if t not in _BUSY_FOR]
         words = [t for t in toks if not t.isdigit()]
@@ -1188,9 +1193,10 @@ def _in_minutes(toks: Sequence[str]) -> bool:
     for i, t in enumerate(toks):
         if not (t.isascii() and t.isdigit() and int(t) <= 60):
             continue
-        after = toks[i + 1:i + 2]
+        after = toks[i + 1:i + 3]
         if (i and toks[i - 1] in _NUMBER_NAMED) or (
-                after and after[0] in _TIME_WORDS | _WORK_WORDS):
+                after and after[0] in _TIME_WORDS | _WORK_WORDS | _COUNTED) or (
+                after[1:] == ["se"] and after[0] in _IN_AFTER):  # "5 me se 3": of five
             continue
         if (i and toks[i - 1] in _IN_BEFORE) or (after and after[0] in _IN_AFTER):
             return True

@@ -186,16 +186,18 @@ CELL_DEG = 0.05
 
 @functools.lru_cache(maxsize=65536)
 def _villages_of_cell(cell: tuple[int, int], radius_km: float) -> dict[str, tuple[str, ...]]:
-    """The pincodes of every post office name (cleaned) in the pincodes that reach within
-    ``radius_km`` of the grid cell ``cell`` (its centre, the radius grown by the cell's
-    half diagonal: a superset; the place's check against the Points decides)."""
+    """The pincodes of every post office name (words.village_key) in the pincodes that
+    reach within ``radius_km`` of the grid cell ``cell`` (its centre, the radius grown by
+    the cell's half diagonal: a superset; the place's check against the Points decides)."""
     lat, lng = (cell[0] + 0.5) * CELL_DEG, (cell[1] + 0.5) * CELL_DEG
     pins = {str(row["pincode"]) for row in ipg.find_nearby(
         lat, lng, radius_km=radius_km + 4.0, limit=100_000, include_suspect=True)}
     names: dict[str, set[str]] = {}
     for pin in pins:
         for office in pincode.post_offices(pin):
-            names.setdefault(words.clean(office.name), set()).add(pin)
+            key = words.village_key(office.name)
+            if key:
+                names.setdefault(key, set()).add(pin)
     return {name: tuple(sorted(found)) for name, found in names.items()}
 
 
@@ -270,7 +272,8 @@ class SessionPorts:
                        for pin in _villages_of_cell((int(row[0]), int(row[1])),
                                                     radius_km).get(name, ())})
         places = [_place(o) for pin in pins for o in pincode.post_offices(pin)
-                  if words.clean(o.name) == name and o.lat is not None and o.lng is not None]
+                  if words.village_key(o.name) == name and o.lat is not None
+                  and o.lng is not None]
         checked = self._check_areas(places)
         served = [p for p, result in zip(places, checked, strict=True) if result.kind == "ok"]
         if not served:
