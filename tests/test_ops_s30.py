@@ -73,7 +73,7 @@ def offer_sms(offer_id: int) -> OutboxMessage:
 
 
 def near_misses(client, k: int, near: int, far_phone: str, *,
-                sms_status: str | None = None) -> None:
+                sms_status: str | None = None, app: bool = False) -> None:
     """Job ``k``: offered first to the near partner, who does not answer; once the
     offer's time and grace are over it expires and the far partner takes the job.
     ``sms_status``: what became of the near partner's offer SMS before it expired."""
@@ -87,10 +87,15 @@ def near_misses(client, k: int, near: int, far_phone: str, *,
     assert first.partner_id == near
     if sms_status is not None:
         assert offer_sms(first.id).status == sms_status
-    freeze_at(t + 121)  # the offer's 90 s and its 30 s grace are over
-    release_scheduled(timedelta(seconds=121))
-    run_jobs()
-    assert offers(leg_id)[0].status == rules.OfferStatus.EXPIRED.value
+    if sms_status == "undelivered" and not app:
+        # Never received, it holds the job no longer (session 38): withdrawn at once, not
+        # counted against them, and the next partner asked. (The app brings it too.)
+        assert offers(leg_id)[0].status == rules.OfferStatus.WITHDRAWN.value
+    else:
+        freeze_at(t + 121)  # the offer's 90 s and its 30 s grace are over
+        release_scheduled(timedelta(seconds=121))
+        run_jobs()
+        assert offers(leg_id)[0].status == rules.OfferStatus.EXPIRED.value
     assert offers(leg_id)[-1].status == rules.OfferStatus.OPEN.value
     sms(client, far_phone, "1")
     assert legs_of(booking_id)[0].status == "assigned"
@@ -155,7 +160,7 @@ def test_with_the_app_an_offer_counts_whatever_its_sms(
         assert on_duty(near)
         freeze_at(k * 300)
         dispatch.update_location(near, *LAXMIPUR)  # the app's fix, fresh at the pickup
-        near_misses(client, k, near, far_phone, sms_status="undelivered")
+        near_misses(client, k, near, far_phone, sms_status="undelivered", app=True)
     assert not on_duty(near)
     assert events(near)[-1] == "auto_off"
 

@@ -1,6 +1,7 @@
 """Dispatch jobs (thin: ids in, call core.services.dispatch).
 
 Job ids are natural keys: ``dispatch-<booking>``, ``offer-timeout-<offer>``,
+``offer-unreached-<offer>``, ``dispatch-reached-<partner event>``,
 ``dispatch-deadline-<leg>-<round>``, ``dispatch-retry-<leg>-<round>-<pass>``,
 ``drop-code-morning-<leg>-<tag>``,
 ``dispatch-sweep-<minute>``, ``ops-summary-<key>-<time>``, ``ops-deferred-<dedupe key>``
@@ -30,6 +31,16 @@ def start_dispatch(booking_id: int) -> str:
 def offer_timeout(offer_id: int) -> str:
     """An offer's time is up: expire it unless it was answered, then move the cascade on."""
     return dispatch.offer_timeout(offer_id)
+
+
+def offer_unreached(offer_id: int) -> str:
+    """An offer's SMS never reached its rider: the offer stops holding the job."""
+    return dispatch.offer_unreached(offer_id)
+
+
+def back_on_reached(partner_id: int, event_id: int) -> str:
+    """A rider put OFF for offers that never reached him sent an SMS: back ON."""
+    return dispatch.back_on_reached(partner_id, event_id)
 
 
 def continue_search(leg_id: int) -> str:

@@ -16,7 +16,9 @@ How a leg finds its partner:
    hear we are still looking, and they hear again when a rider takes it.
    A partner who lets ``DISPATCH_MISSED_OFFERS_OFF`` offers in a row expire unanswered
    is put OFF duty and told so (``_off_after_missed``): near every pickup, they would
-   otherwise get each job's first offer and cost it the offer's time.
+   otherwise get each job's first offer and cost it the offer's time. An offer whose SMS
+   Twilio could not deliver stops holding its job at once (``offer_unreached``), and
+   ``UNREACHED_OFFERS_OFF`` of them in a row put the rider OFF silently until his next SMS.
 3. The first acceptance wins under a row lock on the leg (and a partial unique index allows
    one accepted offer per leg); everyone else's offer is withdrawn by SMS. A job that fills
    its partner up withdraws their other open offers too (accept locks those legs with its
@@ -1553,6 +1555,171 @@ def _off_after_missed(session: Session, offer: DispatchOffer) -> bool:
     return True
 
 
+# An offer whose SMS Twilio failed or could not deliver (the phone off, out of signal) never
+# reached an SMS-only rider: it stops holding the job at once (offer_unreached). This many
+# such offers in a row put him OFF, silently (no SMS can reach him), until he is heard
+# from again (any SMS from him: back_on_reached) or sends ON.
+UNREACHED_OFFERS_OFF = 3
+# The audit entry that tells ops why (PartnerEvent's auto_off says only that he went OFF).
+UNREACHED_OFF_AUDIT = "partner.auto_off_unreached"
+
+
+def _offer_sms_unreached() -> ColumnElement[bool]:
+    """For a query over DispatchOffer: whether Twilio failed or could not deliver the
+    offer's SMS ("offer-<id>"), or it was refused before it went (his number stopped our
+    SMS): it never reached the rider. Not one the outbox did not send because the offer
+    was over first (outbox.OFFER_OVER): that is no sign of his phone."""
+    return select(OutboxMessage.id).where(
+        OutboxMessage.dedupe_key == func.concat("offer-", DispatchOffer.id),
+        OutboxMessage.status.in_(FAILED_SMS),
+        OutboxMessage.last_error.is_distinct_from(outbox.OFFER_OVER)).exists()
+
+
+_OFFER_SMS_KEY = re.compile(r"offer-(\d+)")
+
+
+def offer_sms_lost(session: Session, row: OutboxMessage) -> None:
+    """The outbox's word that a job offer's SMS failed for good and went no other way
+    (outbox._code_lost: Twilio's status callback, or its refusal): the offer is dealt with
+    in a job of its own (offer_unreached), after this commit, under its own locks (the
+    outbox holds its rows' locks here, and the offer's leg comes first)."""
+    found = _OFFER_SMS_KEY.fullmatch(row.dedupe_key or "")
+    if found is None:
+        return
+    offer_id = int(found[1])
+    _enqueue_after_commit(session, "workers.dispatch.offer_unreached", offer_id,
+                          job_id=f"offer-unreached-{offer_id}")
+
+
+def offer_unreached(offer_id: int) -> str:
+    """Job ``offer-unreached-<id>``: the offer's SMS never reached the rider (without the
+    app, the SMS was the offer). Still open, it stops holding the job: withdrawn without
+    counting against him (not received, not missed: _withdraw), no SMS (none reaches him),
+    and the search moves on to the next rider at once. Open or not, it may be his
+    UNREACHED_OFFERS_OFF-th in a row (_off_after_unreached). A rider with the app could
+    see the offer there: his offer keeps its time."""
+    with transaction() as session:
+        leg_id = session.scalar(select(DispatchOffer.leg_id).where(DispatchOffer.id == offer_id))
+        if leg_id is None:
+            return "missing"
+        leg = _lock_leg(session, leg_id)
+        offer = session.get(DispatchOffer, offer_id, with_for_update=True,
+                            populate_existing=True)
+        assert leg is not None and offer is not None
+        partner = session.get(PartnerProfile, offer.partner_id, with_for_update=True,
+                              populate_existing=True)
+        assert partner is not None
+        if partner.has_app:
+            return "in-app"
+        if not session.scalar(select(_offer_sms_unreached()).where(
+                DispatchOffer.id == offer.id)):
+            return "reached"  # a late "delivered" came first, or never this offer's
+        was_open = offer.status == rules.OfferStatus.OPEN.value
+        if was_open:
+            _withdraw(offer, partner)
+            log.info("offer SMS did not reach the rider; offer withdrawn, search moves on",
+                     extra={"partner_id": partner.id, "offer_id": offer.id})
+        off = _off_after_unreached(session, partner, offer)
+        if was_open:
+            _maybe_continue(session, leg)
+        return ("withdrawn" if was_open else "already-" + offer.status) + (
+            "-off" if off else "")
+
+
+def _unreached(status: str, responded_at: datetime | None, expires_at: datetime,
+               sms_unreached: bool) -> bool:
+    """Whether an offer (not open) never reached its rider and he did not answer it: its
+    SMS failed, and it was withdrawn (offer_unreached) or expired unanswered (the failure
+    reported after its time)."""
+    return sms_unreached and (status == rules.OfferStatus.WITHDRAWN.value
+                              or _missed(status, responded_at, expires_at))
+
+
+def _off_after_unreached(session: Session, partner: PartnerProfile,
+                         offer: DispatchOffer) -> bool:
+    """The partner's offer (``offer``, locked with its leg, the partner too) never reached
+    him: if it is his UNREACHED_OFFERS_OFF-th such offer in a row since he last came ON,
+    he is put OFF as _off_after_missed does (set_duty; an ``auto_off`` event naming the
+    offer's job), without an SMS (none reaches him), and an audit entry
+    (UNREACHED_OFF_AUDIT) tells ops why. Near every pickup, he would otherwise get each
+    job's first offer, and each would wait for its SMS to fail. Any offer that reached him
+    (or he answered) breaks the run. His next SMS, whatever it says, puts him back ON
+    (back_on_reached), as does his ON."""
+    n = UNREACHED_OFFERS_OFF
+    if not partner.on_duty or partner.has_app or open_offers_of(session, partner):
+        # Already OFF; seen in the app; or another offer of his is open (two searches at
+        # once): its own end asks again, with its leg not locked here out of order.
+        return False
+    back_on = session.scalar(select(func.max(PartnerEvent.at)).where(
+        PartnerEvent.partner_id == partner.id, PartnerEvent.kind == "duty_on"))
+    query = select(DispatchOffer.status, DispatchOffer.responded_at, DispatchOffer.expires_at,
+                   _offer_sms_unreached()).where(
+        DispatchOffer.partner_id == partner.id,
+        DispatchOffer.status != rules.OfferStatus.OPEN.value)
+    if back_on is not None:
+        query = query.where(DispatchOffer.offered_at >= back_on)
+    last = session.execute(query.order_by(DispatchOffer.id.desc()).limit(n)).all()
+    if len(last) < n or not all(_unreached(*row) for row in last):
+        return False
+    set_duty(session, partner, False)
+    event = PartnerEvent(partner_id=partner.id, leg_id=offer.leg_id, kind="auto_off",
+                         at=clock.now())
+    session.add(event)
+    session.flush()
+    session.add(AuditEntry(actor=f"{SYSTEM.kind}:{SYSTEM.id}", action=UNREACHED_OFF_AUDIT,
+                           target=f"partner:{partner.id}",
+                           details={"offers": n, "offer": offer.id, "job": offer.leg_id,
+                                    "event": event.id,
+                                    "reason": f"the last {n} offers' SMS did not reach "
+                                              "the rider; back ON at his next SMS or ON"}))
+    log.warning("partner put off duty: offers' SMS did not reach him",
+                extra={"partner_id": partner.id, "unreached": n})
+    return True
+
+
+def _unreached_off(session: Session, partner_id: int) -> int | None:
+    """The id of the partner's ``auto_off`` event when it is his latest duty change and
+    it was for offers that never reached him (_off_after_unreached: the latest offer of
+    his of the event's job never reached him; an OFF for missed offers was for ones that
+    did), else None."""
+    last = session.execute(select(PartnerEvent.id, PartnerEvent.kind, PartnerEvent.leg_id)
+                           .where(PartnerEvent.partner_id == partner_id,
+                                  PartnerEvent.kind.in_(_DUTY_EVENTS))
+                           .order_by(PartnerEvent.at.desc(), PartnerEvent.id.desc())
+                           .limit(1)).first()
+    if last is None or last.kind != "auto_off" or last.leg_id is None:
+        return None
+    offer_id = session.scalar(select(DispatchOffer.id).where(
+        DispatchOffer.partner_id == partner_id, DispatchOffer.leg_id == last.leg_id)
+        .order_by(DispatchOffer.id.desc()).limit(1))
+    if offer_id is None or not session.scalar(select(_offer_sms_unreached()).where(
+            DispatchOffer.id == offer_id)):
+        return None
+    return int(last.id)
+
+
+def back_on_reached(partner_id: int, event_id: int) -> str:
+    """Job ``dispatch-reached-<event>``: a partner put OFF because his offers never reached
+    him (_off_after_unreached, its auto_off ``event_id``) sent us an SMS: his phone works
+    again, so he is put back ON as if he had sent ON (set_duty: its checks; refused, he
+    stays OFF), without an SMS (he was never told he went OFF). Not when his duty changed
+    since (ON, OFF, ops)."""
+    with transaction() as session:
+        partner = session.get(PartnerProfile, partner_id, with_for_update=True,
+                              populate_existing=True)
+        if partner is None:
+            return "missing"
+        if partner.on_duty:
+            return "on-duty"
+        if _unreached_off(session, partner.id) != event_id:
+            return "duty-changed"
+        if set_duty(session, partner, True).key not in DUTY_ON_KEYS:
+            return "refused"
+        log.info("partner back ON: heard from after offers that did not reach him",
+                 extra={"partner_id": partner.id})
+        return "back-on"
+
+
 def continue_search(leg_id: int) -> str:
     """Job: search again after the candidate list ran dry (``dispatch-retry-...``)."""
     with transaction() as session:
@@ -2457,7 +2624,8 @@ def _pick_offer(session: Session, partner: PartnerProfile,
     if len(offers) > 1:
         return _r("dispatch.several_offers", jobs=" ".join(str(o.leg_id) for o in offers),
                   job=offers[0].leg_id)
-    return _answered_before(session, partner, offers[0]) or offers[0]
+    return (_answered_before(session, partner, offers[0])
+            or _late_before(session, partner, offers[0]) or offers[0])
 
 
 # A bare yes or no this soon after the partner answered an offer, while the one offer open
@@ -2493,6 +2661,41 @@ def _answered_before(session: Session, partner: PartnerProfile,
             and leg.status in ACTIVE_LEG_STATES:
         return _r("dispatch.yours_then_offer", job=job_code(leg), offered=offer.leg_id)
     return _r("dispatch.answered_then_offer", job=job_code(leg), offered=offer.leg_id)
+
+
+# A bare yes or no this soon after the partner's one open offer was made, when his offer
+# before it expired unanswered, its answer due (time and grace) at most this long before
+# the new one was made (he was free, so the next search offered him at once), is his
+# answer to the expired one, typed as its time ran out and come late: never to the new
+# offer, which he may not have read.
+LATE_BEFORE_NEW = timedelta(seconds=30)
+
+
+def _late_before(session: Session, partner: PartnerProfile,
+                 offer: DispatchOffer) -> Reply | None:
+    """The answer to a bare yes or no (or a bare CANCEL, a no) within LATE_BEFORE_NEW of
+    ``offer`` (the one open) being made, when the partner's offer before it expired
+    unanswered, its answer due within LATE_BEFORE_NEW before that: answered late (not missed, as
+    _late_to_newest), and he is asked to name the new job to answer it, as after an
+    answered offer (_answered_before). None otherwise: the word is about ``offer``."""
+    now = clock.now()
+    if now - offer.offered_at > LATE_BEFORE_NEW:
+        return None
+    older = session.scalar(select(DispatchOffer).where(
+        DispatchOffer.partner_id == partner.id, DispatchOffer.id < offer.id)
+        .order_by(DispatchOffer.id.desc()).limit(1))
+    if older is None or older.responded_at is None \
+            or not _missed(older.status, older.responded_at, older.expires_at) \
+            or older.responded_at > offer.offered_at:
+        return None
+    # By when its answer was due (its time and grace), not when its timeout job ran: one
+    # that ran late (a busy worker, a test's release of every job at once) closes an offer
+    # whose answer was due long before, and a word now is not that answer.
+    due = older.expires_at + timedelta(seconds=config().offer_grace_s)
+    if offer.offered_at - due > LATE_BEFORE_NEW:
+        return None
+    _answer_to_expired(session, older)
+    return _r("dispatch.answered_then_offer", job=str(older.leg_id), offered=offer.leg_id)
 
 
 # A bare yes or no this soon after the partner's newest offer expired unanswered, with
@@ -4487,7 +4690,9 @@ def set_duty(session: Session, partner: PartnerProfile, on: bool) -> Reply:
     changed = session.scalar(select(PartnerProfile.on_duty).where(
         PartnerProfile.id == partner.id).with_for_update()) != on
     partner.on_duty = on
-    if changed:
+    # OFF while put OFF for offers that never reached him (_off_after_unreached) is his
+    # own OFF from now: recorded, so this SMS does not put him back ON (back_on_reached).
+    if changed or (not on and _unreached_off(session, partner.id) is not None):
         session.add(PartnerEvent(partner_id=partner.id, kind="duty_on" if on else "duty_off",
                                  at=clock.now()))
     # Stopping work closes the offers in hand, so the next partner need not wait out
@@ -5135,14 +5340,24 @@ def find_partner(session: Session, phone: str | None) -> tuple[Person | None,
         return None, None
     # No row lock here: every path locks the leg first, then touches the profile.
     profile = session.scalar(select(PartnerProfile).where(PartnerProfile.person_id == person.id))
+    if profile is not None and not profile.on_duty and not profile.has_app:
+        # An SMS from him (this one: partner_sms asks for him by its number) shows his
+        # phone works: put OFF for offers that never reached him, he is put back ON, in a
+        # job after this commit (his row is locked there first, not here before legs).
+        event_id = _unreached_off(session, profile.id)
+        if event_id is not None:
+            _enqueue_after_commit(session, "workers.dispatch.back_on_reached", profile.id,
+                                  event_id, job_id=f"dispatch-reached-{event_id}")
     return person, profile
 
 
-__all__ = ["accept", "attach_pod", "cancel_by_partner", "config", "confirm", "continue_search",
+__all__ = ["accept", "attach_pod", "back_on_reached", "cancel_by_partner", "config", "confirm",
+           "continue_search",
            "decline", "delivery_late", "drop_code_lost", "find_candidates", "handed_over_to",
            "handover_code_lost",
            "handed_pickup_late", "lock_open_offers", "new_leg_code", "not_understood",
-           "offer_timeout", "parcel_in_hand", "parties", "payout_account_gone",
+           "offer_sms_lost", "offer_timeout", "offer_unreached", "parcel_in_hand", "parties",
+           "payout_account_gone",
            "pickup_code_lost", "pickup_late", "pickup_window", "place",
            "plan_legs", "point_pickup_late", "recipient_language",
            "recipient_code_pending", "recipient_said_wrong_number", "search_deadline",

@@ -1623,8 +1623,15 @@ def _code_lost(session: Session, row: OutboxMessage) -> None:
     again). A customer's pickup code: without it the rider cannot take the parcel, so
     dispatch makes a new one for their WhatsApp, else sends it again, rider and ops told.
     A rider's handover code for a Point: without it the parcel cannot change hands, so
-    dispatch makes a new one the same way, ops told (handover_code_lost)."""
+    dispatch makes a new one the same way, ops told (handover_code_lost). A job offer to
+    a rider: it never reached him, and dispatch stops it holding the job
+    (dispatch.offer_sms_lost)."""
     key = row.dedupe_key or ""
+    if _OFFER_KEY.fullmatch(key):
+        from core.services import dispatch  # dispatch sends through this module
+
+        dispatch.offer_sms_lost(session, row)
+        return
     copied = next((key[len(p):] for p in _COPY_PREFIXES if key.startswith(p)), None)
     if copied is not None and copied.isdigit():
         # The copy of a code that went no other way failed too (the SMS that carried a
