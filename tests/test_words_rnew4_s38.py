@@ -57,7 +57,7 @@ def test_minutes_still_say_he_is_coming(said):
     "message kyu nahi aaya", "parcel ka photo nahi aaya",
     "parcel nahi aaya, paisa wapas chahiye", "the parcel did not come, I want my money back",
     "parcel nahi aaya complaint karni hai", "delivery boy kyu nahi aaya, bahut bekar service",
-    "why did the rider not come, worst service", "parcel wapas nahi aaya",
+    "why did the rider not come, worst service",
 ])
 def test_another_subject_or_a_complaint_is_no_tracking(said):
     assert menu_request(said) != 2
@@ -79,3 +79,25 @@ def test_a_village_called_gaon_by_india_post_is_found(client, demo):  # noqa: F8
     chat.play(*TO_PICKUP)
     reply = chat.say("Sundar Gaon")
     assert chat.step() != "pickup", reply
+
+
+# --- review rnew5 of the fixes above ---------------------------------------------------
+
+
+@pytest.mark.parametrize("said", [
+    "can't come, shop closes in 10 min, will come tomorrow",
+    "abhi nahi aa sakta, kal aaunga, abhi 20 minute ka kaam hai",
+])
+def test_coming_tomorrow_refuses_whatever_minutes_are_said(said):
+    assert parse_command(said).kind is Kind.DECLINE
+
+
+@pytest.mark.parametrize("said", [
+    "mera parcel kab aayega? please reply", "when will my parcel come? please reply",
+    "parcel kab tak aayega, tracking link bhejo",
+    "parcel abhi tak nahi aaya, koi message bhi nahi aaya",
+    "mera parcel kab aayega? koi jawab nahi de raha",
+    "parcel kab aayega, rider wapas chala gaya",
+])
+def test_a_nudge_after_the_question_is_still_tracking(said):
+    assert menu_request(said) == 2

@@ -351,7 +351,11 @@ _COMPLAINT = frozenset({
     # A complaint or a return named beside a not-come: "parcel nahi aaya complaint karni
     # hai", "rider kyu nahi aaya, bekar service", "parcel wapas nahi aaya" (a return).
     "complaint", "shikayat", "शिकायत", "bekar", "bekaar", "बेकार", "worst", "ghatiya",
-    "घटिया", "wapas", "vapas", "वापस"})
+    "घटिया"})
+# Money asked for after the parcel's not-come: "parcel nahi aaya, paisa wapas chahiye",
+# "the parcel did not come, I want my money back" (a nudge after it is still tracking:
+# "kab aayega? please reply", "tracking link bhejo", "koi message bhi nahi aaya").
+_MONEY = frozenset({"refund", "paisa", "paise", "money", "रिफंड", "पैसा", "पैसे"})
 _WHY = frozenset({
     "why", "kyu", "kyun", "kyon", "kyo", "क्यों", "क्यूं", "क्यो",  # en, hi
     "keno", "কেন",  # bn
@@ -433,9 +437,8 @@ def _of_the_parcel(said: list[str]) -> bool:
         if w in _COMES or w in _NOT_COME:
             named = next((x for x in reversed(said[:i]) if x in _PARCEL or x in _OTHER_SUBJECT),
                          None)
-            # ... and no other subject after it: "parcel nahi aaya, paisa wapas chahiye",
-            # "the parcel did not come, I want my money back" ask for the money.
-            if named in _PARCEL and not set(said[i + 1:]) & _OTHER_SUBJECT:
+            # ... and no money asked for after it (_MONEY).
+            if named in _PARCEL and not set(said[i + 1:]) & _MONEY:
                 return True
     return False
 

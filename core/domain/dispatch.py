@@ -1169,9 +1169,9 @@ def _not_a_refusal(toks: Sequence[str], words: Sequence[str]) -> bool:
     if any(w in _LATE_WORDS and words[i + 1:i + 2] and words[i + 1] in _HI_NO
            for i, w in enumerate(words)):
         return True
-    if _DAY_WORDS.intersection(toks) and not (
-            _MINUTE_WORDS.intersection(toks) or _in_minutes(toks)):
-        return False  # another day, unless he says minutes too ("kal wala parcel ... 10 min")
+    if _DAY_WORDS.intersection(toks) and (_coming_another_day(toks) or not (
+            _MINUTE_WORDS.intersection(toks) or _in_minutes(toks))):
+        return False  # another day; a day not of his coming beside minutes is no refusal
     if _BUSY_WORDS.intersection(toks):
         toks = [t for t in toks if t not in _BUSY_FOR]
         words = [t for t in toks if not t.isdigit()]
@@ -1184,6 +1184,22 @@ def _not_a_refusal(toks: Sequence[str], words: Sequence[str]) -> bool:
     return bool(_DELAY_WORDS.intersection(toks)) or any(
         w in _WILL_COME and (i == 0 or words[i - 1] not in _HI_NO)
         for i, w in enumerate(words))
+
+
+# The words of his coming that tie a day to it: "kal aaunga", "kal subah aata hu", "will
+# come tomorrow", "coming tomorrow" (not "kal wala parcel", "kal bhi aaya tha": a day
+# said of something else).
+_COMING_ON = _WILL_COME | frozenset(" ".join(tokens(w)) for w in {
+    "aata", "aati", "ata", "ati", "आता", "आती", "come", "coming", "reach", "pahunchunga",
+    "पहुंचूंगा", "पहुँचूँगा"})
+
+
+def _coming_another_day(toks: Sequence[str]) -> bool:
+    """Whether a day word is said of his coming: a coming word right before it, or within
+    the three words after it ("kal 10 baje aaunga")."""
+    return any(t in _DAY_WORDS and (
+        (i and toks[i - 1] in _COMING_ON) or _COMING_ON.intersection(toks[i + 1:i + 4]))
+        for i, t in enumerate(toks))
 
 
 def _in_minutes(toks: Sequence[str]) -> bool:

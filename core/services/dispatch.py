@@ -1564,15 +1564,25 @@ UNREACHED_OFFERS_OFF = 3
 UNREACHED_OFF_AUDIT = "partner.auto_off_unreached"
 
 
+# Twilio's errors that say the rider's phone or number could not take the SMS: an
+# unreachable handset (off, out of signal), a message blocked to his number, an unknown
+# handset, a landline or unreachable carrier, his STOP. Not our side's failures (a full
+# queue, a filtered text, an account or connection problem): they say nothing of his
+# phone, and a fleet-wide outage must put nobody OFF.
+HANDSET_SMS_ERRORS = frozenset({"30003", "30004", "30005", "30006", outbox.STOP_ERROR_CODE})
+
+
 def _offer_sms_unreached() -> ColumnElement[bool]:
-    """For a query over DispatchOffer: whether Twilio failed or could not deliver the
-    offer's SMS ("offer-<id>"), or it was refused before it went (his number stopped our
-    SMS): it never reached the rider. Not one the outbox did not send because the offer
-    was over first (outbox.OFFER_OVER): that is no sign of his phone."""
+    """For a query over DispatchOffer: whether Twilio could not deliver the offer's SMS
+    ("offer-<id>") to the rider's phone (HANDSET_SMS_ERRORS), or it was refused before it
+    went (his number stopped our SMS): it never reached the rider, for a reason of his
+    phone. Not one the outbox did not send because the offer was over first
+    (outbox.OFFER_OVER), nor one our side failed: no sign of his phone."""
     return select(OutboxMessage.id).where(
         OutboxMessage.dedupe_key == func.concat("offer-", DispatchOffer.id),
         OutboxMessage.status.in_(FAILED_SMS),
-        OutboxMessage.last_error.is_distinct_from(outbox.OFFER_OVER)).exists()
+        or_(OutboxMessage.error_code.in_(HANDSET_SMS_ERRORS),
+            OutboxMessage.last_error == outbox.OPTED_OUT_SINCE)).exists()
 
 
 _OFFER_SMS_KEY = re.compile(r"offer-(\d+)")
@@ -2688,6 +2698,8 @@ def _late_before(session: Session, partner: PartnerProfile,
             or not _missed(older.status, older.responded_at, older.expires_at) \
             or older.responded_at > offer.offered_at:
         return None
+    if session.scalar(select(_offer_sms_not_sent()).where(DispatchOffer.id == older.id)):
+        return None  # he never had it (its SMS failed, or never went): the word is ``offer``'s
     # By when its answer was due (its time and grace), not when its timeout job ran: one
     # that ran late (a busy worker, a test's release of every job at once) closes an offer
     # whose answer was due long before, and a word now is not that answer.
