@@ -354,7 +354,8 @@ def accept_offer(offer_id: int) -> ActionOut:
     with transaction() as session:
         person, partner = _me(session)
         offer = _my_offer(session, partner, offer_id)
-        reply = dispatch.accept(session, partner, str(offer.leg_id))
+        # By its id: never another offer of the same job (partner_app.answer_offer).
+        reply = partner_app.answer_offer(session, partner, offer, "accept")
         result = _answer_or_keep(session, reply, person, "dispatch.accepted",
                                  session.get(Leg, offer.leg_id))
         first = (partner_app.accepted_again(session, partner, offer)
@@ -375,7 +376,7 @@ def decline_offer(offer_id: int) -> ActionOut:
         offer = _my_offer(session, partner, offer_id)
         # A decline sent again (its answer lost, the app retried) is answered "declined"
         # as over SMS; an offer closed otherwise is said so by dispatch, in their words.
-        reply = dispatch.decline(session, partner, str(offer.leg_id))
+        reply = partner_app.answer_offer(session, partner, offer, "decline")
         result = _answer_or_keep(session, reply, person, "dispatch.declined",
                                  session.get(Leg, offer.leg_id))
     return _raise_or_return(result)

@@ -453,6 +453,75 @@ def accepted_again(session: Session, partner: PartnerProfile,
         "phone": pickup_contact(session, booking, leg) or get_settings().ops_phone})
 
 
+# --- answering an offer ------------------------------------------------------------------
+
+
+def answer_offer(session: Session, partner: PartnerProfile, offer: DispatchOffer,
+                 kind: Literal["accept", "decline"]) -> dispatch.Reply:
+    """The app's accept or decline of ``offer`` (one of the partner's), through dispatch,
+    which finds an offer by its job (the leg number, as "1 57" by SMS). That is ``offer``
+    itself while it is his newest offer of the job: the open one, or the one whose close
+    dispatch answers (expired, taken, "declined" again, ...). Once the job was offered to
+    him again (the search came round to him after ``offer`` expired, or after a pause
+    forgot his no), the job names the new offer: a request naming the old one (an app's
+    retry after a lost answer) would act on the new one, which he may not have read. It
+    is answered about ``offer`` alone (``_old_offer``), the same on every retry, and the
+    new offer is left open for him to answer by its own id."""
+    if _newer_offer_of_job(session, partner, offer):
+        return _old_offer(session, partner, offer, kind)
+    if kind == "accept":
+        return dispatch.accept(session, partner, str(offer.leg_id))
+    return dispatch.decline(session, partner, str(offer.leg_id))
+
+
+def _newer_offer_of_job(session: Session, partner: PartnerProfile,
+                        offer: DispatchOffer) -> bool:
+    return session.scalar(select(DispatchOffer.id).where(
+        DispatchOffer.partner_id == partner.id, DispatchOffer.leg_id == offer.leg_id,
+        DispatchOffer.id > offer.id).limit(1)) is not None
+
+
+def _old_offer(session: Session, partner: PartnerProfile, offer: DispatchOffer,
+               kind: Literal["accept", "decline"]) -> dispatch.Reply:
+    """What dispatch answers to a yes or no naming the job of ``offer`` when ``offer`` is
+    the partner's newest offer of it and closed (dispatch._pick_offer, then accept or
+    decline), for ``offer`` though a newer one of the job is his: nothing else is acted
+    on. A newer offer was made after ``offer`` closed (one open offer each), so its time
+    is over: a yes to it, even after a no, comes too late."""
+    leg = session.get(Leg, offer.leg_id)
+    assert leg is not None
+    job = dispatch.job_code(leg)
+    if partner.kyc_status in dispatch.BLOCKED_KYC:
+        return dispatch.Reply("dispatch.duty_blocked", {"ops_phone": get_settings().ops_phone})
+    if session.scalar(select(Booking.status).where(
+            Booking.id == leg.booking_id)) in dispatch.CLOSED_BOOKING:
+        return dispatch.Reply("dispatch.job_cancelled", {"job": job})
+    status = offer.status
+    if status == OfferStatus.EXPIRED.value and not dispatch._closed_going_off(offer):
+        # Its answer come late (as by SMS, not hours on): answered, not missed.
+        if dispatch._missed(status, offer.responded_at, offer.expires_at) and (
+                offer.expires_at >= clock.now() - dispatch.ANSWERED_JUST_AFTER):
+            dispatch._answer_to_expired(session, offer)
+        return dispatch.Reply("dispatch.offer_expired", {"job": job})
+    if status == OfferStatus.DECLINED.value or dispatch._closed_going_off(offer):
+        # His no sent again is answered as the first time; his yes, as one too late.
+        key = "dispatch.declined" if kind == "decline" else "dispatch.offer_expired"
+        return dispatch.Reply(key, {"job": job})
+    if status == OfferStatus.CANCELLED.value:
+        key = "dispatch.given_back" if gave_back(session, partner, leg.id) \
+            else "dispatch.taken_from_you"
+        return dispatch.Reply(key, {"job": job})
+    if status == OfferStatus.ACCEPTED.value and leg.partner_id == partner.id:
+        if leg.status in dispatch.ACTIVE_LEG_STATES:
+            key = "dispatch.already_yours" if kind == "accept" else "dispatch.cancel_hint"
+            return dispatch.Reply(key, {"job": job})
+        if leg.status == LegStatus.DELIVERED.value:
+            return dispatch.Reply("dispatch.already_delivered", {"job": job})
+    # Withdrawn (the job went to another, or he could no longer take it), or still open
+    # beside a newer one (never: one open offer each): closed to him.
+    return dispatch._gone(leg, job)
+
+
 # --- giving a job back ------------------------------------------------------------------
 
 

@@ -57,8 +57,32 @@ def _search_paused(session: Session, legs: list[Leg]) -> bool:
         for x in legs)
 
 
+def _holding(session: Session, booking: Booking) -> Leg | None:
+    """The leg whose rider has the parcel, or is on his way to collect it: the first leg
+    not delivered, when a rider has it (assigned: coming to collect it, or handed it at
+    the Point; picked up) or holds it locked with the parcel in hand (dispatch._carrying,
+    the holder rule). None otherwise: that leg locked before its pickup (the parcel is
+    where it was), nobody has it yet, or the booking is over. Never a later leg's rider
+    (a relay's next rider taking his leg, waiting at the Point) while an earlier one's
+    carrier still holds it."""
+    from core.services.dispatch import _carrying
+
+    for leg in booking.legs:  # in sequence order
+        if leg.status == LegStatus.DELIVERED.value:
+            continue
+        if leg.partner_id is None:
+            return None
+        if leg.status in (LegStatus.ASSIGNED.value, LegStatus.PICKED_UP.value):
+            return leg
+        if leg.status == LegStatus.LOCKED.value and _carrying(session, leg):
+            return leg
+        return None
+    return None
+
+
 def position_and_eta(session: Session, booking: Booking) -> Whereabouts:
-    """Last known position of the partner carrying the parcel, and an ETA if we have one.
+    """Last known position of the partner carrying the parcel (``_holding``), and an ETA
+    if we have one.
 
     The ETA is the straight distance still to go (to the pickup, then to the drop, and
     any relay legs after) at the vehicle's rural average speed: rough, and said so in
@@ -67,8 +91,7 @@ def position_and_eta(session: Session, booking: Booking) -> Whereabouts:
     from core.services.dispatch import config as dispatch_config
     from core.services.partner_app import last_fix
 
-    leg: Leg | None = next((x for x in booking.legs if x.partner_id is not None and x.status
-                            in (LegStatus.ASSIGNED.value, LegStatus.PICKED_UP.value)), None)
+    leg = _holding(session, booking)
     if leg is None or leg.partner_id is None:
         return Whereabouts(position=None, eta_minutes=None)
     try:
@@ -82,6 +105,10 @@ def position_and_eta(session: Session, booking: Booking) -> Whereabouts:
         # No position, or one too old to say where they are now: none rather than a
         # confident pin and ETA from hours ago.
         return Whereabouts(position=None, eta_minutes=None)
+    if leg.status == LegStatus.LOCKED.value:
+        # Wrong codes locked his leg with the parcel in his hands: it waits for ops to
+        # free it, so where it is, but no arrival time.
+        return Whereabouts(position={"lat": fix.lat, "lng": fix.lng}, eta_minutes=None)
     if leg.status == LegStatus.ASSIGNED.value:
         to_go = haversine_m(fix.lat, fix.lng, leg.from_lat, leg.from_lng) + leg.distance_m
     else:
