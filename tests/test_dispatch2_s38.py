@@ -176,6 +176,8 @@ def test_a_carrier_locked_at_the_point_holds_the_parcel_not_the_next_rider(
     assert r.status_code == 200, r.get_json()
     assert r.get_json()["last_position"] == _pos(RAMESH_AT)
     assert r.get_json()["eta_minutes"] is None
+    # ... and names him, whose position it is, not the next rider (review, session 38).
+    assert r.get_json()["partner_first_name"] == "Ramesh"
 
 
 def test_the_rider_who_handed_the_parcel_over_is_never_shown(client, live, frozen):  # noqa: F811

@@ -398,8 +398,11 @@ def track_booking(ref: str) -> TrackOut:
         b = visible_booking(session, ref)
         out = booking_out(session, b)
         where = tracking.position_and_eta(session, b)
-    active = next((leg for leg in out.legs if leg.partner_first_name
-                   and leg.status in ("assigned", "picked_up")), None)
+        holder = tracking.holding_leg(session, b)
+    # The rider of the leg that holds the parcel (a relay carrier locked with it in hand,
+    # not the next rider waiting at the Point), whose position is shown.
+    active = next((leg for leg in out.legs if holder is not None and leg.id == holder.id),
+                  None)
     return TrackOut(reference=out.reference, status=out.status, legs=out.legs,
                     partner_first_name=active.partner_first_name if active else None,
                     last_position=where.position, eta_minutes=where.eta_minutes)

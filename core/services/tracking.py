@@ -57,7 +57,7 @@ def _search_paused(session: Session, legs: list[Leg]) -> bool:
         for x in legs)
 
 
-def _holding(session: Session, booking: Booking) -> Leg | None:
+def holding_leg(session: Session, booking: Booking) -> Leg | None:
     """The leg whose rider has the parcel, or is on his way to collect it: the first leg
     not delivered, when a rider has it (assigned: coming to collect it, or handed it at
     the Point; picked up) or holds it locked with the parcel in hand (dispatch._carrying,
@@ -81,7 +81,7 @@ def _holding(session: Session, booking: Booking) -> Leg | None:
 
 
 def position_and_eta(session: Session, booking: Booking) -> Whereabouts:
-    """Last known position of the partner carrying the parcel (``_holding``), and an ETA
+    """Last known position of the partner carrying the parcel (``holding_leg``), and an ETA
     if we have one.
 
     The ETA is the straight distance still to go (to the pickup, then to the drop, and
@@ -91,7 +91,7 @@ def position_and_eta(session: Session, booking: Booking) -> Whereabouts:
     from core.services.dispatch import config as dispatch_config
     from core.services.partner_app import last_fix
 
-    leg = _holding(session, booking)
+    leg = holding_leg(session, booking)
     if leg is None or leg.partner_id is None:
         return Whereabouts(position=None, eta_minutes=None)
     try:
