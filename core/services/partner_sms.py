@@ -23,6 +23,7 @@ A rider who picks up a parcel for its last stretch is told whom it is for.
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass
 from datetime import timedelta
 from zoneinfo import ZoneInfo
@@ -100,6 +101,8 @@ def handle(session: Session, msg: InboundMessage) -> list[str]:
                 # what is no command is his answer, kept for the operator, no bot answer.
                 handoff.keep_inbound(session, waiting, msg.body)
                 replies = []
+        if replies is None and _stop_not_alone(msg.body):
+            replies = [i18n.t("sms.stop_alone", lang)]
         if replies is None:
             replies = _partner_asks_for_code(session, person, partner, cmd, msg.body,
                                              lang)
@@ -156,7 +159,8 @@ def _opt_out_or_in(session: Session, person: Person | None, partner, body: str,
     is SMS's alone: WhatsApp stays open. After an opt-out a partner without the app is
     off duty (as OFF: their open offers answered no, a job taken stays theirs), and
     nothing is answered (Twilio does, and lets nothing of ours through). An opt-in ends
-    the opt-out; a partner's START and YES then do what they always do (ON, accept)."""
+    the opt-out; a partner's START and YES then do what they always do (ON, accept), and
+    his UNSTOP (opted out or not) answers his status."""
     word = body.strip().casefold()
     if person is None:
         return None
@@ -170,9 +174,29 @@ def _opt_out_or_in(session: Session, person: Person | None, partner, body: str,
         person.sms_opted_out = False
         if partner is None:
             return []  # Twilio confirms it
-        if word == "unstop":
-            return dispatch.status_lines(session, partner, lang)
+    if word == "unstop" and partner is not None:
+        # No command of ours: Twilio confirms it with its own opt-in reply (opted out or
+        # not: any message that is the word alone), and he hears his status after it,
+        # never "not understood".
+        return dispatch.status_lines(session, partner, lang)
     return None
+
+
+# Twilio takes a message as its keyword only when the whole message is the keyword, in
+# any case ("sToP"; not "Stop please": its OptOutType article). "Stop." and "STOP!" are
+# then no opt-out for Twilio, nor for us; a partner who sends one, or the word with a
+# "please", is told how to stop (STOP alone) or to go off duty (OFF).
+_BESIDE_STOP = frozenset({"please", "pls", "plz", "sir", "ji"})
+
+
+def _stop_not_alone(body: str) -> bool:
+    """Whether a message is an opt-out word said with a sign or a courtesy beside it
+    ("Stop.", "STOP!", "stop please"), which Twilio takes as no opt-out."""
+    if body.strip().casefold() in OPT_OUT_WORDS:
+        return False
+    said = re.findall(r"\w+", body.casefold())  # "STOP 57" is none: a number in it
+    return (sum(w in OPT_OUT_WORDS for w in said) == 1
+            and all(w in OPT_OUT_WORDS or w in _BESIDE_STOP for w in said))
 
 
 _INDIA = ZoneInfo("Asia/Kolkata")
