@@ -1262,7 +1262,8 @@ def _record_link_payments(booking_id: int, entity: dict, cause: str) -> str:
         pid, amount = p.get("payment_id"), _paise(p, "amount")
         if not isinstance(pid, str) or not 0 < len(pid) <= GATEWAY_ID_MAX or not amount:
             continue
-        outcome = record_capture(booking_id, pid, amount, cause=cause, link_status="paid")
+        outcome = record_capture(booking_id, pid, amount, cause=cause, link_status="paid",
+                                 paid_at=_paid_at(p))
     if outcome == LINK_WITHOUT_PAYMENT:
         log.error("the gateway says a link is paid but lists no captured payment",
                   extra={"booking_id": booking_id})
@@ -1452,7 +1453,15 @@ def _on_capture(data: dict, cause: str) -> str:
         log.warning("captured payment of no booking of ours")
         return "unknown-payment"
     return record_capture(booking_id, pid, amount, link_status=(link or {}).get("status"),
-                          cause=cause, fee=_fee(payment, amount))
+                          cause=cause, fee=_fee(payment, amount), paid_at=_paid_at(payment))
+
+
+def _paid_at(payment: dict) -> datetime | None:
+    """When the gateway took the payment (its ``created_at``, unix time), if it says."""
+    raw = payment.get("created_at")
+    if isinstance(raw, bool) or not isinstance(raw, int) or raw <= 0:
+        return None
+    return datetime.fromtimestamp(raw, UTC)
 
 
 def _fee(payment: dict, amount: int) -> int | None:
@@ -1507,10 +1516,13 @@ def record_fee(payment: dict, cause: str) -> bool:
 
 
 def record_capture(booking_id: int, payment_id: str, amount: int, *, cause: str,
-                   link_status: str | None = None, fee: int | None = None) -> str:
+                   link_status: str | None = None, fee: int | None = None,
+                   paid_at: datetime | None = None) -> str:
     """A captured payment goes into the booking's escrow (once); the booking is paid.
     Razorpay's ``fee`` on it, when told, is booked beside it (_book_fee): also for a
-    payment recorded before by a path that did not know its fee."""
+    payment recorded before by a path that did not know its fee. ``paid_at``: when the
+    gateway took it (a payment made in time, whose word came after the booking expired,
+    is not called late: _refused_payment_notice)."""
     with transaction() as session:
         booking = ledger.lock_booking(session, booking_id)
         new = ledger.post(session, rules.capture(booking_id, payment_id, amount),
@@ -1543,7 +1555,7 @@ def record_capture(booking_id: int, payment_id: str, amount: int, *, cause: str,
                     extra={"booking_id": booking_id, "status": status})
         # The customer hears now why the money goes back, not only days later when the
         # refund settles (payment.refunded): once per payment.
-        notice = _refused_payment_notice(booking, link)
+        notice = _refused_payment_notice(session, booking, link, paid_at)
         if notice is not None:
             notify.notify_customer(session, booking, notice, refund_paise=amount,
                                    total_paise=booking.total_paise,
@@ -1565,13 +1577,19 @@ def _link_payable(booking: Booking, link: PaymentLink | None) -> bool:
                  or link.expire_by > clock.now() + PAY_AGAIN_MIN_LEFT))
 
 
-def _refused_payment_notice(booking: Booking, link: PaymentLink | None) -> str | None:
+def _refused_payment_notice(session: Session, booking: Booking, link: PaymentLink | None,
+                            paid_at: datetime | None = None) -> str | None:
     """The catalog key telling the customer why their payment goes back (the booking's
     status as the payment came), or None where no payment could be expected (a draft)."""
     status = BookingStatus(booking.status)
     if status is BookingStatus.CANCELLED:
         return "payment.after_cancel"  # the link was paid as (or after) it was cancelled
     if status is BookingStatus.EXPIRED:
+        if paid_at is not None and booking.expires_at is not None \
+                and paid_at <= booking.expires_at and _expired_unasked(session, booking.id):
+            # Paid in time, but its word came after the sweep closed the booking unasked
+            # (the gateway did not answer for LINK_CHECK_GRACE): not late.
+            return "payment.expired_unconfirmed"
         return "payment.after_expiry"  # after the time to pay was over
     if status is BookingStatus.AWAITING_PAYMENT:
         # Not the booking's price. The link (accept_partial off, its amount the price) is
@@ -1581,6 +1599,17 @@ def _refused_payment_notice(booking: Booking, link: PaymentLink | None) -> str |
     if status in PAID_STATES or status in (BookingStatus.REFUNDED, BookingStatus.FAILED):
         return "payment.extra"  # paid before (refunded or failed ones too)
     return None
+
+
+def _expired_unasked(session: Session, booking_id: int) -> bool:
+    """Whether the expiry sweep closed the booking without the gateway's word on its link
+    (EXPIRED_UNASKED_REASON)."""
+    from core.adapters.models import TransitionLog
+
+    return session.scalar(select(TransitionLog.id).where(
+        TransitionLog.entity == "booking", TransitionLog.entity_id == booking_id,
+        TransitionLog.to_status == BookingStatus.EXPIRED.value,
+        TransitionLog.reason == EXPIRED_UNASKED_REASON).limit(1)) is not None
 
 
 def _on_link_closed(data: dict, cause: str) -> str:
@@ -3971,6 +4000,9 @@ def _next_attempt(session: Session, booking: Booking, last: Refund, actor: str
 # checks all failed for an hour is then refunded as a late one when its webhook comes (the
 # money is never kept), and the hourly reconciliation shows it meanwhile.
 LINK_CHECK_GRACE = timedelta(hours=1)
+# The reason of a booking the sweep closed without the gateway's word on its link (no
+# answer for LINK_CHECK_GRACE): a payment made in time may still come (_expired_unasked).
+EXPIRED_UNASKED_REASON = "payment time ran out; the gateway did not answer"
 EXPIRE_BATCH = 200
 
 
@@ -4041,7 +4073,8 @@ def _expire_if_unpaid(booking_id: int, gateway_id: str | None, entity: dict | No
             return True
         if gateway_id is None:
             return False  # the link was made meanwhile: the next sweep asks the gateway
-        _expire(session, booking, "payment time ran out")
+        _expire(session, booking, "payment time ran out" if entity is not None
+                else EXPIRED_UNASKED_REASON)
         if link.status == "created":
             _enqueue_after_commit(session, "workers.payments.cancel_payment_link",
                                   booking_id, job_id=f"paylink-cancel-{booking_id}")
