@@ -123,10 +123,21 @@ def full_slots(slots: dict[str, Any]) -> dict[str, Any]:
 def amount(paise: int, lang: str) -> Say:
     """An amount as it is said: "बारह सौ पचास रुपये", with its paise when it has any
     ("पच्चीस रुपये पचास पैसे"). Fares are whole rupees, but a cancellation fee is a share
-    of one: said rounded, a fee and its refund would add up to more or less than was paid."""
+    of one: said rounded, a fee and its refund would add up to more or less than was paid.
+    One rupee and one paisa are said in the singular ("one rupee", "एक रुपया", not "one
+    rupees", "एक रुपये"), and an amount under a rupee by its paise only ("fifty paise",
+    not "zero rupees and fifty paise")."""
     rupees, paise_part = spoken.rupees_and_paise(paise)
+    said_rupees = (Say("ivr.amount_one") if rupees == 1 else
+                   Say("ivr.amount", {"rupees": spoken.number_words(rupees, lang)}))
     if not paise_part:
-        return Say("ivr.amount", {"rupees": spoken.number_words(rupees, lang)})
+        return said_rupees
+    said_paise = (Say("ivr.amount_paisa_one") if paise_part == 1 else
+                  Say("ivr.amount_only_paise", {"paise": spoken.number_words(paise_part, lang)}))
+    if not rupees:
+        return said_paise
+    if rupees == 1 or paise_part == 1:
+        return Say("ivr.amount_parts", {"rupees": said_rupees, "paise": said_paise})
     return Say("ivr.amount_paise", {"rupees": spoken.number_words(rupees, lang),
                                     "paise": spoken.number_words(paise_part, lang)})
 

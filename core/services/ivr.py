@@ -837,15 +837,24 @@ def voice_turn(session: Session, call: CallRequest) -> VoiceTurn:
         # caller still on it (another call is live) hears why: the keys they just pressed
         # did nothing. (A retry of a turn of it that did something is answered from
         # record: _process_once finds its answer stored.)
-        said: list[Out] = [Say("ivr.taken_over")] if current.get("sid") else []
-        return VoiceTurn(_language(person), said, action="hangup")
+        # The keys of a call whose status callback was handled just before them, at "book
+        # it?", are its answer all the same (LATE_KEYS).
+        if current or not _takes_late_keys(state, call):
+            said: list[Out] = [Say("ivr.taken_over")] if current.get("sid") else []
+            return VoiceTurn(_language(person), said, action="hangup")
     before, step = _language(person), conv.step  # a failed turn may leave them unreadable
     try:
-        if call.turn == 0 or current.get("sid") != call.sid:
+        late = call.turn > 0 and current.get("sid") != call.sid
+        if late:
+            _reopened_for_late_keys(state)
+            _answer(state, ports, person, call)  # said to nobody: the caller hung up
+            state.data.pop("call_action", None)
+            outs: list[Out] = []
+        elif call.turn == 0 or current.get("sid") != call.sid:
             outs = _start(session, state, ports, person, previous, call.sid)
         else:
             outs = _answer(state, ports, person, call)
-        action = state.data.pop("call_action", None) or "gather"
+        action = "hangup" if late else state.data.pop("call_action", None) or "gather"
         _code_read(session, conv.id, state, call.sid, call.turn, outs)
         state.data["call"]["answered"] = call.turn
         if action == "dial":  # for operator_took and dial_ended, after the call's close
@@ -875,6 +884,7 @@ def _start(session: Session, state: DialogState, ports: VoicePorts, person: Pers
     """A new call: close the last one, greet, then the language list, a draft, or the menu."""
     if state.data.get("call"):
         _end_of_call(session, state)
+    state.data.pop(LATE_KEYS, None)  # the last call's keys come too late now
     state.data["call"] = {"sid": sid, "turns": 0, "silences": 0}
     ctx = Ctx(state, ports, _language(person))
     idle = clock.now() - previous if previous is not None else None
@@ -938,7 +948,7 @@ def _answer(state: DialogState, ports: VoicePorts, person: Person,
     if star and not repeat:
         keys = after
     if step.name == VOICE_DIALOG.language and not repeat and not _list_takes(keys, person):
-        return _list_again(state, ctx, step)
+        return _list_again(state, ctx, step, person)
     if not keys:
         call_state["silences"] = call_state.get("silences", 0) + 1
         if call_state.get(WAITING) == step.name:
@@ -1046,17 +1056,21 @@ def _list_takes(keys: str, person: Person) -> bool:
     return keys == "0" and person.preferred_language is not None
 
 
-def _list_again(state: DialogState, ctx: Ctx, step: Step) -> list[Out]:
+def _list_again(state: DialogState, ctx: Ctx, step: Step, person: Person) -> list[Out]:
     """Silence or a key the list has not, at the language list: the list again, in every
     language, with no "wrong key" nor "no key pressed" and no offer of a person, which
     could only be said in one language (Hindi, for a caller who never chose one) and
     lead to a person whose connecting, busy or call-back words are all in it. After
     MAX_SILENT_REPEATS + 1 repeats, as silence elsewhere ends a call, the call ends with
-    ivr.no_answer in every language, the caller's own (which the goodbye is in) last."""
+    ivr.no_answer: in every language, the caller's own (which the goodbye is in) last, to
+    a caller who never chose one; in his own to one who did and came from the menu's 4
+    (as _too_long says it), not in eight languages he did not ask for."""
     call_state = state.data["call"]
     call_state[LIST_TRIES] = call_state.get(LIST_TRIES, 0) + 1
     if call_state[LIST_TRIES] > MAX_SILENT_REPEATS + 1:
         state.data["call_action"] = "hangup"
+        if person.preferred_language is not None:
+            return [Say("ivr.no_answer")]
         return [Say("ivr.no_answer", lang=lang)
                 for lang in sorted(i18n.LANGUAGES, key=lambda lang: lang == ctx.lang)]
     return engine.ask_again(VOICE_DIALOG, ctx, step)
@@ -1105,9 +1119,61 @@ def end_call(session: Session, phone: str, sid: str, status: str) -> bool:
             return False
     if (state.data.get("call") or {}).get("sid") != sid:
         return False
+    late = _late_keys_kept(state)
     _end_of_call(session, state)
+    if late is not None:
+        state.data[LATE_KEYS] = late
     save_state(conv, state)
     return True
+
+
+# A caller who presses "1 = book" and hangs up at once: Twilio sends the Gather's request
+# with his key and then the call's status callback, and the callback may be handled first
+# (it took the conversation's lock first). His key then found the call closed and did
+# nothing: no booking, no SMS, no word, though he pressed "book". So the call closed by
+# its status callback at one of these steps keeps (``data[LATE_KEYS]``) what its answer
+# needs, and the answer to its last question, if it comes within LATE_KEYS_TAKEN of the
+# close and before any other call, is taken as it is when the two requests come the other
+# way round: the booking is made, its details SMS goes, and the next call says it was
+# made (UNHEARD); nothing is said (nobody is on the line). Only at "book it?": elsewhere a
+# late key would move a dead call on for nothing.
+LATE_KEY_STEPS = frozenset({"confirm"})
+LATE_KEYS = "late_keys"
+LATE_KEYS_TAKEN = timedelta(minutes=2)
+
+
+def _late_keys_kept(state: DialogState) -> dict[str, Any] | None:
+    """What the call in ``state``, about to be closed by its status callback, keeps for
+    the answer to its last question (LATE_KEYS), if it was asked one that counts."""
+    current = state.data.get("call") or {}
+    if state.step not in LATE_KEY_STEPS or not current.get("sid"):
+        return None
+    return {"sid": current["sid"], "turn": int(current.get("answered", 0)) + 1,
+            "until": (clock.now() + LATE_KEYS_TAKEN).isoformat(),
+            "step": state.step, "call": engine.copy_data(current),
+            "draft_step": state.data.get("draft_step")}
+
+
+def _takes_late_keys(state: DialogState, call: CallRequest) -> bool:
+    """Whether ``call``'s keys answer the last question of its call, closed by its status
+    callback just before they came (LATE_KEYS), with no call since."""
+    late = state.data.get(LATE_KEYS) or {}
+    return (bool(call.digits) and late.get("sid") == call.sid and late.get("turn") == call.turn
+            and late.get("step") == state.step
+            and clock.now() <= datetime.fromisoformat(late.get("until") or "1970-01-01T00:00Z"))
+
+
+def _reopened_for_late_keys(state: DialogState) -> None:
+    """Put the call closed by its status callback back as it was (LATE_KEYS), for the one
+    answer that came after: the draft and the bookings not yet heard made, kept by its
+    close, go back to the call (its close after the answer keeps them again)."""
+    late = state.data.pop(LATE_KEYS)
+    state.data["call"] = late["call"]
+    if late.get("draft_step") is None:
+        state.data.pop("draft_step", None)
+    else:
+        state.data["draft_step"] = late["draft_step"]
+    state.data.pop(UNHEARD, None)  # the call's own (late["call"]) are the same
 
 
 def ops_language() -> str:
