@@ -101,3 +101,11 @@ def test_coming_tomorrow_refuses_whatever_minutes_are_said(said):
 ])
 def test_a_nudge_after_the_question_is_still_tracking(said):
     assert menu_request(said) == 2
+
+
+@pytest.mark.parametrize("said", [
+    "parcel nahi aaya, payment wapas karo", "parcel nahi aaya, mera amount wapas do",
+    "parcel nahi aaya, rs 500 wapas karo", "पार्सल नहीं आया, पेमेंट वापस करो",
+])
+def test_money_asked_back_in_other_words_is_no_tracking(said):  # review rnew6
+    assert menu_request(said) != 2

@@ -355,7 +355,8 @@ _COMPLAINT = frozenset({
 # Money asked for after the parcel's not-come: "parcel nahi aaya, paisa wapas chahiye",
 # "the parcel did not come, I want my money back" (a nudge after it is still tracking:
 # "kab aayega? please reply", "tracking link bhejo", "koi message bhi nahi aaya").
-_MONEY = frozenset({"refund", "paisa", "paise", "money", "रिफंड", "पैसा", "पैसे"})
+_MONEY = frozenset({"refund", "paisa", "paise", "money", "payment", "amount", "rupees",
+                    "rupaye", "rs", "रिफंड", "पैसा", "पैसे", "पेमेंट", "रुपये", "रुपया"})
 _WHY = frozenset({
     "why", "kyu", "kyun", "kyon", "kyo", "क्यों", "क्यूं", "क्यो",  # en, hi
     "keno", "কেন",  # bn
@@ -431,7 +432,7 @@ def _of_the_parcel(said: list[str]) -> bool:
     parcel kab aayega"; not "parcel ka refund kab milega", "refund kab milega")."""
     if set(said) & _COMPLAINT:
         return False
-    if not set(said) & _OTHER_SUBJECT:
+    if not set(said) & (_OTHER_SUBJECT | _MONEY):
         return True
     for i, w in enumerate(said):
         if w in _COMES or w in _NOT_COME:
