@@ -95,6 +95,11 @@ END_ON_SILENCE = DONE_ON_SILENCE | {"offer_person"}
 # core.services.ivr, where silence at that step then repeats its prompt instead of ending
 # the call (DONE_ON_SILENCE): waiting as told is not "that is all".
 TOLD_TO_WAIT = "call_told_to_wait"
+# state.data key: a "1 = cancel" that cancelled nothing because the refund or fee changed
+# since the caller heard them (the booking's reference), for core.services.ivr: a caller
+# whose key came after his call was closed (its late keys) hears nothing on the line, so
+# he is told by SMS that nothing was cancelled. Popped by every turn, never kept.
+NOT_CANCELLED = "call_not_cancelled"
 
 # Slots a keypad caller is not asked for, with the values their booking gets.
 VOICE_DEFAULTS: dict[str, Any] = {"category": "other", "fragile": False, "value_paise": 0,
@@ -859,6 +864,7 @@ def _cancel_confirm_handle(ctx: Ctx, inp: UserInput) -> Result:
     if picked == 1:
         outcome, result = cancel_as_shown(ctx, ref)
         if outcome == "again":  # nothing cancelled: the amounts changed since they heard them
+            ctx.state.data[NOT_CANCELLED] = ref
             return Goto("cancel_confirm", [Say("ivr.cancel.changed")])
         end_cancel(ctx)
         ctx.state.data[FINISHED] = f"cancel:{ref}"

@@ -59,7 +59,7 @@ from core.adapters.payment_models import PaymentLink
 from core.adapters.queue import after_commit, queue
 from core.config import get_settings
 from core.dialog import engine
-from core.dialog.booking import BOOKING, MENU, person_said
+from core.dialog.booking import BOOKING, MENU, end_cancel, person_said
 from core.dialog.engine import Ctx, DialogState, Out, Say, Step, UserInput
 from core.dialog.voice import (
     DONE_ON_SILENCE,
@@ -67,6 +67,7 @@ from core.dialog.voice import (
     ENTRY_DIGITS,
     FINISHED,
     HEARD_CODE,
+    NOT_CANCELLED,
     OTHER_PAYERS,
     OTHER_PAYERS_A_DAY,
     PAGE_TURNED,
@@ -227,6 +228,9 @@ def answer_on_record(sid: str, turn: int, phone: str) -> str | None:
 # where the payment link comes, which goes the same way (notify.send_to_person).
 DETAILS = {"sms": "ivr.sms.details", "whatsapp": "ivr.sms.details_whatsapp"}
 CANCELLED = "ivr.sms.cancelled"  # a booking cancelled in its own call, once news of it went
+# A "1 = cancel" that came after its call was closed and cancelled nothing: the amounts
+# changed since the caller heard them (_not_cancelled_unheard).
+NOT_CANCELLED_SMS = "ivr.sms.not_cancelled"
 
 
 # A place in the details is cut (dispatch.short_place_name) to PLACE_NAME_MAX, as a
@@ -838,7 +842,7 @@ def voice_turn(session: Session, call: CallRequest) -> VoiceTurn:
         # did nothing. (A retry of a turn of it that did something is answered from
         # record: _process_once finds its answer stored.)
         # The keys of a call whose status callback was handled just before them, at "book
-        # it?", are its answer all the same (LATE_KEYS).
+        # it?" or "cancel it?", are its answer all the same (LATE_KEYS).
         if current or not _takes_late_keys(state, call):
             said: list[Out] = [Say("ivr.taken_over")] if current.get("sid") else []
             return VoiceTurn(_language(person), said, action="hangup")
@@ -849,11 +853,13 @@ def voice_turn(session: Session, call: CallRequest) -> VoiceTurn:
             _reopened_for_late_keys(state)
             _answer(state, ports, person, call)  # said to nobody: the caller hung up
             state.data.pop("call_action", None)
+            _not_cancelled_unheard(session, state, person, call.sid)
             outs: list[Out] = []
         elif call.turn == 0 or current.get("sid") != call.sid:
             outs = _start(session, state, ports, person, previous, call.sid)
         else:
             outs = _answer(state, ports, person, call)
+        state.data.pop(NOT_CANCELLED, None)  # heard on the line, or told by SMS: done with
         action = "hangup" if late else state.data.pop("call_action", None) or "gather"
         _code_read(session, conv.id, state, call.sid, call.turn, outs)
         state.data["call"]["answered"] = call.turn
@@ -1135,9 +1141,14 @@ def end_call(session: Session, phone: str, sid: str, status: str) -> bool:
 # needs, and the answer to its last question, if it comes within LATE_KEYS_TAKEN of the
 # close and before any other call, is taken as it is when the two requests come the other
 # way round: the booking is made, its details SMS goes, and the next call says it was
-# made (UNHEARD); nothing is said (nobody is on the line). Only at "book it?": elsewhere a
-# late key would move a dead call on for nothing.
-LATE_KEY_STEPS = frozenset({"confirm"})
+# made (UNHEARD); nothing is said (nobody is on the line). So too at "cancel it?" (the
+# caller pressed "1 = cancel" and hung up): the booking is cancelled at the refund and fee
+# he heard (its refund, the recipient's notice, a same-call booking's details taken back,
+# as on the line), and at those only: changed since (a rider took the job), nothing is
+# cancelled, as on the line, and since no "the amount changed, listen again" reaches him,
+# an SMS says nothing was cancelled and how to hear the new amount (_not_cancelled_unheard).
+# Only at these two: elsewhere a late key would move a dead call on for nothing.
+LATE_KEY_STEPS = frozenset({"confirm", "cancel_confirm"})
 LATE_KEYS = "late_keys"
 LATE_KEYS_TAKEN = timedelta(minutes=2)
 
@@ -1174,6 +1185,30 @@ def _reopened_for_late_keys(state: DialogState) -> None:
     else:
         state.data["draft_step"] = late["draft_step"]
     state.data.pop(UNHEARD, None)  # the call's own (late["call"]) are the same
+
+
+def _not_cancelled_unheard(session: Session, state: DialogState, person: Person,
+                           sid: str) -> None:
+    """After a late answer (LATE_KEYS) to "cancel it?" that cancelled nothing because the
+    refund or fee changed since the caller heard them (voice.NOT_CANCELLED): he hung up
+    thinking it cancelled, and the "listen again" with the new amounts went to nobody. He
+    is told by SMS that it was not cancelled (once: a retry of the request is answered
+    from record), and the question he never heard is forgotten, so that nothing is kept
+    that a later key could cancel at."""
+    ref = state.data.get(NOT_CANCELLED)
+    if ref is None:
+        return
+    lang = _language(person)
+    end_cancel(Ctx(state, None, lang))
+    booking = session.scalar(select(Booking).where(Booking.reference == ref,
+                                                   Booking.customer_id == person.id))
+    if booking is None or not person.phone:
+        return
+    log.info("a late cancel key cancelled nothing: the amounts changed; told by SMS",
+             extra={"booking_id": booking.id})
+    notify.notify_known_phone(session, person, NOT_CANCELLED_SMS, lang=lang,
+                              dedupe_key=f"ivr-not-cancelled-{booking.id}-{sid}",
+                              booking_id=booking.id, ref=booking.reference)
 
 
 def ops_language() -> str:
