@@ -1450,7 +1450,8 @@ def offer_timeout(offer_id: int) -> str:
                 seconds=config().offer_grace_s):
             return "not-due"  # late replies are still taken until the grace ends
         _expire(session, offer)
-        _off_after_missed(session, offer)
+        if not _off_after_missed(session, offer):
+            _unreached_run_after(session, offer)
         _maybe_continue(session, leg)
         return "expired"
 
@@ -1657,15 +1658,19 @@ def _off_after_unreached(session: Session, partner: PartnerProfile,
     (back_on_reached), as does his ON."""
     n = UNREACHED_OFFERS_OFF
     if not partner.on_duty or partner.has_app or open_offers_of(session, partner):
-        # Already OFF; seen in the app; or another offer of his is open (two searches at
-        # once): its own end asks again, with its leg not locked here out of order.
+        # Already OFF; seen in the app; or another offer of his is open (a late report of
+        # an offer closed before it was made): its own end asks again (offer_unreached,
+        # or offer_timeout: _unreached_run_after), its leg not locked here out of order.
         return False
     back_on = session.scalar(select(func.max(PartnerEvent.at)).where(
         PartnerEvent.partner_id == partner.id, PartnerEvent.kind == "duty_on"))
+    # An offer whose SMS never went, or failed on our side (_offer_sms_not_sent, not
+    # _offer_sms_unreached), says nothing of his phone: neither in the run nor a break.
     query = select(DispatchOffer.status, DispatchOffer.responded_at, DispatchOffer.expires_at,
                    _offer_sms_unreached()).where(
         DispatchOffer.partner_id == partner.id,
-        DispatchOffer.status != rules.OfferStatus.OPEN.value)
+        DispatchOffer.status != rules.OfferStatus.OPEN.value,
+        or_(_offer_sms_unreached(), ~_offer_sms_not_sent()))
     if back_on is not None:
         query = query.where(DispatchOffer.offered_at >= back_on)
     last = session.execute(query.order_by(DispatchOffer.id.desc()).limit(n)).all()
@@ -1687,33 +1692,73 @@ def _off_after_unreached(session: Session, partner: PartnerProfile,
     return True
 
 
+def _unreached_run_after(session: Session, offer: DispatchOffer) -> None:
+    """``offer`` (locked with its leg) just expired without putting its partner OFF for
+    missed offers: if its SMS never went or our side failed it (no sign of his phone),
+    it may close an unreached run whose last offer's report came while this one was open
+    (_off_after_unreached skipped then, and no other offer of his would ask again)."""
+    if not session.scalar(select(_offer_sms_not_sent() & ~_offer_sms_unreached()).where(
+            DispatchOffer.id == offer.id)):
+        return  # it reached him (breaks the run), or its own report asks (offer_unreached)
+    partner = session.get(PartnerProfile, offer.partner_id, with_for_update=True,
+                          populate_existing=True)
+    assert partner is not None
+    _off_after_unreached(session, partner, offer)
+
+
 def _unreached_off(session: Session, partner_id: int) -> int | None:
     """The id of the partner's ``auto_off`` event when it is his latest duty change and
-    it was for offers that never reached him (_off_after_unreached: the latest offer of
-    his of the event's job never reached him; an OFF for missed offers was for ones that
-    did), else None."""
-    last = session.execute(select(PartnerEvent.id, PartnerEvent.kind, PartnerEvent.leg_id)
+    it was _off_after_unreached's (its audit entry names the event; an OFF for missed
+    offers, told by SMS, has none, even should an offer's late report say its SMS never
+    reached him), else None."""
+    last = session.execute(select(PartnerEvent.id, PartnerEvent.kind)
                            .where(PartnerEvent.partner_id == partner_id,
                                   PartnerEvent.kind.in_(_DUTY_EVENTS))
                            .order_by(PartnerEvent.at.desc(), PartnerEvent.id.desc())
                            .limit(1)).first()
-    if last is None or last.kind != "auto_off" or last.leg_id is None:
+    if last is None or last.kind != "auto_off":
         return None
-    offer_id = session.scalar(select(DispatchOffer.id).where(
-        DispatchOffer.partner_id == partner_id, DispatchOffer.leg_id == last.leg_id)
-        .order_by(DispatchOffer.id.desc()).limit(1))
-    if offer_id is None or not session.scalar(select(_offer_sms_unreached()).where(
-            DispatchOffer.id == offer_id)):
+    if not session.scalar(select(select(AuditEntry.id).where(
+            AuditEntry.action == UNREACHED_OFF_AUDIT,
+            AuditEntry.target == f"partner:{partner_id}",
+            AuditEntry.details["event"].as_integer() == last.id).exists())):
         return None
     return int(last.id)
 
 
+def held_off_unreached(session: Session, partner: PartnerProfile | None) -> int | None:
+    """For an SMS from ``partner``: the id of the auto_off that holds him OFF because his
+    offers never reached him (_unreached_off), if it does; no lock taken (his SMS's
+    command locks its legs first, then his row). His SMS shows his phone works: the
+    turn ends with back_on_heard."""
+    if partner is None or partner.on_duty or partner.has_app:
+        return None
+    return _unreached_off(session, partner.id)
+
+
+def back_on_heard(session: Session, partner: PartnerProfile, event_id: int) -> bool:
+    """At the end of the turn of an SMS from a partner held OFF by ``event_id``
+    (held_off_unreached), after its command took its locks (legs, then his row): he is
+    put back ON as if he had sent ON (set_duty: its checks; refused, he stays OFF), and
+    his answer says so (partner_sms: dispatch.back_on_reached). Not when his duty changed
+    since, this SMS's own command too (OFF, ON, STOP, a yes that put him ON), nor when
+    another SMS of his put him ON first. True when he was put back ON."""
+    session.get(PartnerProfile, partner.id, with_for_update=True, populate_existing=True)
+    if partner.on_duty or _unreached_off(session, partner.id) != event_id:
+        return False
+    if set_duty(session, partner, True).key not in DUTY_ON_KEYS:
+        return False
+    log.info("partner back ON: heard from after offers that did not reach him",
+             extra={"partner_id": partner.id})
+    return True
+
+
 def back_on_reached(partner_id: int, event_id: int) -> str:
-    """Job ``dispatch-reached-<event>``: a partner put OFF because his offers never reached
-    him (_off_after_unreached, its auto_off ``event_id``) sent us an SMS: his phone works
-    again, so he is put back ON as if he had sent ON (set_duty: its checks; refused, he
-    stays OFF), without an SMS (he was never told he went OFF). Not when his duty changed
-    since (ON, OFF, ops)."""
+    """Job ``dispatch-reached-<event>``, queued by SMS turns before back_on_heard (kept for
+    those still queued): a partner put OFF because his offers never reached him
+    (_off_after_unreached, its auto_off ``event_id``) sent us an SMS: he is put back ON as
+    if he had sent ON (set_duty: its checks; refused, he stays OFF). Not when his duty
+    changed since (ON, OFF, ops, back_on_heard)."""
     with transaction() as session:
         partner = session.get(PartnerProfile, partner_id, with_for_update=True,
                               populate_existing=True)
@@ -5352,22 +5397,15 @@ def find_partner(session: Session, phone: str | None) -> tuple[Person | None,
         return None, None
     # No row lock here: every path locks the leg first, then touches the profile.
     profile = session.scalar(select(PartnerProfile).where(PartnerProfile.person_id == person.id))
-    if profile is not None and not profile.on_duty and not profile.has_app:
-        # An SMS from him (this one: partner_sms asks for him by its number) shows his
-        # phone works: put OFF for offers that never reached him, he is put back ON, in a
-        # job after this commit (his row is locked there first, not here before legs).
-        event_id = _unreached_off(session, profile.id)
-        if event_id is not None:
-            _enqueue_after_commit(session, "workers.dispatch.back_on_reached", profile.id,
-                                  event_id, job_id=f"dispatch-reached-{event_id}")
     return person, profile
 
 
-__all__ = ["accept", "attach_pod", "back_on_reached", "cancel_by_partner", "config", "confirm",
-           "continue_search",
+__all__ = ["accept", "attach_pod", "back_on_heard", "back_on_reached", "cancel_by_partner",
+           "config", "confirm", "continue_search",
            "decline", "delivery_late", "drop_code_lost", "find_candidates", "handed_over_to",
            "handover_code_lost",
-           "handed_pickup_late", "lock_open_offers", "new_leg_code", "not_understood",
+           "handed_pickup_late", "held_off_unreached", "lock_open_offers", "new_leg_code",
+           "not_understood",
            "offer_sms_lost", "offer_timeout", "offer_unreached", "parcel_in_hand", "parties",
            "payout_account_gone",
            "pickup_code_lost", "pickup_late", "pickup_window", "place",

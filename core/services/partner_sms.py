@@ -91,25 +91,43 @@ def handle(session: Session, msg: InboundMessage) -> list[str]:
             return []
         return _tell_stranger(session, msg, lang, person)
     cmd = parse_command(msg.body)
+    # Held OFF because our offers never reached his phone (no SMS told him), he is heard
+    # from now: after his command (its locks first: legs, then his row), he is back ON
+    # and his answer says so first, so it never says OFF while the job would say ON.
+    held_off = dispatch.held_off_unreached(session, partner)
+    replies = _command(session, person, partner, cmd, msg.body, lang)
+    if held_off is None or not dispatch.back_on_heard(session, partner, held_off):
+        return replies
+    if cmd.kind is Kind.STATUS or msg.body.strip().casefold() == "unstop":
+        # Its lines were read while he was OFF: read again, "no job, ON" said by ours.
+        replies = dispatch.status_lines(session, partner, lang)
+        if replies == [i18n.t("dispatch.status_none_on", lang)]:
+            replies = []
+    return [i18n.t("dispatch.back_on_reached", lang), *replies]
+
+
+def _command(session: Session, person: Person | None, partner, cmd: Command, body: str,
+             lang: str) -> list[str]:
+    """The answer to one partner SMS's command (``cmd``, parsed from ``body``)."""
     savepoint = session.begin_nested()
     try:
-        replies = _opt_out_or_in(session, person, partner, msg.body, lang)
+        replies = _opt_out_or_in(session, person, partner, body, lang)
         if replies is None and _for_the_operator(session, partner, cmd):
             waiting = handoff.waiting_for(session, person.id if person else None)
             if waiting is not None:
                 # A partner waiting for a person (he called; the operator answers by SMS):
                 # what is no command is his answer, kept for the operator, no bot answer.
-                handoff.keep_inbound(session, waiting, msg.body)
+                handoff.keep_inbound(session, waiting, body)
                 replies = []
-        if replies is None and _stop_not_alone(msg.body):
+        if replies is None and _stop_not_alone(body):
             replies = [i18n.t("sms.stop_alone", lang)]
         if replies is None:
-            replies = _partner_asks_for_code(session, person, partner, cmd, msg.body,
+            replies = _partner_asks_for_code(session, person, partner, cmd, body,
                                              lang)
         if replies is None:
-            replies = _code_while_offered(session, person, partner, cmd, msg.body, lang)
+            replies = _code_while_offered(session, person, partner, cmd, body, lang)
         if replies is None:
-            replies = _code_step_help(session, partner, cmd, msg.body, lang)
+            replies = _code_step_help(session, partner, cmd, body, lang)
         if replies is None:
             replies = _run(session, partner, cmd, lang)
         savepoint.commit()
