@@ -156,9 +156,10 @@ def test_a_late_undelivered_report_keeps_a_missed_offers_off(
 def test_an_unreached_run_closed_while_another_offer_was_open_still_counts(
         client, live, frozen):  # noqa: F811
     """Two offers never reached Near; the third (X) expired with its report not yet in,
-    and offer Y went to him. X's report (undelivered) came while Y was open; Y's SMS then
-    failed on our side (Twilio 30001: no word of his phone) and Y expired: the run of
-    three is his, and he is put OFF."""
+    and offer Y went to him. Y's SMS failed on our side (Twilio 30001: no word of his
+    phone): Y is withdrawn at once (it frees the job) and neither counts nor breaks the
+    run. X's report (undelivered) then comes: the run of three is his, and he is put
+    OFF."""
     near, near_phone = make_partner("Near", LAXMIPUR, lang="en")
     far, far_phone = make_partner("Far", FAR, lang="en", max_active_legs=50)
     cannot_deliver(near_phone, "undelivered", "30003")
@@ -174,17 +175,17 @@ def test_an_unreached_run_closed_while_another_offer_was_open_still_counts(
     b = paid_booking()
     start(b)
     y = legs_of(b)[0].id
-    assert offers(y)[0].partner_id == near and offers(y)[0].status == "open"
+    assert offers(y)[0].partner_id == near
+    assert offers(y)[0].status == rules.OfferStatus.WITHDRAWN.value  # freed at once
     with transaction() as s:
         row = s.scalar(select(OutboxMessage).where(
             OutboxMessage.dedupe_key == f"offer-{offers(y)[0].id}"))
         assert (row.status, row.error_code) == ("failed", "30001")
-    # X's late report, while Y is open.
+    assert _profile(near).on_duty  # our side's failure: no count
+    # X's late report.
     cannot_deliver(near_phone, "undelivered", "30003")
     _report_late(held)
-    assert _profile(near).on_duty  # Y open: not decided here
     redis_client().hdel(twilio_jobs.UNDELIVERED_TO_KEY, near_phone)
-    _expire_first(y, 1030)
     assert not _profile(near).on_duty, "the run of three unreached offers was lost"
     with transaction() as s:
         from core.adapters.api_models import AuditEntry

@@ -87,3 +87,21 @@ def test_our_side_sms_failures_put_nobody_off(client, live, frozen):  # noqa: F8
     b = paid_booking()
     start(b)
     assert _on(near), "put OFF for our own sending failure"
+
+
+# --- review rnew6 of the above: our side's failures still free the job -----------------
+
+
+@pytest.mark.parametrize("code", ["30003", "30007", "30001"])
+def test_an_offer_sms_failed_for_any_reason_frees_the_job(client, live, frozen, code):  # noqa: F811
+    """He never had the offer, whoever failed it: it is withdrawn and the next rider is
+    asked at once (only his handset's failures count towards putting him OFF)."""
+    near, near_phone = make_partner("Near", LAXMIPUR, lang="en")
+    far, _ = make_partner("Far", FAR, lang="en", max_active_legs=50)
+    cannot_deliver(near_phone, "failed", code)
+    freeze_at(0)
+    b = paid_booking()
+    start(b)
+    got = [(o.partner_id, o.status) for o in offers(legs_of(b)[0].id)]
+    assert got[0] == (near, rules.OfferStatus.WITHDRAWN.value), got
+    assert len(got) > 1 and got[1][0] == far, got

@@ -1573,6 +1573,16 @@ UNREACHED_OFF_AUDIT = "partner.auto_off_unreached"
 HANDSET_SMS_ERRORS = frozenset({"30003", "30004", "30005", "30006", outbox.STOP_ERROR_CODE})
 
 
+def _offer_sms_failed() -> ColumnElement[bool]:
+    """For a query over DispatchOffer: whether the offer's SMS ("offer-<id>") failed for
+    good, for any reason (his handset's or our side's), or was refused before it went; not
+    one the outbox did not send because the offer was over first (outbox.OFFER_OVER)."""
+    return select(OutboxMessage.id).where(
+        OutboxMessage.dedupe_key == func.concat("offer-", DispatchOffer.id),
+        OutboxMessage.status.in_(FAILED_SMS),
+        OutboxMessage.last_error.is_distinct_from(outbox.OFFER_OVER)).exists()
+
+
 def _offer_sms_unreached() -> ColumnElement[bool]:
     """For a query over DispatchOffer: whether Twilio could not deliver the offer's SMS
     ("offer-<id>") to the rider's phone (HANDSET_SMS_ERRORS), or it was refused before it
@@ -1622,9 +1632,12 @@ def offer_unreached(offer_id: int) -> str:
         assert partner is not None
         if partner.has_app:
             return "in-app"
-        if not session.scalar(select(_offer_sms_unreached()).where(
+        if not session.scalar(select(_offer_sms_failed()).where(
                 DispatchOffer.id == offer.id)):
             return "reached"  # a late "delivered" came first, or never this offer's
+        # Whatever failed it (his handset, or our side: a full queue, a filtered text, a
+        # lost connection), he never had it: it holds the job no longer. Only his
+        # handset's failures count towards putting him OFF (_off_after_unreached).
         was_open = offer.status == rules.OfferStatus.OPEN.value
         if was_open:
             _withdraw(offer, partner)
