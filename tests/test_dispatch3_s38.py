@@ -193,3 +193,15 @@ def test_an_unreached_run_closed_while_another_offer_was_open_still_counts(
         assert s.scalar(select(AuditEntry).where(
             AuditEntry.action == dispatch.UNREACHED_OFF_AUDIT,
             AuditEntry.target == f"partner:{near}")) is not None
+
+
+@pytest.mark.parametrize("word", ["STOP", "Stop.", "STOP!", "stop please", "CANCEL"])
+def test_asking_to_stop_leaves_him_off(client, live, frozen, word):  # noqa: F811
+    """Review rnew7: held OFF as unreached, he asks us to stop ("Stop." is no opt-out for
+    Twilio: the hint says send STOP alone; a bare CANCEL may be Twilio's): not put back ON,
+    nor told he is."""
+    near, near_phone, _, _ = _held_off(client)
+    reply = sms(client, near_phone, word)
+    run_jobs()
+    assert not _profile(near).on_duty, reply
+    assert i18n.t("dispatch.back_on_reached", "en") not in reply, reply

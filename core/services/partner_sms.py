@@ -95,6 +95,13 @@ def handle(session: Session, msg: InboundMessage) -> list[str]:
     # from now: after his command (its locks first: legs, then his row), he is back ON
     # and his answer says so first, so it never says OFF while the job would say ON.
     held_off = dispatch.held_off_unreached(session, partner)
+    word = msg.body.strip().casefold()
+    if held_off is not None and (
+            _stop_not_alone(msg.body) or word in OPT_OUT_WORDS or word == "cancel"
+            or (person is not None and handoff.waiting_for(session, person.id) is not None)):
+        # Not when he asks us to stop ("Stop.", "STOP!", a bare CANCEL: Twilio may have
+        # opted him out), nor while he waits for a person (no bot answer then): OFF stays.
+        held_off = None
     replies = _command(session, person, partner, cmd, msg.body, lang)
     if held_off is None or not dispatch.back_on_heard(session, partner, held_off):
         return replies
