@@ -139,11 +139,11 @@ def test_a_refused_ask_takes_nothing_from_the_wider_prefixes(client, monkeypatch
     site = [_ask(client, f"+91981234002{i}", f"2001:db8:7:{0x200 + i:x}::1").status_code
             for i in range(3)]
     assert site == [202, 202, 429]  # the /48's 5
-    assert auth._send_limits("198.51.100.7") == [("otp-send-ip:198.51.100.7",
-                                                  auth.SENDS_PER_IP)]
+    assert auth._send_limits("198.51.100.7") == [
+        (f"otp-send-ip:{auth._ip_tag('198.51.100.7')}", auth.SENDS_PER_IP)]
     assert [k for k, _ in auth._send_limits("[2001:db8:7:1ff:1:2:3:4]:443")] == [
-        "otp-send-ip:2001:db8:7:1ff::/64", "otp-send-ip:2001:db8:7:100::/56",
-        "otp-send-ip:2001:db8:7::/48"]
+        f"otp-send-ip:{auth._ip_tag(net)}" for net in (
+            "2001:db8:7:1ff::/64", "2001:db8:7:100::/56", "2001:db8:7::/48")]
 
 
 @pytest.fixture

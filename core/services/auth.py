@@ -9,8 +9,9 @@ guesses); a few of them are kept for the clients that signed the phone in before
 stranger who asks for codes and guesses wrong cannot lock its owner out (known_reserve).
 One ask of a phone runs at a time (the code stored and its SMS queued in one
 turn). A verify retried with its Idempotency-Key, from its client, within RETRY_WINDOW
-(its answer lost) gets the same token. Redis keys name a phone by a keyed hash, never the
-number. A token names a session row, so signing out (or an operator) revokes it at once.
+(its answer lost) gets the same token. Redis keys name a phone, and an address, by a keyed
+hash, never the number nor the address. A token names a session row, so signing out (or
+an operator) revokes it at once.
 Neither OTPs nor tokens are ever logged.
 """
 
@@ -59,6 +60,10 @@ SENDS_PER_IP = (20, 3600)  # per client: an IPv4 address, an IPv6 /64
 SENDS_PER_IPV6_56 = (40, 3600)
 SENDS_PER_IPV6_48 = (100, 3600)
 VERIFY_PER_IP = (60, 3600)
+# ... and its verifies, as its asks: a home's 256 /64s (a site's 65,536) would otherwise
+# each have an hour's 60 guesses.
+VERIFY_PER_IPV6_56 = (120, 3600)
+VERIFY_PER_IPV6_48 = (300, 3600)
 # A stranger who asks a phone's codes and guesses wrong spends the day's wrong codes, and
 # the phone's codes (10 a day): its owner could not sign in for a day. A client (client_of)
 # that signed the phone in within KNOWN_CLIENT_TTL is known: a few of the day's wrong
@@ -347,17 +352,38 @@ def client_of(ip: str) -> str:
     return str(addr)
 
 
-def _send_limits(ip: str) -> list[tuple[str, tuple[int, int]]]:
-    """The per-address rules a code's ask counts in: its client's (client_of), and for
-    an IPv6 client also its /56 and /48 (one home's or one site's prefix)."""
+def _ip_tag(network: str) -> str:
+    """What the rate limits' Redis keys name an address by (client_of's, or an IPv6
+    /56 or /48): a keyed hash (OTP_KEY), not the address, which is personal data and
+    the keys keep for an hour."""
+    key = get_settings().otp_key
+    return hmac.new(key, f"auth-ip:{network}".encode(), hashlib.sha256).hexdigest()[:32]
+
+
+def _ip_limits(kind: str, ip: str, per_client: tuple[int, int],
+               per_56: tuple[int, int], per_48: tuple[int, int],
+               ) -> list[tuple[str, tuple[int, int]]]:
+    """The per-address rules ("otp-<kind>-ip:<tag>", _ip_tag) a try counts in: its
+    client's (client_of), and for an IPv6 client also its /56 and /48 (one home's or one
+    site's prefix)."""
     client = client_of(ip)
-    rules = [(f"otp-send-ip:{client}", SENDS_PER_IP)]
+    rules = [(f"otp-{kind}-ip:{_ip_tag(client)}", per_client)]
     if client.endswith("/64"):
         first = int(ipaddress.IPv6Network(client).network_address)
-        for bits, limit in ((56, SENDS_PER_IPV6_56), (48, SENDS_PER_IPV6_48)):
+        for bits, limit in ((56, per_56), (48, per_48)):
             wide = ipaddress.IPv6Network((first >> (128 - bits) << (128 - bits), bits))
-            rules.append((f"otp-send-ip:{wide}", limit))
+            rules.append((f"otp-{kind}-ip:{_ip_tag(str(wide))}", limit))
     return rules
+
+
+def _send_limits(ip: str) -> list[tuple[str, tuple[int, int]]]:
+    """The per-address rules a code's ask counts in (_ip_limits)."""
+    return _ip_limits("send", ip, SENDS_PER_IP, SENDS_PER_IPV6_56, SENDS_PER_IPV6_48)
+
+
+def _verify_limits(ip: str) -> list[tuple[str, tuple[int, int]]]:
+    """The per-address rules a code's check counts in (_ip_limits)."""
+    return _ip_limits("verify", ip, VERIFY_PER_IP, VERIFY_PER_IPV6_56, VERIFY_PER_IPV6_48)
 
 
 def _hash(phone: str, otp: str) -> str:
@@ -562,7 +588,7 @@ def verify_otp(raw_phone: str, otp: str, ip: str,
     a verify sent again with the same Idempotency-Key (``retry_key``) from the same
     client within RETRY_WINDOW (its answer lost) gets the same token."""
     phone = normalize_phone(raw_phone)
-    _limit((f"otp-verify-ip:{client_of(ip)}", VERIFY_PER_IP))
+    _limit(*_verify_limits(ip))
     r = redis_client()
     pools = _pools(phone, ip)
     verdict, *stored = run_script(r, _CHECK_AND_COUNT, [_otp_key(phone), *pools.keys], [
