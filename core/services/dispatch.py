@@ -1433,17 +1433,26 @@ def _maybe_continue(session: Session, leg: Leg) -> None:
     offer_next_batch(session, booking, leg, search)
 
 
+def _lock_offer(session: Session, offer_id: int) -> tuple[Leg, DispatchOffer] | None:
+    """The offer and its leg, locked in the leg-then-offer order every taker keeps; None
+    for an offer that is gone."""
+    leg_id = session.scalar(select(DispatchOffer.leg_id).where(DispatchOffer.id == offer_id))
+    if leg_id is None:
+        return None
+    leg = _lock_leg(session, leg_id)
+    offer = session.get(DispatchOffer, offer_id, with_for_update=True, populate_existing=True)
+    assert leg is not None and offer is not None
+    return leg, offer
+
+
 def offer_timeout(offer_id: int) -> str:
     """Job ``offer-timeout-<id>``: expire an unanswered offer; changes nothing if it was
     answered (accepted, declined, withdrawn) in the meantime."""
     with transaction() as session:
-        leg_id = session.scalar(select(DispatchOffer.leg_id).where(DispatchOffer.id == offer_id))
-        if leg_id is None:
+        locked = _lock_offer(session, offer_id)
+        if locked is None:
             return "missing"
-        leg = _lock_leg(session, leg_id)
-        offer = session.get(DispatchOffer, offer_id, with_for_update=True,
-                            populate_existing=True)
-        assert leg is not None and offer is not None
+        leg, offer = locked
         if offer.status != rules.OfferStatus.OPEN.value:
             return "already-" + offer.status
         if clock.now() + DUE_TOLERANCE < offer.expires_at + timedelta(
@@ -1620,13 +1629,10 @@ def offer_unreached(offer_id: int) -> str:
     UNREACHED_OFFERS_OFF-th in a row (_off_after_unreached). A rider with the app could
     see the offer there: his offer keeps its time."""
     with transaction() as session:
-        leg_id = session.scalar(select(DispatchOffer.leg_id).where(DispatchOffer.id == offer_id))
-        if leg_id is None:
+        locked = _lock_offer(session, offer_id)
+        if locked is None:
             return "missing"
-        leg = _lock_leg(session, leg_id)
-        offer = session.get(DispatchOffer, offer_id, with_for_update=True,
-                            populate_existing=True)
-        assert leg is not None and offer is not None
+        leg, offer = locked
         partner = session.get(PartnerProfile, offer.partner_id, with_for_update=True,
                               populate_existing=True)
         assert partner is not None
