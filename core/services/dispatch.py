@@ -1576,10 +1576,13 @@ UNREACHED_OFF_AUDIT = "partner.auto_off_unreached"
 
 # Twilio's errors that say the rider's phone or number could not take the SMS: an
 # unreachable handset (off, out of signal), a message blocked to his number, an unknown
-# handset, a landline or unreachable carrier, his STOP. Not our side's failures (a full
-# queue, a filtered text, an account or connection problem): they say nothing of his
-# phone, and a fleet-wide outage must put nobody OFF.
-HANDSET_SMS_ERRORS = frozenset({"30003", "30004", "30005", "30006", outbox.STOP_ERROR_CODE})
+# handset, a landline or unreachable carrier, his STOP; or Twilio's refusal of his number
+# itself: not a valid number (21211), not routable (21612), not able to take SMS (21614),
+# a landline (21635). Not our side's failures (a full queue, a filtered text, an account
+# or connection problem): they say nothing of his phone, and a fleet-wide outage must put
+# nobody OFF.
+HANDSET_SMS_ERRORS = frozenset({"30003", "30004", "30005", "30006", outbox.STOP_ERROR_CODE,
+                                "21211", "21612", "21614", "21635"})
 
 
 def _offer_sms_failed() -> ColumnElement[bool]:
