@@ -43,6 +43,11 @@ def back_on_reached(partner_id: int, event_id: int) -> str:
     return dispatch.back_on_reached(partner_id, event_id)
 
 
+def unreached_probe(partner_id: int, event_id: int, n: int) -> str:
+    """A rider put OFF for offers that never reached him is told so, later, by SMS."""
+    return dispatch.unreached_probe(partner_id, event_id, n)
+
+
 def continue_search(leg_id: int) -> str:
     """Search again after the candidate list ran dry."""
     return dispatch.continue_search(leg_id)

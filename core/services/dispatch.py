@@ -1711,7 +1711,49 @@ def _off_after_unreached(session: Session, partner: PartnerProfile,
                                               "the rider; back ON at his next SMS or ON"}))
     log.warning("partner put off duty: offers' SMS did not reach him",
                 extra={"partner_id": partner.id, "unreached": n})
+    _schedule_probe(session, partner.id, event.id, 0)
     return True
+
+
+# A rider put OFF as unreached is told nothing then (nothing reaches him), and his phone
+# may come back without his writing to us: he would wait for jobs, OFF, for ever. One SMS
+# tells him, UNREACHED_PROBES after the OFF (an hour, then a day: a phone off for the
+# night is on again by then), never at night (DISPATCH_DROP_CODE_NIGHT's hours: it waits
+# for the morning), and only while that OFF still holds him (not after any duty change).
+# It asks nothing of our side: his reply, whatever it says, puts him back ON as any SMS
+# of his does (back_on_heard). One that fails costs nothing but the SMS.
+UNREACHED_PROBES = (timedelta(hours=1), timedelta(hours=24))
+UNREACHED_PROBE_KEY = "dispatch.off_unreached_probe"
+
+
+def _schedule_probe(session: Session, partner_id: int, event_id: int, n: int) -> None:
+    """After this commit: the ``n``-th probe (UNREACHED_PROBES, counted from the OFF now
+    held by ``event_id``; 0 at the OFF) of a rider put OFF as unreached, moved out of
+    the night."""
+    if n >= len(UNREACHED_PROBES):
+        return
+    gap = UNREACHED_PROBES[n] - (UNREACHED_PROBES[n - 1] if n else timedelta(0))
+    at = clock.now() + gap
+    at = _night_ends(at) or at
+    _schedule_in(session, (at - clock.now()).total_seconds(),
+                 "workers.dispatch.unreached_probe", partner_id, event_id, n,
+                 job_id=f"unreached-probe-{event_id}-{n}")
+
+
+def unreached_probe(partner_id: int, event_id: int, n: int) -> str:
+    """Job ``unreached-probe-<event>-<n>``: the rider put OFF as unreached (his auto_off
+    ``event_id``) is told so, once, while that OFF still holds him (UNREACHED_PROBES)."""
+    with transaction() as session:
+        partner = session.get(PartnerProfile, partner_id, with_for_update=True,
+                              populate_existing=True)
+        if partner is None:
+            return "missing"
+        if partner.on_duty or partner.has_app or _unreached_off(session, partner.id) != event_id:
+            return "duty-changed"
+        sent = _sms_partner(session, partner, UNREACHED_PROBE_KEY,
+                            dedupe_key=f"unreached-probe-{event_id}-{n}")
+        _schedule_probe(session, partner.id, event_id, n + 1)
+        return "sent" if sent is not None else "no-phone"
 
 
 def _unreached_run_after(session: Session, offer: DispatchOffer) -> None:
@@ -5435,4 +5477,4 @@ __all__ = ["accept", "attach_pod", "back_on_heard", "back_on_reached", "cancel_b
            "recipient_code_pending", "recipient_said_wrong_number", "search_deadline",
            "set_duty", "start_dispatch",
            "start_search", "status_lines", "sweep", "tell_recipient_not_coming",
-           "tries_after_lost_code", "unlock_leg", "update_location"]
+           "tries_after_lost_code", "unlock_leg", "unreached_probe", "update_location"]
