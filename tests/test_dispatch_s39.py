@@ -23,6 +23,7 @@ from core.adapters.models import OutboxMessage, PartnerProfile
 from core.adapters.queue import QUEUES
 from core.domain import dispatch as rules
 from core.services import dispatch
+from tests.conftest import release_scheduled, run_jobs
 from tests.test_dispatch import (  # noqa: F401  (frozen: fixture)
     LAXMIPUR,
     freeze_at,
@@ -34,7 +35,6 @@ from tests.test_dispatch import (  # noqa: F401  (frozen: fixture)
     sms,
     start,
 )
-from tests.conftest import release_scheduled, run_jobs
 from tests.test_dispatch_s38 import _unreached_job
 from tests.test_notice_review import cannot_deliver
 from tests.test_ops_s30 import drop_code_night  # noqa: F401  (fixture)
