@@ -102,6 +102,25 @@ class TurnFailed(Exception):  # noqa: N818 (an outcome, not a programming error)
         self.answer = answer
 
 
+# A shared location's Label that names no place a rider could find: the phone's own name
+# for a saved spot ("Home", "Work") or for a pin ("Dropped pin", "My location"), in
+# English or as people write it in Hindi. Such a label is left out of the place's name
+# (the Address, if any, stays); with nothing left, the landmark question is asked.
+GENERIC_PLACE_LABELS = frozenset({
+    "home", "my home", "house", "my house", "work", "office", "my office",
+    "my location", "current location", "location", "live location", "pin",
+    "dropped pin", "pinned location", "ghar", "mera ghar", "घर", "मेरा घर", "ऑफिस",
+})
+
+
+def shared_place(label: str, address: str) -> str | None:
+    """The name a shared location came with (WhatsApp's Label and Address, joined), but
+    for a Label in GENERIC_PLACE_LABELS; None when none is left."""
+    if words.clean(label) in GENERIC_PLACE_LABELS:
+        label = ""
+    return ", ".join(v for v in (label.strip(), address.strip()) if v) or None
+
+
 def rate_counter(channel: str, contact: str) -> str:
     """The Redis key of a contact's inbound rate counter: named by a keyed hash (HMAC-SHA256
     with OTP_KEY) of the channel and contact, not the number, which an erasure must not

@@ -21,7 +21,7 @@ from twilio.request_validator import (
 from core.config import get_settings, listed_secrets
 from core.domain.errors import ValidationError
 from core.domain.phone import normalize_phone
-from core.services.inbound import InboundMessage
+from core.services.inbound import InboundMessage, shared_place
 from core.web import old_secrets
 
 SECONDARY = "TWILIO_AUTH_TOKEN_SECONDARY"
@@ -209,7 +209,6 @@ def parse_message(channel: str) -> InboundMessage:
         media_urls=tuple(form.get(f"MediaUrl{i}", "")[:500] for i in range(min(num_media, 10))),
         latitude=_float_or_none(form.get("Latitude")),
         longitude=_float_or_none(form.get("Longitude")),
-        place=", ".join(v for v in (_text(form.get("Label"), 200).strip(),
-                                    _text(form.get("Address"), 300).strip()) if v) or None,
+        place=shared_place(_text(form.get("Label"), 200), _text(form.get("Address"), 300)),
         button_payload=_text(form.get("ButtonPayload"), 200) or None,
     )
