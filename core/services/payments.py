@@ -1585,10 +1585,10 @@ def _refused_payment_notice(session: Session, booking: Booking, link: PaymentLin
     if status is BookingStatus.CANCELLED:
         return "payment.after_cancel"  # the link was paid as (or after) it was cancelled
     if status is BookingStatus.EXPIRED:
-        if paid_at is not None and booking.expires_at is not None \
-                and paid_at <= booking.expires_at and _expired_unasked(session, booking.id):
-            # Paid in time, but its word came after the sweep closed the booking unasked
-            # (the gateway did not answer for LINK_CHECK_GRACE): not late.
+        if _made_before_closing(session, booking, paid_at):
+            # Made in time, but its word came after the booking closed: pending at her
+            # bank when the gateway said the link was not paid, or its webhooks held back
+            # by an outage while the sweep closed the booking unasked. Not late.
             return "payment.expired_unconfirmed"
         return "payment.after_expiry"  # after the time to pay was over
     if status is BookingStatus.AWAITING_PAYMENT:
@@ -1601,15 +1601,20 @@ def _refused_payment_notice(session: Session, booking: Booking, link: PaymentLin
     return None
 
 
-def _expired_unasked(session: Session, booking_id: int) -> bool:
-    """Whether the expiry sweep closed the booking without the gateway's word on its link
-    (EXPIRED_UNASKED_REASON)."""
+def _made_before_closing(session: Session, booking: Booking,
+                         paid_at: datetime | None) -> bool:
+    """Whether a payment on the expired ``booking`` was made in its time to pay and before
+    it closed (closed early: its link cancelled at the gateway). ``paid_at`` is the
+    payment's own time at the gateway (_paid_at: whole seconds), not when its word came: a
+    payment in the second the booking closed, or with no time, is not known to be."""
+    if paid_at is None or booking.expires_at is None or paid_at > booking.expires_at:
+        return False
     from core.adapters.models import TransitionLog
 
-    return session.scalar(select(TransitionLog.id).where(
-        TransitionLog.entity == "booking", TransitionLog.entity_id == booking_id,
-        TransitionLog.to_status == BookingStatus.EXPIRED.value,
-        TransitionLog.reason == EXPIRED_UNASKED_REASON).limit(1)) is not None
+    closed_at = session.scalar(select(func.max(TransitionLog.at)).where(
+        TransitionLog.entity == "booking", TransitionLog.entity_id == booking.id,
+        TransitionLog.to_status == BookingStatus.EXPIRED.value))
+    return closed_at is None or paid_at + timedelta(seconds=1) <= closed_at
 
 
 def _on_link_closed(data: dict, cause: str) -> str:
@@ -4001,7 +4006,7 @@ def _next_attempt(session: Session, booking: Booking, last: Refund, actor: str
 # money is never kept), and the hourly reconciliation shows it meanwhile.
 LINK_CHECK_GRACE = timedelta(hours=1)
 # The reason of a booking the sweep closed without the gateway's word on its link (no
-# answer for LINK_CHECK_GRACE): a payment made in time may still come (_expired_unasked).
+# answer for LINK_CHECK_GRACE): a payment made in time may still come (_made_before_closing).
 EXPIRED_UNASKED_REASON = "payment time ran out; the gateway did not answer"
 EXPIRE_BATCH = 200
 
