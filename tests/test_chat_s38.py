@@ -138,7 +138,7 @@ def test_a_name_not_found_says_what_to_send(client, demo, typed) -> None:  # noq
     chat.play(*TO_PICKUP)
     reply = chat.say(typed)
     assert chat.step() == "pickup"
-    assert "नाम का गाँव हमें नहीं मिला" in reply and "आधार कार्ड" in reply, reply
+    assert "नाम का गाँव हमारे इलाके में नहीं मिला" in reply and "आधार कार्ड" in reply, reply
     assert typed in reply
 
 
