@@ -108,19 +108,25 @@ def test_when_words_take_no_other_request(said: str, option: int | None) -> None
 # --- Hindi in Latin letters at the language list ---------------------------------------
 
 @pytest.mark.db
-@pytest.mark.parametrize("first", ["namaste", "mujhe parcel bhejna hai", "hello"])
+@pytest.mark.parametrize(("first", "offered"), [
+    ("namaste", True), ("mujhe parcel bhejna hai", True), ("hello", False), ("ok", False)])
 def test_a_hindi_answer_in_latin_letters_at_the_language_list_is_offered_hindi(
-        client, demo, first: str) -> None:  # noqa: F811
-    """A first message in Latin letters shows the language list ("1. हिंदी 2. English
-    ..."); she answers "haan" as people do. That was "not understood": it is Hindi in
-    Latin letters, so Hindi is offered as for a Devanagari message ("shall we talk in
-    Hindi?"), and a second "haan" chooses it."""
+        client, demo, first: str, offered: bool) -> None:  # noqa: F811
+    """A first message in Latin letters that is not Hindi alone ("hello") shows the
+    language list ("1. हिंदी 2. English ..."); she answers "haan" as people do. That was
+    "not understood": it is Hindi in Latin letters, so Hindi is offered as for a
+    Devanagari message ("shall we talk in Hindi?"), and a second "haan" chooses it. A
+    first message in Hindi in Latin letters ("namaste") is offered Hindi at once (s39,
+    tests/test_chat_s39.py): one "haan" chooses it."""
     chat = Chat(client, f"+9198125{next(_phones):05d}")
     chat.say(first)
-    assert chat.step() == "language"
-    reply = chat.say("haan")
-    assert chat.step() == "language_guess", reply
-    assert i18n.t("bot.retry", "hi") not in reply and i18n.t("bot.retry", "en") not in reply
+    if offered:
+        assert chat.step() == "language_guess"
+    else:
+        assert chat.step() == "language"
+        reply = chat.say("haan")
+        assert chat.step() == "language_guess", reply
+        assert i18n.t("bot.retry", "hi") not in reply and i18n.t("bot.retry", "en") not in reply
     reply = chat.say("haan")
     assert chat.step() != "language" and i18n.t("bot.retry", "hi") not in reply, reply
     with transaction() as s:

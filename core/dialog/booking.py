@@ -163,9 +163,17 @@ def next_hint() -> Say:
 # by that step (the engine, at a booking step), kept in the list's scratch, so it lasts
 # only while the list stands: left for anything else, the list forgets it.
 _BACK_AFTER_LANGUAGE = BACK_AFTER_LANGUAGE
+# state.data key: a first message (sent before any language is chosen) was Hindi in
+# Latin letters (note_request). The language list entered for it offers Hindi instead
+# ("shall we talk in Hindi?"), as a first message in Devanagari is offered it.
+_LATIN_HINDI = "hindi_in_latin"
 
 
 def _language_prompt(ctx: Ctx) -> list[Out]:
+    if (ctx.state.data.pop(_LATIN_HINDI, None)
+            and _BACK_AFTER_LANGUAGE not in ctx.state.data):
+        ctx.state.data["lang_guess"] = "hi"
+        raise Redirect("language_guess")
     back = ctx.state.data.pop(_BACK_AFTER_LANGUAGE, None)
     if back is not None:
         ctx.scratch[_BACK_AFTER_LANGUAGE] = back
@@ -225,6 +233,7 @@ def _language_named(ctx: Ctx, lang: str) -> Result:
 
 
 def _guess_prompt(ctx: Ctx) -> list[Out]:
+    ctx.state.data.pop(_LATIN_HINDI, None)
     guess = ctx.state.data.get("lang_guess", "hi")
     return [Say("bot.lang_guess", {"language": LANGUAGE_NAMES.get(guess, guess)}),
             Choices((Say("bot.yes"), Say("bot.lang_other")))]
@@ -525,6 +534,12 @@ def note_request(data: dict[str, Any], text: str) -> None:
     asked = menu_request(text)
     if asked is not None:
         data[ASKED_FIRST] = asked
+    # Hindi in Latin letters ("parcel bhejna hai", "namaste ji"), no language named: the
+    # language list this message is shown offers Hindi, as a Devanagari one is offered.
+    if words.hinglish(text) and words.language_mentioned(text) is None:
+        data[_LATIN_HINDI] = True
+    else:
+        data.pop(_LATIN_HINDI, None)
 
 
 def _with_say(result: Result, say: Sequence[Out]) -> Result:
