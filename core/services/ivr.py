@@ -59,7 +59,7 @@ from core.adapters.payment_models import PaymentLink
 from core.adapters.queue import after_commit, queue
 from core.config import get_settings
 from core.dialog import engine
-from core.dialog.booking import BOOKING, MENU, end_cancel, person_said
+from core.dialog.booking import BOOKING, MENU, end_cancel, not_allowed_kind, person_said
 from core.dialog.engine import Ctx, DialogState, Out, Say, Step, UserInput
 from core.dialog.voice import (
     DONE_ON_SILENCE,
@@ -231,6 +231,10 @@ CANCELLED = "ivr.sms.cancelled"  # a booking cancelled in its own call, once new
 # A "1 = cancel" that came after its call was closed and cancelled nothing: the amounts
 # changed since the caller heard them (_not_cancelled_unheard).
 NOT_CANCELLED_SMS = "ivr.sms.not_cancelled"
+# ... or it could not be cancelled at all any more (booking.not_allowed_kind: the rider
+# picked the parcel up, or it is over), and what it did cancel (_cancel_unheard).
+NOT_CANCELLABLE_SMS = {"picked_up": "ivr.sms.not_cancelled_picked_up",
+                       "not_allowed": "ivr.sms.not_cancelled_closed"}
 
 
 # A place in the details is cut (dispatch.short_place_name) to PLACE_NAME_MAX, as a
@@ -303,6 +307,9 @@ class VoicePorts(SessionPorts):
                  state: DialogState | None = None) -> None:
         super().__init__(session, person, conv)
         self.state = state
+        # The booking a "1 = cancel" of this turn was for, and what cancel answered
+        # (cancelled or not, and why): _cancel_unheard tells a caller who hung up.
+        self.cancel_answered: tuple[Booking, dict[str, Any]] | None = None
 
     def _call(self) -> dict[str, Any]:
         """The state of the call in progress ({} if none is known)."""
@@ -350,10 +357,12 @@ class VoicePorts(SessionPorts):
         """The chat's cancel; a booking made in this same call has its details taken back
         (take_back_details)."""
         result = super().cancel(reference, shown)
-        if result.get("done"):
-            booking = self._mine(reference)
-            if booking is not None and booking.id in self._call().get("booked", []):
-                take_back_details(self.session, self.person, booking)
+        booking = self._mine(reference)
+        if booking is not None:
+            self.cancel_answered = (booking, result)
+        if result.get("done") and booking is not None and (
+                booking.id in self._call().get("booked", [])):
+            take_back_details(self.session, self.person, booking)
         return result
 
     def payment_link(self, reference: str, *, by_sms: bool = False) -> dict[str, Any] | None:
@@ -854,6 +863,7 @@ def voice_turn(session: Session, call: CallRequest) -> VoiceTurn:
             _answer(state, ports, person, call)  # said to nobody: the caller hung up
             state.data.pop("call_action", None)
             _not_cancelled_unheard(session, state, person, call.sid)
+            _cancel_unheard(session, ports, person, call.sid)
             outs: list[Out] = []
         elif call.turn == 0 or current.get("sid") != call.sid:
             outs = _start(session, state, ports, person, previous, call.sid)
@@ -1147,6 +1157,8 @@ def end_call(session: Session, phone: str, sid: str, status: str) -> bool:
 # as on the line), and at those only: changed since (a rider took the job), nothing is
 # cancelled, as on the line, and since no "the amount changed, listen again" reaches him,
 # an SMS says nothing was cancelled and how to hear the new amount (_not_cancelled_unheard).
+# Nor does any word of the line reach him otherwise: one it could not be cancelled at all
+# (picked up, or over since) and one cancelled are each told by an SMS (_cancel_unheard).
 # Only at these two: elsewhere a late key would move a dead call on for nothing.
 LATE_KEY_STEPS = frozenset({"confirm", "cancel_confirm"})
 LATE_KEYS = "late_keys"
@@ -1209,6 +1221,41 @@ def _not_cancelled_unheard(session: Session, state: DialogState, person: Person,
     notify.notify_known_phone(session, person, NOT_CANCELLED_SMS, lang=lang,
                               dedupe_key=f"ivr-not-cancelled-{booking.id}-{sid}",
                               booking_id=booking.id, ref=booking.reference)
+
+
+def _cancel_unheard(session: Session, ports: VoicePorts, person: Person, sid: str) -> None:
+    """After a late answer (LATE_KEYS) "1 = cancel" (ports.cancel_answered), what the line
+    said to nobody goes by SMS, in the caller's language, once per booking and call (a
+    retry of the request is answered from record). Cancelled: "cancelled, X goes back",
+    as a cancel by ops tells the customer (payments._tell_cancelled; a customer's own
+    cancel sends nothing, he heard it), unless take_back_details just said it (a booking
+    of that call). Not cancellable any more (voice's "closed": the rider picked the parcel
+    up, or it is over): he hung up thinking it cancelled, so he is told it was not, why,
+    and how to hear where it is. Amounts changed: _not_cancelled_unheard."""
+    if ports.cancel_answered is None or not person.phone:
+        return
+    booking, result = ports.cancel_answered
+    lang = _language(person)
+    if result.get("done"):
+        if session.scalar(select(OutboxMessage.id).where(  # take_back_details' own
+                OutboxMessage.dedupe_key == f"ivr-cancelled-{booking.id}")) is not None:
+            return
+        refund, fee = int(result.get("refund_paise") or 0), int(result.get("fee_paise") or 0)
+        key = ("bot.cancel.done_fee" if fee and refund else
+               "bot.cancel.done_refund" if refund else "bot.cancel.done")
+        log.info("a late cancel key cancelled the booking; told by SMS",
+                 extra={"booking_id": booking.id})
+        notify.notify_known_phone(session, person, key, lang=lang,
+                                  dedupe_key=f"ivr-late-cancelled-{booking.id}-{sid}",
+                                  booking_id=booking.id, ref=booking.reference,
+                                  refund_paise=refund, fee_paise=fee)
+    elif not result.get("allowed"):
+        kind = not_allowed_kind(result)
+        log.info("a late cancel key cancelled nothing: not cancellable; told by SMS",
+                 extra={"booking_id": booking.id, "why": kind})
+        notify.notify_known_phone(session, person, NOT_CANCELLABLE_SMS[kind], lang=lang,
+                                  dedupe_key=f"ivr-not-cancelled-{booking.id}-{sid}",
+                                  booking_id=booking.id, ref=booking.reference)
 
 
 def ops_language() -> str:
