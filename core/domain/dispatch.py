@@ -1025,7 +1025,14 @@ def _parse(toks: list[str]) -> Command:
         if said.kind is Kind.ACCEPT:
             return Command(Kind.ACCEPT, said.numbers, words)
     kinds = {_LOOKUP[w] for w in words if w in _LOOKUP}
-    if _cant_come(toks, words):
+    # "Nahi aa sakta, 10 min me aata hu": what he says of his coming decides, not the no
+    # it begins with (read alone, "nahi" first would decline): coming in minutes is asked
+    # again, as "abhi nahi aa sakta, 10 min me aata hu" is.
+    cant = _cant_come(toks, words)
+    delayed = cant and _not_a_refusal(toks, words)
+    if cant and not delayed:
+        return Command(Kind.DECLINE, numbers, words)
+    if _coming_hours_later(toks, words):
         return Command(Kind.DECLINE, numbers, words)
     if _no_work_came(toks, words):
         return Command(Kind.STATUS, numbers, words)
@@ -1052,7 +1059,7 @@ def _parse(toks: list[str]) -> Command:
     # A no turns a command around, but not a question about his money: "paisa nahi
     # mila" (the money did not come) asks for his earnings all the more.
     if kind is None or (kind not in (Kind.DECLINE, Kind.EARN) and _negated(words)) or (
-            kind is Kind.DECLINE and (_tag_no_alone(words) or _skip_turned(words))):
+            kind is Kind.DECLINE and (_tag_no_alone(words) or _skip_turned(words) or delayed)):
         return Command(Kind.UNKNOWN, numbers, words)
     return Command(kind, numbers, words)
 
@@ -1144,11 +1151,11 @@ def _cant_come(toks: Sequence[str], words: Sequence[str]) -> bool:
     """Whether the message says he cannot come (_CANT_COME: "can't come", "main nahi aa
     sakta"), with nothing but words for work and refusals among its commands ("can't come,
     got another job"; not "ok, can't come": a yes too, asked again) and no code word
-    ("code nahi aa sakta" is about a code)."""
+    ("code nahi aa sakta" is about a code). A refusal unless _not_a_refusal says it is
+    none (then it declines nothing, whatever no it begins with: asked again)."""
     runs = {tuple(toks[i:i + n]) for n in _CANT_COME_LENGTHS for i in range(len(toks) - n + 1)}
     return bool(runs & _CANT_COME) and not _CODE_WORDS.intersection(words) \
-        and set(_kinds_in(words)) <= {Kind.STATUS, Kind.DECLINE} \
-        and not _not_a_refusal(toks, words)
+        and set(_kinds_in(words)) <= {Kind.STATUS, Kind.DECLINE}
 
 
 def _not_a_refusal(toks: Sequence[str], words: Sequence[str]) -> bool:
@@ -1172,6 +1179,8 @@ def _not_a_refusal(toks: Sequence[str], words: Sequence[str]) -> bool:
     if _DAY_WORDS.intersection(toks) and (_coming_another_day(toks) or not (
             _MINUTE_WORDS.intersection(toks) or _in_minutes(toks))):
         return False  # another day; a day not of his coming beside minutes is no refusal
+    if _coming_hours_later(toks, words):
+        return False  # "abhi nahi aa sakta, shaam ko aaunga": hours later, no minutes
     if _BUSY_WORDS.intersection(toks):
         toks = [t for t in toks if t not in _BUSY_FOR]
         words = [t for t in toks if not t.isdigit()]
@@ -1200,6 +1209,47 @@ def _coming_another_day(toks: Sequence[str]) -> bool:
     return any(t in _DAY_WORDS and (
         (i and toks[i - 1] in _COMING_ON) or _COMING_ON.intersection(toks[i + 1:i + 4]))
         for i, t in enumerate(toks))
+
+
+# "Aaj shaam ko aaunga" (I will come this evening), "raat ko aaunga", "dopahar tak aa
+# jaunga", "will come in the evening": an offer is for now, so his coming hours later
+# refuses it, as his coming another day does (_DAY_WORDS), unless minutes are said too
+# (_coming_hours_later). The time of day tied to a coming word as a day is
+# (_coming_another_day), "in", "this", "ko", "tak" between them ("will come this
+# evening"); not "abhi aata hu, shaam ko free" (coming now, free in the evening).
+_LATER_TODAY = frozenset(" ".join(tokens(w)) for w in {
+    "shaam", "sham", "shaamko", "evening", "tonight", "raat", "night", "dopahar",
+    "dupahar", "dophar", "dopehar", "afternoon", "शाम", "रात", "दोपहर"})
+_COMING_LATER = _COMING_ON | frozenset(" ".join(tokens(w)) for w in {
+    "jaunga", "jaungi", "jaaunga", "jaaungi", "जाऊंगा", "जाऊँगा", "जाउंगा", "जाऊंगी",
+    "जाऊँगी"})
+_AT_WORDS = frozenset(" ".join(tokens(w)) for w in {
+    "in", "the", "this", "at", "by", "ko", "tak", "aaj", "today", "को", "तक", "आज"})
+
+
+def _coming_hours_later(toks: Sequence[str], words: Sequence[str]) -> bool:
+    """Whether the message says he comes later today (_LATER_TODAY tied to a coming word)
+    and not in minutes, with nothing but words for work and refusals among its commands
+    ("haan, shaam ko aaunga", "1 shaam ko aaunga" have a yes: read as before; not "shaam 1
+    baje"), no code word and no question."""
+    if (_MINUTE_WORDS.intersection(toks) or _in_minutes(toks)
+            or (_CODE_WORDS | _ASKING_WORDS).intersection(toks)
+            or not set(_kinds_in(words)) <= {Kind.STATUS, Kind.DECLINE}
+            or any(t == "1" and not _TIME_WORDS.intersection(toks[i + 1:i + 2])
+                   for i, t in enumerate(toks))):  # "1 shaam ko aaunga": a yes too
+        return False
+    said = [t for t in toks if not t.isdigit()]
+    for i, t in enumerate(said):
+        if t not in _LATER_TODAY:
+            continue
+        if _COMING_LATER.intersection(said[i + 1:i + 4]):
+            return True
+        j = i - 1
+        while j >= max(i - 3, 0) and said[j] in _AT_WORDS:
+            j -= 1
+        if j >= 0 and said[j] in _COMING_LATER:
+            return True
+    return False
 
 
 def _in_minutes(toks: Sequence[str]) -> bool:
@@ -1272,7 +1322,13 @@ def split_otp_and_job(numbers: Sequence[str], job_codes: Iterable[str]) -> tuple
     make OTP_DIGITS digits together: a job code is never split, so the reading is sure.
     Numbers that are neither (no job code, and the first is not OTP_DIGITS long: "PICK 62
     0") are taken as a malformed OTP, so the answer shows the right form instead of "you
-    have no job 0"."""
+    have no job 0".
+
+    Two numbers of a code's length, neither his job ("PICK 9999 4821"), are the job he
+    names, then its code, as a shorter first number is (services.dispatch._job_then_code:
+    "PICK 99 4821"): either may be the job, so the first he typed is named back ("you have
+    no job 9999"), not his code ("you have no job 4821" after "PICK 9999 4821" told him
+    his code was read as a job); no code is checked for a job not his either way."""
     codes = set(job_codes)
     if not numbers:
         return None, None
@@ -1282,6 +1338,8 @@ def split_otp_and_job(numbers: Sequence[str], job_codes: Iterable[str]) -> tuple
     parts = [n for n in numbers if n not in codes]
     if len(parts) >= 2 and len(jobs) <= 1 and len("".join(parts)) == OTP_DIGITS:
         return "".join(parts), (jobs[0] if jobs else None)
+    if not jobs and len(numbers) == 2 and all(len(n) == OTP_DIGITS for n in numbers):
+        return numbers[1], numbers[0]
     if not jobs and len(numbers[0]) != OTP_DIGITS:
         return numbers[0], None
     a, b = numbers[0], numbers[1]
