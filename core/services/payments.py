@@ -3284,7 +3284,9 @@ def _on_repay_transfer(entity: dict, tid: str, leg_id: int, processed: bool,
                        cause: str) -> str:
     """The gateway processed (or failed) a transfer paying a reversed payout again: the
     payout is posted once for what is left on it; a failure voids what was posted and the
-    leg's settle makes it anew (under a new idempotency key)."""
+    leg's settle makes it anew (under a new idempotency key). A late event, a snapshot
+    from before a partial reversal the settle posted the rest of, posts nothing
+    (_payout_differs), as for a leg's own transfer."""
     with transaction() as session:
         leg = session.get(Leg, leg_id)
         if leg is None or leg.partner_id is None:
@@ -3296,6 +3298,8 @@ def _on_repay_transfer(entity: dict, tid: str, leg_id: int, processed: bool,
             return "repay-failed"
         if ledger.recorded(session, f"transfer:{tid}:failed") or _left(entity) <= 0:
             return "transfer-failed-before"
+        if _payout_differs(session, tid, _left(entity), leg_id):
+            return "transfer-processed-before"
         partner_id = gw.note_int(entity, "partner_id") or leg.partner_id
         if ledger.post(session, rules.transfer_processed(leg.booking_id, leg_id, partner_id,
                                                          tid, _left(entity)),
@@ -3312,8 +3316,10 @@ def _repay_reversed(c, leg_id: int, booking_id: int, partner_id: int | None,
     transfer from the platform's balance (where the reversal put the money), under an
     X-Transfer-Idempotency key: the same for a retry whose answer was lost, a new one for
     a new decision or after a repay transfer failed. One already made and processed is
-    posted (its event lost); one still pending is waited for. The caller holds the leg's
-    lock."""
+    posted (its event lost), as its event posts it; one posted already is left as it is,
+    also when the gateway shows less on it now (part of it reversed since: that reversal
+    is its own entry, and what ops chose to pay again of it is ``owed``); one still
+    pending is waited for. The caller holds the leg's lock."""
     if partner_id is None or not account:
         log.warning("reversed payout to pay again waits: partner has no linked account",
                     extra={"leg_id": leg_id})
@@ -3323,8 +3329,11 @@ def _repay_reversed(c, leg_id: int, booking_id: int, partner_id: int | None,
         if _moved(t) and _left(t) > 0:
             with transaction() as session:
                 ledger.lock_booking(session, booking_id)
+                if _payout_differs(session, str(t["id"]), _left(t), leg_id):
+                    continue  # posted before the partial reversal: the ledger has it all
                 if ledger.post(session, rules.transfer_processed(
-                        booking_id, leg_id, partner_id, str(t["id"]), _left(t)),
+                        booking_id, leg_id, gw.note_int(t, "partner_id") or partner_id,
+                        str(t["id"]), _left(t)),
                         actor=str(SYSTEM), cause=f"leg:{leg_id}:repaid"):
                     owed -= _left(t)
     if any(t.get("status") in _UNPROCESSED_TRANSFER for t in found):
