@@ -1583,6 +1583,10 @@ def _refused_payment_notice(session: Session, booking: Booking, link: PaymentLin
     status as the payment came), or None where no payment could be expected (a draft)."""
     status = BookingStatus(booking.status)
     if status is BookingStatus.CANCELLED:
+        if _made_before(session, booking, paid_at, BookingStatus.CANCELLED):
+            # Made before the cancel (pending at her bank as she cancelled), its word
+            # came after: "paid after the booking was cancelled" is not true.
+            return "payment.expired_unconfirmed"
         return "payment.after_cancel"  # the link was paid as (or after) it was cancelled
     if status is BookingStatus.EXPIRED:
         if _made_before_closing(session, booking, paid_at):
@@ -1609,11 +1613,20 @@ def _made_before_closing(session: Session, booking: Booking,
     payment in the second the booking closed, or with no time, is not known to be."""
     if paid_at is None or booking.expires_at is None or paid_at > booking.expires_at:
         return False
+    return _made_before(session, booking, paid_at, BookingStatus.EXPIRED)
+
+
+def _made_before(session: Session, booking: Booking, paid_at: datetime | None,
+                 closed: BookingStatus) -> bool:
+    """Whether a payment made at ``paid_at`` (the gateway's time, whole seconds) was made
+    before ``booking`` last moved to ``closed``, a whole second at least."""
+    if paid_at is None:
+        return False
     from core.adapters.models import TransitionLog
 
     closed_at = session.scalar(select(func.max(TransitionLog.at)).where(
         TransitionLog.entity == "booking", TransitionLog.entity_id == booking.id,
-        TransitionLog.to_status == BookingStatus.EXPIRED.value))
+        TransitionLog.to_status == closed.value))
     return closed_at is None or paid_at + timedelta(seconds=1) <= closed_at
 
 
