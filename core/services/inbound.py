@@ -754,6 +754,33 @@ def drop_parked(session: Session, addresses: Iterable[str]) -> int:
     return int(getattr(gone, "rowcount", 0) or 0)
 
 
+def drop_inboxes(addresses: Iterable[str]) -> int:
+    """Delete the Redis inboxes of these numbers (E.164 phones, WhatsApp ids, either with
+    "whatsapp:"): the messages accepted from them and not handled yet, their ``:scheduled``
+    flags, and their entries in INBOXES and READY (an erasure's: a drain after it would
+    make a new person of what they wrote). How many messages went. One MULTI; a drainer
+    on the contact now finds its inbox empty and lets the contact go. Raises RedisError
+    while Redis is away."""
+    contacts: set[str] = set()
+    for address in addresses:
+        digits = address.removeprefix("whatsapp:").removeprefix("+")
+        if digits.isdigit():  # WhatsApp's WaId, the SMS's E.164, a WhatsApp From
+            contacts |= {digits, f"+{digits}", f"whatsapp:+{digits}"}
+    names = [f"{channel}:{contact}" for channel in ("whatsapp", "sms")
+             for contact in sorted(contacts)]
+    if not names:
+        return 0
+    pipe = redis_client().pipeline(transaction=True)
+    for name in names:
+        pipe.llen(_keys(*name.split(":", 1))[0])
+    for name in names:
+        inbox, scheduled, _ = _keys(*name.split(":", 1))
+        pipe.delete(inbox, scheduled)
+        pipe.srem(INBOXES, inbox)
+        pipe.lrem(READY, 0, name)
+    return sum(int(n) for n in pipe.execute()[:len(names)])
+
+
 # A drainer that used its budget with contacts still waiting hands over to a fresh job
 # (drain_ready). Every worker takes "inbound" before "default", so hand-overs there kept
 # the workers going from drainer to drainer for as long as customers kept writing, and

@@ -12,8 +12,9 @@ Where personal data lives, and what happens to it:
   wrong, its numbers masked, when its text goes.
 - ``message_status_events`` (Twilio's status history): deleted after RETENTION_STATUS_DAYS.
 - Redis: the dead-letter list of chat messages whose turn failed (``inbox-dead``): entries
-  older than RETENTION_MESSAGE_DAYS are dropped, and an erased person's at once; a
-  partner's last GPS fix and positions go with their erasure.
+  older than RETENTION_MESSAGE_DAYS are dropped, and an erased person's at once; so do
+  their inboxes (messages accepted, not handled yet); a partner's last GPS fix and
+  positions go with their erasure.
 - ``dispatch_pod_photos`` and their files (the parcel in hand, and at the recipient's
   door): personal data of the booking's sender and recipient, not of the partner who took
   them. Deleted after RETENTION_MESSAGE_DAYS once the booking is finished and its money
@@ -818,10 +819,11 @@ def erase_person(session: Session, person_id: int) -> Erasure:
     its writer is asked for again; handoffs waiting for ops lose the messages that say
     their number; call answers stored for Twilio's retries that say their number (or their
     recipients'), written or read out digit by digit, or a landmark erased; their messages
-    in Redis's dead-letter list; their messages parked while Redis was away, not handled
-    yet. A number ops moved them off (people.former_phones) counts
-    as theirs from when they came to it (the first we knew of them at it: their person
-    row for the number they came with, ops' move onto it for another) until they left it:
+    in Redis's dead-letter list and their inboxes there (accepted, not handled yet);
+    their messages parked while Redis was away, not handled yet. A number ops moved them
+    off (people.former_phones) counts as theirs from when they came to it (the first we
+    knew of them at it: their person row for the number they came with, ops' move onto
+    it for another) until they left it:
     the messages and bookings sent to it then (and those under way to them at a move,
     which followed them to the new number), its chats they left (unless someone wrote
     from it since: those are the new holder's), the texts written then that say it (one
@@ -908,6 +910,13 @@ def erase_person(session: Session, person_id: int) -> Erasure:
     # too (a rider's job offer, a stored answer to his PICK), read before the bookings
     # lose them.
     places = _landmarks(session, own_ids, received_ids)
+    # What the texts others wrote about the bookings sent to them (a sender's rating
+    # comment, the parcel's description) must lose: their names, as they and their
+    # senders gave them, and where their door is.
+    hers = Said(_names([person.name, partner.first_name if partner else None,
+                        *session.scalars(select(Booking.recipient_name).where(
+                            _among(Booking.id, received_ids)))]),
+                _landmarks(session, [], received_ids))
     # Their own contacts' messages, whenever sent (since the holder before them left the
     # number, if one did); a former number's, until they left it (after that, whoever
     # holds it now: _erase_messages).
@@ -931,7 +940,7 @@ def erase_person(session: Session, person_id: int) -> Erasure:
                           spans)
     # Before the bookings lose the recipient's number, by which ``received`` finds them.
     _erase_photos(session, done, own, received, photo_job_id(person.id))
-    _erase_bookings(session, done, own, received)
+    _erase_bookings(session, done, own, received, hers)
 
     # A handoff is of the person it was opened for: one in a conversation they took up
     # at a recycled number is its former holder's.
@@ -955,6 +964,7 @@ def erase_person(session: Session, person_id: int) -> Erasure:
     if partner is not None:
         _erase_partner(session, done, partner)
     _erase_dead_letters(done, numbers, spans)
+    _erase_inboxes(done, theirs)
     _erase_parked(session, done, theirs)
     # Their STOP outlives them, under a hash of the number: nobody new at that number is
     # written to before they say START (outbox.NumberOptOut); a block of our WhatsApp
@@ -1060,9 +1070,10 @@ def erase_recipient(session: Session, phone: str, *, actor: str,
     _scrub_drafts(done, drafts)
     _erase_stored_answers(session, done, tens, places, spans)
     _erase_photos(session, done, nothing, received, f"erased-photos-b{ids[0] if ids else 0}")
-    _erase_bookings(session, done, nothing, received)
+    _erase_bookings(session, done, nothing, received, Said(done.names, places))
     _scrub_saved_answers(session, done, [ref for _, ref, _ in found])
     _erase_dead_letters(done, tens, spans)
+    _erase_inboxes(done, _addresses(number))
     _erase_parked(session, done, _addresses(number))
     session.flush()
     if done.changed:
@@ -1779,6 +1790,20 @@ def _erase_dead_letters(done: Erasure, tens: set[str], spans: Spans | None = Non
                           "try again", code="queue_unavailable") from exc
 
 
+def _erase_inboxes(done: Erasure, addresses: set[str]) -> None:
+    """Their chat messages accepted into Redis and not handled yet (inbound's inbox of
+    each of their contacts): else the drain after the erasure would handle them (a new
+    person, named and numbered as the erased one, and what they wrote). Before the
+    commit: if Redis cannot be reached, nothing is committed and ops try again."""
+    try:
+        gone = inbound.drop_inboxes(addresses)
+    except RedisError as exc:
+        raise Unavailable("the chat queue (Redis) cannot be reached: nothing was erased; "
+                          "try again", code="queue_unavailable") from exc
+    if gone:
+        done.add("queued_messages", gone)
+
+
 def _erase_parked(session: Session, done: Erasure, addresses: set[str]) -> None:
     """Their messages parked while Redis was away (``inbound_parked``, not handled yet):
     deleted in this transaction, or the sweep would handle them after the erasure (a new
@@ -1812,13 +1837,20 @@ def _scrub_saved_answers(session: Session, done: Erasure, refs: list[str]) -> No
             done.add("records", 1)
 
 
-def _erase_bookings(session: Session, done: Erasure, own: Any, received: Any) -> None:
+def _erase_bookings(session: Session, done: Erasure, own: Any, received: Any,
+                    hers: Said) -> None:
     """Their bookings lose the recipient and landmarks, bookings to them the recipient and
-    drop landmark; both keep their places to the village, and so do their legs. Money,
-    parcel sizes, statuses and times stay: the record the ledger and the gateway refer to.
+    drop landmark; both keep their places to the village, and so do their legs (of a
+    booking to them, where a leg ends or starts at its drop, her door: its last leg's end,
+    and any end at the drop's exact place; a relay's Points are not hers, and stay).
+    Their bookings' rating comments and parcel descriptions go; those of bookings to them
+    (the sender's words) lose what ``hers`` says: her names and her door. Money, parcel
+    sizes, statuses and times stay: the record the ledger and the gateway refer to.
     (Core statements: these columns change nowhere else once a booking is closed, so the
     version counter that guards the live states is left alone.)"""
     b = Booking
+    # Before the bookings lose their exact drop: the legs' ends at it are found by it.
+    _round_doors(session, received)
     places, exact = _coarse_places((b.pickup_lat, b.pickup_lng, b.drop_lat, b.drop_lng))
     done.add("bookings", _changed(session, update(b).where(b.id.in_(own), or_(
         b.recipient_name.is_not(None), b.recipient_phone.is_not(None),
@@ -1840,6 +1872,45 @@ def _erase_bookings(session: Session, done: Erasure, own: Any, received: Any) ->
     _changed(session, update(BookingRating).where(BookingRating.booking_id.in_(own),
                                                   BookingRating.comment.is_not(None))
              .values(comment=None))
+    for text_col, booking in ((BookingRating.comment, BookingRating.booking_id),
+                              (Parcel.description, Parcel.booking_id)):
+        _scrub_column(session, done, "texts", text_col,
+                      and_(booking.in_(received), ~booking.in_(own)), hers.out_of)
+
+
+def _scrub_column(session: Session, done: Erasure, kind: str, column: Any, where: Any,
+                  scrub: Callable[[str], str]) -> None:
+    """The texts of ``column`` in the rows ``where`` picks, each as ``scrub`` leaves it
+    (by primary key, one statement); counted as ``kind``."""
+    table = column.class_
+    kept = [{"id": i, column.key: scrub(said)}
+            for i, said in session.execute(select(table.id, column).where(
+                where, column.is_not(None)))
+            if said and scrub(said) != said]
+    if kept:
+        session.execute(update(table), kept)
+        done.add(kind, len(kept))
+
+
+def _round_doors(session: Session, received: Any) -> None:
+    """The legs of bookings sent to the erased person lose her door's exact place where
+    they say it: the last leg's end, and any end at the booking's exact drop (read before
+    the booking is rounded). A relay's Points on the way stay as they are."""
+    b, later = Booking, Leg.__table__.alias("later")
+    last = ~exists().where(later.c.booking_id == Leg.booking_id,
+                           later.c.sequence > Leg.sequence)
+    to_door = and_(or_(last, and_(Leg.to_lat == b.drop_lat, Leg.to_lng == b.drop_lng)),
+                   _coarse_places((Leg.to_lat, Leg.to_lng))[1])
+    from_door = and_(Leg.from_lat == b.drop_lat, Leg.from_lng == b.drop_lng,
+                     _coarse_places((Leg.from_lat, Leg.from_lng))[1])
+    # Through the ORM: dispatch's cache of partner facts watches leg writes (tests check).
+    for leg, to, from_ in session.execute(
+            select(Leg, to_door, from_door).join(b, b.id == Leg.booking_id)
+            .where(b.id.in_(received), or_(to_door, from_door))):
+        ends = ((Leg.to_lat, Leg.to_lng) if to else ()) + \
+            ((Leg.from_lat, Leg.from_lng) if from_ else ())
+        for column, value in _coarse_places(ends)[0].items():
+            setattr(leg, column, value)
 
 
 def _erase_partner(session: Session, done: Erasure, partner: PartnerProfile) -> None:
@@ -1864,6 +1935,11 @@ def _erase_partner(session: Session, done: Erasure, partner: PartnerProfile) -> 
         m = OutboxMessage
         _redact_mentions(session, done, m.booking_id.in_(carried),
                          m.body.icontains(name, autoescape=True), _saying((), {name}))
+        # What their customers wrote of them ("Ramesh was rude"): kept, without the name.
+        r = BookingRating
+        _scrub_column(session, done, "texts", r.comment, and_(
+            r.booking_id.in_(carried), r.comment.icontains(name, autoescape=True)),
+            lambda said: without_names(said, {name}))
     if partner.first_name or partner.on_duty or partner.has_app or partner.payout_account_id:
         partner.first_name, partner.on_duty, partner.has_app = "", False, False
         partner.payout_account_id = None
@@ -1953,6 +2029,21 @@ def forget_erased_positions() -> int:
 
 # What an erased name reads as in the texts kept for good (an erasure's audit reason).
 NAME_REMOVED = "[name]"
+# What an erased place (a landmark: where a door is) reads as in the texts kept.
+PLACE_REMOVED = "[place]"
+
+
+@dataclass(frozen=True)
+class Said:
+    """What an erasure takes out of the texts it keeps (a sender's rating comment, a
+    parcel's description): names (as without_names finds them) and landmarks (each
+    whole, without_places)."""
+
+    names: set[str]
+    places: set[str]
+
+    def out_of(self, text: str) -> str:
+        return without_names(without_places(text, self.places), self.names)
 
 
 def _in_word(ch: str) -> bool:
@@ -1971,6 +2062,21 @@ def without_names(text: str, names: Iterable[str | None]) -> str:
         if len(" ".join(parts)) >= MIN_NAME:
             words.add(r"\s+".join(re.escape(p) for p in parts))
         words |= {re.escape(p) for p in parts if len(p) >= MIN_NAME}
+    return _replaced(text, words, NAME_REMOVED)
+
+
+def without_places(text: str, places: Iterable[str | None]) -> str:
+    """``text`` with each of these landmarks said whole (its words in order, any spaces
+    between them, in any case), as words of their own, replaced by PLACE_REMOVED: "near
+    the HO" goes, its words alone ("the") stay."""
+    found = {r"\s+".join(re.escape(p) for p in parts)
+             for place in places if (parts := (place or "").split())}
+    return _replaced(text, found, PLACE_REMOVED)
+
+
+def _replaced(text: str, words: set[str], marker: str) -> str:
+    """``text`` with each match of these patterns that is not part of a longer word
+    replaced by ``marker`` (overlapping matches as one)."""
     spans: list[tuple[int, int]] = []
     for word in words:
         for found in re.finditer(word, text, re.IGNORECASE):
@@ -1987,7 +2093,7 @@ def without_names(text: str, names: Iterable[str | None]) -> str:
             if end > at:
                 at = end
             continue
-        out += [text[at:start], NAME_REMOVED]
+        out += [text[at:start], marker]
         at = end
     return "".join(out) + text[at:]
 
