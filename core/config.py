@@ -102,6 +102,11 @@ AREA_INTS: dict[str, tuple[int, int | None]] = {
     "RETENTION_STATUS_DAYS": (1, 3650),
     "RETENTION_MESSAGE_DAYS": (7, 3650),  # a booking and its refunds are over by then
     "RETENTION_RUN_SECONDS": (1, 600),  # the job's RQ timeout is this plus a minute
+    # core.services.auth: an operator's sign-in (customers' data, refunds) ends after this
+    # many hours unused, and this many days after it was made, whatever its use; never
+    # longer than a customer's (30 days).
+    "OPS_SESSION_IDLE_HOURS": (1, 72),
+    "OPS_SESSION_DAYS": (1, 30),
 }
 
 # Integer settings of the processes' commands (the Procfile's gunicorn flags; the workers'

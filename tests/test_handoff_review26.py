@@ -181,6 +181,8 @@ def test_a_reply_past_whatsapps_24_hours_is_refused_for_that_reason(client, live
     a = sign_in(client, OPS_A, role="ops")
     assert reply(client, a, hid, "We are checking with the rider.").status_code == 200
     clock.freeze(DAYTIME + timedelta(hours=24, minutes=30))
+    # The next day: her sign-in of yesterday ended (12 hours unused), she signs in again.
+    a = sign_in(client, OPS_A)
     r = reply(client, a, hid, "The rider says he left it with your neighbour.")
     assert r.status_code == 409, r.get_json()
     said = r.get_json()["error"]["message"]

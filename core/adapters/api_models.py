@@ -33,6 +33,10 @@ class ApiSession(Base):
     created_at: Mapped[datetime] = created_col()
     expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # An operator's session: when it was last used, on the service clock, written at most
+    # every few minutes (core.services.auth: it ends after OPS_SESSION_IDLE_HOURS unused).
+    # NULL for the other roles' sessions (migration 0054).
+    last_used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
 # A saved answer of POST /ops/legs/{id}/new-code whose code is still in it (no other

@@ -34,7 +34,10 @@ class VerifyRequest(Strict):
 class TokenOut(BaseModel):
     token: str
     token_type: str = "bearer"
-    expires_at: datetime
+    expires_at: datetime = Field(description=(
+        "when the token ends at the latest: 30 days after the sign-in; an operator's 7 days "
+        "(OPS_SESSION_DAYS), or sooner, after 12 hours unused (OPS_SESSION_IDLE_HOURS). "
+        "Then any request answers 401 invalid_token: sign in again"))
     person_id: int
     role: str
 

@@ -7,6 +7,9 @@ against SMS pumping; a quarter kept for numbers we know), and a phone's wrong co
 counted over a day across all its codes (a fresh code must not buy a fresh set of
 guesses); a few of them are kept for the clients that signed the phone in before, so a
 stranger who asks for codes and guesses wrong cannot lock its owner out (known_reserve).
+A customer's or a partner's session lives SESSION_TTL (30 days); an operator's, whose
+token sees customers' data and refunds, ends after OPS_SESSION_IDLE_HOURS unused and
+OPS_SESSION_DAYS after its sign-in, whatever its use (ops_session_ended).
 One ask of a phone runs at a time (the code stored and its SMS queued in one
 turn). A verify retried with its Idempotency-Key, from its client, within RETRY_WINDOW
 (its answer lost) gets the same token. Redis keys name a phone, and an address, by a keyed
@@ -29,13 +32,15 @@ from datetime import UTC, datetime, timedelta
 import jwt
 from redis.exceptions import RedisError
 from sqlalchemy import exists, func, select
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.orm import Session
 
 from core import clock, i18n
 from core.adapters.api_models import ApiSession
 from core.adapters.db import transaction
 from core.adapters.models import Booking, Person
 from core.adapters.redis_conn import hit_sliding_limits, redis_client, run_script
-from core.config import get_settings
+from core.config import get_settings, int_setting
 from core.dialog.words import ascii_digits
 from core.domain.errors import DomainError, ValidationError
 from core.domain.otp import generate_otp
@@ -47,7 +52,16 @@ log = logging.getLogger(__name__)
 OTP_TTL = timedelta(minutes=5)
 OTP_MAX_ATTEMPTS = 5  # wrong tries per code; the day's budget is OTP_FAILURES_PER_DAY
 OTP_FAILURE_WINDOW = timedelta(days=1)
-SESSION_TTL = timedelta(days=30)
+SESSION_TTL = timedelta(days=30)  # a customer's or a partner's session
+# An operator's (role "ops": customers' data, refunds, legs unlocked) ends sooner: after
+# OPS_SESSION_IDLE_HOURS without use, and OPS_SESSION_DAYS after its sign-in at most (a
+# token left on a shared or lost phone). Its last use is written at most every
+# OPS_TOUCH_EVERY (not a write per request): the idle time may count from up to that much
+# before the last use, never from after it.
+OPS_ROLE = "ops"
+OPS_SESSION_IDLE_HOURS = 12
+OPS_SESSION_DAYS = 7
+OPS_TOUCH_EVERY = timedelta(minutes=5)
 SENDS_PER_PHONE = (3, 600)  # 3 codes per 10 minutes
 # ... and 10 a day: more help nobody (10 wrong codes a day is the default budget), and
 # without it a stranger's phone could be sent 432 codes a day from a few addresses.
@@ -74,6 +88,30 @@ VERIFY_PER_IPV6_48 = (300, 3600)
 KNOWN_CLIENT_TTL = SESSION_TTL
 SENDS_PER_KNOWN = (3, 600)
 SENDS_PER_KNOWN_DAY = (5, 86400)
+
+
+def ops_session_idle() -> timedelta:
+    """How long an operator's session may go unused (OPS_SESSION_IDLE_HOURS)."""
+    return timedelta(hours=int_setting("OPS_SESSION_IDLE_HOURS", OPS_SESSION_IDLE_HOURS))
+
+
+def ops_session_max() -> timedelta:
+    """How long an operator's session lives at most from its sign-in, however used
+    (OPS_SESSION_DAYS; never longer than SESSION_TTL)."""
+    return min(SESSION_TTL, timedelta(days=int_setting("OPS_SESSION_DAYS", OPS_SESSION_DAYS)))
+
+
+def session_ttl(role: str) -> timedelta:
+    """How long a session of ``role`` lives from its sign-in at most."""
+    return ops_session_max() if role == OPS_ROLE else SESSION_TTL
+
+
+def ops_session_ended(s: ApiSession, now: datetime) -> bool:
+    """An operator's session is over: unused for ops_session_idle (its last use written,
+    else its sign-in: one made before migration 0054), or ops_session_max after its
+    sign-in (also one made when OPS_SESSION_DAYS was longer, or for 30 days before)."""
+    last = s.last_used_at or s.created_at
+    return now >= last + ops_session_idle() or now >= s.created_at + ops_session_max()
 
 
 def known_reserve(budget: int) -> int:
@@ -623,8 +661,12 @@ def verify_otp(raw_phone: str, otp: str, ip: str,
                 session.add(person)
                 session.flush()
             sid = secrets.token_hex(16)
-            expires = now + SESSION_TTL
-            session.add(ApiSession(id=sid, person_id=person.id, expires_at=expires))
+            ops = person.role == OPS_ROLE
+            expires = now + session_ttl(person.role)
+            # Its sign-in on the service clock (an operator's ends counted from it), and,
+            # an operator's, its first use.
+            session.add(ApiSession(id=sid, person_id=person.id, created_at=now,
+                                   expires_at=expires, last_used_at=now if ops else None))
             principal = Principal(person.id, person.role, sid)
     except Exception:
         run_script(r, _GIVE_BACK_CODE, [_otp_key(phone), used_key],
@@ -676,7 +718,26 @@ def authenticate(token: str) -> Principal:
             raise AuthError(401, "invalid_token", "sign in again")
         person = session.get(Person, s.person_id)
         assert person is not None
+        if person.role == OPS_ROLE:
+            if ops_session_ended(s, now):
+                log.info("an operator's session ended: unused too long, or too old",
+                         extra={"person_id": person.id})
+                raise AuthError(401, "invalid_token", "sign in again")
+            if s.last_used_at is None or now - s.last_used_at >= OPS_TOUCH_EVERY:
+                _touch(session, s, now)
         return Principal(person.id, person.role, s.id)
+
+
+def _touch(session: Session, s: ApiSession, now: datetime) -> None:
+    """Write an operator's session's last use (an UPDATE every OPS_TOUCH_EVERY at most). A
+    write refused (a database left read-only by a failover) does not refuse the request:
+    the session counts as idle from its last use written, as it would anyway."""
+    try:
+        with session.begin_nested():
+            s.last_used_at = now
+    except DBAPIError:
+        log.warning("an operator's session: could not write its last use",
+                    extra={"person_id": s.person_id})
 
 
 def sign_out(principal: Principal) -> None:
