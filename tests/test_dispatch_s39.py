@@ -22,6 +22,7 @@ from core.adapters.db import transaction
 from core.adapters.models import OutboxMessage, PartnerProfile
 from core.adapters.queue import QUEUES
 from core.domain import dispatch as rules
+from core.domain.booking import Actor
 from core.services import dispatch
 from tests.conftest import release_scheduled, run_jobs
 from tests.test_dispatch import (  # noqa: F401  (frozen: fixture)
@@ -43,7 +44,7 @@ pytestmark = pytest.mark.db
 FAR = (26.90, 84.49)
 
 
-@pytest.mark.parametrize("code", ["21211", "21612", "21614", "21635"])
+@pytest.mark.parametrize("code", ["21211", "21614", "21635"])
 def test_a_number_twilio_refuses_puts_its_rider_off(client, live, frozen, code):  # noqa: F811
     near, near_phone = make_partner("Near", LAXMIPUR, lang="en")
     far, far_phone = make_partner("Far", FAR, lang="en", max_active_legs=50)
@@ -129,3 +130,34 @@ def test_the_word_waits_for_the_morning(client, live, frozen, drop_code_night): 
     freeze_at(night + 600 + 9 * 3600 + 20 * 60)  # 07:00 India time
     _after(9 * 3600 + 20 * 60 + 120)
     assert len(_probes(near_phone)) == 1
+
+
+def test_21612_puts_nobody_off(client, live, frozen):  # noqa: F811
+    """21612 (not reachable from our sending number) is our sender's set-up as much as his
+    number: every rider alike; it frees the job, and counts for nothing."""
+    near, near_phone = make_partner("Near", LAXMIPUR, lang="en")
+    far, far_phone = make_partner("Far", FAR, lang="en", max_active_legs=50)
+    cannot_deliver(near_phone, "failed", "21612")
+    for k in range(dispatch.UNREACHED_OFFERS_OFF):
+        freeze_at(k * 300)
+        b = paid_booking()
+        start(b)
+        leg = legs_of(b)[0].id
+        assert offers(leg)[0].status == rules.OfferStatus.WITHDRAWN.value
+        assert sms(client, far_phone, f"1 {leg}")
+    with transaction() as s:
+        assert s.get(PartnerProfile, near).on_duty
+
+
+@pytest.mark.parametrize("status", ["suspended", "rejected"])
+def test_no_word_to_a_rider_ops_blocked_since(client, live, frozen, status):  # noqa: F811
+    """Blocked by ops after the OFF (review rnew1), he keeps the unreached OFF as his last
+    duty event; "send ON to get jobs again" would be false (his ON is refused)."""
+    near, near_phone = _put_off_unreached(client, 0)
+    freeze_at(900)
+    with transaction() as s:  # as PUT /ops/partners/<id>/kyc does
+        s.get(PartnerProfile, near).kyc_status = status
+        dispatch.block_partner(s, near, Actor("ops", "1"))
+    freeze_at(600 + 86400)
+    _after(86400 + 600)
+    assert _probes(near_phone) == []

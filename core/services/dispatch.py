@@ -1577,12 +1577,13 @@ UNREACHED_OFF_AUDIT = "partner.auto_off_unreached"
 # Twilio's errors that say the rider's phone or number could not take the SMS: an
 # unreachable handset (off, out of signal), a message blocked to his number, an unknown
 # handset, a landline or unreachable carrier, his STOP; or Twilio's refusal of his number
-# itself: not a valid number (21211), not routable (21612), not able to take SMS (21614),
-# a landline (21635). Not our side's failures (a full queue, a filtered text, an account
+# itself: not a valid number (21211), not able to take SMS (21614), a landline (21635).
+# Not 21612 (not reachable from our sending number: a sender set up wrong refuses every
+# rider alike). Not our side's failures (a full queue, a filtered text, an account
 # or connection problem): they say nothing of his phone, and a fleet-wide outage must put
 # nobody OFF.
 HANDSET_SMS_ERRORS = frozenset({"30003", "30004", "30005", "30006", outbox.STOP_ERROR_CODE,
-                                "21211", "21612", "21614", "21635"})
+                                "21211", "21614", "21635"})
 
 
 def _offer_sms_failed() -> ColumnElement[bool]:
@@ -1750,6 +1751,10 @@ def unreached_probe(partner_id: int, event_id: int, n: int) -> str:
             return "missing"
         if partner.on_duty or partner.has_app or _unreached_off(session, partner.id) != event_id:
             return "duty-changed"
+        if partner.kyc_status in BLOCKED_KYC or not payable(partner):
+            # Blocked by ops (or unpaid) since, an OFF rider keeps his unreached OFF as
+            # his last duty event; his ON would be refused: no "send ON" to him.
+            return "cannot-go-on"
         sent = _sms_partner(session, partner, UNREACHED_PROBE_KEY,
                             dedupe_key=f"unreached-probe-{event_id}-{n}")
         _schedule_probe(session, partner.id, event_id, n + 1)
