@@ -12,15 +12,20 @@
   survived her erasure (cleared only on the erased person's own bookings). They now lose
   her names and her landmark; a partner's erasure takes his name out of the rating
   comments of the jobs he carried.
+- A cancel reason kept for good (the booking's history, transitions.reason: "cancelled in
+  the app: " and the customer's words; ops' in the audit log's booking.cancel) kept the
+  erased recipient's name and door. Both tables are append-only; migration 0055 lets a
+  reason alone change, to a text saying what went, and the erasure scrubs them.
 """
 
 from __future__ import annotations
 
 import pytest
 from redis.exceptions import ConnectionError as RedisConnectionError
-from sqlalchemy import select
+from sqlalchemy import select, text
+from sqlalchemy.exc import DBAPIError
 
-from core.adapters.api_models import BookingRating
+from core.adapters.api_models import AuditEntry, BookingRating
 from core.adapters.db import transaction
 from core.adapters.models import (
     Booking,
@@ -29,6 +34,7 @@ from core.adapters.models import (
     PartnerProfile,
     Person,
     Point,
+    TransitionLog,
 )
 from core.adapters.redis_conn import redis_client
 from core.services import inbound, retention
@@ -39,11 +45,13 @@ from tests.test_retention import (  # noqa: F401
     CUSTOMER,
     RAMESH,
     RECIPIENT,
+    book,
     delivered_booking,
     erase,
     erase_partner,
     person_id,
     pod_dir,
+    rows,
     wa,
 )
 
@@ -244,6 +252,65 @@ def test_places_go_whole_and_their_words_alone_stay():
     assert said.out_of("The HO is near the ho; gita there") == \
         "The HO is [place]; [name] there"
     assert retention.without_places("nearer the HO", ["near the HO"]) == "nearer the HO"
+
+
+def test_cancel_reasons_lose_the_erased_recipients_name_and_door(client):
+    """The customer's words in the booking's history, and ops' in the audit log's cancel,
+    kept for good, lose the names and the landmark the erasure took; the rest stays."""
+    seed_demo()
+    ops = sign_in(client, OPS_PERSON[1])
+    customer = sign_in(client, CUSTOMER)
+    mine = book(client, customer, "s39-1")  # to Gita, drop landmark "near the HO"
+    theirs = book(client, customer, "s39-2")
+    why = "Gita Kumari moved away from the house near the HO"
+    r = client.post(f"{API}/bookings/{mine}/cancel", headers=customer,
+                    query_string={"reason": why})
+    assert r.status_code == 200 and r.get_json()["cancelled"], r.get_json()
+    r = client.post(f"{API}/bookings/{theirs}/cancel", headers=ops,
+                    query_string={"reason": "customer called: Gita is not at near the HO"})
+    assert r.status_code == 200 and r.get_json()["cancelled"], r.get_json()
+    with transaction() as s:
+        (said,) = s.scalars(select(AuditEntry.details["reason"].astext).where(
+            AuditEntry.action == "booking.cancel"))
+        assert "Gita" in said  # ops' words, kept as said
+    kept = rows("transitions", "audit_log")
+    with transaction() as s:
+        retention.erase_recipient(s, RECIPIENT, actor="ops:1", reason="she asked")
+    with transaction() as s:
+        history = s.scalars(select(TransitionLog.reason).where(
+            TransitionLog.reason.contains("[name]"))).all()
+        (said,) = s.scalars(select(AuditEntry.details["reason"].astext).where(
+            AuditEntry.action == "booking.cancel"))
+    assert sorted(history) == [
+        "cancelled by ops: customer called: [name] is not at [place]",
+        "cancelled in the app: [name] Kumari moved away from the house [place]"], history
+    assert said == "customer called: [name] is not at [place]"
+    # Nothing else of the record changed: each row's other columns, and no row went.
+    after = rows("transitions", "audit_log")
+    assert [r[:6] for r in after["transitions"]] == [r[:6] for r in kept["transitions"]]
+    assert len(after["audit_log"]) == len(kept["audit_log"]) + 1  # the erasure's entry
+
+
+@pytest.mark.parametrize("statement", [
+    "UPDATE transitions SET reason = 'rewritten history'",
+    "UPDATE transitions SET reason = '[name]', actor = 'ops:999999'",
+    "UPDATE audit_log SET details = details || '{\"reason\": \"[name]\", \"x\": 1}'",
+    "UPDATE audit_log SET actor = 'ops:999999', details = details || '{\"reason\": \"[name]\"}'",
+    "DELETE FROM transitions",
+    "DELETE FROM audit_log",
+])
+def test_the_record_takes_only_a_scrubbed_reason(client, statement):
+    seed_demo()
+    ops = sign_in(client, OPS_PERSON[1])
+    customer = sign_in(client, CUSTOMER)
+    ref = book(client, customer, "s39-3")
+    assert client.post(f"{API}/bookings/{ref}/cancel", headers=ops,
+                       query_string={"reason": "asked by phone"}).status_code == 200
+    kept = rows("transitions", "audit_log")
+    with pytest.raises(DBAPIError, match="append-only"):
+        with transaction() as s:
+            s.execute(text(statement))
+    assert rows("transitions", "audit_log") == kept
 
 
 def test_the_record_check_allows_only_a_scrubbed_reason():

@@ -51,7 +51,10 @@ Where personal data lives, and what happens to it:
 Never touched: the ledger, payment links, transfers, refunds, ``razorpay_events``,
 ``transitions`` and ``audit_log``. They are the financial and audit record the law has us
 keep, and hold ids, fixed texts and gateway ids (``razorpay_events`` keeps the raw webhook
-as signed, which names the payer's contact: kept with the payment it proves).
+as signed, which names the payer's contact: kept with the payment it proves). Only the free
+text kept there about an erased person's bookings (a booking's history reason, ops' cancel
+reason in the audit log) loses the names and landmarks the erasure takes
+(``_scrub_history``; migration 0055 lets that alone through).
 """
 
 from __future__ import annotations
@@ -941,6 +944,8 @@ def erase_person(session: Session, person_id: int) -> Erasure:
     # Before the bookings lose the recipient's number, by which ``received`` finds them.
     _erase_photos(session, done, own, received, photo_job_id(person.id))
     _erase_bookings(session, done, own, received, hers)
+    _scrub_history(session, done, _among(Booking.id, own_ids + received_ids),
+                   Said(done.names, places))
 
     # A handoff is of the person it was opened for: one in a conversation they took up
     # at a recycled number is its former holder's.
@@ -1071,6 +1076,7 @@ def erase_recipient(session: Session, phone: str, *, actor: str,
     _erase_stored_answers(session, done, tens, places, spans)
     _erase_photos(session, done, nothing, received, f"erased-photos-b{ids[0] if ids else 0}")
     _erase_bookings(session, done, nothing, received, Said(done.names, places))
+    _scrub_history(session, done, _among(Booking.id, ids), Said(done.names, places))
     _scrub_saved_answers(session, done, [ref for _, ref, _ in found])
     _erase_dead_letters(done, tens, spans)
     _erase_inboxes(done, _addresses(number))
@@ -1890,6 +1896,53 @@ def _scrub_column(session: Session, done: Erasure, kind: str, column: Any, where
     if kept:
         session.execute(update(table), kept)
         done.add(kind, len(kept))
+
+
+# The audit entries whose free text (details "reason") is about a booking: ops' cancel.
+BOOKING_REASONS = ("booking.cancel",)
+# transitions.reason's length (core.api.customer.HISTORY_REASON_MAX).
+HISTORY_REASON_MAX = 200
+
+
+def _scrub_history(session: Session, done: Erasure, bookings: Any, said: Said) -> None:
+    """The reasons kept for good about the bookings picked by ``bookings`` (a condition on
+    Booking) lose what ``said`` says: their history's and their legs' (a customer's own
+    words after "cancelled in the app: "), and ops' reason in the audit log's cancel
+    (BOOKING_REASONS). The rows stay, each other column and key as it was: the reason
+    alone may change, to a text saying what went (migration 0055)."""
+    if not (said.names or said.places):
+        return
+    ids = list(session.scalars(select(Booking.id).where(bookings)))
+    if not ids:
+        return
+    tl = TransitionLog
+    legs = select(Leg.id).where(Leg.booking_id.in_(ids))
+    _scrub_column(session, done, "history", tl.reason, or_(
+        and_(tl.entity == "booking", tl.entity_id.in_(ids)),
+        and_(tl.entity == "leg", tl.entity_id.in_(legs))),
+        lambda why: _fit(said.out_of(why), HISTORY_REASON_MAX))
+    a = AuditEntry
+    refs = select(func.concat("booking:", Booking.reference)).where(Booking.id.in_(ids))
+    for entry in session.scalars(select(a).where(a.action.in_(BOOKING_REASONS),
+                                                 a.target.in_(refs))):
+        why = (entry.details or {}).get("reason")
+        if isinstance(why, str) and said.out_of(why) != why:
+            entry.details = {**entry.details, "reason": said.out_of(why)}
+            done.add("history", 1)
+
+
+def _fit(text: str, limit: int) -> str:
+    """``text`` cut to ``limit`` characters, keeping a marker of what went (the history
+    takes a changed reason only with one: migration 0055)."""
+    if len(text) <= limit:
+        return text
+    first = min((at for at in (text.find(NAME_REMOVED), text.find(PLACE_REMOVED))
+                 if at >= 0), default=-1)
+    cut = text[:limit]
+    if NAME_REMOVED in cut or PLACE_REMOVED in cut or first < 0:
+        return cut
+    marker = NAME_REMOVED if text.startswith(NAME_REMOVED, first) else PLACE_REMOVED
+    return text[:limit - len(marker)] + marker
 
 
 def _round_doors(session: Session, received: Any) -> None:
