@@ -15,11 +15,11 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from core import i18n
 from core.adapters.db import transaction
-from core.adapters.models import OutboxMessage, PartnerProfile
+from core.adapters.models import OutboxMessage, PartnerProfile, Point
 from core.adapters.queue import QUEUES
 from core.domain import dispatch as rules
 from core.domain.booking import Actor
@@ -161,3 +161,23 @@ def test_no_word_to_a_rider_ops_blocked_since(client, live, frozen, status):  # 
     freeze_at(600 + 86400)
     _after(86400 + 600)
     assert _probes(near_phone) == []
+
+
+def test_no_word_while_his_points_are_closed_and_one_once_he_can_go_on(client, live, frozen):  # noqa: F811
+    """Review rnew3: his ON is refused with no open Point (placed_nowhere) as it is when
+    blocked; no "send ON" then. Ops open a Point again within the day: the day's word
+    comes (a skipped word leaves the next one due)."""
+    near, near_phone = _put_off_unreached(client, 0)
+    freeze_at(900)
+    with transaction() as s:
+        s.execute(update(Point).values(active=False))
+    freeze_at(600 + 3600)
+    _after(3900)
+    assert _probes(near_phone) == []
+    freeze_at(600 + 7200)
+    with transaction() as s:
+        s.execute(update(Point).values(active=True))
+    freeze_at(600 + 86400)
+    _after(86400)
+    assert [b for _, b in _probes(near_phone)] == [
+        i18n.t("dispatch.off_unreached_probe", "hi")]

@@ -1751,9 +1751,11 @@ def unreached_probe(partner_id: int, event_id: int, n: int) -> str:
             return "missing"
         if partner.on_duty or partner.has_app or _unreached_off(session, partner.id) != event_id:
             return "duty-changed"
-        if partner.kyc_status in BLOCKED_KYC or not payable(partner):
-            # Blocked by ops (or unpaid) since, an OFF rider keeps his unreached OFF as
-            # his last duty event; his ON would be refused: no "send ON" to him.
+        if _on_refused(session, partner):
+            # Blocked by ops, unpaid, his SMS stopped or his Points closed since: an OFF
+            # rider keeps his unreached OFF as his last duty event, but his ON would be
+            # refused: no "send ON" to him now; the next probe looks again.
+            _schedule_probe(session, partner.id, event_id, n + 1)
             return "cannot-go-on"
         sent = _sms_partner(session, partner, UNREACHED_PROBE_KEY,
                             dedupe_key=f"unreached-probe-{event_id}-{n}")
@@ -4777,6 +4779,13 @@ def _lock_points_of(session: Session, partner: PartnerProfile) -> None:
     session.execute(select(Point.id).where(
         or_(Point.id == partner.home_point_id, Point.id.in_(served)))
         .order_by(Point.id).with_for_update(read=True))
+
+
+def _on_refused(session: Session, partner: PartnerProfile) -> bool:
+    """Whether set_duty would refuse the partner's ON now (its checks, no lock taken)."""
+    return (partner.kyc_status in BLOCKED_KYC or not payable(partner)
+            or sms_stopped(session, partner)
+            or (not partner.has_app and placed_nowhere(session, partner)))
 
 
 def set_duty(session: Session, partner: PartnerProfile, on: bool) -> Reply:
