@@ -9,11 +9,12 @@
 2. "aaj shaam ko aaunga" (I'll come this evening) was asked again. An offer is for now:
    his coming hours later (evening, night, afternoon, tied to a coming word) refuses it,
    as his coming another day does, unless minutes are said too (_coming_hours_later).
-   With a yes ("haan, shaam ko aaunga") or a question it is read as before.
-3. "PICK 9999 4821" (a 4-digit job he does not have, then a code) answered "you have no
-   job 4821": his code named as the job. Two code-long numbers, neither his job, are the
-   job, then the code (dispatch.split_otp_and_job), as "PICK 99 4821" is: "you have no
-   job 9999", and no code is checked (no try counted).
+   With a question it is read as before; with a yes ("haan, shaam ko aaunga") it is
+   asked again (hwords9: tests/test_rider_words2_s39.py).
+3. (Reverted by hwords9.) Two code-long numbers, neither his job, are read in the order
+   our texts teach ("Add the job code after the OTP"): the code, then the job. "PICK 4821
+   9999" answers "you have no job 9999"; "PICK 9999 4821" answers "you have no job 4821",
+   as before session 39. No code is checked either way (no try counted).
 
 Set-ups are those of tests/test_partner_sms_s35.py and tests/test_partner_codes_s38.py
 (real PostgreSQL, Redis, RQ, the signed SMS webhook; time frozen through core.clock)."""
@@ -98,16 +99,17 @@ def test_minutes_a_question_or_no_coming_later_is_no_refusal(body):
     assert parse_command(body).kind is not Kind.DECLINE, body
 
 
-def test_a_yes_with_the_evening_is_read_as_before():
-    assert parse_command("haan shaam ko aaunga").kind is Kind.ACCEPT
+def test_a_yes_with_the_evening_is_asked_again():
+    """hwords9: a yes to an evening is no yes to an offer for now (was ACCEPT)."""
+    assert parse_command("haan shaam ko aaunga").kind is Kind.UNKNOWN
 
 
-# --- 3. "PICK <4-digit job not his> <code>" ----------------------------------------------------
+# --- 3. "PICK <code> <4-digit job not his>": the taught order -----------------------------------
 
 
-def test_two_code_long_numbers_neither_his_job_name_the_first():
-    assert split_otp_and_job(("9999", "4821"), ["57"]) == ("4821", "9999")
-    assert split_otp_and_job(("9999", "4821"), []) == ("4821", "9999")
+def test_two_code_long_numbers_neither_his_job_are_code_then_job():
+    assert split_otp_and_job(("4821", "9999"), ["57"]) == ("4821", "9999")
+    assert split_otp_and_job(("9999", "4821"), []) == ("9999", "4821")
     # His job among them is his job, wherever it is (as before).
     assert split_otp_and_job(("4821", "5731"), ["5731"]) == ("4821", "5731")
     assert split_otp_and_job(("5731", "4821"), ["5731"]) == ("4821", "5731")
@@ -139,12 +141,13 @@ def test_coming_this_evening_declines_the_open_offer(client, live, frozen,  # no
 
 @pytest.mark.db
 @pytest.mark.parametrize("command", ["PICK", "DROP"])
-def test_a_4_digit_job_not_his_then_a_code_says_no_such_job(client, live, frozen,  # noqa: F811
-                                                            command):
-    """Before: "You have no job 4821" (his code read as the job)."""
+def test_a_code_then_a_4_digit_job_not_his_says_no_such_job(client, live, frozen,  # noqa: F811
+                                                             command):
+    """The taught order, PICK <code> <job>: the job he typed is named back, no code
+    checked. (Session 39 read the first as the job: "You have no job <his code>".)"""
     me, mine, my_code, vijays, vijays_code = _mine_and_vijays(client)
     for code in ("4821", my_code, vijays_code):
-        assert sms(client, me, f"{command} 9999 {code}") == [
+        assert sms(client, me, f"{command} {code} 9999") == [
             i18n.t("dispatch.no_such_job", "en", job=9999)], code
     assert (_failures(mine), _failures(vijays)) == (0, 0), "a code was checked"
     assert (_status(mine), _status(vijays)) == ("assigned", "assigned")

@@ -34,6 +34,7 @@ import math
 import unicodedata
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import time
 from enum import StrEnum
 from functools import lru_cache
 
@@ -785,14 +786,16 @@ def _tag_no_alone(words: Sequence[str]) -> bool:
                                                                   strict=False))
 
 
-def parse_command(raw: str) -> Command:
-    """What a partner's SMS asks for. ``1``/``2`` alone are accept/decline."""
+def parse_command(raw: str, at: time | None = None) -> Command:
+    """What a partner's SMS asks for. ``1``/``2`` alone are accept/decline. ``at``: the
+    time of day where he is (India time) when he sent it, if known: "raat ko aaunga" (I
+    will come at night) said at night is no coming hours later (_coming_hours_later)."""
     toks = _without_number_sign(_without_no_problem(tokens(raw)))
     signs = [i for i, t in enumerate(toks)
              if t in _NUMBER_SIGN and i + 1 < len(toks) and toks[i + 1].isdigit()]
     if signs:
-        return _with_number_sign(toks, signs)
-    return _parse(toks)
+        return _with_number_sign(toks, signs, at)
+    return _parse(toks, at)
 
 
 # What a message says once a "No." before a number is read as the number's sign ("No.57
@@ -801,21 +804,21 @@ _AFTER_NUMBER_SIGN = frozenset({Kind.PICK, Kind.DROP, Kind.CANCEL, Kind.STATUS, 
                                 Kind.HELP})
 
 
-def _with_number_sign(toks: list[str], signs: Sequence[int]) -> Command:
+def _with_number_sign(toks: list[str], signs: Sequence[int], at: time | None) -> Command:
     """A message with "no"/"नं" right before a number (``signs``: their places). "नं" is
     only ever the sign. "No" may be the sign or a no ("no 57": no to job 57): it is the
     sign when the rest names another command ("No.57 PICK 4821"); with a yes beside it
     ("No.57 yes", "No 57 haan", "No.57 1") or ON/OFF the message says both, and is not
     understood (the partner is asked again, the offer named); else it is a no, as always."""
     rest = [t for i, t in enumerate(toks) if i not in signs]
-    said = _parse(rest)
+    said = _parse(rest, at)
     if all(toks[i] not in _LOOKUP for i in signs):
         return said
     if said.kind in _AFTER_NUMBER_SIGN and said.words != ("?",):
         return said
     named = {i + 1 for i in signs}
     answer = [t for i, t in enumerate(toks) if t.isdigit() and i not in named]
-    whole = _parse(toks)
+    whole = _parse(toks, at)
     if (answer == ["1"] if not said.words else said.kind in (Kind.ACCEPT, Kind.ON, Kind.OFF)):
         return Command(Kind.UNKNOWN, whole.numbers, whole.words)
     return whole
@@ -995,7 +998,7 @@ _WITH_A_NO = frozenset({"ji", "जी", "sir", "सर", "bhai", "भाई", "b
                         "mam"})
 
 
-def _parse(toks: list[str]) -> Command:
+def _parse(toks: list[str], at: time | None = None) -> Command:
     if not toks:
         return Command(Kind.UNKNOWN)
     if len(toks) == 2 and toks[0] == "0" and toks[1] in ("n", "ff"):
@@ -1016,23 +1019,29 @@ def _parse(toks: list[str]) -> Command:
     if _NO_ALONE.intersection(words):
         if _only_no(words, numbers):  # "naa", "naa ji", "nahi naa"; "skip naa" as "skip na"
             return Command(Kind.UNKNOWN if _skip_turned(words) else Kind.DECLINE, (), words)
-        said = _parse([t for t in toks if t not in _NO_ALONE])
+        said = _parse([t for t in toks if t not in _NO_ALONE], at)
         if said.kind in (Kind.ACCEPT, Kind.UNKNOWN):
             return Command(Kind.UNKNOWN, numbers, words)
         return Command(said.kind, said.numbers, words)
     if _ALRIGHT.intersection(words) and len(toks) > 1:
-        said = _parse([t for t in toks if t not in _ALRIGHT])
+        said = _parse([t for t in toks if t not in _ALRIGHT], at)
         if said.kind is Kind.ACCEPT:
             return Command(Kind.ACCEPT, said.numbers, words)
     kinds = {_LOOKUP[w] for w in words if w in _LOOKUP}
-    # "Nahi aa sakta, 10 min me aata hu": what he says of his coming decides, not the no
-    # it begins with (read alone, "nahi" first would decline): coming in minutes is asked
-    # again, as "abhi nahi aa sakta, 10 min me aata hu" is.
+    if _yes_and_later_today(toks, words):
+        # "ok shaam ko aaunga", "sure, coming this evening": a yes, but to an evening, and
+        # the offer is for now: neither taken nor refused, the partner is asked again.
+        return Command(Kind.UNKNOWN, numbers, words)
+    # A "can't come" is a refusal unless _not_a_refusal says it is none; then the message
+    # is read as its words say ("nahi aa sakta, raasta kharab hai": its "nahi" declines,
+    # as it always did), except that a coming in minutes ("nahi aa sakta, 10 min me aata
+    # hu", "nahi aa sakta, late ho jaunga": _coming_soon) refuses nothing whatever no it
+    # begins with: asked again, as "abhi nahi aa sakta, 10 min me aata hu" is.
     cant = _cant_come(toks, words)
-    delayed = cant and _not_a_refusal(toks, words)
-    if cant and not delayed:
+    if cant and not _not_a_refusal(toks, words, at):
         return Command(Kind.DECLINE, numbers, words)
-    if _coming_hours_later(toks, words):
+    delayed = cant and _coming_soon(toks)
+    if _coming_hours_later(toks, words, at):
         return Command(Kind.DECLINE, numbers, words)
     if _no_work_came(toks, words):
         return Command(Kind.STATUS, numbers, words)
@@ -1158,7 +1167,7 @@ def _cant_come(toks: Sequence[str], words: Sequence[str]) -> bool:
         and set(_kinds_in(words)) <= {Kind.STATUS, Kind.DECLINE}
 
 
-def _not_a_refusal(toks: Sequence[str], words: Sequence[str]) -> bool:
+def _not_a_refusal(toks: Sequence[str], words: Sequence[str], at: time | None) -> bool:
     """Whether a "can't come" is said of a "not now, in a few minutes", a "won't be late",
     a problem on the way or at a job's door, or asked (_NOW_WORDS with _DELAY_WORDS or a
     "will come", _LATE_WORDS, _PLACE_WORDS, _ASKING_WORDS): "cant come now, will come in
@@ -1179,7 +1188,8 @@ def _not_a_refusal(toks: Sequence[str], words: Sequence[str]) -> bool:
     if _DAY_WORDS.intersection(toks) and (_coming_another_day(toks) or not (
             _MINUTE_WORDS.intersection(toks) or _in_minutes(toks))):
         return False  # another day; a day not of his coming beside minutes is no refusal
-    if _coming_hours_later(toks, words):
+    part = _day_part_of_coming(toks)
+    if part is not None and _hours_away(part, at):
         return False  # "abhi nahi aa sakta, shaam ko aaunga": hours later, no minutes
     if _BUSY_WORDS.intersection(toks):
         toks = [t for t in toks if t not in _BUSY_FOR]
@@ -1212,44 +1222,107 @@ def _coming_another_day(toks: Sequence[str]) -> bool:
 
 
 # "Aaj shaam ko aaunga" (I will come this evening), "raat ko aaunga", "dopahar tak aa
-# jaunga", "will come in the evening": an offer is for now, so his coming hours later
-# refuses it, as his coming another day does (_DAY_WORDS), unless minutes are said too
-# (_coming_hours_later). The time of day tied to a coming word as a day is
-# (_coming_another_day), "in", "this", "ko", "tak" between them ("will come this
-# evening"); not "abhi aata hu, shaam ko free" (coming now, free in the evening).
-_LATER_TODAY = frozenset(" ".join(tokens(w)) for w in {
-    "shaam", "sham", "shaamko", "evening", "tonight", "raat", "night", "dopahar",
-    "dupahar", "dophar", "dopehar", "afternoon", "शाम", "रात", "दोपहर"})
-_COMING_LATER = _COMING_ON | frozenset(" ".join(tokens(w)) for w in {
+# jaunga", "will come in the evening", "shaam 6 baje tak aa jaunga": an offer is for now,
+# so his coming hours later refuses it, unless minutes are said too (_coming_hours_later).
+# The time of day is tied to a coming word when only _AT_WORDS (and hours: "6 baje")
+# stand between them, or the coming word is within three words after it ("shaam ko pakka
+# aaunga"); not "abhi aata hu, shaam ko free" (coming now, free in the evening). "Jaunga"
+# is "I will go": a coming only after "aa" or "pahunch" ("aa jaunga"), not "shaam ko ghar
+# jaunga" (he goes home in the evening). Each time of day begins at its hour, India time
+# (_DAY_PARTS): said once it has begun, or before dawn, "raat ko aaunga" (said at 21:00)
+# may be soon, so it is asked again, not refused.
+_DAY_PARTS: Mapping[str, int] = {" ".join(tokens(w)): hour for words, hour in (
+    (("dopahar", "dupahar", "dophar", "dopehar", "afternoon", "दोपहर"), 12),
+    (("shaam", "sham", "shaamko", "evening", "शाम"), 16),
+    (("tonight", "raat", "night", "रात"), 20),
+) for w in words}
+_DAWN = time(5)
+_GO_WORDS = frozenset(" ".join(tokens(w)) for w in {
     "jaunga", "jaungi", "jaaunga", "jaaungi", "जाऊंगा", "जाऊँगा", "जाउंगा", "जाऊंगी",
     "जाऊँगी"})
+_COME_THEN_GO = frozenset(" ".join(tokens(w)) for w in {
+    "aa", "a", "आ", "pahunch", "pahuch", "पहुंच", "पहुँच"})
 _AT_WORDS = frozenset(" ".join(tokens(w)) for w in {
-    "in", "the", "this", "at", "by", "ko", "tak", "aaj", "today", "को", "तक", "आज"})
+    "in", "the", "this", "at", "by", "ko", "tak", "aaj", "today", "baje", "bje", "pm",
+    "around", "aa", "को", "तक", "आज", "बजे", "आ"})
+# "Sure", "accha" (all right), "chalo": yes-like words that are no yes to an offer of
+# their own, but with a coming later today say both: asked again (_yes_and_later_today).
+_YES_LIKE = frozenset(" ".join(tokens(w)) for w in {
+    "sure", "accha", "acha", "achha", "achcha", "achchha", "alright", "fine", "अच्छा"}
+    ) | _ALRIGHT
 
 
-def _coming_hours_later(toks: Sequence[str], words: Sequence[str]) -> bool:
-    """Whether the message says he comes later today (_LATER_TODAY tied to a coming word)
-    and not in minutes, with nothing but words for work and refusals among its commands
-    ("haan, shaam ko aaunga", "1 shaam ko aaunga" have a yes: read as before; not "shaam 1
-    baje"), no code word and no question."""
+def _comings(toks: Sequence[str]) -> list[str]:
+    """The words of the message without numbers, a "jaunga" after "aa" or "pahunch" read
+    as a coming ("aaunga"): a lone "jaunga" is a going."""
+    return ["aaunga" if t in _GO_WORDS and i and toks[i - 1] in _COME_THEN_GO else t
+            for i, t in enumerate(toks) if not t.isdigit()]
+
+
+def _day_part_of_coming(toks: Sequence[str]) -> str | None:
+    """The time of day (_DAY_PARTS) his coming is tied to, when no minutes, code word or
+    question is said with it: "shaam ko aaunga" -> "shaam"; None for "abhi aata hu, shaam
+    ko free hu", "shaam ko aaunga, 10 min me", "shaam ko aaunga?"."""
     if (_MINUTE_WORDS.intersection(toks) or _in_minutes(toks)
-            or (_CODE_WORDS | _ASKING_WORDS).intersection(toks)
-            or not set(_kinds_in(words)) <= {Kind.STATUS, Kind.DECLINE}
-            or any(t == "1" and not _TIME_WORDS.intersection(toks[i + 1:i + 2])
-                   for i, t in enumerate(toks))):  # "1 shaam ko aaunga": a yes too
-        return False
-    said = [t for t in toks if not t.isdigit()]
+            or (_CODE_WORDS | _ASKING_WORDS).intersection(toks)):
+        return None
+    said = [t for t in _comings(toks) if t not in _AT_WORDS or t in _DAY_PARTS]
     for i, t in enumerate(said):
-        if t not in _LATER_TODAY:
-            continue
-        if _COMING_LATER.intersection(said[i + 1:i + 4]):
-            return True
-        j = i - 1
-        while j >= max(i - 3, 0) and said[j] in _AT_WORDS:
-            j -= 1
-        if j >= 0 and said[j] in _COMING_LATER:
-            return True
-    return False
+        if t in _DAY_PARTS and (_COMING_ON.intersection(said[i + 1:i + 4])
+                                or (i and said[i - 1] in _COMING_ON)):
+            return t
+    return None
+
+
+def _hours_away(part: str, at: time | None) -> bool:
+    """Whether the time of day ``part`` is still to come at ``at`` (unknown: it is)."""
+    return at is None or _DAWN <= at < time(_DAY_PARTS[part])
+
+
+def _coming_hours_later(toks: Sequence[str], words: Sequence[str], at: time | None) -> bool:
+    """Whether the message says he comes later today (_day_part_of_coming, a time of day
+    still to come at ``at``), with no command words but refusals: "shaam ko aaunga",
+    "nahi, shaam ko aaunga". Not with a yes (_yes_and_later_today), a "1" ("1 shaam ko
+    aaunga"; not "shaam 1 baje"), nor a word for work ("job 57 shaam ko aaunga" asks
+    about job 57, as "job 57 kal aaunga" does: STATUS)."""
+    part = _day_part_of_coming(toks)
+    return part is not None and _hours_away(part, at) \
+        and set(_kinds_in(words)) <= {Kind.DECLINE} and not _a_yes(toks, words)
+
+
+def _a_yes(toks: Sequence[str], words: Sequence[str]) -> bool:
+    """Whether a yes is said: a yes word, a yes-like one (_YES_LIKE), or a "1" that is
+    no hour ("shaam 1 baje")."""
+    return Kind.ACCEPT in _kinds_in(words) or bool(_YES_LIKE.intersection(words)) or any(
+        t == "1" and not _TIME_WORDS.intersection(toks[i + 1:i + 2])
+        for i, t in enumerate(toks))
+
+
+def _yes_and_later_today(toks: Sequence[str], words: Sequence[str]) -> bool:
+    """Whether a yes (_a_yes) is said with a coming at a time of day (_day_part_of_coming,
+    whether or not it has begun): "ok shaam ko aaunga", "haan raat ko aaunga", "sure,
+    coming this evening", "accha shaam ko aata hu", "1 shaam ko aaunga". The offer is for
+    now: this is no yes to it, nor a no; with no other command ("ok off, shaam ko aaunga"
+    is OFF, as before)."""
+    return _day_part_of_coming(toks) is not None and _a_yes(toks, words) and set(
+        _kinds_in([w for w in words if w not in _ALRIGHT])) <= {
+        Kind.ACCEPT, Kind.STATUS, Kind.DECLINE}
+
+
+_ARRIVING = frozenset(" ".join(tokens(w)) for w in {
+    "pahunch", "pahuch", "pahunchta", "pahunchti", "पहुंच", "पहुँच", "पहुंचता", "पहुँचता"})
+
+
+def _coming_soon(toks: Sequence[str]) -> bool:
+    """Whether a coming in minutes or late is said ("10 min me aata hu", "5 minute me
+    aaunga", "coming in 10", "late ho jaunga", "thoda late aaunga"): minutes or a late word
+    with a coming word. Not "10 min se khana kha raha hu" (no coming), "bahut late ho
+    gaya" (it has got late)."""
+    said = _comings(toks)
+    coming = bool((_COMING_ON | _ARRIVING).intersection(said))
+    minutes = bool(_MINUTE_WORDS.intersection(toks)) or _in_minutes(toks)
+    late = bool(_LATE_WORDS.intersection(toks)) and (coming or bool(_GO_WORDS.intersection(toks)))
+    return (coming and minutes) or late
 
 
 def _in_minutes(toks: Sequence[str]) -> bool:
@@ -1324,11 +1397,10 @@ def split_otp_and_job(numbers: Sequence[str], job_codes: Iterable[str]) -> tuple
     0") are taken as a malformed OTP, so the answer shows the right form instead of "you
     have no job 0".
 
-    Two numbers of a code's length, neither his job ("PICK 9999 4821"), are the job he
-    names, then its code, as a shorter first number is (services.dispatch._job_then_code:
-    "PICK 99 4821"): either may be the job, so the first he typed is named back ("you have
-    no job 9999"), not his code ("you have no job 4821" after "PICK 9999 4821" told him
-    his code was read as a job); no code is checked for a job not his either way."""
+    Two numbers of a code's length, neither his job, are read in the order our texts teach
+    (dispatch.which_job: "Add the job code after the OTP"): the code, then the job. "PICK
+    4821 9989" (his code, then job 9998 mistyped) answers "you have no job 9989", not his
+    code named as a job; no code is checked for a job not his."""
     codes = set(job_codes)
     if not numbers:
         return None, None
@@ -1338,8 +1410,6 @@ def split_otp_and_job(numbers: Sequence[str], job_codes: Iterable[str]) -> tuple
     parts = [n for n in numbers if n not in codes]
     if len(parts) >= 2 and len(jobs) <= 1 and len("".join(parts)) == OTP_DIGITS:
         return "".join(parts), (jobs[0] if jobs else None)
-    if not jobs and len(numbers) == 2 and all(len(n) == OTP_DIGITS for n in numbers):
-        return numbers[1], numbers[0]
     if not jobs and len(numbers[0]) != OTP_DIGITS:
         return numbers[0], None
     a, b = numbers[0], numbers[1]

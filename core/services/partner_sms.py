@@ -90,7 +90,7 @@ def handle(session: Session, msg: InboundMessage) -> list[str]:
             log.info("an SMS from a number we do not text; not answered")
             return []
         return _tell_stranger(session, msg, lang, person)
-    cmd = parse_command(msg.body)
+    cmd = parse_command(msg.body, clock.now().astimezone(_INDIA).time())
     # Held OFF because our offers never reached his phone (no SMS told him), he is heard
     # from now: after his command (its locks first: legs, then his row), he is back ON
     # and his answer says so first, so it never says OFF while the job would say ON.
