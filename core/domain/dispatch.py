@@ -447,8 +447,10 @@ def relay_payouts(share_paise: int, distances: Sequence[int]) -> list[int] | Non
     floored: set[int] = set()
     while True:
         rest = [i for i in range(len(distances)) if i not in floored]
+        # Legs of no length at all (stops merged onto one spot) share alike.
+        weights = [distances[i] for i in rest]
         shares = split_by_weights(share_paise - MIN_LEG_PAYOUT_PAISE * len(floored),
-                                  [distances[i] for i in rest])
+                                  weights if any(weights) else [1] * len(weights))
         short = {i for i, paid in zip(rest, shares, strict=True) if paid < MIN_LEG_PAYOUT_PAISE}
         if not short:
             paid_by_leg = dict(zip(rest, shares, strict=True))

@@ -341,14 +341,26 @@ def choose_vehicle(
     weight: WeightBucket | str,
     card: RateCard = DEFAULT_RATE_CARD,
     distance_m: int | None = None,
+    *,
+    fragile: bool = False,
+    surge_bp: int = BP,
+    tier: SpeedTier | str | None = None,
 ) -> VehicleType:
     """Cheapest vehicle on ``card`` able to carry the parcel.
 
     Without ``distance_m``: by minimum fare, then per-km, then ``VehicleType`` order.
     With ``distance_m`` (road metres): among the able vehicles whose range
-    (``VEHICLE_RANGE_KM``) covers the trip, the one whose standard-tier fare for this parcel
-    at that distance is lowest, ties as above; if none covers it, the able vehicle with the
-    longest range (dispatch then carries it by relay), ties by that same fare.
+    (``VEHICLE_RANGE_KM``) covers the trip, the one whose fare (``quote``) is lowest, ties
+    as above; if none covers it, the able vehicle with the longest range (dispatch then
+    carries it by relay), ties by that same fare.
+
+    The fare compared is the one the customer will be quoted: with the parcel's
+    ``fragile`` surcharge and the ``surge_bp`` at the pickup, since a flat extra or a
+    multiplier can push a fare over another vehicle's minimum and change which is cheaper.
+    ``tier``: the speed tier being sold, compared at that tier; None (a quote showing every
+    tier from one vehicle) compares standard, then express, then economy, so the vehicle
+    cheapest at every tier is chosen whenever there is one (otherwise the one cheapest at
+    standard: minimums do not scale with the tier, so on some cards no vehicle is).
     """
     able = [v for v in card.vehicles if can_carry(v, size, weight)]
     if not able:
@@ -366,15 +378,18 @@ def choose_vehicle(
         return min(able, key=by_card)
     _check_int("distance_m", distance_m, code="bad_distance")
     trip_m = distance_m
+    tiers = (SpeedTier.STANDARD, SpeedTier.EXPRESS, SpeedTier.ECONOMY) if tier is None \
+        else (SpeedTier(tier),)
 
-    def fare(v: VehicleType) -> int:
-        return quote(card, distance_m=trip_m, vehicle=v, size=size, weight=weight,
-                     tier=SpeedTier.STANDARD).total_paise
+    def fares(v: VehicleType) -> tuple[int, ...]:
+        return tuple(quote(card, distance_m=trip_m, vehicle=v, size=size, weight=weight,
+                           tier=t, fragile=fragile, surge_bp=surge_bp).total_paise
+                     for t in tiers)
 
     in_range = [v for v in able if trip_m <= VEHICLE_RANGE_KM[v] * 1000]
     if in_range:
-        return min(in_range, key=lambda v: (fare(v), *by_card(v)))
-    return min(able, key=lambda v: (-VEHICLE_RANGE_KM[v], fare(v), *by_card(v)))
+        return min(in_range, key=lambda v: (*fares(v), *by_card(v)))
+    return min(able, key=lambda v: (-VEHICLE_RANGE_KM[v], *fares(v), *by_card(v)))
 
 
 def road_distance_m(straight_m: int, card: RateCard = DEFAULT_RATE_CARD) -> int:

@@ -247,7 +247,11 @@ def _route(session: Session, pickup: Place, drop: Place, parcel: ParcelSpec
     dist = distance.road_distance_m((pickup.lat, pickup.lng), (drop.lat, drop.lng),
                                     detour_factor_bp=card.detour_factor_bp,
                                     osrm_url=get_settings().osrm_url)
-    vehicle = choose_vehicle(parcel.size, parcel.weight, card, dist.metres)
+    # Chosen by the fare as quote_trip will quote it (fragile, the pickup's surge, every
+    # tier): a cheaper per-km vehicle can cost more once a surcharge meets a minimum.
+    vehicle = choose_vehicle(parcel.size, parcel.weight, card, dist.metres,
+                             fragile=parcel.fragile,
+                             surge_bp=surge.surge_bp(pickup.pincode))
     return card, dist, vehicle, _legs_m(session, pickup, drop, vehicle, card, dist.metres)
 
 
