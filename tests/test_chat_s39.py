@@ -1,9 +1,11 @@
 """A new customer's FIRST message in Hindi written in Latin letters ("parcel bhejna
-hai", "mujhe parcel bhejna hai", "namaste ji") is offered Hindi ("shall we talk in
-Hindi?", the language_guess step), as a first message in Devanagari is, not shown the
-list of eight languages (s39, after hchat4). Words other languages write alike
-("hello", "ok", "nahi", "accha", "namaskar") still get the list. Played through the
-signed WhatsApp webhook; real PostgreSQL and Redis."""
+hai", "mujhe parcel bhejna hai") is offered Hindi ("shall we talk in Hindi?", the
+language_guess step), as a first message in Devanagari is, not shown the list of eight
+languages (s39, after hchat4). Words other languages write alike ("hello", "ok",
+"nahi", "accha", "namaskar"), a greeting alone ("namaste", "Hai sir": how many type
+"Hi"), and a message with a word of Marathi, Gujarati or Bengali ("Namaste, mala parcel
+pathvaycha aahe") still get the list (words.hinglish_first; hchat5 after review rnew1).
+Played through the signed WhatsApp webhook; real PostgreSQL and Redis."""
 
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ from sqlalchemy import select
 from core import i18n
 from core.adapters.db import transaction
 from core.adapters.models import Person
-from core.dialog import engine
+from core.dialog import engine, words
 from core.dialog.booking import BOOKING_DIALOG, note_request
 from core.dialog.engine import BACK_AFTER_LANGUAGE, Ctx, DialogState, UserInput
 from tests.test_chat_journey_review29 import Chat, demo  # noqa: F401  (demo: a fixture)
@@ -23,9 +25,17 @@ from tests.test_dialog import FakePorts, keys
 
 _phones = count(1)
 
-LATIN_HINDI = ["parcel bhejna hai", "mujhe parcel bhejna hai", "namaste ji", "namaste",
-               "Mujhe parcel bhejna hai!", "haan"]
-NOT_HINDI_ALONE = ["hello", "ok", "nahi", "accha", "namaskar", "hi", "thik ache"]
+LATIN_HINDI = ["parcel bhejna hai", "mujhe parcel bhejna hai", "Mujhe parcel bhejna hai!",
+               "haan", "namaste ji, mujhe madad chahiye", "Hai, mujhe parcel bhejna hai",
+               "mera parcel kab aayega", "mera parcel kab"]
+# "namaste", "namaste ji" were offered Hindi here before rnew1: a greeting every
+# language has, not Hindi; they get the list (1. हिंदी first).
+NOT_HINDI_ALONE = ["hello", "ok", "nahi", "accha", "namaskar", "hi", "thik ache",
+                   "namaste", "namaste ji", "Hai", "Hai sir", "Hai anna",
+                   "Hai, I want to send a parcel", "booking karo", "kab",
+                   "Namaste, mala parcel pathvaycha aahe",  # Marathi
+                   "Kem cho, mare parcel moklvu che",  # Gujarati
+                   "ami parcel pathate chai", "amar parcel kothay"]  # Bengali
 OFFER_HI = i18n.t("bot.lang_guess", "hi", language=i18n.LANGUAGE_NAMES["hi"])
 
 
@@ -62,7 +72,7 @@ def test_a_first_message_in_latin_hindi_is_offered_hindi(
 @pytest.mark.parametrize("yes", ["haan", "1", "haan ji"])
 def test_yes_to_the_offer_chooses_hindi(client, demo, yes: str) -> None:  # noqa: F811
     chat = _chat(client)
-    chat.say("namaste ji")
+    chat.say("namaste ji, mujhe madad chahiye")
     reply = chat.say(yes)
     assert chat.step() == "menu", reply
     assert i18n.t("lang.saved", "hi", language="हिंदी") in reply, reply
@@ -109,7 +119,7 @@ def test_two_at_the_offer_shows_the_list_where_english_can_be_chosen(
 def test_another_language_named_at_the_offer_is_chosen(
         client, demo, said: str, lang: str) -> None:  # noqa: F811
     chat = _chat(client)
-    chat.say("namaste ji")
+    chat.say("namaste ji, mujhe madad chahiye")
     chat.say(said)
     assert _language(chat.phone) == lang
     assert chat.step() == "menu"
@@ -166,3 +176,35 @@ def test_a_question_waiting_for_the_language_keeps_the_list() -> None:
 def test_not_hindi_alone_enters_the_list(first: str) -> None:
     state, outs = _first(first)
     assert state.step == "language" and "lang.menu" in keys(outs)
+
+
+@pytest.mark.db
+@pytest.mark.parametrize("first", ["namaste", "Hai sir"])
+def test_a_greeting_gets_the_list_and_haan_there_offers_hindi(
+        client, demo, first: str) -> None:  # noqa: F811
+    """A greeting alone gets the list; "haan" there (Hindi in Latin letters at the list,
+    words.hinglish) is offered Hindi, and "1" chooses it."""
+    chat = _chat(client)
+    reply = chat.say(first)
+    assert chat.step() == "language" and OFFER_HI not in reply, reply
+    reply = chat.say("haan")
+    assert chat.step() == "language_guess" and OFFER_HI in reply, reply
+    chat.say("1")
+    assert _language(chat.phone) == "hi"
+
+
+@pytest.mark.parametrize(("text", "hindi"), [
+    *((t, True) for t in LATIN_HINDI), *((t, False) for t in NOT_HINDI_ALONE),
+    ("namaste hai", False), ("Hai, booking karo", True),  # two, not both greetings
+    ("mujhe parcel bhejna hai, mala", False),  # a Marathi word rules Hindi out
+    ("पार्सल भेजना है", False),  # Devanagari: offered by its script, not by this
+])
+def test_hinglish_first(text: str, hindi: bool) -> None:
+    assert words.hinglish_first(text) is hindi
+
+
+@pytest.mark.parametrize("text", ["namaste", "Hai sir", "kab", "booking karo"])
+def test_the_list_still_reads_shared_words_as_hindi(text: str) -> None:
+    """At the list (a second message) words.hinglish is unchanged: "namaste" there is
+    Hindi, as test_chat_when_s37 pins."""
+    assert words.hinglish(text)

@@ -534,9 +534,11 @@ def note_request(data: dict[str, Any], text: str) -> None:
     asked = menu_request(text)
     if asked is not None:
         data[ASKED_FIRST] = asked
-    # Hindi in Latin letters ("parcel bhejna hai", "namaste ji"), no language named: the
-    # language list this message is shown offers Hindi, as a Devanagari one is offered.
-    if words.hinglish(text) and words.language_mentioned(text) is None:
+    # Hindi in Latin letters ("parcel bhejna hai", "mujhe kya karna hai"), no language
+    # named: the language list this message is shown offers Hindi, as a Devanagari one
+    # is offered. Not a greeting other languages type alike ("Hai sir", "namaste"), nor
+    # Marathi ("mala parcel pathvaycha aahe"): words.hinglish_first.
+    if words.hinglish_first(text) and words.language_mentioned(text) is None:
         data[_LATIN_HINDI] = True
     else:
         data.pop(_LATIN_HINDI, None)

@@ -553,6 +553,47 @@ def hinglish(text: str) -> bool:
     return guess_language(text) is None and bool(tokens(text) & HINGLISH_WORDS)
 
 
+# HINGLISH_WORDS another language shares in a FIRST message: "hai" is how many type "Hi"
+# ("Hai sir", "Hai anna"), "namaste" every language's greeting; "mera"/"mere"/"meri"
+# (Punjabi too), "karo" (Gujarati "booking karo"), "kab" (a "cab" typed so) say little
+# alone.
+_HINGLISH_GREETINGS = frozenset({"hai", "namaste", "namastey"})
+_HINGLISH_WEAK = frozenset({"mera", "mere", "meri", "karo", "kab"})
+# Words of Marathi, Gujarati, Bengali (and a few of Tamil, Telugu, Kannada) in Latin
+# letters: a message with one is not Hindi ("Namaste, mala parcel pathvaycha aahe").
+NOT_HINGLISH_WORDS = frozenset({
+    "mala", "aahe", "ahe", "aahes", "pathvaycha", "pathvaychi", "pathvayche", "pahije",
+    "majha", "mazha", "majhe", "kuthe",  # Marathi
+    "che", "chhe", "kem", "moklvu", "moklavu",  # Gujarati
+    "ami", "amar", "korte", "pathate", "pathabo", "kothay",  # Bengali
+    "venum", "vendum", "enaku", "vanakkam", "kavali", "naaku", "beku", "nanage"})
+
+
+def hinglish_first(text: str) -> bool:
+    """Whether a FIRST message (no language chosen yet) is Hindi in Latin letters, to be
+    offered Hindi rather than the list: stricter than hinglish(). A HINGLISH_WORDS word
+    no other language shares ("bhejna", "mujhe", "haan"), or two of them not both
+    greetings ("mera parcel kab"); not a greeting alone ("Hai sir", "namaste ji"), nor
+    with a word of another language (NOT_HINGLISH_WORDS)."""
+    said = tokens(text)
+    hindi = said & HINGLISH_WORDS
+    if guess_language(text) is not None or not hindi or said & NOT_HINGLISH_WORDS:
+        return False
+    return bool(hindi - _HINGLISH_GREETINGS - _HINGLISH_WEAK) or (
+        len(hindi) >= 2 and not hindi <= _HINGLISH_GREETINGS)
+
+
+# The nukta of each Indic script (Devanagari U+093C, Bengali, Gurmukhi, Gujarati, Odia,
+# Telugu, Kannada): "ऑफ़िस" and "ऑफिस", "বাড়ি" typed with ড় or with ড and ় are one word.
+_NUKTAS = dict.fromkeys(map(ord, "\u093c\u09bc\u0a3c\u0abc\u0b3c\u0c3c\u0cbc"))
+
+
+def without_nukta(text: str) -> str:
+    """``text`` cleaned (clean()) and without nuktas, precomposed letters ("ज़", "ড়")
+    taken apart first: for looking a word up however it was typed."""
+    return clean(unicodedata.normalize("NFD", text or "").translate(_NUKTAS))
+
+
 def language_in_word(word: str) -> str | None:
     """The language a word names: its name ("தமிழ்") or its name with a case ending
     ("தமிழில்", "मराठीत", "ಕನ್ನಡದಲ್ಲಿ": in Tamil, Marathi, Kannada); else None."""

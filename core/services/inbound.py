@@ -104,19 +104,40 @@ class TurnFailed(Exception):  # noqa: N818 (an outcome, not a programming error)
 
 # A shared location's Label that names no place a rider could find: the phone's own name
 # for a saved spot ("Home", "Work") or for a pin ("Dropped pin", "My location"), in
-# English or as people write it in Hindi. Such a label is left out of the place's name
-# (the Address, if any, stays); with nothing left, the landmark question is asked.
+# English, in the service's languages, or as people write those in Latin letters. Such a
+# label is left out of the place's name (the Address, if any, stays); with nothing left,
+# the landmark question is asked. Looked up without nuktas ("ऑफ़िस" is "ऑफिस").
 GENERIC_PLACE_LABELS = frozenset({
     "home", "my home", "house", "my house", "work", "office", "my office",
     "my location", "current location", "location", "live location", "pin",
-    "dropped pin", "pinned location", "ghar", "mera ghar", "घर", "मेरा घर", "ऑफिस",
+    "dropped pin", "pinned location", "workplace", "work place", "my work",
+    # Hindi, Marathi
+    "घर", "मेरा घर", "माझे घर", "माझं घर", "ऑफिस", "ऑफ़िस", "मेरा ऑफिस", "दफ्तर",
+    "दफ़्तर", "कार्यालय", "काम",
+    # Bengali
+    "বাড়ি", "বাড়ী", "ঘর", "আমার বাড়ি", "আমার বাড়ী", "অফিস", "আমার অফিস", "কাজ",
+    "কর্মস্থল",
+    # Gujarati
+    "ઘર", "મારું ઘર", "મારુ ઘર", "ઓફિસ", "ઑફિસ", "મારી ઓફિસ", "કાર્યાલય", "કામ",
+    # Tamil
+    "வீடு", "என் வீடு", "எனது வீடு", "அலுவலகம்", "ஆபீஸ்", "ஆஃபீஸ்", "ஆபிஸ்", "வேலை",
+    "பணியிடம்",
+    # Kannada
+    "ಮನೆ", "ನನ್ನ ಮನೆ", "ಕಚೇರಿ", "ಆಫೀಸ್", "ಆಫೀಸು", "ಕೆಲಸ",
+    # Telugu
+    "ఇల్లు", "నా ఇల్లు", "మా ఇల్లు", "ఇంటి", "ఆఫీసు", "ఆఫీస్", "కార్యాలయం", "పని",
+    # Latin letters
+    "ghar", "mera ghar", "maza ghar", "majha ghar", "maru ghar", "bari", "amar bari",
+    "veedu", "en veedu", "mane", "nanna mane", "illu", "naa illu", "maa illu",
+    "daftar", "kaam", "ofis", "offc",
 })
+_GENERIC_PLACE_KEYS = frozenset(map(words.without_nukta, GENERIC_PLACE_LABELS))
 
 
 def shared_place(label: str, address: str) -> str | None:
     """The name a shared location came with (WhatsApp's Label and Address, joined), but
-    for a Label in GENERIC_PLACE_LABELS; None when none is left."""
-    if words.clean(label) in GENERIC_PLACE_LABELS:
+    for a Label in GENERIC_PLACE_LABELS (nuktas aside); None when none is left."""
+    if words.without_nukta(label) in _GENERIC_PLACE_KEYS:
         label = ""
     return ", ".join(v for v in (label.strip(), address.strip()) if v) or None
 
