@@ -3,7 +3,7 @@ handled before the Gather's request with his key (the late keys of test_ivr2_s38
 through the signed voice webhooks; each SMS through the outbox to the Twilio emulator.
 
 1. The booking could no longer be cancelled at all when his key came (the rider picked
-   the parcel up meanwhile; or it was delivered, or cancelled by ops): nothing was
+   the parcel up meanwhile, or it was delivered): nothing was
    cancelled and nothing said, and he hung up believing it cancelled. One SMS in his
    language says it was not cancelled, why, and how to hear where it is.
 2. The late key did cancel: on the line he would hear "cancelled, X goes back"; a
@@ -11,26 +11,41 @@ through the signed voice webhooks; each SMS through the outbox to the Twilio emu
    reached him. One SMS confirms it with the refund he heard (bot.cancel.done_*, what a
    cancel by ops tells a customer). A booking of that same call whose details went is
    told once, by take_back_details' own (ivr.sms.cancelled), not twice.
+3. (hivr6) Each "not cancelled" SMS said "call and press 2" (or 5), but a caller with a
+   booking draft kept is greeted at "finish your booking?", where 2 starts a new booking
+   (his draft thrown away): they now say "press 0, then 2", true at either opening. One
+   cancelled by ops or expired meanwhile gets no "not cancelled on your call" after its
+   own SMS.
 
 Real PostgreSQL, Redis and RQ; the clock frozen.
 """
 
 from __future__ import annotations
 
+import re
+from datetime import timedelta
+
 import pytest
 from sqlalchemy import select
 
-from core import i18n
+from core import clock, i18n
 from core.adapters.db import transaction
 from core.adapters.models import Booking, Leg, OutboxMessage, Person, SandboxMessage
+from core.config import get_settings
 from core.domain.booking import Actor, BookingStatus, LegStatus
 from core.services import payments
 from core.services.booking import move_booking, move_leg
 from tests.test_ivr import Caller, book_in_hindi, phone, prompts, step_of, t  # noqa: F401
-from tests.test_ivr2_s38 import _hang_up_first, _refunds, _sms, _to_cancel_confirm
+from tests.test_ivr2_s38 import _data, _hang_up_first, _refunds, _sms, _to_cancel_confirm
 from tests.test_ivr_cancel import DROP, said, status_of
 from tests.test_ivr_more import jobs
-from tests.test_payments_support import advance, new_partner, paid_booking
+from tests.test_payments_support import (
+    advance,
+    confirmed_booking,
+    new_partner,
+    paid_booking,
+    run,
+)
 
 pytestmark = pytest.mark.db
 
@@ -126,18 +141,53 @@ def test_a_late_cancel_key_after_delivery_says_it_could_not_be_cancelled(
 
 def test_a_late_cancel_key_after_ops_cancelled_it_cancels_nothing_more(
         live, phone: Caller) -> None:  # noqa: F811
-    """Ops cancelled it (their SMS tells him so): his key, late, cancels nothing more and
-    gets the general "could not be cancelled now", not a second refund."""
+    """Ops cancelled it as he pressed "1" (hivr6): his key, late, cancels nothing more, no
+    second refund, and adds nothing to ops' own SMS ("cancelled, X goes back"): "was not
+    cancelled on your call" after it would read as if the booking still stood."""
     bid = paid_booking(phone.phone)
-    ref = _to_cancel_confirm_in(phone, bid, "en")
+    ref, total = _to_cancel_confirm(phone, bid)
+    jobs()
+    before = _received(phone.phone)
     with transaction() as s:
         payments.cancel_booking(s, s.get(Booking, bid), Actor("ops", "1"), "asked by phone")
     _hang_up_first(phone)
     assert phone.press("1").hangup
     assert status_of(ref) == "cancelled" and len(_refunds(bid)) == 1
-    (sms,) = _sms(f"ivr-not-cancelled-{bid}-")
-    assert sms.body == i18n.t("ivr.sms.not_cancelled_closed", "en", ref=ref)
-    assert _sms(f"ivr-late-cancelled-{bid}-") == []
+    assert _sms(f"ivr-not-cancelled-{bid}-") == [] and _sms(f"ivr-late-cancelled-{bid}-") == []
+    phone.repeat()  # Twilio's retry: nothing either
+    assert _sms(f"ivr-not-cancelled-{bid}-") == []
+    jobs()
+    got = _received(phone.phone)[len(before):]
+    # Ops' "cancelled, X goes back", then the refund's own word (the sandbox pays it at once).
+    assert got[0] == i18n.t("bot.cancel.done_refund", "en", ref=ref, refund_paise=total), got
+    assert i18n.t("ivr.sms.not_cancelled_closed", "en", ref=ref) not in got, got
+    assert [m.dedupe_key.split("-")[0] for m in _queued_to(phone.phone)][-len(got):] == [
+        "cancelled", "refund"], got
+
+
+def test_a_late_cancel_key_after_the_booking_expired_adds_nothing_to_its_sms(
+        live, phone: Caller) -> None:  # noqa: F811
+    """Unpaid, its time to pay ran out as he pressed "1" (hivr6): the expiry's own SMS
+    ("the time to pay is over, the booking is closed") is all he gets."""
+    bid = confirmed_booking(phone.phone)
+    run()  # its link
+    jobs()
+    with transaction() as s:
+        b = s.get(Booking, bid)
+        ref, expires_at = b.reference, b.expires_at
+    before = _received(phone.phone)
+    phone.call()
+    phone.press("5")
+    phone.press("1")
+    assert step_of(phone.phone) == "cancel_confirm"
+    clock.freeze(expires_at + timedelta(minutes=2))
+    assert payments.expire_unpaid() == 1  # the gateway says the link is unpaid: closed
+    _hang_up_first(phone)
+    assert phone.press("1").hangup
+    assert status_of(ref) == "expired"
+    assert _sms(f"ivr-not-cancelled-{bid}-") == [] and _sms(f"ivr-late-cancelled-{bid}-") == []
+    jobs()
+    assert _received(phone.phone)[len(before):] == [i18n.t("payment.expired", "en", ref=ref)]
 
 
 def test_on_the_line_a_booking_picked_up_meanwhile_is_said_not_sent(
@@ -224,3 +274,91 @@ def test_a_late_cancel_of_a_booking_of_that_call_whose_details_went_is_told_once
     assert [m.body for m in _sms("ivr-cancelled-")] == [
         i18n.t("ivr.sms.cancelled", "hi", ref=ref)]
     assert _sms("ivr-late-cancelled-") == [] and _sms("ivr-not-cancelled-") == []
+
+
+# --- 3. what the SMS says to press, followed ------------------------------------------------
+# hivr6: a caller whose booking draft is kept (a call dropped mid-booking, within a day) is
+# greeted at "finish your booking?", where 2 starts a new one (the draft thrown away) and 5
+# is no choice; at the menu otherwise. Each ivr.sms.not_cancelled* says "press 0" first:
+# the menu at either opening, the draft kept.
+
+def _keys_to_press(sms: str) -> list[str]:
+    """The keys an SMS says to press once its number (ivr_phone) is called, in order."""
+    number = get_settings().twilio_voice_number
+    assert number in sms, sms
+    return re.findall(r"[0-9]", sms.split(number, 1)[1])
+
+
+def _draft_kept(caller: Caller) -> None:
+    """A call dropped at the drop's pincode, a pickup chosen: a draft kept for a day."""
+    caller.call()
+    caller.press("1")  # send a parcel
+    caller.press("845438#")
+    caller.press("2")  # Bettiah
+    caller.press("1")
+    caller.hang_up()
+    clock.freeze(clock.now() + timedelta(minutes=10))
+
+
+def _follow(caller: Caller, sms: str) -> str:
+    """He calls and presses what ``sms`` says; what he heard after his last key."""
+    opening = caller.call()
+    keys = _keys_to_press(sms)
+    assert keys, sms
+    heard = opening
+    for key in keys:
+        heard = caller.press(key)
+    return heard.text
+
+
+@pytest.mark.parametrize("lang", ["en", "hi"])
+def test_a_caller_with_a_draft_who_does_what_the_sms_says_hears_where_his_parcel_is(
+        live, phone: Caller, lang: str) -> None:  # noqa: F811
+    """The late "1 = cancel" after the pickup, with a draft kept: its SMS, followed, tells
+    where the parcel is; the draft is still offered after (old: "press 2" at "finish your
+    booking?" threw it away and started a new booking)."""
+    bid = paid_booking(phone.phone)
+    _in_language(phone.phone, lang)
+    with transaction() as s:
+        ref = s.get(Booking, bid).reference
+    _draft_kept(phone)
+    heard = phone.call()
+    assert step_of(phone.phone) == "resume", heard.text
+    phone.press("0")  # the menu, the draft kept
+    phone.press("5")
+    phone.press("1")
+    assert step_of(phone.phone) == "cancel_confirm"
+    _picked_up(bid)
+    _hang_up_first(phone)
+    assert phone.press("1").hangup
+    (sms,) = _sms(f"ivr-not-cancelled-{bid}-")
+    clock.freeze(clock.now() + timedelta(minutes=5))
+    _follow(phone, sms.body)
+    assert step_of(phone.phone) == "track"
+    assert _data(phone.phone).get("slots", {}).get("pickup"), _data(phone.phone)
+    assert status_of(ref) == "picked_up"
+    phone.press("0")
+    phone.press("1")  # send a parcel: the draft is offered again
+    assert step_of(phone.phone) == "resume"
+
+
+@pytest.mark.parametrize("lang", i18n.LANGUAGES)
+@pytest.mark.parametrize("draft", [True, False])
+@pytest.mark.parametrize(("key", "step"), [("ivr.sms.not_cancelled_picked_up", "track"),
+                                           ("ivr.sms.not_cancelled_closed", "track"),
+                                           ("ivr.sms.not_cancelled", "cancel_pick")])
+def test_each_not_cancelled_sms_leads_where_it_says_in_every_language(
+        live, phone: Caller, lang: str, draft: bool, key: str, step: str) -> None:  # noqa: F811
+    """Whatever the call opens at ("finish your booking?" with a draft kept, the menu
+    without), the keys each SMS names reach what it promises: where the parcel is (2), or
+    the bookings to cancel, their amounts said again (5); a draft is kept."""
+    bid = paid_booking(phone.phone)
+    _in_language(phone.phone, lang)
+    with transaction() as s:
+        ref = s.get(Booking, bid).reference
+    if draft:
+        _draft_kept(phone)
+    sms = i18n.t(key, lang, ref=ref)
+    _follow(phone, sms)
+    assert step_of(phone.phone) == step, (lang, _keys_to_press(sms))
+    assert bool(_data(phone.phone).get("draft_step")) is draft

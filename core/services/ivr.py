@@ -235,6 +235,8 @@ NOT_CANCELLED_SMS = "ivr.sms.not_cancelled"
 # picked the parcel up, or it is over), and what it did cancel (_cancel_unheard).
 NOT_CANCELLABLE_SMS = {"picked_up": "ivr.sms.not_cancelled_picked_up",
                        "not_allowed": "ivr.sms.not_cancelled_closed"}
+# ... but not of one that was cancelled or expired meanwhile: its own SMS told him.
+TOLD_CLOSED = frozenset({BookingStatus.CANCELLED.value, BookingStatus.EXPIRED.value})
 
 
 # A place in the details is cut (dispatch.short_place_name) to PLACE_NAME_MAX, as a
@@ -1231,7 +1233,8 @@ def _cancel_unheard(session: Session, ports: VoicePorts, person: Person, sid: st
     cancel sends nothing, he heard it), unless take_back_details just said it (a booking
     of that call). Not cancellable any more (voice's "closed": the rider picked the parcel
     up, or it is over): he hung up thinking it cancelled, so he is told it was not, why,
-    and how to hear where it is. Amounts changed: _not_cancelled_unheard."""
+    and how to hear where it is; unless it was cancelled (by ops) or expired meanwhile
+    (TOLD_CLOSED), which its own SMS told him. Amounts changed: _not_cancelled_unheard."""
     if ports.cancel_answered is None or not person.phone:
         return
     booking, result = ports.cancel_answered
@@ -1250,6 +1253,13 @@ def _cancel_unheard(session: Session, ports: VoicePorts, person: Person, sid: st
                                   booking_id=booking.id, ref=booking.reference,
                                   refund_paise=refund, fee_paise=fee)
     elif not result.get("allowed"):
+        if result.get("status") in TOLD_CLOSED:
+            # Cancelled by ops or out of its time meanwhile: that was told him by its own
+            # SMS ("cancelled, X goes back"; "the time to pay is over"), and "not
+            # cancelled on your call" after it would read as if it still stood.
+            log.info("a late cancel key found the booking closed, already told",
+                     extra={"booking_id": booking.id, "status": result.get("status")})
+            return
         kind = not_allowed_kind(result)
         log.info("a late cancel key cancelled nothing: not cancellable; told by SMS",
                  extra={"booking_id": booking.id, "why": kind})
