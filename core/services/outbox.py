@@ -63,6 +63,7 @@ from sqlalchemy import (
     ColumnElement,
     Connection,
     CursorResult,
+    DateTime,
     Table,
     bindparam,
     case,
@@ -74,6 +75,7 @@ from sqlalchemy import (
     text,
     update,
 )
+from sqlalchemy import cast as sa_cast
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.orm import Session
@@ -131,6 +133,7 @@ STALE_SENDING = timedelta(minutes=15)
 # it finds gone, and leaves the row to the job; the job's send waits for the address's
 # turn, so the order holds. Never twice: only one of them can move the claim.
 STALE_UNTRIED = timedelta(seconds=60)
+_UNTRIED_BACK = "claimed but never tried; sending"
 # A row whose own look-ups failed for this long since its claim is sent again unasked.
 GIVE_UP_UNKNOWN = timedelta(hours=24)
 # A row only ever held back by pauses (its own look-ups never failed, it was not asked)
@@ -359,19 +362,15 @@ def withdraw_leg_codes(session: Session, leg_id: int,
     made void: their messages still waiting (pending) are not sent. Call it before the new
     codes' messages are queued (they are the leg's code messages too). One being sent (its
     outcome unknown) is left: it may have reached them; so is one a sender holds locked
-    this moment. In the caller's transaction; returns how many."""
-    from core.adapters.models import Leg  # dispatch's table: read for the next leg only
+    this moment (either, given back or sent later, is not sent once the new code's message
+    is written: _leg_code_replaced). In the caller's transaction; returns how many."""
+    from core.adapters.models import Leg  # dispatch's table
 
     m = OutboxMessage
     leg = session.get(Leg, leg_id)
     if leg is None:
         return 0
-    likes = [f"leg-{leg_id}-{word}-%" for kind in kinds for word in _LEG_CODE_KINDS[kind]]
-    if "drop" in kinds:
-        nxt = session.scalar(select(Leg.id).where(Leg.booking_id == leg.booking_id,
-                                                  Leg.sequence == leg.sequence + 1))
-        if nxt is not None:
-            likes.append(f"leg-{nxt}-handtake-%")
+    likes = _leg_code_likes(session, leg.booking_id, leg_id, kinds)
     ids = set(session.scalars(select(m.id).where(
         m.booking_id == leg.booking_id, or_(*(m.dedupe_key.like(like) for like in likes)))))
     found = set(ids)
@@ -387,6 +386,139 @@ def withdraw_leg_codes(session: Session, leg_id: int,
         log.info("replaced leg codes not sent", extra={"leg_id": leg_id,
                                                         "rows": len(withdrawn)})
     return len(withdrawn)
+
+
+def _leg_code_likes(session: Session, booking_id: int, leg_id: int,
+                    kinds: tuple[str, ...]) -> list[str]:
+    """The dedupe key patterns of the messages carrying the leg's codes of ``kinds``
+    (its drop code to the next leg's rider too: that leg's handtake)."""
+    from core.adapters.models import Leg  # dispatch's table: read for the next leg only
+
+    likes = [f"leg-{leg_id}-{word}-%" for kind in kinds for word in _LEG_CODE_KINDS[kind]]
+    if "drop" in kinds:
+        nxt = session.scalar(select(Leg.id).where(
+            Leg.booking_id == booking_id, Leg.sequence == select(Leg.sequence).where(
+                Leg.id == leg_id).scalar_subquery() + 1))
+        if nxt is not None:
+            likes.append(f"leg-{nxt}-handtake-%")
+    return likes
+
+
+# A leg's code message whose send outcome was lost (left "sending" by withdraw_leg_codes:
+# it may have reached them) and that Twilio turns out never to have had is given back
+# after its leg's code was made anew: it is not sent then, nor any such message still
+# waiting that withdraw_leg_codes could not take (a sender held it locked). Its code was
+# replaced when a newer message of the same leg and kind (withdraw_leg_codes' keys, as
+# every new code of a leg is sent under them: dispatch's send_leg_codes, new_leg_code,
+# what goes in a lost code's place) was written after the one it says (_said_by: a copy
+# says its original's).
+_LEG_CODE_KEY = re.compile(r"leg-(\d+)-(pickotp|handgive|handpick|dropotp|handtake)-.+")
+
+
+def _leg_code_replaced(session: Session, row: OutboxMessage) -> bool:
+    """Whether ``row`` carries a leg's code (or copies one) that a newer code message of
+    the same leg and kind replaced."""
+    from core.adapters.models import Leg  # dispatch's table
+
+    if row.booking_id is None:
+        return False
+    key, said = _said_by(session, row)
+    found = _LEG_CODE_KEY.fullmatch(key)
+    if found is None:
+        return False
+    leg_id, word = int(found[1]), found[2]
+    kind = next(k for k, words in (*_LEG_CODE_KINDS.items(), ("drop", ("handtake",)))
+                if word in words)
+    if word == "handtake":  # the drop code of the leg before the one it names
+        before = session.scalar(select(Leg.id).where(
+            Leg.booking_id == row.booking_id, Leg.sequence == select(Leg.sequence).where(
+                Leg.id == leg_id).scalar_subquery() - 1))
+        if before is None:
+            return False
+        leg_id = before
+    m = OutboxMessage
+    likes = _leg_code_likes(session, row.booking_id, leg_id, (kind,))
+    return session.scalar(select(m.id).where(
+        m.booking_id == row.booking_id, m.id > said,
+        or_(*(m.dedupe_key.like(like) for like in likes))).limit(1)) is not None
+
+
+# A partner's number moved to a new SIM (partner_profile.set_phone; people.former_phones
+# keeps the old one, stamped with the database's time of the move, as a row's created_at).
+# His SMS still pending then go to the new number with him; his WhatsApp messages still
+# pending then, and any message written to him before the move that was being sent then
+# (claimed, or its outcome lost) and is given back since, follow him here (_follow_moved):
+# the old number may be a stranger's now. An SMS goes to his new number; a WhatsApp
+# message is not sent to the old number's WhatsApp (not his: set_phone cleared it) but
+# goes to him as notify sends to him now: on WhatsApp if he chats with us from his new
+# number, else by SMS to it (its copy, ``wa-for-<id>`` or ``sms-for-<id>``, so what
+# follows a copy follows it: a void code, superseded news). A chat reply ending in
+# numbered choices does not go by SMS (_answered_on_whatsapp), nor a sign-in code for the
+# old number anywhere (set_phone withdraws those). No number to go to: it is not sent.
+NUMBER_MOVED = "its recipient's number moved to a new SIM before it was sent"
+MOVED = "moved"  # what _deliver_one answers for a row that followed its recipient
+
+
+def _moved_from(session: Session, row: OutboxMessage) -> Person | None:
+    """The person who held ``row``'s number when it was written and moved off it since
+    (the first to leave it after; not one back on it). Not indexed (``former_phones ?``
+    reads every person, as retention's erasure does): asked only of a row given back or
+    tried before, never of a message going out as written."""
+    number = _number_of(row.to_addr)
+    if not number.startswith("+"):
+        return None
+    left = sa_cast(Person.former_phones[number].astext, DateTime(timezone=True))
+    return session.scalar(select(Person).where(
+        Person.former_phones.has_key(number), left > row.created_at,
+        Person.phone.is_distinct_from(number)).order_by(left).limit(1))
+
+
+def _follow_moved(session: Session, row: OutboxMessage, person: Person) -> int | None:
+    """``row`` (pending, locked) is to ``person``'s old number: it follows him (see
+    above). Returns the id of the row that carries it now (itself, or its copy), None if
+    it goes nowhere. In the caller's transaction."""
+    from core.services import notify  # notify sends through this module
+
+    signing_in = (row.dedupe_key or "").startswith(SIGN_IN_PREFIX)
+    if row.channel == "sms" and person.phone and not signing_in:
+        row.to_addr = address("sms", person.phone)
+        log.info("a message to a moved number follows its recipient",
+                 extra={"outbox_id": row.id})
+        return row.id
+    body, kind = row.body, _kind_of(row)
+    asked = _answered_on_whatsapp(session, row) if row.channel == "whatsapp" else None
+    _not_sent(session, OutboxMessage.id == row.id, NUMBER_MOVED)
+    if (not person.phone or signing_in or asked is not None
+            or code_masked(body, row.code_spans)):
+        log.info("a message to a moved number goes nowhere; not sent",
+                 extra={"outbox_id": row.id})
+        return None
+    new_id = notify.send_to_person(session, person, body, dedupe_key=f"wa-for-{row.id}",
+                                   booking_id=row.booking_id, whatsapp_only=True,
+                                   lang=_text_language(session, row, person))
+    if new_id is None:
+        new_id = queue_message(session, channel="sms", to=person.phone, body=body,
+                               dedupe_key=f"sms-for-{row.id}", booking_id=row.booking_id,
+                               reply=kind == "reply", needed=kind == "needed",
+                               asked=kind == "asked", work=kind == "work", person=person)
+    log.info("a whatsapp message to a moved number goes to the new one",
+             extra={"outbox_id": row.id, "copy": new_id})
+    return new_id
+
+
+def follow_moved_whatsapp(session: Session, person: Person, old: str) -> int:
+    """``person``'s number moved off ``old`` (set_phone, in its transaction, after
+    people.phone changed): his WhatsApp messages still waiting for the old number
+    (pending: for their first try, a retry, behind another) follow him (_follow_moved).
+    One a sender holds this moment is left to it (claimed, its outcome lost, it follows
+    him when given back). Returns how many."""
+    m = OutboxMessage
+    rows = list(session.scalars(select(m).where(
+        m.channel == "whatsapp", m.to_addr == address("whatsapp", old),
+        m.status == "pending").order_by(m.id).with_for_update(skip_locked=True)))
+    for row in rows:
+        _follow_moved(session, row, person)
+    return len(rows)
 
 
 # Messages to one person go out in the order they were written (each address in its turn,
@@ -663,12 +795,13 @@ def _send_waiting(turn: Connection, row: Any) -> None:
         return
     m = OutboxMessage
     taken = turn.execute(update(m).where(m.id == row.id, _untried_claim())
-                         .values(status="pending")).rowcount == 1
+                         .values(status="pending", last_error=_UNTRIED_BACK)).rowcount == 1
     if taken:
         log.info("a reply not tried yet is sent in a later message's turn",
                  extra={"outbox_id": row.id})
     try:
-        _deliver_one(row.id, turn)
+        if _deliver_one(row.id, turn) == MOVED and taken:
+            schedule_delivery(row.id)  # its drainer leaves it: its job, in its new turn
     except TransientSendError:
         if taken:
             _retry_later(row.id)
@@ -726,7 +859,7 @@ def give_back_untried(session: Session, dedupe_keys: list[str]) -> int:
     if any((r.status, r.attempts) == ("sending", 0) for r in found):
         given = list(session.scalars(
             update(m).where(m.dedupe_key.in_(dedupe_keys), _untried_claim())
-            .values(status="pending", last_error="claimed but never tried; sending")
+            .values(status="pending", last_error=_UNTRIED_BACK)
             .returning(m.id).execution_options(synchronize_session=False)))
         for row_id in sorted(given):
             log.info("a reply its drainer never tried is sent by its job",
@@ -792,7 +925,7 @@ class TransientSendError(RuntimeError):
     """Twilio did not take the message this time; RQ retries the job."""
 
 
-def deliver(outbox_id: int) -> str | ComeBack:
+def deliver(outbox_id: int, *, follow: bool = True) -> str | ComeBack:
     """Send one outbox row through Twilio; return what happened (for logs and tests).
 
     In its address's turn (_turn_of), in order: the earlier messages still waiting to go
@@ -800,11 +933,13 @@ def deliver(outbox_id: int) -> str | ComeBack:
     one waits too; once it went, the later ones waiting go at once. A row that could not
     go, untried (the turn busy past TURN_WAIT_MS, held back, more earlier rows than a turn
     reads), is not a failed try: its job comes back (ComeBack). A sign-in code's SMS goes
-    on its own, at once, or not at all once its code has expired."""
+    on its own, at once, or not at all once its code has expired. One that followed its
+    recipient to his new number (MOVED) goes at once in that address's turn (``follow``
+    False: as it is now)."""
     try:
         with _turn_of(outbox_id) as (to_addr, turn):
             if to_addr is None:  # not pending any more, or a sign-in code's: as it is
-                return _deliver_one(outbox_id, turn)
+                return _deliver_one(outbox_id, turn, follow=follow)
             waiting = _waiting_to(turn, to_addr, outbox_id)
             holder = _earlier_first(turn, waiting.earlier)
             if holder is not None:
@@ -816,22 +951,29 @@ def deliver(outbox_id: int) -> str | ComeBack:
             if waiting.more_earlier:  # those read went: the rest, then ours, next time
                 return ComeBack("more earlier messages wait than a turn reads",
                                 TURN_AGAIN_S)
-            outcome = _deliver_one(outbox_id, turn)  # a failed try raises: later ones wait
+            # A failed try raises: later ones wait.
+            outcome = _deliver_one(outbox_id, turn, follow=follow)
             _later_follow(turn, waiting.later)
-            return outcome
     except TurnBusy:  # its holder most likely sends this row meanwhile
         return ComeBack("the address's turn is busy", TURN_AGAIN_S)
+    if outcome == MOVED and follow:  # at its new address now: in that address's turn
+        return deliver(outbox_id, follow=False)
+    return outcome
 
 
-def _deliver_one(outbox_id: int, turn: Connection | None = None) -> str:
+def _deliver_one(outbox_id: int, turn: Connection | None = None, *,
+                 follow: bool = True) -> str:
     """Send one row now, if it still waits (the caller keeps the order).
 
     A row whose recipient opted out since it was written (a STOP while it waited, for a
     retry or behind one, or while a reconcile looked for it) is not sent: it fails, or
     goes the other way, as queue_message would have decided (_refuse_stopped). A sign-in
     code's SMS is not sent once its code has expired; a job offer's, not once the offer
-    is over (_offer_over). ``turn``: the connection holding the address's turn, which
-    records Twilio's answer."""
+    is over (_offer_over); a leg's code's, not once a newer code of the leg replaced it
+    (_leg_code_replaced). A row claimed, tried or held back before, whose recipient's
+    number moved to a new SIM since it was written, follows him (_follow_moved: MOVED,
+    not sent in this turn); ``follow`` False: not looked at (it followed him just now).
+    ``turn``: the connection holding the address's turn, which records Twilio's answer."""
     with transaction() as session:
         row = session.get(OutboxMessage, outbox_id, with_for_update=True)
         if row is None:
@@ -853,6 +995,17 @@ def _deliver_one(outbox_id: int, turn: Connection | None = None) -> str:
             log.info("job offer over before its SMS was sent; not sent",
                      extra={"outbox_id": outbox_id, "booking_id": row.booking_id})
             return "offer-over"
+        if _leg_code_replaced(session, row):
+            _not_sent(session, OutboxMessage.id == outbox_id, LEG_CODE_REPLACED)
+            log.info("a leg's code replaced before its message was sent; not sent",
+                     extra={"outbox_id": outbox_id, "booking_id": row.booking_id})
+            return "replaced"
+        if follow and (row.attempts > 0 or row.last_error is not None):
+            # Claimed, tried or held back before: its recipient may have moved meanwhile.
+            moved = _moved_from(session, row)
+            if moved is not None:
+                _follow_moved(session, row, moved)
+                return MOVED
         claimed, code_kept = None, False
         stopped = _stopped_since(session, row)
         if stopped:

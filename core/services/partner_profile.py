@@ -257,8 +257,11 @@ def set_phone(session: Session, partner_id: int, phone: str, *, actor: str,
     new number); the old number's chats and calls (conversations) are let go, so the old
     SIM is a new contact to us; its SMS opt-out stays with it (kept hashed, as an
     erasure keeps one); SMS still waiting to go to it go to the new number, its sign-in
-    codes not at all. Offers and replies follow at once: dispatch reads the number from
-    the person when it writes, and a partner SMS is known by its number. Parcels under
+    codes not at all; WhatsApp messages still waiting for it go to him as notify would
+    send them now (outbox.follow_moved_whatsapp; one being sent now, its outcome lost,
+    follows him when it is given back). Offers and replies follow at once: dispatch
+    reads the number from the person when it writes, and a partner SMS is known by its
+    number. Parcels under
     way to the old number (he was their recipient) follow him (_parcels_follow). The old
     number is kept among the person's former ones (people.former_phones), with when it
     stopped being theirs, so that an erasure of them finds what was theirs at it. The new
@@ -344,6 +347,12 @@ def set_phone(session: Session, partner_id: int, phone: str, *, actor: str,
     # After the SMS above moved: a drop code still waiting to go by SMS went with them.
     # After the move's own SMS too: the new SIM hears it is his number before any code.
     parcels, new_codes = _parcels_follow(session, old, new, tag) if old else ([], [])
+    if old is not None:
+        # His WhatsApp messages still waiting for the old number (its WhatsApp is not his
+        # either now) go to him as notify sends to him now: by SMS to the new number,
+        # mostly (its WhatsApp has not written to us). After the parcels: a drop code
+        # waiting there was made void above and is not sent at all.
+        moved += outbox.follow_moved_whatsapp(session, person, old)
     record(session, actor, PHONE_MOVED, f"partner:{p.id}",
            before=mask_phone(old) if old else None, after=mask_phone(new),
            sessions_ended=ended, parcels_moved=parcels, drop_codes_renewed=new_codes,
