@@ -174,9 +174,9 @@ def test_with_redis_away_the_erasure_of_a_queued_sender_erases_nothing(client, m
     pid = person_id(CUSTOMER)
     _queued_message(client, "behind the temple", "SMs39q0000000000000000002")
 
-    def away(_addresses):
+    def away(*_args):
         raise RedisConnectionError("Redis blinked")
-    monkeypatch.setattr(inbound, "drop_inboxes", away)
+    monkeypatch.setattr(inbound, "mark_erased", away)
     r = erase(client, ops, pid)
     assert (r.status_code, r.get_json()["error"]["code"]) == (503, "queue_unavailable")
     with transaction() as s:

@@ -36,9 +36,11 @@ log = logging.getLogger(__name__)
 
 # The ledger's tables: read and appended to, never changed, whoever writes.
 LEDGER_TABLES = ("ledger_transactions", "ledger_postings")
-# The ledger's functions, whose owner alone may replace them.
+# The ledger's functions, whose owner alone may replace them; and the history's (its
+# append-only triggers, and the one change they let an erasure make: migration 0055).
 LEDGER_FUNCTIONS = ("ledger_post", "ledger_check_posting", "ledger_check_entry",
-                    "forbid_history_change")
+                    "forbid_history_change", "history_reason_scrubbed",
+                    "transitions_reason_scrub", "audit_log_reason_scrub")
 # What the service does to the other tables at run time: rows only. No TRUNCATE (the
 # tests' and benchmarks' wipe runs as a superuser), no REFERENCES or TRIGGER (DDL's).
 TABLE_PRIVILEGES = "SELECT, INSERT, UPDATE, DELETE"

@@ -310,6 +310,10 @@ def _claimed_turn(msg: InboundMessage, handler: Handler, *, send_replies: bool =
     raise AssertionError("unreachable")
 
 
+class _ErasedContact(Exception):  # noqa: N818 (an outcome)
+    """The message came before its contact's erasure: its turn rolls back whole."""
+
+
 def _process_once(msg: InboundMessage, handler: Handler, send_replies: bool) -> Outcome:
     try:
         with transaction() as session:
@@ -317,10 +321,20 @@ def _process_once(msg: InboundMessage, handler: Handler, send_replies: bool) -> 
             if claimed is None:
                 return _duplicate(session, msg, send_replies)
             replies = handler(session, msg)
+            # After the handler, which holds the turn's locks now (its conversation row,
+            # the person's): an erasure of the contact either took them first, and has
+            # committed (the handler waited for it), its mark written before its commit,
+            # or it waits for this turn's commit and erases what the turn did.
+            if _erased_since(session, msg):
+                raise _ErasedContact
             _record_answer(session, msg, claimed, replies, send_replies)
+    except _ErasedContact:
+        return _dropped(msg)
     except TurnFailed as failed:
         # The turn rolled back whole; the message is still handled, with the apology.
         with transaction() as session:
+            if _erased_since(session, msg):
+                return _dropped(msg)
             claimed = claim(session, "twilio", msg.sid, msg.channel)
             if claimed is None:
                 return _duplicate(session, msg, send_replies)
@@ -775,20 +789,98 @@ def drop_parked(session: Session, addresses: Iterable[str]) -> int:
     return int(getattr(gone, "rowcount", 0) or 0)
 
 
+def _digits(address: str) -> str | None:
+    """A number's digits, as WhatsApp's WaId, the SMS's E.164 and a WhatsApp From say it;
+    None for an address that is no number."""
+    digits = address.removeprefix("whatsapp:").removeprefix("+")
+    return digits if digits.isdigit() else None
+
+
+def _inbox_names(addresses: Iterable[str]) -> list[str]:
+    """The "<channel>:<contact>" of every inbox these numbers may have."""
+    contacts: set[str] = set()
+    for address in addresses:
+        digits = _digits(address)
+        if digits:  # WhatsApp's WaId, the SMS's E.164, a WhatsApp From
+            contacts |= {digits, f"+{digits}", f"whatsapp:+{digits}"}
+    return [f"{channel}:{contact}" for channel in ("whatsapp", "sms")
+            for contact in sorted(contacts)]
+
+
+# --- an erasure's mark ------------------------------------------------------------------
+#
+# A message a drainer has already read from its inbox when the contact is erased is not in
+# the inbox the erasure deletes: its turn waits for the erasure's locks and would make a
+# new person of it once the erasure commits. So the erasure marks each number it erases
+# (before its commit), under a keyed hash of the number (no number in Redis's keys), with
+# when and whom it erased, for as long as an inbox lives; a turn drops a message of a
+# marked contact received at or before that time (``_erased_since``).
+ERASED_PREFIX = "inbox-erased:"
+
+
+def _erased_key(address: str) -> str | None:
+    digits = _digits(address)
+    if digits is None:
+        return None
+    tag = hmac.new(get_settings().otp_key, f"inbox-erased:{digits}".encode(),
+                   hashlib.sha256).hexdigest()[:32]
+    return ERASED_PREFIX + tag
+
+
+def mark_erased(addresses: Iterable[str], people: Iterable[int], at: float) -> int:
+    """Mark these numbers (E.164 phones, WhatsApp ids, either with "whatsapp:") erased at
+    ``at`` (epoch s), by the erasure of ``people`` (their person ids; none for a recipient
+    known by her number only), for INBOX_TTL_S; and count the messages queued from them
+    (their inboxes go after the erasure's commit: ``drop_inboxes``). One MULTI. Raises
+    RedisError while Redis is away."""
+    addresses = list(addresses)
+    keys = sorted({key for address in addresses if (key := _erased_key(address))})
+    names = _inbox_names(addresses)
+    if not keys:
+        return 0
+    mark = json.dumps({"at": at, "people": sorted(set(people))})
+    pipe = redis_client().pipeline(transaction=True)
+    for name in names:
+        pipe.llen(_keys(*name.split(":", 1))[0])
+    for key in keys:
+        pipe.set(key, mark, ex=INBOX_TTL_S)
+    return sum(int(n) for n in pipe.execute()[:len(names)])
+
+
+def _erased_since(session: Session, msg: InboundMessage) -> bool:
+    """Whether ``msg`` came (``received_at``) at or before its contact's erasure, one that
+    committed: a person it erased has no number left (one that failed or is still running
+    drops nothing; a recipient known by her number only, erased with no person, has no
+    such row: her mark alone counts). A message of no receipt time came now. Raises
+    RedisError while Redis is away (the message is kept: the drain is retried)."""
+    if msg.received_at is None:
+        return False
+    key = _erased_key(msg.contact)
+    raw = redis_client().get(key) if key else None
+    if raw is None:
+        return False
+    mark = json.loads(raw)
+    if msg.received_at > float(mark["at"]):
+        return False
+    people = [int(p) for p in mark.get("people") or []]
+    return not people or session.scalar(select(Person.id).where(
+        Person.id.in_(people), Person.phone.is_(None), Person.wa_id.is_(None)).limit(1)
+    ) is not None
+
+
+def _dropped(msg: InboundMessage) -> Outcome:
+    log.info("inbound message from an erased contact dropped", extra={"channel": msg.channel})
+    return Outcome()
+
+
 def drop_inboxes(addresses: Iterable[str]) -> int:
     """Delete the Redis inboxes of these numbers (E.164 phones, WhatsApp ids, either with
     "whatsapp:"): the messages accepted from them and not handled yet, their ``:scheduled``
-    flags, and their entries in INBOXES and READY (an erasure's: a drain after it would
-    make a new person of what they wrote). How many messages went. One MULTI; a drainer
-    on the contact now finds its inbox empty and lets the contact go. Raises RedisError
-    while Redis is away."""
-    contacts: set[str] = set()
-    for address in addresses:
-        digits = address.removeprefix("whatsapp:").removeprefix("+")
-        if digits.isdigit():  # WhatsApp's WaId, the SMS's E.164, a WhatsApp From
-            contacts |= {digits, f"+{digits}", f"whatsapp:+{digits}"}
-    names = [f"{channel}:{contact}" for channel in ("whatsapp", "sms")
-             for contact in sorted(contacts)]
+    flags, and their entries in INBOXES and READY (an erasure's, after its commit: a
+    drain after it would make a new person of what they wrote). How many messages went.
+    One MULTI; a drainer on the contact now finds its inbox empty and lets the contact
+    go. Raises RedisError while Redis is away."""
+    names = _inbox_names(addresses)
     if not names:
         return 0
     pipe = redis_client().pipeline(transaction=True)

@@ -969,7 +969,7 @@ def erase_person(session: Session, person_id: int) -> Erasure:
     if partner is not None:
         _erase_partner(session, done, partner)
     _erase_dead_letters(done, numbers, spans)
-    _erase_inboxes(done, theirs)
+    _erase_inboxes(session, done, theirs, [person.id])
     _erase_parked(session, done, theirs)
     # Their STOP outlives them, under a hash of the number: nobody new at that number is
     # written to before they say START (outbox.NumberOptOut); a block of our WhatsApp
@@ -1079,7 +1079,7 @@ def erase_recipient(session: Session, phone: str, *, actor: str,
     _scrub_history(session, done, _among(Booking.id, ids), Said(done.names, places))
     _scrub_saved_answers(session, done, [ref for _, ref, _ in found])
     _erase_dead_letters(done, tens, spans)
-    _erase_inboxes(done, _addresses(number))
+    _erase_inboxes(session, done, _addresses(number), holders)
     _erase_parked(session, done, _addresses(number))
     session.flush()
     if done.changed:
@@ -1796,18 +1796,29 @@ def _erase_dead_letters(done: Erasure, tens: set[str], spans: Spans | None = Non
                           "try again", code="queue_unavailable") from exc
 
 
-def _erase_inboxes(done: Erasure, addresses: set[str]) -> None:
+def _erase_inboxes(session: Session, done: Erasure, addresses: set[str],
+                   people: Iterable[int]) -> None:
     """Their chat messages accepted into Redis and not handled yet (inbound's inbox of
     each of their contacts): else the drain after the erasure would handle them (a new
-    person, named and numbered as the erased one, and what they wrote). Before the
-    commit: if Redis cannot be reached, nothing is committed and ops try again."""
+    person, named and numbered as the erased one, and what they wrote).
+
+    Before the commit, each contact is marked erased as of now (inbound.mark_erased):
+    a message a drainer has already taken (its turn waits for this erasure's locks) is
+    dropped by its turn once the erasure has committed, and so is one left in an inbox
+    (Redis away after the commit). If Redis cannot be reached, nothing is committed and
+    ops try again. The inboxes themselves go after the commit: an erasure that fails
+    after this leaves them, and the mark drops none of them (its people are not erased),
+    so they are handled as usual; but for a recipient known by her number only, whose
+    mark names nobody: hers, from before the attempt, are dropped (ops try again)."""
+    at = clock.now().timestamp()
     try:
-        gone = inbound.drop_inboxes(addresses)
+        queued = inbound.mark_erased(addresses, people, at)
     except RedisError as exc:
         raise Unavailable("the chat queue (Redis) cannot be reached: nothing was erased; "
                           "try again", code="queue_unavailable") from exc
-    if gone:
-        done.add("queued_messages", gone)
+    if queued:
+        done.add("queued_messages", queued)
+    after_commit(session, lambda: inbound.drop_inboxes(addresses))
 
 
 def _erase_parked(session: Session, done: Erasure, addresses: set[str]) -> None:
@@ -1932,17 +1943,25 @@ def _scrub_history(session: Session, done: Erasure, bookings: Any, said: Said) -
 
 
 def _fit(text: str, limit: int) -> str:
-    """``text`` cut to ``limit`` characters, keeping a marker of what went (the history
-    takes a changed reason only with one: migration 0055)."""
+    """``text`` (a reason scrubbed) cut to ``limit`` characters, keeping a marker of what
+    went and never cutting one in two: the history takes a changed reason only as the old
+    one with parts of it replaced by whole markers (migration 0055), and "[na" is no
+    part of the old one."""
     if len(text) <= limit:
         return text
-    first = min((at for at in (text.find(NAME_REMOVED), text.find(PLACE_REMOVED))
-                 if at >= 0), default=-1)
-    cut = text[:limit]
-    if NAME_REMOVED in cut or PLACE_REMOVED in cut or first < 0:
-        return cut
-    marker = NAME_REMOVED if text.startswith(NAME_REMOVED, first) else PLACE_REMOVED
-    return text[:limit - len(marker)] + marker
+    markers = [found.span() for found in _MARKERS.finditer(text)]
+    cut = limit
+    for start, end in markers:
+        if start < cut < end:  # the cut would split it: cut before it
+            cut = start
+    if any(end <= cut for _, end in markers):
+        return text[:cut]
+    if not markers:
+        return text[:limit]
+    # No whole marker before the cut: the text before the first, shortened to leave it
+    # room.
+    start, end = markers[0]
+    return text[:min(start, limit - (end - start))] + text[start:end]
 
 
 def _round_doors(session: Session, received: Any) -> None:
@@ -2084,6 +2103,8 @@ def forget_erased_positions() -> int:
 NAME_REMOVED = "[name]"
 # What an erased place (a landmark: where a door is) reads as in the texts kept.
 PLACE_REMOVED = "[place]"
+# Either, where a text says it (a scrub's own, or one before it).
+_MARKERS = re.compile(f"{re.escape(NAME_REMOVED)}|{re.escape(PLACE_REMOVED)}")
 
 
 @dataclass(frozen=True)
@@ -2129,12 +2150,15 @@ def without_places(text: str, places: Iterable[str | None]) -> str:
 
 def _replaced(text: str, words: set[str], marker: str) -> str:
     """``text`` with each match of these patterns that is not part of a longer word
-    replaced by ``marker`` (overlapping matches as one)."""
+    replaced by ``marker`` (overlapping matches as one). A marker already there stays
+    whole (a recipient called "Name" leaves "[name]" as it is): the history takes a
+    scrubbed reason only as the old one with parts of it replaced (migration 0055)."""
     spans: list[tuple[int, int]] = []
+    kept = [found.span() for found in _MARKERS.finditer(text)]
     for word in words:
         for found in re.finditer(word, text, re.IGNORECASE):
             start, end = found.span()
-            if start == end:
+            if start == end or any(start < to and at < end for at, to in kept):
                 continue
             before = start > 0 and _in_word(text[start - 1]) and _in_word(text[start])
             after = end < len(text) and _in_word(text[end]) and _in_word(text[end - 1])
