@@ -181,3 +181,28 @@ def test_no_word_while_his_points_are_closed_and_one_once_he_can_go_on(client, l
     _after(86400)
     assert [b for _, b in _probes(near_phone)] == [
         i18n.t("dispatch.off_unreached_probe", "hi")]
+
+
+def test_a_probe_run_that_failed_is_tried_again(client, live, frozen, monkeypatch):  # noqa: F811
+    """Review rworker: the next probe is scheduled only by a run of this one, so one failed
+    run (PostgreSQL restarting) ended the chain and he was never told. It is retried."""
+    from sqlalchemy.exc import OperationalError
+
+    near, near_phone = _put_off_unreached(client, 0)  # OFF at 600 s
+    real = dispatch._on_refused
+    calls = {"n": 0}
+
+    def blip(session, partner):  # noqa: ANN001, ANN202
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise OperationalError("SELECT 1", {}, Exception("server closed the connection"))
+        return real(session, partner)
+
+    monkeypatch.setattr(dispatch, "_on_refused", blip)
+    freeze_at(600 + 3600)
+    _after(3900)
+    assert calls["n"] == 1 and _probes(near_phone) == []
+    freeze_at(600 + 3600 + 60)
+    _after(120)  # the retry's 30 s
+    assert [b for _, b in _probes(near_phone)] == [
+        i18n.t("dispatch.off_unreached_probe", "hi")]

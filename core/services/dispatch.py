@@ -1736,9 +1736,11 @@ def _schedule_probe(session: Session, partner_id: int, event_id: int, n: int) ->
     gap = UNREACHED_PROBES[n] - (UNREACHED_PROBES[n - 1] if n else timedelta(0))
     at = clock.now() + gap
     at = _night_ends(at) or at
+    # Retried as an ops alert is (a database restarting as it runs): the next probe is
+    # scheduled only by this one's run, so one failed run would end the chain.
     _schedule_in(session, (at - clock.now()).total_seconds(),
                  "workers.dispatch.unreached_probe", partner_id, event_id, n,
-                 job_id=f"unreached-probe-{event_id}-{n}")
+                 job_id=f"unreached-probe-{event_id}-{n}", retry=OPS_ALERT_RETRY)
 
 
 def unreached_probe(partner_id: int, event_id: int, n: int) -> str:
