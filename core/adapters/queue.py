@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import logging
+import os
+import socket
+import threading
 from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any, cast
 
 from redis.exceptions import RedisError
 from rq import Queue, Retry, SimpleWorker, Worker
+from rq.intermediate_queue import IntermediateQueue
 from rq.job import Job
 from rq.registry import StartedJobRegistry
 from rq.serializers import JSONSerializer
@@ -32,10 +36,17 @@ QUEUES = ("outbox", "inbound", "default", RENDER_QUEUE)
 SANDBOX_QUEUE = "sandbox"
 
 # A job in one of these states runs (again) without our help: enqueueing it would
-# duplicate it. A "started" one counts only while a live worker runs it (_abandoned).
+# duplicate it. A "started" one counts only while a live worker runs it (_abandoned), a
+# "queued" one only while it is in its queue or was just taken from it (_lost).
 PENDING = ("queued", "started", "scheduled", "deferred")
 # How long the caller that fails an abandoned job keeps others from doing it too.
 ABANDONED_CLAIM_S = 30
+# How long a "queued" job may be out of its queue before it counts as lost: a worker
+# that took it marks it started milliseconds later (fetch, log, heartbeat), seconds when
+# Redis or the worker is slow. Counted from the first caller that saw it out (core.clock).
+LOST_GRACE_S = 30
+# How long the first sighting is kept (real seconds): past it, a job is first seen again.
+LOST_SEEN_TTL_S = 86400
 
 
 def queue(name: str = "default") -> Queue:
@@ -256,7 +267,10 @@ _EARLIER_RUN_FIELDS = ("number_of_retries", "retries_left", "retry_intervals")
 def forget_earlier_run(q: Queue, job_id: str) -> None:
     """Before a job is enqueued under the natural key ``job_id`` of one that is no longer
     pending: clear what the earlier one counted of its retries (its result stays)."""
-    q.connection.hdel(Job.key_for(job_id), *_EARLIER_RUN_FIELDS)
+    with q.connection.pipeline(transaction=False) as p:
+        p.hdel(Job.key_for(job_id), *_EARLIER_RUN_FIELDS)
+        p.delete(_LOST_SEEN + job_id)
+        p.execute()
 
 
 def job_alive(job_id: str, queue_name: str = "default") -> bool:
@@ -272,18 +286,24 @@ def pending_ids(job_ids: list[str]) -> set[str]:
     at as ``job_alive`` does (a dead worker's is failed or retried, and not counted)."""
     if not job_ids:
         return set()
-    with redis_client().pipeline(transaction=False) as p:
+    r = redis_client()
+    with r.pipeline(transaction=False) as p:
         for job_id in job_ids:
             p.hmget(Job.key_for(job_id), ["status", "origin"])
         replies = p.execute()
     pending: set[str] = set()
+    queued: list[tuple[str, str]] = []
     for job_id, (raw_status, raw_origin) in zip(job_ids, replies, strict=True):
         status = as_text(raw_status) if raw_status is not None else None
         if status == "started":
             if raw_origin is None or _pending(queue(as_text(raw_origin)), job_id):
                 pending.add(job_id)
+        elif status == "queued" and raw_origin is not None:
+            queued.append((job_id, as_text(raw_origin)))
         elif status in PENDING:
             pending.add(job_id)
+    lost = _lost(r, queued)
+    pending.update(job_id for job_id, _ in queued if job_id not in lost)
     return pending
 
 
@@ -296,7 +316,77 @@ def _pending(q: Queue, job_id: str) -> bool:
         if not _fail_abandoned(job):
             return True  # another caller is failing it, and enqueues it again
         status = job.get_status(refresh=True)  # failed, or queued/scheduled by its Retry
+    if status == "queued" and job.origin:
+        return not _lost(q.connection, [(job_id, job.origin)])
     return status in PENDING
+
+
+# A "queued" job no queue holds. RQ writes the job's hash and pushes its id in one
+# MULTI/EXEC (Queue._enqueue_async_job; the scheduler's and a Retry's moves too), so a
+# queued job is in its queue until a worker pops it (BLPOP over our four queues; LMOVE
+# into "<queue>:intermediate" for a worker of one queue), which marks it "started"
+# moments later. A worker that stops in between (a deploy's SIGTERM while RQ thinks it
+# idle raises StopRequested there), dies there, or whose BLPOP reply is lost leaves it
+# "queued" for ever, in no queue: nothing would run it, and every enqueue of its natural
+# id was skipped as "waiting". So: out of its queue, it is first seen (its enqueued_at
+# and the time, under _LOST_SEEN); seen out again LOST_GRACE_S later, under the same
+# enqueued_at, it is lost, and one caller enqueues it again: a claim held for
+# ABANDONED_CLAIM_S by the thread that found it (it asks job_alive, then enqueues, which
+# asks again), while the others are told it waits.
+_LOST_SEEN = "queue:lost-seen:"
+_LOST_CLAIM = "queue:lost-claim:"
+
+
+def _claimant() -> str:
+    """Who claims a lost job: this thread, which asks job_alive and then enqueues."""
+    return f"{socket.gethostname()}:{os.getpid()}:{threading.get_ident()}"
+
+
+def _lost(r: Any, jobs: list[tuple[str, str]]) -> set[str]:
+    """Those of ``jobs`` (id, origin queue) that are lost: in neither
+    their queue nor its intermediate queue since LOST_GRACE_S, and claimed by this caller
+    (two round trips for them all; a third only for ones seen out for the first time)."""
+    if not jobs:
+        return set()
+    with r.pipeline(transaction=False) as p:
+        for job_id, origin in jobs:
+            key = Queue.redis_queue_namespace_prefix + origin
+            p.lpos(key, job_id)
+            p.lpos(IntermediateQueue.get_intermediate_queue_key(key), job_id)
+            p.hget(Job.key_for(job_id), "enqueued_at")  # which enqueue of the id
+            p.get(_LOST_SEEN + job_id)
+        replies = p.execute()
+    now = clock.now().timestamp()
+    first_seen: dict[str, str] = {}
+    due: list[tuple[str, str]] = []
+    for i, (job_id, _) in enumerate(jobs):
+        in_queue, in_intermediate, raw_enqueued, seen = replies[4 * i: 4 * i + 4]
+        if in_queue is not None or in_intermediate is not None:
+            continue
+        enqueued = as_text(raw_enqueued or b"")
+        seen_enqueued, _, seen_at = as_text(seen or b"").rpartition("|")
+        if seen is None or seen_enqueued != enqueued:  # first seen out (this enqueue)
+            first_seen[job_id] = f"{enqueued}|{now}"
+        elif now - float(seen_at) >= LOST_GRACE_S:
+            due.append((job_id, enqueued))
+    if first_seen or due:
+        with r.pipeline(transaction=False) as p:
+            for job_id, value in first_seen.items():
+                p.set(_LOST_SEEN + job_id, value, ex=LOST_SEEN_TTL_S)
+            me = _claimant()
+            for job_id, enqueued in due:
+                claim = f"{_LOST_CLAIM}{job_id}|{enqueued}"
+                p.set(claim, me, nx=True, ex=ABANDONED_CLAIM_S)
+                p.get(claim)
+            claims = p.execute()[len(first_seen) + 1::2]
+        lost = {job_id for (job_id, _), holder in zip(due, claims, strict=True)
+                if as_text(holder or b"") == me}
+    else:
+        lost = set()
+    if lost:
+        log.warning("queued jobs in no queue (a worker stopped as it took them): "
+                    "enqueued again", extra={"jobs": sorted(lost)})
+    return lost
 
 
 # What RQ 3.0.0 does with a job whose worker dies under it (SIGKILL: the OOM killer, a
