@@ -564,8 +564,8 @@ _HINGLISH_WEAK = frozenset({"mera", "mere", "meri", "karo", "kab"})
 NOT_HINGLISH_WORDS = frozenset({
     "mala", "aahe", "ahe", "aahes", "pathvaycha", "pathvaychi", "pathvayche", "pahije",
     "majha", "mazha", "majhe", "kuthe",  # Marathi
-    "che", "chhe", "kem", "moklvu", "moklavu",  # Gujarati
-    "ami", "amar", "korte", "pathate", "pathabo", "kothay",  # Bengali
+    "che", "kem", "moklvu", "moklavu",  # Gujarati ("chhe" is Hindi's six too)
+    "korte", "pathate", "pathabo", "kothay",  # Bengali ("ami", "amar": Hindi names too)
     "venum", "vendum", "enaku", "vanakkam", "kavali", "naaku", "beku", "nanage"})
 
 
@@ -579,8 +579,12 @@ def hinglish_first(text: str) -> bool:
     hindi = said & HINGLISH_WORDS
     if guess_language(text) is not None or not hindi or said & NOT_HINGLISH_WORDS:
         return False
-    return bool(hindi - _HINGLISH_GREETINGS - _HINGLISH_WEAK) or (
-        len(hindi) >= 2 and not hindi <= _HINGLISH_GREETINGS)
+    # "hai" greets only as the first word ("Hai sir"); later it is Hindi's verb ("parcel
+    # bhejne hai", "rate kya hai").
+    later = [w.strip(_TRIM) for w in clean(text).split()[1:]]
+    greetings = _HINGLISH_GREETINGS - {"hai"} if "hai" in later else _HINGLISH_GREETINGS
+    return bool(hindi - greetings - _HINGLISH_WEAK) or (
+        len(hindi) >= 2 and not hindi <= greetings)
 
 
 # The nukta of each Indic script (Devanagari U+093C, Bengali, Gurmukhi, Gujarati, Odia,
