@@ -1030,6 +1030,11 @@ def _parse(toks: list[str], at: time | None = None) -> Command:
         if said.kind is Kind.ACCEPT:
             return Command(Kind.ACCEPT, said.numbers, words)
     kinds = {_LOOKUP[w] for w in words if w in _LOOKUP}
+    if _only_acknowledged(toks, words):
+        # "accha, nahi aa sakta, shaam ko aaunga", "sure but coming in the evening": the
+        # yes-like word only acknowledges; the message is read without it (a no).
+        said = _parse([t for t in toks if t not in _YES_LIKE], at)
+        return Command(said.kind, said.numbers, words)
     if _yes_and_later_today(toks, words):
         # "ok shaam ko aaunga", "sure, coming this evening": a yes, but to an evening, and
         # the offer is for now: neither taken nor refused, the partner is asked again.
@@ -1164,9 +1169,14 @@ def _cant_come(toks: Sequence[str], words: Sequence[str]) -> bool:
     got another job"; not "ok, can't come": a yes too, asked again) and no code word
     ("code nahi aa sakta" is about a code). A refusal unless _not_a_refusal says it is
     none (then it declines nothing, whatever no it begins with: asked again)."""
-    runs = {tuple(toks[i:i + n]) for n in _CANT_COME_LENGTHS for i in range(len(toks) - n + 1)}
-    return bool(runs & _CANT_COME) and not _CODE_WORDS.intersection(words) \
+    return _says_cant_come(toks) and not _CODE_WORDS.intersection(words) \
         and set(_kinds_in(words)) <= {Kind.STATUS, Kind.DECLINE}
+
+
+def _says_cant_come(toks: Sequence[str]) -> bool:
+    """Whether a "can't come" (_CANT_COME) is among the words, whatever else is said."""
+    runs = {tuple(toks[i:i + n]) for n in _CANT_COME_LENGTHS for i in range(len(toks) - n + 1)}
+    return bool(runs & _CANT_COME)
 
 
 def _not_a_refusal(toks: Sequence[str], words: Sequence[str], at: time | None) -> bool:
@@ -1191,7 +1201,7 @@ def _not_a_refusal(toks: Sequence[str], words: Sequence[str], at: time | None) -
             _MINUTE_WORDS.intersection(toks) or _in_minutes(toks))):
         return False  # another day; a day not of his coming beside minutes is no refusal
     part = _day_part_of_coming(toks)
-    if part is not None and _hours_away(part, at):
+    if part is not None and _hours_away(part, toks, at):
         return False  # "abhi nahi aa sakta, shaam ko aaunga": hours later, no minutes
     if _BUSY_WORDS.intersection(toks):
         toks = [t for t in toks if t not in _BUSY_FOR]
@@ -1231,14 +1241,32 @@ def _coming_another_day(toks: Sequence[str]) -> bool:
 # aaunga"); not "abhi aata hu, shaam ko free" (coming now, free in the evening). "Jaunga"
 # is "I will go": a coming only after "aa" or "pahunch" ("aa jaunga"), not "shaam ko ghar
 # jaunga" (he goes home in the evening). Each time of day begins at its hour, India time
-# (_DAY_PARTS): said once it has begun, or before dawn, "raat ko aaunga" (said at 21:00)
-# may be soon, so it is asked again, not refused.
-_DAY_PARTS: Mapping[str, int] = {" ".join(tokens(w)): hour for words, hour in (
-    (("dopahar", "dupahar", "dophar", "dopehar", "afternoon", "दोपहर"), 12),
-    (("shaam", "sham", "shaamko", "evening", "शाम"), 16),
-    (("tonight", "raat", "night", "रात"), 20),
+# (_DAY_PARTS): once it has begun, "shaam ko aaunga" (said at 17:00) may be soon, so
+# it is asked again, not refused; so is "raat ko aaunga" before dawn (still the night),
+# but not "shaam ko aaunga" at 03:00 (_NIGHT: the night words only). With a clock hour
+# ("shaam 7 baje aaunga", "will come at 7 in the evening") that hour decides instead, read
+# in the time of day's hours (_DAY_PARTS: 7 in the evening is 19:00, "raat 1 baje" 01:00
+# of the night): an hour or more after he said it (_HOURS_LATER) is hours later.
+@dataclass(frozen=True)
+class _DayPart:
+    begins: int  # its hour, India time
+    hours: tuple[int, int]  # the hours (from, to; past midnight as 24 and on) a clock hour
+    # said with it falls in: "dopahar 3 baje" 15:00, "raat 11 baje" 23:00, "raat 1 baje" 25:00
+
+
+_NIGHT = _DayPart(20, (18, 30))
+_DAY_PARTS: Mapping[str, _DayPart] = {" ".join(tokens(w)): part for words, part in (
+    (("dopahar", "dupahar", "dophar", "dopehar", "afternoon", "दोपहर"), _DayPart(12, (11, 18))),
+    (("shaam", "sham", "shaamko", "evening", "शाम"), _DayPart(16, (15, 22))),
+    (("tonight", "raat", "night", "रात"), _NIGHT),
 ) for w in words}
 _DAWN = time(5)
+_HOURS_LATER = 60  # minutes from when he said it to the clock hour he names: hours later
+# What after a number makes it a clock hour ("7 baje", "7 pm", "7 o clock"); before it
+# ("at 7", "around 7", "by 7", "shaam 7"): _clock_hour.
+_CLOCK_WORDS = frozenset(" ".join(tokens(w)) for w in {
+    "baje", "bje", "pm", "am", "oclock", "बजे"})
+_CLOCK_BEFORE = frozenset({"at", "around", "by"})
 _GO_WORDS = frozenset(" ".join(tokens(w)) for w in {
     "jaunga", "jaungi", "jaaunga", "jaaungi", "जाऊंगा", "जाऊँगा", "जाउंगा", "जाऊंगी",
     "जाऊँगी"})
@@ -1249,9 +1277,19 @@ _AT_WORDS = frozenset(" ".join(tokens(w)) for w in {
     "around", "aa", "को", "तक", "आज", "बजे", "आ"})
 # "Sure", "accha" (all right), "chalo": yes-like words that are no yes to an offer of
 # their own, but with a coming later today say both: asked again (_yes_and_later_today).
+# They only acknowledge beside a no, a can't-come, the key "2", a "but" or an "only"
+# (_BUT_WORDS, _ONLY_WORDS): "accha, nahi aa sakta, shaam ko aaunga", "sure but coming in
+# the evening", "fine, will come in the evening only" are read without them
+# (_only_acknowledged): refusals. A yes ("ok", "haan", "1") with these is asked again.
 _YES_LIKE = frozenset(" ".join(tokens(w)) for w in {
     "sure", "accha", "acha", "achha", "achcha", "achchha", "alright", "fine", "अच्छा"}
     ) | _ALRIGHT
+_BUT_WORDS = frozenset(" ".join(tokens(w)) for w in {
+    "but", "however", "lekin", "lekn", "lkn", "magar", "par", "pr", "लेकिन", "मगर", "पर"})
+# "Only" said of the time of day: "only", "sirf" anywhere; "hi" right after the time of
+# day or its "ko", "baje" ("shaam ko hi aaunga"), not the greeting "hi".
+_ONLY_WORDS = frozenset(" ".join(tokens(w)) for w in {"only", "sirf", "सिर्फ", "सिर्फ़"})
+_HI_ONLY = frozenset({"hi", "ही"})
 
 
 def _comings(toks: Sequence[str]) -> list[str]:
@@ -1276,28 +1314,103 @@ def _day_part_of_coming(toks: Sequence[str]) -> str | None:
     return None
 
 
-def _hours_away(part: str, at: time | None) -> bool:
-    """Whether the time of day ``part`` is still to come at ``at`` (unknown: it is)."""
-    return at is None or _DAWN <= at < time(_DAY_PARTS[part])
+def _clock_hour(toks: Sequence[str], i: int) -> bool:
+    """Whether the number at ``i`` is a clock hour: 1 to 24 with a clock word after it ("7
+    baje", "7 pm", "7 30 pm" for 7:30 pm, "7 o clock"), or "at", "around", "by" or a time
+    of day before it ("at 7", "shaam 7"), or "in the evening" after it ("7 in the
+    evening"). Not "2 shaam ko aaunga": "2" is the offer's no."""
+    t = toks[i]
+    if not (t.isascii() and t.isdigit() and 1 <= int(t) <= 24):
+        return False
+    after = list(toks[i + 1:i + 4])
+    if after[:1] and after[0].isdigit() and len(after[0]) == 2 and int(after[0]) < 60:
+        after = after[1:]  # "7 30 baje": the minutes
+    if (after[:1] and after[0] in _CLOCK_WORDS) or after[:2] == ["o", "clock"]:
+        return True
+    if i and (toks[i - 1] in _CLOCK_BEFORE or toks[i - 1] in _DAY_PARTS):
+        return True
+    return after[:1] == ["in"] and bool(_DAY_PARTS.keys() & set(after[1:3]))
+
+
+def _said_hour(toks: Sequence[str], part: str) -> int | None:
+    """The clock time said with the time of day ``part`` (a clock hour within three words
+    of it: "shaam 7 baje", "7 baje shaam ko", "at 7 in the evening"), in minutes from the
+    midnight before, in that time of day's hours (_DayPart.hours): "shaam 7 baje" 1140,
+    "raat 1 baje" 1500; None when no hour is said."""
+    where = toks.index(part)
+    for i in range(max(where - 3, 0), min(where + 4, len(toks))):
+        if not _clock_hour(toks, i):
+            continue
+        hour = int(toks[i])
+        said = toks[i + 1] if i + 1 < len(toks) else ""
+        minutes = int(said) if said.isdigit() and len(said) == 2 and int(said) < 60 else 0
+        low, high = _DAY_PARTS[part].hours
+        if hour <= 12:
+            hour = next((h for h in (hour, hour + 12, hour + 24) if low <= h < high),
+                        hour + 12 if hour < 12 else hour)
+        return hour * 60 + minutes
+    return None
+
+
+def _hours_away(part: str, toks: Sequence[str], at: time | None) -> bool:
+    """Whether his coming at the time of day ``part`` is hours after ``at`` (unknown: it
+    is): the clock hour said with it an hour or more later (_said_hour, _HOURS_LATER); with
+    none, or one already gone by ("shaam 5 baje" at 18:00: no sure reading), the time of
+    day still to begin. Before dawn the night words are the night
+    now ("raat ko aaunga" at 02:00 may be soon), the others hours away ("shaam ko aaunga"
+    at 03:00)."""
+    if at is None:
+        return True
+    now = at.hour * 60 + at.minute
+    if _DAY_PARTS[part] is _NIGHT and at < _DAWN:
+        now += 24 * 60
+    said = _said_hour(toks, part)
+    if said is not None and said >= now:
+        return said - now >= _HOURS_LATER
+    return now < _DAY_PARTS[part].begins * 60  # no hour, or one gone by: the time of day
 
 
 def _coming_hours_later(toks: Sequence[str], words: Sequence[str], at: time | None) -> bool:
-    """Whether the message says he comes later today (_day_part_of_coming, a time of day
-    still to come at ``at``), with no command words but refusals: "shaam ko aaunga",
-    "nahi, shaam ko aaunga". Not with a yes (_yes_and_later_today), a "1" ("1 shaam ko
-    aaunga"; not "shaam 1 baje"), nor a word for work ("job 57 shaam ko aaunga" asks
-    about job 57, as "job 57 kal aaunga" does: STATUS)."""
+    """Whether the message says he comes later today (_day_part_of_coming), with no
+    command words but refusals: "shaam ko aaunga", "nahi, shaam ko aaunga", at a time
+    still hours away at ``at`` (_hours_away), or whatever the hour with the offer's "2"
+    ("2 shaam ko aaunga" at 17:30: a no, as "nahi, shaam ko aaunga" is). Not with a yes
+    (_yes_and_later_today), a "1" ("1 shaam ko aaunga"; not "shaam 1 baje"), nor a word
+    for work ("job 57 shaam ko aaunga" asks about job 57, as "job 57 kal aaunga" does:
+    STATUS)."""
     part = _day_part_of_coming(toks)
-    return part is not None and _hours_away(part, at) \
+    return part is not None and (_hours_away(part, toks, at) or _key(toks, "2")) \
         and set(_kinds_in(words)) <= {Kind.DECLINE} and not _a_yes(toks, words)
 
 
+def _key(toks: Sequence[str], key: str) -> bool:
+    """Whether the offer's key ``key`` ("1" yes, "2" no) is said: the number, not as an
+    hour or a count ("shaam 1 baje", "2 baje", "at 2", "2 din")."""
+    return any(t == key and not _TIME_WORDS.intersection(toks[i + 1:i + 2])
+               and not _clock_hour(toks, i) for i, t in enumerate(toks))
+
+
 def _a_yes(toks: Sequence[str], words: Sequence[str]) -> bool:
-    """Whether a yes is said: a yes word, a yes-like one (_YES_LIKE), or a "1" that is
-    no hour ("shaam 1 baje")."""
-    return Kind.ACCEPT in _kinds_in(words) or bool(_YES_LIKE.intersection(words)) or any(
-        t == "1" and not _TIME_WORDS.intersection(toks[i + 1:i + 2])
-        for i, t in enumerate(toks))
+    """Whether a yes is said: a yes word, a yes-like one (_YES_LIKE), or a "1" (_key)."""
+    return Kind.ACCEPT in _kinds_in(words) or bool(_YES_LIKE.intersection(words)) \
+        or _key(toks, "1")
+
+
+def _only_acknowledged(toks: Sequence[str], words: Sequence[str]) -> bool:
+    """Whether a coming at a time of day (_day_part_of_coming) is said with yes-like words
+    (_YES_LIKE) that only acknowledge: no yes ("ok", "haan", "1") beside them, and a no
+    word, a can't-come, the key "2", a "but" after them or an "only" ("accha, nahi aa
+    sakta, shaam ko aaunga", "accha nahi, shaam ko aaunga", "sure but coming in the
+    evening", "fine, will come in the evening only", "accha shaam ko hi aaunga")."""
+    like = [i for i, t in enumerate(toks) if t in _YES_LIKE]
+    if not like or _day_part_of_coming(toks) is None or _key(toks, "1") or Kind.ACCEPT in \
+            _kinds_in([w for w in words if w not in _YES_LIKE]):
+        return False
+    return (Kind.DECLINE in _kinds_in(words) or _says_cant_come(toks) or _key(toks, "2")
+            or bool(_BUT_WORDS.intersection(toks[like[0] + 1:]))
+            or bool(_ONLY_WORDS.intersection(toks))
+            or any(t in _HI_ONLY and i and (toks[i - 1] in _DAY_PARTS or toks[i - 1] in _AT_WORDS)
+                   for i, t in enumerate(toks)))
 
 
 def _yes_and_later_today(toks: Sequence[str], words: Sequence[str]) -> bool:
@@ -1305,7 +1418,8 @@ def _yes_and_later_today(toks: Sequence[str], words: Sequence[str]) -> bool:
     whether or not it has begun): "ok shaam ko aaunga", "haan raat ko aaunga", "sure,
     coming this evening", "accha shaam ko aata hu", "1 shaam ko aaunga". The offer is for
     now: this is no yes to it, nor a no; with no other command ("ok off, shaam ko aaunga"
-    is OFF, as before)."""
+    is OFF, as before). A yes-like word beside a no is read without it first
+    (_only_acknowledged)."""
     return _day_part_of_coming(toks) is not None and _a_yes(toks, words) and set(
         _kinds_in([w for w in words if w not in _ALRIGHT])) <= {
         Kind.ACCEPT, Kind.STATUS, Kind.DECLINE}
