@@ -67,7 +67,10 @@ class Person(Base):
     """Anyone we talk to: customer, partner or operator. Phone is E.164 when known."""
 
     __tablename__ = "people"
-    __table_args__ = (CheckConstraint(one_of("role", ROLES), name="role"),)
+    __table_args__ = (CheckConstraint(one_of("role", ROLES), name="role"),
+                      # outbox._moved_from: who moved off a number (migration 0056)
+                      Index("ix_people_former_phones", "former_phones",
+                            postgresql_using="gin"))
 
     id: Mapped[int] = mapped_column(primary_key=True)
     phone: Mapped[str | None] = mapped_column(String(16), unique=True)

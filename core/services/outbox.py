@@ -1814,9 +1814,10 @@ def _by_sms_instead(session: Session, row: OutboxMessage, code: str | None = Non
     free-form message that missed the window goes as the approved template of its text's
     language (_text_language) first, where one is configured (else, where no SMS can reach
     her, the default language's), as notify would have sent it (a WhatsApp user known
-    only by their WhatsApp id has no number to text). Returns the copy's row id (one
-    already queued for an earlier report of the same failure: nothing is sent again),
-    None if it could not go another way."""
+    only by their WhatsApp id has no number to text). One written before its recipient's
+    number moved to a new SIM goes to him, not to the old number (_follow_moved). Returns
+    the copy's row id (one already queued for an earlier report of the same failure:
+    nothing is sent again), None if it could not go another way."""
     copied = _copy_of(session, row)
     if copied is not None:
         return copied
@@ -1825,6 +1826,15 @@ def _by_sms_instead(session: Session, row: OutboxMessage, code: str | None = Non
         # or it failed before, and its code was made again): "****" is no use to anyone.
         log.info("a masked code is not sent again", extra={"outbox_id": row.id})
         return None
+    moved = _moved_from(session, row) if row.channel == "whatsapp" else None
+    if moved is not None:
+        # Written before its recipient's number moved, refused since (Twilio had taken
+        # it before the move): its copy, written now, is to him, not to the old number's
+        # WhatsApp or SMS (a stranger's, maybe): it follows him as a message waiting
+        # then would have (_follow_moved: his new number, or nowhere).
+        if _answered_on_whatsapp(session, row) is not None:
+            _question_refused(session, row)
+        return _follow_moved(session, row, moved)
     if code == WINDOW_CLOSED_CODE and row.channel == "whatsapp" and fits_template(
             row.body) and session.get(WhatsappTemplateSend, row.id) is None:
         from core.services import notify  # notify sends through this module
